@@ -1,0 +1,1 @@
+//! A software model of an Intel VT-d IOMMU (placeholder: being written).

@@ -1,0 +1,1 @@
+//! Device models (placeholder: being written).

@@ -1,0 +1,1 @@
+//! ptrace supervisor (placeholder: being written).

@@ -1,0 +1,15 @@
+//! softvfio: the Linux VFIO type1 IOMMU backend, in user space.
+//!
+//! Layers (see `shared/DESIGN.md` §2):
+//! - [`uapi`]: the byte-exact ioctl ABI of `linux/vfio.h`, returning errno;
+//! - [`container`]: the type1 engine: containers, groups, domains, DMA
+//!   mappings ([`dma`]), the valid IOVA list ([`iova`]), accounting
+//!   ([`account`]) and dirty tracking ([`dirty`]);
+//! - [`memory`]: the user address space the mappings pin;
+//! - [`iommu`]: the IOMMU hardware the mappings are written to;
+//! - [`device`]: device models as their VFIO device fd shows them.
+
+pub mod account;
+pub mod device;
+pub mod iommu;
+pub mod memory;

@@ -1,0 +1,138 @@
+//! The user address space that DMA mappings pin.
+//!
+//! The engine never touches user memory directly: it pins, unpins, reads and
+//! writes through [`UserMemory`]. Two backends implement it:
+//! - [`host`]: a real process address space (this process, or a traced one
+//!   through [`MmSyscalls`]), with fault-in, mlock, per-page pin counts and
+//!   huge-page aware runs;
+//! - [`sim`]: a simulated address space of any size with no memory behind
+//!   it, exact pin counts and fault injection, for TiB-scale tests.
+//!
+//! The address the IOMMU maps an IOVA to ("phys" in the IOMMU model) is the
+//! user virtual address itself: device DMA reaches the page through the same
+//! backend, so a page the user has since unmapped yields an error (an IOMMU
+//! fault), never a crash.
+
+use thiserror::Error;
+
+use crate::account::MmAccount;
+use std::sync::Arc;
+
+pub mod host;
+pub mod sim;
+
+/// The base page size of the platform we emulate (x86-64).
+pub const PAGE_SIZE: u64 = 4096;
+pub const PAGE_SHIFT: u32 = 12;
+
+/// Why a memory operation failed. Maps to the errno the kernel returns from
+/// `VFIO_IOMMU_MAP_DMA` for the same condition.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum MemError {
+    /// Unmapped, PROT_NONE, or read-only memory pinned for write (EFAULT).
+    #[error("bad address: memory missing or not accessible with the access asked for")]
+    Fault,
+    /// Could not keep the pages resident (mlock refused: ENOMEM/EAGAIN).
+    #[error("cannot lock memory")]
+    NoMem,
+    /// A failure injected by a test (simulated backend).
+    #[error("injected failure")]
+    Injected,
+    /// The backend cannot run the operation now (e.g. a traced process that
+    /// is not stopped in a system call).
+    #[error("address space not reachable")]
+    Unreachable,
+}
+
+impl MemError {
+    pub fn errno(self) -> i32 {
+        match self {
+            MemError::Fault | MemError::Unreachable => libc::EFAULT,
+            MemError::NoMem => libc::ENOMEM,
+            MemError::Injected => libc::EFAULT,
+        }
+    }
+}
+
+/// One physically contiguous run of pinned memory, handed to the IOMMU as one
+/// map call so that it can use 2M/1G entries where alignment allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinnedRun {
+    /// User virtual address of the first byte (also the address the IOMMU maps to).
+    pub vaddr: u64,
+    /// Length in bytes, a multiple of [`PAGE_SIZE`].
+    pub len: u64,
+    /// Size of the pages backing this run (4K, 2M, 1G).
+    pub page_size: u64,
+    /// Real page frame number of the first page, where known (root + pagemap).
+    pub pfn: Option<u64>,
+}
+
+/// The limit that applies to accounting at the time of a map (type1 reads
+/// both when MAP_DMA runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockPolicy {
+    /// The caller has CAP_IPC_LOCK in its effective set: no limit applies.
+    pub cap_ipc_lock: bool,
+    /// RLIMIT_MEMLOCK soft limit, in pages (u64::MAX for unlimited).
+    pub limit_pages: u64,
+}
+
+/// Counters a backend keeps, for tests, `inspect` and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PinStats {
+    /// Base pages with a pin count above zero.
+    pub pinned_pages: u64,
+    /// Sum of pin counts over all base pages.
+    pub pin_refs: u64,
+    /// Pin operations performed (one per huge page or per contiguous 4K run
+    /// chunk: what the backend considers one operation).
+    pub pin_ops: u64,
+    /// Unpin operations performed.
+    pub unpin_ops: u64,
+    /// Bytes currently kept resident (mlocked) by this backend.
+    pub locked_bytes: u64,
+}
+
+/// A user address space that can be pinned for DMA.
+pub trait UserMemory: Send + Sync {
+    /// Pins `[vaddr, vaddr + len)` (page aligned, `len > 0`) with read access,
+    /// plus write access when `write` is set, and calls `on_run` once per
+    /// physically contiguous run, in address order.
+    ///
+    /// All or nothing: if pinning fails, or `on_run` returns an error, every
+    /// page this call pinned is unpinned again before returning the error
+    /// (the caller undoes what its own `on_run` calls did).
+    fn pin(
+        &self,
+        vaddr: u64,
+        len: u64,
+        write: bool,
+        on_run: &mut dyn FnMut(PinnedRun) -> Result<(), MemError>,
+    ) -> Result<(), MemError>;
+
+    /// Drops one pin of every page in `[vaddr, vaddr + len)`; the range must
+    /// have been pinned by an earlier `pin` of a range that contains it.
+    /// A page is unlocked when its last pin goes.
+    fn unpin(&self, vaddr: u64, len: u64);
+
+    /// Reads user memory (device DMA, copy_from_user). Never crashes: a
+    /// missing page is `Err(MemError::Fault)`.
+    fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError>;
+
+    /// Writes user memory (device DMA, copy_to_user).
+    fn write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError>;
+
+    /// CAP_IPC_LOCK and RLIMIT_MEMLOCK of the caller, read now.
+    fn lock_policy(&self) -> LockPolicy;
+
+    /// The locked-memory account of this address space (the kernel's
+    /// `mm->locked_vm`), shared by every container that maps from it.
+    fn account(&self) -> &Arc<MmAccount>;
+
+    /// Pin counters.
+    fn stats(&self) -> PinStats;
+
+    /// Short name for reports ("host pid 1234", "sim").
+    fn describe(&self) -> String;
+}
