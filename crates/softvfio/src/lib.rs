@@ -13,3 +13,14 @@ pub mod account;
 pub mod device;
 pub mod iommu;
 pub mod memory;
+pub mod container;
+pub mod dirty;
+pub mod dma;
+pub mod error;
+pub mod iova;
+pub mod platform;
+pub mod testing;
+pub mod uapi;
+
+pub use container::{Container, ContainerConfig};
+pub use error::{Result, VfioError};

@@ -1,0 +1,107 @@
+//! The emulated platform as the engine sees it: IOMMU groups, the devices in
+//! them, and the IOMMU unit behind each (or none, for mediated devices).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::device::VfioDeviceModel;
+use crate::iommu::{IommuUnit, ResvRegion};
+
+/// The kernel's default `dma_entry_limit` module parameter.
+pub const DEFAULT_DMA_ENTRY_LIMIT: u32 = 65535;
+
+/// A device in a group.
+pub struct Device {
+    /// PCI address ("0000:00:03.0") or mdev UUID.
+    pub name: String,
+    /// PCI requester id, for devices behind an IOMMU.
+    pub rid: Option<u16>,
+    pub model: Arc<dyn VfioDeviceModel>,
+}
+
+/// How a group's DMA is translated.
+#[derive(Clone)]
+pub enum GroupKind {
+    /// Devices behind an IOMMU unit: type1 gives the group an IOMMU domain.
+    Iommu(Arc<dyn IommuUnit>),
+    /// Mediated devices with no IOMMU of their own (Linux's
+    /// `vfio_register_emulated_iommu_dev`): no domain, pinning on demand.
+    Emulated,
+}
+
+/// An IOMMU group (`/dev/vfio/<id>`).
+pub struct Group {
+    pub id: u32,
+    pub kind: GroupKind,
+    pub devices: Vec<Arc<Device>>,
+    /// Reserved regions configured for this group on top of what the IOMMU
+    /// reports for its devices (firmware-reserved ranges, say).
+    pub extra_reserved: Vec<ResvRegion>,
+}
+
+impl Group {
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.kind, GroupKind::Emulated)
+    }
+
+    /// All reserved regions of the group: each device's, from its IOMMU unit,
+    /// plus the configured ones.
+    pub fn reserved_regions(&self) -> Vec<ResvRegion> {
+        let mut out = Vec::new();
+        if let GroupKind::Iommu(unit) = &self.kind {
+            for dev in &self.devices {
+                if let Some(rid) = dev.rid {
+                    for r in unit.reserved_regions(rid) {
+                        if !out.contains(&r) {
+                            out.push(r);
+                        }
+                    }
+                }
+            }
+        }
+        for r in &self.extra_reserved {
+            if !out.contains(r) {
+                out.push(*r);
+            }
+        }
+        out
+    }
+
+    pub fn device(&self, name: &str) -> Option<&Arc<Device>> {
+        self.devices.iter().find(|d| d.name == name)
+    }
+}
+
+/// Everything a VFIO front end can open.
+pub struct Platform {
+    pub groups: BTreeMap<u32, Arc<Group>>,
+    /// `dma_entry_limit` for new containers.
+    pub dma_entry_limit: u32,
+    /// Report precise dirty pages from the IOMMU's dirty bits instead of
+    /// type1's "every pinned page is dirty".
+    pub precise_dirty: bool,
+}
+
+impl Platform {
+    pub fn new() -> Self {
+        Self {
+            groups: BTreeMap::new(),
+            dma_entry_limit: DEFAULT_DMA_ENTRY_LIMIT,
+            precise_dirty: false,
+        }
+    }
+
+    pub fn add_group(&mut self, group: Group) {
+        self.groups.insert(group.id, Arc::new(group));
+    }
+
+    pub fn group(&self, id: u32) -> Option<&Arc<Group>> {
+        self.groups.get(&id)
+    }
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,778 @@
+//! The byte-level VFIO ABI: the ioctls of `linux/vfio.h` on container, group
+//! and device files, taking the caller's argument pointer and returning the
+//! result or an errno, exactly as the kernel does.
+//!
+//! Front ends (the ptrace supervisor of `softvfio run`, an LD_PRELOAD
+//! library, a vfio-user server) stay thin: they map a file descriptor to a
+//! [`ContainerFile`], [`GroupFile`] or [`DeviceFile`] and call in here with a
+//! [`UserMemory`] through which argument structs are copied in and out
+//! (`copy_from_user`/`copy_to_user`). Struct layouts come from the
+//! `vfio-bindings` crate; every size and offset below is derived from them.
+
+use std::collections::HashMap;
+use std::mem::{offset_of, size_of};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vfio_bindings::bindings::vfio::{
+    vfio_bitmap, vfio_device_info, vfio_group_status, vfio_info_cap_header, vfio_iommu_type1_dirty_bitmap,
+    vfio_iommu_type1_dirty_bitmap_get, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap,
+    vfio_iommu_type1_info, vfio_iommu_type1_info_cap_iova_range, vfio_iommu_type1_info_cap_migration,
+    vfio_iommu_type1_info_dma_avail, vfio_iova_range, vfio_irq_info, vfio_region_info, VFIO_API_VERSION,
+    VFIO_IOMMU_INFO_CAPS, VFIO_IOMMU_INFO_PGSIZES, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
+    VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION, VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
+};
+
+use crate::container::{
+    Container, ContainerConfig, UserBitmap, MAP_FLAG_READ, MAP_FLAG_VADDR, MAP_FLAG_WRITE,
+    UNMAP_FLAG_ALL, UNMAP_FLAG_GET_DIRTY_BITMAP, UNMAP_FLAG_VADDR, USER_ADDR_LIMIT,
+};
+use crate::device::REGION_OFFSET_SHIFT;
+use crate::dirty::verify_bitmap_size;
+use crate::error::{Result, VfioError};
+use crate::memory::UserMemory;
+use crate::platform::{Device, Group, Platform};
+
+/// `_IO(VFIO_TYPE, VFIO_BASE + n)`: VFIO ioctls carry no size or direction.
+pub const fn vfio_io(n: u64) -> u64 {
+    (0x3b << 8) | (100 + n)
+}
+
+pub const VFIO_GET_API_VERSION: u64 = vfio_io(0);
+pub const VFIO_CHECK_EXTENSION: u64 = vfio_io(1);
+pub const VFIO_SET_IOMMU: u64 = vfio_io(2);
+pub const VFIO_GROUP_GET_STATUS: u64 = vfio_io(3);
+pub const VFIO_GROUP_SET_CONTAINER: u64 = vfio_io(4);
+pub const VFIO_GROUP_UNSET_CONTAINER: u64 = vfio_io(5);
+pub const VFIO_GROUP_GET_DEVICE_FD: u64 = vfio_io(6);
+pub const VFIO_DEVICE_GET_INFO: u64 = vfio_io(7);
+pub const VFIO_DEVICE_GET_REGION_INFO: u64 = vfio_io(8);
+pub const VFIO_DEVICE_GET_IRQ_INFO: u64 = vfio_io(9);
+pub const VFIO_DEVICE_SET_IRQS: u64 = vfio_io(10);
+pub const VFIO_DEVICE_RESET: u64 = vfio_io(11);
+pub const VFIO_IOMMU_GET_INFO: u64 = vfio_io(12);
+pub const VFIO_IOMMU_MAP_DMA: u64 = vfio_io(13);
+pub const VFIO_IOMMU_UNMAP_DMA: u64 = vfio_io(14);
+pub const VFIO_IOMMU_DIRTY_PAGES: u64 = vfio_io(17);
+
+/// `VFIO_GROUP_FLAGS_*`.
+pub const GROUP_FLAGS_VIABLE: u32 = 1 << 0;
+pub const GROUP_FLAGS_CONTAINER_SET: u32 = 1 << 1;
+
+/// `VFIO_IOMMU_DIRTY_PAGES_FLAG_*`.
+pub const DIRTY_PAGES_FLAG_START: u32 = 1 << 0;
+pub const DIRTY_PAGES_FLAG_STOP: u32 = 1 << 1;
+pub const DIRTY_PAGES_FLAG_GET_BITMAP: u32 = 1 << 2;
+
+/// The kernel's PAGE_SIZE bound on the device name string.
+const DEVICE_NAME_MAX: usize = 4096;
+
+/// `offsetofend(type, field)`.
+macro_rules! end_of {
+    ($t:ty, $f:ident) => {{
+        // The field's size, found through a never-called projection.
+        const fn field_size<T, F>(_: fn(&T) -> &F) -> usize {
+            size_of::<F>()
+        }
+        offset_of!($t, $f) + field_size(|s: &$t| &s.$f)
+    }};
+}
+
+/// A little-endian view of an argument struct copied in from user memory.
+struct Wire(Vec<u8>);
+
+impl Wire {
+    /// `copy_from_user(len bytes at addr)`.
+    fn read(user: &dyn UserMemory, addr: u64, len: usize) -> Result<Wire> {
+        let mut buf = vec![0u8; len];
+        user.read(addr, &mut buf).map_err(|_| VfioError::Fault)?;
+        Ok(Wire(buf))
+    }
+
+    fn u32_at(&self, off: usize) -> u32 {
+        let mut b = [0u8; 4];
+        if let Some(s) = self.0.get(off..off + 4) {
+            b.copy_from_slice(s);
+        }
+        u32::from_ne_bytes(b)
+    }
+
+    fn u64_at(&self, off: usize) -> u64 {
+        let mut b = [0u8; 8];
+        if let Some(s) = self.0.get(off..off + 8) {
+            b.copy_from_slice(s);
+        }
+        u64::from_ne_bytes(b)
+    }
+
+    fn put_u16(&mut self, off: usize, v: u16) {
+        if let Some(s) = self.0.get_mut(off..off + 2) {
+            s.copy_from_slice(&v.to_ne_bytes());
+        }
+    }
+
+    fn put_u32(&mut self, off: usize, v: u32) {
+        if let Some(s) = self.0.get_mut(off..off + 4) {
+            s.copy_from_slice(&v.to_ne_bytes());
+        }
+    }
+
+    fn put_u64(&mut self, off: usize, v: u64) {
+        if let Some(s) = self.0.get_mut(off..off + 8) {
+            s.copy_from_slice(&v.to_ne_bytes());
+        }
+    }
+
+    /// `copy_to_user` of the first `len` bytes.
+    fn write_back(&self, user: &dyn UserMemory, addr: u64, len: usize) -> Result<()> {
+        let len = len.min(self.0.len());
+        user.write(addr, &self.0[..len]).map_err(|_| VfioError::Fault)
+    }
+}
+
+/// The kernel's `access_ok`: a user range must lie below the user limit.
+fn access_ok(addr: u64, size: u64) -> bool {
+    addr.checked_add(size).is_some_and(|end| end <= USER_ADDR_LIMIT)
+}
+
+/// What a successful ioctl returns to the caller.
+pub enum IoctlOutcome {
+    /// The system call's return value.
+    Value(i64),
+    /// `VFIO_GROUP_GET_DEVICE_FD`: the front end installs a new file
+    /// descriptor for this device and returns its number.
+    Device(DeviceFile),
+}
+
+/// What a file descriptor named in `VFIO_GROUP_SET_CONTAINER` refers to.
+pub enum FdLookup {
+    /// Not an open descriptor (EBADF).
+    NotOpen,
+    /// Open, but not a VFIO container (EINVAL).
+    NotContainer,
+    Container(ContainerFile),
+}
+
+/// An open `/dev/vfio/vfio`.
+#[derive(Clone)]
+pub struct ContainerFile {
+    pub container: Arc<Container>,
+}
+
+/// An open `/dev/vfio/<group>`.
+#[derive(Clone)]
+pub struct GroupFile {
+    pub group: Arc<Group>,
+}
+
+/// An open device fd.
+#[derive(Clone)]
+pub struct DeviceFile {
+    pub group: Arc<Group>,
+    pub device: Arc<Device>,
+}
+
+/// Per-group open state (the kernel's `struct vfio_group` bookkeeping).
+#[derive(Default)]
+struct GroupState {
+    /// The group file is open (only one open at a time).
+    file_open: bool,
+    container: Option<Arc<Container>>,
+    /// Open device fds of the group; each holds the group file.
+    open_devices: usize,
+    /// Open count per device name (open_device/close_device).
+    device_opens: HashMap<String, usize>,
+}
+
+/// The VFIO subsystem over one platform: what `/dev/vfio` exposes.
+pub struct Vfio {
+    platform: Arc<Platform>,
+    groups: Mutex<HashMap<u32, GroupState>>,
+}
+
+impl Vfio {
+    pub fn new(platform: Arc<Platform>) -> Self {
+        Self {
+            platform,
+            groups: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn platform(&self) -> &Arc<Platform> {
+        &self.platform
+    }
+
+    fn groups(&self) -> MutexGuard<'_, HashMap<u32, GroupState>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The containers currently attached to groups (for `inspect`).
+    pub fn attached_containers(&self) -> Vec<Arc<Container>> {
+        let mut out: Vec<Arc<Container>> = Vec::new();
+        for st in self.groups().values() {
+            if let Some(c) = &st.container {
+                if !out.iter().any(|o| Arc::ptr_eq(o, c)) {
+                    out.push(c.clone());
+                }
+            }
+        }
+        out
+    }
+
+    // ---- open / release ---------------------------------------------------
+
+    /// `open("/dev/vfio/vfio")`: a new container whose mappings pin `mem`.
+    pub fn open_container(&self, mem: Arc<dyn UserMemory>) -> ContainerFile {
+        let cfg = ContainerConfig {
+            dma_entry_limit: self.platform.dma_entry_limit,
+            precise_dirty: self.platform.precise_dirty,
+        };
+        ContainerFile {
+            container: Container::new(cfg, mem),
+        }
+    }
+
+    /// `open("/dev/vfio/<id>")`: ENOENT for no such group, EBUSY when the
+    /// group is open already.
+    pub fn open_group(&self, id: u32) -> Result<GroupFile> {
+        let group = self
+            .platform
+            .group(id)
+            .cloned()
+            .ok_or(VfioError::NoEntry)?;
+        let mut groups = self.groups();
+        let st = groups.entry(id).or_default();
+        // A group file may be open once; devices keep it alive after close.
+        if st.file_open || st.open_devices > 0 {
+            return Err(VfioError::Busy("group already open"));
+        }
+        st.file_open = true;
+        Ok(GroupFile { group })
+    }
+
+    /// Last close of a container fd. Groups still attached keep it alive.
+    pub fn release_container(&self, file: ContainerFile) {
+        if file.container.group_count() == 0 {
+            file.container.close();
+        }
+    }
+
+    /// Last close of a group fd: the group leaves its container once no
+    /// device fd holds it.
+    pub fn release_group(&self, file: GroupFile) {
+        let mut groups = self.groups();
+        if let Some(st) = groups.get_mut(&file.group.id) {
+            st.file_open = false;
+            if st.open_devices == 0 {
+                if let Some(c) = st.container.take() {
+                    c.detach_group(file.group.id);
+                }
+            }
+        }
+    }
+
+    /// Last close of a device fd.
+    pub fn release_device(&self, file: DeviceFile) {
+        let mut groups = self.groups();
+        let Some(st) = groups.get_mut(&file.group.id) else {
+            return;
+        };
+        st.open_devices = st.open_devices.saturating_sub(1);
+        if let Some(n) = st.device_opens.get_mut(&file.device.name) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.device_opens.remove(&file.device.name);
+                file.device.model.close_device();
+            }
+        }
+        if st.open_devices == 0 && !st.file_open {
+            if let Some(c) = st.container.take() {
+                c.detach_group(file.group.id);
+            }
+        }
+    }
+
+    // ---- container ioctls -------------------------------------------------
+
+    /// An ioctl on a container fd.
+    pub fn container_ioctl(
+        &self,
+        file: &ContainerFile,
+        request: u64,
+        arg: u64,
+        user: &dyn UserMemory,
+    ) -> Result<i64> {
+        let c = &file.container;
+        match request {
+            VFIO_GET_API_VERSION => Ok(i64::from(VFIO_API_VERSION)),
+            VFIO_CHECK_EXTENSION => Ok(c.check_extension(arg)),
+            VFIO_SET_IOMMU => c.set_iommu(arg).map(|()| 0),
+            _ if !c.iommu_set() => Err(VfioError::Invalid("no IOMMU driver set")),
+            VFIO_IOMMU_GET_INFO => self.iommu_get_info(c, arg, user).map(|()| 0),
+            VFIO_IOMMU_MAP_DMA => self.iommu_map_dma(c, arg, user).map(|()| 0),
+            VFIO_IOMMU_UNMAP_DMA => self.iommu_unmap_dma(c, arg, user).map(|()| 0),
+            VFIO_IOMMU_DIRTY_PAGES => self.iommu_dirty_pages(c, arg, user).map(|()| 0),
+            _ => Err(VfioError::NoTty),
+        }
+    }
+
+    fn iommu_get_info(&self, c: &Container, arg: u64, user: &dyn UserMemory) -> Result<()> {
+        let info_size = size_of::<vfio_iommu_type1_info>();
+        let mut minsz = end_of!(vfio_iommu_type1_info, iova_pgsizes);
+        // Older callers do not know cap_offset: it cannot be required.
+        let capsz = end_of!(vfio_iommu_type1_info, cap_offset);
+        let mut w = Wire::read(user, arg, minsz)?;
+        w.0.resize(info_size, 0);
+        let argsz = w.u32_at(offset_of!(vfio_iommu_type1_info, argsz));
+        if (argsz as usize) < minsz {
+            return Err(VfioError::Invalid("argsz too small"));
+        }
+        if argsz as usize >= capsz {
+            minsz = capsz;
+            w.put_u32(offset_of!(vfio_iommu_type1_info, cap_offset), 0);
+        }
+        let info = c.info()?;
+        let mut flags = VFIO_IOMMU_INFO_PGSIZES;
+        w.put_u64(offset_of!(vfio_iommu_type1_info, iova_pgsizes), info.pgsize_bitmap);
+
+        let caps = build_info_caps(&info);
+        if !caps.is_empty() {
+            flags |= VFIO_IOMMU_INFO_CAPS;
+            let need = (info_size + caps.len()) as u32;
+            if argsz < need {
+                // Tell the caller how much room the capabilities need.
+                w.put_u32(offset_of!(vfio_iommu_type1_info, argsz), need);
+            } else {
+                let mut chain = caps;
+                shift_cap_chain(&mut chain, info_size as u32);
+                user.write(arg + info_size as u64, &chain)
+                    .map_err(|_| VfioError::Fault)?;
+                w.put_u32(offset_of!(vfio_iommu_type1_info, cap_offset), info_size as u32);
+            }
+        }
+        w.put_u32(offset_of!(vfio_iommu_type1_info, flags), flags);
+        w.write_back(user, arg, minsz)
+    }
+
+    fn iommu_map_dma(&self, c: &Container, arg: u64, user: &dyn UserMemory) -> Result<()> {
+        let minsz = end_of!(vfio_iommu_type1_dma_map, size);
+        let w = Wire::read(user, arg, minsz)?;
+        let argsz = w.u32_at(offset_of!(vfio_iommu_type1_dma_map, argsz));
+        let flags = w.u32_at(offset_of!(vfio_iommu_type1_dma_map, flags));
+        let mask = MAP_FLAG_READ | MAP_FLAG_WRITE | MAP_FLAG_VADDR;
+        if (argsz as usize) < minsz || flags & !mask != 0 {
+            return Err(VfioError::Invalid("bad argsz or unknown flags"));
+        }
+        c.map_dma(
+            w.u64_at(offset_of!(vfio_iommu_type1_dma_map, iova)),
+            w.u64_at(offset_of!(vfio_iommu_type1_dma_map, vaddr)),
+            w.u64_at(offset_of!(vfio_iommu_type1_dma_map, size)),
+            flags,
+        )
+    }
+
+    fn iommu_unmap_dma(&self, c: &Container, arg: u64, user: &dyn UserMemory) -> Result<()> {
+        let minsz = end_of!(vfio_iommu_type1_dma_unmap, size);
+        let mut w = Wire::read(user, arg, minsz)?;
+        let argsz = w.u32_at(offset_of!(vfio_iommu_type1_dma_unmap, argsz));
+        let flags = w.u32_at(offset_of!(vfio_iommu_type1_dma_unmap, flags));
+        let iova = w.u64_at(offset_of!(vfio_iommu_type1_dma_unmap, iova));
+        let size = w.u64_at(offset_of!(vfio_iommu_type1_dma_unmap, size));
+        let mask = UNMAP_FLAG_GET_DIRTY_BITMAP | UNMAP_FLAG_VADDR | UNMAP_FLAG_ALL;
+        if (argsz as usize) < minsz || flags & !mask != 0 {
+            return Err(VfioError::Invalid("bad argsz or unknown flags"));
+        }
+        if flags & UNMAP_FLAG_GET_DIRTY_BITMAP != 0 && flags & (UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR) != 0 {
+            return Err(VfioError::Invalid("dirty bitmap with ALL or VADDR"));
+        }
+        let mut bitmap = None;
+        if flags & UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
+            let bsz = size_of::<vfio_bitmap>();
+            if (argsz as usize) < minsz + bsz {
+                return Err(VfioError::Invalid("argsz has no room for the bitmap"));
+            }
+            let b = read_bitmap(user, arg + minsz as u64)?;
+            if !access_ok(b.data, b.size) {
+                return Err(VfioError::Invalid("bitmap outside user memory"));
+            }
+            verify_bitmap_size(size.checked_shr(pgshift(b.pgsize)).unwrap_or(0), b.size)?;
+            bitmap = Some(b);
+        }
+        let unmapped = c.unmap_dma(iova, size, flags, bitmap)?;
+        w.put_u64(offset_of!(vfio_iommu_type1_dma_unmap, size), unmapped);
+        w.write_back(user, arg, minsz)
+    }
+
+    fn iommu_dirty_pages(&self, c: &Container, arg: u64, user: &dyn UserMemory) -> Result<()> {
+        if c.is_v2() == Some(false) {
+            return Err(VfioError::Access("dirty tracking needs type1v2"));
+        }
+        let minsz = end_of!(vfio_iommu_type1_dirty_bitmap, flags);
+        let w = Wire::read(user, arg, minsz)?;
+        let argsz = w.u32_at(offset_of!(vfio_iommu_type1_dirty_bitmap, argsz));
+        let flags = w.u32_at(offset_of!(vfio_iommu_type1_dirty_bitmap, flags));
+        let mask = DIRTY_PAGES_FLAG_START | DIRTY_PAGES_FLAG_STOP | DIRTY_PAGES_FLAG_GET_BITMAP;
+        if (argsz as usize) < minsz || flags & !mask != 0 {
+            return Err(VfioError::Invalid("bad argsz or unknown flags"));
+        }
+        // Exactly one operation per call.
+        if flags.count_ones() != 1 {
+            return Err(VfioError::Invalid("exactly one dirty-pages flag"));
+        }
+        if flags & DIRTY_PAGES_FLAG_START != 0 {
+            return c.dirty_start();
+        }
+        if flags & DIRTY_PAGES_FLAG_STOP != 0 {
+            return c.dirty_stop();
+        }
+        let data_size = (argsz as usize).saturating_sub(minsz);
+        let get_size = size_of::<vfio_iommu_type1_dirty_bitmap_get>();
+        if data_size < get_size {
+            return Err(VfioError::Invalid("argsz has no room for the range"));
+        }
+        let g = Wire::read(user, arg + minsz as u64, get_size)?;
+        let iova = g.u64_at(offset_of!(vfio_iommu_type1_dirty_bitmap_get, iova));
+        let size = g.u64_at(offset_of!(vfio_iommu_type1_dirty_bitmap_get, size));
+        let b = read_bitmap(user, arg + (minsz + offset_of!(vfio_iommu_type1_dirty_bitmap_get, bitmap)) as u64)?;
+        if iova.checked_add(size).is_none() {
+            return Err(VfioError::Invalid("range wraps"));
+        }
+        if !access_ok(b.data, b.size) {
+            return Err(VfioError::Invalid("bitmap outside user memory"));
+        }
+        verify_bitmap_size(size.checked_shr(pgshift(b.pgsize)).unwrap_or(0), b.size)?;
+        c.dirty_get_bitmap(iova, size, b)
+    }
+
+    // ---- group ioctls -----------------------------------------------------
+
+    /// An ioctl on a group fd. `lookup_fd` resolves the container fd number
+    /// passed to `VFIO_GROUP_SET_CONTAINER` in the caller's fd table.
+    pub fn group_ioctl(
+        &self,
+        file: &GroupFile,
+        request: u64,
+        arg: u64,
+        user: &dyn UserMemory,
+        lookup_fd: &mut dyn FnMut(i32) -> FdLookup,
+    ) -> Result<IoctlOutcome> {
+        let id = file.group.id;
+        match request {
+            VFIO_GROUP_GET_STATUS => {
+                let minsz = end_of!(vfio_group_status, flags);
+                let mut w = Wire::read(user, arg, minsz)?;
+                if (w.u32_at(offset_of!(vfio_group_status, argsz)) as usize) < minsz {
+                    return Err(VfioError::Invalid("argsz too small"));
+                }
+                let attached = self.groups().get(&id).is_some_and(|s| s.container.is_some());
+                let flags = if attached {
+                    GROUP_FLAGS_VIABLE | GROUP_FLAGS_CONTAINER_SET
+                } else {
+                    GROUP_FLAGS_VIABLE
+                };
+                w.put_u32(offset_of!(vfio_group_status, flags), flags);
+                w.write_back(user, arg, minsz)?;
+                Ok(IoctlOutcome::Value(0))
+            }
+            VFIO_GROUP_SET_CONTAINER => {
+                let w = Wire::read(user, arg, 4)?;
+                let fd = w.u32_at(0) as i32;
+                if fd < 0 {
+                    return Err(VfioError::Invalid("negative fd"));
+                }
+                let container = match lookup_fd(fd) {
+                    FdLookup::NotOpen => return Err(VfioError::BadFd),
+                    FdLookup::NotContainer => return Err(VfioError::Invalid("not a container fd")),
+                    FdLookup::Container(c) => c.container,
+                };
+                let mut groups = self.groups();
+                let st = groups.entry(id).or_default();
+                if st.container.is_some() {
+                    return Err(VfioError::Invalid("group already has a container"));
+                }
+                container.attach_group(&file.group)?;
+                st.container = Some(container);
+                Ok(IoctlOutcome::Value(0))
+            }
+            VFIO_GROUP_UNSET_CONTAINER => {
+                let mut groups = self.groups();
+                let st = groups.entry(id).or_default();
+                let Some(c) = st.container.clone() else {
+                    return Err(VfioError::Invalid("no container set"));
+                };
+                if st.open_devices > 0 {
+                    return Err(VfioError::Busy("devices of the group are open"));
+                }
+                st.container = None;
+                drop(groups);
+                c.detach_group(id);
+                Ok(IoctlOutcome::Value(0))
+            }
+            VFIO_GROUP_GET_DEVICE_FD => {
+                let name = read_cstring(user, arg, DEVICE_NAME_MAX)?;
+                let device = file
+                    .group
+                    .devices
+                    .iter()
+                    .find(|d| d.name == name)
+                    .cloned()
+                    .ok_or(VfioError::NoDevice)?;
+                let mut groups = self.groups();
+                let st = groups.entry(id).or_default();
+                match &st.container {
+                    Some(c) if c.iommu_set() => {}
+                    _ => return Err(VfioError::Invalid("group has no container with an IOMMU")),
+                }
+                let opens = st.device_opens.entry(device.name.clone()).or_insert(0);
+                *opens += 1;
+                if *opens == 1 {
+                    device.model.open_device();
+                }
+                st.open_devices += 1;
+                Ok(IoctlOutcome::Device(DeviceFile {
+                    group: file.group.clone(),
+                    device,
+                }))
+            }
+            _ => Err(VfioError::NoTty),
+        }
+    }
+
+    // ---- device ioctls and region access ----------------------------------
+
+    /// An ioctl on a device fd.
+    pub fn device_ioctl(
+        &self,
+        file: &DeviceFile,
+        request: u64,
+        arg: u64,
+        user: &dyn UserMemory,
+    ) -> Result<i64> {
+        let model = &file.device.model;
+        match request {
+            VFIO_DEVICE_GET_INFO => {
+                let mut minsz = end_of!(vfio_device_info, num_irqs);
+                // The kernel measures "has cap_offset" with the type1 info
+                // struct's cap_offset end (same offset, 20).
+                let capsz = end_of!(vfio_iommu_type1_info, cap_offset);
+                let mut w = Wire::read(user, arg, minsz)?;
+                w.0.resize(size_of::<vfio_device_info>(), 0);
+                if (w.u32_at(offset_of!(vfio_device_info, argsz)) as usize) < minsz {
+                    return Err(VfioError::Invalid("argsz too small"));
+                }
+                if w.u32_at(offset_of!(vfio_device_info, argsz)) as usize >= capsz {
+                    minsz = capsz;
+                    w.put_u32(offset_of!(vfio_device_info, cap_offset), 0);
+                }
+                w.put_u32(offset_of!(vfio_device_info, flags), model.flags());
+                w.put_u32(offset_of!(vfio_device_info, num_regions), model.num_regions());
+                w.put_u32(offset_of!(vfio_device_info, num_irqs), model.num_irqs());
+                w.write_back(user, arg, minsz)?;
+                Ok(0)
+            }
+            VFIO_DEVICE_GET_REGION_INFO => {
+                let minsz = end_of!(vfio_region_info, offset);
+                let mut w = Wire::read(user, arg, minsz)?;
+                if (w.u32_at(offset_of!(vfio_region_info, argsz)) as usize) < minsz {
+                    return Err(VfioError::Invalid("argsz too small"));
+                }
+                let index = w.u32_at(offset_of!(vfio_region_info, index));
+                let info = model
+                    .region_info(index)
+                    .ok_or(VfioError::Invalid("no such region"))?;
+                w.put_u32(offset_of!(vfio_region_info, flags), info.flags);
+                w.put_u32(offset_of!(vfio_region_info, cap_offset), 0);
+                w.put_u64(offset_of!(vfio_region_info, size), info.size);
+                w.put_u64(
+                    offset_of!(vfio_region_info, offset),
+                    u64::from(index) << REGION_OFFSET_SHIFT,
+                );
+                w.write_back(user, arg, minsz)?;
+                Ok(0)
+            }
+            VFIO_DEVICE_GET_IRQ_INFO => {
+                let minsz = end_of!(vfio_irq_info, count);
+                let mut w = Wire::read(user, arg, minsz)?;
+                if (w.u32_at(offset_of!(vfio_irq_info, argsz)) as usize) < minsz {
+                    return Err(VfioError::Invalid("argsz too small"));
+                }
+                let index = w.u32_at(offset_of!(vfio_irq_info, index));
+                let info = model
+                    .irq_info(index)
+                    .ok_or(VfioError::Invalid("no such irq index"))?;
+                w.put_u32(offset_of!(vfio_irq_info, flags), info.flags);
+                w.put_u32(offset_of!(vfio_irq_info, count), info.count);
+                w.write_back(user, arg, minsz)?;
+                Ok(0)
+            }
+            VFIO_DEVICE_RESET => model.reset().map(|()| 0).map_err(VfioError::Errno),
+            _ => Err(VfioError::NoTty),
+        }
+    }
+
+    /// `pread` on a device fd: region `offset >> 40`, into user memory.
+    pub fn device_pread(
+        &self,
+        file: &DeviceFile,
+        user: &dyn UserMemory,
+        buf: u64,
+        len: u64,
+        offset: u64,
+    ) -> Result<i64> {
+        let (index, off) = split_region_offset(offset);
+        let len = usize::try_from(len.min(1 << 20)).map_err(|_| VfioError::Invalid("len"))?;
+        let mut data = vec![0u8; len];
+        let n = file
+            .device
+            .model
+            .region_read(index, off, &mut data)
+            .map_err(VfioError::Errno)?;
+        user.write(buf, &data[..n.min(len)])
+            .map_err(|_| VfioError::Fault)?;
+        Ok(n as i64)
+    }
+
+    /// `pwrite` on a device fd.
+    pub fn device_pwrite(
+        &self,
+        file: &DeviceFile,
+        user: &dyn UserMemory,
+        buf: u64,
+        len: u64,
+        offset: u64,
+    ) -> Result<i64> {
+        let (index, off) = split_region_offset(offset);
+        let len = usize::try_from(len.min(1 << 20)).map_err(|_| VfioError::Invalid("len"))?;
+        let mut data = vec![0u8; len];
+        user.read(buf, &mut data).map_err(|_| VfioError::Fault)?;
+        let n = file
+            .device
+            .model
+            .region_write(index, off, &data)
+            .map_err(VfioError::Errno)?;
+        Ok(n as i64)
+    }
+}
+
+fn split_region_offset(offset: u64) -> (u32, u64) {
+    let index = offset >> REGION_OFFSET_SHIFT;
+    let off = offset & ((1u64 << REGION_OFFSET_SHIFT) - 1);
+    (u32::try_from(index).unwrap_or(u32::MAX), off)
+}
+
+fn pgshift(pgsize: u64) -> u32 {
+    // __ffs(0) is undefined in the kernel; any shift then fails the checks.
+    if pgsize == 0 {
+        64
+    } else {
+        pgsize.trailing_zeros()
+    }
+}
+
+fn read_bitmap(user: &dyn UserMemory, addr: u64) -> Result<UserBitmap> {
+    let w = Wire::read(user, addr, size_of::<vfio_bitmap>())?;
+    Ok(UserBitmap {
+        pgsize: w.u64_at(offset_of!(vfio_bitmap, pgsize)),
+        size: w.u64_at(offset_of!(vfio_bitmap, size)),
+        data: w.u64_at(offset_of!(vfio_bitmap, data)),
+    })
+}
+
+/// `strndup_user(arg, PAGE_SIZE)`: EFAULT when unreadable, EINVAL when no
+/// NUL within the bound.
+fn read_cstring(user: &dyn UserMemory, addr: u64, max: usize) -> Result<String> {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 64];
+    while out.len() < max {
+        // Read byte-wise near page ends so an unmapped next page does not
+        // fail a string that ends before it.
+        let to_page_end = (4096 - ((addr + out.len() as u64) % 4096)) as usize;
+        let n = chunk.len().min(to_page_end).min(max - out.len());
+        user.read(addr + out.len() as u64, &mut chunk[..n])
+            .map_err(|_| VfioError::Fault)?;
+        if let Some(p) = chunk[..n].iter().position(|&b| b == 0) {
+            out.extend_from_slice(&chunk[..p]);
+            return Ok(String::from_utf8_lossy(&out).into_owned());
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    Err(VfioError::Invalid("device name too long"))
+}
+
+/// Builds the GET_INFO capability chain in the kernel's order (MIGRATION,
+/// DMA_AVAIL, IOVA_RANGE), packed with no padding between entries; `next`
+/// offsets are relative to the chain's start until shifted.
+fn build_info_caps(info: &crate::container::Type1Info) -> Vec<u8> {
+    let mut chain: Vec<u8> = Vec::new();
+    let mut last_header: Option<usize> = None;
+    let mut add = |chain: &mut Vec<u8>, id: u32, body: &dyn Fn(&mut Wire)| {
+        let start = chain.len();
+        let size = match id {
+            VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION => size_of::<vfio_iommu_type1_info_cap_migration>(),
+            VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL => size_of::<vfio_iommu_type1_info_dma_avail>(),
+            _ => {
+                size_of::<vfio_iommu_type1_info_cap_iova_range>()
+                    + info.iova_ranges.len() * size_of::<vfio_iova_range>()
+            }
+        };
+        let mut w = Wire(vec![0u8; size]);
+        w.put_u16(offset_of!(vfio_info_cap_header, id), id as u16);
+        w.put_u16(offset_of!(vfio_info_cap_header, version), 1);
+        body(&mut w);
+        if let Some(prev) = last_header {
+            let next_off = prev + offset_of!(vfio_info_cap_header, next);
+            chain[next_off..next_off + 4].copy_from_slice(&(start as u32).to_ne_bytes());
+        }
+        last_header = Some(start);
+        chain.extend_from_slice(&w.0);
+    };
+    add(&mut chain, VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION, &|w| {
+        w.put_u32(offset_of!(vfio_iommu_type1_info_cap_migration, flags), 0);
+        w.put_u64(
+            offset_of!(vfio_iommu_type1_info_cap_migration, pgsize_bitmap),
+            info.migration_pgsize_bitmap,
+        );
+        w.put_u64(
+            offset_of!(vfio_iommu_type1_info_cap_migration, max_dirty_bitmap_size),
+            info.max_dirty_bitmap_size,
+        );
+    });
+    add(&mut chain, VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL, &|w| {
+        w.put_u32(offset_of!(vfio_iommu_type1_info_dma_avail, avail), info.dma_avail);
+    });
+    // A container with only mediated devices has no IOVA list: no capability.
+    if !info.iova_ranges.is_empty() {
+        add(&mut chain, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, &|w| {
+            w.put_u32(
+                offset_of!(vfio_iommu_type1_info_cap_iova_range, nr_iovas),
+                info.iova_ranges.len() as u32,
+            );
+            let base = offset_of!(vfio_iommu_type1_info_cap_iova_range, iova_ranges);
+            for (i, r) in info.iova_ranges.iter().enumerate() {
+                let at = base + i * size_of::<vfio_iova_range>();
+                w.put_u64(at + offset_of!(vfio_iova_range, start), r.start);
+                w.put_u64(at + offset_of!(vfio_iova_range, end), r.end);
+            }
+        });
+    }
+    chain
+}
+
+/// Makes the chain's `next` offsets relative to the info struct
+/// (`vfio_info_cap_shift`).
+fn shift_cap_chain(chain: &mut [u8], by: u32) {
+    let next_field = offset_of!(vfio_info_cap_header, next);
+    let mut at = 0usize;
+    loop {
+        let Some(s) = chain.get_mut(at + next_field..at + next_field + 4) else {
+            return;
+        };
+        let mut b = [0u8; 4];
+        b.copy_from_slice(s);
+        let next = u32::from_ne_bytes(b);
+        if next == 0 {
+            return;
+        }
+        s.copy_from_slice(&(next + by).to_ne_bytes());
+        at = next as usize;
+    }
+}
