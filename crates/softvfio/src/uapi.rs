@@ -475,9 +475,10 @@ impl Vfio {
             }
             VFIO_GROUP_SET_CONTAINER => {
                 let w = Wire::read(user, arg, 4)?;
+                // A negative fd is simply not open (fdget fails): EBADF.
                 let fd = w.u32_at(0) as i32;
                 if fd < 0 {
-                    return Err(VfioError::Invalid("negative fd"));
+                    return Err(VfioError::BadFd);
                 }
                 let container = match lookup_fd(fd) {
                     FdLookup::NotOpen => return Err(VfioError::BadFd),

@@ -1,0 +1,396 @@
+//! The platform configuration file (TOML).
+//!
+//! ```toml
+//! [iommu]
+//! address_width = 39          # 39 (3-level) or 48 (4-level)
+//! iotlb_entries = 4096
+//! snoop_control = false       # VFIO_DMA_CC_IOMMU
+//!
+//! [limits]
+//! dma_entry_limit = 65535
+//!
+//! [dirty]
+//! precise = false             # report only pages the IOMMU saw written
+//!
+//! [[device]]
+//! kind = "edu"                # or "mdev-edu"
+//! bdf = "0000:00:03.0"        # PCI address; a UUID for mdev-edu
+//! group = 3
+//!
+//! [[reserved_region]]
+//! group = 3
+//! start = 0xfed00000
+//! end = 0xfed0ffff            # inclusive
+//! kind = "reserved"           # reserved | msi | direct | direct-relaxable
+//! ```
+//! Every error names the key it is about.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+use softvfio::iommu::ResvKind;
+use thiserror::Error;
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IommuConfig {
+    #[serde(default = "default_width")]
+    pub address_width: u32,
+    #[serde(default = "default_iotlb")]
+    pub iotlb_entries: usize,
+    #[serde(default)]
+    pub snoop_control: bool,
+}
+
+fn default_width() -> u32 {
+    39
+}
+
+fn default_iotlb() -> usize {
+    4096
+}
+
+impl Default for IommuConfig {
+    fn default() -> Self {
+        Self {
+            address_width: default_width(),
+            iotlb_entries: default_iotlb(),
+            snoop_control: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_entry_limit")]
+    pub dma_entry_limit: u32,
+}
+
+fn default_entry_limit() -> u32 {
+    softvfio::platform::DEFAULT_DMA_ENTRY_LIMIT
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            dma_entry_limit: default_entry_limit(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DirtyConfig {
+    #[serde(default)]
+    pub precise: bool,
+}
+
+/// Device models a configuration can name.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum DeviceKind {
+    #[serde(rename = "edu")]
+    Edu,
+    #[serde(rename = "mdev-edu")]
+    MdevEdu,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub kind: DeviceKind,
+    pub bdf: String,
+    pub group: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReservedRegionConfig {
+    pub group: u32,
+    pub start: u64,
+    pub end: u64,
+    #[serde(default = "default_resv_kind")]
+    pub kind: ResvKind,
+}
+
+fn default_resv_kind() -> ResvKind {
+    ResvKind::Reserved
+}
+
+/// A whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub iommu: IommuConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub dirty: DirtyConfig,
+    #[serde(default, rename = "device")]
+    pub devices: Vec<DeviceConfig>,
+    #[serde(default, rename = "reserved_region")]
+    pub reserved_regions: Vec<ReservedRegionConfig>,
+}
+
+/// The largest configuration file accepted (bounded resources).
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+/// The most devices a configuration may declare.
+pub const MAX_DEVICES: usize = 256;
+
+/// A PCI address `DDDD:BB:DD.F`, as requester id `BB << 8 | DD << 3 | F`.
+pub fn parse_bdf(s: &str) -> Option<u16> {
+    let (domain, rest) = s.split_once(':')?;
+    let (bus, rest) = rest.split_once(':')?;
+    let (dev, func) = rest.split_once('.')?;
+    if domain.len() != 4 || bus.len() != 2 || dev.len() != 2 || func.len() != 1 {
+        return None;
+    }
+    u16::from_str_radix(domain, 16).ok()?;
+    let bus = u16::from_str_radix(bus, 16).ok()?;
+    let dev = u16::from_str_radix(dev, 16).ok()?;
+    let func = u16::from_str_radix(func, 16).ok()?;
+    if dev > 0x1f || func > 7 {
+        return None;
+    }
+    Some(bus << 8 | dev << 3 | func)
+}
+
+/// A UUID in its canonical 8-4-4-4-12 hex form (the name of an mdev).
+pub fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+impl Config {
+    /// The platform of the conformance reference: one edu device at
+    /// 0000:00:03.0, alone in group 3, behind a 39-bit VT-d.
+    pub fn reference() -> Self {
+        Config {
+            iommu: IommuConfig::default(),
+            limits: LimitsConfig::default(),
+            dirty: DirtyConfig::default(),
+            devices: vec![DeviceConfig {
+                kind: DeviceKind::Edu,
+                bdf: "0000:00:03.0".into(),
+                group: 3,
+            }],
+            reserved_regions: Vec::new(),
+        }
+    }
+
+    pub fn from_file(path: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read(path).map_err(|e| ConfigError::Read {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::Read {
+                path: path.into(),
+                reason: format!("larger than {MAX_CONFIG_BYTES} bytes"),
+            });
+        }
+        let text = String::from_utf8(text).map_err(|_| ConfigError::Read {
+            path: path.into(),
+            reason: "not UTF-8".into(),
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates a configuration.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::Syntax(format!(
+                "configuration larger than {MAX_CONFIG_BYTES} bytes"
+            )));
+        }
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string().trim().to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.iommu.address_width, 39 | 48) {
+            return Err(invalid(
+                "iommu.address_width",
+                format!("{} is not supported (39 or 48)", self.iommu.address_width),
+            ));
+        }
+        if self.iommu.iotlb_entries == 0 || self.iommu.iotlb_entries > 1 << 20 {
+            return Err(invalid("iommu.iotlb_entries", "must be 1..=1048576"));
+        }
+        if self.limits.dma_entry_limit == 0 {
+            return Err(invalid("limits.dma_entry_limit", "must be at least 1"));
+        }
+        if self.devices.is_empty() {
+            return Err(invalid("device", "at least one [[device]] is needed"));
+        }
+        if self.devices.len() > MAX_DEVICES {
+            return Err(invalid("device", format!("at most {MAX_DEVICES} devices")));
+        }
+        let mut names = BTreeSet::new();
+        let mut group_kind: BTreeMap<u32, bool> = BTreeMap::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            let key = format!("device[{i}].bdf");
+            match d.kind {
+                DeviceKind::Edu => {
+                    if parse_bdf(&d.bdf).is_none() {
+                        return Err(invalid(key, format!("{:?} is not a PCI address like 0000:00:03.0", d.bdf)));
+                    }
+                }
+                DeviceKind::MdevEdu => {
+                    if !is_uuid(&d.bdf) {
+                        return Err(invalid(key, format!("{:?} is not a UUID (a mediated device is named by one)", d.bdf)));
+                    }
+                }
+            }
+            if !names.insert(d.bdf.to_ascii_lowercase()) {
+                return Err(invalid(key, format!("{:?} is declared twice", d.bdf)));
+            }
+            let emulated = d.kind == DeviceKind::MdevEdu;
+            if let Some(prev) = group_kind.insert(d.group, emulated) {
+                if prev != emulated {
+                    return Err(invalid(
+                        format!("device[{i}].group"),
+                        format!("group {} mixes mediated and IOMMU-backed devices", d.group),
+                    ));
+                }
+            }
+        }
+        for (i, r) in self.reserved_regions.iter().enumerate() {
+            if r.start > r.end {
+                return Err(invalid(format!("reserved_region[{i}].end"), "end is below start"));
+            }
+            if r.start % 4096 != 0 || r.end % 4096 != 4095 {
+                return Err(invalid(
+                    format!("reserved_region[{i}].start"),
+                    "region must cover whole 4 KiB pages (start aligned, end = aligned - 1)",
+                ));
+            }
+            match group_kind.get(&r.group) {
+                None => {
+                    return Err(invalid(
+                        format!("reserved_region[{i}].group"),
+                        format!("no device is in group {}", r.group),
+                    ))
+                }
+                Some(true) => {
+                    return Err(invalid(
+                        format!("reserved_region[{i}].group"),
+                        format!("group {} is a mediated-device group (no IOMMU)", r.group),
+                    ))
+                }
+                Some(false) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_example_parses() {
+        let c = Config::parse(
+            r#"
+[iommu]
+address_width = 48
+[limits]
+dma_entry_limit = 8
+[[device]]
+kind = "edu"
+bdf = "0000:00:03.0"
+group = 3
+[[device]]
+kind = "mdev-edu"
+bdf = "c0ffee00-0000-4000-8000-000000000001"
+group = 10
+[[reserved_region]]
+group = 3
+start = 0x10000000
+end = 0x1fffffff
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.iommu.address_width, 48);
+        assert_eq!(c.limits.dma_entry_limit, 8);
+        assert_eq!(c.devices.len(), 2);
+        assert_eq!(c.devices[1].kind, DeviceKind::MdevEdu);
+        assert_eq!(c.reserved_regions[0].kind, ResvKind::Reserved);
+        assert_eq!(c.reserved_regions[0].end, 0x1fff_ffff);
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dev = "[[device]]\nkind = \"edu\"\nbdf = \"0000:00:03.0\"\ngroup = 3\n";
+        assert_eq!(
+            err(&format!("[iommu]\naddress_width = 40\n{dev}")),
+            "iommu.address_width: 40 is not supported (39 or 48)"
+        );
+        assert!(err(&format!("[iommu]\nwidth = 39\n{dev}")).contains("unknown field `width`"));
+        assert!(err("[[device]]\nkind = \"gpu\"\nbdf = \"0000:00:03.0\"\ngroup = 3\n").contains("kind"));
+        assert_eq!(
+            err("[[device]]\nkind = \"edu\"\nbdf = \"00:03.0\"\ngroup = 3\n"),
+            "device[0].bdf: \"00:03.0\" is not a PCI address like 0000:00:03.0"
+        );
+        assert_eq!(
+            err("[[device]]\nkind = \"mdev-edu\"\nbdf = \"0000:00:03.0\"\ngroup = 3\n"),
+            "device[0].bdf: \"0000:00:03.0\" is not a UUID (a mediated device is named by one)"
+        );
+        assert_eq!(
+            err(&format!("{dev}[[reserved_region]]\ngroup = 4\nstart = 0\nend = 0xfff\n")),
+            "reserved_region[0].group: no device is in group 4"
+        );
+        assert_eq!(
+            err(&format!("{dev}[[reserved_region]]\ngroup = 3\nstart = 0x2000\nend = 0xfff\n")),
+            "reserved_region[0].end: end is below start"
+        );
+        assert_eq!(err(&format!("[limits]\ndma_entry_limit = 0\n{dev}")), "limits.dma_entry_limit: must be at least 1");
+        assert_eq!(err(""), "device: at least one [[device]] is needed");
+        assert!(err(&format!("{dev}{dev}")).contains("declared twice"));
+    }
+
+    #[test]
+    fn bdf_and_uuid_parsing() {
+        assert_eq!(parse_bdf("0000:00:03.0"), Some(0x18));
+        assert_eq!(parse_bdf("0000:01:1f.7"), Some(0x1ff));
+        assert_eq!(parse_bdf("0000:00:20.0"), None);
+        assert_eq!(parse_bdf("0000:00:03"), None);
+        assert!(is_uuid("c0ffee00-0000-4000-8000-000000000001"));
+        assert!(!is_uuid("c0ffee00-0000-4000-8000-00000000000"));
+    }
+
+    #[test]
+    fn reference_is_valid() {
+        Config::reference().validate().unwrap();
+    }
+}
