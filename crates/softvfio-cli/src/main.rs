@@ -1,3 +1,45 @@
-fn main() {
-    println!("softvfio: under construction");
+//! `softvfio`: run VFIO programs on a software IOMMU, demonstrate it,
+//! inspect a running session, measure it.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod inspect;
+mod report;
+mod run;
+
+#[derive(Parser)]
+#[command(
+    name = "softvfio",
+    version,
+    about = "The Linux VFIO type1 IOMMU backend in user space"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Map guest-like memory on the built-in platform, run DMA through the
+    /// edu device, and show mappings, the IOVA list, pins, accounting and
+    /// timings.
+    Demo(demo::DemoArgs),
+    /// Run PROGRAM with /dev/vfio served by softvfio (static binaries too);
+    /// print the DMA fault log and a leak report when it ends.
+    Run(run::RunArgs),
+    /// Show the state of a running `softvfio run` session.
+    Inspect(inspect::InspectArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Demo(a) => demo::main(a),
+        Command::Run(a) => run::main(a),
+        Command::Inspect(a) => inspect::main(a),
+    };
+    ExitCode::from(code)
 }

@@ -226,8 +226,8 @@ impl Config {
                 "configuration larger than {MAX_CONFIG_BYTES} bytes"
             )));
         }
-        let cfg: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string().trim().to_string()))?;
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax(e.to_string().trim().to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -258,12 +258,21 @@ impl Config {
             match d.kind {
                 DeviceKind::Edu => {
                     if parse_bdf(&d.bdf).is_none() {
-                        return Err(invalid(key, format!("{:?} is not a PCI address like 0000:00:03.0", d.bdf)));
+                        return Err(invalid(
+                            key,
+                            format!("{:?} is not a PCI address like 0000:00:03.0", d.bdf),
+                        ));
                     }
                 }
                 DeviceKind::MdevEdu => {
                     if !is_uuid(&d.bdf) {
-                        return Err(invalid(key, format!("{:?} is not a UUID (a mediated device is named by one)", d.bdf)));
+                        return Err(invalid(
+                            key,
+                            format!(
+                                "{:?} is not a UUID (a mediated device is named by one)",
+                                d.bdf
+                            ),
+                        ));
                     }
                 }
             }
@@ -282,7 +291,10 @@ impl Config {
         }
         for (i, r) in self.reserved_regions.iter().enumerate() {
             if r.start > r.end {
-                return Err(invalid(format!("reserved_region[{i}].end"), "end is below start"));
+                return Err(invalid(
+                    format!("reserved_region[{i}].end"),
+                    "end is below start",
+                ));
             }
             if r.start % 4096 != 0 || r.end % 4096 != 4095 {
                 return Err(invalid(
@@ -357,7 +369,9 @@ end = 0x1fffffff
             "iommu.address_width: 40 is not supported (39 or 48)"
         );
         assert!(err(&format!("[iommu]\nwidth = 39\n{dev}")).contains("unknown field `width`"));
-        assert!(err("[[device]]\nkind = \"gpu\"\nbdf = \"0000:00:03.0\"\ngroup = 3\n").contains("kind"));
+        assert!(
+            err("[[device]]\nkind = \"gpu\"\nbdf = \"0000:00:03.0\"\ngroup = 3\n").contains("kind")
+        );
         assert_eq!(
             err("[[device]]\nkind = \"edu\"\nbdf = \"00:03.0\"\ngroup = 3\n"),
             "device[0].bdf: \"00:03.0\" is not a PCI address like 0000:00:03.0"
@@ -367,14 +381,21 @@ end = 0x1fffffff
             "device[0].bdf: \"0000:00:03.0\" is not a UUID (a mediated device is named by one)"
         );
         assert_eq!(
-            err(&format!("{dev}[[reserved_region]]\ngroup = 4\nstart = 0\nend = 0xfff\n")),
+            err(&format!(
+                "{dev}[[reserved_region]]\ngroup = 4\nstart = 0\nend = 0xfff\n"
+            )),
             "reserved_region[0].group: no device is in group 4"
         );
         assert_eq!(
-            err(&format!("{dev}[[reserved_region]]\ngroup = 3\nstart = 0x2000\nend = 0xfff\n")),
+            err(&format!(
+                "{dev}[[reserved_region]]\ngroup = 3\nstart = 0x2000\nend = 0xfff\n"
+            )),
             "reserved_region[0].end: end is below start"
         );
-        assert_eq!(err(&format!("[limits]\ndma_entry_limit = 0\n{dev}")), "limits.dma_entry_limit: must be at least 1");
+        assert_eq!(
+            err(&format!("[limits]\ndma_entry_limit = 0\n{dev}")),
+            "limits.dma_entry_limit: must be at least 1"
+        );
         assert_eq!(err(""), "device: at least one [[device]] is needed");
         assert!(err(&format!("{dev}{dev}")).contains("declared twice"));
     }

@@ -1,5 +1,7 @@
 //! softvfio platforms: configuration and assembly.
 
+pub mod build;
 pub mod config;
 
+pub use build::{build, BuiltDevice, BuiltPlatform};
 pub use config::{Config, ConfigError};

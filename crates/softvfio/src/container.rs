@@ -607,7 +607,9 @@ impl Container {
                 return Err(VfioError::NoEntry);
             };
             if !dma.vaddr_invalid || dma.iova != iova || dma.size != size {
-                return Err(VfioError::Invalid("vaddr update must match an invalidated mapping"));
+                return Err(VfioError::Invalid(
+                    "vaddr update must match an invalidated mapping",
+                ));
             }
             if let Some(dma) = t.dmas.get_mut(iova) {
                 dma.vaddr = vaddr;
@@ -667,7 +669,10 @@ impl Container {
         let pages = page_pages(dma.size);
         // One accounting update for the whole mapping (seed 000), made before
         // pinning so that concurrent maps cannot both pass the limit.
-        self.mem.account().charge(pages, policy).map_err(over_limit)?;
+        self.mem
+            .account()
+            .charge(pages, policy)
+            .map_err(over_limit)?;
         let mut mapped_end = dma.iova;
         let mut iommu_error: Option<VfioError> = None;
         let pin_result = self.mem.pin(
@@ -759,7 +764,11 @@ impl Container {
         let bitmap = if flags & UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
             match bitmap {
                 Some(b) if t.dirty_tracking && b.pgsize == pgsize => Some(b),
-                _ => return Err(VfioError::Invalid("dirty bitmap needs tracking and min pgsize")),
+                _ => {
+                    return Err(VfioError::Invalid(
+                        "dirty bitmap needs tracking and min pgsize",
+                    ))
+                }
             }
         } else {
             None
@@ -789,7 +798,9 @@ impl Container {
         if invalidate_vaddr {
             let mut touched = Vec::new();
             for key in keys {
-                let Some(dma) = t.dmas.get_mut(key) else { break };
+                let Some(dma) = t.dmas.get_mut(key) else {
+                    break;
+                };
                 if u128::from(dma.iova) >= range_end || (!t.v2 && iova > dma.iova) {
                     break;
                 }
@@ -813,6 +824,7 @@ impl Container {
 
         let pinned_dirty_all = t.num_non_pinned_groups > 0;
         let pgshift = pgsize.trailing_zeros();
+        let domains: Vec<Arc<dyn DomainOps>> = t.domains.iter().map(|d| d.ops.clone()).collect();
         for key in keys {
             let Some(dma) = t.dmas.get(key) else { break };
             if u128::from(dma.iova) >= range_end || (!t.v2 && iova > dma.iova) {
@@ -820,10 +832,7 @@ impl Container {
             }
             if let Some(b) = bitmap {
                 let nbits = dma.size >> pgshift;
-                let mut bits = dma.bitmap.clone().unwrap_or_else(|| dirty::new_bitmap(nbits));
-                if pinned_dirty_all && dma.iommu_mapped {
-                    dirty::set_all(&mut bits, nbits);
-                }
+                let bits = self.dirty_bits(&domains, dma, pgshift, pinned_dirty_all);
                 let bit_offset = (dma.iova - iova) >> pgshift;
                 dirty::copy_to_user(self.mem.as_ref(), b.data, &bits, nbits, bit_offset)?;
             }
@@ -913,7 +922,9 @@ impl Container {
         }
         let pgsize = min_pgsize(t.pgsize_bitmap);
         if bitmap.pgsize != pgsize {
-            return Err(VfioError::Invalid("bitmap pgsize must be the minimum IOMMU page size"));
+            return Err(VfioError::Invalid(
+                "bitmap pgsize must be the minimum IOMMU page size",
+            ));
         }
         if iova & (pgsize - 1) != 0 || size == 0 || size & (pgsize - 1) != 0 {
             return Err(VfioError::Invalid("unaligned range"));
@@ -935,24 +946,13 @@ impl Container {
         }
         let pgshift = pgsize.trailing_zeros();
         let all_dirty = t.num_non_pinned_groups > 0;
-        let precise = self.cfg.precise_dirty;
         let domains: Vec<Arc<dyn DomainOps>> = t.domains.iter().map(|d| d.ops.clone()).collect();
         for key in t.dmas.keys_starting_in(iova, size) {
-            let Some(dma) = t.dmas.get_mut(key) else { continue };
+            let Some(dma) = t.dmas.get_mut(key) else {
+                continue;
+            };
             let nbits = dma.size >> pgshift;
-            let mut bits = dma.bitmap.take().unwrap_or_else(|| dirty::new_bitmap(nbits));
-            if all_dirty && dma.iommu_mapped {
-                if precise {
-                    for d in &domains {
-                        let base = dma.iova;
-                        d.read_and_clear_dirty(dma.iova, dma.size, &mut |page_iova| {
-                            dirty::set_bit(&mut bits, (page_iova - base) >> pgshift);
-                        });
-                    }
-                } else {
-                    dirty::set_all(&mut bits, nbits);
-                }
-            }
+            let bits = self.dirty_bits(&domains, dma, pgshift, all_dirty);
             let bit_offset = (dma.iova - iova) >> pgshift;
             let res = dirty::copy_to_user(self.mem.as_ref(), bitmap.data, &bits, nbits, bit_offset);
             // Reported pages start clean again (pinned pages would be
@@ -961,6 +961,66 @@ impl Container {
             res?;
         }
         Ok(())
+    }
+
+    /// The dirty bits to report for `dma`: its own bitmap (pages dirtied
+    /// through the pinning interfaces) plus, while a group that can write
+    /// memory directly is attached, every mapped page (type1) or, in precise
+    /// mode, the pages whose IOMMU dirty bit is set (cleared as read).
+    fn dirty_bits(
+        &self,
+        domains: &[Arc<dyn DomainOps>],
+        dma: &Dma,
+        pgshift: u32,
+        direct_writers: bool,
+    ) -> Vec<u64> {
+        let nbits = dma.size >> pgshift;
+        let mut bits = dma
+            .bitmap
+            .clone()
+            .unwrap_or_else(|| dirty::new_bitmap(nbits));
+        if direct_writers && dma.iommu_mapped {
+            if self.cfg.precise_dirty {
+                for d in domains {
+                    d.read_and_clear_dirty(dma.iova, dma.size, &mut |page_iova| {
+                        dirty::set_bit(&mut bits, (page_iova - dma.iova) >> pgshift);
+                    });
+                }
+            } else {
+                dirty::set_all(&mut bits, nbits);
+            }
+        }
+        bits
+    }
+
+    // ---- idiomatic API for Rust callers -----------------------------------
+
+    /// Maps `size` bytes of user memory at `vaddr` to `iova` with `prot`.
+    pub fn map(&self, iova: u64, vaddr: u64, size: u64, prot: Prot) -> Result<()> {
+        let flags = (if prot.read { MAP_FLAG_READ } else { 0 })
+            | (if prot.write { MAP_FLAG_WRITE } else { 0 });
+        self.map_dma(iova, vaddr, size, flags)
+    }
+
+    /// Unmaps the mappings in `[iova, iova + size)`; returns the bytes unmapped.
+    pub fn unmap(&self, iova: u64, size: u64) -> Result<u64> {
+        self.unmap_dma(iova, size, 0, None)
+    }
+
+    /// Unmaps everything; returns the bytes unmapped.
+    pub fn unmap_all(&self) -> Result<u64> {
+        self.unmap_dma(0, 0, UNMAP_FLAG_ALL, None)
+    }
+
+    /// Marks the vaddr of the mappings in `[iova, iova + size)` invalid
+    /// (live update); DMA keeps working. Returns the bytes invalidated.
+    pub fn invalidate_vaddr(&self, iova: u64, size: u64) -> Result<u64> {
+        self.unmap_dma(iova, size, UNMAP_FLAG_VADDR, None)
+    }
+
+    /// Gives an invalidated mapping its new user address.
+    pub fn update_vaddr(&self, iova: u64, vaddr: u64, size: u64) -> Result<()> {
+        self.map_dma(iova, vaddr, size, MAP_FLAG_VADDR)
     }
 
     // ---- introspection ----------------------------------------------------
@@ -1165,9 +1225,7 @@ mod tests {
     const PG: u64 = PAGE_SIZE;
     const RW: u32 = MAP_FLAG_READ | MAP_FLAG_WRITE;
 
-    fn setup(
-        v2: bool,
-    ) -> (Arc<Container>, Arc<VecMemory>, Arc<FakeUnit>, Arc<Group>) {
+    fn setup(v2: bool) -> (Arc<Container>, Arc<VecMemory>, Arc<FakeUnit>, Arc<Group>) {
         let mem = VecMemory::new(BASE, 256 * PG as usize);
         let unit = FakeUnit::new(39);
         let group = Arc::new(iommu_group(3, 0x18, unit.clone(), Vec::new()));
@@ -1275,7 +1333,10 @@ mod tests {
         c.map_dma(0x10_0000, BASE, 16 * PG, RW).unwrap();
         c.map_dma(0x20_0000, BASE, 16 * PG, RW).unwrap(); // same pages count again
         assert_eq!(mem.account().locked_pages(), 32);
-        assert_eq!(errno(c.map_dma(0x30_0000, BASE + 16 * PG, PG, RW)), libc::ENOMEM);
+        assert_eq!(
+            errno(c.map_dma(0x30_0000, BASE + 16 * PG, PG, RW)),
+            libc::ENOMEM
+        );
         assert_eq!(mem.account().locked_pages(), 32);
         assert_eq!(mem.pin_count(BASE), 2);
         c.unmap_dma(0, 0, UNMAP_FLAG_ALL, None).unwrap();
@@ -1370,7 +1431,10 @@ mod tests {
         assert_eq!(mem.account().locked_pages(), 2);
         c.detach_group(8);
         assert_eq!(c.snapshot().domains.len(), 1);
-        assert_eq!(c.info().unwrap().iova_ranges.last().unwrap().end, (1 << 39) - 1);
+        assert_eq!(
+            c.info().unwrap().iova_ranges.last().unwrap().end,
+            (1 << 39) - 1
+        );
         assert!(d2.pages.lock().unwrap().is_empty());
         assert_eq!(mem.total_pins(), 2);
     }

@@ -88,7 +88,8 @@ pub fn copy_to_user(
         .ok_or(VfioError::Fault)?;
     if shift != 0 {
         let mut leftover = [0u8; 8];
-        mem.read(addr, &mut leftover).map_err(|_| VfioError::Fault)?;
+        mem.read(addr, &mut leftover)
+            .map_err(|_| VfioError::Fault)?;
         if let Some(w) = out.first_mut() {
             *w |= u64::from_ne_bytes(leftover);
         }

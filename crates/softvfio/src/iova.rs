@@ -40,11 +40,7 @@ impl IovaList {
     /// May a mapping cover `start..=end`? (One range must hold all of it; an
     /// empty list allows anything.)
     pub fn allows(&self, start: u64, end: u64) -> bool {
-        self.ranges.is_empty()
-            || self
-                .ranges
-                .iter()
-                .any(|r| start >= r.start && end <= r.end)
+        self.ranges.is_empty() || self.ranges.iter().any(|r| start >= r.start && end <= r.end)
     }
 
     pub fn first_start(&self) -> Option<u64> {

@@ -10,14 +10,14 @@
 //! - [`device`]: device models as their VFIO device fd shows them.
 
 pub mod account;
-pub mod device;
-pub mod iommu;
-pub mod memory;
 pub mod container;
+pub mod device;
 pub mod dirty;
 pub mod dma;
 pub mod error;
+pub mod iommu;
 pub mod iova;
+pub mod memory;
 pub mod platform;
 pub mod testing;
 pub mod uapi;

@@ -14,11 +14,12 @@ use std::mem::{offset_of, size_of};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vfio_bindings::bindings::vfio::{
-    vfio_bitmap, vfio_device_info, vfio_group_status, vfio_info_cap_header, vfio_iommu_type1_dirty_bitmap,
-    vfio_iommu_type1_dirty_bitmap_get, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap,
-    vfio_iommu_type1_info, vfio_iommu_type1_info_cap_iova_range, vfio_iommu_type1_info_cap_migration,
-    vfio_iommu_type1_info_dma_avail, vfio_iova_range, vfio_irq_info, vfio_region_info, VFIO_API_VERSION,
-    VFIO_IOMMU_INFO_CAPS, VFIO_IOMMU_INFO_PGSIZES, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
+    vfio_bitmap, vfio_device_info, vfio_group_status, vfio_info_cap_header,
+    vfio_iommu_type1_dirty_bitmap, vfio_iommu_type1_dirty_bitmap_get, vfio_iommu_type1_dma_map,
+    vfio_iommu_type1_dma_unmap, vfio_iommu_type1_info, vfio_iommu_type1_info_cap_iova_range,
+    vfio_iommu_type1_info_cap_migration, vfio_iommu_type1_info_dma_avail, vfio_iova_range,
+    vfio_irq_info, vfio_region_info, VFIO_API_VERSION, VFIO_IOMMU_INFO_CAPS,
+    VFIO_IOMMU_INFO_PGSIZES, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
     VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION, VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
 };
 
@@ -125,13 +126,15 @@ impl Wire {
     /// `copy_to_user` of the first `len` bytes.
     fn write_back(&self, user: &dyn UserMemory, addr: u64, len: usize) -> Result<()> {
         let len = len.min(self.0.len());
-        user.write(addr, &self.0[..len]).map_err(|_| VfioError::Fault)
+        user.write(addr, &self.0[..len])
+            .map_err(|_| VfioError::Fault)
     }
 }
 
 /// The kernel's `access_ok`: a user range must lie below the user limit.
 fn access_ok(addr: u64, size: u64) -> bool {
-    addr.checked_add(size).is_some_and(|end| end <= USER_ADDR_LIMIT)
+    addr.checked_add(size)
+        .is_some_and(|end| end <= USER_ADDR_LIMIT)
 }
 
 /// What a successful ioctl returns to the caller.
@@ -234,11 +237,7 @@ impl Vfio {
     /// `open("/dev/vfio/<id>")`: ENOENT for no such group, EBUSY when the
     /// group is open already.
     pub fn open_group(&self, id: u32) -> Result<GroupFile> {
-        let group = self
-            .platform
-            .group(id)
-            .cloned()
-            .ok_or(VfioError::NoEntry)?;
+        let group = self.platform.group(id).cloned().ok_or(VfioError::NoEntry)?;
         let mut groups = self.groups();
         let st = groups.entry(id).or_default();
         // A group file may be open once; devices keep it alive after close.
@@ -332,7 +331,10 @@ impl Vfio {
         }
         let info = c.info()?;
         let mut flags = VFIO_IOMMU_INFO_PGSIZES;
-        w.put_u64(offset_of!(vfio_iommu_type1_info, iova_pgsizes), info.pgsize_bitmap);
+        w.put_u64(
+            offset_of!(vfio_iommu_type1_info, iova_pgsizes),
+            info.pgsize_bitmap,
+        );
 
         let caps = build_info_caps(&info);
         if !caps.is_empty() {
@@ -346,7 +348,10 @@ impl Vfio {
                 shift_cap_chain(&mut chain, info_size as u32);
                 user.write(arg + info_size as u64, &chain)
                     .map_err(|_| VfioError::Fault)?;
-                w.put_u32(offset_of!(vfio_iommu_type1_info, cap_offset), info_size as u32);
+                w.put_u32(
+                    offset_of!(vfio_iommu_type1_info, cap_offset),
+                    info_size as u32,
+                );
             }
         }
         w.put_u32(offset_of!(vfio_iommu_type1_info, flags), flags);
@@ -381,7 +386,9 @@ impl Vfio {
         if (argsz as usize) < minsz || flags & !mask != 0 {
             return Err(VfioError::Invalid("bad argsz or unknown flags"));
         }
-        if flags & UNMAP_FLAG_GET_DIRTY_BITMAP != 0 && flags & (UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR) != 0 {
+        if flags & UNMAP_FLAG_GET_DIRTY_BITMAP != 0
+            && flags & (UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR) != 0
+        {
             return Err(VfioError::Invalid("dirty bitmap with ALL or VADDR"));
         }
         let mut bitmap = None;
@@ -432,7 +439,10 @@ impl Vfio {
         let g = Wire::read(user, arg + minsz as u64, get_size)?;
         let iova = g.u64_at(offset_of!(vfio_iommu_type1_dirty_bitmap_get, iova));
         let size = g.u64_at(offset_of!(vfio_iommu_type1_dirty_bitmap_get, size));
-        let b = read_bitmap(user, arg + (minsz + offset_of!(vfio_iommu_type1_dirty_bitmap_get, bitmap)) as u64)?;
+        let b = read_bitmap(
+            user,
+            arg + (minsz + offset_of!(vfio_iommu_type1_dirty_bitmap_get, bitmap)) as u64,
+        )?;
         if iova.checked_add(size).is_none() {
             return Err(VfioError::Invalid("range wraps"));
         }
@@ -463,7 +473,10 @@ impl Vfio {
                 if (w.u32_at(offset_of!(vfio_group_status, argsz)) as usize) < minsz {
                     return Err(VfioError::Invalid("argsz too small"));
                 }
-                let attached = self.groups().get(&id).is_some_and(|s| s.container.is_some());
+                let attached = self
+                    .groups()
+                    .get(&id)
+                    .is_some_and(|s| s.container.is_some());
                 let flags = if attached {
                     GROUP_FLAGS_VIABLE | GROUP_FLAGS_CONTAINER_SET
                 } else {
@@ -565,7 +578,10 @@ impl Vfio {
                     w.put_u32(offset_of!(vfio_device_info, cap_offset), 0);
                 }
                 w.put_u32(offset_of!(vfio_device_info, flags), model.flags());
-                w.put_u32(offset_of!(vfio_device_info, num_regions), model.num_regions());
+                w.put_u32(
+                    offset_of!(vfio_device_info, num_regions),
+                    model.num_regions(),
+                );
                 w.put_u32(offset_of!(vfio_device_info, num_irqs), model.num_irqs());
                 w.write_back(user, arg, minsz)?;
                 Ok(0)
@@ -738,7 +754,10 @@ fn build_info_caps(info: &crate::container::Type1Info) -> Vec<u8> {
         );
     });
     add(&mut chain, VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL, &|w| {
-        w.put_u32(offset_of!(vfio_iommu_type1_info_dma_avail, avail), info.dma_avail);
+        w.put_u32(
+            offset_of!(vfio_iommu_type1_info_dma_avail, avail),
+            info.dma_avail,
+        );
     });
     // A container with only mediated devices has no IOVA list: no capability.
     if !info.iova_ranges.is_empty() {

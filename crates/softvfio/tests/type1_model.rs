@@ -21,12 +21,27 @@ const RW: u32 = MAP_FLAG_READ | MAP_FLAG_WRITE;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Map { iova: u64, size: u64, vpage: u64, flags: u32 },
-    Unmap { iova: u64, size: u64 },
+    Map {
+        iova: u64,
+        size: u64,
+        vpage: u64,
+        flags: u32,
+    },
+    Unmap {
+        iova: u64,
+        size: u64,
+    },
     UnmapAll,
-    Invalidate { iova: u64, size: u64 },
+    Invalidate {
+        iova: u64,
+        size: u64,
+    },
     InvalidateAll,
-    Update { iova: u64, size: u64, vpage: u64 },
+    Update {
+        iova: u64,
+        size: u64,
+        vpage: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +80,7 @@ impl Model {
     fn map(&mut self, iova: u64, size: u64, vpage: u64, flags: u32) -> Result<u64, i32> {
         let set_vaddr = flags & MAP_FLAG_VADDR != 0;
         let prot = flags & RW != 0;
-        if prot == set_vaddr || size == 0 || size % PG != 0 || iova % PG != 0 {
+        if prot == set_vaddr || size == 0 || !size.is_multiple_of(PG) || !iova.is_multiple_of(PG) {
             return Err(EINVAL);
         }
         let hits = self.overlapping(iova, size);
@@ -77,7 +92,13 @@ impl Model {
             if hits.len() != 1 || hits[0] != iova || m.size != size || !m.invalid {
                 return Err(EINVAL);
             }
-            self.maps.insert(iova, M { size, invalid: false });
+            self.maps.insert(
+                iova,
+                M {
+                    size,
+                    invalid: false,
+                },
+            );
             return Ok(0);
         }
         if !hits.is_empty() {
@@ -92,12 +113,18 @@ impl Model {
         if vpage + size / PG > self.backing_pages {
             return Err(libc::EFAULT);
         }
-        self.maps.insert(iova, M { size, invalid: false });
+        self.maps.insert(
+            iova,
+            M {
+                size,
+                invalid: false,
+            },
+        );
         Ok(0)
     }
 
     fn unmap(&mut self, iova: u64, size: u64, all: bool, invalidate: bool) -> Result<u64, i32> {
-        if iova % PG != 0 {
+        if !iova.is_multiple_of(PG) {
             return Err(EINVAL);
         }
         let (iova, size) = if all {
@@ -106,7 +133,7 @@ impl Model {
             }
             (0, u64::MAX)
         } else {
-            if size == 0 || size % PG != 0 || iova.checked_add(size - 1).is_none() {
+            if size == 0 || !size.is_multiple_of(PG) || iova.checked_add(size - 1).is_none() {
                 return Err(EINVAL);
             }
             (iova, size)
@@ -114,9 +141,9 @@ impl Model {
         let mut hits = self.overlapping(iova, size);
         if self.v2 && !all {
             let first_bisected = hits.first().is_some_and(|k| *k < iova);
-            let last_bisected = hits
-                .last()
-                .is_some_and(|k| u128::from(*k + self.maps[k].size) > u128::from(iova) + u128::from(size));
+            let last_bisected = hits.last().is_some_and(|k| {
+                u128::from(*k + self.maps[k].size) > u128::from(iova) + u128::from(size)
+            });
             if first_bisected || last_bisected {
                 return Err(EINVAL);
             }
@@ -182,7 +209,8 @@ fn run(v2: bool, ops: &[Op]) -> Result<(), TestCaseError> {
         },
         mem.clone(),
     );
-    c.attach_group(&platform_group).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    c.attach_group(&platform_group)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     c.set_iommu(if v2 { TYPE1V2_IOMMU } else { TYPE1_IOMMU })
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut model = Model {
@@ -192,16 +220,28 @@ fn run(v2: bool, ops: &[Op]) -> Result<(), TestCaseError> {
     };
     for op in ops {
         let (got, want) = match *op {
-            Op::Map { iova, size, vpage, flags } => (
+            Op::Map {
+                iova,
+                size,
+                vpage,
+                flags,
+            } => (
                 c.map_dma(iova, base + vpage * PG, size, flags).map(|()| 0),
                 model.map(iova, size, vpage, flags),
             ),
             Op::Update { iova, size, vpage } => (
-                c.map_dma(iova, base + vpage * PG, size, MAP_FLAG_VADDR).map(|()| 0),
+                c.map_dma(iova, base + vpage * PG, size, MAP_FLAG_VADDR)
+                    .map(|()| 0),
                 model.map(iova, size, vpage, MAP_FLAG_VADDR),
             ),
-            Op::Unmap { iova, size } => (c.unmap_dma(iova, size, 0, None), model.unmap(iova, size, false, false)),
-            Op::UnmapAll => (c.unmap_dma(0, 0, UNMAP_FLAG_ALL, None), model.unmap(0, 0, true, false)),
+            Op::Unmap { iova, size } => (
+                c.unmap_dma(iova, size, 0, None),
+                model.unmap(iova, size, false, false),
+            ),
+            Op::UnmapAll => (
+                c.unmap_dma(0, 0, UNMAP_FLAG_ALL, None),
+                model.unmap(0, 0, true, false),
+            ),
             Op::Invalidate { iova, size } => (
                 c.unmap_dma(iova, size, UNMAP_FLAG_VADDR, None),
                 model.unmap(iova, size, false, true),
@@ -214,8 +254,16 @@ fn run(v2: bool, ops: &[Op]) -> Result<(), TestCaseError> {
         let got = got.map_err(|e| e.errno());
         prop_assert_eq!(got, want, "op {:?}", op);
         let snap = c.snapshot();
-        let engine: Vec<(u64, u64, bool)> = snap.mappings.iter().map(|m| (m.iova, m.size, m.vaddr_invalid)).collect();
-        let expect: Vec<(u64, u64, bool)> = model.maps.iter().map(|(k, m)| (*k, m.size, m.invalid)).collect();
+        let engine: Vec<(u64, u64, bool)> = snap
+            .mappings
+            .iter()
+            .map(|m| (m.iova, m.size, m.vaddr_invalid))
+            .collect();
+        let expect: Vec<(u64, u64, bool)> = model
+            .maps
+            .iter()
+            .map(|(k, m)| (*k, m.size, m.invalid))
+            .collect();
         prop_assert_eq!(engine, expect, "after {:?}", op);
         prop_assert_eq!(c.info().map(|i| i.dma_avail).ok(), Some(model.avail()));
         let mapped_pages: u64 = model.maps.values().map(|m| m.size / PG).sum();

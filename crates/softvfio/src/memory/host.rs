@@ -1,1 +1,1363 @@
-//! Real process memory (placeholder: being written).
+//! Real process memory: this process, or another one identified by pid.
+//!
+//! Pinning does in user space what `pin_user_pages(FOLL_LONGTERM)` does in
+//! the kernel, as far as user space can:
+//! - fault the pages in with the access asked for (`MADV_POPULATE_READ` or
+//!   `MADV_POPULATE_WRITE`), failing with [`MemError::Fault`] when any part
+//!   of the range is unmapped, `PROT_NONE`, or read-only but pinned for
+//!   write; the range is checked against the VMAs first, so a bad range
+//!   leaves nothing behind;
+//! - keep them resident with `mlock`, with a pin count per page (a page
+//!   mapped twice stays locked until its last unpin), kept as an interval
+//!   map, not a node per page;
+//! - find the page size backing each part of the range: hugetlbfs and
+//!   `MFD_HUGETLB` memory from the VMA's page size (`PROCMAP_QUERY` on
+//!   `/proc/<pid>/maps`, or `KernelPageSize` in smaps on older kernels),
+//!   transparent huge pages from `PAGEMAP_SCAN`'s `PAGE_IS_HUGE`;
+//! - report physically contiguous runs: one per huge page; base pages merged
+//!   where `/proc/<pid>/pagemap` shows contiguous PFNs (root), else one run
+//!   per base page.
+//!
+//! What runs inside the target process (madvise, mlock, munlock) goes through
+//! [`MmSyscalls`], so that a supervisor can inject it into a stopped tracee;
+//! everything else reads `/proc/<pid>` or uses `process_vm_readv`/`writev`,
+//! which report a missing page as an error instead of crashing.
+//!
+//! One `HostMemory` should own the pins of an address space: mlock state is
+//! per VMA, so two instances pinning the same pages would unlock each other's.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::interval::{PinCounts, RangeList};
+use super::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory, PAGE_SIZE};
+use crate::account::MmAccount;
+
+/// Operations that must run inside the target process.
+pub trait MmSyscalls: Send + Sync {
+    /// `madvise(addr, len, advice)`; the error is an errno.
+    fn madvise(&self, addr: u64, len: u64, advice: i32) -> Result<(), i32>;
+    /// `mlock(addr, len)`.
+    fn mlock(&self, addr: u64, len: u64) -> Result<(), i32>;
+    /// `munlock(addr, len)`.
+    fn munlock(&self, addr: u64, len: u64) -> Result<(), i32>;
+}
+
+/// Runs the [`MmSyscalls`] in this process.
+///
+/// Only advice that cannot change memory contents is accepted
+/// (`MADV_POPULATE_READ`, `MADV_POPULATE_WRITE`, `MADV_WILLNEED`); anything
+/// else is refused with `EINVAL`, so that safe code cannot discard memory the
+/// program relies on.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalSyscalls;
+
+impl MmSyscalls for LocalSyscalls {
+    fn madvise(&self, addr: u64, len: u64, advice: i32) -> Result<(), i32> {
+        match advice {
+            libc::MADV_POPULATE_READ | libc::MADV_POPULATE_WRITE | libc::MADV_WILLNEED => {
+                ffi::madvise(addr, len, advice)
+            }
+            _ => Err(libc::EINVAL),
+        }
+    }
+
+    fn mlock(&self, addr: u64, len: u64) -> Result<(), i32> {
+        ffi::mlock(addr, len)
+    }
+
+    fn munlock(&self, addr: u64, len: u64) -> Result<(), i32> {
+        ffi::munlock(addr, len)
+    }
+}
+
+/// Size of a PMD-mapped transparent huge page on x86-64.
+const THP_SIZE: u64 = 2 << 20;
+
+/// Capability number of CAP_IPC_LOCK.
+const CAP_IPC_LOCK: u32 = 14;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// This process, whatever its pid is now (it changes across fork).
+    Current,
+    Pid(i32),
+}
+
+impl Target {
+    fn pid(self) -> i32 {
+        match self {
+            Target::Current => ffi::getpid(),
+            Target::Pid(p) => p,
+        }
+    }
+}
+
+/// A tri-state for what the kernel turned out to support.
+const UNKNOWN: u8 = 0;
+const YES: u8 = 1;
+const NO: u8 = 2;
+
+/// The per-process files the backend reads, opened once and kept.
+struct ProcFiles {
+    pid: i32,
+    maps: File,
+    pagemap: Option<File>,
+    /// PROCMAP_QUERY ioctl works on `maps`.
+    query: AtomicU8,
+    /// PAGEMAP_SCAN ioctl works on `pagemap`.
+    scan: AtomicU8,
+    /// `pagemap` shows real PFNs (opened with CAP_SYS_ADMIN).
+    pfns: AtomicU8,
+}
+
+/// One VMA, as far as pinning cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Vma {
+    start: u64,
+    end: u64,
+    read: bool,
+    write: bool,
+    /// Size of the pages the kernel maps it with (2M/1G for hugetlb).
+    page_size: u64,
+}
+
+/// Which runs get real PFNs.
+#[derive(Debug, Clone, Copy)]
+struct PfnPolicy {
+    base: bool,
+    huge: bool,
+}
+
+/// Counters read without the pin lock, so `stats()` works from `on_run`.
+#[derive(Default)]
+struct Counters {
+    pinned: AtomicU64,
+    /// Pinned bytes in hugetlb VMAs (never mlocked).
+    hugetlb: AtomicU64,
+    refs: AtomicU64,
+    pin_ops: AtomicU64,
+    unpin_ops: AtomicU64,
+}
+
+/// Real process memory. See the module documentation.
+pub struct HostMemory {
+    target: Target,
+    sys: Arc<dyn MmSyscalls>,
+    account: Arc<MmAccount>,
+    /// Pin counts; held from mlock to count update and from count update to
+    /// munlock, so that a concurrent pin and unpin cannot unlock a page that
+    /// one of them still counts.
+    counts: Mutex<PinCounts>,
+    files: Mutex<Option<Arc<ProcFiles>>>,
+    pfns: PfnPolicy,
+    counters: Counters,
+    /// Pinned huge pages of hugetlb VMAs (address → size). mlock leaves
+    /// hugetlb VMAs unlocked (no VM_LOCKED, not in VmLck), so these pinned
+    /// bytes are not locked bytes.
+    hugetlb: Mutex<std::collections::BTreeMap<u64, u64>>,
+}
+
+impl std::fmt::Debug for HostMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostMemory")
+            .field("target", &self.target)
+            .field("pfns", &self.pfns)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl HostMemory {
+    /// The memory of this process, with the system calls run here.
+    pub fn current() -> Self {
+        Self::new(Target::Current, Arc::new(LocalSyscalls))
+    }
+
+    /// The memory of process `pid`; `sys` runs madvise/mlock/munlock inside
+    /// it (for this process's own pid, [`LocalSyscalls`] does).
+    pub fn for_pid(pid: i32, sys: Arc<dyn MmSyscalls>) -> Self {
+        Self::new(Target::Pid(pid), sys)
+    }
+
+    fn new(target: Target, sys: Arc<dyn MmSyscalls>) -> Self {
+        HostMemory {
+            target,
+            sys,
+            account: Arc::new(MmAccount::new()),
+            counts: Mutex::new(PinCounts::new()),
+            files: Mutex::new(None),
+            pfns: PfnPolicy {
+                base: true,
+                huge: false,
+            },
+            counters: Counters::default(),
+            hugetlb: Mutex::new(std::collections::BTreeMap::new()),
+        }
+    }
+
+    /// Shares `account` with other backends over the same address space.
+    pub fn with_account(mut self, account: Arc<MmAccount>) -> Self {
+        self.account = account;
+        self
+    }
+
+    /// Whether to read real PFNs of base pages from pagemap (on by default;
+    /// only root sees them): one bulk read per pin, and PFN-contiguous pages
+    /// then form one run. Without PFNs, base pages are reported one run each.
+    pub fn with_pfns(mut self, on: bool) -> Self {
+        self.pfns.base = on;
+        self
+    }
+
+    /// Whether to fill [`PinnedRun::pfn`] for huge pages too (off by
+    /// default). A huge page is one run whatever its PFN, so this is only
+    /// information, and it costs one pagemap read (~1 µs) per huge page,
+    /// several times the cost of pinning already populated huge pages.
+    /// [`HostMemory::pfn_of`] reads one on demand instead.
+    pub fn with_huge_pfns(mut self, on: bool) -> Self {
+        self.pfns.huge = on;
+        self
+    }
+
+    /// The real PFN of the page at `vaddr`, when present and visible (root).
+    pub fn pfn_of(&self, vaddr: u64) -> Option<u64> {
+        let files = self.files().ok()?;
+        files
+            .pfns(vaddr - vaddr % PAGE_SIZE, 1)?
+            .first()
+            .copied()
+            .filter(|&p| p != 0)
+    }
+
+    /// The pid whose memory this is.
+    pub fn pid(&self) -> i32 {
+        self.target.pid()
+    }
+
+    /// Pin count of the base page holding `addr`.
+    pub fn pin_count(&self, addr: u64) -> u64 {
+        self.lock_counts().count_at(addr - addr % PAGE_SIZE)
+    }
+
+    /// Entries in the pin-count map (tracking cost).
+    pub fn tracked_segments(&self) -> usize {
+        self.lock_counts().segments()
+    }
+
+    fn lock_counts(&self) -> MutexGuard<'_, PinCounts> {
+        // The counts are updated in single calls that do not panic; a
+        // poisoned lock still holds consistent counts.
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The `/proc` files of the target, reopened when this process forked
+    /// since they were opened (they would describe the parent).
+    fn files(&self) -> Result<Arc<ProcFiles>, MemError> {
+        let pid = self.target.pid();
+        let mut slot = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = slot.as_ref().filter(|f| f.pid == pid) {
+            return Ok(f.clone());
+        }
+        let maps = File::open(format!("/proc/{pid}/maps")).map_err(|e| {
+            tracing::warn!("host pid {pid}: cannot open maps: {e}");
+            MemError::Unreachable
+        })?;
+        let pagemap = File::open(format!("/proc/{pid}/pagemap"))
+            .inspect_err(|e| tracing::debug!("host pid {pid}: no pagemap: {e}"))
+            .ok();
+        let f = Arc::new(ProcFiles {
+            pid,
+            maps,
+            pagemap,
+            query: AtomicU8::new(UNKNOWN),
+            scan: AtomicU8::new(UNKNOWN),
+            pfns: AtomicU8::new(UNKNOWN),
+        });
+        *slot = Some(f.clone());
+        Ok(f)
+    }
+
+    /// Remembers the hugetlb pages of `[vaddr, end)` as pinned.
+    fn note_hugetlb_pinned(&self, vmas: &[Vma], vaddr: u64, end: u64) {
+        let mut huge = self.hugetlb.lock().unwrap_or_else(|p| p.into_inner());
+        for v in vmas.iter().filter(|v| v.page_size > PAGE_SIZE) {
+            let (a, b) = (v.start.max(vaddr), v.end.min(end));
+            let mut hp = a - a % v.page_size;
+            while hp < b {
+                huge.insert(hp, v.page_size);
+                hp += v.page_size;
+            }
+        }
+        let bytes = huge.values().sum();
+        self.counters.hugetlb.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Drops hugetlb pages that no pin holds any more.
+    fn forget_idle_hugetlb(&self, counts: &PinCounts, freed: &[(u64, u64, u64)]) {
+        let mut huge = self.hugetlb.lock().unwrap_or_else(|p| p.into_inner());
+        if huge.is_empty() {
+            return;
+        }
+        for &(a, b, _) in freed {
+            let first = huge.range(..=a).next_back().map(|(k, _)| *k).unwrap_or(a);
+            let idle: Vec<u64> = huge
+                .range(first..b)
+                .filter(|(hp, ps)| **hp + **ps > a && !counts.any_in(**hp, **hp + **ps))
+                .map(|(hp, _)| *hp)
+                .collect();
+            for hp in idle {
+                huge.remove(&hp);
+            }
+        }
+        let bytes = huge.values().sum();
+        self.counters.hugetlb.store(bytes, Ordering::Relaxed);
+    }
+
+    fn publish(&self, counts: &PinCounts) {
+        self.counters
+            .pinned
+            .store(counts.pinned(), Ordering::Relaxed);
+        self.counters.refs.store(counts.refs(), Ordering::Relaxed);
+    }
+
+    /// munlock `[start, end)`; where part of it is no longer mapped (the user
+    /// unmapped pinned memory), munlock what is still there, VMA by VMA.
+    fn unlock_range(&self, start: u64, end: u64) {
+        let Err(errno) = self.sys.munlock(start, end - start) else {
+            return;
+        };
+        tracing::debug!("munlock {start:#x}..{end:#x}: errno {errno}; retrying per VMA");
+        let Ok(files) = self.files() else { return };
+        let Ok(vmas) = files.vmas(start, end) else {
+            return;
+        };
+        for v in vmas {
+            let (a, b) = (v.start.max(start), v.end.min(end));
+            if let Err(e) = self.sys.munlock(a, b - a) {
+                tracing::warn!("munlock {a:#x}..{b:#x}: errno {e}");
+            }
+        }
+    }
+
+    /// munlock what no pin holds any more in the given `(start, end,
+    /// page_size)` ranges (in address order): base pages one by one, huge
+    /// pages only whole, once no pin is left anywhere in them (the unit the
+    /// pin took; munlock inside a THP would split it).
+    fn unlock_idle(&self, counts: &PinCounts, ranges: impl IntoIterator<Item = (u64, u64, u64)>) {
+        let mut idle = RangeList::new();
+        for (a, b, ps) in ranges {
+            if ps <= PAGE_SIZE {
+                counts.gaps(a, b, |x, y| idle.push(x, y));
+                continue;
+            }
+            let mut hp = a - a % ps;
+            while hp < b {
+                if !counts.any_in(hp, hp + ps) {
+                    idle.push(hp, hp + ps);
+                }
+                hp += ps;
+            }
+        }
+        for &(a, b) in idle.ranges() {
+            self.unlock_range(a, b);
+        }
+    }
+}
+
+/// `vaddr + len` for a page-aligned, non-empty range that does not wrap.
+fn range_end(vaddr: u64, len: u64) -> Option<u64> {
+    if len == 0 || !vaddr.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+        return None;
+    }
+    vaddr.checked_add(len)
+}
+
+/// Retries a call interrupted by a signal.
+fn retry_eintr(mut f: impl FnMut() -> Result<(), i32>) -> Result<(), i32> {
+    loop {
+        match f() {
+            Err(libc::EINTR) => continue,
+            r => return r,
+        }
+    }
+}
+
+impl UserMemory for HostMemory {
+    fn pin(
+        &self,
+        vaddr: u64,
+        len: u64,
+        write: bool,
+        on_run: &mut dyn FnMut(PinnedRun) -> Result<(), MemError>,
+    ) -> Result<(), MemError> {
+        let end = range_end(vaddr, len).ok_or(MemError::Fault)?;
+        let files = self.files()?;
+
+        // Check the whole range before touching it, so that a bad range (a
+        // hole, PROT_NONE, read-only for write) leaves nothing behind.
+        let vmas = files.vmas(vaddr, end)?;
+        check_access(&vmas, vaddr, end, write)?;
+
+        // Fault in with the access asked for (breaks COW for write).
+        let advice = if write {
+            libc::MADV_POPULATE_WRITE
+        } else {
+            libc::MADV_POPULATE_READ
+        };
+        retry_eintr(|| self.sys.madvise(vaddr, len, advice)).map_err(|errno| {
+            tracing::debug!("populate {vaddr:#x}+{len:#x}: errno {errno}");
+            MemError::Fault
+        })?;
+
+        let layout = {
+            let mut counts = self.lock_counts();
+            // One mlock for the whole range (idempotent on pages that other
+            // pins already hold; a no-op on hugetlb pages, which are never
+            // swapped); on failure unlock only what no pin holds.
+            if let Err(errno) = retry_eintr(|| self.sys.mlock(vaddr, len)) {
+                tracing::debug!("mlock {vaddr:#x}+{len:#x}: errno {errno}");
+                let pieces = vmas
+                    .iter()
+                    .map(|v| (v.start.max(vaddr), v.end.min(end), v.page_size));
+                self.unlock_idle(&counts, pieces);
+                return Err(MemError::NoMem);
+            }
+            // Read page sizes and PFNs after mlock: the pages are present,
+            // and mlock may have split huge pages at the range edges.
+            let layout = Layout::read(&files, &vmas, vaddr, end, self.pfns);
+            let mut pinner = Pinner::new(&mut counts);
+            for run in layout.runs() {
+                pinner.pin(run);
+            }
+            let ops = pinner.finish();
+            self.counters.pin_ops.fetch_add(ops, Ordering::Relaxed);
+            self.note_hugetlb_pinned(&vmas, vaddr, end);
+            self.publish(&counts);
+            layout
+        };
+
+        // Report without the lock, so that `on_run` may use this backend.
+        for run in layout.runs() {
+            if let Err(e) = on_run(run) {
+                self.unpin(vaddr, len);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn unpin(&self, vaddr: u64, len: u64) {
+        let Some(end) = range_end(vaddr, len) else {
+            tracing::warn!("unpin of a bad range {vaddr:#x}+{len:#x}; ignored");
+            return;
+        };
+        let mut counts = self.lock_counts();
+        let mut freed = Vec::new();
+        let ops = counts.unpin_runs(
+            vaddr,
+            end,
+            PAGE_SIZE,
+            |a, b, ps| freed.push((a, b, ps)),
+            |a, b| tracing::warn!("unpin of {a:#x}..{b:#x}, which is not pinned; ignored"),
+        );
+        self.forget_idle_hugetlb(&counts, &freed);
+        self.unlock_idle(&counts, freed);
+        self.counters.unpin_ops.fetch_add(ops, Ordering::Relaxed);
+        self.publish(&counts);
+    }
+
+    fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        let pid = self.target.pid();
+        let mut done = 0;
+        while done < buf.len() {
+            let addr = vaddr.checked_add(done as u64).ok_or(MemError::Fault)?;
+            let n = ffi::process_vm_read(pid, addr, &mut buf[done..]).map_err(vm_error)?;
+            if n == 0 {
+                return Err(MemError::Fault);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
+        let pid = self.target.pid();
+        let mut done = 0;
+        while done < data.len() {
+            let addr = vaddr.checked_add(done as u64).ok_or(MemError::Fault)?;
+            let n = ffi::process_vm_write(pid, addr, &data[done..]).map_err(vm_error)?;
+            if n == 0 {
+                return Err(MemError::Fault);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn lock_policy(&self) -> LockPolicy {
+        let cap = match self.target {
+            Target::Current => ffi::capget_effective(0),
+            Target::Pid(pid) => cap_eff_of(pid),
+        };
+        let cap_ipc_lock = match cap {
+            Ok(mask) => mask & (1 << CAP_IPC_LOCK) != 0,
+            Err(e) => {
+                tracing::warn!("capabilities of pid {}: {e}", self.target.pid());
+                false
+            }
+        };
+        let pid = match self.target {
+            Target::Current => 0,
+            Target::Pid(p) => p,
+        };
+        let limit_pages = match ffi::memlock_limit(pid) {
+            Ok(None) => u64::MAX,
+            Ok(Some(bytes)) => bytes / PAGE_SIZE,
+            Err(errno) => {
+                // Fail closed: an unknown limit admits nothing.
+                tracing::warn!("RLIMIT_MEMLOCK of pid {pid}: errno {errno}");
+                0
+            }
+        };
+        LockPolicy {
+            cap_ipc_lock,
+            limit_pages,
+        }
+    }
+
+    fn account(&self) -> &Arc<MmAccount> {
+        &self.account
+    }
+
+    fn stats(&self) -> PinStats {
+        let pinned = self.counters.pinned.load(Ordering::Relaxed);
+        PinStats {
+            pinned_pages: pinned / PAGE_SIZE,
+            pin_refs: self.counters.refs.load(Ordering::Relaxed) / PAGE_SIZE,
+            pin_ops: self.counters.pin_ops.load(Ordering::Relaxed),
+            unpin_ops: self.counters.unpin_ops.load(Ordering::Relaxed),
+            locked_bytes: pinned.saturating_sub(self.counters.hugetlb.load(Ordering::Relaxed)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.target {
+            Target::Current => format!("host pid {} (self)", ffi::getpid()),
+            Target::Pid(p) => format!("host pid {p}"),
+        }
+    }
+}
+
+/// Takes the pins of one call, run by run: one count update (one pin
+/// operation) per huge page, and one per stretch of touching base-page runs,
+/// the same steps [`PinCounts::unpin_runs`] takes back.
+struct Pinner<'a> {
+    counts: &'a mut PinCounts,
+    ops: u64,
+    /// The stretch of base pages not yet counted.
+    chunk: Option<(u64, u64)>,
+}
+
+impl<'a> Pinner<'a> {
+    fn new(counts: &'a mut PinCounts) -> Self {
+        Pinner {
+            counts,
+            ops: 0,
+            chunk: None,
+        }
+    }
+
+    fn pin(&mut self, run: PinnedRun) {
+        let end = run.vaddr + run.len;
+        if run.page_size == PAGE_SIZE {
+            match &mut self.chunk {
+                Some(c) if c.1 == run.vaddr => c.1 = end,
+                _ => {
+                    self.flush();
+                    self.chunk = Some((run.vaddr, end));
+                }
+            }
+            return;
+        }
+        self.flush();
+        self.counts.add(run.vaddr, end, run.page_size, |_, _| {});
+        self.ops += 1;
+    }
+
+    fn flush(&mut self) {
+        if let Some((a, b)) = self.chunk.take() {
+            self.counts.add(a, b, PAGE_SIZE, |_, _| {});
+            self.ops += 1;
+        }
+    }
+
+    /// Counts what is left; returns the number of pin operations.
+    fn finish(mut self) -> u64 {
+        self.flush();
+        self.ops
+    }
+}
+
+fn vm_error(errno: i32) -> MemError {
+    match errno {
+        libc::ESRCH | libc::EPERM => MemError::Unreachable,
+        _ => MemError::Fault,
+    }
+}
+
+/// CapEff of a process, from `/proc/<pid>/status`.
+fn cap_eff_of(pid: i32) -> Result<u64, String> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    parse_cap_eff(&status).ok_or_else(|| "no CapEff line".to_string())
+}
+
+fn parse_cap_eff(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
+}
+
+/// Every byte of `[start, end)` is covered by `vmas` (sorted, overlapping the
+/// range) with the access asked for. The kernel's GUP asks VM_WRITE for a
+/// write pin and VM_READ otherwise.
+fn check_access(vmas: &[Vma], start: u64, end: u64, write: bool) -> Result<(), MemError> {
+    let mut cur = start;
+    for v in vmas {
+        if v.start > cur || !(if write { v.write } else { v.read }) {
+            return Err(MemError::Fault);
+        }
+        cur = v.end;
+        if cur >= end {
+            return Ok(());
+        }
+    }
+    Err(MemError::Fault)
+}
+
+impl ProcFiles {
+    /// The VMAs overlapping `[start, end)`, in address order (holes are not
+    /// an error here).
+    fn vmas(&self, start: u64, end: u64) -> Result<Vec<Vma>, MemError> {
+        if self.query.load(Ordering::Relaxed) != NO {
+            match self.vmas_by_query(start, end) {
+                Ok(v) => {
+                    self.query.store(YES, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(errno @ (libc::ENOTTY | libc::EINVAL))
+                    if self.query.load(Ordering::Relaxed) == UNKNOWN =>
+                {
+                    tracing::debug!("PROCMAP_QUERY unsupported (errno {errno}); reading smaps");
+                    self.query.store(NO, Ordering::Relaxed);
+                }
+                Err(errno) => {
+                    tracing::debug!("PROCMAP_QUERY at {start:#x}: errno {errno}");
+                    return Err(MemError::Unreachable);
+                }
+            }
+        }
+        self.vmas_by_smaps(start, end)
+    }
+
+    fn vmas_by_query(&self, start: u64, end: u64) -> Result<Vec<Vma>, i32> {
+        let mut out = Vec::new();
+        let mut cur = start;
+        while cur < end {
+            match ffi::procmap_query(self.maps.as_raw_fd(), cur) {
+                Ok(v) if v.start < end => {
+                    cur = v.end;
+                    out.push(v);
+                }
+                Ok(_) | Err(libc::ENOENT) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fallback for kernels before 6.11: one read of smaps, whose
+    /// `KernelPageSize` gives the hugetlb page size.
+    fn vmas_by_smaps(&self, start: u64, end: u64) -> Result<Vec<Vma>, MemError> {
+        let text = std::fs::read_to_string(format!("/proc/{}/smaps", self.pid)).map_err(|e| {
+            tracing::warn!("smaps of pid {}: {e}", self.pid);
+            MemError::Unreachable
+        })?;
+        Ok(parse_smaps(&text)
+            .into_iter()
+            .filter(|v| v.end > start && v.start < end)
+            .collect())
+    }
+
+    /// The sub-ranges of `[start, end)` mapped by PMD-sized transparent huge
+    /// pages, or `None` when the kernel cannot tell (no PAGEMAP_SCAN).
+    fn thp_ranges(&self, start: u64, end: u64) -> Option<Vec<(u64, u64)>> {
+        let pagemap = self.pagemap.as_ref()?;
+        if self.scan.load(Ordering::Relaxed) == NO {
+            return None;
+        }
+        match ffi::pagemap_scan_huge(pagemap.as_raw_fd(), start, end) {
+            Ok(v) => {
+                self.scan.store(YES, Ordering::Relaxed);
+                Some(v)
+            }
+            Err(errno) => {
+                tracing::debug!("PAGEMAP_SCAN: errno {errno}; no THP detection");
+                self.scan.store(NO, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// PFNs of the `n` pages from `addr` (0 where not present), or `None`
+    /// when PFNs are hidden (not root) or unreadable.
+    fn pfns(&self, addr: u64, n: usize) -> Option<Vec<u64>> {
+        let pagemap = self.pagemap.as_ref()?;
+        if self.pfns.load(Ordering::Relaxed) == NO {
+            return None;
+        }
+        let entries = read_pagemap(pagemap, addr, n)
+            .inspect_err(|e| tracing::debug!("pagemap read at {addr:#x}: {e}"))
+            .ok()?;
+        let mut present = false;
+        let mut any_pfn = false;
+        let pfns: Vec<u64> = entries
+            .iter()
+            .map(|&e| {
+                let p = e >> 63 != 0;
+                let pfn = if p { e & ((1 << 55) - 1) } else { 0 };
+                present |= p;
+                any_pfn |= pfn != 0;
+                pfn
+            })
+            .collect();
+        if present && !any_pfn {
+            // Present pages with PFN 0: the kernel hides PFNs from us.
+            self.pfns.store(NO, Ordering::Relaxed);
+            return None;
+        }
+        if any_pfn {
+            self.pfns.store(YES, Ordering::Relaxed);
+        }
+        Some(pfns)
+    }
+}
+
+/// Raw pagemap entries of `n` pages from `addr`, in bulk.
+fn read_pagemap(f: &File, addr: u64, n: usize) -> io::Result<Vec<u64>> {
+    const CHUNK: usize = 8192;
+    let mut out = Vec::with_capacity(n);
+    let mut buf = vec![0u8; CHUNK.min(n) * 8];
+    let mut off = addr / PAGE_SIZE * 8;
+    while out.len() < n {
+        let want = (n - out.len()).min(CHUNK) * 8;
+        f.read_exact_at(&mut buf[..want], off)?;
+        out.extend(
+            buf[..want]
+                .chunks_exact(8)
+                .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
+        );
+        off += want as u64;
+    }
+    Ok(out)
+}
+
+/// VMAs from the text of `/proc/<pid>/smaps`.
+fn parse_smaps(text: &str) -> Vec<Vma> {
+    let mut out: Vec<Vma> = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_ascii_whitespace();
+        let Some(first) = words.next() else { continue };
+        if first == "KernelPageSize:" {
+            if let (Some(v), Some(n)) = (
+                out.last_mut(),
+                words.next().and_then(|n| n.parse::<u64>().ok()),
+            ) {
+                v.page_size = n * 1024;
+            }
+            continue;
+        }
+        // A header line: "start-end perms offset dev inode [path]".
+        let Some((a, b)) = first.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+            continue;
+        };
+        let perms = words.next().unwrap_or("");
+        out.push(Vma {
+            start,
+            end,
+            read: perms.starts_with('r'),
+            write: perms.get(1..2) == Some("w"),
+            page_size: PAGE_SIZE,
+        });
+    }
+    out
+}
+
+/// End of the huge-page run that starts at `cur`: the end of its huge page,
+/// or `limit` if that comes first. The one rule both the PFN reads and the
+/// run iterator follow.
+fn huge_run_end(cur: u64, limit: u64, page_size: u64) -> u64 {
+    (cur - cur % page_size + page_size).min(limit)
+}
+
+/// A stretch of the pinned range with one page size.
+#[derive(Debug)]
+struct Seg {
+    start: u64,
+    end: u64,
+    page_size: u64,
+    /// Base pages: one PFN per page. Huge pages: one per run (the PFN of the
+    /// run's first base page). Empty when PFNs are unknown; 0 = not present.
+    pfns: Vec<u64>,
+}
+
+/// Page sizes and PFNs of a pinned range, read once per pin call.
+#[derive(Debug)]
+struct Layout {
+    segs: Vec<Seg>,
+}
+
+impl Layout {
+    fn read(files: &ProcFiles, vmas: &[Vma], start: u64, end: u64, pfns: PfnPolicy) -> Layout {
+        let mut segs = Vec::new();
+        for v in vmas {
+            let (a, b) = (v.start.max(start), v.end.min(end));
+            if a >= b {
+                continue;
+            }
+            if v.page_size > PAGE_SIZE {
+                segs.push(Seg {
+                    start: a,
+                    end: b,
+                    page_size: v.page_size,
+                    pfns: Vec::new(),
+                });
+                continue;
+            }
+            // Base-page VMA: transparent huge pages may back parts of it.
+            let mut cur = a;
+            for (ha, hb) in files.thp_ranges(a, b).unwrap_or_default() {
+                let (ha, hb) = (ha.max(cur), hb.min(b));
+                if ha >= hb {
+                    continue;
+                }
+                if ha > cur {
+                    segs.push(Seg {
+                        start: cur,
+                        end: ha,
+                        page_size: PAGE_SIZE,
+                        pfns: Vec::new(),
+                    });
+                }
+                segs.push(Seg {
+                    start: ha,
+                    end: hb,
+                    page_size: THP_SIZE,
+                    pfns: Vec::new(),
+                });
+                cur = hb;
+            }
+            if cur < b {
+                segs.push(Seg {
+                    start: cur,
+                    end: b,
+                    page_size: PAGE_SIZE,
+                    pfns: Vec::new(),
+                });
+            }
+        }
+        let mut layout = Layout { segs };
+        if pfns.base || pfns.huge {
+            layout.read_pfns(files, pfns);
+        }
+        layout
+    }
+
+    fn read_pfns(&mut self, files: &ProcFiles, policy: PfnPolicy) {
+        for s in &mut self.segs {
+            let wanted = if s.page_size == PAGE_SIZE {
+                policy.base
+            } else {
+                policy.huge
+            };
+            if !wanted {
+                continue;
+            }
+            let pfns = if s.page_size == PAGE_SIZE {
+                files.pfns(s.start, ((s.end - s.start) / PAGE_SIZE) as usize)
+            } else {
+                // One entry per huge page run: its first base page.
+                let mut heads = Vec::new();
+                let mut cur = s.start;
+                while cur < s.end {
+                    match files.pfns(cur, 1) {
+                        Some(p) => heads.extend(p),
+                        None => break,
+                    }
+                    cur = huge_run_end(cur, s.end, s.page_size);
+                }
+                (cur >= s.end).then_some(heads)
+            };
+            match pfns {
+                Some(p) => s.pfns = p,
+                None => {
+                    // Hidden or unreadable: no PFNs anywhere, runs stay
+                    // consistent.
+                    for s in &mut self.segs {
+                        s.pfns.clear();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn runs(&self) -> Runs<'_> {
+        Runs {
+            segs: &self.segs,
+            seg: 0,
+            head: 0,
+            cur: self.segs.first().map_or(0, |s| s.start),
+        }
+    }
+}
+
+/// The runs of a [`Layout`], in address order.
+struct Runs<'a> {
+    segs: &'a [Seg],
+    seg: usize,
+    /// Index of the next huge-page run within the segment.
+    head: usize,
+    cur: u64,
+}
+
+impl Iterator for Runs<'_> {
+    type Item = PinnedRun;
+
+    fn next(&mut self) -> Option<PinnedRun> {
+        let s = loop {
+            let s = self.segs.get(self.seg)?;
+            if self.cur < s.end {
+                break s;
+            }
+            self.seg += 1;
+            self.head = 0;
+        };
+        let cur = self.cur.max(s.start);
+        // Decide at the head, from the first page, how far this run goes.
+        let (end, pfn) = if s.page_size > PAGE_SIZE {
+            let pfn = s.pfns.get(self.head).copied();
+            self.head += 1;
+            (huge_run_end(cur, s.end, s.page_size), pfn)
+        } else {
+            let first = ((cur - s.start) / PAGE_SIZE) as usize;
+            match s.pfns.get(first..) {
+                Some(rest @ [head, ..]) if *head != 0 => {
+                    let n = rest
+                        .iter()
+                        .enumerate()
+                        .take_while(|&(i, &p)| p == head + i as u64)
+                        .count();
+                    (cur + n as u64 * PAGE_SIZE, Some(*head))
+                }
+                _ => (cur + PAGE_SIZE, None),
+            }
+        };
+        self.cur = end;
+        Some(PinnedRun {
+            vaddr: cur,
+            len: end - cur,
+            page_size: s.page_size,
+            pfn: pfn.filter(|&p| p != 0),
+        })
+    }
+}
+
+/// The libc calls, each in a small helper.
+mod ffi {
+    use super::{Vma, PAGE_SIZE};
+
+    fn errno() -> i32 {
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    }
+
+    pub fn getpid() -> i32 {
+        // SAFETY: getpid has no preconditions.
+        unsafe { libc::getpid() }
+    }
+
+    pub fn madvise(addr: u64, len: u64, advice: i32) -> Result<(), i32> {
+        // SAFETY: the callers pass only advice that faults pages in and
+        // never changes their contents; the kernel validates the range.
+        let r = unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, advice) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(errno())
+        }
+    }
+
+    pub fn mlock(addr: u64, len: u64) -> Result<(), i32> {
+        // SAFETY: mlock only changes residency, never contents; the kernel
+        // validates the range.
+        let r = unsafe { libc::mlock(addr as *const libc::c_void, len as usize) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(errno())
+        }
+    }
+
+    pub fn munlock(addr: u64, len: u64) -> Result<(), i32> {
+        // SAFETY: as for mlock.
+        let r = unsafe { libc::munlock(addr as *const libc::c_void, len as usize) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(errno())
+        }
+    }
+
+    /// Reads remote memory into `buf`; returns the bytes transferred (fewer
+    /// than asked when a page in the range is missing).
+    pub fn process_vm_read(pid: i32, addr: u64, buf: &mut [u8]) -> Result<usize, i32> {
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` describes `buf`, writable for its length; the
+        // remote side is checked by the kernel, which reports a missing page
+        // as EFAULT instead of faulting.
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        usize::try_from(n).map_err(|_| errno())
+    }
+
+    /// Writes `data` to remote memory; returns the bytes transferred.
+    pub fn process_vm_write(pid: i32, addr: u64, data: &[u8]) -> Result<usize, i32> {
+        let local = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        // SAFETY: `local` describes `data`, which the kernel only reads; the
+        // remote side is checked by the kernel.
+        let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+        usize::try_from(n).map_err(|_| errno())
+    }
+
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: i32,
+    }
+
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+    /// The effective capability set of thread `pid` (0: the calling thread).
+    pub fn capget_effective(pid: i32) -> Result<u64, String> {
+        let mut hdr = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid,
+        };
+        let mut data = [CapData::default(); 2];
+        // SAFETY: version 3 takes a header and an array of two data structs,
+        // both valid for writes for the duration of the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_capget,
+                &mut hdr as *mut CapHeader,
+                data.as_mut_ptr(),
+            )
+        };
+        if r != 0 {
+            return Err(format!("capget: errno {}", errno()));
+        }
+        Ok(u64::from(data[0].effective) | u64::from(data[1].effective) << 32)
+    }
+
+    /// RLIMIT_MEMLOCK soft limit of `pid` (0: this process) in bytes, `None`
+    /// when unlimited.
+    pub fn memlock_limit(pid: i32) -> Result<Option<u64>, i32> {
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a null new limit only reads; `old` is valid for writes.
+        let r = unsafe { libc::prlimit(pid, libc::RLIMIT_MEMLOCK, std::ptr::null(), &mut old) };
+        if r != 0 {
+            return Err(errno());
+        }
+        Ok((old.rlim_cur != libc::RLIM_INFINITY).then_some(old.rlim_cur))
+    }
+
+    /// `struct procmap_query` of linux/fs.h (6.11).
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProcmapQuery {
+        size: u64,
+        query_flags: u64,
+        query_addr: u64,
+        vma_start: u64,
+        vma_end: u64,
+        vma_flags: u64,
+        vma_page_size: u64,
+        vma_offset: u64,
+        inode: u64,
+        dev_major: u32,
+        dev_minor: u32,
+        vma_name_size: u32,
+        build_id_size: u32,
+        vma_name_addr: u64,
+        build_id_addr: u64,
+    }
+    const _: () = assert!(std::mem::size_of::<ProcmapQuery>() == 104);
+
+    /// `_IOWR('f', 17, struct procmap_query)`.
+    const PROCMAP_QUERY: u64 = 0xC068_6611;
+    const PROCMAP_QUERY_VMA_READABLE: u64 = 0x01;
+    const PROCMAP_QUERY_VMA_WRITABLE: u64 = 0x02;
+    const PROCMAP_QUERY_COVERING_OR_NEXT_VMA: u64 = 0x10;
+
+    /// The VMA covering `addr`, or the next one after it.
+    pub fn procmap_query(maps_fd: i32, addr: u64) -> Result<Vma, i32> {
+        let mut q = ProcmapQuery {
+            size: std::mem::size_of::<ProcmapQuery>() as u64,
+            query_flags: PROCMAP_QUERY_COVERING_OR_NEXT_VMA,
+            query_addr: addr,
+            ..Default::default()
+        };
+        // SAFETY: `q` is a valid procmap_query with no name or build-id
+        // buffers (sizes 0), writable for the duration of the call.
+        let r = unsafe { libc::ioctl(maps_fd, PROCMAP_QUERY as _, &mut q as *mut ProcmapQuery) };
+        if r != 0 {
+            return Err(errno());
+        }
+        Ok(Vma {
+            start: q.vma_start,
+            end: q.vma_end,
+            read: q.vma_flags & PROCMAP_QUERY_VMA_READABLE != 0,
+            write: q.vma_flags & PROCMAP_QUERY_VMA_WRITABLE != 0,
+            page_size: q.vma_page_size.max(PAGE_SIZE),
+        })
+    }
+
+    /// `struct pm_scan_arg` of linux/fs.h (6.7).
+    #[repr(C)]
+    #[derive(Default)]
+    struct PmScanArg {
+        size: u64,
+        flags: u64,
+        start: u64,
+        end: u64,
+        walk_end: u64,
+        vec: u64,
+        vec_len: u64,
+        max_pages: u64,
+        category_inverted: u64,
+        category_mask: u64,
+        category_anyof_mask: u64,
+        return_mask: u64,
+    }
+    const _: () = assert!(std::mem::size_of::<PmScanArg>() == 96);
+
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct PageRegion {
+        start: u64,
+        end: u64,
+        categories: u64,
+    }
+
+    /// `_IOWR('f', 16, struct pm_scan_arg)`.
+    const PAGEMAP_SCAN: u64 = 0xC060_6610;
+    const PAGE_IS_HUGE: u64 = 1 << 6;
+
+    /// The sub-ranges of `[start, end)` mapped huge (PMD-mapped THP or
+    /// hugetlb), merged where they touch.
+    pub fn pagemap_scan_huge(
+        pagemap_fd: i32,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<(u64, u64)>, i32> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut regions = [PageRegion::default(); 32];
+        let mut cur = start;
+        while cur < end {
+            let mut arg = PmScanArg {
+                size: std::mem::size_of::<PmScanArg>() as u64,
+                start: cur,
+                end,
+                vec: regions.as_mut_ptr() as u64,
+                vec_len: regions.len() as u64,
+                category_anyof_mask: PAGE_IS_HUGE,
+                return_mask: PAGE_IS_HUGE,
+                ..Default::default()
+            };
+            // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points to
+            // `regions`, writable for `vec_len` entries; no write-protect
+            // flags, so the scan only reads page tables.
+            let n =
+                unsafe { libc::ioctl(pagemap_fd, PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) };
+            let Ok(n) = usize::try_from(n) else {
+                return Err(errno());
+            };
+            for r in &regions[..n.min(regions.len())] {
+                match out.last_mut() {
+                    Some(last) if last.1 == r.start => last.1 = r.end,
+                    _ => out.push((r.start, r.end)),
+                }
+            }
+            if arg.walk_end <= cur {
+                break;
+            }
+            cur = arg.walk_end;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_parse() {
+        let text = "\
+7f0000000000-7f0000200000 rw-s 00000000 00:10 123   /anon_hugepage (deleted)
+Size:               2048 kB
+KernelPageSize:     2048 kB
+MMUPageSize:        2048 kB
+VmFlags: rd wr sh mr mw me ms de ht sd
+7f0000200000-7f0000201000 r--p 00000000 00:00 0
+Size:                  4 kB
+KernelPageSize:        4 kB
+7f0000201000-7f0000202000 ---p 00000000 00:00 0
+KernelPageSize:        4 kB
+";
+        let v = parse_smaps(text);
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0].page_size, 2 << 20);
+        assert!(v[0].read && v[0].write);
+        assert_eq!((v[1].start, v[1].end), (0x7f0000200000, 0x7f0000201000));
+        assert!(v[1].read && !v[1].write);
+        assert!(!v[2].read && !v[2].write);
+    }
+
+    #[test]
+    fn cap_eff_parse() {
+        assert_eq!(
+            parse_cap_eff("Name:\tx\nCapEff:\t000001fffeffffff\n"),
+            Some(0x1fffeffffff)
+        );
+        assert_eq!(parse_cap_eff("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn access_check() {
+        let v = |start, end, read, write| Vma {
+            start,
+            end,
+            read,
+            write,
+            page_size: PAGE_SIZE,
+        };
+        let vmas = [v(0, 0x2000, true, true), v(0x2000, 0x3000, true, false)];
+        assert_eq!(check_access(&vmas, 0, 0x3000, false), Ok(()));
+        assert_eq!(check_access(&vmas, 0, 0x3000, true), Err(MemError::Fault));
+        assert_eq!(check_access(&vmas, 0x1000, 0x2000, true), Ok(()));
+        assert_eq!(check_access(&vmas, 0, 0x4000, false), Err(MemError::Fault));
+        let holes = [v(0, 0x1000, true, true), v(0x2000, 0x3000, true, true)];
+        assert_eq!(check_access(&holes, 0, 0x3000, false), Err(MemError::Fault));
+        assert_eq!(check_access(&[], 0, 0x1000, false), Err(MemError::Fault));
+    }
+
+    fn seg(start: u64, end: u64, page_size: u64, pfns: Vec<u64>) -> Seg {
+        Seg {
+            start,
+            end,
+            page_size,
+            pfns,
+        }
+    }
+
+    #[test]
+    fn runs_follow_pfns_and_huge_pages() {
+        const M2: u64 = 2 << 20;
+        let l = Layout {
+            segs: vec![
+                seg(0x1000, 0x6000, PAGE_SIZE, vec![10, 11, 12, 20, 0]),
+                seg(M2 / 2, 3 * M2, M2, vec![100, 200, 300]),
+                seg(3 * M2, 3 * M2 + 0x2000, PAGE_SIZE, vec![]),
+            ],
+        };
+        let runs: Vec<(u64, u64, u64, Option<u64>)> = l
+            .runs()
+            .map(|r| (r.vaddr, r.len, r.page_size, r.pfn))
+            .collect();
+        assert_eq!(
+            runs,
+            vec![
+                (0x1000, 0x3000, PAGE_SIZE, Some(10)),
+                (0x4000, 0x1000, PAGE_SIZE, Some(20)),
+                (0x5000, 0x1000, PAGE_SIZE, None),
+                (M2 / 2, M2 / 2, M2, Some(100)),
+                (M2, M2, M2, Some(200)),
+                (2 * M2, M2, M2, Some(300)),
+                (3 * M2, 0x1000, PAGE_SIZE, None),
+                (3 * M2 + 0x1000, 0x1000, PAGE_SIZE, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn vma_lookup_agrees_with_smaps() {
+        let m = HostMemory::current();
+        let files = m.files().unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        buf[0] = 1;
+        let a = buf.as_ptr() as u64 & !(PAGE_SIZE - 1);
+        let by_query = files.vmas(a, a + PAGE_SIZE).unwrap();
+        let by_smaps = files.vmas_by_smaps(a, a + PAGE_SIZE).unwrap();
+        // Other test threads may grow or merge the VMA in between: compare
+        // what does not change.
+        assert_eq!(by_query.len(), 1);
+        assert_eq!(by_smaps.len(), 1);
+        for v in [by_query[0], by_smaps[0]] {
+            assert!(v.start <= a && v.end > a, "{v:x?}");
+            assert!(v.read && v.write);
+            assert_eq!(v.page_size, PAGE_SIZE);
+        }
+    }
+
+    #[test]
+    fn local_syscalls_refuse_destructive_advice() {
+        assert_eq!(
+            LocalSyscalls.madvise(0, 4096, libc::MADV_DONTNEED),
+            Err(libc::EINVAL)
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //! The engine never touches user memory directly: it pins, unpins, reads and
 //! writes through [`UserMemory`]. Two backends implement it:
 //! - [`host`]: a real process address space (this process, or a traced one
-//!   through [`MmSyscalls`]), with fault-in, mlock, per-page pin counts and
+//!   through [`host::MmSyscalls`]), with fault-in, mlock, per-page pin counts and
 //!   huge-page aware runs;
 //! - [`sim`]: a simulated address space of any size with no memory behind
 //!   it, exact pin counts and fault injection, for TiB-scale tests.
@@ -19,6 +19,7 @@ use crate::account::MmAccount;
 use std::sync::Arc;
 
 pub mod host;
+pub mod interval;
 pub mod sim;
 
 /// The base page size of the platform we emulate (x86-64).

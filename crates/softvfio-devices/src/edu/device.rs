@@ -1,0 +1,545 @@
+//! QEMU's edu device as a vfio-pci device: regions, interrupts, config
+//! space, open/close/reset, all as Linux 6.1 vfio-pci presents a QEMU edu.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use softvfio::device::{IrqInfo, RegionInfo, VfioDeviceModel, REGION_FLAG_READ, REGION_FLAG_WRITE};
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED,
+    VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR5_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
+    VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_PCI_REQ_IRQ_INDEX,
+    VFIO_PCI_ROM_REGION_INDEX,
+};
+
+use super::config::{EduConfigSpace, CONFIG_SIZE};
+use super::core::{DmaBus, EduCore, EduRegisters, EduStats, IrqRequest};
+use super::regs::{BAR0_SIZE, DEFAULT_DMA_MASK};
+use crate::dma::DmaTarget;
+
+/// Called with the VFIO IRQ index (`VFIO_PCI_INTX_IRQ_INDEX` or
+/// `VFIO_PCI_MSI_IRQ_INDEX`) each time the device signals that interrupt.
+pub type IrqNotifier = Box<dyn Fn(u32) + Send + Sync>;
+
+/// The notifier as stored: cloned out of its lock before being called.
+type SharedNotifier = Arc<dyn Fn(u32) + Send + Sync>;
+
+/// How to build an [`EduDevice`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EduOptions {
+    /// The name `VFIO_GROUP_GET_DEVICE_FD` takes.
+    pub name: String,
+    /// DMA mask for ordinary (non-PASID) DMA; QEMU's default is 28 bits.
+    pub dma_mask: u64,
+    /// BAR0 address as firmware assigned it (what config space shows).
+    pub bar0_address: u32,
+    /// Interrupt line register as firmware left it.
+    pub interrupt_line: u8,
+    /// Advertise `VFIO_DEVICE_FLAGS_RESET` and honour `VFIO_DEVICE_RESET`
+    /// (and reset on open/close). The reference edu has no reset method
+    /// (conventional PCI, no FLR, no PM capability, on the root bus), so
+    /// vfio-pci reports flags 0x2 and `VFIO_DEVICE_RESET` fails with EINVAL;
+    /// set this to model an edu that can be reset.
+    pub reset_supported: bool,
+    /// Pass naturally aligned 8-byte BAR accesses to the device as one
+    /// access, as vfio-pci does since it gained 64-bit MMIO support (Linux
+    /// 6.14). Linux 6.1 splits them into two 4-byte accesses, which makes
+    /// edu's 64-bit registers unreachable above bit 31 (a write to 0x84 is
+    /// ignored) and so rules out 47-bit PASID addresses. For accesses the
+    /// conformance probe makes (8-byte writes of values below 4 GiB) both
+    /// give the same result.
+    pub mmio_64bit: bool,
+}
+
+impl EduOptions {
+    /// The reference platform's edu at `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        EduOptions {
+            name: name.into(),
+            dma_mask: DEFAULT_DMA_MASK,
+            bar0_address: 0xfea0_0000,
+            interrupt_line: 0x0b,
+            reset_supported: false,
+            mmio_64bit: true,
+        }
+    }
+}
+
+impl Default for EduOptions {
+    fn default() -> Self {
+        EduOptions::new("0000:00:03.0")
+    }
+}
+
+/// Everything [`EduDevice::snapshot`] reports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EduSnapshot {
+    pub name: String,
+    pub registers: EduRegisters,
+    pub stats: EduStats,
+    pub command: u16,
+    pub memory_enabled: bool,
+    pub bus_master: bool,
+    pub msi_enabled: bool,
+    pub intx_asserted: bool,
+    pub dma_target_attached: bool,
+    pub last_error: Option<String>,
+    pub log: Vec<String>,
+}
+
+struct Inner {
+    core: EduCore,
+    cfg: EduConfigSpace,
+    /// INTx level driven by the device (independent of INTx disable).
+    intx: bool,
+}
+
+/// QEMU's edu device behind vfio-pci.
+pub struct EduDevice {
+    opts: EduOptions,
+    inner: Mutex<Inner>,
+    dma: Mutex<Option<Arc<dyn DmaTarget>>>,
+    notifier: Mutex<Option<SharedNotifier>>,
+}
+
+impl std::fmt::Debug for EduDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EduDevice")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Interrupts to deliver once the device lock is released, so a notifier
+/// may call back into the device. (Allocates only when something fires.)
+#[derive(Default)]
+struct Pending {
+    irqs: Vec<u32>,
+}
+
+impl Pending {
+    fn push(&mut self, index: u32) {
+        self.irqs.push(index);
+    }
+}
+
+/// One region access from the device fd.
+enum Access<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+impl Access<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Access::Read(b) => b.len(),
+            Access::Write(d) => d.len(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // State stays consistent between statements; a panic on another
+    // thread must not turn every later access into a panic too.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// vfio-pci's access splitting (`do_io_rw`, `vfio_config_do_rw`): the
+/// largest naturally aligned access that fits.
+fn chunk(off: u64, remaining: usize, max: usize) -> usize {
+    if max >= 8 && remaining >= 8 && off.is_multiple_of(8) {
+        8
+    } else if remaining >= 4 && off.is_multiple_of(4) {
+        4
+    } else if remaining >= 2 && off.is_multiple_of(2) {
+        2
+    } else {
+        1
+    }
+}
+
+impl EduDevice {
+    /// The reference platform's edu (28-bit DMA mask, no reset) at `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self::with_options(EduOptions::new(name))
+    }
+
+    pub fn with_options(opts: EduOptions) -> Self {
+        let inner = Inner {
+            core: EduCore::new(opts.dma_mask),
+            cfg: EduConfigSpace::new(opts.bar0_address, opts.interrupt_line, BAR0_SIZE as u32),
+            intx: false,
+        };
+        EduDevice {
+            opts,
+            inner: Mutex::new(inner),
+            dma: Mutex::new(None),
+            notifier: Mutex::new(None),
+        }
+    }
+
+    pub fn options(&self) -> &EduOptions {
+        &self.opts
+    }
+
+    /// Where the device's DMA goes (the IOMMU's port for this device, or a
+    /// mediated pinning path). Without one, every DMA faults.
+    pub fn set_dma_target(&self, target: Arc<dyn DmaTarget>) {
+        *lock(&self.dma) = Some(target);
+    }
+
+    pub fn clear_dma_target(&self) {
+        *lock(&self.dma) = None;
+    }
+
+    /// The VFIO layer's hook: called outside the device lock with the IRQ
+    /// index each time the device signals (INTx: on a rising edge while
+    /// not disabled in the command register; MSI: on every raise).
+    pub fn set_irq_notifier(&self, f: IrqNotifier) {
+        *lock(&self.notifier) = Some(Arc::from(f));
+    }
+
+    pub fn clear_irq_notifier(&self) {
+        *lock(&self.notifier) = None;
+    }
+
+    /// `VFIO_DEVICE_SET_IRQS` enabled (`true`) or disabled MSI: the device
+    /// then signals with MSI instead of INTx. Enabling MSI deasserts INTx.
+    pub fn set_msi_enabled(&self, on: bool) {
+        let mut g = lock(&self.inner);
+        g.cfg.set_msi_mode(on);
+        if g.cfg.msi_enabled() {
+            g.intx = false;
+        }
+    }
+
+    /// Is the INTx line asserted (interrupt status non-zero, MSI off)?
+    /// vfio-pci re-signals on unmask while this holds.
+    pub fn intx_asserted(&self) -> bool {
+        lock(&self.inner).intx
+    }
+
+    /// Asserted and not disabled in the command register: an unmask should
+    /// signal INTx again.
+    pub fn intx_pending(&self) -> bool {
+        let g = lock(&self.inner);
+        g.intx && !g.cfg.intx_disabled()
+    }
+
+    /// Registers and DMA buffer to power-on state, whatever
+    /// [`EduOptions::reset_supported`] says (for tools and tests).
+    pub fn power_on_reset(&self) {
+        let mut g = lock(&self.inner);
+        Self::reset_core(&mut g);
+    }
+
+    fn reset_core(g: &mut Inner) {
+        g.core.reset();
+        g.intx = false;
+    }
+
+    pub fn registers(&self) -> EduRegisters {
+        lock(&self.inner).core.registers()
+    }
+
+    pub fn stats(&self) -> EduStats {
+        lock(&self.inner).core.stats().clone()
+    }
+
+    /// A copy of the 4 KiB DMA buffer.
+    pub fn dma_buffer(&self) -> Vec<u8> {
+        lock(&self.inner).core.dma_buffer().to_vec()
+    }
+
+    /// A copy of the config space as the device fd shows it.
+    pub fn config_bytes(&self) -> [u8; CONFIG_SIZE] {
+        let g = lock(&self.inner);
+        let mut out = [0u8; CONFIG_SIZE];
+        g.cfg.read(0, &mut out, g.intx);
+        out
+    }
+
+    pub fn snapshot(&self) -> EduSnapshot {
+        let attached = lock(&self.dma).is_some();
+        let g = lock(&self.inner);
+        EduSnapshot {
+            name: self.opts.name.clone(),
+            registers: g.core.registers(),
+            stats: g.core.stats().clone(),
+            command: g.cfg.command(),
+            memory_enabled: g.cfg.memory_enabled(),
+            bus_master: g.cfg.bus_master(),
+            msi_enabled: g.cfg.msi_enabled(),
+            intx_asserted: g.intx,
+            dma_target_attached: attached,
+            last_error: g.core.last_error().map(str::to_owned),
+            log: g.core.log_lines().map(str::to_owned).collect(),
+        }
+    }
+
+    fn notify(&self, pending: Pending) {
+        if pending.irqs.is_empty() {
+            return;
+        }
+        let Some(f) = lock(&self.notifier).clone() else {
+            return;
+        };
+        for index in pending.irqs {
+            f(index);
+        }
+    }
+
+    /// Delivers an interrupt request the way QEMU's PCI core does.
+    fn deliver(g: &mut Inner, req: IrqRequest, pending: &mut Pending) {
+        match req {
+            IrqRequest::Raise if g.cfg.msi_enabled() => {
+                // An MSI is a memory write: it needs Bus Master Enable
+                // (measured: no event without it).
+                if g.cfg.bus_master() {
+                    g.core.stats_mut().msi_sent += 1;
+                    pending.push(VFIO_PCI_MSI_IRQ_INDEX);
+                } else {
+                    g.core.stats_mut().msi_dropped += 1;
+                }
+            }
+            IrqRequest::Raise => {
+                if !g.intx {
+                    g.intx = true;
+                    g.core.stats_mut().intx_asserts += 1;
+                    if !g.cfg.intx_disabled() {
+                        pending.push(VFIO_PCI_INTX_IRQ_INDEX);
+                    }
+                }
+            }
+            IrqRequest::Lower => {
+                if !g.cfg.msi_enabled() {
+                    g.intx = false;
+                }
+            }
+        }
+    }
+
+    fn bar0_rw(&self, offset: u64, access: Access<'_>) -> Result<usize, i32> {
+        let len = access.len();
+        if offset >= BAR0_SIZE {
+            return Err(libc::EINVAL);
+        }
+        // Short access at the end of the BAR.
+        let len = len.min((BAR0_SIZE - offset) as usize);
+        if len == 0 {
+            return Ok(0);
+        }
+        let dma = lock(&self.dma).clone();
+        let mut pending = Pending::default();
+        let max = if self.opts.mmio_64bit { 8 } else { 4 };
+        {
+            let mut g = lock(&self.inner);
+            // BAR access with memory decoding off fails (vfio-pci checks
+            // the virtual command register before every access).
+            if !g.cfg.memory_enabled() {
+                return Err(libc::EIO);
+            }
+            let mut done = 0usize;
+            match access {
+                Access::Read(out) => {
+                    while done < len {
+                        let off = offset + done as u64;
+                        let n = chunk(off, len - done, max);
+                        let v = g.core.mmio_read(off, n).to_le_bytes();
+                        if let (Some(dst), Some(src)) = (out.get_mut(done..done + n), v.get(..n)) {
+                            dst.copy_from_slice(src);
+                        }
+                        done += n;
+                    }
+                }
+                Access::Write(data) => {
+                    while done < len {
+                        let off = offset + done as u64;
+                        let n = chunk(off, len - done, max);
+                        let mut v = [0u8; 8];
+                        if let (Some(dst), Some(src)) = (v.get_mut(..n), data.get(done..done + n)) {
+                            dst.copy_from_slice(src);
+                        }
+                        let bus = DmaBus {
+                            target: dma.as_deref(),
+                            bus_master: g.cfg.bus_master(),
+                        };
+                        if let Some(req) = g.core.mmio_write(off, n, u64::from_le_bytes(v), bus) {
+                            Self::deliver(&mut g, req, &mut pending);
+                        }
+                        done += n;
+                    }
+                }
+            }
+        }
+        self.notify(pending);
+        Ok(len)
+    }
+
+    fn config_rw(&self, offset: u64, access: Access<'_>) -> Result<usize, i32> {
+        let len = access.len();
+        if len == 0 {
+            return Ok(0);
+        }
+        // vfio-pci refuses any config access that does not fit entirely.
+        let end = offset.checked_add(len as u64).ok_or(libc::EFAULT)?;
+        if offset >= CONFIG_SIZE as u64 || end > CONFIG_SIZE as u64 {
+            return Err(libc::EFAULT);
+        }
+        let offset = offset as usize;
+        let mut pending = Pending::default();
+        {
+            let mut g = lock(&self.inner);
+            match access {
+                Access::Read(out) => {
+                    // Reads have no side effects: one pass is equivalent to
+                    // vfio-pci's aligned chunks.
+                    g.cfg.read(offset, out, g.intx);
+                }
+                Access::Write(data) => {
+                    let was_disabled = g.cfg.intx_disabled();
+                    let was_msi = g.cfg.msi_enabled();
+                    let mut done = 0usize;
+                    while done < len {
+                        let off = offset + done;
+                        let n = chunk(off as u64, len - done, 4);
+                        if let Some(d) = data.get(done..done + n) {
+                            g.cfg.write(off, d);
+                        }
+                        done += n;
+                    }
+                    if g.cfg.msi_enabled() && !was_msi {
+                        // Turning MSI on deasserts INTx.
+                        g.intx = false;
+                    }
+                    // Clearing INTx disable lets an asserted line through.
+                    if was_disabled && !g.cfg.intx_disabled() && g.intx && !g.cfg.msi_enabled() {
+                        pending.push(VFIO_PCI_INTX_IRQ_INDEX);
+                    }
+                }
+            }
+        }
+        self.notify(pending);
+        Ok(len)
+    }
+
+    fn region_rw(&self, index: u32, offset: u64, access: Access<'_>) -> Result<usize, i32> {
+        match index {
+            VFIO_PCI_BAR0_REGION_INDEX => self.bar0_rw(offset, access),
+            VFIO_PCI_CONFIG_REGION_INDEX => self.config_rw(offset, access),
+            // Unimplemented BARs, no ROM, no VGA: vfio-pci answers EINVAL.
+            _ => Err(libc::EINVAL),
+        }
+    }
+}
+
+impl VfioDeviceModel for EduDevice {
+    fn name(&self) -> &str {
+        &self.opts.name
+    }
+
+    fn flags(&self) -> u32 {
+        if self.opts.reset_supported {
+            VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET
+        } else {
+            VFIO_DEVICE_FLAGS_PCI
+        }
+    }
+
+    fn num_regions(&self) -> u32 {
+        VFIO_PCI_NUM_REGIONS
+    }
+
+    fn num_irqs(&self) -> u32 {
+        VFIO_PCI_NUM_IRQS
+    }
+
+    fn region_info(&self, index: u32) -> Option<RegionInfo> {
+        match index {
+            // Emulated MMIO cannot be mmap()ed, so no MMAP flag (the
+            // reference, a real BAR, shows 0x7).
+            VFIO_PCI_BAR0_REGION_INDEX => Some(RegionInfo {
+                flags: REGION_FLAG_READ | REGION_FLAG_WRITE,
+                size: BAR0_SIZE,
+            }),
+            i if i <= VFIO_PCI_BAR5_REGION_INDEX || i == VFIO_PCI_ROM_REGION_INDEX => {
+                Some(RegionInfo { flags: 0, size: 0 })
+            }
+            VFIO_PCI_CONFIG_REGION_INDEX => Some(RegionInfo {
+                flags: REGION_FLAG_READ | REGION_FLAG_WRITE,
+                size: CONFIG_SIZE as u64,
+            }),
+            // VGA (index 8) only exists for VGA devices: EINVAL.
+            _ => None,
+        }
+    }
+
+    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
+        match index {
+            VFIO_PCI_INTX_IRQ_INDEX => Some(IrqInfo {
+                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED,
+                count: 1,
+            }),
+            VFIO_PCI_MSI_IRQ_INDEX => Some(IrqInfo {
+                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
+                count: 1,
+            }),
+            VFIO_PCI_MSIX_IRQ_INDEX => Some(IrqInfo {
+                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
+                count: 0,
+            }),
+            // Error reporting exists only for PCI Express devices.
+            VFIO_PCI_ERR_IRQ_INDEX => None,
+            VFIO_PCI_REQ_IRQ_INDEX => Some(IrqInfo {
+                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
+                count: 1,
+            }),
+            _ => None,
+        }
+    }
+
+    fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<usize, i32> {
+        self.region_rw(index, offset, Access::Read(buf))
+    }
+
+    fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<usize, i32> {
+        self.region_rw(index, offset, Access::Write(data))
+    }
+
+    /// vfio-pci saves config space, resets the function, restores config
+    /// space: only the device's internal state changes.
+    fn reset(&self) -> Result<(), i32> {
+        if !self.opts.reset_supported {
+            return Err(libc::EINVAL);
+        }
+        let mut g = lock(&self.inner);
+        Self::reset_core(&mut g);
+        Ok(())
+    }
+
+    /// vfio-pci enables the device and re-reads config space; a function
+    /// reset only happens if the device has a reset method.
+    fn open_device(&self) {
+        let mut g = lock(&self.inner);
+        g.cfg.restore_power_on();
+        if self.opts.reset_supported {
+            Self::reset_core(&mut g);
+        }
+    }
+
+    /// vfio-pci clears bus master, tears down interrupts, tries a reset and
+    /// restores the config space saved at enable time. DMA runs inside
+    /// register writes, so none is in flight here.
+    fn close_device(&self) {
+        let mut g = lock(&self.inner);
+        g.cfg.restore_power_on();
+        if self.opts.reset_supported {
+            Self::reset_core(&mut g);
+        }
+    }
+
+    fn supports_svm(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,147 @@
+//! The interface a system call handler (e.g. the VFIO engine) implements.
+
+use crate::errno::Errno;
+use crate::tracee::Tracee;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// A handler-chosen name for one open file the handler serves (a VFIO
+/// container, group or device). The supervisor maps every program
+/// descriptor that refers to it, including `dup`s and inherited copies,
+/// back to this id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId(pub u64);
+
+/// An `open`/`openat`/`openat2` the program is making.
+#[derive(Clone, Debug)]
+pub struct OpenRequest {
+    /// The path as an absolute, lexically normalized path: a relative path
+    /// is joined to the program's cwd or `dirfd`; `.`/`..`/`//` are folded;
+    /// `/proc/self` becomes `/proc/<pid>` and `/proc/thread-self` becomes
+    /// `/proc/<pid>/task/<tid>`. Symbolic links are not followed.
+    pub path: PathBuf,
+    /// The path exactly as the program passed it.
+    pub raw: OsString,
+    /// `dirfd` for `openat`/`openat2` (`AT_FDCWD` for `open`).
+    pub dirfd: i32,
+    /// Open flags (`O_RDWR | O_CLOEXEC | ...`).
+    pub flags: i32,
+    /// Creation mode.
+    pub mode: u32,
+}
+
+impl OpenRequest {
+    /// The program asked for a close-on-exec descriptor.
+    pub fn cloexec(&self) -> bool {
+        self.flags & libc::O_CLOEXEC != 0
+    }
+}
+
+/// How to answer a claimed `open`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpenReply {
+    /// A descriptor for a handler object (see [`ObjectId`]).
+    Object(ObjectId),
+    /// A regular read-only file with these contents, positioned at offset 0
+    /// (a sealed memfd in the program).
+    File(Vec<u8>),
+}
+
+/// Serves the intercepted system calls.
+///
+/// Every method runs on the supervisor thread while the calling program
+/// thread is stopped in the system call; [`Tracee`] reads and writes its
+/// memory and injects system calls into it. Results: `Ok(n)` is returned to
+/// the program as is, `Err(e)` as `-1` with `errno = e`.
+pub trait Handler {
+    /// An `open`/`openat`/`openat2`. `None`: not ours, the real system call
+    /// runs. `Some(Err(e))`: the open fails with `e`.
+    fn open(&mut self, t: &mut Tracee<'_>, req: &OpenRequest) -> Option<Result<OpenReply, Errno>>;
+
+    /// `ioctl(fd, request, arg)` on a descriptor of `obj`, for VFIO requests
+    /// (`_IO(';', n)`; the kernel's `unsigned int` request, zero-extended).
+    /// Other ioctls on our descriptors reach the underlying socket (e.g.
+    /// `FIOCLEX`).
+    fn ioctl(
+        &mut self,
+        t: &mut Tracee<'_>,
+        obj: ObjectId,
+        request: u64,
+        arg: u64,
+    ) -> Result<i64, Errno> {
+        let _ = (t, obj, request, arg);
+        Err(Errno::ENOTTY)
+    }
+
+    /// `pread64` (and each segment of `preadv`/`preadv2`): read up to `len`
+    /// bytes at `offset` into program memory at `buf`.
+    fn pread(
+        &mut self,
+        t: &mut Tracee<'_>,
+        obj: ObjectId,
+        buf: u64,
+        len: u64,
+        offset: u64,
+    ) -> Result<i64, Errno> {
+        let _ = (t, obj, buf, len, offset);
+        Err(Errno::EINVAL)
+    }
+
+    /// `pwrite64` (and each segment of `pwritev`/`pwritev2`).
+    fn pwrite(
+        &mut self,
+        t: &mut Tracee<'_>,
+        obj: ObjectId,
+        buf: u64,
+        len: u64,
+        offset: u64,
+    ) -> Result<i64, Errno> {
+        let _ = (t, obj, buf, len, offset);
+        Err(Errno::EINVAL)
+    }
+
+    /// The last descriptor of `obj` is gone. `Some(t)`: a thread of the
+    /// program is stopped (normally the one whose `close` dropped the last
+    /// reference, stopped at that `close`'s exit, so injection works);
+    /// `None`: noticed while no thread is stopped (the process exited).
+    /// Always called before the program makes any further intercepted call.
+    fn release(&mut self, t: Option<&mut Tracee<'_>>, obj: ObjectId) {
+        let _ = (t, obj);
+    }
+
+    /// The program was started as process `pid` (called once per run,
+    /// before it runs its first instruction of the new program).
+    fn spawned(&mut self, pid: i32) {
+        let _ = pid;
+    }
+
+    /// Process `pid` forked (or cloned without sharing its thread group)
+    /// into `child`.
+    fn forked(&mut self, pid: i32, child: i32) {
+        let _ = (pid, child);
+    }
+
+    /// Process `pid` called `execve` successfully: its address space is new.
+    fn exec(&mut self, pid: i32) {
+        let _ = pid;
+    }
+
+    /// Process `pid` is gone (all its threads exited).
+    fn exited(&mut self, pid: i32) {
+        let _ = pid;
+    }
+}
+
+/// A handler that claims nothing: the program runs as if not traced.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassThrough;
+
+impl Handler for PassThrough {
+    fn open(
+        &mut self,
+        _t: &mut Tracee<'_>,
+        _req: &OpenRequest,
+    ) -> Option<Result<OpenReply, Errno>> {
+        None
+    }
+}

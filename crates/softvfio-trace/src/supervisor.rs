@@ -1,0 +1,915 @@
+//! The supervisor: spawns the program, follows its threads and children,
+//! and dispatches the intercepted system calls to the [`Handler`].
+
+use crate::errno::Errno;
+use crate::handler::{Handler, ObjectId, OpenReply, OpenRequest};
+use crate::objects::{socket_inode, Objects};
+use crate::paths::normalize;
+use crate::spawn::{self, ChildFds, Command, Prepared, SpawnStage};
+use crate::sys::{self, SigInfo};
+use crate::tracee::{Deferred, Phase, Shared, Stop, SyscallInjector, Tracee};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::Arc;
+
+/// Why [`Supervisor::run`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// The program could not be started.
+    #[error("cannot run {program:?}: {stage}: {errno}")]
+    Spawn {
+        program: OsString,
+        stage: SpawnStage,
+        errno: Errno,
+    },
+    /// A system call of the supervisor itself failed.
+    #[error("{what}: {errno}")]
+    Sys { what: &'static str, errno: Errno },
+}
+
+fn sys_err(what: &'static str) -> impl FnOnce(Errno) -> TraceError {
+    move |errno| TraceError::Sys { what, errno }
+}
+
+/// Counters of one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Seccomp stops (intercepted system call entries).
+    pub stops: u64,
+    /// System calls answered by the handler (not run by the kernel).
+    pub served: u64,
+    /// System calls injected into the program.
+    pub injected: u64,
+    /// Program descriptors created for handler objects.
+    pub installed: u64,
+    /// `Handler::release` calls.
+    pub released: u64,
+    /// Signals that arrived during an injection and were delivered again.
+    pub requeued: u64,
+}
+
+const PTRACE_OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD
+    | libc::PTRACE_O_TRACESECCOMP
+    | libc::PTRACE_O_TRACECLONE
+    | libc::PTRACE_O_TRACEFORK
+    | libc::PTRACE_O_TRACEVFORK
+    | libc::PTRACE_O_TRACEEXEC
+    | libc::PTRACE_O_EXITKILL;
+
+const SI_TKILL: i32 = -6;
+const PATH_MAX: usize = 4096;
+/// Linux's UIO_MAXIOV.
+const IOV_MAX: u64 = 1024;
+
+/// Runs programs under ptrace + seccomp with a [`Handler`] serving their
+/// intercepted system calls.
+#[derive(Debug)]
+pub struct Supervisor {
+    shared: Arc<Shared>,
+    close_flush: bool,
+    stats: RunStats,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Supervisor::new()
+    }
+}
+
+/// close(2) drops the last file reference synchronously since Linux 6.7
+/// (`__fput_sync`); before, the release ran on the way back to user mode.
+fn kernel_defers_close_fput() -> bool {
+    let Some(rel) = sys::kernel_release() else {
+        return true;
+    };
+    let mut it = rel
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse::<u32>().ok());
+    let major = it.next().unwrap_or(0);
+    let minor = it.next().unwrap_or(0);
+    (major, minor) < (6, 7)
+}
+
+impl Supervisor {
+    pub fn new() -> Supervisor {
+        Supervisor {
+            shared: Arc::new(Shared::default()),
+            close_flush: kernel_defers_close_fput(),
+            stats: RunStats::default(),
+        }
+    }
+
+    /// A handle for injecting system calls into the program thread that is
+    /// stopped under the current handler call. Can be made before `run`
+    /// and kept by engine code; see [`SyscallInjector`].
+    pub fn injector(&self) -> SyscallInjector {
+        SyscallInjector {
+            shared: self.shared.clone(),
+            pid: None,
+        }
+    }
+
+    /// After closing one of several descriptors of an object, let the thread
+    /// pass through the return to user mode once before checking whether
+    /// the object lost its last reference. Needed on kernels before 6.7
+    /// (where close(2) finishes the final release there); on by default
+    /// exactly on those.
+    pub fn set_close_flush(&mut self, on: bool) {
+        self.close_flush = on;
+    }
+
+    /// Counters of the last (or current) run.
+    pub fn stats(&self) -> RunStats {
+        self.stats
+    }
+
+    /// Runs `cmd` to completion under `handler`: returns when the program
+    /// and every process it forked have exited, with the exit status of the
+    /// program itself (see [`exit_code`] for the shell convention).
+    ///
+    /// The calling thread is the ptrace tracer for the whole run (`run`
+    /// blocks) and reaps the program's processes with
+    /// `waitpid(-1, __WALL | __WNOTHREAD)`. Other threads of this process
+    /// must not wait for "any child" without `__WNOTHREAD` meanwhile (that
+    /// would steal the program's stops and exit). Several supervisors may
+    /// run at once on different threads. A command-line front end should
+    /// ignore SIGINT/SIGQUIT while it runs (as a shell does for a
+    /// foreground job) and exit with [`exit_code`] of the result.
+    pub fn run(
+        &mut self,
+        cmd: Command,
+        handler: &mut dyn Handler,
+    ) -> Result<ExitStatus, TraceError> {
+        let program = cmd.get_program().to_owned();
+        let prep = Prepared::new(&cmd).map_err(|errno| TraceError::Spawn {
+            program: program.clone(),
+            stage: SpawnStage::Lookup,
+            errno,
+        })?;
+        let (sync_r, sync_w) = sys::pipe_cloexec().map_err(sys_err("pipe"))?;
+        let (err_r, err_w) = sys::pipe_cloexec().map_err(sys_err("pipe"))?;
+        sys::set_nonblocking(err_r.as_fd()).map_err(sys_err("fcntl"))?;
+        let objects = Objects::new().map_err(sys_err("epoll_create"))?;
+        let fds = ChildFds {
+            sync_read: sync_r.as_raw_fd(),
+            sync_write: sync_w.as_raw_fd(),
+            err_write: err_w.as_raw_fd(),
+        };
+        let pid = spawn::fork_exec(&prep, &fds).map_err(sys_err("fork"))?;
+        drop((sync_r, err_w, cmd, prep));
+        if let Err(e) = sys::ptrace_seize(pid, PTRACE_OPTIONS) {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::waitpid(pid, 0);
+            return Err(TraceError::Sys {
+                what: "PTRACE_SEIZE",
+                errno: e,
+            });
+        }
+        self.shared.set_tracer(Some(std::thread::current().id()));
+        let mut core = Core::new(self.shared.clone(), pid, self.close_flush, err_r, objects);
+        tracing::debug!(pid, program = ?program, "spawned under ptrace");
+        handler.spawned(pid);
+        let res = match sys::write_byte(sync_w.as_fd()) {
+            Ok(()) => {
+                drop(sync_w);
+                core.run_loop(handler)
+            }
+            Err(e) => Err(TraceError::Sys {
+                what: "write",
+                errno: e,
+            }),
+        };
+        let out = res.and_then(|()| core.conclude(handler, program));
+        self.stats = core.stats;
+        drop(core);
+        self.shared.set_tracer(None);
+        out
+    }
+}
+
+/// Runs `argv` (program and arguments) under `handler`, inheriting stdio
+/// and environment. See [`Supervisor::run`].
+pub fn run<S: AsRef<OsStr>>(
+    argv: &[S],
+    handler: &mut dyn Handler,
+) -> Result<ExitStatus, TraceError> {
+    let cmd = Command::from_argv(argv).ok_or(TraceError::Spawn {
+        program: OsString::new(),
+        stage: SpawnStage::Lookup,
+        errno: Errno::ENOENT,
+    })?;
+    Supervisor::new().run(cmd, handler)
+}
+
+/// The shell's view of an exit status: the exit code, or 128 + the signal
+/// that killed the program.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        (None, None) => 255,
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Thread {
+    tgid: i32,
+    pidfd: Option<OwnedFd>,
+    /// Signals re-sent with tgkill whose original siginfo must be restored
+    /// at their delivery stop.
+    resend: Vec<SigInfo>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Process {
+    tids: HashSet<i32>,
+    scratch_map: Option<u64>,
+    announced: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Not ours: the kernel runs the system call.
+    Pass,
+    /// Served: the program sees this raw return value.
+    Return(i64),
+}
+
+fn ret(r: Result<i64, Errno>) -> Outcome {
+    Outcome::Return(r.unwrap_or_else(Errno::to_ret))
+}
+
+/// Supervisor state of one run (everything except the handler).
+pub(crate) struct Core {
+    pub(crate) shared: Arc<Shared>,
+    threads: HashMap<i32, Thread>,
+    procs: HashMap<i32, Process>,
+    pub(crate) objects: Objects,
+    my_pid: i32,
+    main_pid: i32,
+    main_status: Option<i32>,
+    exec_seen: bool,
+    err_pipe: OwnedFd,
+    queue: VecDeque<(i32, i32)>,
+    reaped_unknown: HashSet<i32>,
+    close_flush: bool,
+    finished: bool,
+    pub(crate) stats: RunStats,
+}
+
+fn read_tgid(tid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn read_link(path: &str) -> Option<Vec<u8>> {
+    std::fs::read_link(path)
+        .ok()
+        .map(|p| p.into_os_string().into_vec())
+}
+
+impl Core {
+    fn new(
+        shared: Arc<Shared>,
+        pid: i32,
+        close_flush: bool,
+        err_pipe: OwnedFd,
+        objects: Objects,
+    ) -> Core {
+        let mut core = Core {
+            shared,
+            threads: HashMap::new(),
+            procs: HashMap::new(),
+            objects,
+            my_pid: sys::getpid(),
+            main_pid: pid,
+            main_status: None,
+            exec_seen: false,
+            err_pipe,
+            queue: VecDeque::new(),
+            reaped_unknown: HashSet::new(),
+            close_flush,
+            finished: false,
+            stats: RunStats::default(),
+        };
+        core.insert_thread(pid, pid);
+        if let Some(p) = core.procs.get_mut(&pid) {
+            p.announced = true;
+        }
+        core
+    }
+
+    // ---- bookkeeping -------------------------------------------------
+
+    fn insert_thread(&mut self, tid: i32, tgid: i32) {
+        self.threads.insert(
+            tid,
+            Thread {
+                tgid,
+                pidfd: None,
+                resend: Vec::new(),
+            },
+        );
+        self.procs.entry(tgid).or_default().tids.insert(tid);
+    }
+
+    fn ensure_thread(&mut self, tid: i32) {
+        if !self.threads.contains_key(&tid) {
+            let tgid = read_tgid(tid).unwrap_or(tid);
+            self.insert_thread(tid, tgid);
+        }
+    }
+
+    fn tgid_of(&self, tid: i32) -> i32 {
+        self.threads.get(&tid).map(|t| t.tgid).unwrap_or(tid)
+    }
+
+    fn add_child(&mut self, h: &mut dyn Handler, parent: i32, child: i32, event: i32) {
+        if self.reaped_unknown.remove(&child) {
+            return;
+        }
+        if !self.threads.contains_key(&child) {
+            let tgid = if event == libc::PTRACE_EVENT_CLONE {
+                read_tgid(child).unwrap_or(child)
+            } else {
+                child
+            };
+            self.insert_thread(child, tgid);
+        }
+        let tgid = self.tgid_of(child);
+        let ptgid = self.tgid_of(parent);
+        if tgid != ptgid {
+            if let Some(p) = self.procs.get_mut(&tgid) {
+                if !p.announced {
+                    p.announced = true;
+                    tracing::debug!(parent = ptgid, child = tgid, "new traced process");
+                    h.forked(ptgid, tgid);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn scratch_map(&self, pid: i32) -> Option<u64> {
+        self.procs.get(&pid).and_then(|p| p.scratch_map)
+    }
+
+    pub(crate) fn set_scratch_map(&mut self, pid: i32, addr: u64) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.scratch_map = Some(addr);
+        }
+    }
+
+    /// Duplicates program descriptor `fd` of thread `tid` into the supervisor.
+    pub(crate) fn getfd(&mut self, pid: i32, tid: i32, fd: i32) -> Result<OwnedFd, Errno> {
+        let th = self.threads.get_mut(&tid).ok_or(Errno::ESRCH)?;
+        if th.pidfd.is_none() {
+            // A thread pidfd reaches this thread's own descriptor table even
+            // if the thread-group leader is already gone; older kernels
+            // only have process pidfds.
+            let fd =
+                sys::pidfd_open(tid, sys::PIDFD_THREAD).or_else(|_| sys::pidfd_open(pid, 0))?;
+            th.pidfd = Some(fd);
+        }
+        let pidfd = th.pidfd.as_ref().ok_or(Errno::ESRCH)?;
+        sys::pidfd_getfd(pidfd.as_fd(), fd)
+    }
+
+    /// The socket inode behind program descriptor `fd`, if it is a socket.
+    pub(crate) fn fd_inode(&self, tid: i32, fd: i32) -> Option<u64> {
+        if fd < 0 {
+            return None;
+        }
+        socket_inode(&read_link(&format!("/proc/{tid}/fd/{fd}"))?)
+    }
+
+    /// (object, socket inode) behind program descriptor `fd`, if ours.
+    fn fd_lookup(&self, tid: i32, fd: i32) -> Option<(ObjectId, u64)> {
+        if self.objects.is_empty() {
+            return None;
+        }
+        let ino = self.fd_inode(tid, fd)?;
+        Some((self.objects.lookup(ino)?, ino))
+    }
+
+    pub(crate) fn fd_object(&self, tid: i32, fd: i32) -> Option<ObjectId> {
+        self.fd_lookup(tid, fd).map(|(o, _)| o)
+    }
+
+    /// Releases every object whose last program descriptor is gone.
+    fn release_dead(&mut self, h: &mut dyn Handler, at: Option<(i32, i32)>) {
+        if self.objects.is_empty() {
+            return;
+        }
+        for obj in self.objects.sweep() {
+            self.stats.released += 1;
+            tracing::debug!(?obj, stopped = ?at, "release");
+            match at {
+                Some((pid, tid)) => {
+                    let mut t = Tracee {
+                        core: self,
+                        pid,
+                        tid,
+                    };
+                    h.release(Some(&mut t), obj);
+                }
+                None => h.release(None, obj),
+            }
+        }
+    }
+
+    // ---- the event loop ----------------------------------------------
+
+    fn run_loop(&mut self, h: &mut dyn Handler) -> Result<(), TraceError> {
+        while !self.threads.is_empty() {
+            let (tid, status) = match self.queue.pop_front() {
+                Some(e) => e,
+                None => match sys::waitpid(-1, libc::__WALL | libc::__WNOTHREAD) {
+                    Ok(e) => e,
+                    Err(Errno::ECHILD) => break,
+                    Err(e) => {
+                        return Err(TraceError::Sys {
+                            what: "waitpid",
+                            errno: e,
+                        })
+                    }
+                },
+            };
+            self.on_event(h, tid, status);
+        }
+        Ok(())
+    }
+
+    fn conclude(
+        &mut self,
+        h: &mut dyn Handler,
+        program: OsString,
+    ) -> Result<ExitStatus, TraceError> {
+        self.finished = true;
+        for obj in self.objects.drain() {
+            self.stats.released += 1;
+            h.release(None, obj);
+        }
+        if !self.exec_seen {
+            let mut buf = [0u8; 8];
+            if let Ok(8) = sys::read_some(self.err_pipe.as_fd(), &mut buf) {
+                if let Some((stage, errno)) = spawn::decode_failure(&buf) {
+                    return Err(TraceError::Spawn {
+                        program,
+                        stage,
+                        errno,
+                    });
+                }
+            }
+        }
+        let status = self.main_status.ok_or(TraceError::Sys {
+            what: "waitpid",
+            errno: Errno::ECHILD,
+        })?;
+        Ok(ExitStatus::from_raw(status))
+    }
+
+    fn on_event(&mut self, h: &mut dyn Handler, tid: i32, status: i32) {
+        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            self.on_gone(h, tid, status);
+            return;
+        }
+        if !libc::WIFSTOPPED(status) {
+            return;
+        }
+        self.ensure_thread(tid);
+        let sig = libc::WSTOPSIG(status);
+        let event = (status >> 16) & 0xff;
+        match event {
+            libc::PTRACE_EVENT_SECCOMP => self.on_seccomp(h, tid),
+            libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
+                if let Ok(child) = sys::ptrace_geteventmsg(tid) {
+                    self.add_child(h, tid, child as i32, event);
+                }
+                let _ = sys::ptrace_cont(tid, 0);
+            }
+            libc::PTRACE_EVENT_EXEC => {
+                self.on_exec(h, tid);
+                let _ = sys::ptrace_cont(tid, 0);
+            }
+            libc::PTRACE_EVENT_STOP => {
+                if matches!(
+                    sig,
+                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                ) {
+                    // Group-stop: stay stopped (the real parent sees it) but
+                    // let us hear about SIGCONT.
+                    let _ = sys::ptrace_listen(tid);
+                } else {
+                    let _ = sys::ptrace_cont(tid, 0);
+                }
+            }
+            0 if sig == (libc::SIGTRAP | 0x80) => {
+                let _ = sys::ptrace_cont(tid, 0);
+            }
+            0 => {
+                self.restore_siginfo(tid, sig);
+                let _ = sys::ptrace_cont(tid, sig);
+            }
+            _ => {
+                let _ = sys::ptrace_cont(tid, 0);
+            }
+        }
+    }
+
+    /// At a signal-delivery stop of a signal we re-sent with tgkill, put
+    /// back the siginfo it originally had.
+    fn restore_siginfo(&mut self, tid: i32, sig: i32) {
+        let my_pid = self.my_pid;
+        let Some(th) = self.threads.get_mut(&tid) else {
+            return;
+        };
+        let Some(pos) = th.resend.iter().position(|s| s.signo() == sig) else {
+            return;
+        };
+        if let Ok(cur) = sys::ptrace_getsiginfo(tid) {
+            if cur.code() == SI_TKILL && cur.pid() == my_pid {
+                let orig = th.resend.remove(pos);
+                let _ = sys::ptrace_setsiginfo(tid, &orig);
+            }
+        }
+    }
+
+    fn on_exec(&mut self, h: &mut dyn Handler, tid: i32) {
+        let former = sys::ptrace_geteventmsg(tid)
+            .map(|v| v as i32)
+            .unwrap_or(tid);
+        if former != tid {
+            if let Some(th) = self.threads.remove(&former) {
+                if let Some(p) = self.procs.get_mut(&th.tgid) {
+                    p.tids.remove(&former);
+                }
+            }
+            self.ensure_thread(tid);
+        }
+        let tgid = self.tgid_of(tid);
+        if let Some(th) = self.threads.get_mut(&tid) {
+            th.pidfd = None;
+        }
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.scratch_map = None;
+        }
+        if tgid == self.main_pid {
+            self.exec_seen = true;
+        }
+        tracing::debug!(pid = tgid, former_tid = former, "exec");
+        h.exec(tgid);
+    }
+
+    fn on_gone(&mut self, h: &mut dyn Handler, tid: i32, status: i32) {
+        let Some(th) = self.threads.remove(&tid) else {
+            self.reaped_unknown.insert(tid);
+            return;
+        };
+        if th.tgid == self.main_pid {
+            // The status of the main process's last thread is its status.
+            self.main_status = Some(status);
+        }
+        let tgid = th.tgid;
+        let empty = match self.procs.get_mut(&tgid) {
+            Some(p) => {
+                p.tids.remove(&tid);
+                p.tids.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            self.procs.remove(&tgid);
+            self.release_dead(h, None);
+            tracing::debug!(pid = tgid, status, "process gone");
+            h.exited(tgid);
+        }
+    }
+
+    fn on_seccomp(&mut self, h: &mut dyn Handler, tid: i32) {
+        let Ok(regs) = sys::ptrace_getregs(tid) else {
+            return;
+        };
+        let pid = self.tgid_of(tid);
+        self.stats.stops += 1;
+        self.shared.put(Stop::new(tid, pid, regs));
+        self.release_dead(h, Some((pid, tid)));
+        let mut outcome = self.dispatch(h, pid, tid, regs.orig_rax as i64, regs.args());
+        tracing::trace!(pid, tid, nr = regs.orig_rax as i64, ?outcome, "intercepted");
+        if outcome == Outcome::Pass {
+            // The handler injected something (consuming the program's call)
+            // and then declined: run the original call by injection.
+            let reissue = self.shared.with_stop(|s| {
+                (s.phase == Phase::Exit && !s.gone)
+                    .then(|| s.inject(regs.orig_rax as i64, regs.args()))
+            });
+            if let Ok(Some(r)) = reissue {
+                outcome = Outcome::Return(r.unwrap_or(-i64::from(libc::EIO)));
+            }
+        } else {
+            self.stats.served += 1;
+        }
+        let stop = self.shared.take();
+        if let Some(stop) = stop {
+            self.finish(h, stop, outcome);
+        }
+    }
+
+    /// Resumes the thread after a handled stop.
+    fn finish(&mut self, h: &mut dyn Handler, stop: Stop, outcome: Outcome) {
+        self.stats.injected += stop.injected;
+        if !stop.gone {
+            let tid = stop.tid;
+            for si in &stop.stashed {
+                self.requeue(stop.tgid, tid, si);
+            }
+            let res = match (stop.phase, outcome) {
+                (Phase::Entry, Outcome::Pass) => sys::ptrace_cont(tid, 0),
+                (phase, out) => {
+                    let v = match out {
+                        Outcome::Return(v) => v,
+                        Outcome::Pass => -i64::from(libc::EIO),
+                    };
+                    let mut r = stop.regs;
+                    if phase == Phase::Entry {
+                        // Skip the system call; the program sees `rax`.
+                        r.orig_rax = u64::MAX;
+                    }
+                    r.rax = v as u64;
+                    sys::ptrace_setregs(tid, &r).and_then(|()| sys::ptrace_cont(tid, 0))
+                }
+            };
+            // ESRCH: killed meanwhile; waitpid reports the exit.
+            if res.is_ok() && stop.group_stop {
+                // It was taken out of a group-stop to finish the injection:
+                // trap it again; if the group is still stopped, the trap
+                // reports the stop signal and it is LISTENed like the others.
+                let _ = sys::ptrace_interrupt(tid);
+            }
+        }
+        for d in stop.deferred {
+            match d {
+                Deferred::Event { tid, status } => self.queue.push_back((tid, status)),
+                Deferred::Child {
+                    parent,
+                    child,
+                    event,
+                } => self.add_child(h, parent, child, event),
+            }
+        }
+    }
+
+    /// Delivers again a signal that was dequeued during an injection.
+    fn requeue(&mut self, tgid: i32, tid: i32, si: &SigInfo) {
+        self.stats.requeued += 1;
+        if si.code() < 0 && si.code() != SI_TKILL && sys::rt_tgsigqueueinfo(tgid, tid, si).is_ok() {
+            return;
+        }
+        if sys::tgkill(tgid, tid, si.signo()).is_ok() {
+            if let Some(th) = self.threads.get_mut(&tid) {
+                th.resend.push(*si);
+            }
+        }
+    }
+
+    // ---- system calls --------------------------------------------------
+
+    fn dispatch(
+        &mut self,
+        h: &mut dyn Handler,
+        pid: i32,
+        tid: i32,
+        nr: i64,
+        a: [u64; 6],
+    ) -> Outcome {
+        match nr {
+            libc::SYS_open => {
+                self.sys_open(h, pid, tid, libc::AT_FDCWD, a[0], a[1] as i32, a[2] as u32)
+            }
+            libc::SYS_openat => {
+                self.sys_open(h, pid, tid, a[0] as i32, a[1], a[2] as i32, a[3] as u32)
+            }
+            libc::SYS_openat2 => {
+                // struct open_how { u64 flags; u64 mode; u64 resolve; }
+                let mut how = [0u8; 24];
+                if a[3] < 24 || sys::process_vm_read(tid, a[2], &mut how).is_err() {
+                    return Outcome::Pass;
+                }
+                let flags = u64::from_ne_bytes(how[0..8].try_into().unwrap_or([0; 8]));
+                let mode = u64::from_ne_bytes(how[8..16].try_into().unwrap_or([0; 8]));
+                let (Ok(flags), Ok(mode)) = (i32::try_from(flags), u32::try_from(mode)) else {
+                    return Outcome::Pass;
+                };
+                self.sys_open(h, pid, tid, a[0] as i32, a[1], flags, mode)
+            }
+            libc::SYS_close => self.sys_close(h, pid, tid, a[0] as i32),
+            libc::SYS_ioctl => {
+                let Some(obj) = self.fd_object(tid, a[0] as i32) else {
+                    return Outcome::Pass;
+                };
+                let mut t = Tracee {
+                    core: self,
+                    pid,
+                    tid,
+                };
+                ret(h.ioctl(&mut t, obj, a[1] & 0xffff_ffff, a[2]))
+            }
+            libc::SYS_pread64 | libc::SYS_pwrite64 => {
+                let Some(obj) = self.fd_object(tid, a[0] as i32) else {
+                    return Outcome::Pass;
+                };
+                if (a[3] as i64) < 0 {
+                    return ret(Err(Errno::EINVAL));
+                }
+                let mut t = Tracee {
+                    core: self,
+                    pid,
+                    tid,
+                };
+                if nr == libc::SYS_pread64 {
+                    ret(h.pread(&mut t, obj, a[1], a[2], a[3]))
+                } else {
+                    ret(h.pwrite(&mut t, obj, a[1], a[2], a[3]))
+                }
+            }
+            libc::SYS_preadv | libc::SYS_pwritev | libc::SYS_preadv2 | libc::SYS_pwritev2 => {
+                let Some(obj) = self.fd_object(tid, a[0] as i32) else {
+                    return Outcome::Pass;
+                };
+                let write = nr == libc::SYS_pwritev || nr == libc::SYS_pwritev2;
+                let v2 = nr == libc::SYS_preadv2 || nr == libc::SYS_pwritev2;
+                let off = a[3] as i64;
+                if v2 && off == -1 {
+                    // "Current file position": our descriptors have none.
+                    return ret(Err(Errno::ESPIPE));
+                }
+                if off < 0 {
+                    return ret(Err(Errno::EINVAL));
+                }
+                let mut t = Tracee {
+                    core: self,
+                    pid,
+                    tid,
+                };
+                ret(vectored(h, &mut t, obj, write, a[1], a[2], off as u64))
+            }
+            _ => Outcome::Pass,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sys_open(
+        &mut self,
+        h: &mut dyn Handler,
+        pid: i32,
+        tid: i32,
+        dirfd: i32,
+        path: u64,
+        flags: i32,
+        mode: u32,
+    ) -> Outcome {
+        let mut t = Tracee {
+            core: self,
+            pid,
+            tid,
+        };
+        // Unreadable or too long: the kernel produces the right error.
+        let Ok(raw) = t.read_cstr_bytes(path, PATH_MAX) else {
+            return Outcome::Pass;
+        };
+        let base = if raw.starts_with(b"/") {
+            None
+        } else if dirfd == libc::AT_FDCWD {
+            read_link(&format!("/proc/{tid}/cwd"))
+        } else {
+            read_link(&format!("/proc/{tid}/fd/{dirfd}"))
+        };
+        let req = OpenRequest {
+            path: normalize(base.as_deref(), &raw, pid, tid),
+            raw: OsString::from_vec(raw),
+            dirfd,
+            flags,
+            mode,
+        };
+        let reply = match h.open(&mut t, &req) {
+            None => return Outcome::Pass,
+            Some(Err(e)) => Err(e),
+            Some(Ok(OpenReply::Object(obj))) => t.install_object(obj, req.cloexec()),
+            Some(Ok(OpenReply::File(bytes))) => t.install_file(&bytes, req.cloexec()),
+        };
+        ret(reply.map(i64::from))
+    }
+
+    fn sys_close(&mut self, h: &mut dyn Handler, pid: i32, tid: i32, fd: i32) -> Outcome {
+        let Some((_, ino)) = self.fd_lookup(tid, fd) else {
+            return Outcome::Pass;
+        };
+        let r = {
+            let mut t = Tracee {
+                core: self,
+                pid,
+                tid,
+            };
+            t.inject_syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])
+        };
+        let Ok(r) = r else {
+            return Outcome::Return(-i64::from(libc::EIO));
+        };
+        // The thread is now at the exit of its close: release what that
+        // close (or anything since the last stop) dropped, before it runs on.
+        self.release_dead(h, Some((pid, tid)));
+        if self.close_flush && r == 0 && self.objects.contains(ino) {
+            let mut t = Tracee {
+                core: self,
+                pid,
+                tid,
+            };
+            let _ = t.inject_syscall(libc::SYS_getpid, [0; 6]);
+            self.release_dead(h, Some((pid, tid)));
+        }
+        Outcome::Return(r)
+    }
+}
+
+/// `preadv`/`pwritev`: one handler call per segment, stopping at the first
+/// short transfer; an error after some progress returns the progress.
+fn vectored(
+    h: &mut dyn Handler,
+    t: &mut Tracee<'_>,
+    obj: ObjectId,
+    write: bool,
+    iov: u64,
+    cnt: u64,
+    mut off: u64,
+) -> Result<i64, Errno> {
+    if cnt > IOV_MAX {
+        return Err(Errno::EINVAL);
+    }
+    let raw = t.read_bytes(iov, cnt as usize * 16)?;
+    let mut done: i64 = 0;
+    for seg in raw.chunks_exact(16) {
+        let base = u64::from_ne_bytes(seg[0..8].try_into().unwrap_or([0; 8]));
+        let len = u64::from_ne_bytes(seg[8..16].try_into().unwrap_or([0; 8]));
+        if len == 0 {
+            continue;
+        }
+        let r = if write {
+            h.pwrite(t, obj, base, len, off)
+        } else {
+            h.pread(t, obj, base, len, off)
+        };
+        match r {
+            Ok(n) => {
+                done += n;
+                off += n as u64;
+                if (n as u64) < len {
+                    break;
+                }
+            }
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
+}
+
+impl Drop for Core {
+    /// A run that did not finish (handler panic, supervisor error): kill
+    /// every traced process and reap it, so nothing stays stopped forever.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let _ = self.shared.take();
+        for tgid in self.procs.keys() {
+            let _ = sys::kill(*tgid, libc::SIGKILL);
+        }
+        while !self.threads.is_empty() {
+            match sys::waitpid(-1, libc::__WALL | libc::__WNOTHREAD) {
+                Ok((tid, status)) => {
+                    if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                        self.threads.remove(&tid);
+                    } else {
+                        let _ = sys::ptrace_cont(tid, 0);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("main_pid", &self.main_pid)
+            .field("threads", &self.threads.len())
+            .field("objects", &self.objects.endpoints())
+            .finish()
+    }
+}

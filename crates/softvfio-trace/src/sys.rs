@@ -1,0 +1,536 @@
+//! Thin, safe wrappers over the raw system calls the supervisor needs.
+//!
+//! Every `unsafe` block of the crate that talks to the kernel lives here, in
+//! a small named function with the reason it is sound next to it. Callers
+//! get `Result<_, Errno>` and never see a raw pointer.
+
+use crate::errno::Errno;
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// The general-purpose registers of an x86-64 thread, as `PTRACE_GETREGS`
+/// reads them (`struct user_regs_struct`).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Regs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<Regs>() == std::mem::size_of::<libc::user_regs_struct>());
+
+impl Regs {
+    /// The six system call arguments in ABI order.
+    pub fn args(&self) -> [u64; 6] {
+        [self.rdi, self.rsi, self.rdx, self.r10, self.r8, self.r9]
+    }
+
+    pub fn set_args(&mut self, a: [u64; 6]) {
+        self.rdi = a[0];
+        self.rsi = a[1];
+        self.rdx = a[2];
+        self.r10 = a[3];
+        self.r8 = a[4];
+        self.r9 = a[5];
+    }
+}
+
+/// `struct ptrace_syscall_info` (PTRACE_GET_SYSCALL_INFO), with the union
+/// kept as raw words: `entry`/`seccomp` = nr, args[6]; `exit` = rval, is_error.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct SyscallInfo {
+    pub op: u8,
+    pub reserved: u8,
+    pub flags: u16,
+    pub arch: u32,
+    pub instruction_pointer: u64,
+    pub stack_pointer: u64,
+    pub data: [u64; 8],
+}
+
+pub const SYSCALL_INFO_ENTRY: u8 = 1;
+pub const SYSCALL_INFO_EXIT: u8 = 2;
+
+/// Raw `siginfo_t` storage (128 bytes), enough to save and restore one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SigInfo(pub [u32; 32]);
+
+const _: () = assert!(std::mem::size_of::<SigInfo>() == std::mem::size_of::<libc::siginfo_t>());
+
+impl SigInfo {
+    pub fn signo(&self) -> i32 {
+        self.0[0] as i32
+    }
+    pub fn code(&self) -> i32 {
+        self.0[2] as i32
+    }
+    /// `si_pid` for signals sent by a process (kill, tgkill, sigqueue).
+    pub fn pid(&self) -> i32 {
+        self.0[4] as i32
+    }
+}
+
+fn check(ret: libc::c_long) -> Result<libc::c_long, Errno> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_int(ret: libc::c_int) -> Result<libc::c_int, Errno> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A ptrace request that takes no pointer (only integers in `addr`/`data`).
+fn ptrace_plain(
+    req: libc::c_uint,
+    tid: i32,
+    addr: usize,
+    data: usize,
+) -> Result<libc::c_long, Errno> {
+    // SAFETY: the requests passed here (SEIZE, CONT, SYSCALL, LISTEN,
+    // INTERRUPT) interpret addr/data as integers and never dereference them.
+    let r = unsafe {
+        libc::ptrace(
+            req,
+            tid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
+    check(r)
+}
+
+pub fn ptrace_seize(pid: i32, options: i32) -> Result<(), Errno> {
+    ptrace_plain(libc::PTRACE_SEIZE, pid, 0, options as usize).map(drop)
+}
+
+pub fn ptrace_cont(tid: i32, sig: i32) -> Result<(), Errno> {
+    ptrace_plain(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
+}
+
+pub fn ptrace_syscall(tid: i32, sig: i32) -> Result<(), Errno> {
+    ptrace_plain(libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop)
+}
+
+pub fn ptrace_interrupt(tid: i32) -> Result<(), Errno> {
+    ptrace_plain(libc::PTRACE_INTERRUPT, tid, 0, 0).map(drop)
+}
+
+pub fn ptrace_listen(tid: i32) -> Result<(), Errno> {
+    ptrace_plain(libc::PTRACE_LISTEN, tid, 0, 0).map(drop)
+}
+
+pub fn ptrace_getregs(tid: i32) -> Result<Regs, Errno> {
+    let mut regs = Regs::default();
+    // SAFETY: PTRACE_GETREGS writes one `struct user_regs_struct` to `data`;
+    // `Regs` is a repr(C) struct of the same size and layout, alive and
+    // exclusively borrowed for the call.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETREGS,
+            tid,
+            std::ptr::null_mut::<libc::c_void>(),
+            &mut regs as *mut Regs as *mut libc::c_void,
+        )
+    };
+    check(r)?;
+    Ok(regs)
+}
+
+pub fn ptrace_setregs(tid: i32, regs: &Regs) -> Result<(), Errno> {
+    // SAFETY: PTRACE_SETREGS reads one `struct user_regs_struct` from `data`;
+    // `regs` points to a valid value of the same layout for the call.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETREGS,
+            tid,
+            std::ptr::null_mut::<libc::c_void>(),
+            regs as *const Regs as *mut libc::c_void,
+        )
+    };
+    check(r).map(drop)
+}
+
+pub fn ptrace_geteventmsg(tid: i32) -> Result<u64, Errno> {
+    let mut msg: libc::c_ulong = 0;
+    // SAFETY: PTRACE_GETEVENTMSG stores one `unsigned long` at `data`, which
+    // points to a live local of that type.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETEVENTMSG,
+            tid,
+            std::ptr::null_mut::<libc::c_void>(),
+            &mut msg as *mut libc::c_ulong as *mut libc::c_void,
+        )
+    };
+    check(r)?;
+    Ok(msg)
+}
+
+pub fn ptrace_getsiginfo(tid: i32) -> Result<SigInfo, Errno> {
+    let mut si = SigInfo::default();
+    // SAFETY: PTRACE_GETSIGINFO writes one 128-byte siginfo_t to `data`;
+    // `SigInfo` is 128 bytes of plain integers, exclusively borrowed.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETSIGINFO,
+            tid,
+            std::ptr::null_mut::<libc::c_void>(),
+            &mut si as *mut SigInfo as *mut libc::c_void,
+        )
+    };
+    check(r)?;
+    Ok(si)
+}
+
+pub fn ptrace_setsiginfo(tid: i32, si: &SigInfo) -> Result<(), Errno> {
+    // SAFETY: PTRACE_SETSIGINFO reads one 128-byte siginfo_t from `data`.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETSIGINFO,
+            tid,
+            std::ptr::null_mut::<libc::c_void>(),
+            si as *const SigInfo as *mut libc::c_void,
+        )
+    };
+    check(r).map(drop)
+}
+
+pub fn ptrace_get_syscall_info(tid: i32) -> Result<SyscallInfo, Errno> {
+    let mut info = SyscallInfo::default();
+    let size = std::mem::size_of::<SyscallInfo>();
+    // SAFETY: PTRACE_GET_SYSCALL_INFO writes at most `addr` bytes (the size
+    // we pass) to `data`, which points to a live `SyscallInfo` of that size.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GET_SYSCALL_INFO,
+            tid,
+            size as *mut libc::c_void,
+            &mut info as *mut SyscallInfo as *mut libc::c_void,
+        )
+    };
+    check(r)?;
+    Ok(info)
+}
+
+/// `waitpid`, retried on EINTR. Returns (pid, status).
+pub fn waitpid(pid: i32, flags: i32) -> Result<(i32, i32), Errno> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid stores the status in a live local c_int.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if r >= 0 {
+            return Ok((r, status));
+        }
+        let e = Errno::last();
+        if e != Errno::EINTR {
+            return Err(e);
+        }
+    }
+}
+
+pub fn tgkill(tgid: i32, tid: i32, sig: i32) -> Result<(), Errno> {
+    // SAFETY: tgkill takes only integers.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) };
+    check(r).map(drop)
+}
+
+pub fn kill(pid: i32, sig: i32) -> Result<(), Errno> {
+    // SAFETY: kill takes only integers.
+    check_int(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// Queues `si` (a signal with a negative `si_code`, e.g. SI_QUEUE) to one
+/// thread; used to re-deliver a signal we had to take out of the way.
+pub fn rt_tgsigqueueinfo(tgid: i32, tid: i32, si: &SigInfo) -> Result<(), Errno> {
+    // SAFETY: the kernel reads one siginfo_t from the pointer, which refers to
+    // a live 128-byte value.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            tgid,
+            tid,
+            si.signo(),
+            si as *const SigInfo,
+        )
+    };
+    check(r).map(drop)
+}
+
+/// Reads `buf.len()` bytes of another process's memory at `addr`.
+/// A partial transfer (a page missing) is EFAULT.
+pub fn process_vm_read(pid: i32, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as usize as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` describes the exclusively borrowed `buf`; the remote
+    // iovec is only interpreted in the other process's address space.
+    let r = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    if r < 0 {
+        let e = Errno::last();
+        return Err(if e == Errno::ESRCH { e } else { Errno::EFAULT });
+    }
+    if r as usize != buf.len() {
+        return Err(Errno::EFAULT);
+    }
+    Ok(())
+}
+
+/// Writes `data` into another process's memory at `addr` (all or EFAULT).
+pub fn process_vm_write(pid: i32, addr: u64, data: &[u8]) -> Result<(), Errno> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let local = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as usize as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: `local` describes the borrowed `data`, which the kernel only
+    // reads; the remote iovec refers to the other process.
+    let r = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+    if r < 0 {
+        let e = Errno::last();
+        return Err(if e == Errno::ESRCH { e } else { Errno::EFAULT });
+    }
+    if r as usize != data.len() {
+        return Err(Errno::EFAULT);
+    }
+    Ok(())
+}
+
+/// Takes ownership of a descriptor a successful system call just returned.
+fn owned(fd: libc::c_long) -> OwnedFd {
+    // SAFETY: `fd` is a fresh descriptor returned by the kernel to this
+    // process, owned by nobody else yet.
+    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+}
+
+/// `PIDFD_THREAD` (= O_EXCL): a pidfd for one thread (Linux 6.9+).
+pub const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
+
+pub fn pidfd_open(pid: i32, flags: u32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes only integers.
+    let r = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) })?;
+    Ok(owned(r))
+}
+
+/// Duplicates descriptor `fd` of the process behind `pidfd` into this one.
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_getfd takes only integers and returns a new descriptor.
+    let r = check(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })?;
+    Ok(owned(r))
+}
+
+pub fn epoll_create() -> Result<OwnedFd, Errno> {
+    // SAFETY: epoll_create1 takes only flags.
+    let r = check_int(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+    Ok(owned(r.into()))
+}
+
+/// Watches `fd` for hang-up only (EPOLLHUP is always reported).
+pub fn epoll_add(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>, key: u64) -> Result<(), Errno> {
+    let mut ev = libc::epoll_event {
+        events: 0,
+        u64: key,
+    };
+    // SAFETY: epoll_ctl reads one epoll_event from a live local.
+    check_int(unsafe {
+        libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut ev)
+    })
+    .map(drop)
+}
+
+pub fn epoll_del(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: epoll_ctl ignores (but, on old kernels, requires) the event.
+    check_int(unsafe {
+        libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_DEL, fd.as_raw_fd(), &mut ev)
+    })
+    .map(drop)
+}
+
+/// Non-blocking `epoll_wait`: the keys of the ready descriptors.
+pub fn epoll_poll(ep: BorrowedFd<'_>, out: &mut Vec<u64>) -> Result<(), Errno> {
+    let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
+    loop {
+        // SAFETY: the kernel writes at most `evs.len()` events into `evs`.
+        let r = unsafe { libc::epoll_wait(ep.as_raw_fd(), evs.as_mut_ptr(), evs.len() as i32, 0) };
+        if r < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        let n = r as usize;
+        out.extend(evs[..n].iter().map(|e| e.u64));
+        if n < evs.len() {
+            return Ok(());
+        }
+        // A full batch: level-triggered, the same keys may come again; the
+        // caller deduplicates. Stop after one extra round to stay bounded.
+        if out.len() >= 4 * evs.len() {
+            return Ok(());
+        }
+    }
+}
+
+pub fn shutdown_write(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: shutdown takes only integers.
+    check_int(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) }).map(drop)
+}
+
+/// Writes all of `data` at offset `off` of `fd`.
+pub fn pwrite_all(fd: BorrowedFd<'_>, mut data: &[u8], mut off: u64) -> Result<(), Errno> {
+    while !data.is_empty() {
+        // SAFETY: the kernel reads at most `data.len()` bytes from `data`.
+        let r = unsafe {
+            libc::pwrite(
+                fd.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                off as libc::off_t,
+            )
+        };
+        if r < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(Errno::EIO);
+        }
+        data = &data[r as usize..];
+        off += r as u64;
+    }
+    Ok(())
+}
+
+pub fn add_seals(fd: BorrowedFd<'_>, seals: i32) -> Result<(), Errno> {
+    // SAFETY: F_ADD_SEALS takes an integer argument.
+    check_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) }).map(drop)
+}
+
+/// A pipe whose both ends are close-on-exec: (read, write).
+pub fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), Errno> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the two-element array.
+    check_int(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    Ok((owned(fds[0].into()), owned(fds[1].into())))
+}
+
+/// Reads whatever is available on a non-blocking descriptor (at most `buf`).
+pub fn read_some(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+    let r = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(r as usize)
+}
+
+pub fn write_byte(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let b = [0u8; 1];
+    // SAFETY: the kernel reads one byte from `b`.
+    let r = unsafe { libc::write(fd.as_raw_fd(), b.as_ptr().cast(), 1) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: F_GETFL/F_SETFL take integer arguments.
+    let fl = check_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: as above.
+    check_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) })
+        .map(drop)
+}
+
+pub fn getpid() -> i32 {
+    // SAFETY: getpid has no arguments and cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// The result of `fork()` as seen by the parent.
+pub enum Forked {
+    Parent(i32),
+    Child,
+}
+
+/// Forks the calling process.
+///
+/// # Safety
+/// In a multi-threaded process the child may only call async-signal-safe
+/// functions until it execs or exits: the caller must make sure the child
+/// path allocates nothing and takes no locks (see `spawn::child_main`).
+pub unsafe fn fork() -> Result<Forked, Errno> {
+    // SAFETY: fork itself has no memory-safety preconditions; the caller
+    // upholds the async-signal-safety contract for the child.
+    let r = unsafe { libc::fork() };
+    match r {
+        r if r < 0 => Err(Errno::last()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// The kernel release string, e.g. "6.18.0".
+pub fn kernel_release() -> Option<String> {
+    // SAFETY: an all-zero utsname is a valid value (arrays of c_char).
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname fills the struct we own.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    // SAFETY: the kernel NUL-terminates `release` within its array.
+    let s = unsafe { CStr::from_ptr(u.release.as_ptr()) };
+    Some(s.to_string_lossy().into_owned())
+}
