@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
+use softvfio::frontend::{FdTarget, FileObject, Routed, Session};
 use softvfio::memory::host::{HostMemory, MmSyscalls};
 use softvfio::memory::{UserMemory, PAGE_SIZE};
-use softvfio::uapi::{ContainerFile, DeviceFile, FdLookup, GroupFile, IoctlOutcome, Vfio};
+use softvfio::uapi::Vfio;
 use softvfio::VfioError;
 use softvfio_platform::{build, BuiltPlatform, Config};
 use softvfio_trace::{
@@ -137,12 +138,6 @@ impl MmSyscalls for TracedMm {
     }
 }
 
-enum Obj {
-    Container(ContainerFile),
-    Group(GroupFile),
-    Device(DeviceFile),
-}
-
 /// What the program still held when it exited.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Leftovers {
@@ -165,11 +160,9 @@ pub struct FinalState {
 }
 
 struct VfioHandler {
-    vfio: Arc<Vfio>,
+    session: Session,
     registry: Arc<Registry>,
     injector: SyscallInjector,
-    objects: HashMap<u64, Obj>,
-    next_object: u64,
     /// One address space per traced process (mlock state is per mm).
     mems: HashMap<i32, Arc<HostMemory>>,
     /// Address spaces of processes that exited or exec'd, for the report.
@@ -184,11 +177,9 @@ fn errno(e: VfioError) -> Errno {
 impl VfioHandler {
     fn new(vfio: Arc<Vfio>, registry: Arc<Registry>, injector: SyscallInjector) -> Self {
         Self {
-            vfio,
+            session: Session::new(vfio),
             registry,
             injector,
-            objects: HashMap::new(),
-            next_object: 1,
             mems: HashMap::new(),
             retired: Vec::new(),
             leftovers: Leftovers::default(),
@@ -201,13 +192,6 @@ impl VfioHandler {
             .entry(pid)
             .or_insert_with(|| Arc::new(HostMemory::for_pid(pid, Arc::new(TracedMm(injector)))))
             .clone()
-    }
-
-    fn add_object(&mut self, obj: Obj) -> ObjectId {
-        let id = self.next_object;
-        self.next_object += 1;
-        self.objects.insert(id, obj);
-        ObjectId(id)
     }
 
     /// `/proc/<pid>/status` with `VmLck` as the kernel would show it: the
@@ -237,24 +221,23 @@ impl VfioHandler {
         Some(Ok(OpenReply::File(out.into_bytes())))
     }
 
-    fn note_leftovers(&mut self, obj: &Obj) {
+    fn note_leftovers(left: &mut Leftovers, obj: &FileObject) {
         match obj {
-            Obj::Container(c) => {
-                self.leftovers.containers += 1;
+            FileObject::Container(c) => {
+                left.containers += 1;
                 let snap = c.container.snapshot();
-                self.leftovers.mappings += snap.mappings.len() as u64;
-                self.leftovers.mapped_bytes += snap.mappings.iter().map(|m| m.size).sum::<u64>();
-                self.leftovers.locked_pages +=
-                    snap.mappings.iter().map(|m| m.locked_pages).sum::<u64>();
+                left.mappings += snap.mappings.len() as u64;
+                left.mapped_bytes += snap.mappings.iter().map(|m| m.size).sum::<u64>();
+                left.locked_pages += snap.mappings.iter().map(|m| m.locked_pages).sum::<u64>();
             }
-            Obj::Group(_) => self.leftovers.groups += 1,
-            Obj::Device(_) => self.leftovers.devices += 1,
+            FileObject::Group(_) => left.groups += 1,
+            FileObject::Device(_) => left.devices += 1,
         }
     }
 
     fn final_state(&self) -> FinalState {
         let mut f = FinalState {
-            open_objects: self.objects.len() as u64,
+            open_objects: self.session.len() as u64,
             ..FinalState::default()
         };
         for m in self.mems.values().chain(self.retired.iter()) {
@@ -283,18 +266,15 @@ fn status_pid(path: &Path) -> Option<i32> {
 impl Handler for VfioHandler {
     fn open(&mut self, t: &mut Tracee<'_>, req: &OpenRequest) -> Option<Result<OpenReply, Errno>> {
         let path = req.path.to_str()?;
-        if path == "/dev/vfio/vfio" {
-            let mem: Arc<dyn UserMemory> = self.mem_for(t.pid());
-            let file = self.vfio.open_container(mem);
-            self.registry.add_container(&file.container);
-            return Some(Ok(OpenReply::Object(self.add_object(Obj::Container(file)))));
-        }
-        if let Some(name) = path.strip_prefix("/dev/vfio/") {
-            let Ok(id) = name.parse::<u32>() else {
-                return Some(Err(Errno::ENOENT));
-            };
-            return Some(match self.vfio.open_group(id) {
-                Ok(g) => Ok(OpenReply::Object(self.add_object(Obj::Group(g)))),
+        let mem: Arc<dyn UserMemory> = self.mem_for(t.pid());
+        if let Some(res) = self.session.open(path, || mem) {
+            return Some(match res {
+                Ok(key) => {
+                    if let Some(c) = self.session.container(key) {
+                        self.registry.add_container(c);
+                    }
+                    Ok(OpenReply::Object(ObjectId(key)))
+                }
                 Err(e) => Err(errno(e)),
             });
         }
@@ -310,50 +290,33 @@ impl Handler for VfioHandler {
         arg: u64,
     ) -> Result<i64, Errno> {
         let user = self.mem_for(t.pid());
-        let vfio = self.vfio.clone();
-        match self.objects.get(&obj.0) {
-            Some(Obj::Container(c)) => vfio
-                .container_ioctl(c, request, arg, user.as_ref())
-                .map_err(errno),
-            Some(Obj::Device(d)) => vfio
-                .device_ioctl(d, request, arg, user.as_ref())
-                .map_err(errno),
-            Some(Obj::Group(g)) => {
-                let g = g.clone();
-                let objects = &self.objects;
-                let tid = t.tid();
-                let mut lookup = |fd: i32| match t.object_of_fd(fd).and_then(|o| objects.get(&o.0))
+        let tid = t.tid();
+        let routed = {
+            let mut resolve = |fd: i32| match t.object_of_fd(fd) {
+                Some(o) => FdTarget::Object(o.0),
+                None if fd >= 0
+                    && Path::new(&format!("/proc/{tid}/fd/{fd}"))
+                        .symlink_metadata()
+                        .is_ok() =>
                 {
-                    Some(Obj::Container(c)) => FdLookup::Container(c.clone()),
-                    Some(_) => FdLookup::NotContainer,
-                    None if fd >= 0
-                        && Path::new(&format!("/proc/{tid}/fd/{fd}"))
-                            .symlink_metadata()
-                            .is_ok() =>
-                    {
-                        FdLookup::NotContainer
-                    }
-                    None => FdLookup::NotOpen,
-                };
-                match vfio.group_ioctl(&g, request, arg, user.as_ref(), &mut lookup) {
-                    Ok(IoctlOutcome::Value(v)) => Ok(v),
-                    Ok(IoctlOutcome::Device(dev)) => {
-                        let id = self.add_object(Obj::Device(dev));
-                        // vfio hands out device fds with O_CLOEXEC.
-                        match t.install_object(id, true) {
-                            Ok(fd) => Ok(i64::from(fd)),
-                            Err(e) => {
-                                if let Some(Obj::Device(dev)) = self.objects.remove(&id.0) {
-                                    vfio.release_device(dev);
-                                }
-                                Err(e)
-                            }
-                        }
-                    }
-                    Err(e) => Err(errno(e)),
+                    FdTarget::Foreign
                 }
+                None => FdTarget::NotOpen,
+            };
+            self.session
+                .ioctl(obj.0, request, arg, user.as_ref(), &mut resolve)
+                .map_err(errno)?
+        };
+        match routed {
+            Routed::Value(v) => Ok(v),
+            Routed::NewObject(key) => {
+                // vfio hands out device fds with O_CLOEXEC.
+                t.install_object(ObjectId(key), true)
+                    .map(i64::from)
+                    .inspect_err(|_| {
+                        self.session.release(key);
+                    })
             }
-            None => Err(Errno::EBADF),
         }
     }
 
@@ -366,14 +329,9 @@ impl Handler for VfioHandler {
         offset: u64,
     ) -> Result<i64, Errno> {
         let user = self.mem_for(t.pid());
-        match self.objects.get(&obj.0) {
-            Some(Obj::Device(d)) => self
-                .vfio
-                .device_pread(d, user.as_ref(), buf, len, offset)
-                .map_err(errno),
-            Some(_) => Err(Errno::EINVAL),
-            None => Err(Errno::EBADF),
-        }
+        self.session
+            .pread(obj.0, user.as_ref(), buf, len, offset)
+            .map_err(errno)
     }
 
     fn pwrite(
@@ -385,28 +343,18 @@ impl Handler for VfioHandler {
         offset: u64,
     ) -> Result<i64, Errno> {
         let user = self.mem_for(t.pid());
-        match self.objects.get(&obj.0) {
-            Some(Obj::Device(d)) => self
-                .vfio
-                .device_pwrite(d, user.as_ref(), buf, len, offset)
-                .map_err(errno),
-            Some(_) => Err(Errno::EINVAL),
-            None => Err(Errno::EBADF),
-        }
+        self.session
+            .pwrite(obj.0, user.as_ref(), buf, len, offset)
+            .map_err(errno)
     }
 
     fn release(&mut self, t: Option<&mut Tracee<'_>>, obj: ObjectId) {
-        let Some(o) = self.objects.remove(&obj.0) else {
-            return;
-        };
         if t.is_none() {
-            self.note_leftovers(&o);
+            if let Some(o) = self.session.object(obj.0) {
+                Self::note_leftovers(&mut self.leftovers, o);
+            }
         }
-        match o {
-            Obj::Container(c) => self.vfio.release_container(c),
-            Obj::Group(g) => self.vfio.release_group(g),
-            Obj::Device(d) => self.vfio.release_device(d),
-        }
+        self.session.release(obj.0);
     }
 
     fn exec(&mut self, pid: i32) {

@@ -15,6 +15,7 @@ pub mod device;
 pub mod dirty;
 pub mod dma;
 pub mod error;
+pub mod frontend;
 pub mod iommu;
 pub mod iova;
 pub mod memory;

@@ -1,0 +1,214 @@
+//! What every VFIO front end does between a file descriptor and the uAPI:
+//! claim `/dev/vfio/*` opens, keep the open files, route ioctls and
+//! `pread`/`pwrite` to the container, group or device behind a descriptor,
+//! and release them on last close.
+//!
+//! Front ends (the ptrace supervisor of `softvfio run`, the LD_PRELOAD
+//! library) own the descriptors; a [`Session`] owns what they refer to,
+//! named by an [`ObjectKey`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::error::{Result, VfioError};
+use crate::memory::UserMemory;
+use crate::uapi::{ContainerFile, DeviceFile, FdLookup, GroupFile, IoctlOutcome, Vfio};
+use crate::Container;
+
+/// The name of an open VFIO file within a session.
+pub type ObjectKey = u64;
+
+/// An open VFIO file.
+pub enum FileObject {
+    Container(ContainerFile),
+    Group(GroupFile),
+    Device(DeviceFile),
+}
+
+/// What a descriptor passed as an ioctl argument refers to.
+pub enum FdTarget {
+    /// Not an open descriptor.
+    NotOpen,
+    /// An open descriptor that is not one of this session's files.
+    Foreign,
+    /// One of this session's files.
+    Object(ObjectKey),
+}
+
+/// The result of an ioctl routed by a session.
+pub enum Routed {
+    /// The system call's return value.
+    Value(i64),
+    /// A new file (a device fd) the front end must give a descriptor; if it
+    /// cannot, it calls [`Session::release`] on the key.
+    NewObject(ObjectKey),
+}
+
+/// The open VFIO files of one front end.
+pub struct Session {
+    vfio: Arc<Vfio>,
+    objects: HashMap<ObjectKey, FileObject>,
+    next: ObjectKey,
+}
+
+impl Session {
+    pub fn new(vfio: Arc<Vfio>) -> Self {
+        Self {
+            vfio,
+            objects: HashMap::new(),
+            next: 1,
+        }
+    }
+
+    pub fn vfio(&self) -> &Arc<Vfio> {
+        &self.vfio
+    }
+
+    fn insert(&mut self, obj: FileObject) -> ObjectKey {
+        let key = self.next;
+        self.next += 1;
+        self.objects.insert(key, obj);
+        key
+    }
+
+    /// An `open` of `path`: `None` when the path is not VFIO's. A new
+    /// container pins the memory `mem` returns (the opener's).
+    pub fn open(
+        &mut self,
+        path: &str,
+        mem: impl FnOnce() -> Arc<dyn UserMemory>,
+    ) -> Option<Result<ObjectKey>> {
+        if path == "/dev/vfio/vfio" {
+            let file = self.vfio.open_container(mem());
+            return Some(Ok(self.insert(FileObject::Container(file))));
+        }
+        let name = path.strip_prefix("/dev/vfio/")?;
+        let Ok(id) = name.parse::<u32>() else {
+            return Some(Err(VfioError::NoEntry));
+        };
+        Some(
+            self.vfio
+                .open_group(id)
+                .map(|g| self.insert(FileObject::Group(g))),
+        )
+    }
+
+    /// The container behind a key, if it is one.
+    pub fn container(&self, key: ObjectKey) -> Option<&Arc<Container>> {
+        match self.objects.get(&key) {
+            Some(FileObject::Container(c)) => Some(&c.container),
+            _ => None,
+        }
+    }
+
+    pub fn contains(&self, key: ObjectKey) -> bool {
+        self.objects.contains_key(&key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Containers of this session.
+    pub fn containers(&self) -> Vec<Arc<Container>> {
+        self.objects
+            .values()
+            .filter_map(|o| match o {
+                FileObject::Container(c) => Some(c.container.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// An ioctl on the file `key`. `resolve_fd` says what a descriptor
+    /// number argument refers to (`VFIO_GROUP_SET_CONTAINER`).
+    pub fn ioctl(
+        &mut self,
+        key: ObjectKey,
+        request: u64,
+        arg: u64,
+        user: &dyn UserMemory,
+        resolve_fd: &mut dyn FnMut(i32) -> FdTarget,
+    ) -> Result<Routed> {
+        let vfio = self.vfio.clone();
+        match self.objects.get(&key) {
+            Some(FileObject::Container(c)) => vfio
+                .container_ioctl(c, request, arg, user)
+                .map(Routed::Value),
+            Some(FileObject::Device(d)) => {
+                vfio.device_ioctl(d, request, arg, user).map(Routed::Value)
+            }
+            Some(FileObject::Group(g)) => {
+                let objects = &self.objects;
+                let mut lookup = |fd: i32| match resolve_fd(fd) {
+                    FdTarget::NotOpen => FdLookup::NotOpen,
+                    FdTarget::Foreign => FdLookup::NotContainer,
+                    FdTarget::Object(k) => match objects.get(&k) {
+                        Some(FileObject::Container(c)) => FdLookup::Container(c.clone()),
+                        _ => FdLookup::NotContainer,
+                    },
+                };
+                match vfio.group_ioctl(g, request, arg, user, &mut lookup)? {
+                    IoctlOutcome::Value(v) => Ok(Routed::Value(v)),
+                    IoctlOutcome::Device(dev) => {
+                        Ok(Routed::NewObject(self.insert(FileObject::Device(dev))))
+                    }
+                }
+            }
+            None => Err(VfioError::BadFd),
+        }
+    }
+
+    /// `pread` on the file `key`: device regions; EINVAL on other files.
+    pub fn pread(
+        &self,
+        key: ObjectKey,
+        user: &dyn UserMemory,
+        buf: u64,
+        len: u64,
+        offset: u64,
+    ) -> Result<i64> {
+        match self.objects.get(&key) {
+            Some(FileObject::Device(d)) => self.vfio.device_pread(d, user, buf, len, offset),
+            Some(_) => Err(VfioError::Invalid("no read on this file")),
+            None => Err(VfioError::BadFd),
+        }
+    }
+
+    /// `pwrite` on the file `key`.
+    pub fn pwrite(
+        &self,
+        key: ObjectKey,
+        user: &dyn UserMemory,
+        buf: u64,
+        len: u64,
+        offset: u64,
+    ) -> Result<i64> {
+        match self.objects.get(&key) {
+            Some(FileObject::Device(d)) => self.vfio.device_pwrite(d, user, buf, len, offset),
+            Some(_) => Err(VfioError::Invalid("no write on this file")),
+            None => Err(VfioError::BadFd),
+        }
+    }
+
+    /// Last close of the file `key`. Returns the released object (so a front
+    /// end can report what a program left open).
+    pub fn release(&mut self, key: ObjectKey) -> Option<FileObject> {
+        let obj = self.objects.remove(&key)?;
+        match &obj {
+            FileObject::Container(c) => self.vfio.release_container(c.clone()),
+            FileObject::Group(g) => self.vfio.release_group(g.clone()),
+            FileObject::Device(d) => self.vfio.release_device(d.clone()),
+        }
+        Some(obj)
+    }
+
+    /// Peek at a file before releasing it.
+    pub fn object(&self, key: ObjectKey) -> Option<&FileObject> {
+        self.objects.get(&key)
+    }
+}
