@@ -25,7 +25,8 @@
 //!   register's interrupt bit follows the line.
 //!
 //! Deliberate differences: BAR0 has no MMAP flag (emulated MMIO); 8-byte
-//! BAR accesses reach the device whole (newer vfio-pci; see
+//! accesses to the 64-bit DMA registers reach the device whole (newer
+//! vfio-pci; below 0x80 they are split as in 6.1; see
 //! [`edu::EduOptions::mmio_64bit`]); DMA runs synchronously inside the
 //! command write; an out-of-bounds DMA buffer range is rejected instead of
 //! aborting QEMU (7.2 even aborts on a full 4096-byte or a 0-byte

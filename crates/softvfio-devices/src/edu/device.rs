@@ -42,9 +42,10 @@ pub struct EduOptions {
     /// vfio-pci reports flags 0x2 and `VFIO_DEVICE_RESET` fails with EINVAL;
     /// set this to model an edu that can be reset.
     pub reset_supported: bool,
-    /// Pass naturally aligned 8-byte BAR accesses to the device as one
-    /// access, as vfio-pci does since it gained 64-bit MMIO support (Linux
-    /// 6.14). Linux 6.1 splits them into two 4-byte accesses, which makes
+    /// Pass naturally aligned 8-byte accesses to the 64-bit DMA registers
+    /// (BAR0 0x80 and up) to the device as one access, as vfio-pci does
+    /// since it gained 64-bit MMIO support (Linux 6.14); 8-byte accesses
+    /// below 0x80 are always split as Linux 6.1 splits them. Linux 6.1 splits them into two 4-byte accesses, which makes
     /// edu's 64-bit registers unreachable above bit 31 (a write to 0x84 is
     /// ignored) and so rules out 47-bit PASID addresses. For accesses the
     /// conformance probe makes (8-byte writes of values below 4 GiB) both
@@ -147,8 +148,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// vfio-pci's access splitting (`do_io_rw`, `vfio_config_do_rw`): the
 /// largest naturally aligned access that fits.
+/// Size of the next BAR access vfio-pci makes. 8-byte accesses reach the
+/// device whole only at the 64-bit DMA registers (0x80 and up, where edu
+/// takes 8 bytes); below them they are split in two 4-byte accesses as
+/// Linux 6.1 does, so an 8-byte read at 0 gives the identification register
+/// and the liveness register, exactly as on the reference machine.
 fn chunk(off: u64, remaining: usize, max: usize) -> usize {
-    if max >= 8 && remaining >= 8 && off.is_multiple_of(8) {
+    if max >= 8 && remaining >= 8 && off.is_multiple_of(8) && off >= WIDE_REGS_START {
         8
     } else if remaining >= 4 && off.is_multiple_of(4) {
         4
@@ -158,6 +164,9 @@ fn chunk(off: u64, remaining: usize, max: usize) -> usize {
         1
     }
 }
+
+/// First BAR0 offset whose registers take 8-byte accesses.
+const WIDE_REGS_START: u64 = 0x80;
 
 impl EduDevice {
     /// The reference platform's edu (28-bit DMA mask, no reset) at `name`.
