@@ -51,7 +51,10 @@ impl Anon {
             // SAFETY: the mapping is ours and writable.
             unsafe { std::ptr::write_bytes(p as *mut u8, 0x5a, len as usize) };
         }
-        Anon { addr: p as u64, len }
+        Anon {
+            addr: p as u64,
+            len,
+        }
     }
 
     fn at(&self, page: u64) -> u64 {
@@ -113,7 +116,10 @@ impl Harness {
     }
 
     fn c(&self, req: u64, arg: u64) -> i32 {
-        errno(self.vfio.container_ioctl(&self.container, req, arg, self.mem.as_ref()))
+        errno(
+            self.vfio
+                .container_ioctl(&self.container, req, arg, self.mem.as_ref()),
+        )
     }
 
     fn cval(&self, req: u64, arg: u64) -> i64 {
@@ -130,7 +136,13 @@ impl Harness {
             FdLookupKind::Foreign => FdLookup::NotContainer,
         };
         self.vfio
-            .group_ioctl(self.group.as_ref().unwrap(), req, arg, self.mem.as_ref(), &mut lookup)
+            .group_ioctl(
+                self.group.as_ref().unwrap(),
+                req,
+                arg,
+                self.mem.as_ref(),
+                &mut lookup,
+            )
             .map_err(|e| e.errno())
     }
 
@@ -159,7 +171,11 @@ impl Harness {
 
     fn device(&self, name: &str) -> Result<DeviceFile, i32> {
         let c = std::ffi::CString::new(name).unwrap();
-        match self.g(VFIO_GROUP_GET_DEVICE_FD, c.as_ptr() as u64, FdLookupKind::Container)? {
+        match self.g(
+            VFIO_GROUP_GET_DEVICE_FD,
+            c.as_ptr() as u64,
+            FdLookupKind::Container,
+        )? {
             IoctlOutcome::Device(d) => Ok(d),
             IoctlOutcome::Value(_) => panic!("no device"),
         }
@@ -233,7 +249,19 @@ enum FdLookupKind {
 fn container_and_extensions() {
     let h = Harness::new();
     assert_eq!(h.cval(VFIO_GET_API_VERSION, 0), 0);
-    let want = [(1, 1), (2, 0), (3, 1), (4, 0), (5, 0), (6, 1), (7, 0), (8, 0), (9, 1), (10, 0), (11, 0)];
+    let want = [
+        (1, 1),
+        (2, 0),
+        (3, 1),
+        (4, 0),
+        (5, 0),
+        (6, 1),
+        (7, 0),
+        (8, 0),
+        (9, 1),
+        (10, 0),
+        (11, 0),
+    ];
     for (ext, v) in want {
         assert_eq!(h.cval(VFIO_CHECK_EXTENSION, ext), v, "extension {ext}");
     }
@@ -246,9 +274,25 @@ fn extensions_after_set_iommu_match_the_kernel() {
     // oracle: v1_check_extension_* and v2_check_extension_*
     for t in [1u64, 3] {
         let h = Harness::attached(t);
-        let want = [(1, 1), (2, 0), (3, 1), (4, 0), (5, 0), (6, 1), (7, 0), (8, 0), (9, 1), (10, 1), (11, 0)];
+        let want = [
+            (1, 1),
+            (2, 0),
+            (3, 1),
+            (4, 0),
+            (5, 0),
+            (6, 1),
+            (7, 0),
+            (8, 0),
+            (9, 1),
+            (10, 1),
+            (11, 0),
+        ];
         for (ext, v) in want {
-            assert_eq!(h.cval(VFIO_CHECK_EXTENSION, ext), v, "type {t} extension {ext}");
+            assert_eq!(
+                h.cval(VFIO_CHECK_EXTENSION, ext),
+                v,
+                "type {t} extension {ext}"
+            );
         }
     }
 }
@@ -281,11 +325,16 @@ fn group_rules() {
     assert_eq!(h.set_container(999), libc::EBADF);
     let fd = 5i32;
     assert_eq!(
-        h.g(VFIO_GROUP_SET_CONTAINER, ptr(&fd), FdLookupKind::Foreign).err(),
+        h.g(VFIO_GROUP_SET_CONTAINER, ptr(&fd), FdLookupKind::Foreign)
+            .err(),
         Some(EINVAL)
     );
     // oracle: set_container_badptr EFAULT
-    assert_eq!(h.g(VFIO_GROUP_SET_CONTAINER, 8, FdLookupKind::Container).err(), Some(libc::EFAULT));
+    assert_eq!(
+        h.g(VFIO_GROUP_SET_CONTAINER, 8, FdLookupKind::Container)
+            .err(),
+        Some(libc::EFAULT)
+    );
     assert_eq!(h.set_container(3), 0);
     // oracle: set_container_again EINVAL
     assert_eq!(h.set_container(3), EINVAL);
@@ -295,14 +344,25 @@ fn group_rules() {
     assert_eq!(h.device("0000:ff:1f.7").err(), Some(libc::ENODEV));
     // oracle: device_fd_long_name EINVAL, device_fd_bad_ptr EFAULT
     assert_eq!(h.device(&"a".repeat(4999)).err(), Some(EINVAL));
-    assert_eq!(h.g(VFIO_GROUP_GET_DEVICE_FD, 8, FdLookupKind::Container).err(), Some(libc::EFAULT));
+    assert_eq!(
+        h.g(VFIO_GROUP_GET_DEVICE_FD, 8, FdLookupKind::Container)
+            .err(),
+        Some(libc::EFAULT)
+    );
     let d1 = h.device("0000:00:03.0").unwrap();
     // oracle: device_fd_twice ok
     let d2 = h.device("0000:00:03.0").unwrap();
-    assert_eq!(h.g(VFIO_GROUP_UNSET_CONTAINER, 0, FdLookupKind::Container).err(), Some(libc::EBUSY));
+    assert_eq!(
+        h.g(VFIO_GROUP_UNSET_CONTAINER, 0, FdLookupKind::Container)
+            .err(),
+        Some(libc::EBUSY)
+    );
     // oracle: container_unknown_ioctl / group_unknown_ioctl ENOTTY
     assert_eq!(h.c(vfio_io(15), 0), libc::ENOTTY);
-    assert_eq!(h.g(vfio_io(15), 0, FdLookupKind::Container).err(), Some(libc::ENOTTY));
+    assert_eq!(
+        h.g(vfio_io(15), 0, FdLookupKind::Container).err(),
+        Some(libc::ENOTTY)
+    );
     // Group file closed while devices are open: reopening is EBUSY.
     h.vfio.release_group(h.group.take().unwrap());
     assert_eq!(errno(h.vfio.open_group(3)), libc::EBUSY);
@@ -323,7 +383,12 @@ fn container_fd_closed_while_group_attached() {
     assert_eq!(h.status(), 0x3);
     let d = h.device("0000:00:03.0").unwrap();
     h.vfio.release_device(d);
-    assert_eq!(h.g(VFIO_GROUP_UNSET_CONTAINER, 0, FdLookupKind::Container).ok().map(|_| 0), Some(0));
+    assert_eq!(
+        h.g(VFIO_GROUP_UNSET_CONTAINER, 0, FdLookupKind::Container)
+            .ok()
+            .map(|_| 0),
+        Some(0)
+    );
     h.vfio.release_group(h.group.take().unwrap());
 }
 
@@ -337,7 +402,10 @@ fn get_info_layout_matches_the_kernel() {
     buf[..4].copy_from_slice(&16u32.to_ne_bytes());
     assert_eq!(h.c(VFIO_IOMMU_GET_INFO, buf.as_mut_ptr() as u64), 0);
     assert_eq!(u32::from_ne_bytes(buf[4..8].try_into().unwrap()), 0x3);
-    assert_eq!(u64::from_ne_bytes(buf[8..16].try_into().unwrap()), 0x4020_1000);
+    assert_eq!(
+        u64::from_ne_bytes(buf[8..16].try_into().unwrap()),
+        0x4020_1000
+    );
     assert_eq!(u32::from_ne_bytes(buf[0..4].try_into().unwrap()), 116);
     assert_eq!(&buf[16..24], &[0u8; 8], "nothing written past minsz");
     // info_no_room_for_caps: argsz 24 → argsz 116, cap_offset 0
@@ -360,7 +428,10 @@ fn get_info_layout_matches_the_kernel() {
     assert_eq!((u16at(24), u16at(26), u32at(28)), (2, 1, 56));
     assert_eq!((u32at(32), u64at(40), u64at(48)), (0, 0x1000, 0x1000_0000));
     // cap_dma_avail off=56 avail=65535
-    assert_eq!((u16at(56), u16at(58), u32at(60), u32at(64)), (3, 1, 68, 65535));
+    assert_eq!(
+        (u16at(56), u16at(58), u32at(60), u32at(64)),
+        (3, 1, 68, 65535)
+    );
     // cap_iova_range off=68 nr=2
     assert_eq!((u16at(68), u16at(70), u32at(72), u32at(76)), (1, 1, 0, 2));
     assert_eq!((u64at(84), u64at(92)), (0, 0xfedf_ffff));
@@ -430,10 +501,20 @@ fn map_rules() {
     // Half backed: the mapping after `b` is a guard we create as PROT_NONE.
     let hb = Anon::new(4);
     // SAFETY: making the last two pages of our own mapping inaccessible.
-    unsafe { libc::mprotect(hb.at(2) as *mut libc::c_void, (2 * PG) as usize, libc::PROT_NONE) };
+    unsafe {
+        libc::mprotect(
+            hb.at(2) as *mut libc::c_void,
+            (2 * PG) as usize,
+            libc::PROT_NONE,
+        )
+    };
     let before = h.mem.stats();
     assert_eq!(h.map(0x600_0000, hb.addr, 4 * PG, RW), libc::EFAULT);
-    assert_eq!(h.mem.stats().pin_refs, before.pin_refs, "nothing pinned by the failed map");
+    assert_eq!(
+        h.mem.stats().pin_refs,
+        before.pin_refs,
+        "nothing pinned by the failed map"
+    );
     assert_eq!(h.dma_avail(), 65524);
 }
 
@@ -470,11 +551,19 @@ fn unmap_rules() {
     assert_eq!(h.c(VFIO_IOMMU_UNMAP_DMA, ptr(&small)), EINVAL);
     h.map(0x80_0000, b.addr, PG, RW);
     h.map(0x90_0000, b.at(1), PG, RW);
-    assert_eq!(h.unmap(0x80_0000, PG, VFIO_DMA_UNMAP_FLAG_ALL), (EINVAL, PG));
+    assert_eq!(
+        h.unmap(0x80_0000, PG, VFIO_DMA_UNMAP_FLAG_ALL),
+        (EINVAL, PG)
+    );
     assert_eq!(h.unmap(0, 0, VFIO_DMA_UNMAP_FLAG_ALL), (0, 2 * PG));
     assert_eq!(h.unmap(0, 0, VFIO_DMA_UNMAP_FLAG_ALL), (0, 0));
     assert_eq!(
-        h.unmap(0, 0, VFIO_DMA_UNMAP_FLAG_ALL | VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP).0,
+        h.unmap(
+            0,
+            0,
+            VFIO_DMA_UNMAP_FLAG_ALL | VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP
+        )
+        .0,
         EINVAL
     );
     assert_eq!(h.dma_avail(), 65535);
@@ -491,7 +580,10 @@ fn v1_unmap_rules() {
     assert_eq!(h.unmap(0, 0, VFIO_DMA_UNMAP_FLAG_ALL), (0, 0));
     // oracle: v1 vaddr invalidate/update work; unmap inside 0; straddle start unmaps whole
     h.map(0x10_0000, b.addr, 4 * PG, RW);
-    assert_eq!(h.unmap(0x10_0000, 4 * PG, VFIO_DMA_UNMAP_FLAG_VADDR), (0, 4 * PG));
+    assert_eq!(
+        h.unmap(0x10_0000, 4 * PG, VFIO_DMA_UNMAP_FLAG_VADDR),
+        (0, 4 * PG)
+    );
     assert_eq!(h.map(0x10_0000, b.addr, 4 * PG, VFIO_DMA_MAP_FLAG_VADDR), 0);
     assert_eq!(h.unmap(0x10_1000, PG, 0), (0, 0));
     assert_eq!(h.unmap(0xf_f000, 2 * PG, 0), (0, 4 * PG));
@@ -507,19 +599,48 @@ fn vaddr_rules() {
     let b = Anon::new(16);
     let b2 = Anon::new(16);
     assert_eq!(h.map(0x10_0000, b.addr, 4 * PG, RW), 0);
-    assert_eq!(h.unmap(0x10_0000, 4 * PG, VFIO_DMA_UNMAP_FLAG_VADDR), (0, 4 * PG));
-    assert_eq!(h.unmap(0x10_0000, 4 * PG, VFIO_DMA_UNMAP_FLAG_VADDR), (EINVAL, 4 * PG));
-    assert_eq!(h.map(0x10_0000, b2.addr, 4 * PG, RW), libc::EEXIST);
-    assert_eq!(h.map(0x10_0000, b2.addr, 2 * PG, VFIO_DMA_MAP_FLAG_VADDR), EINVAL);
     assert_eq!(
-        h.map(0x10_0000, b2.addr, 4 * PG, VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_VADDR),
+        h.unmap(0x10_0000, 4 * PG, VFIO_DMA_UNMAP_FLAG_VADDR),
+        (0, 4 * PG)
+    );
+    assert_eq!(
+        h.unmap(0x10_0000, 4 * PG, VFIO_DMA_UNMAP_FLAG_VADDR),
+        (EINVAL, 4 * PG)
+    );
+    assert_eq!(h.map(0x10_0000, b2.addr, 4 * PG, RW), libc::EEXIST);
+    assert_eq!(
+        h.map(0x10_0000, b2.addr, 2 * PG, VFIO_DMA_MAP_FLAG_VADDR),
         EINVAL
     );
-    assert_eq!(h.map(0x10_0800, b2.addr, 4 * PG, VFIO_DMA_MAP_FLAG_VADDR), EINVAL);
-    assert_eq!(h.map(0x10_0000, b2.addr, 4 * PG, VFIO_DMA_MAP_FLAG_VADDR), 0);
-    assert_eq!(h.map(0x10_0000, b2.addr, 4 * PG, VFIO_DMA_MAP_FLAG_VADDR), EINVAL);
-    assert_eq!(h.map(0x90_0000, b2.addr, 4 * PG, VFIO_DMA_MAP_FLAG_VADDR), libc::ENOENT);
-    assert_eq!(h.unmap(0x10_0000, 2 * PG, VFIO_DMA_UNMAP_FLAG_VADDR), (EINVAL, 2 * PG));
+    assert_eq!(
+        h.map(
+            0x10_0000,
+            b2.addr,
+            4 * PG,
+            VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_VADDR
+        ),
+        EINVAL
+    );
+    assert_eq!(
+        h.map(0x10_0800, b2.addr, 4 * PG, VFIO_DMA_MAP_FLAG_VADDR),
+        EINVAL
+    );
+    assert_eq!(
+        h.map(0x10_0000, b2.addr, 4 * PG, VFIO_DMA_MAP_FLAG_VADDR),
+        0
+    );
+    assert_eq!(
+        h.map(0x10_0000, b2.addr, 4 * PG, VFIO_DMA_MAP_FLAG_VADDR),
+        EINVAL
+    );
+    assert_eq!(
+        h.map(0x90_0000, b2.addr, 4 * PG, VFIO_DMA_MAP_FLAG_VADDR),
+        libc::ENOENT
+    );
+    assert_eq!(
+        h.unmap(0x10_0000, 2 * PG, VFIO_DMA_UNMAP_FLAG_VADDR),
+        (EINVAL, 2 * PG)
+    );
     assert_eq!(
         h.unmap(0, 0, VFIO_DMA_UNMAP_FLAG_VADDR | VFIO_DMA_UNMAP_FLAG_ALL),
         (0, 4 * PG)
@@ -563,9 +684,23 @@ fn dirty_rules() {
     assert_eq!(h.dirty_get(0x10_0800, 8 * PG, PG, 8, &mut bm), EINVAL);
     // A bitmap pointer outside user space is EINVAL (access_ok), an
     // unmapped one EFAULT.
-    let far = [48 | (u64::from(VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP) << 32), 0x10_0000, 8 * PG, PG, 8, 1 << 47];
+    let far = [
+        48 | (u64::from(VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP) << 32),
+        0x10_0000,
+        8 * PG,
+        PG,
+        8,
+        1 << 47,
+    ];
     assert_eq!(h.c(VFIO_IOMMU_DIRTY_PAGES, ptr(&far)), EINVAL);
-    let unmapped = [48 | (u64::from(VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP) << 32), 0x10_0000, 8 * PG, PG, 8, 8];
+    let unmapped = [
+        48 | (u64::from(VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP) << 32),
+        0x10_0000,
+        8 * PG,
+        PG,
+        8,
+        8,
+    ];
     assert_eq!(h.c(VFIO_IOMMU_DIRTY_PAGES, ptr(&unmapped)), libc::EFAULT);
     assert_eq!(h.map(0x20_0000, b.at(16), 4 * PG, RW), 0);
     bm[0] = 0;
@@ -629,6 +764,10 @@ fn device_regions_and_irqs_match_the_kernel() {
     // oracle: device_info 0 flags=0x2 regions=9 irqs=5 cap_offset=0 (argsz 20)
     let mut info = [20u32, 0, 0, 0, 0xff, 0xee];
     assert_eq!(dev(VFIO_DEVICE_GET_INFO, ptr(&mut info)), 0);
+    // Plus softvfio's VFIO_DEVICE_FLAGS_SVM (1 << 30, docs/SVM.md): edu
+    // supports PASID bind here, which the kernel's vfio-pci does not offer.
+    assert_eq!(info[1] & (1 << 30), 1 << 30);
+    info[1] &= !(1 << 30);
     assert_eq!(info, [20, 0x2, 9, 5, 0, 0xee]);
     let mut small = [12u32, 0, 0, 0];
     assert_eq!(dev(VFIO_DEVICE_GET_INFO, ptr(&mut small)), EINVAL);
@@ -654,9 +793,17 @@ fn device_regions_and_irqs_match_the_kernel() {
             size: 0,
             offset: 0,
         };
-        assert_eq!(dev(VFIO_DEVICE_GET_REGION_INFO, ptr(&mut ri)), err, "region {index}");
+        assert_eq!(
+            dev(VFIO_DEVICE_GET_REGION_INFO, ptr(&mut ri)),
+            err,
+            "region {index}"
+        );
         if err == 0 {
-            assert_eq!((ri.flags, ri.size, ri.offset), (flags, size, u64::from(index) << 40), "region {index}");
+            assert_eq!(
+                (ri.flags, ri.size, ri.offset),
+                (flags, size, u64::from(index) << 40),
+                "region {index}"
+            );
         }
     }
     // oracle: irq_info_*
@@ -675,7 +822,11 @@ fn device_regions_and_irqs_match_the_kernel() {
             index,
             count: 0,
         };
-        assert_eq!(dev(VFIO_DEVICE_GET_IRQ_INFO, ptr(&mut ii)), err, "irq {index}");
+        assert_eq!(
+            dev(VFIO_DEVICE_GET_IRQ_INFO, ptr(&mut ii)),
+            err,
+            "irq {index}"
+        );
         if err == 0 {
             assert_eq!((ii.flags, ii.count), (flags, count), "irq {index}");
         }
@@ -747,7 +898,10 @@ fn dma_through_the_iommu() {
         *b = (i * 7 + 3) as u8;
     }
     dst.bytes().fill(0);
-    assert_eq!(h.map(0x100_0000, src.addr, 4 * PG, VFIO_DMA_MAP_FLAG_READ), 0);
+    assert_eq!(
+        h.map(0x100_0000, src.addr, 4 * PG, VFIO_DMA_MAP_FLAG_READ),
+        0
+    );
     assert_eq!(h.map(0x200_0000, dst.addr, 4 * PG, RW), 0);
     edu_dma(0x100_0000 + 100, 0x40000, 3000, false);
     edu_dma(0x40000, 0x200_0000 + 200, 3000, true);
@@ -766,12 +920,18 @@ fn dma_through_the_iommu() {
     assert_eq!(h.unmap(0x200_0000, 4 * PG, 0), (0, 4 * PG));
     dst.bytes()[..64].fill(0x33);
     src.bytes()[..64].fill(0x44);
-    assert_eq!(h.map(0x100_0000 + 8 * PG, src.addr, PG, VFIO_DMA_MAP_FLAG_READ), 0);
+    assert_eq!(
+        h.map(0x100_0000 + 8 * PG, src.addr, PG, VFIO_DMA_MAP_FLAG_READ),
+        0
+    );
     edu_dma(0x100_0000 + 8 * PG, 0x40000, 64, false);
     edu_dma(0x40000, 0x200_0000, 64, true);
     assert_eq!(dst.bytes()[0], 0x33);
     // vaddr invalidated: the pinned pages keep working.
-    assert_eq!(h.unmap(0x100_0000, 4 * PG, VFIO_DMA_UNMAP_FLAG_VADDR), (0, 4 * PG));
+    assert_eq!(
+        h.unmap(0x100_0000, 4 * PG, VFIO_DMA_UNMAP_FLAG_VADDR),
+        (0, 4 * PG)
+    );
     assert_eq!(h.map(0x300_0000, dst.addr, PG, RW), 0);
     src.bytes()[..64].fill(0x55);
     edu_dma(0x100_0000, 0x40000, 64, false);
@@ -783,7 +943,10 @@ fn dma_through_the_iommu() {
     drop(victim);
     edu_dma(0x40000, 0x400_0000, 64, true);
     let last = h.built.iommu.faults().pop().unwrap();
-    assert_eq!((last.iova, format!("{:?}", last.reason)), (0x400_0000, "MemoryError".to_string()));
+    assert_eq!(
+        (last.iova, format!("{:?}", last.reason)),
+        (0x400_0000, "MemoryError".to_string())
+    );
     h.vfio.release_device(d);
     assert_eq!(h.unmap(0, 0, VFIO_DMA_UNMAP_FLAG_ALL).0, 0);
     assert_eq!(h.mem.account().locked_pages(), 0);
