@@ -22,6 +22,11 @@ fn ptr<T>(v: &T) -> u64 {
     v as *const T as u64
 }
 
+/// A user pointer to a struct the call writes into.
+fn out<T>(v: &mut T) -> u64 {
+    v as *mut T as u64
+}
+
 /// Page-aligned anonymous memory filled with 0x5a, unmapped on drop.
 struct Anon {
     addr: u64,
@@ -61,8 +66,10 @@ impl Anon {
         self.addr + page * PG
     }
 
-    fn bytes(&self) -> &mut [u8] {
-        // SAFETY: the mapping lives as long as self; tests use one view at a time.
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping lives as long as self and &mut self makes this
+        // the only view (device DMA writes through process_vm_writev, not
+        // through a Rust reference).
         unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u8, self.len as usize) }
     }
 }
@@ -163,7 +170,7 @@ impl Harness {
             argsz: size_of::<vfio_group_status>() as u32,
             flags: 0,
         };
-        self.g(VFIO_GROUP_GET_STATUS, ptr(&mut st), FdLookupKind::Container)
+        self.g(VFIO_GROUP_GET_STATUS, out(&mut st), FdLookupKind::Container)
             .ok()
             .unwrap();
         st.flags
@@ -763,14 +770,14 @@ fn device_regions_and_irqs_match_the_kernel() {
     let dev = |req: u64, arg: u64| errno(h.vfio.device_ioctl(&d, req, arg, h.mem.as_ref()));
     // oracle: device_info 0 flags=0x2 regions=9 irqs=5 cap_offset=0 (argsz 20)
     let mut info = [20u32, 0, 0, 0, 0xff, 0xee];
-    assert_eq!(dev(VFIO_DEVICE_GET_INFO, ptr(&mut info)), 0);
+    assert_eq!(dev(VFIO_DEVICE_GET_INFO, out(&mut info)), 0);
     // Plus softvfio's VFIO_DEVICE_FLAGS_SVM (1 << 30, docs/SVM.md): edu
     // supports PASID bind here, which the kernel's vfio-pci does not offer.
     assert_eq!(info[1] & (1 << 30), 1 << 30);
     info[1] &= !(1 << 30);
     assert_eq!(info, [20, 0x2, 9, 5, 0, 0xee]);
     let mut small = [12u32, 0, 0, 0];
-    assert_eq!(dev(VFIO_DEVICE_GET_INFO, ptr(&mut small)), EINVAL);
+    assert_eq!(dev(VFIO_DEVICE_GET_INFO, out(&mut small)), EINVAL);
     // oracle: region_info_*; BAR0 is 0x3 here, not 0x7: emulated BARs cannot be mmap'd.
     let want: [(u32, i32, u32, u64); 10] = [
         (0, 0, 0x3, 0x10_0000),
@@ -794,7 +801,7 @@ fn device_regions_and_irqs_match_the_kernel() {
             offset: 0,
         };
         assert_eq!(
-            dev(VFIO_DEVICE_GET_REGION_INFO, ptr(&mut ri)),
+            dev(VFIO_DEVICE_GET_REGION_INFO, out(&mut ri)),
             err,
             "region {index}"
         );
@@ -823,7 +830,7 @@ fn device_regions_and_irqs_match_the_kernel() {
             count: 0,
         };
         assert_eq!(
-            dev(VFIO_DEVICE_GET_IRQ_INFO, ptr(&mut ii)),
+            dev(VFIO_DEVICE_GET_IRQ_INFO, out(&mut ii)),
             err,
             "irq {index}"
         );
@@ -892,8 +899,8 @@ fn dma_through_the_iommu() {
         wr(0x90, cnt);
         wr(0x98, 1 | if to_ram { 2 } else { 0 });
     };
-    let src = Anon::new(4);
-    let dst = Anon::new(4);
+    let mut src = Anon::new(4);
+    let mut dst = Anon::new(4);
     for (i, b) in src.bytes().iter_mut().enumerate() {
         *b = (i * 7 + 3) as u8;
     }
