@@ -32,8 +32,8 @@ impl fmt::Display for Access {
 pub struct DmaRequest {
     pub iova: u64,
     pub access: Access,
-    /// PASID prefix of the request. Reserved for first-level / nested
-    /// translation; requests-with-PASID fault until that exists.
+    /// PASID prefix of the request: translated through the device's PASID
+    /// state (process bond or guest PASID table; see `pasid.rs`).
     pub pasid: Option<u32>,
 }
 
@@ -52,8 +52,18 @@ pub enum FaultReason {
     MemoryError,
     /// The IOVA is beyond the domain's address width (VT-d fault reason 4h).
     BeyondAddressWidth,
-    /// A request with PASID, which this unit does not translate yet.
+    /// A request with PASID that this unit cannot translate. (No longer
+    /// produced: PASID requests are translated; kept for compatibility.)
     PasidNotSupported,
+    /// A request with a PASID the device has no bond or present guest
+    /// PASID table entry for (VT-d: PASID entry not present).
+    PasidNotPresent,
+    /// Nested translation: a guest PASID table or guest page table lies at
+    /// an IOVA the second level does not translate (readably).
+    GuestTableNotReachable,
+    /// Nested translation: a guest entry with reserved bits set (PS in a
+    /// PML4 entry, a misaligned large page, bits 63:52 of a PASID entry).
+    InvalidEntry,
 }
 
 impl fmt::Display for FaultReason {
@@ -66,13 +76,18 @@ impl fmt::Display for FaultReason {
             FaultReason::MemoryError => "memory error",
             FaultReason::BeyondAddressWidth => "address beyond the address width",
             FaultReason::PasidNotSupported => "PASID requests not supported",
+            FaultReason::PasidNotPresent => "PASID not bound (PASID entry not present)",
+            FaultReason::GuestTableNotReachable => {
+                "guest PASID/page table not mapped by the second level"
+            }
+            FaultReason::InvalidEntry => "reserved bits set in a guest entry",
         })
     }
 }
 
 /// One recorded fault.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("DMA fault #{seq}: {reason} on {access} of IOVA {iova:#x} by device {rid:#06x}")]
+#[error("DMA fault #{seq}: {reason} on {access} of IOVA {iova:#x} by device {rid:#06x}{}", pasid.map(|p| format!(" PASID {p:#x}")).unwrap_or_default())]
 pub struct Fault {
     /// Sequence number, counting every fault of the unit (also those lost to overflow).
     pub seq: u64,

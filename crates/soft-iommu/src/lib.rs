@@ -32,6 +32,10 @@
 //!   the tables, sets A (and D for writes) on the leaf and fills the IOTLB;
 //!   `read`/`write` move bytes through [`PhysMemory`].
 //! - [`VmIommu`]: the same translations behind `vm_memory::Iommu`.
+//! - [`pasid`]: requests with PASID: process bonds (shared virtual memory)
+//!   and guest PASID tables with nested translation (virtual SVM), their
+//!   IOTLB entries and invalidation. `DmaPort::read_pasid`/`write_pasid`
+//!   are the device side.
 //! - [`bench_support`]: the measurements of `benches/iommu.rs` as plain
 //!   functions, for `softvfio bench`.
 //!
@@ -98,6 +102,7 @@ mod fault;
 mod inflight;
 mod iotlb;
 mod memory;
+pub mod pasid;
 mod port;
 mod pte;
 mod unit;
@@ -113,6 +118,7 @@ pub use error::Error;
 pub use fault::{Access, DmaRequest, Fault, FaultReason};
 pub use iotlb::{IotlbEntry, IotlbStats};
 pub use memory::{MemFault, NullMemory, PhysMemory, VecMemory};
+pub use pasid::{Granularity, NestedInvalidation, PasidError, PasidRelease};
 pub use port::{DmaGuard, DmaPort, PortStats, Translation};
 pub use pte::{
     ENTRIES_PER_TABLE, PTE_ACCESSED, PTE_ADDR_MASK, PTE_DIRTY, PTE_PAGE_SIZE, PTE_READ, PTE_SNOOP,

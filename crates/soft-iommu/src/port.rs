@@ -10,6 +10,8 @@ use crate::domain::Domain;
 use crate::fault::{Access, DmaRequest, Fault, FaultReason};
 use crate::inflight::{bump, PortSlot};
 use crate::iotlb::{code_size, Cached, DATA_DIRTY, DATA_READ, DATA_SNOOP, DATA_WRITE};
+use crate::memory::PhysMemory;
+use crate::pasid::{self, GuestTable, PasidTarget, PASID_LIMIT};
 use crate::pte::{
     is_present, level_size, PTE_ACCESSED, PTE_ADDR_MASK, PTE_DIRTY, PTE_IDENTITY_MASK, PTE_READ,
     PTE_SNOOP, PTE_WRITE,
@@ -216,13 +218,18 @@ impl DmaPort {
         domain: Option<&Arc<Domain>>,
         req: DmaRequest,
     ) -> Result<Translation, Fault> {
-        if req.pasid.is_some() {
-            return Err(self.fault(
-                req,
-                FaultReason::PasidNotSupported,
-                domain.map(|d| d.id()),
-                None,
-            ));
+        if let Some(pasid) = req.pasid {
+            let _guard = self.begin();
+            return match self.pasid_target(pasid) {
+                None => Err(self.fault(
+                    req,
+                    FaultReason::PasidNotPresent,
+                    domain.map(|d| d.id()),
+                    None,
+                )),
+                Some(PasidTarget::Process(_)) => Ok(process_translation(req, domain)),
+                Some(PasidTarget::Guest(table)) => self.translate_nested(domain, &table, req),
+            };
         }
         let Some(domain) = domain else {
             return Err(self.fault(req, FaultReason::Blocked, None, None));
@@ -242,6 +249,7 @@ impl DmaPort {
         bump(&self.slot.misses);
         let _guard = self.begin();
         self.walk_and_fill(domain, req)
+            .map_err(|reason| self.fault(req, reason, Some(domain.id()), None))
     }
 
     #[inline]
@@ -268,12 +276,12 @@ impl DmaPort {
 
     /// Page walk, A/D update and IOTLB fill. Runs inside a DMA guard so
     /// that the tables it reads stay tables until it is done.
-    fn walk_and_fill(&self, domain: &Domain, req: DmaRequest) -> Result<Translation, Fault> {
+    fn walk_and_fill(&self, domain: &Domain, req: DmaRequest) -> Result<Translation, FaultReason> {
         let did = domain.id();
         let write = req.access == Access::Write;
         for _ in 0..WALK_RETRIES {
             let Some(leaf) = domain.walk(req.iova, true) else {
-                return Err(self.fault(req, FaultReason::NotPresent, Some(did), None));
+                return Err(FaultReason::NotPresent);
             };
             let (need, reason) = if write {
                 (PTE_WRITE, FaultReason::NoWrite)
@@ -281,7 +289,7 @@ impl DmaPort {
                 (PTE_READ, FaultReason::NoRead)
             };
             if leaf.value & need == 0 {
-                return Err(self.fault(req, reason, Some(did), None));
+                return Err(reason);
             }
             // Set A (and D for a write) with a CAS on the entry we walked:
             // never set bits in an entry that was removed or replaced.
@@ -363,7 +371,223 @@ impl DmaPort {
                 domain: did,
             });
         }
-        Err(self.fault(req, FaultReason::NotPresent, Some(did), None))
+        Err(FaultReason::NotPresent)
+    }
+
+    // ---- requests with PASID ---------------------------------------------------
+
+    fn pasid_target(&self, pasid: u32) -> Option<PasidTarget> {
+        if pasid >= PASID_LIMIT {
+            return None;
+        }
+        self.unit.pasid_target(self.rid, pasid)
+    }
+
+    /// Nested translation of `req.iova` (a guest virtual address): IOTLB
+    /// first, else guest tables (through the second level) and the second
+    /// level, filling the IOTLB with the combined page. Runs in a DMA guard.
+    fn translate_nested(
+        &self,
+        domain: Option<&Arc<Domain>>,
+        table: &GuestTable,
+        req: DmaRequest,
+    ) -> Result<Translation, Fault> {
+        let Some(domain) = domain else {
+            return Err(self.fault(req, FaultReason::Blocked, None, None));
+        };
+        let did = domain.id();
+        let pasid = req.pasid.unwrap_or(0);
+        let key = pasid::nested_key(did, self.rid, pasid);
+        for code in 0..3 {
+            if let Some(c) = self.unit.iotlb.lookup_key(key, req.iova, code) {
+                if let Some(t) = cached_translation(c, code, did, req) {
+                    bump(&self.slot.hits);
+                    return Ok(t);
+                }
+            }
+        }
+        bump(&self.slot.misses);
+        self.walk_nested(domain, table, req, key)
+            .map_err(|reason| self.fault(req, reason, Some(did), None))
+    }
+
+    fn walk_nested(
+        &self,
+        domain: &Domain,
+        table: &GuestTable,
+        req: DmaRequest,
+        key: u64,
+    ) -> Result<Translation, FaultReason> {
+        let unit = &self.unit;
+        if !unit.nested_active.load(Ordering::SeqCst) {
+            unit.nested_active.store(true, Ordering::SeqCst);
+        }
+        let gen0 = unit.nested_gen.load(Ordering::SeqCst);
+        let pasid = req.pasid.unwrap_or(0);
+        let pml4 = match table.cached(pasid) {
+            Some(e) => e,
+            None => {
+                let e = pasid::pasid_entry(domain, table, pasid)?;
+                table.fill(pasid, e, gen0, || unit.nested_gen.load(Ordering::SeqCst));
+                e
+            }
+        };
+        let gl = pasid::guest_walk(domain, pml4, req.iova, req.access)?;
+        let iova = gl.iova_page | (req.iova & (gl.size - 1));
+        if iova > domain.address_width().max_iova() {
+            return Err(FaultReason::BeyondAddressWidth);
+        }
+        let second = self.walk_and_fill(
+            domain,
+            DmaRequest {
+                iova,
+                access: req.access,
+                pasid: None,
+            },
+        )?;
+        let size = gl.size.min(second.page_size);
+        let code = size.trailing_zeros().saturating_sub(12) / 9;
+        let page_va = req.iova & !(size - 1);
+        let page_phys = second.phys - (req.iova & (size - 1));
+        let write = gl.write && second.write;
+        let mut flags = DATA_READ;
+        if write {
+            flags |= DATA_WRITE;
+        }
+        if second.dirty {
+            flags |= DATA_DIRTY;
+        }
+        if second.snoop {
+            flags |= DATA_SNOOP;
+        }
+        unit.iotlb
+            .insert_key(key, page_va, code, Cached::encode(page_phys, flags));
+        // An invalidation that scanned before our insert bumped the
+        // generation first: then the entry is ours to remove.
+        fence(Ordering::SeqCst);
+        if unit.nested_gen.load(Ordering::SeqCst) != gen0 {
+            unit.iotlb.invalidate_page_key(key, page_va, code);
+        }
+        Ok(Translation {
+            iova: req.iova,
+            phys: second.phys,
+            page_iova: page_va,
+            page_phys,
+            page_size: size,
+            read: true,
+            write,
+            dirty: second.dirty,
+            snoop: second.snoop,
+            cached: false,
+            domain: domain.id(),
+        })
+    }
+
+    /// DMA read of `buf.len()` bytes at virtual address `addr` with PASID
+    /// `pasid`: through a process bond (the address is the process's) or
+    /// the device's guest PASID table (nested). Stops at the first fault,
+    /// which is recorded with the PASID and returned; the bytes before it
+    /// were read.
+    pub fn read_pasid(&self, pasid: u32, addr: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        let len = buf.len();
+        self.pasid_transfer(
+            pasid,
+            addr,
+            len,
+            Access::Read,
+            &mut |mem, phys, done, n| match buf.get_mut(done..done + n) {
+                Some(chunk) => mem.read(phys, chunk).map_err(|e| e.phys),
+                None => Err(phys),
+            },
+        )
+    }
+
+    /// DMA write of `data` at virtual address `addr` with PASID `pasid`
+    /// (see [`DmaPort::read_pasid`]).
+    pub fn write_pasid(&self, pasid: u32, addr: u64, data: &[u8]) -> Result<(), Fault> {
+        self.pasid_transfer(
+            pasid,
+            addr,
+            data.len(),
+            Access::Write,
+            &mut |mem, phys, done, n| match data.get(done..done + n) {
+                Some(chunk) => mem.write(phys, chunk).map_err(|e| e.phys),
+                None => Err(phys),
+            },
+        )
+    }
+
+    fn pasid_transfer(
+        &self,
+        pasid: u32,
+        addr: u64,
+        len: usize,
+        access: Access,
+        io: &mut PasidIo<'_>,
+    ) -> Result<(), Fault> {
+        let _guard = self.begin();
+        self.with_domain(|domain| {
+            let did = domain.map(|d| d.id());
+            let target = self.pasid_target(pasid);
+            let mut done = 0usize;
+            while done < len {
+                let req = match addr.checked_add(done as u64) {
+                    Some(iova) => DmaRequest {
+                        iova,
+                        access,
+                        pasid: Some(pasid),
+                    },
+                    None => {
+                        let req = DmaRequest {
+                            iova: addr,
+                            access,
+                            pasid: Some(pasid),
+                        };
+                        return Err(self.fault(req, FaultReason::BeyondAddressWidth, did, None));
+                    }
+                };
+                match &target {
+                    None => {
+                        return Err(self.fault(req, FaultReason::PasidNotPresent, did, None));
+                    }
+                    Some(PasidTarget::Process(mem)) => {
+                        // Identity: the access is the page request.
+                        let in_page = 4096 - (req.iova & 0xfff);
+                        let n = usize::try_from(in_page).map_or(len - done, |p| p.min(len - done));
+                        if io(mem.as_ref(), req.iova, done, n).is_err() {
+                            let mut probe = [0u8; 1];
+                            let reason = if access == Access::Write
+                                && mem.read(req.iova, &mut probe).is_ok()
+                            {
+                                FaultReason::NoWrite
+                            } else {
+                                FaultReason::NotPresent
+                            };
+                            return Err(self.fault(req, reason, did, None));
+                        }
+                        done += n;
+                    }
+                    Some(PasidTarget::Guest(table)) => {
+                        let t = self.translate_nested(domain, table, req)?;
+                        let n = chunk_len(&t, len - done);
+                        // translate_nested succeeded, so there is a domain.
+                        let Some(d) = domain else {
+                            break;
+                        };
+                        if let Err(phys) = io(d.memory().as_ref(), t.phys, done, n) {
+                            return Err(self.fault(
+                                req,
+                                FaultReason::MemoryError,
+                                Some(d.id()),
+                                Some(phys),
+                            ));
+                        }
+                        done += n;
+                    }
+                }
+            }
+            Ok(())
+        })
     }
 
     /// DMA read of `buf.len()` bytes at `iova` (may cross pages). Stops at
@@ -453,6 +677,28 @@ impl DmaPort {
                 None,
             )),
         }
+    }
+}
+
+/// Moves `n` bytes at offset `done` of a PASID transfer to or from `phys`
+/// of the memory given; the error is the refused physical address.
+type PasidIo<'a> = dyn FnMut(&dyn PhysMemory, u64, usize, usize) -> Result<(), u64> + 'a;
+
+/// A request through a process bond: the identity (the process page
+/// tables are the first level; the access itself faults pages in).
+fn process_translation(req: DmaRequest, domain: Option<&Arc<Domain>>) -> Translation {
+    Translation {
+        iova: req.iova,
+        phys: req.iova,
+        page_iova: req.iova & !0xfff,
+        page_phys: req.iova & !0xfff,
+        page_size: 4096,
+        read: true,
+        write: true,
+        dirty: true,
+        snoop: true,
+        cached: false,
+        domain: domain.map_or(0, |d| d.id()),
     }
 }
 

@@ -12,6 +12,10 @@ use crate::fault::{DmaRequest, Fault, FaultLog, FaultReason};
 use crate::inflight::InFlight;
 use crate::iotlb::{Iotlb, IotlbEntry, IotlbStats};
 use crate::memory::PhysMemory;
+use crate::pasid::{
+    self, Granularity, GuestTable, NestedInvalidation, PasidError, PasidRelease, PasidTables,
+    PasidTarget, MAX_BONDS_PER_DEVICE, MAX_GUEST_PASID_TABLE_ENTRIES,
+};
 use crate::port::DmaPort;
 use crate::vm::{VmIommu, VmShared};
 
@@ -53,6 +57,14 @@ pub struct Iommu {
     vm_views: Mutex<Vec<Weak<VmShared>>>,
     /// Any vm-memory view ever made (skips the views lock on flushes).
     has_vm_views: AtomicBool,
+    /// PASID bonds and guest PASID tables, per device.
+    pasids: Mutex<PasidTables>,
+    /// Bumped (SeqCst) by every invalidation that may remove nested
+    /// entries, before it scans (see `pasid.rs`).
+    pub(crate) nested_gen: AtomicU64,
+    /// A nested entry was ever filled (sticky; lets second-level flushes
+    /// skip the nested scan otherwise).
+    pub(crate) nested_active: AtomicBool,
 }
 
 impl std::fmt::Debug for Iommu {
@@ -77,6 +89,9 @@ impl Iommu {
             reserved: Mutex::new(Vec::new()),
             vm_views: Mutex::new(Vec::new()),
             has_vm_views: AtomicBool::new(false),
+            pasids: Mutex::new(PasidTables::default()),
+            nested_gen: AtomicU64::new(0),
+            nested_active: AtomicBool::new(false),
         })
     }
 
@@ -156,6 +171,8 @@ impl Iommu {
         self.ctx_gen.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         self.invalidate_views(Some(rid), None);
+        // Nested entries of the device were built on the old second level.
+        self.drop_nested(|key| pasid::key_is_nested_of(key, rid, None));
         self.inflight.synchronize();
         if let Some(old) = old {
             let still_used = self.lock_contexts().values().any(|d| Arc::ptr_eq(d, &old));
@@ -258,6 +275,7 @@ impl Iommu {
 
     /// Global invalidation, then waits for in-flight DMA.
     pub fn invalidate_iotlb_global(&self) {
+        self.nested_gen.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         self.iotlb.invalidate_all();
         self.invalidate_views(None, None);
@@ -269,16 +287,32 @@ impl Iommu {
         fence(Ordering::SeqCst);
         self.iotlb.invalidate_range(did, start, end, codes);
         self.invalidate_views(None, Some((start, end)));
+        // Nested entries are tagged by guest virtual address: any of the
+        // domain's may go through the range.
+        self.drop_nested(|key| pasid::key_is_nested_of_did(key, did));
     }
 
     pub(crate) fn invalidate_domain_nowait(&self, did: u32) {
         fence(Ordering::SeqCst);
         self.iotlb.invalidate_domain(did);
         self.invalidate_views(None, None);
+        self.drop_nested(|key| pasid::key_is_nested_of_did(key, did));
     }
 
     pub(crate) fn drop_domain_entries(&self, did: u32) {
         self.iotlb.invalidate_domain(did);
+        self.drop_nested(|key| pasid::key_is_nested_of_did(key, did));
+    }
+
+    /// Removes nested IOTLB entries whose key matches, if any were ever
+    /// filled: bumps the nested generation first (see `pasid.rs`).
+    fn drop_nested(&self, pred: impl Fn(u64) -> bool) {
+        if !self.nested_active.load(Ordering::SeqCst) {
+            return;
+        }
+        self.nested_gen.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        self.iotlb.invalidate_keys(pred);
     }
 
     /// Waits until no DMA that began before this call is in flight.
@@ -354,5 +388,229 @@ impl Iommu {
 
     pub(crate) fn context_of(&self, rid: u16) -> Option<Arc<Domain>> {
         self.lock_contexts().get(&rid).cloned()
+    }
+
+    // ---- PASIDs (shared virtual memory; see pasid.rs) ----------------------------
+
+    fn lock_pasids(&self) -> std::sync::MutexGuard<'_, PasidTables> {
+        self.pasids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn pasid_target(&self, rid: u16, pasid: u32) -> Option<PasidTarget> {
+        self.lock_pasids().target(rid, pasid)
+    }
+
+    /// Binds a process address space to device `rid`: DMA tagged with the
+    /// returned PASID reaches `mem` at the address it names (the process
+    /// page tables are the first level). Lowest free PASID first, from
+    /// [`pasid::FIRST_PASID`]; `Busy` when a guest PASID table is bound,
+    /// `NoSpace` at [`MAX_BONDS_PER_DEVICE`] bonds or when no PASID is left.
+    pub fn bind_pasid(&self, rid: u16, mem: Arc<dyn PhysMemory>) -> Result<u32, PasidError> {
+        let mut tables = self.lock_pasids();
+        if let Some(dev) = tables.devices.get(&rid) {
+            if dev.guest.is_some() {
+                return Err(PasidError::Busy("a guest PASID table is bound"));
+            }
+            if dev.bonds.len() >= MAX_BONDS_PER_DEVICE {
+                return Err(PasidError::NoSpace);
+            }
+        }
+        let pasid = tables.allocate(rid).ok_or(PasidError::NoSpace)?;
+        tables
+            .devices
+            .entry(rid)
+            .or_default()
+            .bonds
+            .insert(pasid, mem);
+        Ok(pasid)
+    }
+
+    /// Ends the bond of `pasid`; returns when no DMA uses it any more.
+    /// With [`PasidRelease::Retire`] the PASID is never handed out again.
+    pub fn unbind_pasid(
+        &self,
+        rid: u16,
+        pasid: u32,
+        release: PasidRelease,
+    ) -> Result<(), PasidError> {
+        {
+            let mut tables = self.lock_pasids();
+            let dev = tables
+                .devices
+                .get_mut(&rid)
+                .ok_or(PasidError::NotBound(pasid))?;
+            dev.bonds
+                .remove(&pasid)
+                .ok_or(PasidError::NotBound(pasid))?;
+            if dev.bonds.is_empty() && dev.guest.is_none() {
+                tables.devices.remove(&rid);
+            }
+            if release == PasidRelease::Retire {
+                tables.retired.entry(rid).or_default().insert(pasid);
+            }
+        }
+        // A flushed PASID waits for the device's outstanding transactions
+        // (the stop marker); the model's equivalent is the in-flight wait,
+        // which every unbind does so that no DMA uses the bond after this.
+        self.synchronize();
+        Ok(())
+    }
+
+    /// PASIDs bound to processes for device `rid`, ascending.
+    pub fn pasid_bonds(&self, rid: u16) -> Vec<u32> {
+        self.lock_pasids()
+            .devices
+            .get(&rid)
+            .map(|d| d.bonds.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// PASIDs of device `rid` retired by an unbind without FLUSHED/CLEAN.
+    pub fn retired_pasids(&self, rid: u16) -> Vec<u32> {
+        self.lock_pasids()
+            .retired
+            .get(&rid)
+            .map(|r| r.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The guest PASID table bound to device `rid`: `(ptr, size)`.
+    pub fn guest_pasid_table(&self, rid: u16) -> Option<(u64, u32)> {
+        let tables = self.lock_pasids();
+        let g = tables.devices.get(&rid)?.guest.as_ref()?;
+        Some((g.ptr, g.size))
+    }
+
+    /// Entries in device `rid`'s PASID cache (guest table mode).
+    pub fn pasid_cache_entries(&self, rid: u16) -> usize {
+        let tables = self.lock_pasids();
+        tables
+            .devices
+            .get(&rid)
+            .and_then(|d| d.guest.as_ref())
+            .map_or(0, |g| g.cached_count())
+    }
+
+    /// Binds a guest PASID table (virtual SVM): `size` 8-byte entries at
+    /// IOVA `ptr` (4 KiB aligned) of device `rid`'s domain, all of it
+    /// mapped readable now. PASID-tagged DMA of the device then uses nested
+    /// translation (see `pasid.rs`).
+    pub fn bind_guest_pasid_table(&self, rid: u16, ptr: u64, size: u32) -> Result<(), PasidError> {
+        if size == 0 || size > MAX_GUEST_PASID_TABLE_ENTRIES {
+            return Err(PasidError::Invalid("PASID table size"));
+        }
+        if !ptr.is_multiple_of(4096) {
+            return Err(PasidError::Invalid("PASID table not 4 KiB aligned"));
+        }
+        let len = u64::from(size) * 8;
+        let last = ptr
+            .checked_add(len - 1)
+            .ok_or(PasidError::Invalid("PASID table wraps"))?;
+        let domain = self.device_domain(rid).ok_or(PasidError::NoDevice(rid))?;
+        let mut page = ptr;
+        while page <= last {
+            let readable = page <= domain.address_width().max_iova()
+                && domain
+                    .walk(page, false)
+                    .is_some_and(|leaf| leaf.value & crate::pte::PTE_READ != 0);
+            if !readable {
+                return Err(PasidError::TableNotMapped { iova: page });
+            }
+            page = match page.checked_add(4096) {
+                Some(p) => p,
+                None => break,
+            };
+        }
+        let mut tables = self.lock_pasids();
+        let dev = tables.devices.entry(rid).or_default();
+        if !dev.bonds.is_empty() {
+            return Err(PasidError::Busy("process PASIDs are bound"));
+        }
+        if dev.guest.is_some() {
+            return Err(PasidError::Busy("a guest PASID table is bound"));
+        }
+        dev.guest = Some(Arc::new(GuestTable::new(ptr, size)));
+        Ok(())
+    }
+
+    /// Unbinds device `rid`'s guest PASID table: its nested translations and
+    /// PASID cache go; returns when no DMA uses them.
+    pub fn unbind_guest_pasid_table(&self, rid: u16) -> Result<(), PasidError> {
+        {
+            let mut tables = self.lock_pasids();
+            let dev = tables
+                .devices
+                .get_mut(&rid)
+                .ok_or(PasidError::NotBound(0))?;
+            if dev.guest.take().is_none() {
+                return Err(PasidError::NotBound(0));
+            }
+            if dev.bonds.is_empty() {
+                tables.devices.remove(&rid);
+            }
+        }
+        self.drop_nested(|key| pasid::key_is_nested_of(key, rid, None));
+        self.synchronize();
+        Ok(())
+    }
+
+    /// A guest's invalidation passed down (virtual SVM): removes device
+    /// `rid`'s nested IOTLB entries and/or PASID-cache entries at the given
+    /// granularity, then waits for in-flight DMA. Needs a bound guest table.
+    pub fn invalidate_nested(&self, rid: u16, inv: NestedInvalidation) -> Result<(), PasidError> {
+        let guest = {
+            let tables = self.lock_pasids();
+            tables
+                .devices
+                .get(&rid)
+                .and_then(|d| d.guest.clone())
+                .ok_or(PasidError::Invalid("no guest PASID table bound"))?
+        };
+        let (pasid, range) = match inv.granularity {
+            Granularity::Global => (None, None),
+            Granularity::Pasid(p) => (Some(p), None),
+            Granularity::Page { pasid, addr, size } => {
+                if size == 0 {
+                    return Err(PasidError::Invalid("page-selective invalidation of size 0"));
+                }
+                let end = addr
+                    .checked_add(size)
+                    .ok_or(PasidError::Invalid("invalidation range wraps"))?;
+                (Some(pasid), Some((addr, end)))
+            }
+        };
+        if pasid.is_some_and(|p| p >= pasid::PASID_LIMIT) {
+            return Err(PasidError::Invalid("PASID beyond 20 bits"));
+        }
+        self.nested_gen.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if inv.pasid_cache {
+            guest.invalidate(pasid);
+        }
+        if inv.iotlb {
+            match (pasid, range, self.device_domain(rid)) {
+                (Some(p), Some((start, end)), Some(domain)) => {
+                    let key = pasid::nested_key(domain.id(), rid, p);
+                    self.iotlb
+                        .invalidate_range_key(key, start, end, self.size_codes());
+                }
+                (p, _, _) => self
+                    .iotlb
+                    .invalidate_keys(|key| pasid::key_is_nested_of(key, rid, p)),
+            }
+        }
+        self.synchronize();
+        Ok(())
+    }
+
+    /// Ends every PASID bond and the guest table of device `rid` (the
+    /// device fd was closed: the device is quiesced, so its PASIDs are
+    /// clean). Retired PASIDs stay retired.
+    pub fn release_pasids(&self, rid: u16) {
+        let had = self.lock_pasids().devices.remove(&rid).is_some();
+        if had {
+            self.drop_nested(|key| pasid::key_is_nested_of(key, rid, None));
+            self.synchronize();
+        }
     }
 }

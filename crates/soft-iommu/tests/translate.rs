@@ -110,6 +110,7 @@ fn not_present_and_beyond_width() {
     assert_eq!(f.reason, FaultReason::BeyondAddressWidth);
     let f = port.write(u64::MAX - 1, &[0; 4]).unwrap_err();
     assert_eq!(f.reason, FaultReason::BeyondAddressWidth);
+    // No PASID bound: the PASID entry is not present.
     let f = port
         .translate_request(DmaRequest {
             iova: 0x1000,
@@ -117,7 +118,7 @@ fn not_present_and_beyond_width() {
             pasid: Some(5),
         })
         .unwrap_err();
-    assert_eq!(f.reason, FaultReason::PasidNotSupported);
+    assert_eq!(f.reason, FaultReason::PasidNotPresent);
     assert_eq!(f.pasid, Some(5));
     let reasons: Vec<FaultReason> = unit.faults().iter().map(|f| f.reason).collect();
     assert_eq!(
@@ -127,7 +128,7 @@ fn not_present_and_beyond_width() {
             FaultReason::NotPresent,
             FaultReason::BeyondAddressWidth,
             FaultReason::BeyondAddressWidth,
-            FaultReason::PasidNotSupported
+            FaultReason::PasidNotPresent
         ]
     );
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 use softvfio::container::{Container, ContainerSnapshot};
+pub use softvfio_platform::report::{fault_views, FaultView};
 use softvfio_platform::BuiltPlatform;
 
 use crate::report;
@@ -53,18 +54,6 @@ pub struct SessionSnapshot {
     pub faults_overflowed: u64,
     pub iotlb: serde_json::Value,
     pub devices: Vec<serde_json::Value>,
-}
-
-/// A DMA fault record.
-#[derive(Serialize, serde::Deserialize, Clone, Debug)]
-pub struct FaultView {
-    pub seq: u64,
-    pub device: String,
-    pub rid: u16,
-    pub pasid: Option<u32>,
-    pub iova: u64,
-    pub access: String,
-    pub reason: String,
 }
 
 impl Registry {
@@ -118,28 +107,6 @@ impl Registry {
                 .collect(),
         }
     }
-}
-
-pub fn fault_views(built: &BuiltPlatform) -> Vec<FaultView> {
-    built
-        .iommu
-        .faults()
-        .iter()
-        .map(|f| FaultView {
-            seq: f.seq,
-            device: built
-                .devices
-                .iter()
-                .find(|d| d.rid == Some(f.rid))
-                .map(|d| d.name.clone())
-                .unwrap_or_else(|| format!("rid {:#06x}", f.rid)),
-            rid: f.rid,
-            pasid: f.pasid,
-            iova: f.iova,
-            access: format!("{:?}", f.access).to_lowercase(),
-            reason: format!("{:?}", f.reason),
-        })
-        .collect()
 }
 
 /// Starts the snapshot server on `path` (a background thread).

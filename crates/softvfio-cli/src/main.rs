@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 mod inspect;
 mod report;
@@ -32,6 +33,9 @@ enum Command {
     Run(run::RunArgs),
     /// Show the state of a running `softvfio run` session.
     Inspect(inspect::InspectArgs),
+    /// Run benchmarks, each against a baseline measured in the same run
+    /// (`softvfio bench list` names them).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo::main(a),
         Command::Run(a) => run::main(a),
         Command::Inspect(a) => inspect::main(a),
+        Command::Bench(a) => bench::main(a),
     };
     ExitCode::from(code)
 }

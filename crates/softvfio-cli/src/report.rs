@@ -3,91 +3,10 @@
 
 use std::io::{self, Write};
 
-use softvfio_platform::BuiltPlatform;
+use softvfio_platform::report::write_faults;
+pub use softvfio_platform::report::{human_bytes, write_end_report};
 
-use crate::inspect::{fault_views, FaultView, SessionSnapshot};
-use crate::run::{FinalState, Leftovers};
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [
-        ("TiB", 1 << 40),
-        ("GiB", 1 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-    ];
-    for (name, size) in UNITS {
-        if n >= size && n.is_multiple_of((size / 1024).max(1)) {
-            let v = n as f64 / size as f64;
-            return if v.fract() == 0.0 {
-                format!("{v:.0} {name}")
-            } else {
-                format!("{v:.2} {name}")
-            };
-        }
-    }
-    format!("{n} B")
-}
-
-fn write_faults(w: &mut dyn Write, faults: &[FaultView], overflowed: u64) -> io::Result<()> {
-    if faults.is_empty() {
-        writeln!(w, "DMA faults: none")?;
-    } else {
-        writeln!(w, "DMA faults: {}", faults.len())?;
-        for f in faults {
-            let pasid = f.pasid.map(|p| format!(" pasid {p}")).unwrap_or_default();
-            writeln!(
-                w,
-                "  #{:<4} {} {} iova {:#x}{}: {}",
-                f.seq, f.device, f.access, f.iova, pasid, f.reason
-            )?;
-        }
-    }
-    if overflowed > 0 {
-        writeln!(
-            w,
-            "  ({overflowed} more faults were not recorded: the log overflowed)"
-        )?;
-    }
-    Ok(())
-}
-
-/// The report `softvfio run` prints when the program ends.
-pub fn write_end_report(
-    w: &mut dyn Write,
-    built: &BuiltPlatform,
-    left: &Leftovers,
-    fin: &FinalState,
-) -> io::Result<()> {
-    writeln!(w, "--- softvfio: program ended ---")?;
-    write_faults(w, &fault_views(built), built.iommu.fault_overflow())?;
-    if left.containers + left.groups + left.devices == 0 {
-        writeln!(w, "left open by the program: nothing")?;
-    } else {
-        writeln!(
-            w,
-            "left open by the program: {} container(s), {} group(s), {} device(s); {} mapping(s) of {}, {} pages accounted",
-            left.containers,
-            left.groups,
-            left.devices,
-            left.mappings,
-            human_bytes(left.mapped_bytes),
-            left.locked_pages
-        )?;
-    }
-    if fin.pinned_pages + fin.pin_refs + fin.locked_pages + fin.open_objects == 0 {
-        writeln!(
-            w,
-            "after release: 0 pinned pages, 0 accounted pages: no leak"
-        )?;
-    } else {
-        writeln!(
-            w,
-            "LEAK after release: {} pinned pages ({} pins), {} accounted pages, {} objects still open",
-            fin.pinned_pages, fin.pin_refs, fin.locked_pages, fin.open_objects
-        )?;
-    }
-    Ok(())
-}
+use crate::inspect::SessionSnapshot;
 
 /// A readable view of a session snapshot (`softvfio inspect`).
 pub fn write_session(w: &mut dyn Write, s: &SessionSnapshot) -> io::Result<()> {

@@ -1,6 +1,16 @@
 //! `softvfio run`: runs a program with its `/dev/vfio` system calls served by
-//! the softvfio engine, through the ptrace supervisor of `softvfio-trace`.
+//! the softvfio engine, in one of two modes:
 //!
+//! - `trace` (the default): through the ptrace supervisor of
+//!   `softvfio-trace`; works for every program, static ones included.
+//! - `preload`: with the LD_PRELOAD library `libsoftvfio_preload.so` found
+//!   next to this executable; the engine then runs inside the program, with
+//!   no ptrace round trip, but only dynamically linked programs and only
+//!   calls that go through libc's exported functions are served.
+//! - `auto` picks `preload` for dynamically linked ELF programs (those with
+//!   a `PT_INTERP` program header) and `trace` for everything else.
+//!
+//! In trace mode:
 //! The handler maps each descriptor object to a container, group or device
 //! file of the byte-level uAPI (`softvfio::uapi`) and passes ioctls, `pread`
 //! and `pwrite` straight through; user memory is the traced process's own,
@@ -13,12 +23,13 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::Args;
-use softvfio::frontend::{FdTarget, FileObject, Routed, Session};
+use clap::{Args, ValueEnum};
+use softvfio::frontend::{FdTarget, Routed, Session};
 use softvfio::memory::host::{HostMemory, MmSyscalls};
 use softvfio::memory::{UserMemory, PAGE_SIZE};
 use softvfio::uapi::Vfio;
 use softvfio::VfioError;
+pub use softvfio_platform::report::{FinalState, Leftovers};
 use softvfio_platform::{build, BuiltPlatform, Config};
 use softvfio_trace::{
     exit_code, Command, Errno, Handler, ObjectId, OpenReply, OpenRequest, Supervisor,
@@ -28,11 +39,31 @@ use softvfio_trace::{
 use crate::inspect::{self, Registry};
 use crate::report;
 
+/// How `softvfio run` reaches the program's system calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// ptrace + seccomp supervisor: every program, static ones included.
+    Trace,
+    /// LD_PRELOAD library: dynamically linked programs, libc-level calls.
+    Preload,
+    /// `preload` for dynamically linked ELF programs, else `trace`.
+    Auto,
+}
+
+/// The preload library's file name, looked up next to the `softvfio`
+/// executable (or named by `SOFTVFIO_PRELOAD_LIB`).
+pub const PRELOAD_LIB: &str = "libsoftvfio_preload.so";
+
 #[derive(Args)]
 pub struct RunArgs {
     /// Platform configuration (TOML); the built-in reference platform by default.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// How the program's VFIO calls are served: `trace` (ptrace, any
+    /// program), `preload` (LD_PRELOAD library, dynamic programs only) or
+    /// `auto` (preload for dynamically linked programs, else trace).
+    #[arg(long, value_enum, default_value_t = Mode::Trace)]
+    mode: Mode,
     /// Where `softvfio inspect` reaches this session (default
     /// /tmp/softvfio-<pid>.sock).
     #[arg(long)]
@@ -69,6 +100,20 @@ pub fn main(args: RunArgs) -> u8 {
         Ok(b) => Arc::new(b),
         Err(code) => return code,
     };
+    let mode = match args.mode {
+        Mode::Auto if is_dynamic_elf(&args.program[0]) => Mode::Preload,
+        Mode::Auto => Mode::Trace,
+        m => m,
+    };
+    if mode == Mode::Preload {
+        if is_static_elf(&args.program[0]) {
+            eprintln!(
+                "softvfio: warning: {} is statically linked; the preload library cannot reach it (use --mode trace)",
+                args.program[0].to_string_lossy()
+            );
+        }
+        return run_preloaded(&args);
+    }
     let vfio = Arc::new(Vfio::new(built.platform.clone()));
     let registry = Arc::new(Registry::new(built.clone()));
     let socket = args
@@ -123,6 +168,165 @@ fn ignore_interactive_signals() {
     }
 }
 
+/// Finds `program` the way `execvp` would.
+fn resolve_program(program: &OsString) -> Option<PathBuf> {
+    let p = Path::new(program);
+    if p.components().count() > 1 || p.is_absolute() {
+        return Some(p.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(p))
+        .find(|c| c.is_file())
+}
+
+/// The start of `program`'s file, where ELF keeps its program headers.
+fn head_of(program: &OsString) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(resolve_program(program)?).ok()?;
+    let mut head = Vec::new();
+    f.take(64 * 1024).read_to_end(&mut head).ok()?;
+    Some(head)
+}
+
+/// Is `program` an ELF executable with a `PT_INTERP` program header (a
+/// dynamically linked one, which the preload library can reach)?
+fn is_dynamic_elf(program: &OsString) -> bool {
+    head_of(program).is_some_and(|head| elf_has_interp(&head))
+}
+
+/// Is `program` an ELF executable without `PT_INTERP` (statically linked)?
+fn is_static_elf(program: &OsString) -> bool {
+    head_of(program).is_some_and(|head| head.starts_with(b"\x7fELF") && !elf_has_interp(&head))
+}
+
+/// Does the ELF image `b` have a `PT_INTERP` program header? (64- and 32-bit,
+/// either byte order; anything that is not ELF has none.)
+pub fn elf_has_interp(b: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    if b.len() < 0x34 || &b[..4] != b"\x7fELF" {
+        return false;
+    }
+    let is64 = b[4] == 2;
+    let le = b[5] == 1;
+    let u16_at = |o: usize| -> Option<u64> {
+        let s: [u8; 2] = b.get(o..o + 2)?.try_into().ok()?;
+        Some(u64::from(if le {
+            u16::from_le_bytes(s)
+        } else {
+            u16::from_be_bytes(s)
+        }))
+    };
+    let u32_at = |o: usize| -> Option<u64> {
+        let s: [u8; 4] = b.get(o..o + 4)?.try_into().ok()?;
+        Some(u64::from(if le {
+            u32::from_le_bytes(s)
+        } else {
+            u32::from_be_bytes(s)
+        }))
+    };
+    let u64_at = |o: usize| -> Option<u64> {
+        let s: [u8; 8] = b.get(o..o + 8)?.try_into().ok()?;
+        Some(if le {
+            u64::from_le_bytes(s)
+        } else {
+            u64::from_be_bytes(s)
+        })
+    };
+    let header = if is64 {
+        (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    } else {
+        (u32_at(0x1c), u16_at(0x2a), u16_at(0x2c))
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = header else {
+        return false;
+    };
+    (0..phnum).any(|i| {
+        phoff
+            .checked_add(i.saturating_mul(phentsize))
+            .and_then(|o| usize::try_from(o).ok())
+            .and_then(u32_at)
+            .is_some_and(|t| t == u64::from(PT_INTERP))
+    })
+}
+
+/// The preload library: `SOFTVFIO_PRELOAD_LIB`, else next to this executable.
+fn preload_library() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("SOFTVFIO_PRELOAD_LIB") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| format!("{} has no directory", exe.display()))?;
+    let lib = dir.join(PRELOAD_LIB);
+    if lib.is_file() {
+        Ok(lib)
+    } else {
+        Err(format!(
+            "the preload library {} is missing (`cargo build --release` builds it)",
+            lib.display()
+        ))
+    }
+}
+
+/// Preload mode: the program runs with `libsoftvfio_preload.so` in
+/// `LD_PRELOAD`; the library serves `/dev/vfio` inside it and prints the end
+/// report itself. No ptrace: this process only waits.
+fn run_preloaded(args: &RunArgs) -> u8 {
+    let lib = match preload_library() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("softvfio: {e}");
+            return 2;
+        }
+    };
+    let mut preload = lib.into_os_string();
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|o| !o.is_empty()) {
+        preload.push(":");
+        preload.push(old);
+    }
+    let mut cmd = std::process::Command::new(&args.program[0]);
+    // SOFTVFIO_PRELOAD_TOP: the program whose parent is this process
+    // reports at exit even if it opens nothing, as in trace mode.
+    cmd.args(&args.program[1..])
+        .env("LD_PRELOAD", preload)
+        .env("SOFTVFIO_PRELOAD_TOP", std::process::id().to_string());
+    match &args.config {
+        Some(c) => {
+            let abs = std::path::absolute(c).unwrap_or_else(|_| c.clone());
+            cmd.env("SOFTVFIO_CONFIG", abs);
+        }
+        None => {
+            cmd.env_remove("SOFTVFIO_CONFIG");
+        }
+    }
+    if args.quiet {
+        cmd.env("SOFTVFIO_QUIET", "1");
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "softvfio: cannot run {}: {e}",
+                args.program[0].to_string_lossy()
+            );
+            return 127;
+        }
+    };
+    // The program's own Ctrl-C/Ctrl-\ reach it; this process waits for it
+    // (ignoring them only after the spawn, so the program keeps the
+    // dispositions it was given).
+    ignore_interactive_signals();
+    let code = match child.wait() {
+        Ok(s) => exit_code(s),
+        Err(e) => {
+            eprintln!("softvfio: waiting for the program: {e}");
+            1
+        }
+    };
+    u8::try_from(code.clamp(0, 255)).unwrap_or(1)
+}
+
 /// `MmSyscalls` that run inside the traced process.
 struct TracedMm(SyscallInjector);
 
@@ -136,27 +340,6 @@ impl MmSyscalls for TracedMm {
     fn munlock(&self, addr: u64, len: u64) -> Result<(), i32> {
         self.0.munlock(addr, len).map_err(|e| e.0)
     }
-}
-
-/// What the program still held when it exited.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct Leftovers {
-    pub containers: u64,
-    pub groups: u64,
-    pub devices: u64,
-    pub mappings: u64,
-    pub mapped_bytes: u64,
-    pub locked_pages: u64,
-}
-
-/// Pins and accounting after every release: anything but zero is a leak
-/// of softvfio itself.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct FinalState {
-    pub pinned_pages: u64,
-    pub pin_refs: u64,
-    pub locked_pages: u64,
-    pub open_objects: u64,
 }
 
 struct VfioHandler {
@@ -202,37 +385,8 @@ impl VfioHandler {
         let text = std::fs::read_to_string(path).ok()?;
         let ours_kb = mem.stats().locked_bytes / 1024;
         let accounted_kb = mem.account().locked_pages() * PAGE_SIZE / 1024;
-        let mut out = String::with_capacity(text.len());
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("VmLck:") {
-                let real_kb: u64 = rest
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .unwrap_or(0);
-                let shown = real_kb.saturating_sub(ours_kb) + accounted_kb;
-                out.push_str(&format!("VmLck:\t{shown:>8} kB\n"));
-            } else {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
+        let out = softvfio_platform::report::status_with_vmlck(&text, ours_kb, accounted_kb);
         Some(Ok(OpenReply::File(out.into_bytes())))
-    }
-
-    fn note_leftovers(left: &mut Leftovers, obj: &FileObject) {
-        match obj {
-            FileObject::Container(c) => {
-                left.containers += 1;
-                let snap = c.container.snapshot();
-                left.mappings += snap.mappings.len() as u64;
-                left.mapped_bytes += snap.mappings.iter().map(|m| m.size).sum::<u64>();
-                left.locked_pages += snap.mappings.iter().map(|m| m.locked_pages).sum::<u64>();
-            }
-            FileObject::Group(_) => left.groups += 1,
-            FileObject::Device(_) => left.devices += 1,
-        }
     }
 
     fn final_state(&self) -> FinalState {
@@ -351,7 +505,7 @@ impl Handler for VfioHandler {
     fn release(&mut self, t: Option<&mut Tracee<'_>>, obj: ObjectId) {
         if t.is_none() {
             if let Some(o) = self.session.object(obj.0) {
-                Self::note_leftovers(&mut self.leftovers, o);
+                self.leftovers.note(o);
             }
         }
         self.session.release(obj.0);
@@ -382,5 +536,14 @@ mod tests {
         assert_eq!(status_pid(Path::new("/proc/12/stat")), None);
         assert_eq!(status_pid(Path::new("/proc/self/status")), None);
         assert_eq!(status_pid(Path::new("/proc/12/task/x/status")), None);
+    }
+
+    #[test]
+    fn dynamic_elf_detection() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        // Test binaries link libc dynamically.
+        assert!(elf_has_interp(&exe));
+        assert!(!elf_has_interp(b"#!/bin/sh\necho\n"));
+        assert!(!elf_has_interp(b"\x7fELF"));
     }
 }

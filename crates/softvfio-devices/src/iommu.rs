@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use soft_iommu::{Access, DmaPort, DmaRequest, Fault, Iommu};
+use soft_iommu::{Access, DmaPort, Fault, Iommu};
 
 use crate::dma::{DmaAccess, DmaError, DmaTarget};
 
@@ -42,60 +42,6 @@ impl IommuDmaTarget {
         // The port holds no invariant a panicking holder could break.
         self.port.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    /// PASID-tagged transfer, page by page: each page is translated with
-    /// the PASID (faults are recorded in the unit's fault log, naming the
-    /// PASID), and the bytes move through the memory behind the device's
-    /// domain, all inside one in-flight section so an invalidation waits
-    /// for it. The unit currently faults every request with PASID.
-    fn pasid_transfer(
-        &self,
-        pasid: u32,
-        addr: u64,
-        len: usize,
-        mut io: impl FnMut(&dyn soft_iommu::PhysMemory, u64, usize, usize) -> Result<(), u64>,
-        access: Access,
-    ) -> Result<(), DmaError> {
-        let port = self.port();
-        let _inflight = port.begin();
-        let dma_access = to_dma_access(access);
-        let mut done = 0usize;
-        while done < len {
-            let Some(iova) = addr.checked_add(done as u64) else {
-                return Err(DmaError::fault(addr, dma_access, done, "address wraps"));
-            };
-            let req = DmaRequest {
-                iova,
-                access,
-                pasid: Some(pasid),
-            };
-            let t = port
-                .translate_request(req)
-                .map_err(|f| fault_error(&f, addr, len))?;
-            let in_page = t.page_iova.saturating_add(t.page_size).saturating_sub(iova);
-            let n = usize::try_from(in_page)
-                .map_or(len - done, |p| p.min(len - done))
-                .max(1);
-            let Some(domain) = port.unit().device_domain(port.rid()) else {
-                return Err(DmaError::fault(
-                    iova,
-                    dma_access,
-                    done,
-                    "device not attached",
-                ));
-            };
-            io(domain.memory().as_ref(), t.phys, done, n).map_err(|phys| {
-                DmaError::fault(
-                    iova,
-                    dma_access,
-                    done,
-                    format!("memory error at physical address {phys:#x}"),
-                )
-            })?;
-            done += n;
-        }
-        Ok(())
-    }
 }
 
 fn to_dma_access(a: Access) -> DmaAccess {
@@ -126,31 +72,20 @@ impl DmaTarget for IommuDmaTarget {
             .map_err(|f| fault_error(&f, addr, data.len()))
     }
 
+    /// PASID-tagged DMA: the port translates each page with the PASID
+    /// (process bond or nested through the guest PASID table) and records
+    /// faults with the PASID; the bytes before a fault were transferred.
     fn dma_read_pasid(&self, pasid: u32, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
         let len = buf.len();
-        self.pasid_transfer(
-            pasid,
-            addr,
-            len,
-            |mem, phys, done, n| match buf.get_mut(done..done + n) {
-                Some(chunk) => mem.read(phys, chunk).map_err(|e| e.phys),
-                None => Err(phys),
-            },
-            Access::Read,
-        )
+        self.port()
+            .read_pasid(pasid, addr, buf)
+            .map_err(|f| fault_error(&f, addr, len))
     }
 
     fn dma_write_pasid(&self, pasid: u32, addr: u64, data: &[u8]) -> Result<(), DmaError> {
-        self.pasid_transfer(
-            pasid,
-            addr,
-            data.len(),
-            |mem, phys, done, n| match data.get(done..done + n) {
-                Some(chunk) => mem.write(phys, chunk).map_err(|e| e.phys),
-                None => Err(phys),
-            },
-            Access::Write,
-        )
+        self.port()
+            .write_pasid(pasid, addr, data)
+            .map_err(|f| fault_error(&f, addr, data.len()))
     }
 }
 
@@ -217,7 +152,7 @@ mod tests {
         assert_eq!(buf[32..64], [0; 32]);
         assert_eq!(unit.take_faults()[0].reason, FaultReason::NotPresent);
 
-        // PASID-tagged DMA: the unit does not translate it yet; the fault
+        // PASID-tagged DMA with a PASID nothing is bound to: the fault
         // log names the PASID and memory stays untouched
         assert_eq!(
             d.region_write(0, 0xa0, &0x8000_0007u32.to_le_bytes()),
@@ -227,7 +162,7 @@ mod tests {
         let f = unit.take_faults();
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].pasid, Some(7));
-        assert_eq!(f[0].reason, FaultReason::PasidNotSupported);
+        assert_eq!(f[0].reason, FaultReason::PasidNotPresent);
 
         let s = d.stats();
         assert_eq!(s.dma_completed, 2);

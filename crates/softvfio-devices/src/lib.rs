@@ -1,5 +1,8 @@
 //! Device models for softvfio.
 //!
+//! [`mdev::MdevEdu`] is the same device as a mediated device: its DMA goes
+//! through the container's external pinning API instead of an IOMMU.
+//!
 //! [`edu::EduDevice`] is QEMU's `edu` PCI device (`docs/specs/edu.rst`,
 //! `hw/misc/edu.c`) as Linux vfio-pci presents it, plus the PASID register
 //! of DESIGN.md §3. Its DMA goes through a [`dma::DmaTarget`], so the same
@@ -35,7 +38,9 @@
 pub mod dma;
 pub mod edu;
 pub mod iommu;
+pub mod mdev;
 
 pub use dma::{DmaAccess, DmaError, DmaTarget, VecDmaTarget};
 pub use edu::{EduDevice, EduOptions};
 pub use iommu::IommuDmaTarget;
+pub use mdev::{MdevDmaMode, MdevEdu, MdevEduOptions};

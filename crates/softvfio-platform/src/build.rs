@@ -8,7 +8,7 @@ use soft_iommu::{AddressWidth, Iommu, IommuConfig as UnitConfig};
 use softvfio::iommu::vtd::VtdUnit;
 use softvfio::iommu::{IommuUnit, ResvRegion};
 use softvfio::platform::{Device, Group, GroupKind, Platform};
-use softvfio_devices::{EduDevice, EduOptions, IommuDmaTarget};
+use softvfio_devices::{EduDevice, EduOptions, IommuDmaTarget, MdevEdu, MdevEduOptions};
 
 use crate::config::{parse_bdf, Config, ConfigError, DeviceKind};
 
@@ -18,7 +18,10 @@ pub struct BuiltDevice {
     pub name: String,
     pub group: u32,
     pub rid: Option<u16>,
+    /// The edu register model (for a mediated device, the one behind it).
     pub edu: Arc<EduDevice>,
+    /// The mediated device, for kind "mdev-edu".
+    pub mdev: Option<Arc<MdevEdu>>,
 }
 
 /// A platform ready for a VFIO front end.
@@ -63,6 +66,9 @@ pub fn build(cfg: &Config) -> Result<BuiltPlatform, ConfigError> {
 
     let mut devices = Vec::new();
     let mut groups: std::collections::BTreeMap<u32, Vec<Arc<Device>>> = Default::default();
+    // Groups of mediated devices are emulated (config validation keeps
+    // them apart from groups of devices behind the IOMMU).
+    let mut mdev_groups: std::collections::BTreeSet<u32> = Default::default();
     for (i, d) in cfg.devices.iter().enumerate() {
         match d.kind {
             DeviceKind::Edu => {
@@ -82,14 +88,25 @@ pub fn build(cfg: &Config) -> Result<BuiltPlatform, ConfigError> {
                     group: d.group,
                     rid: Some(rid),
                     edu,
+                    mdev: None,
                 });
             }
             DeviceKind::MdevEdu => {
-                // The mediated edu pins through the external API of the
-                // engine (vfio_pin_pages/vfio_dma_rw), which is not built yet.
-                return Err(ConfigError::Invalid {
-                    key: format!("device[{i}].kind"),
-                    reason: "\"mdev-edu\" needs the external pinning API, which this build does not have yet".into(),
+                // No requester id, no IOMMU: its DMA goes through the
+                // container it is opened in (pin_pages / dma_rw).
+                let mdev = MdevEdu::new(MdevEduOptions::new(d.bdf.clone(), d.group));
+                mdev_groups.insert(d.group);
+                groups.entry(d.group).or_default().push(Arc::new(Device {
+                    name: d.bdf.clone(),
+                    rid: None,
+                    model: mdev.clone(),
+                }));
+                devices.push(BuiltDevice {
+                    name: d.bdf.clone(),
+                    group: d.group,
+                    rid: None,
+                    edu: mdev.edu().clone(),
+                    mdev: Some(mdev),
                 });
             }
         }
@@ -107,7 +124,11 @@ pub fn build(cfg: &Config) -> Result<BuiltPlatform, ConfigError> {
             .collect();
         platform.add_group(Group {
             id,
-            kind: GroupKind::Iommu(unit.clone()),
+            kind: if mdev_groups.contains(&id) {
+                GroupKind::Emulated
+            } else {
+                GroupKind::Iommu(unit.clone())
+            },
             devices: devs,
             extra_reserved: extra,
         });
@@ -135,6 +156,25 @@ mod tests {
         assert_eq!(resv.len(), 1);
         assert_eq!((resv[0].start, resv[0].end), (0xfee0_0000, 0xfeef_ffff));
         assert_eq!(p.platform.dma_entry_limit, 65535);
+    }
+
+    #[test]
+    fn mdev_edu_sits_in_an_emulated_group_named_by_its_uuid() {
+        let uuid = "c0ffee00-0000-4000-8000-000000000001";
+        let cfg = Config::parse(&format!(
+            "[[device]]\nkind = \"edu\"\nbdf = \"0000:00:03.0\"\ngroup = 3\n[[device]]\nkind = \"mdev-edu\"\nbdf = \"{uuid}\"\ngroup = 10\n"
+        ))
+        .unwrap();
+        let p = build(&cfg).unwrap();
+        let g = p.platform.group(10).unwrap();
+        assert!(g.is_emulated());
+        assert!(g.reserved_regions().is_empty());
+        assert_eq!(g.devices[0].name, uuid);
+        assert_eq!(g.devices[0].rid, None);
+        assert!(!p.platform.group(3).unwrap().is_emulated());
+        let d = p.device(uuid).unwrap();
+        assert!(d.mdev.is_some());
+        assert_eq!(d.edu.options().name, uuid);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::account::OverLimit;
 use crate::dirty::{self, DIRTY_BITMAP_SIZE_MAX};
 use crate::dma::{Dma, DmaTree};
 use crate::error::{Result, VfioError};
+use crate::external::{DmaUnmapFn, ExternalDevice, PinTracker, UNMAP_NOTIFY_RETRIES};
 use crate::iommu::{DomainOps, IommuUnit, Prot, ResvRegion};
 use crate::iova::{IovaList, IovaRange};
 use crate::memory::{LockPolicy, MemError, PinnedRun, UserMemory, PAGE_SIZE};
@@ -83,42 +84,45 @@ pub struct Type1Info {
 }
 
 /// A group as attached to a type1 IOMMU.
-struct AttachedGroup {
-    group: Arc<Group>,
+pub(crate) struct AttachedGroup {
+    pub(crate) group: Arc<Group>,
     /// The group only dirties memory through the pinning interface.
-    pinned_page_dirty_scope: bool,
+    pub(crate) pinned_page_dirty_scope: bool,
 }
 
 /// One IOMMU domain of the container.
-struct DomainEntry {
+pub(crate) struct DomainEntry {
     ops: Arc<dyn DomainOps>,
     unit: Arc<dyn IommuUnit>,
-    groups: Vec<AttachedGroup>,
+    pub(crate) groups: Vec<AttachedGroup>,
     enforce_cache_coherency: bool,
 }
 
 /// type1's `struct vfio_iommu`.
-struct Type1 {
-    v2: bool,
+pub(crate) struct Type1 {
+    pub(crate) v2: bool,
     nesting: bool,
-    dmas: DmaTree,
-    domains: Vec<DomainEntry>,
-    emulated_groups: Vec<AttachedGroup>,
+    pub(crate) dmas: DmaTree,
+    pub(crate) domains: Vec<DomainEntry>,
+    pub(crate) emulated_groups: Vec<AttachedGroup>,
     iova_list: IovaList,
-    pgsize_bitmap: u64,
+    pub(crate) pgsize_bitmap: u64,
     dma_avail: u32,
-    dirty_tracking: bool,
-    num_non_pinned_groups: u32,
-    vaddr_invalid_count: u32,
+    pub(crate) dirty_tracking: bool,
+    pub(crate) num_non_pinned_groups: u32,
+    pub(crate) vaddr_invalid_count: u32,
 }
 
-struct State {
+pub(crate) struct State {
     /// Groups attached to the container (`container->group_list`).
-    groups: Vec<Arc<Group>>,
+    pub(crate) groups: Vec<Arc<Group>>,
     /// The IOMMU driver data once `VFIO_SET_IOMMU` succeeded.
-    iommu: Option<Type1>,
+    pub(crate) iommu: Option<Type1>,
     /// Set when the container is released; wakes vaddr waiters.
-    closed: bool,
+    pub(crate) closed: bool,
+    /// Devices registered for external pinning (type1's `device_list`):
+    /// their `dma_unmap` callbacks are the unmap notifier.
+    pub(crate) external_devices: Vec<Arc<ExternalDevice>>,
 }
 
 /// A VFIO container (`/dev/vfio/vfio`) with the type1 backend.
@@ -128,14 +132,16 @@ pub struct Container {
     mem: Arc<dyn UserMemory>,
     state: Mutex<State>,
     /// Signalled when a vaddr becomes valid again (type1's `vaddr_wait`).
-    vaddr_valid: Condvar,
+    pub(crate) vaddr_valid: Condvar,
+    /// How long an external pin waits for an invalid vaddr, in ms.
+    pub(crate) vaddr_wait_ms: AtomicU64,
 }
 
 fn page_pages(size: u64) -> u64 {
     size / PAGE_SIZE
 }
 
-fn min_pgsize(bitmap: u64) -> u64 {
+pub(crate) fn min_pgsize(bitmap: u64) -> u64 {
     if bitmap == 0 {
         PAGE_SIZE
     } else {
@@ -158,8 +164,12 @@ impl Container {
                 groups: Vec::new(),
                 iommu: None,
                 closed: false,
+                external_devices: Vec::new(),
             }),
             vaddr_valid: Condvar::new(),
+            vaddr_wait_ms: AtomicU64::new(
+                u64::try_from(crate::external::DEFAULT_VADDR_WAIT.as_millis()).unwrap_or(u64::MAX),
+            ),
         })
     }
 
@@ -175,7 +185,7 @@ impl Container {
         self.cfg
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A poisoned lock means a panic elsewhere; the state itself is kept
         // consistent by every operation, so continue with it.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -276,6 +286,8 @@ impl Container {
             return;
         };
         st.groups.remove(pos);
+        // Its devices are closed by now; forget any registration left.
+        st.external_devices.retain(|d| d.group_id() != group_id);
         let now_empty = st.groups.is_empty();
         if let Some(t) = st.iommu.as_mut() {
             self.detach_from_type1(t, group_id);
@@ -292,6 +304,7 @@ impl Container {
     pub fn close(&self) {
         let mut st = self.lock();
         st.closed = true;
+        st.external_devices.clear();
         if let Some(mut t) = st.iommu.take() {
             self.release_type1(&mut t);
         }
@@ -443,7 +456,8 @@ impl Container {
             if let Some(dma) = t.dmas.get_mut(iova) {
                 if pinned {
                     dma.pinned_vaddr = dma.vaddr;
-                    dma.locked_pages = charged;
+                    // Pages pinned externally were accounted already.
+                    dma.locked_pages += charged;
                 }
                 dma.iommu_mapped = true;
             }
@@ -545,8 +559,9 @@ impl Container {
     }
 
     /// The last IOMMU-backed domain goes while emulated groups remain: unpin
-    /// everything the domain pinned (pages externally pinned would be
-    /// re-accounted here; no pages are externally pinned yet).
+    /// everything the domain pinned and keep accounted only the pages still
+    /// pinned externally (type1's `vfio_iommu_unmap_unpin_reaccount`), one
+    /// accounting update per mapping.
     fn unmap_unpin_reaccount(&self, t: &mut Type1) {
         let domains: Vec<Arc<dyn DomainOps>> = t.domains.iter().map(|d| d.ops.clone()).collect();
         for dma in t.dmas.iter_mut() {
@@ -558,8 +573,11 @@ impl Container {
                 d.flush(dma.iova, dma.size);
             }
             self.mem.unpin(dma.pinned_vaddr, dma.size);
-            self.mem.account().uncharge(dma.locked_pages);
-            dma.locked_pages = 0;
+            let still_pinned = dma.ext_pins.pinned_pages();
+            self.mem
+                .account()
+                .uncharge(dma.locked_pages.saturating_sub(still_pinned));
+            dma.locked_pages = still_pinned;
             dma.iommu_mapped = false;
         }
     }
@@ -625,7 +643,7 @@ impl Container {
         if t.dma_avail == 0 {
             return Err(VfioError::NoSpace);
         }
-        if !t.iova_list.allows(iova, iova + size - 1) {
+        if !t.iova_list.allows(iova, iova + (size - 1)) {
             return Err(VfioError::Invalid("IOVA outside the valid ranges"));
         }
 
@@ -642,7 +660,12 @@ impl Container {
             pinned_vaddr: vaddr,
             locked_pages: 0,
             bitmap: None,
+            ext_pins: PinTracker::new(),
         };
+        if t.dirty_tracking {
+            // Before pinning: nothing to undo (see dirty::check_bitmap_alloc).
+            dirty::check_bitmap_alloc(size / pgsize)?;
+        }
         // Without an IOMMU-backed domain nothing is pinned until a device asks.
         if !t.domains.is_empty() {
             let domains: Vec<Arc<dyn DomainOps>> =
@@ -666,7 +689,10 @@ impl Container {
         domains: &[Arc<dyn DomainOps>],
         policy: LockPolicy,
     ) -> Result<u64> {
-        let pages = page_pages(dma.size);
+        // Pages already accounted for external pins (no IOMMU domain existed
+        // when they were pinned) are not counted twice (type1 skips pages
+        // on the vpfn list).
+        let pages = page_pages(dma.size).saturating_sub(dma.locked_pages);
         // One accounting update for the whole mapping (seed 000), made before
         // pinning so that concurrent maps cannot both pass the limit.
         self.mem
@@ -712,7 +738,7 @@ impl Container {
     /// mapping, and removes it. Order matters: after this returns no device
     /// can reach the pages.
     fn remove_dma(&self, t: &mut Type1, iova: u64) -> Option<Dma> {
-        let dma = t.dmas.remove(iova)?;
+        let mut dma = t.dmas.remove(iova)?;
         if dma.iommu_mapped {
             for d in &t.domains {
                 unmap_all_of(d.ops.as_ref(), dma.iova, dma.size);
@@ -721,8 +747,18 @@ impl Container {
                 d.ops.flush(dma.iova, dma.size);
             }
             self.mem.unpin(dma.pinned_vaddr, dma.size);
-            self.mem.account().uncharge(dma.locked_pages);
         }
+        // External pins a device left behind (only on release paths: an
+        // unmap notifies the devices first and fails if they keep pins):
+        // one pass over the tracker, memory unpinned in runs.
+        if !dma.ext_pins.is_empty() {
+            for (page, n) in dma.ext_pins.runs() {
+                self.mem.unpin(dma.vaddr + page * PAGE_SIZE, n * PAGE_SIZE);
+            }
+            dma.ext_pins.clear();
+        }
+        // One accounting update for the mapping and its external pins.
+        self.mem.account().uncharge(dma.locked_pages);
         if dma.vaddr_invalid {
             t.vaddr_invalid_count = t.vaddr_invalid_count.saturating_sub(1);
         }
@@ -732,6 +768,14 @@ impl Container {
 
     /// `VFIO_IOMMU_UNMAP_DMA` after the ABI checks. Returns the bytes
     /// unmapped (or invalidated); on error nothing is written back.
+    ///
+    /// Mappings in the range that devices still pin externally are first
+    /// announced to every registered device's `dma_unmap` callback with the
+    /// container lock released (the devices unpin, which takes the lock),
+    /// and the whole request is checked again, as type1's `goto again`
+    /// does. A device that keeps its pins after [`UNMAP_NOTIFY_RETRIES`]
+    /// further notifications makes the unmap fail with EBUSY with nothing
+    /// removed (the kernel `BUG()`s there).
     pub fn unmap_dma(
         &self,
         iova: u64,
@@ -739,7 +783,52 @@ impl Container {
         flags: u32,
         bitmap: Option<UserBitmap>,
     ) -> Result<u64> {
-        let mut st = self.lock();
+        let mut last_notified: Option<u64> = None;
+        let mut retries = 0u32;
+        loop {
+            let mut st = self.lock();
+            match self.unmap_dma_locked(&mut st, iova, size, flags, bitmap)? {
+                UnmapStep::Done(unmapped) => return Ok(unmapped),
+                UnmapStep::Notify(dma_iova, dma_size) => {
+                    if last_notified == Some(dma_iova) {
+                        retries += 1;
+                        if retries > UNMAP_NOTIFY_RETRIES {
+                            tracing::warn!(
+                                iova = dma_iova,
+                                size = dma_size,
+                                "a device keeps external pins after {UNMAP_NOTIFY_RETRIES} unmap notifications"
+                            );
+                            return Err(VfioError::Busy(
+                                "a device did not unpin the pages it pins in the range",
+                            ));
+                        }
+                    } else {
+                        last_notified = Some(dma_iova);
+                        retries = 0;
+                    }
+                    let callbacks: Vec<DmaUnmapFn> = st
+                        .external_devices
+                        .iter()
+                        .filter_map(|d| d.dma_unmap().cloned())
+                        .collect();
+                    drop(st);
+                    for notify in callbacks {
+                        notify(dma_iova, dma_size);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pass of [`Container::unmap_dma`] under the lock.
+    fn unmap_dma_locked(
+        &self,
+        st: &mut State,
+        iova: u64,
+        size: u64,
+        flags: u32,
+        bitmap: Option<UserBitmap>,
+    ) -> Result<UnmapStep> {
         let Some(t) = st.iommu.as_mut() else {
             return Err(VfioError::Invalid("no IOMMU set"));
         };
@@ -773,6 +862,11 @@ impl Container {
         } else {
             None
         };
+        // Mediated devices cannot pin or rw safely while a vaddr is being
+        // updated (later kernels refuse this with EBUSY too).
+        if invalidate_vaddr && !t.emulated_groups.is_empty() {
+            return Err(VfioError::Busy("vaddr invalidation with mediated devices"));
+        }
 
         // v2 never bisects a mapping: the range must cover whole mappings.
         if t.v2 && !unmap_all {
@@ -781,7 +875,7 @@ impl Container {
                     return Err(VfioError::Invalid("unmap would bisect a mapping"));
                 }
             }
-            if let Some(d) = t.dmas.find(iova + size - 1, 0) {
+            if let Some(d) = t.dmas.find(iova + (size - 1), 0) {
                 if d.end() != iova.wrapping_add(size) {
                     return Err(VfioError::Invalid("unmap would bisect a mapping"));
                 }
@@ -789,11 +883,17 @@ impl Container {
         }
 
         let Some(first) = t.dmas.first_from(iova, size) else {
-            return Ok(0);
+            return Ok(UnmapStep::Done(0));
         };
         let range_end = u128::from(iova) + u128::from(size);
         let mut unmapped: u64 = 0;
-        let keys = t.dmas.keys_from(first);
+        // The mappings this request covers (v1 stops at one starting before
+        // the range).
+        let keys: Vec<u64> = t
+            .dmas
+            .keys_between(first, range_end)
+            .take_while(|k| t.v2 || iova <= *k)
+            .collect();
 
         if invalidate_vaddr {
             let mut touched = Vec::new();
@@ -801,10 +901,10 @@ impl Container {
                 let Some(dma) = t.dmas.get_mut(key) else {
                     break;
                 };
-                if u128::from(dma.iova) >= range_end || (!t.v2 && iova > dma.iova) {
-                    break;
-                }
-                if dma.vaddr_invalid {
+                // Beyond the kernel: external pins were taken at the old
+                // address, so their mapping keeps it.
+                let pinned = !dma.ext_pins.is_empty();
+                if dma.vaddr_invalid || pinned {
                     // Roll back what this call invalidated.
                     for k in touched {
                         if let Some(d) = t.dmas.get_mut(k) {
@@ -812,14 +912,27 @@ impl Container {
                             t.vaddr_invalid_count -= 1;
                         }
                     }
-                    return Err(VfioError::Invalid("vaddr already invalid"));
+                    return Err(if pinned {
+                        VfioError::Busy("mapping has external pins")
+                    } else {
+                        VfioError::Invalid("vaddr already invalid")
+                    });
                 }
                 dma.vaddr_invalid = true;
                 t.vaddr_invalid_count += 1;
                 unmapped += dma.size;
                 touched.push(key);
             }
-            return Ok(unmapped);
+            return Ok(UnmapStep::Done(unmapped));
+        }
+
+        // Devices must let go of what they pin before anything is removed.
+        if let Some(d) = keys
+            .iter()
+            .filter_map(|k| t.dmas.get(*k))
+            .find(|d| !d.ext_pins.is_empty())
+        {
+            return Ok(UnmapStep::Notify(d.iova, d.size));
         }
 
         let pinned_dirty_all = t.num_non_pinned_groups > 0;
@@ -827,9 +940,6 @@ impl Container {
         let domains: Vec<Arc<dyn DomainOps>> = t.domains.iter().map(|d| d.ops.clone()).collect();
         for key in keys {
             let Some(dma) = t.dmas.get(key) else { break };
-            if u128::from(dma.iova) >= range_end || (!t.v2 && iova > dma.iova) {
-                break;
-            }
             if let Some(b) = bitmap {
                 let nbits = dma.size >> pgshift;
                 let bits = self.dirty_bits(&domains, dma, pgshift, pinned_dirty_all);
@@ -839,7 +949,7 @@ impl Container {
             unmapped += dma.size;
             self.remove_dma(t, key);
         }
-        Ok(unmapped)
+        Ok(UnmapStep::Done(unmapped))
     }
 
     // ---- info and dirty tracking -----------------------------------------
@@ -877,8 +987,14 @@ impl Container {
             return Ok(());
         }
         let pgsize = min_pgsize(t.pgsize_bitmap);
+        // Refuse before allocating any bitmap (see dirty::check_bitmap_alloc).
+        for dma in t.dmas.iter() {
+            dirty::check_bitmap_alloc(dma.size / pgsize)?;
+        }
         for dma in t.dmas.iter_mut() {
-            dma.bitmap = Some(dirty::new_bitmap(dma.size / pgsize));
+            // Pages pinned externally count as dirty from the start
+            // (type1's `vfio_dma_populate_bitmap`).
+            dma.bitmap = Some(pinned_bitmap(dma, pgsize));
         }
         if self.cfg.precise_dirty {
             // Start from clean IOMMU dirty bits: only later writes count.
@@ -955,9 +1071,9 @@ impl Container {
             let bits = self.dirty_bits(&domains, dma, pgshift, all_dirty);
             let bit_offset = (dma.iova - iova) >> pgshift;
             let res = dirty::copy_to_user(self.mem.as_ref(), bitmap.data, &bits, nbits, bit_offset);
-            // Reported pages start clean again (pinned pages would be
-            // re-populated here; nothing is externally pinned yet).
-            dma.bitmap = Some(dirty::new_bitmap(nbits));
+            // Reported pages start clean again, except those still pinned
+            // externally, which stay dirty (type1 re-populates them).
+            dma.bitmap = Some(pinned_bitmap(dma, pgsize));
             res?;
         }
         Ok(())
@@ -1065,6 +1181,7 @@ impl Container {
                     vaddr_invalid: d.vaddr_invalid,
                     iommu_mapped: d.iommu_mapped,
                     locked_pages: d.locked_pages,
+                    external_pinned_pages: d.ext_pins.pinned_pages(),
                 })
                 .collect(),
             domains: t
@@ -1093,6 +1210,15 @@ impl Container {
     }
 }
 
+/// What one locked pass of an unmap decided.
+enum UnmapStep {
+    /// Finished: the bytes unmapped (or invalidated).
+    Done(u64),
+    /// The mapping `(iova, size)` is pinned externally: notify the devices
+    /// and try again.
+    Notify(u64, u64),
+}
+
 /// A mapping as `inspect` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MappingView {
@@ -1104,6 +1230,8 @@ pub struct MappingView {
     pub vaddr_invalid: bool,
     pub iommu_mapped: bool,
     pub locked_pages: u64,
+    /// Pages pinned through the external API (mediated devices).
+    pub external_pinned_pages: u64,
 }
 
 /// A domain as `inspect` shows it.
@@ -1152,6 +1280,12 @@ fn attach_devices(
 }
 
 fn detach_devices(unit: &Arc<dyn IommuUnit>, group: &Group) {
+    // A domain may be shared by groups behind different units: each group
+    // leaves through its own unit, not the one the domain was made on.
+    let unit = match &group.kind {
+        GroupKind::Iommu(own) => own,
+        GroupKind::Emulated => unit,
+    };
     for rid in group.devices.iter().filter_map(|d| d.rid) {
         unit.detach_device(rid);
     }
@@ -1170,6 +1304,16 @@ fn unmap_all_of(domain: &dyn DomainOps, iova: u64, size: u64) {
             done += n;
         }
     }
+}
+
+/// A fresh dirty bitmap of `dma` with its externally pinned pages set.
+fn pinned_bitmap(dma: &Dma, pgsize: u64) -> Vec<u64> {
+    let mut bits = dirty::new_bitmap(dma.size / pgsize);
+    let pgshift = pgsize.trailing_zeros();
+    for page in dma.ext_pins.pages() {
+        dirty::set_bit(&mut bits, (page * PAGE_SIZE) >> pgshift);
+    }
+    bits
 }
 
 fn update_pgsize_bitmap(t: &mut Type1) {

@@ -38,6 +38,14 @@ pub trait VfioDeviceModel: Send + Sync {
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<usize, i32>;
     /// `VFIO_DEVICE_RESET`.
     fn reset(&self) -> Result<(), i32>;
+    /// The container of the device's group, given at first open (before
+    /// `open_device`) and taken back with `None` after the last close (after
+    /// `close_device`). A mediated device pins and reads memory through it
+    /// (Linux: `vfio_device->group->container`); devices behind an IOMMU
+    /// ignore it.
+    fn attach_container(&self, container: Option<std::sync::Arc<crate::Container>>) {
+        let _ = container;
+    }
     /// First open of the device fd (`open_device`).
     fn open_device(&self) {}
     /// Last close of the device fd (`close_device`): stop DMA, drop pins.

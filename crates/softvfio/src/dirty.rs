@@ -27,6 +27,24 @@ pub fn verify_bitmap_size(npages: u64, bitmap_size: u64) -> Result<()> {
     Ok(())
 }
 
+/// The largest per-mapping bitmap: the kernel allocates each with
+/// `kvzalloc`, which refuses more than `INT_MAX` bytes (ENOMEM).
+pub const MAPPING_BITMAP_BYTES_MAX: u64 = i32::MAX as u64;
+
+/// Refuses (ENOMEM) a per-mapping bitmap of `nbits` bits larger than
+/// [`MAPPING_BITMAP_BYTES_MAX`], before anything is allocated. A mapping
+/// of an emulated-only container pins nothing at map time, so its size is
+/// not bounded by memory: without this check its bitmap could be sized
+/// from the user's request.
+pub fn check_bitmap_alloc(nbits: u64) -> Result<()> {
+    if bitmap_bytes(nbits) > MAPPING_BITMAP_BYTES_MAX {
+        return Err(VfioError::NoMem(format!(
+            "a dirty bitmap of {nbits} pages is larger than {MAPPING_BITMAP_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// A zeroed bitmap of `nbits` bits.
 pub fn new_bitmap(nbits: u64) -> Vec<u64> {
     vec![0; nbits.div_ceil(64) as usize]
@@ -62,6 +80,35 @@ pub fn count(bits: &[u64], nbits: u64) -> u64 {
     (0..nbits).filter(|&n| test_bit(bits, n)).count() as u64
 }
 
+/// The first `nbits` bits of `bits`, moved up by `shift` (< 64) bits, in
+/// `words` words (a word at a time, not a bit at a time: bitmaps of large
+/// mappings have millions of bits).
+fn shift_words(bits: &[u64], nbits: u64, shift: u32, words: usize) -> Vec<u64> {
+    let mut out = vec![0u64; words];
+    let full = (nbits / 64) as usize;
+    let rest = nbits % 64;
+    let word = |i: usize| -> u64 {
+        let w = bits.get(i).copied().unwrap_or(0);
+        if i < full {
+            w
+        } else if i == full && rest != 0 {
+            w & ((1u64 << rest) - 1)
+        } else {
+            0
+        }
+    };
+    for (i, o) in out.iter_mut().enumerate() {
+        let lo = word(i) << shift;
+        let carry = if shift != 0 && i > 0 {
+            word(i - 1) >> (64 - shift)
+        } else {
+            0
+        };
+        *o = lo | carry;
+    }
+    out
+}
+
 /// Writes a mapping's `nbits` dirty bits into the user bitmap at `user_data`
 /// starting at bit `bit_offset` (type1's `update_user_bitmap`): when the
 /// mapping does not start on a word boundary the word already in user memory
@@ -74,15 +121,10 @@ pub fn copy_to_user(
     bit_offset: u64,
 ) -> Result<()> {
     let copy_offset = bit_offset / 64;
-    let shift = bit_offset % 64;
-    let total_bits = nbits + shift;
+    let shift = (bit_offset % 64) as u32;
+    let total_bits = nbits + u64::from(shift);
     let words = total_bits.div_ceil(64) as usize;
-    let mut out = vec![0u64; words];
-    for n in 0..nbits {
-        if test_bit(bits, n) {
-            set_bit(&mut out, n + shift);
-        }
-    }
+    let mut out = shift_words(bits, nbits, shift, words);
     let addr = user_data
         .checked_add(copy_offset * 8)
         .ok_or(VfioError::Fault)?;
@@ -118,6 +160,27 @@ mod tests {
                 .errno(),
             libc::EINVAL
         );
+    }
+
+    #[test]
+    fn shift_words_matches_bit_by_bit() {
+        let bits = vec![0xdead_beef_0123_4567u64, 0xffff_0000_ffff_0000, 0x5];
+        for nbits in [1u64, 63, 64, 65, 130, 131] {
+            for shift in [0u32, 1, 17, 63] {
+                let words = (nbits + u64::from(shift)).div_ceil(64) as usize;
+                let mut want = vec![0u64; words];
+                for n in 0..nbits {
+                    if test_bit(&bits, n) {
+                        set_bit(&mut want, n + u64::from(shift));
+                    }
+                }
+                assert_eq!(
+                    shift_words(&bits, nbits, shift, words),
+                    want,
+                    "nbits {nbits} shift {shift}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use crate::external::PinTracker;
 use crate::iommu::Prot;
 
 /// One `VFIO_IOMMU_MAP_DMA` mapping.
@@ -22,10 +23,14 @@ pub struct Dma {
     /// Where the pinned pages are in the user address space (what the IOMMU
     /// points at); `vaddr` may differ after a vaddr update.
     pub pinned_vaddr: u64,
-    /// Pages accounted against RLIMIT_MEMLOCK for this mapping.
+    /// Pages accounted against RLIMIT_MEMLOCK for this mapping: all of
+    /// them while `iommu_mapped`, else those pinned externally.
     pub locked_pages: u64,
     /// Dirty bitmap (one bit per smallest IOMMU page) while tracking is on.
     pub bitmap: Option<Vec<u64>>,
+    /// Pages pinned through the external API (mediated devices), with
+    /// their pin counts, by page offset in the mapping.
+    pub ext_pins: PinTracker,
 }
 
 impl Dma {
@@ -118,9 +123,13 @@ impl DmaTree {
         Some(found)
     }
 
-    /// Iovas of mappings from `first` upwards, in order.
-    pub fn keys_from(&self, first: u64) -> Vec<u64> {
-        self.map.range(first..).map(|(k, _)| *k).collect()
+    /// Iovas of mappings from `first` upwards that start below `end`, in
+    /// order (bounded: an unmap touches only what it covers).
+    pub fn keys_between(&self, first: u64, end: u128) -> impl Iterator<Item = u64> + '_ {
+        self.map
+            .range(first..)
+            .map(|(k, _)| *k)
+            .take_while(move |k| u128::from(*k) < end)
     }
 
     /// Iovas of mappings whose first byte is in `start..start + size`.
@@ -150,6 +159,7 @@ mod tests {
             pinned_vaddr: 0,
             locked_pages: 0,
             bitmap: None,
+            ext_pins: PinTracker::new(),
         }
     }
 

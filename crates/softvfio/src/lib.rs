@@ -7,7 +7,9 @@
 //!   ([`account`]) and dirty tracking ([`dirty`]);
 //! - [`memory`]: the user address space the mappings pin;
 //! - [`iommu`]: the IOMMU hardware the mappings are written to;
-//! - [`device`]: device models as their VFIO device fd shows them.
+//! - [`device`]: device models as their VFIO device fd shows them;
+//! - [`external`]: the pinning API of mediated devices (`vfio_pin_pages`,
+//!   `vfio_dma_rw`, the unmap notifier) and its compact pin tracking.
 
 pub mod account;
 pub mod container;
@@ -15,10 +17,12 @@ pub mod device;
 pub mod dirty;
 pub mod dma;
 pub mod error;
+pub mod external;
 pub mod frontend;
 pub mod iommu;
 pub mod iova;
 pub mod memory;
+pub mod pasid;
 pub mod platform;
 pub mod testing;
 pub mod uapi;

@@ -13,6 +13,9 @@ use crate::iommu::{DomainOps, IommuError, IommuUnit, Prot, ResvKind, ResvRegion}
 use crate::memory::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory, PAGE_SIZE};
 use crate::platform::{Device, Group, GroupKind, Platform};
 
+pub mod inject;
+pub mod model;
+
 /// Memory at `[base, base + len)`, all readable and writable.
 pub struct VecMemory {
     base: u64,
@@ -382,4 +385,21 @@ pub fn reference_platform(unit: Arc<dyn IommuUnit>) -> Platform {
     let mut p = Platform::new();
     p.add_group(iommu_group(3, 0x18, unit, Vec::new()));
     p
+}
+
+/// A group of one [`NullDevice`] (requester id `rid`) behind the VT-d model
+/// `iommu`, as integration tests, stress tests and fuzz targets use it.
+pub fn vtd_group(id: u32, rid: u16, iommu: &Arc<soft_iommu::Iommu>) -> Arc<Group> {
+    let unit: Arc<dyn IommuUnit> = Arc::new(crate::iommu::vtd::VtdUnit::new(iommu.clone()));
+    let name = format!("0000:00:{:02x}.{}", rid >> 3, rid & 7);
+    Arc::new(Group {
+        id,
+        kind: GroupKind::Iommu(unit),
+        devices: vec![Arc::new(Device {
+            name: name.clone(),
+            rid: Some(rid),
+            model: Arc::new(NullDevice(name)),
+        })],
+        extra_reserved: Vec::new(),
+    })
 }

@@ -31,7 +31,14 @@ use crate::device::REGION_OFFSET_SHIFT;
 use crate::dirty::verify_bitmap_size;
 use crate::error::{Result, VfioError};
 use crate::memory::UserMemory;
-use crate::platform::{Device, Group, Platform};
+use crate::pasid::{
+    iommu_svm_tlb_invalidate_info, SvmRelease, INVALIDATE_INFO_MINSZ, PASID_LIMIT,
+    PASID_TABLE_INFO_MINSZ, VFIO_DEVICE_BIND_TASK, VFIO_DEVICE_FLAGS_SVM, VFIO_DEVICE_SVM,
+    VFIO_DEVICE_UNBIND_TASK, VFIO_SVM_BIND_PASIDTP, VFIO_SVM_DEV_PASID_RELEASE_CLEAN,
+    VFIO_SVM_DEV_PASID_RELEASE_FLUSHED, VFIO_SVM_PASID_RELEASE_CLEAN,
+    VFIO_SVM_PASID_RELEASE_FLUSHED, VFIO_SVM_PASSDOWN_INVALIDATE,
+};
+use crate::platform::{Device, Group, GroupKind, Platform};
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + n)`: VFIO ioctls carry no size or direction.
 pub const fn vfio_io(n: u64) -> u64 {
@@ -281,6 +288,11 @@ impl Vfio {
             if *n == 0 {
                 st.device_opens.remove(&file.device.name);
                 file.device.model.close_device();
+                file.device.model.attach_container(None);
+                // Shared virtual memory bonds end with the last close.
+                if let (GroupKind::Iommu(unit), Some(rid)) = (&file.group.kind, file.device.rid) {
+                    unit.release_pasids(rid);
+                }
             }
         }
         if st.open_devices == 0 && !st.file_open {
@@ -532,13 +544,14 @@ impl Vfio {
                     .ok_or(VfioError::NoDevice)?;
                 let mut groups = self.groups();
                 let st = groups.entry(id).or_default();
-                match &st.container {
-                    Some(c) if c.iommu_set() => {}
+                let container = match &st.container {
+                    Some(c) if c.iommu_set() => c.clone(),
                     _ => return Err(VfioError::Invalid("group has no container with an IOMMU")),
-                }
+                };
                 let opens = st.device_opens.entry(device.name.clone()).or_insert(0);
                 *opens += 1;
                 if *opens == 1 {
+                    device.model.attach_container(Some(container));
                     device.model.open_device();
                 }
                 st.open_devices += 1;
@@ -577,7 +590,12 @@ impl Vfio {
                     minsz = capsz;
                     w.put_u32(offset_of!(vfio_device_info, cap_offset), 0);
                 }
-                w.put_u32(offset_of!(vfio_device_info, flags), model.flags());
+                let svm = if svm_unit(file).is_ok() {
+                    VFIO_DEVICE_FLAGS_SVM
+                } else {
+                    0
+                };
+                w.put_u32(offset_of!(vfio_device_info, flags), model.flags() | svm);
                 w.put_u32(
                     offset_of!(vfio_device_info, num_regions),
                     model.num_regions(),
@@ -622,7 +640,105 @@ impl Vfio {
                 Ok(0)
             }
             VFIO_DEVICE_RESET => model.reset().map(|()| 0).map_err(VfioError::Errno),
+            VFIO_DEVICE_BIND_TASK => self.svm_bind_task(file, arg, user).map(|()| 0),
+            VFIO_DEVICE_UNBIND_TASK => self.svm_unbind_task(file, arg, user).map(|()| 0),
+            VFIO_DEVICE_SVM => self.device_svm(file, arg, user).map(|()| 0),
             _ => Err(VfioError::NoTty),
+        }
+    }
+
+    // ---- shared virtual memory (crate::pasid, docs/SVM.md) -----------------
+
+    /// `VFIO_DEVICE_BIND_TASK`: binds the caller's address space; writes
+    /// the PASID back. Nothing stays bound when the copy-out fails.
+    fn svm_bind_task(&self, file: &DeviceFile, arg: u64, user: &dyn UserMemory) -> Result<()> {
+        let minsz = size_of::<crate::pasid::vfio_device_svm>();
+        let mut w = Wire::read(user, arg, minsz)?;
+        if (w.u32_at(offset_of!(crate::pasid::vfio_device_svm, argsz)) as usize) < minsz {
+            return Err(VfioError::Invalid("argsz too small"));
+        }
+        if w.u32_at(offset_of!(crate::pasid::vfio_device_svm, flags)) != 0 {
+            return Err(VfioError::Invalid("unknown flags"));
+        }
+        let (unit, rid) = svm_unit(file)?;
+        let mem = user.svm_view().ok_or(VfioError::NoDevice)?;
+        let pasid = unit.bind_pasid(rid, mem)?;
+        w.put_u32(offset_of!(crate::pasid::vfio_device_svm, pasid), pasid);
+        if let Err(e) = w.write_back(user, arg, minsz) {
+            let _ = unit.unbind_pasid(rid, pasid, SvmRelease::Clean);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `VFIO_DEVICE_UNBIND_TASK`: ENOENT when the PASID is not bound.
+    fn svm_unbind_task(&self, file: &DeviceFile, arg: u64, user: &dyn UserMemory) -> Result<()> {
+        let minsz = size_of::<crate::pasid::vfio_device_svm>();
+        let w = Wire::read(user, arg, minsz)?;
+        if (w.u32_at(offset_of!(crate::pasid::vfio_device_svm, argsz)) as usize) < minsz {
+            return Err(VfioError::Invalid("argsz too small"));
+        }
+        let flags = w.u32_at(offset_of!(crate::pasid::vfio_device_svm, flags));
+        if flags & !(VFIO_SVM_PASID_RELEASE_FLUSHED | VFIO_SVM_PASID_RELEASE_CLEAN) != 0 {
+            return Err(VfioError::Invalid("unknown flags"));
+        }
+        let pasid = w.u32_at(offset_of!(crate::pasid::vfio_device_svm, pasid));
+        if pasid >= PASID_LIMIT {
+            return Err(VfioError::Invalid("PASID beyond 20 bits"));
+        }
+        let (unit, rid) = svm_unit(file)?;
+        let release = SvmRelease::from_bits(
+            flags & VFIO_SVM_PASID_RELEASE_FLUSHED != 0,
+            flags & VFIO_SVM_PASID_RELEASE_CLEAN != 0,
+        );
+        unit.unbind_pasid(rid, pasid, release)
+    }
+
+    /// `VFIO_DEVICE_SVM`: exactly one operation per call: BIND_PASIDTP,
+    /// PASSDOWN_INVALIDATE, or a release (FLUSHED and/or CLEAN) that
+    /// unbinds the guest PASID table.
+    fn device_svm(&self, file: &DeviceFile, arg: u64, user: &dyn UserMemory) -> Result<()> {
+        use crate::pasid::vfio_device_svm_hdr as Hdr;
+        let minsz = size_of::<Hdr>();
+        let w = Wire::read(user, arg, minsz)?;
+        let argsz = u64::from(w.u32_at(offset_of!(Hdr, argsz)));
+        if argsz < minsz as u64 {
+            return Err(VfioError::Invalid("argsz too small"));
+        }
+        let flags = w.u32_at(offset_of!(Hdr, flags));
+        let length = u64::from(w.u32_at(offset_of!(Hdr, length)));
+        if argsz < minsz as u64 + length {
+            return Err(VfioError::Invalid("argsz smaller than the header and data"));
+        }
+        let release = VFIO_SVM_DEV_PASID_RELEASE_FLUSHED | VFIO_SVM_DEV_PASID_RELEASE_CLEAN;
+        let data_at = arg + minsz as u64;
+        match flags {
+            VFIO_SVM_BIND_PASIDTP => {
+                if length < PASID_TABLE_INFO_MINSZ as u64 {
+                    return Err(VfioError::Invalid("pasid_table_info too short"));
+                }
+                let d = Wire::read(user, data_at, PASID_TABLE_INFO_MINSZ)?;
+                let ptr = d.u64_at(offset_of!(crate::pasid::pasid_table_info, ptr));
+                let size = d.u32_at(offset_of!(crate::pasid::pasid_table_info, size));
+                let (unit, rid) = svm_unit(file)?;
+                unit.bind_pasid_table(rid, ptr, size)
+            }
+            VFIO_SVM_PASSDOWN_INVALIDATE => {
+                if length < INVALIDATE_INFO_MINSZ as u64 {
+                    return Err(VfioError::Invalid("invalidate info too short"));
+                }
+                let d = Wire::read(user, data_at, INVALIDATE_INFO_MINSZ)?;
+                let info = iommu_svm_tlb_invalidate_info::from_bytes(&d.0)
+                    .ok_or(VfioError::Invalid("invalidate info too short"))?;
+                let inv = info.validate()?;
+                let (unit, rid) = svm_unit(file)?;
+                unit.invalidate(rid, inv)
+            }
+            f if f != 0 && f & !release == 0 => {
+                let (unit, rid) = svm_unit(file)?;
+                unit.unbind_pasid_table(rid)
+            }
+            _ => Err(VfioError::Invalid("flags")),
         }
     }
 
@@ -667,6 +783,19 @@ impl Vfio {
             .region_write(index, off, &data)
             .map_err(VfioError::Errno)?;
         Ok(n as i64)
+    }
+}
+
+/// The IOMMU unit and requester id of a device that can do shared virtual
+/// memory: the model supports it and its unit translates PASIDs. ENODEV
+/// otherwise.
+fn svm_unit(file: &DeviceFile) -> Result<(&Arc<dyn crate::iommu::IommuUnit>, u16)> {
+    let GroupKind::Iommu(unit) = &file.group.kind else {
+        return Err(VfioError::NoDevice);
+    };
+    match file.device.rid {
+        Some(rid) if file.device.model.supports_svm() && unit.supports_pasid() => Ok((unit, rid)),
+        _ => Err(VfioError::NoDevice),
     }
 }
 

@@ -142,4 +142,41 @@ pub trait IommuUnit: Send + Sync {
     fn detach_device(&self, rid: u16);
     /// Reserved regions of the device (the MSI window on x86).
     fn reserved_regions(&self, rid: u16) -> Vec<ResvRegion>;
+
+    // ---- shared virtual memory (see crate::pasid and docs/SVM.md) ------------
+    // Units without PASID support keep the defaults: ENODEV.
+
+    /// Can the unit translate requests with PASID (bind, nested)?
+    fn supports_pasid(&self) -> bool {
+        false
+    }
+    /// Binds the process address space `mem` to device `rid`; returns the
+    /// PASID (20 bits, lowest free first).
+    fn bind_pasid(&self, _rid: u16, _mem: Arc<dyn UserMemory>) -> crate::Result<u32> {
+        Err(crate::VfioError::NoDevice)
+    }
+    /// Ends a bond; `release` says whether the PASID may be reused.
+    fn unbind_pasid(
+        &self,
+        _rid: u16,
+        _pasid: u32,
+        _release: crate::pasid::SvmRelease,
+    ) -> crate::Result<()> {
+        Err(crate::VfioError::NoDevice)
+    }
+    /// Binds a guest PASID table: `size` entries at IOVA `ptr` of the
+    /// device's domain.
+    fn bind_pasid_table(&self, _rid: u16, _ptr: u64, _size: u32) -> crate::Result<()> {
+        Err(crate::VfioError::NoDevice)
+    }
+    /// Unbinds the device's guest PASID table.
+    fn unbind_pasid_table(&self, _rid: u16) -> crate::Result<()> {
+        Err(crate::VfioError::NoDevice)
+    }
+    /// A guest invalidation passed down.
+    fn invalidate(&self, _rid: u16, _inv: crate::pasid::SvmInvalidate) -> crate::Result<()> {
+        Err(crate::VfioError::NoDevice)
+    }
+    /// The device fd closed: every bond and guest table of `rid` ends.
+    fn release_pasids(&self, _rid: u16) {}
 }

@@ -209,6 +209,84 @@ impl IommuUnit for VtdUnit {
             })
             .collect()
     }
+
+    fn supports_pasid(&self) -> bool {
+        true
+    }
+
+    fn bind_pasid(&self, rid: u16, mem: Arc<dyn UserMemory>) -> crate::Result<u32> {
+        self.iommu
+            .bind_pasid(rid, Arc::new(UserPhysMemory::new(mem)))
+            .map_err(to_svm_error)
+    }
+
+    fn unbind_pasid(
+        &self,
+        rid: u16,
+        pasid: u32,
+        release: crate::pasid::SvmRelease,
+    ) -> crate::Result<()> {
+        use crate::pasid::SvmRelease;
+        let release = match release {
+            SvmRelease::Retire => soft_iommu::PasidRelease::Retire,
+            SvmRelease::Flushed => soft_iommu::PasidRelease::Flushed,
+            SvmRelease::Clean => soft_iommu::PasidRelease::Clean,
+        };
+        self.iommu
+            .unbind_pasid(rid, pasid, release)
+            .map_err(to_svm_error)
+    }
+
+    fn bind_pasid_table(&self, rid: u16, ptr: u64, size: u32) -> crate::Result<()> {
+        self.iommu
+            .bind_guest_pasid_table(rid, ptr, size)
+            .map_err(to_svm_error)
+    }
+
+    fn unbind_pasid_table(&self, rid: u16) -> crate::Result<()> {
+        self.iommu
+            .unbind_guest_pasid_table(rid)
+            .map_err(to_svm_error)
+    }
+
+    fn invalidate(&self, rid: u16, inv: crate::pasid::SvmInvalidate) -> crate::Result<()> {
+        use crate::pasid::SvmGranularity;
+        let granularity = match inv.granularity {
+            SvmGranularity::Global => soft_iommu::Granularity::Global,
+            SvmGranularity::Pasid(p) => soft_iommu::Granularity::Pasid(p),
+            SvmGranularity::Page { pasid, addr, size } => {
+                soft_iommu::Granularity::Page { pasid, addr, size }
+            }
+        };
+        self.iommu
+            .invalidate_nested(
+                rid,
+                soft_iommu::NestedInvalidation {
+                    iotlb: inv.iotlb,
+                    pasid_cache: inv.pasid_cache,
+                    granularity,
+                },
+            )
+            .map_err(to_svm_error)
+    }
+
+    fn release_pasids(&self, rid: u16) {
+        self.iommu.release_pasids(rid);
+    }
+}
+
+/// PASID errors as the engine's (see docs/SVM.md for the errno table).
+fn to_svm_error(e: soft_iommu::PasidError) -> crate::VfioError {
+    use crate::VfioError;
+    use soft_iommu::PasidError as E;
+    match e {
+        E::NoDevice(_) => VfioError::NoDevice,
+        E::Busy(what) => VfioError::Busy(what),
+        E::NoSpace => VfioError::NoSpace,
+        E::NotBound(_) => VfioError::NoEntry,
+        E::Invalid(what) => VfioError::Invalid(what),
+        E::TableNotMapped { .. } => VfioError::Fault,
+    }
 }
 
 #[cfg(test)]

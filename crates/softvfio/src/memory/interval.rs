@@ -253,6 +253,18 @@ impl PinCounts {
                 continue;
             };
             let run_end = if seg.page_size > base_page {
+                let ps = seg.page_size;
+                // Every huge page wholly inside this segment and the range
+                // is a step of its own, but they all go with one update:
+                // stepping page by page split the segment once a page.
+                let whole = seg.end.min(end) / ps * ps;
+                if whole > cur + ps - cur % ps {
+                    let steps = (whole - (cur - cur % ps)) / ps;
+                    self.remove(cur, whole, |a, b| freed(a, b, ps), &mut missing);
+                    ops += steps;
+                    cur = whole;
+                    continue;
+                }
                 (cur - cur % seg.page_size + seg.page_size).min(end)
             } else {
                 self.stretch_end(cur, end, base_page)

@@ -136,4 +136,12 @@ pub trait UserMemory: Send + Sync {
 
     /// Short name for reports ("host pid 1234", "sim").
     fn describe(&self) -> String;
+
+    /// Another handle on the same address space for shared virtual memory
+    /// (`VFIO_DEVICE_BIND_TASK`): only `read`/`write` are used through it
+    /// (DMA faults pages in on demand; nothing is pinned). `None` when the
+    /// backend cannot be shared (bind then fails with ENODEV).
+    fn svm_view(&self) -> Option<Arc<dyn UserMemory>> {
+        None
+    }
 }

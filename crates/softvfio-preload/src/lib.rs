@@ -1,0 +1,545 @@
+//! `libsoftvfio_preload.so`: the LD_PRELOAD front end of softvfio.
+//!
+//! Loaded into a dynamically linked program (`LD_PRELOAD`, or
+//! `softvfio run --mode preload`), it serves the program's VFIO files inside
+//! the program itself, with the same [`softvfio::frontend::Session`] as the
+//! ptrace supervisor of `softvfio run`:
+//!
+//! - `open`, `open64`, `openat`, `openat64` and the fortified `__open_2`,
+//!   `__open64_2`, `__openat_2`, `__openat64_2` of `/dev/vfio/vfio` and
+//!   `/dev/vfio/<group>` open a container or a group; the program gets a
+//!   real descriptor (an eventfd), so that `close`, `dup` and `poll` behave;
+//! - `ioctl`, `pread`/`pread64`, `pwrite`/`pwrite64` on those descriptors
+//!   go to the engine (a device fd from `VFIO_GROUP_GET_DEVICE_FD` is a new
+//!   eventfd, with `O_CLOEXEC` as in the kernel);
+//! - `close`, `dup`, `dup2`, `dup3` and `fcntl(F_DUPFD[_CLOEXEC])` (and
+//!   `fcntl64`) keep the descriptor table; the last close of an object
+//!   releases it;
+//! - `open`/`fopen` of `/proc/self/status` (and `/proc/<own pid>/status`)
+//!   serve a copy in which `VmLck` shows type1's locked-memory accounting
+//!   instead of the mlocks that keep pinned pages resident.
+//!
+//! Everything else goes to the next definition (`dlsym(RTLD_NEXT)`).
+//! The engine's own calls (it reads `/proc/self/maps`, the configuration
+//! file...) come back through these functions; a thread-local "inside
+//! softvfio" flag passes them straight on.
+//!
+//! User memory is this process's ([`softvfio::memory::host::HostMemory`],
+//! read with `process_vm_readv`, so a bad pointer is `EFAULT`, not a
+//! crash). The platform is the file named by `SOFTVFIO_CONFIG`, or the
+//! reference platform. At exit, a process that opened VFIO files (or the
+//! program `softvfio run` started) prints the end report of `softvfio run`
+//! on stderr, unless `SOFTVFIO_QUIET` is set.
+//!
+//! Limits: only calls through libc's exported functions are seen (not raw
+//! `syscall(2)`, not libc-internal opens); a descriptor closed behind
+//! libc's back (`close_range`, `syscall(SYS_close)`) stays in the table
+//! until its number is reused by an open.
+
+use std::cell::Cell;
+use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+
+use libc::{off_t, size_t, ssize_t, FILE};
+
+mod real;
+mod state;
+
+use real::Next;
+use state::{with_existing, with_state, OpenOutcome, TRACKED};
+
+thread_local! {
+    static INSIDE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as running softvfio code: calls it makes into the
+/// interposed functions pass straight through.
+pub(crate) struct Inside(());
+
+impl Inside {
+    /// `None` when this thread is already inside (or is being torn down).
+    pub(crate) fn enter() -> Option<Self> {
+        INSIDE
+            .try_with(|c| {
+                if c.get() {
+                    None
+                } else {
+                    c.set(true);
+                    Some(Inside(()))
+                }
+            })
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        let _ = INSIDE.try_with(|c| c.set(false));
+    }
+}
+
+/// The program's own call, to pass on to the next definition.
+struct Pass<F>(F);
+
+impl<R, F: FnOnce() -> R> Pass<F> {
+    fn call(self) -> R {
+        let _out = Passing::new();
+        (self.0)()
+    }
+}
+
+/// Runs a hook body: inside softvfio (a call softvfio itself made) the
+/// plain call runs instead; a panic in softvfio fails the call with `EIO`
+/// and never unwinds into C.
+fn hook<R, F: FnOnce() -> R>(failed: R, pass: F, body: impl FnOnce(Pass<F>) -> R) -> R {
+    let Some(inside) = Inside::enter() else {
+        return pass();
+    };
+    let res = catch_unwind(AssertUnwindSafe(|| body(Pass(pass))));
+    drop(inside);
+    res.unwrap_or_else(|_| {
+        real::set_errno(libc::EIO);
+        failed
+    })
+}
+
+/// Leaves "inside" while the program's own call is passed on (so that, for
+/// example, an `open` forwarded to another preloaded library that calls
+/// `open` again is seen as the program's).
+struct Passing(bool);
+
+impl Passing {
+    fn new() -> Self {
+        Passing(INSIDE.try_with(|c| c.replace(false)).unwrap_or(false))
+    }
+}
+
+impl Drop for Passing {
+    fn drop(&mut self) {
+        let was = self.0;
+        let _ = INSIDE.try_with(|c| c.set(was));
+    }
+}
+
+/// The path argument of an open, when it is one we may serve: absolute,
+/// valid UTF-8.
+fn path_of(path: *const c_char) -> Option<&'static str> {
+    if path.is_null() {
+        return None;
+    }
+    // SAFETY: open's path argument is a NUL-terminated string that outlives
+    // the call; the reference does not escape the hook.
+    let s = unsafe { CStr::from_ptr(path) };
+    s.to_str().ok().filter(|p| p.starts_with('/'))
+}
+
+/// Is `path` this process's `/proc/.../status`?
+fn is_own_status(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/proc/") else {
+        return false;
+    };
+    let pid = std::process::id().to_string();
+    let rest = rest
+        .strip_prefix("self/")
+        .or_else(|| rest.strip_prefix("thread-self/"))
+        .or_else(|| rest.strip_prefix(&pid).and_then(|r| r.strip_prefix('/')));
+    match rest {
+        Some("status") => true,
+        Some(r) => r
+            .strip_prefix("task/")
+            .and_then(|r| r.strip_suffix("/status"))
+            .is_some_and(|tid| tid.parse::<u32>().is_ok()),
+        None => false,
+    }
+}
+
+/// A rewritten status file as a memfd, when a session exists.
+fn status_fd(cloexec: bool) -> Option<Result<c_int, c_int>> {
+    let text = with_existing(|st| st.status_text())??;
+    Some(real::memfd_with(text.as_bytes(), cloexec))
+}
+
+fn fail<T: From<i8>>(e: c_int) -> T {
+    real::set_errno(e);
+    T::from(-1)
+}
+
+/// The common part of every open: serve VFIO paths and our status file;
+/// else pass on, and drop a stale table entry for the number it returns.
+fn do_open(path: *const c_char, flags: c_int, pass: Pass<impl FnOnce() -> c_int>) -> c_int {
+    let saved = real::errno();
+    let cloexec = flags & libc::O_CLOEXEC != 0;
+    if let Some(p) = path_of(path) {
+        if p.starts_with("/dev/vfio/") {
+            match with_state(|st| st.open(p, cloexec)) {
+                Ok(OpenOutcome::NotOurs) => {}
+                Ok(OpenOutcome::Fd(fd)) => {
+                    real::set_errno(saved);
+                    return fd;
+                }
+                Ok(OpenOutcome::Error(e)) | Err(e) => return fail(e),
+            }
+        } else if is_own_status(p) {
+            match status_fd(cloexec) {
+                None => {}
+                Some(Ok(fd)) => {
+                    real::set_errno(saved);
+                    return fd;
+                }
+                Some(Err(e)) => return fail(e),
+            }
+        }
+    }
+    let fd = pass.call();
+    if fd >= 0 && TRACKED.load(Ordering::Relaxed) > 0 {
+        let e = real::errno();
+        with_existing(|st| st.forget(fd));
+        real::set_errno(e);
+    }
+    fd
+}
+
+/// Every open-family hook. Only absolute paths are served (relative ones
+/// are never VFIO's), so `openat`'s dirfd plays no part.
+fn open_hook(path: *const c_char, flags: c_int, pass: impl FnOnce() -> c_int) -> c_int {
+    hook(-1, pass, |pass| do_open(path, flags, pass))
+}
+
+// The variadic mode argument of open/openat is read as a plain third
+// (fourth) argument: on x86-64 and aarch64 Linux, variadic integer
+// arguments travel in the same registers as named ones (defining C-variadic
+// functions needs an unstable Rust feature). It is only meaningful with
+// O_CREAT/O_TMPFILE, and passed on unchanged.
+
+/// # Safety
+/// As libc's `open`.
+#[no_mangle]
+pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    open_hook(path, flags, || real::open(&real::OPEN, path, flags, mode))
+}
+
+/// # Safety
+/// As libc's `open64`.
+#[no_mangle]
+pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    open_hook(path, flags, || real::open(&real::OPEN64, path, flags, mode))
+}
+
+/// # Safety
+/// As libc's `openat`.
+#[no_mangle]
+pub unsafe extern "C" fn openat(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: c_uint,
+) -> c_int {
+    open_hook(path, flags, || {
+        real::openat(&real::OPENAT, dirfd, path, flags, mode)
+    })
+}
+
+/// # Safety
+/// As libc's `openat64`.
+#[no_mangle]
+pub unsafe extern "C" fn openat64(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: c_uint,
+) -> c_int {
+    open_hook(path, flags, || {
+        real::openat(&real::OPENAT64, dirfd, path, flags, mode)
+    })
+}
+
+/// # Safety
+/// As glibc's `__open_2` (fortified `open` without a mode).
+#[no_mangle]
+pub unsafe extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
+    open_hook(path, flags, || real::open_2(&real::OPEN_2, path, flags))
+}
+
+/// # Safety
+/// As glibc's `__open64_2`.
+#[no_mangle]
+pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
+    open_hook(path, flags, || real::open_2(&real::OPEN64_2, path, flags))
+}
+
+/// # Safety
+/// As glibc's `__openat_2`.
+#[no_mangle]
+pub unsafe extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    open_hook(path, flags, || {
+        real::openat_2(&real::OPENAT_2, dirfd, path, flags)
+    })
+}
+
+/// # Safety
+/// As glibc's `__openat64_2`.
+#[no_mangle]
+pub unsafe extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    open_hook(path, flags, || {
+        real::openat_2(&real::OPENAT64_2, dirfd, path, flags)
+    })
+}
+
+/// `fopen` of our status file: libc's own `fopen` opens with an internal
+/// call this library cannot see, so it is served here.
+fn fopen_hook(next: &'static Next, path: *const c_char, mode: *const c_char) -> *mut FILE {
+    let pass = || real::fopen(next, path, mode);
+    hook(std::ptr::null_mut(), pass, |pass| {
+        if !path_of(path).is_some_and(is_own_status) {
+            return pass.call();
+        }
+        // fopen's "e" flag asks for O_CLOEXEC.
+        let cloexec = !mode.is_null() && {
+            // SAFETY: fopen's mode is a NUL-terminated string.
+            let m = unsafe { CStr::from_ptr(mode) };
+            m.to_bytes().contains(&b'e')
+        };
+        match status_fd(cloexec) {
+            None => pass.call(),
+            Some(Ok(fd)) => {
+                let f = real::fdopen(fd, mode);
+                if f.is_null() {
+                    let e = real::errno();
+                    real::close_own(fd);
+                    real::set_errno(e);
+                }
+                f
+            }
+            Some(Err(e)) => {
+                real::set_errno(e);
+                std::ptr::null_mut()
+            }
+        }
+    })
+}
+
+/// # Safety
+/// As libc's `fopen`.
+#[no_mangle]
+pub unsafe extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut FILE {
+    fopen_hook(&real::FOPEN, path, mode)
+}
+
+/// # Safety
+/// As libc's `fopen64`.
+#[no_mangle]
+pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut FILE {
+    fopen_hook(&real::FOPEN64, path, mode)
+}
+
+/// The object behind `fd` when it is one of ours (cheap when we have none).
+fn ours(fd: c_int) -> Option<u64> {
+    if TRACKED.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    with_existing(|st| st.key_of(fd)).flatten()
+}
+
+/// # Safety
+/// As libc's `ioctl`; the third argument is read as an unsigned long (an
+/// integer or a pointer, as every VFIO ioctl takes).
+#[no_mangle]
+pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
+    let pass = || real::ioctl(fd, request, arg);
+    hook(-1, pass, |pass| {
+        let Some(key) = ours(fd) else {
+            return pass.call();
+        };
+        let saved = real::errno();
+        // The request is an unsigned int in the kernel.
+        let request = u64::from(request as u32);
+        // c_ulong is u64 here, u32 on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let arg = u64::from(arg);
+        match with_state(|st| st.ioctl(key, request, arg)) {
+            Ok(Ok(v)) => {
+                real::set_errno(saved);
+                c_int::try_from(v).unwrap_or(c_int::MAX)
+            }
+            Ok(Err(e)) | Err(e) => fail(e),
+        }
+    })
+}
+
+fn rw_hook(
+    fd: c_int,
+    buf: u64,
+    len: size_t,
+    off: off_t,
+    write: bool,
+    pass: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    hook(-1, pass, |pass| {
+        let Some(key) = ours(fd) else {
+            return pass.call();
+        };
+        if off < 0 {
+            return fail(libc::EINVAL);
+        }
+        let saved = real::errno();
+        let res = with_state(|st| {
+            if write {
+                st.pwrite(key, buf, len as u64, off as u64)
+            } else {
+                st.pread(key, buf, len as u64, off as u64)
+            }
+        });
+        match res {
+            Ok(Ok(n)) => {
+                real::set_errno(saved);
+                n as ssize_t
+            }
+            Ok(Err(e)) | Err(e) => fail(e),
+        }
+    })
+}
+
+/// # Safety
+/// As libc's `pread`.
+#[no_mangle]
+pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t {
+    rw_hook(fd, buf as u64, n, off, false, || {
+        real::pread(&real::PREAD, fd, buf, n, off)
+    })
+}
+
+/// # Safety
+/// As libc's `pread64`.
+#[no_mangle]
+pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t {
+    rw_hook(fd, buf as u64, n, off, false, || {
+        real::pread(&real::PREAD64, fd, buf, n, off)
+    })
+}
+
+/// # Safety
+/// As libc's `pwrite`.
+#[no_mangle]
+pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
+    rw_hook(fd, buf as u64, n, off, true, || {
+        real::pwrite(&real::PWRITE, fd, buf, n, off)
+    })
+}
+
+/// # Safety
+/// As libc's `pwrite64`.
+#[no_mangle]
+pub unsafe extern "C" fn pwrite64(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
+    rw_hook(fd, buf as u64, n, off, true, || {
+        real::pwrite(&real::PWRITE64, fd, buf, n, off)
+    })
+}
+
+/// # Safety
+/// As libc's `close`.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    let pass = || real::close(fd);
+    hook(-1, pass, |pass| {
+        if ours(fd).is_some() {
+            let saved = real::errno();
+            with_existing(|st| st.forget(fd));
+            real::set_errno(saved);
+        }
+        pass.call()
+    })
+}
+
+/// After a successful dup of `old` to `new`, the table follows.
+fn after_dup(old: c_int, new: c_int) {
+    if new < 0 || TRACKED.load(Ordering::Relaxed) == 0 || old == new {
+        return;
+    }
+    let e = real::errno();
+    with_existing(|st| st.dup_of(old, new));
+    real::set_errno(e);
+}
+
+/// # Safety
+/// As libc's `dup`.
+#[no_mangle]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    let pass = || real::dup(fd);
+    hook(-1, pass, |pass| {
+        let new = pass.call();
+        after_dup(fd, new);
+        new
+    })
+}
+
+/// # Safety
+/// As libc's `dup2`.
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    let pass = || real::dup2(old, new);
+    hook(-1, pass, |pass| {
+        let r = pass.call();
+        after_dup(old, r);
+        r
+    })
+}
+
+/// # Safety
+/// As libc's `dup3`.
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    let pass = || real::dup3(old, new, flags);
+    hook(-1, pass, |pass| {
+        let r = pass.call();
+        after_dup(old, r);
+        r
+    })
+}
+
+fn fcntl_hook(next: &'static Next, fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let pass = || real::fcntl(next, fd, cmd, arg);
+    hook(-1, pass, |pass| {
+        let r = pass.call();
+        if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+            after_dup(fd, r);
+        }
+        r
+    })
+}
+
+/// # Safety
+/// As libc's `fcntl`; the third argument is read as an unsigned long and
+/// passed on unchanged.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    fcntl_hook(&real::FCNTL, fd, cmd, arg)
+}
+
+/// # Safety
+/// As glibc's `fcntl64`.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    fcntl_hook(&real::FCNTL64, fd, cmd, arg)
+}
+
+/// At load: the program `softvfio run --mode preload` started reports at
+/// exit even if it opens nothing (as `softvfio run` does).
+/// `SOFTVFIO_PRELOAD_TOP` holds the pid of `softvfio run`: the process it
+/// started (and the programs that process execs) have it as parent; their
+/// children do not.
+extern "C" fn at_load() {
+    let _ = catch_unwind(|| {
+        let Some(mark) = std::env::var_os("SOFTVFIO_PRELOAD_TOP") else {
+            return;
+        };
+        if mark.to_str() == Some(std::os::unix::process::parent_id().to_string().as_str()) {
+            state::register_report();
+        }
+    });
+}
+
+#[used]
+#[link_section = ".init_array"]
+static AT_LOAD: extern "C" fn() = at_load;

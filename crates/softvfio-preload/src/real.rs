@@ -1,0 +1,296 @@
+//! The next definitions of the functions this library interposes (libc's,
+//! or another preloaded library's), found with `dlsym(RTLD_NEXT, ...)`, and
+//! the few system calls the library makes on its own behalf.
+
+use std::ffi::{c_char, c_int, c_ulong, c_void, CStr};
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use libc::{off_t, size_t, ssize_t, FILE};
+
+/// A symbol of the next object in the lookup order, resolved once.
+pub struct Next {
+    name: &'static CStr,
+    addr: AtomicPtr<c_void>,
+}
+
+impl Next {
+    pub const fn new(name: &'static CStr) -> Self {
+        Self {
+            name,
+            addr: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// The address of the next definition, or null when there is none.
+    fn get(&self) -> *mut c_void {
+        let a = self.addr.load(Ordering::Acquire);
+        if !a.is_null() {
+            return a;
+        }
+        // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name has no
+        // preconditions; it returns null when nothing defines the name.
+        let a = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr()) };
+        self.addr.store(a, Ordering::Release);
+        a
+    }
+}
+
+pub static OPEN: Next = Next::new(c"open");
+pub static OPEN64: Next = Next::new(c"open64");
+pub static OPENAT: Next = Next::new(c"openat");
+pub static OPENAT64: Next = Next::new(c"openat64");
+pub static OPEN_2: Next = Next::new(c"__open_2");
+pub static OPEN64_2: Next = Next::new(c"__open64_2");
+pub static OPENAT_2: Next = Next::new(c"__openat_2");
+pub static OPENAT64_2: Next = Next::new(c"__openat64_2");
+pub static FOPEN: Next = Next::new(c"fopen");
+pub static FOPEN64: Next = Next::new(c"fopen64");
+pub static IOCTL: Next = Next::new(c"ioctl");
+pub static PREAD: Next = Next::new(c"pread");
+pub static PREAD64: Next = Next::new(c"pread64");
+pub static PWRITE: Next = Next::new(c"pwrite");
+pub static PWRITE64: Next = Next::new(c"pwrite64");
+pub static CLOSE: Next = Next::new(c"close");
+pub static DUP: Next = Next::new(c"dup");
+pub static DUP2: Next = Next::new(c"dup2");
+pub static DUP3: Next = Next::new(c"dup3");
+pub static FCNTL: Next = Next::new(c"fcntl");
+pub static FCNTL64: Next = Next::new(c"fcntl64");
+
+fn enosys<T: From<i8>>() -> T {
+    set_errno(libc::ENOSYS);
+    T::from(-1)
+}
+
+/// Sets the calling thread's errno.
+pub fn set_errno(e: c_int) {
+    // SAFETY: __errno_location returns the calling thread's errno slot,
+    // valid for the thread's lifetime.
+    unsafe { *libc::__errno_location() = e }
+}
+
+/// The calling thread's errno.
+pub fn errno() -> c_int {
+    // SAFETY: as in `set_errno`.
+    unsafe { *libc::__errno_location() }
+}
+
+type OpenFn = unsafe extern "C" fn(*const c_char, c_int, ...) -> c_int;
+type OpenatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, ...) -> c_int;
+type Open2Fn = unsafe extern "C" fn(*const c_char, c_int) -> c_int;
+type Openat2Fn = unsafe extern "C" fn(c_int, *const c_char, c_int) -> c_int;
+type FopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE;
+type IoctlFn = unsafe extern "C" fn(c_int, c_ulong, ...) -> c_int;
+type PreadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t) -> ssize_t;
+type PwriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t, off_t) -> ssize_t;
+type FdFn = unsafe extern "C" fn(c_int) -> c_int;
+type Dup2Fn = unsafe extern "C" fn(c_int, c_int) -> c_int;
+type Dup3Fn = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
+type FcntlFn = unsafe extern "C" fn(c_int, c_int, ...) -> c_int;
+
+macro_rules! fn_of {
+    ($next:expr, $ty:ty) => {{
+        let p = $next.get();
+        if p.is_null() {
+            None
+        } else {
+            // SAFETY: `p` is the address of the next definition of this
+            // libc function, whose C prototype `$ty` matches.
+            Some(unsafe { std::mem::transmute::<*mut c_void, $ty>(p) })
+        }
+    }};
+}
+
+/// The next `open`-family function (`next`), called with the mode argument
+/// (read by the caller from its variadic slot; ignored without
+/// O_CREAT/O_TMPFILE).
+pub fn open(next: &Next, path: *const c_char, flags: c_int, mode: libc::c_uint) -> c_int {
+    match fn_of!(next, OpenFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(path, flags, mode) },
+        None => enosys(),
+    }
+}
+
+pub fn openat(
+    next: &Next,
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: libc::c_uint,
+) -> c_int {
+    match fn_of!(next, OpenatFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(dirfd, path, flags, mode) },
+        None => enosys(),
+    }
+}
+
+/// `__open_2`/`__open64_2`; falls back on `open` where libc has no such name.
+pub fn open_2(next: &Next, path: *const c_char, flags: c_int) -> c_int {
+    match fn_of!(next, Open2Fn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(path, flags) },
+        None => open(&OPEN, path, flags, 0),
+    }
+}
+
+pub fn openat_2(next: &Next, dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    match fn_of!(next, Openat2Fn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(dirfd, path, flags) },
+        None => openat(&OPENAT, dirfd, path, flags, 0),
+    }
+}
+
+pub fn fopen(next: &Next, path: *const c_char, mode: *const c_char) -> *mut FILE {
+    match fn_of!(next, FopenFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(path, mode) },
+        None => {
+            set_errno(libc::ENOSYS);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+pub fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
+    match fn_of!(IOCTL, IoctlFn) {
+        // SAFETY: forwards the caller's arguments unchanged; the third
+        // argument travels as the unsigned long it was read as.
+        Some(f) => unsafe { f(fd, request, arg) },
+        None => enosys(),
+    }
+}
+
+pub fn pread(next: &Next, fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t {
+    match fn_of!(next, PreadFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(fd, buf, n, off) },
+        None => enosys(),
+    }
+}
+
+pub fn pwrite(next: &Next, fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
+    match fn_of!(next, PwriteFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(fd, buf, n, off) },
+        None => enosys(),
+    }
+}
+
+pub fn close(fd: c_int) -> c_int {
+    match fn_of!(CLOSE, FdFn) {
+        // SAFETY: forwards the caller's argument unchanged.
+        Some(f) => unsafe { f(fd) },
+        None => enosys(),
+    }
+}
+
+pub fn dup(fd: c_int) -> c_int {
+    match fn_of!(DUP, FdFn) {
+        // SAFETY: forwards the caller's argument unchanged.
+        Some(f) => unsafe { f(fd) },
+        None => enosys(),
+    }
+}
+
+pub fn dup2(old: c_int, new: c_int) -> c_int {
+    match fn_of!(DUP2, Dup2Fn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(old, new) },
+        None => enosys(),
+    }
+}
+
+pub fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    match fn_of!(DUP3, Dup3Fn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(old, new, flags) },
+        None => enosys(),
+    }
+}
+
+pub fn fcntl(next: &Next, fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    match fn_of!(next, FcntlFn) {
+        // SAFETY: forwards the caller's arguments unchanged; every fcntl
+        // command takes at most one argument, an int, a long or a pointer,
+        // all passed in the same register as this unsigned long.
+        Some(f) => unsafe { f(fd, cmd, arg) },
+        None if std::ptr::eq(next, &FCNTL64) => fcntl(&FCNTL, fd, cmd, arg),
+        None => enosys(),
+    }
+}
+
+/// Is descriptor `fd` open? (`fcntl(F_GETFD)` as a raw system call, so that
+/// it never comes back into this library.)
+pub fn fd_is_open(fd: c_int) -> bool {
+    // SAFETY: F_GETFD reads the descriptor flags; no memory is passed.
+    unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD) >= 0 }
+}
+
+/// A new descriptor standing for a VFIO object: an eventfd, so that poll
+/// and select accept it and it never reads as ready.
+pub fn new_object_fd(cloexec: bool) -> Result<c_int, c_int> {
+    let flags = if cloexec { libc::EFD_CLOEXEC } else { 0 };
+    // SAFETY: eventfd takes no pointers.
+    let fd = unsafe { libc::eventfd(0, flags) };
+    if fd < 0 {
+        Err(errno())
+    } else {
+        Ok(fd)
+    }
+}
+
+/// Closes a descriptor of our own with the raw system call.
+pub fn close_own(fd: c_int) {
+    // SAFETY: `fd` is a descriptor this library created and nobody else
+    // knows of yet.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+}
+
+/// A memfd holding `data`, positioned at its start, to serve as a
+/// read-only file (a rewritten `/proc/self/status`).
+pub fn memfd_with(data: &[u8], cloexec: bool) -> Result<c_int, c_int> {
+    let flags = if cloexec { libc::MFD_CLOEXEC } else { 0 };
+    // SAFETY: the name is NUL-terminated.
+    let fd = unsafe { libc::memfd_create(c"softvfio-status".as_ptr(), flags) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    let mut done = 0;
+    while done < data.len() {
+        let rest = &data[done..];
+        // SAFETY: `rest` is a live slice of `rest.len()` bytes.
+        let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+        if n < 0 {
+            let e = errno();
+            if e == libc::EINTR {
+                continue;
+            }
+            close_own(fd);
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    // SAFETY: lseek on our own descriptor takes no pointers.
+    if unsafe { libc::lseek(fd, 0, libc::SEEK_SET) } < 0 {
+        let e = errno();
+        close_own(fd);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+/// `fdopen(fd, mode)` for a served `fopen`.
+pub fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
+    // SAFETY: `mode` is the caller's NUL-terminated fopen mode and `fd` is
+    // a descriptor we just opened.
+    unsafe { libc::fdopen(fd, mode) }
+}
+
+/// Registers the end report to run at exit.
+pub fn at_exit(f: extern "C" fn()) {
+    // SAFETY: `f` is a plain function with static lifetime.
+    unsafe { libc::atexit(f) };
+}

@@ -1,0 +1,281 @@
+//! The softvfio session of this process: the platform, the open VFIO files,
+//! and which descriptors stand for them.
+//!
+//! Every descriptor handed to the program is a real one (an eventfd per
+//! object, see [`crate::real::new_object_fd`]); a table maps descriptor
+//! numbers to session objects, with a count of descriptors per object, so
+//! that `dup` shares an object and the last `close` releases it.
+
+use std::collections::HashMap;
+use std::ffi::c_int;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use softvfio::frontend::{FdTarget, ObjectKey, Routed, Session};
+use softvfio::memory::host::HostMemory;
+use softvfio::memory::{UserMemory, PAGE_SIZE};
+use softvfio::uapi::Vfio;
+use softvfio_platform::report::{self, FinalState, Leftovers};
+use softvfio_platform::{build, BuiltPlatform, Config};
+
+use crate::real;
+
+/// Descriptors in the table, read without the lock: calls on other
+/// descriptors skip the table while it is empty.
+pub static TRACKED: AtomicUsize = AtomicUsize::new(0);
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+/// The platform could not be built (bad configuration): said once.
+static BROKEN: AtomicBool = AtomicBool::new(false);
+/// The process whose atexit runs the end report (0: none yet). A forked
+/// child inherits the registration but not the duty: it registers its own
+/// when it opens VFIO files.
+static REPORT_PID: AtomicU32 = AtomicU32::new(0);
+
+pub struct State {
+    built: Arc<BuiltPlatform>,
+    session: Session,
+    mem: Arc<HostMemory>,
+    fds: HashMap<c_int, ObjectKey>,
+    refs: HashMap<ObjectKey, usize>,
+}
+
+fn lock() -> MutexGuard<'static, Option<State>> {
+    // The state stays consistent across a panic in the engine (each
+    // operation updates it in single steps); keep serving after one.
+    STATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The platform named by `SOFTVFIO_CONFIG`, or the reference platform.
+fn load_platform() -> Result<BuiltPlatform, String> {
+    let cfg = match std::env::var("SOFTVFIO_CONFIG") {
+        Ok(path) if !path.is_empty() => {
+            Config::from_file(&path).map_err(|e| format!("bad configuration {path}: {e}"))?
+        }
+        _ => Config::reference(),
+    };
+    build(&cfg).map_err(|e| format!("bad configuration: {e}"))
+}
+
+/// Runs `f` on the state, creating it on first use. `Err(errno)` when the
+/// platform cannot be built.
+pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Result<R, c_int> {
+    let mut guard = lock();
+    if guard.is_none() {
+        if BROKEN.load(Ordering::Relaxed) {
+            return Err(libc::ENODEV);
+        }
+        match load_platform() {
+            Ok(built) => {
+                let built = Arc::new(built);
+                let vfio = Arc::new(Vfio::new(built.platform.clone()));
+                *guard = Some(State {
+                    built,
+                    session: Session::new(vfio),
+                    mem: Arc::new(HostMemory::current()),
+                    fds: HashMap::new(),
+                    refs: HashMap::new(),
+                });
+                register_report();
+            }
+            Err(e) => {
+                BROKEN.store(true, Ordering::Relaxed);
+                eprintln!("softvfio: {e}");
+                return Err(libc::ENODEV);
+            }
+        }
+    }
+    match guard.as_mut() {
+        Some(st) => Ok(f(st)),
+        None => Err(libc::ENODEV),
+    }
+}
+
+/// Runs `f` on the state if it exists (nothing VFIO was opened yet: `None`).
+pub fn with_existing<R>(f: impl FnOnce(&mut State) -> R) -> Option<R> {
+    lock().as_mut().map(f)
+}
+
+/// Registers the end report with atexit (once per process image).
+pub fn register_report() {
+    let pid = std::process::id();
+    if REPORT_PID.swap(pid, Ordering::AcqRel) != pid {
+        real::at_exit(end_report);
+    }
+}
+
+/// What `open` of a path does here.
+pub enum OpenOutcome {
+    /// Not a VFIO path: pass it on.
+    NotOurs,
+    /// A descriptor for a new object.
+    Fd(c_int),
+    /// The open fails with this errno.
+    Error(c_int),
+}
+
+impl State {
+    fn track(&mut self, fd: c_int, key: ObjectKey) {
+        if let Some(old) = self.fds.insert(fd, key) {
+            // A stale entry (the descriptor was closed behind our back).
+            self.unref(old);
+        } else {
+            TRACKED.fetch_add(1, Ordering::Relaxed);
+        }
+        *self.refs.entry(key).or_insert(0) += 1;
+    }
+
+    fn unref(&mut self, key: ObjectKey) {
+        let last = match self.refs.get_mut(&key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => true,
+        };
+        if last {
+            self.refs.remove(&key);
+            self.session.release(key);
+        }
+    }
+
+    /// The object behind `fd`, if it is one of ours.
+    pub fn key_of(&self, fd: c_int) -> Option<ObjectKey> {
+        self.fds.get(&fd).copied()
+    }
+
+    /// `fd` no longer refers to what it did (closed, or replaced by dup2).
+    pub fn forget(&mut self, fd: c_int) {
+        if let Some(key) = self.fds.remove(&fd) {
+            TRACKED.fetch_sub(1, Ordering::Relaxed);
+            self.unref(key);
+        }
+    }
+
+    /// `new` now refers to the same object as `old` (a dup of it).
+    pub fn dup_of(&mut self, old: c_int, new: c_int) {
+        self.forget(new);
+        if let Some(key) = self.key_of(old) {
+            self.track(new, key);
+        }
+    }
+
+    /// An `open` of `path`.
+    pub fn open(&mut self, path: &str, cloexec: bool) -> OpenOutcome {
+        let mem = self.mem.clone();
+        let key = match self.session.open(path, || mem) {
+            None => return OpenOutcome::NotOurs,
+            Some(Err(e)) => return OpenOutcome::Error(e.errno()),
+            Some(Ok(key)) => key,
+        };
+        match real::new_object_fd(cloexec) {
+            Ok(fd) => {
+                self.track(fd, key);
+                OpenOutcome::Fd(fd)
+            }
+            Err(e) => {
+                self.session.release(key);
+                OpenOutcome::Error(e)
+            }
+        }
+    }
+
+    /// An ioctl on our object `key`: the return value, or an errno.
+    pub fn ioctl(&mut self, key: ObjectKey, request: u64, arg: u64) -> Result<i64, c_int> {
+        let user = self.mem.clone();
+        let fds = &self.fds;
+        let mut resolve = |fd: c_int| match fds.get(&fd) {
+            Some(k) => FdTarget::Object(*k),
+            None if fd >= 0 && real::fd_is_open(fd) => FdTarget::Foreign,
+            None => FdTarget::NotOpen,
+        };
+        let routed = self
+            .session
+            .ioctl(key, request, arg, user.as_ref(), &mut resolve)
+            .map_err(|e| e.errno())?;
+        match routed {
+            Routed::Value(v) => Ok(v),
+            // vfio hands out device fds with O_CLOEXEC.
+            Routed::NewObject(key) => match real::new_object_fd(true) {
+                Ok(fd) => {
+                    self.track(fd, key);
+                    Ok(i64::from(fd))
+                }
+                Err(e) => {
+                    self.session.release(key);
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    pub fn pread(&self, key: ObjectKey, buf: u64, len: u64, off: u64) -> Result<i64, c_int> {
+        self.session
+            .pread(key, self.mem.as_ref(), buf, len, off)
+            .map_err(|e| e.errno())
+    }
+
+    pub fn pwrite(&self, key: ObjectKey, buf: u64, len: u64, off: u64) -> Result<i64, c_int> {
+        self.session
+            .pwrite(key, self.mem.as_ref(), buf, len, off)
+            .map_err(|e| e.errno())
+    }
+
+    /// `/proc/self/status` with `VmLck` showing type1's accounting.
+    pub fn status_text(&self) -> Option<String> {
+        let text = std::fs::read_to_string("/proc/self/status").ok()?;
+        let ours_kb = self.mem.stats().locked_bytes / 1024;
+        let accounted_kb = self.mem.account().locked_pages() * PAGE_SIZE / 1024;
+        Some(report::status_with_vmlck(&text, ours_kb, accounted_kb))
+    }
+
+    /// Releases everything the program left open, and returns what that
+    /// was and what stayed pinned or accounted after.
+    fn finish(&mut self) -> (Leftovers, FinalState) {
+        let mut left = Leftovers::default();
+        let keys: Vec<ObjectKey> = self.refs.keys().copied().collect();
+        for key in keys {
+            if let Some(obj) = self.session.object(key) {
+                left.note(obj);
+            }
+            self.session.release(key);
+        }
+        self.refs.clear();
+        for fd in std::mem::take(&mut self.fds).into_keys() {
+            TRACKED.fetch_sub(1, Ordering::Relaxed);
+            real::close_own(fd);
+        }
+        let s = self.mem.stats();
+        let fin = FinalState {
+            pinned_pages: s.pinned_pages,
+            pin_refs: s.pin_refs,
+            locked_pages: self.mem.account().locked_pages(),
+            open_objects: self.session.len() as u64,
+        };
+        (left, fin)
+    }
+}
+
+/// The end report at exit: the same as `softvfio run`'s, on stderr, unless
+/// `SOFTVFIO_QUIET` is set.
+extern "C" fn end_report() {
+    let _ = std::panic::catch_unwind(|| {
+        let Some(_inside) = crate::Inside::enter() else {
+            return;
+        };
+        if REPORT_PID.load(Ordering::Acquire) != std::process::id() {
+            return;
+        }
+        let quiet = std::env::var_os("SOFTVFIO_QUIET").is_some_and(|v| !v.is_empty());
+        let done = with_state(|st| {
+            let (left, fin) = st.finish();
+            (st.built.clone(), left, fin)
+        });
+        if let (Ok((built, left, fin)), false) = (done, quiet) {
+            let mut err = std::io::stderr().lock();
+            let _ = report::write_end_report(&mut err, &built, &left, &fin);
+            let _ = err.flush();
+        }
+    });
+}
