@@ -575,7 +575,7 @@ fn concurrent_nested_dma_and_invalidation() {
     let mut i = 0u64;
     while i < 200 || (reads.load(Ordering::Relaxed) < 1000 && std::time::Instant::now() < deadline)
     {
-        let (page, byte) = if i % 2 == 0 {
+        let (page, byte) = if i.is_multiple_of(2) {
             (DATA_B, 0xbb)
         } else {
             (DATA_A, 0xaa)
@@ -584,7 +584,7 @@ fn concurrent_nested_dma_and_invalidation() {
         g.inv(true, false, Granularity::Pasid(1));
         assert_eq!(g.read(1, VA_4K, 4).unwrap(), vec![byte; 4]);
         i += 1;
-        if i % 64 == 0 {
+        if i.is_multiple_of(64) {
             std::thread::yield_now();
         }
     }
