@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::account::OverLimit;
 use crate::dirty::{self, DIRTY_BITMAP_SIZE_MAX};
@@ -270,8 +271,30 @@ impl Container {
         if st.groups.iter().any(|g| g.id == group.id) {
             return Err(VfioError::Invalid("group already in this container"));
         }
-        if let Some(t) = st.iommu.as_mut() {
-            self.attach_to_type1(t, group)?;
+        // A new domain's replay needs every vaddr valid: like type1, wait
+        // for the vaddr updates (bounded: the thread that would update may
+        // be the one waiting, in a single-threaded front end), then retry
+        // the attach from scratch (it changed nothing when it failed).
+        let timeout = Duration::from_millis(self.vaddr_wait_ms.load(Ordering::Relaxed));
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            let Some(t) = st.iommu.as_mut() else { break };
+            match self.attach_to_type1(t, group) {
+                Ok(()) => break,
+                Err(VfioError::Fault) if t.vaddr_invalid_count > 0 && !st.closed => {
+                    let now = Instant::now();
+                    let remaining = match deadline {
+                        Some(d) if d > now => d - now,
+                        Some(_) => return Err(VfioError::Fault),
+                        None => Duration::from_secs(3600),
+                    };
+                    st = match self.vaddr_valid.wait_timeout(st, remaining) {
+                        Ok((g, _)) => g,
+                        Err(p) => p.into_inner().0,
+                    };
+                }
+                Err(e) => return Err(e),
+            }
         }
         st.groups.push(group.clone());
         Ok(())
@@ -588,10 +611,8 @@ impl Container {
         if t.vaddr_invalid_count == 0 {
             return Ok(());
         }
-        // The state lock is held by our caller through `t`; waiting here
-        // would need to release it. A second thread must update the vaddr
-        // and cannot while we hold the lock, so report what the kernel
-        // reports when the wait is abandoned.
+        // Waiting needs the state lock released, which `t` holds: report
+        // EFAULT, and `attach_group` waits for the update and retries.
         Err(VfioError::Fault)
     }
 
