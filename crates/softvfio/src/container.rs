@@ -277,8 +277,7 @@ impl Container {
         // the attach from scratch (it changed nothing when it failed).
         let timeout = Duration::from_millis(self.vaddr_wait_ms.load(Ordering::Relaxed));
         let deadline = Instant::now().checked_add(timeout);
-        loop {
-            let Some(t) = st.iommu.as_mut() else { break };
+        while let Some(t) = st.iommu.as_mut() {
             match self.attach_to_type1(t, group) {
                 Ok(()) => break,
                 Err(VfioError::Fault) if t.vaddr_invalid_count > 0 && !st.closed => {
