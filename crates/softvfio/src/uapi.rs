@@ -96,6 +96,16 @@ impl Wire {
         Ok(Wire(buf))
     }
 
+    /// `copy_from_user` of an argument struct whose first field is `argsz`:
+    /// EINVAL when the caller's argsz is below `minsz`.
+    fn read_args(user: &dyn UserMemory, addr: u64, minsz: usize) -> Result<Wire> {
+        let w = Wire::read(user, addr, minsz)?;
+        if (w.u32_at(0) as usize) < minsz {
+            return Err(VfioError::Invalid("argsz too small"));
+        }
+        Ok(w)
+    }
+
     fn u32_at(&self, off: usize) -> u32 {
         let mut b = [0u8; 4];
         if let Some(s) = self.0.get(off..off + 4) {
@@ -481,10 +491,7 @@ impl Vfio {
         match request {
             VFIO_GROUP_GET_STATUS => {
                 let minsz = end_of!(vfio_group_status, flags);
-                let mut w = Wire::read(user, arg, minsz)?;
-                if (w.u32_at(offset_of!(vfio_group_status, argsz)) as usize) < minsz {
-                    return Err(VfioError::Invalid("argsz too small"));
-                }
+                let mut w = Wire::read_args(user, arg, minsz)?;
                 let attached = self
                     .groups()
                     .get(&id)
@@ -606,10 +613,7 @@ impl Vfio {
             }
             VFIO_DEVICE_GET_REGION_INFO => {
                 let minsz = end_of!(vfio_region_info, offset);
-                let mut w = Wire::read(user, arg, minsz)?;
-                if (w.u32_at(offset_of!(vfio_region_info, argsz)) as usize) < minsz {
-                    return Err(VfioError::Invalid("argsz too small"));
-                }
+                let mut w = Wire::read_args(user, arg, minsz)?;
                 let index = w.u32_at(offset_of!(vfio_region_info, index));
                 let info = model
                     .region_info(index)
@@ -626,10 +630,7 @@ impl Vfio {
             }
             VFIO_DEVICE_GET_IRQ_INFO => {
                 let minsz = end_of!(vfio_irq_info, count);
-                let mut w = Wire::read(user, arg, minsz)?;
-                if (w.u32_at(offset_of!(vfio_irq_info, argsz)) as usize) < minsz {
-                    return Err(VfioError::Invalid("argsz too small"));
-                }
+                let mut w = Wire::read_args(user, arg, minsz)?;
                 let index = w.u32_at(offset_of!(vfio_irq_info, index));
                 let info = model
                     .irq_info(index)
