@@ -109,7 +109,7 @@ fn build_struct(b: &mut Bytes, mem: &SimMemory, at: u64, request: u64) {
             _ => b"0000:00:03.0",
         };
         buf.extend_from_slice(name);
-        if b.u8() % 4 == 0 {
+        if b.u8().is_multiple_of(4) {
             // A long string with no NUL inside the argument area.
             buf.resize(200, b'a');
         }
@@ -216,7 +216,7 @@ fuzz_target!(|data: &[u8]| {
                     vfio.release_group(open.groups.remove(i));
                 }
             }
-            4 | 5 | 6 => {
+            4..=6 => {
                 if open.containers.is_empty() {
                     continue;
                 }
@@ -297,7 +297,7 @@ fuzz_target!(|data: &[u8]| {
                 let len = b.pick(&[4, 8, 1, 2, 4096, 1 << 20, 1 << 21, u64::MAX]);
                 let buf = pointer(&mut b);
                 let offset = (region << 40).wrapping_add(off);
-                if b.u8() % 2 == 0 {
+                if b.u8().is_multiple_of(2) {
                     let v = b.pick(&[0x1000, 0x2000, 0x10_0000, 1, 5, 0x100, 0x4_0000]);
                     let _ = mem.write(buf, &v.to_le_bytes());
                     let r = vfio.device_pwrite(&d, user, buf, len, offset);
@@ -328,7 +328,7 @@ fuzz_target!(|data: &[u8]| {
                 // Device DMA through the VT-d model at a steered IOVA.
                 let iova = b.pick(&[0, 0x1000, 0x2000, 0x10_0000, 0x10_1000, 0xfee0_0000]);
                 let len = usize::from(b.u8()) * 16 + 1;
-                let r = if b.u8() % 2 == 0 {
+                let r = if b.u8().is_multiple_of(2) {
                     port.write(iova, &vec![0xa5; len])
                 } else {
                     let mut buf = vec![0u8; len];

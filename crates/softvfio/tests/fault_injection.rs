@@ -296,7 +296,9 @@ fn attach_rolls_back_at_every_replay_allocation_and_attach_step() {
     c.detach_group(b.group.id);
     assert_eq!(snap(), before_attach);
 
-    // A mapping whose vaddr is invalid cannot be replayed.
+    // A mapping whose vaddr is invalid cannot be replayed (attach waits for
+    // the update up to the timeout, then fails with EFAULT).
+    c.set_vaddr_wait_timeout(std::time::Duration::ZERO);
     c.invalidate_vaddr(0x10_0000, 8 * PG).unwrap();
     let before = snap();
     let e = c.attach_group(&b.group).unwrap_err();
