@@ -10,7 +10,7 @@ use crate::domain::Domain;
 use crate::fault::{Access, DmaRequest, Fault, FaultReason};
 use crate::inflight::{bump, PortSlot};
 use crate::iotlb::{code_size, Cached, DATA_DIRTY, DATA_READ, DATA_SNOOP, DATA_WRITE};
-use crate::memory::PhysMemory;
+use crate::memory::{MemFault, PhysMemory};
 use crate::pasid::{self, GuestTable, PasidTarget, PASID_LIMIT};
 use crate::pte::{
     is_present, level_size, PTE_ACCESSED, PTE_ADDR_MASK, PTE_DIRTY, PTE_IDENTITY_MASK, PTE_READ,
@@ -594,52 +594,32 @@ impl DmaPort {
     /// the first fault, which is recorded and returned; the bytes before it
     /// were read.
     pub fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), Fault> {
-        let _guard = self.begin();
-        self.with_domain(|domain| {
-            let mut done = 0usize;
-            while done < buf.len() {
-                let req = self.request_at(iova, done, Access::Read, domain)?;
-                let t = self.translate_in(domain, req)?;
-                let n = chunk_len(&t, buf.len() - done);
-                let Some(chunk) = buf.get_mut(done..done + n) else {
-                    break;
-                };
-                // translate_in succeeded, so there is a domain.
-                let Some(d) = domain else {
-                    break;
-                };
-                if let Err(e) = d.memory().read(t.phys, chunk) {
-                    return Err(self.fault(
-                        req,
-                        FaultReason::MemoryError,
-                        Some(d.id()),
-                        Some(e.phys),
-                    ));
-                }
-                done += n;
-            }
-            Ok(())
-        })
+        self.transfer(iova, Transfer::Read(buf))
     }
 
     /// DMA write of `data` at `iova` (may cross pages). Stops at the first
     /// fault, which is recorded and returned; the bytes before it were written.
     pub fn write(&self, iova: u64, data: &[u8]) -> Result<(), Fault> {
+        self.transfer(iova, Transfer::Write(data))
+    }
+
+    /// The page-by-page loop shared by [`read`](Self::read) and
+    /// [`write`](Self::write): translate, move one chunk, record a fault.
+    fn transfer(&self, iova: u64, mut x: Transfer<'_>) -> Result<(), Fault> {
         let _guard = self.begin();
+        let len = x.len();
+        let access = x.access();
         self.with_domain(|domain| {
             let mut done = 0usize;
-            while done < data.len() {
-                let req = self.request_at(iova, done, Access::Write, domain)?;
+            while done < len {
+                let req = self.request_at(iova, done, access, domain)?;
                 let t = self.translate_in(domain, req)?;
-                let n = chunk_len(&t, data.len() - done);
-                let Some(chunk) = data.get(done..done + n) else {
-                    break;
-                };
+                let n = chunk_len(&t, len - done);
                 // translate_in succeeded, so there is a domain.
                 let Some(d) = domain else {
                     break;
                 };
-                if let Err(e) = d.memory().write(t.phys, chunk) {
+                if let Err(e) = x.move_chunk(d.memory().as_ref(), t.phys, done, n) {
                     return Err(self.fault(
                         req,
                         FaultReason::MemoryError,
@@ -733,6 +713,48 @@ fn cached_translation(c: Cached, code: u32, did: u32, req: DmaRequest) -> Option
         cached: true,
         domain: did,
     })
+}
+
+/// The direction and buffer of one DMA transfer.
+enum Transfer<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+impl Transfer<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Transfer::Read(b) => b.len(),
+            Transfer::Write(d) => d.len(),
+        }
+    }
+
+    fn access(&self) -> Access {
+        match self {
+            Transfer::Read(_) => Access::Read,
+            Transfer::Write(_) => Access::Write,
+        }
+    }
+
+    /// Moves bytes `at..at + n` of the buffer from or to `phys`.
+    fn move_chunk(
+        &mut self,
+        mem: &dyn PhysMemory,
+        phys: u64,
+        at: usize,
+        n: usize,
+    ) -> Result<(), MemFault> {
+        match self {
+            Transfer::Read(b) => match b.get_mut(at..at + n) {
+                Some(chunk) => mem.read(phys, chunk),
+                None => Ok(()),
+            },
+            Transfer::Write(d) => match d.get(at..at + n) {
+                Some(chunk) => mem.write(phys, chunk),
+                None => Ok(()),
+            },
+        }
+    }
 }
 
 #[cfg(test)]
