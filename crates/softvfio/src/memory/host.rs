@@ -33,7 +33,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::interval::{PinCounts, RangeList};
+use super::interval::{PinCounts, RangeList, RangeSet};
 use super::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory, PAGE_SIZE};
 use crate::account::MmAccount;
 
@@ -159,7 +159,7 @@ pub struct HostMemory {
     /// Pinned huge pages of hugetlb VMAs (address → size). mlock leaves
     /// hugetlb VMAs unlocked (no VM_LOCKED, not in VmLck), so these pinned
     /// bytes are not locked bytes.
-    hugetlb: Mutex<std::collections::BTreeMap<u64, u64>>,
+    hugetlb: Mutex<RangeSet>,
 }
 
 impl std::fmt::Debug for HostMemory {
@@ -196,7 +196,7 @@ impl HostMemory {
                 huge: false,
             },
             counters: Counters::default(),
-            hugetlb: Mutex::new(std::collections::BTreeMap::new()),
+            hugetlb: Mutex::new(RangeSet::new()),
         }
     }
 
@@ -282,40 +282,43 @@ impl HostMemory {
         Ok(f)
     }
 
-    /// Remembers the hugetlb pages of `[vaddr, end)` as pinned.
+    /// Remembers the hugetlb pages of `[vaddr, end)` as pinned (whole huge
+    /// pages, one range per VMA piece).
     fn note_hugetlb_pinned(&self, vmas: &[Vma], vaddr: u64, end: u64) {
         let mut huge = self.hugetlb.lock().unwrap_or_else(|p| p.into_inner());
         for v in vmas.iter().filter(|v| v.page_size > PAGE_SIZE) {
             let (a, b) = (v.start.max(vaddr), v.end.min(end));
-            let mut hp = a - a % v.page_size;
-            while hp < b {
-                if huge.insert(hp, v.page_size).is_none() {
-                    self.counters
-                        .hugetlb
-                        .fetch_add(v.page_size, Ordering::Relaxed);
-                }
-                hp += v.page_size;
-            }
+            let first = a - a % v.page_size;
+            let last = b.div_ceil(v.page_size).saturating_mul(v.page_size);
+            let added = huge.insert(first, last);
+            self.counters.hugetlb.fetch_add(added, Ordering::Relaxed);
         }
     }
 
-    /// Drops hugetlb pages that no pin holds any more.
+    /// Drops the hugetlb pages of the freed ranges that no pin holds any
+    /// more: a huge page is idle when a gap of the pin counts covers it.
     fn forget_idle_hugetlb(&self, counts: &PinCounts, freed: &[(u64, u64, u64)]) {
         let mut huge = self.hugetlb.lock().unwrap_or_else(|p| p.into_inner());
         if huge.is_empty() {
             return;
         }
-        for &(a, b, _) in freed {
-            let first = huge.range(..=a).next_back().map(|(k, _)| *k).unwrap_or(a);
-            let idle: Vec<u64> = huge
-                .range(first..b)
-                .filter(|(hp, ps)| **hp + **ps > a && !counts.any_in(**hp, **hp + **ps))
-                .map(|(hp, _)| *hp)
-                .collect();
-            for hp in idle {
-                if let Some(ps) = huge.remove(&hp) {
-                    self.counters.hugetlb.fetch_sub(ps, Ordering::Relaxed);
+        for &(a, b, ps) in freed {
+            if ps <= PAGE_SIZE {
+                continue;
+            }
+            let first = a - a % ps;
+            let last = b.div_ceil(ps).saturating_mul(ps);
+            let mut idle = Vec::new();
+            counts.gaps(first, last, |x, y| {
+                let lo = x.div_ceil(ps).saturating_mul(ps);
+                let hi = y - y % ps;
+                if lo < hi {
+                    idle.push((lo, hi));
                 }
+            });
+            for (lo, hi) in idle {
+                let removed = huge.remove(lo, hi);
+                self.counters.hugetlb.fetch_sub(removed, Ordering::Relaxed);
             }
         }
     }
@@ -569,8 +572,10 @@ impl UserMemory for HostMemory {
 struct Pinner<'a> {
     counts: &'a mut PinCounts,
     ops: u64,
-    /// The stretch of base pages not yet counted.
-    chunk: Option<(u64, u64)>,
+    /// The stretch of same-size pages not yet counted: (start, end, size).
+    /// Consecutive runs are counted with one update; a huge page is still
+    /// one pin operation, a stretch of base pages one in all.
+    chunk: Option<(u64, u64, u64)>,
 }
 
 impl<'a> Pinner<'a> {
@@ -584,25 +589,24 @@ impl<'a> Pinner<'a> {
 
     fn pin(&mut self, run: PinnedRun) {
         let end = run.vaddr + run.len;
-        if run.page_size == PAGE_SIZE {
-            match &mut self.chunk {
-                Some(c) if c.1 == run.vaddr => c.1 = end,
-                _ => {
-                    self.flush();
-                    self.chunk = Some((run.vaddr, end));
-                }
-            }
-            return;
+        if run.page_size != PAGE_SIZE {
+            self.ops += 1;
         }
-        self.flush();
-        self.counts.add(run.vaddr, end, run.page_size, |_, _| {});
-        self.ops += 1;
+        match &mut self.chunk {
+            Some(c) if c.1 == run.vaddr && c.2 == run.page_size => c.1 = end,
+            _ => {
+                self.flush();
+                self.chunk = Some((run.vaddr, end, run.page_size));
+            }
+        }
     }
 
     fn flush(&mut self) {
-        if let Some((a, b)) = self.chunk.take() {
-            self.counts.add(a, b, PAGE_SIZE, |_, _| {});
-            self.ops += 1;
+        if let Some((a, b, size)) = self.chunk.take() {
+            self.counts.add(a, b, size, |_, _| {});
+            if size == PAGE_SIZE {
+                self.ops += 1;
+            }
         }
     }
 

@@ -341,6 +341,84 @@ impl PinCounts {
     }
 }
 
+/// A set of disjoint half-open ranges, merged where they touch; inserting
+/// or removing a range costs a few tree operations however long it is.
+#[derive(Debug, Default, Clone)]
+pub struct RangeSet {
+    /// start → end
+    map: BTreeMap<u64, u64>,
+}
+
+impl RangeSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The ranges, in address order.
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.map.iter().map(|(a, b)| (*a, *b))
+    }
+
+    /// Adds `[start, end)`; returns the bytes that were not in the set.
+    pub fn insert(&mut self, start: u64, end: u64) -> u64 {
+        if start >= end {
+            return 0;
+        }
+        let (mut lo, mut hi) = (start, end);
+        let mut covered = 0;
+        // Ranges that overlap or touch [start, end): the one starting at or
+        // before `start`, and those starting up to `end`.
+        let first = self
+            .map
+            .range(..=start)
+            .next_back()
+            .filter(|(_, e)| **e >= start)
+            .map(|(s, _)| *s)
+            .unwrap_or(start);
+        let touching: Vec<(u64, u64)> =
+            self.map.range(first..=end).map(|(a, b)| (*a, *b)).collect();
+        for (a, b) in touching {
+            covered += b.min(end).saturating_sub(a.max(start));
+            lo = lo.min(a);
+            hi = hi.max(b);
+            self.map.remove(&a);
+        }
+        self.map.insert(lo, hi);
+        (end - start) - covered
+    }
+
+    /// Removes `[start, end)`; returns the bytes that were in the set.
+    pub fn remove(&mut self, start: u64, end: u64) -> u64 {
+        if start >= end {
+            return 0;
+        }
+        let first = self
+            .map
+            .range(..=start)
+            .next_back()
+            .filter(|(_, e)| **e > start)
+            .map(|(s, _)| *s)
+            .unwrap_or(start);
+        let hit: Vec<(u64, u64)> = self.map.range(first..end).map(|(a, b)| (*a, *b)).collect();
+        let mut removed = 0;
+        for (a, b) in hit {
+            removed += b.min(end).saturating_sub(a.max(start));
+            self.map.remove(&a);
+            if a < start {
+                self.map.insert(a, start);
+            }
+            if b > end {
+                self.map.insert(end, b);
+            }
+        }
+        removed
+    }
+}
+
 /// Collects ranges given in address order, merging touching ones, so that a
 /// batch of system calls covers each stretch with one call.
 #[derive(Debug, Default, Clone)]
@@ -477,6 +555,25 @@ mod tests {
         assert_eq!(remove(&mut c, 4, 8), (vec![(4, 8)], vec![]));
         assert_eq!(segs(&c), vec![(0, 4, 1), (8, 12, 1)]);
         check(&c);
+    }
+
+    #[test]
+    fn range_set_inserts_and_removes_with_byte_counts() {
+        let mut r = RangeSet::new();
+        assert_eq!(r.insert(10, 20), 10);
+        assert_eq!(r.insert(30, 40), 10);
+        assert_eq!(r.insert(15, 35), 10, "only 20..30 is new");
+        assert_eq!(r.ranges().collect::<Vec<_>>(), vec![(10, 40)]);
+        assert_eq!(r.insert(40, 50), 10, "touching ranges merge");
+        assert_eq!(r.ranges().collect::<Vec<_>>(), vec![(10, 50)]);
+        assert_eq!(r.remove(20, 30), 10);
+        assert_eq!(r.ranges().collect::<Vec<_>>(), vec![(10, 20), (30, 50)]);
+        assert_eq!(r.remove(0, 15), 5);
+        assert_eq!(r.remove(18, 35), 7);
+        assert_eq!(r.ranges().collect::<Vec<_>>(), vec![(15, 18), (35, 50)]);
+        assert_eq!(r.remove(60, 70), 0);
+        assert_eq!(r.remove(0, 100), 18);
+        assert!(r.is_empty());
     }
 
     #[test]
