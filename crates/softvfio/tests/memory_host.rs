@@ -100,21 +100,6 @@ mod sys {
         }
     }
 
-    pub fn mlock(addr: u64, len: u64) -> Result<(), i32> {
-        // SAFETY: mlock changes residency only.
-        let r = unsafe { libc::mlock(addr as *const libc::c_void, len as usize) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(errno())
-        }
-    }
-
-    pub fn munlock(addr: u64, len: u64) {
-        // SAFETY: munlock changes residency only.
-        unsafe { libc::munlock(addr as *const libc::c_void, len as usize) };
-    }
-
     /// Writes `byte` to `[addr, addr + len)`.
     pub fn fill(addr: u64, len: u64, byte: u8) {
         // SAFETY: callers pass memory the test mapped read-write and owns.
@@ -1006,10 +991,12 @@ fn thp_runs_are_2m_when_the_kernel_gives_thp() {
 /// Bare floor of a pin: fault-in with write access, then mlock.
 fn floor(start: u64, len: u64) -> Duration {
     let t = Instant::now();
-    sys::madvise(start, len, libc::MADV_POPULATE_WRITE).unwrap();
-    sys::mlock(start, len).unwrap();
+    LocalSyscalls
+        .madvise(start, len, libc::MADV_POPULATE_WRITE)
+        .unwrap();
+    LocalSyscalls.mlock(start, len).unwrap();
     let d = t.elapsed();
-    sys::munlock(start, len);
+    LocalSyscalls.munlock(start, len).unwrap();
     d
 }
 
