@@ -282,7 +282,7 @@ fuzz_target!(|data: &[u8]| {
                 let request = REQUESTS[usize::from(b.u8()) % REQUESTS.len()];
                 let p = pointer(&mut b);
                 build_struct(&mut b, &mem, p, request);
-                let r = vfio.device_ioctl(&d, request, p, user);
+                let r = vfio.device_ioctl(&d, request, p, user, &mut softvfio::testing::no_eventfds);
                 if trace() {
                     eprintln!("device ioctl {request:#x}: {:?}", r.map_err(|e| e.errno()));
                 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
-use softvfio::frontend::{FdTarget, Routed, Session};
+use softvfio::frontend::{FdTarget, ProgramFds, Routed, Session};
 use softvfio::memory::host::{HostMemory, MmSyscalls};
 use softvfio::memory::{UserMemory, PAGE_SIZE};
 use softvfio::uapi::Vfio;
@@ -417,6 +417,32 @@ fn status_pid(path: &Path) -> Option<i32> {
     }
 }
 
+/// A traced program's descriptor table as the session sees it.
+struct TraceeFds<'a, 'b>(&'a mut Tracee<'b>);
+
+impl ProgramFds for TraceeFds<'_, '_> {
+    fn target(&mut self, fd: i32) -> FdTarget {
+        let tid = self.0.tid();
+        match self.0.object_of_fd(fd) {
+            Some(o) => FdTarget::Object(o.0),
+            None if fd >= 0
+                && Path::new(&format!("/proc/{tid}/fd/{fd}"))
+                    .symlink_metadata()
+                    .is_ok() =>
+            {
+                FdTarget::Foreign
+            }
+            None => FdTarget::NotOpen,
+        }
+    }
+
+    fn duplicate(&mut self, fd: i32) -> Result<std::os::fd::OwnedFd, i32> {
+        // pidfd_getfd: the supervisor's own reference, valid after the
+        // program closes its descriptor, as the kernel's is.
+        self.0.dup_fd(fd).map_err(|e| e.0)
+    }
+}
+
 impl Handler for VfioHandler {
     fn open(&mut self, t: &mut Tracee<'_>, req: &OpenRequest) -> Option<Result<OpenReply, Errno>> {
         let path = req.path.to_str()?;
@@ -444,21 +470,10 @@ impl Handler for VfioHandler {
         arg: u64,
     ) -> Result<i64, Errno> {
         let user = self.mem_for(t.pid());
-        let tid = t.tid();
         let routed = {
-            let mut resolve = |fd: i32| match t.object_of_fd(fd) {
-                Some(o) => FdTarget::Object(o.0),
-                None if fd >= 0
-                    && Path::new(&format!("/proc/{tid}/fd/{fd}"))
-                        .symlink_metadata()
-                        .is_ok() =>
-                {
-                    FdTarget::Foreign
-                }
-                None => FdTarget::NotOpen,
-            };
+            let mut fds = TraceeFds(t);
             self.session
-                .ioctl(obj.0, request, arg, user.as_ref(), &mut resolve)
+                .ioctl(obj.0, request, arg, user.as_ref(), &mut fds)
                 .map_err(errno)?
         };
         match routed {

@@ -149,10 +149,13 @@ impl Env {
     }
 
     fn ioctl(&self, dev: usize, req: u64, arg: &Buf) -> i32 {
-        errno(
-            self.vfio
-                .device_ioctl(&self.devs[dev], req, arg.addr(), self.mem.as_ref()),
-        )
+        errno(self.vfio.device_ioctl(
+            &self.devs[dev],
+            req,
+            arg.addr(),
+            self.mem.as_ref(),
+            &mut softvfio::testing::no_eventfds,
+        ))
     }
 
     /// BIND_TASK: the PASID or the errno.
@@ -360,10 +363,13 @@ fn unbind_release_modes_and_reuse() {
     a.put_u32s(&[12, 1, 0]);
     assert_eq!(env.ioctl(0, VFIO_DEVICE_BIND_TASK, &a), libc::EINVAL);
     assert_eq!(
-        errno(
-            env.vfio
-                .device_ioctl(&env.devs[0], VFIO_DEVICE_BIND_TASK, 8, env.mem.as_ref())
-        ),
+        errno(env.vfio.device_ioctl(
+            &env.devs[0],
+            VFIO_DEVICE_BIND_TASK,
+            8,
+            env.mem.as_ref(),
+            &mut softvfio::testing::no_eventfds
+        )),
         libc::EFAULT
     );
     assert_eq!(env.built.iommu.pasid_bonds(0x18), vec![2, 3, 4]);

@@ -39,6 +39,7 @@ pub mod dma;
 pub mod edu;
 pub mod iommu;
 pub mod mdev;
+pub mod pci;
 
 pub use dma::{DmaAccess, DmaError, DmaTarget, VecDmaTarget};
 pub use edu::{EduDevice, EduOptions};

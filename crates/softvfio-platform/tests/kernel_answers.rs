@@ -767,7 +767,15 @@ fn accounting_counts_per_mapping() {
 fn device_regions_and_irqs_match_the_kernel() {
     let h = Harness::attached(3);
     let d = h.device("0000:00:03.0").unwrap();
-    let dev = |req: u64, arg: u64| errno(h.vfio.device_ioctl(&d, req, arg, h.mem.as_ref()));
+    let dev = |req: u64, arg: u64| {
+        errno(h.vfio.device_ioctl(
+            &d,
+            req,
+            arg,
+            h.mem.as_ref(),
+            &mut softvfio::testing::no_eventfds,
+        ))
+    };
     // oracle: device_info 0 flags=0x2 regions=9 irqs=5 cap_offset=0 (argsz 20)
     let mut info = [20u32, 0, 0, 0, 0xff, 0xee];
     assert_eq!(dev(VFIO_DEVICE_GET_INFO, out(&mut info)), 0);

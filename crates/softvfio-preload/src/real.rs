@@ -229,6 +229,27 @@ pub fn fd_is_open(fd: c_int) -> bool {
     unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD) >= 0 }
 }
 
+/// A descriptor of the library's own for the open file behind program
+/// descriptor `fd` (an eventfd handed to `VFIO_DEVICE_SET_IRQS`): the
+/// kernel holds a reference to such a file, so the engine holds a
+/// descriptor. Close-on-exec, numbered from 256 up where the limit allows
+/// (out of the way of programs that expect their low numbers to be dense).
+pub fn dup_own(fd: c_int) -> Result<std::os::fd::OwnedFd, c_int> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_DUPFD_CLOEXEC takes an integer and passes no memory.
+    let mut new = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 256) };
+    if new < 0 && errno() == libc::EINVAL {
+        // SAFETY: as above.
+        new = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 0) };
+    }
+    if new < 0 {
+        return Err(errno());
+    }
+    // SAFETY: `new` is a descriptor this call just created; nothing else
+    // owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new as c_int) })
+}
+
 /// A new descriptor standing for a VFIO object: an eventfd, so that poll
 /// and select accept it and it never reads as ready.
 pub fn new_object_fd(cloexec: bool) -> Result<c_int, c_int> {

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use softvfio::frontend::{FdTarget, ObjectKey, Routed, Session};
+use softvfio::frontend::{FdTarget, ObjectKey, ProgramFds, Routed, Session};
 use softvfio::memory::host::HostMemory;
 use softvfio::memory::{UserMemory, PAGE_SIZE};
 use softvfio::uapi::Vfio;
@@ -32,6 +32,23 @@ static BROKEN: AtomicBool = AtomicBool::new(false);
 /// child inherits the registration but not the duty: it registers its own
 /// when it opens VFIO files.
 static REPORT_PID: AtomicU32 = AtomicU32::new(0);
+
+/// This process's descriptor table as the session sees it.
+struct OwnFds<'a>(&'a HashMap<c_int, ObjectKey>);
+
+impl ProgramFds for OwnFds<'_> {
+    fn target(&mut self, fd: c_int) -> FdTarget {
+        match self.0.get(&fd) {
+            Some(k) => FdTarget::Object(*k),
+            None if fd >= 0 && real::fd_is_open(fd) => FdTarget::Foreign,
+            None => FdTarget::NotOpen,
+        }
+    }
+
+    fn duplicate(&mut self, fd: c_int) -> Result<std::os::fd::OwnedFd, c_int> {
+        real::dup_own(fd)
+    }
+}
 
 pub struct State {
     built: Arc<BuiltPlatform>,
@@ -184,15 +201,10 @@ impl State {
     /// An ioctl on our object `key`: the return value, or an errno.
     pub fn ioctl(&mut self, key: ObjectKey, request: u64, arg: u64) -> Result<i64, c_int> {
         let user = self.mem.clone();
-        let fds = &self.fds;
-        let mut resolve = |fd: c_int| match fds.get(&fd) {
-            Some(k) => FdTarget::Object(*k),
-            None if fd >= 0 && real::fd_is_open(fd) => FdTarget::Foreign,
-            None => FdTarget::NotOpen,
-        };
+        let mut fds = OwnFds(&self.fds);
         let routed = self
             .session
-            .ioctl(key, request, arg, user.as_ref(), &mut resolve)
+            .ioctl(key, request, arg, user.as_ref(), &mut fds)
             .map_err(|e| e.errno())?;
         match routed {
             Routed::Value(v) => Ok(v),

@@ -1,6 +1,8 @@
 //! The device side of VFIO: what a device model offers through its device
 //! file descriptor (vfio-pci style regions, interrupts, reset).
 
+use crate::eventfd::EventfdArg;
+
 /// `VFIO_PCI_*_REGION_INDEX` offsets are `index << 40` in the device fd.
 pub const REGION_OFFSET_SHIFT: u32 = 40;
 
@@ -19,6 +21,84 @@ pub struct RegionInfo {
 pub struct IrqInfo {
     pub flags: u32,
     pub count: u32,
+}
+
+/// The action of a `VFIO_DEVICE_SET_IRQS` request (`VFIO_IRQ_SET_ACTION_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrqAction {
+    Mask,
+    Unmask,
+    Trigger,
+    /// No action bit, or more than one: vfio-pci finds no handler (ENOTTY).
+    Unknown,
+}
+
+/// The data of a `VFIO_DEVICE_SET_IRQS` request, `count` entries.
+#[derive(Debug)]
+pub enum IrqData {
+    /// `VFIO_IRQ_SET_DATA_NONE`.
+    None,
+    /// `VFIO_IRQ_SET_DATA_BOOL`: one flag per interrupt.
+    Bool(Vec<bool>),
+    /// `VFIO_IRQ_SET_DATA_EVENTFD`: one descriptor per interrupt.
+    Eventfds(Vec<EventfdArg>),
+}
+
+/// A `VFIO_DEVICE_SET_IRQS` request that passed the generic checks of
+/// `vfio_set_irqs_validate_and_prepare` (index, start/count against the
+/// index's interrupt count, one data type, the data copied in).
+#[derive(Debug)]
+pub struct IrqSet {
+    pub index: u32,
+    pub start: u32,
+    pub count: u32,
+    pub action: IrqAction,
+    pub data: IrqData,
+}
+
+/// A `VFIO_DEVICE_IOEVENTFD` request after the generic checks (flags, one
+/// size bit, fd >= -1).
+#[derive(Debug)]
+pub struct IoeventfdRequest {
+    /// The region index (from the fd offset).
+    pub region: u32,
+    /// Offset within the region.
+    pub offset: u64,
+    /// The value written when the eventfd fires.
+    pub data: u64,
+    /// The access width: 1, 2, 4 or 8.
+    pub size: u32,
+    /// The eventfd, or `Negative(-1)` to remove a registration.
+    pub fd: EventfdArg,
+    /// The device itself, for the writes the eventfd triggers later.
+    pub device: std::sync::Weak<dyn VfioDeviceModel>,
+}
+
+/// `VFIO_DEVICE_FEATURE` operations asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureOps {
+    pub get: bool,
+    pub set: bool,
+    pub probe: bool,
+}
+
+/// A device-specific `VFIO_DEVICE_FEATURE` request (the features the vfio
+/// core does not handle itself).
+#[derive(Debug)]
+pub struct FeatureRequest {
+    /// `VFIO_DEVICE_FEATURE_*` number.
+    pub feature: u32,
+    pub ops: FeatureOps,
+    /// The bytes after the header (`argsz - 16` of them).
+    pub data: Vec<u8>,
+    /// For features whose payload names an eventfd
+    /// (`LOW_POWER_ENTRY_WITH_WAKEUP`): the first payload word resolved.
+    pub eventfd: Option<EventfdArg>,
+    /// Could the payload be read? (A handler that copies it in answers
+    /// EFAULT when not.)
+    pub payload_readable: bool,
+    /// The caller's `argsz`.
+    pub argsz: u32,
 }
 
 /// A device as its VFIO device fd shows it. Errors are errno values.
@@ -53,5 +133,38 @@ pub trait VfioDeviceModel: Send + Sync {
     /// Does the device support shared virtual memory (PASID bind)?
     fn supports_svm(&self) -> bool {
         false
+    }
+    /// Does the device take `VFIO_DEVICE_SET_IRQS` and
+    /// `VFIO_DEVICE_IOEVENTFD` as vfio-pci does (generic checks first)? A
+    /// device whose driver lacks them answers ENOTTY to both.
+    fn vfio_pci_irqs(&self) -> bool {
+        false
+    }
+    /// `VFIO_DEVICE_SET_IRQS` after the generic checks.
+    fn set_irqs(&self, set: IrqSet) -> Result<(), i32> {
+        let _ = set;
+        Err(libc::ENOTTY)
+    }
+    /// `VFIO_DEVICE_IOEVENTFD` after the generic checks.
+    fn ioeventfd(&self, req: IoeventfdRequest) -> Result<(), i32> {
+        let _ = req;
+        Err(libc::ENOTTY)
+    }
+    /// A device-specific `VFIO_DEVICE_FEATURE` (the driver's
+    /// `device_feature` op): the value the ioctl returns, or an errno. The
+    /// payload to copy back for GET is left in `req.data`. A driver without
+    /// the op answers EINVAL, as the VFIO core does.
+    fn device_feature(&self, req: &mut FeatureRequest) -> Result<i64, i32> {
+        let _ = req;
+        Err(libc::EINVAL)
+    }
+    /// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` / `VFIO_DEVICE_PCI_HOT_RESET`:
+    /// the errno of vfio-pci's probe for a slot or bus reset
+    /// (`pci_probe_reset_slot`, then `pci_probe_reset_bus`). The emulated
+    /// PCI functions sit on the root bus with no hotplug slot, where Linux
+    /// finds neither: ENODEV. Devices that are not PCI functions do not
+    /// know the requests: ENOTTY.
+    fn hot_reset_probe(&self) -> i32 {
+        libc::ENOTTY
     }
 }

@@ -8,9 +8,11 @@
 //! named by an [`ObjectKey`].
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use crate::error::{Result, VfioError};
+use crate::eventfd::{Eventfd, EventfdArg};
 use crate::memory::UserMemory;
 use crate::uapi::{ContainerFile, DeviceFile, FdLookup, GroupFile, IoctlOutcome, Vfio};
 use crate::Container;
@@ -33,6 +35,17 @@ pub enum FdTarget {
     Foreign,
     /// One of this session's files.
     Object(ObjectKey),
+}
+
+/// The program's descriptor table, as a front end sees it.
+pub trait ProgramFds {
+    /// What descriptor `fd` refers to.
+    fn target(&mut self, fd: i32) -> FdTarget;
+    /// A descriptor owned by the engine for the same open file as program
+    /// descriptor `fd` (an eventfd handed over by `VFIO_DEVICE_SET_IRQS`):
+    /// the kernel keeps a reference to the file, so must we. An errno when
+    /// `fd` is not open (EBADF) or cannot be duplicated.
+    fn duplicate(&mut self, fd: i32) -> std::result::Result<OwnedFd, i32>;
 }
 
 /// The result of an ioctl routed by a session.
@@ -124,15 +137,15 @@ impl Session {
             .collect()
     }
 
-    /// An ioctl on the file `key`. `resolve_fd` says what a descriptor
-    /// number argument refers to (`VFIO_GROUP_SET_CONTAINER`).
+    /// An ioctl on the file `key`. `fds` says what a descriptor number in
+    /// the argument refers to (`VFIO_GROUP_SET_CONTAINER`, eventfds).
     pub fn ioctl(
         &mut self,
         key: ObjectKey,
         request: u64,
         arg: u64,
         user: &dyn UserMemory,
-        resolve_fd: &mut dyn FnMut(i32) -> FdTarget,
+        fds: &mut dyn ProgramFds,
     ) -> Result<Routed> {
         let vfio = self.vfio.clone();
         match self.objects.get(&key) {
@@ -140,11 +153,13 @@ impl Session {
                 .container_ioctl(c, request, arg, user)
                 .map(Routed::Value),
             Some(FileObject::Device(d)) => {
-                vfio.device_ioctl(d, request, arg, user).map(Routed::Value)
+                let mut eventfds = |fd: i32| resolve_eventfd(fds, fd);
+                vfio.device_ioctl(d, request, arg, user, &mut eventfds)
+                    .map(Routed::Value)
             }
             Some(FileObject::Group(g)) => {
                 let objects = &self.objects;
-                let mut lookup = |fd: i32| match resolve_fd(fd) {
+                let mut lookup = |fd: i32| match fds.target(fd) {
                     FdTarget::NotOpen => FdLookup::NotOpen,
                     FdTarget::Foreign => FdLookup::NotContainer,
                     FdTarget::Object(k) => match objects.get(&k) {
@@ -210,5 +225,21 @@ impl Session {
     /// Peek at a file before releasing it.
     pub fn object(&self, key: ObjectKey) -> Option<&FileObject> {
         self.objects.get(&key)
+    }
+}
+
+/// `eventfd_ctx_fdget` on a program descriptor: EBADF when it is not open,
+/// EINVAL when it is not an eventfd (one of our own VFIO files never is).
+fn resolve_eventfd(fds: &mut dyn ProgramFds, fd: i32) -> EventfdArg {
+    if fd < 0 {
+        return EventfdArg::Negative(fd);
+    }
+    match fds.target(fd) {
+        FdTarget::NotOpen => EventfdArg::Error(libc::EBADF),
+        FdTarget::Object(_) => EventfdArg::Error(libc::EINVAL),
+        FdTarget::Foreign => match fds.duplicate(fd).and_then(Eventfd::from_owned) {
+            Ok(e) => EventfdArg::Fd(e),
+            Err(e) => EventfdArg::Error(e),
+        },
     }
 }

@@ -14,9 +14,11 @@
 pub mod account;
 pub mod container;
 pub mod device;
+pub mod device_ioctl;
 pub mod dirty;
 pub mod dma;
 pub mod error;
+pub mod eventfd;
 pub mod external;
 pub mod frontend;
 pub mod iommu;

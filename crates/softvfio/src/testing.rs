@@ -403,3 +403,13 @@ pub fn vtd_group(id: u32, rid: u16, iommu: &Arc<soft_iommu::Iommu>) -> Arc<Group
         extra_reserved: Vec::new(),
     })
 }
+
+/// An eventfd resolver for callers with no descriptor table (tests, the
+/// fuzzer): every non-negative number is a descriptor that is not open.
+pub fn no_eventfds(fd: i32) -> crate::eventfd::EventfdArg {
+    if fd < 0 {
+        crate::eventfd::EventfdArg::Negative(fd)
+    } else {
+        crate::eventfd::EventfdArg::Error(libc::EBADF)
+    }
+}

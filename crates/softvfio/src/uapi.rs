@@ -573,13 +573,15 @@ impl Vfio {
 
     // ---- device ioctls and region access ----------------------------------
 
-    /// An ioctl on a device fd.
+    /// An ioctl on a device fd. `eventfds` resolves descriptor numbers in
+    /// the argument (interrupt triggers, ioeventfds) in the caller's table.
     pub fn device_ioctl(
         &self,
         file: &DeviceFile,
         request: u64,
         arg: u64,
         user: &dyn UserMemory,
+        eventfds: &mut crate::device_ioctl::EventfdResolver<'_>,
     ) -> Result<i64> {
         let model = &file.device.model;
         match request {
@@ -641,6 +643,19 @@ impl Vfio {
                 Ok(0)
             }
             VFIO_DEVICE_RESET => model.reset().map(|()| 0).map_err(VfioError::Errno),
+            VFIO_DEVICE_SET_IRQS => {
+                crate::device_ioctl::set_irqs(model.as_ref(), arg, user, eventfds)
+            }
+            crate::device_ioctl::VFIO_DEVICE_IOEVENTFD => {
+                crate::device_ioctl::ioeventfd(model, arg, user, eventfds)
+            }
+            crate::device_ioctl::VFIO_DEVICE_FEATURE => {
+                crate::device_ioctl::device_feature(model.as_ref(), arg, user, eventfds)
+            }
+            crate::device_ioctl::VFIO_DEVICE_GET_PCI_HOT_RESET_INFO
+            | crate::device_ioctl::VFIO_DEVICE_PCI_HOT_RESET => {
+                crate::device_ioctl::hot_reset(model.as_ref(), request, arg, user)
+            }
             VFIO_DEVICE_BIND_TASK => self.svm_bind_task(file, arg, user).map(|()| 0),
             VFIO_DEVICE_UNBIND_TASK => self.svm_unbind_task(file, arg, user).map(|()| 0),
             VFIO_DEVICE_SVM => self.device_svm(file, arg, user).map(|()| 0),

@@ -169,7 +169,15 @@ fn huge_argsz_bitmap_and_lengths_are_never_allocated() {
     };
     // Device info with argsz u32::MAX.
     put(&mem, &[max, 0], &[4, 4]);
-    let (r, big) = largest_alloc(|| vfio.device_ioctl(&dev, VFIO_DEVICE_GET_INFO, ARG, user));
+    let (r, big) = largest_alloc(|| {
+        vfio.device_ioctl(
+            &dev,
+            VFIO_DEVICE_GET_INFO,
+            ARG,
+            user,
+            &mut softvfio::testing::no_eventfds,
+        )
+    });
     assert!(r.is_ok());
     assert!(big < KIB64);
     // pread/pwrite of u64::MAX bytes: at most 1 MiB is buffered.

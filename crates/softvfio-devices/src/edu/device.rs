@@ -3,7 +3,10 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use softvfio::device::{IrqInfo, RegionInfo, VfioDeviceModel, REGION_FLAG_READ, REGION_FLAG_WRITE};
+use softvfio::device::{
+    FeatureRequest, IoeventfdRequest, IrqInfo, IrqSet, RegionInfo, VfioDeviceModel,
+    REGION_FLAG_READ, REGION_FLAG_WRITE,
+};
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED,
     VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
@@ -17,6 +20,7 @@ use super::config::{EduConfigSpace, CONFIG_SIZE};
 use super::core::{DmaBus, EduCore, EduRegisters, EduStats, IrqRequest};
 use super::regs::{BAR0_SIZE, DEFAULT_DMA_MASK};
 use crate::dma::DmaTarget;
+use crate::pci::{Ioeventfds, IrqCapabilities, IrqMode, PciPower, VfioPciIrqs};
 
 /// Called with the VFIO IRQ index (`VFIO_PCI_INTX_IRQ_INDEX` or
 /// `VFIO_PCI_MSI_IRQ_INDEX`) each time the device signals that interrupt.
@@ -97,11 +101,17 @@ struct Inner {
 }
 
 /// QEMU's edu device behind vfio-pci.
+///
+/// Lock order: `inner`, then the vfio-pci core's locks (`irqs`).
 pub struct EduDevice {
     opts: EduOptions,
     inner: Mutex<Inner>,
     dma: Mutex<Option<Arc<dyn DmaTarget>>>,
     notifier: Mutex<Option<SharedNotifier>>,
+    /// vfio-pci's interrupt state: the program's eventfds.
+    irqs: Arc<VfioPciIrqs>,
+    ioeventfds: Ioeventfds,
+    power: PciPower,
 }
 
 impl std::fmt::Debug for EduDevice {
@@ -185,6 +195,14 @@ impl EduDevice {
             inner: Mutex::new(inner),
             dma: Mutex::new(None),
             notifier: Mutex::new(None),
+            irqs: VfioPciIrqs::new(IrqCapabilities {
+                intx: true,
+                msi_vectors: 1,
+                msix_vectors: 0,
+                pcie: false,
+            }),
+            ioeventfds: Ioeventfds::default(),
+            power: PciPower::default(),
         }
     }
 
@@ -220,7 +238,13 @@ impl EduDevice {
         g.cfg.set_msi_mode(on);
         if g.cfg.msi_enabled() {
             g.intx = false;
+            self.irqs.set_intx_line(false);
         }
+    }
+
+    /// The vfio-pci interrupt state (eventfds, masking) of this device.
+    pub fn irqs(&self) -> &Arc<VfioPciIrqs> {
+        &self.irqs
     }
 
     /// Is the INTx line asserted (interrupt status non-zero, MSI off)?
@@ -240,12 +264,13 @@ impl EduDevice {
     /// [`EduOptions::reset_supported`] says (for tools and tests).
     pub fn power_on_reset(&self) {
         let mut g = lock(&self.inner);
-        Self::reset_core(&mut g);
+        self.reset_core(&mut g);
     }
 
-    fn reset_core(g: &mut Inner) {
+    fn reset_core(&self, g: &mut Inner) {
         g.core.reset();
         g.intx = false;
+        self.irqs.set_intx_line(false);
     }
 
     pub fn registers(&self) -> EduRegisters {
@@ -299,14 +324,17 @@ impl EduDevice {
         }
     }
 
-    /// Delivers an interrupt request the way QEMU's PCI core does.
-    fn deliver(g: &mut Inner, req: IrqRequest, pending: &mut Pending) {
+    /// Delivers an interrupt request the way QEMU's PCI core does: MSI
+    /// writes reach vfio-pci's MSI handler, the INTx line its INTx handler
+    /// (which signal the program's eventfds).
+    fn deliver(&self, g: &mut Inner, req: IrqRequest, pending: &mut Pending) {
         match req {
             IrqRequest::Raise if g.cfg.msi_enabled() => {
                 // An MSI is a memory write: it needs Bus Master Enable
                 // (measured: no event without it).
                 if g.cfg.bus_master() {
                     g.core.stats_mut().msi_sent += 1;
+                    self.irqs.send_msi(0);
                     pending.push(VFIO_PCI_MSI_IRQ_INDEX);
                 } else {
                     g.core.stats_mut().msi_dropped += 1;
@@ -316,6 +344,7 @@ impl EduDevice {
                 if !g.intx {
                     g.intx = true;
                     g.core.stats_mut().intx_asserts += 1;
+                    self.irqs.set_intx_line(true);
                     if !g.cfg.intx_disabled() {
                         pending.push(VFIO_PCI_INTX_IRQ_INDEX);
                     }
@@ -324,6 +353,7 @@ impl EduDevice {
             IrqRequest::Lower => {
                 if !g.cfg.msi_enabled() {
                     g.intx = false;
+                    self.irqs.set_intx_line(false);
                 }
             }
         }
@@ -375,7 +405,7 @@ impl EduDevice {
                             bus_master: g.cfg.bus_master(),
                         };
                         if let Some(req) = g.core.mmio_write(off, n, u64::from_le_bytes(v), bus) {
-                            Self::deliver(&mut g, req, &mut pending);
+                            self.deliver(&mut g, req, &mut pending);
                         }
                         done += n;
                     }
@@ -421,6 +451,13 @@ impl EduDevice {
                     if g.cfg.msi_enabled() && !was_msi {
                         // Turning MSI on deasserts INTx.
                         g.intx = false;
+                        self.irqs.set_intx_line(false);
+                    }
+                    // vfio-pci masks INTx while the virtual INTx disable
+                    // bit is set, and unmasks (re-sending a pending
+                    // interrupt) when it is cleared.
+                    if was_disabled != g.cfg.intx_disabled() {
+                        self.irqs.set_intx_disable(g.cfg.intx_disabled());
                     }
                     // Clearing INTx disable lets an asserted line through.
                     if was_disabled && !g.cfg.intx_disabled() && g.intx && !g.cfg.msi_enabled() {
@@ -523,7 +560,7 @@ impl VfioDeviceModel for EduDevice {
             return Err(libc::EINVAL);
         }
         let mut g = lock(&self.inner);
-        Self::reset_core(&mut g);
+        self.reset_core(&mut g);
         Ok(())
     }
 
@@ -533,7 +570,7 @@ impl VfioDeviceModel for EduDevice {
         let mut g = lock(&self.inner);
         g.cfg.restore_power_on();
         if self.opts.reset_supported {
-            Self::reset_core(&mut g);
+            self.reset_core(&mut g);
         }
     }
 
@@ -541,11 +578,53 @@ impl VfioDeviceModel for EduDevice {
     /// restores the config space saved at enable time. DMA runs inside
     /// register writes, so none is in flight here.
     fn close_device(&self) {
+        // Interrupts off and every eventfd released first
+        // (`vfio_pci_core_disable` tears down IRQs before the reset).
+        self.irqs.release();
+        self.ioeventfds.clear();
+        self.power.exit();
         let mut g = lock(&self.inner);
         g.cfg.restore_power_on();
         if self.opts.reset_supported {
-            Self::reset_core(&mut g);
+            self.reset_core(&mut g);
         }
+    }
+
+    fn vfio_pci_irqs(&self) -> bool {
+        true
+    }
+
+    fn set_irqs(&self, set: IrqSet) -> Result<(), i32> {
+        // Hold the device lock across the change so an interrupt raised
+        // meanwhile sees either the old or the new delivery type.
+        let mut g = lock(&self.inner);
+        let r = self.irqs.set_irqs(set);
+        // Enabling MSI allocates the vector, which turns MSI on in the
+        // device; anything else leaves it off.
+        let msi = matches!(self.irqs.mode(), IrqMode::Msi { .. });
+        if msi != g.cfg.msi_enabled() {
+            g.cfg.set_msi_mode(msi);
+            if msi {
+                g.intx = false;
+                self.irqs.set_intx_line(false);
+            }
+        }
+        r
+    }
+
+    fn ioeventfd(&self, req: IoeventfdRequest) -> Result<(), i32> {
+        let len = self.region_info(req.region).map_or(0, |r| r.size);
+        self.ioeventfds.request(req, len, None)
+    }
+
+    fn device_feature(&self, req: &mut FeatureRequest) -> Result<i64, i32> {
+        self.power.feature(req)
+    }
+
+    /// On the root bus, without a hotplug slot: neither a slot nor a bus
+    /// reset can reach it.
+    fn hot_reset_probe(&self) -> i32 {
+        libc::ENODEV
     }
 
     fn supports_svm(&self) -> bool {

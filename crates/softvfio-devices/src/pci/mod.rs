@@ -1,0 +1,22 @@
+//! The vfio-pci core for emulated PCI functions: what Linux's
+//! `vfio-pci-core` adds around a PCI device, independent of the device
+//! model. A model (such as [`crate::edu::EduDevice`]) keeps its registers
+//! and config space and composes these parts:
+//!
+//! - [`irqs::VfioPciIrqs`]: `VFIO_DEVICE_SET_IRQS` (INTx with automasking
+//!   and unmask eventfds, MSI, MSI-X, ERR, REQ) and the device side of
+//!   interrupt delivery (INTx line level, MSI vectors) into the program's
+//!   eventfds;
+//! - [`ioeventfd::Ioeventfds`], for `VFIO_DEVICE_IOEVENTFD`;
+//! - [`power::PciPower`]: `VFIO_DEVICE_FEATURE`'s low-power features.
+//!
+//! The generic argument checks of these ioctls are in
+//! `softvfio::device_ioctl`; this module holds the state behind them.
+
+pub mod ioeventfd;
+pub mod irqs;
+pub mod power;
+
+pub use ioeventfd::Ioeventfds;
+pub use irqs::{IrqCapabilities, IrqMode, IrqStats, VfioPciIrqs};
+pub use power::PciPower;

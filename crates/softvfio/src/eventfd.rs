@@ -1,0 +1,250 @@
+//! Eventfds handed to the engine by a program: interrupt triggers
+//! (`VFIO_DEVICE_SET_IRQS`), the INTx unmask eventfd, ioeventfds
+//! (`VFIO_DEVICE_IOEVENTFD`) and the low-power wakeup eventfd.
+//!
+//! The kernel takes a reference on the eventfd context (`eventfd_ctx_fdget`)
+//! and keeps it after the program closes its descriptor. The engine does
+//! the same with a descriptor of its own for the same eventfd: the front
+//! end duplicates the program's descriptor (`pidfd_getfd` for a traced
+//! program, `fcntl(F_DUPFD_CLOEXEC)` in the preload library) and the
+//! duplicate is checked to be an eventfd here.
+//!
+//! Invariants:
+//! - an [`Eventfd`] always refers to an eventfd (checked at construction);
+//! - an [`EventfdWatcher`]'s thread has ended when `drop` returns, so a
+//!   handler never runs after its watcher is gone.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rustix::event::{poll, EventfdFlags, PollFd, PollFlags};
+
+/// A program's eventfd, held by the engine.
+#[derive(Debug)]
+pub struct Eventfd {
+    file: std::fs::File,
+}
+
+impl Eventfd {
+    /// Takes a descriptor the front end duplicated from the program. EINVAL
+    /// when it is not an eventfd, as `eventfd_ctx_fdget` answers.
+    pub fn from_owned(fd: OwnedFd) -> Result<Self, i32> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|_| libc::EINVAL)?;
+        if link.as_os_str() != "anon_inode:[eventfd]" {
+            return Err(libc::EINVAL);
+        }
+        Ok(Self {
+            file: std::fs::File::from(fd),
+        })
+    }
+
+    /// A new eventfd of the engine's own (tests, tools).
+    pub fn new() -> Result<Self, i32> {
+        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| e.raw_os_error())?;
+        Ok(Self {
+            file: std::fs::File::from(fd),
+        })
+    }
+
+    /// `eventfd_signal(ctx, 1)`: adds one to the counter. A counter at its
+    /// maximum stays there (the kernel's eventfd_signal saturates too).
+    pub fn signal(&self) {
+        let _ = (&self.file).write(&1u64.to_ne_bytes());
+    }
+
+    /// Reads and clears the counter: `Some(n)` when it was non-zero, `None`
+    /// when it was zero (non-blocking descriptors) or on error.
+    pub fn consume(&self) -> Option<u64> {
+        let mut b = [0u8; 8];
+        match (&self.file).read(&mut b) {
+            Ok(8) => Some(u64::from_ne_bytes(b)),
+            _ => None,
+        }
+    }
+
+    /// A second descriptor for the same eventfd.
+    pub fn try_clone(&self) -> Result<Self, i32> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EMFILE))?;
+        Ok(Self { file })
+    }
+}
+
+/// A program descriptor argument that should name an eventfd, resolved by
+/// the front end before the request runs. Resolution errors are kept and
+/// reported only where the kernel would look at the descriptor, so errno
+/// order follows the kernel's.
+#[derive(Debug)]
+pub enum EventfdArg {
+    /// A negative number (`-1` detaches in most requests).
+    Negative(i32),
+    /// An open eventfd.
+    Fd(Eventfd),
+    /// What `eventfd_ctx_fdget` would answer: EBADF (not open) or EINVAL
+    /// (open, but not an eventfd).
+    Error(i32),
+}
+
+impl EventfdArg {
+    /// The eventfd, or the errno `eventfd_ctx_fdget` gives for this
+    /// argument (EBADF for a negative number).
+    pub fn take(self) -> Result<Eventfd, i32> {
+        match self {
+            EventfdArg::Fd(e) => Ok(e),
+            EventfdArg::Negative(_) => Err(libc::EBADF),
+            EventfdArg::Error(e) => Err(e),
+        }
+    }
+
+    /// Is this a negative descriptor number?
+    pub fn is_negative(&self) -> bool {
+        matches!(self, EventfdArg::Negative(_))
+    }
+}
+
+/// Runs a handler each time a program signals an eventfd (the kernel's
+/// `virqfd`: INTx unmask eventfds and ioeventfds), on a thread of its own.
+/// The counter is consumed before each call, so one call may stand for
+/// several signals, as with the kernel's wait-queue callback.
+pub struct EventfdWatcher {
+    stop: Arc<AtomicBool>,
+    wake: Eventfd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EventfdWatcher {
+    /// Watches `fd` until dropped.
+    pub fn spawn(
+        name: &str,
+        fd: Eventfd,
+        handler: impl Fn() + Send + 'static,
+    ) -> Result<Self, i32> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let wake = Eventfd::new()?;
+        let wake_thread = wake.try_clone()?;
+        let stop_thread = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || watch(&fd, &wake_thread, &stop_thread, &handler))
+            .map_err(|_| libc::ENOMEM)?;
+        Ok(Self {
+            stop,
+            wake,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn watch(fd: &Eventfd, wake: &Eventfd, stop: &AtomicBool, handler: &dyn Fn()) {
+    loop {
+        let mut fds = [
+            PollFd::new(&fd.file, PollFlags::IN),
+            PollFd::new(&wake.file, PollFlags::IN),
+        ];
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return,
+        }
+        let ready = fds[0].revents();
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        if ready.intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL) {
+            return;
+        }
+        if ready.contains(PollFlags::IN) {
+            // The program's eventfd may be blocking: read only when poll
+            // said it is readable (another reader may race us: then the
+            // read blocks until the next signal, which is still correct).
+            let mut b = [0u8; 8];
+            if (&fd.file).read(&mut b).is_ok() {
+                handler();
+            }
+        }
+    }
+}
+
+impl Drop for EventfdWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake.signal();
+        if let Some(t) = self.thread.take() {
+            // A handler that drops its own watcher must not join itself.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for EventfdWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventfdWatcher").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn signal_adds_and_consume_clears() {
+        let e = Eventfd::new().unwrap();
+        assert_eq!(e.consume(), None);
+        e.signal();
+        e.signal();
+        assert_eq!(e.consume(), Some(2));
+        assert_eq!(e.consume(), None);
+    }
+
+    #[test]
+    fn non_eventfd_is_einval() {
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(
+            Eventfd::from_owned(OwnedFd::from(f)).unwrap_err(),
+            libc::EINVAL
+        );
+    }
+
+    #[test]
+    fn duplicate_of_eventfd_accepted() {
+        let e = Eventfd::new().unwrap();
+        let dup = e.try_clone().unwrap();
+        let back = Eventfd::from_owned(OwnedFd::from(dup.file)).unwrap();
+        back.signal();
+        assert_eq!(e.consume(), Some(1));
+    }
+
+    #[test]
+    fn watcher_runs_handler_and_stops_on_drop() {
+        let e = Eventfd::new().unwrap();
+        let n = Arc::new(AtomicU32::new(0));
+        let n2 = n.clone();
+        let w = EventfdWatcher::spawn("test-watch", e.try_clone().unwrap(), move || {
+            n2.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+        e.signal();
+        let t = Instant::now();
+        while n.load(Ordering::SeqCst) == 0 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        drop(w);
+        e.signal();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        // Nobody consumed the last signal.
+        assert_eq!(e.consume(), Some(1));
+    }
+}
