@@ -28,6 +28,8 @@
 #include <fcntl.h>
 #include <linux/vfio.h>
 #include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -50,6 +52,9 @@
 #endif
 #ifndef VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY
 #define VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY 3
+#endif
+#ifndef VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP
+#define VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP 4
 #endif
 #ifndef VFIO_DEVICE_FEATURE_LOW_POWER_EXIT
 #define VFIO_DEVICE_FEATURE_LOW_POWER_EXIT 5
@@ -149,6 +154,23 @@ static void cmd_set(uint16_t set, uint16_t clear) {
   uint16_t c = (uint16_t)cfg_rd(4, 2);
   c = (uint16_t)((c | set) & ~clear);
   cfg_wr(4, 2, c);
+}
+
+// Reads BAR0's id through an mmap of the region; a SIGBUS is reported, not fatal.
+static sigjmp_buf sigbus_jmp;
+static void on_sigbus(int sig) { (void)sig; siglongjmp(sigbus_jmp, 1); }
+static const char *mmap_read_bar0(void) {
+  static char res[64];
+  long pg = sysconf(_SC_PAGESIZE);
+  void *p = mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_SHARED, dev, bar0_off);
+  if (p == MAP_FAILED) { snprintf(res, sizeof res, "%s", ename(errno)); return res; }
+  struct sigaction sa = { .sa_handler = on_sigbus }, old;
+  sigaction(SIGBUS, &sa, &old);
+  if (sigsetjmp(sigbus_jmp, 1)) snprintf(res, sizeof res, "SIGBUS");
+  else snprintf(res, sizeof res, "0 id=%#x", *(volatile uint32_t *)p);
+  sigaction(SIGBUS, &old, NULL);
+  munmap(p, pg);
+  return res;
 }
 
 // ---------- eventfds ----------
@@ -858,7 +880,20 @@ static void case_msi_delivery(void) {
   // Enable twice with the bit set in config, then disable.
   OUT("msi_enable_again", "%s", ename(irq_fd(TRIG, MSI, 0, efd)));
   OUT("msi_ctl_enable_again", "%#x", cfg_rd(0x42, 2));
+  cfg_wr(0x42, 2, (uint16_t)(ctl | 1));
+  OUT("msi_ctl_user_enable_bit_while_enabled", "%#x", cfg_rd(0x42, 2));
+  cfg_wr(0x42, 2, (uint16_t)(ctl | 0x71));
+  OUT("msi_ctl_user_qsize_while_enabled", "%#x", cfg_rd(0x42, 2));
+  edu_raise(0x1);
+  OUT("msi_user_enable_bit_while_enabled_events", "%llu", (unsigned long long)ev_wait(efd));
+  edu_ack(0x1);
+  cfg_wr(0x42, 2, ctl);
+  OUT("msi_ctl_user_clear_enable_while_enabled", "%#x", cfg_rd(0x42, 2));
+  edu_raise(0x1);
+  OUT("msi_user_cleared_enable_raise_events", "%llu", (unsigned long long)ev_wait(efd));
+  edu_ack(0x1);
   OUT("msi_disable_again", "%s", ename(msi_off()));
+  OUT("msi_ctl_after_disable_again", "%#x", cfg_rd(0x42, 2));
   close(efd2);
   close(efd);
   close(ifd);
@@ -957,17 +992,29 @@ static void case_feature(void) {
   OUT("feature_low_power_entry_get", "%s", ename(feature(0, G | VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, NULL, 0)));
   OUT("feature_low_power_exit_get", "%s", ename(feature(0, G | VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, NULL, 0)));
   OUT("feature_low_power_exit_set_not_entered", "%s", ename(feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, NULL, 0)));
-  OUT("feature_low_power_entry_set_with_data", "%s", ename(feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, d, 8)));
   int r = feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, NULL, 0);
   OUT("feature_low_power_entry_set", "%s", ename(r));
-  if (!r) {
-    OUT("feature_low_power_entry_set_twice", "%s", ename(feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, NULL, 0)));
-    uint32_t v = 0;
-    ssize_t n = pread(dev, &v, 4, cfg_off);
-    OUT("feature_low_power_cfg_read", "%s %#x", n < 0 ? ename(errno) : "ok", v);
-    OUT("feature_low_power_exit_set", "%s", ename(feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, NULL, 0)));
-    OUT("feature_low_power_exit_set_twice", "%s", ename(feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, NULL, 0)));
-  }
+  OUT("feature_low_power_entry_set_twice", "%s", ename(feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, NULL, 0)));
+  OUT("feature_low_power_entered_cfg_command", "%#x", cfg_rd(4, 2));
+  OUT("feature_low_power_entered_bar0_id", "%#x", rd32(0));
+  OUT("feature_low_power_entered_mmap_read", "%s", mmap_read_bar0());
+  OUT("feature_low_power_entered_set_irqs_intx", "%s", ename(irq_fd(TRIG, INTX, 0, -1)));
+  intx_off();
+  OUT("feature_low_power_exit_set", "%s", ename(feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, NULL, 0)));
+  OUT("feature_low_power_exit_set_twice", "%s", ename(feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, NULL, 0)));
+  OUT("feature_low_power_exited_mmap_read", "%s", mmap_read_bar0());
+  OUT("feature_low_power_entry_set_with_data", "%s", ename(feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, d, 8)));
+  OUT("feature_low_power_exit_set_with_data", "%s", ename(feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, d, 8)));
+  int efd = efd_new();
+  OUT("feature_low_power_wakeup_entry_no_data", "%s", ename(feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP, NULL, 0)));
+  struct { int32_t fd; uint32_t reserved; } wk = { efd, 0 };
+  OUT("feature_low_power_wakeup_entry", "%s", ename(feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP, &wk, sizeof wk)));
+  OUT("feature_low_power_wakeup_exit", "%s", ename(feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, NULL, 0)));
+  OUT("feature_low_power_wakeup_events", "%llu", (unsigned long long)ev_wait(efd));
+  wk.fd = -1;
+  OUT("feature_low_power_wakeup_entry_fd_minus1", "%s", ename(feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP, &wk, sizeof wk)));
+  feature(0, S | VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, NULL, 0);
+  close(efd);
   OUT("feature_low_power_bar0_id_after", "%#x", rd32(0));
   OUT("feature_low_power_cfg_command_after", "%#x", cfg_rd(4, 2));
   cmd_set(0x6, 0);
@@ -1115,10 +1162,11 @@ static void case_rw(void) {
   OUT("rw_bar0_write_2_liveness", "%zd %#x", n, rd32(4));
   // BAR0 mmap.
   long pg = sysconf(_SC_PAGESIZE);
-  void *p = mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_SHARED, dev, bar0_off);
-  if (p == MAP_FAILED) OUT("mmap_bar0", "%s", ename(errno));
-  else { OUT("mmap_bar0", "0 id=%#x", *(volatile uint32_t *)p); munmap(p, pg); }
-  p = mmap(NULL, pg, PROT_READ, MAP_SHARED, dev, cfg_off);
+  OUT("mmap_bar0", "%s", mmap_read_bar0());
+  cmd_set(0, 0x2);
+  OUT("mmap_bar0_memory_disabled", "%s", mmap_read_bar0());
+  cmd_set(0x2, 0);
+  void *p = mmap(NULL, pg, PROT_READ, MAP_SHARED, dev, cfg_off);
   OUT("mmap_config", "%s", p == MAP_FAILED ? ename(errno) : "0");
   if (p != MAP_FAILED) munmap(p, pg);
   p = mmap(NULL, pg, PROT_READ, MAP_SHARED, dev, region_off[1]);
