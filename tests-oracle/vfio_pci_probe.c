@@ -250,6 +250,15 @@ static void case_device_info(void) {
   struct vfio_device_info d4 = { .argsz = 0 };
   OUT("device_info_argsz_0", "%s", ename(ioctl(dev, VFIO_DEVICE_GET_INFO, &d4) ? errno : 0));
   OUT("device_unknown_ioctl", "%s", ename(ioctl(dev, _IO(VFIO_TYPE, VFIO_BASE + 40)) ? errno : 0));
+  // Container/group ioctl numbers, the gfx ones and iommufd's (6.1 has none
+  // of these on a vfio-pci device fd); a zeroed argument each.
+  const unsigned nrs[] = { 0, 1, 2, 3, 4, 5, 6, 14, 15, 18, 19, 20, 21, 22 };
+  for (unsigned i = 0; i < sizeof nrs / sizeof *nrs; i++) {
+    char name[64], zero[256];
+    memset(zero, 0, sizeof zero);
+    snprintf(name, sizeof name, "device_ioctl_base_plus_%u", nrs[i]);
+    OUT(name, "%s", ename(ioctl(dev, _IO(VFIO_TYPE, VFIO_BASE + nrs[i]), zero) ? errno : 0));
+  }
 }
 
 static void print_caps(const char *prefix, const char *buf, uint32_t first, uint32_t limit) {
@@ -370,6 +379,12 @@ static void case_config(void) {
   OUT("cfg_bar0_write_low_word", "%#x", cfg_rd(0x10, 4));
   cfg_wr(0x10, 4, old);
   OUT("cfg_bar0_restored", "%d", cfg_rd(0x10, 4) == old);
+  cfg_wr(0x10, 4, 0xc0000000);
+  OUT("cfg_bar0_moved", "%#x", cfg_rd(0x10, 4));
+  OUT("bar0_read_id_while_bar_moved", "%#x", rd32(0));
+  cfg_wr(0x13, 1, 0xab);
+  OUT("cfg_bar0_byte_write_at_0x13", "%#x", cfg_rd(0x10, 4));
+  cfg_wr(0x10, 4, old);
   OUT("bar0_read_id_after_sizing", "%#x", rd32(0));
 
   // Command register
@@ -442,6 +457,8 @@ static void case_config(void) {
         cfg_rd(p + 4, 4), cfg_rd(p + 8, 4), cfg_rd(p + 12, 4));
     p = (h >> 8) & 0xfc;
   }
+  cfg_wr(0x40, 2, 0x9911);
+  OUT("cfg_msi_cap_header_after_write", "%#x", cfg_rd(0x40, 2));
   // Writes into the MSI capability (virtualized)
   uint32_t msi_addr = cfg_rd(0x44, 4);
   cfg_wr(0x44, 4, 0xfee00000);
@@ -460,6 +477,22 @@ static void case_config(void) {
   OUT("cfg_write_0x80", "%#x", cfg_rd(0x80, 4));
   cfg_wr(0xfc, 4, 0x11223344);
   OUT("cfg_write_0xfc", "%#x", cfg_rd(0xfc, 4));
+  cfg_wr(0x81, 1, 0x77);
+  OUT("cfg_write_byte_0x81", "%#x", cfg_rd(0x80, 4));
+  cfg_wr(0x80, 4, 0);
+  cfg_wr(0xfc, 4, 0);
+  uint64_t q8 = 0xffffffffffffffffull;
+  old = cfg_rd(0x3c, 4);
+  n = pwrite(dev, &q8, 8, cfg_off + 0x38);
+  OUT("cfg_write_8bytes_at_0x38", "%zd %#x %#x", n, cfg_rd(0x38, 4), cfg_rd(0x3c, 4));
+  cfg_wr(0x3c, 4, old);
+  cfg_wr(0x3e, 2, 0xffff);
+  OUT("cfg_min_gnt_max_lat_after_write", "%#x", cfg_rd(0x3e, 2));
+  n = pwrite(dev, &q8, 2, cfg_off + 0x3f);
+  OUT("cfg_write_2bytes_at_0x3f", "%zd %s", n, n < 0 ? ename(errno) : "");
+  uint16_t w = 0;
+  n = pread(dev, &w, 2, cfg_off + 0x3);
+  OUT("cfg_read_2bytes_at_3", "%zd %#x", n, w);
   dump_cfg("cfg_after", 64);
 }
 
@@ -771,6 +804,17 @@ static void case_intx_delivery(void) {
   ioctl(container, VFIO_IOMMU_UNMAP_DMA, &u);
   munmap(buf, pg);
 
+  // Swap the trigger eventfd while enabled: events go to the new one.
+  int efd2 = efd_new();
+  OUT("intx_swap_eventfd", "%s", ename(irq_fd(TRIG, INTX, 0, efd2)));
+  edu_raise(0x400);
+  uint64_t o1, o2;
+  ev_wait2(efd, efd2, &o1, &o2);
+  OUT("intx_swap_raise_events", "old=%llu new=%llu", (unsigned long long)o1, (unsigned long long)o2);
+  edu_ack(0x400);
+  irq_none(UNMASK, INTX, 0, 1);
+  OUT("intx_swap_back", "%s", ename(irq_fd(TRIG, INTX, 0, efd)));
+  close(efd2);
   // Raise with INTx disabled through SET_IRQS: nothing on the old eventfd.
   OUT("intx_disable", "%s", ename(intx_off()));
   edu_raise(0x200);
@@ -1099,6 +1143,13 @@ static void case_ioeventfd(void) {
   cmd_set(0x2, 0);
   OUT("ioeventfd_memory_off_write", "%#x", rd32(4));
   ioeventfd(0, 4, bar0_off + 4, 0x0f0f0f0f, -1);
+  // How many registrations one device takes.
+  int nreg = 0, rmax = 0;
+  for (; nreg < 1100 && !(rmax = ioeventfd(0, 4, bar0_off + 4, 0x10000 + nreg, efd)); nreg++) ;
+  OUT("ioeventfd_max", "registered=%d then %s", nreg, ename(rmax));
+  int ndel = 0;
+  for (int i = 0; i < nreg; i++) ndel += !ioeventfd(0, 4, bar0_off + 4, 0x10000 + i, -1);
+  OUT("ioeventfd_max_deassigned", "%d", ndel);
   // Still registered when the device fd is closed: checked in case_close.
   close(efd2);
   close(efd);
