@@ -3,31 +3,55 @@
 //! with a fixed width, without a system call on the device file.
 //!
 //! Invariants: at most [`IOEVENTFD_MAX`] registrations; no two with the
-//! same (region, offset, data, size); each owns the watcher thread that
-//! performs its write, and removing it joins that thread (outside the
-//! registry lock, since the write may reach the device model, which may
-//! take its own locks).
+//! same (region, offset, data, size); registrations on one eventfd share
+//! one watcher (a signal runs all of them, as the kernel's wait queue wakes
+//! every virqfd on the eventfd), which exists exactly while it has at least
+//! one registration. Dropping a watcher joins its thread, always outside
+//! the registry lock, since the writes it performs reach the device model.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use softvfio::device::IoeventfdRequest;
+use softvfio::device::{IoeventfdRequest, VfioDeviceModel};
 use softvfio::eventfd::EventfdWatcher;
 
 /// `VFIO_PCI_IOEVENTFD_MAX`.
 pub const IOEVENTFD_MAX: usize = 1000;
 
-struct Registration {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Write {
     region: u32,
     offset: u64,
     data: u64,
     size: u32,
+}
+
+impl Write {
+    fn perform(&self, device: &dyn VfioDeviceModel) {
+        let bytes = self.data.to_le_bytes();
+        let n = (self.size as usize).min(8);
+        // vfio-pci's handler ignores the outcome (memory decoding off:
+        // nothing is written).
+        let _ = device.region_write(self.region, self.offset, &bytes[..n]);
+    }
+}
+
+/// One watched eventfd and the writes its signal performs.
+struct Watch {
+    /// The eventfd's kernel identity; `None` (kernels before 6.2) makes
+    /// every registration its own watch.
+    id: Option<u64>,
+    writes: Arc<Mutex<Vec<Write>>>,
     _watcher: EventfdWatcher,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A device's ioeventfds.
 #[derive(Default)]
 pub struct Ioeventfds {
-    list: Mutex<Vec<Registration>>,
+    watches: Mutex<Vec<Watch>>,
 }
 
 impl std::fmt::Debug for Ioeventfds {
@@ -39,8 +63,12 @@ impl std::fmt::Debug for Ioeventfds {
 }
 
 impl Ioeventfds {
+    /// Registrations in force.
     pub fn len(&self) -> usize {
-        self.list.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.watches)
+            .iter()
+            .map(|w| lock(&w.writes).len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -70,50 +98,71 @@ impl Ioeventfds {
             return Err(libc::EINVAL);
         }
         if let Some((bar, start, len)) = msix {
-            if bar == region && !(end <= start || offset >= start + len) {
+            if bar == region && !(end <= start || offset >= start.saturating_add(len)) {
                 return Err(libc::EINVAL);
             }
         }
-        let removed;
+        let write = Write {
+            region,
+            offset,
+            data,
+            size,
+        };
+        let mut retired = None;
         {
-            let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
-            let same = list.iter().position(|r| {
-                r.region == region && r.offset == offset && r.data == data && r.size == size
-            });
-            match same {
-                Some(i) if fd.is_negative() => removed = list.swap_remove(i),
+            let mut watches = lock(&self.watches);
+            let found = watches
+                .iter()
+                .position(|w| lock(&w.writes).contains(&write));
+            match found {
+                Some(i) if fd.is_negative() => {
+                    let empty = {
+                        let mut writes = lock(&watches[i].writes);
+                        writes.retain(|w| *w != write);
+                        writes.is_empty()
+                    };
+                    if empty {
+                        retired = Some(watches.swap_remove(i));
+                    }
+                }
                 Some(_) => return Err(libc::EEXIST),
                 None if fd.is_negative() => return Err(libc::ENODEV),
-                None if list.len() >= IOEVENTFD_MAX => return Err(libc::ENOSPC),
                 None => {
+                    let total: usize = watches.iter().map(|w| lock(&w.writes).len()).sum();
+                    if total >= IOEVENTFD_MAX {
+                        return Err(libc::ENOSPC);
+                    }
                     let efd = fd.take()?;
-                    let bytes = data.to_le_bytes();
-                    let n = size as usize;
+                    let id = efd.id();
+                    if let Some(w) = watches.iter().find(|w| id.is_some() && w.id == id) {
+                        lock(&w.writes).push(write);
+                        return Ok(());
+                    }
+                    let writes = Arc::new(Mutex::new(vec![write]));
+                    let shared = writes.clone();
+                    let device: Weak<dyn VfioDeviceModel> = device;
                     let watcher = EventfdWatcher::spawn("vfio-ioeventfd", efd, move || {
-                        if let Some(dev) = device.upgrade() {
-                            // vfio-pci's handler writes and ignores the
-                            // outcome (memory decoding off: no write).
-                            let _ = dev.region_write(region, offset, &bytes[..n]);
+                        let Some(dev) = device.upgrade() else { return };
+                        let list = lock(&shared).clone();
+                        for w in &list {
+                            w.perform(dev.as_ref());
                         }
                     })?;
-                    list.push(Registration {
-                        region,
-                        offset,
-                        data,
-                        size,
+                    watches.push(Watch {
+                        id,
+                        writes,
                         _watcher: watcher,
                     });
-                    return Ok(());
                 }
             }
         }
-        drop(removed);
+        drop(retired);
         Ok(())
     }
 
     /// Drops every registration (the device's last close).
     pub fn clear(&self) {
-        let all = std::mem::take(&mut *self.list.lock().unwrap_or_else(|e| e.into_inner()));
+        let all = std::mem::take(&mut *lock(&self.watches));
         drop(all);
     }
 }

@@ -440,8 +440,9 @@ impl VfioPciIrqs {
     }
 
     /// `vfio_intx_set_signal`: replaces the trigger; a negative number only
-    /// removes it. A new trigger with the line asserted and unmasked fires
-    /// at once, as `request_irq` on a pending level interrupt does.
+    /// removes it. A line already asserted when the trigger is installed
+    /// does not fire until its next rising edge (measured on Linux 6.1:
+    /// `intx_enable_while_asserted_events` is 0, also after a reopen).
     fn intx_set_signal(g: &mut State, arg: EventfdArg) -> Result<(), i32> {
         if let ModeState::Intx { trigger, .. } = &mut g.mode {
             *trigger = None;
@@ -453,7 +454,6 @@ impl VfioPciIrqs {
         if let ModeState::Intx { trigger, .. } = &mut g.mode {
             *trigger = Some(fd);
         }
-        Self::intx_handler(g);
         Ok(())
     }
 
@@ -474,7 +474,11 @@ impl VfioPciIrqs {
                 if is_this {
                     return Self::msi_set_block(g, start, fds);
                 }
-                // vfio_msi_enable with start + count vectors.
+                // vfio_msi_enable with start + count vectors: asking the
+                // PCI core for at least 1 and at most 0 is ERANGE.
+                if start + count == 0 {
+                    return Err(libc::ERANGE);
+                }
                 g.mode = ModeState::Msi {
                     msix,
                     vectors: (0..start + count).map(|_| None).collect(),

@@ -82,7 +82,10 @@ impl PciPower {
                 if !req.payload_readable {
                     return Err(libc::EFAULT);
                 }
-                let fd = req.eventfd.take().ok_or(libc::EINVAL)?.take()?;
+                let fd = match req.eventfd.take() {
+                    Some(a) if !a.is_negative() => a.take()?,
+                    _ => return Err(libc::EINVAL),
+                };
                 self.enter(Some(fd))
             }
             FEATURE_LOW_POWER_EXIT => {
@@ -108,10 +111,13 @@ impl PciPower {
         Ok(0)
     }
 
-    /// LOW_POWER_EXIT, and any access that wakes the device.
+    /// LOW_POWER_EXIT (also the device's last close): the wakeup eventfd,
+    /// if one was given, is signalled once as the device leaves low power.
     pub fn exit(&self) {
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         g.engaged = false;
-        g.wakeup = None;
+        if let Some(w) = g.wakeup.take() {
+            w.signal();
+        }
     }
 }
