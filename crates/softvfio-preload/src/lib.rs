@@ -161,6 +161,25 @@ fn status_fd(cloexec: bool) -> Option<Result<c_int, c_int>> {
     Some(real::memfd_with(text.as_bytes(), cloexec))
 }
 
+/// A platform device's sysfs `config` opened for reading: a memfd with the
+/// device model's live config space (docs/HOSTVIEW.md).
+fn sysfs_config_fd(path: &str, flags: c_int, cloexec: bool) -> Option<Result<c_int, c_int>> {
+    if !path.starts_with("/sys/")
+        || !path.ends_with("/config")
+        || flags & libc::O_ACCMODE != libc::O_RDONLY
+    {
+        return None;
+    }
+    let bytes = with_state(|st| {
+        let built = st.platform();
+        let view = softvfio_platform::hostview::HostView::of(built);
+        let dev = built.device(view.config_device(path)?)?;
+        Some(dev.edu.config_bytes())
+    })
+    .ok()??;
+    Some(real::memfd_with(&bytes, cloexec))
+}
+
 fn fail<T: From<i8>>(e: c_int) -> T {
     real::set_errno(e);
     T::from(-1)
@@ -180,6 +199,14 @@ fn do_open(path: *const c_char, flags: c_int, pass: Pass<impl FnOnce() -> c_int>
                     return fd;
                 }
                 Ok(OpenOutcome::Error(e)) | Err(e) => return fail(e),
+            }
+        } else if let Some(res) = sysfs_config_fd(p, flags, cloexec) {
+            match res {
+                Ok(fd) => {
+                    real::set_errno(saved);
+                    return fd;
+                }
+                Err(e) => return fail(e),
             }
         } else if is_own_status(p) {
             match status_fd(cloexec) {
