@@ -1,0 +1,199 @@
+//! The host's view of the platform in sysfs, as an unmodified program sees
+//! it under `softvfio run` in both modes (`programs/hostview.c`: static for
+//! trace, dynamic for preload): links, realpath, stat, directory listings,
+//! file contents, the live `config`, from a second thread too; the host's
+//! own entries untouched, and the host's device at a platform address
+//! shadowed. The expected contents are Linux's (tests-oracle/
+//! kernel-6.1-sysfs.txt; the generator's unit tests compare every file).
+
+mod common;
+
+use common::{build_c, softvfio_run, Output};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+const BDF: &str = "0000:00:03.0";
+const UUID: &str = "c0ffee00-0000-4000-8000-000000000001";
+
+/// The host's own PCI devices and where their links point.
+fn host_pci_links() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/bus/pci/devices").unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        let target = std::fs::read_link(e.path()).unwrap();
+        out.push((name, target.to_string_lossy().into_owned()));
+    }
+    out
+}
+
+/// Every PCI device the program listed, with its link target.
+fn listed(out: &Output) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = out
+        .kv()
+        .into_iter()
+        .filter_map(|(k, t)| Some((k.strip_prefix("link:")?.to_string(), t)))
+        .collect();
+    v.sort();
+    v
+}
+
+fn assert_reference_view(out: &Output, bdf: &str, group: &str) {
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let root = format!("/sys/devices/pci0000:00/{bdf}");
+    let expect = [
+        ("lstat_dev_is_link", "1".to_string()),
+        ("stat_dev_is_dir", "1".to_string()),
+        ("realpath_dev", root.clone()),
+        (
+            "iommu_group",
+            format!("../../../kernel/iommu_groups/{group}"),
+        ),
+        (
+            "iommu_group_real",
+            format!("/sys/kernel/iommu_groups/{group}"),
+        ),
+        ("group", group.to_string()),
+        ("driver", "../../../bus/pci/drivers/vfio-pci".to_string()),
+        ("iommu", "../../virtual/iommu/dmar0".to_string()),
+        ("subsystem", "../../../bus/pci".to_string()),
+        ("vendor", "0x1234".to_string()),
+        ("device", "0x11e8".to_string()),
+        ("subsystem_vendor", "0x1af4".to_string()),
+        ("subsystem_device", "0x1100".to_string()),
+        ("class", "0x00ff00".to_string()),
+        ("revision", "0x10".to_string()),
+        ("irq", "11".to_string()),
+        ("numa_node", "-1".to_string()),
+        ("vfio-dev/vfio0/dev", "250:0".to_string()),
+        ("config_mode", "644".to_string()),
+        ("config_size", "256".to_string()),
+        ("config", "256 34 12 e8 11 03 01 10 00".to_string()),
+        (
+            "reserved_regions",
+            "0x00000000fee00000 0x00000000feefffff msi".to_string(),
+        ),
+        ("group_type", "DMA".to_string()),
+        ("group_device_real", root.clone()),
+        ("driver_device_real", root.clone()),
+        ("dma_entry_limit", "65535".to_string()),
+        ("disable_hugepages", "N".to_string()),
+        ("allow_unsafe_interrupts", "N".to_string()),
+        ("module_vfio", "1".to_string()),
+        ("module_vfio_pci", "1".to_string()),
+        ("dmar_cap", "d2008c22260286".to_string()),
+        ("dmar_ecap", "f00f4a".to_string()),
+        ("dmar_address", "fed90000".to_string()),
+        ("listed_bdf", "1".to_string()),
+        (
+            "thread",
+            format!("../../../kernel/iommu_groups/{group} 0x1234"),
+        ),
+        ("config_write", "2".to_string()),
+        // Memory decoding toggled through the device fd shows in sysfs.
+        ("config_after", "256 34 12 e8 11 01 01 10 00".to_string()),
+        ("done", "1".to_string()),
+    ];
+    for (k, v) in expect {
+        assert_eq!(out.get(k), v, "{k}");
+    }
+    let resource = out.get("resource");
+    let lines: Vec<&str> = resource.split('|').filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 13);
+    assert_eq!(
+        lines[0],
+        "0x00000000fea00000 0x00000000feafffff 0x0000000000040200"
+    );
+    // The host's devices are all there, unchanged; the platform's device
+    // is there once (replacing the host's at the same address).
+    let mut expected: Vec<(String, String)> = host_pci_links()
+        .into_iter()
+        .filter(|(n, _)| n != bdf)
+        .collect();
+    expected.push((
+        bdf.to_string(),
+        format!("../../../devices/pci0000:00/{bdf}"),
+    ));
+    expected.sort();
+    assert_eq!(listed(out), expected);
+    let names: BTreeSet<_> = listed(out).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), expected.len(), "no duplicate entries");
+}
+
+/// The host's own sysfs is not changed by a run.
+fn host_vendor(bdf: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/sys/bus/pci/devices/{bdf}/vendor")).ok()
+}
+
+#[test]
+fn trace_mode_static_program_sees_the_platform_in_sysfs() {
+    let before = host_vendor(BDF);
+    let prog = build_c("hostview", true);
+    let out = softvfio_run("trace", &[], &prog, &[BDF]);
+    assert_reference_view(&out, BDF, "3");
+    out.assert_clean();
+    assert_eq!(host_vendor(BDF), before);
+    // On these machines the host has its own 0000:00:03.0: shadowed.
+    if let Some(v) = before {
+        assert_ne!(v, "0x1234\n");
+    }
+}
+
+#[test]
+fn preload_mode_dynamic_program_sees_the_platform_in_sysfs() {
+    let prog = build_c("hostview", false);
+    let out = softvfio_run("preload", &[], &prog, &[BDF]);
+    assert_reference_view(&out, BDF, "3");
+    out.assert_clean();
+}
+
+#[test]
+fn a_platform_address_the_host_lacks_is_added_beside_the_hosts_devices() {
+    let bdf = "0000:00:1d.0";
+    assert!(host_vendor(bdf).is_none(), "the host has {bdf}");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let cfg = dir.join("hostview-1d.toml");
+    std::fs::write(
+        &cfg,
+        format!("[[device]]\nkind = \"edu\"\nbdf = \"{bdf}\"\ngroup = 7\n"),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    for (mode, static_) in [("trace", true), ("preload", false)] {
+        let prog = build_c("hostview", static_);
+        let out = softvfio_run(mode, &["--config", cfg], &prog, &[bdf]);
+        assert_reference_view(&out, bdf, "7");
+    }
+    assert!(host_vendor(bdf).is_none());
+}
+
+#[test]
+fn mediated_device_appears_on_the_mdev_bus_with_its_group_and_type() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let cfg = dir.join("hostview-mdev.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[device]]\nkind = \"edu\"\nbdf = \"{BDF}\"\ngroup = 3\n\
+             [[device]]\nkind = \"mdev-edu\"\nbdf = \"{UUID}\"\ngroup = 10\n"
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    for (mode, static_) in [("trace", true), ("preload", false)] {
+        let prog = build_c("hostview", static_);
+        let out = softvfio_run(mode, &["--config", cfg], &prog, &[BDF, UUID]);
+        assert_reference_view(&out, BDF, "3");
+        assert_eq!(
+            out.get("mdev_real"),
+            format!("/sys/devices/virtual/medu/medu/{UUID}")
+        );
+        assert_eq!(
+            out.get("mdev_iommu_group"),
+            "../../../../../kernel/iommu_groups/10"
+        );
+        assert_eq!(out.get("mdev_group_real"), "/sys/kernel/iommu_groups/10");
+        assert_eq!(out.get("mdev_device_api"), "vfio-pci");
+        assert_eq!(out.get("mdev_type_name"), "medu");
+    }
+}
