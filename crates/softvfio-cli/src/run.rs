@@ -169,7 +169,11 @@ pub fn main(args: RunArgs) -> u8 {
 
 /// The host's view of the platform in sysfs (docs/HOSTVIEW.md), planned
 /// here so that the forked child only makes system calls.
+/// `SOFTVFIO_HOSTVIEW=0` leaves the program the host's own sysfs.
 fn hostview_plan(built: &BuiltPlatform) -> Option<MountPlan> {
+    if std::env::var_os("SOFTVFIO_HOSTVIEW").is_some_and(|v| v == "0") {
+        return None;
+    }
     MountPlan::new(&HostView::of(built))
         .inspect_err(|e| eprintln!("softvfio: warning: no host view of sysfs: {e}"))
         .ok()

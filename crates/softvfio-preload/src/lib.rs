@@ -170,13 +170,14 @@ fn sysfs_config_fd(path: &str, flags: c_int, cloexec: bool) -> Option<Result<c_i
     {
         return None;
     }
-    let bytes = with_state(|st| {
+    // Before the session exists the device models are at power-on, which
+    // is what the mounted tree's snapshot holds: no need to start one.
+    let bytes = with_existing(|st| {
         let built = st.platform();
         let view = softvfio_platform::hostview::HostView::of(built);
         let dev = built.device(view.config_device(path)?)?;
         Some(dev.edu.config_bytes())
-    })
-    .ok()??;
+    })??;
     Some(real::memfd_with(&bytes, cloexec))
 }
 

@@ -426,16 +426,26 @@ mod sys {
             }
             // `name` is relative: resolved from the host directory.
             check(libc::fchdir(src), "fchdir host directory")?;
-            check(
-                libc::mount(
-                    name.as_ptr(),
-                    at.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                ),
-                "bind host entry",
-            )?;
+            let r = libc::mount(
+                name.as_ptr(),
+                at.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            );
+            if r < 0 {
+                let e = fail("bind host entry");
+                if e.errno != libc::ENOENT {
+                    return Err(e);
+                }
+                // The host entry went away since the plan was made (a
+                // device unplugged): so does its mount point.
+                if is_dir {
+                    libc::rmdir(at.as_ptr());
+                } else {
+                    libc::unlink(at.as_ptr());
+                }
+            }
         }
         Ok(())
     }
