@@ -197,3 +197,41 @@ fn mediated_device_appears_on_the_mdev_bus_with_its_group_and_type() {
         assert_eq!(out.get("mdev_type_name"), "medu");
     }
 }
+
+/// Without root, `softvfio run` lays the view in a user namespace of its
+/// own that keeps the user's ids. As root, the test drops to `nobody` with
+/// setpriv(1) to take that path.
+#[test]
+fn unprivileged_runs_get_the_view_through_a_user_namespace() {
+    let a = common::artifacts();
+    for (mode, static_) in [("trace", true), ("preload", false)] {
+        let prog = build_c("hostview", static_);
+        let mut cmd = if common::is_root() {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&a.softvfio);
+            c
+        } else {
+            std::process::Command::new(&a.softvfio)
+        };
+        let out = cmd
+            .args(["run", "--mode", mode, "--"])
+            .arg(&prog)
+            .arg(BDF)
+            .env_remove("SOFTVFIO_QUIET")
+            .env_remove("SOFTVFIO_CONFIG")
+            .env_remove("SOFTVFIO_PRELOAD_LIB")
+            .env_remove("LD_PRELOAD")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run softvfio");
+        let out = Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+        assert_reference_view(&out, BDF, "3");
+        out.assert_clean();
+    }
+}
