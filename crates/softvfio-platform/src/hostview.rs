@@ -132,8 +132,8 @@ pub fn vtd_ecap(snoop_control: bool) -> u64 {
 
 /// The directory a PCI device sits in: the root bus `pciDDDD:BB`.
 fn pci_root(bdf: &str) -> String {
-    // bdf is validated "DDDD:BB:DD.F".
-    format!("pci{}", &bdf[..7])
+    // Configuration validation makes bdf "DDDD:BB:DD.F".
+    format!("pci{}", bdf.get(..7).unwrap_or(bdf))
 }
 
 impl HostView {
