@@ -120,9 +120,54 @@ fn assert_reference_view(out: &Output, bdf: &str, group: &str) {
     assert_eq!(names.len(), expected.len(), "no duplicate entries");
 }
 
+/// `softvfio run --mode MODE -- program BDF` with `env` added; as `nobody`
+/// (through setpriv(1), which needs root) when `drop_root`.
+fn run_with_env(drop_root: bool, mode: &str, prog: &Path, env: &[(&str, &str)]) -> Output {
+    let a = common::artifacts();
+    let mut cmd = if drop_root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&a.softvfio);
+        c
+    } else {
+        std::process::Command::new(&a.softvfio)
+    };
+    cmd.args(["run", "--mode", mode, "--"])
+        .arg(prog)
+        .arg(BDF)
+        .env_remove("SOFTVFIO_QUIET")
+        .env_remove("SOFTVFIO_CONFIG")
+        .env_remove("SOFTVFIO_PRELOAD_LIB")
+        .env_remove("LD_PRELOAD")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run softvfio");
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// The host's own sysfs is not changed by a run.
 fn host_vendor(bdf: &str) -> Option<String> {
     std::fs::read_to_string(format!("/sys/bus/pci/devices/{bdf}/vendor")).ok()
+}
+
+/// A host PCI device other than the platform's: its directory, vendor,
+/// driver link and number of entries, as the host shows them.
+fn other_host_device() -> Option<(String, String, String, usize)> {
+    let (name, _) = host_pci_links().into_iter().find(|(n, _)| n != BDF)?;
+    let dir = format!("/sys/bus/pci/devices/{name}");
+    let vendor = std::fs::read_to_string(format!("{dir}/vendor")).ok()?;
+    let driver = std::fs::read_link(format!("{dir}/driver"))
+        .map(|t| t.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "ERR2".into());
+    // readdir counts `.` and `..` too.
+    let entries = std::fs::read_dir(&dir).ok()?.count() + 2;
+    Some((dir, vendor.trim().to_string(), driver, entries))
 }
 
 #[test]
@@ -145,6 +190,20 @@ fn preload_mode_dynamic_program_sees_the_platform_in_sysfs() {
     let out = softvfio_run("preload", &[], &prog, &[BDF]);
     assert_reference_view(&out, BDF, "3");
     out.assert_clean();
+}
+
+#[test]
+fn host_entries_outside_the_platform_read_as_on_the_host() {
+    let (dir, vendor, driver, entries) =
+        other_host_device().expect("the host has a PCI device besides the platform's");
+    for (mode, static_) in [("trace", true), ("preload", false)] {
+        let prog = build_c("hostview", static_);
+        let out = run_with_env(false, mode, &prog, &[("HOSTVIEW_HOST_DEV", &dir)]);
+        assert_reference_view(&out, BDF, "3");
+        assert_eq!(out.get("host_vendor"), vendor, "{mode}");
+        assert_eq!(out.get("host_driver"), driver, "{mode}");
+        assert_eq!(out.get("host_entries"), entries.to_string(), "{mode}");
+    }
 }
 
 #[test]
@@ -203,33 +262,9 @@ fn mediated_device_appears_on_the_mdev_bus_with_its_group_and_type() {
 /// setpriv(1) to take that path.
 #[test]
 fn unprivileged_runs_get_the_view_through_a_user_namespace() {
-    let a = common::artifacts();
     for (mode, static_) in [("trace", true), ("preload", false)] {
         let prog = build_c("hostview", static_);
-        let mut cmd = if common::is_root() {
-            let mut c = std::process::Command::new("setpriv");
-            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-                .arg(&a.softvfio);
-            c
-        } else {
-            std::process::Command::new(&a.softvfio)
-        };
-        let out = cmd
-            .args(["run", "--mode", mode, "--"])
-            .arg(&prog)
-            .arg(BDF)
-            .env_remove("SOFTVFIO_QUIET")
-            .env_remove("SOFTVFIO_CONFIG")
-            .env_remove("SOFTVFIO_PRELOAD_LIB")
-            .env_remove("LD_PRELOAD")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run softvfio");
-        let out = Output {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
+        let out = run_with_env(common::is_root(), mode, &prog, &[]);
         assert!(!out.stderr.contains("warning"), "{}", out.stderr);
         assert_reference_view(&out, BDF, "3");
         out.assert_clean();

@@ -177,6 +177,20 @@ int main(int argc, char **argv) {
     snprintf(p, sizeof p, "%s/mdev_type/name", m);
     show("mdev_type_name", p);
   }
+  // A host path outside the platform (HOSTVIEW_HOST_DEV: a host device's
+  // directory, reached through a covered directory's bind mount).
+  const char *host = getenv("HOSTVIEW_HOST_DEV");
+  if (host) {
+    snprintf(p, sizeof p, "%s/vendor", host);
+    show("host_vendor", p);
+    snprintf(p, sizeof p, "%s/driver", host);
+    show_link("host_driver", p);
+    DIR *hd = opendir(host);
+    int n = 0;
+    while (hd && readdir(hd)) n++;
+    if (hd) closedir(hd);
+    printf("host_entries %d\n", n);
+  }
   printf("done 1\n");
   return 0;
 }
