@@ -320,16 +320,21 @@ pub unsafe extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: 
 fn fopen_hook(next: &'static Next, path: *const c_char, mode: *const c_char) -> *mut FILE {
     let pass = || real::fopen(next, path, mode);
     hook(std::ptr::null_mut(), pass, |pass| {
-        if !path_of(path).is_some_and(is_own_status) {
+        let Some(p) = path_of(path) else {
             return pass.call();
-        }
-        // fopen's "e" flag asks for O_CLOEXEC.
-        let cloexec = !mode.is_null() && {
-            // SAFETY: fopen's mode is a NUL-terminated string.
-            let m = unsafe { CStr::from_ptr(mode) };
-            m.to_bytes().contains(&b'e')
         };
-        match status_fd(cloexec) {
+        // SAFETY: fopen's mode is a NUL-terminated string (or null).
+        let m = (!mode.is_null()).then(|| unsafe { CStr::from_ptr(mode) }.to_bytes());
+        // fopen's "e" flag asks for O_CLOEXEC.
+        let cloexec = m.is_some_and(|m| m.contains(&b'e'));
+        let served = if is_own_status(p) {
+            status_fd(cloexec)
+        } else if m.is_some_and(|m| m.starts_with(b"r") && !m.contains(&b'+')) {
+            sysfs_config_fd(p, libc::O_RDONLY, cloexec)
+        } else {
+            None
+        };
+        match served {
             None => pass.call(),
             Some(Ok(fd)) => {
                 let f = real::fdopen(fd, mode);

@@ -92,6 +92,7 @@ fn assert_reference_view(out: &Output, bdf: &str, group: &str) {
         ("config_write", "2".to_string()),
         // Memory decoding toggled through the device fd shows in sysfs.
         ("config_after", "256 34 12 e8 11 01 01 10 00".to_string()),
+        ("config_after_fopen", "8 01 01".to_string()),
         ("done", "1".to_string()),
     ];
     for (k, v) in expect {

@@ -161,6 +161,11 @@ int main(int argc, char **argv) {
   printf("config_write %zd\n", pwrite(df, &on, 2, cfg + 4));
   snprintf(p, sizeof p, "%s/config", dev);
   show_config("config_after", p);
+  FILE *f = fopen(p, "rb");
+  unsigned char cb[8] = {0};
+  size_t got = f ? fread(cb, 1, sizeof cb, f) : 0;
+  if (f) fclose(f);
+  printf("config_after_fopen %zu %02x %02x\n", got, cb[4], cb[5]);
   pwrite(df, &cmd, 2, cfg + 4);
   close(df); close(g); close(c);
 
