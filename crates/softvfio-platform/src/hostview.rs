@@ -226,6 +226,8 @@ impl HostView {
         for (id, group) in &built.platform.groups {
             let g = format!("/sys/kernel/iommu_groups/{id}");
             v.put_dir(&format!("{g}/devices"));
+            // A host group of the same number is not the program's.
+            v.replaced.insert(g.clone());
             for dev in &group.devices {
                 let target = if group.is_emulated() {
                     format!(

@@ -238,6 +238,8 @@ fn group_type_regions_and_devices_match_linux() {
         o.cats[&format!("{g}/reserved_regions")]
     );
     assert_eq!(assert_listing_matches(&o, &v, g, g), 3);
+    assert!(v.replaces(g));
+    assert!(!v.replaces("/sys/kernel/iommu_groups"));
     assert_eq!(
         assert_listing_matches(&o, &v, &format!("{g}/devices"), &format!("{g}/devices")),
         1
