@@ -677,4 +677,23 @@ mod tests {
         assert!(!host.join("kernel/iommu_groups").exists());
         let _ = std::fs::remove_dir_all(&host);
     }
+
+    #[test]
+    fn a_host_entry_gone_since_planning_is_left_out() {
+        let host = fake_host("gone");
+        let h = host.to_str().unwrap().to_string();
+        let v = view_with(
+            &[(
+                "/sys/devices/pci0000:00/0000:00:03.0/vendor",
+                file("0x1234\n"),
+            )],
+            &["/sys/devices/pci0000:00/0000:00:03.0"],
+        );
+        let plan = MountPlan::with_root(&v, &h).unwrap();
+        // Unplugged between planning and the child's apply.
+        std::fs::remove_dir_all(host.join("devices/pci0000:00/0000:00:01.0")).unwrap();
+        let out = run_in_view(plan, &format!("ls {h}/devices/pci0000:00 | tr '\\n' ' '"));
+        assert_eq!(out, "0000:00:03.0 uevent ");
+        let _ = std::fs::remove_dir_all(&host);
+    }
 }
