@@ -135,10 +135,10 @@ pub fn main(args: RunArgs) -> u8 {
     ignore_interactive_signals();
     let mut sup = Supervisor::new();
     let mut handler = VfioHandler::new(vfio, registry.clone(), sup.injector());
-    handler.sysfs = Some((HostView::of(&built), built.clone()));
     let mut cmd = Command::new(&args.program[0]);
     cmd.args(&args.program[1..]);
     if let Some(plan) = hostview_plan(&built) {
+        handler.sysfs = Some((HostView::of(&built), built.clone()));
         // SAFETY: `MountPlan::apply_or_warn` is async-signal-safe (it only
         // makes system calls on data the plan prepared).
         unsafe {

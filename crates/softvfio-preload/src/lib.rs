@@ -161,6 +161,19 @@ fn status_fd(cloexec: bool) -> Option<Result<c_int, c_int>> {
     Some(real::memfd_with(text.as_bytes(), cloexec))
 }
 
+/// Is `path` a file of a tmpfs (the generated sysfs tree) rather than of
+/// sysfs itself?
+fn is_on_tmpfs(path: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return false;
+    };
+    // SAFETY: `c` is NUL-terminated; `st` is a live, writable statfs.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    r == 0 && st.f_type == libc::TMPFS_MAGIC
+}
+
 /// A platform device's sysfs `config` opened for reading: a memfd with the
 /// device model's live config space (docs/HOSTVIEW.md).
 fn sysfs_config_fd(path: &str, flags: c_int, cloexec: bool) -> Option<Result<c_int, c_int>> {
@@ -168,6 +181,12 @@ fn sysfs_config_fd(path: &str, flags: c_int, cloexec: bool) -> Option<Result<c_i
         || !path.ends_with("/config")
         || flags & libc::O_ACCMODE != libc::O_RDONLY
     {
+        return None;
+    }
+    // Only the file of the generated tree (a tmpfs, laid by `softvfio
+    // run`): with the library used alone, or SOFTVFIO_HOSTVIEW=0, the path
+    // is the host's own device.
+    if !is_on_tmpfs(path) {
         return None;
     }
     // Before the session exists the device models are at power-on, which

@@ -271,3 +271,38 @@ fn unprivileged_runs_get_the_view_through_a_user_namespace() {
         out.assert_clean();
     }
 }
+
+/// `SOFTVFIO_HOSTVIEW=0`: the program sees the host's own sysfs, `config`
+/// included (no front end serves it from the model then).
+#[test]
+fn hostview_off_leaves_the_hosts_sysfs() {
+    let dev = format!("/sys/bus/pci/devices/{BDF}");
+    let vendor = std::fs::read_to_string(format!("{dev}/vendor"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|_| "ERR2".into());
+    let config = match std::fs::read(format!("{dev}/config")) {
+        Ok(b) => {
+            let mut s = b.len().to_string();
+            for x in b.iter().take(8) {
+                s.push_str(&format!(" {x:02x}"));
+            }
+            s
+        }
+        Err(_) => "ERR2".into(),
+    };
+    for (mode, static_) in [("trace", true), ("preload", false)] {
+        let prog = build_c("hostview", static_);
+        let out = run_with_env(false, mode, &prog, &[("SOFTVFIO_HOSTVIEW", "0")]);
+        assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+        assert_eq!(out.get("iommu_group"), "ERR2", "{mode}");
+        assert_eq!(out.get("vendor"), vendor, "{mode}");
+        assert_eq!(out.get("config"), config, "{mode}");
+        assert_eq!(out.get("config_after"), config, "{mode}");
+        let host_vfio = Path::new("/sys/module/vfio").is_dir();
+        assert_eq!(
+            out.get("module_vfio"),
+            (host_vfio as u8).to_string(),
+            "{mode}"
+        );
+    }
+}

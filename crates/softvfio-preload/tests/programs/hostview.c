@@ -85,8 +85,8 @@ int main(int argc, char **argv) {
   snprintf(p, sizeof p, "%s/iommu_group", dev);
   show_link("iommu_group", p);
   show_real("iommu_group_real", p);
-  char grp[PATH_MAX];
-  realpath(p, grp);
+  char grp[PATH_MAX] = "/none";
+  if (!realpath(p, grp)) strcpy(grp, "/none");
   const char *gid = strrchr(grp, '/') + 1;
   printf("group %s\n", gid);
   const char *links[] = {"driver", "iommu", "subsystem"};
