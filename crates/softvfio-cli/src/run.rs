@@ -29,6 +29,8 @@ use softvfio::memory::host::{HostMemory, MmSyscalls};
 use softvfio::memory::{UserMemory, PAGE_SIZE};
 use softvfio::uapi::Vfio;
 use softvfio::VfioError;
+use softvfio_platform::hostview::mount::MountPlan;
+use softvfio_platform::hostview::HostView;
 pub use softvfio_platform::report::{FinalState, Leftovers};
 use softvfio_platform::{build, BuiltPlatform, Config};
 use softvfio_trace::{
@@ -112,7 +114,7 @@ pub fn main(args: RunArgs) -> u8 {
                 args.program[0].to_string_lossy()
             );
         }
-        return run_preloaded(&args);
+        return run_preloaded(&args, hostview_plan(&built));
     }
     let vfio = Arc::new(Vfio::new(built.platform.clone()));
     let registry = Arc::new(Registry::new(built.clone()));
@@ -135,6 +137,14 @@ pub fn main(args: RunArgs) -> u8 {
     let mut handler = VfioHandler::new(vfio, registry.clone(), sup.injector());
     let mut cmd = Command::new(&args.program[0]);
     cmd.args(&args.program[1..]);
+    if let Some(plan) = hostview_plan(&built) {
+        handler.sysfs = Some((HostView::of(&built), built.clone()));
+        // SAFETY: `MountPlan::apply_or_warn` is async-signal-safe (it only
+        // makes system calls on data the plan prepared).
+        unsafe {
+            cmd.before_exec(Arc::new(move || plan.apply_or_warn()));
+        }
+    }
     let status = sup.run(cmd, &mut handler);
     if server.is_ok() {
         let _ = std::fs::remove_file(&socket);
@@ -155,6 +165,18 @@ pub fn main(args: RunArgs) -> u8 {
             report::write_end_report(&mut err, &built, &handler.leftovers, &handler.final_state());
     }
     u8::try_from(code.clamp(0, 255)).unwrap_or(1)
+}
+
+/// The host's view of the platform in sysfs (docs/HOSTVIEW.md), planned
+/// here so that the forked child only makes system calls.
+/// `SOFTVFIO_HOSTVIEW=0` leaves the program the host's own sysfs.
+fn hostview_plan(built: &BuiltPlatform) -> Option<MountPlan> {
+    if std::env::var_os("SOFTVFIO_HOSTVIEW").is_some_and(|v| v == "0") {
+        return None;
+    }
+    MountPlan::new(&HostView::of(built))
+        .inspect_err(|e| eprintln!("softvfio: warning: no host view of sysfs: {e}"))
+        .ok()
 }
 
 fn ignore_interactive_signals() {
@@ -272,7 +294,7 @@ fn preload_library() -> Result<PathBuf, String> {
 /// Preload mode: the program runs with `libsoftvfio_preload.so` in
 /// `LD_PRELOAD`; the library serves `/dev/vfio` inside it and prints the end
 /// report itself. No ptrace: this process only waits.
-fn run_preloaded(args: &RunArgs) -> u8 {
+fn run_preloaded(args: &RunArgs, hostview: Option<MountPlan>) -> u8 {
     let lib = match preload_library() {
         Ok(l) => l,
         Err(e) => {
@@ -302,6 +324,16 @@ fn run_preloaded(args: &RunArgs) -> u8 {
     }
     if args.quiet {
         cmd.env("SOFTVFIO_QUIET", "1");
+    }
+    if let Some(plan) = hostview {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: `MountPlan::apply_or_warn` is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                plan.apply_or_warn();
+                Ok(())
+            });
+        }
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -351,6 +383,8 @@ struct VfioHandler {
     /// Address spaces of processes that exited or exec'd, for the report.
     retired: Vec<Arc<HostMemory>>,
     leftovers: Leftovers,
+    /// The sysfs view and the platform whose device models serve `config`.
+    sysfs: Option<(HostView, Arc<BuiltPlatform>)>,
 }
 
 fn errno(e: VfioError) -> Errno {
@@ -366,6 +400,7 @@ impl VfioHandler {
             mems: HashMap::new(),
             retired: Vec::new(),
             leftovers: Leftovers::default(),
+            sysfs: None,
         }
     }
 
@@ -387,6 +422,17 @@ impl VfioHandler {
         let accounted_kb = mem.account().locked_pages() * PAGE_SIZE / 1024;
         let out = softvfio_platform::report::status_with_vmlck(&text, ours_kb, accounted_kb);
         Some(Ok(OpenReply::File(out.into_bytes())))
+    }
+
+    /// A platform device's sysfs `config`, opened for reading: the live
+    /// config space of the device model at open time.
+    fn config_file(&self, path: &str, flags: i32) -> Option<Result<OpenReply, Errno>> {
+        let (view, built) = self.sysfs.as_ref()?;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return None;
+        }
+        let dev = built.device(view.config_device(path)?)?;
+        Some(Ok(OpenReply::File(dev.edu.config_bytes().to_vec())))
     }
 
     fn final_state(&self) -> FinalState {
@@ -457,6 +503,9 @@ impl Handler for VfioHandler {
                 }
                 Err(e) => Err(errno(e)),
             });
+        }
+        if let Some(reply) = self.config_file(path, req.flags) {
+            return Some(reply);
         }
         let pid = status_pid(&req.path)?;
         self.status_file(&req.path, pid)

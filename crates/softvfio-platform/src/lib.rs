@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod config;
+pub mod hostview;
 pub mod report;
 
 pub use build::{build, BuiltDevice, BuiltPlatform};

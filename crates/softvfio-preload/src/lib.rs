@@ -161,6 +161,45 @@ fn status_fd(cloexec: bool) -> Option<Result<c_int, c_int>> {
     Some(real::memfd_with(text.as_bytes(), cloexec))
 }
 
+/// Is `path` a file of a tmpfs (the generated sysfs tree) rather than of
+/// sysfs itself?
+fn is_on_tmpfs(path: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return false;
+    };
+    // SAFETY: `c` is NUL-terminated; `st` is a live, writable statfs.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    r == 0 && st.f_type == libc::TMPFS_MAGIC
+}
+
+/// A platform device's sysfs `config` opened for reading: a memfd with the
+/// device model's live config space (docs/HOSTVIEW.md).
+fn sysfs_config_fd(path: &str, flags: c_int, cloexec: bool) -> Option<Result<c_int, c_int>> {
+    if !path.starts_with("/sys/")
+        || !path.ends_with("/config")
+        || flags & libc::O_ACCMODE != libc::O_RDONLY
+    {
+        return None;
+    }
+    // Only the file of the generated tree (a tmpfs, laid by `softvfio
+    // run`): with the library used alone, or SOFTVFIO_HOSTVIEW=0, the path
+    // is the host's own device.
+    if !is_on_tmpfs(path) {
+        return None;
+    }
+    // Before the session exists the device models are at power-on, which
+    // is what the mounted tree's snapshot holds: no need to start one.
+    let bytes = with_existing(|st| {
+        let built = st.platform();
+        let view = softvfio_platform::hostview::HostView::of(built);
+        let dev = built.device(view.config_device(path)?)?;
+        Some(dev.edu.config_bytes())
+    })??;
+    Some(real::memfd_with(&bytes, cloexec))
+}
+
 fn fail<T: From<i8>>(e: c_int) -> T {
     real::set_errno(e);
     T::from(-1)
@@ -180,6 +219,14 @@ fn do_open(path: *const c_char, flags: c_int, pass: Pass<impl FnOnce() -> c_int>
                     return fd;
                 }
                 Ok(OpenOutcome::Error(e)) | Err(e) => return fail(e),
+            }
+        } else if let Some(res) = sysfs_config_fd(p, flags, cloexec) {
+            match res {
+                Ok(fd) => {
+                    real::set_errno(saved);
+                    return fd;
+                }
+                Err(e) => return fail(e),
             }
         } else if is_own_status(p) {
             match status_fd(cloexec) {
@@ -292,16 +339,21 @@ pub unsafe extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: 
 fn fopen_hook(next: &'static Next, path: *const c_char, mode: *const c_char) -> *mut FILE {
     let pass = || real::fopen(next, path, mode);
     hook(std::ptr::null_mut(), pass, |pass| {
-        if !path_of(path).is_some_and(is_own_status) {
+        let Some(p) = path_of(path) else {
             return pass.call();
-        }
-        // fopen's "e" flag asks for O_CLOEXEC.
-        let cloexec = !mode.is_null() && {
-            // SAFETY: fopen's mode is a NUL-terminated string.
-            let m = unsafe { CStr::from_ptr(mode) };
-            m.to_bytes().contains(&b'e')
         };
-        match status_fd(cloexec) {
+        // SAFETY: fopen's mode is a NUL-terminated string (or null).
+        let m = (!mode.is_null()).then(|| unsafe { CStr::from_ptr(mode) }.to_bytes());
+        // fopen's "e" flag asks for O_CLOEXEC.
+        let cloexec = m.is_some_and(|m| m.contains(&b'e'));
+        let served = if is_own_status(p) {
+            status_fd(cloexec)
+        } else if m.is_some_and(|m| m.starts_with(b"r") && !m.contains(&b'+')) {
+            sysfs_config_fd(p, libc::O_RDONLY, cloexec)
+        } else {
+            None
+        };
+        match served {
             None => pass.call(),
             Some(Ok(fd)) => {
                 let f = real::fdopen(fd, mode);

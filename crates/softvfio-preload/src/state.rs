@@ -234,6 +234,11 @@ impl State {
             .map_err(|e| e.errno())
     }
 
+    /// The session's platform (its device models serve sysfs `config`).
+    pub fn platform(&self) -> &Arc<BuiltPlatform> {
+        &self.built
+    }
+
     /// `/proc/self/status` with `VmLck` showing type1's accounting.
     pub fn status_text(&self) -> Option<String> {
         let text = std::fs::read_to_string("/proc/self/status").ok()?;

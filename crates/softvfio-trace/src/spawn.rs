@@ -12,8 +12,10 @@
 //!    (the filter's `SECCOMP_RET_TRACE` needs a tracer already attached,
 //!    otherwise the kernel fails those syscalls with ENOSYS);
 //! 3. child: stdio redirection, cwd, default signal mask and SIGPIPE (Rust
-//!    ignores SIGPIPE and the ignore disposition would survive exec), then
-//!    `seccomp(SECCOMP_SET_MODE_FILTER, SPEC_ALLOW)`; `PR_SET_NO_NEW_PRIVS`
+//!    ignores SIGPIPE and the ignore disposition would survive exec), the
+//!    [`Command::before_exec`] hook (e.g. the host view's mount namespace:
+//!    its system calls are not the program's, so it runs before the
+//!    filter), then `seccomp(SECCOMP_SET_MODE_FILTER, SPEC_ALLOW)`; `PR_SET_NO_NEW_PRIVS`
 //!    only if the kernel requires it (no CAP_SYS_ADMIN), so that a root
 //!    supervisor does not change the program's exec semantics;
 //! 4. child: `execve`; on failure it writes (stage, errno) to an error pipe
@@ -28,13 +30,16 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Work the child does between fork and exec: async-signal-safe only.
+pub type BeforeExec = Arc<dyn Fn() + Send + Sync>;
 
 /// What program to run under the supervisor, and how.
 ///
 /// Like `std::process::Command`: the program is looked up in `PATH` (of the
 /// environment the program will get) when it has no `/`; the environment is
 /// inherited unless changed; stdio is inherited unless redirected.
-#[derive(Debug)]
 pub struct Command {
     program: OsString,
     args: Vec<OsString>,
@@ -42,6 +47,18 @@ pub struct Command {
     env: Vec<(OsString, Option<OsString>)>,
     cwd: Option<PathBuf>,
     stdio: [Option<OwnedFd>; 3],
+    before_exec: Option<BeforeExec>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Command")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("cwd", &self.cwd)
+            .field("before_exec", &self.before_exec.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Command {
@@ -53,6 +70,7 @@ impl Command {
             env: Vec::new(),
             cwd: None,
             stdio: [None, None, None],
+            before_exec: None,
         }
     }
 
@@ -117,6 +135,17 @@ impl Command {
     /// Redirects the program's stderr to `fd`.
     pub fn stderr(&mut self, fd: OwnedFd) -> &mut Command {
         self.stdio[2] = Some(fd);
+        self
+    }
+
+    /// Runs `f` in the child after stdio, cwd and signals are set up and
+    /// before the seccomp filter and `execve`.
+    ///
+    /// # Safety
+    /// `f` runs in a child forked from a possibly multi-threaded process:
+    /// it must only make async-signal-safe calls (no allocation, no locks).
+    pub unsafe fn before_exec(&mut self, f: BeforeExec) -> &mut Command {
+        self.before_exec = Some(f);
         self
     }
 
@@ -205,6 +234,7 @@ pub(crate) struct Prepared {
     cwd: Option<CString>,
     stdio: [Option<RawFd>; 3],
     filter: Vec<libc::sock_filter>,
+    before_exec: Option<BeforeExec>,
 }
 
 fn cstring(s: &OsStr) -> Result<CString, Errno> {
@@ -281,6 +311,7 @@ impl Prepared {
             cwd,
             stdio,
             filter: filter::build(),
+            before_exec: cmd.before_exec.clone(),
         })
     }
 }
@@ -362,6 +393,11 @@ pub(crate) unsafe fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // The caller's hook (async-signal-safe by `Command::before_exec`'s
+        // contract).
+        if let Some(f) = &prep.before_exec {
+            f();
+        }
         // 5. The seccomp filter.
         let prog = libc::sock_fprog {
             len: prep.filter.len() as u16,
