@@ -210,13 +210,7 @@ impl VirtualConfig {
             // Cache line size.
             0x0c => 0xff,
             // BARs: sized by the fixup after the write; absent ones read 0.
-            0x10..=0x27 => {
-                if self.layout.bars[(off - PCI_BASE_ADDRESS_0) / 4].size != 0 {
-                    0xff
-                } else {
-                    0
-                }
-            }
+            0x10..=0x27 if self.layout.bars[(off - PCI_BASE_ADDRESS_0) / 4].size != 0 => 0xff,
             PCI_INTERRUPT_LINE => 0xff,
             // Unclaimed space after the header: raw virtual bytes.
             PCI_HEADER_END..=0xff => 0xff,
