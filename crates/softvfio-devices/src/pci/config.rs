@@ -27,39 +27,62 @@
 /// Conventional PCI: 256 bytes.
 pub const CONFIG_SIZE: usize = 256;
 
+/// Command register offset.
 pub const PCI_COMMAND: usize = 0x04;
+/// Status register offset.
 pub const PCI_STATUS: usize = 0x06;
+/// First BAR offset.
 pub const PCI_BASE_ADDRESS_0: usize = 0x10;
+/// Expansion ROM BAR offset.
 pub const PCI_ROM_ADDRESS: usize = 0x30;
+/// Capability list pointer offset.
 pub const PCI_CAPABILITY_LIST: usize = 0x34;
+/// Interrupt line offset.
 pub const PCI_INTERRUPT_LINE: usize = 0x3c;
+/// Interrupt pin offset.
 pub const PCI_INTERRUPT_PIN: usize = 0x3d;
 /// The end of the type 0 header.
 pub const PCI_HEADER_END: usize = 0x40;
 
+/// Command: I/O space decoding.
 pub const PCI_COMMAND_IO: u16 = 0x0001;
+/// Command: memory space decoding.
 pub const PCI_COMMAND_MEMORY: u16 = 0x0002;
+/// Command: bus master (DMA and MSI writes).
 pub const PCI_COMMAND_MASTER: u16 = 0x0004;
+/// Command: SERR# enable.
 pub const PCI_COMMAND_SERR: u16 = 0x0100;
+/// Command: INTx disable.
 pub const PCI_COMMAND_INTX_DISABLE: u16 = 0x0400;
 
 /// Status: INTx asserted.
 pub const PCI_STATUS_INTERRUPT: u16 = 0x0008;
+/// Status: a capability list exists.
 pub const PCI_STATUS_CAP_LIST: u16 = 0x0010;
 
+/// MSI capability id.
 pub const PCI_CAP_ID_MSI: u8 = 0x05;
+/// MSI flags: enable.
 pub const PCI_MSI_FLAGS_ENABLE: u8 = 0x01;
+/// MSI flags: Multiple Message Capable (log2 of the vectors offered).
 pub const PCI_MSI_FLAGS_QMASK: u8 = 0x0e;
+/// MSI flags: Multiple Message Enable (log2 of the vectors allocated).
 pub const PCI_MSI_FLAGS_QSIZE: u8 = 0x70;
+/// MSI flags: 64-bit message address.
 pub const PCI_MSI_FLAGS_64BIT: u8 = 0x80;
 
 /// Who the function is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PciIdentity {
+    /// Vendor id.
     pub vendor: u16,
+    /// Device id.
     pub device: u16,
+    /// Subsystem vendor id.
     pub subsystem_vendor: u16,
+    /// Subsystem id.
     pub subsystem_device: u16,
+    /// Revision id.
     pub revision: u8,
     /// Class code, 24 bits (class, subclass, programming interface).
     pub class: u32,
@@ -70,6 +93,7 @@ pub struct PciIdentity {
 pub struct BarLayout {
     /// A power of two of at least 16 (memory BARs), or 0.
     pub size: u32,
+    /// The address firmware assigned.
     pub address: u32,
     /// The low flag bits (memory type, prefetchable); 0 for a 32-bit
     /// non-prefetchable memory BAR.
@@ -97,10 +121,12 @@ impl MsiLayout {
         }
     }
 
+    /// Never: a capability has a header.
     pub fn is_empty(&self) -> bool {
         false
     }
 
+    /// The vectors the function offers.
     pub fn vectors(&self) -> u32 {
         1 << self.vectors_log2
     }
@@ -109,13 +135,17 @@ impl MsiLayout {
 /// What a model says of its config space.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigLayout {
+    /// Identity registers.
     pub identity: PciIdentity,
+    /// BAR0 to BAR5.
     pub bars: [BarLayout; 6],
     /// The command register after firmware and `pci_enable_device`.
     pub command: u16,
+    /// Interrupt line as firmware left it.
     pub interrupt_line: u8,
     /// 1 (INTA#) to 4, or 0 without INTx.
     pub interrupt_pin: u8,
+    /// The MSI capability, if any (the only capability in the list).
     pub msi: Option<MsiLayout>,
 }
 
@@ -135,6 +165,7 @@ pub struct VirtualConfig {
 }
 
 impl VirtualConfig {
+    /// Power-on config space of a function with `layout`.
     pub fn new(layout: ConfigLayout) -> Self {
         let mut b = [0u8; CONFIG_SIZE];
         let id = layout.identity;
@@ -185,6 +216,7 @@ impl VirtualConfig {
         }
     }
 
+    /// What the model described.
     pub fn layout(&self) -> &ConfigLayout {
         &self.layout
     }
@@ -308,18 +340,22 @@ impl VirtualConfig {
         self.msi_hw
     }
 
+    /// The command register.
     pub fn command(&self) -> u16 {
         get16(&self.bytes, PCI_COMMAND)
     }
 
+    /// Memory decoding on?
     pub fn memory_enabled(&self) -> bool {
         self.command() & PCI_COMMAND_MEMORY != 0
     }
 
+    /// Bus master on?
     pub fn bus_master(&self) -> bool {
         self.command() & PCI_COMMAND_MASTER != 0
     }
 
+    /// INTx disable set?
     pub fn intx_disabled(&self) -> bool {
         self.command() & PCI_COMMAND_INTX_DISABLE != 0
     }
