@@ -636,12 +636,16 @@ impl Container {
         if size == 0 || (size | iova | vaddr) & (pgsize - 1) != 0 {
             return Err(VfioError::Invalid("size zero or not page aligned"));
         }
-        if iova.checked_add(size - 1).is_none() || vaddr.checked_add(size - 1).is_none() {
+        // 6.1's EINVAL (the conformance probe's `map_iova_wrap` and
+        // `map_vaddr_wrap`); upstream answers EOVERFLOW since its fix for
+        // mappings up to the addressable limit (docs/DESIGN.md).
+        let (Some(last), Some(_)) = (iova.checked_add(size - 1), vaddr.checked_add(size - 1))
+        else {
             return Err(VfioError::Invalid("address wraps"));
-        }
+        };
 
         if set_vaddr {
-            let Some(dma) = t.dmas.find(iova, size) else {
+            let Some(dma) = t.dmas.overlapping(iova, last) else {
                 return Err(VfioError::NoEntry);
             };
             if !dma.vaddr_invalid || dma.iova != iova || dma.size != size {
@@ -657,13 +661,13 @@ impl Container {
             self.vaddr_valid.notify_all();
             return Ok(());
         }
-        if t.dmas.find(iova, size).is_some() {
+        if t.dmas.overlapping(iova, last).is_some() {
             return Err(VfioError::Exists);
         }
         if t.dma_avail == 0 {
             return Err(VfioError::NoSpace);
         }
-        if !t.iova_list.allows(iova, iova + (size - 1)) {
+        if !t.iova_list.allows(iova, last) {
             return Err(VfioError::Invalid("IOVA outside the valid ranges"));
         }
 
@@ -696,8 +700,13 @@ impl Container {
         if t.dirty_tracking {
             dma.bitmap = Some(dirty::new_bitmap(size / pgsize));
         }
+        // Checked above under the same lock, so the tree accepts it; should
+        // it refuse, undo the pins rather than lose a mapping or a slot.
+        if let Err(refused) = t.dmas.insert(dma) {
+            self.release_dma(t, *refused.0);
+            return Err(VfioError::Exists);
+        }
         t.dma_avail -= 1;
-        t.dmas.insert(dma);
         Ok(())
     }
 
@@ -719,7 +728,9 @@ impl Container {
             .account()
             .charge(pages, policy)
             .map_err(over_limit)?;
-        let mut mapped_end = dma.iova;
+        // Bytes mapped from `dma.iova` (not an end address: a mapping may
+        // end at 2^64).
+        let mut mapped: u64 = 0;
         let mut iommu_error: Option<VfioError> = None;
         let pin_result = self.mem.pin(
             dma.vaddr,
@@ -736,16 +747,15 @@ impl Container {
                         return Err(MemError::Unreachable);
                     }
                 }
-                mapped_end = iova + run.len;
+                mapped = (iova - dma.iova) + run.len;
                 Ok(())
             },
         );
         if let Err(e) = pin_result {
-            let size = mapped_end - dma.iova;
-            if size > 0 {
+            if mapped > 0 {
                 for d in domains {
-                    unmap_all_of(d.as_ref(), dma.iova, size);
-                    d.flush(dma.iova, size);
+                    unmap_all_of(d.as_ref(), dma.iova, mapped);
+                    d.flush(dma.iova, mapped);
                 }
             }
             self.mem.account().uncharge(pages);
@@ -758,7 +768,19 @@ impl Container {
     /// mapping, and removes it. Order matters: after this returns no device
     /// can reach the pages.
     fn remove_dma(&self, t: &mut Type1, iova: u64) -> Option<Dma> {
-        let mut dma = t.dmas.remove(iova)?;
+        let dma = t.dmas.remove(iova)?;
+        let dma = self.release_dma(t, dma);
+        if dma.vaddr_invalid {
+            t.vaddr_invalid_count = t.vaddr_invalid_count.saturating_sub(1);
+        }
+        t.dma_avail = t.dma_avail.saturating_add(1);
+        Some(dma)
+    }
+
+    /// Unmaps, flushes, unpins and unaccounts a mapping that is no longer
+    /// (or never was) in the tree. Flush before unpin: once the pages are
+    /// unpinned no IOTLB entry may still reach them.
+    fn release_dma(&self, t: &Type1, mut dma: Dma) -> Dma {
         if dma.iommu_mapped {
             for d in &t.domains {
                 unmap_all_of(d.ops.as_ref(), dma.iova, dma.size);
@@ -779,11 +801,8 @@ impl Container {
         }
         // One accounting update for the mapping and its external pins.
         self.mem.account().uncharge(dma.locked_pages);
-        if dma.vaddr_invalid {
-            t.vaddr_invalid_count = t.vaddr_invalid_count.saturating_sub(1);
-        }
-        t.dma_avail = t.dma_avail.saturating_add(1);
-        Some(dma)
+        dma.locked_pages = 0;
+        dma
     }
 
     /// `VFIO_IOMMU_UNMAP_DMA` after the ABI checks. Returns the bytes
@@ -859,16 +878,19 @@ impl Container {
         if iova & (pgsize - 1) != 0 {
             return Err(VfioError::Invalid("unaligned iova"));
         }
-        let size = if unmap_all {
+        // The inclusive last byte of the range.
+        let last = if unmap_all {
             if iova != 0 || size != 0 {
                 return Err(VfioError::Invalid("UNMAP_ALL takes no range"));
             }
             u64::MAX
         } else {
-            if size == 0 || size & (pgsize - 1) != 0 || iova.checked_add(size - 1).is_none() {
+            if size == 0 || size & (pgsize - 1) != 0 {
                 return Err(VfioError::Invalid("bad size"));
             }
-            size
+            // 6.1's EINVAL (the probe's `unmap_wrap`); upstream: EOVERFLOW.
+            iova.checked_add(size - 1)
+                .ok_or(VfioError::Invalid("range wraps"))?
         };
         let bitmap = if flags & UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
             match bitmap {
@@ -890,28 +912,29 @@ impl Container {
 
         // v2 never bisects a mapping: the range must cover whole mappings.
         if t.v2 && !unmap_all {
-            if let Some(d) = t.dmas.find(iova, 1) {
+            if let Some(d) = t.dmas.containing(iova) {
                 if d.iova != iova {
                     return Err(VfioError::Invalid("unmap would bisect a mapping"));
                 }
             }
-            if let Some(d) = t.dmas.find(iova + (size - 1), 0) {
-                if d.end() != iova.wrapping_add(size) {
+            if let Some(d) = t.dmas.containing(last) {
+                if d.last() != last {
                     return Err(VfioError::Invalid("unmap would bisect a mapping"));
                 }
             }
         }
 
-        let Some(first) = t.dmas.first_from(iova, size) else {
+        let Some(first) = t.dmas.first_overlapping(iova, last) else {
             return Ok(UnmapStep::Done(0));
         };
-        let range_end = u128::from(iova) + u128::from(size);
+        // Sums of mapping sizes wrap as the kernel's `size_t` does: only
+        // mappings that together cover all 2^64 bytes can reach it.
         let mut unmapped: u64 = 0;
         // The mappings this request covers (v1 stops at one starting before
         // the range).
         let keys: Vec<u64> = t
             .dmas
-            .keys_between(first, range_end)
+            .keys_between(first, last)
             .take_while(|k| t.v2 || iova <= *k)
             .collect();
 
@@ -940,7 +963,7 @@ impl Container {
                 }
                 dma.vaddr_invalid = true;
                 t.vaddr_invalid_count += 1;
-                unmapped += dma.size;
+                unmapped = unmapped.wrapping_add(dma.size);
                 touched.push(key);
             }
             return Ok(UnmapStep::Done(unmapped));
@@ -966,7 +989,7 @@ impl Container {
                 let bit_offset = (dma.iova - iova) >> pgshift;
                 dirty::copy_to_user(self.mem.as_ref(), b.data, &bits, nbits, bit_offset)?;
             }
-            unmapped += dma.size;
+            unmapped = unmapped.wrapping_add(dma.size);
             self.remove_dma(t, key);
         }
         Ok(UnmapStep::Done(unmapped))
@@ -1068,22 +1091,24 @@ impl Container {
         if !t.dirty_tracking {
             return Err(VfioError::Invalid("dirty tracking not started"));
         }
+        let Some(last) = iova.checked_add(size - 1) else {
+            return Err(VfioError::Invalid("range wraps"));
+        };
         // The range must not bisect a mapping.
-        if let Some(d) = t.dmas.find(iova, 1) {
+        if let Some(d) = t.dmas.containing(iova) {
             if d.iova != iova {
                 return Err(VfioError::Invalid("range bisects a mapping"));
             }
         }
-        let last = iova.wrapping_add(size).wrapping_sub(1);
-        if let Some(d) = t.dmas.find(last, 0) {
-            if d.end() != iova.wrapping_add(size) {
+        if let Some(d) = t.dmas.containing(last) {
+            if d.last() != last {
                 return Err(VfioError::Invalid("range bisects a mapping"));
             }
         }
         let pgshift = pgsize.trailing_zeros();
         let all_dirty = t.num_non_pinned_groups > 0;
         let domains: Vec<Arc<dyn DomainOps>> = t.domains.iter().map(|d| d.ops.clone()).collect();
-        for key in t.dmas.keys_starting_in(iova, size) {
+        for key in t.dmas.keys_starting_in(iova, last) {
             let Some(dma) = t.dmas.get_mut(key) else {
                 continue;
             };
@@ -1361,10 +1386,10 @@ fn aperture_conflict(t: &Type1, start: u64, end: u64) -> bool {
     if start > last || end < first {
         return true;
     }
-    if start > first && t.dmas.find(first, start - first).is_some() {
+    if start > first && t.dmas.overlapping(first, start - 1).is_some() {
         return true;
     }
-    if end < last && t.dmas.find(end + 1, last - end).is_some() {
+    if end < last && t.dmas.overlapping(end + 1, last).is_some() {
         return true;
     }
     false
@@ -1374,7 +1399,7 @@ fn aperture_conflict(t: &Type1, start: u64, end: u64) -> bool {
 fn resv_conflict(t: &Type1, resv: &[ResvRegion]) -> bool {
     resv.iter().any(|r| {
         r.kind != crate::iommu::ResvKind::DirectRelaxable
-            && t.dmas.find(r.start, r.end - r.start + 1).is_some()
+            && t.dmas.overlapping(r.start, r.end).is_some()
     })
 }
 

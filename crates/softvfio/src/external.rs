@@ -211,7 +211,7 @@ impl Container {
         let st = self.lock();
         let Some(t) = st.iommu.as_ref() else { return 0 };
         t.dmas
-            .find(iova, 1)
+            .containing(iova)
             .map(|d| d.ext_pins.count((iova - d.iova) / PAGE_SIZE))
             .unwrap_or(0)
     }
@@ -322,7 +322,7 @@ impl Container {
             let Some(page_iova) = iova.checked_add(i * PAGE_SIZE) else {
                 return Err(self.abort_plan(plan, pending, VfioError::Invalid("IOVA wraps")));
             };
-            let Some(dma) = t.dmas.find(page_iova, PAGE_SIZE) else {
+            let Some(dma) = t.dmas.containing(page_iova) else {
                 return Err(self.abort_plan(plan, pending, VfioError::Invalid("IOVA not mapped")));
             };
             if lacks(dma.prot, prot) {
@@ -502,8 +502,8 @@ impl Container {
         for iova in iovas {
             let page_iova = iova & !(PAGE_SIZE - 1);
             let key = match cur_key.and_then(|k| t.dmas.get(k)) {
-                Some(d) if page_iova >= d.iova && page_iova < d.end() => d.iova,
-                _ => match t.dmas.find(page_iova, PAGE_SIZE) {
+                Some(d) if d.contains(page_iova) => d.iova,
+                _ => match t.dmas.containing(page_iova) {
                     Some(d) => d.iova,
                     None if stop_at_hole => break,
                     None => {
@@ -588,7 +588,7 @@ impl Container {
             };
             let pgshift = crate::container::min_pgsize(t.pgsize_bitmap).trailing_zeros();
             let dirty_tracking = t.dirty_tracking;
-            let Some(key) = t.dmas.find(cur, 1).map(|d| d.iova) else {
+            let Some(key) = t.dmas.containing(cur).map(|d| d.iova) else {
                 return Err(VfioError::Invalid("IOVA not mapped"));
             };
             let Some(dma) = t.dmas.get_mut(key) else {
@@ -649,21 +649,20 @@ impl Container {
             }
             let mut must_wait = false;
             let mut cur = iova;
-            let end = u128::from(iova) + u128::from(size.max(1));
-            while u128::from(cur) < end {
-                let Some(dma) = t.dmas.find(cur, PAGE_SIZE.min(size.max(1))) else {
+            // Inclusive bounds: the range may end at the top of the space.
+            let last = iova.saturating_add(size.max(1) - 1);
+            let probe = PAGE_SIZE.min(size.max(1)) - 1;
+            loop {
+                let Some(dma) = t.dmas.overlapping(cur, cur.saturating_add(probe)) else {
                     return Err(VfioError::Invalid("IOVA not mapped"));
                 };
                 if dma.vaddr_invalid {
                     must_wait = true;
                     break;
                 }
-                if dma.end() <= cur {
-                    break;
-                }
-                cur = dma.end();
-                if cur == 0 {
-                    break;
+                match dma.last().checked_add(1) {
+                    Some(next) if next > cur && next <= last => cur = next,
+                    _ => break,
                 }
             }
             if !must_wait {
