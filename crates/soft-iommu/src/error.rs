@@ -1,5 +1,7 @@
 //! Errors of the software side (map, unmap, attach, configuration).
 
+#![allow(missing_docs)] // TODO(issue 16, item 6): document the remaining public items
+
 use thiserror::Error;
 
 /// Why a domain or unit operation failed.

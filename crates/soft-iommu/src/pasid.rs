@@ -45,6 +45,8 @@
 //! entry or the filler sees the bump. The PASID cache uses the same counter
 //! (insert only if unchanged, checked under the cache lock).
 
+#![allow(missing_docs)] // TODO(issue 16, item 6): document the remaining public items
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 

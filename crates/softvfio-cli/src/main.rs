@@ -1,14 +1,25 @@
 //! `softvfio`: run VFIO programs on a software IOMMU, demonstrate it,
 //! inspect a running session, measure it.
 
+// Unsafe code is denied except in the modules below that say why they
+// need it (each block with its SAFETY argument).
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// Memory for the measurements (mmap, mlock) in `bench::sys`, and the
+// process's own memory as the engine's user memory.
+#[allow(unsafe_code)]
 mod bench;
+// The demo's guest memory: an mmap it owns and hands to the engine.
+#[allow(unsafe_code)]
 mod demo;
 mod inspect;
 mod report;
+// Signal dispositions of the supervisor (`libc::signal`).
+#[allow(unsafe_code)]
 mod run;
 
 #[derive(Parser)]

@@ -6,6 +6,8 @@
 //! One lock (`state`) serialises control operations like the kernel's
 //! `iommu->lock`; device DMA never takes it (it goes through the IOMMU model).
 
+#![allow(missing_docs)] // TODO(issue 16, item 6): document the remaining public items
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

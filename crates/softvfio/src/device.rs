@@ -1,6 +1,8 @@
 //! The device side of VFIO: what a device model offers through its device
 //! file descriptor (vfio-pci style regions, interrupts, reset).
 
+#![allow(missing_docs)] // documented with the vfio-pci work
+
 /// `VFIO_PCI_*_REGION_INDEX` offsets are `index << 40` in the device fd.
 pub const REGION_OFFSET_SHIFT: u32 = 40;
 

@@ -1,5 +1,7 @@
 //! Engine errors, each with the errno the kernel returns for the same case.
 
+#![allow(missing_docs)] // TODO(issue 16, item 6): document the remaining public items
+
 use thiserror::Error;
 
 use crate::iommu::IommuError;

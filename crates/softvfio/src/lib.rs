@@ -11,6 +11,8 @@
 //! - [`external`]: the pinning API of mediated devices (`vfio_pin_pages`,
 //!   `vfio_dma_rw`, the unmap notifier) and its compact pin tracking.
 
+#![deny(unsafe_code)]
+
 pub mod account;
 pub mod container;
 pub mod device;

@@ -1,6 +1,8 @@
 //! The emulated platform as the engine sees it: IOMMU groups, the devices in
 //! them, and the IOMMU unit behind each (or none, for mediated devices).
 
+#![allow(missing_docs)] // TODO(issue 16, item 6): document the remaining public items
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -9,6 +9,8 @@
 //! (`copy_from_user`/`copy_to_user`). Struct layouts come from the
 //! `vfio-bindings` crate; every size and offset below is derived from them.
 
+#![allow(missing_docs)] // documented with the vfio-pci work
+
 use std::collections::HashMap;
 use std::mem::{offset_of, size_of};
 use std::sync::{Arc, Mutex, MutexGuard};

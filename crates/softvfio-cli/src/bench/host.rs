@@ -199,7 +199,10 @@ fn family(ctx: &Ctx, plots: &mut PlotData, kind: Backing) -> Result<Outcome, Str
     } else {
         None
     };
-    let mem = Arc::new(HostMemory::current());
+    // SAFETY: the engine writes only the buffers this command maps for DMA (its own mmap areas,
+    // reached through raw addresses) and ioctl argument areas; no Rust reference covers them
+    // while the engine runs.
+    let mem = Arc::new(unsafe { HostMemory::current() });
     let e = Engine::new(mem, AddressWidth::Bits39, u32::from(u16::MAX))?;
     // A probe: hugetlb memory may still be refused (cgroup limits).
     if kind == Backing::Huge2m {
