@@ -241,6 +241,10 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(got_b, want_phys.filter(|_| b_attached), "{what} through b");
             }
         }
+        // The engine's own relations (counters, tree, groups) hold too.
+        if let Err(broken) = c.check_invariants() {
+            panic!("{broken} after {what}");
+        }
         let snap = c.snapshot();
         let engine: Vec<(u64, u64, bool)> = snap
             .mappings

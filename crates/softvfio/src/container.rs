@@ -3,8 +3,66 @@
 //!
 //! Semantics follow Linux's `vfio_iommu_type1.c` (v6.1) down to the errno and
 //! the order of checks; the reasons are given where the rule is not obvious.
-//! One lock (`state`) serialises control operations like the kernel's
-//! `iommu->lock`; device DMA never takes it (it goes through the IOMMU model).
+//!
+//! # Ranges
+//!
+//! A range of IOVAs is `[first, last]` with an inclusive `last`, as iommufd
+//! writes them: an IOVA can go all the way up to `u64::MAX`, and no end is
+//! computed as `iova + size` (which wraps to 0 at the top of the space). The
+//! ABI's `(iova, size)` pairs are turned into `[iova, iova + size - 1]`
+//! after the wrap check (6.1's EINVAL for a range that wraps).
+//!
+//! # Invariants
+//!
+//! With `t` the [`Type1`] state of a set container and `limit` its
+//! `dma_entry_limit` (checked by [`Container::check_invariants`], which the
+//! unit tests, the property test and the differential fuzzer call after
+//! every step):
+//!
+//! - mappings (`t.dmas`): each has `size > 0`, is page aligned, does not
+//!   wrap, lies in the valid IOVA list (`t.iova_list`, when it has ranges),
+//!   and no two overlap;
+//! - `t.dma_avail + t.dmas.len() == limit`: every map takes a slot and
+//!   every removal gives it back (the issue-16 wrap lost one for good);
+//! - `t.vaddr_invalid_count` is the number of mappings whose `vaddr_invalid`
+//!   is set; a mapping with external pins never has it set;
+//! - `t.num_non_pinned_groups` is the number of attached groups (in a domain
+//!   or emulated) whose `pinned_page_dirty_scope` is false;
+//! - a mapping is `iommu_mapped` exactly when the container has at least one
+//!   IOMMU domain: pinned once and mapped into every domain;
+//! - locked pages per mapping: `size / PAGE_SIZE` when `iommu_mapped`, else
+//!   the pages pinned through the external API (`ext_pins.pinned_pages()`);
+//!   their sum over all containers of an address space is the
+//!   [`MmAccount`](crate::account::MmAccount)'s `locked_pages` (tests check
+//!   that sum; one container cannot see the others);
+//! - every mapping has a dirty bitmap exactly while `t.dirty_tracking`;
+//! - every domain holds at least one group, and the groups of `t` (domains
+//!   and emulated) are exactly the container's `groups`, each once; an IOMMU
+//!   is set only while the container holds a group.
+//!
+//! # Locks
+//!
+//! Three lock domains, always taken in this order and never the other way:
+//!
+//! 1. the container's `state` (type1's `iommu->lock`): every control
+//!    operation, and the mediated-device paths (`pin_pages`, `unpin_pages`,
+//!    `dma_rw`), which reach user memory under it;
+//! 2. the host memory backend's pin counts (`HostMemory`'s counts, taken
+//!    inside `pin`/`unpin`; never held while a pinned run is reported);
+//! 3. the VT-d domain's writer lock and its flush epochs (taken inside
+//!    `DomainOps::map`, `unmap` and `flush`).
+//!
+//! 2 and 3 are never held together. Device DMA through the IOMMU model takes
+//! neither 1 nor 2: it translates under the domain's read side and waits
+//! for nothing the control path holds. The unmap notifier of mediated
+//! devices runs with lock 1 released (devices unpin, which takes it).
+//!
+//! # Flush before unpin
+//!
+//! A mapping leaves in this order: unmap from every domain, flush the
+//! IOTLBs (which waits for in-flight translations of the range), then unpin
+//! and unaccount. Once the pages are unpinned no cached translation can
+//! reach them.
 
 #![allow(missing_docs)] // TODO(issue 16, item 6): document the remaining public items
 
@@ -1019,6 +1077,117 @@ impl Container {
         self.lock().iommu.as_ref().map(|t| t.v2)
     }
 
+    /// Checks the relations listed in this module's "Invariants" and
+    /// describes the first one broken. Costs a walk over every mapping (and
+    /// its external pins): for tests, fuzzers and debugging, not hot paths.
+    pub fn check_invariants(&self) -> std::result::Result<(), BrokenInvariant> {
+        let st = self.lock();
+        let broken = |what: String| Err(BrokenInvariant(what));
+        let Some(t) = st.iommu.as_ref() else {
+            return Ok(());
+        };
+        if st.groups.is_empty() {
+            return broken("an IOMMU is set on a container with no group".into());
+        }
+        let limit = self.cfg.dma_entry_limit;
+        if u64::from(t.dma_avail) + t.dmas.len() as u64 != u64::from(limit) {
+            return broken(format!(
+                "dma_avail {} + {} mappings != dma_entry_limit {limit}",
+                t.dma_avail,
+                t.dmas.len()
+            ));
+        }
+        let mut prev_last: Option<u64> = None;
+        let mut invalid = 0u32;
+        for d in t.dmas.iter() {
+            let at = d.iova;
+            if d.size == 0 || (d.iova | d.size) & (PAGE_SIZE - 1) != 0 {
+                return broken(format!(
+                    "mapping {at:#x} size {:#x} empty or unaligned",
+                    d.size
+                ));
+            }
+            let Some(last) = d.iova.checked_add(d.size - 1) else {
+                return broken(format!("mapping {at:#x} size {:#x} wraps", d.size));
+            };
+            if prev_last.is_some_and(|p| p >= d.iova) {
+                return broken(format!("mapping {at:#x} overlaps the one before"));
+            }
+            prev_last = Some(last);
+            if !t.iova_list.allows(d.iova, last) {
+                return broken(format!("mapping {at:#x}..={last:#x} outside the IOVA list"));
+            }
+            if d.vaddr_invalid {
+                invalid += 1;
+                if !d.ext_pins.is_empty() {
+                    return broken(format!(
+                        "mapping {at:#x} has external pins and an invalid vaddr"
+                    ));
+                }
+            }
+            if d.iommu_mapped == t.domains.is_empty() {
+                return broken(format!(
+                    "mapping {at:#x} iommu_mapped={} with {} domains",
+                    d.iommu_mapped,
+                    t.domains.len()
+                ));
+            }
+            let want_locked = if d.iommu_mapped {
+                d.size / PAGE_SIZE
+            } else {
+                d.ext_pins.pinned_pages()
+            };
+            if d.locked_pages != want_locked {
+                return broken(format!(
+                    "mapping {at:#x} accounts {} locked pages, expected {want_locked}",
+                    d.locked_pages
+                ));
+            }
+            if d.bitmap.is_some() != t.dirty_tracking {
+                return broken(format!(
+                    "mapping {at:#x} has a dirty bitmap: {}, tracking: {}",
+                    d.bitmap.is_some(),
+                    t.dirty_tracking
+                ));
+            }
+        }
+        if invalid != t.vaddr_invalid_count {
+            return broken(format!(
+                "vaddr_invalid_count {} but {invalid} mappings have an invalid vaddr",
+                t.vaddr_invalid_count
+            ));
+        }
+        let attached: Vec<&AttachedGroup> = t
+            .domains
+            .iter()
+            .flat_map(|d| d.groups.iter())
+            .chain(t.emulated_groups.iter())
+            .collect();
+        let non_pinned = attached
+            .iter()
+            .filter(|g| !g.pinned_page_dirty_scope)
+            .count() as u64;
+        if non_pinned != u64::from(t.num_non_pinned_groups) {
+            return broken(format!(
+                "num_non_pinned_groups {} but {non_pinned} groups lack the pinned-page scope",
+                t.num_non_pinned_groups
+            ));
+        }
+        if t.domains.iter().any(|d| d.groups.is_empty()) {
+            return broken("a domain without groups".into());
+        }
+        let mut in_type1: Vec<u32> = attached.iter().map(|g| g.group.id).collect();
+        let mut in_container: Vec<u32> = st.groups.iter().map(|g| g.id).collect();
+        in_type1.sort_unstable();
+        in_container.sort_unstable();
+        if in_type1 != in_container {
+            return broken(format!(
+                "groups attached to type1 {in_type1:?} != the container's {in_container:?}"
+            ));
+        }
+        Ok(())
+    }
+
     /// `VFIO_IOMMU_DIRTY_PAGES_FLAG_START`. Starting twice is a no-op.
     pub fn dirty_start(&self) -> Result<()> {
         let mut st = self.lock();
@@ -1257,6 +1426,19 @@ impl Container {
     }
 }
 
+/// A relation of the type1 state that does not hold, as
+/// [`Container::check_invariants`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenInvariant(pub String);
+
+impl std::fmt::Display for BrokenInvariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "broken type1 invariant: {}", self.0)
+    }
+}
+
+impl std::error::Error for BrokenInvariant {}
+
 /// What one locked pass of an unmap decided.
 enum UnmapStep {
     /// Finished: the bytes unmapped (or invalidated).
@@ -1422,13 +1604,66 @@ mod tests {
         let group = Arc::new(iommu_group(3, 0x18, unit.clone(), Vec::new()));
         let c = Container::new(ContainerConfig::default(), mem.clone());
         c.attach_group(&group).unwrap();
+        check(&c);
         c.set_iommu(if v2 { TYPE1V2_IOMMU } else { TYPE1_IOMMU })
             .unwrap();
         (c, mem, unit, group)
     }
 
+    /// The invariants hold: called after every step that changes state.
+    fn check(c: &Container) {
+        if let Err(broken) = c.check_invariants() {
+            panic!("{broken}");
+        }
+    }
+
     fn errno<T: std::fmt::Debug>(r: Result<T>) -> i32 {
         r.map(|_| 0).unwrap_or_else(|e| e.errno())
+    }
+
+    /// Each relation, broken on purpose, is reported (and named).
+    #[test]
+    fn check_invariants_reports_each_broken_relation() {
+        let (c, ..) = setup(true);
+        c.map_dma(0x10_0000, BASE, 4 * PG, RW).unwrap();
+        check(&c);
+        type Breaker = fn(&mut Type1);
+        let breakers: [(&str, Breaker); 5] = [
+            ("dma_avail", |t| t.dma_avail -= 1),
+            ("vaddr_invalid_count", |t| t.vaddr_invalid_count += 1),
+            ("num_non_pinned_groups", |t| t.num_non_pinned_groups += 1),
+            ("locked pages", |t| {
+                t.dmas.get_mut(0x10_0000).unwrap().locked_pages += 1;
+            }),
+            ("dirty bitmap", |t| t.dirty_tracking = true),
+        ];
+        for (what, breaker) in breakers {
+            let saved = {
+                let mut st = c.lock();
+                let t = st.iommu.as_mut().unwrap();
+                let saved = (
+                    t.dma_avail,
+                    t.vaddr_invalid_count,
+                    t.num_non_pinned_groups,
+                    t.dirty_tracking,
+                );
+                breaker(t);
+                saved
+            };
+            let err = c.check_invariants().unwrap_err();
+            assert!(err.0.contains(what), "{what}: {err}");
+            let mut st = c.lock();
+            let t = st.iommu.as_mut().unwrap();
+            (
+                t.dma_avail,
+                t.vaddr_invalid_count,
+                t.num_non_pinned_groups,
+                t.dirty_tracking,
+            ) = saved;
+            t.dmas.get_mut(0x10_0000).unwrap().locked_pages = 4;
+            drop(st);
+            check(&c);
+        }
     }
 
     #[test]
@@ -1436,6 +1671,7 @@ mod tests {
         let mem = VecMemory::new(BASE, 16 * PG as usize);
         let c = Container::new(ContainerConfig::default(), mem);
         assert_eq!(errno(c.set_iommu(TYPE1V2_IOMMU)), libc::EINVAL);
+        check(&c);
         assert_eq!(c.check_extension(TYPE1_IOMMU), 1);
         assert_eq!(c.check_extension(TYPE1V2_IOMMU), 1);
         assert_eq!(c.check_extension(TYPE1_NESTING_IOMMU), 1);
@@ -1447,9 +1683,13 @@ mod tests {
         let unit = FakeUnit::new(39);
         let g = Arc::new(iommu_group(3, 0x18, unit, Vec::new()));
         c.attach_group(&g).unwrap();
+        check(&c);
         assert_eq!(errno(c.set_iommu(SPAPR_TCE_IOMMU)), libc::ENODEV);
+        check(&c);
         assert_eq!(errno(c.set_iommu(TYPE1V2_IOMMU)), 0);
+        check(&c);
         assert_eq!(errno(c.set_iommu(TYPE1V2_IOMMU)), libc::EINVAL);
+        check(&c);
         assert_eq!(c.check_extension(UPDATE_VADDR), 1);
         // The fake unit does not enforce coherency.
         assert_eq!(c.check_extension(DMA_CC_IOMMU), 0);
@@ -1480,12 +1720,14 @@ mod tests {
     fn map_pins_maps_and_accounts_unmap_reverses() {
         let (c, mem, unit, _) = setup(true);
         c.map_dma(0x10_0000, BASE, 4 * PG, RW).unwrap();
+        check(&c);
         assert_eq!(mem.account().locked_pages(), 4);
         assert_eq!(mem.account().updates(), 1);
         assert_eq!(mem.total_pins(), 4);
         let d = unit.domains.lock().unwrap()[0].clone();
         assert_eq!(d.iova_to_phys(0x10_1234), Some(BASE + 0x1234));
         assert_eq!(c.unmap_dma(0x10_0000, 4 * PG, 0, None).unwrap(), 4 * PG);
+        check(&c);
         assert_eq!(mem.account().locked_pages(), 0);
         assert_eq!(mem.account().updates(), 2);
         assert_eq!(mem.total_pins(), 0);
@@ -1499,6 +1741,7 @@ mod tests {
         // Pinning fails at the third page.
         mem.fail_pin_after.store(2, AO::SeqCst);
         assert_eq!(errno(c.map_dma(0x10_0000, BASE, 4 * PG, RW)), libc::EFAULT);
+        check(&c);
         assert_eq!(mem.total_pins(), 0);
         assert_eq!(mem.account().locked_pages(), 0);
         let d = unit.domains.lock().unwrap()[0].clone();
@@ -1509,6 +1752,7 @@ mod tests {
         // The IOMMU refuses the third page.
         d.fail_map_after.store(2, AO::SeqCst);
         assert_eq!(errno(c.map_dma(0x10_0000, BASE, 4 * PG, RW)), libc::ENOMEM);
+        check(&c);
         assert_eq!(mem.total_pins(), 0);
         assert!(d.pages.lock().unwrap().is_empty());
         assert_eq!(mem.account().locked_pages(), 0);
@@ -1522,6 +1766,7 @@ mod tests {
             limit_pages: 32,
         };
         c.map_dma(0x10_0000, BASE, 16 * PG, RW).unwrap();
+        check(&c);
         c.map_dma(0x20_0000, BASE, 16 * PG, RW).unwrap(); // same pages count again
         assert_eq!(mem.account().locked_pages(), 32);
         assert_eq!(
@@ -1531,6 +1776,7 @@ mod tests {
         assert_eq!(mem.account().locked_pages(), 32);
         assert_eq!(mem.pin_count(BASE), 2);
         c.unmap_dma(0, 0, UNMAP_FLAG_ALL, None).unwrap();
+        check(&c);
         assert_eq!(mem.account().locked_pages(), 0);
         assert_eq!(mem.total_pins(), 0);
     }
@@ -1539,6 +1785,7 @@ mod tests {
     fn attach_conflicting_reserved_region_is_refused_and_changes_nothing() {
         let (c, mem, _unit, _) = setup(true);
         c.map_dma(0x4000_0000, BASE, 2 * PG, RW).unwrap();
+        check(&c);
         let before = c.info().unwrap();
         let unit2 = FakeUnit::new(39);
         let g2 = Arc::new(iommu_group(
@@ -1552,6 +1799,7 @@ mod tests {
             }],
         ));
         assert_eq!(errno(c.attach_group(&g2)), libc::EINVAL);
+        check(&c);
         assert_eq!(c.info().unwrap(), before);
         assert_eq!(c.group_count(), 1);
         assert_eq!(unit2.domain_of(0x20), None);
@@ -1573,6 +1821,7 @@ mod tests {
         ));
         let before = c.info().unwrap().iova_ranges;
         c.attach_group(&g2).unwrap();
+        check(&c);
         let during = c.info().unwrap().iova_ranges;
         assert_eq!(
             during,
@@ -1595,10 +1844,13 @@ mod tests {
         assert_eq!(unit.domain_of(0x18), unit.domain_of(0x20));
         assert_eq!(c.snapshot().domains.len(), 1);
         assert_eq!(errno(c.map_dma(0x8000_0000, BASE, PG, RW)), libc::EINVAL);
+        check(&c);
         c.detach_group(7);
+        check(&c);
         assert_eq!(c.info().unwrap().iova_ranges, before);
         assert_eq!(unit.domain_of(0x20), None);
         assert_eq!(errno(c.map_dma(0x8000_0000, BASE, PG, RW)), 0);
+        check(&c);
     }
 
     #[test]
@@ -1608,11 +1860,15 @@ mod tests {
         let narrow = FakeUnit::new(36);
         let g2 = Arc::new(iommu_group(8, 0x28, narrow.clone(), Vec::new()));
         assert_eq!(errno(c.attach_group(&g2)), libc::EINVAL);
+        check(&c);
         c.unmap_dma(0x40_0000_0000, PG, 0, None).unwrap();
+        check(&c);
         c.map_dma(0x10_0000, BASE, 2 * PG, RW).unwrap();
+        check(&c);
         // A unit that refuses the existing 39-bit domain gets its own domain,
         // and existing mappings are replayed into it without pinning again.
         c.attach_group(&g2).unwrap();
+        check(&c);
         let snap = c.snapshot();
         assert_eq!(snap.domains.len(), 2);
         assert_eq!(snap.iova_ranges.last().unwrap().end, (1 << 36) - 1);
@@ -1621,6 +1877,7 @@ mod tests {
         assert_eq!(mem.total_pins(), 2);
         assert_eq!(mem.account().locked_pages(), 2);
         c.detach_group(8);
+        check(&c);
         assert_eq!(c.snapshot().domains.len(), 1);
         assert_eq!(
             c.info().unwrap().iova_ranges.last().unwrap().end,
@@ -1634,13 +1891,16 @@ mod tests {
     fn failure_in_replay_rolls_back_attach() {
         let (c, mem, _unit, _) = setup(true);
         c.map_dma(0x10_0000, BASE, 2 * PG, RW).unwrap();
+        check(&c);
         c.map_dma(0x20_0000, BASE + 4 * PG, 2 * PG, RW).unwrap();
+        check(&c);
         let before = c.info().unwrap();
         let narrow = FakeUnit::new(36);
         // The new domain accepts one map call, then fails.
         narrow.fail_map_after.store(1, AO::SeqCst);
         let g2 = Arc::new(iommu_group(8, 0x28, narrow.clone(), Vec::new()));
         assert_eq!(errno(c.attach_group(&g2)), libc::ENOMEM);
+        check(&c);
         assert_eq!(c.info().unwrap(), before);
         assert_eq!(c.snapshot().domains.len(), 1);
         assert_eq!(narrow.domain_of(0x28), None);
@@ -1654,7 +1914,9 @@ mod tests {
     fn last_group_detach_releases_everything() {
         let (c, mem, unit, _) = setup(true);
         c.map_dma(0x10_0000, BASE, 8 * PG, RW).unwrap();
+        check(&c);
         c.detach_group(3);
+        check(&c);
         assert!(!c.iommu_set());
         assert_eq!(mem.total_pins(), 0);
         assert_eq!(mem.account().locked_pages(), 0);
@@ -1665,9 +1927,13 @@ mod tests {
     fn v1_unmap_semantics() {
         let (c, ..) = setup(false);
         c.map_dma(0x10_0000, BASE, 4 * PG, RW).unwrap();
+        check(&c);
         assert_eq!(c.unmap_dma(0x10_1000, PG, 0, None).unwrap(), 0);
+        check(&c);
         assert_eq!(c.unmap_dma(0x10_0000, PG, 0, None).unwrap(), 4 * PG);
+        check(&c);
         assert_eq!(errno(c.dirty_start()), libc::EACCES);
+        check(&c);
     }
 
     #[test]
@@ -1681,27 +1947,35 @@ mod tests {
             extra_reserved: Vec::new(),
         });
         c.attach_group(&g).unwrap();
+        check(&c);
         c.set_iommu(TYPE1V2_IOMMU).unwrap();
+        check(&c);
         assert!(c.info().unwrap().iova_ranges.is_empty());
         assert_eq!(c.check_extension(UPDATE_VADDR), 0);
         assert_eq!(c.check_extension(DMA_CC_IOMMU), 1);
         // Any IOVA is valid with an empty list.
         c.map_dma(0xfee0_0000, BASE, 2 * PG, RW).unwrap();
+        check(&c);
         assert_eq!(mem.total_pins(), 0);
         assert_eq!(mem.account().locked_pages(), 0);
         // An IOMMU-backed group now conflicts (MSI window mapped).
         let unit = FakeUnit::new(39);
         let g2 = Arc::new(iommu_group(3, 0x18, unit, Vec::new()));
         assert_eq!(errno(c.attach_group(&g2)), libc::EINVAL);
+        check(&c);
         c.unmap_dma(0, 0, UNMAP_FLAG_ALL, None).unwrap();
+        check(&c);
         c.map_dma(0x10_0000, BASE, 2 * PG, RW).unwrap();
+        check(&c);
         c.attach_group(&g2).unwrap();
+        check(&c);
         // Replay pinned and accounted the recorded mapping.
         assert_eq!(mem.total_pins(), 2);
         assert_eq!(mem.account().locked_pages(), 2);
         // The IOMMU group leaves; the emulated group remains: unpinned,
         // unaccounted, still recorded.
         c.detach_group(3);
+        check(&c);
         assert_eq!(mem.total_pins(), 0);
         assert_eq!(mem.account().locked_pages(), 0);
         assert_eq!(c.snapshot().mappings.len(), 1);

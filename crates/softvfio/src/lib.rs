@@ -1,6 +1,7 @@
 //! softvfio: the Linux VFIO type1 IOMMU backend, in user space.
 //!
-//! Layers (see `shared/DESIGN.md` §2):
+//! Layers (see `docs/DESIGN.md` §2; a VMM embedding the engine:
+//! `crates/softvfio-platform/examples/embed.rs`):
 //! - [`uapi`]: the byte-exact ioctl ABI of `linux/vfio.h`, returning errno;
 //! - [`container`]: the type1 engine: containers, groups, domains, DMA
 //!   mappings ([`dma`]), the valid IOVA list ([`iova`]), accounting

@@ -81,10 +81,14 @@ impl Rig {
         }
     }
 
+    /// One container ioctl; the engine's invariants hold after it.
     fn ioctl(&self, request: u64) -> Result<i64, i32> {
-        self.vfio
+        let r = self
+            .vfio
             .container_ioctl(&self.container, request, ARG, self.mem.as_ref())
-            .map_err(|e| e.errno())
+            .map_err(|e| e.errno());
+        assert_eq!(self.container.container.check_invariants(), Ok(()));
+        r
     }
 
     /// `VFIO_IOMMU_MAP_DMA` of `struct vfio_iommu_type1_dma_map`.

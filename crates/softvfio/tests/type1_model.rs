@@ -253,6 +253,7 @@ fn run(v2: bool, ops: &[Op]) -> Result<(), TestCaseError> {
         };
         let got = got.map_err(|e| e.errno());
         prop_assert_eq!(got, want, "op {:?}", op);
+        prop_assert_eq!(c.check_invariants(), Ok(()), "after {:?}", op);
         let snap = c.snapshot();
         let engine: Vec<(u64, u64, bool)> = snap
             .mappings
@@ -271,6 +272,7 @@ fn run(v2: bool, ops: &[Op]) -> Result<(), TestCaseError> {
         prop_assert_eq!(mem.stats().pin_refs, mapped_pages);
     }
     c.detach_group(platform_group.id);
+    prop_assert_eq!(c.check_invariants(), Ok(()), "after detach");
     prop_assert_eq!(mem.account().locked_pages(), 0);
     prop_assert_eq!(mem.stats().pin_refs, 0);
     Ok(())
