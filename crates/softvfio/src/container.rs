@@ -14,7 +14,7 @@
 //!
 //! # Invariants
 //!
-//! With `t` the [`Type1`] state of a set container and `limit` its
+//! With `t` the `Type1` state of a set container and `limit` its
 //! `dma_entry_limit` (checked by [`Container::check_invariants`], which the
 //! unit tests, the property test and the differential fuzzer call after
 //! every step):

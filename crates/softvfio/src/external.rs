@@ -48,6 +48,7 @@ use crate::error::{Result, VfioError};
 use crate::iommu::Prot;
 use crate::memory::{LockPolicy, PAGE_SIZE};
 
+#[cfg(feature = "bench-support")]
 pub mod bench_support;
 #[allow(missing_docs)] // documented by the pin-tracking work (another helper)
 mod tracker;

@@ -27,6 +27,7 @@ pub mod iova;
 pub mod memory;
 pub mod pasid;
 pub mod platform;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod uapi;
 
