@@ -42,11 +42,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::container::{Container, State, Type1};
+use crate::container::Container;
 use crate::dirty;
 use crate::error::{Result, VfioError};
 use crate::iommu::Prot;
 use crate::memory::{LockPolicy, PAGE_SIZE};
+use crate::type1::state::{min_pgsize, State, Type1};
 
 #[cfg(feature = "bench-support")]
 pub mod bench_support;
@@ -281,7 +282,7 @@ impl Container {
         let limit = do_accounting.then(|| self.memory().lock_policy().limit_pages);
         let plan = self.plan_pins(t, iova, npage, prot, limit)?;
 
-        let pgshift = crate::container::min_pgsize(t.pgsize_bitmap).trailing_zeros();
+        let pgshift = min_pgsize(t.pgsize_bitmap).trailing_zeros();
         for p in &plan.pins {
             let Some(dma) = t.dmas.get_mut(p.dma_iova) else {
                 continue;
@@ -590,7 +591,7 @@ impl Container {
             let Some(t) = st.iommu.as_mut() else {
                 return Err(VfioError::Fault);
             };
-            let pgshift = crate::container::min_pgsize(t.pgsize_bitmap).trailing_zeros();
+            let pgshift = min_pgsize(t.pgsize_bitmap).trailing_zeros();
             let dirty_tracking = t.dirty_tracking;
             let Some(key) = t.dmas.containing(cur).map(|d| d.iova) else {
                 return Err(VfioError::Invalid("IOVA not mapped"));

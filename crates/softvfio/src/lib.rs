@@ -3,9 +3,10 @@
 //! Layers (see `docs/DESIGN.md` §2; a VMM embedding the engine:
 //! `crates/softvfio-platform/examples/embed.rs`):
 //! - [`uapi`]: the byte-exact ioctl ABI of `linux/vfio.h`, returning errno;
-//! - [`container`]: the type1 engine: containers, groups, domains, DMA
-//!   mappings ([`dma`]), the valid IOVA list ([`iova`]), accounting
-//!   ([`account`]) and dirty tracking ([`dirty`]);
+//! - [`container`]: the engine's public face, a container with the type1
+//!   backend; [`type1`] holds its state machine (groups, domains, DMA
+//!   mappings in [`dma`], the valid IOVA list in [`iova`], accounting in
+//!   [`account`], dirty tracking in [`dirty`]) and states its invariants;
 //! - [`memory`]: the user address space the mappings pin;
 //! - [`iommu`]: the IOMMU hardware the mappings are written to;
 //! - [`device`]: device models as their VFIO device fd shows them;
@@ -29,6 +30,7 @@ pub mod pasid;
 pub mod platform;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod type1;
 pub mod uapi;
 
 pub use container::{Container, ContainerConfig};
