@@ -12,6 +12,7 @@ use softvfio::container::{
     TYPE1_IOMMU, UNMAP_FLAG_ALL, UNMAP_FLAG_VADDR,
 };
 use softvfio::memory::UserMemory;
+use softvfio::uapi::{map_dma, unmap_dma};
 
 mod common;
 
@@ -226,28 +227,27 @@ fn run(v2: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                 vpage,
                 flags,
             } => (
-                c.map_dma(iova, base + vpage * PG, size, flags).map(|()| 0),
+                map_dma(&c, iova, base + vpage * PG, size, flags).map(|()| 0),
                 model.map(iova, size, vpage, flags),
             ),
             Op::Update { iova, size, vpage } => (
-                c.map_dma(iova, base + vpage * PG, size, MAP_FLAG_VADDR)
-                    .map(|()| 0),
+                map_dma(&c, iova, base + vpage * PG, size, MAP_FLAG_VADDR).map(|()| 0),
                 model.map(iova, size, vpage, MAP_FLAG_VADDR),
             ),
             Op::Unmap { iova, size } => (
-                c.unmap_dma(iova, size, 0, None),
+                unmap_dma(&c, iova, size, 0, None),
                 model.unmap(iova, size, false, false),
             ),
             Op::UnmapAll => (
-                c.unmap_dma(0, 0, UNMAP_FLAG_ALL, None),
+                unmap_dma(&c, 0, 0, UNMAP_FLAG_ALL, None),
                 model.unmap(0, 0, true, false),
             ),
             Op::Invalidate { iova, size } => (
-                c.unmap_dma(iova, size, UNMAP_FLAG_VADDR, None),
+                unmap_dma(&c, iova, size, UNMAP_FLAG_VADDR, None),
                 model.unmap(iova, size, false, true),
             ),
             Op::InvalidateAll => (
-                c.unmap_dma(0, 0, UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR, None),
+                unmap_dma(&c, 0, 0, UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR, None),
                 model.unmap(0, 0, true, true),
             ),
         };

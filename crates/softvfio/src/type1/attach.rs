@@ -17,18 +17,19 @@ use crate::platform::{Group, GroupKind};
 
 impl Container {
     /// `VFIO_SET_IOMMU`.
-    pub fn set_iommu(&self, arg: u64) -> Result<()> {
+    pub fn set_iommu(&self, kind: impl Into<IommuType>) -> Result<()> {
+        let kind = kind.into();
         let mut st = self.lock();
         // Only a container holding a group may enable an IOMMU, and only once.
         if st.groups.is_empty() || st.iommu.is_some() {
             return Err(VfioError::Invalid("no group attached or IOMMU already set"));
         }
-        let (v2, nesting) = match arg {
-            TYPE1_IOMMU => (false, false),
-            TYPE1V2_IOMMU => (true, false),
-            TYPE1_NESTING_IOMMU => (true, true),
+        let (v2, nesting) = match kind {
+            IommuType::Type1 => (false, false),
+            IommuType::Type1v2 => (true, false),
+            IommuType::Type1Nesting => (true, true),
             // No registered driver claims it.
-            _ => return Err(VfioError::NoDevice),
+            IommuType::Other(_) => return Err(VfioError::NoDevice),
         };
         let mut t = Type1 {
             v2,

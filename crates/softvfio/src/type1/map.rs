@@ -15,21 +15,17 @@ use crate::memory::{LockPolicy, MemError, PinnedRun, PAGE_SIZE};
 impl Container {
     // ---- map / unmap ------------------------------------------------------
 
-    /// `VFIO_IOMMU_MAP_DMA` after the ABI checks (argsz, unknown flags).
-    pub fn map_dma(&self, iova: u64, vaddr: u64, size: u64, flags: u32) -> Result<()> {
+    /// `VFIO_IOMMU_MAP_DMA`, decoded: a new mapping, or a vaddr update.
+    pub(crate) fn map_dma(&self, iova: u64, vaddr: u64, size: u64, op: MapOp) -> Result<()> {
         let mut st = self.lock();
         let Some(t) = st.iommu.as_mut() else {
             return Err(VfioError::Invalid("no IOMMU set"));
         };
-        let set_vaddr = flags & MAP_FLAG_VADDR != 0;
-        let prot = Prot {
-            read: flags & MAP_FLAG_READ != 0,
-            write: flags & MAP_FLAG_WRITE != 0,
+        let (set_vaddr, prot) = match op {
+            MapOp::Map(prot) if prot.read || prot.write => (false, prot),
+            MapOp::Map(_) => return Err(VfioError::Invalid("a mapping needs read or write")),
+            MapOp::UpdateVaddr => (true, Prot::default()),
         };
-        let has_prot = prot.read || prot.write;
-        if has_prot == set_vaddr {
-            return Err(VfioError::Invalid("need exactly one of prot and VADDR"));
-        }
         let pgsize = min_pgsize(t.pgsize_bitmap);
         if size == 0 || (size | iova | vaddr) & (pgsize - 1) != 0 {
             return Err(VfioError::Invalid("size zero or not page aligned"));
@@ -213,18 +209,12 @@ impl Container {
     /// does. A device that keeps its pins after [`UNMAP_NOTIFY_RETRIES`]
     /// further notifications makes the unmap fail with EBUSY with nothing
     /// removed (the kernel `BUG()`s there).
-    pub fn unmap_dma(
-        &self,
-        iova: u64,
-        size: u64,
-        flags: u32,
-        bitmap: Option<UserBitmap>,
-    ) -> Result<u64> {
+    pub fn unmap_dma(&self, range: UnmapRange, op: UnmapOp) -> Result<u64> {
         let mut last_notified: Option<u64> = None;
         let mut retries = 0u32;
         loop {
             let mut st = self.lock();
-            match self.unmap_dma_locked(&mut st, iova, size, flags, bitmap)? {
+            match self.unmap_dma_locked(&mut st, range, op)? {
                 UnmapStep::Done(unmapped) => return Ok(unmapped),
                 UnmapStep::Notify(dma_iova, dma_size) => {
                     if last_notified == Some(dma_iova) {
@@ -261,16 +251,17 @@ impl Container {
     pub(crate) fn unmap_dma_locked(
         &self,
         st: &mut State,
-        iova: u64,
-        size: u64,
-        flags: u32,
-        bitmap: Option<UserBitmap>,
+        range: UnmapRange,
+        op: UnmapOp,
     ) -> Result<UnmapStep> {
         let Some(t) = st.iommu.as_mut() else {
             return Err(VfioError::Invalid("no IOMMU set"));
         };
-        let unmap_all = flags & UNMAP_FLAG_ALL != 0;
-        let invalidate_vaddr = flags & UNMAP_FLAG_VADDR != 0;
+        let (unmap_all, iova, size) = match range {
+            UnmapRange::All => (true, 0, 0),
+            UnmapRange::Range { iova, size } => (false, iova, size),
+        };
+        let invalidate_vaddr = op == UnmapOp::InvalidateVaddr;
         let pgsize = min_pgsize(t.pgsize_bitmap);
 
         if iova & (pgsize - 1) != 0 {
@@ -278,9 +269,6 @@ impl Container {
         }
         // The inclusive last byte of the range.
         let last = if unmap_all {
-            if iova != 0 || size != 0 {
-                return Err(VfioError::Invalid("UNMAP_ALL takes no range"));
-            }
             u64::MAX
         } else {
             if size == 0 || size & (pgsize - 1) != 0 {
@@ -290,17 +278,14 @@ impl Container {
             iova.checked_add(size - 1)
                 .ok_or(VfioError::Invalid("range wraps"))?
         };
-        let bitmap = if flags & UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
-            match bitmap {
-                Some(b) if t.dirty_tracking && b.pgsize == pgsize => Some(b),
-                _ => {
-                    return Err(VfioError::Invalid(
-                        "dirty bitmap needs tracking and min pgsize",
-                    ))
-                }
+        let bitmap = match op {
+            UnmapOp::UnmapGetDirty(b) if t.dirty_tracking && b.pgsize == pgsize => Some(b),
+            UnmapOp::UnmapGetDirty(_) => {
+                return Err(VfioError::Invalid(
+                    "dirty bitmap needs tracking and min pgsize",
+                ))
             }
-        } else {
-            None
+            UnmapOp::Unmap | UnmapOp::InvalidateVaddr => None,
         };
         // Mediated devices cannot pin or rw safely while a vaddr is being
         // updated (later kernels refuse this with EBUSY too).
@@ -392,6 +377,15 @@ impl Container {
         }
         Ok(UnmapStep::Done(unmapped))
     }
+}
+
+/// A `VFIO_IOMMU_MAP_DMA`, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MapOp {
+    /// A new mapping that devices may access with this protection.
+    Map(Prot),
+    /// A new user address for an invalidated mapping.
+    UpdateVaddr,
 }
 
 /// What one locked pass of an unmap decided.

@@ -84,4 +84,5 @@ pub mod inspect;
 mod map;
 pub(crate) mod state;
 
+pub(crate) use map::MapOp;
 pub use state::BrokenInvariant;
