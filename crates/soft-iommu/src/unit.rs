@@ -1,8 +1,6 @@
 //! One DMAR unit: context entries (device → domain), the IOTLB, the fault
 //! log, reserved regions and the DMA ports of the devices behind it.
 
-#![allow(missing_docs)] // TODO(issue 16, item 6): document the remaining public items
-
 use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -39,8 +37,11 @@ pub enum ReservedKind {
 /// A reserved IOVA range `start..=end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReservedRegion {
+    /// First address.
     pub start: u64,
+    /// Last address (inclusive).
     pub end: u64,
+    /// What it is.
     pub kind: ReservedKind,
 }
 
@@ -79,6 +80,7 @@ impl std::fmt::Debug for Iommu {
 }
 
 impl Iommu {
+    /// A unit with `cfg`, no device attached.
     pub fn new(cfg: IommuConfig) -> Arc<Self> {
         Arc::new_cyclic(|this| Iommu {
             iotlb: Iotlb::new(cfg.iotlb_capacity),
@@ -97,10 +99,12 @@ impl Iommu {
         })
     }
 
+    /// Its configuration.
     pub fn config(&self) -> &IommuConfig {
         &self.cfg
     }
 
+    /// Its name.
     pub fn name(&self) -> &str {
         &self.cfg.name
     }
@@ -343,6 +347,7 @@ impl Iommu {
 
     // ---- IOTLB and faults ------------------------------------------------------
 
+    /// IOTLB counters.
     pub fn iotlb_stats(&self) -> IotlbStats {
         self.iotlb.stats()
     }

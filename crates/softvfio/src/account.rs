@@ -4,8 +4,6 @@
 //! against RLIMIT_MEMLOCK unless the caller had CAP_IPC_LOCK at map time, and
 //! updated once per operation rather than once per page (seed 000).
 
-#![allow(missing_docs)] // TODO(issue 16, item 6): document the remaining public items
-
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::memory::LockPolicy;
@@ -21,12 +19,16 @@ pub struct MmAccount {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("RLIMIT_MEMLOCK exceeded: {locked} locked + {asked} asked > {limit} pages")]
 pub struct OverLimit {
+    /// Pages already accounted.
     pub locked: u64,
+    /// Pages the refused request asked for.
     pub asked: u64,
+    /// The limit (RLIMIT_MEMLOCK in pages).
     pub limit: u64,
 }
 
 impl MmAccount {
+    /// An address space with nothing accounted.
     pub fn new() -> Self {
         Self::default()
     }

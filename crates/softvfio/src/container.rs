@@ -2,8 +2,6 @@
 //! engine's public face. The state machine behind it is in [`crate::type1`]
 //! (its header states the invariants, the counters and the lock order).
 
-#![allow(missing_docs)] // TODO(issue 16, item 6): document the remaining public items
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -111,19 +109,26 @@ impl Default for ContainerConfig {
 /// A user bitmap argument (`struct vfio_bitmap`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserBitmap {
+    /// Page size of one bit, in bytes.
     pub pgsize: u64,
+    /// Size of the bitmap, in bytes.
     pub size: u64,
+    /// User address of the bitmap.
     pub data: u64,
 }
 
 /// What `VFIO_IOMMU_GET_INFO` reports.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Type1Info {
+    /// Page sizes the IOMMU domains map (`iova_pgsizes`).
     pub pgsize_bitmap: u64,
+    /// Mappings that may still be made (the DMA_AVAIL capability).
     pub dma_avail: u32,
+    /// The valid IOVA ranges (the IOVA_RANGE capability).
     pub iova_ranges: Vec<IovaRange>,
     /// Migration capability: the dirty-bitmap page sizes and maximum size.
     pub migration_pgsize_bitmap: u64,
+    /// Largest dirty bitmap a request may ask for, in bytes.
     pub max_dirty_bitmap_size: u64,
 }
 
@@ -159,14 +164,17 @@ impl Container {
         })
     }
 
+    /// The container's id, unique in this process.
     pub fn id(&self) -> u64 {
         self.id
     }
 
+    /// The user memory its mappings pin.
     pub fn memory(&self) -> &Arc<dyn UserMemory> {
         &self.mem
     }
 
+    /// The settings it was created with.
     pub fn config(&self) -> ContainerConfig {
         self.cfg
     }

@@ -1,7 +1,5 @@
 //! DMA mappings (type1's `struct vfio_dma`) and the tree that holds them.
 
-#![allow(missing_docs)] // TODO(issue 16, item 6): document the remaining public items
-
 use std::collections::BTreeMap;
 
 use crate::external::PinTracker;
@@ -10,10 +8,13 @@ use crate::iommu::Prot;
 /// One `VFIO_IOMMU_MAP_DMA` mapping.
 #[derive(Debug, Clone)]
 pub struct Dma {
+    /// First IOVA.
     pub iova: u64,
+    /// Size in bytes (never 0).
     pub size: u64,
     /// The user address the mapping refers to now (may be updated).
     pub vaddr: u64,
+    /// What devices may do through it.
     pub prot: Prot,
     /// Invalidated by `VFIO_DMA_UNMAP_FLAG_VADDR`, waiting for an update.
     pub vaddr_invalid: bool,

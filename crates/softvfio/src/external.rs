@@ -36,8 +36,6 @@
 //! - Releasing the container (or the last group) drops pins devices left
 //!   behind, in one pass; the kernel warns and leaks them.
 
-#![allow(missing_docs)] // TODO(issue 16, item 6): document the remaining public items
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
@@ -96,14 +94,17 @@ impl std::fmt::Debug for ExternalDevice {
 }
 
 impl ExternalDevice {
+    /// The registration's id, unique in this process.
     pub fn id(&self) -> u64 {
         self.id
     }
 
+    /// The group of the device.
     pub fn group_id(&self) -> u32 {
         self.group_id
     }
 
+    /// The device's name (mdev UUID).
     pub fn name(&self) -> &str {
         &self.name
     }

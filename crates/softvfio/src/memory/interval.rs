@@ -8,17 +8,19 @@
 //! Invariant: no two touching segments have the same count and page size
 //! (they are merged), and no segment has a count of zero (it is removed).
 
-#![allow(missing_docs)] // TODO(issue 16, item 6): document the remaining public items
-
 use std::collections::BTreeMap;
 
 /// A stretch `[start, end)` pinned `count` times, backed by pages of
 /// `page_size` bytes (as the pin that last covered it saw them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
+    /// First address.
     pub start: u64,
+    /// End address (exclusive).
     pub end: u64,
+    /// Pin count of every page in it.
     pub count: u64,
+    /// Size of the pages backing it.
     pub page_size: u64,
 }
 
@@ -40,6 +42,7 @@ pub struct PinCounts {
 }
 
 impl PinCounts {
+    /// No pins.
     pub fn new() -> Self {
         Self::default()
     }
@@ -59,6 +62,7 @@ impl PinCounts {
         self.map.len()
     }
 
+    /// No pinned page?
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -352,10 +356,12 @@ pub struct RangeSet {
 }
 
 impl RangeSet {
+    /// An empty set.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// No range?
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -429,10 +435,12 @@ pub struct RangeList {
 }
 
 impl RangeList {
+    /// An empty list.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Appends `[start, end)`, merging it with the last range when they touch.
     pub fn push(&mut self, start: u64, end: u64) {
         if start >= end {
             return;
@@ -446,10 +454,12 @@ impl RangeList {
         self.ranges.push((start, end));
     }
 
+    /// No range?
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
 
+    /// The ranges, `[start, end)` each.
     pub fn ranges(&self) -> &[(u64, u64)] {
         &self.ranges
     }

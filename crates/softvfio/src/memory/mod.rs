@@ -13,8 +13,6 @@
 //! backend, so a page the user has since unmapped yields an error (an IOMMU
 //! fault), never a crash.
 
-#![allow(missing_docs)] // TODO(issue 16, item 6): document the remaining public items
-
 use thiserror::Error;
 
 use crate::account::MmAccount;
@@ -26,6 +24,7 @@ pub mod sim;
 
 /// The base page size of the platform we emulate (x86-64).
 pub const PAGE_SIZE: u64 = 4096;
+/// log2 of [`PAGE_SIZE`].
 pub const PAGE_SHIFT: u32 = 12;
 
 /// Why a memory operation failed. Maps to the errno the kernel returns from
@@ -48,6 +47,7 @@ pub enum MemError {
 }
 
 impl MemError {
+    /// The errno type1 returns for it.
     pub fn errno(self) -> i32 {
         match self {
             MemError::Fault | MemError::Unreachable => libc::EFAULT,

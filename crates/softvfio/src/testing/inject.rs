@@ -3,8 +3,6 @@
 //! and IOMMU map calls, so that rollback paths run against the real page
 //! tables.
 
-#![allow(missing_docs)] // TODO(issue 16, item 6): document the remaining public items
-
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +16,7 @@ use crate::memory::UserMemory;
 pub struct Countdown(AtomicU64);
 
 impl Countdown {
+    /// Fails the `n`th call from now (0 disarms).
     pub fn arm(&self, n: u64) {
         self.0.store(n, Ordering::SeqCst);
     }
@@ -39,8 +38,11 @@ impl Countdown {
 /// Injection points shared by a [`FailingUnit`] and its domains.
 #[derive(Debug, Default)]
 pub struct Faults {
+    /// Fails a domain allocation.
     pub alloc_domain: Countdown,
+    /// Fails a device attach.
     pub attach_device: Countdown,
+    /// Fails a domain map.
     pub map: Countdown,
     /// Calls seen, for choosing `n`.
     pub map_calls: AtomicU64,
@@ -48,11 +50,14 @@ pub struct Faults {
 
 /// An IOMMU unit that forwards to `inner`, failing where [`Faults`] says.
 pub struct FailingUnit {
+    /// The unit that does the real work.
     pub inner: Arc<dyn IommuUnit>,
+    /// The failures armed.
     pub faults: Arc<Faults>,
 }
 
 impl FailingUnit {
+    /// Wraps `inner` with nothing armed.
     pub fn new(inner: Arc<dyn IommuUnit>) -> Arc<Self> {
         Arc::new(FailingUnit {
             inner,
