@@ -73,16 +73,24 @@
 //!   release;
 //! - `map`: `VFIO_IOMMU_MAP_DMA` and `VFIO_IOMMU_UNMAP_DMA`, pin and unpin;
 //! - `dirty`: `VFIO_IOMMU_DIRTY_PAGES` and the bitmaps of unmap;
-//! - [`inspect`]: serialisable views of a container.
+//! - `external`: what external pins, unpins and `dma_rw` writes change in
+//!   the state, as `Type1` methods;
+//! - [`inspect`]: serialisable views of a container;
+//! - `tests`: the engine's unit tests.
 //!
 //! The mediated-device pinning API (`vfio_pin_pages`, `vfio_dma_rw`, the
-//! unmap notifier) is in [`crate::external`].
+//! unmap notifier) is in [`crate::external`]; it reads the state through
+//! `Type1`'s accessors and changes it only through `Type1` methods. The
+//! state's fields are private to this module.
 
 mod attach;
 mod dirty;
+pub(crate) mod external;
 pub mod inspect;
 mod map;
 pub(crate) mod state;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use map::MapOp;
 pub use state::BrokenInvariant;

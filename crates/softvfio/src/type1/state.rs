@@ -31,17 +31,17 @@ pub(crate) struct DomainEntry {
 
 /// type1's `struct vfio_iommu`.
 pub(crate) struct Type1 {
-    pub(crate) v2: bool,
-    pub(crate) nesting: bool,
-    pub(crate) dmas: DmaTree,
-    pub(crate) domains: Vec<DomainEntry>,
-    pub(crate) emulated_groups: Vec<AttachedGroup>,
-    pub(crate) iova_list: IovaList,
-    pub(crate) pgsize_bitmap: u64,
-    pub(crate) dma_avail: u32,
-    pub(crate) dirty_tracking: bool,
-    pub(crate) num_non_pinned_groups: u32,
-    pub(crate) vaddr_invalid_count: u32,
+    pub(super) v2: bool,
+    pub(super) nesting: bool,
+    pub(super) dmas: DmaTree,
+    pub(super) domains: Vec<DomainEntry>,
+    pub(super) emulated_groups: Vec<AttachedGroup>,
+    pub(super) iova_list: IovaList,
+    pub(super) pgsize_bitmap: u64,
+    pub(super) dma_avail: u32,
+    pub(super) dirty_tracking: bool,
+    pub(super) num_non_pinned_groups: u32,
+    pub(super) vaddr_invalid_count: u32,
 }
 
 pub(crate) struct State {
@@ -54,6 +54,30 @@ pub(crate) struct State {
     /// Devices registered for external pinning (type1's `device_list`):
     /// their `dma_unmap` callbacks are the unmap notifier.
     pub(crate) external_devices: Vec<Arc<ExternalDevice>>,
+}
+
+impl Type1 {
+    /// `VFIO_IOMMU_GET_INFO` of this state.
+    pub(crate) fn info(&self) -> Type1Info {
+        Type1Info {
+            pgsize_bitmap: self.pgsize_bitmap,
+            dma_avail: self.dma_avail,
+            iova_ranges: self.iova_list.ranges().to_vec(),
+            migration_pgsize_bitmap: min_pgsize(self.pgsize_bitmap),
+            max_dirty_bitmap_size: crate::dirty::DIRTY_BITMAP_SIZE_MAX,
+        }
+    }
+
+    /// The extensions that depend on the state (the type1 ones always hold).
+    pub(crate) fn has_extension(&self, ext: Extension) -> bool {
+        match ext {
+            // Disabled with mdevs present: they cannot pin or rw safely
+            // while a vaddr is being updated.
+            Extension::UpdateVaddr => self.emulated_groups.is_empty(),
+            Extension::DmaCacheCoherency => self.domains.iter().all(|d| d.enforce_cache_coherency),
+            _ => false,
+        }
+    }
 }
 
 pub(crate) fn page_pages(size: u64) -> u64 {
