@@ -6,13 +6,21 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::memory::LockPolicy;
-
 /// The locked-page count of one address space.
 #[derive(Debug, Default)]
 pub struct MmAccount {
     locked_pages: AtomicU64,
     updates: AtomicU64,
+}
+
+/// The limit that applies to accounting at the time of a map (type1 reads
+/// both when MAP_DMA runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockPolicy {
+    /// The caller has CAP_IPC_LOCK in its effective set: no limit applies.
+    pub cap_ipc_lock: bool,
+    /// RLIMIT_MEMLOCK soft limit, in pages (u64::MAX for unlimited).
+    pub limit_pages: u64,
 }
 
 /// Accounting refused: the limit would be exceeded (ENOMEM).

@@ -32,6 +32,10 @@ pub mod platform;
 pub mod testing;
 pub mod type1;
 pub mod uapi;
+// Implements the trait's `unsafe fn vfio_dma_map` (no unsafe operation).
+#[cfg(feature = "vfio-ioctls")]
+#[allow(unsafe_code)]
+mod vfio_ops;
 
 pub use container::{Container, ContainerConfig};
 pub use error::{Result, VfioError};

@@ -71,15 +71,9 @@ pub struct PinnedRun {
     pub pfn: Option<u64>,
 }
 
-/// The limit that applies to accounting at the time of a map (type1 reads
-/// both when MAP_DMA runs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LockPolicy {
-    /// The caller has CAP_IPC_LOCK in its effective set: no limit applies.
-    pub cap_ipc_lock: bool,
-    /// RLIMIT_MEMLOCK soft limit, in pages (u64::MAX for unlimited).
-    pub limit_pages: u64,
-}
+// The accounting policy lives with the account (`account` depends on
+// nothing here); backends report it.
+pub use crate::account::LockPolicy;
 
 /// Counters a backend keeps, for tests, `inspect` and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

@@ -2,7 +2,8 @@
 //! its `// SAFETY:` argument. Nothing else in the memory backends uses
 //! `unsafe`.
 
-use super::{Vma, PAGE_SIZE};
+use super::procfs::Vma;
+use super::PAGE_SIZE;
 
 fn errno() -> i32 {
     std::io::Error::last_os_error()
