@@ -1145,3 +1145,17 @@ fn perf_pin_vs_floor_2m_thp() {
         a
     });
 }
+
+/// `current` writes this process's memory: here a heap buffer with no
+/// reference to it while the engine writes (its unsafe contract).
+#[test]
+fn current_writes_this_process() {
+    let raw = Box::into_raw(vec![0u8; 8].into_boxed_slice());
+    // SAFETY: `raw` is a heap buffer leaked from its Box: no reference to
+    // it exists while the engine writes it; it is re-owned after.
+    let own = unsafe { HostMemory::current() };
+    assert_eq!(own.write(raw as *mut u8 as u64, &[9u8; 8]), Ok(()));
+    // SAFETY: `raw` came from Box::into_raw above and is re-owned once.
+    let back = unsafe { Box::from_raw(raw) };
+    assert_eq!(*back, [9u8; 8]);
+}

@@ -901,6 +901,23 @@ KernelPageSize:        4 kB
         );
     }
 
+    /// The safe constructor cannot write this process's memory (that is
+    /// what makes `current` unsafe; tests/memory_host.rs writes through
+    /// `current`); reading it works.
+    #[test]
+    fn for_own_pid_reads_but_refuses_writes() {
+        let buf = [7u8; 64];
+        let addr = buf.as_ptr() as u64;
+        let m = HostMemory::for_pid(ffi::getpid(), Arc::new(LocalSyscalls));
+        let mut out = [0u8; 8];
+        assert_eq!(m.read(addr, &mut out), Ok(()));
+        assert_eq!(out, [7u8; 8]);
+        assert_eq!(m.write(addr, &[1u8; 8]), Err(MemError::Fault));
+        let view = m.svm_view().expect("host memory has an SVM view");
+        assert_eq!(view.write(addr, &[1u8; 8]), Err(MemError::Fault));
+        assert_eq!(buf[..8], [7u8; 8]);
+    }
+
     #[test]
     fn vma_lookup_agrees_with_smaps() {
         // Reads /proc only: the safe constructor does.
