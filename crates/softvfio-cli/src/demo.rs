@@ -155,6 +155,13 @@ fn uptr<T>(v: &T) -> u64 {
     v as *const T as u64
 }
 
+/// The address of a value the engine writes back (an ioctl's output), as
+/// the uAPI's user pointer: derived from a unique borrow, so the write is
+/// allowed (`HostMemory::current`'s contract).
+fn uptr_mut<T>(v: &mut T) -> u64 {
+    v as *mut T as u64
+}
+
 struct Demo {
     vfio: Vfio,
     mem: Arc<HostMemory>,
@@ -190,7 +197,7 @@ impl Demo {
         let mut u = [0u64; 3];
         // argsz (u32) | flags (u32) = UNMAP_ALL, iova 0, size 0
         u[0] = 24 | (u64::from(softvfio::container::UNMAP_FLAG_ALL) << 32);
-        self.ioctl(uapi::VFIO_IOMMU_UNMAP_DMA, uptr(&u))?;
+        self.ioctl(uapi::VFIO_IOMMU_UNMAP_DMA, uptr_mut(&mut u))?;
         Ok(u[2])
     }
 
@@ -247,9 +254,10 @@ pub fn main(args: DemoArgs) -> u8 {
 fn run(args: DemoArgs) -> Result<(), String> {
     let built = BuiltPlatform::reference().map_err(|e| e.to_string())?;
     let vfio = Vfio::new(built.platform.clone());
-    // SAFETY: the engine writes only the buffers this command maps for DMA (its own mmap areas,
-    // reached through raw addresses) and ioctl argument areas; no Rust reference covers them
-    // while the engine runs.
+    // SAFETY: the engine writes only the guest memory this command maps for
+    // DMA (its own mmap, used through `GuestMemory` only between engine
+    // calls) and the ioctl outputs passed with `uptr_mut` (unique borrows);
+    // the arguments passed with `uptr` are only read.
     let mem = Arc::new(unsafe { HostMemory::current() });
     let container = vfio.open_container(mem.clone());
     let mut d = Demo {

@@ -199,9 +199,9 @@ fn family(ctx: &Ctx, plots: &mut PlotData, kind: Backing) -> Result<Outcome, Str
     } else {
         None
     };
-    // SAFETY: the engine writes only the buffers this command maps for DMA (its own mmap areas,
-    // reached through raw addresses) and ioctl argument areas; no Rust reference covers them
-    // while the engine runs.
+    // SAFETY: the only user addresses the engine is given are this
+    // command's own mmap areas (raw addresses; no Rust reference to them is
+    // used while the engine runs), so any write it makes is allowed.
     let mem = Arc::new(unsafe { HostMemory::current() });
     let e = Engine::new(mem, AddressWidth::Bits39, u32::from(u16::MAX))?;
     // A probe: hugetlb memory may still be refused (cgroup limits).

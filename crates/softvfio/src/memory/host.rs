@@ -149,14 +149,17 @@ impl HostMemory {
     ///
     /// # Safety
     /// [`UserMemory::write`] on the result, and every write made through it
-    /// (a device's DMA through the IOMMU model, a copy-out of an ioctl's
+    /// (a device's DMA through the IOMMU model, the copy-out of an ioctl's
     /// answer), writes this process's memory with `process_vm_writev`,
-    /// behind the compiler's back. The caller must ensure that the addresses
-    /// that reach it (the user addresses of DMA mappings and of ioctl
-    /// arguments) are memory that no Rust reference covers while the engine
-    /// may write it, and not memory Rust code owns (heap, stacks, statics):
-    /// buffers that are handed to the engine as a VMM hands over guest
-    /// memory, or a C program's buffers as `LD_PRELOAD` sees them.
+    /// behind the compiler's back, exactly as a write through a raw
+    /// pointer would. The caller must ensure, for every address that can
+    /// reach it (the user addresses of DMA mappings and of ioctl arguments
+    /// the ABI writes back), that such a write is allowed: the memory is
+    /// not reached through a shared reference or an immutable binding (the
+    /// pointer was derived from a unique borrow, or from memory Rust does
+    /// not manage: an mmap, a C program's buffer), and no Rust reference
+    /// to it is used while the engine may write it. A VMM's guest memory
+    /// and the buffers of a program under `LD_PRELOAD` are such memory.
     #[allow(unsafe_code)] // declares the contract above; no unsafe inside
     pub unsafe fn current() -> Self {
         Self::new(Target::Current, Arc::new(LocalSyscalls), true)
