@@ -9,12 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-// Memory for the measurements (mmap, mlock) in `bench::sys`, and the
-// process's own memory as the engine's user memory.
-#[allow(unsafe_code)]
+// `bench::sys` and `demo::sys` hold their unsafe code; each module allows
+// it there (and for taking this process's memory, statement by statement).
 mod bench;
-// The demo's guest memory: an mmap it owns and hands to the engine.
-#[allow(unsafe_code)]
 mod demo;
 mod inspect;
 mod report;

@@ -19,6 +19,8 @@ pub mod host;
 pub mod plot;
 pub mod sim;
 pub mod stats;
+// mmap, mlock and friends for the measurements, each with its SAFETY argument.
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod translate;
 
