@@ -7,6 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use soft_iommu::{Access, Iommu, IommuConfig};
+use softvfio::uapi::{map_dma, unmap_dma};
 use softvfio::container::{
     Container, ContainerConfig, MAP_FLAG_READ, MAP_FLAG_VADDR, MAP_FLAG_WRITE, TYPE1V2_IOMMU,
     TYPE1_IOMMU, UNMAP_FLAG_ALL, UNMAP_FLAG_VADDR,
@@ -158,7 +159,7 @@ fuzz_target!(|data: &[u8]| {
                 if inject {
                     mem.fail_nth_pin(1);
                 }
-                let got = errno(c.map_dma(i, v, s, f));
+                let got = errno(map_dma(&c, i, v, s, f));
                 mem.fail_nth_pin(0);
                 let want =
                     if inject && model.map_would_succeed(i, v, s, f) && f & MAP_FLAG_VADDR == 0 {
@@ -172,7 +173,7 @@ fuzz_target!(|data: &[u8]| {
                 let (i, s) = (iova(&mut b), size(&mut b));
                 what = format!("unmap iova={i:#x} size={s:#x}");
                 assert_eq!(
-                    errno(c.unmap_dma(i, s, 0, None)),
+                    errno(unmap_dma(&c, i, s, 0, None)),
                     model.unmap(i, s, 0),
                     "{what}"
                 );
@@ -180,7 +181,7 @@ fuzz_target!(|data: &[u8]| {
             9 => {
                 what = "unmap all".to_string();
                 assert_eq!(
-                    errno(c.unmap_dma(0, 0, UNMAP_FLAG_ALL, None)),
+                    errno(unmap_dma(&c, 0, 0, UNMAP_FLAG_ALL, None)),
                     model.unmap(0, 0, UNMAP_FLAG_ALL),
                     "{what}"
                 );
@@ -192,7 +193,7 @@ fuzz_target!(|data: &[u8]| {
                 let (i, s) = if all { (0, 0) } else { (i, s) };
                 what = format!("invalidate iova={i:#x} size={s:#x} all={all}");
                 assert_eq!(
-                    errno(c.unmap_dma(i, s, fl, None)),
+                    errno(unmap_dma(&c, i, s, fl, None)),
                     model.unmap(i, s, fl),
                     "{what}"
                 );
@@ -201,7 +202,7 @@ fuzz_target!(|data: &[u8]| {
                 let (i, s, v) = (iova(&mut b), size(&mut b), vaddr(&mut b));
                 what = format!("update iova={i:#x} size={s:#x} vaddr={v:#x}");
                 assert_eq!(
-                    errno(c.map_dma(i, v, s, MAP_FLAG_VADDR)),
+                    errno(map_dma(&c, i, v, s, MAP_FLAG_VADDR)),
                     model.map(i, v, s, MAP_FLAG_VADDR),
                     "{what}"
                 );
@@ -240,6 +241,10 @@ fuzz_target!(|data: &[u8]| {
                 let got_b = port_b.translate(i, access).ok().map(|t| t.phys);
                 assert_eq!(got_b, want_phys.filter(|_| b_attached), "{what} through b");
             }
+        }
+        // The engine's own relations (counters, tree, groups) hold too.
+        if let Err(broken) = c.check_invariants() {
+            panic!("{broken} after {what}");
         }
         let snap = c.snapshot();
         let engine: Vec<(u64, u64, bool)> = snap

@@ -1,6 +1,8 @@
 //! Translation and map/unmap costs of the VT-d model, with vm-memory's
 //! `Iotlb` lookup over the same mappings as the baseline.
 
+#![allow(missing_docs)] // criterion's macros define undocumented public functions
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -30,8 +30,11 @@ const IOVA_BASE: u64 = 0x1_0000_0000;
 /// neither IOTLB can merge neighbours; translations are requested in a
 /// shuffled order.
 pub struct TranslateFixture {
+    /// The unit.
     pub unit: Arc<Iommu>,
+    /// The domain the device is attached to.
     pub domain: Arc<Domain>,
+    /// The device's DMA port.
     pub port: DmaPort,
     iovas: Vec<u64>,
     next: usize,
@@ -39,6 +42,7 @@ pub struct TranslateFixture {
 }
 
 impl TranslateFixture {
+    /// `pages` scattered mappings behind an IOTLB of `iotlb_capacity` entries.
     pub fn new(pages: usize, iotlb_capacity: usize) -> Result<Self, Error> {
         let unit = Iommu::new(IommuConfig {
             iotlb_capacity,
@@ -128,13 +132,16 @@ impl TranslateFixture {
 
 /// Map/unmap churn on a domain that already holds `live` 4 KiB mappings.
 pub struct MapFixture {
+    /// The unit.
     pub unit: Arc<Iommu>,
+    /// The domain.
     pub domain: Arc<Domain>,
     slots: u64,
     next: u64,
 }
 
 impl MapFixture {
+    /// A domain of `width` holding `live` mappings.
     pub fn new(live: u64, width: AddressWidth) -> Result<Self, Error> {
         let unit = Iommu::new(IommuConfig {
             address_width: width,
@@ -194,8 +201,11 @@ impl MapFixture {
 /// One measured operation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measurement {
+    /// What was measured.
     pub name: &'static str,
+    /// Nanoseconds per operation.
     pub ns_per_op: f64,
+    /// Operations measured.
     pub ops: u64,
 }
 

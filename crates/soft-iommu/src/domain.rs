@@ -23,19 +23,24 @@ const MAX_PHYS: u64 = (1u64 << 52) - 1;
 /// Access rights of a mapping, from the device's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Prot {
+    /// Devices may read.
     pub read: bool,
+    /// Devices may write.
     pub write: bool,
 }
 
 impl Prot {
+    /// Read only.
     pub const READ: Prot = Prot {
         read: true,
         write: false,
     };
+    /// Write only.
     pub const WRITE: Prot = Prot {
         read: false,
         write: true,
     };
+    /// Read and write.
     pub const RW: Prot = Prot {
         read: true,
         write: true,
@@ -58,12 +63,17 @@ pub struct PteInfo {
     pub size: u64,
     /// The raw 64-bit entry.
     pub raw: u64,
+    /// R bit.
     pub read: bool,
+    /// W bit.
     pub write: bool,
     /// PS bit: a super-page leaf.
     pub page_size: bool,
+    /// A (accessed) bit.
     pub accessed: bool,
+    /// D (dirty) bit.
     pub dirty: bool,
+    /// SNP (snoop) bit.
     pub snoop: bool,
     /// Bits 51:12: page frame (leaf) or next table address.
     pub addr: u64,
@@ -204,6 +214,7 @@ impl Domain {
         self.id
     }
 
+    /// The domain's address width.
     pub fn address_width(&self) -> AddressWidth {
         self.width
     }
@@ -610,6 +621,7 @@ impl Domain {
         a * level_size(1) + b * level_size(2) + c * level_size(3)
     }
 
+    /// Page-table counts, for tests and `inspect`.
     pub fn table_stats(&self) -> TableStats {
         let st = self.lock();
         TableStats {

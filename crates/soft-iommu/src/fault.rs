@@ -30,7 +30,9 @@ impl fmt::Display for Access {
 /// One translation request as it arrives from a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DmaRequest {
+    /// The address.
     pub iova: u64,
+    /// The access.
     pub access: Access,
     /// PASID prefix of the request: translated through the device's PASID
     /// state (process bond or guest PASID table; see `pasid.rs`).
@@ -93,9 +95,13 @@ pub struct Fault {
     pub seq: u64,
     /// Requester id (bus << 8 | devfn).
     pub rid: u16,
+    /// PASID of the request, if tagged.
     pub pasid: Option<u32>,
+    /// Faulting address.
     pub iova: u64,
+    /// Read or write.
     pub access: Access,
+    /// Why.
     pub reason: FaultReason,
     /// Domain the device was attached to, if any.
     pub domain: Option<u32>,

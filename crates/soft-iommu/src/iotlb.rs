@@ -52,16 +52,24 @@ impl Cached {
 /// One IOTLB entry as [`Iommu::iotlb_entries`](crate::Iommu::iotlb_entries) reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IotlbEntry {
+    /// Domain id (DID) the entry is tagged with.
     pub domain: u32,
     /// For a nested (PASID-tagged) entry: the PASID; `iova` is then the
     /// guest virtual address and `phys` the host address.
     pub pasid: Option<u32>,
+    /// First IOVA the entry covers.
     pub iova: u64,
+    /// Bytes it covers.
     pub page_size: u64,
+    /// Physical address of its first byte.
     pub phys: u64,
+    /// Reads allowed.
     pub read: bool,
+    /// Writes allowed.
     pub write: bool,
+    /// Dirty bit seen.
     pub dirty: bool,
+    /// Snoop bit.
     pub snoop: bool,
 }
 

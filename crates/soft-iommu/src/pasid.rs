@@ -68,10 +68,15 @@ pub const MAX_GUEST_PASID_TABLE_ENTRIES: u32 = PASID_LIMIT;
 
 /// x86-64 first-level entry bits.
 pub const GPTE_PRESENT: u64 = 1 << 0;
+/// First-level PTE: writable.
 pub const GPTE_WRITE: u64 = 1 << 1;
+/// First-level PTE: user accessible.
 pub const GPTE_USER: u64 = 1 << 2;
+/// First-level PTE: accessed.
 pub const GPTE_ACCESSED: u64 = 1 << 5;
+/// First-level PTE: dirty.
 pub const GPTE_DIRTY: u64 = 1 << 6;
+/// First-level PTE: a large page.
 pub const GPTE_PAGE_SIZE: u64 = 1 << 7;
 /// Address field of first-level entries and of guest PASID table entries.
 pub const GPTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
@@ -111,7 +116,10 @@ pub enum PasidError {
     Invalid(&'static str),
     /// Part of the guest PASID table is not mapped (readable) in the domain.
     #[error("guest PASID table not mapped at IOVA {iova:#x}")]
-    TableNotMapped { iova: u64 },
+    TableNotMapped {
+        /// The first IOVA that is not mapped.
+        iova: u64,
+    },
 }
 
 /// Which entries a nested invalidation removes.
@@ -122,7 +130,14 @@ pub enum Granularity {
     /// Entries of one PASID.
     Pasid(u32),
     /// Entries of one PASID overlapping `[addr, addr + size)`.
-    Page { pasid: u32, addr: u64, size: u64 },
+    Page {
+        /// The PASID.
+        pasid: u32,
+        /// First address.
+        addr: u64,
+        /// Bytes.
+        size: u64,
+    },
 }
 
 /// A guest invalidation passed down to the unit.
@@ -133,6 +148,7 @@ pub struct NestedInvalidation {
     pub iotlb: bool,
     /// Invalidate the PASID cache (page granularity acts as PASID granularity).
     pub pasid_cache: bool,
+    /// How much.
     pub granularity: Granularity,
 }
 

@@ -35,7 +35,9 @@ pub struct Translation {
     pub page_phys: u64,
     /// Size of the leaf: 4 KiB, 2 MiB or 1 GiB.
     pub page_size: u64,
+    /// A read.
     pub read: bool,
+    /// A write.
     pub write: bool,
     /// The leaf's D bit as the translation saw it.
     pub dirty: bool,
@@ -142,6 +144,7 @@ impl DmaPort {
         &self.unit
     }
 
+    /// The port's counters.
     pub fn stats(&self) -> PortStats {
         PortStats {
             iotlb_hits: self.slot.hits.load(Ordering::Relaxed),

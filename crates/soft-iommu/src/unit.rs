@@ -37,8 +37,11 @@ pub enum ReservedKind {
 /// A reserved IOVA range `start..=end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReservedRegion {
+    /// First address.
     pub start: u64,
+    /// Last address (inclusive).
     pub end: u64,
+    /// What it is.
     pub kind: ReservedKind,
 }
 
@@ -77,6 +80,7 @@ impl std::fmt::Debug for Iommu {
 }
 
 impl Iommu {
+    /// A unit with `cfg`, no device attached.
     pub fn new(cfg: IommuConfig) -> Arc<Self> {
         Arc::new_cyclic(|this| Iommu {
             iotlb: Iotlb::new(cfg.iotlb_capacity),
@@ -95,10 +99,12 @@ impl Iommu {
         })
     }
 
+    /// Its configuration.
     pub fn config(&self) -> &IommuConfig {
         &self.cfg
     }
 
+    /// Its name.
     pub fn name(&self) -> &str {
         &self.cfg.name
     }
@@ -341,6 +347,7 @@ impl Iommu {
 
     // ---- IOTLB and faults ------------------------------------------------------
 
+    /// IOTLB counters.
     pub fn iotlb_stats(&self) -> IotlbStats {
         self.iotlb.stats()
     }

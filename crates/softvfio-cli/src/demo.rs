@@ -19,6 +19,11 @@ use softvfio::uapi::{self, ContainerFile, DeviceFile, FdLookup, IoctlOutcome, Vf
 use softvfio_platform::BuiltPlatform;
 
 use crate::report::human_bytes;
+use sys::GuestMemory;
+
+// mmap, munmap, memfd_create, madvise: each block with its SAFETY argument.
+#[allow(unsafe_code)]
+mod sys;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -30,129 +35,17 @@ pub struct DemoArgs {
     no_huge: bool,
 }
 
-/// Anonymous or hugetlb memory owned by the demo.
-struct GuestMemory {
-    addr: u64,
-    len: u64,
-    backing: &'static str,
-}
-
-impl GuestMemory {
-    fn new(len: u64, huge: bool) -> Result<Self, String> {
-        if huge {
-            if let Some(m) = Self::hugetlb(len) {
-                return Ok(m);
-            }
-        }
-        let (addr, backing) = anon_mmap(len, huge)?;
-        Ok(Self { addr, len, backing })
-    }
-
-    /// A hugetlb memfd, if the machine has enough free 2 MiB pages.
-    fn hugetlb(len: u64) -> Option<Self> {
-        let name = c"softvfio-demo";
-        // SAFETY: memfd_create reads a NUL-terminated name; the flags are
-        // constants. The returned fd is checked and closed below.
-        let fd =
-            unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_HUGETLB | libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: fd is the memfd just created.
-        let ok = unsafe { libc::ftruncate(fd, len as libc::off_t) } == 0;
-        let addr = if ok {
-            // SAFETY: a fresh shared mapping of the memfd at a kernel-chosen
-            // address; nothing else refers to that range.
-            unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len as usize,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_POPULATE,
-                    fd,
-                    0,
-                )
-            }
-        } else {
-            libc::MAP_FAILED
-        };
-        // SAFETY: closing our own fd; the mapping keeps the file alive.
-        unsafe { libc::close(fd) };
-        if addr == libc::MAP_FAILED {
-            return None;
-        }
-        Some(Self {
-            addr: addr as u64,
-            len,
-            backing: "hugetlbfs 2 MiB pages (memfd MFD_HUGETLB)",
-        })
-    }
-
-    fn slice_mut(&mut self) -> &mut [u8] {
-        // SAFETY: [addr, addr + len) is a private mapping this struct owns
-        // for its whole life; &mut self guarantees no other reference.
-        unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u8, self.len as usize) }
-    }
-}
-
-impl Drop for GuestMemory {
-    fn drop(&mut self) {
-        // SAFETY: unmapping the range this struct mapped; no references to it
-        // outlive self.
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len as usize) };
-    }
-}
-
-/// 2 MiB-aligned anonymous memory, with transparent huge pages requested.
-fn anon_mmap(len: u64, huge: bool) -> Result<(u64, &'static str), String> {
-    const TWO_MIB: u64 = 2 << 20;
-    let over = len + TWO_MIB;
-    // SAFETY: a fresh private anonymous mapping at a kernel-chosen address.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            over as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        return Err(format!("mmap of {} failed", human_bytes(len)));
-    }
-    let start = raw as u64;
-    let aligned = start.div_ceil(TWO_MIB) * TWO_MIB;
-    // SAFETY: trimming the unaligned head and tail of the mapping just made.
-    unsafe {
-        if aligned > start {
-            libc::munmap(raw, (aligned - start) as usize);
-        }
-        let tail = start + over - (aligned + len);
-        if tail > 0 {
-            libc::munmap((aligned + len) as *mut libc::c_void, tail as usize);
-        }
-    }
-    if huge {
-        // SAFETY: advice on our own mapping; failure only means no THP.
-        let r = unsafe {
-            libc::madvise(
-                aligned as *mut libc::c_void,
-                len as usize,
-                libc::MADV_HUGEPAGE,
-            )
-        };
-        if r == 0 {
-            return Ok((aligned, "anonymous, transparent huge pages requested"));
-        }
-    }
-    Ok((aligned, "anonymous 4 KiB pages"))
-}
-
 /// The address of a value, as the uAPI's user pointer (this process is the
 /// "user").
 fn uptr<T>(v: &T) -> u64 {
     v as *const T as u64
+}
+
+/// The address of a value the engine writes back (an ioctl's output), as
+/// the uAPI's user pointer: derived from a unique borrow, so the write is
+/// allowed (`HostMemory::current`'s contract).
+fn uptr_mut<T>(v: &mut T) -> u64 {
+    v as *mut T as u64
 }
 
 struct Demo {
@@ -190,7 +83,7 @@ impl Demo {
         let mut u = [0u64; 3];
         // argsz (u32) | flags (u32) = UNMAP_ALL, iova 0, size 0
         u[0] = 24 | (u64::from(softvfio::container::UNMAP_FLAG_ALL) << 32);
-        self.ioctl(uapi::VFIO_IOMMU_UNMAP_DMA, uptr(&u))?;
+        self.ioctl(uapi::VFIO_IOMMU_UNMAP_DMA, uptr_mut(&mut u))?;
         Ok(u[2])
     }
 
@@ -247,7 +140,12 @@ pub fn main(args: DemoArgs) -> u8 {
 fn run(args: DemoArgs) -> Result<(), String> {
     let built = BuiltPlatform::reference().map_err(|e| e.to_string())?;
     let vfio = Vfio::new(built.platform.clone());
-    let mem = Arc::new(HostMemory::current());
+    // SAFETY: the engine writes only the guest memory this command maps for
+    // DMA (its own mmap, used through `GuestMemory` only between engine
+    // calls) and the ioctl outputs passed with `uptr_mut` (unique borrows);
+    // the arguments passed with `uptr` are only read.
+    #[allow(unsafe_code)]
+    let mem = Arc::new(unsafe { HostMemory::current() });
     let container = vfio.open_container(mem.clone());
     let mut d = Demo {
         vfio,

@@ -1,14 +1,22 @@
 //! `softvfio`: run VFIO programs on a software IOMMU, demonstrate it,
 //! inspect a running session, measure it.
 
+// Unsafe code is denied except in the modules below that say why they
+// need it (each block with its SAFETY argument).
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// `bench::sys` and `demo::sys` hold their unsafe code; each module allows
+// it there (and for taking this process's memory, statement by statement).
 mod bench;
 mod demo;
 mod inspect;
 mod report;
+// Signal dispositions of the supervisor (`libc::signal`).
+#[allow(unsafe_code)]
 mod run;
 
 #[derive(Parser)]

@@ -35,6 +35,9 @@
 //! aborting QEMU (7.2 even aborts on a full 4096-byte or a 0-byte
 //! transfer, an off-by-one fixed in later QEMU, whose check we use).
 
+#![forbid(unsafe_code)]
+#![allow(missing_docs)] // documented with the vfio-pci work
+
 pub mod dma;
 pub mod edu;
 pub mod iommu;

@@ -15,8 +15,11 @@ use crate::config::{parse_bdf, Config, ConfigError, DeviceKind};
 /// A device model of the platform, for `inspect`, `demo` and reports.
 #[derive(Clone)]
 pub struct BuiltDevice {
+    /// Its name (PCI address or UUID).
     pub name: String,
+    /// Its group.
     pub group: u32,
+    /// Requester id, for a device behind the IOMMU.
     pub rid: Option<u16>,
     /// The edu register model (for a mediated device, the one behind it).
     pub edu: Arc<EduDevice>,
@@ -26,10 +29,13 @@ pub struct BuiltDevice {
 
 /// A platform ready for a VFIO front end.
 pub struct BuiltPlatform {
+    /// The configuration it was built from.
     pub config: Config,
+    /// The platform the engine serves.
     pub platform: Arc<Platform>,
     /// The VT-d unit every IOMMU-backed group sits behind.
     pub iommu: Arc<Iommu>,
+    /// The devices, in configuration order.
     pub devices: Vec<BuiltDevice>,
 }
 
@@ -39,6 +45,7 @@ impl BuiltPlatform {
         build(&Config::reference())
     }
 
+    /// The device named `name`.
     pub fn device(&self, name: &str) -> Option<&BuiltDevice> {
         self.devices.iter().find(|d| d.name == name)
     }

@@ -34,12 +34,25 @@ use thiserror::Error;
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read {path}: {reason}")]
-    Read { path: String, reason: String },
+    Read {
+        /// The file.
+        path: String,
+        /// The system's reason.
+        reason: String,
+    },
+    /// Not valid TOML for this format (the parser's message).
     #[error("{0}")]
     Syntax(String),
+    /// A value the format does not allow.
     #[error("{key}: {reason}")]
-    Invalid { key: String, reason: String },
+    Invalid {
+        /// The key at fault (`device[0].bdf`).
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -51,12 +64,16 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+/// The `[iommu]` table: the VT-d model.
 pub struct IommuConfig {
     #[serde(default = "default_width")]
+    /// IOVA width in bits: 39 (default) or 48.
     pub address_width: u32,
     #[serde(default = "default_iotlb")]
+    /// IOTLB entries (default 4096).
     pub iotlb_entries: usize,
     #[serde(default)]
+    /// Snoop control: domains can enforce cache coherency.
     pub snoop_control: bool,
 }
 
@@ -80,8 +97,10 @@ impl Default for IommuConfig {
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+/// The `[limits]` table.
 pub struct LimitsConfig {
     #[serde(default = "default_entry_limit")]
+    /// Mappings per container (the kernel's `dma_entry_limit`, 65535).
     pub dma_entry_limit: u32,
 }
 
@@ -99,8 +118,10 @@ impl Default for LimitsConfig {
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+/// The `[dirty]` table.
 pub struct DirtyConfig {
     #[serde(default)]
+    /// Report precise dirty pages from the IOMMU's dirty bits (opt-in).
     pub precise: bool,
 }
 
@@ -108,26 +129,37 @@ pub struct DirtyConfig {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 pub enum DeviceKind {
     #[serde(rename = "edu")]
+    /// QEMU's edu behind the IOMMU.
     Edu,
     #[serde(rename = "mdev-edu")]
+    /// A mediated edu: no IOMMU, DMA through the pinning API.
     MdevEdu,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+/// A `[[device]]` entry.
 pub struct DeviceConfig {
+    /// What the device is.
     pub kind: DeviceKind,
+    /// PCI address (`0000:00:03.0`) or, for a mediated device, its UUID.
     pub bdf: String,
+    /// Its IOMMU group.
     pub group: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+/// A `[[reserved_region]]` entry.
 pub struct ReservedRegionConfig {
+    /// The group it applies to.
     pub group: u32,
+    /// First IOVA.
     pub start: u64,
+    /// Last IOVA (inclusive).
     pub end: u64,
     #[serde(default = "default_resv_kind")]
+    /// What it is reserved for (default: reserved).
     pub kind: ResvKind,
 }
 
@@ -140,14 +172,19 @@ fn default_resv_kind() -> ResvKind {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
+    /// The IOMMU model.
     pub iommu: IommuConfig,
     #[serde(default)]
+    /// Limits.
     pub limits: LimitsConfig,
     #[serde(default)]
+    /// Dirty tracking.
     pub dirty: DirtyConfig,
     #[serde(default, rename = "device")]
+    /// The devices.
     pub devices: Vec<DeviceConfig>,
     #[serde(default, rename = "reserved_region")]
+    /// Extra reserved regions.
     pub reserved_regions: Vec<ReservedRegionConfig>,
 }
 
@@ -201,6 +238,7 @@ impl Config {
         }
     }
 
+    /// Reads and checks the file at `path`.
     pub fn from_file(path: &str) -> Result<Self, ConfigError> {
         let text = std::fs::read(path).map_err(|e| ConfigError::Read {
             path: path.into(),
@@ -232,6 +270,7 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Checks the relations the TOML types cannot express (names, groups, widths).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !matches!(self.iommu.address_width, 39 | 48) {
             return Err(invalid(

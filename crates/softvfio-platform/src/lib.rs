@@ -1,5 +1,7 @@
 //! softvfio platforms: configuration and assembly.
 
+#![forbid(unsafe_code)]
+
 pub mod build;
 pub mod config;
 pub mod hostview;

@@ -12,12 +12,19 @@ use crate::BuiltPlatform;
 /// A DMA fault record.
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct FaultView {
+    /// Order in the fault log.
     pub seq: u64,
+    /// Device name.
     pub device: String,
+    /// Requester id.
     pub rid: u16,
+    /// PASID of the access, if tagged.
     pub pasid: Option<u32>,
+    /// Faulting IOVA (or virtual address with a PASID).
     pub iova: u64,
+    /// Read or write.
     pub access: String,
+    /// Why it faulted.
     pub reason: String,
 }
 
@@ -47,11 +54,17 @@ pub fn fault_views(built: &BuiltPlatform) -> Vec<FaultView> {
 /// What the program still held when it exited.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Leftovers {
+    /// Containers still open.
     pub containers: u64,
+    /// Groups still open.
     pub groups: u64,
+    /// Device fds still open.
     pub devices: u64,
+    /// Mappings still in place.
     pub mappings: u64,
+    /// Bytes still mapped.
     pub mapped_bytes: u64,
+    /// Pages still accounted.
     pub locked_pages: u64,
 }
 
@@ -76,12 +89,17 @@ impl Leftovers {
 /// of softvfio itself.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct FinalState {
+    /// Pages still pinned.
     pub pinned_pages: u64,
+    /// Pin references still held.
     pub pin_refs: u64,
+    /// Pages still accounted.
     pub locked_pages: u64,
+    /// Objects (files) still open.
     pub open_objects: u64,
 }
 
+/// `n` bytes for people: "4 KiB", "1.5 GiB".
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [(&str, u64); 4] = [
         ("TiB", 1 << 40),

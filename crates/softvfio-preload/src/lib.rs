@@ -125,12 +125,15 @@ impl Drop for Passing {
 
 /// The path argument of an open, when it is one we may serve: absolute,
 /// valid UTF-8.
-fn path_of(path: *const c_char) -> Option<&'static str> {
+///
+/// # Safety
+/// `path` must be null or a NUL-terminated string that stays unchanged
+/// while the returned reference is used (an open's path during the call).
+unsafe fn path_of<'a>(path: *const c_char) -> Option<&'a str> {
     if path.is_null() {
         return None;
     }
-    // SAFETY: open's path argument is a NUL-terminated string that outlives
-    // the call; the reference does not escape the hook.
+    // SAFETY: NUL-terminated and live for 'a (this function's contract).
     let s = unsafe { CStr::from_ptr(path) };
     s.to_str().ok().filter(|p| p.starts_with('/'))
 }
@@ -207,10 +210,14 @@ fn fail<T: From<i8>>(e: c_int) -> T {
 
 /// The common part of every open: serve VFIO paths and our status file;
 /// else pass on, and drop a stale table entry for the number it returns.
-fn do_open(path: *const c_char, flags: c_int, pass: Pass<impl FnOnce() -> c_int>) -> c_int {
+///
+/// # Safety
+/// `path` as for [`path_of`], for the duration of the call.
+unsafe fn do_open(path: *const c_char, flags: c_int, pass: Pass<impl FnOnce() -> c_int>) -> c_int {
     let saved = real::errno();
     let cloexec = flags & libc::O_CLOEXEC != 0;
-    if let Some(p) = path_of(path) {
+    // SAFETY: this function's contract.
+    if let Some(p) = unsafe { path_of(path) } {
         if p.starts_with("/dev/vfio/") {
             match with_state(|st| st.open(p, cloexec)) {
                 Ok(OpenOutcome::NotOurs) => {}
@@ -250,8 +257,12 @@ fn do_open(path: *const c_char, flags: c_int, pass: Pass<impl FnOnce() -> c_int>
 
 /// Every open-family hook. Only absolute paths are served (relative ones
 /// are never VFIO's), so `openat`'s dirfd plays no part.
-fn open_hook(path: *const c_char, flags: c_int, pass: impl FnOnce() -> c_int) -> c_int {
-    hook(-1, pass, |pass| do_open(path, flags, pass))
+///
+/// # Safety
+/// `path` as for [`path_of`], for the duration of the call.
+unsafe fn open_hook(path: *const c_char, flags: c_int, pass: impl FnOnce() -> c_int) -> c_int {
+    // SAFETY: this function's contract.
+    hook(-1, pass, |pass| unsafe { do_open(path, flags, pass) })
 }
 
 // The variadic mode argument of open/openat is read as a plain third
@@ -264,14 +275,16 @@ fn open_hook(path: *const c_char, flags: c_int, pass: impl FnOnce() -> c_int) ->
 /// As libc's `open`.
 #[no_mangle]
 pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
-    open_hook(path, flags, || real::open(&real::OPEN, path, flags, mode))
+    // SAFETY: the program passed libc's arguments; they go on unchanged.
+    unsafe { open_hook(path, flags, || real::open(&real::OPEN, path, flags, mode)) }
 }
 
 /// # Safety
 /// As libc's `open64`.
 #[no_mangle]
 pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
-    open_hook(path, flags, || real::open(&real::OPEN64, path, flags, mode))
+    // SAFETY: the program passed libc's arguments; they go on unchanged.
+    unsafe { open_hook(path, flags, || real::open(&real::OPEN64, path, flags, mode)) }
 }
 
 /// # Safety
@@ -283,9 +296,12 @@ pub unsafe extern "C" fn openat(
     flags: c_int,
     mode: c_uint,
 ) -> c_int {
-    open_hook(path, flags, || {
-        real::openat(&real::OPENAT, dirfd, path, flags, mode)
-    })
+    // SAFETY: the program passed libc's arguments; they go on unchanged.
+    unsafe {
+        open_hook(path, flags, || {
+            real::openat(&real::OPENAT, dirfd, path, flags, mode)
+        })
+    }
 }
 
 /// # Safety
@@ -297,49 +313,65 @@ pub unsafe extern "C" fn openat64(
     flags: c_int,
     mode: c_uint,
 ) -> c_int {
-    open_hook(path, flags, || {
-        real::openat(&real::OPENAT64, dirfd, path, flags, mode)
-    })
+    // SAFETY: the program passed libc's arguments; they go on unchanged.
+    unsafe {
+        open_hook(path, flags, || {
+            real::openat(&real::OPENAT64, dirfd, path, flags, mode)
+        })
+    }
 }
 
 /// # Safety
 /// As glibc's `__open_2` (fortified `open` without a mode).
 #[no_mangle]
 pub unsafe extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
-    open_hook(path, flags, || real::open_2(&real::OPEN_2, path, flags))
+    // SAFETY: the program passed libc's arguments; they go on unchanged.
+    unsafe { open_hook(path, flags, || real::open_2(&real::OPEN_2, path, flags)) }
 }
 
 /// # Safety
 /// As glibc's `__open64_2`.
 #[no_mangle]
 pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
-    open_hook(path, flags, || real::open_2(&real::OPEN64_2, path, flags))
+    // SAFETY: the program passed libc's arguments; they go on unchanged.
+    unsafe { open_hook(path, flags, || real::open_2(&real::OPEN64_2, path, flags)) }
 }
 
 /// # Safety
 /// As glibc's `__openat_2`.
 #[no_mangle]
 pub unsafe extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
-    open_hook(path, flags, || {
-        real::openat_2(&real::OPENAT_2, dirfd, path, flags)
-    })
+    // SAFETY: the program passed libc's arguments; they go on unchanged.
+    unsafe {
+        open_hook(path, flags, || {
+            real::openat_2(&real::OPENAT_2, dirfd, path, flags)
+        })
+    }
 }
 
 /// # Safety
 /// As glibc's `__openat64_2`.
 #[no_mangle]
 pub unsafe extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
-    open_hook(path, flags, || {
-        real::openat_2(&real::OPENAT64_2, dirfd, path, flags)
-    })
+    // SAFETY: the program passed libc's arguments; they go on unchanged.
+    unsafe {
+        open_hook(path, flags, || {
+            real::openat_2(&real::OPENAT64_2, dirfd, path, flags)
+        })
+    }
 }
 
 /// `fopen` of our status file: libc's own `fopen` opens with an internal
 /// call this library cannot see, so it is served here.
-fn fopen_hook(next: &'static Next, path: *const c_char, mode: *const c_char) -> *mut FILE {
-    let pass = || real::fopen(next, path, mode);
+///
+/// # Safety
+/// `path` and `mode` as libc's `fopen` takes them.
+unsafe fn fopen_hook(next: &'static Next, path: *const c_char, mode: *const c_char) -> *mut FILE {
+    // SAFETY: the caller's arguments, unchanged (this function's contract).
+    let pass = || unsafe { real::fopen(next, path, mode) };
     hook(std::ptr::null_mut(), pass, |pass| {
-        let Some(p) = path_of(path) else {
+        // SAFETY: `path` is fopen's NUL-terminated path (contract).
+        let Some(p) = (unsafe { path_of(path) }) else {
             return pass.call();
         };
         // SAFETY: fopen's mode is a NUL-terminated string (or null).
@@ -356,7 +388,8 @@ fn fopen_hook(next: &'static Next, path: *const c_char, mode: *const c_char) -> 
         match served {
             None => pass.call(),
             Some(Ok(fd)) => {
-                let f = real::fdopen(fd, mode);
+                // SAFETY: `mode` is fopen's NUL-terminated mode (contract).
+                let f = unsafe { real::fdopen(fd, mode) };
                 if f.is_null() {
                     let e = real::errno();
                     real::close_own(fd);
@@ -376,14 +409,16 @@ fn fopen_hook(next: &'static Next, path: *const c_char, mode: *const c_char) -> 
 /// As libc's `fopen`.
 #[no_mangle]
 pub unsafe extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut FILE {
-    fopen_hook(&real::FOPEN, path, mode)
+    // SAFETY: the program passed libc's arguments; they go on unchanged.
+    unsafe { fopen_hook(&real::FOPEN, path, mode) }
 }
 
 /// # Safety
 /// As libc's `fopen64`.
 #[no_mangle]
 pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut FILE {
-    fopen_hook(&real::FOPEN64, path, mode)
+    // SAFETY: the program passed libc's arguments; they go on unchanged.
+    unsafe { fopen_hook(&real::FOPEN64, path, mode) }
 }
 
 /// The object behind `fd` when it is one of ours (cheap when we have none).
@@ -399,7 +434,8 @@ fn ours(fd: c_int) -> Option<u64> {
 /// integer or a pointer, as every VFIO ioctl takes).
 #[no_mangle]
 pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
-    let pass = || real::ioctl(fd, request, arg);
+    // SAFETY: the program's arguments, passed on unchanged.
+    let pass = || unsafe { real::ioctl(fd, request, arg) };
     hook(-1, pass, |pass| {
         let Some(key) = ours(fd) else {
             return pass.call();
@@ -458,7 +494,8 @@ fn rw_hook(
 #[no_mangle]
 pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t {
     rw_hook(fd, buf as u64, n, off, false, || {
-        real::pread(&real::PREAD, fd, buf, n, off)
+        // SAFETY: the program's buffer and length, passed on unchanged.
+        unsafe { real::pread(&real::PREAD, fd, buf, n, off) }
     })
 }
 
@@ -467,7 +504,8 @@ pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, n: size_t, off: off_
 #[no_mangle]
 pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t {
     rw_hook(fd, buf as u64, n, off, false, || {
-        real::pread(&real::PREAD64, fd, buf, n, off)
+        // SAFETY: the program's buffer and length, passed on unchanged.
+        unsafe { real::pread(&real::PREAD64, fd, buf, n, off) }
     })
 }
 
@@ -476,7 +514,8 @@ pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, n: size_t, off: of
 #[no_mangle]
 pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
     rw_hook(fd, buf as u64, n, off, true, || {
-        real::pwrite(&real::PWRITE, fd, buf, n, off)
+        // SAFETY: the program's buffer and length, passed on unchanged.
+        unsafe { real::pwrite(&real::PWRITE, fd, buf, n, off) }
     })
 }
 
@@ -485,7 +524,8 @@ pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, n: size_t, off: o
 #[no_mangle]
 pub unsafe extern "C" fn pwrite64(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
     rw_hook(fd, buf as u64, n, off, true, || {
-        real::pwrite(&real::PWRITE64, fd, buf, n, off)
+        // SAFETY: the program's buffer and length, passed on unchanged.
+        unsafe { real::pwrite(&real::PWRITE64, fd, buf, n, off) }
     })
 }
 
@@ -550,8 +590,12 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     })
 }
 
-fn fcntl_hook(next: &'static Next, fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    let pass = || real::fcntl(next, fd, cmd, arg);
+///
+/// # Safety
+/// `arg` as `fcntl` takes it for `cmd`.
+unsafe fn fcntl_hook(next: &'static Next, fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    // SAFETY: the caller's arguments, unchanged (this function's contract).
+    let pass = || unsafe { real::fcntl(next, fd, cmd, arg) };
     hook(-1, pass, |pass| {
         let r = pass.call();
         if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
@@ -566,14 +610,16 @@ fn fcntl_hook(next: &'static Next, fd: c_int, cmd: c_int, arg: c_ulong) -> c_int
 /// passed on unchanged.
 #[no_mangle]
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    fcntl_hook(&real::FCNTL, fd, cmd, arg)
+    // SAFETY: the program passed libc's arguments; they go on unchanged.
+    unsafe { fcntl_hook(&real::FCNTL, fd, cmd, arg) }
 }
 
 /// # Safety
 /// As glibc's `fcntl64`.
 #[no_mangle]
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    fcntl_hook(&real::FCNTL64, fd, cmd, arg)
+    // SAFETY: the program passed libc's arguments; they go on unchanged.
+    unsafe { fcntl_hook(&real::FCNTL64, fd, cmd, arg) }
 }
 
 /// At load: the program `softvfio run --mode preload` started reports at

@@ -104,7 +104,11 @@ macro_rules! fn_of {
 /// The next `open`-family function (`next`), called with the mode argument
 /// (read by the caller from its variadic slot; ignored without
 /// O_CREAT/O_TMPFILE).
-pub fn open(next: &Next, path: *const c_char, flags: c_int, mode: libc::c_uint) -> c_int {
+///
+/// # Safety
+/// The arguments must be valid for the libc function `next` names: `path`
+/// (and `mode`) NUL-terminated strings, as its caller passed them.
+pub unsafe fn open(next: &Next, path: *const c_char, flags: c_int, mode: libc::c_uint) -> c_int {
     match fn_of!(next, OpenFn) {
         // SAFETY: forwards the caller's arguments unchanged.
         Some(f) => unsafe { f(path, flags, mode) },
@@ -112,7 +116,12 @@ pub fn open(next: &Next, path: *const c_char, flags: c_int, mode: libc::c_uint) 
     }
 }
 
-pub fn openat(
+/// The next `openat`-family function.
+///
+/// # Safety
+/// The arguments must be valid for the libc function `next` names: `path`
+/// (and `mode`) NUL-terminated strings, as its caller passed them.
+pub unsafe fn openat(
     next: &Next,
     dirfd: c_int,
     path: *const c_char,
@@ -127,23 +136,39 @@ pub fn openat(
 }
 
 /// `__open_2`/`__open64_2`; falls back on `open` where libc has no such name.
-pub fn open_2(next: &Next, path: *const c_char, flags: c_int) -> c_int {
+///
+/// # Safety
+/// The arguments must be valid for the libc function `next` names: `path`
+/// (and `mode`) NUL-terminated strings, as its caller passed them.
+pub unsafe fn open_2(next: &Next, path: *const c_char, flags: c_int) -> c_int {
     match fn_of!(next, Open2Fn) {
         // SAFETY: forwards the caller's arguments unchanged.
         Some(f) => unsafe { f(path, flags) },
-        None => open(&OPEN, path, flags, 0),
+        // SAFETY: the same arguments, under this function's contract.
+        None => unsafe { open(&OPEN, path, flags, 0) },
     }
 }
 
-pub fn openat_2(next: &Next, dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+/// `__openat_2`/`__openat64_2`; falls back on `openat`.
+///
+/// # Safety
+/// The arguments must be valid for the libc function `next` names: `path`
+/// (and `mode`) NUL-terminated strings, as its caller passed them.
+pub unsafe fn openat_2(next: &Next, dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
     match fn_of!(next, Openat2Fn) {
         // SAFETY: forwards the caller's arguments unchanged.
         Some(f) => unsafe { f(dirfd, path, flags) },
-        None => openat(&OPENAT, dirfd, path, flags, 0),
+        // SAFETY: the same arguments, under this function's contract.
+        None => unsafe { openat(&OPENAT, dirfd, path, flags, 0) },
     }
 }
 
-pub fn fopen(next: &Next, path: *const c_char, mode: *const c_char) -> *mut FILE {
+/// The next `fopen`/`fopen64`.
+///
+/// # Safety
+/// The arguments must be valid for the libc function `next` names: `path`
+/// (and `mode`) NUL-terminated strings, as its caller passed them.
+pub unsafe fn fopen(next: &Next, path: *const c_char, mode: *const c_char) -> *mut FILE {
     match fn_of!(next, FopenFn) {
         // SAFETY: forwards the caller's arguments unchanged.
         Some(f) => unsafe { f(path, mode) },
@@ -154,7 +179,12 @@ pub fn fopen(next: &Next, path: *const c_char, mode: *const c_char) -> *mut FILE
     }
 }
 
-pub fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
+/// The next `ioctl`.
+///
+/// # Safety
+/// `arg` must be what `request` expects: when the request takes a pointer,
+/// one valid for the reads and writes the driver behind `fd` makes.
+pub unsafe fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
     match fn_of!(IOCTL, IoctlFn) {
         // SAFETY: forwards the caller's arguments unchanged; the third
         // argument travels as the unsigned long it was read as.
@@ -163,7 +193,11 @@ pub fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
     }
 }
 
-pub fn pread(next: &Next, fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t {
+/// The next `pread`/`pread64`.
+///
+/// # Safety
+/// `buf` must be valid for writes of `n` bytes.
+pub unsafe fn pread(next: &Next, fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t {
     match fn_of!(next, PreadFn) {
         // SAFETY: forwards the caller's arguments unchanged.
         Some(f) => unsafe { f(fd, buf, n, off) },
@@ -171,7 +205,11 @@ pub fn pread(next: &Next, fd: c_int, buf: *mut c_void, n: size_t, off: off_t) ->
     }
 }
 
-pub fn pwrite(next: &Next, fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
+/// The next `pwrite`/`pwrite64`.
+///
+/// # Safety
+/// `buf` must be valid for reads of `n` bytes.
+pub unsafe fn pwrite(next: &Next, fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
     match fn_of!(next, PwriteFn) {
         // SAFETY: forwards the caller's arguments unchanged.
         Some(f) => unsafe { f(fd, buf, n, off) },
@@ -211,13 +249,19 @@ pub fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     }
 }
 
-pub fn fcntl(next: &Next, fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+/// The next `fcntl`/`fcntl64`.
+///
+/// # Safety
+/// `arg` must be what `cmd` expects: when the command takes a pointer, one
+/// valid for what the command reads and writes.
+pub unsafe fn fcntl(next: &Next, fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     match fn_of!(next, FcntlFn) {
         // SAFETY: forwards the caller's arguments unchanged; every fcntl
         // command takes at most one argument, an int, a long or a pointer,
         // all passed in the same register as this unsigned long.
         Some(f) => unsafe { f(fd, cmd, arg) },
-        None if std::ptr::eq(next, &FCNTL64) => fcntl(&FCNTL, fd, cmd, arg),
+        // SAFETY: the same arguments, under this function's contract.
+        None if std::ptr::eq(next, &FCNTL64) => unsafe { fcntl(&FCNTL, fd, cmd, arg) },
         None => enosys(),
     }
 }
@@ -304,9 +348,12 @@ pub fn memfd_with(data: &[u8], cloexec: bool) -> Result<c_int, c_int> {
 }
 
 /// `fdopen(fd, mode)` for a served `fopen`.
-pub fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
-    // SAFETY: `mode` is the caller's NUL-terminated fopen mode and `fd` is
-    // a descriptor we just opened.
+///
+/// # Safety
+/// `mode` must be a NUL-terminated string.
+pub unsafe fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
+    // SAFETY: `mode` is NUL-terminated (this function's contract); `fd` is
+    // any descriptor (fdopen fails on a bad one).
     unsafe { libc::fdopen(fd, mode) }
 }
 

@@ -90,7 +90,11 @@ pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Result<R, c_int> {
                 *guard = Some(State {
                     built,
                     session: Session::new(vfio),
-                    mem: Arc::new(HostMemory::current()),
+                    // SAFETY: the engine writes this process's memory only at the user
+                    // addresses the program passes in its VFIO ioctls (argument structs, DMA
+                    // buffers), as the kernel would; no Rust reference of this library covers
+                    // them.
+                    mem: Arc::new(unsafe { HostMemory::current() }),
                     fds: HashMap::new(),
                     refs: HashMap::new(),
                 });

@@ -350,7 +350,7 @@ fn last_errno_is(e: i32) -> bool {
 /// async-signal-safe calls and reads `prep`, which was fully built before
 /// the fork and is not modified by anyone in the child.
 pub(crate) unsafe fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
-    // SAFETY (whole function): only async-signal-safe libc calls on
+    // SAFETY: (whole function) only async-signal-safe libc calls on
     // descriptors and memory that belong to this (child) process; every
     // pointer passed refers to data in `prep` or to locals.
     unsafe {

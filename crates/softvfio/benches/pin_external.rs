@@ -4,6 +4,8 @@
 //! footprint is printed once (bytes per pinned page, dense and sparse, over
 //! 1 GiB of mappings).
 
+#![allow(missing_docs)] // criterion's macros define undocumented public functions
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -6,8 +6,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::memory::LockPolicy;
-
 /// The locked-page count of one address space.
 #[derive(Debug, Default)]
 pub struct MmAccount {
@@ -15,16 +13,30 @@ pub struct MmAccount {
     updates: AtomicU64,
 }
 
+/// The limit that applies to accounting at the time of a map (type1 reads
+/// both when MAP_DMA runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockPolicy {
+    /// The caller has CAP_IPC_LOCK in its effective set: no limit applies.
+    pub cap_ipc_lock: bool,
+    /// RLIMIT_MEMLOCK soft limit, in pages (u64::MAX for unlimited).
+    pub limit_pages: u64,
+}
+
 /// Accounting refused: the limit would be exceeded (ENOMEM).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("RLIMIT_MEMLOCK exceeded: {locked} locked + {asked} asked > {limit} pages")]
 pub struct OverLimit {
+    /// Pages already accounted.
     pub locked: u64,
+    /// Pages the refused request asked for.
     pub asked: u64,
+    /// The limit (RLIMIT_MEMLOCK in pages).
     pub limit: u64,
 }
 
 impl MmAccount {
+    /// An address space with nothing accounted.
     pub fn new() -> Self {
         Self::default()
     }

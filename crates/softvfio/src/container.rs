@@ -1,45 +1,85 @@
-//! The type1 engine: a container, the groups attached to it, their IOMMU
-//! domains, the DMA mappings and the valid IOVA list.
-//!
-//! Semantics follow Linux's `vfio_iommu_type1.c` (v6.1) down to the errno and
-//! the order of checks; the reasons are given where the rule is not obvious.
-//! One lock (`state`) serialises control operations like the kernel's
-//! `iommu->lock`; device DMA never takes it (it goes through the IOMMU model).
+//! A VFIO container (`/dev/vfio/vfio`) with the type1 IOMMU backend: the
+//! engine's public face. The state machine behind it is in [`crate::type1`]
+//! (its header states the invariants, the counters and the lock order).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
-use crate::account::OverLimit;
-use crate::dirty::{self, DIRTY_BITMAP_SIZE_MAX};
-use crate::dma::{Dma, DmaTree};
 use crate::error::{Result, VfioError};
-use crate::external::{DmaUnmapFn, ExternalDevice, PinTracker, UNMAP_NOTIFY_RETRIES};
-use crate::iommu::{DomainOps, IommuUnit, Prot, ResvRegion};
-use crate::iova::{IovaList, IovaRange};
-use crate::memory::{LockPolicy, MemError, PinnedRun, UserMemory, PAGE_SIZE};
-use crate::platform::{Group, GroupKind};
+use crate::iommu::Prot;
+use crate::iova::IovaRange;
+use crate::memory::{UserMemory, PAGE_SIZE};
+use crate::type1::state::State;
 
-/// `VFIO_TYPE1_IOMMU` and friends (the SET_IOMMU / CHECK_EXTENSION magic).
-pub const TYPE1_IOMMU: u64 = 1;
-pub const SPAPR_TCE_IOMMU: u64 = 2;
-pub const TYPE1V2_IOMMU: u64 = 3;
-pub const DMA_CC_IOMMU: u64 = 4;
-pub const EEH: u64 = 5;
-pub const TYPE1_NESTING_IOMMU: u64 = 6;
-pub const SPAPR_TCE_V2_IOMMU: u64 = 7;
-pub const NOIOMMU_IOMMU: u64 = 8;
-pub const UNMAP_ALL: u64 = 9;
-pub const UPDATE_VADDR: u64 = 10;
+pub use crate::type1::inspect::{ContainerSnapshot, DomainView, MappingView};
+pub use crate::type1::BrokenInvariant;
 
-/// `VFIO_DMA_MAP_FLAG_*`.
-pub const MAP_FLAG_READ: u32 = 1 << 0;
-pub const MAP_FLAG_WRITE: u32 = 1 << 1;
-pub const MAP_FLAG_VADDR: u32 = 1 << 2;
-/// `VFIO_DMA_UNMAP_FLAG_*`.
-pub const UNMAP_FLAG_GET_DIRTY_BITMAP: u32 = 1 << 0;
-pub const UNMAP_FLAG_ALL: u32 = 1 << 1;
-pub const UNMAP_FLAG_VADDR: u32 = 1 << 2;
+// The ABI's numbers, kept here for existing callers: the engine takes the
+// typed values below, and `uapi` decodes the numbers into them.
+pub use crate::uapi::{
+    DMA_CC_IOMMU, EEH, MAP_FLAG_READ, MAP_FLAG_VADDR, MAP_FLAG_WRITE, NOIOMMU_IOMMU,
+    SPAPR_TCE_IOMMU, SPAPR_TCE_V2_IOMMU, TYPE1V2_IOMMU, TYPE1_IOMMU, TYPE1_NESTING_IOMMU,
+    UNMAP_ALL, UNMAP_FLAG_ALL, UNMAP_FLAG_GET_DIRTY_BITMAP, UNMAP_FLAG_VADDR, UPDATE_VADDR,
+};
+
+/// The IOMMU backend `VFIO_SET_IOMMU` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IommuType {
+    /// `VFIO_TYPE1_IOMMU`: type1 with v1 unmap semantics (an unmap may
+    /// bisect a mapping, and stops at one that starts before the range).
+    Type1,
+    /// `VFIO_TYPE1v2_IOMMU`: an unmap covers whole mappings only.
+    Type1v2,
+    /// `VFIO_TYPE1_NESTING_IOMMU`: v2 with nesting, which VT-d in 6.1
+    /// cannot do: attaching a group then fails.
+    Type1Nesting,
+    /// Any other backend number (sPAPR TCE, no-IOMMU...): no driver here
+    /// claims it (ENODEV once the container holds a group).
+    Other(u64),
+}
+
+/// What `VFIO_CHECK_EXTENSION` asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    /// Whether the backend `VFIO_SET_IOMMU` would accept is available.
+    Iommu(IommuType),
+    /// `VFIO_UNMAP_ALL`: `VFIO_DMA_UNMAP_FLAG_ALL` is supported.
+    UnmapAll,
+    /// `VFIO_UPDATE_VADDR`: vaddr invalidation and update (not while
+    /// mediated devices are attached).
+    UpdateVaddr,
+    /// `VFIO_DMA_CC_IOMMU`: every domain enforces cache coherency.
+    DmaCacheCoherency,
+    /// Anything else (`VFIO_EEH`...): not supported.
+    Other(u64),
+}
+
+/// The range a `VFIO_IOMMU_UNMAP_DMA` covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmapRange {
+    /// `size` bytes from `iova` (page aligned, not wrapping).
+    Range {
+        /// First IOVA.
+        iova: u64,
+        /// Bytes.
+        size: u64,
+    },
+    /// Every mapping (`VFIO_DMA_UNMAP_FLAG_ALL`).
+    All,
+}
+
+/// What a `VFIO_IOMMU_UNMAP_DMA` does to the mappings of its range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmapOp {
+    /// Unmap, unpin and remove them.
+    Unmap,
+    /// The same, first copying their dirty bits out to the user bitmap
+    /// (`VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`).
+    UnmapGetDirty(UserBitmap),
+    /// Only mark their user address invalid, for a later update (live
+    /// update, `VFIO_DMA_UNMAP_FLAG_VADDR`); DMA keeps working.
+    InvalidateVaddr,
+}
 
 /// User-space addresses end below this on x86-64 (`TASK_SIZE_MAX`): the
 /// kernel's `access_ok` refuses user pointers past it.
@@ -68,90 +108,39 @@ impl Default for ContainerConfig {
 /// A user bitmap argument (`struct vfio_bitmap`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserBitmap {
+    /// Page size of one bit, in bytes.
     pub pgsize: u64,
+    /// Size of the bitmap, in bytes.
     pub size: u64,
+    /// User address of the bitmap.
     pub data: u64,
 }
 
 /// What `VFIO_IOMMU_GET_INFO` reports.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Type1Info {
+    /// Page sizes the IOMMU domains map (`iova_pgsizes`).
     pub pgsize_bitmap: u64,
+    /// Mappings that may still be made (the DMA_AVAIL capability).
     pub dma_avail: u32,
+    /// The valid IOVA ranges (the IOVA_RANGE capability).
     pub iova_ranges: Vec<IovaRange>,
     /// Migration capability: the dirty-bitmap page sizes and maximum size.
     pub migration_pgsize_bitmap: u64,
+    /// Largest dirty bitmap a request may ask for, in bytes.
     pub max_dirty_bitmap_size: u64,
-}
-
-/// A group as attached to a type1 IOMMU.
-pub(crate) struct AttachedGroup {
-    pub(crate) group: Arc<Group>,
-    /// The group only dirties memory through the pinning interface.
-    pub(crate) pinned_page_dirty_scope: bool,
-}
-
-/// One IOMMU domain of the container.
-pub(crate) struct DomainEntry {
-    ops: Arc<dyn DomainOps>,
-    unit: Arc<dyn IommuUnit>,
-    pub(crate) groups: Vec<AttachedGroup>,
-    enforce_cache_coherency: bool,
-}
-
-/// type1's `struct vfio_iommu`.
-pub(crate) struct Type1 {
-    pub(crate) v2: bool,
-    nesting: bool,
-    pub(crate) dmas: DmaTree,
-    pub(crate) domains: Vec<DomainEntry>,
-    pub(crate) emulated_groups: Vec<AttachedGroup>,
-    iova_list: IovaList,
-    pub(crate) pgsize_bitmap: u64,
-    dma_avail: u32,
-    pub(crate) dirty_tracking: bool,
-    pub(crate) num_non_pinned_groups: u32,
-    pub(crate) vaddr_invalid_count: u32,
-}
-
-pub(crate) struct State {
-    /// Groups attached to the container (`container->group_list`).
-    pub(crate) groups: Vec<Arc<Group>>,
-    /// The IOMMU driver data once `VFIO_SET_IOMMU` succeeded.
-    pub(crate) iommu: Option<Type1>,
-    /// Set when the container is released; wakes vaddr waiters.
-    pub(crate) closed: bool,
-    /// Devices registered for external pinning (type1's `device_list`):
-    /// their `dma_unmap` callbacks are the unmap notifier.
-    pub(crate) external_devices: Vec<Arc<ExternalDevice>>,
 }
 
 /// A VFIO container (`/dev/vfio/vfio`) with the type1 backend.
 pub struct Container {
-    id: u64,
-    cfg: ContainerConfig,
-    mem: Arc<dyn UserMemory>,
-    state: Mutex<State>,
+    pub(crate) id: u64,
+    pub(crate) cfg: ContainerConfig,
+    pub(crate) mem: Arc<dyn UserMemory>,
+    pub(crate) state: Mutex<State>,
     /// Signalled when a vaddr becomes valid again (type1's `vaddr_wait`).
     pub(crate) vaddr_valid: Condvar,
     /// How long an external pin waits for an invalid vaddr, in ms.
     pub(crate) vaddr_wait_ms: AtomicU64,
-}
-
-fn page_pages(size: u64) -> u64 {
-    size / PAGE_SIZE
-}
-
-pub(crate) fn min_pgsize(bitmap: u64) -> u64 {
-    if bitmap == 0 {
-        PAGE_SIZE
-    } else {
-        1u64 << bitmap.trailing_zeros()
-    }
-}
-
-fn over_limit(e: OverLimit) -> VfioError {
-    VfioError::NoMem(e.to_string())
 }
 
 impl Container {
@@ -174,14 +163,17 @@ impl Container {
         })
     }
 
+    /// The container's id, unique in this process.
     pub fn id(&self) -> u64 {
         self.id
     }
 
+    /// The user memory its mappings pin.
     pub fn memory(&self) -> &Arc<dyn UserMemory> {
         &self.mem
     }
 
+    /// The settings it was created with.
     pub fn config(&self) -> ContainerConfig {
         self.cfg
     }
@@ -203,773 +195,20 @@ impl Container {
     }
 
     /// `VFIO_CHECK_EXTENSION`.
-    pub fn check_extension(&self, ext: u64) -> i64 {
+    pub fn check_extension(&self, ext: impl Into<Extension>) -> bool {
+        let ext = ext.into();
         let st = self.lock();
+        let type1 = matches!(
+            ext,
+            Extension::Iommu(IommuType::Type1 | IommuType::Type1v2 | IommuType::Type1Nesting)
+                | Extension::UnmapAll
+        );
         match &st.iommu {
             // No driver yet: poll the registered drivers (type1 only) with no
             // IOMMU data.
-            None => match ext {
-                TYPE1_IOMMU | TYPE1V2_IOMMU | TYPE1_NESTING_IOMMU | UNMAP_ALL => 1,
-                _ => 0,
-            },
-            Some(t) => match ext {
-                TYPE1_IOMMU | TYPE1V2_IOMMU | TYPE1_NESTING_IOMMU | UNMAP_ALL => 1,
-                // Disabled with mdevs present: they cannot pin or rw safely
-                // while a vaddr is being updated.
-                UPDATE_VADDR => i64::from(t.emulated_groups.is_empty()),
-                DMA_CC_IOMMU => i64::from(t.domains.iter().all(|d| d.enforce_cache_coherency)),
-                _ => 0,
-            },
+            None => type1,
+            Some(t) => type1 || t.has_extension(ext),
         }
-    }
-
-    /// `VFIO_SET_IOMMU`.
-    pub fn set_iommu(&self, arg: u64) -> Result<()> {
-        let mut st = self.lock();
-        // Only a container holding a group may enable an IOMMU, and only once.
-        if st.groups.is_empty() || st.iommu.is_some() {
-            return Err(VfioError::Invalid("no group attached or IOMMU already set"));
-        }
-        let (v2, nesting) = match arg {
-            TYPE1_IOMMU => (false, false),
-            TYPE1V2_IOMMU => (true, false),
-            TYPE1_NESTING_IOMMU => (true, true),
-            // No registered driver claims it.
-            _ => return Err(VfioError::NoDevice),
-        };
-        let mut t = Type1 {
-            v2,
-            nesting,
-            dmas: DmaTree::default(),
-            domains: Vec::new(),
-            emulated_groups: Vec::new(),
-            iova_list: IovaList::new(),
-            pgsize_bitmap: !(PAGE_SIZE - 1),
-            dma_avail: self.cfg.dma_entry_limit,
-            dirty_tracking: false,
-            num_non_pinned_groups: 0,
-            vaddr_invalid_count: 0,
-        };
-        let groups = st.groups.clone();
-        for (i, g) in groups.iter().enumerate() {
-            if let Err(e) = self.attach_to_type1(&mut t, g) {
-                // Undo the groups attached so far; the container stays unset.
-                for g in groups[..i].iter().rev() {
-                    self.detach_from_type1(&mut t, g.id);
-                }
-                self.release_type1(&mut t);
-                return Err(e);
-            }
-        }
-        st.iommu = Some(t);
-        Ok(())
-    }
-
-    /// `VFIO_GROUP_SET_CONTAINER` (the container side).
-    pub fn attach_group(&self, group: &Arc<Group>) -> Result<()> {
-        let mut st = self.lock();
-        if st.groups.iter().any(|g| g.id == group.id) {
-            return Err(VfioError::Invalid("group already in this container"));
-        }
-        // A new domain's replay needs every vaddr valid: like type1, wait
-        // for the vaddr updates (bounded: the thread that would update may
-        // be the one waiting, in a single-threaded front end), then retry
-        // the attach from scratch (it changed nothing when it failed).
-        let timeout = Duration::from_millis(self.vaddr_wait_ms.load(Ordering::Relaxed));
-        let deadline = Instant::now().checked_add(timeout);
-        while let Some(t) = st.iommu.as_mut() {
-            match self.attach_to_type1(t, group) {
-                Ok(()) => break,
-                Err(VfioError::Fault) if t.vaddr_invalid_count > 0 && !st.closed => {
-                    let now = Instant::now();
-                    let remaining = match deadline {
-                        Some(d) if d > now => d - now,
-                        Some(_) => return Err(VfioError::Fault),
-                        None => Duration::from_secs(3600),
-                    };
-                    st = match self.vaddr_valid.wait_timeout(st, remaining) {
-                        Ok((g, _)) => g,
-                        Err(p) => p.into_inner().0,
-                    };
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        st.groups.push(group.clone());
-        Ok(())
-    }
-
-    /// `VFIO_GROUP_UNSET_CONTAINER` (the container side). Never fails. When
-    /// the last group leaves, the IOMMU is released with every mapping and
-    /// the container returns to the unset state.
-    pub fn detach_group(&self, group_id: u32) {
-        let mut st = self.lock();
-        let Some(pos) = st.groups.iter().position(|g| g.id == group_id) else {
-            return;
-        };
-        st.groups.remove(pos);
-        // Its devices are closed by now; forget any registration left.
-        st.external_devices.retain(|d| d.group_id() != group_id);
-        let now_empty = st.groups.is_empty();
-        if let Some(t) = st.iommu.as_mut() {
-            self.detach_from_type1(t, group_id);
-        }
-        if now_empty {
-            if let Some(mut t) = st.iommu.take() {
-                self.release_type1(&mut t);
-            }
-            self.vaddr_valid.notify_all();
-        }
-    }
-
-    /// The container file was closed and no group holds it any more.
-    pub fn close(&self) {
-        let mut st = self.lock();
-        st.closed = true;
-        st.external_devices.clear();
-        if let Some(mut t) = st.iommu.take() {
-            self.release_type1(&mut t);
-        }
-        self.vaddr_valid.notify_all();
-    }
-
-    // ---- type1 group attach / detach -------------------------------------
-
-    fn attach_to_type1(&self, t: &mut Type1, group: &Arc<Group>) -> Result<()> {
-        if t.domains
-            .iter()
-            .any(|d| d.groups.iter().any(|g| g.group.id == group.id))
-            || t.emulated_groups.iter().any(|g| g.group.id == group.id)
-        {
-            return Err(VfioError::Invalid("group already attached"));
-        }
-        let unit = match &group.kind {
-            GroupKind::Emulated => {
-                // An emulated group cannot dirty memory directly; it only
-                // uses interfaces that track what they touch.
-                t.emulated_groups.push(AttachedGroup {
-                    group: group.clone(),
-                    pinned_page_dirty_scope: true,
-                });
-                return Ok(());
-            }
-            GroupKind::Iommu(unit) => unit.clone(),
-        };
-
-        let new_domain = unit
-            .alloc_domain(self.mem.clone())
-            .map_err(|_| VfioError::Io("cannot allocate an IOMMU domain"))?;
-        if t.nesting {
-            // VT-d (6.1) has no enable_nesting: iommu_enable_nesting fails.
-            return Err(VfioError::Invalid("IOMMU does not support nesting"));
-        }
-        attach_devices(&unit, group, &new_domain)?;
-
-        let result = self.attach_checked(t, group, &unit, new_domain.clone());
-        if result.is_err() {
-            detach_devices(&unit, group);
-        }
-        result
-    }
-
-    /// The part of attach after the group's devices point at `new_domain`;
-    /// on error the caller detaches the devices again. Nothing in `t`
-    /// changes unless everything succeeds.
-    fn attach_checked(
-        &self,
-        t: &mut Type1,
-        group: &Arc<Group>,
-        unit: &Arc<dyn IommuUnit>,
-        new_domain: Arc<dyn DomainOps>,
-    ) -> Result<()> {
-        let (aper_start, aper_end) = new_domain.aperture();
-        if aperture_conflict(t, aper_start, aper_end) {
-            return Err(VfioError::Invalid("existing mapping outside the aperture"));
-        }
-        let resv = group.reserved_regions();
-        if resv_conflict(t, &resv) {
-            return Err(VfioError::Invalid("existing mapping in a reserved region"));
-        }
-        // Work on a copy; install it only when everything succeeded.
-        let mut iova_copy = t.iova_list.clone();
-        iova_copy.resize_to_aperture(aper_start, aper_end);
-        iova_copy.exclude_reserved(&resv)?;
-
-        let enforce_cc = new_domain.enforce_cache_coherency();
-        let attached = AttachedGroup {
-            group: group.clone(),
-            pinned_page_dirty_scope: false,
-        };
-
-        // Reuse a compatible domain when the unit accepts it.
-        for d in t.domains.iter_mut() {
-            if d.enforce_cache_coherency != enforce_cc {
-                continue;
-            }
-            detach_devices(unit, group);
-            if attach_devices(unit, group, &d.ops).is_ok() {
-                d.groups.push(attached);
-                t.iova_list = iova_copy;
-                t.num_non_pinned_groups += 1;
-                return Ok(());
-            }
-            attach_devices(unit, group, &new_domain)?;
-        }
-
-        self.replay(t, &new_domain)?;
-        t.domains.push(DomainEntry {
-            ops: new_domain,
-            unit: unit.clone(),
-            groups: vec![attached],
-            enforce_cache_coherency: enforce_cc,
-        });
-        update_pgsize_bitmap(t);
-        t.iova_list = iova_copy;
-        // An IOMMU-backed group can dirty memory directly: it demotes the
-        // dirty scope until it declares itself through the pinning API.
-        t.num_non_pinned_groups += 1;
-        Ok(())
-    }
-
-    /// Maps every existing mapping into a new domain, pinning what is not
-    /// pinned yet (type1's `vfio_iommu_replay`). All or nothing.
-    fn replay(&self, t: &mut Type1, domain: &Arc<dyn DomainOps>) -> Result<()> {
-        self.wait_all_valid(t)?;
-        let limit = self.mem.lock_policy().limit_pages;
-        // (iova, bytes mapped in the new domain, newly pinned, pages charged)
-        let mut done: Vec<(u64, u64, bool, u64)> = Vec::new();
-        let mut failure = None;
-        for dma in t.dmas.iter() {
-            if dma.iommu_mapped {
-                // Already pinned for another domain: map the same pages.
-                if let Err(e) = domain.map(dma.iova, dma.pinned_vaddr, dma.size, dma.prot) {
-                    failure = Some(VfioError::from(e));
-                    break;
-                }
-                done.push((dma.iova, dma.size, false, 0));
-            } else {
-                let policy = LockPolicy {
-                    cap_ipc_lock: dma.lock_cap,
-                    limit_pages: limit,
-                };
-                match self.pin_and_map(dma, std::slice::from_ref(domain), policy) {
-                    Ok(charged) => done.push((dma.iova, dma.size, true, charged)),
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-        }
-        if let Some(e) = failure {
-            for (iova, size, pinned, charged) in done.into_iter().rev() {
-                unmap_all_of(domain.as_ref(), iova, size);
-                domain.flush(iova, size);
-                if pinned {
-                    if let Some(dma) = t.dmas.get(iova) {
-                        self.mem.unpin(dma.vaddr, size);
-                    }
-                    self.mem.account().uncharge(charged);
-                }
-            }
-            return Err(e);
-        }
-        for (iova, _, pinned, charged) in done {
-            if let Some(dma) = t.dmas.get_mut(iova) {
-                if pinned {
-                    dma.pinned_vaddr = dma.vaddr;
-                    // Pages pinned externally were accounted already.
-                    dma.locked_pages += charged;
-                }
-                dma.iommu_mapped = true;
-            }
-        }
-        Ok(())
-    }
-
-    fn detach_from_type1(&self, t: &mut Type1, group_id: u32) {
-        if let Some(pos) = t
-            .emulated_groups
-            .iter()
-            .position(|g| g.group.id == group_id)
-        {
-            t.emulated_groups.remove(pos);
-            if t.emulated_groups.is_empty() && t.domains.is_empty() {
-                self.unmap_unpin_all(t);
-            }
-            return;
-        }
-        let Some(di) = t
-            .domains
-            .iter()
-            .position(|d| d.groups.iter().any(|g| g.group.id == group_id))
-        else {
-            return;
-        };
-        let mut iova_copy = t.iova_list.clone();
-        let domain = &mut t.domains[di];
-        let Some(gi) = domain.groups.iter().position(|g| g.group.id == group_id) else {
-            return;
-        };
-        let attached = domain.groups.remove(gi);
-        detach_devices(&domain.unit, &attached.group);
-
-        if domain.groups.is_empty() {
-            if t.domains.len() == 1 {
-                if t.emulated_groups.is_empty() {
-                    self.unmap_unpin_all(t);
-                } else {
-                    self.unmap_unpin_reaccount(t);
-                }
-            }
-            let gone = t.domains.remove(di);
-            // Mappings stay in the other domains; drop them from this one.
-            if !t.domains.is_empty() {
-                for dma in t.dmas.iter().filter(|d| d.iommu_mapped) {
-                    unmap_all_of(gone.ops.as_ref(), dma.iova, dma.size);
-                }
-                gone.ops.flush(0, u64::MAX);
-            }
-            let (start, end) = t.domains.iter().fold((0u64, u64::MAX), |(s, e), d| {
-                let (a, b) = d.ops.aperture();
-                (s.max(a), e.min(b))
-            });
-            iova_copy.expand_to_aperture(start, end);
-            update_pgsize_bitmap(t);
-        }
-
-        // Recompute on the copy; keep the old list if that fails.
-        let resv: Vec<ResvRegion> = t
-            .domains
-            .iter()
-            .flat_map(|d| d.groups.iter())
-            .flat_map(|g| g.group.reserved_regions())
-            .collect();
-        if iova_copy.refresh(&resv).is_ok() {
-            t.iova_list = iova_copy;
-        }
-
-        if !attached.pinned_page_dirty_scope {
-            t.num_non_pinned_groups = t.num_non_pinned_groups.saturating_sub(1);
-            // The pages may have been dirtied by the departed group.
-            if t.dirty_tracking {
-                for dma in t.dmas.iter_mut() {
-                    if let Some(bm) = dma.bitmap.as_mut() {
-                        dirty::set_all(bm, dma.size / min_pgsize(t.pgsize_bitmap));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Releases the driver data: every mapping is unmapped and unpinned and
-    /// the domains are freed (type1's release).
-    fn release_type1(&self, t: &mut Type1) {
-        self.unmap_unpin_all(t);
-        for d in t.domains.drain(..) {
-            for g in &d.groups {
-                detach_devices(&d.unit, &g.group);
-            }
-        }
-        t.emulated_groups.clear();
-    }
-
-    fn unmap_unpin_all(&self, t: &mut Type1) {
-        for iova in t.dmas.keys() {
-            self.remove_dma(t, iova);
-        }
-    }
-
-    /// The last IOMMU-backed domain goes while emulated groups remain: unpin
-    /// everything the domain pinned and keep accounted only the pages still
-    /// pinned externally (type1's `vfio_iommu_unmap_unpin_reaccount`), one
-    /// accounting update per mapping.
-    fn unmap_unpin_reaccount(&self, t: &mut Type1) {
-        let domains: Vec<Arc<dyn DomainOps>> = t.domains.iter().map(|d| d.ops.clone()).collect();
-        for dma in t.dmas.iter_mut() {
-            if !dma.iommu_mapped {
-                continue;
-            }
-            for d in &domains {
-                unmap_all_of(d.as_ref(), dma.iova, dma.size);
-                d.flush(dma.iova, dma.size);
-            }
-            self.mem.unpin(dma.pinned_vaddr, dma.size);
-            let still_pinned = dma.ext_pins.pinned_pages();
-            self.mem
-                .account()
-                .uncharge(dma.locked_pages.saturating_sub(still_pinned));
-            dma.locked_pages = still_pinned;
-            dma.iommu_mapped = false;
-        }
-    }
-
-    /// Waits until no mapping has an invalid vaddr (type1's
-    /// `vfio_wait_all_valid`). Fails with EFAULT if the container goes away.
-    fn wait_all_valid(&self, t: &Type1) -> Result<()> {
-        if t.vaddr_invalid_count == 0 {
-            return Ok(());
-        }
-        // Waiting needs the state lock released, which `t` holds: report
-        // EFAULT, and `attach_group` waits for the update and retries.
-        Err(VfioError::Fault)
-    }
-
-    // ---- map / unmap ------------------------------------------------------
-
-    /// `VFIO_IOMMU_MAP_DMA` after the ABI checks (argsz, unknown flags).
-    pub fn map_dma(&self, iova: u64, vaddr: u64, size: u64, flags: u32) -> Result<()> {
-        let mut st = self.lock();
-        let Some(t) = st.iommu.as_mut() else {
-            return Err(VfioError::Invalid("no IOMMU set"));
-        };
-        let set_vaddr = flags & MAP_FLAG_VADDR != 0;
-        let prot = Prot {
-            read: flags & MAP_FLAG_READ != 0,
-            write: flags & MAP_FLAG_WRITE != 0,
-        };
-        let has_prot = prot.read || prot.write;
-        if has_prot == set_vaddr {
-            return Err(VfioError::Invalid("need exactly one of prot and VADDR"));
-        }
-        let pgsize = min_pgsize(t.pgsize_bitmap);
-        if size == 0 || (size | iova | vaddr) & (pgsize - 1) != 0 {
-            return Err(VfioError::Invalid("size zero or not page aligned"));
-        }
-        if iova.checked_add(size - 1).is_none() || vaddr.checked_add(size - 1).is_none() {
-            return Err(VfioError::Invalid("address wraps"));
-        }
-
-        if set_vaddr {
-            let Some(dma) = t.dmas.find(iova, size) else {
-                return Err(VfioError::NoEntry);
-            };
-            if !dma.vaddr_invalid || dma.iova != iova || dma.size != size {
-                return Err(VfioError::Invalid(
-                    "vaddr update must match an invalidated mapping",
-                ));
-            }
-            if let Some(dma) = t.dmas.get_mut(iova) {
-                dma.vaddr = vaddr;
-                dma.vaddr_invalid = false;
-            }
-            t.vaddr_invalid_count = t.vaddr_invalid_count.saturating_sub(1);
-            self.vaddr_valid.notify_all();
-            return Ok(());
-        }
-        if t.dmas.find(iova, size).is_some() {
-            return Err(VfioError::Exists);
-        }
-        if t.dma_avail == 0 {
-            return Err(VfioError::NoSpace);
-        }
-        if !t.iova_list.allows(iova, iova + (size - 1)) {
-            return Err(VfioError::Invalid("IOVA outside the valid ranges"));
-        }
-
-        // CAP_IPC_LOCK is sampled once, at map time, and kept per mapping.
-        let policy = self.mem.lock_policy();
-        let mut dma = Dma {
-            iova,
-            size,
-            vaddr,
-            prot,
-            vaddr_invalid: false,
-            lock_cap: policy.cap_ipc_lock,
-            iommu_mapped: false,
-            pinned_vaddr: vaddr,
-            locked_pages: 0,
-            bitmap: None,
-            ext_pins: PinTracker::new(),
-        };
-        if t.dirty_tracking {
-            // Before pinning: nothing to undo (see dirty::check_bitmap_alloc).
-            dirty::check_bitmap_alloc(size / pgsize)?;
-        }
-        // Without an IOMMU-backed domain nothing is pinned until a device asks.
-        if !t.domains.is_empty() {
-            let domains: Vec<Arc<dyn DomainOps>> =
-                t.domains.iter().map(|d| d.ops.clone()).collect();
-            dma.locked_pages = self.pin_and_map(&dma, &domains, policy)?;
-            dma.iommu_mapped = true;
-        }
-        if t.dirty_tracking {
-            dma.bitmap = Some(dirty::new_bitmap(size / pgsize));
-        }
-        t.dma_avail -= 1;
-        t.dmas.insert(dma);
-        Ok(())
-    }
-
-    /// Charges, pins and maps `dma` into `domains`; returns the pages
-    /// charged. All or nothing.
-    fn pin_and_map(
-        &self,
-        dma: &Dma,
-        domains: &[Arc<dyn DomainOps>],
-        policy: LockPolicy,
-    ) -> Result<u64> {
-        // Pages already accounted for external pins (no IOMMU domain existed
-        // when they were pinned) are not counted twice (type1 skips pages
-        // on the vpfn list).
-        let pages = page_pages(dma.size).saturating_sub(dma.locked_pages);
-        // One accounting update for the whole mapping (seed 000), made before
-        // pinning so that concurrent maps cannot both pass the limit.
-        self.mem
-            .account()
-            .charge(pages, policy)
-            .map_err(over_limit)?;
-        let mut mapped_end = dma.iova;
-        let mut iommu_error: Option<VfioError> = None;
-        let pin_result = self.mem.pin(
-            dma.vaddr,
-            dma.size,
-            dma.prot.write,
-            &mut |run: PinnedRun| {
-                let iova = dma.iova + (run.vaddr - dma.vaddr);
-                for (i, d) in domains.iter().enumerate() {
-                    if let Err(e) = d.map(iova, run.vaddr, run.len, dma.prot) {
-                        for undo in &domains[..i] {
-                            unmap_all_of(undo.as_ref(), iova, run.len);
-                        }
-                        iommu_error = Some(e.into());
-                        return Err(MemError::Unreachable);
-                    }
-                }
-                mapped_end = iova + run.len;
-                Ok(())
-            },
-        );
-        if let Err(e) = pin_result {
-            let size = mapped_end - dma.iova;
-            if size > 0 {
-                for d in domains {
-                    unmap_all_of(d.as_ref(), dma.iova, size);
-                    d.flush(dma.iova, size);
-                }
-            }
-            self.mem.account().uncharge(pages);
-            return Err(iommu_error.unwrap_or(VfioError::Memory(e)));
-        }
-        Ok(pages)
-    }
-
-    /// Unmaps, flushes (waiting out in-flight DMA), unpins and unaccounts a
-    /// mapping, and removes it. Order matters: after this returns no device
-    /// can reach the pages.
-    fn remove_dma(&self, t: &mut Type1, iova: u64) -> Option<Dma> {
-        let mut dma = t.dmas.remove(iova)?;
-        if dma.iommu_mapped {
-            for d in &t.domains {
-                unmap_all_of(d.ops.as_ref(), dma.iova, dma.size);
-            }
-            for d in &t.domains {
-                d.ops.flush(dma.iova, dma.size);
-            }
-            self.mem.unpin(dma.pinned_vaddr, dma.size);
-        }
-        // External pins a device left behind (only on release paths: an
-        // unmap notifies the devices first and fails if they keep pins):
-        // one pass over the tracker, memory unpinned in runs.
-        if !dma.ext_pins.is_empty() {
-            for (page, n) in dma.ext_pins.runs() {
-                self.mem.unpin(dma.vaddr + page * PAGE_SIZE, n * PAGE_SIZE);
-            }
-            dma.ext_pins.clear();
-        }
-        // One accounting update for the mapping and its external pins.
-        self.mem.account().uncharge(dma.locked_pages);
-        if dma.vaddr_invalid {
-            t.vaddr_invalid_count = t.vaddr_invalid_count.saturating_sub(1);
-        }
-        t.dma_avail = t.dma_avail.saturating_add(1);
-        Some(dma)
-    }
-
-    /// `VFIO_IOMMU_UNMAP_DMA` after the ABI checks. Returns the bytes
-    /// unmapped (or invalidated); on error nothing is written back.
-    ///
-    /// Mappings in the range that devices still pin externally are first
-    /// announced to every registered device's `dma_unmap` callback with the
-    /// container lock released (the devices unpin, which takes the lock),
-    /// and the whole request is checked again, as type1's `goto again`
-    /// does. A device that keeps its pins after [`UNMAP_NOTIFY_RETRIES`]
-    /// further notifications makes the unmap fail with EBUSY with nothing
-    /// removed (the kernel `BUG()`s there).
-    pub fn unmap_dma(
-        &self,
-        iova: u64,
-        size: u64,
-        flags: u32,
-        bitmap: Option<UserBitmap>,
-    ) -> Result<u64> {
-        let mut last_notified: Option<u64> = None;
-        let mut retries = 0u32;
-        loop {
-            let mut st = self.lock();
-            match self.unmap_dma_locked(&mut st, iova, size, flags, bitmap)? {
-                UnmapStep::Done(unmapped) => return Ok(unmapped),
-                UnmapStep::Notify(dma_iova, dma_size) => {
-                    if last_notified == Some(dma_iova) {
-                        retries += 1;
-                        if retries > UNMAP_NOTIFY_RETRIES {
-                            tracing::warn!(
-                                iova = dma_iova,
-                                size = dma_size,
-                                "a device keeps external pins after {UNMAP_NOTIFY_RETRIES} unmap notifications"
-                            );
-                            return Err(VfioError::Busy(
-                                "a device did not unpin the pages it pins in the range",
-                            ));
-                        }
-                    } else {
-                        last_notified = Some(dma_iova);
-                        retries = 0;
-                    }
-                    let callbacks: Vec<DmaUnmapFn> = st
-                        .external_devices
-                        .iter()
-                        .filter_map(|d| d.dma_unmap().cloned())
-                        .collect();
-                    drop(st);
-                    for notify in callbacks {
-                        notify(dma_iova, dma_size);
-                    }
-                }
-            }
-        }
-    }
-
-    /// One pass of [`Container::unmap_dma`] under the lock.
-    fn unmap_dma_locked(
-        &self,
-        st: &mut State,
-        iova: u64,
-        size: u64,
-        flags: u32,
-        bitmap: Option<UserBitmap>,
-    ) -> Result<UnmapStep> {
-        let Some(t) = st.iommu.as_mut() else {
-            return Err(VfioError::Invalid("no IOMMU set"));
-        };
-        let unmap_all = flags & UNMAP_FLAG_ALL != 0;
-        let invalidate_vaddr = flags & UNMAP_FLAG_VADDR != 0;
-        let pgsize = min_pgsize(t.pgsize_bitmap);
-
-        if iova & (pgsize - 1) != 0 {
-            return Err(VfioError::Invalid("unaligned iova"));
-        }
-        let size = if unmap_all {
-            if iova != 0 || size != 0 {
-                return Err(VfioError::Invalid("UNMAP_ALL takes no range"));
-            }
-            u64::MAX
-        } else {
-            if size == 0 || size & (pgsize - 1) != 0 || iova.checked_add(size - 1).is_none() {
-                return Err(VfioError::Invalid("bad size"));
-            }
-            size
-        };
-        let bitmap = if flags & UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
-            match bitmap {
-                Some(b) if t.dirty_tracking && b.pgsize == pgsize => Some(b),
-                _ => {
-                    return Err(VfioError::Invalid(
-                        "dirty bitmap needs tracking and min pgsize",
-                    ))
-                }
-            }
-        } else {
-            None
-        };
-        // Mediated devices cannot pin or rw safely while a vaddr is being
-        // updated (later kernels refuse this with EBUSY too).
-        if invalidate_vaddr && !t.emulated_groups.is_empty() {
-            return Err(VfioError::Busy("vaddr invalidation with mediated devices"));
-        }
-
-        // v2 never bisects a mapping: the range must cover whole mappings.
-        if t.v2 && !unmap_all {
-            if let Some(d) = t.dmas.find(iova, 1) {
-                if d.iova != iova {
-                    return Err(VfioError::Invalid("unmap would bisect a mapping"));
-                }
-            }
-            if let Some(d) = t.dmas.find(iova + (size - 1), 0) {
-                if d.end() != iova.wrapping_add(size) {
-                    return Err(VfioError::Invalid("unmap would bisect a mapping"));
-                }
-            }
-        }
-
-        let Some(first) = t.dmas.first_from(iova, size) else {
-            return Ok(UnmapStep::Done(0));
-        };
-        let range_end = u128::from(iova) + u128::from(size);
-        let mut unmapped: u64 = 0;
-        // The mappings this request covers (v1 stops at one starting before
-        // the range).
-        let keys: Vec<u64> = t
-            .dmas
-            .keys_between(first, range_end)
-            .take_while(|k| t.v2 || iova <= *k)
-            .collect();
-
-        if invalidate_vaddr {
-            let mut touched = Vec::new();
-            for key in keys {
-                let Some(dma) = t.dmas.get_mut(key) else {
-                    break;
-                };
-                // Beyond the kernel: external pins were taken at the old
-                // address, so their mapping keeps it.
-                let pinned = !dma.ext_pins.is_empty();
-                if dma.vaddr_invalid || pinned {
-                    // Roll back what this call invalidated.
-                    for k in touched {
-                        if let Some(d) = t.dmas.get_mut(k) {
-                            d.vaddr_invalid = false;
-                            t.vaddr_invalid_count -= 1;
-                        }
-                    }
-                    return Err(if pinned {
-                        VfioError::Busy("mapping has external pins")
-                    } else {
-                        VfioError::Invalid("vaddr already invalid")
-                    });
-                }
-                dma.vaddr_invalid = true;
-                t.vaddr_invalid_count += 1;
-                unmapped += dma.size;
-                touched.push(key);
-            }
-            return Ok(UnmapStep::Done(unmapped));
-        }
-
-        // Devices must let go of what they pin before anything is removed.
-        if let Some(d) = keys
-            .iter()
-            .filter_map(|k| t.dmas.get(*k))
-            .find(|d| !d.ext_pins.is_empty())
-        {
-            return Ok(UnmapStep::Notify(d.iova, d.size));
-        }
-
-        let pinned_dirty_all = t.num_non_pinned_groups > 0;
-        let pgshift = pgsize.trailing_zeros();
-        let domains: Vec<Arc<dyn DomainOps>> = t.domains.iter().map(|d| d.ops.clone()).collect();
-        for key in keys {
-            let Some(dma) = t.dmas.get(key) else { break };
-            if let Some(b) = bitmap {
-                let nbits = dma.size >> pgshift;
-                let bits = self.dirty_bits(&domains, dma, pgshift, pinned_dirty_all);
-                let bit_offset = (dma.iova - iova) >> pgshift;
-                dirty::copy_to_user(self.mem.as_ref(), b.data, &bits, nbits, bit_offset)?;
-            }
-            unmapped += dma.size;
-            self.remove_dma(t, key);
-        }
-        Ok(UnmapStep::Done(unmapped))
     }
 
     // ---- info and dirty tracking -----------------------------------------
@@ -980,703 +219,41 @@ impl Container {
         let Some(t) = st.iommu.as_ref() else {
             return Err(VfioError::Invalid("no IOMMU set"));
         };
-        Ok(Type1Info {
-            pgsize_bitmap: t.pgsize_bitmap,
-            dma_avail: t.dma_avail,
-            iova_ranges: t.iova_list.ranges().to_vec(),
-            migration_pgsize_bitmap: min_pgsize(t.pgsize_bitmap),
-            max_dirty_bitmap_size: DIRTY_BITMAP_SIZE_MAX,
-        })
+        Ok(t.info())
     }
 
     /// Is the container type1 v2 (or nesting)?
     pub fn is_v2(&self) -> Option<bool> {
-        self.lock().iommu.as_ref().map(|t| t.v2)
-    }
-
-    /// `VFIO_IOMMU_DIRTY_PAGES_FLAG_START`. Starting twice is a no-op.
-    pub fn dirty_start(&self) -> Result<()> {
-        let mut st = self.lock();
-        let Some(t) = st.iommu.as_mut() else {
-            return Err(VfioError::Invalid("no IOMMU set"));
-        };
-        if !t.v2 {
-            return Err(VfioError::Access("dirty tracking needs type1v2"));
-        }
-        if t.dirty_tracking {
-            return Ok(());
-        }
-        let pgsize = min_pgsize(t.pgsize_bitmap);
-        // Refuse before allocating any bitmap (see dirty::check_bitmap_alloc).
-        for dma in t.dmas.iter() {
-            dirty::check_bitmap_alloc(dma.size / pgsize)?;
-        }
-        for dma in t.dmas.iter_mut() {
-            // Pages pinned externally count as dirty from the start
-            // (type1's `vfio_dma_populate_bitmap`).
-            dma.bitmap = Some(pinned_bitmap(dma, pgsize));
-        }
-        if self.cfg.precise_dirty {
-            // Start from clean IOMMU dirty bits: only later writes count.
-            for d in &t.domains {
-                for dma in t.dmas.iter() {
-                    d.ops.read_and_clear_dirty(dma.iova, dma.size, &mut |_| {});
-                }
-            }
-        }
-        t.dirty_tracking = true;
-        Ok(())
-    }
-
-    /// `VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP`. Stopping twice is a no-op.
-    pub fn dirty_stop(&self) -> Result<()> {
-        let mut st = self.lock();
-        let Some(t) = st.iommu.as_mut() else {
-            return Err(VfioError::Invalid("no IOMMU set"));
-        };
-        if !t.v2 {
-            return Err(VfioError::Access("dirty tracking needs type1v2"));
-        }
-        if t.dirty_tracking {
-            t.dirty_tracking = false;
-            for dma in t.dmas.iter_mut() {
-                dma.bitmap = None;
-            }
-        }
-        Ok(())
-    }
-
-    /// `VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP` after the ABI checks: writes
-    /// the dirty bits of `[iova, iova + size)` to the user bitmap.
-    pub fn dirty_get_bitmap(&self, iova: u64, size: u64, bitmap: UserBitmap) -> Result<()> {
-        let mut st = self.lock();
-        let Some(t) = st.iommu.as_mut() else {
-            return Err(VfioError::Invalid("no IOMMU set"));
-        };
-        if !t.v2 {
-            return Err(VfioError::Access("dirty tracking needs type1v2"));
-        }
-        let pgsize = min_pgsize(t.pgsize_bitmap);
-        if bitmap.pgsize != pgsize {
-            return Err(VfioError::Invalid(
-                "bitmap pgsize must be the minimum IOMMU page size",
-            ));
-        }
-        if iova & (pgsize - 1) != 0 || size == 0 || size & (pgsize - 1) != 0 {
-            return Err(VfioError::Invalid("unaligned range"));
-        }
-        if !t.dirty_tracking {
-            return Err(VfioError::Invalid("dirty tracking not started"));
-        }
-        // The range must not bisect a mapping.
-        if let Some(d) = t.dmas.find(iova, 1) {
-            if d.iova != iova {
-                return Err(VfioError::Invalid("range bisects a mapping"));
-            }
-        }
-        let last = iova.wrapping_add(size).wrapping_sub(1);
-        if let Some(d) = t.dmas.find(last, 0) {
-            if d.end() != iova.wrapping_add(size) {
-                return Err(VfioError::Invalid("range bisects a mapping"));
-            }
-        }
-        let pgshift = pgsize.trailing_zeros();
-        let all_dirty = t.num_non_pinned_groups > 0;
-        let domains: Vec<Arc<dyn DomainOps>> = t.domains.iter().map(|d| d.ops.clone()).collect();
-        for key in t.dmas.keys_starting_in(iova, size) {
-            let Some(dma) = t.dmas.get_mut(key) else {
-                continue;
-            };
-            let nbits = dma.size >> pgshift;
-            let bits = self.dirty_bits(&domains, dma, pgshift, all_dirty);
-            let bit_offset = (dma.iova - iova) >> pgshift;
-            let res = dirty::copy_to_user(self.mem.as_ref(), bitmap.data, &bits, nbits, bit_offset);
-            // Reported pages start clean again, except those still pinned
-            // externally, which stay dirty (type1 re-populates them).
-            dma.bitmap = Some(pinned_bitmap(dma, pgsize));
-            res?;
-        }
-        Ok(())
-    }
-
-    /// The dirty bits to report for `dma`: its own bitmap (pages dirtied
-    /// through the pinning interfaces) plus, while a group that can write
-    /// memory directly is attached, every mapped page (type1) or, in precise
-    /// mode, the pages whose IOMMU dirty bit is set (cleared as read).
-    fn dirty_bits(
-        &self,
-        domains: &[Arc<dyn DomainOps>],
-        dma: &Dma,
-        pgshift: u32,
-        direct_writers: bool,
-    ) -> Vec<u64> {
-        let nbits = dma.size >> pgshift;
-        let mut bits = dma
-            .bitmap
-            .clone()
-            .unwrap_or_else(|| dirty::new_bitmap(nbits));
-        if direct_writers && dma.iommu_mapped {
-            if self.cfg.precise_dirty {
-                for d in domains {
-                    d.read_and_clear_dirty(dma.iova, dma.size, &mut |page_iova| {
-                        dirty::set_bit(&mut bits, (page_iova - dma.iova) >> pgshift);
-                    });
-                }
-            } else {
-                dirty::set_all(&mut bits, nbits);
-            }
-        }
-        bits
+        self.lock().iommu.as_ref().map(|t| t.is_v2())
     }
 
     // ---- idiomatic API for Rust callers -----------------------------------
 
-    /// Maps `size` bytes of user memory at `vaddr` to `iova` with `prot`.
+    /// `VFIO_IOMMU_MAP_DMA`: maps `size` bytes of user memory at `vaddr`
+    /// to `iova`, devices allowed `prot` (at least one of read and write).
     pub fn map(&self, iova: u64, vaddr: u64, size: u64, prot: Prot) -> Result<()> {
-        let flags = (if prot.read { MAP_FLAG_READ } else { 0 })
-            | (if prot.write { MAP_FLAG_WRITE } else { 0 });
-        self.map_dma(iova, vaddr, size, flags)
+        self.map_dma(iova, vaddr, size, crate::type1::MapOp::Map(prot))
     }
 
     /// Unmaps the mappings in `[iova, iova + size)`; returns the bytes unmapped.
     pub fn unmap(&self, iova: u64, size: u64) -> Result<u64> {
-        self.unmap_dma(iova, size, 0, None)
+        self.unmap_dma(UnmapRange::Range { iova, size }, UnmapOp::Unmap)
     }
 
     /// Unmaps everything; returns the bytes unmapped.
     pub fn unmap_all(&self) -> Result<u64> {
-        self.unmap_dma(0, 0, UNMAP_FLAG_ALL, None)
+        self.unmap_dma(UnmapRange::All, UnmapOp::Unmap)
     }
 
     /// Marks the vaddr of the mappings in `[iova, iova + size)` invalid
     /// (live update); DMA keeps working. Returns the bytes invalidated.
     pub fn invalidate_vaddr(&self, iova: u64, size: u64) -> Result<u64> {
-        self.unmap_dma(iova, size, UNMAP_FLAG_VADDR, None)
+        self.unmap_dma(UnmapRange::Range { iova, size }, UnmapOp::InvalidateVaddr)
     }
 
-    /// Gives an invalidated mapping its new user address.
+    /// `VFIO_IOMMU_MAP_DMA` with `VFIO_DMA_MAP_FLAG_VADDR`: gives an
+    /// invalidated mapping its new user address.
     pub fn update_vaddr(&self, iova: u64, vaddr: u64, size: u64) -> Result<()> {
-        self.map_dma(iova, vaddr, size, MAP_FLAG_VADDR)
-    }
-
-    // ---- introspection ----------------------------------------------------
-
-    /// A serialisable view of the container for `inspect` and tests.
-    pub fn snapshot(&self) -> ContainerSnapshot {
-        let st = self.lock();
-        let groups = st.groups.iter().map(|g| g.id).collect();
-        let Some(t) = st.iommu.as_ref() else {
-            return ContainerSnapshot {
-                id: self.id,
-                iommu: None,
-                groups,
-                mappings: Vec::new(),
-                domains: Vec::new(),
-                iova_ranges: Vec::new(),
-                dma_avail: 0,
-                dirty_tracking: false,
-                locked_pages: self.mem.account().locked_pages(),
-                pins: self.mem.stats(),
-            };
-        };
-        ContainerSnapshot {
-            id: self.id,
-            iommu: Some(if t.nesting {
-                "type1-nesting"
-            } else if t.v2 {
-                "type1v2"
-            } else {
-                "type1"
-            }),
-            groups,
-            mappings: t
-                .dmas
-                .iter()
-                .map(|d| MappingView {
-                    iova: d.iova,
-                    size: d.size,
-                    vaddr: d.vaddr,
-                    read: d.prot.read,
-                    write: d.prot.write,
-                    vaddr_invalid: d.vaddr_invalid,
-                    iommu_mapped: d.iommu_mapped,
-                    locked_pages: d.locked_pages,
-                    external_pinned_pages: d.ext_pins.pinned_pages(),
-                })
-                .collect(),
-            domains: t
-                .domains
-                .iter()
-                .map(|d| {
-                    let (n4k, n2m, n1g) = d.ops.leaf_counts();
-                    DomainView {
-                        id: d.ops.id(),
-                        unit: d.unit.name(),
-                        groups: d.groups.iter().map(|g| g.group.id).collect(),
-                        enforce_cache_coherency: d.enforce_cache_coherency,
-                        pgsize_bitmap: d.ops.pgsize_bitmap(),
-                        leaf_entries_4k: n4k,
-                        leaf_entries_2m: n2m,
-                        leaf_entries_1g: n1g,
-                    }
-                })
-                .collect(),
-            iova_ranges: t.iova_list.ranges().to_vec(),
-            dma_avail: t.dma_avail,
-            dirty_tracking: t.dirty_tracking,
-            locked_pages: self.mem.account().locked_pages(),
-            pins: self.mem.stats(),
-        }
-    }
-}
-
-/// What one locked pass of an unmap decided.
-enum UnmapStep {
-    /// Finished: the bytes unmapped (or invalidated).
-    Done(u64),
-    /// The mapping `(iova, size)` is pinned externally: notify the devices
-    /// and try again.
-    Notify(u64, u64),
-}
-
-/// A mapping as `inspect` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct MappingView {
-    pub iova: u64,
-    pub size: u64,
-    pub vaddr: u64,
-    pub read: bool,
-    pub write: bool,
-    pub vaddr_invalid: bool,
-    pub iommu_mapped: bool,
-    pub locked_pages: u64,
-    /// Pages pinned through the external API (mediated devices).
-    pub external_pinned_pages: u64,
-}
-
-/// A domain as `inspect` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DomainView {
-    pub id: u32,
-    pub unit: String,
-    pub groups: Vec<u32>,
-    pub enforce_cache_coherency: bool,
-    pub pgsize_bitmap: u64,
-    pub leaf_entries_4k: u64,
-    pub leaf_entries_2m: u64,
-    pub leaf_entries_1g: u64,
-}
-
-/// The state of a container.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ContainerSnapshot {
-    pub id: u64,
-    pub iommu: Option<&'static str>,
-    pub groups: Vec<u32>,
-    pub mappings: Vec<MappingView>,
-    pub domains: Vec<DomainView>,
-    pub iova_ranges: Vec<IovaRange>,
-    pub dma_avail: u32,
-    pub dirty_tracking: bool,
-    pub locked_pages: u64,
-    pub pins: crate::memory::PinStats,
-}
-
-fn attach_devices(
-    unit: &Arc<dyn IommuUnit>,
-    group: &Group,
-    domain: &Arc<dyn DomainOps>,
-) -> Result<()> {
-    let rids: Vec<u16> = group.devices.iter().filter_map(|d| d.rid).collect();
-    for (i, rid) in rids.iter().enumerate() {
-        if let Err(e) = unit.attach_device(*rid, domain) {
-            for done in &rids[..i] {
-                unit.detach_device(*done);
-            }
-            return Err(e.into());
-        }
-    }
-    Ok(())
-}
-
-fn detach_devices(unit: &Arc<dyn IommuUnit>, group: &Group) {
-    // A domain may be shared by groups behind different units: each group
-    // leaves through its own unit, not the one the domain was made on.
-    let unit = match &group.kind {
-        GroupKind::Iommu(own) => own,
-        GroupKind::Emulated => unit,
-    };
-    for rid in group.devices.iter().filter_map(|d| d.rid) {
-        unit.detach_device(rid);
-    }
-}
-
-/// Removes every translation of `[iova, iova + size)`, looping over
-/// `iommu_unmap`'s partial results.
-fn unmap_all_of(domain: &dyn DomainOps, iova: u64, size: u64) {
-    let mut done = 0u64;
-    while done < size {
-        let n = domain.unmap(iova + done, size - done);
-        if n == 0 {
-            // A hole: skip a page and keep going (mapped pieces may follow).
-            done += PAGE_SIZE;
-        } else {
-            done += n;
-        }
-    }
-}
-
-/// A fresh dirty bitmap of `dma` with its externally pinned pages set.
-fn pinned_bitmap(dma: &Dma, pgsize: u64) -> Vec<u64> {
-    let mut bits = dirty::new_bitmap(dma.size / pgsize);
-    let pgshift = pgsize.trailing_zeros();
-    for page in dma.ext_pins.pages() {
-        dirty::set_bit(&mut bits, (page * PAGE_SIZE) >> pgshift);
-    }
-    bits
-}
-
-fn update_pgsize_bitmap(t: &mut Type1) {
-    let mut bitmap = u64::MAX;
-    for d in &t.domains {
-        bitmap &= d.ops.pgsize_bitmap();
-    }
-    // Sizes below the CPU page cannot be pinned: fold them into PAGE_SIZE.
-    if bitmap & (PAGE_SIZE - 1) != 0 {
-        bitmap &= !(PAGE_SIZE - 1);
-        bitmap |= PAGE_SIZE;
-    }
-    if t.domains.is_empty() {
-        bitmap = !(PAGE_SIZE - 1);
-    }
-    t.pgsize_bitmap = bitmap;
-}
-
-/// Would a new aperture leave an existing mapping outside? (type1's
-/// `vfio_iommu_aper_conflict`, checked against the current list's bounds.)
-fn aperture_conflict(t: &Type1, start: u64, end: u64) -> bool {
-    let (Some(first), Some(last)) = (t.iova_list.first_start(), t.iova_list.last_end()) else {
-        return false;
-    };
-    if start > last || end < first {
-        return true;
-    }
-    if start > first && t.dmas.find(first, start - first).is_some() {
-        return true;
-    }
-    if end < last && t.dmas.find(end + 1, last - end).is_some() {
-        return true;
-    }
-    false
-}
-
-/// Does a reserved region overlap an existing mapping?
-fn resv_conflict(t: &Type1, resv: &[ResvRegion]) -> bool {
-    resv.iter().any(|r| {
-        r.kind != crate::iommu::ResvKind::DirectRelaxable
-            && t.dmas.find(r.start, r.end - r.start + 1).is_some()
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::iommu::ResvKind;
-    use crate::testing::{iommu_group, FakeUnit, VecMemory};
-    use std::sync::atomic::Ordering as AO;
-
-    const BASE: u64 = 0x7000_0000_0000;
-    const PG: u64 = PAGE_SIZE;
-    const RW: u32 = MAP_FLAG_READ | MAP_FLAG_WRITE;
-
-    fn setup(v2: bool) -> (Arc<Container>, Arc<VecMemory>, Arc<FakeUnit>, Arc<Group>) {
-        let mem = VecMemory::new(BASE, 256 * PG as usize);
-        let unit = FakeUnit::new(39);
-        let group = Arc::new(iommu_group(3, 0x18, unit.clone(), Vec::new()));
-        let c = Container::new(ContainerConfig::default(), mem.clone());
-        c.attach_group(&group).unwrap();
-        c.set_iommu(if v2 { TYPE1V2_IOMMU } else { TYPE1_IOMMU })
-            .unwrap();
-        (c, mem, unit, group)
-    }
-
-    fn errno<T: std::fmt::Debug>(r: Result<T>) -> i32 {
-        r.map(|_| 0).unwrap_or_else(|e| e.errno())
-    }
-
-    #[test]
-    fn set_iommu_rules() {
-        let mem = VecMemory::new(BASE, 16 * PG as usize);
-        let c = Container::new(ContainerConfig::default(), mem);
-        assert_eq!(errno(c.set_iommu(TYPE1V2_IOMMU)), libc::EINVAL);
-        assert_eq!(c.check_extension(TYPE1_IOMMU), 1);
-        assert_eq!(c.check_extension(TYPE1V2_IOMMU), 1);
-        assert_eq!(c.check_extension(TYPE1_NESTING_IOMMU), 1);
-        assert_eq!(c.check_extension(UNMAP_ALL), 1);
-        assert_eq!(c.check_extension(UPDATE_VADDR), 0);
-        assert_eq!(c.check_extension(DMA_CC_IOMMU), 0);
-        assert_eq!(c.check_extension(SPAPR_TCE_IOMMU), 0);
-        assert_eq!(c.check_extension(NOIOMMU_IOMMU), 0);
-        let unit = FakeUnit::new(39);
-        let g = Arc::new(iommu_group(3, 0x18, unit, Vec::new()));
-        c.attach_group(&g).unwrap();
-        assert_eq!(errno(c.set_iommu(SPAPR_TCE_IOMMU)), libc::ENODEV);
-        assert_eq!(errno(c.set_iommu(TYPE1V2_IOMMU)), 0);
-        assert_eq!(errno(c.set_iommu(TYPE1V2_IOMMU)), libc::EINVAL);
-        assert_eq!(c.check_extension(UPDATE_VADDR), 1);
-        // The fake unit does not enforce coherency.
-        assert_eq!(c.check_extension(DMA_CC_IOMMU), 0);
-    }
-
-    #[test]
-    fn info_reports_reference_iova_list() {
-        let (c, ..) = setup(true);
-        let info = c.info().unwrap();
-        assert_eq!(info.pgsize_bitmap, 0x4020_1000);
-        assert_eq!(info.dma_avail, 65535);
-        assert_eq!(
-            info.iova_ranges,
-            vec![
-                IovaRange {
-                    start: 0,
-                    end: 0xfedf_ffff
-                },
-                IovaRange {
-                    start: 0xfef0_0000,
-                    end: 0x7f_ffff_ffff
-                }
-            ]
-        );
-    }
-
-    #[test]
-    fn map_pins_maps_and_accounts_unmap_reverses() {
-        let (c, mem, unit, _) = setup(true);
-        c.map_dma(0x10_0000, BASE, 4 * PG, RW).unwrap();
-        assert_eq!(mem.account().locked_pages(), 4);
-        assert_eq!(mem.account().updates(), 1);
-        assert_eq!(mem.total_pins(), 4);
-        let d = unit.domains.lock().unwrap()[0].clone();
-        assert_eq!(d.iova_to_phys(0x10_1234), Some(BASE + 0x1234));
-        assert_eq!(c.unmap_dma(0x10_0000, 4 * PG, 0, None).unwrap(), 4 * PG);
-        assert_eq!(mem.account().locked_pages(), 0);
-        assert_eq!(mem.account().updates(), 2);
-        assert_eq!(mem.total_pins(), 0);
-        assert_eq!(d.iova_to_phys(0x10_1234), None);
-        assert_eq!(c.info().unwrap().dma_avail, 65535);
-    }
-
-    #[test]
-    fn failed_map_leaves_nothing() {
-        let (c, mem, unit, _) = setup(true);
-        // Pinning fails at the third page.
-        mem.fail_pin_after.store(2, AO::SeqCst);
-        assert_eq!(errno(c.map_dma(0x10_0000, BASE, 4 * PG, RW)), libc::EFAULT);
-        assert_eq!(mem.total_pins(), 0);
-        assert_eq!(mem.account().locked_pages(), 0);
-        let d = unit.domains.lock().unwrap()[0].clone();
-        assert!(d.pages.lock().unwrap().is_empty());
-        assert!(c.snapshot().mappings.is_empty());
-        assert_eq!(c.info().unwrap().dma_avail, 65535);
-        mem.fail_pin_after.store(u64::MAX, AO::SeqCst);
-        // The IOMMU refuses the third page.
-        d.fail_map_after.store(2, AO::SeqCst);
-        assert_eq!(errno(c.map_dma(0x10_0000, BASE, 4 * PG, RW)), libc::ENOMEM);
-        assert_eq!(mem.total_pins(), 0);
-        assert!(d.pages.lock().unwrap().is_empty());
-        assert_eq!(mem.account().locked_pages(), 0);
-    }
-
-    #[test]
-    fn accounting_limit_enomem_and_double_count() {
-        let (c, mem, ..) = setup(true);
-        *mem.policy.lock().unwrap() = LockPolicy {
-            cap_ipc_lock: false,
-            limit_pages: 32,
-        };
-        c.map_dma(0x10_0000, BASE, 16 * PG, RW).unwrap();
-        c.map_dma(0x20_0000, BASE, 16 * PG, RW).unwrap(); // same pages count again
-        assert_eq!(mem.account().locked_pages(), 32);
-        assert_eq!(
-            errno(c.map_dma(0x30_0000, BASE + 16 * PG, PG, RW)),
-            libc::ENOMEM
-        );
-        assert_eq!(mem.account().locked_pages(), 32);
-        assert_eq!(mem.pin_count(BASE), 2);
-        c.unmap_dma(0, 0, UNMAP_FLAG_ALL, None).unwrap();
-        assert_eq!(mem.account().locked_pages(), 0);
-        assert_eq!(mem.total_pins(), 0);
-    }
-
-    #[test]
-    fn attach_conflicting_reserved_region_is_refused_and_changes_nothing() {
-        let (c, mem, _unit, _) = setup(true);
-        c.map_dma(0x4000_0000, BASE, 2 * PG, RW).unwrap();
-        let before = c.info().unwrap();
-        let unit2 = FakeUnit::new(39);
-        let g2 = Arc::new(iommu_group(
-            7,
-            0x20,
-            unit2.clone(),
-            vec![ResvRegion {
-                start: 0x4000_1000,
-                end: 0x4000_1fff,
-                kind: ResvKind::Reserved,
-            }],
-        ));
-        assert_eq!(errno(c.attach_group(&g2)), libc::EINVAL);
-        assert_eq!(c.info().unwrap(), before);
-        assert_eq!(c.group_count(), 1);
-        assert_eq!(unit2.domain_of(0x20), None);
-        assert_eq!(mem.total_pins(), 2);
-    }
-
-    #[test]
-    fn attach_splits_list_and_detach_restores_it() {
-        let (c, _mem, unit, _) = setup(true);
-        let g2 = Arc::new(iommu_group(
-            7,
-            0x20,
-            unit.clone(),
-            vec![ResvRegion {
-                start: 0x8000_0000,
-                end: 0x8fff_ffff,
-                kind: ResvKind::Reserved,
-            }],
-        ));
-        let before = c.info().unwrap().iova_ranges;
-        c.attach_group(&g2).unwrap();
-        let during = c.info().unwrap().iova_ranges;
-        assert_eq!(
-            during,
-            vec![
-                IovaRange {
-                    start: 0,
-                    end: 0x7fff_ffff
-                },
-                IovaRange {
-                    start: 0x9000_0000,
-                    end: 0xfedf_ffff
-                },
-                IovaRange {
-                    start: 0xfef0_0000,
-                    end: 0x7f_ffff_ffff
-                }
-            ]
-        );
-        // Same unit, same coherency: the domain is shared.
-        assert_eq!(unit.domain_of(0x18), unit.domain_of(0x20));
-        assert_eq!(c.snapshot().domains.len(), 1);
-        assert_eq!(errno(c.map_dma(0x8000_0000, BASE, PG, RW)), libc::EINVAL);
-        c.detach_group(7);
-        assert_eq!(c.info().unwrap().iova_ranges, before);
-        assert_eq!(unit.domain_of(0x20), None);
-        assert_eq!(errno(c.map_dma(0x8000_0000, BASE, PG, RW)), 0);
-    }
-
-    #[test]
-    fn narrower_aperture_conflict_and_second_domain_replay() {
-        let (c, mem, _unit, _) = setup(true);
-        c.map_dma(0x40_0000_0000, BASE, PG, RW).unwrap(); // above 2^36
-        let narrow = FakeUnit::new(36);
-        let g2 = Arc::new(iommu_group(8, 0x28, narrow.clone(), Vec::new()));
-        assert_eq!(errno(c.attach_group(&g2)), libc::EINVAL);
-        c.unmap_dma(0x40_0000_0000, PG, 0, None).unwrap();
-        c.map_dma(0x10_0000, BASE, 2 * PG, RW).unwrap();
-        // A unit that refuses the existing 39-bit domain gets its own domain,
-        // and existing mappings are replayed into it without pinning again.
-        c.attach_group(&g2).unwrap();
-        let snap = c.snapshot();
-        assert_eq!(snap.domains.len(), 2);
-        assert_eq!(snap.iova_ranges.last().unwrap().end, (1 << 36) - 1);
-        let d2 = narrow.domains.lock().unwrap().last().unwrap().clone();
-        assert_eq!(d2.iova_to_phys(0x10_1000), Some(BASE + PG));
-        assert_eq!(mem.total_pins(), 2);
-        assert_eq!(mem.account().locked_pages(), 2);
-        c.detach_group(8);
-        assert_eq!(c.snapshot().domains.len(), 1);
-        assert_eq!(
-            c.info().unwrap().iova_ranges.last().unwrap().end,
-            (1 << 39) - 1
-        );
-        assert!(d2.pages.lock().unwrap().is_empty());
-        assert_eq!(mem.total_pins(), 2);
-    }
-
-    #[test]
-    fn failure_in_replay_rolls_back_attach() {
-        let (c, mem, _unit, _) = setup(true);
-        c.map_dma(0x10_0000, BASE, 2 * PG, RW).unwrap();
-        c.map_dma(0x20_0000, BASE + 4 * PG, 2 * PG, RW).unwrap();
-        let before = c.info().unwrap();
-        let narrow = FakeUnit::new(36);
-        // The new domain accepts one map call, then fails.
-        narrow.fail_map_after.store(1, AO::SeqCst);
-        let g2 = Arc::new(iommu_group(8, 0x28, narrow.clone(), Vec::new()));
-        assert_eq!(errno(c.attach_group(&g2)), libc::ENOMEM);
-        assert_eq!(c.info().unwrap(), before);
-        assert_eq!(c.snapshot().domains.len(), 1);
-        assert_eq!(narrow.domain_of(0x28), None);
-        let d2 = narrow.domains.lock().unwrap()[0].clone();
-        assert!(d2.pages.lock().unwrap().is_empty());
-        assert_eq!(mem.total_pins(), 4);
-        assert_eq!(mem.account().locked_pages(), 4);
-    }
-
-    #[test]
-    fn last_group_detach_releases_everything() {
-        let (c, mem, unit, _) = setup(true);
-        c.map_dma(0x10_0000, BASE, 8 * PG, RW).unwrap();
-        c.detach_group(3);
-        assert!(!c.iommu_set());
-        assert_eq!(mem.total_pins(), 0);
-        assert_eq!(mem.account().locked_pages(), 0);
-        assert_eq!(unit.domain_of(0x18), None);
-    }
-
-    #[test]
-    fn v1_unmap_semantics() {
-        let (c, ..) = setup(false);
-        c.map_dma(0x10_0000, BASE, 4 * PG, RW).unwrap();
-        assert_eq!(c.unmap_dma(0x10_1000, PG, 0, None).unwrap(), 0);
-        assert_eq!(c.unmap_dma(0x10_0000, PG, 0, None).unwrap(), 4 * PG);
-        assert_eq!(errno(c.dirty_start()), libc::EACCES);
-    }
-
-    #[test]
-    fn emulated_only_container_records_without_pinning() {
-        let mem = VecMemory::new(BASE, 16 * PG as usize);
-        let c = Container::new(ContainerConfig::default(), mem.clone());
-        let g = Arc::new(Group {
-            id: 9,
-            kind: GroupKind::Emulated,
-            devices: Vec::new(),
-            extra_reserved: Vec::new(),
-        });
-        c.attach_group(&g).unwrap();
-        c.set_iommu(TYPE1V2_IOMMU).unwrap();
-        assert!(c.info().unwrap().iova_ranges.is_empty());
-        assert_eq!(c.check_extension(UPDATE_VADDR), 0);
-        assert_eq!(c.check_extension(DMA_CC_IOMMU), 1);
-        // Any IOVA is valid with an empty list.
-        c.map_dma(0xfee0_0000, BASE, 2 * PG, RW).unwrap();
-        assert_eq!(mem.total_pins(), 0);
-        assert_eq!(mem.account().locked_pages(), 0);
-        // An IOMMU-backed group now conflicts (MSI window mapped).
-        let unit = FakeUnit::new(39);
-        let g2 = Arc::new(iommu_group(3, 0x18, unit, Vec::new()));
-        assert_eq!(errno(c.attach_group(&g2)), libc::EINVAL);
-        c.unmap_dma(0, 0, UNMAP_FLAG_ALL, None).unwrap();
-        c.map_dma(0x10_0000, BASE, 2 * PG, RW).unwrap();
-        c.attach_group(&g2).unwrap();
-        // Replay pinned and accounted the recorded mapping.
-        assert_eq!(mem.total_pins(), 2);
-        assert_eq!(mem.account().locked_pages(), 2);
-        // The IOMMU group leaves; the emulated group remains: unpinned,
-        // unaccounted, still recorded.
-        c.detach_group(3);
-        assert_eq!(mem.total_pins(), 0);
-        assert_eq!(mem.account().locked_pages(), 0);
-        assert_eq!(c.snapshot().mappings.len(), 1);
+        self.map_dma(iova, vaddr, size, crate::type1::MapOp::UpdateVaddr)
     }
 }

@@ -50,12 +50,14 @@ pub fn new_bitmap(nbits: u64) -> Vec<u64> {
     vec![0; nbits.div_ceil(64) as usize]
 }
 
+/// Sets bit `n` (a bit past the end is ignored).
 pub fn set_bit(bits: &mut [u64], n: u64) {
     if let Some(w) = bits.get_mut((n / 64) as usize) {
         *w |= 1 << (n % 64);
     }
 }
 
+/// Is bit `n` set? (false past the end)
 pub fn test_bit(bits: &[u64], n: u64) -> bool {
     bits.get((n / 64) as usize)
         .is_some_and(|w| w & (1 << (n % 64)) != 0)

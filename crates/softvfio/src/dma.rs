@@ -1,7 +1,6 @@
 //! DMA mappings (type1's `struct vfio_dma`) and the tree that holds them.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 
 use crate::external::PinTracker;
 use crate::iommu::Prot;
@@ -9,10 +8,13 @@ use crate::iommu::Prot;
 /// One `VFIO_IOMMU_MAP_DMA` mapping.
 #[derive(Debug, Clone)]
 pub struct Dma {
+    /// First IOVA.
     pub iova: u64,
+    /// Size in bytes (never 0).
     pub size: u64,
     /// The user address the mapping refers to now (may be updated).
     pub vaddr: u64,
+    /// What devices may do through it.
     pub prot: Prot,
     /// Invalidated by `VFIO_DMA_UNMAP_FLAG_VADDR`, waiting for an update.
     pub vaddr_invalid: bool,
@@ -34,112 +36,127 @@ pub struct Dma {
 }
 
 impl Dma {
-    /// Exclusive end of the mapping.
-    pub fn end(&self) -> u64 {
-        self.iova + self.size
+    /// The last byte of the mapping (inclusive, so a mapping that ends at
+    /// the top of the IOVA space has `last() == u64::MAX`). Map refuses a
+    /// size of 0 and a range that wraps, so this never saturates for a
+    /// mapping in a [`DmaTree`].
+    pub fn last(&self) -> u64 {
+        self.iova.saturating_add(self.size.saturating_sub(1))
+    }
+
+    /// Does the mapping hold the byte at `iova`?
+    pub fn contains(&self, iova: u64) -> bool {
+        self.iova <= iova && iova <= self.last()
     }
 }
 
-/// Mappings by IOVA; they never overlap.
+/// A mapping that [`DmaTree::insert`] refused, given back to the caller
+/// (who still owns its pins).
+#[derive(Debug)]
+pub struct Refused(pub Box<Dma>);
+
+/// Mappings by IOVA. Invariant: every mapping has `size > 0`, does not
+/// wrap (`iova + size - 1 <= u64::MAX`), and no two overlap. Ranges are
+/// `[first, last]` with an inclusive `last`, as iommufd writes them: an IOVA
+/// can go all the way up to `u64::MAX`, and no end is ever computed as
+/// `iova + size` (which wraps to 0 there).
 #[derive(Debug, Default)]
 pub struct DmaTree {
     map: BTreeMap<u64, Dma>,
 }
 
 impl DmaTree {
+    /// Number of mappings.
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    /// No mapping at all?
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
-    pub fn insert(&mut self, dma: Dma) {
+    /// Adds `dma`. Refuses (and hands it back) an empty or wrapping
+    /// mapping, or one that overlaps a mapping already in the tree: the
+    /// tree never replaces a mapping.
+    pub fn insert(&mut self, dma: Dma) -> std::result::Result<(), Refused> {
+        if dma.size == 0
+            || dma.iova.checked_add(dma.size - 1).is_none()
+            || self.overlapping(dma.iova, dma.last()).is_some()
+        {
+            return Err(Refused(Box::new(dma)));
+        }
         self.map.insert(dma.iova, dma);
+        Ok(())
     }
 
+    /// Takes out the mapping that starts at `iova`.
     pub fn remove(&mut self, iova: u64) -> Option<Dma> {
         self.map.remove(&iova)
     }
 
+    /// The mapping that starts at `iova`.
     pub fn get(&self, iova: u64) -> Option<&Dma> {
         self.map.get(&iova)
     }
 
+    /// The mapping that starts at `iova`, to change it.
     pub fn get_mut(&mut self, iova: u64) -> Option<&mut Dma> {
         self.map.get_mut(&iova)
     }
 
+    /// Every mapping, by ascending IOVA.
     pub fn iter(&self) -> impl Iterator<Item = &Dma> {
         self.map.values()
     }
 
+    /// Every mapping, by ascending IOVA, to change them.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Dma> {
         self.map.values_mut()
     }
 
+    /// The IOVAs of every mapping, ascending.
     pub fn keys(&self) -> Vec<u64> {
         self.map.keys().copied().collect()
     }
 
-    /// type1's `vfio_find_dma(start, size)`: a mapping with
-    /// `dma.iova < start + size && start < dma.end`. With `size == 0` that
-    /// is a mapping that contains `start` strictly after its first byte.
-    pub fn find(&self, start: u64, size: u64) -> Option<&Dma> {
-        let limit = u128::from(start) + u128::from(size);
-        // The candidate is the mapping with the greatest iova below `limit`
-        // (mappings are disjoint, so only it can reach back to `start`).
-        let upper = if limit > u128::from(u64::MAX) {
-            Bound::Unbounded
-        } else {
-            Bound::Excluded(limit as u64)
-        };
-        let (_, dma) = self.map.range((Bound::Unbounded, upper)).next_back()?;
-        if u128::from(dma.iova) < limit && start < dma.end() {
-            Some(dma)
-        } else {
-            None
+    /// The lowest mapping that holds a byte of `[first, last]` (type1's
+    /// `vfio_find_dma` for a range of at least one byte).
+    pub fn overlapping(&self, first: u64, last: u64) -> Option<&Dma> {
+        if first > last {
+            return None;
         }
+        if let Some(dma) = self.containing(first) {
+            return Some(dma);
+        }
+        self.map.range(first..=last).next().map(|(_, d)| d)
     }
 
     /// The mapping containing the byte at `iova`, if any.
     pub fn containing(&self, iova: u64) -> Option<&Dma> {
         let (_, dma) = self.map.range(..=iova).next_back()?;
-        (iova < dma.end()).then_some(dma)
+        dma.contains(iova).then_some(dma)
     }
 
-    /// The first mapping that ends after `start`, if it begins before
-    /// `start + size` (`size == 0` means no upper bound check): type1's
-    /// `vfio_find_dma_first_node`. Returns its iova.
-    pub fn first_from(&self, start: u64, size: u64) -> Option<u64> {
-        let found = match self.containing(start) {
-            Some(d) => d.iova,
-            None => *self.map.range(start..).next()?.0,
-        };
-        if size != 0 && u128::from(found) >= u128::from(start) + u128::from(size) {
-            return None;
-        }
-        Some(found)
+    /// The IOVA of the lowest mapping that holds a byte of
+    /// `[first, last]` (type1's `vfio_find_dma_first_node`).
+    pub fn first_overlapping(&self, first: u64, last: u64) -> Option<u64> {
+        self.overlapping(first, last).map(|d| d.iova)
     }
 
-    /// Iovas of mappings from `first` upwards that start below `end`, in
-    /// order (bounded: an unmap touches only what it covers).
-    pub fn keys_between(&self, first: u64, end: u128) -> impl Iterator<Item = u64> + '_ {
-        self.map
-            .range(first..)
-            .map(|(k, _)| *k)
-            .take_while(move |k| u128::from(*k) < end)
+    /// IOVAs of the mappings from `from` upwards that start at or below
+    /// `last`, in order (bounded: an unmap touches only what it covers).
+    pub fn keys_between(&self, from: u64, last: u64) -> impl Iterator<Item = u64> + '_ {
+        // Nothing when `from > last` (BTreeMap::range panics on that).
+        (from <= last)
+            .then_some(from..=last)
+            .into_iter()
+            .flat_map(move |r| self.map.range(r).map(|(k, _)| *k))
     }
 
-    /// Iovas of mappings whose first byte is in `start..start + size`.
-    pub fn keys_starting_in(&self, start: u64, size: u64) -> Vec<u64> {
-        let end = u128::from(start) + u128::from(size);
-        self.map
-            .range(start..)
-            .take_while(|(k, _)| u128::from(**k) < end)
-            .map(|(k, _)| *k)
-            .collect()
+    /// IOVAs of the mappings whose first byte is in `[first, last]`.
+    pub fn keys_starting_in(&self, first: u64, last: u64) -> Vec<u64> {
+        self.keys_between(first, last).collect()
     }
 }
 
@@ -164,30 +181,63 @@ mod tests {
     }
 
     #[test]
-    fn find_matches_type1() {
+    fn overlapping_matches_type1_find() {
         let mut t = DmaTree::default();
-        t.insert(dma(0x1000, 0x3000));
-        t.insert(dma(0x8000, 0x1000));
-        assert_eq!(t.find(0x0, 0x1000).map(|d| d.iova), None);
-        assert_eq!(t.find(0x0, 0x1001).map(|d| d.iova), Some(0x1000));
-        assert_eq!(t.find(0x3fff, 1).map(|d| d.iova), Some(0x1000));
-        assert_eq!(t.find(0x4000, 0x4000).map(|d| d.iova), None);
-        assert_eq!(t.find(0x4000, 0x4001).map(|d| d.iova), Some(0x8000));
-        // size 0: strictly inside only
-        assert_eq!(t.find(0x1000, 0).map(|d| d.iova), None);
-        assert_eq!(t.find(0x1001, 0).map(|d| d.iova), Some(0x1000));
-        assert_eq!(t.find(u64::MAX, 1).map(|d| d.iova), None);
+        t.insert(dma(0x1000, 0x3000)).unwrap();
+        t.insert(dma(0x8000, 0x1000)).unwrap();
+        let found = |first, last| t.overlapping(first, last).map(|d| d.iova);
+        assert_eq!(found(0x0, 0xfff), None);
+        assert_eq!(found(0x0, 0x1000), Some(0x1000));
+        assert_eq!(found(0x3fff, 0x3fff), Some(0x1000));
+        assert_eq!(found(0x4000, 0x7fff), None);
+        assert_eq!(found(0x4000, 0x8000), Some(0x8000));
+        assert_eq!(found(0x0, u64::MAX), Some(0x1000));
+        assert_eq!(found(u64::MAX, u64::MAX), None);
+        assert_eq!(found(0x2000, 0x1000), None);
+        assert_eq!(t.containing(0x1000).map(|d| d.iova), Some(0x1000));
+        assert_eq!(t.containing(0x4000).map(|d| d.iova), None);
     }
 
     #[test]
-    fn first_from_finds_overlapping_or_next() {
+    fn first_overlapping_finds_overlapping_or_next() {
         let mut t = DmaTree::default();
-        t.insert(dma(0x1000, 0x3000));
-        t.insert(dma(0x8000, 0x1000));
-        assert_eq!(t.first_from(0x2000, 0x1000), Some(0x1000));
-        assert_eq!(t.first_from(0x4000, 0x1000), None);
-        assert_eq!(t.first_from(0x4000, 0x5000), Some(0x8000));
-        assert_eq!(t.first_from(0, u64::MAX), Some(0x1000));
-        assert_eq!(t.first_from(0x9000, 0x1000), None);
+        t.insert(dma(0x1000, 0x3000)).unwrap();
+        t.insert(dma(0x8000, 0x1000)).unwrap();
+        assert_eq!(t.first_overlapping(0x2000, 0x2fff), Some(0x1000));
+        assert_eq!(t.first_overlapping(0x4000, 0x4fff), None);
+        assert_eq!(t.first_overlapping(0x4000, 0x8fff), Some(0x8000));
+        assert_eq!(t.first_overlapping(0, u64::MAX), Some(0x1000));
+        assert_eq!(t.first_overlapping(0x9000, 0x9fff), None);
+        assert_eq!(
+            t.keys_between(0x1000, u64::MAX).collect::<Vec<_>>(),
+            vec![0x1000, 0x8000]
+        );
+        assert_eq!(
+            t.keys_between(0x1000, 0x7fff).collect::<Vec<_>>(),
+            vec![0x1000]
+        );
+        assert_eq!(t.keys_between(0x9000, 0x1000).count(), 0);
+    }
+
+    /// A mapping whose last byte is `u64::MAX` is found like any other, and
+    /// the tree never replaces a mapping (issue 16: `iova + size` wrapped to
+    /// 0 there, and a second insert at the same IOVA replaced the first).
+    #[test]
+    fn top_of_the_space_and_no_replacement() {
+        let top = u64::MAX - 0xfff;
+        let mut t = DmaTree::default();
+        t.insert(dma(top, 0x1000)).unwrap();
+        assert_eq!(t.get(top).map(Dma::last), Some(u64::MAX));
+        assert_eq!(t.containing(u64::MAX).map(|d| d.iova), Some(top));
+        assert_eq!(t.overlapping(top - 0x1000, top).map(|d| d.iova), Some(top));
+        let refused = t.insert(dma(top, 0x1000)).unwrap_err();
+        assert_eq!((refused.0.iova, refused.0.size), (top, 0x1000));
+        assert!(t.insert(dma(top - 0x1000, 0x2000)).is_err());
+        assert!(t.insert(dma(top - 0x1000, 0)).is_err());
+        assert!(t.insert(dma(top, 0x2000)).is_err());
+        assert_eq!(t.len(), 1);
+        t.insert(dma(top - 0x1000, 0x1000)).unwrap();
+        assert_eq!(t.keys(), vec![top - 0x1000, top]);
+        assert_eq!(t.keys_starting_in(top, u64::MAX), vec![top]);
     }
 }

@@ -6,6 +6,7 @@ use crate::iommu::IommuError;
 use crate::memory::MemError;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
+/// An engine error: each variant is one errno, with the reason for logs.
 pub enum VfioError {
     /// EINVAL: a malformed request or one the current state does not allow.
     #[error("invalid argument: {0}")]
@@ -85,4 +86,5 @@ impl VfioError {
     }
 }
 
+/// The engine's result type.
 pub type Result<T> = std::result::Result<T, VfioError>;

@@ -40,13 +40,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::container::{Container, State, Type1};
-use crate::dirty;
+use crate::container::Container;
+
 use crate::error::{Result, VfioError};
 use crate::iommu::Prot;
 use crate::memory::{LockPolicy, PAGE_SIZE};
+use crate::type1::state::{State, Type1};
 
+#[cfg(feature = "bench-support")]
 pub mod bench_support;
+#[allow(missing_docs)] // documented by the pin-tracking work (another helper)
 mod tracker;
 
 pub use tracker::{PinCountOverflow, PinTracker};
@@ -91,14 +94,17 @@ impl std::fmt::Debug for ExternalDevice {
 }
 
 impl ExternalDevice {
+    /// The registration's id, unique in this process.
     pub fn id(&self) -> u64 {
         self.id
     }
 
+    /// The group of the device.
     pub fn group_id(&self) -> u32 {
         self.group_id
     }
 
+    /// The device's name (mdev UUID).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -109,11 +115,7 @@ impl ExternalDevice {
 }
 
 /// A page to pin, as planned before anything is committed.
-struct PlannedPin {
-    dma_iova: u64,
-    page: u64,
-    new: bool,
-}
+use crate::type1::external::ExternalPin as PlannedPin;
 
 /// What a pin call will commit once every page passed.
 #[derive(Default)]
@@ -188,7 +190,7 @@ impl Container {
         let st = self.lock();
         st.iommu
             .as_ref()
-            .map(|t| t.dmas.iter().map(|d| d.ext_pins.heap_bytes()).sum())
+            .map(|t| t.dmas().iter().map(|d| d.ext_pins.heap_bytes()).sum())
             .unwrap_or(0)
     }
 
@@ -199,7 +201,7 @@ impl Container {
         st.iommu
             .as_ref()
             .map(|t| {
-                t.dmas.iter().fold((0, 0), |(p, r), d| {
+                t.dmas().iter().fold((0, 0), |(p, r), d| {
                     (p + d.ext_pins.pinned_pages(), r + d.ext_pins.pin_refs())
                 })
             })
@@ -210,8 +212,8 @@ impl Container {
     pub fn external_pin_count(&self, iova: u64) -> u32 {
         let st = self.lock();
         let Some(t) = st.iommu.as_ref() else { return 0 };
-        t.dmas
-            .find(iova, 1)
+        t.dmas()
+            .containing(iova)
             .map(|d| d.ext_pins.count((iova - d.iova) / PAGE_SIZE))
             .unwrap_or(0)
     }
@@ -261,7 +263,7 @@ impl Container {
         let Some(t) = st.iommu.as_ref() else {
             return Err(VfioError::NoTty);
         };
-        if !t.v2 {
+        if !t.is_v2() {
             return Err(VfioError::Access("external pinning needs type1v2"));
         }
         let len = (npage as u64) * PAGE_SIZE;
@@ -273,31 +275,19 @@ impl Container {
         let Some(t) = st.iommu.as_mut() else {
             return Err(VfioError::Fault);
         };
-        let do_accounting = t.domains.is_empty();
+        let do_accounting = t.accounts_external_pins();
         let limit = do_accounting.then(|| self.memory().lock_policy().limit_pages);
         let plan = self.plan_pins(t, iova, npage, prot, limit)?;
-
-        let pgshift = crate::container::min_pgsize(t.pgsize_bitmap).trailing_zeros();
-        for p in &plan.pins {
-            let Some(dma) = t.dmas.get_mut(p.dma_iova) else {
-                continue;
-            };
-            // Cannot overflow: plan_pins checked every count.
-            if dma.ext_pins.pin(p.page).is_err() {
-                tracing::error!(page = p.page, "pin count overflow after planning");
-            }
-            if p.new && do_accounting {
-                dma.locked_pages += 1;
-            }
-            if let Some(bm) = dma.bitmap.as_mut() {
-                dirty::set_bit(bm, (p.page * PAGE_SIZE) >> pgshift);
-            }
+        // Cannot fail: plan_pins checked every count under the same lock.
+        let failed = t.record_external_pins(&plan.pins, do_accounting);
+        if failed > 0 {
+            tracing::error!(failed, "pins not recorded after planning");
         }
         // One accounting update for the whole call (seed 000).
         self.memory().account().charge_unchecked(plan.accounted);
 
         // A group whose device pins pages reports dirt through the pins only.
-        set_pinned_scope(t, dev.group_id);
+        t.set_pinned_page_dirty_scope(dev.group_id);
         Ok(plan.vaddrs)
     }
 
@@ -322,7 +312,7 @@ impl Container {
             let Some(page_iova) = iova.checked_add(i * PAGE_SIZE) else {
                 return Err(self.abort_plan(plan, pending, VfioError::Invalid("IOVA wraps")));
             };
-            let Some(dma) = t.dmas.find(page_iova, PAGE_SIZE) else {
+            let Some(dma) = t.dmas().containing(page_iova) else {
                 return Err(self.abort_plan(plan, pending, VfioError::Invalid("IOVA not mapped")));
             };
             if lacks(dma.prot, prot) {
@@ -455,7 +445,7 @@ impl Container {
         let Some(t) = st.iommu.as_mut() else {
             return Err(VfioError::NoTty);
         };
-        if !t.v2 {
+        if !t.is_v2() {
             return Err(VfioError::Access("external pinning needs type1v2"));
         }
         let iovas = (0..npage as u64).map_while(|i| iova.checked_add(i * PAGE_SIZE));
@@ -478,7 +468,7 @@ impl Container {
         let Some(t) = st.iommu.as_mut() else {
             return Err(VfioError::NoTty);
         };
-        if !t.v2 {
+        if !t.is_v2() {
             return Err(VfioError::Access("external pinning needs type1v2"));
         }
         self.unpin_iovas(t, iovas.iter().copied(), false);
@@ -494,47 +484,12 @@ impl Container {
         iovas: impl Iterator<Item = u64>,
         stop_at_hole: bool,
     ) -> usize {
-        let do_accounting = t.domains.is_empty();
-        let mut unaccount = 0u64;
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        let mut processed = 0usize;
-        let mut cur_key: Option<u64> = None;
-        for iova in iovas {
-            let page_iova = iova & !(PAGE_SIZE - 1);
-            let key = match cur_key.and_then(|k| t.dmas.get(k)) {
-                Some(d) if page_iova >= d.iova && page_iova < d.end() => d.iova,
-                _ => match t.dmas.find(page_iova, PAGE_SIZE) {
-                    Some(d) => d.iova,
-                    None if stop_at_hole => break,
-                    None => {
-                        processed += 1;
-                        continue;
-                    }
-                },
-            };
-            cur_key = Some(key);
-            processed += 1;
-            let Some(dma) = t.dmas.get_mut(key) else {
-                continue;
-            };
-            let page = (page_iova - dma.iova) / PAGE_SIZE;
-            if dma.ext_pins.unpin(page) {
-                let vaddr = dma.vaddr + page * PAGE_SIZE;
-                match runs.last_mut() {
-                    Some((start, len)) if *start + *len == vaddr => *len += PAGE_SIZE,
-                    _ => runs.push((vaddr, PAGE_SIZE)),
-                }
-                if do_accounting {
-                    dma.locked_pages = dma.locked_pages.saturating_sub(1);
-                    unaccount += 1;
-                }
-            }
-        }
-        for (vaddr, len) in runs {
+        let released = t.drop_external_pins(iovas, stop_at_hole);
+        for (vaddr, len) in released.runs {
             self.memory().unpin(vaddr, len);
         }
-        self.memory().account().uncharge(unaccount);
-        processed
+        self.memory().account().uncharge(released.unaccount);
+        released.processed
     }
 
     /// `vfio_dma_rw`: reads (`write == false`) or writes `data` at `iova`
@@ -586,12 +541,7 @@ impl Container {
             let Some(t) = st.iommu.as_mut() else {
                 return Err(VfioError::Fault);
             };
-            let pgshift = crate::container::min_pgsize(t.pgsize_bitmap).trailing_zeros();
-            let dirty_tracking = t.dirty_tracking;
-            let Some(key) = t.dmas.find(cur, 1).map(|d| d.iova) else {
-                return Err(VfioError::Invalid("IOVA not mapped"));
-            };
-            let Some(dma) = t.dmas.get_mut(key) else {
+            let Some(dma) = t.dmas().containing(cur) else {
                 return Err(VfioError::Invalid("IOVA not mapped"));
             };
             if (write && !dma.prot.write) || !dma.prot.read {
@@ -612,14 +562,9 @@ impl Container {
                 Some(Ok(())) => {}
                 _ => return Err(VfioError::Fault),
             }
-            if write && dirty_tracking {
-                if let Some(bm) = dma.bitmap.as_mut() {
-                    let first = offset >> pgshift;
-                    let last = (offset + n as u64 - 1) >> pgshift;
-                    for bit in first..=last {
-                        dirty::set_bit(bm, bit);
-                    }
-                }
+            if write {
+                let dma_iova = dma.iova;
+                t.mark_written(dma_iova, offset, n as u64);
             }
             done += n;
         }
@@ -644,26 +589,25 @@ impl Container {
             let Some(t) = st.iommu.as_ref() else {
                 return Err(VfioError::Fault);
             };
-            if t.vaddr_invalid_count == 0 {
+            if t.vaddr_invalid_count() == 0 {
                 return Ok(st);
             }
             let mut must_wait = false;
             let mut cur = iova;
-            let end = u128::from(iova) + u128::from(size.max(1));
-            while u128::from(cur) < end {
-                let Some(dma) = t.dmas.find(cur, PAGE_SIZE.min(size.max(1))) else {
+            // Inclusive bounds: the range may end at the top of the space.
+            let last = iova.saturating_add(size.max(1) - 1);
+            let probe = PAGE_SIZE.min(size.max(1)) - 1;
+            loop {
+                let Some(dma) = t.dmas().overlapping(cur, cur.saturating_add(probe)) else {
                     return Err(VfioError::Invalid("IOVA not mapped"));
                 };
                 if dma.vaddr_invalid {
                     must_wait = true;
                     break;
                 }
-                if dma.end() <= cur {
-                    break;
-                }
-                cur = dma.end();
-                if cur == 0 {
-                    break;
+                match dma.last().checked_add(1) {
+                    Some(next) if next > cur && next <= last => cur = next,
+                    _ => break,
                 }
             }
             if !must_wait {
@@ -693,23 +637,6 @@ impl RwBuf<'_> {
         match self {
             RwBuf::Read(b) => b.len(),
             RwBuf::Write(d) => d.len(),
-        }
-    }
-}
-
-/// Marks the group of a pinning device as dirtying memory only through
-/// pins (type1's `update_pinned_page_dirty_scope`).
-fn set_pinned_scope(t: &mut Type1, group_id: u32) {
-    let group = t
-        .domains
-        .iter_mut()
-        .flat_map(|d| d.groups.iter_mut())
-        .chain(t.emulated_groups.iter_mut())
-        .find(|g| g.group.id == group_id);
-    if let Some(g) = group {
-        if !g.pinned_page_dirty_scope {
-            g.pinned_page_dirty_scope = true;
-            t.num_non_pinned_groups = t.num_non_pinned_groups.saturating_sub(1);
         }
     }
 }

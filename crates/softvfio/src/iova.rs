@@ -12,7 +12,9 @@ use crate::iommu::{ResvKind, ResvRegion};
 /// An inclusive IOVA range `start..=end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct IovaRange {
+    /// First IOVA.
     pub start: u64,
+    /// Last IOVA (inclusive).
     pub end: u64,
 }
 
@@ -25,14 +27,17 @@ pub struct IovaList {
 }
 
 impl IovaList {
+    /// An empty list (no restriction yet: every IOVA is valid).
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The ranges, sorted and disjoint.
     pub fn ranges(&self) -> &[IovaRange] {
         &self.ranges
     }
 
+    /// No range at all?
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
@@ -43,10 +48,12 @@ impl IovaList {
         self.ranges.is_empty() || self.ranges.iter().any(|r| start >= r.start && end <= r.end)
     }
 
+    /// First IOVA of the first range.
     pub fn first_start(&self) -> Option<u64> {
         self.ranges.first().map(|r| r.start)
     }
 
+    /// Last IOVA of the last range.
     pub fn last_end(&self) -> Option<u64> {
         self.ranges.last().map(|r| r.end)
     }

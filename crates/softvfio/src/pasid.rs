@@ -26,19 +26,27 @@ pub const VFIO_DEVICE_FLAGS_SVM: u32 = 1 << 30;
 
 /// `struct vfio_device_svm` flags of `VFIO_DEVICE_UNBIND_TASK`.
 pub const VFIO_SVM_PASID_RELEASE_FLUSHED: u32 = 1 << 0;
+/// UNBIND_TASK flag: the PASID is clean, reuse it at once.
 pub const VFIO_SVM_PASID_RELEASE_CLEAN: u32 = 1 << 1;
 
 /// Flags of `VFIO_DEVICE_SVM`.
 pub const VFIO_SVM_BIND_PASIDTP: u32 = 1 << 0;
+/// `VFIO_DEVICE_SVM`: pass a guest IOTLB/PASID-cache invalidation down.
 pub const VFIO_SVM_PASSDOWN_INVALIDATE: u32 = 1 << 1;
+/// `VFIO_DEVICE_SVM`: release the guest PASID table; its PASIDs are flushed.
 pub const VFIO_SVM_DEV_PASID_RELEASE_FLUSHED: u32 = 1 << 2;
+/// `VFIO_DEVICE_SVM`: release the guest PASID table; its PASIDs are clean.
 pub const VFIO_SVM_DEV_PASID_RELEASE_CLEAN: u32 = 1 << 3;
 
 /// `inv_type` bits of `struct iommu_svm_tlb_invalidate_info`.
 pub const IOTLB_INV: u32 = 1 << 0;
+/// Invalidate the extended (first-level) IOTLB.
 pub const EXTENDED_IOTLB_INV: u32 = 1 << 1;
+/// Invalidate the device IOTLB (ATS).
 pub const DEVICE_IOTLB_INV: u32 = 1 << 2;
+/// Invalidate the extended device IOTLB.
 pub const EXTENDED_DEVICE_IOTLB_INV: u32 = 1 << 3;
+/// Invalidate the PASID cache.
 pub const PASID_CACHE_INV: u32 = 1 << 4;
 const INV_TYPES: u32 = (1 << 5) - 1;
 const IOTLB_TYPES: u32 =
@@ -46,14 +54,20 @@ const IOTLB_TYPES: u32 =
 
 /// `granularity` values.
 pub const DEFAULT_INV_GRN: u8 = 0;
+/// Invalidate the pages `[addr, addr + size)` of one PASID.
 pub const PAGE_SELECTIVE_INV: u8 = 1 << 0;
+/// Invalidate everything of one PASID.
 pub const PASID_SELECTIVE_INV: u8 = 1 << 1;
 
 /// `flags` (hint) bits; accepted and otherwise ignored by the model.
 pub const INVALIDATE_HINT_BIT: u64 = 1 << 0;
+/// Hint: the entries are global (all PASIDs).
 pub const GLOBAL_HINT_BIT: u64 = 1 << 1;
+/// Hint: drain pending reads.
 pub const DRAIN_READ_BIT: u64 = 1 << 2;
+/// Hint: drain pending writes.
 pub const DRAIN_WRITE_BIT: u64 = 1 << 3;
+/// Hint: global device-TLB invalidation.
 pub const DEVICE_TLB_GLOBAL_BIT: u64 = 1 << 4;
 const HINT_BITS: u64 = (1 << 5) - 1;
 
@@ -64,8 +78,11 @@ pub const PASID_LIMIT: u32 = 1 << 20;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct vfio_device_svm {
+    /// Size of the argument, in bytes.
     pub argsz: u32,
+    /// 0 for BIND_TASK; RELEASE_* for UNBIND_TASK.
     pub flags: u32,
+    /// The PASID (written by BIND_TASK, read by UNBIND_TASK).
     pub pasid: u32,
 }
 
@@ -74,8 +91,11 @@ pub struct vfio_device_svm {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct vfio_device_svm_hdr {
+    /// Size of the argument, in bytes, data included.
     pub argsz: u32,
+    /// One `VFIO_SVM_*` operation.
     pub flags: u32,
+    /// Bytes of data that follow the header.
     pub length: u32,
 }
 
@@ -84,7 +104,9 @@ pub struct vfio_device_svm_hdr {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct pasid_table_info {
+    /// Guest physical address of the guest PASID table.
     pub ptr: u64,
+    /// Size of the table (log2 of the number of entries, as VT-d encodes it).
     pub size: u32,
 }
 
@@ -93,13 +115,21 @@ pub struct pasid_table_info {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct iommu_svm_tlb_invalidate_info {
+    /// `*_INV` bits: which caches.
     pub inv_type: u32,
+    /// The PASID (for PASID or page selective invalidation).
     pub pasid: u32,
+    /// First address (page selective).
     pub addr: u64,
+    /// Bytes (page selective).
     pub size: u64,
+    /// `*_INV_GRN` / `*_SELECTIVE_INV`: how much.
     pub granularity: u8,
+    /// `*_HINT_BIT` / `DRAIN_*` hints.
     pub flags: u64,
+    /// Address mask hint (VT-d `am`).
     pub mip: u8,
+    /// Physical source id of the device (device IOTLB).
     pub pfsid: u16,
 }
 
@@ -131,7 +161,9 @@ pub const INVALIDATE_INFO_MINSZ: usize = 44;
 pub enum SvmRelease {
     /// Neither FLUSHED nor CLEAN: never reused.
     Retire,
+    /// FLUSHED: reusable once the IOMMU has flushed it.
     Flushed,
+    /// CLEAN: reusable at once.
     Clean,
 }
 
@@ -149,9 +181,19 @@ impl SvmRelease {
 /// Which entries a passed-down invalidation removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SvmGranularity {
+    /// Every entry of the device.
     Global,
+    /// The entries of one PASID.
     Pasid(u32),
-    Page { pasid: u32, addr: u64, size: u64 },
+    /// The pages `[addr, addr + size)` of one PASID.
+    Page {
+        /// The PASID.
+        pasid: u32,
+        /// First address.
+        addr: u64,
+        /// Bytes.
+        size: u64,
+    },
 }
 
 /// A decoded, validated `iommu_svm_tlb_invalidate_info`.
@@ -159,7 +201,9 @@ pub enum SvmGranularity {
 pub struct SvmInvalidate {
     /// IOTLB, extended IOTLB, device IOTLB or extended device IOTLB.
     pub iotlb: bool,
+    /// The PASID cache too.
     pub pasid_cache: bool,
+    /// How much.
     pub granularity: SvmGranularity,
 }
 

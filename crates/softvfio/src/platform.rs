@@ -16,6 +16,7 @@ pub struct Device {
     pub name: String,
     /// PCI requester id, for devices behind an IOMMU.
     pub rid: Option<u16>,
+    /// The device model behind its VFIO device fd.
     pub model: Arc<dyn VfioDeviceModel>,
 }
 
@@ -31,8 +32,11 @@ pub enum GroupKind {
 
 /// An IOMMU group (`/dev/vfio/<id>`).
 pub struct Group {
+    /// Group number (`/dev/vfio/<id>`).
     pub id: u32,
+    /// Behind an IOMMU unit, or mediated.
     pub kind: GroupKind,
+    /// The devices in the group.
     pub devices: Vec<Arc<Device>>,
     /// Reserved regions configured for this group on top of what the IOMMU
     /// reports for its devices (firmware-reserved ranges, say).
@@ -40,6 +44,7 @@ pub struct Group {
 }
 
 impl Group {
+    /// A group of mediated devices (no IOMMU domain)?
     pub fn is_emulated(&self) -> bool {
         matches!(self.kind, GroupKind::Emulated)
     }
@@ -67,6 +72,7 @@ impl Group {
         out
     }
 
+    /// The device named `name` (PCI address or mdev UUID).
     pub fn device(&self, name: &str) -> Option<&Arc<Device>> {
         self.devices.iter().find(|d| d.name == name)
     }
@@ -74,6 +80,7 @@ impl Group {
 
 /// Everything a VFIO front end can open.
 pub struct Platform {
+    /// Groups by number.
     pub groups: BTreeMap<u32, Arc<Group>>,
     /// `dma_entry_limit` for new containers.
     pub dma_entry_limit: u32,
@@ -83,6 +90,7 @@ pub struct Platform {
 }
 
 impl Platform {
+    /// A platform with no group and the kernel's default limits.
     pub fn new() -> Self {
         Self {
             groups: BTreeMap::new(),
@@ -91,10 +99,12 @@ impl Platform {
         }
     }
 
+    /// Adds (or replaces) a group.
     pub fn add_group(&mut self, group: Group) {
         self.groups.insert(group.id, Arc::new(group));
     }
 
+    /// The group numbered `id`.
     pub fn group(&self, id: u32) -> Option<&Arc<Group>> {
         self.groups.get(&id)
     }

@@ -22,12 +22,14 @@ pub struct VecMemory {
     data: Mutex<Vec<u8>>,
     pins: Mutex<BTreeMap<u64, u64>>,
     account: Arc<MmAccount>,
+    /// What `lock_policy` reports (tests change it).
     pub policy: Mutex<LockPolicy>,
     /// Fail the pin operation when this many more pins have happened.
     pub fail_pin_after: AtomicU64,
 }
 
 impl VecMemory {
+    /// `len` bytes of zeroed memory at user address `base`.
     pub fn new(base: u64, len: usize) -> Arc<Self> {
         Arc::new(Self {
             base,
@@ -56,6 +58,7 @@ impl VecMemory {
             .unwrap_or(0)
     }
 
+    /// Sum of the pin counts of all pages.
     pub fn total_pins(&self) -> u64 {
         self.pins.lock().map(|p| p.values().sum()).unwrap_or(0)
     }
@@ -169,6 +172,7 @@ pub struct FakeDomain {
     aperture: (u64, u64),
     pgsizes: u64,
     enforce_cc: bool,
+    /// Mapped pages: IOVA → (user address, protection).
     pub pages: Mutex<BTreeMap<u64, (u64, Prot)>>,
     /// Fail the map call when this many more maps have happened.
     pub fail_map_after: AtomicU64,
@@ -252,11 +256,16 @@ impl DomainOps for FakeDomain {
 
 /// An IOMMU unit handing out [`FakeDomain`]s.
 pub struct FakeUnit {
+    /// Address width in bits.
     pub width: u32,
+    /// Domains enforce cache coherency.
     pub enforce_cc: bool,
+    /// Reserved regions of every device.
     pub resv: Vec<ResvRegion>,
     next_id: AtomicU32,
+    /// Every domain allocated so far.
     pub domains: Mutex<Vec<Arc<FakeDomain>>>,
+    /// Attached devices: requester id → domain id.
     pub attached: Mutex<BTreeMap<u16, u32>>,
     /// Domain width this unit accepts at most (refuses wider domains).
     pub max_domain_width: u32,
@@ -265,6 +274,7 @@ pub struct FakeUnit {
 }
 
 impl FakeUnit {
+    /// A unit with `width`-bit IOVAs, no reserved region.
     pub fn new(width: u32) -> Arc<Self> {
         Arc::new(Self {
             width,
@@ -282,6 +292,7 @@ impl FakeUnit {
         })
     }
 
+    /// The domain the device `rid` is attached to.
     pub fn domain_of(&self, rid: u16) -> Option<u32> {
         self.attached.lock().ok()?.get(&rid).copied()
     }

@@ -9,6 +9,8 @@
 //! (`copy_from_user`/`copy_to_user`). Struct layouts come from the
 //! `vfio-bindings` crate; every size and offset below is derived from them.
 
+#![allow(missing_docs)] // documented with the vfio-pci work
+
 use std::collections::HashMap;
 use std::mem::{offset_of, size_of};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,14 +24,21 @@ use vfio_bindings::bindings::vfio::{
     VFIO_IOMMU_INFO_PGSIZES, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
     VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION, VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
 };
+use vfio_bindings::bindings::vfio::{
+    VFIO_SPAPR_TCE_v2_IOMMU, VFIO_TYPE1v2_IOMMU, VFIO_DMA_CC_IOMMU, VFIO_DMA_MAP_FLAG_READ,
+    VFIO_DMA_MAP_FLAG_VADDR, VFIO_DMA_MAP_FLAG_WRITE, VFIO_DMA_UNMAP_FLAG_ALL,
+    VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, VFIO_DMA_UNMAP_FLAG_VADDR, VFIO_EEH, VFIO_NOIOMMU_IOMMU,
+    VFIO_SPAPR_TCE_IOMMU, VFIO_TYPE1_IOMMU, VFIO_UNMAP_ALL, VFIO_UPDATE_VADDR,
+};
 
 use crate::container::{
-    Container, ContainerConfig, UserBitmap, MAP_FLAG_READ, MAP_FLAG_VADDR, MAP_FLAG_WRITE,
-    UNMAP_FLAG_ALL, UNMAP_FLAG_GET_DIRTY_BITMAP, UNMAP_FLAG_VADDR, USER_ADDR_LIMIT,
+    Container, ContainerConfig, Extension, IommuType, UnmapOp, UnmapRange, UserBitmap,
+    USER_ADDR_LIMIT,
 };
 use crate::device::REGION_OFFSET_SHIFT;
 use crate::dirty::verify_bitmap_size;
 use crate::error::{Result, VfioError};
+use crate::iommu::Prot;
 use crate::memory::UserMemory;
 use crate::pasid::{
     iommu_svm_tlb_invalidate_info, SvmRelease, INVALIDATE_INFO_MINSZ, PASID_LIMIT,
@@ -61,6 +70,125 @@ pub const VFIO_IOMMU_GET_INFO: u64 = vfio_io(12);
 pub const VFIO_IOMMU_MAP_DMA: u64 = vfio_io(13);
 pub const VFIO_IOMMU_UNMAP_DMA: u64 = vfio_io(14);
 pub const VFIO_IOMMU_DIRTY_PAGES: u64 = vfio_io(17);
+
+/// `VFIO_SET_IOMMU` / `VFIO_CHECK_EXTENSION` arguments: the IOMMU types
+/// and extensions (vfio-bindings' values, as `u64` like the ioctl's
+/// argument).
+pub const TYPE1_IOMMU: u64 = VFIO_TYPE1_IOMMU as u64;
+/// `VFIO_SPAPR_TCE_IOMMU`.
+pub const SPAPR_TCE_IOMMU: u64 = VFIO_SPAPR_TCE_IOMMU as u64;
+/// `VFIO_TYPE1v2_IOMMU`.
+pub const TYPE1V2_IOMMU: u64 = VFIO_TYPE1v2_IOMMU as u64;
+/// `VFIO_DMA_CC_IOMMU`.
+pub const DMA_CC_IOMMU: u64 = VFIO_DMA_CC_IOMMU as u64;
+/// `VFIO_EEH`.
+pub const EEH: u64 = VFIO_EEH as u64;
+/// `VFIO_TYPE1_NESTING_IOMMU` (6; gone from the newer headers vfio-bindings
+/// follows, still in 6.1's).
+pub const TYPE1_NESTING_IOMMU: u64 = 6;
+/// `VFIO_SPAPR_TCE_v2_IOMMU`.
+pub const SPAPR_TCE_V2_IOMMU: u64 = VFIO_SPAPR_TCE_v2_IOMMU as u64;
+/// `VFIO_NOIOMMU_IOMMU`.
+pub const NOIOMMU_IOMMU: u64 = VFIO_NOIOMMU_IOMMU as u64;
+/// `VFIO_UNMAP_ALL`.
+pub const UNMAP_ALL: u64 = VFIO_UNMAP_ALL as u64;
+/// `VFIO_UPDATE_VADDR`.
+pub const UPDATE_VADDR: u64 = VFIO_UPDATE_VADDR as u64;
+
+/// `VFIO_DMA_MAP_FLAG_READ`.
+pub const MAP_FLAG_READ: u32 = VFIO_DMA_MAP_FLAG_READ;
+/// `VFIO_DMA_MAP_FLAG_WRITE`.
+pub const MAP_FLAG_WRITE: u32 = VFIO_DMA_MAP_FLAG_WRITE;
+/// `VFIO_DMA_MAP_FLAG_VADDR`.
+pub const MAP_FLAG_VADDR: u32 = VFIO_DMA_MAP_FLAG_VADDR;
+/// `VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`.
+pub const UNMAP_FLAG_GET_DIRTY_BITMAP: u32 = VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP;
+/// `VFIO_DMA_UNMAP_FLAG_ALL`.
+pub const UNMAP_FLAG_ALL: u32 = VFIO_DMA_UNMAP_FLAG_ALL;
+/// `VFIO_DMA_UNMAP_FLAG_VADDR`.
+pub const UNMAP_FLAG_VADDR: u32 = VFIO_DMA_UNMAP_FLAG_VADDR;
+
+impl From<u64> for IommuType {
+    /// The `VFIO_SET_IOMMU` argument.
+    fn from(arg: u64) -> Self {
+        match arg {
+            TYPE1_IOMMU => IommuType::Type1,
+            TYPE1V2_IOMMU => IommuType::Type1v2,
+            TYPE1_NESTING_IOMMU => IommuType::Type1Nesting,
+            other => IommuType::Other(other),
+        }
+    }
+}
+
+impl From<u64> for Extension {
+    /// The `VFIO_CHECK_EXTENSION` argument.
+    fn from(arg: u64) -> Self {
+        match arg {
+            TYPE1_IOMMU | TYPE1V2_IOMMU | TYPE1_NESTING_IOMMU => {
+                Extension::Iommu(IommuType::from(arg))
+            }
+            UNMAP_ALL => Extension::UnmapAll,
+            UPDATE_VADDR => Extension::UpdateVaddr,
+            DMA_CC_IOMMU => Extension::DmaCacheCoherency,
+            other => Extension::Other(other),
+        }
+    }
+}
+
+/// `VFIO_IOMMU_MAP_DMA` once its struct is copied in: decodes `flags` (EINVAL
+/// for an unknown bit, or unless exactly one of a protection and
+/// `VFIO_DMA_MAP_FLAG_VADDR` is given) and asks the engine. Also for tests
+/// and fuzzers that speak the ABI's flags without the bytes.
+pub fn map_dma(c: &Container, iova: u64, vaddr: u64, size: u64, flags: u32) -> Result<()> {
+    if flags & !(MAP_FLAG_READ | MAP_FLAG_WRITE | MAP_FLAG_VADDR) != 0 {
+        return Err(VfioError::Invalid("unknown map flags"));
+    }
+    let prot = Prot {
+        read: flags & MAP_FLAG_READ != 0,
+        write: flags & MAP_FLAG_WRITE != 0,
+    };
+    match (prot.read || prot.write, flags & MAP_FLAG_VADDR != 0) {
+        (true, false) => c.map(iova, vaddr, size, prot),
+        (false, true) => c.update_vaddr(iova, vaddr, size),
+        _ => Err(VfioError::Invalid("need exactly one of prot and VADDR")),
+    }
+}
+
+/// `VFIO_IOMMU_UNMAP_DMA` once its struct (and bitmap) are copied in:
+/// decodes `flags` (EINVAL for an unknown bit, a dirty bitmap with ALL or
+/// VADDR, a missing bitmap, or ALL with a range) and asks the engine.
+/// Returns the bytes unmapped.
+pub fn unmap_dma(
+    c: &Container,
+    iova: u64,
+    size: u64,
+    flags: u32,
+    bitmap: Option<UserBitmap>,
+) -> Result<u64> {
+    let known = UNMAP_FLAG_GET_DIRTY_BITMAP | UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR;
+    if flags & !known != 0 {
+        return Err(VfioError::Invalid("unknown unmap flags"));
+    }
+    let dirty = flags & UNMAP_FLAG_GET_DIRTY_BITMAP != 0;
+    if dirty && flags & (UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR) != 0 {
+        return Err(VfioError::Invalid("dirty bitmap with ALL or VADDR"));
+    }
+    let range = if flags & UNMAP_FLAG_ALL != 0 {
+        if iova != 0 || size != 0 {
+            return Err(VfioError::Invalid("UNMAP_ALL takes no range"));
+        }
+        UnmapRange::All
+    } else {
+        UnmapRange::Range { iova, size }
+    };
+    let op = match (dirty, bitmap) {
+        (true, Some(b)) => UnmapOp::UnmapGetDirty(b),
+        (true, None) => return Err(VfioError::Invalid("dirty bitmap missing")),
+        (false, _) if flags & UNMAP_FLAG_VADDR != 0 => UnmapOp::InvalidateVaddr,
+        (false, _) => UnmapOp::Unmap,
+    };
+    c.unmap_dma(range, op)
+}
 
 /// `VFIO_GROUP_FLAGS_*`.
 pub const GROUP_FLAGS_VIABLE: u32 = 1 << 0;
@@ -325,7 +453,7 @@ impl Vfio {
         let c = &file.container;
         match request {
             VFIO_GET_API_VERSION => Ok(i64::from(VFIO_API_VERSION)),
-            VFIO_CHECK_EXTENSION => Ok(c.check_extension(arg)),
+            VFIO_CHECK_EXTENSION => Ok(i64::from(c.check_extension(arg))),
             VFIO_SET_IOMMU => c.set_iommu(arg).map(|()| 0),
             _ if !c.iommu_set() => Err(VfioError::Invalid("no IOMMU driver set")),
             VFIO_IOMMU_GET_INFO => self.iommu_get_info(c, arg, user).map(|()| 0),
@@ -389,7 +517,8 @@ impl Vfio {
         if (argsz as usize) < minsz || flags & !mask != 0 {
             return Err(VfioError::Invalid("bad argsz or unknown flags"));
         }
-        c.map_dma(
+        map_dma(
+            c,
             w.u64_at(offset_of!(vfio_iommu_type1_dma_map, iova)),
             w.u64_at(offset_of!(vfio_iommu_type1_dma_map, vaddr)),
             w.u64_at(offset_of!(vfio_iommu_type1_dma_map, size)),
@@ -426,7 +555,7 @@ impl Vfio {
             verify_bitmap_size(size.checked_shr(pgshift(b.pgsize)).unwrap_or(0), b.size)?;
             bitmap = Some(b);
         }
-        let unmapped = c.unmap_dma(iova, size, flags, bitmap)?;
+        let unmapped = unmap_dma(c, iova, size, flags, bitmap)?;
         w.put_u64(offset_of!(vfio_iommu_type1_dma_unmap, size), unmapped);
         w.write_back(user, arg, minsz)
     }

@@ -408,7 +408,9 @@ fn is_root() -> bool {
 fn unmapped_range_is_fault() {
     let a = Area::rw(4 * K4);
     sys::unmap(a.start, a.len);
-    let m = HostMemory::current();
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() };
     assert_eq!(pin_runs(&m, a.start, a.len, false), Err(MemError::Fault));
     assert_eq!(pin_runs(&m, a.start, a.len, true), Err(MemError::Fault));
     assert_eq!(m.stats().pinned_pages, 0);
@@ -418,7 +420,9 @@ fn unmapped_range_is_fault() {
 #[test]
 fn prot_none_is_fault() {
     let a = Area::new(4 * K4, libc::PROT_NONE);
-    let m = HostMemory::current();
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() };
     assert_eq!(pin_runs(&m, a.start, a.len, false), Err(MemError::Fault));
     assert_eq!(pin_runs(&m, a.start, a.len, true), Err(MemError::Fault));
     // A PROT_NONE page in the middle of read-write memory.
@@ -433,7 +437,9 @@ fn prot_none_is_fault() {
 fn read_only_memory() {
     let a = Area::rw(8 * K4);
     sys::protect(a.start, a.len, libc::PROT_READ);
-    let m = HostMemory::current();
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() };
     assert_eq!(pin_runs(&m, a.start, a.len, true), Err(MemError::Fault));
     assert_eq!(locked_pages(&a), 0);
     let runs = pin_runs(&m, a.start, a.len, false).expect("read-only pin of read-only memory");
@@ -448,7 +454,9 @@ fn read_only_memory() {
 #[test]
 fn half_backed_range_leaves_nothing_locked() {
     let a = Area::rw(16 * K4);
-    let m = HostMemory::current();
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() };
     // An earlier pin of the first pages must survive the failed one.
     pin_runs(&m, a.start, 4 * K4, true).unwrap();
     sys::unmap(a.at(12 * K4), 4 * K4);
@@ -466,7 +474,9 @@ fn half_backed_range_leaves_nothing_locked() {
 #[test]
 fn overlapping_pins_count_and_lock_state() {
     let a = Area::rw(16 * K4);
-    let m = HostMemory::current();
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() };
     let p = |i: u64| a.at(i * K4);
     pin_runs(&m, p(0), 8 * K4, true).unwrap();
     pin_runs(&m, p(4), 8 * K4, true).unwrap();
@@ -508,7 +518,9 @@ fn overlapping_pins_count_and_lock_state() {
 #[test]
 fn unpin_of_never_pinned_is_ignored() {
     let a = Area::rw(4 * K4);
-    let m = HostMemory::current();
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() };
     m.unpin(a.start, a.len);
     m.unpin(a.start + 1, a.len);
     m.unpin(a.start, 0);
@@ -566,7 +578,9 @@ fn mlock_failure_rolls_back() {
 #[test]
 fn on_run_error_rolls_back() {
     let a = Area::rw(16 * K4);
-    let m = HostMemory::current().with_pfns(false);
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() }.with_pfns(false);
     pin_runs(&m, a.start, 2 * K4, true).unwrap();
     let mut seen = 0;
     let r = m.pin(a.start, a.len, true, &mut |_| {
@@ -588,7 +602,9 @@ fn on_run_error_rolls_back() {
 #[test]
 fn runs_without_pfns_are_base_pages() {
     let a = Area::rw(64 * K4);
-    let m = HostMemory::current().with_pfns(false);
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() }.with_pfns(false);
     let runs = pin_runs(&m, a.start, a.len, true).unwrap();
     assert_eq!(runs.len(), 64);
     assert!(runs
@@ -612,7 +628,9 @@ fn pagemap_pfn(addr: u64) -> u64 {
 #[test]
 fn runs_merge_contiguous_pfns_as_root() {
     let a = Area::rw(256 * K4);
-    let m = HostMemory::current();
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() };
     let runs = pin_runs(&m, a.start, a.len, true).unwrap();
     assert_cover(&runs, a.start, a.len);
     assert_eq!(m.stats().pin_ops, 1);
@@ -643,7 +661,9 @@ fn runs_merge_contiguous_pfns_as_root() {
 #[test]
 fn dma_read_write_and_after_munmap() {
     let a = Area::rw(4 * K4);
-    let m = HostMemory::current();
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() };
     let data: Vec<u8> = (0..6000u32).map(|i| (i * 7) as u8).collect();
     m.write(a.at(K4 - 100), &data).unwrap();
     let mut back = vec![0u8; data.len()];
@@ -677,7 +697,9 @@ fn dma_read_write_and_after_munmap() {
 
 #[test]
 fn describe_and_policy_of_self() {
-    let m = HostMemory::current();
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() };
     assert!(m.describe().starts_with("host pid "));
     let p = m.lock_policy();
     if is_root() {
@@ -729,7 +751,9 @@ fn lock_policy_without_cap_ipc_lock_in_child() {
         if sys::set_memlock_limit(LIMIT).is_err() {
             code |= 2;
         }
-        let m = HostMemory::current();
+        // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+        // arguments, areas no Rust reference covers while the engine runs.
+        let m = unsafe { HostMemory::current() };
         let p = m.lock_policy();
         let pin = m.pin(a.start, a.len, true, &mut |_| Ok(()));
         sys::fill(a.start, a.len, 0x55);
@@ -860,7 +884,9 @@ fn hugetlbfs_2m_one_op_per_huge_page() {
             return;
         }
     };
-    let m = HostMemory::current().with_huge_pfns(true);
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() }.with_huge_pfns(true);
     let runs = pin_runs(&m, a.start, a.len, true).unwrap();
     assert_eq!(runs.len(), 4, "{runs:x?}");
     for (i, r) in runs.iter().enumerate() {
@@ -893,7 +919,9 @@ fn hugetlbfs_2m_one_op_per_huge_page() {
 
     // A range that starts and ends inside huge pages: still one op per
     // huge page touched, each run within its huge page.
-    let m = HostMemory::current();
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() };
     let runs = pin_runs(&m, a.at(M2 / 2), 2 * M2, false).unwrap();
     assert!(
         runs.iter().all(|r| r.pfn.is_none()),
@@ -938,7 +966,9 @@ fn hugetlbfs_1g_is_one_run() {
             return;
         }
     };
-    let m = HostMemory::current();
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() };
     let runs = pin_runs(&m, a.start, a.len, true).unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!((runs[0].len, runs[0].page_size), (G1, G1));
@@ -960,7 +990,9 @@ fn thp_runs_are_2m_when_the_kernel_gives_thp() {
         .iter()
         .map(|v| kb_field(&v.2, "AnonHugePages"))
         .sum();
-    let m = HostMemory::current();
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() };
     let runs = pin_runs(&m, a.start, a.len, true).unwrap();
     assert_cover(&runs, a.start, a.len);
     if anon_huge_kb * 1024 != a.len {
@@ -1029,10 +1061,16 @@ fn compare(what: &str, rounds: usize, fresh: impl Fn() -> Area) {
     let len = fresh().len;
     let mib = len >> 20;
     type Make = fn() -> HostMemory;
+    /// This process's memory, as every configuration measures it.
+    fn own() -> HostMemory {
+        // SAFETY: the engine writes only the buffers this test maps for
+        // DMA, areas no Rust reference covers meanwhile.
+        unsafe { HostMemory::current() }
+    }
     let configs: [(&str, Make); 3] = [
-        ("default", HostMemory::current),
-        ("all PFNs", || HostMemory::current().with_huge_pfns(true)),
-        ("no PFNs", || HostMemory::current().with_pfns(false)),
+        ("default", own),
+        ("all PFNs", || own().with_huge_pfns(true)),
+        ("no PFNs", || own().with_pfns(false)),
     ];
     for (name, make) in configs {
         let (mut f, mut p, mut u, mut runs) = (Duration::MAX, Duration::MAX, Duration::MAX, 0);
@@ -1106,4 +1144,18 @@ fn perf_pin_vs_floor_2m_thp() {
         let _ = sys::madvise(a.start, len, libc::MADV_HUGEPAGE);
         a
     });
+}
+
+/// `current` writes this process's memory: here a heap buffer with no
+/// reference to it while the engine writes (its unsafe contract).
+#[test]
+fn current_writes_this_process() {
+    let raw = Box::into_raw(vec![0u8; 8].into_boxed_slice());
+    // SAFETY: `raw` is a heap buffer leaked from its Box: no reference to
+    // it exists while the engine writes it; it is re-owned after.
+    let own = unsafe { HostMemory::current() };
+    assert_eq!(own.write(raw as *mut u8 as u64, &[9u8; 8]), Ok(()));
+    // SAFETY: `raw` came from Box::into_raw above and is re-owned once.
+    let back = unsafe { Box::from_raw(raw) };
+    assert_eq!(*back, [9u8; 8]);
 }

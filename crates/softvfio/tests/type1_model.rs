@@ -12,6 +12,7 @@ use softvfio::container::{
     TYPE1_IOMMU, UNMAP_FLAG_ALL, UNMAP_FLAG_VADDR,
 };
 use softvfio::memory::UserMemory;
+use softvfio::uapi::{map_dma, unmap_dma};
 
 mod common;
 
@@ -226,33 +227,33 @@ fn run(v2: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                 vpage,
                 flags,
             } => (
-                c.map_dma(iova, base + vpage * PG, size, flags).map(|()| 0),
+                map_dma(&c, iova, base + vpage * PG, size, flags).map(|()| 0),
                 model.map(iova, size, vpage, flags),
             ),
             Op::Update { iova, size, vpage } => (
-                c.map_dma(iova, base + vpage * PG, size, MAP_FLAG_VADDR)
-                    .map(|()| 0),
+                map_dma(&c, iova, base + vpage * PG, size, MAP_FLAG_VADDR).map(|()| 0),
                 model.map(iova, size, vpage, MAP_FLAG_VADDR),
             ),
             Op::Unmap { iova, size } => (
-                c.unmap_dma(iova, size, 0, None),
+                unmap_dma(&c, iova, size, 0, None),
                 model.unmap(iova, size, false, false),
             ),
             Op::UnmapAll => (
-                c.unmap_dma(0, 0, UNMAP_FLAG_ALL, None),
+                unmap_dma(&c, 0, 0, UNMAP_FLAG_ALL, None),
                 model.unmap(0, 0, true, false),
             ),
             Op::Invalidate { iova, size } => (
-                c.unmap_dma(iova, size, UNMAP_FLAG_VADDR, None),
+                unmap_dma(&c, iova, size, UNMAP_FLAG_VADDR, None),
                 model.unmap(iova, size, false, true),
             ),
             Op::InvalidateAll => (
-                c.unmap_dma(0, 0, UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR, None),
+                unmap_dma(&c, 0, 0, UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR, None),
                 model.unmap(0, 0, true, true),
             ),
         };
         let got = got.map_err(|e| e.errno());
         prop_assert_eq!(got, want, "op {:?}", op);
+        prop_assert_eq!(c.check_invariants(), Ok(()), "after {:?}", op);
         let snap = c.snapshot();
         let engine: Vec<(u64, u64, bool)> = snap
             .mappings
@@ -271,6 +272,7 @@ fn run(v2: bool, ops: &[Op]) -> Result<(), TestCaseError> {
         prop_assert_eq!(mem.stats().pin_refs, mapped_pages);
     }
     c.detach_group(platform_group.id);
+    prop_assert_eq!(c.check_invariants(), Ok(()), "after detach");
     prop_assert_eq!(mem.account().locked_pages(), 0);
     prop_assert_eq!(mem.stats().pin_refs, 0);
     Ok(())

@@ -20,6 +20,8 @@ pub mod irq;
 pub mod plot;
 pub mod sim;
 pub mod stats;
+// mmap, mlock and friends for the measurements, each with its SAFETY argument.
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod translate;
 

@@ -30,7 +30,10 @@ pub enum PinPattern {
     /// Every page of the mappings.
     Dense,
     /// One page in every `stride` (a vGPU pinning what its GTT points at).
-    Sparse { stride: u64 },
+    Sparse {
+        /// Pages from one pinned page to the next.
+        stride: u64,
+    },
 }
 
 /// What the fixture's `dma_unmap` callback needs, filled in after the
@@ -41,12 +44,17 @@ type DeviceSlot = (std::sync::Weak<Container>, Arc<ExternalDevice>);
 /// registered device whose `dma_unmap` callback drops every pin it made,
 /// and `mappings` mappings of `mapping_bytes` each.
 pub struct PinFixture {
+    /// The container.
     pub container: Arc<Container>,
+    /// Its simulated memory.
     pub memory: Arc<SimMemory>,
+    /// The mediated device that pins.
     pub device: Arc<ExternalDevice>,
     /// The IOVAs the device pinned (what its dma_unmap drops).
     pub pinned: Arc<Mutex<BTreeSet<u64>>>,
+    /// Bytes per mapping.
     pub mapping_bytes: u64,
+    /// Number of mappings.
     pub mappings: u64,
 }
 
@@ -196,9 +204,13 @@ fn batches(iovas: &[u64]) -> Vec<(u64, usize)> {
 /// Tracking memory for one pin pattern.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct TrackingFootprint {
+    /// Bytes mapped.
     pub mapped_bytes: u64,
+    /// Pages pinned.
     pub pinned_pages: u64,
+    /// Bytes the pin tracking uses.
     pub tracking_bytes: u64,
+    /// Tracking bytes per pinned page.
     pub bytes_per_pinned_page: f64,
     /// What the kernel's `struct vfio_pfn` tree would take (40 bytes each).
     pub kernel_rbtree_bytes: u64,
@@ -232,14 +244,21 @@ pub fn tracking_footprint(
 /// Pin and unpin throughput.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct PinRate {
+    /// Pages pinned (and unpinned).
     pub pages: u64,
+    /// Pages per pin or unpin call.
     pub pages_per_call: u64,
+    /// Seconds for all pins.
     pub pin_seconds: f64,
+    /// Seconds for all unpins.
     pub unpin_seconds: f64,
+    /// Pins a second.
     pub pins_per_second: f64,
+    /// Unpins a second.
     pub unpins_per_second: f64,
     /// Accounting updates for all the pins, and for all the unpins.
     pub pin_accounting_updates: u64,
+    /// Accounting updates the unpins made.
     pub unpin_accounting_updates: u64,
 }
 
@@ -288,7 +307,9 @@ pub fn pin_unpin_rate(pages: u64, pages_per_call: u64) -> Result<PinRate> {
 /// One unmap of a mapping with many external pins.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct UnmapPinned {
+    /// Pages pinned when the unmap came.
     pub pinned_pages: u64,
+    /// Seconds the unmap took (notification and unpins included).
     pub unmap_seconds: f64,
     /// Accounting updates the unmap made (the device's unpin included).
     pub accounting_updates: u64,
@@ -318,9 +339,13 @@ pub fn unmap_with_external_pins(pins: u64) -> Result<UnmapPinned> {
 /// Everything `softvfio bench pin-external` reports.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct PinExternalReport {
+    /// Footprint with every page pinned.
     pub dense: TrackingFootprint,
+    /// Footprint with sparse pins.
     pub sparse: TrackingFootprint,
+    /// Pin and unpin throughput.
     pub rate: PinRate,
+    /// Unmap of a mapping with external pins.
     pub unmap: UnmapPinned,
 }
 

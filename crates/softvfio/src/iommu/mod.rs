@@ -16,19 +16,24 @@ pub mod vtd;
 /// Access rights of a mapping, from the device's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 pub struct Prot {
+    /// Devices may read.
     pub read: bool,
+    /// Devices may write.
     pub write: bool,
 }
 
 impl Prot {
+    /// Read only.
     pub const READ: Prot = Prot {
         read: true,
         write: false,
     };
+    /// Write only.
     pub const WRITE: Prot = Prot {
         read: false,
         write: true,
     };
+    /// Read and write.
     pub const RW: Prot = Prot {
         read: true,
         write: true,
@@ -60,8 +65,11 @@ pub enum ResvKind {
 /// A reserved IOVA range of a group, `start..=end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ResvRegion {
+    /// First IOVA of the region.
     pub start: u64,
+    /// Last IOVA of the region (inclusive).
     pub end: u64,
+    /// What the region is reserved for.
     pub kind: ResvKind,
 }
 
@@ -69,22 +77,30 @@ pub struct ResvRegion {
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum IommuError {
     #[error("IOVA range already mapped")]
+    /// Part of the range is mapped already.
     AlreadyMapped,
     #[error("IOVA range outside the domain's aperture")]
+    /// The range is outside the domain's aperture.
     OutOfRange,
     #[error("misaligned address or size")]
+    /// The range or address is not aligned to a supported page size.
     Misaligned,
     #[error("out of page-table memory")]
+    /// No memory for page tables.
     NoMem,
     #[error("device cannot be attached to this domain: {0}")]
+    /// The domain cannot take this device (another unit, other capabilities).
     Incompatible(String),
     #[error("no such device behind this IOMMU: {0:#06x}")]
+    /// No such device (requester id) behind the unit.
     NoDevice(u16),
     #[error("injected failure")]
+    /// A failure injected by a test.
     Injected,
 }
 
 impl IommuError {
+    /// The errno type1 returns for it.
     pub fn errno(&self) -> i32 {
         match self {
             IommuError::AlreadyMapped => libc::EEXIST,
@@ -126,11 +142,13 @@ pub trait DomainOps: Send + Sync {
     /// Number of leaf entries per page size, for tests and `inspect`:
     /// `(4K entries, 2M entries, 1G entries)`.
     fn leaf_counts(&self) -> (u64, u64, u64);
+    /// The domain as `Any`, for tests that reach the model behind it.
     fn as_any(&self) -> &dyn Any;
 }
 
 /// One IOMMU unit (a VT-d DMAR unit) with the devices behind it.
 pub trait IommuUnit: Send + Sync {
+    /// The unit's name, for `inspect`.
     fn name(&self) -> String;
     /// Allocates an empty domain on this unit; DMA through it reaches `mem`.
     fn alloc_domain(&self, mem: Arc<dyn UserMemory>) -> Result<Arc<dyn DomainOps>, IommuError>;

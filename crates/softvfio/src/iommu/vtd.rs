@@ -21,10 +21,12 @@ pub struct UserPhysMemory {
 }
 
 impl UserPhysMemory {
+    /// DMA through the model reaches `mem`.
     pub fn new(mem: Arc<dyn UserMemory>) -> Self {
         UserPhysMemory { mem }
     }
 
+    /// The user memory behind it.
     pub fn user_memory(&self) -> &Arc<dyn UserMemory> {
         &self.mem
     }
@@ -81,6 +83,7 @@ pub struct VtdDomain {
 }
 
 impl VtdDomain {
+    /// The engine's view of a model domain.
     pub fn new(domain: Arc<Domain>) -> Self {
         VtdDomain { domain }
     }
@@ -154,6 +157,7 @@ pub struct VtdUnit {
 }
 
 impl VtdUnit {
+    /// The engine's view of a model unit.
     pub fn new(iommu: Arc<Iommu>) -> Self {
         VtdUnit { iommu }
     }

@@ -27,15 +27,13 @@
 //! per VMA, so two instances pinning the same pages would unlock each other's.
 
 use std::fs::File;
-use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::interval::{PinCounts, RangeList, RangeSet};
 use super::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory, PAGE_SIZE};
 use crate::account::MmAccount;
+use procfs::{cap_eff_of, check_access, ProcFiles, Vma, UNKNOWN};
 
 /// Operations that must run inside the target process.
 pub trait MmSyscalls: Send + Sync {
@@ -97,35 +95,6 @@ impl Target {
     }
 }
 
-/// A tri-state for what the kernel turned out to support.
-const UNKNOWN: u8 = 0;
-const YES: u8 = 1;
-const NO: u8 = 2;
-
-/// The per-process files the backend reads, opened once and kept.
-struct ProcFiles {
-    pid: i32,
-    maps: File,
-    pagemap: Option<File>,
-    /// PROCMAP_QUERY ioctl works on `maps`.
-    query: AtomicU8,
-    /// PAGEMAP_SCAN ioctl works on `pagemap`.
-    scan: AtomicU8,
-    /// `pagemap` shows real PFNs (opened with CAP_SYS_ADMIN).
-    pfns: AtomicU8,
-}
-
-/// One VMA, as far as pinning cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Vma {
-    start: u64,
-    end: u64,
-    read: bool,
-    write: bool,
-    /// Size of the pages the kernel maps it with (2M/1G for hugetlb).
-    page_size: u64,
-}
-
 /// Which runs get real PFNs.
 #[derive(Debug, Clone, Copy)]
 struct PfnPolicy {
@@ -147,6 +116,9 @@ struct Counters {
 /// Real process memory. See the module documentation.
 pub struct HostMemory {
     target: Target,
+    /// Writes into this very process are allowed: set only by the unsafe
+    /// [`HostMemory::current`], whose caller took on its contract.
+    own_writes: bool,
     sys: Arc<dyn MmSyscalls>,
     account: Arc<MmAccount>,
     /// Pin counts; held from mlock to count update and from count update to
@@ -174,19 +146,38 @@ impl std::fmt::Debug for HostMemory {
 
 impl HostMemory {
     /// The memory of this process, with the system calls run here.
-    pub fn current() -> Self {
-        Self::new(Target::Current, Arc::new(LocalSyscalls))
+    ///
+    /// # Safety
+    /// [`UserMemory::write`] on the result, and every write made through it
+    /// (a device's DMA through the IOMMU model, the copy-out of an ioctl's
+    /// answer), writes this process's memory with `process_vm_writev`,
+    /// behind the compiler's back, exactly as a write through a raw
+    /// pointer would. The caller must ensure, for every address that can
+    /// reach it (the user addresses of DMA mappings and of ioctl arguments
+    /// the ABI writes back), that such a write is allowed: the memory is
+    /// not reached through a shared reference or an immutable binding (the
+    /// pointer was derived from a unique borrow, or from memory Rust does
+    /// not manage: an mmap, a C program's buffer), and no Rust reference
+    /// to it is used while the engine may write it. A VMM's guest memory
+    /// and the buffers of a program under `LD_PRELOAD` are such memory.
+    #[allow(unsafe_code)] // declares the contract above; no unsafe inside
+    pub unsafe fn current() -> Self {
+        Self::new(Target::Current, Arc::new(LocalSyscalls), true)
     }
 
     /// The memory of process `pid`; `sys` runs madvise/mlock/munlock inside
-    /// it (for this process's own pid, [`LocalSyscalls`] does).
+    /// it (for this process's own pid, [`LocalSyscalls`] does). Safe: when
+    /// `pid` turns out to be this process, writes fail with
+    /// [`MemError::Fault`] (only [`HostMemory::current`], with its
+    /// contract, writes this process's memory); reads and pins work.
     pub fn for_pid(pid: i32, sys: Arc<dyn MmSyscalls>) -> Self {
-        Self::new(Target::Pid(pid), sys)
+        Self::new(Target::Pid(pid), sys, false)
     }
 
-    fn new(target: Target, sys: Arc<dyn MmSyscalls>) -> Self {
+    fn new(target: Target, sys: Arc<dyn MmSyscalls>, own_writes: bool) -> Self {
         HostMemory {
             target,
+            own_writes,
             sys,
             account: Arc::new(MmAccount::new()),
             counts: Mutex::new(PinCounts::new()),
@@ -480,7 +471,8 @@ impl UserMemory for HostMemory {
         // A second instance over the same address space: it never pins, so
         // it cannot disturb this one's mlock state. Shares the account.
         Some(Arc::new(
-            HostMemory::new(self.target, self.sys.clone()).with_account(self.account.clone()),
+            HostMemory::new(self.target, self.sys.clone(), self.own_writes)
+                .with_account(self.account.clone()),
         ))
     }
 
@@ -500,10 +492,17 @@ impl UserMemory for HostMemory {
 
     fn write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
         let pid = self.target.pid();
+        if !self.own_writes && pid == ffi::getpid() {
+            return Err(MemError::Fault);
+        }
         let mut done = 0;
         while done < data.len() {
             let addr = vaddr.checked_add(done as u64).ok_or(MemError::Fault)?;
-            let n = ffi::process_vm_write(pid, addr, &data[done..]).map_err(vm_error)?;
+            // SAFETY: another process, or this one with `own_writes`, which
+            // only `HostMemory::current` sets: its caller guarantees that
+            // the addresses written are not Rust-owned or referenced.
+            #[allow(unsafe_code)]
+            let n = unsafe { ffi::process_vm_write(pid, addr, &data[done..]) }.map_err(vm_error)?;
             if n == 0 {
                 return Err(MemError::Fault);
             }
@@ -622,196 +621,6 @@ fn vm_error(errno: i32) -> MemError {
         libc::ESRCH | libc::EPERM => MemError::Unreachable,
         _ => MemError::Fault,
     }
-}
-
-/// CapEff of a process, from `/proc/<pid>/status`.
-fn cap_eff_of(pid: i32) -> Result<u64, String> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
-    parse_cap_eff(&status).ok_or_else(|| "no CapEff line".to_string())
-}
-
-fn parse_cap_eff(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-    u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
-}
-
-/// Every byte of `[start, end)` is covered by `vmas` (sorted, overlapping the
-/// range) with the access asked for. The kernel's GUP asks VM_WRITE for a
-/// write pin and VM_READ otherwise.
-fn check_access(vmas: &[Vma], start: u64, end: u64, write: bool) -> Result<(), MemError> {
-    let mut cur = start;
-    for v in vmas {
-        if v.start > cur || !(if write { v.write } else { v.read }) {
-            return Err(MemError::Fault);
-        }
-        cur = v.end;
-        if cur >= end {
-            return Ok(());
-        }
-    }
-    Err(MemError::Fault)
-}
-
-impl ProcFiles {
-    /// The VMAs overlapping `[start, end)`, in address order (holes are not
-    /// an error here).
-    fn vmas(&self, start: u64, end: u64) -> Result<Vec<Vma>, MemError> {
-        if self.query.load(Ordering::Relaxed) != NO {
-            match self.vmas_by_query(start, end) {
-                Ok(v) => {
-                    self.query.store(YES, Ordering::Relaxed);
-                    return Ok(v);
-                }
-                Err(errno @ (libc::ENOTTY | libc::EINVAL))
-                    if self.query.load(Ordering::Relaxed) == UNKNOWN =>
-                {
-                    tracing::debug!("PROCMAP_QUERY unsupported (errno {errno}); reading smaps");
-                    self.query.store(NO, Ordering::Relaxed);
-                }
-                Err(errno) => {
-                    tracing::debug!("PROCMAP_QUERY at {start:#x}: errno {errno}");
-                    return Err(MemError::Unreachable);
-                }
-            }
-        }
-        self.vmas_by_smaps(start, end)
-    }
-
-    fn vmas_by_query(&self, start: u64, end: u64) -> Result<Vec<Vma>, i32> {
-        let mut out = Vec::new();
-        let mut cur = start;
-        while cur < end {
-            match ffi::procmap_query(self.maps.as_raw_fd(), cur) {
-                Ok(v) if v.start < end => {
-                    cur = v.end;
-                    out.push(v);
-                }
-                Ok(_) | Err(libc::ENOENT) => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
-    }
-
-    /// Fallback for kernels before 6.11: one read of smaps, whose
-    /// `KernelPageSize` gives the hugetlb page size.
-    fn vmas_by_smaps(&self, start: u64, end: u64) -> Result<Vec<Vma>, MemError> {
-        let text = std::fs::read_to_string(format!("/proc/{}/smaps", self.pid)).map_err(|e| {
-            tracing::warn!("smaps of pid {}: {e}", self.pid);
-            MemError::Unreachable
-        })?;
-        Ok(parse_smaps(&text)
-            .into_iter()
-            .filter(|v| v.end > start && v.start < end)
-            .collect())
-    }
-
-    /// The sub-ranges of `[start, end)` mapped by PMD-sized transparent huge
-    /// pages, or `None` when the kernel cannot tell (no PAGEMAP_SCAN).
-    fn thp_ranges(&self, start: u64, end: u64) -> Option<Vec<(u64, u64)>> {
-        let pagemap = self.pagemap.as_ref()?;
-        if self.scan.load(Ordering::Relaxed) == NO {
-            return None;
-        }
-        match ffi::pagemap_scan_huge(pagemap.as_raw_fd(), start, end) {
-            Ok(v) => {
-                self.scan.store(YES, Ordering::Relaxed);
-                Some(v)
-            }
-            Err(errno) => {
-                tracing::debug!("PAGEMAP_SCAN: errno {errno}; no THP detection");
-                self.scan.store(NO, Ordering::Relaxed);
-                None
-            }
-        }
-    }
-
-    /// PFNs of the `n` pages from `addr` (0 where not present), or `None`
-    /// when PFNs are hidden (not root) or unreadable.
-    fn pfns(&self, addr: u64, n: usize) -> Option<Vec<u64>> {
-        let pagemap = self.pagemap.as_ref()?;
-        if self.pfns.load(Ordering::Relaxed) == NO {
-            return None;
-        }
-        let entries = read_pagemap(pagemap, addr, n)
-            .inspect_err(|e| tracing::debug!("pagemap read at {addr:#x}: {e}"))
-            .ok()?;
-        let mut present = false;
-        let mut any_pfn = false;
-        let pfns: Vec<u64> = entries
-            .iter()
-            .map(|&e| {
-                let p = e >> 63 != 0;
-                let pfn = if p { e & ((1 << 55) - 1) } else { 0 };
-                present |= p;
-                any_pfn |= pfn != 0;
-                pfn
-            })
-            .collect();
-        if present && !any_pfn {
-            // Present pages with PFN 0: the kernel hides PFNs from us.
-            self.pfns.store(NO, Ordering::Relaxed);
-            return None;
-        }
-        if any_pfn {
-            self.pfns.store(YES, Ordering::Relaxed);
-        }
-        Some(pfns)
-    }
-}
-
-/// Raw pagemap entries of `n` pages from `addr`, in bulk.
-fn read_pagemap(f: &File, addr: u64, n: usize) -> io::Result<Vec<u64>> {
-    const CHUNK: usize = 8192;
-    let mut out = Vec::with_capacity(n);
-    let mut buf = vec![0u8; CHUNK.min(n) * 8];
-    let mut off = addr / PAGE_SIZE * 8;
-    while out.len() < n {
-        let want = (n - out.len()).min(CHUNK) * 8;
-        f.read_exact_at(&mut buf[..want], off)?;
-        out.extend(
-            buf[..want]
-                .chunks_exact(8)
-                .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
-        );
-        off += want as u64;
-    }
-    Ok(out)
-}
-
-/// VMAs from the text of `/proc/<pid>/smaps`.
-fn parse_smaps(text: &str) -> Vec<Vma> {
-    let mut out: Vec<Vma> = Vec::new();
-    for line in text.lines() {
-        let mut words = line.split_ascii_whitespace();
-        let Some(first) = words.next() else { continue };
-        if first == "KernelPageSize:" {
-            if let (Some(v), Some(n)) = (
-                out.last_mut(),
-                words.next().and_then(|n| n.parse::<u64>().ok()),
-            ) {
-                v.page_size = n * 1024;
-            }
-            continue;
-        }
-        // A header line: "start-end perms offset dev inode [path]".
-        let Some((a, b)) = first.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
-            continue;
-        };
-        let perms = words.next().unwrap_or("");
-        out.push(Vma {
-            start,
-            end,
-            read: perms.starts_with('r'),
-            write: perms.get(1..2) == Some("w"),
-            page_size: PAGE_SIZE,
-        });
-    }
-    out
 }
 
 /// End of the huge-page run that starts at `cur`: the end of its huge page,
@@ -994,268 +803,16 @@ impl Iterator for Runs<'_> {
     }
 }
 
-/// The libc calls, each in a small helper.
-mod ffi {
-    use super::{Vma, PAGE_SIZE};
-
-    fn errno() -> i32 {
-        std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-    }
-
-    pub fn getpid() -> i32 {
-        // SAFETY: getpid has no preconditions.
-        unsafe { libc::getpid() }
-    }
-
-    pub fn madvise(addr: u64, len: u64, advice: i32) -> Result<(), i32> {
-        // SAFETY: the callers pass only advice that faults pages in and
-        // never changes their contents; the kernel validates the range.
-        let r = unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, advice) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(errno())
-        }
-    }
-
-    pub fn mlock(addr: u64, len: u64) -> Result<(), i32> {
-        // SAFETY: mlock only changes residency, never contents; the kernel
-        // validates the range.
-        let r = unsafe { libc::mlock(addr as *const libc::c_void, len as usize) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(errno())
-        }
-    }
-
-    pub fn munlock(addr: u64, len: u64) -> Result<(), i32> {
-        // SAFETY: as for mlock.
-        let r = unsafe { libc::munlock(addr as *const libc::c_void, len as usize) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(errno())
-        }
-    }
-
-    /// Reads remote memory into `buf`; returns the bytes transferred (fewer
-    /// than asked when a page in the range is missing).
-    pub fn process_vm_read(pid: i32, addr: u64, buf: &mut [u8]) -> Result<usize, i32> {
-        let local = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
-        // SAFETY: `local` describes `buf`, writable for its length; the
-        // remote side is checked by the kernel, which reports a missing page
-        // as EFAULT instead of faulting.
-        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-        usize::try_from(n).map_err(|_| errno())
-    }
-
-    /// Writes `data` to remote memory; returns the bytes transferred.
-    pub fn process_vm_write(pid: i32, addr: u64, data: &[u8]) -> Result<usize, i32> {
-        let local = libc::iovec {
-            iov_base: data.as_ptr() as *mut libc::c_void,
-            iov_len: data.len(),
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: data.len(),
-        };
-        // SAFETY: `local` describes `data`, which the kernel only reads; the
-        // remote side is checked by the kernel.
-        let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
-        usize::try_from(n).map_err(|_| errno())
-    }
-
-    #[repr(C)]
-    struct CapHeader {
-        version: u32,
-        pid: i32,
-    }
-
-    #[repr(C)]
-    #[derive(Default, Clone, Copy)]
-    struct CapData {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-    /// The effective capability set of thread `pid` (0: the calling thread).
-    pub fn capget_effective(pid: i32) -> Result<u64, String> {
-        let mut hdr = CapHeader {
-            version: LINUX_CAPABILITY_VERSION_3,
-            pid,
-        };
-        let mut data = [CapData::default(); 2];
-        // SAFETY: version 3 takes a header and an array of two data structs,
-        // both valid for writes for the duration of the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_capget,
-                &mut hdr as *mut CapHeader,
-                data.as_mut_ptr(),
-            )
-        };
-        if r != 0 {
-            return Err(format!("capget: errno {}", errno()));
-        }
-        Ok(u64::from(data[0].effective) | u64::from(data[1].effective) << 32)
-    }
-
-    /// RLIMIT_MEMLOCK soft limit of `pid` (0: this process) in bytes, `None`
-    /// when unlimited.
-    pub fn memlock_limit(pid: i32) -> Result<Option<u64>, i32> {
-        let mut old = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: a null new limit only reads; `old` is valid for writes.
-        let r = unsafe { libc::prlimit(pid, libc::RLIMIT_MEMLOCK, std::ptr::null(), &mut old) };
-        if r != 0 {
-            return Err(errno());
-        }
-        Ok((old.rlim_cur != libc::RLIM_INFINITY).then_some(old.rlim_cur))
-    }
-
-    /// `struct procmap_query` of linux/fs.h (6.11).
-    #[repr(C)]
-    #[derive(Default)]
-    struct ProcmapQuery {
-        size: u64,
-        query_flags: u64,
-        query_addr: u64,
-        vma_start: u64,
-        vma_end: u64,
-        vma_flags: u64,
-        vma_page_size: u64,
-        vma_offset: u64,
-        inode: u64,
-        dev_major: u32,
-        dev_minor: u32,
-        vma_name_size: u32,
-        build_id_size: u32,
-        vma_name_addr: u64,
-        build_id_addr: u64,
-    }
-    const _: () = assert!(std::mem::size_of::<ProcmapQuery>() == 104);
-
-    /// `_IOWR('f', 17, struct procmap_query)`.
-    const PROCMAP_QUERY: u64 = 0xC068_6611;
-    const PROCMAP_QUERY_VMA_READABLE: u64 = 0x01;
-    const PROCMAP_QUERY_VMA_WRITABLE: u64 = 0x02;
-    const PROCMAP_QUERY_COVERING_OR_NEXT_VMA: u64 = 0x10;
-
-    /// The VMA covering `addr`, or the next one after it.
-    pub fn procmap_query(maps_fd: i32, addr: u64) -> Result<Vma, i32> {
-        let mut q = ProcmapQuery {
-            size: std::mem::size_of::<ProcmapQuery>() as u64,
-            query_flags: PROCMAP_QUERY_COVERING_OR_NEXT_VMA,
-            query_addr: addr,
-            ..Default::default()
-        };
-        // SAFETY: `q` is a valid procmap_query with no name or build-id
-        // buffers (sizes 0), writable for the duration of the call.
-        let r = unsafe { libc::ioctl(maps_fd, PROCMAP_QUERY as _, &mut q as *mut ProcmapQuery) };
-        if r != 0 {
-            return Err(errno());
-        }
-        Ok(Vma {
-            start: q.vma_start,
-            end: q.vma_end,
-            read: q.vma_flags & PROCMAP_QUERY_VMA_READABLE != 0,
-            write: q.vma_flags & PROCMAP_QUERY_VMA_WRITABLE != 0,
-            page_size: q.vma_page_size.max(PAGE_SIZE),
-        })
-    }
-
-    /// `struct pm_scan_arg` of linux/fs.h (6.7).
-    #[repr(C)]
-    #[derive(Default)]
-    struct PmScanArg {
-        size: u64,
-        flags: u64,
-        start: u64,
-        end: u64,
-        walk_end: u64,
-        vec: u64,
-        vec_len: u64,
-        max_pages: u64,
-        category_inverted: u64,
-        category_mask: u64,
-        category_anyof_mask: u64,
-        return_mask: u64,
-    }
-    const _: () = assert!(std::mem::size_of::<PmScanArg>() == 96);
-
-    #[repr(C)]
-    #[derive(Default, Clone, Copy)]
-    struct PageRegion {
-        start: u64,
-        end: u64,
-        categories: u64,
-    }
-
-    /// `_IOWR('f', 16, struct pm_scan_arg)`.
-    const PAGEMAP_SCAN: u64 = 0xC060_6610;
-    const PAGE_IS_HUGE: u64 = 1 << 6;
-
-    /// The sub-ranges of `[start, end)` mapped huge (PMD-mapped THP or
-    /// hugetlb), merged where they touch.
-    pub fn pagemap_scan_huge(
-        pagemap_fd: i32,
-        start: u64,
-        end: u64,
-    ) -> Result<Vec<(u64, u64)>, i32> {
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        let mut regions = [PageRegion::default(); 32];
-        let mut cur = start;
-        while cur < end {
-            let mut arg = PmScanArg {
-                size: std::mem::size_of::<PmScanArg>() as u64,
-                start: cur,
-                end,
-                vec: regions.as_mut_ptr() as u64,
-                vec_len: regions.len() as u64,
-                category_anyof_mask: PAGE_IS_HUGE,
-                return_mask: PAGE_IS_HUGE,
-                ..Default::default()
-            };
-            // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points to
-            // `regions`, writable for `vec_len` entries; no write-protect
-            // flags, so the scan only reads page tables.
-            let n =
-                unsafe { libc::ioctl(pagemap_fd, PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) };
-            let Ok(n) = usize::try_from(n) else {
-                return Err(errno());
-            };
-            for r in &regions[..n.min(regions.len())] {
-                match out.last_mut() {
-                    Some(last) if last.1 == r.start => last.1 = r.end,
-                    _ => out.push((r.start, r.end)),
-                }
-            }
-            if arg.walk_end <= cur {
-                break;
-            }
-            cur = arg.walk_end;
-        }
-        Ok(out)
-    }
-}
+/// The libc calls, each in a small helper: the only `unsafe` of the
+/// memory backends.
+#[allow(unsafe_code)]
+mod ffi;
+/// `/proc/<pid>` parsing: VMAs, pagemap, capabilities.
+mod procfs;
 
 #[cfg(test)]
 mod tests {
+    use super::procfs::{parse_cap_eff, parse_smaps};
     use super::*;
 
     #[test]
@@ -1347,9 +904,27 @@ KernelPageSize:        4 kB
         );
     }
 
+    /// The safe constructor cannot write this process's memory (that is
+    /// what makes `current` unsafe; tests/memory_host.rs writes through
+    /// `current`); reading it works.
+    #[test]
+    fn for_own_pid_reads_but_refuses_writes() {
+        let buf = [7u8; 64];
+        let addr = buf.as_ptr() as u64;
+        let m = HostMemory::for_pid(ffi::getpid(), Arc::new(LocalSyscalls));
+        let mut out = [0u8; 8];
+        assert_eq!(m.read(addr, &mut out), Ok(()));
+        assert_eq!(out, [7u8; 8]);
+        assert_eq!(m.write(addr, &[1u8; 8]), Err(MemError::Fault));
+        let view = m.svm_view().expect("host memory has an SVM view");
+        assert_eq!(view.write(addr, &[1u8; 8]), Err(MemError::Fault));
+        assert_eq!(buf[..8], [7u8; 8]);
+    }
+
     #[test]
     fn vma_lookup_agrees_with_smaps() {
-        let m = HostMemory::current();
+        // Reads /proc only: the safe constructor does.
+        let m = HostMemory::for_pid(ffi::getpid(), Arc::new(LocalSyscalls));
         let files = m.files().unwrap();
         let mut buf = vec![0u8; 1 << 20];
         buf[0] = 1;

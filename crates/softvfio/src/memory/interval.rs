@@ -14,9 +14,13 @@ use std::collections::BTreeMap;
 /// `page_size` bytes (as the pin that last covered it saw them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
+    /// First address.
     pub start: u64,
+    /// End address (exclusive).
     pub end: u64,
+    /// Pin count of every page in it.
     pub count: u64,
+    /// Size of the pages backing it.
     pub page_size: u64,
 }
 
@@ -38,6 +42,7 @@ pub struct PinCounts {
 }
 
 impl PinCounts {
+    /// No pins.
     pub fn new() -> Self {
         Self::default()
     }
@@ -57,6 +62,7 @@ impl PinCounts {
         self.map.len()
     }
 
+    /// No pinned page?
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -350,10 +356,12 @@ pub struct RangeSet {
 }
 
 impl RangeSet {
+    /// An empty set.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// No range?
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -427,10 +435,12 @@ pub struct RangeList {
 }
 
 impl RangeList {
+    /// An empty list.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Appends `[start, end)`, merging it with the last range when they touch.
     pub fn push(&mut self, start: u64, end: u64) {
         if start >= end {
             return;
@@ -444,10 +454,12 @@ impl RangeList {
         self.ranges.push((start, end));
     }
 
+    /// No range?
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
 
+    /// The ranges, `[start, end)` each.
     pub fn ranges(&self) -> &[(u64, u64)] {
         &self.ranges
     }

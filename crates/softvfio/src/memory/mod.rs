@@ -24,6 +24,7 @@ pub mod sim;
 
 /// The base page size of the platform we emulate (x86-64).
 pub const PAGE_SIZE: u64 = 4096;
+/// log2 of [`PAGE_SIZE`].
 pub const PAGE_SHIFT: u32 = 12;
 
 /// Why a memory operation failed. Maps to the errno the kernel returns from
@@ -46,6 +47,7 @@ pub enum MemError {
 }
 
 impl MemError {
+    /// The errno type1 returns for it.
     pub fn errno(self) -> i32 {
         match self {
             MemError::Fault | MemError::Unreachable => libc::EFAULT,
@@ -69,15 +71,9 @@ pub struct PinnedRun {
     pub pfn: Option<u64>,
 }
 
-/// The limit that applies to accounting at the time of a map (type1 reads
-/// both when MAP_DMA runs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LockPolicy {
-    /// The caller has CAP_IPC_LOCK in its effective set: no limit applies.
-    pub cap_ipc_lock: bool,
-    /// RLIMIT_MEMLOCK soft limit, in pages (u64::MAX for unlimited).
-    pub limit_pages: u64,
-}
+// The accounting policy lives with the account (`account` depends on
+// nothing here); backends report it.
+pub use crate::account::LockPolicy;
 
 /// Counters a backend keeps, for tests, `inspect` and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

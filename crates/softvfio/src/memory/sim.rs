@@ -24,7 +24,9 @@ use crate::iommu::Prot;
 
 /// Page sizes a region may use.
 pub const SIZE_4K: u64 = 4 << 10;
+/// A 2 MiB page.
 pub const SIZE_2M: u64 = 2 << 20;
+/// A 1 GiB page.
 pub const SIZE_1G: u64 = 1 << 30;
 
 const PAGE: usize = PAGE_SIZE as usize;
@@ -33,10 +35,13 @@ const PAGE: usize = PAGE_SIZE as usize;
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
 pub enum RegionError {
     #[error("page size {0:#x} is not 4K, 2M or 1G")]
+    /// The page size is not 4K, 2M or 1G.
     BadPageSize(u64),
     #[error("start or length is not aligned to the page size, or is empty")]
+    /// Start or length not aligned to the page size, or empty.
     Misaligned,
     #[error("the region overlaps an existing one or wraps the address space")]
+    /// Overlaps a region or wraps the address space.
     Overlap,
 }
 
@@ -50,9 +55,13 @@ struct Region {
 /// A region as reported by [`SimMemory::regions`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SimRegion {
+    /// First address.
     pub start: u64,
+    /// Length in bytes.
     pub len: u64,
+    /// Size of its pages.
     pub page_size: u64,
+    /// What user accesses it allows.
     pub prot: Prot,
 }
 

@@ -16,6 +16,7 @@ use crate::memory::UserMemory;
 pub struct Countdown(AtomicU64);
 
 impl Countdown {
+    /// Fails the `n`th call from now (0 disarms).
     pub fn arm(&self, n: u64) {
         self.0.store(n, Ordering::SeqCst);
     }
@@ -37,8 +38,11 @@ impl Countdown {
 /// Injection points shared by a [`FailingUnit`] and its domains.
 #[derive(Debug, Default)]
 pub struct Faults {
+    /// Fails a domain allocation.
     pub alloc_domain: Countdown,
+    /// Fails a device attach.
     pub attach_device: Countdown,
+    /// Fails a domain map.
     pub map: Countdown,
     /// Calls seen, for choosing `n`.
     pub map_calls: AtomicU64,
@@ -46,11 +50,14 @@ pub struct Faults {
 
 /// An IOMMU unit that forwards to `inner`, failing where [`Faults`] says.
 pub struct FailingUnit {
+    /// The unit that does the real work.
     pub inner: Arc<dyn IommuUnit>,
+    /// The failures armed.
     pub faults: Arc<Faults>,
 }
 
 impl FailingUnit {
+    /// Wraps `inner` with nothing armed.
     pub fn new(inner: Arc<dyn IommuUnit>) -> Arc<Self> {
         Arc::new(FailingUnit {
             inner,

@@ -20,14 +20,18 @@ const RW: u32 = MAP_FLAG_READ | MAP_FLAG_WRITE;
 /// A range of user memory the model knows about: `[start, start + len)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserRegion {
+    /// First user address.
     pub start: u64,
+    /// Length in bytes.
     pub len: u64,
+    /// Writable (read-only memory refuses write mappings).
     pub writable: bool,
 }
 
 /// One mapping as the model keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelMapping {
+    /// Size in bytes.
     pub size: u64,
     /// The address pinned at map time: what DMA reaches, even after a
     /// vaddr update (the new vaddr must name the same memory).
@@ -36,17 +40,22 @@ pub struct ModelMapping {
     pub read: bool,
     /// Device writes allowed.
     pub write: bool,
+    /// Its vaddr was invalidated.
     pub invalid: bool,
 }
 
 /// type1 as a list of mappings.
 #[derive(Debug, Clone)]
 pub struct Type1Model {
+    /// v2 unmap semantics.
     pub v2: bool,
+    /// `dma_entry_limit`.
     pub limit: u32,
+    /// Mappings by IOVA.
     pub maps: BTreeMap<u64, ModelMapping>,
     /// Valid IOVA ranges, inclusive, disjoint, sorted.
     pub valid_iova: Vec<(u64, u64)>,
+    /// The user memory that can be pinned.
     pub memory: Vec<UserRegion>,
 }
 
