@@ -37,10 +37,24 @@ pub struct Eventfd {
 
 impl Drop for Eventfd {
     fn drop(&mut self) {
-        // SAFETY: the descriptor is owned by this `Eventfd` (from an
-        // `OwnedFd` or a fresh eventfd) and the `File` wrapping it is never
-        // used again: `ManuallyDrop` keeps it from closing it a second time.
-        unsafe { rustix::io::close(self.file.as_raw_fd()) };
+        // The `File` is never used again after this, and `ManuallyDrop`
+        // keeps it from closing the descriptor a second time.
+        sys::close_owned(&self.file);
+    }
+}
+
+/// The module's only unsafe operation.
+#[allow(unsafe_code)]
+mod sys {
+    use std::os::fd::AsRawFd;
+
+    /// Closes `file`'s descriptor with the raw system call; the caller
+    /// never uses `file` again and does not drop it.
+    pub(super) fn close_owned(file: &std::mem::ManuallyDrop<std::fs::File>) {
+        // SAFETY: the descriptor is owned by the `Eventfd` being dropped
+        // (from an `OwnedFd` or a fresh eventfd), which alone holds it and
+        // never touches the `ManuallyDrop<File>` again.
+        unsafe { rustix::io::close(file.as_raw_fd()) };
     }
 }
 
