@@ -20,6 +20,8 @@
 //!   device also has); every other directory of the view is merged with the
 //!   host's (host entries stay, the view's entries win on a name clash).
 
+// The mount namespace setup is the crate's only system-call module.
+#[allow(unsafe_code)]
 pub mod mount;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,7 +50,12 @@ pub enum Node {
     /// A directory (mode 0755).
     Dir,
     /// A regular file with its permission bits and contents.
-    File { mode: u32, data: Vec<u8> },
+    File {
+        /// Permission bits.
+        mode: u32,
+        /// Contents.
+        data: Vec<u8>,
+    },
     /// A symbolic link and its (relative) target.
     Link(String),
 }
@@ -142,6 +149,7 @@ impl HostView {
         self.nodes.iter().map(|(p, n)| (p.as_str(), n))
     }
 
+    /// The node at `path`, if the tree has one.
     pub fn get(&self, path: &str) -> Option<&Node> {
         self.nodes.get(path)
     }

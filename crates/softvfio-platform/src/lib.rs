@@ -1,6 +1,6 @@
 //! softvfio platforms: configuration and assembly.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod build;
 pub mod config;

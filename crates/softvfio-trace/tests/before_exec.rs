@@ -25,6 +25,7 @@ fn hook_runs_in_the_child_before_exec() {
     let parent_umask = {
         // SAFETY: umask has no memory effects; restored at once.
         let m = unsafe { libc::umask(0o022) };
+        // SAFETY: as above: puts the old mask back.
         unsafe { libc::umask(m) };
         m
     };

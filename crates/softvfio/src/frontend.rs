@@ -7,8 +7,6 @@
 //! library) own the descriptors; a [`Session`] owns what they refer to,
 //! named by an [`ObjectKey`].
 
-#![allow(missing_docs)] // documented with the vfio-pci work
-
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;

@@ -77,7 +77,9 @@ struct UserNs {
 /// Where [`MountPlan::apply`] failed: the step and the errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyError {
+    /// The step that failed.
     pub step: &'static str,
+    /// Its errno.
     pub errno: i32,
 }
 
