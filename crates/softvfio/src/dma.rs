@@ -82,7 +82,7 @@ impl DmaTree {
     pub fn insert(&mut self, dma: Dma) -> std::result::Result<(), Refused> {
         if dma.size == 0
             || dma.iova.checked_add(dma.size - 1).is_none()
-            || self.overlapping(dma.iova, dma.last()).is_some()
+            || self.any_overlapping(dma.iova, dma.last()).is_some()
         {
             return Err(Refused(Box::new(dma)));
         }
@@ -130,6 +130,19 @@ impl DmaTree {
             return Some(dma);
         }
         self.map.range(first..=last).next().map(|(_, d)| d)
+    }
+
+    /// Some mapping that holds a byte of `[first, last]` (the highest): one
+    /// tree lookup, for the checks that only ask whether any does (map,
+    /// insert, attach conflicts).
+    pub fn any_overlapping(&self, first: u64, last: u64) -> Option<&Dma> {
+        if first > last {
+            return None;
+        }
+        // Mappings are disjoint: if the last one starting at or below `last`
+        // ends before `first`, every earlier one does too.
+        let (_, dma) = self.map.range(..=last).next_back()?;
+        (dma.last() >= first).then_some(dma)
     }
 
     /// The mapping containing the byte at `iova`, if any.
@@ -195,6 +208,13 @@ mod tests {
         assert_eq!(found(u64::MAX, u64::MAX), None);
         assert_eq!(found(0x2000, 0x1000), None);
         assert_eq!(t.containing(0x1000).map(|d| d.iova), Some(0x1000));
+        let any = |first, last| t.any_overlapping(first, last).map(|d| d.iova);
+        assert_eq!(any(0x0, 0xfff), None);
+        assert_eq!(any(0x0, 0x1000), Some(0x1000));
+        assert_eq!(any(0x4000, 0x7fff), None);
+        assert_eq!(any(0x0, u64::MAX), Some(0x8000));
+        assert_eq!(any(0x3fff, 0x3fff), Some(0x1000));
+        assert_eq!(any(0x2000, 0x1000), None);
         assert_eq!(t.containing(0x4000).map(|d| d.iova), None);
     }
 

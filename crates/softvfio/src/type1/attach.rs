@@ -464,10 +464,10 @@ pub(crate) fn aperture_conflict(t: &Type1, start: u64, end: u64) -> bool {
     if start > last || end < first {
         return true;
     }
-    if start > first && t.dmas.overlapping(first, start - 1).is_some() {
+    if start > first && t.dmas.any_overlapping(first, start - 1).is_some() {
         return true;
     }
-    if end < last && t.dmas.overlapping(end + 1, last).is_some() {
+    if end < last && t.dmas.any_overlapping(end + 1, last).is_some() {
         return true;
     }
     false
@@ -477,6 +477,6 @@ pub(crate) fn aperture_conflict(t: &Type1, start: u64, end: u64) -> bool {
 pub(crate) fn resv_conflict(t: &Type1, resv: &[ResvRegion]) -> bool {
     resv.iter().any(|r| {
         r.kind != crate::iommu::ResvKind::DirectRelaxable
-            && t.dmas.overlapping(r.start, r.end).is_some()
+            && t.dmas.any_overlapping(r.start, r.end).is_some()
     })
 }

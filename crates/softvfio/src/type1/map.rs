@@ -39,7 +39,7 @@ impl Container {
         };
 
         if set_vaddr {
-            let Some(dma) = t.dmas.overlapping(iova, last) else {
+            let Some(dma) = t.dmas.any_overlapping(iova, last) else {
                 return Err(VfioError::NoEntry);
             };
             if !dma.vaddr_invalid || dma.iova != iova || dma.size != size {
@@ -55,7 +55,7 @@ impl Container {
             self.vaddr_valid.notify_all();
             return Ok(());
         }
-        if t.dmas.overlapping(iova, last).is_some() {
+        if t.dmas.any_overlapping(iova, last).is_some() {
             return Err(VfioError::Exists);
         }
         if t.dma_avail == 0 {
