@@ -38,14 +38,21 @@ pub enum DmaError {
     /// after `addr` was touched.
     #[error("DMA {access} fault at {addr:#x} after {transferred} bytes: {reason}")]
     Fault {
+        /// The device address that failed.
         addr: u64,
+        /// Read or write.
         access: DmaAccess,
+        /// Bytes moved before the failure.
         transferred: usize,
+        /// The IOMMU's or the pinning path's explanation.
         reason: String,
     },
     /// This DMA path cannot do PASID-tagged (shared virtual memory) DMA.
     #[error("PASID-tagged DMA is not supported by this DMA path (PASID {pasid:#x})")]
-    PasidNotSupported { pasid: u32 },
+    PasidNotSupported {
+        /// The PASID the DMA carried.
+        pasid: u32,
+    },
 }
 
 impl DmaError {

@@ -20,6 +20,7 @@ pub struct IommuDmaTarget {
 }
 
 impl IommuDmaTarget {
+    /// DMA through `port`.
     pub fn new(port: DmaPort) -> Self {
         let rid = port.rid();
         IommuDmaTarget {

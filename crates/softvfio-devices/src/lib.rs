@@ -36,7 +36,6 @@
 //! transfer, an off-by-one fixed in later QEMU, whose check we use).
 
 #![forbid(unsafe_code)]
-#![allow(missing_docs)] // documented with the vfio-pci work
 
 pub mod dma;
 pub mod edu;

@@ -43,10 +43,12 @@ pub struct MdevEduOptions {
     pub uuid: String,
     /// The emulated IOMMU group the device is in.
     pub group: u32,
+    /// How DMA reaches memory: pinned pages or `dma_rw`.
     pub mode: MdevDmaMode,
 }
 
 impl MdevEduOptions {
+    /// A mediated edu named `uuid` in group `group`.
     pub fn new(uuid: impl Into<String>, group: u32) -> Self {
         Self {
             uuid: uuid.into(),
@@ -320,6 +322,7 @@ impl std::fmt::Debug for MdevEdu {
 }
 
 impl MdevEdu {
+    /// The device with `opts`.
     pub fn new(opts: MdevEduOptions) -> Arc<Self> {
         let edu = Arc::new(EduDevice::with_options(EduOptions::new(opts.uuid.clone())));
         let path = MdevDmaPath::new(opts.uuid.clone(), opts.group, opts.mode);
@@ -327,6 +330,7 @@ impl MdevEdu {
         Arc::new(Self { opts, edu, path })
     }
 
+    /// The options it was built with.
     pub fn options(&self) -> &MdevEduOptions {
         &self.opts
     }
@@ -336,6 +340,7 @@ impl MdevEdu {
         &self.edu
     }
 
+    /// Counters.
     pub fn stats(&self) -> MdevStats {
         self.path.stats()
     }

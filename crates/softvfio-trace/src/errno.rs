@@ -10,29 +10,53 @@ use std::fmt;
 pub struct Errno(pub i32);
 
 impl Errno {
+    /// `EPERM`.
     pub const EPERM: Errno = Errno(libc::EPERM);
+    /// `ENOENT`.
     pub const ENOENT: Errno = Errno(libc::ENOENT);
+    /// `ESRCH`.
     pub const ESRCH: Errno = Errno(libc::ESRCH);
+    /// `EINTR`.
     pub const EINTR: Errno = Errno(libc::EINTR);
+    /// `EIO`.
     pub const EIO: Errno = Errno(libc::EIO);
+    /// `E2BIG`.
     pub const E2BIG: Errno = Errno(libc::E2BIG);
+    /// `EBADF`.
     pub const EBADF: Errno = Errno(libc::EBADF);
+    /// `EAGAIN`.
     pub const EAGAIN: Errno = Errno(libc::EAGAIN);
+    /// `ENOMEM`.
     pub const ENOMEM: Errno = Errno(libc::ENOMEM);
+    /// `EACCES`.
     pub const EACCES: Errno = Errno(libc::EACCES);
+    /// `EFAULT`.
     pub const EFAULT: Errno = Errno(libc::EFAULT);
+    /// `EBUSY`.
     pub const EBUSY: Errno = Errno(libc::EBUSY);
+    /// `EEXIST`.
     pub const EEXIST: Errno = Errno(libc::EEXIST);
+    /// `ENODEV`.
     pub const ENODEV: Errno = Errno(libc::ENODEV);
+    /// `EINVAL`.
     pub const EINVAL: Errno = Errno(libc::EINVAL);
+    /// `EMFILE`.
     pub const EMFILE: Errno = Errno(libc::EMFILE);
+    /// `ENOTTY`.
     pub const ENOTTY: Errno = Errno(libc::ENOTTY);
+    /// `ENOSPC`.
     pub const ENOSPC: Errno = Errno(libc::ENOSPC);
+    /// `ESPIPE`.
     pub const ESPIPE: Errno = Errno(libc::ESPIPE);
+    /// `ERANGE`.
     pub const ERANGE: Errno = Errno(libc::ERANGE);
+    /// `ENOSYS`.
     pub const ENOSYS: Errno = Errno(libc::ENOSYS);
+    /// `EOVERFLOW`.
     pub const EOVERFLOW: Errno = Errno(libc::EOVERFLOW);
+    /// `ECHILD`.
     pub const ECHILD: Errno = Errno(libc::ECHILD);
+    /// `ENAMETOOLONG`.
     pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
 
     /// The calling thread's `errno` after a failed libc call.

@@ -62,6 +62,7 @@ impl std::fmt::Debug for Command {
 }
 
 impl Command {
+    /// A command running `program` (looked up in PATH as execvp does).
     pub fn new(program: impl AsRef<OsStr>) -> Command {
         Command {
             program: program.as_ref().to_owned(),
@@ -82,11 +83,13 @@ impl Command {
         Some(c)
     }
 
+    /// Adds an argument.
     pub fn arg(&mut self, a: impl AsRef<OsStr>) -> &mut Command {
         self.args.push(a.as_ref().to_owned());
         self
     }
 
+    /// Adds arguments.
     pub fn args<I, S>(&mut self, args: I) -> &mut Command
     where
         I: IntoIterator<Item = S>,
@@ -97,12 +100,14 @@ impl Command {
         self
     }
 
+    /// Sets an environment variable.
     pub fn env(&mut self, key: impl AsRef<OsStr>, val: impl AsRef<OsStr>) -> &mut Command {
         self.env
             .push((key.as_ref().to_owned(), Some(val.as_ref().to_owned())));
         self
     }
 
+    /// Removes an environment variable.
     pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Command {
         self.env.push((key.as_ref().to_owned(), None));
         self
@@ -115,6 +120,7 @@ impl Command {
         self
     }
 
+    /// The program's working directory.
     pub fn current_dir(&mut self, dir: impl AsRef<Path>) -> &mut Command {
         self.cwd = Some(dir.as_ref().to_owned());
         self
@@ -149,6 +155,7 @@ impl Command {
         self
     }
 
+    /// The program to run.
     pub fn get_program(&self) -> &OsStr {
         &self.program
     }

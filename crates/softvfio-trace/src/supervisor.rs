@@ -22,13 +22,21 @@ pub enum TraceError {
     /// The program could not be started.
     #[error("cannot run {program:?}: {stage}: {errno}")]
     Spawn {
+        /// The program.
         program: OsString,
+        /// Where the start failed.
         stage: SpawnStage,
+        /// Its errno.
         errno: Errno,
     },
     /// A system call of the supervisor itself failed.
     #[error("{what}: {errno}")]
-    Sys { what: &'static str, errno: Errno },
+    Sys {
+        /// What failed.
+        what: &'static str,
+        /// Its errno.
+        errno: Errno,
+    },
 }
 
 fn sys_err(what: &'static str) -> impl FnOnce(Errno) -> TraceError {
@@ -95,6 +103,7 @@ fn kernel_defers_close_fput() -> bool {
 }
 
 impl Supervisor {
+    /// A supervisor with no program yet.
     pub fn new() -> Supervisor {
         Supervisor {
             shared: Arc::new(Shared::default()),

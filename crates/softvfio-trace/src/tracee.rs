@@ -57,7 +57,12 @@ pub enum InjectError {
     WrongThread,
     /// The stopped thread belongs to another process than the one asked for.
     #[error("the stopped thread belongs to pid {current}, not pid {wanted}")]
-    OtherProcess { wanted: i32, current: i32 },
+    OtherProcess {
+        /// The process asked for.
+        wanted: i32,
+        /// The process the thread belongs to.
+        current: i32,
+    },
     /// The thread died (e.g. SIGKILL) during the injection.
     #[error("the traced thread is gone")]
     Gone,

@@ -9,8 +9,6 @@
 //! (`copy_from_user`/`copy_to_user`). Struct layouts come from the
 //! `vfio-bindings` crate; every size and offset below is derived from them.
 
-#![allow(missing_docs)] // documented with the vfio-pci work
-
 use std::collections::HashMap;
 use std::mem::{offset_of, size_of};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,21 +52,37 @@ pub const fn vfio_io(n: u64) -> u64 {
     (0x3b << 8) | (100 + n)
 }
 
+/// `VFIO_GET_API_VERSION`.
 pub const VFIO_GET_API_VERSION: u64 = vfio_io(0);
+/// `VFIO_CHECK_EXTENSION`.
 pub const VFIO_CHECK_EXTENSION: u64 = vfio_io(1);
+/// `VFIO_SET_IOMMU`.
 pub const VFIO_SET_IOMMU: u64 = vfio_io(2);
+/// `VFIO_GROUP_GET_STATUS`.
 pub const VFIO_GROUP_GET_STATUS: u64 = vfio_io(3);
+/// `VFIO_GROUP_SET_CONTAINER`.
 pub const VFIO_GROUP_SET_CONTAINER: u64 = vfio_io(4);
+/// `VFIO_GROUP_UNSET_CONTAINER`.
 pub const VFIO_GROUP_UNSET_CONTAINER: u64 = vfio_io(5);
+/// `VFIO_GROUP_GET_DEVICE_FD`.
 pub const VFIO_GROUP_GET_DEVICE_FD: u64 = vfio_io(6);
+/// `VFIO_DEVICE_GET_INFO`.
 pub const VFIO_DEVICE_GET_INFO: u64 = vfio_io(7);
+/// `VFIO_DEVICE_GET_REGION_INFO`.
 pub const VFIO_DEVICE_GET_REGION_INFO: u64 = vfio_io(8);
+/// `VFIO_DEVICE_GET_IRQ_INFO`.
 pub const VFIO_DEVICE_GET_IRQ_INFO: u64 = vfio_io(9);
+/// `VFIO_DEVICE_SET_IRQS`.
 pub const VFIO_DEVICE_SET_IRQS: u64 = vfio_io(10);
+/// `VFIO_DEVICE_RESET`.
 pub const VFIO_DEVICE_RESET: u64 = vfio_io(11);
+/// `VFIO_IOMMU_GET_INFO`.
 pub const VFIO_IOMMU_GET_INFO: u64 = vfio_io(12);
+/// `VFIO_IOMMU_MAP_DMA`.
 pub const VFIO_IOMMU_MAP_DMA: u64 = vfio_io(13);
+/// `VFIO_IOMMU_UNMAP_DMA`.
 pub const VFIO_IOMMU_UNMAP_DMA: u64 = vfio_io(14);
+/// `VFIO_IOMMU_DIRTY_PAGES`.
 pub const VFIO_IOMMU_DIRTY_PAGES: u64 = vfio_io(17);
 
 /// `VFIO_SET_IOMMU` / `VFIO_CHECK_EXTENSION` arguments: the IOMMU types
@@ -192,11 +206,14 @@ pub fn unmap_dma(
 
 /// `VFIO_GROUP_FLAGS_*`.
 pub const GROUP_FLAGS_VIABLE: u32 = 1 << 0;
+/// `VFIO_GROUP_FLAGS_CONTAINER_SET`.
 pub const GROUP_FLAGS_CONTAINER_SET: u32 = 1 << 1;
 
 /// `VFIO_IOMMU_DIRTY_PAGES_FLAG_*`.
 pub const DIRTY_PAGES_FLAG_START: u32 = 1 << 0;
+/// `VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP_TRACKING`.
 pub const DIRTY_PAGES_FLAG_STOP: u32 = 1 << 1;
+/// `VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP`.
 pub const DIRTY_PAGES_FLAG_GET_BITMAP: u32 = 1 << 2;
 
 /// The kernel's PAGE_SIZE bound on the device name string.
@@ -297,25 +314,30 @@ pub enum FdLookup {
     NotOpen,
     /// Open, but not a VFIO container (EINVAL).
     NotContainer,
+    /// The descriptor is a container.
     Container(ContainerFile),
 }
 
 /// An open `/dev/vfio/vfio`.
 #[derive(Clone)]
 pub struct ContainerFile {
+    /// The container (type1 state) behind the file.
     pub container: Arc<Container>,
 }
 
 /// An open `/dev/vfio/<group>`.
 #[derive(Clone)]
 pub struct GroupFile {
+    /// The group behind the file.
     pub group: Arc<Group>,
 }
 
 /// An open device fd.
 #[derive(Clone)]
 pub struct DeviceFile {
+    /// The device's group.
     pub group: Arc<Group>,
+    /// The device.
     pub device: Arc<Device>,
 }
 
@@ -338,6 +360,7 @@ pub struct Vfio {
 }
 
 impl Vfio {
+    /// The VFIO subsystem over `platform`, with nothing open.
     pub fn new(platform: Arc<Platform>) -> Self {
         Self {
             platform,
@@ -345,6 +368,7 @@ impl Vfio {
         }
     }
 
+    /// The platform served.
     pub fn platform(&self) -> &Arc<Platform> {
         &self.platform
     }

@@ -80,18 +80,27 @@ pub struct EduStats {
 /// The BAR0 registers as a driver sees them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EduRegisters {
+    /// 0x00: identification (0x010000ed).
     pub identification: u32,
     /// Stored value of 0x04 (the inverted last write).
     pub liveness: u32,
+    /// 0x08: factorial input, then result.
     pub factorial: u32,
+    /// 0x20: status (bit 0 computing, bit 7 raise interrupt on completion).
     pub status: u32,
+    /// 0x24: interrupt status.
     pub irq_status: u32,
+    /// 0x80: DMA source address.
     pub dma_src: u64,
+    /// 0x88: DMA destination address.
     pub dma_dst: u64,
+    /// 0x90: DMA count.
     pub dma_cnt: u64,
+    /// 0x98: DMA command.
     pub dma_cmd: u64,
     /// The PASID register (0xa0, a softvfio extension).
     pub pasid: u32,
+    /// The DMA mask ordinary DMA addresses are clamped to.
     pub dma_mask: u64,
 }
 
@@ -156,6 +165,7 @@ impl EduCore {
         self.last_error = last_error;
     }
 
+    /// The registers' current values.
     pub fn registers(&self) -> EduRegisters {
         EduRegisters {
             identification: EDU_ID,
@@ -172,6 +182,7 @@ impl EduCore {
         }
     }
 
+    /// Counters since creation (or the last clear).
     pub fn stats(&self) -> &EduStats {
         &self.stats
     }
@@ -181,6 +192,7 @@ impl EduCore {
         &mut self.stats
     }
 
+    /// Zeroes the counters.
     pub fn clear_stats(&mut self) {
         self.stats = EduStats::default();
     }

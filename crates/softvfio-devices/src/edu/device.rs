@@ -81,16 +81,27 @@ impl Default for EduOptions {
 /// Everything [`EduDevice::snapshot`] reports.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EduSnapshot {
+    /// The device's name (BDF).
     pub name: String,
+    /// Register values.
     pub registers: EduRegisters,
+    /// Counters.
     pub stats: EduStats,
+    /// The command register.
     pub command: u16,
+    /// Memory decoding on.
     pub memory_enabled: bool,
+    /// Bus master on.
     pub bus_master: bool,
+    /// The device signals with MSI.
     pub msi_enabled: bool,
+    /// The INTx line is asserted.
     pub intx_asserted: bool,
+    /// A DMA target (IOMMU port or pinning path) is set.
     pub dma_target_attached: bool,
+    /// The last DMA error, if any.
     pub last_error: Option<String>,
+    /// The device's recent log lines.
     pub log: Vec<String>,
 }
 
@@ -185,6 +196,7 @@ impl EduDevice {
         Self::with_options(EduOptions::new(name))
     }
 
+    /// An edu with the given options.
     pub fn with_options(opts: EduOptions) -> Self {
         let inner = Inner {
             core: EduCore::new(opts.dma_mask),
@@ -207,6 +219,7 @@ impl EduDevice {
         }
     }
 
+    /// The options it was built with.
     pub fn options(&self) -> &EduOptions {
         &self.opts
     }
@@ -217,6 +230,7 @@ impl EduDevice {
         *lock(&self.dma) = Some(target);
     }
 
+    /// Removes the DMA target: every DMA faults.
     pub fn clear_dma_target(&self) {
         *lock(&self.dma) = None;
     }
@@ -228,6 +242,7 @@ impl EduDevice {
         *lock(&self.notifier) = Some(Arc::from(f));
     }
 
+    /// Removes the notifier.
     pub fn clear_irq_notifier(&self) {
         *lock(&self.notifier) = None;
     }
@@ -274,10 +289,12 @@ impl EduDevice {
         self.irqs.set_intx_line(false);
     }
 
+    /// The registers' current values.
     pub fn registers(&self) -> EduRegisters {
         lock(&self.inner).core.registers()
     }
 
+    /// Counters.
     pub fn stats(&self) -> EduStats {
         lock(&self.inner).core.stats().clone()
     }
@@ -295,6 +312,7 @@ impl EduDevice {
         out
     }
 
+    /// Everything `inspect` shows of the device.
     pub fn snapshot(&self) -> EduSnapshot {
         let attached = lock(&self.dma).is_some();
         let g = lock(&self.inner);

@@ -10,6 +10,7 @@ pub const EDU_REVISION: u8 = 0x10;
 pub const EDU_CLASS_CODE: u32 = 0x00ff00;
 /// Subsystem vendor/device as QEMU fills them in.
 pub const EDU_SUBSYSTEM_VENDOR_ID: u16 = 0x1af4;
+/// Subsystem id (QEMU's default).
 pub const EDU_SUBSYSTEM_ID: u16 = 0x1100;
 
 /// BAR0 size: 1 MiB of MMIO.
@@ -18,16 +19,27 @@ pub const BAR0_SIZE: u64 = 1 << 20;
 /// Identification register value: version 1.0 (`0xRRrr00ed`).
 pub const EDU_ID: u32 = 0x0100_00ed;
 
+/// BAR0 register offset (`edu.rst`).
 pub const REG_ID: u64 = 0x00;
+/// BAR0 register offset (`edu.rst`).
 pub const REG_LIVENESS: u64 = 0x04;
+/// BAR0 register offset (`edu.rst`).
 pub const REG_FACTORIAL: u64 = 0x08;
+/// BAR0 register offset (`edu.rst`).
 pub const REG_STATUS: u64 = 0x20;
+/// BAR0 register offset (`edu.rst`).
 pub const REG_IRQ_STATUS: u64 = 0x24;
+/// BAR0 register offset (`edu.rst`).
 pub const REG_IRQ_RAISE: u64 = 0x60;
+/// BAR0 register offset (`edu.rst`).
 pub const REG_IRQ_ACK: u64 = 0x64;
+/// BAR0 register offset (`edu.rst`).
 pub const REG_DMA_SRC: u64 = 0x80;
+/// BAR0 register offset (`edu.rst`).
 pub const REG_DMA_DST: u64 = 0x88;
+/// BAR0 register offset (`edu.rst`).
 pub const REG_DMA_CNT: u64 = 0x90;
+/// BAR0 register offset (`edu.rst`).
 pub const REG_DMA_CMD: u64 = 0x98;
 /// softvfio extension (DESIGN.md §3): PASID-tagged DMA control.
 pub const REG_PASID: u64 = 0xa0;
