@@ -149,6 +149,13 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
         if let Some(op) = string {
             return self.string(op);
         }
+        if instr.op_count() == 1 {
+            return match instr.mnemonic() {
+                Mnemonic::Inc => self.inc_dec(AluOp::Add),
+                Mnemonic::Dec => self.inc_dec(AluOp::Sub),
+                _ => Err(self.unsupported(self.fault)),
+            };
+        }
         if instr.op_count() != 2 || instr.op_mask() != Register::None {
             return Err(self.unsupported(self.fault));
         }
@@ -476,6 +483,19 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
             }
         }
         self.regs.rflags = (self.regs.rflags & !flags::STATUS) | status;
+        self.finish()
+    }
+
+    /// inc/dec of memory: add/sub 1 that leaves CF as it was.
+    fn inc_dec(&mut self, op: AluOp) -> Result<(), EmulationError> {
+        let (mem_op, width) = self.scalar_memory()?;
+        let (address, bar, offset) = self.bar_operand(mem_op, width)?;
+        let mut data = [0u8; 8];
+        self.device_read(address, bar, offset, &mut data[..width])?;
+        let (result, status) = alu::compute(op, u64::from_le_bytes(data), 1, width);
+        self.device_write(address, bar, offset, &result.to_le_bytes()[..width])?;
+        let changed = flags::STATUS & !flags::CF;
+        self.regs.rflags = (self.regs.rflags & !changed) | (status & changed);
         self.finish()
     }
 

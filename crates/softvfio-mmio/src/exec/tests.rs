@@ -964,6 +964,34 @@ fn sixty_four_bit_alu_sign_extends_its_immediate() {
 }
 
 #[test]
+fn inc_dec_keep_the_carry_flag() {
+    use flags::*;
+    let mut space = FakeSpace::new();
+    space.set(0, 0, &[0xff]);
+    let code = asm(|a| a.inc(byte_ptr(rdi)));
+    let mut r = regs();
+    r.rflags |= CF;
+    r.gpr[gpr::RDI] = BAR0;
+    run(&code, &mut r, BAR0, &mut space).unwrap();
+    assert_eq!(space.log, vec![Read(0, 0, 1, 0xff), Write(0, 0, 1, 0)]);
+    // 0xff + 1 carries out, but inc does not touch CF (it was set).
+    assert_eq!(r.rflags, 0x202 | CF | ZF | PF | AF);
+    assert_eq!(r.rip, RIP + code.len() as u64);
+
+    let code = asm(|a| a.dec(dword_ptr(rdi)));
+    let mut r = regs();
+    r.gpr[gpr::RDI] = BAR0;
+    space.log.clear();
+    run(&code, &mut r, BAR0, &mut space).unwrap();
+    // The dword is now 00 81 82 83: 0x83828100 - 1.
+    assert_eq!(
+        space.log,
+        vec![Read(0, 0, 4, 0x8382_8100), Write(0, 0, 4, 0x8382_80ff)]
+    );
+    assert_eq!(r.rflags, 0x202 | SF | PF | AF);
+}
+
+#[test]
 fn cmp_and_test_only_read() {
     let code = asm(|a| a.cmp(dword_ptr(rdi), 0x8382_8180u32 as i32));
     let mut r = regs();
@@ -1009,7 +1037,7 @@ fn fault_outside_every_bar_is_not_ours() {
 
 #[test]
 fn unsupported_instruction_report_names_instruction_address_and_offset() {
-    let code = asm(|a| a.inc(dword_ptr(rdi + 0x10)));
+    let code = asm(|a| a.not(dword_ptr(rdi + 0x10)));
     let mut r = regs();
     r.gpr[gpr::RDI] = BAR0;
     let before = r.clone();
@@ -1017,7 +1045,7 @@ fn unsupported_instruction_report_names_instruction_address_and_offset() {
     let err = run(&code, &mut r, BAR0 + 0x10, &mut space).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "cannot emulate `inc dword ptr [rdi+10h]` at rip 0x401000 on address 0x10000010 (BAR 0 offset 0x10)"
+        "cannot emulate `not dword ptr [rdi+10h]` at rip 0x401000 on address 0x10000010 (BAR 0 offset 0x10)"
     );
     assert!(space.log.is_empty());
     assert_eq!(r, before);
