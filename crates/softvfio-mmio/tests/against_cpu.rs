@@ -297,6 +297,8 @@ fn gpr_cases() -> Vec<GprCase> {
             .or(al, byte_ptr(rdi))),
         gpr_load!("add eax, dword ptr [rdi]", |a: &mut CodeAssembler| a
             .add(eax, dword_ptr(rdi))),
+        gpr_load!("sub rax, qword ptr [rdi]", |a: &mut CodeAssembler| a
+            .sub(rax, qword_ptr(rdi))),
         gpr_load!("lodsw", |a: &mut CodeAssembler| a.lodsw()),
     ]
 }

@@ -737,6 +737,43 @@ fn movsd_from_a_bar_into_memory() {
 }
 
 #[test]
+fn movs_between_two_bars_reads_then_writes_each_element() {
+    let code = asm(|a| a.rep().movsw());
+    let mut r = regs();
+    r.gpr[gpr::RSI] = BAR2 + 0x10;
+    r.gpr[gpr::RDI] = BAR0 + 0x10;
+    r.gpr[gpr::RCX] = 2;
+    let log = run_ok(&code, &mut r, BAR0 + 0x10);
+    assert_eq!(
+        log,
+        vec![
+            Read(2, 0x10, 2, 0x9190),
+            Write(0, 0x10, 2, 0x9190),
+            Read(2, 0x12, 2, 0x9392),
+            Write(0, 0x12, 2, 0x9392),
+        ]
+    );
+    assert_eq!(
+        (r.gpr[gpr::RSI], r.gpr[gpr::RDI], r.gpr[gpr::RCX]),
+        (BAR2 + 0x14, BAR0 + 0x14, 0)
+    );
+}
+
+#[test]
+fn movs_source_segment_override() {
+    // 64 a4: movsb with an FS source; the destination is always ES (base 0).
+    let code = [0x64, 0xa4];
+    assert_eq!(text_of(&code), "movsb es:[rdi],fs:[rsi]");
+    let mut r = regs();
+    r.fs_base = BAR2;
+    r.gpr[gpr::RSI] = 5;
+    r.gpr[gpr::RDI] = BAR0;
+    let log = run_ok(&code, &mut r, BAR0);
+    assert_eq!(log, vec![Read(2, 5, 1, 0x85), Write(0, 0, 1, 0x85)]);
+    assert_eq!((r.gpr[gpr::RSI], r.gpr[gpr::RDI]), (6, BAR0 + 1));
+}
+
+#[test]
 fn stos_with_and_without_rep() {
     let code = asm(|a| a.rep().stosd());
     let mut r = regs();
