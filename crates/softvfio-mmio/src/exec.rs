@@ -153,6 +153,7 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
             return match instr.mnemonic() {
                 Mnemonic::Inc => self.inc_dec(AluOp::Add),
                 Mnemonic::Dec => self.inc_dec(AluOp::Sub),
+                Mnemonic::Not | Mnemonic::Neg => self.not_neg(),
                 _ => Err(self.unsupported(self.fault)),
             };
         }
@@ -160,7 +161,8 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
             return Err(self.unsupported(self.fault));
         }
         match instr.mnemonic() {
-            Mnemonic::Mov | Mnemonic::Movnti => self.mov(),
+            Mnemonic::Mov | Mnemonic::Movnti => self.mov(false),
+            Mnemonic::Movbe => self.mov(true),
             Mnemonic::Movzx => self.load_extend(false),
             Mnemonic::Movsx | Mnemonic::Movsxd => self.load_extend(true),
             Mnemonic::Xchg => self.xchg(),
@@ -401,14 +403,19 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
 
     // ---- instruction families ----
 
-    /// mov/movnti: a store of a GPR or immediate, or a load into a GPR.
-    fn mov(&mut self) -> Result<(), EmulationError> {
+    /// mov/movnti: a store of a GPR or immediate, or a load into a GPR;
+    /// movbe (`swap`) the same with the bytes in reverse order.
+    fn mov(&mut self, swap: bool) -> Result<(), EmulationError> {
         let (op, width) = self.scalar_memory()?;
         if op == 0 {
             // The source is checked before the device sees anything.
             let value = self.register_or_immediate(1)?;
             let (address, bar, offset) = self.bar_operand(op, width)?;
-            self.device_write(address, bar, offset, &value.to_le_bytes()[..width])?;
+            let mut data = value.to_le_bytes();
+            if swap {
+                data[..width].reverse();
+            }
+            self.device_write(address, bar, offset, &data[..width])?;
         } else {
             let dst = self.instr.op0_register();
             if self.regs.read_gpr(dst).is_none() {
@@ -417,6 +424,9 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
             let (address, bar, offset) = self.bar_operand(op, width)?;
             let mut data = [0u8; 8];
             self.device_read(address, bar, offset, &mut data[..width])?;
+            if swap {
+                data[..width].reverse();
+            }
             self.write_register(dst, u64::from_le_bytes(data))?;
         }
         self.finish()
@@ -496,6 +506,24 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
         self.device_write(address, bar, offset, &result.to_le_bytes()[..width])?;
         let changed = flags::STATUS & !flags::CF;
         self.regs.rflags = (self.regs.rflags & !changed) | (status & changed);
+        self.finish()
+    }
+
+    /// not (no flags) and neg (flags of 0 - value) of memory.
+    fn not_neg(&mut self) -> Result<(), EmulationError> {
+        let (mem_op, width) = self.scalar_memory()?;
+        let (address, bar, offset) = self.bar_operand(mem_op, width)?;
+        let mut data = [0u8; 8];
+        self.device_read(address, bar, offset, &mut data[..width])?;
+        let value = u64::from_le_bytes(data);
+        let result = if self.instr.mnemonic() == Mnemonic::Neg {
+            let (result, status) = alu::compute(AluOp::Sub, 0, value, width);
+            self.regs.rflags = (self.regs.rflags & !flags::STATUS) | status;
+            result
+        } else {
+            !value
+        };
+        self.device_write(address, bar, offset, &result.to_le_bytes()[..width])?;
         self.finish()
     }
 

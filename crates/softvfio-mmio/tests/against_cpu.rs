@@ -58,6 +58,7 @@ enum Op {
     Xor,
     Inc,
     Dec,
+    Neg,
 }
 
 /// Runs `op a, b` (or `op a`) natively at `width` bytes with CF preset to
@@ -132,6 +133,7 @@ fn native(op: Op, width: usize, a: u64, b: u64, carry: bool) -> (u64, u64) {
         Op::Xor => by_width!(width, "xor", a, b, carry),
         Op::Inc => by_width!(width, "inc", a, carry),
         Op::Dec => by_width!(width, "dec", a, carry),
+        Op::Neg => by_width!(width, "neg", a, carry),
     }
 }
 
@@ -166,6 +168,7 @@ fn code(op: Op, width: usize) -> Vec<u8> {
         Op::Xor => two!(xor),
         Op::Inc => one!(inc),
         Op::Dec => one!(dec),
+        Op::Neg => one!(neg),
     }
     .unwrap();
     a.assemble(RIP).unwrap()
@@ -180,6 +183,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         Just(Op::Xor),
         Just(Op::Inc),
         Just(Op::Dec),
+        Just(Op::Neg),
     ]
 }
 
@@ -264,7 +268,7 @@ type GprCase = (
 );
 
 fn gpr_cases() -> Vec<GprCase> {
-    vec![
+    let mut cases = vec![
         gpr_load!("mov al, byte ptr [rdi]", |a: &mut CodeAssembler| a
             .mov(al, byte_ptr(rdi))),
         gpr_load!("mov ah, byte ptr [rdi]", |a: &mut CodeAssembler| a
@@ -300,7 +304,18 @@ fn gpr_cases() -> Vec<GprCase> {
         gpr_load!("sub rax, qword ptr [rdi]", |a: &mut CodeAssembler| a
             .sub(rax, qword_ptr(rdi))),
         gpr_load!("lodsw", |a: &mut CodeAssembler| a.lodsw()),
-    ]
+    ];
+    if std::arch::is_x86_feature_detected!("movbe") {
+        cases.extend([
+            gpr_load!("movbe ax, word ptr [rdi]", |a: &mut CodeAssembler| a
+                .movbe(ax, word_ptr(rdi))),
+            gpr_load!("movbe eax, dword ptr [rdi]", |a: &mut CodeAssembler| a
+                .movbe(eax, dword_ptr(rdi))),
+            gpr_load!("movbe rax, qword ptr [rdi]", |a: &mut CodeAssembler| a
+                .movbe(rax, qword_ptr(rdi))),
+        ]);
+    }
+    cases
 }
 
 /// A load into XMM1 from `[rdi]`, run natively and emulated (the low 128

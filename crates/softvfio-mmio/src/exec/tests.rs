@@ -1029,6 +1029,49 @@ fn inc_dec_keep_the_carry_flag() {
 }
 
 #[test]
+fn not_and_neg_of_memory() {
+    let code = asm(|a| a.not(word_ptr(rdi)));
+    let mut r = regs();
+    r.rflags |= flags::STATUS;
+    r.gpr[gpr::RDI] = BAR0;
+    assert_eq!(
+        run_ok(&code, &mut r, BAR0),
+        vec![Read(0, 0, 2, 0x8180), Write(0, 0, 2, 0x7e7f)]
+    );
+    // not leaves every flag alone.
+    assert_eq!(r.rflags, 0x202 | flags::STATUS);
+
+    let code = asm(|a| a.neg(byte_ptr(rdi)));
+    let mut r = regs();
+    r.gpr[gpr::RDI] = BAR0;
+    // neg 0x80 = 0x80: carry (source not 0), overflow, sign.
+    assert_eq!(
+        run_ok(&code, &mut r, BAR0),
+        vec![Read(0, 0, 1, 0x80), Write(0, 0, 1, 0x80)]
+    );
+    assert_eq!(r.rflags, 0x202 | flags::CF | flags::OF | flags::SF);
+}
+
+#[test]
+fn movbe_reverses_bytes_both_ways() {
+    let code = asm(|a| a.movbe(eax, dword_ptr(rdi)));
+    let mut r = regs();
+    r.gpr[gpr::RAX] = u64::MAX;
+    r.gpr[gpr::RDI] = BAR0;
+    assert_eq!(
+        run_ok(&code, &mut r, BAR0),
+        vec![Read(0, 0, 4, 0x8382_8180)]
+    );
+    assert_eq!(r.gpr[gpr::RAX], 0x8081_8283);
+
+    let code = asm(|a| a.movbe(word_ptr(rdi), cx));
+    let mut r = regs();
+    r.gpr[gpr::RCX] = 0x1234;
+    r.gpr[gpr::RDI] = BAR0;
+    assert_eq!(run_ok(&code, &mut r, BAR0), vec![Write(0, 0, 2, 0x3412)]);
+}
+
+#[test]
 fn cmp_and_test_only_read() {
     let code = asm(|a| a.cmp(dword_ptr(rdi), 0x8382_8180u32 as i32));
     let mut r = regs();
@@ -1074,7 +1117,7 @@ fn fault_outside_every_bar_is_not_ours() {
 
 #[test]
 fn unsupported_instruction_report_names_instruction_address_and_offset() {
-    let code = asm(|a| a.not(dword_ptr(rdi + 0x10)));
+    let code = asm(|a| a.adc(dword_ptr(rdi + 0x10), 1));
     let mut r = regs();
     r.gpr[gpr::RDI] = BAR0;
     let before = r.clone();
@@ -1082,7 +1125,7 @@ fn unsupported_instruction_report_names_instruction_address_and_offset() {
     let err = run(&code, &mut r, BAR0 + 0x10, &mut space).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "cannot emulate `not dword ptr [rdi+10h]` at rip 0x401000 on address 0x10000010 (BAR 0 offset 0x10)"
+        "cannot emulate `adc dword ptr [rdi+10h],1` at rip 0x401000 on address 0x10000010 (BAR 0 offset 0x10)"
     );
     assert!(space.log.is_empty());
     assert_eq!(r, before);
