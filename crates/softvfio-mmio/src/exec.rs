@@ -186,13 +186,19 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
             | Mnemonic::Movntdqa
             | Mnemonic::Movntps
             | Mnemonic::Movntpd => self.vector(false, true),
-            // VEX: loads into an xmm zero the bits above 128.
+            // VEX and unmasked EVEX: loads zero the bits above what they write.
             Mnemonic::Vmovd
             | Mnemonic::Vmovq
             | Mnemonic::Vmovdqu
+            | Mnemonic::Vmovdqu8
+            | Mnemonic::Vmovdqu16
+            | Mnemonic::Vmovdqu32
+            | Mnemonic::Vmovdqu64
             | Mnemonic::Vmovups
             | Mnemonic::Vmovupd => self.vector(true, false),
             Mnemonic::Vmovdqa
+            | Mnemonic::Vmovdqa32
+            | Mnemonic::Vmovdqa64
             | Mnemonic::Vmovaps
             | Mnemonic::Vmovapd
             | Mnemonic::Vmovntdq
@@ -527,9 +533,11 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
         self.finish()
     }
 
-    /// Moves between memory and an XMM/YMM register (4, 8, 16 or 32 bytes).
-    /// A load of 4 or 8 bytes into an xmm zeroes the rest of the xmm; `vex`
-    /// loads also zero bits 128..256 unless they write a ymm.
+    /// Moves between memory and an XMM/YMM/ZMM register (4 to 64 bytes).
+    /// A load of 4 or 8 bytes into an xmm zeroes the rest of the xmm.
+    /// Legacy SSE loads (`vex` false) leave bits 128..512 alone; VEX and
+    /// EVEX loads zero everything above what they write. Masked EVEX
+    /// forms were refused by the caller.
     fn vector(&mut self, vex: bool, aligned: bool) -> Result<(), EmulationError> {
         let op = self
             .memory_operand()
@@ -537,7 +545,7 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
         let width = self.instr.memory_size().size();
         let reg = self.instr.op_register(1 - op);
         let index = match vector_index(reg) {
-            Some(index) if matches!(width, 4 | 8 | 16 | 32) && width <= reg.size() => index,
+            Some(index) if matches!(width, 4 | 8 | 16 | 32 | 64) && width <= reg.size() => index,
             _ => return Err(self.unsupported(self.fault)),
         };
         let (address, bar, offset) = self.bar_operand(op, width)?;
@@ -549,20 +557,30 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
                 len: width,
             });
         }
-        let mut data = [0u8; 32];
+        let mut data = [0u8; 64];
+        let lanes = [
+            self.regs.xmm[index],
+            self.regs.ymm_high[index],
+            self.regs.zmm_high[index][0],
+            self.regs.zmm_high[index][1],
+        ];
         if op == 0 {
-            data[..16].copy_from_slice(&self.regs.xmm[index].to_le_bytes());
-            data[16..].copy_from_slice(&self.regs.ymm_high[index].to_le_bytes());
+            for (chunk, lane) in data.chunks_exact_mut(16).zip(lanes) {
+                chunk.copy_from_slice(&lane.to_le_bytes());
+            }
             self.device_write(address, bar, offset, &data[..width])?;
         } else {
             self.device_read(address, bar, offset, &mut data[..width])?;
-            let mut low = [0u8; 16];
-            let mut high = [0u8; 16];
-            low.copy_from_slice(&data[..16]);
-            high.copy_from_slice(&data[16..]);
-            self.regs.xmm[index] = u128::from_le_bytes(low);
-            if reg.is_ymm() || vex {
-                self.regs.ymm_high[index] = u128::from_le_bytes(high);
+            let mut lanes = [0u128; 4];
+            for (lane, chunk) in lanes.iter_mut().zip(data.chunks_exact(16)) {
+                let mut bytes = [0u8; 16];
+                bytes.copy_from_slice(chunk);
+                *lane = u128::from_le_bytes(bytes);
+            }
+            self.regs.xmm[index] = lanes[0];
+            if vex {
+                self.regs.ymm_high[index] = lanes[1];
+                self.regs.zmm_high[index] = [lanes[2], lanes[3]];
             }
             self.out.vector_written = true;
         }

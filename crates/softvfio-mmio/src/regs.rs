@@ -1,8 +1,9 @@
 //! The register file the emulator reads and writes.
 //!
 //! Invariants: `gpr` is indexed in the x86 encoding order (RAX=0 … R15=15);
-//! a vector register `n` is `xmm[n]` (bits 0..128) plus `ymm_high[n]`
-//! (bits 128..256), both little-endian `u128`. Writes follow the x86 rules:
+//! a vector register `n` (0..32) is `xmm[n]` (bits 0..128), `ymm_high[n]`
+//! (bits 128..256) and `zmm_high[n]` (bits 256..384, 384..512), all
+//! little-endian `u128`. Writes follow the x86 rules:
 //! 8- and 16-bit GPR writes merge into the old value, 32-bit writes zero
 //! bits 32..64, 64-bit writes replace.
 
@@ -44,8 +45,10 @@ pub mod flags {
 /// The part of a thread's state an MMIO instruction can use or change.
 ///
 /// Trace mode fills it from `user_regs_struct` (GPRs, rip, eflags,
-/// fs_base, gs_base) and `user_fpregs_struct`/XSAVE (xmm, ymm upper
-/// halves); preload mode from the `ucontext_t` of the SIGSEGV handler.
+/// fs_base, gs_base) and the XSAVE area (legacy part: XMM0-15; AVX: YMM
+/// upper halves; AVX-512 ZMM_Hi256 and Hi16_ZMM: the rest, where the CPU
+/// has them, else zero); preload mode from the `ucontext_t` of the SIGSEGV
+/// handler.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Registers {
     pub gpr: [u64; 16],
@@ -53,8 +56,9 @@ pub struct Registers {
     pub rflags: u64,
     pub fs_base: u64,
     pub gs_base: u64,
-    pub xmm: [u128; 16],
-    pub ymm_high: [u128; 16],
+    pub xmm: [u128; 32],
+    pub ymm_high: [u128; 32],
+    pub zmm_high: [[u128; 2]; 32],
 }
 
 /// AH, CH, DH and BH name bits 8..16 of RAX..RBX.
@@ -74,16 +78,18 @@ fn gpr_index(reg: Register) -> Option<usize> {
     (index < 16).then_some(index)
 }
 
-/// The `xmm`/`ymm` index of vector register `reg`, if it is XMM0-15/YMM0-15.
+/// The vector register number (0..32) of an XMM, YMM or ZMM register.
 pub(crate) fn vector_index(reg: Register) -> Option<usize> {
     let index = if reg.is_xmm() {
         reg.number() - Register::XMM0.number()
     } else if reg.is_ymm() {
         reg.number() - Register::YMM0.number()
+    } else if reg.is_zmm() {
+        reg.number() - Register::ZMM0.number()
     } else {
         return None;
     };
-    (index < 16).then_some(index)
+    (index < 32).then_some(index)
 }
 
 impl Registers {

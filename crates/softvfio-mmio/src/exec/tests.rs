@@ -640,6 +640,79 @@ fn ymm_moves_are_four_eight_byte_accesses() {
 }
 
 #[test]
+fn vex_loads_clear_up_to_512_bits_and_legacy_loads_keep_them() {
+    for (code, kept) in [
+        (asm(|a| a.movups(xmm5, xmmword_ptr(rdi))), true),
+        (asm(|a| a.vmovups(xmm5, xmmword_ptr(rdi))), false),
+        (asm(|a| a.vmovq(xmm5, qword_ptr(rdi))), false),
+        (asm(|a| a.vmovdqu(ymm5, ymmword_ptr(rdi))), false),
+    ] {
+        let mut r = regs();
+        r.gpr[gpr::RDI] = BAR0;
+        r.zmm_high[5] = [XMM_OLD, XMM_OLD];
+        run_ok(&code, &mut r, BAR0);
+        let expected = if kept { [XMM_OLD, XMM_OLD] } else { [0, 0] };
+        assert_eq!(r.zmm_high[5], expected, "{}", text_of(&code));
+    }
+}
+
+#[test]
+fn evex_zmm_and_high_register_moves() {
+    // What glibc's AVX-512 memcpy uses: unmasked EVEX moves on registers 16-31.
+    let code = asm(|a| a.vmovdqu64(zmm16, zmmword_ptr(rsi)));
+    let mut r = regs();
+    r.gpr[gpr::RSI] = BAR0 + 0x40;
+    let log = run_ok(&code, &mut r, BAR0 + 0x40);
+    let offsets: Vec<u64> = log
+        .iter()
+        .map(|a| {
+            if let Read(0, o, 8, _) = a {
+                *o
+            } else {
+                u64::MAX
+            }
+        })
+        .collect();
+    assert_eq!(offsets, (0..8).map(|k| 0x40 + 8 * k).collect::<Vec<_>>());
+    assert_eq!(r.xmm[16], 0xcfce_cdcc_cbca_c9c8_c7c6_c5c4_c3c2_c1c0);
+    assert_eq!(r.ymm_high[16], 0xdfde_dddc_dbda_d9d8_d7d6_d5d4_d3d2_d1d0);
+    assert_eq!(
+        r.zmm_high[16],
+        [
+            0xefee_edec_ebea_e9e8_e7e6_e5e4_e3e2_e1e0,
+            0xfffe_fdfc_fbfa_f9f8_f7f6_f5f4_f3f2_f1f0
+        ]
+    );
+
+    let code = asm(|a| a.vmovdqu8(ymmword_ptr(rdi), ymm20));
+    let mut r = regs();
+    r.gpr[gpr::RDI] = BAR2;
+    r.xmm[20] = 0x2222_2222_2222_2222_1111_1111_1111_1111;
+    r.ymm_high[20] = 0x4444_4444_4444_4444_3333_3333_3333_3333;
+    r.zmm_high[20] = [XMM_OLD, XMM_OLD];
+    let log = run_ok(&code, &mut r, BAR2);
+    assert_eq!(
+        log,
+        vec![
+            Write(2, 0, 8, 0x1111_1111_1111_1111),
+            Write(2, 8, 8, 0x2222_2222_2222_2222),
+            Write(2, 16, 8, 0x3333_3333_3333_3333),
+            Write(2, 24, 8, 0x4444_4444_4444_4444),
+        ]
+    );
+
+    // The aligned EVEX form checks 64-byte alignment for a zmm.
+    let code = asm(|a| a.vmovdqa64(zmm1, zmmword_ptr(rdi)));
+    let mut r = regs();
+    r.gpr[gpr::RDI] = BAR0 + 0x20;
+    let err = run(&code, &mut r, BAR0 + 0x20, &mut FakeSpace::new()).unwrap_err();
+    assert!(
+        matches!(err, EmulationError::Misaligned { len: 64, .. }),
+        "{err}"
+    );
+}
+
+#[test]
 fn misaligned_aligned_move_is_refused_without_access() {
     let code = asm(|a| a.movdqa(xmm0, xmmword_ptr(rdi)));
     let mut r = regs();
