@@ -712,6 +712,46 @@ fn evex_zmm_and_high_register_moves() {
     );
 }
 
+/// The stores of glibc 2.3x's `__memmove_avx512_unaligned_erms` (as
+/// disassembled on the development machine), with RDI = BAR 0 + 0x100 and
+/// RDX = 0x100 (the copy length): each is performed with the right
+/// offset and number of 8-byte pieces.
+#[test]
+fn glibc_avx512_memcpy_store_forms() {
+    type Build = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+    let cases: [(Build, u64, usize); 8] = [
+        (
+            |a| a.vmovdqu64(zmmword_ptr(rdi + rdx - 0x40), zmm17),
+            0x1c0,
+            8,
+        ),
+        (|a| a.vmovdqa64(zmmword_ptr(rdi + 0xc0), zmm20), 0x1c0, 8),
+        (|a| a.vmovntdq(zmmword_ptr(rdi), zmm16), 0x100, 8),
+        (
+            |a| a.vmovdqu64(ymmword_ptr(rdi + rdx - 0x20), ymm17),
+            0x1e0,
+            4,
+        ),
+        (|a| a.vmovdqu(xmmword_ptr(rdi + rdx - 0x10), xmm1), 0x1f0, 2),
+        (|a| a.mov(qword_ptr(rdi + rdx - 8), rcx), 0x1f8, 1),
+        (|a| a.mov(word_ptr(rdi + rdx + 2), si), 0x202, 1),
+        (|a| a.mov(byte_ptr(rdi), cl), 0x100, 1),
+    ];
+    for (build, offset, pieces) in cases {
+        let code = asm(build);
+        let mut r = regs();
+        r.gpr[gpr::RDI] = BAR0 + 0x100;
+        r.gpr[gpr::RDX] = 0x100;
+        let log = run_ok(&code, &mut r, BAR0 + offset);
+        assert_eq!(log.len(), pieces, "{}", text_of(&code));
+        assert!(
+            matches!(log[0], Write(0, o, _, _) if o == offset),
+            "{}",
+            text_of(&code)
+        );
+    }
+}
+
 #[test]
 fn misaligned_aligned_move_is_refused_without_access() {
     let code = asm(|a| a.movdqa(xmm0, xmmword_ptr(rdi)));
