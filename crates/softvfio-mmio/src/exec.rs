@@ -1,10 +1,12 @@
 //! Decoding and performing one faulting instruction.
 //!
-//! Invariants: `Exec` works on a copy of the caller's registers, committed
-//! only when the instruction (or, for rep strings, a whole number of
-//! elements) completed; a failing access therefore never leaves a
-//! half-updated register file. Every memory operand is resolved to a BAR
-//! range that lies entirely in one BAR before any device access is made.
+//! Invariants: a failing instruction leaves the caller's registers as they
+//! were: `emulate` snapshots the scalar state (GPRs, RIP, RFLAGS) and puts
+//! it back on error, and a vector register is written only after every
+//! fallible step of its instruction (so it needs no snapshot: copying all
+//! 32 vector registers per fault would double the cost). Rep strings
+//! commit a whole number of elements. Every memory operand is resolved to
+//! a BAR range that lies entirely in one BAR before any device access.
 
 use iced_x86::{
     Code, Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind,
@@ -75,17 +77,22 @@ where
     if instr.is_invalid() {
         return Err(decode_error());
     }
+    let scalar = (regs.gpr, regs.rip, regs.rflags);
     let mut exec = Exec {
         instr: &instr,
-        regs: regs.clone(),
+        regs,
         space,
         memory,
         out: Emulated::default(),
         fault,
     };
-    exec.run()?;
-    *regs = exec.regs;
-    Ok(exec.out)
+    match exec.run() {
+        Ok(()) => Ok(exec.out),
+        Err(error) => {
+            (exec.regs.gpr, exec.regs.rip, exec.regs.rflags) = scalar;
+            Err(error)
+        }
+    }
 }
 
 /// The instruction as Intel-syntax text, for reports.
@@ -124,7 +131,7 @@ enum Place {
 
 struct Exec<'a, S: ?Sized, M: ?Sized> {
     instr: &'a Instruction,
-    regs: Registers,
+    regs: &'a mut Registers,
     space: &'a mut S,
     memory: &'a mut M,
     out: Emulated,
