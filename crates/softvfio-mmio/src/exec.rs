@@ -65,6 +65,14 @@ where
         address: fault_address,
         bar: Some(fault_bar),
     };
+    if let Some(bar) = space.bar_at(regs.rip) {
+        return Err(EmulationError::Execute {
+            at: Location {
+                address: regs.rip,
+                bar: Some(bar),
+            },
+        });
+    }
     let code = &code[..code.len().min(15)];
     let decode_error = || EmulationError::Decode {
         rip: regs.rip,
@@ -180,7 +188,7 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
             Mnemonic::Xor => self.alu(AluOp::Xor, true),
             Mnemonic::Cmp => self.alu(AluOp::Sub, false),
             Mnemonic::Test => self.alu(AluOp::And, false),
-            // Legacy SSE: loads leave bits 128..256 alone.
+            // Legacy SSE: loads leave bits 128..512 alone.
             Mnemonic::Movd
             | Mnemonic::Movq
             | Mnemonic::Movdqu

@@ -82,6 +82,9 @@ pub enum EmulationError {
     /// delivers the signal to the program (chains to its handler).
     #[error("fault at {address:#x} is not in an emulated BAR")]
     NotMmio { address: u64 },
+    /// RIP itself is in a BAR: the program jumped into device memory.
+    #[error("instruction fetch from {at}")]
+    Execute { at: Location },
     /// The bytes at RIP do not decode to an instruction.
     #[error("undecodable instruction at rip {rip:#x} ({bytes:02x?}) faulting at {at}")]
     Decode {

@@ -1245,6 +1245,17 @@ fn unsupported_instruction_report_names_instruction_address_and_offset() {
 }
 
 #[test]
+fn executing_from_a_bar_is_reported() {
+    let mut r = regs();
+    r.rip = BAR0 + 0x20;
+    let err = run(&[0x90], &mut r, BAR0 + 0x20, &mut FakeSpace::new()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "instruction fetch from address 0x10000020 (BAR 0 offset 0x20)"
+    );
+}
+
+#[test]
 fn undecodable_bytes_are_reported() {
     // 06 (push es) does not exist in 64-bit mode.
     let mut r = regs();
