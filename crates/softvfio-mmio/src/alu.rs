@@ -3,7 +3,7 @@
 //! Invariants: operands and results are confined to the operand width
 //! (1/2/4/8 bytes); only the six status flags are produced. AF is
 //! architecturally undefined after the logical operations; this ALU clears
-//! it (as current Intel and AMD cores do in practice).
+//! it, as the AMD EPYC the tests ran on does (`tests/against_cpu.rs`).
 
 use crate::regs::flags;
 
@@ -11,6 +11,10 @@ use crate::regs::flags;
 pub(crate) enum AluOp {
     Add,
     Sub,
+    /// Add with the carry flag's value.
+    Adc(bool),
+    /// Subtract with borrow (the carry flag's value).
+    Sbb(bool),
     And,
     Or,
     Xor,
@@ -38,6 +42,27 @@ pub(crate) fn compute(op: AluOp, a: u64, b: u64, width: usize) -> (u64, u64) {
                 r,
                 carry,
                 (a ^ r) & (b ^ r) & sign != 0,
+                (a ^ b ^ r) & 0x10 != 0,
+            )
+        }
+        AluOp::Adc(carry_in) => {
+            let sum = a as u128 + b as u128 + carry_in as u128;
+            let r = sum as u64 & mask;
+            let carry = sum > mask as u128;
+            (
+                r,
+                carry,
+                (a ^ r) & (b ^ r) & sign != 0,
+                (a ^ b ^ r) & 0x10 != 0,
+            )
+        }
+        AluOp::Sbb(borrow_in) => {
+            let r = a.wrapping_sub(b).wrapping_sub(borrow_in as u64) & mask;
+            let borrow = (a as u128) < b as u128 + borrow_in as u128;
+            (
+                r,
+                borrow,
+                (a ^ b) & (a ^ r) & sign != 0,
                 (a ^ b ^ r) & 0x10 != 0,
             )
         }
@@ -99,6 +124,23 @@ mod tests {
         );
         assert_eq!(compute(AluOp::Sub, 0x8000, 1, 2), (0x7fff, OF | PF | AF));
         assert_eq!(compute(AluOp::Sub, 5, 5, 8), (0, ZF | PF));
+    }
+
+    #[test]
+    fn adc_sbb_use_the_carry() {
+        assert_eq!(
+            compute(AluOp::Adc(true), 0xfe, 1, 1),
+            (0, CF | ZF | PF | AF)
+        );
+        assert_eq!(compute(AluOp::Adc(false), 0xfe, 1, 1), (0xff, SF | PF));
+        assert_eq!(
+            compute(AluOp::Sbb(true), 1, 1, 2),
+            (0xffff, CF | SF | PF | AF)
+        );
+        assert_eq!(
+            compute(AluOp::Sbb(true), 0, u64::MAX, 8),
+            (0, CF | ZF | PF | AF)
+        );
     }
 
     #[test]

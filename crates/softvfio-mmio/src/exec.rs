@@ -181,8 +181,12 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
             Mnemonic::Movzx => self.load_extend(false),
             Mnemonic::Movsx | Mnemonic::Movsxd => self.load_extend(true),
             Mnemonic::Xchg => self.xchg(),
+            Mnemonic::Xadd => self.xadd(),
+            Mnemonic::Cmpxchg => self.cmpxchg(),
             Mnemonic::Add => self.alu(AluOp::Add, true),
             Mnemonic::Sub => self.alu(AluOp::Sub, true),
+            Mnemonic::Adc => self.alu(AluOp::Adc(self.regs.rflags & flags::CF != 0), true),
+            Mnemonic::Sbb => self.alu(AluOp::Sbb(self.regs.rflags & flags::CF != 0), true),
             Mnemonic::And => self.alu(AluOp::And, true),
             Mnemonic::Or => self.alu(AluOp::Or, true),
             Mnemonic::Xor => self.alu(AluOp::Xor, true),
@@ -488,6 +492,60 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
         self.device_read(address, bar, offset, &mut old[..width])?;
         self.device_write(address, bar, offset, &new.to_le_bytes()[..width])?;
         self.write_register(reg, u64::from_le_bytes(old))?;
+        self.finish()
+    }
+
+    /// xadd [m], r: the sum goes to memory, the old value to the register.
+    fn xadd(&mut self) -> Result<(), EmulationError> {
+        let (op, width) = self.scalar_memory()?;
+        let reg = self.instr.op1_register();
+        let addend = self
+            .regs
+            .read_gpr(reg)
+            .ok_or_else(|| self.unsupported(self.fault))?;
+        if op != 0 {
+            return Err(self.unsupported(self.fault));
+        }
+        let (address, bar, offset) = self.bar_operand(op, width)?;
+        let mut old = [0u8; 8];
+        self.device_read(address, bar, offset, &mut old[..width])?;
+        let old = u64::from_le_bytes(old);
+        let (sum, status) = alu::compute(AluOp::Add, old, addend, width);
+        self.device_write(address, bar, offset, &sum.to_le_bytes()[..width])?;
+        self.write_register(reg, old)?;
+        self.regs.rflags = (self.regs.rflags & !flags::STATUS) | status;
+        self.finish()
+    }
+
+    /// cmpxchg [m], r: compares the accumulator with memory (flags of
+    /// `cmp acc, [m]`); equal: r goes to memory; different: memory goes to
+    /// the accumulator. The memory is written either way (the old value
+    /// when they differ), as the CPU does, so the device sees read+write.
+    fn cmpxchg(&mut self) -> Result<(), EmulationError> {
+        let (op, width) = self.scalar_memory()?;
+        let source = self.register_or_immediate(1)?;
+        let accumulator = match width {
+            1 => Register::AL,
+            2 => Register::AX,
+            4 => Register::EAX,
+            _ => Register::RAX,
+        };
+        let expected = self.regs.read_gpr(accumulator).unwrap_or(0);
+        if op != 0 {
+            return Err(self.unsupported(self.fault));
+        }
+        let (address, bar, offset) = self.bar_operand(op, width)?;
+        let mut old = [0u8; 8];
+        self.device_read(address, bar, offset, &mut old[..width])?;
+        let old = u64::from_le_bytes(old);
+        let (_, status) = alu::compute(AluOp::Sub, expected, old, width);
+        let equal = status & flags::ZF != 0;
+        let stored = if equal { source } else { old };
+        self.device_write(address, bar, offset, &stored.to_le_bytes()[..width])?;
+        if !equal {
+            self.write_register(accumulator, old)?;
+        }
+        self.regs.rflags = (self.regs.rflags & !flags::STATUS) | status;
         self.finish()
     }
 

@@ -59,6 +59,9 @@ enum Op {
     Inc,
     Dec,
     Neg,
+    Adc,
+    Sbb,
+    Xadd,
 }
 
 /// Runs `op a, b` (or `op a`) natively at `width` bytes with CF preset to
@@ -134,6 +137,10 @@ fn native(op: Op, width: usize, a: u64, b: u64, carry: bool) -> (u64, u64) {
         Op::Inc => by_width!(width, "inc", a, carry),
         Op::Dec => by_width!(width, "dec", a, carry),
         Op::Neg => by_width!(width, "neg", a, carry),
+        Op::Adc => by_width!(width, "adc", a, b, carry),
+        Op::Sbb => by_width!(width, "sbb", a, b, carry),
+        // The sum xadd leaves in memory and its flags are those of add.
+        Op::Xadd => by_width!(width, "add", a, b, carry),
     }
 }
 
@@ -169,6 +176,9 @@ fn code(op: Op, width: usize) -> Vec<u8> {
         Op::Inc => one!(inc),
         Op::Dec => one!(dec),
         Op::Neg => one!(neg),
+        Op::Adc => two!(adc),
+        Op::Sbb => two!(sbb),
+        Op::Xadd => two!(xadd),
     }
     .unwrap();
     a.assemble(RIP).unwrap()
@@ -184,6 +194,9 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         Just(Op::Inc),
         Just(Op::Dec),
         Just(Op::Neg),
+        Just(Op::Adc),
+        Just(Op::Sbb),
+        Just(Op::Xadd),
     ]
 }
 
@@ -428,5 +441,69 @@ proptest! {
             prop_assert!(out.completed && out.vector_written);
             prop_assert_eq!(regs.xmm[1], expected, "{}", text);
         }
+    }
+}
+
+/// `cmpxchg dest, src` natively with RAX as the accumulator: returns the
+/// destination, RAX and RFLAGS after it.
+macro_rules! native_cmpxchg {
+    ($m:literal, $dest:expr, $src:expr, $rax:expr) => {{
+        let mut dest: u64 = $dest;
+        let mut accumulator: u64 = $rax;
+        let f: u64;
+        // SAFETY: only registers are read and written; pushfq/pop leave the
+        // stack as it was.
+        unsafe {
+            std::arch::asm!(
+                concat!("cmpxchg {d:", $m, "}, {s:", $m, "}"),
+                "pushfq",
+                "pop {f}",
+                d = inout(reg) dest,
+                s = in(reg) $src,
+                f = out(reg) f,
+                inout("rax") accumulator,
+            );
+        }
+        (dest, accumulator, f)
+    }};
+}
+
+proptest! {
+    #[test]
+    fn cmpxchg_matches_the_cpu(
+        width_log in 0usize..4,
+        memory in operand(),
+        source in any::<u64>(),
+        initial in any::<u64>(),
+        equal in any::<bool>(),
+    ) {
+        let width = 1usize << width_log;
+        let mask = if width == 8 { u64::MAX } else { (1u64 << (8 * width)) - 1 };
+        // Half the cases have the accumulator equal to memory.
+        let initial = if equal { (initial & !mask) | (memory & mask) } else { initial };
+        let (dest, cpu_rax, cpu_flags) = match width {
+            1 => native_cmpxchg!("l", memory, source, initial),
+            2 => native_cmpxchg!("x", memory, source, initial),
+            4 => native_cmpxchg!("e", memory, source, initial),
+            _ => native_cmpxchg!("r", memory, source, initial),
+        };
+        let mut a = CodeAssembler::new(64).unwrap();
+        match width {
+            1 => a.cmpxchg(byte_ptr(rdi), cl),
+            2 => a.cmpxchg(word_ptr(rdi), cx),
+            4 => a.cmpxchg(dword_ptr(rdi), ecx),
+            _ => a.cmpxchg(qword_ptr(rdi), rcx),
+        }
+        .unwrap();
+        let code = a.assemble(RIP).unwrap();
+        let mut device = Register8 { value: memory.to_le_bytes() };
+        let mut regs = Registers { rip: RIP, rflags: 0x202, ..Default::default() };
+        regs.gpr[gpr::RDI] = BAR;
+        regs.gpr[gpr::RCX] = source;
+        regs.gpr[gpr::RAX] = initial;
+        emulate(&code, BAR, &mut regs, &mut device, &mut NoMemory).unwrap();
+        prop_assert_eq!(u64::from_le_bytes(device.value) & mask, dest & mask);
+        prop_assert_eq!(regs.gpr[gpr::RAX], cpu_rax);
+        prop_assert_eq!(regs.rflags & flags::STATUS, cpu_flags & flags::STATUS);
     }
 }

@@ -1185,6 +1185,69 @@ fn movbe_reverses_bytes_both_ways() {
 }
 
 #[test]
+fn xadd_returns_the_old_value() {
+    let code = asm(|a| a.lock().xadd(dword_ptr(rdi), ecx));
+    let mut r = regs();
+    r.gpr[gpr::RDI] = BAR0;
+    r.gpr[gpr::RCX] = 0xffff_ffff_0000_0001;
+    let log = run_ok(&code, &mut r, BAR0);
+    assert_eq!(
+        log,
+        vec![Read(0, 0, 4, 0x8382_8180), Write(0, 0, 4, 0x8382_8181)]
+    );
+    assert_eq!(r.gpr[gpr::RCX], 0x8382_8180);
+    assert_eq!(r.rflags, 0x202 | flags::SF | flags::PF);
+}
+
+#[test]
+fn cmpxchg_writes_either_way() {
+    // Equal: the source is stored, RAX keeps its upper half.
+    let code = asm(|a| a.lock().cmpxchg(dword_ptr(rdi), ecx));
+    let mut r = regs();
+    r.gpr[gpr::RDI] = BAR0;
+    r.gpr[gpr::RAX] = 0xaaaa_aaaa_8382_8180;
+    r.gpr[gpr::RCX] = 7;
+    let log = run_ok(&code, &mut r, BAR0);
+    assert_eq!(log, vec![Read(0, 0, 4, 0x8382_8180), Write(0, 0, 4, 7)]);
+    assert_eq!(r.gpr[gpr::RAX], 0xaaaa_aaaa_8382_8180);
+    assert_eq!(r.rflags, 0x202 | flags::ZF | flags::PF);
+    // Different: the old value is written back and loaded into EAX.
+    let mut r = regs();
+    r.gpr[gpr::RDI] = BAR0;
+    r.gpr[gpr::RAX] = 0xaaaa_aaaa_0000_0000;
+    r.gpr[gpr::RCX] = 7;
+    let log = run_ok(&code, &mut r, BAR0);
+    assert_eq!(
+        log,
+        vec![Read(0, 0, 4, 0x8382_8180), Write(0, 0, 4, 0x8382_8180)]
+    );
+    assert_eq!(r.gpr[gpr::RAX], 0x8382_8180);
+    assert_eq!(r.rflags & flags::ZF, 0);
+}
+
+#[test]
+fn adc_and_sbb_take_the_carry_flag() {
+    let code = asm(|a| a.adc(byte_ptr(rdi), 1));
+    let mut r = regs();
+    r.rflags |= flags::CF;
+    r.gpr[gpr::RDI] = BAR0;
+    assert_eq!(
+        run_ok(&code, &mut r, BAR0),
+        vec![Read(0, 0, 1, 0x80), Write(0, 0, 1, 0x82)]
+    );
+    let code = asm(|a| a.sbb(byte_ptr(rdi), 1));
+    let mut r = regs();
+    r.rflags |= flags::CF;
+    r.gpr[gpr::RDI] = BAR0;
+    assert_eq!(
+        run_ok(&code, &mut r, BAR0),
+        vec![Read(0, 0, 1, 0x80), Write(0, 0, 1, 0x7e)]
+    );
+    // 0x80 - 1 - 1 = 0x7e: signed overflow, borrow from bit 4, even parity.
+    assert_eq!(r.rflags, 0x202 | flags::OF | flags::AF | flags::PF);
+}
+
+#[test]
 fn cmp_and_test_only_read() {
     let code = asm(|a| a.cmp(dword_ptr(rdi), 0x8382_8180u32 as i32));
     let mut r = regs();
@@ -1230,7 +1293,7 @@ fn fault_outside_every_bar_is_not_ours() {
 
 #[test]
 fn unsupported_instruction_report_names_instruction_address_and_offset() {
-    let code = asm(|a| a.adc(dword_ptr(rdi + 0x10), 1));
+    let code = asm(|a| a.bts(dword_ptr(rdi + 0x10), 1));
     let mut r = regs();
     r.gpr[gpr::RDI] = BAR0;
     let before = r.clone();
@@ -1238,7 +1301,7 @@ fn unsupported_instruction_report_names_instruction_address_and_offset() {
     let err = run(&code, &mut r, BAR0 + 0x10, &mut space).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "cannot emulate `adc dword ptr [rdi+10h],1` at rip 0x401000 on address 0x10000010 (BAR 0 offset 0x10)"
+        "cannot emulate `bts dword ptr [rdi+10h],1` at rip 0x401000 on address 0x10000010 (BAR 0 offset 0x10)"
     );
     assert!(space.log.is_empty());
     assert_eq!(r, before);
