@@ -103,6 +103,15 @@ where
     }
 }
 
+/// Builds iced-x86's decoder tables, which it allocates on first use.
+/// Preload mode calls this when the library loads, so that `emulate` in
+/// the SIGSEGV handler never allocates on success (the handler may have
+/// interrupted malloc). Calling it again is cheap and harmless.
+pub fn warm_up() {
+    let mut decoder = Decoder::new(64, &[0x90], DecoderOptions::NONE);
+    std::hint::black_box(decoder.decode());
+}
+
 /// The instruction as Intel-syntax text, for reports.
 fn text(instr: &Instruction) -> String {
     let mut out = String::new();

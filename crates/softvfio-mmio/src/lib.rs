@@ -31,7 +31,7 @@ mod regs;
 use std::fmt;
 use std::io;
 
-pub use exec::{emulate, Emulated, MAX_STRING_ITERATIONS};
+pub use exec::{emulate, warm_up, Emulated, MAX_STRING_ITERATIONS};
 pub use regs::{flags, gpr, Registers};
 
 /// Identifies one BAR mapping (the front end's choice, e.g. the region index).
