@@ -201,9 +201,12 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
             Mnemonic::Xor => self.alu(AluOp::Xor, true),
             Mnemonic::Cmp => self.alu(AluOp::Sub, false),
             Mnemonic::Test => self.alu(AluOp::And, false),
-            // Legacy SSE: loads leave bits 128..512 alone.
+            // Legacy SSE: loads leave bits 128..512 alone. (The string
+            // movsd was dispatched above by its Code; this is the SSE one.)
             Mnemonic::Movd
             | Mnemonic::Movq
+            | Mnemonic::Movss
+            | Mnemonic::Movsd
             | Mnemonic::Movdqu
             | Mnemonic::Movups
             | Mnemonic::Movupd => self.vector(false, false),
@@ -217,6 +220,8 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
             // VEX and unmasked EVEX: loads zero the bits above what they write.
             Mnemonic::Vmovd
             | Mnemonic::Vmovq
+            | Mnemonic::Vmovss
+            | Mnemonic::Vmovsd
             | Mnemonic::Vmovdqu
             | Mnemonic::Vmovdqu8
             | Mnemonic::Vmovdqu16

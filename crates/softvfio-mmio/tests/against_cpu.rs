@@ -367,6 +367,10 @@ fn xmm_cases() -> Vec<XmmCase> {
             .movd(xmm1, dword_ptr(rdi))),
         xmm_load!("movq xmm1, qword ptr [rdi]", |a: &mut CodeAssembler| a
             .movq(xmm1, qword_ptr(rdi))),
+        xmm_load!("movss xmm1, dword ptr [rdi]", |a: &mut CodeAssembler| a
+            .movss(xmm1, dword_ptr(rdi))),
+        xmm_load!("movsd xmm1, qword ptr [rdi]", |a: &mut CodeAssembler| a
+            .movsd_2(xmm1, qword_ptr(rdi))),
         xmm_load!("movdqu xmm1, xmmword ptr [rdi]", |a: &mut CodeAssembler| a
             .movdqu(xmm1, xmmword_ptr(rdi))),
         xmm_load!("movups xmm1, xmmword ptr [rdi]", |a: &mut CodeAssembler| a
@@ -376,6 +380,8 @@ fn xmm_cases() -> Vec<XmmCase> {
         cases.extend([
             xmm_load!("vmovd xmm1, dword ptr [rdi]", |a: &mut CodeAssembler| a
                 .vmovd(xmm1, dword_ptr(rdi))),
+            xmm_load!("vmovsd xmm1, qword ptr [rdi]", |a: &mut CodeAssembler| a
+                .vmovsd(xmm1, qword_ptr(rdi))),
             xmm_load!("vmovq xmm1, qword ptr [rdi]", |a: &mut CodeAssembler| a
                 .vmovq(xmm1, qword_ptr(rdi))),
             xmm_load!(

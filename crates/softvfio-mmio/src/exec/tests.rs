@@ -533,6 +533,28 @@ fn movd_movq_loads_zero_the_rest_of_the_xmm() {
 }
 
 #[test]
+fn scalar_sse_moves_are_four_and_eight_byte_accesses() {
+    let mut r = regs();
+    r.gpr[gpr::RDI] = BAR0 + 0x10;
+    r.xmm[2] = 0x1111_2222_3333_4444_5555_6666_7777_8888;
+    let code = asm(|a| a.movss(dword_ptr(rdi), xmm2));
+    assert_eq!(
+        run_ok(&code, &mut r.clone(), BAR0 + 0x10),
+        vec![Write(0, 0x10, 4, 0x7777_8888)]
+    );
+    let code = asm(|a| a.movsd_2(qword_ptr(rdi), xmm2));
+    assert_eq!(
+        run_ok(&code, &mut r.clone(), BAR0 + 0x10),
+        vec![Write(0, 0x10, 8, 0x5555_6666_7777_8888)]
+    );
+    // A load zeroes the rest of the xmm.
+    let code = asm(|a| a.movsd_2(xmm2, qword_ptr(rdi)));
+    let mut loaded = r.clone();
+    run_ok(&code, &mut loaded, BAR0 + 0x10);
+    assert_eq!(loaded.xmm[2], 0x9796_9594_9392_9190);
+}
+
+#[test]
 fn movd_movq_stores_the_low_bytes() {
     let mut r = regs();
     r.gpr[gpr::RDI] = BAR0 + 0x10;
