@@ -138,6 +138,14 @@ enum StringOp {
     Lods,
 }
 
+/// What bts/btr/btc do to the selected bit (bt only reads it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BitOp {
+    Set,
+    Reset,
+    Complement,
+}
+
 /// Where one operand of a string element is.
 #[derive(Clone, Copy)]
 enum Place {
@@ -191,6 +199,10 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
             Mnemonic::Movsx | Mnemonic::Movsxd => self.load_extend(true),
             Mnemonic::Xchg => self.xchg(),
             Mnemonic::Xadd => self.xadd(),
+            Mnemonic::Bt => self.bit_test(None),
+            Mnemonic::Bts => self.bit_test(Some(BitOp::Set)),
+            Mnemonic::Btr => self.bit_test(Some(BitOp::Reset)),
+            Mnemonic::Btc => self.bit_test(Some(BitOp::Complement)),
             Mnemonic::Cmpxchg => self.cmpxchg(),
             Mnemonic::Add => self.alu(AluOp::Add, true),
             Mnemonic::Sub => self.alu(AluOp::Sub, true),
@@ -506,6 +518,56 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
         self.device_read(address, bar, offset, &mut old[..width])?;
         self.device_write(address, bar, offset, &new.to_le_bytes()[..width])?;
         self.write_register(reg, u64::from_le_bytes(old))?;
+        self.finish()
+    }
+
+    /// bt/bts/btr/btc [m], imm8 or r: CF gets the selected bit, which the
+    /// last three then set, clear or flip (read, then write). With a
+    /// register, the signed bit offset also selects the operand-sized word:
+    /// the access is at `ea + width * (offset div bits)`, as on the CPU.
+    /// OF, SF, AF and PF are undefined and left unchanged; ZF is unchanged.
+    fn bit_test(&mut self, op: Option<BitOp>) -> Result<(), EmulationError> {
+        let (mem_op, width) = self.scalar_memory()?;
+        if mem_op != 0 || width == 1 {
+            return Err(self.unsupported(self.fault));
+        }
+        let bits = (width * 8) as u64;
+        let regs = &*self.regs;
+        let base = self
+            .instr
+            .virtual_address(0, 0, |reg, _, _| regs.address_register(reg))
+            .ok_or_else(|| self.unsupported(self.fault))?;
+        let (address, bit) = if self.instr.op1_kind() == OpKind::Register {
+            let offset = self.register_or_immediate(1)?;
+            let offset = sign_extend(offset, width) as i64;
+            let word = offset >> bits.trailing_zeros();
+            let displacement = word.wrapping_mul(width as i64) as u64;
+            (base.wrapping_add(displacement), offset as u64 & (bits - 1))
+        } else {
+            (base, self.register_or_immediate(1)? & (bits - 1))
+        };
+        let (bar, offset) = match self.place(address, width)? {
+            Place::Bar(bar, offset, _) => (bar, offset),
+            Place::Memory(_) => return Err(self.unsupported(self.location(address))),
+        };
+        let mut data = [0u8; 8];
+        self.device_read(address, bar, offset, &mut data[..width])?;
+        let value = u64::from_le_bytes(data);
+        let mask = 1u64 << bit;
+        let new = match op {
+            None => None,
+            Some(BitOp::Set) => Some(value | mask),
+            Some(BitOp::Reset) => Some(value & !mask),
+            Some(BitOp::Complement) => Some(value ^ mask),
+        };
+        if let Some(new) = new {
+            self.device_write(address, bar, offset, &new.to_le_bytes()[..width])?;
+        }
+        if value & mask != 0 {
+            self.regs.rflags |= flags::CF;
+        } else {
+            self.regs.rflags &= !flags::CF;
+        }
         self.finish()
     }
 

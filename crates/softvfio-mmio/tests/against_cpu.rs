@@ -62,6 +62,9 @@ enum Op {
     Adc,
     Sbb,
     Xadd,
+    Bts,
+    Btr,
+    Btc,
 }
 
 /// Runs `op a, b` (or `op a`) natively at `width` bytes with CF preset to
@@ -127,6 +130,17 @@ macro_rules! by_width {
     };
 }
 
+/// The bit-test instructions have no 8-bit form.
+macro_rules! bit_by_width {
+    ($width:expr, $ins2:literal, $a:expr, $b:expr, $c:expr) => {
+        match $width {
+            2 => native2!($ins2, "x", $a, $b, $c),
+            4 => native2!($ins2, "e", $a, $b, $c),
+            _ => native2!($ins2, "r", $a, $b, $c),
+        }
+    };
+}
+
 fn native(op: Op, width: usize, a: u64, b: u64, carry: bool) -> (u64, u64) {
     match op {
         Op::Add => by_width!(width, "add", a, b, carry),
@@ -141,6 +155,11 @@ fn native(op: Op, width: usize, a: u64, b: u64, carry: bool) -> (u64, u64) {
         Op::Sbb => by_width!(width, "sbb", a, b, carry),
         // The sum xadd leaves in memory and its flags are those of add.
         Op::Xadd => by_width!(width, "add", a, b, carry),
+        // The register forms take the bit offset modulo the width, as the
+        // memory forms do for an offset inside the operand.
+        Op::Bts => bit_by_width!(width, "bts", a, b, carry),
+        Op::Btr => bit_by_width!(width, "btr", a, b, carry),
+        Op::Btc => bit_by_width!(width, "btc", a, b, carry),
     }
 }
 
@@ -151,6 +170,15 @@ fn code(op: Op, width: usize) -> Vec<u8> {
         ($f:ident) => {
             match width {
                 1 => a.$f(byte_ptr(rdi), cl),
+                2 => a.$f(word_ptr(rdi), cx),
+                4 => a.$f(dword_ptr(rdi), ecx),
+                _ => a.$f(qword_ptr(rdi), rcx),
+            }
+        };
+    }
+    macro_rules! bits {
+        ($f:ident) => {
+            match width {
                 2 => a.$f(word_ptr(rdi), cx),
                 4 => a.$f(dword_ptr(rdi), ecx),
                 _ => a.$f(qword_ptr(rdi), rcx),
@@ -179,6 +207,9 @@ fn code(op: Op, width: usize) -> Vec<u8> {
         Op::Adc => two!(adc),
         Op::Sbb => two!(sbb),
         Op::Xadd => two!(xadd),
+        Op::Bts => bits!(bts),
+        Op::Btr => bits!(btr),
+        Op::Btc => bits!(btc),
     }
     .unwrap();
     a.assemble(RIP).unwrap()
@@ -197,6 +228,9 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         Just(Op::Adc),
         Just(Op::Sbb),
         Just(Op::Xadd),
+        Just(Op::Bts),
+        Just(Op::Btr),
+        Just(Op::Btc),
     ]
 }
 
@@ -229,9 +263,15 @@ proptest! {
         b in operand(),
         carry in any::<bool>(),
     ) {
-        let width = 1usize << width_log;
+        let bit_op = matches!(op, Op::Bts | Op::Btr | Op::Btc);
+        // Bit tests: 16 bits and up, and an offset inside the operand (the
+        // memory forms address other words beyond it; see the unit tests).
+        let width = if bit_op { 2usize << (width_log % 3) } else { 1usize << width_log };
+        let b = if bit_op { b % (8 * width as u64) } else { b };
         let mask = if width == 8 { u64::MAX } else { (1u64 << (8 * width)) - 1 };
         let (expected, cpu_flags) = native(op, width, a, b, carry);
+        // Only CF is defined after a bit test.
+        let compared = if bit_op { flags::CF } else { flags::STATUS };
 
         let mut device = Register8 { value: a.to_le_bytes() };
         let mut regs = Registers { rip: RIP, rflags: 0x202 | if carry { flags::CF } else { 0 }, ..Default::default() };
@@ -243,7 +283,7 @@ proptest! {
         prop_assert_eq!(u64::from_le_bytes(device.value) & mask, expected & mask);
         // Bytes beyond the operand are untouched.
         prop_assert_eq!(u64::from_le_bytes(device.value) & !mask, a & !mask);
-        prop_assert_eq!(regs.rflags & flags::STATUS, cpu_flags & flags::STATUS, "{:?} width {}", op, width);
+        prop_assert_eq!(regs.rflags & compared, cpu_flags & compared, "{:?} width {}", op, width);
         prop_assert_eq!(regs.rflags & !flags::STATUS, 0x202);
     }
 }

@@ -1207,6 +1207,76 @@ fn movbe_reverses_bytes_both_ways() {
 }
 
 #[test]
+fn bit_test_forms() {
+    use flags::*;
+    // Device dword at 0: 0x83828180 (bit 7 set, bit 0 clear).
+    let cases: [(Vec<u8>, u64, Option<u64>, bool); 4] = [
+        (asm(|a| a.bt(dword_ptr(rdi), 7)), 0x8382_8180, None, true),
+        (
+            asm(|a| a.bts(dword_ptr(rdi), 0)),
+            0x8382_8180,
+            Some(0x8382_8181),
+            false,
+        ),
+        (
+            asm(|a| a.lock().btr(dword_ptr(rdi), 39)),
+            0x8382_8180,
+            Some(0x8382_8100),
+            true,
+        ),
+        (
+            asm(|a| a.btc(dword_ptr(rdi), 31)),
+            0x8382_8180,
+            Some(0x0382_8180),
+            true,
+        ),
+    ];
+    for (code, read, written, carry) in cases {
+        let mut r = regs();
+        r.rflags |= ZF | SF;
+        r.gpr[gpr::RDI] = BAR0;
+        let log = run_ok(&code, &mut r, BAR0);
+        let mut expected = vec![Read(0, 0, 4, read)];
+        expected.extend(written.map(|w| Write(0, 0, 4, w)));
+        assert_eq!(log, expected, "{}", text_of(&code));
+        assert_eq!(
+            r.rflags,
+            0x202 | ZF | SF | if carry { CF } else { 0 },
+            "{}",
+            text_of(&code)
+        );
+    }
+}
+
+#[test]
+fn bit_test_register_offset_addresses_other_words() {
+    // Bit 70 of the bit string at BAR0+0x10 is bit 6 of the qword at +0x18.
+    let code = asm(|a| a.bts(qword_ptr(rdi), rcx));
+    let mut r = regs();
+    r.gpr[gpr::RDI] = BAR0 + 0x10;
+    r.gpr[gpr::RCX] = 70;
+    let log = run_ok(&code, &mut r, BAR0 + 0x18);
+    assert_eq!(
+        log,
+        vec![
+            Read(0, 0x18, 8, 0x9f9e_9d9c_9b9a_9998),
+            Write(0, 0x18, 8, 0x9f9e_9d9c_9b9a_99d8)
+        ]
+    );
+    // A negative offset reaches below: bit -1 is bit 15 of the word at -2.
+    let code = asm(|a| a.btr(word_ptr(rdi), cx));
+    let mut r = regs();
+    r.gpr[gpr::RDI] = BAR0 + 0x10;
+    r.gpr[gpr::RCX] = 0xffff;
+    let log = run_ok(&code, &mut r, BAR0 + 0x0e);
+    assert_eq!(
+        log,
+        vec![Read(0, 0x0e, 2, 0x8f8e), Write(0, 0x0e, 2, 0x0f8e)]
+    );
+    assert_eq!(r.rflags & flags::CF, flags::CF);
+}
+
+#[test]
 fn xadd_returns_the_old_value() {
     let code = asm(|a| a.lock().xadd(dword_ptr(rdi), ecx));
     let mut r = regs();
@@ -1315,7 +1385,7 @@ fn fault_outside_every_bar_is_not_ours() {
 
 #[test]
 fn unsupported_instruction_report_names_instruction_address_and_offset() {
-    let code = asm(|a| a.bts(dword_ptr(rdi + 0x10), 1));
+    let code = asm(|a| a.setne(byte_ptr(rdi + 0x10)));
     let mut r = regs();
     r.gpr[gpr::RDI] = BAR0;
     let before = r.clone();
@@ -1323,7 +1393,7 @@ fn unsupported_instruction_report_names_instruction_address_and_offset() {
     let err = run(&code, &mut r, BAR0 + 0x10, &mut space).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "cannot emulate `bts dword ptr [rdi+10h],1` at rip 0x401000 on address 0x10000010 (BAR 0 offset 0x10)"
+        "cannot emulate `setne [rdi+10h]` at rip 0x401000 on address 0x10000010 (BAR 0 offset 0x10)"
     );
     assert!(space.log.is_empty());
     assert_eq!(r, before);
