@@ -53,9 +53,9 @@ const WINDOW_PAGES: u64 = 4096;
 const WINDOW_WORDS: usize = (WINDOW_PAGES / 64) as usize;
 /// Sparse offsets are 32 bits.
 const OFFSET_LIMIT: u64 = 1 << 32;
-/// Entries of a sparse block before it splits (2 KiB: an insertion moves
+/// Entries of a sparse block before it splits (1 KiB: an insertion moves
 /// at most that much).
-const SPARSE_MAX: usize = 256;
+const SPARSE_MAX: usize = 128;
 /// Neighbouring sparse blocks holding this many entries or fewer merge.
 const MERGE_MAX: usize = SPARSE_MAX / 2;
 /// Pins of a sparse block in one window that make it a bitmap: 96 entries
@@ -165,6 +165,7 @@ impl Bitmap {
             return 0;
         }
         match &self.counts {
+            _ if self.multi == 0 => 1,
             Counts::Few(v) => search(v, bit)
                 .ok()
                 .and_then(|i| v.get(i))
@@ -240,6 +241,8 @@ impl Bitmap {
             return None;
         }
         match &mut self.counts {
+            // Every page pinned once: nothing to look up.
+            _ if self.multi == 0 => {}
             Counts::Few(v) => {
                 if let Ok(i) = search(v, bit) {
                     let c = v.get(i).map_or(0, |e| count_of(*e));
@@ -559,6 +562,9 @@ pub struct PinTracker {
     pinned_pages: u64,
     /// Sum of all counts.
     pin_refs: u64,
+    /// The block the last pin or unpin touched: devices pin and unpin in
+    /// runs, so the next page is usually there (checked before use).
+    hint: usize,
 }
 
 impl PinTracker {
@@ -582,9 +588,19 @@ impl PinTracker {
 
     /// Index of the only block that can hold `page` (invariant 1).
     fn block_of(&self, page: u64) -> Option<usize> {
-        self.blocks
-            .partition_point(|b| b.base <= page)
-            .checked_sub(1)
+        self.blocks_at_or_below(page).checked_sub(1)
+    }
+
+    /// How many blocks have a base at or below `page`: the hint's block
+    /// answers when `page` lies between its base and the next one's.
+    fn blocks_at_or_below(&self, page: u64) -> usize {
+        let h = self.hint;
+        if let Some(b) = self.blocks.get(h) {
+            if b.base <= page && self.blocks.get(h + 1).is_none_or(|n| page < n.base) {
+                return h + 1;
+            }
+        }
+        self.blocks.partition_point(|b| b.base <= page)
     }
 
     /// The pin count of page `page`.
@@ -596,7 +612,7 @@ impl PinTracker {
 
     /// Adds one pin to `page`; returns true if the page was not pinned before.
     pub fn pin(&mut self, page: u64) -> Result<bool, PinCountOverflow> {
-        let i = self.blocks.partition_point(|b| b.base <= page);
+        let i = self.blocks_at_or_below(page);
         let (at, new) = match i.checked_sub(1) {
             Some(j) if self.blocks.get(j).is_some_and(|b| b.can_hold(page)) => {
                 (j, self.blocks[j].pin(page)?)
@@ -614,6 +630,7 @@ impl PinTracker {
             }
         };
         self.pin_refs += 1;
+        self.hint = at;
         if new {
             self.pinned_pages += 1;
             self.settle_after_pin(at, page);
@@ -632,9 +649,12 @@ impl PinTracker {
             return;
         };
         let window = page & !(WINDOW_PAGES - 1);
-        let from = v.partition_point(|e| off_of(*e) < window.saturating_sub(*base));
-        let to = v.partition_point(|e| off_of(*e) <= (window | (WINDOW_PAGES - 1)) - base);
-        if to - from >= TO_BITMAP {
+        let dense_window = v.len() >= TO_BITMAP && {
+            let from = v.partition_point(|e| off_of(*e) < window.saturating_sub(*base));
+            let to = v.partition_point(|e| off_of(*e) <= (window | (WINDOW_PAGES - 1)) - base);
+            to - from >= TO_BITMAP
+        };
+        if dense_window {
             self.carve(window);
         } else if v.len() > SPARSE_MAX {
             // Appending (or prepending) fills blocks instead of halving them.
@@ -723,6 +743,8 @@ impl PinTracker {
         let n = rebuilt.len();
         reserve_more(&mut self.blocks, n);
         self.blocks.splice(lo..lo, rebuilt);
+        // The window may have taken more blocks than it left.
+        trim(&mut self.blocks);
         self.merge_around(lo, lo + n - 1);
     }
 
@@ -772,6 +794,7 @@ impl PinTracker {
         let Some(i) = self.block_of(page) else {
             return false;
         };
+        self.hint = i;
         let Some(last) = self.blocks.get_mut(i).and_then(|b| b.unpin(page)) else {
             return false;
         };
@@ -1197,6 +1220,8 @@ mod tests {
         Pin(u64),
         Unpin(u64),
         PinRun(u64, u64),
+        /// `n` pages from `p`, one in `stride`.
+        PinStride(u64, u64, u64),
         UnpinRun(u64, u64),
         /// What a device's dma_unmap callback does: drop all its pins of
         /// the range.
@@ -1228,6 +1253,9 @@ mod tests {
             Op::Pin(p) => pin(t, m, p),
             Op::Unpin(p) => unpin(t, m, p),
             Op::PinRun(p, n) => (p..p.saturating_add(n)).for_each(|q| pin(t, m, q)),
+            Op::PinStride(p, stride, n) => (0..n)
+                .map_while(|k| p.checked_add(k * stride))
+                .for_each(|q| pin(t, m, q)),
             Op::UnpinRun(p, n) => (p..p.saturating_add(n)).for_each(|q| unpin(t, m, q)),
             Op::Drop(p, n) => {
                 let pinned = t.pages_in(p, n);
@@ -1270,6 +1298,7 @@ mod tests {
             8 => page.clone().prop_map(Op::Pin),
             4 => page.clone().prop_map(Op::Unpin),
             3 => (page.clone(), 1u64..600).prop_map(|(p, n)| Op::PinRun(p, n)),
+            2 => (page.clone(), 2u64..80, 1u64..300).prop_map(|(p, s, n)| Op::PinStride(p, s, n)),
             2 => (page.clone(), 1u64..600).prop_map(|(p, n)| Op::UnpinRun(p, n)),
             1 => (page, 1u64..9000).prop_map(|(p, n)| Op::Drop(p, n)),
             1 => Just(Op::Clear),
