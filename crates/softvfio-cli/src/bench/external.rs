@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use softvfio::external::bench_support::{
-    pin_unpin_rate, tracker_pin_unpin_ns, tracking_footprint, unmap_with_external_pins, PinPattern,
+    pattern_pages, pattern_rates, pin_unpin_rate, tracker_pin_unpin_ns, tracking_footprint,
+    unmap_with_external_pins, PinPattern,
 };
 
 use super::stats::{interleave, median, spread, time_ns};
@@ -62,6 +63,25 @@ const FOOTPRINTS: [(&str, PinPattern, f64); 6] = [
     ("random-1/512", PinPattern::Random { every: 512 }, 40.0),
     ("random-1/4096", PinPattern::Random { every: 4096 }, 40.0),
 ];
+
+/// The per-page pin tree on given pages (IOVA-keyed, count 1): insert in
+/// order, then remove in the same order. Returns (pin ns, unpin ns).
+fn page_tree(pages: &[u64]) -> (f64, f64) {
+    let mut tree: BTreeMap<u64, (u64, u32)> = BTreeMap::new();
+    let (pin, ()) = time_ns(|| {
+        for &p in pages {
+            let e = tree.entry(0x1_0000_0000 + p * 4096).or_insert((p, 0));
+            e.1 += 1;
+        }
+        black_box(&tree);
+    });
+    let (unpin, ()) = time_ns(|| {
+        for &p in pages {
+            black_box(tree.remove(&(0x1_0000_0000 + p * 4096)));
+        }
+    });
+    (pin, unpin)
+}
 
 pub fn pin_external(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String> {
     let err = |e: softvfio::VfioError| format!("external pinning: {e}");
@@ -175,6 +195,73 @@ pub fn pin_external(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String>
         baseline_value: median(&per_s(&tree_unpins)),
         better: Better::Higher,
         note: format!("{unpin_upd} accounting updates for {calls} unpin calls (target: 1 a call)"),
+    });
+    // Scattered pins through the engine, one page per call, and the unmap
+    // of the eight mappings holding them.
+    let pattern = PinPattern::Random { every: 64 };
+    let sparse_pages = pattern_pages(8 * 128 * MIB / 4096, pattern);
+    let (mut s_rates, mut s_unmaps, mut t_unpins, mut t_rm) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (t_pins, _) = interleave(
+        reps,
+        || {
+            let (p, u) = page_tree(&sparse_pages);
+            t_unpins.push(u);
+            t_rm.push(u);
+            Ok(p)
+        },
+        || {
+            let (r, unmap) = pattern_rates(pattern).map_err(err)?;
+            s_rates.push(r);
+            s_unmaps.push(unmap * 1e9);
+            Ok(r.pin_seconds)
+        },
+    )?;
+    let n = sparse_pages.len() as f64;
+    let per_s = |ns: &[f64]| -> Vec<f64> { ns.iter().map(|&t| n * 1e9 / t).collect() };
+    let s_pins: Vec<f64> = s_rates.iter().map(|r| r.pins_per_second).collect();
+    let s_unpins: Vec<f64> = s_rates.iter().map(|r| r.unpins_per_second).collect();
+    let (s_pu, s_uu) = s_rates
+        .last()
+        .map(|r| (r.pin_accounting_updates, r.unpin_accounting_updates))
+        .unwrap_or_default();
+    rows.push(Row {
+        bench: "pin-external:pin-rate-random-1/64".into(),
+        value: median(&s_pins),
+        unit: "pages/s",
+        baseline: "per-page BTreeMap pin tree (kernel vfio_pfn style), same pages, same order"
+            .into(),
+        baseline_value: median(&per_s(&t_pins)),
+        better: Better::Higher,
+        note: format!(
+            "{n} pages, one in 64 at random over 8 x 128 MiB, in random order, 1 page a call; {s_pu} accounting updates; engine {}",
+            spread(&s_pins, 1e6, "M pages/s")
+        ),
+    });
+    rows.push(Row {
+        bench: "pin-external:unpin-rate-random-1/64".into(),
+        value: median(&s_unpins),
+        unit: "pages/s",
+        baseline: "per-page BTreeMap pin tree (kernel vfio_pfn style), same pages, same order"
+            .into(),
+        baseline_value: median(&per_s(&t_unpins)),
+        better: Better::Higher,
+        note: format!(
+            "{s_uu} accounting updates; engine {}",
+            spread(&s_unpins, 1e6, "M pages/s")
+        ),
+    });
+    rows.push(Row {
+        bench: "pin-external:unmap-random-1/64".into(),
+        value: median(&s_unmaps) / 1e6,
+        unit: "ms",
+        baseline: "removal of the same pages from a per-page BTreeMap pin tree".into(),
+        baseline_value: median(&t_rm) / 1e6,
+        better: Better::Lower,
+        note: format!(
+            "unmap of 8 x 128 MiB holding {n} scattered pins, each device notified; engine {}",
+            spread(&s_unmaps, 1e6, "ms")
+        ),
     });
     let mut unmaps = Vec::new();
     let mut info = None;

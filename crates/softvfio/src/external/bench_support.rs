@@ -341,6 +341,55 @@ pub fn pin_unpin_rate(pages: u64, pages_per_call: u64) -> Result<PinRate> {
     })
 }
 
+/// Pins `pattern`'s pages of 8 x 128 MiB mappings through the engine in
+/// pin order, one page per call (a device pinning what its page table
+/// points at, entry by entry), unpins them the same way, then pins them
+/// again and unmaps every mapping (each device notified, dropping its pins
+/// in one batch). Returns the rate and the unmap time.
+pub fn pattern_rates(pattern: PinPattern) -> Result<(PinRate, f64)> {
+    const MIB: u64 = 1 << 20;
+    let fx = PinFixture::new(8, 128 * MIB)?;
+    let iovas = fx.pattern_iovas(pattern);
+    let acct = fx.memory.account().clone();
+    let dev = fx.device.clone();
+    let u0 = acct.updates();
+    let t0 = Instant::now();
+    for &iova in &iovas {
+        fx.container.pin_pages(&dev, iova, 1, Prot::RW)?;
+    }
+    let pin_time = t0.elapsed();
+    let u1 = acct.updates();
+    let t1 = Instant::now();
+    for &iova in &iovas {
+        fx.container.unpin_pages(&dev, iova, 1)?;
+    }
+    let unpin_time = t1.elapsed();
+    let u2 = acct.updates();
+    fx.pin_all(&iovas)?;
+    let t2 = Instant::now();
+    fx.container
+        .unmap(IOVA_BASE, fx.mappings * fx.mapping_bytes)?;
+    let unmap_time = t2.elapsed();
+    if acct.locked_pages() != 0 {
+        return Err(VfioError::Invalid("pages left accounted after unmap"));
+    }
+    let pages = iovas.len() as u64;
+    let rate = |d: Duration| pages as f64 / d.as_secs_f64().max(1e-12);
+    Ok((
+        PinRate {
+            pages,
+            pages_per_call: 1,
+            pin_seconds: pin_time.as_secs_f64(),
+            unpin_seconds: unpin_time.as_secs_f64(),
+            pins_per_second: rate(pin_time),
+            unpins_per_second: rate(unpin_time),
+            pin_accounting_updates: u1 - u0,
+            unpin_accounting_updates: u2 - u1,
+        },
+        unmap_time.as_secs_f64(),
+    ))
+}
+
 /// One unmap of a mapping with many external pins.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct UnmapPinned {
