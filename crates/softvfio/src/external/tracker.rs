@@ -29,14 +29,19 @@
 //!    that loses its last pin is removed, so the tracker is empty exactly
 //!    when `blocks` is. Offsets are unique within a block.
 //! 3. Sparse block: entries sorted by strictly increasing offset, offsets
-//!    below 2^32, at most [`SPARSE_MAX`] entries.
+//!    below 2^32, at most [`SPARSE_MAX`] entries. Entries with count 0
+//!    (pages no longer pinned) may only form a prefix, of at most
+//!    [`DEAD_MAX`] entries and fewer than the live ones: unpinning the
+//!    first live entry only zeroes its count, so an unmap dropping a
+//!    mapping's pins in order moves no memory; a pin into the block, or the
+//!    prefix growing past its bound, removes them.
 //! 4. Bitmap block: base aligned to [`WINDOW_PAGES`], at least
 //!    [`BITMAP_MIN`] pages, `pages` = bits set, `multi` = pages with count
 //!    above 1; `Few` lists exactly those, sorted, with counts >= 2, at most
 //!    [`FEW_MAX`] of them; `All` has the count of every bit (0 = absent) and
 //!    `multi` >= [`ALL_MIN`].
 //! 5. No two neighbouring sparse blocks could be merged: together they hold
-//!    more than [`MERGE_MAX`] entries, or the later one's last page is 2^32
+//!    more than [`MERGE_MAX`] live entries, or the later one's last page is 2^32
 //!    pages or more above the earlier one's base.
 //! 6. `pinned_pages` and `pin_refs` are the number of pinned pages and the
 //!    sum of their counts.
@@ -68,6 +73,17 @@ const BITMAP_MIN: u32 = 32;
 const FEW_MAX: usize = (WINDOW_PAGES / 2) as usize;
 /// A count array with fewer multiply pinned pages goes back to a list.
 const ALL_MIN: u32 = (WINDOW_PAGES / 4) as u32;
+
+/// Entries with count 0 allowed at the front of a sparse block.
+const DEAD_MAX: usize = 16;
+
+/// How many entries at the front of a sparse block are dead (count 0).
+fn dead_prefix(v: &[u64]) -> usize {
+    v.iter()
+        .take(DEAD_MAX + 1)
+        .take_while(|e| count_of(**e) == 0)
+        .count()
+}
 
 /// A sparse entry (or a bitmap's count-list entry): offset and count.
 fn entry(off: u64, count: u32) -> u64 {
@@ -386,7 +402,7 @@ impl Block {
     /// Entries held (pages for a bitmap).
     fn len(&self) -> usize {
         match &self.pins {
-            Pins::Sparse(v) => v.len(),
+            Pins::Sparse(v) => v.len() - dead_prefix(v),
             Pins::Bitmap(b) => b.pages as usize,
         }
     }
@@ -415,6 +431,14 @@ impl Block {
     /// Adds a pin to `page`, which [`Block::can_hold`]; true if new.
     fn pin(&mut self, page: u64) -> Result<bool, PinCountOverflow> {
         let off = page - self.base;
+        if let Pins::Sparse(v) = &mut self.pins {
+            // New pins never go among dead entries: drop them first.
+            let dead = dead_prefix(v);
+            if dead > 0 {
+                v.drain(..dead);
+                trim(v);
+            }
+        }
         match &mut self.pins {
             Pins::Sparse(v) => match search(v, off) {
                 Ok(i) => {
@@ -444,16 +468,35 @@ impl Block {
             Pins::Sparse(v) if off < OFFSET_LIMIT => {
                 let i = search(v, off).ok()?;
                 let c = count_of(*v.get(i)?);
+                if c == 0 {
+                    return None;
+                }
                 if c > 1 {
                     if let Some(e) = v.get_mut(i) {
                         *e = entry(off, c - 1);
                     }
-                    Some(false)
-                } else {
-                    v.remove(i);
-                    trim(v);
-                    Some(true)
+                    return Some(false);
                 }
+                let dead = dead_prefix(v);
+                let live_after = v.len() - dead - 1;
+                if i != dead {
+                    v.remove(i);
+                    // Fewer live entries than dead ones: the dead go too.
+                    if dead >= live_after {
+                        v.drain(..dead);
+                    }
+                } else if dead < DEAD_MAX && dead + 1 < live_after {
+                    // The first live entry: it joins the dead prefix, and
+                    // nothing moves (an unmap drops a mapping's pins in order).
+                    if let Some(e) = v.get_mut(i) {
+                        *e = entry(off, 0);
+                    }
+                    return Some(true);
+                } else {
+                    v.drain(..=i);
+                }
+                trim(v);
+                Some(true)
             }
             Pins::Bitmap(b) if off < WINDOW_PAGES => b.unpin(off),
             _ => None,
@@ -484,6 +527,7 @@ impl Block {
         match &self.pins {
             Pins::Sparse(v) => v
                 .iter()
+                .filter(|e| count_of(**e) > 0)
                 .map(|e| (self.base + off_of(*e), count_of(*e)))
                 .collect(),
             Pins::Bitmap(b) => b
@@ -497,7 +541,7 @@ impl Block {
         match &self.pins {
             Pins::Sparse(v) => BlockPages::Sparse {
                 base: self.base,
-                entries: v.iter(),
+                entries: v.iter().skip(dead_prefix(v)),
             },
             Pins::Bitmap(b) => BlockPages::Bitmap {
                 base: self.base,
@@ -518,7 +562,7 @@ impl Block {
 enum BlockPages<'a> {
     Sparse {
         base: u64,
-        entries: std::slice::Iter<'a, u64>,
+        entries: std::iter::Skip<std::slice::Iter<'a, u64>>,
     },
     Bitmap {
         base: u64,
@@ -779,11 +823,19 @@ impl PinTracker {
         let Some(b_last) = b.last_page() else {
             return false;
         };
-        if va.len() + vb.len() > MERGE_MAX || b_last - a.base >= OFFSET_LIMIT {
+        // Raw lengths first: counting dead entries only when it matters.
+        if va.len() + vb.len() > MERGE_MAX + 2 * DEAD_MAX
+            || a.len() + b.len() > MERGE_MAX
+            || b_last - a.base >= OFFSET_LIMIT
+        {
             return false;
         }
         let delta = b.base - a.base;
-        let moved: Vec<u64> = vb.iter().map(|e| e + (delta << 32)).collect();
+        let moved: Vec<u64> = vb
+            .iter()
+            .filter(|e| count_of(**e) > 0)
+            .map(|e| e + (delta << 32))
+            .collect();
         if let Some(Pins::Sparse(va)) = self.blocks.get_mut(j).map(|a| &mut a.pins) {
             reserve_more(va, moved.len());
             va.extend_from_slice(&moved);
@@ -816,7 +868,15 @@ impl PinTracker {
     fn settle_after_unpin(&mut self, i: usize) {
         let Some(b) = self.blocks.get(i) else { return };
         match &b.pins {
-            _ if b.len() == 0 => {
+            // (A sparse block is never all dead entries: invariant 3.)
+            Pins::Sparse(v) if v.is_empty() => {
+                self.blocks.remove(i);
+                trim(&mut self.blocks);
+                if i > 0 {
+                    self.merge_around(i, i - 1);
+                }
+            }
+            Pins::Bitmap(bm) if bm.pages == 0 => {
                 self.blocks.remove(i);
                 trim(&mut self.blocks);
                 if i > 0 {
@@ -921,6 +981,14 @@ impl PinTracker {
             }
             match &b.pins {
                 Pins::Sparse(v) => {
+                    let dead = dead_prefix(v);
+                    if dead > DEAD_MAX
+                        || dead >= entries.len()
+                        || v.iter().skip(dead).any(|e| count_of(*e) == 0)
+                        || v.windows(2).any(|w| off_of(w[0]) >= off_of(w[1]))
+                    {
+                        return Err(format!("3: sparse block {i}: dead prefix {dead}"));
+                    }
                     if v.len() > SPARSE_MAX || !cap_ok(v.len(), v.capacity()) {
                         return Err(format!(
                             "3/7: sparse block {i}: {} entries, capacity {}",
@@ -931,13 +999,15 @@ impl PinTracker {
                     if entries.last().is_some_and(|l| l.0 - b.base >= OFFSET_LIMIT) {
                         return Err(format!("3: block {i} offset above 32 bits"));
                     }
-                    if let Some(Block {
-                        base: nb,
-                        pins: Pins::Sparse(nv),
-                    }) = self.blocks.get(i + 1)
+                    if let Some(
+                        next @ Block {
+                            base: nb,
+                            pins: Pins::Sparse(nv),
+                        },
+                    ) = self.blocks.get(i + 1)
                     {
                         let next_last = nb + nv.last().map_or(0, |e| off_of(*e));
-                        if v.len() + nv.len() <= MERGE_MAX && next_last - b.base < OFFSET_LIMIT {
+                        if b.len() + next.len() <= MERGE_MAX && next_last - b.base < OFFSET_LIMIT {
                             return Err(format!("5: blocks {i} and {} can merge", i + 1));
                         }
                     }
@@ -1118,6 +1188,47 @@ mod tests {
             ]
         );
         assert_eq!(t.pages().collect::<Vec<_>>(), pages);
+    }
+
+    #[test]
+    fn unpinning_in_order_leaves_a_dead_prefix_that_a_pin_drops() {
+        let mut t = PinTracker::new();
+        for p in 0..100u64 {
+            t.pin(p * 100).unwrap();
+        }
+        assert_eq!(kinds(&t), vec![(0, 's', 100)]);
+        let bytes = t.heap_bytes();
+        for p in 0..10u64 {
+            assert!(t.unpin(p * 100));
+            checked(&t);
+        }
+        let Pins::Sparse(v) = &t.blocks[0].pins else {
+            panic!("not sparse");
+        };
+        // Nothing moved or shrank: the ten entries are only zeroed.
+        assert_eq!((dead_prefix(v), v.len(), t.heap_bytes()), (10, 100, bytes));
+        assert_eq!((t.count(0), t.count(900), t.count(1000)), (0, 0, 1));
+        assert!(!t.unpin(900));
+        assert_eq!(t.pages().next(), Some(1000));
+        assert_eq!(t.pages_in(0, 1001), vec![1000]);
+        assert_eq!(kinds(&t), vec![(0, 's', 90)]);
+        // A pin into the block drops the dead entries first.
+        assert_eq!(t.pin(900), Ok(true));
+        checked(&t);
+        let Pins::Sparse(v) = &t.blocks[0].pins else {
+            panic!("not sparse");
+        };
+        assert_eq!((dead_prefix(v), v.len()), (0, 91));
+        assert_eq!(t.pages().take(2).collect::<Vec<_>>(), vec![900, 1000]);
+        // The prefix stays under DEAD_MAX: the 17th in-order unpin compacts.
+        for p in 9..9 + DEAD_MAX as u64 + 1 {
+            assert!(t.unpin(p * 100));
+            checked(&t);
+        }
+        let Pins::Sparse(v) = &t.blocks[0].pins else {
+            panic!("not sparse");
+        };
+        assert_eq!((dead_prefix(v), v.len()), (0, 91 - DEAD_MAX - 1));
     }
 
     #[test]
