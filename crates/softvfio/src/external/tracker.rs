@@ -63,7 +63,7 @@ const WINDOW_WORDS: usize = (WINDOW_PAGES / 64) as usize;
 /// Sparse offsets are 32 bits.
 const OFFSET_LIMIT: u64 = 1 << 32;
 /// Entries of a sparse block before it splits (1 KiB: an insertion moves
-/// at most that much).
+/// at most that much). Above [`TO_BITMAP`].
 const SPARSE_MAX: usize = 128;
 /// Neighbouring sparse blocks holding this many entries or fewer merge.
 const MERGE_MAX: usize = SPARSE_MAX / 2;
@@ -701,19 +701,30 @@ impl PinTracker {
         else {
             return;
         };
+        if v.len() < TO_BITMAP {
+            return; // nor is it full: SPARSE_MAX > TO_BITMAP
+        }
         let window = page & !(WINDOW_PAGES - 1);
-        let dense_window = v.len() >= TO_BITMAP && {
-            let from = v.partition_point(|e| off_of(*e) < window.saturating_sub(*base));
-            let to = v.partition_point(|e| off_of(*e) <= (window | (WINDOW_PAGES - 1)) - base);
-            to - from >= TO_BITMAP
-        };
+        let (lo, hi) = (
+            window.saturating_sub(*base),
+            (window | (WINDOW_PAGES - 1)) - base,
+        );
+        let in_window = |j: usize| v.get(j).is_some_and(|e| (lo..=hi).contains(&off_of(*e)));
+        // The window's entries are consecutive; with TO_BITMAP of them
+        // around entry k, entry k - TO_BITMAP/2 or k + TO_BITMAP/2 is one:
+        // checking those two spares the bisections most of the time.
+        let k = search(v, page - base).unwrap_or_default();
+        let dense_window = (k.checked_sub(TO_BITMAP / 2).is_some_and(in_window)
+            || in_window(k + TO_BITMAP / 2))
+            && v.partition_point(|e| off_of(*e) <= hi) - v.partition_point(|e| off_of(*e) < lo)
+                >= TO_BITMAP;
         if dense_window {
             self.carve(window);
         } else if v.len() > SPARSE_MAX {
             // Appending (or prepending) fills blocks instead of halving them.
-            let at = match search(v, page - base) {
-                Ok(k) if k + 1 == v.len() => k,
-                Ok(0) => 1,
+            let at = match k {
+                k if k + 1 == v.len() => k,
+                0 => 1,
                 _ => v.len() / 2,
             };
             self.split(i, at);
@@ -824,14 +835,14 @@ impl PinTracker {
         let (Pins::Sparse(va), Pins::Sparse(vb)) = (&a.pins, &b.pins) else {
             return false;
         };
+        // Raw lengths first: counting dead entries only when it matters.
+        if va.len() + vb.len() > MERGE_MAX + 2 * DEAD_MAX || a.len() + b.len() > MERGE_MAX {
+            return false;
+        }
         let Some(b_last) = b.last_page() else {
             return false;
         };
-        // Raw lengths first: counting dead entries only when it matters.
-        if va.len() + vb.len() > MERGE_MAX + 2 * DEAD_MAX
-            || a.len() + b.len() > MERGE_MAX
-            || b_last - a.base >= OFFSET_LIMIT
-        {
+        if b_last - a.base >= OFFSET_LIMIT {
             return false;
         }
         let delta = b.base - a.base;
@@ -894,6 +905,9 @@ impl PinTracker {
                 }
                 self.merge_around(i, i);
             }
+            // Too many live entries to merge with anything (at most
+            // DEAD_MAX of them are dead).
+            Pins::Sparse(v) if v.len() > MERGE_MAX + DEAD_MAX => {}
             Pins::Sparse(_) => self.merge_around(i, i),
             Pins::Bitmap(_) => {}
         }
