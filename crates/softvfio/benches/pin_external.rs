@@ -1,8 +1,9 @@
 //! The external (mediated device) pinning path: pin/unpin throughput in
 //! kernel-sized calls, and the unmap of a mapping with 256k external pins
 //! (the device is notified and drops its pins with one batch). The tracking
-//! footprint is printed once (bytes per pinned page, dense and sparse, over
-//! 1 GiB of mappings).
+//! footprint is printed once (bytes per pinned page from dense to one page
+//! in 4096, over 1 GiB of mappings), and the tracker alone is timed on one
+//! page in 64 at random against the previous tracker.
 
 #![allow(missing_docs)] // criterion's macros define undocumented public functions
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use softvfio::external::bench_support::{
-    tracking_footprint, unmap_with_external_pins, PinFixture, PinPattern,
+    tracker_pin_unpin_ns, tracking_footprint, unmap_with_external_pins, PinFixture, PinPattern,
 };
 use softvfio::iommu::Prot;
 use softvfio::memory::{UserMemory, PAGE_SIZE};
@@ -21,13 +22,16 @@ const MIB: u64 = 1 << 20;
 fn footprint() {
     for (name, pattern) in [
         ("dense", PinPattern::Dense),
-        ("sparse 1/64", PinPattern::Sparse { stride: 64 }),
-        ("sparse 1/512", PinPattern::Sparse { stride: 512 }),
+        ("random 1/4", PinPattern::Random { every: 4 }),
+        ("random 1/64", PinPattern::Random { every: 64 }),
+        ("sparse 1/64 in order", PinPattern::Sparse { stride: 64 }),
+        ("random 1/512", PinPattern::Random { every: 512 }),
+        ("random 1/4096", PinPattern::Random { every: 4096 }),
     ] {
         match tracking_footprint(8, 128 * MIB, pattern) {
             Ok(f) => eprintln!(
-                "pin-external footprint {name}: {} pins, {} bytes, {:.2} B/pinned page (kernel rb-tree: {} bytes)",
-                f.pinned_pages, f.tracking_bytes, f.bytes_per_pinned_page, f.kernel_rbtree_bytes
+                "pin-external footprint {name}: {} pins, {} bytes, {:.2} B/pinned page (previous tracker: {} bytes, kernel rb-tree: {} bytes)",
+                f.pinned_pages, f.tracking_bytes, f.bytes_per_pinned_page, f.previous_tracker_bytes, f.kernel_rbtree_bytes
             ),
             Err(e) => eprintln!("pin-external footprint {name}: {e}"),
         }
@@ -57,6 +61,18 @@ fn pin_unpin(c: &mut Criterion) {
                     .container
                     .unpin_pages(&fx.device, iova, per_call as usize);
             })
+        });
+    }
+    g.finish();
+}
+
+fn tracker_sparse(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pin-external-tracker");
+    g.sample_size(10);
+    let pattern = PinPattern::Random { every: 64 };
+    for (name, previous) in [("current", false), ("previous", true)] {
+        g.bench_function(format!("pin+unpin random 1/64, {name} tracker"), |b| {
+            b.iter(|| black_box(tracker_pin_unpin_ns(8, 32768, pattern, previous)))
         });
     }
     g.finish();
@@ -98,5 +114,5 @@ fn unmap_pinned(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, pin_unpin, unmap_pinned);
+criterion_group!(benches, pin_unpin, tracker_sparse, unmap_pinned);
 criterion_main!(benches);

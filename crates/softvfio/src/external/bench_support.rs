@@ -5,6 +5,10 @@
 //! real memory behind it, exact pin counts) with one emulated group, the
 //! way a mediated device sees the engine: no IOMMU domain, so external pins
 //! are accounted.
+//!
+//! [`ChunkedPinTracker`] is the tracker the engine used before issue 17
+//! (presence bitmaps of 64 pages in a B-tree, its own memory estimate): kept
+//! here only as the baseline of `softvfio bench pin-external`.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -34,6 +38,51 @@ pub enum PinPattern {
         /// Pages from one pinned page to the next.
         stride: u64,
     },
+    /// One page in `every` on average, placed at random (distinct pages,
+    /// a fixed seed) and pinned in random order.
+    Random {
+        /// Pages per pinned page, on average.
+        every: u64,
+    },
+}
+
+/// A small deterministic generator (xorshift64*): the bench's random
+/// placements are the same on every run.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A value in `0..n` (n > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The page offsets `pattern` selects among `pages`, in pin order.
+pub fn pattern_pages(pages: u64, pattern: PinPattern) -> Vec<u64> {
+    match pattern {
+        PinPattern::Dense => (0..pages).collect(),
+        PinPattern::Sparse { stride } => (0..pages).step_by(stride.max(1) as usize).collect(),
+        PinPattern::Random { every } => {
+            // The first pages/every of a Fisher-Yates shuffle: distinct
+            // pages, uniformly placed, in random order.
+            let n = (pages / every.max(1)) as usize;
+            let mut all: Vec<u64> = (0..pages).collect();
+            let mut rng = XorShift(0x5eed_0004_0017_0001);
+            for i in 0..n.min(all.len()) {
+                let j = i + rng.below((all.len() - i) as u64) as usize;
+                all.swap(i, j);
+            }
+            all.truncate(n);
+            all
+        }
+    }
 }
 
 /// What the fixture's `dma_unmap` callback needs, filled in after the
@@ -124,15 +173,12 @@ impl PinFixture {
         })
     }
 
-    /// The IOVAs of the pages `pattern` selects, in order.
+    /// The IOVAs of the pages `pattern` selects, in pin order (ascending
+    /// but for [`PinPattern::Random`]).
     pub fn pattern_iovas(&self, pattern: PinPattern) -> Vec<u64> {
         let pages = self.mappings * self.mapping_bytes / PAGE_SIZE;
-        let stride = match pattern {
-            PinPattern::Dense => 1,
-            PinPattern::Sparse { stride } => stride.max(1),
-        };
-        (0..pages)
-            .step_by(stride as usize)
+        pattern_pages(pages, pattern)
+            .into_iter()
             .map(|p| IOVA_BASE + p * PAGE_SIZE)
             .collect()
     }
@@ -214,6 +260,9 @@ pub struct TrackingFootprint {
     pub bytes_per_pinned_page: f64,
     /// What the kernel's `struct vfio_pfn` tree would take (40 bytes each).
     pub kernel_rbtree_bytes: u64,
+    /// What the tracker before issue 17 ([`ChunkedPinTracker`]) reports
+    /// for the same pins (its own estimate).
+    pub previous_tracker_bytes: u64,
 }
 
 /// Bytes of tracking per pinned page when `pattern` is pinned over
@@ -228,6 +277,15 @@ pub fn tracking_footprint(
     fx.pin_all(&iovas)?;
     let bytes = fx.tracking_bytes() as u64;
     let pages = iovas.len() as u64;
+    let mut previous: Vec<ChunkedPinTracker> = (0..mappings)
+        .map(|_| ChunkedPinTracker::default())
+        .collect();
+    for &iova in &iovas {
+        let off = iova - IOVA_BASE;
+        if let Some(t) = previous.get_mut((off / mapping_bytes.max(1)) as usize) {
+            t.pin((off % mapping_bytes.max(1)) / PAGE_SIZE);
+        }
+    }
     Ok(TrackingFootprint {
         mapped_bytes: mappings * mapping_bytes,
         pinned_pages: pages,
@@ -238,6 +296,7 @@ pub fn tracking_footprint(
             bytes as f64 / pages as f64
         },
         kernel_rbtree_bytes: pages * 40,
+        previous_tracker_bytes: previous.iter().map(|t| t.heap_bytes() as u64).sum(),
     })
 }
 
@@ -304,6 +363,55 @@ pub fn pin_unpin_rate(pages: u64, pages_per_call: u64) -> Result<PinRate> {
     })
 }
 
+/// Pins `pattern`'s pages of 8 x 128 MiB mappings through the engine in
+/// pin order, one page per call (a device pinning what its page table
+/// points at, entry by entry), unpins them the same way, then pins them
+/// again and unmaps every mapping (each device notified, dropping its pins
+/// in one batch). Returns the rate and the unmap time.
+pub fn pattern_rates(pattern: PinPattern) -> Result<(PinRate, f64)> {
+    const MIB: u64 = 1 << 20;
+    let fx = PinFixture::new(8, 128 * MIB)?;
+    let iovas = fx.pattern_iovas(pattern);
+    let acct = fx.memory.account().clone();
+    let dev = fx.device.clone();
+    let u0 = acct.updates();
+    let t0 = Instant::now();
+    for &iova in &iovas {
+        fx.container.pin_pages(&dev, iova, 1, Prot::RW)?;
+    }
+    let pin_time = t0.elapsed();
+    let u1 = acct.updates();
+    let t1 = Instant::now();
+    for &iova in &iovas {
+        fx.container.unpin_pages(&dev, iova, 1)?;
+    }
+    let unpin_time = t1.elapsed();
+    let u2 = acct.updates();
+    fx.pin_all(&iovas)?;
+    let t2 = Instant::now();
+    fx.container
+        .unmap(IOVA_BASE, fx.mappings * fx.mapping_bytes)?;
+    let unmap_time = t2.elapsed();
+    if acct.locked_pages() != 0 {
+        return Err(VfioError::Invalid("pages left accounted after unmap"));
+    }
+    let pages = iovas.len() as u64;
+    let rate = |d: Duration| pages as f64 / d.as_secs_f64().max(1e-12);
+    Ok((
+        PinRate {
+            pages,
+            pages_per_call: 1,
+            pin_seconds: pin_time.as_secs_f64(),
+            unpin_seconds: unpin_time.as_secs_f64(),
+            pins_per_second: rate(pin_time),
+            unpins_per_second: rate(unpin_time),
+            pin_accounting_updates: u1 - u0,
+            unpin_accounting_updates: u2 - u1,
+        },
+        unmap_time.as_secs_f64(),
+    ))
+}
+
 /// One unmap of a mapping with many external pins.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct UnmapPinned {
@@ -361,4 +469,145 @@ pub fn pin_external_report() -> Result<PinExternalReport> {
         rate: pin_unpin_rate(1 << 18, 512)?,
         unmap: unmap_with_external_pins(1 << 18)?,
     })
+}
+
+/// Nanoseconds per page to pin, then unpin, `pattern`'s pages over
+/// `mappings` trackers of `mapping_pages` each, with the current tracker
+/// (`previous == false`) or [`ChunkedPinTracker`]: the trackers alone,
+/// without the engine around them. Returns (pin ns, unpin ns, pages).
+pub fn tracker_pin_unpin_ns(
+    mappings: u64,
+    mapping_pages: u64,
+    pattern: PinPattern,
+    previous: bool,
+) -> (f64, f64, u64) {
+    let pages = pattern_pages(mappings * mapping_pages, pattern);
+    let per = mapping_pages.max(1);
+    let n = pages.len().max(1) as f64;
+    if previous {
+        let mut ts: Vec<ChunkedPinTracker> = (0..mappings)
+            .map(|_| ChunkedPinTracker::default())
+            .collect();
+        let t0 = Instant::now();
+        for &p in &pages {
+            if let Some(t) = ts.get_mut((p / per) as usize) {
+                t.pin(p % per);
+            }
+        }
+        let pin = t0.elapsed();
+        let t1 = Instant::now();
+        for &p in &pages {
+            if let Some(t) = ts.get_mut((p / per) as usize) {
+                t.unpin(p % per);
+            }
+        }
+        let unpin = t1.elapsed();
+        std::hint::black_box(&ts);
+        (
+            pin.as_nanos() as f64 / n,
+            unpin.as_nanos() as f64 / n,
+            pages.len() as u64,
+        )
+    } else {
+        let mut ts: Vec<crate::external::PinTracker> = (0..mappings)
+            .map(|_| crate::external::PinTracker::new())
+            .collect();
+        let t0 = Instant::now();
+        for &p in &pages {
+            if let Some(t) = ts.get_mut((p / per) as usize) {
+                let _ = t.pin(p % per);
+            }
+        }
+        let pin = t0.elapsed();
+        let t1 = Instant::now();
+        for &p in &pages {
+            if let Some(t) = ts.get_mut((p / per) as usize) {
+                t.unpin(p % per);
+            }
+        }
+        let unpin = t1.elapsed();
+        std::hint::black_box(&ts);
+        (
+            pin.as_nanos() as f64 / n,
+            unpin.as_nanos() as f64 / n,
+            pages.len() as u64,
+        )
+    }
+}
+
+/// The pin tracker of the engine before issue 17, as the baseline of the
+/// benchmark: pages in chunks of 64 keyed by page / 64 in a `BTreeMap`, a
+/// presence bitmap per chunk and a 64-count array once a page of the chunk
+/// is pinned twice. Its memory is its own estimate, as it reported it.
+#[derive(Debug, Default)]
+pub struct ChunkedPinTracker {
+    chunks: std::collections::BTreeMap<u64, Chunk>,
+}
+
+#[derive(Debug, Default)]
+struct Chunk {
+    present: u64,
+    counts: Option<Box<[u32; 64]>>,
+}
+
+impl ChunkedPinTracker {
+    /// Adds a pin; true if the page was not pinned.
+    pub fn pin(&mut self, page: u64) -> bool {
+        let c = self.chunks.entry(page / 64).or_default();
+        let bit = 1u64 << (page % 64);
+        let i = (page % 64) as usize;
+        if c.present & bit == 0 {
+            c.present |= bit;
+            if let Some(a) = c.counts.as_mut() {
+                a[i] = 1;
+            }
+            return true;
+        }
+        let present = c.present;
+        let a = c.counts.get_or_insert_with(|| {
+            let mut a = Box::new([0u32; 64]);
+            for (b, n) in a.iter_mut().enumerate() {
+                *n = u32::from(present & (1 << b) != 0);
+            }
+            a
+        });
+        a[i] = a[i].saturating_add(1);
+        false
+    }
+
+    /// Drops a pin; true if it was the page's last.
+    pub fn unpin(&mut self, page: u64) -> bool {
+        let key = page / 64;
+        let Some(c) = self.chunks.get_mut(&key) else {
+            return false;
+        };
+        let bit = 1u64 << (page % 64);
+        let i = (page % 64) as usize;
+        if c.present & bit == 0 {
+            return false;
+        }
+        if let Some(a) = c.counts.as_mut() {
+            if a[i] > 1 {
+                a[i] -= 1;
+                if a.iter().all(|&n| n <= 1) {
+                    c.counts = None;
+                }
+                return false;
+            }
+            a[i] = 0;
+        }
+        c.present &= !bit;
+        if c.present == 0 {
+            self.chunks.remove(&key);
+        }
+        true
+    }
+
+    /// The estimate the previous tracker reported: a full B-tree node
+    /// (16 + 11 entries) spread over 7 entries, plus the count arrays.
+    pub fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<u64>() + std::mem::size_of::<Chunk>();
+        let tree = (self.chunks.len() * (16 + 11 * entry)).div_ceil(7);
+        tree + self.chunks.values().filter(|c| c.counts.is_some()).count() * 256
+    }
 }
