@@ -10,9 +10,9 @@
  *   requests, so a line-by-line diff counts each disagreement where it is.
  * - Nothing printed depends on where things live in this process: user
  *   addresses are printed as page offsets within the walk's own buffer,
- *   device-written bytes as (count, first offset, hash) of what changed in
- *   that buffer, bytes the device read as a hash of what it gives back.
- * - The IOVA window (64 pages at 0x100000) is small so that maps overlap,
+ *   device-written bytes as (count, span, hash of the span) of what changed
+ *   in that buffer, bytes the device read as a hash of what it gives back.
+ * - The IOVA window (96 pages at 0x100000) is small so that maps overlap,
  *   unmaps split and span, and DMA hits mapped, unmapped, read-only and
  *   write-only IOVAs often. A scratch page at SCRATCH_IOVA (mapped RW at the
  *   start and after every unmap-all) receives the device buffer back after a
@@ -37,7 +37,7 @@
 #define RW_PAGES 128
 #define RO_PAGES 16
 #define WIN_IOVA 0x100000ull
-#define WIN_PAGES 64
+#define WIN_PAGES 96
 #define SCRATCH_IOVA 0xff00000ull
 #define DEV_BUF 0x40000ull
 #define BUF_HINT ((void *)0x5a0000000000ull)
@@ -415,12 +415,20 @@ static const char *edu_dma(uint64_t src, uint64_t dst, uint64_t cnt, int to_ram)
 	return "timeout";
 }
 
-/* A DMA target: a window IOVA (maybe unaligned, maybe spanning pages), the scratch page, or above the mask. */
+/* A DMA target: mostly inside a range the walk recently asked to map (chosen
+ * from the requests, not the answers), else anywhere in the window; at a page start,
+ * inside a page, across a page end, or above the 28-bit DMA mask (edu clamps). */
 static uint64_t dma_iova(uint64_t *cnt, const char **kind)
 {
 	static const uint64_t counts[] = { 8, 64, 256, 4096, 1000, 3 };
 	*cnt = counts[pick(6)];
 	uint64_t iova = WIN_IOVA + pick(WIN_PAGES) * PAGE;
+	if (nmaps && pick(100) < 65) {
+		/* recent requests: the likeliest to be mapped still */
+		int i = nmaps - 1 - (int)pick(nmaps < 4 ? nmaps : 4);
+		uint64_t pages = maps[i].size / PAGE;
+		iova = (maps[i].iova & ~(PAGE - 1)) + pick(pages ? (pages < 16 ? pages : 16) : 1) * PAGE;
+	}
 	*kind = "page";
 	switch (pick(6)) {
 	case 0: iova += PAGE - 16; *kind = "cross"; break;
@@ -430,19 +438,24 @@ static uint64_t dma_iova(uint64_t *cnt, const char **kind)
 	return iova;
 }
 
+/* What a device write changed in the buffer: how many bytes, where (first and
+ * last, as page:offset) and a hash of that span only, so that an earlier
+ * difference does not show again in every later line. */
 static void report_changes(void)
 {
-	uint64_t n = 0, first = 0;
+	uint64_t n = 0, first = 0, last = 0;
 	for (uint64_t i = 0; i < RW_PAGES * PAGE; i++)
 		if (buf[i] != shadow[i]) {
 			if (!n)
 				first = i;
+			last = i;
 			n++;
 		}
 	printf(" changed=%llu", (unsigned long long)n);
 	if (n)
-		printf(" first=%llu:%llu hash=%016llx", (unsigned long long)(first / PAGE),
-		       (unsigned long long)(first % PAGE), (unsigned long long)hash(buf, RW_PAGES * PAGE));
+		printf(" at=%llu:%llu..%llu:%llu hash=%016llx", (unsigned long long)(first / PAGE),
+		       (unsigned long long)(first % PAGE), (unsigned long long)(last / PAGE),
+		       (unsigned long long)(last % PAGE), (unsigned long long)hash(buf + first, last + 1 - first));
 	memcpy(shadow, buf, RW_PAGES * PAGE);
 }
 
@@ -588,17 +601,17 @@ int main(int argc, char **argv)
 	op_get_info();
 	for (step = 1; step <= steps; step++) {
 		uint64_t k = pick(100);
-		if (k < 26) op_map();
+		if (k < 30) op_map();
 		else if (k < 38) op_unmap(0);
-		else if (k < 44) op_unmap(1);
-		else if (k < 58) op_dma_to_ram();
-		else if (k < 68) op_dma_from_ram();
-		else if (k < 72) op_vaddr_invalidate();
-		else if (k < 76) op_vaddr_update();
-		else if (k < 81) op_dirty_ctl();
-		else if (k < 88) op_dirty_get();
-		else if (k < 90) op_unmap_all();
-		else if (k < 94) op_get_info();
+		else if (k < 43) op_unmap(1);
+		else if (k < 61) op_dma_to_ram();
+		else if (k < 73) op_dma_from_ram();
+		else if (k < 76) op_vaddr_invalidate();
+		else if (k < 79) op_vaddr_update();
+		else if (k < 85) op_dirty_ctl();
+		else if (k < 93) op_dirty_get();
+		else if (k < 94) op_unmap_all();
+		else if (k < 97) op_get_info();
 		else op_bad();
 		if (step % 25 == 0)
 			vmlck();
