@@ -161,6 +161,21 @@ fn recordings_are_whole_walks_with_the_kernels_fixed_answers() {
                 .filter(|l| l.contains(" get-info argsz=4096 -> ok"))
                 .collect();
             assert!(!infos.is_empty(), "{name}: no full get-info");
+            // Locked memory is counted when medu pins, not when the user
+            // maps: nothing before the first DMA, nothing with vfio_dma_rw,
+            // nothing after the device is closed (the final checkpoint).
+            let locked: Vec<&str> = lines
+                .iter()
+                .filter(|l| step_of(l).is_some() && l.contains(" vmlck "))
+                .map(|l| l.rsplit_once(" vmlck ").map_or("", |(_, v)| v))
+                .collect();
+            assert_eq!(locked.first(), Some(&"0 kB"), "{name}");
+            assert_eq!(locked.last(), Some(&"0 kB"), "{name}");
+            if mode == "rw" {
+                assert!(locked.iter().all(|v| *v == "0 kB"), "{name}: {locked:?}");
+            } else {
+                assert!(locked.iter().any(|v| *v != "0 kB"), "{name}: {locked:?}");
+            }
             for l in infos {
                 assert!(l.contains("flags=0x3 pgsizes=0xfffffffffffff000 caps=2/v1(flags=0 pgsizes=0x1000 max=0x10000000),3/v1(avail="), "{name}: {l}");
                 assert!(!l.contains("caps=1/") && !l.contains(",1/"), "{name}: {l}");
