@@ -83,7 +83,7 @@ pub(crate) fn compute(op: AluOp, a: u64, b: u64, width: usize) -> (u64, u64) {
     if carry {
         f |= flags::CF;
     }
-    if (result as u8).count_ones() % 2 == 0 {
+    if (result as u8).count_ones().is_multiple_of(2) {
         f |= flags::PF;
     }
     if adjust {

@@ -51,14 +51,18 @@ pub trait MmioSpace {
 /// Trace mode: process_vm_readv/writev or /proc/PID/mem; preload: the
 /// handler's own address space.
 pub trait ProgramMemory {
+    /// Reads `data.len()` bytes at `addr`.
     fn read(&mut self, addr: u64, data: &mut [u8]) -> io::Result<()>;
+    /// Writes `data` at `addr`.
     fn write(&mut self, addr: u64, data: &[u8]) -> io::Result<()>;
 }
 
 /// Where a refused access was: the address and, if it is in a BAR, which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Location {
+    /// The address accessed.
     pub address: u64,
+    /// The BAR and the offset in it, when the address is in one.
     pub bar: Option<(BarId, u64)>,
 }
 
@@ -81,47 +85,71 @@ pub enum EmulationError {
     /// The fault address is not in any BAR mapping: not ours, the front end
     /// delivers the signal to the program (chains to its handler).
     #[error("fault at {address:#x} is not in an emulated BAR")]
-    NotMmio { address: u64 },
+    NotMmio {
+        /// The fault address.
+        address: u64,
+    },
     /// RIP itself is in a BAR: the program jumped into device memory.
     #[error("instruction fetch from {at}")]
-    Execute { at: Location },
+    Execute {
+        /// Where RIP points.
+        at: Location,
+    },
     /// The bytes at RIP do not decode to an instruction.
     #[error("undecodable instruction at rip {rip:#x} ({bytes:02x?}) faulting at {at}")]
     Decode {
+        /// Its address.
         rip: u64,
+        /// The bytes at RIP.
         bytes: Vec<u8>,
+        /// The faulting address and its BAR.
         at: Location,
     },
     /// A valid instruction this emulator does not perform on a BAR.
     #[error("cannot emulate `{instruction}` at rip {rip:#x} on {at}")]
     Unsupported {
+        /// The instruction, as the formatter prints it.
         instruction: String,
+        /// Its address.
         rip: u64,
+        /// The faulting address and its BAR.
         at: Location,
     },
     /// The access runs past the end of the BAR mapping it starts in (or into one).
     #[error("`{instruction}` at rip {rip:#x}: {len}-byte access at {at} crosses a BAR boundary")]
     Straddle {
+        /// The instruction, as the formatter prints it.
         instruction: String,
+        /// Its address.
         rip: u64,
+        /// The faulting address and its BAR.
         at: Location,
+        /// Bytes the access spans.
         len: usize,
     },
     /// An alignment-checked move (movdqa, movaps, movnt*) at a misaligned
     /// address: the CPU raises #GP for it.
     #[error("`{instruction}` at rip {rip:#x}: misaligned {len}-byte access at {at}")]
     Misaligned {
+        /// The instruction, as the formatter prints it.
         instruction: String,
+        /// Its address.
         rip: u64,
+        /// The faulting address and its BAR.
         at: Location,
+        /// Bytes the access spans.
         len: usize,
     },
     /// The device model refused the access.
     #[error("`{instruction}` at rip {rip:#x}: device access at {at} failed: {source}")]
     Device {
+        /// The instruction, as the formatter prints it.
         instruction: String,
+        /// Its address.
         rip: u64,
+        /// The faulting address and its BAR.
         at: Location,
+        /// The underlying error.
         source: io::Error,
     },
     /// The ordinary-memory operand is not accessible: the program gets the
@@ -130,9 +158,13 @@ pub enum EmulationError {
         "`{instruction}` at rip {rip:#x}: program memory at {address:#x} not accessible: {source}"
     )]
     Memory {
+        /// The instruction, as the formatter prints it.
         instruction: String,
+        /// Its address.
         rip: u64,
+        /// The address.
         address: u64,
+        /// The underlying error.
         source: io::Error,
     },
 }

@@ -11,32 +11,55 @@ use iced_x86::Register;
 
 /// GPR indices in `Registers::gpr` (x86 encoding order).
 pub mod gpr {
+    /// `rax`.
     pub const RAX: usize = 0;
+    /// `rcx`.
     pub const RCX: usize = 1;
+    /// `rdx`.
     pub const RDX: usize = 2;
+    /// `rbx`.
     pub const RBX: usize = 3;
+    /// `rsp`.
     pub const RSP: usize = 4;
+    /// `rbp`.
     pub const RBP: usize = 5;
+    /// `rsi`.
     pub const RSI: usize = 6;
+    /// `rdi`.
     pub const RDI: usize = 7;
+    /// `r8`.
     pub const R8: usize = 8;
+    /// `r9`.
     pub const R9: usize = 9;
+    /// `r10`.
     pub const R10: usize = 10;
+    /// `r11`.
     pub const R11: usize = 11;
+    /// `r12`.
     pub const R12: usize = 12;
+    /// `r13`.
     pub const R13: usize = 13;
+    /// `r14`.
     pub const R14: usize = 14;
+    /// `r15`.
     pub const R15: usize = 15;
 }
 
 /// RFLAGS bits the emulator reads or writes.
 pub mod flags {
+    /// The CF flag.
     pub const CF: u64 = 1 << 0;
+    /// The PF flag.
     pub const PF: u64 = 1 << 2;
+    /// The AF flag.
     pub const AF: u64 = 1 << 4;
+    /// The ZF flag.
     pub const ZF: u64 = 1 << 6;
+    /// The SF flag.
     pub const SF: u64 = 1 << 7;
+    /// The DF flag.
     pub const DF: u64 = 1 << 10;
+    /// The OF flag.
     pub const OF: u64 = 1 << 11;
     /// The six arithmetic status flags.
     pub const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
@@ -51,13 +74,21 @@ pub mod flags {
 /// handler.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Registers {
+    /// General-purpose registers, in encoding order (see [`gpr`]).
     pub gpr: [u64; 16],
+    /// The instruction pointer.
     pub rip: u64,
+    /// RFLAGS.
     pub rflags: u64,
+    /// FS segment base.
     pub fs_base: u64,
+    /// GS segment base.
     pub gs_base: u64,
+    /// Bits 0-127 of vector registers 0-31.
     pub xmm: [u128; 32],
+    /// Bits 128-255 of vector registers 0-31.
     pub ymm_high: [u128; 32],
+    /// Bits 256-511 of vector registers 0-31.
     pub zmm_high: [[u128; 2]; 32],
 }
 

@@ -49,7 +49,6 @@ use crate::type1::state::{State, Type1};
 
 #[cfg(feature = "bench-support")]
 pub mod bench_support;
-#[allow(missing_docs)] // documented by the pin-tracking work (another helper)
 mod tracker;
 
 pub use tracker::{PinCountOverflow, PinTracker};

@@ -137,6 +137,7 @@ fn trim<T>(v: &mut Vec<T>) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("pin count of page {page} would overflow")]
 pub struct PinCountOverflow {
+    /// The page whose count would overflow.
     pub page: u64,
 }
 
@@ -621,10 +622,12 @@ pub struct PinTracker {
 }
 
 impl PinTracker {
+    /// No pins.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Does the tracker hold no pin?
     pub fn is_empty(&self) -> bool {
         self.pinned_pages == 0
     }
