@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <time.h>
 #include <unistd.h>
 
 static int dev;
@@ -28,6 +29,12 @@ static uint32_t rd(uint32_t off) {
   uint32_t v = 0;
   if (pread(dev, &v, 4, bar0 + off) != 4) { printf("error pread %d\n", errno); exit(1); }
   return v;
+}
+
+static uint64_t now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (uint64_t)t.tv_sec * 1000000000u + t.tv_nsec;
 }
 
 // Waits up to `ms` for the eventfd; returns its counter (0 when none came).
@@ -68,17 +75,25 @@ int main(int argc, char **argv) {
   printf("edu_id %#x\n", rd(0));
   wr(4, 0x12345678);
   printf("edu_liveness %#x\n", rd(4));
+  // The cost of a BAR read as the guest sees it (guest clock; "time_"
+  // lines are measurements, not compared).
+  uint64_t t0 = now_ns();
+  for (int i = 0; i < 1000; i++) rd(0);
+  printf("time_bar_read_ns %llu\n", (unsigned long long)((now_ns() - t0) / 1000));
 
   // INTx, automasked by vfio-pci on each interrupt; unmasked after the ack.
   int efd = eventfd(0, EFD_NONBLOCK);
   printf("intx_enable %d\n", set_irqs(VFIO_PCI_INTX_IRQ_INDEX, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, efd));
   int got = 0;
+  t0 = now_ns();
   for (int i = 0; i < n; i++) {
     wr(0x60, 1);
     got += wait_efd(efd, 5000) ? 1 : 0;
     wr(0x64, 1);
     set_irqs(VFIO_PCI_INTX_IRQ_INDEX, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK, -1);
   }
+  // Raise, receive, acknowledge, unmask.
+  printf("time_intx_ns %llu\n", (unsigned long long)((now_ns() - t0) / (n ? n : 1)));
   printf("intx_raised %d\nintx_received %d\n", n, got);
   // Masked by the user: nothing until the unmask, then the pending one.
   printf("intx_mask %d\n", set_irqs(VFIO_PCI_INTX_IRQ_INDEX, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_MASK, -1));
@@ -108,11 +123,14 @@ int main(int argc, char **argv) {
   int mfd = eventfd(0, EFD_NONBLOCK);
   printf("msi_enable %d\n", set_irqs(VFIO_PCI_MSI_IRQ_INDEX, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, mfd));
   got = 0;
+  t0 = now_ns();
   for (int i = 0; i < n; i++) {
     wr(0x60, 1);
     got += wait_efd(mfd, 5000) ? 1 : 0;
     wr(0x64, 1);
   }
+  // Raise, receive, acknowledge.
+  printf("time_msi_ns %llu\n", (unsigned long long)((now_ns() - t0) / (n ? n : 1)));
   printf("msi_raised %d\nmsi_received %d\n", n, got);
   printf("msi_status %#x\n", rd(0x24));
   printf("done\n");
