@@ -436,7 +436,7 @@ impl CallStats {
                 "{name}: {calls} call(s) of {bytes} bytes, {failed} failed; by size:"
             )?;
             for (size, n) in sizes {
-                write!(w, " {size:#x}x{n}")?;
+                write!(w, " {size:#x}:{n}")?;
             }
             writeln!(w)
         }
