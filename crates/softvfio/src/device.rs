@@ -8,26 +8,37 @@ pub const REGION_OFFSET_SHIFT: u32 = 40;
 
 /// Region flags (`VFIO_REGION_INFO_FLAG_*`).
 pub const REGION_FLAG_READ: u32 = 1 << 0;
+/// `VFIO_REGION_INFO_FLAG_WRITE`.
 pub const REGION_FLAG_WRITE: u32 = 1 << 1;
+/// `VFIO_REGION_INFO_FLAG_MMAP`.
 pub const REGION_FLAG_MMAP: u32 = 1 << 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// `VFIO_DEVICE_GET_REGION_INFO`'s answer for one region.
 pub struct RegionInfo {
+    /// `VFIO_REGION_INFO_FLAG_*`.
     pub flags: u32,
+    /// Bytes in the region (0: the region does not exist).
     pub size: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// `VFIO_DEVICE_GET_IRQ_INFO`'s answer for one interrupt index.
 pub struct IrqInfo {
+    /// `VFIO_IRQ_INFO_*`.
     pub flags: u32,
+    /// Interrupts (vectors) of the index.
     pub count: u32,
 }
 
 /// The action of a `VFIO_DEVICE_SET_IRQS` request (`VFIO_IRQ_SET_ACTION_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IrqAction {
+    /// `VFIO_IRQ_SET_ACTION_MASK`.
     Mask,
+    /// `VFIO_IRQ_SET_ACTION_UNMASK`.
     Unmask,
+    /// `VFIO_IRQ_SET_ACTION_TRIGGER`.
     Trigger,
     /// No action bit, or more than one: vfio-pci finds no handler (ENOTTY).
     Unknown,
@@ -49,10 +60,15 @@ pub enum IrqData {
 /// index's interrupt count, one data type, the data copied in).
 #[derive(Debug)]
 pub struct IrqSet {
+    /// `VFIO_PCI_*_IRQ_INDEX`.
     pub index: u32,
+    /// First interrupt (vector) of the index affected.
     pub start: u32,
+    /// Interrupts affected (0 with DATA_NONE: disable the index).
     pub count: u32,
+    /// What to do.
     pub action: IrqAction,
+    /// With what.
     pub data: IrqData,
 }
 
@@ -77,8 +93,11 @@ pub struct IoeventfdRequest {
 /// `VFIO_DEVICE_FEATURE` operations asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeatureOps {
+    /// `VFIO_DEVICE_FEATURE_GET`.
     pub get: bool,
+    /// `VFIO_DEVICE_FEATURE_SET`.
     pub set: bool,
+    /// `VFIO_DEVICE_FEATURE_PROBE`.
     pub probe: bool,
 }
 
@@ -88,6 +107,7 @@ pub struct FeatureOps {
 pub struct FeatureRequest {
     /// `VFIO_DEVICE_FEATURE_*` number.
     pub feature: u32,
+    /// GET, SET, PROBE as asked.
     pub ops: FeatureOps,
     /// The bytes after the header (`argsz - 16` of them).
     pub data: Vec<u8>,
@@ -108,13 +128,19 @@ pub trait VfioDeviceModel: Send + Sync {
     fn name(&self) -> &str;
     /// `VFIO_DEVICE_FLAGS_*` for `VFIO_DEVICE_GET_INFO`.
     fn flags(&self) -> u32;
+    /// Regions of the device fd (`num_regions`).
     fn num_regions(&self) -> u32;
+    /// Interrupt indexes (`num_irqs`).
     fn num_irqs(&self) -> u32;
+    /// A region's info; `None` answers EINVAL.
     fn region_info(&self, index: u32) -> Option<RegionInfo>;
+    /// An interrupt index's info; `None` answers EINVAL.
     fn irq_info(&self, index: u32) -> Option<IrqInfo>;
     /// Reads `buf.len()` bytes at `offset` of region `index`; returns the
     /// count read (short at the end of the region).
     fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<usize, i32>;
+    /// Writes `data` at `offset` of region `index`; returns the count
+    /// written.
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<usize, i32>;
     /// `VFIO_DEVICE_RESET`.
     fn reset(&self) -> Result<(), i32>;

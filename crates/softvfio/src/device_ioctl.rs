@@ -39,20 +39,30 @@ pub const VFIO_DEVICE_PCI_HOT_RESET: u64 = (0x3b << 8) | (100 + 13);
 
 /// `VFIO_DEVICE_FEATURE_*` header bits.
 pub const FEATURE_MASK: u32 = 0xffff;
+/// `VFIO_DEVICE_FEATURE_GET`: read the feature's payload.
 pub const FEATURE_GET: u32 = 1 << 16;
+/// `VFIO_DEVICE_FEATURE_SET`: write the feature's payload.
 pub const FEATURE_SET: u32 = 1 << 17;
+/// `VFIO_DEVICE_FEATURE_PROBE`: only ask whether GET/SET are supported.
 pub const FEATURE_PROBE: u32 = 1 << 18;
 /// Features the VFIO core answers itself (Linux 6.1): migration needs
 /// `mig_ops`, DMA logging needs `log_ops`; an emulated device has neither.
 pub const FEATURE_MIGRATION: u32 = 1;
+/// Migration state transitions (needs `mig_ops`).
 pub const FEATURE_MIG_DEVICE_STATE: u32 = 2;
+/// Start device DMA dirty logging (needs `log_ops`).
 pub const FEATURE_DMA_LOGGING_START: u32 = 6;
+/// Stop device DMA dirty logging.
 pub const FEATURE_DMA_LOGGING_STOP: u32 = 7;
+/// Report device DMA dirty pages.
 pub const FEATURE_DMA_LOGGING_REPORT: u32 = 8;
 /// vfio-pci's power features and the one whose payload is an eventfd.
 pub const FEATURE_PCI_VF_TOKEN: u32 = 0;
+/// Enter runtime low power.
 pub const FEATURE_LOW_POWER_ENTRY: u32 = 3;
+/// Enter runtime low power with a wakeup eventfd.
 pub const FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP: u32 = 4;
+/// Leave runtime low power.
 pub const FEATURE_LOW_POWER_EXIT: u32 = 5;
 
 /// `VFIO_DEVICE_IOEVENTFD_SIZE_MASK`.

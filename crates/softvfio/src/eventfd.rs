@@ -9,8 +9,14 @@
 //! program, `fcntl(F_DUPFD_CLOEXEC)` in the preload library) and the
 //! duplicate is checked to be an eventfd here.
 //!
+//! Descriptors are closed with the raw system call, never through libc's
+//! `close`: inside a program served by the preload library, libc's `close`
+//! is the library's hook, which takes the session lock, and an eventfd may
+//! be dropped on a watcher thread while another thread holds that lock.
+//!
 //! Invariants:
-//! - an [`Eventfd`] always refers to an eventfd (checked at construction);
+//! - an [`Eventfd`] always refers to an eventfd (checked at construction)
+//!   and owns its descriptor;
 //! - an [`EventfdWatcher`]'s thread has ended when `drop` returns, so a
 //!   handler never runs after its watcher is gone.
 
@@ -25,7 +31,31 @@ use rustix::event::{poll, EventfdFlags, PollFd, PollFlags};
 /// A program's eventfd, held by the engine.
 #[derive(Debug)]
 pub struct Eventfd {
-    file: std::fs::File,
+    /// `ManuallyDrop`: closed by [`Drop`] with the raw system call.
+    file: std::mem::ManuallyDrop<std::fs::File>,
+}
+
+impl Drop for Eventfd {
+    fn drop(&mut self) {
+        // The `File` is never used again after this, and `ManuallyDrop`
+        // keeps it from closing the descriptor a second time.
+        sys::close_owned(&self.file);
+    }
+}
+
+/// The module's only unsafe operation.
+#[allow(unsafe_code)]
+mod sys {
+    use std::os::fd::AsRawFd;
+
+    /// Closes `file`'s descriptor with the raw system call; the caller
+    /// never uses `file` again and does not drop it.
+    pub(super) fn close_owned(file: &std::mem::ManuallyDrop<std::fs::File>) {
+        // SAFETY: the descriptor is owned by the `Eventfd` being dropped
+        // (from an `OwnedFd` or a fresh eventfd), which alone holds it and
+        // never touches the `ManuallyDrop<File>` again.
+        unsafe { rustix::io::close(file.as_raw_fd()) };
+    }
 }
 
 impl Eventfd {
@@ -38,7 +68,7 @@ impl Eventfd {
             return Err(libc::EINVAL);
         }
         Ok(Self {
-            file: std::fs::File::from(fd),
+            file: std::mem::ManuallyDrop::new(std::fs::File::from(fd)),
         })
     }
 
@@ -47,21 +77,21 @@ impl Eventfd {
         let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| e.raw_os_error())?;
         Ok(Self {
-            file: std::fs::File::from(fd),
+            file: std::mem::ManuallyDrop::new(std::fs::File::from(fd)),
         })
     }
 
     /// `eventfd_signal(ctx, 1)`: adds one to the counter. A counter at its
     /// maximum stays there (the kernel's eventfd_signal saturates too).
     pub fn signal(&self) {
-        let _ = (&self.file).write(&1u64.to_ne_bytes());
+        let _ = (&*self.file).write(&1u64.to_ne_bytes());
     }
 
     /// Reads and clears the counter: `Some(n)` when it was non-zero, `None`
     /// when it was zero (non-blocking descriptors) or on error.
     pub fn consume(&self) -> Option<u64> {
         let mut b = [0u8; 8];
-        match (&self.file).read(&mut b) {
+        match (&*self.file).read(&mut b) {
             Ok(8) => Some(u64::from_ne_bytes(b)),
             _ => None,
         }
@@ -84,7 +114,9 @@ impl Eventfd {
             .file
             .try_clone()
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EMFILE))?;
-        Ok(Self { file })
+        Ok(Self {
+            file: std::mem::ManuallyDrop::new(file),
+        })
     }
 }
 
@@ -156,8 +188,8 @@ impl EventfdWatcher {
 fn watch(fd: &Eventfd, wake: &Eventfd, stop: &AtomicBool, handler: &dyn Fn()) {
     loop {
         let mut fds = [
-            PollFd::new(&fd.file, PollFlags::IN),
-            PollFd::new(&wake.file, PollFlags::IN),
+            PollFd::new(&*fd.file, PollFlags::IN),
+            PollFd::new(&*wake.file, PollFlags::IN),
         ];
         match poll(&mut fds, None) {
             Ok(_) => {}
@@ -176,7 +208,7 @@ fn watch(fd: &Eventfd, wake: &Eventfd, stop: &AtomicBool, handler: &dyn Fn()) {
             // said it is readable (another reader may race us: then the
             // read blocks until the next signal, which is still correct).
             let mut b = [0u8; 8];
-            if (&fd.file).read(&mut b).is_ok() {
+            if (&*fd.file).read(&mut b).is_ok() {
                 handler();
             }
         }
@@ -243,7 +275,7 @@ mod tests {
     fn duplicate_of_eventfd_accepted() {
         let e = Eventfd::new().unwrap();
         let dup = e.try_clone().unwrap();
-        let back = Eventfd::from_owned(OwnedFd::from(dup.file)).unwrap();
+        let back = Eventfd::from_owned(OwnedFd::from(dup.file.try_clone().unwrap())).unwrap();
         back.signal();
         assert_eq!(e.consume(), Some(1));
     }

@@ -22,8 +22,11 @@ pub type ObjectKey = u64;
 
 /// An open VFIO file.
 pub enum FileObject {
+    /// `/dev/vfio/vfio`.
     Container(ContainerFile),
+    /// `/dev/vfio/<group>`.
     Group(GroupFile),
+    /// A device fd from `VFIO_GROUP_GET_DEVICE_FD`.
     Device(DeviceFile),
 }
 
@@ -65,6 +68,7 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session over the platform behind `vfio`, with no file open.
     pub fn new(vfio: Arc<Vfio>) -> Self {
         Self {
             vfio,
@@ -73,6 +77,7 @@ impl Session {
         }
     }
 
+    /// The VFIO subsystem this session serves.
     pub fn vfio(&self) -> &Arc<Vfio> {
         &self.vfio
     }
@@ -114,14 +119,17 @@ impl Session {
         }
     }
 
+    /// Is `key` an open file of this session?
     pub fn contains(&self, key: ObjectKey) -> bool {
         self.objects.contains_key(&key)
     }
 
+    /// Open files.
     pub fn len(&self) -> usize {
         self.objects.len()
     }
 
+    /// No open file?
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()
     }

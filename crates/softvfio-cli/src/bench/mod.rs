@@ -16,6 +16,7 @@ use clap::Args;
 pub mod engine;
 pub mod external;
 pub mod host;
+pub mod irq;
 pub mod plot;
 pub mod sim;
 pub mod stats;
@@ -169,6 +170,16 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
         "pin-external",
         "external (mdev) pinning: bytes per pinned page, pins/s, unpin of 256k pages",
         external::pin_external,
+    ),
+    (
+        "irq-intx",
+        "edu INTx to the program's eventfd (raise, read, ack, unmask) vs eventfd write+read",
+        irq::intx,
+    ),
+    (
+        "irq-msi",
+        "edu MSI to the program's eventfd (raise, read, ack) vs eventfd write+read",
+        irq::msi,
     ),
     (
         "dirty-get",

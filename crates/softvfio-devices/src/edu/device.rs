@@ -16,10 +16,11 @@ use vfio_bindings::bindings::vfio::{
     VFIO_PCI_ROM_REGION_INDEX,
 };
 
-use super::config::{EduConfigSpace, CONFIG_SIZE};
+use super::config::{edu_config, CONFIG_SIZE};
 use super::core::{DmaBus, EduCore, EduRegisters, EduStats, IrqRequest};
 use super::regs::{BAR0_SIZE, DEFAULT_DMA_MASK};
 use crate::dma::DmaTarget;
+use crate::pci::config::VirtualConfig;
 use crate::pci::{Ioeventfds, IrqCapabilities, IrqMode, PciPower, VfioPciIrqs};
 
 /// Called with the VFIO IRQ index (`VFIO_PCI_INTX_IRQ_INDEX` or
@@ -95,7 +96,7 @@ pub struct EduSnapshot {
 
 struct Inner {
     core: EduCore,
-    cfg: EduConfigSpace,
+    cfg: VirtualConfig,
     /// INTx level driven by the device (independent of INTx disable).
     intx: bool,
 }
@@ -187,7 +188,7 @@ impl EduDevice {
     pub fn with_options(opts: EduOptions) -> Self {
         let inner = Inner {
             core: EduCore::new(opts.dma_mask),
-            cfg: EduConfigSpace::new(opts.bar0_address, opts.interrupt_line, BAR0_SIZE as u32),
+            cfg: edu_config(opts.bar0_address, opts.interrupt_line, BAR0_SIZE as u32),
             intx: false,
         };
         EduDevice {
@@ -235,7 +236,7 @@ impl EduDevice {
     /// then signals with MSI instead of INTx. Enabling MSI deasserts INTx.
     pub fn set_msi_enabled(&self, on: bool) {
         let mut g = lock(&self.inner);
-        g.cfg.set_msi_mode(on);
+        g.cfg.set_msi_mode(u32::from(on));
         if g.cfg.msi_enabled() {
             g.intx = false;
             self.irqs.set_intx_line(false);
@@ -598,13 +599,20 @@ impl VfioDeviceModel for EduDevice {
         // Hold the device lock across the change so an interrupt raised
         // meanwhile sees either the old or the new delivery type.
         let mut g = lock(&self.inner);
+        let msi_vectors = |m: IrqMode| match m {
+            IrqMode::Msi { vectors } => vectors,
+            _ => 0,
+        };
+        let before = msi_vectors(self.irqs.mode());
         let r = self.irqs.set_irqs(set);
-        // Enabling MSI allocates the vector, which turns MSI on in the
-        // device; anything else leaves it off.
-        let msi = matches!(self.irqs.mode(), IrqMode::Msi { .. });
-        if msi != g.cfg.msi_enabled() {
-            g.cfg.set_msi_mode(msi);
-            if msi {
+        // Enabling MSI allocates the vectors, which turns MSI on in the
+        // device; disabling frees them and turns it off. Other requests
+        // leave the device's MSI enable as the program's config writes
+        // left it.
+        let vectors = msi_vectors(self.irqs.mode());
+        if vectors != before {
+            g.cfg.set_msi_mode(vectors);
+            if vectors > 0 {
                 g.intx = false;
                 self.irqs.set_intx_line(false);
             }

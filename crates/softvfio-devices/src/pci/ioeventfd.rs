@@ -71,6 +71,7 @@ impl Ioeventfds {
             .sum()
     }
 
+    /// No registration?
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

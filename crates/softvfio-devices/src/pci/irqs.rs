@@ -44,10 +44,20 @@ pub struct IrqCapabilities {
 /// (`vdev->irq_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum IrqMode {
+    /// No interrupt type enabled.
     None,
+    /// INTx enabled.
     Intx,
-    Msi { vectors: u32 },
-    Msix { vectors: u32 },
+    /// MSI enabled with `vectors` vectors allocated.
+    Msi {
+        /// Vectors allocated.
+        vectors: u32,
+    },
+    /// MSI-X enabled with `vectors` vectors allocated.
+    Msix {
+        /// Vectors allocated.
+        vectors: u32,
+    },
 }
 
 /// Counters for tools and tests.
@@ -112,6 +122,7 @@ fn einval<T>() -> Result<T, i32> {
 }
 
 impl VfioPciIrqs {
+    /// The interrupt side of a device with `caps`.
     pub fn new(caps: IrqCapabilities) -> Arc<Self> {
         Arc::new_cyclic(|this| Self {
             caps,
@@ -148,6 +159,7 @@ impl VfioPciIrqs {
         }
     }
 
+    /// The interrupt type enabled now.
     pub fn mode(&self) -> IrqMode {
         match &self.lock().mode {
             ModeState::None => IrqMode::None,
@@ -172,6 +184,7 @@ impl VfioPciIrqs {
         matches!(self.lock().mode, ModeState::Intx { masked: true, .. })
     }
 
+    /// Counters since creation.
     pub fn stats(&self) -> IrqStats {
         self.lock().stats
     }

@@ -8,15 +8,20 @@
 //!   interrupt delivery (INTx line level, MSI vectors) into the program's
 //!   eventfds;
 //! - [`ioeventfd::Ioeventfds`], for `VFIO_DEVICE_IOEVENTFD`;
-//! - [`power::PciPower`]: `VFIO_DEVICE_FEATURE`'s low-power features.
+//! - [`power::PciPower`]: `VFIO_DEVICE_FEATURE`'s low-power features;
+//! - [`config::VirtualConfig`]: config space as vfio-pci virtualizes it
+//!   (BAR sizing, command register, interrupt line and pin, MSI enable
+//!   following SET_IRQS), from the layout the model describes.
 //!
 //! The generic argument checks of these ioctls are in
 //! `softvfio::device_ioctl`; this module holds the state behind them.
 
+pub mod config;
 pub mod ioeventfd;
 pub mod irqs;
 pub mod power;
 
+pub use config::{ConfigLayout, VirtualConfig};
 pub use ioeventfd::Ioeventfds;
 pub use irqs::{IrqCapabilities, IrqMode, IrqStats, VfioPciIrqs};
 pub use power::PciPower;
