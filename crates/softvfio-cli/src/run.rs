@@ -73,6 +73,11 @@ pub struct RunArgs {
     /// Print nothing after the program ends.
     #[arg(long, short)]
     quiet: bool,
+    /// Trace mode: after the end report, count the program's `MAP_DMA`/
+    /// `UNMAP_DMA` calls by size, and its region reads and writes
+    /// (docs/PERFORMANCE.md, QEMU).
+    #[arg(long)]
+    stats: bool,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     program: Vec<OsString>,
@@ -108,6 +113,9 @@ pub fn main(args: RunArgs) -> u8 {
         m => m,
     };
     if mode == Mode::Preload {
+        if args.stats {
+            eprintln!("softvfio: warning: --stats counts in trace mode only");
+        }
         if is_static_elf(&args.program[0]) {
             eprintln!(
                 "softvfio: warning: {} is statically linked; the preload library cannot reach it (use --mode trace)",
@@ -135,6 +143,9 @@ pub fn main(args: RunArgs) -> u8 {
     ignore_interactive_signals();
     let mut sup = Supervisor::new();
     let mut handler = VfioHandler::new(vfio, registry.clone(), sup.injector());
+    if args.stats {
+        handler.stats = Some(CallStats::default());
+    }
     let mut cmd = Command::new(&args.program[0]);
     cmd.args(&args.program[1..]);
     if let Some(plan) = hostview_plan(&built) {
@@ -163,6 +174,9 @@ pub fn main(args: RunArgs) -> u8 {
         let mut err = std::io::stderr().lock();
         let _ =
             report::write_end_report(&mut err, &built, &handler.leftovers, &handler.final_state());
+        if let Some(stats) = &handler.stats {
+            let _ = stats.write(&mut err);
+        }
     }
     u8::try_from(code.clamp(0, 255)).unwrap_or(1)
 }
@@ -374,7 +388,70 @@ impl MmSyscalls for TracedMm {
     }
 }
 
+/// What `--stats` counts: DMA map calls by size (the size each `MAP_DMA`
+/// asked for; the size each `UNMAP_DMA` reported unmapped), and accesses to
+/// device regions.
+#[derive(Default)]
+struct CallStats {
+    map_sizes: std::collections::BTreeMap<u64, u64>,
+    map_failed: u64,
+    unmap_sizes: std::collections::BTreeMap<u64, u64>,
+    unmap_failed: u64,
+    preads: u64,
+    pwrites: u64,
+}
+
+impl CallStats {
+    /// After an ioctl: for the DMA map calls, the size field of the
+    /// program's argument (`vfio_iommu_type1_dma_map.size` at byte 24,
+    /// `vfio_iommu_type1_dma_unmap.size` at byte 16, which the kernel
+    /// rewrites to the size unmapped).
+    fn note_ioctl(&mut self, request: u64, arg: u64, ok: bool, user: &dyn UserMemory) {
+        let (sizes, failed, at) = match request {
+            softvfio::uapi::VFIO_IOMMU_MAP_DMA => (&mut self.map_sizes, &mut self.map_failed, 24),
+            softvfio::uapi::VFIO_IOMMU_UNMAP_DMA => {
+                (&mut self.unmap_sizes, &mut self.unmap_failed, 16)
+            }
+            _ => return,
+        };
+        let mut b = [0u8; 8];
+        if !ok || user.read(arg.wrapping_add(at), &mut b).is_err() {
+            *failed += 1;
+            return;
+        }
+        *sizes.entry(u64::from_le_bytes(b)).or_insert(0) += 1;
+    }
+
+    fn write(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        fn line(
+            w: &mut impl std::io::Write,
+            name: &str,
+            sizes: &std::collections::BTreeMap<u64, u64>,
+            failed: u64,
+        ) -> std::io::Result<()> {
+            let calls: u64 = sizes.values().sum();
+            let bytes: u64 = sizes.iter().map(|(s, n)| s * n).sum();
+            write!(
+                w,
+                "{name}: {calls} call(s) of {bytes} bytes, {failed} failed; by size:"
+            )?;
+            for (size, n) in sizes {
+                write!(w, " {size:#x}:{n}")?;
+            }
+            writeln!(w)
+        }
+        line(w, "MAP_DMA", &self.map_sizes, self.map_failed)?;
+        line(w, "UNMAP_DMA", &self.unmap_sizes, self.unmap_failed)?;
+        writeln!(
+            w,
+            "region reads: {}, region writes: {}",
+            self.preads, self.pwrites
+        )
+    }
+}
+
 struct VfioHandler {
+    stats: Option<CallStats>,
     session: Session,
     registry: Arc<Registry>,
     injector: SyscallInjector,
@@ -394,6 +471,7 @@ fn errno(e: VfioError) -> Errno {
 impl VfioHandler {
     fn new(vfio: Arc<Vfio>, registry: Arc<Registry>, injector: SyscallInjector) -> Self {
         Self {
+            stats: None,
             session: Session::new(vfio),
             registry,
             injector,
@@ -523,8 +601,12 @@ impl Handler for VfioHandler {
             let mut fds = TraceeFds(t);
             self.session
                 .ioctl(obj.0, request, arg, user.as_ref(), &mut fds)
-                .map_err(errno)?
+                .map_err(errno)
         };
+        if let Some(stats) = &mut self.stats {
+            stats.note_ioctl(request, arg, routed.is_ok(), user.as_ref());
+        }
+        let routed = routed?;
         match routed {
             Routed::Value(v) => Ok(v),
             Routed::NewObject(key) => {
@@ -547,6 +629,9 @@ impl Handler for VfioHandler {
         offset: u64,
     ) -> Result<i64, Errno> {
         let user = self.mem_for(t.pid());
+        if let Some(stats) = &mut self.stats {
+            stats.preads += 1;
+        }
         self.session
             .pread(obj.0, user.as_ref(), buf, len, offset)
             .map_err(errno)
@@ -561,6 +646,9 @@ impl Handler for VfioHandler {
         offset: u64,
     ) -> Result<i64, Errno> {
         let user = self.mem_for(t.pid());
+        if let Some(stats) = &mut self.stats {
+            stats.pwrites += 1;
+        }
         self.session
             .pwrite(obj.0, user.as_ref(), buf, len, offset)
             .map_err(errno)

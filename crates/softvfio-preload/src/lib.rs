@@ -12,9 +12,11 @@
 //! - `ioctl`, `pread`/`pread64`, `pwrite`/`pwrite64` on those descriptors
 //!   go to the engine (a device fd from `VFIO_GROUP_GET_DEVICE_FD` is a new
 //!   eventfd, with `O_CLOEXEC` as in the kernel);
-//! - `close`, `dup`, `dup2`, `dup3` and `fcntl(F_DUPFD[_CLOEXEC])` (and
-//!   `fcntl64`) keep the descriptor table; the last close of an object
-//!   releases it;
+//! - the fortified `__pread_chk` and `__pread64_chk` (what `pread` becomes
+//!   under `_FORTIFY_SOURCE`, as in Debian's QEMU) are served as `pread`;
+//! - `close`, `close_range`, `dup`, `dup2`, `dup3` and
+//!   `fcntl(F_DUPFD[_CLOEXEC])` (and `fcntl64`) keep the descriptor table;
+//!   the last close of an object releases it;
 //! - `open`/`fopen` of `/proc/self/status` (and `/proc/<own pid>/status`)
 //!   serve a copy in which `VmLck` shows type1's locked-memory accounting
 //!   instead of the mlocks that keep pinned pages resident.
@@ -33,7 +35,7 @@
 //!
 //! Limits: only calls through libc's exported functions are seen (not raw
 //! `syscall(2)`, not libc-internal opens); a descriptor closed behind
-//! libc's back (`close_range`, `syscall(SYS_close)`) stays in the table
+//! libc's back (`syscall(SYS_close)`, `syscall(SYS_close_range)`) stays in the table
 //! until its number is reused by an open.
 
 use std::cell::Cell;
@@ -509,6 +511,58 @@ pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, n: size_t, off: of
     })
 }
 
+/// glibc's fortified `pread` (`_FORTIFY_SOURCE` turns `pread` into this
+/// when the buffer's size is known at compile time): a read larger than the
+/// buffer goes to the next definition, which aborts the program as it would
+/// without softvfio.
+///
+/// # Safety
+/// As glibc's `__pread_chk`: `buf` valid for writes of `buflen` bytes.
+unsafe fn pread_chk_hook(
+    next: &'static Next,
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    off: off_t,
+    buflen: size_t,
+) -> ssize_t {
+    // SAFETY: the program's arguments, passed on unchanged (this
+    // function's contract).
+    let pass = || unsafe { real::pread_chk(next, fd, buf, n, off, buflen) };
+    if n > buflen {
+        return pass();
+    }
+    rw_hook(fd, buf as u64, n, off, false, pass)
+}
+
+/// # Safety
+/// As glibc's `__pread_chk`.
+#[no_mangle]
+pub unsafe extern "C" fn __pread_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    off: off_t,
+    buflen: size_t,
+) -> ssize_t {
+    // SAFETY: the program's arguments (this function's contract).
+    unsafe { pread_chk_hook(&real::PREAD_CHK, fd, buf, n, off, buflen) }
+}
+
+/// # Safety
+/// As glibc's `__pread64_chk`.
+#[no_mangle]
+pub unsafe extern "C" fn __pread64_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    off: off_t,
+    buflen: size_t,
+) -> ssize_t {
+    // SAFETY: the program's arguments (this function's contract).
+    unsafe { pread_chk_hook(&real::PREAD64_CHK, fd, buf, n, off, buflen) }
+}
+
 /// # Safety
 /// As libc's `pwrite`.
 #[no_mangle]
@@ -541,6 +595,29 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
             real::set_errno(saved);
         }
         pass.call()
+    })
+}
+
+/// # Safety
+/// As glibc's `close_range`. With `CLOSE_RANGE_CLOEXEC` nothing is
+/// closed; with `CLOSE_RANGE_UNSHARE` the table closed is this process's
+/// own (unshared) one, which is the one we keep.
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    let pass = || real::close_range(first, last, flags);
+    hook(-1, pass, |pass| {
+        let r = pass.call();
+        let cloexec_only = flags as c_uint & libc::CLOSE_RANGE_CLOEXEC != 0;
+        if r == 0 && !cloexec_only && TRACKED.load(Ordering::Relaxed) > 0 {
+            let saved = real::errno();
+            // Descriptor numbers are ints: a `last` beyond them (~0U, as
+            // "every descriptor above") covers them all.
+            let first = c_int::try_from(first).unwrap_or(c_int::MAX);
+            let last = c_int::try_from(last).unwrap_or(c_int::MAX);
+            with_existing(|st| st.forget_range(first, last));
+            real::set_errno(saved);
+        }
+        r
     })
 }
 

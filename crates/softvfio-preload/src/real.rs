@@ -2,7 +2,7 @@
 //! or another preloaded library's), found with `dlsym(RTLD_NEXT, ...)`, and
 //! the few system calls the library makes on its own behalf.
 
-use std::ffi::{c_char, c_int, c_ulong, c_void, CStr};
+use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use libc::{off_t, size_t, ssize_t, FILE};
@@ -48,6 +48,9 @@ pub static FOPEN64: Next = Next::new(c"fopen64");
 pub static IOCTL: Next = Next::new(c"ioctl");
 pub static PREAD: Next = Next::new(c"pread");
 pub static PREAD64: Next = Next::new(c"pread64");
+pub static PREAD_CHK: Next = Next::new(c"__pread_chk");
+pub static PREAD64_CHK: Next = Next::new(c"__pread64_chk");
+pub static CLOSE_RANGE: Next = Next::new(c"close_range");
 pub static PWRITE: Next = Next::new(c"pwrite");
 pub static PWRITE64: Next = Next::new(c"pwrite64");
 pub static CLOSE: Next = Next::new(c"close");
@@ -82,6 +85,8 @@ type Openat2Fn = unsafe extern "C" fn(c_int, *const c_char, c_int) -> c_int;
 type FopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE;
 type IoctlFn = unsafe extern "C" fn(c_int, c_ulong, ...) -> c_int;
 type PreadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t) -> ssize_t;
+type PreadChkFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t, size_t) -> ssize_t;
+type CloseRangeFn = unsafe extern "C" fn(c_uint, c_uint, c_int) -> c_int;
 type PwriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t, off_t) -> ssize_t;
 type FdFn = unsafe extern "C" fn(c_int) -> c_int;
 type Dup2Fn = unsafe extern "C" fn(c_int, c_int) -> c_int;
@@ -202,6 +207,43 @@ pub unsafe fn pread(next: &Next, fd: c_int, buf: *mut c_void, n: size_t, off: of
         // SAFETY: forwards the caller's arguments unchanged.
         Some(f) => unsafe { f(fd, buf, n, off) },
         None => enosys(),
+    }
+}
+
+/// glibc's fortified `__pread_chk`/`__pread64_chk`: `pread` of at most
+/// `buflen` bytes (the size of the buffer the compiler saw); a larger `n`
+/// aborts the program in the next definition, as without softvfio.
+///
+/// # Safety
+/// As glibc's `__pread_chk`: `buf` must be valid for writes of `buflen`
+/// bytes.
+pub unsafe fn pread_chk(
+    next: &Next,
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    off: off_t,
+    buflen: size_t,
+) -> ssize_t {
+    match fn_of!(next, PreadChkFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(fd, buf, n, off, buflen) },
+        // SAFETY: the caller's contract covers `buf` for `n <= buflen`
+        // bytes; glibc's own check is the one this function stands for.
+        None if std::ptr::eq(next, &PREAD64_CHK) => unsafe { pread(&PREAD64, fd, buf, n, off) },
+        // SAFETY: as above.
+        None => unsafe { pread(&PREAD, fd, buf, n, off) },
+    }
+}
+
+/// `close_range`; the raw system call where libc has no such function
+/// (glibc before 2.34).
+pub fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    match fn_of!(CLOSE_RANGE, CloseRangeFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(first, last, flags) },
+        // SAFETY: close_range takes no pointers.
+        None => unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) as c_int },
     }
 }
 

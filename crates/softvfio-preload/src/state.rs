@@ -174,6 +174,19 @@ impl State {
         }
     }
 
+    /// Descriptors `first..=last` were closed together (`close_range`).
+    pub fn forget_range(&mut self, first: c_int, last: c_int) {
+        let closed: Vec<c_int> = self
+            .fds
+            .keys()
+            .copied()
+            .filter(|fd| (first..=last).contains(fd))
+            .collect();
+        for fd in closed {
+            self.forget(fd);
+        }
+    }
+
     /// `new` now refers to the same object as `old` (a dup of it).
     pub fn dup_of(&mut self, old: c_int, new: c_int) {
         self.forget(new);
