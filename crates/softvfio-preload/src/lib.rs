@@ -33,6 +33,9 @@
 //! program `softvfio run` started) prints the end report of `softvfio run`
 //! on stderr, unless `SOFTVFIO_QUIET` is set.
 //!
+//! Groups are exclusive across the processes of one `softvfio run`
+//! (EBUSY, as the kernel answers), through [`claim`].
+//!
 //! Limits: only calls through libc's exported functions are seen (not raw
 //! `syscall(2)`, not libc-internal opens); a descriptor closed behind
 //! libc's back (`syscall(SYS_close)`, `syscall(SYS_close_range)`) stays in the table
@@ -45,6 +48,7 @@ use std::sync::atomic::Ordering;
 
 use libc::{off_t, size_t, ssize_t, FILE};
 
+mod claim;
 mod real;
 mod state;
 

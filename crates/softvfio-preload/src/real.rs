@@ -349,6 +349,36 @@ pub fn new_object_fd(cloexec: bool) -> Result<c_int, c_int> {
     }
 }
 
+/// A close-on-exec datagram socket of our own bound to the abstract
+/// `AF_UNIX` address `name` (no filesystem entry; the binding lasts as
+/// long as the socket). `Err(EADDRINUSE)` while another socket holds it.
+pub fn bind_abstract_unix(name: &str) -> Result<c_int, c_int> {
+    // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    // Abstract namespace: a leading NUL, then the name, not NUL-terminated.
+    let n = name.len().min(addr.sun_path.len() - 1);
+    for (dst, src) in addr.sun_path[1..=n].iter_mut().zip(name.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + 1 + n) as libc::socklen_t;
+    // SAFETY: socket takes only integers.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: `addr` is a valid sockaddr_un whose first `len` bytes are the
+    // address; it is alive for the call.
+    let r = unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
+    if r == 0 {
+        Ok(fd)
+    } else {
+        let e = errno();
+        close_own(fd);
+        Err(e)
+    }
+}
+
 /// Closes a descriptor of our own with the raw system call.
 pub fn close_own(fd: c_int) {
     // SAFETY: `fd` is a descriptor this library created and nobody else

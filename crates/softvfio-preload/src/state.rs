@@ -12,13 +12,14 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use softvfio::frontend::{FdTarget, ObjectKey, ProgramFds, Routed, Session};
+use softvfio::frontend::{FdTarget, FileObject, ObjectKey, ProgramFds, Routed, Session};
 use softvfio::memory::host::HostMemory;
 use softvfio::memory::{UserMemory, PAGE_SIZE};
 use softvfio::uapi::Vfio;
 use softvfio_platform::report::{self, FinalState, Leftovers};
 use softvfio_platform::{build, BuiltPlatform, Config};
 
+use crate::claim::{self, Claim};
 use crate::real;
 
 /// Descriptors in the table, read without the lock: calls on other
@@ -56,6 +57,9 @@ pub struct State {
     mem: Arc<HostMemory>,
     fds: HashMap<c_int, ObjectKey>,
     refs: HashMap<ObjectKey, usize>,
+    /// Groups this process owns among the run's processes: group id to the
+    /// claim's descriptor (see [`crate::claim`]).
+    claims: HashMap<u32, c_int>,
 }
 
 fn lock() -> MutexGuard<'static, Option<State>> {
@@ -97,6 +101,7 @@ pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Result<R, c_int> {
                     mem: Arc::new(unsafe { HostMemory::current() }),
                     fds: HashMap::new(),
                     refs: HashMap::new(),
+                    claims: HashMap::new(),
                 });
                 register_report();
             }
@@ -158,7 +163,32 @@ impl State {
         if last {
             self.refs.remove(&key);
             self.session.release(key);
+            self.drop_unused_claims();
         }
+    }
+
+    /// The group a group or device object belongs to.
+    fn group_of(&self, key: ObjectKey) -> Option<u32> {
+        match self.session.object(key)? {
+            FileObject::Group(g) => Some(g.group.id),
+            FileObject::Device(d) => Some(d.group.id),
+            FileObject::Container(_) => None,
+        }
+    }
+
+    /// Gives up the claims of groups this process no longer has objects of.
+    fn drop_unused_claims(&mut self) {
+        if self.claims.is_empty() {
+            return;
+        }
+        let in_use: Vec<u32> = self.refs.keys().filter_map(|k| self.group_of(*k)).collect();
+        self.claims.retain(|id, fd| {
+            let keep = in_use.contains(id);
+            if !keep {
+                claim::release(*fd);
+            }
+            keep
+        });
     }
 
     /// The object behind `fd`, if it is one of ours.
@@ -203,6 +233,22 @@ impl State {
             Some(Err(e)) => return OpenOutcome::Error(e.errno()),
             Some(Ok(key)) => key,
         };
+        // The engine checked this process; the claim checks the run's others.
+        if let Some(id) = self
+            .group_of(key)
+            .filter(|id| !self.claims.contains_key(id))
+        {
+            match claim::claim(id) {
+                Claim::Held(fd) => {
+                    self.claims.insert(id, fd);
+                }
+                Claim::Busy => {
+                    self.session.release(key);
+                    return OpenOutcome::Error(libc::EBUSY);
+                }
+                Claim::Unchecked => {}
+            }
+        }
         match real::new_object_fd(cloexec) {
             Ok(fd) => {
                 self.track(fd, key);
@@ -210,6 +256,7 @@ impl State {
             }
             Err(e) => {
                 self.session.release(key);
+                self.drop_unused_claims();
                 OpenOutcome::Error(e)
             }
         }

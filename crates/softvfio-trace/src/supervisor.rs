@@ -66,7 +66,13 @@ const PTRACE_OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD
     | libc::PTRACE_O_TRACEFORK
     | libc::PTRACE_O_TRACEVFORK
     | libc::PTRACE_O_TRACEEXEC
+    | libc::PTRACE_O_TRACEEXIT
     | libc::PTRACE_O_EXITKILL;
+
+/// How long the supervisor waits for a process it let go at its exit stop
+/// to finish dying (closing its files) before it moves on; the objects it
+/// held are then released at the next sweep instead.
+const EXIT_WAIT_MS: i32 = 1000;
 
 const SI_TKILL: i32 = -6;
 const PATH_MAX: usize = 4096;
@@ -506,6 +512,7 @@ impl Core {
                 self.on_exec(h, tid);
                 let _ = sys::ptrace_cont(tid, 0);
             }
+            libc::PTRACE_EVENT_EXIT => self.on_exit_stop(h, tid),
             libc::PTRACE_EVENT_STOP => {
                 if matches!(
                     sig,
@@ -573,6 +580,53 @@ impl Core {
         }
         tracing::debug!(pid = tgid, former_tid = former, "exec");
         h.exec(tgid);
+    }
+
+    /// A thread is about to exit (`PTRACE_EVENT_EXIT`, before its files are
+    /// closed). A traced zombie is reported to its tracer first: its pidfd
+    /// turns readable (and SIGCHLD reaches its parent) while its parent's
+    /// `waitpid(WNOHANG)` still finds nothing until the tracer has reaped
+    /// it. Programs that poll a pidfd and then wait with WNOHANG (Linux's
+    /// kselftest harness does, for every test) would see a child that is
+    /// gone but not waitable. So threads of every process but the one we
+    /// started (whose parent is this supervisor) are detached here and die
+    /// untraced, exactly as without softvfio. When a process's last thread
+    /// is let go, wait for it to be dead, then release what its exit closed,
+    /// as `on_gone` does for a traced exit.
+    fn on_exit_stop(&mut self, h: &mut dyn Handler, tid: i32) {
+        let tgid = self.tgid_of(tid);
+        if tgid == self.main_pid {
+            let _ = sys::ptrace_cont(tid, 0);
+            return;
+        }
+        let last = match self.procs.get_mut(&tgid) {
+            Some(p) => {
+                p.tids.remove(&tid);
+                p.tids.is_empty()
+            }
+            None => false,
+        };
+        self.threads.remove(&tid);
+        // Opened before the last detach, while the pid cannot be reused.
+        let pidfd = last.then(|| sys::pidfd_open(tgid, 0).ok()).flatten();
+        if sys::ptrace_detach(tid).is_err() {
+            // Gone already (SIGKILL): its exit status comes through waitpid;
+            // keep the thread known so that `on_gone` accounts for it.
+            self.insert_thread(tid, tgid);
+            return;
+        }
+        if !last {
+            return;
+        }
+        if let Some(fd) = &pidfd {
+            if !sys::pidfd_wait_exit(fd.as_fd(), EXIT_WAIT_MS) {
+                tracing::warn!(pid = tgid, "process let go at exit is still alive");
+            }
+        }
+        self.procs.remove(&tgid);
+        self.release_dead(h, None);
+        tracing::debug!(pid = tgid, "process gone (detached at exit)");
+        h.exited(tgid);
     }
 
     fn on_gone(&mut self, h: &mut dyn Handler, tid: i32, status: i32) {

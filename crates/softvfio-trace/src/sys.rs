@@ -145,6 +145,10 @@ pub fn ptrace_syscall(tid: i32, sig: i32) -> Result<(), Errno> {
     ptrace_plain(libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop)
 }
 
+pub fn ptrace_detach(tid: i32) -> Result<(), Errno> {
+    ptrace_plain(libc::PTRACE_DETACH, tid, 0, 0).map(drop)
+}
+
 pub fn ptrace_interrupt(tid: i32) -> Result<(), Errno> {
     ptrace_plain(libc::PTRACE_INTERRUPT, tid, 0, 0).map(drop)
 }
@@ -357,6 +361,24 @@ pub fn pidfd_open(pid: i32, flags: u32) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes only integers.
     let r = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) })?;
     Ok(owned(r))
+}
+
+/// Waits up to `timeout_ms` for the process behind `pidfd` to have exited
+/// (the pidfd turns readable once its last thread is dead and its files
+/// are closed); returns whether it did.
+pub fn pidfd_wait_exit(pidfd: BorrowedFd<'_>, timeout_ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `p` is one valid pollfd, alive for the call.
+        let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if r >= 0 || Errno::last() != Errno::EINTR {
+            return r > 0 && p.revents & libc::POLLIN != 0;
+        }
+    }
 }
 
 /// Duplicates descriptor `fd` of the process behind `pidfd` into this one.

@@ -167,6 +167,14 @@ impl Stop {
         loop {
             match sys::waitpid(-1, libc::__WALL | libc::__WNOTHREAD) {
                 Ok((pid, status)) if pid == self.tid => return Ok(status),
+                // Another thread about to exit (exit_group while this one
+                // is in a handler): let it die now, traced, or a dying
+                // leader is never reported; its exit comes as an event.
+                Ok((pid, status))
+                    if status >> 8 == libc::SIGTRAP | libc::PTRACE_EVENT_EXIT << 8 =>
+                {
+                    let _ = sys::ptrace_cont(pid, 0);
+                }
                 Ok((pid, status)) => self.deferred.push(Deferred::Event { tid: pid, status }),
                 Err(e) => {
                     self.gone = true;
