@@ -97,6 +97,7 @@ impl Env {
                 kind: DeviceKind::Edu,
                 bdf: EDU_B.into(),
                 group: 4,
+                dma: None,
             });
         }
         let built = build(&cfg).unwrap();

@@ -101,7 +101,11 @@ pub fn build(cfg: &Config) -> Result<BuiltPlatform, ConfigError> {
             DeviceKind::MdevEdu => {
                 // No requester id, no IOMMU: its DMA goes through the
                 // container it is opened in (pin_pages / dma_rw).
-                let mdev = MdevEdu::new(MdevEduOptions::new(d.bdf.clone(), d.group));
+                let mut opts = MdevEduOptions::new(d.bdf.clone(), d.group);
+                if d.dma == Some(crate::config::MdevDma::Rw) {
+                    opts.mode = softvfio_devices::mdev::MdevDmaMode::Rw;
+                }
+                let mdev = MdevEdu::new(opts);
                 mdev_groups.insert(d.group);
                 groups.entry(d.group).or_default().push(Arc::new(Device {
                     name: d.bdf.clone(),

@@ -16,6 +16,7 @@
 //! kind = "edu"                # or "mdev-edu"
 //! bdf = "0000:00:03.0"        # PCI address; a UUID for mdev-edu
 //! group = 3
+//! dma = "pin"                 # mdev-edu only: pin (vfio_pin_pages, cached) | rw (vfio_dma_rw)
 //!
 //! [[reserved_region]]
 //! group = 3
@@ -146,6 +147,22 @@ pub struct DeviceConfig {
     pub bdf: String,
     /// Its IOMMU group.
     pub group: u32,
+    /// How a mediated device reaches memory (`mdev-edu` only): pinned
+    /// pages cached until the unmap notification (`pin`, the default, medu's
+    /// default) or `vfio_dma_rw` for every access (`rw`, medu's `use_rw=1`).
+    #[serde(default)]
+    pub dma: Option<MdevDma>,
+}
+
+/// The `dma` key of a mediated device.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum MdevDma {
+    /// `vfio_pin_pages` on first use, pins cached.
+    #[serde(rename = "pin")]
+    Pin,
+    /// `vfio_dma_rw` for every access.
+    #[serde(rename = "rw")]
+    Rw,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -233,6 +250,7 @@ impl Config {
                 kind: DeviceKind::Edu,
                 bdf: "0000:00:03.0".into(),
                 group: 3,
+                dma: None,
             }],
             reserved_regions: Vec::new(),
         }
@@ -296,6 +314,12 @@ impl Config {
             let key = format!("device[{i}].bdf");
             match d.kind {
                 DeviceKind::Edu => {
+                    if d.dma.is_some() {
+                        return Err(invalid(
+                            format!("device[{i}].dma"),
+                            "only a mediated device (mdev-edu) takes `dma`".to_string(),
+                        ));
+                    }
                     if parse_bdf(&d.bdf).is_none() {
                         return Err(invalid(
                             key,
@@ -437,6 +461,26 @@ end = 0x1fffffff
         );
         assert_eq!(err(""), "device: at least one [[device]] is needed");
         assert!(err(&format!("{dev}{dev}")).contains("declared twice"));
+    }
+
+    #[test]
+    fn mdev_dma_mode_key() {
+        let uuid = "c0ffee00-0000-4000-8000-000000000001";
+        let mdev = |dma: &str| {
+            format!("[[device]]\nkind = \"mdev-edu\"\nbdf = \"{uuid}\"\ngroup = 10\n{dma}")
+        };
+        let c = Config::parse(&mdev("dma = \"rw\"\n")).unwrap();
+        assert_eq!(c.devices[0].dma, Some(MdevDma::Rw));
+        let c = Config::parse(&mdev("")).unwrap();
+        assert_eq!(c.devices[0].dma, None);
+        let built = crate::build(&Config::parse(&mdev("dma = \"rw\"\n")).unwrap()).unwrap();
+        let m = built.devices[0].mdev.as_ref().unwrap();
+        assert_eq!(m.options().mode, softvfio_devices::MdevDmaMode::Rw);
+        assert!(err(&mdev("dma = \"dma\"\n")).contains("dma"));
+        assert_eq!(
+            err("[[device]]\nkind = \"edu\"\nbdf = \"0000:00:03.0\"\ngroup = 3\ndma = \"rw\"\n"),
+            "device[0].dma: only a mediated device (mdev-edu) takes `dma`"
+        );
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub struct EduCore {
     dma_cmd: u64,
     pasid: u32,
     dma_mask: u64,
+    /// A faulting DMA read zero-fills the rest of its window.
+    zero_fill_faulted_reads: bool,
     buf: Box<[u8; DMA_BUF_SIZE]>,
     stats: EduStats,
     last_error: Option<String>,
@@ -144,11 +146,19 @@ impl EduCore {
             dma_cmd: 0,
             pasid: 0,
             dma_mask,
+            zero_fill_faulted_reads: true,
             buf: Box::new([0; DMA_BUF_SIZE]),
             stats: EduStats::default(),
             last_error: None,
             log: VecDeque::new(),
         }
+    }
+
+    /// Whether a DMA read that faults zero-fills what it could not read
+    /// (QEMU's edu behind an IOMMU) or leaves the old bytes (a mediated
+    /// device copying page by page).
+    pub fn set_zero_fill_faulted_reads(&mut self, on: bool) {
+        self.zero_fill_faulted_reads = on;
     }
 
     /// Registers and DMA buffer back to power-on state. Counters and the log
@@ -461,8 +471,10 @@ impl EduCore {
             // What could not be read arrives as zeros, as QEMU's unassigned
             // memory answers a faulting read (measured: a read crossing the
             // end of a mapping yields the mapped prefix, then zeros).
-            if let Some(rest) = window.get_mut(moved..) {
-                rest.fill(0);
+            if self.zero_fill_faulted_reads {
+                if let Some(rest) = window.get_mut(moved..) {
+                    rest.fill(0);
+                }
             }
             self.stats.dma_bytes_to_device += moved as u64;
         } else {

@@ -56,6 +56,12 @@ pub struct EduOptions {
     /// conformance probe makes (8-byte writes of values below 4 GiB) both
     /// give the same result.
     pub mmio_64bit: bool,
+    /// What a DMA read that faults leaves in the device buffer after the
+    /// bytes it could read: zeros (`true`, QEMU's edu behind an IOMMU, where
+    /// unassigned memory reads as zeros) or the old bytes (`false`, a
+    /// mediated device that copies page by page and stops at the first page
+    /// it cannot pin, as Linux's medu sample does).
+    pub zero_fill_faulted_reads: bool,
 }
 
 impl EduOptions {
@@ -68,6 +74,7 @@ impl EduOptions {
             interrupt_line: 0x0b,
             reset_supported: false,
             mmio_64bit: true,
+            zero_fill_faulted_reads: true,
         }
     }
 }
@@ -199,7 +206,11 @@ impl EduDevice {
     /// An edu with the given options.
     pub fn with_options(opts: EduOptions) -> Self {
         let inner = Inner {
-            core: EduCore::new(opts.dma_mask),
+            core: {
+                let mut c = EduCore::new(opts.dma_mask);
+                c.set_zero_fill_faulted_reads(opts.zero_fill_faulted_reads);
+                c
+            },
             cfg: edu_config(opts.bar0_address, opts.interrupt_line, BAR0_SIZE as u32),
             intx: false,
         };
