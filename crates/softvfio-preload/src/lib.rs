@@ -710,6 +710,7 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 /// children do not.
 extern "C" fn at_load() {
     let _ = catch_unwind(|| {
+        state::install_fork_handlers();
         let Some(mark) = std::env::var_os("SOFTVFIO_PRELOAD_TOP") else {
             return;
         };

@@ -429,6 +429,13 @@ pub unsafe fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
     unsafe { libc::fdopen(fd, mode) }
 }
 
+/// Registers fork handlers: `prepare` runs in the forking thread before
+/// the fork, `parent` and `child` after it, on each side.
+pub fn at_fork(prepare: extern "C" fn(), parent: extern "C" fn(), child: extern "C" fn()) {
+    // SAFETY: plain functions with static lifetime.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+}
+
 /// Registers the end report to run at exit.
 pub fn at_exit(f: extern "C" fn()) {
     // SAFETY: `f` is a plain function with static lifetime.

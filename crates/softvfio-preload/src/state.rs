@@ -62,6 +62,36 @@ pub struct State {
     claims: HashMap<u32, c_int>,
 }
 
+thread_local! {
+    /// The state lock, held by the forking thread across `fork`.
+    static FORK_GUARD: std::cell::RefCell<Option<MutexGuard<'static, Option<State>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Before `fork`: take the state lock, so that no other thread is inside
+/// the engine when the address space is copied. The child has only the
+/// forking thread; a lock another thread held at the fork would stay
+/// locked in the child for ever (a multithreaded program that forks while
+/// a thread is in a VFIO call would hang at its child's first VFIO call).
+extern "C" fn before_fork() {
+    let _ = std::panic::catch_unwind(|| {
+        let guard = lock();
+        FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
+    });
+}
+
+/// After `fork`, in the parent and in the child: release the lock.
+extern "C" fn after_fork() {
+    let _ = std::panic::catch_unwind(|| {
+        FORK_GUARD.with(|g| drop(g.borrow_mut().take()));
+    });
+}
+
+/// Makes `fork` safe for the state lock (see [`before_fork`]); once, at load.
+pub fn install_fork_handlers() {
+    real::at_fork(before_fork, after_fork, after_fork);
+}
+
 fn lock() -> MutexGuard<'static, Option<State>> {
     // The state stays consistent across a panic in the engine (each
     // operation updates it in single steps); keep serving after one.

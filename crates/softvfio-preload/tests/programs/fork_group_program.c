@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -85,12 +86,26 @@ static int report_body(void) {
   return r;
 }
 
+/* Keeps a supervisor busy (in trace mode every VFIO ioctl stops at it),
+ * as a program's other threads would: a child's exit then waits in its
+ * queue, which widens the window in which the child's pidfd is readable
+ * but a traced child would not be waitable yet. */
+static void *busy(void *arg) {
+  int container = *(int *)arg;
+  for (;;) ioctl(container, VFIO_GET_API_VERSION);
+  return NULL;
+}
+
 int main(int argc, char **argv) {
   if (argc != 4) { fprintf(stderr, "usage: %s GROUP DEVICE ROUNDS\n", argv[0]); return 2; }
   group_path = argv[1];
   dev_name = argv[2];
   int rounds = atoi(argv[3]);
   setvbuf(stdout, NULL, _IOLBF, 0);
+  static int busy_container;
+  busy_container = open("/dev/vfio/vfio", O_RDWR);
+  pthread_t t;
+  if (busy_container < 0 || pthread_create(&t, NULL, busy, &busy_container)) return 2;
   for (int i = 0; i < rounds; i++) {
     printf("round %d grandchild %d\n", i, in_grandchild(report_body));
   }
