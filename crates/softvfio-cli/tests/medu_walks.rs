@@ -5,13 +5,15 @@
 //! DMA modes (`tests-oracle/record-medu.sh`), run again under
 //! `softvfio run` against mdev-edu and compared line by line.
 //!
-//! The comparisons are `#[ignore]`d until mdev-edu answers as medu: every
-//! line that differs today is classified by cause in
-//! `tests-oracle/MEDU-DIFFS.md`. What runs now checks that the recordings are
-//! whole walks with the kernel's fixed answers, and that the walk program
-//! asks softvfio, deterministically, the very questions that were recorded
-//! (so a comparison failure is always a different answer, never a different
-//! question).
+//! The pin-cache comparison runs: every line equal to Linux's but the two
+//! documented deviations in [`DEVIATIONS`]. The dma_rw comparison is
+//! `#[ignore]`d until mdev-edu's rw mode answers a faulting read as
+//! `vfio_dma_rw` does (cause R in `tests-oracle/MEDU-DIFFS.md`, which
+//! classifies every line that differed). The other tests check that the
+//! recordings are whole walks with the kernel's fixed answers, and that the
+//! walk program asks softvfio, deterministically, the very questions that
+//! were recorded (so a comparison failure is always a different answer,
+//! never a different question).
 //!
 //! The walk is built with `cc -static` (it runs under the trace supervisor);
 //! a missing C toolchain fails these tests rather than skipping them.

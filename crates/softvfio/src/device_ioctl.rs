@@ -71,6 +71,16 @@ const IOEVENTFD_SIZE_MASK: u32 = 0xf;
 /// Resolves a program's descriptor number to an engine-held eventfd.
 pub type EventfdResolver<'a> = dyn FnMut(i32) -> EventfdArg + 'a;
 
+/// A descriptor number from an argument: negative numbers stay numbers
+/// (`-1` detaches in most requests), others go to the front end.
+fn resolve(eventfds: &mut EventfdResolver<'_>, fd: i32) -> EventfdArg {
+    if fd < 0 {
+        EventfdArg::Negative(fd)
+    } else {
+        eventfds(fd)
+    }
+}
+
 fn read_exact(user: &dyn UserMemory, addr: u64, len: usize) -> Result<Vec<u8>> {
     let mut v = vec![0u8; len];
     user.read(addr, &mut v).map_err(|_| VfioError::Fault)?;
@@ -141,14 +151,7 @@ pub fn set_irqs(
         1 => IrqData::Bool(raw.iter().map(|&b| b != 0).collect()),
         _ => IrqData::Eventfds(
             raw.chunks_exact(4)
-                .map(|c| {
-                    let fd = i32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
-                    if fd < 0 {
-                        EventfdArg::Negative(fd)
-                    } else {
-                        eventfds(fd)
-                    }
-                })
+                .map(|c| resolve(eventfds, i32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
                 .collect(),
         ),
     };
@@ -201,11 +204,7 @@ pub fn ioeventfd(
     if region > u64::from(VFIO_PCI_BAR5_REGION_INDEX) {
         return Err(VfioError::Invalid("ioeventfd region"));
     }
-    let fd = if fd < 0 {
-        EventfdArg::Negative(fd)
-    } else {
-        eventfds(fd)
-    };
+    let fd = resolve(eventfds, fd);
     model
         .ioeventfd(IoeventfdRequest {
             region: region as u32,
@@ -271,12 +270,10 @@ pub fn device_feature(
     let readable = data.is_some();
     let data = data.unwrap_or_default();
     let eventfd = if feature == FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP && data.len() >= 4 {
-        let fd = i32::from_ne_bytes([data[0], data[1], data[2], data[3]]);
-        Some(if fd < 0 {
-            EventfdArg::Negative(fd)
-        } else {
-            eventfds(fd)
-        })
+        Some(resolve(
+            eventfds,
+            i32::from_ne_bytes([data[0], data[1], data[2], data[3]]),
+        ))
     } else {
         None
     };
