@@ -352,6 +352,36 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
 
     // ---- accesses ----
 
+    /// Performs a device access of `len` bytes as accesses of at most
+    /// [`MAX_DEVICE_ACCESS`] bytes in address order; `access` gets the
+    /// space, the BAR offset and the range of the caller's buffer.
+    fn device_access(
+        &mut self,
+        address: u64,
+        bar: BarId,
+        offset: u64,
+        len: usize,
+        mut access: impl FnMut(&mut S, u64, std::ops::Range<usize>) -> std::io::Result<()>,
+    ) -> Result<(), EmulationError> {
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(MAX_DEVICE_ACCESS);
+            let off = offset + at as u64;
+            access(self.space, off, at..at + n).map_err(|source| EmulationError::Device {
+                instruction: text(self.instr),
+                rip: self.regs.rip,
+                at: Location {
+                    address: address + at as u64,
+                    bar: Some((bar, off)),
+                },
+                source,
+            })?;
+            self.out.device_accesses += 1;
+            at += n;
+        }
+        Ok(())
+    }
+
     fn device_read(
         &mut self,
         address: u64,
@@ -359,24 +389,9 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
         offset: u64,
         data: &mut [u8],
     ) -> Result<(), EmulationError> {
-        let mut at = 0;
-        for chunk in data.chunks_mut(MAX_DEVICE_ACCESS) {
-            let off = offset + at as u64;
-            self.space
-                .read(bar, off, chunk)
-                .map_err(|source| EmulationError::Device {
-                    instruction: text(self.instr),
-                    rip: self.regs.rip,
-                    at: Location {
-                        address: address + at as u64,
-                        bar: Some((bar, off)),
-                    },
-                    source,
-                })?;
-            self.out.device_accesses += 1;
-            at += chunk.len();
-        }
-        Ok(())
+        self.device_access(address, bar, offset, data.len(), |space, off, r| {
+            space.read(bar, off, &mut data[r])
+        })
     }
 
     fn device_write(
@@ -386,24 +401,9 @@ impl<S: MmioSpace + ?Sized, M: ProgramMemory + ?Sized> Exec<'_, S, M> {
         offset: u64,
         data: &[u8],
     ) -> Result<(), EmulationError> {
-        let mut at = 0;
-        for chunk in data.chunks(MAX_DEVICE_ACCESS) {
-            let off = offset + at as u64;
-            self.space
-                .write(bar, off, chunk)
-                .map_err(|source| EmulationError::Device {
-                    instruction: text(self.instr),
-                    rip: self.regs.rip,
-                    at: Location {
-                        address: address + at as u64,
-                        bar: Some((bar, off)),
-                    },
-                    source,
-                })?;
-            self.out.device_accesses += 1;
-            at += chunk.len();
-        }
-        Ok(())
+        self.device_access(address, bar, offset, data.len(), |space, off, r| {
+            space.write(bar, off, &data[r])
+        })
     }
 
     fn read_place(&mut self, place: Place, data: &mut [u8]) -> Result<(), EmulationError> {
