@@ -483,56 +483,46 @@ pub fn tracker_pin_unpin_ns(
 ) -> (f64, f64, u64) {
     let pages = pattern_pages(mappings * mapping_pages, pattern);
     let per = mapping_pages.max(1);
-    let n = pages.len().max(1) as f64;
-    if previous {
-        let mut ts: Vec<ChunkedPinTracker> = (0..mappings)
+    let (pin, unpin) = if previous {
+        let ts = (0..mappings)
             .map(|_| ChunkedPinTracker::default())
             .collect();
-        let t0 = Instant::now();
-        for &p in &pages {
-            if let Some(t) = ts.get_mut((p / per) as usize) {
-                t.pin(p % per);
-            }
-        }
-        let pin = t0.elapsed();
-        let t1 = Instant::now();
-        for &p in &pages {
-            if let Some(t) = ts.get_mut((p / per) as usize) {
-                t.unpin(p % per);
-            }
-        }
-        let unpin = t1.elapsed();
-        std::hint::black_box(&ts);
-        (
-            pin.as_nanos() as f64 / n,
-            unpin.as_nanos() as f64 / n,
-            pages.len() as u64,
-        )
+        time_pin_unpin(ts, &pages, per, |t, p| t.pin(p), |t, p| t.unpin(p))
     } else {
-        let mut ts: Vec<crate::external::PinTracker> = (0..mappings)
+        let ts = (0..mappings)
             .map(|_| crate::external::PinTracker::new())
             .collect();
-        let t0 = Instant::now();
-        for &p in &pages {
-            if let Some(t) = ts.get_mut((p / per) as usize) {
-                let _ = t.pin(p % per);
-            }
+        time_pin_unpin(ts, &pages, per, |t, p| t.pin(p), |t, p| t.unpin(p))
+    };
+    let n = pages.len().max(1) as f64;
+    (pin / n, unpin / n, pages.len() as u64)
+}
+
+/// Nanoseconds to pin every page of `pages` (page `p` goes to tracker
+/// `p / per` at offset `p % per`), then to unpin them all.
+fn time_pin_unpin<T, P, U>(
+    mut ts: Vec<T>,
+    pages: &[u64],
+    per: u64,
+    mut pin: impl FnMut(&mut T, u64) -> P,
+    mut unpin: impl FnMut(&mut T, u64) -> U,
+) -> (f64, f64) {
+    let t0 = Instant::now();
+    for &p in pages {
+        if let Some(t) = ts.get_mut((p / per) as usize) {
+            std::hint::black_box(pin(t, p % per));
         }
-        let pin = t0.elapsed();
-        let t1 = Instant::now();
-        for &p in &pages {
-            if let Some(t) = ts.get_mut((p / per) as usize) {
-                t.unpin(p % per);
-            }
-        }
-        let unpin = t1.elapsed();
-        std::hint::black_box(&ts);
-        (
-            pin.as_nanos() as f64 / n,
-            unpin.as_nanos() as f64 / n,
-            pages.len() as u64,
-        )
     }
+    let pinned = t0.elapsed();
+    let t1 = Instant::now();
+    for &p in pages {
+        if let Some(t) = ts.get_mut((p / per) as usize) {
+            std::hint::black_box(unpin(t, p % per));
+        }
+    }
+    let unpinned = t1.elapsed();
+    std::hint::black_box(&ts);
+    (pinned.as_nanos() as f64, unpinned.as_nanos() as f64)
 }
 
 /// The pin tracker of the engine before issue 17, as the baseline of the
