@@ -327,8 +327,9 @@ impl MdevEdu {
         let mut edu_opts = EduOptions::new(opts.uuid.clone());
         // medu copies page by page and stops at the first page it cannot
         // pin: what a faulting read could not reach keeps its old bytes.
-        // (In dma_rw mode Linux's buffer after a faulting read differs again:
-        // tests-oracle/MEDU-DIFFS.md cause R, still open.)
+        // (In dma_rw mode the engine's `dma_rw` zeroes the one chunk whose
+        // read faulted, as `copy_from_user` does: tests-oracle/MEDU-DIFFS.md
+        // cause R.)
         edu_opts.zero_fill_faulted_reads = false;
         let edu = Arc::new(EduDevice::with_options(edu_opts));
         let path = MdevDmaPath::new(opts.uuid.clone(), opts.group, opts.mode);

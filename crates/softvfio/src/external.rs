@@ -44,7 +44,7 @@ use crate::container::Container;
 
 use crate::error::{Result, VfioError};
 use crate::iommu::Prot;
-use crate::memory::{LockPolicy, PAGE_SIZE};
+use crate::memory::{LockPolicy, MemError, PAGE_SIZE};
 use crate::type1::state::{State, Type1};
 
 #[cfg(feature = "bench-support")]
@@ -554,7 +554,7 @@ impl Container {
             let res = match &mut buf {
                 RwBuf::Read(b) => b
                     .get_mut(done..done + n)
-                    .map(|s| self.memory().read(vaddr, s)),
+                    .map(|s| self.read_like_copy_from_user(vaddr, s)),
                 RwBuf::Write(d) => d.get(done..done + n).map(|s| self.memory().write(vaddr, s)),
             };
             match res {
@@ -568,6 +568,40 @@ impl Container {
             done += n;
         }
         Ok(())
+    }
+
+    /// Reads user memory at `vaddr` as the kernel's `copy_from_user` does
+    /// for `vfio_dma_rw`: when part of the range cannot be read, the bytes
+    /// before the first unreadable page are copied and everything from that
+    /// page on is zeroed (the kernel clears the uncopied tail of the
+    /// destination), and the call fails. Linux 6.1 with medu in `dma_rw`
+    /// mode shows exactly this in the device buffer after a faulting read
+    /// (tests-oracle/MEDU-DIFFS.md, cause R).
+    fn read_like_copy_from_user(
+        &self,
+        vaddr: u64,
+        buf: &mut [u8],
+    ) -> std::result::Result<(), MemError> {
+        let Err(first) = self.memory().read(vaddr, buf) else {
+            return Ok(());
+        };
+        // Only on the failure path: find the readable prefix page by page.
+        let mut copied = 0usize;
+        while copied < buf.len() {
+            let at = vaddr.wrapping_add(copied as u64);
+            let n = (buf.len() - copied).min((PAGE_SIZE - (at & (PAGE_SIZE - 1))) as usize);
+            let Some(piece) = buf.get_mut(copied..copied + n) else {
+                break;
+            };
+            if self.memory().read(at, piece).is_err() {
+                break;
+            }
+            copied += n;
+        }
+        if let Some(tail) = buf.get_mut(copied..) {
+            tail.fill(0);
+        }
+        Err(first)
     }
 
     /// Waits until every mapping under `[iova, iova + size)` has a valid

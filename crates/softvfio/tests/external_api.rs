@@ -352,6 +352,55 @@ fn dma_rw_errno_and_data() {
     assert_eq!(b[0], 0xaa);
 }
 
+/// A `dma_rw` read that faults in user memory leaves the destination as
+/// the kernel's `copy_from_user` does: the pages before the fault copied,
+/// the rest of the chunk zeroed, EFAULT. (Linux 6.1 with medu in `dma_rw`
+/// mode: tests-oracle/MEDU-DIFFS.md, cause R.) Refusals before any copy
+/// (no mapping, no permission) leave the buffer untouched.
+#[test]
+fn dma_rw_read_fault_zero_fills_the_uncopied_tail_like_copy_from_user() {
+    let mem = sim();
+    let g = emulated_group(5, 1);
+    let c = container(&mem, &[&g], true);
+    c.map(0x10_0000, BASE, 4 * PG, Prot::RW).unwrap();
+    let d = TestDevice::register(&c, 5);
+    let data: Vec<u8> = (0..4 * PG as usize).map(|i| (i % 249) as u8 + 1).collect();
+    c.dma_write(&d.dev, 0x10_0000, &data).unwrap();
+    // The program unmaps the third page; the mapping stays.
+    mem.remove_region(BASE + 2 * PG, PG).unwrap();
+
+    // The chunk is what lies in one mapping: [0x100, 4 pages); 0x100 bytes
+    // past the mapping's end belong to a chunk that is never reached.
+    let mut buf = vec![0x5au8; 4 * PG as usize];
+    assert_eq!(errno(c.dma_read(&d.dev, 0x10_0100, &mut buf)), libc::EFAULT);
+    let copied = 2 * PG as usize - 0x100;
+    let chunk = 4 * PG as usize - 0x100;
+    assert_eq!(buf[..copied], data[0x100..2 * PG as usize]);
+    assert!(buf[copied..chunk].iter().all(|&b| b == 0));
+    assert!(buf[chunk..].iter().all(|&b| b == 0x5a));
+
+    // A fault on the first byte zeroes the whole chunk.
+    let mut page = vec![0x5au8; 0x80];
+    assert_eq!(
+        errno(c.dma_read(&d.dev, 0x10_2040, &mut page)),
+        libc::EFAULT
+    );
+    assert!(page.iter().all(|&b| b == 0));
+
+    // No mapping, or no permission: nothing is copied or cleared.
+    c.map(0x30_0000, BASE + 17 * PG, PG, Prot::WRITE).unwrap();
+    let mut untouched = vec![0x5au8; 16];
+    assert_eq!(
+        errno(c.dma_read(&d.dev, 0x90_0000, &mut untouched)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(c.dma_read(&d.dev, 0x30_0000, &mut untouched)),
+        libc::EPERM
+    );
+    assert!(untouched.iter().all(|&b| b == 0x5a));
+}
+
 // ---- refcounts -----------------------------------------------------------------
 
 #[test]
