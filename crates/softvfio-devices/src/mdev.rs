@@ -16,11 +16,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use softvfio::device::{IrqInfo, RegionInfo, VfioDeviceModel};
+use softvfio::device::{IrqInfo, IrqSet, RegionInfo, VfioDeviceModel};
 use softvfio::external::{DmaUnmapFn, ExternalDevice};
 use softvfio::iommu::Prot;
 use softvfio::memory::PAGE_SIZE;
 use softvfio::Container;
+use vfio_bindings::bindings::vfio::VFIO_DEVICE_FLAGS_RESET;
 
 use crate::dma::{DmaAccess, DmaError, DmaTarget};
 use crate::edu::{EduDevice, EduOptions};
@@ -363,8 +364,10 @@ impl VfioDeviceModel for MdevEdu {
         &self.opts.uuid
     }
 
+    /// medu's GET_INFO: a PCI device with a reset (so QEMU resets it with
+    /// `VFIO_DEVICE_RESET` rather than looking for a bus reset).
     fn flags(&self) -> u32 {
-        self.edu.flags()
+        self.edu.flags() | VFIO_DEVICE_FLAGS_RESET
     }
 
     fn num_regions(&self) -> u32 {
@@ -391,8 +394,12 @@ impl VfioDeviceModel for MdevEdu {
         self.edu.region_write(index, offset, data)
     }
 
+    /// medu's `VFIO_DEVICE_RESET`: the DMA and interrupt registers; the
+    /// config space and the DMA buffer stay (no PCI function reset happens
+    /// to a mediated device).
     fn reset(&self) -> Result<(), i32> {
-        self.edu.reset()
+        self.edu.reset_dma_and_interrupts();
+        Ok(())
     }
 
     fn attach_container(&self, container: Option<Arc<Container>>) {
@@ -416,6 +423,18 @@ impl VfioDeviceModel for MdevEdu {
     /// PASID-tagged DMA needs an IOMMU; the mediated path has none.
     fn supports_svm(&self) -> bool {
         false
+    }
+
+    /// edu's INTx and MSI, as a vendor driver that implements
+    /// `VFIO_DEVICE_SET_IRQS` for its mdev offers them (medu, the reference
+    /// for the DMA path, has no interrupts; a device whose config space
+    /// names an interrupt pin must serve SET_IRQS, or QEMU refuses it).
+    fn vfio_pci_irqs(&self) -> bool {
+        self.edu.vfio_pci_irqs()
+    }
+
+    fn set_irqs(&self, set: IrqSet) -> Result<(), i32> {
+        self.edu.set_irqs(set)
     }
 }
 
@@ -603,6 +622,43 @@ mod tests {
             let r = mdev_rig(mode);
             assert_eq!(program(&r), reference, "{mode:?}");
         }
+    }
+
+    /// GET_INFO says RESET, as medu's does, and VFIO_DEVICE_RESET clears
+    /// what medu's clears (DMA registers, status, interrupt status), not
+    /// liveness, the factorial or the DMA buffer; INTx and MSI are served.
+    #[test]
+    fn reset_and_interrupts_as_an_mdev_vendor_driver_gives_them() {
+        let r = mdev_rig(MdevDmaMode::Pin);
+        let d = r.dev.as_ref();
+        assert_eq!(
+            d.flags(),
+            vfio_bindings::bindings::vfio::VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET
+        );
+        assert!(d.vfio_pci_irqs());
+        let Some(m) = r.mdev.clone() else { return };
+        d.region_write(VFIO_PCI_CONFIG_REGION_INDEX, 4, &6u16.to_le_bytes())
+            .unwrap();
+        r.mem.write(BASE, &[0xab; 64]).unwrap();
+        r.c.map(0x100_0000, BASE, PG, Prot::RW).unwrap();
+        edu_dma(d, 0x100_0000, 0x40000, 64, false);
+        let buffer = m.edu().dma_buffer();
+        assert_eq!(buffer[..64], [0xab; 64]);
+        wr64(d, 0x04, 0x1234_5678);
+        wr64(d, 0x08, 5);
+        wr64(d, 0x20, 0x80);
+        wr64(d, 0x60, 0x100);
+        wr64(d, 0x80, 0x40000);
+        wr64(d, 0x88, 0x1000);
+        wr64(d, 0x90, 8);
+        assert_eq!(rd32(d, 0x24), 0x100);
+        d.reset().unwrap();
+        assert_eq!(rd32(d, 0x04), !0x1234_5678u32);
+        assert_eq!(rd32(d, 0x08), 120);
+        for off in [0x20, 0x24, 0x80, 0x88, 0x90, 0x98] {
+            assert_eq!(rd32(d, off), 0, "register {off:#x}");
+        }
+        assert_eq!(m.edu().dma_buffer(), buffer);
     }
 
     #[test]

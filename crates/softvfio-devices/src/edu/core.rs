@@ -175,6 +175,20 @@ impl EduCore {
         self.last_error = last_error;
     }
 
+    /// What an mdev vendor driver's `VFIO_DEVICE_RESET` clears in Linux's
+    /// sample mediated edu (medu): the DMA registers, the interrupt status
+    /// and the status register. Liveness, factorial, PASID and the DMA
+    /// buffer keep their values.
+    pub fn reset_dma_and_interrupts(&mut self) {
+        self.dma_src = 0;
+        self.dma_dst = 0;
+        self.dma_cnt = 0;
+        self.dma_cmd = 0;
+        self.irq_status = 0;
+        self.status = 0;
+        self.stats.resets += 1;
+    }
+
     /// The registers' current values.
     pub fn registers(&self) -> EduRegisters {
         EduRegisters {

@@ -300,6 +300,15 @@ impl EduDevice {
         self.irqs.set_intx_line(false);
     }
 
+    /// [`EduCore::reset_dma_and_interrupts`], and the INTx line lowered:
+    /// the reset of edu as a mediated device.
+    pub fn reset_dma_and_interrupts(&self) {
+        let mut g = lock(&self.inner);
+        g.core.reset_dma_and_interrupts();
+        g.intx = false;
+        self.irqs.set_intx_line(false);
+    }
+
     /// The registers' current values.
     pub fn registers(&self) -> EduRegisters {
         lock(&self.inner).core.registers()
