@@ -99,12 +99,7 @@ impl Registry {
                     "invalidated": t.invalidated,
                 })
             },
-            devices: self
-                .built
-                .devices
-                .iter()
-                .filter_map(|d| serde_json::to_value(d.edu.snapshot()).ok())
-                .collect(),
+            devices: self.built.devices.iter().map(|d| d.snapshot()).collect(),
         }
     }
 }

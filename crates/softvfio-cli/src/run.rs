@@ -510,7 +510,7 @@ impl VfioHandler {
             return None;
         }
         let dev = built.device(view.config_device(path)?)?;
-        Some(Ok(OpenReply::File(dev.edu.config_bytes().to_vec())))
+        Some(Ok(OpenReply::File(dev.config_bytes())))
     }
 
     fn final_state(&self) -> FinalState {

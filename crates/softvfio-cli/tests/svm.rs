@@ -98,6 +98,7 @@ impl Env {
                 bdf: EDU_B.into(),
                 group: 4,
                 dma: None,
+                xfercap: None,
             });
         }
         let built = build(&cfg).unwrap();
@@ -210,7 +211,7 @@ impl Env {
 
     fn edu(&self, dev: usize) -> Arc<softvfio_devices::EduDevice> {
         let name = if dev == 0 { EDU_A } else { EDU_B };
-        self.built.device(name).unwrap().edu.clone()
+        self.built.device(name).unwrap().edu.clone().unwrap()
     }
 
     /// An edu DMA with PASID `pasid` (None: PASID register off); returns

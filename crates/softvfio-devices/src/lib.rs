@@ -1,13 +1,19 @@
 //! Device models for softvfio.
 //!
-//! [`mdev::MdevEdu`] is the same device as a mediated device: its DMA goes
-//! through the container's external pinning API instead of an IOMMU.
-//!
 //! [`edu::EduDevice`] is QEMU's `edu` PCI device (`docs/specs/edu.rst`,
 //! `hw/misc/edu.c`) as Linux vfio-pci presents it, plus the PASID register
 //! of DESIGN.md §3. Its DMA goes through a [`dma::DmaTarget`], so the same
 //! register model can sit behind the software IOMMU or a mediated-device
 //! pinning path.
+//!
+//! [`mdev::MdevEdu`] is the same device as a mediated device: its DMA goes
+//! through the container's external pinning API instead of an IOMMU.
+//!
+//! [`ioat::IoatDevice`] is Intel's I/OAT DMA engine (CBDMA), the device
+//! Linux's VFIO selftests drive in `vfio_pci_driver_test`.
+//!
+//! [`pci`] is the part of vfio-pci they share: config space
+//! virtualization, SET_IRQS, ioeventfds, power features.
 //!
 //! # Measured behaviour
 //!
@@ -39,11 +45,13 @@
 
 pub mod dma;
 pub mod edu;
+pub mod ioat;
 pub mod iommu;
 pub mod mdev;
 pub mod pci;
 
 pub use dma::{DmaAccess, DmaError, DmaTarget, VecDmaTarget};
 pub use edu::{EduDevice, EduOptions};
+pub use ioat::{IoatDevice, IoatOptions};
 pub use iommu::IommuDmaTarget;
 pub use mdev::{MdevDmaMode, MdevEdu, MdevEduOptions};

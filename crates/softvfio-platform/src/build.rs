@@ -8,7 +8,9 @@ use soft_iommu::{AddressWidth, Iommu, IommuConfig as UnitConfig};
 use softvfio::iommu::vtd::VtdUnit;
 use softvfio::iommu::{IommuUnit, ResvRegion};
 use softvfio::platform::{Device, Group, GroupKind, Platform};
-use softvfio_devices::{EduDevice, EduOptions, IommuDmaTarget, MdevEdu, MdevEduOptions};
+use softvfio_devices::{
+    EduDevice, EduOptions, IoatDevice, IoatOptions, IommuDmaTarget, MdevEdu, MdevEduOptions,
+};
 
 use crate::config::{parse_bdf, Config, ConfigError, DeviceKind};
 
@@ -21,10 +23,56 @@ pub struct BuiltDevice {
     pub group: u32,
     /// Requester id, for a device behind the IOMMU.
     pub rid: Option<u16>,
-    /// The edu register model (for a mediated device, the one behind it).
-    pub edu: Arc<EduDevice>,
+    /// The edu register model (for a mediated device, the one behind it);
+    /// `None` for another kind of device.
+    pub edu: Option<Arc<EduDevice>>,
     /// The mediated device, for kind "mdev-edu".
     pub mdev: Option<Arc<MdevEdu>>,
+    /// The I/OAT DMA engine, for kind "ioat".
+    pub ioat: Option<Arc<IoatDevice>>,
+}
+
+impl BuiltDevice {
+    /// Its conventional config space (256 bytes) as the device fd shows it:
+    /// what sysfs `config` gives an unprivileged reader.
+    pub fn config_bytes(&self) -> Vec<u8> {
+        if let Some(edu) = &self.edu {
+            edu.config_bytes().to_vec()
+        } else if let Some(ioat) = &self.ioat {
+            ioat.config_bytes().to_vec()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Size of region `index` of the device (0 when it has none).
+    pub fn region_size(&self, index: u32) -> u64 {
+        use softvfio::device::VfioDeviceModel;
+        let model: Option<&dyn VfioDeviceModel> = if let Some(m) = &self.mdev {
+            Some(m.as_ref())
+        } else if let Some(e) = &self.edu {
+            Some(e.as_ref())
+        } else if let Some(i) = &self.ioat {
+            Some(i.as_ref())
+        } else {
+            None
+        };
+        model
+            .and_then(|m| m.region_info(index))
+            .map_or(0, |r| r.size)
+    }
+
+    /// The model's state for `inspect` and reports.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let v = if let Some(edu) = &self.edu {
+            serde_json::to_value(edu.snapshot())
+        } else if let Some(ioat) = &self.ioat {
+            serde_json::to_value(ioat.snapshot())
+        } else {
+            Ok(serde_json::Value::Null)
+        };
+        v.unwrap_or(serde_json::Value::Null)
+    }
 }
 
 /// A platform ready for a VFIO front end.
@@ -94,8 +142,34 @@ pub fn build(cfg: &Config) -> Result<BuiltPlatform, ConfigError> {
                     name: d.bdf.clone(),
                     group: d.group,
                     rid: Some(rid),
-                    edu,
+                    edu: Some(edu),
                     mdev: None,
+                    ioat: None,
+                });
+            }
+            DeviceKind::Ioat => {
+                let rid = parse_bdf(&d.bdf).ok_or_else(|| ConfigError::Invalid {
+                    key: format!("device[{i}].bdf"),
+                    reason: "not a PCI address".into(),
+                })?;
+                let mut opts = IoatOptions::new(d.bdf.clone());
+                if let Some(x) = d.xfercap {
+                    opts.xfercap = x;
+                }
+                let ioat = Arc::new(IoatDevice::with_options(opts));
+                ioat.set_dma_target(Arc::new(IommuDmaTarget::for_device(&iommu, rid)));
+                groups.entry(d.group).or_default().push(Arc::new(Device {
+                    name: d.bdf.clone(),
+                    rid: Some(rid),
+                    model: ioat.clone(),
+                }));
+                devices.push(BuiltDevice {
+                    name: d.bdf.clone(),
+                    group: d.group,
+                    rid: Some(rid),
+                    edu: None,
+                    mdev: None,
+                    ioat: Some(ioat),
                 });
             }
             DeviceKind::MdevEdu => {
@@ -116,8 +190,9 @@ pub fn build(cfg: &Config) -> Result<BuiltPlatform, ConfigError> {
                     name: d.bdf.clone(),
                     group: d.group,
                     rid: None,
-                    edu: mdev.edu().clone(),
+                    edu: Some(mdev.edu().clone()),
                     mdev: Some(mdev),
+                    ioat: None,
                 });
             }
         }
@@ -156,6 +231,31 @@ pub fn build(cfg: &Config) -> Result<BuiltPlatform, ConfigError> {
 mod tests {
     use super::*;
 
+    /// An I/OAT engine next to the edu: its own group behind the same VT-d
+    /// unit, its DMA translated by its requester id, its config space in
+    /// the sysfs view's reader.
+    #[test]
+    fn ioat_sits_behind_the_iommu_in_its_own_group() {
+        use softvfio::device::VfioDeviceModel;
+        let cfg = Config::parse(
+            "[[device]]\nkind = \"edu\"\nbdf = \"0000:00:03.0\"\ngroup = 3\n\
+             [[device]]\nkind = \"ioat\"\nbdf = \"0000:00:04.0\"\ngroup = 4\nxfercap = 14\n",
+        )
+        .unwrap();
+        let p = build(&cfg).unwrap();
+        let g = p.platform.group(4).unwrap();
+        assert_eq!(g.devices[0].rid, Some(0x20));
+        assert!(matches!(g.kind, GroupKind::Iommu(_)));
+        let d = p.device("0000:00:04.0").unwrap();
+        assert!(d.edu.is_none());
+        let ioat = d.ioat.as_ref().unwrap();
+        assert_eq!(ioat.options().xfercap, 14);
+        assert_eq!(d.config_bytes()[..4], [0x86, 0x80, 0x21, 0x20]);
+        assert_eq!(d.region_size(0), 0x4000);
+        assert_eq!(ioat.region_info(7).map(|r| r.size), Some(4096));
+        assert_eq!(d.snapshot()["name"], "0000:00:04.0");
+    }
+
     #[test]
     fn reference_platform_shape() {
         let p = BuiltPlatform::reference().unwrap();
@@ -185,7 +285,7 @@ mod tests {
         assert!(!p.platform.group(3).unwrap().is_emulated());
         let d = p.device(uuid).unwrap();
         assert!(d.mdev.is_some());
-        assert_eq!(d.edu.options().name, uuid);
+        assert_eq!(d.edu.as_ref().unwrap().options().name, uuid);
     }
 
     #[test]

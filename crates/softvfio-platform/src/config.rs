@@ -13,10 +13,11 @@
 //! precise = false             # report only pages the IOMMU saw written
 //!
 //! [[device]]
-//! kind = "edu"                # or "mdev-edu"
+//! kind = "edu"                # or "mdev-edu", "ioat"
 //! bdf = "0000:00:03.0"        # PCI address; a UUID for mdev-edu
 //! group = 3
 //! dma = "pin"                 # mdev-edu only: pin (vfio_pin_pages, cached) | rw (vfio_dma_rw)
+//! xfercap = 20                # ioat only: log2 of the largest copy per descriptor
 //!
 //! [[reserved_region]]
 //! group = 3
@@ -135,6 +136,9 @@ pub enum DeviceKind {
     #[serde(rename = "mdev-edu")]
     /// A mediated edu: no IOMMU, DMA through the pinning API.
     MdevEdu,
+    #[serde(rename = "ioat")]
+    /// Intel's I/OAT DMA engine (CBDMA 8086:2021) behind the IOMMU.
+    Ioat,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -152,6 +156,10 @@ pub struct DeviceConfig {
     /// default) or `vfio_dma_rw` for every access (`rw`, medu's `use_rw=1`).
     #[serde(default)]
     pub dma: Option<MdevDma>,
+    /// log2 of the largest copy one I/OAT descriptor may ask for (`ioat`
+    /// only; 12 to 24, default 20: 1 MiB).
+    #[serde(default)]
+    pub xfercap: Option<u8>,
 }
 
 /// The `dma` key of a mediated device.
@@ -251,6 +259,7 @@ impl Config {
                 bdf: "0000:00:03.0".into(),
                 group: 3,
                 dma: None,
+                xfercap: None,
             }],
             reserved_regions: Vec::new(),
         }
@@ -312,8 +321,22 @@ impl Config {
         let mut group_kind: BTreeMap<u32, bool> = BTreeMap::new();
         for (i, d) in self.devices.iter().enumerate() {
             let key = format!("device[{i}].bdf");
+            if d.xfercap.is_some() && d.kind != DeviceKind::Ioat {
+                return Err(invalid(
+                    format!("device[{i}].xfercap"),
+                    "only an I/OAT device (ioat) takes `xfercap`".to_string(),
+                ));
+            }
+            if let Some(x) = d.xfercap {
+                if !(12..=24).contains(&x) {
+                    return Err(invalid(
+                        format!("device[{i}].xfercap"),
+                        format!("{x} is outside 12..=24 (4 KiB to 16 MiB per descriptor)"),
+                    ));
+                }
+            }
             match d.kind {
-                DeviceKind::Edu => {
+                DeviceKind::Edu | DeviceKind::Ioat => {
                     if d.dma.is_some() {
                         return Err(invalid(
                             format!("device[{i}].dma"),
@@ -461,6 +484,32 @@ end = 0x1fffffff
         );
         assert_eq!(err(""), "device: at least one [[device]] is needed");
         assert!(err(&format!("{dev}{dev}")).contains("declared twice"));
+    }
+
+    #[test]
+    fn ioat_device_and_its_xfercap_key() {
+        let ioat = |extra: &str| {
+            format!("[[device]]\nkind = \"ioat\"\nbdf = \"0000:00:04.0\"\ngroup = 4\n{extra}")
+        };
+        let c = Config::parse(&ioat("xfercap = 16\n")).unwrap();
+        assert_eq!(c.devices[0].kind, DeviceKind::Ioat);
+        assert_eq!(c.devices[0].xfercap, Some(16));
+        assert_eq!(
+            err(&ioat("xfercap = 30\n")),
+            "device[0].xfercap: 30 is outside 12..=24 (4 KiB to 16 MiB per descriptor)"
+        );
+        assert_eq!(
+            err(&ioat("dma = \"rw\"\n")),
+            "device[0].dma: only a mediated device (mdev-edu) takes `dma`"
+        );
+        assert_eq!(
+            err("[[device]]\nkind = \"edu\"\nbdf = \"0000:00:03.0\"\ngroup = 3\nxfercap = 16\n"),
+            "device[0].xfercap: only an I/OAT device (ioat) takes `xfercap`"
+        );
+        assert_eq!(
+            err("[[device]]\nkind = \"ioat\"\nbdf = \"c0ffee00-0000-4000-8000-000000000001\"\ngroup = 3\n"),
+            "device[0].bdf: \"c0ffee00-0000-4000-8000-000000000001\" is not a PCI address like 0000:00:03.0"
+        );
     }
 
     #[test]

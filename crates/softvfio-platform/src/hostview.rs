@@ -27,10 +27,6 @@ pub mod mount;
 use std::collections::{BTreeMap, BTreeSet};
 
 use softvfio::iommu::{ResvKind, ResvRegion};
-use softvfio_devices::edu::regs::{
-    BAR0_SIZE, EDU_CLASS_CODE, EDU_DEVICE_ID, EDU_REVISION, EDU_SUBSYSTEM_ID,
-    EDU_SUBSYSTEM_VENDOR_ID, EDU_VENDOR_ID,
-};
 
 use crate::build::BuiltPlatform;
 
@@ -280,58 +276,64 @@ impl HostView {
         let dir = format!("/sys/devices/{root}/{bdf}");
         self.put_dir(&dir);
         self.replaced.insert(dir.clone());
-        let cfg = d.edu.config_bytes();
+        let cfg = d.config_bytes();
+        let b = |i: usize| cfg.get(i).copied().unwrap_or(0);
+        let w16 = |i: usize| u16::from_le_bytes([b(i), b(i + 1)]);
+        let (vendor, device) = (w16(0x00), w16(0x02));
+        let (sub_vendor, sub_device) = (w16(0x2c), w16(0x2e));
+        let class = u32::from_le_bytes([b(0x09), b(0x0a), b(0x0b), 0]);
         let f = |name: &str| format!("{dir}/{name}");
-        self.put_file(&f("vendor"), 0o444, hex4(EDU_VENDOR_ID));
-        self.put_file(&f("device"), 0o444, hex4(EDU_DEVICE_ID));
-        self.put_file(&f("subsystem_vendor"), 0o444, hex4(EDU_SUBSYSTEM_VENDOR_ID));
-        self.put_file(&f("subsystem_device"), 0o444, hex4(EDU_SUBSYSTEM_ID));
-        self.put_file(
-            &f("class"),
-            0o444,
-            text(format!("0x{EDU_CLASS_CODE:06x}\n")),
-        );
-        self.put_file(
-            &f("revision"),
-            0o444,
-            text(format!("0x{EDU_REVISION:02x}\n")),
-        );
-        self.put_file(&f("config"), 0o644, cfg.to_vec());
+        self.put_file(&f("vendor"), 0o444, hex4(vendor));
+        self.put_file(&f("device"), 0o444, hex4(device));
+        self.put_file(&f("subsystem_vendor"), 0o444, hex4(sub_vendor));
+        self.put_file(&f("subsystem_device"), 0o444, hex4(sub_device));
+        self.put_file(&f("class"), 0o444, text(format!("0x{class:06x}\n")));
+        self.put_file(&f("revision"), 0o444, text(format!("0x{:02x}\n", b(0x08))));
+        self.put_file(&f("config"), 0o644, cfg.clone());
         // resource: start, end, flags of the 6 BARs, the ROM and the 6
-        // bridge windows; BAR0 is 32-bit MMIO (IORESOURCE_MEM |
-        // IORESOURCE_SIZEALIGN).
-        let bar0 = u64::from(u32::from_le_bytes([
-            cfg[0x10], cfg[0x11], cfg[0x12], cfg[0x13],
-        ])) & !0xf;
+        // bridge windows. BAR0 is MMIO (IORESOURCE_MEM |
+        // IORESOURCE_SIZEALIGN, and IORESOURCE_MEM_64 for a 64-bit BAR,
+        // whose upper half's line stays empty); its size is the region's.
+        let bar0_low = u32::from_le_bytes([b(0x10), b(0x11), b(0x12), b(0x13)]);
+        let mem64 = bar0_low & 0x4 != 0;
+        let bar0 = if mem64 {
+            u64::from(bar0_low & !0xf)
+                | (u64::from(u32::from_le_bytes([b(0x14), b(0x15), b(0x16), b(0x17)])) << 32)
+        } else {
+            u64::from(bar0_low & !0xf)
+        };
+        let bar0_size = d
+            .region_size(vfio_bindings::bindings::vfio::VFIO_PCI_BAR0_REGION_INDEX)
+            .max(1);
+        let flags: u64 = if mem64 { 0x140200 } else { 0x40200 };
         let mut resource = format!(
             "0x{:016x} 0x{:016x} 0x{:016x}\n",
             bar0,
-            bar0 + BAR0_SIZE - 1,
-            0x40200u64
+            bar0 + bar0_size - 1,
+            flags
         );
         for _ in 1..13 {
             resource.push_str(&format!("0x{0:016x} 0x{0:016x} 0x{0:016x}\n", 0));
         }
         self.put_file(&f("resource"), 0o444, text(resource));
-        self.put_file(&f("irq"), 0o444, text(format!("{}\n", cfg[0x3c])));
+        self.put_file(&f("irq"), 0o444, text(format!("{}\n", b(0x3c))));
         self.put_file(&f("numa_node"), 0o644, text("-1\n"));
         let modalias = format!(
             "pci:v{:08X}d{:08X}sv{:08X}sd{:08X}bc{:02X}sc{:02X}i{:02X}",
-            EDU_VENDOR_ID,
-            EDU_DEVICE_ID,
-            EDU_SUBSYSTEM_VENDOR_ID,
-            EDU_SUBSYSTEM_ID,
-            EDU_CLASS_CODE >> 16,
-            (EDU_CLASS_CODE >> 8) & 0xff,
-            EDU_CLASS_CODE & 0xff
+            vendor,
+            device,
+            sub_vendor,
+            sub_device,
+            class >> 16,
+            (class >> 8) & 0xff,
+            class & 0xff
         );
         self.put_file(&f("modalias"), 0o444, text(format!("{modalias}\n")));
         self.put_file(
             &f("uevent"),
             0o644,
             text(format!(
-                "DRIVER=vfio-pci\nPCI_CLASS={:X}\nPCI_ID={:04X}:{:04X}\nPCI_SUBSYS_ID={:04X}:{:04X}\nPCI_SLOT_NAME={bdf}\nMODALIAS={modalias}\n",
-                EDU_CLASS_CODE, EDU_VENDOR_ID, EDU_DEVICE_ID, EDU_SUBSYSTEM_VENDOR_ID, EDU_SUBSYSTEM_ID
+                "DRIVER=vfio-pci\nPCI_CLASS={class:X}\nPCI_ID={vendor:04X}:{device:04X}\nPCI_SUBSYS_ID={sub_vendor:04X}:{sub_device:04X}\nPCI_SLOT_NAME={bdf}\nMODALIAS={modalias}\n"
             )),
         );
         self.put_file(&f("driver_override"), 0o644, text("(null)\n"));

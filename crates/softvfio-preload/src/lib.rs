@@ -204,7 +204,7 @@ fn sysfs_config_fd(path: &str, flags: c_int, cloexec: bool) -> Option<Result<c_i
         let built = st.platform();
         let view = softvfio_platform::hostview::HostView::of(built);
         let dev = built.device(view.config_device(path)?)?;
-        Some(dev.edu.config_bytes())
+        Some(dev.config_bytes())
     })??;
     Some(real::memfd_with(&bytes, cloexec))
 }

@@ -51,6 +51,8 @@ pub fn edu_layout(bar0_address: u32, interrupt_line: u8, bar0_size: u32) -> Conf
             vectors_log2: 0,
             addr64: true,
         }),
+        msix: None,
+        raw_caps: Vec::new(),
     }
 }
 

@@ -21,6 +21,19 @@
 //! - every byte from the end of the header up that no capability claims is
 //!   virtual and writable (vfio-pci's raw virtualization of unknown space).
 //!
+//! Beyond edu, for models with more capabilities (from `vfio_pci_config.c`,
+//! not measured: no reference device has them):
+//! - a 64-bit memory BAR takes the next BAR slot as its upper half, which
+//!   is writable in full (the BARs are below 4 GiB in size);
+//! - the MSI-X capability is read-only to the program (vfio-pci has no
+//!   write permission for it); its enable bit shows whether
+//!   `VFIO_DEVICE_SET_IRQS` has MSI-X enabled, its table size is the
+//!   model's;
+//! - other capabilities a model lists as raw bytes (PCI Express, power
+//!   management) are read-only.
+//!
+//! Capabilities are linked in the order of their offsets.
+//!
 //! Invariant: `bytes` is what a read returns (except the status interrupt
 //! bit, added at read time); `msi_hw` is true only while `msi_mode` is.
 
@@ -70,6 +83,12 @@ pub const PCI_MSI_FLAGS_QMASK: u8 = 0x0e;
 pub const PCI_MSI_FLAGS_QSIZE: u8 = 0x70;
 /// MSI flags: 64-bit message address.
 pub const PCI_MSI_FLAGS_64BIT: u8 = 0x80;
+/// MSI-X capability id.
+pub const PCI_CAP_ID_MSIX: u8 = 0x11;
+/// MSI-X message control: enable (bit 15).
+pub const PCI_MSIX_FLAGS_ENABLE: u16 = 0x8000;
+/// BAR flag: 64-bit memory BAR (memory type 2).
+pub const PCI_BASE_ADDRESS_MEM_TYPE_64: u32 = 0x4;
 
 /// Who the function is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +151,49 @@ impl MsiLayout {
     }
 }
 
+/// An MSI-X capability: where its table and pending-bit array live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsixLayout {
+    /// Its offset in config space (at or above 0x40).
+    pub offset: usize,
+    /// Table entries (1 to 2048).
+    pub vectors: u16,
+    /// BAR holding the table.
+    pub table_bar: u8,
+    /// Offset of the table in that BAR (8-byte aligned).
+    pub table_offset: u32,
+    /// BAR holding the pending-bit array.
+    pub pba_bar: u8,
+    /// Offset of the PBA in that BAR (8-byte aligned).
+    pub pba_offset: u32,
+}
+
+impl MsixLayout {
+    /// Bytes the capability occupies.
+    pub const LEN: usize = 12;
+
+    /// Bytes of the table in its BAR (16 per entry).
+    pub fn table_len(&self) -> u64 {
+        16 * u64::from(self.vectors)
+    }
+
+    /// Bytes of the PBA in its BAR (one bit per entry, in 8-byte words).
+    pub fn pba_len(&self) -> u64 {
+        8 * u64::from(self.vectors).div_ceil(64)
+    }
+}
+
+/// A capability the program may read but not change (PCI Express, power
+/// management, ...): its bytes from the capability id on; the next
+/// pointer (byte 1) is filled in when the list is linked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawCapability {
+    /// Its offset in config space (at or above 0x40).
+    pub offset: usize,
+    /// Its bytes, at least 2.
+    pub bytes: Vec<u8>,
+}
+
 /// What a model says of its config space.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigLayout {
@@ -145,8 +207,37 @@ pub struct ConfigLayout {
     pub interrupt_line: u8,
     /// 1 (INTA#) to 4, or 0 without INTx.
     pub interrupt_pin: u8,
-    /// The MSI capability, if any (the only capability in the list).
+    /// The MSI capability, if any.
     pub msi: Option<MsiLayout>,
+    /// The MSI-X capability, if any.
+    pub msix: Option<MsixLayout>,
+    /// Read-only capabilities.
+    pub raw_caps: Vec<RawCapability>,
+}
+
+impl ConfigLayout {
+    /// (offset, length) of every capability, by offset.
+    fn capabilities(&self) -> Vec<(usize, usize)> {
+        let mut caps: Vec<(usize, usize)> = Vec::new();
+        if let Some(m) = self.msi {
+            caps.push((m.offset, m.len()));
+        }
+        if let Some(m) = self.msix {
+            caps.push((m.offset, MsixLayout::LEN));
+        }
+        caps.extend(self.raw_caps.iter().map(|c| (c.offset, c.bytes.len())));
+        caps.sort_unstable();
+        caps
+    }
+
+    /// Is BAR slot `i` the upper half of a 64-bit BAR?
+    fn is_upper_half(&self, i: usize) -> bool {
+        i > 0
+            && self
+                .bars
+                .get(i - 1)
+                .is_some_and(|b| b.size != 0 && b.flags & PCI_BASE_ADDRESS_MEM_TYPE_64 != 0)
+    }
 }
 
 /// The config space of one function behind vfio-pci.
@@ -162,6 +253,8 @@ pub struct VirtualConfig {
     msi_qmax: u8,
     /// MSI enable in the function itself: it signals with MSI, not INTx.
     msi_hw: bool,
+    /// `VFIO_DEVICE_SET_IRQS` has MSI-X enabled.
+    msix_mode: bool,
 }
 
 impl VirtualConfig {
@@ -172,10 +265,11 @@ impl VirtualConfig {
         put16(&mut b, 0x00, id.vendor);
         put16(&mut b, 0x02, id.device);
         put16(&mut b, PCI_COMMAND, layout.command);
-        let status = if layout.msi.is_some() {
-            PCI_STATUS_CAP_LIST
-        } else {
+        let caps = layout.capabilities();
+        let status = if caps.is_empty() {
             0
+        } else {
+            PCI_STATUS_CAP_LIST
         };
         put16(&mut b, PCI_STATUS, status);
         b[0x08] = id.revision;
@@ -197,14 +291,46 @@ impl VirtualConfig {
         b[PCI_INTERRUPT_LINE] = layout.interrupt_line;
         b[PCI_INTERRUPT_PIN] = layout.interrupt_pin;
         if let Some(msi) = layout.msi {
-            b[PCI_CAPABILITY_LIST] = msi.offset as u8;
             b[msi.offset] = PCI_CAP_ID_MSI;
-            b[msi.offset + 1] = 0; // last capability
             let mut flags = (msi.vectors_log2 << 1) & PCI_MSI_FLAGS_QMASK;
             if msi.addr64 {
                 flags |= PCI_MSI_FLAGS_64BIT;
             }
             b[msi.offset + 2] = flags;
+        }
+        if let Some(x) = layout.msix {
+            b[x.offset] = PCI_CAP_ID_MSIX;
+            put16(&mut b, x.offset + 2, x.vectors.saturating_sub(1) & 0x7ff);
+            put32(
+                &mut b,
+                x.offset + 4,
+                (x.table_offset & !7) | u32::from(x.table_bar & 7),
+            );
+            put32(
+                &mut b,
+                x.offset + 8,
+                (x.pba_offset & !7) | u32::from(x.pba_bar & 7),
+            );
+        }
+        for c in &layout.raw_caps {
+            for (i, &v) in c.bytes.iter().enumerate() {
+                if let Some(d) = b.get_mut(c.offset + i) {
+                    *d = v;
+                }
+            }
+        }
+        // Link the list in offset order; the last next pointer is 0.
+        let mut next_ptr = PCI_CAPABILITY_LIST;
+        for &(off, _) in &caps {
+            if let Some(d) = b.get_mut(next_ptr) {
+                *d = off as u8;
+            }
+            next_ptr = off + 1;
+        }
+        if let Some(d) = b.get_mut(next_ptr) {
+            if next_ptr != PCI_CAPABILITY_LIST {
+                *d = 0;
+            }
         }
         VirtualConfig {
             layout,
@@ -213,6 +339,7 @@ impl VirtualConfig {
             msi_mode: false,
             msi_qmax: 0,
             msi_hw: false,
+            msix_mode: false,
         }
     }
 
@@ -235,13 +362,24 @@ impl VirtualConfig {
                 };
             }
         }
+        // MSI-X and the raw capabilities are read-only.
+        if self
+            .layout
+            .capabilities()
+            .iter()
+            .any(|&(start, len)| (start..start + len).contains(&off))
+        {
+            return 0;
+        }
         match off {
             // Command: I/O, memory, bus master | SERR, INTx disable.
             0x04 => 0x07,
             0x05 => 0x05,
             // Cache line size.
             0x0c => 0xff,
-            // BARs: sized by the fixup after the write; absent ones read 0.
+            // BARs: sized by the fixup after the write; absent ones read 0;
+            // the upper half of a 64-bit BAR takes any value.
+            0x10..=0x27 if self.layout.is_upper_half((off - PCI_BASE_ADDRESS_0) / 4) => 0xff,
             0x10..=0x27 if self.layout.bars[(off - PCI_BASE_ADDRESS_0) / 4].size != 0 => 0xff,
             PCI_INTERRUPT_LINE => 0xff,
             // Unclaimed space after the header: raw virtual bytes.
@@ -257,6 +395,7 @@ impl VirtualConfig {
         self.msi_mode = false;
         self.msi_qmax = 0;
         self.msi_hw = false;
+        self.msix_mode = false;
     }
 
     /// Reads `out.len()` bytes at `off` (bounds checked by the caller).
@@ -340,6 +479,28 @@ impl VirtualConfig {
         self.msi_hw
     }
 
+    /// `VFIO_DEVICE_SET_IRQS` on the MSI-X index allocated `vectors` (0:
+    /// freed them): the capability's enable bit follows, as the host
+    /// kernel sets it when vfio-pci enables MSI-X.
+    pub fn set_msix_mode(&mut self, vectors: u32) {
+        self.msix_mode = vectors > 0;
+        if let Some(x) = self.layout.msix {
+            let at = x.offset + 2;
+            let ctrl = get16(&self.bytes, at) & !PCI_MSIX_FLAGS_ENABLE;
+            let enable = if self.msix_mode {
+                PCI_MSIX_FLAGS_ENABLE
+            } else {
+                0
+            };
+            put16(&mut self.bytes, at, ctrl | enable);
+        }
+    }
+
+    /// Is MSI-X on in the function?
+    pub fn msix_enabled(&self) -> bool {
+        self.msix_mode
+    }
+
     /// The command register.
     pub fn command(&self) -> u16 {
         get16(&self.bytes, PCI_COMMAND)
@@ -420,7 +581,82 @@ mod tests {
                 vectors_log2: 2,
                 addr64: true,
             }),
+            msix: None,
+            raw_caps: Vec::new(),
         }
+    }
+
+    /// A CBDMA-like function: 64-bit BAR0, MSI-X at 0x80, a PCIe
+    /// capability at 0x90 and PM at 0xe0, no MSI.
+    fn msix_layout() -> ConfigLayout {
+        let mut l = layout();
+        l.bars[0].flags = PCI_BASE_ADDRESS_MEM_TYPE_64;
+        l.bars[2] = BarLayout::default();
+        l.msi = None;
+        l.msix = Some(MsixLayout {
+            offset: 0x80,
+            vectors: 1,
+            table_bar: 0,
+            table_offset: 0x2000,
+            pba_bar: 0,
+            pba_offset: 0x3000,
+        });
+        l.raw_caps = vec![
+            RawCapability {
+                offset: 0xe0,
+                bytes: vec![0x01, 0, 0x03, 0],
+            },
+            RawCapability {
+                offset: 0x90,
+                bytes: vec![0x10, 0, 0x92, 0],
+            },
+        ];
+        l
+    }
+
+    #[test]
+    fn capabilities_are_linked_by_offset_and_msix_is_read_only() {
+        let mut c = VirtualConfig::new(msix_layout());
+        let b = c.bytes();
+        assert_eq!(b[PCI_CAPABILITY_LIST], 0x80);
+        assert_eq!(b[0x80..0x82], [PCI_CAP_ID_MSIX, 0x90]);
+        assert_eq!(b[0x90..0x92], [0x10, 0xe0]);
+        assert_eq!(b[0xe0..0xe2], [0x01, 0x00]);
+        assert_eq!(rd32(&c, 0x80) >> 16, 0); // table size 1: field 0
+        assert_eq!(rd32(&c, 0x84), 0x2000);
+        assert_eq!(rd32(&c, 0x88), 0x3000);
+        c.write(0x82, &[0xff, 0xff]);
+        c.write(0x84, &[0xff; 4]);
+        c.write(0x92, &[0; 2]);
+        assert_eq!(rd32(&c, 0x80), 0x0000_9011);
+        assert_eq!(rd32(&c, 0x84), 0x2000);
+        assert_eq!(rd32(&c, 0x90), 0x0092_e010);
+        assert!(!c.msix_enabled());
+        c.set_msix_mode(1);
+        assert!(c.msix_enabled());
+        assert_eq!(rd32(&c, 0x80) >> 16, 0x8000);
+        c.set_msix_mode(0);
+        assert_eq!(rd32(&c, 0x80) >> 16, 0);
+        c.set_msix_mode(1);
+        c.restore_power_on();
+        assert!(!c.msix_enabled());
+        assert_eq!(rd32(&c, 0x80) >> 16, 0);
+    }
+
+    #[test]
+    fn a_64bit_bar_sizes_through_both_halves() {
+        let mut c = VirtualConfig::new(msix_layout());
+        assert_eq!(rd32(&c, 0x10), 0xfeb0_0004);
+        assert_eq!(rd32(&c, 0x14), 0);
+        c.write(0x10, &[0xff; 4]);
+        c.write(0x14, &[0xff; 4]);
+        assert_eq!(rd32(&c, 0x10), 0xffff_c004);
+        assert_eq!(rd32(&c, 0x14), 0xffff_ffff);
+        c.write(0x14, &[0x01, 0, 0, 0]);
+        assert_eq!(rd32(&c, 0x14), 1);
+        // The slot after the upper half is an absent BAR.
+        c.write(0x18, &[0xff; 4]);
+        assert_eq!(rd32(&c, 0x18), 0);
     }
 
     fn rd32(c: &VirtualConfig, off: usize) -> u32 {
