@@ -50,16 +50,6 @@ const DEVIATIONS: &[(&str, &str, &str)] = &[
         "VFIO_BASE+22 is VFIO_DEVICE_BIND_TASK of the SVM extension (docs/SVM.md)",
     ),
     (
-        "region_info_0",
-        "0 flags=0x3 size=0x100000 offset=0 argsz=4096 cap_offset=0",
-        "emulated BAR0 is not mmap-able yet (issue: memory-mapped BARs)",
-    ),
-    (
-        "region_info_0_minsz",
-        "0 flags=0x3 size=0x100000 argsz=32 cap_offset=0",
-        "emulated BAR0 is not mmap-able yet",
-    ),
-    (
         "feature_low_power_entered_mmap_read",
         "ENODEV",
         "no BAR mmap yet",
