@@ -149,6 +149,11 @@ impl BarMappings {
         }
     }
 
+    /// Does any recorded mapping hold the device file `file` open?
+    pub fn holds(&self, file: u64) -> bool {
+        self.by_start.values().any(|m| m.target.file == file)
+    }
+
     /// Removes and returns the recorded pieces of `[start, start + len)`.
     fn take(&mut self, start: u64, len: u64) -> Vec<BarMapping> {
         let end = start.saturating_add(len);
@@ -420,6 +425,7 @@ mod tests {
             model: model.clone(),
             region: 0,
             offset,
+            file: 1,
         }
     }
 

@@ -229,7 +229,10 @@ impl Session {
         shared: bool,
     ) -> Result<crate::uapi::MappedRegion> {
         match self.objects.get(&key) {
-            Some(FileObject::Device(d)) => self.vfio.device_mmap(d, offset, len, shared),
+            Some(FileObject::Device(d)) => self
+                .vfio
+                .device_mmap(d, offset, len, shared)
+                .map(|m| crate::uapi::MappedRegion { file: key, ..m }),
             Some(_) => Err(VfioError::Errno(libc::ENODEV)),
             None => Err(VfioError::BadFd),
         }

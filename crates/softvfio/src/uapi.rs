@@ -1172,6 +1172,10 @@ pub struct MappedRegion {
     pub region: u32,
     /// The region offset the mapping starts at (page aligned).
     pub offset: u64,
+    /// The session's key of the device file mapped (see
+    /// `frontend::Session::mmap`): a mapping holds the file open, as the
+    /// kernel's `vma->vm_file` does.
+    pub file: u64,
 }
 
 impl std::fmt::Debug for MappedRegion {
@@ -1217,6 +1221,7 @@ impl Vfio {
                 model: model.clone(),
                 region: index,
                 offset: start,
+                file: 0,
             }),
             _ => Err(VfioError::Invalid("mapping past the region")),
         }
