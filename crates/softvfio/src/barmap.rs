@@ -46,9 +46,11 @@ pub struct BarMappings {
 }
 
 impl BarMappings {
-    /// An empty table.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty table (usable in a `static`).
+    pub const fn new() -> Self {
+        Self {
+            by_start: BTreeMap::new(),
+        }
     }
 
     /// No mapping recorded?
@@ -212,9 +214,16 @@ enum Refusal {
 /// ids are `region index + 8 × device number`, the device numbered in
 /// order of first appearance, so a program with one device sees its
 /// region indexes.
+///
+/// Two mappings of the same region may cover the same offsets (a BAR
+/// mapped twice); the emulator names accesses by (BAR, offset) only, so
+/// the mapping last found by address ([`MmioSpace::bar_at`], which the
+/// emulator asks for every access it then makes) is the one an access is
+/// made through (its protection, its address in reports).
 struct BarSpace<'a> {
     maps: &'a BarMappings,
     refused: Option<Refusal>,
+    last: std::cell::Cell<Option<u64>>,
 }
 
 impl BarSpace<'_> {
@@ -241,8 +250,20 @@ impl BarSpace<'_> {
         m.target.region
     }
 
-    /// The mapping of `bar` that holds region offset `offset`.
+    /// The mapping of `bar` that holds region offset `offset` (the one last
+    /// found by address first) and the address of `offset` in it.
     fn find(&self, bar: BarId, offset: u64) -> Option<(&BarMapping, u64)> {
+        let holds = |m: &BarMapping| {
+            self.bar_id(m) == bar && offset >= m.target.offset && offset < m.target.offset + m.len
+        };
+        if let Some(m) = self
+            .last
+            .get()
+            .and_then(|start| self.maps.by_start.get(&start))
+            .filter(|m| holds(m))
+        {
+            return Some((m, m.start + (offset - m.target.offset)));
+        }
         self.maps.iter().find_map(|m| {
             (self.bar_id(m) == bar && offset >= m.target.offset && offset < m.target.offset + m.len)
                 .then(|| (m, m.start + (offset - m.target.offset)))
@@ -258,6 +279,7 @@ impl BarSpace<'_> {
 impl MmioSpace for BarSpace<'_> {
     fn bar_at(&self, addr: u64) -> Option<(BarId, u64)> {
         let (m, off) = self.maps.lookup(addr)?;
+        self.last.set(Some(m.start));
         Some((self.bar_id(m), off))
     }
 
@@ -318,6 +340,7 @@ pub fn resolve_fault<M: ProgramMemory + ?Sized>(
     let mut space = BarSpace {
         maps,
         refused: None,
+        last: std::cell::Cell::new(None),
     };
     match softvfio_mmio::emulate(code, fault_address, regs, &mut space, memory) {
         Ok(done) => FaultOutcome::Done {
@@ -540,6 +563,26 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(regs.rip, 0x400000);
+        // The same registers mapped twice: each access goes through the
+        // mapping it was made on (its protection, its address).
+        m.insert(0x30000, 0x1000, target(&dev, 0x2000), libc::PROT_READ);
+        regs.gpr[softvfio_mmio::gpr::RDI] = 0x30000;
+        let out = resolve_fault(&m, &store, 0x30008, &mut regs, &mut NoMemory);
+        assert!(
+            matches!(
+                out,
+                FaultOutcome::Signal {
+                    signo: libc::SIGSEGV,
+                    code: SEGV_ACCERR,
+                    address: 0x30008
+                }
+            ),
+            "{out:?}"
+        );
+        regs.gpr[softvfio_mmio::gpr::RDI] = 0x10000;
+        let out = resolve_fault(&m, &store, 0x10008, &mut regs, &mut NoMemory);
+        assert!(matches!(out, FaultOutcome::Done { .. }), "{out:?}");
+        regs.rip = 0x400000;
         // A refused page: SIGBUS (BUS_ADRERR).
         regs.gpr[softvfio_mmio::gpr::RDI] = 0x20100;
         let out = resolve_fault(&m, &load, 0x20100, &mut regs, &mut NoMemory);
@@ -555,7 +598,7 @@ mod tests {
             "{out:?}"
         );
         // Not a device mapping.
-        let out = resolve_fault(&m, &load, 0x30000, &mut regs, &mut NoMemory);
+        let out = resolve_fault(&m, &load, 0x50000, &mut regs, &mut NoMemory);
         assert!(matches!(out, FaultOutcome::NotOurs));
         // An instruction the emulator refuses: a report naming it.
         let setne = [0x0f, 0x95, 0x07];
