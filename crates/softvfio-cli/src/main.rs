@@ -18,6 +18,7 @@ mod report;
 // Signal dispositions of the supervisor (`libc::signal`).
 #[allow(unsafe_code)]
 mod run;
+mod run_mmio;
 
 #[derive(Parser)]
 #[command(

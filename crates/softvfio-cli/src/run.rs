@@ -462,6 +462,11 @@ struct VfioHandler {
     leftovers: Leftovers,
     /// The sysfs view and the platform whose device models serve `config`.
     sysfs: Option<(HostView, Arc<BuiltPlatform>)>,
+    /// Device mappings of the traced processes (trapped MMIO).
+    bars: crate::run_mmio::TracedMappings,
+    /// Device files closed while still mapped: released with their last
+    /// mapping.
+    mapped_closed: Vec<u64>,
 }
 
 fn errno(e: VfioError) -> Errno {
@@ -479,6 +484,8 @@ impl VfioHandler {
             retired: Vec::new(),
             leftovers: Leftovers::default(),
             sysfs: None,
+            bars: Default::default(),
+            mapped_closed: Vec::new(),
         }
     }
 
@@ -511,6 +518,17 @@ impl VfioHandler {
         }
         let dev = built.device(view.config_device(path)?)?;
         Some(Ok(OpenReply::File(dev.config_bytes())))
+    }
+
+    /// Releases the device files whose last mapping is gone.
+    fn release_unmapped(&mut self) {
+        let bars = &self.bars;
+        let (gone, kept): (Vec<u64>, Vec<u64>) =
+            self.mapped_closed.iter().partition(|k| !bars.holds(**k));
+        self.mapped_closed = kept;
+        for key in gone {
+            self.session.release(key);
+        }
     }
 
     fn final_state(&self) -> FinalState {
@@ -654,16 +672,55 @@ impl Handler for VfioHandler {
             .map_err(errno)
     }
 
+    fn memory_call(
+        &mut self,
+        t: &mut Tracee<'_>,
+        nr: i64,
+        args: [u64; 6],
+    ) -> Option<Result<i64, Errno>> {
+        let r = self.bars.memory_call(&self.session, t, nr, args);
+        if r.is_some() && !self.mapped_closed.is_empty() {
+            self.release_unmapped();
+        }
+        r
+    }
+
+    fn is_mmio_address(&self, pid: i32, address: u64) -> bool {
+        self.bars.contains(pid, address)
+    }
+
+    fn mmio_fault(
+        &mut self,
+        pid: i32,
+        address: u64,
+        code: &[u8],
+        regs: &mut softvfio_trace::mmio::Registers,
+        memory: &mut softvfio_trace::mmio::TracedMemory,
+    ) -> softvfio_trace::mmio::FaultReply {
+        self.bars.fault(pid, address, code, regs, memory)
+    }
+
+    fn forked(&mut self, pid: i32, child: i32) {
+        self.bars.forked(pid, child);
+    }
+
     fn release(&mut self, t: Option<&mut Tracee<'_>>, obj: ObjectId) {
         if t.is_none() {
             if let Some(o) = self.session.object(obj.0) {
                 self.leftovers.note(o);
             }
         }
+        if t.is_some() && self.bars.holds(obj.0) {
+            // The mapping holds the file (the kernel's vm_file).
+            self.mapped_closed.push(obj.0);
+            return;
+        }
         self.session.release(obj.0);
     }
 
     fn exec(&mut self, pid: i32) {
+        self.bars.forget(pid);
+        self.release_unmapped();
         // A new address space: later opens pin the new one.
         if let Some(m) = self.mems.remove(&pid) {
             self.retired.push(m);
@@ -671,6 +728,8 @@ impl Handler for VfioHandler {
     }
 
     fn exited(&mut self, pid: i32) {
+        self.bars.forget(pid);
+        self.release_unmapped();
         if let Some(m) = self.mems.remove(&pid) {
             self.retired.push(m);
         }

@@ -108,6 +108,7 @@ where
 /// the SIGSEGV handler never allocates on success (the handler may have
 /// interrupted malloc). Calling it again is cheap and harmless.
 pub fn warm_up() {
+    crate::xsave::offsets();
     let mut decoder = Decoder::new(64, &[0x90], DecoderOptions::NONE);
     std::hint::black_box(decoder.decode());
 }

@@ -27,6 +27,7 @@
 mod alu;
 mod exec;
 mod regs;
+pub mod xsave;
 
 use std::fmt;
 use std::io;

@@ -17,6 +17,10 @@
 //! - `close`, `close_range`, `dup`, `dup2`, `dup3` and
 //!   `fcntl(F_DUPFD[_CLOEXEC])` (and `fcntl64`) keep the descriptor table;
 //!   the last close of an object releases it;
+//! - `mmap`/`mmap64` of a device file map a BAR for trapped MMIO;
+//!   `munmap`, `mremap`, `mprotect`, `mmap(MAP_FIXED)` over such a mapping
+//!   are followed, and `sigaction`/`signal` of SIGSEGV are recorded while
+//!   the library's fault handler is installed ([`mmio`], docs/MMIO.md);
 //! - `open`/`fopen` of `/proc/self/status` (and `/proc/<own pid>/status`)
 //!   serve a copy in which `VmLck` shows type1's locked-memory accounting
 //!   instead of the mlocks that keep pinned pages resident.
@@ -49,6 +53,7 @@ use std::sync::atomic::Ordering;
 use libc::{off_t, size_t, ssize_t, FILE};
 
 mod claim;
+mod mmio;
 mod real;
 mod state;
 
@@ -77,6 +82,14 @@ impl Inside {
             })
             .ok()
             .flatten()
+    }
+}
+
+impl Inside {
+    /// Is this thread running softvfio code (read from a signal handler:
+    /// a const-initialized thread-local, no allocation)?
+    pub(crate) fn is_set() -> bool {
+        INSIDE.try_with(|c| c.get()).unwrap_or(true)
     }
 }
 

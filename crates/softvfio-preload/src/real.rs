@@ -22,7 +22,7 @@ impl Next {
     }
 
     /// The address of the next definition, or null when there is none.
-    fn get(&self) -> *mut c_void {
+    pub(crate) fn get(&self) -> *mut c_void {
         let a = self.addr.load(Ordering::Acquire);
         if !a.is_null() {
             return a;

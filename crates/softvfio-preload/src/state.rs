@@ -316,6 +316,30 @@ impl State {
         }
     }
 
+    /// `mmap` of our object `key` (the driver's checks): what it maps.
+    pub fn mmap(
+        &self,
+        key: ObjectKey,
+        off: u64,
+        len: u64,
+        shared: bool,
+    ) -> Result<softvfio::uapi::MappedRegion, c_int> {
+        self.session
+            .mmap(key, off, len, shared)
+            .map_err(|e| e.errno())
+    }
+
+    /// A mapping of `key` holds it open (the kernel's `vm_file`), like a
+    /// descriptor.
+    pub fn hold(&mut self, key: ObjectKey) {
+        *self.refs.entry(key).or_insert(0) += 1;
+    }
+
+    /// The last mapping of `key` is gone.
+    pub fn unhold(&mut self, key: ObjectKey) {
+        self.unref(key);
+    }
+
     pub fn pread(&self, key: ObjectKey, buf: u64, len: u64, off: u64) -> Result<i64, c_int> {
         self.session
             .pread(key, self.mem.as_ref(), buf, len, off)

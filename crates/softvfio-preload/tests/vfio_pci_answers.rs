@@ -50,48 +50,6 @@ const DEVIATIONS: &[(&str, &str, &str)] = &[
         "VFIO_BASE+22 is VFIO_DEVICE_BIND_TASK of the SVM extension (docs/SVM.md)",
     ),
     (
-        "region_info_0",
-        "0 flags=0x3 size=0x100000 offset=0 argsz=4096 cap_offset=0",
-        "emulated BAR0 is not mmap-able yet (issue: memory-mapped BARs)",
-    ),
-    (
-        "region_info_0_minsz",
-        "0 flags=0x3 size=0x100000 argsz=32 cap_offset=0",
-        "emulated BAR0 is not mmap-able yet",
-    ),
-    (
-        "feature_low_power_entered_mmap_read",
-        "ENODEV",
-        "no BAR mmap yet",
-    ),
-    (
-        "feature_low_power_exited_mmap_read",
-        "ENODEV",
-        "no BAR mmap yet",
-    ),
-    ("mmap_bar0", "ENODEV", "no BAR mmap yet"),
-    ("mmap_bar0_memory_disabled", "ENODEV", "no BAR mmap yet"),
-    (
-        "mmap_config",
-        "ENODEV",
-        "mmap of the device file is not served yet",
-    ),
-    (
-        "mmap_bar1",
-        "ENODEV",
-        "mmap of the device file is not served yet",
-    ),
-    (
-        "mmap_bar0_2m",
-        "ENODEV",
-        "mmap of the device file is not served yet",
-    ),
-    (
-        "mmap_bar0_private",
-        "ENODEV",
-        "mmap of the device file is not served yet",
-    ),
-    (
         "rw_bar0_write_8_at_4",
         "8 liveness=0xccccbbbb fact=0",
         "QEMU computes factorials on a thread and a read meanwhile returns the input; \

@@ -11,6 +11,7 @@
 //! | `ioctl` with a VFIO request (`(cmd & 0xffffff00) == 0x3b00`, i.e. `_IO(';', n)`) | the VFIO uAPI; every other ioctl is allowed |
 //! | `pread64`, `pwrite64`, `preadv`, `pwritev`, `preadv2`, `pwritev2` | region access on device fds |
 //! | `close` | to notice the last close of an object synchronously |
+//! | `mmap`, `munmap`, `mremap`, `mprotect` | mmap of a device file's BAR, and the calls that change such a mapping (trapped MMIO, docs/MMIO.md) |
 //!
 //! The ioctl test looks at the low 32 bits of the request only, as the
 //! kernel does (`unsigned int cmd`). System calls of another ABI (i386
@@ -46,6 +47,10 @@ pub const TRACED_SYSCALLS: &[i64] = &[
     libc::SYS_pwritev,
     libc::SYS_preadv2,
     libc::SYS_pwritev2,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
 ];
 
 fn stmt(code: u16, k: u32) -> sock_filter {
@@ -153,7 +158,16 @@ mod tests {
         assert_eq!(run(&p, libc::SYS_pwritev2 as u32, x, 0), trace);
         assert_eq!(run(&p, libc::SYS_write as u32, x, 0), allow);
         assert_eq!(run(&p, libc::SYS_read as u32, x, 0), allow);
-        assert_eq!(run(&p, libc::SYS_mmap as u32, x, 0), allow);
+        assert_eq!(run(&p, libc::SYS_brk as u32, x, 0), allow);
+        // The calls that map a BAR or change such a mapping.
+        for nr in [
+            libc::SYS_mmap,
+            libc::SYS_munmap,
+            libc::SYS_mremap,
+            libc::SYS_mprotect,
+        ] {
+            assert_eq!(run(&p, nr as u32, x, 0), trace);
+        }
         // VFIO ioctls: _IO(';', 100..)
         assert_eq!(run(&p, libc::SYS_ioctl as u32, x, 0x3b64), trace);
         assert_eq!(run(&p, libc::SYS_ioctl as u32, x, 0x3b77), trace);

@@ -100,6 +100,44 @@ pub trait Handler {
         Err(Errno::EINVAL)
     }
 
+    /// `mmap`, `munmap`, `mremap` or `mprotect` (`nr`, with its six
+    /// arguments): a handler that maps regions of its objects (the device
+    /// file's BARs) serves an `mmap` of one of its descriptors, and follows
+    /// the calls that change a range it mapped (by injecting the call and
+    /// looking at the result). `None`: the kernel runs the call.
+    fn memory_call(
+        &mut self,
+        t: &mut Tracee<'_>,
+        nr: i64,
+        args: [u64; 6],
+    ) -> Option<Result<i64, Errno>> {
+        let _ = (t, nr, args);
+        None
+    }
+
+    /// Is `address` in one of the handler's device mappings in process
+    /// `pid`? Asked at each SIGSEGV the kernel raises; true leads to
+    /// [`Handler::mmio_fault`].
+    fn is_mmio_address(&self, pid: i32, address: u64) -> bool {
+        let _ = (pid, address);
+        false
+    }
+
+    /// Performs the instruction (bytes `code`, registers `regs`) that
+    /// faulted on `address` of a device mapping of process `pid`; see
+    /// [`crate::mmio`].
+    fn mmio_fault(
+        &mut self,
+        pid: i32,
+        address: u64,
+        code: &[u8],
+        regs: &mut softvfio_mmio::Registers,
+        memory: &mut crate::mmio::TracedMemory,
+    ) -> crate::mmio::FaultReply {
+        let _ = (pid, address, code, regs, memory);
+        crate::mmio::FaultReply::NotOurs
+    }
+
     /// The last descriptor of `obj` is gone. `Some(t)`: a thread of the
     /// program is stopped (normally the one whose `close` dropped the last
     /// reference, stopped at that `close`'s exit, so injection works);

@@ -87,6 +87,7 @@
 pub mod errno;
 pub mod filter;
 pub mod handler;
+pub mod mmio;
 pub mod objects;
 mod paths;
 pub mod spawn;

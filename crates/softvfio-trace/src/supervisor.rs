@@ -341,7 +341,7 @@ impl Core {
         }
     }
 
-    fn tgid_of(&self, tid: i32) -> i32 {
+    pub(crate) fn tgid_of(&self, tid: i32) -> i32 {
         self.threads.get(&tid).map(|t| t.tgid).unwrap_or(tid)
     }
 
@@ -528,6 +528,7 @@ impl Core {
             0 if sig == (libc::SIGTRAP | 0x80) => {
                 let _ = sys::ptrace_cont(tid, 0);
             }
+            0 if sig == libc::SIGSEGV && crate::mmio::on_sigsegv(self, h, tid) => {}
             0 => {
                 self.restore_siginfo(tid, sig);
                 let _ = sys::ptrace_cont(tid, sig);
@@ -820,6 +821,14 @@ impl Core {
                     tid,
                 };
                 ret(vectored(h, &mut t, obj, write, a[1], a[2], off as u64))
+            }
+            libc::SYS_mmap | libc::SYS_munmap | libc::SYS_mremap | libc::SYS_mprotect => {
+                let mut t = Tracee {
+                    core: self,
+                    pid,
+                    tid,
+                };
+                h.memory_call(&mut t, nr, a).map_or(Outcome::Pass, ret)
             }
             _ => Outcome::Pass,
         }

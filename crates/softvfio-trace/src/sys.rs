@@ -556,3 +556,46 @@ pub fn kernel_release() -> Option<String> {
     let s = unsafe { CStr::from_ptr(u.release.as_ptr()) };
     Some(s.to_string_lossy().into_owned())
 }
+
+/// `NT_X86_XSTATE`: the XSAVE area regset (standard, uncompacted format).
+const NT_X86_XSTATE: usize = 0x202;
+
+/// `PTRACE_GETREGSET(NT_X86_XSTATE)` into `buf`; returns the bytes the
+/// kernel filled.
+pub fn ptrace_get_xstate(tid: i32, buf: &mut [u8]) -> Result<usize, Errno> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: the kernel writes at most `iov_len` bytes into `buf`, which is
+    // exclusively borrowed, and updates `iov_len`, which we own.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETREGSET,
+            tid,
+            NT_X86_XSTATE as *mut libc::c_void,
+            &mut iov as *mut libc::iovec as *mut libc::c_void,
+        )
+    };
+    check(r)?;
+    Ok(iov.iov_len)
+}
+
+/// `PTRACE_SETREGSET(NT_X86_XSTATE)` from `data`.
+pub fn ptrace_set_xstate(tid: i32, data: &[u8]) -> Result<(), Errno> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: the kernel only reads `iov_len` bytes from `data` (borrowed
+    // for the call); `iov` is ours.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETREGSET,
+            tid,
+            NT_X86_XSTATE as *mut libc::c_void,
+            &mut iov as *mut libc::iovec as *mut libc::c_void,
+        )
+    };
+    check(r).map(drop)
+}

@@ -22,6 +22,28 @@ pub struct RegionInfo {
     pub size: u64,
 }
 
+/// A capability of a region in `VFIO_DEVICE_GET_REGION_INFO`'s chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionCap {
+    /// `VFIO_REGION_INFO_CAP_SPARSE_MMAP`: only these (offset, size) areas
+    /// of the region may be mapped.
+    SparseMmap(Vec<(u64, u64)>),
+    /// `VFIO_REGION_INFO_CAP_MSIX_MAPPABLE`: the BAR holds the MSI-X table
+    /// and may be mapped whole anyway (vfio-pci since Linux 4.16).
+    MsixMappable,
+}
+
+/// Why a load or store on a memory-mapped region cannot be performed: the
+/// program gets the signal the kernel's fault handler would give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MappedAccessError {
+    /// `SIGBUS`: vfio-pci's fault handler refuses the page (memory
+    /// decoding off, the device in a low-power state).
+    Bus,
+    /// Another errno of the model (reported as a bus error too).
+    Errno(i32),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 /// `VFIO_DEVICE_GET_IRQ_INFO`'s answer for one interrupt index.
 pub struct IrqInfo {
@@ -142,6 +164,37 @@ pub trait VfioDeviceModel: Send + Sync {
     /// Writes `data` at `offset` of region `index`; returns the count
     /// written.
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<usize, i32>;
+    /// The capabilities of region `index` (`VFIO_REGION_INFO_FLAG_CAPS`),
+    /// in chain order.
+    fn region_caps(&self, index: u32) -> Vec<RegionCap> {
+        let _ = index;
+        Vec::new()
+    }
+    /// One load of exactly `data.len()` (1, 2, 4 or 8) bytes at `offset` of
+    /// a region mapped with `mmap` (a region whose info has
+    /// `REGION_FLAG_MMAP`): what a CPU load on a real BAR mapping reaches,
+    /// so no splitting into the chunks `pread` uses. The default goes
+    /// through [`Self::region_read`].
+    fn mapped_read(
+        &self,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), MappedAccessError> {
+        match self.region_read(index, offset, data) {
+            Ok(n) if n == data.len() => Ok(()),
+            Ok(_) => Err(MappedAccessError::Bus),
+            Err(e) => Err(MappedAccessError::Errno(e)),
+        }
+    }
+    /// One store of exactly `data.len()` bytes on a mapped region.
+    fn mapped_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), MappedAccessError> {
+        match self.region_write(index, offset, data) {
+            Ok(n) if n == data.len() => Ok(()),
+            Ok(_) => Err(MappedAccessError::Bus),
+            Err(e) => Err(MappedAccessError::Errno(e)),
+        }
+    }
     /// `VFIO_DEVICE_RESET`.
     fn reset(&self) -> Result<(), i32>;
     /// The container of the device's group, given at first open (before

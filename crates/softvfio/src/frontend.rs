@@ -218,6 +218,26 @@ impl Session {
         }
     }
 
+    /// `mmap` of the file `key` (see [`Vfio::device_mmap`]): what the
+    /// mapping reaches. ENODEV on a container or group file, as the kernel
+    /// answers for a file without an mmap method.
+    pub fn mmap(
+        &self,
+        key: ObjectKey,
+        offset: u64,
+        len: u64,
+        shared: bool,
+    ) -> Result<crate::uapi::MappedRegion> {
+        match self.objects.get(&key) {
+            Some(FileObject::Device(d)) => self
+                .vfio
+                .device_mmap(d, offset, len, shared)
+                .map(|m| crate::uapi::MappedRegion { file: key, ..m }),
+            Some(_) => Err(VfioError::Errno(libc::ENODEV)),
+            None => Err(VfioError::BadFd),
+        }
+    }
+
     /// Last close of the file `key`. Returns the released object (so a front
     /// end can report what a program left open).
     pub fn release(&mut self, key: ObjectKey) -> Option<FileObject> {

@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 
 pub mod account;
+pub mod barmap;
 pub mod container;
 pub mod device;
 pub mod device_ioctl;

@@ -773,13 +773,31 @@ impl Vfio {
                 let info = model
                     .region_info(index)
                     .ok_or(VfioError::Invalid("no such region"))?;
-                w.put_u32(offset_of!(vfio_region_info, flags), info.flags);
+                let mut flags = info.flags;
                 w.put_u32(offset_of!(vfio_region_info, cap_offset), 0);
                 w.put_u64(offset_of!(vfio_region_info, size), info.size);
                 w.put_u64(
                     offset_of!(vfio_region_info, offset),
                     u64::from(index) << REGION_OFFSET_SHIFT,
                 );
+                // vfio_pci_ioctl_get_region_info: a chain that does not fit
+                // reports the size it needs in argsz, cap_offset 0.
+                let caps = build_region_caps(&model.region_caps(index));
+                if !caps.is_empty() {
+                    flags |= VFIO_REGION_INFO_FLAG_CAPS;
+                    let info_size = size_of::<vfio_region_info>();
+                    let need = (info_size + caps.len()) as u32;
+                    if w.u32_at(offset_of!(vfio_region_info, argsz)) < need {
+                        w.put_u32(offset_of!(vfio_region_info, argsz), need);
+                    } else {
+                        let mut chain = caps;
+                        shift_cap_chain(&mut chain, info_size as u32);
+                        user.write(arg + info_size as u64, &chain)
+                            .map_err(|_| VfioError::Fault)?;
+                        w.put_u32(offset_of!(vfio_region_info, cap_offset), info_size as u32);
+                    }
+                }
+                w.put_u32(offset_of!(vfio_region_info, flags), flags);
                 w.write_back(user, arg, minsz)?;
                 Ok(0)
             }
@@ -1075,6 +1093,55 @@ fn build_info_caps(info: &crate::container::Type1Info) -> Vec<u8> {
     chain
 }
 
+/// `VFIO_REGION_INFO_FLAG_CAPS`.
+pub const VFIO_REGION_INFO_FLAG_CAPS: u32 = 1 << 3;
+/// `VFIO_REGION_INFO_CAP_SPARSE_MMAP`.
+pub const VFIO_REGION_INFO_CAP_SPARSE_MMAP: u16 = 1;
+/// `VFIO_REGION_INFO_CAP_MSIX_MAPPABLE`.
+pub const VFIO_REGION_INFO_CAP_MSIX_MAPPABLE: u16 = 3;
+
+/// Builds a region's capability chain (`vfio_info_add_capability`): each
+/// entry a `vfio_info_cap_header` (id, version 1, next) and its body, 8-byte
+/// aligned, `next` relative to the chain's start until shifted.
+/// `vfio_region_info_cap_sparse_mmap`: header, `nr_areas`, a reserved u32,
+/// then (offset, size) u64 pairs.
+pub fn build_region_caps(caps: &[crate::device::RegionCap]) -> Vec<u8> {
+    use crate::device::RegionCap;
+    let header = size_of::<vfio_info_cap_header>();
+    let next_field = offset_of!(vfio_info_cap_header, next);
+    let mut chain: Vec<u8> = Vec::new();
+    let mut last: Option<usize> = None;
+    for cap in caps {
+        let start = chain.len();
+        let (id, body) = match cap {
+            RegionCap::MsixMappable => (VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, Vec::new()),
+            RegionCap::SparseMmap(areas) => {
+                let mut b = Vec::with_capacity(8 + areas.len() * 16);
+                b.extend_from_slice(&(areas.len() as u32).to_ne_bytes());
+                b.extend_from_slice(&0u32.to_ne_bytes());
+                for (off, size) in areas {
+                    b.extend_from_slice(&off.to_ne_bytes());
+                    b.extend_from_slice(&size.to_ne_bytes());
+                }
+                (VFIO_REGION_INFO_CAP_SPARSE_MMAP, b)
+            }
+        };
+        let mut w = Wire(vec![0u8; header]);
+        w.put_u16(offset_of!(vfio_info_cap_header, id), id);
+        w.put_u16(offset_of!(vfio_info_cap_header, version), 1);
+        chain.extend_from_slice(&w.0);
+        chain.extend_from_slice(&body);
+        chain.resize(chain.len().next_multiple_of(8), 0);
+        if let Some(prev) = last {
+            if let Some(s) = chain.get_mut(prev + next_field..prev + next_field + 4) {
+                s.copy_from_slice(&(start as u32).to_ne_bytes());
+            }
+        }
+        last = Some(start);
+    }
+    chain
+}
+
 /// Makes the chain's `next` offsets relative to the info struct
 /// (`vfio_info_cap_shift`).
 fn shift_cap_chain(chain: &mut [u8], by: u32) {
@@ -1092,5 +1159,71 @@ fn shift_cap_chain(chain: &mut [u8], by: u32) {
         }
         s.copy_from_slice(&(next + by).to_ne_bytes());
         at = next as usize;
+    }
+}
+
+/// What an `mmap` of a device file maps: `region` of `model`, from byte
+/// `offset` of the region on.
+#[derive(Clone)]
+pub struct MappedRegion {
+    /// The device model whose registers the mapping reaches.
+    pub model: Arc<dyn crate::device::VfioDeviceModel>,
+    /// The region index (`VFIO_PCI_BAR0_REGION_INDEX`...).
+    pub region: u32,
+    /// The region offset the mapping starts at (page aligned).
+    pub offset: u64,
+    /// The session's key of the device file mapped (see
+    /// `frontend::Session::mmap`): a mapping holds the file open, as the
+    /// kernel's `vma->vm_file` does.
+    pub file: u64,
+}
+
+impl std::fmt::Debug for MappedRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedRegion")
+            .field("device", &self.model.name())
+            .field("region", &self.region)
+            .field("offset", &self.offset)
+            .finish()
+    }
+}
+
+impl Vfio {
+    /// `mmap(len, MAP_SHARED or not)` of a device fd at file offset
+    /// `offset`, with `vfio_pci_core_mmap`'s checks, in its order: a region
+    /// that exists and is mmap-able (`REGION_FLAG_MMAP`: BARs with a size;
+    /// never config space, ROM or VGA), a shared mapping, the range within
+    /// the page-aligned region. Each failure is EINVAL. The generic checks
+    /// of `mmap` itself (length 0, an offset that is not page aligned) are
+    /// the front end's: the kernel makes them before the driver is asked.
+    pub fn device_mmap(
+        &self,
+        file: &DeviceFile,
+        offset: u64,
+        len: u64,
+        shared: bool,
+    ) -> Result<MappedRegion> {
+        let (index, start) = split_region_offset(offset);
+        let model = &file.device.model;
+        let info = model
+            .region_info(index)
+            .ok_or(VfioError::Invalid("no such region"))?;
+        if !shared {
+            return Err(VfioError::Invalid("private mapping of a device"));
+        }
+        if info.flags & crate::device::REGION_FLAG_MMAP == 0 || info.size == 0 {
+            return Err(VfioError::Invalid("region not mmap-able"));
+        }
+        let page = crate::memory::PAGE_SIZE;
+        let phys_len = info.size.div_ceil(page) * page;
+        match start.checked_add(len) {
+            Some(end) if end <= phys_len => Ok(MappedRegion {
+                model: model.clone(),
+                region: index,
+                offset: start,
+                file: 0,
+            }),
+            _ => Err(VfioError::Invalid("mapping past the region")),
+        }
     }
 }

@@ -9,6 +9,7 @@
 //!   eventfds;
 //! - [`ioeventfd::Ioeventfds`], for `VFIO_DEVICE_IOEVENTFD`;
 //! - [`power::PciPower`]: `VFIO_DEVICE_FEATURE`'s low-power features;
+//! - [`regions`]: BAR region flags and capabilities (mmap, MSI-X);
 //! - [`config::VirtualConfig`]: config space as vfio-pci virtualizes it
 //!   (BAR sizing, command register, interrupt line and pin, MSI enable
 //!   following SET_IRQS), from the layout the model describes.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod ioeventfd;
 pub mod irqs;
 pub mod power;
+pub mod regions;
 
 pub use config::{ConfigLayout, VirtualConfig};
 pub use ioeventfd::Ioeventfds;
