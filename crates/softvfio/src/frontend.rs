@@ -230,6 +230,7 @@ impl Session {
                     FdTarget::Foreign => FdLookup::NotContainer,
                     FdTarget::Object(k) => match objects.get(&k) {
                         Some(FileObject::Container(c)) => FdLookup::Container(c.clone()),
+                        Some(FileObject::Iommufd(ctx)) => FdLookup::Iommufd(ctx.clone()),
                         _ => FdLookup::NotContainer,
                     },
                 };

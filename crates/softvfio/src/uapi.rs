@@ -316,6 +316,9 @@ pub enum FdLookup {
     NotContainer,
     /// The descriptor is a container.
     Container(ContainerFile),
+    /// The descriptor is `/dev/iommu` (the group's devices are bound to it
+    /// and attached to its compatibility IOAS when opened).
+    Iommufd(Arc<crate::iommufd::Iommufd>),
 }
 
 /// An open `/dev/vfio/vfio`.
@@ -354,6 +357,10 @@ struct GroupState {
     /// Devices of the group bound to an iommufd through their cdev: the
     /// group cannot be opened meanwhile (`vfio_device_block_group`).
     cdev_bound: usize,
+    /// The iommufd `VFIO_GROUP_SET_CONTAINER` named instead of a container.
+    iommufd: Option<Arc<crate::iommufd::Iommufd>>,
+    /// Device ids in that iommufd of the group's open devices, by name.
+    iommufd_devices: HashMap<String, u32>,
 }
 
 /// The VFIO subsystem over one platform: what `/dev/vfio` exposes.
@@ -439,6 +446,7 @@ impl Vfio {
                 if let Some(c) = st.container.take() {
                     c.detach_group(file.group.id);
                 }
+                st.iommufd = None;
             }
         }
     }
@@ -456,6 +464,11 @@ impl Vfio {
                 st.device_opens.remove(&file.device.name);
                 file.device.model.close_device();
                 file.device.model.attach_container(None);
+                if let (Some(ctx), Some(dev_id)) =
+                    (&st.iommufd, st.iommufd_devices.remove(&file.device.name))
+                {
+                    ctx.unbind(dev_id);
+                }
                 // Shared virtual memory bonds end with the last close.
                 if let (GroupKind::Iommu(unit), Some(rid)) = (&file.group.kind, file.device.rid) {
                     unit.release_pasids(rid);
@@ -466,6 +479,7 @@ impl Vfio {
             if let Some(c) = st.container.take() {
                 c.detach_group(file.group.id);
             }
+            st.iommufd = None;
         }
     }
 
@@ -690,7 +704,7 @@ impl Vfio {
                 let attached = self
                     .groups()
                     .get(&id)
-                    .is_some_and(|s| s.container.is_some());
+                    .is_some_and(|s| s.container.is_some() || s.iommufd.is_some());
                 let flags = if attached {
                     GROUP_FLAGS_VIABLE | GROUP_FLAGS_CONTAINER_SET
                 } else {
@@ -711,10 +725,22 @@ impl Vfio {
                     FdLookup::NotOpen => return Err(VfioError::BadFd),
                     FdLookup::NotContainer => return Err(VfioError::Invalid("not a container fd")),
                     FdLookup::Container(c) => c.container,
+                    FdLookup::Iommufd(ctx) => {
+                        let mut groups = self.groups();
+                        let st = groups.entry(id).or_default();
+                        if st.container.is_some() || st.iommufd.is_some() {
+                            return Err(VfioError::Invalid("group already has a container"));
+                        }
+                        // iommufd_vfio_compat_ioas_create: the IOAS the
+                        // group's devices attach to exists from now on.
+                        ctx.compat_ioas_get_or_create()?;
+                        st.iommufd = Some(ctx);
+                        return Ok(IoctlOutcome::Value(0));
+                    }
                 };
                 let mut groups = self.groups();
                 let st = groups.entry(id).or_default();
-                if st.container.is_some() {
+                if st.container.is_some() || st.iommufd.is_some() {
                     return Err(VfioError::Invalid("group already has a container"));
                 }
                 container.attach_group(&file.group)?;
@@ -724,6 +750,13 @@ impl Vfio {
             VFIO_GROUP_UNSET_CONTAINER => {
                 let mut groups = self.groups();
                 let st = groups.entry(id).or_default();
+                if st.iommufd.is_some() && st.container.is_none() {
+                    if st.open_devices > 0 {
+                        return Err(VfioError::Busy("devices of the group are open"));
+                    }
+                    st.iommufd = None;
+                    return Ok(IoctlOutcome::Value(0));
+                }
                 let Some(c) = st.container.clone() else {
                     return Err(VfioError::Invalid("no container set"));
                 };
@@ -746,6 +779,28 @@ impl Vfio {
                     .ok_or(VfioError::NoDevice)?;
                 let mut groups = self.groups();
                 let st = groups.entry(id).or_default();
+                if let Some(ctx) = st.iommufd.clone() {
+                    // Through iommufd: the device is bound to it and
+                    // attached to its compatibility IOAS (vfio_df_open).
+                    if !st.device_opens.contains_key(&device.name) {
+                        let dev_id = ctx.bind(&file.group, &device);
+                        let attached = ctx
+                            .compat_ioas_get_or_create()
+                            .and_then(|ioas| ctx.attach(dev_id, ioas));
+                        if let Err(e) = attached {
+                            ctx.unbind(dev_id);
+                            return Err(e);
+                        }
+                        st.iommufd_devices.insert(device.name.clone(), dev_id);
+                        device.model.open_device();
+                    }
+                    *st.device_opens.entry(device.name.clone()).or_insert(0) += 1;
+                    st.open_devices += 1;
+                    return Ok(IoctlOutcome::Device(DeviceFile {
+                        group: file.group.clone(),
+                        device,
+                    }));
+                }
                 let container = match &st.container {
                     Some(c) if c.iommu_set() => c.clone(),
                     _ => return Err(VfioError::Invalid("group has no container with an IOMMU")),

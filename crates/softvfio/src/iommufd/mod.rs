@@ -372,6 +372,20 @@ impl Iommufd {
         Ok(())
     }
 
+    /// The compatibility IOAS, made (and selected) when there is none
+    /// (`iommufd_vfio_compat_ioas_create`, when a group joins through
+    /// `VFIO_GROUP_SET_CONTAINER`).
+    pub fn compat_ioas_get_or_create(&self) -> Result<u32> {
+        let mut st = self.lock();
+        if let Some(id) = st.vfio_ioas {
+            return Ok(id);
+        }
+        let id = st.next_id();
+        st.objects.insert(id, Object::Ioas(Ioas::new()));
+        st.vfio_ioas = Some(id);
+        Ok(id)
+    }
+
     /// Releases every object (last close of `/dev/iommu`): devices are
     /// detached, domains freed, areas unpinned and uncharged.
     pub fn close(&self) {
