@@ -523,3 +523,6 @@ impl Iommufd {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
