@@ -17,6 +17,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 use softvfio::container::{Container, ContainerSnapshot};
+use softvfio::iommufd::Iommufd;
 pub use softvfio_platform::report::{fault_views, FaultView};
 use softvfio_platform::BuiltPlatform;
 
@@ -43,6 +44,7 @@ pub fn default_socket(pid: u32) -> PathBuf {
 pub struct Registry {
     pub built: Arc<BuiltPlatform>,
     containers: Mutex<Vec<Weak<Container>>>,
+    iommufds: Mutex<Vec<Weak<Iommufd>>>,
 }
 
 /// A session's state, as `inspect` shows it.
@@ -54,6 +56,9 @@ pub struct SessionSnapshot {
     pub faults_overflowed: u64,
     pub iotlb: serde_json::Value,
     pub devices: Vec<serde_json::Value>,
+    /// Open `/dev/iommu` files: IOASes with their areas, HWPTs, devices.
+    #[serde(default)]
+    pub iommufds: Vec<serde_json::Value>,
 }
 
 impl Registry {
@@ -61,7 +66,14 @@ impl Registry {
         Self {
             built,
             containers: Mutex::new(Vec::new()),
+            iommufds: Mutex::new(Vec::new()),
         }
+    }
+
+    pub fn add_iommufd(&self, c: &Arc<Iommufd>) {
+        let mut v = self.iommufds.lock().unwrap_or_else(|p| p.into_inner());
+        v.retain(|w| w.strong_count() > 0);
+        v.push(Arc::downgrade(c));
     }
 
     pub fn add_container(&self, c: &Arc<Container>) {
@@ -99,6 +111,14 @@ impl Registry {
                     "invalidated": t.invalidated,
                 })
             },
+            iommufds: self
+                .iommufds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter_map(|w| w.upgrade())
+                .filter_map(|c| serde_json::to_value(c.snapshot()).ok())
+                .collect(),
             devices: self.built.devices.iter().map(|d| d.snapshot()).collect(),
         }
     }

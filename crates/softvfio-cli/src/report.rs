@@ -8,9 +8,78 @@ pub use softvfio_platform::report::{human_bytes, write_end_report};
 
 use crate::inspect::SessionSnapshot;
 
+/// The `/dev/iommu` files of a snapshot: IOASes with ranges and areas,
+/// HWPTs, bound devices.
+fn write_iommufds(w: &mut dyn Write, ctxs: &[serde_json::Value]) -> io::Result<()> {
+    for c in ctxs {
+        writeln!(w, "iommufd {}:", c.get("id").cloned().unwrap_or_default())?;
+        let list = |k: &str| {
+            c.get(k)
+                .and_then(|v| v.as_array())
+                .cloned()
+                .unwrap_or_default()
+        };
+        for i in list("ioas") {
+            let areas = i
+                .get("areas")
+                .and_then(|v| v.as_array())
+                .cloned()
+                .unwrap_or_default();
+            writeln!(
+                w,
+                "  IOAS {}: {} area(s), HWPTs {}",
+                i.get("id").cloned().unwrap_or_default(),
+                areas.len(),
+                i.get("hwpts").cloned().unwrap_or_default()
+            )?;
+            for r in i
+                .get("iova_ranges")
+                .and_then(|v| v.as_array())
+                .cloned()
+                .unwrap_or_default()
+            {
+                let at = |n: usize| r.get(n).and_then(|v| v.as_u64()).unwrap_or(0);
+                writeln!(w, "    valid IOVA {:#x}-{:#x}", at(0), at(1))?;
+            }
+            for a in areas.iter().take(64) {
+                let u = |k: &str| a.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+                let pinned = a.get("pinned").and_then(|v| v.as_bool()).unwrap_or(false);
+                writeln!(
+                    w,
+                    "    area {:#x}-{:#x} uptr {:#x}{}",
+                    u("iova"),
+                    u("last"),
+                    u("uptr"),
+                    if pinned { " pinned" } else { "" }
+                )?;
+            }
+        }
+        for h in list("hwpts") {
+            writeln!(
+                w,
+                "  HWPT {} on IOAS {}: domain {}{}, devices {}",
+                h.get("id").cloned().unwrap_or_default(),
+                h.get("ioas").cloned().unwrap_or_default(),
+                h.get("domain").cloned().unwrap_or_default(),
+                if h.get("auto").and_then(|v| v.as_bool()).unwrap_or(false) {
+                    " (automatic)"
+                } else {
+                    ""
+                },
+                h.get("devices").cloned().unwrap_or_default()
+            )?;
+        }
+        for d in list("devices") {
+            writeln!(w, "  device {d}")?;
+        }
+    }
+    Ok(())
+}
+
 /// A readable view of a session snapshot (`softvfio inspect`).
 pub fn write_session(w: &mut dyn Write, s: &SessionSnapshot) -> io::Result<()> {
     writeln!(w, "softvfio session (supervisor pid {})", s.supervisor_pid)?;
+    write_iommufds(w, &s.iommufds)?;
     if s.containers.is_empty() {
         writeln!(w, "no open containers")?;
     }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
-use softvfio::frontend::{FdTarget, ProgramFds, Routed, Session};
+use softvfio::frontend::{FdTarget, FileObject, ProgramFds, Routed, Session};
 use softvfio::memory::host::{HostMemory, MmSyscalls};
 use softvfio::memory::{UserMemory, PAGE_SIZE};
 use softvfio::uapi::Vfio;
@@ -594,6 +594,9 @@ impl Handler for VfioHandler {
                 Ok(key) => {
                     if let Some(c) = self.session.container(key) {
                         self.registry.add_container(c);
+                    }
+                    if let Some(FileObject::Iommufd(c)) = self.session.object(key) {
+                        self.registry.add_iommufd(c);
                     }
                     Ok(OpenReply::Object(ObjectId(key)))
                 }

@@ -138,6 +138,7 @@ pub fn build(cfg: &Config) -> Result<BuiltPlatform, ConfigError> {
                     rid: Some(rid),
                     model: edu.clone(),
                 }));
+                platform.cdev_order.push((d.group, d.bdf.clone()));
                 devices.push(BuiltDevice {
                     name: d.bdf.clone(),
                     group: d.group,
@@ -186,6 +187,7 @@ pub fn build(cfg: &Config) -> Result<BuiltPlatform, ConfigError> {
                     rid: None,
                     model: mdev.clone(),
                 }));
+                platform.cdev_order.push((d.group, d.bdf.clone()));
                 devices.push(BuiltDevice {
                     name: d.bdf.clone(),
                     group: d.group,

@@ -58,9 +58,15 @@ pub struct Leftovers {
     pub containers: u64,
     /// Groups still open.
     pub groups: u64,
-    /// Device fds still open.
+    /// Device fds still open (from a group or a cdev).
     pub devices: u64,
-    /// Mappings still in place.
+    /// `/dev/iommu` files still open.
+    pub iommufds: u64,
+    /// IOASes of those files.
+    pub ioas: u64,
+    /// HWPTs of those files.
+    pub hwpts: u64,
+    /// Mappings (type1 mappings and IOAS areas) still in place.
     pub mappings: u64,
     /// Bytes still mapped.
     pub mapped_bytes: u64,
@@ -80,7 +86,18 @@ impl Leftovers {
                 self.locked_pages += snap.mappings.iter().map(|m| m.locked_pages).sum::<u64>();
             }
             FileObject::Group(_) => self.groups += 1,
-            FileObject::Device(_) => self.devices += 1,
+            FileObject::Device(_) | FileObject::Cdev(_) => self.devices += 1,
+            FileObject::Iommufd(ctx) => {
+                self.iommufds += 1;
+                let snap = ctx.snapshot();
+                self.ioas += snap.ioas.len() as u64;
+                self.hwpts += snap.hwpts.len() as u64;
+                for i in &snap.ioas {
+                    self.mappings += i.areas.len() as u64;
+                    self.mapped_bytes += i.areas.iter().map(|a| a.len()).sum::<u64>();
+                    self.locked_pages += i.areas.iter().map(|a| a.charged).sum::<u64>();
+                }
+            }
         }
     }
 }
@@ -154,7 +171,7 @@ pub fn write_end_report(
 ) -> io::Result<()> {
     writeln!(w, "--- softvfio: program ended ---")?;
     write_faults(w, &fault_views(built), built.iommu.fault_overflow())?;
-    if left.containers + left.groups + left.devices == 0 {
+    if left.containers + left.groups + left.devices + left.iommufds == 0 {
         writeln!(w, "left open by the program: nothing")?;
     } else {
         writeln!(
@@ -167,6 +184,13 @@ pub fn write_end_report(
             human_bytes(left.mapped_bytes),
             left.locked_pages
         )?;
+        if left.iommufds > 0 {
+            writeln!(
+                w,
+                "left open by the program: {} /dev/iommu file(s) with {} IOAS(es), {} HWPT(s)",
+                left.iommufds, left.ioas, left.hwpts
+            )?;
+        }
     }
     if fin.pinned_pages + fin.pin_refs + fin.locked_pages + fin.open_objects == 0 {
         writeln!(

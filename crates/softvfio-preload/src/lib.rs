@@ -237,7 +237,7 @@ unsafe fn do_open(path: *const c_char, flags: c_int, pass: Pass<impl FnOnce() ->
     let cloexec = flags & libc::O_CLOEXEC != 0;
     // SAFETY: this function's contract.
     if let Some(p) = unsafe { path_of(path) } {
-        if p.starts_with("/dev/vfio/") {
+        if p.starts_with("/dev/vfio/") || p == "/dev/iommu" {
             match with_state(|st| st.open(p, cloexec)) {
                 Ok(OpenOutcome::NotOurs) => {}
                 Ok(OpenOutcome::Fd(fd)) => {

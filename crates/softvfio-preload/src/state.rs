@@ -202,7 +202,7 @@ impl State {
         match self.session.object(key)? {
             FileObject::Group(g) => Some(g.group.id),
             FileObject::Device(d) => Some(d.group.id),
-            FileObject::Container(_) => None,
+            FileObject::Container(_) | FileObject::Iommufd(_) | FileObject::Cdev(_) => None,
         }
     }
 

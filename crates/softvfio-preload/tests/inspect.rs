@@ -53,3 +53,52 @@ fn inspect_shows_a_running_sessions_mapping() {
     );
     assert_eq!(containers[0]["groups"], serde_json::json!([3]), "{json}");
 }
+
+#[test]
+fn inspect_shows_an_iommufd_sessions_ioas_hwpt_and_area() {
+    let a = artifacts();
+    let exe = build_c("hold_iommufd", false);
+    let mut child = Command::new(&a.softvfio)
+        .args(["run", "--"])
+        .arg(&exe)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start softvfio run");
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    lines.read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "mapped");
+
+    let json_out = Command::new(&a.softvfio)
+        .args(["inspect", "--json", "--pid", &pid.to_string()])
+        .output()
+        .expect("run inspect");
+    let text_out = Command::new(&a.softvfio)
+        .args(["inspect", "--pid", &pid.to_string()])
+        .output()
+        .expect("run inspect");
+    drop(child.stdin.take());
+    let status = child.wait().expect("wait");
+    assert!(status.success());
+    let json = String::from_utf8_lossy(&json_out.stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let ctxs = v["iommufds"].as_array().expect("iommufds");
+    assert_eq!(ctxs.len(), 1, "{json}");
+    let ioas = ctxs[0]["ioas"].as_array().expect("ioas");
+    assert_eq!(ioas.len(), 1, "{json}");
+    let area = &ioas[0]["areas"][0];
+    assert_eq!(area["iova"].as_u64(), Some(0xabc000), "{json}");
+    assert_eq!(area["last"].as_u64(), Some(0xabc000 + 0x4000 - 1), "{json}");
+    assert_eq!(area["pinned"].as_bool(), Some(true), "{json}");
+    assert_eq!(area["charged"].as_u64(), Some(4), "{json}");
+    let hwpts = ctxs[0]["hwpts"].as_array().expect("hwpts");
+    assert_eq!(hwpts.len(), 1, "{json}");
+    assert_eq!(hwpts[0]["auto"].as_bool(), Some(true), "{json}");
+    assert_eq!(hwpts[0]["ioas"], ioas[0]["id"], "{json}");
+    let text = String::from_utf8_lossy(&text_out.stdout);
+    assert!(text.contains("area 0xabc000-0xabffff uptr"), "{text}");
+    assert!(text.contains("(automatic)"), "{text}");
+}

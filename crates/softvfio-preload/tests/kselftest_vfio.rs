@@ -7,9 +7,10 @@
 //! Every case of the type1 modes (`vfio_type1_iommu`, `vfio_type1v2_iommu`)
 //! must give the reference's result, in every run: the harness forks per
 //! test and the device's group is opened in each forked grandchild, so the
-//! mapping test runs several times per mode. The `iommufd*` modes need
-//! `/dev/iommu`, which softvfio does not serve yet (the iommufd issue): for
-//! them the test asserts today's result exactly, so that the change shows.
+//! mapping test runs several times per mode. The `iommufd*` modes
+//! (`/dev/iommu` as the container, and the cdev) must give the reference's
+//! result too, with one known difference: BARs are not mmap-able yet, so
+//! `vfio_dma_mapping_mmio_test` skips where the reference passes.
 //!
 //! Also here: the harness's process pattern in a small C program
 //! (`programs/fork_group_program.c`), with exact results, in both modes.
@@ -177,13 +178,8 @@ fn vfio_dma_mapping_test_matches_the_reference_in_both_modes_every_run() {
             );
             for (case, want) in &reference {
                 let res = got[case];
-                if !is_type1(case) {
-                    // No /dev/iommu yet (the iommufd issue): every iommufd
-                    // and iommufd_compat case fails at open("/dev/iommu").
-                    assert_eq!(res, Res::Fail, "{case}: {ctx}");
-                    continue;
-                }
-                if case.ends_with(".overflow") {
+                // iommufd answers EOVERFLOW (the iommufd modes pass it).
+                if is_type1(case) && case.ends_with(".overflow") {
                     assert_eq!(*want, Res::Fail, "reference {case}");
                     check_overflow(case, res, &output);
                     continue;
@@ -200,10 +196,10 @@ fn vfio_dma_mapping_test_matches_the_reference_in_both_modes_every_run() {
     }
 }
 
-/// The other binaries in the type1 modes, against the reference, with
-/// today's known differences asserted exactly (docs/KSELFTEST.md).
+/// The other binaries in all their modes, against the reference, with
+/// today's known difference asserted exactly (docs/KSELFTEST.md).
 #[test]
-fn other_selftests_in_the_type1_modes() {
+fn other_selftests_in_all_modes() {
     let Some(src) = shared_tree() else {
         eprintln!("skipped: ../shared/kselftest-vfio is absent");
         return;
@@ -211,44 +207,41 @@ fn other_selftests_in_the_type1_modes() {
     let build = build_selftests(&src);
     let _ = artifacts();
     for mode in ["trace", "preload"] {
-        // Same as the reference in the type1 modes; iommufd modes fail.
-        let bin = "vfio_pci_device_init_perf_test";
-        let (got, output) = run_selftest(&build, mode, bin);
-        let reference = reference_of(&src, bin);
-        assert_eq!(got.len(), reference.len(), "{mode} {bin}:\n{output}");
-        for (case, want) in &reference {
-            let expect = if is_type1(case) { *want } else { Res::Fail };
-            assert_eq!(got[case], expect, "{mode} {case}:\n{output}");
+        // Same as the reference in all five modes.
+        for bin in [
+            "vfio_pci_device_init_perf_test",
+            // iommufd mode only (the default); the reference passes 3 and
+            // skips 2 (no reset, no MSI-X on edu).
+            "vfio_pci_device_test",
+            // The cdev: bind, get_info before bind, bad iommufd, repeated
+            // bind, attach/detach, invalid pt.
+            "vfio_iommufd_setup_test",
+        ] {
+            let (got, output) = run_selftest(&build, mode, bin);
+            let reference = reference_of(&src, bin);
+            assert!(!reference.is_empty(), "reference {bin}");
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                reference.keys().collect::<Vec<_>>(),
+                "{mode} {bin}:\n{output}"
+            );
+            for (case, want) in &reference {
+                assert_eq!(got[case], *want, "{mode} {case}:\n{output}");
+            }
         }
 
         // The reference maps edu's BAR0 and passes; softvfio's BAR regions
-        // have no VFIO_REGION_INFO_FLAG_MMAP, so every type1 case skips
-        // ("No mappable BAR found"); the iommufd modes fail at /dev/iommu.
+        // have no VFIO_REGION_INFO_FLAG_MMAP, so every case of every mode
+        // skips ("No mappable BAR found").
         let bin = "vfio_dma_mapping_mmio_test";
         let (got, output) = run_selftest(&build, mode, bin);
         let reference = reference_of(&src, bin);
         assert_eq!(got.len(), reference.len(), "{mode} {bin}:\n{output}");
         for (case, want) in &reference {
             assert_eq!(*want, Res::Pass, "reference {case}");
-            let expect = if is_type1(case) { Res::Skip } else { Res::Fail };
-            assert_eq!(got[case], expect, "{mode} {case}:\n{output}");
+            assert_eq!(got[case], Res::Skip, "{mode} {case}:\n{output}");
         }
         assert!(output.contains("No mappable BAR found on device 0000:00:03.0"));
-
-        // Runs only in the default iommufd mode: every case fails at
-        // open("/dev/iommu") today (the iommufd issue); the reference
-        // passes 3 and skips 2 (no reset, no MSI-X on edu).
-        let bin = "vfio_pci_device_test";
-        let (got, output) = run_selftest(&build, mode, bin);
-        let reference = reference_of(&src, bin);
-        assert_eq!(got.len(), reference.len(), "{mode} {bin}:\n{output}");
-        for case in reference.keys() {
-            assert_eq!(got[case], Res::Fail, "{mode} {case}:\n{output}");
-        }
-        assert!(
-            output.contains("Expression: iommu->iommufd > 0"),
-            "{output}"
-        );
     }
 }
 

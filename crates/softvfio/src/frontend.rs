@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use crate::error::{Result, VfioError};
 use crate::eventfd::{Eventfd, EventfdArg};
+use crate::iommufd::cdev::{CdevFile, IommufdLookup};
+use crate::iommufd::Iommufd;
 use crate::memory::UserMemory;
 use crate::uapi::{ContainerFile, DeviceFile, FdLookup, GroupFile, IoctlOutcome, Vfio};
 use crate::Container;
@@ -28,6 +30,10 @@ pub enum FileObject {
     Group(GroupFile),
     /// A device fd from `VFIO_GROUP_GET_DEVICE_FD`.
     Device(DeviceFile),
+    /// `/dev/iommu`.
+    Iommufd(Arc<Iommufd>),
+    /// `/dev/vfio/devices/vfioN`.
+    Cdev(Arc<CdevFile>),
 }
 
 /// What a descriptor passed as an ioctl argument refers to.
@@ -96,6 +102,20 @@ impl Session {
         path: &str,
         mem: impl FnOnce() -> Arc<dyn UserMemory>,
     ) -> Option<Result<ObjectKey>> {
+        if path == "/dev/iommu" {
+            let ctx = Iommufd::new(mem());
+            return Some(Ok(self.insert(FileObject::Iommufd(ctx))));
+        }
+        if let Some(n) = path.strip_prefix("/dev/vfio/devices/vfio") {
+            let Ok(index) = n.parse::<u32>() else {
+                return Some(Err(VfioError::NoEntry));
+            };
+            return Some(
+                self.vfio
+                    .open_cdev(index)
+                    .map(|c| self.insert(FileObject::Cdev(Arc::new(c)))),
+            );
+        }
         if path == "/dev/vfio/vfio" {
             let file = self.vfio.open_container(mem());
             return Some(Ok(self.insert(FileObject::Container(file))));
@@ -134,6 +154,17 @@ impl Session {
         self.objects.is_empty()
     }
 
+    /// iommufd contexts (`/dev/iommu` files) of this session.
+    pub fn iommufds(&self) -> Vec<Arc<Iommufd>> {
+        self.objects
+            .values()
+            .filter_map(|o| match o {
+                FileObject::Iommufd(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Containers of this session.
     pub fn containers(&self) -> Vec<Arc<Container>> {
         self.objects
@@ -165,6 +196,33 @@ impl Session {
                 vfio.device_ioctl(d, request, arg, user, &mut eventfds)
                     .map(Routed::Value)
             }
+            Some(FileObject::Iommufd(ctx)) => {
+                crate::iommufd::abi::ioctl(ctx, request, arg, user).map(Routed::Value)
+            }
+            Some(FileObject::Cdev(c)) => {
+                let c = c.clone();
+                let objects = &self.objects;
+                // The iommufd argument of a bind: resolved first, as the
+                // kernel's fdget; eventfds are resolved by device ioctls.
+                let mut lookup_target = |fd: i32| match fds.target(fd) {
+                    FdTarget::NotOpen => IommufdLookup::NotOpen,
+                    FdTarget::Foreign => IommufdLookup::NotIommufd,
+                    FdTarget::Object(k) => match objects.get(&k) {
+                        Some(FileObject::Iommufd(ctx)) => IommufdLookup::Iommufd(ctx.clone()),
+                        _ => IommufdLookup::NotIommufd,
+                    },
+                };
+                if request == crate::iommufd::cdev::VFIO_DEVICE_BIND_IOMMUFD {
+                    let mut none = |_fd: i32| EventfdArg::Error(libc::EINVAL);
+                    return vfio
+                        .cdev_ioctl(&c, request, arg, user, &mut lookup_target, &mut none)
+                        .map(Routed::Value);
+                }
+                let mut no_lookup = |_fd: i32| IommufdLookup::NotOpen;
+                let mut eventfds = |fd: i32| resolve_eventfd(fds, fd);
+                vfio.cdev_ioctl(&c, request, arg, user, &mut no_lookup, &mut eventfds)
+                    .map(Routed::Value)
+            }
             Some(FileObject::Group(g)) => {
                 let objects = &self.objects;
                 let mut lookup = |fd: i32| match fds.target(fd) {
@@ -172,6 +230,7 @@ impl Session {
                     FdTarget::Foreign => FdLookup::NotContainer,
                     FdTarget::Object(k) => match objects.get(&k) {
                         Some(FileObject::Container(c)) => FdLookup::Container(c.clone()),
+                        Some(FileObject::Iommufd(ctx)) => FdLookup::Iommufd(ctx.clone()),
                         _ => FdLookup::NotContainer,
                     },
                 };
@@ -197,6 +256,12 @@ impl Session {
     ) -> Result<i64> {
         match self.objects.get(&key) {
             Some(FileObject::Device(d)) => self.vfio.device_pread(d, user, buf, len, offset),
+            Some(FileObject::Cdev(c)) => match c.bound() {
+                Some(_) => self
+                    .vfio
+                    .device_pread(&cdev_device(c), user, buf, len, offset),
+                None => Err(VfioError::Invalid("device not bound")),
+            },
             Some(_) => Err(VfioError::Invalid("no read on this file")),
             None => Err(VfioError::BadFd),
         }
@@ -213,6 +278,12 @@ impl Session {
     ) -> Result<i64> {
         match self.objects.get(&key) {
             Some(FileObject::Device(d)) => self.vfio.device_pwrite(d, user, buf, len, offset),
+            Some(FileObject::Cdev(c)) => match c.bound() {
+                Some(_) => self
+                    .vfio
+                    .device_pwrite(&cdev_device(c), user, buf, len, offset),
+                None => Err(VfioError::Invalid("device not bound")),
+            },
             Some(_) => Err(VfioError::Invalid("no write on this file")),
             None => Err(VfioError::BadFd),
         }
@@ -246,6 +317,8 @@ impl Session {
             FileObject::Container(c) => self.vfio.release_container(c.clone()),
             FileObject::Group(g) => self.vfio.release_group(g.clone()),
             FileObject::Device(d) => self.vfio.release_device(d.clone()),
+            FileObject::Iommufd(ctx) => ctx.close(),
+            FileObject::Cdev(c) => self.vfio.release_cdev(c),
         }
         Some(obj)
     }
@@ -253,6 +326,14 @@ impl Session {
     /// Peek at a file before releasing it.
     pub fn object(&self, key: ObjectKey) -> Option<&FileObject> {
         self.objects.get(&key)
+    }
+}
+
+/// The device behind a cdev, as a group's device fd names it.
+fn cdev_device(c: &CdevFile) -> DeviceFile {
+    DeviceFile {
+        group: c.group.clone(),
+        device: c.device.clone(),
     }
 }
 

@@ -27,6 +27,7 @@ pub mod eventfd;
 pub mod external;
 pub mod frontend;
 pub mod iommu;
+pub mod iommufd;
 pub mod iova;
 pub mod memory;
 pub mod pasid;

@@ -87,6 +87,9 @@ pub struct Platform {
     /// Report precise dirty pages from the IOMMU's dirty bits instead of
     /// type1's "every pinned page is dirty".
     pub precise_dirty: bool,
+    /// `(group, device name)` of `/dev/vfio/devices/vfioN`, by N; empty:
+    /// by group number, then the group's device order.
+    pub cdev_order: Vec<(u32, String)>,
 }
 
 impl Platform {
@@ -96,6 +99,7 @@ impl Platform {
             groups: BTreeMap::new(),
             dma_entry_limit: DEFAULT_DMA_ENTRY_LIMIT,
             precise_dirty: false,
+            cdev_order: Vec::new(),
         }
     }
 

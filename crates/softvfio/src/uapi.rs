@@ -231,11 +231,11 @@ macro_rules! end_of {
 }
 
 /// A little-endian view of an argument struct copied in from user memory.
-struct Wire(Vec<u8>);
+pub(crate) struct Wire(pub(crate) Vec<u8>);
 
 impl Wire {
     /// `copy_from_user(len bytes at addr)`.
-    fn read(user: &dyn UserMemory, addr: u64, len: usize) -> Result<Wire> {
+    pub(crate) fn read(user: &dyn UserMemory, addr: u64, len: usize) -> Result<Wire> {
         let mut buf = vec![0u8; len];
         user.read(addr, &mut buf).map_err(|_| VfioError::Fault)?;
         Ok(Wire(buf))
@@ -243,7 +243,7 @@ impl Wire {
 
     /// `copy_from_user` of an argument struct whose first field is `argsz`:
     /// EINVAL when the caller's argsz is below `minsz`.
-    fn read_args(user: &dyn UserMemory, addr: u64, minsz: usize) -> Result<Wire> {
+    pub(crate) fn read_args(user: &dyn UserMemory, addr: u64, minsz: usize) -> Result<Wire> {
         let w = Wire::read(user, addr, minsz)?;
         if (w.u32_at(0) as usize) < minsz {
             return Err(VfioError::Invalid("argsz too small"));
@@ -251,7 +251,7 @@ impl Wire {
         Ok(w)
     }
 
-    fn u32_at(&self, off: usize) -> u32 {
+    pub(crate) fn u32_at(&self, off: usize) -> u32 {
         let mut b = [0u8; 4];
         if let Some(s) = self.0.get(off..off + 4) {
             b.copy_from_slice(s);
@@ -259,7 +259,7 @@ impl Wire {
         u32::from_ne_bytes(b)
     }
 
-    fn u64_at(&self, off: usize) -> u64 {
+    pub(crate) fn u64_at(&self, off: usize) -> u64 {
         let mut b = [0u8; 8];
         if let Some(s) = self.0.get(off..off + 8) {
             b.copy_from_slice(s);
@@ -267,26 +267,26 @@ impl Wire {
         u64::from_ne_bytes(b)
     }
 
-    fn put_u16(&mut self, off: usize, v: u16) {
+    pub(crate) fn put_u16(&mut self, off: usize, v: u16) {
         if let Some(s) = self.0.get_mut(off..off + 2) {
             s.copy_from_slice(&v.to_ne_bytes());
         }
     }
 
-    fn put_u32(&mut self, off: usize, v: u32) {
+    pub(crate) fn put_u32(&mut self, off: usize, v: u32) {
         if let Some(s) = self.0.get_mut(off..off + 4) {
             s.copy_from_slice(&v.to_ne_bytes());
         }
     }
 
-    fn put_u64(&mut self, off: usize, v: u64) {
+    pub(crate) fn put_u64(&mut self, off: usize, v: u64) {
         if let Some(s) = self.0.get_mut(off..off + 8) {
             s.copy_from_slice(&v.to_ne_bytes());
         }
     }
 
     /// `copy_to_user` of the first `len` bytes.
-    fn write_back(&self, user: &dyn UserMemory, addr: u64, len: usize) -> Result<()> {
+    pub(crate) fn write_back(&self, user: &dyn UserMemory, addr: u64, len: usize) -> Result<()> {
         let len = len.min(self.0.len());
         user.write(addr, &self.0[..len])
             .map_err(|_| VfioError::Fault)
@@ -316,6 +316,9 @@ pub enum FdLookup {
     NotContainer,
     /// The descriptor is a container.
     Container(ContainerFile),
+    /// The descriptor is `/dev/iommu` (the group's devices are bound to it
+    /// and attached to its compatibility IOAS when opened).
+    Iommufd(Arc<crate::iommufd::Iommufd>),
 }
 
 /// An open `/dev/vfio/vfio`.
@@ -351,6 +354,13 @@ struct GroupState {
     open_devices: usize,
     /// Open count per device name (open_device/close_device).
     device_opens: HashMap<String, usize>,
+    /// Devices of the group bound to an iommufd through their cdev: the
+    /// group cannot be opened meanwhile (`vfio_device_block_group`).
+    cdev_bound: usize,
+    /// The iommufd `VFIO_GROUP_SET_CONTAINER` named instead of a container.
+    iommufd: Option<Arc<crate::iommufd::Iommufd>>,
+    /// Device ids in that iommufd of the group's open devices, by name.
+    iommufd_devices: HashMap<String, u32>,
 }
 
 /// The VFIO subsystem over one platform: what `/dev/vfio` exposes.
@@ -410,8 +420,10 @@ impl Vfio {
         let mut groups = self.groups();
         let st = groups.entry(id).or_default();
         // A group file may be open once; devices keep it alive after close.
-        if st.file_open || st.open_devices > 0 {
-            return Err(VfioError::Busy("group already open"));
+        if st.file_open || st.open_devices > 0 || st.cdev_bound > 0 {
+            return Err(VfioError::Busy(
+                "group already open or a device bound via its cdev",
+            ));
         }
         st.file_open = true;
         Ok(GroupFile { group })
@@ -434,6 +446,7 @@ impl Vfio {
                 if let Some(c) = st.container.take() {
                     c.detach_group(file.group.id);
                 }
+                st.iommufd = None;
             }
         }
     }
@@ -451,6 +464,11 @@ impl Vfio {
                 st.device_opens.remove(&file.device.name);
                 file.device.model.close_device();
                 file.device.model.attach_container(None);
+                if let (Some(ctx), Some(dev_id)) =
+                    (&st.iommufd, st.iommufd_devices.remove(&file.device.name))
+                {
+                    ctx.unbind(dev_id);
+                }
                 // Shared virtual memory bonds end with the last close.
                 if let (GroupKind::Iommu(unit), Some(rid)) = (&file.group.kind, file.device.rid) {
                     unit.release_pasids(rid);
@@ -460,6 +478,44 @@ impl Vfio {
         if st.open_devices == 0 && !st.file_open {
             if let Some(c) = st.container.take() {
                 c.detach_group(file.group.id);
+            }
+            st.iommufd = None;
+        }
+    }
+
+    /// Binding a device through its cdev: EBUSY while its group is open
+    /// (or one of its devices through it); opens the device model on its
+    /// first open.
+    pub(crate) fn cdev_open_device(&self, group: &Group, device: &Device) -> Result<()> {
+        let mut groups = self.groups();
+        let st = groups.entry(group.id).or_default();
+        if st.file_open || st.open_devices > 0 {
+            return Err(VfioError::Busy("the group is open"));
+        }
+        st.cdev_bound += 1;
+        let opens = st.device_opens.entry(device.name.clone()).or_insert(0);
+        *opens += 1;
+        if *opens == 1 {
+            device.model.open_device();
+        }
+        Ok(())
+    }
+
+    /// Last close of a bound cdev: the reverse of `cdev_open_device`.
+    pub(crate) fn cdev_close_device(&self, group: &Group, device: &Device) {
+        let mut groups = self.groups();
+        let Some(st) = groups.get_mut(&group.id) else {
+            return;
+        };
+        st.cdev_bound = st.cdev_bound.saturating_sub(1);
+        if let Some(n) = st.device_opens.get_mut(&device.name) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.device_opens.remove(&device.name);
+                device.model.close_device();
+                if let (GroupKind::Iommu(unit), Some(rid)) = (&group.kind, device.rid) {
+                    unit.release_pasids(rid);
+                }
             }
         }
     }
@@ -648,7 +704,7 @@ impl Vfio {
                 let attached = self
                     .groups()
                     .get(&id)
-                    .is_some_and(|s| s.container.is_some());
+                    .is_some_and(|s| s.container.is_some() || s.iommufd.is_some());
                 let flags = if attached {
                     GROUP_FLAGS_VIABLE | GROUP_FLAGS_CONTAINER_SET
                 } else {
@@ -669,10 +725,22 @@ impl Vfio {
                     FdLookup::NotOpen => return Err(VfioError::BadFd),
                     FdLookup::NotContainer => return Err(VfioError::Invalid("not a container fd")),
                     FdLookup::Container(c) => c.container,
+                    FdLookup::Iommufd(ctx) => {
+                        let mut groups = self.groups();
+                        let st = groups.entry(id).or_default();
+                        if st.container.is_some() || st.iommufd.is_some() {
+                            return Err(VfioError::Invalid("group already has a container"));
+                        }
+                        // iommufd_vfio_compat_ioas_create: the IOAS the
+                        // group's devices attach to exists from now on.
+                        ctx.compat_ioas_get_or_create()?;
+                        st.iommufd = Some(ctx);
+                        return Ok(IoctlOutcome::Value(0));
+                    }
                 };
                 let mut groups = self.groups();
                 let st = groups.entry(id).or_default();
-                if st.container.is_some() {
+                if st.container.is_some() || st.iommufd.is_some() {
                     return Err(VfioError::Invalid("group already has a container"));
                 }
                 container.attach_group(&file.group)?;
@@ -682,6 +750,13 @@ impl Vfio {
             VFIO_GROUP_UNSET_CONTAINER => {
                 let mut groups = self.groups();
                 let st = groups.entry(id).or_default();
+                if st.iommufd.is_some() && st.container.is_none() {
+                    if st.open_devices > 0 {
+                        return Err(VfioError::Busy("devices of the group are open"));
+                    }
+                    st.iommufd = None;
+                    return Ok(IoctlOutcome::Value(0));
+                }
                 let Some(c) = st.container.clone() else {
                     return Err(VfioError::Invalid("no container set"));
                 };
@@ -704,6 +779,28 @@ impl Vfio {
                     .ok_or(VfioError::NoDevice)?;
                 let mut groups = self.groups();
                 let st = groups.entry(id).or_default();
+                if let Some(ctx) = st.iommufd.clone() {
+                    // Through iommufd: the device is bound to it and
+                    // attached to its compatibility IOAS (vfio_df_open).
+                    if !st.device_opens.contains_key(&device.name) {
+                        let dev_id = ctx.bind(&file.group, &device);
+                        let attached = ctx
+                            .compat_ioas_get_or_create()
+                            .and_then(|ioas| ctx.attach(dev_id, ioas));
+                        if let Err(e) = attached {
+                            ctx.unbind(dev_id);
+                            return Err(e);
+                        }
+                        st.iommufd_devices.insert(device.name.clone(), dev_id);
+                        device.model.open_device();
+                    }
+                    *st.device_opens.entry(device.name.clone()).or_insert(0) += 1;
+                    st.open_devices += 1;
+                    return Ok(IoctlOutcome::Device(DeviceFile {
+                        group: file.group.clone(),
+                        device,
+                    }));
+                }
                 let container = match &st.container {
                     Some(c) if c.iommu_set() => c.clone(),
                     _ => return Err(VfioError::Invalid("group has no container with an IOMMU")),

@@ -146,6 +146,18 @@ pub trait DomainOps: Send + Sync {
     fn as_any(&self) -> &dyn Any;
 }
 
+/// A unit's registers as iommufd's `IOMMU_GET_HW_INFO` shows them
+/// (`struct iommu_hw_info_vtd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HwInfo {
+    /// `IOMMU_HW_INFO_VTD_*` flags.
+    pub flags: u32,
+    /// The capability register.
+    pub cap_reg: u64,
+    /// The extended capability register.
+    pub ecap_reg: u64,
+}
+
 /// One IOMMU unit (a VT-d DMAR unit) with the devices behind it.
 pub trait IommuUnit: Send + Sync {
     /// The unit's name, for `inspect`.
@@ -160,6 +172,10 @@ pub trait IommuUnit: Send + Sync {
     fn detach_device(&self, rid: u16);
     /// Reserved regions of the device (the MSI window on x86).
     fn reserved_regions(&self, rid: u16) -> Vec<ResvRegion>;
+    /// What `IOMMU_GET_HW_INFO` reports for this unit (`None`: type NONE).
+    fn hw_info(&self) -> Option<HwInfo> {
+        None
+    }
 
     // ---- shared virtual memory (see crate::pasid and docs/SVM.md) ------------
     // Units without PASID support keep the defaults: ENODEV.

@@ -214,6 +214,10 @@ impl IommuUnit for VtdUnit {
             .collect()
     }
 
+    fn hw_info(&self) -> Option<crate::iommu::HwInfo> {
+        Some(vtd_hw_info(self.iommu.config()))
+    }
+
     fn supports_pasid(&self) -> bool {
         true
     }
@@ -548,5 +552,53 @@ mod tests {
             ]
         );
         assert_eq!(unit.reserved_regions(0x20).len(), 1);
+    }
+}
+
+/// The capability and extended capability registers of a unit with this
+/// configuration, laid out as the VT-d specification (11.4.2, 11.4.3) and
+/// valued as QEMU's `intel-iommu` (the reference platform) reports them:
+/// 16-bit domain ids, caching mode, 1 fault register at 0x220, page
+/// selective invalidation, 2^18-page invalidation hints, drain reads and
+/// writes; queued invalidation, interrupt remapping, pass-through, the
+/// IOTLB registers at 0xf0. The address width, super pages and snoop
+/// control follow the configuration. Linux 6.12 flags every VT-d unit
+/// with erratum 772415 (`IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17`).
+pub fn vtd_hw_info(cfg: &soft_iommu::IommuConfig) -> crate::iommu::HwInfo {
+    let bits = u64::from(cfg.address_width.bits());
+    let levels = u64::from(cfg.address_width.levels());
+    let nd = 6u64; // 16-bit domain ids
+    let caching_mode = 1u64 << 7;
+    let sagaw = 1u64 << (8 + levels - 2); // bit 1: 3 levels, bit 2: 4 levels
+    let mgaw = (bits - 1) << 16;
+    let fro = (0x220u64 / 16) << 24;
+    let sllps = (u64::from(cfg.super_page_2m) | (u64::from(cfg.super_page_1g) << 1)) << 34;
+    let psi = 1u64 << 39;
+    let mamv = 18u64 << 48;
+    let drain = (1u64 << 54) | (1u64 << 55);
+    let cap = nd | caching_mode | sagaw | mgaw | fro | sllps | psi | mamv | drain;
+    let qi = 1u64 << 1;
+    let ir = 1u64 << 3;
+    let pt = 1u64 << 6;
+    let sc = u64::from(cfg.snoop_control) << 7;
+    let iro = 0xfu64 << 8;
+    let mhmv = 0xfu64 << 20;
+    crate::iommu::HwInfo {
+        flags: 1,
+        cap_reg: cap,
+        ecap_reg: qi | ir | pt | sc | iro | mhmv,
+    }
+}
+
+#[cfg(test)]
+mod hw_info_tests {
+    #[test]
+    fn default_unit_reports_qemus_registers() {
+        // What Linux 6.12 read from QEMU's intel-iommu (aw-bits=39,
+        // caching-mode=on, intremap=on): tests-oracle/kernel-6.12-iommufd.txt.
+        let info = super::vtd_hw_info(&soft_iommu::IommuConfig::default());
+        assert_eq!(info.cap_reg, 0xd2008c22260286);
+        assert_eq!(info.ecap_reg, 0xf00f4a);
+        assert_eq!(info.flags, 1);
     }
 }

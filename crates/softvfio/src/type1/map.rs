@@ -116,46 +116,18 @@ impl Container {
         // when they were pinned) are not counted twice (type1 skips pages
         // on the vpfn list).
         let pages = page_pages(dma.size).saturating_sub(dma.locked_pages);
-        // One accounting update for the whole mapping (seed 000), made before
-        // pinning so that concurrent maps cannot both pass the limit.
-        self.mem
-            .account()
-            .charge(pages, policy)
-            .map_err(over_limit)?;
-        // Bytes mapped from `dma.iova` (not an end address: a mapping may
-        // end at 2^64).
-        let mut mapped: u64 = 0;
-        let mut iommu_error: Option<VfioError> = None;
-        let pin_result = self.mem.pin(
-            dma.vaddr,
-            dma.size,
-            dma.prot.write,
-            &mut |run: PinnedRun| {
-                let iova = dma.iova + (run.vaddr - dma.vaddr);
-                for (i, d) in domains.iter().enumerate() {
-                    if let Err(e) = d.map(iova, run.vaddr, run.len, dma.prot) {
-                        for undo in &domains[..i] {
-                            unmap_all_of(undo.as_ref(), iova, run.len);
-                        }
-                        iommu_error = Some(e.into());
-                        return Err(MemError::Unreachable);
-                    }
-                }
-                mapped = (iova - dma.iova) + run.len;
-                Ok(())
+        pin_and_map_pages(
+            self.mem.as_ref(),
+            PinRequest {
+                iova: dma.iova,
+                vaddr: dma.vaddr,
+                size: dma.size,
+                prot: dma.prot,
+                charge: pages,
             },
-        );
-        if let Err(e) = pin_result {
-            if mapped > 0 {
-                for d in domains {
-                    unmap_all_of(d.as_ref(), dma.iova, mapped);
-                    d.flush(dma.iova, mapped);
-                }
-            }
-            self.mem.account().uncharge(pages);
-            return Err(iommu_error.unwrap_or(VfioError::Memory(e)));
-        }
-        Ok(pages)
+            domains,
+            policy,
+        )
     }
 
     /// Unmaps, flushes (waiting out in-flight DMA), unpins and unaccounts a
@@ -397,4 +369,91 @@ pub(crate) enum UnmapStep {
     /// The mapping `(iova, size)` is pinned externally: notify the devices
     /// and try again.
     Notify(u64, u64),
+}
+
+/// What [`pin_and_map_pages`] pins and maps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PinRequest {
+    /// First IOVA.
+    pub(crate) iova: u64,
+    /// User address of the first byte (page aligned).
+    pub(crate) vaddr: u64,
+    /// Bytes (page aligned, not zero).
+    pub(crate) size: u64,
+    /// What devices may do.
+    pub(crate) prot: Prot,
+    /// Pages to charge against RLIMIT_MEMLOCK.
+    pub(crate) charge: u64,
+}
+
+/// Charges `req.charge` pages, pins `[req.vaddr, +req.size)` and maps it at
+/// `req.iova` into every domain; returns the pages charged. All or nothing:
+/// on error nothing stays charged, pinned or mapped. Shared by type1's
+/// mappings and iommufd's areas (one pinning and accounting path).
+pub(crate) fn pin_and_map_pages(
+    mem: &dyn crate::memory::UserMemory,
+    req: PinRequest,
+    domains: &[Arc<dyn DomainOps>],
+    policy: LockPolicy,
+) -> Result<u64> {
+    let pages = req.charge;
+    // One accounting update for the whole mapping (seed 000), made before
+    // pinning so that concurrent maps cannot both pass the limit.
+    mem.account().charge(pages, policy).map_err(over_limit)?;
+    // Bytes mapped from `req.iova` (not an end address: a mapping may end
+    // at 2^64).
+    let mut mapped: u64 = 0;
+    let mut iommu_error: Option<VfioError> = None;
+    let pin_result = mem.pin(
+        req.vaddr,
+        req.size,
+        req.prot.write,
+        &mut |run: PinnedRun| {
+            let iova = req.iova + (run.vaddr - req.vaddr);
+            for (i, d) in domains.iter().enumerate() {
+                if let Err(e) = d.map(iova, run.vaddr, run.len, req.prot) {
+                    for undo in &domains[..i] {
+                        unmap_all_of(undo.as_ref(), iova, run.len);
+                    }
+                    iommu_error = Some(e.into());
+                    return Err(MemError::Unreachable);
+                }
+            }
+            mapped = (iova - req.iova) + run.len;
+            Ok(())
+        },
+    );
+    if let Err(e) = pin_result {
+        if mapped > 0 {
+            for d in domains {
+                unmap_all_of(d.as_ref(), req.iova, mapped);
+                d.flush(req.iova, mapped);
+            }
+        }
+        mem.account().uncharge(pages);
+        return Err(iommu_error.unwrap_or(VfioError::Memory(e)));
+    }
+    Ok(pages)
+}
+
+/// The reverse of [`pin_and_map_pages`]: unmaps `[iova, +size)` from every
+/// domain, flushes the IOTLBs (waiting out in-flight translations), then
+/// unpins and uncharges `charged` pages. Flush before unpin: once the pages
+/// are unpinned no cached translation can reach them.
+pub(crate) fn unmap_unpin_pages(
+    mem: &dyn crate::memory::UserMemory,
+    domains: &[Arc<dyn DomainOps>],
+    iova: u64,
+    vaddr: u64,
+    size: u64,
+    charged: u64,
+) {
+    for d in domains {
+        unmap_all_of(d.as_ref(), iova, size);
+    }
+    for d in domains {
+        d.flush(iova, size);
+    }
+    mem.unpin(vaddr, size);
+    mem.account().uncharge(charged);
 }

@@ -1,0 +1,142 @@
+//! What Linux 6.12's iommufd and VFIO cdev answer (recorded in
+//! `tests-oracle/kernel-6.12-iommufd.txt`, printed by
+//! `tests-oracle/iommufd_probe.c` in the VM of
+//! `../shared/conformance/run-kernel-6.12.sh`: QEMU's edu at 0000:00:03.0 in
+//! group 3 behind VT-d, its cdev `/dev/vfio/devices/vfio0`) is what the same
+//! probe sees under `softvfio run`: built static under `--mode trace` and
+//! dynamic under `--mode preload`. Every line is compared, in order; a
+//! mismatch prints each differing line with Linux's answer and ours. The
+//! only lines excused are listed in [`DEVIATIONS`], each with the exact
+//! answer softvfio gives and why.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use common::{build_c_file, result_lines, softvfio_run};
+
+fn oracle_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests-oracle")
+}
+
+fn recorded() -> Vec<(String, String)> {
+    let path = oracle_dir().join("kernel-6.12-iommufd.txt");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    result_lines(&text)
+}
+
+/// Where softvfio answers otherwise: (case, softvfio's exact answer, why).
+const DEVIATIONS: &[(&str, &str, &str)] = &[];
+
+fn excuse_deviations(want: &[(String, String)], got: &[(String, String)]) -> Vec<(String, String)> {
+    let linux: HashMap<&str, &str> = want.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    got.iter()
+        .map(|(k, v)| match DEVIATIONS.iter().find(|(c, _, _)| c == k) {
+            Some((_, ours, _)) if v == ours => {
+                (k.clone(), linux.get(k.as_str()).unwrap_or(&"").to_string())
+            }
+            _ => (k.clone(), v.clone()),
+        })
+        .collect()
+}
+
+fn differences(want: &[(String, String)], got: &[(String, String)]) -> Vec<String> {
+    let got_map: HashMap<&str, &str> = got.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let want_names: HashSet<&str> = want.iter().map(|(k, _)| k.as_str()).collect();
+    let mut out = Vec::new();
+    for (name, value) in want {
+        match got_map.get(name.as_str()) {
+            None => out.push(format!("{name}: missing (linux `{value}`)")),
+            Some(g) if g != value => out.push(format!("{name}: linux `{value}` softvfio `{g}`")),
+            Some(_) => {}
+        }
+    }
+    for (name, value) in got {
+        if !want_names.contains(name.as_str()) {
+            out.push(format!("{name}: extra `{value}`"));
+        }
+    }
+    if out.is_empty() {
+        let order_want: Vec<&str> = want.iter().map(|(k, _)| k.as_str()).collect();
+        let order_got: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        if order_want != order_got {
+            out.push("same lines in another order (or repeated)".to_string());
+        }
+    }
+    out
+}
+
+fn check(mode: &str, static_: bool) {
+    let src = oracle_dir().join("iommufd_probe.c");
+    let name = if static_ {
+        "iommufd_probe-static"
+    } else {
+        "iommufd_probe-dynamic"
+    };
+    let probe = build_c_file(&src, name, static_);
+    let out = softvfio_run(
+        mode,
+        &[],
+        &probe,
+        &["all", "/dev/vfio/devices/vfio0", "/dev/vfio/3"],
+    );
+    let want = recorded();
+    let got = excuse_deviations(&want, &result_lines(&out.stdout));
+    let diff = differences(&want, &got);
+    assert!(
+        diff.is_empty(),
+        "{mode}: {} of {} lines differ from Linux 6.12:\n{}\n--- stderr (tail) ---\n{}",
+        diff.len(),
+        want.len(),
+        diff.join("\n"),
+        out.stderr
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    out.assert_clean();
+}
+
+#[test]
+fn static_probe_under_trace_answers_as_linux() {
+    check("trace", true);
+}
+
+#[test]
+fn dynamic_probe_under_preload_answers_as_linux() {
+    check("preload", false);
+}
+
+#[test]
+fn recorded_answers_are_one_complete_run() {
+    let lines = recorded();
+    assert!(lines.len() > 150, "only {} lines", lines.len());
+    assert_eq!(
+        lines.last().map(|(k, _)| k.as_str()),
+        Some("done"),
+        "the recorded run did not finish"
+    );
+    let names: HashSet<&str> = lines.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names.len(), lines.len(), "a case name is repeated");
+}
+
+#[test]
+fn deviations_name_recorded_cases() {
+    let lines = recorded();
+    for (case, ours, _) in DEVIATIONS {
+        let linux = lines.iter().find(|(k, _)| k == case);
+        assert!(linux.is_some(), "deviation {case} is not a recorded case");
+        assert_ne!(
+            linux.map(|(_, v)| v.as_str()),
+            Some(*ours),
+            "{case} is no deviation"
+        );
+    }
+}

@@ -1,0 +1,342 @@
+//! Unit tests of iommufd: through [`Iommufd`]'s API and the byte-level
+//! ABI, with the answers Linux 6.12 gave (tests-oracle/kernel-6.12-iommufd.txt),
+//! pins and accounting counted after each step, and the invariants checked.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::abi::{self, *};
+use super::Iommufd;
+use crate::error::Result;
+use crate::iommu::Prot;
+use crate::memory::{UserMemory, PAGE_SIZE};
+use crate::platform::Group;
+use crate::testing::{iommu_group, vtd_group, FakeUnit, VecMemory};
+
+const BASE: u64 = 0x7000_0000_0000;
+const PG: u64 = PAGE_SIZE;
+
+fn setup() -> (Arc<Iommufd>, Arc<VecMemory>, Arc<FakeUnit>, Arc<Group>) {
+    let mem = VecMemory::new(BASE, 64 * PG as usize);
+    let unit = FakeUnit::new(39);
+    let group = Arc::new(iommu_group(3, 0x18, unit.clone(), Vec::new()));
+    (Iommufd::new(mem.clone()), mem, unit, group)
+}
+
+fn check(ctx: &Iommufd) {
+    if let Err(broken) = ctx.check_invariants() {
+        panic!("broken iommufd invariant: {broken}");
+    }
+}
+
+fn errno<T: std::fmt::Debug>(r: Result<T>) -> i32 {
+    r.map(|_| 0).unwrap_or_else(|e| e.errno())
+}
+
+fn locked(mem: &VecMemory) -> u64 {
+    mem.account().locked_pages()
+}
+
+#[test]
+fn areas_follow_linuxs_map_and_unmap_rules() {
+    let (ctx, mem, ..) = setup();
+    let ioas = ctx.ioas_alloc();
+    assert_eq!(ctx.iova_ranges(ioas).unwrap(), (vec![(0, u64::MAX)], 1));
+    let fixed = |iova| ctx.map(ioas, BASE, 4 * PG, Some(iova), Prot::RW);
+    assert_eq!(fixed(0x10_0000), Ok(0x10_0000));
+    assert_eq!(
+        errno(ctx.map(ioas, BASE, PG, Some(0x10_2000), Prot::RW)),
+        libc::EEXIST
+    );
+    assert_eq!(
+        ctx.map(ioas, BASE + 4 * PG, 2 * PG, Some(0x10_4000), Prot::READ),
+        Ok(0x10_4000)
+    );
+    // No domain: byte alignment, nothing pinned, any address accepted.
+    assert_eq!(
+        ctx.map(ioas, BASE + 0x800, PG, Some(0x20_0800), Prot::RW),
+        Ok(0x20_0800)
+    );
+    assert_eq!(
+        ctx.map(ioas, 0x1000, PG, Some(0x60_0000), Prot::RW),
+        Ok(0x60_0000)
+    );
+    assert_eq!(mem.total_pins(), 0);
+    assert_eq!(
+        errno(ctx.map(ioas, BASE, 2 * PG, Some(u64::MAX - PG + 1), Prot::RW)),
+        libc::EOVERFLOW
+    );
+    assert_eq!(
+        errno(ctx.map(ioas, u64::MAX - PG + 1, 2 * PG, Some(0x50_0000), Prot::RW)),
+        libc::EOVERFLOW
+    );
+    assert_eq!(
+        errno(ctx.map(ioas, BASE, 0, Some(0x50_0000), Prot::RW)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(ctx.map(99, BASE, PG, Some(0x50_0000), Prot::RW)),
+        libc::ENOENT
+    );
+    check(&ctx);
+    // Unmap: only whole areas, ENOENT otherwise or for nothing.
+    assert_eq!(errno(ctx.unmap(ioas, 0x10_1000, PG)), libc::ENOENT);
+    assert_eq!(errno(ctx.unmap(ioas, 0x70_0000, PG)), libc::ENOENT);
+    assert_eq!(errno(ctx.unmap(ioas, 0x10_0000, 0)), libc::EINVAL);
+    assert_eq!(
+        errno(ctx.unmap(ioas, u64::MAX - PG + 1, 2 * PG)),
+        libc::EOVERFLOW
+    );
+    assert_eq!(ctx.unmap(ioas, 0x10_0000, 6 * PG), Ok(6 * PG));
+    assert_eq!(ctx.unmap_all(ioas), Ok(PG + PG));
+    assert_eq!(ctx.unmap_all(ioas), Ok(0));
+    check(&ctx);
+}
+
+#[test]
+fn allocated_iovas_are_lowest_and_aligned_as_the_user_address() {
+    let (ctx, ..) = setup();
+    let ioas = ctx.ioas_alloc();
+    // The probe's buffer: one page past a 2 MiB boundary.
+    let buf = BASE + (2 << 20) + PG;
+    assert_eq!(ctx.map(ioas, buf, 2 * PG, None, Prot::RW), Ok(0x1000));
+    assert_eq!(ctx.map(ioas, buf + 0x800, PG, None, Prot::RW), Ok(0x3800));
+    assert_eq!(ctx.map(ioas, buf, 2 * PG, None, Prot::RW), Ok(0x5000));
+    // Allowed ranges steer allocation only.
+    ctx.allow_iovas(ioas, &[(0x10_0000, 0x1f_ffff)]).unwrap();
+    assert_eq!(ctx.map(ioas, buf, 2 * PG, None, Prot::RW), Ok(0x10_0000));
+    assert_eq!(
+        ctx.map(ioas, buf, PG, Some(0x30_0000), Prot::RW),
+        Ok(0x30_0000)
+    );
+    assert_eq!(
+        errno(ctx.allow_iovas(ioas, &[(0x10_0000, 0x1f_ffff), (0x18_0000, 0x2f_ffff)])),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(ctx.allow_iovas(ioas, &[(0x20_0000, 0x10_0000)])),
+        libc::EINVAL
+    );
+    check(&ctx);
+}
+
+#[test]
+fn copy_takes_whole_or_partial_areas_without_holes() {
+    let (ctx, ..) = setup();
+    let (src, dst) = (ctx.ioas_alloc(), ctx.ioas_alloc());
+    ctx.map(src, BASE, 8 * PG, Some(0x10_0000), Prot::RW)
+        .unwrap();
+    assert_eq!(
+        ctx.copy(dst, src, 8 * PG, Some(0x20_0000), 0x10_0000, Prot::RW),
+        Ok(0x20_0000)
+    );
+    assert_eq!(
+        ctx.copy(dst, src, 2 * PG, Some(0x30_0000), 0x10_2000, Prot::RW),
+        Ok(0x30_0000)
+    );
+    assert_eq!(
+        errno(ctx.copy(dst, src, 8 * PG, Some(0x20_4000), 0x10_0000, Prot::RW)),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(ctx.copy(dst, src, PG, Some(0x40_0000), 0x90_0000, Prot::RW)),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(ctx.copy(dst, src, 9 * PG, Some(0x40_0000), 0x10_0000, Prot::RW)),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(ctx.copy(dst, src, 0, Some(0x40_0000), 0x10_0000, Prot::RW)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(ctx.copy(99, src, PG, Some(0x40_0000), 0x10_0000, Prot::RW)),
+        libc::ENOENT
+    );
+    assert_eq!(ctx.unmap(src, 0x10_0000, 8 * PG), Ok(8 * PG));
+    assert_eq!(errno(ctx.unmap(dst, 0x20_0000, 2 * PG)), libc::ENOENT);
+    assert_eq!(ctx.unmap_all(dst), Ok(10 * PG));
+    check(&ctx);
+}
+
+#[test]
+fn areas_pin_and_account_while_a_device_is_attached() {
+    let (ctx, mem, unit, group) = setup();
+    let ioas = ctx.ioas_alloc();
+    ctx.map(ioas, BASE, 4 * PG, Some(0x10_0000), Prot::RW)
+        .unwrap();
+    assert_eq!((mem.total_pins(), locked(&mem)), (0, 0));
+    let dev = ctx.bind(&group, &group.devices[0]);
+    let hwpt = ctx.attach(dev, ioas).unwrap();
+    check(&ctx);
+    assert_ne!(hwpt, ioas);
+    assert!(unit.domain_of(0x18).is_some());
+    assert_eq!((mem.total_pins(), locked(&mem)), (4, 4));
+    // Ranges lose the MSI window and everything past the 39-bit aperture.
+    assert_eq!(
+        ctx.iova_ranges(ioas).unwrap(),
+        (vec![(0, 0xfedf_ffff), (0xfef0_0000, (1 << 39) - 1)], PG)
+    );
+    assert_eq!(
+        errno(ctx.map(ioas, BASE, PG, Some(0xfee0_0000), Prot::RW)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(ctx.map(ioas, BASE, PG, Some(1 << 40), Prot::RW)),
+        libc::EINVAL
+    );
+    ctx.map(ioas, BASE + 4 * PG, 2 * PG, Some(0x20_0000), Prot::RW)
+        .unwrap();
+    assert_eq!(locked(&mem), 6);
+    // In use: EBUSY for the IOAS, the automatic HWPT and the device.
+    for id in [ioas, hwpt, dev] {
+        assert_eq!(errno(ctx.destroy(id)), libc::EBUSY, "object {id}");
+    }
+    // A second HWPT, then a move onto it: the automatic one goes.
+    let explicit = ctx.hwpt_alloc(dev, ioas, 0, 0).unwrap();
+    assert_eq!(ctx.attach(dev, explicit), Ok(explicit));
+    assert_eq!(errno(ctx.destroy(hwpt)), libc::ENOENT);
+    assert_eq!(errno(ctx.destroy(explicit)), libc::EBUSY);
+    check(&ctx);
+    ctx.detach(dev);
+    ctx.detach(dev);
+    assert_eq!(unit.domain_of(0x18), None);
+    check(&ctx);
+    // The HWPT keeps the pages pinned until it goes.
+    assert_eq!(locked(&mem), 6);
+    ctx.destroy(explicit).unwrap();
+    assert_eq!((mem.total_pins(), locked(&mem)), (0, 0));
+    assert_eq!(ctx.unmap_all(ioas), Ok(6 * PG));
+    ctx.destroy(ioas).unwrap();
+    check(&ctx);
+}
+
+#[test]
+fn a_map_that_fails_halfway_leaves_no_area_pin_or_charge() {
+    let (ctx, mem, _unit, group) = setup();
+    let (src, dst) = (ctx.ioas_alloc(), ctx.ioas_alloc());
+    ctx.map(src, BASE, 2 * PG, Some(0x10_0000), Prot::RW)
+        .unwrap();
+    ctx.map(src, BASE + 4 * PG, 2 * PG, Some(0x10_2000), Prot::RW)
+        .unwrap();
+    let dev = ctx.bind(&group, &group.devices[0]);
+    ctx.attach(dev, dst).unwrap();
+    // The copy is two pieces; the second one's pin fails.
+    mem.fail_pin_after.store(1, Ordering::SeqCst);
+    let r = ctx.copy(dst, src, 4 * PG, Some(0x20_0000), 0x10_0000, Prot::RW);
+    assert_eq!(errno(r), libc::EFAULT);
+    mem.fail_pin_after.store(u64::MAX, Ordering::SeqCst);
+    assert_eq!((mem.total_pins(), locked(&mem)), (0, 0));
+    assert_eq!(errno(ctx.unmap_all(dst)), 0);
+    assert!(ctx
+        .snapshot()
+        .ioas
+        .iter()
+        .all(|i| i.id != dst || i.areas.is_empty()));
+    check(&ctx);
+}
+
+#[test]
+fn closing_releases_every_object_pin_and_page() {
+    let (ctx, mem, unit, group) = setup();
+    let ioas = ctx.ioas_alloc();
+    let dev = ctx.bind(&group, &group.devices[0]);
+    ctx.attach(dev, ioas).unwrap();
+    ctx.hwpt_alloc(dev, ioas, 0, 0).unwrap();
+    ctx.map(ioas, BASE, 8 * PG, None, Prot::RW).unwrap();
+    assert_eq!(locked(&mem), 8);
+    ctx.close();
+    assert_eq!((mem.total_pins(), locked(&mem)), (0, 0));
+    assert_eq!(unit.domain_of(0x18), None);
+    assert!(ctx.snapshot().ioas.is_empty() && ctx.snapshot().hwpts.is_empty());
+}
+
+#[test]
+fn hwpt_alloc_answers_as_linux_on_qemus_vtd() {
+    let (ctx, _mem, _unit, group) = setup();
+    let ioas = ctx.ioas_alloc();
+    let dev = ctx.bind(&group, &group.devices[0]);
+    assert_eq!(
+        errno(ctx.hwpt_alloc(dev, ioas, HWPT_DIRTY, 0)),
+        libc::EOPNOTSUPP
+    );
+    assert_eq!(errno(ctx.hwpt_alloc(dev, ioas, 1, 0)), libc::EOPNOTSUPP);
+    assert_eq!(errno(ctx.hwpt_alloc(99, ioas, 0, 0)), libc::ENOENT);
+    assert_eq!(errno(ctx.hwpt_alloc(dev, 99, 0, 0)), libc::EINVAL);
+    assert_eq!(errno(ctx.hwpt_alloc(dev, ioas, 0, 1)), libc::EINVAL);
+    let hwpt = ctx.hwpt_alloc(dev, ioas, 0, 0).unwrap();
+    assert_eq!(errno(ctx.hwpt_dirty(hwpt)), libc::EOPNOTSUPP);
+    assert_eq!(errno(ctx.hwpt_dirty(ioas)), libc::ENOENT);
+    check(&ctx);
+}
+
+const HWPT_DIRTY: u32 = super::hwpt::HWPT_ALLOC_DIRTY_TRACKING;
+
+#[test]
+fn device_dma_goes_through_the_ioas_on_the_vtd_model() {
+    let iommu = soft_iommu::Iommu::new(soft_iommu::IommuConfig::default());
+    let group = vtd_group(3, 0x18, &iommu);
+    let mem = VecMemory::new(BASE, 16 * PG as usize);
+    let ctx = Iommufd::new(mem.clone());
+    let ioas = ctx.ioas_alloc();
+    let dev = ctx.bind(&group, &group.devices[0]);
+    ctx.attach(dev, ioas).unwrap();
+    mem.write(BASE + PG, b"iommufd").unwrap();
+    ctx.map(ioas, BASE, 4 * PG, Some(0x40_0000), Prot::RW)
+        .unwrap();
+    let port = iommu.dma_port(0x18);
+    let mut buf = [0u8; 7];
+    port.read(0x40_1000, &mut buf).unwrap();
+    assert_eq!(&buf, b"iommufd");
+    port.write(0x40_2000, b"device").unwrap();
+    let mut back = [0u8; 6];
+    mem.read(BASE + 2 * PG, &mut back).unwrap();
+    assert_eq!(&back, b"device");
+    // After unmap the device faults.
+    ctx.unmap(ioas, 0x40_0000, 4 * PG).unwrap();
+    assert!(port.read(0x40_1000, &mut buf).is_err());
+    // GET_HW_INFO shows the model's registers (QEMU's values by default).
+    let info = ctx.hw_info(dev).unwrap().unwrap();
+    assert_eq!((info.cap_reg, info.ecap_reg), (0xd2008c22260286, 0xf00f4a));
+    ctx.close();
+    assert_eq!(mem.total_pins(), 0);
+}
+
+#[test]
+fn abi_checks_size_trailing_bytes_and_flags() {
+    let (ctx, mem, ..) = setup();
+    let user: &dyn UserMemory = mem.as_ref();
+    let arg = BASE + 32 * PG;
+    let put = |words: &[u32]| {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        mem.write(arg, &bytes).unwrap();
+    };
+    let call = |req| errno(abi::ioctl(&ctx, req, arg, user));
+    put(&[12, 0, 0]);
+    assert_eq!(call(IOMMU_IOAS_ALLOC), 0);
+    let mut id = [0u8; 4];
+    mem.read(arg + 8, &mut id).unwrap();
+    assert_eq!(u32::from_ne_bytes(id), 1);
+    put(&[8, 0, 0]);
+    assert_eq!(call(IOMMU_IOAS_ALLOC), libc::EINVAL);
+    put(&[12, 1, 0]);
+    assert_eq!(call(IOMMU_IOAS_ALLOC), libc::EOPNOTSUPP);
+    put(&[24, 0, 0, 0, 0, 0]);
+    assert_eq!(call(IOMMU_IOAS_ALLOC), 0);
+    put(&[24, 0, 0, 0, 1, 0]);
+    assert_eq!(call(IOMMU_IOAS_ALLOC), libc::E2BIG);
+    assert_eq!(
+        errno(abi::ioctl(&ctx, IOMMU_IOAS_ALLOC, 0, user)),
+        libc::EFAULT
+    );
+    assert_eq!(call(iommufd_io(40)), libc::ENOTTY);
+    // IOVA_RANGES with no room: EMSGSIZE, and the count written back.
+    put(&[32, 1, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(call(IOMMU_IOAS_IOVA_RANGES), libc::EMSGSIZE);
+    let mut n = [0u8; 4];
+    mem.read(arg + 8, &mut n).unwrap();
+    assert_eq!(u32::from_ne_bytes(n), 1);
+    assert_eq!(ctx.snapshot().ioas.len(), 2);
+    check(&ctx);
+}
