@@ -664,14 +664,18 @@ impl Handler for VfioHandler {
     }
 
     fn exec(&mut self, pid: i32) {
-        // A new address space: later opens pin the new one.
+        // A new address space: later opens pin the new one; the old one is
+        // gone, and nothing may reach the new image through its pid.
         if let Some(m) = self.mems.remove(&pid) {
+            m.retire();
             self.retired.push(m);
         }
     }
 
     fn exited(&mut self, pid: i32) {
+        // The pid may be reused by any process from now on.
         if let Some(m) = self.mems.remove(&pid) {
+            m.retire();
             self.retired.push(m);
         }
     }

@@ -554,8 +554,10 @@ impl Container {
             let res = match &mut buf {
                 RwBuf::Read(b) => b
                     .get_mut(done..done + n)
-                    .map(|s| self.memory().read(vaddr, s)),
-                RwBuf::Write(d) => d.get(done..done + n).map(|s| self.memory().write(vaddr, s)),
+                    .map(|s| self.memory().dma_read(vaddr, s)),
+                RwBuf::Write(d) => d
+                    .get(done..done + n)
+                    .map(|s| self.memory().dma_write(vaddr, s)),
             };
             match res {
                 Some(Ok(())) => {}

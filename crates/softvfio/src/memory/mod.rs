@@ -120,6 +120,22 @@ pub trait UserMemory: Send + Sync {
     /// Writes user memory (device DMA, copy_to_user).
     fn write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError>;
 
+    /// Reads pinned memory for a device (DMA through the IOMMU, a mediated
+    /// device's `dma_rw`), from any thread at any time. A backend whose
+    /// address space can go away under it (another process's) reaches
+    /// exactly the address space it pinned, or fails; it never reaches
+    /// whatever later holds the same name (a recycled pid, a new image).
+    /// By default [`UserMemory::read`].
+    fn dma_read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.read(vaddr, buf)
+    }
+
+    /// Writes pinned memory for a device; see [`UserMemory::dma_read`].
+    /// By default [`UserMemory::write`].
+    fn dma_write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
+        self.write(vaddr, data)
+    }
+
     /// CAP_IPC_LOCK and RLIMIT_MEMLOCK of the caller, read now.
     fn lock_policy(&self) -> LockPolicy;
 
