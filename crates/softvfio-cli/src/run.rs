@@ -486,7 +486,7 @@ impl VfioHandler {
         let injector = self.injector.for_pid(pid);
         self.mems
             .entry(pid)
-            .or_insert_with(|| Arc::new(HostMemory::for_pid(pid, Arc::new(TracedMm(injector)))))
+            .or_insert_with(|| HostMemory::for_pid(pid, Arc::new(TracedMm(injector))).into_shared())
             .clone()
     }
 

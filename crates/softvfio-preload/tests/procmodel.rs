@@ -96,7 +96,7 @@ fn unmap_keeps_the_programs_mlock_preload() {
 /// A mapping made before exec never reaches the new image: Linux's DMA
 /// lands in the old, still pinned pages; softvfio's faults (the address
 /// space is gone, docs/RELIABILITY.md). The new image gets a device from
-/// the inherited group.
+/// the inherited group, and its own MAP_DMA pins its own memory (Linux: 0).
 #[test]
 fn exec_keeps_old_mappings_out_of_the_new_image_trace() {
     let out = run("trace", "exec");
@@ -106,6 +106,7 @@ fn exec_keeps_old_mappings_out_of_the_new_image_trace() {
             ("edu_load", "0"),
             ("exec_device_fd", "OK"),
             ("exec_new_image_untouched", "yes"),
+            ("exec_new_map", "0"),
         ],
     );
 }
@@ -123,5 +124,74 @@ fn dma_never_reaches_a_recycled_pid_trace() {
     expect(
         &out,
         &[("pid_reused", "yes"), ("other_process_untouched", "yes")],
+    );
+}
+
+/// fork: parent and child share the container, group and device; the
+/// child's MAP_DMA pins the child's own memory (Linux: 0), its DMA reaches
+/// the parent's mapping, and its unmap frees the IOVA for the parent.
+#[test]
+fn forked_child_maps_its_own_memory_trace() {
+    let out = run("trace", "fork");
+    expect(
+        &out,
+        &[
+            ("fork_child_map", "0"),
+            ("fork_child_dma", "0 0"),
+            ("fork_child_unmap", "0"),
+            ("fork_parent_sees_child_data", "yes"),
+            ("fork_parent_page_untouched", "yes"),
+            ("fork_parent_map_again", "0"),
+        ],
+    );
+    out.assert_clean();
+}
+
+/// `VFIO_DMA_MAP_FLAG_VADDR` to a new address: DMA then reaches (and
+/// reads) the memory at the new address (Linux: the same pinned pages,
+/// which the new address maps).
+fn vaddr(mode: &str) {
+    let out = run(mode, "vaddr");
+    expect(
+        &out,
+        &[
+            ("invalidate", "0"),
+            ("update", "0"),
+            ("vaddr_dma", "0 0"),
+            ("vaddr_dma_reaches_new", "yes"),
+            ("vaddr_dma_reads_new", "yes"),
+            ("unmap", "0"),
+        ],
+    );
+    out.assert_clean();
+}
+
+#[test]
+fn vaddr_update_moves_dma_trace() {
+    vaddr("trace");
+}
+
+#[test]
+fn vaddr_update_moves_dma_preload() {
+    vaddr("preload");
+}
+
+/// QEMU's live update (cpr): invalidate, exec with the descriptors kept,
+/// map the same memfd in the new image, update the vaddr: DMA reaches the
+/// new image's mapping of it (Linux: the same pages).
+#[test]
+fn vaddr_update_across_exec_trace() {
+    let out = run("trace", "cpr");
+    expect(
+        &out,
+        &[
+            ("invalidate", "0"),
+            ("cpr_update", "0"),
+            ("cpr_device_fd", "OK"),
+            ("cpr_new_map", "0"),
+            ("cpr_dma", "0 0"),
+            ("cpr_dma_reaches_new", "yes"),
+            ("cpr_unmap_all", "0"),
+        ],
     );
 }

@@ -314,6 +314,17 @@ impl Container {
             let Some(dma) = t.dmas().containing(page_iova) else {
                 return Err(self.abort_plan(plan, pending, VfioError::Invalid("IOVA not mapped")));
             };
+            if dma.space.is_some() {
+                // The pins of one call are taken and dropped in the
+                // container's own address space; a mapping another
+                // program made through it (fork, exec) is not pinned
+                // externally yet (docs/RELIABILITY.md, "Process model").
+                return Err(self.abort_plan(
+                    plan,
+                    pending,
+                    VfioError::Memory(crate::memory::MemError::Fault),
+                ));
+            }
             if lacks(dma.prot, prot) {
                 return Err(self.abort_plan(
                     plan,
@@ -554,10 +565,10 @@ impl Container {
             let res = match &mut buf {
                 RwBuf::Read(b) => b
                     .get_mut(done..done + n)
-                    .map(|s| self.memory().dma_read(vaddr, s)),
+                    .map(|s| self.mem_of(dma).dma_read(vaddr, s)),
                 RwBuf::Write(d) => d
                     .get(done..done + n)
-                    .map(|s| self.memory().dma_write(vaddr, s)),
+                    .map(|s| self.mem_of(dma).dma_write(vaddr, s)),
             };
             match res {
                 Some(Ok(())) => {}

@@ -154,6 +154,20 @@ impl From<u64> for Extension {
 /// `VFIO_DMA_MAP_FLAG_VADDR` is given) and asks the engine. Also for tests
 /// and fuzzers that speak the ABI's flags without the bytes.
 pub fn map_dma(c: &Container, iova: u64, vaddr: u64, size: u64, flags: u32) -> Result<()> {
+    map_dma_as(c, iova, vaddr, size, flags, None)
+}
+
+/// [`map_dma`] made by the address space `caller` (the calling program's
+/// [`UserMemory::shared`] handle, when it has one): see
+/// [`Container::map_as`].
+pub fn map_dma_as(
+    c: &Container,
+    iova: u64,
+    vaddr: u64,
+    size: u64,
+    flags: u32,
+    caller: Option<&Arc<dyn UserMemory>>,
+) -> Result<()> {
     if flags & !(MAP_FLAG_READ | MAP_FLAG_WRITE | MAP_FLAG_VADDR) != 0 {
         return Err(VfioError::Invalid("unknown map flags"));
     }
@@ -161,9 +175,11 @@ pub fn map_dma(c: &Container, iova: u64, vaddr: u64, size: u64, flags: u32) -> R
         read: flags & MAP_FLAG_READ != 0,
         write: flags & MAP_FLAG_WRITE != 0,
     };
-    match (prot.read || prot.write, flags & MAP_FLAG_VADDR != 0) {
-        (true, false) => c.map(iova, vaddr, size, prot),
-        (false, true) => c.update_vaddr(iova, vaddr, size),
+    match (prot.read || prot.write, flags & MAP_FLAG_VADDR != 0, caller) {
+        (true, false, Some(m)) => c.map_as(iova, vaddr, size, prot, m),
+        (true, false, None) => c.map(iova, vaddr, size, prot),
+        (false, true, Some(m)) => c.update_vaddr_as(iova, vaddr, size, m),
+        (false, true, None) => c.update_vaddr(iova, vaddr, size),
         _ => Err(VfioError::Invalid("need exactly one of prot and VADDR")),
     }
 }
@@ -541,12 +557,13 @@ impl Vfio {
         if (argsz as usize) < minsz || flags & !mask != 0 {
             return Err(VfioError::Invalid("bad argsz or unknown flags"));
         }
-        map_dma(
+        map_dma_as(
             c,
             w.u64_at(offset_of!(vfio_iommu_type1_dma_map, iova)),
             w.u64_at(offset_of!(vfio_iommu_type1_dma_map, vaddr)),
             w.u64_at(offset_of!(vfio_iommu_type1_dma_map, size)),
             flags,
+            user.shared().as_ref(),
         )
     }
 

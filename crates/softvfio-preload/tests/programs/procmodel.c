@@ -285,6 +285,133 @@ static int case_orphan(char **argv) {
   _exit(0);
 }
 
+/* fork: the container, group and device are shared; the child's MAP_DMA
+ * pins the child's own memory, and its DMA reaches the parent's mappings. */
+static int case_fork(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
+  if (dev < 0) die("GET_DEVICE_FD");
+  device_setup(dev);
+  char *z = fixed_page(Z_ADDR, PG, 'Z');
+  char *p = fixed_page(X_ADDR, PG, 'P');
+  if (map(c, IOVA_Z, z, PG)) die("map");
+  fflush(stdout);
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    memset(p, 'K', PG); /* the child's own copy of the page */
+    int r = map(c, IOVA_NEW, p, PG);
+    printf("fork_child_map %s\n", errno_name(r));
+    /* The child's page -> device -> the parent's page Z. */
+    int d1 = edu_dma(IOVA_NEW, EDU_BUF, 64, 0), d2 = edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+    printf("fork_child_dma %d %d\n", d1, d2);
+    printf("fork_child_unmap %s\n", errno_name(unmap(c, IOVA_NEW, PG)));
+    fflush(stdout);
+    _exit(0);
+  }
+  int st = 0;
+  waitpid(child, &st, 0);
+  printf("fork_parent_sees_child_data %s\n", all_are(z, 64, 'K') ? "yes" : "no");
+  printf("fork_parent_page_untouched %s\n", all_are(p, PG, 'P') ? "yes" : "no");
+  /* The child's mapping is gone: the IOVA is free again. */
+  printf("fork_parent_map_again %s\n", errno_name(map(c, IOVA_NEW, p, PG)));
+  close(dev);
+  close(g);
+  close(c);
+  return 0;
+}
+
+/* QEMU's live update without exec: invalidate the vaddr, map the same
+ * memfd elsewhere, give the mapping its new vaddr: DMA reaches it. */
+static int memfd_page(int byte) {
+  int fd = memfd_create("guest", 0);
+  if (fd < 0 || ftruncate(fd, PG)) die("memfd");
+  char *p = mmap((void *)X_ADDR, PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED_NOREPLACE, fd, 0);
+  if (p == MAP_FAILED) die("mmap memfd");
+  memset(p, byte, PG);
+  return fd;
+}
+
+static int invalidate_vaddr(int c, uint64_t iova, uint64_t size) {
+  struct vfio_iommu_type1_dma_unmap u = {.argsz = sizeof u, .flags = VFIO_DMA_UNMAP_FLAG_VADDR,
+                                         .iova = iova, .size = size};
+  return ioctl(c, VFIO_IOMMU_UNMAP_DMA, &u) ? errno : 0;
+}
+
+static int update_vaddr(int c, uint64_t iova, void *vaddr, uint64_t size) {
+  struct vfio_iommu_type1_dma_map m = {.argsz = sizeof m, .flags = VFIO_DMA_MAP_FLAG_VADDR,
+                                       .vaddr = (uint64_t)(uintptr_t)vaddr, .iova = iova, .size = size};
+  return ioctl(c, VFIO_IOMMU_MAP_DMA, &m) ? errno : 0;
+}
+
+static int case_vaddr(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
+  if (dev < 0) die("GET_DEVICE_FD");
+  device_setup(dev);
+  int fd = memfd_page('A');
+  char *z = fixed_page(Z_ADDR, PG, 'C');
+  if (map(c, IOVA_X, (void *)X_ADDR, PG) || map(c, IOVA_Z, z, PG)) die("map");
+  printf("invalidate %s\n", errno_name(invalidate_vaddr(c, IOVA_X, PG)));
+  munmap((void *)X_ADDR, PG);
+  char *y = mmap((void *)(X_ADDR + 64 * PG), PG, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_FIXED_NOREPLACE, fd, 0);
+  if (y == MAP_FAILED) die("mmap again");
+  printf("update %s\n", errno_name(update_vaddr(c, IOVA_X, y, PG)));
+  int d1 = edu_dma(IOVA_Z, EDU_BUF, 64, 0), d2 = edu_dma(EDU_BUF, IOVA_X, 64, 1);
+  printf("vaddr_dma %d %d\n", d1, d2);
+  printf("vaddr_dma_reaches_new %s\n", all_are(y, 64, 'C') ? "yes" : "no");
+  /* And back: device reads the new place. */
+  memset(y, 'N', PG);
+  d1 = edu_dma(IOVA_X, EDU_BUF, 64, 0);
+  d2 = edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+  printf("vaddr_dma_reads_new %s\n", all_are(z, 64, 'N') ? "yes" : "no");
+  printf("unmap %s\n", errno_name(unmap(c, IOVA_X, PG)));
+  close(dev);
+  close(g);
+  close(c);
+  return 0;
+}
+
+/* QEMU's cpr across exec: invalidate, exec with the container, group and
+ * memfd kept; the new image maps the memfd and updates the vaddr. */
+static int case_cpr(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  int fd = memfd_page('A');
+  char *z = fixed_page(Z_ADDR, PG, 'C');
+  if (map(c, IOVA_X, (void *)X_ADDR, PG) || map(c, IOVA_Z, z, PG)) die("map");
+  printf("invalidate %s\n", errno_name(invalidate_vaddr(c, IOVA_X, PG)));
+  fflush(stdout);
+  char cs[16], gs[16], fs[16];
+  snprintf(cs, sizeof cs, "%d", c);
+  snprintf(gs, sizeof gs, "%d", g);
+  snprintf(fs, sizeof fs, "%d", fd);
+  execl("/proc/self/exe", argv[0], "cpr2", cs, gs, argv[3], fs, (char *)NULL);
+  die("exec");
+  return 1;
+}
+
+static int case_cpr2(char **argv) {
+  int c = atoi(argv[2]), g = atoi(argv[3]), fd = atoi(argv[5]);
+  char *y = mmap((void *)(X_ADDR + 64 * PG), PG, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_FIXED_NOREPLACE, fd, 0);
+  if (y == MAP_FAILED) die("mmap memfd");
+  printf("cpr_update %s\n", errno_name(update_vaddr(c, IOVA_X, y, PG)));
+  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[4]);
+  printf("cpr_device_fd %s\n", err(dev));
+  if (dev < 0) return 0;
+  device_setup(dev);
+  /* Z is the old image's page: its mapping faults; load the device from
+   * the new image's own mapping instead. */
+  char *w = fixed_page(Z_ADDR + 16 * PG, PG, 'W');
+  printf("cpr_new_map %s\n", errno_name(map(c, IOVA_NEW, w, PG)));
+  int d1 = edu_dma(IOVA_NEW, EDU_BUF, 64, 0), d2 = edu_dma(EDU_BUF, IOVA_X, 64, 1);
+  printf("cpr_dma %d %d\n", d1, d2);
+  printf("cpr_dma_reaches_new %s\n", all_are(y, 64, 'W') ? "yes" : "no");
+  printf("cpr_unmap_all %s\n", errno_name(unmap(c, IOVA_X, PG)));
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc < 3) return 2;
@@ -293,5 +420,9 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "exec") && argc > 3) return case_exec(argv);
   if (!strcmp(argv[1], "exec2") && argc > 4) return case_exec2(argv);
   if (!strcmp(argv[1], "orphan") && argc > 3) return case_orphan(argv);
+  if (!strcmp(argv[1], "fork") && argc > 3) return case_fork(argv);
+  if (!strcmp(argv[1], "vaddr") && argc > 3) return case_vaddr(argv);
+  if (!strcmp(argv[1], "cpr") && argc > 3) return case_cpr(argv);
+  if (!strcmp(argv[1], "cpr2") && argc > 5) return case_cpr2(argv);
   return 2;
 }

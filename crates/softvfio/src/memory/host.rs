@@ -64,7 +64,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use super::interval::{PinCounts, RangeList, RangeSet};
 use super::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory, PAGE_SIZE};
@@ -177,6 +177,8 @@ pub struct HostMemory {
     /// Pages the program locked itself (found VM_LOCKED where no pin of
     /// ours held them): never munlocked here.
     user_locked: Mutex<RangeSet>,
+    /// This backend, when made with [`HostMemory::into_shared`].
+    this: OnceLock<Weak<HostMemory>>,
 }
 
 impl std::fmt::Debug for HostMemory {
@@ -270,7 +272,17 @@ impl HostMemory {
             mm: None,
             retired: Arc::new(AtomicBool::new(false)),
             user_locked: Mutex::new(RangeSet::new()),
+            this: OnceLock::new(),
         }
+    }
+
+    /// This backend behind an `Arc` that [`UserMemory::shared`] hands out,
+    /// so that mappings made by this address space through a container
+    /// that another one opened pin and reach this one.
+    pub fn into_shared(self) -> Arc<Self> {
+        let this = Arc::new(self);
+        let _ = this.this.set(Arc::downgrade(&this));
+        this
     }
 
     /// Shares `account` with other backends over the same address space.
@@ -602,6 +614,11 @@ impl UserMemory for HostMemory {
         view.mm = self.mm.clone();
         view.retired = self.retired.clone();
         Some(Arc::new(view))
+    }
+
+    fn shared(&self) -> Option<Arc<dyn UserMemory>> {
+        let this: Arc<dyn UserMemory> = self.this.get()?.upgrade()?;
+        Some(this)
     }
 
     fn dma_read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 pub mod host;
 pub mod interval;
 pub mod sim;
+pub(crate) mod spaces;
 
 /// The base page size of the platform we emulate (x86-64).
 pub const PAGE_SIZE: u64 = 4096;
@@ -154,6 +155,15 @@ pub trait UserMemory: Send + Sync {
     /// (DMA faults pages in on demand; nothing is pinned). `None` when the
     /// backend cannot be shared (bind then fails with ENODEV).
     fn svm_view(&self) -> Option<Arc<dyn UserMemory>> {
+        None
+    }
+
+    /// A counted handle on this very backend, when it keeps one (see
+    /// [`host::HostMemory::into_shared`]): a mapping made through a
+    /// container by another address space than the container's own (a
+    /// forked child, the new image after exec) keeps it, to pin, unpin and
+    /// reach that space. `None`: mappings pin the container's memory.
+    fn shared(&self) -> Option<Arc<dyn UserMemory>> {
         None
     }
 }
