@@ -195,3 +195,58 @@ fn vaddr_update_across_exec_trace() {
         ],
     );
 }
+
+/// GET_DEVICE_FD names (Linux 6.1, run-kernel.sh): spaces after the PCI
+/// address still name the device; an option is EINVAL; anything else
+/// names no device.
+fn names(mode: &str) {
+    let out = run(mode, "names");
+    expect(
+        &out,
+        &[
+            ("name_trailing_space", "OK"),
+            ("name_leading_space", "ENODEV"),
+            ("name_option", "EINVAL"),
+            ("name_suffix", "ENODEV"),
+        ],
+    );
+    out.assert_clean();
+}
+
+#[test]
+fn device_names_trace() {
+    names("trace");
+}
+
+#[test]
+fn device_names_preload() {
+    names("preload");
+}
+
+/// A non-dumpable program whose own seccomp filter refuses mlock, munlock
+/// and madvise maps and runs DMA (Linux 6.1: MAP_DMA 0, UNMAP_DMA 0; its
+/// own mlock EPERM).
+fn seccomp(mode: &str) {
+    let out = run(mode, "seccomp");
+    expect(
+        &out,
+        &[
+            ("seccomp_mlock", "EPERM"),
+            ("seccomp_map", "0"),
+            ("seccomp_map_z", "0"),
+            ("seccomp_dma", "0 0 yes"),
+            ("seccomp_unmap", "0"),
+        ],
+    );
+    out.assert_clean();
+}
+
+#[test]
+fn own_seccomp_filter_and_not_dumpable_trace() {
+    seccomp("trace");
+}
+
+#[test]
+fn own_seccomp_filter_and_not_dumpable_preload() {
+    seccomp("preload");
+}

@@ -8,6 +8,10 @@
 #include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -24,6 +28,8 @@ static const char *err(int r) {
   case ENOTTY: return "ENOTTY";
   case ESPIPE: return "ESPIPE";
   case ENODEV: return "ENODEV";
+  case EPERM: return "EPERM";
+  case ENOMEM: return "ENOMEM";
   default: snprintf(b, sizeof b, "errno%d", errno); return b;
   }
 }
@@ -412,6 +418,58 @@ static int case_cpr2(char **argv) {
   return 0;
 }
 
+/* GET_DEVICE_FD names as vfio_pci_core_match reads them. */
+static int case_names(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  char name[64];
+  snprintf(name, sizeof name, "%s ", argv[3]);
+  int d = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, name);
+  printf("name_trailing_space %s\n", err(d));
+  if (d >= 0) close(d);
+  snprintf(name, sizeof name, " %s", argv[3]);
+  printf("name_leading_space %s\n", err(ioctl(g, VFIO_GROUP_GET_DEVICE_FD, name)));
+  snprintf(name, sizeof name, "%s  vf_token=x", argv[3]);
+  printf("name_option %s\n", err(ioctl(g, VFIO_GROUP_GET_DEVICE_FD, name)));
+  snprintf(name, sizeof name, "%sx", argv[3]);
+  printf("name_suffix %s\n", err(ioctl(g, VFIO_GROUP_GET_DEVICE_FD, name)));
+  close(g);
+  close(c);
+  return 0;
+}
+
+/* A program that forbids itself mlock, munlock and madvise (seccomp) and
+ * is not dumpable: VFIO's pins need neither. */
+static int case_seccomp(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
+  if (dev < 0) die("GET_DEVICE_FD");
+  device_setup(dev);
+  struct sock_filter f[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mlock, 3, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_munlock, 2, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_madvise, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+  };
+  struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+    die("seccomp");
+  if (prctl(PR_SET_DUMPABLE, 0)) die("dumpable");
+  char *x = fixed_page(X_ADDR, 2 * PG, 'S');
+  char *z = fixed_page(Z_ADDR, PG, 0);
+  printf("seccomp_mlock %s\n", err(mlock(x, PG)));
+  printf("seccomp_map %s\n", errno_name(map(c, IOVA_X, x, 2 * PG)));
+  printf("seccomp_map_z %s\n", errno_name(map(c, IOVA_Z, z, PG)));
+  int d1 = edu_dma(IOVA_X + PG, EDU_BUF, 64, 0), d2 = edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+  printf("seccomp_dma %d %d %s\n", d1, d2, all_are(z, 64, 'S') ? "yes" : "no");
+  printf("seccomp_unmap %s\n", errno_name(unmap(c, IOVA_X, 2 * PG)));
+  close(dev);
+  close(g);
+  close(c);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc < 3) return 2;
@@ -421,6 +479,8 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "exec2") && argc > 4) return case_exec2(argv);
   if (!strcmp(argv[1], "orphan") && argc > 3) return case_orphan(argv);
   if (!strcmp(argv[1], "fork") && argc > 3) return case_fork(argv);
+  if (!strcmp(argv[1], "names") && argc > 3) return case_names(argv);
+  if (!strcmp(argv[1], "seccomp") && argc > 3) return case_seccomp(argv);
   if (!strcmp(argv[1], "vaddr") && argc > 3) return case_vaddr(argv);
   if (!strcmp(argv[1], "cpr") && argc > 3) return case_cpr(argv);
   if (!strcmp(argv[1], "cpr2") && argc > 5) return case_cpr2(argv);

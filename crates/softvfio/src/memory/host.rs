@@ -179,6 +179,9 @@ pub struct HostMemory {
     user_locked: Mutex<RangeSet>,
     /// This backend, when made with [`HostMemory::into_shared`].
     this: OnceLock<Weak<HostMemory>>,
+    /// The program refuses mlock (its own seccomp filter): pins are
+    /// counted but not locked.
+    lock_refused: AtomicBool,
 }
 
 impl std::fmt::Debug for HostMemory {
@@ -273,6 +276,17 @@ impl HostMemory {
             retired: Arc::new(AtomicBool::new(false)),
             user_locked: Mutex::new(RangeSet::new()),
             this: OnceLock::new(),
+            lock_refused: AtomicBool::new(false),
+        }
+    }
+
+    /// The program refused a system call of pinning by policy; logged once.
+    fn note_lock_refused(&self, call: &str, errno: i32) {
+        if !self.lock_refused.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "{}: {call} refused (errno {errno}), by the program's own seccomp filter or an LSM: pinned pages are not locked",
+                self.describe()
+            );
         }
     }
 
@@ -453,9 +467,10 @@ impl HostMemory {
                 hp += ps;
             }
         }
-        if self.is_retired() {
-            // The address space (and its locks) is gone; the pid may name
-            // another one now.
+        if self.is_retired() || self.lock_refused.load(Ordering::Relaxed) {
+            // The address space (and its locks) is gone, the pid may name
+            // another one now; or the program refuses mlock, so nothing
+            // was locked.
             return;
         }
         let mut own = self.user_locked.lock().unwrap_or_else(|p| p.into_inner());
@@ -510,6 +525,14 @@ fn range_end(vaddr: u64, len: u64) -> Option<u64> {
     vaddr.checked_add(len)
 }
 
+/// An errno that a policy (a seccomp filter returning an error, an LSM)
+/// gives, never the call itself for a valid range: mlock's EPERM needs a
+/// zero RLIMIT_MEMLOCK without CAP_IPC_LOCK, which type1's accounting
+/// refuses before any pin.
+fn refused_by_policy(errno: i32) -> bool {
+    matches!(errno, libc::EPERM | libc::EACCES | libc::ENOSYS)
+}
+
 /// Retries a call interrupted by a signal.
 fn retry_eintr(mut f: impl FnMut() -> Result<(), i32>) -> Result<(), i32> {
     loop {
@@ -543,10 +566,19 @@ impl UserMemory for HostMemory {
         } else {
             libc::MADV_POPULATE_READ
         };
-        retry_eintr(|| self.sys.madvise(vaddr, len, advice)).map_err(|errno| {
-            tracing::debug!("populate {vaddr:#x}+{len:#x}: errno {errno}");
-            MemError::Fault
-        })?;
+        match retry_eintr(|| self.sys.madvise(vaddr, len, advice)) {
+            Ok(()) => {}
+            Err(errno) if refused_by_policy(errno) => {
+                // The program's own seccomp filter (or an LSM) refuses
+                // madvise: the range was checked above, and DMA faults the
+                // pages in as it reaches them.
+                self.note_lock_refused("madvise", errno);
+            }
+            Err(errno) => {
+                tracing::debug!("populate {vaddr:#x}+{len:#x}: errno {errno}");
+                return Err(MemError::Fault);
+            }
+        }
 
         let layout = {
             let mut counts = self.lock_counts();
@@ -554,7 +586,23 @@ impl UserMemory for HostMemory {
             // One mlock for the whole range (idempotent on pages that other
             // pins already hold; a no-op on hugetlb pages, which are never
             // swapped); on failure unlock only what no pin holds.
-            if let Err(errno) = retry_eintr(|| self.sys.mlock(vaddr, len)) {
+            let locked = if self.lock_refused.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                retry_eintr(|| self.sys.mlock(vaddr, len))
+            };
+            let locked = match locked {
+                Err(errno) if refused_by_policy(errno) => {
+                    // Linux's pins never mlock, so a program may forbid
+                    // mlock to itself (seccomp) and still map: the pages
+                    // then stay pinned in our counts but not locked
+                    // (docs/RELIABILITY.md, "Process model").
+                    self.note_lock_refused("mlock", errno);
+                    Ok(())
+                }
+                r => r,
+            };
+            if let Err(errno) = locked {
                 tracing::debug!("mlock {vaddr:#x}+{len:#x}: errno {errno}");
                 let pieces = vmas
                     .iter()
