@@ -493,7 +493,7 @@ impl VfioHandler {
         let injector = self.injector.for_pid(pid);
         self.mems
             .entry(pid)
-            .or_insert_with(|| Arc::new(HostMemory::for_pid(pid, Arc::new(TracedMm(injector)))))
+            .or_insert_with(|| HostMemory::for_pid(pid, Arc::new(TracedMm(injector))).into_shared())
             .clone()
     }
 
@@ -724,8 +724,10 @@ impl Handler for VfioHandler {
     fn exec(&mut self, pid: i32) {
         self.bars.forget(pid);
         self.release_unmapped();
-        // A new address space: later opens pin the new one.
+        // A new address space: later opens pin the new one; the old one is
+        // gone, and nothing may reach the new image through its pid.
         if let Some(m) = self.mems.remove(&pid) {
+            m.retire();
             self.retired.push(m);
         }
     }
@@ -733,7 +735,9 @@ impl Handler for VfioHandler {
     fn exited(&mut self, pid: i32) {
         self.bars.forget(pid);
         self.release_unmapped();
+        // The pid may be reused by any process from now on.
         if let Some(m) = self.mems.remove(&pid) {
+            m.retire();
             self.retired.push(m);
         }
     }

@@ -871,7 +871,13 @@ impl Core {
         let reply = match h.open(&mut t, &req) {
             None => return Outcome::Pass,
             Some(Err(e)) => Err(e),
-            Some(Ok(OpenReply::Object(obj))) => t.install_object(obj, req.cloexec()),
+            Some(Ok(OpenReply::Object(obj))) => {
+                // No descriptor (EMFILE, ENFILE): no object either, or the
+                // group would stay busy for good.
+                t.install_object(obj, req.cloexec()).inspect_err(|_| {
+                    h.release(Some(&mut t), obj);
+                })
+            }
             Some(Ok(OpenReply::File(bytes))) => t.install_file(&bytes, req.cloexec()),
         };
         ret(reply.map(i64::from))

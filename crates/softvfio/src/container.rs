@@ -8,6 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crate::error::{Result, VfioError};
 use crate::iommu::Prot;
 use crate::iova::IovaRange;
+use crate::memory::spaces::{RoutedMemory, SpaceTable};
 use crate::memory::{UserMemory, PAGE_SIZE};
 use crate::type1::state::State;
 
@@ -136,6 +137,8 @@ pub struct Container {
     pub(crate) id: u64,
     pub(crate) cfg: ContainerConfig,
     pub(crate) mem: Arc<dyn UserMemory>,
+    /// Other address spaces that mappings pin (memory/spaces.rs).
+    pub(crate) spaces: Arc<SpaceTable>,
     pub(crate) state: Mutex<State>,
     /// Signalled when a vaddr becomes valid again (type1's `vaddr_wait`).
     pub(crate) vaddr_valid: Condvar,
@@ -150,6 +153,7 @@ impl Container {
             id: NEXT_CONTAINER_ID.fetch_add(1, Ordering::Relaxed),
             cfg,
             mem,
+            spaces: Arc::new(SpaceTable::default()),
             state: Mutex::new(State {
                 groups: Vec::new(),
                 iommu: None,
@@ -171,6 +175,15 @@ impl Container {
     /// The user memory its mappings pin.
     pub fn memory(&self) -> &Arc<dyn UserMemory> {
         &self.mem
+    }
+
+    /// What its IOMMU domains reach: its own memory, and the address
+    /// spaces of mappings other programs made through it.
+    pub(crate) fn domain_memory(&self) -> Arc<dyn UserMemory> {
+        Arc::new(RoutedMemory {
+            own: self.mem.clone(),
+            spaces: self.spaces.clone(),
+        })
     }
 
     /// The settings it was created with.
@@ -232,7 +245,28 @@ impl Container {
     /// `VFIO_IOMMU_MAP_DMA`: maps `size` bytes of user memory at `vaddr`
     /// to `iova`, devices allowed `prot` (at least one of read and write).
     pub fn map(&self, iova: u64, vaddr: u64, size: u64, prot: Prot) -> Result<()> {
-        self.map_dma(iova, vaddr, size, crate::type1::MapOp::Map(prot))
+        self.map_dma(iova, vaddr, size, crate::type1::MapOp::Map(prot), None)
+    }
+
+    /// [`Container::map`] made by the address space `caller` (its
+    /// [`UserMemory::shared`] handle): when that is not the container's own
+    /// memory, the mapping pins and reaches `caller`'s (a forked child, the
+    /// new image after exec), as type1 records the caller's mm.
+    pub fn map_as(
+        &self,
+        iova: u64,
+        vaddr: u64,
+        size: u64,
+        prot: Prot,
+        caller: &Arc<dyn UserMemory>,
+    ) -> Result<()> {
+        self.map_dma(
+            iova,
+            vaddr,
+            size,
+            crate::type1::MapOp::Map(prot),
+            Some(caller),
+        )
     }
 
     /// Unmaps the mappings in `[iova, iova + size)`; returns the bytes unmapped.
@@ -254,6 +288,24 @@ impl Container {
     /// `VFIO_IOMMU_MAP_DMA` with `VFIO_DMA_MAP_FLAG_VADDR`: gives an
     /// invalidated mapping its new user address.
     pub fn update_vaddr(&self, iova: u64, vaddr: u64, size: u64) -> Result<()> {
-        self.map_dma(iova, vaddr, size, crate::type1::MapOp::UpdateVaddr)
+        self.map_dma(iova, vaddr, size, crate::type1::MapOp::UpdateVaddr, None)
+    }
+
+    /// [`Container::update_vaddr`] made by the address space `caller`
+    /// (see [`Container::map_as`]): DMA then reaches the new vaddr there.
+    pub fn update_vaddr_as(
+        &self,
+        iova: u64,
+        vaddr: u64,
+        size: u64,
+        caller: &Arc<dyn UserMemory>,
+    ) -> Result<()> {
+        self.map_dma(
+            iova,
+            vaddr,
+            size,
+            crate::type1::MapOp::UpdateVaddr,
+            Some(caller),
+        )
     }
 }

@@ -2,8 +2,11 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use crate::external::PinTracker;
 use crate::iommu::Prot;
+use crate::memory::spaces::Space;
 
 /// One `VFIO_IOMMU_MAP_DMA` mapping.
 #[derive(Debug, Clone)]
@@ -33,6 +36,9 @@ pub struct Dma {
     /// Pages pinned through the external API (mediated devices), with
     /// their pin counts, by page offset in the mapping.
     pub ext_pins: PinTracker,
+    /// The address space the mapping pins when it is not the container's
+    /// own (made by a forked child, or by the new image after exec).
+    pub(crate) space: Option<Arc<Space>>,
 }
 
 impl Dma {
@@ -190,6 +196,7 @@ mod tests {
             locked_pages: 0,
             bitmap: None,
             ext_pins: PinTracker::new(),
+            space: None,
         }
     }
 

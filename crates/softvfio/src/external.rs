@@ -44,7 +44,7 @@ use crate::container::Container;
 
 use crate::error::{Result, VfioError};
 use crate::iommu::Prot;
-use crate::memory::{LockPolicy, MemError, PAGE_SIZE};
+use crate::memory::{LockPolicy, MemError, UserMemory, PAGE_SIZE};
 use crate::type1::state::{State, Type1};
 
 #[cfg(feature = "bench-support")]
@@ -314,6 +314,17 @@ impl Container {
             let Some(dma) = t.dmas().containing(page_iova) else {
                 return Err(self.abort_plan(plan, pending, VfioError::Invalid("IOVA not mapped")));
             };
+            if dma.space.is_some() {
+                // The pins of one call are taken and dropped in the
+                // container's own address space; a mapping another
+                // program made through it (fork, exec) is not pinned
+                // externally yet (docs/RELIABILITY.md, "Process model").
+                return Err(self.abort_plan(
+                    plan,
+                    pending,
+                    VfioError::Memory(crate::memory::MemError::Fault),
+                ));
+            }
             if lacks(dma.prot, prot) {
                 return Err(self.abort_plan(
                     plan,
@@ -554,8 +565,10 @@ impl Container {
             let res = match &mut buf {
                 RwBuf::Read(b) => b
                     .get_mut(done..done + n)
-                    .map(|s| self.read_like_copy_from_user(vaddr, s)),
-                RwBuf::Write(d) => d.get(done..done + n).map(|s| self.memory().write(vaddr, s)),
+                    .map(|s| read_like_copy_from_user(self.mem_of(dma).as_ref(), vaddr, s)),
+                RwBuf::Write(d) => d
+                    .get(done..done + n)
+                    .map(|s| self.mem_of(dma).dma_write(vaddr, s)),
             };
             match res {
                 Some(Ok(())) => {}
@@ -568,40 +581,6 @@ impl Container {
             done += n;
         }
         Ok(())
-    }
-
-    /// Reads user memory at `vaddr` as the kernel's `copy_from_user` does
-    /// for `vfio_dma_rw`: when part of the range cannot be read, the bytes
-    /// before the first unreadable page are copied and everything from that
-    /// page on is zeroed (the kernel clears the uncopied tail of the
-    /// destination), and the call fails. Linux 6.1 with medu in `dma_rw`
-    /// mode shows exactly this in the device buffer after a faulting read
-    /// (tests-oracle/MEDU-DIFFS.md, cause R).
-    fn read_like_copy_from_user(
-        &self,
-        vaddr: u64,
-        buf: &mut [u8],
-    ) -> std::result::Result<(), MemError> {
-        let Err(first) = self.memory().read(vaddr, buf) else {
-            return Ok(());
-        };
-        // Only on the failure path: find the readable prefix page by page.
-        let mut copied = 0usize;
-        while copied < buf.len() {
-            let at = vaddr.wrapping_add(copied as u64);
-            let n = (buf.len() - copied).min((PAGE_SIZE - (at & (PAGE_SIZE - 1))) as usize);
-            let Some(piece) = buf.get_mut(copied..copied + n) else {
-                break;
-            };
-            if self.memory().read(at, piece).is_err() {
-                break;
-            }
-            copied += n;
-        }
-        if let Some(tail) = buf.get_mut(copied..) {
-            tail.fill(0);
-        }
-        Err(first)
     }
 
     /// Waits until every mapping under `[iova, iova + size)` has a valid
@@ -658,6 +637,40 @@ impl Container {
             };
         }
     }
+}
+
+/// Reads user memory at `vaddr` as the kernel's `copy_from_user` does for
+/// `vfio_dma_rw`: when part of the range cannot be read, the bytes before
+/// the first unreadable page are copied and everything from that page on
+/// is zeroed (the kernel clears the uncopied tail of the destination), and
+/// the call fails. Linux 6.1 with medu in `dma_rw` mode shows exactly this
+/// in the device buffer after a faulting read (tests-oracle/MEDU-DIFFS.md,
+/// cause R).
+fn read_like_copy_from_user(
+    mem: &dyn UserMemory,
+    vaddr: u64,
+    buf: &mut [u8],
+) -> std::result::Result<(), MemError> {
+    let Err(first) = mem.dma_read(vaddr, buf) else {
+        return Ok(());
+    };
+    // Only on the failure path: find the readable prefix page by page.
+    let mut copied = 0usize;
+    while copied < buf.len() {
+        let at = vaddr.wrapping_add(copied as u64);
+        let n = (buf.len() - copied).min((PAGE_SIZE - (at & (PAGE_SIZE - 1))) as usize);
+        let Some(piece) = buf.get_mut(copied..copied + n) else {
+            break;
+        };
+        if mem.dma_read(at, piece).is_err() {
+            break;
+        }
+        copied += n;
+    }
+    if let Some(tail) = buf.get_mut(copied..) {
+        tail.fill(0);
+    }
+    Err(first)
 }
 
 enum RwBuf<'a> {

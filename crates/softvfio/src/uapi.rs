@@ -149,11 +149,53 @@ impl From<u64> for Extension {
     }
 }
 
+/// Does `asked` (the `VFIO_GROUP_GET_DEVICE_FD` argument) name the device
+/// called `name`? An mdev is matched by its UUID exactly (6.1's default
+/// `strcmp`); a PCI device as `vfio_pci_core_match` does: its address,
+/// optionally followed by a space and options. Spaces alone after the
+/// address match (Linux 6.1: a descriptor for "0000:00:03.0 "); any option
+/// is an error here (`vf_token=` is for SR-IOV PFs and VFs, which the
+/// platform has none of: EINVAL, as the kernel answers for a device that is
+/// neither); anything else right after the address is another name.
+fn device_name_matches(name: &str, asked: &str) -> Result<bool> {
+    let is_pci = name.len() == 12 && name.as_bytes().get(4) == Some(&b':');
+    if !is_pci {
+        return Ok(name == asked);
+    }
+    let Some(rest) = asked.strip_prefix(name) else {
+        return Ok(false);
+    };
+    if rest.is_empty() {
+        return Ok(true);
+    }
+    if !rest.starts_with(' ') {
+        return Ok(false);
+    }
+    if rest.bytes().all(|b| b == b' ') {
+        return Ok(true);
+    }
+    Err(VfioError::Invalid("unrecognized device option"))
+}
+
 /// `VFIO_IOMMU_MAP_DMA` once its struct is copied in: decodes `flags` (EINVAL
 /// for an unknown bit, or unless exactly one of a protection and
 /// `VFIO_DMA_MAP_FLAG_VADDR` is given) and asks the engine. Also for tests
 /// and fuzzers that speak the ABI's flags without the bytes.
 pub fn map_dma(c: &Container, iova: u64, vaddr: u64, size: u64, flags: u32) -> Result<()> {
+    map_dma_as(c, iova, vaddr, size, flags, None)
+}
+
+/// [`map_dma`] made by the address space `caller` (the calling program's
+/// [`UserMemory::shared`] handle, when it has one): see
+/// [`Container::map_as`].
+pub fn map_dma_as(
+    c: &Container,
+    iova: u64,
+    vaddr: u64,
+    size: u64,
+    flags: u32,
+    caller: Option<&Arc<dyn UserMemory>>,
+) -> Result<()> {
     if flags & !(MAP_FLAG_READ | MAP_FLAG_WRITE | MAP_FLAG_VADDR) != 0 {
         return Err(VfioError::Invalid("unknown map flags"));
     }
@@ -161,9 +203,11 @@ pub fn map_dma(c: &Container, iova: u64, vaddr: u64, size: u64, flags: u32) -> R
         read: flags & MAP_FLAG_READ != 0,
         write: flags & MAP_FLAG_WRITE != 0,
     };
-    match (prot.read || prot.write, flags & MAP_FLAG_VADDR != 0) {
-        (true, false) => c.map(iova, vaddr, size, prot),
-        (false, true) => c.update_vaddr(iova, vaddr, size),
+    match (prot.read || prot.write, flags & MAP_FLAG_VADDR != 0, caller) {
+        (true, false, Some(m)) => c.map_as(iova, vaddr, size, prot, m),
+        (true, false, None) => c.map(iova, vaddr, size, prot),
+        (false, true, Some(m)) => c.update_vaddr_as(iova, vaddr, size, m),
+        (false, true, None) => c.update_vaddr(iova, vaddr, size),
         _ => Err(VfioError::Invalid("need exactly one of prot and VADDR")),
     }
 }
@@ -597,12 +641,13 @@ impl Vfio {
         if (argsz as usize) < minsz || flags & !mask != 0 {
             return Err(VfioError::Invalid("bad argsz or unknown flags"));
         }
-        map_dma(
+        map_dma_as(
             c,
             w.u64_at(offset_of!(vfio_iommu_type1_dma_map, iova)),
             w.u64_at(offset_of!(vfio_iommu_type1_dma_map, vaddr)),
             w.u64_at(offset_of!(vfio_iommu_type1_dma_map, size)),
             flags,
+            user.shared().as_ref(),
         )
     }
 
@@ -770,13 +815,14 @@ impl Vfio {
             }
             VFIO_GROUP_GET_DEVICE_FD => {
                 let name = read_cstring(user, arg, DEVICE_NAME_MAX)?;
-                let device = file
-                    .group
-                    .devices
-                    .iter()
-                    .find(|d| d.name == name)
-                    .cloned()
-                    .ok_or(VfioError::NoDevice)?;
+                let mut found = None;
+                for d in &file.group.devices {
+                    if device_name_matches(&d.name, &name)? {
+                        found = Some(d.clone());
+                        break;
+                    }
+                }
+                let device = found.ok_or(VfioError::NoDevice)?;
                 let mut groups = self.groups();
                 let st = groups.entry(id).or_default();
                 if let Some(ctx) = st.iommufd.clone() {
@@ -1322,5 +1368,32 @@ impl Vfio {
             }),
             _ => Err(VfioError::Invalid("mapping past the region")),
         }
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    /// Linux 6.1's answers (run-kernel.sh, edu at 0000:00:03.0).
+    #[test]
+    fn device_names_as_vfio_pci_core_match() {
+        let dev = "0000:00:03.0";
+        assert_eq!(device_name_matches(dev, "0000:00:03.0").ok(), Some(true));
+        assert_eq!(device_name_matches(dev, "0000:00:03.0 ").ok(), Some(true));
+        assert_eq!(device_name_matches(dev, "0000:00:03.0   ").ok(), Some(true));
+        assert_eq!(device_name_matches(dev, " 0000:00:03.0").ok(), Some(false));
+        assert_eq!(device_name_matches(dev, "0000:00:03.0x").ok(), Some(false));
+        assert_eq!(device_name_matches(dev, "0000:00:03.").ok(), Some(false));
+        assert_eq!(
+            device_name_matches(dev, "0000:00:03.0  vf_token=x")
+                .map_err(|e| e.errno())
+                .err(),
+            Some(libc::EINVAL)
+        );
+        let uuid = "c0ffee00-0000-4000-8000-000000000001";
+        assert_eq!(device_name_matches(uuid, uuid).ok(), Some(true));
+        let spaced = format!("{uuid} ");
+        assert_eq!(device_name_matches(uuid, &spaced).ok(), Some(false));
     }
 }

@@ -243,6 +243,57 @@ mod sys {
         Ok(())
     }
 
+    /// mlock as the program itself would.
+    pub fn mlock(addr: u64, len: u64) -> Result<(), i32> {
+        // SAFETY: mlock changes residency only; the kernel checks the range.
+        let r = unsafe { libc::mlock(addr as *const libc::c_void, len as usize) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(errno())
+        }
+    }
+
+    /// A child process with pid `pid` (clone3 with set_tid; needs
+    /// CAP_SYS_ADMIN): 0 in the child, as fork.
+    pub fn fork_with_pid(pid: i32) -> Result<i32, i32> {
+        #[repr(C)]
+        #[derive(Default)]
+        struct CloneArgs {
+            flags: u64,
+            pidfd: u64,
+            child_tid: u64,
+            parent_tid: u64,
+            exit_signal: u64,
+            stack: u64,
+            stack_size: u64,
+            tls: u64,
+            set_tid: u64,
+            set_tid_size: u64,
+            cgroup: u64,
+        }
+        let tid = pid;
+        let args = CloneArgs {
+            exit_signal: libc::SIGCHLD as u64,
+            set_tid: &tid as *const i32 as u64,
+            set_tid_size: 1,
+            ..CloneArgs::default()
+        };
+        // SAFETY: as fork (see `fork`); `args` and `tid` outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if r < 0 {
+            Err(errno())
+        } else {
+            Ok(r as i32)
+        }
+    }
+
     pub fn set_memlock_limit(bytes: u64) -> Result<(), i32> {
         let lim = libc::rlimit {
             rlim_cur: bytes,
@@ -1158,4 +1209,103 @@ fn current_writes_this_process() {
     // SAFETY: `raw` came from Box::into_raw above and is re-owned once.
     let back = unsafe { Box::from_raw(raw) };
     assert_eq!(*back, [9u8; 8]);
+}
+
+/// Issue 13: an unpin leaves the program's own mlock (made before the pin)
+/// in place, as Linux's FOLL_LONGTERM pins never touch VM_LOCKED; pages it
+/// did not lock are unlocked as before.
+#[test]
+fn unpin_keeps_the_programs_own_mlock() {
+    let a = Area::rw(8 * K4);
+    sys::fill(a.start, a.len, 1);
+    sys::mlock(a.start, 4 * K4).unwrap();
+    // SAFETY: the engine writes only the buffers this test maps for DMA and its ioctl
+    // arguments, areas no Rust reference covers while the engine runs.
+    let m = unsafe { HostMemory::current() };
+    for round in 0..2 {
+        pin_runs(&m, a.start, a.len, true).unwrap();
+        assert_eq!(locked_vma_bytes(a.start, a.start + a.len), 8 * K4);
+        m.unpin(a.start, a.len);
+        assert_eq!(
+            locked_vma_bytes(a.start, a.start + 4 * K4),
+            4 * K4,
+            "round {round}: the program's lock is gone"
+        );
+        assert_eq!(
+            locked_vma_bytes(a.start + 4 * K4, a.start + a.len),
+            0,
+            "round {round}: our lock stayed"
+        );
+    }
+    assert_eq!(m.stats().pinned_pages, 0);
+}
+
+/// Issue 13, the security item: a backend made for a pid reaches the
+/// address space that pid had, never the next process to get the pid.
+/// The process dies and a new one (a fork of this test, with its own copy
+/// of the memory, changed) is given the same pid: device DMA through the
+/// old backend fails; it does not read or write the new process.
+#[test]
+fn dma_of_a_pid_backend_never_reaches_a_recycled_pid() {
+    if !is_root() {
+        eprintln!("skipped: clone3 with set_tid needs CAP_SYS_ADMIN");
+        return;
+    }
+    let a = Area::rw(K4);
+    sys::fill(a.start, a.len, 0xaa);
+    let (go1_r, go1_w) = sys::pipe();
+    let first = sys::fork();
+    assert!(first >= 0, "fork failed");
+    if first == 0 {
+        let mut b = [0u8; 1];
+        sys::read_full(go1_r, &mut b);
+        sys::exit_now(0);
+    }
+    let m = HostMemory::for_pid(first, Arc::new(LocalSyscalls));
+    let mut got = [0u8; 8];
+    m.dma_read(a.start, &mut got).unwrap();
+    assert_eq!(got, [0xaa; 8]);
+    sys::write_all(go1_w, &[1]);
+    assert_eq!(sys::wait_exit(first), 0);
+
+    // The pid is free: a new process takes it, with other contents.
+    sys::fill(a.start, a.len, 0x55);
+    let (res_r, res_w) = sys::pipe();
+    let (go2_r, go2_w) = sys::pipe();
+    let second = match sys::fork_with_pid(first) {
+        Ok(p) => p,
+        Err(e) => panic!("clone3 with set_tid {first}: errno {e}"),
+    };
+    if second == 0 {
+        let mut b = [0u8; 1];
+        sys::read_full(go2_r, &mut b);
+        sys::write_all(res_w, &[sys::peek(a.start)]);
+        sys::exit_now(0);
+    }
+    assert_eq!(second, first);
+    // What a pid-addressed read would see: the new process.
+    let by_pid = HostMemory::for_pid(second, Arc::new(LocalSyscalls));
+    by_pid.read(a.start, &mut got).unwrap();
+    assert_eq!(got, [0x55; 8]);
+    // The old backend: gone is gone.
+    assert_eq!(m.dma_read(a.start, &mut got), Err(MemError::Unreachable));
+    assert_eq!(m.dma_write(a.start, &[0x11; 8]), Err(MemError::Unreachable));
+    // Retired (the supervisor saw the exit): nothing by pid either.
+    m.retire();
+    assert_eq!(m.read(a.start, &mut got), Err(MemError::Unreachable));
+    assert_eq!(
+        pin_runs(&m, a.start, a.len, false),
+        Err(MemError::Unreachable)
+    );
+    sys::write_all(go2_w, &[1]);
+    let mut seen = [0u8; 1];
+    assert_eq!(sys::read_full(res_r, &mut seen), 1);
+    assert_eq!(sys::wait_exit(second), 0);
+    assert_eq!(
+        seen[0], 0x55,
+        "DMA reached the process with the recycled pid"
+    );
+    for fd in [go1_r, go1_w, res_r, res_w, go2_r, go2_w] {
+        sys::close(fd);
+    }
 }

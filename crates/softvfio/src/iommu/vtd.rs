@@ -34,11 +34,13 @@ impl UserPhysMemory {
 
 impl PhysMemory for UserPhysMemory {
     fn read(&self, phys: u64, buf: &mut [u8]) -> Result<(), MemFault> {
-        self.mem.read(phys, buf).map_err(|_| MemFault { phys })
+        self.mem.dma_read(phys, buf).map_err(|_| MemFault { phys })
     }
 
     fn write(&self, phys: u64, data: &[u8]) -> Result<(), MemFault> {
-        self.mem.write(phys, data).map_err(|_| MemFault { phys })
+        self.mem
+            .dma_write(phys, data)
+            .map_err(|_| MemFault { phys })
     }
 }
 

@@ -281,7 +281,7 @@ impl Ioas {
                     prot,
                     charge: a.len() / PAGE_SIZE,
                 };
-                match pin_and_map_pages(mem, req, &domains, policy) {
+                match pin_and_map_pages(mem, req, &|v| v, &domains, policy) {
                     Ok(charged) => {
                         new_areas[i].pinned = true;
                         new_areas[i].charged = charged;
@@ -393,7 +393,7 @@ impl Ioas {
                     prot: a.prot,
                     charge: a.len() / PAGE_SIZE,
                 };
-                match pin_and_map_pages(mem, req, std::slice::from_ref(&domain), policy) {
+                match pin_and_map_pages(mem, req, &|v| v, std::slice::from_ref(&domain), policy) {
                     Ok(charged) => done.push((a.iova, true, charged)),
                     Err(e) => {
                         failure = Some(e);

@@ -25,10 +25,46 @@
 //!
 //! One `HostMemory` should own the pins of an address space: mlock state is
 //! per VMA, so two instances pinning the same pages would unlock each other's.
+//!
+//! # An address space, not a pid
+//!
+//! A pid names a process, and a process changes address space at `execve`
+//! and gives its pid back at exit, to be reused by any other process. Type1
+//! records the mm of a mapping (`dma->mm`), never a pid, and so does this
+//! backend for another process ([`HostMemory::for_pid`]):
+//! - `/proc/<pid>/mem` is opened at creation and kept: reads and writes
+//!   through that descriptor reach exactly the address space the pid had
+//!   then, and fail (end of file) once it is gone (exit or exec), whoever
+//!   has the pid by then. Device DMA ([`UserMemory::dma_read`] and
+//!   [`UserMemory::dma_write`], from any thread, at any time) goes only
+//!   through it; it reaches the pinned page as a device does, whatever the
+//!   program's page protections are now (`FOLL_FORCE`).
+//! - what still names the pid (the system calls injected into the program,
+//!   `process_vm_readv`/`writev` for the copies of an ioctl's arguments,
+//!   the `/proc` reads of a pin) runs only while the program is stopped in
+//!   a system call of this very address space, and never after
+//!   [`HostMemory::retire`], which the owner calls at the exec or exit of
+//!   the process: from then on everything fails with
+//!   [`MemError::Unreachable`], and an unpin only drops the counts (the
+//!   locks went with the address space).
+//! - Linux keeps pinned pages alive after their mm is gone, so a device
+//!   still reaches them; here DMA to an address space that is gone is an
+//!   IOMMU fault (docs/RELIABILITY.md, "Process model").
+//!
+//! # The program's own mlock
+//!
+//! Pinning mlocks, and an unpin munlocks what no pin holds any more; pages
+//! the program had locked itself before the pin (an `mlock` or
+//! `mlockall`) must stay locked, as they do under Linux (FOLL_LONGTERM
+//! pins do not touch VM_LOCKED). The VMAs a pin finds already locked, in
+//! pages no pin of ours held, are remembered as the program's own and never
+//! munlocked (when the process holds no lock beyond ours, a `VmLck`
+//! comparison saves the `smaps` read).
 
 use std::fs::File;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use super::interval::{PinCounts, RangeList, RangeSet};
 use super::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory, PAGE_SIZE};
@@ -132,6 +168,20 @@ pub struct HostMemory {
     /// hugetlb VMAs unlocked (no VM_LOCKED, not in VmLck), so these pinned
     /// bytes are not locked bytes.
     hugetlb: Mutex<RangeSet>,
+    /// `/proc/<pid>/mem` of the address space at creation (another process
+    /// only): the one path device DMA takes (module documentation).
+    mm: Option<Arc<File>>,
+    /// The address space is gone (exec or exit of the process); shared
+    /// with the SVM view.
+    retired: Arc<AtomicBool>,
+    /// Pages the program locked itself (found VM_LOCKED where no pin of
+    /// ours held them): never munlocked here.
+    user_locked: Mutex<RangeSet>,
+    /// This backend, when made with [`HostMemory::into_shared`].
+    this: OnceLock<Weak<HostMemory>>,
+    /// The program refuses mlock (its own seccomp filter): pins are
+    /// counted but not locked.
+    lock_refused: AtomicBool,
 }
 
 impl std::fmt::Debug for HostMemory {
@@ -170,8 +220,42 @@ impl HostMemory {
     /// `pid` turns out to be this process, writes fail with
     /// [`MemError::Fault`] (only [`HostMemory::current`], with its
     /// contract, writes this process's memory); reads and pins work.
+    ///
+    /// The address space is the one `pid` has now: device DMA keeps
+    /// reaching exactly it (and fails once it is gone) whatever later runs
+    /// under `pid`; see the module documentation and [`HostMemory::retire`].
     pub fn for_pid(pid: i32, sys: Arc<dyn MmSyscalls>) -> Self {
-        Self::new(Target::Pid(pid), sys, false)
+        let mut m = Self::new(Target::Pid(pid), sys, false);
+        m.mm = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .inspect_err(|e| tracing::warn!("host pid {pid}: cannot open mem: {e}"))
+            .ok()
+            .map(Arc::new);
+        m
+    }
+
+    /// The address space is gone: the process exec'd or exited (its pid
+    /// may name another address space, or another process, from now on).
+    /// Nothing is reached through the pid any more: pins, reads and writes
+    /// fail with [`MemError::Unreachable`], unpins only update the counts.
+    /// Also applies to the [`UserMemory::svm_view`]s made from it.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// Whether [`HostMemory::retire`] was called.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    fn check_live(&self) -> Result<(), MemError> {
+        if self.is_retired() {
+            Err(MemError::Unreachable)
+        } else {
+            Ok(())
+        }
     }
 
     fn new(target: Target, sys: Arc<dyn MmSyscalls>, own_writes: bool) -> Self {
@@ -188,7 +272,31 @@ impl HostMemory {
             },
             counters: Counters::default(),
             hugetlb: Mutex::new(RangeSet::new()),
+            mm: None,
+            retired: Arc::new(AtomicBool::new(false)),
+            user_locked: Mutex::new(RangeSet::new()),
+            this: OnceLock::new(),
+            lock_refused: AtomicBool::new(false),
         }
+    }
+
+    /// The program refused a system call of pinning by policy; logged once.
+    fn note_lock_refused(&self, call: &str, errno: i32) {
+        if !self.lock_refused.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "{}: {call} refused (errno {errno}), by the program's own seccomp filter or an LSM: pinned pages are not locked",
+                self.describe()
+            );
+        }
+    }
+
+    /// This backend behind an `Arc` that [`UserMemory::shared`] hands out,
+    /// so that mappings made by this address space through a container
+    /// that another one opened pin and reach this one.
+    pub fn into_shared(self) -> Arc<Self> {
+        let this = Arc::new(self);
+        let _ = this.this.set(Arc::downgrade(&this));
+        this
     }
 
     /// Shares `account` with other backends over the same address space.
@@ -359,8 +467,52 @@ impl HostMemory {
                 hp += ps;
             }
         }
+        if self.is_retired() || self.lock_refused.load(Ordering::Relaxed) {
+            // The address space (and its locks) is gone, the pid may name
+            // another one now; or the program refuses mlock, so nothing
+            // was locked.
+            return;
+        }
+        let mut own = self.user_locked.lock().unwrap_or_else(|p| p.into_inner());
         for &(a, b) in idle.ranges() {
-            self.unlock_range(a, b);
+            // The program's own locks stay; no pin of ours is left in
+            // them, so they are forgotten (a later pin finds them again).
+            let mut cur = a;
+            for (x, y) in own.ranges().filter(|&(x, y)| y > a && x < b) {
+                if x.max(a) > cur {
+                    self.unlock_range(cur, x.max(a));
+                }
+                cur = y.min(b);
+            }
+            if cur < b {
+                self.unlock_range(cur, b);
+            }
+            own.remove(a, b);
+        }
+    }
+
+    /// Remembers as the program's own the locked parts of `[start, end)`
+    /// that no pin of ours holds (module documentation). Cheap when the
+    /// process locks nothing beyond our pins: `VmLck` then equals the bytes
+    /// we keep locked, and smaps is not read.
+    fn note_user_locks(&self, files: &ProcFiles, counts: &PinCounts, start: u64, end: u64) {
+        let ours = self
+            .counters
+            .pinned
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.counters.hugetlb.load(Ordering::Relaxed));
+        match procfs::vmlck_bytes(files.pid) {
+            Some(total) if total <= ours => return,
+            _ => {}
+        }
+        let Some(locked) = files.locked_ranges(start, end) else {
+            return;
+        };
+        let mut own = self.user_locked.lock().unwrap_or_else(|p| p.into_inner());
+        for (a, b) in locked {
+            counts.gaps(a.max(start), b.min(end), |x, y| {
+                own.insert(x, y);
+            });
         }
     }
 }
@@ -371,6 +523,14 @@ fn range_end(vaddr: u64, len: u64) -> Option<u64> {
         return None;
     }
     vaddr.checked_add(len)
+}
+
+/// An errno that a policy (a seccomp filter returning an error, an LSM)
+/// gives, never the call itself for a valid range: mlock's EPERM needs a
+/// zero RLIMIT_MEMLOCK without CAP_IPC_LOCK, which type1's accounting
+/// refuses before any pin.
+fn refused_by_policy(errno: i32) -> bool {
+    matches!(errno, libc::EPERM | libc::EACCES | libc::ENOSYS)
 }
 
 /// Retries a call interrupted by a signal.
@@ -392,6 +552,7 @@ impl UserMemory for HostMemory {
         on_run: &mut dyn FnMut(PinnedRun) -> Result<(), MemError>,
     ) -> Result<(), MemError> {
         let end = range_end(vaddr, len).ok_or(MemError::Fault)?;
+        self.check_live()?;
         let files = self.files()?;
 
         // Check the whole range before touching it, so that a bad range (a
@@ -405,17 +566,43 @@ impl UserMemory for HostMemory {
         } else {
             libc::MADV_POPULATE_READ
         };
-        retry_eintr(|| self.sys.madvise(vaddr, len, advice)).map_err(|errno| {
-            tracing::debug!("populate {vaddr:#x}+{len:#x}: errno {errno}");
-            MemError::Fault
-        })?;
+        match retry_eintr(|| self.sys.madvise(vaddr, len, advice)) {
+            Ok(()) => {}
+            Err(errno) if refused_by_policy(errno) => {
+                // The program's own seccomp filter (or an LSM) refuses
+                // madvise: the range was checked above, and DMA faults the
+                // pages in as it reaches them.
+                self.note_lock_refused("madvise", errno);
+            }
+            Err(errno) => {
+                tracing::debug!("populate {vaddr:#x}+{len:#x}: errno {errno}");
+                return Err(MemError::Fault);
+            }
+        }
 
         let layout = {
             let mut counts = self.lock_counts();
+            self.note_user_locks(&files, &counts, vaddr, end);
             // One mlock for the whole range (idempotent on pages that other
             // pins already hold; a no-op on hugetlb pages, which are never
             // swapped); on failure unlock only what no pin holds.
-            if let Err(errno) = retry_eintr(|| self.sys.mlock(vaddr, len)) {
+            let locked = if self.lock_refused.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                retry_eintr(|| self.sys.mlock(vaddr, len))
+            };
+            let locked = match locked {
+                Err(errno) if refused_by_policy(errno) => {
+                    // Linux's pins never mlock, so a program may forbid
+                    // mlock to itself (seccomp) and still map: the pages
+                    // then stay pinned in our counts but not locked
+                    // (docs/RELIABILITY.md, "Process model").
+                    self.note_lock_refused("mlock", errno);
+                    Ok(())
+                }
+                r => r,
+            };
+            if let Err(errno) = locked {
                 tracing::debug!("mlock {vaddr:#x}+{len:#x}: errno {errno}");
                 let pieces = vmas
                     .iter()
@@ -470,13 +657,58 @@ impl UserMemory for HostMemory {
     fn svm_view(&self) -> Option<Arc<dyn UserMemory>> {
         // A second instance over the same address space: it never pins, so
         // it cannot disturb this one's mlock state. Shares the account.
-        Some(Arc::new(
-            HostMemory::new(self.target, self.sys.clone(), self.own_writes)
-                .with_account(self.account.clone()),
-        ))
+        let mut view = HostMemory::new(self.target, self.sys.clone(), self.own_writes)
+            .with_account(self.account.clone());
+        view.mm = self.mm.clone();
+        view.retired = self.retired.clone();
+        Some(Arc::new(view))
+    }
+
+    fn shared(&self) -> Option<Arc<dyn UserMemory>> {
+        let this: Arc<dyn UserMemory> = self.this.get()?.upgrade()?;
+        Some(this)
+    }
+
+    fn dma_read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        let Some(mm) = &self.mm else {
+            return self.read(vaddr, buf);
+        };
+        let mut done = 0;
+        while done < buf.len() {
+            let addr = vaddr.checked_add(done as u64).ok_or(MemError::Fault)?;
+            // End of file: the address space is gone; EIO: no page there.
+            let n = mm.read_at(&mut buf[done..], addr).map_err(mm_error)?;
+            if n == 0 {
+                return Err(MemError::Unreachable);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn dma_write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
+        let Some(mm) = &self.mm else {
+            return self.write(vaddr, data);
+        };
+        // `mm` is only opened for another process (`for_pid`); one that
+        // turned out to be this process stays read-only, as in `write`.
+        if !self.own_writes && self.target.pid() == ffi::getpid() {
+            return Err(MemError::Fault);
+        }
+        let mut done = 0;
+        while done < data.len() {
+            let addr = vaddr.checked_add(done as u64).ok_or(MemError::Fault)?;
+            let n = mm.write_at(&data[done..], addr).map_err(mm_error)?;
+            if n == 0 {
+                return Err(MemError::Unreachable);
+            }
+            done += n;
+        }
+        Ok(())
     }
 
     fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.check_live()?;
         let pid = self.target.pid();
         let mut done = 0;
         while done < buf.len() {
@@ -491,6 +723,7 @@ impl UserMemory for HostMemory {
     }
 
     fn write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
+        self.check_live()?;
         let pid = self.target.pid();
         if !self.own_writes && pid == ffi::getpid() {
             return Err(MemError::Fault);
@@ -613,6 +846,14 @@ impl<'a> Pinner<'a> {
     fn finish(mut self) -> u64 {
         self.flush();
         self.ops
+    }
+}
+
+/// An error of a read or write through `/proc/<pid>/mem`.
+fn mm_error(e: std::io::Error) -> MemError {
+    match e.raw_os_error() {
+        Some(libc::ESRCH | libc::EPERM | libc::EACCES) => MemError::Unreachable,
+        _ => MemError::Fault,
     }
 }
 
@@ -836,6 +1077,28 @@ KernelPageSize:        4 kB
         assert_eq!((v[1].start, v[1].end), (0x7f0000200000, 0x7f0000201000));
         assert!(v[1].read && !v[1].write);
         assert!(!v[2].read && !v[2].write);
+    }
+
+    #[test]
+    fn locked_vmas_parse() {
+        let text = "\
+7f0000000000-7f0000002000 rw-p 00000000 00:00 0
+Locked:                8 kB
+VmFlags: rd wr mr mw me lo ac
+7f0000002000-7f0000003000 rw-p 00000000 00:00 0
+Locked:                0 kB
+VmFlags: rd wr mr mw me ac
+7f0000003000-7f0000004000 r--p 00000000 00:10 9   /lib/x.so
+VmFlags: rd mr mw me lo
+";
+        assert_eq!(
+            procfs::parse_locked(text),
+            vec![
+                (0x7f0000000000, 0x7f0000002000),
+                (0x7f0000003000, 0x7f0000004000)
+            ]
+        );
+        assert_eq!(procfs::parse_locked("VmFlags: lo\n"), vec![]);
     }
 
     #[test]

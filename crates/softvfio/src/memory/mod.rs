@@ -21,6 +21,7 @@ use std::sync::Arc;
 pub mod host;
 pub mod interval;
 pub mod sim;
+pub(crate) mod spaces;
 
 /// The base page size of the platform we emulate (x86-64).
 pub const PAGE_SIZE: u64 = 4096;
@@ -120,6 +121,22 @@ pub trait UserMemory: Send + Sync {
     /// Writes user memory (device DMA, copy_to_user).
     fn write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError>;
 
+    /// Reads pinned memory for a device (DMA through the IOMMU, a mediated
+    /// device's `dma_rw`), from any thread at any time. A backend whose
+    /// address space can go away under it (another process's) reaches
+    /// exactly the address space it pinned, or fails; it never reaches
+    /// whatever later holds the same name (a recycled pid, a new image).
+    /// By default [`UserMemory::read`].
+    fn dma_read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.read(vaddr, buf)
+    }
+
+    /// Writes pinned memory for a device; see [`UserMemory::dma_read`].
+    /// By default [`UserMemory::write`].
+    fn dma_write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
+        self.write(vaddr, data)
+    }
+
     /// CAP_IPC_LOCK and RLIMIT_MEMLOCK of the caller, read now.
     fn lock_policy(&self) -> LockPolicy;
 
@@ -138,6 +155,15 @@ pub trait UserMemory: Send + Sync {
     /// (DMA faults pages in on demand; nothing is pinned). `None` when the
     /// backend cannot be shared (bind then fails with ENODEV).
     fn svm_view(&self) -> Option<Arc<dyn UserMemory>> {
+        None
+    }
+
+    /// A counted handle on this very backend, when it keeps one (see
+    /// [`host::HostMemory::into_shared`]): a mapping made through a
+    /// container by another address space than the container's own (a
+    /// forked child, the new image after exec) keeps it, to pin, unpin and
+    /// reach that space. `None`: mappings pin the container's memory.
+    fn shared(&self) -> Option<Arc<dyn UserMemory>> {
         None
     }
 }

@@ -151,7 +151,7 @@ impl Container {
         };
 
         let new_domain = unit
-            .alloc_domain(self.mem.clone())
+            .alloc_domain(self.domain_memory())
             .map_err(|_| VfioError::Io("cannot allocate an IOMMU domain"))?;
         if t.nesting {
             // VT-d (6.1) has no enable_nesting: iommu_enable_nesting fails.
@@ -229,14 +229,14 @@ impl Container {
     /// pinned yet (type1's `vfio_iommu_replay`). All or nothing.
     pub(crate) fn replay(&self, t: &mut Type1, domain: &Arc<dyn DomainOps>) -> Result<()> {
         self.wait_all_valid(t)?;
-        let limit = self.mem.lock_policy().limit_pages;
         // (iova, bytes mapped in the new domain, newly pinned, pages charged)
         let mut done: Vec<(u64, u64, bool, u64)> = Vec::new();
         let mut failure = None;
         for dma in t.dmas.iter() {
             if dma.iommu_mapped {
                 // Already pinned for another domain: map the same pages.
-                if let Err(e) = domain.map(dma.iova, dma.pinned_vaddr, dma.size, dma.prot) {
+                let phys = Self::phys_of(dma, dma.pinned_vaddr);
+                if let Err(e) = domain.map(dma.iova, phys, dma.size, dma.prot) {
                     failure = Some(VfioError::from(e));
                     break;
                 }
@@ -244,7 +244,7 @@ impl Container {
             } else {
                 let policy = LockPolicy {
                     cap_ipc_lock: dma.lock_cap,
-                    limit_pages: limit,
+                    limit_pages: self.mem_of(dma).lock_policy().limit_pages,
                 };
                 match self.pin_and_map(dma, std::slice::from_ref(domain), policy) {
                     Ok(charged) => done.push((dma.iova, dma.size, true, charged)),
@@ -261,9 +261,9 @@ impl Container {
                 domain.flush(iova, size);
                 if pinned {
                     if let Some(dma) = t.dmas.get(iova) {
-                        self.mem.unpin(dma.vaddr, size);
+                        self.mem_of(dma).unpin(dma.vaddr, size);
+                        self.mem_of(dma).account().uncharge(charged);
                     }
-                    self.mem.account().uncharge(charged);
                 }
             }
             return Err(e);
@@ -388,10 +388,10 @@ impl Container {
                 unmap_all_of(d.as_ref(), dma.iova, dma.size);
                 d.flush(dma.iova, dma.size);
             }
-            self.mem.unpin(dma.pinned_vaddr, dma.size);
+            let mem = self.mem_of(dma).clone();
+            mem.unpin(dma.pinned_vaddr, dma.size);
             let still_pinned = dma.ext_pins.pinned_pages();
-            self.mem
-                .account()
+            mem.account()
                 .uncharge(dma.locked_pages.saturating_sub(still_pinned));
             dma.locked_pages = still_pinned;
             dma.iommu_mapped = false;

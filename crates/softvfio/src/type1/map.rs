@@ -10,13 +10,59 @@ use crate::dma::Dma;
 use crate::error::{Result, VfioError};
 use crate::external::{DmaUnmapFn, PinTracker, UNMAP_NOTIFY_RETRIES};
 use crate::iommu::{DomainOps, Prot};
-use crate::memory::{LockPolicy, MemError, PinnedRun, PAGE_SIZE};
+use crate::memory::spaces::{is_same, Space, TAG_SHIFT};
+use crate::memory::{LockPolicy, MemError, PinnedRun, UserMemory, PAGE_SIZE};
 
 impl Container {
     // ---- map / unmap ------------------------------------------------------
 
+    /// The memory `dma` pins: its own space, or the container's.
+    pub(crate) fn mem_of<'a>(&'a self, dma: &'a Dma) -> &'a Arc<dyn UserMemory> {
+        dma.space.as_ref().map_or(&self.mem, |s| &s.mem)
+    }
+
+    /// The address the IOMMU maps for `vaddr` of `dma`'s address space.
+    pub(crate) fn phys_of(dma: &Dma, vaddr: u64) -> u64 {
+        dma.space.as_ref().map_or(vaddr, |s| s.phys(vaddr))
+    }
+
+    /// The space a mapping of `[vaddr, vaddr + size)` made by `caller`
+    /// pins: `None` for the container's own memory (or a caller that
+    /// cannot be told apart from it), else `caller`'s space
+    /// (memory/spaces.rs).
+    fn space_for(
+        &self,
+        caller: Option<&Arc<dyn UserMemory>>,
+        vaddr: u64,
+        size: u64,
+    ) -> Result<Option<Arc<Space>>> {
+        let Some(mem) = caller.filter(|m| !is_same(m, &self.mem)) else {
+            return Ok(None);
+        };
+        if vaddr
+            .checked_add(size)
+            .is_none_or(|end| end > 1 << TAG_SHIFT)
+        {
+            // Above 4-level user addresses: no room for the tag.
+            return Err(VfioError::Memory(MemError::Fault));
+        }
+        self.spaces
+            .attach(mem)
+            .map(Some)
+            .ok_or(VfioError::Memory(MemError::NoMem))
+    }
+
     /// `VFIO_IOMMU_MAP_DMA`, decoded: a new mapping, or a vaddr update.
-    pub(crate) fn map_dma(&self, iova: u64, vaddr: u64, size: u64, op: MapOp) -> Result<()> {
+    /// `caller`: the address space of the calling program, when the
+    /// backend can tell (see [`UserMemory::shared`]).
+    pub(crate) fn map_dma(
+        &self,
+        iova: u64,
+        vaddr: u64,
+        size: u64,
+        op: MapOp,
+        caller: Option<&Arc<dyn UserMemory>>,
+    ) -> Result<()> {
         let mut st = self.lock();
         let Some(t) = st.iommu.as_mut() else {
             return Err(VfioError::Invalid("no IOMMU set"));
@@ -47,7 +93,11 @@ impl Container {
                     "vaddr update must match an invalidated mapping",
                 ));
             }
+            let space = self.space_for(caller, vaddr, size)?;
+            let domains: Vec<Arc<dyn DomainOps>> =
+                t.domains.iter().map(|d| d.ops.clone()).collect();
             if let Some(dma) = t.dmas.get_mut(iova) {
+                self.move_pins(dma, &domains, vaddr, space);
                 dma.vaddr = vaddr;
                 dma.vaddr_invalid = false;
             }
@@ -65,8 +115,9 @@ impl Container {
             return Err(VfioError::Invalid("IOVA outside the valid ranges"));
         }
 
+        let space = self.space_for(caller, vaddr, size)?;
         // CAP_IPC_LOCK is sampled once, at map time, and kept per mapping.
-        let policy = self.mem.lock_policy();
+        let policy = space.as_ref().map_or(&self.mem, |s| &s.mem).lock_policy();
         let mut dma = Dma {
             iova,
             size,
@@ -79,6 +130,7 @@ impl Container {
             locked_pages: 0,
             bitmap: None,
             ext_pins: PinTracker::new(),
+            space,
         };
         if t.dirty_tracking {
             // Before pinning: nothing to undo (see dirty::check_bitmap_alloc).
@@ -117,7 +169,7 @@ impl Container {
         // on the vpfn list).
         let pages = page_pages(dma.size).saturating_sub(dma.locked_pages);
         pin_and_map_pages(
-            self.mem.as_ref(),
+            self.mem_of(dma).as_ref(),
             PinRequest {
                 iova: dma.iova,
                 vaddr: dma.vaddr,
@@ -125,9 +177,71 @@ impl Container {
                 prot: dma.prot,
                 charge: pages,
             },
+            &|vaddr| Self::phys_of(dma, vaddr),
             domains,
             policy,
         )
+    }
+
+    /// A vaddr update (`VFIO_DMA_MAP_FLAG_VADDR`) of a mapping in the
+    /// domains: Linux's pinned pages stay where they are and the new vaddr
+    /// maps the same memory (QEMU's live update maps the same memfd again,
+    /// possibly in the new image after exec). Here the IOMMU points at user
+    /// addresses, so the pins move: the new range is pinned in `space` (the
+    /// caller's), the domains are pointed at it, and the old pins are
+    /// dropped; the accounting moves with them (as 6.2's
+    /// `vfio_change_dma_owner` moves `locked_vm`). When the new range cannot
+    /// be pinned (not mapped yet), the mapping keeps reaching the old pages,
+    /// as Linux's does.
+    fn move_pins(
+        &self,
+        dma: &mut Dma,
+        domains: &[Arc<dyn DomainOps>],
+        vaddr: u64,
+        space: Option<Arc<Space>>,
+    ) {
+        if !dma.iommu_mapped || domains.is_empty() {
+            // Nothing pinned for the domains: later pins use the new place.
+            if dma.locked_pages == 0 {
+                dma.space = space;
+                dma.pinned_vaddr = vaddr;
+            }
+            return;
+        }
+        let new_mem = space.as_ref().map_or(&self.mem, |s| &s.mem).clone();
+        let mut runs = Vec::new();
+        if let Err(e) = new_mem.pin(vaddr, dma.size, dma.prot.write, &mut |run| {
+            runs.push(run);
+            Ok(())
+        }) {
+            tracing::debug!(
+                iova = dma.iova,
+                vaddr,
+                "vaddr update: new range not pinnable ({e}); DMA keeps the old pages"
+            );
+            return;
+        }
+        for d in domains {
+            unmap_all_of(d.as_ref(), dma.iova, dma.size);
+            d.flush(dma.iova, dma.size);
+        }
+        let phys = |v: u64| space.as_ref().map_or(v, |s| s.phys(v));
+        for run in &runs {
+            let iova = dma.iova + (run.vaddr - vaddr);
+            for d in domains {
+                if let Err(e) = d.map(iova, phys(run.vaddr), run.len, dma.prot) {
+                    tracing::warn!(iova, "vaddr update: remap failed: {e:?}");
+                }
+            }
+        }
+        let old_mem = self.mem_of(dma).clone();
+        old_mem.unpin(dma.pinned_vaddr, dma.size);
+        if !Arc::ptr_eq(old_mem.account(), new_mem.account()) {
+            new_mem.account().charge_unchecked(dma.locked_pages);
+            old_mem.account().uncharge(dma.locked_pages);
+        }
+        dma.space = space;
+        dma.pinned_vaddr = vaddr;
     }
 
     /// Unmaps, flushes (waiting out in-flight DMA), unpins and unaccounts a
@@ -154,19 +268,20 @@ impl Container {
             for d in &t.domains {
                 d.ops.flush(dma.iova, dma.size);
             }
-            self.mem.unpin(dma.pinned_vaddr, dma.size);
+            self.mem_of(&dma).unpin(dma.pinned_vaddr, dma.size);
         }
         // External pins a device left behind (only on release paths: an
         // unmap notifies the devices first and fails if they keep pins):
         // one pass over the tracker, memory unpinned in runs.
         if !dma.ext_pins.is_empty() {
             for (page, n) in dma.ext_pins.runs() {
-                self.mem.unpin(dma.vaddr + page * PAGE_SIZE, n * PAGE_SIZE);
+                self.mem_of(&dma)
+                    .unpin(dma.vaddr + page * PAGE_SIZE, n * PAGE_SIZE);
             }
             dma.ext_pins.clear();
         }
         // One accounting update for the mapping and its external pins.
-        self.mem.account().uncharge(dma.locked_pages);
+        self.mem_of(&dma).account().uncharge(dma.locked_pages);
         dma.locked_pages = 0;
         dma
     }
@@ -387,12 +502,14 @@ pub(crate) struct PinRequest {
 }
 
 /// Charges `req.charge` pages, pins `[req.vaddr, +req.size)` and maps it at
-/// `req.iova` into every domain; returns the pages charged. All or nothing:
+/// `req.iova` into every domain (each pinned address `v` as `phys_of(v)`,
+/// the address the IOMMU model resolves in the right address space); returns the pages charged. All or nothing:
 /// on error nothing stays charged, pinned or mapped. Shared by type1's
 /// mappings and iommufd's areas (one pinning and accounting path).
 pub(crate) fn pin_and_map_pages(
     mem: &dyn crate::memory::UserMemory,
     req: PinRequest,
+    phys_of: &dyn Fn(u64) -> u64,
     domains: &[Arc<dyn DomainOps>],
     policy: LockPolicy,
 ) -> Result<u64> {
@@ -411,7 +528,7 @@ pub(crate) fn pin_and_map_pages(
         &mut |run: PinnedRun| {
             let iova = req.iova + (run.vaddr - req.vaddr);
             for (i, d) in domains.iter().enumerate() {
-                if let Err(e) = d.map(iova, run.vaddr, run.len, req.prot) {
+                if let Err(e) = d.map(iova, phys_of(run.vaddr), run.len, req.prot) {
                     for undo in &domains[..i] {
                         unmap_all_of(undo.as_ref(), iova, run.len);
                     }

@@ -183,6 +183,61 @@ impl ProcFiles {
     }
 }
 
+impl ProcFiles {
+    /// The parts of `[start, end)` in VMAs with VM_LOCKED (smaps `VmFlags`
+    /// has `lo`), or `None` when smaps cannot be read.
+    pub(super) fn locked_ranges(&self, start: u64, end: u64) -> Option<Vec<(u64, u64)>> {
+        let text = std::fs::read_to_string(format!("/proc/{}/smaps", self.pid))
+            .inspect_err(|e| tracing::debug!("smaps of pid {}: {e}", self.pid))
+            .ok()?;
+        Some(
+            parse_locked(&text)
+                .into_iter()
+                .filter(|&(a, b)| b > start && a < end)
+                .map(|(a, b)| (a.max(start), b.min(end)))
+                .collect(),
+        )
+    }
+}
+
+/// `VmLck` of process `pid`, in bytes.
+pub(super) fn vmlck_bytes(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmLck:"))?;
+    let kb: u64 = line["VmLck:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The VMAs with VM_LOCKED (`lo` in `VmFlags`) in the text of smaps.
+pub(super) fn parse_locked(text: &str) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut cur: Option<(u64, u64)> = None;
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(r) = cur.take() {
+                if flags.split_ascii_whitespace().any(|f| f == "lo") {
+                    out.push(r);
+                }
+            }
+            continue;
+        }
+        let Some(first) = line.split_ascii_whitespace().next() else {
+            continue;
+        };
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                cur = Some((a, b));
+            }
+        }
+    }
+    out
+}
+
 /// Raw pagemap entries of `n` pages from `addr`, in bulk.
 pub(super) fn read_pagemap(f: &File, addr: u64, n: usize) -> io::Result<Vec<u64>> {
     const CHUNK: usize = 8192;

@@ -1,0 +1,488 @@
+/* The process model of VFIO files and DMA mappings (issue 13): descriptor
+ * exhaustion, the program's own mlock, exec and fork with live mappings.
+ * usage: procmodel <case> /dev/vfio/<group> <bdf> [...]
+ * Prints "name value" lines; the tests assert each (the Linux 6.1 answer
+ * is given beside each check in tests/procmodel.rs). */
+#define _GNU_SOURCE
+#include "vfio_common.h"
+#include <linux/sched.h>
+#include <sched.h>
+#include <signal.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+
+static const char *err(int r) {
+  static char b[32];
+  if (r >= 0) return "OK";
+  switch (errno) {
+  case EMFILE: return "EMFILE";
+  case EBUSY: return "EBUSY";
+  case EFAULT: return "EFAULT";
+  case EINVAL: return "EINVAL";
+  case ENOTTY: return "ENOTTY";
+  case ESPIPE: return "ESPIPE";
+  case ENODEV: return "ENODEV";
+  case EPERM: return "EPERM";
+  case ENOMEM: return "ENOMEM";
+  default: snprintf(b, sizeof b, "errno%d", errno); return b;
+  }
+}
+
+static const char *errno_name(int e) {
+  errno = e;
+  return e ? err(-1) : "0";
+}
+
+/* kB of [a, a + len) in VMAs with VM_LOCKED ("lo" in smaps VmFlags). */
+static long locked_kb(void *a, size_t len) {
+  FILE *f = fopen("/proc/self/smaps", "r");
+  if (!f) return -1;
+  char line[512];
+  unsigned long lo = (unsigned long)a, hi = lo + len, s = 0, e = 0;
+  long kb = 0;
+  while (fgets(line, sizeof line, f)) {
+    unsigned long x, y;
+    if (sscanf(line, "%lx-%lx ", &x, &y) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+      s = x;
+      e = y;
+      continue;
+    }
+    if (!strncmp(line, "VmFlags:", 8) && strstr(line, " lo")) {
+      unsigned long from = s > lo ? s : lo, to = e < hi ? e : hi;
+      if (from < to) kb += (to - from) / 1024;
+    }
+  }
+  fclose(f);
+  return kb;
+}
+
+/* ---- the edu device ---- */
+static int devfd = -1;
+static uint64_t bar0;
+
+static uint32_t rd32(unsigned off) {
+  uint32_t v = ~0u;
+  if (pread(devfd, &v, 4, bar0 + off) != 4) return ~0u;
+  return v;
+}
+
+static void wr64(unsigned off, uint64_t v) {
+  if (pwrite(devfd, &v, 8, bar0 + off) != 8) die("bar write");
+}
+
+/* edu DMA of `cnt` bytes; to_ram: device buffer -> IOVA. 0 when done. */
+static int edu_dma(uint64_t src, uint64_t dst, uint64_t cnt, int to_ram) {
+  wr64(0x80, src);
+  wr64(0x88, dst);
+  wr64(0x90, cnt);
+  wr64(0x98, 1 | (to_ram ? 2 : 0));
+  for (int i = 0; i < 200000; i++) {
+    if (!(rd32(0x98) & 1)) return 0;
+    usleep(10);
+  }
+  return -1;
+}
+
+static void device_setup(int dev) {
+  devfd = dev;
+  struct vfio_region_info ri = {.argsz = sizeof ri, .index = VFIO_PCI_BAR0_REGION_INDEX};
+  if (ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, &ri)) die("GET_REGION_INFO bar0");
+  bar0 = ri.offset;
+  struct vfio_region_info ci = {.argsz = sizeof ci, .index = VFIO_PCI_CONFIG_REGION_INDEX};
+  if (ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, &ci)) die("GET_REGION_INFO config");
+  uint16_t cmd = 0;
+  if (pread(dev, &cmd, 2, ci.offset + 4) != 2) die("config read");
+  cmd |= 0x6;
+  if (pwrite(dev, &cmd, 2, ci.offset + 4) != 2) die("config write");
+}
+
+/* Anonymous memory exactly at `addr`, filled with `byte`. */
+static char *fixed_page(uint64_t addr, size_t len, int byte) {
+  char *p = mmap((void *)addr, len, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (p == MAP_FAILED || (uint64_t)p != addr) die("mmap fixed");
+  memset(p, byte, len);
+  return p;
+}
+
+static int all_are(const char *p, size_t n, int byte) {
+  for (size_t i = 0; i < n; i++)
+    if (p[i] != (char)byte) return 0;
+  return 1;
+}
+
+#define EDU_BUF 0x40000
+#define X_ADDR 0x6a0000000ul /* the page mapped before exec/exit */
+#define Z_ADDR 0x6b0000000ul /* the page that fills the edu buffer */
+#define IOVA_X 0x100000
+#define IOVA_Z 0x200000
+#define IOVA_NEW 0x300000
+
+/* Descriptor exhaustion: an open that fails for want of a descriptor must
+ * leave nothing behind. */
+static int case_emfile(const char *group) {
+  struct rlimit old;
+  getrlimit(RLIMIT_NOFILE, &old);
+  struct rlimit low = {64, old.rlim_max};
+  if (setrlimit(RLIMIT_NOFILE, &low)) die("setrlimit");
+  int fill[64], n = 0;
+  while (n < 64 && (fill[n] = open("/dev/null", O_RDONLY)) >= 0) n++;
+  int g = open(group, O_RDWR);
+  printf("full_group %s\n", err(g));
+  int c = open("/dev/vfio/vfio", O_RDWR);
+  printf("full_container %s\n", err(c));
+  /* Many failures: each must cost the same and leave nothing. */
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int same = 1;
+  for (int i = 0; i < 2000; i++)
+    if (open(group, O_RDWR) >= 0 || errno != EMFILE) same = 0;
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  printf("full_group_2000 %s\n", same ? "EMFILE" : "other");
+  fprintf(stderr, "2000 failed opens: %.3f s\n",
+          (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+  /* One free slot: open needs one descriptor. */
+  close(fill[--n]);
+  g = open(group, O_RDWR);
+  printf("one_slot_group %s\n", err(g));
+  if (g >= 0) close(g);
+  while (n > 0) close(fill[--n]);
+  setrlimit(RLIMIT_NOFILE, &old);
+  g = open(group, O_RDWR);
+  printf("group_after %s\n", err(g));
+  c = open("/dev/vfio/vfio", O_RDWR);
+  printf("container_after %s\n", err(c));
+  if (g >= 0 && c >= 0) {
+    printf("set_container_after %s\n", err(ioctl(g, VFIO_GROUP_SET_CONTAINER, &c)));
+  }
+  close(g);
+  close(c);
+  return 0;
+}
+
+/* UNMAP_DMA leaves the program's own mlock alone. */
+static int case_mlock(const char *group) {
+  int g, c = open_container(group, &g);
+  size_t len = 8 * PG;
+  char *buf = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (buf == MAP_FAILED) die("mmap");
+  memset(buf, 1, len);
+  if (mlock(buf, 4 * PG)) die("mlock");
+  printf("own_locked_kb %ld\n", locked_kb(buf, len));
+  printf("map %s\n", errno_name(map(c, 0x100000, buf, len)));
+  printf("unmap %s\n", errno_name(unmap(c, 0x100000, len)));
+  printf("own_locked_after_unmap_kb %ld\n", locked_kb(buf, len));
+  /* Twice: the second pin finds the same lock again. */
+  printf("map2 %s\n", errno_name(map(c, 0x100000, buf, len)));
+  close(c);
+  close(g);
+  printf("own_locked_after_close_kb %ld\n", locked_kb(buf, len));
+  /* mlockall(MCL_FUTURE): memory mapped later is the program's lock too. */
+  c = open_container(group, &g);
+  if (mlockall(MCL_CURRENT | MCL_FUTURE)) die("mlockall");
+  char *late = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (late == MAP_FAILED) die("mmap late");
+  printf("mlockall_map %s\n", errno_name(map(c, 0x200000, late, len)));
+  printf("mlockall_unmap %s\n", errno_name(unmap(c, 0x200000, len)));
+  printf("mlockall_locked_after_unmap_kb %ld\n", locked_kb(late, len));
+  close(c);
+  close(g);
+  printf("mlockall_locked_after_close_kb %ld\n", locked_kb(late, len));
+  munlockall();
+  return 0;
+}
+
+/* Before exec: map X (filled 'A') and Z ('C'), load the edu buffer from Z,
+ * then exec this program with the container and group descriptors. */
+static int case_exec(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
+  if (dev < 0) die("GET_DEVICE_FD");
+  device_setup(dev);
+  fixed_page(X_ADDR, PG, 'A');
+  fixed_page(Z_ADDR, PG, 'C');
+  if (map(c, IOVA_X, (void *)X_ADDR, PG) || map(c, IOVA_Z, (void *)Z_ADDR, PG)) die("map");
+  printf("edu_load %d\n", edu_dma(IOVA_Z, EDU_BUF, 64, 0));
+  fflush(stdout);
+  char cs[16], gs[16];
+  snprintf(cs, sizeof cs, "%d", c);
+  snprintf(gs, sizeof gs, "%d", g);
+  execl("/proc/self/exe", argv[0], "exec2", cs, gs, argv[3], (char *)NULL);
+  die("exec");
+  return 1;
+}
+
+/* After exec: the new image has its own page at X ('B'); the old mapping
+ * of X must never reach it. */
+static int case_exec2(char **argv) {
+  int c = atoi(argv[2]), g = atoi(argv[3]);
+  char *x = fixed_page(X_ADDR, PG, 'B');
+  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[4]);
+  printf("exec_device_fd %s\n", err(dev));
+  if (dev < 0) return 0;
+  device_setup(dev);
+  /* Device buffer ('C') -> IOVA_X: the old image's page, never ours. */
+  edu_dma(EDU_BUF, IOVA_X, 64, 1);
+  printf("exec_new_image_untouched %s\n", all_are(x, PG, 'B') ? "yes" : "no");
+  char *y = fixed_page(X_ADDR + 16 * PG, PG, 'D');
+  printf("exec_new_map %s\n", errno_name(map(c, IOVA_NEW, y, PG)));
+  return 0;
+}
+
+/* The owner of a mapping exits; its pid goes to another process; the
+ * child that kept the descriptors runs DMA through the old mapping: it
+ * must not land in the process that now has the pid. Root only (clone3
+ * with set_tid makes the pid reuse deterministic). */
+static int case_orphan(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
+  if (dev < 0) die("GET_DEVICE_FD");
+  device_setup(dev);
+  fixed_page(X_ADDR, PG, 'A');
+  fixed_page(Z_ADDR, PG, 'C');
+  if (map(c, IOVA_X, (void *)X_ADDR, PG) || map(c, IOVA_Z, (void *)Z_ADDR, PG)) die("map");
+  if (edu_dma(IOVA_Z, EDU_BUF, 64, 0)) die("edu load");
+  fflush(stdout);
+  pid_t owner = getpid();
+  int report[2];
+  if (pipe(report)) die("pipe");
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child > 0) _exit(0); /* the owner of the mapping goes away */
+  while (getppid() == owner) usleep(1000);
+  /* Wait until the owner is reaped and its pid is free. */
+  for (int i = 0; i < 5000 && kill(owner, 0) == 0; i++) usleep(1000);
+  /* A process with the owner's pid, with its own page at X ('B'). */
+  int go[2];
+  if (pipe(go)) die("pipe");
+  pid_t tid = owner;
+  struct clone_args ca = {.exit_signal = SIGCHLD, .set_tid = (uint64_t)(uintptr_t)&tid,
+                          .set_tid_size = 1};
+  long other = syscall(SYS_clone3, &ca, sizeof ca);
+  if (other == 0) {
+    memset((void *)X_ADDR, 'B', PG);
+    char b;
+    if (read(go[0], &b, 1) != 1) _exit(2);
+    char out = all_are((char *)X_ADDR, PG, 'B') ? 'y' : 'n';
+    if (write(report[1], &out, 1) != 1) _exit(3);
+    _exit(0);
+  }
+  printf("pid_reused %s\n", other == owner ? "yes" : err(-1));
+  if (other < 0) {
+    fflush(stdout);
+    _exit(0);
+  }
+  usleep(20000); /* let it fill X */
+  /* Device buffer ('C') -> IOVA_X, the mapping of the process that is gone. */
+  int r = edu_dma(EDU_BUF, IOVA_X, 64, 1);
+  printf("orphan_dma_done %d\n", r);
+  if (write(go[1], "g", 1) != 1) die("write");
+  char out = '?';
+  if (read(report[0], &out, 1) != 1) out = '?';
+  waitpid(other, NULL, 0);
+  printf("other_process_untouched %s\n", out == 'y' ? "yes" : "no");
+  fflush(stdout);
+  _exit(0);
+}
+
+/* fork: the container, group and device are shared; the child's MAP_DMA
+ * pins the child's own memory, and its DMA reaches the parent's mappings. */
+static int case_fork(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
+  if (dev < 0) die("GET_DEVICE_FD");
+  device_setup(dev);
+  char *z = fixed_page(Z_ADDR, PG, 'Z');
+  char *p = fixed_page(X_ADDR, PG, 'P');
+  if (map(c, IOVA_Z, z, PG)) die("map");
+  fflush(stdout);
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    memset(p, 'K', PG); /* the child's own copy of the page */
+    int r = map(c, IOVA_NEW, p, PG);
+    printf("fork_child_map %s\n", errno_name(r));
+    /* The child's page -> device -> the parent's page Z. */
+    int d1 = edu_dma(IOVA_NEW, EDU_BUF, 64, 0), d2 = edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+    printf("fork_child_dma %d %d\n", d1, d2);
+    printf("fork_child_unmap %s\n", errno_name(unmap(c, IOVA_NEW, PG)));
+    fflush(stdout);
+    _exit(0);
+  }
+  int st = 0;
+  waitpid(child, &st, 0);
+  printf("fork_parent_sees_child_data %s\n", all_are(z, 64, 'K') ? "yes" : "no");
+  printf("fork_parent_page_untouched %s\n", all_are(p, PG, 'P') ? "yes" : "no");
+  /* The child's mapping is gone: the IOVA is free again. */
+  printf("fork_parent_map_again %s\n", errno_name(map(c, IOVA_NEW, p, PG)));
+  close(dev);
+  close(g);
+  close(c);
+  return 0;
+}
+
+/* QEMU's live update without exec: invalidate the vaddr, map the same
+ * memfd elsewhere, give the mapping its new vaddr: DMA reaches it. */
+static int memfd_page(int byte) {
+  int fd = memfd_create("guest", 0);
+  if (fd < 0 || ftruncate(fd, PG)) die("memfd");
+  char *p = mmap((void *)X_ADDR, PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED_NOREPLACE, fd, 0);
+  if (p == MAP_FAILED) die("mmap memfd");
+  memset(p, byte, PG);
+  return fd;
+}
+
+static int invalidate_vaddr(int c, uint64_t iova, uint64_t size) {
+  struct vfio_iommu_type1_dma_unmap u = {.argsz = sizeof u, .flags = VFIO_DMA_UNMAP_FLAG_VADDR,
+                                         .iova = iova, .size = size};
+  return ioctl(c, VFIO_IOMMU_UNMAP_DMA, &u) ? errno : 0;
+}
+
+static int update_vaddr(int c, uint64_t iova, void *vaddr, uint64_t size) {
+  struct vfio_iommu_type1_dma_map m = {.argsz = sizeof m, .flags = VFIO_DMA_MAP_FLAG_VADDR,
+                                       .vaddr = (uint64_t)(uintptr_t)vaddr, .iova = iova, .size = size};
+  return ioctl(c, VFIO_IOMMU_MAP_DMA, &m) ? errno : 0;
+}
+
+static int case_vaddr(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
+  if (dev < 0) die("GET_DEVICE_FD");
+  device_setup(dev);
+  int fd = memfd_page('A');
+  char *z = fixed_page(Z_ADDR, PG, 'C');
+  if (map(c, IOVA_X, (void *)X_ADDR, PG) || map(c, IOVA_Z, z, PG)) die("map");
+  printf("invalidate %s\n", errno_name(invalidate_vaddr(c, IOVA_X, PG)));
+  munmap((void *)X_ADDR, PG);
+  char *y = mmap((void *)(X_ADDR + 64 * PG), PG, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_FIXED_NOREPLACE, fd, 0);
+  if (y == MAP_FAILED) die("mmap again");
+  printf("update %s\n", errno_name(update_vaddr(c, IOVA_X, y, PG)));
+  int d1 = edu_dma(IOVA_Z, EDU_BUF, 64, 0), d2 = edu_dma(EDU_BUF, IOVA_X, 64, 1);
+  printf("vaddr_dma %d %d\n", d1, d2);
+  printf("vaddr_dma_reaches_new %s\n", all_are(y, 64, 'C') ? "yes" : "no");
+  /* And back: device reads the new place. */
+  memset(y, 'N', PG);
+  d1 = edu_dma(IOVA_X, EDU_BUF, 64, 0);
+  d2 = edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+  printf("vaddr_dma_reads_new %s\n", all_are(z, 64, 'N') ? "yes" : "no");
+  printf("unmap %s\n", errno_name(unmap(c, IOVA_X, PG)));
+  close(dev);
+  close(g);
+  close(c);
+  return 0;
+}
+
+/* QEMU's cpr across exec: invalidate, exec with the container, group and
+ * memfd kept; the new image maps the memfd and updates the vaddr. */
+static int case_cpr(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  int fd = memfd_page('A');
+  char *z = fixed_page(Z_ADDR, PG, 'C');
+  if (map(c, IOVA_X, (void *)X_ADDR, PG) || map(c, IOVA_Z, z, PG)) die("map");
+  printf("invalidate %s\n", errno_name(invalidate_vaddr(c, IOVA_X, PG)));
+  fflush(stdout);
+  char cs[16], gs[16], fs[16];
+  snprintf(cs, sizeof cs, "%d", c);
+  snprintf(gs, sizeof gs, "%d", g);
+  snprintf(fs, sizeof fs, "%d", fd);
+  execl("/proc/self/exe", argv[0], "cpr2", cs, gs, argv[3], fs, (char *)NULL);
+  die("exec");
+  return 1;
+}
+
+static int case_cpr2(char **argv) {
+  int c = atoi(argv[2]), g = atoi(argv[3]), fd = atoi(argv[5]);
+  char *y = mmap((void *)(X_ADDR + 64 * PG), PG, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_FIXED_NOREPLACE, fd, 0);
+  if (y == MAP_FAILED) die("mmap memfd");
+  printf("cpr_update %s\n", errno_name(update_vaddr(c, IOVA_X, y, PG)));
+  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[4]);
+  printf("cpr_device_fd %s\n", err(dev));
+  if (dev < 0) return 0;
+  device_setup(dev);
+  /* Z is the old image's page: its mapping faults; load the device from
+   * the new image's own mapping instead. */
+  char *w = fixed_page(Z_ADDR + 16 * PG, PG, 'W');
+  printf("cpr_new_map %s\n", errno_name(map(c, IOVA_NEW, w, PG)));
+  int d1 = edu_dma(IOVA_NEW, EDU_BUF, 64, 0), d2 = edu_dma(EDU_BUF, IOVA_X, 64, 1);
+  printf("cpr_dma %d %d\n", d1, d2);
+  printf("cpr_dma_reaches_new %s\n", all_are(y, 64, 'W') ? "yes" : "no");
+  printf("cpr_unmap_all %s\n", errno_name(unmap(c, IOVA_X, PG)));
+  return 0;
+}
+
+/* GET_DEVICE_FD names as vfio_pci_core_match reads them. */
+static int case_names(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  char name[64];
+  snprintf(name, sizeof name, "%s ", argv[3]);
+  int d = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, name);
+  printf("name_trailing_space %s\n", err(d));
+  if (d >= 0) close(d);
+  snprintf(name, sizeof name, " %s", argv[3]);
+  printf("name_leading_space %s\n", err(ioctl(g, VFIO_GROUP_GET_DEVICE_FD, name)));
+  snprintf(name, sizeof name, "%s  vf_token=x", argv[3]);
+  printf("name_option %s\n", err(ioctl(g, VFIO_GROUP_GET_DEVICE_FD, name)));
+  snprintf(name, sizeof name, "%sx", argv[3]);
+  printf("name_suffix %s\n", err(ioctl(g, VFIO_GROUP_GET_DEVICE_FD, name)));
+  close(g);
+  close(c);
+  return 0;
+}
+
+/* A program that forbids itself mlock, munlock and madvise (seccomp) and
+ * is not dumpable: VFIO's pins need neither. */
+static int case_seccomp(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
+  if (dev < 0) die("GET_DEVICE_FD");
+  device_setup(dev);
+  struct sock_filter f[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mlock, 3, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_munlock, 2, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_madvise, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+  };
+  struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+    die("seccomp");
+  if (prctl(PR_SET_DUMPABLE, 0)) die("dumpable");
+  char *x = fixed_page(X_ADDR, 2 * PG, 'S');
+  char *z = fixed_page(Z_ADDR, PG, 0);
+  printf("seccomp_mlock %s\n", err(mlock(x, PG)));
+  printf("seccomp_map %s\n", errno_name(map(c, IOVA_X, x, 2 * PG)));
+  printf("seccomp_map_z %s\n", errno_name(map(c, IOVA_Z, z, PG)));
+  int d1 = edu_dma(IOVA_X + PG, EDU_BUF, 64, 0), d2 = edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+  printf("seccomp_dma %d %d %s\n", d1, d2, all_are(z, 64, 'S') ? "yes" : "no");
+  printf("seccomp_unmap %s\n", errno_name(unmap(c, IOVA_X, 2 * PG)));
+  close(dev);
+  close(g);
+  close(c);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  if (argc < 3) return 2;
+  if (!strcmp(argv[1], "emfile")) return case_emfile(argv[2]);
+  if (!strcmp(argv[1], "mlock")) return case_mlock(argv[2]);
+  if (!strcmp(argv[1], "exec") && argc > 3) return case_exec(argv);
+  if (!strcmp(argv[1], "exec2") && argc > 4) return case_exec2(argv);
+  if (!strcmp(argv[1], "orphan") && argc > 3) return case_orphan(argv);
+  if (!strcmp(argv[1], "fork") && argc > 3) return case_fork(argv);
+  if (!strcmp(argv[1], "names") && argc > 3) return case_names(argv);
+  if (!strcmp(argv[1], "seccomp") && argc > 3) return case_seccomp(argv);
+  if (!strcmp(argv[1], "vaddr") && argc > 3) return case_vaddr(argv);
+  if (!strcmp(argv[1], "cpr") && argc > 3) return case_cpr(argv);
+  if (!strcmp(argv[1], "cpr2") && argc > 5) return case_cpr2(argv);
+  return 2;
+}
