@@ -17,7 +17,9 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 use softvfio::container::{Container, ContainerSnapshot};
+use softvfio::sanitizer::Sanitizer;
 pub use softvfio_platform::report::{fault_views, FaultView};
+use softvfio_platform::sanitize::{self, SanitizerReport};
 use softvfio_platform::BuiltPlatform;
 
 use crate::report;
@@ -33,6 +35,10 @@ pub struct InspectArgs {
     /// Print the snapshot as JSON.
     #[arg(long)]
     json: bool,
+    /// Show a sanitizer report written by `softvfio run --sanitize
+    /// --report-json FILE` instead of a live session.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 pub fn default_socket(pid: u32) -> PathBuf {
@@ -43,6 +49,7 @@ pub fn default_socket(pid: u32) -> PathBuf {
 pub struct Registry {
     pub built: Arc<BuiltPlatform>,
     containers: Mutex<Vec<Weak<Container>>>,
+    sanitizer: Mutex<Option<Arc<Sanitizer>>>,
 }
 
 /// A session's state, as `inspect` shows it.
@@ -54,6 +61,9 @@ pub struct SessionSnapshot {
     pub faults_overflowed: u64,
     pub iotlb: serde_json::Value,
     pub devices: Vec<serde_json::Value>,
+    /// What the DMA sanitizer found so far (`--sanitize`).
+    #[serde(default)]
+    pub sanitizer: Option<SanitizerReport>,
 }
 
 impl Registry {
@@ -61,7 +71,13 @@ impl Registry {
         Self {
             built,
             containers: Mutex::new(Vec::new()),
+            sanitizer: Mutex::new(None),
         }
+    }
+
+    /// The session's DMA sanitizer, whose findings snapshots include.
+    pub fn set_sanitizer(&self, s: Option<Arc<Sanitizer>>) {
+        *self.sanitizer.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
 
     pub fn add_container(&self, c: &Arc<Container>) {
@@ -105,6 +121,12 @@ impl Registry {
                 .iter()
                 .filter_map(|d| serde_json::to_value(d.edu.snapshot()).ok())
                 .collect(),
+            sanitizer: self
+                .sanitizer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|s| sanitize::build_report(&self.built, s, &[])),
         }
     }
 }
@@ -170,6 +192,20 @@ pub fn fetch(path: &Path) -> Result<SessionSnapshot, String> {
 }
 
 pub fn main(args: InspectArgs) -> u8 {
+    if let Some(file) = &args.report {
+        let report: SanitizerReport = match std::fs::read(file)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("softvfio inspect: {}: {e}", file.display());
+                return 1;
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        return u8::from(sanitize::write_report(&mut out, &report).is_err());
+    }
     let path = match find_socket(&args) {
         Ok(p) => p,
         Err(e) => {

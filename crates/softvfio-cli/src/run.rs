@@ -27,11 +27,13 @@ use clap::{Args, ValueEnum};
 use softvfio::frontend::{FdTarget, ProgramFds, Routed, Session};
 use softvfio::memory::host::{HostMemory, MmSyscalls};
 use softvfio::memory::{UserMemory, PAGE_SIZE};
+use softvfio::sanitizer::{self as engine_sanitizer, Sanitizer, SanitizerConfig};
 use softvfio::uapi::Vfio;
 use softvfio::VfioError;
 use softvfio_platform::hostview::mount::MountPlan;
 use softvfio_platform::hostview::HostView;
 pub use softvfio_platform::report::{FinalState, Leftovers};
+use softvfio_platform::sanitize::{self, ProcessMaps, SanitizeMode};
 use softvfio_platform::{build, BuiltPlatform, Config};
 use softvfio_trace::{
     exit_code, Command, Errno, Handler, ObjectId, OpenReply, OpenRequest, Supervisor,
@@ -78,6 +80,19 @@ pub struct RunArgs {
     /// (docs/PERFORMANCE.md, QEMU).
     #[arg(long)]
     stats: bool,
+    /// The DMA sanitizer (docs/SANITIZER.md): explain every DMA fault with
+    /// the mapping history of its IOVA and the program's call sites, report
+    /// stale mappings and what the program leaks. `--sanitize=strict` also
+    /// makes any fault, stale mapping or leak a non-zero exit status.
+    #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "on", value_parser = ["on", "strict"])]
+    sanitize: Option<String>,
+    /// Events kept per IOVA region by the sanitizer.
+    #[arg(long, default_value_t = 8)]
+    sanitize_depth: usize,
+    /// With `--sanitize`: also write the sanitizer's report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    report_json: Option<PathBuf>,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     program: Vec<OsString>,
@@ -125,7 +140,18 @@ pub fn main(args: RunArgs) -> u8 {
         return run_preloaded(&args, hostview_plan(&built));
     }
     let vfio = Arc::new(Vfio::new(built.platform.clone()));
+    let sanitize = args.sanitize.as_deref().and_then(SanitizeMode::parse);
+    let sanitizer = sanitize.map(|_| {
+        Sanitizer::new(SanitizerConfig {
+            depth: args.sanitize_depth,
+            ..SanitizerConfig::default()
+        })
+    });
+    if let Some(s) = &sanitizer {
+        vfio.set_sanitizer(s.clone());
+    }
     let registry = Arc::new(Registry::new(built.clone()));
+    registry.set_sanitizer(sanitizer.clone());
     let socket = args
         .inspect_socket
         .clone()
@@ -143,6 +169,7 @@ pub fn main(args: RunArgs) -> u8 {
     ignore_interactive_signals();
     let mut sup = Supervisor::new();
     let mut handler = VfioHandler::new(vfio, registry.clone(), sup.injector());
+    handler.sanitizer = sanitizer.clone();
     if args.stats {
         handler.stats = Some(CallStats::default());
     }
@@ -160,7 +187,7 @@ pub fn main(args: RunArgs) -> u8 {
     if server.is_ok() {
         let _ = std::fs::remove_file(&socket);
     }
-    let code = match status {
+    let mut code = match status {
         Ok(s) => exit_code(s),
         Err(e) => {
             eprintln!(
@@ -170,15 +197,39 @@ pub fn main(args: RunArgs) -> u8 {
             127
         }
     };
+    let mut err = std::io::stderr().lock();
     if !args.quiet {
-        let mut err = std::io::stderr().lock();
         let _ =
             report::write_end_report(&mut err, &built, &handler.leftovers, &handler.final_state());
         if let Some(stats) = &handler.stats {
             let _ = stats.write(&mut err);
         }
     }
+    if let (Some(s), Some(mode)) = (&sanitizer, sanitize) {
+        let errors = sanitize::finish(
+            &mut err,
+            &built,
+            s,
+            &handler.leftovers.leaks,
+            args.report_json.as_deref(),
+            args.quiet,
+        );
+        code = strict_status(code, mode, errors);
+    }
     u8::try_from(code.clamp(0, 255)).unwrap_or(1)
+}
+
+/// The exit status of a sanitized run: the program's own, or under
+/// `--sanitize=strict` [`sanitize::STRICT_EXIT_STATUS`] when the program
+/// succeeded but the sanitizer found errors.
+fn strict_status(code: i32, mode: SanitizeMode, errors: usize) -> i32 {
+    if mode == SanitizeMode::Strict && errors > 0 {
+        eprintln!("softvfio: sanitizer: {errors} error(s) (--sanitize=strict)");
+        if code == 0 {
+            return sanitize::STRICT_EXIT_STATUS;
+        }
+    }
+    code
 }
 
 /// The host's view of the platform in sysfs (docs/HOSTVIEW.md), planned
@@ -339,6 +390,24 @@ fn run_preloaded(args: &RunArgs, hostview: Option<MountPlan>) -> u8 {
     if args.quiet {
         cmd.env("SOFTVFIO_QUIET", "1");
     }
+    // The sanitizer runs inside the program; it leaves the number of errors
+    // in `status_file` for `--sanitize=strict`.
+    let sanitize = args.sanitize.as_deref().and_then(SanitizeMode::parse);
+    let status_file =
+        std::env::temp_dir().join(format!("softvfio-sanitize-{}.status", std::process::id()));
+    cmd.env_remove("SOFTVFIO_SANITIZE")
+        .env_remove("SOFTVFIO_REPORT_JSON");
+    if let Some(mode) = sanitize {
+        cmd.env("SOFTVFIO_SANITIZE", mode.as_str())
+            .env("SOFTVFIO_SANITIZE_DEPTH", args.sanitize_depth.to_string())
+            .env("SOFTVFIO_SANITIZE_STATUS", &status_file);
+        if let Some(j) = &args.report_json {
+            cmd.env(
+                "SOFTVFIO_REPORT_JSON",
+                std::path::absolute(j).unwrap_or_else(|_| j.clone()),
+            );
+        }
+    }
     if let Some(plan) = hostview {
         use std::os::unix::process::CommandExt;
         // SAFETY: `MountPlan::apply_or_warn` is async-signal-safe.
@@ -363,13 +432,21 @@ fn run_preloaded(args: &RunArgs, hostview: Option<MountPlan>) -> u8 {
     // (ignoring them only after the spawn, so the program keeps the
     // dispositions it was given).
     ignore_interactive_signals();
-    let code = match child.wait() {
+    let mut code = match child.wait() {
         Ok(s) => exit_code(s),
         Err(e) => {
             eprintln!("softvfio: waiting for the program: {e}");
             1
         }
     };
+    if let Some(mode) = sanitize {
+        let errors = std::fs::read_to_string(&status_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let _ = std::fs::remove_file(&status_file);
+        code = strict_status(code, mode, errors);
+    }
     u8::try_from(code.clamp(0, 255)).unwrap_or(1)
 }
 
@@ -462,6 +539,10 @@ struct VfioHandler {
     leftovers: Leftovers,
     /// The sysfs view and the platform whose device models serve `config`.
     sysfs: Option<(HostView, Arc<BuiltPlatform>)>,
+    /// The DMA sanitizer, with `--sanitize`.
+    sanitizer: Option<Arc<Sanitizer>>,
+    /// Each traced process's file mappings, for call sites.
+    maps: HashMap<i32, ProcessMaps>,
 }
 
 fn errno(e: VfioError) -> Errno {
@@ -479,7 +560,26 @@ impl VfioHandler {
             retired: Vec::new(),
             leftovers: Leftovers::default(),
             sysfs: None,
+            sanitizer: None,
+            maps: HashMap::new(),
         }
+    }
+
+    /// With the sanitizer: the program's call site of the system call `t`
+    /// is stopped in (its frames, walked with the frame pointers).
+    fn call_site(&mut self, t: &Tracee<'_>) -> Option<Arc<engine_sanitizer::CallSite>> {
+        self.sanitizer.as_ref()?;
+        let (ip, sp, bp) = t.stack_registers()?;
+        let maps = self
+            .maps
+            .entry(t.pid())
+            .or_insert_with(|| ProcessMaps::new(Some(t.pid())));
+        let read = |a: u64| {
+            let mut b = [0u8; 8];
+            t.read_mem(a, &mut b).ok().map(|_| u64::from_le_bytes(b))
+        };
+        let frames = sanitize::walk_stack(ip, sp, bp, 16, read, |a| maps.is_code(a));
+        Some(maps.site(&frames))
     }
 
     fn mem_for(&mut self, pid: i32) -> Arc<HostMemory> {
@@ -571,7 +671,13 @@ impl Handler for VfioHandler {
     fn open(&mut self, t: &mut Tracee<'_>, req: &OpenRequest) -> Option<Result<OpenReply, Errno>> {
         let path = req.path.to_str()?;
         let mem: Arc<dyn UserMemory> = self.mem_for(t.pid());
-        if let Some(res) = self.session.open(path, || mem) {
+        let site = if path.starts_with("/dev/vfio/") {
+            self.call_site(t)
+        } else {
+            None
+        };
+        let session = &mut self.session;
+        if let Some(res) = engine_sanitizer::with_call_site(site, || session.open(path, || mem)) {
             return Some(match res {
                 Ok(key) => {
                     if let Some(c) = self.session.container(key) {
@@ -597,11 +703,21 @@ impl Handler for VfioHandler {
         arg: u64,
     ) -> Result<i64, Errno> {
         let user = self.mem_for(t.pid());
+        let site = match request {
+            softvfio::uapi::VFIO_IOMMU_MAP_DMA
+            | softvfio::uapi::VFIO_IOMMU_UNMAP_DMA
+            | softvfio::uapi::VFIO_GROUP_GET_DEVICE_FD
+            | softvfio::uapi::VFIO_DEVICE_SET_IRQS => self.call_site(t),
+            _ => None,
+        };
         let routed = {
             let mut fds = TraceeFds(t);
-            self.session
-                .ioctl(obj.0, request, arg, user.as_ref(), &mut fds)
-                .map_err(errno)
+            let session = &mut self.session;
+            engine_sanitizer::with_call_site(site, || {
+                session
+                    .ioctl(obj.0, request, arg, user.as_ref(), &mut fds)
+                    .map_err(errno)
+            })
         };
         if let Some(stats) = &mut self.stats {
             stats.note_ioctl(request, arg, routed.is_ok(), user.as_ref());
@@ -658,12 +774,17 @@ impl Handler for VfioHandler {
         if t.is_none() {
             if let Some(o) = self.session.object(obj.0) {
                 self.leftovers.note(o);
+                if let Some(s) = &self.sanitizer {
+                    self.leftovers.note_sanitized(s, obj.0, o);
+                }
             }
         }
         self.session.release(obj.0);
     }
 
     fn exec(&mut self, pid: i32) {
+        // A new image: its own file mappings.
+        self.maps.remove(&pid);
         // A new address space: later opens pin the new one.
         if let Some(m) = self.mems.remove(&pid) {
             self.retired.push(m);
