@@ -116,9 +116,13 @@ thread_local! {
 /// Runs `f` (a device's DMA) with `origin` attached to every fault it
 /// records on this thread.
 pub fn with_dma_origin<R>(origin: DmaOrigin, f: impl FnOnce() -> R) -> R {
-    let old = DMA_ORIGIN.with(|c| c.replace(Some(origin)));
+    // try_with: thread-local storage may be gone in a thread's last moments.
+    let old = DMA_ORIGIN
+        .try_with(|c| c.replace(Some(origin)))
+        .ok()
+        .flatten();
     let r = f();
-    DMA_ORIGIN.with(|c| c.set(old));
+    let _ = DMA_ORIGIN.try_with(|c| c.set(old));
     r
 }
 
@@ -192,7 +196,11 @@ impl FaultLog {
             phys,
             at: self.created.elapsed(),
             time: Instant::now(),
-            origin: DMA_ORIGIN.with(|c| c.get()).map(Box::new),
+            origin: DMA_ORIGIN
+                .try_with(|c| c.get())
+                .ok()
+                .flatten()
+                .map(Box::new),
         };
         tracing::debug!(%fault, "DMA fault");
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());

@@ -50,9 +50,11 @@ use libc::{off_t, size_t, ssize_t, FILE};
 
 mod claim;
 mod real;
+mod sanitize;
 mod state;
 
 use real::Next;
+use softvfio::sanitizer::StaleCause;
 use state::{with_existing, with_state, OpenOutcome, TRACKED};
 
 thread_local! {
@@ -701,6 +703,132 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     // SAFETY: the program passed libc's arguments; they go on unchanged.
     unsafe { fcntl_hook(&real::FCNTL64, fd, cmd, arg) }
+}
+
+// ---- stale mappings (the DMA sanitizer) ------------------------------------
+
+/// Is the sanitizer watching this process's memory calls? (One atomic load
+/// when it is off.)
+fn watching() -> bool {
+    sanitize::ON.load(Ordering::Relaxed) && TRACKED.load(Ordering::Relaxed) > 0
+}
+
+/// # Safety
+/// As libc's `munmap`.
+#[no_mangle]
+pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
+    // SAFETY: the program's arguments, passed on unchanged.
+    let pass = || unsafe { real::munmap(addr, len) };
+    if !watching() {
+        return pass();
+    }
+    hook(-1, pass, |pass| {
+        let res = pass.call();
+        if res == 0 {
+            let saved = real::errno();
+            sanitize::going_away(addr as u64, len as u64, StaleCause::Munmap);
+            real::set_errno(saved);
+        }
+        res
+    })
+}
+
+/// # Safety
+/// As libc's `mremap`; `new_address` is read only with `MREMAP_FIXED` (the
+/// variadic argument travels in the same register).
+#[no_mangle]
+pub unsafe extern "C" fn mremap(
+    old: *mut c_void,
+    old_size: size_t,
+    new_size: size_t,
+    flags: c_int,
+    new_address: *mut c_void,
+) -> *mut c_void {
+    // SAFETY: the program's arguments, passed on unchanged.
+    let pass = || unsafe { real::mremap(old, old_size, new_size, flags, new_address) };
+    if !watching() {
+        return pass();
+    }
+    hook(libc::MAP_FAILED, pass, |pass| {
+        let res = pass.call();
+        if res != libc::MAP_FAILED {
+            let saved = real::errno();
+            // What the program no longer sees at the old address: all of
+            // it when the mapping moved, the tail when it shrank.
+            let (old, old_size, new_size) = (old as u64, old_size as u64, new_size as u64);
+            let lost = if res as u64 != old {
+                Some((old, old_size))
+            } else if new_size < old_size {
+                Some((old + new_size, old_size - new_size))
+            } else {
+                None
+            };
+            if let Some((a, n)) = lost {
+                sanitize::going_away(a, n, StaleCause::Mremap);
+            }
+            real::set_errno(saved);
+        }
+        res
+    })
+}
+
+/// `mmap`/`mmap64` with `MAP_FIXED` over memory still mapped for DMA.
+///
+/// # Safety
+/// As libc's `mmap`.
+unsafe fn mmap_hook(
+    next: &'static Next,
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    // SAFETY: the program's arguments, passed on unchanged.
+    let pass = || unsafe { real::mmap(next, addr, len, prot, flags, fd, off) };
+    if flags & libc::MAP_FIXED == 0 || !watching() {
+        return pass();
+    }
+    hook(libc::MAP_FAILED, pass, |pass| {
+        let res = pass.call();
+        if res != libc::MAP_FAILED {
+            let saved = real::errno();
+            sanitize::going_away(addr as u64, len as u64, StaleCause::MmapFixed);
+            real::set_errno(saved);
+        }
+        res
+    })
+}
+
+/// # Safety
+/// As libc's `mmap`.
+#[no_mangle]
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    // SAFETY: the program's arguments, passed on unchanged.
+    unsafe { mmap_hook(&real::MMAP, addr, len, prot, flags, fd, off) }
+}
+
+/// # Safety
+/// As libc's `mmap64`.
+#[no_mangle]
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    // SAFETY: the program's arguments, passed on unchanged.
+    unsafe { mmap_hook(&real::MMAP64, addr, len, prot, flags, fd, off) }
 }
 
 /// At load: the program `softvfio run --mode preload` started reports at

@@ -59,6 +59,10 @@ pub static DUP2: Next = Next::new(c"dup2");
 pub static DUP3: Next = Next::new(c"dup3");
 pub static FCNTL: Next = Next::new(c"fcntl");
 pub static FCNTL64: Next = Next::new(c"fcntl64");
+pub static MUNMAP: Next = Next::new(c"munmap");
+pub static MREMAP: Next = Next::new(c"mremap");
+pub static MMAP: Next = Next::new(c"mmap");
+pub static MMAP64: Next = Next::new(c"mmap64");
 
 fn enosys<T: From<i8>>() -> T {
     set_errno(libc::ENOSYS);
@@ -92,6 +96,9 @@ type FdFn = unsafe extern "C" fn(c_int) -> c_int;
 type Dup2Fn = unsafe extern "C" fn(c_int, c_int) -> c_int;
 type Dup3Fn = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
 type FcntlFn = unsafe extern "C" fn(c_int, c_int, ...) -> c_int;
+type MunmapFn = unsafe extern "C" fn(*mut c_void, size_t) -> c_int;
+type MremapFn = unsafe extern "C" fn(*mut c_void, size_t, size_t, c_int, ...) -> *mut c_void;
+type MmapFn = unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void;
 
 macro_rules! fn_of {
     ($next:expr, $ty:ty) => {{
@@ -196,6 +203,83 @@ pub unsafe fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
         Some(f) => unsafe { f(fd, request, arg) },
         None => enosys(),
     }
+}
+
+/// The next `munmap`.
+///
+/// # Safety
+/// As libc's `munmap`: no Rust reference may cover the range.
+pub unsafe fn munmap(addr: *mut c_void, len: size_t) -> c_int {
+    match fn_of!(MUNMAP, MunmapFn) {
+        // SAFETY: the program's arguments, unchanged.
+        Some(f) => unsafe { f(addr, len) },
+        None => enosys(),
+    }
+}
+
+/// The next `mremap` (`new_address` is read only with `MREMAP_FIXED`).
+///
+/// # Safety
+/// As libc's `mremap`.
+pub unsafe fn mremap(
+    old: *mut c_void,
+    old_size: size_t,
+    new_size: size_t,
+    flags: c_int,
+    new_address: *mut c_void,
+) -> *mut c_void {
+    match fn_of!(MREMAP, MremapFn) {
+        // SAFETY: the program's arguments, unchanged.
+        Some(f) => unsafe { f(old, old_size, new_size, flags, new_address) },
+        None => {
+            set_errno(libc::ENOSYS);
+            libc::MAP_FAILED
+        }
+    }
+}
+
+/// The next `mmap` or `mmap64` (`next`).
+///
+/// # Safety
+/// As libc's `mmap`.
+pub unsafe fn mmap(
+    next: &Next,
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    match fn_of!(next, MmapFn) {
+        // SAFETY: the program's arguments, unchanged.
+        Some(f) => unsafe { f(addr, len, prot, flags, fd, off) },
+        None => {
+            set_errno(libc::ENOSYS);
+            libc::MAP_FAILED
+        }
+    }
+}
+
+extern "C" {
+    /// glibc's `backtrace(3)` (execinfo.h): unwinds with the DWARF call
+    /// frame information, frame pointers or not.
+    fn backtrace(buffer: *mut *mut c_void, size: c_int) -> c_int;
+}
+
+/// The return addresses of the calling thread's frames, innermost first
+/// (at most `out.len()`); the count written.
+pub fn backtrace_into(out: &mut [u64]) -> usize {
+    let mut buf = [std::ptr::null_mut::<c_void>(); 32];
+    let want = buf.len().min(out.len());
+    // SAFETY: `buf` has room for `want` pointers; backtrace writes at most
+    // that many and returns how many it wrote.
+    let n = unsafe { backtrace(buf.as_mut_ptr(), want as c_int) };
+    let n = usize::try_from(n).unwrap_or(0).min(want);
+    for (o, p) in out.iter_mut().zip(&buf[..n]) {
+        *o = *p as u64;
+    }
+    n
 }
 
 /// The next `pread`/`pread64`.

@@ -53,16 +53,19 @@ thread_local! {
 
 /// Runs `f` with `site` as the call site of what the engine records (the
 /// front end captured it from the program's stopped thread or its caller).
+///
+/// (Thread-local storage may be gone while a thread or process exits, e.g.
+/// in an `atexit` report: then there is simply no call site.)
 pub fn with_call_site<R>(site: Option<Arc<CallSite>>, f: impl FnOnce() -> R) -> R {
-    let old = CURRENT_SITE.with(|c| c.replace(site));
+    let old = CURRENT_SITE.try_with(|c| c.replace(site)).ok().flatten();
     let r = f();
-    CURRENT_SITE.with(|c| *c.borrow_mut() = old);
+    let _ = CURRENT_SITE.try_with(|c| *c.borrow_mut() = old);
     r
 }
 
 /// The call site set by [`with_call_site`] on this thread, if any.
 pub fn current_site() -> Option<Arc<CallSite>> {
-    CURRENT_SITE.with(|c| c.borrow().clone())
+    CURRENT_SITE.try_with(|c| c.borrow().clone()).ok().flatten()
 }
 
 /// How the program made memory behind a live DMA mapping go away.
