@@ -27,7 +27,7 @@ use clap::{Args, ValueEnum};
 use softvfio::frontend::{FdTarget, ProgramFds, Routed, Session};
 use softvfio::memory::host::{HostMemory, MmSyscalls};
 use softvfio::memory::{UserMemory, PAGE_SIZE};
-use softvfio::sanitizer::{self as engine_sanitizer, Sanitizer, SanitizerConfig};
+use softvfio::sanitizer::{self as engine_sanitizer, Sanitizer, SanitizerConfig, StaleCause};
 use softvfio::uapi::Vfio;
 use softvfio::VfioError;
 use softvfio_platform::hostview::mount::MountPlan;
@@ -175,6 +175,8 @@ pub fn main(args: RunArgs) -> u8 {
     }
     let mut cmd = Command::new(&args.program[0]);
     cmd.args(&args.program[1..]);
+    // The sanitizer watches munmap/mremap/mmap(MAP_FIXED) for stale mappings.
+    cmd.trace_memory_calls(sanitizer.is_some());
     if let Some(plan) = hostview_plan(&built) {
         handler.sysfs = Some((HostView::of(&built), built.clone()));
         // SAFETY: `MountPlan::apply_or_warn` is async-signal-safe (it only
@@ -780,6 +782,59 @@ impl Handler for VfioHandler {
             }
         }
         self.session.release(obj.0);
+    }
+
+    fn memory_call(
+        &mut self,
+        t: &mut Tracee<'_>,
+        nr: i64,
+        a: [u64; 6],
+    ) -> Option<Result<i64, Errno>> {
+        let s = self.sanitizer.clone()?;
+        if nr == libc::SYS_mmap && a[3] & libc::MAP_FIXED as u64 == 0 {
+            return None;
+        }
+        // The containers whose mappings address this process's memory.
+        let mem = self.mems.get(&t.pid())?.clone();
+        let containers: Vec<u64> = self
+            .session
+            .containers()
+            .iter()
+            .filter(|c| {
+                let m: &Arc<dyn UserMemory> = c.memory();
+                std::ptr::addr_eq(Arc::as_ptr(m), Arc::as_ptr(&mem))
+            })
+            .map(|c| c.id())
+            .collect();
+        if containers.is_empty() {
+            return None;
+        }
+        // Made here, so that only a call that succeeded is reported.
+        let site = self.call_site(t);
+        let res = t.inject_syscall(nr, a).ok()?;
+        if res >= 0 || res < -4095 {
+            let lost = match nr {
+                libc::SYS_mremap if res as u64 != a[0] => Some((a[0], a[1])),
+                libc::SYS_mremap if a[2] < a[1] => Some((a[0] + a[2], a[1] - a[2])),
+                libc::SYS_mremap => None,
+                _ => Some((a[0], a[1])),
+            };
+            let cause = match nr {
+                libc::SYS_munmap => StaleCause::Munmap,
+                libc::SYS_mremap => StaleCause::Mremap,
+                _ => StaleCause::MmapFixed,
+            };
+            if let Some((addr, len)) = lost.filter(|l| l.1 > 0) {
+                let found = engine_sanitizer::with_call_site(site, || {
+                    s.memory_going_away(Some(&containers), addr, len, cause)
+                });
+                let mut err = std::io::stderr().lock();
+                for r in &found {
+                    let _ = sanitize::write_stale_now(&mut err, &s, r);
+                }
+            }
+        }
+        Some(Ok(res))
     }
 
     fn exec(&mut self, pid: i32) {

@@ -109,6 +109,21 @@ pub trait Handler {
         let _ = (t, obj);
     }
 
+    /// With [`Command::trace_memory_calls`](crate::Command::trace_memory_calls):
+    /// the program's `munmap`, `mremap` or `mmap` (`nr`, `args`). `None`
+    /// lets it run as made; `Some(result)` is the call's result (the handler
+    /// made the call itself, e.g. with [`Tracee::inject_syscall`], to look at
+    /// its outcome).
+    fn memory_call(
+        &mut self,
+        t: &mut Tracee<'_>,
+        nr: i64,
+        args: [u64; 6],
+    ) -> Option<Result<i64, Errno>> {
+        let _ = (t, nr, args);
+        None
+    }
+
     /// The program was started as process `pid` (called once per run,
     /// before it runs its first instruction of the new program).
     fn spawned(&mut self, pid: i32) {

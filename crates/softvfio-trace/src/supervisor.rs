@@ -821,6 +821,17 @@ impl Core {
                 };
                 ret(vectored(h, &mut t, obj, write, a[1], a[2], off as u64))
             }
+            libc::SYS_munmap | libc::SYS_mremap | libc::SYS_mmap => {
+                let mut t = Tracee {
+                    core: self,
+                    pid,
+                    tid,
+                };
+                match h.memory_call(&mut t, nr, a) {
+                    None => Outcome::Pass,
+                    Some(r) => ret(r),
+                }
+            }
             _ => Outcome::Pass,
         }
     }
