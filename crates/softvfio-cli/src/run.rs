@@ -812,7 +812,8 @@ impl Handler for VfioHandler {
         // Made here, so that only a call that succeeded is reported.
         let site = self.call_site(t);
         let res = t.inject_syscall(nr, a).ok()?;
-        if res >= 0 || res < -4095 {
+        // -4095..-1 is an errno.
+        if !(-4095..0).contains(&res) {
             let lost = match nr {
                 libc::SYS_mremap if res as u64 != a[0] => Some((a[0], a[1])),
                 libc::SYS_mremap if a[2] < a[1] => Some((a[0] + a[2], a[1] - a[2])),
