@@ -545,6 +545,8 @@ struct VfioHandler {
     sanitizer: Option<Arc<Sanitizer>>,
     /// Each traced process's file mappings, for call sites.
     maps: HashMap<i32, ProcessMaps>,
+    /// Objects already counted as left open.
+    noted: std::collections::HashSet<u64>,
 }
 
 fn errno(e: VfioError) -> Errno {
@@ -564,6 +566,7 @@ impl VfioHandler {
             sysfs: None,
             sanitizer: None,
             maps: HashMap::new(),
+            noted: std::collections::HashSet::new(),
         }
     }
 
@@ -580,7 +583,7 @@ impl VfioHandler {
             let mut b = [0u8; 8];
             t.read_mem(a, &mut b).ok().map(|_| u64::from_le_bytes(b))
         };
-        let frames = sanitize::walk_stack(ip, sp, bp, 16, read, |a| maps.is_code(a));
+        let frames = maps.walk(ip, sp, bp, 16, read);
         Some(maps.site(&frames))
     }
 
@@ -774,10 +777,23 @@ impl Handler for VfioHandler {
 
     fn release(&mut self, t: Option<&mut Tracee<'_>>, obj: ObjectId) {
         if t.is_none() {
-            if let Some(o) = self.session.object(obj.0) {
-                self.leftovers.note(o);
-                if let Some(s) = &self.sanitizer {
-                    self.leftovers.note_sanitized(s, obj.0, o);
+            // Left open by the program. Everything left is noted before the
+            // first such release: releasing a group detaches it from its
+            // container, which unmaps everything.
+            let keys = if self.noted.is_empty() {
+                self.session.keys()
+            } else {
+                vec![obj.0]
+            };
+            for key in keys {
+                if !self.noted.insert(key) {
+                    continue;
+                }
+                if let Some(o) = self.session.object(key) {
+                    self.leftovers.note(o);
+                    if let Some(s) = &self.sanitizer {
+                        self.leftovers.note_sanitized(s, key, o);
+                    }
                 }
             }
         }

@@ -66,11 +66,20 @@ struct MapEntry {
 
 /// A process's file mappings (`/proc/<pid>/maps`), read once and again when
 /// an address falls outside them (a library loaded later).
-#[derive(Debug)]
 pub struct ProcessMaps {
     path: String,
     entries: Vec<MapEntry>,
     names: HashMap<String, Arc<str>>,
+    /// Call frame information by object, loaded on first use.
+    cfi: HashMap<Arc<str>, Option<Cfi>>,
+}
+
+impl std::fmt::Debug for ProcessMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessMaps")
+            .field("path", &self.path)
+            .finish()
+    }
 }
 
 impl ProcessMaps {
@@ -84,6 +93,7 @@ impl ProcessMaps {
             path,
             entries: Vec::new(),
             names: HashMap::new(),
+            cfi: HashMap::new(),
         };
         m.reload();
         m
@@ -173,79 +183,191 @@ fn parse_maps(text: &str, names: &mut HashMap<String, Arc<str>>) -> Vec<MapEntry
     out
 }
 
-/// Frames walked from a stopped thread at a system call: its instruction
-/// pointer, the return address into the code that called the libc wrapper
-/// (the first word near the top of the stack that points just after a call
-/// instruction), then the frame-pointer chain. `read` reads a word of the
-/// program's memory; `is_code` says whether an address is in an executable
-/// file mapping. At most `max` frames.
-///
-/// The wrapper may use `rbp` for itself (it saves the caller's value first):
-/// the chain starts at `bp` when that lies above the return address's slot,
-/// else at the word pushed just below it.
-pub fn walk_stack(
-    ip: u64,
-    sp: u64,
-    bp: u64,
-    max: usize,
-    mut read: impl FnMut(u64) -> Option<u64>,
-    mut is_code: impl FnMut(u64) -> bool,
-) -> Vec<u64> {
-    let mut out = vec![ip];
-    let mut fp = bp;
-    // With `bp` the caller's frame just above, the return slot is the
-    // highest candidate below it (lower ones may be stale return addresses
-    // of earlier, deeper calls); without, the first candidate.
-    let caller_frame = bp > sp && bp - sp <= 64 * 8;
-    let mut found: Option<(u64, u64)> = None;
-    for i in 0..64u64 {
-        let slot = sp.wrapping_add(i * 8);
-        if caller_frame && slot >= bp {
-            break;
-        }
-        let Some(w) = read(slot) else { break };
-        if !is_code(w) || !after_call(w, &mut read) {
-            continue;
-        }
-        found = Some((slot, w));
-        if !caller_frame {
-            break;
-        }
-    }
-    if let Some((slot, w)) = found {
-        out.push(w);
-        if fp <= slot {
-            fp = read(slot.wrapping_sub(8)).unwrap_or(0);
-        }
-    }
-    while out.len() < max && fp != 0 && fp.is_multiple_of(8) {
-        let (Some(next), Some(ret)) = (read(fp), read(fp.wrapping_add(8))) else {
-            break;
-        };
-        if !is_code(ret) {
-            break;
-        }
-        if out.last() != Some(&ret) {
-            out.push(ret);
-        }
-        // Frames grow down: the caller's frame is above, and near.
-        if next <= fp || next - fp > (8 << 20) {
-            break;
-        }
-        fp = next;
-    }
-    out
+/// How to find the caller's frame from one instruction (x86-64 `.eh_frame`
+/// rules the walk understands).
+#[derive(Debug, Clone, Copy)]
+struct FrameRule {
+    /// The CFA is `rsp` (7) or `rbp` (6) plus `cfa_offset`.
+    cfa_register: u16,
+    cfa_offset: i64,
+    /// The return address is saved at CFA + this.
+    ra_offset: i64,
+    /// The caller's `rbp` is saved at CFA + this (else unchanged).
+    rbp_offset: Option<i64>,
 }
 
-/// Does `ret` follow an x86-64 call instruction (`call rel32`, or `call` of
-/// a register or memory operand: `ff /2` in its 2- to 7-byte forms)?
-fn after_call(ret: u64, read: &mut impl FnMut(u64) -> Option<u64>) -> bool {
-    let Some(w) = read(ret.wrapping_sub(8)) else {
-        return false;
-    };
-    let b = w.to_le_bytes();
-    let ff2 = |at: usize| b[at] == 0xff && b.get(at + 1).is_some_and(|m| m & 0x38 == 0x10);
-    b[3] == 0xe8 || ff2(6) || ff2(5) || ff2(4) || ff2(2) || ff2(1)
+/// An object's call frame information (`.eh_frame`, with its binary-search
+/// table `.eh_frame_hdr` when present).
+struct Cfi {
+    eh_frame: Vec<u8>,
+    eh_frame_addr: u64,
+    hdr: Option<(Vec<u8>, u64)>,
+    text_addr: u64,
+    /// PT_LOAD segments: file offset, file size, virtual address.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl Cfi {
+    fn load(path: &str) -> Option<Cfi> {
+        use object::{Object, ObjectSection};
+        let data = std::fs::read(path).ok()?;
+        let file = object::File::parse(&*data).ok()?;
+        let eh = file.section_by_name(".eh_frame")?;
+        let hdr = file
+            .section_by_name(".eh_frame_hdr")
+            .and_then(|h| Some((h.data().ok()?.to_vec(), h.address())));
+        Some(Cfi {
+            eh_frame: eh.data().ok()?.to_vec(),
+            eh_frame_addr: eh.address(),
+            hdr,
+            text_addr: file
+                .section_by_name(".text")
+                .map(|t| t.address())
+                .unwrap_or(0),
+            segments: load_segments(&file),
+        })
+    }
+
+    fn svma(&self, offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(off, size, _)| offset >= *off && offset - off < *size)
+            .map(|(off, _, vaddr)| vaddr + (offset - off))
+    }
+
+    fn rule(&self, svma: u64) -> Option<FrameRule> {
+        use gimli::{
+            BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
+            UnwindSection, X86_64,
+        };
+        let eh = EhFrame::new(&self.eh_frame, LittleEndian);
+        let mut bases = BaseAddresses::default()
+            .set_eh_frame(self.eh_frame_addr)
+            .set_text(self.text_addr);
+        if let Some((_, addr)) = &self.hdr {
+            bases = bases.set_eh_frame_hdr(*addr);
+        }
+        let mut ctx = UnwindContext::new();
+        let table_row = match &self.hdr {
+            Some((data, _)) => {
+                let parsed = EhFrameHdr::new(data, LittleEndian).parse(&bases, 8).ok()?;
+                match parsed.table() {
+                    Some(t) => t
+                        .unwind_info_for_address(
+                            &eh,
+                            &bases,
+                            &mut ctx,
+                            svma,
+                            EhFrame::cie_from_offset,
+                        )
+                        .ok()?
+                        .clone(),
+                    None => eh
+                        .unwind_info_for_address(&bases, &mut ctx, svma, EhFrame::cie_from_offset)
+                        .ok()?
+                        .clone(),
+                }
+            }
+            None => eh
+                .unwind_info_for_address(&bases, &mut ctx, svma, EhFrame::cie_from_offset)
+                .ok()?
+                .clone(),
+        };
+        let CfaRule::RegisterAndOffset { register, offset } = *table_row.cfa() else {
+            return None;
+        };
+        let RegisterRule::Offset(ra_offset) = table_row.register(X86_64::RA) else {
+            return None;
+        };
+        let rbp_offset = match table_row.register(X86_64::RBP) {
+            RegisterRule::Offset(n) => Some(n),
+            _ => None,
+        };
+        Some(FrameRule {
+            cfa_register: register.0,
+            cfa_offset: offset,
+            ra_offset,
+            rbp_offset,
+        })
+    }
+}
+
+fn load_segments(file: &object::File<'_>) -> Vec<(u64, u64, u64)> {
+    use object::{Object, ObjectSegment};
+    file.segments()
+        .filter_map(|s| {
+            let (off, size) = s.file_range();
+            (size > 0).then(|| (off, size, s.address()))
+        })
+        .collect()
+}
+
+impl ProcessMaps {
+    fn frame_rule(&mut self, pc: u64) -> Option<FrameRule> {
+        let e = self.find(pc)?.clone();
+        let offset = pc - e.start + e.offset;
+        let cfi = self
+            .cfi
+            .entry(e.path.clone())
+            .or_insert_with(|| Cfi::load(&e.path))
+            .as_ref()?;
+        cfi.rule(cfi.svma(offset)?)
+    }
+
+    /// The frames of a thread stopped with registers `ip`, `sp`, `bp`:
+    /// unwound with each object's call frame information (`.eh_frame`),
+    /// falling back to the frame-pointer chain where an object has none.
+    /// `read` reads a word of the thread's memory. At most `max` frames,
+    /// innermost first.
+    pub fn walk(
+        &mut self,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        max: usize,
+        mut read: impl FnMut(u64) -> Option<u64>,
+    ) -> Vec<u64> {
+        let mut out = vec![ip];
+        let (mut pc, mut sp, mut bp) = (ip, sp, bp);
+        while out.len() < max {
+            // A return address points after its call: look up the call.
+            let probe = if out.len() == 1 { pc } else { pc - 1 };
+            let (ra, cfa, caller_bp) = match self.frame_rule(probe) {
+                Some(r) => {
+                    let base = match r.cfa_register {
+                        7 => sp,
+                        6 => bp,
+                        _ => break,
+                    };
+                    let cfa = base.wrapping_add_signed(r.cfa_offset);
+                    let Some(ra) = read(cfa.wrapping_add_signed(r.ra_offset)) else {
+                        break;
+                    };
+                    let caller_bp = match r.rbp_offset {
+                        Some(n) => read(cfa.wrapping_add_signed(n)).unwrap_or(0),
+                        None => bp,
+                    };
+                    (ra, cfa, caller_bp)
+                }
+                None => {
+                    if bp < sp || !bp.is_multiple_of(8) {
+                        break;
+                    }
+                    let (Some(caller_bp), Some(ra)) = (read(bp), read(bp.wrapping_add(8))) else {
+                        break;
+                    };
+                    (ra, bp.wrapping_add(16), caller_bp)
+                }
+            };
+            // The stack unwinds upwards; anything else is a broken chain.
+            if ra == 0 || cfa <= sp || !self.is_code(ra) {
+                break;
+            }
+            out.push(ra);
+            (pc, sp, bp) = (ra, cfa, caller_bp);
+        }
+        out
+    }
 }
 
 // ---- symbolization --------------------------------------------------------
@@ -427,16 +549,9 @@ impl Symbolizer {
 }
 
 fn load_object(path: &str) -> Option<ObjectInfo> {
-    use object::{Object, ObjectSegment};
     let data = std::fs::read(path).ok()?;
     let file = object::File::parse(&*data).ok()?;
-    let segments = file
-        .segments()
-        .filter_map(|s| {
-            let (off, size) = s.file_range();
-            (size > 0).then(|| (off, size, s.address()))
-        })
-        .collect();
+    let segments = load_segments(&file);
     Some(ObjectInfo {
         loader: addr2line::Loader::new(path).ok(),
         segments,
@@ -952,6 +1067,7 @@ mod tests {
             path: "/nonexistent".into(),
             entries: e,
             names,
+            cfi: HashMap::new(),
         };
         assert!(m.is_code(0x55d0c0001234));
         assert!(!m.is_code(0x55d0c0000234));
@@ -961,28 +1077,27 @@ mod tests {
     }
 
     #[test]
-    fn stack_walk_follows_the_frame_chain() {
-        // ip in libc; stack top holds junk, then the return address; two
-        // frames chained from bp.
-        // Before each return address, a `call rel32` (e8 at ret - 5).
-        let call = u64::from_le_bytes([0, 0, 0, 0xe8, 0, 0, 0, 0]);
+    fn frame_pointer_chain_where_there_is_no_cfi() {
+        // Addresses outside any object: no call frame information, so
+        // the walk follows rbp (two frames), and stops at a null link.
         let mem: HashMap<u64, u64> = [
-            (0x1000, 0x400400), // code, but not after a call: skipped
-            (0x1008, 0x400500), // a stale return address of an earlier call
-            (0x400500 - 8, call),
-            (0x1010, 0x400100),
-            (0x400100 - 8, call),
-            (0x400400 - 8, 0),
-            (0x1018, 0x1100),
-            (0x1020, 0x400200),
-            (0x1100, 0),
-            (0x1108, 0x400300),
+            (0x2000, 0x2100),
+            (0x2008, 0x55d0c0001100),
+            (0x2100, 0),
+            (0x2108, 0x55d0c0001200),
         ]
         .into_iter()
         .collect();
-        let code = |a: u64| (0x400000..0x401000).contains(&a);
-        let frames = walk_stack(0x7f00, 0x1000, 0x1018, 8, |a| mem.get(&a).copied(), code);
-        assert_eq!(frames, vec![0x7f00, 0x400100, 0x400200, 0x400300]);
+        let mut names = HashMap::new();
+        let text = "55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /nonexistent/prog\n";
+        let mut m = ProcessMaps {
+            path: "/nonexistent".into(),
+            entries: parse_maps(text, &mut names),
+            names,
+            cfi: HashMap::new(),
+        };
+        let frames = m.walk(0x55d0c0001000, 0x1f00, 0x2000, 8, |a| mem.get(&a).copied());
+        assert_eq!(frames, vec![0x55d0c0001000, 0x55d0c0001100, 0x55d0c0001200]);
     }
 
     #[test]

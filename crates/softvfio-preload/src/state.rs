@@ -389,13 +389,17 @@ impl State {
     fn finish(&mut self) -> (Leftovers, FinalState) {
         let mut left = Leftovers::default();
         let keys: Vec<ObjectKey> = self.refs.keys().copied().collect();
-        for key in keys {
-            if let Some(obj) = self.session.object(key) {
+        // Everything is noted before anything is released: releasing a
+        // group detaches it from its container, which unmaps everything.
+        for key in &keys {
+            if let Some(obj) = self.session.object(*key) {
                 left.note(obj);
                 if let Some(s) = &self.sanitizer {
-                    left.note_sanitized(s, key, obj);
+                    left.note_sanitized(s, *key, obj);
                 }
             }
+        }
+        for key in keys {
             self.session.release(key);
         }
         self.refs.clear();

@@ -245,6 +245,11 @@ impl Session {
         Some(obj)
     }
 
+    /// The keys of the open files.
+    pub fn keys(&self) -> Vec<ObjectKey> {
+        self.objects.keys().copied().collect()
+    }
+
     /// Peek at a file before releasing it.
     pub fn object(&self, key: ObjectKey) -> Option<&FileObject> {
         self.objects.get(&key)
