@@ -87,6 +87,45 @@ impl fmt::Display for FaultReason {
     }
 }
 
+/// What started a DMA, as the device model knows it: the register write
+/// that started the transfer and the transfer it programmed (edu's DMA
+/// command register). Set by the model around its DMA with
+/// [`with_dma_origin`]; faults recorded meanwhile carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaOrigin {
+    /// The model ("edu").
+    pub model: &'static str,
+    /// Register offset written (BAR0).
+    pub register: u64,
+    /// Value written.
+    pub value: u64,
+    /// Memory address the program asked for (before any device clamp).
+    pub requested: u64,
+    /// Memory address the device used.
+    pub used: u64,
+    /// Bytes of the transfer.
+    pub len: u64,
+    /// Bits of address the device drives (its DMA mask), when it clamps.
+    pub mask: Option<u64>,
+}
+
+thread_local! {
+    static DMA_ORIGIN: std::cell::Cell<Option<DmaOrigin>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` (a device's DMA) with `origin` attached to every fault it
+/// records on this thread.
+pub fn with_dma_origin<R>(origin: DmaOrigin, f: impl FnOnce() -> R) -> R {
+    // try_with: thread-local storage may be gone in a thread's last moments.
+    let old = DMA_ORIGIN
+        .try_with(|c| c.replace(Some(origin)))
+        .ok()
+        .flatten();
+    let r = f();
+    let _ = DMA_ORIGIN.try_with(|c| c.set(old));
+    r
+}
+
 /// One recorded fault.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("DMA fault #{seq}: {reason} on {access} of IOVA {iova:#x} by device {rid:#06x}{}", pasid.map(|p| format!(" PASID {p:#x}")).unwrap_or_default())]
@@ -109,6 +148,12 @@ pub struct Fault {
     pub phys: Option<u64>,
     /// Time since the unit was created.
     pub at: Duration,
+    /// When, on the process's monotonic clock (to compare with the DMA
+    /// sanitizer's history).
+    pub time: Instant,
+    /// The device operation that made the request, where the model says
+    /// (boxed: faults travel in `Result`s of the translation path).
+    pub origin: Option<Box<DmaOrigin>>,
 }
 
 pub(crate) struct FaultLog {
@@ -150,6 +195,12 @@ impl FaultLog {
             domain,
             phys,
             at: self.created.elapsed(),
+            time: Instant::now(),
+            origin: DMA_ORIGIN
+                .try_with(|c| c.get())
+                .ok()
+                .flatten()
+                .map(Box::new),
         };
         tracing::debug!(%fault, "DMA fault");
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());

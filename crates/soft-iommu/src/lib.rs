@@ -115,7 +115,7 @@ pub use config::{
 };
 pub use domain::{Domain, Prot, PteInfo, TableStats};
 pub use error::Error;
-pub use fault::{Access, DmaRequest, Fault, FaultReason};
+pub use fault::{with_dma_origin, Access, DmaOrigin, DmaRequest, Fault, FaultReason};
 pub use iotlb::{IotlbEntry, IotlbStats};
 pub use memory::{MemFault, NullMemory, PhysMemory, VecMemory};
 pub use pasid::{Granularity, NestedInvalidation, PasidError, PasidRelease};

@@ -18,7 +18,9 @@ use clap::Args;
 use serde::Serialize;
 use softvfio::container::{Container, ContainerSnapshot};
 use softvfio::iommufd::Iommufd;
+use softvfio::sanitizer::Sanitizer;
 pub use softvfio_platform::report::{fault_views, FaultView};
+use softvfio_platform::sanitize::{self, SanitizerReport};
 use softvfio_platform::BuiltPlatform;
 
 use crate::report;
@@ -34,6 +36,10 @@ pub struct InspectArgs {
     /// Print the snapshot as JSON.
     #[arg(long)]
     json: bool,
+    /// Show a sanitizer report written by `softvfio run --sanitize
+    /// --report-json FILE` instead of a live session.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 pub fn default_socket(pid: u32) -> PathBuf {
@@ -45,6 +51,7 @@ pub struct Registry {
     pub built: Arc<BuiltPlatform>,
     containers: Mutex<Vec<Weak<Container>>>,
     iommufds: Mutex<Vec<Weak<Iommufd>>>,
+    sanitizer: Mutex<Option<Arc<Sanitizer>>>,
 }
 
 /// A session's state, as `inspect` shows it.
@@ -59,6 +66,9 @@ pub struct SessionSnapshot {
     /// Open `/dev/iommu` files: IOASes with their areas, HWPTs, devices.
     #[serde(default)]
     pub iommufds: Vec<serde_json::Value>,
+    /// What the DMA sanitizer found so far (`--sanitize`).
+    #[serde(default)]
+    pub sanitizer: Option<SanitizerReport>,
 }
 
 impl Registry {
@@ -67,6 +77,7 @@ impl Registry {
             built,
             containers: Mutex::new(Vec::new()),
             iommufds: Mutex::new(Vec::new()),
+            sanitizer: Mutex::new(None),
         }
     }
 
@@ -74,6 +85,11 @@ impl Registry {
         let mut v = self.iommufds.lock().unwrap_or_else(|p| p.into_inner());
         v.retain(|w| w.strong_count() > 0);
         v.push(Arc::downgrade(c));
+    }
+
+    /// The session's DMA sanitizer, whose findings snapshots include.
+    pub fn set_sanitizer(&self, s: Option<Arc<Sanitizer>>) {
+        *self.sanitizer.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
 
     pub fn add_container(&self, c: &Arc<Container>) {
@@ -120,6 +136,12 @@ impl Registry {
                 .filter_map(|c| serde_json::to_value(c.snapshot()).ok())
                 .collect(),
             devices: self.built.devices.iter().map(|d| d.snapshot()).collect(),
+            sanitizer: self
+                .sanitizer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|s| sanitize::build_report(&self.built, s, &[])),
         }
     }
 }
@@ -185,6 +207,20 @@ pub fn fetch(path: &Path) -> Result<SessionSnapshot, String> {
 }
 
 pub fn main(args: InspectArgs) -> u8 {
+    if let Some(file) = &args.report {
+        let report: SanitizerReport = match std::fs::read(file)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("softvfio inspect: {}: {e}", file.display());
+                return 1;
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        return u8::from(sanitize::write_report(&mut out, &report).is_err());
+    }
     let path = match find_socket(&args) {
         Ok(p) => p,
         Err(e) => {

@@ -173,5 +173,9 @@ pub fn write_session(w: &mut dyn Write, s: &SessionSnapshot) -> io::Result<()> {
             stats
         )?;
     }
-    write_faults(w, &s.faults, s.faults_overflowed)
+    write_faults(w, &s.faults, s.faults_overflowed)?;
+    if let Some(r) = &s.sanitizer {
+        softvfio_platform::sanitize::write_report(w, r)?;
+    }
+    Ok(())
 }

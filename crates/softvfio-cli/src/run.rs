@@ -27,11 +27,13 @@ use clap::{Args, ValueEnum};
 use softvfio::frontend::{FdTarget, FileObject, ProgramFds, Routed, Session};
 use softvfio::memory::host::{HostMemory, MmSyscalls};
 use softvfio::memory::{UserMemory, PAGE_SIZE};
+use softvfio::sanitizer::{self as engine_sanitizer, Sanitizer, SanitizerConfig, StaleCause};
 use softvfio::uapi::Vfio;
 use softvfio::VfioError;
 use softvfio_platform::hostview::mount::MountPlan;
 use softvfio_platform::hostview::HostView;
 pub use softvfio_platform::report::{FinalState, Leftovers};
+use softvfio_platform::sanitize::{self, ProcessMaps, SanitizeMode};
 use softvfio_platform::{build, BuiltPlatform, Config};
 use softvfio_trace::{
     exit_code, Command, Errno, Handler, ObjectId, OpenReply, OpenRequest, Supervisor,
@@ -78,6 +80,19 @@ pub struct RunArgs {
     /// (docs/PERFORMANCE.md, QEMU).
     #[arg(long)]
     stats: bool,
+    /// The DMA sanitizer (docs/SANITIZER.md): explain every DMA fault with
+    /// the mapping history of its IOVA and the program's call sites, report
+    /// stale mappings and what the program leaks. `--sanitize=strict` also
+    /// makes any fault, stale mapping or leak a non-zero exit status.
+    #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "on", value_parser = ["on", "strict"])]
+    sanitize: Option<String>,
+    /// Events kept per IOVA region by the sanitizer.
+    #[arg(long, default_value_t = 8)]
+    sanitize_depth: usize,
+    /// With `--sanitize`: also write the sanitizer's report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    report_json: Option<PathBuf>,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     program: Vec<OsString>,
@@ -125,7 +140,18 @@ pub fn main(args: RunArgs) -> u8 {
         return run_preloaded(&args, hostview_plan(&built));
     }
     let vfio = Arc::new(Vfio::new(built.platform.clone()));
+    let sanitize = args.sanitize.as_deref().and_then(SanitizeMode::parse);
+    let sanitizer = sanitize.map(|_| {
+        Sanitizer::new(SanitizerConfig {
+            depth: args.sanitize_depth,
+            ..SanitizerConfig::default()
+        })
+    });
+    if let Some(s) = &sanitizer {
+        vfio.set_sanitizer(s.clone());
+    }
     let registry = Arc::new(Registry::new(built.clone()));
+    registry.set_sanitizer(sanitizer.clone());
     let socket = args
         .inspect_socket
         .clone()
@@ -143,11 +169,14 @@ pub fn main(args: RunArgs) -> u8 {
     ignore_interactive_signals();
     let mut sup = Supervisor::new();
     let mut handler = VfioHandler::new(vfio, registry.clone(), sup.injector());
+    handler.sanitizer = sanitizer.clone();
     if args.stats {
         handler.stats = Some(CallStats::default());
     }
     let mut cmd = Command::new(&args.program[0]);
     cmd.args(&args.program[1..]);
+    // The sanitizer watches munmap/mremap/mmap(MAP_FIXED) for stale mappings.
+    cmd.trace_memory_calls(sanitizer.is_some());
     if let Some(plan) = hostview_plan(&built) {
         handler.sysfs = Some((HostView::of(&built), built.clone()));
         // SAFETY: `MountPlan::apply_or_warn` is async-signal-safe (it only
@@ -160,7 +189,7 @@ pub fn main(args: RunArgs) -> u8 {
     if server.is_ok() {
         let _ = std::fs::remove_file(&socket);
     }
-    let code = match status {
+    let mut code = match status {
         Ok(s) => exit_code(s),
         Err(e) => {
             eprintln!(
@@ -170,15 +199,39 @@ pub fn main(args: RunArgs) -> u8 {
             127
         }
     };
+    let mut err = std::io::stderr().lock();
     if !args.quiet {
-        let mut err = std::io::stderr().lock();
         let _ =
             report::write_end_report(&mut err, &built, &handler.leftovers, &handler.final_state());
         if let Some(stats) = &handler.stats {
             let _ = stats.write(&mut err);
         }
     }
+    if let (Some(s), Some(mode)) = (&sanitizer, sanitize) {
+        let errors = sanitize::finish(
+            &mut err,
+            &built,
+            s,
+            &handler.leftovers.leaks,
+            args.report_json.as_deref(),
+            args.quiet,
+        );
+        code = strict_status(code, mode, errors);
+    }
     u8::try_from(code.clamp(0, 255)).unwrap_or(1)
+}
+
+/// The exit status of a sanitized run: the program's own, or under
+/// `--sanitize=strict` [`sanitize::STRICT_EXIT_STATUS`] when the program
+/// succeeded but the sanitizer found errors.
+fn strict_status(code: i32, mode: SanitizeMode, errors: usize) -> i32 {
+    if mode == SanitizeMode::Strict && errors > 0 {
+        eprintln!("softvfio: sanitizer: {errors} error(s) (--sanitize=strict)");
+        if code == 0 {
+            return sanitize::STRICT_EXIT_STATUS;
+        }
+    }
+    code
 }
 
 /// The host's view of the platform in sysfs (docs/HOSTVIEW.md), planned
@@ -339,6 +392,24 @@ fn run_preloaded(args: &RunArgs, hostview: Option<MountPlan>) -> u8 {
     if args.quiet {
         cmd.env("SOFTVFIO_QUIET", "1");
     }
+    // The sanitizer runs inside the program; it leaves the number of errors
+    // in `status_file` for `--sanitize=strict`.
+    let sanitize = args.sanitize.as_deref().and_then(SanitizeMode::parse);
+    let status_file =
+        std::env::temp_dir().join(format!("softvfio-sanitize-{}.status", std::process::id()));
+    cmd.env_remove("SOFTVFIO_SANITIZE")
+        .env_remove("SOFTVFIO_REPORT_JSON");
+    if let Some(mode) = sanitize {
+        cmd.env("SOFTVFIO_SANITIZE", mode.as_str())
+            .env("SOFTVFIO_SANITIZE_DEPTH", args.sanitize_depth.to_string())
+            .env("SOFTVFIO_SANITIZE_STATUS", &status_file);
+        if let Some(j) = &args.report_json {
+            cmd.env(
+                "SOFTVFIO_REPORT_JSON",
+                std::path::absolute(j).unwrap_or_else(|_| j.clone()),
+            );
+        }
+    }
     if let Some(plan) = hostview {
         use std::os::unix::process::CommandExt;
         // SAFETY: `MountPlan::apply_or_warn` is async-signal-safe.
@@ -363,13 +434,21 @@ fn run_preloaded(args: &RunArgs, hostview: Option<MountPlan>) -> u8 {
     // (ignoring them only after the spawn, so the program keeps the
     // dispositions it was given).
     ignore_interactive_signals();
-    let code = match child.wait() {
+    let mut code = match child.wait() {
         Ok(s) => exit_code(s),
         Err(e) => {
             eprintln!("softvfio: waiting for the program: {e}");
             1
         }
     };
+    if let Some(mode) = sanitize {
+        let errors = std::fs::read_to_string(&status_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let _ = std::fs::remove_file(&status_file);
+        code = strict_status(code, mode, errors);
+    }
     u8::try_from(code.clamp(0, 255)).unwrap_or(1)
 }
 
@@ -467,6 +546,12 @@ struct VfioHandler {
     /// Device files closed while still mapped: released with their last
     /// mapping.
     mapped_closed: Vec<u64>,
+    /// The DMA sanitizer, with `--sanitize`.
+    sanitizer: Option<Arc<Sanitizer>>,
+    /// Each traced process's file mappings, for call sites.
+    maps: HashMap<i32, ProcessMaps>,
+    /// Objects already counted as left open.
+    noted: std::collections::HashSet<u64>,
 }
 
 fn errno(e: VfioError) -> Errno {
@@ -474,6 +559,62 @@ fn errno(e: VfioError) -> Errno {
 }
 
 impl VfioHandler {
+    /// The sanitizer's watch on munmap/mremap/mmap(MAP_FIXED) of memory
+    /// mapped for DMA (stale mappings); `None` when it does not apply.
+    fn sanitize_memory_call(
+        &mut self,
+        t: &mut Tracee<'_>,
+        nr: i64,
+        a: [u64; 6],
+    ) -> Option<Result<i64, Errno>> {
+        let s = self.sanitizer.clone()?;
+        if nr == libc::SYS_mmap && a[3] & libc::MAP_FIXED as u64 == 0 {
+            return None;
+        }
+        // The containers whose mappings address this process's memory.
+        let mem = self.mems.get(&t.pid())?.clone();
+        let containers: Vec<u64> = self
+            .session
+            .containers()
+            .iter()
+            .filter(|c| {
+                let m: &Arc<dyn UserMemory> = c.memory();
+                std::ptr::addr_eq(Arc::as_ptr(m), Arc::as_ptr(&mem))
+            })
+            .map(|c| c.id())
+            .collect();
+        if containers.is_empty() {
+            return None;
+        }
+        // Made here, so that only a call that succeeded is reported.
+        let site = self.call_site(t);
+        let res = t.inject_syscall(nr, a).ok()?;
+        // -4095..-1 is an errno.
+        if !(-4095..0).contains(&res) {
+            let lost = match nr {
+                libc::SYS_mremap if res as u64 != a[0] => Some((a[0], a[1])),
+                libc::SYS_mremap if a[2] < a[1] => Some((a[0] + a[2], a[1] - a[2])),
+                libc::SYS_mremap => None,
+                _ => Some((a[0], a[1])),
+            };
+            let cause = match nr {
+                libc::SYS_munmap => StaleCause::Munmap,
+                libc::SYS_mremap => StaleCause::Mremap,
+                _ => StaleCause::MmapFixed,
+            };
+            if let Some((addr, len)) = lost.filter(|l| l.1 > 0) {
+                let found = engine_sanitizer::with_call_site(site, || {
+                    s.memory_going_away(Some(&containers), addr, len, cause)
+                });
+                let mut err = std::io::stderr().lock();
+                for r in &found {
+                    let _ = sanitize::write_stale_now(&mut err, &s, r);
+                }
+            }
+        }
+        Some(Ok(res))
+    }
+
     fn new(vfio: Arc<Vfio>, registry: Arc<Registry>, injector: SyscallInjector) -> Self {
         Self {
             stats: None,
@@ -486,7 +627,27 @@ impl VfioHandler {
             sysfs: None,
             bars: Default::default(),
             mapped_closed: Vec::new(),
+            sanitizer: None,
+            maps: HashMap::new(),
+            noted: std::collections::HashSet::new(),
         }
+    }
+
+    /// With the sanitizer: the program's call site of the system call `t`
+    /// is stopped in (its frames, walked with the frame pointers).
+    fn call_site(&mut self, t: &Tracee<'_>) -> Option<Arc<engine_sanitizer::CallSite>> {
+        self.sanitizer.as_ref()?;
+        let (ip, sp, bp) = t.stack_registers()?;
+        let maps = self
+            .maps
+            .entry(t.pid())
+            .or_insert_with(|| ProcessMaps::new(Some(t.pid())));
+        let read = |a: u64| {
+            let mut b = [0u8; 8];
+            t.read_mem(a, &mut b).ok().map(|_| u64::from_le_bytes(b))
+        };
+        let frames = maps.walk(ip, sp, bp, 16, read);
+        Some(maps.site(&frames))
     }
 
     fn mem_for(&mut self, pid: i32) -> Arc<HostMemory> {
@@ -589,7 +750,13 @@ impl Handler for VfioHandler {
     fn open(&mut self, t: &mut Tracee<'_>, req: &OpenRequest) -> Option<Result<OpenReply, Errno>> {
         let path = req.path.to_str()?;
         let mem: Arc<dyn UserMemory> = self.mem_for(t.pid());
-        if let Some(res) = self.session.open(path, || mem) {
+        let site = if path.starts_with("/dev/vfio/") {
+            self.call_site(t)
+        } else {
+            None
+        };
+        let session = &mut self.session;
+        if let Some(res) = engine_sanitizer::with_call_site(site, || session.open(path, || mem)) {
             return Some(match res {
                 Ok(key) => {
                     if let Some(c) = self.session.container(key) {
@@ -618,11 +785,21 @@ impl Handler for VfioHandler {
         arg: u64,
     ) -> Result<i64, Errno> {
         let user = self.mem_for(t.pid());
+        let site = match request {
+            softvfio::uapi::VFIO_IOMMU_MAP_DMA
+            | softvfio::uapi::VFIO_IOMMU_UNMAP_DMA
+            | softvfio::uapi::VFIO_GROUP_GET_DEVICE_FD
+            | softvfio::uapi::VFIO_DEVICE_SET_IRQS => self.call_site(t),
+            _ => None,
+        };
         let routed = {
             let mut fds = TraceeFds(t);
-            self.session
-                .ioctl(obj.0, request, arg, user.as_ref(), &mut fds)
-                .map_err(errno)
+            let session = &mut self.session;
+            engine_sanitizer::with_call_site(site, || {
+                session
+                    .ioctl(obj.0, request, arg, user.as_ref(), &mut fds)
+                    .map_err(errno)
+            })
         };
         if let Some(stats) = &mut self.stats {
             stats.note_ioctl(request, arg, routed.is_ok(), user.as_ref());
@@ -685,7 +862,9 @@ impl Handler for VfioHandler {
         if r.is_some() && !self.mapped_closed.is_empty() {
             self.release_unmapped();
         }
-        r
+        // A BAR mapping is not memory mapped for DMA: what the BAR code
+        // performed is done; anything else may concern the sanitizer.
+        r.or_else(|| self.sanitize_memory_call(t, nr, args))
     }
 
     fn is_mmio_address(&self, pid: i32, address: u64) -> bool {
@@ -709,8 +888,24 @@ impl Handler for VfioHandler {
 
     fn release(&mut self, t: Option<&mut Tracee<'_>>, obj: ObjectId) {
         if t.is_none() {
-            if let Some(o) = self.session.object(obj.0) {
-                self.leftovers.note(o);
+            // Left open by the program. Everything left is noted before the
+            // first such release: releasing a group detaches it from its
+            // container, which unmaps everything.
+            let keys = if self.noted.is_empty() {
+                self.session.keys()
+            } else {
+                vec![obj.0]
+            };
+            for key in keys {
+                if !self.noted.insert(key) {
+                    continue;
+                }
+                if let Some(o) = self.session.object(key) {
+                    self.leftovers.note(o);
+                    if let Some(s) = &self.sanitizer {
+                        self.leftovers.note_sanitized(s, key, o);
+                    }
+                }
             }
         }
         if t.is_some() && self.bars.holds(obj.0) {
@@ -724,6 +919,8 @@ impl Handler for VfioHandler {
     fn exec(&mut self, pid: i32) {
         self.bars.forget(pid);
         self.release_unmapped();
+        // A new image: its own file mappings.
+        self.maps.remove(&pid);
         // A new address space: later opens pin the new one; the old one is
         // gone, and nothing may reach the new image through its pid.
         if let Some(m) = self.mems.remove(&pid) {

@@ -6,6 +6,7 @@ pub mod build;
 pub mod config;
 pub mod hostview;
 pub mod report;
+pub mod sanitize;
 
 pub use build::{build, BuiltDevice, BuiltPlatform};
 pub use config::{Config, ConfigError};

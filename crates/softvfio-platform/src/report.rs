@@ -72,9 +72,23 @@ pub struct Leftovers {
     pub mapped_bytes: u64,
     /// Pages still accounted.
     pub locked_pages: u64,
+    /// With the sanitizer: each thing left behind with its call site.
+    #[serde(skip)]
+    pub leaks: Vec<crate::sanitize::LeakRecord>,
 }
 
 impl Leftovers {
+    /// With the sanitizer `s`: records what the object `key` (left open by
+    /// the program) holds, with the call sites that made it.
+    pub fn note_sanitized(
+        &mut self,
+        s: &softvfio::sanitizer::Sanitizer,
+        key: u64,
+        obj: &FileObject,
+    ) {
+        self.leaks.extend(crate::sanitize::leaks_of(s, key, obj));
+    }
+
     /// Counts `obj`, which the program had open when it ended.
     pub fn note(&mut self, obj: &FileObject) {
         match obj {

@@ -55,9 +55,11 @@ use libc::{off_t, size_t, ssize_t, FILE};
 mod claim;
 mod mmio;
 mod real;
+mod sanitize;
 mod state;
 
 use real::Next;
+use softvfio::sanitizer::StaleCause;
 use state::{with_existing, with_state, OpenOutcome, TRACKED};
 
 thread_local! {
@@ -714,6 +716,57 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     // SAFETY: the program passed libc's arguments; they go on unchanged.
     unsafe { fcntl_hook(&real::FCNTL64, fd, cmd, arg) }
+}
+
+// ---- stale mappings (the DMA sanitizer) ------------------------------------
+
+/// Is the sanitizer watching this process's memory calls? (One atomic load
+/// when it is off.)
+fn watching() -> bool {
+    sanitize::ON.load(Ordering::Relaxed) && TRACKED.load(Ordering::Relaxed) > 0
+}
+
+/// After the program's `munmap(addr, len)` returned `res` (memory mapped
+/// for DMA that the program no longer sees is a stale mapping). Called by
+/// the memory-call hooks (mmio.rs), inside the hook.
+pub(crate) fn sanitize_after_munmap(addr: u64, len: u64, res: c_int) {
+    if res == 0 && watching() {
+        let saved = real::errno();
+        sanitize::going_away(addr, len, StaleCause::Munmap);
+        real::set_errno(saved);
+    }
+}
+
+/// After the program's `mremap` returned `res`: what it no longer sees at
+/// the old address (all of it when the mapping moved, the tail when it
+/// shrank).
+pub(crate) fn sanitize_after_mremap(old: u64, old_size: u64, new_size: u64, res: *mut c_void) {
+    if res == libc::MAP_FAILED || !watching() {
+        return;
+    }
+    let saved = real::errno();
+    let lost = if res as u64 != old {
+        Some((old, old_size))
+    } else if new_size < old_size {
+        Some((old + new_size, old_size - new_size))
+    } else {
+        None
+    };
+    if let Some((a, n)) = lost {
+        sanitize::going_away(a, n, StaleCause::Mremap);
+    }
+    real::set_errno(saved);
+}
+
+/// After the program's `mmap` returned `res`: `MAP_FIXED` over memory
+/// still mapped for DMA.
+pub(crate) fn sanitize_after_mmap(addr: u64, len: u64, flags: c_int, res: *mut c_void) {
+    if flags & libc::MAP_FIXED == 0 || res == libc::MAP_FAILED || !watching() {
+        return;
+    }
+    let saved = real::errno();
+    sanitize::going_away(addr, len, StaleCause::MmapFixed);
+    real::set_errno(saved);
 }
 
 /// At load: the program `softvfio run --mode preload` started reports at

@@ -339,6 +339,22 @@ fn changing<R>(call: impl FnOnce() -> R, update: impl FnOnce(&mut BarMappings, &
 fn mmap_hook(addr: u64, len: u64, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
     let pass = || real_mmap(addr, len, prot, flags, fd, off);
     crate::hook(libc::MAP_FAILED, pass, |pass| {
+        let r = mmap_body(pass, addr, len, prot, flags, fd, off);
+        crate::sanitize_after_mmap(addr, len, flags, r);
+        r
+    })
+}
+
+fn mmap_body<F: FnOnce() -> *mut c_void>(
+    pass: crate::Pass<F>,
+    addr: u64,
+    len: u64,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    {
         if flags & libc::MAP_ANONYMOUS == 0 {
             if let Some(key) = crate::ours(fd) {
                 return map_device(key, addr, len, prot, flags, off);
@@ -356,7 +372,7 @@ fn mmap_hook(addr: u64, len: u64, prot: c_int, flags: c_int, fd: c_int, off: off
                 }
             },
         )
-    })
+    }
 }
 
 /// # Safety
@@ -394,17 +410,21 @@ pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
     let (addr, len) = (addr as u64, len as u64);
     let pass = || real_munmap(addr, len);
     crate::hook(-1, pass, |pass| {
-        if MAPPED.load(Ordering::Acquire) == 0 {
-            return pass.call();
-        }
-        changing(
-            || pass.call(),
-            |maps, r| {
-                if *r == 0 {
-                    maps.unmap(addr, page_up(len));
-                }
-            },
-        )
+        let r = (move || {
+            if MAPPED.load(Ordering::Acquire) == 0 {
+                return pass.call();
+            }
+            changing(
+                || pass.call(),
+                |maps, r| {
+                    if *r == 0 {
+                        maps.unmap(addr, page_up(len));
+                    }
+                },
+            )
+        })();
+        crate::sanitize_after_munmap(addr, len, r);
+        r
     })
 }
 
@@ -425,26 +445,30 @@ pub unsafe extern "C" fn mremap(
     let (old, old_len, new_len, new) = (old as u64, old_len as u64, new_len as u64, new as u64);
     let pass = || real_mremap(old, old_len, new_len, flags, new);
     crate::hook(libc::MAP_FAILED, pass, |pass| {
-        if MAPPED.load(Ordering::Acquire) == 0 {
-            return pass.call();
-        }
-        let ours = lock_maps().overlaps(old, page_up(old_len).max(PAGE));
-        // vfio-pci mappings cannot grow (VM_DONTEXPAND | VM_PFNMAP).
-        if ours && page_up(new_len) > page_up(old_len) {
-            return fail_ptr(libc::EFAULT);
-        }
-        changing(
-            || pass.call(),
-            |maps, r| {
-                if *r != libc::MAP_FAILED {
-                    if ours {
-                        maps.remap(old, page_up(old_len), *r as u64, page_up(new_len));
-                    } else {
-                        maps.unmap(*r as u64, page_up(new_len));
+        let r = (move || {
+            if MAPPED.load(Ordering::Acquire) == 0 {
+                return pass.call();
+            }
+            let ours = lock_maps().overlaps(old, page_up(old_len).max(PAGE));
+            // vfio-pci mappings cannot grow (VM_DONTEXPAND | VM_PFNMAP).
+            if ours && page_up(new_len) > page_up(old_len) {
+                return fail_ptr(libc::EFAULT);
+            }
+            changing(
+                || pass.call(),
+                |maps, r| {
+                    if *r != libc::MAP_FAILED {
+                        if ours {
+                            maps.remap(old, page_up(old_len), *r as u64, page_up(new_len));
+                        } else {
+                            maps.unmap(*r as u64, page_up(new_len));
+                        }
                     }
-                }
-            },
-        )
+                },
+            )
+        })();
+        crate::sanitize_after_mremap(old, old_len, new_len, r);
+        r
     })
 }
 

@@ -198,6 +198,27 @@ pub unsafe fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
     }
 }
 
+extern "C" {
+    /// glibc's `backtrace(3)` (execinfo.h): unwinds with the DWARF call
+    /// frame information, frame pointers or not.
+    fn backtrace(buffer: *mut *mut c_void, size: c_int) -> c_int;
+}
+
+/// The return addresses of the calling thread's frames, innermost first
+/// (at most `out.len()`); the count written.
+pub fn backtrace_into(out: &mut [u64]) -> usize {
+    let mut buf = [std::ptr::null_mut::<c_void>(); 32];
+    let want = buf.len().min(out.len());
+    // SAFETY: `buf` has room for `want` pointers; backtrace writes at most
+    // that many and returns how many it wrote.
+    let n = unsafe { backtrace(buf.as_mut_ptr(), want as c_int) };
+    let n = usize::try_from(n).unwrap_or(0).min(want);
+    for (o, p) in out.iter_mut().zip(&buf[..n]) {
+        *o = *p as u64;
+    }
+    n
+}
+
 /// The next `pread`/`pread64`.
 ///
 /// # Safety

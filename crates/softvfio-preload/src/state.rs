@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use softvfio::frontend::{FdTarget, FileObject, ObjectKey, ProgramFds, Routed, Session};
 use softvfio::memory::host::HostMemory;
 use softvfio::memory::{UserMemory, PAGE_SIZE};
-use softvfio::uapi::Vfio;
+use softvfio::sanitizer::{with_call_site, CallSite, Sanitizer, StaleCause};
+use softvfio::uapi::{self, Vfio};
 use softvfio_platform::report::{self, FinalState, Leftovers};
+use softvfio_platform::sanitize::ProcessMaps;
 use softvfio_platform::{build, BuiltPlatform, Config};
 
 use crate::claim::{self, Claim};
@@ -60,6 +62,10 @@ pub struct State {
     /// Groups this process owns among the run's processes: group id to the
     /// claim's descriptor (see [`crate::claim`]).
     claims: HashMap<u32, c_int>,
+    /// The DMA sanitizer (`SOFTVFIO_SANITIZE`), and this process's file
+    /// mappings for its call sites.
+    sanitizer: Option<Arc<Sanitizer>>,
+    maps: Option<ProcessMaps>,
 }
 
 thread_local! {
@@ -121,6 +127,10 @@ pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Result<R, c_int> {
             Ok(built) => {
                 let built = Arc::new(built);
                 let vfio = Arc::new(Vfio::new(built.platform.clone()));
+                let sanitizer = crate::sanitize::from_env();
+                if let Some(s) = &sanitizer {
+                    vfio.set_sanitizer(s.clone());
+                }
                 *guard = Some(State {
                     built,
                     session: Session::new(vfio),
@@ -132,6 +142,8 @@ pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Result<R, c_int> {
                     fds: HashMap::new(),
                     refs: HashMap::new(),
                     claims: HashMap::new(),
+                    sanitizer,
+                    maps: None,
                 });
                 register_report();
             }
@@ -255,10 +267,33 @@ impl State {
         }
     }
 
+    /// With the sanitizer, the program's call site of the current call.
+    fn call_site(&mut self) -> Option<Arc<CallSite>> {
+        self.sanitizer.as_ref()?;
+        Some(crate::sanitize::capture(&mut self.maps))
+    }
+
+    /// The program is about to lose (or lost) `[addr, addr + len)`: stale
+    /// mappings are reported now.
+    pub fn memory_going_away(&mut self, addr: u64, len: u64, cause: StaleCause) {
+        let Some(s) = self.sanitizer.clone() else {
+            return;
+        };
+        let site = self.call_site();
+        let found = with_call_site(site, || s.memory_going_away(None, addr, len, cause));
+        crate::sanitize::write_stale(&s, &found);
+    }
+
     /// An `open` of `path`.
     pub fn open(&mut self, path: &str, cloexec: bool) -> OpenOutcome {
         let mem = self.mem.clone();
-        let key = match self.session.open(path, || mem) {
+        let site = if path.starts_with("/dev/vfio/") {
+            self.call_site()
+        } else {
+            None
+        };
+        let session = &mut self.session;
+        let key = match with_call_site(site, || session.open(path, || mem)) {
             None => return OpenOutcome::NotOurs,
             Some(Err(e)) => return OpenOutcome::Error(e.errno()),
             Some(Ok(key)) => key,
@@ -295,11 +330,19 @@ impl State {
     /// An ioctl on our object `key`: the return value, or an errno.
     pub fn ioctl(&mut self, key: ObjectKey, request: u64, arg: u64) -> Result<i64, c_int> {
         let user = self.mem.clone();
+        let site = match request {
+            uapi::VFIO_IOMMU_MAP_DMA
+            | uapi::VFIO_IOMMU_UNMAP_DMA
+            | uapi::VFIO_GROUP_GET_DEVICE_FD
+            | uapi::VFIO_DEVICE_SET_IRQS => self.call_site(),
+            _ => None,
+        };
         let mut fds = OwnFds(&self.fds);
-        let routed = self
-            .session
-            .ioctl(key, request, arg, user.as_ref(), &mut fds)
-            .map_err(|e| e.errno())?;
+        let session = &mut self.session;
+        let routed = with_call_site(site, || {
+            session.ioctl(key, request, arg, user.as_ref(), &mut fds)
+        })
+        .map_err(|e| e.errno())?;
         match routed {
             Routed::Value(v) => Ok(v),
             // vfio hands out device fds with O_CLOEXEC.
@@ -370,10 +413,17 @@ impl State {
     fn finish(&mut self) -> (Leftovers, FinalState) {
         let mut left = Leftovers::default();
         let keys: Vec<ObjectKey> = self.refs.keys().copied().collect();
-        for key in keys {
-            if let Some(obj) = self.session.object(key) {
+        // Everything is noted before anything is released: releasing a
+        // group detaches it from its container, which unmaps everything.
+        for key in &keys {
+            if let Some(obj) = self.session.object(*key) {
                 left.note(obj);
+                if let Some(s) = &self.sanitizer {
+                    left.note_sanitized(s, *key, obj);
+                }
             }
+        }
+        for key in keys {
             self.session.release(key);
         }
         self.refs.clear();
@@ -405,12 +455,17 @@ extern "C" fn end_report() {
         let quiet = std::env::var_os("SOFTVFIO_QUIET").is_some_and(|v| !v.is_empty());
         let done = with_state(|st| {
             let (left, fin) = st.finish();
-            (st.built.clone(), left, fin)
+            (st.built.clone(), left, fin, st.sanitizer.clone())
         });
-        if let (Ok((built, left, fin)), false) = (done, quiet) {
-            let mut err = std::io::stderr().lock();
-            let _ = report::write_end_report(&mut err, &built, &left, &fin);
-            let _ = err.flush();
+        if let Ok((built, left, fin, sanitizer)) = done {
+            if !quiet {
+                let mut err = std::io::stderr().lock();
+                let _ = report::write_end_report(&mut err, &built, &left, &fin);
+                let _ = err.flush();
+            }
+            if let Some(s) = sanitizer {
+                crate::sanitize::finish(&built, &s, &left.leaks, quiet);
+            }
         }
     });
 }

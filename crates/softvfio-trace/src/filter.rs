@@ -66,9 +66,24 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
     sock_filter { code, jt, jf, k }
 }
 
+/// The memory calls the DMA sanitizer watches (stale mappings), traced
+/// only when asked ([`crate::Command::trace_memory_calls`]).
+pub const MEMORY_SYSCALLS: &[i64] = &[libc::SYS_munmap, libc::SYS_mremap, libc::SYS_mmap];
+
 /// Builds the filter program.
 pub fn build() -> Vec<sock_filter> {
-    let n = TRACED_SYSCALLS.len();
+    build_with(&[])
+}
+
+/// Builds the filter program, also stopping at the system calls `extra`.
+pub fn build_with(extra: &[i64]) -> Vec<sock_filter> {
+    let mut traced: Vec<i64> = TRACED_SYSCALLS.to_vec();
+    for nr in extra {
+        if !traced.contains(nr) {
+            traced.push(*nr);
+        }
+    }
+    let n = traced.len();
     // Layout (classic BPF only jumps forward):
     //   0      ld arch
     //   1      jeq X86_64 ? 2 : ALLOW
@@ -90,7 +105,7 @@ pub fn build() -> Vec<sock_filter> {
     p.push(jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 0, rel(1, allow)));
     p.push(stmt(BPF_LD_W_ABS, OFF_NR));
     p.push(jump(BPF_JEQ_K, libc::SYS_ioctl as u32, rel(3, ioctl), 0));
-    for (i, nr) in TRACED_SYSCALLS.iter().enumerate() {
+    for (i, nr) in traced.iter().enumerate() {
         let at = 4 + i;
         p.push(jump(BPF_JEQ_K, *nr as u32, rel(at, trace), 0));
     }
@@ -168,6 +183,15 @@ mod tests {
         ] {
             assert_eq!(run(&p, nr as u32, x, 0), trace);
         }
+        // With the sanitizer's memory calls added: still traced, the rest not.
+        let m = build_with(MEMORY_SYSCALLS);
+        assert_eq!(run(&m, libc::SYS_mmap as u32, x, 0), trace);
+        assert_eq!(run(&m, libc::SYS_munmap as u32, x, 0), trace);
+        assert_eq!(run(&m, libc::SYS_mremap as u32, x, 0), trace);
+        assert_eq!(run(&m, libc::SYS_openat as u32, x, 0), trace);
+        assert_eq!(run(&m, libc::SYS_write as u32, x, 0), allow);
+        assert_eq!(run(&m, libc::SYS_ioctl as u32, x, 0x3b00), trace);
+        assert_eq!(run(&m, libc::SYS_ioctl as u32, x, 0x5401), allow);
         // VFIO ioctls: _IO(';', 100..)
         assert_eq!(run(&p, libc::SYS_ioctl as u32, x, 0x3b64), trace);
         assert_eq!(run(&p, libc::SYS_ioctl as u32, x, 0x3b77), trace);

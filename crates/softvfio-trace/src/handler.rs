@@ -104,7 +104,9 @@ pub trait Handler {
     /// arguments): a handler that maps regions of its objects (the device
     /// file's BARs) serves an `mmap` of one of its descriptors, and follows
     /// the calls that change a range it mapped (by injecting the call and
-    /// looking at the result). `None`: the kernel runs the call.
+    /// looking at the result, e.g. with [`Tracee::inject_syscall`]; the DMA
+    /// sanitizer watches memory mapped for DMA going away the same way).
+    /// `None`: the kernel runs the call.
     fn memory_call(
         &mut self,
         t: &mut Tracee<'_>,

@@ -48,6 +48,8 @@ pub struct Command {
     cwd: Option<PathBuf>,
     stdio: [Option<OwnedFd>; 3],
     before_exec: Option<BeforeExec>,
+    /// Also stop at `munmap`/`mremap`/`mmap` ([`Handler::memory_call`]).
+    memory_calls: bool,
 }
 
 impl std::fmt::Debug for Command {
@@ -72,7 +74,16 @@ impl Command {
             cwd: None,
             stdio: [None, None, None],
             before_exec: None,
+            memory_calls: false,
         }
+    }
+
+    /// Also intercept the program's `munmap`, `mremap` and `mmap` (for the
+    /// DMA sanitizer's stale-mapping checks; see
+    /// [`Handler::memory_call`](crate::Handler::memory_call)).
+    pub fn trace_memory_calls(&mut self, on: bool) -> &mut Command {
+        self.memory_calls = on;
+        self
     }
 
     /// Builds a command from `argv` (`argv[0]` is the program).
@@ -317,7 +328,11 @@ impl Prepared {
             envp_ptrs,
             cwd,
             stdio,
-            filter: filter::build(),
+            filter: if cmd.memory_calls {
+                filter::build_with(filter::MEMORY_SYSCALLS)
+            } else {
+                filter::build()
+            },
             before_exec: cmd.before_exec.clone(),
         })
     }

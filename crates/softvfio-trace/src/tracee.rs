@@ -464,6 +464,15 @@ impl<'a> Tracee<'a> {
             .unwrap_or((-1, [0; 6]))
     }
 
+    /// The stopped thread's instruction, stack and frame pointers (`rip`,
+    /// `rsp`, `rbp`), for call-site walks (the DMA sanitizer).
+    pub fn stack_registers(&self) -> Option<(u64, u64, u64)> {
+        self.core
+            .shared
+            .with_stop(|s| (s.regs.rip, s.regs.rsp, s.regs.rbp))
+            .ok()
+    }
+
     /// Reads program memory; a partly unmapped range is EFAULT.
     pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
         sys::process_vm_read(self.tid, addr, buf)

@@ -144,6 +144,8 @@ pub struct Container {
     pub(crate) vaddr_valid: Condvar,
     /// How long an external pin waits for an invalid vaddr, in ms.
     pub(crate) vaddr_wait_ms: AtomicU64,
+    /// The DMA sanitizer recording this container's history, if one runs.
+    pub(crate) sanitizer: std::sync::OnceLock<Arc<crate::sanitizer::Sanitizer>>,
 }
 
 impl Container {
@@ -164,12 +166,24 @@ impl Container {
             vaddr_wait_ms: AtomicU64::new(
                 u64::try_from(crate::external::DEFAULT_VADDR_WAIT.as_millis()).unwrap_or(u64::MAX),
             ),
+            sanitizer: std::sync::OnceLock::new(),
         })
     }
 
     /// The container's id, unique in this process.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Records this container's DMA history in `s` from now on (once; a
+    /// second sanitizer is ignored).
+    pub fn set_sanitizer(&self, s: Arc<crate::sanitizer::Sanitizer>) {
+        let _ = self.sanitizer.set(s);
+    }
+
+    /// The sanitizer recording this container, if any.
+    pub fn sanitizer(&self) -> Option<&Arc<crate::sanitizer::Sanitizer>> {
+        self.sanitizer.get()
     }
 
     /// The user memory its mappings pin.

@@ -118,7 +118,11 @@ impl Session {
         }
         if path == "/dev/vfio/vfio" {
             let file = self.vfio.open_container(mem());
-            return Some(Ok(self.insert(FileObject::Container(file))));
+            let key = self.insert(FileObject::Container(file));
+            if let Some(s) = self.vfio.sanitizer() {
+                s.note_object(key, "container".into());
+            }
+            return Some(Ok(key));
         }
         let name = path.strip_prefix("/dev/vfio/")?;
         let Ok(id) = name.parse::<u32>() else {
@@ -193,8 +197,11 @@ impl Session {
                 .map(Routed::Value),
             Some(FileObject::Device(d)) => {
                 let mut eventfds = |fd: i32| resolve_eventfd(fds, fd);
-                vfio.device_ioctl(d, request, arg, user, &mut eventfds)
-                    .map(Routed::Value)
+                let v = vfio.device_ioctl(d, request, arg, user, &mut eventfds)?;
+                if let Some(s) = vfio.sanitizer() {
+                    s.note_device_ioctl(key, request, arg, user);
+                }
+                Ok(Routed::Value(v))
             }
             Some(FileObject::Iommufd(ctx)) => {
                 crate::iommufd::abi::ioctl(ctx, request, arg, user).map(Routed::Value)
@@ -237,7 +244,12 @@ impl Session {
                 match vfio.group_ioctl(g, request, arg, user, &mut lookup)? {
                     IoctlOutcome::Value(v) => Ok(Routed::Value(v)),
                     IoctlOutcome::Device(dev) => {
-                        Ok(Routed::NewObject(self.insert(FileObject::Device(dev))))
+                        let name = format!("device {}", dev.device.name);
+                        let key = self.insert(FileObject::Device(dev));
+                        if let Some(s) = vfio.sanitizer() {
+                            s.note_object(key, name);
+                        }
+                        Ok(Routed::NewObject(key))
                     }
                 }
             }
@@ -313,6 +325,9 @@ impl Session {
     /// end can report what a program left open).
     pub fn release(&mut self, key: ObjectKey) -> Option<FileObject> {
         let obj = self.objects.remove(&key)?;
+        if let Some(s) = self.vfio.sanitizer() {
+            s.forget_object(key);
+        }
         match &obj {
             FileObject::Container(c) => self.vfio.release_container(c.clone()),
             FileObject::Group(g) => self.vfio.release_group(g.clone()),
@@ -321,6 +336,11 @@ impl Session {
             FileObject::Cdev(c) => self.vfio.release_cdev(c),
         }
         Some(obj)
+    }
+
+    /// The keys of the open files.
+    pub fn keys(&self) -> Vec<ObjectKey> {
+        self.objects.keys().copied().collect()
     }
 
     /// Peek at a file before releasing it.

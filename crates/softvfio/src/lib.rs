@@ -32,6 +32,7 @@ pub mod iova;
 pub mod memory;
 pub mod pasid;
 pub mod platform;
+pub mod sanitizer;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod type1;

@@ -411,6 +411,8 @@ struct GroupState {
 pub struct Vfio {
     platform: Arc<Platform>,
     groups: Mutex<HashMap<u32, GroupState>>,
+    /// The DMA sanitizer new containers record into, if one runs.
+    sanitizer: std::sync::OnceLock<Arc<crate::sanitizer::Sanitizer>>,
 }
 
 impl Vfio {
@@ -419,7 +421,19 @@ impl Vfio {
         Self {
             platform,
             groups: Mutex::new(HashMap::new()),
+            sanitizer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records the DMA history of every container opened from now on in
+    /// `s` (`softvfio run --sanitize`); once.
+    pub fn set_sanitizer(&self, s: Arc<crate::sanitizer::Sanitizer>) {
+        let _ = self.sanitizer.set(s);
+    }
+
+    /// The sanitizer, if one runs.
+    pub fn sanitizer(&self) -> Option<&Arc<crate::sanitizer::Sanitizer>> {
+        self.sanitizer.get()
     }
 
     /// The platform served.
@@ -452,9 +466,11 @@ impl Vfio {
             dma_entry_limit: self.platform.dma_entry_limit,
             precise_dirty: self.platform.precise_dirty,
         };
-        ContainerFile {
-            container: Container::new(cfg, mem),
+        let container = Container::new(cfg, mem);
+        if let Some(s) = self.sanitizer.get() {
+            container.set_sanitizer(s.clone());
         }
+        ContainerFile { container }
     }
 
     /// `open("/dev/vfio/<id>")`: ENOENT for no such group, EBUSY when the

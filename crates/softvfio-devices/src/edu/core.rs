@@ -443,9 +443,20 @@ impl EduCore {
         let pasid = (self.pasid & PASID_ENABLE != 0).then_some(self.pasid & PASID_MASK);
         // PASID-tagged addresses are process virtual addresses: the legacy
         // DMA mask does not apply to them.
+        let requested = mem_addr;
         let mem_addr = match pasid {
             Some(_) => mem_addr,
             None => self.clamp(mem_addr),
+        };
+        // Faults this transfer causes name the command that started it.
+        let origin = soft_iommu::DmaOrigin {
+            model: "edu",
+            register: REG_DMA_CMD,
+            value: self.dma_cmd,
+            requested,
+            used: mem_addr,
+            len: cnt,
+            mask: pasid.is_none().then_some(self.dma_mask),
         };
         if pasid.is_some() {
             self.stats.dma_pasid += 1;
@@ -465,7 +476,7 @@ impl EduCore {
             return self.finish_dma();
         }
 
-        let result = match (bus.target, access, pasid) {
+        let result = soft_iommu::with_dma_origin(origin, || match (bus.target, access, pasid) {
             (None, _, _) => Err(DmaError::fault(
                 mem_addr,
                 access,
@@ -476,7 +487,7 @@ impl EduCore {
             (Some(t), DmaAccess::Read, Some(p)) => t.dma_read_pasid(p, mem_addr, window),
             (Some(t), DmaAccess::Write, None) => t.dma_write(mem_addr, window),
             (Some(t), DmaAccess::Write, Some(p)) => t.dma_write_pasid(p, mem_addr, window),
-        };
+        });
         let moved = match &result {
             Ok(()) => len,
             Err(e) => e.transferred().min(len),

@@ -371,6 +371,9 @@ impl Container {
     pub(crate) fn unmap_unpin_all(&self, t: &mut Type1) {
         for iova in t.dmas.keys() {
             self.remove_dma(t, iova);
+            if let Some(s) = self.sanitizer.get() {
+                s.record_released(self.id, iova);
+            }
         }
     }
 

@@ -103,6 +103,9 @@ impl Container {
             }
             t.vaddr_invalid_count = t.vaddr_invalid_count.saturating_sub(1);
             self.vaddr_valid.notify_all();
+            if let Some(s) = self.sanitizer.get() {
+                s.record_update_vaddr(self.id, iova, vaddr);
+            }
             return Ok(());
         }
         if t.dmas.any_overlapping(iova, last).is_some() {
@@ -153,6 +156,9 @@ impl Container {
             return Err(VfioError::Exists);
         }
         t.dma_avail -= 1;
+        if let Some(s) = self.sanitizer.get() {
+            s.record_map(self.id, iova, vaddr, size, prot);
+        }
         Ok(())
     }
 
@@ -435,6 +441,9 @@ impl Container {
                 }
                 dma.vaddr_invalid = true;
                 t.vaddr_invalid_count += 1;
+                if let Some(s) = self.sanitizer.get() {
+                    s.record_invalidate_vaddr(self.id, key);
+                }
                 unmapped = unmapped.wrapping_add(dma.size);
                 touched.push(key);
             }
@@ -463,6 +472,9 @@ impl Container {
             }
             unmapped = unmapped.wrapping_add(dma.size);
             self.remove_dma(t, key);
+            if let Some(s) = self.sanitizer.get() {
+                s.record_unmap(self.id, key);
+            }
         }
         Ok(UnmapStep::Done(unmapped))
     }

@@ -1,0 +1,156 @@
+/* A small buggy VFIO driver for the DMA sanitizer (softvfio run --sanitize):
+ * each scenario makes one class of mistake with QEMU's edu device (group 3,
+ * 0000:00:03.0). Build with frame pointers and debug info so the report can
+ * name the functions and lines below.
+ *
+ *   after-unmap   maps a buffer, unmaps it, then starts a DMA to it
+ *   never-mapped  starts a DMA to an IOVA nothing was mapped at
+ *   read-only     maps a buffer read-only, then lets the device write it
+ *   leak          exits with a mapping, the device fd and an MSI eventfd
+ *   munmap        munmaps memory still mapped for DMA, then DMAs into it
+ *   mremap        mremaps (moves) memory still mapped for DMA
+ *   map-fixed     mmap(MAP_FIXED) over memory still mapped for DMA
+ *   clamp         programs a 33-bit address: edu's 28-bit mask clamps it
+ *   clean         maps, DMAs, unmaps, closes: nothing to report
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <linux/vfio.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define IOVA 0x100000ul
+#define LEN 0x1000ul
+#define EDU_BUF 0x40000ul
+
+static int container, group, device;
+static uint64_t bar0;
+
+static void die(const char *what) {
+  perror(what);
+  exit(2);
+}
+
+__attribute__((noinline)) static void setup(void) {
+  container = open("/dev/vfio/vfio", O_RDWR);
+  group = open("/dev/vfio/3", O_RDWR);
+  if (container < 0 || group < 0) die("open");
+  if (ioctl(group, VFIO_GROUP_SET_CONTAINER, &container)) die("SET_CONTAINER");
+  if (ioctl(container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)) die("SET_IOMMU");
+  device = ioctl(group, VFIO_GROUP_GET_DEVICE_FD, "0000:00:03.0");
+  if (device < 0) die("GET_DEVICE_FD");
+  struct vfio_region_info ri = {.argsz = sizeof ri, .index = VFIO_PCI_CONFIG_REGION_INDEX};
+  if (ioctl(device, VFIO_DEVICE_GET_REGION_INFO, &ri)) die("config region");
+  uint16_t cmd;
+  if (pread(device, &cmd, 2, ri.offset + 4) != 2) die("read command");
+  cmd |= 0x6; /* memory space, bus master */
+  if (pwrite(device, &cmd, 2, ri.offset + 4) != 2) die("write command");
+  struct vfio_region_info b0 = {.argsz = sizeof b0, .index = VFIO_PCI_BAR0_REGION_INDEX};
+  if (ioctl(device, VFIO_DEVICE_GET_REGION_INFO, &b0)) die("bar0");
+  bar0 = b0.offset;
+}
+
+__attribute__((noinline)) static void *map_buffer(void *buf, uint64_t iova, uint32_t flags) {
+  struct vfio_iommu_type1_dma_map m = {.argsz = sizeof m, .flags = flags,
+    .vaddr = (uintptr_t)buf, .iova = iova, .size = LEN};
+  if (ioctl(container, VFIO_IOMMU_MAP_DMA, &m)) die("MAP_DMA");
+  return buf;
+}
+
+__attribute__((noinline)) static void unmap_buffer(uint64_t iova) {
+  struct vfio_iommu_type1_dma_unmap u = {.argsz = sizeof u, .iova = iova, .size = LEN};
+  if (ioctl(container, VFIO_IOMMU_UNMAP_DMA, &u)) die("UNMAP_DMA");
+}
+
+static void reg(uint64_t off, uint64_t v) {
+  if (pwrite(device, &v, 8, bar0 + off) != 8) die("register write");
+}
+
+/* The device copies its buffer to RAM at `iova` (to_ram) or from it. */
+__attribute__((noinline)) static void start_dma(uint64_t iova, int to_ram) {
+  reg(0x80, to_ram ? EDU_BUF : iova);
+  reg(0x88, to_ram ? iova : EDU_BUF);
+  reg(0x90, 256);
+  reg(0x98, to_ram ? 3 : 1);
+}
+
+__attribute__((noinline)) static void enable_msi(void) {
+  int efd = eventfd(0, 0);
+  char buf[sizeof(struct vfio_irq_set) + sizeof(int)];
+  struct vfio_irq_set *s = (struct vfio_irq_set *)buf;
+  s->argsz = sizeof buf;
+  s->flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+  s->index = VFIO_PCI_MSI_IRQ_INDEX;
+  s->start = 0;
+  s->count = 1;
+  memcpy(s->data, &efd, sizeof efd);
+  if (ioctl(device, VFIO_DEVICE_SET_IRQS, s)) die("SET_IRQS");
+}
+
+static void *anon(void) {
+  void *p = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) die("mmap");
+  memset(p, 0x5a, LEN);
+  return p;
+}
+
+static void finish(void) {
+  close(device);
+  close(group);
+  close(container);
+}
+
+int main(int argc, char **argv) {
+  const char *what = argc > 1 ? argv[1] : "clean";
+  setup();
+  void *buf = anon();
+  if (!strcmp(what, "after-unmap")) {
+    map_buffer(buf, IOVA, 3);
+    unmap_buffer(IOVA);
+    start_dma(IOVA, 1);
+  } else if (!strcmp(what, "never-mapped")) {
+    map_buffer(buf, IOVA, 3);
+    start_dma(0x300000, 1);
+    unmap_buffer(IOVA);
+  } else if (!strcmp(what, "read-only")) {
+    map_buffer(buf, IOVA, VFIO_DMA_MAP_FLAG_READ);
+    start_dma(IOVA, 1);
+    unmap_buffer(IOVA);
+  } else if (!strcmp(what, "leak")) {
+    map_buffer(buf, IOVA, 3);
+    enable_msi();
+    return 0; /* nothing closed */
+  } else if (!strcmp(what, "munmap")) {
+    map_buffer(buf, IOVA, 3);
+    munmap(buf, LEN);
+    start_dma(IOVA, 1);
+    unmap_buffer(IOVA);
+  } else if (!strcmp(what, "mremap")) {
+    map_buffer(buf, IOVA, 3);
+    void *moved = mremap(buf, LEN, LEN, MREMAP_MAYMOVE | MREMAP_FIXED, anon());
+    if (moved == MAP_FAILED) die("mremap");
+    unmap_buffer(IOVA);
+  } else if (!strcmp(what, "map-fixed")) {
+    map_buffer(buf, IOVA, 3);
+    if (mmap(buf, LEN, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+      die("mmap fixed");
+    unmap_buffer(IOVA);
+  } else if (!strcmp(what, "clamp")) {
+    map_buffer(buf, IOVA, 3);
+    start_dma(0x100000000ul | IOVA, 1);
+    unmap_buffer(IOVA);
+  } else {
+    map_buffer(buf, IOVA, 3);
+    start_dma(IOVA, 1);
+    unmap_buffer(IOVA);
+  }
+  finish();
+  printf("done %s\n", what);
+  return 0;
+}

@@ -1,0 +1,86 @@
+//! The DMA sanitizer end to end in trace mode (`softvfio run --sanitize`):
+//! each mistake of `programs/dma_bugs.c` and the report it gets, call
+//! sites included (see `sanitizer_common`). The preload-mode twin is
+//! `crates/softvfio-preload/tests/sanitizer.rs`.
+
+mod sanitizer_common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use sanitizer_common as sc;
+
+fn softvfio() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_softvfio"))
+}
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("sanitizer-trace")
+}
+
+/// The program, built once (dynamic), or `None` without gcc.
+fn program() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| sc::build(&dir(), "dma_bugs", sc::DEBUG_FLAGS))
+        .as_deref()
+}
+
+macro_rules! scenario {
+    ($name:ident, $f:expr) => {
+        #[test]
+        fn $name() {
+            let Some(bin) = program() else {
+                eprintln!("skipped: no gcc");
+                return;
+            };
+            $f(softvfio(), "trace", bin);
+        }
+    };
+}
+
+scenario!(dma_after_unmap_is_explained, sc::after_unmap);
+scenario!(
+    never_mapped_iova_names_the_nearest_mapping,
+    sc::never_mapped
+);
+scenario!(write_to_read_only_mapping, sc::read_only);
+scenario!(leaks_at_exit_with_call_sites, sc::leak);
+scenario!(clamped_dma_is_the_device_behaviour, sc::clamp);
+scenario!(clean_driver_reports_nothing, sc::clean);
+scenario!(stale_mapping_after_munmap, |s, m, b| sc::stale(
+    s, m, b, "munmap"
+));
+scenario!(stale_mapping_after_mremap, |s, m, b| sc::stale(
+    s, m, b, "mremap"
+));
+scenario!(stale_mapping_after_map_fixed, |s, m, b| sc::stale(
+    s,
+    m,
+    b,
+    "map-fixed"
+));
+scenario!(json_report_and_inspect, |s, m, b| sc::json(s, m, b, &dir()));
+
+/// A static program: libc's wrappers are in the program's own file, and are
+/// still left out of its call sites.
+#[test]
+fn static_program_call_sites() {
+    let Some(bin) = sc::build(&dir(), "dma_bugs_static", &["-O0", "-static"]) else {
+        eprintln!("skipped: no gcc");
+        return;
+    };
+    sc::after_unmap(softvfio(), "trace", &bin);
+    sc::leak(softvfio(), "trace", &bin);
+}
+
+/// An optimized program without frame pointers: call sites come from the
+/// objects' call frame information.
+#[test]
+fn optimized_program_without_frame_pointers() {
+    let Some(bin) = sc::build(&dir(), "dma_bugs_o2", &["-O2", "-fomit-frame-pointer"]) else {
+        eprintln!("skipped: no gcc");
+        return;
+    };
+    sc::after_unmap(softvfio(), "trace", &bin);
+    sc::stale(softvfio(), "trace", &bin, "munmap");
+}

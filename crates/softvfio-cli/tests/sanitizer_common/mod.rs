@@ -1,0 +1,369 @@
+//! The DMA sanitizer's end-to-end checks, shared by the trace-mode tests
+//! (`crates/softvfio-cli/tests/sanitizer.rs`) and the preload-mode tests
+//! (`crates/softvfio-preload/tests/sanitizer.rs`): `programs/dma_bugs.c`
+//! makes one mistake per scenario under `softvfio run --sanitize`, and the
+//! report must name it, with the program's own call sites (function and
+//! source line, computed here from the C source).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The buggy driver's source.
+pub const SOURCE: &str = include_str!("../programs/dma_bugs.c");
+
+/// Builds `dma_bugs.c` with debug info into `dir`, as `name` with the gcc
+/// `flags` (optimization, frame pointers, static linking); `None` without
+/// gcc.
+pub fn build(dir: &Path, name: &str, flags: &[&str]) -> Option<PathBuf> {
+    if Command::new("gcc").arg("--version").output().is_err() {
+        return None;
+    }
+    // One directory per build: tests build in parallel.
+    let dir = dir.join(format!("{name}.d"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("dma_bugs.c");
+    let bin = dir.join(name);
+    std::fs::write(&src, SOURCE).unwrap();
+    let out = Command::new("gcc")
+        .args(["-g", "-Wall"])
+        .args(flags)
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(bin)
+}
+
+/// The usual debug build: no optimization, frame pointers.
+pub const DEBUG_FLAGS: &[&str] = &["-O0", "-fno-omit-frame-pointer"];
+
+/// The 1-based line of the first line containing `needle` (after line
+/// `from`).
+pub fn line_of(needle: &str, from: usize) -> usize {
+    SOURCE
+        .lines()
+        .enumerate()
+        .skip(from)
+        .find(|(_, l)| l.contains(needle))
+        .map(|(i, _)| i + 1)
+        .unwrap_or_else(|| panic!("{needle} not in dma_bugs.c"))
+}
+
+/// The line of `call` in `main`'s branch for `scenario`.
+pub fn scenario_line(scenario: &str, call: &str) -> usize {
+    let start = line_of(&format!("!strcmp(what, \"{scenario}\")"), 0);
+    line_of(call, start)
+}
+
+/// `function (<dir>/dma_bugs.c:LINE)`, as a frame of the report reads (a
+/// NUL in a pattern stands for any text: the source's directory).
+pub fn frame(function: &str, line: usize) -> String {
+    format!("{function} (/\0/dma_bugs.c:{line})")
+}
+
+/// Runs `scenario` under `softvfio run --mode MODE --sanitize=strict`
+/// (plus `extra`); the exit status and stderr.
+pub fn run(
+    softvfio: &Path,
+    mode: &str,
+    bin: &Path,
+    scenario: &str,
+    extra: &[&str],
+) -> (i32, String) {
+    let out = Command::new(softvfio)
+        .args(["run", "--mode", mode])
+        .args(extra)
+        .arg("--")
+        .arg(bin)
+        .arg(scenario)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains(&format!("done {scenario}")) || scenario == "leak",
+        "the program did not finish: {stdout}\n{stderr}"
+    );
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+/// Does `text` have a line containing every one of `parts`, in order?
+pub fn has_line(text: &str, parts: &[&str]) -> bool {
+    text.lines().any(|l| {
+        let mut rest = l;
+        let pieces = parts.iter().flat_map(|p| p.split('\0'));
+        pieces.into_iter().all(|p| match rest.find(p) {
+            Some(i) => {
+                rest = &rest[i + p.len()..];
+                true
+            }
+            None => false,
+        })
+    })
+}
+
+fn assert_line(text: &str, parts: &[&str]) {
+    assert!(has_line(text, parts), "no line with {parts:?} in:\n{text}");
+}
+
+fn map_frame() -> String {
+    frame(
+        "map_buffer",
+        line_of("ioctl(container, VFIO_IOMMU_MAP_DMA", 0),
+    )
+}
+
+fn unmap_frame() -> String {
+    frame(
+        "unmap_buffer",
+        line_of("ioctl(container, VFIO_IOMMU_UNMAP_DMA", 0),
+    )
+}
+
+/// DMA after unmap: the fault, the command that started it, the map and
+/// unmap with their call sites.
+pub fn after_unmap(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(softvfio, mode, bin, "after-unmap", &["--sanitize=strict"]);
+    assert_eq!(code, 1, "strict: a fault fails the run\n{err}");
+    assert_line(&err, &["DMA fault #0 [use-after-unmap]: device 0000:00:03.0 (rid 0x0018) write of 256 bytes at IOVA 0x100000: not present"]);
+    assert_line(&err, &["  started by: edu DMA command register write (0x98 <- 0x3): 256 bytes, device buffer to RAM, RAM address 0x100000"]);
+    assert_line(&err, &["  DMA after unmap: IOVA 0x100000 lies in IOVA 0x100000-0x100fff (4 KiB), no longer mapped:"]);
+    let main_map = frame("main", scenario_line("after-unmap", "map_buffer("));
+    let main_unmap = frame("main", scenario_line("after-unmap", "unmap_buffer("));
+    assert_line(
+        &err,
+        &[
+            "  mapped at ",
+            " ms by MAP_DMA (vaddr 0x",
+            ", size 4 KiB, prot rw) from ",
+            &map_frame(),
+            " <- ",
+            &main_map,
+        ],
+    );
+    assert_line(
+        &err,
+        &[
+            "  unmapped at ",
+            " ms by UNMAP_DMA from ",
+            &unmap_frame(),
+            " <- ",
+            &main_unmap,
+        ],
+    );
+    assert_line(
+        &err,
+        &["sanitizer: 1 fault(s), 0 stale mapping(s), 0 leak(s), 0 device note(s)"],
+    );
+    assert_line(
+        &err,
+        &["softvfio: sanitizer: 1 error(s) (--sanitize=strict)"],
+    );
+}
+
+/// A DMA to an IOVA nothing was mapped at: the nearest mapping named.
+pub fn never_mapped(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(softvfio, mode, bin, "never-mapped", &["--sanitize"]);
+    assert_eq!(code, 0, "not strict: the program's status\n{err}");
+    assert_line(&err, &["DMA fault #0 [never-mapped]: device 0000:00:03.0 (rid 0x0018) write of 256 bytes at IOVA 0x300000: not present"]);
+    assert_line(
+        &err,
+        &[
+            "  IOVA 0x300000 was never mapped; nearest mappings: IOVA 0x100000-0x100fff (4 KiB, mapped at ",
+            " ms from ",
+            &map_frame(),
+            " <- ",
+            &frame("main", scenario_line("never-mapped", "map_buffer(")),
+            ")",
+        ],
+    );
+}
+
+/// The device writes a read-only mapping.
+pub fn read_only(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(softvfio, mode, bin, "read-only", &["--sanitize=strict"]);
+    assert_eq!(code, 1, "{err}");
+    assert_line(&err, &["DMA fault #0 [read-only]: device 0000:00:03.0 (rid 0x0018) write of 256 bytes at IOVA 0x100000: no write permission"]);
+    assert_line(
+        &err,
+        &["  IOVA 0x100000 is mapped read-only: the device wrote to it:"],
+    );
+    assert_line(
+        &err,
+        &[
+            "by MAP_DMA (vaddr 0x",
+            ", size 4 KiB, prot r (read-only)) from ",
+            &map_frame(),
+        ],
+    );
+}
+
+/// Leaks at exit: the container, its mapping, the device and its MSI
+/// eventfd, each with the call that made it.
+pub fn leak(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(softvfio, mode, bin, "leak", &["--sanitize=strict"]);
+    assert_eq!(code, 1, "strict: leaks fail the run\n{err}");
+    let setup = |call: &str| frame("setup", line_of(call, 0));
+    let main_setup = frame("main", line_of("  setup();", 0));
+    assert_line(
+        &err,
+        &[
+            "leak: container still open with 1 mapping(s), created from ",
+            &setup("container = open(\"/dev/vfio/vfio\""),
+            " <- ",
+            &main_setup,
+        ],
+    );
+    assert_line(
+        &err,
+        &[
+            "leak: IOVA 0x100000 size 4 KiB (vaddr 0x",
+            ", 1 page(s) pinned and accounted), created from ",
+            &map_frame(),
+            " <- ",
+            &frame("main", scenario_line("leak", "map_buffer(")),
+        ],
+    );
+    assert_line(
+        &err,
+        &[
+            "leak: device 0000:00:03.0 still open, created from ",
+            &setup("device = ioctl(group, VFIO_GROUP_GET_DEVICE_FD"),
+            " <- ",
+            &main_setup,
+        ],
+    );
+    assert_line(
+        &err,
+        &[
+            "leak: device 0000:00:03.0: eventfds for IRQ index 1, vectors 0..1 still installed, created from ",
+            &frame("enable_msi", line_of("ioctl(device, VFIO_DEVICE_SET_IRQS", 0)),
+            " <- ",
+            &frame("main", scenario_line("leak", "enable_msi(")),
+        ],
+    );
+    assert_line(
+        &err,
+        &["sanitizer: 0 fault(s), 0 stale mapping(s), 4 leak(s), 0 device note(s)"],
+    );
+}
+
+/// Memory still mapped for DMA goes away: reported at the moment with both
+/// call sites, and the device's later access named as a stale mapping.
+pub fn stale(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
+    let (code, err) = run(softvfio, mode, bin, scenario, &["--sanitize=strict"]);
+    assert_eq!(code, 1, "{err}");
+    let (syscall, call) = match scenario {
+        "munmap" => ("munmap", "munmap(buf, LEN);"),
+        "mremap" => ("mremap", "mremap(buf"),
+        _ => ("mmap(MAP_FIXED)", "if (mmap(buf, LEN"),
+    };
+    let main_call = frame("main", scenario_line(scenario, call));
+    let main_map = frame("main", scenario_line(scenario, "map_buffer("));
+    let moment = format!("softvfio sanitizer: stale mapping: {syscall} of 0x");
+    let parts = [
+        &moment[..],
+        "-0x",
+        " ms from ",
+        &main_call,
+        "; IOVA 0x100000 (4 KiB) still maps it for DMA, mapped from ",
+        &map_frame(),
+        " <- ",
+        &main_map,
+        ": devices reach pages the program no longer sees",
+    ];
+    assert_line(&err, &parts);
+    // And again in the report.
+    assert_line(&err, &parts[1..]);
+    if scenario == "munmap" {
+        // The device then wrote where the program no longer has memory.
+        assert_line(&err, &["DMA fault #0 [stale-mapping]: device 0000:00:03.0 (rid 0x0018) write of 256 bytes at IOVA 0x100000: memory error"]);
+        assert_line(
+            &err,
+            &[
+                "  its memory 0x",
+                " went away at ",
+                " ms by munmap from ",
+                &main_call,
+                " while still mapped for DMA",
+            ],
+        );
+        assert_line(
+            &err,
+            &["sanitizer: 1 fault(s), 1 stale mapping(s), 0 leak(s), 0 device note(s)"],
+        );
+    } else {
+        assert_line(
+            &err,
+            &["sanitizer: 0 fault(s), 1 stale mapping(s), 0 leak(s), 0 device note(s)"],
+        );
+    }
+}
+
+/// edu's 28-bit DMA mask clamps a 33-bit address into the mapping: no
+/// fault, the device's behaviour is named; not an error of the program.
+pub fn clamp(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(softvfio, mode, bin, "clamp", &["--sanitize=strict"]);
+    assert_eq!(code, 0, "{err}");
+    assert_line(&err, &["device: 0000:00:03.0 clamped 1 DMA address(es) to its DMA mask 0xfffffff (device behaviour, not the program's); last: EDU: clamping DMA 0x0000000100100000 to 0x0000000000100000!"]);
+    assert_line(
+        &err,
+        &["sanitizer: 0 fault(s), 0 stale mapping(s), 0 leak(s), 1 device note(s)"],
+    );
+}
+
+/// A correct driver: an empty report, exit status 0 under strict; without
+/// `--sanitize` no sanitizer output at all.
+pub fn clean(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(softvfio, mode, bin, "clean", &["--sanitize=strict"]);
+    assert_eq!(code, 0, "{err}");
+    assert_line(
+        &err,
+        &["sanitizer: 0 fault(s), 0 stale mapping(s), 0 leak(s), 0 device note(s)"],
+    );
+    let (code, err) = run(softvfio, mode, bin, "after-unmap", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("sanitizer"), "{err}");
+}
+
+/// `--report-json` writes the findings; `softvfio inspect --report` shows
+/// them as the run did.
+pub fn json(softvfio: &Path, mode: &str, bin: &Path, dir: &Path) {
+    let file = dir.join(format!("report-{mode}.json"));
+    let _ = std::fs::remove_file(&file);
+    let (_, err) = run(
+        softvfio,
+        mode,
+        bin,
+        "after-unmap",
+        &["--sanitize", "--report-json", file.to_str().unwrap()],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let f = &v["faults"][0];
+    assert_eq!(f["class"], "use-after-unmap", "{v}");
+    assert_eq!(f["iova"], 0x100000, "{v}");
+    assert_eq!(f["access"], "write", "{v}");
+    assert_eq!(f["len"], 256, "{v}");
+    assert_eq!(f["device"], "0000:00:03.0", "{v}");
+    assert_eq!(v["leaks"].as_array().map(Vec::len), Some(0), "{v}");
+    let out = Command::new(softvfio)
+        .args(["inspect", "--report"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let start = err.find("--- softvfio sanitizer ---").expect("report");
+    let end = err[start..]
+        .find("device note(s)\n")
+        .map(|e| start + e + "device note(s)\n".len())
+        .expect("report end");
+    assert_eq!(shown, &err[start..end]);
+}

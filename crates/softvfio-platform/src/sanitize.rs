@@ -1,0 +1,1122 @@
+//! The DMA sanitizer's front-end half (issue 19; docs/SANITIZER.md): call
+//! sites captured from the program (its memory map, a frame-pointer walk),
+//! symbolized lazily from the program's ELF and DWARF, and the report that
+//! explains every DMA fault, stale mapping, leak and device-side clamp.
+//!
+//! The engine half (`softvfio::sanitizer`) records the history; this module
+//! only reads it. Symbolization happens when a report is written, never on
+//! the map path: a frame keeps the file and file offset it lay in, so it can
+//! be symbolized after the program is gone.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use softvfio::sanitizer::{
+    CallSite, Event, EventKind, Frame, IovaHistory, RegionView, Sanitizer, StaleReport,
+};
+
+use crate::report::human_bytes;
+use crate::BuiltPlatform;
+
+/// How `--sanitize` was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SanitizeMode {
+    /// Record and report.
+    On,
+    /// Also make any finding a non-zero exit status.
+    Strict,
+}
+
+impl SanitizeMode {
+    /// `on`/`strict` (as `--sanitize=` and `SOFTVFIO_SANITIZE` spell them).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "1" | "on" => Some(SanitizeMode::On),
+            "strict" => Some(SanitizeMode::Strict),
+            _ => None,
+        }
+    }
+
+    /// The spelling [`parse`](Self::parse) reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SanitizeMode::On => "on",
+            SanitizeMode::Strict => "strict",
+        }
+    }
+}
+
+/// The exit status `--sanitize=strict` gives a run with findings whose
+/// program itself succeeded (AddressSanitizer's default).
+pub const STRICT_EXIT_STATUS: i32 = 1;
+
+// ---- call sites ---------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct MapEntry {
+    start: u64,
+    end: u64,
+    offset: u64,
+    exec: bool,
+    path: Arc<str>,
+}
+
+/// A process's file mappings (`/proc/<pid>/maps`), read once and again when
+/// an address falls outside them (a library loaded later).
+pub struct ProcessMaps {
+    path: String,
+    entries: Vec<MapEntry>,
+    names: HashMap<String, Arc<str>>,
+    /// Call frame information by object, loaded on first use.
+    cfi: HashMap<Arc<str>, Option<Cfi>>,
+}
+
+impl std::fmt::Debug for ProcessMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessMaps")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl ProcessMaps {
+    /// The mappings of process `pid`, or of this process for `None`.
+    pub fn new(pid: Option<i32>) -> Self {
+        let path = match pid {
+            Some(p) => format!("/proc/{p}/maps"),
+            None => "/proc/self/maps".to_string(),
+        };
+        let mut m = Self {
+            path,
+            entries: Vec::new(),
+            names: HashMap::new(),
+            cfi: HashMap::new(),
+        };
+        m.reload();
+        m
+    }
+
+    fn reload(&mut self) {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        self.entries = parse_maps(&text, &mut self.names);
+    }
+
+    fn find(&self, addr: u64) -> Option<&MapEntry> {
+        let i = self.entries.partition_point(|e| e.end <= addr);
+        self.entries.get(i).filter(|e| e.start <= addr)
+    }
+
+    /// Is `addr` in an executable file mapping? (Reloads once on a miss.)
+    pub fn is_code(&mut self, addr: u64) -> bool {
+        if self.find(addr).is_none() {
+            self.reload();
+        }
+        self.find(addr).is_some_and(|e| e.exec)
+    }
+
+    /// `addr` with the file and file offset it lies in.
+    pub fn frame(&mut self, addr: u64) -> Frame {
+        match self.find(addr) {
+            Some(e) => Frame {
+                addr,
+                object: Some(e.path.clone()),
+                offset: addr - e.start + e.offset,
+            },
+            None => Frame {
+                addr,
+                object: None,
+                offset: addr,
+            },
+        }
+    }
+
+    /// A call site of the addresses `addrs` (innermost first).
+    pub fn site(&mut self, addrs: &[u64]) -> Arc<CallSite> {
+        if addrs.iter().any(|a| self.find(*a).is_none()) {
+            self.reload();
+        }
+        Arc::new(CallSite {
+            frames: addrs.iter().map(|a| self.frame(*a)).collect(),
+        })
+    }
+}
+
+fn parse_maps(text: &str, names: &mut HashMap<String, Arc<str>>) -> Vec<MapEntry> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut it = line.split_ascii_whitespace();
+        let (Some(range), Some(perms), Some(off), Some(_dev), Some(_inode)) =
+            (it.next(), it.next(), it.next(), it.next(), it.next())
+        else {
+            continue;
+        };
+        let path: String = it.collect::<Vec<_>>().join(" ");
+        if !path.starts_with('/') {
+            continue;
+        }
+        let Some((s, e)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end), Ok(offset)) = (
+            u64::from_str_radix(s, 16),
+            u64::from_str_radix(e, 16),
+            u64::from_str_radix(off, 16),
+        ) else {
+            continue;
+        };
+        let path = names
+            .entry(path.clone())
+            .or_insert_with(|| Arc::from(path.as_str()))
+            .clone();
+        out.push(MapEntry {
+            start,
+            end,
+            offset,
+            exec: perms.as_bytes().get(2) == Some(&b'x'),
+            path,
+        });
+    }
+    out.sort_by_key(|e| e.start);
+    out
+}
+
+/// How to find the caller's frame from one instruction (x86-64 `.eh_frame`
+/// rules the walk understands).
+#[derive(Debug, Clone, Copy)]
+struct FrameRule {
+    /// The CFA is `rsp` (7) or `rbp` (6) plus `cfa_offset`.
+    cfa_register: u16,
+    cfa_offset: i64,
+    /// The return address is saved at CFA + this.
+    ra_offset: i64,
+    /// The caller's `rbp` is saved at CFA + this (else unchanged).
+    rbp_offset: Option<i64>,
+}
+
+/// An object's call frame information (`.eh_frame`, with its binary-search
+/// table `.eh_frame_hdr` when present).
+struct Cfi {
+    eh_frame: Vec<u8>,
+    eh_frame_addr: u64,
+    hdr: Option<(Vec<u8>, u64)>,
+    text_addr: u64,
+    /// PT_LOAD segments: file offset, file size, virtual address.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl Cfi {
+    fn load(path: &str) -> Option<Cfi> {
+        use object::{Object, ObjectSection};
+        let data = std::fs::read(path).ok()?;
+        let file = object::File::parse(&*data).ok()?;
+        let eh = file.section_by_name(".eh_frame")?;
+        let hdr = file
+            .section_by_name(".eh_frame_hdr")
+            .and_then(|h| Some((h.data().ok()?.to_vec(), h.address())));
+        Some(Cfi {
+            eh_frame: eh.data().ok()?.to_vec(),
+            eh_frame_addr: eh.address(),
+            hdr,
+            text_addr: file
+                .section_by_name(".text")
+                .map(|t| t.address())
+                .unwrap_or(0),
+            segments: load_segments(&file),
+        })
+    }
+
+    fn svma(&self, offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(off, size, _)| offset >= *off && offset - off < *size)
+            .map(|(off, _, vaddr)| vaddr + (offset - off))
+    }
+
+    fn rule(&self, svma: u64) -> Option<FrameRule> {
+        use gimli::{
+            BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
+            UnwindSection, X86_64,
+        };
+        let eh = EhFrame::new(&self.eh_frame, LittleEndian);
+        let mut bases = BaseAddresses::default()
+            .set_eh_frame(self.eh_frame_addr)
+            .set_text(self.text_addr);
+        if let Some((_, addr)) = &self.hdr {
+            bases = bases.set_eh_frame_hdr(*addr);
+        }
+        let mut ctx = UnwindContext::new();
+        let table_row = match &self.hdr {
+            Some((data, _)) => {
+                let parsed = EhFrameHdr::new(data, LittleEndian).parse(&bases, 8).ok()?;
+                match parsed.table() {
+                    Some(t) => t
+                        .unwind_info_for_address(
+                            &eh,
+                            &bases,
+                            &mut ctx,
+                            svma,
+                            EhFrame::cie_from_offset,
+                        )
+                        .ok()?
+                        .clone(),
+                    None => eh
+                        .unwind_info_for_address(&bases, &mut ctx, svma, EhFrame::cie_from_offset)
+                        .ok()?
+                        .clone(),
+                }
+            }
+            None => eh
+                .unwind_info_for_address(&bases, &mut ctx, svma, EhFrame::cie_from_offset)
+                .ok()?
+                .clone(),
+        };
+        let CfaRule::RegisterAndOffset { register, offset } = *table_row.cfa() else {
+            return None;
+        };
+        let RegisterRule::Offset(ra_offset) = table_row.register(X86_64::RA) else {
+            return None;
+        };
+        let rbp_offset = match table_row.register(X86_64::RBP) {
+            RegisterRule::Offset(n) => Some(n),
+            _ => None,
+        };
+        Some(FrameRule {
+            cfa_register: register.0,
+            cfa_offset: offset,
+            ra_offset,
+            rbp_offset,
+        })
+    }
+}
+
+fn load_segments(file: &object::File<'_>) -> Vec<(u64, u64, u64)> {
+    use object::{Object, ObjectSegment};
+    file.segments()
+        .filter_map(|s| {
+            let (off, size) = s.file_range();
+            (size > 0).then(|| (off, size, s.address()))
+        })
+        .collect()
+}
+
+impl ProcessMaps {
+    fn frame_rule(&mut self, pc: u64) -> Option<FrameRule> {
+        let e = self.find(pc)?.clone();
+        let offset = pc - e.start + e.offset;
+        let cfi = self
+            .cfi
+            .entry(e.path.clone())
+            .or_insert_with(|| Cfi::load(&e.path))
+            .as_ref()?;
+        cfi.rule(cfi.svma(offset)?)
+    }
+
+    /// The frames of a thread stopped with registers `ip`, `sp`, `bp`:
+    /// unwound with each object's call frame information (`.eh_frame`),
+    /// falling back to the frame-pointer chain where an object has none.
+    /// `read` reads a word of the thread's memory. At most `max` frames,
+    /// innermost first.
+    pub fn walk(
+        &mut self,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        max: usize,
+        mut read: impl FnMut(u64) -> Option<u64>,
+    ) -> Vec<u64> {
+        let mut out = vec![ip];
+        let (mut pc, mut sp, mut bp) = (ip, sp, bp);
+        while out.len() < max {
+            // A return address points after its call: look up the call.
+            let probe = if out.len() == 1 { pc } else { pc - 1 };
+            let (ra, cfa, caller_bp) = match self.frame_rule(probe) {
+                Some(r) => {
+                    let base = match r.cfa_register {
+                        7 => sp,
+                        6 => bp,
+                        _ => break,
+                    };
+                    let cfa = base.wrapping_add_signed(r.cfa_offset);
+                    let Some(ra) = read(cfa.wrapping_add_signed(r.ra_offset)) else {
+                        break;
+                    };
+                    let caller_bp = match r.rbp_offset {
+                        Some(n) => read(cfa.wrapping_add_signed(n)).unwrap_or(0),
+                        None => bp,
+                    };
+                    (ra, cfa, caller_bp)
+                }
+                None => {
+                    if bp < sp || !bp.is_multiple_of(8) {
+                        break;
+                    }
+                    let (Some(caller_bp), Some(ra)) = (read(bp), read(bp.wrapping_add(8))) else {
+                        break;
+                    };
+                    (ra, bp.wrapping_add(16), caller_bp)
+                }
+            };
+            // The stack unwinds upwards; anything else is a broken chain.
+            if ra == 0 || cfa <= sp || !self.is_code(ra) {
+                break;
+            }
+            out.push(ra);
+            (pc, sp, bp) = (ra, cfa, caller_bp);
+        }
+        out
+    }
+}
+
+// ---- symbolization --------------------------------------------------------
+
+/// One frame, symbolized.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FrameText {
+    /// Function name, if known.
+    pub function: Option<String>,
+    /// Source file and line, if the object has line information.
+    pub source: Option<String>,
+    /// The object file and offset (`binary+0x1234`).
+    pub object: String,
+}
+
+impl std::fmt::Display for FrameText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.function, &self.source) {
+            (Some(func), Some(src)) => write!(f, "{func} ({src})"),
+            (Some(func), None) => write!(f, "{func} ({})", self.object),
+            (None, Some(src)) => write!(f, "{} ({src})", self.object),
+            (None, None) => f.write_str(&self.object),
+        }
+    }
+}
+
+struct ObjectInfo {
+    loader: Option<addr2line::Loader>,
+    /// PT_LOAD segments: file offset, file size, virtual address.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+/// Symbolizes call sites from the objects' ELF symbols and DWARF lines
+/// (each object loaded once, on first use).
+#[derive(Default)]
+pub struct Symbolizer {
+    objects: HashMap<Arc<str>, Option<ObjectInfo>>,
+}
+
+/// Objects whose frames are not the program's own: libc's wrappers, the
+/// dynamic loader, this preload library.
+fn is_runtime_object(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    [
+        "libc.so",
+        "libc-",
+        "ld-linux",
+        "ld64.so",
+        "libsoftvfio_preload",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
+/// Functions that are libc's system-call wrappers (in a static program they
+/// are in the program's own file) or its start-up code.
+fn is_runtime_function(name: &str) -> bool {
+    let name = name.trim_start_matches('_');
+    matches!(
+        name,
+        "ioctl"
+            | "syscall"
+            | "munmap"
+            | "mremap"
+            | "mmap"
+            | "mmap64"
+            | "open"
+            | "open64"
+            | "openat"
+            | "openat64"
+            | "close"
+            | "libc_start_call_main"
+            | "libc_start_main"
+            | "libc_start_main_impl"
+            | "start"
+    )
+}
+
+impl Symbolizer {
+    /// A symbolizer with nothing loaded.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn object(&mut self, path: &Arc<str>) -> Option<&ObjectInfo> {
+        self.objects
+            .entry(path.clone())
+            .or_insert_with(|| load_object(path))
+            .as_ref()
+    }
+
+    /// One frame; `return_address` looks up the call instruction before it.
+    pub fn frame(&mut self, f: &Frame, return_address: bool) -> FrameText {
+        let Some(path) = &f.object else {
+            return FrameText {
+                function: None,
+                source: None,
+                object: format!("{:#x}", f.addr),
+            };
+        };
+        let short = path.rsplit('/').next().unwrap_or(path).to_string();
+        let object = format!("{short}+{:#x}", f.offset);
+        let mut text = FrameText {
+            function: None,
+            source: None,
+            object,
+        };
+        let Some(info) = self.object(path) else {
+            return text;
+        };
+        let Some(svma) = info
+            .segments
+            .iter()
+            .find(|(off, size, _)| f.offset >= *off && f.offset - off < *size)
+            .map(|(off, _, vaddr)| vaddr + (f.offset - off))
+        else {
+            return text;
+        };
+        let probe = if return_address {
+            svma.saturating_sub(1)
+        } else {
+            svma
+        };
+        let Some(loader) = &info.loader else {
+            return text;
+        };
+        if let Ok(mut frames) = loader.find_frames(probe) {
+            // The innermost (inlined) frame names what ran.
+            if let Ok(Some(fr)) = frames.next() {
+                text.function = fr
+                    .function
+                    .as_ref()
+                    .and_then(|n| n.demangle().ok().map(|c| c.into_owned()));
+                if let Some(loc) = fr.location {
+                    if let (Some(file), Some(line)) = (loc.file, loc.line) {
+                        text.source = Some(format!("{file}:{line}"));
+                    }
+                }
+            }
+        }
+        if text.function.is_none() {
+            text.function = loader.find_symbol(probe).map(str::to_owned);
+        }
+        text
+    }
+
+    /// The program's own frames of `site`, innermost first: frames in libc,
+    /// the loader and the preload library, and libc's wrappers linked into
+    /// a static program, are left out.
+    pub fn program_frames(&mut self, site: &CallSite) -> Vec<FrameText> {
+        let mut out = Vec::new();
+        for (i, f) in site.frames.iter().enumerate() {
+            if f.object.as_deref().is_some_and(is_runtime_object) {
+                continue;
+            }
+            let t = self.frame(f, i > 0);
+            if t.function.as_deref().is_some_and(is_runtime_function) {
+                continue;
+            }
+            out.push(t);
+        }
+        out
+    }
+
+    /// `f (file:line) <- g (file:line)`: at most `depth` program frames, or
+    /// "an unknown call site".
+    pub fn describe(&mut self, site: Option<&CallSite>, depth: usize) -> String {
+        let frames = site.map(|s| self.program_frames(s)).unwrap_or_default();
+        if frames.is_empty() {
+            return "an unknown call site".to_string();
+        }
+        frames
+            .iter()
+            .take(depth.max(1))
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>()
+            .join(" <- ")
+    }
+}
+
+fn load_object(path: &str) -> Option<ObjectInfo> {
+    let data = std::fs::read(path).ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    let segments = load_segments(&file);
+    Some(ObjectInfo {
+        loader: addr2line::Loader::new(path).ok(),
+        segments,
+    })
+}
+
+// ---- the report -----------------------------------------------------------
+
+/// One DMA fault, explained.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FaultFinding {
+    /// Order in the fault log.
+    pub seq: u64,
+    /// Device name (BDF).
+    pub device: String,
+    /// Requester id.
+    pub rid: u16,
+    /// Faulting IOVA.
+    pub iova: u64,
+    /// "read" or "write" (the device's access).
+    pub access: String,
+    /// Bytes of the transfer, where the model says.
+    pub len: Option<u64>,
+    /// The IOMMU's reason.
+    pub reason: String,
+    /// The class: "use-after-unmap", "never-mapped", "read-only",
+    /// "write-only", "stale-mapping", "device-clamp", "mapped".
+    pub class: String,
+    /// The register write that started the DMA, where the model knows it.
+    pub started_by: Option<String>,
+    /// The explanation, one line each.
+    pub lines: Vec<String>,
+}
+
+/// A stale mapping: memory behind a live mapping went away.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StaleFinding {
+    /// `munmap`, `mremap`, `mmap(MAP_FIXED)`.
+    pub syscall: String,
+    /// User range affected.
+    pub vaddr: u64,
+    /// Bytes.
+    pub len: u64,
+    /// The mapping's IOVA.
+    pub iova: u64,
+    /// Where the program made the call.
+    pub site: String,
+    /// Where it mapped the memory for DMA.
+    pub map_site: String,
+    /// The report line.
+    pub text: String,
+}
+
+/// Something the program left behind at exit.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LeakFinding {
+    /// "mapping", "device", "interrupts", "container".
+    pub kind: String,
+    /// What.
+    pub what: String,
+    /// Where the program created it.
+    pub site: String,
+}
+
+/// A device doing something its registers make it do, not the program.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DeviceFinding {
+    /// Device name.
+    pub device: String,
+    /// What it did.
+    pub text: String,
+}
+
+/// Everything the sanitizer found in a run (`--report-json` writes it).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SanitizerReport {
+    /// DMA faults with their history.
+    pub faults: Vec<FaultFinding>,
+    /// Stale mappings.
+    pub stale: Vec<StaleFinding>,
+    /// Leaks at exit.
+    pub leaks: Vec<LeakFinding>,
+    /// Device-side behaviour.
+    pub device: Vec<DeviceFinding>,
+}
+
+impl SanitizerReport {
+    /// Findings that make `--sanitize=strict` fail: faults, stale
+    /// mappings, leaks.
+    pub fn errors(&self) -> usize {
+        self.faults.len() + self.stale.len() + self.leaks.len()
+    }
+}
+
+/// What a program left open, recorded at exit by a front end with the call
+/// sites the sanitizer kept.
+#[derive(Debug, Clone)]
+pub struct LeakRecord {
+    /// "mapping", "device", "interrupts", "container".
+    pub kind: &'static str,
+    /// What.
+    pub what: String,
+    /// Where it was created.
+    pub site: Option<Arc<CallSite>>,
+}
+
+/// The leaks of `obj` (the front end's object `key`), which the program had
+/// open when it ended: its mappings (a container) or its interrupt
+/// eventfds (a device), each with the call site that made it.
+pub fn leaks_of(s: &Sanitizer, key: u64, obj: &softvfio::frontend::FileObject) -> Vec<LeakRecord> {
+    use softvfio::frontend::FileObject;
+    let mut out = Vec::new();
+    let rec = s.object(key);
+    match obj {
+        FileObject::Container(c) => {
+            let snap = c.container.snapshot();
+            if let Some(r) = &rec {
+                if !snap.mappings.is_empty() {
+                    out.push(LeakRecord {
+                        kind: "container",
+                        what: format!(
+                            "container still open with {} mapping(s)",
+                            snap.mappings.len()
+                        ),
+                        site: r.site.clone(),
+                    });
+                }
+            }
+            for m in &snap.mappings {
+                let site = s
+                    .region(c.container.id(), m.iova)
+                    .and_then(|r| r.last_map().and_then(|e| e.site.clone()));
+                out.push(LeakRecord {
+                    kind: "mapping",
+                    what: format!(
+                        "IOVA {:#x} size {} (vaddr {:#x}, {} page(s) pinned and accounted)",
+                        m.iova,
+                        human_bytes(m.size),
+                        m.vaddr,
+                        m.locked_pages
+                    ),
+                    site,
+                });
+            }
+        }
+        FileObject::Device(_) | FileObject::Cdev(_) => {
+            if let Some(r) = rec {
+                out.push(LeakRecord {
+                    kind: "device",
+                    what: format!("{} still open", r.what),
+                    site: r.site.clone(),
+                });
+                if let Some((irqs, site)) = r.irqs {
+                    out.push(LeakRecord {
+                        kind: "interrupts",
+                        what: format!("{}: {irqs} still installed", r.what),
+                        site,
+                    });
+                }
+            }
+        }
+        // An iommufd's areas are not tracked by the sanitizer yet.
+        FileObject::Group(_) | FileObject::Iommufd(_) => {}
+    }
+    out
+}
+
+/// Milliseconds since the sanitizer started, for people.
+fn ms(s: &Sanitizer, at: Instant) -> String {
+    let d = at.saturating_duration_since(s.start());
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn prot_text(p: softvfio::iommu::Prot) -> &'static str {
+    match (p.read, p.write) {
+        (true, true) => "rw",
+        (true, false) => "r (read-only)",
+        (false, true) => "w (write-only)",
+        (false, false) => "none",
+    }
+}
+
+fn event_line(s: &Sanitizer, sym: &mut Symbolizer, e: &Event) -> String {
+    let site = sym.describe(e.site.as_deref(), 3);
+    match e.kind {
+        EventKind::Map { vaddr, size, prot } => format!(
+            "mapped at {} by MAP_DMA (vaddr {vaddr:#x}, size {}, prot {}) from {site}",
+            ms(s, e.at),
+            human_bytes(size),
+            prot_text(prot)
+        ),
+        EventKind::Unmap => format!("unmapped at {} by UNMAP_DMA from {site}", ms(s, e.at)),
+        EventKind::InvalidateVaddr => format!(
+            "vaddr invalidated at {} by UNMAP_DMA(FLAG_VADDR) from {site}",
+            ms(s, e.at)
+        ),
+        EventKind::UpdateVaddr { vaddr } => format!(
+            "vaddr updated to {vaddr:#x} at {} by MAP_DMA(FLAG_VADDR) from {site}",
+            ms(s, e.at)
+        ),
+        EventKind::Released => format!(
+            "unmapped at {} when the container was released",
+            ms(s, e.at)
+        ),
+        EventKind::Stale { cause, vaddr, len } => format!(
+            "its memory {vaddr:#x}-{:#x} went away at {} by {} from {site} while still mapped for DMA",
+            vaddr.saturating_add(len).saturating_sub(1),
+            ms(s, e.at),
+            cause.syscall()
+        ),
+    }
+}
+
+fn region_brief(s: &Sanitizer, sym: &mut Symbolizer, r: &RegionView) -> String {
+    let from = r
+        .last_map()
+        .map(|e| {
+            format!(
+                ", mapped at {} from {}",
+                ms(s, e.at),
+                sym.describe(e.site.as_deref(), 2)
+            )
+        })
+        .unwrap_or_default();
+    let state = if r.mapped { "" } else { ", since unmapped" };
+    format!(
+        "IOVA {:#x}-{:#x} ({}{from}{state})",
+        r.iova,
+        r.iova.saturating_add(r.size).saturating_sub(1),
+        human_bytes(r.size)
+    )
+}
+
+/// Explains one fault.
+fn explain_fault(
+    s: &Sanitizer,
+    sym: &mut Symbolizer,
+    f: &soft_iommu::Fault,
+    device: String,
+) -> FaultFinding {
+    let access = format!("{:?}", f.access).to_lowercase();
+    let mut lines = Vec::new();
+    let mut class = String::from("mapped");
+    let started_by = f.origin.as_deref().map(|o| {
+        let dir = if f.access == soft_iommu::Access::Write {
+            "device buffer to RAM"
+        } else {
+            "RAM to device buffer"
+        };
+        format!(
+            "{} DMA command register write ({:#x} <- {:#x}): {} bytes, {dir}, RAM address {:#x}",
+            o.model, o.register, o.value, o.len, o.requested
+        )
+    });
+    let mut clamped = false;
+    if let Some(o) = f.origin.as_deref() {
+        if let Some(mask) = o.mask {
+            if o.requested != o.used {
+                clamped = true;
+                lines.push(format!(
+                    "device behaviour: {} drives only the address bits of its DMA mask {mask:#x} ({} bits): the program programmed {:#x}, the device sent {:#x}",
+                    o.model,
+                    64 - mask.leading_zeros(),
+                    o.requested,
+                    o.used
+                ));
+            }
+        }
+    }
+    match s.explain(f.iova, f.time) {
+        IovaHistory::NeverMapped { nearest } => {
+            class = "never-mapped".into();
+            if nearest.is_empty() {
+                lines.push(format!(
+                    "IOVA {:#x} was never mapped; nothing was ever mapped",
+                    f.iova
+                ));
+            } else {
+                let near: Vec<String> = nearest.iter().map(|r| region_brief(s, sym, r)).collect();
+                lines.push(format!(
+                    "IOVA {:#x} was never mapped; nearest mappings: {}",
+                    f.iova,
+                    near.join("; ")
+                ));
+            }
+        }
+        IovaHistory::Known(regions) => {
+            let r = &regions[0];
+            let map = r.last_map();
+            let stale = r.after_map(|k| matches!(k, EventKind::Stale { .. }));
+            if !r.mapped {
+                class = "use-after-unmap".into();
+                lines.push(format!(
+                    "DMA after unmap: IOVA {:#x} lies in IOVA {:#x}-{:#x} ({}), no longer mapped:",
+                    f.iova,
+                    r.iova,
+                    r.iova.saturating_add(r.size).saturating_sub(1),
+                    human_bytes(r.size)
+                ));
+            } else if let (Some(m), soft_iommu::FaultReason::NoWrite) = (map, f.reason) {
+                class = "read-only".into();
+                let _ = m;
+                lines.push(format!(
+                    "IOVA {:#x} is mapped read-only: the device wrote to it:",
+                    f.iova
+                ));
+            } else if let (Some(_), soft_iommu::FaultReason::NoRead) = (map, f.reason) {
+                class = "write-only".into();
+                lines.push(format!(
+                    "IOVA {:#x} is mapped write-only: the device read it",
+                    f.iova
+                ));
+            } else if stale.is_some() {
+                class = "stale-mapping".into();
+            }
+            // The history of the region, oldest first.
+            if r.dropped > 0 {
+                lines.push(format!("({} older event(s) not kept)", r.dropped));
+            }
+            let last = r.events.last().map(|e| e.at);
+            for e in &r.events {
+                lines.push(event_line(s, sym, e));
+            }
+            if let (false, Some(t)) = (r.mapped, last) {
+                let ago = f.time.saturating_duration_since(t);
+                lines.push(format!(
+                    "the fault came {:.3} ms after the last event",
+                    ago.as_secs_f64() * 1e3
+                ));
+            }
+        }
+    }
+    if clamped && class != "mapped" {
+        class = format!("device-clamp/{class}");
+    } else if clamped {
+        class = "device-clamp".into();
+    }
+    FaultFinding {
+        seq: f.seq,
+        device,
+        rid: f.rid,
+        iova: f.iova,
+        access,
+        len: f.origin.as_ref().map(|o| o.len),
+        reason: f.reason.to_string(),
+        class,
+        started_by,
+        lines,
+    }
+}
+
+fn stale_finding(s: &Sanitizer, sym: &mut Symbolizer, r: &StaleReport) -> StaleFinding {
+    let site = sym.describe(r.site.as_deref(), 3);
+    let map_site = sym.describe(r.region.last_map().and_then(|e| e.site.as_deref()), 3);
+    let text = format!(
+        "stale mapping: {} of {:#x}-{:#x} at {} from {site}; IOVA {:#x} ({}) still maps it for DMA, mapped from {map_site}: devices reach pages the program no longer sees",
+        r.cause.syscall(),
+        r.vaddr,
+        r.vaddr.saturating_add(r.len).saturating_sub(1),
+        ms(s, r.at),
+        r.region.iova,
+        human_bytes(r.region.size),
+    );
+    StaleFinding {
+        syscall: r.cause.syscall().to_string(),
+        vaddr: r.vaddr,
+        len: r.len,
+        iova: r.region.iova,
+        site,
+        map_site,
+        text,
+    }
+}
+
+/// The report of a run: every fault of the platform's IOMMU explained with
+/// the history, the stale mappings seen, the leaks the front end found at
+/// exit, and what devices did on their own (address clamps).
+pub fn build_report(built: &BuiltPlatform, s: &Sanitizer, leaks: &[LeakRecord]) -> SanitizerReport {
+    let mut sym = Symbolizer::new();
+    let mut report = SanitizerReport::default();
+    for f in built.iommu.faults() {
+        let device = built
+            .devices
+            .iter()
+            .find(|d| d.rid == Some(f.rid))
+            .map(|d| d.name.clone())
+            .unwrap_or_else(|| format!("rid {:#06x}", f.rid));
+        report.faults.push(explain_fault(s, &mut sym, &f, device));
+    }
+    for r in s.stale_reports() {
+        report.stale.push(stale_finding(s, &mut sym, &r));
+    }
+    for l in leaks {
+        report.leaks.push(LeakFinding {
+            kind: l.kind.to_string(),
+            what: l.what.clone(),
+            site: sym.describe(l.site.as_deref(), 3),
+        });
+    }
+    for d in &built.devices {
+        let Some(edu) = &d.edu else { continue };
+        let snap = edu.snapshot();
+        if snap.stats.dma_clamps == 0 {
+            continue;
+        }
+        let mut text = format!(
+            "{} clamped {} DMA address(es) to its DMA mask {:#x} (device behaviour, not the program's)",
+            d.name, snap.stats.dma_clamps, snap.registers.dma_mask
+        );
+        if let Some(line) = snap.log.iter().rev().find(|l| l.contains("clamping")) {
+            let _ = write!(text, "; last: {line}");
+        }
+        report.device.push(DeviceFinding {
+            device: d.name.clone(),
+            text,
+        });
+    }
+    report
+}
+
+/// Writes a stale-mapping line the moment it is found.
+pub fn write_stale_now(w: &mut dyn Write, s: &Sanitizer, r: &StaleReport) -> io::Result<()> {
+    let mut sym = Symbolizer::new();
+    writeln!(
+        w,
+        "softvfio sanitizer: {}",
+        stale_finding(s, &mut sym, r).text
+    )
+}
+
+/// The report, readably.
+pub fn write_report(w: &mut dyn Write, r: &SanitizerReport) -> io::Result<()> {
+    writeln!(w, "--- softvfio sanitizer ---")?;
+    for f in &r.faults {
+        let len = f.len.map(|l| format!(" of {l} bytes")).unwrap_or_default();
+        writeln!(
+            w,
+            "DMA fault #{} [{}]: device {} (rid {:#06x}) {}{len} at IOVA {:#x}: {}",
+            f.seq, f.class, f.device, f.rid, f.access, f.iova, f.reason
+        )?;
+        if let Some(s) = &f.started_by {
+            writeln!(w, "  started by: {s}")?;
+        }
+        for l in &f.lines {
+            writeln!(w, "  {l}")?;
+        }
+    }
+    for s in &r.stale {
+        writeln!(w, "{}", s.text)?;
+    }
+    for l in &r.leaks {
+        writeln!(w, "leak: {}, created from {}", l.what, l.site)?;
+    }
+    for d in &r.device {
+        writeln!(w, "device: {}", d.text)?;
+    }
+    writeln!(
+        w,
+        "sanitizer: {} fault(s), {} stale mapping(s), {} leak(s), {} device note(s)",
+        r.faults.len(),
+        r.stale.len(),
+        r.leaks.len(),
+        r.device.len()
+    )
+}
+
+/// Writes the report as JSON to `path`.
+pub fn write_json(path: &std::path::Path, r: &SanitizerReport) -> io::Result<()> {
+    let text = serde_json::to_string_pretty(r).map_err(io::Error::other)?;
+    std::fs::write(path, text)
+}
+
+/// Ends a sanitized run: builds the report, prints it on `w` (unless
+/// `quiet`), writes the JSON file if asked; returns the number of errors
+/// (what `--sanitize=strict` fails on).
+pub fn finish(
+    w: &mut dyn Write,
+    built: &BuiltPlatform,
+    s: &Sanitizer,
+    leaks: &[LeakRecord],
+    json: Option<&std::path::Path>,
+    quiet: bool,
+) -> usize {
+    let report = build_report(built, s, leaks);
+    if !quiet {
+        let _ = write_report(w, &report);
+    }
+    if let Some(path) = json {
+        if let Err(e) = write_json(path, &report) {
+            let _ = writeln!(
+                w,
+                "softvfio: cannot write the report to {}: {e}",
+                path.display()
+            );
+        }
+    }
+    report.errors()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_are_parsed_and_addresses_resolved() {
+        let text = "\
+55d0c0000000-55d0c0001000 r--p 00000000 08:01 42 /usr/bin/prog
+55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /usr/bin/prog
+7f0000000000-7f0000021000 rw-p 00000000 00:00 0 [heap]
+";
+        let mut names = HashMap::new();
+        let e = parse_maps(text, &mut names);
+        assert_eq!(e.len(), 2);
+        let mut m = ProcessMaps {
+            path: "/nonexistent".into(),
+            entries: e,
+            names,
+            cfi: HashMap::new(),
+        };
+        assert!(m.is_code(0x55d0c0001234));
+        assert!(!m.is_code(0x55d0c0000234));
+        let f = m.frame(0x55d0c0001234);
+        assert_eq!(f.object.as_deref(), Some("/usr/bin/prog"));
+        assert_eq!(f.offset, 0x1234);
+    }
+
+    #[test]
+    fn frame_pointer_chain_where_there_is_no_cfi() {
+        // Addresses outside any object: no call frame information, so
+        // the walk follows rbp (two frames), and stops at a null link.
+        let mem: HashMap<u64, u64> = [
+            (0x2000, 0x2100),
+            (0x2008, 0x55d0c0001100),
+            (0x2100, 0),
+            (0x2108, 0x55d0c0001200),
+        ]
+        .into_iter()
+        .collect();
+        let mut names = HashMap::new();
+        let text = "55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /nonexistent/prog\n";
+        let mut m = ProcessMaps {
+            path: "/nonexistent".into(),
+            entries: parse_maps(text, &mut names),
+            names,
+            cfi: HashMap::new(),
+        };
+        let frames = m.walk(0x55d0c0001000, 0x1f00, 0x2000, 8, |a| mem.get(&a).copied());
+        assert_eq!(frames, vec![0x55d0c0001000, 0x55d0c0001100, 0x55d0c0001200]);
+    }
+
+    #[test]
+    fn this_test_binary_symbolizes_itself() {
+        // A function of this binary, symbolized from its own file.
+        #[inline(never)]
+        fn marker() -> u64 {
+            marker as *const () as u64
+        }
+        let addr = marker();
+        let mut maps = ProcessMaps::new(None);
+        let site = maps.site(&[addr]);
+        let mut sym = Symbolizer::new();
+        let t = sym.frame(&site.frames[0], false);
+        assert!(
+            t.function.as_deref().is_some_and(|f| f.contains("marker")),
+            "{t:?}"
+        );
+    }
+}

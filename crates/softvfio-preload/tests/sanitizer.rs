@@ -1,0 +1,75 @@
+//! The DMA sanitizer end to end in preload mode (`softvfio run --mode
+//! preload --sanitize`): the same mistakes and report checks as the
+//! trace-mode tests (`crates/softvfio-cli/tests/sanitizer.rs`), with call
+//! sites taken from the caller's stack inside the library.
+
+mod common;
+#[path = "../../softvfio-cli/tests/sanitizer_common/mod.rs"]
+mod sanitizer_common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use sanitizer_common as sc;
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("sanitizer-preload")
+}
+
+/// `softvfio` (with the preload library next to it) and the program, built
+/// once; `None` without gcc.
+fn setup() -> Option<(&'static Path, &'static Path)> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let bin = BIN
+        .get_or_init(|| sc::build(&dir(), "dma_bugs", sc::DEBUG_FLAGS))
+        .as_deref()?;
+    Some((common::artifacts().softvfio.as_path(), bin))
+}
+
+macro_rules! scenario {
+    ($name:ident, $f:expr) => {
+        #[test]
+        fn $name() {
+            let Some((softvfio, bin)) = setup() else {
+                eprintln!("skipped: no gcc");
+                return;
+            };
+            $f(softvfio, "preload", bin);
+        }
+    };
+}
+
+scenario!(dma_after_unmap_is_explained, sc::after_unmap);
+scenario!(
+    never_mapped_iova_names_the_nearest_mapping,
+    sc::never_mapped
+);
+scenario!(write_to_read_only_mapping, sc::read_only);
+scenario!(leaks_at_exit_with_call_sites, sc::leak);
+scenario!(clamped_dma_is_the_device_behaviour, sc::clamp);
+scenario!(clean_driver_reports_nothing, sc::clean);
+scenario!(stale_mapping_after_munmap, |s, m, b| sc::stale(
+    s, m, b, "munmap"
+));
+scenario!(stale_mapping_after_mremap, |s, m, b| sc::stale(
+    s, m, b, "mremap"
+));
+scenario!(stale_mapping_after_map_fixed, |s, m, b| sc::stale(
+    s,
+    m,
+    b,
+    "map-fixed"
+));
+scenario!(json_report_and_inspect, |s, m, b| sc::json(s, m, b, &dir()));
+
+/// An optimized program without frame pointers.
+#[test]
+fn optimized_program_without_frame_pointers() {
+    let Some((softvfio, _)) = setup() else {
+        eprintln!("skipped: no gcc");
+        return;
+    };
+    let bin = sc::build(&dir(), "dma_bugs_o2", &["-O2", "-fomit-frame-pointer"]).unwrap();
+    sc::after_unmap(softvfio, "preload", &bin);
+    sc::stale(softvfio, "preload", &bin, "munmap");
+}

@@ -1,0 +1,734 @@
+//! The DMA sanitizer (issue 19): a bounded history of what the program did
+//! to each IOVA region (`MAP_DMA`, `UNMAP_DMA`, vaddr invalidation and
+//! update, the memory behind a live mapping going away), each event with the
+//! program's call site, so that a DMA fault, a stale mapping or a leak can be
+//! explained the way AddressSanitizer explains a bad CPU access.
+//!
+//! Invariants:
+//! - Recording is off unless a front end installs a [`Sanitizer`] on the
+//!   [`Vfio`](crate::uapi::Vfio); with none installed, the engine's only cost
+//!   is one `OnceLock` read per map/unmap.
+//! - Memory is bounded: each region keeps at most `depth` events (oldest
+//!   dropped first), and a history holds at most `max_regions` regions; past
+//!   that the least recently touched regions that are no longer mapped are
+//!   forgotten (live mappings are never forgotten: their number is bounded by
+//!   `dma_entry_limit`).
+//! - Call sites are captured raw (return addresses with the object file and
+//!   file offset they fall in) and symbolized only when a report is
+//!   written, by the front end (`softvfio_platform::symbolize`).
+//! - Nothing here fails a VFIO call: recording is best effort and never
+//!   changes an answer.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::iommu::Prot;
+
+/// One frame of a call site: an instruction address in the program, and the
+/// file it lies in with its offset in that file (so that it can be
+/// symbolized after the program has gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The return (or instruction) address in the program.
+    pub addr: u64,
+    /// The mapped file the address lies in, if any.
+    pub object: Option<Arc<str>>,
+    /// Offset of `addr` in `object`.
+    pub offset: u64,
+}
+
+/// Where in the program a VFIO call came from: its frames, innermost first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallSite {
+    /// The frames, innermost first.
+    pub frames: Vec<Frame>,
+}
+
+thread_local! {
+    /// The call site of the VFIO call this thread is serving.
+    static CURRENT_SITE: RefCell<Option<Arc<CallSite>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `site` as the call site of what the engine records (the
+/// front end captured it from the program's stopped thread or its caller).
+///
+/// (Thread-local storage may be gone while a thread or process exits, e.g.
+/// in an `atexit` report: then there is simply no call site.)
+pub fn with_call_site<R>(site: Option<Arc<CallSite>>, f: impl FnOnce() -> R) -> R {
+    let old = CURRENT_SITE.try_with(|c| c.replace(site)).ok().flatten();
+    let r = f();
+    let _ = CURRENT_SITE.try_with(|c| *c.borrow_mut() = old);
+    r
+}
+
+/// The call site set by [`with_call_site`] on this thread, if any.
+pub fn current_site() -> Option<Arc<CallSite>> {
+    CURRENT_SITE.try_with(|c| c.borrow().clone()).ok().flatten()
+}
+
+/// How the program made memory behind a live DMA mapping go away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum StaleCause {
+    /// `munmap` of the range.
+    Munmap,
+    /// `mremap` moved or shrank it.
+    Mremap,
+    /// `mmap(MAP_FIXED)` replaced it.
+    MmapFixed,
+}
+
+impl StaleCause {
+    /// The system call's name.
+    pub fn syscall(self) -> &'static str {
+        match self {
+            StaleCause::Munmap => "munmap",
+            StaleCause::Mremap => "mremap",
+            StaleCause::MmapFixed => "mmap(MAP_FIXED)",
+        }
+    }
+}
+
+/// What happened to a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// `VFIO_IOMMU_MAP_DMA` created the mapping.
+    Map {
+        /// User address.
+        vaddr: u64,
+        /// Bytes.
+        size: u64,
+        /// Device access rights.
+        prot: Prot,
+    },
+    /// `VFIO_IOMMU_UNMAP_DMA` removed it.
+    Unmap,
+    /// `VFIO_IOMMU_UNMAP_DMA` with `VFIO_DMA_UNMAP_FLAG_VADDR`.
+    InvalidateVaddr,
+    /// `VFIO_IOMMU_MAP_DMA` with `VFIO_DMA_MAP_FLAG_VADDR`.
+    UpdateVaddr {
+        /// The new user address.
+        vaddr: u64,
+    },
+    /// The container was closed with the mapping in place.
+    Released,
+    /// The program unmapped or replaced memory this live mapping covers:
+    /// devices keep reaching the old pages, the program no longer sees them.
+    Stale {
+        /// How.
+        cause: StaleCause,
+        /// First user address affected.
+        vaddr: u64,
+        /// Bytes affected.
+        len: u64,
+    },
+}
+
+impl EventKind {
+    /// The VFIO call (or system call) behind the event.
+    pub fn call(&self) -> &'static str {
+        match self {
+            EventKind::Map { .. } => "MAP_DMA",
+            EventKind::Unmap => "UNMAP_DMA",
+            EventKind::InvalidateVaddr => "UNMAP_DMA(FLAG_VADDR)",
+            EventKind::UpdateVaddr { .. } => "MAP_DMA(FLAG_VADDR)",
+            EventKind::Released => "close of the container",
+            EventKind::Stale { cause, .. } => cause.syscall(),
+        }
+    }
+}
+
+/// One recorded event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// When.
+    pub at: Instant,
+    /// What.
+    pub kind: EventKind,
+    /// From where in the program.
+    pub site: Option<Arc<CallSite>>,
+}
+
+/// The history of one IOVA region (a mapping's first IOVA in a container).
+#[derive(Debug, Clone)]
+pub struct RegionView {
+    /// The container.
+    pub container: u64,
+    /// First IOVA.
+    pub iova: u64,
+    /// Size of the latest mapping at this IOVA.
+    pub size: u64,
+    /// Mapped at the time asked about.
+    pub mapped: bool,
+    /// Events up to the time asked about, oldest first (at most `depth`).
+    pub events: Vec<Event>,
+    /// Events dropped from the ring before these.
+    pub dropped: u64,
+}
+
+impl RegionView {
+    /// The most recent `MAP_DMA` event shown.
+    pub fn last_map(&self) -> Option<&Event> {
+        self.events
+            .iter()
+            .rev()
+            .find(|e| matches!(e.kind, EventKind::Map { .. }))
+    }
+
+    /// The most recent event of a given kind after the last map.
+    pub fn after_map(&self, pred: impl Fn(&EventKind) -> bool) -> Option<&Event> {
+        let start = self
+            .events
+            .iter()
+            .rposition(|e| matches!(e.kind, EventKind::Map { .. }))
+            .unwrap_or(0);
+        self.events[start..].iter().rev().find(|e| pred(&e.kind))
+    }
+}
+
+/// What the history says about one IOVA at one time.
+#[derive(Debug, Clone)]
+pub enum IovaHistory {
+    /// Regions covering the IOVA (mapped then, or mapped before).
+    Known(Vec<RegionView>),
+    /// No recorded mapping ever covered it; the nearest ones below and
+    /// above, per container.
+    NeverMapped {
+        /// Nearest regions (at most one below and one above per container).
+        nearest: Vec<RegionView>,
+    },
+}
+
+/// Something the program opened through VFIO and has not closed yet.
+#[derive(Debug, Clone)]
+pub struct ObjectRecord {
+    /// What it is ("device 0000:00:03.0", "container").
+    pub what: String,
+    /// Where it was opened.
+    pub site: Option<Arc<CallSite>>,
+    /// Interrupt eventfds installed on it (device files): the last
+    /// `VFIO_DEVICE_SET_IRQS` that installed some, with its call site.
+    pub irqs: Option<(String, Option<Arc<CallSite>>)>,
+}
+
+/// A stale mapping found when the program changed its address space.
+#[derive(Debug, Clone)]
+pub struct StaleReport {
+    /// When.
+    pub at: Instant,
+    /// The system call.
+    pub cause: StaleCause,
+    /// User range affected (the intersection with the mapping).
+    pub vaddr: u64,
+    /// Bytes.
+    pub len: u64,
+    /// Where the program made the call.
+    pub site: Option<Arc<CallSite>>,
+    /// The mapping: its container, IOVA, size, vaddr, and map event.
+    pub region: RegionView,
+}
+
+/// Settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SanitizerConfig {
+    /// Events kept per IOVA region.
+    pub depth: usize,
+    /// Regions kept per history before unmapped ones are forgotten.
+    pub max_regions: usize,
+}
+
+impl Default for SanitizerConfig {
+    fn default() -> Self {
+        Self {
+            depth: 8,
+            max_regions: 4096,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Region {
+    size: u64,
+    vaddr: u64,
+    mapped: bool,
+    events: VecDeque<Event>,
+    dropped: u64,
+    /// Recency stamp for eviction.
+    touched: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Per container, regions by first IOVA.
+    containers: HashMap<u64, BTreeMap<u64, Region>>,
+    regions: usize,
+    stamp: u64,
+    stale: Vec<StaleReport>,
+    objects: HashMap<u64, ObjectRecord>,
+}
+
+/// The sanitizer of one front end (one program run, or one process in
+/// preload mode).
+pub struct Sanitizer {
+    cfg: SanitizerConfig,
+    start: Instant,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Sanitizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sanitizer").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Sanitizer {
+    /// A sanitizer with nothing recorded; times are reported from now.
+    pub fn new(cfg: SanitizerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            cfg: SanitizerConfig {
+                depth: cfg.depth.max(1),
+                max_regions: cfg.max_regions.max(1),
+            },
+            start: Instant::now(),
+            inner: Mutex::new(Inner::default()),
+        })
+    }
+
+    /// Settings.
+    pub fn config(&self) -> SanitizerConfig {
+        self.cfg
+    }
+
+    /// When recording started (times in reports count from here).
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every update is a single step; a panic elsewhere leaves it usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, container: u64, iova: u64, kind: EventKind) {
+        let event = Event {
+            at: Instant::now(),
+            kind,
+            site: current_site(),
+        };
+        let depth = self.cfg.depth;
+        let mut inner = self.lock();
+        inner.stamp += 1;
+        let stamp = inner.stamp;
+        let regions = inner.containers.entry(container).or_default();
+        let mut created = false;
+        let region = regions.entry(iova).or_insert_with(|| {
+            created = true;
+            Region {
+                size: 0,
+                vaddr: 0,
+                mapped: false,
+                events: VecDeque::with_capacity(depth.min(8)),
+                dropped: 0,
+                touched: stamp,
+            }
+        });
+        region.touched = stamp;
+        match kind {
+            EventKind::Map { vaddr, size, .. } => {
+                region.size = size;
+                region.vaddr = vaddr;
+                region.mapped = true;
+            }
+            EventKind::UpdateVaddr { vaddr } => region.vaddr = vaddr,
+            EventKind::Unmap | EventKind::Released => region.mapped = false,
+            EventKind::InvalidateVaddr | EventKind::Stale { .. } => {}
+        }
+        if region.events.len() == depth {
+            region.events.pop_front();
+            region.dropped += 1;
+        }
+        region.events.push_back(event);
+        if created {
+            inner.regions += 1;
+            if inner.regions > self.cfg.max_regions {
+                inner.evict(self.cfg.max_regions);
+            }
+        }
+    }
+
+    /// `MAP_DMA` made a mapping.
+    pub fn record_map(&self, container: u64, iova: u64, vaddr: u64, size: u64, prot: Prot) {
+        self.push(container, iova, EventKind::Map { vaddr, size, prot });
+    }
+
+    /// `UNMAP_DMA` removed the mapping at `iova`.
+    pub fn record_unmap(&self, container: u64, iova: u64) {
+        self.push(container, iova, EventKind::Unmap);
+    }
+
+    /// The vaddr of the mapping at `iova` was invalidated.
+    pub fn record_invalidate_vaddr(&self, container: u64, iova: u64) {
+        self.push(container, iova, EventKind::InvalidateVaddr);
+    }
+
+    /// The vaddr of the mapping at `iova` was updated.
+    pub fn record_update_vaddr(&self, container: u64, iova: u64, vaddr: u64) {
+        self.push(container, iova, EventKind::UpdateVaddr { vaddr });
+    }
+
+    /// The container was released with the mapping at `iova` in place.
+    pub fn record_released(&self, container: u64, iova: u64) {
+        self.push(container, iova, EventKind::Released);
+    }
+
+    /// The program is about to unmap or replace `[vaddr, vaddr + len)`
+    /// (`containers`: the containers whose mappings address that memory;
+    /// `None` for all). Records a stale event on each live mapping whose
+    /// user range it overlaps, and returns them (to be reported now).
+    pub fn memory_going_away(
+        &self,
+        containers: Option<&[u64]>,
+        vaddr: u64,
+        len: u64,
+        cause: StaleCause,
+    ) -> Vec<StaleReport> {
+        let end = vaddr.saturating_add(len);
+        let hits: Vec<(u64, u64, u64, u64)> = {
+            let inner = self.lock();
+            let mut hits = Vec::new();
+            for (c, regions) in &inner.containers {
+                if containers.is_some_and(|list| !list.contains(c)) {
+                    continue;
+                }
+                for (iova, r) in regions {
+                    let r_end = r.vaddr.saturating_add(r.size);
+                    if r.mapped && r.vaddr < end && vaddr < r_end {
+                        let lo = r.vaddr.max(vaddr);
+                        hits.push((*c, *iova, lo, r_end.min(end) - lo));
+                    }
+                }
+            }
+            hits
+        };
+        let mut out = Vec::new();
+        for (c, iova, lo, n) in hits {
+            self.push(
+                c,
+                iova,
+                EventKind::Stale {
+                    cause,
+                    vaddr: lo,
+                    len: n,
+                },
+            );
+            let now = Instant::now();
+            if let Some(region) = self.region_view(c, iova, now) {
+                let report = StaleReport {
+                    at: now,
+                    cause,
+                    vaddr: lo,
+                    len: n,
+                    site: current_site(),
+                    region,
+                };
+                self.lock().stale.push(report.clone());
+                out.push(report);
+            }
+        }
+        out
+    }
+
+    /// Every stale mapping found so far, oldest first.
+    pub fn stale_reports(&self) -> Vec<StaleReport> {
+        self.lock().stale.clone()
+    }
+
+    fn region_view(&self, container: u64, iova: u64, at: Instant) -> Option<RegionView> {
+        let inner = self.lock();
+        let r = inner.containers.get(&container)?.get(&iova)?;
+        Some(view(container, iova, r, at))
+    }
+
+    /// The region whose mapping starts at `iova` in `container`, as it is
+    /// now.
+    pub fn region(&self, container: u64, iova: u64) -> Option<RegionView> {
+        self.region_view(container, iova, Instant::now())
+    }
+
+    /// What the history says about `iova` at time `at` (a fault's time):
+    /// the regions that covered it, or the nearest ones.
+    pub fn explain(&self, iova: u64, at: Instant) -> IovaHistory {
+        let inner = self.lock();
+        let mut known = Vec::new();
+        let mut nearest = Vec::new();
+        let mut ids: Vec<&u64> = inner.containers.keys().collect();
+        ids.sort();
+        for c in ids {
+            let regions = &inner.containers[c];
+            for (start, r) in regions.range(..=iova).rev() {
+                let v = view(*c, *start, r, at);
+                if v.events.is_empty() {
+                    continue;
+                }
+                if iova - start < v.size.max(1) {
+                    known.push(v);
+                }
+            }
+            if !known.is_empty() {
+                continue;
+            }
+            let below = regions
+                .range(..=iova)
+                .rev()
+                .map(|(s, r)| view(*c, *s, r, at))
+                .find(|v| !v.events.is_empty());
+            let above = regions
+                .range(iova.saturating_add(1)..)
+                .map(|(s, r)| view(*c, *s, r, at))
+                .find(|v| !v.events.is_empty());
+            nearest.extend(below);
+            nearest.extend(above);
+        }
+        if known.is_empty() {
+            IovaHistory::NeverMapped { nearest }
+        } else {
+            // Most recently active first.
+            known.sort_by_key(|v| std::cmp::Reverse(v.events.last().map(|e| e.at)));
+            IovaHistory::Known(known)
+        }
+    }
+
+    /// A VFIO file was opened (`key`: the front end's object key).
+    pub fn note_object(&self, key: u64, what: String) {
+        self.lock().objects.insert(
+            key,
+            ObjectRecord {
+                what,
+                site: current_site(),
+                irqs: None,
+            },
+        );
+    }
+
+    /// `VFIO_DEVICE_SET_IRQS` on `key` installed eventfds (`what` says
+    /// which interrupts), or removed them all (`what` = `None`).
+    pub fn note_irqs(&self, key: u64, what: Option<String>) {
+        if let Some(o) = self.lock().objects.get_mut(&key) {
+            o.irqs = what.map(|w| (w, current_site()));
+        }
+    }
+
+    /// After a successful ioctl on the device file `key`: notes what
+    /// `VFIO_DEVICE_SET_IRQS` installed (eventfd triggers) or removed.
+    pub fn note_device_ioctl(
+        &self,
+        key: u64,
+        request: u64,
+        arg: u64,
+        user: &dyn crate::memory::UserMemory,
+    ) {
+        use vfio_bindings::bindings::vfio::{
+            VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
+        };
+        if request != crate::uapi::VFIO_DEVICE_SET_IRQS {
+            return;
+        }
+        // struct vfio_irq_set: argsz, flags, index, start, count, data[].
+        let mut hdr = [0u8; 20];
+        if user.read(arg, &mut hdr).is_err() {
+            return;
+        }
+        let word = |i: usize| u32::from_le_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
+        let (flags, index, start, count) = (word(4), word(8), word(12), word(16));
+        if flags & VFIO_IRQ_SET_ACTION_TRIGGER == 0 {
+            return;
+        }
+        if flags & VFIO_IRQ_SET_DATA_NONE != 0 && count == 0 {
+            self.note_irqs(key, None);
+        } else if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 && count > 0 {
+            // Descriptors of -1 remove triggers: all of them, nothing left.
+            let n = count.min(1024) as usize;
+            let mut fds = vec![0u8; n * 4];
+            if user.read(arg + 20, &mut fds).is_err() {
+                return;
+            }
+            let any = fds
+                .chunks_exact(4)
+                .any(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) >= 0);
+            if !any {
+                self.note_irqs(key, None);
+                return;
+            }
+            self.note_irqs(
+                key,
+                Some(format!(
+                    "eventfds for IRQ index {index}, vectors {start}..{}",
+                    u64::from(start) + u64::from(count)
+                )),
+            );
+        }
+    }
+
+    /// The file `key` was closed.
+    pub fn forget_object(&self, key: u64) {
+        self.lock().objects.remove(&key);
+    }
+
+    /// What was recorded of an open file.
+    pub fn object(&self, key: u64) -> Option<ObjectRecord> {
+        self.lock().objects.get(&key).cloned()
+    }
+
+    /// Regions recorded now (live and remembered), for tests and reports.
+    pub fn region_count(&self) -> usize {
+        self.lock().regions
+    }
+}
+
+fn view(container: u64, iova: u64, r: &Region, at: Instant) -> RegionView {
+    let events: Vec<Event> = r.events.iter().filter(|e| e.at <= at).cloned().collect();
+    let mapped = events.iter().fold(false, |m, e| match e.kind {
+        EventKind::Map { .. } => true,
+        EventKind::Unmap | EventKind::Released => false,
+        _ => m,
+    });
+    let size = events
+        .iter()
+        .rev()
+        .find_map(|e| match e.kind {
+            EventKind::Map { size, .. } => Some(size),
+            _ => None,
+        })
+        .unwrap_or(r.size);
+    RegionView {
+        container,
+        iova,
+        size,
+        mapped,
+        events,
+        dropped: r.dropped,
+    }
+}
+
+impl Inner {
+    /// Forgets the least recently touched unmapped regions, down to three
+    /// quarters of `max` (so that eviction is paid once per many maps).
+    fn evict(&mut self, max: usize) {
+        let target = max - max / 4;
+        let mut idle: Vec<(u64, u64, u64)> = self
+            .containers
+            .iter()
+            .flat_map(|(c, rs)| {
+                rs.iter()
+                    .filter(|(_, r)| !r.mapped)
+                    .map(move |(i, r)| (r.touched, *c, *i))
+            })
+            .collect();
+        idle.sort_unstable();
+        let excess = self.regions.saturating_sub(target);
+        for (_, c, i) in idle.into_iter().take(excess) {
+            if let Some(rs) = self.containers.get_mut(&c) {
+                if rs.remove(&i).is_some() {
+                    self.regions -= 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rw() -> Prot {
+        Prot {
+            read: true,
+            write: true,
+        }
+    }
+
+    #[test]
+    fn history_explains_use_after_unmap_and_never_mapped() {
+        let s = Sanitizer::new(SanitizerConfig::default());
+        let site = Arc::new(CallSite {
+            frames: vec![Frame {
+                addr: 0x401234,
+                object: Some("/bin/prog".into()),
+                offset: 0x1234,
+            }],
+        });
+        with_call_site(Some(site.clone()), || {
+            s.record_map(1, 0x10000, 0x7000_0000, 0x2000, rw())
+        });
+        let mapped_at = Instant::now();
+        s.record_unmap(1, 0x10000);
+        let after = Instant::now();
+        // At the time between map and unmap: mapped.
+        let IovaHistory::Known(v) = s.explain(0x11fff, mapped_at) else {
+            panic!("not known")
+        };
+        assert_eq!(v.len(), 1);
+        assert!(v[0].mapped);
+        assert_eq!(v[0].events.len(), 1);
+        assert_eq!(v[0].events[0].site.as_deref(), Some(&*site));
+        // After the unmap: unmapped, both events, the unmap without a site.
+        let IovaHistory::Known(v) = s.explain(0x10000, after) else {
+            panic!("not known")
+        };
+        assert!(!v[0].mapped);
+        assert_eq!(v[0].events.len(), 2);
+        assert_eq!(v[0].events[1].kind, EventKind::Unmap);
+        assert!(v[0].events[1].site.is_none());
+        // Past the end: never mapped, the region is the nearest below.
+        let IovaHistory::NeverMapped { nearest } = s.explain(0x12000, after) else {
+            panic!("known")
+        };
+        assert_eq!(nearest.len(), 1);
+        assert_eq!((nearest[0].iova, nearest[0].size), (0x10000, 0x2000));
+    }
+
+    #[test]
+    fn rings_and_region_count_are_bounded() {
+        let s = Sanitizer::new(SanitizerConfig {
+            depth: 3,
+            max_regions: 8,
+        });
+        for _ in 0..5 {
+            s.record_map(1, 0, 0x1000, 0x1000, rw());
+            s.record_unmap(1, 0);
+        }
+        let r = s.region(1, 0).unwrap();
+        assert_eq!(r.events.len(), 3);
+        assert_eq!(r.dropped, 7);
+        // A live mapping is never evicted; idle ones are.
+        s.record_map(1, 0x100_0000, 0x1000, 0x1000, rw());
+        for i in 1..100u64 {
+            s.record_map(1, i * 0x1000, 0x1000, 0x1000, rw());
+            s.record_unmap(1, i * 0x1000);
+        }
+        assert!(s.region_count() <= 8, "{}", s.region_count());
+        assert!(s.region(1, 0x100_0000).unwrap().mapped);
+        assert!(s.region(1, 99 * 0x1000).is_some());
+        assert!(s.region(1, 0x1000).is_none());
+    }
+
+    #[test]
+    fn memory_going_away_marks_live_mappings_only() {
+        let s = Sanitizer::new(SanitizerConfig::default());
+        s.record_map(1, 0x10000, 0x7000_0000, 0x4000, rw());
+        s.record_map(1, 0x20000, 0x7100_0000, 0x1000, rw());
+        s.record_unmap(1, 0x20000);
+        let hits = s.memory_going_away(None, 0x7000_1000, 0x10_0000, StaleCause::Munmap);
+        assert_eq!(hits.len(), 1);
+        assert_eq!((hits[0].vaddr, hits[0].len), (0x7000_1000, 0x3000));
+        assert_eq!(hits[0].region.iova, 0x10000);
+        assert!(s
+            .memory_going_away(None, 0x7100_0000, 0x1000, StaleCause::Mremap)
+            .is_empty());
+        assert!(s
+            .memory_going_away(Some(&[2]), 0x7000_0000, 0x1000, StaleCause::Munmap)
+            .is_empty());
+        assert_eq!(s.stale_reports().len(), 1);
+    }
+}
