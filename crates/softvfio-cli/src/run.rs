@@ -552,6 +552,8 @@ struct VfioHandler {
     maps: HashMap<i32, ProcessMaps>,
     /// Objects already counted as left open.
     noted: std::collections::HashSet<u64>,
+    /// Every process of the program is gone.
+    ended: bool,
 }
 
 fn errno(e: VfioError) -> Errno {
@@ -630,6 +632,7 @@ impl VfioHandler {
             sanitizer: None,
             maps: HashMap::new(),
             noted: std::collections::HashSet::new(),
+            ended: false,
         }
     }
 
@@ -886,12 +889,18 @@ impl Handler for VfioHandler {
         self.bars.forked(pid, child);
     }
 
+    fn program_ended(&mut self) {
+        self.ended = true;
+    }
+
     fn release(&mut self, t: Option<&mut Tracee<'_>>, obj: ObjectId) {
         if t.is_none() {
-            // Left open by the program. Everything left is noted before the
-            // first such release: releasing a group detaches it from its
-            // container, which unmaps everything.
-            let keys = if self.noted.is_empty() {
+            // Left open by the program. At its end, everything left is noted
+            // before the first such release: releasing a group detaches it
+            // from its container, which unmaps everything. Before its end
+            // (one of several processes died), only what that death
+            // dropped: the rest is still in use.
+            let keys = if self.ended && self.noted.is_empty() {
                 self.session.keys()
             } else {
                 vec![obj.0]

@@ -378,8 +378,13 @@ impl VfioDeviceModel for MdevEdu {
         self.edu.num_irqs()
     }
 
+    /// edu's regions without `REGION_FLAG_MMAP`: medu's BAR is emulated
+    /// through read/write only, as a mediated device's usually is.
     fn region_info(&self, index: u32) -> Option<RegionInfo> {
-        self.edu.region_info(index)
+        self.edu.region_info(index).map(|r| RegionInfo {
+            flags: r.flags & !softvfio::device::REGION_FLAG_MMAP,
+            ..r
+        })
     }
 
     fn irq_info(&self, index: u32) -> Option<IrqInfo> {

@@ -149,6 +149,11 @@ pub trait Handler {
         let _ = (t, obj);
     }
 
+    /// Every process of the program is gone: the releases that follow (with
+    /// no thread stopped) are of what the program left open at its end,
+    /// not of what one of several processes dropped when it died.
+    fn program_ended(&mut self) {}
+
     /// The program was started as process `pid` (called once per run,
     /// before it runs its first instruction of the new program).
     fn spawned(&mut self, pid: i32) {

@@ -466,6 +466,7 @@ impl Core {
         program: OsString,
     ) -> Result<ExitStatus, TraceError> {
         self.finished = true;
+        h.program_ended();
         for obj in self.objects.drain() {
             self.stats.released += 1;
             h.release(None, obj);
@@ -625,6 +626,9 @@ impl Core {
             }
         }
         self.procs.remove(&tgid);
+        if self.procs.is_empty() {
+            h.program_ended();
+        }
         self.release_dead(h, None);
         tracing::debug!(pid = tgid, "process gone (detached at exit)");
         h.exited(tgid);
@@ -649,6 +653,9 @@ impl Core {
         };
         if empty {
             self.procs.remove(&tgid);
+            if self.procs.is_empty() {
+                h.program_ended();
+            }
             self.release_dead(h, None);
             tracing::debug!(pid = tgid, status, "process gone");
             h.exited(tgid);

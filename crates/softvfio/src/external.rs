@@ -566,9 +566,11 @@ impl Container {
                 RwBuf::Read(b) => b
                     .get_mut(done..done + n)
                     .map(|s| read_like_copy_from_user(self.mem_of(dma).as_ref(), vaddr, s)),
+                // copy_to_user: the program's current protections apply
+                // (UserMemory::write), unlike DMA to pinned pages.
                 RwBuf::Write(d) => d
                     .get(done..done + n)
-                    .map(|s| self.mem_of(dma).dma_write(vaddr, s)),
+                    .map(|s| self.mem_of(dma).write(vaddr, s)),
             };
             match res {
                 Some(Ok(())) => {}
@@ -651,7 +653,9 @@ fn read_like_copy_from_user(
     vaddr: u64,
     buf: &mut [u8],
 ) -> std::result::Result<(), MemError> {
-    let Err(first) = mem.dma_read(vaddr, buf) else {
+    // The program's current protections apply (UserMemory::read: a
+    // PROT_NONE page faults), as for any user access in the kernel.
+    let Err(first) = mem.read(vaddr, buf) else {
         return Ok(());
     };
     // Only on the failure path: find the readable prefix page by page.
@@ -662,7 +666,7 @@ fn read_like_copy_from_user(
         let Some(piece) = buf.get_mut(copied..copied + n) else {
             break;
         };
-        if mem.dma_read(at, piece).is_err() {
+        if mem.read(at, piece).is_err() {
             break;
         }
         copied += n;
