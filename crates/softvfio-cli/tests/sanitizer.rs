@@ -84,3 +84,35 @@ fn optimized_program_without_frame_pointers() {
     sc::after_unmap(softvfio(), "trace", &bin);
     sc::stale(softvfio(), "trace", &bin, "munmap");
 }
+
+/// `softvfio demo --sanitizer` runs the buggy driver's three headline
+/// scenarios and shows their reports.
+#[test]
+fn demo_shows_the_three_reports() {
+    let Some(_) = program() else {
+        eprintln!("skipped: no gcc");
+        return;
+    };
+    let out = std::process::Command::new(softvfio())
+        .args(["demo", "--sanitizer"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for s in ["after-unmap", "munmap", "leak"] {
+        assert!(
+            stdout.contains(&format!(
+                "$ softvfio run --mode trace --sanitize -- dma_bugs {s}"
+            )),
+            "{stdout}"
+        );
+    }
+    for line in [
+        "DMA fault #0 [use-after-unmap]: device 0000:00:03.0 (rid 0x0018) write of 256 bytes at IOVA 0x100000: not present",
+        "DMA fault #0 [stale-mapping]: device 0000:00:03.0 (rid 0x0018) write of 256 bytes at IOVA 0x100000: memory error",
+        "sanitizer: 0 fault(s), 0 stale mapping(s), 4 leak(s), 0 device note(s)",
+    ] {
+        assert!(stderr.lines().any(|l| l == line), "{line}\n{stderr}");
+    }
+}
