@@ -21,6 +21,7 @@ use softvfio_platform::BuiltPlatform;
 use crate::report::human_bytes;
 use sys::GuestMemory;
 
+mod sanitizer;
 // mmap, munmap, memfd_create, madvise: each block with its SAFETY argument.
 #[allow(unsafe_code)]
 mod sys;
@@ -33,6 +34,12 @@ pub struct DemoArgs {
     /// Use plain 4 KiB pages even where huge pages are available.
     #[arg(long)]
     no_huge: bool,
+    /// Instead: the DMA sanitizer on a small buggy driver (use after unmap,
+    /// DMA into freed memory, a leaked mapping) under `softvfio run
+    /// --sanitize` in this mode (`trace` or `preload`; needs gcc).
+    #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "trace", value_parser = ["trace", "preload"])]
+    sanitizer: Option<String>,
 }
 
 /// The address of a value, as the uAPI's user pointer (this process is the
@@ -128,7 +135,11 @@ impl Demo {
 }
 
 pub fn main(args: DemoArgs) -> u8 {
-    match run(args) {
+    let result = match &args.sanitizer {
+        Some(mode) => sanitizer::main(mode),
+        None => run(args),
+    };
+    match result {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("softvfio demo: {e}");

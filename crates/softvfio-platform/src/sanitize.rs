@@ -734,32 +734,35 @@ fn prot_text(p: softvfio::iommu::Prot) -> &'static str {
     }
 }
 
-fn event_line(s: &Sanitizer, sym: &mut Symbolizer, e: &Event) -> String {
+/// One event of a region's history; `mapped` is the time of the map it
+/// follows, shown as "+N ms" (the time since it was mapped).
+fn event_line(s: &Sanitizer, sym: &mut Symbolizer, e: &Event, mapped: Option<Instant>) -> String {
     let site = sym.describe(e.site.as_deref(), 3);
+    let at = match (e.kind, mapped) {
+        (EventKind::Map { .. }, _) | (_, None) => ms(s, e.at),
+        (_, Some(m)) => format!(
+            "{} (+{:.3} ms after the map)",
+            ms(s, e.at),
+            e.at.saturating_duration_since(m).as_secs_f64() * 1e3
+        ),
+    };
     match e.kind {
         EventKind::Map { vaddr, size, prot } => format!(
-            "mapped at {} by MAP_DMA (vaddr {vaddr:#x}, size {}, prot {}) from {site}",
-            ms(s, e.at),
+            "mapped at {at} by MAP_DMA (vaddr {vaddr:#x}, size {}, prot {}) from {site}",
             human_bytes(size),
             prot_text(prot)
         ),
-        EventKind::Unmap => format!("unmapped at {} by UNMAP_DMA from {site}", ms(s, e.at)),
-        EventKind::InvalidateVaddr => format!(
-            "vaddr invalidated at {} by UNMAP_DMA(FLAG_VADDR) from {site}",
-            ms(s, e.at)
-        ),
-        EventKind::UpdateVaddr { vaddr } => format!(
-            "vaddr updated to {vaddr:#x} at {} by MAP_DMA(FLAG_VADDR) from {site}",
-            ms(s, e.at)
-        ),
-        EventKind::Released => format!(
-            "unmapped at {} when the container was released",
-            ms(s, e.at)
-        ),
+        EventKind::Unmap => format!("unmapped at {at} by UNMAP_DMA from {site}"),
+        EventKind::InvalidateVaddr => {
+            format!("vaddr invalidated at {at} by UNMAP_DMA(FLAG_VADDR) from {site}")
+        }
+        EventKind::UpdateVaddr { vaddr } => {
+            format!("vaddr updated to {vaddr:#x} at {at} by MAP_DMA(FLAG_VADDR) from {site}")
+        }
+        EventKind::Released => format!("unmapped at {at} when the container was released"),
         EventKind::Stale { cause, vaddr, len } => format!(
-            "its memory {vaddr:#x}-{:#x} went away at {} by {} from {site} while still mapped for DMA",
+            "its memory {vaddr:#x}-{:#x} went away at {at} by {} from {site} while still mapped for DMA",
             vaddr.saturating_add(len).saturating_sub(1),
-            ms(s, e.at),
             cause.syscall()
         ),
     }
@@ -872,8 +875,12 @@ fn explain_fault(
                 lines.push(format!("({} older event(s) not kept)", r.dropped));
             }
             let last = r.events.last().map(|e| e.at);
+            let mut mapped = None;
             for e in &r.events {
-                lines.push(event_line(s, sym, e));
+                if let EventKind::Map { .. } = e.kind {
+                    mapped = Some(e.at);
+                }
+                lines.push(event_line(s, sym, e, mapped));
             }
             if let (false, Some(t)) = (r.mapped, last) {
                 let ago = f.time.saturating_duration_since(t);

@@ -31,6 +31,8 @@ const OFF_NR: u32 = 0;
 const OFF_ARCH: u32 = 4;
 /// Low 32 bits of args[1] (little endian).
 const OFF_ARG1_LO: u32 = 16 + 8;
+/// The low word of the fourth argument (`mmap`'s flags).
+const OFF_ARG3_LO: u32 = 16 + 3 * 8;
 
 /// The ioctl "type" byte of VFIO (`VFIO_TYPE`, ';').
 pub const VFIO_IOCTL_TYPE: u32 = 0x3b;
@@ -67,55 +69,80 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
 }
 
 /// The memory calls the DMA sanitizer watches (stale mappings), traced
-/// only when asked ([`crate::Command::trace_memory_calls`]).
-pub const MEMORY_SYSCALLS: &[i64] = &[libc::SYS_munmap, libc::SYS_mremap, libc::SYS_mmap];
+/// only when asked ([`crate::Command::trace_memory_calls`]); `mmap` only
+/// with `MAP_FIXED` (see [`build_with`]).
+pub const MEMORY_SYSCALLS: &[i64] = &[libc::SYS_munmap, libc::SYS_mremap];
 
 /// Builds the filter program.
 pub fn build() -> Vec<sock_filter> {
-    build_with(&[])
+    build_with(&[], false)
 }
 
-/// Builds the filter program, also stopping at the system calls `extra`.
-pub fn build_with(extra: &[i64]) -> Vec<sock_filter> {
+/// Builds the filter program, also stopping at the system calls `extra`,
+/// and at `mmap` with `MAP_FIXED` when `mmap_fixed` (moot while every
+/// `mmap` stops anyway, for BAR mappings: see [`TRACED_SYSCALLS`]).
+pub fn build_with(extra: &[i64], mmap_fixed: bool) -> Vec<sock_filter> {
     let mut traced: Vec<i64> = TRACED_SYSCALLS.to_vec();
     for nr in extra {
         if !traced.contains(nr) {
             traced.push(*nr);
         }
     }
+    let mmap_fixed = mmap_fixed && !traced.contains(&libc::SYS_mmap);
     let n = traced.len();
+    let m = usize::from(mmap_fixed);
     // Layout (classic BPF only jumps forward):
-    //   0      ld arch
-    //   1      jeq X86_64 ? 2 : ALLOW
-    //   2      ld nr
-    //   3      jeq ioctl ? IOCTL : 4
-    //   4..4+n jeq nr_i ? TRACE : next
-    //   4+n    ALLOW: ret allow
-    //   5+n    IOCTL: ld arg1.lo
-    //   6+n    and 0xffffff00
-    //   7+n    jeq 0x3b00 ? TRACE : 8+n
-    //   8+n    ret allow
-    //   9+n    TRACE: ret trace
-    let allow = 4 + n;
-    let ioctl = 5 + n;
-    let trace = 9 + n;
+    //   0        ld arch
+    //   1        jeq X86_64 ? 2 : ALLOW
+    //   2        ld nr
+    //   3        jeq ioctl ? IOCTL : 4
+    //  (4        jeq mmap ? MMAP : 5)                 with mmap_fixed
+    //   4+m..    jeq nr_i ? TRACE : next
+    //   4+m+n    ALLOW: ret allow
+    //   5+m+n    IOCTL: ld arg1.lo
+    //   6+m+n    and 0xffffff00
+    //   7+m+n    jeq 0x3b00 ? TRACE : 8+m+n
+    //   8+m+n    ret allow
+    //  (10+n     MMAP: ld arg3.lo (flags)
+    //   11+n     and MAP_FIXED
+    //   12+n     jeq 0 ? 13+n : TRACE
+    //   13+n     ret allow)                           with mmap_fixed
+    //   9+5m+n   TRACE: ret trace
+    let allow = 4 + m + n;
+    let ioctl = 5 + m + n;
+    let mmap = 9 + m + n;
+    let trace = 9 + 5 * m + n;
     let rel = |from: usize, to: usize| -> u8 { (to - from - 1) as u8 };
-    let mut p = Vec::with_capacity(n + 10);
+    let mut p = Vec::with_capacity(n + 15);
     p.push(stmt(BPF_LD_W_ABS, OFF_ARCH));
     p.push(jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 0, rel(1, allow)));
     p.push(stmt(BPF_LD_W_ABS, OFF_NR));
     p.push(jump(BPF_JEQ_K, libc::SYS_ioctl as u32, rel(3, ioctl), 0));
+    if mmap_fixed {
+        p.push(jump(BPF_JEQ_K, libc::SYS_mmap as u32, rel(4, mmap), 0));
+    }
     for (i, nr) in traced.iter().enumerate() {
-        let at = 4 + i;
+        let at = 4 + m + i;
         p.push(jump(BPF_JEQ_K, *nr as u32, rel(at, trace), 0));
     }
     p.push(stmt(BPF_RET_K, libc::SECCOMP_RET_ALLOW));
     p.push(stmt(BPF_LD_W_ABS, OFF_ARG1_LO));
     p.push(stmt(BPF_AND_K, 0xffff_ff00));
-    p.push(jump(BPF_JEQ_K, VFIO_IOCTL_TYPE << 8, rel(7 + n, trace), 0));
+    p.push(jump(
+        BPF_JEQ_K,
+        VFIO_IOCTL_TYPE << 8,
+        rel(7 + m + n, trace),
+        0,
+    ));
     p.push(stmt(BPF_RET_K, libc::SECCOMP_RET_ALLOW));
+    if mmap_fixed {
+        p.push(stmt(BPF_LD_W_ABS, OFF_ARG3_LO));
+        p.push(stmt(BPF_AND_K, libc::MAP_FIXED as u32));
+        p.push(jump(BPF_JEQ_K, 0, 0, rel(mmap + 2, trace)));
+        p.push(stmt(BPF_RET_K, libc::SECCOMP_RET_ALLOW));
+    }
     p.push(stmt(BPF_RET_K, libc::SECCOMP_RET_TRACE));
-    debug_assert_eq!(p.len(), 10 + n);
+    debug_assert_eq!(p.len(), 10 + 5 * m + n);
     p
 }
 
@@ -134,6 +161,11 @@ mod tests {
         data[0..4].copy_from_slice(&nr.to_le_bytes());
         data[4..8].copy_from_slice(&arch.to_le_bytes());
         data[24..32].copy_from_slice(&arg1.to_le_bytes());
+        run_data(prog, &data)
+    }
+
+    /// Runs the filter on a `seccomp_data` image.
+    fn run_data(prog: &[sock_filter], data: &[u8; 64]) -> u32 {
         let mut a: u32 = 0;
         let mut pc = 0usize;
         loop {
@@ -183,15 +215,28 @@ mod tests {
         ] {
             assert_eq!(run(&p, nr as u32, x, 0), trace);
         }
-        // With the sanitizer's memory calls added: still traced, the rest not.
-        let m = build_with(MEMORY_SYSCALLS);
+        // With the sanitizer's memory calls added: every mmap still stops (BAR
+        // mappings), the rest as before.
+        let m = build_with(MEMORY_SYSCALLS, true);
         assert_eq!(run(&m, libc::SYS_mmap as u32, x, 0), trace);
+        let mmap = |flags: u64| {
+            let mut data = [0u8; 64];
+            data[0..4].copy_from_slice(&(libc::SYS_mmap as u32).to_le_bytes());
+            data[4..8].copy_from_slice(&x.to_le_bytes());
+            data[40..48].copy_from_slice(&flags.to_le_bytes());
+            run_data(&m, &data)
+        };
+        let (fixed, private) = (libc::MAP_FIXED as u64, libc::MAP_PRIVATE as u64);
+        assert_eq!(mmap(private | fixed), trace);
+        assert_eq!(mmap(private), trace);
         assert_eq!(run(&m, libc::SYS_munmap as u32, x, 0), trace);
         assert_eq!(run(&m, libc::SYS_mremap as u32, x, 0), trace);
         assert_eq!(run(&m, libc::SYS_openat as u32, x, 0), trace);
+        assert_eq!(run(&m, libc::SYS_close as u32, x, 0), trace);
         assert_eq!(run(&m, libc::SYS_write as u32, x, 0), allow);
         assert_eq!(run(&m, libc::SYS_ioctl as u32, x, 0x3b00), trace);
         assert_eq!(run(&m, libc::SYS_ioctl as u32, x, 0x5401), allow);
+        assert_eq!(run(&m, libc::SYS_open as u32, 0x4000_0003, 0), allow);
         // VFIO ioctls: _IO(';', 100..)
         assert_eq!(run(&p, libc::SYS_ioctl as u32, x, 0x3b64), trace);
         assert_eq!(run(&p, libc::SYS_ioctl as u32, x, 0x3b77), trace);

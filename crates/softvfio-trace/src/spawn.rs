@@ -329,7 +329,7 @@ impl Prepared {
             cwd,
             stdio,
             filter: if cmd.memory_calls {
-                filter::build_with(filter::MEMORY_SYSCALLS)
+                filter::build_with(filter::MEMORY_SYSCALLS, true)
             } else {
                 filter::build()
             },

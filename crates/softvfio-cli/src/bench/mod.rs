@@ -18,6 +18,7 @@ pub mod external;
 pub mod host;
 pub mod irq;
 pub mod plot;
+pub mod sanitize;
 pub mod sim;
 pub mod stats;
 // mmap, mlock and friends for the measurements, each with its SAFETY argument.
@@ -182,6 +183,16 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
         "irq-msi",
         "edu MSI to the program's eventfd (raise, read, ack) vs eventfd write+read",
         irq::msi,
+    ),
+    (
+        "sanitize-churn",
+        "4K map+unmap pairs with the DMA sanitizer recording vs the same engine without",
+        sanitize::churn,
+    ),
+    (
+        "sanitize-dma",
+        "edu DMA through VT-d with the DMA sanitizer on vs off",
+        sanitize::dma,
     ),
     (
         "dirty-get",

@@ -12,6 +12,7 @@
  *   map-fixed     mmap(MAP_FIXED) over memory still mapped for DMA
  *   clamp         programs a 33-bit address: edu's 28-bit mask clamps it
  *   clean         maps, DMAs, unmaps, closes: nothing to report
+ *   hold          after-unmap, then waits for a line on stdin (for inspect)
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -110,10 +111,16 @@ int main(int argc, char **argv) {
   const char *what = argc > 1 ? argv[1] : "clean";
   setup();
   void *buf = anon();
-  if (!strcmp(what, "after-unmap")) {
+  if (!strcmp(what, "after-unmap") || !strcmp(what, "hold")) {
     map_buffer(buf, IOVA, 3);
     unmap_buffer(IOVA);
     start_dma(IOVA, 1);
+    if (!strcmp(what, "hold")) {
+      char line[16];
+      printf("holding\n");
+      fflush(stdout);
+      if (!fgets(line, sizeof line, stdin)) return 3;
+    }
   } else if (!strcmp(what, "never-mapped")) {
     map_buffer(buf, IOVA, 3);
     start_dma(0x300000, 1);

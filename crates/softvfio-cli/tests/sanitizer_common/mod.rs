@@ -152,7 +152,8 @@ pub fn after_unmap(softvfio: &Path, mode: &str, bin: &Path) {
         &err,
         &[
             "  unmapped at ",
-            " ms by UNMAP_DMA from ",
+            " ms (+",
+            " ms after the map) by UNMAP_DMA from ",
             &unmap_frame(),
             " <- ",
             &main_unmap,
@@ -290,7 +291,7 @@ pub fn stale(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
             &[
                 "  its memory 0x",
                 " went away at ",
-                " ms by munmap from ",
+                " ms after the map) by munmap from ",
                 &main_call,
                 " while still mapped for DMA",
             ],
