@@ -589,9 +589,12 @@ impl ProgramMemory for OwnMemory {
 /// the code's mapping.
 fn read_code(rip: u64, code: &mut [u8; 15]) -> usize {
     let first = (PAGE - (rip % PAGE)).min(15) as usize;
-    if OwnMemory.read(rip, &mut code[..first]).is_err() {
-        return 0;
-    }
+    // SAFETY: the page holding RIP is mapped and executable: the CPU just
+    // fetched the faulting instruction from it, and executable pages are
+    // readable on x86-64 (no execute-only mappings without protection
+    // keys, which this library does not support); `first` bytes stay
+    // within that page.
+    unsafe { std::ptr::copy_nonoverlapping(rip as *const u8, code.as_mut_ptr(), first) };
     if first < 15
         && OwnMemory
             .read(rip + first as u64, &mut code[first..])

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod external;
 pub mod host;
 pub mod irq;
+pub mod mmio;
 pub mod plot;
 pub mod sim;
 pub mod stats;
@@ -182,6 +183,11 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
         "irq-msi",
         "edu MSI to the program's eventfd (raise, read, ack) vs eventfd write+read",
         irq::msi,
+    ),
+    (
+        "mmio-trap",
+        "a load on an mmap'd BAR (trapped, emulated) vs pread of the same register, trace and preload",
+        mmio::trap,
     ),
     (
         "dirty-get",
