@@ -375,7 +375,12 @@ impl VfioDeviceModel for MdevEdu {
     }
 
     fn region_info(&self, index: u32) -> Option<RegionInfo> {
-        self.edu.region_info(index)
+        // An mdev driver without an mmap op (Linux's samples, medu): no
+        // region is mmap-able, mmap of the device file is EINVAL.
+        self.edu.region_info(index).map(|r| RegionInfo {
+            flags: r.flags & !softvfio::device::REGION_FLAG_MMAP,
+            ..r
+        })
     }
 
     fn irq_info(&self, index: u32) -> Option<IrqInfo> {
