@@ -788,9 +788,9 @@ fn device_regions_and_irqs_match_the_kernel() {
     assert_eq!(info, [20, 0x2, 9, 5, 0, 0xee]);
     let mut small = [12u32, 0, 0, 0];
     assert_eq!(dev(VFIO_DEVICE_GET_INFO, out(&mut small)), EINVAL);
-    // oracle: region_info_*; BAR0 is 0x3 here, not 0x7: emulated BARs cannot be mmap'd.
+    // oracle: region_info_*; BAR0 is mmap-able (trapped MMIO, docs/MMIO.md).
     let want: [(u32, i32, u32, u64); 10] = [
-        (0, 0, 0x3, 0x10_0000),
+        (0, 0, 0x7, 0x10_0000),
         (1, 0, 0, 0),
         (2, 0, 0, 0),
         (3, 0, 0, 0),
