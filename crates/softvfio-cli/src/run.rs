@@ -493,7 +493,12 @@ impl VfioHandler {
         let injector = self.injector.for_pid(pid);
         self.mems
             .entry(pid)
-            .or_insert_with(|| Arc::new(HostMemory::for_pid(pid, Arc::new(TracedMm(injector)))))
+            .or_insert_with(|| {
+                let mem = HostMemory::for_pid(pid, Arc::new(TracedMm(injector)));
+                // MAP_DMA of a BAR mapping (peer to peer).
+                mem.set_device_ranges(self.bars.device_ranges(pid));
+                Arc::new(mem)
+            })
             .clone()
     }
 

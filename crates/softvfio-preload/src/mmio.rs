@@ -100,6 +100,19 @@ fn lock_maps() -> MutexGuard<'static, BarMappings> {
     MAPS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// This process's memory as the engine pins it, told which ranges are
+/// device mappings (MAP_DMA of a BAR mapping, peer to peer). The engine
+/// asks while holding the session lock; [`MAPS`] is never held while
+/// waiting for that lock, so the order session → table is safe.
+pub(crate) fn with_device_ranges(
+    mem: softvfio::memory::host::HostMemory,
+) -> softvfio::memory::host::HostMemory {
+    mem.set_device_ranges(std::sync::Arc::new(|vaddr, len| {
+        MAPPED.load(Ordering::Acquire) > 0 && lock_maps().covers(vaddr, len)
+    }));
+    mem
+}
+
 // ---- the next definitions ----------------------------------------------
 
 static NEXT_MMAP: crate::real::Next = crate::real::Next::new(c"mmap");

@@ -115,7 +115,13 @@ impl Container {
         // Pages already accounted for external pins (no IOMMU domain existed
         // when they were pinned) are not counted twice (type1 skips pages
         // on the vpfn list).
-        let pages = page_pages(dma.size).saturating_sub(dma.locked_pages);
+        // Device registers (a BAR mapping, peer to peer) are not charged,
+        // as type1 charges no VM_PFNMAP page.
+        let pages = if self.mem.is_device_range(dma.vaddr, dma.size) {
+            0
+        } else {
+            page_pages(dma.size).saturating_sub(dma.locked_pages)
+        };
         // One accounting update for the whole mapping (seed 000), made before
         // pinning so that concurrent maps cannot both pass the limit.
         self.mem
