@@ -220,3 +220,37 @@ fn unsupported_instruction_stops_the_program_with_a_report() {
         );
     }
 }
+
+/// MAP_DMA of a BAR mapping (peer to peer): mapped and unmapped with
+/// nothing pinned or charged (type1v2 refuses to split it, EINVAL); a range half BAR, half memory is
+/// EFAULT; edu's DMA to the IOVA ends as a DMA fault (the peer's registers
+/// are not reached yet; docs/MMIO.md "Limits").
+#[test]
+fn map_dma_of_a_bar_mapping() {
+    for mode in ["trace", "preload"] {
+        let exe = build_c("mmio_p2p", mode == "trace");
+        let out = softvfio_run(mode, &[], &exe, &["/dev/vfio/3", "0000:00:03.0"]);
+        assert_eq!(
+            out.stdout,
+            "map_full_bar 0\nmap_part_bar_part_memory 14\ndma_done cmd=0x2\n\
+             unmap_part 22\nunmap_whole 0\nmunmap 0\n",
+            "{mode}: {}",
+            out.stderr
+        );
+        assert_eq!(out.code, Some(0), "{mode}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("DMA faults: 1\n")
+                && out
+                    .stderr
+                    .contains("0000:00:03.0 write iova 0x2000004: MemoryError"),
+            "{mode}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr
+                .contains("after release: 0 pinned pages, 0 accounted pages: no leak"),
+            "{mode}: {}",
+            out.stderr
+        );
+    }
+}
