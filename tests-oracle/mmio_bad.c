@@ -36,6 +36,7 @@ static const char *ename(int e) {
   case EACCES: return "EACCES";
   case EPERM: return "EPERM";
   case ENOMEM: return "ENOMEM";
+  case EFAULT: return "EFAULT";
   default: { static char b[32]; snprintf(b, sizeof b, "errno%d", e); return b; }
   }
 }
@@ -285,6 +286,26 @@ int main(int argc, char **argv) {
   STORE("fixed_over_bar_store", uint32_t, over, 0x600d);
   LOAD("fixed_over_bar_load", uint32_t, over);
   LOAD("bar_page_after_fixed", uint32_t, bar + 9 * pg + 4);
+  // mprotect and mremap of a BAR mapping.
+  volatile uint8_t *pr = mmap(NULL, 2 * pg, PROT_READ | PROT_WRITE, MAP_SHARED, dev, bar0_off);
+  if (pr == MAP_FAILED) return 1;
+  OUT("mprotect_read_only", "%s", ename(mprotect((void *)pr, pg, PROT_READ) ? errno : 0));
+  LOAD("mprotect_read_only_load", uint32_t, pr);
+  STORE("mprotect_read_only_store", uint32_t, pr + 4, 0x1111);
+  STORE("mprotect_other_page_store", uint32_t, pr + pg + 4, 0x2222);
+  OUT("mprotect_none", "%s", ename(mprotect((void *)pr, pg, PROT_NONE) ? errno : 0));
+  LOAD("mprotect_none_load", uint32_t, pr);
+  OUT("mprotect_read_write", "%s", ename(mprotect((void *)pr, pg, PROT_READ | PROT_WRITE) ? errno : 0));
+  STORE("mprotect_read_write_store", uint32_t, pr + 4, 0x3333);
+  OUT("mprotect_read_write_after", "%#x", prd32(0x04));
+  void *grown = mremap((void *)pr, 2 * pg, 3 * pg, MREMAP_MAYMOVE);
+  OUT("mremap_grow", "%s", grown == MAP_FAILED ? ename(errno) : "0");
+  void *shrunk = mremap((void *)pr, 2 * pg, pg, 0);
+  OUT("mremap_shrink", "%s", shrunk == MAP_FAILED ? ename(errno) : shrunk == (void *)pr ? "0 same" : "0 moved");
+  LOAD("mremap_shrink_kept", uint32_t, pr);
+  LOAD("mremap_shrink_dropped", uint32_t, pr + pg);
+  munmap((void *)pr, pg);
+
   // Memory decoding off: the mapping faults with SIGBUS. (A fresh mapping:
   // Linux 6.1 does not zap a mapping that mremap moved, which then reads
   // the disabled BAR as QEMU's unassigned memory.)

@@ -1,7 +1,7 @@
 //! Memory-mapped BARs (trapped MMIO) against Linux 6.1: the programs
 //! `tests-oracle/mmio_traffic.c` (all of edu's register traffic, through
 //! pread/pwrite and through an mmap of BAR0) and `tests-oracle/mmio_bad.c`
-//! (unusual accesses, mmap arguments, munmap/mremap/MAP_FIXED/fork, a
+//! (unusual accesses, mmap arguments, munmap/mremap/mprotect/MAP_FIXED/fork, a
 //! program SIGSEGV handler, SSE/AVX and string moves) run under
 //! `softvfio run`, static under trace mode and dynamic under preload mode,
 //! and must print what Linux 6.1 printed on QEMU's edu
@@ -123,7 +123,7 @@ fn mmap_half_matches_pread_half(lines: &[(String, String)]) {
 fn recorded_runs_are_complete() {
     for (file, n) in [
         ("kernel-6.1-mmio-traffic.txt", 32),
-        ("kernel-6.1-mmio-bad.txt", 71),
+        ("kernel-6.1-mmio-bad.txt", 84),
     ] {
         let lines = recorded(file);
         assert_eq!(lines.len(), n, "{file}");
