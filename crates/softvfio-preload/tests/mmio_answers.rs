@@ -254,3 +254,21 @@ fn map_dma_of_a_bar_mapping() {
         );
     }
 }
+
+/// Trapped loads from three threads (one on a SIGSTKSZ alternate signal
+/// stack) while a fourth maps, protects and unmaps memory and maps and
+/// unmaps a second BAR mapping: every load gives edu's ID, and each of the
+/// program's own faults (a PROT_NONE page) reaches its handler.
+#[test]
+fn threads_fault_while_another_remaps() {
+    for mode in ["trace", "preload"] {
+        let exe = build_c("mmio_threads", mode == "trace");
+        let out = softvfio_run(mode, &[], &exe, &["/dev/vfio/3", "0000:00:03.0"]);
+        assert_eq!(
+            out.stdout, "readers bad=0 churn=0\n",
+            "{mode}: {}",
+            out.stderr
+        );
+        assert_eq!(out.code, Some(0), "{mode}: {}", out.stderr);
+    }
+}
