@@ -657,7 +657,12 @@ impl VfioHandler {
         let injector = self.injector.for_pid(pid);
         self.mems
             .entry(pid)
-            .or_insert_with(|| HostMemory::for_pid(pid, Arc::new(TracedMm(injector))).into_shared())
+            .or_insert_with(|| {
+                let mem = HostMemory::for_pid(pid, Arc::new(TracedMm(injector)));
+                // MAP_DMA of a BAR mapping (peer to peer).
+                mem.set_device_ranges(self.bars.device_ranges(pid));
+                mem.into_shared()
+            })
             .clone()
     }
 

@@ -17,6 +17,7 @@
 //! exists (its release waits, as the kernel's `vm_file` reference makes it).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use softvfio::barmap::{resolve_fault, BarMappings, FaultOutcome};
 use softvfio::frontend::Session;
@@ -29,10 +30,12 @@ const PAGE: u64 = 4096;
 /// `MAP_SHARED_VALIDATE` (not in every libc).
 const MAP_TYPE: i32 = 0x0f;
 
-/// The device mappings of every traced process.
+/// The device mappings of every traced process. Shared with the address
+/// spaces' [`softvfio::memory::host::HostMemory`] (MAP_DMA of a BAR
+/// mapping asks whether a range is one, on the supervisor thread).
 #[derive(Default)]
 pub struct TracedMappings {
-    by_pid: HashMap<i32, BarMappings>,
+    by_pid: Arc<Mutex<HashMap<i32, BarMappings>>>,
 }
 
 fn page_up(len: u64) -> u64 {
@@ -45,29 +48,45 @@ fn is_error(r: i64) -> bool {
 }
 
 impl TracedMappings {
+    fn all(&self) -> MutexGuard<'_, HashMap<i32, BarMappings>> {
+        self.by_pid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// For `pid`'s address space: is a range wholly a device mapping?
+    pub fn device_ranges(&self, pid: i32) -> softvfio::memory::host::DeviceRanges {
+        let all = self.by_pid.clone();
+        Arc::new(move |vaddr, len| {
+            all.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&pid)
+                .is_some_and(|m| m.covers(vaddr, len))
+        })
+    }
+
     /// Is `addr` in a device mapping of `pid`?
     pub fn contains(&self, pid: i32, addr: u64) -> bool {
-        self.by_pid
+        self.all()
             .get(&pid)
             .is_some_and(|m| m.lookup(addr).is_some())
     }
 
     /// Does any process still map device file `file`?
     pub fn holds(&self, file: u64) -> bool {
-        self.by_pid.values().any(|m| m.holds(file))
+        self.all().values().any(|m| m.holds(file))
     }
 
     /// `pid` forked `child`: the child has the same mappings.
     pub fn forked(&mut self, pid: i32, child: i32) {
-        if let Some(m) = self.by_pid.get(&pid).filter(|m| !m.is_empty()) {
+        let mut all = self.all();
+        if let Some(m) = all.get(&pid).filter(|m| !m.is_empty()) {
             let copy = m.clone();
-            self.by_pid.insert(child, copy);
+            all.insert(child, copy);
         }
     }
 
     /// `pid` exec'd or exited: its address space is gone.
     pub fn forget(&mut self, pid: i32) {
-        self.by_pid.remove(&pid);
+        self.all().remove(&pid);
     }
 
     /// `mmap`/`munmap`/`mremap`/`mprotect` of the program (see the module
@@ -96,7 +115,7 @@ impl TracedMappings {
                 let r = inject(t, nr, a);
                 if let Ok(r) = r {
                     if !is_error(r) {
-                        self.table(pid).unmap(r as u64, page_up(len));
+                        self.with_table(pid, |t| t.unmap(r as u64, page_up(len)));
                     }
                 }
                 Some(r)
@@ -108,7 +127,7 @@ impl TracedMappings {
                 }
                 let r = inject(t, nr, a);
                 if r == Ok(0) {
-                    self.table(pid).unmap(addr, page_up(len));
+                    self.with_table(pid, |t| t.unmap(addr, page_up(len)));
                 }
                 Some(r)
             }
@@ -128,12 +147,13 @@ impl TracedMappings {
                 let r = inject(t, nr, a);
                 if let Ok(r) = r {
                     if !is_error(r) {
-                        let table = self.table(pid);
-                        if ours {
-                            table.remap(old, page_up(old_len), r as u64, page_up(new_len));
-                        } else {
-                            table.unmap(r as u64, page_up(new_len));
-                        }
+                        self.with_table(pid, |table| {
+                            if ours {
+                                table.remap(old, page_up(old_len), r as u64, page_up(new_len));
+                            } else {
+                                table.unmap(r as u64, page_up(new_len));
+                            }
+                        });
                     }
                 }
                 Some(r)
@@ -146,12 +166,12 @@ impl TracedMappings {
                 let r = inject(t, nr, a);
                 if r == Ok(0) {
                     let len = page_up(len);
-                    let pieces: Vec<(u64, u64)> = self
-                        .table(pid)
-                        .iter()
-                        .filter(|m| m.start < addr + len && m.start + m.len > addr)
-                        .map(|m| (m.start.max(addr), (m.start + m.len).min(addr + len)))
-                        .collect();
+                    let pieces: Vec<(u64, u64)> = self.with_table(pid, |t| {
+                        t.iter()
+                            .filter(|m| m.start < addr + len && m.start + m.len > addr)
+                            .map(|m| (m.start.max(addr), (m.start + m.len).min(addr + len)))
+                            .collect()
+                    });
                     for (s, e) in pieces {
                         let _ = inject(
                             t,
@@ -159,7 +179,7 @@ impl TracedMappings {
                             [s, e - s, libc::PROT_NONE as u64, 0, 0, 0],
                         );
                     }
-                    self.table(pid).protect(addr, len, prot);
+                    self.with_table(pid, |t| t.protect(addr, len, prot));
                 }
                 Some(r)
             }
@@ -168,13 +188,14 @@ impl TracedMappings {
     }
 
     fn overlaps(&self, pid: i32, addr: u64, len: u64) -> bool {
-        self.by_pid
+        self.all()
             .get(&pid)
             .is_some_and(|m| m.overlaps(addr, page_up(len)))
     }
 
-    fn table(&mut self, pid: i32) -> &mut BarMappings {
-        self.by_pid.entry(pid).or_default()
+    /// Runs `f` on `pid`'s table (made when missing).
+    fn with_table<R>(&self, pid: i32, f: impl FnOnce(&mut BarMappings) -> R) -> R {
+        f(self.all().entry(pid).or_default())
     }
 
     /// `mmap` of a device file: the kernel's generic checks, the driver's
@@ -209,8 +230,7 @@ impl TracedMappings {
             [addr, len, libc::PROT_NONE as u64, anon as u64, u64::MAX, 0],
         )?;
         if !is_error(r) {
-            self.table(t.pid())
-                .insert(r as u64, page_up(len), target, prot);
+            self.with_table(t.pid(), |m| m.insert(r as u64, page_up(len), target, prot));
         }
         Ok(r)
     }
@@ -224,7 +244,8 @@ impl TracedMappings {
         regs: &mut Registers,
         memory: &mut TracedMemory,
     ) -> FaultReply {
-        let Some(maps) = self.by_pid.get(&pid) else {
+        let all = self.all();
+        let Some(maps) = all.get(&pid) else {
             return FaultReply::NotOurs;
         };
         match resolve_fault(maps, code, address, regs, memory) {

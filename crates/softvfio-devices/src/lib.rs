@@ -33,7 +33,10 @@
 //! - INTx is level-triggered: one event per rising edge, the status
 //!   register's interrupt bit follows the line.
 //!
-//! Deliberate differences: BAR0 has no MMAP flag (emulated MMIO); 8-byte
+//! BAR0 is mmap-able as on Linux: loads and stores on the mapping are
+//! trapped and performed by `mapped_read`/`mapped_write` (docs/MMIO.md).
+//!
+//! Deliberate differences: 8-byte
 //! accesses to the 64-bit DMA registers reach the device whole (newer
 //! vfio-pci; below 0x80 they are split as in 6.1; see
 //! [`edu::EduOptions::mmio_64bit`]); DMA runs synchronously inside the

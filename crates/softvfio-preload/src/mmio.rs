@@ -100,6 +100,19 @@ fn lock_maps() -> MutexGuard<'static, BarMappings> {
     MAPS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// This process's memory as the engine pins it, told which ranges are
+/// device mappings (MAP_DMA of a BAR mapping, peer to peer). The engine
+/// asks while holding the session lock; [`MAPS`] is never held while
+/// waiting for that lock, so the order session → table is safe.
+pub(crate) fn with_device_ranges(
+    mem: softvfio::memory::host::HostMemory,
+) -> softvfio::memory::host::HostMemory {
+    mem.set_device_ranges(std::sync::Arc::new(|vaddr, len| {
+        MAPPED.load(Ordering::Acquire) > 0 && lock_maps().covers(vaddr, len)
+    }));
+    mem
+}
+
 // ---- the next definitions ----------------------------------------------
 
 static NEXT_MMAP: crate::real::Next = crate::real::Next::new(c"mmap");
@@ -613,9 +626,12 @@ impl ProgramMemory for OwnMemory {
 /// the code's mapping.
 fn read_code(rip: u64, code: &mut [u8; 15]) -> usize {
     let first = (PAGE - (rip % PAGE)).min(15) as usize;
-    if OwnMemory.read(rip, &mut code[..first]).is_err() {
-        return 0;
-    }
+    // SAFETY: the page holding RIP is mapped and executable: the CPU just
+    // fetched the faulting instruction from it, and executable pages are
+    // readable on x86-64 (no execute-only mappings without protection
+    // keys, which this library does not support); `first` bytes stay
+    // within that page.
+    unsafe { std::ptr::copy_nonoverlapping(rip as *const u8, code.as_mut_ptr(), first) };
     if first < 15
         && OwnMemory
             .read(rip + first as u64, &mut code[first..])

@@ -138,7 +138,9 @@ pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Result<R, c_int> {
                     // addresses the program passes in its VFIO ioctls (argument structs, DMA
                     // buffers), as the kernel would; no Rust reference of this library covers
                     // them.
-                    mem: Arc::new(unsafe { HostMemory::current() }),
+                    mem: Arc::new(crate::mmio::with_device_ranges(unsafe {
+                        HostMemory::current()
+                    })),
                     fds: HashMap::new(),
                     refs: HashMap::new(),
                     claims: HashMap::new(),

@@ -77,9 +77,11 @@
 //! x86-64; Linux ≥ 5.6 (`PTRACE_GET_SYSCALL_INFO`, `pidfd_getfd`); uses
 //! `close_range` (5.9), thread pidfds (6.9) and the synchronous close of
 //! 6.7 when available. Permission to ptrace the program (root, or same user
-//! with a permissive Yama). `read`/`write`/`mmap`/`poll` on handler fds are
+//! with a permissive Yama). `read`/`write`/`poll` on handler fds are
 //! not intercepted: they act on the socket (`read` returns end of file,
-//! `fstat` shows a socket, `mmap` fails with ENODEV). A claimed `open`
+//! `fstat` shows a socket); `mmap` of one is offered to
+//! [`handler::Handler::memory_call`] and, when the handler declines,
+//! reaches the socket (ENODEV); see [`mmio`]. A claimed `open`
 //! needs two free descriptors for a moment. A program that installs its
 //! own seccomp filter forbidding `socketpair`, `memfd_create` or `mlock`
 //! breaks injection.

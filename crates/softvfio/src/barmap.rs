@@ -89,6 +89,21 @@ impl BarMappings {
             .is_some_and(|(_, m)| m.start + m.len > start)
     }
 
+    /// Is every byte of `[start, start + len)` in a recorded mapping?
+    pub fn covers(&self, start: u64, len: u64) -> bool {
+        let Some(end) = start.checked_add(len) else {
+            return false;
+        };
+        let mut at = start;
+        while at < end {
+            match self.lookup(at) {
+                Some((m, _)) => at = m.start + m.len,
+                None => return false,
+            }
+        }
+        len > 0
+    }
+
     /// The mapping containing `addr` and `addr`'s offset in its region.
     pub fn lookup(&self, addr: u64) -> Option<(&BarMapping, u64)> {
         let (_, m) = self.by_start.range(..=addr).next_back()?;
@@ -483,6 +498,10 @@ mod tests {
             vec![(0x10000, 0x1000, 0x1000), (0x12000, 0x2000, 0x3000)]
         );
         assert!(!m.unmap(0x11000, 0x1000));
+        assert!(m.covers(0x12000, 0x2000));
+        assert!(m.covers(0x10000, 0x1000));
+        assert!(!m.covers(0x10000, 0x3000));
+        assert!(!m.covers(0x12000, 0));
         assert_eq!(m.lookup(0x12010).map(|(_, o)| o), Some(0x3010));
         assert!(m.lookup(0x11000).is_none());
         // A new mapping over part of it replaces that part.

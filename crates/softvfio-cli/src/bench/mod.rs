@@ -17,6 +17,7 @@ pub mod engine;
 pub mod external;
 pub mod host;
 pub mod irq;
+pub mod mmio;
 pub mod plot;
 pub mod sanitize;
 pub mod sim;
@@ -193,6 +194,11 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
         "sanitize-dma",
         "edu DMA through VT-d with the DMA sanitizer on vs off",
         sanitize::dma,
+    ),
+    (
+        "mmio-trap",
+        "a load on an mmap'd BAR (trapped, emulated) vs pread of the same register, trace and preload",
+        mmio::trap,
     ),
     (
         "dirty-get",

@@ -281,6 +281,14 @@ impl Ioas {
                     prot,
                     charge: a.len() / PAGE_SIZE,
                 };
+                // iommufd pins with pin_user_pages, which refuses the
+                // VM_PFNMAP pages of a BAR mapping (type1 maps them).
+                if mem.is_device_range(req.vaddr, req.size) {
+                    for done in &new_areas[..i] {
+                        release_area(mem, &domains, done);
+                    }
+                    return Err(VfioError::Fault);
+                }
                 match pin_and_map_pages(mem, req, &|v| v, &domains, policy) {
                     Ok(charged) => {
                         new_areas[i].pinned = true;
@@ -393,7 +401,12 @@ impl Ioas {
                     prot: a.prot,
                     charge: a.len() / PAGE_SIZE,
                 };
-                match pin_and_map_pages(mem, req, &|v| v, std::slice::from_ref(&domain), policy) {
+                let pinned = if mem.is_device_range(req.vaddr, req.size) {
+                    Err(VfioError::Fault)
+                } else {
+                    pin_and_map_pages(mem, req, &|v| v, std::slice::from_ref(&domain), policy)
+                };
+                match pinned {
                     Ok(charged) => done.push((a.iova, true, charged)),
                     Err(e) => {
                         failure = Some(e);

@@ -182,7 +182,17 @@ pub struct HostMemory {
     /// The program refuses mlock (its own seccomp filter): pins are
     /// counted but not locked.
     lock_refused: AtomicBool,
+    /// Says which ranges are device mappings (see
+    /// [`HostMemory::set_device_ranges`]).
+    device_ranges: Mutex<Option<DeviceRanges>>,
+    /// Device ranges "pinned" for DMA, one entry per pin (start, end): what
+    /// `unpin` gives back without touching the pin counts.
+    device_pins: Mutex<Vec<(u64, u64)>>,
 }
+
+/// Is `[vaddr, vaddr + len)` wholly a device (BAR) mapping? Given by the
+/// front end that keeps the address space's device mappings.
+pub type DeviceRanges = Arc<dyn Fn(u64, u64) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for HostMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -277,6 +287,8 @@ impl HostMemory {
             user_locked: Mutex::new(RangeSet::new()),
             this: OnceLock::new(),
             lock_refused: AtomicBool::new(false),
+            device_ranges: Mutex::new(None),
+            device_pins: Mutex::new(Vec::new()),
         }
     }
 
@@ -297,6 +309,31 @@ impl HostMemory {
         let this = Arc::new(self);
         let _ = this.this.set(Arc::downgrade(&this));
         this
+    }
+
+    /// Tells this address space which of its ranges are device mappings
+    /// (memory-mapped BARs, which the front end maps inaccessible and
+    /// records): `MAP_DMA` of such a range maps it without pinning or
+    /// accounting (peer to peer; docs/MMIO.md).
+    pub fn set_device_ranges(&self, ranges: DeviceRanges) {
+        *self.device_ranges.lock().unwrap_or_else(|e| e.into_inner()) = Some(ranges);
+    }
+
+    /// Gives back a device "pin" covering `[vaddr, end)`; false when no
+    /// device pin covers it.
+    fn unpin_device(&self, vaddr: u64, end: u64) -> bool {
+        let mut pins = self.device_pins.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(i) = pins.iter().position(|&(s, e)| s <= vaddr && end <= e) else {
+            return false;
+        };
+        let (s, e) = pins.swap_remove(i);
+        if s < vaddr {
+            pins.push((s, vaddr));
+        }
+        if end < e {
+            pins.push((end, e));
+        }
+        true
     }
 
     /// Shares `account` with other backends over the same address space.
@@ -553,6 +590,25 @@ impl UserMemory for HostMemory {
     ) -> Result<(), MemError> {
         let end = range_end(vaddr, len).ok_or(MemError::Fault)?;
         self.check_live()?;
+        if self.is_device_range(vaddr, len) {
+            // Device registers: nothing to fault in, lock or count (type1
+            // neither pins nor accounts VM_PFNMAP pages).
+            self.device_pins
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((vaddr, end));
+            let run = PinnedRun {
+                vaddr,
+                len,
+                page_size: PAGE_SIZE,
+                pfn: None,
+            };
+            if let Err(e) = on_run(run) {
+                self.unpin_device(vaddr, end);
+                return Err(e);
+            }
+            return Ok(());
+        }
         let files = self.files()?;
 
         // Check the whole range before touching it, so that a bad range (a
@@ -634,11 +690,23 @@ impl UserMemory for HostMemory {
         Ok(())
     }
 
+    fn is_device_range(&self, vaddr: u64, len: u64) -> bool {
+        let ranges = self
+            .device_ranges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        ranges.is_some_and(|f| len > 0 && f(vaddr, len))
+    }
+
     fn unpin(&self, vaddr: u64, len: u64) {
         let Some(end) = range_end(vaddr, len) else {
             tracing::warn!("unpin of a bad range {vaddr:#x}+{len:#x}; ignored");
             return;
         };
+        if self.unpin_device(vaddr, end) {
+            return;
+        }
         let mut counts = self.lock_counts();
         let mut freed = Vec::new();
         let ops = counts.unpin_runs(
@@ -1077,6 +1145,58 @@ KernelPageSize:        4 kB
         assert_eq!((v[1].start, v[1].end), (0x7f0000200000, 0x7f0000201000));
         assert!(v[1].read && !v[1].write);
         assert!(!v[2].read && !v[2].write);
+    }
+
+    /// A device range (a BAR mapping, which the front end says is one) is
+    /// "pinned" as one run without touching memory, locking or counting,
+    /// and given back by `unpin`, also in parts; anything else still goes
+    /// through the page tables (an unmapped range: EFAULT).
+    #[test]
+    fn device_ranges_pin_without_memory() {
+        let mem = HostMemory::for_pid(std::process::id() as i32, Arc::new(LocalSyscalls));
+        // Far above anything mapped in this process.
+        let bar = 0x7e00_0000_0000u64;
+        let is_bar = move |v: u64, l: u64| v >= bar && v + l <= bar + 0x10_0000;
+        let mut runs = Vec::new();
+        let mut collect = |r: PinnedRun| {
+            runs.push(r);
+            Ok(())
+        };
+        assert_eq!(
+            mem.pin(bar, 0x4000, true, &mut collect),
+            Err(MemError::Fault)
+        );
+        mem.set_device_ranges(Arc::new(is_bar));
+        assert!(mem.is_device_range(bar, 0x10_0000));
+        assert!(!mem.is_device_range(bar, 0x10_1000));
+        mem.pin(bar, 0x4000, true, &mut collect).unwrap();
+        mem.pin(bar, 0x4000, false, &mut collect).unwrap();
+        assert_eq!(
+            runs,
+            vec![
+                PinnedRun {
+                    vaddr: bar,
+                    len: 0x4000,
+                    page_size: PAGE_SIZE,
+                    pfn: None
+                };
+                2
+            ]
+        );
+        let stats = mem.stats();
+        assert_eq!((stats.pinned_pages, stats.locked_bytes), (0, 0));
+        // One pin whole, the other in parts (a partial UNMAP_DMA).
+        mem.unpin(bar, 0x4000);
+        assert!(mem.unpin_device(bar + 0x1000, bar + 0x2000));
+        mem.unpin(bar, 0x1000);
+        mem.unpin(bar + 0x2000, 0x2000);
+        assert!(mem.device_pins.lock().unwrap().is_empty());
+        assert!(!mem.unpin_device(bar, bar + 0x1000));
+        // Past the device range: the page tables decide.
+        assert_eq!(
+            mem.pin(bar + 0xff000, 0x2000, true, &mut |_| Ok(())),
+            Err(MemError::Fault)
+        );
     }
 
     #[test]

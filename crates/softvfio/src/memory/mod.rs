@@ -109,6 +109,16 @@ pub trait UserMemory: Send + Sync {
         on_run: &mut dyn FnMut(PinnedRun) -> Result<(), MemError>,
     ) -> Result<(), MemError>;
 
+    /// Is `[vaddr, vaddr + len)` wholly memory-mapped device registers (a
+    /// BAR mapping of a device file)? type1 maps such a range (peer to peer)
+    /// without charging it to the locked-memory account, as it does for
+    /// `VM_PFNMAP` pages, and `pin` reports it as one run without locking
+    /// anything.
+    fn is_device_range(&self, vaddr: u64, len: u64) -> bool {
+        let _ = (vaddr, len);
+        false
+    }
+
     /// Drops one pin of every page in `[vaddr, vaddr + len)`; the range must
     /// have been pinned by an earlier `pin` of a range that contains it.
     /// A page is unlocked when its last pin goes.

@@ -173,9 +173,16 @@ impl Container {
         // Pages already accounted for external pins (no IOMMU domain existed
         // when they were pinned) are not counted twice (type1 skips pages
         // on the vpfn list).
-        let pages = page_pages(dma.size).saturating_sub(dma.locked_pages);
+        // Device registers (a BAR mapping, peer to peer) are not charged,
+        // as type1 charges no VM_PFNMAP page.
+        let mem = self.mem_of(dma);
+        let pages = if mem.is_device_range(dma.vaddr, dma.size) {
+            0
+        } else {
+            page_pages(dma.size).saturating_sub(dma.locked_pages)
+        };
         pin_and_map_pages(
-            self.mem_of(dma).as_ref(),
+            mem.as_ref(),
             PinRequest {
                 iova: dma.iova,
                 vaddr: dma.vaddr,
