@@ -289,3 +289,36 @@ fn fork_exec_kill_stress_trace() {
         out.stderr
     );
 }
+
+/// What DMA sees after the program changes mapped memory: the rows of
+/// docs/RELIABILITY.md's table that user space cannot make Linux's. Linux
+/// 6.1 (run-kernel.sh): the device writes a read-only page and reads a
+/// PROT_NONE one (yes, yes), MADV_DONTNEED answers 0, and after mremap the
+/// device reaches the moved pages (yes), not what is mapped at the old
+/// address (no). softvfio's DMA goes by address: mremap diverges in both
+/// modes, MADV_DONTNEED meets our mlock (EINVAL), and in preload mode
+/// `process_vm_writev` honours the page protections (two DMA faults).
+fn quirks(mode: &str, protections: &str) {
+    let out = run(mode, "quirks");
+    expect(
+        &out,
+        &[
+            ("mprotect_ro_dma_write", protections),
+            ("mprotect_none_dma_read", protections),
+            ("madv_dontneed", "EINVAL"),
+            ("mremap_dma_reaches_moved", "no"),
+            ("mremap_dma_reaches_new_at_old_address", "yes"),
+            ("unmap", "0"),
+        ],
+    );
+}
+
+#[test]
+fn changes_to_mapped_memory_trace() {
+    quirks("trace", "yes");
+}
+
+#[test]
+fn changes_to_mapped_memory_preload() {
+    quirks("preload", "no");
+}

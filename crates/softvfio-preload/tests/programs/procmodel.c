@@ -470,6 +470,45 @@ static int case_seccomp(char **argv) {
   return 0;
 }
 
+/* What DMA sees after the program changes mapped memory (the table in
+ * docs/RELIABILITY.md): mprotect, MADV_DONTNEED, mremap, munmap. */
+static int case_quirks(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
+  if (dev < 0) die("GET_DEVICE_FD");
+  device_setup(dev);
+  char *x = fixed_page(X_ADDR, 2 * PG, 'Q');
+  char *z = fixed_page(Z_ADDR, PG, 'Z');
+  if (map(c, IOVA_X, x, 2 * PG) || map(c, IOVA_Z, z, PG)) die("map");
+  /* Read-only now: the device writes into it anyway (Linux: yes). */
+  mprotect(x, 2 * PG, PROT_READ);
+  memset(z, 'W', 64);
+  edu_dma(IOVA_Z, EDU_BUF, 64, 0);
+  edu_dma(EDU_BUF, IOVA_X, 64, 1);
+  printf("mprotect_ro_dma_write %s\n", all_are(x, 64, 'W') ? "yes" : "no");
+  mprotect(x, 2 * PG, PROT_NONE);
+  memset(z, 0, 64);
+  edu_dma(IOVA_X + PG, EDU_BUF, 64, 0);
+  edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+  printf("mprotect_none_dma_read %s\n", all_are(z, 64, 'Q') ? "yes" : "no");
+  mprotect(x, 2 * PG, PROT_READ | PROT_WRITE);
+  printf("madv_dontneed %s\n", err(madvise(x + PG, PG, MADV_DONTNEED)));
+  /* mremap away: what is at the old address now gets the DMA. */
+  char *moved = mremap(x, 2 * PG, 2 * PG, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)(X_ADDR + 32 * PG));
+  if (moved == MAP_FAILED) die("mremap");
+  char *again = fixed_page(X_ADDR, 2 * PG, 'R');
+  memset(z, 'M', 64);
+  edu_dma(IOVA_Z, EDU_BUF, 64, 0);
+  edu_dma(EDU_BUF, IOVA_X, 64, 1);
+  printf("mremap_dma_reaches_moved %s\n", all_are(moved, 64, 'M') ? "yes" : "no");
+  printf("mremap_dma_reaches_new_at_old_address %s\n", all_are(again, 64, 'M') ? "yes" : "no");
+  printf("unmap %s\n", errno_name(unmap(c, IOVA_X, 2 * PG)));
+  close(dev);
+  close(g);
+  close(c);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc < 3) return 2;
@@ -480,6 +519,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "orphan") && argc > 3) return case_orphan(argv);
   if (!strcmp(argv[1], "fork") && argc > 3) return case_fork(argv);
   if (!strcmp(argv[1], "names") && argc > 3) return case_names(argv);
+  if (!strcmp(argv[1], "quirks") && argc > 3) return case_quirks(argv);
   if (!strcmp(argv[1], "seccomp") && argc > 3) return case_seccomp(argv);
   if (!strcmp(argv[1], "vaddr") && argc > 3) return case_vaddr(argv);
   if (!strcmp(argv[1], "cpr") && argc > 3) return case_cpr(argv);

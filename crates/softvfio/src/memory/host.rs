@@ -64,7 +64,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 
 use super::interval::{PinCounts, RangeList, RangeSet};
 use super::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory, PAGE_SIZE};
@@ -169,8 +169,9 @@ pub struct HostMemory {
     /// bytes are not locked bytes.
     hugetlb: Mutex<RangeSet>,
     /// `/proc/<pid>/mem` of the address space at creation (another process
-    /// only): the one path device DMA takes (module documentation).
-    mm: Option<Arc<File>>,
+    /// only): the one path device DMA takes (module documentation). Shared
+    /// with the SVM view; closed at [`HostMemory::retire`].
+    mm: Arc<RwLock<Option<File>>>,
     /// The address space is gone (exec or exit of the process); shared
     /// with the SVM view.
     retired: Arc<AtomicBool>,
@@ -226,13 +227,13 @@ impl HostMemory {
     /// under `pid`; see the module documentation and [`HostMemory::retire`].
     pub fn for_pid(pid: i32, sys: Arc<dyn MmSyscalls>) -> Self {
         let mut m = Self::new(Target::Pid(pid), sys, false);
-        m.mm = std::fs::OpenOptions::new()
+        let mem = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(format!("/proc/{pid}/mem"))
             .inspect_err(|e| tracing::warn!("host pid {pid}: cannot open mem: {e}"))
-            .ok()
-            .map(Arc::new);
+            .ok();
+        m.mm = Arc::new(RwLock::new(mem));
         m
     }
 
@@ -243,6 +244,11 @@ impl HostMemory {
     /// Also applies to the [`UserMemory::svm_view`]s made from it.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
+        // Its descriptors reach nothing any more: close them (a
+        // supervisor keeps retired backends for its report, and a program
+        // may start thousands of processes).
+        *self.mm.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Whether [`HostMemory::retire`] was called.
@@ -272,7 +278,7 @@ impl HostMemory {
             },
             counters: Counters::default(),
             hugetlb: Mutex::new(RangeSet::new()),
-            mm: None,
+            mm: Arc::new(RwLock::new(None)),
             retired: Arc::new(AtomicBool::new(false)),
             user_locked: Mutex::new(RangeSet::new()),
             this: OnceLock::new(),
@@ -357,6 +363,7 @@ impl HostMemory {
     /// The `/proc` files of the target, reopened when this process forked
     /// since they were opened (they would describe the parent).
     fn files(&self) -> Result<Arc<ProcFiles>, MemError> {
+        self.check_live()?;
         let pid = self.target.pid();
         let mut slot = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = slot.as_ref().filter(|f| f.pid == pid) {
@@ -670,8 +677,12 @@ impl UserMemory for HostMemory {
     }
 
     fn dma_read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let Some(mm) = &self.mm else {
+        if matches!(self.target, Target::Current) {
             return self.read(vaddr, buf);
+        }
+        let mm = self.mm.read().unwrap_or_else(|p| p.into_inner());
+        let Some(mm) = mm.as_ref() else {
+            return Err(MemError::Unreachable);
         };
         let mut done = 0;
         while done < buf.len() {
@@ -687,8 +698,12 @@ impl UserMemory for HostMemory {
     }
 
     fn dma_write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
-        let Some(mm) = &self.mm else {
+        if matches!(self.target, Target::Current) {
             return self.write(vaddr, data);
+        }
+        let mm = self.mm.read().unwrap_or_else(|p| p.into_inner());
+        let Some(mm) = mm.as_ref() else {
+            return Err(MemError::Unreachable);
         };
         // `mm` is only opened for another process (`for_pid`); one that
         // turned out to be this process stays read-only, as in `write`.
