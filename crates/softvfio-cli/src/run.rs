@@ -663,6 +663,12 @@ impl Handler for VfioHandler {
         self.session.release(obj.0);
     }
 
+    fn locks_memory(&mut self, pid: i32) {
+        if let Some(m) = self.mems.get(&pid) {
+            m.note_program_locks();
+        }
+    }
+
     fn exec(&mut self, pid: i32) {
         // A new address space: later opens pin the new one; the old one is
         // gone, and nothing may reach the new image through its pid.

@@ -635,6 +635,45 @@ fn after_dup(old: c_int, new: c_int) {
     real::set_errno(e);
 }
 
+/// The program locks memory itself: the engine's pins must leave its locks
+/// (`HostMemory::note_program_locks`).
+fn program_locks() {
+    with_existing(|st| st.note_program_locks());
+}
+
+/// # Safety
+/// As libc's `mlock`.
+#[no_mangle]
+pub unsafe extern "C" fn mlock(addr: *const c_void, len: size_t) -> c_int {
+    let pass = || real::mlock(addr, len);
+    hook(-1, pass, |pass| {
+        program_locks();
+        pass.call()
+    })
+}
+
+/// # Safety
+/// As libc's `mlock2`.
+#[no_mangle]
+pub unsafe extern "C" fn mlock2(addr: *const c_void, len: size_t, flags: c_uint) -> c_int {
+    let pass = || real::mlock2(addr, len, flags);
+    hook(-1, pass, |pass| {
+        program_locks();
+        pass.call()
+    })
+}
+
+/// # Safety
+/// As libc's `mlockall`.
+#[no_mangle]
+pub unsafe extern "C" fn mlockall(flags: c_int) -> c_int {
+    let pass = || real::mlockall(flags);
+    hook(-1, pass, |pass| {
+        program_locks();
+        pass.call()
+    })
+}
+
 /// # Safety
 /// As libc's `dup`.
 #[no_mangle]

@@ -11,6 +11,7 @@
 //! | `ioctl` with a VFIO request (`(cmd & 0xffffff00) == 0x3b00`, i.e. `_IO(';', n)`) | the VFIO uAPI; every other ioctl is allowed |
 //! | `pread64`, `pwrite64`, `preadv`, `pwritev`, `preadv2`, `pwritev2` | region access on device fds |
 //! | `close` | to notice the last close of an object synchronously |
+//! | `mlock`, `mlock2`, `mlockall` | the program locks memory itself: pins must leave its locks (rare calls) |
 //!
 //! The ioctl test looks at the low 32 bits of the request only, as the
 //! kernel does (`unsigned int cmd`). System calls of another ABI (i386
@@ -46,6 +47,9 @@ pub const TRACED_SYSCALLS: &[i64] = &[
     libc::SYS_pwritev,
     libc::SYS_preadv2,
     libc::SYS_pwritev2,
+    libc::SYS_mlock,
+    libc::SYS_mlock2,
+    libc::SYS_mlockall,
 ];
 
 fn stmt(code: u16, k: u32) -> sock_filter {
@@ -151,6 +155,8 @@ mod tests {
         assert_eq!(run(&p, libc::SYS_open as u32, x, 0), trace);
         assert_eq!(run(&p, libc::SYS_close as u32, x, 0), trace);
         assert_eq!(run(&p, libc::SYS_pwritev2 as u32, x, 0), trace);
+        assert_eq!(run(&p, libc::SYS_mlockall as u32, x, 0), trace);
+        assert_eq!(run(&p, libc::SYS_munlock as u32, x, 0), allow);
         assert_eq!(run(&p, libc::SYS_write as u32, x, 0), allow);
         assert_eq!(run(&p, libc::SYS_read as u32, x, 0), allow);
         assert_eq!(run(&p, libc::SYS_mmap as u32, x, 0), allow);

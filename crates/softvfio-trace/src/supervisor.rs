@@ -771,6 +771,10 @@ impl Core {
                 self.sys_open(h, pid, tid, a[0] as i32, a[1], flags, mode)
             }
             libc::SYS_close => self.sys_close(h, pid, tid, a[0] as i32),
+            libc::SYS_mlock | libc::SYS_mlock2 | libc::SYS_mlockall => {
+                h.locks_memory(pid);
+                Outcome::Pass
+            }
             libc::SYS_ioctl => {
                 let Some(obj) = self.fd_object(tid, a[0] as i32) else {
                     return Outcome::Pass;

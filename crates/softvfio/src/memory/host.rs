@@ -183,6 +183,11 @@ pub struct HostMemory {
     /// The program refuses mlock (its own seccomp filter): pins are
     /// counted but not locked.
     lock_refused: AtomicBool,
+    /// The program may hold memory locks of its own: it had locked memory
+    /// when this backend was made, or it called mlock since (front ends
+    /// report it). Reading VmLck costs more than pinning a 4 KiB page, so
+    /// pins look for the program's locks only then.
+    program_locks: AtomicBool,
 }
 
 impl std::fmt::Debug for HostMemory {
@@ -213,7 +218,7 @@ impl HostMemory {
     /// and the buffers of a program under `LD_PRELOAD` are such memory.
     #[allow(unsafe_code)] // declares the contract above; no unsafe inside
     pub unsafe fn current() -> Self {
-        Self::new(Target::Current, Arc::new(LocalSyscalls), true)
+        Self::new(Target::Current, Arc::new(LocalSyscalls), true).with_program_locks_seen()
     }
 
     /// The memory of process `pid`; `sys` runs madvise/mlock/munlock inside
@@ -226,7 +231,7 @@ impl HostMemory {
     /// reaching exactly it (and fails once it is gone) whatever later runs
     /// under `pid`; see the module documentation and [`HostMemory::retire`].
     pub fn for_pid(pid: i32, sys: Arc<dyn MmSyscalls>) -> Self {
-        let mut m = Self::new(Target::Pid(pid), sys, false);
+        let mut m = Self::new(Target::Pid(pid), sys, false).with_program_locks_seen();
         let mem = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -283,7 +288,25 @@ impl HostMemory {
             user_locked: Mutex::new(RangeSet::new()),
             this: OnceLock::new(),
             lock_refused: AtomicBool::new(false),
+            program_locks: AtomicBool::new(false),
         }
+    }
+
+    /// The program locks memory itself (it calls `mlock`, `mlock2` or
+    /// `mlockall`): from now on pins look for its locks so that unpins
+    /// leave them (module documentation). Front ends call it when they see
+    /// such a call; memory the program had locked before this backend was
+    /// made is found without it.
+    pub fn note_program_locks(&self) {
+        self.program_locks.store(true, Ordering::Relaxed);
+    }
+
+    /// Sets `program_locks` when the process holds locked memory now.
+    fn with_program_locks_seen(self) -> Self {
+        if procfs::vmlck_bytes(self.target.pid()).is_some_and(|b| b > 0) {
+            self.note_program_locks();
+        }
+        self
     }
 
     /// The program refused a system call of pinning by policy; logged once.
@@ -499,10 +522,14 @@ impl HostMemory {
     }
 
     /// Remembers as the program's own the locked parts of `[start, end)`
-    /// that no pin of ours holds (module documentation). Cheap when the
-    /// process locks nothing beyond our pins: `VmLck` then equals the bytes
-    /// we keep locked, and smaps is not read.
+    /// that no pin of ours holds (module documentation). Free unless the
+    /// program may lock memory itself ([`HostMemory::note_program_locks`]);
+    /// then one `VmLck` read, and smaps only when `VmLck` exceeds the bytes
+    /// we keep locked.
     fn note_user_locks(&self, files: &ProcFiles, counts: &PinCounts, start: u64, end: u64) {
+        if !self.program_locks.load(Ordering::Relaxed) {
+            return;
+        }
         let ours = self
             .counters
             .pinned
