@@ -322,3 +322,36 @@ fn changes_to_mapped_memory_trace() {
 fn changes_to_mapped_memory_preload() {
     quirks("preload", "no");
 }
+
+/// A thread that is not the leader calls execve while the leader is in
+/// MAP_DMA/UNMAP_DMA: the new image's open is served (Linux: the container
+/// opens, API version 0). Before: the new image was given the old thread's
+/// registers (SIGSEGV), hung, or its open went to the host (ENOENT).
+#[test]
+fn non_leader_execve_during_vfio_calls_trace() {
+    let exe = build_c("procmodel", false);
+    let softvfio = &common::artifacts().softvfio;
+    for round in 0..8 {
+        // A hang is a failure, not a stuck suite.
+        let out = std::process::Command::new("timeout")
+            .args(["60"])
+            .arg(softvfio)
+            .args(["run", "--mode", "trace", "-q", "--"])
+            .arg(&exe)
+            .args(["thread_exec", GROUP, BDF])
+            .env_remove("LD_PRELOAD")
+            .output()
+            .expect("run timeout");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "round {round}: {stdout}\n{stderr}"
+        );
+        assert!(
+            stdout.contains("thread_exec_open OK\nthread_exec_api 0\n"),
+            "round {round}: {stdout}\n{stderr}"
+        );
+    }
+}

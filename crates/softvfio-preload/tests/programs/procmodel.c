@@ -9,6 +9,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <linux/filter.h>
+#include <pthread.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
 #include <sys/prctl.h>
@@ -509,8 +510,44 @@ static int case_quirks(char **argv) {
   return 0;
 }
 
+/* A thread that is not the leader calls execve while the leader is in
+ * MAP_DMA/UNMAP_DMA (whose pins run system calls in it, in trace mode):
+ * the new image's open of the container is served as any other. */
+static char **exec_argv;
+
+static void *thread_exec(void *arg) {
+  (void)arg;
+  usleep(20000);
+  execl("/proc/self/exe", exec_argv[0], "thread_exec2", (char *)NULL);
+  die("exec");
+  return NULL;
+}
+
+static int case_thread_exec(char **argv) {
+  exec_argv = argv;
+  int g, c = open_container(argv[2], &g);
+  char *buf = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (buf == MAP_FAILED) die("mmap");
+  memset(buf, 1, 64 * PG);
+  fflush(stdout);
+  pthread_t t;
+  pthread_create(&t, NULL, thread_exec, NULL);
+  for (;;) {
+    map(c, 0x100000, buf, 64 * PG);
+    unmap(c, 0x100000, 64 * PG);
+  }
+}
+
+static int case_thread_exec2(void) {
+  int c = open("/dev/vfio/vfio", O_RDWR);
+  printf("thread_exec_open %s\n", err(c));
+  printf("thread_exec_api %d\n", c >= 0 ? ioctl(c, VFIO_GET_API_VERSION) : -1);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
+  if (argc == 2 && !strcmp(argv[1], "thread_exec2")) return case_thread_exec2();
   if (argc < 3) return 2;
   if (!strcmp(argv[1], "emfile")) return case_emfile(argv[2]);
   if (!strcmp(argv[1], "mlock")) return case_mlock(argv[2]);
@@ -519,6 +556,8 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "orphan") && argc > 3) return case_orphan(argv);
   if (!strcmp(argv[1], "fork") && argc > 3) return case_fork(argv);
   if (!strcmp(argv[1], "names") && argc > 3) return case_names(argv);
+  if (!strcmp(argv[1], "thread_exec") && argc > 3) return case_thread_exec(argv);
+  if (!strcmp(argv[1], "thread_exec2")) return case_thread_exec2();
   if (!strcmp(argv[1], "quirks") && argc > 3) return case_quirks(argv);
   if (!strcmp(argv[1], "seccomp") && argc > 3) return case_seccomp(argv);
   if (!strcmp(argv[1], "vaddr") && argc > 3) return case_vaddr(argv);
