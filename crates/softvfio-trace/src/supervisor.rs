@@ -686,12 +686,11 @@ impl Core {
     /// Resumes the thread after a handled stop.
     fn finish(&mut self, h: &mut dyn Handler, stop: Stop, outcome: Outcome) {
         self.stats.injected += stop.injected;
-        if !stop.gone && !self.still_stopped_as(&stop) {
-            tracing::debug!(
-                tid = stop.tid,
-                "thread left its stop (another thread's execve)"
-            );
-        } else if !stop.gone {
+        // Another thread's execve cannot hand this tid to the new image
+        // while we hold the stop: the killed thread waits at its exit stop
+        // (PTRACE_O_TRACEEXIT) until we let it go; where an injection lets
+        // it go, the exec event that follows ends the stop as gone.
+        if !stop.gone {
             let tid = stop.tid;
             for si in &stop.stashed {
                 self.requeue(stop.tgid, tid, si);
@@ -730,23 +729,6 @@ impl Core {
                 } => self.add_child(h, parent, child, event),
             }
         }
-    }
-
-    /// Whether the thread of `stop` is still in the system call stop we
-    /// hold. Another thread's execve kills it, and the exec'ing thread may
-    /// then have its tid, stopped in the new image: its registers must not
-    /// be touched (the exec event is still queued for the main loop).
-    /// Checked only in processes with several threads, where that can be.
-    fn still_stopped_as(&self, stop: &Stop) -> bool {
-        let threads = self.procs.get(&stop.tgid).map_or(1, |p| p.tids.len());
-        if threads <= 1 {
-            return true;
-        }
-        let want = match stop.phase {
-            Phase::Entry => sys::SYSCALL_INFO_SECCOMP,
-            Phase::Exit => sys::SYSCALL_INFO_EXIT,
-        };
-        sys::ptrace_get_syscall_info(stop.tid).is_ok_and(|i| i.op == want)
     }
 
     /// Delivers again a signal that was dequeued during an injection.
