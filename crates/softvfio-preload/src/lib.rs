@@ -635,6 +635,31 @@ fn after_dup(old: c_int, new: c_int) {
     real::set_errno(e);
 }
 
+/// `lseek` on a VFIO descriptor: ESPIPE, as on Linux (its VFIO files have no
+/// `llseek`); our descriptors are eventfds, which would answer 0.
+fn lseek_hook(fd: c_int, pass: impl FnOnce() -> off_t) -> off_t {
+    hook(-1, pass, |pass| {
+        if ours(fd).is_some() {
+            return fail(libc::ESPIPE);
+        }
+        pass.call()
+    })
+}
+
+/// # Safety
+/// As libc's `lseek`.
+#[no_mangle]
+pub unsafe extern "C" fn lseek(fd: c_int, off: off_t, whence: c_int) -> off_t {
+    lseek_hook(fd, || real::lseek(&real::LSEEK, fd, off, whence))
+}
+
+/// # Safety
+/// As libc's `lseek64`.
+#[no_mangle]
+pub unsafe extern "C" fn lseek64(fd: c_int, off: off_t, whence: c_int) -> off_t {
+    lseek_hook(fd, || real::lseek(&real::LSEEK64, fd, off, whence))
+}
+
 /// The program locks memory itself: the engine's pins must leave its locks
 /// (`HostMemory::note_program_locks`).
 fn program_locks() {

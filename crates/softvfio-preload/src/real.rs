@@ -62,6 +62,8 @@ pub static FCNTL64: Next = Next::new(c"fcntl64");
 pub static MLOCK: Next = Next::new(c"mlock");
 pub static MLOCK2: Next = Next::new(c"mlock2");
 pub static MLOCKALL: Next = Next::new(c"mlockall");
+pub static LSEEK: Next = Next::new(c"lseek");
+pub static LSEEK64: Next = Next::new(c"lseek64");
 
 fn enosys<T: From<i8>>() -> T {
     set_errno(libc::ENOSYS);
@@ -94,6 +96,7 @@ type PwriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t, off_t) -> ssi
 type MlockFn = unsafe extern "C" fn(*const c_void, size_t) -> c_int;
 type Mlock2Fn = unsafe extern "C" fn(*const c_void, size_t, c_uint) -> c_int;
 type MlockallFn = unsafe extern "C" fn(c_int) -> c_int;
+type LseekFn = unsafe extern "C" fn(c_int, off_t, c_int) -> off_t;
 type FdFn = unsafe extern "C" fn(c_int) -> c_int;
 type Dup2Fn = unsafe extern "C" fn(c_int, c_int) -> c_int;
 type Dup3Fn = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
@@ -296,6 +299,15 @@ pub fn mlockall(flags: c_int) -> c_int {
     match fn_of!(MLOCKALL, MlockallFn) {
         // SAFETY: forwards the caller's argument unchanged.
         Some(f) => unsafe { f(flags) },
+        None => enosys(),
+    }
+}
+
+/// `lseek` or `lseek64` (`next`); it takes no pointers.
+pub fn lseek(next: &Next, fd: c_int, off: off_t, whence: c_int) -> off_t {
+    match fn_of!(next, LseekFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(fd, off, whence) },
         None => enosys(),
     }
 }

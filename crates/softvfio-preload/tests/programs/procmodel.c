@@ -28,6 +28,7 @@ static const char *err(int r) {
   case EINVAL: return "EINVAL";
   case ENOTTY: return "ENOTTY";
   case ESPIPE: return "ESPIPE";
+  case EAGAIN: return "EAGAIN";
   case ENODEV: return "ENODEV";
   case EPERM: return "EPERM";
   case ENOMEM: return "ENOMEM";
@@ -419,6 +420,38 @@ static int case_cpr2(char **argv) {
   return 0;
 }
 
+/* read, lseek and FIONREAD on VFIO descriptors (the table in
+ * docs/RELIABILITY.md). */
+static const char *num_or_err(long r) {
+  static char b[32];
+  if (r < 0) return err(-1);
+  snprintf(b, sizeof b, "%ld", r);
+  return b;
+}
+
+static int case_fdops(char **argv) {
+  int c = open("/dev/vfio/vfio", O_RDWR);
+  int g = open(argv[2], O_RDWR);
+  char buf[8];
+  int n = 0;
+  printf("container_read %s\n", num_or_err(read(c, buf, 4)));
+  printf("container_lseek %s\n", num_or_err(lseek(c, 0, SEEK_SET)));
+  printf("container_fionread %s\n", num_or_err(ioctl(c, FIONREAD, &n)));
+  printf("group_lseek %s\n", num_or_err(lseek(g, 0, SEEK_SET)));
+  printf("group_fionread %s\n", num_or_err(ioctl(g, FIONREAD, &n)));
+  if (ioctl(g, VFIO_GROUP_SET_CONTAINER, &c) || ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU))
+    die("setup");
+  int d = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
+  if (d < 0) die("GET_DEVICE_FD");
+  printf("device_read %s\n", num_or_err(read(d, buf, 4)));
+  printf("device_lseek %s\n", num_or_err(lseek(d, 0, SEEK_CUR)));
+  printf("device_fionread %s\n", num_or_err(ioctl(d, FIONREAD, &n)));
+  close(d);
+  close(g);
+  close(c);
+  return 0;
+}
+
 /* GET_DEVICE_FD names as vfio_pci_core_match reads them. */
 static int case_names(char **argv) {
   int g, c = open_container(argv[2], &g);
@@ -556,6 +589,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "orphan") && argc > 3) return case_orphan(argv);
   if (!strcmp(argv[1], "fork") && argc > 3) return case_fork(argv);
   if (!strcmp(argv[1], "names") && argc > 3) return case_names(argv);
+  if (!strcmp(argv[1], "fdops") && argc > 3) return case_fdops(argv);
   if (!strcmp(argv[1], "thread_exec") && argc > 3) return case_thread_exec(argv);
   if (!strcmp(argv[1], "thread_exec2")) return case_thread_exec2();
   if (!strcmp(argv[1], "quirks") && argc > 3) return case_quirks(argv);
