@@ -700,6 +700,19 @@ impl VfioHandler {
         }
     }
 
+    /// The address space of `pid` is gone (exec or exit): nothing reaches
+    /// it through the pid any more. It is kept for the end report while
+    /// mappings still count pins or pages in it; the others are dropped, so
+    /// that a program that starts many processes does not grow this list.
+    fn retire(&mut self, pid: i32) {
+        if let Some(m) = self.mems.remove(&pid) {
+            m.retire();
+            self.retired.push(m);
+        }
+        self.retired
+            .retain(|m| m.stats().pin_refs > 0 || m.account().locked_pages() > 0);
+    }
+
     fn final_state(&self) -> FinalState {
         let mut f = FinalState {
             open_objects: self.session.len() as u64,
@@ -930,6 +943,12 @@ impl Handler for VfioHandler {
         self.session.release(obj.0);
     }
 
+    fn locks_memory(&mut self, pid: i32) {
+        if let Some(m) = self.mems.get(&pid) {
+            m.note_program_locks();
+        }
+    }
+
     fn exec(&mut self, pid: i32) {
         self.bars.forget(pid);
         self.release_unmapped();
@@ -937,20 +956,14 @@ impl Handler for VfioHandler {
         self.maps.remove(&pid);
         // A new address space: later opens pin the new one; the old one is
         // gone, and nothing may reach the new image through its pid.
-        if let Some(m) = self.mems.remove(&pid) {
-            m.retire();
-            self.retired.push(m);
-        }
+        self.retire(pid);
     }
 
     fn exited(&mut self, pid: i32) {
         self.bars.forget(pid);
         self.release_unmapped();
         // The pid may be reused by any process from now on.
-        if let Some(m) = self.mems.remove(&pid) {
-            m.retire();
-            self.retired.push(m);
-        }
+        self.retire(pid);
     }
 }
 

@@ -650,6 +650,70 @@ fn after_dup(old: c_int, new: c_int) {
     real::set_errno(e);
 }
 
+/// `lseek` on a VFIO descriptor: ESPIPE, as on Linux (its VFIO files have no
+/// `llseek`); our descriptors are eventfds, which would answer 0.
+fn lseek_hook(fd: c_int, pass: impl FnOnce() -> off_t) -> off_t {
+    hook(-1, pass, |pass| {
+        if ours(fd).is_some() {
+            return fail(libc::ESPIPE);
+        }
+        pass.call()
+    })
+}
+
+/// # Safety
+/// As libc's `lseek`.
+#[no_mangle]
+pub unsafe extern "C" fn lseek(fd: c_int, off: off_t, whence: c_int) -> off_t {
+    lseek_hook(fd, || real::lseek(&real::LSEEK, fd, off, whence))
+}
+
+/// # Safety
+/// As libc's `lseek64`.
+#[no_mangle]
+pub unsafe extern "C" fn lseek64(fd: c_int, off: off_t, whence: c_int) -> off_t {
+    lseek_hook(fd, || real::lseek(&real::LSEEK64, fd, off, whence))
+}
+
+/// The program locks memory itself: the engine's pins must leave its locks
+/// (`HostMemory::note_program_locks`).
+fn program_locks() {
+    with_existing(|st| st.note_program_locks());
+}
+
+/// # Safety
+/// As libc's `mlock`.
+#[no_mangle]
+pub unsafe extern "C" fn mlock(addr: *const c_void, len: size_t) -> c_int {
+    let pass = || real::mlock(addr, len);
+    hook(-1, pass, |pass| {
+        program_locks();
+        pass.call()
+    })
+}
+
+/// # Safety
+/// As libc's `mlock2`.
+#[no_mangle]
+pub unsafe extern "C" fn mlock2(addr: *const c_void, len: size_t, flags: c_uint) -> c_int {
+    let pass = || real::mlock2(addr, len, flags);
+    hook(-1, pass, |pass| {
+        program_locks();
+        pass.call()
+    })
+}
+
+/// # Safety
+/// As libc's `mlockall`.
+#[no_mangle]
+pub unsafe extern "C" fn mlockall(flags: c_int) -> c_int {
+    let pass = || real::mlockall(flags);
+    hook(-1, pass, |pass| {
+        program_locks();
+        pass.call()
+    })
+}
+
 /// # Safety
 /// As libc's `dup`.
 #[no_mangle]

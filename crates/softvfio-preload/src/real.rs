@@ -59,6 +59,11 @@ pub static DUP2: Next = Next::new(c"dup2");
 pub static DUP3: Next = Next::new(c"dup3");
 pub static FCNTL: Next = Next::new(c"fcntl");
 pub static FCNTL64: Next = Next::new(c"fcntl64");
+pub static MLOCK: Next = Next::new(c"mlock");
+pub static MLOCK2: Next = Next::new(c"mlock2");
+pub static MLOCKALL: Next = Next::new(c"mlockall");
+pub static LSEEK: Next = Next::new(c"lseek");
+pub static LSEEK64: Next = Next::new(c"lseek64");
 
 fn enosys<T: From<i8>>() -> T {
     set_errno(libc::ENOSYS);
@@ -88,6 +93,10 @@ type PreadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t) -> ssize_
 type PreadChkFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t, size_t) -> ssize_t;
 type CloseRangeFn = unsafe extern "C" fn(c_uint, c_uint, c_int) -> c_int;
 type PwriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t, off_t) -> ssize_t;
+type MlockFn = unsafe extern "C" fn(*const c_void, size_t) -> c_int;
+type Mlock2Fn = unsafe extern "C" fn(*const c_void, size_t, c_uint) -> c_int;
+type MlockallFn = unsafe extern "C" fn(c_int) -> c_int;
+type LseekFn = unsafe extern "C" fn(c_int, off_t, c_int) -> off_t;
 type FdFn = unsafe extern "C" fn(c_int) -> c_int;
 type Dup2Fn = unsafe extern "C" fn(c_int, c_int) -> c_int;
 type Dup3Fn = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
@@ -284,6 +293,42 @@ pub fn close(fd: c_int) -> c_int {
     match fn_of!(CLOSE, FdFn) {
         // SAFETY: forwards the caller's argument unchanged.
         Some(f) => unsafe { f(fd) },
+        None => enosys(),
+    }
+}
+
+/// `mlock`; it only changes residency, and the kernel checks the range.
+pub fn mlock(addr: *const c_void, len: size_t) -> c_int {
+    match fn_of!(MLOCK, MlockFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(addr, len) },
+        None => enosys(),
+    }
+}
+
+/// `mlock2`.
+pub fn mlock2(addr: *const c_void, len: size_t, flags: c_uint) -> c_int {
+    match fn_of!(MLOCK2, Mlock2Fn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(addr, len, flags) },
+        None => enosys(),
+    }
+}
+
+/// `mlockall`.
+pub fn mlockall(flags: c_int) -> c_int {
+    match fn_of!(MLOCKALL, MlockallFn) {
+        // SAFETY: forwards the caller's argument unchanged.
+        Some(f) => unsafe { f(flags) },
+        None => enosys(),
+    }
+}
+
+/// `lseek` or `lseek64` (`next`); it takes no pointers.
+pub fn lseek(next: &Next, fd: c_int, off: off_t, whence: c_int) -> off_t {
+    match fn_of!(next, LseekFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(fd, off, whence) },
         None => enosys(),
     }
 }

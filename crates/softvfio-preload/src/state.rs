@@ -385,6 +385,11 @@ impl State {
         self.unref(key);
     }
 
+    /// The program locks memory itself (see `HostMemory::note_program_locks`).
+    pub fn note_program_locks(&self) {
+        self.mem.note_program_locks();
+    }
+
     pub fn pread(&self, key: ObjectKey, buf: u64, len: u64, off: u64) -> Result<i64, c_int> {
         self.session
             .pread(key, self.mem.as_ref(), buf, len, off)

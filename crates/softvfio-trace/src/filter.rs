@@ -12,6 +12,7 @@
 //! | `pread64`, `pwrite64`, `preadv`, `pwritev`, `preadv2`, `pwritev2` | region access on device fds |
 //! | `close` | to notice the last close of an object synchronously |
 //! | `mmap`, `munmap`, `mremap`, `mprotect` | mmap of a device file's BAR, and the calls that change such a mapping (trapped MMIO, docs/MMIO.md) |
+//! | `mlock`, `mlock2`, `mlockall` | the program locks memory itself: pins must leave its locks (rare calls) |
 //!
 //! The ioctl test looks at the low 32 bits of the request only, as the
 //! kernel does (`unsigned int cmd`). System calls of another ABI (i386
@@ -53,6 +54,9 @@ pub const TRACED_SYSCALLS: &[i64] = &[
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_mprotect,
+    libc::SYS_mlock,
+    libc::SYS_mlock2,
+    libc::SYS_mlockall,
 ];
 
 fn stmt(code: u16, k: u32) -> sock_filter {
@@ -203,6 +207,8 @@ mod tests {
         assert_eq!(run(&p, libc::SYS_open as u32, x, 0), trace);
         assert_eq!(run(&p, libc::SYS_close as u32, x, 0), trace);
         assert_eq!(run(&p, libc::SYS_pwritev2 as u32, x, 0), trace);
+        assert_eq!(run(&p, libc::SYS_mlockall as u32, x, 0), trace);
+        assert_eq!(run(&p, libc::SYS_munlock as u32, x, 0), allow);
         assert_eq!(run(&p, libc::SYS_write as u32, x, 0), allow);
         assert_eq!(run(&p, libc::SYS_read as u32, x, 0), allow);
         assert_eq!(run(&p, libc::SYS_brk as u32, x, 0), allow);

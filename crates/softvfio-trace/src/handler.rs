@@ -154,6 +154,12 @@ pub trait Handler {
     /// not of what one of several processes dropped when it died.
     fn program_ended(&mut self) {}
 
+    /// A thread of process `pid` is about to lock memory itself (`mlock`,
+    /// `mlock2`, `mlockall`; the call then runs as usual).
+    fn locks_memory(&mut self, pid: i32) {
+        let _ = pid;
+    }
+
     /// The program was started as process `pid` (called once per run,
     /// before it runs its first instruction of the new program).
     fn spawned(&mut self, pid: i32) {

@@ -694,6 +694,10 @@ impl Core {
     /// Resumes the thread after a handled stop.
     fn finish(&mut self, h: &mut dyn Handler, stop: Stop, outcome: Outcome) {
         self.stats.injected += stop.injected;
+        // Another thread's execve cannot hand this tid to the new image
+        // while we hold the stop: the killed thread waits at its exit stop
+        // (PTRACE_O_TRACEEXIT) until we let it go; where an injection lets
+        // it go, the exec event that follows ends the stop as gone.
         if !stop.gone {
             let tid = stop.tid;
             for si in &stop.stashed {
@@ -779,6 +783,10 @@ impl Core {
                 self.sys_open(h, pid, tid, a[0] as i32, a[1], flags, mode)
             }
             libc::SYS_close => self.sys_close(h, pid, tid, a[0] as i32),
+            libc::SYS_mlock | libc::SYS_mlock2 | libc::SYS_mlockall => {
+                h.locks_memory(pid);
+                Outcome::Pass
+            }
             libc::SYS_ioctl => {
                 let Some(obj) = self.fd_object(tid, a[0] as i32) else {
                     return Outcome::Pass;

@@ -76,6 +76,8 @@ pub struct SyscallInfo {
 
 pub const SYSCALL_INFO_ENTRY: u8 = 1;
 pub const SYSCALL_INFO_EXIT: u8 = 2;
+/// `PTRACE_SYSCALL_INFO_SECCOMP`: the tracee is at a seccomp stop.
+pub const SYSCALL_INFO_SECCOMP: u8 = 3;
 
 /// Raw `siginfo_t` storage (128 bytes), enough to save and restore one.
 #[repr(C)]

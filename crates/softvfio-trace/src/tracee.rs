@@ -184,10 +184,16 @@ impl Stop {
         }
     }
 
-    /// Waits for a thread that left its stop (killed) to exit.
+    /// Waits for a thread that left its stop (killed) to exit. Its exit
+    /// stop is let go; any other stop under its tid is a live thread that
+    /// took the tid over (another thread's execve hands the leader's tid to
+    /// the new image, whose exec event comes here): that one is left to
+    /// the main loop, never resumed here.
     fn reap(&mut self) {
         while let Ok(status) = self.wait_own() {
-            if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            let dead = libc::WIFEXITED(status) || libc::WIFSIGNALED(status);
+            let exit_stop = (status >> 16) & 0xff == libc::PTRACE_EVENT_EXIT;
+            if dead || !exit_stop {
                 self.gone = true;
                 self.deferred.push(Deferred::Event {
                     tid: self.tid,
@@ -229,6 +235,16 @@ impl Stop {
                 return Err(InjectError::Protocol);
             }
             let resume_sig = match event {
+                libc::PTRACE_EVENT_EXEC => {
+                    // Another thread of the process called execve: this one
+                    // was killed and the exec'ing thread took over its tid
+                    // (a non-leader exec). The stop is the new image's:
+                    // nothing of ours is left to restore there, and the
+                    // main loop handles the exec.
+                    self.gone = true;
+                    self.deferred.push(Deferred::Event { tid, status });
+                    return Err(InjectError::Gone);
+                }
                 libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
                     if let Ok(child) = sys::ptrace_geteventmsg(tid) {
                         self.deferred.push(Deferred::Child {
@@ -270,6 +286,18 @@ impl Stop {
             return Err(InjectError::Gone);
         }
         let tid = self.tid;
+        // Another thread's execve may have killed this one and handed its
+        // tid to the new image, stopped at its exec event: never load our
+        // registers into that (the event stays queued for the main loop).
+        let want = match self.phase {
+            Phase::Entry => sys::SYSCALL_INFO_SECCOMP,
+            Phase::Exit => sys::SYSCALL_INFO_EXIT,
+        };
+        let info = self.ptrace(sys::ptrace_get_syscall_info(tid))?;
+        if info.op != want {
+            self.gone = true;
+            return Err(InjectError::Gone);
+        }
         let mut r = self.regs;
         r.set_args(args);
         let res = match self.phase {

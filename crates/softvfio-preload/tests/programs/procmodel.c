@@ -9,6 +9,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <linux/filter.h>
+#include <pthread.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
 #include <sys/prctl.h>
@@ -27,6 +28,7 @@ static const char *err(int r) {
   case EINVAL: return "EINVAL";
   case ENOTTY: return "ENOTTY";
   case ESPIPE: return "ESPIPE";
+  case EAGAIN: return "EAGAIN";
   case ENODEV: return "ENODEV";
   case EPERM: return "EPERM";
   case ENOMEM: return "ENOMEM";
@@ -418,6 +420,38 @@ static int case_cpr2(char **argv) {
   return 0;
 }
 
+/* read, lseek and FIONREAD on VFIO descriptors (the table in
+ * docs/RELIABILITY.md). */
+static const char *num_or_err(long r) {
+  static char b[32];
+  if (r < 0) return err(-1);
+  snprintf(b, sizeof b, "%ld", r);
+  return b;
+}
+
+static int case_fdops(char **argv) {
+  int c = open("/dev/vfio/vfio", O_RDWR);
+  int g = open(argv[2], O_RDWR);
+  char buf[8];
+  int n = 0;
+  printf("container_read %s\n", num_or_err(read(c, buf, 4)));
+  printf("container_lseek %s\n", num_or_err(lseek(c, 0, SEEK_SET)));
+  printf("container_fionread %s\n", num_or_err(ioctl(c, FIONREAD, &n)));
+  printf("group_lseek %s\n", num_or_err(lseek(g, 0, SEEK_SET)));
+  printf("group_fionread %s\n", num_or_err(ioctl(g, FIONREAD, &n)));
+  if (ioctl(g, VFIO_GROUP_SET_CONTAINER, &c) || ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU))
+    die("setup");
+  int d = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
+  if (d < 0) die("GET_DEVICE_FD");
+  printf("device_read %s\n", num_or_err(read(d, buf, 4)));
+  printf("device_lseek %s\n", num_or_err(lseek(d, 0, SEEK_CUR)));
+  printf("device_fionread %s\n", num_or_err(ioctl(d, FIONREAD, &n)));
+  close(d);
+  close(g);
+  close(c);
+  return 0;
+}
+
 /* GET_DEVICE_FD names as vfio_pci_core_match reads them. */
 static int case_names(char **argv) {
   int g, c = open_container(argv[2], &g);
@@ -470,8 +504,83 @@ static int case_seccomp(char **argv) {
   return 0;
 }
 
+/* What DMA sees after the program changes mapped memory (the table in
+ * docs/RELIABILITY.md): mprotect, MADV_DONTNEED, mremap, munmap. */
+static int case_quirks(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
+  if (dev < 0) die("GET_DEVICE_FD");
+  device_setup(dev);
+  char *x = fixed_page(X_ADDR, 2 * PG, 'Q');
+  char *z = fixed_page(Z_ADDR, PG, 'Z');
+  if (map(c, IOVA_X, x, 2 * PG) || map(c, IOVA_Z, z, PG)) die("map");
+  /* Read-only now: the device writes into it anyway (Linux: yes). */
+  mprotect(x, 2 * PG, PROT_READ);
+  memset(z, 'W', 64);
+  edu_dma(IOVA_Z, EDU_BUF, 64, 0);
+  edu_dma(EDU_BUF, IOVA_X, 64, 1);
+  printf("mprotect_ro_dma_write %s\n", all_are(x, 64, 'W') ? "yes" : "no");
+  mprotect(x, 2 * PG, PROT_NONE);
+  memset(z, 0, 64);
+  edu_dma(IOVA_X + PG, EDU_BUF, 64, 0);
+  edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+  printf("mprotect_none_dma_read %s\n", all_are(z, 64, 'Q') ? "yes" : "no");
+  mprotect(x, 2 * PG, PROT_READ | PROT_WRITE);
+  printf("madv_dontneed %s\n", err(madvise(x + PG, PG, MADV_DONTNEED)));
+  /* mremap away: what is at the old address now gets the DMA. */
+  char *moved = mremap(x, 2 * PG, 2 * PG, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)(X_ADDR + 32 * PG));
+  if (moved == MAP_FAILED) die("mremap");
+  char *again = fixed_page(X_ADDR, 2 * PG, 'R');
+  memset(z, 'M', 64);
+  edu_dma(IOVA_Z, EDU_BUF, 64, 0);
+  edu_dma(EDU_BUF, IOVA_X, 64, 1);
+  printf("mremap_dma_reaches_moved %s\n", all_are(moved, 64, 'M') ? "yes" : "no");
+  printf("mremap_dma_reaches_new_at_old_address %s\n", all_are(again, 64, 'M') ? "yes" : "no");
+  printf("unmap %s\n", errno_name(unmap(c, IOVA_X, 2 * PG)));
+  close(dev);
+  close(g);
+  close(c);
+  return 0;
+}
+
+/* A thread that is not the leader calls execve while the leader is in
+ * MAP_DMA/UNMAP_DMA (whose pins run system calls in it, in trace mode):
+ * the new image's open of the container is served as any other. */
+static char **exec_argv;
+
+static void *thread_exec(void *arg) {
+  (void)arg;
+  usleep(20000);
+  execl("/proc/self/exe", exec_argv[0], "thread_exec2", (char *)NULL);
+  die("exec");
+  return NULL;
+}
+
+static int case_thread_exec(char **argv) {
+  exec_argv = argv;
+  int g, c = open_container(argv[2], &g);
+  char *buf = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (buf == MAP_FAILED) die("mmap");
+  memset(buf, 1, 64 * PG);
+  fflush(stdout);
+  pthread_t t;
+  pthread_create(&t, NULL, thread_exec, NULL);
+  for (;;) {
+    map(c, 0x100000, buf, 64 * PG);
+    unmap(c, 0x100000, 64 * PG);
+  }
+}
+
+static int case_thread_exec2(void) {
+  int c = open("/dev/vfio/vfio", O_RDWR);
+  printf("thread_exec_open %s\n", err(c));
+  printf("thread_exec_api %d\n", c >= 0 ? ioctl(c, VFIO_GET_API_VERSION) : -1);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
+  if (argc == 2 && !strcmp(argv[1], "thread_exec2")) return case_thread_exec2();
   if (argc < 3) return 2;
   if (!strcmp(argv[1], "emfile")) return case_emfile(argv[2]);
   if (!strcmp(argv[1], "mlock")) return case_mlock(argv[2]);
@@ -480,6 +589,10 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "orphan") && argc > 3) return case_orphan(argv);
   if (!strcmp(argv[1], "fork") && argc > 3) return case_fork(argv);
   if (!strcmp(argv[1], "names") && argc > 3) return case_names(argv);
+  if (!strcmp(argv[1], "fdops") && argc > 3) return case_fdops(argv);
+  if (!strcmp(argv[1], "thread_exec") && argc > 3) return case_thread_exec(argv);
+  if (!strcmp(argv[1], "thread_exec2")) return case_thread_exec2();
+  if (!strcmp(argv[1], "quirks") && argc > 3) return case_quirks(argv);
   if (!strcmp(argv[1], "seccomp") && argc > 3) return case_seccomp(argv);
   if (!strcmp(argv[1], "vaddr") && argc > 3) return case_vaddr(argv);
   if (!strcmp(argv[1], "cpr") && argc > 3) return case_cpr(argv);

@@ -72,7 +72,7 @@ static void device_setup(int dev) {
 }
 
 static void bad(const char *what, int slot) {
-  fprintf(stderr, "BAD: %s (slot %d, pid %d)\n", what, slot, getpid());
+  fprintf(stderr, "BAD: %s (slot %d, pid %d): %s\n", what, slot, getpid(), strerror(errno));
   __atomic_add_fetch(&sh->bad, 1, __ATOMIC_SEQ_CST);
 }
 

@@ -64,7 +64,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 
 use super::interval::{PinCounts, RangeList, RangeSet};
 use super::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory, PAGE_SIZE};
@@ -169,8 +169,9 @@ pub struct HostMemory {
     /// bytes are not locked bytes.
     hugetlb: Mutex<RangeSet>,
     /// `/proc/<pid>/mem` of the address space at creation (another process
-    /// only): the one path device DMA takes (module documentation).
-    mm: Option<Arc<File>>,
+    /// only): the one path device DMA takes (module documentation). Shared
+    /// with the SVM view; closed at [`HostMemory::retire`].
+    mm: Arc<RwLock<Option<File>>>,
     /// The address space is gone (exec or exit of the process); shared
     /// with the SVM view.
     retired: Arc<AtomicBool>,
@@ -188,6 +189,11 @@ pub struct HostMemory {
     /// Device ranges "pinned" for DMA, one entry per pin (start, end): what
     /// `unpin` gives back without touching the pin counts.
     device_pins: Mutex<Vec<(u64, u64)>>,
+    /// The program may hold memory locks of its own: it had locked memory
+    /// when this backend was made, or it called mlock since (front ends
+    /// report it). Reading VmLck costs more than pinning a 4 KiB page, so
+    /// pins look for the program's locks only then.
+    program_locks: AtomicBool,
 }
 
 /// Is `[vaddr, vaddr + len)` wholly a device (BAR) mapping? Given by the
@@ -222,7 +228,7 @@ impl HostMemory {
     /// and the buffers of a program under `LD_PRELOAD` are such memory.
     #[allow(unsafe_code)] // declares the contract above; no unsafe inside
     pub unsafe fn current() -> Self {
-        Self::new(Target::Current, Arc::new(LocalSyscalls), true)
+        Self::new(Target::Current, Arc::new(LocalSyscalls), true).with_program_locks_seen()
     }
 
     /// The memory of process `pid`; `sys` runs madvise/mlock/munlock inside
@@ -235,14 +241,14 @@ impl HostMemory {
     /// reaching exactly it (and fails once it is gone) whatever later runs
     /// under `pid`; see the module documentation and [`HostMemory::retire`].
     pub fn for_pid(pid: i32, sys: Arc<dyn MmSyscalls>) -> Self {
-        let mut m = Self::new(Target::Pid(pid), sys, false);
-        m.mm = std::fs::OpenOptions::new()
+        let mut m = Self::new(Target::Pid(pid), sys, false).with_program_locks_seen();
+        let mem = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(format!("/proc/{pid}/mem"))
             .inspect_err(|e| tracing::warn!("host pid {pid}: cannot open mem: {e}"))
-            .ok()
-            .map(Arc::new);
+            .ok();
+        m.mm = Arc::new(RwLock::new(mem));
         m
     }
 
@@ -253,6 +259,11 @@ impl HostMemory {
     /// Also applies to the [`UserMemory::svm_view`]s made from it.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
+        // Its descriptors reach nothing any more: close them (a
+        // supervisor keeps retired backends for its report, and a program
+        // may start thousands of processes).
+        *self.mm.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Whether [`HostMemory::retire`] was called.
@@ -282,14 +293,32 @@ impl HostMemory {
             },
             counters: Counters::default(),
             hugetlb: Mutex::new(RangeSet::new()),
-            mm: None,
+            mm: Arc::new(RwLock::new(None)),
             retired: Arc::new(AtomicBool::new(false)),
             user_locked: Mutex::new(RangeSet::new()),
             this: OnceLock::new(),
             lock_refused: AtomicBool::new(false),
             device_ranges: Mutex::new(None),
             device_pins: Mutex::new(Vec::new()),
+            program_locks: AtomicBool::new(false),
         }
+    }
+
+    /// The program locks memory itself (it calls `mlock`, `mlock2` or
+    /// `mlockall`): from now on pins look for its locks so that unpins
+    /// leave them (module documentation). Front ends call it when they see
+    /// such a call; memory the program had locked before this backend was
+    /// made is found without it.
+    pub fn note_program_locks(&self) {
+        self.program_locks.store(true, Ordering::Relaxed);
+    }
+
+    /// Sets `program_locks` when the process holds locked memory now.
+    fn with_program_locks_seen(self) -> Self {
+        if procfs::vmlck_bytes(self.target.pid()).is_some_and(|b| b > 0) {
+            self.note_program_locks();
+        }
+        self
     }
 
     /// The program refused a system call of pinning by policy; logged once.
@@ -394,6 +423,7 @@ impl HostMemory {
     /// The `/proc` files of the target, reopened when this process forked
     /// since they were opened (they would describe the parent).
     fn files(&self) -> Result<Arc<ProcFiles>, MemError> {
+        self.check_live()?;
         let pid = self.target.pid();
         let mut slot = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = slot.as_ref().filter(|f| f.pid == pid) {
@@ -529,10 +559,14 @@ impl HostMemory {
     }
 
     /// Remembers as the program's own the locked parts of `[start, end)`
-    /// that no pin of ours holds (module documentation). Cheap when the
-    /// process locks nothing beyond our pins: `VmLck` then equals the bytes
-    /// we keep locked, and smaps is not read.
+    /// that no pin of ours holds (module documentation). Free unless the
+    /// program may lock memory itself ([`HostMemory::note_program_locks`]);
+    /// then one `VmLck` read, and smaps only when `VmLck` exceeds the bytes
+    /// we keep locked.
     fn note_user_locks(&self, files: &ProcFiles, counts: &PinCounts, start: u64, end: u64) {
+        if !self.program_locks.load(Ordering::Relaxed) {
+            return;
+        }
         let ours = self
             .counters
             .pinned
@@ -738,8 +772,12 @@ impl UserMemory for HostMemory {
     }
 
     fn dma_read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let Some(mm) = &self.mm else {
+        if matches!(self.target, Target::Current) {
             return self.read(vaddr, buf);
+        }
+        let mm = self.mm.read().unwrap_or_else(|p| p.into_inner());
+        let Some(mm) = mm.as_ref() else {
+            return Err(MemError::Unreachable);
         };
         let mut done = 0;
         while done < buf.len() {
@@ -755,8 +793,12 @@ impl UserMemory for HostMemory {
     }
 
     fn dma_write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
-        let Some(mm) = &self.mm else {
+        if matches!(self.target, Target::Current) {
             return self.write(vaddr, data);
+        }
+        let mm = self.mm.read().unwrap_or_else(|p| p.into_inner());
+        let Some(mm) = mm.as_ref() else {
+            return Err(MemError::Unreachable);
         };
         // `mm` is only opened for another process (`for_pid`); one that
         // turned out to be this process stays read-only, as in `write`.

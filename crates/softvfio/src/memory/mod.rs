@@ -9,9 +9,11 @@
 //!   it, exact pin counts and fault injection, for TiB-scale tests.
 //!
 //! The address the IOMMU maps an IOVA to ("phys" in the IOMMU model) is the
-//! user virtual address itself: device DMA reaches the page through the same
-//! backend, so a page the user has since unmapped yields an error (an IOMMU
-//! fault), never a crash.
+//! user virtual address itself (tagged above the user range when the
+//! mapping pins another address space than the container's own, see
+//! `memory/spaces.rs`): device DMA reaches the page through the same backend, so a
+//! page the user has since unmapped yields an error (an IOMMU fault), never
+//! a crash.
 
 use thiserror::Error;
 

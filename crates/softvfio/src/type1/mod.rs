@@ -35,7 +35,10 @@
 //!   the pages pinned through the external API (`ext_pins.pinned_pages()`);
 //!   their sum over all containers of an address space is the
 //!   [`MmAccount`](crate::account::MmAccount)'s `locked_pages` (tests check
-//!   that sum; one container cannot see the others);
+//!   that sum; one container cannot see the others); a mapping pins and
+//!   charges the address space that made it (`Dma::space`, else the
+//!   container's own memory: `Container::mem_of`), as type1 charges
+//!   `dma->mm`;
 //! - every mapping has a dirty bitmap exactly while `t.dirty_tracking`;
 //! - every domain holds at least one group, and the groups of `t` (domains
 //!   and emulated) are exactly the container's `groups`, each once; an IOMMU
