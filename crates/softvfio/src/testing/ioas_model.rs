@@ -144,7 +144,7 @@ impl IoasModel {
         }
         if self.ioas[0]
             .iter()
-            .any(|(s, (l, u))| (s | (l + 1) | u) % PG != 0)
+            .any(|(s, (l, u))| (s | (l - s + 1) | u) % PG != 0)
         {
             return libc::EADDRINUSE;
         }
