@@ -256,6 +256,11 @@ impl State {
     }
 
     /// An `open` of `path`.
+    /// Devices with a cdev (`/dev/vfio/devices/vfioN`, N below this).
+    pub fn cdev_count(&self) -> usize {
+        softvfio::iommufd::cdev::cdev_devices(self.session.vfio().platform()).len()
+    }
+
     pub fn open(&mut self, path: &str, cloexec: bool) -> OpenOutcome {
         let mem = self.mem.clone();
         let key = match self.session.open(path, || mem) {
