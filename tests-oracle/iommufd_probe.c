@@ -187,6 +187,12 @@ static void case_generic(void) {
   printf("alloc_flags %s\n", io(ifd, IOMMU_IOAS_ALLOC, &a));
   printf("alloc_null %s\n", io(ifd, IOMMU_IOAS_ALLOC, NULL));
   printf("unknown_cmd %s\n", io(ifd, ICMD(40), &a));
+  // 0x8e: FAULT_QUEUE_ALLOC in 6.12 (flags must be 0); 0x8f: IOAS_MAP_FILE came in 6.13.
+  struct { uint32_t size, flags, out_fault_id, out_fault_fd; } fq = {sizeof fq, 1, 0, 0};
+  printf("fault_queue_alloc_flags %s\n", io(ifd, ICMD(14), &fq));
+  fq = (typeof(fq)){8, 0, 0, 0};
+  printf("fault_queue_alloc_short %s\n", io(ifd, ICMD(14), &fq));
+  printf("ioas_map_file %s\n", io(ifd, ICMD(15), &fq));
   printf("below_base %s\n", io(ifd, _IO(IOMMUFD_TYPE, 0x7f), &a));
   struct destroy d = {4, 0};
   printf("destroy_short %s\n", io(ifd, IOMMU_DESTROY, &d));
@@ -528,6 +534,16 @@ static void case_cdev(const char *cdev, const char *group) {
     if (!strcmp(e, "0")) destroy(ha.out_hwpt_id);
     printf("destroy_parent %s\n", destroy(parent));
   }
+  // HWPT_INVALIDATE: size, hwpt_id, data_uptr, data_type, entry_len, entry_num, reserved.
+  struct { uint32_t size, hwpt_id; uint64_t data_uptr; uint32_t data_type, entry_len, entry_num, reserved; } inv;
+  inv = (typeof(inv)){sizeof inv, hwpt, 0, 0, 0, 0, 0};
+  printf("invalidate_paging %s\n", io(ifd, IOMMU_HWPT_INVALIDATE, &inv));
+  inv = (typeof(inv)){sizeof inv, 999, 0, 0, 0, 0, 0};
+  printf("invalidate_unknown %s\n", io(ifd, IOMMU_HWPT_INVALIDATE, &inv));
+  inv = (typeof(inv)){sizeof inv, hwpt, 0, 0, 0, 0, 1};
+  printf("invalidate_reserved %s\n", io(ifd, IOMMU_HWPT_INVALIDATE, &inv));
+  inv = (typeof(inv)){sizeof inv, hwpt, 0, 0, 16, 1, 0};
+  printf("invalidate_entries_no_data %s\n", io(ifd, IOMMU_HWPT_INVALIDATE, &inv));
   struct set_dirty sd = {sizeof sd, 1, hwpt, 0};
   printf("set_dirty_on_plain %s\n", io(ifd, IOMMU_HWPT_SET_DIRTY_TRACKING, &sd));
   sd = (struct set_dirty){sizeof sd, 2, hwpt, 0};
