@@ -351,10 +351,14 @@ impl State {
     fn finish(&mut self) -> (Leftovers, FinalState) {
         let mut left = Leftovers::default();
         let keys: Vec<ObjectKey> = self.refs.keys().copied().collect();
-        for key in keys {
-            if let Some(obj) = self.session.object(key) {
+        // All noted before any is released: releasing one (a bound cdev)
+        // changes what another (its iommufd) holds.
+        for key in &keys {
+            if let Some(obj) = self.session.object(*key) {
                 left.note(obj);
             }
+        }
+        for key in keys {
             self.session.release(key);
         }
         self.refs.clear();

@@ -386,8 +386,10 @@ impl Iommufd {
         Ok(id)
     }
 
-    /// Releases every object (last close of `/dev/iommu`): devices are
-    /// detached, domains freed, areas unpinned and uncharged.
+    /// Releases every object: devices are detached, domains freed, areas
+    /// unpinned and uncharged. Runs when the last reference goes (the
+    /// `/dev/iommu` file and every device bound to it); callers that own
+    /// the context may run it earlier.
     pub fn close(&self) {
         let mut st = self.lock();
         let ids: Vec<u32> = st.objects.keys().copied().collect();
@@ -521,6 +523,12 @@ impl Iommufd {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Iommufd {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
