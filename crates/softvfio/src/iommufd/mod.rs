@@ -349,9 +349,17 @@ impl Iommufd {
         let i = st.ioas_mut(ioas)?;
         match set {
             None => Ok(u64::from(i.huge_pages)),
-            Some(v @ (0 | 1)) => {
-                i.huge_pages = v == 1;
-                Ok(v)
+            Some(0) => {
+                // iopt_disable_large_pages: not once domains hold pages.
+                if i.huge_pages && !i.domains.is_empty() && !i.areas.is_empty() {
+                    return Err(VfioError::Invalid("domains already map pages"));
+                }
+                i.huge_pages = false;
+                Ok(0)
+            }
+            Some(1) => {
+                i.huge_pages = true;
+                Ok(1)
             }
             Some(_) => Err(VfioError::Invalid("HUGE_PAGES is 0 or 1")),
         }

@@ -431,3 +431,52 @@ fn a_bound_cdev_keeps_its_iommufd_alive() {
     s.release(g);
     let _ = dev_id;
 }
+
+/// The type1 compatibility mode turns huge pages off, so that an unmap
+/// may cut an area: the domain then holds 4 KiB leaves only, and the half
+/// left mapped keeps translating (a 2 MiB leaf would have gone whole).
+#[test]
+fn compat_type1_cuts_areas_without_splitting_a_leaf() {
+    let iommu = soft_iommu::Iommu::new(soft_iommu::IommuConfig::default());
+    let group = vtd_group(3, 0x18, &iommu);
+    let mem = VecMemory::new(BASE, 4 << 20);
+    let ctx = Iommufd::new(mem.clone());
+    let ioas = ctx.ioas_alloc();
+    ctx.set_vfio_ioas(Some(ioas)).unwrap();
+    let dev = ctx.bind(&group, &group.devices[0]);
+    ctx.attach(dev, ioas).unwrap();
+    ctx.compat_set_iommu(1).unwrap();
+    assert_eq!(ctx.huge_pages(ioas, None), Ok(0));
+    let user: &dyn UserMemory = mem.as_ref();
+    let arg = BASE + (3 << 20);
+    let words = |w: &[u64]| -> Vec<u8> { w.iter().flat_map(|x| x.to_ne_bytes()).collect() };
+    // MAP_DMA: argsz 32, flags READ|WRITE, vaddr, iova, size.
+    let mut map = words(&[0, BASE, 0x20_0000, 2 << 20]);
+    map[..8].copy_from_slice(&[32, 0, 0, 0, 3, 0, 0, 0]);
+    mem.write(arg, &map).unwrap();
+    assert_eq!(
+        abi::ioctl(&ctx, crate::uapi::VFIO_IOMMU_MAP_DMA, arg, user),
+        Ok(0)
+    );
+    let domain = iommu.device_domain(0x18).unwrap();
+    assert_eq!(domain.leaf_counts(), (512, 0, 0));
+    // UNMAP_DMA of the first MiB: argsz 24, flags 0, iova, size.
+    let mut unmap = words(&[0, 0x20_0000, 1 << 20]);
+    unmap[..8].copy_from_slice(&[24, 0, 0, 0, 0, 0, 0, 0]);
+    mem.write(arg, &unmap).unwrap();
+    assert_eq!(
+        abi::ioctl(&ctx, crate::uapi::VFIO_IOMMU_UNMAP_DMA, arg, user),
+        Ok(0)
+    );
+    let port = iommu.dma_port(0x18);
+    let mut b = [0u8; 4];
+    assert!(port.read(0x20_0000, &mut b).is_err());
+    assert!(port.read(0x30_0000, &mut b).is_ok());
+    assert_eq!(mem.total_pins(), 256);
+    // With domains holding pages, huge pages cannot be turned off again.
+    ctx.huge_pages(ioas, Some(1)).unwrap();
+    assert_eq!(errno(ctx.huge_pages(ioas, Some(0))), libc::EINVAL);
+    check(&ctx);
+    ctx.close();
+    assert_eq!(mem.total_pins(), 0);
+}
