@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 SECONDS_PER_TARGET="${FUZZ_SECONDS:-60}"
-TARGETS="${FUZZ_TARGETS:-ioctl differential config}"
+TARGETS="${FUZZ_TARGETS:-ioctl differential config iommufd}"
 SANITIZER="${FUZZ_SANITIZER:-address}"
 export RUSTC_BOOTSTRAP=1
 export CARGO_TERM_COLOR=never

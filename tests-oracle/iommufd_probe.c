@@ -187,6 +187,12 @@ static void case_generic(void) {
   printf("alloc_flags %s\n", io(ifd, IOMMU_IOAS_ALLOC, &a));
   printf("alloc_null %s\n", io(ifd, IOMMU_IOAS_ALLOC, NULL));
   printf("unknown_cmd %s\n", io(ifd, ICMD(40), &a));
+  // 0x8e: FAULT_QUEUE_ALLOC in 6.12 (flags must be 0); 0x8f: IOAS_MAP_FILE came in 6.13.
+  struct { uint32_t size, flags, out_fault_id, out_fault_fd; } fq = {sizeof fq, 1, 0, 0};
+  printf("fault_queue_alloc_flags %s\n", io(ifd, ICMD(14), &fq));
+  fq = (typeof(fq)){8, 0, 0, 0};
+  printf("fault_queue_alloc_short %s\n", io(ifd, ICMD(14), &fq));
+  printf("ioas_map_file %s\n", io(ifd, ICMD(15), &fq));
   printf("below_base %s\n", io(ifd, _IO(IOMMUFD_TYPE, 0x7f), &a));
   struct destroy d = {4, 0};
   printf("destroy_short %s\n", io(ifd, IOMMU_DESTROY, &d));
@@ -373,6 +379,43 @@ static void case_compat(void) {
   close(fd);
 }
 
+// Edu's BAR0 (region 0 at offset 0 of the device file), 32-bit accesses.
+static void edu_wr(int dev, unsigned off, uint32_t v) {
+  if (pwrite(dev, &v, 4, off) != 4) printf("edu_write_%#x %s\n", off, ename(errno));
+}
+static uint32_t edu_rd(int dev, unsigned off) {
+  uint32_t v = 0;
+  if (pread(dev, &v, 4, off) != 4) return 0xffffffff;
+  return v;
+}
+static int edu_dma(int dev, uint32_t src, uint32_t dst, uint32_t cnt, uint32_t cmd) {
+  edu_wr(dev, 0x80, src);
+  edu_wr(dev, 0x88, dst);
+  edu_wr(dev, 0x90, cnt);
+  edu_wr(dev, 0x98, cmd);
+  for (int i = 0; i < 1000; i++) {
+    if (!(edu_rd(dev, 0x98) & 1)) return 0;
+    usleep(1000);
+  }
+  return -1;
+}
+
+// DMA by edu through the IOAS the device is attached to: memory at IOVA
+// 0x100000 (buf) into edu's buffer, and back out to IOVA 0x101000.
+static void dma_case(int dev) {
+  // Bus master and memory space on (config space is region 7).
+  uint64_t cfg = 7ull << 40;
+  uint16_t cmd = 0;
+  if (pread(dev, &cmd, 2, cfg + 4) != 2) printf("cfg_read %s\n", ename(errno));
+  cmd |= 0x6;
+  if (pwrite(dev, &cmd, 2, cfg + 4) != 2) printf("cfg_write %s\n", ename(errno));
+  memset(buf, 0, 2 * PG);
+  memcpy(buf, "iommufd!", 8);
+  int a = edu_dma(dev, 0x100000, 0x40000, 8, 1);
+  int b = edu_dma(dev, 0x40000, 0x101000, 8, 1 | 2);
+  printf("dma_roundtrip %d %d %s\n", a, b, memcmp(buf + PG, "iommufd!", 8) ? "mismatch" : "same");
+}
+
 // The device cdev: before bind, bind, hardware info, attach, HWPTs.
 static void case_cdev(const char *cdev, const char *group) {
   int dev = open(cdev, O_RDWR);
@@ -450,6 +493,7 @@ static void case_cdev(const char *cdev, const char *group) {
   printf("attach_ioas %s pt_is_new=%d\n", e, auto_hwpt != ioas);
   ranges("ranges_attached", ioas, 8);
   map_case("map_attached", ioas, MAP_FIXED_IOVA | RW, buf, 4 * PG, 0x100000);
+  dma_case(dev);
   map_case("map_attached_past_aperture", ioas, MAP_FIXED_IOVA | RW, buf, PG, 1ull << 40);
   map_case("map_attached_msi", ioas, MAP_FIXED_IOVA | RW, buf, PG, 0xfee00000);
   map_case("map_attached_auto", ioas, RW, buf, 4 * PG, 0);
@@ -490,6 +534,16 @@ static void case_cdev(const char *cdev, const char *group) {
     if (!strcmp(e, "0")) destroy(ha.out_hwpt_id);
     printf("destroy_parent %s\n", destroy(parent));
   }
+  // HWPT_INVALIDATE: size, hwpt_id, data_uptr, data_type, entry_len, entry_num, reserved.
+  struct { uint32_t size, hwpt_id; uint64_t data_uptr; uint32_t data_type, entry_len, entry_num, reserved; } inv;
+  inv = (typeof(inv)){sizeof inv, hwpt, 0, 0, 0, 0, 0};
+  printf("invalidate_paging %s\n", io(ifd, IOMMU_HWPT_INVALIDATE, &inv));
+  inv = (typeof(inv)){sizeof inv, 999, 0, 0, 0, 0, 0};
+  printf("invalidate_unknown %s\n", io(ifd, IOMMU_HWPT_INVALIDATE, &inv));
+  inv = (typeof(inv)){sizeof inv, hwpt, 0, 0, 0, 0, 1};
+  printf("invalidate_reserved %s\n", io(ifd, IOMMU_HWPT_INVALIDATE, &inv));
+  inv = (typeof(inv)){sizeof inv, hwpt, 0, 0, 16, 1, 0};
+  printf("invalidate_entries_no_data %s\n", io(ifd, IOMMU_HWPT_INVALIDATE, &inv));
   struct set_dirty sd = {sizeof sd, 1, hwpt, 0};
   printf("set_dirty_on_plain %s\n", io(ifd, IOMMU_HWPT_SET_DIRTY_TRACKING, &sd));
   sd = (struct set_dirty){sizeof sd, 2, hwpt, 0};

@@ -286,6 +286,113 @@ unsafe fn open_hook(path: *const c_char, flags: c_int, pass: impl FnOnce() -> c_
     hook(-1, pass, |pass| unsafe { do_open(path, flags, pass) })
 }
 
+/// `stat` of a device cdev the platform serves (`/dev/vfio/devices/vfioN`):
+/// a character device `250:N`, as sysfs `vfio-dev/vfioN/dev` says (QEMU
+/// compares the two before it opens the cdev). `None` for other paths.
+fn cdev_stat(path: &str) -> Option<libc::stat> {
+    let n: u32 = path.strip_prefix("/dev/vfio/devices/vfio")?.parse().ok()?;
+    let count = with_state(|st| st.cdev_count()).ok()?;
+    if n as usize >= count {
+        return None;
+    }
+    // SAFETY: `struct stat` is plain data; all zeros is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    st.st_mode = libc::S_IFCHR | 0o600;
+    st.st_nlink = 1;
+    st.st_rdev = libc::makedev(softvfio_platform::hostview::VFIO_CDEV_MAJOR, n);
+    st.st_blksize = 4096;
+    Some(st)
+}
+
+/// Every stat-family hook: served cdev paths get [`cdev_stat`]'s answer.
+///
+/// # Safety
+/// `path` as for [`path_of`]; `buf` a writable `struct stat` or null.
+unsafe fn stat_hook(
+    path: *const c_char,
+    buf: *mut libc::stat,
+    pass: impl FnOnce() -> c_int,
+) -> c_int {
+    hook(-1, pass, |pass| {
+        // SAFETY: this function's contract.
+        if let Some(st) = unsafe { path_of(path) }.and_then(cdev_stat) {
+            if buf.is_null() {
+                return fail(libc::EFAULT);
+            }
+            // SAFETY: `buf` is the caller's writable `struct stat`.
+            unsafe { buf.write(st) };
+            return 0;
+        }
+        pass.call()
+    })
+}
+
+/// # Safety
+/// As libc's `stat`.
+#[no_mangle]
+pub unsafe extern "C" fn stat(path: *const c_char, buf: *mut libc::stat) -> c_int {
+    // SAFETY: the program's arguments go on unchanged.
+    unsafe { stat_hook(path, buf, || real::stat(&real::STAT, path, buf)) }
+}
+
+/// # Safety
+/// As libc's `stat64`.
+#[no_mangle]
+pub unsafe extern "C" fn stat64(path: *const c_char, buf: *mut libc::stat) -> c_int {
+    // SAFETY: the program's arguments go on unchanged.
+    unsafe { stat_hook(path, buf, || real::stat(&real::STAT64, path, buf)) }
+}
+
+/// # Safety
+/// As libc's `lstat`.
+#[no_mangle]
+pub unsafe extern "C" fn lstat(path: *const c_char, buf: *mut libc::stat) -> c_int {
+    // SAFETY: the program's arguments go on unchanged.
+    unsafe { stat_hook(path, buf, || real::stat(&real::LSTAT, path, buf)) }
+}
+
+/// # Safety
+/// As libc's `lstat64`.
+#[no_mangle]
+pub unsafe extern "C" fn lstat64(path: *const c_char, buf: *mut libc::stat) -> c_int {
+    // SAFETY: the program's arguments go on unchanged.
+    unsafe { stat_hook(path, buf, || real::stat(&real::LSTAT64, path, buf)) }
+}
+
+/// # Safety
+/// As libc's `fstatat`. Only absolute paths are served.
+#[no_mangle]
+pub unsafe extern "C" fn fstatat(
+    dirfd: c_int,
+    path: *const c_char,
+    buf: *mut libc::stat,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: the program's arguments go on unchanged.
+    unsafe {
+        stat_hook(path, buf, || {
+            real::fstatat(&real::FSTATAT, dirfd, path, buf, flags)
+        })
+    }
+}
+
+/// # Safety
+/// As libc's `fstatat64`.
+#[no_mangle]
+pub unsafe extern "C" fn fstatat64(
+    dirfd: c_int,
+    path: *const c_char,
+    buf: *mut libc::stat,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: the program's arguments go on unchanged.
+    unsafe {
+        stat_hook(path, buf, || {
+            real::fstatat(&real::FSTATAT64, dirfd, path, buf, flags)
+        })
+    }
+}
+
 // The variadic mode argument of open/openat is read as a plain third
 // (fourth) argument: on x86-64 and aarch64 Linux, variadic integer
 // arguments travel in the same registers as named ones (defining C-variadic

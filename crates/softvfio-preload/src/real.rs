@@ -64,6 +64,12 @@ pub static MLOCK2: Next = Next::new(c"mlock2");
 pub static MLOCKALL: Next = Next::new(c"mlockall");
 pub static LSEEK: Next = Next::new(c"lseek");
 pub static LSEEK64: Next = Next::new(c"lseek64");
+pub static STAT: Next = Next::new(c"stat");
+pub static STAT64: Next = Next::new(c"stat64");
+pub static LSTAT: Next = Next::new(c"lstat");
+pub static LSTAT64: Next = Next::new(c"lstat64");
+pub static FSTATAT: Next = Next::new(c"fstatat");
+pub static FSTATAT64: Next = Next::new(c"fstatat64");
 
 fn enosys<T: From<i8>>() -> T {
     set_errno(libc::ENOSYS);
@@ -85,6 +91,10 @@ pub fn errno() -> c_int {
 
 type OpenFn = unsafe extern "C" fn(*const c_char, c_int, ...) -> c_int;
 type OpenatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, ...) -> c_int;
+// `struct stat` and `struct stat64` have one layout on LP64 Linux (x86-64,
+// aarch64), so one prototype serves both names.
+type StatFn = unsafe extern "C" fn(*const c_char, *mut libc::stat) -> c_int;
+type FstatatFn = unsafe extern "C" fn(c_int, *const c_char, *mut libc::stat, c_int) -> c_int;
 type Open2Fn = unsafe extern "C" fn(*const c_char, c_int) -> c_int;
 type Openat2Fn = unsafe extern "C" fn(c_int, *const c_char, c_int) -> c_int;
 type FopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE;
@@ -506,4 +516,36 @@ pub fn at_fork(prepare: extern "C" fn(), parent: extern "C" fn(), child: extern 
 pub fn at_exit(f: extern "C" fn()) {
     // SAFETY: `f` is a plain function with static lifetime.
     unsafe { libc::atexit(f) };
+}
+
+/// The next `stat`-family function of one path (`stat`, `lstat` and their
+/// `64` names).
+///
+/// # Safety
+/// As the libc function `next` names: `path` NUL-terminated, `buf` a
+/// writable `struct stat`, as its caller passed them.
+pub unsafe fn stat(next: &Next, path: *const c_char, buf: *mut libc::stat) -> c_int {
+    match fn_of!(next, StatFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(path, buf) },
+        None => enosys(),
+    }
+}
+
+/// The next `fstatat`/`fstatat64`.
+///
+/// # Safety
+/// As the libc function `next` names, with the caller's arguments.
+pub unsafe fn fstatat(
+    next: &Next,
+    dirfd: c_int,
+    path: *const c_char,
+    buf: *mut libc::stat,
+    flags: c_int,
+) -> c_int {
+    match fn_of!(next, FstatatFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(dirfd, path, buf, flags) },
+        None => enosys(),
+    }
 }

@@ -287,6 +287,11 @@ impl State {
     }
 
     /// An `open` of `path`.
+    /// Devices with a cdev (`/dev/vfio/devices/vfioN`, N below this).
+    pub fn cdev_count(&self) -> usize {
+        softvfio::iommufd::cdev::cdev_devices(self.session.vfio().platform()).len()
+    }
+
     pub fn open(&mut self, path: &str, cloexec: bool) -> OpenOutcome {
         let mem = self.mem.clone();
         let site = if path.starts_with("/dev/vfio/") {
@@ -421,7 +426,8 @@ impl State {
         let mut left = Leftovers::default();
         let keys: Vec<ObjectKey> = self.refs.keys().copied().collect();
         // Everything is noted before anything is released: releasing a
-        // group detaches it from its container, which unmaps everything.
+        // group detaches it from its container, which unmaps everything,
+        // and releasing a bound cdev changes what its iommufd holds.
         for key in &keys {
             if let Some(obj) = self.session.object(*key) {
                 left.note(obj);

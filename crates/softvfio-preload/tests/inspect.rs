@@ -102,3 +102,39 @@ fn inspect_shows_an_iommufd_sessions_ioas_hwpt_and_area() {
     assert!(text.contains("area 0xabc000-0xabffff uptr"), "{text}");
     assert!(text.contains("(automatic)"), "{text}");
 }
+
+/// A program that exits with `/dev/iommu` and a bound cdev open: the end
+/// report names what it left (one iommufd, its IOAS and HWPT, the area and
+/// its pages) and, after release, no pin or charge is left.
+#[test]
+fn end_report_lists_iommufd_leftovers_and_no_leak() {
+    let a = artifacts();
+    for (mode, static_) in [("trace", true), ("preload", false)] {
+        let exe = build_c("hold_iommufd", static_);
+        let out = Command::new(&a.softvfio)
+            .args(["run", "--mode", mode, "--"])
+            .arg(&exe)
+            .arg("leave-open")
+            .stdin(Stdio::null())
+            .output()
+            .expect("softvfio run");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{mode}: {stderr}");
+        assert_eq!(stdout.trim(), "mapped", "{mode}");
+        assert!(
+            stderr.contains(
+                "left open by the program: 0 container(s), 0 group(s), 1 device(s); 1 mapping(s) of 16 KiB, 4 pages accounted"
+            ),
+            "{mode}: {stderr}"
+        );
+        assert!(
+            stderr.contains("1 /dev/iommu file(s) with 1 IOAS(es), 1 HWPT(s)"),
+            "{mode}: {stderr}"
+        );
+        assert!(
+            stderr.contains("after release: 0 pinned pages, 0 accounted pages: no leak"),
+            "{mode}: {stderr}"
+        );
+    }
+}

@@ -332,7 +332,9 @@ impl Session {
             FileObject::Container(c) => self.vfio.release_container(c.clone()),
             FileObject::Group(g) => self.vfio.release_group(g.clone()),
             FileObject::Device(d) => self.vfio.release_device(d.clone()),
-            FileObject::Iommufd(ctx) => ctx.close(),
+            // The context goes with its last reference: devices bound to it
+            // (their cdevs, or groups set to it) keep it, as in Linux.
+            FileObject::Iommufd(_) => {}
             FileObject::Cdev(c) => self.vfio.release_cdev(c),
         }
         Some(obj)

@@ -14,6 +14,7 @@ use crate::memory::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory, PAGE_
 use crate::platform::{Device, Group, GroupKind, Platform};
 
 pub mod inject;
+pub mod ioas_model;
 pub mod model;
 
 /// Memory at `[base, base + len)`, all readable and writable.

@@ -1,6 +1,7 @@
 /* Binds edu's cdev to /dev/iommu, attaches it to an IOAS, maps a buffer
  * at 0xabc000, says so, and waits for its standard input to close.
- * usage: hold_iommufd [CDEV] */
+ * With "leave-open" it exits at once with both files open.
+ * usage: hold_iommufd [CDEV|leave-open] */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +23,8 @@ static void die(const char *what) { perror(what); exit(1); }
 int main(int argc, char **argv) {
   int ifd = open("/dev/iommu", O_RDWR);
   if (ifd < 0) die("open /dev/iommu");
-  int dev = open(argc > 1 ? argv[1] : "/dev/vfio/devices/vfio0", O_RDWR);
+  int leave = argc > 1 && !strcmp(argv[1], "leave-open");
+  int dev = open(argc > 1 && !leave ? argv[1] : "/dev/vfio/devices/vfio0", O_RDWR);
   if (dev < 0) die("open cdev");
   struct bind b = {sizeof b, 0, ifd, 0};
   if (ioctl(dev, _IO(';', 118), &b)) die("bind");
@@ -36,6 +38,7 @@ int main(int argc, char **argv) {
   if (ioctl(ifd, _IO(';', 0x85), &m)) die("map");
   printf("mapped\n");
   fflush(stdout);
+  if (leave) return 0;
   char x;
   while (read(0, &x, 1) > 0) {}
   close(dev);

@@ -35,6 +35,25 @@ fn same_unit(a: &Arc<dyn IommuUnit>, b: &Arc<dyn IommuUnit>) -> bool {
     std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
 
+/// EADDRINUSE when an area or an allowed range of `ioas` lies in one of
+/// the device's reserved regions (checked before any domain is made, as
+/// `iopt_table_enforce_dev_resv_regions` comes first in Linux).
+fn check_device_resv(st: &State, ioas: u32, group: &Group) -> Result<()> {
+    let i = st.ioas(ioas)?;
+    let hit = group
+        .reserved_regions()
+        .into_iter()
+        .filter(|r| r.kind != ResvKind::DirectRelaxable)
+        .any(|r| {
+            i.first_area(r.start, r.end).is_some()
+                || i.allowed.iter().any(|&(s, l)| s <= r.end && r.start <= l)
+        });
+    if hit {
+        return Err(VfioError::Errno(libc::EADDRINUSE));
+    }
+    Ok(())
+}
+
 /// Reserves the device's regions in `ioas` (replacing what it reserved
 /// there before): EADDRINUSE when an area or an allowed range is in one.
 fn reserve_device(st: &mut State, ioas: u32, dev_id: u32, group: &Group) -> Result<()> {
@@ -208,6 +227,11 @@ impl Iommufd {
                         return current.ok_or(VfioError::NoEntry);
                     }
                 }
+                let group = match st.objects.get(&dev_id) {
+                    Some(Object::Device(d)) => d.group.clone(),
+                    _ => return Err(VfioError::NoEntry),
+                };
+                check_device_resv(&st, pt_id, &group)?;
                 let reuse: Vec<u32> = st
                     .objects
                     .iter()

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::error::{Result, VfioError};
 use crate::iommu::{DomainOps, Prot};
 use crate::memory::{UserMemory, PAGE_SIZE};
-use crate::type1::{pin_and_map_pages, unmap_unpin_pages, PinRequest};
+use crate::type1::{map_run, pin_and_map_pages, unmap_unpin_pages, PinRequest};
 
 /// One mapping of an IOAS (iommufd's `struct iopt_area`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -68,7 +68,8 @@ pub(crate) struct Ioas {
     pub(crate) allowed: Vec<(u64, u64)>,
     /// HWPT ids whose domain mirrors this IOAS, with the domain.
     pub(crate) domains: Vec<(u32, Arc<dyn DomainOps>)>,
-    /// `IOMMU_OPTION_HUGE_PAGES`.
+    /// `IOMMU_OPTION_HUGE_PAGES`: when false, domains get 4 KiB leaves
+    /// only, so cutting an area (type1 compat) never splits a leaf.
     pub(crate) huge_pages: bool,
 }
 
@@ -280,6 +281,7 @@ impl Ioas {
                     size: a.len(),
                     prot,
                     charge: a.len() / PAGE_SIZE,
+                    small_pages: !self.huge_pages,
                 };
                 // iommufd pins with pin_user_pages, which refuses the
                 // VM_PFNMAP pages of a BAR mapping (type1 maps them).
@@ -388,8 +390,9 @@ impl Ioas {
         let mut failure = None;
         for a in self.areas.values() {
             if a.pinned {
-                if let Err(e) = domain.map(a.iova, a.uptr, a.len(), a.prot) {
-                    failure = Some(VfioError::from(e));
+                let small = !self.huge_pages;
+                if let Err(e) = map_run(domain.as_ref(), a.iova, a.uptr, a.len(), a.prot, small) {
+                    failure = Some(e);
                     break;
                 }
                 done.push((a.iova, false, 0));
@@ -400,6 +403,7 @@ impl Ioas {
                     size: a.len(),
                     prot: a.prot,
                     charge: a.len() / PAGE_SIZE,
+                    small_pages: !self.huge_pages,
                 };
                 let pinned = if mem.is_device_range(req.vaddr, req.size) {
                     Err(VfioError::Fault)

@@ -349,9 +349,17 @@ impl Iommufd {
         let i = st.ioas_mut(ioas)?;
         match set {
             None => Ok(u64::from(i.huge_pages)),
-            Some(v @ (0 | 1)) => {
-                i.huge_pages = v == 1;
-                Ok(v)
+            Some(0) => {
+                // iopt_disable_large_pages: not once domains hold pages.
+                if i.huge_pages && !i.domains.is_empty() && !i.areas.is_empty() {
+                    return Err(VfioError::Invalid("domains already map pages"));
+                }
+                i.huge_pages = false;
+                Ok(0)
+            }
+            Some(1) => {
+                i.huge_pages = true;
+                Ok(1)
             }
             Some(_) => Err(VfioError::Invalid("HUGE_PAGES is 0 or 1")),
         }
@@ -386,8 +394,10 @@ impl Iommufd {
         Ok(id)
     }
 
-    /// Releases every object (last close of `/dev/iommu`): devices are
-    /// detached, domains freed, areas unpinned and uncharged.
+    /// Releases every object: devices are detached, domains freed, areas
+    /// unpinned and uncharged. Runs when the last reference goes (the
+    /// `/dev/iommu` file and every device bound to it); callers that own
+    /// the context may run it earlier.
     pub fn close(&self) {
         let mut st = self.lock();
         let ids: Vec<u32> = st.objects.keys().copied().collect();
@@ -521,6 +531,12 @@ impl Iommufd {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Iommufd {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

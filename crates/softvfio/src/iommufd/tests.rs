@@ -340,3 +340,143 @@ fn abi_checks_size_trailing_bytes_and_flags() {
     assert_eq!(ctx.snapshot().ioas.len(), 2);
     check(&ctx);
 }
+
+/// A descriptor table where number 100 + k is session key k, and lower
+/// numbers are open files of other kinds.
+struct KeyFds;
+
+impl crate::frontend::ProgramFds for KeyFds {
+    fn target(&mut self, fd: i32) -> crate::frontend::FdTarget {
+        match fd {
+            i32::MIN..=-1 => crate::frontend::FdTarget::NotOpen,
+            0..=99 => crate::frontend::FdTarget::Foreign,
+            k => crate::frontend::FdTarget::Object(k as u64 - 100),
+        }
+    }
+    fn duplicate(&mut self, _fd: i32) -> std::result::Result<std::os::fd::OwnedFd, i32> {
+        Err(libc::EBADF)
+    }
+}
+
+/// Through the Session, as both front ends drive it: open both files,
+/// bind, attach, map; closing `/dev/iommu` first leaves the device
+/// attached (its cdev holds the context, as in Linux); the cdev's close
+/// then releases everything. The group cannot be opened meanwhile.
+#[test]
+fn a_bound_cdev_keeps_its_iommufd_alive() {
+    use crate::frontend::{Routed, Session};
+    let mem = VecMemory::new(BASE, 64 * PG as usize);
+    let unit = FakeUnit::new(39);
+    let platform = crate::testing::reference_platform(unit.clone());
+    let vfio = Arc::new(crate::uapi::Vfio::new(Arc::new(platform)));
+    let mut s = Session::new(vfio);
+    let user: Arc<dyn UserMemory> = mem.clone();
+    let ifd = s.open("/dev/iommu", || user.clone()).unwrap().unwrap();
+    let cdev = s
+        .open("/dev/vfio/devices/vfio0", || user.clone())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        errno(s.open("/dev/vfio/devices/vfio1", || user.clone()).unwrap()),
+        libc::ENOENT
+    );
+    let arg = BASE + 40 * PG;
+    let put = |words: &[u32]| {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        mem.write(arg, &bytes).unwrap();
+    };
+    let get = |off: u64| {
+        let mut b = [0u8; 4];
+        mem.read(arg + off, &mut b).unwrap();
+        u32::from_ne_bytes(b)
+    };
+    let ioctl = |s: &mut Session, key, req| match s.ioctl(key, req, arg, mem.as_ref(), &mut KeyFds)
+    {
+        Ok(Routed::Value(v)) => v as i32,
+        Ok(Routed::NewObject(_)) => -1,
+        Err(e) => -e.errno(),
+    };
+    let bind = super::cdev::VFIO_DEVICE_BIND_IOMMUFD;
+    let attach = super::cdev::VFIO_DEVICE_ATTACH_IOMMUFD_PT;
+    // Before the bind: EINVAL; a bind to a non-iommufd: EBADFD.
+    put(&[12, 0, 1]);
+    assert_eq!(ioctl(&mut s, cdev, attach), -libc::EINVAL);
+    put(&[16, 0, 1, 0]);
+    assert_eq!(ioctl(&mut s, cdev, bind), -libc::EBADFD);
+    put(&[16, 0, ifd as u32 + 100, 0]);
+    assert_eq!(ioctl(&mut s, cdev, bind), 0);
+    let dev_id = get(12);
+    assert_eq!(
+        errno(s.open("/dev/vfio/3", || user.clone()).unwrap()),
+        libc::EBUSY
+    );
+    put(&[12, 0, 0]);
+    assert_eq!(ioctl(&mut s, ifd, IOMMU_IOAS_ALLOC), 0);
+    let ioas = get(8);
+    put(&[12, 0, ioas]);
+    assert_eq!(ioctl(&mut s, cdev, attach), 0);
+    let ctx = s.iommufds().pop().unwrap();
+    ctx.map(ioas, BASE, 4 * PG, Some(0x10_0000), Prot::RW)
+        .unwrap();
+    assert_eq!((mem.total_pins(), locked(&mem)), (4, 4));
+    drop(ctx);
+    s.release(ifd);
+    assert!(unit.domain_of(0x18).is_some());
+    assert_eq!((mem.total_pins(), locked(&mem)), (4, 4));
+    s.release(cdev);
+    assert_eq!(unit.domain_of(0x18), None);
+    assert_eq!((mem.total_pins(), locked(&mem)), (0, 0));
+    // The group opens again.
+    let g = s.open("/dev/vfio/3", || user.clone()).unwrap().unwrap();
+    s.release(g);
+    let _ = dev_id;
+}
+
+/// The type1 compatibility mode turns huge pages off, so that an unmap
+/// may cut an area: the domain then holds 4 KiB leaves only, and the half
+/// left mapped keeps translating (a 2 MiB leaf would have gone whole).
+#[test]
+fn compat_type1_cuts_areas_without_splitting_a_leaf() {
+    let iommu = soft_iommu::Iommu::new(soft_iommu::IommuConfig::default());
+    let group = vtd_group(3, 0x18, &iommu);
+    let mem = VecMemory::new(BASE, 4 << 20);
+    let ctx = Iommufd::new(mem.clone());
+    let ioas = ctx.ioas_alloc();
+    ctx.set_vfio_ioas(Some(ioas)).unwrap();
+    let dev = ctx.bind(&group, &group.devices[0]);
+    ctx.attach(dev, ioas).unwrap();
+    ctx.compat_set_iommu(1).unwrap();
+    assert_eq!(ctx.huge_pages(ioas, None), Ok(0));
+    let user: &dyn UserMemory = mem.as_ref();
+    let arg = BASE + (3 << 20);
+    let words = |w: &[u64]| -> Vec<u8> { w.iter().flat_map(|x| x.to_ne_bytes()).collect() };
+    // MAP_DMA: argsz 32, flags READ|WRITE, vaddr, iova, size.
+    let mut map = words(&[0, BASE, 0x20_0000, 2 << 20]);
+    map[..8].copy_from_slice(&[32, 0, 0, 0, 3, 0, 0, 0]);
+    mem.write(arg, &map).unwrap();
+    assert_eq!(
+        abi::ioctl(&ctx, crate::uapi::VFIO_IOMMU_MAP_DMA, arg, user),
+        Ok(0)
+    );
+    let domain = iommu.device_domain(0x18).unwrap();
+    assert_eq!(domain.leaf_counts(), (512, 0, 0));
+    // UNMAP_DMA of the first MiB: argsz 24, flags 0, iova, size.
+    let mut unmap = words(&[0, 0x20_0000, 1 << 20]);
+    unmap[..8].copy_from_slice(&[24, 0, 0, 0, 0, 0, 0, 0]);
+    mem.write(arg, &unmap).unwrap();
+    assert_eq!(
+        abi::ioctl(&ctx, crate::uapi::VFIO_IOMMU_UNMAP_DMA, arg, user),
+        Ok(0)
+    );
+    let port = iommu.dma_port(0x18);
+    let mut b = [0u8; 4];
+    assert!(port.read(0x20_0000, &mut b).is_err());
+    assert!(port.read(0x30_0000, &mut b).is_ok());
+    assert_eq!(mem.total_pins(), 256);
+    // With domains holding pages, huge pages cannot be turned off again.
+    ctx.huge_pages(ioas, Some(1)).unwrap();
+    assert_eq!(errno(ctx.huge_pages(ioas, Some(0))), libc::EINVAL);
+    check(&ctx);
+    ctx.close();
+    assert_eq!(mem.total_pins(), 0);
+}

@@ -189,6 +189,7 @@ impl Container {
                 size: dma.size,
                 prot: dma.prot,
                 charge: pages,
+                small_pages: false,
             },
             &|vaddr| Self::phys_of(dma, vaddr),
             domains,
@@ -518,6 +519,9 @@ pub(crate) struct PinRequest {
     pub(crate) prot: Prot,
     /// Pages to charge against RLIMIT_MEMLOCK.
     pub(crate) charge: u64,
+    /// Map 4 KiB pages only, so that any later unmap of part of the range
+    /// removes exactly that part (iommufd's `HUGE_PAGES` 0).
+    pub(crate) small_pages: bool,
 }
 
 /// Charges `req.charge` pages, pins `[req.vaddr, +req.size)` and maps it at
@@ -547,11 +551,19 @@ pub(crate) fn pin_and_map_pages(
         &mut |run: PinnedRun| {
             let iova = req.iova + (run.vaddr - req.vaddr);
             for (i, d) in domains.iter().enumerate() {
-                if let Err(e) = d.map(iova, phys_of(run.vaddr), run.len, req.prot) {
+                let small = req.small_pages;
+                if let Err(e) = map_run(
+                    d.as_ref(),
+                    iova,
+                    phys_of(run.vaddr),
+                    run.len,
+                    req.prot,
+                    small,
+                ) {
                     for undo in &domains[..i] {
                         unmap_all_of(undo.as_ref(), iova, run.len);
                     }
-                    iommu_error = Some(e.into());
+                    iommu_error = Some(e);
                     return Err(MemError::Unreachable);
                 }
             }
@@ -570,6 +582,32 @@ pub(crate) fn pin_and_map_pages(
         return Err(iommu_error.unwrap_or(VfioError::Memory(e)));
     }
     Ok(pages)
+}
+
+/// Maps one run into one domain, in 4 KiB pages when `small_pages`; all or
+/// nothing.
+pub(crate) fn map_run(
+    d: &dyn DomainOps,
+    iova: u64,
+    vaddr: u64,
+    len: u64,
+    prot: Prot,
+    small_pages: bool,
+) -> Result<()> {
+    if !small_pages {
+        return d.map(iova, vaddr, len, prot).map_err(VfioError::from);
+    }
+    let mut done = 0u64;
+    while done < len {
+        if let Err(e) = d.map(iova + done, vaddr + done, PAGE_SIZE, prot) {
+            if done > 0 {
+                unmap_all_of(d, iova, done);
+            }
+            return Err(e.into());
+        }
+        done += PAGE_SIZE;
+    }
+    Ok(())
 }
 
 /// The reverse of [`pin_and_map_pages`]: unmaps `[iova, +size)` from every

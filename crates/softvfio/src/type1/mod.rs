@@ -95,5 +95,5 @@ pub(crate) mod state;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use map::{pin_and_map_pages, unmap_unpin_pages, MapOp, PinRequest};
+pub(crate) use map::{map_run, pin_and_map_pages, unmap_unpin_pages, MapOp, PinRequest};
 pub use state::BrokenInvariant;
