@@ -164,6 +164,7 @@ pub fn build(cfg: &Config) -> Result<BuiltPlatform, ConfigError> {
                     rid: Some(rid),
                     model: ioat.clone(),
                 }));
+                platform.cdev_order.push((d.group, d.bdf.clone()));
                 devices.push(BuiltDevice {
                     name: d.bdf.clone(),
                     group: d.group,

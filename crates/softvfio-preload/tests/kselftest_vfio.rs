@@ -246,6 +246,77 @@ fn other_selftests_in_all_modes() {
     }
 }
 
+/// `vfio_pci_driver_test` on the platform with the I/OAT DMA engine
+/// (tests/platforms/ioat.toml, docs/IOAT.md): the selftests' ioat driver
+/// programs it through its mmap'd BAR0 (trapped MMIO) and every case of
+/// every IOMMU mode passes in both run modes: memcpy, memcpy from and to
+/// unmapped IOVAs (IOMMU faults, CHANERR, no MSI), send_msi (MSI-X),
+/// mix_and_match and memcpy_storm (65535 descriptors). On the default
+/// platform (edu only) the test finds no driver and exits 4, as on 6.12.
+#[test]
+fn driver_test_passes_every_case_on_the_ioat_platform() {
+    let Some(src) = shared_tree() else {
+        eprintln!("skipped: ../shared/kselftest-vfio is absent");
+        return;
+    };
+    let build = build_selftests(&src);
+    let _ = artifacts();
+    let cfg = workspace().join("tests/platforms/ioat.toml");
+    let cfg = cfg.to_str().expect("utf-8 path");
+    let bin = "vfio_pci_driver_test";
+    for mode in ["trace", "preload"] {
+        let kind = if mode == "trace" { "static" } else { "dynamic" };
+        let out = softvfio_run(
+            mode,
+            &["-q", "--config", cfg],
+            &build.join(kind).join(bin),
+            &["0000:00:04.0"],
+        );
+        let got = parse_tap(&out.stdout);
+        let cases: Vec<&str> = [
+            "init_remove",
+            "memcpy_success",
+            "memcpy_from_unmapped_iova",
+            "memcpy_to_unmapped_iova",
+            "send_msi",
+            "mix_and_match",
+            "memcpy_storm",
+        ]
+        .into();
+        assert_eq!(
+            got.len(),
+            5 * cases.len(),
+            "{mode}:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        for iommu in [
+            "vfio_type1_iommu",
+            "vfio_type1v2_iommu",
+            "iommufd_compat_type1",
+            "iommufd_compat_type1v2",
+            "iommufd",
+        ] {
+            for case in &cases {
+                let name = format!("{bin}.{iommu}.{case}");
+                assert_eq!(
+                    got.get(&name),
+                    Some(&Res::Pass),
+                    "{mode} {name}:\n{}",
+                    out.stdout
+                );
+            }
+        }
+        assert_eq!(out.code, Some(0), "{mode}: {}", out.stderr);
+        // On the default platform: no driver for edu, exit 4 (KSFT_SKIP).
+        let (_, output) = run_selftest(&build, mode, bin);
+        assert!(
+            output.contains("No driver found for device 0000:00:03.0"),
+            "{output}"
+        );
+    }
+}
+
 /// The harness's process pattern: fork, fork, open the group in the
 /// grandchild, exit with it open; the parent polls the child's pidfd and
 /// waits with WNOHANG, which must find it; the group is free for the next

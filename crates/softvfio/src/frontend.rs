@@ -316,6 +316,20 @@ impl Session {
                 .vfio
                 .device_mmap(d, offset, len, shared)
                 .map(|m| crate::uapi::MappedRegion { file: key, ..m }),
+            // A cdev maps as its device once bound to an iommufd (before:
+            // EINVAL, `vfio_device_fops_mmap` without access granted).
+            Some(FileObject::Cdev(c)) => {
+                if c.bound().is_none() {
+                    return Err(VfioError::Invalid("cdev not bound to an iommufd"));
+                }
+                let d = crate::uapi::DeviceFile {
+                    group: c.group.clone(),
+                    device: c.device.clone(),
+                };
+                self.vfio
+                    .device_mmap(&d, offset, len, shared)
+                    .map(|m| crate::uapi::MappedRegion { file: key, ..m })
+            }
             Some(_) => Err(VfioError::Errno(libc::ENODEV)),
             None => Err(VfioError::BadFd),
         }

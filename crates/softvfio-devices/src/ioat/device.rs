@@ -84,6 +84,12 @@ pub struct IoatSnapshot {
     pub last_error: Option<String>,
 }
 
+/// BAR0 as vfio-pci's region code sees it: memory, mmap-able.
+const BAR0: crate::pci::regions::BarLayout = crate::pci::regions::BarLayout {
+    size: BAR0_SIZE,
+    memory: true,
+};
+
 /// The offset in config space where the PCI Express capability sits.
 const PCIE_CAP_OFFSET: usize = 0x90;
 /// The offset of the MSI-X capability.
@@ -619,10 +625,7 @@ impl VfioDeviceModel for IoatDevice {
 
     fn region_info(&self, index: u32) -> Option<RegionInfo> {
         match index {
-            VFIO_PCI_BAR0_REGION_INDEX => Some(RegionInfo {
-                flags: REGION_FLAG_READ | REGION_FLAG_WRITE,
-                size: BAR0_SIZE,
-            }),
+            VFIO_PCI_BAR0_REGION_INDEX => Some(crate::pci::regions::bar_region_info(BAR0)),
             i if i <= VFIO_PCI_BAR5_REGION_INDEX || i == VFIO_PCI_ROM_REGION_INDEX => {
                 Some(RegionInfo { flags: 0, size: 0 })
             }
@@ -631,6 +634,22 @@ impl VfioDeviceModel for IoatDevice {
                 size: CONFIG_SPACE_SIZE as u64,
             }),
             _ => None,
+        }
+    }
+
+    /// BAR0 holds the MSI-X table: mapped whole, with MSIX_MAPPABLE.
+    fn region_caps(&self, index: u32) -> Vec<softvfio::device::RegionCap> {
+        match index {
+            VFIO_PCI_BAR0_REGION_INDEX => crate::pci::regions::bar_region_caps(
+                index,
+                BAR0,
+                Some(crate::pci::regions::MsixLayout {
+                    bar: VFIO_PCI_BAR0_REGION_INDEX,
+                    table_offset: u64::from(MSIX_TABLE_OFFSET),
+                    table_size: 16,
+                }),
+            ),
+            _ => Vec::new(),
         }
     }
 

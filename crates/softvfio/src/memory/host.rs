@@ -348,6 +348,22 @@ impl HostMemory {
         *self.device_ranges.lock().unwrap_or_else(|e| e.into_inner()) = Some(ranges);
     }
 
+    /// DMA into a BAR mapping mapped for DMA (peer to peer) does not reach
+    /// the peer's registers yet (docs/MMIO.md, "Limits"): it is a fault,
+    /// never an access to the inaccessible placeholder behind the mapping
+    /// (which `/proc/<pid>/mem` would write through).
+    fn refuse_device_dma(&self, vaddr: u64, len: usize) -> Result<(), MemError> {
+        let pins = self.device_pins.lock().unwrap_or_else(|e| e.into_inner());
+        if pins.is_empty() {
+            return Ok(());
+        }
+        let end = vaddr.saturating_add(len as u64);
+        if pins.iter().any(|&(s, e)| vaddr < e && s < end) {
+            return Err(MemError::Fault);
+        }
+        Ok(())
+    }
+
     /// Gives back a device "pin" covering `[vaddr, end)`; false when no
     /// device pin covers it.
     fn unpin_device(&self, vaddr: u64, end: u64) -> bool {
@@ -772,6 +788,7 @@ impl UserMemory for HostMemory {
     }
 
     fn dma_read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.refuse_device_dma(vaddr, buf.len())?;
         if matches!(self.target, Target::Current) {
             return self.read(vaddr, buf);
         }
@@ -793,6 +810,7 @@ impl UserMemory for HostMemory {
     }
 
     fn dma_write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
+        self.refuse_device_dma(vaddr, data.len())?;
         if matches!(self.target, Target::Current) {
             return self.write(vaddr, data);
         }
