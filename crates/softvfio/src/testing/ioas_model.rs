@@ -69,7 +69,8 @@ impl IoasModel {
         }
         let mut at = iova;
         for (u, l) in pieces {
-            self.ioas[i].insert(at, (at + l - 1, *u));
+            // `at + (l - 1)`: the last piece may end at 2^64 - 1.
+            self.ioas[i].insert(at, (at + (l - 1), *u));
             at = at.wrapping_add(*l);
         }
         0
