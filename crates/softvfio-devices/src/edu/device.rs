@@ -1,19 +1,16 @@
 //! QEMU's edu device as a vfio-pci device: regions, interrupts, config
 //! space, open/close/reset, all as Linux 6.1 vfio-pci presents a QEMU edu.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use softvfio::device::{
     FeatureRequest, IoeventfdRequest, IrqInfo, IrqSet, MappedAccessError, RegionCap, RegionInfo,
     VfioDeviceModel, REGION_FLAG_READ, REGION_FLAG_WRITE,
 };
 use vfio_bindings::bindings::vfio::{
-    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED,
-    VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
-    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR5_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
-    VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_PCI_REQ_IRQ_INDEX,
-    VFIO_PCI_ROM_REGION_INDEX,
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_BAR0_REGION_INDEX,
+    VFIO_PCI_BAR5_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
+    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_PCI_ROM_REGION_INDEX,
 };
 
 use super::config::{edu_config, CONFIG_SIZE};
@@ -22,7 +19,7 @@ use super::regs::{BAR0_SIZE, DEFAULT_DMA_MASK};
 use crate::dma::DmaTarget;
 use crate::pci::config::VirtualConfig;
 use crate::pci::regions::{bar_region_caps, bar_region_info, BarLayout};
-use crate::pci::{Ioeventfds, IrqCapabilities, IrqMode, PciPower, VfioPciIrqs};
+use crate::pci::{lock, Ioeventfds, IrqCapabilities, IrqMode, PciPower, RegionAccess, VfioPciIrqs};
 
 /// Edu's one BAR: 1 MiB of memory space.
 const BAR0: BarLayout = BarLayout {
@@ -159,27 +156,6 @@ impl Pending {
     fn push(&mut self, index: u32) {
         self.irqs.push(index);
     }
-}
-
-/// One region access from the device fd.
-enum Access<'a> {
-    Read(&'a mut [u8]),
-    Write(&'a [u8]),
-}
-
-impl Access<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Access::Read(b) => b.len(),
-            Access::Write(d) => d.len(),
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // State stays consistent between statements; a panic on another
-    // thread must not turn every later access into a panic too.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// vfio-pci's access splitting (`do_io_rw`, `vfio_config_do_rw`): the
@@ -405,7 +381,7 @@ impl EduDevice {
         }
     }
 
-    fn bar0_rw(&self, offset: u64, access: Access<'_>) -> Result<usize, i32> {
+    fn bar0_rw(&self, offset: u64, access: RegionAccess<'_>) -> Result<usize, i32> {
         let len = access.len();
         if offset >= BAR0_SIZE {
             return Err(libc::EINVAL);
@@ -427,7 +403,7 @@ impl EduDevice {
             }
             let mut done = 0usize;
             match access {
-                Access::Read(out) => {
+                RegionAccess::Read(out) => {
                     while done < len {
                         let off = offset + done as u64;
                         let n = chunk(off, len - done, max);
@@ -438,7 +414,7 @@ impl EduDevice {
                         done += n;
                     }
                 }
-                Access::Write(data) => {
+                RegionAccess::Write(data) => {
                     while done < len {
                         let off = offset + done as u64;
                         let n = chunk(off, len - done, max);
@@ -474,7 +450,7 @@ impl EduDevice {
         &self,
         index: u32,
         offset: u64,
-        access: Access<'_>,
+        access: RegionAccess<'_>,
     ) -> Result<(), MappedAccessError> {
         let width = access.len();
         let end = offset.checked_add(width as u64);
@@ -497,7 +473,7 @@ impl EduDevice {
             let w = width as u64;
             let misalign = offset % w;
             match access {
-                Access::Read(out) => {
+                RegionAccess::Read(out) => {
                     let v = if misalign == 0 {
                         g.core.mmio_read(offset, width)
                     } else {
@@ -518,7 +494,7 @@ impl EduDevice {
                     };
                     out.copy_from_slice(&v.to_le_bytes()[..width]);
                 }
-                Access::Write(data) => {
+                RegionAccess::Write(data) => {
                     let mut parts = [(0u64, 0usize, 0u64); 8];
                     let n = if misalign == 0 {
                         let mut v = [0u8; 8];
@@ -547,7 +523,7 @@ impl EduDevice {
         Ok(())
     }
 
-    fn config_rw(&self, offset: u64, access: Access<'_>) -> Result<usize, i32> {
+    fn config_rw(&self, offset: u64, access: RegionAccess<'_>) -> Result<usize, i32> {
         let len = access.len();
         if len == 0 {
             return Ok(0);
@@ -562,12 +538,12 @@ impl EduDevice {
         {
             let mut g = lock(&self.inner);
             match access {
-                Access::Read(out) => {
+                RegionAccess::Read(out) => {
                     // Reads have no side effects: one pass is equivalent to
                     // vfio-pci's aligned chunks.
                     g.cfg.read(offset, out, g.intx);
                 }
-                Access::Write(data) => {
+                RegionAccess::Write(data) => {
                     let was_disabled = g.cfg.intx_disabled();
                     let was_msi = g.cfg.msi_enabled();
                     let mut done = 0usize;
@@ -601,7 +577,7 @@ impl EduDevice {
         Ok(len)
     }
 
-    fn region_rw(&self, index: u32, offset: u64, access: Access<'_>) -> Result<usize, i32> {
+    fn region_rw(&self, index: u32, offset: u64, access: RegionAccess<'_>) -> Result<usize, i32> {
         match index {
             VFIO_PCI_BAR0_REGION_INDEX => self.bar0_rw(offset, access),
             VFIO_PCI_CONFIG_REGION_INDEX => self.config_rw(offset, access),
@@ -650,35 +626,15 @@ impl VfioDeviceModel for EduDevice {
     }
 
     fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        match index {
-            VFIO_PCI_INTX_IRQ_INDEX => Some(IrqInfo {
-                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED,
-                count: 1,
-            }),
-            VFIO_PCI_MSI_IRQ_INDEX => Some(IrqInfo {
-                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
-                count: 1,
-            }),
-            VFIO_PCI_MSIX_IRQ_INDEX => Some(IrqInfo {
-                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
-                count: 0,
-            }),
-            // Error reporting exists only for PCI Express devices.
-            VFIO_PCI_ERR_IRQ_INDEX => None,
-            VFIO_PCI_REQ_IRQ_INDEX => Some(IrqInfo {
-                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
-                count: 1,
-            }),
-            _ => None,
-        }
+        self.irqs.irq_info(index)
     }
 
     fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<usize, i32> {
-        self.region_rw(index, offset, Access::Read(buf))
+        self.region_rw(index, offset, RegionAccess::Read(buf))
     }
 
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<usize, i32> {
-        self.region_rw(index, offset, Access::Write(data))
+        self.region_rw(index, offset, RegionAccess::Write(data))
     }
 
     fn region_caps(&self, index: u32) -> Vec<RegionCap> {
@@ -695,11 +651,11 @@ impl VfioDeviceModel for EduDevice {
         offset: u64,
         data: &mut [u8],
     ) -> Result<(), MappedAccessError> {
-        self.bar0_mapped(index, offset, Access::Read(data))
+        self.bar0_mapped(index, offset, RegionAccess::Read(data))
     }
 
     fn mapped_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), MappedAccessError> {
-        self.bar0_mapped(index, offset, Access::Write(data))
+        self.bar0_mapped(index, offset, RegionAccess::Write(data))
     }
 
     /// vfio-pci saves config space, resets the function, restores config

@@ -19,19 +19,16 @@
 //!
 //! Lock order: `inner`, then the vfio-pci core's locks (`irqs`).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use softvfio::device::{
     FeatureRequest, IoeventfdRequest, IrqInfo, IrqSet, RegionInfo, VfioDeviceModel,
     REGION_FLAG_READ, REGION_FLAG_WRITE,
 };
 use vfio_bindings::bindings::vfio::{
-    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED,
-    VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
-    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR5_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
-    VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_PCI_REQ_IRQ_INDEX,
-    VFIO_PCI_ROM_REGION_INDEX,
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_BAR0_REGION_INDEX,
+    VFIO_PCI_BAR5_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_NUM_IRQS,
+    VFIO_PCI_NUM_REGIONS, VFIO_PCI_ROM_REGION_INDEX,
 };
 
 use super::channel::{ChannelStats, IoatChannel};
@@ -41,7 +38,7 @@ use crate::pci::config::{
     BarLayout, ConfigLayout, MsixLayout, PciIdentity, RawCapability, VirtualConfig, CONFIG_SIZE,
     PCI_BASE_ADDRESS_MEM_TYPE_64, PCI_COMMAND_MEMORY, PCI_COMMAND_SERR,
 };
-use crate::pci::{Ioeventfds, IrqCapabilities, IrqMode, PciPower, VfioPciIrqs};
+use crate::pci::{lock, Ioeventfds, IrqCapabilities, IrqMode, PciPower, RegionAccess, VfioPciIrqs};
 
 /// How to build an [`IoatDevice`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,10 +195,6 @@ impl std::fmt::Debug for IoatDevice {
             .field("opts", &self.opts)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The largest naturally aligned access of at most 8 bytes that fits.
@@ -437,7 +430,7 @@ impl IoatDevice {
         }
     }
 
-    fn bar0_rw(&self, offset: u64, access: Access<'_>) -> Result<usize, i32> {
+    fn bar0_rw(&self, offset: u64, access: RegionAccess<'_>) -> Result<usize, i32> {
         if offset >= BAR0_SIZE {
             return Err(libc::EINVAL);
         }
@@ -458,7 +451,7 @@ impl IoatDevice {
         };
         let mut done = 0usize;
         match access {
-            Access::Read(out) => {
+            RegionAccess::Read(out) => {
                 while done < len {
                     let off = offset + done as u64;
                     let n = chunk(off, len - done, 8);
@@ -469,7 +462,7 @@ impl IoatDevice {
                     done += n;
                 }
             }
-            Access::Write(data) => {
+            RegionAccess::Write(data) => {
                 while done < len {
                     let off = offset + done as u64;
                     let n = chunk(off, len - done, 8);
@@ -516,7 +509,7 @@ impl IoatDevice {
         }
     }
 
-    fn config_rw(&self, offset: u64, access: Access<'_>) -> Result<usize, i32> {
+    fn config_rw(&self, offset: u64, access: RegionAccess<'_>) -> Result<usize, i32> {
         let len = access.len();
         if len == 0 {
             return Ok(0);
@@ -528,7 +521,7 @@ impl IoatDevice {
         let offset = offset as usize;
         let mut g = lock(&self.inner);
         match access {
-            Access::Read(out) => {
+            RegionAccess::Read(out) => {
                 for (i, o) in out.iter_mut().enumerate() {
                     let at = offset + i;
                     *o = if at < CONFIG_SIZE {
@@ -540,7 +533,7 @@ impl IoatDevice {
                     };
                 }
             }
-            Access::Write(data) => {
+            RegionAccess::Write(data) => {
                 let was_disabled = g.cfg.intx_disabled();
                 let mut done = 0usize;
                 while done < len {
@@ -580,26 +573,11 @@ impl IoatDevice {
         self.irqs.set_intx_line(false);
     }
 
-    fn region_rw(&self, index: u32, offset: u64, access: Access<'_>) -> Result<usize, i32> {
+    fn region_rw(&self, index: u32, offset: u64, access: RegionAccess<'_>) -> Result<usize, i32> {
         match index {
             VFIO_PCI_BAR0_REGION_INDEX => self.bar0_rw(offset, access),
             VFIO_PCI_CONFIG_REGION_INDEX => self.config_rw(offset, access),
             _ => Err(libc::EINVAL),
-        }
-    }
-}
-
-/// One region access from the device fd.
-enum Access<'a> {
-    Read(&'a mut [u8]),
-    Write(&'a [u8]),
-}
-
-impl Access<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Access::Read(b) => b.len(),
-            Access::Write(d) => d.len(),
         }
     }
 }
@@ -654,29 +632,15 @@ impl VfioDeviceModel for IoatDevice {
     }
 
     fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        match index {
-            VFIO_PCI_INTX_IRQ_INDEX => Some(IrqInfo {
-                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED,
-                count: 1,
-            }),
-            VFIO_PCI_MSI_IRQ_INDEX | VFIO_PCI_MSIX_IRQ_INDEX => Some(IrqInfo {
-                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
-                count: self.irqs.count(index),
-            }),
-            VFIO_PCI_ERR_IRQ_INDEX | VFIO_PCI_REQ_IRQ_INDEX => Some(IrqInfo {
-                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
-                count: 1,
-            }),
-            _ => None,
-        }
+        self.irqs.irq_info(index)
     }
 
     fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<usize, i32> {
-        self.region_rw(index, offset, Access::Read(buf))
+        self.region_rw(index, offset, RegionAccess::Read(buf))
     }
 
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<usize, i32> {
-        self.region_rw(index, offset, Access::Write(data))
+        self.region_rw(index, offset, RegionAccess::Write(data))
     }
 
     fn reset(&self) -> Result<(), i32> {

@@ -159,6 +159,31 @@ impl VfioPciIrqs {
         }
     }
 
+    /// `VFIO_DEVICE_GET_IRQ_INFO` for `index`, as vfio-pci answers it:
+    /// INTx maskable and automasked, the others NORESIZE, with the counts
+    /// of [`Self::count`]; no ERR index without PCI Express (EINVAL).
+    pub fn irq_info(&self, index: u32) -> Option<softvfio::device::IrqInfo> {
+        use vfio_bindings::bindings::vfio::{
+            VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
+            VFIO_IRQ_INFO_NORESIZE,
+        };
+        let flags = match index {
+            VFIO_PCI_INTX_IRQ_INDEX => {
+                VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED
+            }
+            VFIO_PCI_ERR_IRQ_INDEX if !self.caps.pcie => return None,
+            VFIO_PCI_MSI_IRQ_INDEX
+            | VFIO_PCI_MSIX_IRQ_INDEX
+            | VFIO_PCI_ERR_IRQ_INDEX
+            | VFIO_PCI_REQ_IRQ_INDEX => VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
+            _ => return None,
+        };
+        Some(softvfio::device::IrqInfo {
+            flags,
+            count: self.count(index),
+        })
+    }
+
     /// The interrupt type enabled now.
     pub fn mode(&self) -> IrqMode {
         match &self.lock().mode {

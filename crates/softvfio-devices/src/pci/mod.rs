@@ -27,3 +27,29 @@ pub use config::{ConfigLayout, VirtualConfig};
 pub use ioeventfd::Ioeventfds;
 pub use irqs::{IrqCapabilities, IrqMode, IrqStats, VfioPciIrqs};
 pub use power::PciPower;
+
+/// One access to a region of a device file (`pread`/`pwrite` or a load or
+/// store on a mapping): the bytes to fill or to write.
+pub(crate) enum RegionAccess<'a> {
+    /// Fill the buffer.
+    Read(&'a mut [u8]),
+    /// Write these bytes.
+    Write(&'a [u8]),
+}
+
+impl RegionAccess<'_> {
+    /// Bytes accessed.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            RegionAccess::Read(b) => b.len(),
+            RegionAccess::Write(d) => d.len(),
+        }
+    }
+}
+
+/// Locks a device model's state. State stays consistent between
+/// statements, so a panic on another thread must not turn every later
+/// access into a panic too.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -33,8 +33,8 @@ pub struct UserRegion {
 pub struct ModelMapping {
     /// Size in bytes.
     pub size: u64,
-    /// The address pinned at map time: what DMA reaches, even after a
-    /// vaddr update (the new vaddr must name the same memory).
+    /// The address DMA reaches: the one pinned at map time, or the new
+    /// vaddr of an update when that range could be pinned (issue 13).
     pub vaddr: u64,
     /// Device reads allowed.
     pub read: bool,
@@ -164,8 +164,15 @@ impl Type1Model {
             if hits.len() != 1 || hits[0] != iova || m.size != size || !m.invalid {
                 return Err(libc::EINVAL);
             }
+            // DMA follows the new vaddr when it can be pinned (live update
+            // maps the same memory there); otherwise the old pages stay
+            // what DMA reaches, as Linux's pinned pages do.
+            let movable = self.memory_ok(vaddr, size, m.write);
             if let Some(m) = self.maps.get_mut(&iova) {
                 m.invalid = false;
+                if movable {
+                    m.vaddr = vaddr;
+                }
             }
             return Ok(());
         }
