@@ -57,7 +57,10 @@ fuzz_target!(|data: &[u8]| {
     let ctx = Iommufd::new(mem.clone());
     let ids = [ctx.ioas_alloc(), ctx.ioas_alloc()];
     let dev = ctx.bind(&group, &group.devices[0]);
-    let mut model = IoasModel::default();
+    let mut model = IoasModel {
+        memory: Some((DATA, DATA + DATA_PAGES * PG)),
+        ..IoasModel::default()
+    };
     while !b.is_empty() {
         let what;
         match b.u8() % 8 {

@@ -27,6 +27,11 @@ pub struct IoasModel {
     pub ioas: [Areas; 2],
     /// The device is attached to IOAS 0.
     pub attached: bool,
+    /// The user memory that can be pinned, `[start, end)`; `None`: any.
+    /// Areas are pinned only while attached (iommufd pins lazily), so an
+    /// area over memory that is not there fails (EFAULT) when it is placed
+    /// into, or attached with, IOAS 0.
+    pub memory: Option<(u64, u64)>,
 }
 
 impl IoasModel {
@@ -66,6 +71,9 @@ impl IoasModel {
         }
         if strict && pieces.iter().any(|(u, l)| (u | l) % PG != 0) {
             return libc::EINVAL;
+        }
+        if strict && pieces.iter().any(|&(u, l)| !self.pinnable(u, l)) {
+            return libc::EFAULT;
         }
         let mut at = iova;
         for (u, l) in pieces {
@@ -137,6 +145,13 @@ impl IoasModel {
         self.place(1 - src, &pieces, dst_iova)
     }
 
+    /// Can `[uptr, uptr + len)` be pinned?
+    fn pinnable(&self, uptr: u64, len: u64) -> bool {
+        self.memory.is_none_or(|(start, end)| {
+            uptr >= start && uptr.checked_add(len).is_some_and(|e| e <= end)
+        })
+    }
+
     /// Attaching the device to IOAS 0: EADDRINUSE when an area is in a
     /// reserved range, EINVAL-free otherwise; unaligned areas refuse it.
     pub fn attach(&mut self) -> i32 {
@@ -153,6 +168,13 @@ impl IoasModel {
         if self.ioas[0].iter().any(|(s, (l, _))| self.reserved(*s, *l)) {
             self.attached = false;
             return libc::EADDRINUSE;
+        }
+        if self.ioas[0]
+            .iter()
+            .any(|(s, (l, u))| !self.pinnable(*u, l - s + 1))
+        {
+            self.attached = false;
+            return libc::EFAULT;
         }
         0
     }
