@@ -255,6 +255,9 @@ pub struct VirtualConfig {
     msi_hw: bool,
     /// `VFIO_DEVICE_SET_IRQS` has MSI-X enabled.
     msix_mode: bool,
+    /// (offset, length) of every capability, by offset: computed once,
+    /// consulted for every byte a program writes.
+    caps: Vec<(usize, usize)>,
 }
 
 impl VirtualConfig {
@@ -340,6 +343,7 @@ impl VirtualConfig {
             msi_qmax: 0,
             msi_hw: false,
             msix_mode: false,
+            caps,
         }
     }
 
@@ -364,8 +368,7 @@ impl VirtualConfig {
         }
         // MSI-X and the raw capabilities are read-only.
         if self
-            .layout
-            .capabilities()
+            .caps
             .iter()
             .any(|&(start, len)| (start..start + len).contains(&off))
         {
