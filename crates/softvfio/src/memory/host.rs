@@ -189,6 +189,9 @@ pub struct HostMemory {
     /// Device ranges "pinned" for DMA, one entry per pin (start, end): what
     /// `unpin` gives back without touching the pin counts.
     device_pins: Mutex<Vec<(u64, u64)>>,
+    /// `device_pins` is not empty: lets device DMA skip its lock when no
+    /// BAR is mapped for DMA (the common case), updated under that lock.
+    any_device_pins: AtomicBool,
     /// The program may hold memory locks of its own: it had locked memory
     /// when this backend was made, or it called mlock since (front ends
     /// report it). Reading VmLck costs more than pinning a 4 KiB page, so
@@ -300,6 +303,7 @@ impl HostMemory {
             lock_refused: AtomicBool::new(false),
             device_ranges: Mutex::new(None),
             device_pins: Mutex::new(Vec::new()),
+            any_device_pins: AtomicBool::new(false),
             program_locks: AtomicBool::new(false),
         }
     }
@@ -353,10 +357,10 @@ impl HostMemory {
     /// never an access to the inaccessible placeholder behind the mapping
     /// (which `/proc/<pid>/mem` would write through).
     fn refuse_device_dma(&self, vaddr: u64, len: usize) -> Result<(), MemError> {
-        let pins = self.device_pins.lock().unwrap_or_else(|e| e.into_inner());
-        if pins.is_empty() {
+        if !self.any_device_pins.load(Ordering::Acquire) {
             return Ok(());
         }
+        let pins = self.device_pins.lock().unwrap_or_else(|e| e.into_inner());
         let end = vaddr.saturating_add(len as u64);
         if pins.iter().any(|&(s, e)| vaddr < e && s < end) {
             return Err(MemError::Fault);
@@ -378,6 +382,8 @@ impl HostMemory {
         if end < e {
             pins.push((end, e));
         }
+        self.any_device_pins
+            .store(!pins.is_empty(), Ordering::Release);
         true
     }
 
@@ -643,10 +649,11 @@ impl UserMemory for HostMemory {
         if self.is_device_range(vaddr, len) {
             // Device registers: nothing to fault in, lock or count (type1
             // neither pins nor accounts VM_PFNMAP pages).
-            self.device_pins
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((vaddr, end));
+            {
+                let mut pins = self.device_pins.lock().unwrap_or_else(|e| e.into_inner());
+                pins.push((vaddr, end));
+                self.any_device_pins.store(true, Ordering::Release);
+            }
             let run = PinnedRun {
                 vaddr,
                 len,
