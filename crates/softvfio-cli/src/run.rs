@@ -959,6 +959,20 @@ impl Handler for VfioHandler {
         self.retire(pid);
     }
 
+    fn exiting(&mut self, pid: i32) {
+        // Linux keeps the pages a gone process pinned for as long as they
+        // are mapped; keep what they hold (HostMemory::keep_pinned_pages).
+        if let Some(stats) = self.mems.get(&pid).and_then(|m| m.keep_pinned_pages()) {
+            tracing::info!(
+                pid,
+                shared = stats.shared_bytes,
+                copied = stats.copied_bytes,
+                lost = stats.lost_bytes,
+                "process exits with pinned pages still mapped: kept for the devices"
+            );
+        }
+    }
+
     fn exited(&mut self, pid: i32) {
         self.bars.forget(pid);
         self.release_unmapped();

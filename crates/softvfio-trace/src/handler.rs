@@ -177,6 +177,14 @@ pub trait Handler {
         let _ = pid;
     }
 
+    /// Process `pid` is about to exit: its last thread is stopped at its
+    /// exit, its memory is still there, and another process of the program
+    /// holds one of the handler's objects (what this process mapped may
+    /// outlive it). [`Handler::exited`] follows.
+    fn exiting(&mut self, pid: i32) {
+        let _ = pid;
+    }
+
     /// Process `pid` is gone (all its threads exited).
     fn exited(&mut self, pid: i32) {
         let _ = pid;

@@ -242,6 +242,8 @@ pub(crate) struct Thread {
 #[derive(Debug, Default)]
 pub(crate) struct Process {
     tids: HashSet<i32>,
+    /// Threads seen at their exit stop (`PTRACE_EVENT_EXIT`).
+    exit_stopped: HashSet<i32>,
     scratch_map: Option<u64>,
     announced: bool,
 }
@@ -584,6 +586,44 @@ impl Core {
         h.exec(tgid);
     }
 
+    /// Thread `tid` of `tgid` stopped at its exit. When it is the last one
+    /// (the process is going, its memory still intact) and another traced
+    /// process holds one of the handler's objects (so the mappings of this
+    /// process can outlive it: a forked child keeps the container), the
+    /// handler hears of it before the memory goes ([`Handler::exiting`]).
+    /// A process that exits with everything closed costs nothing here.
+    fn note_exit_stop(&mut self, h: &mut dyn Handler, tgid: i32, tid: i32) {
+        let Some(p) = self.procs.get_mut(&tgid) else {
+            return;
+        };
+        p.exit_stopped.insert(tid);
+        if !p.tids.iter().all(|t| p.exit_stopped.contains(t)) {
+            return;
+        }
+        if self.others_hold_objects(tgid) {
+            h.exiting(tgid);
+        }
+    }
+
+    /// Does a traced process other than `tgid` hold a descriptor of one of
+    /// the handler's objects?
+    fn others_hold_objects(&self, tgid: i32) -> bool {
+        if self.objects.is_empty() {
+            return false;
+        }
+        self.procs.keys().filter(|&&pid| pid != tgid).any(|&pid| {
+            let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+                return false;
+            };
+            dir.flatten().any(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|link| {
+                    socket_inode(link.as_os_str().as_encoded_bytes())
+                        .is_some_and(|ino| self.objects.contains(ino))
+                })
+            })
+        })
+    }
+
     /// A thread is about to exit (`PTRACE_EVENT_EXIT`, before its files are
     /// closed). A traced zombie is reported to its tracer first: its pidfd
     /// turns readable (and SIGCHLD reaches its parent) while its parent's
@@ -597,6 +637,7 @@ impl Core {
     /// as `on_gone` does for a traced exit.
     fn on_exit_stop(&mut self, h: &mut dyn Handler, tid: i32) {
         let tgid = self.tgid_of(tid);
+        self.note_exit_stop(h, tgid, tid);
         if tgid == self.main_pid {
             let _ = sys::ptrace_cont(tid, 0);
             return;

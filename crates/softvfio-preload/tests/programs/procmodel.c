@@ -293,6 +293,81 @@ static int case_orphan(char **argv) {
   _exit(0);
 }
 
+/* The owner of mappings exits while a forked child keeps the container:
+ * the pages it pinned stay (Linux: pinned pages outlive their mm). The
+ * private page is seen by the device only; the shared page is the one
+ * the child still maps. */
+#define S_ADDR 0x6c0000000ul
+#define R_ADDR 0x6d0000000ul
+#define IOVA_S 0x400000
+#define IOVA_R 0x500000
+/* Device copy of 64 bytes from IOVA `from` to IOVA `to` through edu's buffer. */
+static int dev_copy(uint64_t from, uint64_t to) {
+  int r = edu_dma(from, EDU_BUF, 64, 0);
+  return r ? r : edu_dma(EDU_BUF, to, 64, 1);
+}
+static char first_of(const char *p) { return all_are(p, 64, p[0]) && p[0] > ' ' ? p[0] : '?'; }
+static void kept_owner(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
+  if (dev < 0) die("GET_DEVICE_FD");
+  device_setup(dev);
+  fixed_page(X_ADDR, PG, 'A');
+  char *s = mmap((void *)S_ADDR, PG, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (s != (char *)S_ADDR) die("mmap shared");
+  memset(s, 's', PG);
+  if (map(c, IOVA_X, (void *)X_ADDR, PG) || map(c, IOVA_S, s, PG)) die("map");
+  fflush(stdout);
+  pid_t owner = getpid();
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child > 0) _exit(0); /* the owner of X and S goes */
+  memset((void *)X_ADDR, 'x', PG); /* the child's own copy of X */
+  char *r = fixed_page(R_ADDR, PG, 'r');
+  while (getppid() == owner) usleep(1000);
+  for (int i = 0; i < 5000 && kill(owner, 0) == 0; i++) usleep(1000);
+  printf("kept_owner_gone %s\n", kill(owner, 0) ? "yes" : "no");
+  printf("kept_child_map %s\n", errno_name(map(c, IOVA_R, r, PG)));
+  memset(s, 't', PG); /* after the owner is gone */
+  int e = dev_copy(IOVA_X, IOVA_R);
+  printf("kept_private_read %d %c\n", e, first_of(r));
+  e = dev_copy(IOVA_S, IOVA_R);
+  printf("kept_shared_read %d %c\n", e, first_of(r));
+  memset(r, 'D', PG);
+  e = dev_copy(IOVA_R, IOVA_S);
+  printf("kept_shared_write %d %c\n", e, first_of(s));
+  memset(r, 'E', PG);
+  int e1 = dev_copy(IOVA_R, IOVA_X);
+  memset(r, 'F', PG);
+  int e2 = dev_copy(IOVA_X, IOVA_R);
+  printf("kept_private_write %d %d %c %s\n", e1, e2, first_of(r),
+         all_are((char *)X_ADDR, PG, 'x') ? "child-untouched" : "child-touched");
+  printf("kept_unmap %s\n", errno_name(unmap(c, IOVA_X, PG)));
+  printf("kept_unmap_shared %s\n", errno_name(unmap(c, IOVA_S, PG)));
+  printf("kept_unmap_child %s\n", errno_name(unmap(c, IOVA_R, PG)));
+  fflush(stdout);
+  _exit(0);
+}
+/* The program's first process only waits: the owner is its child, and the
+ * owner's child writes the report (its end of `done` closes at its exit). */
+static int case_kept(char **argv) {
+  int done[2];
+  if (pipe(done)) die("pipe");
+  pid_t owner = fork();
+  if (owner < 0) die("fork");
+  if (owner == 0) {
+    close(done[0]);
+    kept_owner(argv);
+  }
+  close(done[1]);
+  waitpid(owner, NULL, 0);
+  char b;
+  while (read(done[0], &b, 1) > 0) {
+  }
+  return 0;
+}
+
 /* fork: the container, group and device are shared; the child's MAP_DMA
  * pins the child's own memory, and its DMA reaches the parent's mappings. */
 static int case_fork(char **argv) {
@@ -569,6 +644,7 @@ static int case_thread_exec(char **argv) {
     map(c, 0x100000, buf, 64 * PG);
     unmap(c, 0x100000, 64 * PG);
   }
+  return 0; /* not reached: the exec replaces the image */
 }
 
 static int case_thread_exec2(void) {
@@ -588,6 +664,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "exec2") && argc > 4) return case_exec2(argv);
   if (!strcmp(argv[1], "orphan") && argc > 3) return case_orphan(argv);
   if (!strcmp(argv[1], "fork") && argc > 3) return case_fork(argv);
+  if (!strcmp(argv[1], "kept") && argc > 3) return case_kept(argv);
   if (!strcmp(argv[1], "names") && argc > 3) return case_names(argv);
   if (!strcmp(argv[1], "fdops") && argc > 3) return case_fdops(argv);
   if (!strcmp(argv[1], "thread_exec") && argc > 3) return case_thread_exec(argv);

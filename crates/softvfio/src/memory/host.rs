@@ -48,8 +48,12 @@
 //!   [`MemError::Unreachable`], and an unpin only drops the counts (the
 //!   locks went with the address space).
 //! - Linux keeps pinned pages alive after their mm is gone, so a device
-//!   still reaches them; here DMA to an address space that is gone is an
-//!   IOMMU fault (docs/RELIABILITY.md, "Process model").
+//!   still reaches them. User space cannot; when the owner says the
+//!   process is about to exit ([`HostMemory::keep_pinned_pages`], at its
+//!   exit stop), what the pinned pages hold is kept (shared memory through
+//!   its file, private memory copied) and device DMA reaches that from
+//!   then on. An address space gone without that (exec) faults DMA
+//!   (docs/RELIABILITY.md, "Process model").
 //!
 //! # The program's own mlock
 //!
@@ -69,6 +73,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use super::interval::{PinCounts, RangeList, RangeSet};
 use super::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory, PAGE_SIZE};
 use crate::account::MmAccount;
+use orphan::OrphanPages;
+pub use orphan::OrphanStats;
 use procfs::{cap_eff_of, check_access, ProcFiles, Vma, UNKNOWN};
 
 /// Operations that must run inside the target process.
@@ -175,6 +181,12 @@ pub struct HostMemory {
     /// The address space is gone (exec or exit of the process); shared
     /// with the SVM view.
     retired: Arc<AtomicBool>,
+    /// The pinned pages, taken over when the address space went away
+    /// ([`HostMemory::keep_pinned_pages`]): device DMA still reaches them,
+    /// as Linux's orphaned pinned pages.
+    orphans: RwLock<Option<OrphanPages>>,
+    /// `orphans` is set: device DMA goes there, never to `mm` again.
+    orphaned: AtomicBool,
     /// Pages the program locked itself (found VM_LOCKED where no pin of
     /// ours held them): never munlocked here.
     user_locked: Mutex<RangeSet>,
@@ -274,6 +286,50 @@ impl HostMemory {
         self.retired.load(Ordering::Acquire)
     }
 
+    /// The process is about to lose this address space (it is stopped at
+    /// its exit, its memory still intact): keep what its pinned pages hold
+    /// so that device DMA still reaches them after [`HostMemory::retire`],
+    /// as it reaches Linux's pinned pages after their mm is gone. Shared
+    /// memory stays shared (its file is kept); private memory is copied
+    /// as it is now (module `orphan`). Another process only; `None` when
+    /// there is nothing to keep or no way to read it.
+    pub fn keep_pinned_pages(&self) -> Option<OrphanStats> {
+        let Target::Pid(pid) = self.target else {
+            return None;
+        };
+        if self.is_retired() {
+            return None;
+        }
+        let pinned: Vec<(u64, u64)> = self
+            .lock_counts()
+            .iter()
+            .map(|s| (s.start, s.end))
+            .collect();
+        if pinned.is_empty() {
+            return None;
+        }
+        // Exclusive: a device write landing in the process's memory while
+        // it is copied would be lost; DMA waits, then finds the kept pages
+        // (the process never runs again, so they are the pages from now).
+        let mm = self.mm.write().unwrap_or_else(|p| p.into_inner());
+        let (pages, stats) = OrphanPages::keep(pid, mm.as_ref()?, &pinned);
+        *self.orphans.write().unwrap_or_else(|p| p.into_inner()) = Some(pages);
+        self.orphaned.store(true, Ordering::Release);
+        drop(mm);
+        tracing::debug!(pid, ?stats, "pinned pages kept past the address space");
+        Some(stats)
+    }
+
+    /// A device access to an address space that is gone: its kept pages,
+    /// or nothing.
+    fn orphan_access(
+        &self,
+        f: impl FnOnce(&OrphanPages) -> Result<(), MemError>,
+    ) -> Result<(), MemError> {
+        let orphans = self.orphans.read().unwrap_or_else(|p| p.into_inner());
+        orphans.as_ref().map_or(Err(MemError::Unreachable), f)
+    }
+
     fn check_live(&self) -> Result<(), MemError> {
         if self.is_retired() {
             Err(MemError::Unreachable)
@@ -298,6 +354,8 @@ impl HostMemory {
             hugetlb: Mutex::new(RangeSet::new()),
             mm: Arc::new(RwLock::new(None)),
             retired: Arc::new(AtomicBool::new(false)),
+            orphans: RwLock::new(None),
+            orphaned: AtomicBool::new(false),
             user_locked: Mutex::new(RangeSet::new()),
             this: OnceLock::new(),
             lock_refused: AtomicBool::new(false),
@@ -799,6 +857,9 @@ impl UserMemory for HostMemory {
         if matches!(self.target, Target::Current) {
             return self.read(vaddr, buf);
         }
+        if self.orphaned.load(Ordering::Acquire) {
+            return self.orphan_access(|o| o.read(vaddr, buf));
+        }
         let mm = self.mm.read().unwrap_or_else(|p| p.into_inner());
         let Some(mm) = mm.as_ref() else {
             return Err(MemError::Unreachable);
@@ -820,6 +881,9 @@ impl UserMemory for HostMemory {
         self.refuse_device_dma(vaddr, data.len())?;
         if matches!(self.target, Target::Current) {
             return self.write(vaddr, data);
+        }
+        if self.orphaned.load(Ordering::Acquire) {
+            return self.orphan_access(|o| o.write(vaddr, data));
         }
         let mm = self.mm.read().unwrap_or_else(|p| p.into_inner());
         let Some(mm) = mm.as_ref() else {
@@ -1183,6 +1247,7 @@ impl Iterator for Runs<'_> {
 /// memory backends.
 #[allow(unsafe_code)]
 mod ffi;
+mod orphan;
 /// `/proc/<pid>` parsing: VMAs, pagemap, capabilities.
 mod procfs;
 
