@@ -949,7 +949,23 @@ impl Handler for VfioHandler {
         }
     }
 
+    fn exec_starting(&mut self, pid: i32) {
+        // The exec may still fail: take the pages now, use them at the exec.
+        if let Some(stats) = self.mems.get(&pid).and_then(|m| m.prepare_kept_pages()) {
+            tracing::info!(
+                pid,
+                shared = stats.shared_bytes,
+                copied = stats.copied_bytes,
+                lost = stats.lost_bytes,
+                "exec with VFIO files kept and pinned pages mapped: kept for the devices"
+            );
+        }
+    }
+
     fn exec(&mut self, pid: i32) {
+        if let Some(m) = self.mems.get(&pid) {
+            m.commit_kept_pages();
+        }
         self.bars.forget(pid);
         self.release_unmapped();
         // A new image: its own file mappings.

@@ -172,6 +172,14 @@ pub trait Handler {
         let _ = (pid, child);
     }
 
+    /// A thread of process `pid` is entering `execve` while VFIO files can
+    /// outlive it (the process keeps one across the exec, or another
+    /// process holds one): the old image's memory is still there. The
+    /// exec may still fail; [`Handler::exec`] follows if it does not.
+    fn exec_starting(&mut self, pid: i32) {
+        let _ = pid;
+    }
+
     /// Process `pid` called `execve` successfully: its address space is new.
     fn exec(&mut self, pid: i32) {
         let _ = pid;

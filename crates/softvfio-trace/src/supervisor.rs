@@ -220,6 +220,19 @@ pub fn run<S: AsRef<OsStr>>(
     Supervisor::new().run(cmd, handler)
 }
 
+/// Whether descriptor `fd` (a name in `/proc/<pid>/fd`) of process `pid`
+/// is close-on-exec (`flags` in its fdinfo, octal; `O_CLOEXEC`); unknown
+/// counts as not.
+fn close_on_exec(pid: i32, fd: &OsStr) -> bool {
+    let path = format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy());
+    std::fs::read_to_string(path).is_ok_and(|info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            .is_some_and(|flags| flags & libc::O_CLOEXEC as u32 != 0)
+    })
+}
+
 /// The shell's view of an exit status: the exit code, or 128 + the signal
 /// that killed the program.
 pub fn exit_code(status: ExitStatus) -> i32 {
@@ -605,6 +618,26 @@ impl Core {
         }
     }
 
+    /// Can what process `pid` mapped outlive its exec: it holds a
+    /// descriptor of one of the handler's objects without close-on-exec,
+    /// or another traced process holds one?
+    fn vfio_outlives_exec(&self, pid: i32) -> bool {
+        if self.objects.is_empty() {
+            return false;
+        }
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return false;
+        };
+        let kept = dir.flatten().any(|e| {
+            let ours = std::fs::read_link(e.path()).is_ok_and(|link| {
+                socket_inode(link.as_os_str().as_encoded_bytes())
+                    .is_some_and(|ino| self.objects.contains(ino))
+            });
+            ours && !close_on_exec(pid, &e.file_name())
+        });
+        kept || self.others_hold_objects(pid)
+    }
+
     /// Does a traced process other than `tgid` hold a descriptor of one of
     /// the handler's objects?
     fn others_hold_objects(&self, tgid: i32) -> bool {
@@ -826,6 +859,12 @@ impl Core {
             libc::SYS_close => self.sys_close(h, pid, tid, a[0] as i32),
             libc::SYS_mlock | libc::SYS_mlock2 | libc::SYS_mlockall => {
                 h.locks_memory(pid);
+                Outcome::Pass
+            }
+            libc::SYS_execve | libc::SYS_execveat => {
+                if self.vfio_outlives_exec(pid) {
+                    h.exec_starting(pid);
+                }
                 Outcome::Pass
             }
             libc::SYS_ioctl => {

@@ -120,6 +120,12 @@ static int all_are(const char *p, size_t n, int byte) {
 }
 
 #define EDU_BUF 0x40000
+/* Device copy of 64 bytes from IOVA `from` to IOVA `to` through edu's buffer. */
+static int dev_copy(uint64_t from, uint64_t to) {
+  int r = edu_dma(from, EDU_BUF, 64, 0);
+  return r ? r : edu_dma(EDU_BUF, to, 64, 1);
+}
+static char first_of(const char *p) { return all_are(p, 64, p[0]) && p[0] > ' ' ? p[0] : '?'; }
 #define X_ADDR 0x6a0000000ul /* the page mapped before exec/exit */
 #define Z_ADDR 0x6b0000000ul /* the page that fills the edu buffer */
 #define IOVA_X 0x100000
@@ -234,6 +240,9 @@ static int case_exec2(char **argv) {
   printf("exec_new_image_untouched %s\n", all_are(x, PG, 'B') ? "yes" : "no");
   char *y = fixed_page(X_ADDR + 16 * PG, PG, 'D');
   printf("exec_new_map %s\n", errno_name(map(c, IOVA_NEW, y, PG)));
+  /* The old image's page X, written by the device above -> our page. */
+  int e = dev_copy(IOVA_X, IOVA_NEW);
+  printf("exec_old_pages_kept %d %c\n", e, first_of(y));
   return 0;
 }
 
@@ -301,12 +310,6 @@ static int case_orphan(char **argv) {
 #define R_ADDR 0x6d0000000ul
 #define IOVA_S 0x400000
 #define IOVA_R 0x500000
-/* Device copy of 64 bytes from IOVA `from` to IOVA `to` through edu's buffer. */
-static int dev_copy(uint64_t from, uint64_t to) {
-  int r = edu_dma(from, EDU_BUF, 64, 0);
-  return r ? r : edu_dma(EDU_BUF, to, 64, 1);
-}
-static char first_of(const char *p) { return all_are(p, 64, p[0]) && p[0] > ' ' ? p[0] : '?'; }
 static void kept_owner(char **argv) {
   int g, c = open_container(argv[2], &g);
   int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
@@ -491,6 +494,9 @@ static int case_cpr2(char **argv) {
   int d1 = edu_dma(IOVA_NEW, EDU_BUF, 64, 0), d2 = edu_dma(EDU_BUF, IOVA_X, 64, 1);
   printf("cpr_dma %d %d\n", d1, d2);
   printf("cpr_dma_reaches_new %s\n", all_are(y, 64, 'W') ? "yes" : "no");
+  /* Z, the old image's private page, is still pinned: it still holds 'C'. */
+  int e = dev_copy(IOVA_Z, IOVA_NEW);
+  printf("cpr_old_page %d %c\n", e, first_of(w));
   printf("cpr_unmap_all %s\n", errno_name(unmap(c, IOVA_X, PG)));
   return 0;
 }

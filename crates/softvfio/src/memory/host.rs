@@ -52,7 +52,9 @@
 //!   process is about to exit ([`HostMemory::keep_pinned_pages`], at its
 //!   exit stop), what the pinned pages hold is kept (shared memory through
 //!   its file, private memory copied) and device DMA reaches that from
-//!   then on. An address space gone without that (exec) faults DMA
+//!   then on; at an exec, the same is taken at its start
+//!   ([`HostMemory::prepare_kept_pages`]) and used from the exec on. An
+//!   address space gone without either (SIGKILL) faults DMA
 //!   (docs/RELIABILITY.md, "Process model").
 //!
 //! # The program's own mlock
@@ -187,6 +189,9 @@ pub struct HostMemory {
     orphans: RwLock<Option<OrphanPages>>,
     /// `orphans` is set: device DMA goes there, never to `mm` again.
     orphaned: AtomicBool,
+    /// Pages taken at the start of an exec that may still fail
+    /// ([`HostMemory::prepare_kept_pages`]).
+    prepared: Mutex<Option<OrphanPages>>,
     /// Pages the program locked itself (found VM_LOCKED where no pin of
     /// ours held them): never munlocked here.
     user_locked: Mutex<RangeSet>,
@@ -294,6 +299,48 @@ impl HostMemory {
     /// as it is now (module `orphan`). Another process only; `None` when
     /// there is nothing to keep or no way to read it.
     pub fn keep_pinned_pages(&self) -> Option<OrphanStats> {
+        // Exclusive: a device write landing in the process's memory while
+        // it is copied would be lost; DMA waits, then finds the kept pages
+        // (the process never runs again, so they are the pages from now).
+        let mm = self.mm.write().unwrap_or_else(|p| p.into_inner());
+        let (pages, stats) = self.take_over(mm.as_ref()?)?;
+        self.switch_to_kept(pages);
+        drop(mm);
+        Some(stats)
+    }
+
+    /// The process is entering `execve`, which may still fail: take what
+    /// the pinned pages hold now, to be used from
+    /// [`HostMemory::commit_kept_pages`] (at the exec) on. Until then
+    /// device DMA keeps reaching the live memory; what a device writes to
+    /// private pages between the two is lost with the old image (the
+    /// window is the exec itself).
+    pub fn prepare_kept_pages(&self) -> Option<OrphanStats> {
+        let mm = self.mm.read().unwrap_or_else(|p| p.into_inner());
+        let (pages, stats) = self.take_over(mm.as_ref()?)?;
+        drop(mm);
+        *self.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some(pages);
+        Some(stats)
+    }
+
+    /// The exec happened: device DMA reaches the pages taken at its start
+    /// ([`HostMemory::prepare_kept_pages`]), if any; false when none were.
+    pub fn commit_kept_pages(&self) -> bool {
+        let pages = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match pages {
+            Some(pages) => {
+                self.switch_to_kept(pages);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn take_over(&self, mm: &File) -> Option<(OrphanPages, OrphanStats)> {
         let Target::Pid(pid) = self.target else {
             return None;
         };
@@ -308,16 +355,14 @@ impl HostMemory {
         if pinned.is_empty() {
             return None;
         }
-        // Exclusive: a device write landing in the process's memory while
-        // it is copied would be lost; DMA waits, then finds the kept pages
-        // (the process never runs again, so they are the pages from now).
-        let mm = self.mm.write().unwrap_or_else(|p| p.into_inner());
-        let (pages, stats) = OrphanPages::keep(pid, mm.as_ref()?, &pinned);
+        let (pages, stats) = OrphanPages::keep(pid, mm, &pinned);
+        tracing::debug!(pid, ?stats, "pinned pages kept past the address space");
+        Some((pages, stats))
+    }
+
+    fn switch_to_kept(&self, pages: OrphanPages) {
         *self.orphans.write().unwrap_or_else(|p| p.into_inner()) = Some(pages);
         self.orphaned.store(true, Ordering::Release);
-        drop(mm);
-        tracing::debug!(pid, ?stats, "pinned pages kept past the address space");
-        Some(stats)
     }
 
     /// A device access to an address space that is gone: its kept pages,
@@ -356,6 +401,7 @@ impl HostMemory {
             retired: Arc::new(AtomicBool::new(false)),
             orphans: RwLock::new(None),
             orphaned: AtomicBool::new(false),
+            prepared: Mutex::new(None),
             user_locked: Mutex::new(RangeSet::new()),
             this: OnceLock::new(),
             lock_refused: AtomicBool::new(false),
