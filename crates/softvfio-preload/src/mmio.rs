@@ -108,7 +108,10 @@ pub(crate) fn with_device_ranges(
     mem: softvfio::memory::host::HostMemory,
 ) -> softvfio::memory::host::HostMemory {
     mem.set_device_ranges(std::sync::Arc::new(|vaddr, len| {
-        MAPPED.load(Ordering::Acquire) > 0 && lock_maps().covers(vaddr, len)
+        if MAPPED.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        lock_maps().device_ranges(vaddr, len)
     }));
     mem
 }
