@@ -1,9 +1,10 @@
 #!/bin/bash
-# Rebuilds mmio_traffic.c and mmio_bad.c, runs each twice against Linux 6.1
-# (the VM of ../shared/conformance/run-kernel.sh, QEMU TCG, edu's BAR0
-# mmap-able) and, when both runs print the same lines, records them as
-# kernel-6.1-mmio-traffic.txt and kernel-6.1-mmio-bad.txt.
-# usage: tests-oracle/record-mmio.sh   (needs qemu-system-x86 busybox-static cpio, gcc)
+# Rebuilds mmio_traffic.c, mmio_bad.c and mmio_split.c (or the programs
+# named), runs each twice against Linux 6.1 (the VM of
+# ../shared/conformance/run-kernel.sh, QEMU TCG, edu's BAR0 mmap-able) and,
+# when both runs print the same lines, records them as
+# kernel-6.1-mmio-{traffic,bad,split}.txt.
+# usage: tests-oracle/record-mmio.sh [mmio_NAME...]   (needs qemu-system-x86 busybox-static cpio, gcc)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 conf=${CONFORMANCE:-$here/../../shared/conformance}
@@ -13,7 +14,9 @@ probe_lines() {
   tr -d '\r' < "$1" | sed -n '/=== oracle start/,/=== oracle end/p' | grep -v '^===' \
     | grep -E '^[a-z0-9_]+ |^done$' | sed 's/[[:space:]]*$//' || true
 }
-for prog in mmio_traffic mmio_bad; do
+progs=("$@")
+[ ${#progs[@]} -gt 0 ] || progs=(mmio_traffic mmio_bad mmio_split)
+for prog in "${progs[@]}"; do
   gcc -static -O1 -Wall -o "$work/$prog" "$here/$prog.c"
   for i in 1 2; do
     ORACLE_WORK=$work bash "$conf/run-kernel.sh" "$work/$prog" @GROUP @BDF > "$work/$prog-console-$i.txt" 2>&1

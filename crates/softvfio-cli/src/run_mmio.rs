@@ -52,14 +52,15 @@ impl TracedMappings {
         self.by_pid.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// For `pid`'s address space: is a range wholly a device mapping?
+    /// For `pid`'s address space: the device mappings in a range.
     pub fn device_ranges(&self, pid: i32) -> softvfio::memory::host::DeviceRanges {
         let all = self.by_pid.clone();
         Arc::new(move |vaddr, len| {
             all.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&pid)
-                .is_some_and(|m| m.covers(vaddr, len))
+                .map(|m| m.device_ranges(vaddr, len))
+                .unwrap_or_default()
         })
     }
 

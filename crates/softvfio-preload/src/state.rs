@@ -466,6 +466,13 @@ extern "C" fn end_report() {
             return;
         }
         let quiet = std::env::var_os("SOFTVFIO_QUIET").is_some_and(|v| !v.is_empty());
+        if std::env::var_os("SOFTVFIO_MMIO_STATS").is_some_and(|v| v == "1") {
+            let (n, ns) = crate::mmio::trap_stats();
+            eprintln!(
+                "softvfio: {n} trapped device accesses, {} ns each in the handler (mean)",
+                ns.checked_div(n).unwrap_or(0)
+            );
+        }
         let done = with_state(|st| {
             let (left, fin) = st.finish();
             (st.built.clone(), left, fin, st.sanitizer.clone())

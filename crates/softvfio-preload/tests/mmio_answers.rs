@@ -1,6 +1,7 @@
 //! Memory-mapped BARs (trapped MMIO) against Linux 6.1: the programs
 //! `tests-oracle/mmio_traffic.c` (all of edu's register traffic, through
-//! pread/pwrite and through an mmap of BAR0) and `tests-oracle/mmio_bad.c`
+//! pread/pwrite and through an mmap of BAR0), `tests-oracle/mmio_split.c`
+//! (MAP_DMA of a range half BAR, half memory) and `tests-oracle/mmio_bad.c`
 //! (unusual accesses, mmap arguments, munmap/mremap/mprotect/MAP_FIXED/fork, a
 //! program SIGSEGV handler, SSE/AVX and string moves) run under
 //! `softvfio run`, static under trace mode and dynamic under preload mode,
@@ -36,6 +37,15 @@ const DEVIATIONS: &[(&str, &str, &str, &str)] = &[
         "src=0x1000000 dst=0x40000 cnt=0x40",
         "an 8-byte pread of edu's 64-bit registers reaches the device whole, as since \
          Linux 6.14 (EduOptions::mmio_64bit; 6.1 splits it and reads ~0 above bit 31)",
+    ),
+    (
+        "both",
+        "bar_part_read",
+        "0x00000000",
+        "edu's DMA read of its own BAR is a completer abort (a DMA fault; edu zero-fills \
+         the buffer): our models run their DMA inside the register write that starts it, \
+         holding the device, so the read could never complete; QEMU's edu runs its DMA \
+         from a timer and reads its own registers (docs/MMIO.md, \"Peer to peer\")",
     ),
     (
         "preload",
@@ -124,6 +134,7 @@ fn recorded_runs_are_complete() {
     for (file, n) in [
         ("kernel-6.1-mmio-traffic.txt", 32),
         ("kernel-6.1-mmio-bad.txt", 84),
+        ("kernel-6.1-mmio-split.txt", 27),
     ] {
         let lines = recorded(file);
         assert_eq!(lines.len(), n, "{file}");
@@ -159,6 +170,7 @@ fn recorded_runs_are_complete() {
 fn deviations_name_recorded_cases() {
     let mut all = recorded("kernel-6.1-mmio-traffic.txt");
     all.extend(recorded("kernel-6.1-mmio-bad.txt"));
+    all.extend(recorded("kernel-6.1-mmio-split.txt"));
     for (_, case, ours, why) in DEVIATIONS {
         let linux = all.iter().find(|(k, _)| k == case).map(|(_, v)| v.as_str());
         assert!(linux.is_some(), "deviation for unknown case `{case}`");
@@ -222,9 +234,11 @@ fn unsupported_instruction_stops_the_program_with_a_report() {
 }
 
 /// MAP_DMA of a BAR mapping (peer to peer): mapped and unmapped with
-/// nothing pinned or charged (type1v2 refuses to split it, EINVAL); a range half BAR, half memory is
-/// EFAULT; edu's DMA to the IOVA ends as a DMA fault (the peer's registers
-/// are not reached yet; docs/MMIO.md "Limits").
+/// nothing pinned or charged (type1v2 refuses to split it, EINVAL); a
+/// range of the BAR's last page and a PROT_NONE page is EFAULT; edu's DMA
+/// to the IOVA reaches its own liveness register (the write is posted
+/// while edu is busy with the DMA, and lands when it is done), with no
+/// fault.
 #[test]
 fn map_dma_of_a_bar_mapping() {
     for mode in ["trace", "preload"] {
@@ -232,17 +246,15 @@ fn map_dma_of_a_bar_mapping() {
         let out = softvfio_run(mode, &[], &exe, &["/dev/vfio/3", "0000:00:03.0"]);
         assert_eq!(
             out.stdout,
-            "map_full_bar 0\nmap_part_bar_part_memory 14\ndma_done cmd=0x2\n\
+            "map_full_bar 0\nmap_part_bar_part_none 14\nliveness_before 0x00000000\n\
+             dma_done cmd=0x2\nliveness_after 0xffffffff\n\
              unmap_part 22\nunmap_whole 0\nmunmap 0\n",
             "{mode}: {}",
             out.stderr
         );
         assert_eq!(out.code, Some(0), "{mode}: {}", out.stderr);
         assert!(
-            out.stderr.contains("DMA faults: 1\n")
-                && out
-                    .stderr
-                    .contains("0000:00:03.0 write iova 0x2000004: MemoryError"),
+            out.stderr.contains("DMA faults: none\n"),
             "{mode}: {}",
             out.stderr
         );
@@ -253,6 +265,19 @@ fn map_dma_of_a_bar_mapping() {
             out.stderr
         );
     }
+}
+
+/// A range half BAR mapping, half memory (`tests-oracle/mmio_split.c`):
+/// each part mapped as Linux 6.1 maps it (the memory charged, the BAR
+/// not), DMA into both parts, and the unmap, as Linux printed.
+#[test]
+fn split_range_under_trace_as_linux() {
+    check("mmio_split", "trace");
+}
+
+#[test]
+fn split_range_under_preload_as_linux() {
+    check("mmio_split", "preload");
 }
 
 /// Trapped loads from three threads (one on a SIGSTKSZ alternate signal

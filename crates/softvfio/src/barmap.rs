@@ -20,10 +20,13 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::Arc;
 
 use softvfio_mmio::{BarId, EmulationError, MmioSpace, ProgramMemory, Registers};
 
 use crate::device::MappedAccessError;
+use crate::memory::host::DeviceRange;
+use crate::p2p::PeerTarget;
 use crate::uapi::MappedRegion;
 
 /// One recorded mapping: `[start, start + len)` reaches `target`.
@@ -102,6 +105,34 @@ impl BarMappings {
             }
         }
         len > 0
+    }
+
+    /// The recorded pieces of `[start, start + len)`, clipped to it, in
+    /// address order, with the device region each reaches: what `MAP_DMA`
+    /// of that range maps peer to peer ([`crate::p2p`]).
+    pub fn device_ranges(&self, start: u64, len: u64) -> Vec<DeviceRange> {
+        let end = start.saturating_add(len);
+        let first = self
+            .by_start
+            .range(..=start)
+            .next_back()
+            .map_or(start, |(s, _)| *s);
+        self.by_start
+            .range(first..end)
+            .filter_map(|(_, m)| {
+                let (s, e) = (m.start.max(start), (m.start + m.len).min(end));
+                (s < e).then(|| DeviceRange {
+                    start: s,
+                    len: e - s,
+                    prot: m.prot,
+                    target: PeerTarget {
+                        model: Arc::downgrade(&m.target.model),
+                        region: m.target.region,
+                        offset: m.target.offset + (s - m.start),
+                    },
+                })
+            })
+            .collect()
     }
 
     /// The mapping containing `addr` and `addr`'s offset in its region.

@@ -195,6 +195,29 @@ pub trait VfioDeviceModel: Send + Sync {
             Err(e) => Err(MappedAccessError::Errno(e)),
         }
     }
+    /// One read of `data.len()` (1, 2, 4 or 8) bytes at `offset` of region
+    /// `index` by another device's DMA (peer to peer, [`crate::p2p`]):
+    /// what a CPU load on a mapping gives, but never waiting for the
+    /// device's lock. The default refuses it (Unsupported Request).
+    fn peer_read(
+        &self,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), crate::p2p::PeerAccessError> {
+        let _ = (index, offset, data);
+        Err(crate::p2p::PeerAccessError::Refused)
+    }
+    /// One write by another device's DMA; see [`Self::peer_read`].
+    fn peer_write(
+        &self,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), crate::p2p::PeerAccessError> {
+        let _ = (index, offset, data);
+        Err(crate::p2p::PeerAccessError::Refused)
+    }
     /// `VFIO_DEVICE_RESET`.
     fn reset(&self) -> Result<(), i32>;
     /// The container of the device's group, given at first open (before

@@ -30,6 +30,7 @@ pub mod iommu;
 pub mod iommufd;
 pub mod iova;
 pub mod memory;
+pub mod p2p;
 pub mod pasid;
 pub mod platform;
 pub mod sanitizer;

@@ -7,6 +7,7 @@ use softvfio::device::{
     FeatureRequest, IoeventfdRequest, IrqInfo, IrqSet, MappedAccessError, RegionCap, RegionInfo,
     VfioDeviceModel, REGION_FLAG_READ, REGION_FLAG_WRITE,
 };
+use softvfio::p2p::{DeviceLock, PeerAccessError};
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_BAR0_REGION_INDEX,
     VFIO_PCI_BAR5_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
@@ -125,10 +126,12 @@ struct Inner {
 
 /// QEMU's edu device behind vfio-pci.
 ///
-/// Lock order: `inner`, then the vfio-pci core's locks (`irqs`).
+/// Lock order: `inner`, then the vfio-pci core's locks (`irqs`). `inner`
+/// is a [`DeviceLock`]: DMA runs under it, and another device's DMA into
+/// this BAR (peer to peer) only tries it (`softvfio::p2p`).
 pub struct EduDevice {
     opts: EduOptions,
-    inner: Mutex<Inner>,
+    inner: DeviceLock<Inner>,
     dma: Mutex<Option<Arc<dyn DmaTarget>>>,
     notifier: Mutex<Option<SharedNotifier>>,
     /// vfio-pci's interrupt state: the program's eventfds.
@@ -199,7 +202,7 @@ impl EduDevice {
         };
         EduDevice {
             opts,
-            inner: Mutex::new(inner),
+            inner: DeviceLock::new(inner),
             dma: Mutex::new(None),
             notifier: Mutex::new(None),
             irqs: VfioPciIrqs::new(IrqCapabilities {
@@ -244,7 +247,7 @@ impl EduDevice {
     /// `VFIO_DEVICE_SET_IRQS` enabled (`true`) or disabled MSI: the device
     /// then signals with MSI instead of INTx. Enabling MSI deasserts INTx.
     pub fn set_msi_enabled(&self, on: bool) {
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         g.cfg.set_msi_mode(u32::from(on));
         if g.cfg.msi_enabled() {
             g.intx = false;
@@ -260,20 +263,20 @@ impl EduDevice {
     /// Is the INTx line asserted (interrupt status non-zero, MSI off)?
     /// vfio-pci re-signals on unmask while this holds.
     pub fn intx_asserted(&self) -> bool {
-        lock(&self.inner).intx
+        self.inner.lock().intx
     }
 
     /// Asserted and not disabled in the command register: an unmask should
     /// signal INTx again.
     pub fn intx_pending(&self) -> bool {
-        let g = lock(&self.inner);
+        let g = self.inner.lock();
         g.intx && !g.cfg.intx_disabled()
     }
 
     /// Registers and DMA buffer to power-on state, whatever
     /// [`EduOptions::reset_supported`] says (for tools and tests).
     pub fn power_on_reset(&self) {
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         self.reset_core(&mut g);
     }
 
@@ -286,7 +289,7 @@ impl EduDevice {
     /// [`EduCore::reset_dma_and_interrupts`], and the INTx line lowered:
     /// the reset of edu as a mediated device.
     pub fn reset_dma_and_interrupts(&self) {
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         g.core.reset_dma_and_interrupts();
         g.intx = false;
         self.irqs.set_intx_line(false);
@@ -294,22 +297,22 @@ impl EduDevice {
 
     /// The registers' current values.
     pub fn registers(&self) -> EduRegisters {
-        lock(&self.inner).core.registers()
+        self.inner.lock().core.registers()
     }
 
     /// Counters.
     pub fn stats(&self) -> EduStats {
-        lock(&self.inner).core.stats().clone()
+        self.inner.lock().core.stats().clone()
     }
 
     /// A copy of the 4 KiB DMA buffer.
     pub fn dma_buffer(&self) -> Vec<u8> {
-        lock(&self.inner).core.dma_buffer().to_vec()
+        self.inner.lock().core.dma_buffer().to_vec()
     }
 
     /// A copy of the config space as the device fd shows it.
     pub fn config_bytes(&self) -> [u8; CONFIG_SIZE] {
-        let g = lock(&self.inner);
+        let g = self.inner.lock();
         let mut out = [0u8; CONFIG_SIZE];
         g.cfg.read(0, &mut out, g.intx);
         out
@@ -318,7 +321,7 @@ impl EduDevice {
     /// Everything `inspect` shows of the device.
     pub fn snapshot(&self) -> EduSnapshot {
         let attached = lock(&self.dma).is_some();
-        let g = lock(&self.inner);
+        let g = self.inner.lock();
         EduSnapshot {
             name: self.opts.name.clone(),
             registers: g.core.registers(),
@@ -395,7 +398,7 @@ impl EduDevice {
         let mut pending = Pending::default();
         let max = if self.opts.mmio_64bit { 8 } else { 4 };
         {
-            let mut g = lock(&self.inner);
+            let mut g = self.inner.lock();
             // BAR access with memory decoding off fails (vfio-pci checks
             // the virtual command register before every access).
             if !g.cfg.memory_enabled() {
@@ -446,29 +449,37 @@ impl EduDevice {
     /// loads of its width around it, combined; a misaligned store is stored
     /// byte by byte (which edu ignores). With memory decoding off or the
     /// function in low power, vfio-pci's fault handler gives SIGBUS.
+    ///
+    /// `peer`: another device's DMA (p2p), which takes the lock only if it
+    /// is free. Errors: `Refused` where a CPU access gets SIGBUS.
     fn bar0_mapped(
         &self,
         index: u32,
         offset: u64,
         access: RegionAccess<'_>,
-    ) -> Result<(), MappedAccessError> {
+        peer: bool,
+    ) -> Result<(), PeerAccessError> {
         let width = access.len();
         let end = offset.checked_add(width as u64);
         if index != VFIO_PCI_BAR0_REGION_INDEX
             || !matches!(width, 1 | 2 | 4 | 8)
             || end.is_none_or(|e| e > BAR0_SIZE)
         {
-            return Err(MappedAccessError::Bus);
+            return Err(PeerAccessError::Refused);
         }
         if self.power.engaged() {
-            return Err(MappedAccessError::Bus);
+            return Err(PeerAccessError::Refused);
         }
         let dma = lock(&self.dma).clone();
         let mut pending = Pending::default();
         {
-            let mut g = lock(&self.inner);
+            let mut g = if peer {
+                self.inner.try_lock_for_peer()?
+            } else {
+                self.inner.lock()
+            };
             if !g.cfg.memory_enabled() {
-                return Err(MappedAccessError::Bus);
+                return Err(PeerAccessError::Refused);
             }
             let w = width as u64;
             let misalign = offset % w;
@@ -536,7 +547,7 @@ impl EduDevice {
         let offset = offset as usize;
         let mut pending = Pending::default();
         {
-            let mut g = lock(&self.inner);
+            let mut g = self.inner.lock();
             match access {
                 RegionAccess::Read(out) => {
                     // Reads have no side effects: one pass is equivalent to
@@ -651,11 +662,23 @@ impl VfioDeviceModel for EduDevice {
         offset: u64,
         data: &mut [u8],
     ) -> Result<(), MappedAccessError> {
-        self.bar0_mapped(index, offset, RegionAccess::Read(data))
+        self.bar0_mapped(index, offset, RegionAccess::Read(data), false)
+            .map_err(|_| MappedAccessError::Bus)
     }
 
     fn mapped_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), MappedAccessError> {
-        self.bar0_mapped(index, offset, RegionAccess::Write(data))
+        self.bar0_mapped(index, offset, RegionAccess::Write(data), false)
+            .map_err(|_| MappedAccessError::Bus)
+    }
+
+    /// Another device's DMA reaches the registers as a CPU access on the
+    /// mapping does (QEMU dispatches both to edu's MMIO handler).
+    fn peer_read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), PeerAccessError> {
+        self.bar0_mapped(index, offset, RegionAccess::Read(data), true)
+    }
+
+    fn peer_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), PeerAccessError> {
+        self.bar0_mapped(index, offset, RegionAccess::Write(data), true)
     }
 
     /// vfio-pci saves config space, resets the function, restores config
@@ -664,7 +687,7 @@ impl VfioDeviceModel for EduDevice {
         if !self.opts.reset_supported {
             return Err(libc::EINVAL);
         }
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         self.reset_core(&mut g);
         Ok(())
     }
@@ -672,7 +695,7 @@ impl VfioDeviceModel for EduDevice {
     /// vfio-pci enables the device and re-reads config space; a function
     /// reset only happens if the device has a reset method.
     fn open_device(&self) {
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         g.cfg.restore_power_on();
         if self.opts.reset_supported {
             self.reset_core(&mut g);
@@ -688,7 +711,7 @@ impl VfioDeviceModel for EduDevice {
         self.irqs.release();
         self.ioeventfds.clear();
         self.power.exit();
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         g.cfg.restore_power_on();
         if self.opts.reset_supported {
             self.reset_core(&mut g);
@@ -702,7 +725,7 @@ impl VfioDeviceModel for EduDevice {
     fn set_irqs(&self, set: IrqSet) -> Result<(), i32> {
         // Hold the device lock across the change so an interrupt raised
         // meanwhile sees either the old or the new delivery type.
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         let msi_vectors = |m: IrqMode| match m {
             IrqMode::Msi { vectors } => vectors,
             _ => 0,

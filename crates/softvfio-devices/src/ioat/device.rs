@@ -25,6 +25,7 @@ use softvfio::device::{
     FeatureRequest, IoeventfdRequest, IrqInfo, IrqSet, RegionInfo, VfioDeviceModel,
     REGION_FLAG_READ, REGION_FLAG_WRITE,
 };
+use softvfio::p2p::{DeviceLock, PeerAccessError};
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_BAR0_REGION_INDEX,
     VFIO_PCI_BAR5_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_NUM_IRQS,
@@ -182,7 +183,7 @@ impl Inner {
 /// behind vfio-pci.
 pub struct IoatDevice {
     opts: IoatOptions,
-    inner: Mutex<Inner>,
+    inner: DeviceLock<Inner>,
     dma: Mutex<Option<Arc<dyn DmaTarget>>>,
     irqs: Arc<VfioPciIrqs>,
     ioeventfds: Ioeventfds,
@@ -194,6 +195,20 @@ impl std::fmt::Debug for IoatDevice {
         f.debug_struct("IoatDevice")
             .field("opts", &self.opts)
             .finish_non_exhaustive()
+    }
+}
+
+/// [`IoatDevice::bar0_rw`]'s answer to a p2p access.
+fn peer_result(r: Result<usize, i32>, len: usize) -> Result<(), PeerAccessError> {
+    match r {
+        Ok(n) if n == len => Ok(()),
+        Err(libc::EAGAIN) => Err(PeerAccessError::Busy {
+            by_this_thread: false,
+        }),
+        Err(libc::EDEADLK) => Err(PeerAccessError::Busy {
+            by_this_thread: true,
+        }),
+        _ => Err(PeerAccessError::Refused),
     }
 }
 
@@ -248,7 +263,7 @@ impl IoatDevice {
         let inner = Inner::new(&opts);
         IoatDevice {
             opts,
-            inner: Mutex::new(inner),
+            inner: DeviceLock::new(inner),
             dma: Mutex::new(None),
             irqs: VfioPciIrqs::new(IrqCapabilities {
                 intx: true,
@@ -278,7 +293,7 @@ impl IoatDevice {
 
     /// The conventional config space as the device fd shows it.
     pub fn config_bytes(&self) -> [u8; CONFIG_SIZE] {
-        let g = lock(&self.inner);
+        let g = self.inner.lock();
         let mut out = [0u8; CONFIG_SIZE];
         g.cfg.read(0, &mut out, g.intx);
         out
@@ -286,7 +301,7 @@ impl IoatDevice {
 
     /// Everything `inspect` shows of the device.
     pub fn snapshot(&self) -> IoatSnapshot {
-        let g = lock(&self.inner);
+        let g = self.inner.lock();
         IoatSnapshot {
             name: self.opts.name.clone(),
             chansts: g.channel.chansts(),
@@ -430,7 +445,11 @@ impl IoatDevice {
         }
     }
 
-    fn bar0_rw(&self, offset: u64, access: RegionAccess<'_>) -> Result<usize, i32> {
+    /// A BAR0 access: the program's (`pread`/`pwrite`, a load or store on
+    /// the mapping), or another device's DMA (`peer`: the lock is only
+    /// tried; busy is `EAGAIN`, busy with this very thread `EDEADLK`, and
+    /// the function in low power `EIO`).
+    fn bar0_rw(&self, offset: u64, access: RegionAccess<'_>, peer: bool) -> Result<usize, i32> {
         if offset >= BAR0_SIZE {
             return Err(libc::EINVAL);
         }
@@ -438,8 +457,21 @@ impl IoatDevice {
         if len == 0 {
             return Ok(0);
         }
+        if peer && self.power.engaged() {
+            return Err(libc::EIO);
+        }
         let dma = lock(&self.dma).clone();
-        let mut g = lock(&self.inner);
+        let mut g = if peer {
+            match self.inner.try_lock_for_peer() {
+                Ok(g) => g,
+                Err(PeerAccessError::Busy {
+                    by_this_thread: true,
+                }) => return Err(libc::EDEADLK),
+                Err(_) => return Err(libc::EAGAIN),
+            }
+        } else {
+            self.inner.lock()
+        };
         if !g.cfg.memory_enabled() {
             return Err(libc::EIO);
         }
@@ -519,7 +551,7 @@ impl IoatDevice {
             return Err(libc::EFAULT);
         }
         let offset = offset as usize;
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         match access {
             RegionAccess::Read(out) => {
                 for (i, o) in out.iter_mut().enumerate() {
@@ -575,7 +607,7 @@ impl IoatDevice {
 
     fn region_rw(&self, index: u32, offset: u64, access: RegionAccess<'_>) -> Result<usize, i32> {
         match index {
-            VFIO_PCI_BAR0_REGION_INDEX => self.bar0_rw(offset, access),
+            VFIO_PCI_BAR0_REGION_INDEX => self.bar0_rw(offset, access, false),
             VFIO_PCI_CONFIG_REGION_INDEX => self.config_rw(offset, access),
             _ => Err(libc::EINVAL),
         }
@@ -643,14 +675,35 @@ impl VfioDeviceModel for IoatDevice {
         self.region_rw(index, offset, RegionAccess::Write(data))
     }
 
+    /// Another device's DMA reaches BAR0 as `pread`/`pwrite` does (each
+    /// p2p access is one naturally aligned access of at most 8 bytes, so
+    /// nothing is split further).
+    fn peer_read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), PeerAccessError> {
+        let len = data.len();
+        if index != VFIO_PCI_BAR0_REGION_INDEX {
+            return Err(PeerAccessError::Refused);
+        }
+        peer_result(self.bar0_rw(offset, RegionAccess::Read(data), true), len)
+    }
+
+    fn peer_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), PeerAccessError> {
+        if index != VFIO_PCI_BAR0_REGION_INDEX {
+            return Err(PeerAccessError::Refused);
+        }
+        peer_result(
+            self.bar0_rw(offset, RegionAccess::Write(data), true),
+            data.len(),
+        )
+    }
+
     fn reset(&self) -> Result<(), i32> {
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         self.reset_registers(&mut g);
         Ok(())
     }
 
     fn open_device(&self) {
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         g.cfg.restore_power_on();
         self.reset_registers(&mut g);
     }
@@ -659,7 +712,7 @@ impl VfioDeviceModel for IoatDevice {
         self.irqs.release();
         self.ioeventfds.clear();
         self.power.exit();
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         g.cfg.restore_power_on();
         self.reset_registers(&mut g);
     }
@@ -669,7 +722,7 @@ impl VfioDeviceModel for IoatDevice {
     }
 
     fn set_irqs(&self, set: IrqSet) -> Result<(), i32> {
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         let r = self.irqs.set_irqs(set);
         let vectors = match self.irqs.mode() {
             IrqMode::Msix { vectors } => vectors,

@@ -75,6 +75,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use super::interval::{PinCounts, RangeList, RangeSet};
 use super::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory, PAGE_SIZE};
 use crate::account::MmAccount;
+use crate::p2p::PeerTarget;
 use orphan::OrphanPages;
 pub use orphan::OrphanStats;
 use procfs::{cap_eff_of, check_access, ProcFiles, Vma, UNKNOWN};
@@ -203,9 +204,10 @@ pub struct HostMemory {
     /// Says which ranges are device mappings (see
     /// [`HostMemory::set_device_ranges`]).
     device_ranges: Mutex<Option<DeviceRanges>>,
-    /// Device ranges "pinned" for DMA, one entry per pin (start, end): what
-    /// `unpin` gives back without touching the pin counts.
-    device_pins: Mutex<Vec<(u64, u64)>>,
+    /// Device ranges "pinned" for DMA, one entry per pinned piece: what
+    /// `unpin` gives back without touching the pin counts, and where
+    /// device DMA into them goes (peer to peer, [`crate::p2p`]).
+    device_pins: Mutex<Vec<DevicePin>>,
     /// `device_pins` is not empty: lets device DMA skip its lock when no
     /// BAR is mapped for DMA (the common case), updated under that lock.
     any_device_pins: AtomicBool,
@@ -216,9 +218,31 @@ pub struct HostMemory {
     program_locks: AtomicBool,
 }
 
-/// Is `[vaddr, vaddr + len)` wholly a device (BAR) mapping? Given by the
-/// front end that keeps the address space's device mappings.
-pub type DeviceRanges = Arc<dyn Fn(u64, u64) -> bool + Send + Sync>;
+/// The device (BAR) mappings that meet `[vaddr, vaddr + len)`, clipped to
+/// it, in address order. Given by the front end that keeps the address
+/// space's device mappings.
+pub type DeviceRanges = Arc<dyn Fn(u64, u64) -> Vec<DeviceRange> + Send + Sync>;
+
+/// A piece of a device (BAR) mapping, as [`DeviceRanges`] gives it.
+#[derive(Debug, Clone)]
+pub struct DeviceRange {
+    /// First address (page aligned).
+    pub start: u64,
+    /// Bytes (a multiple of the page size).
+    pub len: u64,
+    /// The program's protection of the mapping (`PROT_*`).
+    pub prot: i32,
+    /// The device region it reaches, at `start`.
+    pub target: PeerTarget,
+}
+
+/// A device range pinned for DMA: `[start, end)` reaches `target`.
+#[derive(Debug, Clone)]
+struct DevicePin {
+    start: u64,
+    end: u64,
+    target: PeerTarget,
+}
 
 impl std::fmt::Debug for HostMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -456,39 +480,160 @@ impl HostMemory {
         *self.device_ranges.lock().unwrap_or_else(|e| e.into_inner()) = Some(ranges);
     }
 
-    /// DMA into a BAR mapping mapped for DMA (peer to peer) does not reach
-    /// the peer's registers yet (docs/MMIO.md, "Limits"): it is a fault,
-    /// never an access to the inaccessible placeholder behind the mapping
-    /// (which `/proc/<pid>/mem` would write through).
-    fn refuse_device_dma(&self, vaddr: u64, len: usize) -> Result<(), MemError> {
+    /// Where device DMA of `len` bytes at `vaddr` goes when it meets a
+    /// device range pinned for DMA: the peer and the offset into it
+    /// (`None`: ordinary memory). An access that is only partly in one
+    /// device range is a fault (IOMMU pages never straddle one).
+    fn device_dma(&self, vaddr: u64, len: usize) -> Option<Result<(PeerTarget, u64), MemError>> {
         if !self.any_device_pins.load(Ordering::Acquire) {
-            return Ok(());
+            return None;
         }
         let pins = self.device_pins.lock().unwrap_or_else(|e| e.into_inner());
         let end = vaddr.saturating_add(len as u64);
-        if pins.iter().any(|&(s, e)| vaddr < e && s < end) {
+        if let Some(p) = pins.iter().find(|p| p.start <= vaddr && vaddr < p.end) {
+            if end > p.end {
+                return Some(Err(MemError::Fault));
+            }
+            return Some(Ok((p.target.clone(), vaddr - p.start)));
+        }
+        pins.iter()
+            .any(|p| vaddr < p.end && p.start < end)
+            .then_some(Err(MemError::Fault))
+    }
+
+    /// Gives back the device pins in `[vaddr, end)` (one pin per piece);
+    /// returns the parts of the range no device pin held, in order (for
+    /// the memory pin counts).
+    fn unpin_device(&self, vaddr: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut pins = self.device_pins.lock().unwrap_or_else(|e| e.into_inner());
+        let mut memory = Vec::new();
+        let mut at = vaddr;
+        while at < end {
+            let Some(i) = pins.iter().position(|p| p.start <= at && at < p.end) else {
+                let next = pins
+                    .iter()
+                    .filter(|p| p.start > at && p.start < end)
+                    .map(|p| p.start)
+                    .min()
+                    .unwrap_or(end);
+                memory.push((at, next));
+                at = next;
+                continue;
+            };
+            let p = pins.swap_remove(i);
+            let cut = p.end.min(end);
+            if p.start < at {
+                pins.push(DevicePin {
+                    end: at,
+                    ..p.clone()
+                });
+            }
+            if cut < p.end {
+                let mut right = p.clone();
+                right.target.offset += cut - p.start;
+                right.start = cut;
+                pins.push(right);
+            }
+            at = cut;
+        }
+        self.any_device_pins
+            .store(!pins.is_empty(), Ordering::Release);
+        memory
+    }
+
+    /// The device ranges meeting `[vaddr, vaddr + len)`, as the front end
+    /// says.
+    fn device_pieces(&self, vaddr: u64, len: u64) -> Vec<DeviceRange> {
+        let ranges = self
+            .device_ranges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match ranges {
+            Some(f) if len > 0 => f(vaddr, len),
+            _ => Vec::new(),
+        }
+    }
+
+    /// "Pins" one device range: nothing to fault in, lock or count (type1
+    /// neither pins nor accounts `VM_PFNMAP` pages). It must be mapped
+    /// with the access asked for (`follow_fault_pfn` faults a read-only
+    /// mapping pinned for write: EFAULT).
+    fn pin_device(
+        &self,
+        piece: &DeviceRange,
+        write: bool,
+        on_run: &mut dyn FnMut(PinnedRun) -> Result<(), MemError>,
+    ) -> Result<(), MemError> {
+        let needed = if write {
+            libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        if piece.prot & needed == 0 {
             return Err(MemError::Fault);
+        }
+        let end = piece.start + piece.len;
+        {
+            let mut pins = self.device_pins.lock().unwrap_or_else(|e| e.into_inner());
+            pins.push(DevicePin {
+                start: piece.start,
+                end,
+                target: piece.target.clone(),
+            });
+            self.any_device_pins.store(true, Ordering::Release);
+        }
+        let run = PinnedRun {
+            vaddr: piece.start,
+            len: piece.len,
+            page_size: PAGE_SIZE,
+            pfn: None,
+        };
+        if let Err(e) = on_run(run) {
+            self.unpin_device(piece.start, end);
+            return Err(e);
         }
         Ok(())
     }
 
-    /// Gives back a device "pin" covering `[vaddr, end)`; false when no
-    /// device pin covers it.
-    fn unpin_device(&self, vaddr: u64, end: u64) -> bool {
-        let mut pins = self.device_pins.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(i) = pins.iter().position(|&(s, e)| s <= vaddr && end <= e) else {
-            return false;
-        };
-        let (s, e) = pins.swap_remove(i);
-        if s < vaddr {
-            pins.push((s, vaddr));
+    /// Pins a range that meets device ranges: each part as what it is, in
+    /// address order (type1's `vfio_pin_pages_remote` stops at a PFN-map
+    /// boundary and the next call continues); all or nothing.
+    fn pin_mixed(
+        &self,
+        vaddr: u64,
+        end: u64,
+        pieces: &[DeviceRange],
+        write: bool,
+        on_run: &mut dyn FnMut(PinnedRun) -> Result<(), MemError>,
+    ) -> Result<(), MemError> {
+        let mut done: Vec<(u64, u64)> = Vec::new();
+        let mut at = vaddr;
+        let mut result = Ok(());
+        for piece in pieces {
+            if piece.start > at {
+                result = self.pin_memory(at, piece.start - at, write, on_run);
+                if result.is_err() {
+                    break;
+                }
+                done.push((at, piece.start));
+            }
+            result = self.pin_device(piece, write, on_run);
+            if result.is_err() {
+                break;
+            }
+            done.push((piece.start, piece.start + piece.len));
+            at = piece.start + piece.len;
         }
-        if end < e {
-            pins.push((end, e));
+        if result.is_ok() && at < end {
+            result = self.pin_memory(at, end - at, write, on_run);
         }
-        self.any_device_pins
-            .store(!pins.is_empty(), Ordering::Release);
-        true
+        if result.is_err() {
+            for (s, e) in done {
+                self.unpin(s, e - s);
+            }
+        }
+        result
     }
 
     /// Shares `account` with other backends over the same address space.
@@ -714,6 +859,13 @@ impl HostMemory {
     }
 }
 
+/// A failed peer-to-peer access, as the memory error the IOMMU model
+/// records for the requester.
+fn p2p_error(peer: &PeerTarget, e: crate::p2p::PeerFault) -> MemError {
+    tracing::debug!("p2p DMA to {peer:?}: {e}");
+    MemError::Fault
+}
+
 /// `vaddr + len` for a page-aligned, non-empty range that does not wrap.
 fn range_end(vaddr: u64, len: u64) -> Option<u64> {
     if len == 0 || !vaddr.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
@@ -740,8 +892,9 @@ fn retry_eintr(mut f: impl FnMut() -> Result<(), i32>) -> Result<(), i32> {
     }
 }
 
-impl UserMemory for HostMemory {
-    fn pin(
+impl HostMemory {
+    /// Pins ordinary memory (no device range in it).
+    fn pin_memory(
         &self,
         vaddr: u64,
         len: u64,
@@ -749,27 +902,6 @@ impl UserMemory for HostMemory {
         on_run: &mut dyn FnMut(PinnedRun) -> Result<(), MemError>,
     ) -> Result<(), MemError> {
         let end = range_end(vaddr, len).ok_or(MemError::Fault)?;
-        self.check_live()?;
-        if self.is_device_range(vaddr, len) {
-            // Device registers: nothing to fault in, lock or count (type1
-            // neither pins nor accounts VM_PFNMAP pages).
-            {
-                let mut pins = self.device_pins.lock().unwrap_or_else(|e| e.into_inner());
-                pins.push((vaddr, end));
-                self.any_device_pins.store(true, Ordering::Release);
-            }
-            let run = PinnedRun {
-                vaddr,
-                len,
-                page_size: PAGE_SIZE,
-                pfn: None,
-            };
-            if let Err(e) = on_run(run) {
-                self.unpin_device(vaddr, end);
-                return Err(e);
-            }
-            return Ok(());
-        }
         let files = self.files()?;
 
         // Check the whole range before touching it, so that a bad range (a
@@ -844,30 +976,15 @@ impl UserMemory for HostMemory {
         // Report without the lock, so that `on_run` may use this backend.
         for run in layout.runs() {
             if let Err(e) = on_run(run) {
-                self.unpin(vaddr, len);
+                self.unpin_memory(vaddr, end);
                 return Err(e);
             }
         }
         Ok(())
     }
 
-    fn is_device_range(&self, vaddr: u64, len: u64) -> bool {
-        let ranges = self
-            .device_ranges
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        ranges.is_some_and(|f| len > 0 && f(vaddr, len))
-    }
-
-    fn unpin(&self, vaddr: u64, len: u64) {
-        let Some(end) = range_end(vaddr, len) else {
-            tracing::warn!("unpin of a bad range {vaddr:#x}+{len:#x}; ignored");
-            return;
-        };
-        if self.unpin_device(vaddr, end) {
-            return;
-        }
+    /// Drops one pin of the ordinary memory `[vaddr, end)`.
+    fn unpin_memory(&self, vaddr: u64, end: u64) {
         let mut counts = self.lock_counts();
         let mut freed = Vec::new();
         let ops = counts.unpin_runs(
@@ -882,7 +999,42 @@ impl UserMemory for HostMemory {
         self.counters.unpin_ops.fetch_add(ops, Ordering::Relaxed);
         self.publish(&counts);
     }
+}
 
+impl UserMemory for HostMemory {
+    fn pin(
+        &self,
+        vaddr: u64,
+        len: u64,
+        write: bool,
+        on_run: &mut dyn FnMut(PinnedRun) -> Result<(), MemError>,
+    ) -> Result<(), MemError> {
+        let end = range_end(vaddr, len).ok_or(MemError::Fault)?;
+        self.check_live()?;
+        let pieces = self.device_pieces(vaddr, len);
+        if !pieces.is_empty() {
+            return self.pin_mixed(vaddr, end, &pieces, write, on_run);
+        }
+        self.pin_memory(vaddr, len, write, on_run)
+    }
+
+    fn is_device_range(&self, vaddr: u64, len: u64) -> bool {
+        !self.device_pieces(vaddr, len).is_empty()
+    }
+
+    fn device_bytes(&self, vaddr: u64, len: u64) -> u64 {
+        self.device_pieces(vaddr, len).iter().map(|p| p.len).sum()
+    }
+
+    fn unpin(&self, vaddr: u64, len: u64) {
+        let Some(end) = range_end(vaddr, len) else {
+            tracing::warn!("unpin of a bad range {vaddr:#x}+{len:#x}; ignored");
+            return;
+        };
+        for (a, b) in self.unpin_device(vaddr, end) {
+            self.unpin_memory(a, b);
+        }
+    }
     fn svm_view(&self) -> Option<Arc<dyn UserMemory>> {
         // A second instance over the same address space: it never pins, so
         // it cannot disturb this one's mlock state. Shares the account.
@@ -899,7 +1051,13 @@ impl UserMemory for HostMemory {
     }
 
     fn dma_read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.refuse_device_dma(vaddr, buf.len())?;
+        match self.device_dma(vaddr, buf.len()) {
+            None => {}
+            Some(Ok((peer, skip))) => {
+                return crate::p2p::peer_read(&peer, skip, buf).map_err(|e| p2p_error(&peer, e));
+            }
+            Some(Err(e)) => return Err(e),
+        }
         if matches!(self.target, Target::Current) {
             return self.read(vaddr, buf);
         }
@@ -924,7 +1082,13 @@ impl UserMemory for HostMemory {
     }
 
     fn dma_write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
-        self.refuse_device_dma(vaddr, data.len())?;
+        match self.device_dma(vaddr, data.len()) {
+            None => {}
+            Some(Ok((peer, skip))) => {
+                return crate::p2p::peer_write(&peer, skip, data).map_err(|e| p2p_error(&peer, e));
+            }
+            Some(Err(e)) => return Err(e),
+        }
         if matches!(self.target, Target::Current) {
             return self.write(vaddr, data);
         }
@@ -1325,6 +1489,94 @@ KernelPageSize:        4 kB
         assert!(!v[2].read && !v[2].write);
     }
 
+    /// A device whose region 0 answers p2p reads with its offset and
+    /// logs p2p writes (offset, bytes); offset 0x100 is not decoded.
+    #[derive(Default)]
+    struct Peer {
+        writes: Mutex<Vec<(u64, Vec<u8>)>>,
+    }
+
+    impl crate::device::VfioDeviceModel for Peer {
+        fn name(&self) -> &str {
+            "peer"
+        }
+        fn flags(&self) -> u32 {
+            2
+        }
+        fn num_regions(&self) -> u32 {
+            9
+        }
+        fn num_irqs(&self) -> u32 {
+            0
+        }
+        fn region_info(&self, _i: u32) -> Option<crate::device::RegionInfo> {
+            None
+        }
+        fn irq_info(&self, _i: u32) -> Option<crate::device::IrqInfo> {
+            None
+        }
+        fn region_read(&self, _i: u32, _o: u64, _b: &mut [u8]) -> Result<usize, i32> {
+            Err(libc::EINVAL)
+        }
+        fn region_write(&self, _i: u32, _o: u64, _d: &[u8]) -> Result<usize, i32> {
+            Err(libc::EINVAL)
+        }
+        fn reset(&self) -> Result<(), i32> {
+            Err(libc::EINVAL)
+        }
+        fn peer_read(
+            &self,
+            _i: u32,
+            offset: u64,
+            data: &mut [u8],
+        ) -> Result<(), crate::p2p::PeerAccessError> {
+            if offset == 0x100 {
+                return Err(crate::p2p::PeerAccessError::Refused);
+            }
+            let n = data.len();
+            data.copy_from_slice(&offset.to_le_bytes()[..n]);
+            Ok(())
+        }
+        fn peer_write(
+            &self,
+            _i: u32,
+            offset: u64,
+            data: &[u8],
+        ) -> Result<(), crate::p2p::PeerAccessError> {
+            self.writes.lock().unwrap().push((offset, data.to_vec()));
+            Ok(())
+        }
+    }
+
+    /// The front end's answer for one BAR mapping of `peer` at `bar`
+    /// (1 MiB, region offset 0, protection `prot`).
+    fn bar_ranges(
+        bar: u64,
+        peer: &Arc<Peer>,
+        prot: i32,
+    ) -> impl Fn(u64, u64) -> Vec<DeviceRange> + Send + Sync + 'static {
+        let model: Arc<dyn crate::device::VfioDeviceModel> = peer.clone();
+        let weak = Arc::downgrade(&model);
+        // The test keeps `peer` alive; the closure holds only a weak one.
+        drop(model);
+        move |v: u64, l: u64| {
+            let (s, e) = (v.max(bar), (v + l).min(bar + 0x10_0000));
+            if s >= e {
+                return Vec::new();
+            }
+            vec![DeviceRange {
+                start: s,
+                len: e - s,
+                prot,
+                target: PeerTarget {
+                    model: weak.clone(),
+                    region: 0,
+                    offset: s - bar,
+                },
+            }]
+        }
+    }
+
     /// A device range (a BAR mapping, which the front end says is one) is
     /// "pinned" as one run without touching memory, locking or counting,
     /// and given back by `unpin`, also in parts; anything else still goes
@@ -1334,7 +1586,7 @@ KernelPageSize:        4 kB
         let mem = HostMemory::for_pid(std::process::id() as i32, Arc::new(LocalSyscalls));
         // Far above anything mapped in this process.
         let bar = 0x7e00_0000_0000u64;
-        let is_bar = move |v: u64, l: u64| v >= bar && v + l <= bar + 0x10_0000;
+        let peer = Arc::new(Peer::default());
         let mut runs = Vec::new();
         let mut collect = |r: PinnedRun| {
             runs.push(r);
@@ -1344,9 +1596,14 @@ KernelPageSize:        4 kB
             mem.pin(bar, 0x4000, true, &mut collect),
             Err(MemError::Fault)
         );
-        mem.set_device_ranges(Arc::new(is_bar));
+        mem.set_device_ranges(Arc::new(bar_ranges(
+            bar,
+            &peer,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )));
         assert!(mem.is_device_range(bar, 0x10_0000));
-        assert!(!mem.is_device_range(bar, 0x10_1000));
+        assert_eq!(mem.device_bytes(bar, 0x10_1000), 0x10_0000);
+        assert_eq!(mem.device_bytes(bar - 0x1000, 0x1000), 0);
         mem.pin(bar, 0x4000, true, &mut collect).unwrap();
         mem.pin(bar, 0x4000, false, &mut collect).unwrap();
         assert_eq!(
@@ -1365,16 +1622,132 @@ KernelPageSize:        4 kB
         assert_eq!((stats.pinned_pages, stats.locked_bytes), (0, 0));
         // One pin whole, the other in parts (a partial UNMAP_DMA).
         mem.unpin(bar, 0x4000);
-        assert!(mem.unpin_device(bar + 0x1000, bar + 0x2000));
+        assert!(mem.unpin_device(bar + 0x1000, bar + 0x2000).is_empty());
         mem.unpin(bar, 0x1000);
         mem.unpin(bar + 0x2000, 0x2000);
         assert!(mem.device_pins.lock().unwrap().is_empty());
-        assert!(!mem.unpin_device(bar, bar + 0x1000));
-        // Past the device range: the page tables decide.
+        assert_eq!(
+            mem.unpin_device(bar, bar + 0x1000),
+            vec![(bar, bar + 0x1000)]
+        );
+        // Past the device range: the page tables decide (nothing mapped
+        // there), and nothing of the device part stays pinned.
         assert_eq!(
             mem.pin(bar + 0xff000, 0x2000, true, &mut |_| Ok(())),
             Err(MemError::Fault)
         );
+        assert!(mem.device_pins.lock().unwrap().is_empty());
+    }
+
+    /// A read-only BAR mapping pins for reading only (type1's
+    /// `follow_fault_pfn` with a write fault: EFAULT).
+    #[test]
+    fn read_only_device_range_pins_only_for_reading() {
+        let mem = HostMemory::for_pid(std::process::id() as i32, Arc::new(LocalSyscalls));
+        let bar = 0x7e00_0000_0000u64;
+        let peer = Arc::new(Peer::default());
+        mem.set_device_ranges(Arc::new(bar_ranges(bar, &peer, libc::PROT_READ)));
+        assert_eq!(
+            mem.pin(bar, 0x1000, true, &mut |_| Ok(())),
+            Err(MemError::Fault)
+        );
+        assert!(mem.device_pins.lock().unwrap().is_empty());
+        mem.pin(bar, 0x1000, false, &mut |_| Ok(())).unwrap();
+        mem.unpin(bar, 0x1000);
+        assert!(mem.device_pins.lock().unwrap().is_empty());
+    }
+
+    /// Device DMA into a pinned device range reaches the peer's
+    /// registers, split into naturally aligned accesses of at most 8
+    /// bytes; a register the peer does not decode, an access running out
+    /// of the range, a peer that is gone and an unpinned range fail.
+    #[test]
+    fn device_dma_reaches_the_peer() {
+        let mem = HostMemory::for_pid(std::process::id() as i32, Arc::new(LocalSyscalls));
+        let bar = 0x7e00_0000_0000u64;
+        let peer = Arc::new(Peer::default());
+        mem.set_device_ranges(Arc::new(bar_ranges(
+            bar,
+            &peer,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )));
+        mem.pin(bar + 0x1000, 0x2000, true, &mut |_| Ok(()))
+            .unwrap();
+        mem.dma_write(bar + 0x1004, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+            .unwrap();
+        assert_eq!(
+            *peer.writes.lock().unwrap(),
+            vec![
+                (0x1004, vec![1, 2, 3, 4]),
+                (0x1008, vec![5, 6, 7, 8, 9, 10, 11, 12])
+            ]
+        );
+        let mut buf = [0u8; 12];
+        mem.dma_read(bar + 0x1ffc, &mut buf).unwrap();
+        let mut want = Vec::new();
+        want.extend_from_slice(&0x1ffcu32.to_le_bytes());
+        want.extend_from_slice(&0x2000u64.to_le_bytes());
+        assert_eq!(buf.to_vec(), want);
+        // Offset 0x100 of the peer is in the first page: not pinned.
+        assert_eq!(mem.dma_read(bar + 0x100, &mut buf), Err(MemError::Fault));
+        // Crossing the end of the pinned range.
+        assert_eq!(mem.dma_read(bar + 0x2ffc, &mut buf), Err(MemError::Fault));
+        mem.unpin(bar + 0x1000, 0x2000);
+        // Pinned again, at a region offset the peer does not decode.
+        mem.pin(bar, 0x1000, true, &mut |_| Ok(())).unwrap();
+        assert_eq!(
+            mem.dma_read(bar + 0x100, &mut buf[..4]),
+            Err(MemError::Fault)
+        );
+        // The peer is gone (its last reference dropped).
+        drop(peer);
+        assert_eq!(mem.dma_write(bar + 0x8, &[0; 4]), Err(MemError::Fault));
+        mem.unpin(bar, 0x1000);
+        assert!(!mem.any_device_pins.load(Ordering::Relaxed));
+    }
+
+    /// A range half memory, half device registers pins each part as what
+    /// it is (memory locked and counted, the device part not), and
+    /// `unpin` gives each back; a failure in the second part leaves
+    /// nothing of the first.
+    #[test]
+    fn mixed_range_pins_each_part() {
+        let mem = HostMemory::for_pid(std::process::id() as i32, Arc::new(LocalSyscalls));
+        let peer = Arc::new(Peer::default());
+        let buf = vec![0u8; 0x5000];
+        let memory = (buf.as_ptr() as u64).div_ceil(0x1000) * 0x1000;
+        // The "BAR" right after two pages of memory.
+        let bar = memory + 0x2000;
+        mem.set_device_ranges(Arc::new(bar_ranges(
+            bar,
+            &peer,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )));
+        let mut runs = Vec::new();
+        mem.pin(memory, 0x3000, false, &mut |r| {
+            runs.push((r.vaddr, r.len, r.pfn.is_none()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(mem.device_bytes(memory, 0x3000), 0x1000);
+        assert_eq!(runs.last(), Some(&(bar, 0x1000, true)));
+        assert_eq!(runs.iter().map(|r| r.1).sum::<u64>(), 0x3000);
+        assert_eq!(mem.stats().pinned_pages, 2);
+        mem.unpin(memory, 0x3000);
+        assert_eq!(mem.stats().pinned_pages, 0);
+        assert!(mem.device_pins.lock().unwrap().is_empty());
+        // on_run refusing the device run: the memory part is given back.
+        let r = mem.pin(memory, 0x3000, false, &mut |r| {
+            if r.pfn.is_none() && r.vaddr == bar {
+                Err(MemError::Injected)
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(r, Err(MemError::Injected));
+        assert_eq!(mem.stats().pinned_pages, 0);
+        assert!(mem.device_pins.lock().unwrap().is_empty());
+        drop(buf);
     }
 
     #[test]

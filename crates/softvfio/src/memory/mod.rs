@@ -111,14 +111,21 @@ pub trait UserMemory: Send + Sync {
         on_run: &mut dyn FnMut(PinnedRun) -> Result<(), MemError>,
     ) -> Result<(), MemError>;
 
-    /// Is `[vaddr, vaddr + len)` wholly memory-mapped device registers (a
-    /// BAR mapping of a device file)? type1 maps such a range (peer to peer)
-    /// without charging it to the locked-memory account, as it does for
-    /// `VM_PFNMAP` pages, and `pin` reports it as one run without locking
-    /// anything.
+    /// Does `[vaddr, vaddr + len)` meet memory-mapped device registers (a
+    /// BAR mapping of a device file)? type1 maps such parts (peer to peer)
+    /// without charging them to the locked-memory account, as it does for
+    /// `VM_PFNMAP` pages, and `pin` reports each as one run without
+    /// locking anything; iommufd refuses the range (`pin_user_pages`
+    /// refuses `VM_PFNMAP` pages).
     fn is_device_range(&self, vaddr: u64, len: u64) -> bool {
+        self.device_bytes(vaddr, len) > 0
+    }
+
+    /// Bytes of `[vaddr, vaddr + len)` that are device registers (see
+    /// [`UserMemory::is_device_range`]).
+    fn device_bytes(&self, vaddr: u64, len: u64) -> u64 {
         let _ = (vaddr, len);
-        false
+        0
     }
 
     /// Drops one pin of every page in `[vaddr, vaddr + len)`; the range must

@@ -176,11 +176,8 @@ impl Container {
         // Device registers (a BAR mapping, peer to peer) are not charged,
         // as type1 charges no VM_PFNMAP page.
         let mem = self.mem_of(dma);
-        let pages = if mem.is_device_range(dma.vaddr, dma.size) {
-            0
-        } else {
-            page_pages(dma.size).saturating_sub(dma.locked_pages)
-        };
+        let pages = page_pages(dma.size - mem.device_bytes(dma.vaddr, dma.size))
+            .saturating_sub(dma.locked_pages);
         pin_and_map_pages(
             mem.as_ref(),
             PinRequest {
