@@ -429,6 +429,7 @@ static void account_round(const char *tag, int mode, int ipc_lock, const char *e
 }
 
 static void case_account(const char *edu_cdev) {
+  close(ifd);
   ifd = open("/dev/iommu", O_RDWR);
   struct option g = {sizeof g, 0, 1, 0, 0, 0x55};
   const char *ge = io(ifd, IOMMU_OPTION, &g);
@@ -473,7 +474,8 @@ int main(int argc, char **argv) {
     if (c) case_mdev(c, argc >= 3 ? argv[2] : NULL);
   }
   if (!strcmp(argv[1], "test")) case_test();
-  if (!strcmp(argv[1], "account") && argc >= 3) { close(ifd); case_account(argv[2]); }
+  if (!strcmp(argv[1], "account") && argc >= 3) case_account(argv[2]);
+  close(ifd);
   printf("done\n");
   return 0;
 }
