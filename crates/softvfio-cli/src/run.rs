@@ -768,6 +768,23 @@ impl ProgramFds for TraceeFds<'_, '_> {
 }
 
 impl Handler for VfioHandler {
+    /// `/dev/vfio/devices/vfioN` of a served device stats as sysfs
+    /// `vfio-dev/vfioN/dev` says (`VFIO_CDEV_MAJOR:N`), as in preload mode.
+    fn stat_chardev(&mut self, path: &std::path::Path) -> Option<(u32, u32)> {
+        let digits = path.to_str()?.strip_prefix("/dev/vfio/devices/vfio")?;
+        // The kernel names the nodes vfio0, vfio1, ...: digits only, no
+        // leading zero.
+        if digits.is_empty()
+            || !digits.bytes().all(|c| c.is_ascii_digit())
+            || (digits.len() > 1 && digits.starts_with('0'))
+        {
+            return None;
+        }
+        let n: u32 = digits.parse().ok()?;
+        let count = softvfio::iommufd::cdev::cdev_devices(self.session.vfio().platform()).len();
+        ((n as usize) < count).then_some((softvfio_platform::hostview::VFIO_CDEV_MAJOR, n))
+    }
+
     fn open(&mut self, t: &mut Tracee<'_>, req: &OpenRequest) -> Option<Result<OpenReply, Errno>> {
         let path = req.path.to_str()?;
         let mem: Arc<dyn UserMemory> = self.mem_for(t.pid());

@@ -8,7 +8,10 @@
 //! and kept in a sparse cache, as a vGPU pins what its GTT points at) or
 //! [`Container::dma_rw`] (no pins). When the user unmaps, the container's
 //! unmap notifier calls the device, which drops every cached pin in the
-//! range with one batch.
+//! range with one batch. Bound through iommufd (its cdev, or its group on
+//! `/dev/iommu`), the same two paths go through the device's emulated
+//! access on an IOAS instead ([`IommufdAccess`]: `iommufd_access_pin_pages`
+//! and `iommufd_access_rw`), whose unmap callback is the same notifier.
 //!
 //! Lock order: device registers → pin cache → container. The notifier runs
 //! with the container lock released and takes only the pin cache.
@@ -19,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use softvfio::device::{IrqInfo, IrqSet, RegionInfo, VfioDeviceModel};
 use softvfio::external::{DmaUnmapFn, ExternalDevice};
 use softvfio::iommu::Prot;
+use softvfio::iommufd::IommufdAccess;
 use softvfio::memory::PAGE_SIZE;
 use softvfio::Container;
 use vfio_bindings::bindings::vfio::VFIO_DEVICE_FLAGS_RESET;
@@ -89,6 +93,8 @@ struct CachedPin {
 struct PathState {
     container: Option<Arc<Container>>,
     device: Option<Arc<ExternalDevice>>,
+    /// The iommufd access, when bound through iommufd (no container then).
+    access: Option<Arc<IommufdAccess>>,
     /// Pinned pages by page IOVA: sparse, only what DMA touched.
     cache: BTreeMap<u64, CachedPin>,
     stats: MdevStats,
@@ -158,12 +164,29 @@ impl MdevDmaPath {
         }
     }
 
+    /// Opens the path through an iommufd access: its unmap callback is
+    /// the same notifier.
+    fn attach_access(self: &Arc<Self>, access: Arc<IommufdAccess>) {
+        self.detach();
+        let weak: Weak<MdevDmaPath> = Arc::downgrade(self);
+        let notify: DmaUnmapFn = Arc::new(move |iova, size| {
+            if let Some(path) = weak.upgrade() {
+                path.on_dma_unmap(iova, size);
+            }
+        });
+        access.set_unmap_callback(Some(notify));
+        lock(&self.state).access = Some(access);
+    }
+
     /// Closes the path: drops every pin and the registration.
     fn detach(&self) {
         let mut st = lock(&self.state);
         Self::drop_pins(&mut st, 0, u64::MAX);
         if let (Some(c), Some(dev)) = (st.container.take(), st.device.take()) {
             c.unregister_external_device(&dev);
+        }
+        if let Some(a) = st.access.take() {
+            a.set_unmap_callback(None);
         }
     }
 
@@ -196,6 +219,11 @@ impl MdevDmaPath {
                 tracing::warn!("mdev unpin failed: {e}");
             }
         }
+        if let Some(a) = &st.access {
+            for iova in iovas {
+                a.unpin_pages(iova, 1);
+            }
+        }
         pages.len() as u64
     }
 
@@ -213,16 +241,16 @@ impl MdevDmaPath {
                 return Ok(vaddr);
             }
         }
-        let (Some(c), Some(dev)) = (&st.container, &st.device) else {
-            return Err("device not open".into());
-        };
         // medu (Linux's reference mdev) pins IOMMU_READ for a device read
         // and IOMMU_READ|IOMMU_WRITE for a write, so a write into a
         // write-only mapping is refused (EPERM) as in Linux.
         let prot = Prot { read: true, write };
-        let vaddrs = c
-            .pin_pages(dev, page_iova, 1, prot)
-            .map_err(|e| format!("vfio_pin_pages: {e} (errno {})", e.errno()))?;
+        let pinned = match (&st.container, &st.device, &st.access) {
+            (Some(c), Some(dev), _) => c.pin_pages(dev, page_iova, 1, prot),
+            (_, _, Some(a)) => a.pin_pages(page_iova, 1, write),
+            _ => return Err("device not open".into()),
+        };
+        let vaddrs = pinned.map_err(|e| format!("vfio_pin_pages: {e} (errno {})", e.errno()))?;
         let vaddr = vaddrs.first().copied().ok_or("no page returned")?;
         st.stats.pin_calls += 1;
         let entry = st.cache.entry(page_iova).or_insert(CachedPin {
@@ -250,13 +278,15 @@ impl MdevDmaPath {
             let n = (len - done).min((page + PAGE_SIZE - cur) as usize);
             let result = match self.mode {
                 MdevDmaMode::Pin => Self::pinned_vaddr(&mut st, page, write).and_then(|vaddr| {
-                    let Some(c) = &st.container else {
-                        return Err("device not open".to_string());
+                    let mem = match (&st.container, &st.access) {
+                        (Some(c), _) => c.memory().clone(),
+                        (None, Some(a)) => a.memory().ok_or("iommufd is gone")?,
+                        _ => return Err("device not open".to_string()),
                     };
                     let at = vaddr + (cur - page);
                     let r = match &mut xfer {
-                        Xfer::Read(b) => b.get_mut(done..done + n).map(|s| c.memory().read(at, s)),
-                        Xfer::Write(d) => d.get(done..done + n).map(|s| c.memory().write(at, s)),
+                        Xfer::Read(b) => b.get_mut(done..done + n).map(|s| mem.read(at, s)),
+                        Xfer::Write(d) => d.get(done..done + n).map(|s| mem.write(at, s)),
                     };
                     match r {
                         Some(Ok(())) => Ok(()),
@@ -266,15 +296,27 @@ impl MdevDmaPath {
                 }),
                 MdevDmaMode::Rw => {
                     st.stats.rw_calls += 1;
-                    match (&st.container, &st.device) {
-                        (Some(c), Some(dev)) => {
-                            let r = match &mut xfer {
-                                Xfer::Read(b) => {
+                    let path = match (&st.container, &st.device, &st.access) {
+                        (Some(c), Some(dev), _) => Some((Some((c, dev)), None)),
+                        (_, _, Some(a)) => Some((None, Some(a))),
+                        _ => None,
+                    };
+                    match path {
+                        Some((container, access)) => {
+                            let r = match (&mut xfer, container, access) {
+                                (Xfer::Read(b), Some((c, dev)), _) => {
                                     b.get_mut(done..done + n).map(|s| c.dma_read(dev, cur, s))
                                 }
-                                Xfer::Write(d) => {
+                                (Xfer::Write(d), Some((c, dev)), _) => {
                                     d.get(done..done + n).map(|s| c.dma_write(dev, cur, s))
                                 }
+                                (Xfer::Read(b), None, Some(a)) => {
+                                    b.get_mut(done..done + n).map(|s| a.dma_read(cur, s))
+                                }
+                                (Xfer::Write(d), None, Some(a)) => {
+                                    d.get(done..done + n).map(|s| a.dma_write(cur, s))
+                                }
+                                _ => None,
                             };
                             match r {
                                 Some(Ok(())) => Ok(()),
@@ -410,6 +452,13 @@ impl VfioDeviceModel for MdevEdu {
     fn attach_container(&self, container: Option<Arc<Container>>) {
         match container {
             Some(c) => self.path.attach(c),
+            None => self.path.detach(),
+        }
+    }
+
+    fn attach_iommufd_access(&self, access: Option<Arc<IommufdAccess>>) {
+        match access {
+            Some(a) => self.path.attach_access(a),
             None => self.path.detach(),
         }
     }

@@ -1,7 +1,7 @@
 //! `stat` of `/dev/vfio/devices/vfioN` agrees with sysfs `vfio-dev/vfioN/dev`
-//! (QEMU refuses a cdev whose `st_rdev` differs): served in preload mode;
-//! trace mode does not rewrite `stat` yet (docs/IOMMUFD.md), and the test
-//! pins today's answer there so that the change shows.
+//! (QEMU refuses a cdev whose `st_rdev` differs), in both modes: preload
+//! hooks libc's stat family, trace mode answers the system calls (`stat`,
+//! `lstat`, `newfstatat`, `statx`).
 
 mod common;
 
@@ -25,16 +25,23 @@ fn cdev_stat_matches_sysfs_in_preload_mode() {
     );
 }
 
+/// QEMU's sequence (iommufd_cdev_getfd) under trace: every way to stat
+/// the node answers the device number sysfs gives; other names and a bad
+/// buffer get the kernel's answers.
 #[test]
-fn cdev_stat_in_trace_mode_is_the_hosts() {
+fn cdev_stat_matches_sysfs_in_trace_mode() {
     let exe = build_c("cdev_stat", true);
-    let out = softvfio_run("trace", &[], &exe, &["0000:00:03.0"]);
-    assert!(out.stdout.contains("sysfs_dev 250:0\n"), "{}", out.stdout);
-    // What the host's own /dev says.
-    let want = if std::path::Path::new("/dev/vfio/devices/vfio0").exists() {
-        "stat_vfio0 chr=1 "
-    } else {
-        "stat_vfio0 errno=No such file or directory\n"
-    };
-    assert!(out.stdout.contains(want), "{}", out.stdout);
+    let out = softvfio_run("trace", &[], &exe, &["0000:00:03.0", "all"]);
+    let want = "sysfs_name vfio0\n\
+                sysfs_dev 250:0\n\
+                stat_vfio0 chr=1 250:0 same=1\n\
+                stat_vfio9 No such file or directory\n\
+                lstat_vfio0 0 chr=1 250:0 mode=600\n\
+                fstatat_relative 0 250:0\n\
+                statx_vfio0 0 chr=1 250:0\n\
+                stat_vfio01 No such file or directory\n\
+                stat_bad_buffer Bad address\n\
+                open_bind 0\n";
+    assert_eq!(out.stdout, want);
+    out.assert_clean();
 }

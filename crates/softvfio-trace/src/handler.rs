@@ -58,6 +58,16 @@ pub trait Handler {
     /// runs. `Some(Err(e))`: the open fails with `e`.
     fn open(&mut self, t: &mut Tracee<'_>, req: &OpenRequest) -> Option<Result<OpenReply, Errno>>;
 
+    /// `stat`, `lstat`, `newfstatat` or `statx` of `path` (absolute and
+    /// normalized as for `open`): `Some((major, minor))` when the handler
+    /// serves the path as a character device node (a VFIO device cdev),
+    /// whose stat then answers that device number; `None` lets the kernel
+    /// answer.
+    fn stat_chardev(&mut self, path: &std::path::Path) -> Option<(u32, u32)> {
+        let _ = path;
+        None
+    }
+
     /// `ioctl(fd, request, arg)` on a descriptor of `obj`, for VFIO requests
     /// (`_IO(';', n)`; the kernel's `unsigned int` request, zero-extended).
     /// Other ioctls on our descriptors reach the underlying socket (e.g.

@@ -93,6 +93,7 @@ pub mod mmio;
 pub mod objects;
 mod paths;
 pub mod spawn;
+mod stat;
 mod supervisor;
 mod sys;
 pub mod tracee;

@@ -857,6 +857,14 @@ impl Core {
                 self.sys_open(h, pid, tid, a[0] as i32, a[1], flags, mode)
             }
             libc::SYS_close => self.sys_close(h, pid, tid, a[0] as i32),
+            libc::SYS_stat | libc::SYS_lstat | libc::SYS_newfstatat | libc::SYS_statx => {
+                let mut t = Tracee {
+                    core: self,
+                    pid,
+                    tid,
+                };
+                crate::stat::sys_stat(h, &mut t, nr, a).map_or(Outcome::Pass, ret)
+            }
             libc::SYS_mlock | libc::SYS_mlock2 | libc::SYS_mlockall => {
                 h.locks_memory(pid);
                 Outcome::Pass

@@ -228,6 +228,14 @@ pub trait VfioDeviceModel: Send + Sync {
     fn attach_container(&self, container: Option<std::sync::Arc<crate::Container>>) {
         let _ = container;
     }
+    /// The emulated iommufd access of a device without an IOMMU bound
+    /// through iommufd (its cdev, or a group on `/dev/iommu`), given after
+    /// the bind and taken back with `None` before the unbind: a mediated
+    /// device pins and reads memory through it instead of a container
+    /// (Linux: `vfio_device->iommufd_access`). Others ignore it.
+    fn attach_iommufd_access(&self, access: Option<std::sync::Arc<crate::iommufd::IommufdAccess>>) {
+        let _ = access;
+    }
     /// First open of the device fd (`open_device`).
     fn open_device(&self) {}
     /// Last close of the device fd (`close_device`): stop DMA, drop pins.

@@ -648,7 +648,7 @@ impl Container {
 /// the call fails. Linux 6.1 with medu in `dma_rw` mode shows exactly this
 /// in the device buffer after a faulting read (tests-oracle/MEDU-DIFFS.md,
 /// cause R).
-fn read_like_copy_from_user(
+pub(crate) fn read_like_copy_from_user(
     mem: &dyn UserMemory,
     vaddr: u64,
     buf: &mut [u8],

@@ -27,6 +27,8 @@ pub struct VecMemory {
     pub policy: Mutex<LockPolicy>,
     /// Fail the pin operation when this many more pins have happened.
     pub fail_pin_after: AtomicU64,
+    /// What `cap_sys_resource` reports (tests change it).
+    pub cap_sys_resource: std::sync::atomic::AtomicBool,
 }
 
 impl VecMemory {
@@ -42,6 +44,7 @@ impl VecMemory {
                 limit_pages: u64::MAX,
             }),
             fail_pin_after: AtomicU64::new(u64::MAX),
+            cap_sys_resource: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -140,6 +143,10 @@ impl UserMemory for VecMemory {
         let off = (vaddr - self.base) as usize;
         d[off..off + data.len()].copy_from_slice(data);
         Ok(())
+    }
+
+    fn cap_sys_resource(&self) -> bool {
+        self.cap_sys_resource.load(Ordering::SeqCst)
     }
 
     fn lock_policy(&self) -> LockPolicy {

@@ -527,6 +527,7 @@ impl Vfio {
                 if let (Some(ctx), Some(dev_id)) =
                     (&st.iommufd, st.iommufd_devices.remove(&file.device.name))
                 {
+                    file.device.model.attach_iommufd_access(None);
                     ctx.unbind(dev_id);
                 }
                 // Shared virtual memory bonds end with the last close.
@@ -852,6 +853,11 @@ impl Vfio {
                         if let Err(e) = attached {
                             ctx.unbind(dev_id);
                             return Err(e);
+                        }
+                        if ctx.is_access(dev_id) {
+                            device.model.attach_iommufd_access(Some(
+                                crate::iommufd::IommufdAccess::new(&ctx, dev_id),
+                            ));
                         }
                         st.iommufd_devices.insert(device.name.clone(), dev_id);
                         device.model.open_device();

@@ -98,8 +98,10 @@ impl Vfio {
     pub fn release_cdev(&self, file: &CdevFile) {
         let bound = file.bound.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((ctx, id)) = bound {
-            ctx.unbind(id);
+            // Linux: close_device (the device drops its pins), then unbind.
             self.cdev_close_device(&file.group, &file.device);
+            file.device.model.attach_iommufd_access(None);
+            ctx.unbind(id);
         }
     }
 
@@ -182,6 +184,11 @@ impl Vfio {
             self.cdev_close_device(&file.group, &file.device);
             let _ = e;
             return Err(VfioError::Fault);
+        }
+        if ctx.is_access(id) {
+            file.device
+                .model
+                .attach_iommufd_access(Some(super::IommufdAccess::new(&ctx, id)));
         }
         *bound = Some((ctx, id));
         Ok(0)

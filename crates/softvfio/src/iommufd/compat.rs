@@ -74,10 +74,9 @@ impl Iommufd {
         let mut tail = a.clone();
         tail.iova = at;
         tail.uptr = a.uptr + head_len;
-        if a.pinned {
-            head.charged = head_len / PAGE_SIZE;
-            tail.charged = a.charged - head.charged;
-        }
+        // Both pieces keep sharing the area's pages (and its pins' counts).
+        head.access_pins = a.access_pins.range(..at).map(|(k, v)| (*k, *v)).collect();
+        tail.access_pins = a.access_pins.range(at..).map(|(k, v)| (*k, *v)).collect();
         i.areas.insert(head.iova, head);
         i.areas.insert(tail.iova, tail);
         Ok(())

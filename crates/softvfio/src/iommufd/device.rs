@@ -169,13 +169,25 @@ fn attach_hwpt(st: &mut State, mem: &dyn UserMemory, dev_id: u32, pt: u32) -> Re
 }
 
 impl Iommufd {
-    /// `VFIO_DEVICE_BIND_IOMMUFD`: the device becomes an object; its id.
+    /// Is object `id` an emulated access (a bound mediated device)?
+    pub fn is_access(&self, id: u32) -> bool {
+        matches!(self.lock().objects.get(&id), Some(Object::Access(_)))
+    }
+
+    /// `VFIO_DEVICE_BIND_IOMMUFD`: the device becomes an object; its id. A
+    /// device without an IOMMU (mediated) becomes an emulated access
+    /// (`vfio_iommufd_emulated_bind`), which the caller hands to the device
+    /// model ([`super::IommufdAccess`]).
     pub fn bind(&self, group: &Arc<Group>, device: &Arc<Device>) -> u32 {
         let mut st = self.lock();
         let id = st.next_id();
         let unit = match &group.kind {
             GroupKind::Iommu(u) => Some(u.clone()),
-            GroupKind::Emulated => None,
+            GroupKind::Emulated => {
+                st.objects
+                    .insert(id, Object::Access(super::access::Access::new(&device.name)));
+                return id;
+            }
         };
         st.objects.insert(
             id,
@@ -191,6 +203,13 @@ impl Iommufd {
 
     /// Last close of a bound cdev: detach and forget the device.
     pub fn unbind(&self, dev_id: u32) {
+        if self.is_access(dev_id) {
+            // iommufd_access_destroy: detach (the device drops its pins
+            // through its unmap callback), then the object goes.
+            let _ = self.access_set_ioas(dev_id, None);
+            self.lock().objects.remove(&dev_id);
+            return;
+        }
         let mut st = self.lock();
         detach_locked(&mut st, self.mem.as_ref(), dev_id);
         st.objects.remove(&dev_id);
@@ -201,11 +220,18 @@ impl Iommufd {
     /// one of the same IOMMU when there is one); the HWPT id. ENOENT for no
     /// such object, EINVAL for one that is neither.
     pub fn attach(&self, dev_id: u32, pt_id: u32) -> Result<u32> {
+        if self.is_access(dev_id) {
+            // vfio_iommufd_emulated_attach_ioas: only an IOAS (a HWPT or
+            // any other id is ENOENT, from iommufd_get_ioas); pt_id stays.
+            return self.access_set_ioas(dev_id, Some(pt_id)).map(|()| pt_id);
+        }
         let mut st = self.lock();
         let mem = self.mem.clone();
         match st.objects.get(&pt_id) {
             None => Err(VfioError::NoEntry),
-            Some(Object::Device(_)) => Err(VfioError::Invalid("pt_id is a device")),
+            Some(Object::Device(_)) | Some(Object::Access(_)) => {
+                Err(VfioError::Invalid("pt_id is a device"))
+            }
             Some(Object::Hwpt(_)) => {
                 attach_hwpt(&mut st, mem.as_ref(), dev_id, pt_id).map(|()| pt_id)
             }
@@ -265,6 +291,10 @@ impl Iommufd {
 
     /// `VFIO_DEVICE_DETACH_IOMMUFD_PT` (a no-op when not attached).
     pub fn detach(&self, dev_id: u32) {
+        if self.is_access(dev_id) {
+            let _ = self.access_set_ioas(dev_id, None);
+            return;
+        }
         let mut st = self.lock();
         detach_locked(&mut st, self.mem.as_ref(), dev_id);
     }

@@ -36,6 +36,7 @@
 //! order of `crate::type1`), and never while a device does DMA.
 
 pub mod abi;
+pub mod access;
 pub mod cdev;
 pub mod compat;
 pub mod device;
@@ -46,15 +47,18 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::account::MmAccount;
 use crate::error::{Result, VfioError};
 use crate::iommu::Prot;
 use crate::memory::UserMemory;
 
+pub use access::{AccessBuf, IommufdAccess};
 pub use ioas::Area;
 
+use access::Access;
 use device::BoundDevice;
 use hwpt::Hwpt;
-use ioas::{Ioas, Piece};
+use ioas::{Ioas, Piece, UnmapStep};
 
 static NEXT_CTX_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -63,6 +67,8 @@ pub(crate) enum Object {
     Ioas(Ioas),
     Hwpt(Hwpt),
     Device(BoundDevice),
+    /// A device without an IOMMU (mediated), bound: its emulated access.
+    Access(Access),
 }
 
 /// The type1 compatibility state (`VFIO_SET_IOMMU` on `/dev/iommu`).
@@ -79,6 +85,14 @@ pub(crate) struct State {
     pub(crate) compat: Option<CompatType>,
     /// `IOMMU_OPTION_RLIMIT_MODE`: 1 = per process (`mm`), 0 = per user.
     pub(crate) rlimit_per_process: bool,
+}
+
+/// The user's locked-memory account (`user_struct->locked_vm`): iommufd's
+/// `RLIMIT_MODE` 0 charges it, for every context of this process (softvfio
+/// serves one user). Linux shows it nowhere in `/proc`.
+pub fn user_account() -> Arc<MmAccount> {
+    static USER: std::sync::OnceLock<Arc<MmAccount>> = std::sync::OnceLock::new();
+    USER.get_or_init(|| Arc::new(MmAccount::new())).clone()
 }
 
 impl State {
@@ -114,6 +128,9 @@ pub struct Iommufd {
     id: u64,
     pub(crate) mem: Arc<dyn UserMemory>,
     pub(crate) state: Mutex<State>,
+    /// What `RLIMIT_MODE` 0 charges ([`user_account`] unless a test gives
+    /// its own).
+    user_account: Arc<MmAccount>,
 }
 
 /// A serialisable view of a context, for `inspect` and end reports.
@@ -127,6 +144,21 @@ pub struct IommufdSnapshot {
     pub hwpts: Vec<HwptView>,
     /// Bound devices: (object id, name, attached HWPT).
     pub devices: Vec<(u32, String, Option<u32>)>,
+    /// Bound devices without an IOMMU (emulated accesses).
+    pub accesses: Vec<AccessView>,
+}
+
+/// A bound device without an IOMMU (its emulated access) in a snapshot.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AccessView {
+    /// Object id (the device id).
+    pub id: u32,
+    /// The device's name.
+    pub name: String,
+    /// The IOAS it is attached to.
+    pub ioas: Option<u32>,
+    /// Pages it pins (distinct page IOVAs).
+    pub pinned_pages: u64,
 }
 
 /// One IOAS in a snapshot.
@@ -160,6 +192,11 @@ pub struct HwptView {
 impl Iommufd {
     /// A new context whose areas pin `mem`.
     pub fn new(mem: Arc<dyn UserMemory>) -> Arc<Self> {
+        Self::with_user_account(mem, user_account())
+    }
+
+    /// A new context whose `RLIMIT_MODE` 0 charges `user`.
+    pub fn with_user_account(mem: Arc<dyn UserMemory>, user: Arc<MmAccount>) -> Arc<Self> {
         Arc::new(Self {
             id: NEXT_CTX_ID.fetch_add(1, Ordering::Relaxed),
             mem,
@@ -169,7 +206,17 @@ impl Iommufd {
                 compat: None,
                 rlimit_per_process: false,
             }),
+            user_account: user,
         })
+    }
+
+    /// The account new mappings are charged to (by `RLIMIT_MODE`).
+    fn account(&self, st: &State) -> Arc<MmAccount> {
+        if st.rlimit_per_process {
+            self.mem.account().clone()
+        } else {
+            self.user_account.clone()
+        }
     }
 
     /// The context's id, unique in this process.
@@ -186,7 +233,8 @@ impl Iommufd {
     pub fn ioas_alloc(&self) -> u32 {
         let mut st = self.lock();
         let id = st.next_id();
-        st.objects.insert(id, Object::Ioas(Ioas::new()));
+        let account = self.account(&st);
+        st.objects.insert(id, Object::Ioas(Ioas::new(account)));
         id
     }
 
@@ -196,15 +244,17 @@ impl Iommufd {
         let mut st = self.lock();
         match st.objects.get(&id) {
             None => return Err(VfioError::NoEntry),
-            Some(Object::Device(_)) => return Err(VfioError::Busy("devices go with their cdev")),
+            Some(Object::Device(_)) | Some(Object::Access(_)) => {
+                return Err(VfioError::Busy("devices go with their cdev"))
+            }
             Some(Object::Hwpt(h)) => {
                 if !h.devices.is_empty() {
                     return Err(VfioError::Busy("HWPT has devices attached"));
                 }
             }
             Some(Object::Ioas(i)) => {
-                if !i.domains.is_empty() {
-                    return Err(VfioError::Busy("IOAS has HWPTs"));
+                if !i.domains.is_empty() || !i.accesses.is_empty() {
+                    return Err(VfioError::Busy("IOAS has HWPTs or accesses"));
                 }
             }
         }
@@ -272,7 +322,11 @@ impl Iommufd {
         let i = st.ioas_mut(ioas)?;
         i.map_pieces(
             self.mem.as_ref(),
-            &[Piece { uptr, len: length }],
+            &[Piece {
+                uptr,
+                len: length,
+                pages: None,
+            }],
             iova,
             prot,
         )
@@ -303,24 +357,80 @@ impl Iommufd {
     /// `IOMMU_IOAS_UNMAP` of `[iova, +length)`: the bytes unmapped. Areas
     /// must lie wholly inside (ENOENT otherwise, or when there is none).
     pub fn unmap(&self, ioas: u32, iova: u64, length: u64) -> Result<u64> {
-        let mut st = self.lock();
-        let i = st.ioas_mut(ioas)?;
+        self.ioas(ioas)?;
         if length == 0 {
             return Err(VfioError::Invalid("zero length"));
         }
         let last = iova
             .checked_add(length - 1)
             .ok_or(VfioError::Errno(libc::EOVERFLOW))?;
-        let (n, rc) = i.unmap_range(self.mem.as_ref(), iova, last);
+        let (n, rc) = self.unmap_range(ioas, iova, last);
         rc.map(|()| n)
     }
 
     /// `IOMMU_IOAS_UNMAP` of everything: the bytes unmapped (0 for none).
     pub fn unmap_all(&self, ioas: u32) -> Result<u64> {
-        let mut st = self.lock();
-        let i = st.ioas_mut(ioas)?;
-        let (n, _) = i.unmap_range(self.mem.as_ref(), 0, u64::MAX);
-        Ok(n)
+        self.ioas(ioas)?;
+        let (n, rc) = self.unmap_range(ioas, 0, u64::MAX);
+        match rc {
+            Err(VfioError::NoEntry) | Ok(()) => Ok(n),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// ENOENT for no such IOAS.
+    fn ioas(&self, ioas: u32) -> Result<()> {
+        self.lock().ioas(ioas).map(|_| ())
+    }
+
+    /// `iopt_unmap_iova_range`: removes the areas in `[start, last]`; an area
+    /// that accesses pin is first announced to them through their unmap
+    /// callbacks (with no lock held), up to [`access::UNMAP_NOTIFY_TRIES`]
+    /// times (then EDEADLK, where Linux warns).
+    pub(crate) fn unmap_range(&self, ioas: u32, mut start: u64, last: u64) -> (u64, Result<()>) {
+        let mut total = 0u64;
+        let mut tries = 0u32;
+        loop {
+            let step = {
+                let mut st = self.lock();
+                let Ok(i) = st.ioas_mut(ioas) else {
+                    return (total, Err(VfioError::NoEntry));
+                };
+                i.unmap_step(self.mem.as_ref(), start, last)
+            };
+            match step {
+                UnmapStep::Done {
+                    unmapped,
+                    sticks_out,
+                } => {
+                    total = total.wrapping_add(unmapped);
+                    // ENOENT at an area that sticks out, or when nothing
+                    // was inside.
+                    let rc = if sticks_out || total == 0 {
+                        Err(VfioError::NoEntry)
+                    } else {
+                        Ok(())
+                    };
+                    return (total, rc);
+                }
+                UnmapStep::Notify {
+                    unmapped,
+                    iova,
+                    len,
+                } => {
+                    total = total.wrapping_add(unmapped);
+                    if iova != start {
+                        tries = 0;
+                    }
+                    start = iova;
+                    tries += 1;
+                    if tries > access::UNMAP_NOTIFY_TRIES {
+                        return (total, Err(VfioError::Errno(libc::EDEADLK)));
+                    }
+                    self.notify_accesses(ioas, iova, len);
+                }
+            }
+        }
     }
 
     /// `IOMMU_OPTION` `RLIMIT_MODE` get.
@@ -331,6 +441,12 @@ impl Iommufd {
     /// `IOMMU_OPTION` `RLIMIT_MODE` set: EBUSY once any object exists,
     /// EINVAL for a value other than 0 or 1.
     pub fn set_rlimit_mode(&self, val: u64) -> Result<()> {
+        // Only CAP_SYS_RESOURCE may choose, whatever the value (6.12).
+        if !self.mem.cap_sys_resource() {
+            return Err(VfioError::NotPermitted(
+                "RLIMIT_MODE needs CAP_SYS_RESOURCE",
+            ));
+        }
         let mut st = self.lock();
         if !st.objects.is_empty() {
             return Err(VfioError::Busy("objects exist"));
@@ -389,7 +505,8 @@ impl Iommufd {
             return Ok(id);
         }
         let id = st.next_id();
-        st.objects.insert(id, Object::Ioas(Ioas::new()));
+        let account = self.account(&st);
+        st.objects.insert(id, Object::Ioas(Ioas::new(account)));
         st.vfio_ioas = Some(id);
         Ok(id)
     }
@@ -399,6 +516,7 @@ impl Iommufd {
     /// `/dev/iommu` file and every device bound to it); callers that own
     /// the context may run it earlier.
     pub fn close(&self) {
+        self.release_accesses();
         let mut st = self.lock();
         let ids: Vec<u32> = st.objects.keys().copied().collect();
         for id in ids.iter().copied() {
@@ -423,13 +541,16 @@ impl Iommufd {
         st.vfio_ioas = None;
     }
 
-    /// Pages this context has charged for pinned areas.
+    /// Pages this context has charged (to the user's or the address
+    /// space's account) for pinned areas and access pins; a page shared by
+    /// copies counts once.
     pub fn charged_pages(&self) -> u64 {
-        self.lock()
-            .objects
-            .values()
+        let mut st = self.lock();
+        let mut seen = Vec::new();
+        st.objects
+            .values_mut()
             .map(|o| match o {
-                Object::Ioas(i) => i.charged(),
+                Object::Ioas(i) => i.fill_charged(&mut seen),
                 _ => 0,
             })
             .sum()
@@ -437,12 +558,19 @@ impl Iommufd {
 
     /// A serialisable view of every object.
     pub fn snapshot(&self) -> IommufdSnapshot {
-        let st = self.lock();
+        let mut st = self.lock();
+        let mut seen = Vec::new();
+        for o in st.objects.values_mut() {
+            if let Object::Ioas(i) = o {
+                i.fill_charged(&mut seen);
+            }
+        }
         let mut snap = IommufdSnapshot {
             id: self.id,
             ioas: Vec::new(),
             hwpts: Vec::new(),
             devices: Vec::new(),
+            accesses: Vec::new(),
         };
         for (id, o) in &st.objects {
             match o {
@@ -460,6 +588,12 @@ impl Iommufd {
                     devices: h.devices.clone(),
                 }),
                 Object::Device(d) => snap.devices.push((*id, d.device.name.clone(), d.hwpt)),
+                Object::Access(a) => snap.accesses.push(AccessView {
+                    id: *id,
+                    name: a.name.clone(),
+                    ioas: a.ioas,
+                    pinned_pages: a.pins.len() as u64,
+                }),
             }
         }
         snap
@@ -516,6 +650,28 @@ impl Iommufd {
                         }
                     }
                 }
+                Object::Access(a) => {
+                    if let Some(i) = a.ioas {
+                        match st.objects.get(&i) {
+                            Some(Object::Ioas(io)) if io.accesses.contains(id) => {}
+                            _ => return Err(format!("access {id} on IOAS {i} that lacks it")),
+                        }
+                    }
+                    let Some(i) = a.ioas_unpin.and_then(|i| st.ioas(i).ok()) else {
+                        if !a.pins.is_empty() {
+                            return Err(format!("access {id} pins without an IOAS"));
+                        }
+                        continue;
+                    };
+                    for (page, n) in &a.pins {
+                        let held = i
+                            .first_area(*page, *page)
+                            .and_then(|ar| ar.access_pins.get(page));
+                        if held.is_none_or(|h| h < n) {
+                            return Err(format!("access {id} pin at {page:#x} not in its area"));
+                        }
+                    }
+                }
                 Object::Device(b) => {
                     if let Some(h) = b.hwpt {
                         match st.objects.get(&h) {
@@ -542,3 +698,6 @@ impl Drop for Iommufd {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod access_tests;

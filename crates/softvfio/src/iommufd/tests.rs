@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::abi::{self, *};
 use super::Iommufd;
+use crate::account::{LockPolicy, MmAccount};
 use crate::error::Result;
 use crate::iommu::Prot;
 use crate::memory::{UserMemory, PAGE_SIZE};
@@ -16,11 +17,23 @@ use crate::testing::{iommu_group, vtd_group, FakeUnit, VecMemory};
 const BASE: u64 = 0x7000_0000_0000;
 const PG: u64 = PAGE_SIZE;
 
+/// A context charging the address space (`RLIMIT_MODE` 1) of a process
+/// without CAP_IPC_LOCK and no limit: `locked(&mem)` shows the charge.
 fn setup() -> (Arc<Iommufd>, Arc<VecMemory>, Arc<FakeUnit>, Arc<Group>) {
     let mem = VecMemory::new(BASE, 64 * PG as usize);
+    no_cap_ipc_lock(&mem, u64::MAX);
     let unit = FakeUnit::new(39);
     let group = Arc::new(iommu_group(3, 0x18, unit.clone(), Vec::new()));
-    (Iommufd::new(mem.clone()), mem, unit, group)
+    let ctx = Iommufd::with_user_account(mem.clone(), Arc::new(MmAccount::new()));
+    ctx.set_rlimit_mode(1).unwrap();
+    (ctx, mem, unit, group)
+}
+
+fn no_cap_ipc_lock(mem: &VecMemory, limit_pages: u64) {
+    *mem.policy.lock().unwrap() = LockPolicy {
+        cap_ipc_lock: false,
+        limit_pages,
+    };
 }
 
 fn check(ctx: &Iommufd) {
@@ -366,12 +379,14 @@ impl crate::frontend::ProgramFds for KeyFds {
 fn a_bound_cdev_keeps_its_iommufd_alive() {
     use crate::frontend::{Routed, Session};
     let mem = VecMemory::new(BASE, 64 * PG as usize);
+    no_cap_ipc_lock(&mem, u64::MAX);
     let unit = FakeUnit::new(39);
     let platform = crate::testing::reference_platform(unit.clone());
     let vfio = Arc::new(crate::uapi::Vfio::new(Arc::new(platform)));
     let mut s = Session::new(vfio);
     let user: Arc<dyn UserMemory> = mem.clone();
     let ifd = s.open("/dev/iommu", || user.clone()).unwrap().unwrap();
+    s.iommufds()[0].set_rlimit_mode(1).unwrap();
     let cdev = s
         .open("/dev/vfio/devices/vfio0", || user.clone())
         .unwrap()

@@ -123,6 +123,8 @@ const THP_SIZE: u64 = 2 << 20;
 
 /// Capability number of CAP_IPC_LOCK.
 const CAP_IPC_LOCK: u32 = 14;
+/// Capability number of CAP_SYS_RESOURCE.
+const CAP_SYS_RESOURCE: u32 = 24;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -1151,6 +1153,14 @@ impl UserMemory for HostMemory {
             done += n;
         }
         Ok(())
+    }
+
+    fn cap_sys_resource(&self) -> bool {
+        let cap = match self.target {
+            Target::Current => ffi::capget_effective(0),
+            Target::Pid(pid) => cap_eff_of(pid),
+        };
+        cap.is_ok_and(|mask| mask & (1 << CAP_SYS_RESOURCE) != 0)
     }
 
     fn lock_policy(&self) -> LockPolicy {

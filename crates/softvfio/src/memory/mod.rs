@@ -159,6 +159,14 @@ pub trait UserMemory: Send + Sync {
     /// CAP_IPC_LOCK and RLIMIT_MEMLOCK of the caller, read now.
     fn lock_policy(&self) -> LockPolicy;
 
+    /// Does the caller hold CAP_SYS_RESOURCE in its effective set (iommufd's
+    /// `RLIMIT_MODE` may be set only then)? By default what
+    /// [`UserMemory::lock_policy`] says of CAP_IPC_LOCK: a backend that
+    /// models privilege as one switch answers both the same.
+    fn cap_sys_resource(&self) -> bool {
+        self.lock_policy().cap_ipc_lock
+    }
+
     /// The locked-memory account of this address space (the kernel's
     /// `mm->locked_vm`), shared by every container that maps from it.
     fn account(&self) -> &Arc<MmAccount>;

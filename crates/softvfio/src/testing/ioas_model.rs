@@ -32,6 +32,11 @@ pub struct IoasModel {
     /// area over memory that is not there fails (EFAULT) when it is placed
     /// into, or attached with, IOAS 0.
     pub memory: Option<(u64, u64)>,
+    /// The pages object of each area (by IOAS, by first IOVA): a map makes
+    /// a new one, a copy shares its source's (Linux's `iopt_pages`).
+    pub pages: [BTreeMap<u64, u64>; 2],
+    /// The next pages object's number.
+    pub next_pages: u64,
 }
 
 impl IoasModel {
@@ -51,10 +56,12 @@ impl IoasModel {
         if uptr.checked_add(len).is_none() {
             return libc::EOVERFLOW;
         }
-        self.place(i, &[(uptr, len)], iova)
+        self.next_pages += 1;
+        let id = self.next_pages;
+        self.place(i, &[(uptr, len, id)], iova)
     }
 
-    fn place(&mut self, i: usize, pieces: &[(u64, u64)], iova: u64) -> i32 {
+    fn place(&mut self, i: usize, pieces: &[(u64, u64, u64)], iova: u64) -> i32 {
         let len: u64 = pieces.iter().map(|p| p.1).sum();
         let strict = i == 0 && self.attached;
         if strict && !iova.is_multiple_of(PG) {
@@ -69,16 +76,17 @@ impl IoasModel {
         if Self::overlaps(&self.ioas[i], iova, last) {
             return libc::EEXIST;
         }
-        if strict && pieces.iter().any(|(u, l)| (u | l) % PG != 0) {
+        if strict && pieces.iter().any(|(u, l, _)| (u | l) % PG != 0) {
             return libc::EINVAL;
         }
-        if strict && pieces.iter().any(|&(u, l)| !self.pinnable(u, l)) {
+        if strict && pieces.iter().any(|&(u, l, _)| !self.pinnable(u, l)) {
             return libc::EFAULT;
         }
         let mut at = iova;
-        for (u, l) in pieces {
+        for (u, l, id) in pieces {
             // `at + (l - 1)`: the last piece may end at 2^64 - 1.
             self.ioas[i].insert(at, (at + (l - 1), *u));
+            self.pages[i].insert(at, *id);
             at = at.wrapping_add(*l);
         }
         0
@@ -101,6 +109,7 @@ impl IoasModel {
                 return Err(libc::ENOENT);
             }
             self.ioas[i].remove(&s);
+            self.pages[i].remove(&s);
             done += l - s + 1;
         }
         if done == 0 {
@@ -114,6 +123,7 @@ impl IoasModel {
     pub fn unmap_all(&mut self, i: usize) -> u64 {
         let n = self.ioas[i].iter().map(|(s, (l, _))| l - s + 1).sum();
         self.ioas[i].clear();
+        self.pages[i].clear();
         n
     }
 
@@ -136,7 +146,8 @@ impl IoasModel {
                 return libc::ENOENT;
             };
             let end = l.min(last);
-            pieces.push((u + (at - s), end - at + 1));
+            let id = self.pages[src].get(&s).copied().unwrap_or(0);
+            pieces.push((u + (at - s), end - at + 1, id));
             if end == last {
                 break;
             }
@@ -184,7 +195,24 @@ impl IoasModel {
         self.attached = false;
     }
 
-    /// Pages the engine must have pinned and charged: IOAS 0's while attached.
+    /// Pages the engine must have charged: the distinct pages of IOAS 0's
+    /// areas while attached, a page shared by copies of one map counting
+    /// once.
+    pub fn charged_pages(&self) -> u64 {
+        if !self.attached {
+            return 0;
+        }
+        let mut used = std::collections::BTreeSet::new();
+        for (s, (l, u)) in &self.ioas[0] {
+            let id = self.pages[0].get(s).copied().unwrap_or(0);
+            for p in 0..(l - s + 1) / PG {
+                used.insert((id, u + p * PG));
+            }
+        }
+        used.len() as u64
+    }
+
+    /// Pages the engine must have pinned: IOAS 0's while attached.
     pub fn pinned_pages(&self) -> u64 {
         if !self.attached {
             return 0;

@@ -1,0 +1,163 @@
+//! A mediated device (mdev-edu) on iommufd, in both front ends: through its
+//! cdev (`VFIO_DEVICE_BIND_IOMMUFD` makes an emulated access, attached to an
+//! IOAS) and through its group with `/dev/iommu` as the container.
+//!
+//! - The bind/attach/detach answers are Linux 6.12's for an mdev (mtty,
+//!   built into the reference kernel): the `mdev_*` lines of
+//!   `tests-oracle/kernel-6.12-iommufd-access.txt`, printed by
+//!   `tests-oracle/iommufd_access_probe.c`, must be printed the same here.
+//! - DMA traffic (edu's engine, medu's pin cache or `dma_rw`) goes through
+//!   the access: round trips, a read-only page no DMA writes, an unmapped
+//!   IOVA no DMA reads, an unmap of pinned memory that succeeds because the
+//!   device is told to unpin (exact lines below). The reference's mdev has
+//!   no DMA engine, so those answers follow iommufd's access rules
+//!   (`iommufd_access_pin_pages`/`_rw`), whose errno the engine's unit
+//!   tests assert from the selftest access (`t_*` lines).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{build_c, build_c_file, result_lines, softvfio_run};
+
+const UUID: &str = "c0ffee00-0000-4000-8000-000000000001";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// edu (vfio0, group 3) and a mediated edu (vfio1, group 10).
+fn config(dma: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mdev-iommufd");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let path = dir.join(format!("platform-{dma}.toml"));
+    let text = format!(
+        "[[device]]\nkind = \"edu\"\nbdf = \"0000:00:03.0\"\ngroup = 3\n\n\
+         [[device]]\nkind = \"mdev-edu\"\nbdf = \"{UUID}\"\ngroup = 10\ndma = \"{dma}\"\n"
+    );
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+fn run(mode: &str, dma: &str, program: &Path, args: &[&str]) -> Vec<(String, String)> {
+    let cfg = config(dma);
+    let out = softvfio_run(
+        mode,
+        &["--config", cfg.to_str().expect("utf-8")],
+        program,
+        args,
+    );
+    out.assert_clean();
+    result_lines(&out.stdout)
+}
+
+fn program(mode: &str) -> PathBuf {
+    build_c("mdev_iommufd", mode == "trace")
+}
+
+fn expect(lines: &[(String, String)], want: &[(&str, &str)]) {
+    let got: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+const CDEV: &[(&str, &str)] = &[
+    ("cdev_bind", "0"),
+    ("cdev_ioas", "0"),
+    ("cdev_map", "0"),
+    ("cdev_map_ro", "0"),
+    ("cdev_attach", "0 pt_is_ioas=1"),
+    ("cdev_roundtrip", "0 0 same"),
+    ("cdev_cross_page", "0 0 same"),
+    ("cdev_to_read_only", "0 unchanged"),
+    ("cdev_from_unmapped", "0 0 kept"),
+    ("cdev_unmap_pinned", "0 length=0x4000"),
+    ("cdev_map_again", "0"),
+    ("cdev_dma_after_unmap", "0 same"),
+    ("cdev_detach", "0"),
+    ("cdev_dma_detached", "0 unchanged"),
+    ("done", ""),
+];
+
+const COMPAT: &[(&str, &str)] = &[
+    ("compat_set_container", "0"),
+    ("compat_set_iommu", "0"),
+    ("compat_map", "0"),
+    ("compat_map_ro", "0"),
+    ("compat_device", "0"),
+    ("compat_roundtrip", "0 0 same"),
+    ("compat_cross_page", "0 0 same"),
+    ("compat_to_read_only", "0 unchanged"),
+    ("compat_from_unmapped", "0 0 kept"),
+    ("compat_unmap_pinned", "0 size=0x4000"),
+    ("done", ""),
+];
+
+fn traffic(mode: &str) {
+    let prog = program(mode);
+    for dma in ["pin", "rw"] {
+        let lines = run(mode, dma, &prog, &["cdev", "/dev/vfio/devices/vfio1"]);
+        expect(&lines, CDEV);
+        let lines = run(mode, dma, &prog, &["compat", "/dev/vfio/10", UUID]);
+        expect(&lines, COMPAT);
+    }
+}
+
+#[test]
+fn mdev_dma_through_iommufd_under_trace() {
+    traffic("trace");
+}
+
+#[test]
+fn mdev_dma_through_iommufd_under_preload() {
+    traffic("preload");
+}
+
+/// The `mdev_*` lines Linux 6.12 printed for its mdev.
+fn recorded() -> Vec<(String, String)> {
+    let path = repo().join("tests-oracle/kernel-6.12-iommufd-access.txt");
+    let text = std::fs::read_to_string(&path).expect("recording");
+    let lines = result_lines(&text);
+    assert!(
+        lines.iter().any(|(k, _)| k == "t_unmap_pinned"),
+        "one whole run"
+    );
+    lines
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("mdev_"))
+        .collect()
+}
+
+fn answers(mode: &str) {
+    let src = repo().join("tests-oracle/iommufd_access_probe.c");
+    let name = if mode == "trace" {
+        "access_probe-static"
+    } else {
+        "access_probe"
+    };
+    let probe = build_c_file(&src, name, mode == "trace");
+    let got: Vec<(String, String)> = run(
+        mode,
+        "pin",
+        &probe,
+        &["mdev", "/dev/vfio/devices/vfio1", "/dev/vfio/devices/vfio0"],
+    )
+    .into_iter()
+    .filter(|(k, _)| k.starts_with("mdev_"))
+    .collect();
+    let want = recorded();
+    assert_eq!(want.len(), 39);
+    assert_eq!(got, want, "{mode}: the mdev's cdev answers as Linux 6.12's");
+}
+
+#[test]
+fn mdev_cdev_answers_as_linux_under_trace() {
+    answers("trace");
+}
+
+#[test]
+fn mdev_cdev_answers_as_linux_under_preload() {
+    answers("preload");
+}

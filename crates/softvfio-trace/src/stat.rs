@@ -1,0 +1,173 @@
+//! The stat family (`stat`, `lstat`, `newfstatat`, `statx`) of a path a
+//! handler serves as a character device: a VFIO device cdev
+//! (`/dev/vfio/devices/vfioN`) must `stat` as the `major:minor` sysfs
+//! `vfio-dev/vfioN/dev` gives, as QEMU checks before it opens it, whatever
+//! the host's `/dev` holds.
+//!
+//! The answer is the one devtmpfs gives for a device node: a character
+//! device, mode 0600, owned by root, one link, the device number; the other
+//! fields are zero. Calls on a descriptor (`AT_EMPTY_PATH` with an empty
+//! path) and on paths no handler claims go to the kernel unchanged.
+//!
+//! [`sys_stat`] is what the dispatcher calls for these system calls; it
+//! needs only the arguments, the handler and program memory access.
+
+use std::mem::{offset_of, size_of};
+use std::path::PathBuf;
+
+use crate::errno::Errno;
+use crate::handler::Handler;
+use crate::paths::normalize;
+use crate::tracee::Tracee;
+
+/// `PATH_MAX`.
+const PATH_MAX: usize = 4096;
+
+/// `S_IFCHR | 0600`.
+const CHARDEV_MODE: u32 = libc::S_IFCHR | 0o600;
+
+/// What one stat-family call asks: `(dirfd, path, buffer, is statx)`.
+pub(crate) fn stat_args(nr: i64, a: [u64; 6]) -> Option<(i32, u64, u64, bool)> {
+    match nr {
+        libc::SYS_stat | libc::SYS_lstat => Some((libc::AT_FDCWD, a[0], a[1], false)),
+        libc::SYS_newfstatat => Some((a[0] as i32, a[1], a[2], false)),
+        // statx(dirfd, path, flags, mask, buf)
+        libc::SYS_statx => Some((a[0] as i32, a[1], a[4], true)),
+        _ => None,
+    }
+}
+
+/// The absolute, normalized path a stat-family call names (as for `open`);
+/// `None` for an empty path (a descriptor) or unreadable memory (the kernel
+/// then answers).
+fn path_of(t: &Tracee<'_>, dirfd: i32, path: u64) -> Option<PathBuf> {
+    let raw = t.read_cstr_bytes(path, PATH_MAX).ok()?;
+    if raw.is_empty() {
+        return None;
+    }
+    let (pid, tid) = (t.pid(), t.tid());
+    let base = if raw.starts_with(b"/") {
+        None
+    } else if dirfd == libc::AT_FDCWD {
+        std::fs::read_link(format!("/proc/{tid}/cwd")).ok()
+    } else {
+        std::fs::read_link(format!("/proc/{tid}/fd/{dirfd}")).ok()
+    };
+    let base = base.map(|b| b.into_os_string().into_encoded_bytes());
+    Some(normalize(base.as_deref(), &raw, pid, tid))
+}
+
+fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
+    if let Some(dst) = buf.get_mut(at..at + bytes.len()) {
+        dst.copy_from_slice(bytes);
+    }
+}
+
+/// `struct stat` of a character device `major:minor` (this ABI's layout).
+pub(crate) fn stat_bytes(major: u32, minor: u32) -> Vec<u8> {
+    let mut b = vec![0u8; size_of::<libc::stat>()];
+    put(
+        &mut b,
+        offset_of!(libc::stat, st_mode),
+        &CHARDEV_MODE.to_ne_bytes(),
+    );
+    let nlink: libc::nlink_t = 1;
+    put(
+        &mut b,
+        offset_of!(libc::stat, st_nlink),
+        &nlink.to_ne_bytes(),
+    );
+    let rdev: libc::dev_t = libc::makedev(major, minor);
+    put(&mut b, offset_of!(libc::stat, st_rdev), &rdev.to_ne_bytes());
+    let blksize: libc::blksize_t = 4096;
+    put(
+        &mut b,
+        offset_of!(libc::stat, st_blksize),
+        &blksize.to_ne_bytes(),
+    );
+    b
+}
+
+/// `struct statx` of a character device `major:minor`, with the basic
+/// fields it fills marked in `stx_mask` (`STATX_BASIC_STATS`).
+pub(crate) fn statx_bytes(major: u32, minor: u32) -> Vec<u8> {
+    let mut b = vec![0u8; size_of::<libc::statx>()];
+    put(
+        &mut b,
+        offset_of!(libc::statx, stx_mask),
+        &libc::STATX_BASIC_STATS.to_ne_bytes(),
+    );
+    put(
+        &mut b,
+        offset_of!(libc::statx, stx_blksize),
+        &4096u32.to_ne_bytes(),
+    );
+    put(
+        &mut b,
+        offset_of!(libc::statx, stx_nlink),
+        &1u32.to_ne_bytes(),
+    );
+    put(
+        &mut b,
+        offset_of!(libc::statx, stx_mode),
+        &(CHARDEV_MODE as u16).to_ne_bytes(),
+    );
+    put(
+        &mut b,
+        offset_of!(libc::statx, stx_rdev_major),
+        &major.to_ne_bytes(),
+    );
+    put(
+        &mut b,
+        offset_of!(libc::statx, stx_rdev_minor),
+        &minor.to_ne_bytes(),
+    );
+    b
+}
+
+/// A stat-family call: `Some(answer)` when the handler serves the path as a
+/// character device (0, or EFAULT for an unwritable buffer), `None` to let
+/// the kernel run the call.
+pub(crate) fn sys_stat(
+    h: &mut dyn Handler,
+    t: &mut Tracee<'_>,
+    nr: i64,
+    a: [u64; 6],
+) -> Option<Result<i64, Errno>> {
+    let (dirfd, path, buf, statx) = stat_args(nr, a)?;
+    let path = path_of(t, dirfd, path)?;
+    let (major, minor) = h.stat_chardev(&path)?;
+    let bytes = if statx {
+        statx_bytes(major, minor)
+    } else {
+        stat_bytes(major, minor)
+    };
+    Some(t.write_mem(buf, &bytes).map(|()| 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_layout_is_a_chardev() {
+        let b = stat_bytes(250, 3);
+        let at = offset_of!(libc::stat, st_rdev);
+        let rdev = u64::from_ne_bytes(b[at..at + 8].try_into().unwrap());
+        assert_eq!(rdev, libc::makedev(250, 3));
+        let at = offset_of!(libc::stat, st_mode);
+        assert_eq!(
+            u32::from_ne_bytes(b[at..at + 4].try_into().unwrap()),
+            0o20600
+        );
+        let x = statx_bytes(250, 3);
+        let at = offset_of!(libc::statx, stx_rdev_major);
+        assert_eq!(u32::from_ne_bytes(x[at..at + 4].try_into().unwrap()), 250);
+        assert_eq!(u32::from_ne_bytes(x[at + 4..at + 8].try_into().unwrap()), 3);
+        let at = offset_of!(libc::statx, stx_mode);
+        assert_eq!(
+            u16::from_ne_bytes(x[at..at + 2].try_into().unwrap()),
+            0o20600
+        );
+    }
+}
