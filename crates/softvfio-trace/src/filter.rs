@@ -13,7 +13,7 @@
 //! | `close` | to notice the last close of an object synchronously |
 //! | `mmap`, `munmap`, `mremap`, `mprotect` | mmap of a device file's BAR, and the calls that change such a mapping (trapped MMIO, docs/MMIO.md) |
 //! | `mlock`, `mlock2`, `mlockall` | the program locks memory itself: pins must leave its locks (rare calls) |
-//! | `stat`, `lstat`, `newfstatat`, `statx` | a VFIO cdev must stat as the device number sysfs gives (QEMU checks) |
+//! | `stat`, `lstat`, `newfstatat`, `statx`, `fstat` | a VFIO cdev (its path or an open descriptor) must stat as the device number sysfs gives (QEMU checks) |
 //!
 //! The ioctl test looks at the low 32 bits of the request only, as the
 //! kernel does (`unsigned int cmd`). System calls of another ABI (i386
@@ -62,6 +62,7 @@ pub const TRACED_SYSCALLS: &[i64] = &[
     libc::SYS_lstat,
     libc::SYS_newfstatat,
     libc::SYS_statx,
+    libc::SYS_fstat,
 ];
 
 fn stmt(code: u16, k: u32) -> sock_filter {
