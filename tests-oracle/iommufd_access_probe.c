@@ -8,6 +8,7 @@
 //        iommufd_access_probe test                   iommufd_access_pin_pages / _rw through
 //                                                   IOMMU_TEST_CMD (CONFIG_IOMMUFD_TEST only)
 //        iommufd_access_probe account EDU_CDEV       RLIMIT_MODE, VmPin/VmLck, IOAS_COPY charge
+//        iommufd_access_probe pasid EDU_CDEV         a later kernel's PASID attach flag, fault queues
 //
 // The uAPI structures are declared here (the build host's headers predate
 // iommufd); layouts are Linux 6.12's include/uapi/linux/iommufd.h, vfio.h
@@ -458,6 +459,58 @@ static void case_account(const char *edu_cdev) {
   close(ifd);
 }
 
+// ---- PASID attach (a later kernel's flag) and fault queues -----------------
+
+struct attach_pasid { uint32_t argsz, flags, pasid, pt_id; };
+struct detach_pasid { uint32_t argsz, flags, pasid; };
+struct fault_alloc { uint32_t size, flags, out_fault_id, out_fault_fd; };
+struct hwpt_alloc_fault { uint32_t size, flags, dev_id, pt_id, out_hwpt_id, reserved, data_type, data_len;
+                          uint64_t data_uptr; uint32_t fault_id, reserved2; };
+#define IOMMU_FAULT_QUEUE_ALLOC ICMD(14)
+#define VFIO_DEVICE_ATTACH_PASID 1
+#define VFIO_DEVICE_DETACH_PASID 1
+#define HWPT_FAULT_ID_VALID 4
+
+static void case_pasid(const char *edu_cdev) {
+  int dev = open(edu_cdev, O_RDWR);
+  uint32_t devid = 0;
+  if (bind_dev("pasid_bind", dev, &devid)) return;
+  uint32_t ioas = ioas_new();
+  struct attach_pasid ap = {sizeof ap, VFIO_DEVICE_ATTACH_PASID, 1, ioas};
+  printf("pasid_attach_flag %s\n", io(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &ap));
+  struct attach_pasid ap12 = {12, VFIO_DEVICE_ATTACH_PASID, 1, ioas};
+  printf("pasid_attach_flag_argsz12 %s\n", io(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &ap12));
+  struct detach_pasid dp = {sizeof dp, VFIO_DEVICE_DETACH_PASID, 1};
+  printf("pasid_detach_flag %s\n", io(dev, VFIO_DEVICE_DETACH_IOMMUFD_PT, &dp));
+  attach_case("pasid_attach_plain", dev, ioas, NULL);
+  struct fault_alloc fa = {sizeof fa, 0, 0, 0};
+  const char *e = io(ifd, IOMMU_FAULT_QUEUE_ALLOC, &fa);
+  printf("fault_alloc %s id_is_next=%d fd_valid=%d\n", e, fa.out_fault_id > ioas, fcntl((int)fa.out_fault_fd, F_GETFD) >= 0);
+  struct fault_alloc fb = {sizeof fb, 1, 0, 0};
+  printf("fault_alloc_flags %s\n", io(ifd, IOMMU_FAULT_QUEUE_ALLOC, &fb));
+  struct fault_alloc fc = {12, 0, 0, 0};
+  printf("fault_alloc_short %s\n", io(ifd, IOMMU_FAULT_QUEUE_ALLOC, &fc));
+  struct hwpt_alloc_fault ha = {sizeof ha, HWPT_FAULT_ID_VALID, devid, ioas, 0, 0, 0, 0, 0, fa.out_fault_id, 0};
+  e = io(ifd, IOMMU_HWPT_ALLOC, &ha);
+  printf("hwpt_alloc_fault %s\n", e);
+  if (!strcmp(e, "0")) {
+    attach_case("attach_fault_hwpt", dev, ha.out_hwpt_id, NULL);
+    char rb[64];
+    int fl = fcntl((int)fa.out_fault_fd, F_GETFL);
+    fcntl((int)fa.out_fault_fd, F_SETFL, fl | O_NONBLOCK);
+    errno = 0;
+    ssize_t n = read((int)fa.out_fault_fd, rb, sizeof rb);
+    printf("fault_read %zd %s\n", n, n < 0 ? ename(errno) : "0");
+    detach_case("detach_fault_hwpt", dev);
+    printf("destroy_fault_hwpt %s\n", destroy(ha.out_hwpt_id));
+  }
+  struct hwpt_alloc_fault hb = {sizeof hb, HWPT_FAULT_ID_VALID, devid, ioas, 0, 0, 0, 0, 0, 999, 0};
+  printf("hwpt_alloc_bad_fault %s\n", io(ifd, IOMMU_HWPT_ALLOC, &hb));
+  printf("destroy_fault %s\n", destroy(fa.out_fault_id));
+  close((int)fa.out_fault_fd);
+  close(dev);
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc < 2) return 2;
@@ -475,6 +528,7 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(argv[1], "test")) case_test();
   if (!strcmp(argv[1], "account") && argc >= 3) case_account(argv[2]);
+  if (!strcmp(argv[1], "pasid") && argc >= 3) case_pasid(argv[2]);
   close(ifd);
   printf("done\n");
   return 0;

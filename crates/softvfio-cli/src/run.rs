@@ -785,6 +785,20 @@ impl Handler for VfioHandler {
         ((n as usize) < count).then_some((softvfio_platform::hostview::VFIO_CDEV_MAJOR, n))
     }
 
+    /// A descriptor of an opened cdev stats as its node.
+    fn stat_object(&mut self, obj: ObjectId) -> Option<(u32, u32)> {
+        let Some(FileObject::Cdev(c)) = self.session.object(obj.0) else {
+            return None;
+        };
+        let n = softvfio::iommufd::cdev::cdev_devices(self.session.vfio().platform())
+            .iter()
+            .position(|(_, d)| Arc::ptr_eq(d, &c.device))?;
+        Some((
+            softvfio_platform::hostview::VFIO_CDEV_MAJOR,
+            u32::try_from(n).ok()?,
+        ))
+    }
+
     fn open(&mut self, t: &mut Tracee<'_>, req: &OpenRequest) -> Option<Result<OpenReply, Errno>> {
         let path = req.path.to_str()?;
         let mem: Arc<dyn UserMemory> = self.mem_for(t.pid());

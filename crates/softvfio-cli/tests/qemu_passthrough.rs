@@ -187,6 +187,30 @@ const MDEV_EDU: &str =
 /// `--config CONFIG` when given), with or without the vIOMMU, passing
 /// `device` through.
 fn boot(g: &Guest, mode: &str, viommu: bool, device: &str, config: Option<&Path>) -> Boot {
+    let viommu = viommu.then_some("intel-iommu,intremap=on,caching-mode=on");
+    boot_qemu(
+        g,
+        mode,
+        Path::new("qemu-system-x86_64"),
+        &[],
+        viommu,
+        &[device],
+        config,
+    )
+}
+
+/// `softvfio run` of `qemu` with `qemu_args` first, the vIOMMU device and
+/// the `-device`/`-object` arguments `devices` (each after its own flag:
+/// `-object` for those starting with "iommufd,", `-device` otherwise).
+fn boot_qemu(
+    g: &Guest,
+    mode: &str,
+    qemu: &Path,
+    qemu_args: &[String],
+    viommu: Option<&str>,
+    devices: &[&str],
+    config: Option<&Path>,
+) -> Boot {
     if mode == "preload" {
         build_preload_lib();
     }
@@ -195,7 +219,9 @@ fn boot(g: &Guest, mode: &str, viommu: bool, device: &str, config: Option<&Path>
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
-    cmd.args(["--", "qemu-system-x86_64"])
+    cmd.arg("--")
+        .arg(qemu)
+        .args(qemu_args)
         .args([
             "-accel",
             "tcg",
@@ -209,11 +235,18 @@ fn boot(g: &Guest, mode: &str, viommu: bool, device: &str, config: Option<&Path>
             "1",
         ])
         .args(["-net", "none", "-nographic", "-no-reboot"]);
-    if viommu {
-        cmd.args(["-device", "intel-iommu,intremap=on,caching-mode=on"]);
+    if let Some(v) = viommu {
+        cmd.args(["-device", v]);
     }
-    cmd.args(["-device", device])
-        .arg("-kernel")
+    for d in devices {
+        let flag = if d.starts_with("iommufd,") {
+            "-object"
+        } else {
+            "-device"
+        };
+        cmd.args([flag, d]);
+    }
+    cmd.arg("-kernel")
         .arg(&g.kernel)
         .arg("-initrd")
         .arg(&g.initrd)
@@ -468,6 +501,98 @@ fn qemu_mdev_passthrough_trace() {
 #[test]
 fn qemu_mdev_passthrough_preload() {
     mdev_passthrough_with_viommu("preload");
+}
+
+/// A QEMU with iommufd (8.2 or later): `$QEMU_IOMMUFD`, or
+/// `qemu-system-x86_64` on PATH when it is recent enough, with its
+/// arguments: `-L $QEMU_IOMMUFD_FIRMWARE` (colon-separated directories,
+/// for a QEMU unpacked outside /usr, e.g. Debian bookworm-backports' 10.0
+/// extracted with `dpkg -x`), and `-display none -audio none` (so that it
+/// loads no module of the system's older QEMU). `Err` says why not.
+fn iommufd_qemu() -> Result<(PathBuf, Vec<String>), String> {
+    let qemu = std::env::var_os("QEMU_IOMMUFD")
+        .map_or_else(|| PathBuf::from("qemu-system-x86_64"), PathBuf::from);
+    let version = Command::new(&qemu)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("{}: {e} (set QEMU_IOMMUFD to a QEMU 8.2+)", qemu.display()))?;
+    let text = String::from_utf8_lossy(&version.stdout).into_owned();
+    let v: Vec<u32> = text
+        .split("version ")
+        .nth(1)
+        .unwrap_or("")
+        .split(|c: char| !c.is_ascii_digit())
+        .take(2)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    if v.len() < 2 || (v[0], v[1]) < (8, 2) {
+        return Err(format!(
+            "{} is {}, without iommufd (set QEMU_IOMMUFD to a QEMU 8.2+)",
+            qemu.display(),
+            text.lines().next().unwrap_or("?")
+        ));
+    }
+    let mut args: Vec<String> = ["-display", "none", "-audio", "none"]
+        .map(String::from)
+        .to_vec();
+    if let Some(dirs) = std::env::var_os("QEMU_IOMMUFD_FIRMWARE") {
+        for d in std::env::split_paths(&dirs) {
+            args.push("-L".into());
+            args.push(d.to_string_lossy().into_owned());
+        }
+    }
+    Ok((qemu, args))
+}
+
+/// QEMU's iommufd backend (`-object iommufd -device vfio-pci,iommufd=`):
+/// QEMU opens softvfio's `/dev/iommu` and the device's cdev (after
+/// comparing the cdev's `fstat` with sysfs `vfio-dev/vfio0/dev`), binds,
+/// attaches to an IOAS and maps guest memory with `IOMMU_IOAS_MAP`; the
+/// guest's own vfio-pci behind the vIOMMU (its address width set to the
+/// platform VT-d's 39 bits, which QEMU checks against `IOMMU_GET_HW_INFO`)
+/// then sees the device, its probe prints kernel-6.1.txt, and INTx and MSI
+/// arrive, as with the container.
+fn iommufd_passthrough(mode: &str) {
+    let (g, (qemu, args)) = match guest().and_then(|g| Ok((g, iommufd_qemu()?))) {
+        Ok(x) => x,
+        Err(why) => {
+            eprintln!("SKIPPED: QEMU iommufd passthrough test needs: {why}");
+            return;
+        }
+    };
+    let b = boot_qemu(
+        g,
+        mode,
+        &qemu,
+        &args,
+        Some("intel-iommu,intremap=on,caching-mode=on,aw-bits=39"),
+        &["iommufd,id=ifd0", "vfio-pci,host=0000:00:03.0,iommufd=ifd0"],
+        None,
+    );
+    check_devices(&b, true);
+    check_probe(&b);
+    check_irqs(&b);
+    // The end report shows QEMU's /dev/iommu with its IOAS and HWPT (QEMU
+    // exits without closing them) and no container.
+    assert!(
+        b.stderr
+            .contains("1 /dev/iommu file(s) with 1 IOAS(es), 1 HWPT(s)")
+            && b.stderr
+                .contains("left open by the program: 0 container(s)"),
+        "{}",
+        b.dump()
+    );
+    eprintln!("{mode} with iommufd: {:.1} s", b.secs);
+}
+
+#[test]
+fn qemu_iommufd_passthrough_trace() {
+    iommufd_passthrough("trace");
+}
+
+#[test]
+fn qemu_iommufd_passthrough_preload() {
+    iommufd_passthrough("preload");
 }
 
 /// Without a vIOMMU the guest sees the device on its PCI bus but in no

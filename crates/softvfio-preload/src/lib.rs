@@ -304,6 +304,42 @@ fn cdev_stat(path: &str) -> Option<libc::stat> {
     Some(st)
 }
 
+/// `fstat` of an opened cdev (QEMU's `open_cdev` compares its `st_rdev`
+/// with sysfs before it uses the descriptor): [`cdev_stat`]'s answer.
+///
+/// # Safety
+/// `buf` a writable `struct stat` or null.
+unsafe fn fstat_hook(fd: c_int, buf: *mut libc::stat, pass: impl FnOnce() -> c_int) -> c_int {
+    hook(-1, pass, |pass| {
+        let node = with_state(|st| st.cdev_of(fd)).ok().flatten();
+        match node.and_then(|n| cdev_stat(&format!("/dev/vfio/devices/vfio{n}"))) {
+            Some(_) if buf.is_null() => fail(libc::EFAULT),
+            Some(st) => {
+                // SAFETY: `buf` is the caller's writable `struct stat`.
+                unsafe { buf.write(st) };
+                0
+            }
+            None => pass.call(),
+        }
+    })
+}
+
+/// # Safety
+/// As libc's `fstat`.
+#[no_mangle]
+pub unsafe extern "C" fn fstat(fd: c_int, buf: *mut libc::stat) -> c_int {
+    // SAFETY: the program's arguments go on unchanged.
+    unsafe { fstat_hook(fd, buf, || real::fstat(&real::FSTAT, fd, buf)) }
+}
+
+/// # Safety
+/// As libc's `fstat64`.
+#[no_mangle]
+pub unsafe extern "C" fn fstat64(fd: c_int, buf: *mut libc::stat) -> c_int {
+    // SAFETY: the program's arguments go on unchanged.
+    unsafe { fstat_hook(fd, buf, || real::fstat(&real::FSTAT64, fd, buf)) }
+}
+
 /// Every stat-family hook: served cdev paths get [`cdev_stat`]'s answer.
 ///
 /// # Safety

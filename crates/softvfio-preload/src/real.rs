@@ -70,6 +70,8 @@ pub static LSTAT: Next = Next::new(c"lstat");
 pub static LSTAT64: Next = Next::new(c"lstat64");
 pub static FSTATAT: Next = Next::new(c"fstatat");
 pub static FSTATAT64: Next = Next::new(c"fstatat64");
+pub static FSTAT: Next = Next::new(c"fstat");
+pub static FSTAT64: Next = Next::new(c"fstat64");
 
 fn enosys<T: From<i8>>() -> T {
     set_errno(libc::ENOSYS);
@@ -95,6 +97,7 @@ type OpenatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, ...) -> c_int;
 // aarch64), so one prototype serves both names.
 type StatFn = unsafe extern "C" fn(*const c_char, *mut libc::stat) -> c_int;
 type FstatatFn = unsafe extern "C" fn(c_int, *const c_char, *mut libc::stat, c_int) -> c_int;
+type FstatFn = unsafe extern "C" fn(c_int, *mut libc::stat) -> c_int;
 type Open2Fn = unsafe extern "C" fn(*const c_char, c_int) -> c_int;
 type Openat2Fn = unsafe extern "C" fn(c_int, *const c_char, c_int) -> c_int;
 type FopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE;
@@ -528,6 +531,18 @@ pub unsafe fn stat(next: &Next, path: *const c_char, buf: *mut libc::stat) -> c_
     match fn_of!(next, StatFn) {
         // SAFETY: forwards the caller's arguments unchanged.
         Some(f) => unsafe { f(path, buf) },
+        None => enosys(),
+    }
+}
+
+/// The next `fstat`/`fstat64`.
+///
+/// # Safety
+/// As the libc function `next` names, with the caller's arguments.
+pub unsafe fn fstat(next: &Next, fd: c_int, buf: *mut libc::stat) -> c_int {
+    match fn_of!(next, FstatFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(fd, buf) },
         None => enosys(),
     }
 }

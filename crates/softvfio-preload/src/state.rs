@@ -235,6 +235,18 @@ impl State {
         });
     }
 
+    /// The cdev number N of `fd` when it is an opened
+    /// `/dev/vfio/devices/vfioN` (its `fstat` answers that node).
+    pub fn cdev_of(&self, fd: c_int) -> Option<u32> {
+        let Some(FileObject::Cdev(c)) = self.session.object(self.key_of(fd)?) else {
+            return None;
+        };
+        let n = softvfio::iommufd::cdev::cdev_devices(self.session.vfio().platform())
+            .iter()
+            .position(|(_, d)| Arc::ptr_eq(d, &c.device))?;
+        u32::try_from(n).ok()
+    }
+
     /// The object behind `fd`, if it is one of ours.
     pub fn key_of(&self, fd: c_int) -> Option<ObjectKey> {
         self.fds.get(&fd).copied()

@@ -161,3 +161,49 @@ fn mdev_cdev_answers_as_linux_under_trace() {
 fn mdev_cdev_answers_as_linux_under_preload() {
     answers("preload");
 }
+
+/// PASID through iommufd and fault queues: Linux 6.12 has no PASID flag for
+/// `VFIO_DEVICE_ATTACH/DETACH_IOMMUFD_PT` (a later kernel's
+/// `VFIO_DEVICE_ATTACH_PASID` is EINVAL) and takes no fault queue on a
+/// paging HWPT (EOPNOTSUPP): `tests-oracle/kernel-6.12-iommufd-pasid.txt`.
+/// Where 6.12 makes a fault queue (an object with a descriptor, usable only
+/// by nested HWPTs, which QEMU's VT-d cannot have), softvfio answers
+/// EOPNOTSUPP: the two lines below are that deviation.
+const PASID_DEVIATIONS: &[(&str, &str)] = &[
+    ("fault_alloc", "EOPNOTSUPP id_is_next=0 fd_valid=1"),
+    ("destroy_fault", "ENOENT"),
+];
+
+fn pasid_answers(mode: &str) {
+    let src = repo().join("tests-oracle/iommufd_access_probe.c");
+    let name = if mode == "trace" {
+        "access_probe-static"
+    } else {
+        "access_probe"
+    };
+    let probe = build_c_file(&src, name, mode == "trace");
+    let got = run(mode, "pin", &probe, &["pasid", "/dev/vfio/devices/vfio0"]);
+    let path = repo().join("tests-oracle/kernel-6.12-iommufd-pasid.txt");
+    let want = result_lines(&std::fs::read_to_string(path).expect("recording"));
+    assert_eq!(want.len(), 13);
+    let want: Vec<(String, String)> = want
+        .into_iter()
+        .map(
+            |(k, v)| match PASID_DEVIATIONS.iter().find(|(c, _)| *c == k) {
+                Some((_, ours)) => (k, ours.to_string()),
+                None => (k, v),
+            },
+        )
+        .collect();
+    assert_eq!(got, want, "{mode}");
+}
+
+#[test]
+fn pasid_and_fault_queue_answers_under_trace() {
+    pasid_answers("trace");
+}
+
+#[test]
+fn pasid_and_fault_queue_answers_under_preload() {
+    pasid_answers("preload");
+}

@@ -14,7 +14,7 @@
 //! | `mmap`, `munmap`, `mremap`, `mprotect` | mmap of a device file's BAR, and the calls that change such a mapping (trapped MMIO, docs/MMIO.md) |
 //! | `mlock`, `mlock2`, `mlockall` | the program locks memory itself: pins must leave its locks (rare calls) |
 //! | `execve`, `execveat` | the old image's pinned pages must be kept before they go, when VFIO files survive the exec (rare calls) |
-//! | `stat`, `lstat`, `newfstatat`, `statx` | a VFIO cdev must stat as the device number sysfs gives (QEMU checks) |
+//! | `stat`, `lstat`, `newfstatat`, `statx`, `fstat` | a VFIO cdev (its path or an open descriptor) must stat as the device number sysfs gives (QEMU checks) |
 //!
 //! The ioctl test looks at the low 32 bits of the request only, as the
 //! kernel does (`unsigned int cmd`). System calls of another ABI (i386
@@ -65,6 +65,7 @@ pub const TRACED_SYSCALLS: &[i64] = &[
     libc::SYS_lstat,
     libc::SYS_newfstatat,
     libc::SYS_statx,
+    libc::SYS_fstat,
 ];
 
 fn stmt(code: u16, k: u32) -> sock_filter {

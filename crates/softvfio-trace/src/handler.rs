@@ -68,6 +68,14 @@ pub trait Handler {
         None
     }
 
+    /// `fstat` (and `AT_EMPTY_PATH` stats) of a descriptor of `obj`:
+    /// `Some((major, minor))` when the object is a character device node the
+    /// handler serves (an opened VFIO cdev); `None` lets the kernel answer.
+    fn stat_object(&mut self, obj: ObjectId) -> Option<(u32, u32)> {
+        let _ = obj;
+        None
+    }
+
     /// `ioctl(fd, request, arg)` on a descriptor of `obj`, for VFIO requests
     /// (`_IO(';', n)`; the kernel's `unsigned int` request, zero-extended).
     /// Other ioctls on our descriptors reach the underlying socket (e.g.

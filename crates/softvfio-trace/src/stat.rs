@@ -4,10 +4,15 @@
 //! `vfio-dev/vfioN/dev` gives, as QEMU checks before it opens it, whatever
 //! the host's `/dev` holds.
 //!
+//! So must `fstat` of a descriptor of the opened cdev (QEMU's `open_cdev`
+//! opens the node, then compares `fstat`'s `st_rdev`): `fstat`, and
+//! `newfstatat`/`statx` with `AT_EMPTY_PATH` and an empty path, on a
+//! descriptor of an object the handler serves as a character device.
+//!
 //! The answer is the one devtmpfs gives for a device node: a character
 //! device, mode 0600, owned by root, one link, the device number; the other
-//! fields are zero. Calls on a descriptor (`AT_EMPTY_PATH` with an empty
-//! path) and on paths no handler claims go to the kernel unchanged.
+//! fields are zero. Paths and descriptors no handler claims go to the kernel
+//! unchanged.
 //!
 //! [`sys_stat`] is what the dispatcher calls for these system calls; it
 //! needs only the arguments, the handler and program memory access.
@@ -16,7 +21,7 @@ use std::mem::{offset_of, size_of};
 use std::path::PathBuf;
 
 use crate::errno::Errno;
-use crate::handler::Handler;
+use crate::handler::{Handler, ObjectId};
 use crate::paths::normalize;
 use crate::tracee::Tracee;
 
@@ -26,15 +31,20 @@ const PATH_MAX: usize = 4096;
 /// `S_IFCHR | 0600`.
 const CHARDEV_MODE: u32 = libc::S_IFCHR | 0o600;
 
-/// What one stat-family call asks: `(dirfd, path, buffer, is statx)`.
-pub(crate) fn stat_args(nr: i64, a: [u64; 6]) -> Option<(i32, u64, u64, bool)> {
+/// What one stat-family call asks: `(dirfd, path, buffer, flags, is statx)`.
+pub(crate) fn stat_args(nr: i64, a: [u64; 6]) -> Option<(i32, u64, u64, i32, bool)> {
     match nr {
-        libc::SYS_stat | libc::SYS_lstat => Some((libc::AT_FDCWD, a[0], a[1], false)),
-        libc::SYS_newfstatat => Some((a[0] as i32, a[1], a[2], false)),
+        libc::SYS_stat | libc::SYS_lstat => Some((libc::AT_FDCWD, a[0], a[1], 0, false)),
+        libc::SYS_newfstatat => Some((a[0] as i32, a[1], a[2], a[3] as i32, false)),
         // statx(dirfd, path, flags, mask, buf)
-        libc::SYS_statx => Some((a[0] as i32, a[1], a[4], true)),
+        libc::SYS_statx => Some((a[0] as i32, a[1], a[4], a[2] as i32, true)),
         _ => None,
     }
+}
+
+/// The object of descriptor `fd` of the calling thread, if it is one.
+fn fd_object(t: &Tracee<'_>, fd: i32) -> Option<ObjectId> {
+    t.core.fd_object(t.tid, fd)
 }
 
 /// The absolute, normalized path a stat-family call names (as for `open`);
@@ -134,9 +144,21 @@ pub(crate) fn sys_stat(
     nr: i64,
     a: [u64; 6],
 ) -> Option<Result<i64, Errno>> {
-    let (dirfd, path, buf, statx) = stat_args(nr, a)?;
-    let path = path_of(t, dirfd, path)?;
-    let (major, minor) = h.stat_chardev(&path)?;
+    if nr == libc::SYS_fstat {
+        let (major, minor) = h.stat_object(fd_object(t, a[0] as i32)?)?;
+        return Some(t.write_mem(a[1], &stat_bytes(major, minor)).map(|()| 0));
+    }
+    let (dirfd, path, buf, flags, statx) = stat_args(nr, a)?;
+    let (major, minor) = match path_of(t, dirfd, path) {
+        Some(path) => h.stat_chardev(&path)?,
+        None => {
+            // An empty path with AT_EMPTY_PATH: the descriptor itself.
+            if flags & libc::AT_EMPTY_PATH == 0 || !t.read_cstr_bytes(path, 1).ok()?.is_empty() {
+                return None;
+            }
+            h.stat_object(fd_object(t, dirfd)?)?
+        }
+    };
     let bytes = if statx {
         statx_bytes(major, minor)
     } else {

@@ -857,7 +857,11 @@ impl Core {
                 self.sys_open(h, pid, tid, a[0] as i32, a[1], flags, mode)
             }
             libc::SYS_close => self.sys_close(h, pid, tid, a[0] as i32),
-            libc::SYS_stat | libc::SYS_lstat | libc::SYS_newfstatat | libc::SYS_statx => {
+            libc::SYS_stat
+            | libc::SYS_lstat
+            | libc::SYS_newfstatat
+            | libc::SYS_statx
+            | libc::SYS_fstat => {
                 let mut t = Tracee {
                     core: self,
                     pid,

@@ -90,7 +90,7 @@ const SIZES: [(usize, usize); 15] = [
     (24, 24), // unmap
     (24, 24), // option
     (12, 12), // vfio_ioas
-    (24, 40), // hwpt_alloc: the data fields came later
+    (24, 48), // hwpt_alloc: the data fields, then fault_id (6.11), came later
     (32, 40), // get_hw_info: out_capabilities came later
     (16, 16), // set_dirty_tracking
     (48, 48), // get_dirty_bitmap
@@ -326,7 +326,9 @@ pub fn ioctl(ctx: &Iommufd, request: u64, arg: u64, user: &dyn UserMemory) -> Re
         }
         IOMMU_HWPT_ALLOC => {
             let flags = c.w.u32_at(4);
-            if flags & !3 != 0 || c.w.u32_at(20) != 0 {
+            // NEST_PARENT, DIRTY_TRACKING and FAULT_ID_VALID are known;
+            // which a HWPT takes is decided with its parent (below).
+            if flags & !7 != 0 || c.w.u32_at(20) != 0 {
                 return Err(eopnotsupp());
             }
             let (data_type, data_len) = (c.w.u32_at(24), c.w.u32_at(28));

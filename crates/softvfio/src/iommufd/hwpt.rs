@@ -103,6 +103,9 @@ pub(crate) fn alloc_paging(
     Ok(id)
 }
 
+/// `IOMMU_HWPT_FAULT_ID_VALID`: `fault_id` names a fault queue.
+pub const HWPT_FAULT_ID_VALID: u32 = 1 << 2;
+
 impl Iommufd {
     /// `IOMMU_HWPT_ALLOC` for device `dev_id` on `pt_id`, after the ABI's
     /// flag checks: ENOENT for no such device, EINVAL for a `pt_id` that is
@@ -119,7 +122,12 @@ impl Iommufd {
                 if data_type != HWPT_DATA_NONE {
                     return Err(VfioError::Invalid("paging HWPT takes no data"));
                 }
-                if flags & (HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING) != 0 {
+                // iommufd_hwpt_paging_alloc: no fault queue for a paging
+                // HWPT in 6.12 (only nested ones take one).
+                if flags
+                    & (HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING | HWPT_FAULT_ID_VALID)
+                    != 0
+                {
                     return Err(VfioError::Errno(libc::EOPNOTSUPP));
                 }
                 let Some(unit) = unit else {
