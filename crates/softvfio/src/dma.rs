@@ -148,6 +148,18 @@ impl DmaTree {
         Ok(())
     }
 
+    /// Takes out the mapping that starts at `iova` when `take` accepts it:
+    /// one tree search (an unmap of exactly one mapping).
+    pub fn remove_if(&mut self, iova: u64, take: impl FnOnce(&Dma) -> bool) -> Option<Dma> {
+        match self.map.entry(iova) {
+            std::collections::btree_map::Entry::Occupied(e) if take(e.get()) => {
+                self.generation = self.generation.wrapping_add(1);
+                Some(*e.remove())
+            }
+            _ => None,
+        }
+    }
+
     /// Takes out the mapping that starts at `iova`.
     pub fn remove(&mut self, iova: u64) -> Option<Dma> {
         self.generation = self.generation.wrapping_add(1);
@@ -298,6 +310,13 @@ mod tests {
         let v = t.vacancy(0x8000, 0x8fff).unwrap();
         t.insert_vacant(v, dma(0x8000, 0x1000)).unwrap();
         assert_eq!(t.keys(), vec![0x1000, 0x4000, 0x8000]);
+        assert!(t.remove_if(0x4000, |d| d.size == 0x2000).is_none());
+        assert!(t.remove_if(0x5000, |_| true).is_none());
+        assert_eq!(
+            t.remove_if(0x4000, |d| d.size == 0x1000).map(|d| d.iova),
+            Some(0x4000)
+        );
+        t.insert(dma(0x4000, 0x1000)).unwrap();
         // get_mut may change a range: tokens made before it are not trusted.
         let v = t.vacancy(0x2000, 0x2fff).unwrap();
         if let Some(d) = t.get_mut(0x1000) {

@@ -325,14 +325,17 @@ impl PinCounts {
     /// Fast path of [`PinCounts::unpin_runs`] (and of `remove`) for a range
     /// that is exactly one segment of base pages pinned once: the segment
     /// goes, and as touching segments never share count and page size, its
-    /// neighbours need no merge. One search to find it, one to remove it.
+    /// neighbours need no merge. One tree search finds and removes it.
     fn remove_whole_segment(&mut self, start: u64, end: u64, base_page: u64) -> Option<u64> {
-        let (&k, v) = self.map.range(..=start).next_back()?;
-        if k != start || v.end != end || v.count != 1 || v.page_size > base_page {
+        let std::collections::btree_map::Entry::Occupied(e) = self.map.entry(start) else {
+            return None;
+        };
+        let v = *e.get();
+        if v.end != end || v.count != 1 || v.page_size > base_page {
             return None;
         }
         let page_size = v.page_size;
-        self.map.remove(&start);
+        e.remove();
         self.pinned -= end - start;
         self.refs = self.refs.saturating_sub(end - start);
         Some(page_size)

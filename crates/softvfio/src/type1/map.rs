@@ -261,12 +261,17 @@ impl Container {
     /// can reach the pages.
     pub(crate) fn remove_dma(&self, t: &mut Type1, iova: u64) -> Option<Dma> {
         let dma = t.dmas.remove(iova)?;
+        Some(self.forget_dma(t, dma))
+    }
+
+    /// [`Container::remove_dma`] of a mapping already taken out of the tree.
+    fn forget_dma(&self, t: &mut Type1, dma: Dma) -> Dma {
         let dma = self.release_dma(t, dma);
         if dma.vaddr_invalid {
             t.vaddr_invalid_count = t.vaddr_invalid_count.saturating_sub(1);
         }
         t.dma_avail = t.dma_avail.saturating_add(1);
-        Some(dma)
+        dma
     }
 
     /// Unmaps, flushes, unpins and unaccounts a mapping that is no longer
@@ -394,6 +399,23 @@ impl Container {
             UnmapOp::Unmap | UnmapOp::InvalidateVaddr => None,
         };
 
+        // A plain unmap of exactly one whole mapping (the common request):
+        // found and taken out with one tree search; it is the only mapping
+        // in the range and bisects nothing. One pinned externally goes the
+        // general way (the devices are notified first).
+        if op == UnmapOp::Unmap && !unmap_all {
+            if let Some(dma) = t
+                .dmas
+                .remove_if(iova, |d| d.last() == last && d.ext_pins.is_empty())
+            {
+                let size = dma.size;
+                self.forget_dma(t, dma);
+                if let Some(s) = self.sanitizer.get() {
+                    s.record_unmap(self.id, iova);
+                }
+                return Ok(UnmapStep::Done(size));
+            }
+        }
         // The common request names exactly one whole mapping: the one
         // search that finds it answers the bisect checks (it starts at
         // `iova` and ends at `last`), is the first mapping in the range, and,
