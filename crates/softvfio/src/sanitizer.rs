@@ -145,6 +145,17 @@ impl EventKind {
     }
 }
 
+/// The interface an event came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A type1 container (`/dev/vfio/vfio`, or type1 compatibility).
+    Type1,
+    /// An iommufd IOAS: `IOMMU_IOAS_MAP` / `IOMMU_IOAS_UNMAP`.
+    Iommufd,
+    /// An iommufd IOAS: `IOMMU_IOAS_COPY` made the area.
+    IommufdCopy,
+}
+
 /// One recorded event.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -154,6 +165,30 @@ pub struct Event {
     pub kind: EventKind,
     /// From where in the program.
     pub site: Option<Arc<CallSite>>,
+    /// Through which interface.
+    pub via: Via,
+}
+
+impl Event {
+    /// The call behind the event, named for its interface (`MAP_DMA`,
+    /// `IOAS_MAP`, `IOAS_COPY`, ...).
+    pub fn call(&self) -> &'static str {
+        match (self.via, self.kind) {
+            (Via::Type1, k) => k.call(),
+            (Via::Iommufd, EventKind::Map { .. }) => "IOAS_MAP",
+            (Via::IommufdCopy, EventKind::Map { .. }) => "IOAS_COPY",
+            (_, EventKind::Unmap) => "IOAS_UNMAP",
+            (_, EventKind::Released) => "close of the iommufd",
+            (_, k) => k.call(),
+        }
+    }
+}
+
+/// The history key of IOAS `ioas` of the iommufd context `ctx` (the
+/// `container` argument of the recording and query calls): apart from every
+/// type1 container id (those count up from 1; these have the top bit set).
+pub fn iommufd_history_key(ctx: u64, ioas: u32) -> u64 {
+    (1 << 63) | ((ctx & 0x7fff_ffff) << 32) | u64::from(ioas)
 }
 
 /// The history of one IOVA region (a mapping's first IOVA in a container).
@@ -364,10 +399,15 @@ impl Sanitizer {
     }
 
     fn push(&self, container: u64, iova: u64, kind: EventKind) {
+        self.push_via(container, iova, kind, Via::Type1);
+    }
+
+    fn push_via(&self, container: u64, iova: u64, kind: EventKind, via: Via) {
         let event = Event {
             at: Instant::now(),
             kind,
             site: current_site(),
+            via,
         };
         let depth = self.cfg.depth;
         let mut guard = self.lock();
@@ -420,6 +460,37 @@ impl Sanitizer {
     /// `MAP_DMA` made a mapping.
     pub fn record_map(&self, container: u64, iova: u64, vaddr: u64, size: u64, prot: Prot) {
         self.push(container, iova, EventKind::Map { vaddr, size, prot });
+    }
+
+    /// `IOMMU_IOAS_MAP` (or `IOMMU_IOAS_COPY`, `copy`) made the area at
+    /// `iova` of the IOAS whose [`iommufd_history_key`] is `key`.
+    pub fn record_ioas_map(
+        &self,
+        key: u64,
+        iova: u64,
+        uptr: u64,
+        size: u64,
+        prot: Prot,
+        copy: bool,
+    ) {
+        let via = if copy { Via::IommufdCopy } else { Via::Iommufd };
+        let kind = EventKind::Map {
+            vaddr: uptr,
+            size,
+            prot,
+        };
+        self.push_via(key, iova, kind, via);
+    }
+
+    /// `IOMMU_IOAS_UNMAP` removed the area at `iova` (`released`: the
+    /// context was closed with it in place).
+    pub fn record_ioas_unmap(&self, key: u64, iova: u64, released: bool) {
+        let kind = if released {
+            EventKind::Released
+        } else {
+            EventKind::Unmap
+        };
+        self.push_via(key, iova, kind, Via::Iommufd);
     }
 
     /// `UNMAP_DMA` removed the mapping at `iova`.
