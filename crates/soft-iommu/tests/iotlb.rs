@@ -200,3 +200,34 @@ fn vec_memory_reads_back_through_the_iotlb() {
     }
     assert!(port.stats().iotlb_hits >= 4);
 }
+
+/// A range flush probes only the page sizes the domain has mapped leaves
+/// of; a cached 2 MiB entry (the domain's first 2M leaf, mapped after 4K
+/// ones) is still found and dropped, and so is one whose leaf was
+/// unmapped before the flush.
+#[test]
+fn range_flush_drops_entries_of_every_leaf_size_the_domain_used() {
+    let unit = Iommu::new(IommuConfig::default());
+    let domain = unit.create_domain(Arc::new(NullMemory)).unwrap();
+    unit.attach_device(1, &domain).unwrap();
+    let port = unit.dma_port(1);
+    domain.map(0x4000, MEM_BASE, SIZE_4K, Prot::RW).unwrap();
+    port.read(0x4000, &mut [0; 4]).unwrap();
+    domain.unmap(0x4000, SIZE_4K);
+    domain.flush_range(0x4000, SIZE_4K);
+    assert_eq!(unit.iotlb_stats().valid, 0);
+    // The first 2M leaf, cached, then unmapped: the flush must find it.
+    domain.map(SIZE_2M, MEM_BASE, SIZE_2M, Prot::RW).unwrap();
+    port.read(SIZE_2M + 0x1000, &mut [0; 4]).unwrap();
+    assert_eq!(unit.iotlb_stats().valid, 1);
+    assert_eq!(domain.unmap(SIZE_2M, SIZE_2M), SIZE_2M);
+    assert!(
+        port.translate(SIZE_2M + 0x3000, Access::Read)
+            .unwrap()
+            .cached
+    );
+    domain.flush_range(SIZE_2M, SIZE_2M);
+    assert_eq!(unit.iotlb_stats().valid, 0);
+    let f = port.read(SIZE_2M + 0x1000, &mut [0; 4]).unwrap_err();
+    assert_eq!(f.reason, FaultReason::NotPresent);
+}

@@ -802,7 +802,7 @@ impl Handler for VfioHandler {
     fn open(&mut self, t: &mut Tracee<'_>, req: &OpenRequest) -> Option<Result<OpenReply, Errno>> {
         let path = req.path.to_str()?;
         let mem: Arc<dyn UserMemory> = self.mem_for(t.pid());
-        let site = if path.starts_with("/dev/vfio/") {
+        let site = if path.starts_with("/dev/vfio/") || path == "/dev/iommu" {
             self.call_site(t)
         } else {
             None
@@ -841,7 +841,10 @@ impl Handler for VfioHandler {
             softvfio::uapi::VFIO_IOMMU_MAP_DMA
             | softvfio::uapi::VFIO_IOMMU_UNMAP_DMA
             | softvfio::uapi::VFIO_GROUP_GET_DEVICE_FD
-            | softvfio::uapi::VFIO_DEVICE_SET_IRQS => self.call_site(t),
+            | softvfio::uapi::VFIO_DEVICE_SET_IRQS
+            | softvfio::iommufd::abi::IOMMU_IOAS_MAP
+            | softvfio::iommufd::abi::IOMMU_IOAS_UNMAP
+            | softvfio::iommufd::abi::IOMMU_IOAS_COPY => self.call_site(t),
             _ => None,
         };
         let routed = {

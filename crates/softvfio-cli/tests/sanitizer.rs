@@ -164,3 +164,33 @@ fn live_inspect_shows_the_findings() {
         "{text}"
     );
 }
+
+/// The iommufd twin of the buggy driver (`programs/iommufd_bugs.c`),
+/// built once.
+fn iommufd_program() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| sc::iommufd::build(&dir())).as_deref()
+}
+
+macro_rules! iommufd_scenario {
+    ($name:ident, $f:expr) => {
+        #[test]
+        fn $name() {
+            let Some(bin) = iommufd_program() else {
+                eprintln!("skipped: no gcc");
+                return;
+            };
+            $f(softvfio(), "trace", bin);
+        }
+    };
+}
+
+iommufd_scenario!(iommufd_dma_after_ioas_unmap, sc::iommufd::after_unmap);
+iommufd_scenario!(iommufd_dma_after_unmap_of_a_copy, sc::iommufd::copy_unmap);
+iommufd_scenario!(
+    iommufd_never_mapped_names_the_nearest_area,
+    sc::iommufd::never_mapped
+);
+iommufd_scenario!(iommufd_write_to_read_only_area, sc::iommufd::read_only);
+iommufd_scenario!(iommufd_leaks_at_exit_with_call_sites, sc::iommufd::leak);
+iommufd_scenario!(iommufd_clean_driver_reports_nothing, sc::iommufd::clean);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use softvfio::sanitizer::{
-    CallSite, Event, EventKind, Frame, IovaHistory, RegionView, Sanitizer, StaleReport,
+    CallSite, Event, EventKind, Frame, IovaHistory, RegionView, Sanitizer, StaleReport, Via,
 };
 
 use crate::report::human_bytes;
@@ -713,8 +713,37 @@ pub fn leaks_of(s: &Sanitizer, key: u64, obj: &softvfio::frontend::FileObject) -
                 }
             }
         }
-        // An iommufd's areas are not tracked by the sanitizer yet.
-        FileObject::Group(_) | FileObject::Iommufd(_) => {}
+        FileObject::Iommufd(ctx) => {
+            let snap = ctx.snapshot();
+            let areas: usize = snap.ioas.iter().map(|i| i.areas.len()).sum();
+            if let (Some(r), true) = (&rec, areas > 0) {
+                out.push(LeakRecord {
+                    kind: "iommufd",
+                    what: format!("iommufd still open with {areas} area(s)"),
+                    site: r.site.clone(),
+                });
+            }
+            for ioas in &snap.ioas {
+                for a in &ioas.areas {
+                    let site = s
+                        .region(ctx.history_key(ioas.id), a.iova)
+                        .and_then(|r| r.last_map().and_then(|e| e.site.clone()));
+                    out.push(LeakRecord {
+                        kind: "mapping",
+                        what: format!(
+                            "IOAS {} IOVA {:#x} size {} (uptr {:#x}, {} page(s) pinned and accounted)",
+                            ioas.id,
+                            a.iova,
+                            human_bytes(a.len()),
+                            a.uptr,
+                            a.charged
+                        ),
+                        site,
+                    });
+                }
+            }
+        }
+        FileObject::Group(_) => {}
     }
     out
 }
@@ -746,20 +775,24 @@ fn event_line(s: &Sanitizer, sym: &mut Symbolizer, e: &Event, mapped: Option<Ins
             e.at.saturating_duration_since(m).as_secs_f64() * 1e3
         ),
     };
+    let call = e.call();
     match e.kind {
         EventKind::Map { vaddr, size, prot } => format!(
-            "mapped at {at} by MAP_DMA (vaddr {vaddr:#x}, size {}, prot {}) from {site}",
+            "mapped at {at} by {call} (vaddr {vaddr:#x}, size {}, prot {}) from {site}",
             human_bytes(size),
             prot_text(prot)
         ),
-        EventKind::Unmap => format!("unmapped at {at} by UNMAP_DMA from {site}"),
+        EventKind::Unmap => format!("unmapped at {at} by {call} from {site}"),
         EventKind::InvalidateVaddr => {
             format!("vaddr invalidated at {at} by UNMAP_DMA(FLAG_VADDR) from {site}")
         }
         EventKind::UpdateVaddr { vaddr } => {
             format!("vaddr updated to {vaddr:#x} at {at} by MAP_DMA(FLAG_VADDR) from {site}")
         }
-        EventKind::Released => format!("unmapped at {at} when the container was released"),
+        EventKind::Released if e.via == Via::Type1 => {
+            format!("unmapped at {at} when the container was released")
+        }
+        EventKind::Released => format!("unmapped at {at} when the iommufd was closed"),
         EventKind::Stale { cause, vaddr, len } => format!(
             "its memory {vaddr:#x}-{:#x} went away at {at} by {} from {site} while still mapped for DMA",
             vaddr.saturating_add(len).saturating_sub(1),

@@ -306,7 +306,7 @@ impl State {
 
     pub fn open(&mut self, path: &str, cloexec: bool) -> OpenOutcome {
         let mem = self.mem.clone();
-        let site = if path.starts_with("/dev/vfio/") {
+        let site = if path.starts_with("/dev/vfio/") || path == "/dev/iommu" {
             self.call_site()
         } else {
             None
@@ -353,7 +353,10 @@ impl State {
             uapi::VFIO_IOMMU_MAP_DMA
             | uapi::VFIO_IOMMU_UNMAP_DMA
             | uapi::VFIO_GROUP_GET_DEVICE_FD
-            | uapi::VFIO_DEVICE_SET_IRQS => self.call_site(),
+            | uapi::VFIO_DEVICE_SET_IRQS
+            | softvfio::iommufd::abi::IOMMU_IOAS_MAP
+            | softvfio::iommufd::abi::IOMMU_IOAS_UNMAP
+            | softvfio::iommufd::abi::IOMMU_IOAS_COPY => self.call_site(),
             _ => None,
         };
         let mut fds = OwnFds(&self.fds);

@@ -73,3 +73,34 @@ fn optimized_program_without_frame_pointers() {
     sc::after_unmap(softvfio, "preload", &bin);
     sc::stale(softvfio, "preload", &bin, "munmap");
 }
+
+/// `softvfio` and the iommufd twin of the buggy driver
+/// (`programs/iommufd_bugs.c`), built once; `None` without gcc.
+fn iommufd_setup() -> Option<(&'static Path, &'static Path)> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let bin = BIN.get_or_init(|| sc::iommufd::build(&dir())).as_deref()?;
+    Some((common::artifacts().softvfio.as_path(), bin))
+}
+
+macro_rules! iommufd_scenario {
+    ($name:ident, $f:expr) => {
+        #[test]
+        fn $name() {
+            let Some((softvfio, bin)) = iommufd_setup() else {
+                eprintln!("skipped: no gcc");
+                return;
+            };
+            $f(softvfio, "preload", bin);
+        }
+    };
+}
+
+iommufd_scenario!(iommufd_dma_after_ioas_unmap, sc::iommufd::after_unmap);
+iommufd_scenario!(iommufd_dma_after_unmap_of_a_copy, sc::iommufd::copy_unmap);
+iommufd_scenario!(
+    iommufd_never_mapped_names_the_nearest_area,
+    sc::iommufd::never_mapped
+);
+iommufd_scenario!(iommufd_write_to_read_only_area, sc::iommufd::read_only);
+iommufd_scenario!(iommufd_leaks_at_exit_with_call_sites, sc::iommufd::leak);
+iommufd_scenario!(iommufd_clean_driver_reports_nothing, sc::iommufd::clean);

@@ -104,7 +104,14 @@ impl Session {
     ) -> Option<Result<ObjectKey>> {
         if path == "/dev/iommu" {
             let ctx = Iommufd::new(mem());
-            return Some(Ok(self.insert(FileObject::Iommufd(ctx))));
+            if let Some(s) = self.vfio.sanitizer() {
+                ctx.set_sanitizer(s.clone());
+            }
+            let key = self.insert(FileObject::Iommufd(ctx));
+            if let Some(s) = self.vfio.sanitizer() {
+                s.note_object(key, "iommufd".into());
+            }
+            return Some(Ok(key));
         }
         if let Some(n) = path.strip_prefix("/dev/vfio/devices/vfio") {
             let Ok(index) = n.parse::<u32>() else {

@@ -12,10 +12,13 @@
 //!   dropped first), and at most `max_regions` regions that are no longer
 //!   mapped are remembered (the least recently unmapped are forgotten
 //!   first); live mappings are always remembered (their number is bounded
-//!   by `dma_entry_limit`). Recording is O(1): regions are hashed by
-//!   (container, IOVA); idle regions wait in a FIFO in unmap order (entries
-//!   of regions mapped again are skipped, and compacted away when they
-//!   pile up). Ordered questions (nearest mappings) sort at report time.
+//!   by `dma_entry_limit`). Recording is O(1) and allocates nothing once
+//!   the tables have grown: regions are slots found by hashing (container,
+//!   IOVA), each with a preallocated ring of `depth` events overwritten in
+//!   place; a forgotten region's slot and ring go to the next new region;
+//!   idle regions wait in a FIFO in unmap order (entries of regions mapped
+//!   again are skipped, and compacted away when they pile up). Ordered
+//!   questions (nearest mappings) sort at report time.
 //! - Call sites are captured raw (return addresses with the object file and
 //!   file offset they fall in) and symbolized only when a report is
 //!   written, by the front end (`softvfio_platform::symbolize`).
@@ -142,6 +145,17 @@ impl EventKind {
     }
 }
 
+/// The interface an event came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A type1 container (`/dev/vfio/vfio`, or type1 compatibility).
+    Type1,
+    /// An iommufd IOAS: `IOMMU_IOAS_MAP` / `IOMMU_IOAS_UNMAP`.
+    Iommufd,
+    /// An iommufd IOAS: `IOMMU_IOAS_COPY` made the area.
+    IommufdCopy,
+}
+
 /// One recorded event.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -151,6 +165,30 @@ pub struct Event {
     pub kind: EventKind,
     /// From where in the program.
     pub site: Option<Arc<CallSite>>,
+    /// Through which interface.
+    pub via: Via,
+}
+
+impl Event {
+    /// The call behind the event, named for its interface (`MAP_DMA`,
+    /// `IOAS_MAP`, `IOAS_COPY`, ...).
+    pub fn call(&self) -> &'static str {
+        match (self.via, self.kind) {
+            (Via::Type1, k) => k.call(),
+            (Via::Iommufd, EventKind::Map { .. }) => "IOAS_MAP",
+            (Via::IommufdCopy, EventKind::Map { .. }) => "IOAS_COPY",
+            (_, EventKind::Unmap) => "IOAS_UNMAP",
+            (_, EventKind::Released) => "close of the iommufd",
+            (_, k) => k.call(),
+        }
+    }
+}
+
+/// The history key of IOAS `ioas` of the iommufd context `ctx` (the
+/// `container` argument of the recording and query calls): apart from every
+/// type1 container id (those count up from 1; these have the top bit set).
+pub fn iommufd_history_key(ctx: u64, ioas: u32) -> u64 {
+    (1 << 63) | ((ctx & 0x7fff_ffff) << 32) | u64::from(ioas)
 }
 
 /// The history of one IOVA region (a mapping's first IOVA in a container).
@@ -250,15 +288,18 @@ impl Default for SanitizerConfig {
     }
 }
 
-#[derive(Debug)]
-struct Region {
+/// One IOVA region's header; its events are in `Inner::events` at
+/// `slot * depth ..`, a ring of `len` events starting at `head`.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    container: u64,
+    iova: u64,
     size: u64,
     vaddr: u64,
     mapped: bool,
-    events: VecDeque<Event>,
+    head: u32,
+    len: u32,
     dropped: u64,
-    /// While unmapped: its key in `Inner::idle`.
-    idle_since: Option<u64>,
 }
 
 /// A hasher for (container, IOVA) keys: they come from the program but only
@@ -286,19 +327,31 @@ impl std::hash::Hasher for KeyHasher {
 
 type KeyHash = std::hash::BuildHasherDefault<KeyHasher>;
 
+/// The recorder's tables. Recording allocates nothing once the tables
+/// have grown to the run's number of regions: a region is a slot in
+/// `slots` with a preallocated ring of `depth` events in `events`, reused
+/// when the region is forgotten; an event overwrites the oldest in place.
 #[derive(Default)]
 struct Inner {
-    /// Regions by (container, first IOVA).
-    regions: HashMap<(u64, u64), Region, KeyHash>,
+    /// Slots by (container, first IOVA).
+    index: HashMap<(u64, u64), u32, KeyHash>,
+    slots: Vec<Slot>,
+    /// Per slot: the stamp at which it became idle (unmapped), 0 while
+    /// mapped or free. Apart from the headers, so that checking a queue
+    /// entry touches 8 bytes, not a slot.
+    idle_since: Vec<u64>,
+    /// `depth` events per slot.
+    events: Vec<Option<Event>>,
+    /// Slots of forgotten regions, for new ones.
+    free: Vec<u32>,
     stamp: u64,
-    /// Regions in the order they became unmapped: (stamp, container, IOVA);
-    /// an entry whose region was mapped again (or unmapped again later) no
-    /// longer matches its `idle_since` and is skipped.
-    idle: VecDeque<(u64, u64, u64)>,
-    /// Regions in `idle` that are still idle.
+    /// Slots in the order they became idle: (stamp, slot, key); an entry
+    /// whose slot was mapped again (or unmapped again later) no longer
+    /// matches its `idle_since` and is skipped. The key is here so that
+    /// forgetting a region touches neither its slot nor its events.
+    idle: VecDeque<(u64, u32, (u64, u64))>,
+    /// Slots in `idle` that are still idle.
     idle_count: usize,
-    /// An event ring of a forgotten region, for the next new one.
-    spare: Option<VecDeque<Event>>,
     stale: Vec<StaleReport>,
     objects: HashMap<u64, ObjectRecord>,
 }
@@ -346,61 +399,98 @@ impl Sanitizer {
     }
 
     fn push(&self, container: u64, iova: u64, kind: EventKind) {
+        self.push_via(container, iova, kind, Via::Type1);
+    }
+
+    fn push_via(&self, container: u64, iova: u64, kind: EventKind, via: Via) {
         let event = Event {
             at: Instant::now(),
             kind,
             site: current_site(),
+            via,
         };
         let depth = self.cfg.depth;
         let mut guard = self.lock();
         let inner = &mut *guard;
         inner.stamp += 1;
         let stamp = inner.stamp;
-        let spare = &mut inner.spare;
-        let region = inner.regions.entry((container, iova)).or_insert_with(|| {
-            let mut events = spare
-                .take()
-                .unwrap_or_else(|| VecDeque::with_capacity(depth.min(4)));
-            events.clear();
-            Region {
-                size: 0,
-                vaddr: 0,
-                mapped: false,
-                events,
-                dropped: 0,
-                idle_since: None,
-            }
-        });
+        let Some(slot) = inner.slot_of(container, iova, depth) else {
+            return;
+        };
+        let i = slot as usize;
+        let (Some(r), Some(idle_since)) = (inner.slots.get_mut(i), inner.idle_since.get_mut(i))
+        else {
+            return;
+        };
         match kind {
             EventKind::Map { vaddr, size, .. } => {
-                region.size = size;
-                region.vaddr = vaddr;
-                region.mapped = true;
-                if region.idle_since.take().is_some() {
+                r.size = size;
+                r.vaddr = vaddr;
+                r.mapped = true;
+                if std::mem::take(idle_since) != 0 {
                     inner.idle_count -= 1;
                 }
             }
-            EventKind::UpdateVaddr { vaddr } => region.vaddr = vaddr,
+            EventKind::UpdateVaddr { vaddr } => r.vaddr = vaddr,
             EventKind::Unmap | EventKind::Released => {
-                region.mapped = false;
-                if region.idle_since.replace(stamp).is_none() {
+                r.mapped = false;
+                if std::mem::replace(idle_since, stamp) == 0 {
                     inner.idle_count += 1;
                 }
-                inner.idle.push_back((stamp, container, iova));
+                inner.idle.push_back((stamp, slot, (container, iova)));
             }
             EventKind::InvalidateVaddr | EventKind::Stale { .. } => {}
         }
-        if region.events.len() == depth {
-            region.events.pop_front();
-            region.dropped += 1;
+        // The ring: overwrite the oldest when full.
+        let pos = if r.len as usize == depth {
+            let p = r.head as usize;
+            r.head = ((p + 1) % depth) as u32;
+            r.dropped += 1;
+            p
+        } else {
+            r.len += 1;
+            (r.head as usize + r.len as usize - 1) % depth
+        };
+        if let Some(e) = inner.events.get_mut(i * depth + pos) {
+            *e = Some(event);
         }
-        region.events.push_back(event);
         inner.forget_idle(self.cfg.max_regions);
     }
 
     /// `MAP_DMA` made a mapping.
     pub fn record_map(&self, container: u64, iova: u64, vaddr: u64, size: u64, prot: Prot) {
         self.push(container, iova, EventKind::Map { vaddr, size, prot });
+    }
+
+    /// `IOMMU_IOAS_MAP` (or `IOMMU_IOAS_COPY`, `copy`) made the area at
+    /// `iova` of the IOAS whose [`iommufd_history_key`] is `key`.
+    pub fn record_ioas_map(
+        &self,
+        key: u64,
+        iova: u64,
+        uptr: u64,
+        size: u64,
+        prot: Prot,
+        copy: bool,
+    ) {
+        let via = if copy { Via::IommufdCopy } else { Via::Iommufd };
+        let kind = EventKind::Map {
+            vaddr: uptr,
+            size,
+            prot,
+        };
+        self.push_via(key, iova, kind, via);
+    }
+
+    /// `IOMMU_IOAS_UNMAP` removed the area at `iova` (`released`: the
+    /// context was closed with it in place).
+    pub fn record_ioas_unmap(&self, key: u64, iova: u64, released: bool) {
+        let kind = if released {
+            EventKind::Released
+        } else {
+            EventKind::Unmap
+        };
+        self.push_via(key, iova, kind, Via::Iommufd);
     }
 
     /// `UNMAP_DMA` removed the mapping at `iova`.
@@ -438,14 +528,18 @@ impl Sanitizer {
         let hits: Vec<(u64, u64, u64, u64)> = {
             let inner = self.lock();
             let mut hits = Vec::new();
-            for ((c, iova), r) in &inner.regions {
-                if !r.mapped || containers.is_some_and(|list| !list.contains(c)) {
+            for &slot in inner.index.values() {
+                let Some(r) = inner.slots.get(slot as usize) else {
+                    continue;
+                };
+                let c = r.container;
+                if !r.mapped || containers.is_some_and(|list| !list.contains(&c)) {
                     continue;
                 }
                 let r_end = r.vaddr.saturating_add(r.size);
                 if r.vaddr < end && vaddr < r_end {
                     let lo = r.vaddr.max(vaddr);
-                    hits.push((*c, *iova, lo, r_end.min(end) - lo));
+                    hits.push((c, r.iova, lo, r_end.min(end) - lo));
                 }
             }
             hits.sort_unstable();
@@ -486,8 +580,8 @@ impl Sanitizer {
 
     fn region_view(&self, container: u64, iova: u64, at: Instant) -> Option<RegionView> {
         let inner = self.lock();
-        let r = inner.regions.get(&(container, iova))?;
-        Some(view(container, iova, r, at))
+        let slot = *inner.index.get(&(container, iova))?;
+        Some(inner.view(slot, at, self.cfg.depth))
     }
 
     /// The region whose mapping starts at `iova` in `container`, as it is
@@ -500,12 +594,14 @@ impl Sanitizer {
     /// the regions that covered it, or the nearest ones.
     pub fn explain(&self, iova: u64, at: Instant) -> IovaHistory {
         let inner = self.lock();
+        let depth = self.cfg.depth;
         // Per container, its regions in IOVA order (report time: sorting
         // here keeps recording O(1)).
-        let mut by_container: BTreeMap<u64, BTreeMap<u64, &Region>> = BTreeMap::new();
-        for ((c, start), r) in &inner.regions {
-            by_container.entry(*c).or_default().insert(*start, r);
+        let mut by_container: BTreeMap<u64, BTreeMap<u64, u32>> = BTreeMap::new();
+        for (&(c, start), &slot) in &inner.index {
+            by_container.entry(c).or_default().insert(start, slot);
         }
+        let view = |_c: u64, _s: u64, slot: &u32, at| inner.view(*slot, at, depth);
         let mut known = Vec::new();
         let mut nearest = Vec::new();
         for (c, regions) in &by_container {
@@ -623,63 +719,115 @@ impl Sanitizer {
 
     /// Regions recorded now (live and remembered), for tests and reports.
     pub fn region_count(&self) -> usize {
-        self.lock().regions.len()
+        self.lock().index.len()
     }
 }
 
 impl Inner {
+    /// The slot of the region at (`container`, `iova`), made (reusing a
+    /// forgotten one when there is one) if there is none.
+    fn slot_of(&mut self, container: u64, iova: u64, depth: usize) -> Option<u32> {
+        if let Some(&slot) = self.index.get(&(container, iova)) {
+            return Some(slot);
+        }
+        let fresh = Slot {
+            container,
+            iova,
+            size: 0,
+            vaddr: 0,
+            mapped: false,
+            head: 0,
+            len: 0,
+            dropped: 0,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                // Its old events stay until overwritten: `len` says none
+                // is there.
+                *self.slots.get_mut(slot as usize)? = fresh;
+                *self.idle_since.get_mut(slot as usize)? = 0;
+                slot
+            }
+            None => {
+                let slot = u32::try_from(self.slots.len()).ok()?;
+                self.slots.push(fresh);
+                self.idle_since.push(0);
+                self.events.resize_with(self.slots.len() * depth, || None);
+                slot
+            }
+        };
+        self.index.insert((container, iova), slot);
+        Some(slot)
+    }
+
     /// Forgets the longest-idle regions beyond `max`, and drops queue
     /// entries of regions that are no longer idle once they outnumber the
     /// idle ones.
     fn forget_idle(&mut self, max: usize) {
         while self.idle_count > max {
-            let Some((stamp, c, i)) = self.idle.pop_front() else {
+            let Some((stamp, slot, key)) = self.idle.pop_front() else {
                 break;
             };
-            let still_idle = self
-                .regions
-                .get(&(c, i))
-                .is_some_and(|r| r.idle_since == Some(stamp));
-            if still_idle {
-                if let Some(r) = self.regions.remove(&(c, i)) {
-                    self.spare = Some(r.events);
-                }
-                self.idle_count -= 1;
+            if self.idle_since.get(slot as usize) != Some(&stamp) {
+                continue;
             }
+            self.index.remove(&key);
+            if let Some(since) = self.idle_since.get_mut(slot as usize) {
+                *since = 0;
+            }
+            self.free.push(slot);
+            self.idle_count -= 1;
         }
         if self.idle.len() > 2 * self.idle_count + 64 {
-            let regions = &self.regions;
-            self.idle.retain(|(stamp, c, i)| {
-                regions
-                    .get(&(*c, *i))
-                    .is_some_and(|r| r.idle_since == Some(*stamp))
-            });
+            let idle_since = &self.idle_since;
+            self.idle
+                .retain(|(stamp, slot, _)| idle_since.get(*slot as usize) == Some(stamp));
         }
     }
-}
 
-fn view(container: u64, iova: u64, r: &Region, at: Instant) -> RegionView {
-    let events: Vec<Event> = r.events.iter().filter(|e| e.at <= at).cloned().collect();
-    let mapped = events.iter().fold(false, |m, e| match e.kind {
-        EventKind::Map { .. } => true,
-        EventKind::Unmap | EventKind::Released => false,
-        _ => m,
-    });
-    let size = events
-        .iter()
-        .rev()
-        .find_map(|e| match e.kind {
-            EventKind::Map { size, .. } => Some(size),
-            _ => None,
-        })
-        .unwrap_or(r.size);
-    RegionView {
-        container,
-        iova,
-        size,
-        mapped,
-        events,
-        dropped: r.dropped,
+    /// The region in `slot` as it was at `at`.
+    fn view(&self, slot: u32, at: Instant, depth: usize) -> RegionView {
+        let Some(r) = self.slots.get(slot as usize) else {
+            return RegionView {
+                container: 0,
+                iova: 0,
+                size: 0,
+                mapped: false,
+                events: Vec::new(),
+                dropped: 0,
+            };
+        };
+        let base = slot as usize * depth;
+        let events: Vec<Event> = (0..r.len as usize)
+            .filter_map(|k| {
+                self.events
+                    .get(base + (r.head as usize + k) % depth)?
+                    .as_ref()
+            })
+            .filter(|e| e.at <= at)
+            .cloned()
+            .collect();
+        let mapped = events.iter().fold(false, |m, e| match e.kind {
+            EventKind::Map { .. } => true,
+            EventKind::Unmap | EventKind::Released => false,
+            _ => m,
+        });
+        let size = events
+            .iter()
+            .rev()
+            .find_map(|e| match e.kind {
+                EventKind::Map { size, .. } => Some(size),
+                _ => None,
+            })
+            .unwrap_or(r.size);
+        RegionView {
+            container: r.container,
+            iova: r.iova,
+            size,
+            mapped,
+            events,
+            dropped: r.dropped,
+        }
     }
 }
 
@@ -758,6 +906,44 @@ mod tests {
         assert!(s.region(1, 0x100_0000).unwrap().mapped);
         assert!(s.region(1, 99 * 0x1000).is_some());
         assert!(s.region(1, 0x1000).is_none());
+    }
+
+    /// A forgotten region's slot and ring go to the next new region, which
+    /// starts with no events (the old ones are not shown), and the table
+    /// stops growing once it holds the live and remembered regions.
+    #[test]
+    fn forgotten_slots_are_reused_without_their_events() {
+        let s = Sanitizer::new(SanitizerConfig {
+            depth: 2,
+            max_regions: 2,
+        });
+        for i in 0..50u64 {
+            s.record_map(1, i * 0x1000, 0x1000 + i, 0x1000, rw());
+            s.record_unmap(1, i * 0x1000);
+        }
+        assert_eq!(s.region_count(), 2);
+        assert_eq!(s.lock().slots.len(), 3, "slots reused");
+        s.record_map(1, 0x100_0000, 0x5000, 0x2000, rw());
+        let r = s.region(1, 0x100_0000).unwrap();
+        assert_eq!(r.events.len(), 1);
+        assert_eq!(r.dropped, 0);
+        assert_eq!(r.size, 0x2000);
+        assert!(r.mapped);
+        // Three events in a ring of two: the oldest is dropped.
+        s.record_invalidate_vaddr(1, 0x100_0000);
+        s.record_update_vaddr(1, 0x100_0000, 0x9000);
+        let r = s.region(1, 0x100_0000).unwrap();
+        assert_eq!(
+            r.events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            vec![
+                EventKind::InvalidateVaddr,
+                EventKind::UpdateVaddr { vaddr: 0x9000 }
+            ]
+        );
+        assert_eq!(r.dropped, 1);
+        let last = s.region(1, 49 * 0x1000).unwrap();
+        assert_eq!(last.events.len(), 2);
+        assert!(!last.mapped);
     }
 
     #[test]

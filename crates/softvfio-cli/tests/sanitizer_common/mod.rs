@@ -9,6 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod iommufd;
+
 /// The buggy driver's source.
 pub const SOURCE: &str = include_str!("../programs/dma_bugs.c");
 

@@ -131,6 +131,8 @@ pub struct Iommufd {
     /// What `RLIMIT_MODE` 0 charges ([`user_account`] unless a test gives
     /// its own).
     user_account: Arc<MmAccount>,
+    /// The DMA sanitizer recording the IOASes' areas, if one runs.
+    sanitizer: std::sync::OnceLock<Arc<crate::sanitizer::Sanitizer>>,
 }
 
 /// A serialisable view of a context, for `inspect` and end reports.
@@ -207,6 +209,7 @@ impl Iommufd {
                 rlimit_per_process: false,
             }),
             user_account: user,
+            sanitizer: std::sync::OnceLock::new(),
         })
     }
 
@@ -216,6 +219,48 @@ impl Iommufd {
             self.mem.account().clone()
         } else {
             self.user_account.clone()
+        }
+    }
+
+    /// Records the IOASes' map, copy and unmap history into `s` (the DMA
+    /// sanitizer; a second one is ignored).
+    pub fn set_sanitizer(&self, s: Arc<crate::sanitizer::Sanitizer>) {
+        let _ = self.sanitizer.set(s);
+    }
+
+    /// The sanitizer's history key of IOAS `ioas` of this context.
+    pub fn history_key(&self, ioas: u32) -> u64 {
+        crate::sanitizer::iommufd_history_key(self.id, ioas)
+    }
+
+    /// Records the areas `pieces` placed from `iova` (a map or a copy).
+    fn record_areas(&self, ioas: u32, iova: u64, pieces: &[Piece], prot: Prot, copy: bool) {
+        let Some(s) = self.sanitizer.get() else {
+            return;
+        };
+        let mut at = iova;
+        for p in pieces {
+            s.record_ioas_map(self.history_key(ioas), at, p.uptr, p.len, prot, copy);
+            at = at.wrapping_add(p.len);
+        }
+    }
+
+    /// With a sanitizer, the areas of `ioas` starting in `[start, last]`
+    /// (those an unmap may remove); none without.
+    fn areas_in(&self, i: &Ioas, start: u64, last: u64) -> Vec<u64> {
+        if self.sanitizer.get().is_none() {
+            return Vec::new();
+        }
+        i.areas.range(start..=last).map(|(k, _)| *k).collect()
+    }
+
+    /// Records the unmap of those of `before` that `i` no longer has.
+    fn record_gone(&self, ioas: u32, i: &Ioas, before: &[u64]) {
+        let Some(s) = self.sanitizer.get() else {
+            return;
+        };
+        for k in before.iter().filter(|k| !i.areas.contains_key(k)) {
+            s.record_ioas_unmap(self.history_key(ioas), *k, false);
         }
     }
 
@@ -320,16 +365,14 @@ impl Iommufd {
         }
         let mut st = self.lock();
         let i = st.ioas_mut(ioas)?;
-        i.map_pieces(
-            self.mem.as_ref(),
-            &[Piece {
-                uptr,
-                len: length,
-                pages: None,
-            }],
-            iova,
-            prot,
-        )
+        let pieces = [Piece {
+            uptr,
+            len: length,
+            pages: None,
+        }];
+        let at = i.map_pieces(self.mem.as_ref(), &pieces, iova, prot)?;
+        self.record_areas(ioas, at, &pieces, prot, false);
+        Ok(at)
     }
 
     /// `IOMMU_IOAS_COPY`: maps in `dst` the memory behind
@@ -351,7 +394,9 @@ impl Iommufd {
             .map(|(p, _)| p)
             .collect();
         let i = st.ioas_mut(dst)?;
-        i.map_pieces(self.mem.as_ref(), &pieces, dst_iova, prot)
+        let at = i.map_pieces(self.mem.as_ref(), &pieces, dst_iova, prot)?;
+        self.record_areas(dst, at, &pieces, prot, true);
+        Ok(at)
     }
 
     /// `IOMMU_IOAS_UNMAP` of `[iova, +length)`: the bytes unmapped. Areas
@@ -396,7 +441,10 @@ impl Iommufd {
                 let Ok(i) = st.ioas_mut(ioas) else {
                     return (total, Err(VfioError::NoEntry));
                 };
-                i.unmap_step(self.mem.as_ref(), start, last)
+                let before = self.areas_in(i, start, last);
+                let step = i.unmap_step(self.mem.as_ref(), start, last);
+                self.record_gone(ioas, i, &before);
+                step
             };
             match step {
                 UnmapStep::Done {
@@ -533,8 +581,13 @@ impl Iommufd {
                 None => {}
             }
         }
-        for (_, obj) in std::mem::take(&mut st.objects) {
+        for (id, obj) in std::mem::take(&mut st.objects) {
             if let Object::Ioas(mut i) = obj {
+                if let Some(s) = self.sanitizer.get() {
+                    for iova in i.areas.keys() {
+                        s.record_ioas_unmap(self.history_key(id), *iova, true);
+                    }
+                }
                 i.clear(self.mem.as_ref());
             }
         }

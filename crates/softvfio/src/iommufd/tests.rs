@@ -495,3 +495,75 @@ fn compat_type1_cuts_areas_without_splitting_a_leaf() {
     ctx.close();
     assert_eq!(mem.total_pins(), 0);
 }
+
+/// With a sanitizer, IOAS_MAP, IOAS_COPY, IOAS_UNMAP (ranges and all) and
+/// the close of the context feed each IOAS's history, with the call site
+/// of each call; failed calls record nothing; the IOASes of one context
+/// and the containers' ids never share a key.
+#[test]
+fn the_sanitizer_records_ioas_map_copy_and_unmap() {
+    use crate::sanitizer::{
+        iommufd_history_key, with_call_site, CallSite, EventKind, IovaHistory, Sanitizer,
+        SanitizerConfig, Via,
+    };
+    let (ctx, ..) = setup();
+    let s = Sanitizer::new(SanitizerConfig::default());
+    ctx.set_sanitizer(s.clone());
+    let (src, dst) = (ctx.ioas_alloc(), ctx.ioas_alloc());
+    let (ksrc, kdst) = (ctx.history_key(src), ctx.history_key(dst));
+    assert_eq!(ksrc, iommufd_history_key(ctx.id(), src));
+    assert_ne!(ksrc, kdst);
+    assert!(ksrc >> 63 == 1, "apart from type1 container ids");
+    let site = Arc::new(CallSite::default());
+    let at = with_call_site(Some(site.clone()), || {
+        ctx.map(src, BASE, 4 * PG, None, Prot::READ)
+    })
+    .unwrap();
+    // A refused map (overlap) records nothing.
+    assert!(ctx.map(src, BASE, PG, Some(at), Prot::RW).is_err());
+    ctx.copy(dst, src, 2 * PG, Some(0x20_0000), at + 2 * PG, Prot::READ)
+        .unwrap();
+    let r = s.region(ksrc, at).unwrap();
+    assert_eq!(r.events.len(), 1);
+    let e = &r.events[0];
+    assert_eq!(
+        e.kind,
+        EventKind::Map {
+            vaddr: BASE,
+            size: 4 * PG,
+            prot: Prot::READ
+        }
+    );
+    assert_eq!((e.via, e.call()), (Via::Iommufd, "IOAS_MAP"));
+    assert_eq!(e.site.as_deref(), Some(&*site));
+    let c = s.region(kdst, 0x20_0000).unwrap();
+    assert_eq!(c.events[0].call(), "IOAS_COPY");
+    assert_eq!(
+        c.events[0].kind,
+        EventKind::Map {
+            vaddr: BASE + 2 * PG,
+            size: 2 * PG,
+            prot: Prot::READ
+        }
+    );
+    // An unmap that sticks out fails with nothing removed: nothing recorded.
+    assert!(ctx.unmap(src, at, 2 * PG).is_err());
+    assert_eq!(s.region(ksrc, at).unwrap().events.len(), 1);
+    assert_eq!(ctx.unmap(src, at, 4 * PG), Ok(4 * PG));
+    let r = s.region(ksrc, at).unwrap();
+    assert!(!r.mapped);
+    assert_eq!(r.events[1].call(), "IOAS_UNMAP");
+    // DMA at the unmapped IOVA is explained from its history.
+    let IovaHistory::Known(v) = s.explain(at + PG, std::time::Instant::now()) else {
+        panic!("not known")
+    };
+    assert_eq!((v[0].container, v[0].iova, v[0].mapped), (ksrc, at, false));
+    // unmap_all, then a new area left at close: released.
+    assert_eq!(ctx.unmap_all(dst), Ok(2 * PG));
+    assert!(!s.region(kdst, 0x20_0000).unwrap().mapped);
+    ctx.map(dst, BASE, PG, Some(0x50_0000), Prot::RW).unwrap();
+    ctx.close();
+    let r = s.region(kdst, 0x50_0000).unwrap();
+    assert_eq!(r.events.last().map(|e| e.kind), Some(EventKind::Released));
+    assert_eq!(r.events[1].call(), "close of the iommufd");
+}

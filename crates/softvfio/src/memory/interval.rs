@@ -153,7 +153,7 @@ impl PinCounts {
         if start >= end {
             return;
         }
-        if self.extend_last(start, end, page_size) {
+        if self.add_to_gap(start, end, page_size) {
             fresh(start, end);
             return;
         }
@@ -249,6 +249,12 @@ impl PinCounts {
         mut freed: F,
         mut missing: G,
     ) -> u64 {
+        if start < end {
+            if let Some(ps) = self.remove_whole_segment(start, end, base_page) {
+                freed(start, end, ps);
+                return 1;
+            }
+        }
         let mut ops = 0;
         let mut cur = start;
         while cur < end {
@@ -283,23 +289,56 @@ impl PinCounts {
         ops
     }
 
-    /// Fast path of [`PinCounts::add`] for a pin loop walking forward over
-    /// memory nobody pinned: grows the segment ending at `start` when it has
-    /// a count of one and the same page size, and nothing lies in
-    /// `[start, end]`.
-    fn extend_last(&mut self, start: u64, end: u64, page_size: u64) -> bool {
-        if self.map.range(start..=end).next().is_some() {
-            return false;
-        }
-        match self.map.range_mut(..start).next_back() {
-            Some((_, v)) if v.end == start && v.count == 1 && v.page_size == page_size => {
+    /// Fast path of [`PinCounts::add`] for `[start, end)` wholly unpinned
+    /// with no segment starting at `end` (nothing to split, bump or merge
+    /// on the right), found with one tree search: the last segment starting
+    /// at or below `end`. When it ends before `start` the range becomes a
+    /// segment of its own (a 4 KiB map among others); when it ends at
+    /// `start` with a count of one and the same page size it grows (a pin
+    /// loop walking forward). Anything else is left to the general path.
+    fn add_to_gap(&mut self, start: u64, end: u64, page_size: u64) -> bool {
+        match self.map.range_mut(..=end).next_back() {
+            Some((&k, _)) if k >= start => return false,
+            Some((_, v)) if v.end > start => return false,
+            Some((_, v)) if v.end == start => {
+                if v.count != 1 || v.page_size != page_size {
+                    return false;
+                }
                 v.end = end;
-                self.pinned += end - start;
-                self.refs = self.refs.saturating_add(end - start);
-                true
             }
-            _ => false,
+            _ => {
+                self.map.insert(
+                    start,
+                    Val {
+                        end,
+                        count: 1,
+                        page_size,
+                    },
+                );
+            }
         }
+        self.pinned += end - start;
+        self.refs = self.refs.saturating_add(end - start);
+        true
+    }
+
+    /// Fast path of [`PinCounts::unpin_runs`] (and of `remove`) for a range
+    /// that is exactly one segment of base pages pinned once: the segment
+    /// goes, and as touching segments never share count and page size, its
+    /// neighbours need no merge. One tree search finds and removes it.
+    fn remove_whole_segment(&mut self, start: u64, end: u64, base_page: u64) -> Option<u64> {
+        let std::collections::btree_map::Entry::Occupied(e) = self.map.entry(start) else {
+            return None;
+        };
+        let v = *e.get();
+        if v.end != end || v.count != 1 || v.page_size > base_page {
+            return None;
+        }
+        let page_size = v.page_size;
+        e.remove();
+        self.pinned -= end - start;
+        self.refs = self.refs.saturating_sub(end - start);
+        Some(page_size)
     }
 
     /// Splits the segment that strictly contains `at` into two.
@@ -516,6 +555,78 @@ mod tests {
         }
         assert_eq!(c.pinned(), pinned);
         assert_eq!(c.refs(), refs);
+    }
+
+    /// The one-search paths (a pin into a gap, an unpin of exactly one
+    /// segment) against a count per page, over random pins and unpins of
+    /// 1-3 pages in a 16-page space with two page sizes: every freed and
+    /// fresh range, the segments' invariant and the totals agree.
+    #[test]
+    fn fast_paths_agree_with_a_count_per_page() {
+        const PAGES: usize = 16;
+        let mut c = PinCounts::new();
+        let mut model = [(0u64, 0u64); PAGES];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..20_000 {
+            let first = next(PAGES as u64 - 2);
+            let len = 1 + next(3);
+            let (a, b) = (first * K, (first + len) * K);
+            let pages = first as usize..(first + len) as usize;
+            if next(2) == 0 {
+                let ps = if next(4) == 0 { 2 * K } else { K };
+                let mut fresh = Vec::new();
+                c.add(a, b, ps, |x, y| fresh.push((x, y)));
+                let mut want: Vec<(u64, u64)> = Vec::new();
+                for p in pages {
+                    if model[p].0 == 0 {
+                        let (s, e) = (p as u64 * K, (p as u64 + 1) * K);
+                        match want.last_mut() {
+                            Some(l) if l.1 == s => l.1 = e,
+                            _ => want.push((s, e)),
+                        }
+                    }
+                    model[p] = (model[p].0 + 1, ps);
+                }
+                let mut got: Vec<(u64, u64)> = Vec::new();
+                for (s, e) in fresh {
+                    match got.last_mut() {
+                        Some(l) if l.1 == s => l.1 = e,
+                        _ => got.push((s, e)),
+                    }
+                }
+                assert_eq!(got, want, "fresh ranges of add {a:#x}..{b:#x}");
+            } else {
+                let mut freed = 0;
+                let mut missing = 0;
+                c.unpin_runs(a, b, K, |x, y, _| freed += y - x, |x, y| missing += y - x);
+                let (mut want_freed, mut want_missing) = (0, 0);
+                for p in pages {
+                    match model[p].0 {
+                        0 => want_missing += K,
+                        1 => {
+                            want_freed += K;
+                            model[p] = (0, 0);
+                        }
+                        n => model[p].0 = n - 1,
+                    }
+                }
+                assert_eq!((freed, missing), (want_freed, want_missing));
+            }
+            check(&c);
+            for (p, &(count, ps)) in model.iter().enumerate() {
+                let seg = c.segment_at(p as u64 * K);
+                assert_eq!(seg.map_or(0, |s| s.count), count, "page {p}");
+                if count > 0 {
+                    assert_eq!(seg.map(|s| s.page_size), Some(ps), "page {p}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -257,6 +257,28 @@ fn range_end(vaddr: u64, len: u64) -> Option<u64> {
     vaddr.checked_add(len)
 }
 
+/// The runs of one pin, the first kept inline: most pins are one run, and
+/// a Vec would cost an allocation per 4 KiB map.
+#[derive(Default)]
+struct Runs {
+    first: Option<PinnedRun>,
+    rest: Vec<PinnedRun>,
+}
+
+impl Runs {
+    fn push(&mut self, run: PinnedRun) {
+        if self.first.is_none() {
+            self.first = Some(run);
+        } else {
+            self.rest.push(run);
+        }
+    }
+
+    fn into_iter(self) -> impl Iterator<Item = PinnedRun> {
+        self.first.into_iter().chain(self.rest)
+    }
+}
+
 impl State {
     fn region_at(&self, addr: u64) -> Option<(u64, Region)> {
         let (&s, &r) = self.regions.range(..=addr).next_back()?;
@@ -306,8 +328,8 @@ impl State {
     }
 
     /// Pins run by run; on failure unpins what this call pinned.
-    fn pin_runs(&mut self, vaddr: u64, end: u64, write: bool) -> Result<Vec<PinnedRun>, MemError> {
-        let mut runs = Vec::new();
+    fn pin_runs(&mut self, vaddr: u64, end: u64, write: bool) -> Result<Runs, MemError> {
+        let mut runs = Runs::default();
         let mut cur = vaddr;
         while cur < end {
             let run = match self.run_at(cur, end, write) {
@@ -364,7 +386,7 @@ impl UserMemory for SimMemory {
         let runs = self.lock().pin_runs(vaddr, end, write)?;
         // Report without holding the lock, so that `on_run` may use this
         // backend (read, stats).
-        for run in runs {
+        for run in runs.into_iter() {
             if let Err(e) = on_run(run) {
                 self.unpin(vaddr, len);
                 return Err(e);

@@ -108,9 +108,9 @@ impl Container {
             }
             return Ok(());
         }
-        if t.dmas.any_overlapping(iova, last).is_some() {
+        let Ok(vacancy) = t.dmas.vacancy(iova, last) else {
             return Err(VfioError::Exists);
-        }
+        };
         if t.dma_avail == 0 {
             return Err(VfioError::NoSpace);
         }
@@ -141,9 +141,7 @@ impl Container {
         }
         // Without an IOMMU-backed domain nothing is pinned until a device asks.
         if !t.domains.is_empty() {
-            let domains: Vec<Arc<dyn DomainOps>> =
-                t.domains.iter().map(|d| d.ops.clone()).collect();
-            dma.locked_pages = self.pin_and_map(&dma, &domains, policy)?;
+            dma.locked_pages = self.pin_and_map(&dma, &t.domains, policy)?;
             dma.iommu_mapped = true;
         }
         if t.dirty_tracking {
@@ -151,7 +149,7 @@ impl Container {
         }
         // Checked above under the same lock, so the tree accepts it; should
         // it refuse, undo the pins rather than lose a mapping or a slot.
-        if let Err(refused) = t.dmas.insert(dma) {
+        if let Err(refused) = t.dmas.insert_vacant(vacancy, dma) {
             self.release_dma(t, *refused.0);
             return Err(VfioError::Exists);
         }
@@ -164,10 +162,10 @@ impl Container {
 
     /// Charges, pins and maps `dma` into `domains`; returns the pages
     /// charged. All or nothing.
-    pub(crate) fn pin_and_map(
+    pub(crate) fn pin_and_map<D: AsRef<dyn DomainOps>>(
         &self,
         dma: &Dma,
-        domains: &[Arc<dyn DomainOps>],
+        domains: &[D],
         policy: LockPolicy,
     ) -> Result<u64> {
         // Pages already accounted for external pins (no IOMMU domain existed
@@ -260,12 +258,17 @@ impl Container {
     /// can reach the pages.
     pub(crate) fn remove_dma(&self, t: &mut Type1, iova: u64) -> Option<Dma> {
         let dma = t.dmas.remove(iova)?;
+        Some(self.forget_dma(t, dma))
+    }
+
+    /// [`Container::remove_dma`] of a mapping already taken out of the tree.
+    fn forget_dma(&self, t: &mut Type1, dma: Dma) -> Dma {
         let dma = self.release_dma(t, dma);
         if dma.vaddr_invalid {
             t.vaddr_invalid_count = t.vaddr_invalid_count.saturating_sub(1);
         }
         t.dma_avail = t.dma_avail.saturating_add(1);
-        Some(dma)
+        dma
     }
 
     /// Unmaps, flushes, unpins and unaccounts a mapping that is no longer
@@ -393,6 +396,47 @@ impl Container {
             UnmapOp::Unmap | UnmapOp::InvalidateVaddr => None,
         };
 
+        // A plain unmap of exactly one whole mapping (the common request):
+        // found and taken out with one tree search; it is the only mapping
+        // in the range and bisects nothing. One pinned externally goes the
+        // general way (the devices are notified first).
+        if op == UnmapOp::Unmap && !unmap_all {
+            if let Some(dma) = t
+                .dmas
+                .remove_if(iova, |d| d.last() == last && d.ext_pins.is_empty())
+            {
+                let size = dma.size;
+                self.forget_dma(t, dma);
+                if let Some(s) = self.sanitizer.get() {
+                    s.record_unmap(self.id, iova);
+                }
+                return Ok(UnmapStep::Done(size));
+            }
+        }
+        // The common request names exactly one whole mapping: the one
+        // search that finds it answers the bisect checks (it starts at
+        // `iova` and ends at `last`), is the first mapping in the range, and,
+        // as mappings are disjoint, the only one. The general path below
+        // gives the same answer with five or more tree searches.
+        let exact = if unmap_all {
+            None
+        } else {
+            t.dmas
+                .any_overlapping(iova, last)
+                .filter(|d| d.iova == iova && d.last() == last)
+                .map(|d| (d.iova, d.size, !d.ext_pins.is_empty()))
+        };
+        if let Some((key, size, ext_pinned)) = exact {
+            if invalidate_vaddr {
+                return self.invalidate_vaddrs(t, &[key]);
+            }
+            // Devices must let go of what they pin before anything is removed.
+            if ext_pinned {
+                return Ok(UnmapStep::Notify(key, size));
+            }
+            return self.unmap_keys(t, &[key], iova, bitmap, pgsize);
+        }
+
         // v2 never bisects a mapping: the range must cover whole mappings.
         if t.v2 && !unmap_all {
             if let Some(d) = t.dmas.containing(iova) {
@@ -410,9 +454,6 @@ impl Container {
         let Some(first) = t.dmas.first_overlapping(iova, last) else {
             return Ok(UnmapStep::Done(0));
         };
-        // Sums of mapping sizes wrap as the kernel's `size_t` does: only
-        // mappings that together cover all 2^64 bytes can reach it.
-        let mut unmapped: u64 = 0;
         // The mappings this request covers (v1 stops at one starting before
         // the range).
         let keys: Vec<u64> = t
@@ -422,37 +463,7 @@ impl Container {
             .collect();
 
         if invalidate_vaddr {
-            let mut touched = Vec::new();
-            for key in keys {
-                let Some(dma) = t.dmas.get_mut(key) else {
-                    break;
-                };
-                // Beyond the kernel: external pins were taken at the old
-                // address, so their mapping keeps it.
-                let pinned = !dma.ext_pins.is_empty();
-                if dma.vaddr_invalid || pinned {
-                    // Roll back what this call invalidated.
-                    for k in touched {
-                        if let Some(d) = t.dmas.get_mut(k) {
-                            d.vaddr_invalid = false;
-                            t.vaddr_invalid_count -= 1;
-                        }
-                    }
-                    return Err(if pinned {
-                        VfioError::Busy("mapping has external pins")
-                    } else {
-                        VfioError::Invalid("vaddr already invalid")
-                    });
-                }
-                dma.vaddr_invalid = true;
-                t.vaddr_invalid_count += 1;
-                if let Some(s) = self.sanitizer.get() {
-                    s.record_invalidate_vaddr(self.id, key);
-                }
-                unmapped = unmapped.wrapping_add(dma.size);
-                touched.push(key);
-            }
-            return Ok(UnmapStep::Done(unmapped));
+            return self.invalidate_vaddrs(t, &keys);
         }
 
         // Devices must let go of what they pin before anything is removed.
@@ -463,20 +474,84 @@ impl Container {
         {
             return Ok(UnmapStep::Notify(d.iova, d.size));
         }
+        self.unmap_keys(t, &keys, iova, bitmap, pgsize)
+    }
 
+    /// `VFIO_DMA_UNMAP_FLAG_VADDR` of the mappings at `keys`: all or none
+    /// (a mapping already invalid, or pinned externally, rolls back what
+    /// this call invalidated).
+    fn invalidate_vaddrs(&self, t: &mut Type1, keys: &[u64]) -> Result<UnmapStep> {
+        // Sums of mapping sizes wrap as the kernel's `size_t` does: only
+        // mappings that together cover all 2^64 bytes can reach it.
+        let mut unmapped: u64 = 0;
+        let mut touched = Vec::new();
+        for &key in keys {
+            let Some(dma) = t.dmas.get_mut(key) else {
+                break;
+            };
+            // Beyond the kernel: external pins were taken at the old
+            // address, so their mapping keeps it.
+            let pinned = !dma.ext_pins.is_empty();
+            if dma.vaddr_invalid || pinned {
+                // Roll back what this call invalidated.
+                for k in touched {
+                    if let Some(d) = t.dmas.get_mut(k) {
+                        d.vaddr_invalid = false;
+                        t.vaddr_invalid_count -= 1;
+                    }
+                }
+                return Err(if pinned {
+                    VfioError::Busy("mapping has external pins")
+                } else {
+                    VfioError::Invalid("vaddr already invalid")
+                });
+            }
+            dma.vaddr_invalid = true;
+            t.vaddr_invalid_count += 1;
+            if let Some(s) = self.sanitizer.get() {
+                s.record_invalidate_vaddr(self.id, key);
+            }
+            unmapped = unmapped.wrapping_add(dma.size);
+            touched.push(key);
+        }
+        Ok(UnmapStep::Done(unmapped))
+    }
+
+    /// Removes the mappings at `keys` (none pinned externally), in order,
+    /// first copying each one's dirty bits into `bitmap` (whose first bit is
+    /// `iova`) when asked. A failed copy stops there: the mappings before it
+    /// stay removed, as in type1.
+    fn unmap_keys(
+        &self,
+        t: &mut Type1,
+        keys: &[u64],
+        iova: u64,
+        bitmap: Option<UserBitmap>,
+        pgsize: u64,
+    ) -> Result<UnmapStep> {
+        // Sums of mapping sizes wrap as the kernel's `size_t` does: only
+        // mappings that together cover all 2^64 bytes can reach it.
+        let mut unmapped: u64 = 0;
         let pinned_dirty_all = t.num_non_pinned_groups > 0;
         let pgshift = pgsize.trailing_zeros();
-        let domains: Vec<Arc<dyn DomainOps>> = t.domains.iter().map(|d| d.ops.clone()).collect();
-        for key in keys {
-            let Some(dma) = t.dmas.get(key) else { break };
+        // Only the dirty bitmap needs the domains (no allocation otherwise).
+        let domains: Vec<Arc<dyn DomainOps>> = if bitmap.is_some() {
+            t.domains.iter().map(|d| d.ops.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        for &key in keys {
             if let Some(b) = bitmap {
+                let Some(dma) = t.dmas.get(key) else { break };
                 let nbits = dma.size >> pgshift;
                 let bits = self.dirty_bits(&domains, dma, pgshift, pinned_dirty_all);
                 let bit_offset = (dma.iova - iova) >> pgshift;
                 dirty::copy_to_user(self.mem.as_ref(), b.data, &bits, nbits, bit_offset)?;
             }
+            let Some(dma) = self.remove_dma(t, key) else {
+                break;
+            };
             unmapped = unmapped.wrapping_add(dma.size);
-            self.remove_dma(t, key);
             if let Some(s) = self.sanitizer.get() {
                 s.record_unmap(self.id, key);
             }
@@ -526,11 +601,11 @@ pub(crate) struct PinRequest {
 /// the address the IOMMU model resolves in the right address space); returns the pages charged. All or nothing:
 /// on error nothing stays charged, pinned or mapped. Shared by type1's
 /// mappings and iommufd's areas (one pinning and accounting path).
-pub(crate) fn pin_and_map_pages(
+pub(crate) fn pin_and_map_pages<D: AsRef<dyn DomainOps>>(
     mem: &dyn crate::memory::UserMemory,
     req: PinRequest,
     phys_of: &dyn Fn(u64) -> u64,
-    domains: &[Arc<dyn DomainOps>],
+    domains: &[D],
     policy: LockPolicy,
 ) -> Result<u64> {
     let pages = req.charge;
@@ -572,7 +647,7 @@ pub(crate) fn pin_and_map_pages(
         if mapped > 0 {
             for d in domains {
                 unmap_all_of(d.as_ref(), req.iova, mapped);
-                d.flush(req.iova, mapped);
+                d.as_ref().flush(req.iova, mapped);
             }
         }
         mem.account().uncharge(pages);

@@ -29,6 +29,14 @@ pub(crate) struct DomainEntry {
     pub(crate) enforce_cache_coherency: bool,
 }
 
+/// The domain itself, so that the pinning path can take `&[DomainEntry]`
+/// as it takes `&[Arc<dyn DomainOps>]` (no list built per map call).
+impl AsRef<dyn DomainOps> for DomainEntry {
+    fn as_ref(&self) -> &(dyn DomainOps + 'static) {
+        self.ops.as_ref()
+    }
+}
+
 /// type1's `struct vfio_iommu`.
 pub(crate) struct Type1 {
     pub(super) v2: bool,
