@@ -992,6 +992,21 @@ pub fn build_report(built: &BuiltPlatform, s: &Sanitizer, leaks: &[LeakRecord]) 
         });
     }
     for d in &built.devices {
+        if let Some(ioat) = &d.ioat {
+            // The channel refuses what its registers do not allow (a
+            // count over XFERCAP, an unknown operation) and halts on a DMA
+            // the IOMMU faulted: the device's side of those errors.
+            let snap = ioat.snapshot();
+            for e in &snap.error_log {
+                report.device.push(DeviceFinding {
+                    device: d.name.clone(),
+                    text: format!(
+                        "{} halted its DMA channel (device behaviour: CHANERR set, the descriptor not carried out): {e}",
+                        d.name
+                    ),
+                });
+            }
+        }
         let Some(edu) = &d.edu else { continue };
         let snap = edu.snapshot();
         if snap.stats.dma_clamps == 0 {

@@ -60,3 +60,55 @@ done
         assert!(out.stderr.contains("no leak"), "{mode}: {}", out.stderr);
     }
 }
+
+/// Under `--sanitize`, the channel's refusals are the device's notes: each
+/// halt names its CHANERR bits, the descriptor and why (a count over
+/// XFERCAP; a source or destination the IOMMU faulted), next to the two
+/// IOMMU faults, which are classed as the program's (never mapped).
+#[test]
+fn sanitizer_names_the_channel_errors_as_device_behaviour() {
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/platforms/ioat.toml");
+    let cfg = cfg.to_str().expect("utf-8 path");
+    for (mode, static_) in [("trace", true), ("preload", false)] {
+        let exe = build_c("ioat_memcpy", static_);
+        let out = softvfio_run(
+            mode,
+            &["--config", cfg, "--sanitize"],
+            &exe,
+            &["/dev/vfio/4", "0000:00:04.0"],
+        );
+        assert_eq!(out.code, Some(0), "{mode}:\n{}\n{}", out.stdout, out.stderr);
+        let note = "device: 0000:00:04.0 halted its DMA channel (device behaviour: CHANERR set, \
+                    the descriptor not carried out): CHANERR";
+        let want = [
+            format!(
+                "{note} 0x100 at descriptor 0x100000: source read: DMA read fault at 0x40000000 \
+                 after 0 bytes: DMA fault #0: not present on read of IOVA 0x40000000 by device 0x0020"
+            ),
+            format!(
+                "{note} 0x200 at descriptor 0x100000: destination write: DMA write fault at \
+                 0x40000000 after 0 bytes: DMA fault #1: not present on write of IOVA 0x40000000 \
+                 by device 0x0020"
+            ),
+            format!(
+                "{note} 0x800 at descriptor 0x100000: copy of 0x10001 bytes (XFERCAP allows 1 to \
+                 0x10000)"
+            ),
+        ];
+        let notes: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("device: 0000:00:04.0"))
+            .collect();
+        assert_eq!(notes, want, "{mode}: {}", out.stderr);
+        for class in ["DMA fault #0 [never-mapped]", "DMA fault #1 [never-mapped]"] {
+            assert!(out.stderr.contains(class), "{mode}: {}", out.stderr);
+        }
+        assert!(
+            out.stderr
+                .contains("sanitizer: 2 fault(s), 0 stale mapping(s), 0 leak(s), 3 device note(s)"),
+            "{mode}: {}",
+            out.stderr
+        );
+    }
+}

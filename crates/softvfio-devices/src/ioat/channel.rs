@@ -48,6 +48,9 @@ pub struct ChannelEvents {
     pub interrupt: bool,
 }
 
+/// How many halting errors [`IoatChannel::fault_log`] keeps.
+pub const FAULT_LOG: usize = 16;
+
 /// A DMA fault the channel ran into, for the device's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelFault {
@@ -119,6 +122,9 @@ pub struct IoatChannel {
     ready: bool,
     stats: ChannelStats,
     last_fault: Option<ChannelFault>,
+    /// The last [`FAULT_LOG`] errors that halted the channel, oldest first;
+    /// kept across resets, like the counters (the sanitizer's device notes).
+    fault_log: std::collections::VecDeque<ChannelFault>,
 }
 
 impl IoatChannel {
@@ -141,6 +147,7 @@ impl IoatChannel {
             ready: false,
             stats: ChannelStats::default(),
             last_fault: None,
+            fault_log: std::collections::VecDeque::new(),
         }
     }
 
@@ -172,6 +179,12 @@ impl IoatChannel {
     /// The last error, if any.
     pub fn last_fault(&self) -> Option<&ChannelFault> {
         self.last_fault.as_ref()
+    }
+
+    /// The errors that halted the channel lately (at most [`FAULT_LOG`],
+    /// oldest first), whatever resets came since.
+    pub fn fault_log(&self) -> impl Iterator<Item = &ChannelFault> {
+        self.fault_log.iter()
     }
 
     /// Reads the register at channel offset `off` (whole registers; the
@@ -255,8 +268,10 @@ impl IoatChannel {
     /// Power-on state of the channel's registers (counters kept).
     pub fn reset(&mut self) {
         let stats = std::mem::take(&mut self.stats);
+        let log = std::mem::take(&mut self.fault_log);
         *self = IoatChannel::new(self.xfercap);
         self.stats = stats;
+        self.fault_log = log;
         self.stats.resets += 1;
     }
 
@@ -422,11 +437,16 @@ impl IoatChannel {
         self.status = status::HALTED;
         self.ready = false;
         self.stats.errors += 1;
-        self.last_fault = Some(ChannelFault {
+        let fault = ChannelFault {
             chanerr: bits,
             descriptor,
             reason,
-        });
+        };
+        if self.fault_log.len() == FAULT_LOG {
+            self.fault_log.pop_front();
+        }
+        self.fault_log.push_back(fault.clone());
+        self.last_fault = Some(fault);
         if self.chanctrl & CHANCTRL_ERR_COMPLETION_EN != 0 {
             // Best effort: a completion address that faults too is already
             // reported by the IOMMU.
@@ -558,7 +578,36 @@ mod tests {
             assert_eq!(ch.read_register(CHANCMD), 0);
             assert_eq!(ch.chansts(), status::HALTED);
             assert_eq!(ch.stats().resets, 1);
+            // The reset cleared the latched error, not the device's log.
+            assert!(ch.last_fault().is_none());
+            let log: Vec<u32> = ch.fault_log().map(|f| f.chanerr).collect();
+            assert_eq!(log, vec![bit]);
         }
+    }
+
+    #[test]
+    fn fault_log_keeps_the_last_errors_in_order() {
+        let dma = mem();
+        let d = MEM + 0x40;
+        let mut ch = IoatChannel::new(16);
+        for i in 0..FAULT_LOG as u32 + 3 {
+            // Oversized counts: 0x10001 + i bytes, each refused.
+            dma.dma_write(d, &desc(0x1_0001 + i, 0, MEM, MEM + 0x2000, d))
+                .unwrap();
+            start(&mut ch, &dma, d, 1);
+            ch.write_register(CHANCMD, u64::from(CHANCMD_RESET), Some(&dma));
+        }
+        let log: Vec<String> = ch.fault_log().map(|f| f.reason.clone()).collect();
+        assert_eq!(log.len(), FAULT_LOG);
+        assert_eq!(
+            log[0],
+            "copy of 0x10004 bytes (XFERCAP allows 1 to 0x10000)"
+        );
+        assert_eq!(
+            log[FAULT_LOG - 1],
+            "copy of 0x10013 bytes (XFERCAP allows 1 to 0x10000)"
+        );
+        assert_eq!(ch.stats().errors, FAULT_LOG as u64 + 3);
     }
 
     #[test]

@@ -78,8 +78,18 @@ pub struct IoatSnapshot {
     pub command: u16,
     /// MSI-X enabled through SET_IRQS.
     pub msix_enabled: bool,
-    /// The last error the channel ran into.
+    /// The last error the channel ran into (cleared by a channel reset).
     pub last_error: Option<String>,
+    /// The errors that halted the channel lately, oldest first, kept
+    /// across resets (at most `channel::FAULT_LOG`).
+    pub error_log: Vec<String>,
+}
+
+fn describe_fault(f: &super::channel::ChannelFault) -> String {
+    format!(
+        "CHANERR {:#x} at descriptor {:#x}: {}",
+        f.chanerr, f.descriptor, f.reason
+    )
 }
 
 /// BAR0 as vfio-pci's region code sees it: memory, mmap-able.
@@ -309,12 +319,8 @@ impl IoatDevice {
             stats: g.channel.stats().clone(),
             command: g.cfg.command(),
             msix_enabled: g.cfg.msix_enabled(),
-            last_error: g.channel.last_fault().map(|f| {
-                format!(
-                    "CHANERR {:#x} at descriptor {:#x}: {}",
-                    f.chanerr, f.descriptor, f.reason
-                )
-            }),
+            last_error: g.channel.last_fault().map(describe_fault),
+            error_log: g.channel.fault_log().map(describe_fault).collect(),
         }
     }
 
