@@ -136,6 +136,10 @@ impl PinCounts {
         if let Some(s) = self.segment_at(start) {
             cur = s.end;
         }
+        // A pinned segment may run past `end` (a range inside a larger pin).
+        if cur >= end {
+            return;
+        }
         for (&k, v) in self.map.range(cur..end) {
             if k > cur {
                 f(cur, k);
@@ -712,6 +716,11 @@ mod tests {
         let mut g = Vec::new();
         c.gaps(0, 10, |a, b| g.push((a, b)));
         assert_eq!(g, vec![(8, 10)]);
+        // Inside one pinned segment: no gap (and no panic).
+        g.clear();
+        c.gaps(3, 4, |a, b| g.push((a, b)));
+        c.gaps(7, 8, |a, b| g.push((a, b)));
+        assert!(g.is_empty());
         check(&c);
     }
 
