@@ -26,6 +26,7 @@ pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod translate;
+pub mod uapi;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -204,6 +205,21 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
         "dirty-get",
         "GET_BITMAP over 64 GiB of mappings vs filling and copying a bitmap of that size",
         sim::dirty_get,
+    ),
+    (
+        "uapi-bar",
+        "a 4-byte BAR register pread through `softvfio run`, trace and preload, vs a native pread of a plain file",
+        uapi::bar,
+    ),
+    (
+        "uapi-map-4k",
+        "MAP_DMA+UNMAP_DMA of 4 KiB through `softvfio run`, trace and preload, vs mlock+munlock of the page",
+        uapi::map_4k,
+    ),
+    (
+        "uapi-huge-1g",
+        "MAP_DMA+UNMAP_DMA of 1 GiB hugetlb through `softvfio run` (trace) vs populate+mlock+munlock",
+        uapi::huge_1g,
     ),
 ];
 
