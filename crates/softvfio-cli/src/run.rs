@@ -177,6 +177,11 @@ pub fn main(args: RunArgs) -> u8 {
     cmd.args(&args.program[1..]);
     // The sanitizer watches munmap/mremap/mmap(MAP_FIXED) for stale mappings.
     cmd.trace_memory_calls(sanitizer.is_some());
+    // SOFTVFIO_TRACE_NOTIFY=0: every intercepted call at a ptrace stop, as
+    // before seccomp user notification (for comparisons; docs/PERFORMANCE.md).
+    if std::env::var_os("SOFTVFIO_TRACE_NOTIFY").is_none_or(|v| v != "0") {
+        cmd.user_notification(Some(softvfio_trace::filter::VFIO_NOTIFIABLE_IOCTLS));
+    }
     if let Some(plan) = hostview_plan(&built) {
         handler.sysfs = Some((HostView::of(&built), built.clone()));
         // SAFETY: `MountPlan::apply_or_warn` is async-signal-safe (it only

@@ -17,7 +17,9 @@
 //!   root, as map-2m does).
 //!
 //! trace runs a static build (the trace mode's reason to exist), preload a
-//! dynamic one. Needs gcc and a static libc; skipped, saying why, without.
+//! dynamic one; `trace-ptrace` is trace mode with seccomp user
+//! notification switched off (`SOFTVFIO_TRACE_NOTIFY=0`), every call at a
+//! ptrace stop as before it, run in the same bench for comparison. Needs gcc and a static libc; skipped, saying why, without.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -60,6 +62,8 @@ struct Samples {
 }
 
 struct Plan<'a> {
+    /// `trace`, `trace-ptrace` (trace with SOFTVFIO_TRACE_NOTIFY=0: every
+    /// call at a ptrace stop) or `preload`.
     mode: &'a str,
     exe: &'a Path,
     plain: &'a Path,
@@ -71,8 +75,13 @@ struct Plan<'a> {
 
 fn run(p: &Plan<'_>) -> Result<Samples, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = Command::new(me)
-        .args(["run", "--quiet", "--mode", p.mode, "--"])
+    let mode = p.mode.strip_suffix("-ptrace").unwrap_or(p.mode);
+    let mut cmd = Command::new(me);
+    if p.mode.ends_with("-ptrace") {
+        cmd.env("SOFTVFIO_TRACE_NOTIFY", "0");
+    }
+    let out = cmd
+        .args(["run", "--quiet", "--mode", mode, "--"])
         .arg(p.exe)
         .args(["/dev/vfio/3", "0000:00:03.0"])
         .arg(p.plain)
@@ -175,11 +184,15 @@ fn measure_in(ctx: &Ctx, huge: bool, want: &str, dir: &Path) -> Result<Outcome, 
     let modes: &[(&str, &Path)] = if huge {
         &[("trace", &stat)]
     } else {
-        &[("trace", &stat), ("preload", &dynamic)]
+        &[
+            ("trace", &stat),
+            ("trace-ptrace", &stat),
+            ("preload", &dynamic),
+        ]
     };
     for (mode, exe) in modes {
         // Iterations sized so that one round takes tens of ms in either mode.
-        let (bar_iters, map_iters) = if *mode == "trace" {
+        let (bar_iters, map_iters) = if mode.starts_with("trace") {
             (2000, 500)
         } else {
             (20000, 5000)
