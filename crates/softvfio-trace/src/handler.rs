@@ -49,9 +49,13 @@ pub enum OpenReply {
 
 /// Serves the intercepted system calls.
 ///
-/// Every method runs on the supervisor thread while the calling program
-/// thread is stopped in the system call; [`Tracee`] reads and writes its
-/// memory and injects system calls into it. Results: `Ok(n)` is returned to
+/// Every method runs on a supervisor thread, one call at a time, while the
+/// calling program thread is stopped in the system call (at a ptrace stop,
+/// on the tracer thread) or waits in it (a call served by seccomp user
+/// notification, on the notification thread: see
+/// [`crate::Command::user_notification`]); [`Tracee`] reads and writes its
+/// memory and, at a ptrace stop, injects system calls into it. Hence
+/// `Send`. Results: `Ok(n)` is returned to
 /// the program as is, `Err(e)` as `-1` with `errno = e`.
 pub trait Handler: Send {
     /// An `open`/`openat`/`openat2`. `None`: not ours, the real system call

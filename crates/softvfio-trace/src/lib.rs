@@ -76,8 +76,10 @@
 //! notification thread of the supervisor answers it:
 //!
 //! - The child installs the filter with `SECCOMP_FILTER_FLAG_NEW_LISTENER`
-//!   (and `WAIT_KILLABLE_RECV`: once received, only a fatal signal
-//!   interrupts the call, so a served call never runs twice) before
+//!   (and `WAIT_KILLABLE_RECV`, Linux 5.19: once received, only a fatal
+//!   signal interrupts the call, so a served call never runs twice; on an
+//!   older kernel a signal after receipt restarts the call, which is then
+//!   served again) before
 //!   `execve`, and passes the listener to the supervisor over a socket
 //!   (`SCM_RIGHTS`); the listener is close-on-exec, the program never sees
 //!   it. Children inherit the filter: their calls come to the same
