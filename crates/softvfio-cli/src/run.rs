@@ -8,7 +8,10 @@
 //!   no ptrace round trip, but only dynamically linked programs and only
 //!   calls that go through libc's exported functions are served.
 //! - `auto` picks `preload` for dynamically linked ELF programs (those with
-//!   a `PT_INTERP` program header) and `trace` for everything else.
+//!   a `PT_INTERP` program header) that the loader lets preload (not
+//!   set-user-ID/set-group-ID) when the library is there and `--stats` is
+//!   not asked, and `trace` for everything else (static programs, scripts,
+//!   which may start anything): [`auto_mode`].
 //!
 //! In trace mode:
 //! The handler maps each descriptor object to a container, group or device
@@ -65,7 +68,8 @@ pub struct RunArgs {
     config: Option<PathBuf>,
     /// How the program's VFIO calls are served: `trace` (ptrace, any
     /// program), `preload` (LD_PRELOAD library, dynamic programs only) or
-    /// `auto` (preload for dynamically linked programs, else trace).
+    /// `auto` (preload for dynamically linked programs the loader can
+    /// preload, else trace; docs/DESIGN.md).
     #[arg(long, value_enum, default_value_t = Mode::Trace)]
     mode: Mode,
     /// Where `softvfio inspect` reaches this session (default
@@ -123,8 +127,7 @@ pub fn main(args: RunArgs) -> u8 {
         Err(code) => return code,
     };
     let mode = match args.mode {
-        Mode::Auto if is_dynamic_elf(&args.program[0]) => Mode::Preload,
-        Mode::Auto => Mode::Trace,
+        Mode::Auto => auto_mode(&args.program[0], args.stats).0,
         m => m,
     };
     if mode == Mode::Preload {
@@ -177,6 +180,11 @@ pub fn main(args: RunArgs) -> u8 {
     cmd.args(&args.program[1..]);
     // The sanitizer watches munmap/mremap/mmap(MAP_FIXED) for stale mappings.
     cmd.trace_memory_calls(sanitizer.is_some());
+    // SOFTVFIO_TRACE_NOTIFY=0: every intercepted call at a ptrace stop, as
+    // before seccomp user notification (for comparisons; docs/PERFORMANCE.md).
+    if std::env::var_os("SOFTVFIO_TRACE_NOTIFY").is_none_or(|v| v != "0") {
+        cmd.user_notification(Some(softvfio_trace::filter::VFIO_NOTIFIABLE_IOCTLS));
+    }
     if let Some(plan) = hostview_plan(&built) {
         handler.sysfs = Some((HostView::of(&built), built.clone()));
         // SAFETY: `MountPlan::apply_or_warn` is async-signal-safe (it only
@@ -277,10 +285,55 @@ fn head_of(program: &OsString) -> Option<Vec<u8>> {
     Some(head)
 }
 
-/// Is `program` an ELF executable with a `PT_INTERP` program header (a
-/// dynamically linked one, which the preload library can reach)?
-fn is_dynamic_elf(program: &OsString) -> bool {
-    head_of(program).is_some_and(|head| elf_has_interp(&head))
+/// What `--mode auto` picks for `program`, and why: the fastest mode that
+/// serves it. Preload serves a call in the program itself (no context
+/// switch; docs/PERFORMANCE.md, uapi-*), but only reaches a dynamically
+/// linked program that the loader lets preload, through libc's functions,
+/// and shares nothing across fork/exec; trace serves every program.
+pub fn auto_mode(program: &OsString, stats: bool) -> (Mode, &'static str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = resolve_program(program);
+    let head = path.as_ref().and_then(|_| head_of(program));
+    let mode_bits = path
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map_or(0, |m| m.permissions().mode());
+    auto_choice(head.as_deref(), mode_bits, preload_library().is_ok(), stats)
+}
+
+/// [`auto_mode`] on what it read: the start of the file, its mode bits,
+/// whether the preload library is there, whether `--stats` was asked.
+fn auto_choice(
+    head: Option<&[u8]>,
+    mode_bits: u32,
+    lib_present: bool,
+    stats: bool,
+) -> (Mode, &'static str) {
+    let Some(head) = head else {
+        return (Mode::Trace, "not found or unreadable: trace reports it");
+    };
+    if !head.starts_with(b"\x7fELF") {
+        return (
+            Mode::Trace,
+            "not an ELF executable (a script may start any program, static ones too; trace follows every child)",
+        );
+    }
+    if !elf_has_interp(head) {
+        return (Mode::Trace, "statically linked: LD_PRELOAD cannot reach it");
+    }
+    if mode_bits & 0o6000 != 0 {
+        return (
+            Mode::Trace,
+            "set-user-ID or set-group-ID: the loader ignores LD_PRELOAD",
+        );
+    }
+    if stats {
+        return (Mode::Trace, "--stats counts in trace mode only");
+    }
+    if !lib_present {
+        return (Mode::Trace, "the preload library is missing");
+    }
+    (Mode::Preload, "dynamically linked: preloaded")
 }
 
 /// Is `program` an ELF executable without `PT_INTERP` (statically linked)?
@@ -1042,6 +1095,44 @@ mod tests {
         assert_eq!(status_pid(Path::new("/proc/12/stat")), None);
         assert_eq!(status_pid(Path::new("/proc/self/status")), None);
         assert_eq!(status_pid(Path::new("/proc/12/task/x/status")), None);
+    }
+
+    #[test]
+    fn auto_picks_preload_only_where_it_serves_the_program() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let dynamic = &exe[..exe.len().min(64 * 1024)];
+        assert_eq!(
+            auto_choice(Some(dynamic), 0o755, true, false).0,
+            Mode::Preload
+        );
+        // Static-like: the same image with no program headers (e_phnum 0).
+        let mut static_like = dynamic.to_vec();
+        let phnum_off = 0x38;
+        static_like[phnum_off] = 0;
+        static_like[phnum_off + 1] = 0;
+        assert!(!elf_has_interp(&static_like));
+        assert_eq!(
+            auto_choice(Some(&static_like), 0o755, true, false).0,
+            Mode::Trace
+        );
+        assert_eq!(
+            auto_choice(Some(dynamic), 0o4755, true, false).0,
+            Mode::Trace
+        );
+        assert_eq!(
+            auto_choice(Some(dynamic), 0o2755, true, false).0,
+            Mode::Trace
+        );
+        assert_eq!(
+            auto_choice(Some(dynamic), 0o755, false, false).0,
+            Mode::Trace
+        );
+        assert_eq!(auto_choice(Some(dynamic), 0o755, true, true).0, Mode::Trace);
+        assert_eq!(
+            auto_choice(Some(b"#!/bin/sh\n"), 0o755, true, false).0,
+            Mode::Trace
+        );
+        assert_eq!(auto_choice(None, 0, true, false).0, Mode::Trace);
     }
 
     #[test]

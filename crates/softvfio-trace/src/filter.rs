@@ -11,10 +11,20 @@
 //! | `ioctl` with a VFIO request (`(cmd & 0xffffff00) == 0x3b00`, i.e. `_IO(';', n)`) | the VFIO uAPI; every other ioctl is allowed |
 //! | `pread64`, `pwrite64`, `preadv`, `pwritev`, `preadv2`, `pwritev2` | region access on device fds |
 //! | `close` | to notice the last close of an object synchronously |
-//! | `mmap`, `munmap`, `mremap`, `mprotect` | mmap of a device file's BAR, and the calls that change such a mapping (trapped MMIO, docs/MMIO.md) |
+//! | `mmap` with `fd != -1` or `MAP_FIXED`; `munmap`, `mremap`, `mprotect` | mmap of a device file's BAR, and the calls that change such a mapping (trapped MMIO, docs/MMIO.md); an anonymous `mmap` at a kernel-chosen address cannot touch one and runs free |
 //! | `mlock`, `mlock2`, `mlockall` | the program locks memory itself: pins must leave its locks (rare calls) |
 //! | `execve`, `execveat` | the old image's pinned pages must be kept before they go, when VFIO files survive the exec (rare calls) |
 //! | `stat`, `lstat`, `newfstatat`, `statx`, `fstat` | a VFIO cdev (its path or an open descriptor) must stat as the device number sysfs gives (QEMU checks) |
+//!
+//! With a user-notification listener ([`Spec::notify`]), the calls that
+//! never need code run *in* the calling thread return
+//! `SECCOMP_RET_USER_NOTIF` instead: the opens, the `pread`/`pwrite`
+//! family and the ioctls the embedder names (for `softvfio run`, the VFIO
+//! queries of [`VFIO_NOTIFIABLE_IOCTLS`]).
+//! The thread waits in the kernel while the supervisor answers; no ptrace
+//! stop, no register traffic. The rest keeps `SECCOMP_RET_TRACE`: `close`
+//! (the release must be seen at the close's exit), the memory calls, and
+//! the ioctls that pin memory (the supervisor injects `mlock`/`madvise`).
 //!
 //! The ioctl test looks at the low 32 bits of the request only, as the
 //! kernel does (`unsigned int cmd`). System calls of another ABI (i386
@@ -36,6 +46,8 @@ const OFF_ARCH: u32 = 4;
 const OFF_ARG1_LO: u32 = 16 + 8;
 /// The low word of the fourth argument (`mmap`'s flags).
 const OFF_ARG3_LO: u32 = 16 + 3 * 8;
+/// The low word of the fifth argument (`mmap`'s fd).
+const OFF_ARG4_LO: u32 = 16 + 4 * 8;
 
 /// The ioctl "type" byte of VFIO (`VFIO_TYPE`, ';').
 pub const VFIO_IOCTL_TYPE: u32 = 0x3b;
@@ -68,6 +80,126 @@ pub const TRACED_SYSCALLS: &[i64] = &[
     libc::SYS_fstat,
 ];
 
+/// The VFIO ioctls the softvfio engine serves without injecting anything
+/// (queries and region/interrupt set-up that never pin memory), for
+/// [`Spec::notify`] (`softvfio run` passes them through
+/// [`crate::Command::user_notification`]). Every other VFIO ioctl (MAP_DMA,
+/// UNMAP_DMA, SET_CONTAINER, RESET, iommufd, ...) keeps its ptrace stop,
+/// where the supervisor can run `mlock`/`madvise` in the calling thread.
+pub const VFIO_NOTIFIABLE_IOCTLS: &[u32] = &[
+    0x3b64, // VFIO_GET_API_VERSION
+    0x3b65, // VFIO_CHECK_EXTENSION
+    0x3b67, // VFIO_GROUP_GET_STATUS
+    0x3b6a, // VFIO_GROUP_GET_DEVICE_FD (the descriptor comes by ADDFD)
+    0x3b6b, // VFIO_DEVICE_GET_INFO
+    0x3b6c, // VFIO_DEVICE_GET_REGION_INFO
+    0x3b6d, // VFIO_DEVICE_GET_IRQ_INFO
+    0x3b6e, // VFIO_DEVICE_SET_IRQS
+    0x3b70, // VFIO_IOMMU_GET_INFO
+];
+
+/// The system calls served through seccomp user notification when the
+/// supervisor has a listener: the thread waits in the kernel, the
+/// supervisor answers (or lets the call continue) without a ptrace stop.
+///
+/// None of them may be a call the supervisor injects ([`INJECTED_SYSCALLS`]):
+/// an injected call runs the filter again, and a notified one would wait
+/// for the notification thread while the supervisor waits for the call
+/// (a deadlock). That is why the `mlock` family keeps its ptrace stop.
+pub const NOTIFIED_SYSCALLS: &[i64] = &[
+    libc::SYS_open,
+    libc::SYS_openat,
+    libc::SYS_openat2,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+];
+
+/// The system calls the supervisor and the engine inject into a stopped
+/// thread (pinning, descriptor installation, memory-call following).
+pub const INJECTED_SYSCALLS: &[i64] = &[
+    libc::SYS_mlock,
+    libc::SYS_mlock2,
+    libc::SYS_munlock,
+    libc::SYS_madvise,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
+    libc::SYS_socketpair,
+    libc::SYS_close,
+    libc::SYS_close_range,
+    libc::SYS_memfd_create,
+    libc::SYS_getpid,
+];
+
+/// What the filter is built for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spec<'a> {
+    /// Also stop at `munmap`/`mremap` and `mmap` with `MAP_FIXED` (the DMA
+    /// sanitizer; [`MEMORY_SYSCALLS`]).
+    pub memory_calls: bool,
+    /// Serve [`NOTIFIED_SYSCALLS`] and these ioctl requests (low 32 bits)
+    /// with `SECCOMP_RET_USER_NOTIF` instead of a ptrace stop.
+    pub notify: Option<&'a [u32]>,
+}
+
+/// A jump target of the little assembler below.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum To {
+    Next,
+    Allow,
+    Trace,
+    Notify,
+    Ioctl,
+    Mmap,
+}
+
+enum Ins {
+    Ld(u32),
+    And(u32),
+    Jeq(u32, To, To),
+    Ret(u32),
+    Label(To),
+}
+
+/// Lays out `code` (classic BPF only jumps forward: every label comes after
+/// its uses, the three return blocks last).
+fn assemble(code: &[Ins]) -> Vec<sock_filter> {
+    let mut at = std::collections::HashMap::new();
+    let mut pc = 0usize;
+    for i in code {
+        match i {
+            Ins::Label(l) => {
+                at.insert(*l, pc);
+            }
+            _ => pc += 1,
+        }
+    }
+    let mut out = Vec::with_capacity(pc);
+    let rel = |from: usize, to: To| -> u8 {
+        match to {
+            To::Next => 0,
+            // Every label is defined once, after its uses (see build_list).
+            l => at.get(&l).map_or(0, |to: &usize| (to - from - 1) as u8),
+        }
+    };
+    for i in code {
+        let pc = out.len();
+        match i {
+            Ins::Ld(k) => out.push(stmt(BPF_LD_W_ABS, *k)),
+            Ins::And(k) => out.push(stmt(BPF_AND_K, *k)),
+            Ins::Jeq(k, t, f) => out.push(jump(BPF_JEQ_K, *k, rel(pc, *t), rel(pc, *f))),
+            Ins::Ret(k) => out.push(stmt(BPF_RET_K, *k)),
+            Ins::Label(_) => {}
+        }
+    }
+    out
+}
+
 fn stmt(code: u16, k: u32) -> sock_filter {
     sock_filter {
         code,
@@ -83,80 +215,85 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
 
 /// The memory calls the DMA sanitizer watches (stale mappings), traced
 /// only when asked ([`crate::Command::trace_memory_calls`]); `mmap` only
-/// with `MAP_FIXED` (see [`build_with`]).
+/// with `MAP_FIXED` (see [`build_spec`]).
 pub const MEMORY_SYSCALLS: &[i64] = &[libc::SYS_munmap, libc::SYS_mremap];
 
-/// Builds the filter program.
+/// Builds the ptrace-only filter program.
 pub fn build() -> Vec<sock_filter> {
-    build_with(&[], false)
+    build_spec(Spec::default())
 }
 
-/// Builds the filter program, also stopping at the system calls `extra`,
-/// and at `mmap` with `MAP_FIXED` when `mmap_fixed` (moot while every
-/// `mmap` stops anyway, for BAR mappings: see [`TRACED_SYSCALLS`]).
+/// Builds the ptrace-only filter program, also stopping at the system
+/// calls `extra` (`mmap_fixed` is implied: an `mmap` with `MAP_FIXED`
+/// always stops, as it may replace a BAR mapping).
 pub fn build_with(extra: &[i64], mmap_fixed: bool) -> Vec<sock_filter> {
-    let mut traced: Vec<i64> = TRACED_SYSCALLS.to_vec();
+    let _ = mmap_fixed;
+    build_list(extra, None)
+}
+
+/// Builds the filter program for `spec`.
+pub fn build_spec(spec: Spec<'_>) -> Vec<sock_filter> {
+    let extra: &[i64] = if spec.memory_calls {
+        MEMORY_SYSCALLS
+    } else {
+        &[]
+    };
+    build_list(extra, spec.notify)
+}
+
+/// `mmap` stops only when it can concern a BAR mapping: a file mapping
+/// (`fd != -1`, possibly a device file) or `MAP_FIXED` (it may replace
+/// one). An anonymous mapping at an address the kernel picks cannot.
+fn build_list(extra: &[i64], notify_ioctls: Option<&[u32]>) -> Vec<sock_filter> {
+    let notify = notify_ioctls.is_some();
+    let mut traced: Vec<i64> = TRACED_SYSCALLS
+        .iter()
+        .copied()
+        .filter(|nr| *nr != libc::SYS_mmap && !(notify && NOTIFIED_SYSCALLS.contains(nr)))
+        .collect();
     for nr in extra {
-        if !traced.contains(nr) {
+        if !traced.contains(nr) && *nr != libc::SYS_mmap {
             traced.push(*nr);
         }
     }
-    let mmap_fixed = mmap_fixed && !traced.contains(&libc::SYS_mmap);
-    let n = traced.len();
-    let m = usize::from(mmap_fixed);
-    // Layout (classic BPF only jumps forward):
-    //   0        ld arch
-    //   1        jeq X86_64 ? 2 : ALLOW
-    //   2        ld nr
-    //   3        jeq ioctl ? IOCTL : 4
-    //  (4        jeq mmap ? MMAP : 5)                 with mmap_fixed
-    //   4+m..    jeq nr_i ? TRACE : next
-    //   4+m+n    ALLOW: ret allow
-    //   5+m+n    IOCTL: ld arg1.lo
-    //   6+m+n    and 0xffffff00
-    //   7+m+n    jeq 0x3b00 ? TRACE : 8+m+n
-    //   8+m+n    ret allow
-    //  (10+n     MMAP: ld arg3.lo (flags)
-    //   11+n     and MAP_FIXED
-    //   12+n     jeq 0 ? 13+n : TRACE
-    //   13+n     ret allow)                           with mmap_fixed
-    //   9+5m+n   TRACE: ret trace
-    let allow = 4 + m + n;
-    let ioctl = 5 + m + n;
-    let mmap = 9 + m + n;
-    let trace = 9 + 5 * m + n;
-    let rel = |from: usize, to: usize| -> u8 { (to - from - 1) as u8 };
-    let mut p = Vec::with_capacity(n + 15);
-    p.push(stmt(BPF_LD_W_ABS, OFF_ARCH));
-    p.push(jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 0, rel(1, allow)));
-    p.push(stmt(BPF_LD_W_ABS, OFF_NR));
-    p.push(jump(BPF_JEQ_K, libc::SYS_ioctl as u32, rel(3, ioctl), 0));
-    if mmap_fixed {
-        p.push(jump(BPF_JEQ_K, libc::SYS_mmap as u32, rel(4, mmap), 0));
+    let mut c = vec![
+        Ins::Ld(OFF_ARCH),
+        Ins::Jeq(AUDIT_ARCH_X86_64, To::Next, To::Allow),
+        Ins::Ld(OFF_NR),
+        Ins::Jeq(libc::SYS_ioctl as u32, To::Ioctl, To::Next),
+        Ins::Jeq(libc::SYS_mmap as u32, To::Mmap, To::Next),
+    ];
+    if notify {
+        for nr in NOTIFIED_SYSCALLS {
+            c.push(Ins::Jeq(*nr as u32, To::Notify, To::Next));
+        }
     }
-    for (i, nr) in traced.iter().enumerate() {
-        let at = 4 + m + i;
-        p.push(jump(BPF_JEQ_K, *nr as u32, rel(at, trace), 0));
+    for nr in &traced {
+        c.push(Ins::Jeq(*nr as u32, To::Trace, To::Next));
     }
-    p.push(stmt(BPF_RET_K, libc::SECCOMP_RET_ALLOW));
-    p.push(stmt(BPF_LD_W_ABS, OFF_ARG1_LO));
-    p.push(stmt(BPF_AND_K, 0xffff_ff00));
-    p.push(jump(
-        BPF_JEQ_K,
-        VFIO_IOCTL_TYPE << 8,
-        rel(7 + m + n, trace),
-        0,
-    ));
-    p.push(stmt(BPF_RET_K, libc::SECCOMP_RET_ALLOW));
-    if mmap_fixed {
-        p.push(stmt(BPF_LD_W_ABS, OFF_ARG3_LO));
-        p.push(stmt(BPF_AND_K, libc::MAP_FIXED as u32));
-        p.push(jump(BPF_JEQ_K, 0, 0, rel(mmap + 2, trace)));
-        p.push(stmt(BPF_RET_K, libc::SECCOMP_RET_ALLOW));
+    // No match: allow (an unconditional forward jump).
+    c.push(Ins::Jeq(0, To::Allow, To::Allow));
+    c.push(Ins::Label(To::Ioctl));
+    c.push(Ins::Ld(OFF_ARG1_LO));
+    // Bounded so that every jump stays within classic BPF's 8-bit offsets.
+    for cmd in notify_ioctls.unwrap_or(&[]).iter().take(64) {
+        c.push(Ins::Jeq(*cmd, To::Notify, To::Next));
     }
-    p.push(stmt(BPF_RET_K, libc::SECCOMP_RET_TRACE));
-    debug_assert_eq!(p.len(), 10 + 5 * m + n);
-    p
+    c.push(Ins::And(0xffff_ff00));
+    c.push(Ins::Jeq(VFIO_IOCTL_TYPE << 8, To::Trace, To::Allow));
+    c.push(Ins::Label(To::Mmap));
+    c.push(Ins::Ld(OFF_ARG4_LO));
+    c.push(Ins::Jeq(u32::MAX, To::Next, To::Trace));
+    c.push(Ins::Ld(OFF_ARG3_LO));
+    c.push(Ins::And(libc::MAP_FIXED as u32));
+    c.push(Ins::Jeq(0, To::Allow, To::Trace));
+    c.push(Ins::Label(To::Allow));
+    c.push(Ins::Ret(libc::SECCOMP_RET_ALLOW));
+    c.push(Ins::Label(To::Trace));
+    c.push(Ins::Ret(libc::SECCOMP_RET_TRACE));
+    c.push(Ins::Label(To::Notify));
+    c.push(Ins::Ret(libc::SECCOMP_RET_USER_NOTIF));
+    assemble(&c)
 }
 
 /// True when `cmd` (an ioctl request) is one the filter sends to us.
@@ -267,5 +404,103 @@ mod tests {
         assert_eq!(run(&p, libc::SYS_openat as u32, 0x4000_0003, 0), allow);
         assert!(is_vfio_ioctl(0x3b64));
         assert!(!is_vfio_ioctl(0x5401));
+    }
+
+    /// A `seccomp_data` image: nr, arch, then args.
+    fn data(nr: i64, args: [u64; 6]) -> [u8; 64] {
+        let mut d = [0u8; 64];
+        d[0..4].copy_from_slice(&(nr as u32).to_le_bytes());
+        d[4..8].copy_from_slice(&AUDIT_ARCH_X86_64.to_le_bytes());
+        for (i, a) in args.iter().enumerate() {
+            d[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_le_bytes());
+        }
+        d
+    }
+
+    #[test]
+    fn notify_filter_decisions() {
+        let n = build_spec(Spec {
+            memory_calls: false,
+            notify: Some(VFIO_NOTIFIABLE_IOCTLS),
+        });
+        let (trace, allow, notify) = (
+            libc::SECCOMP_RET_TRACE,
+            libc::SECCOMP_RET_ALLOW,
+            libc::SECCOMP_RET_USER_NOTIF,
+        );
+        let call = |nr: i64, args: [u64; 6]| run_data(&n, &data(nr, args));
+        for nr in NOTIFIED_SYSCALLS {
+            assert_eq!(call(*nr, [0; 6]), notify, "syscall {nr}");
+        }
+        assert_eq!(call(libc::SYS_close, [3, 0, 0, 0, 0, 0]), trace);
+        assert_eq!(call(libc::SYS_mlock, [0; 6]), trace);
+        assert_eq!(call(libc::SYS_mlockall, [0; 6]), trace);
+        // Nothing the supervisor injects is notified (it would deadlock).
+        for nr in INJECTED_SYSCALLS {
+            assert_ne!(call(*nr, [0; 6]), notify, "injected syscall {nr}");
+            assert!(!NOTIFIED_SYSCALLS.contains(nr));
+        }
+        assert_eq!(call(libc::SYS_munmap, [0; 6]), trace);
+        assert_eq!(call(libc::SYS_mremap, [0; 6]), trace);
+        assert_eq!(call(libc::SYS_mprotect, [0; 6]), trace);
+        assert_eq!(call(libc::SYS_read, [0; 6]), allow);
+        assert_eq!(call(libc::SYS_munlock, [0; 6]), allow);
+        // Queries and region/interrupt set-up: notified; the ioctls that pin
+        // or set up a container: ptrace.
+        for cmd in VFIO_NOTIFIABLE_IOCTLS {
+            assert_eq!(
+                call(libc::SYS_ioctl, [3, u64::from(*cmd), 0, 0, 0, 0]),
+                notify
+            );
+            // The kernel's request is an unsigned int: high bits are ignored.
+            let high = 0xdead_0000_0000_0000 | u64::from(*cmd);
+            assert_eq!(call(libc::SYS_ioctl, [3, high, 0, 0, 0, 0]), notify);
+        }
+        for cmd in [
+            0x3b66u64, 0x3b68, 0x3b69, 0x3b6f, 0x3b71, 0x3b72, 0x3b75, 0x3b80,
+        ] {
+            assert_eq!(
+                call(libc::SYS_ioctl, [3, cmd, 0, 0, 0, 0]),
+                trace,
+                "{cmd:#x}"
+            );
+        }
+        assert_eq!(call(libc::SYS_ioctl, [3, 0x5401, 0, 0, 0, 0]), allow);
+        assert_eq!(call(libc::SYS_ioctl, [3, 0x8008_3b6c, 0, 0, 0, 0]), allow);
+        // Other architectures pass untouched.
+        let mut other = data(libc::SYS_pread64, [0; 6]);
+        other[4..8].copy_from_slice(&0x4000_0003u32.to_le_bytes());
+        assert_eq!(run_data(&n, &other), allow);
+    }
+
+    #[test]
+    fn only_mmaps_that_can_concern_a_bar_stop() {
+        let fixed = libc::MAP_FIXED as u64;
+        let private_anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let minus_one = u32::MAX as u64; // the fd as the kernel reads it
+        for spec in [
+            Spec::default(),
+            Spec {
+                memory_calls: true,
+                notify: None,
+            },
+            Spec {
+                memory_calls: false,
+                notify: Some(VFIO_NOTIFIABLE_IOCTLS),
+            },
+        ] {
+            let p = build_spec(spec);
+            let mmap = |flags: u64, fd: u64| {
+                run_data(&p, &data(libc::SYS_mmap, [0, 4096, 3, flags, fd, 0]))
+            };
+            assert_eq!(mmap(private_anon, minus_one), libc::SECCOMP_RET_ALLOW);
+            assert_eq!(mmap(private_anon, u64::MAX), libc::SECCOMP_RET_ALLOW);
+            assert_eq!(
+                mmap(private_anon | fixed, minus_one),
+                libc::SECCOMP_RET_TRACE
+            );
+            assert_eq!(mmap(libc::MAP_SHARED as u64, 3), libc::SECCOMP_RET_TRACE);
+            assert_eq!(mmap(libc::MAP_SHARED as u64, 0), libc::SECCOMP_RET_TRACE);
+        }
     }
 }

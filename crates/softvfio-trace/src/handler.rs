@@ -49,11 +49,15 @@ pub enum OpenReply {
 
 /// Serves the intercepted system calls.
 ///
-/// Every method runs on the supervisor thread while the calling program
-/// thread is stopped in the system call; [`Tracee`] reads and writes its
-/// memory and injects system calls into it. Results: `Ok(n)` is returned to
+/// Every method runs on a supervisor thread, one call at a time, while the
+/// calling program thread is stopped in the system call (at a ptrace stop,
+/// on the tracer thread) or waits in it (a call served by seccomp user
+/// notification, on the notification thread: see
+/// [`crate::Command::user_notification`]); [`Tracee`] reads and writes its
+/// memory and, at a ptrace stop, injects system calls into it. Hence
+/// `Send`. Results: `Ok(n)` is returned to
 /// the program as is, `Err(e)` as `-1` with `errno = e`.
-pub trait Handler {
+pub trait Handler: Send {
     /// An `open`/`openat`/`openat2`. `None`: not ours, the real system call
     /// runs. `Some(Err(e))`: the open fails with `e`.
     fn open(&mut self, t: &mut Tracee<'_>, req: &OpenRequest) -> Option<Result<OpenReply, Errno>>;
@@ -160,7 +164,9 @@ pub trait Handler {
 
     /// The last descriptor of `obj` is gone. `Some(t)`: a thread of the
     /// program is stopped (normally the one whose `close` dropped the last
-    /// reference, stopped at that `close`'s exit, so injection works);
+    /// reference, stopped at that `close`'s exit, so injection works), or
+    /// waits in a call served by user notification (a `dup2` or
+    /// `close_range` dropped it; injection fails there);
     /// `None`: noticed while no thread is stopped (the process exited).
     /// Always called before the program makes any further intercepted call.
     fn release(&mut self, t: Option<&mut Tracee<'_>>, obj: ObjectId) {

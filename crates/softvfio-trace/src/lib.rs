@@ -20,8 +20,10 @@
 //! 1. **ptrace + seccomp-BPF** ([`spawn`], [`filter`]). The supervisor
 //!    forks, `PTRACE_SEIZE`s the child, and the child installs a seccomp
 //!    filter before `execve`. The filter returns `SECCOMP_RET_TRACE` only
-//!    for `open`/`openat`/`openat2`, `close`, the `pread`/`pwrite` family
-//!    and VFIO-type ioctls; every other system call is allowed inside the
+//!    for `open`/`openat`/`openat2`, `close`, the `pread`/`pwrite` family,
+//!    VFIO-type ioctls and the memory calls that can concern a BAR mapping
+//!    (or `SECCOMP_RET_USER_NOTIF` for some of them, below); every other
+//!    system call is allowed inside the
 //!    kernel at full speed (no stop, no context switch). `PTRACE_SYSCALL`
 //!    alone would stop twice on *every* system call.
 //! 2. **Threads and children** are followed (`PTRACE_O_TRACECLONE`,
@@ -64,15 +66,57 @@
 //! 7. **Memory**: `process_vm_readv`/`writev` ([`Tracee::read_mem`],
 //!    [`mem`]); a fault is `EFAULT` for the program, never a crash.
 //!
-//! ## Why not seccomp user notification
-//! `SECCOMP_RET_USER_NOTIF` also stops only the chosen calls, and its
-//! `ADDFD` can install descriptors. But the notified thread sits blocked in
-//! the kernel: the supervisor cannot run `mlock`/`madvise` *in* it (they act
-//! only on the caller's address space, which is how the engine pins the
-//! program's memory), and there is no way to observe the exit of a `close`
-//! to deliver `release` before the program continues. ptrace gives both,
-//! at the price of one round trip per intercepted call.
+//! ## Seccomp user notification (opt-in: [`Command::user_notification`])
+//! A ptrace stop costs two context switches and register traffic per call.
+//! For the calls that never need code run *in* the program, the filter can
+//! return `SECCOMP_RET_USER_NOTIF` instead ([`filter::Spec::notify`]): the
+//! opens, the `pread`/`pwrite` family and the ioctl requests the embedder
+//! names (`softvfio run`: the VFIO queries and region/interrupt set-up of
+//! [`filter::VFIO_NOTIFIABLE_IOCTLS`]). The thread waits in the kernel; a
+//! notification thread of the supervisor answers it:
 //!
+//! - The child installs the filter with `SECCOMP_FILTER_FLAG_NEW_LISTENER`
+//!   (and `WAIT_KILLABLE_RECV`, Linux 5.19: once received, only a fatal
+//!   signal interrupts the call, so a served call never runs twice; on an
+//!   older kernel a signal after receipt restarts the call, which is then
+//!   served again) before
+//!   `execve`, and passes the listener to the supervisor over a socket
+//!   (`SCM_RIGHTS`); the listener is close-on-exec, the program never sees
+//!   it. Children inherit the filter: their calls come to the same
+//!   listener. `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (6.6) is asked for.
+//! - The notification thread and the ptrace loop share the run's state
+//!   and the handler under one lock (the ptrace thread does not hold it
+//!   while it waits), so a handler sees one call at a time, as before.
+//! - After each lookup through `/proc/<tid>` and before touching memory,
+//!   `SECCOMP_IOCTL_NOTIF_ID_VALID` checks that the tid still names the
+//!   waiting thread (not killed and reaped, its tid reused). A call whose
+//!   thread left meanwhile (a signal before we received it, a kill) gets
+//!   no answer: `NOTIF_SEND` fails with ENOENT and is ignored.
+//! - Descriptors go in with `SECCOMP_IOCTL_NOTIF_ADDFD`: the socket pair
+//!   behind an object is made in the supervisor, the program's end added
+//!   (so an open needs one free slot, as on Linux), a synthesized file is
+//!   a sealed memfd made here.
+//! - Calls that are not ours continue (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`).
+//!   What a `dup2`/`close_range` dropped is released before a notified call
+//!   is served, as at a stop.
+//! - ptrace stays for what must run in the program: the ioctls that pin
+//!   (`MAP_DMA`, ...: `mlock`/`madvise` are injected), `close` (the release
+//!   is delivered at the close's exit), the memory calls (BAR mappings),
+//!   the `mlock` family, the SIGSEGV of trapped MMIO, fork/exec tracking.
+//!   A call the supervisor injects is never notified
+//!   ([`filter::INJECTED_SYSCALLS`]): an injected call runs the filter
+//!   again, and would wait for the notification thread while that waits
+//!   for the lock (a deadlock).
+//! - A handler cannot inject while serving a notified call
+//!   ([`InjectError::WrongThread`]/`NotStopped`), nor read the caller's
+//!   registers.
+//! - When the kernel refuses a listener (EBUSY: the program already runs
+//!   under one, e.g. in a container runtime), the child installs the
+//!   ptrace-only filter and the run is as without notification. A program
+//!   that later installs its own listener gets EBUSY (one listener per
+//!   filter tree); its own filters returning `ERRNO`/`KILL` still take
+//!   precedence over ours, as before.
+
 //! # Requirements and limits
 //! x86-64; Linux ≥ 5.6 (`PTRACE_GET_SYSCALL_INFO`, `pidfd_getfd`); uses
 //! `close_range` (5.9), thread pidfds (6.9) and the synchronous close of

@@ -86,6 +86,13 @@ impl Objects {
         }
     }
 
+    /// Undoes an [`add`](Self::add) whose descriptor never reached the
+    /// program; the object is not reported (the caller releases it).
+    pub(crate) fn withdraw(&mut self, ino: u64) {
+        let mut ignored = Vec::new();
+        self.remove(ino, &mut ignored);
+    }
+
     /// Drops every endpoint whose program side is gone; returns the objects
     /// that lost their last endpoint (to be released), in no special order.
     pub(crate) fn sweep(&mut self) -> Vec<ObjectId> {

@@ -50,6 +50,9 @@ pub struct Command {
     before_exec: Option<BeforeExec>,
     /// Also stop at `munmap`/`mremap`/`mmap` ([`Handler::memory_call`]).
     memory_calls: bool,
+    /// Serve opens, region accesses and these ioctls through seccomp user
+    /// notification (see [`filter::Spec::notify`]).
+    user_notification: Option<Vec<u32>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -75,7 +78,28 @@ impl Command {
             stdio: [None, None, None],
             before_exec: None,
             memory_calls: false,
+            user_notification: None,
         }
+    }
+
+    /// Serve the opens, the `pread`/`pwrite` family
+    /// ([`filter::NOTIFIED_SYSCALLS`]) and the ioctl requests `ioctls`
+    /// through seccomp user notification instead of a ptrace stop (`None`,
+    /// the default: everything at a ptrace stop). The handler must not
+    /// inject system calls while serving those (no thread is stopped:
+    /// [`crate::InjectError`]), nor rely on [`crate::Tracee::syscall_args`]
+    /// or [`crate::Tracee::stack_registers`] there. Ignored while memory
+    /// calls are traced (the DMA sanitizer's call sites need the registers
+    /// of a stopped thread). When the kernel refuses a listener (the
+    /// program already runs under one: EBUSY), the run falls back to ptrace.
+    pub fn user_notification(&mut self, ioctls: Option<&[u32]>) -> &mut Command {
+        self.user_notification = ioctls.map(<[u32]>::to_vec);
+        self
+    }
+
+    /// Whether the filter will ask for a user-notification listener.
+    pub(crate) fn wants_listener(&self) -> bool {
+        self.user_notification.is_some() && !self.memory_calls
     }
 
     /// Also intercept the program's `munmap`, `mremap` and `mmap` (for the
@@ -252,6 +276,9 @@ pub(crate) struct Prepared {
     cwd: Option<CString>,
     stdio: [Option<RawFd>; 3],
     filter: Vec<libc::sock_filter>,
+    /// The filter with user notification, tried first when set; the child
+    /// falls back to `filter` when the kernel refuses a listener.
+    notify_filter: Option<Vec<libc::sock_filter>>,
     before_exec: Option<BeforeExec>,
 }
 
@@ -328,10 +355,16 @@ impl Prepared {
             envp_ptrs,
             cwd,
             stdio,
-            filter: if cmd.memory_calls {
-                filter::build_with(filter::MEMORY_SYSCALLS, true)
-            } else {
-                filter::build()
+            filter: filter::build_spec(filter::Spec {
+                memory_calls: cmd.memory_calls,
+                notify: None,
+            }),
+            notify_filter: match &cmd.user_notification {
+                Some(ioctls) if cmd.wants_listener() => Some(filter::build_spec(filter::Spec {
+                    memory_calls: false,
+                    notify: Some(ioctls),
+                })),
+                _ => None,
             },
             before_exec: cmd.before_exec.clone(),
         })
@@ -343,6 +376,9 @@ pub(crate) struct ChildFds {
     pub sync_read: RawFd,
     pub sync_write: RawFd,
     pub err_write: RawFd,
+    /// The child's end of the socket the listener is passed over
+    /// (`SCM_RIGHTS`), when a notify filter is prepared.
+    pub listener_send: Option<RawFd>,
 }
 
 /// Reports a failure to the parent and exits; async-signal-safe.
@@ -420,12 +456,16 @@ pub(crate) unsafe fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
         if let Some(f) = &prep.before_exec {
             f();
         }
-        // 5. The seccomp filter.
-        let prog = libc::sock_fprog {
-            len: prep.filter.len() as u16,
-            filter: prep.filter.as_ptr() as *mut libc::sock_filter,
-        };
-        let install = |flags: libc::c_ulong| -> libc::c_long {
+        // 5. The seccomp filter: with a user-notification listener when
+        // prepared (its descriptor is close-on-exec, so the program never
+        // sees it; the supervisor gets its own copy over `listener_send`),
+        // else, or when the kernel refuses one (EBUSY: the program already
+        // runs under a listener), the ptrace-only filter.
+        let install = |filter: &[libc::sock_filter], flags: libc::c_ulong| -> libc::c_long {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
             libc::syscall(
                 libc::SYS_seccomp,
                 libc::SECCOMP_SET_MODE_FILTER as libc::c_ulong,
@@ -433,19 +473,71 @@ pub(crate) unsafe fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
                 &prog as *const libc::sock_fprog,
             )
         };
-        let mut flags = libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW;
-        let mut r = install(flags);
-        if r < 0 && last_errno_is(libc::EINVAL) {
-            flags = 0;
-            r = install(flags);
+        // Tries `flags`, then without each optional flag the kernel may not
+        // know (EINVAL), then with no_new_privs (EACCES: no CAP_SYS_ADMIN).
+        let install_any = |filter: &[libc::sock_filter], base: libc::c_ulong| -> libc::c_long {
+            let optional = [
+                libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+                libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+                libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+                0,
+            ];
+            let mut r = -1;
+            for extra in optional {
+                if base == 0 && extra & libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV != 0 {
+                    // Only meaningful with a listener.
+                    continue;
+                }
+                r = install(filter, base | extra);
+                if r < 0 && last_errno_is(libc::EACCES) {
+                    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                    r = install(filter, base | extra);
+                }
+                if r >= 0 || !last_errno_is(libc::EINVAL) {
+                    break;
+                }
+            }
+            r
+        };
+        let mut listener: libc::c_long = -1;
+        if let Some(nf) = &prep.notify_filter {
+            listener = install_any(nf, libc::SECCOMP_FILTER_FLAG_NEW_LISTENER);
         }
-        if r < 0 && last_errno_is(libc::EACCES) {
-            // Without CAP_SYS_ADMIN the kernel requires no_new_privs.
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-            r = install(flags);
-        }
-        if r < 0 {
+        if listener < 0 && install_any(&prep.filter, 0) < 0 {
             child_fail(fds, SpawnStage::Seccomp);
+        }
+        if let Some(sock) = fds.listener_send {
+            // One message: the listener as SCM_RIGHTS, or none (ptrace only).
+            let mut byte = [0u8];
+            let mut iov = libc::iovec {
+                iov_base: byte.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
+            let mut cbuf = [0u64; 4];
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            if listener >= 0 {
+                let fd = listener as libc::c_int;
+                msg.msg_control = cbuf.as_mut_ptr().cast();
+                msg.msg_controllen =
+                    libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as _;
+                let cm = libc::CMSG_FIRSTHDR(&msg);
+                (*cm).cmsg_level = libc::SOL_SOCKET;
+                (*cm).cmsg_type = libc::SCM_RIGHTS;
+                (*cm).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+                std::ptr::copy_nonoverlapping(
+                    (&fd as *const libc::c_int).cast::<u8>(),
+                    libc::CMSG_DATA(cm),
+                    std::mem::size_of::<libc::c_int>(),
+                );
+            }
+            // A failure leaves the supervisor without a listener: the calls
+            // then wait for an answer that never comes, so fail the start.
+            if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) != 1 {
+                child_fail(fds, SpawnStage::Seccomp);
+            }
+            // `sock` is close-on-exec (closing it here would stop in `close`).
         }
         // 6. exec.
         libc::execve(

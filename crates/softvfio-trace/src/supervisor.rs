@@ -7,14 +7,14 @@ use crate::objects::{socket_inode, Objects};
 use crate::paths::normalize;
 use crate::spawn::{self, ChildFds, Command, Prepared, SpawnStage};
 use crate::sys::{self, SigInfo};
-use crate::tracee::{Deferred, Phase, Shared, Stop, SyscallInjector, Tracee};
+use crate::tracee::{Deferred, NotifCall, Phase, Shared, Stop, SyscallInjector, Tracee};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Why [`Supervisor::run`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,8 @@ pub struct RunStats {
     pub released: u64,
     /// Signals that arrived during an injection and were delivered again.
     pub requeued: u64,
+    /// Seccomp user notifications (calls seen without a ptrace stop).
+    pub notified: u64,
 }
 
 const PTRACE_OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD
@@ -168,13 +170,22 @@ impl Supervisor {
         let (sync_r, sync_w) = sys::pipe_cloexec().map_err(sys_err("pipe"))?;
         let (err_r, err_w) = sys::pipe_cloexec().map_err(sys_err("pipe"))?;
         sys::set_nonblocking(err_r.as_fd()).map_err(sys_err("fcntl"))?;
+        let listener_pair = if cmd.wants_listener() {
+            Some(sys::seqpacket_pair().map_err(sys_err("socketpair"))?)
+        } else {
+            None
+        };
         let objects = Objects::new().map_err(sys_err("epoll_create"))?;
         let fds = ChildFds {
             sync_read: sync_r.as_raw_fd(),
             sync_write: sync_w.as_raw_fd(),
             err_write: err_w.as_raw_fd(),
+            listener_send: listener_pair.as_ref().map(|(_, child)| child.as_raw_fd()),
         };
         let pid = spawn::fork_exec(&prep, &fds).map_err(sys_err("fork"))?;
+        // Our copy of the child's end goes, so that a child that dies or
+        // execs without sending shows as end of file.
+        let listener_recv = listener_pair.map(|(ours, _child)| ours);
         drop((sync_r, err_w, cmd, prep));
         if let Err(e) = sys::ptrace_seize(pid, PTRACE_OPTIONS) {
             let _ = sys::kill(pid, libc::SIGKILL);
@@ -185,24 +196,163 @@ impl Supervisor {
             });
         }
         self.shared.set_tracer(Some(std::thread::current().id()));
-        let mut core = Core::new(self.shared.clone(), pid, self.close_flush, err_r, objects);
+        let core = Core::new(self.shared.clone(), pid, self.close_flush, err_r, objects);
         tracing::debug!(pid, program = ?program, "spawned under ptrace");
         handler.spawned(pid);
-        let res = match sys::write_byte(sync_w.as_fd()) {
-            Ok(()) => {
-                drop(sync_w);
-                core.run_loop(handler)
+        let served = Mutex::new(Served { core, h: handler });
+        let res = std::thread::scope(|scope| -> Result<(), TraceError> {
+            let (stop_r, stop_w) = sys::pipe_cloexec().map_err(sys_err("pipe"))?;
+            // Ends the notification server however this closure is left
+            // (a handler panic included), before the scope joins it.
+            let _stop = StopServer(stop_w);
+            let server = match listener_recv {
+                Some(sock) => {
+                    let served = &served;
+                    let spawned = std::thread::Builder::new()
+                        .name("softvfio-notif".into())
+                        .spawn_scoped(scope, move || serve_notifications(served, sock, stop_r));
+                    match spawned {
+                        Ok(j) => Some(j),
+                        Err(_) => {
+                            // Nobody would answer the notified calls.
+                            return Err(TraceError::Sys {
+                                what: "spawn notification thread",
+                                errno: Errno::EAGAIN,
+                            });
+                        }
+                    }
+                }
+                None => None,
+            };
+            sys::write_byte(sync_w.as_fd()).map_err(sys_err("write"))?;
+            drop(sync_w);
+            let r = run_loop(&served);
+            drop(_stop);
+            if let Some(j) = server {
+                if let Ok(Some(payload)) = j.join() {
+                    // A handler panicked on the notification thread: the
+                    // program was killed there; report the panic here.
+                    std::panic::resume_unwind(payload);
+                }
             }
-            Err(e) => Err(TraceError::Sys {
-                what: "write",
-                errno: e,
-            }),
-        };
-        let out = res.and_then(|()| core.conclude(handler, program));
+            r
+        });
+        let Served { mut core, h } = served.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let out = res.and_then(|()| core.conclude(h, program));
         self.stats = core.stats;
         drop(core);
         self.shared.set_tracer(None);
         out
+    }
+}
+
+/// What the ptrace loop and the notification server share: the run's
+/// state and the handler, used by one of them at a time.
+struct Served<'h> {
+    core: Core,
+    h: &'h mut dyn Handler,
+}
+
+fn lock<'a, 'h>(m: &'a Mutex<Served<'h>>) -> MutexGuard<'a, Served<'h>> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes to the notification server's stop pipe when dropped.
+struct StopServer(OwnedFd);
+
+impl Drop for StopServer {
+    fn drop(&mut self) {
+        let _ = sys::write_byte(self.0.as_fd());
+    }
+}
+
+/// The ptrace event loop: waits (without the lock, so that notifications
+/// are served meanwhile) and handles each event under the lock.
+fn run_loop(served: &Mutex<Served<'_>>) -> Result<(), TraceError> {
+    loop {
+        let queued = {
+            let mut g = lock(served);
+            if g.core.threads.is_empty() {
+                return Ok(());
+            }
+            g.core.queue.pop_front()
+        };
+        let (tid, status) = match queued {
+            Some(e) => e,
+            None => match sys::waitpid(-1, libc::__WALL | libc::__WNOTHREAD) {
+                Ok(e) => e,
+                Err(Errno::ECHILD) => return Ok(()),
+                Err(e) => {
+                    return Err(TraceError::Sys {
+                        what: "waitpid",
+                        errno: e,
+                    })
+                }
+            },
+        };
+        let mut g = lock(served);
+        let Served { core, h } = &mut *g;
+        core.on_event(*h, tid, status);
+    }
+}
+
+/// The seccomp user-notification server (its own thread): receives the
+/// listener from the child, then answers each notification under the
+/// lock, until the program's last process is gone (the listener hangs up)
+/// or `stop` turns readable. A handler panic kills the program and is
+/// returned, to be raised on the supervisor thread.
+fn serve_notifications(
+    served: &Mutex<Served<'_>>,
+    sock: OwnedFd,
+    stop: OwnedFd,
+) -> Option<Box<dyn std::any::Any + Send>> {
+    let ready = sys::poll_fds([sock.as_fd(), stop.as_fd()], libc::POLLIN).ok()?;
+    if ready[1] != 0 || ready[0] & libc::POLLIN == 0 {
+        return None;
+    }
+    // None: the child installed the ptrace-only filter (no listener).
+    let listener = sys::recv_fd(sock.as_fd()).ok()??;
+    drop(sock);
+    let sync = sys::notif_sync_wakeup(listener.as_fd());
+    tracing::debug!(sync_wakeup = sync, "serving seccomp user notifications");
+    loop {
+        let ready = sys::poll_fds([listener.as_fd(), stop.as_fd()], libc::POLLIN).ok()?;
+        if ready[1] != 0 {
+            return None;
+        }
+        if ready[0] & libc::POLLIN == 0 {
+            // POLLHUP: no process uses the filter any more.
+            return None;
+        }
+        let n = match sys::notif_recv(listener.as_fd()) {
+            Ok(n) => n,
+            // Withdrawn meanwhile (the thread was killed) or interrupted.
+            Err(Errno::ENOENT) | Err(Errno::EINTR) => continue,
+            Err(_) => return None,
+        };
+        let outcome = {
+            let mut g = lock(served);
+            let Served { core, h } = &mut *g;
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                core.on_notification(*h, listener.as_fd(), &n)
+            }));
+            match r {
+                Ok(o) => o,
+                Err(payload) => {
+                    for tgid in core.procs.keys() {
+                        let _ = sys::kill(*tgid, libc::SIGKILL);
+                    }
+                    return Some(payload);
+                }
+            }
+        };
+        let (ret, cont) = match outcome {
+            Outcome::Pass => (0, true),
+            Outcome::Return(v) => (v, false),
+        };
+        // ENOENT: the thread left the call meanwhile (killed, or a signal
+        // before we received it); nothing to answer.
+        let _ = sys::notif_send(listener.as_fd(), n.id, ret, cont);
     }
 }
 
@@ -445,6 +595,7 @@ impl Core {
                         core: self,
                         pid,
                         tid,
+                        notif: None,
                     };
                     h.release(Some(&mut t), obj);
                 }
@@ -454,26 +605,6 @@ impl Core {
     }
 
     // ---- the event loop ----------------------------------------------
-
-    fn run_loop(&mut self, h: &mut dyn Handler) -> Result<(), TraceError> {
-        while !self.threads.is_empty() {
-            let (tid, status) = match self.queue.pop_front() {
-                Some(e) => e,
-                None => match sys::waitpid(-1, libc::__WALL | libc::__WNOTHREAD) {
-                    Ok(e) => e,
-                    Err(Errno::ECHILD) => break,
-                    Err(e) => {
-                        return Err(TraceError::Sys {
-                            what: "waitpid",
-                            errno: e,
-                        })
-                    }
-                },
-            };
-            self.on_event(h, tid, status);
-        }
-        Ok(())
-    }
 
     fn conclude(
         &mut self,
@@ -837,25 +968,27 @@ impl Core {
         a: [u64; 6],
     ) -> Outcome {
         match nr {
-            libc::SYS_open => {
-                self.sys_open(h, pid, tid, libc::AT_FDCWD, a[0], a[1] as i32, a[2] as u32)
-            }
-            libc::SYS_openat => {
-                self.sys_open(h, pid, tid, a[0] as i32, a[1], a[2] as i32, a[3] as u32)
-            }
-            libc::SYS_openat2 => {
-                // struct open_how { u64 flags; u64 mode; u64 resolve; }
-                let mut how = [0u8; 24];
-                if a[3] < 24 || sys::process_vm_read(tid, a[2], &mut how).is_err() {
-                    return Outcome::Pass;
-                }
-                let flags = u64::from_ne_bytes(how[0..8].try_into().unwrap_or([0; 8]));
-                let mode = u64::from_ne_bytes(how[8..16].try_into().unwrap_or([0; 8]));
-                let (Ok(flags), Ok(mode)) = (i32::try_from(flags), u32::try_from(mode)) else {
-                    return Outcome::Pass;
-                };
-                self.sys_open(h, pid, tid, a[0] as i32, a[1], flags, mode)
-            }
+            libc::SYS_open => self.sys_open(
+                h,
+                pid,
+                tid,
+                None,
+                libc::AT_FDCWD,
+                a[0],
+                a[1] as i32,
+                a[2] as u32,
+            ),
+            libc::SYS_openat => self.sys_open(
+                h,
+                pid,
+                tid,
+                None,
+                a[0] as i32,
+                a[1],
+                a[2] as i32,
+                a[3] as u32,
+            ),
+            libc::SYS_openat2 => self.sys_openat2(h, pid, tid, None, a),
             libc::SYS_close => self.sys_close(h, pid, tid, a[0] as i32),
             libc::SYS_stat
             | libc::SYS_lstat
@@ -866,6 +999,7 @@ impl Core {
                     core: self,
                     pid,
                     tid,
+                    notif: None,
                 };
                 crate::stat::sys_stat(h, &mut t, nr, a).map_or(Outcome::Pass, ret)
             }
@@ -879,39 +1013,61 @@ impl Core {
                 }
                 Outcome::Pass
             }
-            libc::SYS_ioctl => {
-                let Some(obj) = self.fd_object(tid, a[0] as i32) else {
-                    return Outcome::Pass;
-                };
+            libc::SYS_ioctl
+            | libc::SYS_pread64
+            | libc::SYS_pwrite64
+            | libc::SYS_preadv
+            | libc::SYS_pwritev
+            | libc::SYS_preadv2
+            | libc::SYS_pwritev2 => match self.fd_object(tid, a[0] as i32) {
+                Some(obj) => self.serve_fd_call(h, pid, tid, None, obj, nr, a),
+                None => Outcome::Pass,
+            },
+            libc::SYS_mmap | libc::SYS_munmap | libc::SYS_mremap | libc::SYS_mprotect => {
                 let mut t = Tracee {
                     core: self,
                     pid,
                     tid,
+                    notif: None,
                 };
-                ret(h.ioctl(&mut t, obj, a[1] & 0xffff_ffff, a[2]))
+                h.memory_call(&mut t, nr, a).map_or(Outcome::Pass, ret)
             }
+            _ => Outcome::Pass,
+        }
+    }
+
+    /// An ioctl or region access on a descriptor of `obj`, at a ptrace stop
+    /// or (`notif`) for a notified call.
+    #[allow(clippy::too_many_arguments)]
+    fn serve_fd_call(
+        &mut self,
+        h: &mut dyn Handler,
+        pid: i32,
+        tid: i32,
+        notif: Option<NotifCall<'_>>,
+        obj: ObjectId,
+        nr: i64,
+        a: [u64; 6],
+    ) -> Outcome {
+        let mut t = Tracee {
+            core: self,
+            pid,
+            tid,
+            notif,
+        };
+        match nr {
+            libc::SYS_ioctl => ret(h.ioctl(&mut t, obj, a[1] & 0xffff_ffff, a[2])),
             libc::SYS_pread64 | libc::SYS_pwrite64 => {
-                let Some(obj) = self.fd_object(tid, a[0] as i32) else {
-                    return Outcome::Pass;
-                };
                 if (a[3] as i64) < 0 {
                     return ret(Err(Errno::EINVAL));
                 }
-                let mut t = Tracee {
-                    core: self,
-                    pid,
-                    tid,
-                };
                 if nr == libc::SYS_pread64 {
                     ret(h.pread(&mut t, obj, a[1], a[2], a[3]))
                 } else {
                     ret(h.pwrite(&mut t, obj, a[1], a[2], a[3]))
                 }
             }
-            libc::SYS_preadv | libc::SYS_pwritev | libc::SYS_preadv2 | libc::SYS_pwritev2 => {
-                let Some(obj) = self.fd_object(tid, a[0] as i32) else {
-                    return Outcome::Pass;
-                };
+            _ => {
                 let write = nr == libc::SYS_pwritev || nr == libc::SYS_pwritev2;
                 let v2 = nr == libc::SYS_preadv2 || nr == libc::SYS_pwritev2;
                 let off = a[3] as i64;
@@ -922,23 +1078,108 @@ impl Core {
                 if off < 0 {
                     return ret(Err(Errno::EINVAL));
                 }
-                let mut t = Tracee {
-                    core: self,
-                    pid,
-                    tid,
-                };
                 ret(vectored(h, &mut t, obj, write, a[1], a[2], off as u64))
             }
-            libc::SYS_mmap | libc::SYS_munmap | libc::SYS_mremap | libc::SYS_mprotect => {
+        }
+    }
+
+    /// A seccomp user notification (see [`crate::filter::NOTIFIED_SYSCALLS`]):
+    /// served like the same call at a ptrace stop, except that nothing can
+    /// be injected (also not in the releases made first). `Pass` lets the
+    /// kernel run the call.
+    fn on_notification(
+        &mut self,
+        h: &mut dyn Handler,
+        listener: std::os::fd::BorrowedFd<'_>,
+        n: &sys::Notif,
+    ) -> Outcome {
+        self.stats.notified += 1;
+        let tid = n.tid;
+        // A thread whose creation the ptrace loop has not seen yet.
+        let pid = match self.threads.get(&tid) {
+            Some(t) => t.tgid,
+            None => read_tgid(tid).unwrap_or(tid),
+        };
+        let call = NotifCall { listener, id: n.id };
+        // What a dup2, close_range, close-on-exec or another process's exit
+        // dropped since the last call: released before this call is served,
+        // as at a ptrace stop (the handler cannot inject here). A release
+        // can drop the handler's own references (a group's on its
+        // container): sweep again until nothing more goes, bounded.
+        for _ in 0..8 {
+            let dead = self.objects.sweep();
+            if dead.is_empty() {
+                break;
+            }
+            for obj in dead {
+                self.stats.released += 1;
+                tracing::debug!(?obj, tid, "release (notified call)");
                 let mut t = Tracee {
                     core: self,
                     pid,
                     tid,
+                    notif: Some(call),
                 };
-                h.memory_call(&mut t, nr, a).map_or(Outcome::Pass, ret)
+                h.release(Some(&mut t), obj);
             }
-            _ => Outcome::Pass,
         }
+        let a = n.args;
+        let out = match n.nr {
+            libc::SYS_open => self.sys_open(
+                h,
+                pid,
+                tid,
+                Some(call),
+                libc::AT_FDCWD,
+                a[0],
+                a[1] as i32,
+                a[2] as u32,
+            ),
+            libc::SYS_openat => self.sys_open(
+                h,
+                pid,
+                tid,
+                Some(call),
+                a[0] as i32,
+                a[1],
+                a[2] as i32,
+                a[3] as u32,
+            ),
+            libc::SYS_openat2 => self.sys_openat2(h, pid, tid, Some(call), a),
+            nr => match self.fd_object(tid, a[0] as i32) {
+                // The descriptor was looked up in /proc/<tid>/fd: valid only
+                // if `tid` is still the thread that made the call.
+                Some(obj) if call.valid() => {
+                    self.serve_fd_call(h, pid, tid, Some(call), obj, nr, a)
+                }
+                _ => Outcome::Pass,
+            },
+        };
+        if out != Outcome::Pass {
+            self.stats.served += 1;
+        }
+        out
+    }
+
+    fn sys_openat2(
+        &mut self,
+        h: &mut dyn Handler,
+        pid: i32,
+        tid: i32,
+        notif: Option<NotifCall<'_>>,
+        a: [u64; 6],
+    ) -> Outcome {
+        // struct open_how { u64 flags; u64 mode; u64 resolve; }
+        let mut how = [0u8; 24];
+        if a[3] < 24 || sys::process_vm_read(tid, a[2], &mut how).is_err() {
+            return Outcome::Pass;
+        }
+        let flags = u64::from_ne_bytes(how[0..8].try_into().unwrap_or([0; 8]));
+        let mode = u64::from_ne_bytes(how[8..16].try_into().unwrap_or([0; 8]));
+        let (Ok(flags), Ok(mode)) = (i32::try_from(flags), u32::try_from(mode)) else {
+            return Outcome::Pass;
+        };
+        self.sys_open(h, pid, tid, notif, a[0] as i32, a[1], flags, mode)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -947,6 +1188,7 @@ impl Core {
         h: &mut dyn Handler,
         pid: i32,
         tid: i32,
+        notif: Option<NotifCall<'_>>,
         dirfd: i32,
         path: u64,
         flags: i32,
@@ -956,6 +1198,7 @@ impl Core {
             core: self,
             pid,
             tid,
+            notif,
         };
         // Unreadable or too long: the kernel produces the right error.
         let Ok(raw) = t.read_cstr_bytes(path, PATH_MAX) else {
@@ -968,6 +1211,10 @@ impl Core {
         } else {
             read_link(&format!("/proc/{tid}/fd/{dirfd}"))
         };
+        // The cwd and dirfd were read through /proc/<tid>: still the caller's?
+        if notif.is_some_and(|c| !c.valid()) {
+            return Outcome::Pass;
+        }
         let req = OpenRequest {
             path: normalize(base.as_deref(), &raw, pid, tid),
             raw: OsString::from_vec(raw),
@@ -999,6 +1246,7 @@ impl Core {
                 core: self,
                 pid,
                 tid,
+                notif: None,
             };
             t.inject_syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])
         };
@@ -1013,6 +1261,7 @@ impl Core {
                 core: self,
                 pid,
                 tid,
+                notif: None,
             };
             let _ = t.inject_syscall(libc::SYS_getpid, [0; 6]);
             self.release_dead(h, Some((pid, tid)));

@@ -601,3 +601,224 @@ pub fn ptrace_set_xstate(tid: i32, data: &[u8]) -> Result<(), Errno> {
     };
     check(r).map(drop)
 }
+
+/// A `SOCK_SEQPACKET` socket pair, both ends close-on-exec (for passing
+/// the seccomp listener from the child).
+pub fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), Errno> {
+    socket_pair(libc::SOCK_SEQPACKET)
+}
+
+/// A `SOCK_STREAM` socket pair, both ends close-on-exec in this process.
+pub fn stream_pair() -> Result<(OwnedFd, OwnedFd), Errno> {
+    socket_pair(libc::SOCK_STREAM)
+}
+
+fn socket_pair(ty: i32) -> Result<(OwnedFd, OwnedFd), Errno> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: socketpair writes two descriptors into the two-element array.
+    check_int(unsafe {
+        libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+    })?;
+    Ok((owned(fds[0].into()), owned(fds[1].into())))
+}
+
+/// The inode number of `fd` (for a socket: the `N` of `socket:[N]`).
+pub fn inode_of(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    // SAFETY: an all-zero `stat` is a valid value of the plain-data struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one `stat` into the live local.
+    check_int(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st.st_ino)
+}
+
+/// Receives one message on `sock` and the descriptor it carries, if any.
+/// `Ok(None)`: a message without one, or end of file.
+pub fn recv_fd(sock: BorrowedFd<'_>) -> Result<Option<OwnedFd>, Errno> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid (no buffers).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    loop {
+        // SAFETY: `msg` points at `iov` (one byte of `byte`) and at `cbuf`
+        // with their true lengths; all three live across the call.
+        let r = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        if r < 0 {
+            return Err(Errno::last());
+        }
+        break;
+    }
+    // SAFETY: the kernel filled `msg_control`/`msg_controllen`; the CMSG
+    // macros only walk inside that buffer.
+    unsafe {
+        let cm = libc::CMSG_FIRSTHDR(&msg);
+        if cm.is_null()
+            || (*cm).cmsg_level != libc::SOL_SOCKET
+            || (*cm).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Ok(None);
+        }
+        let mut fd: libc::c_int = -1;
+        std::ptr::copy_nonoverlapping(
+            libc::CMSG_DATA(cm),
+            (&mut fd as *mut libc::c_int).cast::<u8>(),
+            std::mem::size_of::<libc::c_int>(),
+        );
+        Ok((fd >= 0).then(|| owned(fd.into())))
+    }
+}
+
+/// Waits until one of `fds` has an event in `events` (or hang-up); returns
+/// each descriptor's `revents`.
+pub fn poll_fds<const N: usize>(fds: [BorrowedFd<'_>; N], events: i16) -> Result<[i16; N], Errno> {
+    let mut p = fds.map(|f| libc::pollfd {
+        fd: f.as_raw_fd(),
+        events,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: `p` is an array of N valid pollfds, alive for the call.
+        let r = unsafe { libc::poll(p.as_mut_ptr(), N as libc::nfds_t, -1) };
+        if r >= 0 {
+            return Ok(p.map(|x| x.revents));
+        }
+        let e = Errno::last();
+        if e != Errno::EINTR {
+            return Err(e);
+        }
+    }
+}
+
+/// One seccomp user notification (`struct seccomp_notif`).
+#[derive(Clone, Copy, Debug)]
+pub struct Notif {
+    /// The notification's cookie (for the answer and `ID_VALID`).
+    pub id: u64,
+    /// The calling thread, in our pid namespace.
+    pub tid: i32,
+    /// The system call number.
+    pub nr: i64,
+    /// Its arguments.
+    pub args: [u64; 6],
+}
+
+/// `SECCOMP_IOCTL_NOTIF_RECV`: waits for the next notification.
+pub fn notif_recv(listener: BorrowedFd<'_>) -> Result<Notif, Errno> {
+    // SAFETY: the kernel requires a zeroed `seccomp_notif`; all-zero is a
+    // valid value of the plain-data struct.
+    let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+    // SAFETY: NOTIF_RECV writes one `seccomp_notif` into the live local.
+    check_int(unsafe {
+        libc::ioctl(listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut n)
+    })?;
+    Ok(Notif {
+        id: n.id,
+        tid: n.pid as i32,
+        nr: i64::from(n.data.nr),
+        args: n.data.args,
+    })
+}
+
+/// `SECCOMP_IOCTL_NOTIF_SEND`. `continue_call`: let the kernel run the
+/// system call (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`); else the call returns
+/// `ret` (a raw result: `-errno` for an error).
+pub fn notif_send(
+    listener: BorrowedFd<'_>,
+    id: u64,
+    ret: i64,
+    continue_call: bool,
+) -> Result<(), Errno> {
+    let mut r = libc::seccomp_notif_resp {
+        id,
+        val: 0,
+        error: 0,
+        flags: 0,
+    };
+    if continue_call {
+        r.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
+    } else if (-4095..0).contains(&ret) {
+        r.error = ret as i32;
+    } else {
+        r.val = ret;
+    }
+    // SAFETY: NOTIF_SEND reads one `seccomp_notif_resp` from the live local.
+    check_int(unsafe { libc::ioctl(listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &mut r) })
+        .map(drop)
+}
+
+/// `SECCOMP_IOCTL_NOTIF_ID_VALID`: is the thread still waiting in the
+/// call of notification `id` (not killed or interrupted meanwhile, so its
+/// tid still names it)?
+pub fn notif_id_valid(listener: BorrowedFd<'_>, id: u64) -> bool {
+    let mut v = id;
+    // SAFETY: NOTIF_ID_VALID reads one u64 from the live local.
+    unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
+            &mut v,
+        ) == 0
+    }
+}
+
+/// `SECCOMP_IOCTL_NOTIF_ADDFD`: installs a copy of `src` in the waiting
+/// thread's descriptor table (the lowest free number, as `open` picks) and
+/// returns its number there.
+pub fn notif_addfd(
+    listener: BorrowedFd<'_>,
+    id: u64,
+    src: BorrowedFd<'_>,
+    cloexec: bool,
+) -> Result<i32, Errno> {
+    let mut a = libc::seccomp_notif_addfd {
+        id,
+        flags: 0,
+        srcfd: src.as_raw_fd() as u32,
+        newfd: 0,
+        newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+    };
+    // SAFETY: NOTIF_ADDFD reads one `seccomp_notif_addfd` from the live local.
+    check_int(unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_ADDFD,
+            &mut a,
+        )
+    })
+}
+
+/// A close-on-exec memfd that can be sealed.
+pub fn memfd_sealable() -> Result<OwnedFd, Errno> {
+    let name = c"softvfio";
+    // SAFETY: memfd_create reads the NUL-terminated name and takes flags.
+    let r = check_int(unsafe {
+        libc::memfd_create(name.as_ptr(), libc::MFD_ALLOW_SEALING | libc::MFD_CLOEXEC)
+    })?;
+    Ok(owned(r.into()))
+}
+
+/// `SECCOMP_IOCTL_NOTIF_SET_FLAGS` with `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`
+/// (Linux 6.6): the notifying thread and the supervisor hand the CPU to
+/// each other directly, as in a synchronous call, instead of waking the
+/// other through the scheduler. Returns whether the kernel took it.
+pub fn notif_sync_wakeup(listener: BorrowedFd<'_>) -> bool {
+    const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
+    // SAFETY: NOTIF_SET_FLAGS takes its flags as the integer argument.
+    unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+            SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+        ) == 0
+    }
+}

@@ -35,7 +35,7 @@ use crate::errno::Errno;
 use crate::handler::ObjectId;
 use crate::supervisor::Core;
 use crate::sys::{self, Regs, SigInfo};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::ThreadId;
 
@@ -456,11 +456,31 @@ impl SyscallInjector {
     }
 }
 
-/// The program thread stopped in an intercepted system call.
+/// A call served through seccomp user notification: the thread waits in
+/// the kernel (no ptrace stop), answered through `listener` under `id`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NotifCall<'a> {
+    pub(crate) listener: BorrowedFd<'a>,
+    pub(crate) id: u64,
+}
+
+impl NotifCall<'_> {
+    /// The thread still waits in this call: its tid still names it (not
+    /// killed, not interrupted, so not reaped and reused).
+    pub(crate) fn valid(&self) -> bool {
+        sys::notif_id_valid(self.listener, self.id)
+    }
+}
+
+/// The program thread stopped in an intercepted system call: at a ptrace
+/// stop, or waiting for the answer to a seccomp user notification (then
+/// nothing can be injected: [`InjectError::NotStopped`] or
+/// [`InjectError::WrongThread`]).
 pub struct Tracee<'a> {
     pub(crate) core: &'a mut Core,
     pub(crate) pid: i32,
     pub(crate) tid: i32,
+    pub(crate) notif: Option<NotifCall<'a>>,
 }
 
 impl std::fmt::Debug for Tracee<'_> {
@@ -501,14 +521,25 @@ impl<'a> Tracee<'a> {
             .ok()
     }
 
+    /// A notified thread that no longer waits (killed): its tid may be
+    /// reaped and reused, so its memory is never touched through it.
+    fn check_alive(&self) -> Result<(), Errno> {
+        match self.notif {
+            Some(c) if !c.valid() => Err(Errno::ESRCH),
+            _ => Ok(()),
+        }
+    }
+
     /// Reads program memory; a partly unmapped range is EFAULT.
     pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.check_alive()?;
         sys::process_vm_read(self.tid, addr, buf)
     }
 
     /// Writes program memory; a partly unmapped or read-only range is EFAULT
     /// (possibly after writing a prefix, as `copy_to_user` would).
     pub fn write_mem(&self, addr: u64, data: &[u8]) -> Result<(), Errno> {
+        self.check_alive()?;
         sys::process_vm_write(self.tid, addr, data)
     }
 
@@ -627,6 +658,22 @@ impl<'a> Tracee<'a> {
     /// `VFIO_GROUP_GET_DEVICE_FD`. The same object may be installed any
     /// number of times; it is released when all of them are closed.
     pub fn install_object(&mut self, obj: ObjectId, cloexec: bool) -> Result<i32, Errno> {
+        if let Some(c) = self.notif {
+            // The pair is made here; the program's end goes in with ADDFD.
+            let (program_end, peer) = sys::stream_pair()?;
+            let ino = sys::inode_of(program_end.as_fd())?;
+            self.core.objects.add(ino, obj, peer)?;
+            return match sys::notif_addfd(c.listener, c.id, program_end.as_fd(), cloexec) {
+                Ok(fd) => {
+                    self.core.stats.installed += 1;
+                    Ok(fd)
+                }
+                Err(e) => {
+                    self.core.objects.withdraw(ino);
+                    Err(e)
+                }
+            };
+        }
         let sv = self.scratch(&[0xffu8; 8])?;
         let ty = libc::SOCK_STREAM | if cloexec { libc::SOCK_CLOEXEC } else { 0 };
         self.syscall(
@@ -669,6 +716,15 @@ impl<'a> Tracee<'a> {
     /// Creates a new program descriptor for a read-only regular file with
     /// `contents` at offset 0 (a sealed memfd) and returns its number.
     pub fn install_file(&mut self, contents: &[u8], cloexec: bool) -> Result<i32, Errno> {
+        if let Some(c) = self.notif {
+            let f = sys::memfd_sealable()?;
+            sys::pwrite_all(f.as_fd(), contents, 0)?;
+            sys::add_seals(
+                f.as_fd(),
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL,
+            )?;
+            return sys::notif_addfd(c.listener, c.id, f.as_fd(), cloexec);
+        }
         let name = self.scratch(b"softvfio\0")?;
         let flags = libc::MFD_ALLOW_SEALING | if cloexec { libc::MFD_CLOEXEC } else { 0 };
         let fd = self.syscall(libc::SYS_memfd_create, [name, flags as u64, 0, 0, 0, 0])? as i32;

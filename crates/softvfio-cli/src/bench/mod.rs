@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+pub mod doc;
 pub mod engine;
 pub mod external;
 pub mod host;
@@ -26,6 +27,8 @@ pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod translate;
+pub mod uapi;
+pub mod vmstart;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -46,6 +49,12 @@ pub struct BenchArgs {
     /// Time budget of one repetition of the fast benchmarks, in ms.
     #[arg(long, default_value_t = 200)]
     budget_ms: u64,
+    /// Also write the results, the date, the machine and its load into
+    /// FILE, between the markers `<!-- softvfio-bench:begin -->` and
+    /// `<!-- softvfio-bench:end -->` (appended when absent), e.g.
+    /// `softvfio bench --plot docs/perf --doc docs/PERFORMANCE.md`.
+    #[arg(long, value_name = "FILE")]
+    doc: Option<PathBuf>,
 }
 
 /// What one benchmark family needs from the command line.
@@ -129,6 +138,9 @@ pub struct PlotData {
     pub translate: Vec<(String, f64)>,
     /// 1 TiB simulated map+unmap bars: (label, ms).
     pub sim_1t: Vec<(String, f64)>,
+    /// QEMU start to first guest line: (mode and size, without the device
+    /// ms, with it ms).
+    pub vm_start: Vec<(String, f64, f64)>,
 }
 
 type BenchFn = fn(&Ctx, &mut PlotData) -> Result<Outcome, String>;
@@ -205,6 +217,26 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
         "GET_BITMAP over 64 GiB of mappings vs filling and copying a bitmap of that size",
         sim::dirty_get,
     ),
+    (
+        "uapi-bar",
+        "a 4-byte BAR register pread through `softvfio run`, trace and preload, vs a native pread of a plain file",
+        uapi::bar,
+    ),
+    (
+        "uapi-map-4k",
+        "MAP_DMA+UNMAP_DMA of 4 KiB through `softvfio run`, trace and preload, vs mlock+munlock of the page",
+        uapi::map_4k,
+    ),
+    (
+        "uapi-huge-1g",
+        "MAP_DMA+UNMAP_DMA of 1 GiB hugetlb through `softvfio run` (trace) vs populate+mlock+munlock",
+        uapi::huge_1g,
+    ),
+    (
+        "vm-start",
+        "QEMU (TCG, 1 and 4 GiB) under softvfio run, start to the guest's first line, with edu vs no device",
+        vmstart::vm_start,
+    ),
 ];
 
 pub fn main(args: BenchArgs) -> u8 {
@@ -247,6 +279,8 @@ fn run(args: BenchArgs) -> Result<(), String> {
     }
     let mut plots = PlotData::default();
     let mut all = Vec::new();
+    let mut skipped = Vec::new();
+    let load_before = doc::load_average();
     let mut out = std::io::stdout().lock();
     for (name, _, f) in BENCHES {
         if !args.names.is_empty() && !args.names.iter().any(|n| n == name) {
@@ -263,6 +297,7 @@ fn run(args: BenchArgs) -> Result<(), String> {
                 all.extend(rows);
             }
             Outcome::Skipped(why) => {
+                skipped.push((name.to_string(), why.clone()));
                 if args.json {
                     eprintln!("{name}: skipped: {why}");
                 } else {
@@ -275,12 +310,27 @@ fn run(args: BenchArgs) -> Result<(), String> {
     if !args.json {
         write_table(&mut out, &all);
     }
+    let load_after = doc::load_average();
+    let mut charts = Vec::new();
     if let Some(dir) = &args.plot {
         for (file, svg) in plot::charts(&plots, &all) {
             let path = dir.join(file);
             std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
             eprintln!("wrote {}", path.display());
+            charts.push(path);
         }
+    }
+    if let Some(file) = &args.doc {
+        let run = doc::Run {
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            load_before,
+            load_after,
+            rows: &all,
+            skipped: &skipped,
+            charts: &charts,
+        };
+        doc::update(file, &run)?;
+        eprintln!("wrote the results into {}", file.display());
     }
     Ok(())
 }

@@ -279,6 +279,26 @@ pub fn charts(p: &PlotData, rows: &[Row]) -> Vec<(&'static str, String)> {
             ),
         ));
     }
+    if !p.vm_start.is_empty() {
+        let bars: Vec<(String, f64)> = p
+            .vm_start
+            .iter()
+            .flat_map(|(label, without, with)| {
+                [
+                    (format!("{label} no device"), *without),
+                    (format!("{label} edu"), *with),
+                ]
+            })
+            .collect();
+        out.push((
+            "vm-start.svg",
+            bar_chart(
+                "QEMU (TCG) start to the guest's first line: with edu passed through vs no device",
+                "ms",
+                &bars,
+            ),
+        ));
+    }
     if !rows.is_empty() {
         let bars: Vec<(String, f64)> = rows
             .iter()

@@ -280,3 +280,9 @@ pub fn floor_ns_fresh(make: impl FnOnce() -> Result<Area, String>) -> Result<f64
     let a = make()?;
     floor_ns(a.start, a.len)
 }
+
+/// SIGKILL to process group `pgid` (a benchmark's own child group).
+pub fn kill_group(pgid: u32) {
+    // SAFETY: kill takes no pointers; a negative pid names the group.
+    unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
+}

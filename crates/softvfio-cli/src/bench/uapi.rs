@@ -1,0 +1,269 @@
+//! uapi-*: what a VFIO call costs an unmodified program, through
+//! `softvfio run` in each mode (issue 18's front-end rows). One C program
+//! (`uapi_bench.c`) measures, per round and interleaved, the call and a
+//! baseline it makes itself:
+//!
+//! - **uapi-bar**: a 4-byte `pread` of edu's ID register on the device fd,
+//!   against a 4-byte `pread` of a plain file made by the same program
+//!   (which, in trace mode, stops in the supervisor too: the note gives
+//!   the supervisor's price for a call that is not ours) and against the
+//!   same `pread` made natively by this process (the row's baseline).
+//! - **uapi-map-4k**: `VFIO_IOMMU_MAP_DMA` + `UNMAP_DMA` of one populated
+//!   4 KiB page against `mlock` + `munlock` of it (the kernel's floor for
+//!   pinning that page).
+//! - **uapi-huge-1g** (trace mode, as in the issue): MAP+UNMAP of 1 GiB of
+//!   populated hugetlb memory against `MADV_POPULATE_WRITE` + `mlock` +
+//!   `munlock` of it. Needs 512 free 2 MiB pages (raised for the run when
+//!   root, as map-2m does).
+//!
+//! trace runs a static build (the trace mode's reason to exist), preload a
+//! dynamic one; `trace-ptrace` is trace mode with seccomp user
+//! notification switched off (`SOFTVFIO_TRACE_NOTIFY=0`), every call at a
+//! ptrace stop as before it, run in the same bench for comparison. Needs gcc and a static libc; skipped, saying why, without.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::stats::{median, spread};
+use super::sys::HugePool;
+use super::{Better, Ctx, Outcome, PlotData, Row};
+
+const SOURCE: &str = include_str!("uapi_bench.c");
+const HUGE_MB: u64 = 1024;
+
+fn build(dir: &Path, static_: bool) -> Result<PathBuf, String> {
+    let src = dir.join("uapi_bench.c");
+    std::fs::write(&src, SOURCE).map_err(|e| format!("write {}: {e}", src.display()))?;
+    let exe = dir.join(if static_ {
+        "uapi_bench-static"
+    } else {
+        "uapi_bench"
+    });
+    let mut cmd = Command::new("gcc");
+    cmd.args(["-O2", "-o"]).arg(&exe).arg(&src);
+    if static_ {
+        cmd.arg("-static");
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(exe),
+        Ok(s) => Err(format!("gcc failed ({s})")),
+        Err(e) => Err(format!("gcc: {e}")),
+    }
+}
+
+/// The samples of one program run: per kind ("bar", "map4k", "huge"),
+/// (baseline ns, subject ns) per round.
+#[derive(Default)]
+struct Samples {
+    bar: Vec<(f64, f64)>,
+    map4k: Vec<(f64, f64)>,
+    huge: Vec<(f64, f64)>,
+}
+
+struct Plan<'a> {
+    /// `trace`, `trace-ptrace` (trace with SOFTVFIO_TRACE_NOTIFY=0: every
+    /// call at a ptrace stop) or `preload`.
+    mode: &'a str,
+    exe: &'a Path,
+    plain: &'a Path,
+    rounds: usize,
+    bar_iters: usize,
+    map_iters: usize,
+    huge_mb: u64,
+}
+
+fn run(p: &Plan<'_>) -> Result<Samples, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mode = p.mode.strip_suffix("-ptrace").unwrap_or(p.mode);
+    let mut cmd = Command::new(me);
+    if p.mode.ends_with("-ptrace") {
+        cmd.env("SOFTVFIO_TRACE_NOTIFY", "0");
+    }
+    let out = cmd
+        .args(["run", "--quiet", "--mode", mode, "--"])
+        .arg(p.exe)
+        .args(["/dev/vfio/3", "0000:00:03.0"])
+        .arg(p.plain)
+        .arg(p.rounds.to_string())
+        .arg(p.bar_iters.to_string())
+        .arg(p.map_iters.to_string())
+        .arg(p.huge_mb.to_string())
+        .output()
+        .map_err(|e| format!("softvfio run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} run failed ({}): {}",
+            p.mode,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let mut s = Samples::default();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut it = l.split_whitespace();
+        let (Some(kind), Some(b), Some(v)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let (Ok(b), Ok(v)) = (b.parse::<f64>(), v.parse::<f64>()) else {
+            continue;
+        };
+        match kind {
+            "bar" => s.bar.push((b, v)),
+            "map4k" => s.map4k.push((b, v)),
+            "huge" => s.huge.push((b, v)),
+            _ => {}
+        }
+    }
+    let huge_want = if p.huge_mb > 0 { p.rounds } else { 0 };
+    if s.bar.len() != p.rounds || s.map4k.len() != p.rounds || s.huge.len() != huge_want {
+        return Err(format!("{}: incomplete output of the program", p.mode));
+    }
+    Ok(s)
+}
+
+/// ns of one native 4-byte pread of `plain`, over `iters`.
+fn native_pread_ns(plain: &Path, iters: usize) -> Result<f64, String> {
+    let f = std::fs::File::open(plain).map_err(|e| e.to_string())?;
+    let mut b = [0u8; 4];
+    let t = std::time::Instant::now();
+    for _ in 0..iters {
+        f.read_exact_at(&mut b, 0).map_err(|e| e.to_string())?;
+    }
+    Ok(t.elapsed().as_nanos() as f64 / iters as f64)
+}
+
+fn row(bench: String, base: &[f64], subj: &[f64], baseline: String, note: String) -> Row {
+    Row {
+        bench,
+        value: median(subj),
+        unit: "ns",
+        baseline,
+        baseline_value: median(base),
+        better: Better::Lower,
+        note,
+    }
+}
+
+fn firsts(v: &[(f64, f64)]) -> Vec<f64> {
+    v.iter().map(|x| x.0).collect()
+}
+
+fn seconds(v: &[(f64, f64)]) -> Vec<f64> {
+    v.iter().map(|x| x.1).collect()
+}
+
+/// Runs each mode's program; `huge` adds the 1 GiB hugetlb round in trace.
+fn measure(ctx: &Ctx, huge: bool, want: &str) -> Result<Outcome, String> {
+    let dir = std::env::temp_dir().join(format!("softvfio-uapi-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let res = measure_in(ctx, huge, want, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    res
+}
+
+fn measure_in(ctx: &Ctx, huge: bool, want: &str, dir: &Path) -> Result<Outcome, String> {
+    let (stat, dynamic) = match (build(dir, true), build(dir, false)) {
+        (Ok(s), Ok(d)) => (s, d),
+        (Err(e), _) | (_, Err(e)) => {
+            return Ok(Outcome::Skipped(format!("cannot build the program: {e}")))
+        }
+    };
+    let plain = dir.join("plain");
+    std::fs::write(&plain, [0xed, 0, 0, 1]).map_err(|e| e.to_string())?;
+    let _pool = if huge {
+        match HugePool::reserve(HUGE_MB / 2) {
+            Ok(p) => Some(p),
+            Err(e) => return Ok(Outcome::Skipped(e)),
+        }
+    } else {
+        None
+    };
+    let rounds = ctx.reps.max(3);
+    let mut rows = Vec::new();
+    let modes: &[(&str, &Path)] = if huge {
+        &[("trace", &stat)]
+    } else {
+        &[
+            ("trace", &stat),
+            ("trace-ptrace", &stat),
+            ("preload", &dynamic),
+        ]
+    };
+    for (mode, exe) in modes {
+        // Iterations sized so that one round takes tens of ms in either mode.
+        let (bar_iters, map_iters) = if mode.starts_with("trace") {
+            (2000, 500)
+        } else {
+            (20000, 5000)
+        };
+        let plan = Plan {
+            mode,
+            exe,
+            plain: &plain,
+            rounds,
+            bar_iters,
+            map_iters,
+            huge_mb: if huge { HUGE_MB } else { 0 },
+        };
+        // The native baseline, measured before and after the run.
+        let mut native = vec![native_pread_ns(&plain, bar_iters)?];
+        let s = run(&plan)?;
+        native.push(native_pread_ns(&plain, bar_iters)?);
+        match want {
+            "bar" => {
+                let (plain_in, dev) = (firsts(&s.bar), seconds(&s.bar));
+                rows.push(row(
+                    format!("uapi-bar:{mode}"),
+                    &native,
+                    &dev,
+                    "4-byte pread of a plain file, natively".into(),
+                    format!(
+                        "{rounds} rounds of {bar_iters}; device pread {}; the same plain pread in the program under {mode} {}",
+                        spread(&dev, 1.0, "ns"),
+                        spread(&plain_in, 1.0, "ns")
+                    ),
+                ));
+            }
+            "map4k" => {
+                let (floor, map) = (firsts(&s.map4k), seconds(&s.map4k));
+                rows.push(row(
+                    format!("uapi-map-4k:{mode}"),
+                    &floor,
+                    &map,
+                    format!("mlock+munlock of the page in the program ({mode} mode)"),
+                    format!(
+                        "{rounds} rounds of {map_iters} MAP_DMA+UNMAP_DMA of one populated 4 KiB page; {}",
+                        spread(&map, 1.0, "ns")
+                    ),
+                ));
+            }
+            _ => {
+                let (floor, map) = (firsts(&s.huge), seconds(&s.huge));
+                rows.push(row(
+                    format!("uapi-huge-1g:{mode}"),
+                    &floor,
+                    &map,
+                    "MADV_POPULATE_WRITE+mlock+munlock of the same 1 GiB in the program".into(),
+                    format!(
+                        "{rounds} rounds of MAP_DMA+UNMAP_DMA of 1 GiB of populated hugetlb 2M memory; {}",
+                        spread(&map, 1e6, "ms")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Outcome::Rows(rows))
+}
+
+pub fn bar(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String> {
+    measure(ctx, false, "bar")
+}
+
+pub fn map_4k(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String> {
+    measure(ctx, false, "map4k")
+}
+
+pub fn huge_1g(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String> {
+    measure(ctx, true, "huge")
+}

@@ -1,0 +1,145 @@
+//! Calls served through seccomp user notification (`Command::user_notification`):
+//! the same answers as at a ptrace stop, descriptors installed with
+//! `SECCOMP_IOCTL_NOTIF_ADDFD`, no injection possible, and the ptrace
+//! stops kept for the rest.
+
+mod common;
+
+use common::*;
+use softvfio_trace::{exit_code, Command, Supervisor};
+use std::os::fd::OwnedFd;
+
+fn io(n: u32) -> u32 {
+    (0x3b << 8) | n
+}
+
+#[test]
+fn notified_calls_answer_as_at_a_ptrace_stop() {
+    let exe = build_c("notify");
+    let mut sup = Supervisor::new();
+    let mut toy = Toy {
+        injector: Some(sup.injector()),
+        ..Toy::default()
+    };
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let out_path = dir.join(format!("notify-out-{}", std::process::id()));
+    let file = std::fs::File::create(&out_path).expect("create");
+    let mut cmd = Command::new(&exe);
+    cmd.stdout(OwnedFd::from(file));
+    // 105 and 102 stay at ptrace stops; the rest is notified.
+    let notified = [io(100), io(101), io(103), io(112), io(116), io(117)];
+    cmd.user_notification(Some(&notified));
+    let status = sup.run(cmd, &mut toy).expect("run");
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    eprintln!("{stdout}");
+    assert_eq!(exit_code(status), 0);
+    let kv: std::collections::HashMap<&str, &str> =
+        stdout.lines().filter_map(|l| l.split_once(' ')).collect();
+    let want: &[(&str, &str)] = &[
+        ("group_fd_ok", "1"),
+        ("is_socket", "1"),
+        ("group_cloexec", "0"),
+        ("group_o_cloexec", "1"),
+        ("objects_differ", "1"),
+        ("enoent", "1"),
+        ("api", "0"),
+        ("rw_ret", "0"),
+        ("rw_out", "58"), // in * 2 + argsz
+        ("rw_efault", "1"),
+        ("inject_refused", "0"),
+        ("pwrite", "5"),
+        ("pread", "5"),
+        ("pread_match", "1"),
+        ("pread_efault", "1"),
+        ("pread_negative", "1"),
+        ("preadv", "5"),
+        ("preadv_match", "1"),
+        ("devfd_ok", "1"),
+        ("devfd_cloexec", "1"),
+        ("devfd_is_device", "1"),
+        ("object_of_fd", "1"),
+        ("status_vmlck", "1"),
+        ("plain_file", "1"),
+        ("threads_bad", "0"),
+        ("child_status", "7"),
+        ("released_by_close", "1"),
+        ("done", "1"),
+    ];
+    let bad: Vec<String> = want
+        .iter()
+        .filter(|(k, v)| kv.get(k) != Some(v))
+        .map(|(k, v)| format!("{k}: want {v}, got {:?}", kv.get(k)))
+        .collect();
+    assert!(bad.is_empty(), "mismatches:\n{}", bad.join("\n"));
+    let st = sup.stats();
+    // Opens, the listed ioctls and 2000+ preads came by notification.
+    assert!(st.notified >= 2000, "{st:?}");
+    // Every object was released exactly once by the end.
+    let mut ids: Vec<_> = toy.released.iter().map(|(o, _)| *o).collect();
+    ids.sort();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "an object was released twice");
+    assert_eq!(n, toy.objs.len());
+}
+
+#[test]
+fn without_user_notification_nothing_is_notified() {
+    let exe = build_c("notify");
+    let mut sup = Supervisor::new();
+    let mut toy = Toy {
+        injector: Some(sup.injector()),
+        ..Toy::default()
+    };
+    let out = run_with(&mut sup, &exe, &[], &mut toy);
+    assert_eq!(exit_code(out.status), 0, "{}", out.stderr);
+    let kv = out.kv();
+    // At a ptrace stop the 100 injections of request 112 run.
+    assert_eq!(kv.get("inject_refused").map(String::as_str), Some("100"));
+    assert_eq!(kv.get("threads_bad").map(String::as_str), Some("0"));
+    assert_eq!(sup.stats().notified, 0);
+}
+
+#[test]
+fn handler_panic_on_the_notification_thread_kills_the_program() {
+    use softvfio_trace::{Errno, Handler, ObjectId, OpenReply, OpenRequest, Tracee};
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::Arc;
+    struct Panicky(Arc<AtomicI32>);
+    impl Handler for Panicky {
+        fn open(
+            &mut self,
+            _t: &mut Tracee<'_>,
+            req: &OpenRequest,
+        ) -> Option<Result<OpenReply, Errno>> {
+            (req.path == std::path::Path::new("/dev/vfio/3"))
+                .then_some(Ok(OpenReply::Object(ObjectId(1))))
+        }
+        fn ioctl(
+            &mut self,
+            t: &mut Tracee<'_>,
+            _obj: ObjectId,
+            _request: u64,
+            _arg: u64,
+        ) -> Result<i64, Errno> {
+            self.0.store(t.pid(), Ordering::SeqCst);
+            panic!("handler bug");
+        }
+    }
+    let exe = build_c("notify");
+    let pid = Arc::new(AtomicI32::new(0));
+    let mut h = Panicky(pid.clone());
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut cmd = Command::new(&exe);
+        cmd.user_notification(Some(&[io(103), io(100)]));
+        let _ = Supervisor::new().run(cmd, &mut h);
+    }));
+    assert!(r.is_err(), "the panic reaches the caller");
+    let pid = pid.load(Ordering::SeqCst);
+    assert!(pid > 0);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "program killed and reaped"
+    );
+}
