@@ -731,11 +731,12 @@ pub fn leaks_of(s: &Sanitizer, key: u64, obj: &softvfio::frontend::FileObject) -
                     out.push(LeakRecord {
                         kind: "mapping",
                         what: format!(
-                            "IOAS {} IOVA {:#x} size {} (uptr {:#x}, {} page(s) pinned and accounted)",
+                            "IOAS {} IOVA {:#x} size {} (uptr {:#x}, {}, {} page(s) accounted)",
                             ioas.id,
                             a.iova,
                             human_bytes(a.len()),
                             a.uptr,
+                            if a.pinned { "pinned" } else { "not pinned" },
                             a.charged
                         ),
                         site,
