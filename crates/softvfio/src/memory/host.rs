@@ -592,6 +592,13 @@ impl HostMemory {
                 continue;
             }
             let mut hp = a - a % ps;
+            let last = b.div_ceil(ps).saturating_mul(ps);
+            if !counts.any_in(hp, last) {
+                // The common case (a whole mapping going): one lookup, not
+                // one per huge page.
+                idle.push(hp, last);
+                continue;
+            }
             while hp < b {
                 if !counts.any_in(hp, hp + ps) {
                     idle.push(hp, hp + ps);
