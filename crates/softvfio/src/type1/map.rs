@@ -473,10 +473,15 @@ impl Container {
         for key in keys {
             let Some(dma) = t.dmas.get(key) else { break };
             if let Some(b) = bitmap {
-                let nbits = dma.size >> pgshift;
-                let bits = self.dirty_bits(&domains, dma, pgshift, pinned_dirty_all);
                 let bit_offset = (dma.iova - iova) >> pgshift;
-                dirty::copy_to_user(self.mem.as_ref(), b.data, &bits, nbits, bit_offset)?;
+                self.copy_dirty_to_user(
+                    &domains,
+                    dma,
+                    pgshift,
+                    pinned_dirty_all,
+                    b.data,
+                    bit_offset,
+                )?;
             }
             unmapped = unmapped.wrapping_add(dma.size);
             self.remove_dma(t, key);
