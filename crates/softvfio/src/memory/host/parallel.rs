@@ -3,10 +3,12 @@
 //! Linux's type1 and iommufd pin a mapping on the calling thread, and
 //! faulting in and locking a large one is most of a VM's start. Here a pin
 //! of at least [`PARALLEL_MIN_BYTES`] whose system calls may run on any
-//! thread of this process ([`MmSyscalls::any_thread`]: the preload mode and
-//! an embedding VMM, not the trace mode, whose calls are injected into one
-//! stopped thread) is cut into chunks of [`CHUNK_BYTES`], aligned to the
-//! largest page size of the range so that no huge page is cut:
+//! thread of this process ([`MmSyscalls::any_thread`]: an embedding VMM;
+//! not the trace mode, whose calls are injected into one stopped thread,
+//! nor yet the preload mode, whose interposed functions the pool's threads
+//! would enter while the caller holds the session) is cut into chunks of
+//! [`CHUNK_BYTES`], aligned to the largest page size of the range so that
+//! no huge page is cut:
 //!
 //! 1. `mlock2(MLOCK_ONFAULT)` of the range, on the calling thread:
 //!    `VM_LOCKED` is set while the pages do not exist yet, so the fault that
