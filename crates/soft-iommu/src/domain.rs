@@ -301,6 +301,21 @@ impl Domain {
     /// the remaining size allow. Fails without changing anything if any part
     /// is already mapped.
     pub fn map(&self, iova: u64, phys: u64, size: u64, prot: Prot) -> Result<(), Error> {
+        self.map_capped(iova, phys, size, prot, u64::MAX)
+    }
+
+    /// [`Domain::map`] with no page larger than `max_page`: one call maps
+    /// a stretch of pages of one size (a pin's runs of 2M pages, or of 4K
+    /// pages that are not physically contiguous) with the leaves that one
+    /// call per page would give, under one lock.
+    pub fn map_capped(
+        &self,
+        iova: u64,
+        phys: u64,
+        size: u64,
+        prot: Prot,
+        max_page: u64,
+    ) -> Result<(), Error> {
         if (iova | phys | size) & PAGE_MASK != 0 {
             return Err(Error::Misaligned { iova, phys, size });
         }
@@ -346,7 +361,7 @@ impl Domain {
             &mut cur_iova,
             &mut cur_phys,
             end,
-            bits,
+            (bits, max_page),
         );
         if result.is_err() && cur_iova > iova {
             // Undo: everything in [iova, cur_iova) was installed by this call.
@@ -376,14 +391,15 @@ impl Domain {
         iova: &mut u64,
         phys: &mut u64,
         end: u64,
-        bits: u64,
+        (bits, max_page): (u64, u64),
     ) -> Result<(), Error> {
         let t = self.arena.get(table).ok_or(Error::NoMem)?;
         let size = level_size(level);
+        let leaf_here = self.leaf_level(level) && size <= max_page;
         while *iova < end {
             let entry = t.entry(level_index(*iova, level));
             let cur = entry.load(Ordering::Acquire);
-            if self.leaf_level(level) && (*iova | *phys) & (size - 1) == 0 && end - *iova >= size {
+            if leaf_here && (*iova | *phys) & (size - 1) == 0 && end - *iova >= size {
                 if is_present(cur) {
                     if is_leaf(cur, level) || !self.subtree_empty(entry_table(cur), level - 1) {
                         return Err(Error::AlreadyMapped { iova: *iova });
@@ -429,7 +445,15 @@ impl Domain {
                     child
                 };
                 let span_end = (*iova & !(size - 1)) + size;
-                self.map_level(st, child, level - 1, iova, phys, end.min(span_end), bits)?;
+                self.map_level(
+                    st,
+                    child,
+                    level - 1,
+                    iova,
+                    phys,
+                    end.min(span_end),
+                    (bits, max_page),
+                )?;
             }
         }
         Ok(())

@@ -450,3 +450,29 @@ proptest! {
         prop_assert_eq!(d.mapped_bytes(), pages.len() as u64 * SIZE_4K);
     }
 }
+
+/// `map_capped` gives the leaves of one `map` per page of the cap: a 1 GiB
+/// aligned range capped at 2M is 512 2M leaves (not one 1G leaf), capped at
+/// 4K it is 4K leaves only; translations are the same.
+#[test]
+fn capped_map_uses_no_page_above_the_cap() {
+    let cfg = IommuConfig {
+        address_width: AddressWidth::Bits48,
+        ..IommuConfig::default()
+    };
+    let (_u, d) = unit_with(cfg.clone());
+    assert_ne!(d.pgsize_bitmap() & SIZE_1G, 0, "the unit offers 1G pages");
+    d.map_capped(0x4000_0000, 0x8000_0000, SIZE_1G, Prot::RW, SIZE_2M)
+        .unwrap();
+    assert_eq!(d.leaf_counts(), (0, 512, 0));
+    assert_eq!(d.iova_to_phys(0x4000_0000 + 0x12_3456), Some(0x8012_3456));
+    let (_u, d) = unit_with(cfg.clone());
+    d.map_capped(0x4000_0000, 0x8000_0000, 4 * SIZE_2M, Prot::RW, SIZE_4K)
+        .unwrap();
+    assert_eq!(d.leaf_counts(), (4 * 512, 0, 0));
+    // No cap: what map gives.
+    let (_u, d) = unit_with(cfg);
+    d.map_capped(0x4000_0000, 0x8000_0000, SIZE_1G, Prot::RW, u64::MAX)
+        .unwrap();
+    assert_eq!(d.leaf_counts(), (0, 0, 1));
+}

@@ -118,6 +118,7 @@ pub fn build(cfg: &Config) -> Result<BuiltPlatform, ConfigError> {
     let mut platform = Platform::new();
     platform.dma_entry_limit = cfg.limits.dma_entry_limit;
     platform.precise_dirty = cfg.dirty.precise;
+    softvfio::memory::host::parallel::set_default_pin_threads(cfg.engine.pin_threads as usize);
 
     let mut devices = Vec::new();
     let mut groups: std::collections::BTreeMap<u32, Vec<Arc<Device>>> = Default::default();

@@ -12,6 +12,9 @@
 //! [dirty]
 //! precise = false             # report only pages the IOMMU saw written
 //!
+//! [engine]
+//! pin_threads = 0             # threads a large MAP_DMA pins on; 0: every core, 1: the caller only
+//!
 //! [[device]]
 //! kind = "edu"                # or "mdev-edu", "ioat"
 //! bdf = "0000:00:03.0"        # PCI address; a UUID for mdev-edu
@@ -127,6 +130,21 @@ pub struct DirtyConfig {
     pub precise: bool,
 }
 
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+/// The `[engine]` table.
+pub struct EngineConfig {
+    #[serde(default)]
+    /// Threads that fault in and lock one large mapping (docs/PERFORMANCE.md,
+    /// "Pinning in parallel"): 0 follows the machine's cores, 1 pins on the
+    /// calling thread only, as Linux does. Applies where the pinning calls
+    /// run in the engine's own process (preload mode, an embedding VMM).
+    pub pin_threads: u32,
+}
+
+/// The most pin threads a configuration may ask for.
+pub const MAX_PIN_THREADS: u32 = 1024;
+
 /// Device models a configuration can name.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 pub enum DeviceKind {
@@ -205,6 +223,9 @@ pub struct Config {
     #[serde(default)]
     /// Dirty tracking.
     pub dirty: DirtyConfig,
+    #[serde(default)]
+    /// The engine's own resources.
+    pub engine: EngineConfig,
     #[serde(default, rename = "device")]
     /// The devices.
     pub devices: Vec<DeviceConfig>,
@@ -254,6 +275,7 @@ impl Config {
             iommu: IommuConfig::default(),
             limits: LimitsConfig::default(),
             dirty: DirtyConfig::default(),
+            engine: EngineConfig::default(),
             devices: vec![DeviceConfig {
                 kind: DeviceKind::Edu,
                 bdf: "0000:00:03.0".into(),
@@ -310,6 +332,12 @@ impl Config {
         }
         if self.limits.dma_entry_limit == 0 {
             return Err(invalid("limits.dma_entry_limit", "must be at least 1"));
+        }
+        if self.engine.pin_threads > MAX_PIN_THREADS {
+            return Err(invalid(
+                "engine.pin_threads",
+                format!("at most {MAX_PIN_THREADS} (0: every core)"),
+            ));
         }
         if self.devices.is_empty() {
             return Err(invalid("device", "at least one [[device]] is needed"));
@@ -484,6 +512,20 @@ end = 0x1fffffff
         );
         assert_eq!(err(""), "device: at least one [[device]] is needed");
         assert!(err(&format!("{dev}{dev}")).contains("declared twice"));
+    }
+
+    #[test]
+    fn engine_pin_threads_key() {
+        let dev = "[[device]]\nkind = \"edu\"\nbdf = \"0000:00:03.0\"\ngroup = 3\n";
+        assert_eq!(Config::parse(dev).unwrap().engine.pin_threads, 0);
+        let c = Config::parse(&format!("[engine]\npin_threads = 1\n{dev}")).unwrap();
+        assert_eq!(c.engine.pin_threads, 1);
+        assert_eq!(
+            err(&format!("[engine]\npin_threads = 1025\n{dev}")),
+            "engine.pin_threads: at most 1024 (0: every core)"
+        );
+        assert!(err(&format!("[engine]\npin_threads = -1\n{dev}")).contains("pin_threads"));
+        assert!(err(&format!("[engine]\nthreads = 2\n{dev}")).contains("unknown field"));
     }
 
     #[test]

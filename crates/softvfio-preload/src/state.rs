@@ -134,13 +134,17 @@ pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Result<R, c_int> {
                 *guard = Some(State {
                     built,
                     session: Session::new(vfio),
+                    // Pins stay on the calling thread: the pin pool's
+                    // threads would call the interposed ioctl/pread/mmap
+                    // while the caller holds the session (a deadlock;
+                    // docs/PERFORMANCE.md, "Pinning in parallel").
                     // SAFETY: the engine writes this process's memory only at the user
                     // addresses the program passes in its VFIO ioctls (argument structs, DMA
                     // buffers), as the kernel would; no Rust reference of this library covers
                     // them.
-                    mem: Arc::new(crate::mmio::with_device_ranges(unsafe {
-                        HostMemory::current()
-                    })),
+                    mem: Arc::new(crate::mmio::with_device_ranges(
+                        unsafe { HostMemory::current() }.with_pin_threads(1),
+                    )),
                     fds: HashMap::new(),
                     refs: HashMap::new(),
                     claims: HashMap::new(),

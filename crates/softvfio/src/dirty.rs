@@ -85,30 +85,34 @@ pub fn count(bits: &[u64], nbits: u64) -> u64 {
 /// The first `nbits` bits of `bits`, moved up by `shift` (< 64) bits, in
 /// `words` words (a word at a time, not a bit at a time: bitmaps of large
 /// mappings have millions of bits).
+#[cfg(test)]
 fn shift_words(bits: &[u64], nbits: u64, shift: u32, words: usize) -> Vec<u64> {
-    let mut out = vec![0u64; words];
+    (0..words)
+        .map(|i| shifted_word(&|j| bits.get(j).copied().unwrap_or(0), nbits, shift, i))
+        .collect()
+}
+
+/// Word `i` of the bitmap `word` gives, keeping only its first `nbits`
+/// bits, moved up by `shift` (< 64) bits.
+#[inline(always)]
+fn shifted_word<W: Fn(usize) -> u64 + ?Sized>(word: &W, nbits: u64, shift: u32, i: usize) -> u64 {
     let full = (nbits / 64) as usize;
     let rest = nbits % 64;
-    let word = |i: usize| -> u64 {
-        let w = bits.get(i).copied().unwrap_or(0);
+    let masked = |i: usize| -> u64 {
         if i < full {
-            w
+            word(i)
         } else if i == full && rest != 0 {
-            w & ((1u64 << rest) - 1)
+            word(i) & ((1u64 << rest) - 1)
         } else {
             0
         }
     };
-    for (i, o) in out.iter_mut().enumerate() {
-        let lo = word(i) << shift;
-        let carry = if shift != 0 && i > 0 {
-            word(i - 1) >> (64 - shift)
-        } else {
-            0
-        };
-        *o = lo | carry;
-    }
-    out
+    let carry = if shift != 0 && i > 0 {
+        masked(i - 1) >> (64 - shift)
+    } else {
+        0
+    };
+    (masked(i) << shift) | carry
 }
 
 /// Writes a mapping's `nbits` dirty bits into the user bitmap at `user_data`
@@ -122,24 +126,98 @@ pub fn copy_to_user(
     nbits: u64,
     bit_offset: u64,
 ) -> Result<()> {
+    write_bits(
+        mem,
+        user_data,
+        |i| bits.get(i).copied().unwrap_or(0),
+        nbits,
+        bit_offset,
+        false,
+    )
+}
+
+/// [`copy_to_user`] of `nbits` set bits (every page of a mapping dirty,
+/// what type1 reports while a device can write memory directly), without
+/// a bitmap to read them from.
+pub fn copy_ones_to_user(
+    mem: &dyn UserMemory,
+    user_data: u64,
+    nbits: u64,
+    bit_offset: u64,
+) -> Result<()> {
+    write_bits(mem, user_data, |_| u64::MAX, nbits, bit_offset, true)
+}
+
+/// Bytes of user bitmap written per `write` (bounds the staging buffer).
+const STAGE_BYTES: usize = 64 << 10;
+
+/// All-ones bitmap words, the source of a mapping whose pages are all dirty.
+static ONES: [u8; STAGE_BYTES] = [0xff; STAGE_BYTES];
+
+/// The bits `word` gives (see [`shifted_word`]) into the user bitmap: one
+/// pass producing the user's bytes, staged in pieces of [`STAGE_BYTES`].
+/// `ones`: `word` gives all ones, so every word but the first and the last
+/// is all ones too, whatever the shift.
+fn write_bits<W: Fn(usize) -> u64>(
+    mem: &dyn UserMemory,
+    user_data: u64,
+    word: W,
+    nbits: u64,
+    bit_offset: u64,
+    ones: bool,
+) -> Result<()> {
     let copy_offset = bit_offset / 64;
     let shift = (bit_offset % 64) as u32;
     let total_bits = nbits + u64::from(shift);
     let words = total_bits.div_ceil(64) as usize;
-    let mut out = shift_words(bits, nbits, shift, words);
     let addr = user_data
         .checked_add(copy_offset * 8)
         .ok_or(VfioError::Fault)?;
+    let mut leftover = 0u64;
     if shift != 0 {
-        let mut leftover = [0u8; 8];
-        mem.read(addr, &mut leftover)
-            .map_err(|_| VfioError::Fault)?;
-        if let Some(w) = out.first_mut() {
-            *w |= u64::from_ne_bytes(leftover);
-        }
+        let mut b = [0u8; 8];
+        mem.read(addr, &mut b).map_err(|_| VfioError::Fault)?;
+        leftover = u64::from_ne_bytes(b);
     }
-    let bytes: Vec<u8> = out.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    mem.write(addr, &bytes).map_err(|_| VfioError::Fault)
+    let put = |i: usize, w: u64| {
+        mem.write(addr + i as u64 * 8, &w.to_ne_bytes())
+            .map_err(|_| VfioError::Fault)
+    };
+    if ones {
+        // Only the first and the last word differ from all ones: the words
+        // between are written straight from a constant, with no pass to
+        // produce them.
+        put(0, shifted_word(&word, nbits, shift, 0) | leftover)?;
+        if words > 1 {
+            let mut i = 1;
+            while i < words - 1 {
+                let n = (words - 1 - i).min(ONES.len() / 8);
+                mem.write(addr + i as u64 * 8, &ONES[..n * 8])
+                    .map_err(|_| VfioError::Fault)?;
+                i += n;
+            }
+            put(words - 1, shifted_word(&word, nbits, shift, words - 1))?;
+        }
+        return Ok(());
+    }
+    let mut stage = vec![0u8; STAGE_BYTES.min(words * 8)];
+    let mut first = 0usize;
+    while first < words {
+        let n = (words - first).min(stage.len() / 8);
+        for (k, dst) in stage[..n * 8].chunks_exact_mut(8).enumerate() {
+            let w = shifted_word(&word, nbits, shift, first + k);
+            dst.copy_from_slice(&w.to_ne_bytes());
+        }
+        if first == 0 {
+            let w = u64::from_ne_bytes(stage[..8].try_into().unwrap_or_default()) | leftover;
+            stage[..8].copy_from_slice(&w.to_ne_bytes());
+        }
+        let at = addr + first as u64 * 8;
+        mem.write(at, &stage[..n * 8])
+            .map_err(|_| VfioError::Fault)?;
+        first += n;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -180,6 +258,58 @@ mod tests {
                     shift_words(&bits, nbits, shift, words),
                     want,
                     "nbits {nbits} shift {shift}"
+                );
+            }
+        }
+    }
+
+    /// Ones written straight into user memory equal a bitmap of ones
+    /// copied, at every shift, ORed into the word before; the bitmap copy
+    /// equals the bit-by-bit reference across staging pieces.
+    #[test]
+    fn ones_and_bitmaps_reach_user_memory_as_bit_by_bit() {
+        use crate::memory::sim::{SimMemory, SIZE_4K};
+        let mem = SimMemory::new();
+        let base = 0x10_0000u64;
+        mem.add_region(base, 64 * SIZE_4K, SIZE_4K, crate::iommu::Prot::RW)
+            .unwrap();
+        let read = |len: usize| {
+            let mut b = vec![0u8; len];
+            mem.read(base, &mut b).unwrap();
+            b.chunks(8)
+                .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+                .collect::<Vec<u64>>()
+        };
+        for nbits in [1u64, 63, 64, 65, 131, 9000 * 64 + 5] {
+            for offset in [0u64, 1, 17, 64, 127] {
+                let words = (nbits + offset).div_ceil(64) as usize + 1;
+                // A neighbour's bit below the offset, already in the word.
+                mem.write(base, &vec![0u8; words * 8]).unwrap();
+                if offset > 0 {
+                    mem.write(base, &1u64.to_ne_bytes()).unwrap();
+                }
+                let mut want = vec![0u64; words];
+                if offset > 0 {
+                    want[0] = 1;
+                }
+                for n in 0..nbits {
+                    set_bit(&mut want, n + offset);
+                }
+                copy_ones_to_user(&mem, base, nbits, offset).unwrap();
+                assert_eq!(read(words * 8), want, "ones: nbits {nbits} offset {offset}");
+                mem.write(base, &vec![0u8; words * 8]).unwrap();
+                if offset > 0 {
+                    mem.write(base, &1u64.to_ne_bytes()).unwrap();
+                }
+                let mut ones = new_bitmap(nbits);
+                set_all(&mut ones, nbits);
+                // A stray bit past nbits must not be copied.
+                ones.push(u64::MAX);
+                copy_to_user(&mem, base, &ones, nbits, offset).unwrap();
+                assert_eq!(
+                    read(words * 8),
+                    want,
+                    "bitmap: nbits {nbits} offset {offset}"
                 );
             }
         }

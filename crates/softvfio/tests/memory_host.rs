@@ -78,6 +78,28 @@ mod sys {
         }
     }
 
+    /// Maps anonymous read-write memory at `addr`, replacing what is
+    /// there (memory the caller owns).
+    pub fn map_anon_fixed(addr: u64, len: u64) -> Result<(), i32> {
+        // SAFETY: the caller owns `[addr, addr + len)`, so replacing it
+        // affects no other code.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            Err(errno())
+        } else {
+            Ok(())
+        }
+    }
+
     pub fn unmap(addr: u64, len: u64) {
         // SAFETY: only called on memory the test owns and no reference to.
         unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) };
@@ -121,6 +143,17 @@ mod sys {
         // SAFETY: the name is a valid C string.
         let fd =
             unsafe { libc::memfd_create(c"softvfio-test".as_ptr(), libc::MFD_HUGETLB | flags) };
+        if fd < 0 {
+            Err(errno())
+        } else {
+            Ok(fd)
+        }
+    }
+
+    /// An empty memfd (shmem).
+    pub fn memfd() -> Result<i32, i32> {
+        // SAFETY: the name is a valid C string.
+        let fd = unsafe { libc::memfd_create(c"softvfio-test".as_ptr(), 0) };
         if fd < 0 {
             Err(errno())
         } else {
@@ -1308,4 +1341,346 @@ fn dma_of_a_pid_backend_never_reaches_a_recycled_pid() {
     for fd in [go1_r, go1_w, res_r, res_w, go2_r, go2_w] {
         sys::close(fd);
     }
+}
+
+// ---- pinning in parallel (memory/host/parallel.rs) -------------------------
+
+const M1: u64 = 1 << 20;
+
+/// Local system calls that record the threads madvise ran on and count
+/// the `mlock2(MLOCK_ONFAULT)` calls; the one given can fail on demand.
+struct PoolSyscalls {
+    onfaults: AtomicUsize,
+    /// The `mlock_onfault` call (1-based) that fails with ENOMEM after
+    /// locking half its range, as a partial failure would; 0: none.
+    fail_onfault: AtomicUsize,
+    threads: Mutex<Vec<String>>,
+}
+
+impl PoolSyscalls {
+    fn new() -> Arc<Self> {
+        Arc::new(PoolSyscalls {
+            onfaults: AtomicUsize::new(0),
+            fail_onfault: AtomicUsize::new(0),
+            threads: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl MmSyscalls for PoolSyscalls {
+    fn madvise(&self, addr: u64, len: u64, advice: i32) -> Result<(), i32> {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        self.threads.lock().unwrap().push(name);
+        LocalSyscalls.madvise(addr, len, advice)
+    }
+    fn mlock(&self, addr: u64, len: u64) -> Result<(), i32> {
+        LocalSyscalls.mlock(addr, len)
+    }
+    fn munlock(&self, addr: u64, len: u64) -> Result<(), i32> {
+        LocalSyscalls.munlock(addr, len)
+    }
+    fn mlock_onfault(&self, addr: u64, len: u64) -> Result<(), i32> {
+        let n = self.onfaults.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == self.fail_onfault.load(Ordering::Relaxed) {
+            let _ = LocalSyscalls.mlock_onfault(addr, len / 2);
+            return Err(libc::ENOMEM);
+        }
+        LocalSyscalls.mlock_onfault(addr, len)
+    }
+    fn any_thread(&self) -> bool {
+        true
+    }
+}
+
+/// VmFlags words of the VMAs in `[start, end)`: (start, end, flags).
+fn vma_flags(start: u64, end: u64) -> Vec<(u64, u64, String)> {
+    smaps(start, end)
+        .into_iter()
+        .map(|(a, b, m)| (a, b, m.get("VmFlags").cloned().unwrap_or_default()))
+        .collect()
+}
+
+fn has_flag(flags: &str, flag: &str) -> bool {
+    flags.split_ascii_whitespace().any(|f| f == flag)
+}
+
+/// A fresh (never touched) read-write area.
+fn fresh(len: u64) -> Area {
+    Area::new(len, libc::PROT_READ | libc::PROT_WRITE)
+}
+
+/// The VMAs of an area, relative to its start (for comparing two areas).
+fn shape(a: &Area) -> Vec<(u64, u64, bool, bool)> {
+    vma_flags(a.start, a.end())
+        .into_iter()
+        .map(|(s, e, f)| {
+            (
+                s.max(a.start) - a.start,
+                e.min(a.end()) - a.start,
+                has_flag(&f, "lo"),
+                has_flag(&f, "lf"),
+            )
+        })
+        .collect()
+}
+
+/// A pin on the pool leaves the address space exactly as a pin on one
+/// thread: one VM_LOCKED VMA (no VM_LOCKONFAULT left), every page locked
+/// and counted once, the same runs; its unpin unlocks it all again. The
+/// chunks ran on the pool's threads, with MLOCK_ONFAULT.
+#[test]
+fn parallel_pin_leaves_the_mm_as_one_thread_does() {
+    const LEN: u64 = 32 * M1;
+    for populated in [false, true] {
+        let sc = PoolSyscalls::new();
+        let par = HostMemory::for_pid(std::process::id() as i32, sc.clone()).with_pin_threads(2);
+        let one = HostMemory::for_pid(std::process::id() as i32, Arc::new(LocalSyscalls))
+            .with_pin_threads(1);
+        let (a, b) = (fresh(LEN), fresh(LEN));
+        if populated {
+            sys::fill(a.start, LEN, 1);
+            sys::fill(b.start, LEN, 1);
+        }
+        let runs_par = pin_runs(&par, a.start, LEN, true).unwrap();
+        let runs_one = pin_runs(&one, b.start, LEN, true).unwrap();
+        assert_cover(&runs_par, a.start, LEN);
+        assert_cover(&runs_one, b.start, LEN);
+        assert_eq!(
+            shape(&a),
+            vec![(0, LEN, true, false)],
+            "populated {populated}"
+        );
+        assert_eq!(shape(&a), shape(&b));
+        // Bytes in locked VMAs, not smaps' `Locked:` (a proportional
+        // size, halved while another test's forked child shares the pages).
+        assert_eq!(locked_vma_bytes(a.start, a.end()), LEN);
+        assert_eq!(locked_vma_bytes(b.start, b.end()), LEN);
+        assert_eq!(par.stats().pinned_pages, LEN / K4);
+        assert_eq!(par.stats().locked_bytes, LEN);
+        assert_eq!(par.pin_count(a.at(LEN - K4)), 1);
+        // Locked on fault once, then faulted in as 4 chunks of 8 MiB.
+        assert_eq!(sc.onfaults.load(Ordering::Relaxed), 1);
+        let threads = sc.threads.lock().unwrap().clone();
+        assert_eq!(threads.len(), 4);
+        assert!(
+            threads.iter().all(|t| t.starts_with("softvfio-pin-")),
+            "{threads:?}"
+        );
+        par.unpin(a.start, LEN);
+        one.unpin(b.start, LEN);
+        assert_eq!(locked_pages(&a), 0);
+        assert_eq!(shape(&a), vec![(0, LEN, false, false)]);
+        assert_eq!(par.stats().pinned_pages, 0);
+    }
+}
+
+/// Below the threshold, and with 1 thread, the pin stays on the calling
+/// thread.
+#[test]
+fn small_pins_and_one_thread_stay_on_the_caller() {
+    let sc = PoolSyscalls::new();
+    let par = HostMemory::for_pid(std::process::id() as i32, sc.clone()).with_pin_threads(2);
+    let a = fresh(8 * M1);
+    pin_runs(&par, a.start, a.len, true).unwrap();
+    par.unpin(a.start, a.len);
+    let sc1 = PoolSyscalls::new();
+    let one = HostMemory::for_pid(std::process::id() as i32, sc1.clone()).with_pin_threads(1);
+    let b = fresh(32 * M1);
+    pin_runs(&one, b.start, b.len, true).unwrap();
+    one.unpin(b.start, b.len);
+    for s in [sc, sc1] {
+        assert_eq!(s.onfaults.load(Ordering::Relaxed), 0);
+        let caller = std::thread::current().name().unwrap_or("").to_string();
+        assert_eq!(*s.threads.lock().unwrap(), vec![caller]);
+    }
+}
+
+/// A hole that only faulting in finds (a shared mapping past the end of
+/// its file: the VMA is there, the pages are not) in the middle of a large
+/// range: EFAULT as on one thread, and every chunk's lock undone, with or
+/// without an earlier pin in the range (which keeps its lock).
+#[test]
+fn parallel_pin_over_a_hole_rolls_back() {
+    const LEN: u64 = 32 * M1;
+    for threads in [2, 1] {
+        let m = HostMemory::for_pid(std::process::id() as i32, Arc::new(LocalSyscalls))
+            .with_pin_threads(threads);
+        let a = fresh(LEN);
+        let fd = sys::memfd().unwrap();
+        // The file is empty: every page of the mapping is past its end.
+        sys::map_fd_fixed(a.at(20 * M1), 2 * M1, fd).unwrap();
+        sys::close(fd);
+        assert_eq!(
+            pin_runs(&m, a.start, LEN, true),
+            Err(MemError::Fault),
+            "{threads} threads"
+        );
+        assert_eq!(locked_pages(&a), 0);
+        assert!(vma_flags(a.start, a.end())
+            .iter()
+            .all(|(_, _, f)| !has_flag(f, "lo") && !has_flag(f, "lf")));
+        assert_eq!(m.stats().pinned_pages, 0);
+        // An earlier pin in the range keeps its pages locked.
+        pin_runs(&m, a.start, M1, true).unwrap();
+        assert_eq!(pin_runs(&m, a.start, LEN, true), Err(MemError::Fault));
+        assert_eq!(locked_vma_bytes(a.start, a.end()), M1);
+        assert!(vma_flags(a.start, a.end())
+            .iter()
+            .all(|(_, _, f)| !has_flag(f, "lf")));
+        assert_eq!(m.stats().pinned_pages, M1 / K4);
+        m.unpin(a.start, M1);
+        assert_eq!(locked_pages(&a), 0);
+        assert_eq!(m.stats().pinned_pages, 0);
+    }
+}
+
+/// The lock fails (after locking part of the range): ENOMEM, and nothing
+/// stays locked or counted.
+#[test]
+fn parallel_pin_lock_failure_rolls_back() {
+    const LEN: u64 = 32 * M1;
+    let sc = PoolSyscalls::new();
+    sc.fail_onfault.store(1, Ordering::Relaxed);
+    let m = HostMemory::for_pid(std::process::id() as i32, sc.clone()).with_pin_threads(2);
+    let a = fresh(LEN);
+    assert_eq!(pin_runs(&m, a.start, LEN, true), Err(MemError::NoMem));
+    assert_eq!(sc.onfaults.load(Ordering::Relaxed), 1);
+    assert_eq!(locked_pages(&a), 0);
+    assert!(vma_flags(a.start, a.end())
+        .iter()
+        .all(|(_, _, f)| !has_flag(f, "lo") && !has_flag(f, "lf")));
+    assert_eq!(m.stats().pinned_pages, 0);
+    assert_eq!(m.stats().locked_bytes, 0);
+    // The same memory pins afterwards.
+    sc.fail_onfault.store(0, Ordering::Relaxed);
+    pin_runs(&m, a.start, LEN, true).unwrap();
+    assert_eq!(locked_vma_bytes(a.start, a.end()), LEN);
+    m.unpin(a.start, LEN);
+    assert_eq!(locked_pages(&a), 0);
+}
+
+/// RLIMIT_MEMLOCK runs out in the middle of a parallel pin (in a child
+/// without CAP_IPC_LOCK; the test's hard limit, 8 MiB here, cannot be
+/// raised): ENOMEM, VmLck back to 0, nothing counted; a pin within the limit
+/// then works, and its unpin unlocks it.
+#[test]
+fn parallel_pin_over_rlimit_memlock_in_child() {
+    const LIMIT: u64 = 4 << 20;
+    let a = fresh(32 * M1);
+    let (res_r, res_w) = sys::pipe();
+    let pid = sys::fork();
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // Child: no panics, no unwinding into the harness. The report:
+        // setup code, result of the failing pin, VmLck after it, pinned
+        // pages after it, result of the small pin, VmLck after it and
+        // after its unpin (kB).
+        let mut out = Vec::new();
+        let mut code = 0u64;
+        if sys::drop_effective_cap(14).is_err() {
+            code |= 1;
+        }
+        if sys::set_memlock_limit(LIMIT).is_err() {
+            code |= 2;
+        }
+        let sc = PoolSyscalls::new();
+        let m = HostMemory::for_pid(std::process::id() as i32, sc.clone()).with_pin_threads(2);
+        let big = m.pin(a.start, a.len, true, &mut |_| Ok(()));
+        if sc.onfaults.load(Ordering::Relaxed) != 1 {
+            code |= 4;
+        }
+        let after_big = vmlck_kb();
+        let pinned = m.stats().pinned_pages;
+        let small = m.pin(a.start, 2 * M1, true, &mut |_| Ok(()));
+        let after_small = vmlck_kb();
+        m.unpin(a.start, 2 * M1);
+        let after_unpin = vmlck_kb();
+        let res = |r: Result<(), MemError>| match r {
+            Ok(()) => 0u64,
+            Err(MemError::NoMem) => 2,
+            Err(_) => 3,
+        };
+        for v in [
+            code,
+            res(big),
+            after_big,
+            pinned,
+            res(small),
+            after_small,
+            after_unpin,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        sys::write_all(res_w, &out);
+        sys::exit_now(0);
+    }
+    let mut report = [0u8; 56];
+    let n = sys::read_full(res_r, &mut report);
+    assert_eq!(sys::wait_exit(pid), 0);
+    sys::close(res_r);
+    sys::close(res_w);
+    assert_eq!(n, 56);
+    let v: Vec<u64> = report
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(v[0], 0, "child setup failed (or the pin was not parallel)");
+    assert_eq!(v[1], 2, "a pin past RLIMIT_MEMLOCK is NoMem");
+    assert_eq!(v[2], 0, "VmLck after the failed pin");
+    assert_eq!(v[3], 0, "pinned pages after the failed pin");
+    assert_eq!(v[4], 0, "a pin within the limit works");
+    assert_eq!(v[5], 2 << 10);
+    assert_eq!(v[6], 0);
+}
+
+/// MAP_DMA of a large range through the engine (type1v2 container, VT-d
+/// domain) over the pool: a hole in the middle fails with EFAULT and leaves
+/// the account, the locks, the pins and the IOMMU page table as they were;
+/// the same range without the hole maps (every page in the page table,
+/// one accounting update) and unmaps back to nothing.
+#[test]
+fn parallel_map_dma_over_a_hole_is_all_or_nothing() {
+    use soft_iommu::{Iommu, IommuConfig};
+    use softvfio::container::{Container, ContainerConfig, TYPE1V2_IOMMU};
+    use softvfio::iommu::Prot;
+    const LEN: u64 = 32 * M1;
+    const IOVA: u64 = 0x10_0000_0000;
+    let mem = Arc::new(
+        HostMemory::for_pid(std::process::id() as i32, Arc::new(LocalSyscalls)).with_pin_threads(2),
+    );
+    let iommu = Iommu::new(IommuConfig::default());
+    let c = Container::new(ContainerConfig::default(), mem.clone());
+    c.attach_group(&softvfio::testing::vtd_group(3, 0x18, &iommu))
+        .unwrap();
+    c.set_iommu(TYPE1V2_IOMMU).unwrap();
+    let domain = iommu.device_domain(0x18).unwrap();
+    let a = fresh(LEN);
+    let fd = sys::memfd().unwrap();
+    sys::map_fd_fixed(a.at(12 * M1), M1, fd).unwrap();
+    let updates = mem.account().updates();
+    let err = c.map(IOVA, a.start, LEN, Prot::RW).unwrap_err();
+    assert_eq!(err.errno(), libc::EFAULT);
+    assert_eq!(mem.account().locked_pages(), 0);
+    assert_eq!(domain.leaf_counts(), (0, 0, 0));
+    assert_eq!(mem.stats().pinned_pages, 0);
+    assert_eq!(locked_vma_bytes(a.start, a.end()), 0);
+    assert!(vma_flags(a.start, a.end())
+        .iter()
+        .all(|(_, _, f)| !has_flag(f, "lf")));
+    // Charged once and given back once.
+    assert_eq!(mem.account().updates(), updates + 2);
+    // Memory where the hole was: the whole range maps.
+    sys::map_anon_fixed(a.at(12 * M1), M1).unwrap();
+    sys::close(fd);
+    c.map(IOVA, a.start, LEN, Prot::RW).unwrap();
+    assert_eq!(mem.account().updates(), updates + 3);
+    assert_eq!(mem.account().locked_pages(), LEN / K4);
+    let (l4k, l2m, _) = domain.leaf_counts();
+    assert_eq!(l4k + l2m * 512, LEN / K4);
+    assert_eq!(locked_vma_bytes(a.start, a.end()), LEN);
+    assert_eq!(c.unmap(IOVA, LEN).unwrap(), LEN);
+    assert_eq!(mem.account().locked_pages(), 0);
+    assert_eq!(domain.leaf_counts(), (0, 0, 0));
+    assert_eq!(locked_vma_bytes(a.start, a.end()), 0);
+    assert_eq!(mem.stats().pinned_pages, 0);
 }

@@ -307,3 +307,40 @@ fn perf_one_tib_1g() {
     }
     println!("sim: 1 TiB of 1G pages pinned and unpinned in {best:?}");
 }
+
+/// MAP_DMA hands touching runs of one page size to the VT-d domain in one
+/// call capped at that size: 1 GiB of 2M pages at 1G-aligned addresses is
+/// 512 2M leaves (as one call per huge page gave, never a 1G leaf), 1 GiB
+/// of 1G pages one 1G leaf, and a failing pin in the middle leaves the
+/// domain empty.
+#[test]
+fn map_dma_batches_runs_with_the_leaves_of_their_pages() {
+    use soft_iommu::{AddressWidth, Iommu, IommuConfig};
+    use softvfio::container::{Container, ContainerConfig, TYPE1V2_IOMMU};
+    for (page, leaves) in [(SIZE_2M, (0, 512, 0)), (SIZE_1G, (0, 0, 1))] {
+        let m = Arc::new(SimMemory::new());
+        m.add_region(BASE, SIZE_1G, page, Prot::RW).unwrap();
+        let iommu = Iommu::new(IommuConfig {
+            address_width: AddressWidth::Bits48,
+            ..IommuConfig::default()
+        });
+        let c = Container::new(ContainerConfig::default(), m.clone());
+        c.attach_group(&softvfio::testing::vtd_group(3, 0x18, &iommu))
+            .unwrap();
+        c.set_iommu(TYPE1V2_IOMMU).unwrap();
+        let d = iommu.device_domain(0x18).unwrap();
+        c.map(SIZE_1G, BASE, SIZE_1G, Prot::RW).unwrap();
+        assert_eq!(d.leaf_counts(), leaves, "{page:#x} pages");
+        assert_eq!(d.iova_to_phys(SIZE_1G + 0x20_1234), Some(BASE + 0x20_1234));
+        assert_eq!(c.unmap(SIZE_1G, SIZE_1G).unwrap(), SIZE_1G);
+        assert_eq!(d.leaf_counts(), (0, 0, 0));
+        if page == SIZE_2M {
+            // The 300th huge page fails to pin: nothing stays mapped.
+            m.fail_nth_pin(300);
+            assert!(c.map(SIZE_1G, BASE, SIZE_1G, Prot::RW).is_err());
+            assert_eq!(d.leaf_counts(), (0, 0, 0));
+            assert!(zero_pins(m.stats()));
+            assert_eq!(m.account().locked_pages(), 0);
+        }
+    }
+}

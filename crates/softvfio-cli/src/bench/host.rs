@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use soft_iommu::AddressWidth;
 use softvfio::iommu::Prot;
-use softvfio::memory::host::HostMemory;
+use softvfio::memory::host::{parallel, HostMemory};
 
 use super::engine::Engine;
 use super::stats::{interleave, median, spread};
@@ -203,7 +203,7 @@ fn family(ctx: &Ctx, plots: &mut PlotData, kind: Backing) -> Result<Outcome, Str
     // command's own mmap areas (raw addresses; no Rust reference to them is
     // used while the engine runs), so any write it makes is allowed.
     #[allow(unsafe_code)]
-    let mem = Arc::new(unsafe { HostMemory::current() });
+    let mem = Arc::new(unsafe { HostMemory::current() }.with_pin_threads(1));
     let e = Engine::new(mem, AddressWidth::Bits39, u32::from(u16::MAX))?;
     // A probe: hugetlb memory may still be refused (cgroup limits).
     if kind == Backing::Huge2m {
@@ -219,6 +219,27 @@ fn family(ctx: &Ctx, plots: &mut PlotData, kind: Backing) -> Result<Outcome, Str
     rows.push(rows_of(kind, "fresh", len, &floor, &samples));
     let (floor, samples) = compare(&e, kind, len, ctx.reps, false)?;
     rows.push(rows_of(kind, "populated", len, &floor, &samples));
+    // The same with the pin pool (the machine's thread count), against the
+    // same single-threaded floor.
+    let threads = parallel::default_pin_threads();
+    if threads > 1 {
+        // SAFETY: as above.
+        #[allow(unsafe_code)]
+        let mem = Arc::new(unsafe { HostMemory::current() }.with_pin_threads(threads));
+        let ep = Engine::new(mem, AddressWidth::Bits39, u32::from(u16::MAX))?;
+        let (floor, samples) = compare(&ep, kind, len, ctx.reps, true)?;
+        rows.push(parallel_row(
+            rows_of(kind, "fresh", len, &floor, &samples),
+            threads,
+        ));
+        if kind == Backing::Base4k {
+            let (floor, samples) = compare(&ep, kind, len, ctx.reps, false)?;
+            rows.push(parallel_row(
+                rows_of(kind, "populated", len, &floor, &samples),
+                threads,
+            ));
+        }
+    }
     if kind == Backing::Huge2m {
         rows.push(huge_vs_4k(&e, len, ctx.reps)?);
     }
@@ -241,6 +262,19 @@ fn family(ctx: &Ctx, plots: &mut PlotData, kind: Backing) -> Result<Outcome, Str
             .push((format!("floor {}", kind.label()), flo));
     }
     Ok(Outcome::Rows(rows))
+}
+
+/// A row of [`rows_of`] for the engine pinning on `threads` threads (the
+/// floor stays single-threaded: it is what Linux does for one MAP_DMA).
+fn parallel_row(mut row: Row, threads: usize) -> Row {
+    row.bench.push_str("-parallel");
+    row.note = row.note.replace(
+        "; target ratio <= 1.25",
+        &format!(
+            "; engine pins on {threads} threads, floor on one; target ratio <= 0.6 for fresh 4K memory"
+        ),
+    );
+    row
 }
 
 /// The engine on populated hugetlb 2M memory against the engine on populated

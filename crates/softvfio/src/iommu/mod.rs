@@ -120,6 +120,20 @@ pub trait DomainOps: Send + Sync {
     /// pages alignment allows. `size` and both addresses are aligned to the
     /// smallest page size.
     fn map(&self, iova: u64, phys: u64, size: u64, prot: Prot) -> Result<(), IommuError>;
+    /// [`DomainOps::map`] with no page larger than `max_page`, in one call:
+    /// the leaves one `map` per `max_page`-aligned piece would give. `None`
+    /// when the domain cannot (the caller then maps piece by piece).
+    fn map_capped(
+        &self,
+        iova: u64,
+        phys: u64,
+        size: u64,
+        prot: Prot,
+        max_page: u64,
+    ) -> Option<Result<(), IommuError>> {
+        let _ = (iova, phys, size, prot, max_page);
+        None
+    }
     /// Removes translations starting at `iova`, following Linux's
     /// `iommu_unmap` contract: returns the bytes unmapped (a super page is
     /// removed whole), stops at the first hole. Does not flush the IOTLB.

@@ -116,6 +116,25 @@ impl DomainOps for VtdDomain {
             .map_err(to_engine_error)
     }
 
+    fn map_capped(
+        &self,
+        iova: u64,
+        phys: u64,
+        size: u64,
+        prot: Prot,
+        max_page: u64,
+    ) -> Option<Result<(), IommuError>> {
+        let prot = soft_iommu::Prot {
+            read: prot.read,
+            write: prot.write,
+        };
+        Some(
+            self.domain
+                .map_capped(iova, phys, size, prot, max_page)
+                .map_err(to_engine_error),
+        )
+    }
+
     fn unmap(&self, iova: u64, size: u64) -> u64 {
         self.domain.unmap(iova, size)
     }

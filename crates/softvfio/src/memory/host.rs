@@ -88,6 +88,20 @@ pub trait MmSyscalls: Send + Sync {
     fn mlock(&self, addr: u64, len: u64) -> Result<(), i32>;
     /// `munlock(addr, len)`.
     fn munlock(&self, addr: u64, len: u64) -> Result<(), i32>;
+    /// `mlock2(addr, len, MLOCK_ONFAULT)`; only called when
+    /// [`MmSyscalls::any_thread`] is true.
+    fn mlock_onfault(&self, addr: u64, len: u64) -> Result<(), i32> {
+        let _ = (addr, len);
+        Err(libc::ENOSYS)
+    }
+    /// The calls may run on any thread of this process, several at once
+    /// (the target is this process): a large pin then faults in and locks
+    /// its chunks on the pin pool's threads (`memory/host/parallel.rs`).
+    /// False for calls injected into a stopped tracee, which run one at a
+    /// time on its thread.
+    fn any_thread(&self) -> bool {
+        false
+    }
 }
 
 /// Runs the [`MmSyscalls`] in this process.
@@ -115,6 +129,14 @@ impl MmSyscalls for LocalSyscalls {
 
     fn munlock(&self, addr: u64, len: u64) -> Result<(), i32> {
         ffi::munlock(addr, len)
+    }
+
+    fn mlock_onfault(&self, addr: u64, len: u64) -> Result<(), i32> {
+        ffi::mlock_onfault(addr, len)
+    }
+
+    fn any_thread(&self) -> bool {
+        true
     }
 }
 
@@ -198,6 +220,9 @@ pub struct HostMemory {
     /// Pages the program locked itself (found VM_LOCKED where no pin of
     /// ours held them): never munlocked here.
     user_locked: Mutex<RangeSet>,
+    /// Threads a large pin uses (`memory/host/parallel.rs`); 0: the
+    /// process default ([`parallel::set_default_pin_threads`]).
+    pin_threads: std::sync::atomic::AtomicUsize,
     /// This backend, when made with [`HostMemory::into_shared`].
     this: OnceLock<Weak<HostMemory>>,
     /// The program refuses mlock (its own seccomp filter): pins are
@@ -429,6 +454,7 @@ impl HostMemory {
             orphaned: AtomicBool::new(false),
             prepared: Mutex::new(None),
             user_locked: Mutex::new(RangeSet::new()),
+            pin_threads: std::sync::atomic::AtomicUsize::new(0),
             this: OnceLock::new(),
             lock_refused: AtomicBool::new(false),
             device_ranges: Mutex::new(None),
@@ -672,6 +698,23 @@ impl HostMemory {
             .filter(|&p| p != 0)
     }
 
+    /// Threads a pin of at least [`parallel::PARALLEL_MIN_BYTES`] uses to
+    /// fault in and lock its chunks, when the system calls may run on any
+    /// thread ([`MmSyscalls::any_thread`]); 1 pins on the calling thread,
+    /// 0 (the default) follows [`parallel::set_default_pin_threads`].
+    pub fn with_pin_threads(self, threads: usize) -> Self {
+        self.pin_threads.store(threads, Ordering::Relaxed);
+        self
+    }
+
+    /// Whether the program's own locks (as far as pins found them) touch
+    /// `[start, end)`.
+    fn program_lock_in(&self, start: u64, end: u64) -> bool {
+        let own = self.user_locked.lock().unwrap_or_else(|p| p.into_inner());
+        let touches = own.ranges().any(|(a, b)| a < end && b > start);
+        touches
+    }
+
     /// The pid whose memory this is.
     pub fn pid(&self) -> i32 {
         self.target.pid()
@@ -800,6 +843,13 @@ impl HostMemory {
                 continue;
             }
             let mut hp = a - a % ps;
+            let last = b.div_ceil(ps).saturating_mul(ps);
+            if !counts.any_in(hp, last) {
+                // The common case (a whole mapping going): one lookup, not
+                // one per huge page.
+                idle.push(hp, last);
+                continue;
+            }
             while hp < b {
                 if !counts.any_in(hp, hp + ps) {
                     idle.push(hp, hp + ps);
@@ -868,6 +918,46 @@ fn p2p_error(peer: &PeerTarget, e: crate::p2p::PeerFault) -> MemError {
     MemError::Fault
 }
 
+impl HostMemory {
+    /// Counts the pins of a locked range whose layout was just read (the
+    /// caller holds `counts` since the lock).
+    fn count_pins(
+        &self,
+        counts: &mut PinCounts,
+        layout: &Layout,
+        vmas: &[Vma],
+        vaddr: u64,
+        end: u64,
+    ) {
+        let mut pinner = Pinner::new(counts);
+        for run in layout.runs() {
+            pinner.pin(run);
+        }
+        let ops = pinner.finish();
+        self.counters.pin_ops.fetch_add(ops, Ordering::Relaxed);
+        self.note_hugetlb_pinned(vmas, vaddr, end);
+        self.publish(counts);
+    }
+
+    /// Reports the runs of a counted pin, without the count lock so that
+    /// `on_run` may use this backend; a refused run unpins the whole range.
+    fn report_runs(
+        &self,
+        layout: &Layout,
+        vaddr: u64,
+        len: u64,
+        on_run: &mut dyn FnMut(PinnedRun) -> Result<(), MemError>,
+    ) -> Result<(), MemError> {
+        for run in layout.runs() {
+            if let Err(e) = on_run(run) {
+                self.unpin_memory(vaddr, vaddr + len);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `vaddr + len` for a page-aligned, non-empty range that does not wrap.
 fn range_end(vaddr: u64, len: u64) -> Option<u64> {
     if len == 0 || !vaddr.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
@@ -910,6 +1000,23 @@ impl HostMemory {
         // hole, PROT_NONE, read-only for write) leaves nothing behind.
         let vmas = files.vmas(vaddr, end)?;
         check_access(&vmas, vaddr, end, write)?;
+
+        if let Some(pool) = self.parallel_pool(len) {
+            let layout = {
+                let mut counts = self.lock_counts();
+                self.note_user_locks(&files, &counts, vaddr, end);
+                if self.lock_refused.load(Ordering::Relaxed) {
+                    None
+                } else {
+                    self.lock_in_parallel(&pool, &files, &vmas, &counts, vaddr, end, write)?
+                        .inspect(|layout| self.count_pins(&mut counts, layout, &vmas, vaddr, end))
+                }
+            };
+            // None: refused by policy; the one-thread path below copes.
+            if let Some(layout) = layout {
+                return self.report_runs(&layout, vaddr, len, on_run);
+            }
+        }
 
         // Fault in with the access asked for (breaks COW for write).
         let advice = if write {
@@ -964,25 +1071,10 @@ impl HostMemory {
             // Read page sizes and PFNs after mlock: the pages are present,
             // and mlock may have split huge pages at the range edges.
             let layout = Layout::read(&files, &vmas, vaddr, end, self.pfns);
-            let mut pinner = Pinner::new(&mut counts);
-            for run in layout.runs() {
-                pinner.pin(run);
-            }
-            let ops = pinner.finish();
-            self.counters.pin_ops.fetch_add(ops, Ordering::Relaxed);
-            self.note_hugetlb_pinned(&vmas, vaddr, end);
-            self.publish(&counts);
+            self.count_pins(&mut counts, &layout, &vmas, vaddr, end);
             layout
         };
-
-        // Report without the lock, so that `on_run` may use this backend.
-        for run in layout.runs() {
-            if let Err(e) = on_run(run) {
-                self.unpin_memory(vaddr, end);
-                return Err(e);
-            }
-        }
-        Ok(())
+        self.report_runs(&layout, vaddr, len, on_run)
     }
 
     /// Drops one pin of the ordinary memory `[vaddr, end)`.
@@ -1468,6 +1560,8 @@ impl Iterator for Runs<'_> {
 #[allow(unsafe_code)]
 mod ffi;
 mod orphan;
+/// Pinning one large range on several threads.
+pub mod parallel;
 /// `/proc/<pid>` parsing: VMAs, pagemap, capabilities.
 mod procfs;
 

@@ -107,16 +107,48 @@ impl Container {
             let Some(dma) = t.dmas.get_mut(key) else {
                 continue;
             };
-            let nbits = dma.size >> pgshift;
-            let bits = self.dirty_bits(&domains, dma, pgshift, all_dirty);
             let bit_offset = (dma.iova - iova) >> pgshift;
-            let res = dirty::copy_to_user(self.mem.as_ref(), bitmap.data, &bits, nbits, bit_offset);
+            let res =
+                self.copy_dirty_to_user(&domains, dma, pgshift, all_dirty, bitmap.data, bit_offset);
             // Reported pages start clean again, except those still pinned
             // externally, which stay dirty (type1 re-populates them).
-            dma.bitmap = Some(pinned_bitmap(dma, pgsize));
+            match dma.bitmap.as_mut() {
+                Some(bits) if dma.ext_pins.is_empty() => {
+                    // In place: usually nothing is set (pages are dirtied
+                    // this way only through the pinning interfaces).
+                    if bits
+                        .chunks(64)
+                        .any(|c| c.iter().fold(0, |a, &w| a | w) != 0)
+                    {
+                        bits.fill(0);
+                    }
+                }
+                _ => dma.bitmap = Some(pinned_bitmap(dma, pgsize)),
+            }
             res?;
         }
         Ok(())
+    }
+
+    /// Writes the dirty bits of `dma` (see [`Container::dirty_bits`]) into
+    /// the user bitmap at `user_data`, from bit `bit_offset`. Every page
+    /// dirty (a group that writes memory directly, not in precise mode) is
+    /// written without building the bitmap.
+    pub(crate) fn copy_dirty_to_user(
+        &self,
+        domains: &[Arc<dyn DomainOps>],
+        dma: &Dma,
+        pgshift: u32,
+        direct_writers: bool,
+        user_data: u64,
+        bit_offset: u64,
+    ) -> Result<()> {
+        let nbits = dma.size >> pgshift;
+        if direct_writers && dma.iommu_mapped && !self.cfg.precise_dirty {
+            return dirty::copy_ones_to_user(self.mem.as_ref(), user_data, nbits, bit_offset);
+        }
+        let bits = self.dirty_bits(domains, dma, pgshift, direct_writers);
+        dirty::copy_to_user(self.mem.as_ref(), user_data, &bits, nbits, bit_offset)
     }
 
     /// The dirty bits to report for `dma`: its own bitmap (pages dirtied

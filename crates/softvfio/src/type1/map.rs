@@ -543,10 +543,15 @@ impl Container {
         for &key in keys {
             if let Some(b) = bitmap {
                 let Some(dma) = t.dmas.get(key) else { break };
-                let nbits = dma.size >> pgshift;
-                let bits = self.dirty_bits(&domains, dma, pgshift, pinned_dirty_all);
                 let bit_offset = (dma.iova - iova) >> pgshift;
-                dirty::copy_to_user(self.mem.as_ref(), b.data, &bits, nbits, bit_offset)?;
+                self.copy_dirty_to_user(
+                    &domains,
+                    dma,
+                    pgshift,
+                    pinned_dirty_all,
+                    b.data,
+                    bit_offset,
+                )?;
             }
             let Some(dma) = self.remove_dma(t, key) else {
                 break;
@@ -616,34 +621,47 @@ pub(crate) fn pin_and_map_pages<D: AsRef<dyn DomainOps>>(
     // at 2^64).
     let mut mapped: u64 = 0;
     let mut iommu_error: Option<VfioError> = None;
+    // Touching runs whose pages are of one size go to the domains in one
+    // call, capped at that size (the leaves one call per run would give).
+    let mut batch = RunBatch::default();
+    let mut map_batch = |batch: &mut RunBatch| -> Result<()> {
+        if batch.len == 0 {
+            return Ok(());
+        }
+        let iova = req.iova + (batch.vaddr - req.vaddr);
+        for (i, d) in domains.iter().enumerate() {
+            if let Err(e) = batch.map_into(d.as_ref(), iova, phys_of, req.prot, req.small_pages) {
+                for undo in &domains[..i] {
+                    unmap_all_of(undo.as_ref(), iova, batch.len);
+                }
+                return Err(e);
+            }
+        }
+        mapped = (iova - req.iova) + batch.len;
+        batch.clear();
+        Ok(())
+    };
     let pin_result = mem.pin(
         req.vaddr,
         req.size,
         req.prot.write,
         &mut |run: PinnedRun| {
-            let iova = req.iova + (run.vaddr - req.vaddr);
-            for (i, d) in domains.iter().enumerate() {
-                let small = req.small_pages;
-                if let Err(e) = map_run(
-                    d.as_ref(),
-                    iova,
-                    phys_of(run.vaddr),
-                    run.len,
-                    req.prot,
-                    small,
-                ) {
-                    for undo in &domains[..i] {
-                        unmap_all_of(undo.as_ref(), iova, run.len);
-                    }
+            let cap = page_cap(&run, req.small_pages);
+            if !batch.extends(&run, cap) {
+                if let Err(e) = map_batch(&mut batch) {
                     iommu_error = Some(e);
                     return Err(MemError::Unreachable);
                 }
             }
-            mapped = (iova - req.iova) + run.len;
+            batch.push(run, cap);
             Ok(())
         },
     );
-    if let Err(e) = pin_result {
+    let pin_result = pin_result.map_err(|e| iommu_error.take().unwrap_or(VfioError::Memory(e)));
+    // The last batch, after the pin: a failure there unpins it all here.
+    let result = pin_result
+        .and_then(|()| map_batch(&mut batch).inspect_err(|_| mem.unpin(req.vaddr, req.size)));
+    if let Err(e) = result {
         if mapped > 0 {
             for d in domains {
                 unmap_all_of(d.as_ref(), req.iova, mapped);
@@ -651,9 +669,85 @@ pub(crate) fn pin_and_map_pages<D: AsRef<dyn DomainOps>>(
             }
         }
         mem.account().uncharge(pages);
-        return Err(iommu_error.unwrap_or(VfioError::Memory(e)));
+        return Err(e);
     }
     Ok(pages)
+}
+
+/// The largest page a run may be mapped with when it is batched with its
+/// neighbours, or `None` when it must be mapped alone: a run of 4K pages
+/// of 2 MiB or more (physically contiguous) may take larger pages.
+fn page_cap(run: &PinnedRun, small_pages: bool) -> Option<u64> {
+    if small_pages {
+        Some(PAGE_SIZE)
+    } else if run.page_size > PAGE_SIZE {
+        Some(run.page_size)
+    } else if run.len < 2 << 20 {
+        // Too short for any page above 4K.
+        Some(PAGE_SIZE)
+    } else {
+        None
+    }
+}
+
+/// Touching pinned runs that map with one page-size cap.
+#[derive(Default)]
+struct RunBatch {
+    vaddr: u64,
+    len: u64,
+    cap: Option<u64>,
+    /// The runs, for domains that cannot map a batch in one call.
+    runs: Vec<PinnedRun>,
+}
+
+impl RunBatch {
+    /// Whether `run` (of cap `cap`) can join this batch.
+    fn extends(&self, run: &PinnedRun, cap: Option<u64>) -> bool {
+        self.len == 0 || (cap.is_some() && cap == self.cap && self.vaddr + self.len == run.vaddr)
+    }
+
+    fn push(&mut self, run: PinnedRun, cap: Option<u64>) {
+        if self.len == 0 {
+            self.vaddr = run.vaddr;
+            self.cap = cap;
+        }
+        self.len += run.len;
+        self.runs.push(run);
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.runs.clear();
+    }
+
+    /// Maps the batch at `iova` into `d`; all or nothing.
+    fn map_into(
+        &self,
+        d: &dyn DomainOps,
+        iova: u64,
+        phys_of: &dyn Fn(u64) -> u64,
+        prot: Prot,
+        small_pages: bool,
+    ) -> Result<()> {
+        if let Some(cap) = self.cap {
+            if let Some(r) = d.map_capped(iova, phys_of(self.vaddr), self.len, prot, cap) {
+                return r.map_err(VfioError::from);
+            }
+        }
+        // Run by run, as before batches.
+        let mut done = 0u64;
+        for run in &self.runs {
+            let at = iova + (run.vaddr - self.vaddr);
+            if let Err(e) = map_run(d, at, phys_of(run.vaddr), run.len, prot, small_pages) {
+                if done > 0 {
+                    unmap_all_of(d, iova, done);
+                }
+                return Err(e);
+            }
+            done += run.len;
+        }
+        Ok(())
+    }
 }
 
 /// Maps one run into one domain, in 4 KiB pages when `small_pages`; all or

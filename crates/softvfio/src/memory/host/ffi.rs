@@ -38,6 +38,24 @@ pub fn mlock(addr: u64, len: u64) -> Result<(), i32> {
     }
 }
 
+/// `mlock2(addr, len, MLOCK_ONFAULT)`: the range is locked, and each page
+/// is locked as it is faulted in (pages present now are locked now).
+pub fn mlock_onfault(addr: u64, len: u64) -> Result<(), i32> {
+    // SAFETY: as for mlock: residency only, the kernel validates the range.
+    let r = unsafe {
+        libc::mlock2(
+            addr as *const libc::c_void,
+            len as usize,
+            libc::MLOCK_ONFAULT,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
 pub fn munlock(addr: u64, len: u64) -> Result<(), i32> {
     // SAFETY: as for mlock.
     let r = unsafe { libc::munlock(addr as *const libc::c_void, len as usize) };
