@@ -15,23 +15,7 @@ use super::{Better, Ctx, Outcome, PlotData, Row};
 const SOURCE: &str = include_str!("mmio_bench.c");
 
 fn build(dir: &Path, static_: bool) -> Result<PathBuf, String> {
-    let src = dir.join("mmio_bench.c");
-    std::fs::write(&src, SOURCE).map_err(|e| format!("write {}: {e}", src.display()))?;
-    let exe = dir.join(if static_ {
-        "mmio_bench-static"
-    } else {
-        "mmio_bench"
-    });
-    let mut cmd = Command::new("gcc");
-    cmd.args(["-O2", "-o"]).arg(&exe).arg(&src);
-    if static_ {
-        cmd.arg("-static");
-    }
-    match cmd.status() {
-        Ok(s) if s.success() => Ok(exe),
-        Ok(s) => Err(format!("gcc failed ({s})")),
-        Err(e) => Err(format!("gcc: {e}")),
-    }
+    super::build_c_program(dir, "mmio_bench", SOURCE, static_)
 }
 
 /// (pread ns, mmap ns) per round of one run.

@@ -8,7 +8,8 @@
 //! system calls, [`stats`] the timing helpers, [`plot`] the SVG writer.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use clap::Args;
@@ -396,5 +397,33 @@ fn write_table(out: &mut impl Write, rows: &[Row]) {
                 format!("; {}", r.note)
             }
         );
+    }
+}
+
+/// Writes a C benchmark program's `source` as `NAME.c` into `dir` and
+/// builds it with `gcc -O2` (and `-static`): the executable
+/// (`NAME-static` for the static build), or why it could not be built.
+pub(crate) fn build_c_program(
+    dir: &Path,
+    name: &str,
+    source: &str,
+    static_: bool,
+) -> Result<PathBuf, String> {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).map_err(|e| format!("write {}: {e}", src.display()))?;
+    let exe = dir.join(if static_ {
+        format!("{name}-static")
+    } else {
+        name.to_owned()
+    });
+    let mut cmd = Command::new("gcc");
+    cmd.args(["-O2", "-o"]).arg(&exe).arg(&src);
+    if static_ {
+        cmd.arg("-static");
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(exe),
+        Ok(s) => Err(format!("gcc failed ({s})")),
+        Err(e) => Err(format!("gcc: {e}")),
     }
 }

@@ -33,23 +33,7 @@ const SOURCE: &str = include_str!("uapi_bench.c");
 const HUGE_MB: u64 = 1024;
 
 fn build(dir: &Path, static_: bool) -> Result<PathBuf, String> {
-    let src = dir.join("uapi_bench.c");
-    std::fs::write(&src, SOURCE).map_err(|e| format!("write {}: {e}", src.display()))?;
-    let exe = dir.join(if static_ {
-        "uapi_bench-static"
-    } else {
-        "uapi_bench"
-    });
-    let mut cmd = Command::new("gcc");
-    cmd.args(["-O2", "-o"]).arg(&exe).arg(&src);
-    if static_ {
-        cmd.arg("-static");
-    }
-    match cmd.status() {
-        Ok(s) if s.success() => Ok(exe),
-        Ok(s) => Err(format!("gcc failed ({s})")),
-        Err(e) => Err(format!("gcc: {e}")),
-    }
+    super::build_c_program(dir, "uapi_bench", SOURCE, static_)
 }
 
 /// The samples of one program run: per kind ("bar", "map4k", "huge"),

@@ -4,7 +4,6 @@
 //! calls, with the program's call sites.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::{has_line, run};
 
@@ -14,38 +13,17 @@ pub const SOURCE: &str = include_str!("../programs/iommufd_bugs.c");
 /// Builds `iommufd_bugs.c` (debug info, frame pointers) into `dir`;
 /// `None` without gcc.
 pub fn build(dir: &Path) -> Option<PathBuf> {
-    if Command::new("gcc").arg("--version").output().is_err() {
-        return None;
-    }
-    let dir = dir.join("iommufd_bugs.d");
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join("iommufd_bugs.c");
-    let bin = dir.join("iommufd_bugs");
-    std::fs::write(&src, SOURCE).unwrap();
-    let out = Command::new("gcc")
-        .args(["-g", "-Wall"])
-        .args(super::DEBUG_FLAGS)
-        .arg("-o")
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(bin)
+    super::compile(
+        dir,
+        "iommufd_bugs",
+        "iommufd_bugs.c",
+        SOURCE,
+        super::DEBUG_FLAGS,
+    )
 }
 
 fn line_of(needle: &str, from: usize) -> usize {
-    SOURCE
-        .lines()
-        .enumerate()
-        .skip(from)
-        .find(|(_, l)| l.contains(needle))
-        .map(|(i, _)| i + 1)
-        .unwrap_or_else(|| panic!("{needle} not in iommufd_bugs.c"))
+    super::line_in(SOURCE, "iommufd_bugs.c", needle, from)
 }
 
 /// `function (<dir>/iommufd_bugs.c:LINE)` (NUL: any directory).

@@ -18,15 +18,27 @@ pub const SOURCE: &str = include_str!("../programs/dma_bugs.c");
 /// `flags` (optimization, frame pointers, static linking); `None` without
 /// gcc.
 pub fn build(dir: &Path, name: &str, flags: &[&str]) -> Option<PathBuf> {
+    compile(dir, name, "dma_bugs.c", SOURCE, flags)
+}
+
+/// Writes `source` as `file` into a directory of its own under `dir` and
+/// builds it with `gcc -g -Wall FLAGS` as `name`; `None` without gcc.
+pub fn compile(
+    dir: &Path,
+    name: &str,
+    file: &str,
+    source: &str,
+    flags: &[&str],
+) -> Option<PathBuf> {
     if Command::new("gcc").arg("--version").output().is_err() {
         return None;
     }
     // One directory per build: tests build in parallel.
     let dir = dir.join(format!("{name}.d"));
     std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join("dma_bugs.c");
+    let src = dir.join(file);
     let bin = dir.join(name);
-    std::fs::write(&src, SOURCE).unwrap();
+    std::fs::write(&src, source).unwrap();
     let out = Command::new("gcc")
         .args(["-g", "-Wall"])
         .args(flags)
@@ -49,13 +61,19 @@ pub const DEBUG_FLAGS: &[&str] = &["-O0", "-fno-omit-frame-pointer"];
 /// The 1-based line of the first line containing `needle` (after line
 /// `from`).
 pub fn line_of(needle: &str, from: usize) -> usize {
-    SOURCE
+    line_in(SOURCE, "dma_bugs.c", needle, from)
+}
+
+/// The 1-based line of the first line of `source` (named `file`)
+/// containing `needle` after line `from`.
+pub fn line_in(source: &str, file: &str, needle: &str, from: usize) -> usize {
+    source
         .lines()
         .enumerate()
         .skip(from)
         .find(|(_, l)| l.contains(needle))
         .map(|(i, _)| i + 1)
-        .unwrap_or_else(|| panic!("{needle} not in dma_bugs.c"))
+        .unwrap_or_else(|| panic!("{needle} not in {file}"))
 }
 
 /// The line of `call` in `main`'s branch for `scenario`.
