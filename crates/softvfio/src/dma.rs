@@ -33,6 +33,9 @@ pub struct Dma {
     pub locked_pages: u64,
     /// Dirty bitmap (one bit per smallest IOMMU page) while tracking is on.
     pub bitmap: Option<Vec<u64>>,
+    /// A bit of `bitmap` may be set (false: every bit is clear), so that a
+    /// report of a mapping nothing dirtied this way clears nothing.
+    pub bitmap_touched: bool,
     /// Pages pinned through the external API (mediated devices), with
     /// their pin counts, by page offset in the mapping.
     pub ext_pins: PinTracker,
@@ -262,6 +265,7 @@ mod tests {
             pinned_vaddr: 0,
             locked_pages: 0,
             bitmap: None,
+            bitmap_touched: false,
             ext_pins: PinTracker::new(),
             space: None,
         }

@@ -350,6 +350,7 @@ impl Container {
                 for dma in t.dmas.iter_mut() {
                     if let Some(bm) = dma.bitmap.as_mut() {
                         dirty::set_all(bm, dma.size / min_pgsize(t.pgsize_bitmap));
+                        dma.bitmap_touched = true;
                     }
                 }
             }

@@ -33,6 +33,7 @@ impl Container {
             // Pages pinned externally count as dirty from the start
             // (type1's `vfio_dma_populate_bitmap`).
             dma.bitmap = Some(pinned_bitmap(dma, pgsize));
+            dma.bitmap_touched = !dma.ext_pins.is_empty();
         }
         if self.cfg.precise_dirty {
             // Start from clean IOMMU dirty bits: only later writes count.
@@ -59,6 +60,7 @@ impl Container {
             t.dirty_tracking = false;
             for dma in t.dmas.iter_mut() {
                 dma.bitmap = None;
+                dma.bitmap_touched = false;
             }
         }
         Ok(())
@@ -114,16 +116,18 @@ impl Container {
             // externally, which stay dirty (type1 re-populates them).
             match dma.bitmap.as_mut() {
                 Some(bits) if dma.ext_pins.is_empty() => {
-                    // In place: usually nothing is set (pages are dirtied
-                    // this way only through the pinning interfaces).
-                    if bits
-                        .chunks(64)
-                        .any(|c| c.iter().fold(0, |a, &w| a | w) != 0)
-                    {
+                    // In place, and only when something set a bit (pages
+                    // are dirtied this way only through the pinning
+                    // interfaces): most reports touch no bitmap at all.
+                    if dma.bitmap_touched {
                         bits.fill(0);
+                        dma.bitmap_touched = false;
                     }
                 }
-                _ => dma.bitmap = Some(pinned_bitmap(dma, pgsize)),
+                _ => {
+                    dma.bitmap = Some(pinned_bitmap(dma, pgsize));
+                    dma.bitmap_touched = !dma.ext_pins.is_empty();
+                }
             }
             res?;
         }

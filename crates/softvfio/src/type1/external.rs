@@ -73,6 +73,7 @@ impl Type1 {
             }
             if let Some(bm) = dma.bitmap.as_mut() {
                 dirty::set_bit(bm, (p.page * PAGE_SIZE) >> pgshift);
+                dma.bitmap_touched = true;
             }
         }
         failed
@@ -131,9 +132,12 @@ impl Type1 {
             return;
         }
         let pgshift = min_pgsize(self.pgsize_bitmap).trailing_zeros();
-        if let Some(bm) = self.dmas.get_mut(dma_iova).and_then(|d| d.bitmap.as_mut()) {
-            for bit in (offset >> pgshift)..=((offset + len - 1) >> pgshift) {
-                dirty::set_bit(bm, bit);
+        if let Some(d) = self.dmas.get_mut(dma_iova) {
+            if let Some(bm) = d.bitmap.as_mut() {
+                for bit in (offset >> pgshift)..=((offset + len - 1) >> pgshift) {
+                    dirty::set_bit(bm, bit);
+                }
+                d.bitmap_touched = true;
             }
         }
     }

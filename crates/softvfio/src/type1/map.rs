@@ -132,6 +132,7 @@ impl Container {
             pinned_vaddr: vaddr,
             locked_pages: 0,
             bitmap: None,
+            bitmap_touched: false,
             ext_pins: PinTracker::new(),
             space,
         };

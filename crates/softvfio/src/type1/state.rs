@@ -186,6 +186,11 @@ impl Container {
                     d.locked_pages
                 ));
             }
+            if !d.bitmap_touched && d.bitmap.as_ref().is_some_and(|b| b.iter().any(|&w| w != 0)) {
+                return broken(format!(
+                    "mapping {at:#x} has dirty bits set but is marked untouched"
+                ));
+            }
             if d.bitmap.is_some() != t.dirty_tracking {
                 return broken(format!(
                     "mapping {at:#x} has a dirty bitmap: {}, tracking: {}",
