@@ -15,10 +15,10 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use common::{build_c_file, result_lines, softvfio_run};
+use common::{build_c_file, differences, excuse_deviations, result_lines, softvfio_run};
 
 fn oracle_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests-oracle")
@@ -63,49 +63,6 @@ const DEVIATIONS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// `got` with each documented deviation replaced by Linux's answer, after
-/// checking that softvfio gave exactly the documented answer.
-fn excuse_deviations(want: &[(String, String)], got: &[(String, String)]) -> Vec<(String, String)> {
-    let linux: HashMap<&str, &str> = want.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    got.iter()
-        .map(|(k, v)| match DEVIATIONS.iter().find(|(c, _, _)| c == k) {
-            Some((_, ours, _)) if v == ours => {
-                (k.clone(), linux.get(k.as_str()).unwrap_or(&"").to_string())
-            }
-            _ => (k.clone(), v.clone()),
-        })
-        .collect()
-}
-
-/// The lines of `got` that differ from `want`, as readable report lines:
-/// `name: linux `A` softvfio `B``, `name: missing (linux `A`)`, and
-/// `name: extra `B``; plus a note when the order differs.
-fn differences(want: &[(String, String)], got: &[(String, String)]) -> Vec<String> {
-    let got_map: HashMap<&str, &str> = got.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let want_names: HashSet<&str> = want.iter().map(|(k, _)| k.as_str()).collect();
-    let mut out = Vec::new();
-    for (name, value) in want {
-        match got_map.get(name.as_str()) {
-            None => out.push(format!("{name}: missing (linux `{value}`)")),
-            Some(g) if g != value => out.push(format!("{name}: linux `{value}` softvfio `{g}`")),
-            Some(_) => {}
-        }
-    }
-    for (name, value) in got {
-        if !want_names.contains(name.as_str()) {
-            out.push(format!("{name}: extra `{value}`"));
-        }
-    }
-    if out.is_empty() {
-        let order_want: Vec<&str> = want.iter().map(|(k, _)| k.as_str()).collect();
-        let order_got: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
-        if order_want != order_got {
-            out.push("same lines in another order (or repeated)".to_string());
-        }
-    }
-    out
-}
-
 fn check(mode: &str, static_: bool) {
     let src = oracle_dir().join("vfio_pci_probe.c");
     let name = if static_ {
@@ -116,7 +73,7 @@ fn check(mode: &str, static_: bool) {
     let probe = build_c_file(&src, name, static_);
     let out = softvfio_run(mode, &[], &probe, &["/dev/vfio/3", "0000:00:03.0"]);
     let want = recorded();
-    let got = excuse_deviations(&want, &result_lines(&out.stdout));
+    let got = excuse_deviations(DEVIATIONS, &want, &result_lines(&out.stdout));
     let diff = differences(&want, &got);
     assert!(
         diff.is_empty(),

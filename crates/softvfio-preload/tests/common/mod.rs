@@ -3,7 +3,7 @@
 //! test programs, and runs of programs under `softvfio run`.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -263,4 +263,52 @@ pub fn result_lines(stdout: &str) -> Vec<(String, String)> {
             (name, value)
         })
         .collect()
+}
+
+/// `got` with each documented deviation (case, softvfio's exact answer,
+/// why) replaced by Linux's answer, after
+/// checking that softvfio gave exactly the documented answer.
+pub fn excuse_deviations(
+    deviations: &[(&str, &str, &str)],
+    want: &[(String, String)],
+    got: &[(String, String)],
+) -> Vec<(String, String)> {
+    let linux: HashMap<&str, &str> = want.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    got.iter()
+        .map(|(k, v)| match deviations.iter().find(|(c, _, _)| c == k) {
+            Some((_, ours, _)) if v == ours => {
+                (k.clone(), linux.get(k.as_str()).unwrap_or(&"").to_string())
+            }
+            _ => (k.clone(), v.clone()),
+        })
+        .collect()
+}
+
+/// The lines of `got` that differ from `want`, as readable report lines:
+/// `name: linux `A` softvfio `B``, `name: missing (linux `A`)`, and
+/// `name: extra `B``; plus a note when the order differs.
+pub fn differences(want: &[(String, String)], got: &[(String, String)]) -> Vec<String> {
+    let got_map: HashMap<&str, &str> = got.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let want_names: HashSet<&str> = want.iter().map(|(k, _)| k.as_str()).collect();
+    let mut out = Vec::new();
+    for (name, value) in want {
+        match got_map.get(name.as_str()) {
+            None => out.push(format!("{name}: missing (linux `{value}`)")),
+            Some(g) if g != value => out.push(format!("{name}: linux `{value}` softvfio `{g}`")),
+            Some(_) => {}
+        }
+    }
+    for (name, value) in got {
+        if !want_names.contains(name.as_str()) {
+            out.push(format!("{name}: extra `{value}`"));
+        }
+    }
+    if out.is_empty() {
+        let order_want: Vec<&str> = want.iter().map(|(k, _)| k.as_str()).collect();
+        let order_got: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        if order_want != order_got {
+            out.push("same lines in another order (or repeated)".to_string());
+        }
+    }
+    out
 }

@@ -104,6 +104,16 @@ static void device_setup(int dev) {
   if (pwrite(dev, &cmd, 2, ci.offset + 4) != 2) die("config write");
 }
 
+/* The container and group of argv[2] with edu (argv[3]) set up as
+ * `devfd`: the container. */
+static int open_edu(char **argv, int *g) {
+  int c = open_container(argv[2], g);
+  int dev = ioctl(*g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
+  if (dev < 0) die("GET_DEVICE_FD");
+  device_setup(dev);
+  return c;
+}
+
 /* Anonymous memory exactly at `addr`, filled with `byte`. */
 static char *fixed_page(uint64_t addr, size_t len, int byte) {
   char *p = mmap((void *)addr, len, PROT_READ | PROT_WRITE,
@@ -209,10 +219,7 @@ static int case_mlock(const char *group) {
 /* Before exec: map X (filled 'A') and Z ('C'), load the edu buffer from Z,
  * then exec this program with the container and group descriptors. */
 static int case_exec(char **argv) {
-  int g, c = open_container(argv[2], &g);
-  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
-  if (dev < 0) die("GET_DEVICE_FD");
-  device_setup(dev);
+  int g, c = open_edu(argv, &g);
   fixed_page(X_ADDR, PG, 'A');
   fixed_page(Z_ADDR, PG, 'C');
   if (map(c, IOVA_X, (void *)X_ADDR, PG) || map(c, IOVA_Z, (void *)Z_ADDR, PG)) die("map");
@@ -251,10 +258,7 @@ static int case_exec2(char **argv) {
  * must not land in the process that now has the pid. Root only (clone3
  * with set_tid makes the pid reuse deterministic). */
 static int case_orphan(char **argv) {
-  int g, c = open_container(argv[2], &g);
-  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
-  if (dev < 0) die("GET_DEVICE_FD");
-  device_setup(dev);
+  int g, c = open_edu(argv, &g);
   fixed_page(X_ADDR, PG, 'A');
   fixed_page(Z_ADDR, PG, 'C');
   if (map(c, IOVA_X, (void *)X_ADDR, PG) || map(c, IOVA_Z, (void *)Z_ADDR, PG)) die("map");
@@ -311,10 +315,7 @@ static int case_orphan(char **argv) {
 #define IOVA_S 0x400000
 #define IOVA_R 0x500000
 static void kept_owner(char **argv) {
-  int g, c = open_container(argv[2], &g);
-  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
-  if (dev < 0) die("GET_DEVICE_FD");
-  device_setup(dev);
+  int g, c = open_edu(argv, &g);
   fixed_page(X_ADDR, PG, 'A');
   char *s = mmap((void *)S_ADDR, PG, PROT_READ | PROT_WRITE,
                  MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
@@ -374,10 +375,7 @@ static int case_kept(char **argv) {
 /* fork: the container, group and device are shared; the child's MAP_DMA
  * pins the child's own memory, and its DMA reaches the parent's mappings. */
 static int case_fork(char **argv) {
-  int g, c = open_container(argv[2], &g);
-  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
-  if (dev < 0) die("GET_DEVICE_FD");
-  device_setup(dev);
+  int g, c = open_edu(argv, &g);
   char *z = fixed_page(Z_ADDR, PG, 'Z');
   char *p = fixed_page(X_ADDR, PG, 'P');
   if (map(c, IOVA_Z, z, PG)) die("map");
@@ -401,7 +399,7 @@ static int case_fork(char **argv) {
   printf("fork_parent_page_untouched %s\n", all_are(p, PG, 'P') ? "yes" : "no");
   /* The child's mapping is gone: the IOVA is free again. */
   printf("fork_parent_map_again %s\n", errno_name(map(c, IOVA_NEW, p, PG)));
-  close(dev);
+  close(devfd);
   close(g);
   close(c);
   return 0;
@@ -431,10 +429,7 @@ static int update_vaddr(int c, uint64_t iova, void *vaddr, uint64_t size) {
 }
 
 static int case_vaddr(char **argv) {
-  int g, c = open_container(argv[2], &g);
-  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
-  if (dev < 0) die("GET_DEVICE_FD");
-  device_setup(dev);
+  int g, c = open_edu(argv, &g);
   int fd = memfd_page('A');
   char *z = fixed_page(Z_ADDR, PG, 'C');
   if (map(c, IOVA_X, (void *)X_ADDR, PG) || map(c, IOVA_Z, z, PG)) die("map");
@@ -453,7 +448,7 @@ static int case_vaddr(char **argv) {
   d2 = edu_dma(EDU_BUF, IOVA_Z, 64, 1);
   printf("vaddr_dma_reads_new %s\n", all_are(z, 64, 'N') ? "yes" : "no");
   printf("unmap %s\n", errno_name(unmap(c, IOVA_X, PG)));
-  close(dev);
+  close(devfd);
   close(g);
   close(c);
   return 0;
@@ -555,10 +550,7 @@ static int case_names(char **argv) {
 /* A program that forbids itself mlock, munlock and madvise (seccomp) and
  * is not dumpable: VFIO's pins need neither. */
 static int case_seccomp(char **argv) {
-  int g, c = open_container(argv[2], &g);
-  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
-  if (dev < 0) die("GET_DEVICE_FD");
-  device_setup(dev);
+  int g, c = open_edu(argv, &g);
   struct sock_filter f[] = {
       BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
       BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mlock, 3, 0),
@@ -579,7 +571,7 @@ static int case_seccomp(char **argv) {
   int d1 = edu_dma(IOVA_X + PG, EDU_BUF, 64, 0), d2 = edu_dma(EDU_BUF, IOVA_Z, 64, 1);
   printf("seccomp_dma %d %d %s\n", d1, d2, all_are(z, 64, 'S') ? "yes" : "no");
   printf("seccomp_unmap %s\n", errno_name(unmap(c, IOVA_X, 2 * PG)));
-  close(dev);
+  close(devfd);
   close(g);
   close(c);
   return 0;
@@ -588,10 +580,7 @@ static int case_seccomp(char **argv) {
 /* What DMA sees after the program changes mapped memory (the table in
  * docs/RELIABILITY.md): mprotect, MADV_DONTNEED, mremap, munmap. */
 static int case_quirks(char **argv) {
-  int g, c = open_container(argv[2], &g);
-  int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, argv[3]);
-  if (dev < 0) die("GET_DEVICE_FD");
-  device_setup(dev);
+  int g, c = open_edu(argv, &g);
   char *x = fixed_page(X_ADDR, 2 * PG, 'Q');
   char *z = fixed_page(Z_ADDR, PG, 'Z');
   if (map(c, IOVA_X, x, 2 * PG) || map(c, IOVA_Z, z, PG)) die("map");
@@ -618,7 +607,7 @@ static int case_quirks(char **argv) {
   printf("mremap_dma_reaches_moved %s\n", all_are(moved, 64, 'M') ? "yes" : "no");
   printf("mremap_dma_reaches_new_at_old_address %s\n", all_are(again, 64, 'M') ? "yes" : "no");
   printf("unmap %s\n", errno_name(unmap(c, IOVA_X, 2 * PG)));
-  close(dev);
+  close(devfd);
   close(g);
   close(c);
   return 0;
