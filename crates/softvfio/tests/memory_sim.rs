@@ -33,17 +33,19 @@ fn four_tib_of_1g_pages_pinned_and_unpinned_exactly() {
     }
     let pages = 4 * TIB / PAGE_SIZE;
     let t = Instant::now();
-    let mut runs = 0u64;
-    let mut next = BASE;
-    m.pin(BASE, 4 * TIB, true, &mut |r| {
-        assert_eq!((r.vaddr, r.len, r.page_size), (next, SIZE_1G, SIZE_1G));
-        next += r.len;
-        runs += 1;
-        Ok(())
-    })
-    .unwrap();
+    let runs = pin_runs(&m, BASE, 4 * TIB, true).unwrap();
     let pinned = t.elapsed();
-    assert_eq!(runs, 4096);
+    // Touching regions of one page size are one run (contiguous), pinned
+    // with one operation per huge page.
+    assert_eq!(
+        runs,
+        vec![PinnedRun {
+            vaddr: BASE,
+            len: 4 * TIB,
+            page_size: SIZE_1G,
+            pfn: None
+        }]
+    );
     let s = m.stats();
     assert_eq!(
         (s.pin_ops, s.pinned_pages, s.pin_refs, s.locked_bytes),
@@ -53,7 +55,8 @@ fn four_tib_of_1g_pages_pinned_and_unpinned_exactly() {
 
     // A second pin over the middle 1 TiB, straddling two regions.
     let mid = BASE + TIB + TIB / 2;
-    assert_eq!(pin_runs(&m, mid, TIB, false).unwrap().len(), 1024);
+    assert_eq!(pin_runs(&m, mid, TIB, false).unwrap().len(), 1);
+    assert_eq!(m.stats().pin_ops, 4096 + 1024);
     let s = m.stats();
     assert_eq!(
         (s.pinned_pages, s.pin_refs),
@@ -119,7 +122,8 @@ fn one_tib_of_base_pages_is_one_run_and_cheap() {
 
 /// A pin over regions of every page size: one run of base pages over three
 /// touching 4K regions, 511 huge 2M pages in two regions, 2 huge 1G pages.
-fn mixed() -> (SimMemory, u64, u64, usize) {
+/// Returns the memory, the range and the pin operations it takes.
+fn mixed() -> (SimMemory, u64, u64, u64) {
     let m = SimMemory::new();
     let a = BASE;
     m.add_region(a, 8 * SIZE_4K, SIZE_4K, Prot::RW).unwrap();
@@ -137,7 +141,21 @@ fn mixed() -> (SimMemory, u64, u64, usize) {
     let start = a + 4 * SIZE_4K;
     let end = c + 2 * SIZE_1G;
     let runs = pin_runs(&m, start, end - start, true).unwrap();
-    let n = runs.len();
+    let run = |vaddr, len, page_size| PinnedRun {
+        vaddr,
+        len,
+        page_size,
+        pfn: None,
+    };
+    assert_eq!(
+        runs,
+        vec![
+            run(start, b - start, SIZE_4K),
+            run(b, c - b, SIZE_2M),
+            run(c, 2 * SIZE_1G, SIZE_1G)
+        ]
+    );
+    let n = m.stats().pin_ops;
     m.unpin(start, end - start);
     assert!(zero_pins(m.stats()));
     (m, start, end - start, n)
@@ -146,11 +164,15 @@ fn mixed() -> (SimMemory, u64, u64, usize) {
 #[test]
 fn fault_injection_at_every_pin_op_leaves_nothing_pinned() {
     let (m, start, len, n) = mixed();
-    assert_eq!(n, 1 + 511 + 2, "a multi-run pin");
+    assert_eq!(
+        n,
+        1 + 511 + 2,
+        "one op per run of base pages and per huge page"
+    );
     // A pin held across the failures must stay exactly as it is.
     pin_runs(&m, start, 2 * PAGE_SIZE, false).unwrap();
     let base_stats = m.stats();
-    for k in 1..=n as u64 {
+    for k in 1..=n {
         m.fail_nth_pin(k);
         let ops_before = m.stats().pin_ops;
         let mut reported = 0;
@@ -174,7 +196,7 @@ fn fault_injection_at_every_pin_op_leaves_nothing_pinned() {
         assert_eq!(m.tracked_segments(), 1, "op {k}");
     }
     // The injection fires once: the next pin succeeds.
-    m.fail_nth_pin(n as u64 + 1);
+    m.fail_nth_pin(n + 1);
     pin_runs(&m, start, len, true).unwrap();
     m.fail_nth_pin(0);
     m.unpin(start, len);
@@ -187,7 +209,7 @@ fn fault_injection_at_every_pin_op_leaves_nothing_pinned() {
 #[test]
 fn fault_injection_with_no_earlier_pins_stats_all_zero() {
     let (m, start, len, n) = mixed();
-    for k in [1, 2, n as u64 / 2, n as u64] {
+    for k in [1, 2, n / 2, n] {
         m.fail_nth_pin(k);
         assert_eq!(pin_runs(&m, start, len, false), Err(MemError::Injected));
         assert!(zero_pins(m.stats()), "op {k}: {:?}", m.stats());
@@ -198,10 +220,23 @@ fn fault_injection_with_no_earlier_pins_stats_all_zero() {
 #[test]
 fn on_run_failure_at_every_position_leaves_nothing_pinned() {
     let m = SimMemory::new();
-    m.add_region(BASE, 8 * SIZE_2M, SIZE_2M, Prot::RW).unwrap();
-    for k in 1..=8 {
+    // Fifteen runs: 2M regions alternating with 4K ones (a change of page
+    // size ends a run).
+    for i in 0..8 {
+        m.add_region(BASE + 2 * i * SIZE_2M, SIZE_2M, SIZE_2M, Prot::RW)
+            .unwrap();
+        m.add_region(BASE + (2 * i + 1) * SIZE_2M, SIZE_2M, SIZE_4K, Prot::RW)
+            .unwrap();
+    }
+    let len = 15 * SIZE_2M;
+    let runs = pin_runs(&m, BASE, len, true).unwrap();
+    assert_eq!(runs.len(), 15);
+    m.unpin(BASE, len);
+    assert!(zero_pins(m.stats()));
+    let before = m.stats();
+    for k in 1..=15 {
         let mut seen = 0;
-        let r = m.pin(BASE, 8 * SIZE_2M, true, &mut |_| {
+        let r = m.pin(BASE, len, true, &mut |_| {
             seen += 1;
             if seen == k {
                 Err(MemError::NoMem)
@@ -212,10 +247,13 @@ fn on_run_failure_at_every_position_leaves_nothing_pinned() {
         assert_eq!(r, Err(MemError::NoMem));
         assert!(zero_pins(m.stats()));
     }
+    // Each call pinned 8 huge pages and 7 runs of base pages, and rolled
+    // them back the same way.
     let s = m.stats();
-    assert_eq!(s.pin_ops, 64);
+    assert_eq!(s.pin_ops - before.pin_ops, 15 * 15);
     assert_eq!(
-        s.unpin_ops, 64,
+        s.unpin_ops - before.unpin_ops,
+        15 * 15,
         "rollback unpins one op per huge page, like the pin"
     );
 }
@@ -228,7 +266,9 @@ fn access_faults_and_unmap() {
         .unwrap();
     assert_eq!(pin_runs(&m, BASE, 5 * SIZE_2M, true), Err(MemError::Fault));
     assert!(zero_pins(m.stats()));
-    assert_eq!(pin_runs(&m, BASE, 5 * SIZE_2M, false).unwrap().len(), 5);
+    // Read access: the read-only region joins the run.
+    assert_eq!(pin_runs(&m, BASE, 5 * SIZE_2M, false).unwrap().len(), 1);
+    assert_eq!(m.stats().pin_ops, 5 + 4, "4 pages before the fault, then 5");
     assert_eq!(pin_runs(&m, BASE, 6 * SIZE_2M, false), Err(MemError::Fault));
 
     // DMA into the pinned memory, then the user unmaps part of it.

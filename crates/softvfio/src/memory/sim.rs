@@ -7,10 +7,13 @@
 //! test can map several TiB.
 //!
 //! Pinning follows the same rules as the host backend: the access asked for
-//! must be allowed (else [`MemError::Fault`]), one pin operation and one run
-//! per huge page, and base pages of one region merge into one run (as if
-//! physically contiguous). [`SimMemory::fail_nth_pin`] injects a failure at a
-//! chosen pin operation to exercise rollback.
+//! must be allowed (else [`MemError::Fault`]) and there is one pin operation
+//! per huge page. Simulated memory is physically contiguous wherever it is
+//! virtually contiguous, so touching pages of one size that allow the access
+//! are reported as one run (base pages over touching regions, huge pages of
+//! one size over touching regions of that size): a TiB of 2M pages is one
+//! run, not half a million. [`SimMemory::fail_nth_pin`] injects a failure at
+//! a chosen pin operation to exercise rollback.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -286,63 +289,75 @@ impl State {
     }
 
     /// Decides at the head, from the first page, how far the run starting at
-    /// `cur` goes: to the end of its huge page, or over every touching region
-    /// of base pages that allows the access (as if physically contiguous).
+    /// `cur` goes: over every touching region of the same page size that
+    /// allows the access (as if physically contiguous).
     fn run_at(&self, cur: u64, end: u64, write: bool) -> Result<PinnedRun, MemError> {
         let (_, r) = self.region_at(cur).ok_or(MemError::Fault)?;
         if !allows(r.prot, write) {
             return Err(MemError::Fault);
         }
-        let run_end = if r.page_size > PAGE_SIZE {
-            (cur - cur % r.page_size + r.page_size).min(end)
-        } else {
-            let mut e = r.end;
-            while e < end {
-                match self.regions.get(&e) {
-                    Some(n) if n.page_size == PAGE_SIZE && allows(n.prot, write) => e = n.end,
-                    _ => break,
-                }
+        let mut e = r.end;
+        while e < end {
+            match self.regions.get(&e) {
+                Some(n) if n.page_size == r.page_size && allows(n.prot, write) => e = n.end,
+                _ => break,
             }
-            e.min(end)
-        };
+        }
         Ok(PinnedRun {
             vaddr: cur,
-            len: run_end - cur,
+            len: e.min(end) - cur,
             page_size: r.page_size,
             pfn: None,
         })
     }
 
-    fn injected(&mut self) -> bool {
+    /// Counts `ops` pin operations against an injected failure: how many of
+    /// them succeed before it fires (`ops` when it does not fire in them).
+    fn ops_before_injection(&mut self, ops: u64) -> u64 {
         match self.fail_after {
-            Some(0) => {
+            Some(n) if n < ops => {
                 self.fail_after = None;
-                true
+                n
             }
             Some(n) => {
-                self.fail_after = Some(n - 1);
-                false
+                self.fail_after = Some(n - ops);
+                ops
             }
-            None => false,
+            None => ops,
         }
     }
 
-    /// Pins run by run; on failure unpins what this call pinned.
+    /// Pins run by run, one pin operation per huge page (per run of base
+    /// pages); on failure unpins what this call pinned.
     fn pin_runs(&mut self, vaddr: u64, end: u64, write: bool) -> Result<Runs, MemError> {
         let mut runs = Runs::default();
         let mut cur = vaddr;
         while cur < end {
-            let run = match self.run_at(cur, end, write) {
-                Ok(run) if !self.injected() => Ok(run),
-                Ok(_) => Err(MemError::Injected),
-                Err(e) => Err(e),
+            let run = self
+                .run_at(cur, end, write)
+                .inspect_err(|_| self.release(vaddr, cur))?;
+            let run_end = run.vaddr + run.len;
+            let ops = if run.page_size > PAGE_SIZE {
+                // Huge pages touched, partial ones at the edges included.
+                (run_end - 1) / run.page_size - cur / run.page_size + 1
+            } else {
+                1
+            };
+            let done = self.ops_before_injection(ops);
+            if done < ops {
+                // The operations before the failing one ran: pin their
+                // pages, then roll the whole call back.
+                let ps = run.page_size;
+                let upto = (cur - cur % ps + done * ps).clamp(cur, run_end);
+                self.counts.add(cur, upto, ps, |_, _| {});
+                self.pin_ops += done;
+                self.release(vaddr, upto);
+                return Err(MemError::Injected);
             }
-            .inspect_err(|_| self.release(vaddr, cur))?;
-            self.counts
-                .add(run.vaddr, run.vaddr + run.len, run.page_size, |_, _| {});
-            self.pin_ops += 1;
+            self.counts.add(cur, run_end, run.page_size, |_, _| {});
+            self.pin_ops += ops;
             runs.push(run);
-            cur += run.len;
+            cur = run_end;
         }
         Ok(runs)
     }
@@ -522,13 +537,19 @@ mod tests {
     }
 
     #[test]
-    fn huge_pages_one_run_each_partial_at_edges() {
+    fn huge_pages_one_run_one_op_each_partial_at_edges() {
         let m = SimMemory::new();
         m.add_region(0, 8 * SIZE_2M, SIZE_2M, Prot::RW).unwrap();
         let runs = collect(&m, SIZE_2M / 2, 3 * SIZE_2M, false).unwrap();
-        let lens: Vec<u64> = runs.iter().map(|r| r.len).collect();
-        assert_eq!(lens, vec![SIZE_2M / 2, SIZE_2M, SIZE_2M, SIZE_2M / 2]);
-        assert!(runs.iter().all(|r| r.page_size == SIZE_2M));
+        assert_eq!(
+            runs,
+            vec![PinnedRun {
+                vaddr: SIZE_2M / 2,
+                len: 3 * SIZE_2M,
+                page_size: SIZE_2M,
+                pfn: None
+            }]
+        );
         m.unpin(SIZE_2M / 2, 3 * SIZE_2M);
         let s = m.stats();
         assert_eq!(
@@ -617,7 +638,12 @@ mod tests {
     #[test]
     fn on_run_error_rolls_back() {
         let m = SimMemory::new();
-        m.add_region(0, 4 * SIZE_2M, SIZE_2M, Prot::RW).unwrap();
+        // Three runs: page sizes alternate.
+        m.add_region(0, 2 * SIZE_2M, SIZE_2M, Prot::RW).unwrap();
+        m.add_region(2 * SIZE_2M, SIZE_2M, SIZE_4K, Prot::RW)
+            .unwrap();
+        m.add_region(3 * SIZE_2M, SIZE_2M, SIZE_2M, Prot::RW)
+            .unwrap();
         let mut n = 0;
         let r = m.pin(0, 4 * SIZE_2M, true, &mut |_| {
             n += 1;

@@ -239,7 +239,7 @@ impl Container {
         for run in &runs {
             let iova = dma.iova + (run.vaddr - vaddr);
             for d in domains {
-                if let Err(e) = d.map(iova, phys(run.vaddr), run.len, dma.prot) {
+                if let Err(e) = map_run_pages(d.as_ref(), iova, run, &phys, dma.prot, false) {
                     tracing::warn!(iova, "vaddr update: remap failed: {e:?}");
                 }
             }
@@ -735,11 +735,11 @@ impl RunBatch {
                 return r.map_err(VfioError::from);
             }
         }
-        // Run by run, as before batches.
+        // Run by run, a run of huge pages page by page, as before batches.
         let mut done = 0u64;
         for run in &self.runs {
             let at = iova + (run.vaddr - self.vaddr);
-            if let Err(e) = map_run(d, at, phys_of(run.vaddr), run.len, prot, small_pages) {
+            if let Err(e) = map_run_pages(d, at, run, phys_of, prot, small_pages) {
                 if done > 0 {
                     unmap_all_of(d, iova, done);
                 }
@@ -749,6 +749,37 @@ impl RunBatch {
         }
         Ok(())
     }
+}
+
+/// Maps one pinned run at `iova` into `d` with one map call per huge page
+/// of the run (a backend may report touching huge pages as one run; the
+/// leaves stay those of their pages), in 4 KiB pages when `small_pages`;
+/// all or nothing.
+fn map_run_pages(
+    d: &dyn DomainOps,
+    iova: u64,
+    run: &PinnedRun,
+    phys_of: &dyn Fn(u64) -> u64,
+    prot: Prot,
+    small_pages: bool,
+) -> Result<()> {
+    if small_pages || run.page_size <= PAGE_SIZE {
+        return map_run(d, iova, phys_of(run.vaddr), run.len, prot, small_pages);
+    }
+    let ps = run.page_size;
+    let end = run.vaddr + run.len;
+    let mut v = run.vaddr;
+    while v < end {
+        let piece_end = (v - v % ps).saturating_add(ps).min(end);
+        if let Err(e) = d.map(iova + (v - run.vaddr), phys_of(v), piece_end - v, prot) {
+            if v > run.vaddr {
+                unmap_all_of(d, iova, v - run.vaddr);
+            }
+            return Err(e.into());
+        }
+        v = piece_end;
+    }
+    Ok(())
 }
 
 /// Maps one run into one domain, in 4 KiB pages when `small_pages`; all or
