@@ -88,6 +88,13 @@ impl Inside {
 }
 
 impl Inside {
+    /// Marks this thread as softvfio's own for the rest of its life: the
+    /// engine's pin workers (every call they make is the engine's, made
+    /// while the pinning caller holds the session; memory/host/parallel.rs).
+    pub(crate) fn mark_thread() {
+        let _ = INSIDE.try_with(|c| c.set(true));
+    }
+
     /// Is this thread running softvfio code (read from a signal handler:
     /// a const-initialized thread-local, no allocation)?
     pub(crate) fn is_set() -> bool {

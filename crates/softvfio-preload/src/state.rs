@@ -131,20 +131,22 @@ pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Result<R, c_int> {
                 if let Some(s) = &sanitizer {
                     vfio.set_sanitizer(s.clone());
                 }
+                // Large pins run on the engine's pin pool (`[engine]
+                // pin_threads`). Its workers are ours: their ioctl/pread
+                // calls must pass our interposed functions straight
+                // through, which would otherwise wait for the session lock
+                // the pinning caller holds (memory/host/parallel.rs).
+                softvfio::memory::host::parallel::set_pin_worker_start(crate::Inside::mark_thread);
                 *guard = Some(State {
                     built,
                     session: Session::new(vfio),
-                    // Pins stay on the calling thread: the pin pool's
-                    // threads would call the interposed ioctl/pread/mmap
-                    // while the caller holds the session (a deadlock;
-                    // docs/PERFORMANCE.md, "Pinning in parallel").
                     // SAFETY: the engine writes this process's memory only at the user
                     // addresses the program passes in its VFIO ioctls (argument structs, DMA
                     // buffers), as the kernel would; no Rust reference of this library covers
                     // them.
-                    mem: Arc::new(crate::mmio::with_device_ranges(
-                        unsafe { HostMemory::current() }.with_pin_threads(1),
-                    )),
+                    mem: Arc::new(crate::mmio::with_device_ranges(unsafe {
+                        HostMemory::current()
+                    })),
                     fds: HashMap::new(),
                     refs: HashMap::new(),
                     claims: HashMap::new(),

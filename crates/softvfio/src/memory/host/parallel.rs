@@ -3,10 +3,9 @@
 //! Linux's type1 and iommufd pin a mapping on the calling thread, and
 //! faulting in and locking a large one is most of a VM's start. Here a pin
 //! of at least [`PARALLEL_MIN_BYTES`] whose system calls may run on any
-//! thread of this process ([`MmSyscalls::any_thread`]: an embedding VMM;
-//! not the trace mode, whose calls are injected into one stopped thread,
-//! nor yet the preload mode, whose interposed functions the pool's threads
-//! would enter while the caller holds the session) is cut into chunks of
+//! thread of this process ([`MmSyscalls::any_thread`]: an embedding VMM or
+//! the preload mode; not the trace mode, whose calls are injected into one
+//! stopped thread) is cut into chunks of
 //! [`CHUNK_BYTES`], aligned to the largest page size of the range so that
 //! no huge page is cut:
 //!
@@ -21,10 +20,12 @@
 //! 2. `MADV_POPULATE_WRITE` (or `_READ`) of each chunk on the pool: the
 //!    faults, the zeroing and the locking, under the mmap read lock, in
 //!    parallel;
-//! 3. `mlock` of the range, on the calling thread: turns `VM_LOCKONFAULT`
-//!    into the plain `VM_LOCKED` that the one-thread path leaves, so the
-//!    address space ends exactly as after it (VMAs, flags, `VmLck`); its
-//!    walk over the present pages is the part that stays serial;
+//! 3. `mlock` of each chunk on the pool: turns `VM_LOCKONFAULT` into the
+//!    plain `VM_LOCKED` that the one-thread path leaves, so the address
+//!    space ends exactly as after it (VMAs, flags, `VmLck`): the flag
+//!    changes are serialised by the mmap write lock (the VMA splits while
+//!    neighbouring pieces differ and merges back), the walks over the
+//!    present pages that follow run under the read lock, in parallel;
 //! 4. the page sizes and PFNs of each chunk (`PAGEMAP_SCAN`, `pagemap`),
 //!    on the pool.
 //!
@@ -49,9 +50,15 @@
 //! - Pools: one per thread count per process, made at its first use and
 //!   kept for the life of the process; a forked child makes its own (the
 //!   parent's threads do not exist in it).
+//! - Every worker runs the hook set with [`set_pin_worker_start`] before
+//!   its first chunk. The preload library marks its workers as its own
+//!   there: the workers' `ioctl(PAGEMAP_SCAN)` and `pread(pagemap)` enter
+//!   its interposed functions, which look the descriptor up under the
+//!   session lock that the pinning caller holds while it waits for them (a
+//!   deadlock, the reason preload once pinned on one thread only).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
@@ -95,6 +102,19 @@ pub(super) fn resolve(threads: usize) -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Run by each pool worker when it starts (see [`set_pin_worker_start`]).
+static WORKER_START: OnceLock<fn()> = OnceLock::new();
+
+/// Sets what every pin pool worker runs when it starts, before any chunk;
+/// the first call wins, and it must come before the first parallel pin (a
+/// worker started earlier does not run it). The preload library marks its
+/// workers there, so that their system calls pass its interposed functions
+/// straight through (module invariants). Returns false when a hook was
+/// already set.
+pub fn set_pin_worker_start(hook: fn()) -> bool {
+    WORKER_START.set(hook).is_ok()
+}
+
 /// The pools made in this process: (pid, threads, pool).
 static POOLS: Mutex<Vec<(i32, usize, Arc<rayon::ThreadPool>)>> = Mutex::new(Vec::new());
 
@@ -118,6 +138,11 @@ fn pool_for(threads: usize) -> Option<Arc<rayon::ThreadPool>> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("softvfio-pin-{i}"))
+        .start_handler(|_| {
+            if let Some(hook) = WORKER_START.get() {
+                hook();
+            }
+        })
         .build()
         .inspect_err(|e| tracing::warn!("pin pool of {threads} threads: {e}; pinning on one"))
         .ok()?;
@@ -224,8 +249,23 @@ impl HostMemory {
         });
         let mut failure = faults.into_iter().fold(None, worse);
         if failure.is_none() {
-            // Step 3: the one plain lock the one-thread path takes.
-            if locked.is_ok() {
+            // Step 3: the plain lock the one-thread path takes. After step 1
+            // it is a flag change on a VMA already `VM_LOCKED` plus a walk
+            // over the present pages, and the walk runs under the mmap read
+            // lock: chunk by chunk on the pool, the walks overlap (the
+            // pieces, split only while their flags differ, merge back as
+            // their neighbours change: same anon_vma, same flags). Without
+            // step 1 (pages locked already) one call, as the one-thread path.
+            if locked.is_ok() && on_fault {
+                let locks: Vec<Result<(), ChunkError>> = pool.install(|| {
+                    pieces
+                        .par_iter()
+                        .with_max_len(1)
+                        .map(|&(a, b)| retry_eintr(|| self.sys.mlock(a, b - a)).map_err(lock_error))
+                        .collect()
+                });
+                locked = locks.into_iter().fold(None, worse).map_or(Ok(()), Err);
+            } else if locked.is_ok() {
                 locked = retry_eintr(|| self.sys.mlock(vaddr, len)).map_err(lock_error);
             }
             failure = locked.err();
