@@ -105,6 +105,13 @@ pub fn section(run: &Run<'_>, doc_dir: &Path) -> String {
             r.note.replace('|', "/")
         );
     }
+    if !run.rows.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nEach result beside its baseline (bars scaled to the larger of the two; `better` says which way is better):\n"
+        );
+        let _ = writeln!(s, "```text\n{}```", text_chart(run.rows));
+    }
     if !run.skipped.is_empty() {
         let _ = writeln!(s, "\nSkipped:\n");
         for (name, why) in run.skipped {
@@ -119,6 +126,56 @@ pub fn section(run: &Run<'_>, doc_dir: &Path) -> String {
         }
     }
     let _ = writeln!(s, "{END}");
+    s
+}
+
+/// Width of the longer bar of a pair in [`text_chart`], in characters.
+const BAR_CHARS: usize = 40;
+
+/// A bar of `frac` (0..=1) of [`BAR_CHARS`], in eighths of a character.
+fn bar(frac: f64) -> String {
+    const EIGHTHS: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
+    let frac = if frac.is_finite() {
+        frac.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let eighths = (frac * (BAR_CHARS * 8) as f64).round() as usize;
+    let mut out = "█".repeat(eighths / 8);
+    if !eighths.is_multiple_of(8) {
+        out.push(EIGHTHS[eighths % 8]);
+    }
+    out
+}
+
+/// Two bars per row, the result above its same-run baseline, both scaled
+/// to the larger of the two (so a ratio reads as the bars' lengths).
+pub fn text_chart(rows: &[Row]) -> String {
+    let name_w = rows.iter().map(|r| r.bench.len()).max().unwrap_or(0);
+    let mut s = String::new();
+    for r in rows {
+        let max = r.value.abs().max(r.baseline_value.abs());
+        let frac = |v: f64| if max > 0.0 { v.abs() / max } else { 0.0 };
+        let better = match r.better {
+            super::Better::Lower => "lower is better",
+            super::Better::Higher => "higher is better",
+        };
+        let _ = writeln!(
+            s,
+            "{:<name_w$}  result   {:<BAR_CHARS$} {}  (ratio {:.3}, {better})",
+            r.bench,
+            bar(frac(r.value)),
+            human(r.value, r.unit),
+            r.ratio(),
+        );
+        let _ = writeln!(
+            s,
+            "{:<name_w$}  baseline {:<BAR_CHARS$} {}",
+            "",
+            bar(frac(r.baseline_value)),
+            human(r.baseline_value, r.unit),
+        );
+    }
     s
 }
 
@@ -174,6 +231,19 @@ mod tests {
     }
 
     #[test]
+    fn bars_in_eighths() {
+        assert_eq!(bar(0.0), "");
+        assert_eq!(bar(1.0), "█".repeat(BAR_CHARS));
+        assert_eq!(bar(f64::NAN), "");
+        // 1/320 of the width: one eighth of a character.
+        assert_eq!(bar(1.0 / (BAR_CHARS * 8) as f64), "▏");
+        assert_eq!(
+            bar(0.5 + 4.0 / (BAR_CHARS * 8) as f64),
+            format!("{}▌", "█".repeat(20))
+        );
+    }
+
+    #[test]
     fn civil_dates() {
         assert_eq!(civil(0), (1970, 1, 1));
         assert_eq!(civil(19_723), (2024, 1, 1));
@@ -209,6 +279,22 @@ mod tests {
         );
         assert!(s.contains("load average 1.00 1.00 1.00 before, 2.00 1.00 1.00 after"));
         assert!(s.contains("- `vm-start`: no QEMU"));
+        // The text chart: the result's bar full, the baseline's half.
+        let full = "█".repeat(BAR_CHARS);
+        let half = "█".repeat(BAR_CHARS / 2);
+        assert!(
+            s.contains(&format!(
+                "x:trace  result   {full} 2.000 µs  (ratio 2.000, lower is better)\n"
+            )),
+            "{s}"
+        );
+        assert!(
+            s.contains(&format!(
+                "         baseline {half}{} 1.000 µs\n",
+                " ".repeat(BAR_CHARS / 2)
+            )),
+            "{s}"
+        );
         assert!(s.contains("- [perf/a.svg](perf/a.svg)"));
     }
 }

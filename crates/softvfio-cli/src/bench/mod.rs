@@ -234,6 +234,11 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
         uapi::huge_1g,
     ),
     (
+        "uapi-map-fresh",
+        "MAP_DMA+UNMAP_DMA of 1 GiB of fresh 4K memory through `softvfio run`, trace and preload, vs one-thread populate+mlock+munlock",
+        uapi::map_fresh,
+    ),
+    (
         "vm-start",
         "QEMU (TCG, 1 and 4 GiB) under softvfio run, start to the guest's first line, with edu vs no device",
         vmstart::vm_start,

@@ -15,6 +15,10 @@
 //!   populated hugetlb memory against `MADV_POPULATE_WRITE` + `mlock` +
 //!   `munlock` of it. Needs 512 free 2 MiB pages (raised for the run when
 //!   root, as map-2m does).
+//! - **uapi-map-fresh**: MAP+UNMAP of 1 GiB of fresh 4K memory (a new
+//!   `mmap` every round) against the single-threaded populate, `mlock` and
+//!   `munlock` of fresh memory in a child. Preload pins on the engine's
+//!   pool (every core), trace on the program's thread.
 //!
 //! trace runs a static build (the trace mode's reason to exist), preload a
 //! dynamic one; `trace-ptrace` is trace mode with seccomp user
@@ -31,6 +35,7 @@ use super::{Better, Ctx, Outcome, PlotData, Row};
 
 const SOURCE: &str = include_str!("uapi_bench.c");
 const HUGE_MB: u64 = 1024;
+const FRESH_MB: u64 = 1024;
 
 fn build(dir: &Path, static_: bool) -> Result<PathBuf, String> {
     super::build_c_program(dir, "uapi_bench", SOURCE, static_)
@@ -43,6 +48,7 @@ struct Samples {
     bar: Vec<(f64, f64)>,
     map4k: Vec<(f64, f64)>,
     huge: Vec<(f64, f64)>,
+    fresh: Vec<(f64, f64)>,
 }
 
 struct Plan<'a> {
@@ -55,6 +61,7 @@ struct Plan<'a> {
     bar_iters: usize,
     map_iters: usize,
     huge_mb: u64,
+    fresh_mb: u64,
 }
 
 fn run(p: &Plan<'_>) -> Result<Samples, String> {
@@ -73,6 +80,7 @@ fn run(p: &Plan<'_>) -> Result<Samples, String> {
         .arg(p.bar_iters.to_string())
         .arg(p.map_iters.to_string())
         .arg(p.huge_mb.to_string())
+        .arg(p.fresh_mb.to_string())
         .output()
         .map_err(|e| format!("softvfio run: {e}"))?;
     if !out.status.success() {
@@ -96,11 +104,16 @@ fn run(p: &Plan<'_>) -> Result<Samples, String> {
             "bar" => s.bar.push((b, v)),
             "map4k" => s.map4k.push((b, v)),
             "huge" => s.huge.push((b, v)),
+            "fresh" => s.fresh.push((b, v)),
             _ => {}
         }
     }
-    let huge_want = if p.huge_mb > 0 { p.rounds } else { 0 };
-    if s.bar.len() != p.rounds || s.map4k.len() != p.rounds || s.huge.len() != huge_want {
+    let want = |mb: u64| if mb > 0 { p.rounds } else { 0 };
+    if s.bar.len() != p.rounds
+        || s.map4k.len() != p.rounds
+        || s.huge.len() != want(p.huge_mb)
+        || s.fresh.len() != want(p.fresh_mb)
+    {
         return Err(format!("{}: incomplete output of the program", p.mode));
     }
     Ok(s)
@@ -167,6 +180,8 @@ fn measure_in(ctx: &Ctx, huge: bool, want: &str, dir: &Path) -> Result<Outcome, 
     let mut rows = Vec::new();
     let modes: &[(&str, &Path)] = if huge {
         &[("trace", &stat)]
+    } else if want == "fresh" {
+        &[("trace", &stat), ("preload", &dynamic)]
     } else {
         &[
             ("trace", &stat),
@@ -189,6 +204,7 @@ fn measure_in(ctx: &Ctx, huge: bool, want: &str, dir: &Path) -> Result<Outcome, 
             bar_iters,
             map_iters,
             huge_mb: if huge { HUGE_MB } else { 0 },
+            fresh_mb: if want == "fresh" { FRESH_MB } else { 0 },
         };
         // The native baseline, measured before and after the run.
         let mut native = vec![native_pread_ns(&plain, bar_iters)?];
@@ -222,6 +238,27 @@ fn measure_in(ctx: &Ctx, huge: bool, want: &str, dir: &Path) -> Result<Outcome, 
                     ),
                 ));
             }
+            "fresh" => {
+                let (floor, map) = (firsts(&s.fresh), seconds(&s.fresh));
+                let pins = if *mode == "preload" {
+                    format!(
+                        "the engine pins on {} threads (its pool)",
+                        softvfio::memory::host::parallel::default_pin_threads()
+                    )
+                } else {
+                    "the engine pins on the program's thread (injected calls)".into()
+                };
+                rows.push(row(
+                    format!("uapi-map-fresh:{mode}"),
+                    &floor,
+                    &map,
+                    "MADV_POPULATE_WRITE+mlock+munlock of fresh 1 GiB, one thread, in a child".into(),
+                    format!(
+                        "{rounds} rounds of MAP_DMA+UNMAP_DMA of 1 GiB of fresh 4K memory; {pins}; {}; target ratio <= 0.6 (preload)",
+                        spread(&map, 1e6, "ms")
+                    ),
+                ));
+            }
             _ => {
                 let (floor, map) = (firsts(&s.huge), seconds(&s.huge));
                 rows.push(row(
@@ -246,6 +283,10 @@ pub fn bar(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String> {
 
 pub fn map_4k(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String> {
     measure(ctx, false, "map4k")
+}
+
+pub fn map_fresh(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String> {
+    measure(ctx, false, "fresh")
 }
 
 pub fn huge_1g(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String> {

@@ -10,7 +10,13 @@
  *   "huge <floor ns> <MAP+UNMAP ns>"             HUGE_MB of hugetlb memory:
  *                                                MADV_POPULATE_WRITE + mlock +
  *                                                munlock vs MAP_DMA + UNMAP_DMA
- * usage: uapi_bench GROUP BDF PLAIN_FILE ROUNDS BAR_ITERS MAP_ITERS HUGE_MB */
+ *   "fresh <floor ns> <MAP+UNMAP ns>"            FRESH_MB of new 4K memory
+ *                                                each round: the same floor on
+ *                                                one thread vs MAP_DMA +
+ *                                                UNMAP_DMA (mmap and munmap
+ *                                                not timed on either side)
+ * usage: uapi_bench GROUP BDF PLAIN_FILE ROUNDS BAR_ITERS MAP_ITERS HUGE_MB
+ *        [FRESH_MB] */
 #include <fcntl.h>
 #include <linux/vfio.h>
 #include <stdint.h>
@@ -51,6 +57,11 @@ static int map_unmap(int c, void *va, uint64_t len, uint64_t iova) {
  * MAP_DMA; the floor's mlock must not put the measured program there.
  * Returns the child's time for `iters` mlock+munlock of `page` (4 KiB), or
  * for one populate+mlock+munlock of `big` (`huge` bytes) when iters == 0. */
+static char *fresh_area(uint64_t len) {
+  char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
 static double floor_in_child(char *page, char *big, uint64_t huge, int iters) {
   int p[2];
   if (pipe(p)) return -1;
@@ -63,6 +74,8 @@ static double floor_in_child(char *page, char *big, uint64_t huge, int iters) {
         if (mlock(page, 4096) || munlock(page, 4096)) _exit(5);
       dt = (now_ns() - t0) / iters;
     } else {
+      if (!big && !(big = fresh_area(huge))) _exit(5); /* fresh memory */
+      t0 = now_ns();
       if (madvise(big, huge, MADV_POPULATE_WRITE) || mlock(big, huge) || munlock(big, huge)) _exit(5);
       dt = now_ns() - t0;
     }
@@ -82,6 +95,7 @@ int main(int argc, char **argv) {
   if (argc < 8) return 2;
   int rounds = atoi(argv[4]), bar_iters = atoi(argv[5]), map_iters = atoi(argv[6]);
   uint64_t huge = (uint64_t)atoll(argv[7]) << 20;
+  uint64_t fresh = argc > 8 ? (uint64_t)atoll(argv[8]) << 20 : 0;
   int c = open("/dev/vfio/vfio", O_RDWR), g = open(argv[1], O_RDWR);
   int plain = open(argv[3], O_RDONLY);
   if (c < 0 || g < 0 || plain < 0) return 1;
@@ -129,6 +143,18 @@ int main(int argc, char **argv) {
       if (map_unmap(c, big, huge, 1ull << 32)) return 6;
       t2 = now_ns();
       printf("huge %.1f %.1f\n", floor, t2 - t1);
+    }
+    if (fresh) {
+      /* Both sides on new memory: the child maps its own (NULL). */
+      floor = floor_in_child(NULL, NULL, fresh, 0);
+      if (floor < 0) return 5;
+      char *f = fresh_area(fresh);
+      if (!f) return 4;
+      t1 = now_ns();
+      if (map_unmap(c, f, fresh, 1ull << 34)) return 6;
+      t2 = now_ns();
+      munmap(f, fresh);
+      printf("fresh %.1f %.1f\n", floor, t2 - t1);
     }
     fflush(stdout);
   }
