@@ -608,7 +608,7 @@ pub struct StaleFinding {
 /// Something the program left behind at exit.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LeakFinding {
-    /// "mapping", "device", "interrupts", "container".
+    /// "mapping", "device", "interrupts", "container", "iommufd".
     pub kind: String,
     /// What.
     pub what: String,
@@ -650,7 +650,7 @@ impl SanitizerReport {
 /// sites the sanitizer kept.
 #[derive(Debug, Clone)]
 pub struct LeakRecord {
-    /// "mapping", "device", "interrupts", "container".
+    /// "mapping", "device", "interrupts", "container", "iommufd".
     pub kind: &'static str,
     /// What.
     pub what: String,
@@ -716,10 +716,17 @@ pub fn leaks_of(s: &Sanitizer, key: u64, obj: &softvfio::frontend::FileObject) -
         FileObject::Iommufd(ctx) => {
             let snap = ctx.snapshot();
             let areas: usize = snap.ioas.iter().map(|i| i.areas.len()).sum();
-            if let (Some(r), true) = (&rec, areas > 0) {
+            if let Some(r) = &rec {
+                // Open with nothing mapped is a leak too (a file the program
+                // forgot), as a device left open is.
+                let what = if areas > 0 {
+                    format!("iommufd still open with {areas} area(s)")
+                } else {
+                    "iommufd still open".to_string()
+                };
                 out.push(LeakRecord {
                     kind: "iommufd",
-                    what: format!("iommufd still open with {areas} area(s)"),
+                    what,
                     site: r.site.clone(),
                 });
             }
