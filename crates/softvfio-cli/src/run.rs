@@ -603,6 +603,9 @@ struct VfioHandler {
     sanitizer: Option<Arc<Sanitizer>>,
     /// Each traced process's file mappings, for call sites.
     maps: HashMap<i32, ProcessMaps>,
+    /// With the sanitizer: each traced process's index in its process list
+    /// (a new one after an exec), so that each has its own history.
+    images: HashMap<i32, u32>,
     /// Objects already counted as left open.
     noted: std::collections::HashSet<u64>,
     /// Every process of the program is gone.
@@ -684,6 +687,7 @@ impl VfioHandler {
             mapped_closed: Vec::new(),
             sanitizer: None,
             maps: HashMap::new(),
+            images: HashMap::new(),
             noted: std::collections::HashSet::new(),
             ended: false,
         }
@@ -692,7 +696,15 @@ impl VfioHandler {
     /// With the sanitizer: the program's call site of the system call `t`
     /// is stopped in (its frames, walked with the frame pointers).
     fn call_site(&mut self, t: &Tracee<'_>) -> Option<Arc<engine_sanitizer::CallSite>> {
-        self.sanitizer.as_ref()?;
+        let s = self.sanitizer.as_ref()?;
+        // What this call records belongs to this process (image).
+        let image = *self.images.entry(t.pid()).or_insert_with(|| {
+            let program = std::fs::read_link(format!("/proc/{}/exe", t.pid()))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            s.note_process(t.pid(), program)
+        });
+        engine_sanitizer::set_current_process(Some(image));
         let (ip, sp, bp) = t.stack_registers()?;
         let maps = self
             .maps
@@ -999,6 +1011,9 @@ impl Handler for VfioHandler {
     }
 
     fn release(&mut self, t: Option<&mut Tracee<'_>>, obj: ObjectId) {
+        // A close records releases in the closing process's history.
+        let image = t.as_ref().and_then(|t| self.images.get(&t.pid()).copied());
+        engine_sanitizer::set_current_process(image);
         if t.is_none() {
             // Left open by the program. At its end, everything left is noted
             // before the first such release: releasing a group detaches it
@@ -1055,8 +1070,9 @@ impl Handler for VfioHandler {
         }
         self.bars.forget(pid);
         self.release_unmapped();
-        // A new image: its own file mappings.
+        // A new image: its own file mappings and history.
         self.maps.remove(&pid);
+        self.images.remove(&pid);
         // A new address space: later opens pin the new one; the old one is
         // gone, and nothing may reach the new image through its pid.
         self.retire(pid);
@@ -1078,6 +1094,7 @@ impl Handler for VfioHandler {
 
     fn exited(&mut self, pid: i32) {
         self.bars.forget(pid);
+        self.images.remove(&pid);
         self.release_unmapped();
         // The pid may be reused by any process from now on.
         self.retire(pid);

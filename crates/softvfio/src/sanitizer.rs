@@ -65,6 +65,33 @@ pub struct CallSite {
 thread_local! {
     /// The call site of the VFIO call this thread is serving.
     static CURRENT_SITE: RefCell<Option<Arc<CallSite>>> = const { RefCell::new(None) };
+    /// The process (a [`Sanitizer::note_process`] index) whose calls this
+    /// thread is serving; `u32::MAX`: none said.
+    static CURRENT_PROCESS: std::cell::Cell<u32> = const { std::cell::Cell::new(u32::MAX) };
+}
+
+/// Says which process (a [`Sanitizer::note_process`] index) the VFIO calls
+/// this thread serves from now on come from (`None`: not known), so that
+/// each process of a multi-process run gets its own history and leaks.
+pub fn set_current_process(process: Option<u32>) {
+    let _ = CURRENT_PROCESS.try_with(|c| c.set(process.unwrap_or(u32::MAX)));
+}
+
+/// The process set by [`set_current_process`] on this thread.
+pub fn current_process() -> Option<u32> {
+    CURRENT_PROCESS
+        .try_with(|c| c.get())
+        .ok()
+        .filter(|&p| p != u32::MAX)
+}
+
+/// A process of the run, as the front end named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Its pid.
+    pub pid: i32,
+    /// Its program (after an exec, the new image's).
+    pub program: String,
 }
 
 /// Runs `f` with `site` as the call site of what the engine records (the
@@ -177,6 +204,8 @@ pub struct Event {
     pub site: Option<Arc<CallSite>>,
     /// Through which interface.
     pub via: Via,
+    /// The process that made the call (see [`set_current_process`]).
+    pub process: Option<u32>,
 }
 
 impl Event {
@@ -261,6 +290,8 @@ pub struct ObjectRecord {
     /// Interrupt eventfds installed on it (device files): the last
     /// `VFIO_DEVICE_SET_IRQS` that installed some, with its call site.
     pub irqs: Option<(String, Option<Arc<CallSite>>)>,
+    /// The process that opened it.
+    pub process: Option<u32>,
 }
 
 /// A stale mapping found when the program changed its address space.
@@ -306,6 +337,7 @@ struct RawEvent {
     kind: EventKind,
     site: Option<Arc<CallSite>>,
     via: Via,
+    process: u32,
 }
 
 impl RawEvent {
@@ -315,6 +347,7 @@ impl RawEvent {
             kind: self.kind,
             site: self.site.clone(),
             via: self.via,
+            process: (self.process != u32::MAX).then_some(self.process),
         }
     }
 }
@@ -404,6 +437,7 @@ struct Inner {
     seq: u64,
     stale: Vec<StaleReport>,
     objects: HashMap<u64, ObjectRecord>,
+    processes: Vec<ProcessInfo>,
 }
 
 /// The sanitizer of one front end (one program run, or one process in
@@ -475,6 +509,7 @@ impl Sanitizer {
             kind,
             site: current_site(),
             via,
+            process: current_process().unwrap_or(u32::MAX),
         };
         let depth = self.cfg.depth;
         let mut guard = self.lock();
@@ -783,6 +818,7 @@ impl Sanitizer {
                 what,
                 site: current_site(),
                 irqs: None,
+                process: current_process(),
             },
         );
     }
@@ -854,6 +890,33 @@ impl Sanitizer {
     /// What was recorded of an open file.
     pub fn object(&self, key: u64) -> Option<ObjectRecord> {
         self.lock().objects.get(&key).cloned()
+    }
+
+    /// A process of the run (a new one at each exec); returns its index
+    /// for [`set_current_process`].
+    pub fn note_process(&self, pid: i32, program: String) -> u32 {
+        let mut inner = self.lock();
+        inner.processes.push(ProcessInfo { pid, program });
+        u32::try_from(inner.processes.len() - 1).unwrap_or(u32::MAX)
+    }
+
+    /// The processes noted, by index.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        self.lock().processes.clone()
+    }
+
+    /// Every region recorded now (live and remembered), by container and
+    /// IOVA, with all its events kept.
+    pub fn regions(&self) -> Vec<RegionView> {
+        let cal = self.clock.calibrate();
+        let inner = self.lock();
+        let depth = self.cfg.depth;
+        inner
+            .regions()
+            .values()
+            .flat_map(|m| m.values())
+            .map(|slots| inner.view(slots, u64::MAX, depth, &cal))
+            .collect()
     }
 
     /// Regions recorded now (live and remembered), for tests and reports.
