@@ -531,6 +531,10 @@ struct CallStats {
     unmap_failed: u64,
     preads: u64,
     pwrites: u64,
+    /// With the sanitizer: call sites captured (registers read, stack
+    /// walked) and the time that took.
+    sites: u64,
+    site_time: std::time::Duration,
 }
 
 impl CallStats {
@@ -574,6 +578,15 @@ impl CallStats {
         }
         line(w, "MAP_DMA", &self.map_sizes, self.map_failed)?;
         line(w, "UNMAP_DMA", &self.unmap_sizes, self.unmap_failed)?;
+        if self.sites > 0 {
+            writeln!(
+                w,
+                "sanitizer call sites: {} captured in {:.3} ms ({:.1} us each)",
+                self.sites,
+                self.site_time.as_secs_f64() * 1e3,
+                self.site_time.as_secs_f64() * 1e6 / self.sites as f64
+            )?;
+        }
         writeln!(
             w,
             "region reads: {}, region writes: {}",
@@ -705,6 +718,7 @@ impl VfioHandler {
             s.note_process(t.pid(), program)
         });
         engine_sanitizer::set_current_process(Some(image));
+        let started = std::time::Instant::now();
         let (ip, sp, bp) = t.stack_registers()?;
         let maps = self
             .maps
@@ -715,7 +729,12 @@ impl VfioHandler {
             t.read_mem(a, &mut b).ok().map(|_| u64::from_le_bytes(b))
         };
         let frames = maps.walk(ip, sp, bp, 16, read);
-        Some(maps.site(&frames))
+        let site = maps.site(&frames);
+        if let Some(stats) = &mut self.stats {
+            stats.sites += 1;
+            stats.site_time += started.elapsed();
+        }
+        Some(site)
     }
 
     fn mem_for(&mut self, pid: i32) -> Arc<HostMemory> {
