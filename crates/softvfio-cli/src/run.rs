@@ -531,6 +531,10 @@ struct CallStats {
     unmap_failed: u64,
     preads: u64,
     pwrites: u64,
+    /// With the sanitizer: call sites captured (registers read, stack
+    /// walked) and the time that took.
+    sites: u64,
+    site_time: std::time::Duration,
 }
 
 impl CallStats {
@@ -574,6 +578,15 @@ impl CallStats {
         }
         line(w, "MAP_DMA", &self.map_sizes, self.map_failed)?;
         line(w, "UNMAP_DMA", &self.unmap_sizes, self.unmap_failed)?;
+        if self.sites > 0 {
+            writeln!(
+                w,
+                "sanitizer call sites: {} captured in {:.3} ms ({:.1} us each)",
+                self.sites,
+                self.site_time.as_secs_f64() * 1e3,
+                self.site_time.as_secs_f64() * 1e6 / self.sites as f64
+            )?;
+        }
         writeln!(
             w,
             "region reads: {}, region writes: {}",
@@ -603,6 +616,9 @@ struct VfioHandler {
     sanitizer: Option<Arc<Sanitizer>>,
     /// Each traced process's file mappings, for call sites.
     maps: HashMap<i32, ProcessMaps>,
+    /// With the sanitizer: each traced process's index in its process list
+    /// (a new one after an exec), so that each has its own history.
+    images: HashMap<i32, u32>,
     /// Objects already counted as left open.
     noted: std::collections::HashSet<u64>,
     /// Every process of the program is gone.
@@ -684,6 +700,7 @@ impl VfioHandler {
             mapped_closed: Vec::new(),
             sanitizer: None,
             maps: HashMap::new(),
+            images: HashMap::new(),
             noted: std::collections::HashSet::new(),
             ended: false,
         }
@@ -692,7 +709,16 @@ impl VfioHandler {
     /// With the sanitizer: the program's call site of the system call `t`
     /// is stopped in (its frames, walked with the frame pointers).
     fn call_site(&mut self, t: &Tracee<'_>) -> Option<Arc<engine_sanitizer::CallSite>> {
-        self.sanitizer.as_ref()?;
+        let s = self.sanitizer.as_ref()?;
+        // What this call records belongs to this process (image).
+        let image = *self.images.entry(t.pid()).or_insert_with(|| {
+            let program = std::fs::read_link(format!("/proc/{}/exe", t.pid()))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            s.note_process(t.pid(), program)
+        });
+        engine_sanitizer::set_current_process(Some(image));
+        let started = std::time::Instant::now();
         let (ip, sp, bp) = t.stack_registers()?;
         let maps = self
             .maps
@@ -703,7 +729,12 @@ impl VfioHandler {
             t.read_mem(a, &mut b).ok().map(|_| u64::from_le_bytes(b))
         };
         let frames = maps.walk(ip, sp, bp, 16, read);
-        Some(maps.site(&frames))
+        let site = maps.site(&frames);
+        if let Some(stats) = &mut self.stats {
+            stats.sites += 1;
+            stats.site_time += started.elapsed();
+        }
+        Some(site)
     }
 
     fn mem_for(&mut self, pid: i32) -> Arc<HostMemory> {
@@ -999,6 +1030,9 @@ impl Handler for VfioHandler {
     }
 
     fn release(&mut self, t: Option<&mut Tracee<'_>>, obj: ObjectId) {
+        // A close records releases in the closing process's history.
+        let image = t.as_ref().and_then(|t| self.images.get(&t.pid()).copied());
+        engine_sanitizer::set_current_process(image);
         if t.is_none() {
             // Left open by the program. At its end, everything left is noted
             // before the first such release: releasing a group detaches it
@@ -1055,8 +1089,9 @@ impl Handler for VfioHandler {
         }
         self.bars.forget(pid);
         self.release_unmapped();
-        // A new image: its own file mappings.
+        // A new image: its own file mappings and history.
         self.maps.remove(&pid);
+        self.images.remove(&pid);
         // A new address space: later opens pin the new one; the old one is
         // gone, and nothing may reach the new image through its pid.
         self.retire(pid);
@@ -1078,6 +1113,7 @@ impl Handler for VfioHandler {
 
     fn exited(&mut self, pid: i32) {
         self.bars.forget(pid);
+        self.images.remove(&pid);
         self.release_unmapped();
         // The pid may be reused by any process from now on.
         self.retire(pid);

@@ -58,6 +58,38 @@ fn stats_count_dma_map_calls_by_size_and_region_accesses() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("MAP_DMA"));
 }
 
+/// With `--sanitize`, `--stats` also says what capturing the program's call
+/// sites cost: one capture per recorded call at least (each MAP_DMA and
+/// UNMAP_DMA, failed ones included), and their time.
+#[test]
+fn stats_measure_the_sanitizer_call_site_capture() {
+    let Some(exe) = build("stats_program") else {
+        eprintln!("skipped: cannot build a C program (gcc)");
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_softvfio"))
+        .args(["run", "--mode", "trace", "--stats", "--sanitize", "--"])
+        .arg(&exe)
+        .output()
+        .expect("run softvfio");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("sanitizer call sites: "))
+        .unwrap_or_else(|| panic!("no call-site line in {stderr}"));
+    let (count, rest) = line.split_once(" captured in ").unwrap();
+    let count: u64 = count.parse().unwrap();
+    assert!(count >= 5, "{line}");
+    let (ms, each) = rest.split_once(" ms (").unwrap();
+    let ms: f64 = ms.parse().unwrap();
+    let each: f64 = each.strip_suffix(" us each)").unwrap().parse().unwrap();
+    assert!(ms > 0.0 && each > 0.0, "{line}");
+    assert!(
+        (each * count as f64 / 1e3 - ms).abs() <= 0.01 + ms * 0.01,
+        "{line}"
+    );
+}
+
 /// The shell runs under the supervisor (its parent) and counts the
 /// supervisor's eventfds and threads before, while `irq_hold` has
 /// interrupts enabled, and after SIGKILL; `softvfio inspect` shows the

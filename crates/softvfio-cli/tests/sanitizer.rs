@@ -193,4 +193,178 @@ iommufd_scenario!(
 );
 iommufd_scenario!(iommufd_write_to_read_only_area, sc::iommufd::read_only);
 iommufd_scenario!(iommufd_leaks_at_exit_with_call_sites, sc::iommufd::leak);
+iommufd_scenario!(
+    iommufd_open_files_left_at_exit_are_leaks,
+    sc::iommufd::leak_files
+);
 iommufd_scenario!(iommufd_clean_driver_reports_nothing, sc::iommufd::clean);
+
+/// A forking program: each process has its own section in the end report
+/// and in `--report-json`, with the history of what it mapped and
+/// unmapped and the leaks it made (the child mapped through the container
+/// it inherited; the parent keeps the files).
+#[test]
+fn each_process_of_a_fork_has_its_own_history_and_leaks() {
+    let Some(bin) = program() else {
+        eprintln!("skipped: no gcc");
+        return;
+    };
+    let json = dir().join("fork-report.json");
+    let out = std::process::Command::new(softvfio())
+        .args([
+            "run",
+            "--mode",
+            "trace",
+            "--sanitize=strict",
+            "--report-json",
+        ])
+        .arg(&json)
+        .arg("--")
+        .arg(bin)
+        .arg("fork")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("done fork"), "{stdout}\n{err}");
+    assert_eq!(out.status.code(), Some(1), "strict: leaks\n{err}");
+    let pid_of = |who: &str| -> i32 {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(who)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {who} pid in {stdout}"))
+    };
+    let (parent, child) = (pid_of("parent "), pid_of("child "));
+    // A process's section: its header and its indented lines.
+    let section = |pid: i32| -> Vec<&str> {
+        let head = format!("process {pid} ({}): ", bin.display());
+        let mut lines = err.lines().skip_while(|l| !l.starts_with(&head));
+        let first = lines
+            .next()
+            .unwrap_or_else(|| panic!("no {head} in\n{err}"));
+        std::iter::once(first)
+            .chain(lines.take_while(|l| l.starts_with("  ")))
+            .collect()
+    };
+    let has = |lines: &[&str], parts: &[&str]| {
+        assert!(
+            sc::has_line(&lines.join("\n"), parts),
+            "no line with {parts:?} in:\n{}",
+            lines.join("\n")
+        )
+    };
+    let map = sc::frame(
+        "map_buffer",
+        sc::line_of("ioctl(container, VFIO_IOMMU_MAP_DMA", 0),
+    );
+    let unmap = sc::frame(
+        "unmap_buffer",
+        sc::line_of("ioctl(container, VFIO_IOMMU_UNMAP_DMA", 0),
+    );
+    let fork_line = |call: &str| sc::frame("main", sc::scenario_line("fork", call));
+    let p = section(parent);
+    assert!(
+        p[0].ends_with("2 region(s) in its history, 3 leak(s)"),
+        "{}",
+        p[0]
+    );
+    has(
+        &p,
+        &[
+            "  history: IOVA 0x100000-0x100fff (4 KiB): mapped at ",
+            " by MAP_DMA (vaddr 0x",
+            ", size 4 KiB, prot rw) from ",
+            &map,
+            " <- ",
+            &fork_line("map_buffer(buf, IOVA"),
+            "; unmapped at ",
+            " by UNMAP_DMA from ",
+            &unmap,
+            " <- ",
+            &fork_line("unmap_buffer(IOVA)"),
+        ],
+    );
+    has(
+        &p,
+        &[
+            "  history: IOVA 0x300000-0x300fff (4 KiB): mapped at ",
+            " from ",
+            &map,
+            " <- ",
+            &fork_line("map_buffer(buf, 0x300000"),
+        ],
+    );
+    has(
+        &p,
+        &[
+            "  leak: container still open with 2 mapping(s), created from ",
+            "setup (",
+        ],
+    );
+    has(
+        &p,
+        &[
+            "  leak: IOVA 0x300000 size 4 KiB (vaddr 0x",
+            &fork_line("map_buffer(buf, 0x300000"),
+        ],
+    );
+    has(
+        &p,
+        &[
+            "  leak: device 0000:00:03.0 still open, created from ",
+            "setup (",
+        ],
+    );
+    assert!(!p.iter().any(|l| l.contains("0x200000")), "{p:#?}");
+    let c = section(child);
+    assert_eq!(c.len(), 3, "{c:#?}");
+    assert!(
+        c[0].ends_with("1 region(s) in its history, 1 leak(s)"),
+        "{}",
+        c[0]
+    );
+    has(
+        &c,
+        &[
+            "  history: IOVA 0x200000-0x200fff (4 KiB): mapped at ",
+            " by MAP_DMA (vaddr 0x",
+            " from ",
+            &map,
+            " <- ",
+            &fork_line("map_buffer(anon(), 0x200000"),
+        ],
+    );
+    has(
+        &c,
+        &[
+            "  leak: IOVA 0x200000 size 4 KiB (vaddr 0x",
+            &fork_line("map_buffer(anon(), 0x200000"),
+        ],
+    );
+    assert!(
+        sc::has_line(
+            &err,
+            &["sanitizer: 0 fault(s), 0 stale mapping(s), 4 leak(s), 0 device note(s)"]
+        ),
+        "{err}"
+    );
+    // The same sections in the JSON report.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let procs = report["processes"].as_array().unwrap();
+    assert_eq!(procs.len(), 2, "{procs:#?}");
+    let by_pid = |pid: i32| {
+        procs
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("no {pid} in {procs:#?}"))
+    };
+    for (pid, regions, leaks) in [(parent, 2, 3), (child, 1, 1)] {
+        let p = by_pid(pid);
+        assert_eq!(p["program"], bin.display().to_string());
+        assert_eq!(p["history"].as_array().unwrap().len(), regions, "{p:#?}");
+        assert_eq!(p["leaks"].as_array().unwrap().len(), leaks, "{p:#?}");
+    }
+    assert_eq!(by_pid(child)["leaks"][0]["kind"], "mapping");
+    assert_eq!(report["leaks"].as_array().unwrap().len(), 4);
+}

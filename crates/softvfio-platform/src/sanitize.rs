@@ -608,12 +608,16 @@ pub struct StaleFinding {
 /// Something the program left behind at exit.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LeakFinding {
-    /// "mapping", "device", "interrupts", "container".
+    /// "mapping", "device", "interrupts", "container", "iommufd".
     pub kind: String,
     /// What.
     pub what: String,
     /// Where the program created it.
     pub site: String,
+    /// The process that created it, where the front end tells processes
+    /// apart (then the leak is also in that process's section).
+    #[serde(default)]
+    pub pid: Option<i32>,
 }
 
 /// A device doing something its registers make it do, not the program.
@@ -623,6 +627,21 @@ pub struct DeviceFinding {
     pub device: String,
     /// What it did.
     pub text: String,
+}
+
+/// One process of a multi-process run (a fork child, an exec'd image):
+/// the history of what it mapped and unmapped, and what it left behind.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProcessFinding {
+    /// Its pid.
+    pub pid: i32,
+    /// Its program (an exec'd image is a process of its own).
+    pub program: String,
+    /// Per IOVA region it touched, its events there, one line each.
+    pub history: Vec<String>,
+    /// What it created and left open at exit (also in the report's
+    /// `leaks`).
+    pub leaks: Vec<LeakFinding>,
 }
 
 /// Everything the sanitizer found in a run (`--report-json` writes it).
@@ -636,6 +655,10 @@ pub struct SanitizerReport {
     pub leaks: Vec<LeakFinding>,
     /// Device-side behaviour.
     pub device: Vec<DeviceFinding>,
+    /// Per process, where the front end tells processes apart (trace
+    /// mode): each one's history and leaks.
+    #[serde(default)]
+    pub processes: Vec<ProcessFinding>,
 }
 
 impl SanitizerReport {
@@ -650,12 +673,14 @@ impl SanitizerReport {
 /// sites the sanitizer kept.
 #[derive(Debug, Clone)]
 pub struct LeakRecord {
-    /// "mapping", "device", "interrupts", "container".
+    /// "mapping", "device", "interrupts", "container", "iommufd".
     pub kind: &'static str,
     /// What.
     pub what: String,
     /// Where it was created.
     pub site: Option<Arc<CallSite>>,
+    /// The process that created it (a [`Sanitizer::note_process`] index).
+    pub process: Option<u32>,
 }
 
 /// The leaks of `obj` (the front end's object `key`), which the program had
@@ -677,13 +702,15 @@ pub fn leaks_of(s: &Sanitizer, key: u64, obj: &softvfio::frontend::FileObject) -
                             snap.mappings.len()
                         ),
                         site: r.site.clone(),
+                        process: r.process,
                     });
                 }
             }
             for m in &snap.mappings {
-                let site = s
+                let map = s
                     .region(c.container.id(), m.iova)
-                    .and_then(|r| r.last_map().and_then(|e| e.site.clone()));
+                    .and_then(|r| r.last_map().map(|e| (e.site.clone(), e.process)));
+                let (site, process) = map.unwrap_or_default();
                 out.push(LeakRecord {
                     kind: "mapping",
                     what: format!(
@@ -694,6 +721,7 @@ pub fn leaks_of(s: &Sanitizer, key: u64, obj: &softvfio::frontend::FileObject) -
                         m.locked_pages
                     ),
                     site,
+                    process,
                 });
             }
         }
@@ -703,12 +731,14 @@ pub fn leaks_of(s: &Sanitizer, key: u64, obj: &softvfio::frontend::FileObject) -
                     kind: "device",
                     what: format!("{} still open", r.what),
                     site: r.site.clone(),
+                    process: r.process,
                 });
                 if let Some((irqs, site)) = r.irqs {
                     out.push(LeakRecord {
                         kind: "interrupts",
                         what: format!("{}: {irqs} still installed", r.what),
                         site,
+                        process: r.process,
                     });
                 }
             }
@@ -716,18 +746,27 @@ pub fn leaks_of(s: &Sanitizer, key: u64, obj: &softvfio::frontend::FileObject) -
         FileObject::Iommufd(ctx) => {
             let snap = ctx.snapshot();
             let areas: usize = snap.ioas.iter().map(|i| i.areas.len()).sum();
-            if let (Some(r), true) = (&rec, areas > 0) {
+            if let Some(r) = &rec {
+                // Open with nothing mapped is a leak too (a file the program
+                // forgot), as a device left open is.
+                let what = if areas > 0 {
+                    format!("iommufd still open with {areas} area(s)")
+                } else {
+                    "iommufd still open".to_string()
+                };
                 out.push(LeakRecord {
                     kind: "iommufd",
-                    what: format!("iommufd still open with {areas} area(s)"),
+                    what,
                     site: r.site.clone(),
+                    process: r.process,
                 });
             }
             for ioas in &snap.ioas {
                 for a in &ioas.areas {
-                    let site = s
+                    let map = s
                         .region(ctx.history_key(ioas.id), a.iova)
-                        .and_then(|r| r.last_map().and_then(|e| e.site.clone()));
+                        .and_then(|r| r.last_map().map(|e| (e.site.clone(), e.process)));
+                    let (site, process) = map.unwrap_or_default();
                     out.push(LeakRecord {
                         kind: "mapping",
                         what: format!(
@@ -740,6 +779,7 @@ pub fn leaks_of(s: &Sanitizer, key: u64, obj: &softvfio::frontend::FileObject) -
                             a.charged
                         ),
                         site,
+                        process,
                     });
                 }
             }
@@ -985,13 +1025,19 @@ pub fn build_report(built: &BuiltPlatform, s: &Sanitizer, leaks: &[LeakRecord]) 
     for r in s.stale_reports() {
         report.stale.push(stale_finding(s, &mut sym, &r));
     }
+    let processes = s.processes();
     for l in leaks {
         report.leaks.push(LeakFinding {
             kind: l.kind.to_string(),
             what: l.what.clone(),
             site: sym.describe(l.site.as_deref(), 3),
+            pid: l
+                .process
+                .and_then(|p| processes.get(p as usize))
+                .map(|p| p.pid),
         });
     }
+    report.processes = process_sections(s, &mut sym, leaks, &report.leaks);
     for d in &built.devices {
         if let Some(ioat) = &d.ioat {
             // The channel refuses what its registers do not allow (a
@@ -1028,6 +1074,58 @@ pub fn build_report(built: &BuiltPlatform, s: &Sanitizer, leaks: &[LeakRecord]) 
     report
 }
 
+/// The per-process sections: for each process the front end noted, its
+/// events per region and its leaks (`found`: `leaks` as reported).
+fn process_sections(
+    s: &Sanitizer,
+    sym: &mut Symbolizer,
+    leaks: &[LeakRecord],
+    found: &[LeakFinding],
+) -> Vec<ProcessFinding> {
+    let processes = s.processes();
+    if processes.is_empty() {
+        return Vec::new();
+    }
+    let regions = s.regions();
+    (0u32..)
+        .zip(&processes)
+        .map(|(p, info)| {
+            let history = regions
+                .iter()
+                .filter_map(|r| {
+                    let events: Vec<String> = r
+                        .events
+                        .iter()
+                        .filter(|e| e.process == Some(p))
+                        .map(|e| event_line(s, sym, e, None))
+                        .collect();
+                    (!events.is_empty()).then(|| {
+                        format!(
+                            "IOVA {:#x}-{:#x} ({}): {}",
+                            r.iova,
+                            r.iova.saturating_add(r.size).saturating_sub(1),
+                            human_bytes(r.size),
+                            events.join("; ")
+                        )
+                    })
+                })
+                .collect();
+            let leaks = leaks
+                .iter()
+                .zip(found)
+                .filter(|(l, _)| l.process == Some(p))
+                .map(|(_, f)| f.clone())
+                .collect();
+            ProcessFinding {
+                pid: info.pid,
+                program: info.program.clone(),
+                history,
+                leaks,
+            }
+        })
+        .collect()
+}
+
 /// Writes a stale-mapping line the moment it is found.
 pub fn write_stale_now(w: &mut dyn Write, s: &Sanitizer, r: &StaleReport) -> io::Result<()> {
     let mut sym = Symbolizer::new();
@@ -1058,8 +1156,25 @@ pub fn write_report(w: &mut dyn Write, r: &SanitizerReport) -> io::Result<()> {
     for s in &r.stale {
         writeln!(w, "{}", s.text)?;
     }
-    for l in &r.leaks {
+    // With processes told apart, each leak is in its process's section.
+    for l in r.leaks.iter().filter(|l| l.pid.is_none()) {
         writeln!(w, "leak: {}, created from {}", l.what, l.site)?;
+    }
+    for p in &r.processes {
+        writeln!(
+            w,
+            "process {} ({}): {} region(s) in its history, {} leak(s)",
+            p.pid,
+            p.program,
+            p.history.len(),
+            p.leaks.len()
+        )?;
+        for h in &p.history {
+            writeln!(w, "  history: {h}")?;
+        }
+        for l in &p.leaks {
+            writeln!(w, "  leak: {}, created from {}", l.what, l.site)?;
+        }
     }
     for d in &r.device {
         writeln!(w, "device: {}", d.text)?;

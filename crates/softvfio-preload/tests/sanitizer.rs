@@ -103,4 +103,8 @@ iommufd_scenario!(
 );
 iommufd_scenario!(iommufd_write_to_read_only_area, sc::iommufd::read_only);
 iommufd_scenario!(iommufd_leaks_at_exit_with_call_sites, sc::iommufd::leak);
+iommufd_scenario!(
+    iommufd_open_files_left_at_exit_are_leaks,
+    sc::iommufd::leak_files
+);
 iommufd_scenario!(iommufd_clean_driver_reports_nothing, sc::iommufd::clean);

@@ -42,6 +42,8 @@ pub struct Dma {
     /// The address space the mapping pins when it is not the container's
     /// own (made by a forked child, or by the new image after exec).
     pub(crate) space: Option<Arc<Space>>,
+    /// Where the DMA sanitizer keeps this mapping's history, if one runs.
+    pub(crate) history: crate::sanitizer::HistorySlot,
 }
 
 impl Dma {
@@ -268,6 +270,7 @@ mod tests {
             bitmap_touched: false,
             ext_pins: PinTracker::new(),
             space: None,
+            history: Default::default(),
         }
     }
 

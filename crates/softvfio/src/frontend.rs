@@ -117,11 +117,14 @@ impl Session {
             let Ok(index) = n.parse::<u32>() else {
                 return Some(Err(VfioError::NoEntry));
             };
-            return Some(
-                self.vfio
-                    .open_cdev(index)
-                    .map(|c| self.insert(FileObject::Cdev(Arc::new(c)))),
-            );
+            return Some(self.vfio.open_cdev(index).map(|c| {
+                let name = format!("device {} ({path})", c.device.name);
+                let key = self.insert(FileObject::Cdev(Arc::new(c)));
+                if let Some(s) = self.vfio.sanitizer() {
+                    s.note_object(key, name);
+                }
+                key
+            }));
         }
         if path == "/dev/vfio/vfio" {
             let file = self.vfio.open_container(mem());
@@ -234,8 +237,11 @@ impl Session {
                 }
                 let mut no_lookup = |_fd: i32| IommufdLookup::NotOpen;
                 let mut eventfds = |fd: i32| resolve_eventfd(fds, fd);
-                vfio.cdev_ioctl(&c, request, arg, user, &mut no_lookup, &mut eventfds)
-                    .map(Routed::Value)
+                let v = vfio.cdev_ioctl(&c, request, arg, user, &mut no_lookup, &mut eventfds)?;
+                if let Some(s) = vfio.sanitizer() {
+                    s.note_device_ioctl(key, request, arg, user);
+                }
+                Ok(Routed::Value(v))
             }
             Some(FileObject::Group(g)) => {
                 let objects = &self.objects;

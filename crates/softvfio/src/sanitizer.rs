@@ -8,17 +8,24 @@
 //! - Recording is off unless a front end installs a [`Sanitizer`] on the
 //!   [`Vfio`](crate::uapi::Vfio); with none installed, the engine's only cost
 //!   is one `OnceLock` read per map/unmap.
-//! - Memory is bounded: each region keeps at most `depth` events (oldest
-//!   dropped first), and at most `max_regions` regions that are no longer
-//!   mapped are remembered (the least recently unmapped are forgotten
-//!   first); live mappings are always remembered (their number is bounded
-//!   by `dma_entry_limit`). Recording is O(1) and allocates nothing once
-//!   the tables have grown: regions are slots found by hashing (container,
-//!   IOVA), each with a preallocated ring of `depth` events overwritten in
-//!   place; a forgotten region's slot and ring go to the next new region;
-//!   idle regions wait in a FIFO in unmap order (entries of regions mapped
-//!   again are skipped, and compacted away when they pile up). Ordered
-//!   questions (nearest mappings) sort at report time.
+//! - Memory is bounded: each mapping (one `MAP_DMA` or IOAS area, and
+//!   what happened to it until it was unmapped) has a history of at most
+//!   `depth` events (oldest dropped first); at most `max_regions` histories
+//!   of unmapped mappings are remembered (those unmapped longest ago are
+//!   forgotten first); live mappings are always remembered (their number is
+//!   bounded by `dma_entry_limit`). A region (all the mappings made at one
+//!   container and IOVA) shows the last `depth` events of its histories.
+//! - Recording costs no lookup and no allocation once the tables have
+//!   grown: a map takes a free slot with a preallocated ring of `depth`
+//!   events (overwritten in place), the engine's mapping carries its
+//!   [`HistorySlot`] so that its unmap writes there directly (checked
+//!   against the slot's key), unmapped slots wait in a FIFO and are freed
+//!   in turn. Only owners that do not carry the slot (iommufd areas) keep
+//!   their live mappings in a hash index. Questions (a region's history,
+//!   nearest mappings) group and sort the slots at report time.
+//! - Event times are clock ticks (the TSC where it is invariant, see
+//!   `clock`), converted to `Instant` when a question is asked: ~10 ns per
+//!   event instead of `Instant::now()`'s ~30.
 //! - Call sites are captured raw (return addresses with the object file and
 //!   file offset they fall in) and symbolized only when a report is
 //!   written, by the front end (`softvfio_platform::symbolize`).
@@ -31,6 +38,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::iommu::Prot;
+
+mod clock;
+use clock::{Calibration, EventClock};
 
 /// One frame of a call site: an instruction address in the program, and the
 /// file it lies in with its offset in that file (so that it can be
@@ -55,6 +65,33 @@ pub struct CallSite {
 thread_local! {
     /// The call site of the VFIO call this thread is serving.
     static CURRENT_SITE: RefCell<Option<Arc<CallSite>>> = const { RefCell::new(None) };
+    /// The process (a [`Sanitizer::note_process`] index) whose calls this
+    /// thread is serving; `u32::MAX`: none said.
+    static CURRENT_PROCESS: std::cell::Cell<u32> = const { std::cell::Cell::new(u32::MAX) };
+}
+
+/// Says which process (a [`Sanitizer::note_process`] index) the VFIO calls
+/// this thread serves from now on come from (`None`: not known), so that
+/// each process of a multi-process run gets its own history and leaks.
+pub fn set_current_process(process: Option<u32>) {
+    let _ = CURRENT_PROCESS.try_with(|c| c.set(process.unwrap_or(u32::MAX)));
+}
+
+/// The process set by [`set_current_process`] on this thread.
+pub fn current_process() -> Option<u32> {
+    CURRENT_PROCESS
+        .try_with(|c| c.get())
+        .ok()
+        .filter(|&p| p != u32::MAX)
+}
+
+/// A process of the run, as the front end named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Its pid.
+    pub pid: i32,
+    /// Its program (after an exec, the new image's).
+    pub program: String,
 }
 
 /// Runs `f` with `site` as the call site of what the engine records (the
@@ -167,6 +204,8 @@ pub struct Event {
     pub site: Option<Arc<CallSite>>,
     /// Through which interface.
     pub via: Via,
+    /// The process that made the call (see [`set_current_process`]).
+    pub process: Option<u32>,
 }
 
 impl Event {
@@ -251,6 +290,8 @@ pub struct ObjectRecord {
     /// Interrupt eventfds installed on it (device files): the last
     /// `VFIO_DEVICE_SET_IRQS` that installed some, with its call site.
     pub irqs: Option<(String, Option<Arc<CallSite>>)>,
+    /// The process that opened it.
+    pub process: Option<u32>,
 }
 
 /// A stale mapping found when the program changed its address space.
@@ -288,15 +329,63 @@ impl Default for SanitizerConfig {
     }
 }
 
-/// One IOVA region's header; its events are in `Inner::events` at
-/// `slot * depth ..`, a ring of `len` events starting at `head`.
+/// An event as recorded: its time in the clock's ticks (converted to an
+/// `Instant` when a report asks).
+#[derive(Debug, Clone)]
+struct RawEvent {
+    at: u64,
+    kind: EventKind,
+    site: Option<Arc<CallSite>>,
+    via: Via,
+    process: u32,
+}
+
+impl RawEvent {
+    fn event(&self, cal: &Calibration) -> Event {
+        Event {
+            at: cal.instant(self.at),
+            kind: self.kind,
+            site: self.site.clone(),
+            via: self.via,
+            process: (self.process != u32::MAX).then_some(self.process),
+        }
+    }
+}
+
+/// Where a region's history is kept: the engine's mapping carries it, so
+/// that its unmap and vaddr updates reach the history without a table
+/// lookup (checked against the region's key; a stale one falls back to
+/// the lookup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistorySlot(u32);
+
+impl HistorySlot {
+    /// No slot (no sanitizer, or recording failed).
+    pub const NONE: HistorySlot = HistorySlot(u32::MAX);
+}
+
+impl Default for HistorySlot {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+/// One mapping's history (an instance of its IOVA region: each map makes
+/// a new one); its events are in `Inner::events` at `slot * depth ..`, a
+/// ring of `len` events starting at `head`.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     container: u64,
     iova: u64,
     size: u64,
     vaddr: u64,
+    /// Order of creation (a region's instances are read in this order).
+    seq: u64,
+    /// Holds a history (false: free, for the next mapping).
+    used: bool,
     mapped: bool,
+    /// In the idle queue (it was unmapped; it is forgotten in turn).
+    queued: bool,
     head: u32,
     len: u32,
     dropped: u64,
@@ -304,8 +393,7 @@ struct Slot {
 
 /// A hasher for (container, IOVA) keys: they come from the program but only
 /// index a bounded table under our own lock, so a multiplicative mix is
-/// enough (SipHash's flooding resistance is not needed here, its cost is
-/// measurable on the map path).
+/// enough (SipHash's flooding resistance is not needed here).
 #[derive(Default, Clone, Copy)]
 struct KeyHasher(u64);
 
@@ -327,40 +415,36 @@ impl std::hash::Hasher for KeyHasher {
 
 type KeyHash = std::hash::BuildHasherDefault<KeyHasher>;
 
-/// The recorder's tables. Recording allocates nothing once the tables
-/// have grown to the run's number of regions: a region is a slot in
-/// `slots` with a preallocated ring of `depth` events in `events`, reused
-/// when the region is forgotten; an event overwrites the oldest in place.
+/// The recorder's tables. Recording allocates nothing and looks nothing up
+/// once the tables have grown to the run's number of mappings: a mapping
+/// gets a free slot with a preallocated ring of `depth` events in
+/// `events` (the slot of the mapping forgotten last), keeps it (the engine's
+/// mapping carries its [`HistorySlot`]) and goes to the idle queue when it
+/// is unmapped. Regions (all the mappings made at one container and IOVA)
+/// are put together when a question is asked.
 #[derive(Default)]
 struct Inner {
-    /// Slots by (container, first IOVA).
-    index: HashMap<(u64, u64), u32, KeyHash>,
     slots: Vec<Slot>,
-    /// Per slot: the stamp at which it became idle (unmapped), 0 while
-    /// mapped or free. Apart from the headers, so that checking a queue
-    /// entry touches 8 bytes, not a slot.
-    idle_since: Vec<u64>,
     /// `depth` events per slot.
-    events: Vec<Option<Event>>,
-    /// Slots of forgotten regions, for new ones.
+    events: Vec<Option<RawEvent>>,
+    /// Free slots.
     free: Vec<u32>,
-    stamp: u64,
-    /// Slots in the order they became idle: (stamp, slot, key); an entry
-    /// whose slot was mapped again (or unmapped again later) no longer
-    /// matches its `idle_since` and is skipped. The key is here so that
-    /// forgetting a region touches neither its slot nor its events.
-    idle: VecDeque<(u64, u32, (u64, u64))>,
-    /// Slots in `idle` that are still idle.
-    idle_count: usize,
+    /// Live slots of mappings whose owner does not carry the slot
+    /// (iommufd areas), by (container, first IOVA).
+    live: HashMap<(u64, u64), u32, KeyHash>,
+    /// Slots of unmapped mappings, in the order they were unmapped.
+    idle: VecDeque<u32>,
+    seq: u64,
     stale: Vec<StaleReport>,
     objects: HashMap<u64, ObjectRecord>,
+    processes: Vec<ProcessInfo>,
 }
 
 /// The sanitizer of one front end (one program run, or one process in
 /// preload mode).
 pub struct Sanitizer {
     cfg: SanitizerConfig,
-    start: Instant,
+    clock: EventClock,
     inner: Mutex<Inner>,
 }
 
@@ -378,7 +462,7 @@ impl Sanitizer {
                 depth: cfg.depth.max(1),
                 max_regions: cfg.max_regions.max(1),
             },
-            start: Instant::now(),
+            clock: EventClock::new(),
             inner: Mutex::new(Inner::default()),
         })
     }
@@ -390,7 +474,12 @@ impl Sanitizer {
 
     /// When recording started (times in reports count from here).
     pub fn start(&self) -> Instant {
-        self.start
+        self.clock.calibrate().instant(0)
+    }
+
+    /// Events are timed with the TSC (else with `Instant`).
+    pub fn uses_tsc(&self) -> bool {
+        self.clock.uses_tsc()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -398,46 +487,75 @@ impl Sanitizer {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, container: u64, iova: u64, kind: EventKind) {
-        self.push_via(container, iova, kind, Via::Type1);
+    fn push(&self, container: u64, iova: u64, kind: EventKind) -> HistorySlot {
+        self.push_via(container, iova, kind, Via::Type1, HistorySlot::NONE, false)
     }
 
-    fn push_via(&self, container: u64, iova: u64, kind: EventKind, via: Via) {
-        let event = Event {
-            at: Instant::now(),
+    /// Records `kind` on the mapping at (`container`, `iova`): in `hint`
+    /// when that is its slot, else the live one found by key (or a new one;
+    /// a map always makes a new one). `carried`: the caller keeps the slot a
+    /// map returns (so the mapping needs no index). Returns the slot.
+    fn push_via(
+        &self,
+        container: u64,
+        iova: u64,
+        kind: EventKind,
+        via: Via,
+        hint: HistorySlot,
+        carried: bool,
+    ) -> HistorySlot {
+        let event = RawEvent {
+            at: self.clock.now(),
             kind,
             site: current_site(),
             via,
+            process: current_process().unwrap_or(u32::MAX),
         };
         let depth = self.cfg.depth;
         let mut guard = self.lock();
         let inner = &mut *guard;
-        inner.stamp += 1;
-        let stamp = inner.stamp;
-        let Some(slot) = inner.slot_of(container, iova, depth) else {
-            return;
+        let is_map = matches!(kind, EventKind::Map { .. });
+        let hinted = inner
+            .slots
+            .get(hint.0 as usize)
+            .is_some_and(|r| r.used && r.container == container && r.iova == iova);
+        let slot = if hinted {
+            hint.0
+        } else {
+            let found = if is_map {
+                None
+            } else {
+                inner.live_slot(container, iova)
+            };
+            match found {
+                Some(slot) => slot,
+                None => match inner.new_slot(container, iova, depth) {
+                    Some(slot) => slot,
+                    None => return HistorySlot::NONE,
+                },
+            }
         };
         let i = slot as usize;
-        let (Some(r), Some(idle_since)) = (inner.slots.get_mut(i), inner.idle_since.get_mut(i))
-        else {
-            return;
+        let Some(r) = inner.slots.get_mut(i) else {
+            return HistorySlot::NONE;
         };
         match kind {
             EventKind::Map { vaddr, size, .. } => {
                 r.size = size;
                 r.vaddr = vaddr;
                 r.mapped = true;
-                if std::mem::take(idle_since) != 0 {
-                    inner.idle_count -= 1;
+                if !carried {
+                    inner.live.insert((container, iova), slot);
                 }
             }
             EventKind::UpdateVaddr { vaddr } => r.vaddr = vaddr,
             EventKind::Unmap | EventKind::Released => {
-                r.mapped = false;
-                if std::mem::replace(idle_since, stamp) == 0 {
-                    inner.idle_count += 1;
+                if std::mem::take(&mut r.mapped) && !inner.live.is_empty() {
+                    inner.live.remove(&(container, iova));
                 }
-                inner.idle.push_back((stamp, slot, (container, iova)));
+                if !std::mem::replace(&mut r.queued, true) {
+                    inner.idle.push_back(slot);
+                }
             }
             EventKind::InvalidateVaddr | EventKind::Stale { .. } => {}
         }
@@ -454,12 +572,68 @@ impl Sanitizer {
         if let Some(e) = inner.events.get_mut(i * depth + pos) {
             *e = Some(event);
         }
+        // A slot that got no map event (an unmap of something never seen
+        // mapped) is idle from the start.
+        if !inner.slots.get(i).is_some_and(|r| r.mapped || r.queued) {
+            if let Some(r) = inner.slots.get_mut(i) {
+                r.queued = true;
+            }
+            inner.idle.push_back(slot);
+        }
         inner.forget_idle(self.cfg.max_regions);
+        HistorySlot(slot)
     }
 
-    /// `MAP_DMA` made a mapping.
-    pub fn record_map(&self, container: u64, iova: u64, vaddr: u64, size: u64, prot: Prot) {
-        self.push(container, iova, EventKind::Map { vaddr, size, prot });
+    /// `MAP_DMA` made a mapping; returns where its history is, for the
+    /// mapping to keep (see [`Sanitizer::record_unmap_at`]).
+    pub fn record_map(
+        &self,
+        container: u64,
+        iova: u64,
+        vaddr: u64,
+        size: u64,
+        prot: Prot,
+    ) -> HistorySlot {
+        let kind = EventKind::Map { vaddr, size, prot };
+        self.push_via(container, iova, kind, Via::Type1, HistorySlot::NONE, true)
+    }
+
+    /// `UNMAP_DMA` removed the mapping at `iova`, whose history is at
+    /// `slot` (what [`Sanitizer::record_map`] returned for it).
+    pub fn record_unmap_at(&self, slot: HistorySlot, container: u64, iova: u64) {
+        self.push_via(container, iova, EventKind::Unmap, Via::Type1, slot, false);
+    }
+
+    /// The container was released with the mapping at `iova` (history at
+    /// `slot`) in place.
+    pub fn record_released_at(&self, slot: HistorySlot, container: u64, iova: u64) {
+        self.push_via(
+            container,
+            iova,
+            EventKind::Released,
+            Via::Type1,
+            slot,
+            false,
+        );
+    }
+
+    /// The vaddr of the mapping at `iova` (history at `slot`) was
+    /// invalidated.
+    pub fn record_invalidate_vaddr_at(&self, slot: HistorySlot, container: u64, iova: u64) {
+        self.push_via(
+            container,
+            iova,
+            EventKind::InvalidateVaddr,
+            Via::Type1,
+            slot,
+            false,
+        );
+    }
+
+    /// The vaddr of the mapping at `iova` (history at `slot`) was updated.
+    pub fn record_update_vaddr_at(&self, slot: HistorySlot, container: u64, iova: u64, vaddr: u64) {
+        let kind = EventKind::UpdateVaddr { vaddr };
+        self.push_via(container, iova, kind, Via::Type1, slot, false);
     }
 
     /// `IOMMU_IOAS_MAP` (or `IOMMU_IOAS_COPY`, `copy`) made the area at
@@ -479,7 +653,7 @@ impl Sanitizer {
             size,
             prot,
         };
-        self.push_via(key, iova, kind, via);
+        self.push_via(key, iova, kind, via, HistorySlot::NONE, false);
     }
 
     /// `IOMMU_IOAS_UNMAP` removed the area at `iova` (`released`: the
@@ -490,7 +664,7 @@ impl Sanitizer {
         } else {
             EventKind::Unmap
         };
-        self.push_via(key, iova, kind, Via::Iommufd);
+        self.push_via(key, iova, kind, Via::Iommufd, HistorySlot::NONE, false);
     }
 
     /// `UNMAP_DMA` removed the mapping at `iova`.
@@ -525,39 +699,33 @@ impl Sanitizer {
         cause: StaleCause,
     ) -> Vec<StaleReport> {
         let end = vaddr.saturating_add(len);
-        let hits: Vec<(u64, u64, u64, u64)> = {
+        let hits: Vec<(u64, u64, u64, u64, u32)> = {
             let inner = self.lock();
             let mut hits = Vec::new();
-            for &slot in inner.index.values() {
-                let Some(r) = inner.slots.get(slot as usize) else {
-                    continue;
-                };
+            for (slot, r) in (0u32..).zip(&inner.slots) {
                 let c = r.container;
-                if !r.mapped || containers.is_some_and(|list| !list.contains(&c)) {
+                if !r.used || !r.mapped || containers.is_some_and(|list| !list.contains(&c)) {
                     continue;
                 }
                 let r_end = r.vaddr.saturating_add(r.size);
                 if r.vaddr < end && vaddr < r_end {
                     let lo = r.vaddr.max(vaddr);
-                    hits.push((c, r.iova, lo, r_end.min(end) - lo));
+                    hits.push((c, r.iova, lo, r_end.min(end) - lo, slot));
                 }
             }
             hits.sort_unstable();
             hits
         };
         let mut out = Vec::new();
-        for (c, iova, lo, n) in hits {
-            self.push(
-                c,
-                iova,
-                EventKind::Stale {
-                    cause,
-                    vaddr: lo,
-                    len: n,
-                },
-            );
+        for (c, iova, lo, n, slot) in hits {
+            let kind = EventKind::Stale {
+                cause,
+                vaddr: lo,
+                len: n,
+            };
+            self.push_via(c, iova, kind, Via::Type1, HistorySlot(slot), false);
             let now = Instant::now();
-            if let Some(region) = self.region_view(c, iova, now) {
+            if let Some(region) = self.region_view(c, iova, None) {
                 let report = StaleReport {
                     at: now,
                     cause,
@@ -578,30 +746,36 @@ impl Sanitizer {
         self.lock().stale.clone()
     }
 
-    fn region_view(&self, container: u64, iova: u64, at: Instant) -> Option<RegionView> {
+    /// The region at (`container`, `iova`) as it was at `at` (`None`: with
+    /// every event recorded so far).
+    fn region_view(&self, container: u64, iova: u64, at: Option<Instant>) -> Option<RegionView> {
+        let cal = self.clock.calibrate();
+        let until = at.map_or(u64::MAX, |at| cal.ticks(at));
         let inner = self.lock();
-        let slot = *inner.index.get(&(container, iova))?;
-        Some(inner.view(slot, at, self.cfg.depth))
+        let slots = inner.instances_of(container, iova);
+        if slots.is_empty() {
+            return None;
+        }
+        Some(inner.view(&slots, until, self.cfg.depth, &cal))
     }
 
     /// The region whose mapping starts at `iova` in `container`, as it is
     /// now.
     pub fn region(&self, container: u64, iova: u64) -> Option<RegionView> {
-        self.region_view(container, iova, Instant::now())
+        self.region_view(container, iova, None)
     }
 
     /// What the history says about `iova` at time `at` (a fault's time):
     /// the regions that covered it, or the nearest ones.
     pub fn explain(&self, iova: u64, at: Instant) -> IovaHistory {
+        let cal = self.clock.calibrate();
+        let at = cal.ticks(at);
         let inner = self.lock();
         let depth = self.cfg.depth;
         // Per container, its regions in IOVA order (report time: sorting
         // here keeps recording O(1)).
-        let mut by_container: BTreeMap<u64, BTreeMap<u64, u32>> = BTreeMap::new();
-        for (&(c, start), &slot) in &inner.index {
-            by_container.entry(c).or_default().insert(start, slot);
-        }
-        let view = |_c: u64, _s: u64, slot: &u32, at| inner.view(*slot, at, depth);
+        let by_container = inner.regions();
+        let view = |_c: u64, _s: u64, slots: &Vec<u32>, at| inner.view(slots, at, depth, &cal);
         let mut known = Vec::new();
         let mut nearest = Vec::new();
         for (c, regions) in &by_container {
@@ -644,6 +818,7 @@ impl Sanitizer {
                 what,
                 site: current_site(),
                 irqs: None,
+                process: current_process(),
             },
         );
     }
@@ -717,117 +892,174 @@ impl Sanitizer {
         self.lock().objects.get(&key).cloned()
     }
 
+    /// A process of the run (a new one at each exec); returns its index
+    /// for [`set_current_process`].
+    pub fn note_process(&self, pid: i32, program: String) -> u32 {
+        let mut inner = self.lock();
+        inner.processes.push(ProcessInfo { pid, program });
+        u32::try_from(inner.processes.len() - 1).unwrap_or(u32::MAX)
+    }
+
+    /// The processes noted, by index.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        self.lock().processes.clone()
+    }
+
+    /// Every region recorded now (live and remembered), by container and
+    /// IOVA, with all its events kept.
+    pub fn regions(&self) -> Vec<RegionView> {
+        let cal = self.clock.calibrate();
+        let inner = self.lock();
+        let depth = self.cfg.depth;
+        inner
+            .regions()
+            .values()
+            .flat_map(|m| m.values())
+            .map(|slots| inner.view(slots, u64::MAX, depth, &cal))
+            .collect()
+    }
+
     /// Regions recorded now (live and remembered), for tests and reports.
     pub fn region_count(&self) -> usize {
-        self.lock().index.len()
+        self.lock().regions().values().map(BTreeMap::len).sum()
     }
 }
 
 impl Inner {
-    /// The slot of the region at (`container`, `iova`), made (reusing a
-    /// forgotten one when there is one) if there is none.
-    fn slot_of(&mut self, container: u64, iova: u64, depth: usize) -> Option<u32> {
-        if let Some(&slot) = self.index.get(&(container, iova)) {
+    /// The live slot of the mapping at (`container`, `iova`): from the
+    /// index of mappings whose owner does not carry their slot, else by a
+    /// scan (only for a caller that lost its slot: not on the engine's
+    /// paths).
+    fn live_slot(&self, container: u64, iova: u64) -> Option<u32> {
+        if let Some(&slot) = self.live.get(&(container, iova)) {
             return Some(slot);
         }
+        (0u32..).zip(&self.slots).find_map(|(slot, r)| {
+            (r.used && r.mapped && r.container == container && r.iova == iova).then_some(slot)
+        })
+    }
+
+    /// A slot for a new history at (`container`, `iova`): a free one (its
+    /// old events stay until overwritten: `len` says none is there), or a
+    /// new one.
+    fn new_slot(&mut self, container: u64, iova: u64, depth: usize) -> Option<u32> {
+        self.seq += 1;
         let fresh = Slot {
             container,
             iova,
             size: 0,
             vaddr: 0,
+            seq: self.seq,
+            used: true,
             mapped: false,
+            queued: false,
             head: 0,
             len: 0,
             dropped: 0,
         };
-        let slot = match self.free.pop() {
+        match self.free.pop() {
             Some(slot) => {
-                // Its old events stay until overwritten: `len` says none
-                // is there.
                 *self.slots.get_mut(slot as usize)? = fresh;
-                *self.idle_since.get_mut(slot as usize)? = 0;
-                slot
+                Some(slot)
             }
             None => {
                 let slot = u32::try_from(self.slots.len()).ok()?;
                 self.slots.push(fresh);
-                self.idle_since.push(0);
                 self.events.resize_with(self.slots.len() * depth, || None);
-                slot
+                Some(slot)
             }
-        };
-        self.index.insert((container, iova), slot);
-        Some(slot)
+        }
     }
 
-    /// Forgets the longest-idle regions beyond `max`, and drops queue
-    /// entries of regions that are no longer idle once they outnumber the
-    /// idle ones.
+    /// Forgets the mappings unmapped longest ago beyond `max`.
     fn forget_idle(&mut self, max: usize) {
-        while self.idle_count > max {
-            let Some((stamp, slot, key)) = self.idle.pop_front() else {
+        while self.idle.len() > max {
+            let Some(slot) = self.idle.pop_front() else {
                 break;
             };
-            if self.idle_since.get(slot as usize) != Some(&stamp) {
-                continue;
-            }
-            self.index.remove(&key);
-            if let Some(since) = self.idle_since.get_mut(slot as usize) {
-                *since = 0;
+            if let Some(r) = self.slots.get_mut(slot as usize) {
+                r.used = false;
+                r.queued = false;
             }
             self.free.push(slot);
-            self.idle_count -= 1;
-        }
-        if self.idle.len() > 2 * self.idle_count + 64 {
-            let idle_since = &self.idle_since;
-            self.idle
-                .retain(|(stamp, slot, _)| idle_since.get(*slot as usize) == Some(stamp));
         }
     }
 
-    /// The region in `slot` as it was at `at`.
-    fn view(&self, slot: u32, at: Instant, depth: usize) -> RegionView {
-        let Some(r) = self.slots.get(slot as usize) else {
-            return RegionView {
-                container: 0,
-                iova: 0,
-                size: 0,
-                mapped: false,
-                events: Vec::new(),
-                dropped: 0,
-            };
+    /// The slots of every history at (`container`, `iova`), oldest first.
+    fn instances_of(&self, container: u64, iova: u64) -> Vec<u32> {
+        let mut slots: Vec<(u64, u32)> = (0u32..)
+            .zip(&self.slots)
+            .filter(|(_, r)| r.used && r.container == container && r.iova == iova)
+            .map(|(slot, r)| (r.seq, slot))
+            .collect();
+        slots.sort_unstable();
+        slots.into_iter().map(|(_, slot)| slot).collect()
+    }
+
+    /// Every region: per container, per first IOVA, its histories' slots,
+    /// oldest first (report time: recording keeps no order).
+    fn regions(&self) -> BTreeMap<u64, BTreeMap<u64, Vec<u32>>> {
+        let mut order: Vec<(u64, u32)> = (0u32..)
+            .zip(&self.slots)
+            .filter(|(_, r)| r.used)
+            .map(|(slot, r)| (r.seq, slot))
+            .collect();
+        order.sort_unstable();
+        let mut out: BTreeMap<u64, BTreeMap<u64, Vec<u32>>> = BTreeMap::new();
+        for (_, slot) in order {
+            if let Some(r) = self.slots.get(slot as usize) {
+                out.entry(r.container)
+                    .or_default()
+                    .entry(r.iova)
+                    .or_default()
+                    .push(slot);
+            }
+        }
+        out
+    }
+
+    /// The region whose histories are in `slots` (oldest first) as it was
+    /// at `at` (ticks): their events in order, the last `depth` of them.
+    fn view(&self, slots: &[u32], at: u64, depth: usize, cal: &Calibration) -> RegionView {
+        let mut view = RegionView {
+            container: 0,
+            iova: 0,
+            size: 0,
+            mapped: false,
+            events: Vec::new(),
+            dropped: 0,
         };
-        let base = slot as usize * depth;
-        let events: Vec<Event> = (0..r.len as usize)
-            .filter_map(|k| {
+        let mut raw: Vec<&RawEvent> = Vec::new();
+        for &slot in slots {
+            let Some(r) = self.slots.get(slot as usize) else {
+                continue;
+            };
+            (view.container, view.iova, view.size) = (r.container, r.iova, r.size);
+            view.dropped += r.dropped;
+            let base = slot as usize * depth;
+            raw.extend((0..r.len as usize).filter_map(|k| {
                 self.events
                     .get(base + (r.head as usize + k) % depth)?
                     .as_ref()
-            })
-            .filter(|e| e.at <= at)
-            .cloned()
-            .collect();
-        let mapped = events.iter().fold(false, |m, e| match e.kind {
+            }));
+        }
+        // Instances follow each other: their events are in time order.
+        raw.retain(|e| e.at <= at);
+        let excess = raw.len().saturating_sub(depth);
+        view.dropped += excess as u64;
+        view.events = raw[excess..].iter().map(|e| e.event(cal)).collect();
+        view.mapped = view.events.iter().fold(false, |m, e| match e.kind {
             EventKind::Map { .. } => true,
             EventKind::Unmap | EventKind::Released => false,
             _ => m,
         });
-        let size = events
-            .iter()
-            .rev()
-            .find_map(|e| match e.kind {
-                EventKind::Map { size, .. } => Some(size),
-                _ => None,
-            })
-            .unwrap_or(r.size);
-        RegionView {
-            container: r.container,
-            iova: r.iova,
-            size,
-            mapped,
-            events,
-            dropped: r.dropped,
+        if let Some(size) = view.events.iter().rev().find_map(|e| match e.kind {
+            EventKind::Map { size, .. } => Some(size),
+            _ => None,
+        }) {
+            view.size = size;
         }
+        view
     }
 }
 
@@ -855,8 +1087,14 @@ mod tests {
         with_call_site(Some(site.clone()), || {
             s.record_map(1, 0x10000, 0x7000_0000, 0x2000, rw())
         });
+        // Event times convert to `Instant` within tens of ns: questions
+        // about a time between two events keep clear of both.
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(1));
+        pause();
         let mapped_at = Instant::now();
+        pause();
         s.record_unmap(1, 0x10000);
+        pause();
         let after = Instant::now();
         // At the time between map and unmap: mapped.
         let IovaHistory::Known(v) = s.explain(0x11fff, mapped_at) else {
@@ -944,6 +1182,60 @@ mod tests {
         let last = s.region(1, 49 * 0x1000).unwrap();
         assert_eq!(last.events.len(), 2);
         assert!(!last.mapped);
+    }
+
+    /// A slot that is not the mapping's (lost, or another mapping's) is
+    /// not written: the event goes to the mapping found by its key.
+    #[test]
+    fn a_wrong_slot_falls_back_to_the_key() {
+        let s = Sanitizer::new(SanitizerConfig::default());
+        let a = s.record_map(1, 0x1000, 0x7000, 0x1000, rw());
+        let b = s.record_map(1, 0x2000, 0x8000, 0x1000, rw());
+        s.record_unmap_at(a, 1, 0x2000);
+        s.record_unmap_at(HistorySlot::NONE, 1, 0x1000);
+        let ra = s.region(1, 0x1000).unwrap();
+        let rb = s.region(1, 0x2000).unwrap();
+        assert!(!ra.mapped && !rb.mapped);
+        assert_eq!(ra.events.len(), 2);
+        assert_eq!(rb.events.len(), 2);
+        assert_eq!(rb.events[1].kind, EventKind::Unmap);
+        // The slot of a forgotten mapping is another mapping's later.
+        let s = Sanitizer::new(SanitizerConfig {
+            depth: 4,
+            max_regions: 1,
+        });
+        let old = s.record_map(1, 0x1000, 0x7000, 0x1000, rw());
+        s.record_unmap_at(old, 1, 0x1000);
+        s.record_map(1, 0x2000, 0x8000, 0x1000, rw());
+        s.record_unmap(1, 0x2000);
+        let new = s.record_map(1, 0x3000, 0x9000, 0x1000, rw());
+        assert_eq!(new, old, "the forgotten slot is reused");
+        s.record_unmap_at(old, 1, 0x1000);
+        assert!(s.region(1, 0x3000).unwrap().mapped);
+        assert_eq!(s.region(1, 0x3000).unwrap().events.len(), 1);
+        let _ = b;
+    }
+
+    /// IOAS areas (whose owner keeps no slot) are found by key.
+    #[test]
+    fn areas_are_found_by_key() {
+        let s = Sanitizer::new(SanitizerConfig::default());
+        let key = iommufd_history_key(1, 2);
+        s.record_ioas_map(key, 0x1000, 0x7000, 0x1000, rw(), false);
+        s.record_ioas_map(key, 0x2000, 0x8000, 0x1000, rw(), true);
+        s.record_ioas_unmap(key, 0x1000, false);
+        s.record_ioas_unmap(key, 0x2000, true);
+        let r1 = s.region(key, 0x1000).unwrap();
+        let r2 = s.region(key, 0x2000).unwrap();
+        assert_eq!(
+            r1.events.iter().map(|e| e.call()).collect::<Vec<_>>(),
+            vec!["IOAS_MAP", "IOAS_UNMAP"]
+        );
+        assert_eq!(
+            r2.events.iter().map(|e| e.call()).collect::<Vec<_>>(),
+            vec!["IOAS_COPY", "close of the iommufd"]
+        );
+        assert!(s.lock().live.is_empty());
     }
 
     #[test]

@@ -13,6 +13,10 @@
  *   clamp         programs a 33-bit address: edu's 28-bit mask clamps it
  *   clean         maps, DMAs, unmaps, closes: nothing to report
  *   hold          after-unmap, then waits for a line on stdin (for inspect)
+ *   fork          maps and unmaps, forks; the child maps through the
+ *                 inherited container and exits with it mapped; the parent
+ *                 then maps and exits with everything open (each process
+ *                 gets its own history and leaks)
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -24,6 +28,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define IOVA 0x100000ul
@@ -132,6 +137,23 @@ int main(int argc, char **argv) {
   } else if (!strcmp(what, "leak")) {
     map_buffer(buf, IOVA, 3);
     enable_msi();
+    return 0; /* nothing closed */
+  } else if (!strcmp(what, "fork")) {
+    map_buffer(buf, IOVA, 3);
+    unmap_buffer(IOVA);
+    fflush(stdout);
+    pid_t child = fork();
+    if (child < 0) die("fork");
+    if (child == 0) {
+      map_buffer(anon(), 0x200000, 3); /* the child's */
+      printf("child %d\n", getpid());
+      fflush(stdout);
+      _exit(0);
+    }
+    int status;
+    if (waitpid(child, &status, 0) != child) die("waitpid");
+    map_buffer(buf, 0x300000, 3); /* the parent's */
+    printf("parent %d\ndone fork\n", getpid());
     return 0; /* nothing closed */
   } else if (!strcmp(what, "munmap")) {
     map_buffer(buf, IOVA, 3);

@@ -181,7 +181,46 @@ pub fn leak(softvfio: &Path, mode: &str, bin: &Path) {
             &main_frame("leak", "map_area("),
         ],
     );
-    assert_line(&err, &[&summary(0, 2)]);
+    assert_line(
+        &err,
+        &[
+            "leak: device 0000:00:03.0 (/dev/vfio/devices/vfio0) still open, created from ",
+            &frame("setup", line_of("open(\"/dev/vfio/devices/vfio0\"", 0)),
+        ],
+    );
+    assert_line(&err, &[&summary(0, 3)]);
+}
+
+/// The iommufd and the device cdev left open, nothing mapped: each is a
+/// leak with the call that opened it; only `strict` fails the run.
+pub fn leak_files(softvfio: &Path, mode: &str, bin: &Path) {
+    let lines = |err: &str| {
+        assert_line(
+            err,
+            &[
+                "leak: iommufd still open, created from ",
+                &frame("setup", line_of("open(\"/dev/iommu\"", 0)),
+                " <- ",
+                &frame("main", line_of("  setup();", 0)),
+            ],
+        );
+        assert_line(
+            err,
+            &[
+                "leak: device 0000:00:03.0 (/dev/vfio/devices/vfio0) still open, created from ",
+                &frame("setup", line_of("open(\"/dev/vfio/devices/vfio0\"", 0)),
+                " <- ",
+                &frame("main", line_of("  setup();", 0)),
+            ],
+        );
+        assert_line(err, &[&summary(0, 2)]);
+    };
+    let (code, err) = run(softvfio, mode, bin, "leak-files", &["--sanitize"]);
+    assert_eq!(code, 0, "not strict: the program's status\n{err}");
+    lines(&err);
+    let (code, err) = run(softvfio, mode, bin, "leak-files", &["--sanitize=strict"]);
+    assert_eq!(code, 1, "strict: leaks fail the run\n{err}");
+    lines(&err);
 }
 
 /// Map, DMA, unmap, close: nothing to report.

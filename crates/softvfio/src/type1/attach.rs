@@ -371,9 +371,9 @@ impl Container {
 
     pub(crate) fn unmap_unpin_all(&self, t: &mut Type1) {
         for iova in t.dmas.keys() {
-            self.remove_dma(t, iova);
+            let history = self.remove_dma(t, iova).map(|d| d.history);
             if let Some(s) = self.sanitizer.get() {
-                s.record_released(self.id, iova);
+                s.record_released_at(history.unwrap_or_default(), self.id, iova);
             }
         }
     }

@@ -100,12 +100,12 @@ impl Container {
                 self.move_pins(dma, &domains, vaddr, space);
                 dma.vaddr = vaddr;
                 dma.vaddr_invalid = false;
+                if let Some(s) = self.sanitizer.get() {
+                    s.record_update_vaddr_at(dma.history, self.id, iova, vaddr);
+                }
             }
             t.vaddr_invalid_count = t.vaddr_invalid_count.saturating_sub(1);
             self.vaddr_valid.notify_all();
-            if let Some(s) = self.sanitizer.get() {
-                s.record_update_vaddr(self.id, iova, vaddr);
-            }
             return Ok(());
         }
         let Ok(vacancy) = t.dmas.vacancy(iova, last) else {
@@ -135,6 +135,7 @@ impl Container {
             bitmap_touched: false,
             ext_pins: PinTracker::new(),
             space,
+            history: Default::default(),
         };
         if t.dirty_tracking {
             // Before pinning: nothing to undo (see dirty::check_bitmap_alloc).
@@ -148,16 +149,21 @@ impl Container {
         if t.dirty_tracking {
             dma.bitmap = Some(dirty::new_bitmap(size / pgsize));
         }
+        // Recorded before the mapping goes into the tree, so that it
+        // carries its history's slot (its unmap then skips a lookup).
+        if let Some(s) = self.sanitizer.get() {
+            dma.history = s.record_map(self.id, iova, vaddr, size, prot);
+        }
         // Checked above under the same lock, so the tree accepts it; should
         // it refuse, undo the pins rather than lose a mapping or a slot.
         if let Err(refused) = t.dmas.insert_vacant(vacancy, dma) {
-            self.release_dma(t, *refused.0);
+            let dma = self.release_dma(t, *refused.0);
+            if let Some(s) = self.sanitizer.get() {
+                s.record_unmap_at(dma.history, self.id, iova);
+            }
             return Err(VfioError::Exists);
         }
         t.dma_avail -= 1;
-        if let Some(s) = self.sanitizer.get() {
-            s.record_map(self.id, iova, vaddr, size, prot);
-        }
         Ok(())
     }
 
@@ -407,9 +413,9 @@ impl Container {
                 .remove_if(iova, |d| d.last() == last && d.ext_pins.is_empty())
             {
                 let size = dma.size;
-                self.forget_dma(t, dma);
+                let history = self.forget_dma(t, dma).history;
                 if let Some(s) = self.sanitizer.get() {
-                    s.record_unmap(self.id, iova);
+                    s.record_unmap_at(history, self.id, iova);
                 }
                 return Ok(UnmapStep::Done(size));
             }
@@ -510,7 +516,7 @@ impl Container {
             dma.vaddr_invalid = true;
             t.vaddr_invalid_count += 1;
             if let Some(s) = self.sanitizer.get() {
-                s.record_invalidate_vaddr(self.id, key);
+                s.record_invalidate_vaddr_at(dma.history, self.id, key);
             }
             unmapped = unmapped.wrapping_add(dma.size);
             touched.push(key);
@@ -559,7 +565,7 @@ impl Container {
             };
             unmapped = unmapped.wrapping_add(dma.size);
             if let Some(s) = self.sanitizer.get() {
-                s.record_unmap(self.id, key);
+                s.record_unmap_at(dma.history, self.id, key);
             }
         }
         Ok(UnmapStep::Done(unmapped))

@@ -408,3 +408,53 @@ fn emulated_only_container_records_without_pinning() {
     assert_eq!(mem.account().locked_pages(), 0);
     assert_eq!(c.snapshot().mappings.len(), 1);
 }
+
+/// With the DMA sanitizer, each mapping carries the slot of its history:
+/// its vaddr invalidation, update and unmap are recorded there (no lookup),
+/// and a region mapped twice shows both mappings' events, in order.
+#[test]
+fn mappings_carry_their_sanitizer_history() {
+    use crate::sanitizer::{EventKind, HistorySlot, Sanitizer, SanitizerConfig};
+    let (c, ..) = setup(true);
+    let s = Sanitizer::new(SanitizerConfig::default());
+    c.set_sanitizer(s.clone());
+    map_dma(&c, 0x10_0000, BASE, 2 * PG, RW).unwrap();
+    map_dma(&c, 0x20_0000, BASE + 2 * PG, PG, RW).unwrap();
+    let slots: Vec<HistorySlot> = {
+        let mut st = c.lock();
+        let t = st.iommu.as_mut().unwrap();
+        [0x10_0000, 0x20_0000]
+            .iter()
+            .map(|&iova| t.dmas.get(iova).unwrap().history)
+            .collect()
+    };
+    assert!(slots.iter().all(|&h| h != HistorySlot::NONE));
+    assert_ne!(slots[0], slots[1]);
+    assert_eq!(c.invalidate_vaddr(0x10_0000, 2 * PG).unwrap(), 2 * PG);
+    c.update_vaddr(0x10_0000, BASE + 8 * PG, 2 * PG).unwrap();
+    assert_eq!(c.unmap(0x10_0000, 2 * PG).unwrap(), 2 * PG);
+    map_dma(&c, 0x10_0000, BASE, PG, RW).unwrap();
+    let r = s.region(c.id(), 0x10_0000).unwrap();
+    let kinds: Vec<EventKind> = r.events.iter().map(|e| e.kind).collect();
+    let map = |vaddr, size| EventKind::Map {
+        vaddr,
+        size,
+        prot: crate::iommu::Prot::RW,
+    };
+    assert_eq!(
+        kinds,
+        vec![
+            map(BASE, 2 * PG),
+            EventKind::InvalidateVaddr,
+            EventKind::UpdateVaddr {
+                vaddr: BASE + 8 * PG
+            },
+            EventKind::Unmap,
+            map(BASE, PG),
+        ]
+    );
+    assert!(r.mapped);
+    assert_eq!(r.size, PG);
+    // Two regions, one of them mapped twice.
+    assert_eq!(s.region_count(), 2);
+}
