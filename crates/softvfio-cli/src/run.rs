@@ -518,6 +518,10 @@ impl MmSyscalls for TracedMm {
     fn munlock(&self, addr: u64, len: u64) -> Result<(), i32> {
         self.0.munlock(addr, len).map_err(|e| e.0)
     }
+    fn calls_are_costly(&self) -> bool {
+        // Each call is injected: ptrace round trips.
+        true
+    }
 }
 
 /// What `--stats` counts: DMA map calls by size (the size each `MAP_DMA`

@@ -2,6 +2,7 @@
 //! and dispatches the intercepted system calls to the [`Handler`].
 
 use crate::errno::Errno;
+use crate::fdcache::{self, FdCache};
 use crate::handler::{Handler, ObjectId, OpenReply, OpenRequest};
 use crate::objects::{socket_inode, Objects};
 use crate::paths::normalize;
@@ -60,6 +61,9 @@ pub struct RunStats {
     pub requeued: u64,
     /// Seccomp user notifications (calls seen without a ptrace stop).
     pub notified: u64,
+    /// Notified calls whose descriptor was found in the descriptor cache
+    /// instead of `/proc/<tid>/fd` (`fdcache.rs`).
+    pub fd_cache_hits: u64,
 }
 
 const PTRACE_OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD
@@ -239,6 +243,7 @@ impl Supervisor {
         });
         let Served { mut core, h } = served.into_inner().unwrap_or_else(PoisonError::into_inner);
         let out = res.and_then(|()| core.conclude(h, program));
+        core.stats.fd_cache_hits = core.fd_cache.hits;
         self.stats = core.stats;
         drop(core);
         self.shared.set_tracer(None);
@@ -438,6 +443,8 @@ pub(crate) struct Core {
     reaped_unknown: HashSet<i32>,
     close_flush: bool,
     finished: bool,
+    /// Which descriptors name objects, between ptrace events (`fdcache.rs`).
+    fd_cache: FdCache,
     pub(crate) stats: RunStats,
 }
 
@@ -476,6 +483,7 @@ impl Core {
             reaped_unknown: HashSet::new(),
             close_flush,
             finished: false,
+            fd_cache: FdCache::default(),
             stats: RunStats::default(),
         };
         core.insert_thread(pid, pid);
@@ -637,6 +645,10 @@ impl Core {
     }
 
     fn on_event(&mut self, h: &mut dyn Handler, tid: i32, status: i32) {
+        // Whatever this event is (a call that may close or replace a
+        // descriptor, a thread gone, an injection to come), the cached
+        // answers end here (fdcache.rs).
+        self.fd_cache.clear();
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
             self.on_gone(h, tid, status);
             return;
@@ -873,6 +885,9 @@ impl Core {
         };
         let pid = self.tgid_of(tid);
         self.stats.stops += 1;
+        if fdcache::hides_later_descriptor_changes(regs.orig_rax as i64, regs.args()) {
+            self.fd_cache.switch_off();
+        }
         self.shared.put(Stop::new(tid, pid, regs));
         self.release_dead(h, Some((pid, tid)));
         let mut outcome = self.dispatch(h, pid, tid, regs.orig_rax as i64, regs.args());
@@ -990,6 +1005,9 @@ impl Core {
             ),
             libc::SYS_openat2 => self.sys_openat2(h, pid, tid, None, a),
             libc::SYS_close => self.sys_close(h, pid, tid, a[0] as i32),
+            libc::SYS_dup2 | libc::SYS_dup3 | libc::SYS_close_range => {
+                self.sys_replace_fds(h, pid, tid, nr, a)
+            }
             libc::SYS_stat
             | libc::SYS_lstat
             | libc::SYS_newfstatat
@@ -1111,6 +1129,7 @@ impl Core {
             if dead.is_empty() {
                 break;
             }
+            self.fd_cache.clear();
             for obj in dead {
                 self.stats.released += 1;
                 tracing::debug!(?obj, tid, "release (notified call)");
@@ -1146,14 +1165,22 @@ impl Core {
                 a[3] as u32,
             ),
             libc::SYS_openat2 => self.sys_openat2(h, pid, tid, Some(call), a),
-            nr => match self.fd_object(tid, a[0] as i32) {
-                // The descriptor was looked up in /proc/<tid>/fd: valid only
-                // if `tid` is still the thread that made the call.
-                Some(obj) if call.valid() => {
-                    self.serve_fd_call(h, pid, tid, Some(call), obj, nr, a)
+            nr => {
+                let fd = a[0] as i32;
+                match self.fd_cache.get(tid, fd) {
+                    Some((obj, _)) => self.serve_fd_call(h, pid, tid, Some(call), obj, nr, a),
+                    None => match self.fd_lookup(tid, fd) {
+                        // The descriptor was looked up in /proc/<tid>/fd:
+                        // valid only if `tid` is still the thread that made
+                        // the call.
+                        Some((obj, ino)) if call.valid() => {
+                            self.fd_cache.insert(tid, fd, obj, ino);
+                            self.serve_fd_call(h, pid, tid, Some(call), obj, nr, a)
+                        }
+                        _ => Outcome::Pass,
+                    },
                 }
-                _ => Outcome::Pass,
-            },
+            }
         };
         if out != Outcome::Pass {
             self.stats.served += 1;
@@ -1266,6 +1293,38 @@ impl Core {
             let _ = t.inject_syscall(libc::SYS_getpid, [0; 6]);
             self.release_dead(h, Some((pid, tid)));
         }
+        Outcome::Return(r)
+    }
+}
+
+impl Core {
+    /// `dup2`, `dup3`, `close_range` (stopped only with a listener, for the
+    /// descriptor cache): run here by injection, so that the descriptors
+    /// change while notifications wait for the lock; left to run after the
+    /// stop, a notified call of another thread could cache what the call
+    /// is about to replace (fdcache.rs). Then what they dropped is released.
+    fn sys_replace_fds(
+        &mut self,
+        h: &mut dyn Handler,
+        pid: i32,
+        tid: i32,
+        nr: i64,
+        a: [u64; 6],
+    ) -> Outcome {
+        let r = {
+            let mut t = Tracee {
+                core: self,
+                pid,
+                tid,
+                notif: None,
+            };
+            t.inject_syscall(nr, a)
+        };
+        self.fd_cache.clear();
+        let Ok(r) = r else {
+            return Outcome::Return(-i64::from(libc::EIO));
+        };
+        self.release_dead(h, Some((pid, tid)));
         Outcome::Return(r)
     }
 }
