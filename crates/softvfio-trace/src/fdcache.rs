@@ -11,13 +11,22 @@
 //!   was still pending after the read (`NOTIF_ID_VALID`), and nothing that
 //!   can remove or replace a descriptor has run since in any traced
 //!   process. What can: `close`, `close_range`, `dup2`, `dup3`, `execve`
-//!   (close-on-exec), a thread's or process's end, descriptors injected by
-//!   the supervisor. Each of them is a ptrace event (the filter stops them
-//!   when there is a listener, [`crate::filter::FD_TABLE_SYSCALLS`]), and
-//!   the supervisor empties the cache at every ptrace event, under the lock
-//!   that notifications are served under, before the call runs. Calls that
-//!   only create descriptors (`open`, `dup`, `fcntl(F_DUPFD)`, `socket`,
-//!   `SCM_RIGHTS`, `ADDFD`) take free numbers, which no entry names.
+//!   (close-on-exec), a thread's or process's end, the same calls injected
+//!   by the supervisor ([`changes_descriptors`]). Each of them is a ptrace
+//!   event (the filter stops them when there is a listener,
+//!   [`crate::filter::FD_TABLE_SYSCALLS`]), and the supervisor empties the
+//!   cache, under the lock that notifications are served under: at the
+//!   entry stop of such a call (`dup2`, `dup3`, `close_range` then run by
+//!   injection before the lock is let go, and `close` of an object's
+//!   descriptor too; a `close` of another descriptor cannot make an entry
+//!   wrong), after a stop in which such a call was injected, and at every
+//!   ptrace event other than a seccomp stop (exits, exec, signals, clones).
+//!   Calls that only create descriptors (`open`, `dup`, `fcntl(F_DUPFD)`,
+//!   `socket`, `SCM_RIGHTS`, `ADDFD`) take free numbers, which no entry
+//!   names.
+//! - Entries are made for notified calls and, at ptrace stops, for the
+//!   VFIO ioctls and region accesses (the MAP_DMA/UNMAP_DMA pair then reads
+//!   `/proc` once, not at every call).
 //! - A tid is freed only when the supervisor's own `waitpid` reaps it, and a
 //!   task that gets the number again starts stopped until the supervisor
 //!   resumes it, after it handled the reap (and emptied the cache): an
@@ -44,6 +53,10 @@ const MAX_ENTRIES: usize = 256;
 pub(crate) struct FdCache {
     /// (tid, fd) -> (object, socket inode).
     entries: HashMap<(i32, i32), (ObjectId, u64)>,
+    /// The program's filter stops the calls that replace descriptors (it has
+    /// a listener, [`crate::filter::FD_TABLE_SYSCALLS`]): without, `dup2`
+    /// and the like run unseen and nothing may be kept.
+    on: bool,
     /// Switched off for the rest of the run.
     off: bool,
     /// Lookups answered from the cache.
@@ -59,9 +72,15 @@ impl FdCache {
         e
     }
 
+    /// The program's filter has a listener (and stops the calls that
+    /// replace descriptors): from now on answers are kept.
+    pub(crate) fn enable(&mut self) {
+        self.on = true;
+    }
+
     /// Remembers an answer read from `/proc` for a call still pending.
     pub(crate) fn insert(&mut self, tid: i32, fd: i32, obj: ObjectId, ino: u64) {
-        if self.off {
+        if !self.on || self.off {
             return;
         }
         if self.entries.len() >= MAX_ENTRIES {
@@ -87,6 +106,20 @@ impl FdCache {
     }
 }
 
+/// Whether the system call `nr` can close or replace a descriptor of the
+/// calling process (or of the image it becomes).
+pub(crate) fn changes_descriptors(nr: i64) -> bool {
+    matches!(
+        nr,
+        libc::SYS_close
+            | libc::SYS_close_range
+            | libc::SYS_dup2
+            | libc::SYS_dup3
+            | libc::SYS_execve
+            | libc::SYS_execveat
+    )
+}
+
 /// Whether the system call `nr` with arguments `a`, seen at a ptrace stop,
 /// can change descriptors by means no later stop shows (module
 /// documentation).
@@ -109,7 +142,10 @@ mod tests {
     #[test]
     fn keeps_answers_until_cleared() {
         let mut c = FdCache::default();
+        // Not enabled (no listener): nothing is kept.
+        c.insert(10, 5, ObjectId(7), 99);
         assert_eq!(c.get(10, 5), None);
+        c.enable();
         c.insert(10, 5, ObjectId(7), 99);
         assert_eq!(c.get(10, 5), Some((ObjectId(7), 99)));
         // Per thread: another thread's table may differ (unshare).
@@ -122,6 +158,7 @@ mod tests {
     #[test]
     fn switched_off_keeps_nothing() {
         let mut c = FdCache::default();
+        c.enable();
         c.insert(10, 5, ObjectId(7), 99);
         c.switch_off();
         assert_eq!(c.get(10, 5), None);
@@ -132,6 +169,7 @@ mod tests {
     #[test]
     fn bounded() {
         let mut c = FdCache::default();
+        c.enable();
         for fd in 0..MAX_ENTRIES as i32 {
             c.insert(1, fd, ObjectId(1), 1);
         }

@@ -318,6 +318,8 @@ fn serve_notifications(
     // None: the child installed the ptrace-only filter (no listener).
     let listener = sys::recv_fd(sock.as_fd()).ok()??;
     drop(sock);
+    // The filter with a listener also stops what replaces descriptors.
+    lock(served).core.fd_cache.enable();
     let sync = sys::notif_sync_wakeup(listener.as_fd());
     tracing::debug!(sync_wakeup = sync, "serving seccomp user notifications");
     loop {
@@ -589,6 +591,27 @@ impl Core {
         self.fd_lookup(tid, fd).map(|(o, _)| o)
     }
 
+    /// [`Core::fd_object`] through the descriptor cache (fdcache.rs), for
+    /// a call of `tid` at a ptrace stop or (`notif`) a notified one.
+    fn fd_object_cached(
+        &mut self,
+        tid: i32,
+        fd: i32,
+        notif: Option<NotifCall<'_>>,
+    ) -> Option<ObjectId> {
+        if let Some((obj, _)) = self.fd_cache.get(tid, fd) {
+            return Some(obj);
+        }
+        let (obj, ino) = self.fd_lookup(tid, fd)?;
+        // Read from /proc/<tid>/fd: for a notified call, valid only if
+        // `tid` is still the thread that made it (a stopped thread is).
+        if notif.is_some_and(|c| !c.valid()) {
+            return None;
+        }
+        self.fd_cache.insert(tid, fd, obj, ino);
+        Some(obj)
+    }
+
     /// Releases every object whose last program descriptor is gone.
     fn release_dead(&mut self, h: &mut dyn Handler, at: Option<(i32, i32)>) {
         if self.objects.is_empty() {
@@ -645,10 +668,12 @@ impl Core {
     }
 
     fn on_event(&mut self, h: &mut dyn Handler, tid: i32, status: i32) {
-        // Whatever this event is (a call that may close or replace a
-        // descriptor, a thread gone, an injection to come), the cached
-        // answers end here (fdcache.rs).
-        self.fd_cache.clear();
+        // Anything but a seccomp stop (a thread gone, an exec, a signal
+        // stop whose handling may inject) ends the cached answers here; a
+        // seccomp stop ends them when its call can (fdcache.rs).
+        if !libc::WIFSTOPPED(status) || (status >> 16) & 0xff != libc::PTRACE_EVENT_SECCOMP {
+            self.fd_cache.clear();
+        }
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
             self.on_gone(h, tid, status);
             return;
@@ -888,6 +913,9 @@ impl Core {
         if fdcache::hides_later_descriptor_changes(regs.orig_rax as i64, regs.args()) {
             self.fd_cache.switch_off();
         }
+        if fdcache::changes_descriptors(regs.orig_rax as i64) {
+            self.fd_cache.clear();
+        }
         self.shared.put(Stop::new(tid, pid, regs));
         self.release_dead(h, Some((pid, tid)));
         let mut outcome = self.dispatch(h, pid, tid, regs.orig_rax as i64, regs.args());
@@ -914,6 +942,9 @@ impl Core {
     /// Resumes the thread after a handled stop.
     fn finish(&mut self, h: &mut dyn Handler, stop: Stop, outcome: Outcome) {
         self.stats.injected += stop.injected;
+        if stop.fds_changed {
+            self.fd_cache.clear();
+        }
         // Another thread's execve cannot hand this tid to the new image
         // while we hold the stop: the killed thread waits at its exit stop
         // (PTRACE_O_TRACEEXIT) until we let it go; where an injection lets
@@ -1037,7 +1068,7 @@ impl Core {
             | libc::SYS_preadv
             | libc::SYS_pwritev
             | libc::SYS_preadv2
-            | libc::SYS_pwritev2 => match self.fd_object(tid, a[0] as i32) {
+            | libc::SYS_pwritev2 => match self.fd_object_cached(tid, a[0] as i32, None) {
                 Some(obj) => self.serve_fd_call(h, pid, tid, None, obj, nr, a),
                 None => Outcome::Pass,
             },
@@ -1165,22 +1196,10 @@ impl Core {
                 a[3] as u32,
             ),
             libc::SYS_openat2 => self.sys_openat2(h, pid, tid, Some(call), a),
-            nr => {
-                let fd = a[0] as i32;
-                match self.fd_cache.get(tid, fd) {
-                    Some((obj, _)) => self.serve_fd_call(h, pid, tid, Some(call), obj, nr, a),
-                    None => match self.fd_lookup(tid, fd) {
-                        // The descriptor was looked up in /proc/<tid>/fd:
-                        // valid only if `tid` is still the thread that made
-                        // the call.
-                        Some((obj, ino)) if call.valid() => {
-                            self.fd_cache.insert(tid, fd, obj, ino);
-                            self.serve_fd_call(h, pid, tid, Some(call), obj, nr, a)
-                        }
-                        _ => Outcome::Pass,
-                    },
-                }
-            }
+            nr => match self.fd_object_cached(tid, a[0] as i32, Some(call)) {
+                Some(obj) => self.serve_fd_call(h, pid, tid, Some(call), obj, nr, a),
+                None => Outcome::Pass,
+            },
         };
         if out != Outcome::Pass {
             self.stats.served += 1;

@@ -148,6 +148,7 @@ fn handler_panic_on_the_notification_thread_kills_the_program() {
 /// run's counters.
 fn run_fdcache(
     arg: &str,
+    notify: bool,
 ) -> (
     std::collections::HashMap<String, String>,
     softvfio_trace::RunStats,
@@ -159,11 +160,13 @@ fn run_fdcache(
         ..Toy::default()
     };
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let out_path = dir.join(format!("fdcache-out-{}-{arg}", std::process::id()));
+    let out_path = dir.join(format!("fdcache-out-{}-{arg}-{notify}", std::process::id()));
     let file = std::fs::File::create(&out_path).expect("create");
     let mut cmd = Command::new(&exe);
     cmd.arg(arg).stdout(OwnedFd::from(file));
-    cmd.user_notification(Some(&[]));
+    if notify {
+        cmd.user_notification(Some(&[]));
+    }
     let status = sup.run(cmd, &mut toy).expect("run");
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let _ = std::fs::remove_file(&out_path);
@@ -211,7 +214,7 @@ fn check_fdcache_answers(kv: &std::collections::HashMap<String, String>) {
 /// next call reaches what the number names now.
 #[test]
 fn descriptor_cache_follows_descriptor_changes() {
-    let (kv, st) = run_fdcache("plain");
+    let (kv, st) = run_fdcache("plain", true);
     check_fdcache_answers(&kv);
     // 180 device preads, each thread's first one (and the first after each
     // change) read from /proc: most are cache hits.
@@ -222,7 +225,17 @@ fn descriptor_cache_follows_descriptor_changes() {
 /// off: the same answers, every one read from /proc.
 #[test]
 fn descriptor_cache_off_after_io_uring_setup() {
-    let (kv, st) = run_fdcache("uring");
+    let (kv, st) = run_fdcache("uring", true);
     check_fdcache_answers(&kv);
+    assert_eq!(st.fd_cache_hits, 0, "{st:?}");
+}
+
+/// Without a listener, dup2 and the like run without a stop: nothing is
+/// cached, every call at its ptrace stop reads /proc, same answers.
+#[test]
+fn descriptor_cache_needs_the_listener() {
+    let (kv, st) = run_fdcache("plain", false);
+    check_fdcache_answers(&kv);
+    assert_eq!(st.notified, 0, "{st:?}");
     assert_eq!(st.fd_cache_hits, 0, "{st:?}");
 }
