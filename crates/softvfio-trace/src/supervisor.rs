@@ -15,6 +15,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Why [`Supervisor::run`] failed.
@@ -204,17 +205,25 @@ impl Supervisor {
         tracing::debug!(pid, program = ?program, "spawned under ptrace");
         handler.spawned(pid);
         let served = Mutex::new(Served { core, h: handler });
+        // The notification server waits in NOTIF_RECV (see StopServer).
+        let blocking = AtomicBool::new(false);
         let res = std::thread::scope(|scope| -> Result<(), TraceError> {
             let (stop_r, stop_w) = sys::pipe_cloexec().map_err(sys_err("pipe"))?;
             // Ends the notification server however this closure is left
             // (a handler panic included), before the scope joins it.
-            let _stop = StopServer(stop_w);
+            let _stop = StopServer {
+                pipe: stop_w,
+                served: &served,
+                blocking: &blocking,
+            };
             let server = match listener_recv {
                 Some(sock) => {
-                    let served = &served;
+                    let (served, blocking) = (&served, &blocking);
                     let spawned = std::thread::Builder::new()
                         .name("softvfio-notif".into())
-                        .spawn_scoped(scope, move || serve_notifications(served, sock, stop_r));
+                        .spawn_scoped(scope, move || {
+                            serve_notifications(served, sock, stop_r, blocking)
+                        });
                     match spawned {
                         Ok(j) => Some(j),
                         Err(_) => {
@@ -262,12 +271,38 @@ fn lock<'a, 'h>(m: &'a Mutex<Served<'h>>) -> MutexGuard<'a, Served<'h>> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Writes to the notification server's stop pipe when dropped.
-struct StopServer(OwnedFd);
+/// Ends the notification server when dropped: writes to its stop pipe,
+/// which it polls between notifications. A server that waits in
+/// `NOTIF_RECV` itself (`blocking`) wakes only when no process uses the
+/// filter any more: if the run ends with processes left (an error, a
+/// handler panic), they are killed and reaped first, as the end of the
+/// tracer would kill them anyway (`PTRACE_O_EXITKILL`).
+struct StopServer<'a, 'h> {
+    pipe: OwnedFd,
+    served: &'a Mutex<Served<'h>>,
+    blocking: &'a AtomicBool,
+}
 
-impl Drop for StopServer {
+impl Drop for StopServer<'_, '_> {
     fn drop(&mut self) {
-        let _ = sys::write_byte(self.0.as_fd());
+        let _ = sys::write_byte(self.pipe.as_fd());
+        if !self.blocking.load(Ordering::Acquire) {
+            return;
+        }
+        let left: Vec<i32> = lock(self.served).core.procs.keys().copied().collect();
+        if left.is_empty() {
+            return;
+        }
+        for tgid in &left {
+            let _ = sys::kill(*tgid, libc::SIGKILL);
+        }
+        // The filter's users go when their tasks are reaped; a killed
+        // thread may still report its exit stop first.
+        while let Ok((tid, status)) = sys::waitpid(-1, libc::__WALL | libc::__WNOTHREAD) {
+            if libc::WIFSTOPPED(status) {
+                let _ = sys::ptrace_cont(tid, 0);
+            }
+        }
     }
 }
 
@@ -310,6 +345,7 @@ fn serve_notifications(
     served: &Mutex<Served<'_>>,
     sock: OwnedFd,
     stop: OwnedFd,
+    blocking: &AtomicBool,
 ) -> Option<Box<dyn std::any::Any + Send>> {
     let ready = sys::poll_fds([sock.as_fd(), stop.as_fd()], libc::POLLIN).ok()?;
     if ready[1] != 0 || ready[0] & libc::POLLIN == 0 {
@@ -320,21 +356,43 @@ fn serve_notifications(
     drop(sock);
     // The filter with a listener also stops what replaces descriptors.
     lock(served).core.fd_cache.enable();
+    // Linux 6.6 and later: the calling thread and this one hand the CPU to
+    // each other (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP), and NOTIF_RECV
+    // returns once no process uses the filter. The hand-over only works for
+    // a thread waiting in NOTIF_RECV itself (a poll waiter is woken the
+    // ordinary way, on any CPU), so with it this thread waits there, and
+    // polls only to tell an end from a withdrawn notification. The quiet
+    // machine's round trip: docs/PERFORMANCE.md, "The cost of a trapped
+    // call".
     let sync = sys::notif_sync_wakeup(listener.as_fd());
+    blocking.store(sync, Ordering::Release);
     tracing::debug!(sync_wakeup = sync, "serving seccomp user notifications");
+    let ended = |wait: bool| -> bool {
+        let fds = [listener.as_fd(), stop.as_fd()];
+        let ready = if wait {
+            sys::poll_fds(fds, libc::POLLIN)
+        } else {
+            sys::poll_fds_now(fds, libc::POLLIN)
+        };
+        // POLLHUP on the listener: no process uses the filter any more.
+        ready.map_or(true, |r| {
+            r[1] != 0 || r[0] & (libc::POLLHUP | libc::POLLERR) != 0
+        })
+    };
     loop {
-        let ready = sys::poll_fds([listener.as_fd(), stop.as_fd()], libc::POLLIN).ok()?;
-        if ready[1] != 0 {
-            return None;
-        }
-        if ready[0] & libc::POLLIN == 0 {
-            // POLLHUP: no process uses the filter any more.
+        if !sync && ended(true) {
             return None;
         }
         let n = match sys::notif_recv(listener.as_fd()) {
             Ok(n) => n,
-            // Withdrawn meanwhile (the thread was killed) or interrupted.
-            Err(Errno::ENOENT) | Err(Errno::EINTR) => continue,
+            // Withdrawn meanwhile (the thread was killed), interrupted, or
+            // (waiting in NOTIF_RECV) the filter has no user any more.
+            Err(Errno::ENOENT) | Err(Errno::EINTR) => {
+                if sync && ended(false) {
+                    return None;
+                }
+                continue;
+            }
             Err(_) => return None,
         };
         let outcome = {

@@ -144,6 +144,53 @@ fn handler_panic_on_the_notification_thread_kills_the_program() {
     );
 }
 
+/// A handler panic at a ptrace stop while the notification thread waits in
+/// NOTIF_RECV (Linux 6.6+): the program is killed and reaped, which wakes
+/// that thread, and the panic reaches the caller (no hang).
+#[test]
+fn handler_panic_at_a_ptrace_stop_ends_the_notification_thread() {
+    use softvfio_trace::{Errno, Handler, ObjectId, OpenReply, OpenRequest, Tracee};
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::Arc;
+    struct Panicky(Arc<AtomicI32>);
+    impl Handler for Panicky {
+        fn open(
+            &mut self,
+            _t: &mut Tracee<'_>,
+            req: &OpenRequest,
+        ) -> Option<Result<OpenReply, Errno>> {
+            (req.path == std::path::Path::new("/dev/vfio/3"))
+                .then_some(Ok(OpenReply::Object(ObjectId(1))))
+        }
+        fn ioctl(
+            &mut self,
+            t: &mut Tracee<'_>,
+            _obj: ObjectId,
+            _request: u64,
+            _arg: u64,
+        ) -> Result<i64, Errno> {
+            self.0.store(t.pid(), Ordering::SeqCst);
+            panic!("handler bug");
+        }
+    }
+    let exe = build_c("notify");
+    let pid = Arc::new(AtomicI32::new(0));
+    let mut h = Panicky(pid.clone());
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut cmd = Command::new(&exe);
+        // The opens are notified; request 103, the first ioctl, stops.
+        cmd.user_notification(Some(&[io(100)]));
+        let _ = Supervisor::new().run(cmd, &mut h);
+    }));
+    assert!(r.is_err(), "the panic reaches the caller");
+    let pid = pid.load(Ordering::SeqCst);
+    assert!(pid > 0);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "program killed and reaped"
+    );
+}
+
 /// Runs `fdcache.c` with user notification; its key/value lines and the
 /// run's counters.
 fn run_fdcache(
