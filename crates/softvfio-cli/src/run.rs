@@ -11,7 +11,8 @@
 //!   a `PT_INTERP` program header) that the loader lets preload (not
 //!   set-user-ID/set-group-ID) when the library is there and `--stats` is
 //!   not asked, and `trace` for everything else (static programs, scripts,
-//!   which may start anything): [`auto_mode`].
+//!   which may start anything, Go programs, which bypass libc):
+//!   [`auto_mode`].
 //!
 //! In trace mode:
 //! The handler maps each descriptor object to a container, group or device
@@ -53,7 +54,7 @@ pub enum Mode {
     Trace,
     /// LD_PRELOAD library: dynamically linked programs, libc-level calls.
     Preload,
-    /// `preload` for dynamically linked ELF programs, else `trace`.
+    /// `preload` for dynamically linked ELF programs (not Go's), else `trace`.
     Auto,
 }
 
@@ -298,7 +299,75 @@ pub fn auto_mode(program: &OsString, stats: bool) -> (Mode, &'static str) {
         .as_ref()
         .and_then(|p| std::fs::metadata(p).ok())
         .map_or(0, |m| m.permissions().mode());
-    auto_choice(head.as_deref(), mode_bits, preload_library().is_ok(), stats)
+    let choice = auto_choice(head.as_deref(), mode_bits, preload_library().is_ok(), stats);
+    if choice.0 == Mode::Preload && path.as_deref().is_some_and(is_go_program) {
+        return (
+            Mode::Trace,
+            "a Go program: it makes its system calls itself, not through libc, so LD_PRELOAD cannot reach them",
+        );
+    }
+    choice
+}
+
+/// Section names that only Go's toolchain writes (its runtime issues
+/// system calls directly, also in a cgo build linked with libc).
+const GO_SECTIONS: &[&[u8]] = &[b".go.buildinfo", b".note.go.buildid", b".gopclntab"];
+
+/// Is the ELF file at `path` a Go program (a section of [`GO_SECTIONS`])?
+fn is_go_program(path: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    elf_section_names(&f)
+        .is_some_and(|names| names.iter().any(|n| GO_SECTIONS.contains(&n.as_slice())))
+}
+
+/// The section names of a 64-bit little-endian ELF file (x86-64, the only
+/// ABI served), from its section header table; `None` when it has none or
+/// is not one.
+fn elf_section_names(f: &std::fs::File) -> Option<Vec<Vec<u8>>> {
+    use std::os::unix::fs::FileExt;
+    const MAX_SECTIONS: u64 = 1 << 16;
+    const MAX_STRTAB: u64 = 1 << 20;
+    let mut eh = [0u8; 64];
+    f.read_exact_at(&mut eh, 0).ok()?;
+    if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+        return None;
+    }
+    let u16_at = |b: &[u8], o: usize| u64::from(u16::from_le_bytes([b[o], b[o + 1]]));
+    let u32_at = |b: &[u8], o: usize| {
+        u64::from(u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4])))
+    };
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let (shoff, shentsize, shnum, shstrndx) = (
+        u64_at(&eh, 0x28),
+        u16_at(&eh, 0x3a),
+        u16_at(&eh, 0x3c),
+        u16_at(&eh, 0x3e),
+    );
+    if shoff == 0 || shentsize < 64 || shnum == 0 || shnum > MAX_SECTIONS || shstrndx >= shnum {
+        return None;
+    }
+    let mut table = vec![0u8; (shnum * shentsize) as usize];
+    f.read_exact_at(&mut table, shoff).ok()?;
+    let header = |i: u64| &table[(i * shentsize) as usize..(i * shentsize + 64) as usize];
+    let strtab_hdr = header(shstrndx);
+    let (str_off, str_len) = (u64_at(strtab_hdr, 0x18), u64_at(strtab_hdr, 0x20));
+    if str_len > MAX_STRTAB {
+        return None;
+    }
+    let mut strtab = vec![0u8; str_len as usize];
+    f.read_exact_at(&mut strtab, str_off).ok()?;
+    Some(
+        (0..shnum)
+            .filter_map(|i| {
+                let at = u32_at(header(i), 0) as usize;
+                let rest = strtab.get(at..)?;
+                let end = rest.iter().position(|&c| c == 0)?;
+                Some(rest[..end].to_vec())
+            })
+            .collect(),
+    )
 }
 
 /// [`auto_mode`] on what it read: the start of the file, its mode bits,
@@ -517,6 +586,10 @@ impl MmSyscalls for TracedMm {
     }
     fn munlock(&self, addr: u64, len: u64) -> Result<(), i32> {
         self.0.munlock(addr, len).map_err(|e| e.0)
+    }
+    fn calls_are_costly(&self) -> bool {
+        // Each call is injected: ptrace round trips.
+        true
     }
 }
 
@@ -1169,6 +1242,44 @@ mod tests {
             Mode::Trace
         );
         assert_eq!(auto_choice(None, 0, true, false).0, Mode::Trace);
+    }
+
+    /// A Go program stays in trace mode (`auto_mode`): the section names
+    /// are found in a real binary, and a copy of it with one section renamed
+    /// as Go's toolchain names it is taken for Go.
+    #[test]
+    fn go_programs_are_traced() {
+        let exe = std::env::current_exe().unwrap();
+        let f = std::fs::File::open(&exe).unwrap();
+        let names = elf_section_names(&f).expect("section headers");
+        assert!(names.iter().any(|n| n == b".text"));
+        assert!(names.iter().any(|n| n == b".shstrtab"));
+        assert!(!is_go_program(&exe));
+        // Rename a section name of 10 or more characters (a whole name in
+        // the string table, between NULs) to ".gopclntab".
+        let mut bytes = std::fs::read(&exe).unwrap();
+        let victim = names
+            .iter()
+            .filter(|n| n.len() >= b".gopclntab".len())
+            .find_map(|n| {
+                let mut whole = vec![0u8];
+                whole.extend_from_slice(n);
+                whole.push(0);
+                let at = bytes.windows(whole.len()).rposition(|w| w == whole)?;
+                Some((at + 1, n.len()))
+            })
+            .expect("a section name of 10+ characters");
+        let mut go = b".gopclntab".to_vec();
+        go.resize(victim.1, 0);
+        bytes[victim.0..victim.0 + victim.1].copy_from_slice(&go);
+        let dir = std::env::temp_dir().join(format!("softvfio-go-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fake = dir.join("fake-go");
+        std::fs::write(&fake, &bytes).unwrap();
+        let go_program = is_go_program(&fake);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(go_program);
+        assert!(elf_section_names(&std::fs::File::open("/proc/self/status").unwrap()).is_none());
     }
 
     #[test]

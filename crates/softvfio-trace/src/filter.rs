@@ -118,6 +118,21 @@ pub const NOTIFIED_SYSCALLS: &[i64] = &[
     libc::SYS_pwritev2,
 ];
 
+/// With a user-notification listener, also stopped: the calls that remove
+/// or replace a descriptor without `close` (`dup2`, `dup3`, `close_range`),
+/// and the two that let the program change descriptors by means the filter
+/// cannot see (`io_uring_setup`: a ring's `IORING_OP_CLOSE`; `seccomp`: a
+/// listener of its own, whose `ADDFD` can replace a descriptor). Every
+/// ptrace stop empties the supervisor's cache of which descriptors name
+/// its objects (`crate::fdcache`); these rare calls keep it exact.
+pub const FD_TABLE_SYSCALLS: &[i64] = &[
+    libc::SYS_dup2,
+    libc::SYS_dup3,
+    libc::SYS_close_range,
+    libc::SYS_io_uring_setup,
+    libc::SYS_seccomp,
+];
+
 /// The system calls the supervisor and the engine inject into a stopped
 /// thread (pinning, descriptor installation, memory-call following).
 pub const INJECTED_SYSCALLS: &[i64] = &[
@@ -251,7 +266,8 @@ fn build_list(extra: &[i64], notify_ioctls: Option<&[u32]>) -> Vec<sock_filter> 
         .copied()
         .filter(|nr| *nr != libc::SYS_mmap && !(notify && NOTIFIED_SYSCALLS.contains(nr)))
         .collect();
-    for nr in extra {
+    let fd_table: &[i64] = if notify { FD_TABLE_SYSCALLS } else { &[] };
+    for nr in extra.iter().chain(fd_table) {
         if !traced.contains(nr) && *nr != libc::SYS_mmap {
             traced.push(*nr);
         }
@@ -358,6 +374,10 @@ mod tests {
         assert_eq!(run(&p, libc::SYS_write as u32, x, 0), allow);
         assert_eq!(run(&p, libc::SYS_read as u32, x, 0), allow);
         assert_eq!(run(&p, libc::SYS_brk as u32, x, 0), allow);
+        // Without a listener nothing is cached: descriptor calls run free.
+        for nr in FD_TABLE_SYSCALLS {
+            assert_eq!(run(&p, *nr as u32, x, 0), allow, "syscall {nr}");
+        }
         // The calls that map a BAR or change such a mapping.
         for nr in [
             libc::SYS_mmap,
@@ -445,6 +465,14 @@ mod tests {
         assert_eq!(call(libc::SYS_mprotect, [0; 6]), trace);
         assert_eq!(call(libc::SYS_read, [0; 6]), allow);
         assert_eq!(call(libc::SYS_munlock, [0; 6]), allow);
+        // What can replace a descriptor without close stops (the cache of
+        // descriptors is emptied at every stop); dup and fcntl only take
+        // free numbers and run free.
+        for nr in FD_TABLE_SYSCALLS {
+            assert_eq!(call(*nr, [0; 6]), trace, "syscall {nr}");
+        }
+        assert_eq!(call(libc::SYS_dup, [3, 0, 0, 0, 0, 0]), allow);
+        assert_eq!(call(libc::SYS_fcntl, [3, 0, 0, 0, 0, 0]), allow);
         // Queries and region/interrupt set-up: notified; the ioctls that pin
         // or set up a container: ptrace.
         for cmd in VFIO_NOTIFIABLE_IOCTLS {

@@ -131,6 +131,7 @@
 //! breaks injection.
 
 pub mod errno;
+mod fdcache;
 pub mod filter;
 pub mod handler;
 pub mod mmio;

@@ -2,6 +2,7 @@
 //! and dispatches the intercepted system calls to the [`Handler`].
 
 use crate::errno::Errno;
+use crate::fdcache::{self, FdCache};
 use crate::handler::{Handler, ObjectId, OpenReply, OpenRequest};
 use crate::objects::{socket_inode, Objects};
 use crate::paths::normalize;
@@ -14,6 +15,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Why [`Supervisor::run`] failed.
@@ -60,6 +62,9 @@ pub struct RunStats {
     pub requeued: u64,
     /// Seccomp user notifications (calls seen without a ptrace stop).
     pub notified: u64,
+    /// Notified calls whose descriptor was found in the descriptor cache
+    /// instead of `/proc/<tid>/fd` (`fdcache.rs`).
+    pub fd_cache_hits: u64,
 }
 
 const PTRACE_OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD
@@ -200,17 +205,25 @@ impl Supervisor {
         tracing::debug!(pid, program = ?program, "spawned under ptrace");
         handler.spawned(pid);
         let served = Mutex::new(Served { core, h: handler });
+        // The notification server waits in NOTIF_RECV (see StopServer).
+        let blocking = AtomicBool::new(false);
         let res = std::thread::scope(|scope| -> Result<(), TraceError> {
             let (stop_r, stop_w) = sys::pipe_cloexec().map_err(sys_err("pipe"))?;
             // Ends the notification server however this closure is left
             // (a handler panic included), before the scope joins it.
-            let _stop = StopServer(stop_w);
+            let _stop = StopServer {
+                pipe: stop_w,
+                served: &served,
+                blocking: &blocking,
+            };
             let server = match listener_recv {
                 Some(sock) => {
-                    let served = &served;
+                    let (served, blocking) = (&served, &blocking);
                     let spawned = std::thread::Builder::new()
                         .name("softvfio-notif".into())
-                        .spawn_scoped(scope, move || serve_notifications(served, sock, stop_r));
+                        .spawn_scoped(scope, move || {
+                            serve_notifications(served, sock, stop_r, blocking)
+                        });
                     match spawned {
                         Ok(j) => Some(j),
                         Err(_) => {
@@ -239,6 +252,7 @@ impl Supervisor {
         });
         let Served { mut core, h } = served.into_inner().unwrap_or_else(PoisonError::into_inner);
         let out = res.and_then(|()| core.conclude(h, program));
+        core.stats.fd_cache_hits = core.fd_cache.hits;
         self.stats = core.stats;
         drop(core);
         self.shared.set_tracer(None);
@@ -257,12 +271,38 @@ fn lock<'a, 'h>(m: &'a Mutex<Served<'h>>) -> MutexGuard<'a, Served<'h>> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Writes to the notification server's stop pipe when dropped.
-struct StopServer(OwnedFd);
+/// Ends the notification server when dropped: writes to its stop pipe,
+/// which it polls between notifications. A server that waits in
+/// `NOTIF_RECV` itself (`blocking`) wakes only when no process uses the
+/// filter any more: if the run ends with processes left (an error, a
+/// handler panic), they are killed and reaped first, as the end of the
+/// tracer would kill them anyway (`PTRACE_O_EXITKILL`).
+struct StopServer<'a, 'h> {
+    pipe: OwnedFd,
+    served: &'a Mutex<Served<'h>>,
+    blocking: &'a AtomicBool,
+}
 
-impl Drop for StopServer {
+impl Drop for StopServer<'_, '_> {
     fn drop(&mut self) {
-        let _ = sys::write_byte(self.0.as_fd());
+        let _ = sys::write_byte(self.pipe.as_fd());
+        if !self.blocking.load(Ordering::Acquire) {
+            return;
+        }
+        let left: Vec<i32> = lock(self.served).core.procs.keys().copied().collect();
+        if left.is_empty() {
+            return;
+        }
+        for tgid in &left {
+            let _ = sys::kill(*tgid, libc::SIGKILL);
+        }
+        // The filter's users go when their tasks are reaped; a killed
+        // thread may still report its exit stop first.
+        while let Ok((tid, status)) = sys::waitpid(-1, libc::__WALL | libc::__WNOTHREAD) {
+            if libc::WIFSTOPPED(status) {
+                let _ = sys::ptrace_cont(tid, 0);
+            }
+        }
     }
 }
 
@@ -305,6 +345,7 @@ fn serve_notifications(
     served: &Mutex<Served<'_>>,
     sock: OwnedFd,
     stop: OwnedFd,
+    blocking: &AtomicBool,
 ) -> Option<Box<dyn std::any::Any + Send>> {
     let ready = sys::poll_fds([sock.as_fd(), stop.as_fd()], libc::POLLIN).ok()?;
     if ready[1] != 0 || ready[0] & libc::POLLIN == 0 {
@@ -313,21 +354,45 @@ fn serve_notifications(
     // None: the child installed the ptrace-only filter (no listener).
     let listener = sys::recv_fd(sock.as_fd()).ok()??;
     drop(sock);
+    // The filter with a listener also stops what replaces descriptors.
+    lock(served).core.fd_cache.enable();
+    // Linux 6.6 and later: the calling thread and this one hand the CPU to
+    // each other (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP), and NOTIF_RECV
+    // returns once no process uses the filter. The hand-over only works for
+    // a thread waiting in NOTIF_RECV itself (a poll waiter is woken the
+    // ordinary way, on any CPU), so with it this thread waits there, and
+    // polls only to tell an end from a withdrawn notification. The quiet
+    // machine's round trip: docs/PERFORMANCE.md, "The cost of a trapped
+    // call".
     let sync = sys::notif_sync_wakeup(listener.as_fd());
+    blocking.store(sync, Ordering::Release);
     tracing::debug!(sync_wakeup = sync, "serving seccomp user notifications");
+    let ended = |wait: bool| -> bool {
+        let fds = [listener.as_fd(), stop.as_fd()];
+        let ready = if wait {
+            sys::poll_fds(fds, libc::POLLIN)
+        } else {
+            sys::poll_fds_now(fds, libc::POLLIN)
+        };
+        // POLLHUP on the listener: no process uses the filter any more.
+        ready.map_or(true, |r| {
+            r[1] != 0 || r[0] & (libc::POLLHUP | libc::POLLERR) != 0
+        })
+    };
     loop {
-        let ready = sys::poll_fds([listener.as_fd(), stop.as_fd()], libc::POLLIN).ok()?;
-        if ready[1] != 0 {
-            return None;
-        }
-        if ready[0] & libc::POLLIN == 0 {
-            // POLLHUP: no process uses the filter any more.
+        if !sync && ended(true) {
             return None;
         }
         let n = match sys::notif_recv(listener.as_fd()) {
             Ok(n) => n,
-            // Withdrawn meanwhile (the thread was killed) or interrupted.
-            Err(Errno::ENOENT) | Err(Errno::EINTR) => continue,
+            // Withdrawn meanwhile (the thread was killed), interrupted, or
+            // (waiting in NOTIF_RECV) the filter has no user any more.
+            Err(Errno::ENOENT) | Err(Errno::EINTR) => {
+                if sync && ended(false) {
+                    return None;
+                }
+                continue;
+            }
             Err(_) => return None,
         };
         let outcome = {
@@ -438,6 +503,8 @@ pub(crate) struct Core {
     reaped_unknown: HashSet<i32>,
     close_flush: bool,
     finished: bool,
+    /// Which descriptors name objects, between ptrace events (`fdcache.rs`).
+    fd_cache: FdCache,
     pub(crate) stats: RunStats,
 }
 
@@ -476,6 +543,7 @@ impl Core {
             reaped_unknown: HashSet::new(),
             close_flush,
             finished: false,
+            fd_cache: FdCache::default(),
             stats: RunStats::default(),
         };
         core.insert_thread(pid, pid);
@@ -581,6 +649,27 @@ impl Core {
         self.fd_lookup(tid, fd).map(|(o, _)| o)
     }
 
+    /// [`Core::fd_object`] through the descriptor cache (fdcache.rs), for
+    /// a call of `tid` at a ptrace stop or (`notif`) a notified one.
+    fn fd_object_cached(
+        &mut self,
+        tid: i32,
+        fd: i32,
+        notif: Option<NotifCall<'_>>,
+    ) -> Option<ObjectId> {
+        if let Some((obj, _)) = self.fd_cache.get(tid, fd) {
+            return Some(obj);
+        }
+        let (obj, ino) = self.fd_lookup(tid, fd)?;
+        // Read from /proc/<tid>/fd: for a notified call, valid only if
+        // `tid` is still the thread that made it (a stopped thread is).
+        if notif.is_some_and(|c| !c.valid()) {
+            return None;
+        }
+        self.fd_cache.insert(tid, fd, obj, ino);
+        Some(obj)
+    }
+
     /// Releases every object whose last program descriptor is gone.
     fn release_dead(&mut self, h: &mut dyn Handler, at: Option<(i32, i32)>) {
         if self.objects.is_empty() {
@@ -637,6 +726,12 @@ impl Core {
     }
 
     fn on_event(&mut self, h: &mut dyn Handler, tid: i32, status: i32) {
+        // Anything but a seccomp stop (a thread gone, an exec, a signal
+        // stop whose handling may inject) ends the cached answers here; a
+        // seccomp stop ends them when its call can (fdcache.rs).
+        if !libc::WIFSTOPPED(status) || (status >> 16) & 0xff != libc::PTRACE_EVENT_SECCOMP {
+            self.fd_cache.clear();
+        }
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
             self.on_gone(h, tid, status);
             return;
@@ -873,6 +968,12 @@ impl Core {
         };
         let pid = self.tgid_of(tid);
         self.stats.stops += 1;
+        if fdcache::hides_later_descriptor_changes(regs.orig_rax as i64, regs.args()) {
+            self.fd_cache.switch_off();
+        }
+        if fdcache::changes_descriptors(regs.orig_rax as i64) {
+            self.fd_cache.clear();
+        }
         self.shared.put(Stop::new(tid, pid, regs));
         self.release_dead(h, Some((pid, tid)));
         let mut outcome = self.dispatch(h, pid, tid, regs.orig_rax as i64, regs.args());
@@ -899,6 +1000,9 @@ impl Core {
     /// Resumes the thread after a handled stop.
     fn finish(&mut self, h: &mut dyn Handler, stop: Stop, outcome: Outcome) {
         self.stats.injected += stop.injected;
+        if stop.fds_changed {
+            self.fd_cache.clear();
+        }
         // Another thread's execve cannot hand this tid to the new image
         // while we hold the stop: the killed thread waits at its exit stop
         // (PTRACE_O_TRACEEXIT) until we let it go; where an injection lets
@@ -990,6 +1094,9 @@ impl Core {
             ),
             libc::SYS_openat2 => self.sys_openat2(h, pid, tid, None, a),
             libc::SYS_close => self.sys_close(h, pid, tid, a[0] as i32),
+            libc::SYS_dup2 | libc::SYS_dup3 | libc::SYS_close_range => {
+                self.sys_replace_fds(h, pid, tid, nr, a)
+            }
             libc::SYS_stat
             | libc::SYS_lstat
             | libc::SYS_newfstatat
@@ -1019,7 +1126,7 @@ impl Core {
             | libc::SYS_preadv
             | libc::SYS_pwritev
             | libc::SYS_preadv2
-            | libc::SYS_pwritev2 => match self.fd_object(tid, a[0] as i32) {
+            | libc::SYS_pwritev2 => match self.fd_object_cached(tid, a[0] as i32, None) {
                 Some(obj) => self.serve_fd_call(h, pid, tid, None, obj, nr, a),
                 None => Outcome::Pass,
             },
@@ -1111,6 +1218,7 @@ impl Core {
             if dead.is_empty() {
                 break;
             }
+            self.fd_cache.clear();
             for obj in dead {
                 self.stats.released += 1;
                 tracing::debug!(?obj, tid, "release (notified call)");
@@ -1146,13 +1254,9 @@ impl Core {
                 a[3] as u32,
             ),
             libc::SYS_openat2 => self.sys_openat2(h, pid, tid, Some(call), a),
-            nr => match self.fd_object(tid, a[0] as i32) {
-                // The descriptor was looked up in /proc/<tid>/fd: valid only
-                // if `tid` is still the thread that made the call.
-                Some(obj) if call.valid() => {
-                    self.serve_fd_call(h, pid, tid, Some(call), obj, nr, a)
-                }
-                _ => Outcome::Pass,
+            nr => match self.fd_object_cached(tid, a[0] as i32, Some(call)) {
+                Some(obj) => self.serve_fd_call(h, pid, tid, Some(call), obj, nr, a),
+                None => Outcome::Pass,
             },
         };
         if out != Outcome::Pass {
@@ -1266,6 +1370,38 @@ impl Core {
             let _ = t.inject_syscall(libc::SYS_getpid, [0; 6]);
             self.release_dead(h, Some((pid, tid)));
         }
+        Outcome::Return(r)
+    }
+}
+
+impl Core {
+    /// `dup2`, `dup3`, `close_range` (stopped only with a listener, for the
+    /// descriptor cache): run here by injection, so that the descriptors
+    /// change while notifications wait for the lock; left to run after the
+    /// stop, a notified call of another thread could cache what the call
+    /// is about to replace (fdcache.rs). Then what they dropped is released.
+    fn sys_replace_fds(
+        &mut self,
+        h: &mut dyn Handler,
+        pid: i32,
+        tid: i32,
+        nr: i64,
+        a: [u64; 6],
+    ) -> Outcome {
+        let r = {
+            let mut t = Tracee {
+                core: self,
+                pid,
+                tid,
+                notif: None,
+            };
+            t.inject_syscall(nr, a)
+        };
+        self.fd_cache.clear();
+        let Ok(r) = r else {
+            return Outcome::Return(-i64::from(libc::EIO));
+        };
+        self.release_dead(h, Some((pid, tid)));
         Outcome::Return(r)
     }
 }

@@ -681,6 +681,22 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> Result<Option<OwnedFd>, Errno> {
 /// Waits until one of `fds` has an event in `events` (or hang-up); returns
 /// each descriptor's `revents`.
 pub fn poll_fds<const N: usize>(fds: [BorrowedFd<'_>; N], events: i16) -> Result<[i16; N], Errno> {
+    poll_fds_for(fds, events, -1)
+}
+
+/// [`poll_fds`] without waiting: the events pending now.
+pub fn poll_fds_now<const N: usize>(
+    fds: [BorrowedFd<'_>; N],
+    events: i16,
+) -> Result<[i16; N], Errno> {
+    poll_fds_for(fds, events, 0)
+}
+
+fn poll_fds_for<const N: usize>(
+    fds: [BorrowedFd<'_>; N],
+    events: i16,
+    timeout_ms: i32,
+) -> Result<[i16; N], Errno> {
     let mut p = fds.map(|f| libc::pollfd {
         fd: f.as_raw_fd(),
         events,
@@ -688,7 +704,7 @@ pub fn poll_fds<const N: usize>(fds: [BorrowedFd<'_>; N], events: i16) -> Result
     });
     loop {
         // SAFETY: `p` is an array of N valid pollfds, alive for the call.
-        let r = unsafe { libc::poll(p.as_mut_ptr(), N as libc::nfds_t, -1) };
+        let r = unsafe { libc::poll(p.as_mut_ptr(), N as libc::nfds_t, timeout_ms) };
         if r >= 0 {
             return Ok(p.map(|x| x.revents));
         }

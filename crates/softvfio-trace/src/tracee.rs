@@ -124,6 +124,9 @@ pub(crate) struct Stop {
     pub(crate) deferred: Vec<Deferred>,
     /// Number of injected system calls (statistics).
     pub(crate) injected: u64,
+    /// An injected call closed or replaced a descriptor (the supervisor's
+    /// descriptor cache must forget what it knew).
+    pub(crate) fds_changed: bool,
     /// A group-stop was resumed during the injection: the thread must be
     /// interrupted afterwards so that it joins the stop again.
     pub(crate) group_stop: bool,
@@ -142,6 +145,7 @@ impl Stop {
             stashed: Vec::new(),
             deferred: Vec::new(),
             injected: 0,
+            fds_changed: false,
             group_stop: false,
         }
     }
@@ -300,6 +304,7 @@ impl Stop {
         }
         let mut r = self.regs;
         r.set_args(args);
+        self.fds_changed |= crate::fdcache::changes_descriptors(nr);
         let res = match self.phase {
             Phase::Entry => {
                 r.orig_rax = nr as u64;

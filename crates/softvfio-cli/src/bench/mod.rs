@@ -28,6 +28,7 @@ pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod translate;
+pub mod trapfloor;
 pub mod uapi;
 pub mod vmstart;
 
@@ -227,6 +228,11 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
         "uapi-map-4k",
         "MAP_DMA+UNMAP_DMA of 4 KiB through `softvfio run`, trace and preload, vs mlock+munlock of the page",
         uapi::map_4k,
+    ),
+    (
+        "trap-floor",
+        "the kernel mechanisms under trace mode (user notification, ptrace stop, injection, /proc fd lookup) vs a native system call",
+        trapfloor::trap_floor,
     ),
     (
         "uapi-huge-1g",

@@ -102,6 +102,12 @@ pub trait MmSyscalls: Send + Sync {
     fn any_thread(&self) -> bool {
         false
     }
+    /// Each call is expensive beside a read of `/proc/<pid>/pagemap`
+    /// (injected into a stopped tracee: ptrace round trips): a small pin
+    /// then skips the populate when pagemap shows it would do nothing.
+    fn calls_are_costly(&self) -> bool {
+        false
+    }
 }
 
 /// Runs the [`MmSyscalls`] in this process.
@@ -1018,13 +1024,19 @@ impl HostMemory {
             }
         }
 
-        // Fault in with the access asked for (breaks COW for write).
+        // Fault in with the access asked for (breaks COW for write), unless
+        // the call is injected and pagemap shows it would change nothing
+        // (a small pin of memory in use: one ptrace round trip less).
         let advice = if write {
             libc::MADV_POPULATE_WRITE
         } else {
             libc::MADV_POPULATE_READ
         };
-        match retry_eintr(|| self.sys.madvise(vaddr, len, advice)) {
+        let populated = self.sys.calls_are_costly() && files.populated(vaddr, end, write);
+        match retry_eintr(|| match populated {
+            true => Ok(()),
+            false => self.sys.madvise(vaddr, len, advice),
+        }) {
             Ok(()) => {}
             Err(errno) if refused_by_policy(errno) => {
                 // The program's own seccomp filter (or an LSM) refuses
@@ -1567,7 +1579,7 @@ mod procfs;
 
 #[cfg(test)]
 mod tests {
-    use super::procfs::{parse_cap_eff, parse_smaps};
+    use super::procfs::{parse_smaps, populate_is_noop};
     use super::*;
 
     #[test]
@@ -1876,13 +1888,68 @@ VmFlags: rd mr mw me lo
         assert_eq!(procfs::parse_locked("VmFlags: lo\n"), vec![]);
     }
 
+    /// `capget` of another process reads what its status file prints.
     #[test]
-    fn cap_eff_parse() {
-        assert_eq!(
-            parse_cap_eff("Name:\tx\nCapEff:\t000001fffeffffff\n"),
-            Some(0x1fffeffffff)
-        );
-        assert_eq!(parse_cap_eff("Name:\tx\n"), None);
+    fn cap_eff_of_another_process_is_its_status_cap_eff() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+        let want = u64::from_str_radix(line["CapEff:".len()..].trim(), 16).unwrap();
+        let got = procfs::cap_eff_of(pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(got, Ok(want));
+        // Gone: an error, never a made-up mask.
+        assert!(procfs::cap_eff_of(pid).is_err());
+    }
+
+    #[test]
+    fn populate_is_noop_needs_present_and_exclusive_for_write() {
+        let present = 1u64 << 63;
+        let exclusive = 1u64 << 56;
+        assert!(!populate_is_noop(0, false));
+        assert!(!populate_is_noop(exclusive, true));
+        assert!(populate_is_noop(present | 1234, false));
+        assert!(!populate_is_noop(present | 1234, true));
+        assert!(populate_is_noop(present | exclusive, true));
+    }
+
+    /// What the pagemap check sees of this process's own fresh memory: not
+    /// present, then the zero page after a read (enough for a read pin, not
+    /// for a write pin), then a private page after a write.
+    #[test]
+    fn populated_check_follows_the_page_state() {
+        let m = HostMemory::for_pid(ffi::getpid(), Arc::new(LocalSyscalls));
+        let files = m.files().unwrap();
+        // calloc of 4 MiB: fresh anonymous pages, none touched.
+        let mut buf = vec![0u8; 4 << 20];
+        let a = (buf.as_ptr() as u64 + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+        let off = (a - buf.as_ptr() as u64) as usize;
+        if files.pagemap.is_none() {
+            return;
+        }
+        assert!(!files.populated(a, a + PAGE_SIZE, false));
+        assert!(!files.populated(a, a + PAGE_SIZE, true));
+        std::hint::black_box(buf[off]);
+        assert!(files.populated(a, a + PAGE_SIZE, false));
+        assert!(!files.populated(a, a + PAGE_SIZE, true));
+        buf[off] = 1;
+        std::hint::black_box(&buf);
+        assert!(files.populated(a, a + PAGE_SIZE, true));
+        // A page 3 MiB on was never touched (not even by a transparent
+        // huge page around the first one): a range ending there is not.
+        let far = a + (3 << 20);
+        assert!(!files.populated(far - PAGE_SIZE, far + PAGE_SIZE, false));
+        // Too large to check: the populate runs.
+        let big = procfs::POPULATED_CHECK_PAGES + 1;
+        buf[off..off + (big * PAGE_SIZE) as usize].fill(1);
+        std::hint::black_box(&buf);
+        assert!(!files.populated(a, a + big * PAGE_SIZE, true));
+        assert!(files.populated(a, a + (big - 1) * PAGE_SIZE, true));
     }
 
     #[test]

@@ -41,16 +41,12 @@ pub(super) struct Vma {
     pub(super) page_size: u64,
 }
 
-/// CapEff of a process, from `/proc/<pid>/status`.
+/// CapEff of a process: what `/proc/<pid>/status` shows, read with one
+/// `capget` (the target's credentials, as the status file prints them)
+/// instead of opening and parsing the status file (ten system calls, read
+/// at every MAP_DMA for the accounting policy).
 pub(super) fn cap_eff_of(pid: i32) -> Result<u64, String> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
-    parse_cap_eff(&status).ok_or_else(|| "no CapEff line".to_string())
-}
-
-pub(super) fn parse_cap_eff(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-    u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
+    ffi::capget_effective(pid)
 }
 
 /// Every byte of `[start, end)` is covered by `vmas` (sorted, overlapping the
@@ -183,7 +179,40 @@ impl ProcFiles {
     }
 }
 
+/// Ranges up to this many pages are checked in pagemap before their
+/// populate ([`ProcFiles::populated`]); a larger pin pays the populate,
+/// small beside its own cost.
+pub(super) const POPULATED_CHECK_PAGES: u64 = 64;
+
+/// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const PM_PRESENT: u64 = 1 << 63;
+const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
+
+/// Whether a populate of a page with this pagemap `entry` would change
+/// nothing: the page is present, and for a write pin mapped by this
+/// process alone (an anonymous page shared copy-on-write after a fork, or
+/// the shared zero page, is not exclusive: the populate must break COW).
+pub(super) fn populate_is_noop(entry: u64, write: bool) -> bool {
+    entry & PM_PRESENT != 0 && (!write || entry & PM_MMAP_EXCLUSIVE != 0)
+}
+
 impl ProcFiles {
+    /// Every page of the small range `[start, end)` is already faulted in
+    /// as a pin with this access needs it ([`populate_is_noop`]); false
+    /// when it is larger than [`POPULATED_CHECK_PAGES`] or pagemap cannot
+    /// be read. Costs one pagemap read.
+    pub(super) fn populated(&self, start: u64, end: u64, write: bool) -> bool {
+        let n = (end - start) / PAGE_SIZE;
+        if n == 0 || n > POPULATED_CHECK_PAGES {
+            return false;
+        }
+        let Some(pagemap) = self.pagemap.as_ref() else {
+            return false;
+        };
+        read_pagemap(pagemap, start, n as usize)
+            .is_ok_and(|e| e.iter().all(|&e| populate_is_noop(e, write)))
+    }
+
     /// The parts of `[start, end)` in VMAs with VM_LOCKED (smaps `VmFlags`
     /// has `lo`), or `None` when smaps cannot be read.
     pub(super) fn locked_ranges(&self, start: u64, end: u64) -> Option<Vec<(u64, u64)>> {
