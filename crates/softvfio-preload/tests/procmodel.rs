@@ -118,9 +118,17 @@ fn unmap_keeps_the_programs_mlock_preload() {
 /// the device reads back what it wrote there. The new image gets a device
 /// from the inherited group, and its own MAP_DMA pins its own memory: line
 /// for line Linux 6.1's `tests-oracle/kernel-6.1-procmodel-exec.txt`.
+/// In preload mode the engine leaves the program for the keeper at the
+/// exec; the old mappings reach the keeper's copy of the old image.
 #[test]
 fn exec_keeps_old_mappings_out_of_the_new_image_trace() {
     let out = run("trace", "exec");
+    expect_linux(&out, "kernel-6.1-procmodel-exec.txt");
+}
+
+#[test]
+fn exec_keeps_old_mappings_out_of_the_new_image_preload() {
+    let out = run("preload", "exec");
     expect_linux(&out, "kernel-6.1-procmodel-exec.txt");
 }
 
@@ -144,21 +152,26 @@ fn dma_never_reaches_a_recycled_pid_trace() {
 /// child keeps the container: the device still reads and writes the pages
 /// the owner pinned (the private page as it was at the exit, the shared one
 /// as the child sees it), line for line what Linux 6.1 printed
-/// (`tests-oracle/kernel-6.1-procmodel-kept.txt`). Preload mode gives the
-/// child its own copy of the engine (docs/RELIABILITY.md), so this is trace
-/// only.
+/// (`tests-oracle/kernel-6.1-procmodel-kept.txt`). In preload mode the
+/// owner's fork hands the engine to the keeper, and its `_exit` tells the
+/// keeper to keep its pinned pages.
 #[test]
 fn pinned_pages_outlive_their_process_trace() {
     let out = run("trace", "kept");
     expect_linux(&out, "kernel-6.1-procmodel-kept.txt");
 }
 
+#[test]
+fn pinned_pages_outlive_their_process_preload() {
+    let out = run("preload", "kept");
+    expect_linux(&out, "kernel-6.1-procmodel-kept.txt");
+}
+
 /// fork: parent and child share the container, group and device; the
 /// child's MAP_DMA pins the child's own memory (Linux: 0), its DMA reaches
 /// the parent's mapping, and its unmap frees the IOVA for the parent.
-#[test]
-fn forked_child_maps_its_own_memory_trace() {
-    let out = run("trace", "fork");
+fn fork_shares(mode: &str) {
+    let out = run(mode, "fork");
     expect(
         &out,
         &[
@@ -171,6 +184,16 @@ fn forked_child_maps_its_own_memory_trace() {
         ],
     );
     out.assert_clean();
+}
+
+#[test]
+fn forked_child_maps_its_own_memory_trace() {
+    fork_shares("trace");
+}
+
+#[test]
+fn forked_child_maps_its_own_memory_preload() {
+    fork_shares("preload");
 }
 
 /// `VFIO_DMA_MAP_FLAG_VADDR` to a new address: DMA then reaches (and
@@ -210,6 +233,12 @@ fn vaddr_update_moves_dma_preload() {
 #[test]
 fn vaddr_update_across_exec_trace() {
     let out = run("trace", "cpr");
+    expect_linux(&out, "kernel-6.1-procmodel-cpr.txt");
+}
+
+#[test]
+fn vaddr_update_across_exec_preload() {
+    let out = run("preload", "cpr");
     expect_linux(&out, "kernel-6.1-procmodel-cpr.txt");
 }
 
