@@ -25,6 +25,9 @@ use std::ffi::{c_int, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use softvfio::device::{IrqInfo, MappedAccessError, RegionInfo, VfioDeviceModel};
+use softvfio::uapi::MappedRegion;
+
 use crate::real;
 use crate::state::TRACKED;
 
@@ -44,6 +47,12 @@ pub(crate) mod op {
     pub const EXEC_PREPARE: u64 = 12;
     pub const EXEC_FAILED: u64 = 13;
     pub const EXITING: u64 = 14;
+    /// A load or store on a mapped BAR: word 1 the file, 2 the region, 3
+    /// the offset, 4 the length, 5 nonzero for a store (its bytes follow).
+    pub const MMIO: u64 = 15;
+    /// `mmap` of a device file: word 1 the file, 2 the file offset, 3 the
+    /// length, 4 nonzero for MAP_SHARED.
+    pub const MMAP: u64 = 16;
     /// Answers to the keeper's questions.
     pub const MM_DONE: u64 = 20;
     pub const FD_ANSWER: u64 = 21;
@@ -52,7 +61,8 @@ pub(crate) mod op {
 /// Records, keeper to program (word 0).
 pub(crate) mod kind {
     /// The answer: word 1 the value, word 2 the errno (0: none), word 3 a
-    /// new object's key (with its descriptor attached).
+    /// new object's key (with its descriptor attached); a load's bytes
+    /// follow.
     pub const REPLY: u64 = 1;
     /// Run a memory call: word 1 the call (`real::mm_call`), 2 address,
     /// 3 length, 4 argument.
@@ -127,11 +137,22 @@ impl Client {
     /// Sends a request and waits for its answer, serving the keeper's
     /// questions meanwhile.
     fn call(&mut self, words: &[u64], tail: &[u8], cloexec: bool) -> Result<Reply, c_int> {
+        self.call_into(words, tail, cloexec, &mut [])
+    }
+
+    /// As [`Client::call`], with the answer's bytes copied into `out`.
+    fn call_into(
+        &mut self,
+        words: &[u64],
+        tail: &[u8],
+        cloexec: bool,
+        out: &mut [u8],
+    ) -> Result<Reply, c_int> {
         real::send_record(self.sock, &encode(words, tail), None).map_err(|_| libc::EIO)?;
-        let mut buf = [0u8; WORDS * 8];
+        let mut buf = [0u8; WORDS * 8 + 64];
         loop {
             let (n, fd) = real::recv_record(self.sock, &mut buf, cloexec).map_err(|_| libc::EIO)?;
-            let Some((w, _)) = decode(&buf[..n]) else {
+            let Some((w, data)) = decode(&buf[..n]) else {
                 if let Some(fd) = fd {
                     real::close_own(fd);
                 }
@@ -145,6 +166,8 @@ impl Client {
                         }
                         return Err(w[2] as c_int);
                     }
+                    let m = data.len().min(out.len());
+                    out[..m].copy_from_slice(&data[..m]);
                     return Ok(Reply {
                         val: w[1] as i64,
                         key: w[3],
@@ -300,6 +323,7 @@ fn ensure_attached(reason: Reason) -> bool {
                 name: name.clone(),
             });
             ATTACHED.store(true, Ordering::Relaxed);
+            crate::mmio::to_keeper();
             real::at_exit(crate::exec::at_exit);
             let keeper = with_client(|c| c.call(&[op::HELLO_ROOT, reason as u64], &[], false));
             if let Ok(r) = keeper {
@@ -465,4 +489,107 @@ pub(crate) fn attach_after_exec() {
             real::set_env(ENV_NAME, None);
         }
     }
+}
+
+/// A device model of the keeper's, reached through the connection: what a
+/// BAR mapping of this process reaches after the hand-off (the program's
+/// copy of the models is stale from then on). Only the mapped accesses
+/// are used (`softvfio::barmap`); the rest answers as a device with
+/// nothing.
+pub(crate) struct KeeperModel {
+    /// The device file (the keeper's object) the mapping was made through.
+    pub file: u64,
+    pub name: String,
+}
+
+impl KeeperModel {
+    fn access(
+        &self,
+        region: u32,
+        offset: u64,
+        data: &mut [u8],
+        store: Option<&[u8]>,
+    ) -> Result<(), MappedAccessError> {
+        let len = data.len().max(store.map_or(0, <[u8]>::len));
+        let words = [
+            op::MMIO,
+            self.file,
+            u64::from(region),
+            offset,
+            len as u64,
+            u64::from(store.is_some()),
+        ];
+        let r = with_client(|c| c.call_into(&words, store.unwrap_or(&[]), false, data));
+        match r {
+            Ok(r) if r.val == 0 => Ok(()),
+            Ok(_) => Err(MappedAccessError::Bus),
+            Err(e) => Err(MappedAccessError::Errno(e)),
+        }
+    }
+}
+
+impl VfioDeviceModel for KeeperModel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn flags(&self) -> u32 {
+        0
+    }
+    fn num_regions(&self) -> u32 {
+        0
+    }
+    fn num_irqs(&self) -> u32 {
+        0
+    }
+    fn region_info(&self, _index: u32) -> Option<RegionInfo> {
+        None
+    }
+    fn irq_info(&self, _index: u32) -> Option<IrqInfo> {
+        None
+    }
+    fn region_read(&self, _index: u32, _offset: u64, _buf: &mut [u8]) -> Result<usize, i32> {
+        Err(libc::EINVAL)
+    }
+    fn region_write(&self, _index: u32, _offset: u64, _data: &[u8]) -> Result<usize, i32> {
+        Err(libc::EINVAL)
+    }
+    fn mapped_read(
+        &self,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), MappedAccessError> {
+        self.access(index, offset, data, None)
+    }
+    fn mapped_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), MappedAccessError> {
+        self.access(index, offset, &mut [], Some(data))
+    }
+    fn reset(&self) -> Result<(), i32> {
+        Err(libc::EINVAL)
+    }
+}
+
+/// `mmap` of device file `key` after the hand-off: the keeper checks it
+/// as the driver would; the mapping reaches the keeper's model.
+pub(crate) fn mmap(key: u64, off: u64, len: u64, shared: bool) -> Result<MappedRegion, c_int> {
+    let r = with_client(|c| c.call(&[op::MMAP, key, off, len, u64::from(shared)], &[], false))?;
+    Ok(MappedRegion {
+        model: std::sync::Arc::new(KeeperModel {
+            file: key,
+            name: format!("keeper file {key}"),
+        }),
+        region: r.val as u32,
+        offset: r.key,
+        file: key,
+    })
+}
+
+/// A mapping of `key` holds it open (one reference, as a descriptor).
+pub(crate) fn hold(key: u64) {
+    let _ = with_client(|c| c.call(&[op::REF, key], &[], false).map(|_| ()));
+}
+
+/// The last mapping of `key` is gone.
+pub(crate) fn unhold(key: u64) {
+    let _ = with_client(|c| c.call(&[op::UNREF, key], &[], false).map(|_| ()));
 }

@@ -488,8 +488,9 @@ impl Keeper {
         };
         *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some((pid, conn));
         let _inside = crate::Inside::enter();
+        let mut out = Vec::new();
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.request(pid, conn, &w, &tail)
+            self.request(pid, conn, &w, &tail, &mut out)
         }));
         *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let (val, err, key, fd) = match res {
@@ -497,7 +498,11 @@ impl Keeper {
             Ok(Err(e)) => (0, e, 0, None),
             Err(_) => (0, libc::EIO, 0, None),
         };
-        let _ = reply(conn, val, err, key, fd);
+        let _ = real::send_record(
+            conn,
+            &encode(&[kind::REPLY, val as u64, err as u64, key], &out),
+            fd,
+        );
         if let Some(fd) = fd {
             real::close_own(fd);
         }
@@ -557,6 +562,7 @@ impl Keeper {
         conn: c_int,
         w: &[u64; 8],
         tail: &[u8],
+        out: &mut Vec<u8>,
     ) -> Result<(i64, u64, Option<c_int>), c_int> {
         let me = i64::from(std::process::id());
         match w[0] {
@@ -666,6 +672,26 @@ impl Keeper {
                     own.move_to(pid, Arc::new(ClientSyscalls { pid }));
                 }
                 Ok((0, 0, None))
+            }
+            op::MMIO => {
+                let model = self.st.model_of(w[1]).ok_or(libc::EBADF)?;
+                let len = (w[4] as usize).min(64);
+                let r = if w[5] != 0 {
+                    let data = tail.get(..len).ok_or(libc::EINVAL)?;
+                    model.mapped_write(w[2] as u32, w[3], data)
+                } else {
+                    let mut data = [0u8; 64];
+                    let r = model.mapped_read(w[2] as u32, w[3], &mut data[..len]);
+                    if r.is_ok() {
+                        *out = data[..len].to_vec();
+                    }
+                    r
+                };
+                Ok((i64::from(r.is_err()), 0, None))
+            }
+            op::MMAP => {
+                let m = self.st.mmap(w[1], w[2], w[3], w[4] != 0)?;
+                Ok((i64::from(m.region), m.offset, None))
             }
             op::EXITING => {
                 let others = self.procs.len() > 1;

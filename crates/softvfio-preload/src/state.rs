@@ -606,6 +606,18 @@ impl State {
         r.map_err(|e| e.errno())
     }
 
+    /// The device model behind device file (or bound cdev) `key`.
+    pub(crate) fn model_of(
+        &self,
+        key: ObjectKey,
+    ) -> Option<Arc<dyn softvfio::device::VfioDeviceModel>> {
+        match self.session.object(key)? {
+            FileObject::Device(d) => Some(d.device.model.clone()),
+            FileObject::Cdev(c) => Some(c.device.model.clone()),
+            _ => None,
+        }
+    }
+
     /// Is `key` an open object?
     pub(crate) fn has_object(&self, key: ObjectKey) -> bool {
         self.session.contains(key)

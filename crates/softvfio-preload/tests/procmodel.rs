@@ -303,12 +303,12 @@ fn own_seccomp_filter_and_not_dumpable_preload() {
 /// read and wrote exactly its own memory, and a mapped page no one targets
 /// never changes. No hang (bounded run), no pin or accounting left, no
 /// DMA fault. `SOFTVFIO_STRESS_SECS` sets the duration (15 s by default;
-/// docs/RELIABILITY.md gives a longer run).
-#[test]
-fn fork_exec_kill_stress_trace() {
+/// docs/RELIABILITY.md gives a longer run). In preload mode the first
+/// fork hands the engine to the keeper, which every process then shares.
+fn stress(mode: &str) {
     let secs = std::env::var("SOFTVFIO_STRESS_SECS").unwrap_or_else(|_| "15".into());
     let exe = build_c("procstress", false);
-    let out = softvfio_run("trace", &[], &exe, &[&secs, GROUP, BDF]);
+    let out = softvfio_run(mode, &[], &exe, &[&secs, GROUP, BDF]);
     assert_eq!(out.get("bad"), "0", "stderr:\n{}", out.stderr);
     assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
     let forks: u64 = out.get("forks").parse().unwrap();
@@ -334,6 +334,16 @@ fn fork_exec_kill_stress_trace() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn fork_exec_kill_stress_trace() {
+    stress("trace");
+}
+
+#[test]
+fn fork_exec_kill_stress_preload() {
+    stress("preload");
 }
 
 /// What DMA sees after the program changes mapped memory: the rows of
