@@ -486,6 +486,16 @@ impl Keeper {
                 }
             },
         };
+        // A caller killed since the poll: its call never happened (as a
+        // store that a SIGKILL beat), and it must not start a device's DMA
+        // from memory that is going away.
+        if let Some(p) = self.procs.get(&pid) {
+            let mut pf = [pollin(p.pidfd)];
+            if p.pidfd >= 0 && matches!(real::poll(&mut pf, 0), Ok(n) if n > 0) {
+                self.process_gone(pid);
+                return;
+            }
+        }
         *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some((pid, conn));
         let _inside = crate::Inside::enter();
         let mut out = Vec::new();
