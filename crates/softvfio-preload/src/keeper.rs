@@ -328,28 +328,36 @@ impl Keeper {
         // Rounds with no process left but a fork whose child was never
         // heard of (its parent died between the fork and saying so).
         let mut idle = 0;
+        let mut pfds: Vec<libc::pollfd> = Vec::new();
+        let mut pids: Vec<i32> = Vec::new();
         loop {
-            self.reap(0);
             if self.procs.is_empty() {
                 if self.forks.is_empty() || idle >= 2 {
                     return;
                 }
                 idle += 1;
             }
-            let mut pfds: Vec<libc::pollfd> = Vec::new();
+            // One poll: processes' pidfds first, then the connections.
+            pfds.clear();
+            pids.clear();
+            for (pid, p) in &self.procs {
+                pfds.push(pollin(p.pidfd));
+                pids.push(*pid);
+            }
             pfds.push(pollin(self.listener));
             for c in self.conns.keys() {
                 pfds.push(pollin(*c));
-            }
-            for p in self.procs.values() {
-                pfds.push(pollin(p.pidfd));
             }
             if real::poll(&mut pfds, 1000).is_err() {
                 return;
             }
             // Exits first (see the invariants).
-            self.reap(0);
-            for p in &pfds {
+            for (i, pid) in pids.iter().enumerate() {
+                if pfds[i].fd < 0 || pfds[i].revents != 0 {
+                    self.process_gone(*pid);
+                }
+            }
+            for p in &pfds[pids.len()..] {
                 if p.revents == 0 {
                     continue;
                 }
@@ -361,20 +369,6 @@ impl Keeper {
                     self.serve_conn(p.fd, &mut buf);
                 }
             }
-        }
-    }
-
-    /// Processes that exited: their descriptors are closed.
-    fn reap(&mut self, _timeout: c_int) {
-        let mut gone = Vec::new();
-        for (pid, p) in &self.procs {
-            let mut pf = [pollin(p.pidfd)];
-            if p.pidfd < 0 || matches!(real::poll(&mut pf, 0), Ok(n) if n > 0) {
-                gone.push(*pid);
-            }
-        }
-        for pid in gone {
-            self.process_gone(pid);
         }
     }
 
