@@ -196,6 +196,27 @@ fn forked_child_maps_its_own_memory_preload() {
     fork_shares("preload");
 }
 
+/// Preload: a fork with no VFIO file open stays a plain fork (the engine
+/// stays in the process, as the kselftest harness's forks need); the first
+/// fork with one open hands the engine to the keeper, and the grandchild's
+/// register write is then the child's device's (Linux shares the device:
+/// edu's DMA source register reads back what the grandchild wrote).
+#[test]
+fn fork_hands_off_only_with_vfio_files_open_preload() {
+    let out = run("preload", "plainfork");
+    expect(
+        &out,
+        &[
+            ("plainfork_before", "in-process"),
+            ("plainfork_child", "in-process"),
+            ("plainfork_grandchild", "keeper"),
+            ("plainfork_child_after", "keeper 0x1234"),
+            ("plainfork_parent_after", "in-process"),
+        ],
+    );
+    out.assert_clean();
+}
+
 /// `VFIO_DMA_MAP_FLAG_VADDR` to a new address: DMA then reaches (and
 /// reads) the memory at the new address (Linux: the same pinned pages,
 /// which the new address maps).
