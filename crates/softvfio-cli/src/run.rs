@@ -542,6 +542,12 @@ fn run_preloaded(args: &RunArgs, hostview: Option<MountPlan>) -> u8 {
             });
         }
     }
+    // The library's keeper (forked by the program at its first fork or
+    // exec with VFIO files open, docs/DESIGN.md §5) is reparented here: it
+    // dies with this process, and this process waits for it (its end
+    // report and sanitizer verdict are the program's).
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1u64, 0u64, 0u64, 0u64) };
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -563,6 +569,7 @@ fn run_preloaded(args: &RunArgs, hostview: Option<MountPlan>) -> u8 {
             1
         }
     };
+    wait_for_keepers();
     if let Some(mode) = sanitize {
         let errors = std::fs::read_to_string(&status_file)
             .ok()
@@ -572,6 +579,46 @@ fn run_preloaded(args: &RunArgs, hostview: Option<MountPlan>) -> u8 {
         code = strict_status(code, mode, errors);
     }
     u8::try_from(code.clamp(0, 255)).unwrap_or(1)
+}
+
+/// Waits until no child of this process is the preload library's keeper
+/// (`softvfio-keeper`), reaping every child that ends meanwhile (other
+/// orphans of the program are not waited for: they go to init when this
+/// process exits).
+fn wait_for_keepers() {
+    loop {
+        if !children().iter().any(|pid| is_keeper(*pid)) {
+            return;
+        }
+        let mut st = 0;
+        // SAFETY: `st` is a live int; waits for any child.
+        let r = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}
+
+/// The children of this process (all threads).
+fn children() -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+fn is_keeper(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim() == "softvfio-keeper")
 }
 
 /// `MmSyscalls` that run inside the traced process.

@@ -53,7 +53,11 @@ use std::sync::atomic::Ordering;
 use libc::{off_t, size_t, ssize_t, FILE};
 
 mod claim;
+mod exec;
+mod forward;
+mod keeper;
 mod mmio;
+mod progmem;
 mod real;
 mod sanitize;
 mod state;
@@ -122,6 +126,9 @@ impl<R, F: FnOnce() -> R> Pass<F> {
 /// plain call runs instead; a panic in softvfio fails the call with `EIO`
 /// and never unwinds into C.
 fn hook<R, F: FnOnce() -> R>(failed: R, pass: F, body: impl FnOnce(Pass<F>) -> R) -> R {
+    if keeper::IN_KEEPER.load(Ordering::Relaxed) {
+        return pass();
+    }
     let Some(inside) = Inside::enter() else {
         return pass();
     };
@@ -136,10 +143,10 @@ fn hook<R, F: FnOnce() -> R>(failed: R, pass: F, body: impl FnOnce(Pass<F>) -> R
 /// Leaves "inside" while the program's own call is passed on (so that, for
 /// example, an `open` forwarded to another preloaded library that calls
 /// `open` again is seen as the program's).
-struct Passing(bool);
+pub(crate) struct Passing(bool);
 
 impl Passing {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Passing(INSIDE.try_with(|c| c.replace(false)).unwrap_or(false))
     }
 }
@@ -246,7 +253,16 @@ unsafe fn do_open(path: *const c_char, flags: c_int, pass: Pass<impl FnOnce() ->
     let cloexec = flags & libc::O_CLOEXEC != 0;
     // SAFETY: this function's contract.
     if let Some(p) = unsafe { path_of(path) } {
-        if p.starts_with("/dev/vfio/") || p == "/dev/iommu" {
+        if (p.starts_with("/dev/vfio/") || p == "/dev/iommu") && forward::attached() {
+            match forward::open(p, cloexec) {
+                Ok(None) => {}
+                Ok(Some(fd)) => {
+                    real::set_errno(saved);
+                    return fd;
+                }
+                Err(e) => return fail(e),
+            }
+        } else if p.starts_with("/dev/vfio/") || p == "/dev/iommu" {
             match with_state(|st| st.open(p, cloexec)) {
                 Ok(OpenOutcome::NotOurs) => {}
                 Ok(OpenOutcome::Fd(fd)) => {
@@ -277,6 +293,9 @@ unsafe fn do_open(path: *const c_char, flags: c_int, pass: Pass<impl FnOnce() ->
     let fd = pass.call();
     if fd >= 0 && TRACKED.load(Ordering::Relaxed) > 0 {
         let e = real::errno();
+        if forward::attached() {
+            forward::forget(fd);
+        }
         with_existing(|st| st.forget(fd));
         real::set_errno(e);
     }
@@ -597,6 +616,9 @@ fn ours(fd: c_int) -> Option<u64> {
     if TRACKED.load(Ordering::Relaxed) == 0 {
         return None;
     }
+    if forward::attached() {
+        return forward::key_of(fd);
+    }
     with_existing(|st| st.key_of(fd)).flatten()
 }
 
@@ -617,7 +639,12 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
         // c_ulong is u64 here, u32 on 32-bit targets.
         #[allow(clippy::useless_conversion)]
         let arg = u64::from(arg);
-        match with_state(|st| st.ioctl(key, request, arg)) {
+        let res = if forward::attached() {
+            Ok(forward::ioctl(key, request, arg))
+        } else {
+            with_state(|st| st.ioctl(key, request, arg))
+        };
+        match res {
             Ok(Ok(v)) => {
                 real::set_errno(saved);
                 c_int::try_from(v).unwrap_or(c_int::MAX)
@@ -643,6 +670,15 @@ fn rw_hook(
             return fail(libc::EINVAL);
         }
         let saved = real::errno();
+        if forward::attached() {
+            return match forward::rw(key, buf, len as u64, off as u64, write) {
+                Ok(n) => {
+                    real::set_errno(saved);
+                    n as ssize_t
+                }
+                Err(e) => fail(e),
+            };
+        }
         let res = with_state(|st| {
             if write {
                 st.pwrite(key, buf, len as u64, off as u64)
@@ -760,7 +796,11 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     hook(-1, pass, |pass| {
         if ours(fd).is_some() {
             let saved = real::errno();
-            with_existing(|st| st.forget(fd));
+            if forward::attached() {
+                forward::forget(fd);
+            } else {
+                with_existing(|st| st.forget(fd));
+            }
             real::set_errno(saved);
         }
         pass.call()
@@ -783,7 +823,11 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
             // "every descriptor above") covers them all.
             let first = c_int::try_from(first).unwrap_or(c_int::MAX);
             let last = c_int::try_from(last).unwrap_or(c_int::MAX);
-            with_existing(|st| st.forget_range(first, last));
+            if forward::attached() {
+                forward::forget_range(first, last);
+            } else {
+                with_existing(|st| st.forget_range(first, last));
+            }
             real::set_errno(saved);
         }
         r
@@ -796,7 +840,11 @@ fn after_dup(old: c_int, new: c_int) {
         return;
     }
     let e = real::errno();
-    with_existing(|st| st.dup_of(old, new));
+    if forward::attached() {
+        forward::dup_of(old, new);
+    } else {
+        with_existing(|st| st.dup_of(old, new));
+    }
     real::set_errno(e);
 }
 
@@ -991,6 +1039,9 @@ pub(crate) fn sanitize_after_mmap(addr: u64, len: u64, flags: c_int, res: *mut c
 extern "C" fn at_load() {
     let _ = catch_unwind(|| {
         state::install_fork_handlers();
+        let inside = Inside::enter();
+        forward::attach_after_exec();
+        drop(inside);
         let Some(mark) = std::env::var_os("SOFTVFIO_PRELOAD_TOP") else {
             return;
         };

@@ -282,8 +282,42 @@ fn release_unmapped() {
         gone
     };
     for key in gone {
-        let _ = with_state(|st| st.unhold(key));
+        if crate::forward::attached() {
+            crate::forward::unhold(key);
+        } else {
+            let _ = with_state(|st| st.unhold(key));
+        }
     }
+}
+
+/// After the hand-off to the keeper: every BAR mapping reaches the keeper's
+/// device model (the program's copy is stale from now on).
+pub(crate) fn to_keeper() {
+    let mut maps = lock_maps();
+    if maps.is_empty() {
+        return;
+    }
+    let old: Vec<softvfio::barmap::BarMapping> = maps.iter().cloned().collect();
+    let mut proxies: Vec<(u64, std::sync::Arc<dyn softvfio::device::VfioDeviceModel>)> = Vec::new();
+    let mut new = BarMappings::new();
+    for mut m in old {
+        let file = m.target.file;
+        let proxy = match proxies.iter().find(|(f, _)| *f == file) {
+            Some((_, p)) => p.clone(),
+            None => {
+                let p: std::sync::Arc<dyn softvfio::device::VfioDeviceModel> =
+                    std::sync::Arc::new(crate::forward::KeeperModel {
+                        file,
+                        name: m.target.model.name().to_string(),
+                    });
+                proxies.push((file, p.clone()));
+                p
+            }
+        };
+        m.target.model = proxy;
+        new.insert(m.start, m.len, m.target, m.prot);
+    }
+    *maps = new;
 }
 
 fn fail_ptr(e: c_int) -> *mut c_void {
@@ -297,9 +331,16 @@ fn map_device(key: u64, addr: u64, len: u64, prot: c_int, flags: c_int, off: off
         return fail_ptr(libc::EINVAL);
     }
     let shared = matches!(flags & MAP_TYPE, libc::MAP_SHARED | 3);
-    let target = match with_state(|st| st.mmap(key, off as u64, len, shared)) {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) | Err(e) => return fail_ptr(e),
+    let target = if crate::forward::attached() {
+        match crate::forward::mmap(key, off as u64, len, shared) {
+            Ok(t) => t,
+            Err(e) => return fail_ptr(e),
+        }
+    } else {
+        match with_state(|st| st.mmap(key, off as u64, len, shared)) {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) | Err(e) => return fail_ptr(e),
+        }
     };
     install();
     let anon = (flags & !MAP_TYPE & !libc::MAP_POPULATE & !libc::MAP_LOCKED)
@@ -325,7 +366,9 @@ fn map_device(key: u64, addr: u64, len: u64, prot: c_int, flags: c_int, off: off
             }
             new
         };
-        if new {
+        if new && crate::forward::attached() {
+            crate::forward::hold(key);
+        } else if new {
             let _ = with_state(|st| st.hold(key));
         }
         release_unmapped();

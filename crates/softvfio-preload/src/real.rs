@@ -564,3 +564,421 @@ pub unsafe fn fstatat(
         None => enosys(),
     }
 }
+
+// ---- the keeper and its clients (crate::keeper, crate::forward) -----------
+
+pub static FORK: Next = Next::new(c"fork");
+pub static EXECVE: Next = Next::new(c"execve");
+pub static EXECV: Next = Next::new(c"execv");
+pub static EXECVP: Next = Next::new(c"execvp");
+pub static EXECVPE: Next = Next::new(c"execvpe");
+pub static FEXECVE: Next = Next::new(c"fexecve");
+pub static EXECVEAT: Next = Next::new(c"execveat");
+
+type ForkFn = unsafe extern "C" fn() -> libc::pid_t;
+type ExecveFn =
+    unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+type ExecvFn = unsafe extern "C" fn(*const c_char, *const *const c_char) -> c_int;
+type FexecveFn = unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
+type ExecveatFn = unsafe extern "C" fn(
+    c_int,
+    *const c_char,
+    *const *const c_char,
+    *const *const c_char,
+    c_int,
+) -> c_int;
+
+/// libc's `fork` (its atfork handlers run, malloc stays usable in the child).
+pub fn fork() -> libc::pid_t {
+    match fn_of!(FORK, ForkFn) {
+        // SAFETY: fork takes no arguments; the caller deals with the child.
+        Some(f) => unsafe { f() },
+        None => enosys(),
+    }
+}
+
+/// The next `execve`/`execvpe` (`next`).
+///
+/// # Safety
+/// As `execve`: NUL-terminated path, NULL-terminated arrays of
+/// NUL-terminated strings.
+pub unsafe fn execve(
+    next: &Next,
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    match fn_of!(next, ExecveFn) {
+        // SAFETY: the caller's arguments (this function's contract).
+        Some(f) => unsafe { f(path, argv, envp) },
+        None => enosys(),
+    }
+}
+
+/// The next `execv`/`execvp` (`next`).
+///
+/// # Safety
+/// As `execv`.
+pub unsafe fn execv(next: &Next, path: *const c_char, argv: *const *const c_char) -> c_int {
+    match fn_of!(next, ExecvFn) {
+        // SAFETY: the caller's arguments (this function's contract).
+        Some(f) => unsafe { f(path, argv) },
+        None => enosys(),
+    }
+}
+
+/// The next `fexecve`.
+///
+/// # Safety
+/// As `fexecve`.
+pub unsafe fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    match fn_of!(FEXECVE, FexecveFn) {
+        // SAFETY: the caller's arguments (this function's contract).
+        Some(f) => unsafe { f(fd, argv, envp) },
+        None => enosys(),
+    }
+}
+
+/// The next `execveat`.
+///
+/// # Safety
+/// As `execveat`.
+pub unsafe fn execveat(
+    dirfd: c_int,
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    flags: c_int,
+) -> c_int {
+    match fn_of!(EXECVEAT, ExecveatFn) {
+        // SAFETY: the caller's arguments (this function's contract).
+        Some(f) => unsafe { f(dirfd, path, argv, envp, flags) },
+        None => enosys(),
+    }
+}
+
+/// libc's `environ`, the environment `execv`/`execvp` pass on.
+pub fn environ() -> *const *const c_char {
+    extern "C" {
+        static environ: *const *const c_char;
+    }
+    // SAFETY: reads the pointer value of libc's global (not what it points to).
+    unsafe { environ }
+}
+
+/// Sets (or with `None` removes) an environment variable of this process.
+pub fn set_env(name: &CStr, value: Option<&CStr>) {
+    // SAFETY: NUL-terminated strings; setenv copies them. The library calls
+    // it only while serving a fork/exec hook of the program's thread.
+    unsafe {
+        match value {
+            Some(v) => libc::setenv(name.as_ptr(), v.as_ptr(), 1),
+            None => libc::unsetenv(name.as_ptr()),
+        };
+    }
+}
+
+/// Ends this process now, without atexit handlers (the keeper, and the
+/// keeper's intermediate process).
+pub fn exit_now(code: c_int) -> ! {
+    // SAFETY: exit_group takes an integer and does not return.
+    unsafe { libc::syscall(libc::SYS_exit_group, code) };
+    unreachable!("exit_group returned")
+}
+
+/// A close-on-exec `SOCK_SEQPACKET` socket pair.
+pub fn seqpacket_pair() -> Result<(c_int, c_int), c_int> {
+    let mut sv = [0 as c_int; 2];
+    // SAFETY: socketpair writes two descriptors into `sv`.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok((sv[0], sv[1]))
+    }
+}
+
+fn abstract_addr(name: &str) -> (libc::sockaddr_un, libc::socklen_t) {
+    // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let n = name.len().min(addr.sun_path.len() - 1);
+    for (dst, src) in addr.sun_path[1..=n].iter_mut().zip(name.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + 1 + n) as libc::socklen_t;
+    (addr, len)
+}
+
+/// A listening close-on-exec `SOCK_SEQPACKET` socket at the abstract
+/// address `name`.
+pub fn listen_abstract(name: &str) -> Result<c_int, c_int> {
+    let (addr, len) = abstract_addr(name);
+    // SAFETY: socket takes only integers.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes, alive for the
+    // calls.
+    let ok = unsafe {
+        libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len) == 0
+            && libc::listen(fd, 64) == 0
+    };
+    if ok {
+        Ok(fd)
+    } else {
+        let e = errno();
+        close_own(fd);
+        Err(e)
+    }
+}
+
+/// A close-on-exec `SOCK_SEQPACKET` connection to the abstract address
+/// `name`.
+pub fn connect_abstract(name: &str) -> Result<c_int, c_int> {
+    let (addr, len) = abstract_addr(name);
+    // SAFETY: socket takes only integers.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    loop {
+        // SAFETY: as in `listen_abstract`.
+        let r = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
+        if r == 0 {
+            return Ok(fd);
+        }
+        let e = errno();
+        if e != libc::EINTR {
+            close_own(fd);
+            return Err(e);
+        }
+    }
+}
+
+/// Accepts a connection (close-on-exec).
+pub fn accept(fd: c_int) -> Result<c_int, c_int> {
+    // SAFETY: null address arguments are allowed.
+    let r = unsafe {
+        libc::accept4(
+            fd,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r)
+    }
+}
+
+/// The pid of the process at the other end of a connection.
+pub fn peer_pid(fd: c_int) -> Option<i32> {
+    // SAFETY: ucred is plain data.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are live and sized for SO_PEERCRED.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(cred.pid)
+}
+
+/// Sends one record (`data`), with descriptor `pass` attached if given.
+pub fn send_record(fd: c_int, data: &[u8], pass: Option<c_int>) -> Result<(), c_int> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut c_void,
+        iov_len: data.len(),
+    };
+    let mut cmsg = [0u64; 4];
+    // SAFETY: msghdr is plain data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(pfd) = pass {
+        // SAFETY: CMSG_SPACE is a size computation.
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<c_int>() as u32) } as usize;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: the control buffer (32 bytes, aligned) holds one cmsghdr
+        // with one int, as `space` says; the macros stay inside it.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<c_int>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>(), pfd);
+        }
+    }
+    loop {
+        // SAFETY: `msg` points at live buffers for the call.
+        let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = errno();
+        if e != libc::EINTR {
+            return Err(e);
+        }
+    }
+}
+
+/// Receives one record into `buf`: its length (0 at end of stream) and the
+/// descriptor attached, if any (installed close-on-exec when `cloexec`).
+pub fn recv_record(
+    fd: c_int,
+    buf: &mut [u8],
+    cloexec: bool,
+) -> Result<(usize, Option<c_int>), c_int> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cmsg = [0u64; 4];
+    // SAFETY: msghdr is plain data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cmsg);
+    let flags = if cloexec { libc::MSG_CMSG_CLOEXEC } else { 0 };
+    let n = loop {
+        // SAFETY: `msg` points at live buffers for the call.
+        let r = unsafe { libc::recvmsg(fd, &mut msg, flags) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = errno();
+        if e != libc::EINTR {
+            return Err(e);
+        }
+    };
+    let mut got = None;
+    if msg.msg_controllen > 0 {
+        // SAFETY: the kernel filled the control buffer; the macros walk it
+        // within `msg_controllen`.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            if !c.is_null()
+                && (*c).cmsg_level == libc::SOL_SOCKET
+                && (*c).cmsg_type == libc::SCM_RIGHTS
+            {
+                got = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>()));
+            }
+        }
+    }
+    Ok((n, got))
+}
+
+/// `poll` on `fds` (events in/out as given), retried on EINTR.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> Result<usize, c_int> {
+    loop {
+        // SAFETY: `fds` is a live array of pollfd of the given length.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = errno();
+        if e != libc::EINTR {
+            return Err(e);
+        }
+    }
+}
+
+/// A pidfd of process `pid`.
+pub fn pidfd_open(pid: i32) -> Result<c_int, c_int> {
+    // SAFETY: pidfd_open takes integers.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r as c_int)
+    }
+}
+
+/// A descriptor of ours for descriptor `fd` of the process behind `pidfd`.
+pub fn pidfd_getfd(pidfd: c_int, fd: c_int) -> Result<std::os::fd::OwnedFd, c_int> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_getfd takes integers.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };
+    if r < 0 {
+        return Err(errno());
+    }
+    // SAFETY: a new descriptor the call just made (close-on-exec), owned by
+    // nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as c_int) })
+}
+
+/// Waits for child `pid` (retried on EINTR).
+pub fn wait_child(pid: libc::pid_t) {
+    let mut st = 0;
+    // SAFETY: `st` is a live int.
+    while unsafe { libc::waitpid(pid, &mut st, 0) } < 0 && errno() == libc::EINTR {}
+}
+
+/// The descriptor flags of `fd` (`FD_CLOEXEC`), or an errno.
+pub fn fd_flags(fd: c_int) -> Result<c_int, c_int> {
+    // SAFETY: F_GETFD reads the descriptor flags; no memory is passed.
+    let r = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r as c_int)
+    }
+}
+
+/// `dup2` as a raw system call (the keeper's stdin/stdout to /dev/null).
+pub fn dup2_own(old: c_int, new: c_int) {
+    // SAFETY: dup3 takes integers.
+    unsafe { libc::syscall(libc::SYS_dup3, old, new, 0) };
+}
+
+/// `prctl` with integer arguments (names, death signal, ptracer).
+pub fn prctl(op: c_int, arg: u64) -> c_int {
+    // SAFETY: the options used here take integers or, for PR_SET_NAME, a
+    // pointer the caller passes as a live NUL-terminated string.
+    unsafe { libc::prctl(op, arg, 0u64, 0u64, 0u64) }
+}
+
+/// The madvise/mlock/munlock of a pin, run in this process for the keeper
+/// (the calls the engine would make itself in process).
+pub fn mm_call(op: u64, addr: u64, len: u64, arg: u64) -> Result<(), c_int> {
+    // SAFETY: these calls change only residency and locks of the range
+    // (madvise is limited to the populate/willneed advice the keeper
+    // asks for); the kernel checks the range.
+    let r = unsafe {
+        match op {
+            1 => match arg as c_int {
+                libc::MADV_POPULATE_READ | libc::MADV_POPULATE_WRITE | libc::MADV_WILLNEED => {
+                    libc::syscall(libc::SYS_madvise, addr, len, arg)
+                }
+                _ => return Err(libc::EINVAL),
+            },
+            2 => libc::syscall(libc::SYS_mlock, addr, len),
+            3 => libc::syscall(libc::SYS_munlock, addr, len),
+            4 => libc::syscall(libc::SYS_mlock2, addr, len, libc::MLOCK_ONFAULT),
+            _ => return Err(libc::EINVAL),
+        }
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use softvfio::frontend::{FdTarget, FileObject, ObjectKey, ProgramFds, Routed, Session};
 use softvfio::memory::host::HostMemory;
 use softvfio::memory::{UserMemory, PAGE_SIZE};
+
+use crate::progmem::ProgramMemory;
 use softvfio::sanitizer::{with_call_site, CallSite, Sanitizer, StaleCause};
 use softvfio::uapi::{self, Vfio};
 use softvfio_platform::report::{self, FinalState, Leftovers};
@@ -56,7 +58,7 @@ impl ProgramFds for OwnFds<'_> {
 pub struct State {
     built: Arc<BuiltPlatform>,
     session: Session,
-    mem: Arc<HostMemory>,
+    mem: Arc<ProgramMemory>,
     fds: HashMap<c_int, ObjectKey>,
     refs: HashMap<ObjectKey, usize>,
     /// Groups this process owns among the run's processes: group id to the
@@ -80,6 +82,9 @@ thread_local! {
 /// locked in the child for ever (a multithreaded program that forks while
 /// a thread is in a VFIO call would hang at its child's first VFIO call).
 extern "C" fn before_fork() {
+    if crate::keeper::FORKING.load(Ordering::SeqCst) {
+        return;
+    }
     let _ = std::panic::catch_unwind(|| {
         let guard = lock();
         FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
@@ -88,6 +93,9 @@ extern "C" fn before_fork() {
 
 /// After `fork`, in the parent and in the child: release the lock.
 extern "C" fn after_fork() {
+    if crate::keeper::FORKING.load(Ordering::SeqCst) {
+        return;
+    }
     let _ = std::panic::catch_unwind(|| {
         FORK_GUARD.with(|g| drop(g.borrow_mut().take()));
     });
@@ -118,6 +126,10 @@ fn load_platform() -> Result<BuiltPlatform, String> {
 /// Runs `f` on the state, creating it on first use. `Err(errno)` when the
 /// platform cannot be built.
 pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Result<R, c_int> {
+    // After the hand-off the engine is the keeper's: none starts here.
+    if crate::forward::attached() {
+        return Err(libc::ENODEV);
+    }
     let mut guard = lock();
     if guard.is_none() {
         if BROKEN.load(Ordering::Relaxed) {
@@ -144,9 +156,9 @@ pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Result<R, c_int> {
                     // addresses the program passes in its VFIO ioctls (argument structs, DMA
                     // buffers), as the kernel would; no Rust reference of this library covers
                     // them.
-                    mem: Arc::new(crate::mmio::with_device_ranges(unsafe {
-                        HostMemory::current()
-                    })),
+                    mem: Arc::new(ProgramMemory::new(crate::mmio::with_device_ranges(
+                        unsafe { HostMemory::current() },
+                    ))),
                     fds: HashMap::new(),
                     refs: HashMap::new(),
                     claims: HashMap::new(),
@@ -318,7 +330,7 @@ impl State {
             None
         };
         let session = &mut self.session;
-        let key = match with_call_site(site, || session.open(path, || mem)) {
+        let key = match with_call_site(site, || session.open(path, || mem as Arc<dyn UserMemory>)) {
             None => return OpenOutcome::NotOurs,
             Some(Err(e)) => return OpenOutcome::Error(e.errno()),
             Some(Ok(key)) => key,
@@ -413,7 +425,7 @@ impl State {
 
     /// The program locks memory itself (see `HostMemory::note_program_locks`).
     pub fn note_program_locks(&self) {
-        self.mem.note_program_locks();
+        self.mem.host().note_program_locks();
     }
 
     pub fn pread(&self, key: ObjectKey, buf: u64, len: u64, off: u64) -> Result<i64, c_int> {
@@ -476,6 +488,160 @@ impl State {
     }
 }
 
+// ---- the keeper's side (crate::keeper) -------------------------------------
+
+/// The engine leaves this process (the keeper's hand-off): the state, taken
+/// while `guard` (the state lock) is held, so no other thread is inside.
+pub(crate) fn take_locked(guard: &mut MutexGuard<'static, Option<State>>) -> Option<State> {
+    guard.take()
+}
+
+/// The state lock, for the hand-off (held across the keeper's fork).
+pub(crate) fn lock_for_handoff() -> MutexGuard<'static, Option<State>> {
+    lock()
+}
+
+impl State {
+    /// This process's memory as the engine pins it.
+    pub(crate) fn own_memory(&self) -> &Arc<ProgramMemory> {
+        &self.mem
+    }
+
+    /// The program's descriptor table (fd to object), for the forwarding
+    /// front end that replaces this state in the program.
+    pub(crate) fn program_fds(&self) -> HashMap<c_int, ObjectKey> {
+        self.fds.clone()
+    }
+
+    /// In the keeper: the program's descriptors are not the keeper's: the
+    /// table is emptied (the objects keep their reference counts, which the
+    /// keeper now counts per process) and the keeper's inherited copies of
+    /// the descriptors are closed.
+    pub(crate) fn drop_program_fds(&mut self) {
+        for fd in std::mem::take(&mut self.fds).into_keys() {
+            TRACKED.fetch_sub(1, Ordering::Relaxed);
+            real::close_own(fd);
+        }
+    }
+
+    /// In the program after the hand-off: its copies of the claim sockets
+    /// go (the keeper holds its own until the group is free).
+    pub(crate) fn close_claims(&mut self) {
+        for (_, fd) in self.claims.drain() {
+            claim::release(fd);
+        }
+    }
+
+    /// Descriptors the engine itself holds (claims), which the keeper
+    /// must keep open.
+    pub(crate) fn claim_fds(&self) -> Vec<c_int> {
+        self.claims.values().copied().collect()
+    }
+
+    /// In the keeper: an `open` of `path` by a process whose memory is
+    /// `mem`: the new object, counted once (the caller's descriptor);
+    /// `Ok(None)` when the path is not VFIO's.
+    pub(crate) fn open_for(
+        &mut self,
+        path: &str,
+        mem: Arc<dyn UserMemory>,
+    ) -> Result<Option<ObjectKey>, c_int> {
+        let key = match self.session.open(path, || mem) {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(e.errno()),
+            Some(Ok(key)) => key,
+        };
+        if let Some(id) = self
+            .group_of(key)
+            .filter(|id| !self.claims.contains_key(id))
+        {
+            match claim::claim(id) {
+                Claim::Held(fd) => {
+                    self.claims.insert(id, fd);
+                }
+                Claim::Busy => {
+                    self.session.release(key);
+                    return Err(libc::EBUSY);
+                }
+                Claim::Unchecked => {}
+            }
+        }
+        self.hold(key);
+        Ok(Some(key))
+    }
+
+    /// In the keeper: an ioctl by a process whose memory is `user` and
+    /// descriptors `fds`. A new object is counted once (its descriptor).
+    pub(crate) fn ioctl_for(
+        &mut self,
+        key: ObjectKey,
+        request: u64,
+        arg: u64,
+        user: &dyn UserMemory,
+        fds: &mut dyn ProgramFds,
+    ) -> Result<Routed, c_int> {
+        let routed = self
+            .session
+            .ioctl(key, request, arg, user, fds)
+            .map_err(|e| e.errno())?;
+        if let Routed::NewObject(k) = routed {
+            self.hold(k);
+        }
+        Ok(routed)
+    }
+
+    /// In the keeper: `pread`/`pwrite` into the memory of the caller.
+    pub(crate) fn rw_for(
+        &self,
+        key: ObjectKey,
+        user: &dyn UserMemory,
+        buf: u64,
+        len: u64,
+        off: u64,
+        write: bool,
+    ) -> Result<i64, c_int> {
+        let r = if write {
+            self.session.pwrite(key, user, buf, len, off)
+        } else {
+            self.session.pread(key, user, buf, len, off)
+        };
+        r.map_err(|e| e.errno())
+    }
+
+    /// The device model behind device file (or bound cdev) `key`.
+    pub(crate) fn model_of(
+        &self,
+        key: ObjectKey,
+    ) -> Option<Arc<dyn softvfio::device::VfioDeviceModel>> {
+        match self.session.object(key)? {
+            FileObject::Device(d) => Some(d.device.model.clone()),
+            FileObject::Cdev(c) => Some(c.device.model.clone()),
+            _ => None,
+        }
+    }
+
+    /// Is `key` an open object?
+    pub(crate) fn has_object(&self, key: ObjectKey) -> bool {
+        self.session.contains(key)
+    }
+}
+
+/// Prints the end report of `st` (what the program left, what stayed
+/// pinned) and releases everything: the in-process report at exit, and the
+/// keeper's when its last process is gone.
+pub(crate) fn report_and_finish(st: &mut State) {
+    let quiet = std::env::var_os("SOFTVFIO_QUIET").is_some_and(|v| !v.is_empty());
+    let (left, fin) = st.finish();
+    if !quiet {
+        let mut err = std::io::stderr().lock();
+        let _ = report::write_end_report(&mut err, &st.built, &left, &fin);
+        let _ = err.flush();
+    }
+    if let Some(s) = st.sanitizer.clone() {
+        crate::sanitize::finish(&st.built, &s, &left.leaks, quiet);
+    }
+}
+
 /// The end report at exit: the same as `softvfio run`'s, on stderr, unless
 /// `SOFTVFIO_QUIET` is set.
 extern "C" fn end_report() {
@@ -484,6 +650,11 @@ extern "C" fn end_report() {
             return;
         };
         if REPORT_PID.load(Ordering::Acquire) != std::process::id() {
+            return;
+        }
+        // After the hand-off the keeper reports, when its last process is
+        // gone.
+        if crate::forward::attached() {
             return;
         }
         let quiet = std::env::var_os("SOFTVFIO_QUIET").is_some_and(|v| !v.is_empty());

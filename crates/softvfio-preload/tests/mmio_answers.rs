@@ -47,14 +47,6 @@ const DEVIATIONS: &[(&str, &str, &str, &str)] = &[
          holding the device, so the read could never complete; QEMU's edu runs its DMA \
          from a timer and reads its own registers (docs/MMIO.md, \"Peer to peer\")",
     ),
-    (
-        "preload",
-        "fork_parent_liveness",
-        "0x5a5a5a5a",
-        "in preload mode a forked child has its own copy of the engine and device \
-         models (docs/KSELFTEST.md): its store through the inherited mapping reaches \
-         its copy, not the parent's device",
-    ),
 ];
 
 fn run(program: &str, mode: &str) -> (Vec<(String, String)>, common::Output) {

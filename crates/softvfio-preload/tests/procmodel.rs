@@ -118,9 +118,17 @@ fn unmap_keeps_the_programs_mlock_preload() {
 /// the device reads back what it wrote there. The new image gets a device
 /// from the inherited group, and its own MAP_DMA pins its own memory: line
 /// for line Linux 6.1's `tests-oracle/kernel-6.1-procmodel-exec.txt`.
+/// In preload mode the engine leaves the program for the keeper at the
+/// exec; the old mappings reach the keeper's copy of the old image.
 #[test]
 fn exec_keeps_old_mappings_out_of_the_new_image_trace() {
     let out = run("trace", "exec");
+    expect_linux(&out, "kernel-6.1-procmodel-exec.txt");
+}
+
+#[test]
+fn exec_keeps_old_mappings_out_of_the_new_image_preload() {
+    let out = run("preload", "exec");
     expect_linux(&out, "kernel-6.1-procmodel-exec.txt");
 }
 
@@ -144,21 +152,26 @@ fn dma_never_reaches_a_recycled_pid_trace() {
 /// child keeps the container: the device still reads and writes the pages
 /// the owner pinned (the private page as it was at the exit, the shared one
 /// as the child sees it), line for line what Linux 6.1 printed
-/// (`tests-oracle/kernel-6.1-procmodel-kept.txt`). Preload mode gives the
-/// child its own copy of the engine (docs/RELIABILITY.md), so this is trace
-/// only.
+/// (`tests-oracle/kernel-6.1-procmodel-kept.txt`). In preload mode the
+/// owner's fork hands the engine to the keeper, and its `_exit` tells the
+/// keeper to keep its pinned pages.
 #[test]
 fn pinned_pages_outlive_their_process_trace() {
     let out = run("trace", "kept");
     expect_linux(&out, "kernel-6.1-procmodel-kept.txt");
 }
 
+#[test]
+fn pinned_pages_outlive_their_process_preload() {
+    let out = run("preload", "kept");
+    expect_linux(&out, "kernel-6.1-procmodel-kept.txt");
+}
+
 /// fork: parent and child share the container, group and device; the
 /// child's MAP_DMA pins the child's own memory (Linux: 0), its DMA reaches
 /// the parent's mapping, and its unmap frees the IOVA for the parent.
-#[test]
-fn forked_child_maps_its_own_memory_trace() {
-    let out = run("trace", "fork");
+fn fork_shares(mode: &str) {
+    let out = run(mode, "fork");
     expect(
         &out,
         &[
@@ -168,6 +181,37 @@ fn forked_child_maps_its_own_memory_trace() {
             ("fork_parent_sees_child_data", "yes"),
             ("fork_parent_page_untouched", "yes"),
             ("fork_parent_map_again", "0"),
+        ],
+    );
+    out.assert_clean();
+}
+
+#[test]
+fn forked_child_maps_its_own_memory_trace() {
+    fork_shares("trace");
+}
+
+#[test]
+fn forked_child_maps_its_own_memory_preload() {
+    fork_shares("preload");
+}
+
+/// Preload: a fork with no VFIO file open stays a plain fork (the engine
+/// stays in the process, as the kselftest harness's forks need); the first
+/// fork with one open hands the engine to the keeper, and the grandchild's
+/// register write is then the child's device's (Linux shares the device:
+/// edu's DMA source register reads back what the grandchild wrote).
+#[test]
+fn fork_hands_off_only_with_vfio_files_open_preload() {
+    let out = run("preload", "plainfork");
+    expect(
+        &out,
+        &[
+            ("plainfork_before", "in-process"),
+            ("plainfork_child", "in-process"),
+            ("plainfork_grandchild", "keeper"),
+            ("plainfork_child_after", "keeper 0x1234"),
+            ("plainfork_parent_after", "in-process"),
         ],
     );
     out.assert_clean();
@@ -210,6 +254,12 @@ fn vaddr_update_moves_dma_preload() {
 #[test]
 fn vaddr_update_across_exec_trace() {
     let out = run("trace", "cpr");
+    expect_linux(&out, "kernel-6.1-procmodel-cpr.txt");
+}
+
+#[test]
+fn vaddr_update_across_exec_preload() {
+    let out = run("preload", "cpr");
     expect_linux(&out, "kernel-6.1-procmodel-cpr.txt");
 }
 
@@ -274,12 +324,12 @@ fn own_seccomp_filter_and_not_dumpable_preload() {
 /// read and wrote exactly its own memory, and a mapped page no one targets
 /// never changes. No hang (bounded run), no pin or accounting left, no
 /// DMA fault. `SOFTVFIO_STRESS_SECS` sets the duration (15 s by default;
-/// docs/RELIABILITY.md gives a longer run).
-#[test]
-fn fork_exec_kill_stress_trace() {
+/// docs/RELIABILITY.md gives a longer run). In preload mode the first
+/// fork hands the engine to the keeper, which every process then shares.
+fn stress(mode: &str) {
     let secs = std::env::var("SOFTVFIO_STRESS_SECS").unwrap_or_else(|_| "15".into());
     let exe = build_c("procstress", false);
-    let out = softvfio_run("trace", &[], &exe, &[&secs, GROUP, BDF]);
+    let out = softvfio_run(mode, &[], &exe, &[&secs, GROUP, BDF]);
     assert_eq!(out.get("bad"), "0", "stderr:\n{}", out.stderr);
     assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
     let forks: u64 = out.get("forks").parse().unwrap();
@@ -305,6 +355,16 @@ fn fork_exec_kill_stress_trace() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn fork_exec_kill_stress_trace() {
+    stress("trace");
+}
+
+#[test]
+fn fork_exec_kill_stress_preload() {
+    stress("preload");
 }
 
 /// What DMA sees after the program changes mapped memory: the rows of

@@ -160,6 +160,10 @@ pub struct EventfdWatcher {
     stop: Arc<AtomicBool>,
     wake: Eventfd,
     thread: Option<JoinHandle<()>>,
+    /// The process the thread runs in: a process forked from it (the
+    /// preload library's keeper inherits the engine by `fork`) has a copy
+    /// of this watcher but not the thread, which it must not join.
+    pid: u32,
 }
 
 impl EventfdWatcher {
@@ -181,6 +185,7 @@ impl EventfdWatcher {
             stop,
             wake,
             thread: Some(thread),
+            pid: std::process::id(),
         })
     }
 }
@@ -220,8 +225,12 @@ impl Drop for EventfdWatcher {
         self.stop.store(true, Ordering::Release);
         self.wake.signal();
         if let Some(t) = self.thread.take() {
-            // A handler that drops its own watcher must not join itself.
-            if t.thread().id() != std::thread::current().id() {
+            // A handler that drops its own watcher must not join itself;
+            // after a fork the thread is not in this process (joining
+            // would wait for ever).
+            if std::process::id() != self.pid {
+                std::mem::forget(t);
+            } else if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();
             }
         }

@@ -405,6 +405,43 @@ static int case_fork(char **argv) {
   return 0;
 }
 
+/* A fork with no VFIO file open is a plain fork (the engine stays in the
+ * process: no keeper address in the environment); the first fork with one
+ * open hands the engine to the keeper, and both sides then share the
+ * device. */
+static int case_plainfork(char **argv) {
+  printf("plainfork_before %s\n", getenv("SOFTVFIO_KEEPER") ? "keeper" : "in-process");
+  fflush(stdout);
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    int g, c = open_edu(argv, &g);
+    printf("plainfork_child %s\n", getenv("SOFTVFIO_KEEPER") ? "keeper" : "in-process");
+    fflush(stdout);
+    pid_t grand = fork();
+    if (grand < 0) die("fork");
+    if (grand == 0) {
+      wr64(0x80, 0x1234); /* edu's DMA source register: the shared device */
+      printf("plainfork_grandchild %s\n", getenv("SOFTVFIO_KEEPER") ? "keeper" : "in-process");
+      fflush(stdout);
+      _exit(0);
+    }
+    waitpid(grand, NULL, 0);
+    uint64_t v = 0;
+    if (pread(devfd, &v, 8, bar0 + 0x80) != 8) die("bar read");
+    printf("plainfork_child_after %s %#lx\n", getenv("SOFTVFIO_KEEPER") ? "keeper" : "in-process",
+           (unsigned long)v);
+    close(devfd);
+    close(g);
+    close(c);
+    fflush(stdout);
+    _exit(0);
+  }
+  waitpid(child, NULL, 0);
+  printf("plainfork_parent_after %s\n", getenv("SOFTVFIO_KEEPER") ? "keeper" : "in-process");
+  return 0;
+}
+
 /* QEMU's live update without exec: invalidate the vaddr, map the same
  * memfd elsewhere, give the mapping its new vaddr: DMA reaches it. */
 static int memfd_page(int byte) {
@@ -659,6 +696,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "exec2") && argc > 4) return case_exec2(argv);
   if (!strcmp(argv[1], "orphan") && argc > 3) return case_orphan(argv);
   if (!strcmp(argv[1], "fork") && argc > 3) return case_fork(argv);
+  if (!strcmp(argv[1], "plainfork") && argc > 3) return case_plainfork(argv);
   if (!strcmp(argv[1], "kept") && argc > 3) return case_kept(argv);
   if (!strcmp(argv[1], "names") && argc > 3) return case_names(argv);
   if (!strcmp(argv[1], "fdops") && argc > 3) return case_fdops(argv);

@@ -343,6 +343,36 @@ impl HostMemory {
         *self.files.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Takes over the pin bookkeeping of `from` (its pin counts, hugetlb
+    /// pins, the program's own locks, counters), leaving `from` with none:
+    /// the preload library's keeper (docs/DESIGN.md §5) inherits, by
+    /// `fork`, a backend of the program's memory (`current()`, now the
+    /// keeper's copy) and moves its pins to a backend of the program's pid,
+    /// so that unpins and device DMA reach the live program. Both must
+    /// describe the same pages (the keeper's copy was forked from them).
+    pub fn take_pins_from(&self, from: &HostMemory) {
+        *self.lock_counts() = std::mem::replace(&mut *from.lock_counts(), PinCounts::new());
+        let take = |m: &Mutex<RangeSet>, n: &Mutex<RangeSet>| {
+            let taken = std::mem::replace(
+                &mut *m.lock().unwrap_or_else(|p| p.into_inner()),
+                RangeSet::new(),
+            );
+            *n.lock().unwrap_or_else(|p| p.into_inner()) = taken;
+        };
+        take(&from.hugetlb, &self.hugetlb);
+        take(&from.user_locked, &self.user_locked);
+        for (a, b) in [
+            (&from.counters.pinned, &self.counters.pinned),
+            (&from.counters.hugetlb, &self.counters.hugetlb),
+            (&from.counters.refs, &self.counters.refs),
+        ] {
+            b.store(a.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+        }
+        if from.program_locks.load(Ordering::Relaxed) {
+            self.note_program_locks();
+        }
+    }
+
     /// Whether [`HostMemory::retire`] was called.
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)

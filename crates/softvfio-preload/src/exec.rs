@@ -1,0 +1,259 @@
+//! `fork`, the `exec` family and `_exit`: where VFIO files start to be
+//! shared between processes or outlive an image, so where the engine
+//! leaves the program for the keeper ([`crate::keeper`], docs/DESIGN.md
+//! §5). A program with no VFIO file open at these calls sees nothing but
+//! one atomic load.
+//!
+//! glibc's `execv`, `execvp` and `execl*` reach `execve` through internal
+//! aliases, so each entry is interposed here; `execl`, `execlp` and
+//! `execle` are C-variadic: naked functions jump to their C halves
+//! (`csrc/execl.c`), which pack the list and call
+//! [`softvfio_exec_list`]. Not interposed: `vfork`, `posix_spawn`,
+//! `system` and `popen` (their children exec through libc-internal
+//! calls): such a child gets no share of the VFIO files, as before the
+//! keeper (docs/RELIABILITY.md).
+//!
+//! All `unsafe` of these hooks is here, each with its `SAFETY:` comment.
+
+use std::ffi::{c_char, c_int, CStr};
+
+use crate::{forward, hook, real};
+
+/// # Safety
+/// As libc's `fork`.
+#[no_mangle]
+pub unsafe extern "C" fn fork() -> libc::pid_t {
+    hook(-1, real::fork, |pass| forward::fork(|| pass.call()))
+}
+
+/// The environment `envp` with the keeper's variables of `plan` instead of
+/// any it had: the owned strings and the NULL-terminated array over them.
+///
+/// # Safety
+/// `envp` is a NULL-terminated array of NUL-terminated strings (or null).
+unsafe fn merged_env(envp: *const *const c_char, plan: &forward::ExecPlan) -> Vec<*const c_char> {
+    let mut out = Vec::new();
+    if !envp.is_null() {
+        let mut i = 0;
+        loop {
+            // SAFETY: within the NULL-terminated array (contract).
+            let p = unsafe { *envp.add(i) };
+            if p.is_null() {
+                break;
+            }
+            // SAFETY: each entry is a NUL-terminated string (contract).
+            let s = unsafe { CStr::from_ptr(p) }.to_bytes();
+            if !s.starts_with(b"SOFTVFIO_KEEPER=") && !s.starts_with(b"SOFTVFIO_KEEPER_FDS=") {
+                out.push(p);
+            }
+            i += 1;
+        }
+    }
+    out.extend(plan.env.iter().map(|c| c.as_ptr()));
+    out.push(std::ptr::null());
+    out
+}
+
+/// Every exec: with VFIO files open, the keeper learns which descriptors
+/// the exec closes and the new image gets its address; `run` is the real
+/// exec with the environment to use.
+///
+/// # Safety
+/// `envp` as for [`merged_env`]; `run` is an exec whose other arguments
+/// are the program's.
+unsafe fn exec_with(
+    envp: *const *const c_char,
+    run: impl Fn(*const *const c_char) -> c_int + Copy,
+) -> c_int {
+    hook(
+        -1,
+        move || run(envp),
+        move |pass| {
+            let Some(plan) = forward::exec_prepare() else {
+                return pass.call();
+            };
+            // SAFETY: this function's contract.
+            let env = unsafe { merged_env(envp, &plan) };
+            let r = {
+                let _program = crate::Passing::new();
+                run(env.as_ptr())
+            };
+            forward::exec_failed();
+            drop(plan);
+            r
+        },
+    )
+}
+
+/// # Safety
+/// As libc's `execve`.
+#[no_mangle]
+pub unsafe extern "C" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: the program's arguments; only the environment may change.
+    unsafe { exec_with(envp, |e| real::execve(&real::EXECVE, path, argv, e)) }
+}
+
+/// # Safety
+/// As glibc's `execvpe`.
+#[no_mangle]
+pub unsafe extern "C" fn execvpe(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: as in `execve`.
+    unsafe { exec_with(envp, |e| real::execve(&real::EXECVPE, file, argv, e)) }
+}
+
+/// # Safety
+/// As libc's `execv`.
+#[no_mangle]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: as in `execve`; with no change, the program's own `execv`.
+    unsafe {
+        exec_with(real::environ(), |e| {
+            if e == real::environ() {
+                real::execv(&real::EXECV, path, argv)
+            } else {
+                real::execve(&real::EXECVE, path, argv, e)
+            }
+        })
+    }
+}
+
+/// # Safety
+/// As libc's `execvp`.
+#[no_mangle]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: as in `execv`.
+    unsafe {
+        exec_with(real::environ(), |e| {
+            if e == real::environ() {
+                real::execv(&real::EXECVP, file, argv)
+            } else {
+                real::execve(&real::EXECVPE, file, argv, e)
+            }
+        })
+    }
+}
+
+/// # Safety
+/// As libc's `fexecve`.
+#[no_mangle]
+pub unsafe extern "C" fn fexecve(
+    fd: c_int,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: as in `execve`.
+    unsafe { exec_with(envp, |e| real::fexecve(fd, argv, e)) }
+}
+
+/// # Safety
+/// As glibc's `execveat`.
+#[no_mangle]
+pub unsafe extern "C" fn execveat(
+    dirfd: c_int,
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: as in `execve`.
+    unsafe { exec_with(envp, |e| real::execveat(dirfd, path, argv, e, flags)) }
+}
+
+/// The list exec functions, from `csrc/execl.c`: `kind` 0 `execl`, 1
+/// `execlp`, 2 `execle` (with `envp`).
+///
+/// # Safety
+/// As the exec function `kind` names, with the list packed into `argv`.
+#[no_mangle]
+pub unsafe extern "C" fn softvfio_exec_list(
+    kind: c_int,
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: the program's arguments (this function's contract).
+    unsafe {
+        match kind {
+            0 => execv(path, argv),
+            1 => execvp(path, argv),
+            _ => execve(path, argv, envp),
+        }
+    }
+}
+
+extern "C" {
+    fn softvfio_c_execl(path: *const c_char, arg: *const c_char, ...) -> c_int;
+    fn softvfio_c_execlp(file: *const c_char, arg: *const c_char, ...) -> c_int;
+    fn softvfio_c_execle(path: *const c_char, arg: *const c_char, ...) -> c_int;
+}
+
+/// libc's `execl`: a jump to the C half, with the program's registers and
+/// stack untouched (a variadic call's arguments stay where they are).
+#[no_mangle]
+#[unsafe(naked)]
+pub extern "C" fn execl() {
+    core::arch::naked_asm!("jmp {}", sym softvfio_c_execl)
+}
+
+/// libc's `execlp` (see [`execl`]).
+#[no_mangle]
+#[unsafe(naked)]
+pub extern "C" fn execlp() {
+    core::arch::naked_asm!("jmp {}", sym softvfio_c_execlp)
+}
+
+/// libc's `execle` (see [`execl`]).
+#[no_mangle]
+#[unsafe(naked)]
+pub extern "C" fn execle() {
+    core::arch::naked_asm!("jmp {}", sym softvfio_c_execle)
+}
+
+static EXIT: real::Next = real::Next::new(c"_exit");
+static EXIT_UPPER: real::Next = real::Next::new(c"_Exit");
+
+/// `_exit`/`_Exit`: an attached process tells the keeper first, so that
+/// what its pinned pages hold stays reachable (as Linux keeps pinned pages
+/// past their mm).
+fn exit_hook(next: &'static real::Next, code: c_int) -> ! {
+    if forward::attached() {
+        let _ = std::panic::catch_unwind(forward::exiting);
+    }
+    type ExitFn = unsafe extern "C" fn(c_int) -> !;
+    let f = next.get();
+    if !f.is_null() {
+        // SAFETY: the next definition of `_exit`/`_Exit`, whose prototype
+        // is `ExitFn`.
+        let f = unsafe { std::mem::transmute::<*mut std::ffi::c_void, ExitFn>(f) };
+        // SAFETY: ends the process with the program's code.
+        unsafe { f(code) }
+    }
+    real::exit_now(code)
+}
+
+/// # Safety
+/// As libc's `_exit`.
+#[no_mangle]
+pub unsafe extern "C" fn _exit(code: c_int) -> ! {
+    exit_hook(&EXIT, code)
+}
+
+/// # Safety
+/// As libc's `_Exit`.
+#[no_mangle]
+pub unsafe extern "C" fn _Exit(code: c_int) -> ! {
+    exit_hook(&EXIT_UPPER, code)
+}
+
+/// At `exit` (atexit, registered when the process attaches): as `_exit`.
+pub(crate) extern "C" fn at_exit() {
+    let _ = std::panic::catch_unwind(forward::exiting);
+}

@@ -1,0 +1,749 @@
+//! The keeper: the process the engine moves to at the first `fork` or
+//! `execve` that happens with VFIO files open (docs/DESIGN.md §5), so that
+//! processes share containers, groups, devices and mappings as Linux's
+//! open files do.
+//!
+//! It is forked from the program with the state lock held, so it inherits
+//! the engine, the device models and a copy of the program's memory at that
+//! instant (after an exec, that copy is Linux's old pinned pages: the
+//! mappings made before reach it). It is forked twice (the middle process
+//! exits at once), so it is never the program's child; under
+//! `softvfio run` it is reparented to `softvfio run` (a child subreaper),
+//! dies with it (`PR_SET_PDEATHSIG`), and `softvfio run` waits for it.
+//!
+//! Invariants:
+//! - one thread serves every process, one record at a time; a process's
+//!   call runs to its answer before the next record is read, so the
+//!   engine sees calls in an order each process observes;
+//! - each process is known by pid, with a pidfd (its exit is noticed before
+//!   any later call is served: a process that waited for another's exit
+//!   finds its descriptors released), its memory (a backend that reaches
+//!   exactly its address space) and the references its descriptors hold;
+//! - the program's own memory backend is moved to the program's pid at a
+//!   hand-off by fork (or an exec that failed) before any call is served;
+//! - the keeper ends, with the end report, when no process is left and no
+//!   fork is pending.
+
+use std::collections::HashMap;
+use std::ffi::c_int;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use softvfio::frontend::{FdTarget, ObjectKey, ProgramFds, Routed};
+use softvfio::memory::host::{HostMemory, MmSyscalls};
+use softvfio::memory::UserMemory;
+
+use crate::forward::{decode, encode, kind, op, Reason, MAX_RECORD};
+use crate::progmem::ProgramMemory;
+use crate::real;
+use crate::state::{self, State};
+
+/// Set in the keeper: every interposed call passes straight through.
+pub static IN_KEEPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Set while the library forks the keeper: its own fork must not run the
+/// state lock's fork handlers (it holds that lock).
+pub static FORKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// In the program: forks the keeper with the engine. Returns this
+/// process's connection, the keeper's address and the descriptor table.
+pub(crate) fn handoff(reason: Reason) -> Result<(c_int, String, HashMap<c_int, ObjectKey>), c_int> {
+    let mut guard = state::lock_for_handoff();
+    let Some(st) = guard.as_mut() else {
+        return Err(libc::ENODEV);
+    };
+    let table = st.program_fds();
+    let (mine, theirs) = real::seqpacket_pair()?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let name = format!("softvfio-keeper-{}-{nanos}", std::process::id());
+    let listener = match real::listen_abstract(&name) {
+        Ok(l) => l,
+        Err(e) => {
+            real::close_own(mine);
+            real::close_own(theirs);
+            return Err(e);
+        }
+    };
+    let program = std::process::id() as i32;
+    FORKING.store(true, Ordering::SeqCst);
+    let middle = real::fork();
+    if middle == 0 {
+        if real::fork() != 0 {
+            real::exit_now(0);
+        }
+        real::close_own(mine);
+        let st = state::take_locked(&mut guard);
+        drop(guard);
+        FORKING.store(false, Ordering::SeqCst);
+        if let Some(st) = st {
+            serve(st, theirs, listener, program, reason);
+        }
+        real::exit_now(0);
+    }
+    FORKING.store(false, Ordering::SeqCst);
+    real::close_own(theirs);
+    real::close_own(listener);
+    if middle < 0 {
+        let e = real::errno();
+        real::close_own(mine);
+        return Err(e);
+    }
+    real::wait_child(middle);
+    // The engine's copy here is stale from now on: never used again, and
+    // never dropped (its drop would release pins the keeper now owns).
+    if let Some(mut st) = state::take_locked(&mut guard) {
+        st.close_claims();
+        std::mem::forget(st);
+    }
+    Ok((mine, name, table))
+}
+
+/// The caller being served, for the memory calls of its pins.
+static CURRENT: Mutex<Option<(i32, c_int)>> = Mutex::new(None);
+
+/// madvise/mlock/munlock run by process `pid` at the keeper's request,
+/// while that process waits in its call; refused (EAGAIN) while it does
+/// not (an unpin of its pages by another process leaves them locked).
+struct ClientSyscalls {
+    pid: i32,
+}
+
+impl ClientSyscalls {
+    fn run(&self, call: u64, addr: u64, len: u64, arg: u64) -> Result<(), i32> {
+        let cur = *CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((pid, sock)) = cur.filter(|(p, _)| *p == self.pid) else {
+            return Err(libc::EAGAIN);
+        };
+        let _ = pid;
+        real::send_record(sock, &encode(&[kind::MM, call, addr, len, arg], &[]), None)?;
+        let mut buf = [0u8; 64];
+        let (n, _) = real::recv_record(sock, &mut buf, true)?;
+        match decode(&buf[..n]) {
+            Some((w, _)) if w[0] == op::MM_DONE => match w[1] {
+                0 => Ok(()),
+                e => Err(e as i32),
+            },
+            _ => Err(libc::EIO),
+        }
+    }
+}
+
+impl MmSyscalls for ClientSyscalls {
+    fn madvise(&self, addr: u64, len: u64, advice: i32) -> Result<(), i32> {
+        self.run(1, addr, len, advice as u64)
+    }
+    fn mlock(&self, addr: u64, len: u64) -> Result<(), i32> {
+        self.run(2, addr, len, 0)
+    }
+    fn munlock(&self, addr: u64, len: u64) -> Result<(), i32> {
+        self.run(3, addr, len, 0)
+    }
+}
+
+/// The descriptors of the caller: asked to the caller; eventfds taken with
+/// `pidfd_getfd`.
+struct ClientFds {
+    sock: c_int,
+    pidfd: c_int,
+}
+
+impl ProgramFds for ClientFds {
+    fn target(&mut self, fd: c_int) -> FdTarget {
+        let ask = || -> Result<FdTarget, c_int> {
+            real::send_record(self.sock, &encode(&[kind::FDQ, fd as u64], &[]), None)?;
+            let mut buf = [0u8; 64];
+            let (n, _) = real::recv_record(self.sock, &mut buf, true)?;
+            match decode(&buf[..n]) {
+                Some((w, _)) if w[0] == op::FD_ANSWER => Ok(match w[1] {
+                    2 => FdTarget::Object(w[2]),
+                    1 => FdTarget::Foreign,
+                    _ => FdTarget::NotOpen,
+                }),
+                _ => Err(libc::EIO),
+            }
+        };
+        ask().unwrap_or(FdTarget::NotOpen)
+    }
+
+    fn duplicate(&mut self, fd: c_int) -> Result<std::os::fd::OwnedFd, c_int> {
+        real::pidfd_getfd(self.pidfd, fd)
+    }
+}
+
+/// Which memory a process's calls use.
+enum Memory {
+    /// The program's own backend (the hand-off process): the keeper's copy
+    /// until moved.
+    Program(Arc<ProgramMemory>),
+    /// A process that joined later (a forked child, a new image).
+    Host(Arc<HostMemory>),
+}
+
+impl Memory {
+    fn user(&self) -> Arc<dyn UserMemory> {
+        match self {
+            Memory::Program(p) => p.clone(),
+            Memory::Host(h) => h.clone(),
+        }
+    }
+
+    /// The backend of the live address space, if it is one.
+    fn host(&self) -> Option<&HostMemory> {
+        match self {
+            Memory::Program(p) if p.is_moved() => Some(p.host()),
+            Memory::Program(_) => None,
+            Memory::Host(h) => Some(h),
+        }
+    }
+
+    fn of_pid(pid: i32) -> Self {
+        let m = HostMemory::for_pid(pid, Arc::new(ClientSyscalls { pid })).with_pin_threads(1);
+        Memory::Host(m.into_shared())
+    }
+}
+
+struct Proc {
+    conn: Option<c_int>,
+    pidfd: c_int,
+    mem: Memory,
+    /// References held by this process's descriptors, per object.
+    keys: HashMap<ObjectKey, usize>,
+    /// An exec is under way: the objects of the descriptors it closes.
+    exec_closing: Option<Vec<ObjectKey>>,
+}
+
+struct Keeper {
+    st: State,
+    listener: c_int,
+    procs: HashMap<i32, Proc>,
+    /// Connections by descriptor: the process, once it said hello.
+    conns: HashMap<c_int, Option<i32>>,
+    /// Forks between FORK_PREPARE and the child's hello or the parent's
+    /// FORK_DONE: the references the child holds.
+    forks: HashMap<u64, (HashMap<ObjectKey, usize>, Option<i32>)>,
+    next_token: u64,
+}
+
+/// The keeper's life: never returns.
+fn serve(mut st: State, conn: c_int, listener: c_int, program: i32, reason: Reason) -> ! {
+    IN_KEEPER.store(true, Ordering::SeqCst);
+    let table = st.program_fds();
+    st.drop_program_fds();
+    close_program_files(&[conn, listener], &st.claim_fds());
+    real::prctl(libc::PR_SET_NAME, c"softvfio-keeper".as_ptr() as u64);
+    die_with_run();
+    let mut keys = HashMap::new();
+    for key in table.values() {
+        *keys.entry(*key).or_insert(0) += 1;
+    }
+    let own = st.own_memory().clone();
+    if reason == Reason::Fork {
+        own.move_to(program, Arc::new(ClientSyscalls { pid: program }));
+    }
+    let pidfd = real::pidfd_open(program).unwrap_or(-1);
+    let mut k = Keeper {
+        st,
+        listener,
+        procs: HashMap::new(),
+        conns: HashMap::from([(conn, Some(program))]),
+        forks: HashMap::new(),
+        next_token: 1,
+    };
+    k.procs.insert(
+        program,
+        Proc {
+            conn: Some(conn),
+            pidfd,
+            mem: Memory::Program(own),
+            keys,
+            exec_closing: None,
+        },
+    );
+    k.run();
+    state::report_and_finish(&mut k.st);
+    real::exit_now(0)
+}
+
+/// Under `softvfio run` (the keeper's parent once the middle process is
+/// gone): die with it.
+fn die_with_run() {
+    let Some(top) = std::env::var("SOFTVFIO_PRELOAD_TOP")
+        .ok()
+        .and_then(|t| t.parse::<u32>().ok())
+    else {
+        return;
+    };
+    for _ in 0..200 {
+        if std::os::unix::process::parent_id() == top {
+            real::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64);
+            if std::os::unix::process::parent_id() != top {
+                real::exit_now(0);
+            }
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// The program's descriptors the keeper inherited: pipes and sockets would
+/// keep the program's readers waiting for an end of file, so they go
+/// (stdin and stdout become /dev/null; stderr stays for the report).
+/// Files of the engine (eventfds it holds, /proc files, memfds) stay.
+fn close_program_files(keep: &[c_int], claims: &[c_int]) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<c_int> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        if fd == 2 || keep.contains(&fd) || claims.contains(&fd) {
+            continue;
+        }
+        let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
+            continue;
+        };
+        let t = target.to_string_lossy();
+        if fd <= 1 {
+            if let Ok(null) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                use std::os::fd::AsRawFd;
+                real::dup2_own(null.as_raw_fd(), fd);
+            }
+        } else if t.starts_with("pipe:") || t.starts_with("socket:") || t.starts_with("/dev/pts") {
+            real::close_own(fd);
+        }
+    }
+}
+
+impl Keeper {
+    fn run(&mut self) {
+        let mut buf = vec![0u8; MAX_RECORD];
+        // Rounds with no process left but a fork whose child was never
+        // heard of (its parent died between the fork and saying so).
+        let mut idle = 0;
+        let mut pfds: Vec<libc::pollfd> = Vec::new();
+        let mut pids: Vec<i32> = Vec::new();
+        loop {
+            if self.procs.is_empty() {
+                if self.forks.is_empty() || idle >= 2 {
+                    return;
+                }
+                idle += 1;
+            }
+            // One poll: processes' pidfds first, then the connections.
+            pfds.clear();
+            pids.clear();
+            for (pid, p) in &self.procs {
+                pfds.push(pollin(p.pidfd));
+                pids.push(*pid);
+            }
+            pfds.push(pollin(self.listener));
+            for c in self.conns.keys() {
+                pfds.push(pollin(*c));
+            }
+            if real::poll(&mut pfds, 1000).is_err() {
+                return;
+            }
+            // Exits first (see the invariants).
+            for (i, pid) in pids.iter().enumerate() {
+                if pfds[i].fd < 0 || pfds[i].revents != 0 {
+                    self.process_gone(*pid);
+                }
+            }
+            for p in &pfds[pids.len()..] {
+                if p.revents == 0 {
+                    continue;
+                }
+                if p.fd == self.listener {
+                    if let Ok(c) = real::accept(self.listener) {
+                        self.conns.insert(c, None);
+                    }
+                } else if self.conns.contains_key(&p.fd) {
+                    self.serve_conn(p.fd, &mut buf);
+                }
+            }
+        }
+    }
+
+    fn process_gone(&mut self, pid: i32) {
+        let Some(p) = self.procs.remove(&pid) else {
+            return;
+        };
+        if let Some(h) = p.mem.host() {
+            h.retire();
+        }
+        for (key, n) in p.keys {
+            for _ in 0..n {
+                self.st.unhold(key);
+            }
+        }
+        if let Some(c) = p.conn {
+            self.conns.remove(&c);
+            real::close_own(c);
+        }
+        if p.pidfd >= 0 {
+            real::close_own(p.pidfd);
+        }
+        // A fork whose child never said hello: its references go with it.
+        let orphan: Vec<u64> = self
+            .forks
+            .iter()
+            .filter(|(_, (_, child))| *child == Some(pid))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in orphan {
+            if let Some((keys, _)) = self.forks.remove(&t) {
+                self.drop_keys(keys);
+            }
+        }
+    }
+
+    fn drop_keys(&mut self, keys: HashMap<ObjectKey, usize>) {
+        for (key, n) in keys {
+            for _ in 0..n {
+                self.st.unhold(key);
+            }
+        }
+    }
+
+    /// The exec of `pid` happened: the old image's memory is kept as
+    /// Linux keeps its pinned pages, the close-on-exec descriptors go, and
+    /// the new image's memory is a new address space.
+    fn exec_done(&mut self, pid: i32) {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        let Some(closing) = p.exec_closing.take() else {
+            return;
+        };
+        if let Some(h) = p.mem.host() {
+            h.commit_kept_pages();
+            h.retire();
+        }
+        p.mem = Memory::of_pid(pid);
+        for key in closing {
+            if let Some(n) = p.keys.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    p.keys.remove(&key);
+                }
+                self.st.unhold(key);
+            }
+        }
+    }
+
+    fn serve_conn(&mut self, conn: c_int, buf: &mut [u8]) {
+        let got = real::recv_record(conn, buf, true);
+        let (n, passed) = match got {
+            Ok((n, fd)) if n > 0 => (n, fd),
+            _ => {
+                // End of stream: the process exec'd (its connection was
+                // close-on-exec) or exited.
+                let pid = self.conns.remove(&conn).flatten();
+                real::close_own(conn);
+                if let Some(pid) = pid {
+                    if let Some(p) = self.procs.get_mut(&pid) {
+                        if p.conn == Some(conn) {
+                            p.conn = None;
+                        }
+                    }
+                    self.exec_done(pid);
+                }
+                return;
+            }
+        };
+        if let Some(fd) = passed {
+            real::close_own(fd);
+        }
+        let Some((w, tail)) = decode(&buf[..n]) else {
+            return;
+        };
+        let tail = tail.to_vec();
+        let pid = match self.conns.get(&conn).copied().flatten() {
+            Some(p) => p,
+            None => match self.hello(conn, &w) {
+                Some(v) => {
+                    let _ = reply(conn, v, 0, 0, None);
+                    return;
+                }
+                None => {
+                    self.conns.remove(&conn);
+                    real::close_own(conn);
+                    return;
+                }
+            },
+        };
+        // A caller killed since the poll: its call never happened (as a
+        // store that a SIGKILL beat), and it must not start a device's DMA
+        // from memory that is going away.
+        if let Some(p) = self.procs.get(&pid) {
+            let mut pf = [pollin(p.pidfd)];
+            if p.pidfd >= 0 && matches!(real::poll(&mut pf, 0), Ok(n) if n > 0) {
+                self.process_gone(pid);
+                return;
+            }
+        }
+        *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some((pid, conn));
+        let _inside = crate::Inside::enter();
+        let mut out = Vec::new();
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.request(pid, conn, &w, &tail, &mut out)
+        }));
+        *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let (val, err, key, fd) = match res {
+            Ok(Ok((v, k, fd))) => (v, 0, k, fd),
+            Ok(Err(e)) => (0, e, 0, None),
+            Err(_) => (0, libc::EIO, 0, None),
+        };
+        let _ = real::send_record(
+            conn,
+            &encode(&[kind::REPLY, val as u64, err as u64, key], &out),
+            fd,
+        );
+        if let Some(fd) = fd {
+            real::close_own(fd);
+        }
+    }
+
+    /// A new connection's first record: which process it is. The value
+    /// answered (the keeper's pid, 0: unknown process), or `None` to drop
+    /// the connection.
+    fn hello(&mut self, conn: c_int, w: &[u64; 8]) -> Option<i64> {
+        let pid = real::peer_pid(conn)?;
+        let me = i64::from(std::process::id());
+        match w[0] {
+            op::HELLO_FORK => {
+                if let Some((keys, _)) = self.forks.remove(&w[1]) {
+                    self.procs.insert(
+                        pid,
+                        Proc {
+                            conn: Some(conn),
+                            pidfd: real::pidfd_open(pid).unwrap_or(-1),
+                            mem: Memory::of_pid(pid),
+                            keys,
+                            exec_closing: None,
+                        },
+                    );
+                } else {
+                    // The parent's FORK_DONE came first.
+                    let p = self.procs.get_mut(&pid)?;
+                    if let Some(old) = p.conn.replace(conn) {
+                        self.conns.remove(&old);
+                        real::close_own(old);
+                    }
+                }
+                self.conns.insert(conn, Some(pid));
+                Some(me)
+            }
+            op::HELLO_EXEC => {
+                if !self.procs.contains_key(&pid) {
+                    return Some(0);
+                }
+                self.exec_done(pid);
+                let p = self.procs.get_mut(&pid)?;
+                if let Some(old) = p.conn.replace(conn) {
+                    self.conns.remove(&old);
+                    real::close_own(old);
+                }
+                self.conns.insert(conn, Some(pid));
+                Some(me)
+            }
+            _ => None,
+        }
+    }
+
+    /// One call of process `pid`: (value, new object key, its descriptor).
+    fn request(
+        &mut self,
+        pid: i32,
+        conn: c_int,
+        w: &[u64; 8],
+        tail: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(i64, u64, Option<c_int>), c_int> {
+        let me = i64::from(std::process::id());
+        match w[0] {
+            op::HELLO_ROOT => Ok((me, 0, None)),
+            op::OPEN => {
+                let path = std::str::from_utf8(tail).map_err(|_| libc::EINVAL)?;
+                let user = self.procs.get(&pid).ok_or(libc::EIO)?.mem.user();
+                match self.st.open_for(path, user)? {
+                    None => Ok((0, 0, None)),
+                    Some(key) => self.new_object(pid, key, w[1] != 0),
+                }
+            }
+            op::IOCTL => {
+                let p = self.procs.get(&pid).ok_or(libc::EIO)?;
+                let user = p.mem.user();
+                let mut fds = ClientFds {
+                    sock: conn,
+                    pidfd: p.pidfd,
+                };
+                match self
+                    .st
+                    .ioctl_for(w[1], w[2], w[3], user.as_ref(), &mut fds)?
+                {
+                    Routed::Value(v) => Ok((v, 0, None)),
+                    Routed::NewObject(key) => self.new_object(pid, key, true),
+                }
+            }
+            op::PREAD | op::PWRITE => {
+                let user = self.procs.get(&pid).ok_or(libc::EIO)?.mem.user();
+                let v =
+                    self.st
+                        .rw_for(w[1], user.as_ref(), w[2], w[3], w[4], w[0] == op::PWRITE)?;
+                Ok((v, 0, None))
+            }
+            op::UNREF => {
+                let p = self.procs.get_mut(&pid).ok_or(libc::EIO)?;
+                if let Some(n) = p.keys.get_mut(&w[1]) {
+                    *n -= 1;
+                    if *n == 0 {
+                        p.keys.remove(&w[1]);
+                    }
+                    self.st.unhold(w[1]);
+                }
+                Ok((0, 0, None))
+            }
+            op::REF => {
+                if !self.st.has_object(w[1]) {
+                    return Err(libc::EBADF);
+                }
+                let p = self.procs.get_mut(&pid).ok_or(libc::EIO)?;
+                *p.keys.entry(w[1]).or_insert(0) += 1;
+                self.st.hold(w[1]);
+                Ok((0, 0, None))
+            }
+            op::FORK_PREPARE => {
+                let keys = self.procs.get(&pid).ok_or(libc::EIO)?.keys.clone();
+                for (key, n) in &keys {
+                    for _ in 0..*n {
+                        self.st.hold(*key);
+                    }
+                }
+                let token = self.next_token;
+                self.next_token += 1;
+                self.forks.insert(token, (keys, None));
+                Ok((token as i64, 0, None))
+            }
+            op::FORK_DONE => {
+                let child = w[2] as i64;
+                if child <= 0 {
+                    if let Some((keys, _)) = self.forks.remove(&w[1]) {
+                        self.drop_keys(keys);
+                    }
+                } else if let Some((keys, _)) = self.forks.remove(&w[1]) {
+                    // The child has not said hello yet: known from now on
+                    // (its exit releases its references even if it never
+                    // does), its hello finds it.
+                    let child = child as i32;
+                    self.procs.insert(
+                        child,
+                        Proc {
+                            conn: None,
+                            pidfd: real::pidfd_open(child).unwrap_or(-1),
+                            mem: Memory::of_pid(child),
+                            keys,
+                            exec_closing: None,
+                        },
+                    );
+                }
+                Ok((0, 0, None))
+            }
+            op::EXEC_PREPARE => {
+                let closing: Vec<u64> = tail
+                    .chunks_exact(8)
+                    .filter_map(|c| c.try_into().ok().map(u64::from_ne_bytes))
+                    .collect();
+                let p = self.procs.get_mut(&pid).ok_or(libc::EIO)?;
+                if let Some(h) = p.mem.host() {
+                    h.prepare_kept_pages();
+                }
+                p.exec_closing = Some(closing);
+                Ok((0, 0, None))
+            }
+            op::EXEC_FAILED => {
+                let p = self.procs.get_mut(&pid).ok_or(libc::EIO)?;
+                p.exec_closing = None;
+                if let Memory::Program(own) = &p.mem {
+                    own.move_to(pid, Arc::new(ClientSyscalls { pid }));
+                }
+                Ok((0, 0, None))
+            }
+            op::MMIO => {
+                let model = self.st.model_of(w[1]).ok_or(libc::EBADF)?;
+                let len = (w[4] as usize).min(64);
+                let r = if w[5] != 0 {
+                    let data = tail.get(..len).ok_or(libc::EINVAL)?;
+                    model.mapped_write(w[2] as u32, w[3], data)
+                } else {
+                    let mut data = [0u8; 64];
+                    let r = model.mapped_read(w[2] as u32, w[3], &mut data[..len]);
+                    if r.is_ok() {
+                        *out = data[..len].to_vec();
+                    }
+                    r
+                };
+                Ok((i64::from(r.is_err()), 0, None))
+            }
+            op::MMAP => {
+                let m = self.st.mmap(w[1], w[2], w[3], w[4] != 0)?;
+                Ok((i64::from(m.region), m.offset, None))
+            }
+            op::EXITING => {
+                let others = self.procs.len() > 1;
+                let p = self.procs.get(&pid).ok_or(libc::EIO)?;
+                if let Some(h) = p.mem.host().filter(|_| others) {
+                    h.keep_pinned_pages();
+                }
+                Ok((0, 0, None))
+            }
+            _ => Err(libc::EINVAL),
+        }
+    }
+
+    /// A new object for process `pid`: a descriptor to pass (an eventfd
+    /// standing for it), counted as that process's.
+    fn new_object(
+        &mut self,
+        pid: i32,
+        key: ObjectKey,
+        cloexec: bool,
+    ) -> Result<(i64, u64, Option<c_int>), c_int> {
+        match real::new_object_fd(cloexec) {
+            Ok(fd) => {
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    *p.keys.entry(key).or_insert(0) += 1;
+                }
+                Ok((1, key, Some(fd)))
+            }
+            Err(e) => {
+                self.st.unhold(key);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn pollin(fd: c_int) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+fn reply(conn: c_int, val: i64, err: c_int, key: u64, fd: Option<c_int>) -> Result<(), c_int> {
+    real::send_record(
+        conn,
+        &encode(&[kind::REPLY, val as u64, err as u64, key], &[]),
+        fd,
+    )
+}
