@@ -224,7 +224,6 @@ struct Keeper {
     /// Forks between FORK_PREPARE and the child's hello or the parent's
     /// FORK_DONE: the references the child holds.
     forks: HashMap<u64, (HashMap<ObjectKey, usize>, Option<i32>)>,
-    next_token: u64,
 }
 
 /// The keeper's life: never returns.
@@ -250,7 +249,6 @@ fn serve(mut st: State, conn: c_int, listener: c_int, program: i32, reason: Reas
         procs: HashMap::new(),
         conns: HashMap::from([(conn, Some(program))]),
         forks: HashMap::new(),
-        next_token: 1,
     };
     k.procs.insert(
         program,
@@ -363,7 +361,11 @@ impl Keeper {
                 }
                 if p.fd == self.listener {
                     if let Ok(c) = real::accept(self.listener) {
-                        self.conns.insert(c, None);
+                        if real::peer_is_same_user(c) {
+                            self.conns.insert(c, None);
+                        } else {
+                            real::close_own(c);
+                        }
                     }
                 } else if self.conns.contains_key(&p.fd) {
                     self.serve_conn(p.fd, &mut buf);
@@ -623,13 +625,19 @@ impl Keeper {
             }
             op::FORK_PREPARE => {
                 let keys = self.procs.get(&pid).ok_or(libc::EIO)?.keys.clone();
+                // The child proves it is the fork's child by this token:
+                // random, so another process cannot take its place.
+                let token = loop {
+                    let t = real::random_u64().ok_or(libc::EIO)?;
+                    if t != 0 && !self.forks.contains_key(&t) {
+                        break t;
+                    }
+                };
                 for (key, n) in &keys {
                     for _ in 0..*n {
                         self.st.hold(*key);
                     }
                 }
-                let token = self.next_token;
-                self.next_token += 1;
                 self.forks.insert(token, (keys, None));
                 Ok((token as i64, 0, None))
             }

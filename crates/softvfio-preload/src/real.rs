@@ -784,6 +784,29 @@ pub fn accept(fd: c_int) -> Result<c_int, c_int> {
 
 /// The pid of the process at the other end of a connection.
 pub fn peer_pid(fd: c_int) -> Option<i32> {
+    peer_cred(fd).map(|c| c.pid)
+}
+
+/// Whether the process at the other end of a connection runs as this
+/// process's effective user: the keeper's abstract socket name is visible
+/// to every process of the network namespace (`/proc/net/unix`), so a
+/// connection from anyone else is refused before it can name a call.
+pub fn peer_is_same_user(fd: c_int) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    peer_cred(fd).is_some_and(|c| c.uid == me)
+}
+
+/// A random 64-bit value from the kernel (for tokens another process must
+/// not guess); `None` if the kernel gave fewer bytes.
+pub fn random_u64() -> Option<u64> {
+    let mut v = 0u64;
+    // SAFETY: `v` is live and 8 bytes long; getrandom writes at most 8.
+    let r = unsafe { libc::getrandom((&mut v as *mut u64).cast(), 8, 0) };
+    (r == 8).then_some(v)
+}
+
+fn peer_cred(fd: c_int) -> Option<libc::ucred> {
     // SAFETY: ucred is plain data.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -797,7 +820,7 @@ pub fn peer_pid(fd: c_int) -> Option<i32> {
             &mut len,
         )
     };
-    (r == 0).then_some(cred.pid)
+    (r == 0).then_some(cred)
 }
 
 /// Sends one record (`data`), with descriptor `pass` attached if given.

@@ -17,13 +17,19 @@
 //!   root, as map-2m does).
 //! - **uapi-map-fresh**: MAP+UNMAP of 1 GiB of fresh 4K memory (a new
 //!   `mmap` every round) against the single-threaded populate, `mlock` and
-//!   `munlock` of fresh memory in a child. Preload pins on the engine's
+//!   `munlock` of fresh memory in a helper process. Preload pins on the engine's
 //!   pool (every core), trace on the program's thread.
 //!
 //! trace runs a static build (the trace mode's reason to exist), preload a
 //! dynamic one; `trace-ptrace` is trace mode with seccomp user
 //! notification switched off (`SOFTVFIO_TRACE_NOTIFY=0`), every call at a
-//! ptrace stop as before it, run in the same bench for comparison. Needs gcc and a static libc; skipped, saying why, without.
+//! ptrace stop as before it, run in the same bench for comparison.
+//! `preload-keeper` runs the preload program, then forks once with its VFIO
+//! files open, which moves the engine to the keeper (docs/DESIGN.md §5),
+//! and measures the bar and map4k rounds again: the cost of a forwarded
+//! call, with the same program's in-process figures in the note. The
+//! pinning floors run in a helper process forked before any VFIO file is
+//! opened, so that measuring them never hands the engine off. Needs gcc and a static libc; skipped, saying why, without.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -49,11 +55,17 @@ struct Samples {
     map4k: Vec<(f64, f64)>,
     huge: Vec<(f64, f64)>,
     fresh: Vec<(f64, f64)>,
+    /// The bar and map4k rounds after the hand-off to the keeper
+    /// (`preload-keeper`).
+    kbar: Vec<(f64, f64)>,
+    kmap4k: Vec<(f64, f64)>,
 }
 
 struct Plan<'a> {
     /// `trace`, `trace-ptrace` (trace with SOFTVFIO_TRACE_NOTIFY=0: every
-    /// call at a ptrace stop) or `preload`.
+    /// call at a ptrace stop), `preload` or `preload-keeper` (preload, then
+    /// the same calls after a fork with the files open has moved the engine
+    /// to the keeper).
     mode: &'a str,
     exe: &'a Path,
     plain: &'a Path,
@@ -66,7 +78,8 @@ struct Plan<'a> {
 
 fn run(p: &Plan<'_>) -> Result<Samples, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mode = p.mode.strip_suffix("-ptrace").unwrap_or(p.mode);
+    let handoff = p.mode.ends_with("-keeper");
+    let mode = p.mode.split('-').next().unwrap_or(p.mode);
     let mut cmd = Command::new(me);
     if p.mode.ends_with("-ptrace") {
         cmd.env("SOFTVFIO_TRACE_NOTIFY", "0");
@@ -81,6 +94,7 @@ fn run(p: &Plan<'_>) -> Result<Samples, String> {
         .arg(p.map_iters.to_string())
         .arg(p.huge_mb.to_string())
         .arg(p.fresh_mb.to_string())
+        .arg(if handoff { "1" } else { "0" })
         .output()
         .map_err(|e| format!("softvfio run: {e}"))?;
     if !out.status.success() {
@@ -105,6 +119,8 @@ fn run(p: &Plan<'_>) -> Result<Samples, String> {
             "map4k" => s.map4k.push((b, v)),
             "huge" => s.huge.push((b, v)),
             "fresh" => s.fresh.push((b, v)),
+            "kbar" => s.kbar.push((b, v)),
+            "kmap4k" => s.kmap4k.push((b, v)),
             _ => {}
         }
     }
@@ -113,6 +129,8 @@ fn run(p: &Plan<'_>) -> Result<Samples, String> {
         || s.map4k.len() != p.rounds
         || s.huge.len() != want(p.huge_mb)
         || s.fresh.len() != want(p.fresh_mb)
+        || s.kbar.len() != if handoff { p.rounds } else { 0 }
+        || s.kmap4k.len() != s.kbar.len()
     {
         return Err(format!("{}: incomplete output of the program", p.mode));
     }
@@ -187,11 +205,13 @@ fn measure_in(ctx: &Ctx, huge: bool, want: &str, dir: &Path) -> Result<Outcome, 
             ("trace", &stat),
             ("trace-ptrace", &stat),
             ("preload", &dynamic),
+            ("preload-keeper", &dynamic),
         ]
     };
     for (mode, exe) in modes {
         // Iterations sized so that one round takes tens of ms in either mode.
-        let (bar_iters, map_iters) = if mode.starts_with("trace") {
+        // (A forwarded call costs about what a trace-mode call does.)
+        let (bar_iters, map_iters) = if mode.starts_with("trace") || mode.ends_with("-keeper") {
             (2000, 500)
         } else {
             (20000, 5000)
@@ -210,31 +230,51 @@ fn measure_in(ctx: &Ctx, huge: bool, want: &str, dir: &Path) -> Result<Outcome, 
         let mut native = vec![native_pread_ns(&plain, bar_iters)?];
         let s = run(&plan)?;
         native.push(native_pread_ns(&plain, bar_iters)?);
+        let keeper = *mode == "preload-keeper";
+        let (bar, map4k) = if keeper {
+            (&s.kbar, &s.kmap4k)
+        } else {
+            (&s.bar, &s.map4k)
+        };
+        // For the keeper's rows: the in-process calls of the same program
+        // run, before its fork.
+        let before = |v: &[(f64, f64)], unit: &str| {
+            if keeper {
+                format!(
+                    "; after a fork with the files open (forwarded to the keeper); the same program in process before the fork {}",
+                    spread(&seconds(v), 1.0, unit)
+                )
+            } else {
+                String::new()
+            }
+        };
         match want {
             "bar" => {
-                let (plain_in, dev) = (firsts(&s.bar), seconds(&s.bar));
+                let (plain_in, dev) = (firsts(bar), seconds(bar));
                 rows.push(row(
                     format!("uapi-bar:{mode}"),
                     &native,
                     &dev,
                     "4-byte pread of a plain file, natively".into(),
                     format!(
-                        "{rounds} rounds of {bar_iters}; device pread {}; the same plain pread in the program under {mode} {}",
+                        "{rounds} rounds of {bar_iters}; device pread {}; the same plain pread in the program under {mode} {}{}",
                         spread(&dev, 1.0, "ns"),
-                        spread(&plain_in, 1.0, "ns")
+                        spread(&plain_in, 1.0, "ns"),
+                        before(&s.bar, "ns")
                     ),
                 ));
             }
             "map4k" => {
-                let (floor, map) = (firsts(&s.map4k), seconds(&s.map4k));
+                let (floor, map) = (firsts(map4k), seconds(map4k));
                 rows.push(row(
                     format!("uapi-map-4k:{mode}"),
                     &floor,
                     &map,
-                    format!("mlock+munlock of the page in the program ({mode} mode)"),
+                    format!("mlock+munlock of a 4 KiB page in a helper process ({mode} mode)"),
                     format!(
-                        "{rounds} rounds of {map_iters} MAP_DMA+UNMAP_DMA of one populated 4 KiB page; {}",
-                        spread(&map, 1.0, "ns")
+                        "{rounds} rounds of {map_iters} MAP_DMA+UNMAP_DMA of one populated 4 KiB page; {}{}",
+                        spread(&map, 1.0, "ns"),
+                        before(&s.map4k, "ns")
                     ),
                 ));
             }
@@ -252,7 +292,7 @@ fn measure_in(ctx: &Ctx, huge: bool, want: &str, dir: &Path) -> Result<Outcome, 
                     format!("uapi-map-fresh:{mode}"),
                     &floor,
                     &map,
-                    "MADV_POPULATE_WRITE+mlock+munlock of fresh 1 GiB, one thread, in a child".into(),
+                    "MADV_POPULATE_WRITE+mlock+munlock of fresh 1 GiB, one thread, in a helper process".into(),
                     format!(
                         "{rounds} rounds of MAP_DMA+UNMAP_DMA of 1 GiB of fresh 4K memory; {pins}; {}; target ratio <= 0.6 (preload)",
                         spread(&map, 1e6, "ms")
@@ -265,7 +305,7 @@ fn measure_in(ctx: &Ctx, huge: bool, want: &str, dir: &Path) -> Result<Outcome, 
                     format!("uapi-huge-1g:{mode}"),
                     &floor,
                     &map,
-                    "MADV_POPULATE_WRITE+mlock+munlock of the same 1 GiB in the program".into(),
+                    "MADV_POPULATE_WRITE+mlock+munlock of the same 1 GiB in a helper process".into(),
                     format!(
                         "{rounds} rounds of MAP_DMA+UNMAP_DMA of 1 GiB of populated hugetlb 2M memory; {}",
                         spread(&map, 1e6, "ms")
