@@ -234,7 +234,11 @@ pub fn open(path: &str, cloexec: bool) -> Result<Option<c_int>, c_int> {
                 Ok(Some(fd))
             }
             None if r.val == 0 => Ok(None),
-            None => Err(libc::EIO),
+            // The descriptor could not be installed (no free slot).
+            None => {
+                c.call(&[op::UNREF, r.key], &[], false)?;
+                Err(libc::EMFILE)
+            }
         }
     })
 }
@@ -248,6 +252,11 @@ pub fn ioctl(key: u64, request: u64, arg: u64) -> Result<i64, c_int> {
             Some(fd) => {
                 c.track(fd, r.key);
                 Ok(i64::from(fd))
+            }
+            // A new object whose descriptor could not be installed.
+            None if r.key != 0 => {
+                c.call(&[op::UNREF, r.key], &[], false)?;
+                Err(libc::EMFILE)
             }
             None => Ok(r.val),
         }

@@ -40,6 +40,13 @@
 //! Groups are exclusive across the processes of one `softvfio run`
 //! (EBUSY, as the kernel answers), through [`claim`].
 //!
+//! `fork` and the exec family ([`exec`]): at the first one that happens
+//! with VFIO files open, the engine leaves the process for a keeper
+//! process ([`keeper`]) that every process of the program then shares, as
+//! Linux shares open files; from then on this library forwards each VFIO
+//! call there ([`forward`]). A program that never forks or execs with VFIO
+//! files open keeps the engine in process (docs/DESIGN.md §5).
+//!
 //! Limits: only calls through libc's exported functions are seen (not raw
 //! `syscall(2)`, not libc-internal opens); a descriptor closed behind
 //! libc's back (`syscall(SYS_close)`, `syscall(SYS_close_range)`) stays in the table
