@@ -196,6 +196,29 @@ fn forked_child_maps_its_own_memory_preload() {
     fork_shares("preload");
 }
 
+/// Every exec entry (glibc's `execv`, `execvp` and `execl*` reach `execve`
+/// through internal aliases, so preload interposes each; `execl*` through
+/// the C shim) keeps the container and group usable in the new image, as on
+/// Linux: the group reads viable with its container set (3), the container
+/// answers CHECK_EXTENSION(TYPE1v2) with 1.
+#[test]
+fn every_exec_entry_keeps_vfio_files_preload() {
+    let exe = build_c("procmodel", false);
+    for v in [
+        "execve", "execv", "execvp", "execvpe", "execl", "execlp", "execle", "fexecve",
+    ] {
+        let out = softvfio_run("preload", &[], &exe, &["execvar", GROUP, BDF, v]);
+        assert_eq!(
+            out.get(&format!("exec_{v}")),
+            "OK 3 type1v2",
+            "{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert_eq!(out.code, Some(0), "{v}: {}", out.stderr);
+    }
+}
+
 /// Preload: a fork with no VFIO file open stays a plain fork (the engine
 /// stays in the process, as the kselftest harness's forks need); the first
 /// fork with one open hands the engine to the keeper, and the grandchild's

@@ -442,6 +442,42 @@ static int case_plainfork(char **argv) {
   return 0;
 }
 
+/* Every exec entry keeps the container and group descriptors usable in
+ * the new image (preload interposes each: glibc reaches execve from execv, execvp and execl*
+ * through internal aliases). argv[4] names the entry. */
+extern char **environ;
+static int case_execvar(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  char cs[16], gs[16];
+  snprintf(cs, sizeof cs, "%d", c);
+  snprintf(gs, sizeof gs, "%d", g);
+  const char *v = argv[4];
+  char *args[] = {argv[0], "execvar2", cs, gs, (char *)v, NULL};
+  fflush(stdout);
+  if (!strcmp(v, "execve")) execve("/proc/self/exe", args, environ);
+  else if (!strcmp(v, "execv")) execv("/proc/self/exe", args);
+  else if (!strcmp(v, "execvp")) execvp("/proc/self/exe", args);
+  else if (!strcmp(v, "execvpe")) execvpe("/proc/self/exe", args, environ);
+  else if (!strcmp(v, "execl")) execl("/proc/self/exe", argv[0], "execvar2", cs, gs, v, (char *)NULL);
+  else if (!strcmp(v, "execlp")) execlp("/proc/self/exe", argv[0], "execvar2", cs, gs, v, (char *)NULL);
+  else if (!strcmp(v, "execle")) execle("/proc/self/exe", argv[0], "execvar2", cs, gs, v, (char *)NULL, environ);
+  else if (!strcmp(v, "fexecve")) {
+    int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    fexecve(fd, args, environ);
+  }
+  printf("exec_%s failed %s\n", v, err(-1));
+  return 1;
+}
+
+static int case_execvar2(char **argv) {
+  int c = atoi(argv[2]), g = atoi(argv[3]);
+  struct vfio_group_status st = {.argsz = sizeof st};
+  int r1 = ioctl(g, VFIO_GROUP_GET_STATUS, &st);
+  int r2 = ioctl(c, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU);
+  printf("exec_%s %s %d %s\n", argv[4], err(r1), st.flags, r2 == 1 ? "type1v2" : err(r2));
+  return 0;
+}
+
 /* QEMU's live update without exec: invalidate the vaddr, map the same
  * memfd elsewhere, give the mapping its new vaddr: DMA reaches it. */
 static int memfd_page(int byte) {
@@ -696,6 +732,8 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "exec2") && argc > 4) return case_exec2(argv);
   if (!strcmp(argv[1], "orphan") && argc > 3) return case_orphan(argv);
   if (!strcmp(argv[1], "fork") && argc > 3) return case_fork(argv);
+  if (!strcmp(argv[1], "execvar") && argc > 4) return case_execvar(argv);
+  if (!strcmp(argv[1], "execvar2") && argc > 4) return case_execvar2(argv);
   if (!strcmp(argv[1], "plainfork") && argc > 3) return case_plainfork(argv);
   if (!strcmp(argv[1], "kept") && argc > 3) return case_kept(argv);
   if (!strcmp(argv[1], "names") && argc > 3) return case_names(argv);
