@@ -364,7 +364,30 @@ fn stress(mode: &str) {
         "{}",
         out.stderr
     );
-    assert!(out.stderr.contains("DMA faults: none"), "{}", out.stderr);
+    if mode == "trace" {
+        assert!(out.stderr.contains("DMA faults: none"), "{}", out.stderr);
+    } else {
+        // Preload: a child SIGKILLed while the keeper runs the DMA its own
+        // register write started loses its memory under that DMA (a few
+        // µs window; about 1 in 600 kills on a loaded machine): an IOMMU
+        // fault, never a wrong byte, and only ever at a child's own IOVAs
+        // (docs/RELIABILITY.md, "Process model"). The parent is never
+        // killed: a fault at its IOVAs or the guard page is a failure.
+        let slots = 0x100_0000u64..0x100_0000 + 6 * 0x10_0000;
+        for line in out.stderr.lines().filter(|l| l.contains(" iova 0x")) {
+            let iova = line
+                .split(" iova 0x")
+                .nth(1)
+                .and_then(|r| r.split(':').next());
+            let iova = iova.and_then(|h| u64::from_str_radix(h, 16).ok());
+            assert!(
+                iova.is_some_and(|i| slots.contains(&i)) && line.contains("MemoryError"),
+                "a DMA fault outside the killed children's memory: {line}\n{}",
+                out.stderr
+            );
+        }
+        assert!(out.stderr.contains("DMA faults: "), "{}", out.stderr);
+    }
     // Processes that exit without closing leave only device files their
     // exit closed (reported, released): no container, group or mapping.
     assert!(
