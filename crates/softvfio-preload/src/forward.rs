@@ -323,15 +323,20 @@ fn ensure_attached(reason: Reason) -> bool {
     if TRACKED.load(Ordering::Relaxed) == 0 {
         return false;
     }
-    match crate::keeper::handoff(reason) {
-        Ok((sock, name, fds)) => {
-            *lock() = Some(Client {
-                sock,
-                pid: std::process::id(),
-                fds,
-                name: name.clone(),
-            });
-            ATTACHED.store(true, Ordering::Relaxed);
+    let mut keeper_name = String::new();
+    let attach = |sock, name: String, fds| {
+        keeper_name = name.clone();
+        *lock() = Some(Client {
+            sock,
+            pid: std::process::id(),
+            fds,
+            name,
+        });
+        ATTACHED.store(true, Ordering::SeqCst);
+    };
+    match crate::keeper::handoff(reason, attach) {
+        Ok(()) => {
+            let name = keeper_name;
             crate::mmio::to_keeper();
             real::at_exit(crate::exec::at_exit);
             let keeper = with_client(|c| c.call(&[op::HELLO_ROOT, reason as u64], &[], false));

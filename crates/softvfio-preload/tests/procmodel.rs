@@ -219,6 +219,35 @@ fn every_exec_entry_keeps_vfio_files_preload() {
     }
 }
 
+/// A thread keeps writing and reading a device register while the main
+/// thread forks (in preload mode the hand-off to the keeper happens under
+/// its calls; a call that waited for the engine's lock is forwarded): no
+/// call fails or reads a wrong value, and the child's register write is
+/// the parent's device's (Linux: one shared device).
+fn thread_fork(mode: &str) {
+    let out = run(mode, "threadfork");
+    expect(
+        &out,
+        &[
+            ("threadfork_child", "0"),
+            ("threadfork_worker_errors", "0"),
+            ("threadfork_worker_called", "yes"),
+            ("threadfork_child_write_seen", "0x77"),
+        ],
+    );
+    out.assert_clean();
+}
+
+#[test]
+fn fork_while_another_thread_calls_trace() {
+    thread_fork("trace");
+}
+
+#[test]
+fn fork_while_another_thread_calls_preload() {
+    thread_fork("preload");
+}
+
 /// Preload: a fork with no VFIO file open stays a plain fork (the engine
 /// stays in the process, as the kselftest harness's forks need); the first
 /// fork with one open hands the engine to the keeper, and the grandchild's

@@ -478,6 +478,53 @@ static int case_execvar2(char **argv) {
   return 0;
 }
 
+/* A thread keeps reading and writing the device while the main thread
+ * forks (preload: the hand-off happens under its calls): every call of
+ * both threads and of the child answers as the one shared device. */
+static volatile int tf_stop;
+static long tf_errors, tf_calls;
+static void *tf_worker(void *arg) {
+  (void)arg;
+  for (uint64_t i = 1; !tf_stop; i++) {
+    uint64_t v = 0;
+    /* edu's DMA count register (0x90) holds what was written. */
+    if (pwrite(devfd, &i, 8, bar0 + 0x90) != 8 || pread(devfd, &v, 8, bar0 + 0x90) != 8 || v != i)
+      tf_errors++;
+    tf_calls++;
+  }
+  return NULL;
+}
+
+static int case_threadfork(char **argv) {
+  int g, c = open_edu(argv, &g);
+  pthread_t t;
+  pthread_create(&t, NULL, tf_worker, NULL);
+  usleep(20000);
+  fflush(stdout);
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    uint64_t v = 0x77;
+    int ok = pwrite(devfd, &v, 8, bar0 + 0x80) == 8;
+    _exit(ok ? 0 : 1);
+  }
+  int st = 0;
+  waitpid(child, &st, 0);
+  usleep(20000);
+  tf_stop = 1;
+  pthread_join(t, NULL);
+  uint64_t src = 0;
+  if (pread(devfd, &src, 8, bar0 + 0x80) != 8) die("bar read");
+  printf("threadfork_child %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+  printf("threadfork_worker_errors %ld\n", tf_errors);
+  printf("threadfork_worker_called %s\n", tf_calls > 10 ? "yes" : "no");
+  printf("threadfork_child_write_seen %#lx\n", (unsigned long)src);
+  close(devfd);
+  close(g);
+  close(c);
+  return 0;
+}
+
 /* QEMU's live update without exec: invalidate the vaddr, map the same
  * memfd elsewhere, give the mapping its new vaddr: DMA reaches it. */
 static int memfd_page(int byte) {
@@ -732,6 +779,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "exec2") && argc > 4) return case_exec2(argv);
   if (!strcmp(argv[1], "orphan") && argc > 3) return case_orphan(argv);
   if (!strcmp(argv[1], "fork") && argc > 3) return case_fork(argv);
+  if (!strcmp(argv[1], "threadfork") && argc > 3) return case_threadfork(argv);
   if (!strcmp(argv[1], "execvar") && argc > 4) return case_execvar(argv);
   if (!strcmp(argv[1], "execvar2") && argc > 4) return case_execvar2(argv);
   if (!strcmp(argv[1], "plainfork") && argc > 3) return case_plainfork(argv);
