@@ -234,7 +234,11 @@ pub fn open(path: &str, cloexec: bool) -> Result<Option<c_int>, c_int> {
                 Ok(Some(fd))
             }
             None if r.val == 0 => Ok(None),
-            None => Err(libc::EIO),
+            // The descriptor could not be installed (no free slot).
+            None => {
+                c.call(&[op::UNREF, r.key], &[], false)?;
+                Err(libc::EMFILE)
+            }
         }
     })
 }
@@ -248,6 +252,11 @@ pub fn ioctl(key: u64, request: u64, arg: u64) -> Result<i64, c_int> {
             Some(fd) => {
                 c.track(fd, r.key);
                 Ok(i64::from(fd))
+            }
+            // A new object whose descriptor could not be installed.
+            None if r.key != 0 => {
+                c.call(&[op::UNREF, r.key], &[], false)?;
+                Err(libc::EMFILE)
             }
             None => Ok(r.val),
         }
@@ -314,15 +323,20 @@ fn ensure_attached(reason: Reason) -> bool {
     if TRACKED.load(Ordering::Relaxed) == 0 {
         return false;
     }
-    match crate::keeper::handoff(reason) {
-        Ok((sock, name, fds)) => {
-            *lock() = Some(Client {
-                sock,
-                pid: std::process::id(),
-                fds,
-                name: name.clone(),
-            });
-            ATTACHED.store(true, Ordering::Relaxed);
+    let mut keeper_name = String::new();
+    let attach = |sock, name: String, fds| {
+        keeper_name = name.clone();
+        *lock() = Some(Client {
+            sock,
+            pid: std::process::id(),
+            fds,
+            name,
+        });
+        ATTACHED.store(true, Ordering::SeqCst);
+    };
+    match crate::keeper::handoff(reason, attach) {
+        Ok(()) => {
+            let name = keeper_name;
             crate::mmio::to_keeper();
             real::at_exit(crate::exec::at_exit);
             let keeper = with_client(|c| c.call(&[op::HELLO_ROOT, reason as u64], &[], false));

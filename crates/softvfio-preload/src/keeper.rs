@@ -47,7 +47,12 @@ pub static FORKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 
 /// In the program: forks the keeper with the engine. Returns this
 /// process's connection, the keeper's address and the descriptor table.
-pub(crate) fn handoff(reason: Reason) -> Result<(c_int, String, HashMap<c_int, ObjectKey>), c_int> {
+/// `attach` runs with the state lock still held, so that a thread that was
+/// waiting for it finds the process attached, never an empty state.
+pub(crate) fn handoff(
+    reason: Reason,
+    attach: impl FnOnce(c_int, String, HashMap<c_int, ObjectKey>),
+) -> Result<(), c_int> {
     let mut guard = state::lock_for_handoff();
     let Some(st) = guard.as_mut() else {
         return Err(libc::ENODEV);
@@ -98,7 +103,9 @@ pub(crate) fn handoff(reason: Reason) -> Result<(c_int, String, HashMap<c_int, O
         st.close_claims();
         std::mem::forget(st);
     }
-    Ok((mine, name, table))
+    attach(mine, name, table);
+    drop(guard);
+    Ok(())
 }
 
 /// The caller being served, for the memory calls of its pins.

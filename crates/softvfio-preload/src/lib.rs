@@ -40,6 +40,13 @@
 //! Groups are exclusive across the processes of one `softvfio run`
 //! (EBUSY, as the kernel answers), through [`claim`].
 //!
+//! `fork` and the exec family ([`exec`]): at the first one that happens
+//! with VFIO files open, the engine leaves the process for a keeper
+//! process ([`keeper`]) that every process of the program then shares, as
+//! Linux shares open files; from then on this library forwards each VFIO
+//! call there ([`forward`]). A program that never forks or execs with VFIO
+//! files open keeps the engine in process (docs/DESIGN.md §5).
+//!
 //! Limits: only calls through libc's exported functions are seen (not raw
 //! `syscall(2)`, not libc-internal opens); a descriptor closed behind
 //! libc's back (`syscall(SYS_close)`, `syscall(SYS_close_range)`) stays in the table
@@ -239,7 +246,13 @@ fn sysfs_config_fd(path: &str, flags: c_int, cloexec: bool) -> Option<Result<c_i
 }
 
 fn fail<T: From<i8>>(e: c_int) -> T {
-    real::set_errno(e);
+    // A call that met the hand-off to the keeper half way (rare: another
+    // thread forked or exec'd meanwhile) asks to be retried.
+    real::set_errno(if e == state::HANDED_OFF {
+        libc::EAGAIN
+    } else {
+        e
+    });
     T::from(-1)
 }
 
@@ -263,7 +276,15 @@ unsafe fn do_open(path: *const c_char, flags: c_int, pass: Pass<impl FnOnce() ->
                 Err(e) => return fail(e),
             }
         } else if p.starts_with("/dev/vfio/") || p == "/dev/iommu" {
-            match with_state(|st| st.open(p, cloexec)) {
+            let res = match with_state(|st| st.open(p, cloexec)) {
+                Err(state::HANDED_OFF) => match forward::open(p, cloexec) {
+                    Ok(None) => Ok(OpenOutcome::NotOurs),
+                    Ok(Some(fd)) => Ok(OpenOutcome::Fd(fd)),
+                    Err(e) => Err(e),
+                },
+                r => r,
+            };
+            match res {
                 Ok(OpenOutcome::NotOurs) => {}
                 Ok(OpenOutcome::Fd(fd)) => {
                     real::set_errno(saved);
@@ -619,7 +640,10 @@ fn ours(fd: c_int) -> Option<u64> {
     if forward::attached() {
         return forward::key_of(fd);
     }
-    with_existing(|st| st.key_of(fd)).flatten()
+    // The engine may leave while this thread waits for the state lock.
+    with_existing(|st| st.key_of(fd))
+        .flatten()
+        .or_else(|| forward::key_of(fd).filter(|_| forward::attached()))
 }
 
 /// # Safety
@@ -642,7 +666,10 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
         let res = if forward::attached() {
             Ok(forward::ioctl(key, request, arg))
         } else {
-            with_state(|st| st.ioctl(key, request, arg))
+            match with_state(|st| st.ioctl(key, request, arg)) {
+                Err(state::HANDED_OFF) => Ok(forward::ioctl(key, request, arg)),
+                r => r,
+            }
         };
         match res {
             Ok(Ok(v)) => {
@@ -679,13 +706,16 @@ fn rw_hook(
                 Err(e) => fail(e),
             };
         }
-        let res = with_state(|st| {
+        let res = match with_state(|st| {
             if write {
                 st.pwrite(key, buf, len as u64, off as u64)
             } else {
                 st.pread(key, buf, len as u64, off as u64)
             }
-        });
+        }) {
+            Err(state::HANDED_OFF) => Ok(forward::rw(key, buf, len as u64, off as u64, write)),
+            r => r,
+        };
         match res {
             Ok(Ok(n)) => {
                 real::set_errno(saved);

@@ -321,6 +321,11 @@ pub(crate) fn to_keeper() {
 }
 
 fn fail_ptr(e: c_int) -> *mut c_void {
+    let e = if e == crate::state::HANDED_OFF {
+        libc::EAGAIN
+    } else {
+        e
+    };
     crate::real::set_errno(e);
     libc::MAP_FAILED
 }

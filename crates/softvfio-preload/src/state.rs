@@ -123,6 +123,10 @@ fn load_platform() -> Result<BuiltPlatform, String> {
     build(&cfg).map_err(|e| format!("bad configuration: {e}"))
 }
 
+/// [`with_state`]'s answer when the engine left the process for the keeper
+/// while the caller waited (never an errno: negative).
+pub const HANDED_OFF: c_int = c_int::MIN;
+
 /// Runs `f` on the state, creating it on first use. `Err(errno)` when the
 /// platform cannot be built.
 pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Result<R, c_int> {
@@ -131,6 +135,11 @@ pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Result<R, c_int> {
         return Err(libc::ENODEV);
     }
     let mut guard = lock();
+    // The engine left while this thread waited for the lock: the caller
+    // forwards the call instead.
+    if crate::forward::attached() {
+        return Err(HANDED_OFF);
+    }
     if guard.is_none() {
         if BROKEN.load(Ordering::Relaxed) {
             return Err(libc::ENODEV);

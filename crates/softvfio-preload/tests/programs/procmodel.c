@@ -442,6 +442,89 @@ static int case_plainfork(char **argv) {
   return 0;
 }
 
+/* Every exec entry keeps the container and group descriptors usable in
+ * the new image (preload interposes each: glibc reaches execve from execv, execvp and execl*
+ * through internal aliases). argv[4] names the entry. */
+extern char **environ;
+static int case_execvar(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  char cs[16], gs[16];
+  snprintf(cs, sizeof cs, "%d", c);
+  snprintf(gs, sizeof gs, "%d", g);
+  const char *v = argv[4];
+  char *args[] = {argv[0], "execvar2", cs, gs, (char *)v, NULL};
+  fflush(stdout);
+  if (!strcmp(v, "execve")) execve("/proc/self/exe", args, environ);
+  else if (!strcmp(v, "execv")) execv("/proc/self/exe", args);
+  else if (!strcmp(v, "execvp")) execvp("/proc/self/exe", args);
+  else if (!strcmp(v, "execvpe")) execvpe("/proc/self/exe", args, environ);
+  else if (!strcmp(v, "execl")) execl("/proc/self/exe", argv[0], "execvar2", cs, gs, v, (char *)NULL);
+  else if (!strcmp(v, "execlp")) execlp("/proc/self/exe", argv[0], "execvar2", cs, gs, v, (char *)NULL);
+  else if (!strcmp(v, "execle")) execle("/proc/self/exe", argv[0], "execvar2", cs, gs, v, (char *)NULL, environ);
+  else if (!strcmp(v, "fexecve")) {
+    int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    fexecve(fd, args, environ);
+  }
+  printf("exec_%s failed %s\n", v, err(-1));
+  return 1;
+}
+
+static int case_execvar2(char **argv) {
+  int c = atoi(argv[2]), g = atoi(argv[3]);
+  struct vfio_group_status st = {.argsz = sizeof st};
+  int r1 = ioctl(g, VFIO_GROUP_GET_STATUS, &st);
+  int r2 = ioctl(c, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU);
+  printf("exec_%s %s %d %s\n", argv[4], err(r1), st.flags, r2 == 1 ? "type1v2" : err(r2));
+  return 0;
+}
+
+/* A thread keeps reading and writing the device while the main thread
+ * forks (preload: the hand-off happens under its calls): every call of
+ * both threads and of the child answers as the one shared device. */
+static volatile int tf_stop;
+static long tf_errors, tf_calls;
+static void *tf_worker(void *arg) {
+  (void)arg;
+  for (uint64_t i = 1; !tf_stop; i++) {
+    uint64_t v = 0;
+    /* edu's DMA count register (0x90) holds what was written. */
+    if (pwrite(devfd, &i, 8, bar0 + 0x90) != 8 || pread(devfd, &v, 8, bar0 + 0x90) != 8 || v != i)
+      tf_errors++;
+    tf_calls++;
+  }
+  return NULL;
+}
+
+static int case_threadfork(char **argv) {
+  int g, c = open_edu(argv, &g);
+  pthread_t t;
+  pthread_create(&t, NULL, tf_worker, NULL);
+  usleep(20000);
+  fflush(stdout);
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    uint64_t v = 0x77;
+    int ok = pwrite(devfd, &v, 8, bar0 + 0x80) == 8;
+    _exit(ok ? 0 : 1);
+  }
+  int st = 0;
+  waitpid(child, &st, 0);
+  usleep(20000);
+  tf_stop = 1;
+  pthread_join(t, NULL);
+  uint64_t src = 0;
+  if (pread(devfd, &src, 8, bar0 + 0x80) != 8) die("bar read");
+  printf("threadfork_child %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+  printf("threadfork_worker_errors %ld\n", tf_errors);
+  printf("threadfork_worker_called %s\n", tf_calls > 10 ? "yes" : "no");
+  printf("threadfork_child_write_seen %#lx\n", (unsigned long)src);
+  close(devfd);
+  close(g);
+  close(c);
+  return 0;
+}
+
 /* QEMU's live update without exec: invalidate the vaddr, map the same
  * memfd elsewhere, give the mapping its new vaddr: DMA reaches it. */
 static int memfd_page(int byte) {
@@ -696,6 +779,9 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "exec2") && argc > 4) return case_exec2(argv);
   if (!strcmp(argv[1], "orphan") && argc > 3) return case_orphan(argv);
   if (!strcmp(argv[1], "fork") && argc > 3) return case_fork(argv);
+  if (!strcmp(argv[1], "threadfork") && argc > 3) return case_threadfork(argv);
+  if (!strcmp(argv[1], "execvar") && argc > 4) return case_execvar(argv);
+  if (!strcmp(argv[1], "execvar2") && argc > 4) return case_execvar2(argv);
   if (!strcmp(argv[1], "plainfork") && argc > 3) return case_plainfork(argv);
   if (!strcmp(argv[1], "kept") && argc > 3) return case_kept(argv);
   if (!strcmp(argv[1], "names") && argc > 3) return case_names(argv);
