@@ -368,3 +368,100 @@ fn each_process_of_a_fork_has_its_own_history_and_leaks() {
     assert_eq!(by_pid(child)["leaks"][0]["kind"], "mapping");
     assert_eq!(report["leaks"].as_array().unwrap().len(), 4);
 }
+
+/// An exec'd image is a process of its own: the image before the exec and
+/// the one after each have their section (same pid and program), the first
+/// with what it mapped and unmapped and the container it opened, the second
+/// with what it mapped through the container it kept.
+#[test]
+fn each_image_of_an_exec_has_its_own_history_and_leaks() {
+    let Some(bin) = program() else {
+        eprintln!("skipped: no gcc");
+        return;
+    };
+    let (code, err) = sc::run(softvfio(), "trace", bin, "exec", &["--sanitize=strict"]);
+    assert_eq!(code, 1, "strict: leaks\n{err}");
+    let head = "process ";
+    let program = format!(" ({}): ", bin.display());
+    // The sections, in order: header and indented lines.
+    let mut sections: Vec<Vec<&str>> = Vec::new();
+    for l in err.lines() {
+        if l.starts_with(head) && l.contains(&program) {
+            sections.push(vec![l]);
+        } else if let Some(s) = sections.last_mut().filter(|_| l.starts_with("  ")) {
+            s.push(l);
+        }
+    }
+    assert_eq!(sections.len(), 2, "{err}");
+    let pid = |s: &[&str]| s[0].split(' ').nth(1).unwrap().to_string();
+    assert_eq!(pid(&sections[0]), pid(&sections[1]), "one pid, two images");
+    let (before, after) = (sections[0].join("\n"), sections[1].join("\n"));
+    let map = sc::frame(
+        "map_buffer",
+        sc::line_of("ioctl(container, VFIO_IOMMU_MAP_DMA", 0),
+    );
+    let image_line = sc::line_of("map_buffer(anon(), 0x400000", 0);
+    assert!(
+        sections[0][0].ends_with("1 region(s) in its history, 1 leak(s)"),
+        "{before}"
+    );
+    assert!(
+        sc::has_line(
+            &before,
+            &[
+                "  history: IOVA 0x100000-0x100fff (4 KiB): mapped at ",
+                " from ",
+                &map,
+                " <- ",
+                &sc::frame("main", sc::scenario_line("exec", "map_buffer(buf, IOVA")),
+                "; unmapped at ",
+                " by UNMAP_DMA from ",
+            ]
+        ),
+        "{before}"
+    );
+    assert!(
+        sc::has_line(
+            &before,
+            &[
+                "  leak: container still open with 1 mapping(s), created from ",
+                "setup ("
+            ]
+        ),
+        "{before}"
+    );
+    assert!(
+        sections[1][0].ends_with("1 region(s) in its history, 1 leak(s)"),
+        "{after}"
+    );
+    assert!(
+        sc::has_line(
+            &after,
+            &[
+                "  history: IOVA 0x400000-0x400fff (4 KiB): mapped at ",
+                " from ",
+                &map,
+                " <- ",
+                &sc::frame("main", image_line),
+            ]
+        ),
+        "{after}"
+    );
+    assert!(
+        sc::has_line(
+            &after,
+            &[
+                "  leak: IOVA 0x400000 size 4 KiB (vaddr 0x",
+                " created from ",
+                &map,
+                " <- ",
+                &sc::frame("main", image_line)
+            ]
+        ),
+        "{after}"
+    );
+    assert!(
+        !after.contains("0x100000") && !before.contains("0x400000"),
+        "{err}"
+    );
+}

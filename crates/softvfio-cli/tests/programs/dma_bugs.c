@@ -17,6 +17,9 @@
  *                 inherited container and exits with it mapped; the parent
  *                 then maps and exits with everything open (each process
  *                 gets its own history and leaks)
+ *   exec          maps and unmaps, then execs itself ("exec-image"), which
+ *                 maps through the container it kept and exits with it
+ *                 mapped (each image gets its own history and leaks)
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -114,6 +117,12 @@ static void finish(void) {
 
 int main(int argc, char **argv) {
   const char *what = argc > 1 ? argv[1] : "clean";
+  if (!strcmp(what, "exec-image") && argc > 2) {
+    container = atoi(argv[2]); /* kept across the exec */
+    map_buffer(anon(), 0x400000, 3); /* the new image's */
+    printf("done exec\n");
+    return 0;
+  }
   setup();
   void *buf = anon();
   if (!strcmp(what, "after-unmap") || !strcmp(what, "hold")) {
@@ -138,6 +147,14 @@ int main(int argc, char **argv) {
     map_buffer(buf, IOVA, 3);
     enable_msi();
     return 0; /* nothing closed */
+  } else if (!strcmp(what, "exec")) {
+    map_buffer(buf, IOVA, 3);
+    unmap_buffer(IOVA);
+    char fd[16];
+    snprintf(fd, sizeof fd, "%d", container);
+    fflush(stdout);
+    execl("/proc/self/exe", argv[0], "exec-image", fd, (char *)NULL);
+    die("exec");
   } else if (!strcmp(what, "fork")) {
     map_buffer(buf, IOVA, 3);
     unmap_buffer(IOVA);
