@@ -30,7 +30,13 @@ fn repo() -> PathBuf {
 fn config(dma: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mdev-iommufd");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let path = dir.join(format!("platform-{dma}.toml"));
+    // One file per test thread: tests run in parallel and a file another
+    // test is rewriting reads as empty ("at least one [[device]]").
+    let path = dir.join(format!(
+        "platform-{dma}-{}-{:?}.toml",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let text = format!(
         "[[device]]\nkind = \"edu\"\nbdf = \"0000:00:03.0\"\ngroup = 3\n\n\
          [[device]]\nkind = \"mdev-edu\"\nbdf = \"{UUID}\"\ngroup = 10\ndma = \"{dma}\"\n"
