@@ -15,6 +15,7 @@
 //! | `mlock`, `mlock2`, `mlockall` | the program locks memory itself: pins must leave its locks (rare calls) |
 //! | `execve`, `execveat` | the old image's pinned pages must be kept before they go, when VFIO files survive the exec (rare calls) |
 //! | `stat`, `lstat`, `newfstatat`, `statx`, `fstat` | a VFIO cdev (its path or an open descriptor) must stat as the device number sysfs gives (QEMU checks) |
+//! | `dup2`, `dup3`, `close_range`, `io_uring_setup`, `seccomp` (with a listener only) | they replace descriptors, or let the program do so unseen: the supervisor's descriptor cache ([`FD_TABLE_SYSCALLS`]) |
 //!
 //! With a user-notification listener ([`Spec::notify`]), the calls that
 //! never need code run *in* the calling thread return

@@ -1955,8 +1955,9 @@ VmFlags: rd mr mw me lo
     fn populated_check_follows_the_page_state() {
         let m = HostMemory::for_pid(ffi::getpid(), Arc::new(LocalSyscalls));
         let files = m.files().unwrap();
-        // calloc of 4 MiB: fresh anonymous pages, none touched.
-        let mut buf = vec![0u8; 4 << 20];
+        // calloc of 64 MiB, above glibc's largest mmap threshold (32 MiB):
+        // a fresh anonymous mapping whatever other tests freed, untouched.
+        let mut buf = vec![0u8; 64 << 20];
         let a = (buf.as_ptr() as u64 + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
         let off = (a - buf.as_ptr() as u64) as usize;
         if files.pagemap.is_none() {
