@@ -29,6 +29,7 @@ use std::ffi::c_int;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use softvfio::eventfd::EventfdWatcher;
 use softvfio::frontend::{FdTarget, ObjectKey, ProgramFds, Routed};
 use softvfio::memory::host::{HostMemory, MmSyscalls};
 use softvfio::memory::UserMemory;
@@ -73,6 +74,10 @@ pub(crate) fn handoff(
         }
     };
     let program = std::process::id() as i32;
+    // The device threads stop here and start again in the keeper: a fork
+    // copies no thread, and one still running here would consume the
+    // program's signals for the engine copy left behind.
+    EventfdWatcher::pause_all();
     FORKING.store(true, Ordering::SeqCst);
     let middle = real::fork();
     if middle == 0 {
@@ -94,8 +99,10 @@ pub(crate) fn handoff(
     if middle < 0 {
         let e = real::errno();
         real::close_own(mine);
+        EventfdWatcher::resume_all();
         return Err(e);
     }
+    EventfdWatcher::forget_all();
     real::wait_child(middle);
     // The engine's copy here is stale from now on: never used again, and
     // never dropped (its drop would release pins the keeper now owns).
@@ -240,6 +247,10 @@ fn serve(mut st: State, conn: c_int, listener: c_int, program: i32, reason: Reas
     let table = st.program_fds();
     st.drop_program_fds();
     close_program_files(&[conn, listener], &st.claim_fds());
+    // The engine's eventfds came with the fork (same numbers, and
+    // `close_program_files` leaves eventfds open): their watchers run here
+    // from now on.
+    EventfdWatcher::resume_all();
     real::prctl(libc::PR_SET_NAME, c"softvfio-keeper".as_ptr() as u64);
     die_with_run();
     let mut keys = HashMap::new();

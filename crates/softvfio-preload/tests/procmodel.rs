@@ -554,3 +554,52 @@ fn read_lseek_fionread_on_vfio_fds_preload() {
         ],
     );
 }
+
+/// Device threads (eventfd watchers) across the hand-off (issue 13): the
+/// ioeventfd and INTx unmask eventfd set up before a fork or exec still
+/// reach the device from the process that goes on (a child; a new image
+/// given the descriptors, as QEMU's cpr-exec), and an ioeventfd set up
+/// after it works. Linux's answers: the liveness register reads the
+/// complement of the ioeventfd's data, the unmask lets exactly one new
+/// interrupt through, the new ioeventfd's data lands in edu's DMA source
+/// register. Trace mode is the reference (its engine never moves).
+fn watchers(mode: &str, how: &str) {
+    let exe = build_c("procmodel", false);
+    let out = softvfio_run(mode, &[], &exe, &["watch", GROUP, BDF, how]);
+    let mut want = vec![
+        ("watch_intx", "0"),
+        ("watch_intx_before", "1"),
+        ("watch_unmask", "0"),
+        ("watch_ioeventfd_set", "0"),
+        ("watch_liveness_before", "0xffffffff"),
+        ("watch_ioeventfd", "0xa5a5edcb"),
+        ("watch_intx_events", "1"),
+        ("watch_new_ioeventfd", "0"),
+        ("watch_new_ioeventfd_landed", "0xabc000"),
+    ];
+    if how == "fork" {
+        want.push(("watch_child", "0"));
+    }
+    expect(&out, &want);
+    out.assert_clean();
+}
+
+#[test]
+fn watchers_survive_fork_trace() {
+    watchers("trace", "fork");
+}
+
+#[test]
+fn watchers_survive_fork_preload() {
+    watchers("preload", "fork");
+}
+
+#[test]
+fn watchers_survive_exec_trace() {
+    watchers("trace", "exec");
+}
+
+#[test]
+fn watchers_survive_exec_preload() {
+    watchers("preload", "exec");
+}
