@@ -397,11 +397,10 @@ impl Keeper {
         if let Some(h) = p.mem.host() {
             h.retire();
         }
-        for (key, n) in p.keys {
-            for _ in 0..n {
-                self.st.unhold(key);
-            }
-        }
+        // Its files are closed by its death: what they held last is what
+        // the program left open (the end report lists it, as trace mode's).
+        let none_left = self.procs.is_empty() && self.forks.is_empty();
+        self.st.unhold_at_death(&p.keys, none_left);
         if let Some(c) = p.conn {
             self.conns.remove(&c);
             real::close_own(c);
@@ -418,7 +417,8 @@ impl Keeper {
             .collect();
         for t in orphan {
             if let Some((keys, _)) = self.forks.remove(&t) {
-                self.drop_keys(keys);
+                let none_left = self.procs.is_empty() && self.forks.is_empty();
+                self.st.unhold_at_death(&keys, none_left);
             }
         }
     }

@@ -895,6 +895,42 @@ static int case_watch2(char **argv) {
   return 0;
 }
 
+/* Files left open at exit after the hand-off: argv[4] "parent" (the
+ * parent, last to exit, keeps everything), "child" (the parent closes its
+ * files; the child's exit drops the last references). A container with
+ * one 4 KiB mapping, its group and the edu device each time. */
+static int case_leave(char **argv) {
+  int g, c = open_edu(argv, &g);
+  char *z = fixed_page(Z_ADDR, PG, 'L');
+  if (map(c, IOVA_Z, z, PG)) die("map");
+  int go[2];
+  if (pipe(go)) die("pipe");
+  fflush(stdout);
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    char b;
+    if (read(go[0], &b, 1) != 1) _exit(3);
+    _exit(0); /* the kernel closes its files */
+  }
+  int child_last = !strcmp(argv[4], "child");
+  if (child_last) {
+    close(devfd);
+    close(g);
+    close(c);
+  }
+  if (write(go[1], "x", 1) != 1) die("pipe write");
+  int st = 0;
+  waitpid(child, &st, 0);
+  printf("leave_child %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+  /* The child's exit released them: the group is free for a new open. */
+  if (child_last) {
+    int g2 = open(argv[2], O_RDWR);
+    printf("leave_group_free %s\n", err(g2));
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc == 2 && !strcmp(argv[1], "thread_exec2")) return case_thread_exec2();
@@ -919,6 +955,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "vaddr") && argc > 3) return case_vaddr(argv);
   if (!strcmp(argv[1], "cpr") && argc > 3) return case_cpr(argv);
   if (!strcmp(argv[1], "cpr2") && argc > 5) return case_cpr2(argv);
+  if (!strcmp(argv[1], "leave") && argc > 4) return case_leave(argv);
   if (!strcmp(argv[1], "watch") && argc > 4) return case_watch(argv);
   if (!strcmp(argv[1], "watch2") && argc > 7) return case_watch2(argv);
   return 2;
