@@ -21,6 +21,10 @@
 //!   exactly its address space) and the references its descriptors hold;
 //! - the program's own memory backend is moved to the program's pid at a
 //!   hand-off by fork (or an exec that failed) before any call is served;
+//! - the engine's eventfd watchers run in the keeper only, from its start
+//!   (the program stops them before the fork, the keeper restarts them);
+//! - what a process's exit closes for the last time is counted as left
+//!   open by the program before any of it is released;
 //! - the keeper ends, with the end report, when no process is left and no
 //!   fork is pending.
 
