@@ -218,6 +218,17 @@ fn with_client<R>(f: impl FnOnce(&mut Client) -> Result<R, c_int>) -> Result<R, 
     f(c)
 }
 
+/// This process's connection to the keeper, once attached.
+pub fn connection_fd() -> Option<c_int> {
+    if !attached() {
+        return None;
+    }
+    lock()
+        .as_ref()
+        .filter(|c| c.pid == std::process::id())
+        .map(|c| c.sock)
+}
+
 /// The object behind `fd`, if it is one of ours.
 pub fn key_of(fd: c_int) -> Option<u64> {
     lock().as_ref()?.fds.get(&fd).copied()

@@ -21,6 +21,10 @@
 //!   exactly its address space) and the references its descriptors hold;
 //! - the program's own memory backend is moved to the program's pid at a
 //!   hand-off by fork (or an exec that failed) before any call is served;
+//! - the engine's eventfd watchers run in the keeper only, from its start
+//!   (the program stops them before the fork, the keeper restarts them);
+//! - what a process's exit closes for the last time is counted as left
+//!   open by the program before any of it is released;
 //! - the keeper ends, with the end report, when no process is left and no
 //!   fork is pending.
 
@@ -29,6 +33,7 @@ use std::ffi::c_int;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use softvfio::eventfd::EventfdWatcher;
 use softvfio::frontend::{FdTarget, ObjectKey, ProgramFds, Routed};
 use softvfio::memory::host::{HostMemory, MmSyscalls};
 use softvfio::memory::UserMemory;
@@ -73,6 +78,10 @@ pub(crate) fn handoff(
         }
     };
     let program = std::process::id() as i32;
+    // The device threads stop here and start again in the keeper: a fork
+    // copies no thread, and one still running here would consume the
+    // program's signals for the engine copy left behind.
+    EventfdWatcher::pause_all();
     FORKING.store(true, Ordering::SeqCst);
     let middle = real::fork();
     if middle == 0 {
@@ -94,8 +103,10 @@ pub(crate) fn handoff(
     if middle < 0 {
         let e = real::errno();
         real::close_own(mine);
+        EventfdWatcher::resume_all();
         return Err(e);
     }
+    EventfdWatcher::forget_all();
     real::wait_child(middle);
     // The engine's copy here is stale from now on: never used again, and
     // never dropped (its drop would release pins the keeper now owns).
@@ -239,6 +250,10 @@ fn serve(mut st: State, conn: c_int, listener: c_int, program: i32, reason: Reas
     let table = st.program_fds();
     st.drop_program_fds();
     close_program_files(&[conn, listener], &st.claim_fds());
+    // The engine's eventfds came with the fork (same numbers, and
+    // `close_program_files` leaves eventfds open): their watchers run here
+    // from now on.
+    EventfdWatcher::resume_all();
     real::prctl(libc::PR_SET_NAME, c"softvfio-keeper".as_ptr() as u64);
     die_with_run();
     let mut keys = HashMap::new();
@@ -388,11 +403,10 @@ impl Keeper {
         if let Some(h) = p.mem.host() {
             h.retire();
         }
-        for (key, n) in p.keys {
-            for _ in 0..n {
-                self.st.unhold(key);
-            }
-        }
+        // Its files are closed by its death: what they held last is what
+        // the program left open (the end report lists it, as trace mode's).
+        let none_left = self.procs.is_empty() && self.forks.is_empty();
+        self.st.unhold_at_death(&p.keys, none_left);
         if let Some(c) = p.conn {
             self.conns.remove(&c);
             real::close_own(c);
@@ -409,7 +423,8 @@ impl Keeper {
             .collect();
         for t in orphan {
             if let Some((keys, _)) = self.forks.remove(&t) {
-                self.drop_keys(keys);
+                let none_left = self.procs.is_empty() && self.forks.is_empty();
+                self.st.unhold_at_death(&keys, none_left);
             }
         }
     }

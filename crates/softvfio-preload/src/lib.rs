@@ -845,8 +845,29 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
     let pass = || real::close_range(first, last, flags);
     hook(-1, pass, |pass| {
-        let r = pass.call();
         let cloexec_only = flags as c_uint & libc::CLOSE_RANGE_CLOEXEC != 0;
+        // After the hand-off this process's connection to the keeper is
+        // ours, not the program's: a range over it (close_range(3, ~0U))
+        // closes around it, so the closes of its VFIO files still reach
+        // the keeper.
+        let sock = forward::connection_fd()
+            .and_then(|s| c_uint::try_from(s).ok())
+            .filter(|s| !cloexec_only && first <= last && (first..=last).contains(s));
+        let r = match sock {
+            Some(s) => {
+                let below = if s > first {
+                    real::close_range(first, s - 1, flags)
+                } else {
+                    0
+                };
+                if below == 0 && s < last {
+                    real::close_range(s + 1, last, flags)
+                } else {
+                    below
+                }
+            }
+            None => pass.call(),
+        };
         if r == 0 && !cloexec_only && TRACKED.load(Ordering::Relaxed) > 0 {
             let saved = real::errno();
             // Descriptor numbers are ints: a `last` beyond them (~0U, as

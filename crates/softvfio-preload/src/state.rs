@@ -68,6 +68,10 @@ pub struct State {
     /// mappings for its call sites.
     sanitizer: Option<Arc<Sanitizer>>,
     maps: Option<ProcessMaps>,
+    /// In the keeper: what processes left open when they died (their last
+    /// references went with them), for the end report, and those objects.
+    left_open: Leftovers,
+    noted: std::collections::HashSet<ObjectKey>,
 }
 
 thread_local! {
@@ -173,6 +177,8 @@ pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Result<R, c_int> {
                     claims: HashMap::new(),
                     sanitizer,
                     maps: None,
+                    left_open: Leftovers::default(),
+                    noted: Default::default(),
                 });
                 register_report();
             }
@@ -465,19 +471,14 @@ impl State {
     /// Releases everything the program left open, and returns what that
     /// was and what stayed pinned or accounted after.
     fn finish(&mut self) -> (Leftovers, FinalState) {
-        let mut left = Leftovers::default();
         let keys: Vec<ObjectKey> = self.refs.keys().copied().collect();
         // Everything is noted before anything is released: releasing a
         // group detaches it from its container, which unmaps everything,
         // and releasing a bound cdev changes what its iommufd holds.
         for key in &keys {
-            if let Some(obj) = self.session.object(*key) {
-                left.note(obj);
-                if let Some(s) = &self.sanitizer {
-                    left.note_sanitized(s, *key, obj);
-                }
-            }
+            self.note_left_open(*key);
         }
+        let left = std::mem::take(&mut self.left_open);
         for key in keys {
             self.session.release(key);
         }
@@ -632,6 +633,44 @@ impl State {
     /// Is `key` an open object?
     pub(crate) fn has_object(&self, key: ObjectKey) -> bool {
         self.session.contains(key)
+    }
+
+    /// Counts `key` (once) as left open by the program, with what it holds.
+    fn note_left_open(&mut self, key: ObjectKey) {
+        if !self.noted.insert(key) {
+            return;
+        }
+        if let Some(obj) = self.session.object(key) {
+            self.left_open.note(obj);
+            if let Some(s) = &self.sanitizer {
+                self.left_open.note_sanitized(s, key, obj);
+            }
+        }
+    }
+
+    /// In the keeper: a process died holding `held` references of each
+    /// object (its files, closed by its death). The objects whose last
+    /// references those were are counted as left open, all of them before
+    /// any is released (releasing a group unmaps its container), and then
+    /// the references go. `all`: no process is left, so everything still
+    /// open was left open.
+    pub(crate) fn unhold_at_death(&mut self, held: &HashMap<ObjectKey, usize>, all: bool) {
+        let last: Vec<ObjectKey> = if all {
+            self.refs.keys().copied().collect()
+        } else {
+            held.iter()
+                .filter(|(k, n)| self.refs.get(k).is_some_and(|r| *r <= **n))
+                .map(|(k, _)| *k)
+                .collect()
+        };
+        for key in last {
+            self.note_left_open(key);
+        }
+        for (key, n) in held {
+            for _ in 0..*n {
+                self.unref(*key);
+            }
+        }
     }
 }
 

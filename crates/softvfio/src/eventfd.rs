@@ -18,7 +18,10 @@
 //! - an [`Eventfd`] always refers to an eventfd (checked at construction)
 //!   and owns its descriptor;
 //! - an [`EventfdWatcher`]'s thread has ended when `drop` returns, so a
-//!   handler never runs after its watcher is gone.
+//!   handler never runs after its watcher is gone;
+//! - a watcher has at most one thread in a process, and a dropped watcher
+//!   is never started again (`pause_all`/`resume_all` move the threads of
+//!   an engine that a `fork` hands to another process).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -156,14 +159,110 @@ impl EventfdArg {
 /// `virqfd`: INTx unmask eventfds and ioeventfds), on a thread of its own.
 /// The counter is consumed before each call, so one call may stand for
 /// several signals, as with the kernel's wait-queue callback.
+///
+/// A watcher outlives a `fork` of its process: the preload library's keeper
+/// inherits the engine (and each watcher's eventfd, same descriptor number)
+/// by `fork`, which copies no thread. [`EventfdWatcher::pause_all`] stops
+/// every thread of this process before such a fork (so none holds a lock
+/// the copy inherits, and none consumes a signal meant for the copy), and
+/// [`EventfdWatcher::resume_all`] starts them again in whichever process
+/// goes on with the engine.
 pub struct EventfdWatcher {
+    inner: Arc<WatcherInner>,
+}
+
+struct WatcherInner {
+    name: String,
+    fd: Eventfd,
+    /// Called from one thread at a time (the one running thread); the
+    /// mutex makes the handler shareable without requiring it be `Sync`.
+    handler: std::sync::Mutex<Box<dyn Fn() + Send>>,
+    /// The running thread, if any. Taken briefly, never across a join.
+    running: std::sync::Mutex<Option<Running>>,
+    /// Set once the watcher is dropped: never started again.
+    dropped: AtomicBool,
+}
+
+struct Running {
     stop: Arc<AtomicBool>,
     wake: Eventfd,
-    thread: Option<JoinHandle<()>>,
-    /// The process the thread runs in: a process forked from it (the
-    /// preload library's keeper inherits the engine by `fork`) has a copy
-    /// of this watcher but not the thread, which it must not join.
+    thread: JoinHandle<()>,
+    /// The process the thread runs in: a process forked from it has a copy
+    /// of this record but not the thread, which it must not join.
     pid: u32,
+}
+
+/// Every watcher made in this process (and inherited by a fork), for
+/// [`EventfdWatcher::pause_all`] and [`EventfdWatcher::resume_all`]. Taken
+/// only in `spawn` and those two, never by `drop` (a watcher may be dropped
+/// on any thread at any time, and a fork must not copy this lock held).
+static LIVE: std::sync::Mutex<Vec<std::sync::Weak<WatcherInner>>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<std::sync::Weak<WatcherInner>>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl WatcherInner {
+    /// Starts the thread in this process unless one already runs here.
+    fn start(self: &Arc<Self>) -> Result<bool, i32> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let me = std::process::id();
+        if self.dropped.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        if let Some(r) = running.as_ref() {
+            if r.pid == me {
+                return Ok(false);
+            }
+            // Inherited by fork: the thread is the parent's.
+            if let Some(old) = running.take() {
+                std::mem::forget(old.thread);
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let wake = Eventfd::new()?;
+        let wake_thread = wake.try_clone()?;
+        let stop_thread = stop.clone();
+        let this = self.clone();
+        let thread = std::thread::Builder::new()
+            .name(self.name.clone())
+            .spawn(move || watch(&this, &wake_thread, &stop_thread))
+            .map_err(|_| libc::ENOMEM)?;
+        *running = Some(Running {
+            stop,
+            wake,
+            thread,
+            pid: me,
+        });
+        Ok(true)
+    }
+
+    /// Stops the thread (joins it when it is this process's and not the
+    /// caller).
+    fn stop(&self) -> bool {
+        let taken = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(r) = taken else {
+            return false;
+        };
+        r.stop.store(true, Ordering::Release);
+        r.wake.signal();
+        // A handler that drops its own watcher must not join itself;
+        // after a fork the thread is not in this process (joining would
+        // wait for ever).
+        if std::process::id() != r.pid {
+            std::mem::forget(r.thread);
+            return false;
+        }
+        if r.thread.thread().id() != std::thread::current().id() {
+            let _ = r.thread.join();
+        }
+        true
+    }
 }
 
 impl EventfdWatcher {
@@ -173,24 +272,46 @@ impl EventfdWatcher {
         fd: Eventfd,
         handler: impl Fn() + Send + 'static,
     ) -> Result<Self, i32> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let wake = Eventfd::new()?;
-        let wake_thread = wake.try_clone()?;
-        let stop_thread = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || watch(&fd, &wake_thread, &stop_thread, &handler))
-            .map_err(|_| libc::ENOMEM)?;
-        Ok(Self {
-            stop,
-            wake,
-            thread: Some(thread),
-            pid: std::process::id(),
-        })
+        let inner = Arc::new(WatcherInner {
+            name: name.to_owned(),
+            fd,
+            handler: std::sync::Mutex::new(Box::new(handler)),
+            running: std::sync::Mutex::new(None),
+            dropped: AtomicBool::new(false),
+        });
+        inner.start()?;
+        let mut all = live();
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&inner));
+        Ok(Self { inner })
+    }
+
+    /// Stops (and joins) the thread of every watcher running in this
+    /// process, before a `fork` that hands the engine to another process.
+    /// Signals arriving meanwhile stay in their eventfds. Returns how many
+    /// were stopped.
+    pub fn pause_all() -> usize {
+        let all: Vec<Arc<WatcherInner>> = live().iter().filter_map(|w| w.upgrade()).collect();
+        all.iter().filter(|w| w.stop()).count()
+    }
+
+    /// Starts a thread in this process for every live watcher that has
+    /// none here (paused, or inherited by `fork`). Returns how many were
+    /// started.
+    pub fn resume_all() -> usize {
+        let all: Vec<Arc<WatcherInner>> = live().iter().filter_map(|w| w.upgrade()).collect();
+        all.iter().filter(|w| matches!(w.start(), Ok(true))).count()
+    }
+
+    /// Forgets every watcher of this process: the engine they belong to
+    /// moved to another process and is never used here again.
+    pub fn forget_all() {
+        live().clear();
     }
 }
 
-fn watch(fd: &Eventfd, wake: &Eventfd, stop: &AtomicBool, handler: &dyn Fn()) {
+fn watch(inner: &WatcherInner, wake: &Eventfd, stop: &AtomicBool) {
+    let fd = &inner.fd;
     loop {
         let mut fds = [
             PollFd::new(&*fd.file, PollFlags::IN),
@@ -214,6 +335,7 @@ fn watch(fd: &Eventfd, wake: &Eventfd, stop: &AtomicBool, handler: &dyn Fn()) {
             // read blocks until the next signal, which is still correct).
             let mut b = [0u8; 8];
             if (&*fd.file).read(&mut b).is_ok() {
+                let handler = inner.handler.lock().unwrap_or_else(|e| e.into_inner());
                 handler();
             }
         }
@@ -222,18 +344,8 @@ fn watch(fd: &Eventfd, wake: &Eventfd, stop: &AtomicBool, handler: &dyn Fn()) {
 
 impl Drop for EventfdWatcher {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.wake.signal();
-        if let Some(t) = self.thread.take() {
-            // A handler that drops its own watcher must not join itself;
-            // after a fork the thread is not in this process (joining
-            // would wait for ever).
-            if std::process::id() != self.pid {
-                std::mem::forget(t);
-            } else if t.thread().id() != std::thread::current().id() {
-                let _ = t.join();
-            }
-        }
+        self.inner.dropped.store(true, Ordering::Release);
+        self.inner.stop();
     }
 }
 
@@ -309,6 +421,36 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(n.load(Ordering::SeqCst), 1);
         // Nobody consumed the last signal.
+        assert_eq!(e.consume(), Some(1));
+    }
+
+    /// A paused watcher leaves signals in its eventfd; resumed, it handles
+    /// them (the keeper's restart after the hand-off's fork); a dropped one
+    /// is never started again.
+    #[test]
+    fn pause_leaves_signals_and_resume_handles_them() {
+        let e = Eventfd::new().unwrap();
+        let n = Arc::new(AtomicU32::new(0));
+        let n2 = n.clone();
+        let w = EventfdWatcher::spawn("test-pause", e.try_clone().unwrap(), move || {
+            n2.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+        assert!(EventfdWatcher::pause_all() >= 1);
+        e.signal();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(n.load(Ordering::SeqCst), 0);
+        assert!(EventfdWatcher::resume_all() >= 1);
+        let t = Instant::now();
+        while n.load(Ordering::SeqCst) == 0 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        drop(w);
+        EventfdWatcher::resume_all();
+        e.signal();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(n.load(Ordering::SeqCst), 1);
         assert_eq!(e.consume(), Some(1));
     }
 }

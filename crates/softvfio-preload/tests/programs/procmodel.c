@@ -17,6 +17,8 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 
 static const char *err(int r) {
   static char b[32];
@@ -769,6 +771,166 @@ static int case_thread_exec2(void) {
   return 0;
 }
 
+/* ---- device threads across fork and exec (eventfd watchers) ---- */
+static int set_irq_fd(int dev, unsigned action, int fd) {
+  char buf[sizeof(struct vfio_irq_set) + sizeof(int)];
+  struct vfio_irq_set *s = (void *)buf;
+  s->argsz = sizeof buf;
+  s->flags = VFIO_IRQ_SET_DATA_EVENTFD | action;
+  s->index = VFIO_PCI_INTX_IRQ_INDEX;
+  s->start = 0;
+  s->count = 1;
+  memcpy(s->data, &fd, sizeof fd);
+  return ioctl(dev, VFIO_DEVICE_SET_IRQS, s) ? errno : 0;
+}
+
+/* The counter of eventfd `fd` after waiting up to `ms` for a signal. */
+static uint64_t wait_events(int fd, int ms) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  if (poll(&p, 1, ms) <= 0) return 0;
+  uint64_t v = 0;
+  if (read(fd, &v, 8) != 8) return 0;
+  return v;
+}
+
+static int ioeventfd32(int dev, unsigned off, uint32_t data, int fd) {
+  struct vfio_device_ioeventfd ioe = {.argsz = sizeof ioe, .flags = 4, .offset = bar0 + off,
+                                      .data = data, .fd = fd};
+  return ioctl(dev, VFIO_DEVICE_IOEVENTFD, &ioe) ? errno : 0;
+}
+
+/* Waits up to 2 s for BAR0 register `off` to read `want`; its last value. */
+static uint32_t wait_reg(unsigned off, uint32_t want) {
+  uint32_t v = rd32(off);
+  for (int i = 0; i < 2000 && v != want; i++) {
+    usleep(1000);
+    v = rd32(off);
+  }
+  return v;
+}
+
+static void signal_fd(int fd) {
+  uint64_t one = 1;
+  if (write(fd, &one, 8) != 8) die("eventfd write");
+}
+
+/* What the process that goes on (a forked child, a new image) checks: the
+ * ioeventfd set up before the hand-off writes the liveness register (which
+ * reads back its complement), the unmask eventfd unmasks INTx (a new
+ * interrupt reaches the trigger: raised before or after the unmask lands,
+ * Linux sends it once the line is unmasked), and an ioeventfd set up now
+ * writes edu's DMA source register. */
+static void watch_check(int e, int u, int io) {
+  signal_fd(io);
+  printf("watch_ioeventfd 0x%x\n", wait_reg(0x04, ~0x5a5a1234u));
+  signal_fd(u);
+  uint32_t raise = 1;
+  if (pwrite(devfd, &raise, 4, bar0 + 0x60) != 4) die("raise");
+  printf("watch_intx_events %llu\n", (unsigned long long)wait_events(e, 2000));
+  int io2 = eventfd(0, EFD_NONBLOCK);
+  printf("watch_new_ioeventfd %s\n", errno_name(ioeventfd32(devfd, 0x80, 0xabc000, io2)));
+  signal_fd(io2);
+  printf("watch_new_ioeventfd_landed 0x%x\n", wait_reg(0x80, 0xabc000));
+  if (pwrite(devfd, &raise, 4, bar0 + 0x64) != 4) die("ack");
+}
+
+/* argv[4]: "fork" (a child goes on) or "exec" (a new image goes on with
+ * the descriptors, as QEMU's cpr-exec keeps them). */
+static int case_watch(char **argv) {
+  int g, c = open_edu(argv, &g);
+  int e = eventfd(0, EFD_NONBLOCK), u = eventfd(0, EFD_NONBLOCK), io = eventfd(0, EFD_NONBLOCK);
+  printf("watch_intx %s\n", errno_name(set_irq_fd(devfd, VFIO_IRQ_SET_ACTION_TRIGGER, e)));
+  uint32_t raise = 1;
+  if (pwrite(devfd, &raise, 4, bar0 + 0x60) != 4) die("raise");
+  printf("watch_intx_before %llu\n", (unsigned long long)wait_events(e, 2000));
+  /* Acknowledged (the line goes down) while INTx stays masked: only the
+   * unmask eventfd lets the next interrupt through. */
+  if (pwrite(devfd, &raise, 4, bar0 + 0x64) != 4) die("ack");
+  printf("watch_unmask %s\n", errno_name(set_irq_fd(devfd, VFIO_IRQ_SET_ACTION_UNMASK, u)));
+  printf("watch_ioeventfd_set %s\n", errno_name(ioeventfd32(devfd, 0x04, 0x5a5a1234, io)));
+  uint32_t zero = 0;
+  if (pwrite(devfd, &zero, 4, bar0 + 0x04) != 4) die("liveness");
+  printf("watch_liveness_before 0x%x\n", rd32(0x04));
+  fflush(stdout);
+  if (!strcmp(argv[4], "exec")) {
+    char d[16], es[16], us[16], ios[16], gs[16], cs[16];
+    snprintf(gs, sizeof gs, "%d", g);
+    snprintf(cs, sizeof cs, "%d", c);
+    snprintf(d, sizeof d, "%d", devfd);
+    snprintf(es, sizeof es, "%d", e);
+    snprintf(us, sizeof us, "%d", u);
+    snprintf(ios, sizeof ios, "%d", io);
+    /* The device descriptor is close-on-exec (Linux opens it so): kept
+     * open across the exec as QEMU's cpr does. */
+    if (fcntl(devfd, F_SETFD, 0)) die("F_SETFD");
+    execl("/proc/self/exe", argv[0], "watch2", d, es, us, ios, gs, cs, (char *)NULL);
+    die("exec");
+  }
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    watch_check(e, u, io);
+    close(devfd);
+    close(g);
+    close(c);
+    fflush(stdout);
+    _exit(0);
+  }
+  int st = 0;
+  waitpid(child, &st, 0);
+  printf("watch_child %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+  close(devfd);
+  close(g);
+  close(c);
+  return 0;
+}
+
+static int case_watch2(char **argv) {
+  int dev = atoi(argv[2]);
+  device_setup(dev);
+  watch_check(atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+  close(dev);
+  close(atoi(argv[6]));
+  close(atoi(argv[7]));
+  return 0;
+}
+
+/* Files left open at exit after the hand-off: argv[4] "parent" (the
+ * parent, last to exit, keeps everything), "child" (the parent closes its
+ * files; the child's exit drops the last references). A container with
+ * one 4 KiB mapping, its group and the edu device each time. */
+static int case_leave(char **argv) {
+  int g, c = open_edu(argv, &g);
+  char *z = fixed_page(Z_ADDR, PG, 'L');
+  if (map(c, IOVA_Z, z, PG)) die("map");
+  int go[2];
+  if (pipe(go)) die("pipe");
+  fflush(stdout);
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    char b;
+    if (read(go[0], &b, 1) != 1) _exit(3);
+    _exit(0); /* the kernel closes its files */
+  }
+  int child_last = !strcmp(argv[4], "child");
+  if (child_last) {
+    close(devfd);
+    close(g);
+    close(c);
+  }
+  if (write(go[1], "x", 1) != 1) die("pipe write");
+  int st = 0;
+  waitpid(child, &st, 0);
+  printf("leave_child %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+  /* The child's exit released them: the group is free for a new open. */
+  if (child_last) {
+    int g2 = open(argv[2], O_RDWR);
+    printf("leave_group_free %s\n", err(g2));
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc == 2 && !strcmp(argv[1], "thread_exec2")) return case_thread_exec2();
@@ -793,5 +955,8 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "vaddr") && argc > 3) return case_vaddr(argv);
   if (!strcmp(argv[1], "cpr") && argc > 3) return case_cpr(argv);
   if (!strcmp(argv[1], "cpr2") && argc > 5) return case_cpr2(argv);
+  if (!strcmp(argv[1], "leave") && argc > 4) return case_leave(argv);
+  if (!strcmp(argv[1], "watch") && argc > 4) return case_watch(argv);
+  if (!strcmp(argv[1], "watch2") && argc > 7) return case_watch2(argv);
   return 2;
 }
