@@ -229,6 +229,35 @@ pub fn connection_fd() -> Option<c_int> {
         .map(|c| c.sock)
 }
 
+/// Whether `fd` is this process's connection to the keeper: a number the
+/// program never opened, so its `close` of it is EBADF, as for any
+/// number not open in the program's view.
+pub fn is_connection(fd: c_int) -> bool {
+    connection_fd() == Some(fd)
+}
+
+/// The program names `fd` as the target of a `dup2`/`dup3`, and this
+/// process's keeper connection sits there: the connection moves to
+/// another number first (close-on-exec, as it was), so that the program
+/// gets the number as on Linux and its VFIO calls still reach the keeper.
+pub fn vacate(fd: c_int) -> Result<(), c_int> {
+    use std::os::fd::IntoRawFd;
+    if !attached() {
+        return Ok(());
+    }
+    let mut g = lock();
+    let Some(c) = g
+        .as_mut()
+        .filter(|c| c.pid == std::process::id() && c.sock == fd)
+    else {
+        return Ok(());
+    };
+    let moved = real::dup_own(fd)?.into_raw_fd();
+    c.sock = moved;
+    real::close_own(fd);
+    Ok(())
+}
+
 /// The object behind `fd`, if it is one of ours.
 pub fn key_of(fd: c_int) -> Option<u64> {
     lock().as_ref()?.fds.get(&fd).copied()

@@ -824,6 +824,9 @@ pub unsafe extern "C" fn pwrite64(fd: c_int, buf: *const c_void, n: size_t, off:
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let pass = || real::close(fd);
     hook(-1, pass, |pass| {
+        if forward::is_connection(fd) {
+            return fail(libc::EBADF);
+        }
         if ours(fd).is_some() {
             let saved = real::errno();
             if forward::attached() {
@@ -981,6 +984,12 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     let pass = || real::dup2(old, new);
     hook(-1, pass, |pass| {
+        if forward::is_connection(old) {
+            return fail(libc::EBADF);
+        }
+        if let Err(e) = forward::vacate(new) {
+            return fail(e);
+        }
         let r = pass.call();
         after_dup(old, r);
         r
@@ -993,6 +1002,12 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     let pass = || real::dup3(old, new, flags);
     hook(-1, pass, |pass| {
+        if forward::is_connection(old) {
+            return fail(libc::EBADF);
+        }
+        if let Err(e) = forward::vacate(new) {
+            return fail(e);
+        }
         let r = pass.call();
         after_dup(old, r);
         r

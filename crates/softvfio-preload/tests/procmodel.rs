@@ -269,6 +269,36 @@ fn fork_hands_off_only_with_vfio_files_open_preload() {
     out.assert_clean();
 }
 
+/// A daemon's habit after a fork (dup2 onto every number it thinks free,
+/// then close every descriptor it does not know): its VFIO files go on
+/// working and the device stays shared with the parent, as on Linux. In
+/// preload mode the library's connection to the keeper sits on one of
+/// those numbers: a dup2 onto it moves the connection away, a close of it
+/// is EBADF, so the counts are Linux's too.
+fn closeall(mode: &str) {
+    let out = run(mode, "closeall");
+    expect(
+        &out,
+        &[
+            ("closeall_dups", "249"),
+            ("closeall_closed", "250"),
+            ("closeall_child", "0x5678"),
+            ("closeall_parent", "0x5678"),
+        ],
+    );
+    out.assert_clean();
+}
+
+#[test]
+fn closing_every_unknown_descriptor_after_fork_trace() {
+    closeall("trace");
+}
+
+#[test]
+fn closing_every_unknown_descriptor_after_fork_preload() {
+    closeall("preload");
+}
+
 /// `VFIO_DMA_MAP_FLAG_VADDR` to a new address: DMA then reaches (and
 /// reads) the memory at the new address (Linux: the same pinned pages,
 /// which the new address maps).

@@ -931,6 +931,48 @@ static int case_leave(char **argv) {
   return 0;
 }
 
+/* A daemon's habit after a fork: dup2 onto every number it believes free,
+ * then close every descriptor it does not know. The VFIO files it kept go
+ * on working, and the device stays shared with the parent (preload: the
+ * library's connection to the keeper is not the program's to close; its
+ * number is given up to a dup2 that names it). */
+static int case_closeall(char **argv) {
+  int g, c = open_edu(argv, &g);
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    int dups = 0, closed = 0;
+    int plain = open("/dev/null", O_RDONLY);
+    if (plain < 0) die("open /dev/null");
+    for (int fd = 3; fd < 256; fd++) {
+      if (fd == c || fd == g || fd == devfd || fd == plain) continue;
+      if (dup2(plain, fd) == fd) dups++;
+    }
+    for (int fd = 3; fd < 256; fd++) {
+      if (fd == c || fd == g || fd == devfd) continue;
+      if (close(fd) == 0) closed++;
+    }
+    printf("closeall_dups %d\ncloseall_closed %d\n", dups, closed);
+    wr64(0x80, 0x5678);
+    uint64_t v = 0;
+    if (pread(devfd, &v, 8, bar0 + 0x80) != 8) die("bar read");
+    printf("closeall_child %#lx\n", (unsigned long)v);
+    fflush(stdout);
+    close(devfd);
+    close(g);
+    close(c);
+    _exit(0);
+  }
+  waitpid(child, NULL, 0);
+  uint64_t v = 0;
+  if (pread(devfd, &v, 8, bar0 + 0x80) != 8) die("bar read");
+  printf("closeall_parent %#lx\n", (unsigned long)v);
+  close(devfd);
+  close(g);
+  close(c);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc == 2 && !strcmp(argv[1], "thread_exec2")) return case_thread_exec2();
@@ -945,6 +987,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "execvar") && argc > 4) return case_execvar(argv);
   if (!strcmp(argv[1], "execvar2") && argc > 4) return case_execvar2(argv);
   if (!strcmp(argv[1], "plainfork") && argc > 3) return case_plainfork(argv);
+  if (!strcmp(argv[1], "closeall") && argc > 3) return case_closeall(argv);
   if (!strcmp(argv[1], "kept") && argc > 3) return case_kept(argv);
   if (!strcmp(argv[1], "names") && argc > 3) return case_names(argv);
   if (!strcmp(argv[1], "fdops") && argc > 3) return case_fdops(argv);
