@@ -364,7 +364,10 @@ const NO_PROCESS: u32 = 0x00ff_ffff;
 ///   as none);
 /// - `a`, `b`: the map's vaddr and size, the updated vaddr, the stale
 ///   range's vaddr and length.
+///
+/// Aligned to its size, so that no event straddles two cache lines.
 #[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(32))]
 struct RawEvent {
     at: u64,
     a: u64,
