@@ -377,6 +377,7 @@ struct RawEvent {
 }
 
 const _: () = assert!(std::mem::size_of::<RawEvent>() == 32);
+const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 
 impl RawEvent {
     fn new(at: u64, kind: EventKind, via: Via, site: u32, process: Option<u32>) -> Self {
@@ -482,8 +483,10 @@ impl Default for HistorySlot {
 
 /// One mapping's history (an instance of its IOVA region: each map makes
 /// a new one); its events are in `Inner::events` at `slot * depth ..`, a
-/// ring of `len` events starting at `head`.
+/// ring of `len` events starting at `head`. One cache line each (a new
+/// IOVA takes the slot forgotten longest ago: a cold line).
 #[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
 struct Slot {
     container: u64,
     iova: u64,
