@@ -65,6 +65,16 @@ pub struct CallSite {
     pub frames: Vec<Frame>,
 }
 
+impl std::hash::Hash for CallSite {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // The addresses tell call sites apart; equal sites have equal
+        // addresses, so this agrees with `Eq`.
+        for f in &self.frames {
+            state.write_u64(f.addr);
+        }
+    }
+}
+
 thread_local! {
     /// The call site of the VFIO call this thread is serving.
     static CURRENT_SITE: RefCell<Option<Arc<CallSite>>> = const { RefCell::new(None) };
@@ -332,25 +342,123 @@ impl Default for SanitizerConfig {
     }
 }
 
-/// An event as recorded: its time in the clock's ticks (converted to an
-/// `Instant` when a report asks).
-#[derive(Debug, Clone)]
+/// No call site (a [`RawEvent::site`] value).
+const NO_SITE: u32 = u32::MAX;
+
+/// Distinct call sites remembered (a program has few; a call from a site
+/// beyond these is recorded without one, so that memory stays bounded).
+const MAX_SITES: usize = 1 << 16;
+
+/// No process (the process field of [`RawEvent::meta`]).
+const NO_PROCESS: u32 = 0x00ff_ffff;
+
+/// An event as recorded, in 32 bytes (two per cache line, a ring of them
+/// written in place): its time in the clock's ticks (converted to an
+/// `Instant` when a report asks), its call site as an index into the
+/// interned table `Inner::sites` (no reference count taken or dropped per
+/// event), and its kind packed:
+/// - `meta` bits 0-2: the kind (0 map, 1 unmap, 2 vaddr invalidated,
+///   3 vaddr updated, 4 released, 5 stale); bits 3-4: [`Via`]; bits 5-6:
+///   the map's [`Prot`] (read, write) or the stale [`StaleCause`]; bits
+///   8-31: the process ([`NO_PROCESS`]: none; indices past it are recorded
+///   as none);
+/// - `a`, `b`: the map's vaddr and size, the updated vaddr, the stale
+///   range's vaddr and length.
+///
+/// Aligned to its size, so that no event straddles two cache lines.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(32))]
 struct RawEvent {
     at: u64,
-    kind: EventKind,
-    site: Option<Arc<CallSite>>,
-    via: Via,
-    process: u32,
+    a: u64,
+    b: u64,
+    site: u32,
+    meta: u32,
 }
 
+const _: () = assert!(std::mem::size_of::<RawEvent>() == 32);
+const _: () = assert!(std::mem::size_of::<Slot>() == 64);
+
 impl RawEvent {
-    fn event(&self, cal: &Calibration) -> Event {
+    fn new(at: u64, kind: EventKind, via: Via, site: u32, process: Option<u32>) -> Self {
+        let (tag, extra, a, b) = match kind {
+            EventKind::Map { vaddr, size, prot } => (
+                0,
+                u32::from(prot.read) | u32::from(prot.write) << 1,
+                vaddr,
+                size,
+            ),
+            EventKind::Unmap => (1, 0, 0, 0),
+            EventKind::InvalidateVaddr => (2, 0, 0, 0),
+            EventKind::UpdateVaddr { vaddr } => (3, 0, vaddr, 0),
+            EventKind::Released => (4, 0, 0, 0),
+            EventKind::Stale { cause, vaddr, len } => {
+                let c = match cause {
+                    StaleCause::Munmap => 0,
+                    StaleCause::Mremap => 1,
+                    StaleCause::MmapFixed => 2,
+                };
+                (5, c, vaddr, len)
+            }
+        };
+        let via = match via {
+            Via::Type1 => 0,
+            Via::Iommufd => 1,
+            Via::IommufdCopy => 2,
+        };
+        let process = process.filter(|&p| p < NO_PROCESS).unwrap_or(NO_PROCESS);
+        RawEvent {
+            at,
+            a,
+            b,
+            site,
+            meta: tag | via << 3 | extra << 5 | process << 8,
+        }
+    }
+
+    fn kind(&self) -> EventKind {
+        let extra = (self.meta >> 5) & 3;
+        match self.meta & 7 {
+            0 => EventKind::Map {
+                vaddr: self.a,
+                size: self.b,
+                prot: Prot {
+                    read: extra & 1 != 0,
+                    write: extra & 2 != 0,
+                },
+            },
+            1 => EventKind::Unmap,
+            2 => EventKind::InvalidateVaddr,
+            3 => EventKind::UpdateVaddr { vaddr: self.a },
+            4 => EventKind::Released,
+            _ => EventKind::Stale {
+                cause: match extra {
+                    0 => StaleCause::Munmap,
+                    1 => StaleCause::Mremap,
+                    _ => StaleCause::MmapFixed,
+                },
+                vaddr: self.a,
+                len: self.b,
+            },
+        }
+    }
+
+    fn via(&self) -> Via {
+        match (self.meta >> 3) & 3 {
+            0 => Via::Type1,
+            1 => Via::Iommufd,
+            _ => Via::IommufdCopy,
+        }
+    }
+
+    fn event(&self, cal: &Calibration, sites: &[Arc<CallSite>]) -> Event {
+        let process = self.meta >> 8;
         Event {
             at: cal.instant(self.at),
-            kind: self.kind,
-            site: self.site.clone(),
-            via: self.via,
-            process: (self.process != u32::MAX).then_some(self.process),
+            kind: self.kind(),
+            site: sites.get(self.site as usize).cloned(),
+            via: self.via(),
+            process: (process != NO_PROCESS).then_some(process),
         }
     }
 }
@@ -375,8 +483,10 @@ impl Default for HistorySlot {
 
 /// One mapping's history (an instance of its IOVA region: each map makes
 /// a new one); its events are in `Inner::events` at `slot * depth ..`, a
-/// ring of `len` events starting at `head`.
+/// ring of `len` events starting at `head`. One cache line each (a new
+/// IOVA takes the slot forgotten longest ago: a cold line).
 #[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
 struct Slot {
     container: u64,
     iova: u64,
@@ -441,8 +551,17 @@ fn recent_index(container: u64, iova: u64) -> usize {
 #[derive(Default)]
 struct Inner {
     slots: Vec<Slot>,
-    /// `depth` events per slot.
-    events: Vec<Option<RawEvent>>,
+    /// `depth` events per slot (those past a slot's `len` are unused).
+    events: Vec<RawEvent>,
+    /// Call sites seen, each once, in the order seen (a [`RawEvent`]
+    /// refers to one by index; at most [`MAX_SITES`]).
+    sites: Vec<Arc<CallSite>>,
+    /// Indices into `sites` by content (the front ends capture a new
+    /// `CallSite` per call).
+    site_ids: HashMap<Arc<CallSite>, u32, KeyHash>,
+    /// The index of the call site interned last: a call site passed again
+    /// (the same `Arc`) is found without hashing its frames.
+    last_site: u32,
     /// Free slots.
     free: Vec<u32>,
     /// Live slots of mappings whose owner does not carry the slot
@@ -529,16 +648,13 @@ impl Sanitizer {
         hint: HistorySlot,
         carried: bool,
     ) -> HistorySlot {
-        let event = RawEvent {
-            at: self.clock.now(),
-            kind,
-            site: current_site(),
-            via,
-            process: current_process().unwrap_or(u32::MAX),
-        };
+        let at = self.clock.now();
+        let process = current_process();
         let depth = self.cfg.depth;
         let mut guard = self.lock();
         let inner = &mut *guard;
+        let site = inner.current_site_id();
+        let event = RawEvent::new(at, kind, via, site, process);
         let is_map = matches!(kind, EventKind::Map { .. });
         let hinted = inner
             .slots
@@ -596,7 +712,7 @@ impl Sanitizer {
             (r.head as usize + r.len as usize - 1) % depth
         };
         if let Some(e) = inner.events.get_mut(i * depth + pos) {
-            *e = Some(event);
+            *e = event;
         }
         // A slot that got no map event (an unmap of something never seen
         // mapped) is idle from the start.
@@ -951,6 +1067,42 @@ impl Sanitizer {
 }
 
 impl Inner {
+    /// The index in `sites` of the call site of the VFIO call this thread
+    /// is serving (interned on first sight), [`NO_SITE`] if none: read in
+    /// place, so that no reference count changes per event.
+    fn current_site_id(&mut self) -> u32 {
+        CURRENT_SITE
+            .try_with(|c| match c.borrow().as_ref() {
+                Some(site) => self.intern_site(site),
+                None => NO_SITE,
+            })
+            .unwrap_or(NO_SITE)
+    }
+
+    /// The index of `site` in `sites`, added if new ([`NO_SITE`] when the
+    /// table is full).
+    fn intern_site(&mut self, site: &Arc<CallSite>) -> u32 {
+        if self
+            .sites
+            .get(self.last_site as usize)
+            .is_some_and(|s| Arc::ptr_eq(s, site))
+        {
+            return self.last_site;
+        }
+        let id = match self.site_ids.get(&**site) {
+            Some(&id) => id,
+            None if self.sites.len() < MAX_SITES => {
+                let id = self.sites.len() as u32;
+                self.sites.push(Arc::clone(site));
+                self.site_ids.insert(Arc::clone(site), id);
+                id
+            }
+            None => return NO_SITE,
+        };
+        self.last_site = id;
+        id
+    }
+
     /// The live slot of the mapping at (`container`, `iova`): from the
     /// index of mappings whose owner does not carry their slot, else by a
     /// scan (only for a caller that lost its slot: not on the engine's
@@ -1018,7 +1170,8 @@ impl Inner {
             None => {
                 let slot = u32::try_from(self.slots.len()).ok()?;
                 self.slots.push(fresh);
-                self.events.resize_with(self.slots.len() * depth, || None);
+                self.events
+                    .resize_with(self.slots.len() * depth, RawEvent::default);
                 Some(slot)
             }
         }
@@ -1104,17 +1257,19 @@ impl Inner {
             (view.container, view.iova, view.size) = (r.container, r.iova, r.size);
             view.dropped += r.dropped;
             let base = slot as usize * depth;
-            raw.extend((0..r.len as usize).filter_map(|k| {
-                self.events
-                    .get(base + (r.head as usize + k) % depth)?
-                    .as_ref()
-            }));
+            raw.extend(
+                (0..r.len as usize)
+                    .filter_map(|k| self.events.get(base + (r.head as usize + k) % depth)),
+            );
         }
         // Instances follow each other: their events are in time order.
         raw.retain(|e| e.at <= at);
         let excess = raw.len().saturating_sub(depth);
         view.dropped += excess as u64;
-        view.events = raw[excess..].iter().map(|e| e.event(cal)).collect();
+        view.events = raw[excess..]
+            .iter()
+            .map(|e| e.event(cal, &self.sites))
+            .collect();
         view.mapped = view.events.iter().fold(false, |m, e| match e.kind {
             EventKind::Map { .. } => true,
             EventKind::Unmap | EventKind::Released => false,
@@ -1359,6 +1514,88 @@ mod tests {
         }
         let ns = t.elapsed().as_nanos() as f64 / 1e6;
         println!("Instant::now: {ns:.1} ns ({})", x & 1);
+    }
+
+    /// Every kind of event reads back as recorded from its 32 bytes, and a
+    /// call site captured again (a new `CallSite` with the same frames, as
+    /// the front ends make per call) is stored once.
+    #[test]
+    fn events_pack_losslessly_and_call_sites_are_interned() {
+        let kinds = [
+            EventKind::Map {
+                vaddr: u64::MAX - 0xfff,
+                size: 1 << 47,
+                prot: Prot {
+                    read: true,
+                    write: false,
+                },
+            },
+            EventKind::Map {
+                vaddr: 0x1000,
+                size: 0x2000,
+                prot: Prot {
+                    read: false,
+                    write: true,
+                },
+            },
+            EventKind::Unmap,
+            EventKind::InvalidateVaddr,
+            EventKind::UpdateVaddr { vaddr: 0xdead_b000 },
+            EventKind::Released,
+            EventKind::Stale {
+                cause: StaleCause::Munmap,
+                vaddr: 0x7f00_0000_1000,
+                len: 0x3000,
+            },
+            EventKind::Stale {
+                cause: StaleCause::Mremap,
+                vaddr: 1,
+                len: 2,
+            },
+            EventKind::Stale {
+                cause: StaleCause::MmapFixed,
+                vaddr: 3,
+                len: 4,
+            },
+        ];
+        let vias = [Via::Type1, Via::Iommufd, Via::IommufdCopy];
+        let cal = EventClock::new().calibrate();
+        for kind in kinds {
+            for via in vias {
+                for process in [None, Some(0), Some(7), Some(NO_PROCESS - 1)] {
+                    let e = RawEvent::new(5, kind, via, NO_SITE, process).event(&cal, &[]);
+                    assert_eq!((e.kind, e.via, e.process), (kind, via, process));
+                    assert!(e.site.is_none());
+                }
+            }
+        }
+        // A process index past the 24 bits is recorded as none.
+        let e = RawEvent::new(5, EventKind::Unmap, Via::Type1, NO_SITE, Some(NO_PROCESS))
+            .event(&cal, &[]);
+        assert_eq!(e.process, None);
+
+        let s = Sanitizer::new(SanitizerConfig::default());
+        let capture = |addr: u64| {
+            Arc::new(CallSite {
+                frames: vec![Frame {
+                    addr,
+                    object: Some("/bin/prog".into()),
+                    offset: addr - 0x400000,
+                }],
+            })
+        };
+        for (i, addr) in [0x401000, 0x402000, 0x401000, 0x401000]
+            .into_iter()
+            .enumerate()
+        {
+            let iova = 0x10000 * i as u64;
+            with_call_site(Some(capture(addr)), || {
+                s.record_map(1, iova, 0x7000_0000, 0x1000, rw())
+            });
+            let r = s.region(1, iova).unwrap();
+            assert_eq!(r.events[0].site.as_deref(), Some(&*capture(addr)));
+        }
+        assert_eq!(s.lock().sites.len(), 2);
     }
 
     /// IOAS areas (whose owner keeps no slot) are found by key.
