@@ -955,16 +955,31 @@ fn dma_through_the_iommu() {
     edu_dma(0x100_0000, 0x40000, 64, false);
     edu_dma(0x40000, 0x300_0000, 64, true);
     assert_eq!(dst.bytes()[0], 0x55);
-    // Device DMA into memory the user unmapped: a fault, never a crash.
+    // Device DMA into memory the user took away: a fault, never a crash.
+    // The page is replaced by an inaccessible one rather than unmapped: the
+    // tests of this binary share one address space, and a freed range can
+    // be another test's next mmap, which the DMA would then reach.
     let victim = Anon::new(1);
     assert_eq!(h.map(0x400_0000, victim.addr, PG, RW), 0);
-    drop(victim);
+    // SAFETY: replaces this test's own page; no reference covers it.
+    let p = unsafe {
+        libc::mmap(
+            victim.addr as *mut libc::c_void,
+            PG as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(p as u64, victim.addr);
     edu_dma(0x40000, 0x400_0000, 64, true);
     let last = h.built.iommu.faults().pop().unwrap();
     assert_eq!(
         (last.iova, format!("{:?}", last.reason)),
         (0x400_0000, "MemoryError".to_string())
     );
+    drop(victim);
     h.vfio.release_device(d);
     assert_eq!(h.unmap(0, 0, VFIO_DMA_UNMAP_FLAG_ALL).0, 0);
     assert_eq!(h.mem.account().locked_pages(), 0);

@@ -351,20 +351,8 @@ impl State {
             Some(Ok(key)) => key,
         };
         // The engine checked this process; the claim checks the run's others.
-        if let Some(id) = self
-            .group_of(key)
-            .filter(|id| !self.claims.contains_key(id))
-        {
-            match claim::claim(id) {
-                Claim::Held(fd) => {
-                    self.claims.insert(id, fd);
-                }
-                Claim::Busy => {
-                    self.session.release(key);
-                    return OpenOutcome::Error(libc::EBUSY);
-                }
-                Claim::Unchecked => {}
-            }
+        if let Err(e) = self.claim_group_of(key) {
+            return OpenOutcome::Error(e);
         }
         match real::new_object_fd(cloexec) {
             Ok(fd) => {
@@ -548,19 +536,10 @@ impl State {
         self.claims.values().copied().collect()
     }
 
-    /// In the keeper: an `open` of `path` by a process whose memory is
-    /// `mem`: the new object, counted once (the caller's descriptor);
-    /// `Ok(None)` when the path is not VFIO's.
-    pub(crate) fn open_for(
-        &mut self,
-        path: &str,
-        mem: Arc<dyn UserMemory>,
-    ) -> Result<Option<ObjectKey>, c_int> {
-        let key = match self.session.open(path, || mem) {
-            None => return Ok(None),
-            Some(Err(e)) => return Err(e.errno()),
-            Some(Ok(key)) => key,
-        };
+    /// A group just opened (`key`) is claimed for this run, unless it is
+    /// already: another process of the same run holding it makes the open
+    /// EBUSY (and the new object is released), as Linux's one-opener rule.
+    fn claim_group_of(&mut self, key: ObjectKey) -> Result<(), c_int> {
         if let Some(id) = self
             .group_of(key)
             .filter(|id| !self.claims.contains_key(id))
@@ -576,6 +555,23 @@ impl State {
                 Claim::Unchecked => {}
             }
         }
+        Ok(())
+    }
+
+    /// In the keeper: an `open` of `path` by a process whose memory is
+    /// `mem`: the new object, counted once (the caller's descriptor);
+    /// `Ok(None)` when the path is not VFIO's.
+    pub(crate) fn open_for(
+        &mut self,
+        path: &str,
+        mem: Arc<dyn UserMemory>,
+    ) -> Result<Option<ObjectKey>, c_int> {
+        let key = match self.session.open(path, || mem) {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(e.errno()),
+            Some(Ok(key)) => key,
+        };
+        self.claim_group_of(key)?;
         self.hold(key);
         Ok(Some(key))
     }
