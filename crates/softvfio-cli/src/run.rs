@@ -315,59 +315,22 @@ const GO_SECTIONS: &[&[u8]] = &[b".go.buildinfo", b".note.go.buildid", b".gopcln
 
 /// Is the ELF file at `path` a Go program (a section of [`GO_SECTIONS`])?
 fn is_go_program(path: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(path) else {
-        return false;
-    };
-    elf_section_names(&f)
+    elf_section_names(path)
         .is_some_and(|names| names.iter().any(|n| GO_SECTIONS.contains(&n.as_slice())))
 }
 
-/// The section names of a 64-bit little-endian ELF file (x86-64, the only
-/// ABI served), from its section header table; `None` when it has none or
-/// is not one.
-fn elf_section_names(f: &std::fs::File) -> Option<Vec<Vec<u8>>> {
-    use std::os::unix::fs::FileExt;
-    const MAX_SECTIONS: u64 = 1 << 16;
-    const MAX_STRTAB: u64 = 1 << 20;
-    let mut eh = [0u8; 64];
-    f.read_exact_at(&mut eh, 0).ok()?;
-    if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
-        return None;
-    }
-    let u16_at = |b: &[u8], o: usize| u64::from(u16::from_le_bytes([b[o], b[o + 1]]));
-    let u32_at = |b: &[u8], o: usize| {
-        u64::from(u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4])))
-    };
-    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
-    let (shoff, shentsize, shnum, shstrndx) = (
-        u64_at(&eh, 0x28),
-        u16_at(&eh, 0x3a),
-        u16_at(&eh, 0x3c),
-        u16_at(&eh, 0x3e),
-    );
-    if shoff == 0 || shentsize < 64 || shnum == 0 || shnum > MAX_SECTIONS || shstrndx >= shnum {
-        return None;
-    }
-    let mut table = vec![0u8; (shnum * shentsize) as usize];
-    f.read_exact_at(&mut table, shoff).ok()?;
-    let header = |i: u64| &table[(i * shentsize) as usize..(i * shentsize + 64) as usize];
-    let strtab_hdr = header(shstrndx);
-    let (str_off, str_len) = (u64_at(strtab_hdr, 0x18), u64_at(strtab_hdr, 0x20));
-    if str_len > MAX_STRTAB {
-        return None;
-    }
-    let mut strtab = vec![0u8; str_len as usize];
-    f.read_exact_at(&mut strtab, str_off).ok()?;
-    Some(
-        (0..shnum)
-            .filter_map(|i| {
-                let at = u32_at(header(i), 0) as usize;
-                let rest = strtab.get(at..)?;
-                let end = rest.iter().position(|&c| c == 0)?;
-                Some(rest[..end].to_vec())
-            })
-            .collect(),
-    )
+/// The section names of the ELF file at `path` (read as needed, not
+/// whole: Go binaries are large); `None` when it is not an object file.
+fn elf_section_names(path: &Path) -> Option<Vec<Vec<u8>>> {
+    use object::{Object, ObjectSection};
+    let f = std::fs::File::open(path).ok()?;
+    let cache = object::read::ReadCache::new(f);
+    let obj = object::File::parse(&cache).ok()?;
+    let names = obj
+        .sections()
+        .filter_map(|s| s.name_bytes().ok().map(<[u8]>::to_vec))
+        .collect();
+    Some(names)
 }
 
 /// [`auto_mode`] on what it read: the start of the file, its mode bits,
@@ -1297,8 +1260,7 @@ mod tests {
     #[test]
     fn go_programs_are_traced() {
         let exe = std::env::current_exe().unwrap();
-        let f = std::fs::File::open(&exe).unwrap();
-        let names = elf_section_names(&f).expect("section headers");
+        let names = elf_section_names(&exe).expect("section headers");
         assert!(names.iter().any(|n| n == b".text"));
         assert!(names.iter().any(|n| n == b".shstrtab"));
         assert!(!is_go_program(&exe));
@@ -1326,7 +1288,7 @@ mod tests {
         let go_program = is_go_program(&fake);
         let _ = std::fs::remove_dir_all(&dir);
         assert!(go_program);
-        assert!(elf_section_names(&std::fs::File::open("/proc/self/status").unwrap()).is_none());
+        assert!(elf_section_names(Path::new("/proc/self/status")).is_none());
     }
 
     #[test]

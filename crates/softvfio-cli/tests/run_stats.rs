@@ -7,9 +7,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Builds `tests/programs/NAME.c` into a file of its own per call: tests
+/// run in parallel, and a gcc writing the file another test is executing
+/// makes that exec fail with ETXTBSY.
 fn build(name: &str) -> Option<PathBuf> {
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/programs/{name}.c"));
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let out =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{n}", std::process::id()));
     let st = Command::new("gcc")
         .args(["-O2", "-Wall", "-o"])
         .arg(&out)
