@@ -101,8 +101,10 @@ fn without_user_notification_nothing_is_notified() {
     assert_eq!(sup.stats().notified, 0);
 }
 
-#[test]
-fn handler_panic_on_the_notification_thread_kills_the_program() {
+/// A handler that panics at the program's first ioctl on `/dev/vfio/3`,
+/// run with `notified` requests served by user notification: the panic
+/// reaches the caller, and the program is killed and reaped (no hang).
+fn handler_panic_kills_and_reaps(notified: &[u32]) {
     use softvfio_trace::{Errno, Handler, ObjectId, OpenReply, OpenRequest, Tracee};
     use std::sync::atomic::{AtomicI32, Ordering};
     use std::sync::Arc;
@@ -132,7 +134,7 @@ fn handler_panic_on_the_notification_thread_kills_the_program() {
     let mut h = Panicky(pid.clone());
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut cmd = Command::new(&exe);
-        cmd.user_notification(Some(&[io(103), io(100)]));
+        cmd.user_notification(Some(notified));
         let _ = Supervisor::new().run(cmd, &mut h);
     }));
     assert!(r.is_err(), "the panic reaches the caller");
@@ -144,51 +146,17 @@ fn handler_panic_on_the_notification_thread_kills_the_program() {
     );
 }
 
+#[test]
+fn handler_panic_on_the_notification_thread_kills_the_program() {
+    handler_panic_kills_and_reaps(&[io(103), io(100)]);
+}
+
 /// A handler panic at a ptrace stop while the notification thread waits in
-/// NOTIF_RECV (Linux 6.6+): the program is killed and reaped, which wakes
-/// that thread, and the panic reaches the caller (no hang).
+/// NOTIF_RECV (Linux 6.6+): killing and reaping the program wakes that
+/// thread. The opens are notified; request 103, the first ioctl, stops.
 #[test]
 fn handler_panic_at_a_ptrace_stop_ends_the_notification_thread() {
-    use softvfio_trace::{Errno, Handler, ObjectId, OpenReply, OpenRequest, Tracee};
-    use std::sync::atomic::{AtomicI32, Ordering};
-    use std::sync::Arc;
-    struct Panicky(Arc<AtomicI32>);
-    impl Handler for Panicky {
-        fn open(
-            &mut self,
-            _t: &mut Tracee<'_>,
-            req: &OpenRequest,
-        ) -> Option<Result<OpenReply, Errno>> {
-            (req.path == std::path::Path::new("/dev/vfio/3"))
-                .then_some(Ok(OpenReply::Object(ObjectId(1))))
-        }
-        fn ioctl(
-            &mut self,
-            t: &mut Tracee<'_>,
-            _obj: ObjectId,
-            _request: u64,
-            _arg: u64,
-        ) -> Result<i64, Errno> {
-            self.0.store(t.pid(), Ordering::SeqCst);
-            panic!("handler bug");
-        }
-    }
-    let exe = build_c("notify");
-    let pid = Arc::new(AtomicI32::new(0));
-    let mut h = Panicky(pid.clone());
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut cmd = Command::new(&exe);
-        // The opens are notified; request 103, the first ioctl, stops.
-        cmd.user_notification(Some(&[io(100)]));
-        let _ = Supervisor::new().run(cmd, &mut h);
-    }));
-    assert!(r.is_err(), "the panic reaches the caller");
-    let pid = pid.load(Ordering::SeqCst);
-    assert!(pid > 0);
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "program killed and reaped"
-    );
+    handler_panic_kills_and_reaps(&[io(100)]);
 }
 
 /// Runs `fdcache.c` with user notification; its key/value lines and the
