@@ -713,6 +713,22 @@ fn errno(e: VfioError) -> Errno {
 }
 
 impl VfioHandler {
+    /// Counts each of `keys` (once) as left open by the program, with what
+    /// it holds now (and its sanitizer leak lines).
+    fn note_left_open(&mut self, keys: Vec<u64>) {
+        for key in keys {
+            if !self.noted.insert(key) {
+                continue;
+            }
+            if let Some(o) = self.session.object(key) {
+                self.leftovers.note(o);
+                if let Some(s) = &self.sanitizer {
+                    self.leftovers.note_sanitized(s, key, o);
+                }
+            }
+        }
+    }
+
     /// The sanitizer's watch on munmap/mremap/mmap(MAP_FIXED) of memory
     /// mapped for DMA (stale mappings); `None` when it does not apply.
     fn sanitize_memory_call(
@@ -1112,6 +1128,12 @@ impl Handler for VfioHandler {
         self.ended = true;
     }
 
+    fn releasing_together(&mut self, objs: &[ObjectId]) {
+        // A process's death dropped these together: noted as they are now,
+        // before a group's release unmaps the container noted after it.
+        self.note_left_open(objs.iter().map(|o| o.0).collect());
+    }
+
     fn release(&mut self, t: Option<&mut Tracee<'_>>, obj: ObjectId) {
         // A close records releases in the closing process's history.
         let image = t.as_ref().and_then(|t| self.images.get(&t.pid()).copied());
@@ -1127,17 +1149,7 @@ impl Handler for VfioHandler {
             } else {
                 vec![obj.0]
             };
-            for key in keys {
-                if !self.noted.insert(key) {
-                    continue;
-                }
-                if let Some(o) = self.session.object(key) {
-                    self.leftovers.note(o);
-                    if let Some(s) = &self.sanitizer {
-                        self.leftovers.note_sanitized(s, key, o);
-                    }
-                }
-            }
+            self.note_left_open(keys);
         }
         if t.is_some() && self.bars.holds(obj.0) {
             // The mapping holds the file (the kernel's vm_file).

@@ -173,6 +173,15 @@ pub trait Handler: Send {
         let _ = (t, obj);
     }
 
+    /// `objs` lost their last descriptors together while no thread is
+    /// stopped (a process exited) and are about to be released, each by
+    /// [`Handler::release`]. One release can change what another object
+    /// holds (the last group leaving a container unmaps it), so a handler
+    /// that reports what was left open looks at all of them here first.
+    fn releasing_together(&mut self, objs: &[ObjectId]) {
+        let _ = objs;
+    }
+
     /// Every process of the program is gone: the releases that follow (with
     /// no thread stopped) are of what the program left open at its end,
     /// not of what one of several processes dropped when it died.

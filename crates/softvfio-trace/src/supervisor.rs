@@ -675,7 +675,11 @@ impl Core {
         if self.objects.is_empty() {
             return;
         }
-        for obj in self.objects.sweep() {
+        let dead = self.objects.sweep();
+        if at.is_none() && dead.len() > 1 {
+            h.releasing_together(&dead);
+        }
+        for obj in dead {
             self.stats.released += 1;
             tracing::debug!(?obj, stopped = ?at, "release");
             match at {
