@@ -8,10 +8,9 @@
 //! aliases, so each entry is interposed here; `execl`, `execlp` and
 //! `execle` are C-variadic: naked functions jump to their C halves
 //! (`csrc/execl.c`), which pack the list and call
-//! [`softvfio_exec_list`]. Not interposed: `vfork`, `posix_spawn`,
-//! `system` and `popen` (their children exec through libc-internal
-//! calls): such a child gets no share of the VFIO files, as before the
-//! keeper (docs/RELIABILITY.md).
+//! [`softvfio_exec_list`]. `vfork`, `posix_spawn`, `system` and `popen`,
+//! whose children exec through libc-internal calls, are in
+//! [`crate::spawn`].
 //!
 //! All `unsafe` of these hooks is here, each with its `SAFETY:` comment.
 

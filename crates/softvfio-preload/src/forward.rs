@@ -356,7 +356,7 @@ pub(crate) enum Reason {
 
 /// Forks the keeper with the engine, if this process has one with VFIO
 /// files open, and attaches this process to it. True when attached.
-fn ensure_attached(reason: Reason) -> bool {
+pub(crate) fn ensure_attached(reason: Reason) -> bool {
     if attached() {
         return true;
     }
@@ -646,4 +646,13 @@ pub(crate) fn hold(key: u64) {
 /// The last mapping of `key` is gone.
 pub(crate) fn unhold(key: u64) {
     let _ = with_client(|c| c.call(&[op::UNREF, key], &[], false).map(|_| ()));
+}
+
+/// This process's VFIO descriptors after the hand-off (what a spawned
+/// child may inherit).
+pub(crate) fn fds() -> Vec<c_int> {
+    lock()
+        .as_ref()
+        .map(|c| c.fds.keys().copied().collect())
+        .unwrap_or_default()
 }

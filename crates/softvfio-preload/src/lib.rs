@@ -67,6 +67,7 @@ mod mmio;
 mod progmem;
 mod real;
 mod sanitize;
+mod spawn;
 mod state;
 
 use real::Next;
@@ -1105,6 +1106,7 @@ pub(crate) fn sanitize_after_mmap(addr: u64, len: u64, flags: c_int, res: *mut c
 extern "C" fn at_load() {
     let _ = catch_unwind(|| {
         state::install_fork_handlers();
+        spawn::resolve();
         let inside = Inside::enter();
         forward::attach_after_exec();
         drop(inside);

@@ -1005,3 +1005,84 @@ pub fn mm_call(op: u64, addr: u64, len: u64, arg: u64) -> Result<(), c_int> {
         Ok(())
     }
 }
+
+// ---- the spawn family (spawn.rs) -------------------------------------------
+
+pub static POSIX_SPAWN: Next = Next::new(c"posix_spawn");
+pub static POSIX_SPAWNP: Next = Next::new(c"posix_spawnp");
+pub static SYSTEM: Next = Next::new(c"system");
+pub static POPEN: Next = Next::new(c"popen");
+pub static PCLOSE: Next = Next::new(c"pclose");
+pub static VFORK: Next = Next::new(c"vfork");
+
+type SpawnFn = unsafe extern "C" fn(
+    *mut libc::pid_t,
+    *const c_char,
+    *const libc::posix_spawn_file_actions_t,
+    *const libc::posix_spawnattr_t,
+    *const *mut c_char,
+    *const *mut c_char,
+) -> c_int;
+type SystemFn = unsafe extern "C" fn(*const c_char) -> c_int;
+type PopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE;
+type PcloseFn = unsafe extern "C" fn(*mut FILE) -> c_int;
+
+/// The next `posix_spawn`/`posix_spawnp` (`next`); an error number, as
+/// they answer.
+///
+/// # Safety
+/// As `posix_spawn`: the program's arguments.
+pub unsafe fn posix_spawn(
+    next: &Next,
+    pid: *mut libc::pid_t,
+    path: *const c_char,
+    fa: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    match fn_of!(next, SpawnFn) {
+        // SAFETY: the caller's arguments (this function's contract).
+        Some(f) => unsafe { f(pid, path, fa, attr, argv, envp) },
+        None => libc::ENOSYS,
+    }
+}
+
+/// The next `system`.
+///
+/// # Safety
+/// `line` null or a NUL-terminated string.
+pub unsafe fn system(line: *const c_char) -> c_int {
+    match fn_of!(SYSTEM, SystemFn) {
+        // SAFETY: the caller's argument (this function's contract).
+        Some(f) => unsafe { f(line) },
+        None => enosys(),
+    }
+}
+
+/// The next `popen`.
+///
+/// # Safety
+/// NUL-terminated `command` and `mode`.
+pub unsafe fn popen(command: *const c_char, mode: *const c_char) -> *mut FILE {
+    match fn_of!(POPEN, PopenFn) {
+        // SAFETY: the caller's arguments (this function's contract).
+        Some(f) => unsafe { f(command, mode) },
+        None => {
+            set_errno(libc::ENOSYS);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// The next `pclose`.
+///
+/// # Safety
+/// `f` a stream `popen` returned and not yet closed.
+pub unsafe fn pclose(f: *mut FILE) -> c_int {
+    match fn_of!(PCLOSE, PcloseFn) {
+        // SAFETY: the caller's stream (this function's contract).
+        Some(p) => unsafe { p(f) },
+        None => enosys(),
+    }
+}

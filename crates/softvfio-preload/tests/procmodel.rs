@@ -708,3 +708,156 @@ fn left_open_sanitized_trace() {
 fn left_open_sanitized_preload() {
     left_open_sanitized("preload");
 }
+
+/// posix_spawn, posix_spawnp, system, popen and vfork+execve: the child
+/// inherits the container, group and device descriptors (no close-on-exec)
+/// and uses them as on Linux: it reads the register the parent set, maps
+/// its own page and copies it by DMA into the parent's mapping (exactly
+/// its 64 bytes), sets a register the parent reads back. In preload mode
+/// glibc's children of these calls exec through libc-internal calls: the
+/// library runs them itself (spawn.rs) and hands the engine to the keeper.
+fn spawn(mode: &str, how: &str) {
+    let exe = build_c("procmodel", false);
+    let out = softvfio_run(mode, &[], &exe, &["spawn", GROUP, BDF, how]);
+    let mut want = vec![
+        ("spawnchild_reg", "0x1111"),
+        ("spawnchild_map", "0"),
+        ("spawnchild_dma", "0"),
+        ("spawnchild_unmap", "0"),
+        ("spawnchild_group", "OK 3"),
+        ("spawn_status", "0"),
+        ("spawn_parent_sees_child_data", "yes"),
+        ("spawn_parent_reg", "0x2222"),
+        ("spawn_parent_unmap", "0"),
+    ];
+    if how.starts_with("posix_spawn") {
+        want.push(("spawn_call", "0"));
+    }
+    expect(&out, &want);
+    out.assert_clean();
+}
+
+#[test]
+fn posix_spawn_child_shares_vfio_files_trace() {
+    spawn("trace", "posix_spawn");
+}
+
+#[test]
+fn posix_spawn_child_shares_vfio_files_preload() {
+    spawn("preload", "posix_spawn");
+}
+
+#[test]
+fn posix_spawnp_child_shares_vfio_files_trace() {
+    spawn("trace", "posix_spawnp");
+}
+
+#[test]
+fn posix_spawnp_child_shares_vfio_files_preload() {
+    spawn("preload", "posix_spawnp");
+}
+
+#[test]
+fn system_child_shares_vfio_files_trace() {
+    spawn("trace", "system");
+}
+
+#[test]
+fn system_child_shares_vfio_files_preload() {
+    spawn("preload", "system");
+}
+
+#[test]
+fn popen_child_shares_vfio_files_trace() {
+    spawn("trace", "popen");
+}
+
+#[test]
+fn popen_child_shares_vfio_files_preload() {
+    spawn("preload", "popen");
+}
+
+#[test]
+fn vfork_child_shares_vfio_files_trace() {
+    spawn("trace", "vfork");
+}
+
+#[test]
+fn vfork_child_shares_vfio_files_preload() {
+    spawn("preload", "vfork");
+}
+
+/// glibc's answers of posix_spawn, posix_spawnp, system and popen/pclose
+/// stay glibc's when preload runs them itself (VFIO files open that the
+/// child inherits): the same lines as the same program with no VFIO file
+/// open (libc's own calls), and the values glibc 2.36 gives: errors,
+/// file actions (open, chdir, close of an unopened number, dup2 of a bad
+/// one), attributes (signal mask and defaults, setsid), system's status
+/// encoding, system(NULL), SIGINT/SIGQUIT ignored and SIGCHLD blocked in
+/// the caller while it waits, popen's modes, close-on-exec with "e", and
+/// other popen streams closed in the child.
+#[test]
+fn spawn_family_answers_as_glibc_preload() {
+    let exe = build_c("procmodel", false);
+    let sem = |how: &str| {
+        let out = softvfio_run("preload", &[], &exe, &["spawnsem", GROUP, BDF, how]);
+        assert_eq!(out.code, Some(0), "{how}: {}\n{}", out.stdout, out.stderr);
+        let lines: Vec<String> = out
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("sem_"))
+            .map(str::to_owned)
+            .collect();
+        (out, lines)
+    };
+    let (plain_out, plain) = sem("plain");
+    let (out, ours) = sem("vfio");
+    assert_eq!(ours, plain, "stderr:\n{}\n{}", out.stderr, plain_out.stderr);
+    // The library ran them (the engine left for the keeper), not libc.
+    assert_eq!(plain_out.get("spawnsem_engine"), "in-process");
+    assert_eq!(out.get("spawnsem_engine"), "keeper");
+    expect(
+        &out,
+        &[
+            ("sem_spawn_enoent", "errno2 untouched"),
+            ("sem_spawnp_enoent", "errno2"),
+            ("sem_spawnp_eacces", "errno13"),
+            ("sem_fa_open_enoent", "errno2"),
+            ("sem_fa_close_unopened", "0"),
+            ("sem_fa_dup2_ebadf", "errno9"),
+            ("sem_attr_spawn", "0"),
+            ("sem_fa_pwd", "/tmp"),
+            ("sem_fa_fd5", "/dev/null"),
+            ("sem_setsid", "yes"),
+            ("sem_child_SigBlk", "0000000000000200"),
+            ("sem_child_SigIgn", "0000000180000001"),
+            ("sem_system_null", "1"),
+            ("sem_system_exit3_status", "768"),
+            ("sem_system_killed_status", "9"),
+            ("sem_system_dash_status", "512"),
+            ("sem_parent_during_SigBlk", "0000000000010000"),
+            ("sem_parent_during_SigIgn", "0000000180000007"),
+            ("sem_system_child_SigBlk", "0000000000000000"),
+            ("sem_system_child_SigIgn", "0000000180000001"),
+            ("sem_sigint_after", "default"),
+            ("sem_sigchld_blocked_after", "0"),
+            ("sem_popen_badmode", "null EINVAL"),
+            ("sem_popen_rw", "null EINVAL"),
+            ("sem_popen_r_cloexec", "0"),
+            ("sem_popen_r_read", "hi"),
+            ("sem_popen_r_status", "0"),
+            ("sem_popen_e_cloexec", "1"),
+            ("sem_popen_e_status", "1280"),
+            ("sem_popen_w_got", "token"),
+            ("sem_popen_w_status", "0"),
+            ("sem_popen_other_stream", "closed"),
+            ("sem_popen_f2_status", "0"),
+            ("sem_popen_f1_status", "0"),
+        ],
+    );
+    assert!(
+        out.stderr.contains("after release: 0 pinned pages"),
+        "{}",
+        out.stderr
+    );
+}

@@ -19,6 +19,8 @@
 #include <time.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <spawn.h>
+#include <libgen.h>
 
 static const char *err(int r) {
   static char b[32];
@@ -973,6 +975,239 @@ static int case_closeall(char **argv) {
   return 0;
 }
 
+/* ---- posix_spawn, posix_spawnp, system, popen, vfork ---- */
+
+/* The child of case_spawn (a new image, started by argv[7]): uses the
+ * inherited container and device: reads the register the parent set, maps
+ * its own page and copies it by DMA into the parent's mapping, then sets a
+ * register the parent reads. */
+static int case_spawnchild(char **argv) {
+  int c = atoi(argv[2]), g = atoi(argv[3]);
+  devfd = atoi(argv[4]);
+  bar0 = strtoull(argv[5], NULL, 0);
+  uint64_t v = 0;
+  if (pread(devfd, &v, 8, bar0 + 0x80) != 8) die("bar read");
+  printf("spawnchild_reg %#lx\n", (unsigned long)v);
+  char *p = fixed_page(X_ADDR, PG, 'C');
+  printf("spawnchild_map %s\n", errno_name(map(c, IOVA_NEW, p, PG)));
+  printf("spawnchild_dma %d\n", dev_copy(IOVA_NEW, IOVA_Z));
+  printf("spawnchild_unmap %s\n", errno_name(unmap(c, IOVA_NEW, PG)));
+  wr64(0x88, 0x2222);
+  struct vfio_group_status st = {.argsz = sizeof st};
+  int gr = ioctl(g, VFIO_GROUP_GET_STATUS, &st);
+  printf("spawnchild_group %s %d\n", err(gr), st.flags);
+  fflush(stdout);
+  close(devfd);
+  close(g);
+  close(c);
+  return 0;
+}
+
+static int exit_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st); }
+
+/* The parent maps a page, sets a register and starts the child through
+ * argv[4] (posix_spawn, posix_spawnp, system, popen, vfork); the child
+ * inherits the container, group and device descriptors (no close-on-exec),
+ * as on Linux it then uses them. */
+static int case_spawn(char **argv) {
+  const char *how = argv[4];
+  int g, c = open_edu(argv, &g);
+  if (fcntl(devfd, F_SETFD, 0)) die("F_SETFD");
+  char *z = fixed_page(Z_ADDR, PG, 'Z');
+  if (map(c, IOVA_Z, z, PG)) die("map");
+  wr64(0x80, 0x1111);
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n < 0) die("readlink");
+  self[n] = 0;
+  char cs[16], gs[16], ds[16], bs[32];
+  snprintf(cs, sizeof cs, "%d", c);
+  snprintf(gs, sizeof gs, "%d", g);
+  snprintf(ds, sizeof ds, "%d", devfd);
+  snprintf(bs, sizeof bs, "%#lx", (unsigned long)bar0);
+  char *args[] = {self, "spawnchild", cs, gs, ds, bs, (char *)how, NULL};
+  char cmd[8192];
+  snprintf(cmd, sizeof cmd, "%s spawnchild %s %s %s %s %s", self, cs, gs, ds, bs, how);
+  fflush(stdout);
+  int st = -1;
+  pid_t pid = -1;
+  if (!strcmp(how, "posix_spawn")) {
+    int r = posix_spawn(&pid, self, NULL, NULL, args, environ);
+    printf("spawn_call %s\n", errno_name(r));
+    if (!r) waitpid(pid, &st, 0);
+  } else if (!strcmp(how, "posix_spawnp")) {
+    /* By name, through PATH. */
+    char dir[4096], path[8192];
+    strcpy(dir, self);
+    snprintf(path, sizeof path, "/nonexistent:%s:%s", dirname(dir), getenv("PATH") ? getenv("PATH") : "");
+    setenv("PATH", path, 1);
+    strcpy(dir, self);
+    char *base = basename(dir);
+    args[0] = base;
+    int r = posix_spawnp(&pid, base, NULL, NULL, args, environ);
+    printf("spawn_call %s\n", errno_name(r));
+    if (!r) waitpid(pid, &st, 0);
+  } else if (!strcmp(how, "system")) {
+    st = system(cmd);
+  } else if (!strcmp(how, "popen")) {
+    FILE *f = popen(cmd, "r");
+    if (!f) die("popen");
+    char line[256];
+    while (fgets(line, sizeof line, f)) fputs(line, stdout);
+    st = pclose(f);
+  } else if (!strcmp(how, "vfork")) {
+    pid = vfork();
+    if (pid == 0) {
+      execve(self, args, environ);
+      _exit(127);
+    }
+    if (pid < 0) die("vfork");
+    waitpid(pid, &st, 0);
+  } else {
+    return 2;
+  }
+  printf("spawn_status %d\n", exit_code(st));
+  printf("spawn_parent_sees_child_data %s\n",
+         all_are(z, 64, 'C') && all_are(z + 64, PG - 64, 'Z') ? "yes" : "no");
+  uint64_t v = 0;
+  if (pread(devfd, &v, 8, bar0 + 0x88) != 8) die("bar read");
+  printf("spawn_parent_reg %#lx\n", (unsigned long)v);
+  printf("spawn_parent_unmap %s\n", errno_name(unmap(c, IOVA_Z, PG)));
+  close(devfd);
+  close(g);
+  close(c);
+  return 0;
+}
+
+/* What glibc's posix_spawn, system and popen answer, with VFIO files open
+ * that a child inherits (argv[4] "vfio": preload runs them itself) or none
+ * ("plain": libc's own): errors, file actions, attributes, status
+ * encoding, signal handling, popen modes and streams. Every line must be
+ * the same in both. */
+static void sem_run(const char *key, const char *line) {
+  fflush(stdout);
+  int r = system(line);
+  printf("%s_status %d\n", key, r);
+}
+
+static int case_spawnsem(char **argv) {
+  int g = -1, c = -1;
+  if (!strcmp(argv[4], "vfio")) c = open_container(argv[2], &g);
+  char *sh[] = {"sh", "-c", NULL, NULL};
+  pid_t pid = -7;
+  int r, st;
+  /* Errors. */
+  char *none[] = {"x", NULL};
+  r = posix_spawn(&pid, "/nonexistent/prog", NULL, NULL, none, environ);
+  printf("sem_spawn_enoent %s %s\n", errno_name(r), pid == -7 ? "untouched" : "written");
+  r = posix_spawnp(&pid, "no-such-program-softvfio", NULL, NULL, none, environ);
+  printf("sem_spawnp_enoent %s\n", errno_name(r));
+  char dir[] = "/tmp/softvfio-spawnsem-XXXXXX";
+  if (!mkdtemp(dir)) die("mkdtemp");
+  char nox[256];
+  snprintf(nox, sizeof nox, "%s/nox", dir);
+  int fd = open(nox, O_CREAT | O_WRONLY, 0644);
+  if (fd < 0) die("create");
+  close(fd);
+  char *oldpath = getenv("PATH") ? strdup(getenv("PATH")) : NULL;
+  setenv("PATH", dir, 1);
+  r = posix_spawnp(&pid, "nox", NULL, NULL, none, environ);
+  printf("sem_spawnp_eacces %s\n", errno_name(r));
+  if (oldpath) setenv("PATH", oldpath, 1);
+  unlink(nox);
+  rmdir(dir);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 9, "/nonexistent/file", O_RDONLY, 0);
+  sh[2] = "exit 0";
+  r = posix_spawn(&pid, "/bin/sh", &fa, NULL, sh, environ);
+  printf("sem_fa_open_enoent %s\n", errno_name(r));
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addclose(&fa, 500);
+  r = posix_spawn(&pid, "/bin/sh", &fa, NULL, sh, environ);
+  printf("sem_fa_close_unopened %s\n", errno_name(r));
+  if (!r) waitpid(pid, NULL, 0);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, 999, 7);
+  r = posix_spawn(&pid, "/bin/sh", &fa, NULL, sh, environ);
+  printf("sem_fa_dup2_ebadf %s\n", errno_name(r));
+  posix_spawn_file_actions_destroy(&fa);
+  /* File actions and attributes that work. */
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 5, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addchdir_np(&fa, "/tmp");
+  posix_spawnattr_t at;
+  posix_spawnattr_init(&at);
+  sigset_t mask, def;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGUSR1);
+  sigemptyset(&def);
+  sigaddset(&def, SIGUSR2);
+  signal(SIGUSR2, SIG_IGN);
+  signal(SIGHUP, SIG_IGN);
+  posix_spawnattr_setsigmask(&at, &mask);
+  posix_spawnattr_setsigdefault(&at, &def);
+  posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
+  sh[2] = "echo sem_fa_pwd $(pwd); echo sem_fa_fd5 $(readlink /proc/$$/fd/5);"
+          "read a b c d e s rest < /proc/$$/stat; [ \"$s\" = \"$$\" ] && echo sem_setsid yes || echo sem_setsid no;"
+          "grep -E '^Sig(Blk|Ign)' /proc/$$/status | sed 's/^/sem_child_/; s/:\t/ /'";
+  fflush(stdout);
+  r = posix_spawn(&pid, "/bin/sh", &fa, &at, sh, environ);
+  printf("sem_attr_spawn %s\n", errno_name(r));
+  if (!r) waitpid(pid, &st, 0);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&at);
+  signal(SIGUSR2, SIG_DFL);
+  /* system. */
+  printf("sem_system_null %d\n", system(NULL));
+  sem_run("sem_system_exit3", "exit 3");
+  sem_run("sem_system_killed", "kill -9 $$");
+  sem_run("sem_system_dash", "-x 2>/dev/null");
+  sem_run("sem_system_sees", "grep -E '^Sig(Blk|Ign)' /proc/$PPID/status | sed 's/^/sem_parent_during_/; s/:\\t/ /';"
+                             "grep -E '^Sig(Blk|Ign)' /proc/$$/status | sed 's/^/sem_system_child_/; s/:\t/ /'");
+  struct sigaction sa;
+  sigaction(SIGINT, NULL, &sa);
+  printf("sem_sigint_after %s\n", sa.sa_handler == SIG_DFL ? "default" : "changed");
+  sigset_t now;
+  sigprocmask(SIG_BLOCK, NULL, &now);
+  printf("sem_sigchld_blocked_after %d\n", sigismember(&now, SIGCHLD));
+  signal(SIGHUP, SIG_DFL);
+  /* popen. */
+  errno = 0;
+  FILE *f = popen("true", "x");
+  printf("sem_popen_badmode %s %s\n", f ? "stream" : "null", errno_name(errno));
+  errno = 0;
+  f = popen("true", "rw");
+  printf("sem_popen_rw %s %s\n", f ? "stream" : "null", errno_name(errno));
+  char line[256];
+  f = popen("echo hi", "r");
+  printf("sem_popen_r_cloexec %d\n", fcntl(fileno(f), F_GETFD) & FD_CLOEXEC);
+  while (fgets(line, sizeof line, f)) printf("sem_popen_r_read %s", line);
+  printf("sem_popen_r_status %d\n", pclose(f));
+  f = popen("exit 5", "re");
+  printf("sem_popen_e_cloexec %d\n", fcntl(fileno(f), F_GETFD) & FD_CLOEXEC);
+  printf("sem_popen_e_status %d\n", pclose(f));
+  fflush(stdout);
+  f = popen("read x; echo sem_popen_w_got $x", "w");
+  fputs("token\n", f);
+  printf("sem_popen_w_status %d\n", pclose(f));
+  FILE *f1 = popen("cat >/dev/null", "w");
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "[ -e /proc/$$/fd/%d ] && echo open || echo closed", fileno(f1));
+  FILE *f2 = popen(cmd, "r");
+  while (fgets(line, sizeof line, f2)) printf("sem_popen_other_stream %s", line);
+  printf("sem_popen_f2_status %d\n", pclose(f2));
+  printf("sem_popen_f1_status %d\n", pclose(f1));
+  printf("spawnsem_engine %s\n", getenv("SOFTVFIO_KEEPER") ? "keeper" : "in-process");
+  if (c >= 0) {
+    close(g);
+    close(c);
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc == 2 && !strcmp(argv[1], "thread_exec2")) return case_thread_exec2();
@@ -1001,5 +1236,8 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "leave") && argc > 4) return case_leave(argv);
   if (!strcmp(argv[1], "watch") && argc > 4) return case_watch(argv);
   if (!strcmp(argv[1], "watch2") && argc > 7) return case_watch2(argv);
+  if (!strcmp(argv[1], "spawnsem") && argc > 4) return case_spawnsem(argv);
+  if (!strcmp(argv[1], "spawn") && argc > 4) return case_spawn(argv);
+  if (!strcmp(argv[1], "spawnchild") && argc > 6) return case_spawnchild(argv);
   return 2;
 }
