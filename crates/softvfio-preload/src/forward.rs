@@ -53,6 +53,13 @@ pub(crate) mod op {
     /// `mmap` of a device file: word 1 the file, 2 the file offset, 3 the
     /// length, 4 nonzero for MAP_SHARED.
     pub const MMAP: u64 = 16;
+    /// Which cdev is object word 1 (word 2 nonzero: a key is given)?
+    /// Answer: value N + 1 for `/dev/vfio/devices/vfioN` (0: not a cdev),
+    /// key word the number of cdevs.
+    pub const CDEV: u64 = 40;
+    /// `VmLck`'s parts for the caller's address space: value the kB the
+    /// engine's pins lock there, key word the kB type1 accounts to it.
+    pub const VMLCK: u64 = 41;
     /// Answers to the keeper's questions.
     pub const MM_DONE: u64 = 20;
     pub const FD_ANSWER: u64 = 21;
@@ -655,4 +662,25 @@ pub(crate) fn fds() -> Vec<c_int> {
         .as_ref()
         .map(|c| c.fds.keys().copied().collect())
         .unwrap_or_default()
+}
+
+/// After the hand-off: the cdev number of object `key` (if it is one) and
+/// the number of cdevs; `None` when the keeper cannot be asked.
+pub(crate) fn cdev(key: Option<u64>) -> Option<(Option<u32>, usize)> {
+    let words = [op::CDEV, key.unwrap_or(0), u64::from(key.is_some())];
+    let r = with_client(|c| c.call(&words, &[], false)).ok()?;
+    let node = u32::try_from(r.val).ok().and_then(|n| n.checked_sub(1));
+    Some((node, r.key as usize))
+}
+
+/// After the hand-off: this process's `/proc/self/status` with `VmLck`
+/// showing type1's accounting of its address space (the keeper's).
+pub(crate) fn status_text() -> Option<String> {
+    let r = with_client(|c| c.call(&[op::VMLCK], &[], false)).ok()?;
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    Some(softvfio_platform::report::status_with_vmlck(
+        &text,
+        r.val as u64,
+        r.key,
+    ))
 }

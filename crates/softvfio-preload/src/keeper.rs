@@ -727,6 +727,16 @@ impl Keeper {
                 let m = self.st.mmap(w[1], w[2], w[3], w[4] != 0)?;
                 Ok((i64::from(m.region), m.offset, None))
             }
+            op::CDEV => {
+                let node = (w[2] != 0).then(|| self.st.cdev_of_object(w[1])).flatten();
+                let count = self.st.cdev_count() as u64;
+                Ok((node.map_or(0, |n| i64::from(n) + 1), count, None))
+            }
+            op::VMLCK => {
+                let user = self.procs.get(&pid).ok_or(libc::EIO)?.mem.user();
+                let (ours_kb, accounted_kb) = state::vmlck_of(user.as_ref());
+                Ok((ours_kb as i64, accounted_kb, None))
+            }
             op::EXITING => {
                 let others = self.procs.len() > 1;
                 let p = self.procs.get(&pid).ok_or(libc::EIO)?;

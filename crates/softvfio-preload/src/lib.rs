@@ -203,7 +203,12 @@ fn is_own_status(path: &str) -> bool {
 
 /// A rewritten status file as a memfd, when a session exists.
 fn status_fd(cloexec: bool) -> Option<Result<c_int, c_int>> {
-    let text = with_existing(|st| st.status_text())??;
+    let text = match with_existing(|st| st.status_text()) {
+        Some(text) => text?,
+        // After the hand-off the keeper holds the accounting.
+        None if forward::attached() => forward::status_text()?,
+        None => return None,
+    };
     Some(real::memfd_with(text.as_bytes(), cloexec))
 }
 
@@ -339,7 +344,12 @@ unsafe fn open_hook(path: *const c_char, flags: c_int, pass: impl FnOnce() -> c_
 /// compares the two before it opens the cdev). `None` for other paths.
 fn cdev_stat(path: &str) -> Option<libc::stat> {
     let n: u32 = path.strip_prefix("/dev/vfio/devices/vfio")?.parse().ok()?;
-    let count = with_state(|st| st.cdev_count()).ok()?;
+    let count = match with_state(|st| st.cdev_count()) {
+        Ok(count) => count,
+        // After the hand-off (or during it) the keeper knows.
+        Err(_) if forward::attached() => forward::cdev(None)?.1,
+        Err(_) => return None,
+    };
     if n as usize >= count {
         return None;
     }
@@ -359,7 +369,16 @@ fn cdev_stat(path: &str) -> Option<libc::stat> {
 /// `buf` a writable `struct stat` or null.
 unsafe fn fstat_hook(fd: c_int, buf: *mut libc::stat, pass: impl FnOnce() -> c_int) -> c_int {
     hook(-1, pass, |pass| {
-        let node = with_state(|st| st.cdev_of(fd)).ok().flatten();
+        let node = if forward::attached() {
+            forward::key_of(fd).and_then(|key| forward::cdev(Some(key))?.0)
+        } else {
+            match with_state(|st| st.cdev_of(fd)) {
+                Err(state::HANDED_OFF) => {
+                    forward::key_of(fd).and_then(|key| forward::cdev(Some(key))?.0)
+                }
+                r => r.ok().flatten(),
+            }
+        };
         match node.and_then(|n| cdev_stat(&format!("/dev/vfio/devices/vfio{n}"))) {
             Some(_) if buf.is_null() => fail(libc::EFAULT),
             Some(st) => {

@@ -271,7 +271,13 @@ impl State {
     /// The cdev number N of `fd` when it is an opened
     /// `/dev/vfio/devices/vfioN` (its `fstat` answers that node).
     pub fn cdev_of(&self, fd: c_int) -> Option<u32> {
-        let Some(FileObject::Cdev(c)) = self.session.object(self.key_of(fd)?) else {
+        self.cdev_of_object(self.key_of(fd)?)
+    }
+
+    /// The cdev number N of object `key` when it is an opened
+    /// `/dev/vfio/devices/vfioN`.
+    pub(crate) fn cdev_of_object(&self, key: ObjectKey) -> Option<u32> {
+        let Some(FileObject::Cdev(c)) = self.session.object(key) else {
             return None;
         };
         let n = softvfio::iommufd::cdev::cdev_devices(self.session.vfio().platform())
@@ -451,8 +457,7 @@ impl State {
     /// `/proc/self/status` with `VmLck` showing type1's accounting.
     pub fn status_text(&self) -> Option<String> {
         let text = std::fs::read_to_string("/proc/self/status").ok()?;
-        let ours_kb = self.mem.stats().locked_bytes / 1024;
-        let accounted_kb = self.mem.account().locked_pages() * PAGE_SIZE / 1024;
+        let (ours_kb, accounted_kb) = vmlck_of(self.mem.as_ref());
         Some(report::status_with_vmlck(&text, ours_kb, accounted_kb))
     }
 
@@ -484,6 +489,16 @@ impl State {
         };
         (left, fin)
     }
+}
+
+/// What `VmLck` is made of for address space `mem`: the kB the engine's
+/// pins lock there (mlocks Linux's pins do not make) and the kB type1
+/// accounts to it (`mm->locked_vm`).
+pub(crate) fn vmlck_of(mem: &dyn UserMemory) -> (u64, u64) {
+    (
+        mem.stats().locked_bytes / 1024,
+        mem.account().locked_pages() * PAGE_SIZE / 1024,
+    )
 }
 
 // ---- the keeper's side (crate::keeper) -------------------------------------

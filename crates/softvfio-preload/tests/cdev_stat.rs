@@ -45,3 +45,33 @@ fn cdev_stat_matches_sysfs_in_trace_mode() {
     assert_eq!(out.stdout, want);
     out.assert_clean();
 }
+
+/// After a fork (in preload mode, after the hand-off to the keeper) the
+/// opened cdev's `fstat`, in the child and in the parent, and `stat` of its
+/// path still answer the node sysfs names (before: the eventfd's stat, and
+/// ENOENT for the path); other descriptors are untouched.
+fn cdev_stat_after_fork(mode: &str) {
+    let exe = build_c("cdev_stat", mode == "trace");
+    let out = softvfio_run(mode, &[], &exe, &["0000:00:03.0", "fork"]);
+    for (k, v) in [
+        ("fstat_before", "0 chr=1 250:0"),
+        ("fstat_child", "0 chr=1 250:0"),
+        ("stat_child", "0 chr=1 250:0"),
+        ("stat_child_vfio9", "No such file or directory"),
+        ("fstat_parent_after", "0 chr=1 250:0"),
+        ("fstat_other", "0 chr=1 1:3"),
+    ] {
+        assert_eq!(out.get(k), v, "{k}\n{}\n{}", out.stdout, out.stderr);
+    }
+    out.assert_clean();
+}
+
+#[test]
+fn cdev_stat_after_fork_preload() {
+    cdev_stat_after_fork("preload");
+}
+
+#[test]
+fn cdev_stat_after_fork_trace() {
+    cdev_stat_after_fork("trace");
+}

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 int main(int argc, char **argv) {
   const char *bdf = argc > 1 ? argv[1] : "0000:00:03.0";
@@ -44,6 +45,43 @@ int main(int argc, char **argv) {
            st.st_rdev == makedev(maj, min));
   }
   printf("stat_vfio9 %s\n", stat("/dev/vfio/devices/vfio9", &st) ? strerror(errno) : "0");
+  if (argc > 2 && !strcmp(argv[2], "fork")) {
+    /* fstat of the opened cdev, and stat of its path, in a forked child
+     * and in the parent after the fork (preload: after the hand-off to
+     * the keeper). */
+    int dev = open("/dev/vfio/devices/vfio0", O_RDWR);
+    if (dev < 0) {
+      printf("open_cdev %s\n", strerror(errno));
+      return 1;
+    }
+    memset(&st, 0, sizeof st);
+    int r = fstat(dev, &st);
+    printf("fstat_before %d chr=%d %u:%u\n", r, S_ISCHR(st.st_mode), major(st.st_rdev), minor(st.st_rdev));
+    fflush(stdout);
+    pid_t child = fork();
+    if (child == 0) {
+      memset(&st, 0, sizeof st);
+      r = fstat(dev, &st);
+      printf("fstat_child %d chr=%d %u:%u\n", r, S_ISCHR(st.st_mode), major(st.st_rdev), minor(st.st_rdev));
+      memset(&st, 0, sizeof st);
+      r = stat("/dev/vfio/devices/vfio0", &st);
+      printf("stat_child %d chr=%d %u:%u\n", r, S_ISCHR(st.st_mode), major(st.st_rdev), minor(st.st_rdev));
+      printf("stat_child_vfio9 %s\n", stat("/dev/vfio/devices/vfio9", &st) ? strerror(errno) : "0");
+      fflush(stdout);
+      close(dev);
+      _exit(0);
+    }
+    waitpid(child, NULL, 0);
+    memset(&st, 0, sizeof st);
+    r = fstat(dev, &st);
+    printf("fstat_parent_after %d chr=%d %u:%u\n", r, S_ISCHR(st.st_mode), major(st.st_rdev), minor(st.st_rdev));
+    int other = open("/dev/null", O_RDONLY);
+    memset(&st, 0, sizeof st);
+    r = fstat(other, &st);
+    printf("fstat_other %d chr=%d %u:%u\n", r, S_ISCHR(st.st_mode), major(st.st_rdev), minor(st.st_rdev));
+    close(dev);
+    return 0;
+  }
   if (argc > 2 && !strcmp(argv[2], "all")) {
     memset(&st, 0, sizeof st);
     int r = lstat("/dev/vfio/devices/vfio0", &st);
