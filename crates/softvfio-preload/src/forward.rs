@@ -274,7 +274,14 @@ pub fn key_of(fd: c_int) -> Option<u64> {
 /// path is not VFIO's.
 pub fn open(path: &str, cloexec: bool) -> Result<Option<c_int>, c_int> {
     with_client(|c| {
-        let r = c.call(&[op::OPEN, u64::from(cloexec)], path.as_bytes(), cloexec)?;
+        // The path, then (sanitized) a NUL and the call site's addresses.
+        let mut tail = path.as_bytes().to_vec();
+        let site = crate::sanitize::capture_raw();
+        if !site.is_empty() {
+            tail.push(0);
+            tail.extend_from_slice(&site);
+        }
+        let r = c.call(&[op::OPEN, u64::from(cloexec)], &tail, cloexec)?;
         match r.fd {
             Some(fd) => {
                 c.track(fd, r.key);
@@ -293,8 +300,14 @@ pub fn open(path: &str, cloexec: bool) -> Result<Option<c_int>, c_int> {
 /// An ioctl on object `key`.
 pub fn ioctl(key: u64, request: u64, arg: u64) -> Result<i64, c_int> {
     with_client(|c| {
+        // Sanitized: the call site's addresses.
+        let site = if crate::state::records_call_site(request) {
+            crate::sanitize::capture_raw()
+        } else {
+            Vec::new()
+        };
         // vfio hands out device fds with O_CLOEXEC.
-        let r = c.call(&[op::IOCTL, key, request, arg], &[], true)?;
+        let r = c.call(&[op::IOCTL, key, request, arg], &site, true)?;
         match r.fd {
             Some(fd) => {
                 c.track(fd, r.key);
@@ -509,6 +522,7 @@ pub(crate) fn attach_after_exec() {
     // Not for this image's children (an exec of an attached process sets
     // them again).
     real::set_env(ENV_FDS, None);
+    crate::sanitize::on_from_env();
     let Some(name) = name.to_str().map(str::to_owned) else {
         return;
     };

@@ -37,6 +37,7 @@ use softvfio::eventfd::EventfdWatcher;
 use softvfio::frontend::{FdTarget, ObjectKey, ProgramFds, Routed};
 use softvfio::memory::host::{HostMemory, MmSyscalls};
 use softvfio::memory::UserMemory;
+use softvfio::sanitizer::with_call_site;
 
 use crate::forward::{decode, encode, kind, op, Reason, MAX_RECORD};
 use crate::progmem::ProgramMemory;
@@ -400,6 +401,7 @@ impl Keeper {
         let Some(p) = self.procs.remove(&pid) else {
             return;
         };
+        crate::sanitize::forget_caller(pid);
         if let Some(h) = p.mem.host() {
             h.retire();
         }
@@ -447,6 +449,7 @@ impl Keeper {
         let Some(closing) = p.exec_closing.take() else {
             return;
         };
+        crate::sanitize::forget_caller(pid);
         if let Some(h) = p.mem.host() {
             h.commit_kept_pages();
             h.retire();
@@ -596,9 +599,15 @@ impl Keeper {
         match w[0] {
             op::HELLO_ROOT => Ok((me, 0, None)),
             op::OPEN => {
-                let path = std::str::from_utf8(tail).map_err(|_| libc::EINVAL)?;
+                // The path, then (sanitized) a NUL and the call site.
+                let (path, site) = match tail.iter().position(|b| *b == 0) {
+                    Some(i) => (&tail[..i], crate::sanitize::site_of(pid, &tail[i + 1..])),
+                    None => (tail, None),
+                };
+                let path = std::str::from_utf8(path).map_err(|_| libc::EINVAL)?;
                 let user = self.procs.get(&pid).ok_or(libc::EIO)?.mem.user();
-                match self.st.open_for(path, user)? {
+                let st = &mut self.st;
+                match with_call_site(site, || st.open_for(path, user))? {
                     None => Ok((0, 0, None)),
                     Some(key) => self.new_object(pid, key, w[1] != 0),
                 }
@@ -610,10 +619,13 @@ impl Keeper {
                     sock: conn,
                     pidfd: p.pidfd,
                 };
-                match self
-                    .st
-                    .ioctl_for(w[1], w[2], w[3], user.as_ref(), &mut fds)?
-                {
+                // The caller's call site (sanitized), resolved against its
+                // own image.
+                let site = crate::sanitize::site_of(pid, tail);
+                let st = &mut self.st;
+                match with_call_site(site, || {
+                    st.ioctl_for(w[1], w[2], w[3], user.as_ref(), &mut fds)
+                })? {
                     Routed::Value(v) => Ok((v, 0, None)),
                     Routed::NewObject(key) => self.new_object(pid, key, true),
                 }

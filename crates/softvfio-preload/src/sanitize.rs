@@ -38,6 +38,18 @@ pub fn from_env() -> Option<Arc<Sanitizer>> {
     }))
 }
 
+/// A new image that joins the keeper (no engine of its own): the
+/// sanitizer is on in it when the run's settings say so, so that its calls
+/// carry their call sites.
+pub fn on_from_env() {
+    let on = std::env::var("SOFTVFIO_SANITIZE")
+        .ok()
+        .is_some_and(|m| SanitizeMode::parse(&m).is_some());
+    if on {
+        ON.store(true, Ordering::Release);
+    }
+}
+
 /// The call site of the program's current call into this library.
 pub fn capture(maps: &mut Option<ProcessMaps>) -> Arc<CallSite> {
     let mut addrs = [0u64; 24];
@@ -45,6 +57,52 @@ pub fn capture(maps: &mut Option<ProcessMaps>) -> Arc<CallSite> {
     maps.get_or_insert_with(|| ProcessMaps::new(None))
         .site(&addrs[..n])
 }
+
+/// After the hand-off: the return addresses of the program's current call
+/// (the keeper resolves them against this process's maps), as bytes to
+/// send with the call; empty with the sanitizer off.
+pub fn capture_raw() -> Vec<u8> {
+    if !ON.load(Ordering::Relaxed) {
+        return Vec::new();
+    }
+    let mut addrs = [0u64; 24];
+    let n = real::backtrace_into(&mut addrs);
+    addrs[..n].iter().flat_map(|a| a.to_ne_bytes()).collect()
+}
+
+/// In the keeper: the call site of process `pid`'s call from the return
+/// addresses it sent (`None` when it sent none), resolved against that
+/// process's maps (its image, not the keeper's).
+pub fn site_of(pid: i32, raw: &[u8]) -> Option<Arc<CallSite>> {
+    if raw.len() < 8 {
+        return None;
+    }
+    let addrs: Vec<u64> = raw
+        .chunks_exact(8)
+        .filter_map(|c| c.try_into().ok().map(u64::from_ne_bytes))
+        .collect();
+    let mut all = CALLER_MAPS.lock().unwrap_or_else(|e| e.into_inner());
+    let i = match all.iter().position(|(p, _)| *p == pid) {
+        Some(i) => i,
+        None => {
+            all.push((pid, ProcessMaps::new(Some(pid))));
+            all.len() - 1
+        }
+    };
+    Some(all[i].1.site(&addrs))
+}
+
+/// In the keeper: process `pid` exec'd or exited (its maps are another
+/// image's, or gone).
+pub fn forget_caller(pid: i32) {
+    CALLER_MAPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(p, _)| *p != pid);
+}
+
+/// In the keeper: each calling process's maps, read on first use.
+static CALLER_MAPS: std::sync::Mutex<Vec<(i32, ProcessMaps)>> = std::sync::Mutex::new(Vec::new());
 
 /// The program is about to lose (or has just lost) `[addr, addr + len)`:
 /// reports each live DMA mapping of it now, on stderr.

@@ -376,15 +376,10 @@ impl State {
     /// An ioctl on our object `key`: the return value, or an errno.
     pub fn ioctl(&mut self, key: ObjectKey, request: u64, arg: u64) -> Result<i64, c_int> {
         let user = self.mem.clone();
-        let site = match request {
-            uapi::VFIO_IOMMU_MAP_DMA
-            | uapi::VFIO_IOMMU_UNMAP_DMA
-            | uapi::VFIO_GROUP_GET_DEVICE_FD
-            | uapi::VFIO_DEVICE_SET_IRQS
-            | softvfio::iommufd::abi::IOMMU_IOAS_MAP
-            | softvfio::iommufd::abi::IOMMU_IOAS_UNMAP
-            | softvfio::iommufd::abi::IOMMU_IOAS_COPY => self.call_site(),
-            _ => None,
+        let site = if records_call_site(request) {
+            self.call_site()
+        } else {
+            None
         };
         let mut fds = OwnFds(&self.fds);
         let session = &mut self.session;
@@ -489,6 +484,21 @@ impl State {
         };
         (left, fin)
     }
+}
+
+/// The ioctls whose call site the sanitizer keeps (they make or end a
+/// mapping, a device file or an interrupt).
+pub(crate) fn records_call_site(request: u64) -> bool {
+    matches!(
+        request,
+        uapi::VFIO_IOMMU_MAP_DMA
+            | uapi::VFIO_IOMMU_UNMAP_DMA
+            | uapi::VFIO_GROUP_GET_DEVICE_FD
+            | uapi::VFIO_DEVICE_SET_IRQS
+            | softvfio::iommufd::abi::IOMMU_IOAS_MAP
+            | softvfio::iommufd::abi::IOMMU_IOAS_UNMAP
+            | softvfio::iommufd::abi::IOMMU_IOAS_COPY
+    )
 }
 
 /// What `VmLck` is made of for address space `mem`: the kB the engine's

@@ -901,3 +901,46 @@ fn vmlck_is_each_processs_accounting_trace() {
 fn vmlck_is_each_processs_accounting_preload() {
     vmlck("preload");
 }
+
+/// --sanitize after the hand-off: a forked child maps a page in its own
+/// function and exits with it mapped; the leak's call site is the child's
+/// frames (resolved against its image), as in process and in trace mode
+/// (before, in preload mode: "an unknown call site").
+fn sanitized_child_call_site(mode: &str) {
+    let exe = build_c("procmodel", false);
+    let out = softvfio_run(mode, &["--sanitize"], &exe, &["sanfork", GROUP, BDF]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.get("sanfork_child_map"), "0");
+    let leak = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("leak: IOVA 0x300000 size 4 KiB"))
+        .unwrap_or_else(|| panic!("no leak of the child's mapping in\n{}", out.stderr));
+    let site = leak.split("created from ").nth(1).unwrap_or("");
+    let names: Vec<&str> = site
+        .split(" <- ")
+        .filter_map(|f| f.split(' ').next())
+        .collect();
+    assert_eq!(
+        names,
+        ["map", "child_maps_and_leaves", "main"],
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("leak: container still open with 1 mapping(s), created from open_container"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn sanitized_child_call_site_trace() {
+    sanitized_child_call_site("trace");
+}
+
+#[test]
+fn sanitized_child_call_site_preload() {
+    sanitized_child_call_site("preload");
+}

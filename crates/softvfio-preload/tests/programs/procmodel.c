@@ -1274,6 +1274,34 @@ static int case_vmlck(char **argv) {
   return 0;
 }
 
+/* --sanitize after a fork: the child maps a page in its own function and
+ * leaves it mapped when it exits (a leak of the shared container, whose
+ * call site is the child's), then the parent closes everything but the
+ * container. */
+__attribute__((noinline)) static int child_maps_and_leaves(int c, char *p) {
+  int r = map(c, IOVA_NEW, p, PG);
+  __asm__ volatile("" ::: "memory");
+  return r;
+}
+
+static int case_sanfork(char **argv) {
+  int g, c = open_edu(argv, &g);
+  fflush(stdout);
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    char *p = fixed_page(X_ADDR, PG, 'S');
+    printf("sanfork_child_map %s\n", errno_name(child_maps_and_leaves(c, p)));
+    fflush(stdout);
+    _exit(0);
+  }
+  int st = 0;
+  waitpid(child, &st, 0);
+  printf("sanfork_child %d\n", exit_code(st));
+  close(devfd);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc == 2 && !strcmp(argv[1], "thread_exec2")) return case_thread_exec2();
@@ -1302,6 +1330,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "leave") && argc > 4) return case_leave(argv);
   if (!strcmp(argv[1], "watch") && argc > 4) return case_watch(argv);
   if (!strcmp(argv[1], "watch2") && argc > 7) return case_watch2(argv);
+  if (!strcmp(argv[1], "sanfork") && argc > 3) return case_sanfork(argv);
   if (!strcmp(argv[1], "vmlck") && argc > 3) return case_vmlck(argv);
   if (!strcmp(argv[1], "spawnsem") && argc > 4) return case_spawnsem(argv);
   if (!strcmp(argv[1], "spawn") && argc > 4) return case_spawn(argv);
