@@ -123,17 +123,34 @@ pub(crate) fn handoff(
 /// The caller being served, for the memory calls of its pins.
 static CURRENT: Mutex<Option<(i32, c_int)>> = Mutex::new(None);
 
+/// munlocks of a process's pages that another process's unmap left idle
+/// (process, address, length), run by that process at its next call, before
+/// the call itself; dropped at its exit or exec (its locks go with its
+/// address space).
+static DEFERRED_MUNLOCKS: Mutex<Vec<(i32, u64, u64)>> = Mutex::new(Vec::new());
+
 /// madvise/mlock/munlock run by process `pid` at the keeper's request,
-/// while that process waits in its call; refused (EAGAIN) while it does
-/// not (an unpin of its pages by another process leaves them locked).
+/// while that process waits in its call. While it does not, a munlock is
+/// deferred to its next call ([`DEFERRED_MUNLOCKS`]) and the others are
+/// refused (EAGAIN).
 struct ClientSyscalls {
     pid: i32,
 }
+
+/// `real::mm_call`'s number of munlock.
+const MM_MUNLOCK: u64 = 3;
 
 impl ClientSyscalls {
     fn run(&self, call: u64, addr: u64, len: u64, arg: u64) -> Result<(), i32> {
         let cur = *CURRENT.lock().unwrap_or_else(|e| e.into_inner());
         let Some((pid, sock)) = cur.filter(|(p, _)| *p == self.pid) else {
+            if call == MM_MUNLOCK {
+                DEFERRED_MUNLOCKS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((self.pid, addr, len));
+                return Ok(());
+            }
             return Err(libc::EAGAIN);
         };
         let _ = pid;
@@ -147,6 +164,27 @@ impl ClientSyscalls {
             },
             _ => Err(libc::EIO),
         }
+    }
+}
+
+/// The munlocks deferred for `pid`, taken out of the list.
+fn take_deferred(pid: i32) -> Vec<(u64, u64)> {
+    let mut all = DEFERRED_MUNLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    let mine = all
+        .iter()
+        .filter(|d| d.0 == pid)
+        .map(|d| (d.1, d.2))
+        .collect();
+    all.retain(|d| d.0 != pid);
+    mine
+}
+
+/// Runs the munlocks deferred for `pid`, which is waiting in its call.
+fn run_deferred(pid: i32) {
+    for (addr, len) in take_deferred(pid) {
+        // An error: the process unmapped part of the range since (munlock
+        // stops at the hole); what is left stays locked until it exits.
+        let _ = ClientSyscalls { pid }.run(MM_MUNLOCK, addr, len, 0);
     }
 }
 
@@ -402,6 +440,7 @@ impl Keeper {
             return;
         };
         crate::sanitize::forget_caller(pid);
+        take_deferred(pid);
         if let Some(h) = p.mem.host() {
             h.retire();
         }
@@ -450,6 +489,7 @@ impl Keeper {
             return;
         };
         crate::sanitize::forget_caller(pid);
+        take_deferred(pid);
         if let Some(h) = p.mem.host() {
             h.commit_kept_pages();
             h.retire();
@@ -596,6 +636,10 @@ impl Keeper {
         out: &mut Vec<u8>,
     ) -> Result<(i64, u64, Option<c_int>), c_int> {
         let me = i64::from(std::process::id());
+        // Before the call: the munlocks another process's unmap left for
+        // this one (so that its VmLck, and a pin of the same pages by this
+        // call, see them done).
+        run_deferred(pid);
         match w[0] {
             op::HELLO_ROOT => Ok((me, 0, None)),
             op::OPEN => {

@@ -1259,6 +1259,8 @@ static int case_vmlck(char **argv) {
      * the parent's mm (dma->mm), not the child's. */
     printf("vmlck_child_unmap_parents %s\n", errno_name(unmap(c, IOVA_NEW, 4 * PG)));
     printf("vmlck_child_after_parents %ld\n", vmlck_kb(0));
+    /* And the parent's last one: none of the parent's pages is pinned. */
+    printf("vmlck_child_unmap_parents_last %s\n", errno_name(unmap(c, IOVA_X, 4 * PG)));
     fflush(stdout);
     _exit(0);
   }
@@ -1267,6 +1269,10 @@ static int case_vmlck(char **argv) {
   if (write(go[1], "x", 1) != 1) die("pipe write");
   waitpid(child, NULL, 0);
   printf("vmlck_parent_after_child %ld %ld\n", vmlck_kb(0), vmlck_kb(1));
+  /* Linux's pins never set VM_LOCKED: no page of the parent is locked. */
+  printf("vmlck_parent_locked_after_child %ld\n", locked_kb(a, 4 * PG));
+  if (map(c, IOVA_X, a, 4 * PG)) die("map again");
+  printf("vmlck_parent_mapped_again %ld\n", vmlck_kb(0));
   printf("vmlck_parent_unmap %s\n", errno_name(unmap(c, IOVA_X, 4 * PG)));
   printf("vmlck_parent_unmapped %ld\n", vmlck_kb(0));
   close(g);
