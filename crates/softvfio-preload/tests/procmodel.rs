@@ -733,6 +733,8 @@ fn spawn(mode: &str, how: &str) {
     if how.starts_with("posix_spawn") {
         want.push(("spawn_call", "0"));
     }
+    let leader = if how == "posix_spawn_fa" { "yes" } else { "no" };
+    want.push(("spawnchild_session_leader", leader));
     expect(&out, &want);
     out.assert_clean();
 }
@@ -745,6 +747,20 @@ fn posix_spawn_child_shares_vfio_files_trace() {
 #[test]
 fn posix_spawn_child_shares_vfio_files_preload() {
     spawn("preload", "posix_spawn");
+}
+
+/// The same through file actions that move the VFIO descriptors to new
+/// numbers and close the old, dup2 over every other low number (the
+/// child's keeper connection among them in preload mode: it moves away)
+/// and close everything above, with POSIX_SPAWN_SETSID, after a fork.
+#[test]
+fn posix_spawn_file_actions_keep_vfio_files_trace() {
+    spawn("trace", "posix_spawn_fa");
+}
+
+#[test]
+fn posix_spawn_file_actions_keep_vfio_files_preload() {
+    spawn("preload", "posix_spawn_fa");
 }
 
 #[test]
@@ -962,4 +978,24 @@ fn sanitized_child_call_site_trace() {
 #[test]
 fn sanitized_child_call_site_preload() {
     sanitized_child_call_site("preload");
+}
+
+/// VFIO files all close-on-exec (as QEMU opens them): the children of
+/// system, posix_spawn and popen inherit none, so preload leaves these
+/// calls to libc and the engine stays in the process (no keeper, no
+/// forwarding cost for the rest of the run).
+#[test]
+fn spawn_without_inherited_vfio_files_stays_in_process_preload() {
+    let out = run("preload", "spawncloexec");
+    expect(
+        &out,
+        &[
+            ("cloexec_system", "1024"),
+            ("cloexec_spawn", "0 1280"),
+            ("cloexec_popen", "via-popen"),
+            ("cloexec_pclose", "0"),
+            ("cloexec_engine", "in-process"),
+        ],
+    );
+    out.assert_clean();
 }

@@ -993,6 +993,7 @@ static int case_spawnchild(char **argv) {
   printf("spawnchild_dma %d\n", dev_copy(IOVA_NEW, IOVA_Z));
   printf("spawnchild_unmap %s\n", errno_name(unmap(c, IOVA_NEW, PG)));
   wr64(0x88, 0x2222);
+  printf("spawnchild_session_leader %s\n", getsid(0) == getpid() ? "yes" : "no");
   struct vfio_group_status st = {.argsz = sizeof st};
   int gr = ioctl(g, VFIO_GROUP_GET_STATUS, &st);
   printf("spawnchild_group %s %d\n", err(gr), st.flags);
@@ -1035,6 +1036,37 @@ static int case_spawn(char **argv) {
     int r = posix_spawn(&pid, self, NULL, NULL, args, environ);
     printf("spawn_call %s\n", errno_name(r));
     if (!r) waitpid(pid, &st, 0);
+  } else if (!strcmp(how, "posix_spawn_fa")) {
+    /* After a fork (preload: the keeper connection exists), file actions
+     * that move the VFIO descriptors to new numbers, close the old ones,
+     * dup2 /dev/null over every other low number (the child's keeper
+     * connection among them) and close everything above; in a new
+     * session. */
+    pid_t f = fork();
+    if (f == 0) _exit(0);
+    waitpid(f, NULL, 0);
+    int null = open("/dev/null", O_RDONLY);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, devfd, 60);
+    posix_spawn_file_actions_adddup2(&fa, c, 61);
+    posix_spawn_file_actions_adddup2(&fa, g, 62);
+    for (int fd = 3; fd < 40; fd++)
+      if (fd != null) posix_spawn_file_actions_adddup2(&fa, null, fd);
+    posix_spawn_file_actions_addclose(&fa, null);
+    posix_spawn_file_actions_addclosefrom_np(&fa, 63);
+    posix_spawnattr_t at;
+    posix_spawnattr_init(&at);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID);
+    args[2] = "61";
+    args[3] = "62";
+    args[4] = "60";
+    int r = posix_spawn(&pid, self, &fa, &at, args, environ);
+    printf("spawn_call %s\n", errno_name(r));
+    if (!r) waitpid(pid, &st, 0);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    close(null);
   } else if (!strcmp(how, "posix_spawnp")) {
     /* By name, through PATH. */
     char dir[4096], path[8192];
@@ -1308,6 +1340,30 @@ static int case_sanfork(char **argv) {
   return 0;
 }
 
+/* VFIO files all close-on-exec (as QEMU opens them): a child of system,
+ * posix_spawn or popen inherits none, so nothing is shared and the engine
+ * stays in the process (preload: libc's own calls). */
+static int case_spawncloexec(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  if (fcntl(c, F_SETFD, FD_CLOEXEC) || fcntl(g, F_SETFD, FD_CLOEXEC)) die("F_SETFD");
+  printf("cloexec_system %d\n", system("exit 4"));
+  char *sh[] = {"sh", "-c", "exit 5", NULL};
+  pid_t pid;
+  int st = 0;
+  int r = posix_spawn(&pid, "/bin/sh", NULL, NULL, sh, environ);
+  if (!r) waitpid(pid, &st, 0);
+  printf("cloexec_spawn %s %d\n", errno_name(r), st);
+  FILE *f = popen("echo via-popen", "r");
+  char line[64] = "";
+  if (!f || !fgets(line, sizeof line, f)) die("popen");
+  printf("cloexec_popen %s", line);
+  printf("cloexec_pclose %d\n", pclose(f));
+  printf("cloexec_engine %s\n", getenv("SOFTVFIO_KEEPER") ? "keeper" : "in-process");
+  close(g);
+  close(c);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc == 2 && !strcmp(argv[1], "thread_exec2")) return case_thread_exec2();
@@ -1336,6 +1392,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "leave") && argc > 4) return case_leave(argv);
   if (!strcmp(argv[1], "watch") && argc > 4) return case_watch(argv);
   if (!strcmp(argv[1], "watch2") && argc > 7) return case_watch2(argv);
+  if (!strcmp(argv[1], "spawncloexec") && argc > 3) return case_spawncloexec(argv);
   if (!strcmp(argv[1], "sanfork") && argc > 3) return case_sanfork(argv);
   if (!strcmp(argv[1], "vmlck") && argc > 3) return case_vmlck(argv);
   if (!strcmp(argv[1], "spawnsem") && argc > 4) return case_spawnsem(argv);
