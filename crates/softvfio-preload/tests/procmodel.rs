@@ -831,6 +831,7 @@ fn spawn_family_answers_as_glibc_preload() {
     assert_eq!(ours, plain, "stderr:\n{}\n{}", out.stderr, plain_out.stderr);
     // The library ran them (the engine left for the keeper), not libc.
     assert_eq!(plain_out.get("spawnsem_engine"), "in-process");
+    assert_eq!(plain_out.get("plain_vfork"), "42 0");
     assert_eq!(out.get("spawnsem_engine"), "keeper");
     expect(
         &out,

@@ -1233,6 +1233,21 @@ static int case_spawnsem(char **argv) {
   printf("sem_popen_f2_status %d\n", pclose(f2));
   printf("sem_popen_f1_status %d\n", pclose(f1));
   printf("spawnsem_engine %s\n", getenv("SOFTVFIO_KEEPER") ? "keeper" : "in-process");
+  if (c < 0) {
+    /* No VFIO file open: vfork is libc's (the child borrows the parent's
+     * memory until it execs). */
+    static volatile int shared;
+    shared = 0;
+    pid_t v = vfork();
+    if (v == 0) {
+      shared = 42;
+      execl("/bin/true", "true", (char *)NULL);
+      _exit(127);
+    }
+    int vs = -1;
+    waitpid(v, &vs, 0);
+    printf("plain_vfork %d %d\n", shared, vs);
+  }
   if (c >= 0) {
     close(g);
     close(c);
