@@ -770,6 +770,9 @@ unsafe fn do_system(line: *const c_char) -> c_int {
 /// `pclose`), `None` when libc's `popen` did.
 struct Stream {
     file: usize,
+    /// Its descriptor, read when it was made (the program may `fclose` a
+    /// libc `popen` stream, which frees it: never read through `file`).
+    fd: c_int,
     child: Option<pid_t>,
 }
 
@@ -792,10 +795,13 @@ pub unsafe extern "C" fn popen(command: *const c_char, mode: *const c_char) -> *
     let pass = || unsafe { real::popen(command, mode) };
     let note = |f: *mut FILE| {
         if !f.is_null() {
+            // SAFETY: the stream libc's popen just returned.
+            let fd = unsafe { libc::fileno(f) };
             let mut s = streams();
             s.retain(|x| x.file != f as usize);
             s.push(Stream {
                 file: f as usize,
+                fd,
                 child: None,
             });
         }
@@ -860,10 +866,8 @@ unsafe fn do_popen(command: *const c_char, mode: *const c_char) -> *mut FILE {
     let mut actions = vec![Action::Dup2(p[child_end], child_fd)];
     let mut list = streams();
     for s in list.iter() {
-        // SAFETY: an open stream of the program's (removed at pclose).
-        let fd = unsafe { libc::fileno(s.file as *mut FILE) };
-        if fd >= 0 && fd != child_fd {
-            actions.push(Action::Close(fd));
+        if s.fd >= 0 && s.fd != child_fd {
+            actions.push(Action::Close(s.fd));
         }
     }
     let argv = [c"sh".as_ptr(), c"-c".as_ptr(), command, std::ptr::null()];
@@ -912,6 +916,7 @@ unsafe fn do_popen(command: *const c_char, mode: *const c_char) -> *mut FILE {
     }
     list.push(Stream {
         file: f as usize,
+        fd: p[parent_end],
         child: Some(child),
     });
     OURS.fetch_add(1, Ordering::Relaxed);
