@@ -985,9 +985,9 @@ static int case_spawnchild(char **argv) {
   int c = atoi(argv[2]), g = atoi(argv[3]);
   devfd = atoi(argv[4]);
   bar0 = strtoull(argv[5], NULL, 0);
-  uint64_t v = 0;
-  if (pread(devfd, &v, 8, bar0 + 0x80) != 8) die("bar read");
-  printf("spawnchild_reg %#lx\n", (unsigned long)v);
+  /* 4-byte reads: Linux 6.1's vfio-pci splits an 8-byte access into two
+   * 4-byte ones, and edu decodes no register at 0x84/0x8c. */
+  printf("spawnchild_reg %#x\n", rd32(0x80));
   char *p = fixed_page(X_ADDR, PG, 'C');
   printf("spawnchild_map %s\n", errno_name(map(c, IOVA_NEW, p, PG)));
   printf("spawnchild_dma %d\n", dev_copy(IOVA_NEW, IOVA_Z));
@@ -1101,9 +1101,7 @@ static int case_spawn(char **argv) {
   printf("spawn_status %d\n", exit_code(st));
   printf("spawn_parent_sees_child_data %s\n",
          all_are(z, 64, 'C') && all_are(z + 64, PG - 64, 'Z') ? "yes" : "no");
-  uint64_t v = 0;
-  if (pread(devfd, &v, 8, bar0 + 0x88) != 8) die("bar read");
-  printf("spawn_parent_reg %#lx\n", (unsigned long)v);
+  printf("spawn_parent_reg %#x\n", rd32(0x88));
   printf("spawn_parent_unmap %s\n", errno_name(unmap(c, IOVA_Z, PG)));
   close(devfd);
   close(g);
