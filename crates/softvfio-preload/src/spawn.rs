@@ -56,13 +56,33 @@ mod tag {
     pub const TCSETPGRP: u32 = 6;
 }
 
-/// glibc's `struct __spawn_action`: a tag, then a union (8-aligned).
+/// glibc's `struct __spawn_action`: a tag, then a union of each kind's
+/// arguments (32 bytes on LP64, as glibc 2.36's `sizeof`).
 #[repr(C)]
 struct RawAction {
     tag: u32,
-    _pad: u32,
-    a: c_int,
-    b: c_int,
+    data: RawData,
+}
+
+const _: () = assert!(std::mem::size_of::<RawAction>() == 32);
+
+/// The union of `struct __spawn_action`.
+#[repr(C)]
+union RawData {
+    /// close, fchdir, closefrom, tcsetpgrp: one descriptor.
+    fd: c_int,
+    /// dup2: from, to.
+    dup2: [c_int; 2],
+    open: RawOpen,
+    /// chdir: glibc's copy of the path.
+    path: *const c_char,
+}
+
+/// The open action's arguments (glibc's copy of the path).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawOpen {
+    fd: c_int,
     path: *const c_char,
     oflag: c_int,
     mode: libc::mode_t,
@@ -113,36 +133,31 @@ unsafe fn actions_of(fa: *const posix_spawn_file_actions_t) -> Option<Vec<Action
     let raw = unsafe { &*fa.cast::<RawActions>() };
     let n = usize::try_from(raw.used).ok()?;
     let mut out = Vec::with_capacity(n);
+    let owned = |p: *const c_char| {
+        // SAFETY: glibc's NUL-terminated copy of an action's path.
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_owned())
+    };
     for i in 0..n {
         // SAFETY: `used` entries of the array glibc allocated.
         let a = unsafe { &*raw.actions.add(i) };
-        let path = || {
-            // SAFETY: glibc's copy of the action's path, NUL-terminated.
-            (!a.path.is_null()).then(|| unsafe { CStr::from_ptr(a.path) }.to_owned())
-        };
-        out.push(match a.tag {
-            tag::CLOSE => Action::Close(a.a),
-            tag::DUP2 => Action::Dup2(a.a, a.b),
-            tag::OPEN => Action::Open(a.a, path()?, a.oflag, a.mode),
-            tag::CHDIR => Action::Chdir(path_at(a)?),
-            tag::FCHDIR => Action::Fchdir(a.a),
-            tag::CLOSEFROM => Action::Closefrom(a.a),
-            tag::TCSETPGRP => Action::Tcsetpgrp(a.a),
-            _ => return None,
+        // SAFETY: each arm reads the union member glibc wrote for the tag.
+        out.push(unsafe {
+            match a.tag {
+                tag::CLOSE => Action::Close(a.data.fd),
+                tag::DUP2 => Action::Dup2(a.data.dup2[0], a.data.dup2[1]),
+                tag::OPEN => {
+                    let o = a.data.open;
+                    Action::Open(o.fd, owned(o.path)?, o.oflag, o.mode)
+                }
+                tag::CHDIR => Action::Chdir(owned(a.data.path)?),
+                tag::FCHDIR => Action::Fchdir(a.data.fd),
+                tag::CLOSEFROM => Action::Closefrom(a.data.fd),
+                tag::TCSETPGRP => Action::Tcsetpgrp(a.data.fd),
+                _ => return None,
+            }
         });
     }
     Some(out)
-}
-
-/// A chdir action's path: the union's first member (where `a` and `b` lie
-/// for the other kinds).
-fn path_at(a: &RawAction) -> Option<std::ffi::CString> {
-    let p = ((a.b as u32 as u64) << 32 | a.a as u32 as u64) as *const c_char;
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: glibc's copy of the chdir path, NUL-terminated.
-    Some(unsafe { CStr::from_ptr(p) }.to_owned())
 }
 
 /// The attributes the child applies.

@@ -943,10 +943,7 @@ fn vmlck_is_each_processs_accounting_preload() {
 /// frames (resolved against its image), as in process and in trace mode
 /// (before, in preload mode: "an unknown call site").
 fn sanitized_child_call_site(mode: &str) {
-    // A binary of its own: another test's rebuild of procmodel replaces the
-    // file while this one runs, and a deleted image's frames have no names.
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/procmodel.c");
-    let exe = common::build_c_file(&src, &format!("procmodel-sanfork-{mode}"), false);
+    let exe = build_c("procmodel", false);
     let out = softvfio_run(mode, &["--sanitize"], &exe, &["sanfork", GROUP, BDF]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(out.get("sanfork_child_map"), "0");

@@ -71,16 +71,26 @@ pub fn artifacts() -> &'static Artifacts {
 }
 
 /// Compiles `tests/programs/<name>.c` (dynamically linked unless `static_`)
-/// into the target tmpdir.
+/// into the target tmpdir, once per test binary: a test that rebuilt the
+/// file while another test's program ran would leave that program's image
+/// deleted (`/proc/self/exe` then names no file, and its frames no symbols).
 pub fn build_c(name: &str, static_: bool) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, bool, PathBuf)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, exe)) = built.iter().find(|(n, s, _)| n == name && *s == static_) {
+        return exe.clone();
+    }
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/programs")
         .join(format!("{name}.c"));
-    build_c_file(
+    let exe = build_c_file(
         &src,
         &format!("{name}{}", if static_ { "-static" } else { "" }),
         static_,
-    )
+    );
+    built.push((name.to_string(), static_, exe.clone()));
+    exe
 }
 
 pub fn build_c_file(src: &Path, out: &str, static_: bool) -> PathBuf {
