@@ -1195,7 +1195,9 @@ static int case_spawnsem(char **argv) {
   sem_run("sem_system_exit3", "exit 3");
   sem_run("sem_system_killed", "kill -9 $$");
   sem_run("sem_system_dash", "-x 2>/dev/null");
-  sem_run("sem_system_sees", "grep -E '^Sig(Blk|Ign)' /proc/$PPID/status | sed 's/^/sem_parent_during_/; s/:\\t/ /';"
+  /* The short sleep: glibc's posix_spawn blocks every signal in the caller
+   * until its child has exec'd, and restores the mask just after. */
+  sem_run("sem_system_sees", "sleep 0.2; grep -E '^Sig(Blk|Ign)' /proc/$PPID/status | sed 's/^/sem_parent_during_/; s/:\\t/ /';"
                              "grep -E '^Sig(Blk|Ign)' /proc/$$/status | sed 's/^/sem_system_child_/; s/:\t/ /'");
   struct sigaction sa;
   sigaction(SIGINT, NULL, &sa);
