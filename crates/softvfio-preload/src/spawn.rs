@@ -25,7 +25,10 @@
 //!   frame would not survive the child).
 //!
 //! Not followed: file actions or attribute flags glibc may add later (an
-//! unknown kind leaves the call to libc: the child gets no share).
+//! unknown kind leaves the call to libc: the child gets no share). The
+//! child is libc's `fork`, so the program's `pthread_atfork` handlers run
+//! for such a spawn (glibc's own clone runs none): the library's child
+//! allocates, which only a fork that resets malloc's locks allows.
 //!
 //! A program with no VFIO file open pays one atomic load per call
 //! (`popen`/`pclose` also note their streams, which the children of a
