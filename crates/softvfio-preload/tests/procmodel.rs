@@ -939,7 +939,8 @@ fn vmlck_is_each_processs_accounting_preload() {
 }
 
 /// --sanitize after the hand-off: a forked child maps a page in its own
-/// function and exits with it mapped; the leak's call site is the child's
+/// function and exits with it mapped, and has the device write to an IOVA
+/// it unmapped; the leak's call site and the fault's unmap are the child's
 /// frames (resolved against its image), as in process and in trace mode
 /// (before, in preload mode: "an unknown call site").
 fn sanitized_child_call_site(mode: &str) {
@@ -969,6 +970,25 @@ fn sanitized_child_call_site(mode: &str) {
         "{}",
         out.stderr
     );
+    // The child's DMA after its own unmap: the fault's history names the
+    // child's unmap.
+    assert_eq!(out.get("sanfork_child_dma_after_unmap"), "0");
+    let fault = "DMA fault #0 [use-after-unmap]: device 0000:00:03.0 (rid 0x0018) \
+                 write of 64 bytes at IOVA 0x200000";
+    assert!(out.stderr.contains(fault), "{}", out.stderr);
+    let unmapped = out
+        .stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("unmapped at ") && l.contains("by UNMAP_DMA from"))
+        .unwrap_or_else(|| panic!("no unmap in the fault's history:\n{}", out.stderr));
+    let names: Vec<&str> = unmapped
+        .split(" from ")
+        .nth(1)
+        .unwrap_or("")
+        .split(" <- ")
+        .filter_map(|f| f.split(' ').next())
+        .collect();
+    assert_eq!(names, ["unmap", "child_unmaps", "main"], "{}", out.stderr);
 }
 
 #[test]

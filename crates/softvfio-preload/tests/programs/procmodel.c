@@ -1337,6 +1337,12 @@ __attribute__((noinline)) static int child_maps_and_leaves(int c, char *p) {
   return r;
 }
 
+__attribute__((noinline)) static int child_unmaps(int c) {
+  int r = unmap(c, IOVA_Z, PG);
+  __asm__ volatile("" ::: "memory");
+  return r;
+}
+
 static int case_sanfork(char **argv) {
   int g, c = open_edu(argv, &g);
   fflush(stdout);
@@ -1345,6 +1351,12 @@ static int case_sanfork(char **argv) {
   if (child == 0) {
     char *p = fixed_page(X_ADDR, PG, 'S');
     printf("sanfork_child_map %s\n", errno_name(child_maps_and_leaves(c, p)));
+    /* A DMA after the child's own unmap: the fault's history names the
+     * child's calls. */
+    char *z = fixed_page(Z_ADDR, PG, 'z');
+    printf("sanfork_child_map2 %s\n", errno_name(map(c, IOVA_Z, z, PG)));
+    printf("sanfork_child_unmap2 %s\n", errno_name(child_unmaps(c)));
+    printf("sanfork_child_dma_after_unmap %d\n", edu_dma(EDU_BUF, IOVA_Z, 64, 1));
     fflush(stdout);
     _exit(0);
   }
