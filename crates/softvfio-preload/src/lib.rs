@@ -46,6 +46,9 @@
 //! Linux shares open files; from then on this library forwards each VFIO
 //! call there ([`forward`]). A program that never forks or execs with VFIO
 //! files open keeps the engine in process (docs/DESIGN.md §5).
+//! `posix_spawn`, `posix_spawnp`, `system`, `popen`/`pclose` and `vfork`
+//! ([`spawn`]) whose child inherits a VFIO file are run by the library
+//! (glibc's children exec through calls it cannot see).
 //!
 //! Limits: only calls through libc's exported functions are seen (not raw
 //! `syscall(2)`, not libc-internal opens); a descriptor closed behind
