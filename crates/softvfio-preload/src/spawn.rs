@@ -384,18 +384,19 @@ fn spawn_forked(s: &Spawn) -> Option<Result<pid_t, c_int>> {
     }
     let child = forward::fork(real::fork);
     if child == 0 {
+        // Where the pipe is now (a file action may have moved it), also
+        // after a panic.
+        let mut err_fd = p[1];
         let e = catch_unwind(AssertUnwindSafe(|| {
-            let mut err_fd = p[1];
             // SAFETY: the program's arguments, live in this copy of its
             // memory.
-            let e = unsafe { child_steps(s, &old, &mut err_fd) };
-            p[1] = err_fd;
-            e
+            unsafe { child_steps(s, &old, &mut err_fd) }
         }))
         .unwrap_or(libc::EIO);
         let b = e.to_ne_bytes();
         // SAFETY: writes 4 bytes of a live local to our pipe.
-        unsafe { libc::syscall(libc::SYS_write, p[1], b.as_ptr(), b.len()) };
+        unsafe { libc::syscall(libc::SYS_write, err_fd, b.as_ptr(), b.len()) };
+        // glibc's child ends so too (`_exit(127)`, no atexit handler).
         real::exit_now(127);
     }
     let fork_err = real::errno();
