@@ -14,7 +14,7 @@
 //!
 //! All `unsafe` of these hooks is here, each with its `SAFETY:` comment.
 
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int, CStr, CString};
 
 use crate::{forward, hook, real};
 
@@ -26,11 +26,20 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
 }
 
 /// The environment `envp` with the keeper's variables of `plan` instead of
-/// any it had: the owned strings and the NULL-terminated array over them.
+/// any it had, and this library in `LD_PRELOAD` (an environment the
+/// program cleared or rebuilt would leave the new image without it: its
+/// inherited VFIO descriptors, eventfds, would answer ENOTTY where Linux's
+/// work). The array over the entries; `extra` owns the strings made here.
 ///
 /// # Safety
 /// `envp` is a NULL-terminated array of NUL-terminated strings (or null).
-unsafe fn merged_env(envp: *const *const c_char, plan: &forward::ExecPlan) -> Vec<*const c_char> {
+unsafe fn merged_env(
+    envp: *const *const c_char,
+    plan: &forward::ExecPlan,
+    extra: &mut Vec<CString>,
+) -> Vec<*const c_char> {
+    let lib = real::own_library_path();
+    let mut preload: Option<&[u8]> = None;
     let mut out = Vec::new();
     if !envp.is_null() {
         let mut i = 0;
@@ -42,13 +51,36 @@ unsafe fn merged_env(envp: *const *const c_char, plan: &forward::ExecPlan) -> Ve
             }
             // SAFETY: each entry is a NUL-terminated string (contract).
             let s = unsafe { CStr::from_ptr(p) }.to_bytes();
-            if !s.starts_with(b"SOFTVFIO_KEEPER=") && !s.starts_with(b"SOFTVFIO_KEEPER_FDS=") {
+            if let Some(v) = s.strip_prefix(b"LD_PRELOAD=").filter(|_| lib.is_some()) {
+                preload = Some(v);
+            } else if !s.starts_with(b"SOFTVFIO_KEEPER=") && !s.starts_with(b"SOFTVFIO_KEEPER_FDS=")
+            {
                 out.push(p);
             }
             i += 1;
         }
     }
-    out.extend(plan.env.iter().map(|c| c.as_ptr()));
+    if let Some(lib) = lib {
+        let lib = lib.as_bytes();
+        let listed = preload.is_some_and(|v| {
+            v.split(|c| *c == b':' || *c == b' ')
+                .any(|entry| entry == lib)
+        });
+        let mut entry = b"LD_PRELOAD=".to_vec();
+        if !listed {
+            entry.extend_from_slice(lib);
+        }
+        if let Some(v) = preload.filter(|v| !v.is_empty()) {
+            if !listed {
+                entry.push(b':');
+            }
+            entry.extend_from_slice(v);
+        }
+        if let Ok(c) = CString::new(entry) {
+            extra.push(c);
+        }
+    }
+    out.extend(plan.env.iter().chain(extra.iter()).map(|c| c.as_ptr()));
     out.push(std::ptr::null());
     out
 }
@@ -71,8 +103,9 @@ unsafe fn exec_with(
             let Some(plan) = forward::exec_prepare() else {
                 return pass.call();
             };
+            let mut extra = Vec::new();
             // SAFETY: this function's contract.
-            let env = unsafe { merged_env(envp, &plan) };
+            let env = unsafe { merged_env(envp, &plan, &mut extra) };
             let r = {
                 let _program = crate::Passing::new();
                 run(env.as_ptr())

@@ -1086,3 +1086,19 @@ pub unsafe fn pclose(f: *mut FILE) -> c_int {
         None => enosys(),
     }
 }
+
+/// The path this library was loaded from (`dladdr` of one of its
+/// functions), for an exec whose environment lost `LD_PRELOAD`.
+pub fn own_library_path() -> Option<std::ffi::CString> {
+    // SAFETY: Dl_info is plain data; dladdr fills it for an address of a
+    // loaded object and returns 0 otherwise.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the address is this function's own.
+    let r = unsafe { libc::dladdr(own_library_path as *const c_void, &mut info) };
+    if r == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dladdr's NUL-terminated path of the object, live while it is
+    // loaded (for the process's life).
+    Some(unsafe { CStr::from_ptr(info.dli_fname) }.to_owned())
+}

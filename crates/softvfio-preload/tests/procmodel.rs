@@ -200,12 +200,23 @@ fn forked_child_maps_its_own_memory_preload() {
 /// through internal aliases, so preload interposes each; `execl*` through
 /// the C shim) keeps the container and group usable in the new image, as on
 /// Linux: the group reads viable with its container set (3), the container
-/// answers CHECK_EXTENSION(TYPE1v2) with 1.
+/// answers CHECK_EXTENSION(TYPE1v2) with 1. Also an `execve` with an empty
+/// environment: the library puts itself back into the new image's
+/// `LD_PRELOAD` (before: the new image ran without it and its inherited
+/// descriptors answered ENOTTY).
 #[test]
 fn every_exec_entry_keeps_vfio_files_preload() {
     let exe = build_c("procmodel", false);
     for v in [
-        "execve", "execv", "execvp", "execvpe", "execl", "execlp", "execle", "fexecve",
+        "execve",
+        "execv",
+        "execvp",
+        "execvpe",
+        "execl",
+        "execlp",
+        "execle",
+        "fexecve",
+        "execve_noenv",
     ] {
         let out = softvfio_run("preload", &[], &exe, &["execvar", GROUP, BDF, v]);
         assert_eq!(

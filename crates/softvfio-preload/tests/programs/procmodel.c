@@ -458,7 +458,9 @@ static int case_execvar(char **argv) {
   const char *v = argv[4];
   char *args[] = {argv[0], "execvar2", cs, gs, (char *)v, NULL};
   fflush(stdout);
+  char *noenv[] = {NULL};
   if (!strcmp(v, "execve")) execve("/proc/self/exe", args, environ);
+  else if (!strcmp(v, "execve_noenv")) execve("/proc/self/exe", args, noenv);
   else if (!strcmp(v, "execv")) execv("/proc/self/exe", args);
   else if (!strcmp(v, "execvp")) execvp("/proc/self/exe", args);
   else if (!strcmp(v, "execvpe")) execvpe("/proc/self/exe", args, environ);
