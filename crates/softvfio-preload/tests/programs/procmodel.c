@@ -1187,8 +1187,8 @@ static int case_spawnsem(char **argv) {
           "grep -E '^Sig(Blk|Ign)' /proc/$$/status | sed 's/^/sem_child_/; s/:\t/ /'";
   fflush(stdout);
   r = posix_spawn(&pid, "/bin/sh", &fa, &at, sh, environ);
+  if (!r) waitpid(pid, &st, 0); /* its lines first, in both runs */
   printf("sem_attr_spawn %s\n", errno_name(r));
-  if (!r) waitpid(pid, &st, 0);
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&at);
   signal(SIGUSR2, SIG_DFL);
