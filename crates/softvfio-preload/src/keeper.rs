@@ -38,6 +38,7 @@ use softvfio::frontend::{FdTarget, ObjectKey, ProgramFds, Routed};
 use softvfio::memory::host::{HostMemory, MmSyscalls};
 use softvfio::memory::UserMemory;
 
+use crate::channel::{self, Area, Link};
 use crate::forward::{decode, encode, kind, op, Reason, MAX_RECORD};
 use crate::progmem::ProgramMemory;
 use crate::real;
@@ -120,7 +121,7 @@ pub(crate) fn handoff(
 }
 
 /// The caller being served, for the memory calls of its pins.
-static CURRENT: Mutex<Option<(i32, c_int)>> = Mutex::new(None);
+static CURRENT: Mutex<Option<(i32, Link)>> = Mutex::new(None);
 
 /// madvise/mlock/munlock run by process `pid` at the keeper's request,
 /// while that process waits in its call; refused (EAGAIN) while it does
@@ -131,14 +132,13 @@ struct ClientSyscalls {
 
 impl ClientSyscalls {
     fn run(&self, call: u64, addr: u64, len: u64, arg: u64) -> Result<(), i32> {
-        let cur = *CURRENT.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((pid, sock)) = cur.filter(|(p, _)| *p == self.pid) else {
+        let cur = CURRENT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some((_, link)) = cur.filter(|(p, _)| *p == self.pid) else {
             return Err(libc::EAGAIN);
         };
-        let _ = pid;
-        real::send_record(sock, &encode(&[kind::MM, call, addr, len, arg], &[]), None)?;
+        link.send(&encode(&[kind::MM, call, addr, len, arg], &[]), None)?;
         let mut buf = [0u8; 64];
-        let (n, _) = real::recv_record(sock, &mut buf, true)?;
+        let n = link.recv(&mut buf)?;
         match decode(&buf[..n]) {
             Some((w, _)) if w[0] == op::MM_DONE => match w[1] {
                 0 => Ok(()),
@@ -164,16 +164,16 @@ impl MmSyscalls for ClientSyscalls {
 /// The descriptors of the caller: asked to the caller; eventfds taken with
 /// `pidfd_getfd`.
 struct ClientFds {
-    sock: c_int,
-    pidfd: c_int,
+    link: Link,
 }
 
 impl ProgramFds for ClientFds {
     fn target(&mut self, fd: c_int) -> FdTarget {
         let ask = || -> Result<FdTarget, c_int> {
-            real::send_record(self.sock, &encode(&[kind::FDQ, fd as u64], &[]), None)?;
+            self.link
+                .send(&encode(&[kind::FDQ, fd as u64], &[]), None)?;
             let mut buf = [0u8; 64];
-            let (n, _) = real::recv_record(self.sock, &mut buf, true)?;
+            let n = self.link.recv(&mut buf)?;
             match decode(&buf[..n]) {
                 Some((w, _)) if w[0] == op::FD_ANSWER => Ok(match w[1] {
                     2 => FdTarget::Object(w[2]),
@@ -187,7 +187,7 @@ impl ProgramFds for ClientFds {
     }
 
     fn duplicate(&mut self, fd: c_int) -> Result<std::os::fd::OwnedFd, c_int> {
-        real::pidfd_getfd(self.pidfd, fd)
+        real::pidfd_getfd(self.link.pidfd, fd)
     }
 }
 
@@ -242,6 +242,12 @@ struct Keeper {
     /// Forks between FORK_PREPARE and the child's hello or the parent's
     /// FORK_DONE: the references the child holds.
     forks: HashMap<u64, (HashMap<ObjectKey, usize>, Option<i32>)>,
+    /// The shared areas of connections that set one up (`channel`).
+    areas: HashMap<c_int, Arc<Area>>,
+    /// How long each side spins (`channel::spin_policy`), and when that
+    /// was last decided.
+    spin_ns: u32,
+    spin_decided: std::time::Instant,
 }
 
 /// The keeper's life: never returns.
@@ -271,6 +277,9 @@ fn serve(mut st: State, conn: c_int, listener: c_int, program: i32, reason: Reas
         procs: HashMap::new(),
         conns: HashMap::from([(conn, Some(program))]),
         forks: HashMap::new(),
+        areas: HashMap::new(),
+        spin_ns: channel::spin_policy(),
+        spin_decided: std::time::Instant::now(),
     };
     k.procs.insert(
         program,
@@ -350,12 +359,28 @@ impl Keeper {
         let mut idle = 0;
         let mut pfds: Vec<libc::pollfd> = Vec::new();
         let mut pids: Vec<i32> = Vec::new();
+        // A request was served from an area last round: spin for the next
+        // one before anything else (a program's calls come back to back).
+        let mut busy = false;
         loop {
             if self.procs.is_empty() {
                 if self.forks.is_empty() || idle >= 2 {
                     return;
                 }
                 idle += 1;
+            }
+            self.refresh_spin();
+            // Sleep in poll only with nothing waiting in an area, and
+            // with every area saying so (the callers ring the doorbell).
+            let mut timeout = 0;
+            let mut asleep = false;
+            let waiting = self.any_pending() || (busy && self.spin_for_request());
+            if !waiting {
+                self.set_asleep(true);
+                asleep = true;
+                if !self.any_pending() {
+                    timeout = 1000;
+                }
             }
             // One poll: processes' pidfds first, then the connections.
             pfds.clear();
@@ -368,7 +393,11 @@ impl Keeper {
             for c in self.conns.keys() {
                 pfds.push(pollin(*c));
             }
-            if real::poll(&mut pfds, 1000).is_err() {
+            let polled = real::poll(&mut pfds, timeout);
+            if asleep {
+                self.set_asleep(false);
+            }
+            if polled.is_err() {
                 return;
             }
             // Exits first (see the invariants).
@@ -393,7 +422,87 @@ impl Keeper {
                     self.serve_conn(p.fd, &mut buf);
                 }
             }
+            // Then the requests waiting in areas (exits were seen above).
+            busy = false;
+            let ready: Vec<c_int> = self
+                .areas
+                .iter()
+                .filter(|(_, a)| a.for_keeper())
+                .map(|(c, _)| *c)
+                .collect();
+            for conn in ready {
+                if self.areas.contains_key(&conn) {
+                    self.serve_area(conn, &mut buf);
+                    busy = true;
+                }
+            }
         }
+    }
+
+    /// Whether a request waits in any area.
+    fn any_pending(&self) -> bool {
+        self.areas.values().any(|a| a.for_keeper())
+    }
+
+    /// Spins up to the spinning policy's time for a request in an area.
+    fn spin_for_request(&self) -> bool {
+        if self.spin_ns == 0 {
+            return false;
+        }
+        let spin = std::time::Duration::from_nanos(u64::from(self.spin_ns));
+        let t0 = std::time::Instant::now();
+        loop {
+            for _ in 0..16 {
+                if self.any_pending() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if t0.elapsed() >= spin {
+                return false;
+            }
+        }
+    }
+
+    fn set_asleep(&self, asleep: bool) {
+        for a in self.areas.values() {
+            a.set_keeper_asleep(asleep);
+        }
+    }
+
+    /// Decides again, at most every 250 ms, whether the sides spin.
+    fn refresh_spin(&mut self) {
+        if self.spin_decided.elapsed() < std::time::Duration::from_millis(250) {
+            return;
+        }
+        self.spin_decided = std::time::Instant::now();
+        self.spin_ns = channel::spin_policy();
+        for a in self.areas.values() {
+            a.set_spin(self.spin_ns);
+        }
+    }
+
+    /// The keeper's end of connection `conn`.
+    fn link(&self, conn: c_int) -> Link {
+        let pidfd = self
+            .conns
+            .get(&conn)
+            .copied()
+            .flatten()
+            .and_then(|pid| self.procs.get(&pid))
+            .map_or(-1, |p| p.pidfd);
+        Link {
+            sock: conn,
+            area: self.areas.get(&conn).cloned(),
+            pidfd,
+        }
+    }
+
+    /// Forgets and closes connection `conn` (and unmaps its area).
+    fn close_conn(&mut self, conn: c_int) {
+        self.conns.remove(&conn);
+        self.areas.remove(&conn);
+        real::close_own(conn);
     }
 
     fn process_gone(&mut self, pid: i32) {
@@ -408,8 +517,7 @@ impl Keeper {
         let none_left = self.procs.is_empty() && self.forks.is_empty();
         self.st.unhold_at_death(&p.keys, none_left);
         if let Some(c) = p.conn {
-            self.conns.remove(&c);
-            real::close_own(c);
+            self.close_conn(c);
         }
         if p.pidfd >= 0 {
             real::close_own(p.pidfd);
@@ -470,8 +578,8 @@ impl Keeper {
             _ => {
                 // End of stream: the process exec'd (its connection was
                 // close-on-exec) or exited.
-                let pid = self.conns.remove(&conn).flatten();
-                real::close_own(conn);
+                let pid = self.conns.get(&conn).copied().flatten();
+                self.close_conn(conn);
                 if let Some(pid) = pid {
                     if let Some(p) = self.procs.get_mut(&pid) {
                         if p.conn == Some(conn) {
@@ -483,13 +591,55 @@ impl Keeper {
                 return;
             }
         };
+        self.serve_record(conn, &buf[..n], passed);
+    }
+
+    /// A request waiting in the area of `conn`.
+    fn serve_area(&mut self, conn: c_int, buf: &mut [u8]) {
+        // Waiting there already: taken at once.
+        if let Ok(n) = self.link(conn).recv(buf) {
+            self.serve_record(conn, &buf[..n], None);
+        }
+    }
+
+    /// Connection `conn` sets up its shared area (`passed`, a memfd).
+    fn set_up_area(&mut self, conn: c_int, passed: Option<c_int>) {
+        let area = match passed {
+            Some(fd) => {
+                let a = Area::accept(fd);
+                real::close_own(fd);
+                a
+            }
+            None => Err(libc::EINVAL),
+        };
+        match area {
+            Ok(a) => {
+                a.set_spin(self.spin_ns);
+                self.areas.insert(conn, Arc::new(a));
+                let _ = reply(conn, 0, 0, 0, None);
+            }
+            Err(e) => {
+                let _ = reply(conn, 0, e, 0, None);
+            }
+        }
+    }
+
+    /// One record of connection `conn` (received on its socket with
+    /// descriptor `passed`, or taken from its area).
+    fn serve_record(&mut self, conn: c_int, rec: &[u8], passed: Option<c_int>) {
+        let known = self.conns.get(&conn).copied().flatten().is_some();
+        if known && matches!(decode(rec), Some((w, _)) if w[0] == op::CHANNEL) {
+            return self.set_up_area(conn, passed);
+        }
         if let Some(fd) = passed {
             real::close_own(fd);
         }
-        let Some((w, tail)) = decode(&buf[..n]) else {
+        // A doorbell (one byte) or garbage: nothing to serve.
+        let Some((w, tail)) = decode(rec) else {
             return;
         };
         let tail = tail.to_vec();
+
         let pid = match self.conns.get(&conn).copied().flatten() {
             Some(p) => p,
             None => match self.hello(conn, &w) {
@@ -498,8 +648,7 @@ impl Keeper {
                     return;
                 }
                 None => {
-                    self.conns.remove(&conn);
-                    real::close_own(conn);
+                    self.close_conn(conn);
                     return;
                 }
             },
@@ -514,7 +663,8 @@ impl Keeper {
                 return;
             }
         }
-        *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some((pid, conn));
+        let link = self.link(conn);
+        *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some((pid, link.clone()));
         let _inside = crate::Inside::enter();
         let mut out = Vec::new();
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -526,8 +676,7 @@ impl Keeper {
             Ok(Err(e)) => (0, e, 0, None),
             Err(_) => (0, libc::EIO, 0, None),
         };
-        let _ = real::send_record(
-            conn,
+        let _ = link.send(
             &encode(&[kind::REPLY, val as u64, err as u64, key], &out),
             fd,
         );
@@ -559,8 +708,7 @@ impl Keeper {
                     // The parent's FORK_DONE came first.
                     let p = self.procs.get_mut(&pid)?;
                     if let Some(old) = p.conn.replace(conn) {
-                        self.conns.remove(&old);
-                        real::close_own(old);
+                        self.close_conn(old);
                     }
                 }
                 self.conns.insert(conn, Some(pid));
@@ -573,8 +721,7 @@ impl Keeper {
                 self.exec_done(pid);
                 let p = self.procs.get_mut(&pid)?;
                 if let Some(old) = p.conn.replace(conn) {
-                    self.conns.remove(&old);
-                    real::close_own(old);
+                    self.close_conn(old);
                 }
                 self.conns.insert(conn, Some(pid));
                 Some(me)
@@ -607,8 +754,7 @@ impl Keeper {
                 let p = self.procs.get(&pid).ok_or(libc::EIO)?;
                 let user = p.mem.user();
                 let mut fds = ClientFds {
-                    sock: conn,
-                    pidfd: p.pidfd,
+                    link: self.link(conn),
                 };
                 match self
                     .st
