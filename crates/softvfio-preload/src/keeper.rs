@@ -159,6 +159,11 @@ impl MmSyscalls for ClientSyscalls {
     fn munlock(&self, addr: u64, len: u64) -> Result<(), i32> {
         self.run(3, addr, len, 0)
     }
+    fn calls_are_costly(&self) -> bool {
+        // Each call is a round trip to the caller: a small pin skips the
+        // populate when pagemap shows it would do nothing.
+        true
+    }
 }
 
 /// The descriptors of the caller: asked to the caller; eventfds taken with
