@@ -1,6 +1,7 @@
 //! The program's side of the keeper (docs/DESIGN.md §5): after the engine
 //! left the process ([`handoff`]), every VFIO call is sent to the keeper
-//! over this process's connection and waits for its answer.
+//! over this process's connection and waits for its answer (through the
+//! connection's shared area once its hello set one up: `channel`).
 //!
 //! Invariants:
 //! - a process is *attached* ([`attached`]) from its hand-off (or, for a

@@ -15,6 +15,12 @@
 //! - one thread serves every process, one record at a time; a process's
 //!   call runs to its answer before the next record is read, so the
 //!   engine sees calls in an order each process observes;
+//! - a record comes on a connection's socket or, after its set-up, from
+//!   its shared area (`channel`); a call's questions and answer go back
+//!   the way it came; the keeper sleeps in `poll` only after marking
+//!   every area asleep and finding none with a request (a caller then
+//!   rings the doorbell), and spins for the next request (policy
+//!   permitting) after serving one;
 //! - each process is known by pid, with a pidfd (its exit is noticed before
 //!   any later call is served: a process that waited for another's exit
 //!   finds its descriptors released), its memory (a backend that reaches
@@ -596,14 +602,14 @@ impl Keeper {
                 return;
             }
         };
-        self.serve_record(conn, &buf[..n], passed);
+        self.serve_record(conn, &buf[..n], passed, false);
     }
 
     /// A request waiting in the area of `conn`.
     fn serve_area(&mut self, conn: c_int, buf: &mut [u8]) {
         // Waiting there already: taken at once.
         if let Ok(n) = self.link(conn).recv(buf) {
-            self.serve_record(conn, &buf[..n], None);
+            self.serve_record(conn, &buf[..n], None, true);
         }
     }
 
@@ -630,8 +636,9 @@ impl Keeper {
     }
 
     /// One record of connection `conn` (received on its socket with
-    /// descriptor `passed`, or taken from its area).
-    fn serve_record(&mut self, conn: c_int, rec: &[u8], passed: Option<c_int>) {
+    /// descriptor `passed`, or taken from its area: `from_area`). The
+    /// call's questions and its answer go back the way it came.
+    fn serve_record(&mut self, conn: c_int, rec: &[u8], passed: Option<c_int>, from_area: bool) {
         let known = self.conns.get(&conn).copied().flatten().is_some();
         if known && matches!(decode(rec), Some((w, _)) if w[0] == op::CHANNEL) {
             return self.set_up_area(conn, passed);
@@ -668,7 +675,10 @@ impl Keeper {
                 return;
             }
         }
-        let link = self.link(conn);
+        let mut link = self.link(conn);
+        if !from_area {
+            link.area = None;
+        }
         *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some((pid, link.clone()));
         let _inside = crate::Inside::enter();
         let mut out = Vec::new();
@@ -758,9 +768,13 @@ impl Keeper {
             op::IOCTL => {
                 let p = self.procs.get(&pid).ok_or(libc::EIO)?;
                 let user = p.mem.user();
-                let mut fds = ClientFds {
-                    link: self.link(conn),
-                };
+                // The link of the call being served (CURRENT's).
+                let link = CURRENT
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .map_or_else(|| self.link(conn), |(_, l)| l);
+                let mut fds = ClientFds { link };
                 match self
                     .st
                     .ioctl_for(w[1], w[2], w[3], user.as_ref(), &mut fds)?

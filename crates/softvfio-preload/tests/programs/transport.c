@@ -68,6 +68,18 @@ static char *new_page(void) {
   return p;
 }
 
+/* Mappings of the keeper connection's shared area in this process. */
+static int areas_mapped(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (!f) return -1;
+  char line[512];
+  int n = 0;
+  while (fgets(line, sizeof line, f))
+    if (strstr(line, "memfd:softvfio-channel")) n++;
+  fclose(f);
+  return n;
+}
+
 /* ---- threads of one process calling at once ---- */
 #define THREADS 4
 #define CALLS 1500
@@ -85,6 +97,17 @@ static void *caller(void *arg) {
 
 static int case_threads(char **argv) {
   setup(argv);
+  /* The calls go through the shared area: one mapping; a forked child
+   * drops its copy of its parent's and makes its own. */
+  printf("areas_mapped %d\n", areas_mapped());
+  pid_t c = fork();
+  if (c == 0) {
+    int ok = read_ident() == 0;
+    printf("child_areas_mapped %d %s\n", areas_mapped(), ok ? "ok" : "wrong");
+    fflush(stdout);
+    _exit(0);
+  }
+  waitpid(c, NULL, 0);
   pthread_t th[THREADS];
   for (long t = 0; t < THREADS; t++) pthread_create(&th[t], NULL, caller, (void *)t);
   int bad = 0;
