@@ -33,8 +33,10 @@
 //!   check that its peer lives (the socket hung up, the caller's pidfd
 //!   readable) and gives EIO when it does not; a signal (EINTR) only
 //!   resumes the wait;
-//! - spinning lasts at most [`SPIN_NS`], and not at all while the machine
-//!   has no idle CPU (the keeper decides, [`Area::set_spin`]).
+//! - spinning lasts at most [`ANSWER_SPIN_NS`] for the answer to a record
+//!   just sent, [`IDLE_SPIN_NS`] for the keeper's next request, and not
+//!   at all while the machine has no idle CPU (the keeper decides,
+//!   [`Area::set_spin`]).
 //!
 //! This module holds the area's `unsafe`: the mapping, the futex calls and
 //! the copies in and out of shared memory.
@@ -46,8 +48,16 @@ use std::time::{Duration, Instant};
 
 use crate::real;
 
-/// How long a side spins for the other's record before it sleeps.
-pub(crate) const SPIN_NS: u32 = 5_000;
+/// How long a side that waits for the answer to what it just sent (the
+/// caller for its call's records, the keeper for the answer to its
+/// question) spins before it sleeps. A 4 KiB MAP_DMA keeps the keeper busy
+/// longer than 5 µs before its first question: with 5 µs the caller slept
+/// and each MAP+UNMAP paid the wake-ups (167-180 µs against 29-30 µs with
+/// 20 µs, docs/PERFORMANCE-HISTORY.md, "Stop 6").
+pub(crate) const ANSWER_SPIN_NS: u32 = 20_000;
+/// How long the keeper spins after an answer for the next request (a
+/// program's calls come back to back) before it sleeps in `poll`.
+pub(crate) const IDLE_SPIN_NS: u32 = 5_000;
 /// How often a sleeping side checks that its peer lives.
 pub(crate) const LIVENESS: Duration = Duration::from_millis(20);
 /// The area: a page of header, then the record (as large as a socket
@@ -285,7 +295,8 @@ impl Area {
             Side::Caller => (TURN_CALLER, &h.caller_waiting),
             Side::Keeper => (TURN_KEEPER, &h.keeper_waiting),
         };
-        let spin = Duration::from_nanos(u64::from(h.spin_ns.load(Ordering::Relaxed).min(SPIN_NS)));
+        let spin = h.spin_ns.load(Ordering::Relaxed).min(ANSWER_SPIN_NS);
+        let spin = Duration::from_nanos(u64::from(spin));
         let arrived = || h.turn.load(Ordering::Acquire) == mine;
         let mut got = arrived();
         if !got && !spin.is_zero() {
@@ -503,7 +514,7 @@ pub(crate) fn spin_policy() -> u32 {
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
     {
-        return ns.min(SPIN_NS);
+        return ns.min(ANSWER_SPIN_NS);
     }
     let idle = match std::fs::read_to_string("/proc/pressure/cpu") {
         Ok(t) => t
@@ -521,7 +532,7 @@ pub(crate) fn spin_policy() -> u32 {
         }
     };
     if idle {
-        SPIN_NS
+        ANSWER_SPIN_NS
     } else {
         0
     }

@@ -460,7 +460,8 @@ impl Keeper {
         if self.spin_ns == 0 {
             return false;
         }
-        let spin = std::time::Duration::from_nanos(u64::from(self.spin_ns));
+        let ns = self.spin_ns.min(channel::IDLE_SPIN_NS);
+        let spin = std::time::Duration::from_nanos(u64::from(ns));
         let t0 = std::time::Instant::now();
         loop {
             for _ in 0..16 {

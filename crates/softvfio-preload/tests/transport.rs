@@ -1,7 +1,7 @@
 //! The transport of forwarded calls after the keeper hand-off (preload,
 //! docs/DESIGN.md §5, "The transport"): a shared-memory area per
 //! connection with spin-then-futex waits. Each case runs with the sides
-//! spinning (5 µs) and never spinning (every wait a futex wait), so both
+//! spinning (up to 20 µs) and never spinning (every wait a futex wait), so both
 //! paths are taken whatever the machine's load.
 
 mod common;
@@ -10,7 +10,7 @@ use common::{build_c, preloaded, softvfio_run, Output};
 
 const GROUP: &str = "/dev/vfio/3";
 const BDF: &str = "0000:00:03.0";
-const SPINS: [&str; 2] = ["5000", "0"];
+const SPINS: [&str; 2] = ["20000", "0"];
 
 fn run(case: &str, spin: &str) -> Output {
     let exe = build_c("transport", false);
