@@ -103,6 +103,10 @@ pub(crate) struct Area {
     /// The process that mapped it: a forked child's inherited copy of its
     /// parent's area is not its own.
     pid: u32,
+    /// One thread of this process at a time in the record bytes (callers
+    /// already hold the client lock, the keeper has one thread: this
+    /// makes it a property of the type).
+    local: std::sync::Mutex<()>,
 }
 
 // SAFETY: the area is shared memory reached only through atomics (the
@@ -110,7 +114,8 @@ pub(crate) struct Area {
 // valid from any thread for the mapping's life.
 unsafe impl Send for Area {}
 // SAFETY: as for Send: no method hands out a reference to the record
-// bytes, and the header's fields are atomics.
+// bytes, the header's fields are atomics, and the copies run under
+// `local`.
 unsafe impl Sync for Area {}
 
 impl Drop for Area {
@@ -211,6 +216,7 @@ impl Area {
         Ok(Area {
             base,
             pid: std::process::id(),
+            local: std::sync::Mutex::new(()),
         })
     }
 
@@ -252,9 +258,11 @@ impl Area {
         if rec.len() > RECORD_BYTES {
             return Err(libc::EMSGSIZE);
         }
-        // SAFETY: the record bytes lie inside the mapping (checked length)
-        // and this side holds the turn (the invariants): the peer does not
-        // touch them until the release store below.
+        let _one = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the record bytes lie inside the mapping (checked length),
+        // no other thread of this process is in them (`local`) and this
+        // side holds the turn (the invariants): the peer does not touch
+        // them until the release store below.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 rec.as_ptr(),
@@ -290,6 +298,7 @@ impl Area {
         buf: &mut [u8],
         alive: &mut dyn FnMut() -> bool,
     ) -> Result<(usize, bool), c_int> {
+        let _one = self.local.lock().unwrap_or_else(|e| e.into_inner());
         let h = self.header();
         let (mine, waiting) = match side {
             Side::Caller => (TURN_CALLER, &h.caller_waiting),
@@ -330,8 +339,9 @@ impl Area {
         }
         let n = (h.len.load(Ordering::Relaxed) as usize).min(RECORD_BYTES);
         let m = n.min(buf.len());
-        // SAFETY: the record bytes lie inside the mapping and this side
-        // holds the turn (acquired above).
+        // SAFETY: the record bytes lie inside the mapping, no other thread
+        // of this process is in them (`local`) and this side holds the
+        // turn (acquired above).
         unsafe {
             std::ptr::copy_nonoverlapping(
                 self.base.as_ptr().add(HEADER_BYTES),
