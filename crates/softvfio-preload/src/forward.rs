@@ -1,6 +1,7 @@
 //! The program's side of the keeper (docs/DESIGN.md §5): after the engine
 //! left the process ([`handoff`]), every VFIO call is sent to the keeper
-//! over this process's connection and waits for its answer.
+//! over this process's connection and waits for its answer (through the
+//! connection's shared area once its hello set one up: `channel`).
 //!
 //! Invariants:
 //! - a process is *attached* ([`attached`]) from its hand-off (or, for a
@@ -28,6 +29,7 @@ use std::sync::{Mutex, MutexGuard};
 use softvfio::device::{IrqInfo, MappedAccessError, RegionInfo, VfioDeviceModel};
 use softvfio::uapi::MappedRegion;
 
+use crate::channel;
 use crate::real;
 use crate::state::TRACKED;
 
@@ -60,6 +62,9 @@ pub(crate) mod op {
     /// `VmLck`'s parts for the caller's address space: value the kB the
     /// engine's pins lock there, key word the kB type1 accounts to it.
     pub const VMLCK: u64 = 41;
+    /// The connection's shared-memory area (`channel`): its memfd comes
+    /// with the record; answered on the socket.
+    pub const CHANNEL: u64 = 42;
     /// Answers to the keeper's questions.
     pub const MM_DONE: u64 = 20;
     pub const FD_ANSWER: u64 = 21;
@@ -127,6 +132,8 @@ struct Client {
     fds: HashMap<c_int, u64>,
     /// The keeper's listening address.
     name: String,
+    /// The shared-memory transport, once set up (after the hello).
+    area: Option<channel::Area>,
 }
 
 /// The answer to a call.
@@ -155,10 +162,12 @@ impl Client {
         cloexec: bool,
         out: &mut [u8],
     ) -> Result<Reply, c_int> {
-        real::send_record(self.sock, &encode(words, tail), None).map_err(|_| libc::EIO)?;
+        let area = self.area.as_ref().filter(|a| a.is_mine());
+        channel::send(self.sock, area, &encode(words, tail)).map_err(|_| libc::EIO)?;
         let mut buf = [0u8; WORDS * 8 + 64];
         loop {
-            let (n, fd) = real::recv_record(self.sock, &mut buf, cloexec).map_err(|_| libc::EIO)?;
+            let (n, fd) =
+                channel::recv(self.sock, area, &mut buf, cloexec).map_err(|_| libc::EIO)?;
             let Some((w, data)) = decode(&buf[..n]) else {
                 if let Some(fd) = fd {
                     real::close_own(fd);
@@ -175,6 +184,11 @@ impl Client {
                     }
                     let m = data.len().min(out.len());
                     out[..m].copy_from_slice(&data[..m]);
+                    let hello =
+                        matches!(words[0], op::HELLO_ROOT | op::HELLO_FORK | op::HELLO_EXEC);
+                    if hello && w[1] != 0 && area.is_none() {
+                        self.set_up_area();
+                    }
                     return Ok(Reply {
                         val: w[1] as i64,
                         key: w[3],
@@ -183,7 +197,7 @@ impl Client {
                 }
                 kind::MM => {
                     let e = real::mm_call(w[1], w[2], w[3], w[4]).err().unwrap_or(0);
-                    real::send_record(self.sock, &encode(&[op::MM_DONE, e as u64], &[]), None)
+                    channel::send(self.sock, area, &encode(&[op::MM_DONE, e as u64], &[]))
                         .map_err(|_| libc::EIO)?;
                 }
                 kind::FDQ => {
@@ -193,10 +207,35 @@ impl Client {
                         None if fd >= 0 && real::fd_is_open(fd) => (1, 0),
                         None => (0, 0),
                     };
-                    real::send_record(self.sock, &encode(&[op::FD_ANSWER, k, key], &[]), None)
+                    channel::send(self.sock, area, &encode(&[op::FD_ANSWER, k, key], &[]))
                         .map_err(|_| libc::EIO)?;
                 }
                 _ => return Err(libc::EIO),
+            }
+        }
+    }
+
+    /// After the hello: moves the connection's records to a shared area
+    /// (`channel`). On any failure the socket carries them, as before.
+    fn set_up_area(&mut self) {
+        // The socket alone, for same-run comparisons.
+        if std::env::var_os("SOFTVFIO_KEEPER_SOCKET_ONLY").is_some() {
+            return;
+        }
+        let Ok((area, memfd)) = channel::Area::create() else {
+            return;
+        };
+        let sent = real::send_record(self.sock, &encode(&[op::CHANNEL], &[]), Some(memfd));
+        real::close_own(memfd);
+        if sent.is_err() {
+            return;
+        }
+        let mut buf = [0u8; WORDS * 8];
+        if let Ok((n, None)) = real::recv_record(self.sock, &mut buf, true) {
+            if let Some((w, _)) = decode(&buf[..n]) {
+                if w[0] == kind::REPLY && w[2] == 0 {
+                    self.area = Some(area);
+                }
             }
         }
     }
@@ -391,6 +430,7 @@ pub(crate) fn ensure_attached(reason: Reason) -> bool {
             pid: std::process::id(),
             fds,
             name,
+            area: None,
         });
         ATTACHED.store(true, Ordering::SeqCst);
     };
@@ -440,6 +480,8 @@ pub fn fork(pass: impl FnOnce() -> libc::pid_t) -> libc::pid_t {
     if pid == 0 {
         // The child: its own connection, before anything else.
         real::close_own(c.sock);
+        // The parent's area (shared with it): never this process's.
+        c.area = None;
         c.pid = std::process::id();
         match real::connect_abstract(&c.name) {
             Ok(s) => {
@@ -543,6 +585,7 @@ pub(crate) fn attach_after_exec() {
         pid: std::process::id(),
         fds: HashMap::new(),
         name,
+        area: None,
     };
     match c.call(&[op::HELLO_EXEC], &[], false) {
         // The keeper does not know this process: it had no VFIO files.

@@ -15,6 +15,12 @@
 //! - one thread serves every process, one record at a time; a process's
 //!   call runs to its answer before the next record is read, so the
 //!   engine sees calls in an order each process observes;
+//! - a record comes on a connection's socket or, after its set-up, from
+//!   its shared area (`channel`); a call's questions and answer go back
+//!   the way it came; the keeper sleeps in `poll` only after marking
+//!   every area asleep and finding none with a request (a caller then
+//!   rings the doorbell), and spins for the next request (policy
+//!   permitting) after serving one;
 //! - each process is known by pid, with a pidfd (its exit is noticed before
 //!   any later call is served: a process that waited for another's exit
 //!   finds its descriptors released), its memory (a backend that reaches
@@ -39,6 +45,7 @@ use softvfio::memory::host::{HostMemory, MmSyscalls};
 use softvfio::memory::UserMemory;
 use softvfio::sanitizer::with_call_site;
 
+use crate::channel::{self, Area, Link};
 use crate::forward::{decode, encode, kind, op, Reason, MAX_RECORD};
 use crate::progmem::ProgramMemory;
 use crate::real;
@@ -121,7 +128,7 @@ pub(crate) fn handoff(
 }
 
 /// The caller being served, for the memory calls of its pins.
-static CURRENT: Mutex<Option<(i32, c_int)>> = Mutex::new(None);
+static CURRENT: Mutex<Option<(i32, Link)>> = Mutex::new(None);
 
 /// munlocks of a process's pages that another process's unmap left idle
 /// (process, address, length), run by that process at its next call, before
@@ -142,8 +149,8 @@ const MM_MUNLOCK: u64 = 3;
 
 impl ClientSyscalls {
     fn run(&self, call: u64, addr: u64, len: u64, arg: u64) -> Result<(), i32> {
-        let cur = *CURRENT.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((pid, sock)) = cur.filter(|(p, _)| *p == self.pid) else {
+        let cur = CURRENT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some((_, link)) = cur.filter(|(p, _)| *p == self.pid) else {
             if call == MM_MUNLOCK {
                 DEFERRED_MUNLOCKS
                     .lock()
@@ -153,10 +160,9 @@ impl ClientSyscalls {
             }
             return Err(libc::EAGAIN);
         };
-        let _ = pid;
-        real::send_record(sock, &encode(&[kind::MM, call, addr, len, arg], &[]), None)?;
+        link.send(&encode(&[kind::MM, call, addr, len, arg], &[]), None)?;
         let mut buf = [0u8; 64];
-        let (n, _) = real::recv_record(sock, &mut buf, true)?;
+        let n = link.recv(&mut buf)?;
         match decode(&buf[..n]) {
             Some((w, _)) if w[0] == op::MM_DONE => match w[1] {
                 0 => Ok(()),
@@ -198,21 +204,26 @@ impl MmSyscalls for ClientSyscalls {
     fn munlock(&self, addr: u64, len: u64) -> Result<(), i32> {
         self.run(3, addr, len, 0)
     }
+    fn calls_are_costly(&self) -> bool {
+        // Each call is a round trip to the caller: a small pin skips the
+        // populate when pagemap shows it would do nothing.
+        true
+    }
 }
 
 /// The descriptors of the caller: asked to the caller; eventfds taken with
 /// `pidfd_getfd`.
 struct ClientFds {
-    sock: c_int,
-    pidfd: c_int,
+    link: Link,
 }
 
 impl ProgramFds for ClientFds {
     fn target(&mut self, fd: c_int) -> FdTarget {
         let ask = || -> Result<FdTarget, c_int> {
-            real::send_record(self.sock, &encode(&[kind::FDQ, fd as u64], &[]), None)?;
+            self.link
+                .send(&encode(&[kind::FDQ, fd as u64], &[]), None)?;
             let mut buf = [0u8; 64];
-            let (n, _) = real::recv_record(self.sock, &mut buf, true)?;
+            let n = self.link.recv(&mut buf)?;
             match decode(&buf[..n]) {
                 Some((w, _)) if w[0] == op::FD_ANSWER => Ok(match w[1] {
                     2 => FdTarget::Object(w[2]),
@@ -226,7 +237,7 @@ impl ProgramFds for ClientFds {
     }
 
     fn duplicate(&mut self, fd: c_int) -> Result<std::os::fd::OwnedFd, c_int> {
-        real::pidfd_getfd(self.pidfd, fd)
+        real::pidfd_getfd(self.link.pidfd, fd)
     }
 }
 
@@ -281,6 +292,12 @@ struct Keeper {
     /// Forks between FORK_PREPARE and the child's hello or the parent's
     /// FORK_DONE: the references the child holds.
     forks: HashMap<u64, (HashMap<ObjectKey, usize>, Option<i32>)>,
+    /// The shared areas of connections that set one up (`channel`).
+    areas: HashMap<c_int, Arc<Area>>,
+    /// How long each side spins (`channel::spin_policy`), and when that
+    /// was last decided.
+    spin_ns: u32,
+    spin_decided: std::time::Instant,
 }
 
 /// The keeper's life: never returns.
@@ -310,6 +327,9 @@ fn serve(mut st: State, conn: c_int, listener: c_int, program: i32, reason: Reas
         procs: HashMap::new(),
         conns: HashMap::from([(conn, Some(program))]),
         forks: HashMap::new(),
+        areas: HashMap::new(),
+        spin_ns: channel::spin_policy(),
+        spin_decided: std::time::Instant::now(),
     };
     k.procs.insert(
         program,
@@ -389,12 +409,28 @@ impl Keeper {
         let mut idle = 0;
         let mut pfds: Vec<libc::pollfd> = Vec::new();
         let mut pids: Vec<i32> = Vec::new();
+        // A request was served from an area last round: spin for the next
+        // one before anything else (a program's calls come back to back).
+        let mut busy = false;
         loop {
             if self.procs.is_empty() {
                 if self.forks.is_empty() || idle >= 2 {
                     return;
                 }
                 idle += 1;
+            }
+            self.refresh_spin();
+            // Sleep in poll only with nothing waiting in an area, and
+            // with every area saying so (the callers ring the doorbell).
+            let mut timeout = 0;
+            let mut asleep = false;
+            let waiting = self.any_pending() || (busy && self.spin_for_request());
+            if !waiting {
+                self.set_asleep(true);
+                asleep = true;
+                if !self.any_pending() {
+                    timeout = 1000;
+                }
             }
             // One poll: processes' pidfds first, then the connections.
             pfds.clear();
@@ -407,7 +443,11 @@ impl Keeper {
             for c in self.conns.keys() {
                 pfds.push(pollin(*c));
             }
-            if real::poll(&mut pfds, 1000).is_err() {
+            let polled = real::poll(&mut pfds, timeout);
+            if asleep {
+                self.set_asleep(false);
+            }
+            if polled.is_err() {
                 return;
             }
             // Exits first (see the invariants).
@@ -432,7 +472,88 @@ impl Keeper {
                     self.serve_conn(p.fd, &mut buf);
                 }
             }
+            // Then the requests waiting in areas (exits were seen above).
+            busy = false;
+            let ready: Vec<c_int> = self
+                .areas
+                .iter()
+                .filter(|(_, a)| a.for_keeper())
+                .map(|(c, _)| *c)
+                .collect();
+            for conn in ready {
+                if self.areas.contains_key(&conn) {
+                    self.serve_area(conn, &mut buf);
+                    busy = true;
+                }
+            }
         }
+    }
+
+    /// Whether a request waits in any area.
+    fn any_pending(&self) -> bool {
+        self.areas.values().any(|a| a.for_keeper())
+    }
+
+    /// Spins up to the spinning policy's time for a request in an area.
+    fn spin_for_request(&self) -> bool {
+        if self.spin_ns == 0 {
+            return false;
+        }
+        let ns = self.spin_ns.min(channel::IDLE_SPIN_NS);
+        let spin = std::time::Duration::from_nanos(u64::from(ns));
+        let t0 = std::time::Instant::now();
+        loop {
+            for _ in 0..16 {
+                if self.any_pending() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if t0.elapsed() >= spin {
+                return false;
+            }
+        }
+    }
+
+    fn set_asleep(&self, asleep: bool) {
+        for a in self.areas.values() {
+            a.set_keeper_asleep(asleep);
+        }
+    }
+
+    /// Decides again, at most every 250 ms, whether the sides spin.
+    fn refresh_spin(&mut self) {
+        if self.spin_decided.elapsed() < std::time::Duration::from_millis(250) {
+            return;
+        }
+        self.spin_decided = std::time::Instant::now();
+        self.spin_ns = channel::spin_policy();
+        for a in self.areas.values() {
+            a.set_spin(self.spin_ns);
+        }
+    }
+
+    /// The keeper's end of connection `conn`.
+    fn link(&self, conn: c_int) -> Link {
+        let pidfd = self
+            .conns
+            .get(&conn)
+            .copied()
+            .flatten()
+            .and_then(|pid| self.procs.get(&pid))
+            .map_or(-1, |p| p.pidfd);
+        Link {
+            sock: conn,
+            area: self.areas.get(&conn).cloned(),
+            pidfd,
+        }
+    }
+
+    /// Forgets and closes connection `conn` (and unmaps its area).
+    fn close_conn(&mut self, conn: c_int) {
+        self.conns.remove(&conn);
+        self.areas.remove(&conn);
+        real::close_own(conn);
     }
 
     fn process_gone(&mut self, pid: i32) {
@@ -449,8 +570,7 @@ impl Keeper {
         let none_left = self.procs.is_empty() && self.forks.is_empty();
         self.st.unhold_at_death(&p.keys, none_left);
         if let Some(c) = p.conn {
-            self.conns.remove(&c);
-            real::close_own(c);
+            self.close_conn(c);
         }
         if p.pidfd >= 0 {
             real::close_own(p.pidfd);
@@ -513,8 +633,8 @@ impl Keeper {
             _ => {
                 // End of stream: the process exec'd (its connection was
                 // close-on-exec) or exited.
-                let pid = self.conns.remove(&conn).flatten();
-                real::close_own(conn);
+                let pid = self.conns.get(&conn).copied().flatten();
+                self.close_conn(conn);
                 if let Some(pid) = pid {
                     if let Some(p) = self.procs.get_mut(&pid) {
                         if p.conn == Some(conn) {
@@ -526,13 +646,56 @@ impl Keeper {
                 return;
             }
         };
+        self.serve_record(conn, &buf[..n], passed, false);
+    }
+
+    /// A request waiting in the area of `conn`.
+    fn serve_area(&mut self, conn: c_int, buf: &mut [u8]) {
+        // Waiting there already: taken at once.
+        if let Ok(n) = self.link(conn).recv(buf) {
+            self.serve_record(conn, &buf[..n], None, true);
+        }
+    }
+
+    /// Connection `conn` sets up its shared area (`passed`, a memfd).
+    fn set_up_area(&mut self, conn: c_int, passed: Option<c_int>) {
+        let area = match passed {
+            Some(fd) => {
+                let a = Area::accept(fd);
+                real::close_own(fd);
+                a
+            }
+            None => Err(libc::EINVAL),
+        };
+        match area {
+            Ok(a) => {
+                a.set_spin(self.spin_ns);
+                self.areas.insert(conn, Arc::new(a));
+                let _ = reply(conn, 0, 0, 0, None);
+            }
+            Err(e) => {
+                let _ = reply(conn, 0, e, 0, None);
+            }
+        }
+    }
+
+    /// One record of connection `conn` (received on its socket with
+    /// descriptor `passed`, or taken from its area: `from_area`). The
+    /// call's questions and its answer go back the way it came.
+    fn serve_record(&mut self, conn: c_int, rec: &[u8], passed: Option<c_int>, from_area: bool) {
+        let known = self.conns.get(&conn).copied().flatten().is_some();
+        if known && matches!(decode(rec), Some((w, _)) if w[0] == op::CHANNEL) {
+            return self.set_up_area(conn, passed);
+        }
         if let Some(fd) = passed {
             real::close_own(fd);
         }
-        let Some((w, tail)) = decode(&buf[..n]) else {
+        // A doorbell (one byte) or garbage: nothing to serve.
+        let Some((w, tail)) = decode(rec) else {
             return;
         };
         let tail = tail.to_vec();
+
         let pid = match self.conns.get(&conn).copied().flatten() {
             Some(p) => p,
             None => match self.hello(conn, &w) {
@@ -541,8 +704,7 @@ impl Keeper {
                     return;
                 }
                 None => {
-                    self.conns.remove(&conn);
-                    real::close_own(conn);
+                    self.close_conn(conn);
                     return;
                 }
             },
@@ -557,7 +719,11 @@ impl Keeper {
                 return;
             }
         }
-        *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some((pid, conn));
+        let mut link = self.link(conn);
+        if !from_area {
+            link.area = None;
+        }
+        *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some((pid, link.clone()));
         let _inside = crate::Inside::enter();
         let mut out = Vec::new();
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -569,8 +735,7 @@ impl Keeper {
             Ok(Err(e)) => (0, e, 0, None),
             Err(_) => (0, libc::EIO, 0, None),
         };
-        let _ = real::send_record(
-            conn,
+        let _ = link.send(
             &encode(&[kind::REPLY, val as u64, err as u64, key], &out),
             fd,
         );
@@ -602,8 +767,7 @@ impl Keeper {
                     // The parent's FORK_DONE came first.
                     let p = self.procs.get_mut(&pid)?;
                     if let Some(old) = p.conn.replace(conn) {
-                        self.conns.remove(&old);
-                        real::close_own(old);
+                        self.close_conn(old);
                     }
                 }
                 self.conns.insert(conn, Some(pid));
@@ -616,8 +780,7 @@ impl Keeper {
                 self.exec_done(pid);
                 let p = self.procs.get_mut(&pid)?;
                 if let Some(old) = p.conn.replace(conn) {
-                    self.conns.remove(&old);
-                    real::close_own(old);
+                    self.close_conn(old);
                 }
                 self.conns.insert(conn, Some(pid));
                 Some(me)
@@ -659,10 +822,13 @@ impl Keeper {
             op::IOCTL => {
                 let p = self.procs.get(&pid).ok_or(libc::EIO)?;
                 let user = p.mem.user();
-                let mut fds = ClientFds {
-                    sock: conn,
-                    pidfd: p.pidfd,
-                };
+                // The link of the call being served (CURRENT's).
+                let link = CURRENT
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .map_or_else(|| self.link(conn), |(_, l)| l);
+                let mut fds = ClientFds { link };
                 // The caller's call site (sanitized), resolved against its
                 // own image.
                 let site = crate::sanitize::site_of(pid, tail);

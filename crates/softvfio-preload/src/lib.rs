@@ -62,6 +62,7 @@ use std::sync::atomic::Ordering;
 
 use libc::{off_t, size_t, ssize_t, FILE};
 
+mod channel;
 mod claim;
 mod exec;
 mod forward;

@@ -18,6 +18,7 @@ pub mod doc;
 pub mod engine;
 pub mod external;
 pub mod host;
+pub mod ipcfloor;
 pub mod irq;
 pub mod mmio;
 pub mod plot;
@@ -233,6 +234,11 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
         "trap-floor",
         "the kernel mechanisms under trace mode (user notification, ptrace stop, injection, /proc fd lookup) vs a native system call",
         trapfloor::trap_floor,
+    ),
+    (
+        "ipc-floor",
+        "one request/answer round trip between two processes (socket, pipe, eventfd, futex, spin then futex) vs a native system call",
+        ipcfloor::ipc_floor,
     ),
     (
         "uapi-huge-1g",
