@@ -1368,6 +1368,7 @@ impl Inner {
 
     /// The index of `site` in `sites`, added if new ([`NO_SITE`] when the
     /// table is full).
+    #[inline]
     fn intern_site(&mut self, site: &Arc<CallSite>) -> u32 {
         if self
             .sites
@@ -1376,6 +1377,11 @@ impl Inner {
         {
             return self.last_site;
         }
+        self.intern_new_site(site)
+    }
+
+    #[inline(never)]
+    fn intern_new_site(&mut self, site: &Arc<CallSite>) -> u32 {
         let id = match self.site_ids.get(&**site) {
             Some(&id) => id,
             None if self.sites.len() < MAX_SITES => {
@@ -1470,7 +1476,15 @@ impl Inner {
     }
 
     /// Forgets the mappings unmapped longest ago beyond `max`.
+    #[inline]
     fn forget_idle(&mut self, max: usize) {
+        if self.idle_count > max || self.idle.len() > 2 * self.idle_count + 64 {
+            self.forget_idle_now(max);
+        }
+    }
+
+    #[inline(never)]
+    fn forget_idle_now(&mut self, max: usize) {
         while self.idle_count > max {
             let Some((slot, gen)) = self.idle.pop_front() else {
                 break;
