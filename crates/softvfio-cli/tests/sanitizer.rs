@@ -45,6 +45,10 @@ scenario!(
 );
 scenario!(write_to_read_only_mapping, sc::read_only);
 scenario!(leaks_at_exit_with_call_sites, sc::leak);
+scenario!(
+    open_container_and_group_left_at_exit_are_leaks,
+    sc::left_open
+);
 scenario!(clamped_dma_is_the_device_behaviour, sc::clamp);
 scenario!(clean_driver_reports_nothing, sc::clean);
 scenario!(stale_mapping_after_munmap, |s, m, b| sc::stale(
@@ -111,7 +115,7 @@ fn demo_shows_the_three_reports() {
     for line in [
         "DMA fault #0 [use-after-unmap]: device 0000:00:03.0 (rid 0x0018) write of 256 bytes at IOVA 0x100000: not present",
         "DMA fault #0 [stale-mapping]: device 0000:00:03.0 (rid 0x0018) write of 256 bytes at IOVA 0x100000: memory error",
-        "sanitizer: 0 fault(s), 0 stale mapping(s), 4 leak(s), 0 device note(s)",
+        "sanitizer: 0 fault(s), 0 stale mapping(s), 5 leak(s), 0 device note(s)",
     ] {
         assert!(stderr.lines().any(|l| l == line), "{line}\n{stderr}");
     }
@@ -264,7 +268,7 @@ fn each_process_of_a_fork_has_its_own_history_and_leaks() {
     let fork_line = |call: &str| sc::frame("main", sc::scenario_line("fork", call));
     let p = section(parent);
     assert!(
-        p[0].ends_with("2 region(s) in its history, 3 leak(s)"),
+        p[0].ends_with("2 region(s) in its history, 4 leak(s)"),
         "{}",
         p[0]
     );
@@ -315,6 +319,13 @@ fn each_process_of_a_fork_has_its_own_history_and_leaks() {
             "setup (",
         ],
     );
+    has(
+        &p,
+        &[
+            "  leak: group 3 (/dev/vfio/3) still open, created from ",
+            "setup (",
+        ],
+    );
     assert!(!p.iter().any(|l| l.contains("0x200000")), "{p:#?}");
     let c = section(child);
     assert_eq!(c.len(), 3, "{c:#?}");
@@ -344,7 +355,7 @@ fn each_process_of_a_fork_has_its_own_history_and_leaks() {
     assert!(
         sc::has_line(
             &err,
-            &["sanitizer: 0 fault(s), 0 stale mapping(s), 4 leak(s), 0 device note(s)"]
+            &["sanitizer: 0 fault(s), 0 stale mapping(s), 5 leak(s), 0 device note(s)"]
         ),
         "{err}"
     );
@@ -359,14 +370,14 @@ fn each_process_of_a_fork_has_its_own_history_and_leaks() {
             .find(|p| p["pid"] == pid)
             .unwrap_or_else(|| panic!("no {pid} in {procs:#?}"))
     };
-    for (pid, regions, leaks) in [(parent, 2, 3), (child, 1, 1)] {
+    for (pid, regions, leaks) in [(parent, 2, 4), (child, 1, 1)] {
         let p = by_pid(pid);
         assert_eq!(p["program"], bin.display().to_string());
         assert_eq!(p["history"].as_array().unwrap().len(), regions, "{p:#?}");
         assert_eq!(p["leaks"].as_array().unwrap().len(), leaks, "{p:#?}");
     }
     assert_eq!(by_pid(child)["leaks"][0]["kind"], "mapping");
-    assert_eq!(report["leaks"].as_array().unwrap().len(), 4);
+    assert_eq!(report["leaks"].as_array().unwrap().len(), 5);
 }
 
 /// An exec'd image is a process of its own: the image before the exec and
@@ -402,7 +413,7 @@ fn each_image_of_an_exec_has_its_own_history_and_leaks() {
     );
     let image_line = sc::line_of("map_buffer(anon(), 0x400000", 0);
     assert!(
-        sections[0][0].ends_with("1 region(s) in its history, 1 leak(s)"),
+        sections[0][0].ends_with("1 region(s) in its history, 2 leak(s)"),
         "{before}"
     );
     assert!(
@@ -425,6 +436,16 @@ fn each_image_of_an_exec_has_its_own_history_and_leaks() {
             &before,
             &[
                 "  leak: container still open with 1 mapping(s), created from ",
+                "setup ("
+            ]
+        ),
+        "{before}"
+    );
+    assert!(
+        sc::has_line(
+            &before,
+            &[
+                "  leak: group 3 (/dev/vfio/3) still open, created from ",
                 "setup ("
             ]
         ),

@@ -7,6 +7,8 @@
  *   never-mapped  starts a DMA to an IOVA nothing was mapped at
  *   read-only     maps a buffer read-only, then lets the device write it
  *   leak          exits with a mapping, the device fd and an MSI eventfd
+ *   left-open     closes the device, exits with the container (nothing
+ *                 mapped) and the group open
  *   munmap        munmaps memory still mapped for DMA, then DMAs into it
  *   mremap        mremaps (moves) memory still mapped for DMA
  *   map-fixed     mmap(MAP_FIXED) over memory still mapped for DMA
@@ -147,6 +149,10 @@ int main(int argc, char **argv) {
     map_buffer(buf, IOVA, 3);
     enable_msi();
     return 0; /* nothing closed */
+  } else if (!strcmp(what, "left-open")) {
+    close(device);
+    printf("done %s\n", what);
+    return 0; /* container and group left open */
   } else if (!strcmp(what, "exec")) {
     map_buffer(buf, IOVA, 3);
     unmap_buffer(IOVA);
