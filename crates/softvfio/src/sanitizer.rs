@@ -513,8 +513,11 @@ struct Slot {
     /// Times it was taken off the idle queue (mapped again): queue entries
     /// of an earlier generation are stale.
     gen: u32,
-    head: u32,
-    len: u32,
+    head: u16,
+    len: u16,
+    /// The process whose address space `vaddr` is in: the maker of the
+    /// latest map or vaddr update ([`NO_PROCESS`]: none said).
+    owner: u32,
     dropped: u64,
 }
 
@@ -743,7 +746,8 @@ impl std::fmt::Debug for Sanitizer {
 impl Sanitizer {
     /// A sanitizer with nothing recorded; times are reported from now.
     pub fn new(cfg: SanitizerConfig) -> Arc<Self> {
-        let depth = cfg.depth.clamp(1, 1 << 16);
+        // (A ring's head and length are 16 bits.)
+        let depth = cfg.depth.clamp(1, 1 << 15);
         Arc::new(Self {
             cfg: SanitizerConfig {
                 depth,
@@ -817,6 +821,7 @@ impl Sanitizer {
                 };
                 (t.size, t.vaddr, t.mapped) = (r.size, r.vaddr, r.mapped);
                 (t.head, t.len, t.dropped) = (r.head, r.len, r.dropped);
+                t.owner = r.owner;
                 t.queued = !r.mapped;
                 t.gen
             };
@@ -1003,13 +1008,16 @@ impl Sanitizer {
         self.push(container, iova, EventKind::Released);
     }
 
-    /// The program is about to unmap or replace `[vaddr, vaddr + len)`
-    /// (`containers`: the containers whose mappings address that memory;
-    /// `None` for all). Records a stale event on each live mapping whose
-    /// user range it overlaps, and returns them (to be reported now).
+    /// A process (`owner`, a [`Sanitizer::note_process`] index; `None`:
+    /// the only one) is about to unmap or replace `[vaddr, vaddr + len)`
+    /// of its address space. Records a stale event on each live mapping
+    /// whose user range it overlaps and whose memory is that process's (it
+    /// made the mapping, or its latest vaddr update, whatever container
+    /// holds it and whoever holds that container), and returns them (to be
+    /// reported now).
     pub fn memory_going_away(
         &self,
-        containers: Option<&[u64]>,
+        owner: Option<u32>,
         vaddr: u64,
         len: u64,
         cause: StaleCause,
@@ -1024,7 +1032,7 @@ impl Sanitizer {
             for (p, inner) in parts.iter().enumerate() {
                 for (slot, r) in (0u32..).zip(&inner.slots) {
                     let c = r.container;
-                    if !r.used || !r.mapped || containers.is_some_and(|list| !list.contains(&c)) {
+                    if !r.used || !r.mapped || owner.is_some_and(|p| p != r.owner) {
                         continue;
                     }
                     let r_end = r.vaddr.saturating_add(r.size);
@@ -1074,6 +1082,20 @@ impl Sanitizer {
             }
             h.shared.stale.extend(out.iter().cloned());
             out
+        })
+    }
+
+    /// Does process `owner` own a live mapping (see
+    /// [`Sanitizer::memory_going_away`])? A cheap question first, so that
+    /// a front end captures a call site only when it may be reported.
+    pub fn owns_live_mappings(&self, owner: u32) -> bool {
+        self.with_histories(|h, _| {
+            h.parts().iter().any(|inner| {
+                inner
+                    .slots
+                    .iter()
+                    .any(|r| r.used && r.mapped && r.owner == owner)
+            })
         })
     }
 
@@ -1312,12 +1334,16 @@ impl Inner {
             EventKind::Map { vaddr, size, .. } => {
                 r.size = size;
                 r.vaddr = vaddr;
+                r.owner = event.meta >> 8;
                 r.mapped = true;
                 if !carried {
                     inner.live.insert((container, iova), slot);
                 }
             }
-            EventKind::UpdateVaddr { vaddr } => r.vaddr = vaddr,
+            EventKind::UpdateVaddr { vaddr } => {
+                r.vaddr = vaddr;
+                r.owner = event.meta >> 8;
+            }
             EventKind::Unmap | EventKind::Released => {
                 if std::mem::take(&mut r.mapped) && !inner.live.is_empty() {
                     inner.live.remove(&(container, iova));
@@ -1333,7 +1359,7 @@ impl Inner {
         let mask = ring - 1;
         let pos = if r.len as usize == ring {
             let p = r.head as usize;
-            r.head = ((p + 1) & mask) as u32;
+            r.head = ((p + 1) & mask) as u16;
             r.dropped += 1;
             p
         } else {
@@ -1458,6 +1484,7 @@ impl Inner {
             gen: 0,
             head: 0,
             len: 0,
+            owner: NO_PROCESS,
             dropped: 0,
         };
         match self.free.pop() {
@@ -1991,8 +2018,55 @@ mod tests {
             .memory_going_away(None, 0x7100_0000, 0x1000, StaleCause::Mremap)
             .is_empty());
         assert!(s
-            .memory_going_away(Some(&[2]), 0x7000_0000, 0x1000, StaleCause::Munmap)
+            .memory_going_away(Some(2), 0x7000_0000, 0x1000, StaleCause::Munmap)
             .is_empty());
         assert_eq!(s.stale_reports().len(), 1);
+    }
+
+    /// A stale check looks at the mappings whose memory is the calling
+    /// process's: those it made or last updated the vaddr of, in any
+    /// container, and not another process's at the same address.
+    #[test]
+    fn memory_going_away_checks_the_callers_mappings_in_every_container() {
+        let s = Sanitizer::new(SanitizerConfig::default());
+        let (parent, child) = (
+            s.note_process(100, "p".into()),
+            s.note_process(101, "p".into()),
+        );
+        set_current_process(Some(parent));
+        s.record_map(1, 0x10000, 0x7000_0000, 0x1000, rw());
+        // The child maps the same address of its own memory, through the
+        // other container, and a second buffer through the parent's.
+        set_current_process(Some(child));
+        let moved = s.record_map(2, 0x20000, 0x7000_0000, 0x1000, rw());
+        s.record_map(1, 0x30000, 0x7100_0000, 0x1000, rw());
+        s.record_update_vaddr_at(moved, 2, 0x20000, 0x7200_0000);
+        set_current_process(None);
+        assert!(s.owns_live_mappings(parent) && s.owns_live_mappings(child));
+        assert!(!s.owns_live_mappings(child + 1));
+        let hits = s.memory_going_away(Some(parent), 0x7000_0000, 0x10_0000, StaleCause::Munmap);
+        assert_eq!(
+            hits.iter()
+                .map(|h| (h.region.container, h.region.iova))
+                .collect::<Vec<_>>(),
+            vec![(1, 0x10000)]
+        );
+        // The child's: its mapping in the parent's container, and the one
+        // whose vaddr it moved (the old address is no longer its memory).
+        let hits = s.memory_going_away(Some(child), 0x7000_0000, 0x300_0000, StaleCause::Mremap);
+        assert_eq!(
+            hits.iter()
+                .map(|h| (h.region.container, h.region.iova))
+                .collect::<Vec<_>>(),
+            vec![(1, 0x30000), (2, 0x20000)]
+        );
+        assert_eq!(hits[1].vaddr, 0x7200_0000);
+        let r = s.region(1, 0x30000).unwrap();
+        assert_eq!(r.events.last().unwrap().process, None);
+        assert!(matches!(
+            r.events.last().unwrap().kind,
+            EventKind::Stale { .. }
+        ));
+        assert_eq!(s.stale_reports().len(), 3);
     }
 }

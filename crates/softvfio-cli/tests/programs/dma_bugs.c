@@ -19,6 +19,12 @@
  *                 inherited container and exits with it mapped; the parent
  *                 then maps and exits with everything open (each process
  *                 gets its own history and leaks)
+ *   fork-munmap   forks; the child maps its copy of a buffer through the
+ *                 inherited container, closes its VFIO files (the parent
+ *                 alone holds the container) and munmaps the buffer: a
+ *                 stale mapping of the child's memory; the parent then
+ *                 munmaps its own copy (not mapped for DMA), unmaps the
+ *                 IOVA and closes everything
  *   exec          maps and unmaps, then execs itself ("exec-image"), which
  *                 maps through the container it kept and exits with it
  *                 mapped (each image gets its own history and leaks)
@@ -178,6 +184,22 @@ int main(int argc, char **argv) {
     map_buffer(buf, 0x300000, 3); /* the parent's */
     printf("parent %d\ndone fork\n", getpid());
     return 0; /* nothing closed */
+  } else if (!strcmp(what, "fork-munmap")) {
+    fflush(stdout);
+    pid_t child = fork();
+    if (child < 0) die("fork");
+    if (child == 0) {
+      map_buffer(buf, 0x200000, 3); /* the child's copy of the pages */
+      close(device);
+      close(group);
+      close(container);
+      munmap(buf, LEN);
+      _exit(0);
+    }
+    int status;
+    if (waitpid(child, &status, 0) != child || status != 0) die("child");
+    munmap(buf, LEN); /* the parent's own copy */
+    unmap_buffer(0x200000);
   } else if (!strcmp(what, "munmap")) {
     map_buffer(buf, IOVA, 3);
     munmap(buf, LEN);

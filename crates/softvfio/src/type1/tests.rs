@@ -466,7 +466,7 @@ fn mappings_carry_their_sanitizer_history() {
 /// sites, and the container's own drop loses nothing.
 #[test]
 fn a_released_containers_history_is_kept() {
-    use crate::sanitizer::{with_call_site, CallSite, EventKind, Frame, Sanitizer};
+    use crate::sanitizer::{with_call_site, CallSite, EventKind, Frame, Sanitizer, StaleCause};
     let (c, _mem, _unit, group) = setup(true);
     let s = Sanitizer::new(crate::sanitizer::SanitizerConfig::default());
     c.set_sanitizer(s.clone());
@@ -521,14 +521,22 @@ fn a_released_containers_history_is_kept() {
         assert_eq!(s.region_count(), 2);
     };
     check_region(&s);
+    // A stale check reaches the mapping under the container's lock.
+    let hits = s.memory_going_away(None, BASE + 3 * PG, 0x10_0000, StaleCause::Munmap);
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        (hits[0].region.iova, hits[0].vaddr, hits[0].len),
+        (0x10_0000, BASE + 3 * PG, PG)
+    );
     // Closed and dropped: everything is in the shared tables now.
     c.close();
     let id = c.id();
     let s2 = s.clone();
     drop(c);
     let r = s2.region(id, 0x10_0000).unwrap();
-    assert_eq!(r.events.len(), 4);
-    assert_eq!(r.events[3].kind, EventKind::Released);
+    assert_eq!(r.events.len(), 5);
+    assert!(matches!(r.events[3].kind, EventKind::Stale { .. }));
+    assert_eq!(r.events[4].kind, EventKind::Released);
     assert!(!r.mapped);
     assert_eq!(s2.region_count(), 2);
 }
