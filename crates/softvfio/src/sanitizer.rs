@@ -508,11 +508,6 @@ struct Slot {
     /// Holds a history (false: free, for the next mapping).
     used: bool,
     mapped: bool,
-    /// In the idle queue (it was unmapped; it is forgotten in turn).
-    queued: bool,
-    /// Times it was taken off the idle queue (mapped again): queue entries
-    /// of an earlier generation are stale.
-    gen: u32,
     head: u16,
     len: u16,
     /// The process whose address space `vaddr` is in: the maker of the
@@ -584,11 +579,17 @@ struct Inner {
     /// (iommufd areas), by (container, first IOVA).
     live: HashMap<(u64, u64), u32, KeyHash>,
     /// Slots of unmapped mappings, in the order they were unmapped, with
-    /// their generation then (an entry whose slot was mapped again since is
+    /// their mark then (an entry whose slot was mapped again since is
     /// skipped, and dropped when such entries pile up).
     idle: VecDeque<(u32, u32)>,
     /// Slots in `idle` that are still idle.
     idle_count: usize,
+    /// Per slot, its idle-queue mark: bit 0 set while it is in the queue,
+    /// the rest its generation (one more each time it leaves the queue); a
+    /// queue entry holds the mark it was queued with, so an entry whose
+    /// slot was mapped again (or forgotten) since is stale. Kept apart from
+    /// the slots (4 bytes each, not a cache line) for the queue's checks.
+    marks: Vec<u32>,
     /// The latest slot made per (container, IOVA) hash: a map at an IOVA
     /// unmapped not long ago continues that region's history in its slot
     /// (a driver's ring of buffers keeps its slots warm), without a table
@@ -815,21 +816,18 @@ impl Sanitizer {
                     *dst = e;
                 }
             }
-            let gen = {
+            {
                 let Some(t) = to.slots.get_mut(new as usize) else {
                     continue;
                 };
                 (t.size, t.vaddr, t.mapped) = (r.size, r.vaddr, r.mapped);
                 (t.head, t.len, t.dropped) = (r.head, r.len, r.dropped);
                 t.owner = r.owner;
-                t.queued = !r.mapped;
-                t.gen
-            };
+            }
             if r.mapped {
                 to.live.insert((r.container, r.iova), new);
             } else {
-                to.idle.push_back((new, gen));
-                to.idle_count += 1;
+                to.enqueue_idle(new);
             }
         }
         from.stale.clear();
@@ -1348,10 +1346,6 @@ impl Inner {
                 if std::mem::take(&mut r.mapped) && !inner.live.is_empty() {
                     inner.live.remove(&(container, iova));
                 }
-                if !std::mem::replace(&mut r.queued, true) {
-                    inner.idle.push_back((slot, r.gen));
-                    inner.idle_count += 1;
-                }
             }
             EventKind::InvalidateVaddr | EventKind::Stale { .. } => {}
         }
@@ -1369,12 +1363,10 @@ impl Inner {
         if let Some(e) = inner.events.get_mut(i * ring + pos) {
             *e = event;
         }
-        // A slot that got no map event (an unmap of something never seen
-        // mapped) is idle from the start.
-        if let Some(r) = inner.slots.get_mut(i).filter(|r| !r.mapped && !r.queued) {
-            r.queued = true;
-            inner.idle.push_back((slot, r.gen));
-            inner.idle_count += 1;
+        // An unmapped slot waits in the idle queue (one that got no map
+        // event, an unmap of something never seen mapped, from the start).
+        if inner.slots.get(i).is_some_and(|r| !r.mapped) {
+            inner.enqueue_idle(slot);
         }
         inner.forget_idle(geo.max_regions);
         HistorySlot(slot)
@@ -1463,11 +1455,21 @@ impl Inner {
         if !r.used || r.mapped || r.container != container || r.iova != iova {
             return None;
         }
-        if std::mem::take(&mut r.queued) {
-            r.gen = r.gen.wrapping_add(1);
+        if let Some(m) = self.marks.get_mut(slot as usize).filter(|m| **m & 1 != 0) {
+            // Its queue entry goes stale: the next generation, not queued.
+            *m = (*m | 1).wrapping_add(1);
             self.idle_count -= 1;
         }
         Some(slot)
+    }
+
+    /// Puts unmapped `slot` in the idle queue (if it is not there).
+    fn enqueue_idle(&mut self, slot: u32) {
+        if let Some(m) = self.marks.get_mut(slot as usize).filter(|m| **m & 1 == 0) {
+            *m |= 1;
+            self.idle.push_back((slot, *m));
+            self.idle_count += 1;
+        }
     }
 
     fn take_slot(&mut self, container: u64, iova: u64, ring: usize) -> Option<u32> {
@@ -1480,8 +1482,6 @@ impl Inner {
             seq: self.seq,
             used: true,
             mapped: false,
-            queued: false,
-            gen: 0,
             head: 0,
             len: 0,
             owner: NO_PROCESS,
@@ -1495,6 +1495,7 @@ impl Inner {
             None => {
                 let slot = u32::try_from(self.slots.len()).ok()?;
                 self.slots.push(fresh);
+                self.marks.push(0);
                 self.events
                     .resize_with(self.slots.len() * ring, RawEvent::default);
                 Some(slot)
@@ -1513,28 +1514,25 @@ impl Inner {
     #[inline(never)]
     fn forget_idle_now(&mut self, max: usize) {
         while self.idle_count > max {
-            let Some((slot, gen)) = self.idle.pop_front() else {
+            let Some((slot, mark)) = self.idle.pop_front() else {
                 break;
             };
-            let Some(r) = self
-                .slots
-                .get_mut(slot as usize)
-                .filter(|r| r.queued && r.gen == gen)
-            else {
+            // Current entries are told from stale ones by the compact
+            // marks, not the slot's (cold) line, which is only written.
+            let Some(m) = self.marks.get_mut(slot as usize).filter(|m| **m == mark) else {
                 continue;
             };
-            r.used = false;
-            r.queued = false;
+            *m = mark.wrapping_add(1);
+            if let Some(r) = self.slots.get_mut(slot as usize) {
+                r.used = false;
+            }
             self.idle_count -= 1;
             self.free.push(slot);
         }
         if self.idle.len() > 2 * self.idle_count + 64 {
-            let slots = &self.slots;
-            self.idle.retain(|&(slot, gen)| {
-                slots
-                    .get(slot as usize)
-                    .is_some_and(|r| r.queued && r.gen == gen)
-            });
+            let marks = &self.marks;
+            self.idle
+                .retain(|&(slot, mark)| marks.get(slot as usize) == Some(&mark));
         }
     }
 
