@@ -741,19 +741,12 @@ impl VfioHandler {
         if nr == libc::SYS_mmap && a[3] & libc::MAP_FIXED as u64 == 0 {
             return None;
         }
-        // The containers whose mappings address this process's memory.
-        let mem = self.mems.get(&t.pid())?.clone();
-        let containers: Vec<u64> = self
-            .session
-            .containers()
-            .iter()
-            .filter(|c| {
-                let m: &Arc<dyn UserMemory> = c.memory();
-                std::ptr::addr_eq(Arc::as_ptr(m), Arc::as_ptr(&mem))
-            })
-            .map(|c| c.id())
-            .collect();
-        if containers.is_empty() {
+        // The mappings whose memory is this process's (image's): those it
+        // made or moved the vaddr of, in any container, whoever holds it (a
+        // fork child's, made through an inherited container, still maps the
+        // child's pages after the child closed its copy of the file).
+        let owner = *self.images.get(&t.pid())?;
+        if !s.owns_live_mappings(owner) {
             return None;
         }
         // Made here, so that only a call that succeeded is reported.
@@ -774,7 +767,7 @@ impl VfioHandler {
             };
             if let Some((addr, len)) = lost.filter(|l| l.1 > 0) {
                 let found = engine_sanitizer::with_call_site(site, || {
-                    s.memory_going_away(Some(&containers), addr, len, cause)
+                    s.memory_going_away(Some(owner), addr, len, cause)
                 });
                 let mut err = std::io::stderr().lock();
                 for r in &found {

@@ -45,6 +45,10 @@ scenario!(
 );
 scenario!(write_to_read_only_mapping, sc::read_only);
 scenario!(leaks_at_exit_with_call_sites, sc::leak);
+scenario!(
+    open_container_and_group_left_at_exit_are_leaks,
+    sc::left_open
+);
 scenario!(clamped_dma_is_the_device_behaviour, sc::clamp);
 scenario!(clean_driver_reports_nothing, sc::clean);
 scenario!(stale_mapping_after_munmap, |s, m, b| sc::stale(
@@ -111,7 +115,7 @@ fn demo_shows_the_three_reports() {
     for line in [
         "DMA fault #0 [use-after-unmap]: device 0000:00:03.0 (rid 0x0018) write of 256 bytes at IOVA 0x100000: not present",
         "DMA fault #0 [stale-mapping]: device 0000:00:03.0 (rid 0x0018) write of 256 bytes at IOVA 0x100000: memory error",
-        "sanitizer: 0 fault(s), 0 stale mapping(s), 4 leak(s), 0 device note(s)",
+        "sanitizer: 0 fault(s), 0 stale mapping(s), 5 leak(s), 0 device note(s)",
     ] {
         assert!(stderr.lines().any(|l| l == line), "{line}\n{stderr}");
     }
@@ -264,7 +268,7 @@ fn each_process_of_a_fork_has_its_own_history_and_leaks() {
     let fork_line = |call: &str| sc::frame("main", sc::scenario_line("fork", call));
     let p = section(parent);
     assert!(
-        p[0].ends_with("2 region(s) in its history, 3 leak(s)"),
+        p[0].ends_with("2 region(s) in its history, 4 leak(s)"),
         "{}",
         p[0]
     );
@@ -315,6 +319,13 @@ fn each_process_of_a_fork_has_its_own_history_and_leaks() {
             "setup (",
         ],
     );
+    has(
+        &p,
+        &[
+            "  leak: group 3 (/dev/vfio/3) still open, created from ",
+            "setup (",
+        ],
+    );
     assert!(!p.iter().any(|l| l.contains("0x200000")), "{p:#?}");
     let c = section(child);
     assert_eq!(c.len(), 3, "{c:#?}");
@@ -344,7 +355,7 @@ fn each_process_of_a_fork_has_its_own_history_and_leaks() {
     assert!(
         sc::has_line(
             &err,
-            &["sanitizer: 0 fault(s), 0 stale mapping(s), 4 leak(s), 0 device note(s)"]
+            &["sanitizer: 0 fault(s), 0 stale mapping(s), 5 leak(s), 0 device note(s)"]
         ),
         "{err}"
     );
@@ -359,14 +370,58 @@ fn each_process_of_a_fork_has_its_own_history_and_leaks() {
             .find(|p| p["pid"] == pid)
             .unwrap_or_else(|| panic!("no {pid} in {procs:#?}"))
     };
-    for (pid, regions, leaks) in [(parent, 2, 3), (child, 1, 1)] {
+    for (pid, regions, leaks) in [(parent, 2, 4), (child, 1, 1)] {
         let p = by_pid(pid);
         assert_eq!(p["program"], bin.display().to_string());
         assert_eq!(p["history"].as_array().unwrap().len(), regions, "{p:#?}");
         assert_eq!(p["leaks"].as_array().unwrap().len(), leaks, "{p:#?}");
     }
     assert_eq!(by_pid(child)["leaks"][0]["kind"], "mapping");
-    assert_eq!(report["leaks"].as_array().unwrap().len(), 4);
+    assert_eq!(report["leaks"].as_array().unwrap().len(), 5);
+}
+
+/// A stale check looks at the mappings whose memory is the calling
+/// process's, in any container: a fork child maps its copy of a buffer
+/// through the inherited container, closes its VFIO files (the parent alone
+/// holds the container) and munmaps the buffer: reported, with the child's
+/// call sites. The parent's munmap of its own copy at the same address is
+/// not (its pages were never mapped for DMA).
+#[test]
+fn a_childs_munmap_of_memory_mapped_in_a_container_it_closed_is_stale() {
+    let Some(bin) = program() else {
+        eprintln!("skipped: no gcc");
+        return;
+    };
+    let (code, err) = sc::run(softvfio(), "trace", bin, "fork-munmap", &["--sanitize"]);
+    assert_eq!(code, 0, "{err}");
+    let main = |call: &str| sc::frame("main", sc::scenario_line("fork-munmap", call));
+    let map = sc::frame(
+        "map_buffer",
+        sc::line_of("ioctl(container, VFIO_IOMMU_MAP_DMA", 0),
+    );
+    let parts = [
+        "softvfio sanitizer: stale mapping: munmap of 0x",
+        " ms from ",
+        &main("munmap(buf, LEN);"),
+        "; IOVA 0x200000 (4 KiB) still maps it for DMA, mapped from ",
+        &map,
+        " <- ",
+        &main("map_buffer(buf, 0x200000"),
+        ": devices reach pages the program no longer sees",
+    ];
+    assert!(sc::has_line(&err, &parts), "{err}");
+    let moments = err
+        .lines()
+        .filter(|l| l.starts_with("softvfio sanitizer: stale mapping: "))
+        .count();
+    assert_eq!(moments, 1, "the parent's munmap is not one\n{err}");
+    assert!(
+        sc::has_line(
+            &err,
+            &["sanitizer: 0 fault(s), 1 stale mapping(s), 0 leak(s), 0 device note(s)"]
+        ),
+        "{err}"
+    );
 }
 
 /// An exec'd image is a process of its own: the image before the exec and
@@ -402,7 +457,7 @@ fn each_image_of_an_exec_has_its_own_history_and_leaks() {
     );
     let image_line = sc::line_of("map_buffer(anon(), 0x400000", 0);
     assert!(
-        sections[0][0].ends_with("1 region(s) in its history, 1 leak(s)"),
+        sections[0][0].ends_with("1 region(s) in its history, 2 leak(s)"),
         "{before}"
     );
     assert!(
@@ -425,6 +480,16 @@ fn each_image_of_an_exec_has_its_own_history_and_leaks() {
             &before,
             &[
                 "  leak: container still open with 1 mapping(s), created from ",
+                "setup ("
+            ]
+        ),
+        "{before}"
+    );
+    assert!(
+        sc::has_line(
+            &before,
+            &[
+                "  leak: group 3 (/dev/vfio/3) still open, created from ",
                 "setup ("
             ]
         ),

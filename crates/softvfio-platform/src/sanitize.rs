@@ -608,7 +608,8 @@ pub struct StaleFinding {
 /// Something the program left behind at exit.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LeakFinding {
-    /// "mapping", "device", "interrupts", "container", "iommufd".
+    /// "mapping", "device", "interrupts", "container", "group",
+    /// "iommufd".
     pub kind: String,
     /// What.
     pub what: String,
@@ -673,7 +674,8 @@ impl SanitizerReport {
 /// sites the sanitizer kept.
 #[derive(Debug, Clone)]
 pub struct LeakRecord {
-    /// "mapping", "device", "interrupts", "container", "iommufd".
+    /// "mapping", "device", "interrupts", "container", "group",
+    /// "iommufd".
     pub kind: &'static str,
     /// What.
     pub what: String,
@@ -694,17 +696,22 @@ pub fn leaks_of(s: &Sanitizer, key: u64, obj: &softvfio::frontend::FileObject) -
         FileObject::Container(c) => {
             let snap = c.container.snapshot();
             if let Some(r) = &rec {
-                if !snap.mappings.is_empty() {
-                    out.push(LeakRecord {
-                        kind: "container",
-                        what: format!(
-                            "container still open with {} mapping(s)",
-                            snap.mappings.len()
-                        ),
-                        site: r.site.clone(),
-                        process: r.process,
-                    });
-                }
+                // Open with nothing mapped is a leak too (a file the program
+                // forgot), as a device left open is.
+                let what = if snap.mappings.is_empty() {
+                    "container still open".to_string()
+                } else {
+                    format!(
+                        "container still open with {} mapping(s)",
+                        snap.mappings.len()
+                    )
+                };
+                out.push(LeakRecord {
+                    kind: "container",
+                    what,
+                    site: r.site.clone(),
+                    process: r.process,
+                });
             }
             for m in &snap.mappings {
                 let map = s
@@ -784,7 +791,16 @@ pub fn leaks_of(s: &Sanitizer, key: u64, obj: &softvfio::frontend::FileObject) -
                 }
             }
         }
-        FileObject::Group(_) => {}
+        FileObject::Group(_) => {
+            if let Some(r) = rec {
+                out.push(LeakRecord {
+                    kind: "group",
+                    what: format!("{} still open", r.what),
+                    site: r.site,
+                    process: r.process,
+                });
+            }
+        }
     }
     out
 }

@@ -333,6 +333,8 @@ impl State {
             return;
         };
         let site = self.call_site();
+        // In process, every mapping's memory is this process's (after a
+        // fork or exec with VFIO files open the engine is the keeper's).
         let found = with_call_site(site, || s.memory_going_away(None, addr, len, cause));
         crate::sanitize::write_stale(&s, &found);
     }

@@ -46,6 +46,10 @@ scenario!(
 );
 scenario!(write_to_read_only_mapping, sc::read_only);
 scenario!(leaks_at_exit_with_call_sites, sc::leak);
+scenario!(
+    open_container_and_group_left_at_exit_are_leaks,
+    sc::left_open
+);
 scenario!(clamped_dma_is_the_device_behaviour, sc::clamp);
 scenario!(clean_driver_reports_nothing, sc::clean);
 scenario!(stale_mapping_after_munmap, |s, m, b| sc::stale(

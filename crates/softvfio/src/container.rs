@@ -177,8 +177,23 @@ impl Container {
 
     /// Records this container's DMA history in `s` from now on (once; a
     /// second sanitizer is ignored).
-    pub fn set_sanitizer(&self, s: Arc<crate::sanitizer::Sanitizer>) {
-        let _ = self.sanitizer.set(s);
+    pub fn set_sanitizer(self: &Arc<Self>, s: Arc<crate::sanitizer::Sanitizer>) {
+        if self.sanitizer.set(s.clone()).is_ok() {
+            s.register(self);
+        }
+    }
+
+    /// The sanitizer's recorder kept in the type1 state's `slot` (made on
+    /// first use), if a sanitizer runs: recording then takes no lock but
+    /// the container's, which the caller holds.
+    pub(crate) fn history_in<'t>(
+        &self,
+        slot: &'t mut Option<crate::sanitizer::Recorder>,
+    ) -> Option<&'t mut crate::sanitizer::Recorder> {
+        if slot.is_none() {
+            *slot = Some(self.sanitizer.get()?.recorder());
+        }
+        slot.as_mut()
     }
 
     /// The sanitizer recording this container, if any.

@@ -138,11 +138,13 @@ impl Session {
         let Ok(id) = name.parse::<u32>() else {
             return Some(Err(VfioError::NoEntry));
         };
-        Some(
-            self.vfio
-                .open_group(id)
-                .map(|g| self.insert(FileObject::Group(g))),
-        )
+        Some(self.vfio.open_group(id).map(|g| {
+            let key = self.insert(FileObject::Group(g));
+            if let Some(s) = self.vfio.sanitizer() {
+                s.note_object(key, format!("group {id} ({path})"));
+            }
+            key
+        }))
     }
 
     /// The container behind a key, if it is one.

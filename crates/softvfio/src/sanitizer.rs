@@ -15,6 +15,17 @@
 //!   forgotten first); live mappings are always remembered (their number is
 //!   bounded by `dma_entry_limit`). A region (all the mappings made at one
 //!   container and IOVA) shows the last `depth` events of its histories.
+//! - A type1 container records into its own [`Recorder`], kept in its
+//!   type1 state under the container's lock (which every map and unmap
+//!   holds already): recording takes no second lock. Questions take each
+//!   registered container's lock in turn, then the shared tables' (which
+//!   hold iommufd areas, direct calls, and the histories of containers
+//!   whose type1 state went, moved there when it goes); recording takes at
+//!   most one container's lock and then the shared one, so no cycle. The
+//!   bounds below hold per recorder (per container) and for the shared
+//!   tables.
+//! - Rings hold `depth` rounded up to a power of two (a mask, not a
+//!   division, per event); a question shows the last `depth`.
 //! - Recording costs no table lookup and no allocation once the tables
 //!   have grown: a map continues the history of its region when the
 //!   region's slot is the latest made at its entry of a small direct-mapped
@@ -497,13 +508,11 @@ struct Slot {
     /// Holds a history (false: free, for the next mapping).
     used: bool,
     mapped: bool,
-    /// In the idle queue (it was unmapped; it is forgotten in turn).
-    queued: bool,
-    /// Times it was taken off the idle queue (mapped again): queue entries
-    /// of an earlier generation are stale.
-    gen: u32,
-    head: u32,
-    len: u32,
+    head: u16,
+    len: u16,
+    /// The process whose address space `vaddr` is in: the maker of the
+    /// latest map or vaddr update ([`NO_PROCESS`]: none said).
+    owner: u32,
     dropped: u64,
 }
 
@@ -534,10 +543,12 @@ type KeyHash = std::hash::BuildHasherDefault<KeyHasher>;
 /// Entries of `Inner::recent`.
 const RECENT: usize = 4096;
 
-/// The `Inner::recent` entry of (`container`, `iova`).
-fn recent_index(container: u64, iova: u64) -> usize {
+/// The `Inner::recent` entry of (`container`, `iova`), and the tag that
+/// tells the keys sharing it apart (most of the time: a match is still
+/// checked against the slot).
+fn recent_index(container: u64, iova: u64) -> (usize, u32) {
     let h = (container.rotate_left(32) ^ (iova >> 12)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (h >> (64 - RECENT.trailing_zeros())) as usize
+    ((h >> (64 - RECENT.trailing_zeros())) as usize, h as u32)
 }
 
 /// The recorder's tables. Recording allocates nothing and looks nothing up
@@ -568,16 +579,24 @@ struct Inner {
     /// (iommufd areas), by (container, first IOVA).
     live: HashMap<(u64, u64), u32, KeyHash>,
     /// Slots of unmapped mappings, in the order they were unmapped, with
-    /// their generation then (an entry whose slot was mapped again since is
+    /// their mark then (an entry whose slot was mapped again since is
     /// skipped, and dropped when such entries pile up).
     idle: VecDeque<(u32, u32)>,
     /// Slots in `idle` that are still idle.
     idle_count: usize,
+    /// Per slot, its idle-queue mark: bit 0 set while it is in the queue,
+    /// the rest its generation (one more each time it leaves the queue); a
+    /// queue entry holds the mark it was queued with, so an entry whose
+    /// slot was mapped again (or forgotten) since is stale. Kept apart from
+    /// the slots (4 bytes each, not a cache line) for the queue's checks.
+    marks: Vec<u32>,
     /// The latest slot made per (container, IOVA) hash: a map at an IOVA
     /// unmapped not long ago continues that region's history in its slot
     /// (a driver's ring of buffers keeps its slots warm), without a table
-    /// lookup; a collision only means a new slot.
-    recent: Vec<u32>,
+    /// lookup; a collision only means a new slot. With each slot, its key's
+    /// tag: a new IOVA is told from the entry's without reading the slot
+    /// (a cold line).
+    recent: Vec<(u32, u32)>,
     seq: u64,
     stale: Vec<StaleReport>,
     objects: HashMap<u64, ObjectRecord>,
@@ -588,8 +607,135 @@ struct Inner {
 /// preload mode).
 pub struct Sanitizer {
     cfg: SanitizerConfig,
+    /// Events stored per slot: `depth` rounded up to a power of two, so
+    /// that ring positions are a mask, not a division.
+    ring: usize,
     clock: EventClock,
+    /// Histories recorded without a container's lock (iommufd areas, direct
+    /// calls) and those of type1 recorders retired (see [`Recorder`]).
     inner: Mutex<Inner>,
+    /// Containers whose [`Recorder`] lives under their own lock: questions
+    /// take each one's lock in turn (in this order), then `inner`'s.
+    containers: Mutex<Vec<std::sync::Weak<crate::container::Container>>>,
+}
+
+/// The storage of a slot's events (`Sanitizer::ring`, `depth`, `max_regions`).
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    depth: usize,
+    ring: usize,
+    max_regions: usize,
+}
+
+/// The history of one type1 container, kept in the container's own state
+/// (under the lock every map and unmap takes already), so that recording
+/// takes no lock of its own. When the container's IOMMU state goes (all
+/// groups gone, the file closed), its histories move into the sanitizer's
+/// shared tables, where reports still find them.
+pub struct Recorder {
+    sanitizer: Arc<Sanitizer>,
+    inner: Inner,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("slots", &self.inner.slots.len())
+            .finish()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let retired = std::mem::take(&mut self.inner);
+        self.sanitizer.retire(retired);
+    }
+}
+
+impl Recorder {
+    fn push(
+        &mut self,
+        container: u64,
+        iova: u64,
+        kind: EventKind,
+        hint: HistorySlot,
+        carried: bool,
+    ) -> HistorySlot {
+        let at = self.sanitizer.clock.now();
+        let geo = self.sanitizer.geometry();
+        self.inner
+            .push(&geo, at, container, iova, kind, Via::Type1, hint, carried)
+    }
+
+    /// `MAP_DMA` made a mapping (see [`Sanitizer::record_map`]).
+    pub fn record_map(
+        &mut self,
+        container: u64,
+        iova: u64,
+        vaddr: u64,
+        size: u64,
+        prot: Prot,
+    ) -> HistorySlot {
+        let kind = EventKind::Map { vaddr, size, prot };
+        self.push(container, iova, kind, HistorySlot::NONE, true)
+    }
+
+    /// `UNMAP_DMA` removed the mapping at `iova` (see
+    /// [`Sanitizer::record_unmap_at`]).
+    pub fn record_unmap_at(&mut self, slot: HistorySlot, container: u64, iova: u64) {
+        self.push(container, iova, EventKind::Unmap, slot, false);
+    }
+
+    /// The container was released with the mapping in place.
+    pub fn record_released_at(&mut self, slot: HistorySlot, container: u64, iova: u64) {
+        self.push(container, iova, EventKind::Released, slot, false);
+    }
+
+    /// The vaddr of the mapping was invalidated.
+    pub fn record_invalidate_vaddr_at(&mut self, slot: HistorySlot, container: u64, iova: u64) {
+        self.push(container, iova, EventKind::InvalidateVaddr, slot, false);
+    }
+
+    /// The vaddr of the mapping was updated.
+    pub fn record_update_vaddr_at(
+        &mut self,
+        slot: HistorySlot,
+        container: u64,
+        iova: u64,
+        vaddr: u64,
+    ) {
+        let kind = EventKind::UpdateVaddr { vaddr };
+        self.push(container, iova, kind, slot, false);
+    }
+}
+
+/// The tables a question reads: each registered container's (under its
+/// lock) and the shared ones, the guards held until the answer is made.
+struct Histories<'a> {
+    containers: Vec<std::sync::MutexGuard<'a, crate::type1::state::State>>,
+    shared: MutexGuard<'a, Inner>,
+}
+
+impl Histories<'_> {
+    fn parts(&self) -> Vec<&Inner> {
+        let mut parts: Vec<&Inner> = self
+            .containers
+            .iter()
+            .filter_map(|st| st.history().map(|r| &r.inner))
+            .collect();
+        parts.push(&self.shared);
+        parts
+    }
+
+    fn parts_mut(&mut self) -> Vec<&mut Inner> {
+        let mut parts: Vec<&mut Inner> = self
+            .containers
+            .iter_mut()
+            .filter_map(|st| st.history_mut().map(|r| &mut r.inner))
+            .collect();
+        parts.push(&mut self.shared);
+        parts
+    }
 }
 
 impl std::fmt::Debug for Sanitizer {
@@ -601,14 +747,117 @@ impl std::fmt::Debug for Sanitizer {
 impl Sanitizer {
     /// A sanitizer with nothing recorded; times are reported from now.
     pub fn new(cfg: SanitizerConfig) -> Arc<Self> {
+        // (A ring's head and length are 16 bits.)
+        let depth = cfg.depth.clamp(1, 1 << 15);
         Arc::new(Self {
             cfg: SanitizerConfig {
-                depth: cfg.depth.max(1),
+                depth,
                 max_regions: cfg.max_regions.max(1),
             },
+            ring: depth.next_power_of_two(),
             clock: EventClock::new(),
             inner: Mutex::new(Inner::default()),
+            containers: Mutex::new(Vec::new()),
         })
+    }
+
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            depth: self.cfg.depth,
+            ring: self.ring,
+            max_regions: self.cfg.max_regions,
+        }
+    }
+
+    /// Questions read `container`'s recorder (under its lock) from now on.
+    pub(crate) fn register(&self, container: &Arc<crate::container::Container>) {
+        let mut list = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|c| c.strong_count() > 0);
+        list.push(Arc::downgrade(container));
+    }
+
+    /// A recorder for the type1 state of a registered container, which
+    /// keeps it under its own lock.
+    pub(crate) fn recorder(self: &Arc<Self>) -> Recorder {
+        Recorder {
+            sanitizer: self.clone(),
+            inner: Inner::default(),
+        }
+    }
+
+    /// A container's recorder went (its type1 state was released): its
+    /// histories join the shared tables, after those already there.
+    fn retire(&self, mut from: Inner) {
+        let geo = self.geometry();
+        let mut to = self.lock();
+        let mut order: Vec<(u64, u32)> = (0u32..)
+            .zip(&from.slots)
+            .filter(|(_, r)| r.used)
+            .map(|(slot, r)| (r.seq, slot))
+            .collect();
+        order.sort_unstable();
+        for (_, slot) in order {
+            let Some(r) = from.slots.get(slot as usize).copied() else {
+                continue;
+            };
+            let Some(new) = to.take_slot(r.container, r.iova, geo.ring) else {
+                break;
+            };
+            let base = slot as usize * geo.ring;
+            let new_base = new as usize * geo.ring;
+            for k in 0..geo.ring {
+                let Some(mut e) = from.events.get(base + k).copied() else {
+                    break;
+                };
+                if let Some(site) = from.sites.get(e.site as usize) {
+                    e.site = to.intern_site(site);
+                }
+                if let Some(dst) = to.events.get_mut(new_base + k) {
+                    *dst = e;
+                }
+            }
+            {
+                let Some(t) = to.slots.get_mut(new as usize) else {
+                    continue;
+                };
+                (t.size, t.vaddr, t.mapped) = (r.size, r.vaddr, r.mapped);
+                (t.head, t.len, t.dropped) = (r.head, r.len, r.dropped);
+                t.owner = r.owner;
+            }
+            if r.mapped {
+                to.live.insert((r.container, r.iova), new);
+            } else {
+                to.enqueue_idle(new);
+            }
+        }
+        from.stale.clear();
+        to.forget_idle(geo.max_regions);
+    }
+
+    /// Runs `f` on every table a question reads (see [`Histories`]): the
+    /// registered containers' locks are taken in registration order, then
+    /// the shared one (recording takes at most one container's lock, then
+    /// maybe the shared one: no cycle).
+    fn with_histories<R>(&self, f: impl FnOnce(&mut Histories<'_>, &Calibration) -> R) -> R {
+        let list: Vec<Arc<crate::container::Container>> = self
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        let cal = self.clock.calibrate();
+        let r = {
+            let mut h = Histories {
+                containers: list.iter().map(|c| c.lock()).collect(),
+                shared: self.lock(),
+            };
+            f(&mut h, &cal)
+        };
+        // The guards are gone: a container dropped with `list` retires its
+        // recorder into the shared tables.
+        drop(list);
+        r
     }
 
     /// Settings.
@@ -649,80 +898,9 @@ impl Sanitizer {
         carried: bool,
     ) -> HistorySlot {
         let at = self.clock.now();
-        let process = current_process();
-        let depth = self.cfg.depth;
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        let site = inner.current_site_id();
-        let event = RawEvent::new(at, kind, via, site, process);
-        let is_map = matches!(kind, EventKind::Map { .. });
-        let hinted = inner
-            .slots
-            .get(hint.0 as usize)
-            .is_some_and(|r| r.used && r.container == container && r.iova == iova);
-        let slot = if hinted {
-            hint.0
-        } else {
-            let found = if is_map {
-                inner.continue_region(container, iova)
-            } else {
-                inner.live_slot(container, iova)
-            };
-            match found {
-                Some(slot) => slot,
-                None => match inner.new_slot(container, iova, depth) {
-                    Some(slot) => slot,
-                    None => return HistorySlot::NONE,
-                },
-            }
-        };
-        let i = slot as usize;
-        let Some(r) = inner.slots.get_mut(i) else {
-            return HistorySlot::NONE;
-        };
-        match kind {
-            EventKind::Map { vaddr, size, .. } => {
-                r.size = size;
-                r.vaddr = vaddr;
-                r.mapped = true;
-                if !carried {
-                    inner.live.insert((container, iova), slot);
-                }
-            }
-            EventKind::UpdateVaddr { vaddr } => r.vaddr = vaddr,
-            EventKind::Unmap | EventKind::Released => {
-                if std::mem::take(&mut r.mapped) && !inner.live.is_empty() {
-                    inner.live.remove(&(container, iova));
-                }
-                if !std::mem::replace(&mut r.queued, true) {
-                    inner.idle.push_back((slot, r.gen));
-                    inner.idle_count += 1;
-                }
-            }
-            EventKind::InvalidateVaddr | EventKind::Stale { .. } => {}
-        }
-        // The ring: overwrite the oldest when full.
-        let pos = if r.len as usize == depth {
-            let p = r.head as usize;
-            r.head = ((p + 1) % depth) as u32;
-            r.dropped += 1;
-            p
-        } else {
-            r.len += 1;
-            (r.head as usize + r.len as usize - 1) % depth
-        };
-        if let Some(e) = inner.events.get_mut(i * depth + pos) {
-            *e = event;
-        }
-        // A slot that got no map event (an unmap of something never seen
-        // mapped) is idle from the start.
-        if let Some(r) = inner.slots.get_mut(i).filter(|r| !r.mapped && !r.queued) {
-            r.queued = true;
-            inner.idle.push_back((slot, r.gen));
-            inner.idle_count += 1;
-        }
-        inner.forget_idle(self.cfg.max_regions);
-        HistorySlot(slot)
+        let geo = self.geometry();
+        self.lock()
+            .push(&geo, at, container, iova, kind, via, hint, carried)
     }
 
     /// `MAP_DMA` made a mapping; returns where its history is, for the
@@ -828,58 +1006,95 @@ impl Sanitizer {
         self.push(container, iova, EventKind::Released);
     }
 
-    /// The program is about to unmap or replace `[vaddr, vaddr + len)`
-    /// (`containers`: the containers whose mappings address that memory;
-    /// `None` for all). Records a stale event on each live mapping whose
-    /// user range it overlaps, and returns them (to be reported now).
+    /// A process (`owner`, a [`Sanitizer::note_process`] index; `None`:
+    /// the only one) is about to unmap or replace `[vaddr, vaddr + len)`
+    /// of its address space. Records a stale event on each live mapping
+    /// whose user range it overlaps and whose memory is that process's (it
+    /// made the mapping, or its latest vaddr update, whatever container
+    /// holds it and whoever holds that container), and returns them (to be
+    /// reported now).
     pub fn memory_going_away(
         &self,
-        containers: Option<&[u64]>,
+        owner: Option<u32>,
         vaddr: u64,
         len: u64,
         cause: StaleCause,
     ) -> Vec<StaleReport> {
         let end = vaddr.saturating_add(len);
-        let hits: Vec<(u64, u64, u64, u64, u32)> = {
-            let inner = self.lock();
-            let mut hits = Vec::new();
-            for (slot, r) in (0u32..).zip(&inner.slots) {
-                let c = r.container;
-                if !r.used || !r.mapped || containers.is_some_and(|list| !list.contains(&c)) {
-                    continue;
-                }
-                let r_end = r.vaddr.saturating_add(r.size);
-                if r.vaddr < end && vaddr < r_end {
-                    let lo = r.vaddr.max(vaddr);
-                    hits.push((c, r.iova, lo, r_end.min(end) - lo, slot));
+        let geo = self.geometry();
+        let site = current_site();
+        let now = Instant::now();
+        self.with_histories(|h, cal| {
+            let mut hits: Vec<(u64, u64, u64, u64, usize, u32)> = Vec::new();
+            let mut parts = h.parts_mut();
+            for (p, inner) in parts.iter().enumerate() {
+                for (slot, r) in (0u32..).zip(&inner.slots) {
+                    let c = r.container;
+                    if !r.used || !r.mapped || owner.is_some_and(|p| p != r.owner) {
+                        continue;
+                    }
+                    let r_end = r.vaddr.saturating_add(r.size);
+                    if r.vaddr < end && vaddr < r_end {
+                        let lo = r.vaddr.max(vaddr);
+                        hits.push((c, r.iova, lo, r_end.min(end) - lo, p, slot));
+                    }
                 }
             }
             hits.sort_unstable();
-            hits
-        };
-        let mut out = Vec::new();
-        for (c, iova, lo, n, slot) in hits {
-            let kind = EventKind::Stale {
-                cause,
-                vaddr: lo,
-                len: n,
-            };
-            self.push_via(c, iova, kind, Via::Type1, HistorySlot(slot), false);
-            let now = Instant::now();
-            if let Some(region) = self.region_view(c, iova, None) {
-                let report = StaleReport {
+            let at = self.clock.now();
+            for &(c, iova, lo, n, p, slot) in &hits {
+                let kind = EventKind::Stale {
+                    cause,
+                    vaddr: lo,
+                    len: n,
+                };
+                if let Some(inner) = parts.get_mut(p) {
+                    inner.push(
+                        &geo,
+                        at,
+                        c,
+                        iova,
+                        kind,
+                        Via::Type1,
+                        HistorySlot(slot),
+                        false,
+                    );
+                }
+            }
+            drop(parts);
+            let parts = h.parts();
+            let mut out = Vec::new();
+            for (c, iova, lo, n, _, _) in hits {
+                let places = instances_of(&parts, c, iova, geo.ring);
+                if places.is_empty() {
+                    continue;
+                }
+                out.push(StaleReport {
                     at: now,
                     cause,
                     vaddr: lo,
                     len: n,
-                    site: current_site(),
-                    region,
-                };
-                self.lock().stale.push(report.clone());
-                out.push(report);
+                    site: site.clone(),
+                    region: view_of(&parts, &places, u64::MAX, &geo, cal),
+                });
             }
-        }
-        out
+            h.shared.stale.extend(out.iter().cloned());
+            out
+        })
+    }
+
+    /// Does process `owner` own a live mapping (see
+    /// [`Sanitizer::memory_going_away`])? A cheap question first, so that
+    /// a front end captures a call site only when it may be reported.
+    pub fn owns_live_mappings(&self, owner: u32) -> bool {
+        self.with_histories(|h, _| {
+            h.parts().iter().any(|inner| {
+                inner
+                    .slots
+                    .iter()
+                    .any(|r| r.used && r.mapped && r.owner == owner)
+            })
+        })
     }
 
     /// Every stale mapping found so far, oldest first.
@@ -887,68 +1102,66 @@ impl Sanitizer {
         self.lock().stale.clone()
     }
 
-    /// The region at (`container`, `iova`) as it was at `at` (`None`: with
-    /// every event recorded so far).
-    fn region_view(&self, container: u64, iova: u64, at: Option<Instant>) -> Option<RegionView> {
-        let cal = self.clock.calibrate();
-        let until = at.map_or(u64::MAX, |at| cal.ticks(at));
-        let inner = self.lock();
-        let slots = inner.instances_of(container, iova);
-        if slots.is_empty() {
-            return None;
-        }
-        Some(inner.view(&slots, until, self.cfg.depth, &cal))
+    /// The region at (`container`, `iova`) as it is now.
+    fn region_view(&self, container: u64, iova: u64) -> Option<RegionView> {
+        let geo = self.geometry();
+        self.with_histories(|h, cal| {
+            let parts = h.parts();
+            let places = instances_of(&parts, container, iova, geo.ring);
+            (!places.is_empty()).then(|| view_of(&parts, &places, u64::MAX, &geo, cal))
+        })
     }
 
     /// The region whose mapping starts at `iova` in `container`, as it is
     /// now.
     pub fn region(&self, container: u64, iova: u64) -> Option<RegionView> {
-        self.region_view(container, iova, None)
+        self.region_view(container, iova)
     }
 
     /// What the history says about `iova` at time `at` (a fault's time):
     /// the regions that covered it, or the nearest ones.
     pub fn explain(&self, iova: u64, at: Instant) -> IovaHistory {
-        let cal = self.clock.calibrate();
-        let at = cal.ticks(at);
-        let inner = self.lock();
-        let depth = self.cfg.depth;
-        // Per container, its regions in IOVA order (report time: sorting
-        // here keeps recording O(1)).
-        let by_container = inner.regions();
-        let view = |_c: u64, _s: u64, slots: &Vec<u32>, at| inner.view(slots, at, depth, &cal);
-        let mut known = Vec::new();
-        let mut nearest = Vec::new();
-        for (c, regions) in &by_container {
-            let before = known.len();
-            for (start, r) in regions.range(..=iova).rev() {
-                let v = view(*c, *start, r, at);
-                if !v.events.is_empty() && iova - start < v.size.max(1) {
-                    known.push(v);
+        let geo = self.geometry();
+        self.with_histories(|h, cal| {
+            let at = cal.ticks(at);
+            let parts = h.parts();
+            // Per container, its regions in IOVA order (report time: sorting
+            // here keeps recording O(1)).
+            let by_container = regions_of(&parts, geo.ring);
+            let view = |places: &Vec<Place>| view_of(&parts, places, at, &geo, cal);
+            let mut known = Vec::new();
+            let mut nearest = Vec::new();
+            for regions in by_container.values() {
+                let before = known.len();
+                for (start, r) in regions.range(..=iova).rev() {
+                    let v = view(r);
+                    if !v.events.is_empty() && iova - start < v.size.max(1) {
+                        known.push(v);
+                    }
                 }
+                if known.len() > before {
+                    continue;
+                }
+                let below = regions
+                    .range(..=iova)
+                    .rev()
+                    .map(|(_, r)| view(r))
+                    .find(|v| !v.events.is_empty());
+                let above = regions
+                    .range(iova.saturating_add(1)..)
+                    .map(|(_, r)| view(r))
+                    .find(|v| !v.events.is_empty());
+                nearest.extend(below);
+                nearest.extend(above);
             }
-            if known.len() > before {
-                continue;
+            if known.is_empty() {
+                IovaHistory::NeverMapped { nearest }
+            } else {
+                // Most recently active first.
+                known.sort_by_key(|v| std::cmp::Reverse(v.events.last().map(|e| e.at)));
+                IovaHistory::Known(known)
             }
-            let below = regions
-                .range(..=iova)
-                .rev()
-                .map(|(s, r)| view(*c, *s, r, at))
-                .find(|v| !v.events.is_empty());
-            let above = regions
-                .range(iova.saturating_add(1)..)
-                .map(|(s, r)| view(*c, *s, r, at))
-                .find(|v| !v.events.is_empty());
-            nearest.extend(below);
-            nearest.extend(above);
-        }
-        if known.is_empty() {
-            IovaHistory::NeverMapped { nearest }
-        } else {
-            // Most recently active first.
-            known.sort_by_key(|v| std::cmp::Reverse(v.events.last().map(|e| e.at)));
-            IovaHistory::Known(known)
-        }
+        })
     }
 
     /// A VFIO file was opened (`key`: the front end's object key).
@@ -1049,24 +1262,116 @@ impl Sanitizer {
     /// Every region recorded now (live and remembered), by container and
     /// IOVA, with all its events kept.
     pub fn regions(&self) -> Vec<RegionView> {
-        let cal = self.clock.calibrate();
-        let inner = self.lock();
-        let depth = self.cfg.depth;
-        inner
-            .regions()
-            .values()
-            .flat_map(|m| m.values())
-            .map(|slots| inner.view(slots, u64::MAX, depth, &cal))
-            .collect()
+        let geo = self.geometry();
+        self.with_histories(|h, cal| {
+            let parts = h.parts();
+            regions_of(&parts, geo.ring)
+                .values()
+                .flat_map(|m| m.values())
+                .map(|places| view_of(&parts, places, u64::MAX, &geo, cal))
+                .collect()
+        })
     }
 
     /// Regions recorded now (live and remembered), for tests and reports.
     pub fn region_count(&self) -> usize {
-        self.lock().regions().values().map(BTreeMap::len).sum()
+        let ring = self.ring;
+        self.with_histories(|h, _| {
+            regions_of(&h.parts(), ring)
+                .values()
+                .map(BTreeMap::len)
+                .sum()
+        })
     }
 }
 
 impl Inner {
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        geo: &Geometry,
+        at: u64,
+        container: u64,
+        iova: u64,
+        kind: EventKind,
+        via: Via,
+        hint: HistorySlot,
+        carried: bool,
+    ) -> HistorySlot {
+        let process = current_process();
+        let ring = geo.ring;
+        let inner = self;
+        let site = inner.current_site_id();
+        let event = RawEvent::new(at, kind, via, site, process);
+        let is_map = matches!(kind, EventKind::Map { .. });
+        let hinted = inner
+            .slots
+            .get(hint.0 as usize)
+            .is_some_and(|r| r.used && r.container == container && r.iova == iova);
+        let slot = if hinted {
+            hint.0
+        } else {
+            let found = if is_map {
+                inner.continue_region(container, iova)
+            } else {
+                inner.live_slot(container, iova)
+            };
+            match found {
+                Some(slot) => slot,
+                None => match inner.new_slot(container, iova, ring) {
+                    Some(slot) => slot,
+                    None => return HistorySlot::NONE,
+                },
+            }
+        };
+        let i = slot as usize;
+        let Some(r) = inner.slots.get_mut(i) else {
+            return HistorySlot::NONE;
+        };
+        match kind {
+            EventKind::Map { vaddr, size, .. } => {
+                r.size = size;
+                r.vaddr = vaddr;
+                r.owner = event.meta >> 8;
+                r.mapped = true;
+                if !carried {
+                    inner.live.insert((container, iova), slot);
+                }
+            }
+            EventKind::UpdateVaddr { vaddr } => {
+                r.vaddr = vaddr;
+                r.owner = event.meta >> 8;
+            }
+            EventKind::Unmap | EventKind::Released => {
+                if std::mem::take(&mut r.mapped) && !inner.live.is_empty() {
+                    inner.live.remove(&(container, iova));
+                }
+            }
+            EventKind::InvalidateVaddr | EventKind::Stale { .. } => {}
+        }
+        // The ring: overwrite the oldest when full.
+        let mask = ring - 1;
+        let pos = if r.len as usize == ring {
+            let p = r.head as usize;
+            r.head = ((p + 1) & mask) as u16;
+            r.dropped += 1;
+            p
+        } else {
+            r.len += 1;
+            (r.head as usize + r.len as usize - 1) & mask
+        };
+        if let Some(e) = inner.events.get_mut(i * ring + pos) {
+            *e = event;
+        }
+        // An unmapped slot waits in the idle queue (one that got no map
+        // event, an unmap of something never seen mapped, from the start).
+        if inner.slots.get(i).is_some_and(|r| !r.mapped) {
+            inner.enqueue_idle(slot);
+        }
+        inner.forget_idle(geo.max_regions);
+        HistorySlot(slot)
+    }
+
     /// The index in `sites` of the call site of the VFIO call this thread
     /// is serving (interned on first sight), [`NO_SITE`] if none: read in
     /// place, so that no reference count changes per event.
@@ -1081,6 +1386,7 @@ impl Inner {
 
     /// The index of `site` in `sites`, added if new ([`NO_SITE`] when the
     /// table is full).
+    #[inline]
     fn intern_site(&mut self, site: &Arc<CallSite>) -> u32 {
         if self
             .sites
@@ -1089,6 +1395,11 @@ impl Inner {
         {
             return self.last_site;
         }
+        self.intern_new_site(site)
+    }
+
+    #[inline(never)]
+    fn intern_new_site(&mut self, site: &Arc<CallSite>) -> u32 {
         let id = match self.site_ids.get(&**site) {
             Some(&id) => id,
             None if self.sites.len() < MAX_SITES => {
@@ -1119,13 +1430,14 @@ impl Inner {
     /// A slot for a new history at (`container`, `iova`): a free one (its
     /// old events stay until overwritten: `len` says none is there), or a
     /// new one.
-    fn new_slot(&mut self, container: u64, iova: u64, depth: usize) -> Option<u32> {
-        let slot = self.take_slot(container, iova, depth)?;
+    fn new_slot(&mut self, container: u64, iova: u64, ring: usize) -> Option<u32> {
+        let slot = self.take_slot(container, iova, ring)?;
         if self.recent.is_empty() {
-            self.recent = vec![u32::MAX; RECENT];
+            self.recent = vec![(u32::MAX, 0); RECENT];
         }
-        if let Some(r) = self.recent.get_mut(recent_index(container, iova)) {
-            *r = slot;
+        let (index, tag) = recent_index(container, iova);
+        if let Some(r) = self.recent.get_mut(index) {
+            *r = (slot, tag);
         }
         Some(slot)
     }
@@ -1134,19 +1446,33 @@ impl Inner {
     /// lately and is not mapped now (a map there continues its history);
     /// taken off the idle queue.
     fn continue_region(&mut self, container: u64, iova: u64) -> Option<u32> {
-        let slot = *self.recent.get(recent_index(container, iova))?;
+        let (index, tag) = recent_index(container, iova);
+        let &(slot, seen) = self.recent.get(index)?;
+        if seen != tag {
+            return None;
+        }
         let r = self.slots.get_mut(slot as usize)?;
         if !r.used || r.mapped || r.container != container || r.iova != iova {
             return None;
         }
-        if std::mem::take(&mut r.queued) {
-            r.gen = r.gen.wrapping_add(1);
+        if let Some(m) = self.marks.get_mut(slot as usize).filter(|m| **m & 1 != 0) {
+            // Its queue entry goes stale: the next generation, not queued.
+            *m = (*m | 1).wrapping_add(1);
             self.idle_count -= 1;
         }
         Some(slot)
     }
 
-    fn take_slot(&mut self, container: u64, iova: u64, depth: usize) -> Option<u32> {
+    /// Puts unmapped `slot` in the idle queue (if it is not there).
+    fn enqueue_idle(&mut self, slot: u32) {
+        if let Some(m) = self.marks.get_mut(slot as usize).filter(|m| **m & 1 == 0) {
+            *m |= 1;
+            self.idle.push_back((slot, *m));
+            self.idle_count += 1;
+        }
+    }
+
+    fn take_slot(&mut self, container: u64, iova: u64, ring: usize) -> Option<u32> {
         self.seq += 1;
         let fresh = Slot {
             container,
@@ -1156,10 +1482,9 @@ impl Inner {
             seq: self.seq,
             used: true,
             mapped: false,
-            queued: false,
-            gen: 0,
             head: 0,
             len: 0,
+            owner: NO_PROCESS,
             dropped: 0,
         };
         match self.free.pop() {
@@ -1170,119 +1495,156 @@ impl Inner {
             None => {
                 let slot = u32::try_from(self.slots.len()).ok()?;
                 self.slots.push(fresh);
+                self.marks.push(0);
                 self.events
-                    .resize_with(self.slots.len() * depth, RawEvent::default);
+                    .resize_with(self.slots.len() * ring, RawEvent::default);
                 Some(slot)
             }
         }
     }
 
     /// Forgets the mappings unmapped longest ago beyond `max`.
+    #[inline]
     fn forget_idle(&mut self, max: usize) {
+        if self.idle_count > max || self.idle.len() > 2 * self.idle_count + 64 {
+            self.forget_idle_now(max);
+        }
+    }
+
+    #[inline(never)]
+    fn forget_idle_now(&mut self, max: usize) {
         while self.idle_count > max {
-            let Some((slot, gen)) = self.idle.pop_front() else {
+            let Some((slot, mark)) = self.idle.pop_front() else {
                 break;
             };
-            let Some(r) = self
-                .slots
-                .get_mut(slot as usize)
-                .filter(|r| r.queued && r.gen == gen)
-            else {
+            // Current entries are told from stale ones by the compact
+            // marks, not the slot's (cold) line, which is only written.
+            let Some(m) = self.marks.get_mut(slot as usize).filter(|m| **m == mark) else {
                 continue;
             };
-            r.used = false;
-            r.queued = false;
+            *m = mark.wrapping_add(1);
+            if let Some(r) = self.slots.get_mut(slot as usize) {
+                r.used = false;
+            }
             self.idle_count -= 1;
             self.free.push(slot);
         }
         if self.idle.len() > 2 * self.idle_count + 64 {
-            let slots = &self.slots;
-            self.idle.retain(|&(slot, gen)| {
-                slots
-                    .get(slot as usize)
-                    .is_some_and(|r| r.queued && r.gen == gen)
-            });
+            let marks = &self.marks;
+            self.idle
+                .retain(|&(slot, mark)| marks.get(slot as usize) == Some(&mark));
         }
     }
 
-    /// The slots of every history at (`container`, `iova`), oldest first.
-    fn instances_of(&self, container: u64, iova: u64) -> Vec<u32> {
-        let mut slots: Vec<(u64, u32)> = (0u32..)
-            .zip(&self.slots)
-            .filter(|(_, r)| r.used && r.container == container && r.iova == iova)
-            .map(|(slot, r)| (r.seq, slot))
-            .collect();
-        slots.sort_unstable();
-        slots.into_iter().map(|(_, slot)| slot).collect()
+    /// The time (ticks) of the oldest event kept in `slot`: a region's
+    /// histories follow each other, so this orders them across tables.
+    fn first_at(&self, slot: u32, ring: usize) -> u64 {
+        self.slots
+            .get(slot as usize)
+            .and_then(|r| self.events.get(slot as usize * ring + r.head as usize))
+            .map_or(u64::MAX, |e| e.at)
     }
+}
 
-    /// Every region: per container, per first IOVA, its histories' slots,
-    /// oldest first (report time: recording keeps no order).
-    fn regions(&self) -> BTreeMap<u64, BTreeMap<u64, Vec<u32>>> {
-        let mut order: Vec<(u64, u32)> = (0u32..)
-            .zip(&self.slots)
-            .filter(|(_, r)| r.used)
-            .map(|(slot, r)| (r.seq, slot))
-            .collect();
-        order.sort_unstable();
-        let mut out: BTreeMap<u64, BTreeMap<u64, Vec<u32>>> = BTreeMap::new();
-        for (_, slot) in order {
-            if let Some(r) = self.slots.get(slot as usize) {
-                out.entry(r.container)
-                    .or_default()
-                    .entry(r.iova)
-                    .or_default()
-                    .push(slot);
+/// A history's place: which of the tables (an index into the parts of
+/// [`Histories`]) and which slot there.
+type Place = (usize, u32);
+
+/// Every region of `parts`: per container, per first IOVA, its histories,
+/// oldest first (report time: recording keeps no order).
+fn regions_of(parts: &[&Inner], ring: usize) -> BTreeMap<u64, BTreeMap<u64, Vec<Place>>> {
+    let mut order: Vec<(u64, u64, Place)> = Vec::new();
+    for (p, inner) in parts.iter().enumerate() {
+        for (slot, r) in (0u32..).zip(&inner.slots) {
+            if r.used {
+                order.push((inner.first_at(slot, ring), r.seq, (p, slot)));
             }
         }
-        out
     }
+    order.sort_unstable();
+    let mut out: BTreeMap<u64, BTreeMap<u64, Vec<Place>>> = BTreeMap::new();
+    for (_, _, (p, slot)) in order {
+        if let Some(r) = parts.get(p).and_then(|i| i.slots.get(slot as usize)) {
+            out.entry(r.container)
+                .or_default()
+                .entry(r.iova)
+                .or_default()
+                .push((p, slot));
+        }
+    }
+    out
+}
 
-    /// The region whose histories are in `slots` (oldest first) as it was
-    /// at `at` (ticks): their events in order, the last `depth` of them.
-    fn view(&self, slots: &[u32], at: u64, depth: usize, cal: &Calibration) -> RegionView {
-        let mut view = RegionView {
-            container: 0,
-            iova: 0,
-            size: 0,
-            mapped: false,
-            events: Vec::new(),
-            dropped: 0,
-        };
-        let mut raw: Vec<&RawEvent> = Vec::new();
-        for &slot in slots {
-            let Some(r) = self.slots.get(slot as usize) else {
-                continue;
-            };
-            (view.container, view.iova, view.size) = (r.container, r.iova, r.size);
-            view.dropped += r.dropped;
-            let base = slot as usize * depth;
-            raw.extend(
-                (0..r.len as usize)
-                    .filter_map(|k| self.events.get(base + (r.head as usize + k) % depth)),
-            );
+/// The histories at (`container`, `iova`) in `parts`, oldest first.
+fn instances_of(parts: &[&Inner], container: u64, iova: u64, ring: usize) -> Vec<Place> {
+    let mut order: Vec<(u64, u64, Place)> = Vec::new();
+    for (p, inner) in parts.iter().enumerate() {
+        for (slot, r) in (0u32..).zip(&inner.slots) {
+            if r.used && r.container == container && r.iova == iova {
+                order.push((inner.first_at(slot, ring), r.seq, (p, slot)));
+            }
         }
-        // Instances follow each other: their events are in time order.
-        raw.retain(|e| e.at <= at);
-        let excess = raw.len().saturating_sub(depth);
-        view.dropped += excess as u64;
-        view.events = raw[excess..]
-            .iter()
-            .map(|e| e.event(cal, &self.sites))
-            .collect();
-        view.mapped = view.events.iter().fold(false, |m, e| match e.kind {
-            EventKind::Map { .. } => true,
-            EventKind::Unmap | EventKind::Released => false,
-            _ => m,
-        });
-        if let Some(size) = view.events.iter().rev().find_map(|e| match e.kind {
-            EventKind::Map { size, .. } => Some(size),
-            _ => None,
-        }) {
-            view.size = size;
-        }
-        view
     }
+    order.sort_unstable();
+    order.into_iter().map(|(_, _, place)| place).collect()
+}
+
+/// The region whose histories are at `places` (oldest first) as it was at
+/// `at` (ticks): their events in order, the last `depth` of them.
+fn view_of(
+    parts: &[&Inner],
+    places: &[Place],
+    at: u64,
+    geo: &Geometry,
+    cal: &Calibration,
+) -> RegionView {
+    let mut view = RegionView {
+        container: 0,
+        iova: 0,
+        size: 0,
+        mapped: false,
+        events: Vec::new(),
+        dropped: 0,
+    };
+    let ring = geo.ring;
+    let mut raw: Vec<(&RawEvent, &[Arc<CallSite>])> = Vec::new();
+    for &(p, slot) in places {
+        let Some(inner) = parts.get(p) else {
+            continue;
+        };
+        let Some(r) = inner.slots.get(slot as usize) else {
+            continue;
+        };
+        (view.container, view.iova, view.size) = (r.container, r.iova, r.size);
+        view.dropped += r.dropped;
+        let base = slot as usize * ring;
+        raw.extend((0..r.len as usize).filter_map(|k| {
+            inner
+                .events
+                .get(base + ((r.head as usize + k) & (ring - 1)))
+                .map(|e| (e, inner.sites.as_slice()))
+        }));
+    }
+    // Histories follow each other: their events are in time order.
+    raw.retain(|(e, _)| e.at <= at);
+    let excess = raw.len().saturating_sub(geo.depth);
+    view.dropped += excess as u64;
+    view.events = raw[excess..]
+        .iter()
+        .map(|(e, sites)| e.event(cal, sites))
+        .collect();
+    view.mapped = view.events.iter().fold(false, |m, e| match e.kind {
+        EventKind::Map { .. } => true,
+        EventKind::Unmap | EventKind::Released => false,
+        _ => m,
+    });
+    if let Some(size) = view.events.iter().rev().find_map(|e| match e.kind {
+        EventKind::Map { size, .. } => Some(size),
+        _ => None,
+    }) {
+        view.size = size;
+    }
+    view
 }
 
 #[cfg(test)]
@@ -1489,6 +1851,26 @@ mod tests {
             }],
         }));
         for (what, ring) in [("new IOVA each pair", u64::MAX), ("ring of 256", 256)] {
+            // As type1 records: into a container's recorder, no lock.
+            let s = Sanitizer::new(SanitizerConfig::default());
+            let mut rec = s.recorder();
+            for i in 0..4096u64 {
+                rec.record_map(1, (1 << 40) + i * 0x2000, 0x7000, 0x1000, rw());
+            }
+            let n = 2_000_000u64;
+            let mut pair = |k: u64| {
+                let iova = (k % ring) * 0x1000;
+                let slot = with_call_site(site.clone(), || {
+                    rec.record_map(1, iova, 0x7000, 0x1000, rw())
+                });
+                with_call_site(site.clone(), || rec.record_unmap_at(slot, 1, iova));
+            };
+            (0..8192).for_each(&mut pair);
+            let t = Instant::now();
+            (8192..8192 + n).for_each(&mut pair);
+            let ns = t.elapsed().as_nanos() as f64 / n as f64;
+            println!("recorder, {what}: {ns:.1} ns per map+unmap pair");
+
             let s = Sanitizer::new(SanitizerConfig::default());
             // 4096 live mappings, as in `softvfio bench sanitize-churn`.
             for i in 0..4096u64 {
@@ -1634,8 +2016,55 @@ mod tests {
             .memory_going_away(None, 0x7100_0000, 0x1000, StaleCause::Mremap)
             .is_empty());
         assert!(s
-            .memory_going_away(Some(&[2]), 0x7000_0000, 0x1000, StaleCause::Munmap)
+            .memory_going_away(Some(2), 0x7000_0000, 0x1000, StaleCause::Munmap)
             .is_empty());
         assert_eq!(s.stale_reports().len(), 1);
+    }
+
+    /// A stale check looks at the mappings whose memory is the calling
+    /// process's: those it made or last updated the vaddr of, in any
+    /// container, and not another process's at the same address.
+    #[test]
+    fn memory_going_away_checks_the_callers_mappings_in_every_container() {
+        let s = Sanitizer::new(SanitizerConfig::default());
+        let (parent, child) = (
+            s.note_process(100, "p".into()),
+            s.note_process(101, "p".into()),
+        );
+        set_current_process(Some(parent));
+        s.record_map(1, 0x10000, 0x7000_0000, 0x1000, rw());
+        // The child maps the same address of its own memory, through the
+        // other container, and a second buffer through the parent's.
+        set_current_process(Some(child));
+        let moved = s.record_map(2, 0x20000, 0x7000_0000, 0x1000, rw());
+        s.record_map(1, 0x30000, 0x7100_0000, 0x1000, rw());
+        s.record_update_vaddr_at(moved, 2, 0x20000, 0x7200_0000);
+        set_current_process(None);
+        assert!(s.owns_live_mappings(parent) && s.owns_live_mappings(child));
+        assert!(!s.owns_live_mappings(child + 1));
+        let hits = s.memory_going_away(Some(parent), 0x7000_0000, 0x10_0000, StaleCause::Munmap);
+        assert_eq!(
+            hits.iter()
+                .map(|h| (h.region.container, h.region.iova))
+                .collect::<Vec<_>>(),
+            vec![(1, 0x10000)]
+        );
+        // The child's: its mapping in the parent's container, and the one
+        // whose vaddr it moved (the old address is no longer its memory).
+        let hits = s.memory_going_away(Some(child), 0x7000_0000, 0x300_0000, StaleCause::Mremap);
+        assert_eq!(
+            hits.iter()
+                .map(|h| (h.region.container, h.region.iova))
+                .collect::<Vec<_>>(),
+            vec![(1, 0x30000), (2, 0x20000)]
+        );
+        assert_eq!(hits[1].vaddr, 0x7200_0000);
+        let r = s.region(1, 0x30000).unwrap();
+        assert_eq!(r.events.last().unwrap().process, None);
+        assert!(matches!(
+            r.events.last().unwrap().kind,
+            EventKind::Stale { .. }
+        ));
+        assert_eq!(s.stale_reports().len(), 3);
     }
 }

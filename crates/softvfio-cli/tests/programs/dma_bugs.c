@@ -7,6 +7,8 @@
  *   never-mapped  starts a DMA to an IOVA nothing was mapped at
  *   read-only     maps a buffer read-only, then lets the device write it
  *   leak          exits with a mapping, the device fd and an MSI eventfd
+ *   left-open     closes the device, exits with the container (nothing
+ *                 mapped) and the group open
  *   munmap        munmaps memory still mapped for DMA, then DMAs into it
  *   mremap        mremaps (moves) memory still mapped for DMA
  *   map-fixed     mmap(MAP_FIXED) over memory still mapped for DMA
@@ -17,6 +19,12 @@
  *                 inherited container and exits with it mapped; the parent
  *                 then maps and exits with everything open (each process
  *                 gets its own history and leaks)
+ *   fork-munmap   forks; the child maps its copy of a buffer through the
+ *                 inherited container, closes its VFIO files (the parent
+ *                 alone holds the container) and munmaps the buffer: a
+ *                 stale mapping of the child's memory; the parent then
+ *                 munmaps its own copy (not mapped for DMA), unmaps the
+ *                 IOVA and closes everything
  *   exec          maps and unmaps, then execs itself ("exec-image"), which
  *                 maps through the container it kept and exits with it
  *                 mapped (each image gets its own history and leaks)
@@ -147,6 +155,10 @@ int main(int argc, char **argv) {
     map_buffer(buf, IOVA, 3);
     enable_msi();
     return 0; /* nothing closed */
+  } else if (!strcmp(what, "left-open")) {
+    close(device);
+    printf("done %s\n", what);
+    return 0; /* container and group left open */
   } else if (!strcmp(what, "exec")) {
     map_buffer(buf, IOVA, 3);
     unmap_buffer(IOVA);
@@ -172,6 +184,22 @@ int main(int argc, char **argv) {
     map_buffer(buf, 0x300000, 3); /* the parent's */
     printf("parent %d\ndone fork\n", getpid());
     return 0; /* nothing closed */
+  } else if (!strcmp(what, "fork-munmap")) {
+    fflush(stdout);
+    pid_t child = fork();
+    if (child < 0) die("fork");
+    if (child == 0) {
+      map_buffer(buf, 0x200000, 3); /* the child's copy of the pages */
+      close(device);
+      close(group);
+      close(container);
+      munmap(buf, LEN);
+      _exit(0);
+    }
+    int status;
+    if (waitpid(child, &status, 0) != child || status != 0) die("child");
+    munmap(buf, LEN); /* the parent's own copy */
+    unmap_buffer(0x200000);
   } else if (!strcmp(what, "munmap")) {
     map_buffer(buf, IOVA, 3);
     munmap(buf, LEN);

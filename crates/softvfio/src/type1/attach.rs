@@ -43,6 +43,7 @@ impl Container {
             dirty_tracking: false,
             num_non_pinned_groups: 0,
             vaddr_invalid_count: 0,
+            history: None,
         };
         let groups = st.groups.clone();
         for (i, g) in groups.iter().enumerate() {
@@ -372,8 +373,8 @@ impl Container {
     pub(crate) fn unmap_unpin_all(&self, t: &mut Type1) {
         for iova in t.dmas.keys() {
             let history = self.remove_dma(t, iova).map(|d| d.history);
-            if let Some(s) = self.sanitizer.get() {
-                s.record_released_at(history.unwrap_or_default(), self.id, iova);
+            if let Some(h) = self.history_in(&mut t.history) {
+                h.record_released_at(history.unwrap_or_default(), self.id, iova);
             }
         }
     }

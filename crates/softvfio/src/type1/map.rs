@@ -100,8 +100,9 @@ impl Container {
                 self.move_pins(dma, &domains, vaddr, space);
                 dma.vaddr = vaddr;
                 dma.vaddr_invalid = false;
-                if let Some(s) = self.sanitizer.get() {
-                    s.record_update_vaddr_at(dma.history, self.id, iova, vaddr);
+                let slot = dma.history;
+                if let Some(h) = self.history_in(&mut t.history) {
+                    h.record_update_vaddr_at(slot, self.id, iova, vaddr);
                 }
             }
             t.vaddr_invalid_count = t.vaddr_invalid_count.saturating_sub(1);
@@ -151,15 +152,15 @@ impl Container {
         }
         // Recorded before the mapping goes into the tree, so that it
         // carries its history's slot (its unmap then skips a lookup).
-        if let Some(s) = self.sanitizer.get() {
-            dma.history = s.record_map(self.id, iova, vaddr, size, prot);
+        if let Some(h) = self.history_in(&mut t.history) {
+            dma.history = h.record_map(self.id, iova, vaddr, size, prot);
         }
         // Checked above under the same lock, so the tree accepts it; should
         // it refuse, undo the pins rather than lose a mapping or a slot.
         if let Err(refused) = t.dmas.insert_vacant(vacancy, dma) {
             let dma = self.release_dma(t, *refused.0);
-            if let Some(s) = self.sanitizer.get() {
-                s.record_unmap_at(dma.history, self.id, iova);
+            if let Some(h) = self.history_in(&mut t.history) {
+                h.record_unmap_at(dma.history, self.id, iova);
             }
             return Err(VfioError::Exists);
         }
@@ -414,8 +415,8 @@ impl Container {
             {
                 let size = dma.size;
                 let history = self.forget_dma(t, dma).history;
-                if let Some(s) = self.sanitizer.get() {
-                    s.record_unmap_at(history, self.id, iova);
+                if let Some(h) = self.history_in(&mut t.history) {
+                    h.record_unmap_at(history, self.id, iova);
                 }
                 return Ok(UnmapStep::Done(size));
             }
@@ -515,8 +516,8 @@ impl Container {
             }
             dma.vaddr_invalid = true;
             t.vaddr_invalid_count += 1;
-            if let Some(s) = self.sanitizer.get() {
-                s.record_invalidate_vaddr_at(dma.history, self.id, key);
+            if let Some(h) = self.history_in(&mut t.history) {
+                h.record_invalidate_vaddr_at(dma.history, self.id, key);
             }
             unmapped = unmapped.wrapping_add(dma.size);
             touched.push(key);
@@ -564,8 +565,8 @@ impl Container {
                 break;
             };
             unmapped = unmapped.wrapping_add(dma.size);
-            if let Some(s) = self.sanitizer.get() {
-                s.record_unmap_at(dma.history, self.id, key);
+            if let Some(h) = self.history_in(&mut t.history) {
+                h.record_unmap_at(dma.history, self.id, key);
             }
         }
         Ok(UnmapStep::Done(unmapped))

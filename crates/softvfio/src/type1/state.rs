@@ -50,6 +50,9 @@ pub(crate) struct Type1 {
     pub(super) dirty_tracking: bool,
     pub(super) num_non_pinned_groups: u32,
     pub(super) vaddr_invalid_count: u32,
+    /// The DMA sanitizer's history of this container, recorded under its
+    /// lock (made on the first event once a sanitizer is set).
+    pub(super) history: Option<crate::sanitizer::Recorder>,
 }
 
 pub(crate) struct State {
@@ -62,6 +65,18 @@ pub(crate) struct State {
     /// Devices registered for external pinning (type1's `device_list`):
     /// their `dma_unmap` callbacks are the unmap notifier.
     pub(crate) external_devices: Vec<Arc<ExternalDevice>>,
+}
+
+impl State {
+    /// The sanitizer's recorder of this container, if one was made.
+    pub(crate) fn history(&self) -> Option<&crate::sanitizer::Recorder> {
+        self.iommu.as_ref().and_then(|t| t.history.as_ref())
+    }
+
+    /// The same, to record into.
+    pub(crate) fn history_mut(&mut self) -> Option<&mut crate::sanitizer::Recorder> {
+        self.iommu.as_mut().and_then(|t| t.history.as_mut())
+    }
 }
 
 impl Type1 {

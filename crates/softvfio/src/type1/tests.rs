@@ -458,3 +458,85 @@ fn mappings_carry_their_sanitizer_history() {
     // Two regions, one of them mapped twice.
     assert_eq!(s.region_count(), 2);
 }
+
+/// The sanitizer's history of a container lives under the container's
+/// lock while its type1 state does; when that goes (the last group
+/// detached), the history moves to the sanitizer's shared tables: a region
+/// mapped before and after shows both histories, in order, with their call
+/// sites, and the container's own drop loses nothing.
+#[test]
+fn a_released_containers_history_is_kept() {
+    use crate::sanitizer::{with_call_site, CallSite, EventKind, Frame, Sanitizer, StaleCause};
+    let (c, _mem, _unit, group) = setup(true);
+    let s = Sanitizer::new(crate::sanitizer::SanitizerConfig::default());
+    c.set_sanitizer(s.clone());
+    let site = |addr| {
+        Arc::new(CallSite {
+            frames: vec![Frame {
+                addr,
+                object: Some("/bin/prog".into()),
+                offset: addr - 0x40_0000,
+            }],
+        })
+    };
+    with_call_site(Some(site(0x40_1000)), || {
+        map_dma(&c, 0x10_0000, BASE, PG, RW).unwrap()
+    });
+    map_dma(&c, 0x20_0000, BASE + PG, PG, RW).unwrap();
+    assert_eq!(c.unmap(0x20_0000, PG).unwrap(), PG);
+    // The last group goes: type1 releases the live mapping.
+    c.detach_group(group.id);
+    assert!(c.lock().iommu.is_none());
+    c.attach_group(&group).unwrap();
+    c.set_iommu(TYPE1V2_IOMMU).unwrap();
+    with_call_site(Some(site(0x40_2000)), || {
+        map_dma(&c, 0x10_0000, BASE + 2 * PG, 2 * PG, RW).unwrap()
+    });
+    let map = |vaddr, size| EventKind::Map {
+        vaddr,
+        size,
+        prot: crate::iommu::Prot::RW,
+    };
+    let check_region = |s: &Sanitizer| {
+        let r = s.region(c.id(), 0x10_0000).unwrap();
+        let kinds: Vec<EventKind> = r.events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                map(BASE, PG),
+                EventKind::Released,
+                map(BASE + 2 * PG, 2 * PG)
+            ]
+        );
+        let addr = |i: usize| r.events[i].site.as_ref().map(|s| s.frames[0].addr);
+        assert_eq!(
+            (addr(0), addr(1), addr(2)),
+            (Some(0x40_1000), None, Some(0x40_2000))
+        );
+        assert!(r.mapped);
+        assert_eq!(r.size, 2 * PG);
+        let unmapped = s.region(c.id(), 0x20_0000).unwrap();
+        assert_eq!(unmapped.events.len(), 2);
+        assert!(!unmapped.mapped);
+        assert_eq!(s.region_count(), 2);
+    };
+    check_region(&s);
+    // A stale check reaches the mapping under the container's lock.
+    let hits = s.memory_going_away(None, BASE + 3 * PG, 0x10_0000, StaleCause::Munmap);
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        (hits[0].region.iova, hits[0].vaddr, hits[0].len),
+        (0x10_0000, BASE + 3 * PG, PG)
+    );
+    // Closed and dropped: everything is in the shared tables now.
+    c.close();
+    let id = c.id();
+    let s2 = s.clone();
+    drop(c);
+    let r = s2.region(id, 0x10_0000).unwrap();
+    assert_eq!(r.events.len(), 5);
+    assert!(matches!(r.events[3].kind, EventKind::Stale { .. }));
+    assert_eq!(r.events[4].kind, EventKind::Released);
+    assert!(!r.mapped);
+    assert_eq!(s2.region_count(), 2);
+}
