@@ -1003,6 +1003,43 @@ fn sanitized_child_call_site_preload() {
     sanitized_child_call_site("preload");
 }
 
+/// --sanitize and an `execve` with an empty environment that keeps the
+/// container: the library puts back every `SOFTVFIO_*` variable it was
+/// started with (not only `LD_PRELOAD`), so the new image runs sanitized
+/// and its leak's call site is its own frames (before: `SOFTVFIO_SANITIZE`
+/// was lost, the new image read it unset and the leak had "an unknown call
+/// site"). Preload only: trace mode reads no variable in the program.
+#[test]
+fn exec_with_cleared_environment_stays_sanitized_preload() {
+    let exe = build_c("procmodel", false);
+    let out = softvfio_run(
+        "preload",
+        &["--sanitize"],
+        &exe,
+        &["execvar", GROUP, BDF, "execve_noenv_map"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.get("exec_execve_noenv_map"), "OK 3 type1v2");
+    assert_eq!(out.get("exec_image_sanitize"), "on");
+    assert_eq!(out.get("exec_image_map"), "0");
+    let leak = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("leak: IOVA 0x300000 size 4 KiB"))
+        .unwrap_or_else(|| panic!("no leak of the new image's mapping in\n{}", out.stderr));
+    let site = leak.split("created from ").nth(1).unwrap_or("");
+    let names: Vec<&str> = site
+        .split(" <- ")
+        .filter_map(|f| f.split(' ').next())
+        .collect();
+    assert_eq!(
+        names,
+        ["map", "exec_image_maps_and_leaves", "main"],
+        "{}",
+        out.stderr
+    );
+}
+
 /// VFIO files all close-on-exec (as QEMU opens them): the children of
 /// system, posix_spawn and popen inherit none, so preload leaves these
 /// calls to libc and the engine stays in the process (no keeper, no
