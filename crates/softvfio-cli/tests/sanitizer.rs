@@ -379,11 +379,20 @@ fn fork_sections(mode: &str) {
 /// with what it mapped through the container it kept.
 #[test]
 fn each_image_of_an_exec_has_its_own_history_and_leaks() {
+    exec_sections("trace");
+}
+
+#[test]
+fn each_image_of_an_exec_has_its_own_history_and_leaks_preload() {
+    exec_sections("preload");
+}
+
+fn exec_sections(mode: &str) {
     let Some(bin) = program() else {
         eprintln!("skipped: no gcc");
         return;
     };
-    let (code, err) = sc::run(softvfio(), "trace", bin, "exec", &["--sanitize=strict"]);
+    let (code, err) = sc::run(softvfio(), mode, bin, "exec", &["--sanitize=strict"]);
     assert_eq!(code, 1, "strict: leaks\n{err}");
     let head = "process ";
     let program = format!(" ({}): ", bin.display());
