@@ -595,7 +595,9 @@ impl MmSyscalls for TracedMm {
         self.0.mlock(addr, len).map_err(|e| e.0)
     }
     fn munlock(&self, addr: u64, len: u64) -> Result<(), i32> {
-        self.0.munlock(addr, len).map_err(|e| e.0)
+        // Another process's unmap may unpin this one's pages: the munlock
+        // runs in the owner all the same (before that call returns).
+        self.0.munlock_in_owner(addr, len).map_err(|e| e.0)
     }
     fn calls_are_costly(&self) -> bool {
         // Each call is injected: ptrace round trips.

@@ -206,22 +206,26 @@ iommufd_scenario!(iommufd_clean_driver_reports_nothing, sc::iommufd::clean);
 /// A forking program: each process has its own section in the end report
 /// and in `--report-json`, with the history of what it mapped and
 /// unmapped and the leaks it made (the child mapped through the container
-/// it inherited; the parent keeps the files).
+/// it inherited; the parent keeps the files). Preload: the keeper serves
+/// both processes after the fork and notes each (before: no section).
 #[test]
 fn each_process_of_a_fork_has_its_own_history_and_leaks() {
+    fork_sections("trace");
+}
+
+#[test]
+fn each_process_of_a_fork_has_its_own_history_and_leaks_preload() {
+    fork_sections("preload");
+}
+
+fn fork_sections(mode: &str) {
     let Some(bin) = program() else {
         eprintln!("skipped: no gcc");
         return;
     };
-    let json = dir().join("fork-report.json");
+    let json = dir().join(format!("fork-report-{mode}.json"));
     let out = std::process::Command::new(softvfio())
-        .args([
-            "run",
-            "--mode",
-            "trace",
-            "--sanitize=strict",
-            "--report-json",
-        ])
+        .args(["run", "--mode", mode, "--sanitize=strict", "--report-json"])
         .arg(&json)
         .arg("--")
         .arg(bin)
@@ -430,11 +434,20 @@ fn a_childs_munmap_of_memory_mapped_in_a_container_it_closed_is_stale() {
 /// with what it mapped through the container it kept.
 #[test]
 fn each_image_of_an_exec_has_its_own_history_and_leaks() {
+    exec_sections("trace");
+}
+
+#[test]
+fn each_image_of_an_exec_has_its_own_history_and_leaks_preload() {
+    exec_sections("preload");
+}
+
+fn exec_sections(mode: &str) {
     let Some(bin) = program() else {
         eprintln!("skipped: no gcc");
         return;
     };
-    let (code, err) = sc::run(softvfio(), "trace", bin, "exec", &["--sanitize=strict"]);
+    let (code, err) = sc::run(softvfio(), mode, bin, "exec", &["--sanitize=strict"]);
     assert_eq!(code, 1, "strict: leaks\n{err}");
     let head = "process ";
     let program = format!(" ({}): ", bin.display());

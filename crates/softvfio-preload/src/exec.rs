@@ -15,6 +15,7 @@
 //! All `unsafe` of these hooks is here, each with its `SAFETY:` comment.
 
 use std::ffi::{c_char, c_int, CStr, CString};
+use std::sync::OnceLock;
 
 use crate::{forward, hook, real};
 
@@ -25,11 +26,39 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
     hook(-1, real::fork, |pass| forward::fork(|| pass.call()))
 }
 
+/// The `SOFTVFIO_*` variables this image was started with (`softvfio
+/// run`'s settings: sanitizer, report, configuration, ...), but the
+/// keeper's, which each exec's plan gives anew.
+static STARTED_WITH: OnceLock<Vec<CString>> = OnceLock::new();
+
+/// Keeps the `SOFTVFIO_*` variables of the environment (at load, before
+/// the program can change it).
+pub(crate) fn note_started_with() {
+    STARTED_WITH.get_or_init(|| {
+        std::env::vars_os()
+            .filter(|(k, _)| {
+                let k = k.as_encoded_bytes();
+                k.starts_with(b"SOFTVFIO_")
+                    && k != forward::ENV_NAME.to_bytes()
+                    && k != forward::ENV_FDS.to_bytes()
+            })
+            .filter_map(|(k, v)| {
+                let mut e = k.into_encoded_bytes();
+                e.push(b'=');
+                e.extend_from_slice(v.as_encoded_bytes());
+                CString::new(e).ok()
+            })
+            .collect()
+    });
+}
+
 /// The environment `envp` with the keeper's variables of `plan` instead of
-/// any it had, and this library in `LD_PRELOAD` (an environment the
-/// program cleared or rebuilt would leave the new image without it: its
+/// any it had, this library in `LD_PRELOAD`, and each `SOFTVFIO_*` variable
+/// this image was started with that `envp` lacks (an environment the
+/// program cleared or rebuilt would leave the new image without them: its
 /// inherited VFIO descriptors, eventfds, would answer ENOTTY where Linux's
-/// work). The array over the entries; `extra` owns the strings made here.
+/// work, and a sanitized run would go on unsanitized). The array over the
+/// entries; `extra` owns the strings made here.
 ///
 /// # Safety
 /// `envp` is a NULL-terminated array of NUL-terminated strings (or null).
@@ -41,6 +70,7 @@ unsafe fn merged_env(
     let lib = real::own_library_path();
     let mut preload: Option<&[u8]> = None;
     let mut out = Vec::new();
+    let mut names: Vec<&[u8]> = Vec::new();
     if !envp.is_null() {
         let mut i = 0;
         loop {
@@ -51,6 +81,9 @@ unsafe fn merged_env(
             }
             // SAFETY: each entry is a NUL-terminated string (contract).
             let s = unsafe { CStr::from_ptr(p) }.to_bytes();
+            if s.starts_with(b"SOFTVFIO_") {
+                names.push(s.split(|c| *c == b'=').next().unwrap_or(s));
+            }
             if let Some(v) = s.strip_prefix(b"LD_PRELOAD=").filter(|_| lib.is_some()) {
                 preload = Some(v);
             } else if !s.starts_with(b"SOFTVFIO_KEEPER=") && !s.starts_with(b"SOFTVFIO_KEEPER_FDS=")
@@ -80,7 +113,17 @@ unsafe fn merged_env(
             extra.push(c);
         }
     }
-    out.extend(plan.env.iter().chain(extra.iter()).map(|c| c.as_ptr()));
+    let lacking = STARTED_WITH.get().into_iter().flatten().filter(|e| {
+        let name = e.to_bytes().split(|c| *c == b'=').next().unwrap_or(b"");
+        !names.contains(&name)
+    });
+    out.extend(
+        plan.env
+            .iter()
+            .chain(extra.iter())
+            .chain(lacking)
+            .map(|c| c.as_ptr()),
+    );
     out.push(std::ptr::null());
     out
 }

@@ -281,6 +281,9 @@ struct Proc {
     keys: HashMap<ObjectKey, usize>,
     /// An exec is under way: the objects of the descriptors it closes.
     exec_closing: Option<Vec<ObjectKey>>,
+    /// Sanitized: this image's index in the sanitizer's process list
+    /// (noted at its first call; a new one after an exec).
+    image: Option<u32>,
 }
 
 struct Keeper {
@@ -321,6 +324,11 @@ fn serve(mut st: State, conn: c_int, listener: c_int, program: i32, reason: Reas
         own.move_to(program, Arc::new(ClientSyscalls { pid: program }));
     }
     let pidfd = real::pidfd_open(program).unwrap_or(-1);
+    // The program's entry, if its calls before the hand-off noted one.
+    let image = st
+        .own_image()
+        .filter(|(p, _)| *p == program)
+        .map(|(_, i)| i);
     let mut k = Keeper {
         st,
         listener,
@@ -339,9 +347,12 @@ fn serve(mut st: State, conn: c_int, listener: c_int, program: i32, reason: Reas
             mem: Memory::Program(own),
             keys,
             exec_closing: None,
+            image,
         },
     );
     k.run();
+    // What the end releases is no process's call.
+    softvfio::sanitizer::set_current_process(None);
     state::report_and_finish(&mut k.st);
     real::exit_now(0)
 }
@@ -556,7 +567,22 @@ impl Keeper {
         real::close_own(conn);
     }
 
+    /// Sanitized: the calls served from now on (and what they release)
+    /// are process `pid`'s image's, for its section of the report.
+    fn enter_image(&mut self, pid: i32) {
+        let Some(s) = self.st.sanitizer().cloned() else {
+            return;
+        };
+        let image = self.procs.get_mut(&pid).map(|p| {
+            *p.image
+                .get_or_insert_with(|| s.note_process(pid, crate::sanitize::program_of(pid)))
+        });
+        softvfio::sanitizer::set_current_process(image);
+    }
+
     fn process_gone(&mut self, pid: i32) {
+        // What its death releases is no call of it (as in trace mode).
+        softvfio::sanitizer::set_current_process(None);
         let Some(p) = self.procs.remove(&pid) else {
             return;
         };
@@ -610,6 +636,11 @@ impl Keeper {
         };
         crate::sanitize::forget_caller(pid);
         take_deferred(pid);
+        // The descriptors the exec closes are the old image's.
+        let old_image = p.image.take();
+        if self.st.sanitizer().is_some() {
+            softvfio::sanitizer::set_current_process(old_image);
+        }
         if let Some(h) = p.mem.host() {
             h.commit_kept_pages();
             h.retire();
@@ -761,6 +792,7 @@ impl Keeper {
                             mem: Memory::of_pid(pid),
                             keys,
                             exec_closing: None,
+                            image: None,
                         },
                     );
                 } else {
@@ -803,6 +835,7 @@ impl Keeper {
         // this one (so that its VmLck, and a pin of the same pages by this
         // call, see them done).
         run_deferred(pid);
+        self.enter_image(pid);
         match w[0] {
             op::HELLO_ROOT => Ok((me, 0, None)),
             op::OPEN => {
@@ -904,6 +937,7 @@ impl Keeper {
                             mem: Memory::of_pid(child),
                             keys,
                             exec_closing: None,
+                            image: None,
                         },
                     );
                 }

@@ -1128,6 +1128,7 @@ pub(crate) fn sanitize_after_mmap(addr: u64, len: u64, flags: c_int, res: *mut c
 /// children do not.
 extern "C" fn at_load() {
     let _ = catch_unwind(|| {
+        exec::note_started_with();
         state::install_fork_handlers();
         spawn::resolve();
         let inside = Inside::enter();

@@ -101,6 +101,14 @@ pub fn forget_caller(pid: i32) {
         .retain(|(p, _)| *p != pid);
 }
 
+/// The program process `pid` runs, as the report names it (its
+/// executable's path).
+pub fn program_of(pid: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
 /// In the keeper: each calling process's maps, read on first use.
 static CALLER_MAPS: std::sync::Mutex<Vec<(i32, ProcessMaps)>> = std::sync::Mutex::new(Vec::new());
 

@@ -68,6 +68,11 @@ pub struct State {
     /// mappings for its call sites.
     sanitizer: Option<Arc<Sanitizer>>,
     maps: Option<ProcessMaps>,
+    /// With the sanitizer: this process's entry in its process list
+    /// (pid, index), noted at its first call, so that its history and
+    /// leaks get a section of their own (as each of a fork's processes
+    /// does once the keeper serves them).
+    image: Option<(i32, u32)>,
     /// In the keeper: what processes left open when they died (their last
     /// references went with them), for the end report, and those objects.
     left_open: Leftovers,
@@ -177,6 +182,7 @@ pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Result<R, c_int> {
                     claims: HashMap::new(),
                     sanitizer,
                     maps: None,
+                    image: None,
                     left_open: Leftovers::default(),
                     noted: Default::default(),
                 });
@@ -321,9 +327,31 @@ impl State {
     }
 
     /// With the sanitizer, the program's call site of the current call.
+    /// Also says which process the call is from (see `image`).
     fn call_site(&mut self) -> Option<Arc<CallSite>> {
-        self.sanitizer.as_ref()?;
+        let s = self.sanitizer.as_ref()?;
+        let pid = std::process::id() as i32;
+        let image = match self.image {
+            Some((p, i)) if p == pid => i,
+            _ => {
+                let i = s.note_process(pid, crate::sanitize::program_of(pid));
+                self.image = Some((pid, i));
+                i
+            }
+        };
+        softvfio::sanitizer::set_current_process(Some(image));
         Some(crate::sanitize::capture(&mut self.maps))
+    }
+
+    /// The sanitizer, when the run is sanitized.
+    pub(crate) fn sanitizer(&self) -> Option<&Arc<Sanitizer>> {
+        self.sanitizer.as_ref()
+    }
+
+    /// This process's entry in the sanitizer's process list, if it made a
+    /// call yet (for the keeper: the program it took over).
+    pub(crate) fn own_image(&self) -> Option<(i32, u32)> {
+        self.image
     }
 
     /// The program is about to lose (or lost) `[addr, addr + len)`: stale

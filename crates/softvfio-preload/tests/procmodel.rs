@@ -912,28 +912,19 @@ fn spawn_family_answers_as_glibc_preload() {
 /// answers for each process (before: the pins' real mlocks, 16 kB after
 /// the fork where Linux says 32), and the munlock of the parent's pages the
 /// child's unmap left idle runs in the parent at its next call (before:
-/// refused, the pages stayed locked and VmLck read 16). Preload: Linux
-/// 6.1's lines (`tests-oracle/kernel-6.1-procmodel-vmlck.txt`).
+/// refused, the pages stayed locked and VmLck read 16). In trace mode the
+/// supervisor interrupts the parent (waiting for the child) and runs the
+/// munlock there before the child's unmap returns (before: left locked,
+/// VmLck and smaps read 16). Both modes: Linux 6.1's lines
+/// (`tests-oracle/kernel-6.1-procmodel-vmlck.txt`).
 fn vmlck(mode: &str) {
     let out = run(mode, "vmlck");
-    if mode == "preload" {
-        expect_linux(&out, "kernel-6.1-procmodel-vmlck.txt");
-    }
-    // The parent's pages the child unmapped: the keeper has the parent
-    // munlock them at its next call (its VmLck read); trace mode cannot
-    // munlock in a process that is not in a call (docs/RELIABILITY.md), so
-    // they stay locked there and VmLck shows them until the parent maps
-    // them again.
-    let (after_child, locked) = if mode == "trace" {
-        ("16 16", "16")
-    } else {
-        ("0 0", "0")
-    };
+    expect_linux(&out, "kernel-6.1-procmodel-vmlck.txt");
     expect(
         &out,
         &[
-            ("vmlck_parent_after_child", after_child),
-            ("vmlck_parent_locked_after_child", locked),
+            ("vmlck_parent_after_child", "0 0"),
+            ("vmlck_parent_locked_after_child", "0"),
             ("vmlck_mapped", "32 32"),
             ("vmlck_child_start", "0"),
             ("vmlck_child_map", "0"),
@@ -960,6 +951,27 @@ fn vmlck_is_each_processs_accounting_trace() {
 #[test]
 fn vmlck_is_each_processs_accounting_preload() {
     vmlck("preload");
+}
+
+/// Trace: the owner of the pages another process unmaps runs its own code
+/// (a loop, no system call) meanwhile; the supervisor interrupts it and
+/// runs the munlock from a `syscall` of its vDSO, so that the child reading
+/// the parent's smaps right after its unmap finds none of them locked, as
+/// on Linux (before: 16 kB locked until the parent exited). Preload runs
+/// that munlock at the owner's next call only (docs/RELIABILITY.md).
+#[test]
+fn owner_running_its_own_code_is_munlocked_at_once_trace() {
+    let out = run("trace", "vmlckbusy");
+    expect(
+        &out,
+        &[
+            ("vmlckbusy_child_unmap", "0"),
+            ("vmlckbusy_parent_locked_seen_by_child", "0"),
+            ("vmlckbusy_parent_spun", "yes"),
+            ("vmlckbusy_parent_locked", "0"),
+        ],
+    );
+    out.assert_clean();
 }
 
 /// --sanitize after the hand-off: a forked child maps a page in its own
@@ -1023,6 +1035,43 @@ fn sanitized_child_call_site_trace() {
 #[test]
 fn sanitized_child_call_site_preload() {
     sanitized_child_call_site("preload");
+}
+
+/// --sanitize and an `execve` with an empty environment that keeps the
+/// container: the library puts back every `SOFTVFIO_*` variable it was
+/// started with (not only `LD_PRELOAD`), so the new image runs sanitized
+/// and its leak's call site is its own frames (before: `SOFTVFIO_SANITIZE`
+/// was lost, the new image read it unset and the leak had "an unknown call
+/// site"). Preload only: trace mode reads no variable in the program.
+#[test]
+fn exec_with_cleared_environment_stays_sanitized_preload() {
+    let exe = build_c("procmodel", false);
+    let out = softvfio_run(
+        "preload",
+        &["--sanitize"],
+        &exe,
+        &["execvar", GROUP, BDF, "execve_noenv_map"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.get("exec_execve_noenv_map"), "OK 3 type1v2");
+    assert_eq!(out.get("exec_image_sanitize"), "on");
+    assert_eq!(out.get("exec_image_map"), "0");
+    let leak = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("leak: IOVA 0x300000 size 4 KiB"))
+        .unwrap_or_else(|| panic!("no leak of the new image's mapping in\n{}", out.stderr));
+    let site = leak.split("created from ").nth(1).unwrap_or("");
+    let names: Vec<&str> = site
+        .split(" <- ")
+        .filter_map(|f| f.split(' ').next())
+        .collect();
+    assert_eq!(
+        names,
+        ["map", "exec_image_maps_and_leaves", "main"],
+        "{}",
+        out.stderr
+    );
 }
 
 /// VFIO files all close-on-exec (as QEMU opens them): the children of

@@ -81,6 +81,10 @@ const PTRACE_OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD
 /// held are then released at the next sweep instead.
 const EXIT_WAIT_MS: i32 = 1000;
 
+/// How long a munlock's owner is given to stop for it after a
+/// `PTRACE_INTERRUPT` before the calling process goes on ([`Core::run_munlocks`]).
+const INTERRUPT_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 const SI_TKILL: i32 = -6;
 const PATH_MAX: usize = 4096;
 /// Linux's UIO_MAXIOV.
@@ -333,6 +337,7 @@ fn run_loop(served: &Mutex<Served<'_>>) -> Result<(), TraceError> {
         let mut g = lock(served);
         let Served { core, h } = &mut *g;
         core.on_event(*h, tid, status);
+        core.run_munlocks(*h, None);
     }
 }
 
@@ -500,6 +505,9 @@ pub(crate) struct Core {
     exec_seen: bool,
     err_pipe: OwnedFd,
     queue: VecDeque<(i32, i32)>,
+    /// Threads sent a `PTRACE_INTERRUPT` for waiting munlocks whose
+    /// interrupt stop has not been seen yet.
+    interrupting: HashSet<i32>,
     reaped_unknown: HashSet<i32>,
     close_flush: bool,
     finished: bool,
@@ -540,6 +548,7 @@ impl Core {
             exec_seen: false,
             err_pipe,
             queue: VecDeque::new(),
+            interrupting: HashSet::new(),
             reaped_unknown: HashSet::new(),
             close_flush,
             finished: false,
@@ -746,6 +755,13 @@ impl Core {
         self.ensure_thread(tid);
         let sig = libc::WSTOPSIG(status);
         let event = (status >> 16) & 0xff;
+        if event == libc::PTRACE_EVENT_STOP {
+            self.interrupting.remove(&tid);
+            if self.shared.munlock_pids().contains(&self.tgid_of(tid)) {
+                self.munlock_at_interrupt(h, tid, sig);
+                return;
+            }
+        }
         match event {
             libc::PTRACE_EVENT_SECCOMP => self.on_seccomp(h, tid),
             libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
@@ -822,6 +838,8 @@ impl Core {
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.scratch_map = None;
         }
+        // The old image's locks went with its memory.
+        self.shared.take_munlocks(tgid);
         if tgid == self.main_pid {
             self.exec_seen = true;
         }
@@ -939,6 +957,7 @@ impl Core {
     }
 
     fn on_gone(&mut self, h: &mut dyn Handler, tid: i32, status: i32) {
+        self.interrupting.remove(&tid);
         let Some(th) = self.threads.remove(&tid) else {
             self.reaped_unknown.insert(tid);
             return;
@@ -979,6 +998,13 @@ impl Core {
             self.fd_cache.clear();
         }
         self.shared.put(Stop::new(tid, pid, regs));
+        // munlocks left for this process (its interrupt stop did not come
+        // first): before its call, which may read VmLck or pin those pages.
+        for (addr, len) in self.shared.take_munlocks(pid) {
+            let _ = self
+                .shared
+                .with_stop(|s| s.inject(libc::SYS_munlock, [addr, len, 0, 0, 0, 0]));
+        }
         self.release_dead(h, Some((pid, tid)));
         let mut outcome = self.dispatch(h, pid, tid, regs.orig_rax as i64, regs.args());
         tracing::trace!(pid, tid, nr = regs.orig_rax as i64, ?outcome, "intercepted");
@@ -995,10 +1021,117 @@ impl Core {
         } else {
             self.stats.served += 1;
         }
+        // The call unpinned another process's pages: their munlocks run in
+        // that process before this call returns (nothing could look yet).
+        self.run_munlocks(h, Some(pid));
         let stop = self.shared.take();
         if let Some(stop) = stop {
             self.finish(h, stop, outcome);
         }
+    }
+
+    /// Runs the waiting munlocks ([`SyscallInjector::munlock_in_owner`]) of
+    /// every process but `except` (the one stopped under the current call):
+    /// a thread of each is interrupted and, if it stops within
+    /// [`INTERRUPT_WAIT`] (it was running, or blocking in an interruptible
+    /// call), they run there; else at its interrupt stop or next trapped
+    /// call, whichever the main loop sees first (e.g. a vfork parent, which
+    /// waits for its child unkillably). Events of other threads seen
+    /// meanwhile are queued for the main loop.
+    pub(crate) fn run_munlocks(&mut self, h: &mut dyn Handler, except: Option<i32>) {
+        for pid in self.shared.munlock_pids() {
+            if Some(pid) == except {
+                continue;
+            }
+            let Some(p) = self.procs.get(&pid) else {
+                self.shared.take_munlocks(pid);
+                continue;
+            };
+            // Stopped already, its event waiting: served at that event.
+            let queued = self.queue.iter().any(|(t, _)| self.tgid_of(*t) == pid);
+            let mut tids: Vec<i32> = p
+                .tids
+                .iter()
+                .copied()
+                .filter(|t| !p.exit_stopped.contains(t))
+                .collect();
+            // The leader first: the thread that most often waits in a call.
+            tids.sort_unstable_by_key(|t| (*t != pid, *t));
+            let Some(&tid) = tids.first() else {
+                // Exiting: its locks go with its memory.
+                self.shared.take_munlocks(pid);
+                continue;
+            };
+            if queued || self.interrupting.contains(&tid) {
+                continue;
+            }
+            if sys::ptrace_interrupt(tid).is_err() {
+                continue;
+            }
+            self.interrupting.insert(tid);
+            let deadline = std::time::Instant::now() + INTERRUPT_WAIT;
+            loop {
+                match sys::waitpid(-1, libc::__WALL | libc::__WNOTHREAD | libc::WNOHANG) {
+                    Ok((0, _)) => {
+                        if std::time::Instant::now() >= deadline {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_micros(100));
+                    }
+                    Ok((t, status))
+                        if t == tid
+                            && libc::WIFSTOPPED(status)
+                            && (status >> 16) & 0xff == libc::PTRACE_EVENT_STOP =>
+                    {
+                        self.interrupting.remove(&tid);
+                        self.munlock_at_interrupt(h, tid, libc::WSTOPSIG(status));
+                        break;
+                    }
+                    Ok((t, status)) => {
+                        self.queue.push_back((t, status));
+                        if t == tid {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Thread `tid` reported an interrupt stop (`sig`: a stop signal when
+    /// it is in a group-stop) while its process has munlocks waiting: runs
+    /// them there and resumes it as it was.
+    fn munlock_at_interrupt(&mut self, h: &mut dyn Handler, tid: i32, sig: i32) {
+        let pid = self.tgid_of(tid);
+        let group_stop = matches!(
+            sig,
+            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+        );
+        let munlocks = self.shared.take_munlocks(pid);
+        let Some(mut stop) = Stop::at_interrupt(tid, pid, group_stop) else {
+            tracing::warn!(
+                pid,
+                "no syscall instruction to munlock from: pages stay locked"
+            );
+            let _ = if group_stop {
+                sys::ptrace_listen(tid)
+            } else {
+                sys::ptrace_cont(tid, 0)
+            };
+            return;
+        };
+        for (addr, len) in munlocks {
+            // An error: the process unmapped part of the range since
+            // (munlock stops at the hole); what is left stays locked.
+            if let Err(e) = stop.inject(libc::SYS_munlock, [addr, len, 0, 0, 0, 0]) {
+                tracing::debug!(pid, ?e, "munlock at interrupt");
+                if stop.gone {
+                    break;
+                }
+            }
+        }
+        self.finish(h, stop, Outcome::Pass);
     }
 
     /// Resumes the thread after a handled stop.
@@ -1017,6 +1150,10 @@ impl Core {
                 self.requeue(stop.tgid, tid, si);
             }
             let res = match (stop.phase, outcome) {
+                // An interrupt stop: back to what it was doing.
+                _ if stop.insn.is_some() => {
+                    sys::ptrace_setregs(tid, &stop.regs).and_then(|()| sys::ptrace_cont(tid, 0))
+                }
                 (Phase::Entry, Outcome::Pass) => sys::ptrace_cont(tid, 0),
                 (phase, out) => {
                     let v = match out {

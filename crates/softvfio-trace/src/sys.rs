@@ -74,6 +74,8 @@ pub struct SyscallInfo {
     pub data: [u64; 8],
 }
 
+/// `PTRACE_SYSCALL_INFO_NONE`: a stop that is no system call stop.
+pub const SYSCALL_INFO_NONE: u8 = 0;
 pub const SYSCALL_INFO_ENTRY: u8 = 1;
 pub const SYSCALL_INFO_EXIT: u8 = 2;
 /// `PTRACE_SYSCALL_INFO_SECCOMP`: the tracee is at a seccomp stop.

@@ -130,6 +130,11 @@ pub(crate) struct Stop {
     /// A group-stop was resumed during the injection: the thread must be
     /// interrupted afterwards so that it joins the stop again.
     pub(crate) group_stop: bool,
+    /// A stop taken with `PTRACE_INTERRUPT` ([`Stop::at_interrupt`]): the
+    /// address of a `syscall` instruction injected calls run from (the
+    /// thread may be anywhere in its code); `regs` are restored as they
+    /// are when it resumes.
+    pub(crate) insn: Option<u64>,
 }
 
 impl Stop {
@@ -147,7 +152,55 @@ impl Stop {
             injected: 0,
             fds_changed: false,
             group_stop: false,
+            insn: None,
         }
+    }
+
+    /// The stop of thread `tid` of `tgid`, which reported the interrupt
+    /// stop (`PTRACE_EVENT_STOP`) of a `PTRACE_INTERRUPT`, made ready for
+    /// injection; `None` when no `syscall` instruction is found or the
+    /// thread is gone.
+    ///
+    /// The thread may have been blocking in a system call (interrupted: its
+    /// `rax` a restart code, which the kernel would turn into a restart on
+    /// resuming) or running its own code. The saved registers get the
+    /// restart the kernel would have made (`rip` back on the `syscall`,
+    /// `rax` the call again, or `restart_syscall`), and `orig_rax = -1` so
+    /// that the kernel does not make it a second time; injected calls run
+    /// from the `syscall` instruction the thread entered the kernel by, or
+    /// else one of the vDSO's.
+    pub(crate) fn at_interrupt(tid: i32, tgid: i32, group_stop: bool) -> Option<Stop> {
+        let mut regs = sys::ptrace_getregs(tid).ok()?;
+        let in_call = (regs.orig_rax as i64) >= 0;
+        let at_syscall = |addr: u64| {
+            let mut b = [0u8; 2];
+            sys::process_vm_read(tgid, addr, &mut b).is_ok() && b == SYSCALL_INSN
+        };
+        let entered_by = regs.rip.wrapping_sub(2);
+        let insn = if in_call && at_syscall(entered_by) {
+            entered_by
+        } else {
+            vdso_syscall(tgid)?
+        };
+        if in_call {
+            match regs.rax as i64 {
+                ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+                    regs.rax = regs.orig_rax;
+                    regs.rip = entered_by;
+                }
+                ERESTART_RESTARTBLOCK => {
+                    regs.rax = libc::SYS_restart_syscall as u64;
+                    regs.rip = entered_by;
+                }
+                _ => {}
+            }
+            regs.orig_rax = u64::MAX;
+        }
+        let mut stop = Stop::new(tid, tgid, regs);
+        stop.phase = Phase::Exit;
+        stop.insn = Some(insn);
+        stop.group_stop = group_stop;
+        Some(stop)
     }
 
     /// Runs a ptrace request on the stopped thread; ESRCH means the thread
@@ -298,7 +351,10 @@ impl Stop {
             Phase::Exit => sys::SYSCALL_INFO_EXIT,
         };
         let info = self.ptrace(sys::ptrace_get_syscall_info(tid))?;
-        if info.op != want {
+        // An interrupt stop is no system call stop (its op is none); after
+        // a first injection the thread is at that call's exit.
+        let interrupted = self.insn.is_some() && info.op == sys::SYSCALL_INFO_NONE;
+        if info.op != want && !interrupted {
             self.gone = true;
             return Err(InjectError::Gone);
         }
@@ -314,7 +370,7 @@ impl Stop {
                 self.wait_syscall(sys::SYSCALL_INFO_EXIT)
             }
             Phase::Exit => {
-                r.rip = self.regs.rip.wrapping_sub(2);
+                r.rip = self.insn.unwrap_or(self.regs.rip.wrapping_sub(2));
                 r.rax = nr as u64;
                 r.orig_rax = u64::MAX;
                 self.ptrace(sys::ptrace_setregs(tid, &r))?;
@@ -329,6 +385,34 @@ impl Stop {
     }
 }
 
+/// x86-64's `syscall` instruction.
+const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
+/// The kernel's restart codes (`include/linux/errno.h`), as `rax` holds
+/// them when a blocking call was interrupted.
+const ERESTARTSYS: i64 = -512;
+const ERESTARTNOINTR: i64 = -513;
+const ERESTARTNOHAND: i64 = -514;
+const ERESTART_RESTARTBLOCK: i64 = -516;
+
+/// The address of a `syscall` instruction in the vDSO of process `pid`
+/// (its fallback paths make real system calls).
+fn vdso_syscall(pid: i32) -> Option<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;
+    let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+    let start = u64::from_str_radix(start, 16).ok()?;
+    let end = u64::from_str_radix(end, 16).ok()?;
+    let mut image = vec![
+        0u8;
+        usize::try_from(end.checked_sub(start)?)
+            .ok()?
+            .min(64 * 1024)
+    ];
+    sys::process_vm_read(pid, start, &mut image).ok()?;
+    let at = image.windows(2).position(|w| w == SYSCALL_INSN)?;
+    Some(start + at as u64)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -338,6 +422,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Shared {
     tracer: Mutex<Option<ThreadId>>,
     slot: Mutex<Option<Stop>>,
+    /// munlocks of a process's pages asked for while no thread of it was
+    /// stopped (another process's unmap unpinned them): (pid, addr, len),
+    /// run by the supervisor in that process before anything can look
+    /// ([`SyscallInjector::munlock_in_owner`]).
+    munlocks: Mutex<Vec<(i32, u64, u64)>>,
 }
 
 impl Shared {
@@ -351,6 +440,27 @@ impl Shared {
 
     pub(crate) fn take(&self) -> Option<Stop> {
         lock(&self.slot).take()
+    }
+
+    /// The processes with munlocks waiting.
+    pub(crate) fn munlock_pids(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = lock(&self.munlocks).iter().map(|m| m.0).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Takes the munlocks waiting for process `pid` out of the list (at its
+    /// exec or exit they are dropped so: its locks go with its memory).
+    pub(crate) fn take_munlocks(&self, pid: i32) -> Vec<(u64, u64)> {
+        let mut all = lock(&self.munlocks);
+        let mine = all
+            .iter()
+            .filter(|m| m.0 == pid)
+            .map(|m| (m.1, m.2))
+            .collect();
+        all.retain(|m| m.0 != pid);
+        mine
     }
 
     /// Runs `f` on the current stop, from the tracer thread only.
@@ -451,6 +561,33 @@ impl SyscallInjector {
     pub fn munlock(&self, addr: u64, len: u64) -> Result<(), Errno> {
         self.syscall(libc::SYS_munlock, [addr, len, 0, 0, 0, 0])
             .map(drop)
+    }
+
+    /// `munlock(addr, len)` in process `pid` of a handle made with
+    /// [`for_pid`](Self::for_pid): now when a thread of it is the stopped
+    /// one; else (another process's call unpinned its pages) the supervisor
+    /// runs it in that process before the current call returns, stopping a
+    /// thread of it with `PTRACE_INTERRUPT` (or at its next stop, if it
+    /// does not stop at once), and `Ok` is returned. Linux's unpin needs no
+    /// help from the owner; our pins are the owner's mlocks, so that a
+    /// `VmLck` or smaps `Locked` read of the owner must find them undone.
+    pub fn munlock_in_owner(&self, addr: u64, len: u64) -> Result<(), Errno> {
+        let r = self.inject_syscall(libc::SYS_munlock, [addr, len, 0, 0, 0, 0]);
+        match (r, self.pid) {
+            (Ok(r), _) => Errno::result(r).map(drop),
+            (
+                Err(
+                    InjectError::OtherProcess { .. }
+                    | InjectError::NotStopped
+                    | InjectError::WrongThread,
+                ),
+                Some(pid),
+            ) => {
+                lock(&self.shared.munlocks).push((pid, addr, len));
+                Ok(())
+            }
+            (Err(e), _) => Err(e.into()),
+        }
     }
 
     /// `madvise(addr, len, advice)` in the stopped program (e.g.
