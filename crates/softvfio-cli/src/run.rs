@@ -1201,6 +1201,12 @@ impl Handler for VfioHandler {
         }
     }
 
+    fn ended(&mut self, pid: i32, status: i32) {
+        if let Some(s) = &self.sanitizer {
+            s.note_process_end(pid, engine_sanitizer::ProcessEnd::from_wait_status(status));
+        }
+    }
+
     fn exited(&mut self, pid: i32) {
         self.bars.forget(pid);
         self.images.remove(&pid);

@@ -578,7 +578,9 @@ pub struct FaultFinding {
     /// The IOMMU's reason.
     pub reason: String,
     /// The class: "use-after-unmap", "never-mapped", "read-only",
-    /// "write-only", "stale-mapping", "device-clamp", "mapped".
+    /// "write-only", "stale-mapping", "owner-killed" (the memory's owner
+    /// was killed before its pages could be kept), "memory-gone",
+    /// "device-clamp", "mapped".
     pub class: String,
     /// The register write that started the DMA, where the model knows it.
     pub started_by: Option<String>,
@@ -638,6 +640,11 @@ pub struct ProcessFinding {
     pub pid: i32,
     /// Its program (an exec'd image is a process of its own).
     pub program: String,
+    /// How it ended, where the front end saw it ("exited with status 0",
+    /// "killed by SIGKILL"); none for an image an exec replaced or a
+    /// process still running at the report.
+    #[serde(default)]
+    pub end: Option<String>,
     /// Per IOVA region it touched, its events there, one line each.
     pub history: Vec<String>,
     /// What it created and left open at exit (also in the report's
@@ -959,6 +966,50 @@ fn explain_fault(
                 ));
             } else if stale.is_some() {
                 class = "stale-mapping".into();
+            } else if f.reason == soft_iommu::FaultReason::MemoryError {
+                // Mapped, and the IOMMU translated it: the memory behind
+                // it refused. Whose was it, and is that process gone?
+                let owner = r
+                    .events
+                    .iter()
+                    .rev()
+                    .find(|e| {
+                        matches!(
+                            e.kind,
+                            EventKind::Map { .. } | EventKind::UpdateVaddr { .. }
+                        )
+                    })
+                    .and_then(|e| e.process)
+                    .and_then(|p| s.processes().get(p as usize).cloned());
+                match owner {
+                    Some(p) if p.end.is_some_and(|e| e.was_killed()) => {
+                        class = "owner-killed".into();
+                        lines.push(format!(
+                            "IOVA {:#x} is mapped, but the memory behind it is gone: its owner, process {} ({}), was {} before its pinned pages could be kept (Linux keeps pinned pages past their process; softvfio keeps them only when it hears of the end while the memory is still there: docs/RELIABILITY.md)",
+                            f.iova,
+                            p.pid,
+                            p.program,
+                            p.end.map(|e| e.to_string()).unwrap_or_default()
+                        ));
+                    }
+                    Some(p) => {
+                        class = "memory-gone".into();
+                        lines.push(format!(
+                            "IOVA {:#x} is mapped, but the memory behind it could not be reached (its owner: process {} ({}){})",
+                            f.iova,
+                            p.pid,
+                            p.program,
+                            p.end.map(|e| format!(", {e}")).unwrap_or_default()
+                        ));
+                    }
+                    None => {
+                        class = "memory-gone".into();
+                        lines.push(format!(
+                            "IOVA {:#x} is mapped, but the memory behind it could not be reached",
+                            f.iova
+                        ));
+                    }
+                }
             }
             // The history of the region, oldest first.
             if r.dropped > 0 {
@@ -1135,6 +1186,7 @@ fn process_sections(
             ProcessFinding {
                 pid: info.pid,
                 program: info.program.clone(),
+                end: info.end.map(|e| e.to_string()),
                 history,
                 leaks,
             }
@@ -1185,6 +1237,9 @@ pub fn write_report(w: &mut dyn Write, r: &SanitizerReport) -> io::Result<()> {
             p.history.len(),
             p.leaks.len()
         )?;
+        if let Some(end) = p.end.as_deref().filter(|e| !e.starts_with("exited")) {
+            writeln!(w, "  ended: {end}")?;
+        }
         for h in &p.history {
             writeln!(w, "  history: {h}")?;
         }

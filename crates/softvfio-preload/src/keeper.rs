@@ -284,6 +284,9 @@ struct Proc {
     /// Sanitized: this image's index in the sanitizer's process list
     /// (noted at its first call; a new one after an exec).
     image: Option<u32>,
+    /// It said it exits (`exit`/`_exit`): its end was an exit, not a
+    /// signal (the keeper, not its parent, never learns the status).
+    exiting: bool,
 }
 
 struct Keeper {
@@ -348,6 +351,7 @@ fn serve(mut st: State, conn: c_int, listener: c_int, program: i32, reason: Reas
             keys,
             exec_closing: None,
             image,
+            exiting: false,
         },
     );
     k.run();
@@ -586,6 +590,18 @@ impl Keeper {
         let Some(p) = self.procs.remove(&pid) else {
             return;
         };
+        if let Some(s) = self.st.sanitizer() {
+            s.note_process_end(
+                pid,
+                if p.exiting {
+                    // The status is its parent's to read; 0 stands for
+                    // "an exit" (the report shows only kills).
+                    softvfio::sanitizer::ProcessEnd::Exited(0)
+                } else {
+                    softvfio::sanitizer::ProcessEnd::KilledBySomeSignal
+                },
+            );
+        }
         crate::sanitize::forget_caller(pid);
         take_deferred(pid);
         if let Some(h) = p.mem.host() {
@@ -793,6 +809,7 @@ impl Keeper {
                             keys,
                             exec_closing: None,
                             image: None,
+                            exiting: false,
                         },
                     );
                 } else {
@@ -938,6 +955,7 @@ impl Keeper {
                             keys,
                             exec_closing: None,
                             image: None,
+                            exiting: false,
                         },
                     );
                 }
@@ -995,7 +1013,8 @@ impl Keeper {
             }
             op::EXITING => {
                 let others = self.procs.len() > 1;
-                let p = self.procs.get(&pid).ok_or(libc::EIO)?;
+                let p = self.procs.get_mut(&pid).ok_or(libc::EIO)?;
+                p.exiting = true;
                 if let Some(h) = p.mem.host().filter(|_| others) {
                     h.keep_pinned_pages();
                 }

@@ -51,6 +51,10 @@ scenario!(
     sc::left_open
 );
 scenario!(clamped_dma_is_the_device_behaviour, sc::clamp);
+scenario!(
+    dma_into_a_killed_owners_memory_names_the_kill,
+    sc::killed_owner
+);
 scenario!(clean_driver_reports_nothing, sc::clean);
 scenario!(stale_mapping_after_munmap, |s, m, b| sc::stale(
     s, m, b, "munmap"

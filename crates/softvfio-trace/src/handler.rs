@@ -226,6 +226,13 @@ pub trait Handler: Send {
         let _ = pid;
     }
 
+    /// Process `pid` ended with `status` (its last thread's `waitpid`
+    /// status: an exit code or the signal that killed it).
+    /// [`Handler::exited`] follows.
+    fn ended(&mut self, pid: i32, status: i32) {
+        let _ = (pid, status);
+    }
+
     /// Process `pid` is gone (all its threads exited).
     fn exited(&mut self, pid: i32) {
         let _ = pid;

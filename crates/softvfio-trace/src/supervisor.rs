@@ -933,6 +933,12 @@ impl Core {
         self.threads.remove(&tid);
         // Opened before the last detach, while the pid cannot be reused.
         let pidfd = last.then(|| sys::pidfd_open(tgid, 0).ok()).flatten();
+        // The exit stop's message is the process's wait status (an exit
+        // code, or the signal that killed it: a SIGKILL also stops here).
+        let status = last
+            .then(|| sys::ptrace_geteventmsg(tid).ok())
+            .flatten()
+            .and_then(|m| i32::try_from(m).ok());
         if sys::ptrace_detach(tid).is_err() {
             // Gone already (SIGKILL): its exit status comes through waitpid;
             // keep the thread known so that `on_gone` accounts for it.
@@ -953,6 +959,9 @@ impl Core {
         }
         self.release_dead(h, None);
         tracing::debug!(pid = tgid, "process gone (detached at exit)");
+        if let Some(status) = status {
+            h.ended(tgid, status);
+        }
         h.exited(tgid);
     }
 
@@ -981,6 +990,7 @@ impl Core {
             }
             self.release_dead(h, None);
             tracing::debug!(pid = tgid, status, "process gone");
+            h.ended(tgid, status);
             h.exited(tgid);
         }
     }

@@ -116,6 +116,61 @@ pub struct ProcessInfo {
     pub pid: i32,
     /// Its program (after an exec, the new image's).
     pub program: String,
+    /// How it ended, once the front end saw it end (an image replaced by
+    /// an exec has none: the process goes on).
+    pub end: Option<ProcessEnd>,
+}
+
+/// How a process of the run ended. It matters to a fault: pinned pages
+/// outlive their process on Linux, and user space keeps them only when it
+/// hears of the end while the memory is still there (an exit, not a
+/// `SIGKILL`: docs/RELIABILITY.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessEnd {
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal killed it.
+    Killed(i32),
+    /// It ended without exiting (no `exit`/`_exit` was seen): a signal
+    /// killed it, which one is not known to the front end.
+    KilledBySomeSignal,
+}
+
+impl ProcessEnd {
+    /// From a `waitpid` status.
+    pub fn from_wait_status(status: i32) -> Self {
+        if libc::WIFSIGNALED(status) {
+            ProcessEnd::Killed(libc::WTERMSIG(status))
+        } else {
+            ProcessEnd::Exited(libc::WEXITSTATUS(status))
+        }
+    }
+
+    /// Whether its memory went before anything could keep it.
+    pub fn was_killed(self) -> bool {
+        !matches!(self, ProcessEnd::Exited(_))
+    }
+}
+
+impl std::fmt::Display for ProcessEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProcessEnd::Exited(code) => write!(f, "exited with status {code}"),
+            ProcessEnd::Killed(sig) => {
+                let name = match *sig {
+                    libc::SIGKILL => "SIGKILL".to_string(),
+                    libc::SIGSEGV => "SIGSEGV".to_string(),
+                    libc::SIGTERM => "SIGTERM".to_string(),
+                    libc::SIGABRT => "SIGABRT".to_string(),
+                    libc::SIGBUS => "SIGBUS".to_string(),
+                    libc::SIGINT => "SIGINT".to_string(),
+                    n => format!("signal {n}"),
+                };
+                write!(f, "killed by {name}")
+            }
+            ProcessEnd::KilledBySomeSignal => f.write_str("killed by a signal"),
+        }
+    }
 }
 
 /// Runs `f` with `site` as the call site of what the engine records (the
@@ -1250,8 +1305,27 @@ impl Sanitizer {
     /// for [`set_current_process`].
     pub fn note_process(&self, pid: i32, program: String) -> u32 {
         let mut inner = self.lock();
-        inner.processes.push(ProcessInfo { pid, program });
+        inner.processes.push(ProcessInfo {
+            pid,
+            program,
+            end: None,
+        });
         u32::try_from(inner.processes.len() - 1).unwrap_or(u32::MAX)
+    }
+
+    /// Process `pid` ended as `end`: noted on its latest image (the
+    /// earlier ones ended by exec; a later process may reuse the pid and
+    /// is noted anew).
+    pub fn note_process_end(&self, pid: i32, end: ProcessEnd) {
+        let mut inner = self.lock();
+        if let Some(p) = inner
+            .processes
+            .iter_mut()
+            .rev()
+            .find(|p| p.pid == pid && p.end.is_none())
+        {
+            p.end = Some(end);
+        }
     }
 
     /// The processes noted, by index.

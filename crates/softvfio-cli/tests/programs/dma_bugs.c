@@ -25,6 +25,11 @@
  *                 stale mapping of the child's memory; the parent then
  *                 munmaps its own copy (not mapped for DMA), unmaps the
  *                 IOVA and closes everything
+ *   killed-owner  forks; the child maps a page of its own (0x5a bytes)
+ *                 and waits; the parent maps a zeroed page, SIGKILLs the
+ *                 child, has the device copy the child's page into its
+ *                 own and prints its first byte (Linux: 5a, the pinned
+ *                 page outlives the child)
  *   exec          maps and unmaps, then execs itself ("exec-image"), which
  *                 maps through the container it kept and exits with it
  *                 mapped (each image gets its own history and leaks)
@@ -32,6 +37,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <linux/vfio.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,6 +205,30 @@ int main(int argc, char **argv) {
     int status;
     if (waitpid(child, &status, 0) != child || status != 0) die("child");
     munmap(buf, LEN); /* the parent's own copy */
+    unmap_buffer(0x200000);
+  } else if (!strcmp(what, "killed-owner")) {
+    int ready[2];
+    if (pipe(ready)) die("pipe");
+    fflush(stdout);
+    pid_t child = fork();
+    if (child < 0) die("fork");
+    if (child == 0) {
+      map_buffer(anon(), 0x200000, 3); /* the child's own page */
+      if (write(ready[1], "r", 1) != 1) _exit(2);
+      for (;;) pause();
+    }
+    char c;
+    if (read(ready[0], &c, 1) != 1) die("child not ready");
+    printf("child %d\n", child);
+    memset(buf, 0, LEN);
+    map_buffer(buf, IOVA, 3); /* the parent's page */
+    kill(child, SIGKILL);
+    int status;
+    if (waitpid(child, &status, 0) != child || !WIFSIGNALED(status)) die("child");
+    start_dma(0x200000, 0); /* the killed child's page to the device */
+    start_dma(IOVA, 1);     /* and on into the parent's page */
+    printf("parent page %02x\n", ((unsigned char *)buf)[0]);
+    unmap_buffer(IOVA);
     unmap_buffer(0x200000);
   } else if (!strcmp(what, "munmap")) {
     map_buffer(buf, IOVA, 3);

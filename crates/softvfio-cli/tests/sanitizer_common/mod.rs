@@ -207,6 +207,65 @@ pub fn never_mapped(softvfio: &Path, mode: &str, bin: &Path) {
     );
 }
 
+/// A DMA from the mapping of a process that was SIGKILLed. Linux keeps the
+/// pinned page past its process: the device reads what the child left
+/// there (0x5a). Trace mode matches it: the kernel stops a SIGKILLed
+/// process at its exit too, and the supervisor keeps its pinned pages
+/// then. The keeper (preload) hears of the death only after the memory is
+/// gone: the DMA faults, and the report says why, naming whose memory it
+/// was and how that process ended (docs/RELIABILITY.md).
+pub fn killed_owner(softvfio: &Path, mode: &str, bin: &Path) {
+    let out = Command::new(softvfio)
+        .args(["run", "--mode", mode, "--sanitize", "--"])
+        .arg(bin)
+        .arg("killed-owner")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains("done killed-owner"), "{stdout}\n{err}");
+    assert_eq!(out.status.code(), Some(0), "not strict\n{err}");
+    let child: i32 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("child "))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no child pid in {stdout}"));
+    let section_end = if mode == "trace" {
+        assert!(stdout.contains("parent page 5a\n"), "as Linux: {stdout}");
+        assert_line(
+            &err,
+            &["sanitizer: 0 fault(s), 0 stale mapping(s), 0 leak(s)"],
+        );
+        "  ended: killed by SIGKILL"
+    } else {
+        assert!(stdout.contains("parent page 00\n"), "{stdout}");
+        assert_line(
+            &err,
+            &["DMA fault #0 [owner-killed]: device 0000:00:03.0 (rid 0x0018) read of 256 bytes at IOVA 0x200000: memory error"],
+        );
+        assert_line(
+            &err,
+            &[
+                "  IOVA 0x200000 is mapped, but the memory behind it is gone: its owner, process ",
+                &format!("{child} ("),
+                "was killed by a signal before its pinned pages could be kept",
+            ],
+        );
+        assert_line(
+            &err,
+            &["sanitizer: 1 fault(s), 0 stale mapping(s), 0 leak(s)"],
+        );
+        "  ended: killed by a signal"
+    };
+    // The child's own section says how it ended.
+    let section = format!("\nprocess {child} (");
+    let after = err
+        .split_once(&section)
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no section of {child}\n{err}"));
+    assert_eq!(after.lines().nth(1), Some(section_end), "{err}");
+}
+
 /// The device writes a read-only mapping.
 pub fn read_only(softvfio: &Path, mode: &str, bin: &Path) {
     let (code, err) = run(softvfio, mode, bin, "read-only", &["--sanitize=strict"]);
