@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use softvfio::device::{IrqInfo, MappedAccessError, RegionInfo, VfioDeviceModel};
+use softvfio::sanitizer::StaleCause;
 use softvfio::uapi::MappedRegion;
 
 use crate::channel;
@@ -65,6 +66,10 @@ pub(crate) mod op {
     /// The connection's shared-memory area (`channel`): its memfd comes
     /// with the record; answered on the socket.
     pub const CHANNEL: u64 = 42;
+    /// Sanitized: the caller lost `[word 1, word 1 + word 2)` of its
+    /// address space (word 3 the call: [`stale_cause`]); its call site's
+    /// addresses follow. The keeper runs the stale-mapping check.
+    pub const STALE: u64 = 43;
     /// Answers to the keeper's questions.
     pub const MM_DONE: u64 = 20;
     pub const FD_ANSWER: u64 = 21;
@@ -700,6 +705,33 @@ pub(crate) fn mmap(key: u64, off: u64, len: u64, shared: bool) -> Result<MappedR
         offset: r.key,
         file: key,
     })
+}
+
+/// The code of a stale-mapping cause in an [`op::STALE`] request.
+pub(crate) fn stale_code(cause: StaleCause) -> u64 {
+    match cause {
+        StaleCause::Munmap => 1,
+        StaleCause::Mremap => 2,
+        StaleCause::MmapFixed => 3,
+    }
+}
+
+/// The cause of an [`op::STALE`] request's code (`None`: not one).
+pub(crate) fn stale_cause(code: u64) -> Option<StaleCause> {
+    match code {
+        1 => Some(StaleCause::Munmap),
+        2 => Some(StaleCause::Mremap),
+        3 => Some(StaleCause::MmapFixed),
+        _ => None,
+    }
+}
+
+/// After the hand-off, sanitized: the program lost `[addr, addr + len)`
+/// (by `cause`); the keeper reports each live DMA mapping of it.
+pub(crate) fn going_away(addr: u64, len: u64, cause: StaleCause) {
+    let site = crate::sanitize::capture_raw();
+    let words = [op::STALE, addr, len, stale_code(cause)];
+    let _ = with_client(|c| c.call(&words, &site, false).map(|_| ()));
 }
 
 /// A mapping of `key` holds it open (one reference, as a descriptor).

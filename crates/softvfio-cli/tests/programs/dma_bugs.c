@@ -25,6 +25,12 @@
  *                 stale mapping of the child's memory; the parent then
  *                 munmaps its own copy (not mapped for DMA), unmaps the
  *                 IOVA and closes everything
+ *   handoff-X     forks first (the child exits at once), then the parent
+ *                 runs scenario X (munmap, mremap, map-fixed): in preload
+ *                 mode its calls go to the keeper
+ *   handoff-reopen forks first (the child exits at once), then the parent
+ *                 closes the device and the group, opens the group again
+ *                 and exits with it and the container open
  *   exec          maps and unmaps, then execs itself ("exec-image"), which
  *                 maps through the container it kept and exits with it
  *                 mapped (each image gets its own history and leaks)
@@ -133,6 +139,26 @@ int main(int argc, char **argv) {
   }
   setup();
   void *buf = anon();
+  const char *scenario = what;
+  if (!strncmp(what, "handoff-", 8)) {
+    /* A fork with the VFIO files open: in preload mode the engine moves to
+     * the keeper and every later call of this process goes there. */
+    fflush(stdout);
+    pid_t child = fork();
+    if (child < 0) die("fork");
+    if (child == 0) _exit(0);
+    int status;
+    if (waitpid(child, &status, 0) != child || status != 0) die("child");
+    what += 8;
+  }
+  if (!strcmp(what, "reopen")) {
+    close(device); /* a device file holds its group's file */
+    close(group);
+    group = open("/dev/vfio/3", O_RDWR);
+    if (group < 0) die("reopen group");
+    printf("done %s\n", scenario);
+    return 0; /* all open: the group from the reopen above */
+  }
   if (!strcmp(what, "after-unmap") || !strcmp(what, "hold")) {
     map_buffer(buf, IOVA, 3);
     unmap_buffer(IOVA);
@@ -225,6 +251,6 @@ int main(int argc, char **argv) {
     unmap_buffer(IOVA);
   }
   finish();
-  printf("done %s\n", what);
+  printf("done %s\n", scenario);
   return 0;
 }

@@ -320,10 +320,64 @@ pub fn left_open(softvfio: &Path, mode: &str, bin: &Path) {
     }
 }
 
+/// A group closed and opened again after a fork with the VFIO files open
+/// (in preload mode: after the hand-off to the keeper) and left open: its
+/// leak names the call that opened it again.
+pub fn reopen_after_handoff(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(
+        softvfio,
+        mode,
+        bin,
+        "handoff-reopen",
+        &["--sanitize=strict"],
+    );
+    assert_eq!(code, 1, "strict: leaks\n{err}");
+    assert_line(
+        &err,
+        &[
+            "leak: group 3 (/dev/vfio/3) still open, created from ",
+            &frame(
+                "main",
+                scenario_line("reopen", "group = open(\"/dev/vfio/3\""),
+            ),
+        ],
+    );
+    assert_line(
+        &err,
+        &[
+            "leak: container still open, created from ",
+            &frame("setup", line_of("container = open(\"/dev/vfio/vfio\"", 0)),
+        ],
+    );
+    assert_line(
+        &err,
+        &["sanitizer: 0 fault(s), 0 stale mapping(s), 2 leak(s), 0 device note(s)"],
+    );
+}
+
 /// Memory still mapped for DMA goes away: reported at the moment with both
 /// call sites, and the device's later access named as a stale mapping.
 pub fn stale(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
-    let (code, err) = run(softvfio, mode, bin, scenario, &["--sanitize=strict"]);
+    stale_as(softvfio, mode, bin, scenario, scenario);
+}
+
+/// As [`stale`], in a process that forked with its VFIO files open before
+/// it maps (`handoff-` scenarios): in preload mode the engine is then the
+/// keeper's, and the program's memory calls are checked there.
+pub fn stale_after_handoff(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
+    stale_as(
+        softvfio,
+        mode,
+        bin,
+        &format!("handoff-{scenario}"),
+        scenario,
+    );
+}
+
+/// Runs `run_as`, which makes the mistake of `scenario` (whose lines the
+/// call sites name).
+fn stale_as(softvfio: &Path, mode: &str, bin: &Path, run_as: &str, scenario: &str) {
+    let (code, err) = run(softvfio, mode, bin, run_as, &["--sanitize=strict"]);
     assert_eq!(code, 1, "{err}");
     let (syscall, call) = match scenario {
         "munmap" => ("munmap", "munmap(buf, LEN);"),
