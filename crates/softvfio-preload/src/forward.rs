@@ -346,6 +346,8 @@ pub fn ioctl(key: u64, request: u64, arg: u64) -> Result<i64, c_int> {
     with_client(|c| {
         // Sanitized: the call site's addresses.
         let site = if crate::state::records_call_site(request) {
+            // A map (or vaddr update) makes mappings of this memory.
+            MAY_OWN.store(true, Ordering::Relaxed);
             crate::sanitize::capture_raw()
         } else {
             Vec::new()
@@ -726,12 +728,29 @@ pub(crate) fn stale_cause(code: u64) -> Option<StaleCause> {
     }
 }
 
+/// After the hand-off, sanitized: may this process's memory be mapped for
+/// DMA (in any container, whoever holds it)? Its memory calls are then
+/// checked even with no VFIO file open (a fork child that mapped its copy
+/// of a buffer and closed its files). Set by each call that may map (and at
+/// start: a fork copies it, a new image asks once), cleared by the keeper's
+/// answer to a check.
+static MAY_OWN: AtomicBool = AtomicBool::new(true);
+
+/// Are this process's memory calls to be checked by the keeper although it
+/// holds no VFIO file?
+pub(crate) fn may_own_mappings() -> bool {
+    attached() && MAY_OWN.load(Ordering::Relaxed)
+}
+
 /// After the hand-off, sanitized: the program lost `[addr, addr + len)`
-/// (by `cause`); the keeper reports each live DMA mapping of it.
+/// (by `cause`); the keeper reports each live DMA mapping of it, and
+/// answers whether this process still owns one.
 pub(crate) fn going_away(addr: u64, len: u64, cause: StaleCause) {
     let site = crate::sanitize::capture_raw();
     let words = [op::STALE, addr, len, stale_code(cause)];
-    let _ = with_client(|c| c.call(&words, &site, false).map(|_| ()));
+    if let Ok(r) = with_client(|c| c.call(&words, &site, false)) {
+        MAY_OWN.store(r.val != 0, Ordering::Relaxed);
+    }
 }
 
 /// A mapping of `key` holds it open (one reference, as a descriptor).

@@ -962,8 +962,8 @@ impl Keeper {
             op::STALE => {
                 let cause = crate::forward::stale_cause(w[3]).ok_or(libc::EINVAL)?;
                 let site = crate::sanitize::site_of(pid, tail);
-                self.st.memory_going_away_of(site, w[1], w[2], cause);
-                Ok((0, 0, None))
+                let owns = self.st.memory_going_away_of(site, w[1], w[2], cause);
+                Ok((i64::from(owns), 0, None))
             }
             op::EXITING => {
                 let others = self.procs.len() > 1;

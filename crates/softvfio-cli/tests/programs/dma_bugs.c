@@ -25,6 +25,7 @@
  *                 stale mapping of the child's memory; the parent then
  *                 munmaps its own copy (not mapped for DMA), unmaps the
  *                 IOVA and closes everything
+ *   fork-munmap-child  as fork-munmap, without the parent's munmap
  *   handoff-X     forks first (the child exits at once), then the parent
  *                 runs scenario X (munmap, mremap, map-fixed): in preload
  *                 mode its calls go to the keeper
@@ -210,7 +211,7 @@ int main(int argc, char **argv) {
     map_buffer(buf, 0x300000, 3); /* the parent's */
     printf("parent %d\ndone fork\n", getpid());
     return 0; /* nothing closed */
-  } else if (!strcmp(what, "fork-munmap")) {
+  } else if (!strcmp(what, "fork-munmap") || !strcmp(what, "fork-munmap-child")) {
     fflush(stdout);
     pid_t child = fork();
     if (child < 0) die("fork");
@@ -224,7 +225,7 @@ int main(int argc, char **argv) {
     }
     int status;
     if (waitpid(child, &status, 0) != child || status != 0) die("child");
-    munmap(buf, LEN); /* the parent's own copy */
+    if (!strcmp(what, "fork-munmap")) munmap(buf, LEN); /* the parent's own copy */
     unmap_buffer(0x200000);
   } else if (!strcmp(what, "munmap")) {
     map_buffer(buf, IOVA, 3);

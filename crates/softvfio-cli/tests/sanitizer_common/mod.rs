@@ -355,6 +355,39 @@ pub fn reopen_after_handoff(softvfio: &Path, mode: &str, bin: &Path) {
     );
 }
 
+/// A fork child maps its copy of a buffer through the inherited container,
+/// closes its VFIO files (the parent alone holds the container) and
+/// munmaps the buffer: a stale mapping of the child's memory, with the
+/// child's call sites (in preload mode the child is served by the keeper
+/// and holds no VFIO file when it munmaps).
+pub fn childs_munmap_after_closing(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(softvfio, mode, bin, "fork-munmap-child", &["--sanitize"]);
+    assert_eq!(code, 0, "{err}");
+    let main = |call: &str| frame("main", scenario_line("fork-munmap", call));
+    assert_line(
+        &err,
+        &[
+            "softvfio sanitizer: stale mapping: munmap of 0x",
+            " ms from ",
+            &main("munmap(buf, LEN);"),
+            "; IOVA 0x200000 (4 KiB) still maps it for DMA, mapped from ",
+            &map_frame(),
+            " <- ",
+            &main("map_buffer(buf, 0x200000"),
+            ": devices reach pages the program no longer sees",
+        ],
+    );
+    let moments = err
+        .lines()
+        .filter(|l| l.starts_with("softvfio sanitizer: stale mapping: "))
+        .count();
+    assert_eq!(moments, 1, "{err}");
+    assert_line(
+        &err,
+        &["sanitizer: 0 fault(s), 1 stale mapping(s), 0 leak(s), 0 device note(s)"],
+    );
+}
+
 /// Memory still mapped for DMA goes away: reported at the moment with both
 /// call sites, and the device's later access named as a stale mapping.
 pub fn stale(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
