@@ -61,6 +61,23 @@ scenario!(stale_mapping_after_munmap, |s, m, b| sc::stale(
 scenario!(stale_mapping_after_mremap, |s, m, b| sc::stale(
     s, m, b, "mremap"
 ));
+scenario!(stale_mapping_after_handoff_munmap, |s, m, b| {
+    sc::stale_after_handoff(s, m, b, "munmap")
+});
+scenario!(stale_mapping_after_handoff_mremap, |s, m, b| {
+    sc::stale_after_handoff(s, m, b, "mremap")
+});
+scenario!(stale_mapping_after_handoff_map_fixed, |s, m, b| {
+    sc::stale_after_handoff(s, m, b, "map-fixed")
+});
+scenario!(
+    a_childs_munmap_after_closing_its_vfio_files_is_stale,
+    sc::childs_munmap_after_closing
+);
+scenario!(
+    group_reopened_after_handoff_has_its_call_site,
+    sc::reopen_after_handoff
+);
 scenario!(stale_mapping_after_map_fixed, |s, m, b| sc::stale(
     s,
     m,

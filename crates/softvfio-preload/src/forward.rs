@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use softvfio::device::{IrqInfo, MappedAccessError, RegionInfo, VfioDeviceModel};
+use softvfio::sanitizer::StaleCause;
 use softvfio::uapi::MappedRegion;
 
 use crate::channel;
@@ -65,6 +66,10 @@ pub(crate) mod op {
     /// The connection's shared-memory area (`channel`): its memfd comes
     /// with the record; answered on the socket.
     pub const CHANNEL: u64 = 42;
+    /// Sanitized: the caller lost `[word 1, word 1 + word 2)` of its
+    /// address space (word 3 the call: [`stale_cause`]); its call site's
+    /// addresses follow. The keeper runs the stale-mapping check.
+    pub const STALE: u64 = 43;
     /// Answers to the keeper's questions.
     pub const MM_DONE: u64 = 20;
     pub const FD_ANSWER: u64 = 21;
@@ -341,6 +346,8 @@ pub fn ioctl(key: u64, request: u64, arg: u64) -> Result<i64, c_int> {
     with_client(|c| {
         // Sanitized: the call site's addresses.
         let site = if crate::state::records_call_site(request) {
+            // A map (or vaddr update) makes mappings of this memory.
+            MAY_OWN.store(true, Ordering::Relaxed);
             crate::sanitize::capture_raw()
         } else {
             Vec::new()
@@ -700,6 +707,50 @@ pub(crate) fn mmap(key: u64, off: u64, len: u64, shared: bool) -> Result<MappedR
         offset: r.key,
         file: key,
     })
+}
+
+/// The code of a stale-mapping cause in an [`op::STALE`] request.
+pub(crate) fn stale_code(cause: StaleCause) -> u64 {
+    match cause {
+        StaleCause::Munmap => 1,
+        StaleCause::Mremap => 2,
+        StaleCause::MmapFixed => 3,
+    }
+}
+
+/// The cause of an [`op::STALE`] request's code (`None`: not one).
+pub(crate) fn stale_cause(code: u64) -> Option<StaleCause> {
+    match code {
+        1 => Some(StaleCause::Munmap),
+        2 => Some(StaleCause::Mremap),
+        3 => Some(StaleCause::MmapFixed),
+        _ => None,
+    }
+}
+
+/// After the hand-off, sanitized: may this process's memory be mapped for
+/// DMA (in any container, whoever holds it)? Its memory calls are then
+/// checked even with no VFIO file open (a fork child that mapped its copy
+/// of a buffer and closed its files). Set by each call that may map (and at
+/// start: a fork copies it, a new image asks once), cleared by the keeper's
+/// answer to a check.
+static MAY_OWN: AtomicBool = AtomicBool::new(true);
+
+/// Are this process's memory calls to be checked by the keeper although it
+/// holds no VFIO file?
+pub(crate) fn may_own_mappings() -> bool {
+    attached() && MAY_OWN.load(Ordering::Relaxed)
+}
+
+/// After the hand-off, sanitized: the program lost `[addr, addr + len)`
+/// (by `cause`); the keeper reports each live DMA mapping of it, and
+/// answers whether this process still owns one.
+pub(crate) fn going_away(addr: u64, len: u64, cause: StaleCause) {
+    let site = crate::sanitize::capture_raw();
+    let words = [op::STALE, addr, len, stale_code(cause)];
+    if let Ok(r) = with_client(|c| c.call(&words, &site, false)) {
+        MAY_OWN.store(r.val != 0, Ordering::Relaxed);
+    }
 }
 
 /// A mapping of `key` holds it open (one reference, as a descriptor).

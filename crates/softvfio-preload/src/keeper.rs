@@ -1011,6 +1011,12 @@ impl Keeper {
                 let (ours_kb, accounted_kb) = state::vmlck_of(user.as_ref());
                 Ok((ours_kb as i64, accounted_kb, None))
             }
+            op::STALE => {
+                let cause = crate::forward::stale_cause(w[3]).ok_or(libc::EINVAL)?;
+                let site = crate::sanitize::site_of(pid, tail);
+                let owns = self.st.memory_going_away_of(site, w[1], w[2], cause);
+                Ok((i64::from(owns), 0, None))
+            }
             op::EXITING => {
                 let others = self.procs.len() > 1;
                 let p = self.procs.get_mut(&pid).ok_or(libc::EIO)?;

@@ -1073,9 +1073,11 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 // ---- stale mappings (the DMA sanitizer) ------------------------------------
 
 /// Is the sanitizer watching this process's memory calls? (One atomic load
-/// when it is off.)
+/// when it is off.) After the hand-off also with no VFIO file open, while
+/// the keeper says its memory may be mapped for DMA.
 fn watching() -> bool {
-    sanitize::ON.load(Ordering::Relaxed) && TRACKED.load(Ordering::Relaxed) > 0
+    sanitize::ON.load(Ordering::Relaxed)
+        && (TRACKED.load(Ordering::Relaxed) > 0 || forward::may_own_mappings())
 }
 
 /// After the program's `munmap(addr, len)` returned `res` (memory mapped

@@ -118,6 +118,11 @@ pub fn going_away(addr: u64, len: u64, cause: StaleCause) {
     if len == 0 {
         return;
     }
+    // After the hand-off the engine, and its mappings, are the keeper's.
+    if crate::forward::attached() {
+        crate::forward::going_away(addr, len, cause);
+        return;
+    }
     let _ = crate::state::with_existing(|st| st.memory_going_away(addr, len, cause));
 }
 

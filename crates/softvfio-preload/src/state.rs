@@ -367,6 +367,27 @@ impl State {
         crate::sanitize::write_stale(&s, &found);
     }
 
+    /// In the keeper: the calling process (call site `site`) lost
+    /// `[addr, addr + len)`; stale mappings of its memory are reported now.
+    /// The caller is the sanitizer's current process where the keeper set
+    /// one (`None`: every mapping's memory counts). Returns whether the
+    /// caller may still own a live mapping (so that it goes on asking).
+    pub(crate) fn memory_going_away_of(
+        &self,
+        site: Option<Arc<CallSite>>,
+        addr: u64,
+        len: u64,
+        cause: StaleCause,
+    ) -> bool {
+        let Some(s) = self.sanitizer.clone() else {
+            return false;
+        };
+        let owner = softvfio::sanitizer::current_process();
+        let found = with_call_site(site, || s.memory_going_away(owner, addr, len, cause));
+        crate::sanitize::write_stale(&s, &found);
+        owner.is_none_or(|o| s.owns_live_mappings(o))
+    }
+
     /// An `open` of `path`.
     /// Devices with a cdev (`/dev/vfio/devices/vfioN`, N below this).
     pub fn cdev_count(&self) -> usize {

@@ -30,6 +30,13 @@
  *                 child, has the device copy the child's page into its
  *                 own and prints its first byte (Linux: 5a, the pinned
  *                 page outlives the child)
+ *   fork-munmap-child  as fork-munmap, without the parent's munmap
+ *   handoff-X     forks first (the child exits at once), then the parent
+ *                 runs scenario X (munmap, mremap, map-fixed): in preload
+ *                 mode its calls go to the keeper
+ *   handoff-reopen forks first (the child exits at once), then the parent
+ *                 closes the device and the group, opens the group again
+ *                 and exits with it and the container open
  *   exec          maps and unmaps, then execs itself ("exec-image"), which
  *                 maps through the container it kept and exits with it
  *                 mapped (each image gets its own history and leaks)
@@ -139,6 +146,26 @@ int main(int argc, char **argv) {
   }
   setup();
   void *buf = anon();
+  const char *scenario = what;
+  if (!strncmp(what, "handoff-", 8)) {
+    /* A fork with the VFIO files open: in preload mode the engine moves to
+     * the keeper and every later call of this process goes there. */
+    fflush(stdout);
+    pid_t child = fork();
+    if (child < 0) die("fork");
+    if (child == 0) _exit(0);
+    int status;
+    if (waitpid(child, &status, 0) != child || status != 0) die("child");
+    what += 8;
+  }
+  if (!strcmp(what, "reopen")) {
+    close(device); /* a device file holds its group's file */
+    close(group);
+    group = open("/dev/vfio/3", O_RDWR);
+    if (group < 0) die("reopen group");
+    printf("done %s\n", scenario);
+    return 0; /* all open: the group from the reopen above */
+  }
   if (!strcmp(what, "after-unmap") || !strcmp(what, "hold")) {
     map_buffer(buf, IOVA, 3);
     unmap_buffer(IOVA);
@@ -190,7 +217,7 @@ int main(int argc, char **argv) {
     map_buffer(buf, 0x300000, 3); /* the parent's */
     printf("parent %d\ndone fork\n", getpid());
     return 0; /* nothing closed */
-  } else if (!strcmp(what, "fork-munmap")) {
+  } else if (!strcmp(what, "fork-munmap") || !strcmp(what, "fork-munmap-child")) {
     fflush(stdout);
     pid_t child = fork();
     if (child < 0) die("fork");
@@ -204,7 +231,7 @@ int main(int argc, char **argv) {
     }
     int status;
     if (waitpid(child, &status, 0) != child || status != 0) die("child");
-    munmap(buf, LEN); /* the parent's own copy */
+    if (!strcmp(what, "fork-munmap")) munmap(buf, LEN); /* the parent's own copy */
     unmap_buffer(0x200000);
   } else if (!strcmp(what, "killed-owner")) {
     int ready[2];
@@ -255,6 +282,6 @@ int main(int argc, char **argv) {
     unmap_buffer(IOVA);
   }
   finish();
-  printf("done %s\n", what);
+  printf("done %s\n", scenario);
   return 0;
 }

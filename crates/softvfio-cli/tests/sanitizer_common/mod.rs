@@ -379,10 +379,97 @@ pub fn left_open(softvfio: &Path, mode: &str, bin: &Path) {
     }
 }
 
+/// A group closed and opened again after a fork with the VFIO files open
+/// (in preload mode: after the hand-off to the keeper) and left open: its
+/// leak names the call that opened it again.
+pub fn reopen_after_handoff(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(
+        softvfio,
+        mode,
+        bin,
+        "handoff-reopen",
+        &["--sanitize=strict"],
+    );
+    assert_eq!(code, 1, "strict: leaks\n{err}");
+    assert_line(
+        &err,
+        &[
+            "leak: group 3 (/dev/vfio/3) still open, created from ",
+            &frame(
+                "main",
+                scenario_line("reopen", "group = open(\"/dev/vfio/3\""),
+            ),
+        ],
+    );
+    assert_line(
+        &err,
+        &[
+            "leak: container still open, created from ",
+            &frame("setup", line_of("container = open(\"/dev/vfio/vfio\"", 0)),
+        ],
+    );
+    assert_line(
+        &err,
+        &["sanitizer: 0 fault(s), 0 stale mapping(s), 2 leak(s), 0 device note(s)"],
+    );
+}
+
+/// A fork child maps its copy of a buffer through the inherited container,
+/// closes its VFIO files (the parent alone holds the container) and
+/// munmaps the buffer: a stale mapping of the child's memory, with the
+/// child's call sites (in preload mode the child is served by the keeper
+/// and holds no VFIO file when it munmaps).
+pub fn childs_munmap_after_closing(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(softvfio, mode, bin, "fork-munmap-child", &["--sanitize"]);
+    assert_eq!(code, 0, "{err}");
+    let main = |call: &str| frame("main", scenario_line("fork-munmap", call));
+    assert_line(
+        &err,
+        &[
+            "softvfio sanitizer: stale mapping: munmap of 0x",
+            " ms from ",
+            &main("munmap(buf, LEN);"),
+            "; IOVA 0x200000 (4 KiB) still maps it for DMA, mapped from ",
+            &map_frame(),
+            " <- ",
+            &main("map_buffer(buf, 0x200000"),
+            ": devices reach pages the program no longer sees",
+        ],
+    );
+    let moments = err
+        .lines()
+        .filter(|l| l.starts_with("softvfio sanitizer: stale mapping: "))
+        .count();
+    assert_eq!(moments, 1, "{err}");
+    assert_line(
+        &err,
+        &["sanitizer: 0 fault(s), 1 stale mapping(s), 0 leak(s), 0 device note(s)"],
+    );
+}
+
 /// Memory still mapped for DMA goes away: reported at the moment with both
 /// call sites, and the device's later access named as a stale mapping.
 pub fn stale(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
-    let (code, err) = run(softvfio, mode, bin, scenario, &["--sanitize=strict"]);
+    stale_as(softvfio, mode, bin, scenario, scenario);
+}
+
+/// As [`stale`], in a process that forked with its VFIO files open before
+/// it maps (`handoff-` scenarios): in preload mode the engine is then the
+/// keeper's, and the program's memory calls are checked there.
+pub fn stale_after_handoff(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
+    stale_as(
+        softvfio,
+        mode,
+        bin,
+        &format!("handoff-{scenario}"),
+        scenario,
+    );
+}
+
+/// Runs `run_as`, which makes the mistake of `scenario` (whose lines the
+/// call sites name).
+fn stale_as(softvfio: &Path, mode: &str, bin: &Path, run_as: &str, scenario: &str) {
+    let (code, err) = run(softvfio, mode, bin, run_as, &["--sanitize=strict"]);
     assert_eq!(code, 1, "{err}");
     let (syscall, call) = match scenario {
         "munmap" => ("munmap", "munmap(buf, LEN);"),
