@@ -52,6 +52,10 @@ scenario!(
 );
 scenario!(clamped_dma_is_the_device_behaviour, sc::clamp);
 scenario!(
+    a_childs_munmap_of_memory_mapped_in_a_container_it_closed_is_stale,
+    sc::fork_munmap
+);
+scenario!(
     dma_into_a_killed_owners_memory_names_the_kill,
     sc::killed_owner
 );

@@ -266,6 +266,46 @@ pub fn killed_owner(softvfio: &Path, mode: &str, bin: &Path) {
     assert_eq!(after.lines().nth(1), Some(section_end), "{err}");
 }
 
+/// A stale check looks at the mappings whose memory is the calling
+/// process's, in any container: a fork child maps its copy of a buffer
+/// through the inherited container, closes its VFIO files (the parent alone
+/// holds the container) and munmaps the buffer: reported, with the child's
+/// call sites. The parent's munmap of its own copy at the same address is
+/// not (its pages were never mapped for DMA). In preload mode the fork
+/// hands the engine to the keeper, which checks per calling process.
+pub fn fork_munmap(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(softvfio, mode, bin, "fork-munmap", &["--sanitize"]);
+    assert_eq!(code, 0, "{err}");
+    let main = |call: &str| frame("main", scenario_line("fork-munmap", call));
+    let map = frame(
+        "map_buffer",
+        line_of("ioctl(container, VFIO_IOMMU_MAP_DMA", 0),
+    );
+    let parts = [
+        "softvfio sanitizer: stale mapping: munmap of 0x",
+        " ms from ",
+        &main("munmap(buf, LEN);"),
+        "; IOVA 0x200000 (4 KiB) still maps it for DMA, mapped from ",
+        &map,
+        " <- ",
+        &main("map_buffer(buf, 0x200000"),
+        ": devices reach pages the program no longer sees",
+    ];
+    assert!(has_line(&err, &parts), "{err}");
+    let moments = err
+        .lines()
+        .filter(|l| l.starts_with("softvfio sanitizer: stale mapping: "))
+        .count();
+    assert_eq!(moments, 1, "the parent's munmap is not one\n{err}");
+    assert!(
+        has_line(
+            &err,
+            &["sanitizer: 0 fault(s), 1 stale mapping(s), 0 leak(s), 0 device note(s)"]
+        ),
+        "{err}"
+    );
+}
+
 /// The device writes a read-only mapping.
 pub fn read_only(softvfio: &Path, mode: &str, bin: &Path) {
     let (code, err) = run(softvfio, mode, bin, "read-only", &["--sanitize=strict"]);
