@@ -29,20 +29,32 @@ static struct shared *sh;
 static int devfd = -1;
 static uint64_t bar0;
 
-static uint32_t rd32(unsigned off) {
-  uint32_t v = ~0u;
-  if (pread(devfd, &v, 4, bar0 + off) != 4) return ~0u;
-  return v;
-}
 
 static int wr64(unsigned off, uint64_t v) { return pwrite(devfd, &v, 8, bar0 + off) == 8 ? 0 : -1; }
 
+static double now(void);
+static void bad(const char *what, int slot);
+
+/* Waits for the device's DMA to end. A failed status read is a failure at
+ * once (it used to read as "busy": a child whose every read failed polled
+ * 200000 times, minutes at load, holding the DMA lock: a hang), and the
+ * wait is bounded in time, not in reads (10 s: the DMA itself takes µs). */
 static int idle(void) {
-  for (int i = 0; i < 200000; i++) {
-    if (!(rd32(0x98) & 1)) return 0;
+  double end = now() + 10;
+  for (;;) {
+    uint32_t v = ~0u;
+    if (pread(devfd, &v, 4, bar0 + 0x98) != 4) {
+      bad("status read", -1);
+      return -1;
+    }
+    if (!(v & 1)) return 0;
+    if (now() > end) {
+      errno = ETIMEDOUT;
+      bad("dma never ends", -1);
+      return -1;
+    }
     usleep(5);
   }
-  return -1;
 }
 
 static void lock_dma(void) {
