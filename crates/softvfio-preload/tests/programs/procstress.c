@@ -23,6 +23,11 @@
 struct shared {
   pthread_mutex_t dma; /* the device's DMA registers: one user at a time */
   int bad;
+  /* The parent waits for `dma`: children keep off it. A mutex is not fair:
+   * children that round-trip without end re-took it before the waiting
+   * parent ran, for minutes at load (the parent alone kills them and ends
+   * the run: it looked like a hang, keeper and children busy). */
+  int parent_waiting;
 };
 
 static struct shared *sh;
@@ -57,8 +62,13 @@ static int idle(void) {
   }
 }
 
-static void lock_dma(void) {
+static void lock_dma(int parent) {
+  if (parent)
+    __atomic_store_n(&sh->parent_waiting, 1, __ATOMIC_SEQ_CST);
+  else
+    while (__atomic_load_n(&sh->parent_waiting, __ATOMIC_SEQ_CST)) usleep(50);
   if (pthread_mutex_lock(&sh->dma) == EOWNERDEAD) pthread_mutex_consistent(&sh->dma);
+  if (parent) __atomic_store_n(&sh->parent_waiting, 0, __ATOMIC_SEQ_CST);
 }
 
 /* One DMA; 0 when the device finished it. The caller holds the lock. */
@@ -103,7 +113,7 @@ static void round_trip(int c, uint64_t iova, int slot, unsigned seed, int keep) 
     return;
   }
   /* Both transfers under one lock: the device buffer is shared. */
-  lock_dma();
+  lock_dma(slot < 0);
   r = edu_dma(iova, EDU_BUF, LEN, 0) || edu_dma(EDU_BUF, iova + PG, LEN, 1);
   pthread_mutex_unlock(&sh->dma);
   if (r) bad("dma", slot);
