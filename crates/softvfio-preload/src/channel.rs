@@ -31,8 +31,12 @@
 //!   same for the keeper's `poll` (its asleep word, the doorbell);
 //! - no wait is unbounded: a sleeping side wakes every [`LIVENESS`] to
 //!   check that its peer lives (the socket hung up, the caller's pidfd
-//!   readable) and gives EIO when it does not; a signal (EINTR) only
-//!   resumes the wait;
+//!   readable) and gives EIO when it does not; when the peer lives but
+//!   the record this side handed over still waits for it, the side wakes
+//!   it again (futex wake, doorbell): a lost wake-up costs a LIVENESS,
+//!   never a hang (the keeper, for its part, looks at every area after
+//!   each `poll`, which has a timeout); a signal (EINTR) only resumes the
+//!   wait;
 //! - spinning lasts at most [`ANSWER_SPIN_NS`] for the answer to a record
 //!   just sent, [`IDLE_SPIN_NS`] for the keeper's next request, and not
 //!   at all while the machine has no idle CPU (the keeper decides,
@@ -273,20 +277,27 @@ impl Area {
         let h = self.header();
         h.len.store(rec.len() as u32, Ordering::Relaxed);
         h.fd_follows.store(u32::from(fd_follows), Ordering::Relaxed);
-        let (turn, peer_waiting) = match side {
-            Side::Caller => (TURN_KEEPER, &h.keeper_waiting),
-            Side::Keeper => (TURN_CALLER, &h.caller_waiting),
+        h.turn.store(peer_turn(side), Ordering::SeqCst);
+        self.wake_peer(side, sock);
+        Ok(())
+    }
+
+    /// Wakes the peer of `side`, which may sleep waiting for the record
+    /// just handed over: in FUTEX_WAIT (its waiting word) or, the keeper,
+    /// in `poll` (its asleep word: one byte on the socket wakes it; a full
+    /// socket means doorbells already wait there).
+    fn wake_peer(&self, side: Side, sock: c_int) {
+        let h = self.header();
+        let peer_waiting = match side {
+            Side::Caller => &h.keeper_waiting,
+            Side::Keeper => &h.caller_waiting,
         };
-        h.turn.store(turn, Ordering::SeqCst);
         if peer_waiting.load(Ordering::SeqCst) != 0 {
             futex_wake(&h.turn);
         }
         if side == Side::Caller && h.keeper_asleep.load(Ordering::SeqCst) != 0 {
-            // The keeper sleeps in poll: one byte on the socket wakes it.
-            // A full socket means doorbells already wait there.
             send_doorbell(sock);
         }
-        Ok(())
     }
 
     /// Waits for the turn of `side` (spinning, then sleeping; `alive`
@@ -295,6 +306,7 @@ impl Area {
     fn take(
         &self,
         side: Side,
+        sock: c_int,
         buf: &mut [u8],
         alive: &mut dyn FnMut() -> bool,
     ) -> Result<(usize, bool), c_int> {
@@ -328,10 +340,17 @@ impl Area {
             waiting.store(1, Ordering::SeqCst);
             if h.turn.load(Ordering::SeqCst) != mine {
                 // EINTR (a signal) or a spurious wake-up: wait again; a
-                // timeout: check the peer.
-                if futex_wait(&h.turn, cur, LIVENESS) == Err(libc::ETIMEDOUT) && !alive() {
-                    waiting.store(0, Ordering::SeqCst);
-                    return Err(libc::EIO);
+                // timeout: check the peer, and when the record this side
+                // handed over still waits for it, wake it again (a wake-up
+                // lost for any reason costs one LIVENESS, never a hang).
+                if futex_wait(&h.turn, cur, LIVENESS) == Err(libc::ETIMEDOUT) {
+                    if !alive() {
+                        waiting.store(0, Ordering::SeqCst);
+                        return Err(libc::EIO);
+                    }
+                    if h.turn.load(Ordering::SeqCst) == peer_turn(side) {
+                        self.wake_peer(side, sock);
+                    }
                 }
             }
             waiting.store(0, Ordering::Relaxed);
@@ -352,6 +371,14 @@ impl Area {
         let fd_follows = h.fd_follows.load(Ordering::Relaxed) != 0;
         h.turn.store(TURN_NONE, Ordering::Release);
         Ok((m, fd_follows))
+    }
+}
+
+/// The turn that `side` hands over: its peer's.
+fn peer_turn(side: Side) -> u32 {
+    match side {
+        Side::Caller => TURN_KEEPER,
+        Side::Keeper => TURN_CALLER,
     }
 }
 
@@ -463,7 +490,7 @@ pub(crate) fn recv(
     let Some(a) = area else {
         return real::recv_record(sock, buf, cloexec);
     };
-    let (n, fd_follows) = a.take(Side::Caller, buf, &mut || !hung_up(sock))?;
+    let (n, fd_follows) = a.take(Side::Caller, sock, buf, &mut || !hung_up(sock))?;
     if !fd_follows {
         return Ok((n, None));
     }
@@ -507,7 +534,9 @@ impl Link {
             return Ok(n);
         };
         let (sock, pidfd) = (self.sock, self.pidfd);
-        let (n, _) = a.take(Side::Keeper, buf, &mut || !hung_up(sock) && !exited(pidfd))?;
+        let (n, _) = a.take(Side::Keeper, sock, buf, &mut || {
+            !hung_up(sock) && !exited(pidfd)
+        })?;
         Ok(n)
     }
 }
@@ -545,5 +574,106 @@ pub(crate) fn spin_policy() -> u32 {
         ANSWER_SPIN_NS
     } else {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::Arc;
+
+    /// Both sides of one connection in this process: the caller's area,
+    /// the keeper's mapping of the same memfd, and a socket pair (caller's
+    /// end, keeper's end).
+    fn pair() -> (Area, Arc<Area>, UnixDatagram, UnixDatagram) {
+        let (caller, memfd) = Area::create().expect("create");
+        let keeper = Area::accept(memfd).expect("accept");
+        real::close_own(memfd);
+        let (cs, ks) = UnixDatagram::pair().expect("socketpair");
+        (caller, Arc::new(keeper), cs, ks)
+    }
+
+    /// Issue 13's hang: a caller waited for its answer forever while the
+    /// keeper, asleep in `poll`, never learnt of the request (its doorbell
+    /// gone). Here the first doorbell is taken away: the waiting caller
+    /// rings again after a LIVENESS, the keeper wakes, serves, answers.
+    /// Before, nothing came and the caller waited for ever.
+    #[test]
+    fn a_lost_doorbell_is_rung_again_while_the_request_waits() {
+        let (caller, keeper, cs, ks) = pair();
+        keeper.set_spin(0);
+        keeper.set_keeper_asleep(true);
+        let csock = cs.as_raw_fd();
+        let t = std::thread::spawn(move || {
+            send(csock, Some(&caller), b"request").expect("send");
+            let mut buf = [0u8; 64];
+            let got = recv(csock, Some(&caller), &mut buf, true);
+            got.map(|(n, fd)| (buf[..n].to_vec(), fd))
+        });
+        // The doorbell of the request, lost.
+        let mut one = [0u8; 8];
+        assert_eq!(ks.recv(&mut one).expect("first doorbell"), 1);
+        // The caller rings again: well within a second.
+        let mut p = [libc::pollfd {
+            fd: ks.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let t0 = Instant::now();
+        assert_eq!(real::poll(&mut p, 2000), Ok(1));
+        assert!(t0.elapsed() < Duration::from_millis(1000));
+        assert_eq!(ks.recv(&mut one).expect("second doorbell"), 1);
+        keeper.set_keeper_asleep(false);
+        assert!(keeper.for_keeper());
+        let link = Link {
+            sock: ks.as_raw_fd(),
+            area: Some(keeper.clone()),
+            pidfd: -1,
+        };
+        let mut buf = [0u8; 64];
+        assert_eq!(link.recv(&mut buf), Ok(7));
+        assert_eq!(&buf[..7], b"request");
+        link.send(b"answer", None).expect("answer");
+        assert_eq!(t.join().unwrap(), Ok((b"answer".to_vec(), None)));
+        drop(cs);
+    }
+
+    /// A caller that sleeps while the keeper has taken its request and
+    /// works on it is not rung: the turn is no longer the keeper's.
+    #[test]
+    fn no_doorbell_once_the_keeper_has_the_request() {
+        let (caller, keeper, cs, ks) = pair();
+        keeper.set_spin(0);
+        let csock = cs.as_raw_fd();
+        let t = std::thread::spawn(move || {
+            send(csock, Some(&caller), b"request").expect("send");
+            let mut buf = [0u8; 64];
+            let got = recv(csock, Some(&caller), &mut buf, true);
+            got.map(|(n, _)| buf[..n].to_vec())
+        });
+        while !keeper.for_keeper() {
+            std::thread::yield_now();
+        }
+        let link = Link {
+            sock: ks.as_raw_fd(),
+            area: Some(keeper.clone()),
+            pidfd: -1,
+        };
+        let mut buf = [0u8; 64];
+        assert_eq!(link.recv(&mut buf), Ok(7));
+        // The keeper asleep meanwhile, as in a long call: five LIVENESS.
+        keeper.set_keeper_asleep(true);
+        std::thread::sleep(LIVENESS * 5);
+        keeper.set_keeper_asleep(false);
+        let mut p = [libc::pollfd {
+            fd: ks.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        assert_eq!(real::poll(&mut p, 0), Ok(0));
+        link.send(b"answer", None).expect("answer");
+        assert_eq!(t.join().unwrap(), Ok(b"answer".to_vec()));
     }
 }

@@ -23,30 +23,52 @@
 struct shared {
   pthread_mutex_t dma; /* the device's DMA registers: one user at a time */
   int bad;
+  /* The parent waits for `dma`: children keep off it. A mutex is not fair:
+   * children that round-trip without end re-took it before the waiting
+   * parent ran, for minutes at load (the parent alone kills them and ends
+   * the run: it looked like a hang, keeper and children busy). */
+  int parent_waiting;
 };
 
 static struct shared *sh;
 static int devfd = -1;
 static uint64_t bar0;
 
-static uint32_t rd32(unsigned off) {
-  uint32_t v = ~0u;
-  if (pread(devfd, &v, 4, bar0 + off) != 4) return ~0u;
-  return v;
-}
 
 static int wr64(unsigned off, uint64_t v) { return pwrite(devfd, &v, 8, bar0 + off) == 8 ? 0 : -1; }
 
+static double now(void);
+static void bad(const char *what, int slot);
+
+/* Waits for the device's DMA to end. A failed status read is a failure at
+ * once (it used to read as "busy": a child whose every read failed polled
+ * 200000 times, minutes at load, holding the DMA lock: a hang), and the
+ * wait is bounded in time, not in reads (10 s: the DMA itself takes µs). */
 static int idle(void) {
-  for (int i = 0; i < 200000; i++) {
-    if (!(rd32(0x98) & 1)) return 0;
+  double end = now() + 10;
+  for (;;) {
+    uint32_t v = ~0u;
+    if (pread(devfd, &v, 4, bar0 + 0x98) != 4) {
+      bad("status read", -1);
+      return -1;
+    }
+    if (!(v & 1)) return 0;
+    if (now() > end) {
+      errno = ETIMEDOUT;
+      bad("dma never ends", -1);
+      return -1;
+    }
     usleep(5);
   }
-  return -1;
 }
 
-static void lock_dma(void) {
+static void lock_dma(int parent) {
+  if (parent)
+    __atomic_store_n(&sh->parent_waiting, 1, __ATOMIC_SEQ_CST);
+  else
+    while (__atomic_load_n(&sh->parent_waiting, __ATOMIC_SEQ_CST)) usleep(50);
   if (pthread_mutex_lock(&sh->dma) == EOWNERDEAD) pthread_mutex_consistent(&sh->dma);
+  if (parent) __atomic_store_n(&sh->parent_waiting, 0, __ATOMIC_SEQ_CST);
 }
 
 /* One DMA; 0 when the device finished it. The caller holds the lock. */
@@ -91,7 +113,7 @@ static void round_trip(int c, uint64_t iova, int slot, unsigned seed, int keep) 
     return;
   }
   /* Both transfers under one lock: the device buffer is shared. */
-  lock_dma();
+  lock_dma(slot < 0);
   r = edu_dma(iova, EDU_BUF, LEN, 0) || edu_dma(EDU_BUF, iova + PG, LEN, 1);
   pthread_mutex_unlock(&sh->dma);
   if (r) bad("dma", slot);
