@@ -29,34 +29,67 @@ const KINDS: &[(&str, &str)] = &[
 ];
 
 pub fn trap_floor(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String> {
-    let dir = std::env::temp_dir().join(format!("softvfio-trap-floor-{}", std::process::id()));
+    floor_rows(
+        ctx,
+        &FloorProgram {
+            name: "trap-floor",
+            program: "trap_floor",
+            source: SOURCE,
+            iters: 5000,
+            kinds: KINDS,
+            // No seccomp or no ptrace here (a container forbidding them).
+            unavailable: "seccomp user notification or ptrace unavailable",
+        },
+    )
+}
+
+/// A floor program: C that prints, per round, one line `KIND BASE VALUE`
+/// (ns per call of a native system call and of the mechanism) for each of
+/// its kinds; one row per kind, the medians over the rounds.
+pub(super) struct FloorProgram {
+    /// The bench's name, the rows' prefix (`trap-floor`).
+    pub name: &'static str,
+    /// The program's name (`trap_floor`).
+    pub program: &'static str,
+    /// Its C source.
+    pub source: &'static str,
+    /// Calls per round.
+    pub iters: usize,
+    /// Its kinds, with what each measures.
+    pub kinds: &'static [(&'static str, &'static str)],
+    /// What a failed run means here.
+    pub unavailable: &'static str,
+}
+
+/// Builds and runs `p` (in a directory of its own), its rows.
+pub(super) fn floor_rows(ctx: &Ctx, p: &FloorProgram) -> Result<Outcome, String> {
+    let dir = std::env::temp_dir().join(format!("softvfio-{}-{}", p.name, std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let res = measure(ctx, &dir);
+    let res = measure(ctx, &dir, p);
     let _ = std::fs::remove_dir_all(&dir);
     res
 }
 
-fn measure(ctx: &Ctx, dir: &std::path::Path) -> Result<Outcome, String> {
-    let exe = match super::build_c_program(dir, "trap_floor", SOURCE, false) {
+fn measure(ctx: &Ctx, dir: &std::path::Path, p: &FloorProgram) -> Result<Outcome, String> {
+    let exe = match super::build_c_program(dir, p.program, p.source, false) {
         Ok(e) => e,
         Err(e) => return Ok(Outcome::Skipped(format!("cannot build the program: {e}"))),
     };
     let rounds = ctx.reps.max(3);
-    let iters = 5000;
+    let iters = p.iters;
     let out = Command::new(&exe)
         .args([rounds.to_string(), iters.to_string()])
         .output()
-        .map_err(|e| format!("trap_floor: {e}"))?;
+        .map_err(|e| format!("{}: {e}", p.program))?;
     if !out.status.success() {
-        // No seccomp or no ptrace here (a container forbidding them).
         return Ok(Outcome::Skipped(format!(
-            "trap_floor failed ({}): seccomp user notification or ptrace unavailable",
-            out.status
+            "{} failed ({}): {}",
+            p.program, out.status, p.unavailable
         )));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let mut rows = Vec::new();
-    for (kind, what) in KINDS {
+    for (kind, what) in p.kinds {
         let mut base = Vec::new();
         let mut val = Vec::new();
         for l in text.lines() {
@@ -74,10 +107,10 @@ fn measure(ctx: &Ctx, dir: &std::path::Path) -> Result<Outcome, String> {
             val.push(v);
         }
         if val.len() != rounds {
-            return Err(format!("trap_floor: {kind}: incomplete output"));
+            return Err(format!("{}: {kind}: incomplete output", p.program));
         }
         rows.push(Row {
-            bench: format!("trap-floor:{kind}"),
+            bench: format!("{}:{kind}", p.name),
             value: median(&val),
             unit: "ns",
             baseline: "native getppid".into(),
