@@ -408,7 +408,22 @@ fn spawn_forked(s: &Spawn) -> Option<Result<pid_t, c_int>> {
         return Some(Err(fork_err));
     }
     let mut b = [0u8; 4];
+    // The pipe's end of file says the child exec'd (or died), unless a
+    // process another thread forked meanwhile inherited the write end too:
+    // then the child's own descriptors say it (none is the pipe any more).
+    let pipe_ino = pipe_inode(p[0]);
     let n = loop {
+        let mut pfd = [libc::pollfd {
+            fd: p[0],
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if matches!(real::poll(&mut pfd, 50), Ok(0))
+            && !holds_pipe(child, pipe_ino)
+            && matches!(real::poll(&mut pfd, 0), Ok(0))
+        {
+            break 0;
+        }
         // SAFETY: reads into a live local.
         let n = unsafe { libc::syscall(libc::SYS_read, p[0], b.as_mut_ptr(), b.len()) };
         if n >= 0 || real::errno() != libc::EINTR {
@@ -1003,6 +1018,34 @@ pub unsafe extern "C" fn pclose(f: *mut FILE) -> c_int {
 
 // ---- vfork -------------------------------------------------------------------
 
+/// The inode of pipe end `fd` (0: unknown).
+fn pipe_inode(fd: c_int) -> u64 {
+    // SAFETY: stat is plain data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a live stat the call fills.
+    if unsafe { libc::syscall(libc::SYS_fstat, fd as libc::c_long, &mut st) } != 0 {
+        return 0;
+    }
+    st.st_ino
+}
+
+/// Whether process `pid` still has a descriptor of pipe `ino` (its
+/// spawn's error pipe: close-on-exec, so gone once it exec'd). Unknown
+/// (no inode, `/proc` unreadable while it lives): assumed held, so the
+/// caller keeps waiting for the pipe as glibc does.
+fn holds_pipe(pid: pid_t, ino: u64) -> bool {
+    if ino == 0 {
+        return true;
+    }
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        // Gone: it died; the pipe's end of file follows.
+        return std::path::Path::new(&format!("/proc/{pid}")).exists();
+    };
+    let want = format!("pipe:[{ino}]");
+    dir.flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
+}
+
 /// The next `vfork`, resolved at load ([`resolve`]): the jump in [`vfork`]
 /// cannot call into the resolver.
 static VFORK_NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -1015,6 +1058,12 @@ pub(crate) fn resolve() {
 /// libc's `vfork` when no VFIO file is open (a jump: the child returns
 /// into the caller's frame, as it must), else this library's `fork` (POSIX
 /// lets `vfork` be `fork`; the child then shares the VFIO files).
+// SAFETY (of the naked function): it touches no stack and no register a
+// caller may rely on but rax (scratch in the C ABI, vfork's result), reads
+// two statics by RIP-relative loads and tail-jumps, so libc's `vfork` (or
+// this library's `fork`) sees the caller's return address and stack as if
+// called directly: the vfork child returns into the caller's frame.
+#[cfg(target_arch = "x86_64")]
 #[no_mangle]
 #[unsafe(naked)]
 pub extern "C" fn vfork() {

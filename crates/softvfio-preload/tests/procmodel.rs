@@ -974,6 +974,25 @@ fn owner_running_its_own_code_is_munlocked_at_once_trace() {
     out.assert_clean();
 }
 
+/// The owner blocked in `epoll_wait` (a call that answers EINTR to any
+/// wake-up, no restart code) while its child unmaps the owner's mapping:
+/// the munlock injected into it does not show as an EINTR (the wait ends
+/// with the child's eventfd write, as on Linux), and its pages are
+/// unlocked. Before: `epoll_wait` answered EINTR.
+#[test]
+fn owner_blocked_in_epoll_wait_sees_no_eintr_trace() {
+    let out = run("trace", "vmlckepoll");
+    expect(
+        &out,
+        &[
+            ("vmlckepoll_child_unmap", "0"),
+            ("vmlckepoll_parent_wait", "1"),
+            ("vmlckepoll_parent_locked", "0"),
+        ],
+    );
+    out.assert_clean();
+}
+
 /// --sanitize after the hand-off: a forked child maps a page in its own
 /// function and exits with it mapped, and has the device write to an IOVA
 /// it unmapped; the leak's call site and the fault's unmap are the child's

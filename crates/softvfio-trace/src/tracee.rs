@@ -192,6 +192,17 @@ impl Stop {
                     regs.rax = libc::SYS_restart_syscall as u64;
                     regs.rip = entered_by;
                 }
+                // A call that answers EINTR to any wake-up (no restart
+                // code), woken by our interrupt alone (no signal for it to
+                // deliver): Linux would not have woken it, so it runs
+                // again (a relative timeout starts over).
+                r if r == -i64::from(libc::EINTR)
+                    && eintr_without_restart(regs.orig_rax as i64)
+                    && !signal_deliverable(tgid, tid) =>
+                {
+                    regs.rax = regs.orig_rax;
+                    regs.rip = entered_by;
+                }
                 _ => {}
             }
             regs.orig_rax = u64::MAX;
@@ -884,5 +895,38 @@ impl<'a> Tracee<'a> {
                 Err(e)
             }
         }
+    }
+}
+
+/// System calls that return EINTR, not a restart code, when anything
+/// wakes them with a signal pending (signal(7), "Interruption of system
+/// calls ... never restarted"), among those a thread may block in.
+fn eintr_without_restart(nr: i64) -> bool {
+    [
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+        libc::SYS_epoll_pwait2,
+        libc::SYS_semop,
+        libc::SYS_semtimedop,
+        libc::SYS_rt_sigtimedwait,
+        libc::SYS_io_getevents,
+    ]
+    .contains(&nr)
+}
+
+/// Whether thread `tid` of `tgid` has a signal pending that it does not
+/// block (so a wake-up was, or will be, a signal's). Unknown: yes.
+fn signal_deliverable(tgid: i32, tid: i32) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{tgid}/task/{tid}/status")) else {
+        return true;
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    match (field("SigPnd:"), field("ShdPnd:"), field("SigBlk:")) {
+        (Some(own), Some(shared), Some(blocked)) => (own | shared) & !blocked != 0,
+        _ => true,
     }
 }

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include <spawn.h>
 #include <libgen.h>
 
@@ -1332,6 +1333,39 @@ static int case_vmlckbusy(char **argv) {
   return 0;
 }
 
+/* As vmlckbusy, but the owner is blocked in epoll_wait, a call that
+ * answers EINTR to any wake-up: the munlock run in it (trace mode
+ * interrupts it) must not show as an EINTR; the child's eventfd write is
+ * what ends the wait, as on Linux. */
+static int case_vmlckepoll(char **argv) {
+  int g, c = open_container(argv[2], &g);
+  char *a = fixed_page(X_ADDR, 4 * PG, 'A');
+  if (map(c, IOVA_X, a, 4 * PG)) die("map");
+  int efd = eventfd(0, 0), ep = epoll_create1(0);
+  struct epoll_event ev = {.events = EPOLLIN};
+  if (efd < 0 || ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, efd, &ev)) die("epoll");
+  fflush(stdout);
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    usleep(50000); /* the parent is in epoll_wait */
+    printf("vmlckepoll_child_unmap %s\n", errno_name(unmap(c, IOVA_X, 4 * PG)));
+    fflush(stdout);
+    usleep(50000);
+    uint64_t one = 1;
+    if (write(efd, &one, 8) != 8) _exit(3);
+    _exit(0);
+  }
+  struct epoll_event out;
+  int n = epoll_wait(ep, &out, 1, 10000);
+  printf("vmlckepoll_parent_wait %s\n", n == 1 ? "1" : n == 0 ? "0" : errno_name(errno));
+  waitpid(child, NULL, 0);
+  printf("vmlckepoll_parent_locked %ld\n", locked_kb(a, 4 * PG));
+  close(g);
+  close(c);
+  return 0;
+}
+
 /* VmLck is type1's locked-memory accounting of each process's own mm
  * (dma->mm): 16 kB mapped twice by the parent (32 kB accounted) stay the
  * parent's across a fork, the child starts at 0 and counts only what it
@@ -1479,6 +1513,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "sanfork") && argc > 3) return case_sanfork(argv);
   if (!strcmp(argv[1], "vmlck") && argc > 3) return case_vmlck(argv);
   if (!strcmp(argv[1], "vmlckbusy") && argc > 3) return case_vmlckbusy(argv);
+  if (!strcmp(argv[1], "vmlckepoll") && argc > 3) return case_vmlckepoll(argv);
   if (!strcmp(argv[1], "spawnsem") && argc > 4) return case_spawnsem(argv);
   if (!strcmp(argv[1], "spawn") && argc > 4) return case_spawn(argv);
   if (!strcmp(argv[1], "spawnchild") && argc > 6) return case_spawnchild(argv);
