@@ -38,53 +38,7 @@ macro_rules! scenario {
     };
 }
 
-scenario!(dma_after_unmap_is_explained, sc::after_unmap);
-scenario!(
-    never_mapped_iova_names_the_nearest_mapping,
-    sc::never_mapped
-);
-scenario!(write_to_read_only_mapping, sc::read_only);
-scenario!(leaks_at_exit_with_call_sites, sc::leak);
-scenario!(
-    open_container_and_group_left_at_exit_are_leaks,
-    sc::left_open
-);
-scenario!(clamped_dma_is_the_device_behaviour, sc::clamp);
-scenario!(
-    dma_into_a_killed_owners_memory_names_the_kill,
-    sc::killed_owner
-);
-scenario!(clean_driver_reports_nothing, sc::clean);
-scenario!(stale_mapping_after_munmap, |s, m, b| sc::stale(
-    s, m, b, "munmap"
-));
-scenario!(stale_mapping_after_mremap, |s, m, b| sc::stale(
-    s, m, b, "mremap"
-));
-scenario!(stale_mapping_after_handoff_munmap, |s, m, b| {
-    sc::stale_after_handoff(s, m, b, "munmap")
-});
-scenario!(stale_mapping_after_handoff_mremap, |s, m, b| {
-    sc::stale_after_handoff(s, m, b, "mremap")
-});
-scenario!(stale_mapping_after_handoff_map_fixed, |s, m, b| {
-    sc::stale_after_handoff(s, m, b, "map-fixed")
-});
-scenario!(
-    a_childs_munmap_after_closing_its_vfio_files_is_stale,
-    sc::childs_munmap_after_closing
-);
-scenario!(
-    group_reopened_after_handoff_has_its_call_site,
-    sc::reopen_after_handoff
-);
-scenario!(stale_mapping_after_map_fixed, |s, m, b| sc::stale(
-    s,
-    m,
-    b,
-    "map-fixed"
-));
-scenario!(json_report_and_inspect, |s, m, b| sc::json(s, m, b, &dir()));
+every_scenario!(scenario);
 
 /// A static program: libc's wrappers are in the program's own file, and are
 /// still left out of its call sites.
@@ -403,17 +357,6 @@ fn fork_sections(mode: &str) {
     }
     assert_eq!(by_pid(child)["leaks"][0]["kind"], "mapping");
     assert_eq!(report["leaks"].as_array().unwrap().len(), 5);
-}
-
-/// A fork child's munmap of memory it mapped through a container only the
-/// parent holds (`sc::fork_munmap`).
-#[test]
-fn a_childs_munmap_of_memory_mapped_in_a_container_it_closed_is_stale() {
-    let Some(bin) = program() else {
-        eprintln!("skipped: no gcc");
-        return;
-    };
-    sc::fork_munmap(softvfio(), "trace", bin);
 }
 
 /// An exec'd image is a process of its own: the image before the exec and

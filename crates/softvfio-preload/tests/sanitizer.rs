@@ -39,57 +39,7 @@ macro_rules! scenario {
     };
 }
 
-scenario!(dma_after_unmap_is_explained, sc::after_unmap);
-scenario!(
-    never_mapped_iova_names_the_nearest_mapping,
-    sc::never_mapped
-);
-scenario!(write_to_read_only_mapping, sc::read_only);
-scenario!(leaks_at_exit_with_call_sites, sc::leak);
-scenario!(
-    open_container_and_group_left_at_exit_are_leaks,
-    sc::left_open
-);
-scenario!(clamped_dma_is_the_device_behaviour, sc::clamp);
-scenario!(
-    a_childs_munmap_of_memory_mapped_in_a_container_it_closed_is_stale,
-    sc::fork_munmap
-);
-scenario!(
-    dma_into_a_killed_owners_memory_names_the_kill,
-    sc::killed_owner
-);
-scenario!(clean_driver_reports_nothing, sc::clean);
-scenario!(stale_mapping_after_munmap, |s, m, b| sc::stale(
-    s, m, b, "munmap"
-));
-scenario!(stale_mapping_after_mremap, |s, m, b| sc::stale(
-    s, m, b, "mremap"
-));
-scenario!(stale_mapping_after_map_fixed, |s, m, b| sc::stale(
-    s,
-    m,
-    b,
-    "map-fixed"
-));
-scenario!(stale_mapping_after_handoff_munmap, |s, m, b| {
-    sc::stale_after_handoff(s, m, b, "munmap")
-});
-scenario!(stale_mapping_after_handoff_mremap, |s, m, b| {
-    sc::stale_after_handoff(s, m, b, "mremap")
-});
-scenario!(stale_mapping_after_handoff_map_fixed, |s, m, b| {
-    sc::stale_after_handoff(s, m, b, "map-fixed")
-});
-scenario!(
-    a_childs_munmap_after_closing_its_vfio_files_is_stale,
-    sc::childs_munmap_after_closing
-);
-scenario!(
-    group_reopened_after_handoff_has_its_call_site,
-    sc::reopen_after_handoff
-);
-scenario!(json_report_and_inspect, |s, m, b| sc::json(s, m, b, &dir()));
+every_scenario!(scenario);
 
 /// An optimized program without frame pointers.
 #[test]
