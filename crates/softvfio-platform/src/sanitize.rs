@@ -66,12 +66,58 @@ struct MapEntry {
 
 /// A process's file mappings (`/proc/<pid>/maps`), read once and again when
 /// an address falls outside them (a library loaded later).
+///
+/// The same call sites recur (a driver maps from a few places), so the
+/// unwind step of each instruction and the call site of each address tuple
+/// are kept; both are dropped whenever the maps are read again (an object
+/// may have moved).
 pub struct ProcessMaps {
     path: String,
     entries: Vec<MapEntry>,
     names: HashMap<String, Arc<str>>,
     /// Call frame information by object, loaded on first use.
     cfi: HashMap<Arc<str>, Option<Cfi>>,
+    /// The unwind step at each instruction looked up (`None`: no rule the
+    /// walk understands).
+    steps: HashMap<u64, Option<Step>, AddrHash>,
+    /// The call site of each address tuple made.
+    sites: HashMap<Vec<u64>, Arc<CallSite>, AddrHash>,
+}
+
+/// Entries kept in each of [`ProcessMaps`]' caches before it starts over
+/// (a program with more distinct call sites than this is still served,
+/// only slower).
+const CACHE_LIMIT: usize = 4096;
+
+/// A hasher for code addresses (keys made by this process, not by an
+/// adversary): a multiply and a fold per word, instead of SipHash's rounds.
+#[derive(Clone, Copy, Default)]
+struct AddrHash;
+
+impl std::hash::BuildHasher for AddrHash {
+    type Hasher = AddrHasher;
+    fn build_hasher(&self) -> AddrHasher {
+        AddrHasher(0)
+    }
+}
+
+struct AddrHasher(u64);
+
+impl std::hash::Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
 }
 
 impl std::fmt::Debug for ProcessMaps {
@@ -94,6 +140,8 @@ impl ProcessMaps {
             entries: Vec::new(),
             names: HashMap::new(),
             cfi: HashMap::new(),
+            steps: HashMap::default(),
+            sites: HashMap::default(),
         };
         m.reload();
         m
@@ -102,6 +150,8 @@ impl ProcessMaps {
     fn reload(&mut self) {
         let text = std::fs::read_to_string(&self.path).unwrap_or_default();
         self.entries = parse_maps(&text, &mut self.names);
+        self.steps.clear();
+        self.sites.clear();
     }
 
     fn find(&self, addr: u64) -> Option<&MapEntry> {
@@ -135,12 +185,20 @@ impl ProcessMaps {
 
     /// A call site of the addresses `addrs` (innermost first).
     pub fn site(&mut self, addrs: &[u64]) -> Arc<CallSite> {
+        if let Some(s) = self.sites.get(addrs) {
+            return s.clone();
+        }
         if addrs.iter().any(|a| self.find(*a).is_none()) {
             self.reload();
         }
-        Arc::new(CallSite {
+        let site = Arc::new(CallSite {
             frames: addrs.iter().map(|a| self.frame(*a)).collect(),
-        })
+        });
+        if self.sites.len() >= CACHE_LIMIT {
+            self.sites.clear();
+        }
+        self.sites.insert(addrs.to_vec(), site.clone());
+        site
     }
 }
 
@@ -196,6 +254,16 @@ struct FrameRule {
     rbp_offset: Option<i64>,
 }
 
+/// What the call frame information says about one instruction's frame.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// How to find the caller.
+    Caller(FrameRule),
+    /// There is no caller: the return address is undefined (`_start`, a
+    /// thread's start routine).
+    Outermost,
+}
+
 /// An object's call frame information (`.eh_frame`, with its binary-search
 /// table `.eh_frame_hdr` when present).
 struct Cfi {
@@ -235,7 +303,7 @@ impl Cfi {
             .map(|(off, _, vaddr)| vaddr + (offset - off))
     }
 
-    fn rule(&self, svma: u64) -> Option<FrameRule> {
+    fn rule(&self, svma: u64) -> Option<Step> {
         use gimli::{
             BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
             UnwindSection, X86_64,
@@ -273,6 +341,9 @@ impl Cfi {
                 .ok()?
                 .clone(),
         };
+        if let RegisterRule::Undefined = table_row.register(X86_64::RA) {
+            return Some(Step::Outermost);
+        }
         let CfaRule::RegisterAndOffset { register, offset } = *table_row.cfa() else {
             return None;
         };
@@ -283,12 +354,12 @@ impl Cfi {
             RegisterRule::Offset(n) => Some(n),
             _ => None,
         };
-        Some(FrameRule {
+        Some(Step::Caller(FrameRule {
             cfa_register: register.0,
             cfa_offset: offset,
             ra_offset,
             rbp_offset,
-        })
+        }))
     }
 }
 
@@ -303,7 +374,20 @@ fn load_segments(file: &object::File<'_>) -> Vec<(u64, u64, u64)> {
 }
 
 impl ProcessMaps {
-    fn frame_rule(&mut self, pc: u64) -> Option<FrameRule> {
+    /// The unwind step at instruction `pc` (kept: see [`ProcessMaps`]).
+    fn step(&mut self, pc: u64) -> Option<Step> {
+        if let Some(s) = self.steps.get(&pc) {
+            return *s;
+        }
+        let step = self.lookup_step(pc);
+        if self.steps.len() >= CACHE_LIMIT {
+            self.steps.clear();
+        }
+        self.steps.insert(pc, step);
+        step
+    }
+
+    fn lookup_step(&mut self, pc: u64) -> Option<Step> {
         let e = self.find(pc)?.clone();
         let offset = pc - e.start + e.offset;
         let cfi = self
@@ -325,30 +409,68 @@ impl ProcessMaps {
         sp: u64,
         bp: u64,
         max: usize,
-        mut read: impl FnMut(u64) -> Option<u64>,
+        read: impl FnMut(u64) -> Option<u64>,
     ) -> Vec<u64> {
+        self.unwind(ip, sp, bp, max, true, read).0
+    }
+
+    /// As [`walk`](Self::walk), with call frame information only: `None`
+    /// when a frame could not be unwound by it before the outermost frame
+    /// or `max` frames (no rule for an instruction, a rule the walk does
+    /// not understand, an unreadable or implausible step): the caller then
+    /// asks a complete unwinder. What it returns is what a CFI unwinder
+    /// returns, frame pointers or not.
+    pub fn walk_cfi(
+        &mut self,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        max: usize,
+        read: impl FnMut(u64) -> Option<u64>,
+    ) -> Option<Vec<u64>> {
+        let (frames, complete) = self.unwind(ip, sp, bp, max, false, read);
+        complete.then_some(frames)
+    }
+
+    /// The walk; also whether it ended where the stack ends (or at `max`)
+    /// rather than at a frame it could not unwind.
+    fn unwind(
+        &mut self,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        max: usize,
+        frame_pointers: bool,
+        mut read: impl FnMut(u64) -> Option<u64>,
+    ) -> (Vec<u64>, bool) {
         let mut out = vec![ip];
         let (mut pc, mut sp, mut bp) = (ip, sp, bp);
         while out.len() < max {
             // A return address points after its call: look up the call.
             let probe = if out.len() == 1 { pc } else { pc - 1 };
-            let (ra, cfa, caller_bp) = match self.frame_rule(probe) {
-                Some(r) => {
+            let (ra, cfa, caller_bp) = match self.step(probe) {
+                Some(Step::Outermost) => return (out, true),
+                Some(Step::Caller(r)) => {
                     let base = match r.cfa_register {
                         7 => sp,
                         6 => bp,
-                        _ => break,
+                        _ => return (out, false),
                     };
                     let cfa = base.wrapping_add_signed(r.cfa_offset);
                     let Some(ra) = read(cfa.wrapping_add_signed(r.ra_offset)) else {
-                        break;
+                        return (out, false);
                     };
                     let caller_bp = match r.rbp_offset {
-                        Some(n) => read(cfa.wrapping_add_signed(n)).unwrap_or(0),
+                        Some(n) => match read(cfa.wrapping_add_signed(n)) {
+                            Some(v) => v,
+                            None if frame_pointers => 0,
+                            None => return (out, false),
+                        },
                         None => bp,
                     };
                     (ra, cfa, caller_bp)
                 }
+                None if !frame_pointers => return (out, false),
                 None => {
                     if bp < sp || !bp.is_multiple_of(8) {
                         break;
@@ -359,14 +481,18 @@ impl ProcessMaps {
                     (ra, bp.wrapping_add(16), caller_bp)
                 }
             };
+            // A thread's first frame may return to 0.
+            if ra == 0 {
+                return (out, true);
+            }
             // The stack unwinds upwards; anything else is a broken chain.
-            if ra == 0 || cfa <= sp || !self.is_code(ra) {
-                break;
+            if cfa <= sp || !self.is_code(ra) {
+                return (out, false);
             }
             out.push(ra);
             (pc, sp, bp) = (ra, cfa, caller_bp);
         }
-        out
+        (out, true)
     }
 }
 
@@ -1312,6 +1438,8 @@ mod tests {
             entries: e,
             names,
             cfi: HashMap::new(),
+            steps: HashMap::default(),
+            sites: HashMap::default(),
         };
         assert!(m.is_code(0x55d0c0001234));
         assert!(!m.is_code(0x55d0c0000234));
@@ -1339,6 +1467,8 @@ mod tests {
             entries: parse_maps(text, &mut names),
             names,
             cfi: HashMap::new(),
+            steps: HashMap::default(),
+            sites: HashMap::default(),
         };
         let frames = m.walk(0x55d0c0001000, 0x1f00, 0x2000, 8, |a| mem.get(&a).copied());
         assert_eq!(frames, vec![0x55d0c0001000, 0x55d0c0001100, 0x55d0c0001200]);
