@@ -123,6 +123,18 @@ __attribute__((noinline)) static void enable_msi(void) {
   if (ioctl(device, VFIO_DEVICE_SET_IRQS, s)) die("SET_IRQS");
 }
 
+/* A deep stack: the map is made `n` calls down, through frames of 1 KiB
+ * each (not a tail call: the result is used after the return). */
+__attribute__((noinline)) static int descend(void *buf, int n) {
+  volatile char pad[1024];
+  pad[0] = (char)n;
+  if (n == 0) {
+    map_buffer(buf, IOVA, 3); /* deep map */
+    return pad[0];
+  }
+  return descend(buf, n - 1) + pad[0]; /* deep descent */
+}
+
 static void *anon(void) {
   void *p = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) die("mmap");
@@ -272,6 +284,10 @@ int main(int argc, char **argv) {
     if (mmap(buf, LEN, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
       die("mmap fixed");
     unmap_buffer(IOVA);
+  } else if (!strcmp(what, "deep")) {
+    descend(buf, 100);
+    unmap_buffer(IOVA);
+    start_dma(IOVA, 1);
   } else if (!strcmp(what, "clamp")) {
     map_buffer(buf, IOVA, 3);
     start_dma(0x100000000ul | IOVA, 1);
