@@ -848,28 +848,28 @@ impl VfioHandler {
             .maps
             .entry(t.pid())
             .or_insert_with(|| ProcessMaps::new(Some(t.pid())));
-        // The walk reads a few words per frame, near each other: whole
-        // pages (all or nothing readable) take one system call for
-        // several frames.
-        const BLOCK: u64 = 4096;
-        let mut blocks: Vec<(u64, [u8; BLOCK as usize])> = Vec::new();
+        // The walk reads a few words per frame, near each other, upwards
+        // from `sp`: whole pages, two per system call, serve them.
+        let mut pages: Vec<(u64, [u8; 4096])> = Vec::new();
         let read = |a: u64| {
-            let base = a & !(BLOCK - 1);
-            let off = (a - base) as usize;
-            if off + 8 > BLOCK as usize {
+            let page = a & !4095;
+            let off = (a - page) as usize;
+            if off + 8 > 4096 {
                 let mut b = [0u8; 8];
                 return t.read_mem(a, &mut b).ok().map(|_| u64::from_le_bytes(b));
             }
-            let i = match blocks.iter().position(|(b, _)| *b == base) {
+            let i = match pages.iter().position(|(p, _)| *p == page) {
                 Some(i) => i,
                 None => {
-                    let mut data = [0u8; BLOCK as usize];
-                    t.read_mem(base, &mut data).ok()?;
-                    blocks.push((base, data));
-                    blocks.len() - 1
+                    let mut two = [[0u8; 4096]; 2];
+                    let n = t.read_pages(page, &mut two).ok()?;
+                    for (k, data) in two.iter().enumerate().take(n) {
+                        pages.push((page + 4096 * k as u64, *data));
+                    }
+                    pages.len() - n
                 }
             };
-            let word = blocks[i].1.get(off..off + 8)?;
+            let word = pages[i].1.get(off..off + 8)?;
             Some(u64::from_le_bytes(word.try_into().ok()?))
         };
         let frames = maps.walk(ip, sp, bp, 16, read);
