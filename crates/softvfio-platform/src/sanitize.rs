@@ -1,7 +1,8 @@
 //! The DMA sanitizer's front-end half (issue 19; docs/SANITIZER.md): call
-//! sites captured from the program (its memory map, a frame-pointer walk),
-//! symbolized lazily from the program's ELF and DWARF, and the report that
-//! explains every DMA fault, stale mapping, leak and device-side clamp.
+//! sites captured from the program (its memory map, a walk with the
+//! objects' call frame information), symbolized lazily from the program's
+//! ELF and DWARF, and the report that explains every DMA fault, stale
+//! mapping, leak and device-side clamp.
 //!
 //! The engine half (`softvfio::sanitizer`) records the history; this module
 //! only reads it. Symbolization happens when a report is written, never on
@@ -1472,6 +1473,61 @@ mod tests {
         };
         let frames = m.walk(0x55d0c0001000, 0x1f00, 0x2000, 8, |a| mem.get(&a).copied());
         assert_eq!(frames, vec![0x55d0c0001000, 0x55d0c0001100, 0x55d0c0001200]);
+    }
+
+    #[test]
+    fn cfi_only_walk_refuses_what_it_cannot_unwind_exactly() {
+        // The same frame-pointer chain as above, in an object without call
+        // frame information: the CFI-only walk gives up (its caller then
+        // asks glibc) instead of trusting the chain.
+        let mem: HashMap<u64, u64> = [(0x2000, 0x2100), (0x2008, 0x55d0c0001100)]
+            .into_iter()
+            .collect();
+        let mut names = HashMap::new();
+        let text = "55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /nonexistent/prog\n";
+        let mut m = ProcessMaps {
+            path: "/nonexistent".into(),
+            entries: parse_maps(text, &mut names),
+            names,
+            cfi: HashMap::new(),
+            steps: HashMap::default(),
+            sites: HashMap::default(),
+        };
+        let read = |a: u64| mem.get(&a).copied();
+        assert_eq!(m.walk_cfi(0x55d0c0001000, 0x1f00, 0x2000, 8, read), None);
+        // Within `max`, the one frame it was given is complete.
+        assert_eq!(
+            m.walk_cfi(0x55d0c0001000, 0x1f00, 0x2000, 1, read),
+            Some(vec![0x55d0c0001000])
+        );
+    }
+
+    #[test]
+    fn call_sites_are_kept_until_the_maps_are_read_again() {
+        let text = "55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /usr/bin/prog\n";
+        let mut names = HashMap::new();
+        let mut m = ProcessMaps {
+            path: "/nonexistent".into(),
+            entries: parse_maps(text, &mut names),
+            names,
+            cfi: HashMap::new(),
+            steps: HashMap::default(),
+            sites: HashMap::default(),
+        };
+        let a = m.site(&[0x55d0c0001234, 0x55d0c0001400]);
+        let b = m.site(&[0x55d0c0001234, 0x55d0c0001400]);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.frames[1].offset, 0x1400);
+        assert_eq!(a.frames[1].object.as_deref(), Some("/usr/bin/prog"));
+        let other = m.site(&[0x55d0c0001234]);
+        assert!(!Arc::ptr_eq(&a, &other));
+        // An address outside the maps reads them again (here: none left),
+        // and the kept sites go with them.
+        let outside = m.site(&[0x1000]);
+        assert_eq!(outside.frames[0].object, None);
+        let again = m.site(&[0x55d0c0001234, 0x55d0c0001400]);
+        assert!(!Arc::ptr_eq(&a, &again));
+        assert_eq!(again.frames[1].object, None);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The DMA sanitizer in preload mode (`softvfio run --mode preload
 //! --sanitize`; docs/SANITIZER.md): settings from the environment that
-//! `softvfio run` passes, call sites from the caller's stack (glibc's
-//! `backtrace`, resolved against `/proc/self/maps`), stale-mapping checks
-//! on the program's `munmap`/`mremap`/`mmap(MAP_FIXED)`, and the report at
-//! exit.
+//! `softvfio run` passes, call sites from the caller's stack (unwound here
+//! with the objects' call frame information, glibc's `backtrace` where that
+//! walk cannot be exact; resolved against `/proc/self/maps`), stale-mapping
+//! checks on the program's `munmap`/`mremap`/`mmap(MAP_FIXED)`, and the
+//! report at exit.
 //!
 //! Invariant: with the sanitizer off, the memory-call hooks cost one atomic
 //! load before passing the call on.
@@ -73,8 +74,8 @@ pub fn capture_raw() -> Vec<u8> {
         return Vec::new();
     }
     let mut addrs = [0u64; SITE_FRAMES];
-    // The walk's maps, for calls that have no engine state at hand (busy
-    // with another thread's call, or left locked by a fork: glibc's unwind).
+    // No engine state here: the walk has maps of its own (when another
+    // thread holds them, or a fork left them locked: glibc's backtrace).
     let n = match WALK_MAPS.try_lock() {
         Ok(mut m) => return_addresses(m.get_or_insert_with(|| ProcessMaps::new(None)), &mut addrs),
         Err(_) => real::backtrace_into(&mut addrs),
