@@ -446,10 +446,26 @@ impl ProcessMaps {
     ) -> (Vec<u64>, bool) {
         let mut out = vec![ip];
         let (mut pc, mut sp, mut bp) = (ip, sp, bp);
+        // `pc` is where its thread is (the first frame, a frame a signal
+        // interrupted), not a return address.
+        let mut exact = true;
         while out.len() < max {
             // A return address points after its call: look up the call.
-            let probe = if out.len() == 1 { pc } else { pc - 1 };
-            let (ra, cfa, caller_bp) = match self.step(probe) {
+            let probe = if exact { pc } else { pc - 1 };
+            let step = self.step(probe);
+            if step.is_none() && !exact {
+                if let Some((ip, caller_sp, caller_bp)) = signal_frame(pc, sp, &mut read) {
+                    // The interrupted frame: on another stack, maybe.
+                    if ip == 0 || !self.is_code(ip) {
+                        return (out, false);
+                    }
+                    out.push(ip);
+                    (pc, sp, bp, exact) = (ip, caller_sp, caller_bp, true);
+                    continue;
+                }
+            }
+            exact = false;
+            let (ra, cfa, caller_bp) = match step {
                 Some(Step::Outermost) => return (out, true),
                 Some(Step::Caller(r)) => {
                     let base = match r.cfa_register {
@@ -495,6 +511,29 @@ impl ProcessMaps {
         }
         (out, true)
     }
+}
+
+/// When `pc` is x86-64 Linux's signal return trampoline (`mov $15, %rax;
+/// syscall`: glibc's `__restore_rt`, where a handler returns), whose call
+/// frame information is an expression the walk does not evaluate: the
+/// interrupted frame's `rip`, `rsp` and `rbp` from the `ucontext` the
+/// kernel put at `sp` (the handler's CFA), in `uc_mcontext.gregs` (at 40;
+/// `REG_RIP` 16, `REG_RSP` 15, `REG_RBP` 10, as libgcc's unwinder reads
+/// them).
+fn signal_frame(
+    pc: u64,
+    sp: u64,
+    read: &mut impl FnMut(u64) -> Option<u64>,
+) -> Option<(u64, u64, u64)> {
+    const MOV_RAX_15_SYSCALL: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05];
+    let head = read(pc)?.to_le_bytes();
+    let tail = read(pc.checked_add(8)?)?.to_le_bytes();
+    if head[..] != MOV_RAX_15_SYSCALL[..8] || tail[0] != MOV_RAX_15_SYSCALL[8] {
+        return None;
+    }
+    let gregs = sp.checked_add(40)?;
+    let reg = |n: u64| gregs.checked_add(8 * n);
+    Some((read(reg(16)?)?, read(reg(15)?)?, read(reg(10)?)?))
 }
 
 // ---- symbolization --------------------------------------------------------
@@ -1500,6 +1539,45 @@ mod tests {
             m.walk_cfi(0x55d0c0001000, 0x1f00, 0x2000, 1, read),
             Some(vec![0x55d0c0001000])
         );
+    }
+
+    #[test]
+    fn signal_frames_lead_to_the_interrupted_frame() {
+        // A handler (frame pointers) returns to the signal trampoline at
+        // 0x...1800; the kernel's ucontext above it holds the interrupted
+        // rip 0x...1900, rsp 0x3000 and rbp 0 (where the walk ends).
+        let tramp = 0x55d0c0001800u64;
+        let code = [
+            0x48u8, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let uc = 0x2010u64;
+        let mut mem: HashMap<u64, u64> = [
+            (0x2000, 0x2ff0),
+            (0x2008, tramp),
+            (tramp, u64::from_le_bytes(code[..8].try_into().unwrap())),
+            (tramp + 8, u64::from_le_bytes(code[8..].try_into().unwrap())),
+            (uc + 40 + 8 * 16, 0x55d0c0001900),
+            (uc + 40 + 8 * 15, 0x3000),
+            (uc + 40 + 8 * 10, 0),
+        ]
+        .into_iter()
+        .collect();
+        let mut names = HashMap::new();
+        let text = "55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /nonexistent/prog\n";
+        let mut m = ProcessMaps {
+            path: "/nonexistent".into(),
+            entries: parse_maps(text, &mut names),
+            names,
+            cfi: HashMap::new(),
+            steps: HashMap::default(),
+            sites: HashMap::default(),
+        };
+        let frames = m.walk(0x55d0c0001000, 0x1f00, 0x2000, 8, |a| mem.get(&a).copied());
+        assert_eq!(frames, vec![0x55d0c0001000, tramp, 0x55d0c0001900]);
+        // Not the trampoline's bytes: no signal frame (the chain ends).
+        mem.insert(tramp + 8, 0);
+        let frames = m.walk(0x55d0c0001000, 0x1f00, 0x2000, 8, |a| mem.get(&a).copied());
+        assert_eq!(frames, vec![0x55d0c0001000, tramp]);
     }
 
     #[test]

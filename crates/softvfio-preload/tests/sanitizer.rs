@@ -52,6 +52,7 @@ fn optimized_program_without_frame_pointers() {
     sc::after_unmap(softvfio, "preload", &bin);
     sc::stale(softvfio, "preload", &bin, "munmap");
     sc::deep(softvfio, "preload", &bin);
+    sc::signal_stack(softvfio, "preload", &bin);
 }
 
 /// A deep stack in the debug build (frame pointers).

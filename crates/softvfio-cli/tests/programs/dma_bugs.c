@@ -135,6 +135,14 @@ __attribute__((noinline)) static int descend(void *buf, int n) {
   return descend(buf, n - 1) + pad[0]; /* deep descent */
 }
 
+/* A map from a signal handler running on an alternate stack (malloc'd:
+ * not the thread's own stack, which the preload library's walk reads). */
+static void *signal_buf;
+__attribute__((noinline)) static void on_signal(int sig) {
+  (void)sig;
+  signal_buf = map_buffer(signal_buf, IOVA, 3); /* signal map (not a tail call) */
+}
+
 static void *anon(void) {
   void *p = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) die("mmap");
@@ -287,6 +295,16 @@ int main(int argc, char **argv) {
   } else if (!strcmp(what, "deep")) {
     descend(buf, 100);
     unmap_buffer(IOVA);
+    start_dma(IOVA, 1);
+  } else if (!strcmp(what, "altstack")) {
+    stack_t ss = {.ss_sp = malloc(65536), .ss_size = 65536};
+    if (!ss.ss_sp || sigaltstack(&ss, NULL)) die("sigaltstack");
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_ONSTACK};
+    if (sigaction(SIGUSR1, &sa, NULL)) die("sigaction");
+    signal_buf = buf;
+    raise(SIGUSR1);
+    unmap_buffer(IOVA);
+    printf("signal handled\n"); /* a tail of its own: not merged with another branch's */
     start_dma(IOVA, 1);
   } else if (!strcmp(what, "clamp")) {
     map_buffer(buf, IOVA, 3);

@@ -226,6 +226,37 @@ pub fn deep(softvfio: &Path, mode: &str, bin: &Path) {
     );
 }
 
+/// DMA after an unmap whose map was made in a signal handler running on
+/// an alternate stack: the call site goes through the signal frame (the
+/// kernel's `ucontext`) into the frame the signal interrupted (`raise` in
+/// `main`).
+pub fn signal_stack(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(softvfio, mode, bin, "altstack", &["--sanitize=strict"]);
+    assert_eq!(code, 1, "strict: a fault fails the run\n{err}");
+    assert_line(
+        &err,
+        &[
+            "  mapped at ",
+            " ms by MAP_DMA (vaddr 0x",
+            ", size 4 KiB, prot rw) from ",
+            &map_frame(),
+            " <- ",
+            &frame("on_signal", line_of("/* signal map", 0)),
+            " <- ",
+            &frame("main", scenario_line("altstack", "raise(")),
+        ],
+    );
+    assert_line(
+        &err,
+        &[
+            " by UNMAP_DMA from ",
+            &unmap_frame(),
+            " <- ",
+            &frame("main", scenario_line("altstack", "unmap_buffer(")),
+        ],
+    );
+}
+
 /// A DMA to an IOVA nothing was mapped at: the nearest mapping named.
 pub fn never_mapped(softvfio: &Path, mode: &str, bin: &Path) {
     let (code, err) = run(softvfio, mode, bin, "never-mapped", &["--sanitize"]);
@@ -683,6 +714,7 @@ macro_rules! every_scenario {
             sc::killed_owner
         );
         $scenario!(clean_driver_reports_nothing, sc::clean);
+        $scenario!(call_site_through_a_signal_stack, sc::signal_stack);
         $scenario!(stale_mapping_after_munmap, |s, m, b| sc::stale(
             s, m, b, "munmap"
         ));
