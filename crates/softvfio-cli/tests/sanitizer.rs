@@ -64,6 +64,7 @@ fn optimized_program_without_frame_pointers() {
     sc::stale(softvfio(), "trace", &bin, "munmap");
     sc::deep(softvfio(), "trace", &bin);
     sc::signal_stack(softvfio(), "trace", &bin);
+    sc::thread(softvfio(), "trace", &bin);
 }
 
 /// A deep stack in the debug build (frame pointers).

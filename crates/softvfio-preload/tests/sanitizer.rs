@@ -53,6 +53,7 @@ fn optimized_program_without_frame_pointers() {
     sc::stale(softvfio, "preload", &bin, "munmap");
     sc::deep(softvfio, "preload", &bin);
     sc::signal_stack(softvfio, "preload", &bin);
+    sc::thread(softvfio, "preload", &bin);
 }
 
 /// A deep stack in the debug build (frame pointers).

@@ -44,6 +44,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <linux/vfio.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -141,6 +142,12 @@ static void *signal_buf;
 __attribute__((noinline)) static void on_signal(int sig) {
   (void)sig;
   signal_buf = map_buffer(signal_buf, IOVA, 3); /* signal map (not a tail call) */
+}
+
+/* A map from a thread of the program's (its own stack, not main's). */
+__attribute__((noinline)) static void *thread_main(void *buf) {
+  void *r = map_buffer(buf, IOVA, 3); /* thread map */
+  return r == buf ? NULL : buf;
 }
 
 static void *anon(void) {
@@ -305,6 +312,13 @@ int main(int argc, char **argv) {
     raise(SIGUSR1);
     unmap_buffer(IOVA);
     printf("signal handled\n"); /* a tail of its own: not merged with another branch's */
+    start_dma(IOVA, 1);
+  } else if (!strcmp(what, "thread")) {
+    pthread_t th;
+    void *res = buf;
+    if (pthread_create(&th, NULL, thread_main, buf) || pthread_join(th, &res) || res) die("thread");
+    unmap_buffer(IOVA);
+    printf("thread joined\n"); /* a tail of its own */
     start_dma(IOVA, 1);
   } else if (!strcmp(what, "clamp")) {
     map_buffer(buf, IOVA, 3);

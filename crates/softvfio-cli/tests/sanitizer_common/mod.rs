@@ -257,6 +257,33 @@ pub fn signal_stack(softvfio: &Path, mode: &str, bin: &Path) {
     );
 }
 
+/// DMA after an unmap whose map was made by another thread of the
+/// program (its own stack): the call site is that thread's.
+pub fn thread(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(softvfio, mode, bin, "thread", &["--sanitize=strict"]);
+    assert_eq!(code, 1, "strict: a fault fails the run\n{err}");
+    assert_line(
+        &err,
+        &[
+            "  mapped at ",
+            " ms by MAP_DMA (vaddr 0x",
+            ", size 4 KiB, prot rw) from ",
+            &map_frame(),
+            " <- ",
+            &frame("thread_main", line_of("/* thread map */", 0)),
+        ],
+    );
+    assert_line(
+        &err,
+        &[
+            " by UNMAP_DMA from ",
+            &unmap_frame(),
+            " <- ",
+            &frame("main", scenario_line("thread", "unmap_buffer(")),
+        ],
+    );
+}
+
 /// A DMA to an IOVA nothing was mapped at: the nearest mapping named.
 pub fn never_mapped(softvfio: &Path, mode: &str, bin: &Path) {
     let (code, err) = run(softvfio, mode, bin, "never-mapped", &["--sanitize"]);
@@ -715,6 +742,7 @@ macro_rules! every_scenario {
         );
         $scenario!(clean_driver_reports_nothing, sc::clean);
         $scenario!(call_site_through_a_signal_stack, sc::signal_stack);
+        $scenario!(call_site_of_another_thread, sc::thread);
         $scenario!(stale_mapping_after_munmap, |s, m, b| sc::stale(
             s, m, b, "munmap"
         ));
