@@ -184,7 +184,15 @@ pub fn main(args: RunArgs) -> u8 {
     // SOFTVFIO_TRACE_NOTIFY=0: every intercepted call at a ptrace stop, as
     // before seccomp user notification (for comparisons; docs/PERFORMANCE.md).
     if std::env::var_os("SOFTVFIO_TRACE_NOTIFY").is_none_or(|v| v != "0") {
-        cmd.user_notification(Some(softvfio_trace::filter::VFIO_NOTIFIABLE_IOCTLS));
+        if sanitizer.is_some() {
+            // The calls whose call sites the sanitizer records stop (the
+            // walk reads the stopped thread's registers); the region reads
+            // and writes and the other queries stay notified.
+            cmd.user_notification(Some(&sanitized_notifiable_ioctls()));
+            cmd.stop_opens(true);
+        } else {
+            cmd.user_notification(Some(softvfio_trace::filter::VFIO_NOTIFIABLE_IOCTLS));
+        }
     }
     if let Some(plan) = hostview_plan(&built) {
         handler.sysfs = Some((HostView::of(&built), built.clone()));
@@ -228,6 +236,27 @@ pub fn main(args: RunArgs) -> u8 {
         code = strict_status(code, mode, errors);
     }
     u8::try_from(code.clamp(0, 255)).unwrap_or(1)
+}
+
+/// The ioctls the sanitizer records a call site for (`Handler::ioctl`):
+/// they stop under ptrace, where the walk reads the thread's registers.
+const SITE_IOCTLS: [u64; 7] = [
+    softvfio::uapi::VFIO_IOMMU_MAP_DMA,
+    softvfio::uapi::VFIO_IOMMU_UNMAP_DMA,
+    softvfio::uapi::VFIO_GROUP_GET_DEVICE_FD,
+    softvfio::uapi::VFIO_DEVICE_SET_IRQS,
+    softvfio::iommufd::abi::IOMMU_IOAS_MAP,
+    softvfio::iommufd::abi::IOMMU_IOAS_UNMAP,
+    softvfio::iommufd::abi::IOMMU_IOAS_COPY,
+];
+
+/// The notifiable ioctls of a sanitized run: all but [`SITE_IOCTLS`].
+fn sanitized_notifiable_ioctls() -> Vec<u32> {
+    softvfio_trace::filter::VFIO_NOTIFIABLE_IOCTLS
+        .iter()
+        .copied()
+        .filter(|c| !SITE_IOCTLS.iter().any(|s| *s as u32 == *c))
+        .collect()
 }
 
 /// The exit status of a sanitized run: the program's own, or under
@@ -801,7 +830,8 @@ impl VfioHandler {
     }
 
     /// With the sanitizer: the program's call site of the system call `t`
-    /// is stopped in (its frames, walked with the frame pointers).
+    /// is stopped in (its frames, unwound with the objects' call frame
+    /// information; `ProcessMaps` keeps the steps and sites it made).
     fn call_site(&mut self, t: &Tracee<'_>) -> Option<Arc<engine_sanitizer::CallSite>> {
         let s = self.sanitizer.as_ref()?;
         // What this call records belongs to this process (image).
@@ -818,9 +848,29 @@ impl VfioHandler {
             .maps
             .entry(t.pid())
             .or_insert_with(|| ProcessMaps::new(Some(t.pid())));
+        // The walk reads a few words per frame, near each other, upwards
+        // from `sp`: whole pages, two per system call, serve them.
+        let mut pages: Vec<(u64, [u8; 4096])> = Vec::new();
         let read = |a: u64| {
-            let mut b = [0u8; 8];
-            t.read_mem(a, &mut b).ok().map(|_| u64::from_le_bytes(b))
+            let page = a & !4095;
+            let off = (a - page) as usize;
+            if off + 8 > 4096 {
+                let mut b = [0u8; 8];
+                return t.read_mem(a, &mut b).ok().map(|_| u64::from_le_bytes(b));
+            }
+            let i = match pages.iter().position(|(p, _)| *p == page) {
+                Some(i) => i,
+                None => {
+                    let mut two = [[0u8; 4096]; 2];
+                    let n = t.read_pages(page, &mut two).ok()?;
+                    for (k, data) in two.iter().enumerate().take(n) {
+                        pages.push((page + 4096 * k as u64, *data));
+                    }
+                    pages.len() - n
+                }
+            };
+            let word = pages[i].1.get(off..off + 8)?;
+            Some(u64::from_le_bytes(word.try_into().ok()?))
         };
         let frames = maps.walk(ip, sp, bp, 16, read);
         let site = maps.site(&frames);
@@ -1015,15 +1065,10 @@ impl Handler for VfioHandler {
         arg: u64,
     ) -> Result<i64, Errno> {
         let user = self.mem_for(t.pid());
-        let site = match request {
-            softvfio::uapi::VFIO_IOMMU_MAP_DMA
-            | softvfio::uapi::VFIO_IOMMU_UNMAP_DMA
-            | softvfio::uapi::VFIO_GROUP_GET_DEVICE_FD
-            | softvfio::uapi::VFIO_DEVICE_SET_IRQS
-            | softvfio::iommufd::abi::IOMMU_IOAS_MAP
-            | softvfio::iommufd::abi::IOMMU_IOAS_UNMAP
-            | softvfio::iommufd::abi::IOMMU_IOAS_COPY => self.call_site(t),
-            _ => None,
+        let site = if SITE_IOCTLS.contains(&request) {
+            self.call_site(t)
+        } else {
+            None
         };
         let routed = {
             let mut fds = TraceeFds(t);

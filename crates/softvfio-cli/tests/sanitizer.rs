@@ -62,6 +62,19 @@ fn optimized_program_without_frame_pointers() {
     };
     sc::after_unmap(softvfio(), "trace", &bin);
     sc::stale(softvfio(), "trace", &bin, "munmap");
+    sc::deep(softvfio(), "trace", &bin);
+    sc::signal_stack(softvfio(), "trace", &bin);
+    sc::thread(softvfio(), "trace", &bin);
+}
+
+/// A deep stack in the debug build (frame pointers).
+#[test]
+fn deep_stack_call_sites() {
+    let Some(bin) = program() else {
+        eprintln!("skipped: no gcc");
+        return;
+    };
+    sc::deep(softvfio(), "trace", bin);
 }
 
 /// `softvfio demo --sanitizer` runs the buggy driver's three headline

@@ -1,7 +1,8 @@
 //! The DMA sanitizer's front-end half (issue 19; docs/SANITIZER.md): call
-//! sites captured from the program (its memory map, a frame-pointer walk),
-//! symbolized lazily from the program's ELF and DWARF, and the report that
-//! explains every DMA fault, stale mapping, leak and device-side clamp.
+//! sites captured from the program (its memory map, a walk with the
+//! objects' call frame information), symbolized lazily from the program's
+//! ELF and DWARF, and the report that explains every DMA fault, stale
+//! mapping, leak and device-side clamp.
 //!
 //! The engine half (`softvfio::sanitizer`) records the history; this module
 //! only reads it. Symbolization happens when a report is written, never on
@@ -66,12 +67,58 @@ struct MapEntry {
 
 /// A process's file mappings (`/proc/<pid>/maps`), read once and again when
 /// an address falls outside them (a library loaded later).
+///
+/// The same call sites recur (a driver maps from a few places), so the
+/// unwind step of each instruction and the call site of each address tuple
+/// are kept; both are dropped whenever the maps are read again (an object
+/// may have moved).
 pub struct ProcessMaps {
     path: String,
     entries: Vec<MapEntry>,
     names: HashMap<String, Arc<str>>,
     /// Call frame information by object, loaded on first use.
     cfi: HashMap<Arc<str>, Option<Cfi>>,
+    /// The unwind step at each instruction looked up (`None`: no rule the
+    /// walk understands).
+    steps: HashMap<u64, Option<Step>, AddrHash>,
+    /// The call site of each address tuple made.
+    sites: HashMap<Vec<u64>, Arc<CallSite>, AddrHash>,
+}
+
+/// Entries kept in each of [`ProcessMaps`]' caches before it starts over
+/// (a program with more distinct call sites than this is still served,
+/// only slower).
+const CACHE_LIMIT: usize = 4096;
+
+/// A hasher for code addresses (keys made by this process, not by an
+/// adversary): a multiply and a fold per word, instead of SipHash's rounds.
+#[derive(Clone, Copy, Default)]
+struct AddrHash;
+
+impl std::hash::BuildHasher for AddrHash {
+    type Hasher = AddrHasher;
+    fn build_hasher(&self) -> AddrHasher {
+        AddrHasher(0)
+    }
+}
+
+struct AddrHasher(u64);
+
+impl std::hash::Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
 }
 
 impl std::fmt::Debug for ProcessMaps {
@@ -94,6 +141,8 @@ impl ProcessMaps {
             entries: Vec::new(),
             names: HashMap::new(),
             cfi: HashMap::new(),
+            steps: HashMap::default(),
+            sites: HashMap::default(),
         };
         m.reload();
         m
@@ -102,6 +151,8 @@ impl ProcessMaps {
     fn reload(&mut self) {
         let text = std::fs::read_to_string(&self.path).unwrap_or_default();
         self.entries = parse_maps(&text, &mut self.names);
+        self.steps.clear();
+        self.sites.clear();
     }
 
     fn find(&self, addr: u64) -> Option<&MapEntry> {
@@ -135,12 +186,20 @@ impl ProcessMaps {
 
     /// A call site of the addresses `addrs` (innermost first).
     pub fn site(&mut self, addrs: &[u64]) -> Arc<CallSite> {
+        if let Some(s) = self.sites.get(addrs) {
+            return s.clone();
+        }
         if addrs.iter().any(|a| self.find(*a).is_none()) {
             self.reload();
         }
-        Arc::new(CallSite {
+        let site = Arc::new(CallSite {
             frames: addrs.iter().map(|a| self.frame(*a)).collect(),
-        })
+        });
+        if self.sites.len() >= CACHE_LIMIT {
+            self.sites.clear();
+        }
+        self.sites.insert(addrs.to_vec(), site.clone());
+        site
     }
 }
 
@@ -196,6 +255,16 @@ struct FrameRule {
     rbp_offset: Option<i64>,
 }
 
+/// What the call frame information says about one instruction's frame.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// How to find the caller.
+    Caller(FrameRule),
+    /// There is no caller: the return address is undefined (`_start`, a
+    /// thread's start routine).
+    Outermost,
+}
+
 /// An object's call frame information (`.eh_frame`, with its binary-search
 /// table `.eh_frame_hdr` when present).
 struct Cfi {
@@ -235,7 +304,7 @@ impl Cfi {
             .map(|(off, _, vaddr)| vaddr + (offset - off))
     }
 
-    fn rule(&self, svma: u64) -> Option<FrameRule> {
+    fn rule(&self, svma: u64) -> Option<Step> {
         use gimli::{
             BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
             UnwindSection, X86_64,
@@ -273,6 +342,9 @@ impl Cfi {
                 .ok()?
                 .clone(),
         };
+        if let RegisterRule::Undefined = table_row.register(X86_64::RA) {
+            return Some(Step::Outermost);
+        }
         let CfaRule::RegisterAndOffset { register, offset } = *table_row.cfa() else {
             return None;
         };
@@ -283,12 +355,12 @@ impl Cfi {
             RegisterRule::Offset(n) => Some(n),
             _ => None,
         };
-        Some(FrameRule {
+        Some(Step::Caller(FrameRule {
             cfa_register: register.0,
             cfa_offset: offset,
             ra_offset,
             rbp_offset,
-        })
+        }))
     }
 }
 
@@ -303,7 +375,20 @@ fn load_segments(file: &object::File<'_>) -> Vec<(u64, u64, u64)> {
 }
 
 impl ProcessMaps {
-    fn frame_rule(&mut self, pc: u64) -> Option<FrameRule> {
+    /// The unwind step at instruction `pc` (kept: see [`ProcessMaps`]).
+    fn step(&mut self, pc: u64) -> Option<Step> {
+        if let Some(s) = self.steps.get(&pc) {
+            return *s;
+        }
+        let step = self.lookup_step(pc);
+        if self.steps.len() >= CACHE_LIMIT {
+            self.steps.clear();
+        }
+        self.steps.insert(pc, step);
+        step
+    }
+
+    fn lookup_step(&mut self, pc: u64) -> Option<Step> {
         let e = self.find(pc)?.clone();
         let offset = pc - e.start + e.offset;
         let cfi = self
@@ -325,30 +410,84 @@ impl ProcessMaps {
         sp: u64,
         bp: u64,
         max: usize,
-        mut read: impl FnMut(u64) -> Option<u64>,
+        read: impl FnMut(u64) -> Option<u64>,
     ) -> Vec<u64> {
+        self.unwind(ip, sp, bp, max, true, read).0
+    }
+
+    /// As [`walk`](Self::walk), with call frame information only: `None`
+    /// when a frame could not be unwound by it before the outermost frame
+    /// or `max` frames (no rule for an instruction, a rule the walk does
+    /// not understand, an unreadable or implausible step): the caller then
+    /// asks a complete unwinder. What it returns is what a CFI unwinder
+    /// returns, frame pointers or not.
+    pub fn walk_cfi(
+        &mut self,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        max: usize,
+        read: impl FnMut(u64) -> Option<u64>,
+    ) -> Option<Vec<u64>> {
+        let (frames, complete) = self.unwind(ip, sp, bp, max, false, read);
+        complete.then_some(frames)
+    }
+
+    /// The walk; also whether it ended where the stack ends (or at `max`)
+    /// rather than at a frame it could not unwind.
+    fn unwind(
+        &mut self,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        max: usize,
+        frame_pointers: bool,
+        mut read: impl FnMut(u64) -> Option<u64>,
+    ) -> (Vec<u64>, bool) {
         let mut out = vec![ip];
         let (mut pc, mut sp, mut bp) = (ip, sp, bp);
+        // `pc` is where its thread is (the first frame, a frame a signal
+        // interrupted), not a return address.
+        let mut exact = true;
         while out.len() < max {
             // A return address points after its call: look up the call.
-            let probe = if out.len() == 1 { pc } else { pc - 1 };
-            let (ra, cfa, caller_bp) = match self.frame_rule(probe) {
-                Some(r) => {
+            let probe = if exact { pc } else { pc - 1 };
+            let step = self.step(probe);
+            if step.is_none() && !exact {
+                if let Some((ip, caller_sp, caller_bp)) = signal_frame(pc, sp, &mut read) {
+                    // The interrupted frame: on another stack, maybe.
+                    if ip == 0 || !self.is_code(ip) {
+                        return (out, false);
+                    }
+                    out.push(ip);
+                    (pc, sp, bp, exact) = (ip, caller_sp, caller_bp, true);
+                    continue;
+                }
+            }
+            exact = false;
+            let (ra, cfa, caller_bp) = match step {
+                Some(Step::Outermost) => return (out, true),
+                Some(Step::Caller(r)) => {
                     let base = match r.cfa_register {
                         7 => sp,
                         6 => bp,
-                        _ => break,
+                        _ => return (out, false),
                     };
                     let cfa = base.wrapping_add_signed(r.cfa_offset);
                     let Some(ra) = read(cfa.wrapping_add_signed(r.ra_offset)) else {
-                        break;
+                        return (out, false);
                     };
                     let caller_bp = match r.rbp_offset {
-                        Some(n) => read(cfa.wrapping_add_signed(n)).unwrap_or(0),
+                        Some(n) => match read(cfa.wrapping_add_signed(n)) {
+                            Some(v) => v,
+                            None if frame_pointers => 0,
+                            None => return (out, false),
+                        },
                         None => bp,
                     };
                     (ra, cfa, caller_bp)
                 }
+                None if !frame_pointers => return (out, false),
                 None => {
                     if bp < sp || !bp.is_multiple_of(8) {
                         break;
@@ -359,15 +498,42 @@ impl ProcessMaps {
                     (ra, bp.wrapping_add(16), caller_bp)
                 }
             };
+            // A thread's first frame may return to 0.
+            if ra == 0 {
+                return (out, true);
+            }
             // The stack unwinds upwards; anything else is a broken chain.
-            if ra == 0 || cfa <= sp || !self.is_code(ra) {
-                break;
+            if cfa <= sp || !self.is_code(ra) {
+                return (out, false);
             }
             out.push(ra);
             (pc, sp, bp) = (ra, cfa, caller_bp);
         }
-        out
+        (out, true)
     }
+}
+
+/// When `pc` is x86-64 Linux's signal return trampoline (`mov $15, %rax;
+/// syscall`: glibc's `__restore_rt`, where a handler returns), whose call
+/// frame information is an expression the walk does not evaluate: the
+/// interrupted frame's `rip`, `rsp` and `rbp` from the `ucontext` the
+/// kernel put at `sp` (the handler's CFA), in `uc_mcontext.gregs` (at 40;
+/// `REG_RIP` 16, `REG_RSP` 15, `REG_RBP` 10, as libgcc's unwinder reads
+/// them).
+fn signal_frame(
+    pc: u64,
+    sp: u64,
+    read: &mut impl FnMut(u64) -> Option<u64>,
+) -> Option<(u64, u64, u64)> {
+    const MOV_RAX_15_SYSCALL: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05];
+    let head = read(pc)?.to_le_bytes();
+    let tail = read(pc.checked_add(8)?)?.to_le_bytes();
+    if head[..] != MOV_RAX_15_SYSCALL[..8] || tail[0] != MOV_RAX_15_SYSCALL[8] {
+        return None;
+    }
+    let gregs = sp.checked_add(40)?;
+    let reg = |n: u64| gregs.checked_add(8 * n);
+    Some((read(reg(16)?)?, read(reg(15)?)?, read(reg(10)?)?))
 }
 
 // ---- symbolization --------------------------------------------------------
@@ -1312,6 +1478,8 @@ mod tests {
             entries: e,
             names,
             cfi: HashMap::new(),
+            steps: HashMap::default(),
+            sites: HashMap::default(),
         };
         assert!(m.is_code(0x55d0c0001234));
         assert!(!m.is_code(0x55d0c0000234));
@@ -1339,9 +1507,105 @@ mod tests {
             entries: parse_maps(text, &mut names),
             names,
             cfi: HashMap::new(),
+            steps: HashMap::default(),
+            sites: HashMap::default(),
         };
         let frames = m.walk(0x55d0c0001000, 0x1f00, 0x2000, 8, |a| mem.get(&a).copied());
         assert_eq!(frames, vec![0x55d0c0001000, 0x55d0c0001100, 0x55d0c0001200]);
+    }
+
+    #[test]
+    fn cfi_only_walk_refuses_what_it_cannot_unwind_exactly() {
+        // The same frame-pointer chain as above, in an object without call
+        // frame information: the CFI-only walk gives up (its caller then
+        // asks glibc) instead of trusting the chain.
+        let mem: HashMap<u64, u64> = [(0x2000, 0x2100), (0x2008, 0x55d0c0001100)]
+            .into_iter()
+            .collect();
+        let mut names = HashMap::new();
+        let text = "55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /nonexistent/prog\n";
+        let mut m = ProcessMaps {
+            path: "/nonexistent".into(),
+            entries: parse_maps(text, &mut names),
+            names,
+            cfi: HashMap::new(),
+            steps: HashMap::default(),
+            sites: HashMap::default(),
+        };
+        let read = |a: u64| mem.get(&a).copied();
+        assert_eq!(m.walk_cfi(0x55d0c0001000, 0x1f00, 0x2000, 8, read), None);
+        // Within `max`, the one frame it was given is complete.
+        assert_eq!(
+            m.walk_cfi(0x55d0c0001000, 0x1f00, 0x2000, 1, read),
+            Some(vec![0x55d0c0001000])
+        );
+    }
+
+    #[test]
+    fn signal_frames_lead_to_the_interrupted_frame() {
+        // A handler (frame pointers) returns to the signal trampoline at
+        // 0x...1800; the kernel's ucontext above it holds the interrupted
+        // rip 0x...1900, rsp 0x3000 and rbp 0 (where the walk ends).
+        let tramp = 0x55d0c0001800u64;
+        let code = [
+            0x48u8, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let uc = 0x2010u64;
+        let mut mem: HashMap<u64, u64> = [
+            (0x2000, 0x2ff0),
+            (0x2008, tramp),
+            (tramp, u64::from_le_bytes(code[..8].try_into().unwrap())),
+            (tramp + 8, u64::from_le_bytes(code[8..].try_into().unwrap())),
+            (uc + 40 + 8 * 16, 0x55d0c0001900),
+            (uc + 40 + 8 * 15, 0x3000),
+            (uc + 40 + 8 * 10, 0),
+        ]
+        .into_iter()
+        .collect();
+        let mut names = HashMap::new();
+        let text = "55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /nonexistent/prog\n";
+        let mut m = ProcessMaps {
+            path: "/nonexistent".into(),
+            entries: parse_maps(text, &mut names),
+            names,
+            cfi: HashMap::new(),
+            steps: HashMap::default(),
+            sites: HashMap::default(),
+        };
+        let frames = m.walk(0x55d0c0001000, 0x1f00, 0x2000, 8, |a| mem.get(&a).copied());
+        assert_eq!(frames, vec![0x55d0c0001000, tramp, 0x55d0c0001900]);
+        // Not the trampoline's bytes: no signal frame (the chain ends).
+        mem.insert(tramp + 8, 0);
+        let frames = m.walk(0x55d0c0001000, 0x1f00, 0x2000, 8, |a| mem.get(&a).copied());
+        assert_eq!(frames, vec![0x55d0c0001000, tramp]);
+    }
+
+    #[test]
+    fn call_sites_are_kept_until_the_maps_are_read_again() {
+        let text = "55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /usr/bin/prog\n";
+        let mut names = HashMap::new();
+        let mut m = ProcessMaps {
+            path: "/nonexistent".into(),
+            entries: parse_maps(text, &mut names),
+            names,
+            cfi: HashMap::new(),
+            steps: HashMap::default(),
+            sites: HashMap::default(),
+        };
+        let a = m.site(&[0x55d0c0001234, 0x55d0c0001400]);
+        let b = m.site(&[0x55d0c0001234, 0x55d0c0001400]);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.frames[1].offset, 0x1400);
+        assert_eq!(a.frames[1].object.as_deref(), Some("/usr/bin/prog"));
+        let other = m.site(&[0x55d0c0001234]);
+        assert!(!Arc::ptr_eq(&a, &other));
+        // An address outside the maps reads them again (here: none left),
+        // and the kept sites go with them.
+        let outside = m.site(&[0x1000]);
+        assert_eq!(outside.frames[0].object, None);
+        let again = m.site(&[0x55d0c0001234, 0x55d0c0001400]);
+        assert!(!Arc::ptr_eq(&a, &again));
+        assert_eq!(again.frames[1].object, None);
     }
 
     #[test]

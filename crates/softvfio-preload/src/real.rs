@@ -241,6 +241,114 @@ pub fn backtrace_into(out: &mut [u64]) -> usize {
     n
 }
 
+/// The calling thread's own stack, for the sanitizer's call-frame walk
+/// (`crate::sanitize::capture`): where the walk starts and a reader of
+/// the words above it.
+#[cfg(target_arch = "x86_64")]
+pub mod own_stack {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// `[low, high)` of this thread's stack, looked up on first use
+        /// (`(0, 0)`: not yet; `(1, 1)`: unknown).
+        static BOUNDS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
+
+    fn lookup() -> (u64, u64) {
+        let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+        // SAFETY: pthread_getattr_np initializes `attr` for the calling
+        // thread when it returns 0 (and only then is it used or destroyed).
+        if unsafe { libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) } != 0 {
+            return (1, 1);
+        }
+        let (mut addr, mut size) = (std::ptr::null_mut(), 0usize);
+        // SAFETY: `attr` was initialized above; the out-pointers are valid.
+        let r = unsafe { libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) };
+        // SAFETY: `attr` was initialized by pthread_getattr_np.
+        unsafe { libc::pthread_attr_destroy(attr.as_mut_ptr()) };
+        if r != 0 || size == 0 {
+            return (1, 1);
+        }
+        let low = addr as u64;
+        (low, low.saturating_add(size as u64))
+    }
+
+    /// A view of the calling thread's stack from the point it was made
+    /// (`here`) to the stack's top: memory of this thread's stack mapping,
+    /// which stays mapped while the thread lives (a stack does not shrink;
+    /// a thread's stack is unmapped only after it exited). The view cannot
+    /// leave its thread (not `Send`).
+    pub struct Stack {
+        /// The instruction pointer at `here`.
+        pub ip: u64,
+        /// The stack pointer at `here`.
+        pub sp: u64,
+        /// The frame pointer register at `here` (whatever it held).
+        pub bp: u64,
+        high: u64,
+        _thread: std::marker::PhantomData<*const ()>,
+    }
+
+    impl Stack {
+        /// The registers here, when the stack pointer lies in this thread's
+        /// stack (not on a signal stack or a stack the program made: `None`,
+        /// whose words this view could not bound).
+        #[inline(always)]
+        pub fn here() -> Option<Stack> {
+            let (ip, sp, bp): (u64, u64, u64);
+            // SAFETY: reads three registers into outputs; touches neither
+            // memory nor the stack nor the flags.
+            unsafe {
+                std::arch::asm!(
+                    "lea {ip}, [rip]",
+                    "mov {sp}, rsp",
+                    "mov {bp}, rbp",
+                    ip = out(reg) ip,
+                    sp = out(reg) sp,
+                    bp = out(reg) bp,
+                    options(nomem, nostack, preserves_flags),
+                );
+            }
+            let (low, high) = BOUNDS.with(|b| {
+                if b.get() == (0, 0) {
+                    b.set(lookup());
+                }
+                b.get()
+            });
+            (low <= sp && sp < high).then_some(Stack {
+                ip,
+                sp,
+                bp,
+                high,
+                _thread: std::marker::PhantomData,
+            })
+        }
+
+        /// The word at `addr`, when it lies between the stack pointer at
+        /// `here` and the top of the stack.
+        pub fn read(&self, addr: u64) -> Option<u64> {
+            if addr < self.sp || addr.checked_add(8)? > self.high {
+                return None;
+            }
+            let v: u64;
+            // SAFETY: `[addr, addr + 8)` lies in `[sp, high)`, within this
+            // thread's stack mapping (`sp` was in `[low, high)`), mapped as
+            // long as this thread lives, which it does: `self` is on it (not
+            // `Send`). The load is opaque to the compiler, so a word it sees
+            // as uninitialized (padding) is read as plain bytes.
+            unsafe {
+                std::arch::asm!(
+                    "mov {v}, qword ptr [{a}]",
+                    a = in(reg) addr,
+                    v = out(reg) v,
+                    options(nostack, readonly, preserves_flags),
+                );
+            }
+            Some(v)
+        }
+    }
+}
+
 /// The next `pread`/`pread64`.
 ///
 /// # Safety

@@ -1,9 +1,10 @@
 //! The DMA sanitizer in preload mode (`softvfio run --mode preload
 //! --sanitize`; docs/SANITIZER.md): settings from the environment that
-//! `softvfio run` passes, call sites from the caller's stack (glibc's
-//! `backtrace`, resolved against `/proc/self/maps`), stale-mapping checks
-//! on the program's `munmap`/`mremap`/`mmap(MAP_FIXED)`, and the report at
-//! exit.
+//! `softvfio run` passes, call sites from the caller's stack (unwound here
+//! with the objects' call frame information, glibc's `backtrace` where that
+//! walk cannot be exact; resolved against `/proc/self/maps`), stale-mapping
+//! checks on the program's `munmap`/`mremap`/`mmap(MAP_FIXED)`, and the
+//! report at exit.
 //!
 //! Invariant: with the sanitizer off, the memory-call hooks cost one atomic
 //! load before passing the call on.
@@ -50,12 +51,19 @@ pub fn on_from_env() {
     }
 }
 
+/// Frames a call site keeps: the innermost frame of this library, then
+/// the program's.
+const SITE_FRAMES: usize = 24;
+
+/// Frames the walk follows at most: this library's own frames come first.
+const WALK_FRAMES: usize = 64;
+
 /// The call site of the program's current call into this library.
 pub fn capture(maps: &mut Option<ProcessMaps>) -> Arc<CallSite> {
-    let mut addrs = [0u64; 24];
-    let n = real::backtrace_into(&mut addrs);
-    maps.get_or_insert_with(|| ProcessMaps::new(None))
-        .site(&addrs[..n])
+    let maps = maps.get_or_insert_with(|| ProcessMaps::new(None));
+    let mut addrs = [0u64; SITE_FRAMES];
+    let n = return_addresses(maps, &mut addrs);
+    maps.site(&addrs[..n])
 }
 
 /// After the hand-off: the return addresses of the program's current call
@@ -65,9 +73,43 @@ pub fn capture_raw() -> Vec<u8> {
     if !ON.load(Ordering::Relaxed) {
         return Vec::new();
     }
-    let mut addrs = [0u64; 24];
-    let n = real::backtrace_into(&mut addrs);
+    let mut addrs = [0u64; SITE_FRAMES];
+    // No engine state here: the walk has maps of its own (when another
+    // thread holds them, or a fork left them locked: glibc's backtrace).
+    let n = match WALK_MAPS.try_lock() {
+        Ok(mut m) => return_addresses(m.get_or_insert_with(|| ProcessMaps::new(None)), &mut addrs),
+        Err(_) => real::backtrace_into(&mut addrs),
+    };
     addrs[..n].iter().flat_map(|a| a.to_ne_bytes()).collect()
+}
+
+static WALK_MAPS: std::sync::Mutex<Option<ProcessMaps>> = std::sync::Mutex::new(None);
+
+/// The return addresses of the calling thread's frames, innermost first,
+/// from the innermost frame of this library on (its deeper frames left
+/// out): unwound here with the objects' call frame information, steps and
+/// all kept in `maps` (the same call sites recur); by glibc's `backtrace`
+/// when this walk cannot do it exactly (a frame whose rule it does not
+/// know, a stack of the program's own making). The count written.
+#[inline(never)]
+fn return_addresses(maps: &mut ProcessMaps, out: &mut [u64]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(stack) = real::own_stack::Stack::here() {
+        let walked = maps.walk_cfi(stack.ip, stack.sp, stack.bp, WALK_FRAMES, |a| stack.read(a));
+        if let Some(frames) = walked {
+            // The last frame of this library before the program's.
+            let own = maps.frame(stack.ip).object;
+            let first = frames
+                .iter()
+                .position(|a| maps.frame(*a).object != own)
+                .map_or(0, |i| i.saturating_sub(1));
+            let keep = &frames[first..];
+            let n = keep.len().min(out.len());
+            out[..n].copy_from_slice(&keep[..n]);
+            return n;
+        }
+    }
+    real::backtrace_into(out)
 }
 
 /// In the keeper: the call site of process `pid`'s call from the return

@@ -51,6 +51,19 @@ fn optimized_program_without_frame_pointers() {
     let bin = sc::build(&dir(), "dma_bugs_o2", &["-O2", "-fomit-frame-pointer"]).unwrap();
     sc::after_unmap(softvfio, "preload", &bin);
     sc::stale(softvfio, "preload", &bin, "munmap");
+    sc::deep(softvfio, "preload", &bin);
+    sc::signal_stack(softvfio, "preload", &bin);
+    sc::thread(softvfio, "preload", &bin);
+}
+
+/// A deep stack in the debug build (frame pointers).
+#[test]
+fn deep_stack_call_sites() {
+    let Some((softvfio, bin)) = setup() else {
+        eprintln!("skipped: no gcc");
+        return;
+    };
+    sc::deep(softvfio, "preload", bin);
 }
 
 /// `softvfio` and the iommufd twin of the buggy driver

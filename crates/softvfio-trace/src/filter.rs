@@ -161,7 +161,14 @@ pub struct Spec<'a> {
     /// Serve [`NOTIFIED_SYSCALLS`] and these ioctl requests (low 32 bits)
     /// with `SECCOMP_RET_USER_NOTIF` instead of a ptrace stop.
     pub notify: Option<&'a [u32]>,
+    /// With `notify`: the opens ([`OPEN_SYSCALLS`]) still stop under
+    /// ptrace (the DMA sanitizer records the call site of each open of a
+    /// VFIO file, from the registers of a stopped thread).
+    pub stop_opens: bool,
 }
+
+/// The opens among [`NOTIFIED_SYSCALLS`].
+pub const OPEN_SYSCALLS: &[i64] = &[libc::SYS_open, libc::SYS_openat, libc::SYS_openat2];
 
 /// A jump target of the little assembler below.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -244,7 +251,7 @@ pub fn build() -> Vec<sock_filter> {
 /// always stops, as it may replace a BAR mapping).
 pub fn build_with(extra: &[i64], mmap_fixed: bool) -> Vec<sock_filter> {
     let _ = mmap_fixed;
-    build_list(extra, None)
+    build_list(extra, None, NOTIFIED_SYSCALLS)
 }
 
 /// Builds the filter program for `spec`.
@@ -254,18 +261,25 @@ pub fn build_spec(spec: Spec<'_>) -> Vec<sock_filter> {
     } else {
         &[]
     };
-    build_list(extra, spec.notify)
+    let notified: Vec<i64> = NOTIFIED_SYSCALLS
+        .iter()
+        .copied()
+        .filter(|nr| !(spec.stop_opens && OPEN_SYSCALLS.contains(nr)))
+        .collect();
+    build_list(extra, spec.notify, &notified)
 }
 
 /// `mmap` stops only when it can concern a BAR mapping: a file mapping
 /// (`fd != -1`, possibly a device file) or `MAP_FIXED` (it may replace
 /// one). An anonymous mapping at an address the kernel picks cannot.
-fn build_list(extra: &[i64], notify_ioctls: Option<&[u32]>) -> Vec<sock_filter> {
+/// With `notify_ioctls`, the system calls `notified` (of
+/// [`NOTIFIED_SYSCALLS`]) are notified too.
+fn build_list(extra: &[i64], notify_ioctls: Option<&[u32]>, notified: &[i64]) -> Vec<sock_filter> {
     let notify = notify_ioctls.is_some();
     let mut traced: Vec<i64> = TRACED_SYSCALLS
         .iter()
         .copied()
-        .filter(|nr| *nr != libc::SYS_mmap && !(notify && NOTIFIED_SYSCALLS.contains(nr)))
+        .filter(|nr| *nr != libc::SYS_mmap && !(notify && notified.contains(nr)))
         .collect();
     let fd_table: &[i64] = if notify { FD_TABLE_SYSCALLS } else { &[] };
     for nr in extra.iter().chain(fd_table) {
@@ -281,7 +295,7 @@ fn build_list(extra: &[i64], notify_ioctls: Option<&[u32]>) -> Vec<sock_filter> 
         Ins::Jeq(libc::SYS_mmap as u32, To::Mmap, To::Next),
     ];
     if notify {
-        for nr in NOTIFIED_SYSCALLS {
+        for nr in notified {
             c.push(Ins::Jeq(*nr as u32, To::Notify, To::Next));
         }
     }
@@ -443,6 +457,7 @@ mod tests {
         let n = build_spec(Spec {
             memory_calls: false,
             notify: Some(VFIO_NOTIFIABLE_IOCTLS),
+            stop_opens: false,
         });
         let (trace, allow, notify) = (
             libc::SECCOMP_RET_TRACE,
@@ -502,6 +517,55 @@ mod tests {
         assert_eq!(run_data(&n, &other), allow);
     }
 
+    /// The sanitizer's filter: user notification for the reads and writes
+    /// and the notifiable ioctls it is given, ptrace stops for the opens
+    /// and the memory calls (their call sites need a stopped thread).
+    #[test]
+    fn sanitizer_filter_keeps_opens_and_memory_calls_stopped() {
+        let ioctls: Vec<u32> = VFIO_NOTIFIABLE_IOCTLS
+            .iter()
+            .copied()
+            .filter(|c| *c != 0x3b6a)
+            .collect();
+        let n = build_spec(Spec {
+            memory_calls: true,
+            notify: Some(&ioctls),
+            stop_opens: true,
+        });
+        let (trace, allow, notify) = (
+            libc::SECCOMP_RET_TRACE,
+            libc::SECCOMP_RET_ALLOW,
+            libc::SECCOMP_RET_USER_NOTIF,
+        );
+        let call = |nr: i64, args: [u64; 6]| run_data(&n, &data(nr, args));
+        for nr in NOTIFIED_SYSCALLS {
+            let want = if OPEN_SYSCALLS.contains(nr) {
+                trace
+            } else {
+                notify
+            };
+            assert_eq!(call(*nr, [0; 6]), want, "syscall {nr}");
+        }
+        for nr in MEMORY_SYSCALLS {
+            assert_eq!(call(*nr, [0; 6]), trace, "syscall {nr}");
+        }
+        let fixed = (libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let minus_one = u64::from(u32::MAX);
+        assert_eq!(
+            call(libc::SYS_mmap, [0, 4096, 3, fixed, minus_one, 0]),
+            trace
+        );
+        assert_eq!(
+            call(libc::SYS_mmap, [0, 4096, 3, anon, minus_one, 0]),
+            allow
+        );
+        assert_eq!(call(libc::SYS_ioctl, [3, 0x3b6c, 0, 0, 0, 0]), notify);
+        assert_eq!(call(libc::SYS_ioctl, [3, 0x3b6a, 0, 0, 0, 0]), trace);
+        assert_eq!(call(libc::SYS_ioctl, [3, 0x3b71, 0, 0, 0, 0]), trace);
+        assert_eq!(call(libc::SYS_read, [0; 6]), allow);
+    }
+
     #[test]
     fn only_mmaps_that_can_concern_a_bar_stop() {
         let fixed = libc::MAP_FIXED as u64;
@@ -512,10 +576,17 @@ mod tests {
             Spec {
                 memory_calls: true,
                 notify: None,
+                stop_opens: false,
             },
             Spec {
                 memory_calls: false,
                 notify: Some(VFIO_NOTIFIABLE_IOCTLS),
+                stop_opens: false,
+            },
+            Spec {
+                memory_calls: true,
+                notify: Some(VFIO_NOTIFIABLE_IOCTLS),
+                stop_opens: true,
             },
         ] {
             let p = build_spec(spec);

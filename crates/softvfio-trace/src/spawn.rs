@@ -53,6 +53,8 @@ pub struct Command {
     /// Serve opens, region accesses and these ioctls through seccomp user
     /// notification (see [`filter::Spec::notify`]).
     user_notification: Option<Vec<u32>>,
+    /// See [`Command::stop_opens`].
+    stop_opens: bool,
 }
 
 impl std::fmt::Debug for Command {
@@ -79,6 +81,7 @@ impl Command {
             before_exec: None,
             memory_calls: false,
             user_notification: None,
+            stop_opens: false,
         }
     }
 
@@ -88,18 +91,26 @@ impl Command {
     /// the default: everything at a ptrace stop). The handler must not
     /// inject system calls while serving those (no thread is stopped:
     /// [`crate::InjectError`]), nor rely on [`crate::Tracee::syscall_args`]
-    /// or [`crate::Tracee::stack_registers`] there. Ignored while memory
-    /// calls are traced (the DMA sanitizer's call sites need the registers
-    /// of a stopped thread). When the kernel refuses a listener (the
-    /// program already runs under one: EBUSY), the run falls back to ptrace.
+    /// or [`crate::Tracee::stack_registers`] there (see
+    /// [`stop_opens`](Self::stop_opens)). When the kernel refuses a
+    /// listener (the program already runs under one: EBUSY), the run falls
+    /// back to ptrace.
     pub fn user_notification(&mut self, ioctls: Option<&[u32]>) -> &mut Command {
         self.user_notification = ioctls.map(<[u32]>::to_vec);
         self
     }
 
+    /// With [`user_notification`](Self::user_notification): keep the opens
+    /// at a ptrace stop (for a handler that reads the registers of the
+    /// opening thread: the DMA sanitizer's call sites).
+    pub fn stop_opens(&mut self, on: bool) -> &mut Command {
+        self.stop_opens = on;
+        self
+    }
+
     /// Whether the filter will ask for a user-notification listener.
     pub(crate) fn wants_listener(&self) -> bool {
-        self.user_notification.is_some() && !self.memory_calls
+        self.user_notification.is_some()
     }
 
     /// Also intercept the program's `munmap`, `mremap` and `mmap` (for the
@@ -358,11 +369,13 @@ impl Prepared {
             filter: filter::build_spec(filter::Spec {
                 memory_calls: cmd.memory_calls,
                 notify: None,
+                stop_opens: false,
             }),
             notify_filter: match &cmd.user_notification {
                 Some(ioctls) if cmd.wants_listener() => Some(filter::build_spec(filter::Spec {
-                    memory_calls: false,
+                    memory_calls: cmd.memory_calls,
                     notify: Some(ioctls),
+                    stop_opens: cmd.stop_opens,
                 })),
                 _ => None,
             },

@@ -689,6 +689,17 @@ impl<'a> Tracee<'a> {
         sys::process_vm_read(self.tid, addr, buf)
     }
 
+    /// Reads up to `pages.len()` (at most 4) whole pages of program memory
+    /// from the page-aligned `addr` in one system call: how many were
+    /// read (the first unreadable page ends it; none readable: EFAULT).
+    pub fn read_pages(&self, addr: u64, pages: &mut [[u8; 4096]]) -> Result<usize, Errno> {
+        self.check_alive()?;
+        match sys::process_vm_read_pages(self.tid, addr, pages)? {
+            0 => Err(Errno::EFAULT),
+            n => Ok(n),
+        }
+    }
+
     /// Writes program memory; a partly unmapped or read-only range is EFAULT
     /// (possibly after writing a prefix, as `copy_to_user` would).
     pub fn write_mem(&self, addr: u64, data: &[u8]) -> Result<(), Errno> {

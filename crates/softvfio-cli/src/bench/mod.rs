@@ -231,6 +231,11 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
         uapi::map_4k,
     ),
     (
+        "uapi-sanitize",
+        "MAP_DMA+UNMAP_DMA of 4 KiB and a 4-byte BAR pread under `softvfio run --sanitize`, trace and preload, vs the same mode without it",
+        uapi::sanitize,
+    ),
+    (
         "trap-floor",
         "the kernel mechanisms under trace mode (user notification, ptrace stop, injection, /proc fd lookup) vs a native system call",
         trapfloor::trap_floor,

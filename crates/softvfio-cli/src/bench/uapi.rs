@@ -84,8 +84,12 @@ fn run(p: &Plan<'_>) -> Result<Samples, String> {
     if p.mode.ends_with("-ptrace") {
         cmd.env("SOFTVFIO_TRACE_NOTIFY", "0");
     }
+    cmd.args(["run", "--quiet", "--mode", mode]);
+    if p.mode.ends_with("-sanitized") {
+        cmd.arg("--sanitize");
+    }
     let out = cmd
-        .args(["run", "--quiet", "--mode", mode, "--"])
+        .arg("--")
         .arg(p.exe)
         .args(["/dev/vfio/3", "0000:00:03.0"])
         .arg(p.plain)
@@ -312,6 +316,94 @@ fn measure_in(ctx: &Ctx, huge: bool, want: &str, dir: &Path) -> Result<Outcome, 
                     ),
                 ));
             }
+        }
+    }
+    Ok(Outcome::Rows(rows))
+}
+
+/// uapi-sanitize: the bar and map4k rounds of each mode under `softvfio
+/// run --sanitize` against the same rounds without it. One program run of
+/// one round per sample, the two kinds alternating (and which goes first
+/// alternating too), so that both see the same machine.
+pub fn sanitize(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String> {
+    let dir = std::env::temp_dir().join(format!("softvfio-uapi-san-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let res = sanitize_in(ctx, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    res
+}
+
+fn sanitize_in(ctx: &Ctx, dir: &Path) -> Result<Outcome, String> {
+    let (stat, dynamic) = match (build(dir, true), build(dir, false)) {
+        (Ok(s), Ok(d)) => (s, d),
+        (Err(e), _) | (_, Err(e)) => {
+            return Ok(Outcome::Skipped(format!("cannot build the program: {e}")))
+        }
+    };
+    let plain = dir.join("plain");
+    std::fs::write(&plain, [0xed, 0, 0, 1]).map_err(|e| e.to_string())?;
+    let pairs = ctx.reps.max(3);
+    let mut rows = Vec::new();
+    for (mode, exe) in [("trace", &stat), ("preload", &dynamic)] {
+        let (bar_iters, map_iters) = if mode == "trace" {
+            (2000, 500)
+        } else {
+            (20000, 5000)
+        };
+        let sanitized = format!("{mode}-sanitized");
+        // Per pair: (bar, map4k) without, then with the sanitizer.
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for i in 0..pairs {
+            let one = |m: &str| {
+                run(&Plan {
+                    mode: m,
+                    exe,
+                    plain: &plain,
+                    rounds: 1,
+                    bar_iters,
+                    map_iters,
+                    huge_mb: 0,
+                    fresh_mb: 0,
+                })
+                .map(|s| (s.bar[0].1, s.map4k[0].1))
+            };
+            if i % 2 == 0 {
+                off.push(one(mode)?);
+                on.push(one(&sanitized)?);
+            } else {
+                on.push(one(&sanitized)?);
+                off.push(one(mode)?);
+            }
+        }
+        for (kind, pick, iters, what) in [
+            (
+                "uapi-map-4k",
+                (|x: &(f64, f64)| x.1) as fn(&(f64, f64)) -> f64,
+                map_iters,
+                "MAP_DMA+UNMAP_DMA of one populated 4 KiB page",
+            ),
+            (
+                "uapi-bar",
+                |x: &(f64, f64)| x.0,
+                bar_iters,
+                "4-byte BAR pread",
+            ),
+        ] {
+            let base: Vec<f64> = off.iter().map(pick).collect();
+            let subj: Vec<f64> = on.iter().map(pick).collect();
+            let ratios: Vec<f64> = base.iter().zip(&subj).map(|(b, s)| s / b).collect();
+            rows.push(row(
+                format!("{kind}:{sanitized}"),
+                &base,
+                &subj,
+                format!("the same calls under {mode} without --sanitize"),
+                format!(
+                    "{pairs} alternating runs of {iters} {what} each way; sanitized {}; without {}; ratio per pair {}; target ratio <= 1.10",
+                    spread(&subj, 1.0, "ns"),
+                    spread(&base, 1.0, "ns"),
+                    spread(&ratios, 1.0, "x")
+                ),
+            ));
         }
     }
     Ok(Outcome::Rows(rows))

@@ -44,6 +44,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <linux/vfio.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -121,6 +122,32 @@ __attribute__((noinline)) static void enable_msi(void) {
   s->count = 1;
   memcpy(s->data, &efd, sizeof efd);
   if (ioctl(device, VFIO_DEVICE_SET_IRQS, s)) die("SET_IRQS");
+}
+
+/* A deep stack: the map is made `n` calls down, through frames of 1 KiB
+ * each (not a tail call: the result is used after the return). */
+__attribute__((noinline)) static int descend(void *buf, int n) {
+  volatile char pad[1024];
+  pad[0] = (char)n;
+  if (n == 0) {
+    map_buffer(buf, IOVA, 3); /* deep map */
+    return pad[0];
+  }
+  return descend(buf, n - 1) + pad[0]; /* deep descent */
+}
+
+/* A map from a signal handler running on an alternate stack (malloc'd:
+ * not the thread's own stack, which the preload library's walk reads). */
+static void *signal_buf;
+__attribute__((noinline)) static void on_signal(int sig) {
+  (void)sig;
+  signal_buf = map_buffer(signal_buf, IOVA, 3); /* signal map (not a tail call) */
+}
+
+/* A map from a thread of the program's (its own stack, not main's). */
+__attribute__((noinline)) static void *thread_main(void *buf) {
+  void *r = map_buffer(buf, IOVA, 3); /* thread map */
+  return r == buf ? NULL : buf;
 }
 
 static void *anon(void) {
@@ -272,6 +299,27 @@ int main(int argc, char **argv) {
     if (mmap(buf, LEN, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
       die("mmap fixed");
     unmap_buffer(IOVA);
+  } else if (!strcmp(what, "deep")) {
+    descend(buf, 100);
+    unmap_buffer(IOVA);
+    start_dma(IOVA, 1);
+  } else if (!strcmp(what, "altstack")) {
+    stack_t ss = {.ss_sp = malloc(65536), .ss_size = 65536};
+    if (!ss.ss_sp || sigaltstack(&ss, NULL)) die("sigaltstack");
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_ONSTACK};
+    if (sigaction(SIGUSR1, &sa, NULL)) die("sigaction");
+    signal_buf = buf;
+    raise(SIGUSR1);
+    unmap_buffer(IOVA);
+    printf("signal handled\n"); /* a tail of its own: not merged with another branch's */
+    start_dma(IOVA, 1);
+  } else if (!strcmp(what, "thread")) {
+    pthread_t th;
+    void *res = buf;
+    if (pthread_create(&th, NULL, thread_main, buf) || pthread_join(th, &res) || res) die("thread");
+    unmap_buffer(IOVA);
+    printf("thread joined\n"); /* a tail of its own */
+    start_dma(IOVA, 1);
   } else if (!strcmp(what, "clamp")) {
     map_buffer(buf, IOVA, 3);
     start_dma(0x100000000ul | IOVA, 1);

@@ -189,6 +189,101 @@ pub fn after_unmap(softvfio: &Path, mode: &str, bin: &Path) {
     );
 }
 
+/// DMA after an unmap whose map was made 101 frames down a recursion of
+/// 1 KiB frames: the map's call site is its innermost three frames, exact
+/// (the unwinders walk past the frames they keep, or stop where they may).
+pub fn deep(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(softvfio, mode, bin, "deep", &["--sanitize=strict"]);
+    assert_eq!(code, 1, "strict: a fault fails the run\n{err}");
+    assert_line(&err, &["DMA fault #0 [use-after-unmap]: device 0000:00:03.0 (rid 0x0018) write of 256 bytes at IOVA 0x100000: not present"]);
+    let descend_map = frame("descend", line_of("/* deep map */", 0));
+    let descend_descent = frame("descend", line_of("/* deep descent */", 0));
+    assert_line(
+        &err,
+        &[
+            "  mapped at ",
+            " ms by MAP_DMA (vaddr 0x",
+            ", size 4 KiB, prot rw) from ",
+            &map_frame(),
+            " <- ",
+            &descend_map,
+            " <- ",
+            &descend_descent,
+        ],
+    );
+    assert_line(
+        &err,
+        &[
+            " by UNMAP_DMA from ",
+            &unmap_frame(),
+            " <- ",
+            &frame("main", scenario_line("deep", "unmap_buffer(")),
+        ],
+    );
+    assert_line(
+        &err,
+        &["sanitizer: 1 fault(s), 0 stale mapping(s), 0 leak(s), 0 device note(s)"],
+    );
+}
+
+/// DMA after an unmap whose map was made in a signal handler running on
+/// an alternate stack: the call site goes through the signal frame (the
+/// kernel's `ucontext`) into the frame the signal interrupted (`raise` in
+/// `main`).
+pub fn signal_stack(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(softvfio, mode, bin, "altstack", &["--sanitize=strict"]);
+    assert_eq!(code, 1, "strict: a fault fails the run\n{err}");
+    assert_line(
+        &err,
+        &[
+            "  mapped at ",
+            " ms by MAP_DMA (vaddr 0x",
+            ", size 4 KiB, prot rw) from ",
+            &map_frame(),
+            " <- ",
+            &frame("on_signal", line_of("/* signal map", 0)),
+            " <- ",
+            &frame("main", scenario_line("altstack", "raise(")),
+        ],
+    );
+    assert_line(
+        &err,
+        &[
+            " by UNMAP_DMA from ",
+            &unmap_frame(),
+            " <- ",
+            &frame("main", scenario_line("altstack", "unmap_buffer(")),
+        ],
+    );
+}
+
+/// DMA after an unmap whose map was made by another thread of the
+/// program (its own stack): the call site is that thread's.
+pub fn thread(softvfio: &Path, mode: &str, bin: &Path) {
+    let (code, err) = run(softvfio, mode, bin, "thread", &["--sanitize=strict"]);
+    assert_eq!(code, 1, "strict: a fault fails the run\n{err}");
+    assert_line(
+        &err,
+        &[
+            "  mapped at ",
+            " ms by MAP_DMA (vaddr 0x",
+            ", size 4 KiB, prot rw) from ",
+            &map_frame(),
+            " <- ",
+            &frame("thread_main", line_of("/* thread map */", 0)),
+        ],
+    );
+    assert_line(
+        &err,
+        &[
+            " by UNMAP_DMA from ",
+            &unmap_frame(),
+            " <- ",
+            &frame("main", scenario_line("thread", "unmap_buffer(")),
+        ],
+    );
+}
+
 /// A DMA to an IOVA nothing was mapped at: the nearest mapping named.
 pub fn never_mapped(softvfio: &Path, mode: &str, bin: &Path) {
     let (code, err) = run(softvfio, mode, bin, "never-mapped", &["--sanitize"]);
@@ -646,6 +741,8 @@ macro_rules! every_scenario {
             sc::killed_owner
         );
         $scenario!(clean_driver_reports_nothing, sc::clean);
+        $scenario!(call_site_through_a_signal_stack, sc::signal_stack);
+        $scenario!(call_site_of_another_thread, sc::thread);
         $scenario!(stale_mapping_after_munmap, |s, m, b| sc::stale(
             s, m, b, "munmap"
         ));
