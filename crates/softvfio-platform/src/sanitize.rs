@@ -1054,7 +1054,7 @@ fn explain_fault(
 fn stale_finding(s: &Sanitizer, sym: &mut Symbolizer, r: &StaleReport) -> StaleFinding {
     let site = sym.describe(r.site.as_deref(), 3);
     let map_site = sym.describe(r.region.last_map().and_then(|e| e.site.as_deref()), 3);
-    let text = format!(
+    let mut text = format!(
         "stale mapping: {} of {:#x}-{:#x} at {} from {site}; IOVA {:#x} ({}) still maps it for DMA, mapped from {map_site}: devices reach pages the program no longer sees",
         r.cause.syscall(),
         r.vaddr,
@@ -1063,6 +1063,13 @@ fn stale_finding(s: &Sanitizer, sym: &mut Symbolizer, r: &StaleReport) -> StaleF
         r.region.iova,
         human_bytes(r.region.size),
     );
+    // madvise: softvfio's answer differs from Linux's; say what a real
+    // host would have done.
+    if let Some(note) = r.cause.linux_note() {
+        text.push_str(" (");
+        text.push_str(note);
+        text.push(')');
+    }
     StaleFinding {
         syscall: r.cause.syscall().to_string(),
         vaddr: r.vaddr,
