@@ -67,6 +67,7 @@ mod claim;
 mod exec;
 mod forward;
 mod keeper;
+mod memcalls;
 mod mmio;
 mod progmem;
 mod real;
@@ -1075,7 +1076,7 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 /// Is the sanitizer watching this process's memory calls? (One atomic load
 /// when it is off.) After the hand-off also with no VFIO file open, while
 /// the keeper says its memory may be mapped for DMA.
-fn watching() -> bool {
+pub(crate) fn watching() -> bool {
     sanitize::ON.load(Ordering::Relaxed)
         && (TRACKED.load(Ordering::Relaxed) > 0 || forward::may_own_mappings())
 }
@@ -1120,6 +1121,24 @@ pub(crate) fn sanitize_after_mmap(addr: u64, len: u64, flags: c_int, res: *mut c
     }
     let saved = real::errno();
     sanitize::going_away(addr, len, StaleCause::MmapFixed);
+    real::set_errno(saved);
+}
+
+/// After the program's `madvise(addr, len, advice)` (advice of `cause`)
+/// returned `res`. On Linux the advice answers 0 on memory mapped for DMA
+/// and the program goes on with other pages than the device's; under
+/// softvfio the pin's mlock makes it EINVAL. Either way the program meant
+/// the memory to go: reported unless the call failed for another reason
+/// (an unaligned address is EINVAL on Linux too; other errors).
+pub(crate) fn sanitize_after_madvise(addr: u64, len: u64, cause: StaleCause, res: c_int) {
+    if !watching() {
+        return;
+    }
+    let saved = real::errno();
+    let page = 4096;
+    if res == 0 || (saved == libc::EINVAL && addr.is_multiple_of(page)) {
+        sanitize::going_away(addr, len.div_ceil(page) * page, cause);
+    }
     real::set_errno(saved);
 }
 
