@@ -12,6 +12,15 @@
  *   munmap        munmaps memory still mapped for DMA, then DMAs into it
  *   mremap        mremaps (moves) memory still mapped for DMA
  *   map-fixed     mmap(MAP_FIXED) over memory still mapped for DMA
+ *   raw-munmap    munmap through syscall(SYS_munmap), past libc's munmap
+ *   free          frees a large (mmapped by glibc) block still mapped for
+ *                 DMA: glibc unmaps it inside free()
+ *   realloc       shrinks a large block whose last page is mapped for
+ *                 DMA: glibc mremaps it smaller inside realloc()
+ *   heap-free     frees a small (heap) block still mapped for DMA: its
+ *                 pages stay, nothing went away
+ *   madv-dontneed madvise(MADV_DONTNEED) of memory mapped for DMA
+ *   madv-free     madvise(MADV_FREE) of memory mapped for DMA
  *   clamp         programs a 33-bit address: edu's 28-bit mask clamps it
  *   clean         maps, DMAs, unmaps, closes: nothing to report
  *   hold          after-unmap, then waits for a line on stdin (for inspect)
@@ -42,6 +51,7 @@
  *                 mapped (each image gets its own history and leaks)
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <linux/vfio.h>
 #include <signal.h>
@@ -52,6 +62,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -271,6 +282,31 @@ int main(int argc, char **argv) {
     map_buffer(buf, IOVA, 3);
     if (mmap(buf, LEN, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
       die("mmap fixed");
+    unmap_buffer(IOVA);
+  } else if (!strcmp(what, "raw-munmap")) {
+    map_buffer(buf, IOVA, 3);
+    if (syscall(SYS_munmap, buf, LEN) != 0) die("raw munmap");
+    unmap_buffer(IOVA);
+  } else if (!strcmp(what, "free") || !strcmp(what, "realloc") || !strcmp(what, "heap-free")) {
+    /* 1 MiB is past glibc's mmap threshold: a mapping of its own. */
+    size_t size = !strcmp(what, "heap-free") ? 2 * LEN : 1ul << 20;
+    void *big;
+    if (posix_memalign(&big, LEN, size)) die("posix_memalign");
+    char *dma = (char *)big + size - LEN; /* its last page */
+    memset(dma, 0x5a, LEN);
+    map_buffer(dma, IOVA, 3);
+    if (!strcmp(what, "realloc")) {
+      big = realloc(big, 4 * LEN);
+      if (!big) die("realloc");
+    }
+    free(big);
+    unmap_buffer(IOVA);
+  } else if (!strcmp(what, "madv-dontneed") || !strcmp(what, "madv-free")) {
+    map_buffer(buf, IOVA, 3);
+    int advice = !strcmp(what, "madv-free") ? MADV_FREE : MADV_DONTNEED;
+    int r = madvise(buf, LEN, advice);
+    /* Linux: 0 (the device keeps the old pages); softvfio: EINVAL. */
+    printf("madvise %d\n", r ? errno : 0);
     unmap_buffer(IOVA);
   } else if (!strcmp(what, "clamp")) {
     map_buffer(buf, IOVA, 3);
