@@ -24,8 +24,9 @@
 //!
 //! Invariants:
 //! - With the sanitizer off, `free`/`realloc`/`reallocarray`/`madvise` cost
-//!   one atomic load before the next definition runs; `syscall` with an
-//!   unserved number costs a comparison.
+//!   one atomic load before the next definition runs; with it on and no
+//!   VFIO file, two; with VFIO files, a heap block's header read more.
+//!   `syscall` with an unserved number costs a comparison.
 //! - A chunk header is read only when the next `free` is glibc's (a
 //!   program with another allocator keeps its own layout) and only for a
 //!   pointer the program hands to `free`/`realloc` (its header lies in the
@@ -234,6 +235,12 @@ fn resolve(next: &Next) -> Option<*mut c_void> {
 }
 
 fn real_free(p: *mut c_void) {
+    let f = NEXT_FREE.cached();
+    if !f.is_null() {
+        // SAFETY: the next `free` (dlsym; FreeFn is its prototype), with the
+        // program's pointer.
+        return unsafe { std::mem::transmute::<*mut c_void, FreeFn>(f)(p) };
+    }
     if let Some(f) = resolve(&NEXT_FREE) {
         // SAFETY: the next `free` (dlsym; FreeFn is its prototype), with the
         // program's pointer.
@@ -243,7 +250,13 @@ fn real_free(p: *mut c_void) {
 }
 
 fn real_realloc(p: *mut c_void, size: size_t) -> *mut c_void {
-    match resolve(&NEXT_REALLOC) {
+    let f = NEXT_REALLOC.cached();
+    let f = if f.is_null() {
+        resolve(&NEXT_REALLOC)
+    } else {
+        Some(f)
+    };
+    match f {
         // SAFETY: the next `realloc` (dlsym; ReallocFn is its prototype),
         // with the program's arguments.
         Some(f) => unsafe { std::mem::transmute::<*mut c_void, ReallocFn>(f)(p, size) },
@@ -257,23 +270,16 @@ fn real_realloc(p: *mut c_void, size: size_t) -> *mut c_void {
 /// Is the next `free` glibc's (so that its chunk headers are glibc's)?
 /// Asked once, with the sanitizer watching.
 fn glibc_heap() -> bool {
-    // 0: not asked yet, 1: glibc's, 2: another allocator's.
+    // 0: not asked yet, 1: glibc's, 2: another allocator's, 3: being asked
+    // (a free meanwhile, by the loader, is left alone).
     static KNOWN: AtomicU8 = AtomicU8::new(0);
-    match KNOWN.load(Ordering::Relaxed) {
-        1 => return true,
-        2 => return false,
-        _ => {}
+    match KNOWN.compare_exchange(0, 3, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => {}
+        Err(known) => return known == 1,
     }
-    let Some(f) = resolve(&NEXT_FREE) else {
-        return false;
-    };
-    let ours = real::object_of(f).is_some_and(|name| {
-        name.rsplit('/')
-            .next()
-            .is_some_and(|base| base.starts_with("libc.so"))
-    });
-    KNOWN.store(if ours { 1 } else { 2 }, Ordering::Relaxed);
-    ours
+    let glibc = resolve(&NEXT_FREE).is_some_and(real::is_in_libc);
+    KNOWN.store(if glibc { 1 } else { 2 }, Ordering::Relaxed);
+    glibc
 }
 
 /// glibc's chunk header: the size word before a block holds the chunk's
@@ -323,15 +329,17 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     if !watching_heap(p) {
         return real_free(p);
     }
+    // A block of the heap or an arena (nearly every one) needs nothing
+    // more than its header read.
+    // SAFETY: `p` is a live block (free's contract).
+    let Some((start, len)) = (unsafe { mmapped_block(p) }) else {
+        return real_free(p);
+    };
     let pass = || real_free(p);
     crate::hook((), pass, |pass| {
-        // SAFETY: `p` is a live block (free's contract).
-        let block = unsafe { mmapped_block(p) };
         let saved = real::errno();
         pass.call();
-        if let Some((start, len)) = block {
-            sanitize::going_away(start, len, StaleCause::Munmap);
-        }
+        sanitize::going_away(start, len, StaleCause::Munmap);
         real::set_errno(saved);
     })
 }
@@ -354,12 +362,12 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t) -> *mut c_void {
 /// # Safety
 /// As libc's `realloc`, `p` not null.
 unsafe fn realloc_watched(p: *mut c_void, size: size_t) -> *mut c_void {
+    // SAFETY: `p` is a live block (realloc's contract).
+    let Some((start, len)) = (unsafe { mmapped_block(p) }) else {
+        return real_realloc(p, size);
+    };
     let pass = || real_realloc(p, size);
     crate::hook(std::ptr::null_mut(), pass, |pass| {
-        // SAFETY: `p` is a live block (realloc's contract).
-        let Some((start, len)) = (unsafe { mmapped_block(p) }) else {
-            return pass.call();
-        };
         let r = pass.call();
         let saved = real::errno();
         let lost = if size == 0 {

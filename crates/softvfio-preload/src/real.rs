@@ -21,6 +21,12 @@ impl Next {
         }
     }
 
+    /// The address of the next definition once resolved, else null (one
+    /// load: no dlsym).
+    pub(crate) fn cached(&self) -> *mut c_void {
+        self.addr.load(Ordering::Acquire)
+    }
+
     /// The address of the next definition, or null when there is none.
     pub(crate) fn get(&self) -> *mut c_void {
         let a = self.addr.load(Ordering::Acquire);
@@ -146,21 +152,21 @@ pub unsafe fn raw_syscall(nr: c_long, a: [c_long; 6]) -> c_long {
     }
 }
 
-/// The file name of the loaded object that holds address `addr` (dladdr).
-pub fn object_of(addr: *mut c_void) -> Option<String> {
+/// Is the loaded object that holds address `addr` glibc's `libc.so`
+/// (dladdr; its file name's last component)? Allocates nothing: asked
+/// from `free`.
+pub fn is_in_libc(addr: *mut c_void) -> bool {
     // SAFETY: dladdr only reads the loader's tables and fills `info`, a
     // live local; a name it returns is a NUL-terminated string of the
     // loader's that lives while the object stays loaded (read at once).
     unsafe {
         let mut info: libc::Dl_info = std::mem::zeroed();
         if libc::dladdr(addr, &mut info) == 0 || info.dli_fname.is_null() {
-            return None;
+            return false;
         }
-        Some(
-            CStr::from_ptr(info.dli_fname)
-                .to_string_lossy()
-                .into_owned(),
-        )
+        let name = CStr::from_ptr(info.dli_fname).to_bytes();
+        let base = name.rsplit(|&b| b == b'/').next().unwrap_or(name);
+        base.starts_with(b"libc.so")
     }
 }
 
