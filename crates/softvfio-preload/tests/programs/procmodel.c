@@ -767,6 +767,7 @@ static int case_quirks(char **argv) {
 #ifndef MADV_PAGEOUT
 #define MADV_PAGEOUT 21
 #endif
+#define IOVA_W 0x300000
 static int case_madvise(char **argv) {
   int g, c = open_edu(argv, &g);
   char *x = fixed_page(X_ADDR, 2 * PG, 'F');
@@ -791,6 +792,17 @@ static int case_madvise(char **argv) {
   printf("madv_free_unmapped_page_kept %s\n", all_are(y, 64, 'F') ? "yes" : "no");
   printf("madv_remove_private %s\n", err(madvise(x + PG, PG, MADV_REMOVE)));
   printf("madv_dontfork %s\n", err(madvise(x + PG, PG, MADV_DONTFORK)));
+  /* MADV_DONTNEED_LOCKED (Linux 5.18): MADV_DONTNEED that also drops
+   * locked pages. */
+  char *w = fixed_page(X_ADDR + 16 * PG, PG, 'L');
+  if (map(c, IOVA_W, w, PG)) die("map w");
+  printf("madv_dontneed_locked %s\n", err(madvise(w, PG, 24)));
+  printf("madv_dontneed_locked_program_keeps %s\n", all_are(w, 64, 'L') ? "yes" : "no");
+  memset(z, 0, 64);
+  edu_dma(IOVA_W, EDU_BUF, 64, 0);
+  edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+  printf("madv_dontneed_locked_device_reads_old %s\n", all_are(z, 64, 'L') ? "yes" : "no");
+  unmap(c, IOVA_W, PG);
   printf("unmap %s\n", errno_name(unmap(c, IOVA_X, 2 * PG)));
   close(devfd);
   close(g);
