@@ -50,10 +50,14 @@
 //! ([`spawn`]) whose child inherits a VFIO file are run by the library
 //! (glibc's children exec through calls it cannot see).
 //!
-//! Limits: only calls through libc's exported functions are seen (not raw
-//! `syscall(2)`, not libc-internal opens); a descriptor closed behind
-//! libc's back (`syscall(SYS_close)`, `syscall(SYS_close_range)`) stays in the table
-//! until its number is reused by an open.
+//! `syscall(2)` with the number of a call served here goes through that
+//! call's hook, and `free`/`realloc`/`reallocarray`/`madvise` are watched
+//! by the DMA sanitizer ([`memcalls`]).
+//!
+//! Limits: only calls through libc's exported functions (and `syscall`)
+//! are seen, not libc-internal opens nor inline `syscall` instructions; a
+//! descriptor closed that way stays in the table until its number is
+//! reused by an open.
 
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr};

@@ -5,10 +5,11 @@
 //!   library serves through a named hook (memory calls, the descriptor
 //!   table's calls, opens, ioctl, pread/pwrite) goes to that hook, which
 //!   passes the call on through libc's wrapper of the same system call (the
-//!   same kernel call, answer and errno). Every other number goes straight
-//!   to the next `syscall` (`fcntl` too: the library's own raw `fcntl`s
-//!   would have to leave this path first; a raw `F_DUPFD` of a VFIO
-//!   descriptor stays unseen, docs/RELIABILITY.md).
+//!   same kernel call, answer and errno). Every other number is made as
+//!   glibc's `syscall` makes it, with the `syscall` instruction on x86-64
+//!   (`fcntl` too: the library's own raw `fcntl`s would have to leave this
+//!   path first; a raw `F_DUPFD` of a VFIO descriptor stays unseen,
+//!   docs/RELIABILITY.md).
 //! - `madvise`: advice that makes memory behind a live DMA mapping go away
 //!   (`MADV_DONTNEED`, `MADV_DONTNEED_LOCKED`) is a stale mapping for the
 //!   DMA sanitizer. `MADV_FREE` is not: Linux never discards a lazily
