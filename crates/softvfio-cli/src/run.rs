@@ -735,7 +735,8 @@ impl VfioHandler {
     }
 
     /// The sanitizer's watch on munmap/mremap/mmap(MAP_FIXED) and
-    /// madvise(MADV_DONTNEED) of memory mapped for DMA (stale
+    /// madvise(MADV_DONTNEED, or MADV_REMOVE of shared memory) of memory
+    /// mapped for DMA (stale
     /// mappings); `None` when it does not apply.
     fn sanitize_memory_call(
         &mut self,
@@ -750,6 +751,13 @@ impl VfioHandler {
         let madvise = match (nr, a[2] as i32) {
             (libc::SYS_madvise, libc::MADV_DONTNEED | MADV_DONTNEED_LOCKED) => {
                 Some(StaleCause::MadvDontneed)
+            }
+            // Pages go only from shared writable memory (Linux answers
+            // EINVAL or EACCES elsewhere).
+            (libc::SYS_madvise, libc::MADV_REMOVE)
+                if sanitize::is_shared_writable(Some(t.pid()), a[0]) =>
+            {
+                Some(StaleCause::MadvRemove)
             }
             (libc::SYS_madvise, _) => return None,
             _ => None,

@@ -1140,7 +1140,10 @@ pub(crate) fn sanitize_after_madvise(addr: u64, len: u64, cause: StaleCause, res
     }
     let saved = real::errno();
     let page = 4096;
-    if res == 0 || (saved == libc::EINVAL && addr.is_multiple_of(page)) {
+    // MADV_REMOVE takes pages away only from shared writable memory.
+    let applies = cause != StaleCause::MadvRemove
+        || softvfio_platform::sanitize::is_shared_writable(None, addr);
+    if applies && (res == 0 || (saved == libc::EINVAL && addr.is_multiple_of(page))) {
         sanitize::going_away(addr, len.div_ceil(page) * page, cause);
     }
     real::set_errno(saved);

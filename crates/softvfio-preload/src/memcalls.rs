@@ -11,8 +11,8 @@
 //!   path first; a raw `F_DUPFD` of a VFIO descriptor stays unseen,
 //!   docs/RELIABILITY.md).
 //! - `madvise`: advice that makes memory behind a live DMA mapping go away
-//!   (`MADV_DONTNEED`, `MADV_DONTNEED_LOCKED`) is a stale mapping for the
-//!   DMA sanitizer. `MADV_FREE` is not: Linux never discards a lazily
+//!   (`MADV_DONTNEED`, `MADV_DONTNEED_LOCKED`, `MADV_REMOVE` of shared
+//!   writable memory) is a stale mapping for the DMA sanitizer. `MADV_FREE` is not: Linux never discards a lazily
 //!   freed page that holds extra references (a DMA pin), so program and
 //!   device keep sharing it (docs/SANITIZER.md).
 //! - `free`, `realloc`, `reallocarray`: glibc serves a large block
@@ -233,6 +233,8 @@ fn real_madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
 fn madvise_cause(advice: c_int) -> Option<StaleCause> {
     match advice {
         libc::MADV_DONTNEED | MADV_DONTNEED_LOCKED => Some(StaleCause::MadvDontneed),
+        // Of shared writable memory only (checked after the call).
+        libc::MADV_REMOVE => Some(StaleCause::MadvRemove),
         _ => None,
     }
 }

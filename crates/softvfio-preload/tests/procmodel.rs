@@ -524,11 +524,13 @@ fn changes_to_mapped_memory_preload() {
 /// on is never discarded), while the same kind of page not mapped for DMA
 /// is discarded ("no"); MADV_REMOVE of private memory is EINVAL,
 /// MADV_DONTFORK 0; MADV_DONTNEED_LOCKED 0, the program's page zapped, the
-/// device still reading the pinned one. softvfio: the pin's mlock makes
+/// device still reading the pinned one; MADV_REMOVE of shared memory 0,
+/// the program's page punched out, the device reading the pinned one
+/// (those two are stale mappings for the sanitizer). softvfio: the pin's mlock makes
 /// MADV_FREE and MADV_PAGEOUT EINVAL (Linux refuses them on locked
 /// memory); MADV_DONTNEED_LOCKED zaps our locked page too, and the device
-/// then reads the program's new zero page (the sanitizer reports that
-/// advice as a stale mapping); the rest is Linux's.
+/// then reads the program's new zero page; MADV_REMOVE of shared memory is
+/// EINVAL (the mlock) and the program keeps its page; the rest is Linux's.
 fn madvise_answers(mode: &str) {
     let out = run(mode, "madvise");
     let path = format!(
@@ -552,11 +554,20 @@ fn madvise_answers(mode: &str) {
                     assert_eq!(v, "yes", "Linux's answer to {k}");
                     (k, "no")
                 }
+                // The mlock again: nothing is punched out.
+                "madv_remove_shared" => {
+                    assert_eq!(v, "OK", "Linux's answer to {k}");
+                    (k, "EINVAL")
+                }
+                "madv_remove_shared_program_keeps" => {
+                    assert_eq!(v, "no", "Linux's answer to {k}");
+                    (k, "yes")
+                }
                 _ => (k, v),
             }
         })
         .collect();
-    assert_eq!(want.len(), 12, "{linux}");
+    assert_eq!(want.len(), 15, "{linux}");
     expect(&out, &want);
 }
 

@@ -238,12 +238,13 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
 /// [`MADVISE_WATCHED`].
 pub const MEMORY_SYSCALLS: &[i64] = &[libc::SYS_munmap, libc::SYS_mremap, libc::SYS_madvise];
 
-/// The `madvise` advice that makes memory go away (`MADV_DONTNEED`, and
-/// Linux 5.18's `MADV_DONTNEED_LOCKED`, 24): the only advice the filter
+/// The `madvise` advice that makes memory go away (`MADV_DONTNEED`,
+/// Linux 5.18's `MADV_DONTNEED_LOCKED`, 24, and `MADV_REMOVE`, of shared
+/// memory only: the handler looks): the only advice the filter
 /// stops at. The supervisor's own injected advice (populate, willneed) is
 /// none of them, and an injected call is never handed to the handler
 /// anyway. `MADV_FREE` leaves pinned pages in place (docs/SANITIZER.md).
-pub const MADVISE_WATCHED: &[u32] = &[libc::MADV_DONTNEED as u32, 24];
+pub const MADVISE_WATCHED: &[u32] = &[libc::MADV_DONTNEED as u32, 24, libc::MADV_REMOVE as u32];
 
 /// Builds the ptrace-only filter program.
 pub fn build() -> Vec<sock_filter> {
@@ -573,7 +574,7 @@ mod tests {
                 &data(libc::SYS_madvise, [0x1000, 4096, advice as u64, 0, 0, 0]),
             )
         };
-        for advice in [libc::MADV_DONTNEED, 24] {
+        for advice in [libc::MADV_DONTNEED, 24, libc::MADV_REMOVE] {
             assert_eq!(
                 madvise(&watched, advice),
                 libc::SECCOMP_RET_TRACE,
@@ -587,7 +588,6 @@ mod tests {
             libc::MADV_POPULATE_WRITE,
             libc::MADV_HUGEPAGE,
             libc::MADV_DONTFORK,
-            libc::MADV_REMOVE,
             libc::MADV_FREE,
         ] {
             assert_eq!(

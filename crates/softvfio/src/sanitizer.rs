@@ -203,6 +203,11 @@ pub enum StaleCause {
     /// call answers 0 and the program reads new zero-filled pages while
     /// the device keeps the old ones.
     MadvDontneed,
+    /// `madvise(MADV_REMOVE)` of shared writable memory: on Linux the call
+    /// answers 0 and punches the pages out of the shared object; the
+    /// program reads new zero-filled pages while the device keeps the old
+    /// ones.
+    MadvRemove,
 }
 
 impl StaleCause {
@@ -213,6 +218,7 @@ impl StaleCause {
             StaleCause::Mremap => "mremap",
             StaleCause::MmapFixed => "mmap(MAP_FIXED)",
             StaleCause::MadvDontneed => "madvise(MADV_DONTNEED)",
+            StaleCause::MadvRemove => "madvise(MADV_REMOVE)",
         }
     }
 
@@ -227,10 +233,13 @@ impl StaleCause {
             StaleCause::MadvDontneed => Some(
                 "on Linux the call answers 0 and the program reads new zero-filled pages while the device keeps the old ones; under softvfio the pin's mlock makes MADV_DONTNEED fail with EINVAL",
             ),
+            StaleCause::MadvRemove => Some(
+                "on Linux the call answers 0 and punches the pages out of the shared memory: the program reads new zero-filled pages while the device keeps the old ones; under softvfio the pin's mlock makes it fail with EINVAL",
+            ),
         }
     }
 
-    /// The cause's code in a recorded event (2 bits) and across the
+    /// The cause's code in a recorded event (3 bits) and across the
     /// keeper's transport.
     pub fn code(self) -> u32 {
         match self {
@@ -238,6 +247,7 @@ impl StaleCause {
             StaleCause::Mremap => 1,
             StaleCause::MmapFixed => 2,
             StaleCause::MadvDontneed => 3,
+            StaleCause::MadvRemove => 4,
         }
     }
 
@@ -248,6 +258,7 @@ impl StaleCause {
             1 => StaleCause::Mremap,
             2 => StaleCause::MmapFixed,
             3 => StaleCause::MadvDontneed,
+            4 => StaleCause::MadvRemove,
             _ => return None,
         })
     }
@@ -466,7 +477,7 @@ const NO_PROCESS: u32 = 0x00ff_ffff;
 /// event), and its kind packed:
 /// - `meta` bits 0-2: the kind (0 map, 1 unmap, 2 vaddr invalidated,
 ///   3 vaddr updated, 4 released, 5 stale); bits 3-4: [`Via`]; bits 5-6:
-///   the map's [`Prot`] (read, write) or the stale [`StaleCause`]
+///   the map's [`Prot`] (read, write); bits 5-7 the stale [`StaleCause`]
 ///   ([`StaleCause::code`]); bits
 ///   8-31: the process ([`NO_PROCESS`]: none; indices past it are recorded
 ///   as none);
@@ -533,7 +544,7 @@ impl RawEvent {
             3 => EventKind::UpdateVaddr { vaddr: self.a },
             4 => EventKind::Released,
             _ => EventKind::Stale {
-                cause: StaleCause::from_code(extra).unwrap_or(StaleCause::Munmap),
+                cause: StaleCause::from_code((self.meta >> 5) & 7).unwrap_or(StaleCause::Munmap),
                 vaddr: self.a,
                 len: self.b,
             },
@@ -2048,6 +2059,11 @@ mod tests {
                 cause: StaleCause::MadvDontneed,
                 vaddr: 5,
                 len: 6,
+            },
+            EventKind::Stale {
+                cause: StaleCause::MadvRemove,
+                vaddr: 7,
+                len: 8,
             },
         ];
         let vias = [Via::Type1, Via::Iommufd, Via::IommufdCopy];

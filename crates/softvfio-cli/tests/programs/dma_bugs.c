@@ -21,6 +21,8 @@
  *                 pages stay, nothing went away
  *   madv-dontneed madvise(MADV_DONTNEED) of memory mapped for DMA
  *   madv-free     madvise(MADV_FREE) of memory mapped for DMA
+ *   madv-remove   madvise(MADV_REMOVE) of shared memory mapped for DMA
+ *   madv-remove-private  the same of private memory (EINVAL on Linux too)
  *   clamp         programs a 33-bit address: edu's 28-bit mask clamps it
  *   clean         maps, DMAs, unmaps, closes: nothing to report
  *   hold          after-unmap, then waits for a line on stdin (for inspect)
@@ -301,9 +303,16 @@ int main(int argc, char **argv) {
     }
     free(big);
     unmap_buffer(IOVA);
-  } else if (!strcmp(what, "madv-dontneed") || !strcmp(what, "madv-free")) {
+  } else if (!strcmp(what, "madv-dontneed") || !strcmp(what, "madv-free") ||
+             !strcmp(what, "madv-remove") || !strcmp(what, "madv-remove-private")) {
+    int advice = !strcmp(what, "madv-free") ? MADV_FREE
+                 : !strncmp(what, "madv-remove", 11) ? MADV_REMOVE : MADV_DONTNEED;
+    if (!strcmp(what, "madv-remove")) {
+      /* Shared memory: MADV_REMOVE punches its pages out. */
+      buf = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+      if (buf == MAP_FAILED) die("mmap shared");
+    }
     map_buffer(buf, IOVA, 3);
-    int advice = !strcmp(what, "madv-free") ? MADV_FREE : MADV_DONTNEED;
     int r = madvise(buf, LEN, advice);
     /* Linux: 0 (the device keeps the old pages); softvfio: EINVAL. */
     printf("madvise %d\n", r ? errno : 0);

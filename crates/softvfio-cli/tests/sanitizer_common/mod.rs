@@ -534,6 +534,7 @@ fn stale_as(softvfio: &Path, mode: &str, bin: &Path, run_as: &str, scenario: &st
         // glibc mremaps the large block smaller inside realloc().
         "realloc" => ("mremap", "big = realloc(big"),
         "madv-dontneed" => ("madvise(MADV_DONTNEED)", "int r = madvise(buf"),
+        "madv-remove" => ("madvise(MADV_REMOVE)", "int r = madvise(buf"),
         s => panic!("no stale scenario {s}"),
     };
     // The range reported is the mapping's page, whatever the call covered.
@@ -542,6 +543,10 @@ fn stale_as(softvfio: &Path, mode: &str, bin: &Path, run_as: &str, scenario: &st
         // softvfio's answer (the pin's mlock), and Linux's in the report.
         assert!(out.contains("madvise 22\n"), "{out}");
         assert_line(&err, &[": devices reach pages the program no longer sees (on Linux the call answers 0 and the program reads new zero-filled pages while the device keeps the old ones; under softvfio the pin's mlock makes MADV_DONTNEED fail with EINVAL)"]);
+    }
+    if scenario == "madv-remove" {
+        assert!(out.contains("madvise 22\n"), "{out}");
+        assert_line(&err, &[": devices reach pages the program no longer sees (on Linux the call answers 0 and punches the pages out of the shared memory: the program reads new zero-filled pages while the device keeps the old ones; under softvfio the pin's mlock makes it fail with EINVAL)"]);
     }
     let main_call = frame("main", scenario_line(scenario, call));
     let main_map = frame("main", scenario_line(scenario, "map_buffer("));
@@ -601,7 +606,9 @@ fn stale_range_len(err: &str, syscall: &str) -> Option<u64> {
 /// under strict. `heap-free`: a small block's pages stay in the heap
 /// (the device and later allocations share them); `madv-free`: Linux
 /// never discards a lazily freed page a DMA pin holds (the program keeps
-/// it), and under softvfio the pin's mlock makes the call EINVAL.
+/// it), and under softvfio the pin's mlock makes the call EINVAL;
+/// `madv-remove-private`: MADV_REMOVE of private memory takes nothing away
+/// (Linux: EINVAL).
 pub fn not_stale(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
     let (code, out, err) = run_full(softvfio, mode, bin, scenario, &["--sanitize=strict"]);
     assert_eq!(code, 0, "{err}");
@@ -610,7 +617,9 @@ pub fn not_stale(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
         &err,
         &["sanitizer: 0 fault(s), 0 stale mapping(s), 0 leak(s), 0 device note(s)"],
     );
-    if scenario == "madv-free" {
+    if scenario == "madv-free" || scenario == "madv-remove-private" {
+        // The pin's mlock (Linux: 0 for MADV_FREE, EINVAL for MADV_REMOVE
+        // of private memory).
         assert!(out.contains("madvise 22\n"), "{out}");
     }
 }
@@ -736,6 +745,13 @@ macro_rules! every_scenario {
         });
         $scenario!(madvise_free_is_not_stale, |s, m, b| {
             sc::not_stale(s, m, b, "madv-free")
+        });
+        $scenario!(
+            stale_mapping_after_madvise_remove_of_shared_memory,
+            |s, m, b| { sc::stale(s, m, b, "madv-remove") }
+        );
+        $scenario!(madvise_remove_of_private_memory_is_not_stale, |s, m, b| {
+            sc::not_stale(s, m, b, "madv-remove-private")
         });
         $scenario!(stale_mapping_after_handoff_free, |s, m, b| {
             sc::stale_after_handoff(s, m, b, "free")

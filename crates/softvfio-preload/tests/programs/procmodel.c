@@ -768,6 +768,7 @@ static int case_quirks(char **argv) {
 #define MADV_PAGEOUT 21
 #endif
 #define IOVA_W 0x300000
+#define IOVA_S 0x400000
 static int case_madvise(char **argv) {
   int g, c = open_edu(argv, &g);
   char *x = fixed_page(X_ADDR, 2 * PG, 'F');
@@ -803,6 +804,20 @@ static int case_madvise(char **argv) {
   edu_dma(EDU_BUF, IOVA_Z, 64, 1);
   printf("madv_dontneed_locked_device_reads_old %s\n", all_are(z, 64, 'L') ? "yes" : "no");
   unmap(c, IOVA_W, PG);
+  /* MADV_REMOVE of shared memory (shmem) punches the page out of the
+   * object. */
+  char *sh = mmap((void *)(X_ADDR + 24 * PG), PG, PROT_READ | PROT_WRITE,
+                  MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  if (sh == MAP_FAILED) die("mmap shared");
+  memset(sh, 'S', PG);
+  if (map(c, IOVA_S, sh, PG)) die("map shared");
+  printf("madv_remove_shared %s\n", err(madvise(sh, PG, MADV_REMOVE)));
+  printf("madv_remove_shared_program_keeps %s\n", all_are(sh, 64, 'S') ? "yes" : "no");
+  memset(z, 0, 64);
+  edu_dma(IOVA_S, EDU_BUF, 64, 0);
+  edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+  printf("madv_remove_shared_device_reads_old %s\n", all_are(z, 64, 'S') ? "yes" : "no");
+  unmap(c, IOVA_S, PG);
   printf("unmap %s\n", errno_name(unmap(c, IOVA_X, 2 * PG)));
   close(devfd);
   close(g);
