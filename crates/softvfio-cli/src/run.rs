@@ -340,6 +340,9 @@ pub fn auto_mode(program: &OsString, stats: bool) -> (Mode, &'static str) {
 
 /// Section names that only Go's toolchain writes (its runtime issues
 /// system calls directly, also in a cgo build linked with libc).
+/// Linux 5.18's `MADV_DONTNEED_LOCKED` (not in every libc crate).
+const MADV_DONTNEED_LOCKED: i32 = 24;
+
 const GO_SECTIONS: &[&[u8]] = &[b".go.buildinfo", b".note.go.buildid", b".gopclntab"];
 
 /// Is the ELF file at `path` a Go program (a section of [`GO_SECTIONS`])?
@@ -760,8 +763,10 @@ impl VfioHandler {
         }
     }
 
-    /// The sanitizer's watch on munmap/mremap/mmap(MAP_FIXED) of memory
-    /// mapped for DMA (stale mappings); `None` when it does not apply.
+    /// The sanitizer's watch on munmap/mremap/mmap(MAP_FIXED) and
+    /// madvise(MADV_DONTNEED, or MADV_REMOVE of shared memory) of memory
+    /// mapped for DMA (stale
+    /// mappings); `None` when it does not apply.
     fn sanitize_memory_call(
         &mut self,
         t: &mut Tracee<'_>,
@@ -772,6 +777,20 @@ impl VfioHandler {
         if nr == libc::SYS_mmap && a[3] & libc::MAP_FIXED as u64 == 0 {
             return None;
         }
+        let madvise = match (nr, a[2] as i32) {
+            (libc::SYS_madvise, libc::MADV_DONTNEED | MADV_DONTNEED_LOCKED) => {
+                Some(StaleCause::MadvDontneed)
+            }
+            // Pages go only from shared writable memory (Linux answers
+            // EINVAL or EACCES elsewhere).
+            (libc::SYS_madvise, libc::MADV_REMOVE)
+                if sanitize::is_shared_writable(Some(t.pid()), a[0]) =>
+            {
+                Some(StaleCause::MadvRemove)
+            }
+            (libc::SYS_madvise, _) => return None,
+            _ => None,
+        };
         // The mappings whose memory is this process's (image's): those it
         // made or moved the vaddr of, in any container, whoever holds it (a
         // fork child's, made through an inherited container, still maps the
@@ -783,6 +802,18 @@ impl VfioHandler {
         // Made here, so that only a call that succeeded is reported.
         let site = self.call_site(t);
         let res = t.inject_syscall(nr, a).ok()?;
+        // madvise: Linux answers 0 on memory mapped for DMA (and the
+        // program goes on with other pages than the device's); here the
+        // pin's mlock makes it EINVAL. Either way the program meant the
+        // memory to go; an unaligned address is EINVAL on Linux too.
+        if let Some(cause) = madvise {
+            let page = 4096;
+            if res == 0 || (res == -i64::from(libc::EINVAL) && a[0].is_multiple_of(page)) {
+                let len = a[1].div_ceil(page) * page;
+                self.report_going_away(&s, owner, site, a[0], len, cause);
+            }
+            return Some(Ok(res));
+        }
         // -4095..-1 is an errno.
         if !(-4095..0).contains(&res) {
             let lost = match nr {
@@ -797,16 +828,30 @@ impl VfioHandler {
                 _ => StaleCause::MmapFixed,
             };
             if let Some((addr, len)) = lost.filter(|l| l.1 > 0) {
-                let found = engine_sanitizer::with_call_site(site, || {
-                    s.memory_going_away(Some(owner), addr, len, cause)
-                });
-                let mut err = std::io::stderr().lock();
-                for r in &found {
-                    let _ = sanitize::write_stale_now(&mut err, &s, r);
-                }
+                self.report_going_away(&s, owner, site, addr, len, cause);
             }
         }
         Some(Ok(res))
+    }
+
+    /// Process (image) `owner` lost `[addr, addr + len)` by `cause` at
+    /// `site`: each live mapping of it is reported now.
+    fn report_going_away(
+        &self,
+        s: &Sanitizer,
+        owner: u32,
+        site: Option<Arc<engine_sanitizer::CallSite>>,
+        addr: u64,
+        len: u64,
+        cause: StaleCause,
+    ) {
+        let found = engine_sanitizer::with_call_site(site, || {
+            s.memory_going_away(Some(owner), addr, len, cause)
+        });
+        let mut err = std::io::stderr().lock();
+        for r in &found {
+            let _ = sanitize::write_stale_now(&mut err, s, r);
+        }
     }
 
     fn new(vfio: Arc<Vfio>, registry: Arc<Registry>, injector: SyscallInjector) -> Self {

@@ -1220,7 +1220,7 @@ fn explain_fault(
 fn stale_finding(s: &Sanitizer, sym: &mut Symbolizer, r: &StaleReport) -> StaleFinding {
     let site = sym.describe(r.site.as_deref(), 3);
     let map_site = sym.describe(r.region.last_map().and_then(|e| e.site.as_deref()), 3);
-    let text = format!(
+    let mut text = format!(
         "stale mapping: {} of {:#x}-{:#x} at {} from {site}; IOVA {:#x} ({}) still maps it for DMA, mapped from {map_site}: devices reach pages the program no longer sees",
         r.cause.syscall(),
         r.vaddr,
@@ -1229,6 +1229,13 @@ fn stale_finding(s: &Sanitizer, sym: &mut Symbolizer, r: &StaleReport) -> StaleF
         r.region.iova,
         human_bytes(r.region.size),
     );
+    // madvise: softvfio's answer differs from Linux's; say what a real
+    // host would have done.
+    if let Some(note) = r.cause.linux_note() {
+        text.push_str(" (");
+        text.push_str(note);
+        text.push(')');
+    }
     StaleFinding {
         syscall: r.cause.syscall().to_string(),
         vaddr: r.vaddr,
@@ -1358,6 +1365,56 @@ fn process_sections(
             }
         })
         .collect()
+}
+
+/// Is `addr` in a shared writable mapping of process `pid` (`None`: this
+/// one), by its `/proc/<pid>/maps` (`rw?s`)? Only there does
+/// `madvise(MADV_REMOVE)` take pages away (Linux answers EINVAL for
+/// private memory, EACCES for a read-only mapping).
+pub fn is_shared_writable(pid: Option<i32>, addr: u64) -> bool {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/maps"),
+        None => "/proc/self/maps".to_string(),
+    };
+    std::fs::read_to_string(path)
+        .map(|maps| shared_writable_in(&maps, addr))
+        .unwrap_or(false)
+}
+
+/// [`is_shared_writable`] on the text of a maps file.
+fn shared_writable_in(maps: &str, addr: u64) -> bool {
+    maps.lines().any(|l| {
+        let mut f = l.split_ascii_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            return false;
+        };
+        let Some((lo, hi)) = range.split_once('-') else {
+            return false;
+        };
+        let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) else {
+            return false;
+        };
+        let p = perms.as_bytes();
+        (lo..hi).contains(&addr) && p.get(1) == Some(&b'w') && p.get(3) == Some(&b's')
+    })
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::shared_writable_in;
+
+    #[test]
+    fn only_a_shared_writable_mapping_counts() {
+        let maps = "7f0000000000-7f0000002000 rw-s 00000000 00:01 1234 /memfd:x (deleted)\n\
+                    7f0000002000-7f0000003000 rw-p 00000000 00:00 0\n\
+                    7f0000003000-7f0000004000 r--s 00000000 00:01 1235 /dev/shm/y\n";
+        assert!(shared_writable_in(maps, 0x7f00_0000_0000));
+        assert!(shared_writable_in(maps, 0x7f00_0000_1fff));
+        assert!(!shared_writable_in(maps, 0x7f00_0000_2000));
+        assert!(!shared_writable_in(maps, 0x7f00_0000_3000));
+        assert!(!shared_writable_in(maps, 0x7f00_0000_4000));
+        assert!(!shared_writable_in("garbage\n- rw-s\n", 0));
+    }
 }
 
 /// Writes a stale-mapping line the moment it is found.

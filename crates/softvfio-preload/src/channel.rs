@@ -127,7 +127,19 @@ impl Drop for Area {
         // SAFETY: the mapping was made by `map` with AREA_BYTES and is
         // referred to by nothing else (the header reference of a method
         // does not outlive the call).
-        unsafe { libc::syscall(libc::SYS_munmap, self.base.as_ptr(), AREA_BYTES) };
+        unsafe {
+            crate::real::raw_syscall(
+                libc::SYS_munmap,
+                [
+                    self.base.as_ptr() as libc::c_long,
+                    AREA_BYTES as libc::c_long,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        };
     }
 }
 
@@ -203,14 +215,16 @@ impl Area {
         // library's own `mmap` interposer is not for it); the kernel picks
         // the address.
         let p = unsafe {
-            libc::syscall(
+            crate::real::raw_syscall(
                 libc::SYS_mmap,
-                0usize,
-                AREA_BYTES,
-                (libc::PROT_READ | libc::PROT_WRITE) as libc::c_long,
-                libc::MAP_SHARED as libc::c_long,
-                fd as libc::c_long,
-                0 as libc::c_long,
+                [
+                    0,
+                    AREA_BYTES as libc::c_long,
+                    (libc::PROT_READ | libc::PROT_WRITE) as libc::c_long,
+                    libc::MAP_SHARED as libc::c_long,
+                    fd as libc::c_long,
+                    0,
+                ],
             )
         };
         if p == -1 {

@@ -709,23 +709,16 @@ pub(crate) fn mmap(key: u64, off: u64, len: u64, shared: bool) -> Result<MappedR
     })
 }
 
-/// The code of a stale-mapping cause in an [`op::STALE`] request.
+/// The code of a stale-mapping cause in an [`op::STALE`] request (the
+/// engine's code plus one: 0 is no cause).
 pub(crate) fn stale_code(cause: StaleCause) -> u64 {
-    match cause {
-        StaleCause::Munmap => 1,
-        StaleCause::Mremap => 2,
-        StaleCause::MmapFixed => 3,
-    }
+    u64::from(cause.code()) + 1
 }
 
 /// The cause of an [`op::STALE`] request's code (`None`: not one).
 pub(crate) fn stale_cause(code: u64) -> Option<StaleCause> {
-    match code {
-        1 => Some(StaleCause::Munmap),
-        2 => Some(StaleCause::Mremap),
-        3 => Some(StaleCause::MmapFixed),
-        _ => None,
-    }
+    let c = u32::try_from(code.checked_sub(1)?).ok()?;
+    StaleCause::from_code(c)
 }
 
 /// After the hand-off, sanitized: may this process's memory be mapped for

@@ -50,10 +50,14 @@
 //! ([`spawn`]) whose child inherits a VFIO file are run by the library
 //! (glibc's children exec through calls it cannot see).
 //!
-//! Limits: only calls through libc's exported functions are seen (not raw
-//! `syscall(2)`, not libc-internal opens); a descriptor closed behind
-//! libc's back (`syscall(SYS_close)`, `syscall(SYS_close_range)`) stays in the table
-//! until its number is reused by an open.
+//! `syscall(2)` with the number of a call served here goes through that
+//! call's hook, and `free`/`realloc`/`reallocarray`/`madvise` are watched
+//! by the DMA sanitizer ([`memcalls`]).
+//!
+//! Limits: only calls through libc's exported functions (and `syscall`)
+//! are seen, not libc-internal opens nor inline `syscall` instructions; a
+//! descriptor closed that way stays in the table until its number is
+//! reused by an open.
 
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr};
@@ -67,6 +71,7 @@ mod claim;
 mod exec;
 mod forward;
 mod keeper;
+mod memcalls;
 mod mmio;
 mod progmem;
 mod real;
@@ -1075,7 +1080,7 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 /// Is the sanitizer watching this process's memory calls? (One atomic load
 /// when it is off.) After the hand-off also with no VFIO file open, while
 /// the keeper says its memory may be mapped for DMA.
-fn watching() -> bool {
+pub(crate) fn watching() -> bool {
     sanitize::ON.load(Ordering::Relaxed)
         && (TRACKED.load(Ordering::Relaxed) > 0 || forward::may_own_mappings())
 }
@@ -1120,6 +1125,27 @@ pub(crate) fn sanitize_after_mmap(addr: u64, len: u64, flags: c_int, res: *mut c
     }
     let saved = real::errno();
     sanitize::going_away(addr, len, StaleCause::MmapFixed);
+    real::set_errno(saved);
+}
+
+/// After the program's `madvise(addr, len, advice)` (advice of `cause`)
+/// returned `res`. On Linux the advice answers 0 on memory mapped for DMA
+/// and the program goes on with other pages than the device's; under
+/// softvfio the pin's mlock makes it EINVAL. Either way the program meant
+/// the memory to go: reported unless the call failed for another reason
+/// (an unaligned address is EINVAL on Linux too; other errors).
+pub(crate) fn sanitize_after_madvise(addr: u64, len: u64, cause: StaleCause, res: c_int) {
+    if !watching() {
+        return;
+    }
+    let saved = real::errno();
+    let page = 4096;
+    // MADV_REMOVE takes pages away only from shared writable memory.
+    let applies = cause != StaleCause::MadvRemove
+        || softvfio_platform::sanitize::is_shared_writable(None, addr);
+    if applies && (res == 0 || (saved == libc::EINVAL && addr.is_multiple_of(page))) {
+        sanitize::going_away(addr, len.div_ceil(page) * page, cause);
+    }
     real::set_errno(saved);
 }
 

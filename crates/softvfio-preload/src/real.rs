@@ -2,7 +2,7 @@
 //! or another preloaded library's), found with `dlsym(RTLD_NEXT, ...)`, and
 //! the few system calls the library makes on its own behalf.
 
-use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr};
+use std::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void, CStr};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use libc::{off_t, size_t, ssize_t, FILE};
@@ -19,6 +19,12 @@ impl Next {
             name,
             addr: AtomicPtr::new(std::ptr::null_mut()),
         }
+    }
+
+    /// The address of the next definition once resolved, else null (one
+    /// load: no dlsym).
+    pub(crate) fn cached(&self) -> *mut c_void {
+        self.addr.load(Ordering::Acquire)
     }
 
     /// The address of the next definition, or null when there is none.
@@ -126,6 +132,42 @@ macro_rules! fn_of {
             Some(unsafe { std::mem::transmute::<*mut c_void, $ty>(p) })
         }
     }};
+}
+
+pub static SYSCALL: Next = Next::new(c"syscall");
+type SyscallFn = unsafe extern "C" fn(c_long, ...) -> c_long;
+
+/// libc's `syscall` (the next definition, past this library's own, which
+/// serves the program's raw calls): the library's own raw system calls of
+/// the numbers that interposer serves go here, so that they stay its own.
+///
+/// # Safety
+/// `a` must be valid arguments of system call `nr` (unused words ignored).
+pub unsafe fn raw_syscall(nr: c_long, a: [c_long; 6]) -> c_long {
+    match fn_of!(SYSCALL, SyscallFn) {
+        // SAFETY: the arguments of system call `nr` (this function's
+        // contract).
+        Some(f) => unsafe { f(nr, a[0], a[1], a[2], a[3], a[4], a[5]) },
+        None => enosys(),
+    }
+}
+
+/// Is the loaded object that holds address `addr` glibc's `libc.so`
+/// (dladdr; its file name's last component)? Allocates nothing: asked
+/// from `free`.
+pub fn is_in_libc(addr: *mut c_void) -> bool {
+    // SAFETY: dladdr only reads the loader's tables and fills `info`, a
+    // live local; a name it returns is a NUL-terminated string of the
+    // loader's that lives while the object stays loaded (read at once).
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(addr, &mut info) == 0 || info.dli_fname.is_null() {
+            return false;
+        }
+        let name = CStr::from_ptr(info.dli_fname).to_bytes();
+        let base = name.rsplit(|&b| b == b'/').next().unwrap_or(name);
+        base.starts_with(b"libc.so")
+    }
 }
 
 /// The next `open`-family function (`next`), called with the mode argument
@@ -394,7 +436,12 @@ pub fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
         // SAFETY: forwards the caller's arguments unchanged.
         Some(f) => unsafe { f(first, last, flags) },
         // SAFETY: close_range takes no pointers.
-        None => unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) as c_int },
+        None => unsafe {
+            raw_syscall(
+                libc::SYS_close_range,
+                [first.into(), last.into(), flags.into(), 0, 0, 0],
+            ) as c_int
+        },
     }
 }
 
@@ -570,7 +617,7 @@ pub fn bind_abstract_unix(name: &str) -> Result<c_int, c_int> {
 pub fn close_own(fd: c_int) {
     // SAFETY: `fd` is a descriptor this library created and nobody else
     // knows of yet.
-    unsafe { libc::syscall(libc::SYS_close, fd) };
+    unsafe { raw_syscall(libc::SYS_close, [fd.into(), 0, 0, 0, 0, 0]) };
 }
 
 /// A memfd holding `data`, positioned at its start, to serve as a
@@ -1077,7 +1124,7 @@ pub fn fd_flags(fd: c_int) -> Result<c_int, c_int> {
 /// `dup2` as a raw system call (the keeper's stdin/stdout to /dev/null).
 pub fn dup2_own(old: c_int, new: c_int) {
     // SAFETY: dup3 takes integers.
-    unsafe { libc::syscall(libc::SYS_dup3, old, new, 0) };
+    unsafe { raw_syscall(libc::SYS_dup3, [old.into(), new.into(), 0, 0, 0, 0]) };
 }
 
 /// `prctl` with integer arguments (names, death signal, ptracer).
@@ -1097,7 +1144,10 @@ pub fn mm_call(op: u64, addr: u64, len: u64, arg: u64) -> Result<(), c_int> {
         match op {
             1 => match arg as c_int {
                 libc::MADV_POPULATE_READ | libc::MADV_POPULATE_WRITE | libc::MADV_WILLNEED => {
-                    libc::syscall(libc::SYS_madvise, addr, len, arg)
+                    raw_syscall(
+                        libc::SYS_madvise,
+                        [addr as c_long, len as c_long, arg as c_long, 0, 0, 0],
+                    )
                 }
                 _ => return Err(libc::EINVAL),
             },

@@ -2,7 +2,8 @@
 //! program built as Debian builds QEMU (`_FORTIFY_SOURCE=2`, 64-bit file
 //! offsets): the fortified `__open64_2`/`__open_2`, `__pread64_chk`/
 //! `__pread_chk` (and their abort on a read larger than the buffer),
-//! `dup2`/`dup3` over VFIO descriptors and `close_range`. The same answers
+//! `dup2`/`dup3` over VFIO descriptors and `close_range`, and the same
+//! calls through `syscall(2)`. The same answers
 //! under preload and trace, and nothing left open.
 
 mod common;
@@ -37,6 +38,17 @@ const EXPECTED: &[(&str, &str)] = &[
     ("close_range", "0"),
     ("closed_range_ioctl", "EBADF"),
     ("unset_after_close_range", "0"),
+    // Through syscall(2): the same answers (before, preload kept serving
+    // the closed descriptors: 1 instead of EBADF).
+    ("raw_open_api", "0"),
+    ("raw_ioctl_type1v2", "1"),
+    ("raw_dup2", "210"),
+    ("raw_dup2_copy_type1v2", "1"),
+    ("raw_close", "0"),
+    ("raw_closed_ioctl", "EBADF"),
+    ("raw_close_range", "0"),
+    ("raw_closed_range_ioctl", "EBADF"),
+    ("raw_close_bad", "EBADF"),
     ("close_range_all", "0"),
     ("closed_container_ioctl", "EBADF"),
 ];

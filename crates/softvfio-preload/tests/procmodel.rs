@@ -516,6 +516,71 @@ fn changes_to_mapped_memory_preload() {
     quirks("preload", "no");
 }
 
+/// The madvise advice on memory mapped for DMA that the DMA sanitizer
+/// does not report (docs/SANITIZER.md). Linux 6.1 (run-kernel.sh, the
+/// `madvise` case of procmodel.c): MADV_FREE and MADV_PAGEOUT answer 0,
+/// the program keeps its page, the device reads it and sees the program's
+/// later writes (a lazily freed page that a pin holds extra references
+/// on is never discarded), while the same kind of page not mapped for DMA
+/// is discarded ("no"); MADV_REMOVE of private memory is EINVAL,
+/// MADV_DONTFORK 0; MADV_DONTNEED_LOCKED 0, the program's page zapped, the
+/// device still reading the pinned one; MADV_REMOVE of shared memory 0,
+/// the program's page punched out, the device reading the pinned one
+/// (those two are stale mappings for the sanitizer). softvfio: the pin's mlock makes
+/// MADV_FREE and MADV_PAGEOUT EINVAL (Linux refuses them on locked
+/// memory); MADV_DONTNEED_LOCKED zaps our locked page too, and the device
+/// then reads the program's new zero page; MADV_REMOVE of shared memory is
+/// EINVAL (the mlock) and the program keeps its page; the rest is Linux's.
+fn madvise_answers(mode: &str) {
+    let out = run(mode, "madvise");
+    let path = format!(
+        "{}/../../tests-oracle/kernel-6.1-procmodel-madvise.txt",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let linux = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let want: Vec<(&str, &str)> = linux
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once(' ').expect("a case and its answer");
+            match k {
+                // The pin's mlock: Linux refuses these on locked memory.
+                "madv_free" | "madv_free_pageout" => {
+                    assert_eq!(v, "OK", "Linux's answer to {k}");
+                    (k, "EINVAL")
+                }
+                // softvfio's DMA goes by address: after the zap the device
+                // reads the program's new zero page, not the pinned one.
+                "madv_dontneed_locked_device_reads_old" => {
+                    assert_eq!(v, "yes", "Linux's answer to {k}");
+                    (k, "no")
+                }
+                // The mlock again: nothing is punched out.
+                "madv_remove_shared" => {
+                    assert_eq!(v, "OK", "Linux's answer to {k}");
+                    (k, "EINVAL")
+                }
+                "madv_remove_shared_program_keeps" => {
+                    assert_eq!(v, "no", "Linux's answer to {k}");
+                    (k, "yes")
+                }
+                _ => (k, v),
+            }
+        })
+        .collect();
+    assert_eq!(want.len(), 15, "{linux}");
+    expect(&out, &want);
+}
+
+#[test]
+fn madvise_that_keeps_pinned_pages_trace() {
+    madvise_answers("trace");
+}
+
+#[test]
+fn madvise_that_keeps_pinned_pages_preload() {
+    madvise_answers("preload");
+}
+
 /// A thread that is not the leader calls execve while the leader is in
 /// MAP_DMA/UNMAP_DMA: the new image's open is served (Linux: the container
 /// opens, API version 0). Before: the new image was given the old thread's

@@ -45,6 +45,8 @@ const OFF_NR: u32 = 0;
 const OFF_ARCH: u32 = 4;
 /// Low 32 bits of args[1] (little endian).
 const OFF_ARG1_LO: u32 = 16 + 8;
+/// The low word of the third argument (`madvise`'s advice).
+const OFF_ARG2_LO: u32 = 16 + 2 * 8;
 /// The low word of the fourth argument (`mmap`'s flags).
 const OFF_ARG3_LO: u32 = 16 + 3 * 8;
 /// The low word of the fifth argument (`mmap`'s fd).
@@ -179,6 +181,7 @@ enum To {
     Notify,
     Ioctl,
     Mmap,
+    Madvise,
 }
 
 enum Ins {
@@ -238,8 +241,17 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
 
 /// The memory calls the DMA sanitizer watches (stale mappings), traced
 /// only when asked ([`crate::Command::trace_memory_calls`]); `mmap` only
-/// with `MAP_FIXED` (see [`build_spec`]).
-pub const MEMORY_SYSCALLS: &[i64] = &[libc::SYS_munmap, libc::SYS_mremap];
+/// with `MAP_FIXED` (see [`build_spec`]), `madvise` only with an advice of
+/// [`MADVISE_WATCHED`].
+pub const MEMORY_SYSCALLS: &[i64] = &[libc::SYS_munmap, libc::SYS_mremap, libc::SYS_madvise];
+
+/// The `madvise` advice that makes memory go away (`MADV_DONTNEED`,
+/// Linux 5.18's `MADV_DONTNEED_LOCKED`, 24, and `MADV_REMOVE`, of shared
+/// memory only: the handler looks): the only advice the filter
+/// stops at. The supervisor's own injected advice (populate, willneed) is
+/// none of them, and an injected call is never handed to the handler
+/// anyway. `MADV_FREE` leaves pinned pages in place (docs/SANITIZER.md).
+pub const MADVISE_WATCHED: &[u32] = &[libc::MADV_DONTNEED as u32, 24, libc::MADV_REMOVE as u32];
 
 /// Builds the ptrace-only filter program.
 pub fn build() -> Vec<sock_filter> {
@@ -300,7 +312,12 @@ fn build_list(extra: &[i64], notify_ioctls: Option<&[u32]>, notified: &[i64]) ->
         }
     }
     for nr in &traced {
-        c.push(Ins::Jeq(*nr as u32, To::Trace, To::Next));
+        let to = if *nr == libc::SYS_madvise {
+            To::Madvise
+        } else {
+            To::Trace
+        };
+        c.push(Ins::Jeq(*nr as u32, to, To::Next));
     }
     // No match: allow (an unconditional forward jump).
     c.push(Ins::Jeq(0, To::Allow, To::Allow));
@@ -318,6 +335,14 @@ fn build_list(extra: &[i64], notify_ioctls: Option<&[u32]>, notified: &[i64]) ->
     c.push(Ins::Ld(OFF_ARG3_LO));
     c.push(Ins::And(libc::MAP_FIXED as u32));
     c.push(Ins::Jeq(0, To::Allow, To::Trace));
+    if traced.contains(&libc::SYS_madvise) {
+        c.push(Ins::Label(To::Madvise));
+        c.push(Ins::Ld(OFF_ARG2_LO));
+        for advice in MADVISE_WATCHED {
+            c.push(Ins::Jeq(*advice, To::Trace, To::Next));
+        }
+        c.push(Ins::Jeq(0, To::Allow, To::Allow));
+    }
     c.push(Ins::Label(To::Allow));
     c.push(Ins::Ret(libc::SECCOMP_RET_ALLOW));
     c.push(Ins::Label(To::Trace));
@@ -602,5 +627,56 @@ mod tests {
             assert_eq!(mmap(libc::MAP_SHARED as u64, 3), libc::SECCOMP_RET_TRACE);
             assert_eq!(mmap(libc::MAP_SHARED as u64, 0), libc::SECCOMP_RET_TRACE);
         }
+    }
+
+    /// With the sanitizer's memory calls, `madvise` stops only for the
+    /// advice that makes memory go away; the populate/willneed advice the
+    /// supervisor injects to pin, and every other, runs free. Without
+    /// them no `madvise` stops.
+    #[test]
+    fn only_madvise_that_drops_memory_stops() {
+        let watched = build_spec(Spec {
+            memory_calls: true,
+            notify: None,
+        });
+        let madvise = |p: &[sock_filter], advice: i32| {
+            run_data(
+                p,
+                &data(libc::SYS_madvise, [0x1000, 4096, advice as u64, 0, 0, 0]),
+            )
+        };
+        for advice in [libc::MADV_DONTNEED, 24, libc::MADV_REMOVE] {
+            assert_eq!(
+                madvise(&watched, advice),
+                libc::SECCOMP_RET_TRACE,
+                "{advice}"
+            );
+        }
+        for advice in [
+            libc::MADV_NORMAL,
+            libc::MADV_WILLNEED,
+            libc::MADV_POPULATE_READ,
+            libc::MADV_POPULATE_WRITE,
+            libc::MADV_HUGEPAGE,
+            libc::MADV_DONTFORK,
+            libc::MADV_FREE,
+        ] {
+            assert_eq!(
+                madvise(&watched, advice),
+                libc::SECCOMP_RET_ALLOW,
+                "{advice}"
+            );
+        }
+        // The other memory calls still stop after the madvise block.
+        let munmap = run_data(
+            &watched,
+            &data(libc::SYS_munmap, [0x1000, 4096, 0, 0, 0, 0]),
+        );
+        assert_eq!(munmap, libc::SECCOMP_RET_TRACE);
+        let plain = build_spec(Spec::default());
+        assert_eq!(
+            madvise(&plain, libc::MADV_DONTNEED),
+            libc::SECCOMP_RET_ALLOW
+        );
     }
 }

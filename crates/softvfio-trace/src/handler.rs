@@ -122,7 +122,9 @@ pub trait Handler: Send {
         Err(Errno::EINVAL)
     }
 
-    /// `mmap`, `munmap`, `mremap` or `mprotect` (`nr`, with its six
+    /// `mmap`, `munmap`, `mremap`, `mprotect` or `madvise` (the advice of
+    /// [`crate::filter::MADVISE_WATCHED`], with the sanitizer's memory
+    /// calls) (`nr`, with its six
     /// arguments): a handler that maps regions of its objects (the device
     /// file's BARs) serves an `mmap` of one of its descriptors, and follows
     /// the calls that change a range it mapped (by injecting the call and

@@ -1281,7 +1281,11 @@ impl Core {
                 Some(obj) => self.serve_fd_call(h, pid, tid, None, obj, nr, a),
                 None => Outcome::Pass,
             },
-            libc::SYS_mmap | libc::SYS_munmap | libc::SYS_mremap | libc::SYS_mprotect => {
+            libc::SYS_mmap
+            | libc::SYS_munmap
+            | libc::SYS_mremap
+            | libc::SYS_mprotect
+            | libc::SYS_madvise => {
                 let mut t = Tracee {
                     core: self,
                     pid,

@@ -209,6 +209,15 @@ pub enum StaleCause {
     Mremap,
     /// `mmap(MAP_FIXED)` replaced it.
     MmapFixed,
+    /// `madvise(MADV_DONTNEED)` (or `MADV_DONTNEED_LOCKED`): on Linux the
+    /// call answers 0 and the program reads new zero-filled pages while
+    /// the device keeps the old ones.
+    MadvDontneed,
+    /// `madvise(MADV_REMOVE)` of shared writable memory: on Linux the call
+    /// answers 0 and punches the pages out of the shared object; the
+    /// program reads new zero-filled pages while the device keeps the old
+    /// ones.
+    MadvRemove,
 }
 
 impl StaleCause {
@@ -218,7 +227,50 @@ impl StaleCause {
             StaleCause::Munmap => "munmap",
             StaleCause::Mremap => "mremap",
             StaleCause::MmapFixed => "mmap(MAP_FIXED)",
+            StaleCause::MadvDontneed => "madvise(MADV_DONTNEED)",
+            StaleCause::MadvRemove => "madvise(MADV_REMOVE)",
         }
+    }
+
+    /// What Linux does where softvfio answers otherwise: the `madvise`
+    /// advice fails with EINVAL under softvfio (its pins mlock the pages,
+    /// and Linux refuses them on locked memory), while on a real host it
+    /// answers 0 and the program goes on with other pages than the
+    /// device's. `None` for the calls that behave alike.
+    pub fn linux_note(self) -> Option<&'static str> {
+        match self {
+            StaleCause::Munmap | StaleCause::Mremap | StaleCause::MmapFixed => None,
+            StaleCause::MadvDontneed => Some(
+                "on Linux the call answers 0 and the program reads new zero-filled pages while the device keeps the old ones; under softvfio the pin's mlock makes MADV_DONTNEED fail with EINVAL",
+            ),
+            StaleCause::MadvRemove => Some(
+                "on Linux the call answers 0 and punches the pages out of the shared memory: the program reads new zero-filled pages while the device keeps the old ones; under softvfio the pin's mlock makes it fail with EINVAL",
+            ),
+        }
+    }
+
+    /// The cause's code in a recorded event (3 bits) and across the
+    /// keeper's transport.
+    pub fn code(self) -> u32 {
+        match self {
+            StaleCause::Munmap => 0,
+            StaleCause::Mremap => 1,
+            StaleCause::MmapFixed => 2,
+            StaleCause::MadvDontneed => 3,
+            StaleCause::MadvRemove => 4,
+        }
+    }
+
+    /// The cause of a [`StaleCause::code`].
+    pub fn from_code(code: u32) -> Option<Self> {
+        Some(match code {
+            0 => StaleCause::Munmap,
+            1 => StaleCause::Mremap,
+            2 => StaleCause::MmapFixed,
+            3 => StaleCause::MadvDontneed,
+            4 => StaleCause::MadvRemove,
+            _ => return None,
+        })
     }
 }
 
@@ -435,7 +487,8 @@ const NO_PROCESS: u32 = 0x00ff_ffff;
 /// event), and its kind packed:
 /// - `meta` bits 0-2: the kind (0 map, 1 unmap, 2 vaddr invalidated,
 ///   3 vaddr updated, 4 released, 5 stale); bits 3-4: [`Via`]; bits 5-6:
-///   the map's [`Prot`] (read, write) or the stale [`StaleCause`]; bits
+///   the map's [`Prot`] (read, write); bits 5-7 the stale [`StaleCause`]
+///   ([`StaleCause::code`]); bits
 ///   8-31: the process ([`NO_PROCESS`]: none; indices past it are recorded
 ///   as none);
 /// - `a`, `b`: the map's vaddr and size, the updated vaddr, the stale
@@ -468,14 +521,7 @@ impl RawEvent {
             EventKind::InvalidateVaddr => (2, 0, 0, 0),
             EventKind::UpdateVaddr { vaddr } => (3, 0, vaddr, 0),
             EventKind::Released => (4, 0, 0, 0),
-            EventKind::Stale { cause, vaddr, len } => {
-                let c = match cause {
-                    StaleCause::Munmap => 0,
-                    StaleCause::Mremap => 1,
-                    StaleCause::MmapFixed => 2,
-                };
-                (5, c, vaddr, len)
-            }
+            EventKind::Stale { cause, vaddr, len } => (5, cause.code(), vaddr, len),
         };
         let via = match via {
             Via::Type1 => 0,
@@ -508,11 +554,7 @@ impl RawEvent {
             3 => EventKind::UpdateVaddr { vaddr: self.a },
             4 => EventKind::Released,
             _ => EventKind::Stale {
-                cause: match extra {
-                    0 => StaleCause::Munmap,
-                    1 => StaleCause::Mremap,
-                    _ => StaleCause::MmapFixed,
-                },
+                cause: StaleCause::from_code((self.meta >> 5) & 7).unwrap_or(StaleCause::Munmap),
                 vaddr: self.a,
                 len: self.b,
             },
@@ -2208,6 +2250,16 @@ mod tests {
                 cause: StaleCause::MmapFixed,
                 vaddr: 3,
                 len: 4,
+            },
+            EventKind::Stale {
+                cause: StaleCause::MadvDontneed,
+                vaddr: 5,
+                len: 6,
+            },
+            EventKind::Stale {
+                cause: StaleCause::MadvRemove,
+                vaddr: 7,
+                len: 8,
             },
         ];
         let vias = [Via::Type1, Via::Iommufd, Via::IommufdCopy];

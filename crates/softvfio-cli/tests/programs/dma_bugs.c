@@ -12,6 +12,20 @@
  *   munmap        munmaps memory still mapped for DMA, then DMAs into it
  *   mremap        mremaps (moves) memory still mapped for DMA
  *   map-fixed     mmap(MAP_FIXED) over memory still mapped for DMA
+ *   raw-munmap    munmap through syscall(SYS_munmap), past libc's munmap
+ *   free          frees a large (mmapped by glibc) block still mapped for
+ *                 DMA: glibc unmaps it inside free()
+ *   realloc       shrinks a large block whose last page is mapped for
+ *                 DMA: glibc mremaps it smaller inside realloc()
+ *   heap-free     frees a small (heap) block still mapped for DMA: its
+ *                 pages stay, nothing went away
+ *   madv-dontneed madvise(MADV_DONTNEED) of memory mapped for DMA
+ *   madv-free     madvise(MADV_FREE) of memory mapped for DMA
+ *   madv-remove   madvise(MADV_REMOVE) of shared memory mapped for DMA
+ *   madv-remove-private  the same of private memory (EINVAL on Linux too)
+ *   deep          maps 101 calls down (1 KiB frames), unmaps, DMAs
+ *   altstack      maps from a signal handler on a sigaltstack, unmaps, DMAs
+ *   thread        maps from another thread (its own stack), unmaps, DMAs
  *   clamp         programs a 33-bit address: edu's 28-bit mask clamps it
  *   clean         maps, DMAs, unmaps, closes: nothing to report
  *   hold          after-unmap, then waits for a line on stdin (for inspect)
@@ -42,6 +56,7 @@
  *                 mapped (each image gets its own history and leaks)
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <linux/vfio.h>
 #include <pthread.h>
@@ -53,6 +68,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -320,6 +336,38 @@ int main(int argc, char **argv) {
     unmap_buffer(IOVA);
     printf("thread joined\n"); /* a tail of its own */
     start_dma(IOVA, 1);
+  } else if (!strcmp(what, "raw-munmap")) {
+    map_buffer(buf, IOVA, 3);
+    if (syscall(SYS_munmap, buf, LEN) != 0) die("raw munmap");
+    unmap_buffer(IOVA);
+  } else if (!strcmp(what, "free") || !strcmp(what, "realloc") || !strcmp(what, "heap-free")) {
+    /* 1 MiB is past glibc's mmap threshold: a mapping of its own. */
+    size_t size = !strcmp(what, "heap-free") ? 2 * LEN : 1ul << 20;
+    void *big;
+    if (posix_memalign(&big, LEN, size)) die("posix_memalign");
+    char *dma = (char *)big + size - LEN; /* its last page */
+    memset(dma, 0x5a, LEN);
+    map_buffer(dma, IOVA, 3);
+    if (!strcmp(what, "realloc")) {
+      big = realloc(big, 4 * LEN);
+      if (!big) die("realloc");
+    }
+    free(big);
+    unmap_buffer(IOVA);
+  } else if (!strcmp(what, "madv-dontneed") || !strcmp(what, "madv-free") ||
+             !strcmp(what, "madv-remove") || !strcmp(what, "madv-remove-private")) {
+    int advice = !strcmp(what, "madv-free") ? MADV_FREE
+                 : !strncmp(what, "madv-remove", 11) ? MADV_REMOVE : MADV_DONTNEED;
+    if (!strcmp(what, "madv-remove")) {
+      /* Shared memory: MADV_REMOVE punches its pages out. */
+      buf = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+      if (buf == MAP_FAILED) die("mmap shared");
+    }
+    map_buffer(buf, IOVA, 3);
+    int r = madvise(buf, LEN, advice);
+    /* Linux: 0 (the device keeps the old pages); softvfio: EINVAL. */
+    printf("madvise %d\n", r ? errno : 0);
+    unmap_buffer(IOVA);
   } else if (!strcmp(what, "clamp")) {
     map_buffer(buf, IOVA, 3);
     start_dma(0x100000000ul | IOVA, 1);

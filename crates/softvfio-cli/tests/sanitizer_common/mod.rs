@@ -97,6 +97,18 @@ pub fn run(
     scenario: &str,
     extra: &[&str],
 ) -> (i32, String) {
+    let (code, _, stderr) = run_full(softvfio, mode, bin, scenario, extra);
+    (code, stderr)
+}
+
+/// As [`run`]; the exit status, stdout and stderr.
+pub fn run_full(
+    softvfio: &Path,
+    mode: &str,
+    bin: &Path,
+    scenario: &str,
+    extra: &[&str],
+) -> (i32, String, String) {
     let out = Command::new(softvfio)
         .args(["run", "--mode", mode])
         .args(extra)
@@ -111,7 +123,7 @@ pub fn run(
         stdout.contains(&format!("done {scenario}")) || scenario == "leak",
         "the program did not finish: {stdout}\n{stderr}"
     );
-    (out.status.code().unwrap_or(-1), stderr)
+    (out.status.code().unwrap_or(-1), stdout, stderr)
 }
 
 /// Does `text` have a line containing every one of `parts`, in order?
@@ -604,13 +616,33 @@ pub fn stale_after_handoff(softvfio: &Path, mode: &str, bin: &Path, scenario: &s
 /// Runs `run_as`, which makes the mistake of `scenario` (whose lines the
 /// call sites name).
 fn stale_as(softvfio: &Path, mode: &str, bin: &Path, run_as: &str, scenario: &str) {
-    let (code, err) = run(softvfio, mode, bin, run_as, &["--sanitize=strict"]);
+    let (code, out, err) = run_full(softvfio, mode, bin, run_as, &["--sanitize=strict"]);
     assert_eq!(code, 1, "{err}");
     let (syscall, call) = match scenario {
         "munmap" => ("munmap", "munmap(buf, LEN);"),
         "mremap" => ("mremap", "mremap(buf"),
-        _ => ("mmap(MAP_FIXED)", "if (mmap(buf, LEN"),
+        "map-fixed" => ("mmap(MAP_FIXED)", "if (mmap(buf, LEN"),
+        // Past libc's munmap.
+        "raw-munmap" => ("munmap", "syscall(SYS_munmap"),
+        // glibc unmaps the large block inside free().
+        "free" => ("munmap", "free(big);"),
+        // glibc mremaps the large block smaller inside realloc().
+        "realloc" => ("mremap", "big = realloc(big"),
+        "madv-dontneed" => ("madvise(MADV_DONTNEED)", "int r = madvise(buf"),
+        "madv-remove" => ("madvise(MADV_REMOVE)", "int r = madvise(buf"),
+        s => panic!("no stale scenario {s}"),
     };
+    // The range reported is the mapping's page, whatever the call covered.
+    assert_eq!(stale_range_len(&err, syscall), Some(0x1000), "{err}");
+    if scenario == "madv-dontneed" {
+        // softvfio's answer (the pin's mlock), and Linux's in the report.
+        assert!(out.contains("madvise 22\n"), "{out}");
+        assert_line(&err, &[": devices reach pages the program no longer sees (on Linux the call answers 0 and the program reads new zero-filled pages while the device keeps the old ones; under softvfio the pin's mlock makes MADV_DONTNEED fail with EINVAL)"]);
+    }
+    if scenario == "madv-remove" {
+        assert!(out.contains("madvise 22\n"), "{out}");
+        assert_line(&err, &[": devices reach pages the program no longer sees (on Linux the call answers 0 and punches the pages out of the shared memory: the program reads new zero-filled pages while the device keeps the old ones; under softvfio the pin's mlock makes it fail with EINVAL)"]);
+    }
     let main_call = frame("main", scenario_line(scenario, call));
     let main_map = frame("main", scenario_line(scenario, "map_buffer("));
     let moment = format!("softvfio sanitizer: stale mapping: {syscall} of 0x");
@@ -650,6 +682,40 @@ fn stale_as(softvfio: &Path, mode: &str, bin: &Path, run_as: &str, scenario: &st
             &err,
             &["sanitizer: 0 fault(s), 1 stale mapping(s), 0 leak(s), 0 device note(s)"],
         );
+    }
+}
+
+/// The length of the range of the first "stale mapping: SYSCALL of
+/// 0xA-0xB at" line of `err`.
+fn stale_range_len(err: &str, syscall: &str) -> Option<u64> {
+    let key = format!("stale mapping: {syscall} of 0x");
+    let rest = &err[err.find(&key)? + key.len()..];
+    let (range, _) = rest.split_once(" at ")?;
+    let (a, b) = range.split_once("-0x")?;
+    let a = u64::from_str_radix(a, 16).ok()?;
+    let b = u64::from_str_radix(b, 16).ok()?;
+    Some(b - a + 1)
+}
+
+/// A mistake that is no stale mapping: nothing reported, exit status 0
+/// under strict. `heap-free`: a small block's pages stay in the heap
+/// (the device and later allocations share them); `madv-free`: Linux
+/// never discards a lazily freed page a DMA pin holds (the program keeps
+/// it), and under softvfio the pin's mlock makes the call EINVAL;
+/// `madv-remove-private`: MADV_REMOVE of private memory takes nothing away
+/// (Linux: EINVAL).
+pub fn not_stale(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
+    let (code, out, err) = run_full(softvfio, mode, bin, scenario, &["--sanitize=strict"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("stale mapping:"), "{err}");
+    assert_line(
+        &err,
+        &["sanitizer: 0 fault(s), 0 stale mapping(s), 0 leak(s), 0 device note(s)"],
+    );
+    if scenario == "madv-free" || scenario == "madv-remove-private" {
+        // The pin's mlock (Linux: 0 for MADV_FREE, EINVAL for MADV_REMOVE
+        // of private memory).
+        assert!(out.contains("madvise 22\n"), "{out}");
     }
 }
 
@@ -755,6 +821,41 @@ macro_rules! every_scenario {
             b,
             "map-fixed"
         ));
+        $scenario!(stale_mapping_after_raw_syscall_munmap, |s, m, b| sc::stale(
+            s,
+            m,
+            b,
+            "raw-munmap"
+        ));
+        $scenario!(stale_mapping_after_free_of_a_large_block, |s, m, b| {
+            sc::stale(s, m, b, "free")
+        });
+        $scenario!(
+            stale_mapping_after_realloc_shrinks_a_large_block,
+            |s, m, b| { sc::stale(s, m, b, "realloc") }
+        );
+        $scenario!(stale_mapping_after_madvise_dontneed, |s, m, b| {
+            sc::stale(s, m, b, "madv-dontneed")
+        });
+        $scenario!(free_of_a_heap_block_is_not_stale, |s, m, b| {
+            sc::not_stale(s, m, b, "heap-free")
+        });
+        $scenario!(madvise_free_is_not_stale, |s, m, b| {
+            sc::not_stale(s, m, b, "madv-free")
+        });
+        $scenario!(
+            stale_mapping_after_madvise_remove_of_shared_memory,
+            |s, m, b| { sc::stale(s, m, b, "madv-remove") }
+        );
+        $scenario!(madvise_remove_of_private_memory_is_not_stale, |s, m, b| {
+            sc::not_stale(s, m, b, "madv-remove-private")
+        });
+        $scenario!(stale_mapping_after_handoff_free, |s, m, b| {
+            sc::stale_after_handoff(s, m, b, "free")
+        });
+        $scenario!(stale_mapping_after_handoff_madvise_dontneed, |s, m, b| {
+            sc::stale_after_handoff(s, m, b, "madv-dontneed")
+        });
         $scenario!(stale_mapping_after_handoff_munmap, |s, m, b| {
             sc::stale_after_handoff(s, m, b, "munmap")
         });

@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include "vfio_common.h"
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 /* With 64-bit offsets the macros reach __open64_2 and __pread64_chk (as
@@ -111,6 +112,19 @@ int main(int argc, char **argv) {
   struct vfio_device_info di = {.argsz = sizeof di};
   printf("closed_range_ioctl %s\n", err(ioctl(200, VFIO_DEVICE_GET_INFO, &di)));
   printf("unset_after_close_range %s\n", err(ioctl(g, VFIO_GROUP_UNSET_CONTAINER)));
+  /* The same calls through syscall(2), past libc's wrappers (preload
+   * serves them through the same hooks): open, ioctl, dup2, close and
+   * close_range of a container. */
+  long rc = syscall(SYS_openat, AT_FDCWD, "/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
+  printf("raw_open_api %s\n", rc < 0 ? err(-1) : err(ioctl((int)rc, VFIO_GET_API_VERSION)));
+  printf("raw_ioctl_type1v2 %ld\n", syscall(SYS_ioctl, rc, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU));
+  printf("raw_dup2 %ld\n", syscall(SYS_dup2, rc, 210));
+  printf("raw_dup2_copy_type1v2 %d\n", ioctl(210, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU));
+  printf("raw_close %s\n", err((int)syscall(SYS_close, rc)));
+  printf("raw_closed_ioctl %s\n", err(ioctl((int)rc, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU)));
+  printf("raw_close_range %s\n", err((int)syscall(SYS_close_range, 210, 210, 0)));
+  printf("raw_closed_range_ioctl %s\n", err(ioctl(210, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU)));
+  printf("raw_close_bad %s\n", err((int)syscall(SYS_close, 210)));
   /* Everything else at once: nothing may be left open. */
   printf("close_range_all %s\n", err(close_range(3, ~0U, 0)));
   printf("closed_container_ioctl %s\n", err(ioctl(c, VFIO_GET_API_VERSION)));

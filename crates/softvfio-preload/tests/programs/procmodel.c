@@ -760,6 +760,71 @@ static int case_quirks(char **argv) {
   return 0;
 }
 
+/* The madvise advice the DMA sanitizer does not report (docs/SANITIZER.md):
+ * MADV_FREE then MADV_PAGEOUT (reclaim now) of a page mapped for DMA;
+ * does the program keep its page, does the device read it, and see the
+ * program's later writes? MADV_REMOVE of private memory, MADV_DONTFORK. */
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+#define IOVA_W 0x300000
+#define IOVA_S 0x400000
+static int case_madvise(char **argv) {
+  int g, c = open_edu(argv, &g);
+  char *x = fixed_page(X_ADDR, 2 * PG, 'F');
+  char *z = fixed_page(Z_ADDR, PG, 'Z');
+  if (map(c, IOVA_X, x, 2 * PG) || map(c, IOVA_Z, z, PG)) die("map");
+  printf("madv_free %s\n", err(madvise(x, PG, MADV_FREE)));
+  printf("madv_free_pageout %s\n", err(madvise(x, PG, MADV_PAGEOUT)));
+  printf("madv_free_program_keeps %s\n", all_are(x, 64, 'F') ? "yes" : "no");
+  memset(z, 0, 64);
+  edu_dma(IOVA_X, EDU_BUF, 64, 0);
+  edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+  printf("madv_free_device_reads_old %s\n", all_are(z, 64, 'F') ? "yes" : "no");
+  memset(x, 'G', 64);
+  edu_dma(IOVA_X, EDU_BUF, 64, 0);
+  edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+  printf("madv_free_device_sees_new_writes %s\n", all_are(z, 64, 'G') ? "yes" : "no");
+  /* The control: a page of the same kind that is not mapped for DMA is
+   * discarded (Linux: zero-filled after the reclaim). */
+  char *y = fixed_page(X_ADDR + 8 * PG, PG, 'F');
+  madvise(y, PG, MADV_FREE);
+  madvise(y, PG, MADV_PAGEOUT);
+  printf("madv_free_unmapped_page_kept %s\n", all_are(y, 64, 'F') ? "yes" : "no");
+  printf("madv_remove_private %s\n", err(madvise(x + PG, PG, MADV_REMOVE)));
+  printf("madv_dontfork %s\n", err(madvise(x + PG, PG, MADV_DONTFORK)));
+  /* MADV_DONTNEED_LOCKED (Linux 5.18): MADV_DONTNEED that also drops
+   * locked pages. */
+  char *w = fixed_page(X_ADDR + 16 * PG, PG, 'L');
+  if (map(c, IOVA_W, w, PG)) die("map w");
+  printf("madv_dontneed_locked %s\n", err(madvise(w, PG, 24)));
+  printf("madv_dontneed_locked_program_keeps %s\n", all_are(w, 64, 'L') ? "yes" : "no");
+  memset(z, 0, 64);
+  edu_dma(IOVA_W, EDU_BUF, 64, 0);
+  edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+  printf("madv_dontneed_locked_device_reads_old %s\n", all_are(z, 64, 'L') ? "yes" : "no");
+  unmap(c, IOVA_W, PG);
+  /* MADV_REMOVE of shared memory (shmem) punches the page out of the
+   * object. */
+  char *sh = mmap((void *)(X_ADDR + 24 * PG), PG, PROT_READ | PROT_WRITE,
+                  MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  if (sh == MAP_FAILED) die("mmap shared");
+  memset(sh, 'S', PG);
+  if (map(c, IOVA_S, sh, PG)) die("map shared");
+  printf("madv_remove_shared %s\n", err(madvise(sh, PG, MADV_REMOVE)));
+  printf("madv_remove_shared_program_keeps %s\n", all_are(sh, 64, 'S') ? "yes" : "no");
+  memset(z, 0, 64);
+  edu_dma(IOVA_S, EDU_BUF, 64, 0);
+  edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+  printf("madv_remove_shared_device_reads_old %s\n", all_are(z, 64, 'S') ? "yes" : "no");
+  unmap(c, IOVA_S, PG);
+  printf("unmap %s\n", errno_name(unmap(c, IOVA_X, 2 * PG)));
+  close(devfd);
+  close(g);
+  close(c);
+  return 0;
+}
+
 /* A thread that is not the leader calls execve while the leader is in
  * MAP_DMA/UNMAP_DMA (whose pins run system calls in it, in trace mode):
  * the new image's open of the container is served as any other. */
@@ -1502,6 +1567,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "thread_exec") && argc > 3) return case_thread_exec(argv);
   if (!strcmp(argv[1], "thread_exec2")) return case_thread_exec2();
   if (!strcmp(argv[1], "quirks") && argc > 3) return case_quirks(argv);
+  if (!strcmp(argv[1], "madvise") && argc > 3) return case_madvise(argv);
   if (!strcmp(argv[1], "seccomp") && argc > 3) return case_seccomp(argv);
   if (!strcmp(argv[1], "vaddr") && argc > 3) return case_vaddr(argv);
   if (!strcmp(argv[1], "cpr") && argc > 3) return case_cpr(argv);

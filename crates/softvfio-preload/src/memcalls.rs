@@ -1,0 +1,474 @@
+//! The program's calls that reach the kernel past libc's interposed
+//! wrappers, and the memory calls the other hooks do not cover:
+//!
+//! - `syscall(2)`: libc's variadic `syscall` function with a number this
+//!   library serves through a named hook (memory calls, the descriptor
+//!   table's calls, opens, ioctl, pread/pwrite) goes to that hook, which
+//!   passes the call on through libc's wrapper of the same system call (the
+//!   same kernel call, answer and errno). Every other number is made as
+//!   glibc's `syscall` makes it, with the `syscall` instruction on x86-64
+//!   (`fcntl` too: the library's own raw `fcntl`s would have to leave this
+//!   path first; a raw `F_DUPFD` of a VFIO descriptor stays unseen,
+//!   docs/RELIABILITY.md).
+//! - `madvise`: advice that makes memory behind a live DMA mapping go away
+//!   (`MADV_DONTNEED`, `MADV_DONTNEED_LOCKED`, `MADV_REMOVE` of shared
+//!   writable memory) is a stale mapping for the DMA sanitizer. `MADV_FREE` is not: Linux never discards a lazily
+//!   freed page that holds extra references (a DMA pin), so program and
+//!   device keep sharing it (docs/SANITIZER.md).
+//! - `free`, `realloc`, `reallocarray`: glibc serves a large block
+//!   (`M_MMAP_THRESHOLD` and up) with a mapping of its own and unmaps it in
+//!   `free` (or remaps it in `realloc`) with a system call the PLT never
+//!   sees. When the sanitizer watches, the block's chunk header says whether
+//!   it is such a mapping (glibc's `IS_MMAPPED` bit) and which pages it
+//!   spans; they are checked as a `munmap` (`free`) or `mremap`
+//!   (`realloc`) would be.
+//!
+//! Invariants:
+//! - With the sanitizer off, `free`/`realloc`/`reallocarray`/`madvise` cost
+//!   one atomic load before the next definition runs; with it on and no
+//!   VFIO file, two; with VFIO files, a heap block's header read more.
+//!   `syscall` with an unserved number costs a comparison.
+//! - A chunk header is read only when the next `free` is glibc's (a
+//!   program with another allocator keeps its own layout) and only for a
+//!   pointer the program hands to `free`/`realloc` (its header lies in the
+//!   16 bytes before it, in the same mapping, as glibc reads it itself).
+//! - Calls softvfio makes itself (inside a hook, the keeper, pin workers)
+//!   pass straight on. The library's own raw system calls use
+//!   [`crate::real::raw_syscall`], never this `syscall`.
+//! - A thread that resolves the next `free` and is called back into `free`
+//!   by the loader leaks that block rather than recurse.
+
+use std::cell::Cell;
+use std::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use libc::size_t;
+use softvfio::sanitizer::StaleCause;
+
+use crate::real::{self, Next};
+use crate::sanitize;
+
+// ---- syscall(2) ---------------------------------------------------------------
+
+/// The system call numbers served through a named hook.
+fn served(nr: c_long) -> bool {
+    matches!(
+        nr,
+        libc::SYS_munmap
+            | libc::SYS_mremap
+            | libc::SYS_mmap
+            | libc::SYS_mprotect
+            | libc::SYS_madvise
+            | libc::SYS_close
+            | libc::SYS_close_range
+            | libc::SYS_dup
+            | libc::SYS_dup2
+            | libc::SYS_dup3
+            | libc::SYS_open
+            | libc::SYS_openat
+            | libc::SYS_ioctl
+            | libc::SYS_pread64
+            | libc::SYS_pwrite64
+    )
+}
+
+/// libc's `syscall`. Variadic in C: the six argument words are read as
+/// glibc's own wrapper reads them (on x86-64 and aarch64 variadic integer
+/// arguments travel in the same registers and stack slots as named ones;
+/// words the caller did not pass are junk nobody uses).
+///
+/// # Safety
+/// As libc's `syscall`: the arguments must be valid for system call `nr`.
+#[no_mangle]
+pub unsafe extern "C" fn syscall(
+    nr: c_long,
+    a1: c_long,
+    a2: c_long,
+    a3: c_long,
+    a4: c_long,
+    a5: c_long,
+    a6: c_long,
+) -> c_long {
+    let a = [a1, a2, a3, a4, a5, a6];
+    if !served(nr) {
+        // SAFETY: the program's call, passed on unchanged.
+        return unsafe { pass_on(nr, a) };
+    }
+    // SAFETY: the program's arguments for system call `nr` (this
+    // function's contract) are the arguments of libc's wrapper of it.
+    unsafe { serve(nr, a) }
+}
+
+/// A system call this library does not serve, as glibc's `syscall` makes
+/// it: the `syscall` instruction itself on x86-64 (glibc's own function
+/// is the same six register moves and the errno convention, and calling
+/// it would add an indirect call, which the kernel's branch-predictor
+/// flushes on system call entry make mispredicted: ~8 ns of a 165 ns
+/// `getppid`, docs/PERFORMANCE-HISTORY.md), glibc's function elsewhere.
+///
+/// # Safety
+/// `a` must be valid arguments of system call `nr`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn pass_on(nr: c_long, a: [c_long; 6]) -> c_long {
+    let ret: c_long;
+    // SAFETY: the program's system call with its arguments (this
+    // function's contract), in the kernel's registers; the instruction
+    // clobbers rcx and r11 only and uses no user stack. Memory is not
+    // declared untouched: the call may read and write the program's.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") nr => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r9") a[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    // -4095..-1 is an errno, as glibc reads it.
+    if (-4095..0).contains(&ret) {
+        real::set_errno(-ret as c_int);
+        -1
+    } else {
+        ret
+    }
+}
+
+/// See the x86-64 version: glibc's `syscall`.
+///
+/// # Safety
+/// `a` must be valid arguments of system call `nr`.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pass_on(nr: c_long, a: [c_long; 6]) -> c_long {
+    // SAFETY: this function's contract.
+    unsafe { real::raw_syscall(nr, a) }
+}
+
+/// System call `nr` through this library's hook of libc's wrapper of it.
+///
+/// # Safety
+/// `a` must be valid arguments of system call `nr`.
+unsafe fn serve(nr: c_long, a: [c_long; 6]) -> c_long {
+    let [a1, a2, a3, a4, a5, a6] = a;
+    let p = |v: c_long| v as *mut c_void;
+    // SAFETY: each arm calls the hook of the libc wrapper of the same
+    // system call, with the program's arguments (this function's
+    // contract); integer arguments narrowed as the kernel reads them
+    // (`int` fds, flags and advice).
+    unsafe {
+        match nr {
+            libc::SYS_munmap => c_long::from(crate::mmio::munmap(p(a1), a2 as size_t)),
+            libc::SYS_mremap => {
+                crate::mmio::mremap(p(a1), a2 as size_t, a3 as size_t, a4 as c_int, p(a5)) as c_long
+            }
+            libc::SYS_mmap => crate::mmio::mmap(
+                p(a1),
+                a2 as size_t,
+                a3 as c_int,
+                a4 as c_int,
+                a5 as c_int,
+                a6 as libc::off_t,
+            ) as c_long,
+            libc::SYS_mprotect => {
+                c_long::from(crate::mmio::mprotect(p(a1), a2 as size_t, a3 as c_int))
+            }
+            libc::SYS_madvise => c_long::from(madvise(p(a1), a2 as size_t, a3 as c_int)),
+            libc::SYS_close => c_long::from(crate::close(a1 as c_int)),
+            libc::SYS_close_range => {
+                c_long::from(crate::close_range(a1 as c_uint, a2 as c_uint, a3 as c_int))
+            }
+            libc::SYS_dup => c_long::from(crate::dup(a1 as c_int)),
+            libc::SYS_dup2 => c_long::from(crate::dup2(a1 as c_int, a2 as c_int)),
+            libc::SYS_dup3 => c_long::from(crate::dup3(a1 as c_int, a2 as c_int, a3 as c_int)),
+            libc::SYS_open => {
+                c_long::from(crate::open(a1 as *const c_char, a2 as c_int, a3 as c_uint))
+            }
+            libc::SYS_openat => c_long::from(crate::openat(
+                a1 as c_int,
+                a2 as *const c_char,
+                a3 as c_int,
+                a4 as c_uint,
+            )),
+            libc::SYS_ioctl => {
+                c_long::from(crate::ioctl(a1 as c_int, a2 as c_ulong, a3 as c_ulong))
+            }
+            libc::SYS_pread64 => {
+                crate::pread64(a1 as c_int, p(a2), a3 as size_t, a4 as libc::off_t) as c_long
+            }
+            libc::SYS_pwrite64 => crate::pwrite64(
+                a1 as c_int,
+                a2 as *const c_void,
+                a3 as size_t,
+                a4 as libc::off_t,
+            ) as c_long,
+            _ => pass_on(nr, a),
+        }
+    }
+}
+
+// ---- madvise ------------------------------------------------------------------
+
+static NEXT_MADVISE: Next = Next::new(c"madvise");
+type MadviseFn = unsafe extern "C" fn(*mut c_void, size_t, c_int) -> c_int;
+
+fn real_madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
+    let f = NEXT_MADVISE.get();
+    if f.is_null() {
+        real::set_errno(libc::ENOSYS);
+        return -1;
+    }
+    // SAFETY: `f` is the next `madvise` (dlsym), whose prototype MadviseFn
+    // is; the kernel checks the range, and the advice concerns the
+    // program's own memory (none of it is a Rust reference here).
+    unsafe { std::mem::transmute::<*mut c_void, MadviseFn>(f)(addr, len, advice) }
+}
+
+/// The stale-mapping cause of `advice` (`None`: advice that leaves the
+/// program's pages in place).
+fn madvise_cause(advice: c_int) -> Option<StaleCause> {
+    match advice {
+        libc::MADV_DONTNEED | MADV_DONTNEED_LOCKED => Some(StaleCause::MadvDontneed),
+        // Of shared writable memory only (checked after the call).
+        libc::MADV_REMOVE => Some(StaleCause::MadvRemove),
+        _ => None,
+    }
+}
+
+/// Linux 5.18's `MADV_DONTNEED_LOCKED` (not in every libc crate).
+const MADV_DONTNEED_LOCKED: c_int = 24;
+
+/// # Safety
+/// As libc's `madvise`.
+#[no_mangle]
+pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
+    let pass = || real_madvise(addr, len, advice);
+    if !sanitize::ON.load(Ordering::Relaxed) {
+        return pass();
+    }
+    let Some(cause) = madvise_cause(advice) else {
+        return pass();
+    };
+    crate::hook(-1, pass, |pass| {
+        let r = pass.call();
+        crate::sanitize_after_madvise(addr as u64, len as u64, cause, r);
+        r
+    })
+}
+
+// ---- free, realloc: glibc's mmapped chunks ---------------------------------
+
+static NEXT_FREE: Next = Next::new(c"free");
+static NEXT_REALLOC: Next = Next::new(c"realloc");
+static NEXT_REALLOCARRAY: Next = Next::new(c"reallocarray");
+type FreeFn = unsafe extern "C" fn(*mut c_void);
+type ReallocFn = unsafe extern "C" fn(*mut c_void, size_t) -> *mut c_void;
+type ReallocarrayFn = unsafe extern "C" fn(*mut c_void, size_t, size_t) -> *mut c_void;
+
+thread_local! {
+    /// This thread is resolving the next `free` (a `free` the loader makes
+    /// meanwhile must not resolve it again).
+    static RESOLVING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The next definition `next`, resolved with the loader's own frees on
+/// this thread kept out (`None`: being resolved on this thread, or none).
+fn resolve(next: &Next) -> Option<*mut c_void> {
+    if RESOLVING.try_with(|r| r.get()).unwrap_or(false) {
+        return None;
+    }
+    let _ = RESOLVING.try_with(|r| r.set(true));
+    let p = next.get();
+    let _ = RESOLVING.try_with(|r| r.set(false));
+    (!p.is_null()).then_some(p)
+}
+
+fn real_free(p: *mut c_void) {
+    let f = NEXT_FREE.cached();
+    if !f.is_null() {
+        // SAFETY: the next `free` (dlsym; FreeFn is its prototype), with the
+        // program's pointer.
+        return unsafe { std::mem::transmute::<*mut c_void, FreeFn>(f)(p) };
+    }
+    if let Some(f) = resolve(&NEXT_FREE) {
+        // SAFETY: the next `free` (dlsym; FreeFn is its prototype), with the
+        // program's pointer.
+        unsafe { std::mem::transmute::<*mut c_void, FreeFn>(f)(p) }
+    }
+    // Else the loader freed while `free` was being resolved: leaked.
+}
+
+fn real_realloc(p: *mut c_void, size: size_t) -> *mut c_void {
+    let f = NEXT_REALLOC.cached();
+    let f = if f.is_null() {
+        resolve(&NEXT_REALLOC)
+    } else {
+        Some(f)
+    };
+    match f {
+        // SAFETY: the next `realloc` (dlsym; ReallocFn is its prototype),
+        // with the program's arguments.
+        Some(f) => unsafe { std::mem::transmute::<*mut c_void, ReallocFn>(f)(p, size) },
+        None => {
+            real::set_errno(libc::ENOMEM);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// Is the next `free` glibc's (so that its chunk headers are glibc's)?
+/// Asked once, with the sanitizer watching.
+fn glibc_heap() -> bool {
+    // 0: not asked yet, 1: glibc's, 2: another allocator's, 3: being asked
+    // (a free meanwhile, by the loader, is left alone).
+    static KNOWN: AtomicU8 = AtomicU8::new(0);
+    match KNOWN.compare_exchange(0, 3, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => {}
+        Err(known) => return known == 1,
+    }
+    let glibc = resolve(&NEXT_FREE).is_some_and(real::is_in_libc);
+    KNOWN.store(if glibc { 1 } else { 2 }, Ordering::Relaxed);
+    glibc
+}
+
+/// glibc's chunk header: the size word before a block holds the chunk's
+/// size with flag bits 0-2; bit 1 (`IS_MMAPPED`) marks a chunk that is a
+/// mapping of its own, whose `prev_size` word (before the size word) is
+/// the chunk's offset into that mapping (alignment padding). glibc's
+/// `munmap_chunk` unmaps `[chunk - prev_size, + prev_size + size)`.
+const IS_MMAPPED: usize = 0x2;
+const SIZE_FLAGS: usize = 0x7;
+
+/// The mapping `[start, start + len)` glibc made for the block at `mem`
+/// (`None`: a block of the heap or of an arena, or not glibc's).
+///
+/// # Safety
+/// `mem` must be a live block of the next `malloc` (a pointer the program
+/// passes to `free`/`realloc`, as their contract requires).
+unsafe fn mmapped_block(mem: *mut c_void) -> Option<(u64, u64)> {
+    if !glibc_heap() {
+        return None;
+    }
+    let words = mem.cast::<usize>();
+    // SAFETY: glibc's header of a live block: the two words before it, in
+    // the same mapping as the block (this function's contract), the words
+    // glibc's free reads first itself.
+    let (prev_size, size) = unsafe { (words.sub(2).read(), words.sub(1).read()) };
+    if size & IS_MMAPPED == 0 {
+        return None;
+    }
+    let chunk = (mem as u64).checked_sub(16)?;
+    let start = chunk.checked_sub(prev_size as u64)?;
+    let len = (prev_size as u64).checked_add((size & !SIZE_FLAGS) as u64)?;
+    // glibc's own check (mremap_chunk, munmap_chunk): whole pages.
+    let page = 4096;
+    (start.is_multiple_of(page) && len.is_multiple_of(page) && len > 0).then_some((start, len))
+}
+
+/// Is the sanitizer watching the program's frees (one atomic load when
+/// it is off)?
+fn watching_heap(p: *mut c_void) -> bool {
+    sanitize::ON.load(Ordering::Relaxed) && !p.is_null() && crate::watching()
+}
+
+/// # Safety
+/// As libc's `free`.
+#[no_mangle]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    if !watching_heap(p) {
+        return real_free(p);
+    }
+    // A block of the heap or an arena (nearly every one) needs nothing
+    // more than its header read.
+    // SAFETY: `p` is a live block (free's contract).
+    let Some((start, len)) = (unsafe { mmapped_block(p) }) else {
+        return real_free(p);
+    };
+    let pass = || real_free(p);
+    crate::hook((), pass, |pass| {
+        let saved = real::errno();
+        pass.call();
+        sanitize::going_away(start, len, StaleCause::Munmap);
+        real::set_errno(saved);
+    })
+}
+
+/// # Safety
+/// As libc's `realloc`.
+#[no_mangle]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t) -> *mut c_void {
+    if !watching_heap(p) {
+        return real_realloc(p, size);
+    }
+    // SAFETY: the program's arguments (realloc's contract).
+    unsafe { realloc_watched(p, size) }
+}
+
+/// `realloc` of a block, watched: glibc remaps a mmapped block
+/// (`mremap_chunk`: `mremap` with `MREMAP_MAYMOVE` of its whole pages),
+/// and frees it for a size of 0.
+///
+/// # Safety
+/// As libc's `realloc`, `p` not null.
+unsafe fn realloc_watched(p: *mut c_void, size: size_t) -> *mut c_void {
+    // SAFETY: `p` is a live block (realloc's contract).
+    let Some((start, len)) = (unsafe { mmapped_block(p) }) else {
+        return real_realloc(p, size);
+    };
+    let pass = || real_realloc(p, size);
+    crate::hook(std::ptr::null_mut(), pass, |pass| {
+        let r = pass.call();
+        let saved = real::errno();
+        let lost = if size == 0 {
+            // glibc frees the block and answers null.
+            Some((start, len, StaleCause::Munmap))
+        } else if r.is_null() {
+            None
+        } else if r != p {
+            Some((start, len, StaleCause::Mremap))
+        } else {
+            // In place: what is past the new size went.
+            // SAFETY: `r` is the live block realloc answered.
+            match unsafe { mmapped_block(r) } {
+                Some((s, n)) if s == start && n < len => {
+                    Some((start + n, len - n, StaleCause::Mremap))
+                }
+                _ => None,
+            }
+        };
+        if let Some((a, n, cause)) = lost {
+            sanitize::going_away(a, n, cause);
+        }
+        real::set_errno(saved);
+        r
+    })
+}
+
+/// # Safety
+/// As glibc's `reallocarray` (which calls glibc's `realloc` inside libc,
+/// past this library's).
+#[no_mangle]
+pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: size_t, size: size_t) -> *mut c_void {
+    if !watching_heap(p) {
+        return match resolve(&NEXT_REALLOCARRAY) {
+            // SAFETY: the next `reallocarray` (dlsym; ReallocarrayFn is its
+            // prototype), with the program's arguments.
+            Some(f) => unsafe { std::mem::transmute::<*mut c_void, ReallocarrayFn>(f)(p, n, size) },
+            None => {
+                real::set_errno(libc::ENOMEM);
+                std::ptr::null_mut()
+            }
+        };
+    }
+    // glibc's reallocarray: ENOMEM on overflow, else realloc.
+    let Some(bytes) = n.checked_mul(size) else {
+        real::set_errno(libc::ENOMEM);
+        return std::ptr::null_mut();
+    };
+    // SAFETY: the program's arguments (reallocarray's contract).
+    unsafe { realloc_watched(p, bytes) }
+}
