@@ -638,6 +638,7 @@ mod tests {
         let watched = build_spec(Spec {
             memory_calls: true,
             notify: None,
+            stop_opens: false,
         });
         let madvise = |p: &[sock_filter], advice: i32| {
             run_data(
