@@ -74,6 +74,21 @@ pub fn spread(v: &[f64], scale: f64, unit: &str) -> String {
     )
 }
 
+/// The ratio of each repetition's subject to the baseline run next to it
+/// (`interleave` pairs them), as "min..max, median m": two runs that shared
+/// the machine's load at that moment are compared with each other.
+pub fn paired_ratios(base: &[f64], subj: &[f64]) -> String {
+    let r: Vec<f64> = base
+        .iter()
+        .zip(subj)
+        .filter(|(b, _)| **b > 0.0)
+        .map(|(b, s)| s / b)
+        .collect();
+    let min = r.iter().copied().fold(f64::NAN, f64::min);
+    let max = r.iter().copied().fold(f64::NAN, f64::max);
+    format!("{min:.3}..{max:.3}, median {:.3}", median(&r))
+}
+
 #[cfg(test)]
 mod tests {
     // Unused where the module is included by the criterion bench.
