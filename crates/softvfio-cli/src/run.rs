@@ -38,6 +38,8 @@ use softvfio_platform::hostview::mount::MountPlan;
 use softvfio_platform::hostview::HostView;
 pub use softvfio_platform::report::{FinalState, Leftovers};
 use softvfio_platform::sanitize::{self, ProcessMaps, SanitizeMode};
+
+use crate::stack_window::WindowedMemory;
 use softvfio_platform::{build, BuiltPlatform, Config};
 use softvfio_trace::{
     exit_code, Command, Errno, Handler, ObjectId, OpenReply, OpenRequest, Supervisor,
@@ -1097,9 +1099,18 @@ impl Handler for VfioHandler {
         let routed = {
             let mut fds = TraceeFds(t);
             let session = &mut self.session;
+            // The walk of this stop read the stack, where the argument
+            // most often is.
+            let windowed = site
+                .is_some()
+                .then(|| WindowedMemory::new(user.as_ref(), self.stack_window.snapshot()));
+            let mem: &dyn UserMemory = match &windowed {
+                Some(w) => w,
+                None => user.as_ref(),
+            };
             engine_sanitizer::with_call_site(site, || {
                 session
-                    .ioctl(obj.0, request, arg, user.as_ref(), &mut fds)
+                    .ioctl(obj.0, request, arg, mem, &mut fds)
                     .map_err(errno)
             })
         };

@@ -16,6 +16,12 @@
 //! short (the top of the stack), and the window does not grow after it;
 //! `highest` is the end of the highest window word the walk read.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use softvfio::account::MmAccount;
+use softvfio::memory::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory};
+
 /// Bytes a window grows by at most in one read, past the word asked for.
 const PAGE: u64 = 4096;
 /// A word further than this above the window is read on its own page
@@ -143,6 +149,109 @@ impl StackWindow {
     pub(crate) fn reads(&self) -> u32 {
         self.reads
     }
+
+    /// The window's bytes and where they were read from.
+    pub(crate) fn snapshot(&self) -> (u64, &[u8]) {
+        (self.base, &self.bytes)
+    }
+}
+
+/// The program's memory during the call whose call site a walk has just
+/// read: its reads within the window (an ioctl's argument structure is
+/// most often a local of a frame the walk read) are served from the
+/// window's bytes, read at the same stop, instead of with another system
+/// call; any write to the program's memory ends that (what it wrote is
+/// read from the program again). Everything else is the address space's.
+pub(crate) struct WindowedMemory<'a> {
+    inner: &'a dyn UserMemory,
+    base: u64,
+    bytes: &'a [u8],
+    /// No write made through this memory yet.
+    fresh: AtomicBool,
+}
+
+impl<'a> WindowedMemory<'a> {
+    /// `inner` with the window `(base, bytes)` of
+    /// [`StackWindow::snapshot`], read at the current stop.
+    pub(crate) fn new(inner: &'a dyn UserMemory, (base, bytes): (u64, &'a [u8])) -> Self {
+        Self {
+            inner,
+            base,
+            bytes,
+            fresh: AtomicBool::new(true),
+        }
+    }
+
+    /// The window's bytes of `[vaddr, vaddr + len)`, when it holds them all.
+    fn held(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
+        if !self.fresh.load(Ordering::Relaxed) {
+            return None;
+        }
+        let off = usize::try_from(vaddr.checked_sub(self.base)?).ok()?;
+        self.bytes.get(off..off.checked_add(len)?)
+    }
+}
+
+impl UserMemory for WindowedMemory<'_> {
+    fn pin(
+        &self,
+        vaddr: u64,
+        len: u64,
+        write: bool,
+        on_run: &mut dyn FnMut(PinnedRun) -> Result<(), MemError>,
+    ) -> Result<(), MemError> {
+        self.inner.pin(vaddr, len, write, on_run)
+    }
+    fn is_device_range(&self, vaddr: u64, len: u64) -> bool {
+        self.inner.is_device_range(vaddr, len)
+    }
+    fn device_bytes(&self, vaddr: u64, len: u64) -> u64 {
+        self.inner.device_bytes(vaddr, len)
+    }
+    fn unpin(&self, vaddr: u64, len: u64) {
+        self.inner.unpin(vaddr, len)
+    }
+    fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        match self.held(vaddr, buf.len()) {
+            Some(b) => {
+                buf.copy_from_slice(b);
+                Ok(())
+            }
+            None => self.inner.read(vaddr, buf),
+        }
+    }
+    fn write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
+        self.fresh.store(false, Ordering::Relaxed);
+        self.inner.write(vaddr, data)
+    }
+    fn dma_read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.inner.dma_read(vaddr, buf)
+    }
+    fn dma_write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
+        self.fresh.store(false, Ordering::Relaxed);
+        self.inner.dma_write(vaddr, data)
+    }
+    fn lock_policy(&self) -> LockPolicy {
+        self.inner.lock_policy()
+    }
+    fn cap_sys_resource(&self) -> bool {
+        self.inner.cap_sys_resource()
+    }
+    fn account(&self) -> &Arc<MmAccount> {
+        self.inner.account()
+    }
+    fn stats(&self) -> PinStats {
+        self.inner.stats()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn svm_view(&self) -> Option<Arc<dyn UserMemory>> {
+        self.inner.svm_view()
+    }
+    fn shared(&self) -> Option<Arc<dyn UserMemory>> {
+        self.inner.shared()
+    }
 }
 
 #[cfg(test)]
@@ -259,5 +368,35 @@ mod tests {
             f.reads,
             vec![(sp, 0x100), (far & !0xfff, 0x1000), (sp + 8, 0x100)]
         );
+    }
+
+    #[test]
+    fn windowed_memory_serves_reads_within_the_window_until_a_write() {
+        use softvfio::iommu::Prot;
+        use softvfio::memory::sim::{SimMemory, SIZE_4K};
+        let sim = SimMemory::new();
+        sim.add_region(0x7000_0000, 0x2000, SIZE_4K, Prot::RW)
+            .unwrap();
+        sim.write(0x7000_0100, &[1, 2, 3, 4]).unwrap();
+        sim.write(0x7000_0200, &[9, 9]).unwrap();
+        // The window as read at the stop: the program's bytes then.
+        let window = [0xaa_u8; 0x100];
+        let w = WindowedMemory::new(&sim, (0x7000_0100, &window));
+        let mut b = [0u8; 4];
+        w.read(0x7000_0100, &mut b).unwrap();
+        assert_eq!(b, [0xaa; 4]);
+        // Partly outside: all from the program.
+        let mut b = [0u8; 4];
+        w.read(0x7000_01fe, &mut b).unwrap();
+        assert_eq!(b, [0, 0, 9, 9]);
+        let mut b = [0u8; 2];
+        w.read(0x7000_00ff, &mut b).unwrap();
+        assert_eq!(b, [0, 1]);
+        // After a write, every read is the program's.
+        w.write(0x7000_0180, &[7]).unwrap();
+        let mut b = [0u8; 4];
+        w.read(0x7000_0100, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
+        assert_eq!(w.describe(), sim.describe());
     }
 }
