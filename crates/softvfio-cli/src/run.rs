@@ -740,10 +740,6 @@ struct VfioHandler {
     /// Bytes above the stack pointer the walks from each (process,
     /// instruction) read at most: how much the next one reads at once.
     stack_hints: HashMap<(i32, u64), u64>,
-    /// Each traced process's `/proc/<pid>/mem`, which call-site walks read
-    /// its stack through (`None`: it could not be opened; the walk reads
-    /// with `process_vm_readv`).
-    stack_mem: HashMap<i32, Option<std::fs::File>>,
     /// With the sanitizer: each traced process's index in its process list
     /// (a new one after an exec), so that each has its own history.
     images: HashMap<i32, u32>,
@@ -839,7 +835,6 @@ impl VfioHandler {
             maps: HashMap::new(),
             stack_window: Default::default(),
             stack_hints: HashMap::new(),
-            stack_mem: HashMap::new(),
             images: HashMap::new(),
             noted: std::collections::HashSet::new(),
             ended: false,
@@ -868,28 +863,20 @@ impl VfioHandler {
         // The walk reads a few words per frame, upwards from `sp`: as many
         // bytes as the last walk from `ip` used, in one read, more only if
         // this one goes further.
-        // Through the process's `/proc/<pid>/mem` (opened at its first
-        // capture): a `pread` of it costs less than a `process_vm_readv`
-        // (which looks the process up and checks access on every call),
-        // and it stays bound to the address space it was opened on.
-        let mem = self
-            .stack_mem
-            .entry(t.pid())
-            .or_insert_with(|| std::fs::File::open(format!("/proc/{}/mem", t.pid())).ok());
-        let mut fill = |at: u64, buf: &mut [u8]| match mem {
-            // A short read: the first unreadable page ended it.
-            Some(f) => std::os::unix::fs::FileExt::read_at(f, buf, at).unwrap_or(0),
-            None => {
-                let mut got = 0;
-                for chunk in buf.chunks_mut(16 * 1024) {
-                    let n = t.read_prefix(at + got as u64, chunk).unwrap_or(0);
-                    got += n;
-                    if n < chunk.len() {
-                        break;
-                    }
+        // With `process_vm_readv`, which reads what the program may read
+        // (a `pread` of `/proc/<pid>/mem` is ~0.8 us cheaper here, but it
+        // forces its way into PROT_NONE pages, and the ioctl's argument is
+        // read from these bytes: docs/SANITIZER.md).
+        let mut fill = |at: u64, buf: &mut [u8]| {
+            let mut got = 0;
+            for chunk in buf.chunks_mut(16 * 1024) {
+                let n = t.read_prefix(at + got as u64, chunk).unwrap_or(0);
+                got += n;
+                if n < chunk.len() {
+                    break;
                 }
-                got
             }
+            got
         };
         let hint = self.stack_hints.get(&(t.pid(), ip)).copied();
         let window = &mut self.stack_window;
@@ -1262,7 +1249,6 @@ impl Handler for VfioHandler {
         // A new image: its own file mappings and history.
         self.maps.remove(&pid);
         self.stack_hints.retain(|k, _| k.0 != pid);
-        self.stack_mem.remove(&pid);
         self.images.remove(&pid);
         // A new address space: later opens pin the new one; the old one is
         // gone, and nothing may reach the new image through its pid.
@@ -1293,7 +1279,6 @@ impl Handler for VfioHandler {
         self.bars.forget(pid);
         self.images.remove(&pid);
         self.stack_hints.retain(|k, _| k.0 != pid);
-        self.stack_mem.remove(&pid);
         self.release_unmapped();
         // The pid may be reused by any process from now on.
         self.retire(pid);
