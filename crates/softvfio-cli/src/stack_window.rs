@@ -2,8 +2,8 @@
 //! stopped program in as few and as small reads as the walk allows.
 //!
 //! A walk reads a few words per frame, upwards from the stack pointer of the
-//! stop. Each read of another process's memory is a system call that pins
-//! every page it touches, so its cost grows with the pages read: the window
+//! stop. Each read of another process's memory is a system call (here ~2.5
+//! us whatever its size up to two pages, a little more per page): the window
 //! starts with as many bytes above the stack pointer as the last walk from
 //! the same instruction used (its hint, kept by the caller), at most to the
 //! end of that page when there is no hint, and grows upwards (to the end of
