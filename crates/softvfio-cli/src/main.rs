@@ -19,6 +19,7 @@ mod report;
 #[allow(unsafe_code)]
 mod run;
 mod run_mmio;
+mod stack_window;
 
 #[derive(Parser)]
 #[command(

@@ -38,6 +38,8 @@ use softvfio_platform::hostview::mount::MountPlan;
 use softvfio_platform::hostview::HostView;
 pub use softvfio_platform::report::{FinalState, Leftovers};
 use softvfio_platform::sanitize::{self, ProcessMaps, SanitizeMode};
+
+use crate::stack_window::WindowedMemory;
 use softvfio_platform::{build, BuiltPlatform, Config};
 use softvfio_trace::{
     exit_code, Command, Errno, Handler, ObjectId, OpenReply, OpenRequest, Supervisor,
@@ -652,6 +654,8 @@ struct CallStats {
     /// walked) and the time that took.
     sites: u64,
     site_time: std::time::Duration,
+    /// Reads of the program's stack those captures made.
+    site_reads: u64,
 }
 
 impl CallStats {
@@ -698,10 +702,11 @@ impl CallStats {
         if self.sites > 0 {
             writeln!(
                 w,
-                "sanitizer call sites: {} captured in {:.3} ms ({:.1} us each)",
+                "sanitizer call sites: {} captured in {:.3} ms ({:.1} us each), {} stack reads",
                 self.sites,
                 self.site_time.as_secs_f64() * 1e3,
-                self.site_time.as_secs_f64() * 1e6 / self.sites as f64
+                self.site_time.as_secs_f64() * 1e6 / self.sites as f64,
+                self.site_reads
             )?;
         }
         writeln!(
@@ -733,6 +738,11 @@ struct VfioHandler {
     sanitizer: Option<Arc<Sanitizer>>,
     /// Each traced process's file mappings, for call sites.
     maps: HashMap<i32, ProcessMaps>,
+    /// The stack a call-site walk reads (its buffer reused).
+    stack_window: crate::stack_window::StackWindow,
+    /// Bytes above the stack pointer the walks from each (process,
+    /// instruction) read at most: how much the next one reads at once.
+    stack_hints: HashMap<(i32, u64), u64>,
     /// With the sanitizer: each traced process's index in its process list
     /// (a new one after an exec), so that each has its own history.
     images: HashMap<i32, u32>,
@@ -868,6 +878,8 @@ impl VfioHandler {
             mapped_closed: Vec::new(),
             sanitizer: None,
             maps: HashMap::new(),
+            stack_window: Default::default(),
+            stack_hints: HashMap::new(),
             images: HashMap::new(),
             noted: std::collections::HashSet::new(),
             ended: false,
@@ -893,35 +905,36 @@ impl VfioHandler {
             .maps
             .entry(t.pid())
             .or_insert_with(|| ProcessMaps::new(Some(t.pid())));
-        // The walk reads a few words per frame, near each other, upwards
-        // from `sp`: whole pages, two per system call, serve them.
-        let mut pages: Vec<(u64, [u8; 4096])> = Vec::new();
-        let read = |a: u64| {
-            let page = a & !4095;
-            let off = (a - page) as usize;
-            if off + 8 > 4096 {
-                let mut b = [0u8; 8];
-                return t.read_mem(a, &mut b).ok().map(|_| u64::from_le_bytes(b));
-            }
-            let i = match pages.iter().position(|(p, _)| *p == page) {
-                Some(i) => i,
-                None => {
-                    let mut two = [[0u8; 4096]; 2];
-                    let n = t.read_pages(page, &mut two).ok()?;
-                    for (k, data) in two.iter().enumerate().take(n) {
-                        pages.push((page + 4096 * k as u64, *data));
-                    }
-                    pages.len() - n
+        // The walk reads a few words per frame, upwards from `sp`: as many
+        // bytes as the last walk from `ip` used, in one read, more only if
+        // this one goes further.
+        // With `process_vm_readv`, which reads what the program may read
+        // (a `pread` of `/proc/<pid>/mem` is ~0.8 us cheaper here, but it
+        // forces its way into PROT_NONE pages, and the ioctl's argument is
+        // read from these bytes: docs/SANITIZER.md).
+        let mut fill = |at: u64, buf: &mut [u8]| {
+            let mut got = 0;
+            for chunk in buf.chunks_mut(16 * 1024) {
+                let n = t.read_prefix(at + got as u64, chunk).unwrap_or(0);
+                got += n;
+                if n < chunk.len() {
+                    break;
                 }
-            };
-            let word = pages[i].1.get(off..off + 8)?;
-            Some(u64::from_le_bytes(word.try_into().ok()?))
+            }
+            got
         };
-        let frames = maps.walk(ip, sp, bp, 16, read);
+        let hint = self.stack_hints.get(&(t.pid(), ip)).copied();
+        let window = &mut self.stack_window;
+        window.start(sp, hint, &mut fill);
+        let frames = maps.walk(ip, sp, bp, 16, |a| window.word(a, &mut fill));
+        let used = window.used();
+        let hint = self.stack_hints.entry((t.pid(), ip)).or_insert(used);
+        *hint = (*hint).max(used);
         let site = maps.site(&frames);
         if let Some(stats) = &mut self.stats {
             stats.sites += 1;
             stats.site_time += started.elapsed();
+            stats.site_reads += u64::from(self.stack_window.reads());
         }
         Some(site)
     }
@@ -1118,9 +1131,18 @@ impl Handler for VfioHandler {
         let routed = {
             let mut fds = TraceeFds(t);
             let session = &mut self.session;
+            // The walk of this stop read the stack, where the argument
+            // most often is.
+            let windowed = site
+                .is_some()
+                .then(|| WindowedMemory::new(user.as_ref(), self.stack_window.snapshot()));
+            let mem: &dyn UserMemory = match &windowed {
+                Some(w) => w,
+                None => user.as_ref(),
+            };
             engine_sanitizer::with_call_site(site, || {
                 session
-                    .ioctl(obj.0, request, arg, user.as_ref(), &mut fds)
+                    .ioctl(obj.0, request, arg, mem, &mut fds)
                     .map_err(errno)
             })
         };
@@ -1271,6 +1293,7 @@ impl Handler for VfioHandler {
         self.release_unmapped();
         // A new image: its own file mappings and history.
         self.maps.remove(&pid);
+        self.stack_hints.retain(|k, _| k.0 != pid);
         self.images.remove(&pid);
         // A new address space: later opens pin the new one; the old one is
         // gone, and nothing may reach the new image through its pid.
@@ -1300,6 +1323,7 @@ impl Handler for VfioHandler {
     fn exited(&mut self, pid: i32) {
         self.bars.forget(pid);
         self.images.remove(&pid);
+        self.stack_hints.retain(|k, _| k.0 != pid);
         self.release_unmapped();
         // The pid may be reused by any process from now on.
         self.retire(pid);

@@ -66,7 +66,7 @@ fn stats_count_dma_map_calls_by_size_and_region_accesses() {
 
 /// With `--sanitize`, `--stats` also says what capturing the program's call
 /// sites cost: one capture per recorded call at least (each MAP_DMA and
-/// UNMAP_DMA, failed ones included), and their time.
+/// UNMAP_DMA, failed ones included), their time and their stack reads.
 #[test]
 fn stats_measure_the_sanitizer_call_site_capture() {
     let Some(exe) = build("stats_program") else {
@@ -88,7 +88,11 @@ fn stats_measure_the_sanitizer_call_site_capture() {
     assert!(count >= 5, "{line}");
     let (ms, each) = rest.split_once(" ms (").unwrap();
     let ms: f64 = ms.parse().unwrap();
-    let each: f64 = each.strip_suffix(" us each)").unwrap().parse().unwrap();
+    let (each, reads) = each.split_once(" us each), ").unwrap();
+    let each: f64 = each.parse().unwrap();
+    // Each walk reads the stack at least once.
+    let reads: u64 = reads.strip_suffix(" stack reads").unwrap().parse().unwrap();
+    assert!(reads >= count, "{line}");
     assert!(ms > 0.0 && each > 0.0, "{line}");
     assert!(
         (each * count as f64 / 1e3 - ms).abs() <= 0.01 + ms * 0.01,

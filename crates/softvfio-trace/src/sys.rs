@@ -325,42 +325,43 @@ pub fn process_vm_read(pid: i32, addr: u64, buf: &mut [u8]) -> Result<(), Errno>
     Ok(())
 }
 
-/// Reads `pages.len()` consecutive pages of another process's memory from
-/// the page-aligned `addr` in one call; the number of whole pages read (the
-/// kernel stops at the first page it cannot read: one remote iovec per
-/// page, and it never splits one).
-pub fn process_vm_read_pages(
-    pid: i32,
-    addr: u64,
-    pages: &mut [[u8; 4096]],
-) -> Result<usize, Errno> {
-    const MAX: usize = 4;
-    let n = pages.len().min(MAX);
-    if n == 0 {
-        return Ok(0);
-    }
-    let local = libc::iovec {
-        iov_base: pages.as_mut_ptr().cast(),
-        iov_len: n * 4096,
-    };
+/// Reads another process's memory at `addr` into `buf` (at most 16 KiB) in
+/// one call; the bytes read, a prefix of `buf` (the kernel stops at the
+/// first page it cannot read: the remote range is split at page boundaries,
+/// one iovec per page, and it never splits one).
+pub fn process_vm_read_prefix(pid: i32, addr: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+    const MAX: usize = 5;
+    const PAGE: usize = 4096;
     let mut remote = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
     }; MAX];
-    for (i, r) in remote.iter_mut().enumerate().take(n) {
-        r.iov_base = (addr as usize).wrapping_add(i * 4096) as *mut libc::c_void;
-        r.iov_len = 4096;
+    let (mut at, mut left, mut n) = (addr as usize, buf.len().min(4 * PAGE), 0);
+    while left > 0 && n < MAX {
+        let len = left.min(PAGE - at % PAGE);
+        remote[n] = libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: len,
+        };
+        (at, left, n) = (at.wrapping_add(len), left - len, n + 1);
     }
-    // SAFETY: `local` describes the exclusively borrowed `pages[..n]`
-    // (n * 4096 bytes); the remote iovecs are only interpreted in the other
-    // process's address space.
+    if n == 0 {
+        return Ok(0);
+    }
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: remote[..n].iter().map(|r| r.iov_len).sum(),
+    };
+    // SAFETY: `local` describes a prefix of the exclusively borrowed `buf`
+    // (the remote lengths add up to at most `buf.len()`); the remote iovecs
+    // are only interpreted in the other process's address space.
     let r =
         unsafe { libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), n as libc::c_ulong, 0) };
     if r < 0 {
         let e = Errno::last();
         return Err(if e == Errno::ESRCH { e } else { Errno::EFAULT });
     }
-    Ok(r as usize / 4096)
+    Ok(r as usize)
 }
 
 /// Writes `data` into another process's memory at `addr` (all or EFAULT).

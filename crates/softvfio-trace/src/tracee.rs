@@ -689,13 +689,13 @@ impl<'a> Tracee<'a> {
         sys::process_vm_read(self.tid, addr, buf)
     }
 
-    /// Reads up to `pages.len()` (at most 4) whole pages of program memory
-    /// from the page-aligned `addr` in one system call: how many were
-    /// read (the first unreadable page ends it; none readable: EFAULT).
-    pub fn read_pages(&self, addr: u64, pages: &mut [[u8; 4096]]) -> Result<usize, Errno> {
+    /// Reads program memory at `addr` into `buf` (at most 16 KiB) in one
+    /// system call: how many bytes were read, a prefix of `buf` (the first
+    /// unreadable page ends it; none readable: EFAULT).
+    pub fn read_prefix(&self, addr: u64, buf: &mut [u8]) -> Result<usize, Errno> {
         self.check_alive()?;
-        match sys::process_vm_read_pages(self.tid, addr, pages)? {
-            0 => Err(Errno::EFAULT),
+        match sys::process_vm_read_prefix(self.tid, addr, buf)? {
+            0 if !buf.is_empty() => Err(Errno::EFAULT),
             n => Ok(n),
         }
     }
