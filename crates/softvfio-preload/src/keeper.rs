@@ -756,15 +756,22 @@ impl Keeper {
                 }
             },
         };
-        // A caller killed since the poll: its call never happened (as a
-        // store that a SIGKILL beat), and it must not start a device's DMA
-        // from memory that is going away.
-        if let Some(p) = self.procs.get(&pid) {
-            let mut pf = [pollin(p.pidfd)];
-            if p.pidfd >= 0 && matches!(real::poll(&mut pf, 0), Ok(n) if n > 0) {
-                self.process_gone(pid);
-                return;
-            }
+        // Every process that exited since the round's poll is gone before
+        // this call is served, not only the caller: a caller that waited
+        // for another process's exit (waitpid) must find that process's
+        // files released, as Linux closed them before the exit could be
+        // waited for; served first, its close would find them still held
+        // by the dead process, whose later release would count them as
+        // left open (a leak the program never made). The caller itself
+        // killed since then: its call never happened (as a store that a
+        // SIGKILL beat), and it must not start a device's DMA from memory
+        // that is going away.
+        let exited = self.exited_since_poll();
+        for gone in &exited {
+            self.process_gone(*gone);
+        }
+        if exited.contains(&pid) {
+            return;
         }
         let mut link = self.link(conn);
         if !from_area {
@@ -789,6 +796,26 @@ impl Keeper {
         if let Some(fd) = fd {
             real::close_own(fd);
         }
+    }
+
+    /// The known processes whose exit is visible now (their pidfd is
+    /// readable: Linux makes it so before a `waitpid` can return, after
+    /// the process's files are closed).
+    fn exited_since_poll(&self) -> Vec<i32> {
+        let (pids, mut pfds): (Vec<i32>, Vec<libc::pollfd>) = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.pidfd >= 0)
+            .map(|(pid, p)| (*pid, pollin(p.pidfd)))
+            .unzip();
+        if !matches!(real::poll(&mut pfds, 0), Ok(n) if n > 0) {
+            return Vec::new();
+        }
+        pids.into_iter()
+            .zip(&pfds)
+            .filter(|(_, pf)| pf.revents != 0)
+            .map(|(pid, _)| pid)
+            .collect()
     }
 
     /// A new connection's first record: which process it is. The value
