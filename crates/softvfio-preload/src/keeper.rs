@@ -22,8 +22,9 @@
 //!   rings the doorbell), and spins for the next request (policy
 //!   permitting) after serving one;
 //! - each process is known by pid, with a pidfd (its exit is noticed before
-//!   any later call is served: a process that waited for another's exit
-//!   finds its descriptors released), its memory (a backend that reaches
+//!   any later call is served, every pidfd looked at again just before each
+//!   call: a process that waited for another's exit finds its descriptors
+//!   released), its memory (a backend that reaches
 //!   exactly its address space) and the references its descriptors hold;
 //! - the program's own memory backend is moved to the program's pid at a
 //!   hand-off by fork (or an exec that failed) before any call is served;
