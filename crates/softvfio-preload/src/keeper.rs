@@ -799,24 +799,10 @@ impl Keeper {
         }
     }
 
-    /// The known processes whose exit is visible now (their pidfd is
-    /// readable: Linux makes it so before a `waitpid` can return, after
-    /// the process's files are closed).
+    /// The known processes whose exit is visible now.
     fn exited_since_poll(&self) -> Vec<i32> {
-        let (pids, mut pfds): (Vec<i32>, Vec<libc::pollfd>) = self
-            .procs
-            .iter()
-            .filter(|(_, p)| p.pidfd >= 0)
-            .map(|(pid, p)| (*pid, pollin(p.pidfd)))
-            .unzip();
-        if !matches!(real::poll(&mut pfds, 0), Ok(n) if n > 0) {
-            return Vec::new();
-        }
-        pids.into_iter()
-            .zip(&pfds)
-            .filter(|(_, pf)| pf.revents != 0)
-            .map(|(pid, _)| pid)
-            .collect()
+        let known: Vec<(i32, c_int)> = self.procs.iter().map(|(pid, p)| (*pid, p.pidfd)).collect();
+        exited_of(&known)
     }
 
     /// A new connection's first record: which process it is. The value
@@ -1081,6 +1067,26 @@ impl Keeper {
     }
 }
 
+/// Which of the processes `(pid, pidfd)` have exited: their pidfd is
+/// readable. Linux makes it so before a `waitpid` of the process can
+/// return, and closes the process's files before that. A process without
+/// a pidfd (-1) is left to the round's poll.
+fn exited_of(procs: &[(i32, c_int)]) -> Vec<i32> {
+    let (pids, mut pfds): (Vec<i32>, Vec<libc::pollfd>) = procs
+        .iter()
+        .filter(|(_, fd)| *fd >= 0)
+        .map(|(pid, fd)| (*pid, pollin(*fd)))
+        .unzip();
+    if !matches!(real::poll(&mut pfds, 0), Ok(n) if n > 0) {
+        return Vec::new();
+    }
+    pids.into_iter()
+        .zip(&pfds)
+        .filter(|(_, pf)| pf.revents != 0)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
 fn pollin(fd: c_int) -> libc::pollfd {
     libc::pollfd {
         fd,
@@ -1095,4 +1101,40 @@ fn reply(conn: c_int, val: i64, err: c_int, key: u64, fd: Option<c_int>) -> Resu
         &encode(&[kind::REPLY, val as u64, err as u64, key], &[]),
         fd,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The check the keeper makes before each call: a process that was
+    /// waited for (its files closed, as a parent's `waitpid` guarantees)
+    /// is seen as exited at once, without waiting for the keeper's next
+    /// poll; a live one is not. The parent's next call then finds the
+    /// child's references released (the flaky "device still open" leak
+    /// of `group_reopened_after_handoff_has_its_call_site`).
+    #[test]
+    fn a_process_waited_for_is_seen_exited_before_the_next_call() {
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let mut done = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let live_pid = live.id() as i32;
+        let done_pid = done.id() as i32;
+        // Before the wait: a zombie's pid is still there to open.
+        let live_fd = real::pidfd_open(live_pid).expect("pidfd of sleep");
+        let done_fd = real::pidfd_open(done_pid).expect("pidfd of true");
+        assert!(done.wait().expect("wait true").success());
+        let procs = [(live_pid, live_fd), (done_pid, done_fd), (1, -1)];
+        assert_eq!(exited_of(&procs), vec![done_pid]);
+        assert_eq!(exited_of(&procs[..1]), Vec::<i32>::new());
+        live.kill().expect("kill sleep");
+        live.wait().expect("wait sleep");
+        assert_eq!(exited_of(&procs[..1]), vec![live_pid]);
+        real::close_own(live_fd);
+        real::close_own(done_fd);
+    }
 }
