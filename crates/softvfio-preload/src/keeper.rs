@@ -22,8 +22,9 @@
 //!   rings the doorbell), and spins for the next request (policy
 //!   permitting) after serving one;
 //! - each process is known by pid, with a pidfd (its exit is noticed before
-//!   any later call is served: a process that waited for another's exit
-//!   finds its descriptors released), its memory (a backend that reaches
+//!   any later call is served, every pidfd looked at again just before each
+//!   call: a process that waited for another's exit finds its descriptors
+//!   released), its memory (a backend that reaches
 //!   exactly its address space) and the references its descriptors hold;
 //! - the program's own memory backend is moved to the program's pid at a
 //!   hand-off by fork (or an exec that failed) before any call is served;
@@ -756,15 +757,22 @@ impl Keeper {
                 }
             },
         };
-        // A caller killed since the poll: its call never happened (as a
-        // store that a SIGKILL beat), and it must not start a device's DMA
-        // from memory that is going away.
-        if let Some(p) = self.procs.get(&pid) {
-            let mut pf = [pollin(p.pidfd)];
-            if p.pidfd >= 0 && matches!(real::poll(&mut pf, 0), Ok(n) if n > 0) {
-                self.process_gone(pid);
-                return;
-            }
+        // Every process that exited since the round's poll is gone before
+        // this call is served, not only the caller: a caller that waited
+        // for another process's exit (waitpid) must find that process's
+        // files released, as Linux closed them before the exit could be
+        // waited for; served first, its close would find them still held
+        // by the dead process, whose later release would count them as
+        // left open (a leak the program never made). The caller itself
+        // killed since then: its call never happened (as a store that a
+        // SIGKILL beat), and it must not start a device's DMA from memory
+        // that is going away.
+        let exited = self.exited_since_poll();
+        for gone in &exited {
+            self.process_gone(*gone);
+        }
+        if exited.contains(&pid) {
+            return;
         }
         let mut link = self.link(conn);
         if !from_area {
@@ -789,6 +797,12 @@ impl Keeper {
         if let Some(fd) = fd {
             real::close_own(fd);
         }
+    }
+
+    /// The known processes whose exit is visible now.
+    fn exited_since_poll(&self) -> Vec<i32> {
+        let known: Vec<(i32, c_int)> = self.procs.iter().map(|(pid, p)| (*pid, p.pidfd)).collect();
+        exited_of(&known)
     }
 
     /// A new connection's first record: which process it is. The value
@@ -1053,6 +1067,26 @@ impl Keeper {
     }
 }
 
+/// Which of the processes `(pid, pidfd)` have exited: their pidfd is
+/// readable. Linux makes it so before a `waitpid` of the process can
+/// return, and closes the process's files before that. A process without
+/// a pidfd (-1) is left to the round's poll.
+fn exited_of(procs: &[(i32, c_int)]) -> Vec<i32> {
+    let (pids, mut pfds): (Vec<i32>, Vec<libc::pollfd>) = procs
+        .iter()
+        .filter(|(_, fd)| *fd >= 0)
+        .map(|(pid, fd)| (*pid, pollin(*fd)))
+        .unzip();
+    if !matches!(real::poll(&mut pfds, 0), Ok(n) if n > 0) {
+        return Vec::new();
+    }
+    pids.into_iter()
+        .zip(&pfds)
+        .filter(|(_, pf)| pf.revents != 0)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
 fn pollin(fd: c_int) -> libc::pollfd {
     libc::pollfd {
         fd,
@@ -1067,4 +1101,40 @@ fn reply(conn: c_int, val: i64, err: c_int, key: u64, fd: Option<c_int>) -> Resu
         &encode(&[kind::REPLY, val as u64, err as u64, key], &[]),
         fd,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The check the keeper makes before each call: a process that was
+    /// waited for (its files closed, as a parent's `waitpid` guarantees)
+    /// is seen as exited at once, without waiting for the keeper's next
+    /// poll; a live one is not. The parent's next call then finds the
+    /// child's references released (the flaky "device still open" leak
+    /// of `group_reopened_after_handoff_has_its_call_site`).
+    #[test]
+    fn a_process_waited_for_is_seen_exited_before_the_next_call() {
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let mut done = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let live_pid = live.id() as i32;
+        let done_pid = done.id() as i32;
+        // Before the wait: a zombie's pid is still there to open.
+        let live_fd = real::pidfd_open(live_pid).expect("pidfd of sleep");
+        let done_fd = real::pidfd_open(done_pid).expect("pidfd of true");
+        assert!(done.wait().expect("wait true").success());
+        let procs = [(live_pid, live_fd), (done_pid, done_fd), (1, -1)];
+        assert_eq!(exited_of(&procs), vec![done_pid]);
+        assert_eq!(exited_of(&procs[..1]), Vec::<i32>::new());
+        live.kill().expect("kill sleep");
+        live.wait().expect("wait sleep");
+        assert_eq!(exited_of(&procs[..1]), vec![live_pid]);
+        real::close_own(live_fd);
+        real::close_own(done_fd);
+    }
 }
