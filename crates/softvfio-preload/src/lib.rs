@@ -66,6 +66,11 @@ use std::sync::atomic::Ordering;
 
 use libc::{off_t, size_t, ssize_t, FILE};
 
+/// The library's large blocks are mappings of their own, not the
+/// program's heap's (see [`real::LibraryAlloc`]).
+#[global_allocator]
+static ALLOC: real::LibraryAlloc = real::LibraryAlloc;
+
 mod channel;
 mod claim;
 mod exec;

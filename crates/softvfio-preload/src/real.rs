@@ -152,6 +152,134 @@ pub unsafe fn raw_syscall(nr: c_long, a: [c_long; 6]) -> c_long {
     }
 }
 
+/// The library's own allocator: blocks of [`LibraryAlloc::LARGE`] bytes and
+/// more are anonymous mappings of their own, made and removed with the
+/// `syscall` instruction; smaller ones are the program's `malloc`'s.
+///
+/// Why: the library's Rust code allocates through the program's `malloc`
+/// (its heap, its locks), and a large block freed there changes how that
+/// `malloc` serves the program afterwards: glibc raises its mmap threshold
+/// to the size of an mmapped chunk freed (up to 32 MiB), so a program's
+/// later 1 MiB `malloc` would come from the heap instead of a mapping of
+/// its own, as it does without the library (the sanitizer's call-frame
+/// reader loads objects' unwind tables, megabytes, and frees them). With
+/// its large blocks kept out, the program's allocator behaves as it would
+/// without softvfio. The mappings bypass this library's `mmap`/`munmap`
+/// hooks (and their sanitizer checks): they are not the program's memory.
+pub struct LibraryAlloc;
+
+impl LibraryAlloc {
+    /// Blocks this large or larger are mappings of their own (glibc's own
+    /// default mmap threshold is 128 KiB: below it, nothing the library
+    /// frees can move the threshold).
+    pub const LARGE: usize = 64 * 1024;
+    const PAGE: usize = 4096;
+
+    fn large(layout: std::alloc::Layout) -> bool {
+        cfg!(target_arch = "x86_64") && layout.size() >= Self::LARGE && layout.align() <= Self::PAGE
+    }
+
+    fn mapped_len(size: usize) -> usize {
+        size.div_ceil(Self::PAGE) * Self::PAGE
+    }
+}
+
+/// A system call with the `syscall` instruction: no libc function, no
+/// lazy symbol lookup (which may allocate), so the allocator may use it.
+///
+/// # Safety
+/// `a` must be valid arguments of system call `nr`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn kernel_call(nr: c_long, a: [c_long; 6]) -> c_long {
+    let ret: c_long;
+    // SAFETY: system call `nr` with valid arguments (this function's
+    // contract); the instruction clobbers rcx and r11 only and uses no
+    // user stack.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") nr => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r9") a[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_call(_nr: c_long, _a: [c_long; 6]) -> c_long {
+    // Never reached: `LibraryAlloc::large` is false off x86-64.
+    -(libc::ENOSYS as c_long)
+}
+
+// SAFETY: every block is either the program's `malloc`'s (`System`, with
+// the layout it was asked for) or a fresh private anonymous mapping of at
+// least `size` bytes, page-aligned (so any alignment up to a page holds);
+// a block is freed by the same kind that made it, told apart by its
+// layout's size and alignment, which Rust passes back unchanged.
+unsafe impl std::alloc::GlobalAlloc for LibraryAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if !Self::large(layout) {
+            // SAFETY: the caller's layout (this trait's contract).
+            return unsafe { std::alloc::System.alloc(layout) };
+        }
+        let len = Self::mapped_len(layout.size()) as c_long;
+        let prot = c_long::from(libc::PROT_READ | libc::PROT_WRITE);
+        let flags = c_long::from(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS);
+        // SAFETY: mmap of a new anonymous mapping: no existing memory is
+        // touched.
+        let r = unsafe { kernel_call(libc::SYS_mmap, [0, len, prot, flags, -1, 0]) };
+        if (-4095..0).contains(&r) {
+            std::ptr::null_mut()
+        } else {
+            r as *mut u8
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        if !Self::large(layout) {
+            // SAFETY: made by `System.alloc` with this layout (above).
+            return unsafe { std::alloc::System.dealloc(ptr, layout) };
+        }
+        let len = Self::mapped_len(layout.size()) as c_long;
+        // SAFETY: `ptr` is the start of the mapping `alloc` made for this
+        // layout, `len` its length; nothing uses it after this call.
+        unsafe { kernel_call(libc::SYS_munmap, [ptr as c_long, len, 0, 0, 0, 0]) };
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        let Ok(new) = std::alloc::Layout::from_size_align(new_size, layout.align()) else {
+            return std::ptr::null_mut();
+        };
+        if !Self::large(layout) && !Self::large(new) {
+            // SAFETY: a block of `System`'s with this layout, resized
+            // within `System` (this trait's contract).
+            return unsafe { std::alloc::System.realloc(ptr, layout, new_size) };
+        }
+        // Across kinds (or between two mappings): a new block, the bytes
+        // copied, the old freed.
+        // SAFETY: `new` has a non-zero size (large, or resized from a
+        // large block to a size the caller asked for, non-zero by this
+        // trait's contract).
+        let to = unsafe { self.alloc(new) };
+        if !to.is_null() {
+            // SAFETY: both blocks are live and distinct, each at least the
+            // smaller of the two sizes long.
+            unsafe { std::ptr::copy_nonoverlapping(ptr, to, layout.size().min(new_size)) };
+            // SAFETY: `ptr` was allocated by this allocator with `layout`.
+            unsafe { self.dealloc(ptr, layout) };
+        }
+        to
+    }
+}
+
 /// Is the loaded object that holds address `addr` glibc's `libc.so`
 /// (dladdr; its file name's last component)? Allocates nothing: asked
 /// from `free`.
