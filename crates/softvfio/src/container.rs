@@ -186,14 +186,26 @@ impl Container {
     /// The sanitizer's recorder kept in the type1 state's `slot` (made on
     /// first use), if a sanitizer runs: recording then takes no lock but
     /// the container's, which the caller holds.
+    #[inline]
     pub(crate) fn history_in<'t>(
         &self,
         slot: &'t mut Option<crate::sanitizer::Recorder>,
     ) -> Option<&'t mut crate::sanitizer::Recorder> {
         if slot.is_none() {
-            *slot = Some(self.sanitizer.get()?.recorder());
+            self.make_recorder(slot);
         }
         slot.as_mut()
+    }
+
+    /// The first record of a sanitized container makes its recorder (kept
+    /// out of line: a `Recorder` is built in a large stack frame, which
+    /// every map and unmap would otherwise set up).
+    #[cold]
+    #[inline(never)]
+    fn make_recorder(&self, slot: &mut Option<crate::sanitizer::Recorder>) {
+        if let Some(s) = self.sanitizer.get() {
+            *slot = Some(s.recorder());
+        }
     }
 
     /// The sanitizer recording this container, if any.

@@ -188,6 +188,7 @@ impl std::fmt::Display for ProcessEnd {
 ///
 /// (Thread-local storage may be gone while a thread or process exits, e.g.
 /// in an `atexit` report: then there is simply no call site.)
+#[inline]
 pub fn with_call_site<R>(site: Option<Arc<CallSite>>, f: impl FnOnce() -> R) -> R {
     let old = CURRENT_SITE.try_with(|c| c.replace(site)).ok().flatten();
     let r = f();
