@@ -815,10 +815,15 @@ impl VfioHandler {
         // madvise: Linux answers 0 on memory mapped for DMA (and the
         // program goes on with other pages than the device's); here the
         // pin's mlock makes it EINVAL. Either way the program meant the
-        // memory to go; an unaligned address is EINVAL on Linux too.
+        // memory to go; an unaligned address is EINVAL on Linux too, and
+        // so is memory the program locked itself (then nothing goes: a
+        // program that locks memory is not reported on EINVAL).
         if let Some(cause) = madvise {
             let page = 4096;
-            if res == 0 || (res == -i64::from(libc::EINVAL) && a[0].is_multiple_of(page)) {
+            let own_locks = self.mems.get(&t.pid()).is_some_and(|m| m.program_locks());
+            let refused_by_our_lock =
+                res == -i64::from(libc::EINVAL) && a[0].is_multiple_of(page) && !own_locks;
+            if res == 0 || refused_by_our_lock {
                 let len = a[1].div_ceil(page) * page;
                 self.report_going_away(&s, owner, site, a[0], len, cause);
             }

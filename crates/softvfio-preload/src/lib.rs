@@ -963,7 +963,13 @@ pub unsafe extern "C" fn lseek64(fd: c_int, off: off_t, whence: c_int) -> off_t 
 
 /// The program locks memory itself: the engine's pins must leave its locks
 /// (`HostMemory::note_program_locks`).
+/// The program called `mlock`, `mlock2` or `mlockall` in this process
+/// (kept apart from the engine's memory, which a process past the hand-off
+/// no longer has).
+static PROGRAM_LOCKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn program_locks() {
+    PROGRAM_LOCKS.store(true, Ordering::Relaxed);
     with_existing(|st| st.note_program_locks());
 }
 
@@ -1148,7 +1154,12 @@ pub(crate) fn sanitize_after_madvise(addr: u64, len: u64, cause: StaleCause, res
     // MADV_REMOVE takes pages away only from shared writable memory.
     let applies = cause != StaleCause::MadvRemove
         || softvfio_platform::sanitize::is_shared_writable(None, addr);
-    if applies && (res == 0 || (saved == libc::EINVAL && addr.is_multiple_of(page))) {
+    // EINVAL: the pin's mlock refused what Linux does (module docs), unless
+    // the program locks memory itself, when Linux refuses it too.
+    let own_locks = PROGRAM_LOCKS.load(Ordering::Relaxed)
+        || with_existing(|st| st.program_locks()).unwrap_or(false);
+    let refused_by_our_lock = saved == libc::EINVAL && addr.is_multiple_of(page) && !own_locks;
+    if applies && (res == 0 || refused_by_our_lock) {
         sanitize::going_away(addr, len.div_ceil(page) * page, cause);
     }
     real::set_errno(saved);

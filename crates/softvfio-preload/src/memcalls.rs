@@ -354,13 +354,17 @@ unsafe fn mmapped_block(mem: *mut c_void) -> Option<(u64, u64)> {
         return None;
     }
     let words = mem.cast::<usize>();
-    // SAFETY: glibc's header of a live block: the two words before it, in
-    // the same mapping as the block (this function's contract), the words
+    // SAFETY: glibc's size word of a live block, just before it, in the
+    // same mapping as the block (this function's contract): the word
     // glibc's free reads first itself.
-    let (prev_size, size) = unsafe { (words.sub(2).read(), words.sub(1).read()) };
+    let size = unsafe { words.sub(1).read() };
     if size & IS_MMAPPED == 0 {
         return None;
     }
+    // SAFETY: an mmapped chunk's header: its `prev_size` word precedes the
+    // size word in the same page (glibc aligns the block within the
+    // mapping it made), as glibc's munmap_chunk reads it.
+    let prev_size = unsafe { words.sub(2).read() };
     let chunk = (mem as u64).checked_sub(16)?;
     let start = chunk.checked_sub(prev_size as u64)?;
     let len = (prev_size as u64).checked_add((size & !SIZE_FLAGS) as u64)?;

@@ -243,6 +243,15 @@ unsafe impl std::alloc::GlobalAlloc for LibraryAlloc {
         }
     }
 
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if !Self::large(layout) {
+            // SAFETY: the caller's layout (this trait's contract).
+            return unsafe { std::alloc::System.alloc_zeroed(layout) };
+        }
+        // SAFETY: as `alloc`; a fresh anonymous mapping reads as zeros.
+        unsafe { self.alloc(layout) }
+    }
+
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         if !Self::large(layout) {
             // SAFETY: made by `System.alloc` with this layout (above).
@@ -450,11 +459,12 @@ pub mod own_stack {
     /// leave its thread (not `Send`).
     pub struct Stack {
         /// The instruction pointer at `here`.
-        pub ip: u64,
-        /// The stack pointer at `here`.
-        pub sp: u64,
+        ip: u64,
+        /// The stack pointer at `here`: the lower bound of what `read`
+        /// reads (private: a safe `read` relies on it).
+        sp: u64,
         /// The frame pointer register at `here` (whatever it held).
-        pub bp: u64,
+        bp: u64,
         high: u64,
         _thread: std::marker::PhantomData<*const ()>,
     }
@@ -492,6 +502,21 @@ pub mod own_stack {
                 high,
                 _thread: std::marker::PhantomData,
             })
+        }
+
+        /// The instruction pointer at `here`.
+        pub fn ip(&self) -> u64 {
+            self.ip
+        }
+
+        /// The stack pointer at `here`.
+        pub fn sp(&self) -> u64 {
+            self.sp
+        }
+
+        /// The frame pointer register at `here`.
+        pub fn bp(&self) -> u64 {
+            self.bp
         }
 
         /// The word at `addr`, when it lies between the stack pointer at

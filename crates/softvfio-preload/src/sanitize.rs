@@ -95,10 +95,12 @@ static WALK_MAPS: std::sync::Mutex<Option<ProcessMaps>> = std::sync::Mutex::new(
 fn return_addresses(maps: &mut ProcessMaps, out: &mut [u64]) -> usize {
     #[cfg(target_arch = "x86_64")]
     if let Some(stack) = real::own_stack::Stack::here() {
-        let walked = maps.walk_cfi(stack.ip, stack.sp, stack.bp, WALK_FRAMES, |a| stack.read(a));
+        let walked = maps.walk_cfi(stack.ip(), stack.sp(), stack.bp(), WALK_FRAMES, |a| {
+            stack.read(a)
+        });
         if let Some(frames) = walked {
             // The last frame of this library before the program's.
-            let own = maps.frame(stack.ip).object;
+            let own = maps.frame(stack.ip()).object;
             let first = frames
                 .iter()
                 .position(|a| maps.frame(*a).object != own)

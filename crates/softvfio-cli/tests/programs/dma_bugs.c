@@ -23,6 +23,8 @@
  *   madv-free     madvise(MADV_FREE) of memory mapped for DMA
  *   madv-remove   madvise(MADV_REMOVE) of shared memory mapped for DMA
  *   madv-remove-private  the same of private memory (EINVAL on Linux too)
+ *   madv-dontneed-mlocked  MADV_DONTNEED of memory the program mlocked
+ *                 itself before mapping it (EINVAL on Linux too)
  *   deep          maps 101 calls down (1 KiB frames), unmaps, DMAs
  *   altstack      maps from a signal handler on a sigaltstack, unmaps, DMAs
  *   thread        maps from another thread (its own stack), unmaps, DMAs
@@ -355,7 +357,8 @@ int main(int argc, char **argv) {
     free(big);
     unmap_buffer(IOVA);
   } else if (!strcmp(what, "madv-dontneed") || !strcmp(what, "madv-free") ||
-             !strcmp(what, "madv-remove") || !strcmp(what, "madv-remove-private")) {
+             !strcmp(what, "madv-remove") || !strcmp(what, "madv-remove-private") ||
+             !strcmp(what, "madv-dontneed-mlocked")) {
     int advice = !strcmp(what, "madv-free") ? MADV_FREE
                  : !strncmp(what, "madv-remove", 11) ? MADV_REMOVE : MADV_DONTNEED;
     if (!strcmp(what, "madv-remove")) {
@@ -363,6 +366,7 @@ int main(int argc, char **argv) {
       buf = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
       if (buf == MAP_FAILED) die("mmap shared");
     }
+    if (!strcmp(what, "madv-dontneed-mlocked") && mlock(buf, LEN)) die("mlock");
     map_buffer(buf, IOVA, 3);
     int r = madvise(buf, LEN, advice);
     /* Linux: 0 (the device keeps the old pages); softvfio: EINVAL. */

@@ -712,9 +712,9 @@ pub fn not_stale(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
         &err,
         &["sanitizer: 0 fault(s), 0 stale mapping(s), 0 leak(s), 0 device note(s)"],
     );
-    if scenario == "madv-free" || scenario == "madv-remove-private" {
+    if ["madv-free", "madv-remove-private", "madv-dontneed-mlocked"].contains(&scenario) {
         // The pin's mlock (Linux: 0 for MADV_FREE, EINVAL for MADV_REMOVE
-        // of private memory).
+        // of private memory and for memory the program locked itself).
         assert!(out.contains("madvise 22\n"), "{out}");
     }
 }
@@ -850,6 +850,10 @@ macro_rules! every_scenario {
         $scenario!(madvise_remove_of_private_memory_is_not_stale, |s, m, b| {
             sc::not_stale(s, m, b, "madv-remove-private")
         });
+        $scenario!(
+            madvise_dontneed_of_memory_the_program_locked_is_not_stale,
+            |s, m, b| { sc::not_stale(s, m, b, "madv-dontneed-mlocked") }
+        );
         $scenario!(stale_mapping_after_handoff_free, |s, m, b| {
             sc::stale_after_handoff(s, m, b, "free")
         });

@@ -509,6 +509,12 @@ impl HostMemory {
         self.program_locks.store(true, Ordering::Relaxed);
     }
 
+    /// Does the program lock memory itself (it called `mlock`, `mlock2` or
+    /// `mlockall`, or held locked memory when this backend was made)?
+    pub fn program_locks(&self) -> bool {
+        self.program_locks.load(Ordering::Relaxed)
+    }
+
     /// Sets `program_locks` when the process holds locked memory now.
     fn with_program_locks_seen(self) -> Self {
         if procfs::vmlck_bytes(self.target.pid()).is_some_and(|b| b > 0) {
