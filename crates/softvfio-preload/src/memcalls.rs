@@ -110,26 +110,10 @@ pub unsafe extern "C" fn syscall(
 /// `a` must be valid arguments of system call `nr`.
 #[cfg(target_arch = "x86_64")]
 unsafe fn pass_on(nr: c_long, a: [c_long; 6]) -> c_long {
-    let ret: c_long;
     // SAFETY: the program's system call with its arguments (this
-    // function's contract), in the kernel's registers; the instruction
-    // clobbers rcx and r11 only and uses no user stack. Memory is not
-    // declared untouched: the call may read and write the program's.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            inlateout("rax") nr => ret,
-            in("rdi") a[0],
-            in("rsi") a[1],
-            in("rdx") a[2],
-            in("r10") a[3],
-            in("r8") a[4],
-            in("r9") a[5],
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
+    // function's contract); the call may read and write the program's
+    // memory, as it asked.
+    let ret = unsafe { real::kernel_call(nr, a) };
     // -4095..-1 is an errno, as glibc reads it.
     if (-4095..0).contains(&ret) {
         real::set_errno(-ret as c_int);

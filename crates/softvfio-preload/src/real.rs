@@ -185,16 +185,19 @@ impl LibraryAlloc {
 }
 
 /// A system call with the `syscall` instruction: no libc function, no
-/// lazy symbol lookup (which may allocate), so the allocator may use it.
+/// lazy symbol lookup (which may allocate), so the allocator may use it;
+/// also how the program's raw `syscall()` of a number the library does
+/// not serve is made. Returns the kernel's answer (-4095..-1: an errno).
 ///
 /// # Safety
 /// `a` must be valid arguments of system call `nr`.
 #[cfg(target_arch = "x86_64")]
-unsafe fn kernel_call(nr: c_long, a: [c_long; 6]) -> c_long {
+pub unsafe fn kernel_call(nr: c_long, a: [c_long; 6]) -> c_long {
     let ret: c_long;
     // SAFETY: system call `nr` with valid arguments (this function's
     // contract); the instruction clobbers rcx and r11 only and uses no
-    // user stack.
+    // user stack. Memory is not declared untouched: the call may read and
+    // write the process's.
     unsafe {
         std::arch::asm!(
             "syscall",
@@ -214,7 +217,7 @@ unsafe fn kernel_call(nr: c_long, a: [c_long; 6]) -> c_long {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_call(_nr: c_long, _a: [c_long; 6]) -> c_long {
+pub unsafe fn kernel_call(_nr: c_long, _a: [c_long; 6]) -> c_long {
     // Never reached: `LibraryAlloc::large` is false off x86-64.
     -(libc::ENOSYS as c_long)
 }
