@@ -1275,8 +1275,13 @@ impl UserMemory for HostMemory {
 
     fn write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
         self.check_live()?;
-        let pid = self.target.pid();
-        if !self.own_writes && pid == ffi::getpid() {
+        // Is the target this process? (`Current` is, by definition: no
+        // second `getpid` system call per write for it.)
+        let (pid, is_self) = match self.target {
+            Target::Current => (ffi::getpid(), true),
+            Target::Pid(p) => (p, p == ffi::getpid()),
+        };
+        if !self.own_writes && is_self {
             return Err(MemError::Fault);
         }
         let mut done = 0;
