@@ -320,6 +320,7 @@ static int case_orphan(char **argv) {
 #define S_ADDR 0x6c0000000ul
 #define R_ADDR 0x6d0000000ul
 #define IOVA_S 0x400000
+#define IOVA_M 0x500000
 #define IOVA_R 0x500000
 static void kept_owner(char **argv) {
   int g, c = open_edu(argv, &g);
@@ -818,6 +819,13 @@ static int case_madvise(char **argv) {
   edu_dma(EDU_BUF, IOVA_Z, 64, 1);
   printf("madv_remove_shared_device_reads_old %s\n", all_are(z, 64, 'S') ? "yes" : "no");
   unmap(c, IOVA_S, PG);
+  /* MADV_DONTNEED of a page the program mlocked itself: refused (the
+   * DMA sanitizer does not report it). */
+  char *m = fixed_page(X_ADDR + 32 * PG, PG, 'M');
+  if (mlock(m, PG)) die("mlock");
+  if (map(c, IOVA_M, m, PG)) die("map mlocked");
+  printf("madv_dontneed_program_mlocked %s\n", err(madvise(m, PG, MADV_DONTNEED)));
+  unmap(c, IOVA_M, PG);
   printf("unmap %s\n", errno_name(unmap(c, IOVA_X, 2 * PG)));
   close(devfd);
   close(g);
