@@ -1129,6 +1129,23 @@ fn reply(conn: c_int, val: i64, err: c_int, key: u64, fd: Option<c_int>) -> Resu
 mod tests {
     use super::*;
 
+    /// A live process (`sleep`) and its pidfd, and the pid and pidfd of
+    /// one that exited and was waited for (`true`; its pidfd opened
+    /// before the wait, while its pid was still there to open).
+    fn live_and_waited_for() -> (std::process::Child, c_int, i32, c_int) {
+        let live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let mut done = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let live_fd = real::pidfd_open(live.id() as i32).expect("pidfd of sleep");
+        let done_fd = real::pidfd_open(done.id() as i32).expect("pidfd of true");
+        assert!(done.wait().expect("wait true").success());
+        (live, live_fd, done.id() as i32, done_fd)
+    }
+
     /// The check the keeper makes before each call: a process that was
     /// waited for (its files closed, as a parent's `waitpid` guarantees)
     /// is seen as exited at once, without waiting for the keeper's next
@@ -1137,19 +1154,8 @@ mod tests {
     /// of `group_reopened_after_handoff_has_its_call_site`).
     #[test]
     fn a_process_waited_for_is_seen_exited_before_the_next_call() {
-        let mut live = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
-        let mut done = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
+        let (mut live, live_fd, done_pid, done_fd) = live_and_waited_for();
         let live_pid = live.id() as i32;
-        let done_pid = done.id() as i32;
-        // Before the wait: a zombie's pid is still there to open.
-        let live_fd = real::pidfd_open(live_pid).expect("pidfd of sleep");
-        let done_fd = real::pidfd_open(done_pid).expect("pidfd of true");
-        assert!(done.wait().expect("wait true").success());
         let procs = [(live_pid, live_fd), (done_pid, done_fd), (1, -1)];
         let mut check = ExitCheck::default();
         assert_eq!(check.run(procs), [done_pid]);
@@ -1167,19 +1173,10 @@ mod tests {
     /// whether processes exited or not.
     #[test]
     fn the_exit_check_allocates_nothing_per_call() {
-        let mut live = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
-        let mut done = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
-        let live_fd = real::pidfd_open(live.id() as i32).expect("pidfd of sleep");
-        let done_fd = real::pidfd_open(done.id() as i32).expect("pidfd of true");
-        assert!(done.wait().expect("wait true").success());
-        let procs = [(live.id() as i32, live_fd), (done.id() as i32, done_fd)];
+        let (mut live, live_fd, done_pid, done_fd) = live_and_waited_for();
+        let procs = [(live.id() as i32, live_fd), (done_pid, done_fd)];
         let mut check = ExitCheck::default();
-        assert_eq!(check.run(procs), [done.id() as i32]);
+        assert_eq!(check.run(procs), [done_pid]);
         let before = real::allocations_on_this_thread();
         for _ in 0..100 {
             assert_eq!(check.run(procs).len(), 1);
