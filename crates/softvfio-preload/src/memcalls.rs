@@ -5,7 +5,9 @@
 //!   library serves through a named hook (memory calls, the descriptor
 //!   table's calls, opens, ioctl, pread/pwrite) goes to that hook, which
 //!   passes the call on through libc's wrapper of the same system call (the
-//!   same kernel call, answer and errno). Every other number is made as
+//!   same kernel call, answer and errno), with the thread's cancellation
+//!   disabled meanwhile (glibc's `syscall` is no cancellation point; the
+//!   wrappers are). Every other number is made as
 //!   glibc's `syscall` makes it, with the `syscall` instruction on x86-64
 //!   (`fcntl` too: the library's own raw `fcntl`s would have to leave this
 //!   path first; a raw `F_DUPFD` of a VFIO descriptor stays unseen,
@@ -94,9 +96,11 @@ pub unsafe extern "C" fn syscall(
         // SAFETY: the program's call, passed on unchanged.
         return unsafe { pass_on(nr, a) };
     }
+    // glibc's `syscall` is no cancellation point; the wrappers the hooks
+    // call (close, openat, pread, ...) are.
     // SAFETY: the program's arguments for system call `nr` (this
     // function's contract) are the arguments of libc's wrapper of it.
-    unsafe { serve(nr, a) }
+    real::without_cancel(|| unsafe { serve(nr, a) })
 }
 
 /// A system call this library does not serve, as glibc's `syscall` makes

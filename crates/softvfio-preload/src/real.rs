@@ -482,6 +482,32 @@ extern "C" {
     /// glibc's `backtrace(3)` (execinfo.h): unwinds with the DWARF call
     /// frame information, frame pointers or not.
     fn backtrace(buffer: *mut *mut c_void, size: c_int) -> c_int;
+    /// POSIX `pthread_setcancelstate` (not in the libc crate for glibc).
+    fn pthread_setcancelstate(state: c_int, old: *mut c_int) -> c_int;
+}
+
+/// glibc's `PTHREAD_CANCEL_DISABLE` (pthread.h).
+const PTHREAD_CANCEL_DISABLE: c_int = 1;
+
+/// `f` with the calling thread's cancellation disabled: libc's wrappers
+/// it calls (close, openat, pread, ...) are then no cancellation points,
+/// as a call the program made without one (its raw `syscall()`) must not
+/// be. The thread's state is put back after; a deferred cancel still
+/// pending then acts at the program's next cancellation point, as it
+/// would without the library (an asynchronous one acts at once, which it
+/// could have done anywhere).
+pub fn without_cancel<T>(f: impl FnOnce() -> T) -> T {
+    let mut old: c_int = 0;
+    // SAFETY: sets the calling thread's cancel state; `old` is a live
+    // local the call writes the previous state into.
+    let set = unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut old) } == 0;
+    let r = f();
+    if set {
+        // SAFETY: puts back the state read above; the previous state's
+        // slot is not wanted.
+        unsafe { pthread_setcancelstate(old, std::ptr::null_mut()) };
+    }
+    r
 }
 
 /// The return addresses of the calling thread's frames, innermost first
