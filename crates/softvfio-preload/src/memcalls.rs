@@ -482,8 +482,7 @@ mod tests {
         unsafe { libc::mincore(start as *mut c_void, len as size_t, vec.as_mut_ptr()) == 0 }
     }
 
-    /// The chunk of a block with an alignment of its own, from
-    /// posix_memalign (`None`: refused).
+    /// A block aligned to `align`, from posix_memalign (`None`: refused).
     fn aligned(align: usize, size: usize) -> Option<*mut c_void> {
         let mut p = std::ptr::null_mut();
         // SAFETY: posix_memalign writes the block's address into `p`.

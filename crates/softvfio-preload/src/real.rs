@@ -153,8 +153,9 @@ pub unsafe fn raw_syscall(nr: c_long, a: [c_long; 6]) -> c_long {
 }
 
 /// The library's own allocator: blocks of [`LibraryAlloc::LARGE`] bytes and
-/// more are anonymous mappings of their own, made and removed with the
-/// `syscall` instruction; smaller ones are the program's `malloc`'s.
+/// more are anonymous mappings of their own, made, resized (`mremap`) and
+/// removed with the `syscall` instruction; smaller ones are the program's
+/// `malloc`'s.
 ///
 /// Why: the library's Rust code allocates through the program's `malloc`
 /// (its heap, its locks), and a large block freed there changes how that
@@ -181,6 +182,41 @@ impl LibraryAlloc {
 
     fn mapped_len(size: usize) -> usize {
         size.div_ceil(Self::PAGE) * Self::PAGE
+    }
+
+    /// A mapping of this allocator's resized with `mremap`
+    /// (`MREMAP_MAYMOVE`): the kernel moves the page table entries, so
+    /// no byte is copied and no page the block never touched is made
+    /// resident; a block that shrinks (or stays within its pages) keeps
+    /// its address. Null when the kernel refuses; the block is then as it
+    /// was (mremap changes nothing when it fails).
+    ///
+    /// # Safety
+    /// `ptr` must be the start of a mapping made by [`LibraryAlloc`] for a
+    /// block of `old_size` bytes, not used after this call unless it
+    /// answers null.
+    unsafe fn remap(ptr: *mut u8, old_size: usize, new_size: usize) -> *mut u8 {
+        let (old_len, new_len) = (Self::mapped_len(old_size), Self::mapped_len(new_size));
+        if old_len == new_len {
+            return ptr;
+        }
+        let may_move = c_long::from(libc::MREMAP_MAYMOVE);
+        let args = [
+            ptr as c_long,
+            old_len as c_long,
+            new_len as c_long,
+            may_move,
+            0,
+            0,
+        ];
+        // SAFETY: mremap of the whole mapping the allocator made for this
+        // block (this function's contract); its bytes move with it.
+        let r = unsafe { kernel_call(libc::SYS_mremap, args) };
+        if (-4095..0).contains(&r) {
+            std::ptr::null_mut()
+        } else {
+            r as *mut u8
+        }
     }
 }
 
@@ -299,43 +335,6 @@ unsafe impl std::alloc::GlobalAlloc for LibraryAlloc {
                 }
                 to
             }
-        }
-    }
-}
-
-impl LibraryAlloc {
-    /// A mapping of this allocator's resized with `mremap`
-    /// (`MREMAP_MAYMOVE`): the kernel moves the page table entries, so
-    /// no byte is copied and no page the block never touched is made
-    /// resident; a block that shrinks (or stays within its pages) keeps
-    /// its address. Null when the kernel refuses; the block is then as it
-    /// was (mremap changes nothing when it fails).
-    ///
-    /// # Safety
-    /// `ptr` must be the start of a mapping made by [`LibraryAlloc`] for a
-    /// block of `old_size` bytes, not used after this call unless it
-    /// answers null.
-    unsafe fn remap(ptr: *mut u8, old_size: usize, new_size: usize) -> *mut u8 {
-        let (old_len, new_len) = (Self::mapped_len(old_size), Self::mapped_len(new_size));
-        if old_len == new_len {
-            return ptr;
-        }
-        let may_move = c_long::from(libc::MREMAP_MAYMOVE);
-        let args = [
-            ptr as c_long,
-            old_len as c_long,
-            new_len as c_long,
-            may_move,
-            0,
-            0,
-        ];
-        // SAFETY: mremap of the whole mapping the allocator made for this
-        // block (this function's contract); its bytes move with it.
-        let r = unsafe { kernel_call(libc::SYS_mremap, args) };
-        if (-4095..0).contains(&r) {
-            std::ptr::null_mut()
-        } else {
-            r as *mut u8
         }
     }
 }
