@@ -792,12 +792,8 @@ impl VfioHandler {
                 Some(StaleCause::MadvDontneed)
             }
             // Pages go only from shared writable memory (Linux answers
-            // EINVAL or EACCES elsewhere).
-            (libc::SYS_madvise, libc::MADV_REMOVE)
-                if sanitize::is_shared_writable(Some(t.pid()), a[0]) =>
-            {
-                Some(StaleCause::MadvRemove)
-            }
+            // EINVAL or EACCES elsewhere): which, after the call.
+            (libc::SYS_madvise, libc::MADV_REMOVE) => Some(StaleCause::MadvRemove),
             (libc::SYS_madvise, _) => return None,
             _ => None,
         };
@@ -819,13 +815,12 @@ impl VfioHandler {
         // so is memory the program locked itself (then nothing goes: a
         // program that locks memory is not reported on EINVAL).
         if let Some(cause) = madvise {
-            let page = 4096;
             let own_locks = self.mems.get(&t.pid()).is_some_and(|m| m.program_locks());
-            let refused_by_our_lock =
-                res == -i64::from(libc::EINVAL) && a[0].is_multiple_of(page) && !own_locks;
-            if res == 0 || refused_by_our_lock {
-                let len = a[1].div_ceil(page) * page;
-                self.report_going_away(&s, owner, site, a[0], len, cause);
+            let errno = i32::try_from(-res).unwrap_or(0);
+            if res == 0 || sanitize::madvise_walked(cause, a[0], errno, own_locks) {
+                for (addr, len) in sanitize::madvise_takes(Some(t.pid()), cause, a[0], a[1]) {
+                    self.report_going_away(&s, owner, site.clone(), addr, len, cause);
+                }
             }
             return Some(Ok(res));
         }

@@ -17,10 +17,8 @@
 //! `highest` is the end of the highest window word the walk read.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use softvfio::account::MmAccount;
-use softvfio::memory::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory};
+use softvfio::memory::{MemError, UserMemory};
 
 /// Bytes a window grows by at most in one read, past the word asked for.
 const PAGE: u64 = 4096;
@@ -182,6 +180,11 @@ impl<'a> WindowedMemory<'a> {
         }
     }
 
+    /// The memory the window is over.
+    fn inner(&self) -> &dyn UserMemory {
+        self.inner
+    }
+
     /// The window's bytes of `[vaddr, vaddr + len)`, when it holds them all.
     fn held(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
         if !self.fresh.load(Ordering::Relaxed) {
@@ -193,24 +196,9 @@ impl<'a> WindowedMemory<'a> {
 }
 
 impl UserMemory for WindowedMemory<'_> {
-    fn pin(
-        &self,
-        vaddr: u64,
-        len: u64,
-        write: bool,
-        on_run: &mut dyn FnMut(PinnedRun) -> Result<(), MemError>,
-    ) -> Result<(), MemError> {
-        self.inner.pin(vaddr, len, write, on_run)
-    }
-    fn is_device_range(&self, vaddr: u64, len: u64) -> bool {
-        self.inner.is_device_range(vaddr, len)
-    }
-    fn device_bytes(&self, vaddr: u64, len: u64) -> u64 {
-        self.inner.device_bytes(vaddr, len)
-    }
-    fn unpin(&self, vaddr: u64, len: u64) {
-        self.inner.unpin(vaddr, len)
-    }
+    softvfio::forward_user_memory!(inner: pin, is_device_range, device_bytes, unpin, dma_read,
+        lock_policy, cap_sys_resource, account, stats, describe, svm_view, shared);
+
     fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
         match self.held(vaddr, buf.len()) {
             Some(b) => {
@@ -220,37 +208,15 @@ impl UserMemory for WindowedMemory<'_> {
             None => self.inner.read(vaddr, buf),
         }
     }
+
     fn write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
         self.fresh.store(false, Ordering::Relaxed);
         self.inner.write(vaddr, data)
     }
-    fn dma_read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.inner.dma_read(vaddr, buf)
-    }
+
     fn dma_write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
         self.fresh.store(false, Ordering::Relaxed);
         self.inner.dma_write(vaddr, data)
-    }
-    fn lock_policy(&self) -> LockPolicy {
-        self.inner.lock_policy()
-    }
-    fn cap_sys_resource(&self) -> bool {
-        self.inner.cap_sys_resource()
-    }
-    fn account(&self) -> &Arc<MmAccount> {
-        self.inner.account()
-    }
-    fn stats(&self) -> PinStats {
-        self.inner.stats()
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn svm_view(&self) -> Option<Arc<dyn UserMemory>> {
-        self.inner.svm_view()
-    }
-    fn shared(&self) -> Option<Arc<dyn UserMemory>> {
-        self.inner.shared()
     }
 }
 

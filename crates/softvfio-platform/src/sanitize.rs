@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use softvfio::sanitizer::{
-    CallSite, Event, EventKind, Frame, IovaHistory, RegionView, Sanitizer, StaleReport, Via,
+    CallSite, Event, EventKind, Frame, IovaHistory, RegionView, Sanitizer, StaleCause, StaleReport,
+    Via,
 };
 
 use crate::report::human_bytes;
@@ -1367,53 +1368,127 @@ fn process_sections(
         .collect()
 }
 
-/// Is `addr` in a shared writable mapping of process `pid` (`None`: this
-/// one), by its `/proc/<pid>/maps` (`rw?s`)? Only there does
-/// `madvise(MADV_REMOVE)` take pages away (Linux answers EINVAL for
-/// private memory, EACCES for a read-only mapping).
-pub fn is_shared_writable(pid: Option<i32>, addr: u64) -> bool {
+/// Did a `madvise` of memory mapped for DMA that failed with `errno` get
+/// as far as Linux's walk over the range's mappings (so that Linux took
+/// pages away, [`madvise_takes`])? An unaligned address fails before it,
+/// on Linux too. EINVAL is the pin's mlock refusing what Linux does,
+/// unless the program locks memory itself (then Linux may refuse it too,
+/// and nothing is reported). For `MADV_REMOVE`, ENOMEM (a hole) and
+/// EACCES (a mapping of another kind) come from the walk after it took
+/// what lay before.
+pub fn madvise_walked(cause: StaleCause, addr: u64, errno: i32, own_locks: bool) -> bool {
+    if !addr.is_multiple_of(4096) {
+        return false;
+    }
+    match errno {
+        libc::EINVAL => !own_locks,
+        libc::ENOMEM | libc::EACCES => cause == StaleCause::MadvRemove,
+        _ => false,
+    }
+}
+
+/// The pieces of `[addr, addr + len)` whose pages `madvise` with the
+/// advice of `cause` takes away in process `pid` (`None`: this one), had
+/// it run as on Linux: for `MADV_REMOVE` [`madv_remove_takes`], for the
+/// others the whole range, pages rounded up.
+pub fn madvise_takes(pid: Option<i32>, cause: StaleCause, addr: u64, len: u64) -> Vec<(u64, u64)> {
+    if cause == StaleCause::MadvRemove {
+        return madv_remove_takes(pid, addr, len);
+    }
+    vec![(addr, len.div_ceil(4096) * 4096)]
+}
+
+/// The pieces of `[addr, addr + len)` (`addr` page-aligned, `len` rounded
+/// up to pages) whose pages `madvise(MADV_REMOVE)` takes away in process
+/// `pid` (`None`: this one), by its `/proc/<pid>/maps`. Linux walks the
+/// mappings of the range in address order: it skips a hole (answering
+/// ENOMEM at the end), punches the pages of each shared writable mapping
+/// (`rw?s`) out of the object behind it, and stops at the first mapping
+/// of another kind (EINVAL for private anonymous memory, EACCES for a
+/// read-only or private file mapping): what lies before that mapping
+/// went, nothing after it did (tests-oracle/kernel-6.1-procmodel-madvise-
+/// spans.txt). Empty when the maps cannot be read.
+pub fn madv_remove_takes(pid: Option<i32>, addr: u64, len: u64) -> Vec<(u64, u64)> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/maps"),
         None => "/proc/self/maps".to_string(),
     };
     std::fs::read_to_string(path)
-        .map(|maps| shared_writable_in(&maps, addr))
-        .unwrap_or(false)
+        .map(|maps| madv_remove_takes_in(&maps, addr, len))
+        .unwrap_or_default()
 }
 
-/// [`is_shared_writable`] on the text of a maps file.
-fn shared_writable_in(maps: &str, addr: u64) -> bool {
-    maps.lines().any(|l| {
+/// [`madv_remove_takes`] on the text of a maps file (its lines are in
+/// address order, as the kernel writes them).
+fn madv_remove_takes_in(maps: &str, addr: u64, len: u64) -> Vec<(u64, u64)> {
+    let end = addr.saturating_add(len.div_ceil(4096) * 4096);
+    let mut taken = Vec::new();
+    for l in maps.lines() {
         let mut f = l.split_ascii_whitespace();
         let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            return false;
+            continue;
         };
         let Some((lo, hi)) = range.split_once('-') else {
-            return false;
+            continue;
         };
         let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) else {
-            return false;
+            continue;
         };
+        if hi <= addr {
+            continue;
+        }
+        if lo >= end {
+            break;
+        }
         let p = perms.as_bytes();
-        (lo..hi).contains(&addr) && p.get(1) == Some(&b'w') && p.get(3) == Some(&b's')
-    })
+        if p.get(1) != Some(&b'w') || p.get(3) != Some(&b's') {
+            // Linux's walk stops here.
+            break;
+        }
+        taken.push((lo.max(addr), hi.min(end) - lo.max(addr)));
+    }
+    taken
 }
 
 #[cfg(test)]
 mod shared_tests {
-    use super::shared_writable_in;
+    use super::madv_remove_takes_in;
 
+    const MAPS: &str = "7f0000000000-7f0000002000 rw-s 00000000 00:01 1234 /memfd:x (deleted)\n\
+                        7f0000002000-7f0000003000 rw-p 00000000 00:00 0\n\
+                        7f0000003000-7f0000004000 r--s 00000000 00:01 1235 /dev/shm/y\n\
+                        7f0000005000-7f0000006000 rw-s 00000000 00:01 1236 /dev/zero (deleted)\n\
+                        7f0000006000-7f0000007000 rw-s 00000000 00:01 1237 /dev/zero (deleted)\n\
+                        7f0000007000-7f0000008000 rw-p 00000000 00:00 0\n";
+
+    /// What Linux's walk takes: shared writable mappings up to the first
+    /// mapping of another kind, holes skipped, clipped to the range.
     #[test]
-    fn only_a_shared_writable_mapping_counts() {
-        let maps = "7f0000000000-7f0000002000 rw-s 00000000 00:01 1234 /memfd:x (deleted)\n\
-                    7f0000002000-7f0000003000 rw-p 00000000 00:00 0\n\
-                    7f0000003000-7f0000004000 r--s 00000000 00:01 1235 /dev/shm/y\n";
-        assert!(shared_writable_in(maps, 0x7f00_0000_0000));
-        assert!(shared_writable_in(maps, 0x7f00_0000_1fff));
-        assert!(!shared_writable_in(maps, 0x7f00_0000_2000));
-        assert!(!shared_writable_in(maps, 0x7f00_0000_3000));
-        assert!(!shared_writable_in(maps, 0x7f00_0000_4000));
-        assert!(!shared_writable_in("garbage\n- rw-s\n", 0));
+    fn madv_remove_takes_shared_writable_pages_up_to_another_kind() {
+        let base = 0x7f00_0000_0000u64;
+        let page = 0x1000;
+        // Within one shared writable mapping.
+        assert_eq!(madv_remove_takes_in(MAPS, base, page), [(base, page)]);
+        assert_eq!(
+            madv_remove_takes_in(MAPS, base + page, 1),
+            [(base + page, page)]
+        );
+        // Shared, then private: the shared part only.
+        assert_eq!(
+            madv_remove_takes_in(MAPS, base, 3 * page),
+            [(base, 2 * page)]
+        );
+        // Starts in private or read-only shared memory: nothing.
+        assert_eq!(madv_remove_takes_in(MAPS, base + 2 * page, 4 * page), []);
+        assert_eq!(madv_remove_takes_in(MAPS, base + 3 * page, page), []);
+        // A hole, then two shared mappings, then private memory.
+        assert_eq!(
+            madv_remove_takes_in(MAPS, base + 4 * page, 4 * page),
+            [(base + 5 * page, page), (base + 6 * page, page)]
+        );
+        // Nothing mapped at all.
+        assert_eq!(madv_remove_takes_in(MAPS, base + 0x10_0000, page), []);
+        assert_eq!(madv_remove_takes_in("garbage\n- rw-s\n", 0, page), []);
     }
 }
 

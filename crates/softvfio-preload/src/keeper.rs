@@ -305,6 +305,9 @@ struct Keeper {
     /// was last decided.
     spin_ns: u32,
     spin_decided: std::time::Instant,
+    /// The check before each call of which processes exited, with its
+    /// buffers kept from call to call.
+    exit_check: ExitCheck,
 }
 
 /// The keeper's life: never returns.
@@ -342,6 +345,7 @@ fn serve(mut st: State, conn: c_int, listener: c_int, program: i32, reason: Reas
         areas: HashMap::new(),
         spin_ns: channel::spin_policy(),
         spin_decided: std::time::Instant::now(),
+        exit_check: ExitCheck::default(),
     };
     k.procs.insert(
         program,
@@ -767,11 +771,16 @@ impl Keeper {
         // killed since then: its call never happened (as a store that a
         // SIGKILL beat), and it must not start a device's DMA from memory
         // that is going away.
-        let exited = self.exited_since_poll();
-        for gone in &exited {
+        // Taken out while the processes found are released (their release
+        // needs the keeper); put back with its buffers for the next call.
+        let mut check = std::mem::take(&mut self.exit_check);
+        let exited = check.run(self.procs.iter().map(|(pid, p)| (*pid, p.pidfd)));
+        for gone in exited {
             self.process_gone(*gone);
         }
-        if exited.contains(&pid) {
+        let caller_gone = exited.contains(&pid);
+        self.exit_check = check;
+        if caller_gone {
             return;
         }
         let mut link = self.link(conn);
@@ -797,12 +806,6 @@ impl Keeper {
         if let Some(fd) = fd {
             real::close_own(fd);
         }
-    }
-
-    /// The known processes whose exit is visible now.
-    fn exited_since_poll(&self) -> Vec<i32> {
-        let known: Vec<(i32, c_int)> = self.procs.iter().map(|(pid, p)| (*pid, p.pidfd)).collect();
-        exited_of(&known)
     }
 
     /// A new connection's first record: which process it is. The value
@@ -1067,24 +1070,43 @@ impl Keeper {
     }
 }
 
-/// Which of the processes `(pid, pidfd)` have exited: their pidfd is
-/// readable. Linux makes it so before a `waitpid` of the process can
-/// return, and closes the process's files before that. A process without
-/// a pidfd (-1) is left to the round's poll.
-fn exited_of(procs: &[(i32, c_int)]) -> Vec<i32> {
-    let (pids, mut pfds): (Vec<i32>, Vec<libc::pollfd>) = procs
-        .iter()
-        .filter(|(_, fd)| *fd >= 0)
-        .map(|(pid, fd)| (*pid, pollin(*fd)))
-        .unzip();
-    if !matches!(real::poll(&mut pfds, 0), Ok(n) if n > 0) {
-        return Vec::new();
+/// The keeper's check, before each call it serves, of which known
+/// processes have exited: their pidfd is readable. Linux makes it so
+/// before a `waitpid` of the process can return, and closes the process's
+/// files before that. A process without a pidfd (-1) is left to the
+/// round's poll.
+///
+/// It runs before every call, so its buffers stay from one run to the
+/// next: once they have grown to the number of processes, a run
+/// allocates nothing.
+#[derive(Default)]
+struct ExitCheck {
+    /// The processes polled, in the order of `polled`.
+    pids: Vec<i32>,
+    polled: Vec<libc::pollfd>,
+    exited: Vec<i32>,
+}
+
+impl ExitCheck {
+    /// Which of the processes `(pid, pidfd)` have exited.
+    fn run(&mut self, procs: impl IntoIterator<Item = (i32, c_int)>) -> &[i32] {
+        self.pids.clear();
+        self.polled.clear();
+        self.exited.clear();
+        for (pid, fd) in procs.into_iter().filter(|(_, fd)| *fd >= 0) {
+            self.pids.push(pid);
+            self.polled.push(pollin(fd));
+        }
+        if matches!(real::poll(&mut self.polled, 0), Ok(n) if n > 0) {
+            let exited = self.pids.iter().zip(&self.polled);
+            self.exited.extend(
+                exited
+                    .filter(|(_, pf)| pf.revents != 0)
+                    .map(|(pid, _)| *pid),
+            );
+        }
+        &self.exited
     }
-    pids.into_iter()
-        .zip(&pfds)
-        .filter(|(_, pf)| pf.revents != 0)
-        .map(|(pid, _)| pid)
-        .collect()
 }
 
 fn pollin(fd: c_int) -> libc::pollfd {
@@ -1107,6 +1129,23 @@ fn reply(conn: c_int, val: i64, err: c_int, key: u64, fd: Option<c_int>) -> Resu
 mod tests {
     use super::*;
 
+    /// A live process (`sleep`) and its pidfd, and the pid and pidfd of
+    /// one that exited and was waited for (`true`; its pidfd opened
+    /// before the wait, while its pid was still there to open).
+    fn live_and_waited_for() -> (std::process::Child, c_int, i32, c_int) {
+        let live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let mut done = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let live_fd = real::pidfd_open(live.id() as i32).expect("pidfd of sleep");
+        let done_fd = real::pidfd_open(done.id() as i32).expect("pidfd of true");
+        assert!(done.wait().expect("wait true").success());
+        (live, live_fd, done.id() as i32, done_fd)
+    }
+
     /// The check the keeper makes before each call: a process that was
     /// waited for (its files closed, as a parent's `waitpid` guarantees)
     /// is seen as exited at once, without waiting for the keeper's next
@@ -1115,25 +1154,37 @@ mod tests {
     /// of `group_reopened_after_handoff_has_its_call_site`).
     #[test]
     fn a_process_waited_for_is_seen_exited_before_the_next_call() {
-        let mut live = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
-        let mut done = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
+        let (mut live, live_fd, done_pid, done_fd) = live_and_waited_for();
         let live_pid = live.id() as i32;
-        let done_pid = done.id() as i32;
-        // Before the wait: a zombie's pid is still there to open.
-        let live_fd = real::pidfd_open(live_pid).expect("pidfd of sleep");
-        let done_fd = real::pidfd_open(done_pid).expect("pidfd of true");
-        assert!(done.wait().expect("wait true").success());
         let procs = [(live_pid, live_fd), (done_pid, done_fd), (1, -1)];
-        assert_eq!(exited_of(&procs), vec![done_pid]);
-        assert_eq!(exited_of(&procs[..1]), Vec::<i32>::new());
+        let mut check = ExitCheck::default();
+        assert_eq!(check.run(procs), [done_pid]);
+        assert_eq!(check.run(procs[..1].iter().copied()), [] as [i32; 0]);
         live.kill().expect("kill sleep");
         live.wait().expect("wait sleep");
-        assert_eq!(exited_of(&procs[..1]), vec![live_pid]);
+        assert_eq!(check.run(procs[..1].iter().copied()), [live_pid]);
+        real::close_own(live_fd);
+        real::close_own(done_fd);
+    }
+
+    /// The check runs before every call the keeper serves: once its
+    /// buffers have grown to the number of processes, a run allocates
+    /// nothing (counted by the library's allocator on this thread),
+    /// whether processes exited or not.
+    #[test]
+    fn the_exit_check_allocates_nothing_per_call() {
+        let (mut live, live_fd, done_pid, done_fd) = live_and_waited_for();
+        let procs = [(live.id() as i32, live_fd), (done_pid, done_fd)];
+        let mut check = ExitCheck::default();
+        assert_eq!(check.run(procs), [done_pid]);
+        let before = real::allocations_on_this_thread();
+        for _ in 0..100 {
+            assert_eq!(check.run(procs).len(), 1);
+            assert_eq!(check.run(procs[..1].iter().copied()).len(), 0);
+        }
+        assert_eq!(real::allocations_on_this_thread(), before);
+        live.kill().expect("kill sleep");
+        live.wait().expect("wait sleep");
         real::close_own(live_fd);
         real::close_own(done_fd);
     }

@@ -1150,17 +1150,14 @@ pub(crate) fn sanitize_after_madvise(addr: u64, len: u64, cause: StaleCause, res
         return;
     }
     let saved = real::errno();
-    let page = 4096;
-    // MADV_REMOVE takes pages away only from shared writable memory.
-    let applies = cause != StaleCause::MadvRemove
-        || softvfio_platform::sanitize::is_shared_writable(None, addr);
     // EINVAL: the pin's mlock refused what Linux does (module docs), unless
     // the program locks memory itself, when Linux refuses it too.
     let own_locks = PROGRAM_LOCKS.load(Ordering::Relaxed)
         || with_existing(|st| st.program_locks()).unwrap_or(false);
-    let refused_by_our_lock = saved == libc::EINVAL && addr.is_multiple_of(page) && !own_locks;
-    if applies && (res == 0 || refused_by_our_lock) {
-        sanitize::going_away(addr, len.div_ceil(page) * page, cause);
+    if res == 0 || softvfio_platform::sanitize::madvise_walked(cause, addr, saved, own_locks) {
+        for (a, n) in softvfio_platform::sanitize::madvise_takes(None, cause, addr, len) {
+            sanitize::going_away(a, n, cause);
+        }
     }
     real::set_errno(saved);
 }

@@ -5,7 +5,9 @@
 //!   library serves through a named hook (memory calls, the descriptor
 //!   table's calls, opens, ioctl, pread/pwrite) goes to that hook, which
 //!   passes the call on through libc's wrapper of the same system call (the
-//!   same kernel call, answer and errno). Every other number is made as
+//!   same kernel call, answer and errno), with the thread's cancellation
+//!   disabled meanwhile (glibc's `syscall` is no cancellation point; the
+//!   wrappers are). Every other number is made as
 //!   glibc's `syscall` makes it, with the `syscall` instruction on x86-64
 //!   (`fcntl` too: the library's own raw `fcntl`s would have to leave this
 //!   path first; a raw `F_DUPFD` of a VFIO descriptor stays unseen,
@@ -94,9 +96,11 @@ pub unsafe extern "C" fn syscall(
         // SAFETY: the program's call, passed on unchanged.
         return unsafe { pass_on(nr, a) };
     }
+    // glibc's `syscall` is no cancellation point; the wrappers the hooks
+    // call (close, openat, pread, ...) are.
     // SAFETY: the program's arguments for system call `nr` (this
     // function's contract) are the arguments of libc's wrapper of it.
-    unsafe { serve(nr, a) }
+    real::without_cancel(|| unsafe { serve(nr, a) })
 }
 
 /// A system call this library does not serve, as glibc's `syscall` makes
@@ -459,4 +463,102 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: size_t, size: size_t) -
     };
     // SAFETY: the program's arguments (reallocarray's contract).
     unsafe { realloc_watched(p, bytes) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: u64 = 4096;
+    /// Past glibc's largest dynamic mmap threshold (32 MiB on 64-bit):
+    /// always a mapping of its own, whatever earlier frees did.
+    const HUGE: usize = 40 << 20;
+
+    /// Is every page of `[start, start + len)` mapped (mincore)?
+    fn mapped(start: u64, len: u64) -> bool {
+        let mut vec = vec![0u8; len.div_ceil(PAGE) as usize];
+        // SAFETY: mincore only reads the page tables of the range and
+        // writes one byte per page into `vec`, which has that many.
+        unsafe { libc::mincore(start as *mut c_void, len as size_t, vec.as_mut_ptr()) == 0 }
+    }
+
+    /// A block aligned to `align`, from posix_memalign (`None`: refused).
+    fn aligned(align: usize, size: usize) -> Option<*mut c_void> {
+        let mut p = std::ptr::null_mut();
+        // SAFETY: posix_memalign writes the block's address into `p`.
+        (unsafe { libc::posix_memalign(&mut p, align, size) } == 0).then_some(p)
+    }
+
+    fn release(p: *mut c_void) {
+        // SAFETY: a live block of the program's malloc, freed once.
+        unsafe { libc::free(p) }
+    }
+
+    /// A heap block (main arena or another thread's) is no mapping of its
+    /// own; a large `malloc` is, starting 16 bytes (its header) before the
+    /// block, as long as glibc's chunk of it rounded up to whole pages
+    /// (request plus the 8-byte size word, in 16-byte steps, plus the
+    /// size word of the mapping's end).
+    #[test]
+    fn heap_blocks_are_none_and_a_large_malloc_is_its_mapping() {
+        for size in [1usize, 100, 4000, 100_000] {
+            // SAFETY: malloc has no preconditions.
+            let p = unsafe { libc::malloc(size) };
+            // SAFETY: a live block of the program's malloc.
+            assert_eq!(unsafe { mmapped_block(p) }, None, "{size}");
+            release(p);
+        }
+        let other = std::thread::spawn(|| {
+            // SAFETY: malloc has no preconditions.
+            let p = unsafe { libc::malloc(200) };
+            // SAFETY: a live block of this thread's arena.
+            let r = unsafe { mmapped_block(p) };
+            release(p);
+            r
+        });
+        assert_eq!(other.join().unwrap(), None);
+        // SAFETY: malloc has no preconditions.
+        let p = unsafe { libc::malloc(HUGE) };
+        // SAFETY: a live block of the program's malloc.
+        let (start, len) = unsafe { mmapped_block(p) }.expect("an mmapped chunk");
+        assert_eq!(start, p as u64 - 16);
+        let chunk = (HUGE as u64 + 8).div_ceil(16) * 16;
+        assert_eq!(len, (chunk + 8).div_ceil(PAGE) * PAGE);
+        assert!(mapped(start, len));
+        release(p);
+    }
+
+    /// A block with a larger alignment than malloc's lies inside its
+    /// mapping at an offset (the chunk's `prev_size`): the mapping found
+    /// starts at the page glibc mapped, not at the block's header.
+    #[test]
+    fn an_aligned_block_is_found_at_its_chunk_offset() {
+        for align in [32usize, PAGE as usize, 64 << 10, 1 << 21] {
+            let p = aligned(align, HUGE).expect("posix_memalign");
+            assert_eq!(p as usize % align, 0);
+            // SAFETY: a live block of the program's malloc.
+            let (start, len) = unsafe { mmapped_block(p) }.expect("an mmapped chunk");
+            assert_eq!(start % PAGE, 0, "{align}");
+            assert_eq!(len % PAGE, 0, "{align}");
+            assert!(p as u64 + HUGE as u64 <= start + len, "{align}");
+            assert!(mapped(start, len), "{align}");
+            if align == PAGE as usize {
+                // Its header is 16 bytes before a page boundary: the
+                // mapping starts a page before the block.
+                assert_eq!(start, p as u64 - PAGE);
+            }
+            // glibc pads every alignment past its own 16 bytes: the
+            // block never sits right after the mapping's first header.
+            assert!(start + 16 < p as u64, "{align}");
+            release(p);
+        }
+        // memalign: the same chunks.
+        // SAFETY: memalign has no preconditions beyond a power-of-two
+        // alignment.
+        let p = unsafe { libc::memalign(PAGE as usize, HUGE) };
+        // SAFETY: a live block of the program's malloc.
+        let (start, _) = unsafe { mmapped_block(p) }.expect("an mmapped chunk");
+        assert_eq!(start, p as u64 - PAGE);
+        release(p);
+    }
 }

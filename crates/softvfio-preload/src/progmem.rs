@@ -20,9 +20,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use softvfio::account::MmAccount;
 use softvfio::memory::host::{HostMemory, MmSyscalls};
-use softvfio::memory::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory};
+use softvfio::memory::UserMemory;
 
 /// See the module documentation.
 pub struct ProgramMemory {
@@ -63,65 +62,13 @@ impl ProgramMemory {
 }
 
 impl UserMemory for ProgramMemory {
-    fn pin(
-        &self,
-        vaddr: u64,
-        len: u64,
-        write: bool,
-        on_run: &mut dyn FnMut(PinnedRun) -> Result<(), MemError>,
-    ) -> Result<(), MemError> {
-        self.host().pin(vaddr, len, write, on_run)
-    }
+    softvfio::forward_user_memory!(host: pin, is_device_range, device_bytes, unpin, read, write,
+        dma_read, dma_write, lock_policy, cap_sys_resource, account, stats, describe, svm_view);
 
-    fn is_device_range(&self, vaddr: u64, len: u64) -> bool {
-        self.host().is_device_range(vaddr, len)
-    }
-
-    fn device_bytes(&self, vaddr: u64, len: u64) -> u64 {
-        self.host().device_bytes(vaddr, len)
-    }
-
-    fn unpin(&self, vaddr: u64, len: u64) {
-        self.host().unpin(vaddr, len)
-    }
-
-    fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.host().read(vaddr, buf)
-    }
-
-    fn write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
-        self.host().write(vaddr, data)
-    }
-
-    fn dma_read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.host().dma_read(vaddr, buf)
-    }
-
-    fn dma_write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
-        self.host().dma_write(vaddr, data)
-    }
-
-    fn lock_policy(&self) -> LockPolicy {
-        self.host().lock_policy()
-    }
-
-    fn cap_sys_resource(&self) -> bool {
-        self.host().cap_sys_resource()
-    }
-
-    fn account(&self) -> &Arc<MmAccount> {
-        self.host().account()
-    }
-
-    fn stats(&self) -> PinStats {
-        self.host().stats()
-    }
-
-    fn describe(&self) -> String {
-        self.host().describe()
-    }
-
-    fn svm_view(&self) -> Option<Arc<dyn UserMemory>> {
-        self.host().svm_view()
+    /// No counted handle on the backend in use: a mapping must reach the
+    /// program through this memory, which follows it when it moves (the
+    /// backend before the move would keep reaching the old process).
+    fn shared(&self) -> Option<Arc<dyn UserMemory>> {
+        None
     }
 }

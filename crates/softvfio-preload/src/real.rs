@@ -153,8 +153,9 @@ pub unsafe fn raw_syscall(nr: c_long, a: [c_long; 6]) -> c_long {
 }
 
 /// The library's own allocator: blocks of [`LibraryAlloc::LARGE`] bytes and
-/// more are anonymous mappings of their own, made and removed with the
-/// `syscall` instruction; smaller ones are the program's `malloc`'s.
+/// more are anonymous mappings of their own, made, resized (`mremap`) and
+/// removed with the `syscall` instruction; smaller ones are the program's
+/// `malloc`'s.
 ///
 /// Why: the library's Rust code allocates through the program's `malloc`
 /// (its heap, its locks), and a large block freed there changes how that
@@ -181,6 +182,41 @@ impl LibraryAlloc {
 
     fn mapped_len(size: usize) -> usize {
         size.div_ceil(Self::PAGE) * Self::PAGE
+    }
+
+    /// A mapping of this allocator's resized with `mremap`
+    /// (`MREMAP_MAYMOVE`): the kernel moves the page table entries, so
+    /// no byte is copied and no page the block never touched is made
+    /// resident; a block that shrinks (or stays within its pages) keeps
+    /// its address. Null when the kernel refuses; the block is then as it
+    /// was (mremap changes nothing when it fails).
+    ///
+    /// # Safety
+    /// `ptr` must be the start of a mapping made by [`LibraryAlloc`] for a
+    /// block of `old_size` bytes, not used after this call unless it
+    /// answers null.
+    unsafe fn remap(ptr: *mut u8, old_size: usize, new_size: usize) -> *mut u8 {
+        let (old_len, new_len) = (Self::mapped_len(old_size), Self::mapped_len(new_size));
+        if old_len == new_len {
+            return ptr;
+        }
+        let may_move = c_long::from(libc::MREMAP_MAYMOVE);
+        let args = [
+            ptr as c_long,
+            old_len as c_long,
+            new_len as c_long,
+            may_move,
+            0,
+            0,
+        ];
+        // SAFETY: mremap of the whole mapping the allocator made for this
+        // block (this function's contract); its bytes move with it.
+        let r = unsafe { kernel_call(libc::SYS_mremap, args) };
+        if (-4095..0).contains(&r) {
+            std::ptr::null_mut()
+        } else {
+            r as *mut u8
+        }
     }
 }
 
@@ -229,6 +265,8 @@ pub unsafe fn kernel_call(_nr: c_long, _a: [c_long; 6]) -> c_long {
 // layout's size and alignment, which Rust passes back unchanged.
 unsafe impl std::alloc::GlobalAlloc for LibraryAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        #[cfg(test)]
+        alloc_count::note();
         if !Self::large(layout) {
             // SAFETY: the caller's layout (this trait's contract).
             return unsafe { std::alloc::System.alloc(layout) };
@@ -247,6 +285,8 @@ unsafe impl std::alloc::GlobalAlloc for LibraryAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        #[cfg(test)]
+        alloc_count::note();
         if !Self::large(layout) {
             // SAFETY: the caller's layout (this trait's contract).
             return unsafe { std::alloc::System.alloc_zeroed(layout) };
@@ -267,29 +307,64 @@ unsafe impl std::alloc::GlobalAlloc for LibraryAlloc {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        #[cfg(test)]
+        alloc_count::note();
         let Ok(new) = std::alloc::Layout::from_size_align(new_size, layout.align()) else {
             return std::ptr::null_mut();
         };
-        if !Self::large(layout) && !Self::large(new) {
+        match (Self::large(layout), Self::large(new)) {
             // SAFETY: a block of `System`'s with this layout, resized
             // within `System` (this trait's contract).
-            return unsafe { std::alloc::System.realloc(ptr, layout, new_size) };
+            (false, false) => unsafe { std::alloc::System.realloc(ptr, layout, new_size) },
+            // SAFETY: a mapping `alloc` made for `layout` (this trait's
+            // contract: `ptr` is this allocator's block of `layout`).
+            (true, true) => unsafe { Self::remap(ptr, layout.size(), new_size) },
+            // Across kinds: a new block, the bytes copied, the old freed.
+            _ => {
+                // SAFETY: `new` has a non-zero size (large, or resized
+                // from a large block to a size the caller asked for,
+                // non-zero by this trait's contract).
+                let to = unsafe { self.alloc(new) };
+                if !to.is_null() {
+                    // SAFETY: both blocks are live and distinct, each at
+                    // least the smaller of the two sizes long.
+                    unsafe { std::ptr::copy_nonoverlapping(ptr, to, layout.size().min(new_size)) };
+                    // SAFETY: `ptr` was allocated by this allocator with
+                    // `layout`.
+                    unsafe { self.dealloc(ptr, layout) };
+                }
+                to
+            }
         }
-        // Across kinds (or between two mappings): a new block, the bytes
-        // copied, the old freed.
-        // SAFETY: `new` has a non-zero size (large, or resized from a
-        // large block to a size the caller asked for, non-zero by this
-        // trait's contract).
-        let to = unsafe { self.alloc(new) };
-        if !to.is_null() {
-            // SAFETY: both blocks are live and distinct, each at least the
-            // smaller of the two sizes long.
-            unsafe { std::ptr::copy_nonoverlapping(ptr, to, layout.size().min(new_size)) };
-            // SAFETY: `ptr` was allocated by this allocator with `layout`.
-            unsafe { self.dealloc(ptr, layout) };
-        }
-        to
     }
+}
+
+/// Unit tests count the allocations each thread makes (tests of code that
+/// must not allocate per call).
+#[cfg(test)]
+mod alloc_count {
+    use std::cell::Cell;
+
+    thread_local! {
+        // Const-initialised and without a destructor: usable from the
+        // allocator itself, at any point of a thread's life.
+        static MADE: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(super) fn note() {
+        let _ = MADE.try_with(|n| n.set(n.get() + 1));
+    }
+
+    pub(super) fn on_this_thread() -> u64 {
+        MADE.try_with(Cell::get).unwrap_or(0)
+    }
+}
+
+/// Allocations (and reallocations) this thread has made so far through
+/// the library's allocator.
+#[cfg(test)]
+pub fn allocations_on_this_thread() -> u64 {
+    alloc_count::on_this_thread()
 }
 
 /// Is the loaded object that holds address `addr` glibc's `libc.so`
@@ -406,6 +481,32 @@ extern "C" {
     /// glibc's `backtrace(3)` (execinfo.h): unwinds with the DWARF call
     /// frame information, frame pointers or not.
     fn backtrace(buffer: *mut *mut c_void, size: c_int) -> c_int;
+    /// POSIX `pthread_setcancelstate` (not in the libc crate for glibc).
+    fn pthread_setcancelstate(state: c_int, old: *mut c_int) -> c_int;
+}
+
+/// glibc's `PTHREAD_CANCEL_DISABLE` (pthread.h).
+const PTHREAD_CANCEL_DISABLE: c_int = 1;
+
+/// `f` with the calling thread's cancellation disabled: libc's wrappers
+/// it calls (close, openat, pread, ...) are then no cancellation points,
+/// as a call the program made without one (its raw `syscall()`) must not
+/// be. The thread's state is put back after; a deferred cancel still
+/// pending then acts at the program's next cancellation point, as it
+/// would without the library (an asynchronous one acts at once, which it
+/// could have done anywhere).
+pub fn without_cancel<T>(f: impl FnOnce() -> T) -> T {
+    let mut old: c_int = 0;
+    // SAFETY: sets the calling thread's cancel state; `old` is a live
+    // local the call writes the previous state into.
+    let set = unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut old) } == 0;
+    let r = f();
+    if set {
+        // SAFETY: puts back the state read above; the previous state's
+        // slot is not wanted.
+        unsafe { pthread_setcancelstate(old, std::ptr::null_mut()) };
+    }
+    r
 }
 
 /// The return addresses of the calling thread's frames, innermost first
@@ -1415,4 +1516,270 @@ pub fn own_library_path() -> Option<std::ffi::CString> {
     // SAFETY: dladdr's NUL-terminated path of the object, live while it is
     // loaded (for the process's life).
     Some(unsafe { CStr::from_ptr(info.dli_fname) }.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::alloc::{GlobalAlloc, Layout};
+
+    const PAGE: usize = 4096;
+
+    /// Is each page of `[p, p + len)` mapped (`Some`), and which are
+    /// resident? `None`: some page is not mapped (mincore's ENOMEM).
+    fn resident(p: *const u8, len: usize) -> Option<Vec<bool>> {
+        let mut vec = vec![0u8; len.div_ceil(PAGE)];
+        // SAFETY: mincore only reads the page tables of the range and
+        // writes one byte per page into `vec`, which has that many.
+        let r = unsafe { libc::mincore(p as *mut c_void, len, vec.as_mut_ptr()) };
+        (r == 0).then(|| vec.iter().map(|b| b & 1 == 1).collect())
+    }
+
+    /// Runs `check` in a child process (one thread: no other test maps
+    /// or unmaps memory meanwhile) and answers its exit status; `check`
+    /// answers 0 when all its checks held, else the number of the first
+    /// that failed.
+    fn in_child(check: fn() -> i32) -> i32 {
+        // SAFETY: the child runs `check` (allocations and memory calls
+        // only: glibc's malloc is usable after fork) and leaves with _exit.
+        match unsafe { libc::fork() } {
+            0 => {
+                let code = std::panic::catch_unwind(check).unwrap_or(100);
+                // SAFETY: ends the child without running the test
+                // harness's exit handlers.
+                unsafe { libc::_exit(code) }
+            }
+            -1 => panic!("fork: {}", std::io::Error::last_os_error()),
+            pid => {
+                let mut status = 0;
+                // SAFETY: waits for the child just made.
+                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                assert!(libc::WIFEXITED(status), "child status {status:#x}");
+                libc::WEXITSTATUS(status)
+            }
+        }
+    }
+
+    fn usable_size(p: *mut u8) -> usize {
+        // SAFETY: `p` is a live block of the program's malloc (the
+        // callers' blocks below `LibraryAlloc::LARGE`).
+        unsafe { libc::malloc_usable_size(p.cast()) }
+    }
+
+    fn fill(p: *mut u8, len: usize, seed: u8) {
+        for i in 0..len {
+            // SAFETY: `p` is a live block of at least `len` bytes.
+            unsafe { p.add(i).write(seed.wrapping_add(i as u8)) };
+        }
+    }
+
+    fn holds(p: *const u8, len: usize, seed: u8) -> bool {
+        // SAFETY: `p` is a live block of at least `len` bytes.
+        (0..len).all(|i| unsafe { p.add(i).read() } == seed.wrapping_add(i as u8))
+    }
+
+    /// Below [`LibraryAlloc::LARGE`] a block is the program's malloc's
+    /// (its allocator knows its size); from it on, up to page alignment,
+    /// a fresh page-aligned mapping of its own (nothing resident until
+    /// written); past page alignment, malloc's again (memalign).
+    #[test]
+    fn blocks_below_the_threshold_are_mallocs_and_above_it_mappings() {
+        let a = LibraryAlloc;
+        for (size, align) in [(1, 1), (100, 64), (LibraryAlloc::LARGE - 1, 16)] {
+            let l = Layout::from_size_align(size, align).unwrap();
+            // SAFETY: a non-zero layout.
+            let p = unsafe { a.alloc(l) };
+            assert!(!p.is_null());
+            assert_eq!(p as usize % align.max(16), 0, "{size}/{align}");
+            assert!(usable_size(p) >= size, "{size}/{align}");
+            fill(p, size, 1);
+            assert!(holds(p, size, 1));
+            // SAFETY: allocated above with `l`.
+            unsafe { a.dealloc(p, l) };
+        }
+        let sizes = [
+            (LibraryAlloc::LARGE, 1),
+            (LibraryAlloc::LARGE + 1, 16),
+            (1 << 20, 256),
+            (3 * PAGE * 20 + 5, PAGE),
+        ];
+        for (size, align) in sizes {
+            let l = Layout::from_size_align(size, align).unwrap();
+            // SAFETY: a non-zero layout.
+            let p = unsafe { a.alloc(l) };
+            assert!(!p.is_null());
+            assert_eq!(p as usize % PAGE, 0, "{size}/{align}");
+            let pages = resident(p, size).expect("a mapping");
+            assert_eq!(pages.len(), size.div_ceil(PAGE));
+            assert!(pages.iter().all(|r| !r), "{size}/{align}: fresh pages");
+            fill(p, size, 2);
+            assert!(holds(p, size, 2));
+            // SAFETY: allocated above with `l`.
+            unsafe { a.dealloc(p, l) };
+        }
+        // Alignment past a page: the program's memalign.
+        let l = Layout::from_size_align(LibraryAlloc::LARGE, 2 * PAGE).unwrap();
+        // SAFETY: a non-zero layout.
+        let p = unsafe { a.alloc(l) };
+        assert_eq!(p as usize % (2 * PAGE), 0);
+        assert!(usable_size(p) >= LibraryAlloc::LARGE);
+        // SAFETY: allocated above with `l`.
+        unsafe { a.dealloc(p, l) };
+    }
+
+    /// Zeroed blocks read as zeros; a large one is a fresh mapping, not
+    /// written (no page made resident by a memset).
+    #[test]
+    fn zeroed_blocks_read_zero_and_large_ones_are_not_written() {
+        let a = LibraryAlloc;
+        for size in [24, 5000, LibraryAlloc::LARGE - 8] {
+            let l = Layout::from_size_align(size, 8).unwrap();
+            // SAFETY: a non-zero layout.
+            let p = unsafe { a.alloc_zeroed(l) };
+            // SAFETY: a live block of `size` bytes.
+            assert!(unsafe { std::slice::from_raw_parts(p, size) }
+                .iter()
+                .all(|b| *b == 0));
+            // SAFETY: allocated above with `l`.
+            unsafe { a.dealloc(p, l) };
+        }
+        let size = 1 << 20;
+        let l = Layout::from_size_align(size, 8).unwrap();
+        // SAFETY: a non-zero layout.
+        let p = unsafe { a.alloc_zeroed(l) };
+        assert_eq!(p as usize % PAGE, 0);
+        let pages = resident(p, size).expect("a mapping");
+        assert!(pages.iter().all(|r| !r), "no page written");
+        // SAFETY: a live block of `size` bytes.
+        assert!(unsafe { std::slice::from_raw_parts(p, size) }
+            .iter()
+            .all(|b| *b == 0));
+        // SAFETY: allocated above with `l`.
+        unsafe { a.dealloc(p, l) };
+    }
+
+    /// Resizing across the threshold either way keeps the bytes and
+    /// lands in the other kind of block.
+    #[test]
+    fn realloc_across_the_threshold_keeps_the_bytes_both_ways() {
+        let a = LibraryAlloc;
+        let small = Layout::from_size_align(1000, 32).unwrap();
+        // SAFETY: a non-zero layout.
+        let p = unsafe { a.alloc(small) };
+        fill(p, 1000, 3);
+        let big = LibraryAlloc::LARGE + PAGE;
+        // SAFETY: a block of `small`, resized to a non-zero size.
+        let q = unsafe { a.realloc(p, small, big) };
+        assert!(!q.is_null());
+        assert_eq!(q as usize % PAGE, 0, "a mapping");
+        assert!(holds(q, 1000, 3));
+        fill(q, big, 4);
+        let large = Layout::from_size_align(big, 32).unwrap();
+        // SAFETY: a block of `large`, resized to a non-zero size.
+        let r = unsafe { a.realloc(q, large, 700) };
+        assert!(!r.is_null());
+        assert!(usable_size(r) >= 700, "malloc's block");
+        assert_eq!(r as usize % 32, 0);
+        assert!(holds(r, 700, 4));
+        // SAFETY: a block of 700 bytes aligned to 32.
+        unsafe { a.dealloc(r, Layout::from_size_align(700, 32).unwrap()) };
+    }
+
+    /// A large block resized to another large size is remapped: its
+    /// bytes move with the pages (none copied: the pages it never
+    /// touched stay non-resident), and one that shrinks keeps its
+    /// address. (Allocating, copying and freeing writes every page of
+    /// the new block and always moves.)
+    #[test]
+    fn large_realloc_remaps_the_block() {
+        let a = LibraryAlloc;
+        let size = 1 << 20;
+        let l = Layout::from_size_align(size, 16).unwrap();
+        // SAFETY: a non-zero layout.
+        let p = unsafe { a.alloc(l) };
+        fill(p, 100, 5);
+        // SAFETY: a live block of `size` bytes; its last page.
+        unsafe { p.add(size - 1).write(0xa5) };
+        let grown = 4 << 20;
+        // SAFETY: a block of `l`, resized to a non-zero size.
+        let q = unsafe { a.realloc(p, l, grown) };
+        assert!(!q.is_null());
+        assert!(holds(q, 100, 5));
+        // SAFETY: a live block of `grown` bytes.
+        assert_eq!(unsafe { q.add(size - 1).read() }, 0xa5);
+        let pages = resident(q, grown).expect("a mapping");
+        let touched: Vec<usize> = (0..pages.len()).filter(|i| pages[*i]).collect();
+        assert_eq!(touched, [0, size / PAGE - 1]);
+        let l = Layout::from_size_align(grown, 16).unwrap();
+        let shrunk = LibraryAlloc::LARGE + 10;
+        // SAFETY: a block of `l`, resized to a non-zero size.
+        let r = unsafe { a.realloc(q, l, shrunk) };
+        assert_eq!(r, q, "shrunk in place");
+        assert!(holds(r, 100, 5));
+        // Within the same pages: the same block.
+        let l = Layout::from_size_align(shrunk, 16).unwrap();
+        // SAFETY: a block of `l`, resized to a non-zero size.
+        let s = unsafe { a.realloc(r, l, LibraryAlloc::LARGE + 20) };
+        assert_eq!(s, r);
+        // SAFETY: a block of this layout.
+        unsafe {
+            a.dealloc(
+                s,
+                Layout::from_size_align(LibraryAlloc::LARGE + 20, 16).unwrap(),
+            )
+        };
+    }
+
+    /// Freeing gives each kind back where it came from: a large block's
+    /// mapping is gone (and so are the pages a remap dropped); a small
+    /// block is malloc's to hand out again (glibc's per-thread cache
+    /// answers the same block for the same size at once).
+    #[test]
+    fn dealloc_gives_each_kind_back() {
+        let code = in_child(|| {
+            let a = LibraryAlloc;
+            let l = Layout::from_size_align(LibraryAlloc::LARGE * 2, 16).unwrap();
+            // SAFETY: a non-zero layout.
+            let p = unsafe { a.alloc(l) };
+            fill(p, l.size(), 6);
+            // SAFETY: allocated above with `l`.
+            unsafe { a.dealloc(p, l) };
+            if resident(p, l.size()).is_some() || resident(p, PAGE).is_some() {
+                return 1;
+            }
+            let big = Layout::from_size_align(8 * PAGE * 16, 16).unwrap();
+            // SAFETY: a non-zero layout.
+            let p = unsafe { a.alloc(big) };
+            // SAFETY: a block of `big`, shrunk to a large size.
+            let q = unsafe { a.realloc(p, big, LibraryAlloc::LARGE) };
+            if q != p || resident(p, LibraryAlloc::LARGE).is_none() {
+                return 2;
+            }
+            // The pages past the new size are unmapped.
+            let past = LibraryAlloc::LARGE;
+            // SAFETY: address arithmetic within the old block's range.
+            if resident(unsafe { p.add(past) }, big.size() - past).is_some() {
+                return 3;
+            }
+            // SAFETY: a block of this layout.
+            unsafe { a.dealloc(q, Layout::from_size_align(past, 16).unwrap()) };
+            if resident(q, PAGE).is_some() {
+                return 4;
+            }
+            let small = Layout::from_size_align(200, 16).unwrap();
+            // SAFETY: a non-zero layout.
+            let p = unsafe { a.alloc(small) };
+            // SAFETY: allocated above with `small`.
+            unsafe { a.dealloc(p, small) };
+            // SAFETY: a non-zero layout.
+            let q = unsafe { a.alloc(small) };
+            if q != p {
+                return 5;
+            }
+            // SAFETY: allocated above with `small`.
+            unsafe { a.dealloc(q, small) };
+            0
+        });
+        assert_eq!(code, 0, "check {code} failed");
+    }
 }

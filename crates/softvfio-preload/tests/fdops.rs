@@ -108,3 +108,27 @@ fn fdops_under_trace() {
         &["/dev/vfio/3", "0000:00:03.0"],
     ));
 }
+
+/// What `rawcancel` prints on Linux (checked against the program run
+/// without softvfio below): each raw call made with a cancel pending, the
+/// thread reaching the `pthread_testcancel` after them, canceled there.
+const RAW_CANCEL: &str =
+    "pread 0\nclose 0\nclosed_fd EBADF\nopenat_ok 1\nclose_again 0\nstage 4\nended canceled\n";
+
+/// `syscall(2)` is no cancellation point (glibc's is the `syscall`
+/// instruction and nothing else), also for the numbers preload serves
+/// through hooks that call libc's wrappers, which are: a pending deferred
+/// cancel does not act inside a raw `close`/`openat`/`pread64`, nor end
+/// the thread before the call closed its descriptor.
+#[test]
+fn raw_syscall_is_no_cancellation_point() {
+    let exe = build_c("rawcancel", false);
+    let native = Command::new(&exe).output().expect("run rawcancel");
+    assert!(native.status.success());
+    assert_eq!(String::from_utf8_lossy(&native.stdout), RAW_CANCEL);
+    for mode in ["preload", "trace"] {
+        let out = softvfio_run(mode, &[], &exe, &[]);
+        out.assert_clean();
+        assert_eq!(out.stdout, RAW_CANCEL, "{mode}: {}", out.stderr);
+    }
+}

@@ -582,6 +582,58 @@ fn madvise_that_keeps_pinned_pages_preload() {
     madvise_answers("preload");
 }
 
+/// `MADV_REMOVE` of a range over several mappings, each shared page mapped
+/// for DMA (Linux 6.1: `kernel-6.1-procmodel-madvise-spans.txt`, the
+/// `madvise_spans` case of procmodel.c): Linux walks the mappings in
+/// order, skips a hole (ENOMEM at the end), punches each shared writable
+/// one and stops at the first of another kind (EINVAL for private
+/// memory). softvfio: the pin's mlock stops the walk at the pinned shared
+/// page (EINVAL), so the program keeps the pages Linux punches out; the
+/// device reads the old page either way; everything else is Linux's. The
+/// DMA sanitizer reports what Linux's walk took (`madv-remove-hole`,
+/// `madv-remove-then-private` in the CLI's sanitizer tests).
+fn madvise_spans_answers(mode: &str) {
+    let out = run(mode, "madvise_spans");
+    let path = format!(
+        "{}/../../tests-oracle/kernel-6.1-procmodel-madvise-spans.txt",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let linux = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let want: Vec<(&str, &str)> = linux
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once(' ').expect("a case and its answer");
+            let ours = match k {
+                // The mlock of the pinned shared page refuses the walk there.
+                "hole_then_shared" => Some(("ENOMEM", "EINVAL")),
+                "shared_then_private_shared_kept" | "hole_then_shared_shared_kept" => {
+                    Some(("no", "yes"))
+                }
+                _ => None,
+            };
+            match ours {
+                Some((linux, ours)) => {
+                    assert_eq!(v, linux, "Linux's answer to {k}");
+                    (k, ours)
+                }
+                None => (k, v),
+            }
+        })
+        .collect();
+    assert_eq!(want.len(), 11, "{linux}");
+    expect(&out, &want);
+}
+
+#[test]
+fn madvise_remove_over_several_mappings_trace() {
+    madvise_spans_answers("trace");
+}
+
+#[test]
+fn madvise_remove_over_several_mappings_preload() {
+    madvise_spans_answers("preload");
+}
+
 /// A thread that is not the leader calls execve while the leader is in
 /// MAP_DMA/UNMAP_DMA: the new image's open is served (Linux: the container
 /// opens, API version 0). Before: the new image was given the old thread's

@@ -25,6 +25,13 @@
  *   madv-remove-private  the same of private memory (EINVAL on Linux too)
  *   madv-dontneed-mlocked  MADV_DONTNEED of memory the program mlocked
  *                 itself before mapping it (EINVAL on Linux too)
+ *   madv-remove-hole  MADV_REMOVE of a hole and the shared page after
+ *                 it, mapped for DMA (Linux skips the hole, punches the
+ *                 page out and answers ENOMEM)
+ *   madv-remove-then-private  MADV_REMOVE of a shared page and the
+ *                 private page after it, mapped for DMA (Linux punches
+ *                 the shared page out and stops at the private one:
+ *                 EINVAL; the device's page stays the program's)
  *   deep          maps 101 calls down (1 KiB frames), unmaps, DMAs
  *   altstack      maps from a signal handler on a sigaltstack, unmaps, DMAs
  *   thread        maps from another thread (its own stack), unmaps, DMAs
@@ -370,6 +377,23 @@ int main(int argc, char **argv) {
     map_buffer(buf, IOVA, 3);
     int r = madvise(buf, LEN, advice);
     /* Linux: 0 (the device keeps the old pages); softvfio: EINVAL. */
+    printf("madvise %d\n", r ? errno : 0);
+    unmap_buffer(IOVA);
+  } else if (!strcmp(what, "madv-remove-hole") || !strcmp(what, "madv-remove-then-private")) {
+    /* Two pages: a hole or shared memory, then the page mapped for DMA. */
+    int hole = !strcmp(what, "madv-remove-hole");
+    char *range = mmap(NULL, 2 * LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (range == MAP_FAILED) die("mmap range");
+    char *shared = hole ? range + LEN : range;
+    if (mmap(shared, LEN, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, -1, 0) !=
+        shared)
+      die("mmap shared");
+    if (hole && munmap(range, LEN)) die("munmap hole");
+    char *dma = range + LEN;
+    memset(dma, 0x5a, LEN);
+    map_buffer(dma, IOVA, 3);
+    int r = madvise(range, 2 * LEN, MADV_REMOVE);
+    /* Linux: ENOMEM (hole) or EINVAL (the private page); softvfio: EINVAL. */
     printf("madvise %d\n", r ? errno : 0);
     unmap_buffer(IOVA);
   } else if (!strcmp(what, "clamp")) {

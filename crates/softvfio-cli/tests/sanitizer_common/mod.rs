@@ -630,6 +630,7 @@ fn stale_as(softvfio: &Path, mode: &str, bin: &Path, run_as: &str, scenario: &st
         "realloc" => ("mremap", "big = realloc(big"),
         "madv-dontneed" => ("madvise(MADV_DONTNEED)", "int r = madvise(buf"),
         "madv-remove" => ("madvise(MADV_REMOVE)", "int r = madvise(buf"),
+        "madv-remove-hole" => ("madvise(MADV_REMOVE)", "int r = madvise(range"),
         s => panic!("no stale scenario {s}"),
     };
     // The range reported is the mapping's page, whatever the call covered.
@@ -638,6 +639,10 @@ fn stale_as(softvfio: &Path, mode: &str, bin: &Path, run_as: &str, scenario: &st
         // softvfio's answer (the pin's mlock), and Linux's in the report.
         assert!(out.contains("madvise 22\n"), "{out}");
         assert_line(&err, &[": devices reach pages the program no longer sees (on Linux the call answers 0 and the program reads new zero-filled pages while the device keeps the old ones; under softvfio the pin's mlock makes MADV_DONTNEED fail with EINVAL)"]);
+    }
+    if scenario == "madv-remove-hole" {
+        // The pin's mlock (Linux: ENOMEM, after the page went).
+        assert!(out.contains("madvise 22\n"), "{out}");
     }
     if scenario == "madv-remove" {
         assert!(out.contains("madvise 22\n"), "{out}");
@@ -703,7 +708,9 @@ fn stale_range_len(err: &str, syscall: &str) -> Option<u64> {
 /// never discards a lazily freed page a DMA pin holds (the program keeps
 /// it), and under softvfio the pin's mlock makes the call EINVAL;
 /// `madv-remove-private`: MADV_REMOVE of private memory takes nothing away
-/// (Linux: EINVAL).
+/// (Linux: EINVAL); `madv-remove-then-private`: MADV_REMOVE of a shared
+/// page and the private page after it, mapped for DMA, takes the shared
+/// page only (Linux stops at the private one: EINVAL).
 pub fn not_stale(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
     let (code, out, err) = run_full(softvfio, mode, bin, scenario, &["--sanitize=strict"]);
     assert_eq!(code, 0, "{err}");
@@ -712,7 +719,13 @@ pub fn not_stale(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
         &err,
         &["sanitizer: 0 fault(s), 0 stale mapping(s), 0 leak(s), 0 device note(s)"],
     );
-    if ["madv-free", "madv-remove-private", "madv-dontneed-mlocked"].contains(&scenario) {
+    let refused = [
+        "madv-free",
+        "madv-remove-private",
+        "madv-dontneed-mlocked",
+        "madv-remove-then-private",
+    ];
+    if refused.contains(&scenario) {
         // The pin's mlock (Linux: 0 for MADV_FREE, EINVAL for MADV_REMOVE
         // of private memory and for memory the program locked itself).
         assert!(out.contains("madvise 22\n"), "{out}");
@@ -850,6 +863,13 @@ macro_rules! every_scenario {
         $scenario!(madvise_remove_of_private_memory_is_not_stale, |s, m, b| {
             sc::not_stale(s, m, b, "madv-remove-private")
         });
+        $scenario!(stale_mapping_after_madvise_remove_from_a_hole, |s, m, b| {
+            sc::stale(s, m, b, "madv-remove-hole")
+        });
+        $scenario!(
+            madvise_remove_stopped_by_private_memory_is_not_stale,
+            |s, m, b| { sc::not_stale(s, m, b, "madv-remove-then-private") }
+        );
         $scenario!(
             madvise_dontneed_of_memory_the_program_locked_is_not_stale,
             |s, m, b| { sc::not_stale(s, m, b, "madv-dontneed-mlocked") }

@@ -833,6 +833,66 @@ static int case_madvise(char **argv) {
   return 0;
 }
 
+/* MADV_REMOVE of a range over several mappings. Linux's madvise walks
+ * them in address order: it skips a hole (and answers ENOMEM at the end),
+ * punches the pages of each shared writable mapping out, and stops at the
+ * first mapping of another kind (EINVAL for private anonymous memory):
+ * what lies before it went, what lies after it stays. Each shared page is
+ * mapped for DMA: does the program keep it, does the device read the
+ * old one? */
+#define IOVA_A 0x300000
+#define IOVA_B 0x400000
+#define IOVA_C 0x500000
+static char *shared_page(uint64_t addr, int byte) {
+  char *p = mmap((void *)addr, PG, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (p == MAP_FAILED || (uint64_t)p != addr) die("mmap shared");
+  memset(p, byte, PG);
+  return p;
+}
+
+static void device_reads(uint64_t iova, char *z, const char *name, int byte) {
+  memset(z, 0, 64);
+  edu_dma(iova, EDU_BUF, 64, 0);
+  edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+  printf("%s_device_reads_old %s\n", name, all_are(z, 64, byte) ? "yes" : "no");
+}
+
+static int case_madvise_spans(char **argv) {
+  int g, c = open_edu(argv, &g);
+  char *z = fixed_page(Z_ADDR, PG, 'Z');
+  if (map(c, IOVA_Z, z, PG)) die("map z");
+  /* Shared (mapped for DMA), then private. */
+  char *s1 = shared_page(X_ADDR, 'A');
+  char *p1 = fixed_page(X_ADDR + PG, PG, 'a');
+  if (map(c, IOVA_A, s1, PG)) die("map a");
+  printf("shared_then_private %s\n", err(madvise(s1, 2 * PG, MADV_REMOVE)));
+  printf("shared_then_private_shared_kept %s\n", all_are(s1, 64, 'A') ? "yes" : "no");
+  printf("shared_then_private_private_kept %s\n", all_are(p1, 64, 'a') ? "yes" : "no");
+  device_reads(IOVA_A, z, "shared_then_private", 'A');
+  unmap(c, IOVA_A, PG);
+  /* A hole, then shared (mapped for DMA). */
+  char *s2 = shared_page(X_ADDR + 9 * PG, 'B');
+  if (map(c, IOVA_B, s2, PG)) die("map b");
+  printf("hole_then_shared %s\n",
+         err(madvise((void *)(X_ADDR + 8 * PG), 2 * PG, MADV_REMOVE)));
+  printf("hole_then_shared_shared_kept %s\n", all_are(s2, 64, 'B') ? "yes" : "no");
+  device_reads(IOVA_B, z, "hole_then_shared", 'B');
+  unmap(c, IOVA_B, PG);
+  /* Private, then shared (mapped for DMA). */
+  char *p3 = fixed_page(X_ADDR + 16 * PG, PG, 'c');
+  char *s3 = shared_page(X_ADDR + 17 * PG, 'C');
+  if (map(c, IOVA_C, s3, PG)) die("map c");
+  printf("private_then_shared %s\n", err(madvise(p3, 2 * PG, MADV_REMOVE)));
+  printf("private_then_shared_shared_kept %s\n", all_are(s3, 64, 'C') ? "yes" : "no");
+  device_reads(IOVA_C, z, "private_then_shared", 'C');
+  unmap(c, IOVA_C, PG);
+  printf("unmap %s\n", errno_name(unmap(c, IOVA_Z, PG)));
+  close(g);
+  close(c);
+  return 0;
+}
+
 /* A thread that is not the leader calls execve while the leader is in
  * MAP_DMA/UNMAP_DMA (whose pins run system calls in it, in trace mode):
  * the new image's open of the container is served as any other. */
@@ -1576,6 +1636,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "thread_exec2")) return case_thread_exec2();
   if (!strcmp(argv[1], "quirks") && argc > 3) return case_quirks(argv);
   if (!strcmp(argv[1], "madvise") && argc > 3) return case_madvise(argv);
+  if (!strcmp(argv[1], "madvise_spans") && argc > 3) return case_madvise_spans(argv);
   if (!strcmp(argv[1], "seccomp") && argc > 3) return case_seccomp(argv);
   if (!strcmp(argv[1], "vaddr") && argc > 3) return case_vaddr(argv);
   if (!strcmp(argv[1], "cpr") && argc > 3) return case_cpr(argv);

@@ -94,6 +94,92 @@ pub struct PinStats {
     pub locked_bytes: u64,
 }
 
+/// The methods of [`UserMemory`] named, each forwarded unchanged to the
+/// memory a wrapper wraps: inside `impl UserMemory for Wrapper`,
+/// `forward_user_memory!(inner: pin, unpin, ...)` makes each named method
+/// call `self.inner()` (a method of the wrapper answering the wrapped
+/// memory, by reference). The wrapper writes the methods it changes
+/// itself, next to the invocation; a method neither named nor written
+/// keeps the trait's default (which most wrappers do not want: name every
+/// method they do not change).
+///
+/// Why a macro: the wrappers (the sanitizer's windowed view, a container's
+/// routed domain memory, the preload program memory) change one or two
+/// methods each and pass the rest on; written out, each repeated the
+/// whole trait.
+#[macro_export]
+macro_rules! forward_user_memory {
+    ($to:ident: $($method:ident),+ $(,)?) => {
+        $($crate::forward_user_memory!(@one $to $method);)+
+    };
+    // Each method's signature, once.
+    (@one $to:ident pin) => {
+        $crate::forward_user_memory!(@fn $to pin(
+            vaddr: u64,
+            len: u64,
+            write: bool,
+            on_run: &mut dyn FnMut($crate::memory::PinnedRun) -> $crate::memory::MemResult,
+        ) -> $crate::memory::MemResult);
+    };
+    (@one $to:ident is_device_range) => {
+        $crate::forward_user_memory!(@fn $to is_device_range(vaddr: u64, len: u64) -> bool);
+    };
+    (@one $to:ident device_bytes) => {
+        $crate::forward_user_memory!(@fn $to device_bytes(vaddr: u64, len: u64) -> u64);
+    };
+    (@one $to:ident unpin) => {
+        $crate::forward_user_memory!(@fn $to unpin(vaddr: u64, len: u64) -> ());
+    };
+    (@one $to:ident read) => {
+        $crate::forward_user_memory!(@fn $to read(vaddr: u64, buf: &mut [u8]) -> $crate::memory::MemResult);
+    };
+    (@one $to:ident write) => {
+        $crate::forward_user_memory!(@fn $to write(vaddr: u64, data: &[u8]) -> $crate::memory::MemResult);
+    };
+    (@one $to:ident dma_read) => {
+        $crate::forward_user_memory!(@fn $to dma_read(vaddr: u64, buf: &mut [u8]) -> $crate::memory::MemResult);
+    };
+    (@one $to:ident dma_write) => {
+        $crate::forward_user_memory!(@fn $to dma_write(vaddr: u64, data: &[u8]) -> $crate::memory::MemResult);
+    };
+    (@one $to:ident lock_policy) => {
+        $crate::forward_user_memory!(@fn $to lock_policy() -> $crate::memory::LockPolicy);
+    };
+    (@one $to:ident cap_sys_resource) => {
+        $crate::forward_user_memory!(@fn $to cap_sys_resource() -> bool);
+    };
+    (@one $to:ident account) => {
+        $crate::forward_user_memory!(@fn $to account() -> &::std::sync::Arc<$crate::account::MmAccount>);
+    };
+    (@one $to:ident stats) => {
+        $crate::forward_user_memory!(@fn $to stats() -> $crate::memory::PinStats);
+    };
+    (@one $to:ident describe) => {
+        $crate::forward_user_memory!(@fn $to describe() -> ::std::string::String);
+    };
+    (@one $to:ident svm_view) => {
+        $crate::forward_user_memory!(@fn $to svm_view() -> $crate::memory::MemoryHandle);
+    };
+    (@one $to:ident shared) => {
+        $crate::forward_user_memory!(@fn $to shared() -> $crate::memory::MemoryHandle);
+    };
+    // The forwarding itself.
+    (@fn $to:ident $method:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty) => {
+        fn $method(&self, $($arg: $ty),*) -> $ret {
+            self.$to().$method($($arg),*)
+        }
+    };
+}
+
+/// What a memory access answers ([`forward_user_memory`]'s signatures).
+#[doc(hidden)]
+pub type MemResult = Result<(), MemError>;
+
+/// Another handle on an address space, if any ([`forward_user_memory`]'s
+/// signatures).
+#[doc(hidden)]
+pub type MemoryHandle = Option<Arc<dyn UserMemory>>;
+
 /// A user address space that can be pinned for DMA.
 pub trait UserMemory: Send + Sync {
     /// Pins `[vaddr, vaddr + len)` (page aligned, `len > 0`) with read access,
@@ -192,5 +278,185 @@ pub trait UserMemory: Send + Sync {
     /// reach that space. `None`: mappings pin the container's memory.
     fn shared(&self) -> Option<Arc<dyn UserMemory>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod forward_tests {
+    use super::*;
+
+    use std::sync::Mutex;
+
+    /// Answers each call with values of its own and logs the call with its
+    /// arguments.
+    struct Probe {
+        log: Mutex<Vec<String>>,
+        account: Arc<MmAccount>,
+    }
+
+    impl Probe {
+        fn note(&self, call: String) {
+            self.log.lock().unwrap().push(call);
+        }
+
+        /// A read named `call`: logged, `buf` filled with `byte`.
+        fn fill(&self, call: &str, vaddr: u64, buf: &mut [u8], byte: u8) -> MemResult {
+            self.note(format!("{call} {vaddr:#x} {}", buf.len()));
+            buf.fill(byte);
+            Ok(())
+        }
+    }
+
+    impl UserMemory for Probe {
+        fn pin(
+            &self,
+            vaddr: u64,
+            len: u64,
+            write: bool,
+            on_run: &mut dyn FnMut(PinnedRun) -> MemResult,
+        ) -> MemResult {
+            self.note(format!("pin {vaddr:#x} {len:#x} {write}"));
+            let page_size = PAGE_SIZE;
+            let pfn = Some(7);
+            on_run(PinnedRun {
+                vaddr,
+                len,
+                page_size,
+                pfn,
+            })
+            .and(Err(MemError::Fault))
+        }
+        fn is_device_range(&self, vaddr: u64, len: u64) -> bool {
+            self.note(format!("is_device_range {vaddr:#x} {len:#x}"));
+            true
+        }
+        fn device_bytes(&self, vaddr: u64, len: u64) -> u64 {
+            self.note(format!("device_bytes {vaddr:#x} {len:#x}"));
+            11
+        }
+        fn unpin(&self, vaddr: u64, len: u64) {
+            self.note(format!("unpin {vaddr:#x} {len:#x}"));
+        }
+        fn read(&self, vaddr: u64, buf: &mut [u8]) -> MemResult {
+            self.fill("read", vaddr, buf, 1)
+        }
+        fn write(&self, vaddr: u64, data: &[u8]) -> MemResult {
+            self.note(format!("write {vaddr:#x} {data:?}"));
+            Ok(())
+        }
+        fn dma_read(&self, vaddr: u64, buf: &mut [u8]) -> MemResult {
+            self.fill("dma_read", vaddr, buf, 2)
+        }
+        fn dma_write(&self, vaddr: u64, data: &[u8]) -> MemResult {
+            self.note(format!("dma_write {vaddr:#x} {data:?}"));
+            Err(MemError::Unreachable)
+        }
+        fn lock_policy(&self) -> LockPolicy {
+            self.note("lock_policy".into());
+            LockPolicy {
+                cap_ipc_lock: false,
+                limit_pages: 99,
+            }
+        }
+        fn cap_sys_resource(&self) -> bool {
+            self.note("cap_sys_resource".into());
+            true
+        }
+        fn account(&self) -> &Arc<MmAccount> {
+            self.note("account".into());
+            &self.account
+        }
+        fn stats(&self) -> PinStats {
+            self.note("stats".into());
+            PinStats {
+                pin_ops: 5,
+                ..PinStats::default()
+            }
+        }
+        fn describe(&self) -> String {
+            self.note("describe".into());
+            "probe".into()
+        }
+        fn svm_view(&self) -> Option<Arc<dyn UserMemory>> {
+            self.note("svm_view".into());
+            None
+        }
+        fn shared(&self) -> Option<Arc<dyn UserMemory>> {
+            self.note("shared".into());
+            None
+        }
+    }
+
+    /// Forwards everything.
+    struct Wrapper(Probe);
+
+    impl Wrapper {
+        fn inner(&self) -> &Probe {
+            &self.0
+        }
+    }
+
+    impl UserMemory for Wrapper {
+        crate::forward_user_memory!(inner: pin, is_device_range, device_bytes, unpin, read, write,
+            dma_read, dma_write, lock_policy, cap_sys_resource, account, stats, describe,
+            svm_view, shared);
+    }
+
+    /// Each method the macro forwards reaches the same method of the
+    /// wrapped memory, with the same arguments, and answers its answer.
+    #[test]
+    fn each_forwarded_method_reaches_the_same_method() {
+        let w = Wrapper(Probe {
+            log: Mutex::new(Vec::new()),
+            account: Arc::new(MmAccount::new()),
+        });
+        let mut runs = Vec::new();
+        let pinned = w.pin(0x1000, 0x2000, true, &mut |r| {
+            runs.push(r);
+            Ok(())
+        });
+        assert_eq!(pinned, Err(MemError::Fault));
+        assert_eq!(runs.len(), 1);
+        assert_eq!(
+            (runs[0].vaddr, runs[0].len, runs[0].pfn),
+            (0x1000, 0x2000, Some(7))
+        );
+        assert!(w.is_device_range(0x3000, 0x10));
+        assert_eq!(w.device_bytes(0x4000, 0x20), 11);
+        w.unpin(0x5000, 0x1000);
+        let mut buf = [0u8; 3];
+        assert_eq!(w.read(0x6000, &mut buf), Ok(()));
+        assert_eq!(buf, [1; 3]);
+        assert_eq!(w.write(0x7000, &[9, 8]), Ok(()));
+        assert_eq!(w.dma_read(0x8000, &mut buf), Ok(()));
+        assert_eq!(buf, [2; 3]);
+        assert_eq!(w.dma_write(0x9000, &[7]), Err(MemError::Unreachable));
+        assert_eq!(w.lock_policy().limit_pages, 99);
+        assert!(w.cap_sys_resource());
+        assert!(Arc::ptr_eq(w.account(), &w.0.account));
+        assert_eq!(w.stats().pin_ops, 5);
+        assert_eq!(w.describe(), "probe");
+        assert!(w.svm_view().is_none());
+        assert!(w.shared().is_none());
+        assert_eq!(
+            *w.0.log.lock().unwrap(),
+            [
+                "pin 0x1000 0x2000 true",
+                "is_device_range 0x3000 0x10",
+                "device_bytes 0x4000 0x20",
+                "unpin 0x5000 0x1000",
+                "read 0x6000 3",
+                "write 0x7000 [9, 8]",
+                "dma_read 0x8000 3",
+                "dma_write 0x9000 [7]",
+                "lock_policy",
+                "cap_sys_resource",
+                "account",
+                "stats",
+                "describe",
+                "svm_view",
+                "shared",
+            ]
+        );
     }
 }

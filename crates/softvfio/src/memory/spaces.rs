@@ -26,8 +26,7 @@
 
 use std::sync::{Arc, RwLock, Weak};
 
-use super::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory};
-use crate::account::MmAccount;
+use super::{MemError, UserMemory};
 
 /// First bit of the tag in a physical address: above every 4-level user
 /// address (`0x0000_7fff_ffff_ffff`).
@@ -115,6 +114,12 @@ pub(crate) struct RoutedMemory {
 }
 
 impl RoutedMemory {
+    /// The container's own memory, where everything but device accesses
+    /// goes.
+    fn own_memory(&self) -> &dyn UserMemory {
+        &*self.own
+    }
+
     fn route(&self, phys: u64) -> Result<(Option<Arc<Space>>, u64), MemError> {
         let tag = (phys >> TAG_SHIFT) as usize;
         if tag == 0 {
@@ -138,27 +143,8 @@ fn check_within_tag(phys: u64, len: usize) -> Result<(), MemError> {
 }
 
 impl UserMemory for RoutedMemory {
-    fn pin(
-        &self,
-        vaddr: u64,
-        len: u64,
-        write: bool,
-        on_run: &mut dyn FnMut(PinnedRun) -> Result<(), MemError>,
-    ) -> Result<(), MemError> {
-        self.own.pin(vaddr, len, write, on_run)
-    }
-
-    fn unpin(&self, vaddr: u64, len: u64) {
-        self.own.unpin(vaddr, len)
-    }
-
-    fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.own.read(vaddr, buf)
-    }
-
-    fn write(&self, vaddr: u64, data: &[u8]) -> Result<(), MemError> {
-        self.own.write(vaddr, data)
-    }
+    crate::forward_user_memory!(own_memory: pin, is_device_range, device_bytes, unpin, read, write,
+        lock_policy, cap_sys_resource, account, stats, describe, svm_view, shared);
 
     fn dma_read(&self, phys: u64, buf: &mut [u8]) -> Result<(), MemError> {
         check_within_tag(phys, buf.len())?;
@@ -174,29 +160,5 @@ impl UserMemory for RoutedMemory {
             (None, v) => self.own.dma_write(v, data),
             (Some(s), v) => s.mem.dma_write(v, data),
         }
-    }
-
-    fn lock_policy(&self) -> LockPolicy {
-        self.own.lock_policy()
-    }
-
-    fn account(&self) -> &Arc<MmAccount> {
-        self.own.account()
-    }
-
-    fn stats(&self) -> PinStats {
-        self.own.stats()
-    }
-
-    fn describe(&self) -> String {
-        self.own.describe()
-    }
-
-    fn svm_view(&self) -> Option<Arc<dyn UserMemory>> {
-        self.own.svm_view()
-    }
-
-    fn shared(&self) -> Option<Arc<dyn UserMemory>> {
-        self.own.shared()
     }
 }
