@@ -74,19 +74,108 @@ pub fn spread(v: &[f64], scale: f64, unit: &str) -> String {
     )
 }
 
-/// The ratio of each repetition's subject to the baseline run next to it
-/// (`interleave` pairs them), as "min..max, median m": two runs that shared
-/// the machine's load at that moment are compared with each other.
-pub fn paired_ratios(base: &[f64], subj: &[f64]) -> String {
-    let r: Vec<f64> = base
-        .iter()
-        .zip(subj)
-        .filter(|(b, _)| **b > 0.0)
-        .map(|(b, s)| s / b)
-        .collect();
+/// One repetition of [`paired_blocks`]: a baseline and a subject measured
+/// in short alternating blocks of the same number of operations.
+#[derive(Debug, Clone)]
+pub struct PairedBlocks {
+    /// Nanoseconds per operation of the baseline over all its blocks.
+    pub base_ns: f64,
+    /// Nanoseconds per operation of the subject over all its blocks.
+    pub subj_ns: f64,
+    /// Per pair of neighbouring blocks, the baseline's time over the
+    /// subject's: the subject's throughput relative to the baseline's
+    /// (1.0: as fast; 0.9: 10% slower).
+    pub ratios: Vec<f64>,
+    /// Operations in each block.
+    pub ops_per_block: u64,
+}
+
+/// Nanoseconds that `ops` calls of `f` take.
+fn timed(ops: u64, f: &mut impl FnMut()) -> f64 {
+    let t = Instant::now();
+    for _ in 0..ops {
+        f();
+    }
+    t.elapsed().as_nanos() as f64
+}
+
+/// Runs `base` and `subject` (one operation each) in alternating blocks of
+/// about `block` each on this thread, for about `budget` each, and pairs
+/// each block with its neighbour of the other side: a burst of machine
+/// noise (another process on this CPU, a frequency change) lasts longer
+/// than a block pair or falls into one block, so it moves a few pair ratios
+/// (which the median ignores) instead of one side's whole run. The order
+/// within a pair alternates, so that neither side always runs on caches
+/// the other warmed. Before the blocks, both sides run once (warm-up, and
+/// the baseline's rate sets the block's operation count).
+pub fn paired_blocks(
+    budget: Duration,
+    block: Duration,
+    mut base: impl FnMut(),
+    mut subject: impl FnMut(),
+) -> PairedBlocks {
+    let block_ns = block.as_nanos().max(1) as f64;
+    // Calibrate: double until a run of the baseline takes a quarter block.
+    let mut n = 16u64;
+    let per_op = loop {
+        let t = timed(n, &mut base);
+        timed(n, &mut subject);
+        if t >= block_ns / 4.0 || n >= 1 << 30 {
+            break t / n as f64;
+        }
+        n *= 2;
+    };
+    let ops = ((block_ns / per_op.max(1e-3)) as u64).max(1);
+    let (mut tb, mut ts) = (0.0, 0.0);
+    let mut ratios = Vec::new();
+    let start = Instant::now();
+    // At least 8 pairs, so that a median means something.
+    while ratios.len() < 8 || start.elapsed() < budget * 2 {
+        let (b, s) = if ratios.len() % 2 == 0 {
+            let b = timed(ops, &mut base);
+            (b, timed(ops, &mut subject))
+        } else {
+            let s = timed(ops, &mut subject);
+            (timed(ops, &mut base), s)
+        };
+        tb += b;
+        ts += s;
+        if s > 0.0 {
+            ratios.push(b / s);
+        }
+    }
+    let total = (ops * ratios.len().max(1) as u64) as f64;
+    PairedBlocks {
+        base_ns: tb / total,
+        subj_ns: ts / total,
+        ratios,
+        ops_per_block: ops,
+    }
+}
+
+/// The `q` quantile (0..=1) of `v` by the nearest rank; NaN when empty.
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let i = ((s.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+    s[i.min(s.len() - 1)]
+}
+
+/// "median m, quartiles q1..q3, min..max over n" of block ratios, for
+/// notes.
+pub fn ratio_spread(r: &[f64]) -> String {
     let min = r.iter().copied().fold(f64::NAN, f64::min);
     let max = r.iter().copied().fold(f64::NAN, f64::max);
-    format!("{min:.3}..{max:.3}, median {:.3}", median(&r))
+    format!(
+        "median {:.3}, quartiles {:.3}..{:.3}, min..max {min:.3}..{max:.3} over {}",
+        median(r),
+        quantile(r, 0.25),
+        quantile(r, 0.75),
+        r.len()
+    )
 }
 
 #[cfg(test)]
@@ -103,5 +192,44 @@ mod tests {
         assert_eq!(best(&[3.0, 1.0]), 1.0);
         let (b, s) = interleave(3, || Ok(1.0), || Ok(2.0)).unwrap();
         assert_eq!((b.len(), s.len()), (3, 3));
+    }
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let v = [5.0, 1.0, 4.0, 2.0, 3.0];
+        assert_eq!(quantile(&v, 0.0), 1.0);
+        assert_eq!(quantile(&v, 0.25), 2.0);
+        assert_eq!(quantile(&v, 0.5), 3.0);
+        assert_eq!(quantile(&v, 1.0), 5.0);
+        assert!(quantile(&[], 0.5).is_nan());
+        assert_eq!(
+            ratio_spread(&[0.9, 1.0, 1.1]),
+            "median 1.000, quartiles 0.900..1.100, min..max 0.900..1.100 over 3"
+        );
+    }
+
+    /// Blocks alternate and each side runs the same operations: a subject
+    /// doing twice the work of the baseline comes out near half as fast.
+    #[test]
+    fn paired_blocks_pair_equal_work() {
+        let (mut nb, mut ns) = (0u64, 0u64);
+        let work = |n: u64| (0..n).fold(0u64, |a, i| a.wrapping_mul(31).wrapping_add(i));
+        let r = paired_blocks(
+            Duration::from_millis(20),
+            Duration::from_millis(1),
+            || {
+                nb += 1;
+                std::hint::black_box(work(std::hint::black_box(2000)));
+            },
+            || {
+                ns += 1;
+                std::hint::black_box(work(std::hint::black_box(4000)));
+            },
+        );
+        assert!(r.ratios.len() >= 8);
+        assert_eq!(nb, ns, "both sides run the same number of operations");
+        let m = median(&r.ratios);
+        assert!((0.3..0.7).contains(&m), "median ratio {m}");
+        assert!(r.subj_ns > r.base_ns);
     }
 }
