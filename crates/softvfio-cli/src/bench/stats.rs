@@ -78,36 +78,51 @@ pub fn spread(v: &[f64], scale: f64, unit: &str) -> String {
 /// in short alternating blocks of the same number of operations.
 #[derive(Debug, Clone)]
 pub struct PairedBlocks {
-    /// Nanoseconds per operation of the baseline over all its blocks.
+    /// CPU nanoseconds per operation of the baseline over all its blocks.
     pub base_ns: f64,
-    /// Nanoseconds per operation of the subject over all its blocks.
+    /// CPU nanoseconds per operation of the subject over all its blocks.
     pub subj_ns: f64,
     /// Per pair of neighbouring blocks, the baseline's time over the
     /// subject's: the subject's throughput relative to the baseline's
     /// (1.0: as fast; 0.9: 10% slower).
     pub ratios: Vec<f64>,
-    /// Operations in each block.
+    /// Operations in a block of the nominal length (each block is 0.5x to
+    /// 1.5x this).
     pub ops_per_block: u64,
 }
 
-/// Nanoseconds that `ops` calls of `f` take.
+/// This thread's CPU time, in nanoseconds: time the thread spends
+/// descheduled (another process on its CPU) does not count.
+fn thread_cpu_ns() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as f64 * 1e9 + t.tv_nsec as f64
+}
+
+/// CPU nanoseconds of this thread that `ops` calls of `f` take.
 fn timed(ops: u64, f: &mut impl FnMut()) -> f64 {
-    let t = Instant::now();
+    let t = thread_cpu_ns();
     for _ in 0..ops {
         f();
     }
-    t.elapsed().as_nanos() as f64
+    thread_cpu_ns() - t
 }
 
 /// Runs `base` and `subject` (one operation each) in alternating blocks of
 /// about `block` each on this thread, for about `budget` each, and pairs
-/// each block with its neighbour of the other side: a burst of machine
-/// noise (another process on this CPU, a frequency change) lasts longer
-/// than a block pair or falls into one block, so it moves a few pair ratios
-/// (which the median ignores) instead of one side's whole run. The order
-/// within a pair alternates, so that neither side always runs on caches
-/// the other warmed. Before the blocks, both sides run once (warm-up, and
-/// the baseline's rate sets the block's operation count).
+/// each block with its neighbour of the other side (the same number of
+/// operations): a burst of machine noise lands in a block or two of either
+/// side, which moves a few pair ratios (the median ignores them), instead
+/// of one side's whole run. Against a busy machine:
+/// - blocks are timed by the thread's CPU clock, so a block during which
+///   the thread was descheduled is not charged for the time it waited (only
+///   for the caches the other process cooled);
+/// - which side goes first in a pair, and the block's length (0.5x to 1.5x
+///   `block`, the same for both sides of a pair), are drawn at random, so
+///   that the pattern cannot lock in phase with the scheduler's tick and
+///   charge the same side each time.
+///
+/// Before the blocks, both sides run (warm-up), and the baseline's fastest
+/// of three runs sets the block's operation count.
 pub fn paired_blocks(
     budget: Duration,
     block: Duration,
@@ -117,34 +132,48 @@ pub fn paired_blocks(
     let block_ns = block.as_nanos().max(1) as f64;
     // Calibrate: double until a run of the baseline takes a quarter block.
     let mut n = 16u64;
-    let per_op = loop {
+    loop {
         let t = timed(n, &mut base);
         timed(n, &mut subject);
         if t >= block_ns / 4.0 || n >= 1 << 30 {
-            break t / n as f64;
+            break;
         }
         n *= 2;
-    };
-    let ops = ((block_ns / per_op.max(1e-3)) as u64).max(1);
-    let (mut tb, mut ts) = (0.0, 0.0);
+    }
+    let per_op = (0..3)
+        .map(|_| {
+            let t = timed(n, &mut base);
+            timed(n, &mut subject);
+            t / n as f64
+        })
+        .fold(f64::INFINITY, f64::min);
+    let ops = ((block_ns / per_op.max(1e-3)) as u64).max(2);
+    let (mut tb, mut ts, mut total) = (0.0, 0.0, 0u64);
     let mut ratios = Vec::new();
+    // xorshift64: a fixed seed, so that runs draw the same sequence.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
     let start = Instant::now();
     // At least 8 pairs, so that a median means something.
     while ratios.len() < 8 || start.elapsed() < budget * 2 {
-        let (b, s) = if ratios.len() % 2 == 0 {
-            let b = timed(ops, &mut base);
-            (b, timed(ops, &mut subject))
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let n = ops / 2 + (seed >> 1) % ops.max(1);
+        let (b, s) = if seed & 1 == 0 {
+            let b = timed(n, &mut base);
+            (b, timed(n, &mut subject))
         } else {
-            let s = timed(ops, &mut subject);
-            (timed(ops, &mut base), s)
+            let s = timed(n, &mut subject);
+            (timed(n, &mut base), s)
         };
         tb += b;
         ts += s;
-        if s > 0.0 {
+        total += n;
+        if s > 0.0 && b > 0.0 {
             ratios.push(b / s);
         }
     }
-    let total = (ops * ratios.len().max(1) as u64) as f64;
+    let total = total.max(1) as f64;
     PairedBlocks {
         base_ns: tb / total,
         subj_ns: ts / total,
