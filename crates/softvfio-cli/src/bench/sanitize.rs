@@ -275,3 +275,38 @@ pub fn dma(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String> {
         ),
     }]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The row's ratio is the median of all paired block ratios (not the
+    /// ratio of the medians); its baseline the median repetition's rate.
+    #[test]
+    fn rows_report_the_median_block_ratio() {
+        let run = |base_ns: f64, subj_ns: f64, ratios: &[f64]| PairedBlocks {
+            base_ns,
+            subj_ns,
+            ratios: ratios.to_vec(),
+            ops_per_block: 5000,
+        };
+        let runs = [
+            run(400.0, 440.0, &[0.90, 0.92, 0.50]),
+            run(500.0, 520.0, &[0.95, 1.60]),
+            run(250.0, 300.0, &[0.91]),
+        ];
+        let m = Measured::of(&runs, 1.0);
+        // Rates 2.5M, 2M, 4M pairs/s: the median 2.5M.
+        assert_eq!(m.baseline, 2.5e6);
+        // Ratios 0.50 0.90 0.91 0.92 0.95 1.60: the median 0.915.
+        assert!((m.value / m.baseline - 0.915).abs() < 1e-12);
+        assert_eq!(m.subj.len(), 3);
+        assert!(m.blocks.contains("5000 operations a nominal block"));
+        assert!(m.blocks.contains(
+            "paired block ratios median 0.915, quartiles 0.900..0.950, min..max 0.500..1.600 over 6"
+        ));
+        assert!(m
+            .blocks
+            .contains("each repetition's median 0.900..1.275 over 3"));
+    }
+}
