@@ -278,6 +278,8 @@ pub fn dma(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String> {
 
 #[cfg(test)]
 mod tests {
+    // Unused where the module is included by the criterion bench.
+    #[allow(unused_imports)]
     use super::*;
 
     /// The row's ratio is the median of all paired block ratios (not the
