@@ -95,15 +95,18 @@ static WALK_MAPS: std::sync::Mutex<Option<ProcessMaps>> = std::sync::Mutex::new(
 fn return_addresses(maps: &mut ProcessMaps, out: &mut [u64]) -> usize {
     #[cfg(target_arch = "x86_64")]
     if let Some(stack) = real::own_stack::Stack::here() {
-        let walked = maps.walk_cfi(stack.ip(), stack.sp(), stack.bp(), WALK_FRAMES, |a| {
+        let mut frames = [0u64; WALK_FRAMES];
+        let walked = maps.walk_cfi_into(stack.ip(), stack.sp(), stack.bp(), &mut frames, |a| {
             stack.read(a)
         });
-        if let Some(frames) = walked {
-            // The last frame of this library before the program's.
-            let own = maps.frame(stack.ip()).object;
+        if let Some(n) = walked {
+            let frames = &frames[..n];
+            // The last frame of this library before the program's: this
+            // library's code is one mapping, the one `here` is in.
+            let own = maps.code_range(stack.ip()).unwrap_or(0..0);
             let first = frames
                 .iter()
-                .position(|a| maps.frame(*a).object != own)
+                .position(|a| !own.contains(a))
                 .map_or(0, |i| i.saturating_sub(1));
             let keep = &frames[first..];
             let n = keep.len().min(out.len());
