@@ -344,16 +344,18 @@ fn parse_maps(text: &str, names: &mut HashMap<String, Arc<str>>) -> Vec<MapEntry
 }
 
 /// How to find the caller's frame from one instruction (x86-64 `.eh_frame`
-/// rules the walk understands).
+/// rules the walk understands). Offsets are those of a stack frame, well
+/// within 32 bits (a rule with larger ones is not understood): small, so
+/// that the walk's caches copy little per frame.
 #[derive(Debug, Clone, Copy)]
 struct FrameRule {
     /// The CFA is `rsp` (7) or `rbp` (6) plus `cfa_offset`.
     cfa_register: u16,
-    cfa_offset: i64,
+    cfa_offset: i32,
     /// The return address is saved at CFA + this.
-    ra_offset: i64,
+    ra_offset: i32,
     /// The caller's `rbp` is saved at CFA + this (else unchanged).
-    rbp_offset: Option<i64>,
+    rbp_offset: Option<i32>,
 }
 
 /// What the call frame information says about one instruction's frame.
@@ -453,13 +455,13 @@ impl Cfi {
             return None;
         };
         let rbp_offset = match table_row.register(X86_64::RBP) {
-            RegisterRule::Offset(n) => Some(n),
+            RegisterRule::Offset(n) => Some(i32::try_from(n).ok()?),
             _ => None,
         };
         Some(Step::Caller(FrameRule {
             cfa_register: register.0,
-            cfa_offset: offset,
-            ra_offset,
+            cfa_offset: i32::try_from(offset).ok()?,
+            ra_offset: i32::try_from(ra_offset).ok()?,
             rbp_offset,
         }))
     }
@@ -477,6 +479,7 @@ fn load_segments(file: &object::File<'_>) -> Vec<(u64, u64, u64)> {
 
 impl ProcessMaps {
     /// The unwind step at instruction `pc` (kept: see [`ProcessMaps`]).
+    #[inline]
     fn step(&mut self, pc: u64) -> Option<Step> {
         let slot = recent_slot(pc);
         let (key, step) = self.recent_steps[slot];
@@ -491,12 +494,18 @@ impl ProcessMaps {
     /// Whether return address `ra` is code, and the step at its call
     /// (kept when it is code: an address that is not may become code when
     /// a library is loaded, see [`is_code`](Self::is_code)).
+    #[inline]
     fn return_info(&mut self, ra: u64) -> ReturnInfo {
         let slot = recent_slot(ra);
         let (key, info) = self.recent_returns[slot];
         if key == ra {
             return info;
         }
+        self.return_info_slow(ra, slot)
+    }
+
+    #[inline(never)]
+    fn return_info_slow(&mut self, ra: u64, slot: usize) -> ReturnInfo {
         if !self.is_code(ra) {
             return ReturnInfo::default();
         }
@@ -508,6 +517,7 @@ impl ProcessMaps {
         info
     }
 
+    #[inline(never)]
     fn step_slow(&mut self, pc: u64) -> Option<Step> {
         if let Some(s) = self.steps.get(&pc) {
             return *s;
@@ -638,12 +648,12 @@ impl ProcessMaps {
                         6 => bp,
                         _ => return (n, false),
                     };
-                    let cfa = base.wrapping_add_signed(r.cfa_offset);
-                    let Some(ra) = read(cfa.wrapping_add_signed(r.ra_offset)) else {
+                    let cfa = base.wrapping_add_signed(r.cfa_offset.into());
+                    let Some(ra) = read(cfa.wrapping_add_signed(r.ra_offset.into())) else {
                         return (n, false);
                     };
                     let caller_bp = match r.rbp_offset {
-                        Some(off) => match read(cfa.wrapping_add_signed(off)) {
+                        Some(off) => match read(cfa.wrapping_add_signed(off.into())) {
                             Some(v) => v,
                             None if frame_pointers => 0,
                             None => return (n, false),
