@@ -103,7 +103,7 @@ fn return_addresses(maps: &mut ProcessMaps, out: &mut [u64]) -> usize {
             let frames = &frames[..n];
             // The last frame of this library before the program's: this
             // library's code is one mapping, the one `here` is in.
-            let own = maps.code_range(stack.ip()).unwrap_or(0..0);
+            let own = own_code(maps, stack.ip());
             let first = frames
                 .iter()
                 .position(|a| !own.contains(a))
@@ -115,6 +115,21 @@ fn return_addresses(maps: &mut ProcessMaps, out: &mut [u64]) -> usize {
         }
     }
     real::backtrace_into(out)
+}
+
+/// This library's code mapping (`here`: an address in it), found once:
+/// a preloaded library stays where it was loaded for the life of the
+/// image (a fork's child has it at the same addresses; an exec loads a
+/// new image, with this variable anew).
+fn own_code(maps: &ProcessMaps, here: u64) -> std::ops::Range<u64> {
+    static OWN_CODE: std::sync::OnceLock<std::ops::Range<u64>> = std::sync::OnceLock::new();
+    if let Some(r) = OWN_CODE.get() {
+        return r.clone();
+    }
+    match maps.code_range(here) {
+        Some(r) => OWN_CODE.get_or_init(|| r).clone(),
+        None => 0..0,
+    }
 }
 
 /// In the keeper: the call site of process `pid`'s call from the return
