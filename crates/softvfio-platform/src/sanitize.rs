@@ -82,9 +82,34 @@ pub struct ProcessMaps {
     /// The unwind step at each instruction looked up (`None`: no rule the
     /// walk understands).
     steps: HashMap<u64, Option<Step>, AddrHash>,
+    /// In front of `steps`: the step of recent instructions, by a few bits
+    /// of their address (a capture takes about ten steps, each one a hash
+    /// lookup otherwise).
+    recent_steps: Box<[(u64, Option<Step>); RECENT_STEPS]>,
+    /// Likewise for return addresses: whether each is code, with the step
+    /// at its call, in one lookup per frame.
+    recent_returns: Box<[(u64, ReturnInfo); RECENT_STEPS]>,
     /// The call site of each address tuple made.
     sites: HashMap<Vec<u64>, Arc<CallSite>, AddrHash>,
+    /// In front of `sites`: the last few call sites made (a driver's calls
+    /// alternate between a few: map, unmap, ...), compared frame by frame.
+    recent_sites: [Option<Arc<CallSite>>; RECENT_SITES],
+    /// Where in `recent_sites` the next new site goes.
+    recent_next: usize,
+    /// The index in `entries` of the last address found (the frames of a
+    /// walk fall in a few objects, mostly the one before).
+    last_entry: usize,
 }
+
+/// Slots of [`ProcessMaps`]' direct-mapped step cache (a power of two).
+const RECENT_STEPS: usize = 256;
+
+/// Call sites [`ProcessMaps`] compares before hashing.
+const RECENT_SITES: usize = 4;
+
+/// A `recent_steps` slot that holds no instruction (no code is at the
+/// last address).
+const NO_PC: u64 = u64::MAX;
 
 /// Entries kept in each of [`ProcessMaps`]' caches before it starts over
 /// (a program with more distinct call sites than this is still served,
@@ -137,36 +162,83 @@ impl ProcessMaps {
             Some(p) => format!("/proc/{p}/maps"),
             None => "/proc/self/maps".to_string(),
         };
-        let mut m = Self {
-            path,
-            entries: Vec::new(),
-            names: HashMap::new(),
-            cfi: HashMap::new(),
-            steps: HashMap::default(),
-            sites: HashMap::default(),
-        };
+        let mut m = Self::of_entries(Vec::new(), HashMap::new());
+        m.path = path;
         m.reload();
         m
+    }
+
+    /// Maps of `entries` (reloaded from a path that does not exist).
+    fn of_entries(entries: Vec<MapEntry>, names: HashMap<String, Arc<str>>) -> Self {
+        Self {
+            path: "/nonexistent".into(),
+            entries,
+            names,
+            cfi: HashMap::new(),
+            steps: HashMap::default(),
+            recent_steps: Box::new([(NO_PC, None); RECENT_STEPS]),
+            recent_returns: Box::new([(NO_PC, ReturnInfo::default()); RECENT_STEPS]),
+            sites: HashMap::default(),
+            recent_sites: Default::default(),
+            recent_next: 0,
+            last_entry: 0,
+        }
     }
 
     fn reload(&mut self) {
         let text = std::fs::read_to_string(&self.path).unwrap_or_default();
         self.entries = parse_maps(&text, &mut self.names);
+        self.forget_derived();
+    }
+
+    /// Drops what was derived from the entries (they changed).
+    fn forget_derived(&mut self) {
         self.steps.clear();
+        self.recent_steps.fill((NO_PC, None));
+        self.recent_returns.fill((NO_PC, ReturnInfo::default()));
         self.sites.clear();
+        self.recent_sites = Default::default();
+        self.last_entry = 0;
+    }
+
+    /// The index in `entries` of the mapping holding `addr`.
+    fn find_index(&self, addr: u64) -> Option<usize> {
+        let hit = |e: &MapEntry| e.start <= addr && addr < e.end;
+        if self.entries.get(self.last_entry).is_some_and(hit) {
+            return Some(self.last_entry);
+        }
+        let i = self.entries.partition_point(|e| e.end <= addr);
+        self.entries
+            .get(i)
+            .is_some_and(|e| e.start <= addr)
+            .then_some(i)
     }
 
     fn find(&self, addr: u64) -> Option<&MapEntry> {
-        let i = self.entries.partition_point(|e| e.end <= addr);
-        self.entries.get(i).filter(|e| e.start <= addr)
+        self.entries.get(self.find_index(addr)?)
     }
 
     /// Is `addr` in an executable file mapping? (Reloads once on a miss.)
     pub fn is_code(&mut self, addr: u64) -> bool {
-        if self.find(addr).is_none() {
+        let mut found = self.find_index(addr);
+        if found.is_none() {
             self.reload();
+            found = self.find_index(addr);
         }
-        self.find(addr).is_some_and(|e| e.exec)
+        match found {
+            Some(i) => {
+                self.last_entry = i;
+                self.entries[i].exec
+            }
+            None => false,
+        }
+    }
+
+    /// The addresses of the executable file mapping holding `addr` (all
+    /// of an object's code: its one executable segment), without
+    /// reloading.
+    pub fn code_range(&self, addr: u64) -> Option<std::ops::Range<u64>> {
+        self.find(addr).filter(|e| e.exec).map(|e| e.start..e.end)
     }
 
     /// `addr` with the file and file offset it lies in.
@@ -187,6 +259,19 @@ impl ProcessMaps {
 
     /// A call site of the addresses `addrs` (innermost first).
     pub fn site(&mut self, addrs: &[u64]) -> Arc<CallSite> {
+        let recent = self.recent_sites.iter().flatten().find(|s| {
+            s.frames.len() == addrs.len() && s.frames.iter().zip(addrs).all(|(f, a)| f.addr == *a)
+        });
+        if let Some(s) = recent {
+            return s.clone();
+        }
+        let site = self.site_slow(addrs);
+        self.recent_sites[self.recent_next] = Some(site.clone());
+        self.recent_next = (self.recent_next + 1) % RECENT_SITES;
+        site
+    }
+
+    fn site_slow(&mut self, addrs: &[u64]) -> Arc<CallSite> {
         if let Some(s) = self.sites.get(addrs) {
             return s.clone();
         }
@@ -202,6 +287,22 @@ impl ProcessMaps {
         self.sites.insert(addrs.to_vec(), site.clone());
         site
     }
+}
+
+/// What the walk needs to know of a return address.
+#[derive(Debug, Clone, Copy, Default)]
+struct ReturnInfo {
+    /// It lies in an executable file mapping (`false`: not kept).
+    code: bool,
+    /// The unwind step at its call (the byte before it).
+    step: Option<Step>,
+}
+
+/// The slot of code address `pc` in a direct-mapped cache of
+/// [`RECENT_STEPS`] slots: instructions are bytes apart, so the higher bits
+/// are folded in to spread the frames of one path (in a few objects).
+fn recent_slot(pc: u64) -> usize {
+    ((pc ^ (pc >> 8) ^ (pc >> 16)) as usize) % RECENT_STEPS
 }
 
 fn parse_maps(text: &str, names: &mut HashMap<String, Arc<str>>) -> Vec<MapEntry> {
@@ -244,16 +345,18 @@ fn parse_maps(text: &str, names: &mut HashMap<String, Arc<str>>) -> Vec<MapEntry
 }
 
 /// How to find the caller's frame from one instruction (x86-64 `.eh_frame`
-/// rules the walk understands).
+/// rules the walk understands). Offsets are those of a stack frame, well
+/// within 32 bits (a rule with larger ones is not understood): small, so
+/// that the walk's caches copy little per frame.
 #[derive(Debug, Clone, Copy)]
 struct FrameRule {
     /// The CFA is `rsp` (7) or `rbp` (6) plus `cfa_offset`.
     cfa_register: u16,
-    cfa_offset: i64,
+    cfa_offset: i32,
     /// The return address is saved at CFA + this.
-    ra_offset: i64,
+    ra_offset: i32,
     /// The caller's `rbp` is saved at CFA + this (else unchanged).
-    rbp_offset: Option<i64>,
+    rbp_offset: Option<i32>,
 }
 
 /// What the call frame information says about one instruction's frame.
@@ -353,13 +456,13 @@ impl Cfi {
             return None;
         };
         let rbp_offset = match table_row.register(X86_64::RBP) {
-            RegisterRule::Offset(n) => Some(n),
+            RegisterRule::Offset(n) => Some(i32::try_from(n).ok()?),
             _ => None,
         };
         Some(Step::Caller(FrameRule {
             cfa_register: register.0,
-            cfa_offset: offset,
-            ra_offset,
+            cfa_offset: i32::try_from(offset).ok()?,
+            ra_offset: i32::try_from(ra_offset).ok()?,
             rbp_offset,
         }))
     }
@@ -377,7 +480,46 @@ fn load_segments(file: &object::File<'_>) -> Vec<(u64, u64, u64)> {
 
 impl ProcessMaps {
     /// The unwind step at instruction `pc` (kept: see [`ProcessMaps`]).
+    #[inline]
     fn step(&mut self, pc: u64) -> Option<Step> {
+        let slot = recent_slot(pc);
+        let (key, step) = self.recent_steps[slot];
+        if key == pc {
+            return step;
+        }
+        let step = self.step_slow(pc);
+        self.recent_steps[slot] = (pc, step);
+        step
+    }
+
+    /// Whether return address `ra` is code, and the step at its call
+    /// (kept when it is code: an address that is not may become code when
+    /// a library is loaded, see [`is_code`](Self::is_code)).
+    #[inline]
+    fn return_info(&mut self, ra: u64) -> ReturnInfo {
+        let slot = recent_slot(ra);
+        let (key, info) = self.recent_returns[slot];
+        if key == ra {
+            return info;
+        }
+        self.return_info_slow(ra, slot)
+    }
+
+    #[inline(never)]
+    fn return_info_slow(&mut self, ra: u64, slot: usize) -> ReturnInfo {
+        if !self.is_code(ra) {
+            return ReturnInfo::default();
+        }
+        let info = ReturnInfo {
+            code: true,
+            step: self.step_slow(ra - 1),
+        };
+        self.recent_returns[slot] = (ra, info);
+        info
+    }
+
+    #[inline(never)]
+    fn step_slow(&mut self, pc: u64) -> Option<Step> {
         if let Some(s) = self.steps.get(&pc) {
             return *s;
         }
@@ -413,7 +555,10 @@ impl ProcessMaps {
         max: usize,
         read: impl FnMut(u64) -> Option<u64>,
     ) -> Vec<u64> {
-        self.unwind(ip, sp, bp, max, true, read).0
+        let mut out = vec![0; max.max(1)];
+        let (n, _) = self.unwind(ip, sp, bp, &mut out, true, read);
+        out.truncate(n);
+        out
     }
 
     /// As [`walk`](Self::walk), with call frame information only: `None`
@@ -430,65 +575,95 @@ impl ProcessMaps {
         max: usize,
         read: impl FnMut(u64) -> Option<u64>,
     ) -> Option<Vec<u64>> {
-        let (frames, complete) = self.unwind(ip, sp, bp, max, false, read);
-        complete.then_some(frames)
+        let mut out = vec![0; max.max(1)];
+        let n = self.walk_cfi_into(ip, sp, bp, &mut out, read)?;
+        out.truncate(n);
+        Some(out)
     }
 
-    /// The walk; also whether it ended where the stack ends (or at `max`)
-    /// rather than at a frame it could not unwind.
+    /// As [`walk_cfi`](Self::walk_cfi), into `out` (at most its length in
+    /// frames, at least one): the count written. No allocation once the
+    /// steps of the walk's instructions are known (the in-process front
+    /// end captures a call site per VFIO call).
+    pub fn walk_cfi_into(
+        &mut self,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        out: &mut [u64],
+        read: impl FnMut(u64) -> Option<u64>,
+    ) -> Option<usize> {
+        let (n, complete) = self.unwind(ip, sp, bp, out, false, read);
+        complete.then_some(n)
+    }
+
+    /// The walk into `out`: the frames written, and whether it ended where
+    /// the stack ends (or at `out`'s length) rather than at a frame it
+    /// could not unwind.
     fn unwind(
         &mut self,
         ip: u64,
         sp: u64,
         bp: u64,
-        max: usize,
+        out: &mut [u64],
         frame_pointers: bool,
         mut read: impl FnMut(u64) -> Option<u64>,
-    ) -> (Vec<u64>, bool) {
-        let mut out = vec![ip];
+    ) -> (usize, bool) {
+        let Some(first) = out.first_mut() else {
+            return (0, false);
+        };
+        *first = ip;
+        let mut n = 1;
         let (mut pc, mut sp, mut bp) = (ip, sp, bp);
         // `pc` is where its thread is (the first frame, a frame a signal
         // interrupted), not a return address.
         let mut exact = true;
-        while out.len() < max {
+        // The step at `pc`'s call when `pc` is a return address whose
+        // step was looked up with it.
+        let mut known: Option<Option<Step>> = None;
+        while n < out.len() {
             // A return address points after its call: look up the call.
-            let probe = if exact { pc } else { pc - 1 };
-            let step = self.step(probe);
+            let step = match known.take() {
+                Some(step) => step,
+                None if exact => self.step(pc),
+                None => self.step(pc - 1),
+            };
             if step.is_none() && !exact {
                 if let Some((ip, caller_sp, caller_bp)) = signal_frame(pc, sp, &mut read) {
                     // The interrupted frame: on another stack, maybe.
                     if ip == 0 || !self.is_code(ip) {
-                        return (out, false);
+                        return (n, false);
                     }
-                    out.push(ip);
+                    out[n] = ip;
+                    n += 1;
                     (pc, sp, bp, exact) = (ip, caller_sp, caller_bp, true);
                     continue;
                 }
             }
             exact = false;
             let (ra, cfa, caller_bp) = match step {
-                Some(Step::Outermost) => return (out, true),
+                Some(Step::Outermost) => return (n, true),
                 Some(Step::Caller(r)) => {
                     let base = match r.cfa_register {
                         7 => sp,
                         6 => bp,
-                        _ => return (out, false),
+                        _ => return (n, false),
                     };
-                    let cfa = base.wrapping_add_signed(r.cfa_offset);
-                    let Some(ra) = read(cfa.wrapping_add_signed(r.ra_offset)) else {
-                        return (out, false);
+                    let cfa = base.wrapping_add_signed(r.cfa_offset.into());
+                    let Some(ra) = read(cfa.wrapping_add_signed(r.ra_offset.into())) else {
+                        return (n, false);
                     };
                     let caller_bp = match r.rbp_offset {
-                        Some(n) => match read(cfa.wrapping_add_signed(n)) {
+                        Some(off) => match read(cfa.wrapping_add_signed(off.into())) {
                             Some(v) => v,
                             None if frame_pointers => 0,
-                            None => return (out, false),
+                            None => return (n, false),
                         },
                         None => bp,
                     };
                     (ra, cfa, caller_bp)
                 }
-                None if !frame_pointers => return (out, false),
+                None if !frame_pointers => return (n, false),
                 None => {
                     if bp < sp || !bp.is_multiple_of(8) {
                         break;
@@ -501,16 +676,22 @@ impl ProcessMaps {
             };
             // A thread's first frame may return to 0.
             if ra == 0 {
-                return (out, true);
+                return (n, true);
             }
             // The stack unwinds upwards; anything else is a broken chain.
-            if cfa <= sp || !self.is_code(ra) {
-                return (out, false);
+            if cfa <= sp {
+                return (n, false);
             }
-            out.push(ra);
+            let info = self.return_info(ra);
+            if !info.code {
+                return (n, false);
+            }
+            known = Some(info.step);
+            out[n] = ra;
+            n += 1;
             (pc, sp, bp) = (ra, cfa, caller_bp);
         }
-        (out, true)
+        (n, true)
     }
 }
 
@@ -1605,14 +1786,7 @@ mod tests {
         let mut names = HashMap::new();
         let e = parse_maps(text, &mut names);
         assert_eq!(e.len(), 2);
-        let mut m = ProcessMaps {
-            path: "/nonexistent".into(),
-            entries: e,
-            names,
-            cfi: HashMap::new(),
-            steps: HashMap::default(),
-            sites: HashMap::default(),
-        };
+        let mut m = ProcessMaps::of_entries(e, names);
         assert!(m.is_code(0x55d0c0001234));
         assert!(!m.is_code(0x55d0c0000234));
         let f = m.frame(0x55d0c0001234);
@@ -1634,14 +1808,7 @@ mod tests {
         .collect();
         let mut names = HashMap::new();
         let text = "55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /nonexistent/prog\n";
-        let mut m = ProcessMaps {
-            path: "/nonexistent".into(),
-            entries: parse_maps(text, &mut names),
-            names,
-            cfi: HashMap::new(),
-            steps: HashMap::default(),
-            sites: HashMap::default(),
-        };
+        let mut m = ProcessMaps::of_entries(parse_maps(text, &mut names), names);
         let frames = m.walk(0x55d0c0001000, 0x1f00, 0x2000, 8, |a| mem.get(&a).copied());
         assert_eq!(frames, vec![0x55d0c0001000, 0x55d0c0001100, 0x55d0c0001200]);
     }
@@ -1656,14 +1823,7 @@ mod tests {
             .collect();
         let mut names = HashMap::new();
         let text = "55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /nonexistent/prog\n";
-        let mut m = ProcessMaps {
-            path: "/nonexistent".into(),
-            entries: parse_maps(text, &mut names),
-            names,
-            cfi: HashMap::new(),
-            steps: HashMap::default(),
-            sites: HashMap::default(),
-        };
+        let mut m = ProcessMaps::of_entries(parse_maps(text, &mut names), names);
         let read = |a: u64| mem.get(&a).copied();
         assert_eq!(m.walk_cfi(0x55d0c0001000, 0x1f00, 0x2000, 8, read), None);
         // Within `max`, the one frame it was given is complete.
@@ -1696,14 +1856,7 @@ mod tests {
         .collect();
         let mut names = HashMap::new();
         let text = "55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /nonexistent/prog\n";
-        let mut m = ProcessMaps {
-            path: "/nonexistent".into(),
-            entries: parse_maps(text, &mut names),
-            names,
-            cfi: HashMap::new(),
-            steps: HashMap::default(),
-            sites: HashMap::default(),
-        };
+        let mut m = ProcessMaps::of_entries(parse_maps(text, &mut names), names);
         let frames = m.walk(0x55d0c0001000, 0x1f00, 0x2000, 8, |a| mem.get(&a).copied());
         assert_eq!(frames, vec![0x55d0c0001000, tramp, 0x55d0c0001900]);
         // Not the trampoline's bytes: no signal frame (the chain ends).
@@ -1716,14 +1869,7 @@ mod tests {
     fn call_sites_are_kept_until_the_maps_are_read_again() {
         let text = "55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /usr/bin/prog\n";
         let mut names = HashMap::new();
-        let mut m = ProcessMaps {
-            path: "/nonexistent".into(),
-            entries: parse_maps(text, &mut names),
-            names,
-            cfi: HashMap::new(),
-            steps: HashMap::default(),
-            sites: HashMap::default(),
-        };
+        let mut m = ProcessMaps::of_entries(parse_maps(text, &mut names), names);
         let a = m.site(&[0x55d0c0001234, 0x55d0c0001400]);
         let b = m.site(&[0x55d0c0001234, 0x55d0c0001400]);
         assert!(Arc::ptr_eq(&a, &b));
@@ -1738,6 +1884,95 @@ mod tests {
         let again = m.site(&[0x55d0c0001234, 0x55d0c0001400]);
         assert!(!Arc::ptr_eq(&a, &again));
         assert_eq!(again.frames[1].object, None);
+    }
+
+    #[test]
+    fn recent_call_sites_are_told_apart_by_every_frame() {
+        // More sites than the recent ones compared first, some a prefix
+        // of another: each answer has exactly the addresses asked for, and
+        // the same addresses again give the same site.
+        let text = "55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /usr/bin/prog\n";
+        let mut names = HashMap::new();
+        let mut m = ProcessMaps::of_entries(parse_maps(text, &mut names), names);
+        let tuples: Vec<Vec<u64>> = vec![
+            vec![0x55d0c0001100],
+            vec![0x55d0c0001100, 0x55d0c0001200],
+            vec![0x55d0c0001100, 0x55d0c0001200, 0x55d0c0001300],
+            vec![0x55d0c0001100, 0x55d0c0001201],
+            vec![0x55d0c0001101, 0x55d0c0001200],
+            vec![0x55d0c0001200, 0x55d0c0001100],
+        ];
+        let first: Vec<Arc<CallSite>> = tuples.iter().map(|t| m.site(t)).collect();
+        for round in 0..3 {
+            for (i, t) in tuples.iter().enumerate().rev() {
+                let s = m.site(t);
+                let addrs: Vec<u64> = s.frames.iter().map(|f| f.addr).collect();
+                assert_eq!(&addrs, t, "round {round}, site {i}");
+                assert!(Arc::ptr_eq(&s, &first[i]), "round {round}, site {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn kept_steps_follow_the_stack_read_each_time() {
+        // The frame-pointer chain of `frame_pointer_chain_where_there_is_no_cfi`
+        // walked again after its second return address changed: what was
+        // kept of an address (its step, that it is code) never stands in
+        // for what the stack holds; a return address in data ends the walk,
+        // and is not kept as code.
+        let mut mem: HashMap<u64, u64> = [
+            (0x2000, 0x2100),
+            (0x2008, 0x55d0c0001100),
+            (0x2100, 0),
+            (0x2108, 0x55d0c0001200),
+        ]
+        .into_iter()
+        .collect();
+        let mut names = HashMap::new();
+        let text = "\
+55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /nonexistent/prog
+55d0c0002000-55d0c0003000 rw-p 00002000 08:01 42 /nonexistent/prog
+";
+        let mut m = ProcessMaps::of_entries(parse_maps(text, &mut names), names);
+        let walk = |m: &mut ProcessMaps, mem: &HashMap<u64, u64>| {
+            m.walk(0x55d0c0001000, 0x1f00, 0x2000, 8, |a| mem.get(&a).copied())
+        };
+        let expected = vec![0x55d0c0001000, 0x55d0c0001100, 0x55d0c0001200];
+        assert_eq!(walk(&mut m, &mem), expected);
+        assert_eq!(walk(&mut m, &mem), expected);
+        mem.insert(0x2108, 0x55d0c0001300);
+        assert_eq!(
+            walk(&mut m, &mem),
+            vec![0x55d0c0001000, 0x55d0c0001100, 0x55d0c0001300]
+        );
+        mem.insert(0x2108, 0x55d0c0002100);
+        assert_eq!(walk(&mut m, &mem), vec![0x55d0c0001000, 0x55d0c0001100]);
+        assert_eq!(walk(&mut m, &mem), vec![0x55d0c0001000, 0x55d0c0001100]);
+        // Into a caller's buffer: at most its length, none into an empty one.
+        // (No call frame information in this object: the CFI-only walk
+        // refuses to go past the first frame.)
+        let mut two = [0u64; 2];
+        assert_eq!(
+            m.walk_cfi_into(0x55d0c0001000, 0x1f00, 0x2000, &mut two, |a| mem
+                .get(&a)
+                .copied()),
+            None
+        );
+        let mut none: [u64; 0] = [];
+        assert_eq!(
+            m.walk_cfi_into(0x55d0c0001000, 0x1f00, 0x2000, &mut none, |a| mem
+                .get(&a)
+                .copied()),
+            None
+        );
+        let mut single = [0u64; 1];
+        assert_eq!(
+            m.walk_cfi_into(0x55d0c0001000, 0x1f00, 0x2000, &mut single, |a| mem
+                .get(&a)
+                .copied()),
+            Some(1)
+        );
+        assert_eq!(single, [0x55d0c0001000]);
     }
 
     #[test]

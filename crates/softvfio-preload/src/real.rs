@@ -297,8 +297,12 @@ unsafe impl std::alloc::GlobalAlloc for LibraryAlloc {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         if !Self::large(layout) {
-            // SAFETY: made by `System.alloc` with this layout (above).
-            return unsafe { std::alloc::System.dealloc(ptr, layout) };
+            // Made by `System.alloc` (above): by the program's `malloc`,
+            // `posix_memalign` or `aligned_alloc`, each freed by `free`;
+            // the next `free` itself, not this library's (whose sanitizer
+            // checks are for the program's blocks, never the library's).
+            crate::memcalls::next_free(ptr.cast());
+            return;
         }
         let len = Self::mapped_len(layout.size()) as c_long;
         // SAFETY: `ptr` is the start of the mapping `alloc` made for this

@@ -95,15 +95,18 @@ static WALK_MAPS: std::sync::Mutex<Option<ProcessMaps>> = std::sync::Mutex::new(
 fn return_addresses(maps: &mut ProcessMaps, out: &mut [u64]) -> usize {
     #[cfg(target_arch = "x86_64")]
     if let Some(stack) = real::own_stack::Stack::here() {
-        let walked = maps.walk_cfi(stack.ip(), stack.sp(), stack.bp(), WALK_FRAMES, |a| {
+        let mut frames = [0u64; WALK_FRAMES];
+        let walked = maps.walk_cfi_into(stack.ip(), stack.sp(), stack.bp(), &mut frames, |a| {
             stack.read(a)
         });
-        if let Some(frames) = walked {
-            // The last frame of this library before the program's.
-            let own = maps.frame(stack.ip()).object;
+        if let Some(n) = walked {
+            let frames = &frames[..n];
+            // The last frame of this library before the program's: this
+            // library's code is one mapping, the one `here` is in.
+            let own = own_code(maps, stack.ip());
             let first = frames
                 .iter()
-                .position(|a| maps.frame(*a).object != own)
+                .position(|a| !own.contains(a))
                 .map_or(0, |i| i.saturating_sub(1));
             let keep = &frames[first..];
             let n = keep.len().min(out.len());
@@ -112,6 +115,21 @@ fn return_addresses(maps: &mut ProcessMaps, out: &mut [u64]) -> usize {
         }
     }
     real::backtrace_into(out)
+}
+
+/// This library's code mapping (`here`: an address in it), found once:
+/// a preloaded library stays where it was loaded for the life of the
+/// image (a fork's child has it at the same addresses; an exec loads a
+/// new image, with this variable anew).
+fn own_code(maps: &ProcessMaps, here: u64) -> std::ops::Range<u64> {
+    static OWN_CODE: std::sync::OnceLock<std::ops::Range<u64>> = std::sync::OnceLock::new();
+    if let Some(r) = OWN_CODE.get() {
+        return r.clone();
+    }
+    match maps.code_range(here) {
+        Some(r) => OWN_CODE.get_or_init(|| r).clone(),
+        None => 0..0,
+    }
 }
 
 /// In the keeper: the call site of process `pid`'s call from the return

@@ -122,6 +122,7 @@ pub fn own_pid() -> i32 {
 /// After `fork`, in the parent and in the child: release the lock.
 extern "C" fn after_fork() {
     OWN_PID.store(0, Ordering::Relaxed);
+    softvfio::memory::host::forget_call_pid();
     if crate::keeper::FORKING.load(Ordering::SeqCst) {
         return;
     }
@@ -216,7 +217,8 @@ pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Result<R, c_int> {
         }
     }
     match guard.as_mut() {
-        Some(st) => Ok(f(st)),
+        // One call: this process's id read once for all of it.
+        Some(st) => Ok(softvfio::memory::host::with_call_pid(|| f(st))),
         None => Err(libc::ENODEV),
     }
 }

@@ -483,6 +483,10 @@ const NO_SITE: u32 = u32::MAX;
 /// beyond these is recorded without one, so that memory stays bounded).
 const MAX_SITES: usize = 1 << 16;
 
+/// Call sites [`Inner`] finds by their `CallSite`'s address before
+/// comparing or hashing frames.
+const RECENT_SITES: usize = 4;
+
 /// No process (the process field of [`RawEvent::meta`]).
 const NO_PROCESS: u32 = 0x00ff_ffff;
 
@@ -682,14 +686,17 @@ struct Inner {
     /// Indices into `sites` by content (the front ends capture a new
     /// `CallSite` per call).
     site_ids: HashMap<Arc<CallSite>, u32, KeyHash>,
-    /// The index of the call site interned last: a call site passed again
-    /// (the same `Arc`) is found without hashing its frames.
+    /// The call sites interned last, as (address of the `CallSite` that
+    /// `sites` holds, index; `(0, NO_SITE)`: none): a call site passed
+    /// again (the same `Arc`; a driver's calls alternate between a few
+    /// sites) is found without hashing its frames. Addresses are only
+    /// compared, never dereferenced; `sites` holds each allocation, so no
+    /// other call site can have one of these addresses.
+    recent_sites: [(usize, u32); RECENT_SITES],
+    /// The entry of `recent_sites` the next site found goes into.
+    recent_next: usize,
+    /// The index of the call site interned last.
     last_site: u32,
-    /// The address of that call site's `CallSite` (0: none yet), compared
-    /// with the caller's without reading `sites`. Only compared, never
-    /// dereferenced; `sites` holds the allocation, so no other call site
-    /// can have this address while it is the last.
-    last_site_addr: usize,
     /// Free slots.
     free: Vec<u32>,
     /// Live slots of mappings whose owner does not carry the slot
@@ -726,8 +733,9 @@ impl Default for Inner {
             events: Vec::new(),
             sites: Vec::new(),
             site_ids: HashMap::default(),
+            recent_sites: [(0, NO_SITE); RECENT_SITES],
+            recent_next: 0,
             last_site: NO_SITE,
-            last_site_addr: 0,
             free: Vec::new(),
             live: HashMap::default(),
             idle_head: NIL,
@@ -1620,8 +1628,10 @@ impl Inner {
     /// table is full).
     #[inline]
     fn intern_site(&mut self, site: &Arc<CallSite>) -> u32 {
-        if Arc::as_ptr(site) as usize == self.last_site_addr {
-            return self.last_site;
+        let addr = Arc::as_ptr(site) as usize;
+        if let Some(&(_, id)) = self.recent_sites.iter().find(|(a, _)| *a == addr) {
+            self.last_site = id;
+            return id;
         }
         self.intern_new_site(site)
     }
@@ -1650,10 +1660,12 @@ impl Inner {
         self.last_site = id;
         // The address of the `CallSite` the table holds for `id` (the
         // caller's may be another with the same frames).
-        self.last_site_addr = self
+        let addr = self
             .sites
             .get(id as usize)
             .map_or(0, |s| Arc::as_ptr(s) as usize);
+        self.recent_sites[self.recent_next] = (addr, id);
+        self.recent_next = (self.recent_next + 1) % RECENT_SITES;
         id
     }
 

@@ -164,10 +164,70 @@ enum Target {
 impl Target {
     fn pid(self) -> i32 {
         match self {
-            Target::Current => ffi::getpid(),
+            Target::Current => current_pid(),
             Target::Pid(p) => p,
         }
     }
+}
+
+thread_local! {
+    /// This process's id as the call the calling thread serves read it:
+    /// 0 outside a call ([`with_call_pid`]), [`CALL_PID_UNREAD`] in one
+    /// that has not asked yet.
+    static CALL_PID: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// [`CALL_PID`] in a call that has not read the id yet.
+const CALL_PID_UNREAD: i32 = -1;
+
+/// The id of the process this thread runs in, for `Target::Current`: within
+/// a call ([`with_call_pid`]) read once (the first time it is needed), else
+/// asked each time. Never older than the call: a process forked or cloned
+/// by the program makes its calls after it was made, each of which reads
+/// its own id.
+fn current_pid() -> i32 {
+    CALL_PID
+        .try_with(|c| match c.get() {
+            0 => ffi::getpid(),
+            CALL_PID_UNREAD => {
+                let pid = ffi::getpid();
+                c.set(pid);
+                pid
+            }
+            pid => pid,
+        })
+        .unwrap_or_else(|_| ffi::getpid())
+}
+
+/// Runs `f`, one call of the program (an in-process front end's VFIO call),
+/// with this process's id read at most once for all of it: a MAP_DMA reads
+/// its argument, pins and maps, an UNMAP_DMA reads and writes its argument,
+/// each of which needs the id of the process whose memory it is
+/// (`getpid`, a system call; the id changes across `fork`, so it is not
+/// kept beyond the call). Nested calls (a signal handler's) read their own.
+pub fn with_call_pid<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the enclosing call's id, also when `f` unwinds.
+    struct Restore(i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = CALL_PID.try_with(|c| c.set(self.0));
+        }
+    }
+    let outer = CALL_PID
+        .try_with(|c| c.replace(CALL_PID_UNREAD))
+        .unwrap_or(0);
+    let _restore = Restore(outer);
+    f()
+}
+
+/// After `fork`, in the child: a call in progress on this thread (a fork
+/// from a signal handler that interrupted it) reads the child's id again.
+pub fn forget_call_pid() {
+    let _ = CALL_PID.try_with(|c| {
+        if c.get() > 0 {
+            c.set(CALL_PID_UNREAD);
+        }
+    });
 }
 
 /// Which runs get real PFNs.
@@ -1278,7 +1338,7 @@ impl UserMemory for HostMemory {
         // Is the target this process? (`Current` is, by definition: no
         // second `getpid` system call per write for it.)
         let (pid, is_self) = match self.target {
-            Target::Current => (ffi::getpid(), true),
+            Target::Current => (current_pid(), true),
             Target::Pid(p) => (p, p == ffi::getpid()),
         };
         if !self.own_writes && is_self {
@@ -1622,6 +1682,47 @@ mod procfs;
 mod tests {
     use super::procfs::{parse_smaps, populate_is_noop};
     use super::*;
+
+    #[test]
+    fn a_call_reads_the_process_id_once_and_only_for_itself() {
+        let me = std::process::id() as i32;
+        let kept = || CALL_PID.with(|c| c.get());
+        // Outside a call: asked each time, nothing kept.
+        assert_eq!(current_pid(), me);
+        assert_eq!(kept(), 0);
+        let inner = with_call_pid(|| {
+            // Not read before it is needed, then kept for the call.
+            assert_eq!(kept(), CALL_PID_UNREAD);
+            assert_eq!(Target::Current.pid(), me);
+            assert_eq!(kept(), me);
+            // A nested call (a signal handler's) reads its own; the outer
+            // call's comes back after it.
+            with_call_pid(|| {
+                assert_eq!(kept(), CALL_PID_UNREAD);
+                assert_eq!(current_pid(), me);
+            });
+            assert_eq!(kept(), me);
+            // A fork's child forgets what the parent's call read.
+            forget_call_pid();
+            assert_eq!(kept(), CALL_PID_UNREAD);
+            assert_eq!(current_pid(), me);
+            kept()
+        });
+        assert_eq!(inner, me);
+        assert_eq!(kept(), 0);
+        // Unwinding out of a call leaves no id behind either.
+        let unwound = std::panic::catch_unwind(|| {
+            with_call_pid(|| {
+                assert_eq!(current_pid(), me);
+                panic!("unwinds");
+            })
+        });
+        assert!(unwound.is_err());
+        assert_eq!(kept(), 0);
+        // Outside a call, forgetting changes nothing.
+        forget_call_pid();
+        assert_eq!(kept(), 0);
+    }
 
     #[test]
     fn smaps_parse() {
