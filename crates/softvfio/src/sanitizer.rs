@@ -102,26 +102,42 @@ impl std::hash::Hash for CallSite {
 }
 
 thread_local! {
-    /// The call site of the VFIO call this thread is serving.
+    /// The call site of the VFIO call this thread is serving (see
+    /// [`with_call_site`]).
     static CURRENT_SITE: RefCell<Option<Arc<CallSite>>> = const { RefCell::new(None) };
-    /// The process (a [`Sanitizer::note_process`] index) whose calls this
-    /// thread is serving; `u32::MAX`: none said.
-    static CURRENT_PROCESS: std::cell::Cell<u32> = const { std::cell::Cell::new(u32::MAX) };
+    /// What an event reads of the call this thread is serving, kept apart
+    /// from `CURRENT_SITE`: with nothing to drop, its accesses check no
+    /// state (it is never destroyed), so an event reads thread-local
+    /// storage once, here.
+    static CURRENT_CALL: CallKey = const {
+        CallKey {
+            site: std::cell::Cell::new(0),
+            process: std::cell::Cell::new(u32::MAX),
+        }
+    };
+}
+
+/// See `CURRENT_CALL`.
+struct CallKey {
+    /// The address of the `CallSite` in `CURRENT_SITE` (0: none): only
+    /// compared, never dereferenced. While it is set, `CURRENT_SITE` holds
+    /// that allocation, so an equal address elsewhere is the same site.
+    site: std::cell::Cell<usize>,
+    /// The process (a [`Sanitizer::note_process`] index); `u32::MAX`: none
+    /// said (see [`set_current_process`]).
+    process: std::cell::Cell<u32>,
 }
 
 /// Says which process (a [`Sanitizer::note_process`] index) the VFIO calls
 /// this thread serves from now on come from (`None`: not known), so that
 /// each process of a multi-process run gets its own history and leaks.
 pub fn set_current_process(process: Option<u32>) {
-    let _ = CURRENT_PROCESS.try_with(|c| c.set(process.unwrap_or(u32::MAX)));
+    CURRENT_CALL.with(|c| c.process.set(process.unwrap_or(u32::MAX)));
 }
 
 /// The process set by [`set_current_process`] on this thread.
 pub fn current_process() -> Option<u32> {
-    CURRENT_PROCESS
-        .try_with(|c| c.get())
-        .ok()
-        .filter(|&p| p != u32::MAX)
+    Some(CURRENT_CALL.with(|c| c.process.get())).filter(|&p| p != u32::MAX)
 }
 
 /// A process of the run, as the front end named it.
@@ -195,9 +211,23 @@ impl std::fmt::Display for ProcessEnd {
 /// in an `atexit` report: then there is simply no call site.)
 #[inline]
 pub fn with_call_site<R>(site: Option<Arc<CallSite>>, f: impl FnOnce() -> R) -> R {
-    let old = CURRENT_SITE.try_with(|c| c.replace(site)).ok().flatten();
+    let addr = site.as_ref().map_or(0, |s| Arc::as_ptr(s) as usize);
+    let old_addr = CURRENT_CALL.with(|c| c.site.get());
+    // The address is set only once `CURRENT_SITE` holds the site (it may
+    // be gone while the thread exits), and put back whatever happens.
+    let old = match CURRENT_SITE.try_with(|c| c.replace(site)) {
+        Ok(old) => {
+            CURRENT_CALL.with(|c| c.site.set(addr));
+            old
+        }
+        Err(_) => {
+            CURRENT_CALL.with(|c| c.site.set(0));
+            None
+        }
+    };
     let r = f();
     let _ = CURRENT_SITE.try_with(|c| *c.borrow_mut() = old);
+    CURRENT_CALL.with(|c| c.site.set(old_addr));
     r
 }
 
@@ -1502,8 +1532,8 @@ impl Inner {
         hint: HistorySlot,
         carried: bool,
     ) -> HistorySlot {
-        let site = self.current_site_id();
-        let event = RawEvent::new(at, kind, via, site, current_process());
+        let (site, process) = self.current_call();
+        let event = RawEvent::new(at, kind, via, site, process);
         let is_map = matches!(kind, EventKind::Map { .. });
         let hinted = self
             .slots
@@ -1604,10 +1634,29 @@ impl Inner {
         }
     }
 
-    /// The index in `sites` of the call site of the VFIO call this thread
-    /// is serving (interned on first sight), [`NO_SITE`] if none: read in
-    /// place, so that no reference count changes per event.
-    fn current_site_id(&mut self) -> u32 {
+    /// The call this thread is serving: the index in `sites` of its call
+    /// site ([`NO_SITE`] if none) and its process (see
+    /// [`set_current_process`]). One read of thread-local storage, that
+    /// checks no state: the site is told by its address when it was the
+    /// last one (`intern_site`), else read in place (no reference count
+    /// changes) and interned out of line.
+    #[inline(always)]
+    fn current_call(&mut self) -> (u32, Option<u32>) {
+        let (addr, process) = CURRENT_CALL.with(|c| (c.site.get(), c.process.get()));
+        let process = Some(process).filter(|&p| p != u32::MAX);
+        if addr == 0 {
+            return (NO_SITE, process);
+        }
+        if addr == self.last_site_addr {
+            return (self.last_site, process);
+        }
+        (self.current_site_slow(), process)
+    }
+
+    /// The index of the call site in `CURRENT_SITE` (interned on first
+    /// sight), [`NO_SITE`] if none.
+    #[inline(never)]
+    fn current_site_slow(&mut self) -> u32 {
         CURRENT_SITE
             .try_with(|c| match c.borrow().as_ref() {
                 Some(site) => self.intern_site(site),
