@@ -49,7 +49,11 @@
 //!   (`Inner::push` is inlined into each), read a copy of the clock and the
 //!   ring geometry kept in the recorder, and tell the last call site again
 //!   by its address (or, for a new `CallSite` with the same frames, by
-//!   comparing them) without hashing it. A map hashes its key once (for
+//!   comparing them) without hashing it. An event reads thread-local
+//!   storage once: the call's site address and process, kept by
+//!   [`with_call_site`] and [`set_current_process`] in a thread-local with
+//!   nothing to drop (no state check), equal to what the site's own
+//!   thread-local holds (0 when that is gone). A map hashes its key once (for
 //!   the `recent` lookup and a new slot's entry) and has that lookup and
 //!   the taking of a free slot inlined; the rare paths (an event other than
 //!   a map without a valid carried slot, the tables growing) are out of
@@ -132,12 +136,15 @@ struct CallKey {
 /// this thread serves from now on come from (`None`: not known), so that
 /// each process of a multi-process run gets its own history and leaks.
 pub fn set_current_process(process: Option<u32>) {
-    CURRENT_CALL.with(|c| c.process.set(process.unwrap_or(u32::MAX)));
+    let _ = CURRENT_CALL.try_with(|c| c.process.set(process.unwrap_or(u32::MAX)));
 }
 
 /// The process set by [`set_current_process`] on this thread.
 pub fn current_process() -> Option<u32> {
-    Some(CURRENT_CALL.with(|c| c.process.get())).filter(|&p| p != u32::MAX)
+    CURRENT_CALL
+        .try_with(|c| c.process.get())
+        .ok()
+        .filter(|&p| p != u32::MAX)
 }
 
 /// A process of the run, as the front end named it.
@@ -212,22 +219,22 @@ impl std::fmt::Display for ProcessEnd {
 #[inline]
 pub fn with_call_site<R>(site: Option<Arc<CallSite>>, f: impl FnOnce() -> R) -> R {
     let addr = site.as_ref().map_or(0, |s| Arc::as_ptr(s) as usize);
-    let old_addr = CURRENT_CALL.with(|c| c.site.get());
+    let old_addr = CURRENT_CALL.try_with(|c| c.site.get()).unwrap_or(0);
     // The address is set only once `CURRENT_SITE` holds the site (it may
     // be gone while the thread exits), and put back whatever happens.
     let old = match CURRENT_SITE.try_with(|c| c.replace(site)) {
         Ok(old) => {
-            CURRENT_CALL.with(|c| c.site.set(addr));
+            let _ = CURRENT_CALL.try_with(|c| c.site.set(addr));
             old
         }
         Err(_) => {
-            CURRENT_CALL.with(|c| c.site.set(0));
+            let _ = CURRENT_CALL.try_with(|c| c.site.set(0));
             None
         }
     };
     let r = f();
     let _ = CURRENT_SITE.try_with(|c| *c.borrow_mut() = old);
-    CURRENT_CALL.with(|c| c.site.set(old_addr));
+    let _ = CURRENT_CALL.try_with(|c| c.site.set(old_addr));
     r
 }
 
@@ -1642,7 +1649,9 @@ impl Inner {
     /// changes) and interned out of line.
     #[inline(always)]
     fn current_call(&mut self) -> (u32, Option<u32>) {
-        let (addr, process) = CURRENT_CALL.with(|c| (c.site.get(), c.process.get()));
+        let (addr, process) = CURRENT_CALL
+            .try_with(|c| (c.site.get(), c.process.get()))
+            .unwrap_or((0, u32::MAX));
         let process = Some(process).filter(|&p| p != u32::MAX);
         if addr == 0 {
             return (NO_SITE, process);
@@ -2463,6 +2472,47 @@ mod tests {
             .memory_going_away(Some(2), 0x7000_0000, 0x1000, StaleCause::Munmap)
             .is_empty());
         assert_eq!(s.stale_reports().len(), 1);
+    }
+
+    /// An event records the call site and process of the call being
+    /// served: nested `with_call_site` calls put the outer site back (its
+    /// address in the drop-free thread-local too), none after the outermost
+    /// returns, and the process as last set.
+    #[test]
+    fn events_take_the_current_call_site_and_process() {
+        let site = |addr: u64| {
+            Arc::new(CallSite {
+                frames: vec![Frame {
+                    addr,
+                    object: None,
+                    offset: addr,
+                }],
+            })
+        };
+        let (outer, inner) = (site(0x1000), site(0x2000));
+        let s = Sanitizer::new(SanitizerConfig::default());
+        let p = s.note_process(42, "p".into());
+        set_current_process(Some(p));
+        with_call_site(Some(outer.clone()), || {
+            s.record_map(1, 0x10000, 0x7000_0000, 0x1000, rw());
+            with_call_site(Some(inner.clone()), || {
+                s.record_map(1, 0x20000, 0x7000_1000, 0x1000, rw());
+            });
+            s.record_map(1, 0x30000, 0x7000_2000, 0x1000, rw());
+        });
+        set_current_process(None);
+        s.record_map(1, 0x40000, 0x7000_3000, 0x1000, rw());
+        assert!(current_site().is_none());
+        let first = |iova: u64| {
+            let r = s.region(1, iova).expect("recorded");
+            assert_eq!(r.events.len(), 1);
+            let e = r.events[0].clone();
+            (e.site.map(|c| c.frames[0].addr), e.process)
+        };
+        assert_eq!(first(0x10000), (Some(0x1000), Some(p)));
+        assert_eq!(first(0x20000), (Some(0x2000), Some(p)));
+        assert_eq!(first(0x30000), (Some(0x1000), Some(p)));
+        assert_eq!(first(0x40000), (None, None));
     }
 
     /// A stale check looks at the mappings whose memory is the calling
