@@ -49,7 +49,11 @@
 //!   (`Inner::push` is inlined into each), read a copy of the clock and the
 //!   ring geometry kept in the recorder, and tell the last call site again
 //!   by its address (or, for a new `CallSite` with the same frames, by
-//!   comparing them) without hashing it. A map hashes its key once (for
+//!   comparing them) without hashing it. An event reads thread-local
+//!   storage once: the call's site address and process, kept by
+//!   [`with_call_site`] and [`set_current_process`] in a thread-local with
+//!   nothing to drop (no state check), equal to what the site's own
+//!   thread-local holds (0 when that is gone). A map hashes its key once (for
 //!   the `recent` lookup and a new slot's entry) and has that lookup and
 //!   the taking of a free slot inlined; the rare paths (an event other than
 //!   a map without a valid carried slot, the tables growing) are out of
@@ -102,24 +106,43 @@ impl std::hash::Hash for CallSite {
 }
 
 thread_local! {
-    /// The call site of the VFIO call this thread is serving.
+    /// The call site of the VFIO call this thread is serving (see
+    /// [`with_call_site`]).
     static CURRENT_SITE: RefCell<Option<Arc<CallSite>>> = const { RefCell::new(None) };
-    /// The process (a [`Sanitizer::note_process`] index) whose calls this
-    /// thread is serving; `u32::MAX`: none said.
-    static CURRENT_PROCESS: std::cell::Cell<u32> = const { std::cell::Cell::new(u32::MAX) };
+    /// What an event reads of the call this thread is serving, kept apart
+    /// from `CURRENT_SITE`: with nothing to drop, its accesses check no
+    /// state (it is never destroyed), so an event reads thread-local
+    /// storage once, here.
+    static CURRENT_CALL: CallKey = const {
+        CallKey {
+            site: std::cell::Cell::new(0),
+            process: std::cell::Cell::new(u32::MAX),
+        }
+    };
+}
+
+/// See `CURRENT_CALL`.
+struct CallKey {
+    /// The address of the `CallSite` in `CURRENT_SITE` (0: none): only
+    /// compared, never dereferenced. While it is set, `CURRENT_SITE` holds
+    /// that allocation, so an equal address elsewhere is the same site.
+    site: std::cell::Cell<usize>,
+    /// The process (a [`Sanitizer::note_process`] index); `u32::MAX`: none
+    /// said (see [`set_current_process`]).
+    process: std::cell::Cell<u32>,
 }
 
 /// Says which process (a [`Sanitizer::note_process`] index) the VFIO calls
 /// this thread serves from now on come from (`None`: not known), so that
 /// each process of a multi-process run gets its own history and leaks.
 pub fn set_current_process(process: Option<u32>) {
-    let _ = CURRENT_PROCESS.try_with(|c| c.set(process.unwrap_or(u32::MAX)));
+    let _ = CURRENT_CALL.try_with(|c| c.process.set(process.unwrap_or(u32::MAX)));
 }
 
 /// The process set by [`set_current_process`] on this thread.
 pub fn current_process() -> Option<u32> {
-    CURRENT_PROCESS
-        .try_with(|c| c.get())
+    CURRENT_CALL
+        .try_with(|c| c.process.get())
         .ok()
         .filter(|&p| p != u32::MAX)
 }
@@ -195,9 +218,23 @@ impl std::fmt::Display for ProcessEnd {
 /// in an `atexit` report: then there is simply no call site.)
 #[inline]
 pub fn with_call_site<R>(site: Option<Arc<CallSite>>, f: impl FnOnce() -> R) -> R {
-    let old = CURRENT_SITE.try_with(|c| c.replace(site)).ok().flatten();
+    let addr = site.as_ref().map_or(0, |s| Arc::as_ptr(s) as usize);
+    let old_addr = CURRENT_CALL.try_with(|c| c.site.get()).unwrap_or(0);
+    // The address is set only once `CURRENT_SITE` holds the site (it may
+    // be gone while the thread exits), and put back whatever happens.
+    let old = match CURRENT_SITE.try_with(|c| c.replace(site)) {
+        Ok(old) => {
+            let _ = CURRENT_CALL.try_with(|c| c.site.set(addr));
+            old
+        }
+        Err(_) => {
+            let _ = CURRENT_CALL.try_with(|c| c.site.set(0));
+            None
+        }
+    };
     let r = f();
     let _ = CURRENT_SITE.try_with(|c| *c.borrow_mut() = old);
+    let _ = CURRENT_CALL.try_with(|c| c.site.set(old_addr));
     r
 }
 
@@ -1510,8 +1547,8 @@ impl Inner {
         hint: HistorySlot,
         carried: bool,
     ) -> HistorySlot {
-        let site = self.current_site_id();
-        let event = RawEvent::new(at, kind, via, site, current_process());
+        let (site, process) = self.current_call();
+        let event = RawEvent::new(at, kind, via, site, process);
         let is_map = matches!(kind, EventKind::Map { .. });
         let hinted = self
             .slots
@@ -1612,10 +1649,31 @@ impl Inner {
         }
     }
 
-    /// The index in `sites` of the call site of the VFIO call this thread
-    /// is serving (interned on first sight), [`NO_SITE`] if none: read in
-    /// place, so that no reference count changes per event.
-    fn current_site_id(&mut self) -> u32 {
+    /// The call this thread is serving: the index in `sites` of its call
+    /// site ([`NO_SITE`] if none) and its process (see
+    /// [`set_current_process`]). One read of thread-local storage, that
+    /// checks no state: the site is told by its address when it was the
+    /// last one (`intern_site`), else read in place (no reference count
+    /// changes) and interned out of line.
+    #[inline(always)]
+    fn current_call(&mut self) -> (u32, Option<u32>) {
+        let (addr, process) = CURRENT_CALL
+            .try_with(|c| (c.site.get(), c.process.get()))
+            .unwrap_or((0, u32::MAX));
+        let process = Some(process).filter(|&p| p != u32::MAX);
+        if addr == 0 {
+            return (NO_SITE, process);
+        }
+        if addr == self.last_site_addr {
+            return (self.last_site, process);
+        }
+        (self.current_site_slow(), process)
+    }
+
+    /// The index of the call site in `CURRENT_SITE` (interned on first
+    /// sight), [`NO_SITE`] if none.
+    #[inline(never)]
+    fn current_site_slow(&mut self) -> u32 {
         CURRENT_SITE
             .try_with(|c| match c.borrow().as_ref() {
                 Some(site) => self.intern_site(site),
@@ -2426,6 +2484,47 @@ mod tests {
             .memory_going_away(Some(2), 0x7000_0000, 0x1000, StaleCause::Munmap)
             .is_empty());
         assert_eq!(s.stale_reports().len(), 1);
+    }
+
+    /// An event records the call site and process of the call being
+    /// served: nested `with_call_site` calls put the outer site back (its
+    /// address in the drop-free thread-local too), none after the outermost
+    /// returns, and the process as last set.
+    #[test]
+    fn events_take_the_current_call_site_and_process() {
+        let site = |addr: u64| {
+            Arc::new(CallSite {
+                frames: vec![Frame {
+                    addr,
+                    object: None,
+                    offset: addr,
+                }],
+            })
+        };
+        let (outer, inner) = (site(0x1000), site(0x2000));
+        let s = Sanitizer::new(SanitizerConfig::default());
+        let p = s.note_process(42, "p".into());
+        set_current_process(Some(p));
+        with_call_site(Some(outer.clone()), || {
+            s.record_map(1, 0x10000, 0x7000_0000, 0x1000, rw());
+            with_call_site(Some(inner.clone()), || {
+                s.record_map(1, 0x20000, 0x7000_1000, 0x1000, rw());
+            });
+            s.record_map(1, 0x30000, 0x7000_2000, 0x1000, rw());
+        });
+        set_current_process(None);
+        s.record_map(1, 0x40000, 0x7000_3000, 0x1000, rw());
+        assert!(current_site().is_none());
+        let first = |iova: u64| {
+            let r = s.region(1, iova).expect("recorded");
+            assert_eq!(r.events.len(), 1);
+            let e = r.events[0].clone();
+            (e.site.map(|c| c.frames[0].addr), e.process)
+        };
+        assert_eq!(first(0x10000), (Some(0x1000), Some(p)));
+        assert_eq!(first(0x20000), (Some(0x2000), Some(p)));
+        assert_eq!(first(0x30000), (Some(0x1000), Some(p)));
+        assert_eq!(first(0x40000), (None, None));
     }
 
     /// A stale check looks at the mappings whose memory is the calling
