@@ -1652,9 +1652,9 @@ impl Inner {
     /// The call this thread is serving: the index in `sites` of its call
     /// site ([`NO_SITE`] if none) and its process (see
     /// [`set_current_process`]). One read of thread-local storage, that
-    /// checks no state: the site is told by its address when it was the
-    /// last one (`intern_site`), else read in place (no reference count
-    /// changes) and interned out of line.
+    /// checks no state: the site is told by its address when it is one of
+    /// the sites interned last (`recent_sites`), else read in place (no
+    /// reference count changes) and interned out of line.
     #[inline(always)]
     fn current_call(&mut self) -> (u32, Option<u32>) {
         let (addr, process) = CURRENT_CALL
@@ -1664,8 +1664,10 @@ impl Inner {
         if addr == 0 {
             return (NO_SITE, process);
         }
-        if addr == self.last_site_addr {
-            return (self.last_site, process);
+        // One of the sites interned last (`recent_sites`; never 0 here).
+        if let Some(&(_, id)) = self.recent_sites.iter().find(|(a, _)| *a == addr) {
+            self.last_site = id;
+            return (id, process);
         }
         (self.current_site_slow(), process)
     }

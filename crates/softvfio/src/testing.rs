@@ -13,6 +13,7 @@ use crate::iommu::{DomainOps, IommuError, IommuUnit, Prot, ResvKind, ResvRegion}
 use crate::memory::{LockPolicy, MemError, PinStats, PinnedRun, UserMemory, PAGE_SIZE};
 use crate::platform::{Device, Group, GroupKind, Platform};
 
+pub mod churn;
 pub mod inject;
 pub mod ioas_model;
 pub mod model;

@@ -5,11 +5,7 @@ use std::sync::Arc;
 
 use soft_iommu::{AddressWidth, Domain, Iommu, IommuConfig};
 use softvfio::container::TYPE1V2_IOMMU;
-use softvfio::iommu::vtd::VtdUnit;
-use softvfio::iommu::IommuUnit;
 use softvfio::memory::UserMemory;
-use softvfio::platform::{Device, Group, GroupKind};
-use softvfio::testing::NullDevice;
 use softvfio::{Container, ContainerConfig};
 
 /// Requester id of the benchmark device (00:03.0).
@@ -33,18 +29,7 @@ impl Engine {
             address_width: width,
             ..IommuConfig::default()
         });
-        let unit: Arc<dyn IommuUnit> = Arc::new(VtdUnit::new(iommu.clone()));
-        let name = "0000:00:03.0".to_string();
-        let group = Arc::new(Group {
-            id: 3,
-            kind: GroupKind::Iommu(unit),
-            devices: vec![Arc::new(Device {
-                name: name.clone(),
-                rid: Some(RID),
-                model: Arc::new(NullDevice(name)),
-            })],
-            extra_reserved: Vec::new(),
-        });
+        let group = softvfio::testing::vtd_group(3, RID, &iommu);
         let container = Container::new(
             ContainerConfig {
                 dma_entry_limit,

@@ -122,13 +122,18 @@ fn timed(ops: u64, f: &mut impl FnMut()) -> f64 {
 ///   charge the same side each time.
 ///
 /// Before the blocks, both sides run (warm-up), and the baseline's fastest
-/// of three runs sets the block's operation count.
+/// of three runs sets the block's operation count. `seed` draws the order
+/// and lengths (repetitions pass their index: each draws its own sequence,
+/// and a run draws the same as the last). An error when the thread's CPU
+/// clock does not move (no block could be timed) within a minute past the
+/// budget.
 pub fn paired_blocks(
     budget: Duration,
     block: Duration,
+    seed: u64,
     mut base: impl FnMut(),
     mut subject: impl FnMut(),
-) -> PairedBlocks {
+) -> Result<PairedBlocks, String> {
     let block_ns = block.as_nanos().max(1) as f64;
     // Calibrate: double until a run of the baseline takes a quarter block.
     let mut n = 16u64;
@@ -150,11 +155,22 @@ pub fn paired_blocks(
     let ops = ((block_ns / per_op.max(1e-3)) as u64).max(2);
     let (mut tb, mut ts, mut total) = (0.0, 0.0, 0u64);
     let mut ratios = Vec::new();
-    // xorshift64: a fixed seed, so that runs draw the same sequence.
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    // xorshift64 (never seeded with 0, its fixed point).
+    let mut seed = 0x2545_f491_4f6c_dd1du64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    if seed == 0 {
+        seed = 0x2545_f491_4f6c_dd1d;
+    }
     let start = Instant::now();
+    let give_up = budget * 2 + Duration::from_secs(60);
     // At least 8 pairs, so that a median means something.
     while ratios.len() < 8 || start.elapsed() < budget * 2 {
+        if start.elapsed() > give_up {
+            return Err(format!(
+                "paired blocks: {} of 8 blocks timed in {:?} (the thread's CPU clock does not move)",
+                ratios.len(),
+                start.elapsed()
+            ));
+        }
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
@@ -174,12 +190,12 @@ pub fn paired_blocks(
         }
     }
     let total = total.max(1) as f64;
-    PairedBlocks {
+    Ok(PairedBlocks {
         base_ns: tb / total,
         subj_ns: ts / total,
         ratios,
         ops_per_block: ops,
-    }
+    })
 }
 
 /// The `q` quantile (0..=1) of `v` by the nearest rank; NaN when empty.
@@ -246,6 +262,7 @@ mod tests {
         let r = paired_blocks(
             Duration::from_millis(20),
             Duration::from_millis(1),
+            0,
             || {
                 nb += 1;
                 std::hint::black_box(work(std::hint::black_box(2000)));
@@ -254,7 +271,8 @@ mod tests {
                 ns += 1;
                 std::hint::black_box(work(std::hint::black_box(4000)));
             },
-        );
+        )
+        .unwrap();
         assert!(r.ratios.len() >= 8);
         assert_eq!(nb, ns, "both sides run the same number of operations");
         let m = median(&r.ratios);
