@@ -186,4 +186,17 @@ fn vfio_calls_are_no_cancellation_points() {
             out.stderr
         );
     }
+    // The keeper's records on the socket alone: every forwarded call
+    // waits in `recvmsg` (through the shared area a quick answer may
+    // arrive while the caller still spins, and no cancellation point is
+    // reached either way).
+    for sanitize in ["", "on"] {
+        let mut env = vec![("SOFTVFIO_KEEPER_SOCKET_ONLY", "1")];
+        if !sanitize.is_empty() {
+            env.push(("SOFTVFIO_SANITIZE", sanitize));
+        }
+        let out = common::preloaded(&exe, &["/dev/vfio/3"], &env);
+        assert_eq!(out.code, Some(0), "{env:?}: {}", out.stderr);
+        assert_eq!(out.stdout, want, "{env:?}: {}", out.stderr);
+    }
 }
