@@ -138,7 +138,8 @@ fn raw_syscall_is_no_cancellation_point() {
 /// with a cancel pending makes VFIO ioctls, another munmaps memory mapped
 /// for DMA and frees a mapped heap block still mapped for DMA. glibc's
 /// `ioctl`, `munmap` and `free` are no cancellation points: each thread is
-/// canceled at its `pthread_testcancel`, with every answer as on Linux.
+/// canceled at its `pthread_testcancel`, with every answer as on Linux
+/// (Linux 6.1 printed these lines: `kernel-6.1-rawcancel.txt`).
 fn vfio_cancel_lines() -> String {
     let mut s = String::from(RAW_CANCEL);
     for phase in ["in_process", "keeper"] {
@@ -171,6 +172,13 @@ fn vfio_cancel_lines() -> String {
 fn vfio_calls_are_no_cancellation_points() {
     let exe = build_c("rawcancel", false);
     let want = vfio_cancel_lines();
+    // Linux 6.1's answers (tests-oracle/README.md, "Cancellation points").
+    let path = format!(
+        "{}/../../tests-oracle/kernel-6.1-rawcancel.txt",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let linux = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(want, linux, "Linux 6.1 printed");
     for mode in ["preload", "trace"] {
         let out = softvfio_run(mode, &[], &exe, &["/dev/vfio/3"]);
         out.assert_clean();
