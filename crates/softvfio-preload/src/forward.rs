@@ -482,10 +482,18 @@ fn attach(reason: Reason) -> bool {
 /// The program's `fork`: with VFIO files open, the engine first leaves the
 /// process (the keeper); the child then makes its own connection and
 /// shares every file with the parent, as on Linux.
+///
+/// With the thread's cancellation disabled (fork is no cancellation
+/// point; the keeper's messages and the child's new connection have some).
 pub fn fork(pass: impl FnOnce() -> libc::pid_t) -> libc::pid_t {
     if !ensure_attached(Reason::Fork) {
         return pass();
     }
+    real::without_cancel(|| fork_attached(pass))
+}
+
+/// [`fork`] of an attached process.
+fn fork_attached(pass: impl FnOnce() -> libc::pid_t) -> libc::pid_t {
     let mut g = lock();
     let Some(c) = g.as_mut().filter(|c| c.pid == std::process::id()) else {
         drop(g);

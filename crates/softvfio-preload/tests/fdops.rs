@@ -134,7 +134,8 @@ fn raw_syscall_is_no_cancellation_point() {
 }
 
 /// What `rawcancel /dev/vfio/N` prints after [`RAW_CANCEL`]: per phase
-/// (the engine in the process, then the keeper after a fork), a thread
+/// (the engine in the process, then the keeper after a `posix_spawn` made
+/// by a thread with a cancel pending), a thread
 /// with a cancel pending makes VFIO ioctls, another munmaps memory mapped
 /// for DMA and frees a mapped heap block still mapped for DMA. glibc's
 /// `ioctl`, `munmap` and `free` are no cancellation points: each thread is
@@ -157,6 +158,11 @@ fn vfio_cancel_lines() -> String {
         ] {
             s.push_str(&format!("{phase}_{k} {v}\n"));
         }
+        if phase == "in_process" {
+            // posix_spawn (the hand-off), then fork, by one thread.
+            s.push_str("spawn 0\nspawn_stage 2\nspawn_ended canceled\n");
+            s.push_str("spawned_exit 0\nforked_exit 0\n");
+        }
     }
     s
 }
@@ -164,8 +170,8 @@ fn vfio_cancel_lines() -> String {
 /// The library's own work inside hooked calls that are no cancellation
 /// points (a VFIO `ioctl`: the engine's work, or the keeper's messages
 /// after the hand-off; `munmap` and `free` under the sanitizer: the
-/// stale-mapping check, the call-site capture's read of /proc/self/maps)
-/// runs with cancellation disabled. Before, the pending cancel acted in
+/// stale-mapping check, the call-site capture's read of /proc/self/maps;
+/// `posix_spawn`: the hand-off) runs with cancellation disabled. Before, the pending cancel acted in
 /// the keeper connection's `recvmsg`/`poll` (the unwind then aborted the
 /// program: "FATAL: exception not rethrown").
 #[test]

@@ -7,17 +7,20 @@
  * ended (the same on Linux without softvfio).
  *
  * With a group path (rawcancel /dev/vfio/N): ioctl and munmap are no
- * cancellation points either. The program forks once with VFIO files open
+ * cancellation points either, nor is posix_spawn. Between two phases, a
+ * thread with a cancel pending spawns a program with VFIO files open
  * (under preload the engine then moves to the keeper, and every VFIO call
- * is a message to it), then one thread with a cancel pending makes VFIO
- * ioctls, another munmaps memory still mapped for DMA (under --sanitize a
- * stale-mapping check); each reaches its pthread_testcancel.
+ * is a message to it). In each phase one thread with a cancel pending
+ * makes VFIO ioctls, another munmaps and frees memory still mapped for DMA
+ * (under --sanitize a stale-mapping check); each thread reaches its
+ * pthread_testcancel.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -92,6 +95,27 @@ static void *munmap_with_cancel_pending(void *arg) {
   return NULL;
 }
 
+static pid_t spawned, forked;
+static int spawn_answer;
+static volatile int spawn_stage;
+
+/* posix_spawn with VFIO files open and a cancel pending: under preload
+ * the hand-off to the keeper happens inside it; then fork. */
+static void *spawn_with_cancel_pending(void *arg) {
+  char *argv[] = {"/bin/true", NULL};
+  pthread_setcanceltype(PTHREAD_CANCEL_DEFERRED, NULL);
+  pthread_cancel(pthread_self());
+  spawn_answer = posix_spawn(&spawned, "/bin/true", NULL, NULL, argv, arg);
+  spawn_stage = 1;
+  /* And a fork (after the hand-off, the keeper's fork protocol). */
+  forked = fork();
+  if (forked == 0) _exit(0);
+  spawn_stage = 2;
+  pthread_testcancel();
+  spawn_stage = 3;
+  return NULL;
+}
+
 static const char *how(void *ret) {
   return ret == PTHREAD_CANCELED ? "canceled" : "returned";
 }
@@ -139,13 +163,21 @@ static int vfio_calls(const char *group_path) {
   container = open_container(group_path, &group);
   /* Under preload: the engine in this process. */
   if (cancel_pending_calls("in_process")) return 1;
-  /* A fork with VFIO files open: under preload the hand-off to the
+  /* A spawn with VFIO files open: under preload the hand-off to the
    * keeper. */
-  pid_t child = fork();
-  if (child < 0) die("fork");
-  if (child == 0) _exit(0);
+  extern char **environ;
+  pthread_t t;
+  void *ret;
+  if (pthread_create(&t, NULL, spawn_with_cancel_pending, environ)) return 1;
+  if (pthread_join(t, &ret)) return 1;
   int st;
-  if (waitpid(child, &st, 0) != child || !WIFEXITED(st)) die("waitpid");
+  printf("spawn %d\n", spawn_answer);
+  printf("spawn_stage %d\n", spawn_stage);
+  printf("spawn_ended %s\n", how(ret));
+  printf("spawned_exit %d\n", spawn_answer == 0 && waitpid(spawned, &st, 0) == spawned &&
+                                 WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+  printf("forked_exit %d\n", forked > 0 && waitpid(forked, &st, 0) == forked &&
+                                WIFEXITED(st) ? WEXITSTATUS(st) : -1);
   if (cancel_pending_calls("keeper")) return 1;
   close(group);
   close(container);
