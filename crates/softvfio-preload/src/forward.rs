@@ -260,13 +260,21 @@ impl Client {
 
 /// Runs `f` on this process's connection. A process forked behind the
 /// library's back (a raw `clone`) has none: EIO.
+///
+/// The exchange runs with the thread's cancellation disabled: its
+/// `sendmsg`/`recvmsg`/`poll` are cancellation points that the program's
+/// call (an `ioctl`, `munmap`, `free`...) is not, and a cancel acting
+/// between a request and its answer would leave the connection out of
+/// step with the client lock held.
 fn with_client<R>(f: impl FnOnce(&mut Client) -> Result<R, c_int>) -> Result<R, c_int> {
-    let mut g = lock();
-    let c = g.as_mut().ok_or(libc::EIO)?;
-    if c.pid != std::process::id() {
-        return Err(libc::EIO);
-    }
-    f(c)
+    real::without_cancel(|| {
+        let mut g = lock();
+        let c = g.as_mut().ok_or(libc::EIO)?;
+        if c.pid != std::process::id() {
+            return Err(libc::EIO);
+        }
+        f(c)
+    })
 }
 
 /// This process's connection to the keeper, once attached.
@@ -429,6 +437,13 @@ pub(crate) fn ensure_attached(reason: Reason) -> bool {
     if TRACKED.load(Ordering::Relaxed) == 0 {
         return false;
     }
+    // fork and exec are no cancellation points; the hand-off's socket,
+    // waits and file reads are.
+    real::without_cancel(|| attach(reason))
+}
+
+/// The hand-off of [`ensure_attached`], cancellation disabled.
+fn attach(reason: Reason) -> bool {
     let mut keeper_name = String::new();
     let attach = |sock, name: String, fds| {
         keeper_name = name.clone();
@@ -467,10 +482,18 @@ pub(crate) fn ensure_attached(reason: Reason) -> bool {
 /// The program's `fork`: with VFIO files open, the engine first leaves the
 /// process (the keeper); the child then makes its own connection and
 /// shares every file with the parent, as on Linux.
+///
+/// With the thread's cancellation disabled (fork is no cancellation
+/// point; the keeper's messages and the child's new connection have some).
 pub fn fork(pass: impl FnOnce() -> libc::pid_t) -> libc::pid_t {
     if !ensure_attached(Reason::Fork) {
         return pass();
     }
+    real::without_cancel(|| fork_attached(pass))
+}
+
+/// [`fork`] of an attached process.
+fn fork_attached(pass: impl FnOnce() -> libc::pid_t) -> libc::pid_t {
     let mut g = lock();
     let Some(c) = g.as_mut().filter(|c| c.pid == std::process::id()) else {
         drop(g);
@@ -739,6 +762,8 @@ pub(crate) fn may_own_mappings() -> bool {
 /// (by `cause`); the keeper reports each live DMA mapping of it, and
 /// answers whether this process still owns one.
 pub(crate) fn going_away(addr: u64, len: u64, cause: StaleCause) {
+    // The capture may read /proc/self/maps (open, read: cancellation
+    // points); the callers disable cancellation (`sanitize::going_away`).
     let site = crate::sanitize::capture_raw();
     let words = [op::STALE, addr, len, stale_code(cause)];
     if let Ok(r) = with_client(|c| c.call(&words, &site, false)) {

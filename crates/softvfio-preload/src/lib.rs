@@ -691,28 +691,35 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
         let Some(key) = ours(fd) else {
             return pass.call();
         };
-        let saved = real::errno();
-        // The request is an unsigned int in the kernel.
-        let request = u64::from(request as u32);
-        // c_ulong is u64 here, u32 on 32-bit targets.
-        #[allow(clippy::useless_conversion)]
-        let arg = u64::from(arg);
-        let res = if forward::attached() {
-            Ok(forward::ioctl(key, request, arg))
-        } else {
-            match with_state(|st| st.ioctl(key, request, arg)) {
-                Err(state::HANDED_OFF) => Ok(forward::ioctl(key, request, arg)),
-                r => r,
-            }
-        };
-        match res {
-            Ok(Ok(v)) => {
-                real::set_errno(saved);
-                c_int::try_from(v).unwrap_or(c_int::MAX)
-            }
-            Ok(Err(e)) | Err(e) => fail(e),
-        }
+        // glibc's ioctl is no cancellation point; the engine's work and the
+        // keeper's messages have some.
+        real::without_cancel(|| vfio_ioctl(key, request, arg))
     })
+}
+
+/// A VFIO `ioctl` of the program on object `key` (the `ioctl` hook's).
+fn vfio_ioctl(key: u64, request: c_ulong, arg: c_ulong) -> c_int {
+    let saved = real::errno();
+    // The request is an unsigned int in the kernel.
+    let request = u64::from(request as u32);
+    // c_ulong is u64 here, u32 on 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    let arg = u64::from(arg);
+    let res = if forward::attached() {
+        Ok(forward::ioctl(key, request, arg))
+    } else {
+        match with_state(|st| st.ioctl(key, request, arg)) {
+            Err(state::HANDED_OFF) => Ok(forward::ioctl(key, request, arg)),
+            r => r,
+        }
+    };
+    match res {
+        Ok(Ok(v)) => {
+            real::set_errno(saved);
+            c_int::try_from(v).unwrap_or(c_int::MAX)
+        }
+        Ok(Err(e)) | Err(e) => fail(e),
+    }
 }
 
 fn rw_hook(

@@ -492,13 +492,17 @@ extern "C" {
 /// glibc's `PTHREAD_CANCEL_DISABLE` (pthread.h).
 const PTHREAD_CANCEL_DISABLE: c_int = 1;
 
-/// `f` with the calling thread's cancellation disabled: libc's wrappers
-/// it calls (close, openat, pread, ...) are then no cancellation points,
-/// as a call the program made without one (its raw `syscall()`) must not
-/// be. The thread's state is put back after; a deferred cancel still
-/// pending then acts at the program's next cancellation point, as it
-/// would without the library (an asynchronous one acts at once, which it
-/// could have done anywhere).
+/// `f` with the calling thread's cancellation disabled: the cancellation
+/// points of the library's own work (libc's wrappers of a raw `syscall()`'s
+/// call, the keeper's `sendmsg`/`recvmsg`/`poll`, file reads, the engine's
+/// waits) are then none, as the program's call (a raw `syscall()`, an
+/// `ioctl`, a `munmap`, a `free`) has none. The thread's state is put back
+/// after; a deferred cancel still pending then acts at the program's next
+/// cancellation point, as it would without the library. Not handled: an
+/// asynchronous cancel that arrived meanwhile acts inside the restoring
+/// `pthread_setcancelstate`, an unwind through the caller's Rust frames
+/// (docs/RELIABILITY.md, "Known limits of cancellation"); POSIX allows no
+/// call of these with asynchronous cancellation enabled.
 pub fn without_cancel<T>(f: impl FnOnce() -> T) -> T {
     let mut old: c_int = 0;
     // SAFETY: sets the calling thread's cancel state; `old` is a live

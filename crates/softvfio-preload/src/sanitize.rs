@@ -180,12 +180,17 @@ pub fn going_away(addr: u64, len: u64, cause: StaleCause) {
     if len == 0 {
         return;
     }
-    // After the hand-off the engine, and its mappings, are the keeper's.
-    if crate::forward::attached() {
-        crate::forward::going_away(addr, len, cause);
-        return;
-    }
-    let _ = crate::state::with_existing(|st| st.memory_going_away(addr, len, cause));
+    // The program's munmap, mremap, madvise, free and realloc are no
+    // cancellation points; this check's work has some (the capture's read
+    // of /proc/self/maps, the keeper's messages, the report's write).
+    real::without_cancel(|| {
+        // After the hand-off the engine, and its mappings, are the keeper's.
+        if crate::forward::attached() {
+            crate::forward::going_away(addr, len, cause);
+            return;
+        }
+        let _ = crate::state::with_existing(|st| st.memory_going_away(addr, len, cause));
+    });
 }
 
 /// Writes the stale-mapping lines found now.

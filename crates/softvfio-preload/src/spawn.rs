@@ -297,35 +297,39 @@ unsafe fn spawn_hook(
     if TRACKED.load(Ordering::Relaxed) == 0 {
         return pass();
     }
-    hook(libc::EIO, pass, |pass| {
-        // SAFETY: the program's objects (this function's contract).
-        let (Some(actions), Some(attr)) = (unsafe { actions_of(fa) }, unsafe { attr_of(attr) })
-        else {
-            return pass.call();
-        };
-        if !child_inherits(&actions) {
-            return pass.call();
-        }
-        let s = Spawn {
-            path,
-            argv: argv.cast(),
-            envp: envp.cast(),
-            search,
-            actions: &actions,
-            attr,
-        };
-        match spawn_forked(&s) {
-            Some(Ok(child)) => {
-                if !pid.is_null() {
-                    // SAFETY: the program's out-parameter.
-                    unsafe { pid.write(child) };
-                }
-                0
+    // The reading of the program's objects may have cancellation points
+    // too (the thread's first hash map asks `getrandom` for its keys).
+    real::without_cancel(|| {
+        hook(libc::EIO, pass, |pass| {
+            // SAFETY: the program's objects (this function's contract).
+            let (Some(actions), Some(attr)) = (unsafe { actions_of(fa) }, unsafe { attr_of(attr) })
+            else {
+                return pass.call();
+            };
+            if !child_inherits(&actions) {
+                return pass.call();
             }
-            Some(Err(e)) => e,
-            // The keeper could not start: as before, no share.
-            None => pass.call(),
-        }
+            let s = Spawn {
+                path,
+                argv: argv.cast(),
+                envp: envp.cast(),
+                search,
+                actions: &actions,
+                attr,
+            };
+            match spawn_forked(&s) {
+                Some(Ok(child)) => {
+                    if !pid.is_null() {
+                        // SAFETY: the program's out-parameter.
+                        unsafe { pid.write(child) };
+                    }
+                    0
+                }
+                Some(Err(e)) => e,
+                // The keeper could not start: as before, no share.
+                None => pass.call(),
+            }
+        })
     })
 }
 
@@ -362,7 +366,15 @@ pub unsafe extern "C" fn posix_spawnp(
 /// The engine leaves for the keeper, the child forks and runs `s`; the
 /// child's pid once it exec'd, or the error number of the step that
 /// failed. `None` when the keeper cannot start.
+///
+/// With the thread's cancellation disabled: `posix_spawn` and `popen` are
+/// no cancellation points; this work's `poll`, `close` and `waitpid` are.
 fn spawn_forked(s: &Spawn) -> Option<Result<pid_t, c_int>> {
+    real::without_cancel(|| spawn_forked_now(s))
+}
+
+/// [`spawn_forked`]'s work.
+fn spawn_forked_now(s: &Spawn) -> Option<Result<pid_t, c_int>> {
     // Before any signal is blocked: the keeper inherits the mask of the
     // thread that forks it.
     if !forward::ensure_attached(Reason::Fork) {

@@ -132,3 +132,85 @@ fn raw_syscall_is_no_cancellation_point() {
         assert_eq!(out.stdout, RAW_CANCEL, "{mode}: {}", out.stderr);
     }
 }
+
+/// What `rawcancel /dev/vfio/N` prints after [`RAW_CANCEL`]: per phase
+/// (the engine in the process, then the keeper after a `posix_spawn` made
+/// by a thread with a cancel pending), a thread
+/// with a cancel pending makes VFIO ioctls, another munmaps memory mapped
+/// for DMA and frees a mapped heap block still mapped for DMA. glibc's
+/// `ioctl`, `munmap` and `free` are no cancellation points: each thread is
+/// canceled at its `pthread_testcancel`, with every answer as on Linux
+/// (Linux 6.1 printed these lines: `kernel-6.1-rawcancel.txt`).
+fn vfio_cancel_lines() -> String {
+    let mut s = String::from(RAW_CANCEL);
+    for phase in ["in_process", "keeper"] {
+        for (k, v) in [
+            ("ioctl_type1v2", "1"),
+            ("ioctl_map", "0"),
+            ("ioctl_unmap", "0"),
+            ("ioctl_stage", "3"),
+            ("ioctl_ended", "canceled"),
+            ("munmap", "0"),
+            ("munmap_stage", "2"),
+            ("munmap_ended", "canceled"),
+            ("unmap_after", "0"),
+            ("unmap_heap_after", "0"),
+        ] {
+            s.push_str(&format!("{phase}_{k} {v}\n"));
+        }
+        if phase == "in_process" {
+            // posix_spawn (the hand-off), then fork, by one thread.
+            s.push_str("spawn 0\nspawn_stage 2\nspawn_ended canceled\n");
+            s.push_str("spawned_exit 0\nforked_exit 0\n");
+        }
+    }
+    s
+}
+
+/// The library's own work inside hooked calls that are no cancellation
+/// points (a VFIO `ioctl`: the engine's work, or the keeper's messages
+/// after the hand-off; `munmap` and `free` under the sanitizer: the
+/// stale-mapping check, the call-site capture's read of /proc/self/maps;
+/// `posix_spawn`: the hand-off) runs with cancellation disabled. Before, the pending cancel acted in
+/// the keeper connection's `recvmsg`/`poll` (the unwind then aborted the
+/// program: "FATAL: exception not rethrown").
+#[test]
+fn vfio_calls_are_no_cancellation_points() {
+    let exe = build_c("rawcancel", false);
+    let want = vfio_cancel_lines();
+    // Linux 6.1's answers (tests-oracle/README.md, "Cancellation points").
+    let path = format!(
+        "{}/../../tests-oracle/kernel-6.1-rawcancel.txt",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let linux = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(want, linux, "Linux 6.1 printed");
+    for mode in ["preload", "trace"] {
+        let out = softvfio_run(mode, &[], &exe, &["/dev/vfio/3"]);
+        out.assert_clean();
+        assert_eq!(out.stdout, want, "{mode}: {}", out.stderr);
+        let out = softvfio_run(mode, &["--sanitize"], &exe, &["/dev/vfio/3"]);
+        out.assert_clean();
+        assert_eq!(out.stdout, want, "{mode} --sanitize: {}", out.stderr);
+        // Each phase's munmap and free are stale mappings.
+        assert!(
+            out.stderr
+                .contains("sanitizer: 0 fault(s), 4 stale mapping(s), 0 leak(s)"),
+            "{mode}: {}",
+            out.stderr
+        );
+    }
+    // The keeper's records on the socket alone: every forwarded call
+    // waits in `recvmsg` (through the shared area a quick answer may
+    // arrive while the caller still spins, and no cancellation point is
+    // reached either way).
+    for sanitize in ["", "on"] {
+        let mut env = vec![("SOFTVFIO_KEEPER_SOCKET_ONLY", "1")];
+        if !sanitize.is_empty() {
+            env.push(("SOFTVFIO_SANITIZE", sanitize));
+        }
+        let out = common::preloaded(&exe, &["/dev/vfio/3"], &env);
+        assert_eq!(out.code, Some(0), "{env:?}: {}", out.stderr);
+        assert_eq!(out.stdout, want, "{env:?}: {}", out.stderr);
+    }
+}
