@@ -710,7 +710,10 @@ fn stale_range_len(err: &str, syscall: &str) -> Option<u64> {
 /// `madv-remove-private`: MADV_REMOVE of private memory takes nothing away
 /// (Linux: EINVAL); `madv-remove-then-private`: MADV_REMOVE of a shared
 /// page and the private page after it, mapped for DMA, takes the shared
-/// page only (Linux stops at the private one: EINVAL).
+/// page only (Linux stops at the private one: EINVAL); `madv-overflow`,
+/// `madv-wrap`: MADV_DONTNEED with a length past the end of the address
+/// space or wrapping when rounded up to pages (Linux: EINVAL before any
+/// walk, the pages stay).
 pub fn not_stale(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
     let (code, out, err) = run_full(softvfio, mode, bin, scenario, &["--sanitize=strict"]);
     assert_eq!(code, 0, "{err}");
@@ -724,7 +727,13 @@ pub fn not_stale(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
         "madv-remove-private",
         "madv-dontneed-mlocked",
         "madv-remove-then-private",
+        "madv-overflow",
+        "madv-wrap",
     ];
+    if scenario == "madv-overflow" || scenario == "madv-wrap" {
+        // Refused before any mapping is looked at: the pages stay.
+        assert!(out.contains("madvise 22\nkept 1\n"), "{out}");
+    }
     if refused.contains(&scenario) {
         // The pin's mlock (Linux: 0 for MADV_FREE, EINVAL for MADV_REMOVE
         // of private memory and for memory the program locked itself).
@@ -874,6 +883,12 @@ macro_rules! every_scenario {
             madvise_dontneed_of_memory_the_program_locked_is_not_stale,
             |s, m, b| { sc::not_stale(s, m, b, "madv-dontneed-mlocked") }
         );
+        $scenario!(madvise_past_the_address_space_is_not_stale, |s, m, b| {
+            sc::not_stale(s, m, b, "madv-overflow")
+        });
+        $scenario!(madvise_of_a_wrapping_length_is_not_stale, |s, m, b| {
+            sc::not_stale(s, m, b, "madv-wrap")
+        });
         $scenario!(stale_mapping_after_handoff_free, |s, m, b| {
             sc::stale_after_handoff(s, m, b, "free")
         });
