@@ -229,7 +229,7 @@ mod tests {
     /// arguments and answers its answer.
     #[test]
     fn windowed_memory_passes_on_what_its_window_does_not_hold() {
-        use softvfio::memory::testing::{check_forwarded, Probe, METHODS};
+        use softvfio::testing::probe::{check_forwarded, Probe, METHODS};
         let probe = Probe::new();
         let bytes = [0xaau8; 16];
         let windowed = WindowedMemory::new(&probe, (0x10_0000, &bytes));

@@ -79,7 +79,7 @@ impl<M: UserMemory> UserMemory for ProgramMemory<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use softvfio::memory::testing::{check_forwarded, Probe, METHODS};
+    use softvfio::testing::probe::{check_forwarded, Probe, METHODS};
 
     /// Every method but `shared` is the backend's in use: before a move
     /// the local one, after it the moved one (and the local one hears

@@ -16,6 +16,7 @@ use crate::platform::{Device, Group, GroupKind, Platform};
 pub mod inject;
 pub mod ioas_model;
 pub mod model;
+pub mod probe;
 
 /// Memory at `[base, base + len)`, all readable and writable.
 pub struct VecMemory {

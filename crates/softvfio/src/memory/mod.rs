@@ -24,8 +24,6 @@ pub mod host;
 pub mod interval;
 pub mod sim;
 pub(crate) mod spaces;
-#[doc(hidden)]
-pub mod testing;
 
 /// The base page size of the platform we emulate (x86-64).
 pub const PAGE_SIZE: u64 = 4096;
@@ -285,8 +283,8 @@ pub trait UserMemory: Send + Sync {
 
 #[cfg(test)]
 mod forward_tests {
-    use super::testing::{check_forwarded, Probe, METHODS};
     use super::*;
+    use crate::testing::probe::{check_forwarded, Probe, METHODS};
 
     /// Forwards everything.
     struct Wrapper(Probe);

@@ -166,7 +166,7 @@ impl UserMemory for RoutedMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::testing::{check_forwarded, Probe, METHODS};
+    use crate::testing::probe::{check_forwarded, Probe, METHODS};
 
     /// Everything but a tagged device access is the own memory's: each
     /// method reaches it with the same arguments and answers its answer

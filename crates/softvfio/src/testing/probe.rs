@@ -1,4 +1,4 @@
-//! For tests of [`UserMemory`] wrappers in this workspace (not an API):
+//! For tests of [`UserMemory`] wrappers in this workspace:
 //! [`Probe`], a memory that answers each call with values of its own and
 //! logs it with its arguments, and [`check_forwarded`], which calls the
 //! methods a wrapper passes on and checks that each reached the probe
@@ -7,8 +7,8 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{LockPolicy, MemError, MemResult, PinStats, PinnedRun, UserMemory, PAGE_SIZE};
 use crate::account::MmAccount;
+use crate::memory::{LockPolicy, MemError, MemResult, PinStats, PinnedRun, UserMemory, PAGE_SIZE};
 
 /// Answers each call with values of its own and logs the call with its
 /// arguments.
