@@ -1848,6 +1848,43 @@ mod shared_tests {
         }
     }
 
+    /// Linux 6.1's answers (tests-oracle/kernel-6.1-madvise-lengths.txt):
+    /// a length Linux walks zapped the probe's first page (`kept=0`), one
+    /// it refused up front left it (`kept=1`); `madvise_range` agrees on
+    /// each.
+    #[test]
+    fn madvise_range_is_linuxs_up_front_check() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests-oracle/kernel-6.1-madvise-lengths.txt"
+        );
+        let linux = std::fs::read_to_string(path).expect("the oracle file");
+        let mut seen = 0;
+        for l in linux.lines() {
+            let mut f = l.split(' ');
+            let (Some(case), Some(errno), Some(kept)) = (f.next(), f.next(), f.next()) else {
+                panic!("line {l:?}");
+            };
+            let len = match case.split_once("-len-").map(|(_, len)| len) {
+                Some("2^63") => 1 << 63,
+                Some("minus-page") => 0u64.wrapping_sub(PAGE),
+                Some("max") => u64::MAX,
+                Some("max-minus-page-plus-2") => u64::MAX - PAGE + 2,
+                Some("0") => 0,
+                Some("8193") => 8193,
+                other => panic!("case {other:?}"),
+            };
+            let walked = kept == "kept=0";
+            assert_eq!(madvise_range(BASE, len).is_some(), walked, "{l}");
+            // Refused up front: EINVAL, or 0 for a zero length.
+            if !walked {
+                assert_eq!(errno, if len == 0 { "0" } else { "22" }, "{l}");
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, 9);
+    }
+
     /// Which answers come from the walk: success and EINVAL (the pin's
     /// mlock) for both; ENOMEM and EACCES for MADV_REMOVE only; EINVAL not
     /// when the program locks memory itself.
