@@ -817,7 +817,10 @@ impl VfioHandler {
         if let Some(cause) = madvise {
             let own_locks = self.mems.get(&t.pid()).is_some_and(|m| m.program_locks());
             let errno = i32::try_from(-res).unwrap_or(0);
-            let taken = sanitize::madvise_taken(Some(t.pid()), cause, a[0], a[1], errno, own_locks);
+            let pid = t.pid();
+            let bar = |addr| self.bars.contains(pid, addr);
+            let taken =
+                sanitize::madvise_taken(Some(pid), cause, a[0], a[1], errno, own_locks, &bar);
             for (addr, len) in taken {
                 self.report_going_away(&s, owner, site.clone(), addr, len, cause);
             }

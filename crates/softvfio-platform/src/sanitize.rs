@@ -1577,7 +1577,9 @@ const PAGE: u64 = 4096;
 /// is reported); for `MADV_REMOVE`, ENOMEM (a hole) and EACCES (a mapping
 /// of another kind) also come from the walk. What the walk took is then
 /// read from `/proc/<pid>/maps` ([`madvise_walk_in`]); nothing when the
-/// maps cannot be read.
+/// maps cannot be read. `device` tells whether an address lies in a BAR
+/// mapping softvfio emulates (anonymous memory in the maps, a `VM_PFNMAP`
+/// mapping on Linux, where the walk stops).
 pub fn madvise_taken(
     pid: Option<i32>,
     cause: StaleCause,
@@ -1585,6 +1587,7 @@ pub fn madvise_taken(
     len: u64,
     errno: i32,
     own_locks: bool,
+    device: &dyn Fn(u64) -> bool,
 ) -> Vec<(u64, u64)> {
     let Some((start, end)) = madvise_range(addr, len) else {
         return Vec::new();
@@ -1607,7 +1610,7 @@ pub fn madvise_taken(
         None => "/proc/self/maps".to_string(),
     };
     std::fs::read_to_string(path)
-        .map(|maps| madvise_walk_in(&maps, cause, start, end))
+        .map(|maps| madvise_walk_in(&maps, cause, start, end, device))
         .unwrap_or_default()
 }
 
@@ -1624,9 +1627,16 @@ pub fn madvise_taken(
 /// file mapping) and at one whose object cannot be punched (`vfs_fallocate`:
 /// ENODEV for a device or anonymous inode, [`unpunchable`]).
 /// `MADV_DONTNEED` stops at a mapping of raw page frames (`VM_PFNMAP`:
-/// EINVAL, [`frame_mapping`]). Memory the program locked is refused too,
-/// which the maps do not show (the caller reports nothing then).
-fn madvise_walk_in(maps: &str, cause: StaleCause, start: u64, end: u64) -> Vec<(u64, u64)> {
+/// EINVAL, [`frame_mapping`], or a BAR mapping softvfio emulates: `device`
+/// of its first address). Memory the program locked is refused too, which
+/// the maps do not show (the caller reports nothing then).
+fn madvise_walk_in(
+    maps: &str,
+    cause: StaleCause,
+    start: u64,
+    end: u64,
+    device: &dyn Fn(u64) -> bool,
+) -> Vec<(u64, u64)> {
     let mut taken = Vec::new();
     for l in maps.lines() {
         let mut f = l.split_ascii_whitespace();
@@ -1647,15 +1657,15 @@ fn madvise_walk_in(maps: &str, cause: StaleCause, start: u64, end: u64) -> Vec<(
             break;
         }
         let p = perms.as_bytes();
+        let from = lo.max(start);
         let refused = if cause == StaleCause::MadvRemove {
             p.get(1) != Some(&b'w') || p.get(3) != Some(&b's') || unpunchable(name)
         } else {
             frame_mapping(name)
         };
-        if refused {
+        if refused || device(from) {
             break;
         }
-        let from = lo.max(start);
         taken.push((from, hi.min(end) - from));
     }
     taken
@@ -1718,7 +1728,7 @@ mod shared_tests {
     /// What Linux's walk takes for `madvise(addr, len, cause)` on `maps`.
     fn walk(maps: &str, cause: StaleCause, addr: u64, len: u64) -> Vec<(u64, u64)> {
         madvise_range(addr, len)
-            .map(|(start, end)| madvise_walk_in(maps, cause, start, end))
+            .map(|(start, end)| madvise_walk_in(maps, cause, start, end, &|_| false))
             .unwrap_or_default()
     }
 
@@ -1809,6 +1819,13 @@ mod shared_tests {
             [(BASE + 4 * PAGE, PAGE)]
         );
         assert_eq!(dontneed(0x7fff_f7fc_1000, PAGE), []);
+        // A BAR softvfio emulates (anonymous memory in the maps) stops it
+        // too: the second page here.
+        let bar = |a| a == BASE + PAGE;
+        assert_eq!(
+            madvise_walk_in(maps, StaleCause::MadvDontneed, BASE, BASE + 5 * PAGE, &bar),
+            [(BASE, PAGE)]
+        );
     }
 
     /// Linux 6.1's `do_madvise` checks before any walk: an unaligned
@@ -1838,12 +1855,15 @@ mod shared_tests {
             for errno in [0, libc::EINVAL, libc::ENOMEM] {
                 for len in [0, u64::MAX, 0u64.wrapping_sub(PAGE), u64::MAX - PAGE + 2] {
                     assert_eq!(
-                        madvise_taken(None, cause, addr, len, errno, false),
+                        madvise_taken(None, cause, addr, len, errno, false, &|_| false),
                         [],
                         "{cause:?} {len:#x} {errno}"
                     );
                 }
-                assert_eq!(madvise_taken(None, cause, addr + 8, PAGE, errno, false), []);
+                assert_eq!(
+                    madvise_taken(None, cause, addr + 8, PAGE, errno, false, &|_| false),
+                    []
+                );
             }
         }
     }
@@ -1891,8 +1911,18 @@ mod shared_tests {
     #[test]
     fn madvise_taken_by_the_answer() {
         let addr = BASE;
-        let dontneed =
-            |errno, own| madvise_taken(None, StaleCause::MadvDontneed, addr, 10, errno, own);
+        let no_bar = |_| false;
+        let dontneed = |errno, own| {
+            madvise_taken(
+                None,
+                StaleCause::MadvDontneed,
+                addr,
+                10,
+                errno,
+                own,
+                &no_bar,
+            )
+        };
         assert_eq!(dontneed(0, false), [(addr, PAGE)]);
         assert_eq!(dontneed(0, true), [(addr, PAGE)]);
         assert_eq!(dontneed(libc::EINVAL, true), []);
@@ -1901,29 +1931,14 @@ mod shared_tests {
         // This process's maps: its own (private, anonymous) page.
         let page = Box::new([0u8; 0x2000]);
         let mine = (page.as_ptr() as u64).next_multiple_of(PAGE);
-        assert_eq!(
-            madvise_taken(
-                None,
-                StaleCause::MadvDontneed,
-                mine,
-                PAGE,
-                libc::EINVAL,
-                false
-            ),
-            [(mine, PAGE)]
-        );
+        let einval = |cause, bar: &dyn Fn(u64) -> bool| {
+            madvise_taken(None, cause, mine, PAGE, libc::EINVAL, false, bar)
+        };
+        assert_eq!(einval(StaleCause::MadvDontneed, &no_bar), [(mine, PAGE)]);
+        // Unless softvfio emulates a BAR there.
+        assert_eq!(einval(StaleCause::MadvDontneed, &|a| a == mine), []);
         // MADV_REMOVE of private memory: Linux stops at once.
-        assert_eq!(
-            madvise_taken(
-                None,
-                StaleCause::MadvRemove,
-                mine,
-                PAGE,
-                libc::EINVAL,
-                false
-            ),
-            []
-        );
+        assert_eq!(einval(StaleCause::MadvRemove, &no_bar), []);
     }
 
     #[test]

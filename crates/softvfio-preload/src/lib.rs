@@ -1155,9 +1155,10 @@ pub(crate) fn sanitize_after_madvise(addr: u64, len: u64, cause: StaleCause, res
     let own_locks = PROGRAM_LOCKS.load(Ordering::Relaxed)
         || with_existing(|st| st.program_locks()).unwrap_or(false);
     let errno = if res == 0 { 0 } else { saved };
-    for (a, n) in
-        softvfio_platform::sanitize::madvise_taken(None, cause, addr, len, errno, own_locks)
-    {
+    let bar = |a| mmio::is_device_mapping(a);
+    let taken =
+        softvfio_platform::sanitize::madvise_taken(None, cause, addr, len, errno, own_locks, &bar);
+    for (a, n) in taken {
         sanitize::going_away(a, n, cause);
     }
     real::set_errno(saved);
