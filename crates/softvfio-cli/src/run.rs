@@ -817,10 +817,12 @@ impl VfioHandler {
         if let Some(cause) = madvise {
             let own_locks = self.mems.get(&t.pid()).is_some_and(|m| m.program_locks());
             let errno = i32::try_from(-res).unwrap_or(0);
-            if res == 0 || sanitize::madvise_walked(cause, a[0], errno, own_locks) {
-                for (addr, len) in sanitize::madvise_takes(Some(t.pid()), cause, a[0], a[1]) {
-                    self.report_going_away(&s, owner, site.clone(), addr, len, cause);
-                }
+            let pid = t.pid();
+            let bar = |addr| self.bars.contains(pid, addr);
+            let taken =
+                sanitize::madvise_taken(Some(pid), cause, a[0], a[1], errno, own_locks, &bar);
+            for (addr, len) in taken {
+                self.report_going_away(&s, owner, site.clone(), addr, len, cause);
             }
             return Some(Ok(res));
         }

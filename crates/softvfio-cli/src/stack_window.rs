@@ -224,6 +224,24 @@ impl UserMemory for WindowedMemory<'_> {
 mod tests {
     use super::*;
 
+    /// Outside its window (and for everything but reads) the windowed
+    /// memory is its inner memory: each method reaches it with the same
+    /// arguments and answers its answer.
+    #[test]
+    fn windowed_memory_passes_on_what_its_window_does_not_hold() {
+        use softvfio::testing::probe::{check_forwarded, Probe, METHODS};
+        let probe = Probe::new();
+        let bytes = [0xaau8; 16];
+        let windowed = WindowedMemory::new(&probe, (0x10_0000, &bytes));
+        assert_eq!(check_forwarded(&windowed, &probe, &METHODS), Ok(()));
+        // A read the window holds does not reach the inner memory.
+        let mut buf = [0u8; 4];
+        let fresh = WindowedMemory::new(&probe, (0x10_0000, &bytes));
+        assert_eq!(fresh.read(0x10_0004, &mut buf), Ok(()));
+        assert_eq!(buf, [0xaa; 4]);
+        assert_eq!(probe.take_log(), Vec::<String>::new());
+    }
+
     /// A stack mapped at `lo..hi` whose word at `a` is `a ^ 0x5a5a`, and
     /// the reads made of it.
     struct Fake {

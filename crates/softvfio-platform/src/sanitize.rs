@@ -1549,91 +1549,171 @@ fn process_sections(
         .collect()
 }
 
-/// Did a `madvise` of memory mapped for DMA that failed with `errno` get
-/// as far as Linux's walk over the range's mappings (so that Linux took
-/// pages away, [`madvise_takes`])? An unaligned address fails before it,
-/// on Linux too. EINVAL is the pin's mlock refusing what Linux does,
-/// unless the program locks memory itself (then Linux may refuse it too,
-/// and nothing is reported). For `MADV_REMOVE`, ENOMEM (a hole) and
-/// EACCES (a mapping of another kind) come from the walk after it took
-/// what lay before.
-pub fn madvise_walked(cause: StaleCause, addr: u64, errno: i32, own_locks: bool) -> bool {
-    if !addr.is_multiple_of(4096) {
-        return false;
+/// The page-rounded range `[start, end)` Linux's `madvise(addr, len, _)`
+/// walks, or `None` when it walks nothing: Linux 6.1's `do_madvise` answers
+/// EINVAL up front for an unaligned `addr`, a `len` that wraps when
+/// rounded up to pages, or a range that runs past the end of the address
+/// space, and 0 for `len == 0`, before looking at any mapping.
+pub fn madvise_range(addr: u64, len: u64) -> Option<(u64, u64)> {
+    if !addr.is_multiple_of(PAGE) || len == 0 {
+        return None;
     }
-    match errno {
+    let len = len.checked_next_multiple_of(PAGE)?;
+    let end = addr.checked_add(len)?;
+    Some((addr, end))
+}
+
+/// The page size of Linux's madvise checks (x86-64).
+const PAGE: u64 = 4096;
+
+/// The pieces of `[addr, addr + len)` whose pages went away on Linux when
+/// the program's `madvise(addr, len, advice)` (advice of `cause`) answered
+/// `errno` under softvfio (0: success) in process `pid` (`None`: this
+/// one). Nothing when Linux walks no mapping ([`madvise_range`]). On
+/// success the whole range went (the walk met no mapping it refuses). On
+/// an error, only if the walk got as far as the range's mappings: EINVAL is
+/// the pin's mlock refusing what Linux does, unless the program locks
+/// memory itself (`own_locks`: then Linux may refuse it too, and nothing
+/// is reported); for `MADV_REMOVE`, ENOMEM (a hole) and EACCES (a mapping
+/// of another kind) also come from the walk. What the walk took is then
+/// read from `/proc/<pid>/maps` ([`madvise_walk_in`]); nothing when the
+/// maps cannot be read. `device` tells whether an address lies in a BAR
+/// mapping softvfio emulates (anonymous memory in the maps, a `VM_PFNMAP`
+/// mapping on Linux, where the walk stops).
+pub fn madvise_taken(
+    pid: Option<i32>,
+    cause: StaleCause,
+    addr: u64,
+    len: u64,
+    errno: i32,
+    own_locks: bool,
+    device: &dyn Fn(u64) -> bool,
+) -> Vec<(u64, u64)> {
+    let Some((start, end)) = madvise_range(addr, len) else {
+        return Vec::new();
+    };
+    let walked = match errno {
+        0 => true,
         libc::EINVAL => !own_locks,
         libc::ENOMEM | libc::EACCES => cause == StaleCause::MadvRemove,
         _ => false,
+    };
+    if !walked {
+        return Vec::new();
     }
-}
-
-/// The pieces of `[addr, addr + len)` whose pages `madvise` with the
-/// advice of `cause` takes away in process `pid` (`None`: this one), had
-/// it run as on Linux: for `MADV_REMOVE` [`madv_remove_takes`], for the
-/// others the whole range, pages rounded up.
-pub fn madvise_takes(pid: Option<i32>, cause: StaleCause, addr: u64, len: u64) -> Vec<(u64, u64)> {
-    if cause == StaleCause::MadvRemove {
-        return madv_remove_takes(pid, addr, len);
+    if errno == 0 && cause != StaleCause::MadvRemove {
+        // The real walk refused no mapping of the range.
+        return vec![(start, end - start)];
     }
-    vec![(addr, len.div_ceil(4096) * 4096)]
-}
-
-/// The pieces of `[addr, addr + len)` (`addr` page-aligned, `len` rounded
-/// up to pages) whose pages `madvise(MADV_REMOVE)` takes away in process
-/// `pid` (`None`: this one), by its `/proc/<pid>/maps`. Linux walks the
-/// mappings of the range in address order: it skips a hole (answering
-/// ENOMEM at the end), punches the pages of each shared writable mapping
-/// (`rw?s`) out of the object behind it, and stops at the first mapping
-/// of another kind (EINVAL for private anonymous memory, EACCES for a
-/// read-only or private file mapping): what lies before that mapping
-/// went, nothing after it did (tests-oracle/kernel-6.1-procmodel-madvise-
-/// spans.txt). Empty when the maps cannot be read.
-pub fn madv_remove_takes(pid: Option<i32>, addr: u64, len: u64) -> Vec<(u64, u64)> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/maps"),
         None => "/proc/self/maps".to_string(),
     };
     std::fs::read_to_string(path)
-        .map(|maps| madv_remove_takes_in(&maps, addr, len))
+        .map(|maps| madvise_walk_in(&maps, cause, start, end, device))
         .unwrap_or_default()
 }
 
-/// [`madv_remove_takes`] on the text of a maps file (its lines are in
-/// address order, as the kernel writes them).
-fn madv_remove_takes_in(maps: &str, addr: u64, len: u64) -> Vec<(u64, u64)> {
-    let end = addr.saturating_add(len.div_ceil(4096) * 4096);
+/// What Linux's walk over the mappings of `[start, end)` (page-aligned)
+/// takes away for the advice of `cause`, by the text of a maps file (its
+/// lines are in address order, as the kernel writes them). Linux skips a
+/// hole (answering ENOMEM at the end) and stops at the first mapping the
+/// advice refuses: what lies before it went, nothing after it did
+/// (tests-oracle/kernel-6.1-procmodel-madvise-spans.txt).
+///
+/// `MADV_REMOVE` punches the pages of each shared writable mapping (`rw?s`)
+/// out of the object behind it; it stops at a mapping of another kind
+/// (EINVAL for private anonymous memory, EACCES for a read-only or private
+/// file mapping) and at one whose object cannot be punched (`vfs_fallocate`:
+/// ENODEV for a device or anonymous inode, [`unpunchable`]).
+/// `MADV_DONTNEED` stops at a mapping of raw page frames (`VM_PFNMAP`:
+/// EINVAL, [`frame_mapping`], or a BAR mapping softvfio emulates: `device`
+/// of its first address). Memory the program locked is refused too, which
+/// the maps do not show (the caller reports nothing then).
+fn madvise_walk_in(
+    maps: &str,
+    cause: StaleCause,
+    start: u64,
+    end: u64,
+    device: &dyn Fn(u64) -> bool,
+) -> Vec<(u64, u64)> {
     let mut taken = Vec::new();
     for l in maps.lines() {
         let mut f = l.split_ascii_whitespace();
         let (Some(range), Some(perms)) = (f.next(), f.next()) else {
             continue;
         };
+        let name = mapping_name(l);
         let Some((lo, hi)) = range.split_once('-') else {
             continue;
         };
         let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) else {
             continue;
         };
-        if hi <= addr {
+        if hi <= start || hi <= lo {
             continue;
         }
         if lo >= end {
             break;
         }
         let p = perms.as_bytes();
-        if p.get(1) != Some(&b'w') || p.get(3) != Some(&b's') {
-            // Linux's walk stops here.
+        let from = lo.max(start);
+        let refused = if cause == StaleCause::MadvRemove {
+            p.get(1) != Some(&b'w') || p.get(3) != Some(&b's') || unpunchable(name)
+        } else {
+            frame_mapping(name)
+        };
+        if refused || device(from) {
             break;
         }
-        taken.push((lo.max(addr), hi.min(end) - lo.max(addr)));
+        taken.push((from, hi.min(end) - from));
     }
     taken
 }
 
+/// The name of the mapping of a maps line: what follows its five fields
+/// (range, permissions, offset, device, inode); it may hold spaces.
+fn mapping_name(line: &str) -> &str {
+    let mut rest = line;
+    for _ in 0..5 {
+        rest = rest.trim_start();
+        rest = rest.find(' ').map_or("", |at| &rest[at..]);
+    }
+    rest.trim()
+}
+
+/// Whether the object behind a shared mapping named `name` (in the maps
+/// file) is one `fallocate(FALLOC_FL_PUNCH_HOLE)` refuses: a device file
+/// (ENODEV; shared `/dev/zero` memory is shmem, and `/dev/shm` and
+/// `/dev/hugepages` hold file systems that punch) or an anonymous inode
+/// (ENODEV: a VFIO device file's BAR mapping, `anon_inode:[vfio-device]`).
+/// A regular file on a file system without hole punching (EOPNOTSUPP) is
+/// not seen here (docs/SANITIZER.md).
+fn unpunchable(name: &str) -> bool {
+    name.starts_with("anon_inode:") || device_file(name)
+}
+
+/// Whether a mapping named `name` maps raw page frames (`VM_PFNMAP`), which
+/// `MADV_DONTNEED` refuses: the vDSO's data pages (`[vvar]`, and
+/// `[vvar_vclock]` on later kernels), a VFIO BAR (`anon_inode:[vfio-device]`)
+/// and, taken as such, any mapping of a device file (`/dev/mem`, a
+/// driver's registers).
+fn frame_mapping(name: &str) -> bool {
+    name.starts_with("[vvar") || name == "anon_inode:[vfio-device]" || device_file(name)
+}
+
+/// A file under `/dev` that is a device, not memory: not `/dev/zero`
+/// (shared: shmem; private: anonymous) nor the memory file systems
+/// mounted at `/dev/shm` and `/dev/hugepages`.
+fn device_file(name: &str) -> bool {
+    name.starts_with("/dev/")
+        && !name.starts_with("/dev/zero")
+        && !name.starts_with("/dev/shm/")
+        && !name.starts_with("/dev/hugepages/")
+}
 #[cfg(test)]
 mod shared_tests {
-    use super::madv_remove_takes_in;
+    use super::{madvise_range, madvise_taken, madvise_walk_in, mapping_name, StaleCause};
 
     const MAPS: &str = "7f0000000000-7f0000002000 rw-s 00000000 00:01 1234 /memfd:x (deleted)\n\
                         7f0000002000-7f0000003000 rw-p 00000000 00:00 0\n\
@@ -1642,34 +1722,234 @@ mod shared_tests {
                         7f0000006000-7f0000007000 rw-s 00000000 00:01 1237 /dev/zero (deleted)\n\
                         7f0000007000-7f0000008000 rw-p 00000000 00:00 0\n";
 
+    const BASE: u64 = 0x7f00_0000_0000;
+    const PAGE: u64 = 0x1000;
+
+    /// What Linux's walk takes for `madvise(addr, len, cause)` on `maps`.
+    fn walk(maps: &str, cause: StaleCause, addr: u64, len: u64) -> Vec<(u64, u64)> {
+        madvise_range(addr, len)
+            .map(|(start, end)| madvise_walk_in(maps, cause, start, end, &|_| false))
+            .unwrap_or_default()
+    }
+
     /// What Linux's walk takes: shared writable mappings up to the first
     /// mapping of another kind, holes skipped, clipped to the range.
     #[test]
     fn madv_remove_takes_shared_writable_pages_up_to_another_kind() {
-        let base = 0x7f00_0000_0000u64;
-        let page = 0x1000;
+        let remove = |addr, len| walk(MAPS, StaleCause::MadvRemove, addr, len);
         // Within one shared writable mapping.
-        assert_eq!(madv_remove_takes_in(MAPS, base, page), [(base, page)]);
-        assert_eq!(
-            madv_remove_takes_in(MAPS, base + page, 1),
-            [(base + page, page)]
-        );
+        assert_eq!(remove(BASE, PAGE), [(BASE, PAGE)]);
+        assert_eq!(remove(BASE + PAGE, 1), [(BASE + PAGE, PAGE)]);
         // Shared, then private: the shared part only.
-        assert_eq!(
-            madv_remove_takes_in(MAPS, base, 3 * page),
-            [(base, 2 * page)]
-        );
+        assert_eq!(remove(BASE, 3 * PAGE), [(BASE, 2 * PAGE)]);
         // Starts in private or read-only shared memory: nothing.
-        assert_eq!(madv_remove_takes_in(MAPS, base + 2 * page, 4 * page), []);
-        assert_eq!(madv_remove_takes_in(MAPS, base + 3 * page, page), []);
+        assert_eq!(remove(BASE + 2 * PAGE, 4 * PAGE), []);
+        assert_eq!(remove(BASE + 3 * PAGE, PAGE), []);
         // A hole, then two shared mappings, then private memory.
         assert_eq!(
-            madv_remove_takes_in(MAPS, base + 4 * page, 4 * page),
-            [(base + 5 * page, page), (base + 6 * page, page)]
+            remove(BASE + 4 * PAGE, 4 * PAGE),
+            [(BASE + 5 * PAGE, PAGE), (BASE + 6 * PAGE, PAGE)]
         );
         // Nothing mapped at all.
-        assert_eq!(madv_remove_takes_in(MAPS, base + 0x10_0000, page), []);
-        assert_eq!(madv_remove_takes_in("garbage\n- rw-s\n", 0, page), []);
+        assert_eq!(remove(BASE + 0x10_0000, PAGE), []);
+        assert_eq!(
+            walk("garbage\n- rw-s\n", StaleCause::MadvRemove, 0, PAGE),
+            []
+        );
+    }
+
+    /// `vfs_fallocate` refuses to punch a device file or an anonymous
+    /// inode (ENODEV): MADV_REMOVE stops there though the mapping is
+    /// shared and writable; shmem behind `/dev/zero`, tmpfs at `/dev/shm`
+    /// and hugetlbfs at `/dev/hugepages` punch.
+    #[test]
+    fn madv_remove_stops_at_a_mapping_that_cannot_be_punched() {
+        let maps = |second: &str| {
+            format!(
+                "7f0000000000-7f0000001000 rw-s 00000000 00:01 1 /memfd:a (deleted)\n\
+                 7f0000001000-7f0000002000 rw-s 00000000 00:05 2   {second}\n\
+                 7f0000002000-7f0000003000 rw-s 00000000 00:01 3 /memfd:b (deleted)\n"
+            )
+        };
+        for stop in [
+            "anon_inode:[vfio-device]",
+            "/dev/vfio/devices/vfio0",
+            "/dev/mem",
+            "/dev/fb0",
+        ] {
+            assert_eq!(
+                walk(&maps(stop), StaleCause::MadvRemove, BASE, 3 * PAGE),
+                [(BASE, PAGE)],
+                "{stop}"
+            );
+        }
+        for goes in [
+            "/dev/zero (deleted)",
+            "/dev/shm/ring",
+            "/dev/hugepages/buf",
+            "/tmp/file with spaces",
+        ] {
+            assert_eq!(
+                walk(&maps(goes), StaleCause::MadvRemove, BASE, 3 * PAGE),
+                [(BASE, PAGE), (BASE + PAGE, PAGE), (BASE + 2 * PAGE, PAGE)],
+                "{goes}"
+            );
+        }
+    }
+
+    /// MADV_DONTNEED zaps every kind of mapping up to one of raw page
+    /// frames (`VM_PFNMAP`: EINVAL), which it does not pass.
+    #[test]
+    fn madv_dontneed_stops_at_a_frame_mapping() {
+        let maps = "7f0000000000-7f0000001000 rw-p 00000000 00:00 0\n\
+                    7f0000001000-7f0000002000 r--p 00000000 08:01 7 /usr/lib/libc.so.6\n\
+                    7f0000003000-7f0000004000 rw-s 00000000 00:05 8 /dev/mem\n\
+                    7f0000004000-7f0000005000 rw-p 00000000 00:00 0\n\
+                    7ffff7fc1000-7ffff7fc5000 r--p 00000000 00:00 0 [vvar]\n\
+                    7ffff7fc5000-7ffff7fc7000 r-xp 00000000 00:00 0 [vdso]\n";
+        let dontneed = |addr, len| walk(maps, StaleCause::MadvDontneed, addr, len);
+        // Anonymous and file memory, a hole, then /dev/mem.
+        assert_eq!(
+            dontneed(BASE, 5 * PAGE),
+            [(BASE, PAGE), (BASE + PAGE, PAGE)]
+        );
+        // From after /dev/mem up to [vvar].
+        assert_eq!(
+            dontneed(BASE + 4 * PAGE, 0x10_0000_0000),
+            [(BASE + 4 * PAGE, PAGE)]
+        );
+        assert_eq!(dontneed(0x7fff_f7fc_1000, PAGE), []);
+        // A BAR softvfio emulates (anonymous memory in the maps) stops it
+        // too: the second page here.
+        let bar = |a| a == BASE + PAGE;
+        assert_eq!(
+            madvise_walk_in(maps, StaleCause::MadvDontneed, BASE, BASE + 5 * PAGE, &bar),
+            [(BASE, PAGE)]
+        );
+    }
+
+    /// Linux 6.1's `do_madvise` checks before any walk: an unaligned
+    /// address, a length that wraps when rounded up to pages and a range
+    /// past the end of the address space are EINVAL, a zero length is 0;
+    /// none takes anything, whatever the answer (no overflow either).
+    #[test]
+    fn madvise_walks_nothing_when_linux_refuses_up_front() {
+        let addr = BASE;
+        assert_eq!(madvise_range(addr, 1), Some((addr, addr + PAGE)));
+        assert_eq!(madvise_range(addr, 1 << 63), Some((addr, addr + (1 << 63))));
+        assert_eq!(madvise_range(addr + 1, PAGE), None);
+        assert_eq!(madvise_range(addr, 0), None);
+        // Wraps when rounded up.
+        assert_eq!(madvise_range(addr, u64::MAX), None);
+        assert_eq!(madvise_range(addr, u64::MAX - PAGE + 2), None);
+        // Rounds up to the last page, then the end overflows.
+        assert_eq!(madvise_range(addr, u64::MAX - PAGE + 1), None);
+        assert_eq!(madvise_range(addr, 0u64.wrapping_sub(PAGE)), None);
+        // The end exactly at 2^64 overflows too (Linux: end < start).
+        assert_eq!(madvise_range(0u64.wrapping_sub(PAGE), PAGE), None);
+        assert_eq!(
+            madvise_range(0u64.wrapping_sub(2 * PAGE), PAGE),
+            Some((0u64.wrapping_sub(2 * PAGE), 0u64.wrapping_sub(PAGE)))
+        );
+        for cause in [StaleCause::MadvDontneed, StaleCause::MadvRemove] {
+            for errno in [0, libc::EINVAL, libc::ENOMEM] {
+                for len in [0, u64::MAX, 0u64.wrapping_sub(PAGE), u64::MAX - PAGE + 2] {
+                    assert_eq!(
+                        madvise_taken(None, cause, addr, len, errno, false, &|_| false),
+                        [],
+                        "{cause:?} {len:#x} {errno}"
+                    );
+                }
+                assert_eq!(
+                    madvise_taken(None, cause, addr + 8, PAGE, errno, false, &|_| false),
+                    []
+                );
+            }
+        }
+    }
+
+    /// Linux 6.1's answers (tests-oracle/kernel-6.1-madvise-lengths.txt):
+    /// a length Linux walks zapped the probe's first page (`kept=0`), one
+    /// it refused up front left it (`kept=1`); `madvise_range` agrees on
+    /// each.
+    #[test]
+    fn madvise_range_is_linuxs_up_front_check() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests-oracle/kernel-6.1-madvise-lengths.txt"
+        );
+        let linux = std::fs::read_to_string(path).expect("the oracle file");
+        let mut seen = 0;
+        for l in linux.lines() {
+            let mut f = l.split(' ');
+            let (Some(case), Some(errno), Some(kept)) = (f.next(), f.next(), f.next()) else {
+                panic!("line {l:?}");
+            };
+            let len = match case.split_once("-len-").map(|(_, len)| len) {
+                Some("2^63") => 1 << 63,
+                Some("minus-page") => 0u64.wrapping_sub(PAGE),
+                Some("max") => u64::MAX,
+                Some("max-minus-page-plus-2") => u64::MAX - PAGE + 2,
+                Some("0") => 0,
+                Some("8193") => 8193,
+                other => panic!("case {other:?}"),
+            };
+            let walked = kept == "kept=0";
+            assert_eq!(madvise_range(BASE, len).is_some(), walked, "{l}");
+            // Refused up front: EINVAL, or 0 for a zero length.
+            if !walked {
+                assert_eq!(errno, if len == 0 { "0" } else { "22" }, "{l}");
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, 9);
+    }
+
+    /// Which answers come from the walk: success and EINVAL (the pin's
+    /// mlock) for both; ENOMEM and EACCES for MADV_REMOVE only; EINVAL not
+    /// when the program locks memory itself.
+    #[test]
+    fn madvise_taken_by_the_answer() {
+        let addr = BASE;
+        let no_bar = |_| false;
+        let dontneed = |errno, own| {
+            madvise_taken(
+                None,
+                StaleCause::MadvDontneed,
+                addr,
+                10,
+                errno,
+                own,
+                &no_bar,
+            )
+        };
+        assert_eq!(dontneed(0, false), [(addr, PAGE)]);
+        assert_eq!(dontneed(0, true), [(addr, PAGE)]);
+        assert_eq!(dontneed(libc::EINVAL, true), []);
+        assert_eq!(dontneed(libc::ENOMEM, false), []);
+        assert_eq!(dontneed(libc::EAGAIN, false), []);
+        // This process's maps: its own (private, anonymous) page.
+        let page = Box::new([0u8; 0x2000]);
+        let mine = (page.as_ptr() as u64).next_multiple_of(PAGE);
+        let einval = |cause, bar: &dyn Fn(u64) -> bool| {
+            madvise_taken(None, cause, mine, PAGE, libc::EINVAL, false, bar)
+        };
+        assert_eq!(einval(StaleCause::MadvDontneed, &no_bar), [(mine, PAGE)]);
+        // Unless softvfio emulates a BAR there.
+        assert_eq!(einval(StaleCause::MadvDontneed, &|a| a == mine), []);
+        // MADV_REMOVE of private memory: Linux stops at once.
+        assert_eq!(einval(StaleCause::MadvRemove, &no_bar), []);
+    }
+
+    #[test]
+    fn mapping_name_keeps_spaces_and_may_be_empty() {
+        assert_eq!(
+            mapping_name("7f-80 rw-s 00000000 00:01 12    /tmp/a b (deleted)"),
+            "/tmp/a b (deleted)"
+        );
+        assert_eq!(mapping_name("7f-80 rw-p 00000000 00:00 0 "), "");
+        assert_eq!(mapping_name("7f-80 rw-p 00000000 00:00 0"), "");
+        assert_eq!(mapping_name("7f-80 rw-p"), "");
     }
 }
 

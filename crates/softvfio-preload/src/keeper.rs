@@ -1129,14 +1129,40 @@ fn reply(conn: c_int, val: i64, err: c_int, key: u64, fd: Option<c_int>) -> Resu
 mod tests {
     use super::*;
 
+    /// A child process killed and waited for when dropped: a failed
+    /// assertion leaves no `sleep` behind.
+    struct Reaped(std::process::Child);
+
+    impl Reaped {
+        fn id(&self) -> u32 {
+            self.0.id()
+        }
+
+        /// Ends the process now (it is waited for: its pid is gone).
+        fn end(&mut self) {
+            self.0.kill().expect("kill sleep");
+            self.0.wait().expect("wait sleep");
+        }
+    }
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            // Already ended, or ends here (errors: it had exited).
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     /// A live process (`sleep`) and its pidfd, and the pid and pidfd of
     /// one that exited and was waited for (`true`; its pidfd opened
     /// before the wait, while its pid was still there to open).
-    fn live_and_waited_for() -> (std::process::Child, c_int, i32, c_int) {
-        let live = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
+    fn live_and_waited_for() -> (Reaped, c_int, i32, c_int) {
+        let live = Reaped(
+            std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .expect("spawn sleep"),
+        );
         let mut done = std::process::Command::new("true")
             .spawn()
             .expect("spawn true");
@@ -1160,8 +1186,7 @@ mod tests {
         let mut check = ExitCheck::default();
         assert_eq!(check.run(procs), [done_pid]);
         assert_eq!(check.run(procs[..1].iter().copied()), [] as [i32; 0]);
-        live.kill().expect("kill sleep");
-        live.wait().expect("wait sleep");
+        live.end();
         assert_eq!(check.run(procs[..1].iter().copied()), [live_pid]);
         real::close_own(live_fd);
         real::close_own(done_fd);
@@ -1183,8 +1208,7 @@ mod tests {
             assert_eq!(check.run(procs[..1].iter().copied()).len(), 0);
         }
         assert_eq!(real::allocations_on_this_thread(), before);
-        live.kill().expect("kill sleep");
-        live.wait().expect("wait sleep");
+        live.end();
         real::close_own(live_fd);
         real::close_own(done_fd);
     }

@@ -1161,10 +1161,12 @@ pub(crate) fn sanitize_after_madvise(addr: u64, len: u64, cause: StaleCause, res
     // the program locks memory itself, when Linux refuses it too.
     let own_locks = PROGRAM_LOCKS.load(Ordering::Relaxed)
         || with_existing(|st| st.program_locks()).unwrap_or(false);
-    if res == 0 || softvfio_platform::sanitize::madvise_walked(cause, addr, saved, own_locks) {
-        for (a, n) in softvfio_platform::sanitize::madvise_takes(None, cause, addr, len) {
-            sanitize::going_away(a, n, cause);
-        }
+    let errno = if res == 0 { 0 } else { saved };
+    let bar = |a| mmio::is_device_mapping(a);
+    let taken =
+        softvfio_platform::sanitize::madvise_taken(None, cause, addr, len, errno, own_locks, &bar);
+    for (a, n) in taken {
+        sanitize::going_away(a, n, cause);
     }
     real::set_errno(saved);
 }

@@ -480,12 +480,37 @@ mod tests {
     /// always a mapping of its own, whatever earlier frees did.
     const HUGE: usize = 40 << 20;
 
-    /// Is every page of `[start, start + len)` mapped (mincore)?
+    /// Is every page of `[start, start + len)` mapped?
     fn mapped(start: u64, len: u64) -> bool {
-        let mut vec = vec![0u8; len.div_ceil(PAGE) as usize];
-        // SAFETY: mincore only reads the page tables of the range and
-        // writes one byte per page into `vec`, which has that many.
-        unsafe { libc::mincore(start as *mut c_void, len as size_t, vec.as_mut_ptr()) == 0 }
+        crate::real::resident(start as *const u8, len as usize).is_some()
+    }
+
+    /// A block from `alloc` (a fresh large allocation each call) that glibc
+    /// mmapped, its chunk's `IS_MMAPPED` bit confirmed: glibc serves a
+    /// request past its mmap threshold from an arena's top when the top
+    /// is that large already (earlier frees left it untrimmed), and such
+    /// a block is no mapping of its own (checked too). It is kept while
+    /// the next comes from the smaller top; at most 64 MiB (glibc's trim
+    /// threshold's ceiling) is served so, so the third request is mapped.
+    fn mmapped(alloc: impl Fn() -> *mut c_void) -> *mut c_void {
+        let mut from_arena = Vec::new();
+        for _ in 0..3 {
+            // Opaque to the optimizer: a word before what `malloc` returned
+            // is outside the allocation as the compiler sees it.
+            let p = std::hint::black_box(alloc());
+            assert!(!p.is_null());
+            // SAFETY: the size word of a live block of glibc's malloc,
+            // just before it (as glibc's free reads it).
+            let size = unsafe { p.cast::<usize>().sub(1).read() };
+            if size & IS_MMAPPED != 0 {
+                from_arena.into_iter().for_each(release);
+                return p;
+            }
+            // SAFETY: a live block of the program's malloc.
+            assert_eq!(unsafe { mmapped_block(p) }, None);
+            from_arena.push(p);
+        }
+        panic!("three {HUGE}-byte blocks from an arena's top");
     }
 
     /// A block aligned to `align`, from posix_memalign (`None`: refused).
@@ -524,7 +549,7 @@ mod tests {
         });
         assert_eq!(other.join().unwrap(), None);
         // SAFETY: malloc has no preconditions.
-        let p = unsafe { libc::malloc(HUGE) };
+        let p = mmapped(|| unsafe { libc::malloc(HUGE) });
         // SAFETY: a live block of the program's malloc.
         let (start, len) = unsafe { mmapped_block(p) }.expect("an mmapped chunk");
         assert_eq!(start, p as u64 - 16);
@@ -540,7 +565,7 @@ mod tests {
     #[test]
     fn an_aligned_block_is_found_at_its_chunk_offset() {
         for align in [32usize, PAGE as usize, 64 << 10, 1 << 21] {
-            let p = aligned(align, HUGE).expect("posix_memalign");
+            let p = mmapped(|| aligned(align, HUGE).expect("posix_memalign"));
             assert_eq!(p as usize % align, 0);
             // SAFETY: a live block of the program's malloc.
             let (start, len) = unsafe { mmapped_block(p) }.expect("an mmapped chunk");
@@ -561,7 +586,7 @@ mod tests {
         // memalign: the same chunks.
         // SAFETY: memalign has no preconditions beyond a power-of-two
         // alignment.
-        let p = unsafe { libc::memalign(PAGE as usize, HUGE) };
+        let p = mmapped(|| unsafe { libc::memalign(PAGE as usize, HUGE) });
         // SAFETY: a live block of the program's malloc.
         let (start, _) = unsafe { mmapped_block(p) }.expect("an mmapped chunk");
         assert_eq!(start, p as u64 - PAGE);

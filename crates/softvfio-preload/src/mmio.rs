@@ -116,6 +116,12 @@ pub(crate) fn with_device_ranges(
     mem
 }
 
+/// Is `addr` in a device mapping of this process (for the sanitizer's
+/// model of `madvise`, where Linux's walk stops at a BAR)?
+pub(crate) fn is_device_mapping(addr: u64) -> bool {
+    MAPPED.load(Ordering::Acquire) != 0 && lock_maps().lookup(addr).is_some()
+}
+
 // ---- the next definitions ----------------------------------------------
 
 static NEXT_MMAP: crate::real::Next = crate::real::Next::new(c"mmap");

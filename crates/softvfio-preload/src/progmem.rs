@@ -23,14 +23,15 @@ use std::sync::{Arc, OnceLock};
 use softvfio::memory::host::{HostMemory, MmSyscalls};
 use softvfio::memory::UserMemory;
 
-/// See the module documentation.
-pub struct ProgramMemory {
-    local: HostMemory,
-    moved: OnceLock<HostMemory>,
+/// See the module documentation. `M`, the backend, is a [`HostMemory`]
+/// but in tests of the forwarding.
+pub struct ProgramMemory<M = HostMemory> {
+    local: M,
+    moved: OnceLock<M>,
 }
 
-impl ProgramMemory {
-    pub fn new(local: HostMemory) -> Self {
+impl<M> ProgramMemory<M> {
+    pub fn new(local: M) -> Self {
         Self {
             local,
             moved: OnceLock::new(),
@@ -38,10 +39,17 @@ impl ProgramMemory {
     }
 
     /// The backend in use.
-    pub fn host(&self) -> &HostMemory {
+    pub fn host(&self) -> &M {
         self.moved.get().unwrap_or(&self.local)
     }
 
+    /// Moved to another process (see [`ProgramMemory::move_to`])?
+    pub fn is_moved(&self) -> bool {
+        self.moved.get().is_some()
+    }
+}
+
+impl ProgramMemory {
     /// In the keeper: from now on this is the memory of process `pid`
     /// (`sys` runs its mlock/madvise). False if it had moved already.
     pub fn move_to(&self, pid: i32, sys: Arc<dyn MmSyscalls>) -> bool {
@@ -54,14 +62,9 @@ impl ProgramMemory {
         m.take_pins_from(&self.local);
         self.moved.set(m).is_ok()
     }
-
-    /// Moved to another process (see [`ProgramMemory::move_to`])?
-    pub fn is_moved(&self) -> bool {
-        self.moved.get().is_some()
-    }
 }
 
-impl UserMemory for ProgramMemory {
+impl<M: UserMemory> UserMemory for ProgramMemory<M> {
     softvfio::forward_user_memory!(host: pin, is_device_range, device_bytes, unpin, read, write,
         dma_read, dma_write, lock_policy, cap_sys_resource, account, stats, describe, svm_view);
 
@@ -70,5 +73,28 @@ impl UserMemory for ProgramMemory {
     /// backend before the move would keep reaching the old process).
     fn shared(&self) -> Option<Arc<dyn UserMemory>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use softvfio::testing::probe::{check_forwarded, Probe, METHODS};
+
+    /// Every method but `shared` is the backend's in use: before a move
+    /// the local one, after it the moved one (and the local one hears
+    /// nothing more). `shared` answers no handle without asking.
+    #[test]
+    fn program_memory_passes_everything_but_shared_on_to_the_backend_in_use() {
+        let forwarded: Vec<&str> = METHODS.into_iter().filter(|m| *m != "shared").collect();
+        let mem = ProgramMemory::new(Probe::new());
+        assert_eq!(check_forwarded(&mem, &mem.local, &forwarded), Ok(()));
+        assert!(mem.shared().is_none());
+        assert_eq!(mem.local.take_log(), Vec::<String>::new());
+        assert!(mem.moved.set(Probe::new()).is_ok());
+        assert!(mem.is_moved());
+        let moved = mem.moved.get().expect("moved");
+        assert_eq!(check_forwarded(&mem, moved, &forwarded), Ok(()));
+        assert_eq!(mem.local.take_log(), Vec::<String>::new());
     }
 }

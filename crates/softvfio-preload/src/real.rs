@@ -343,6 +343,18 @@ unsafe impl std::alloc::GlobalAlloc for LibraryAlloc {
     }
 }
 
+/// For unit tests: is each page of `[p, p + len)` mapped (`Some`), and
+/// which are resident? `None`: some page is not mapped (mincore's
+/// ENOMEM).
+#[cfg(test)]
+pub(crate) fn resident(p: *const u8, len: usize) -> Option<Vec<bool>> {
+    let mut vec = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: mincore only reads the page tables of the range and writes
+    // one byte per page into `vec`, which has that many.
+    let r = unsafe { libc::mincore(p as *mut c_void, len, vec.as_mut_ptr()) };
+    (r == 0).then(|| vec.iter().map(|b| b & 1 == 1).collect())
+}
+
 /// Unit tests count the allocations each thread makes (tests of code that
 /// must not allocate per call).
 #[cfg(test)]
@@ -1532,16 +1544,6 @@ mod tests {
     use std::alloc::{GlobalAlloc, Layout};
 
     const PAGE: usize = 4096;
-
-    /// Is each page of `[p, p + len)` mapped (`Some`), and which are
-    /// resident? `None`: some page is not mapped (mincore's ENOMEM).
-    fn resident(p: *const u8, len: usize) -> Option<Vec<bool>> {
-        let mut vec = vec![0u8; len.div_ceil(PAGE)];
-        // SAFETY: mincore only reads the page tables of the range and
-        // writes one byte per page into `vec`, which has that many.
-        let r = unsafe { libc::mincore(p as *mut c_void, len, vec.as_mut_ptr()) };
-        (r == 0).then(|| vec.iter().map(|b| b & 1 == 1).collect())
-    }
 
     /// Runs `check` in a child process (one thread: no other test maps
     /// or unmaps memory meanwhile) and answers its exit status; `check`

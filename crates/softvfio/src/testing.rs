@@ -17,6 +17,7 @@ pub mod churn;
 pub mod inject;
 pub mod ioas_model;
 pub mod model;
+pub mod probe;
 
 /// Memory at `[base, base + len)`, all readable and writable.
 pub struct VecMemory {

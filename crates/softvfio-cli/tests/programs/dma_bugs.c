@@ -32,6 +32,14 @@
  *                 private page after it, mapped for DMA (Linux punches
  *                 the shared page out and stops at the private one:
  *                 EINVAL; the device's page stays the program's)
+ *   madv-overflow MADV_DONTNEED of memory mapped for DMA with a length
+ *                 that runs past the end of the address space, and
+ *   madv-wrap     with one that wraps when rounded up to pages: Linux
+ *                 answers EINVAL before looking at any mapping (nothing
+ *                 goes; the DMA after it reads the program's bytes)
+ *   madv-dontneed-bar  MADV_DONTNEED of a page of BAR0 and the page mapped
+ *                 for DMA after it: Linux stops at the BAR (VM_PFNMAP:
+ *                 EINVAL), the device's page stays the program's
  *   deep          maps 101 calls down (1 KiB frames), unmaps, DMAs
  *   altstack      maps from a signal handler on a sigaltstack, unmaps, DMAs
  *   thread        maps from another thread (its own stack), unmaps, DMAs
@@ -396,6 +404,31 @@ int main(int argc, char **argv) {
     /* Linux: ENOMEM (hole) or EINVAL (the private page); softvfio: EINVAL. */
     printf("madvise %d\n", r ? errno : 0);
     unmap_buffer(IOVA);
+  } else if (!strcmp(what, "madv-overflow") || !strcmp(what, "madv-wrap")) {
+    size_t len = !strcmp(what, "madv-wrap") ? SIZE_MAX : (size_t)0 - LEN;
+    memset(buf, 0x5a, LEN);
+    map_buffer(buf, IOVA, 3);
+    int r = madvise(buf, len, MADV_DONTNEED);
+    /* Linux (and softvfio): EINVAL up front. */
+    printf("madvise %d\n", r ? errno : 0);
+    const unsigned char *bytes = buf;
+    printf("kept %d\n", bytes[0] == 0x5a && bytes[LEN - 1] == 0x5a);
+    start_dma(IOVA, 1);
+    unmap_buffer(IOVA);
+  } else if (!strcmp(what, "madv-dontneed-bar")) {
+    char *range = mmap(NULL, 2 * LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (range == MAP_FAILED) die("mmap range");
+    if (mmap(range, LEN, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, device, bar0) != range)
+      die("mmap bar0");
+    char *dma = range + LEN;
+    memset(dma, 0x5a, LEN);
+    map_buffer(dma, IOVA, 3);
+    int r = madvise(range, 2 * LEN, MADV_DONTNEED);
+    /* Linux: EINVAL at the BAR; softvfio: EINVAL (the pin's mlock). */
+    printf("madvise %d\n", r ? errno : 0);
+    printf("kept %d\n", dma[0] == 0x5a && dma[LEN - 1] == 0x5a);
+    unmap_buffer(IOVA);
+    if (munmap(range, 2 * LEN)) die("munmap range");
   } else if (!strcmp(what, "clamp")) {
     map_buffer(buf, IOVA, 3);
     start_dma(0x100000000ul | IOVA, 1);

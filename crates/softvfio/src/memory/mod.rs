@@ -284,108 +284,7 @@ pub trait UserMemory: Send + Sync {
 #[cfg(test)]
 mod forward_tests {
     use super::*;
-
-    use std::sync::Mutex;
-
-    /// Answers each call with values of its own and logs the call with its
-    /// arguments.
-    struct Probe {
-        log: Mutex<Vec<String>>,
-        account: Arc<MmAccount>,
-    }
-
-    impl Probe {
-        fn note(&self, call: String) {
-            self.log.lock().unwrap().push(call);
-        }
-
-        /// A read named `call`: logged, `buf` filled with `byte`.
-        fn fill(&self, call: &str, vaddr: u64, buf: &mut [u8], byte: u8) -> MemResult {
-            self.note(format!("{call} {vaddr:#x} {}", buf.len()));
-            buf.fill(byte);
-            Ok(())
-        }
-    }
-
-    impl UserMemory for Probe {
-        fn pin(
-            &self,
-            vaddr: u64,
-            len: u64,
-            write: bool,
-            on_run: &mut dyn FnMut(PinnedRun) -> MemResult,
-        ) -> MemResult {
-            self.note(format!("pin {vaddr:#x} {len:#x} {write}"));
-            let page_size = PAGE_SIZE;
-            let pfn = Some(7);
-            on_run(PinnedRun {
-                vaddr,
-                len,
-                page_size,
-                pfn,
-            })
-            .and(Err(MemError::Fault))
-        }
-        fn is_device_range(&self, vaddr: u64, len: u64) -> bool {
-            self.note(format!("is_device_range {vaddr:#x} {len:#x}"));
-            true
-        }
-        fn device_bytes(&self, vaddr: u64, len: u64) -> u64 {
-            self.note(format!("device_bytes {vaddr:#x} {len:#x}"));
-            11
-        }
-        fn unpin(&self, vaddr: u64, len: u64) {
-            self.note(format!("unpin {vaddr:#x} {len:#x}"));
-        }
-        fn read(&self, vaddr: u64, buf: &mut [u8]) -> MemResult {
-            self.fill("read", vaddr, buf, 1)
-        }
-        fn write(&self, vaddr: u64, data: &[u8]) -> MemResult {
-            self.note(format!("write {vaddr:#x} {data:?}"));
-            Ok(())
-        }
-        fn dma_read(&self, vaddr: u64, buf: &mut [u8]) -> MemResult {
-            self.fill("dma_read", vaddr, buf, 2)
-        }
-        fn dma_write(&self, vaddr: u64, data: &[u8]) -> MemResult {
-            self.note(format!("dma_write {vaddr:#x} {data:?}"));
-            Err(MemError::Unreachable)
-        }
-        fn lock_policy(&self) -> LockPolicy {
-            self.note("lock_policy".into());
-            LockPolicy {
-                cap_ipc_lock: false,
-                limit_pages: 99,
-            }
-        }
-        fn cap_sys_resource(&self) -> bool {
-            self.note("cap_sys_resource".into());
-            true
-        }
-        fn account(&self) -> &Arc<MmAccount> {
-            self.note("account".into());
-            &self.account
-        }
-        fn stats(&self) -> PinStats {
-            self.note("stats".into());
-            PinStats {
-                pin_ops: 5,
-                ..PinStats::default()
-            }
-        }
-        fn describe(&self) -> String {
-            self.note("describe".into());
-            "probe".into()
-        }
-        fn svm_view(&self) -> Option<Arc<dyn UserMemory>> {
-            self.note("svm_view".into());
-            None
-        }
-        fn shared(&self) -> Option<Arc<dyn UserMemory>> {
-            self.note("shared".into());
-            None
-        }
-    }
+    use crate::testing::probe::{check_forwarded, Probe, METHODS};
 
     /// Forwards everything.
     struct Wrapper(Probe);
@@ -402,61 +301,44 @@ mod forward_tests {
             svm_view, shared);
     }
 
+    /// A wrapper that forgot names: keeps the trait's defaults.
+    struct Forgetful(Probe);
+
+    impl Forgetful {
+        fn inner(&self) -> &Probe {
+            &self.0
+        }
+    }
+
+    impl UserMemory for Forgetful {
+        crate::forward_user_memory!(inner: pin, unpin, read, write, lock_policy, account, stats,
+            describe);
+    }
+
     /// Each method the macro forwards reaches the same method of the
     /// wrapped memory, with the same arguments, and answers its answer.
     #[test]
     fn each_forwarded_method_reaches_the_same_method() {
-        let w = Wrapper(Probe {
-            log: Mutex::new(Vec::new()),
-            account: Arc::new(MmAccount::new()),
-        });
-        let mut runs = Vec::new();
-        let pinned = w.pin(0x1000, 0x2000, true, &mut |r| {
-            runs.push(r);
+        let w = Wrapper(Probe::new());
+        assert_eq!(check_forwarded(&w, &w.0, &METHODS), Ok(()));
+    }
+
+    /// The check catches a method left to the trait's default.
+    #[test]
+    fn a_method_not_named_is_caught() {
+        let w = Forgetful(Probe::new());
+        assert_eq!(
+            check_forwarded(&w, &w.0, &["pin", "unpin", "describe"]),
             Ok(())
-        });
-        assert_eq!(pinned, Err(MemError::Fault));
-        assert_eq!(runs.len(), 1);
-        assert_eq!(
-            (runs[0].vaddr, runs[0].len, runs[0].pfn),
-            (0x1000, 0x2000, Some(7))
         );
-        assert!(w.is_device_range(0x3000, 0x10));
-        assert_eq!(w.device_bytes(0x4000, 0x20), 11);
-        w.unpin(0x5000, 0x1000);
-        let mut buf = [0u8; 3];
-        assert_eq!(w.read(0x6000, &mut buf), Ok(()));
-        assert_eq!(buf, [1; 3]);
-        assert_eq!(w.write(0x7000, &[9, 8]), Ok(()));
-        assert_eq!(w.dma_read(0x8000, &mut buf), Ok(()));
-        assert_eq!(buf, [2; 3]);
-        assert_eq!(w.dma_write(0x9000, &[7]), Err(MemError::Unreachable));
-        assert_eq!(w.lock_policy().limit_pages, 99);
-        assert!(w.cap_sys_resource());
-        assert!(Arc::ptr_eq(w.account(), &w.0.account));
-        assert_eq!(w.stats().pin_ops, 5);
-        assert_eq!(w.describe(), "probe");
-        assert!(w.svm_view().is_none());
-        assert!(w.shared().is_none());
-        assert_eq!(
-            *w.0.log.lock().unwrap(),
-            [
-                "pin 0x1000 0x2000 true",
-                "is_device_range 0x3000 0x10",
-                "device_bytes 0x4000 0x20",
-                "unpin 0x5000 0x1000",
-                "read 0x6000 3",
-                "write 0x7000 [9, 8]",
-                "dma_read 0x8000 3",
-                "dma_write 0x9000 [7]",
-                "lock_policy",
-                "cap_sys_resource",
-                "account",
-                "stats",
-                "describe",
-                "svm_view",
-                "shared",
-            ]
-        );
+        for m in [
+            "is_device_range",
+            "device_bytes",
+            "cap_sys_resource",
+            "dma_read",
+            "shared",
+        ] {
+            assert!(check_forwarded(&w, &w.0, &[m]).is_err(), "{m}");
+        }
     }
 }

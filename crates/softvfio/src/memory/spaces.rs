@@ -162,3 +162,44 @@ impl UserMemory for RoutedMemory {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::probe::{check_forwarded, Probe, METHODS};
+
+    /// Everything but a tagged device access is the own memory's: each
+    /// method reaches it with the same arguments and answers its answer
+    /// (tag 0 device accesses too). `device_bytes`, `is_device_range` and
+    /// `cap_sys_resource` once kept the trait's defaults here.
+    #[test]
+    fn routed_memory_passes_everything_on_to_its_own_memory() {
+        let probe = Arc::new(Probe::new());
+        let routed = RoutedMemory {
+            own: probe.clone(),
+            spaces: Arc::new(SpaceTable::default()),
+        };
+        assert_eq!(check_forwarded(&routed, &probe, &METHODS), Ok(()));
+    }
+
+    /// A tagged device access goes to the space of its tag (not the own
+    /// memory), at the address within the space.
+    #[test]
+    fn routed_memory_sends_a_tagged_device_access_to_its_space() {
+        let own = Arc::new(Probe::new());
+        let other = Arc::new(Probe::new());
+        let spaces = Arc::new(SpaceTable::default());
+        let other_mem: Arc<dyn UserMemory> = other.clone();
+        let space = spaces.attach(&other_mem).expect("a free tag");
+        let routed = RoutedMemory {
+            own: own.clone(),
+            spaces,
+        };
+        let phys = space.phys(0x8000);
+        let mut buf = [0u8; 3];
+        assert_eq!(routed.dma_read(phys, &mut buf), Ok(()));
+        assert_eq!(buf, [2; 3]);
+        assert_eq!(own.take_log(), Vec::<String>::new());
+        assert_eq!(other.take_log(), ["dma_read 0x8000 3"]);
+    }
+}
