@@ -1157,17 +1157,22 @@ pub(crate) fn sanitize_after_madvise(addr: u64, len: u64, cause: StaleCause, res
         return;
     }
     let saved = real::errno();
-    // EINVAL: the pin's mlock refused what Linux does (module docs), unless
-    // the program locks memory itself, when Linux refuses it too.
-    let own_locks = PROGRAM_LOCKS.load(Ordering::Relaxed)
-        || with_existing(|st| st.program_locks()).unwrap_or(false);
-    let errno = if res == 0 { 0 } else { saved };
-    let bar = |a| mmio::is_device_mapping(a);
-    let taken =
-        softvfio_platform::sanitize::madvise_taken(None, cause, addr, len, errno, own_locks, &bar);
-    for (a, n) in taken {
-        sanitize::going_away(a, n, cause);
-    }
+    // glibc's madvise is no cancellation point; reading the maps (open,
+    // read) would be one.
+    real::without_cancel(|| {
+        // EINVAL: the pin's mlock refused what Linux does (module docs),
+        // unless the program locks memory itself, when Linux refuses it too.
+        let own_locks = PROGRAM_LOCKS.load(Ordering::Relaxed)
+            || with_existing(|st| st.program_locks()).unwrap_or(false);
+        let errno = if res == 0 { 0 } else { saved };
+        let bar = |a| mmio::is_device_mapping(a);
+        let taken = softvfio_platform::sanitize::madvise_taken(
+            None, cause, addr, len, errno, own_locks, &bar,
+        );
+        for (a, n) in taken {
+            sanitize::going_away(a, n, cause);
+        }
+    });
     real::set_errno(saved);
 }
 

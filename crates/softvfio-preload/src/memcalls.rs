@@ -275,12 +275,6 @@ fn resolve(next: &Next) -> Option<*mut c_void> {
     (!p.is_null()).then_some(p)
 }
 
-/// The next `free` (libc's), past this library's: for the library's own
-/// blocks.
-pub(crate) fn next_free(p: *mut c_void) {
-    real_free(p)
-}
-
 fn real_free(p: *mut c_void) {
     let f = NEXT_FREE.cached();
     if !f.is_null() {

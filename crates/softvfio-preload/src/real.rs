@@ -297,11 +297,15 @@ unsafe impl std::alloc::GlobalAlloc for LibraryAlloc {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         if !Self::large(layout) {
-            // Made by `System.alloc` (above): by the program's `malloc`,
-            // `posix_memalign` or `aligned_alloc`, each freed by `free`;
-            // the next `free` itself, not this library's (whose sanitizer
-            // checks are for the program's blocks, never the library's).
-            crate::memcalls::next_free(ptr.cast());
+            // Made by `System.alloc` (above): freed by `System` too, so
+            // that the `free` found is the `malloc` found's partner (the
+            // first in the lookup order: a program's own allocator, or one
+            // preloaded before this library, would be skipped by the next
+            // `free`). It passes through this library's `free` hook, whose
+            // checks read the block's header and find a heap block.
+            // SAFETY: a block `System.alloc` made for `layout` (this
+            // trait's contract).
+            unsafe { std::alloc::System.dealloc(ptr, layout) };
             return;
         }
         let len = Self::mapped_len(layout.size()) as c_long;
@@ -516,17 +520,24 @@ const PTHREAD_CANCEL_DISABLE: c_int = 1;
 /// (docs/RELIABILITY.md, "Known limits of cancellation"); POSIX allows no
 /// call of these with asynchronous cancellation enabled.
 pub fn without_cancel<T>(f: impl FnOnce() -> T) -> T {
+    /// Puts the thread's cancel state back when dropped: after `f`
+    /// returns, and also when it panics (the hooks catch panics and go on
+    /// serving; a thread left with cancellation disabled could never be
+    /// cancelled).
+    struct Restore(c_int);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: puts back the state read when this guard was made;
+            // the previous state's slot is not wanted.
+            unsafe { pthread_setcancelstate(self.0, std::ptr::null_mut()) };
+        }
+    }
     let mut old: c_int = 0;
     // SAFETY: sets the calling thread's cancel state; `old` is a live
     // local the call writes the previous state into.
     let set = unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut old) } == 0;
-    let r = f();
-    if set {
-        // SAFETY: puts back the state read above; the previous state's
-        // slot is not wanted.
-        unsafe { pthread_setcancelstate(old, std::ptr::null_mut()) };
-    }
-    r
+    let _restore = set.then_some(Restore(old));
+    f()
 }
 
 /// The return addresses of the calling thread's frames, innermost first
@@ -1542,6 +1553,29 @@ pub fn own_library_path() -> Option<std::ffi::CString> {
 mod tests {
     use super::*;
     use std::alloc::{GlobalAlloc, Layout};
+
+    /// `without_cancel` puts the thread's cancel state back also when the
+    /// work panics (a hook catches the panic and the thread goes on: it
+    /// must stay cancelable).
+    #[test]
+    fn without_cancel_restores_the_state_after_a_panic() {
+        let r = std::panic::catch_unwind(|| without_cancel(|| panic!("the work panics")));
+        assert!(r.is_err());
+        let mut old: c_int = -1;
+        // SAFETY: reads (by setting it to what it should be) the calling
+        // thread's cancel state into a live local.
+        assert_eq!(unsafe { pthread_setcancelstate(0, &mut old) }, 0);
+        assert_eq!(old, 0, "PTHREAD_CANCEL_ENABLE after the panic");
+        // And disabled inside.
+        without_cancel(|| {
+            let mut inside: c_int = -1;
+            // SAFETY: as above; the state is put back right after.
+            unsafe {
+                pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut inside);
+            }
+            assert_eq!(inside, PTHREAD_CANCEL_DISABLE);
+        });
+    }
 
     const PAGE: usize = 4096;
 

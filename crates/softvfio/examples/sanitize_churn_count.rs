@@ -12,17 +12,21 @@
 //! is the instructions of one pair, the setup cancelled.
 
 use softvfio::sanitizer::{Sanitizer, SanitizerConfig};
-use softvfio::testing::churn::{Churn, NEW_REGION_EACH_PAIR};
+use softvfio::testing::churn::{Churn, NEW_REGION_EACH_PAIR, RING};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = "usage: sanitize_churn_count PAIRS plain|sanitized new|ring";
     let pairs: u64 = args.get(1).and_then(|a| a.parse().ok()).expect(usage);
-    let sanitized = args.get(2).map(String::as_str) == Some("sanitized");
-    let ring = if args.get(3).map(String::as_str) == Some("ring") {
-        256
-    } else {
-        NEW_REGION_EACH_PAIR
+    let sanitized = match args.get(2).map(String::as_str) {
+        Some("plain") => false,
+        Some("sanitized") => true,
+        _ => panic!("{usage}"),
+    };
+    let ring = match args.get(3).map(String::as_str) {
+        Some("new") => NEW_REGION_EACH_PAIR,
+        Some("ring") => RING,
+        _ => panic!("{usage}"),
     };
     let sanitizer = sanitized.then(|| Sanitizer::new(SanitizerConfig::default()));
     let mut churn = Churn::new(ring, sanitizer).expect("churn engine");

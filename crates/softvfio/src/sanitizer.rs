@@ -232,10 +232,25 @@ pub fn with_call_site<R>(site: Option<Arc<CallSite>>, f: impl FnOnce() -> R) -> 
             None
         }
     };
-    let r = f();
-    let _ = CURRENT_SITE.try_with(|c| *c.borrow_mut() = old);
-    let _ = CURRENT_CALL.try_with(|c| c.site.set(old_addr));
-    r
+    /// Puts the outer call's site back when dropped: after `f` returns,
+    /// and when it panics (a front end catches panics and goes on serving:
+    /// later events must not be filed under this call's site).
+    struct Restore {
+        old: Option<Option<Arc<CallSite>>>,
+        old_addr: usize,
+    }
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let old = self.old.take().flatten();
+            let _ = CURRENT_SITE.try_with(|c| *c.borrow_mut() = old);
+            let _ = CURRENT_CALL.try_with(|c| c.site.set(self.old_addr));
+        }
+    }
+    let _restore = Restore {
+        old: Some(old),
+        old_addr,
+    };
+    f()
 }
 
 /// The call site set by [`with_call_site`] on this thread, if any.
@@ -2486,6 +2501,40 @@ mod tests {
             .memory_going_away(Some(2), 0x7000_0000, 0x1000, StaleCause::Munmap)
             .is_empty());
         assert_eq!(s.stale_reports().len(), 1);
+    }
+
+    /// A call that panics inside `with_call_site` (a front end catches it
+    /// and goes on) leaves the outer site in place, not its own.
+    #[test]
+    fn a_panicking_call_puts_the_outer_site_back() {
+        let outer = Arc::new(CallSite {
+            frames: vec![Frame {
+                addr: 0x1000,
+                object: None,
+                offset: 0x1000,
+            }],
+        });
+        let inner = Arc::new(CallSite {
+            frames: vec![Frame {
+                addr: 0x2000,
+                object: None,
+                offset: 0x2000,
+            }],
+        });
+        let seen = with_call_site(Some(outer.clone()), || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                with_call_site(Some(inner.clone()), || panic!("the call panics"))
+            }));
+            assert!(r.is_err());
+            current_site()
+        });
+        assert_eq!(seen.as_deref(), Some(&*outer));
+        assert_eq!(
+            CURRENT_CALL.with(|c| c.site.get()),
+            0,
+            "no site address after the outermost call"
+        );
+        assert!(current_site().is_none());
     }
 
     /// An event records the call site and process of the call being

@@ -23,7 +23,7 @@ use softvfio::iommu::{IommuUnit, Prot};
 use softvfio::memory::sim::{SimMemory, SIZE_4K};
 use softvfio::platform::{Device, Group, GroupKind};
 use softvfio::sanitizer::{with_call_site, Sanitizer, SanitizerConfig};
-use softvfio::testing::churn::{call_site, Churn, LIVE, NEW_REGION_EACH_PAIR};
+use softvfio::testing::churn::{call_site, Churn, LIVE, NEW_REGION_EACH_PAIR, RING};
 use softvfio_devices::{EduDevice, EduOptions, IommuDmaTarget};
 
 use super::stats::{median, paired_blocks, ratio_spread, spread, PairedBlocks};
@@ -41,7 +41,7 @@ const BLOCK: std::time::Duration = std::time::Duration::from_millis(2);
 pub fn churn(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String> {
     Ok(Outcome::Rows(vec![
         churn_with(ctx, NEW_REGION_EACH_PAIR, "", "each pair a new IOVA region")?,
-        churn_with(ctx, 256, ":ring", "pairs cycling over 256 IOVAs")?,
+        churn_with(ctx, RING, ":ring", "pairs cycling over 256 IOVAs")?,
     ]))
 }
 
