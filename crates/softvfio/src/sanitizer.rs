@@ -71,7 +71,6 @@ use std::time::Instant;
 
 use crate::iommu::Prot;
 
-mod cache;
 mod clock;
 use clock::{Calibration, EventClock};
 
@@ -1638,30 +1637,8 @@ impl Inner {
         if idle {
             self.enqueue_idle(slot);
             self.forget_idle(geo.max_regions);
-            self.prefetch_next(geo.ring);
         }
         HistorySlot(slot)
-    }
-
-    /// Warms what the next calls are likely to touch (see `cache`): the
-    /// first event of the slot freed last (the next new region's), and the
-    /// slot and links of the oldest idle one (the next to be forgotten).
-    /// Out of line: inlined, it changed how the engine's unmap around it
-    /// was compiled (30 instructions more per pair without the sanitizer).
-    #[inline(never)]
-    fn prefetch_next(&self, ring: usize) {
-        if let Some(e) = self
-            .free
-            .last()
-            .and_then(|&f| self.events.get(f as usize * ring))
-        {
-            cache::prefetch(e);
-        }
-        let head = self.idle_head as usize;
-        if let (Some(r), Some(l)) = (self.slots.get(head), self.links.get(head)) {
-            cache::prefetch(r);
-            cache::prefetch(l);
-        }
     }
 
     /// The call this thread is serving: the index in `sites` of its call
