@@ -2074,18 +2074,25 @@ mod tests {
         assert_eq!(f.offset, 0x1234);
     }
 
-    #[test]
-    fn frame_pointer_chain_where_there_is_no_cfi() {
-        // Addresses outside any object: no call frame information, so
-        // the walk follows rbp (two frames), and stops at a null link.
-        let mem: HashMap<u64, u64> = [
+    /// A stack of two frames linked by rbp (at 0x2000, then 0x2100, whose
+    /// link is null), returning into the program at 0x55d0c0001100 and
+    /// 0x55d0c0001200.
+    fn frame_pointer_stack() -> HashMap<u64, u64> {
+        [
             (0x2000, 0x2100),
             (0x2008, 0x55d0c0001100),
             (0x2100, 0),
             (0x2108, 0x55d0c0001200),
         ]
         .into_iter()
-        .collect();
+        .collect()
+    }
+
+    #[test]
+    fn frame_pointer_chain_where_there_is_no_cfi() {
+        // Addresses outside any object: no call frame information, so
+        // the walk follows rbp (two frames), and stops at a null link.
+        let mem = frame_pointer_stack();
         let mut names = HashMap::new();
         let text = "55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /nonexistent/prog\n";
         let mut m = ProcessMaps::of_entries(parse_maps(text, &mut names), names);
@@ -2200,14 +2207,7 @@ mod tests {
         // kept of an address (its step, that it is code) never stands in
         // for what the stack holds; a return address in data ends the walk,
         // and is not kept as code.
-        let mut mem: HashMap<u64, u64> = [
-            (0x2000, 0x2100),
-            (0x2008, 0x55d0c0001100),
-            (0x2100, 0),
-            (0x2108, 0x55d0c0001200),
-        ]
-        .into_iter()
-        .collect();
+        let mut mem = frame_pointer_stack();
         let mut names = HashMap::new();
         let text = "\
 55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /nonexistent/prog

@@ -147,6 +147,16 @@ static char first_of(const char *p) { return all_are(p, 64, p[0]) && p[0] > ' ' 
 #define Z_ADDR 0x6b0000000ul /* the page that fills the edu buffer */
 #define IOVA_X 0x100000
 #define IOVA_Z 0x200000
+/* Does the device read all `byte` at `iova`? 64 bytes copied through edu's
+ * buffer to the page at IOVA_Z (`z`, cleared first). Both transfers are
+ * made whatever the first answers, as the cases were written. */
+static int device_sees(uint64_t iova, char *z, int byte) {
+  memset(z, 0, 64);
+  edu_dma(iova, EDU_BUF, 64, 0);
+  edu_dma(EDU_BUF, IOVA_Z, 64, 1);
+  return all_are(z, 64, byte);
+}
+
 #define IOVA_NEW 0x300000
 
 /* Descriptor exhaustion: an open that fails for want of a descriptor must
@@ -739,10 +749,7 @@ static int case_quirks(char **argv) {
   edu_dma(EDU_BUF, IOVA_X, 64, 1);
   printf("mprotect_ro_dma_write %s\n", all_are(x, 64, 'W') ? "yes" : "no");
   mprotect(x, 2 * PG, PROT_NONE);
-  memset(z, 0, 64);
-  edu_dma(IOVA_X + PG, EDU_BUF, 64, 0);
-  edu_dma(EDU_BUF, IOVA_Z, 64, 1);
-  printf("mprotect_none_dma_read %s\n", all_are(z, 64, 'Q') ? "yes" : "no");
+  printf("mprotect_none_dma_read %s\n", device_sees(IOVA_X + PG, z, 'Q') ? "yes" : "no");
   mprotect(x, 2 * PG, PROT_READ | PROT_WRITE);
   printf("madv_dontneed %s\n", err(madvise(x + PG, PG, MADV_DONTNEED)));
   /* mremap away: what is at the old address now gets the DMA. */
@@ -778,10 +785,7 @@ static int case_madvise(char **argv) {
   printf("madv_free %s\n", err(madvise(x, PG, MADV_FREE)));
   printf("madv_free_pageout %s\n", err(madvise(x, PG, MADV_PAGEOUT)));
   printf("madv_free_program_keeps %s\n", all_are(x, 64, 'F') ? "yes" : "no");
-  memset(z, 0, 64);
-  edu_dma(IOVA_X, EDU_BUF, 64, 0);
-  edu_dma(EDU_BUF, IOVA_Z, 64, 1);
-  printf("madv_free_device_reads_old %s\n", all_are(z, 64, 'F') ? "yes" : "no");
+  printf("madv_free_device_reads_old %s\n", device_sees(IOVA_X, z, 'F') ? "yes" : "no");
   memset(x, 'G', 64);
   edu_dma(IOVA_X, EDU_BUF, 64, 0);
   edu_dma(EDU_BUF, IOVA_Z, 64, 1);
@@ -800,10 +804,7 @@ static int case_madvise(char **argv) {
   if (map(c, IOVA_W, w, PG)) die("map w");
   printf("madv_dontneed_locked %s\n", err(madvise(w, PG, 24)));
   printf("madv_dontneed_locked_program_keeps %s\n", all_are(w, 64, 'L') ? "yes" : "no");
-  memset(z, 0, 64);
-  edu_dma(IOVA_W, EDU_BUF, 64, 0);
-  edu_dma(EDU_BUF, IOVA_Z, 64, 1);
-  printf("madv_dontneed_locked_device_reads_old %s\n", all_are(z, 64, 'L') ? "yes" : "no");
+  printf("madv_dontneed_locked_device_reads_old %s\n", device_sees(IOVA_W, z, 'L') ? "yes" : "no");
   unmap(c, IOVA_W, PG);
   /* MADV_REMOVE of shared memory (shmem) punches the page out of the
    * object. */
@@ -814,10 +815,7 @@ static int case_madvise(char **argv) {
   if (map(c, IOVA_S, sh, PG)) die("map shared");
   printf("madv_remove_shared %s\n", err(madvise(sh, PG, MADV_REMOVE)));
   printf("madv_remove_shared_program_keeps %s\n", all_are(sh, 64, 'S') ? "yes" : "no");
-  memset(z, 0, 64);
-  edu_dma(IOVA_S, EDU_BUF, 64, 0);
-  edu_dma(EDU_BUF, IOVA_Z, 64, 1);
-  printf("madv_remove_shared_device_reads_old %s\n", all_are(z, 64, 'S') ? "yes" : "no");
+  printf("madv_remove_shared_device_reads_old %s\n", device_sees(IOVA_S, z, 'S') ? "yes" : "no");
   unmap(c, IOVA_S, PG);
   /* MADV_DONTNEED of a page the program mlocked itself: refused (the
    * DMA sanitizer does not report it). */
@@ -852,10 +850,7 @@ static char *shared_page(uint64_t addr, int byte) {
 }
 
 static void device_reads(uint64_t iova, char *z, const char *name, int byte) {
-  memset(z, 0, 64);
-  edu_dma(iova, EDU_BUF, 64, 0);
-  edu_dma(EDU_BUF, IOVA_Z, 64, 1);
-  printf("%s_device_reads_old %s\n", name, all_are(z, 64, byte) ? "yes" : "no");
+  printf("%s_device_reads_old %s\n", name, device_sees(iova, z, byte) ? "yes" : "no");
 }
 
 static int case_madvise_spans(char **argv) {
