@@ -64,7 +64,7 @@
 //! - Nothing here fails a VFIO call: recording is best effort and never
 //!   changes an answer.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -107,15 +107,15 @@ impl std::hash::Hash for CallSite {
 thread_local! {
     /// The call site of the VFIO call this thread is serving (see
     /// [`with_call_site`]).
-    static CURRENT_SITE: RefCell<Option<Arc<CallSite>>> = const { RefCell::new(None) };
+    static CURRENT_SITE: Cell<Option<Arc<CallSite>>> = const { Cell::new(None) };
     /// What an event reads of the call this thread is serving, kept apart
     /// from `CURRENT_SITE`: with nothing to drop, its accesses check no
     /// state (it is never destroyed), so an event reads thread-local
     /// storage once, here.
     static CURRENT_CALL: CallKey = const {
         CallKey {
-            site: std::cell::Cell::new(0),
-            process: std::cell::Cell::new(u32::MAX),
+            site: Cell::new(0),
+            process: Cell::new(u32::MAX),
         }
     };
 }
@@ -125,10 +125,10 @@ struct CallKey {
     /// The address of the `CallSite` in `CURRENT_SITE` (0: none): only
     /// compared, never dereferenced. While it is set, `CURRENT_SITE` holds
     /// that allocation, so an equal address elsewhere is the same site.
-    site: std::cell::Cell<usize>,
+    site: Cell<usize>,
     /// The process (a [`Sanitizer::note_process`] index); `u32::MAX`: none
     /// said (see [`set_current_process`]).
-    process: std::cell::Cell<u32>,
+    process: Cell<u32>,
 }
 
 /// Says which process (a [`Sanitizer::note_process`] index) the VFIO calls
@@ -241,7 +241,7 @@ pub fn with_call_site<R>(site: Option<Arc<CallSite>>, f: impl FnOnce() -> R) -> 
     impl Drop for Restore {
         fn drop(&mut self) {
             let old = self.old.take().flatten();
-            let _ = CURRENT_SITE.try_with(|c| *c.borrow_mut() = old);
+            let _ = CURRENT_SITE.try_with(|c| c.set(old));
             let _ = CURRENT_CALL.try_with(|c| c.site.set(self.old_addr));
         }
     }
@@ -254,7 +254,15 @@ pub fn with_call_site<R>(site: Option<Arc<CallSite>>, f: impl FnOnce() -> R) -> 
 
 /// The call site set by [`with_call_site`] on this thread, if any.
 pub fn current_site() -> Option<Arc<CallSite>> {
-    CURRENT_SITE.try_with(|c| c.borrow().clone()).ok().flatten()
+    CURRENT_SITE
+        .try_with(|c| {
+            let site = c.take();
+            let copy = site.clone();
+            c.set(site);
+            copy
+        })
+        .ok()
+        .flatten()
 }
 
 /// How the program made memory behind a live DMA mapping go away.
@@ -541,6 +549,13 @@ const RECENT_SITES: usize = 4;
 /// No process (the process field of [`RawEvent::meta`]).
 const NO_PROCESS: u32 = 0x00ff_ffff;
 
+/// The process field of [`RawEvent::meta`] for `process`: [`NO_PROCESS`]
+/// for none, and for indices past it (recorded as none).
+#[cfg(test)]
+fn process_bits(process: Option<u32>) -> u32 {
+    process.map_or(NO_PROCESS, |p| p.min(NO_PROCESS))
+}
+
 /// An event as recorded, in 32 bytes (two per cache line, a ring of them
 /// written in place): its time in the clock's ticks (converted to an
 /// `Instant` when a report asks), its call site as an index into the
@@ -570,7 +585,15 @@ const _: () = assert!(std::mem::size_of::<RawEvent>() == 32);
 const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 
 impl RawEvent {
+    #[cfg(test)]
     fn new(at: u64, kind: EventKind, via: Via, site: u32, process: Option<u32>) -> Self {
+        Self::with_process_bits(at, kind, via, site, process_bits(process))
+    }
+
+    /// [`RawEvent::new`] with the process already as its `meta` bits
+    /// (see [`process_bits`]).
+    #[inline(always)]
+    fn with_process_bits(at: u64, kind: EventKind, via: Via, site: u32, process: u32) -> Self {
         let (tag, extra, a, b) = match kind {
             EventKind::Map { vaddr, size, prot } => (
                 0,
@@ -589,7 +612,6 @@ impl RawEvent {
             Via::Iommufd => 1,
             Via::IommufdCopy => 2,
         };
-        let process = process.filter(|&p| p < NO_PROCESS).unwrap_or(NO_PROCESS);
         RawEvent {
             at,
             a,
@@ -709,7 +731,7 @@ impl std::hash::Hasher for KeyHasher {
 type KeyHash = std::hash::BuildHasherDefault<KeyHasher>;
 
 /// Entries of `Inner::recent`.
-const RECENT: usize = 4096;
+const RECENT: usize = 1024;
 
 /// The `Inner::recent` entry of (`container`, `iova`), and the tag that
 /// tells the keys sharing it apart (most of the time: a match is still
@@ -1562,12 +1584,17 @@ impl Inner {
         carried: bool,
     ) -> HistorySlot {
         let (site, process) = self.current_call();
-        let event = RawEvent::new(at, kind, via, site, process);
+        let event = RawEvent::with_process_bits(at, kind, via, site, process);
         let is_map = matches!(kind, EventKind::Map { .. });
-        let hinted = self
-            .slots
-            .get(hint.0 as usize)
-            .is_some_and(|r| r.used && r.container == container && r.iova == iova);
+        // (A type1 map passes no hint: with `hint` a constant this folds.)
+        let hinted = hint != HistorySlot::NONE
+            && self
+                .slots
+                .get(hint.0 as usize)
+                .is_some_and(|r| r.used && r.container == container && r.iova == iova);
+        // Whether the slot is new (no event yet: the event goes first in
+        // its ring, no ring arithmetic).
+        let mut fresh = false;
         let slot = if hinted {
             hint.0
         } else {
@@ -1578,7 +1605,10 @@ impl Inner {
                 let (index, tag) = recent_index(container, iova);
                 match self.continue_region(index, tag, container, iova) {
                     Some(slot) => Some(slot),
-                    None => self.new_slot(index, tag, container, iova, geo.ring),
+                    None => {
+                        fresh = true;
+                        self.new_slot(index, tag, container, iova, geo.ring)
+                    }
                 }
             } else {
                 // Out of line: the engine's calls other than a map carry
@@ -1619,7 +1649,11 @@ impl Inner {
         // The ring: overwrite the oldest when full.
         let ring = geo.ring;
         let mask = ring - 1;
-        let pos = if r.len as usize == ring {
+        let pos = if fresh {
+            // `take_slot` made it empty, its head at 0.
+            r.len = 1;
+            0
+        } else if r.len as usize == ring {
             let p = r.head as usize;
             r.head = ((p + 1) & mask) as u16;
             r.dropped += 1;
@@ -1648,11 +1682,12 @@ impl Inner {
     /// the sites interned last (`recent_sites`), else read in place (no
     /// reference count changes) and interned out of line.
     #[inline(always)]
-    fn current_call(&mut self) -> (u32, Option<u32>) {
+    fn current_call(&mut self) -> (u32, u32) {
         let (addr, process) = CURRENT_CALL
             .try_with(|c| (c.site.get(), c.process.get()))
             .unwrap_or((0, u32::MAX));
-        let process = Some(process).filter(|&p| p != u32::MAX);
+        // `u32::MAX` (none said) and indices past the field: none.
+        let process = process.min(NO_PROCESS);
         if addr == 0 {
             return (NO_SITE, process);
         }
@@ -1669,9 +1704,11 @@ impl Inner {
     #[inline(never)]
     fn current_site_slow(&mut self) -> u32 {
         CURRENT_SITE
-            .try_with(|c| match c.borrow().as_ref() {
-                Some(site) => self.intern_site(site),
-                None => NO_SITE,
+            .try_with(|c| {
+                let site = c.take();
+                let id = site.as_ref().map_or(NO_SITE, |s| self.intern_site(s));
+                c.set(site);
+                id
             })
             .unwrap_or(NO_SITE)
     }
@@ -1847,7 +1884,7 @@ impl Inner {
 
     /// A slot for a new history at (`container`, `iova`): the free slot
     /// freed last (the tables grown by one when none is free).
-    #[inline]
+    #[inline(always)]
     fn take_slot(&mut self, container: u64, iova: u64, ring: usize) -> Option<u32> {
         self.seq += 1;
         let fresh = Slot {
