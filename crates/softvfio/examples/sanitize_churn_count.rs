@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo build --release -p softvfio --example sanitize_churn_count
-//! valgrind --tool=callgrind target/release/examples/sanitize_churn_count PAIRS plain|sanitized new|ring
+//! valgrind --tool=callgrind target/release/examples/sanitize_churn_count PAIRS plain|sanitized new|ring [type1|iommufd]
 //! ```
 //!
 //! The bench's own workload (`softvfio::testing::churn`), warm-up included;
@@ -12,11 +12,11 @@
 //! is the instructions of one pair, the setup cancelled.
 
 use softvfio::sanitizer::{Sanitizer, SanitizerConfig};
-use softvfio::testing::churn::{Churn, NEW_REGION_EACH_PAIR, RING};
+use softvfio::testing::churn::{Backend, Churn, NEW_REGION_EACH_PAIR, RING};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: sanitize_churn_count PAIRS plain|sanitized new|ring";
+    let usage = "usage: sanitize_churn_count PAIRS plain|sanitized new|ring [type1|iommufd]";
     let pairs: u64 = args.get(1).and_then(|a| a.parse().ok()).expect(usage);
     let sanitized = match args.get(2).map(String::as_str) {
         Some("plain") => false,
@@ -28,8 +28,13 @@ fn main() {
         Some("ring") => RING,
         _ => panic!("{usage}"),
     };
+    let backend = match args.get(4).map(String::as_str) {
+        None | Some("type1") => Backend::Type1,
+        Some("iommufd") => Backend::Iommufd,
+        _ => panic!("{usage}"),
+    };
     let sanitizer = sanitized.then(|| Sanitizer::new(SanitizerConfig::default()));
-    let mut churn = Churn::new(ring, sanitizer).expect("churn engine");
+    let mut churn = Churn::with_backend(backend, ring, sanitizer).expect("churn engine");
     churn.warm_up().expect("warm-up");
     for _ in 0..pairs {
         churn.pair().expect("pair");

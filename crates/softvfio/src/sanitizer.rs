@@ -860,6 +860,10 @@ pub struct Sanitizer {
     /// Containers whose [`Recorder`] lives under their own lock: questions
     /// take each one's lock in turn (in this order), then `inner`'s.
     containers: Mutex<Vec<std::sync::Weak<crate::container::Container>>>,
+    /// iommufd contexts whose [`Recorder`] lives under their own lock:
+    /// questions take each one's lock in turn (in this order), after the
+    /// containers' and before `inner`'s.
+    iommufds: Mutex<Vec<std::sync::Weak<crate::iommufd::Iommufd>>>,
 }
 
 /// The storage of a slot's events (`Sanitizer::ring`, `depth`, `max_regions`).
@@ -911,17 +915,56 @@ impl Recorder {
         hint: HistorySlot,
         carried: bool,
     ) -> HistorySlot {
+        self.push_via(container, iova, kind, Via::Type1, hint, carried)
+    }
+
+    #[inline(always)]
+    fn push_via(
+        &mut self,
+        container: u64,
+        iova: u64,
+        kind: EventKind,
+        via: Via,
+        hint: HistorySlot,
+        carried: bool,
+    ) -> HistorySlot {
         let at = self.clock.now();
-        self.inner.push(
-            &self.geo,
-            at,
-            container,
-            iova,
-            kind,
-            Via::Type1,
-            hint,
-            carried,
-        )
+        self.inner
+            .push(&self.geo, at, container, iova, kind, via, hint, carried)
+    }
+
+    /// `IOMMU_IOAS_MAP` (or `IOMMU_IOAS_COPY`, `copy`) made the area at
+    /// `iova` of the IOAS whose [`iommufd_history_key`] is `key`; the area
+    /// carries the slot returned (see [`Sanitizer::record_ioas_map`]).
+    #[inline]
+    pub fn record_area_map(
+        &mut self,
+        key: u64,
+        iova: u64,
+        uptr: u64,
+        size: u64,
+        prot: Prot,
+        copy: bool,
+    ) -> HistorySlot {
+        let via = if copy { Via::IommufdCopy } else { Via::Iommufd };
+        let kind = EventKind::Map {
+            vaddr: uptr,
+            size,
+            prot,
+        };
+        self.push_via(key, iova, kind, via, HistorySlot::NONE, true)
+    }
+
+    /// `IOMMU_IOAS_UNMAP` removed the area at `iova` whose slot is `slot`
+    /// (`released`: the context was closed with it in place).
+    #[inline]
+    pub fn record_area_unmap_at(&mut self, slot: HistorySlot, key: u64, iova: u64, released: bool) {
+        let kind = if released {
+            EventKind::Released
+        } else {
+            EventKind::Unmap
+        };
+        self.push_via(key, iova, kind, Via::Iommufd, slot, false);
     }
 
     /// `MAP_DMA` made a mapping (see [`Sanitizer::record_map`]).
@@ -972,6 +1015,7 @@ impl Recorder {
 /// lock) and the shared ones, the guards held until the answer is made.
 struct Histories<'a> {
     containers: Vec<std::sync::MutexGuard<'a, crate::type1::state::State>>,
+    iommufds: Vec<std::sync::MutexGuard<'a, crate::iommufd::State>>,
     shared: MutexGuard<'a, Inner>,
 }
 
@@ -982,6 +1026,11 @@ impl Histories<'_> {
             .iter()
             .filter_map(|st| st.history().map(|r| &r.inner))
             .collect();
+        parts.extend(
+            self.iommufds
+                .iter()
+                .filter_map(|st| st.history.as_ref().map(|r| &r.inner)),
+        );
         parts.push(&self.shared);
         parts
     }
@@ -992,6 +1041,11 @@ impl Histories<'_> {
             .iter_mut()
             .filter_map(|st| st.history_mut().map(|r| &mut r.inner))
             .collect();
+        parts.extend(
+            self.iommufds
+                .iter_mut()
+                .filter_map(|st| st.history.as_mut().map(|r| &mut r.inner)),
+        );
         parts.push(&mut self.shared);
         parts
     }
@@ -1017,6 +1071,7 @@ impl Sanitizer {
             clock: EventClock::new(),
             inner: Mutex::new(Inner::default()),
             containers: Mutex::new(Vec::new()),
+            iommufds: Mutex::new(Vec::new()),
         })
     }
 
@@ -1035,8 +1090,16 @@ impl Sanitizer {
         list.push(Arc::downgrade(container));
     }
 
-    /// A recorder for the type1 state of a registered container, which
-    /// keeps it under its own lock.
+    /// Questions read `ctx`'s recorder (under its lock) from now on.
+    pub(crate) fn register_iommufd(&self, ctx: &Arc<crate::iommufd::Iommufd>) {
+        let mut list = self.iommufds.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|c| c.strong_count() > 0);
+        list.push(Arc::downgrade(ctx));
+    }
+
+    /// A recorder for the type1 state of a registered container, or the
+    /// state of a registered iommufd context, which keeps it under its own
+    /// lock.
     pub(crate) fn recorder(self: &Arc<Self>) -> Recorder {
         Recorder {
             sanitizer: self.clone(),
@@ -1097,7 +1160,7 @@ impl Sanitizer {
 
     /// Runs `f` on every table a question reads (see [`Histories`]): the
     /// registered containers' locks are taken in registration order, then
-    /// the shared one (recording takes at most one container's lock, then
+    /// the registered iommufd contexts', then the shared one (recording takes at most one container's lock, then
     /// maybe the shared one: no cycle).
     fn with_histories<R>(&self, f: impl FnOnce(&mut Histories<'_>, &Calibration) -> R) -> R {
         let list: Vec<Arc<crate::container::Container>> = self
@@ -1107,17 +1170,26 @@ impl Sanitizer {
             .iter()
             .filter_map(std::sync::Weak::upgrade)
             .collect();
+        let ctxs: Vec<Arc<crate::iommufd::Iommufd>> = self
+            .iommufds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
         let cal = self.clock.calibrate();
         let r = {
             let mut h = Histories {
                 containers: list.iter().map(|c| c.lock()).collect(),
+                iommufds: ctxs.iter().map(|c| c.lock()).collect(),
                 shared: self.lock(),
             };
             f(&mut h, &cal)
         };
-        // The guards are gone: a container dropped with `list` retires its
-        // recorder into the shared tables.
+        // The guards are gone: a container or context dropped with `list`
+        // or `ctxs` retires its recorder into the shared tables.
         drop(list);
+        drop(ctxs);
         r
     }
 

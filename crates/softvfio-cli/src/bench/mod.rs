@@ -202,7 +202,7 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
     ),
     (
         "sanitize-churn",
-        "4K map+unmap pairs with the DMA sanitizer recording vs the same engine without",
+        "4K map+unmap pairs (type1 and iommufd) with the DMA sanitizer recording vs the same engine without",
         sanitize::churn,
     ),
     (

@@ -23,7 +23,7 @@ use softvfio::iommu::{IommuUnit, Prot};
 use softvfio::memory::sim::{SimMemory, SIZE_4K};
 use softvfio::platform::{Device, Group, GroupKind};
 use softvfio::sanitizer::{with_call_site, Sanitizer, SanitizerConfig};
-use softvfio::testing::churn::{call_site, Churn, LIVE, NEW_REGION_EACH_PAIR, RING};
+use softvfio::testing::churn::{call_site, Backend, Churn, LIVE, NEW_REGION_EACH_PAIR, RING};
 use softvfio_devices::{EduDevice, EduOptions, IommuDmaTarget};
 
 use super::stats::{median, paired_blocks, ratio_spread, spread, PairedBlocks};
@@ -37,15 +37,27 @@ const BLOCK: std::time::Duration = std::time::Duration::from_millis(2);
 /// 4K map+unmap pairs with 4096 live mappings (`softvfio::testing::churn`):
 /// at distinct IOVAs (every pair a new region for the sanitizer's history,
 /// which therefore also forgets one: the worst case), and cycling over 256
-/// IOVAs (a driver's ring of buffers: regions are reused).
+/// IOVAs (a driver's ring of buffers: regions are reused); through a type1
+/// container and through an iommufd IOAS (whose areas the sanitizer
+/// records in its shared tables).
 pub fn churn(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String> {
+    let new = "each pair a new IOVA region";
+    let ring = "pairs cycling over 256 IOVAs";
     Ok(Outcome::Rows(vec![
-        churn_with(ctx, NEW_REGION_EACH_PAIR, "", "each pair a new IOVA region")?,
-        churn_with(ctx, RING, ":ring", "pairs cycling over 256 IOVAs")?,
+        churn_with(ctx, Backend::Type1, NEW_REGION_EACH_PAIR, "", new)?,
+        churn_with(ctx, Backend::Type1, RING, ":ring", ring)?,
+        churn_with(ctx, Backend::Iommufd, NEW_REGION_EACH_PAIR, ":iommufd", new)?,
+        churn_with(ctx, Backend::Iommufd, RING, ":iommufd-ring", ring)?,
     ]))
 }
 
-fn churn_with(ctx: &Ctx, ring: u64, suffix: &str, what: &str) -> Result<Row, String> {
+fn churn_with(
+    ctx: &Ctx,
+    backend: Backend,
+    ring: u64,
+    suffix: &str,
+    what: &str,
+) -> Result<Row, String> {
     let failed = std::cell::Cell::new(0u64);
     let count = |r: softvfio::Result<()>| {
         if r.is_err() {
@@ -59,7 +71,8 @@ fn churn_with(ctx: &Ctx, ring: u64, suffix: &str, what: &str) -> Result<Row, Str
     let mut regions = 0usize;
     let mut runs = Vec::new();
     for rep in 0..ctx.reps.max(3) * 2 {
-        let engine = |s| Churn::new(ring, s).map_err(|e| format!("churn engine: {e}"));
+        let engine =
+            |s| Churn::with_backend(backend, ring, s).map_err(|e| format!("churn engine: {e}"));
         let mut plain = engine(None)?;
         let mut sanitized = engine(Some(Sanitizer::new(SanitizerConfig::default())))?;
         count(plain.warm_up());
@@ -85,7 +98,11 @@ fn churn_with(ctx: &Ctx, ring: u64, suffix: &str, what: &str) -> Result<Row, Str
         baseline_value: m.baseline,
         better: Better::Higher,
         note: format!(
-            "4K map+unmap pairs, {LIVE} live, {what} ({regions} regions kept); {}; sanitized {}; target ratio >= 0.90",
+            "4K {} pairs, {LIVE} live, {what} ({regions} regions kept); {}; sanitized {}; target ratio >= 0.90",
+            match backend {
+                Backend::Type1 => "MAP_DMA+UNMAP_DMA",
+                Backend::Iommufd => "IOAS_MAP+IOAS_UNMAP",
+            },
             m.blocks,
             spread(&m.subj, 1e6, "M pairs/s"),
         ),

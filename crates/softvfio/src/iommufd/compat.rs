@@ -77,6 +77,9 @@ impl Iommufd {
         // Both pieces keep sharing the area's pages (and its pins' counts).
         head.access_pins = a.access_pins.range(..at).map(|(k, v)| (*k, *v)).collect();
         tail.access_pins = a.access_pins.range(at..).map(|(k, v)| (*k, *v)).collect();
+        // The sanitizer's slot is the head's (the tail's unmap finds its
+        // history by key: it was never mapped at its own IOVA).
+        tail.history = crate::sanitizer::HistorySlot::NONE;
         i.areas.insert(head.iova, head);
         i.areas.insert(tail.iova, tail);
         Ok(())

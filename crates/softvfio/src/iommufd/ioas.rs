@@ -31,6 +31,7 @@ use crate::account::{LockPolicy, MmAccount};
 use crate::error::{Result, VfioError};
 use crate::iommu::{DomainOps, Prot};
 use crate::memory::{UserMemory, PAGE_SIZE};
+use crate::sanitizer::HistorySlot;
 use crate::type1::state::over_limit;
 use crate::type1::{map_run, pin_and_map_pages, unmap_unpin_pages, PinRequest};
 
@@ -146,6 +147,10 @@ pub struct Area {
     /// Its memory, shared with copies of it.
     #[serde(skip)]
     pub(crate) pages: SharedPages,
+    /// Where the DMA sanitizer keeps its history (its unmap writes there
+    /// without a lookup; [`HistorySlot::NONE`] without a sanitizer).
+    #[serde(skip)]
+    pub(crate) history: HistorySlot,
 }
 
 impl PartialEq for Area {
@@ -393,12 +398,15 @@ impl Ioas {
     /// Places `pieces` (contiguous in IOVA) at `iova` (or an allocated
     /// IOVA), pinning and mapping them when the IOAS has domains. All or
     /// nothing. Returns the IOVA used.
+    /// `history` gives each new area its sanitizer slot (records its map)
+    /// once the map can no longer fail.
     pub(crate) fn map_pieces(
         &mut self,
         mem: &dyn UserMemory,
         pieces: &[Piece],
         fixed_iova: Option<u64>,
         prot: Prot,
+        mut history: impl FnMut(&Area) -> HistorySlot,
     ) -> Result<u64> {
         let length = pieces
             .iter()
@@ -441,6 +449,7 @@ impl Ioas {
                 access_pins: BTreeMap::new(),
                 prevent_access: false,
                 pages,
+                history: HistorySlot::NONE,
             });
             at = last.wrapping_add(1);
         }
@@ -458,7 +467,8 @@ impl Ioas {
                 new_areas[i].pinned = true;
             }
         }
-        for a in new_areas {
+        for mut a in new_areas {
+            a.history = history(&a);
             self.areas.insert(a.iova, a);
         }
         Ok(iova)
@@ -469,7 +479,14 @@ impl Ioas {
     /// the range (areas before it stay removed, as in Linux), and at one
     /// that accesses pin (marked `prevent_access`: the caller notifies the
     /// accesses and calls again).
-    pub(crate) fn unmap_step(&mut self, mem: &dyn UserMemory, start: u64, last: u64) -> UnmapStep {
+    /// `gone` is told of each area removed (the sanitizer records it).
+    pub(crate) fn unmap_step(
+        &mut self,
+        mem: &dyn UserMemory,
+        start: u64,
+        last: u64,
+        mut gone: impl FnMut(&Area),
+    ) -> UnmapStep {
         let domains = self.domain_ops();
         let mut unmapped = 0u64;
         while let Some(a) = self.first_area(start, last) {
@@ -494,6 +511,7 @@ impl Ioas {
             if let Some(mut a) = self.areas.remove(&key) {
                 unpin_area(mem, &domains, &mut a);
                 unmapped = unmapped.wrapping_add(a.len());
+                gone(&a);
             }
         }
         UnmapStep::Done {
@@ -608,12 +626,14 @@ impl Ioas {
         }
     }
 
-    /// Removes every area (destroy, close), with any access pins left.
-    pub(crate) fn clear(&mut self, mem: &dyn UserMemory) {
+    /// Removes every area (destroy, close), with any access pins left;
+    /// `gone` is told of each.
+    pub(crate) fn clear(&mut self, mem: &dyn UserMemory, mut gone: impl FnMut(&Area)) {
         let domains = self.domain_ops();
         for (_, mut a) in std::mem::take(&mut self.areas) {
             drop_access_pins(mem, &mut a);
             unpin_area(mem, &domains, &mut a);
+            gone(&a);
         }
     }
 
@@ -857,6 +877,7 @@ mod tests {
                 access_pins: BTreeMap::new(),
                 prevent_access: false,
                 pages: Pages::new_shared(None),
+                history: HistorySlot::NONE,
             },
         );
         assert_eq!(ioas.alloc_iova(0x7f00_0000_1800, 0x1000), Ok(0x3800));

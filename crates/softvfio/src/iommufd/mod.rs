@@ -55,6 +55,7 @@ use crate::memory::UserMemory;
 pub use access::{AccessBuf, IommufdAccess};
 pub use ioas::Area;
 
+use crate::sanitizer::HistorySlot;
 use access::Access;
 use device::BoundDevice;
 use hwpt::Hwpt;
@@ -85,6 +86,10 @@ pub(crate) struct State {
     pub(crate) compat: Option<CompatType>,
     /// `IOMMU_OPTION_RLIMIT_MODE`: 1 = per process (`mm`), 0 = per user.
     pub(crate) rlimit_per_process: bool,
+    /// The DMA sanitizer's history of this context's areas, recorded under
+    /// its lock (see [`crate::sanitizer::Recorder`]); each area carries its
+    /// slot.
+    pub(crate) history: Option<crate::sanitizer::Recorder>,
 }
 
 /// The user's locked-memory account (`user_struct->locked_vm`): iommufd's
@@ -120,6 +125,50 @@ impl State {
             Some(Object::Ioas(i)) => Ok(i),
             _ => Err(VfioError::NoEntry),
         }
+    }
+
+    /// IOAS `id` and the sanitizer's recorder (if one runs), borrowed
+    /// apart, so that the IOAS's map and unmap can record as they go.
+    pub(crate) fn ioas_and_history(
+        &mut self,
+        id: u32,
+    ) -> Result<(&mut Ioas, Option<&mut crate::sanitizer::Recorder>)> {
+        let State {
+            objects, history, ..
+        } = self;
+        match objects.get_mut(&id) {
+            Some(Object::Ioas(i)) => Ok((i, history.as_mut())),
+            _ => Err(VfioError::NoEntry),
+        }
+    }
+}
+
+/// The sanitizer's record of new area `a` of the IOAS whose history key is
+/// `key` (made by a copy: `copy`): the slot the area carries.
+#[inline]
+fn record_area(
+    history: &mut Option<&mut crate::sanitizer::Recorder>,
+    key: u64,
+    a: &Area,
+    copy: bool,
+) -> HistorySlot {
+    match history {
+        Some(h) => h.record_area_map(key, a.iova, a.uptr, a.len(), a.prot, copy),
+        None => HistorySlot::NONE,
+    }
+}
+
+/// The sanitizer's record of area `a` of the IOAS whose history key is
+/// `key` going (`released`: with its IOAS or context, not by an unmap).
+#[inline]
+fn record_area_gone(
+    history: Option<&mut crate::sanitizer::Recorder>,
+    key: u64,
+    a: &Area,
+    released: bool,
+) {
+    if let Some(h) = history {
+        h.record_area_unmap_at(a.history, key, a.iova, released);
     }
 }
 
@@ -207,6 +256,7 @@ impl Iommufd {
                 vfio_ioas: None,
                 compat: None,
                 rlimit_per_process: false,
+                history: None,
             }),
             user_account: user,
             sanitizer: std::sync::OnceLock::new(),
@@ -223,45 +273,17 @@ impl Iommufd {
     }
 
     /// Records the IOASes' map, copy and unmap history into `s` (the DMA
-    /// sanitizer; a second one is ignored).
-    pub fn set_sanitizer(&self, s: Arc<crate::sanitizer::Sanitizer>) {
-        let _ = self.sanitizer.set(s);
+    /// sanitizer; a second one is ignored), under this context's lock.
+    pub fn set_sanitizer(self: &Arc<Self>, s: Arc<crate::sanitizer::Sanitizer>) {
+        if self.sanitizer.set(s.clone()).is_ok() {
+            self.lock().history = Some(s.recorder());
+            s.register_iommufd(self);
+        }
     }
 
     /// The sanitizer's history key of IOAS `ioas` of this context.
     pub fn history_key(&self, ioas: u32) -> u64 {
         crate::sanitizer::iommufd_history_key(self.id, ioas)
-    }
-
-    /// Records the areas `pieces` placed from `iova` (a map or a copy).
-    fn record_areas(&self, ioas: u32, iova: u64, pieces: &[Piece], prot: Prot, copy: bool) {
-        let Some(s) = self.sanitizer.get() else {
-            return;
-        };
-        let mut at = iova;
-        for p in pieces {
-            s.record_ioas_map(self.history_key(ioas), at, p.uptr, p.len, prot, copy);
-            at = at.wrapping_add(p.len);
-        }
-    }
-
-    /// With a sanitizer, the areas of `ioas` starting in `[start, last]`
-    /// (those an unmap may remove); none without.
-    fn areas_in(&self, i: &Ioas, start: u64, last: u64) -> Vec<u64> {
-        if self.sanitizer.get().is_none() {
-            return Vec::new();
-        }
-        i.areas.range(start..=last).map(|(k, _)| *k).collect()
-    }
-
-    /// Records the unmap of those of `before` that `i` no longer has.
-    fn record_gone(&self, ioas: u32, i: &Ioas, before: &[u64]) {
-        let Some(s) = self.sanitizer.get() else {
-            return;
-        };
-        for k in before.iter().filter(|k| !i.areas.contains_key(k)) {
-            s.record_ioas_unmap(self.history_key(ioas), *k, false);
-        }
     }
 
     /// The context's id, unique in this process.
@@ -305,7 +327,11 @@ impl Iommufd {
         }
         match st.objects.remove(&id) {
             Some(Object::Ioas(mut i)) => {
-                i.clear(self.mem.as_ref());
+                let key = self.history_key(id);
+                let history = &mut st.history;
+                i.clear(self.mem.as_ref(), |a| {
+                    record_area_gone(history.as_mut(), key, a, true)
+                });
                 if st.vfio_ioas == Some(id) {
                     st.vfio_ioas = None;
                 }
@@ -363,16 +389,17 @@ impl Iommufd {
         if uptr.checked_add(length).is_none() {
             return Err(VfioError::Errno(libc::EOVERFLOW));
         }
+        let key = self.history_key(ioas);
         let mut st = self.lock();
-        let i = st.ioas_mut(ioas)?;
+        let (i, mut history) = st.ioas_and_history(ioas)?;
         let pieces = [Piece {
             uptr,
             len: length,
             pages: None,
         }];
-        let at = i.map_pieces(self.mem.as_ref(), &pieces, iova, prot)?;
-        self.record_areas(ioas, at, &pieces, prot, false);
-        Ok(at)
+        i.map_pieces(self.mem.as_ref(), &pieces, iova, prot, |a| {
+            record_area(&mut history, key, a, false)
+        })
     }
 
     /// `IOMMU_IOAS_COPY`: maps in `dst` the memory behind
@@ -393,10 +420,11 @@ impl Iommufd {
             .into_iter()
             .map(|(p, _)| p)
             .collect();
-        let i = st.ioas_mut(dst)?;
-        let at = i.map_pieces(self.mem.as_ref(), &pieces, dst_iova, prot)?;
-        self.record_areas(dst, at, &pieces, prot, true);
-        Ok(at)
+        let key = self.history_key(dst);
+        let (i, mut history) = st.ioas_and_history(dst)?;
+        i.map_pieces(self.mem.as_ref(), &pieces, dst_iova, prot, |a| {
+            record_area(&mut history, key, a, true)
+        })
     }
 
     /// `IOMMU_IOAS_UNMAP` of `[iova, +length)`: the bytes unmapped. Areas
@@ -437,14 +465,14 @@ impl Iommufd {
         let mut tries = 0u32;
         loop {
             let step = {
+                let key = self.history_key(ioas);
                 let mut st = self.lock();
-                let Ok(i) = st.ioas_mut(ioas) else {
+                let Ok((i, mut history)) = st.ioas_and_history(ioas) else {
                     return (total, Err(VfioError::NoEntry));
                 };
-                let before = self.areas_in(i, start, last);
-                let step = i.unmap_step(self.mem.as_ref(), start, last);
-                self.record_gone(ioas, i, &before);
-                step
+                i.unmap_step(self.mem.as_ref(), start, last, |a| {
+                    record_area_gone(history.as_deref_mut(), key, a, false)
+                })
             };
             match step {
                 UnmapStep::Done {
@@ -583,12 +611,11 @@ impl Iommufd {
         }
         for (id, obj) in std::mem::take(&mut st.objects) {
             if let Object::Ioas(mut i) = obj {
-                if let Some(s) = self.sanitizer.get() {
-                    for iova in i.areas.keys() {
-                        s.record_ioas_unmap(self.history_key(id), *iova, true);
-                    }
-                }
-                i.clear(self.mem.as_ref());
+                let key = self.history_key(id);
+                let history = &mut st.history;
+                i.clear(self.mem.as_ref(), |a| {
+                    record_area_gone(history.as_mut(), key, a, true)
+                });
             }
         }
         st.vfio_ioas = None;

@@ -1,6 +1,7 @@
 //! The sanitizer's churn workload, as `softvfio bench sanitize-churn`
 //! measures it and the `sanitize_churn_count` example counts it: a type1v2
-//! container over simulated memory, one device behind a 39-bit VT-d, 4096
+//! container (or an iommufd IOAS with the device attached: [`Backend`])
+//! over simulated memory, one device behind a 39-bit VT-d, 4096
 //! live 4K mappings, and 4K map+unmap pairs either at a new IOVA each pair
 //! (every pair a new region of the sanitizer's history, which therefore
 //! also forgets one: its worst case) or cycling over a ring of IOVAs (a
@@ -17,6 +18,7 @@ use soft_iommu::{AddressWidth, Iommu, IommuConfig};
 use crate::container::{Container, ContainerConfig, TYPE1V2_IOMMU};
 use crate::error::Result;
 use crate::iommu::Prot;
+use crate::iommufd::Iommufd;
 use crate::memory::sim::{SimMemory, SIZE_4K};
 use crate::sanitizer::{with_call_site, CallSite, Frame, Sanitizer, SanitizerConfig};
 
@@ -47,9 +49,43 @@ pub fn call_site() -> Arc<CallSite> {
     })
 }
 
+/// The uAPI whose engine runs the pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A type1v2 container (`VFIO_IOMMU_MAP_DMA`/`UNMAP_DMA`).
+    Type1,
+    /// An iommufd IOAS with the device attached through an automatic
+    /// domain (`IOMMU_IOAS_MAP`/`IOMMU_IOAS_UNMAP`).
+    Iommufd,
+}
+
+/// The engine of a [`Churn`].
+enum Engine {
+    Type1(Arc<Container>),
+    Iommufd { ctx: Arc<Iommufd>, ioas: u32 },
+}
+
+impl Engine {
+    fn map(&self, iova: u64, vaddr: u64) -> Result<()> {
+        match self {
+            Engine::Type1(c) => c.map(iova, vaddr, SIZE_4K, Prot::RW),
+            Engine::Iommufd { ctx, ioas } => ctx
+                .map(*ioas, vaddr, SIZE_4K, Some(iova), Prot::RW)
+                .map(drop),
+        }
+    }
+
+    fn unmap(&self, iova: u64) -> Result<()> {
+        match self {
+            Engine::Type1(c) => c.unmap(iova, SIZE_4K).map(drop),
+            Engine::Iommufd { ctx, ioas } => ctx.unmap(*ioas, iova, SIZE_4K).map(drop),
+        }
+    }
+}
+
 /// One engine running the workload.
 pub struct Churn {
-    container: Arc<Container>,
+    engine: Engine,
     sanitizer: Option<Arc<Sanitizer>>,
     site: Arc<CallSite>,
     ring: u64,
@@ -61,6 +97,15 @@ impl Churn {
     /// IOVAs ([`NEW_REGION_EACH_PAIR`] for a new region each pair),
     /// recording into `sanitizer` if given.
     pub fn new(ring: u64, sanitizer: Option<Arc<Sanitizer>>) -> Result<Churn> {
+        Self::with_backend(Backend::Type1, ring, sanitizer)
+    }
+
+    /// [`Churn::new`] through `backend`'s uAPI.
+    pub fn with_backend(
+        backend: Backend,
+        ring: u64,
+        sanitizer: Option<Arc<Sanitizer>>,
+    ) -> Result<Churn> {
         let mem = Arc::new(SimMemory::new());
         for base in [SIM_LIVE, SIM_CHURN] {
             mem.add_region(base, LIVE * SIZE_4K, SIZE_4K, Prot::RW)
@@ -70,23 +115,44 @@ impl Churn {
             address_width: AddressWidth::Bits39,
             ..IommuConfig::default()
         });
-        let container = Container::new(
-            ContainerConfig {
-                dma_entry_limit: (LIVE + 1024) as u32,
-                ..ContainerConfig::default()
-            },
-            mem,
-        );
-        container.attach_group(&super::vtd_group(3, 0x18, &iommu))?;
-        container.set_iommu(TYPE1V2_IOMMU)?;
-        if let Some(s) = &sanitizer {
-            container.set_sanitizer(s.clone());
-        }
+        let group = super::vtd_group(3, 0x18, &iommu);
+        let engine = match backend {
+            Backend::Type1 => {
+                let container = Container::new(
+                    ContainerConfig {
+                        dma_entry_limit: (LIVE + 1024) as u32,
+                        ..ContainerConfig::default()
+                    },
+                    mem,
+                );
+                container.attach_group(&group)?;
+                container.set_iommu(TYPE1V2_IOMMU)?;
+                if let Some(s) = &sanitizer {
+                    container.set_sanitizer(s.clone());
+                }
+                Engine::Type1(container)
+            }
+            Backend::Iommufd => {
+                let ctx = Iommufd::new(mem);
+                let ioas = ctx.ioas_alloc();
+                let Some(device) = group.devices.first() else {
+                    return Err(crate::error::VfioError::Invalid(
+                        "churn group without a device",
+                    ));
+                };
+                let dev = ctx.bind(&group, device);
+                ctx.attach(dev, ioas)?;
+                if let Some(s) = &sanitizer {
+                    ctx.set_sanitizer(s.clone());
+                }
+                Engine::Iommufd { ctx, ioas }
+            }
+        };
         for i in 0..LIVE {
-            container.map(i * 2 * SIZE_4K, SIM_LIVE + i * SIZE_4K, SIZE_4K, Prot::RW)?;
+            engine.map(i * 2 * SIZE_4K, SIM_LIVE + i * SIZE_4K)?;
         }
         Ok(Churn {
-            container,
+            engine,
             sanitizer,
             site: call_site(),
             ring: ring.max(1),
@@ -102,17 +168,13 @@ impl Churn {
         self.next = (n + 1) % self.ring;
         let iova = IOVA_CHURN + n * SIZE_4K;
         let vaddr = SIM_CHURN + (n % LIVE) * SIZE_4K;
-        let c = &self.container;
-        let op = || {
-            c.map(iova, vaddr, SIZE_4K, Prot::RW)
-                .and_then(|()| c.unmap(iova, SIZE_4K))
-        };
-        let r = if self.sanitizer.is_some() {
+        let e = &self.engine;
+        let op = || e.map(iova, vaddr).and_then(|()| e.unmap(iova));
+        if self.sanitizer.is_some() {
             with_call_site(Some(self.site.clone()), op)
         } else {
             op()
-        };
-        r.map(drop)
+        }
     }
 
     /// As many pairs as a sanitizer remembers regions, so that a sanitized
@@ -131,9 +193,12 @@ impl Churn {
         self.sanitizer.as_ref().map_or(0, |s| s.region_count())
     }
 
-    /// The container.
-    pub fn container(&self) -> &Arc<Container> {
-        &self.container
+    /// The type1 container (`None` for an iommufd engine).
+    pub fn container(&self) -> Option<&Arc<Container>> {
+        match &self.engine {
+            Engine::Type1(c) => Some(c),
+            Engine::Iommufd { .. } => None,
+        }
     }
 }
 
@@ -149,13 +214,19 @@ mod tests {
         // New regions: the live ones and the newest `max` unmapped ones (the
         // 4096 warm-up pairs and 1000 more made 5096, the oldest
         // forgotten). The ring: the live ones and the ring's.
-        for (ring, regions) in [
-            (NEW_REGION_EACH_PAIR, LIVE as usize + max),
-            (RING, LIVE as usize + RING as usize),
+        for (backend, ring, regions) in [
+            (Backend::Type1, NEW_REGION_EACH_PAIR, LIVE as usize + max),
+            (Backend::Type1, RING, LIVE as usize + RING as usize),
+            (Backend::Iommufd, NEW_REGION_EACH_PAIR, LIVE as usize + max),
+            (Backend::Iommufd, RING, LIVE as usize + RING as usize),
         ] {
-            let mut plain = Churn::new(ring, None).unwrap();
-            let mut sanitized =
-                Churn::new(ring, Some(Sanitizer::new(SanitizerConfig::default()))).unwrap();
+            let mut plain = Churn::with_backend(backend, ring, None).unwrap();
+            let mut sanitized = Churn::with_backend(
+                backend,
+                ring,
+                Some(Sanitizer::new(SanitizerConfig::default())),
+            )
+            .unwrap();
             plain.warm_up().unwrap();
             sanitized.warm_up().unwrap();
             for _ in 0..1000 {
@@ -163,7 +234,7 @@ mod tests {
                 sanitized.pair().unwrap();
             }
             assert_eq!(plain.regions(), 0);
-            assert_eq!(sanitized.regions(), regions, "ring {ring}");
+            assert_eq!(sanitized.regions(), regions, "{backend:?} ring {ring}");
         }
     }
 }
