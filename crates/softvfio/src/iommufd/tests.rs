@@ -567,3 +567,59 @@ fn the_sanitizer_records_ioas_map_copy_and_unmap() {
     assert_eq!(r.events.last().map(|e| e.kind), Some(EventKind::Released));
     assert_eq!(r.events[1].call(), "close of the iommufd");
 }
+
+/// A context's areas are recorded under its own lock (its recorder), where
+/// questions find them while they are live (a stale check names a live
+/// area); an IOAS destroyed with its areas releases them; when the context
+/// goes, its histories move to the sanitizer's shared tables and are still
+/// answered.
+#[test]
+fn iommufd_histories_are_asked_in_the_context_and_outlive_it() {
+    use crate::sanitizer::{EventKind, Sanitizer, SanitizerConfig, StaleCause};
+    let (ctx, ..) = setup();
+    let s = Sanitizer::new(SanitizerConfig::default());
+    ctx.set_sanitizer(s.clone());
+    let (live, doomed) = (ctx.ioas_alloc(), ctx.ioas_alloc());
+    let (klive, kdoomed) = (ctx.history_key(live), ctx.history_key(doomed));
+    ctx.map(live, BASE, 2 * PG, Some(0x10_0000), Prot::RW)
+        .unwrap();
+    ctx.map(doomed, BASE + 4 * PG, PG, Some(0x30_0000), Prot::READ)
+        .unwrap();
+    // The recorder is the context's: nothing in the shared tables yet, and
+    // the live area is found by a stale check of its memory.
+    assert!(ctx.lock().history.is_some());
+    let stale = s.memory_going_away(None, BASE + PG, PG, StaleCause::Munmap);
+    assert_eq!(stale.len(), 1);
+    assert_eq!(
+        (
+            stale[0].region.container,
+            stale[0].region.iova,
+            stale[0].vaddr,
+            stale[0].len
+        ),
+        (klive, 0x10_0000, BASE + PG, PG)
+    );
+    // IOAS_DESTROY with an area in place: released.
+    ctx.destroy(doomed).unwrap();
+    let r = s.region(kdoomed, 0x30_0000).unwrap();
+    assert!(!r.mapped);
+    assert_eq!(r.events.last().map(|e| e.kind), Some(EventKind::Released));
+    assert_eq!(s.region_count(), 2);
+    // The context goes (its areas released by close first): the histories
+    // move to the shared tables.
+    ctx.close();
+    drop(ctx);
+    let r = s.region(klive, 0x10_0000).unwrap();
+    assert!(!r.mapped);
+    let kinds: Vec<_> = r.events.iter().map(|e| e.kind).collect();
+    assert!(matches!(kinds[0], EventKind::Map { size, .. } if size == 2 * PG));
+    assert!(matches!(
+        kinds[1],
+        EventKind::Stale {
+            cause: StaleCause::Munmap,
+            ..
+        }
+    ));
+    assert_eq!(kinds[2], EventKind::Released);
+    assert_eq!(s.region_count(), 2);
+}
