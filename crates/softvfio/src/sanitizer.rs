@@ -17,13 +17,16 @@
 //!   container and IOVA) shows the last `depth` events of its histories.
 //! - A type1 container records into its own [`Recorder`], kept in its
 //!   type1 state under the container's lock (which every map and unmap
-//!   holds already): recording takes no second lock. Questions take each
-//!   registered container's lock in turn, then the shared tables' (which
-//!   hold iommufd areas, direct calls, and the histories of containers
-//!   whose type1 state went, moved there when it goes); recording takes at
-//!   most one container's lock and then the shared one, so no cycle. The
-//!   bounds below hold per recorder (per container) and for the shared
-//!   tables.
+//!   holds already), and an iommufd context into its own, kept in its
+//!   state under its lock: recording takes no second lock. Questions take
+//!   each registered container's lock in turn, then each registered
+//!   context's, then the shared tables' (which hold direct calls and the
+//!   histories of containers whose type1 state went and of contexts that
+//!   went, moved there when they go); recording takes at most one
+//!   container's or context's lock and then the shared one, and no engine
+//!   path holds a context's lock and a container's together, so no cycle.
+//!   The bounds below hold per recorder (per container or context) and for
+//!   the shared tables.
 //! - Rings hold `depth` rounded up to a power of two (a mask, not a
 //!   division, per event); a question shows the last `depth`.
 //! - Recording costs no table lookup and no allocation once the tables
@@ -31,16 +34,17 @@
 //!   region's slot is the latest made at its entry of a small direct-mapped
 //!   array (a ring of buffers mapped over and over: warm slots), else takes
 //!   a free slot with a preallocated ring of `depth` events (overwritten in
-//!   place); the engine's mapping carries its
-//!   [`HistorySlot`] so that its unmap writes there directly (checked
+//!   place); the engine's mapping (a type1 `Dma`, an iommufd `Area`)
+//!   carries its [`HistorySlot`] so that its unmap writes there directly (checked
 //!   against the slot's key); unmapped slots wait in the idle list (linked
 //!   through a compact per-slot array, oldest first; a slot mapped again
 //!   leaves it) and the oldest is freed when more than `max_regions` wait.
 //!   `idle_count` is the list's length, and a slot is in the list exactly
 //!   when it holds a history (`used`) that is not mapped; a slot not `used`
 //!   is in `free` (`recorder_tables_keep_their_invariants` checks these
-//!   after every step of random walks). Only owners that do not carry the slot (iommufd areas) keep
-//!   their live mappings in a hash index. Questions (a region's history,
+//!   after every step of random walks). Only owners that do not carry the
+//!   slot (direct calls into the shared tables) keep their live mappings
+//!   in a hash index. Questions (a region's history,
 //!   nearest mappings) group and sort the slots at report time.
 //! - Event times are clock ticks (the TSC where it is invariant, see
 //!   `clock`), converted to `Instant` when a question is asked: ~10 ns per
@@ -773,7 +777,7 @@ struct Inner {
     /// Free slots.
     free: Vec<u32>,
     /// Live slots of mappings whose owner does not carry the slot
-    /// (iommufd areas), by (container, first IOVA).
+    /// (direct calls into the shared tables), by (container, first IOVA).
     live: HashMap<(u64, u64), u32, KeyHash>,
     /// The idle list: slots of unmapped mappings, in the order they were
     /// unmapped (`idle_head` the oldest), linked through `links`; a slot
@@ -854,8 +858,8 @@ pub struct Sanitizer {
     /// that ring positions are a mask, not a division.
     ring: usize,
     clock: EventClock,
-    /// Histories recorded without a container's lock (iommufd areas, direct
-    /// calls) and those of type1 recorders retired (see [`Recorder`]).
+    /// Histories recorded without a container's or context's lock (direct
+    /// calls) and those of retired recorders (see [`Recorder`]).
     inner: Mutex<Inner>,
     /// Containers whose [`Recorder`] lives under their own lock: questions
     /// take each one's lock in turn (in this order), then `inner`'s.
@@ -2430,7 +2434,7 @@ mod tests {
             });
             println!("recorder, {what}: {ns:.1} ns per map+unmap pair (best of 7)");
 
-            // Through the shared tables (iommufd areas, direct calls), with
+            // Through the shared tables (direct calls), with
             // their lock; 4096 live mappings, as in `softvfio bench
             // sanitize-churn`.
             let s = Sanitizer::new(SanitizerConfig::default());
