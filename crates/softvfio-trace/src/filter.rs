@@ -21,7 +21,9 @@
 //! never need code run *in* the calling thread return
 //! `SECCOMP_RET_USER_NOTIF` instead: the opens, the `pread`/`pwrite`
 //! family and the ioctls the embedder names (for `softvfio run`, the VFIO
-//! queries of [`VFIO_NOTIFIABLE_IOCTLS`]).
+//! queries of [`VFIO_NOTIFIABLE_IOCTLS`]), and the stat family (a path or
+//! descriptor that is not ours, nearly every call, continues to the kernel
+//! unchanged: `SECCOMP_USER_NOTIF_FLAG_CONTINUE`).
 //! The thread waits in the kernel while the supervisor answers; no ptrace
 //! stop, no register traffic. The rest keeps `SECCOMP_RET_TRACE`: `close`
 //! (the release must be seen at the close's exit), the memory calls, and
@@ -119,6 +121,11 @@ pub const NOTIFIED_SYSCALLS: &[i64] = &[
     libc::SYS_pwritev,
     libc::SYS_preadv2,
     libc::SYS_pwritev2,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_fstat,
 ];
 
 /// With a user-notification listener, also stopped: the calls that remove
@@ -414,6 +421,16 @@ mod tests {
         assert_eq!(run(&p, libc::SYS_write as u32, x, 0), allow);
         assert_eq!(run(&p, libc::SYS_read as u32, x, 0), allow);
         assert_eq!(run(&p, libc::SYS_brk as u32, x, 0), allow);
+        // Without a listener the stat family stops (the cdev's stat).
+        for nr in [
+            libc::SYS_stat,
+            libc::SYS_lstat,
+            libc::SYS_newfstatat,
+            libc::SYS_statx,
+            libc::SYS_fstat,
+        ] {
+            assert_eq!(run(&p, nr as u32, x, 0), trace, "syscall {nr}");
+        }
         // Without a listener nothing is cached: descriptor calls run free.
         for nr in FD_TABLE_SYSCALLS {
             assert_eq!(run(&p, *nr as u32, x, 0), allow, "syscall {nr}");
@@ -492,6 +509,16 @@ mod tests {
         let call = |nr: i64, args: [u64; 6]| run_data(&n, &data(nr, args));
         for nr in NOTIFIED_SYSCALLS {
             assert_eq!(call(*nr, [0; 6]), notify, "syscall {nr}");
+        }
+        // The stat family: served by notification (the cdev's stat).
+        for nr in [
+            libc::SYS_stat,
+            libc::SYS_lstat,
+            libc::SYS_newfstatat,
+            libc::SYS_statx,
+            libc::SYS_fstat,
+        ] {
+            assert_eq!(call(nr, [0; 6]), notify, "syscall {nr}");
         }
         assert_eq!(call(libc::SYS_close, [3, 0, 0, 0, 0, 0]), trace);
         assert_eq!(call(libc::SYS_mlock, [0; 6]), trace);

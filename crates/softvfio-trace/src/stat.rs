@@ -42,9 +42,11 @@ pub(crate) fn stat_args(nr: i64, a: [u64; 6]) -> Option<(i32, u64, u64, i32, boo
     }
 }
 
-/// The object of descriptor `fd` of the calling thread, if it is one.
-fn fd_object(t: &Tracee<'_>, fd: i32) -> Option<ObjectId> {
-    t.core.fd_object(t.tid, fd)
+/// The object of descriptor `fd` of the calling thread, if it is one
+/// (through the descriptor cache, fdcache.rs).
+fn fd_object(t: &mut Tracee<'_>, fd: i32) -> Option<ObjectId> {
+    let (tid, notif) = (t.tid, t.notif);
+    t.core.fd_object_cached(tid, fd, notif)
 }
 
 /// The absolute, normalized path a stat-family call names (as for `open`);
@@ -58,11 +60,19 @@ fn path_of(t: &Tracee<'_>, dirfd: i32, path: u64) -> Option<PathBuf> {
     let (pid, tid) = (t.pid(), t.tid());
     let base = if raw.starts_with(b"/") {
         None
-    } else if dirfd == libc::AT_FDCWD {
-        std::fs::read_link(format!("/proc/{tid}/cwd")).ok()
     } else {
-        std::fs::read_link(format!("/proc/{tid}/fd/{dirfd}")).ok()
+        let dir = if dirfd == libc::AT_FDCWD {
+            format!("/proc/{tid}/cwd")
+        } else {
+            format!("/proc/{tid}/fd/{dirfd}")
+        };
+        // No such descriptor: the kernel's EBADF (not a path from the root).
+        Some(std::fs::read_link(dir).ok()?)
     };
+    // The cwd or dirfd was read through /proc/<tid>: still the caller's?
+    if !t.still_waiting() {
+        return None;
+    }
     let base = base.map(|b| b.into_os_string().into_encoded_bytes());
     Some(normalize(base.as_deref(), &raw, pid, tid))
 }

@@ -660,7 +660,7 @@ impl Core {
 
     /// [`Core::fd_object`] through the descriptor cache (fdcache.rs), for
     /// a call of `tid` at a ptrace stop or (`notif`) a notified one.
-    fn fd_object_cached(
+    pub(crate) fn fd_object_cached(
         &mut self,
         tid: i32,
         fd: i32,
@@ -1409,6 +1409,19 @@ impl Core {
                 a[3] as u32,
             ),
             libc::SYS_openat2 => self.sys_openat2(h, pid, tid, Some(call), a),
+            libc::SYS_stat
+            | libc::SYS_lstat
+            | libc::SYS_newfstatat
+            | libc::SYS_statx
+            | libc::SYS_fstat => {
+                let mut t = Tracee {
+                    core: self,
+                    pid,
+                    tid,
+                    notif: Some(call),
+                };
+                crate::stat::sys_stat(h, &mut t, n.nr, a).map_or(Outcome::Pass, ret)
+            }
             nr => match self.fd_object_cached(tid, a[0] as i32, Some(call)) {
                 Some(obj) => self.serve_fd_call(h, pid, tid, Some(call), obj, nr, a),
                 None => Outcome::Pass,

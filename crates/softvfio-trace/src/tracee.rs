@@ -683,6 +683,12 @@ impl<'a> Tracee<'a> {
         }
     }
 
+    /// The thread still waits in the intercepted call: always at a ptrace
+    /// stop; for a notified call, while its notification is pending.
+    pub(crate) fn still_waiting(&self) -> bool {
+        self.check_alive().is_ok()
+    }
+
     /// Reads program memory; a partly unmapped range is EFAULT.
     pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
         self.check_alive()?;
