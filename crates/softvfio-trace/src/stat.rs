@@ -49,13 +49,23 @@ fn fd_object(t: &mut Tracee<'_>, fd: i32) -> Option<ObjectId> {
     t.core.fd_object_cached(tid, fd, notif)
 }
 
-/// The absolute, normalized path a stat-family call names (as for `open`);
-/// `None` for an empty path (a descriptor) or unreadable memory (the kernel
-/// then answers).
-fn path_of(t: &Tracee<'_>, dirfd: i32, path: u64) -> Option<PathBuf> {
-    let raw = t.read_cstr_bytes(path, PATH_MAX).ok()?;
+/// What the path argument of a stat-family call names.
+enum Named {
+    /// The absolute, normalized path (as for `open`).
+    Path(PathBuf),
+    /// The empty path (with `AT_EMPTY_PATH`: the descriptor itself).
+    Empty,
+}
+
+/// What a stat-family call's path names; `None` for unreadable memory or
+/// a relative path from a descriptor that is not open (the kernel then
+/// answers). Read without checking that a notified call still waits: the
+/// caller checks before it answers ([`sys_stat`]), so a call that is not
+/// ours (nearly every one) costs no check.
+fn path_of(t: &Tracee<'_>, dirfd: i32, path: u64) -> Option<Named> {
+    let raw = t.read_cstr_bytes_unchecked(path, PATH_MAX).ok()?;
     if raw.is_empty() {
-        return None;
+        return Some(Named::Empty);
     }
     let (pid, tid) = (t.pid(), t.tid());
     let base = if raw.starts_with(b"/") {
@@ -69,12 +79,8 @@ fn path_of(t: &Tracee<'_>, dirfd: i32, path: u64) -> Option<PathBuf> {
         // No such descriptor: the kernel's EBADF (not a path from the root).
         Some(std::fs::read_link(dir).ok()?)
     };
-    // The cwd or dirfd was read through /proc/<tid>: still the caller's?
-    if !t.still_waiting() {
-        return None;
-    }
     let base = base.map(|b| b.into_os_string().into_encoded_bytes());
-    Some(normalize(base.as_deref(), &raw, pid, tid))
+    Some(Named::Path(normalize(base.as_deref(), &raw, pid, tid)))
 }
 
 fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
@@ -159,16 +165,17 @@ pub(crate) fn sys_stat(
         return Some(t.write_mem(a[1], &stat_bytes(major, minor)).map(|()| 0));
     }
     let (dirfd, path, buf, flags, statx) = stat_args(nr, a)?;
-    let (major, minor) = match path_of(t, dirfd, path) {
-        Some(path) => h.stat_chardev(&path)?,
-        None => {
-            // An empty path with AT_EMPTY_PATH: the descriptor itself.
-            if flags & libc::AT_EMPTY_PATH == 0 || !t.read_cstr_bytes(path, 1).ok()?.is_empty() {
-                return None;
-            }
-            h.stat_object(fd_object(t, dirfd)?)?
-        }
+    let (major, minor) = match path_of(t, dirfd, path)? {
+        Named::Path(path) => h.stat_chardev(&path)?,
+        // An empty path with AT_EMPTY_PATH: the descriptor itself.
+        Named::Empty if flags & libc::AT_EMPTY_PATH != 0 => h.stat_object(fd_object(t, dirfd)?)?,
+        Named::Empty => return None,
     };
+    // The path, the cwd or the dirfd's target was read through the tid: a
+    // notified call answers only if it still waits (the tid is the caller's).
+    if !t.still_waiting() {
+        return None;
+    }
     let bytes = if statx {
         statx_bytes(major, minor)
     } else {
