@@ -29,6 +29,26 @@
 //! (the release must be seen at the close's exit), the memory calls, and
 //! the ioctls that pin memory (the supervisor injects `mlock`/`madvise`).
 //!
+//! What the stat family costs a program for a file that is not ours (the
+//! common case: stdio's `fstat`, `opendir`, QEMU's start-up), per call, a
+//! static program calling libc (glibc 2.36: `fstat` is
+//! `newfstatat(fd, "", AT_EMPTY_PATH)`, `stat` a `newfstatat` of the
+//! path), with the VFIO container open (so a descriptor is looked up in
+//! `/proc/<tid>/fd`), 11 alternating runs each, medians (2 vCPUs, load
+//! 4.7-5.2 from other builds, 2026-12-07 22:59 UTC; the `uapi-stat` rows
+//! of docs/PERFORMANCE.md measure the same against native):
+//!
+//! | call | native | trace, ptrace stop (before) | trace, notified | notified, no VFIO file open | preload |
+//! |---|---|---|---|---|---|
+//! | `fstat` | 0.38 µs | 17.5 µs | 11.7 µs | 7.6 µs | 0.43 µs |
+//! | `stat` (absolute path) | 1.08 µs | 13.2 µs | 8.9 µs | 8.7 µs | 1.10 µs |
+//! | `statx` (absolute path) | 1.05 µs | 13.7 µs | 9.0 µs | 8.7 µs | 1.05 µs |
+//!
+//! The ptrace stop's cost moves most with what the other vCPU does (a
+//! halted one must be woken): a run eight minutes earlier, at load 5.6,
+//! had it at 48-64 µs a call, the notified calls at 9-12 µs
+//! (docs/PERFORMANCE.md, "Trapped calls").
+//!
 //! The ioctl test looks at the low 32 bits of the request only, as the
 //! kernel does (`unsigned int cmd`). System calls of another ABI (i386
 //! `int 0x80`, x32) are allowed: they cannot name our objects meaningfully.
