@@ -20,6 +20,7 @@
 use std::mem::{offset_of, size_of};
 use std::path::PathBuf;
 
+use crate::calls::StatCall;
 use crate::errno::Errno;
 use crate::handler::{Handler, ObjectId};
 use crate::paths::normalize;
@@ -30,17 +31,6 @@ const PATH_MAX: usize = 4096;
 
 /// `S_IFCHR | 0600`.
 const CHARDEV_MODE: u32 = libc::S_IFCHR | 0o600;
-
-/// What one stat-family call asks: `(dirfd, path, buffer, flags, is statx)`.
-pub(crate) fn stat_args(nr: i64, a: [u64; 6]) -> Option<(i32, u64, u64, i32, bool)> {
-    match nr {
-        libc::SYS_stat | libc::SYS_lstat => Some((libc::AT_FDCWD, a[0], a[1], 0, false)),
-        libc::SYS_newfstatat => Some((a[0] as i32, a[1], a[2], a[3] as i32, false)),
-        // statx(dirfd, path, flags, mask, buf)
-        libc::SYS_statx => Some((a[0] as i32, a[1], a[4], a[2] as i32, true)),
-        _ => None,
-    }
-}
 
 /// The object of descriptor `fd` of the calling thread, if it is one
 /// (through the descriptor cache, fdcache.rs).
@@ -157,14 +147,21 @@ pub(crate) fn statx_bytes(major: u32, minor: u32) -> Vec<u8> {
 pub(crate) fn sys_stat(
     h: &mut dyn Handler,
     t: &mut Tracee<'_>,
-    nr: i64,
-    a: [u64; 6],
+    call: StatCall,
 ) -> Option<Result<i64, Errno>> {
-    if nr == libc::SYS_fstat {
-        let (major, minor) = h.stat_object(fd_object(t, a[0] as i32)?)?;
-        return Some(t.write_mem(a[1], &stat_bytes(major, minor)).map(|()| 0));
-    }
-    let (dirfd, path, buf, flags, statx) = stat_args(nr, a)?;
+    let (dirfd, path, buf, flags, statx) = match call {
+        StatCall::Fd { fd, buf } => {
+            let (major, minor) = h.stat_object(fd_object(t, fd)?)?;
+            return Some(t.write_mem(buf, &stat_bytes(major, minor)).map(|()| 0));
+        }
+        StatCall::Path {
+            dirfd,
+            path,
+            buf,
+            flags,
+            statx,
+        } => (dirfd, path, buf, flags, statx),
+    };
     let (major, minor) = match path_of(t, dirfd, path)? {
         Named::Path(path) => h.stat_chardev(&path)?,
         // An empty path with AT_EMPTY_PATH: the descriptor itself.
