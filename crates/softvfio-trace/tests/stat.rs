@@ -195,6 +195,8 @@ fn served_answers() -> Vec<(&'static str, String)> {
         ("dev_fstat_bad_buffer", "-1 14".into()),
         // An empty path without AT_EMPTY_PATH: the kernel's ENOENT.
         ("newfstatat_empty_without_flag", "-1 2".into()),
+        // Four threads at once, each answer checked.
+        ("threads_bad", "0".into()),
     ]
 }
 

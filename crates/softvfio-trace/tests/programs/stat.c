@@ -6,15 +6,19 @@
  * Every buffer is filled with 0xaa first and printed whole in hex: the
  * bytes the call wrote, exactly.
  * usage: stat FILE LINK DIR NAME N   (DIR/NAME is FILE; N loop calls)
- * Prints "key ret errno hex" lines, then "loop_bad <count>". */
+ * Prints "key ret errno hex" lines, then "loop_bad <count>" and
+ * "threads_bad <count>" (four threads at once: the device descriptor's
+ * fstat, the cdev path's stat, the file's fstat and stat, each checked). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -53,6 +57,23 @@ static void show(const char *key, long r, size_t len) {
     printf("%s %ld %d\n", key, r_, r_ < 0 ? errno : 0);   \
     fflush(stdout);                                       \
   } while (0)
+
+static int dev_fd, file_fd;
+static const char *file_path;
+static ino_t file_ino;
+
+/* One of four threads: each stat family answer checked, N times. */
+static void *worker(void *arg) {
+  long n = (long)arg, bad = 0;
+  struct stat st;
+  for (long i = 0; i < n; i++) {
+    if (fstat(dev_fd, &st) || !S_ISCHR(st.st_mode) || st.st_rdev != makedev(250, 0)) bad++;
+    if (stat(CDEV, &st) || !S_ISCHR(st.st_mode) || st.st_rdev != makedev(250, 0)) bad++;
+    if (fstat(file_fd, &st) || !S_ISREG(st.st_mode) || st.st_ino != file_ino) bad++;
+    if (stat(file_path, &st) || !S_ISREG(st.st_mode) || st.st_ino != file_ino) bad++;
+  }
+  return (void *)bad;
+}
 
 int main(int argc, char **argv) {
   if (argc < 6) return 2;
@@ -141,6 +162,20 @@ int main(int argc, char **argv) {
     if (syscall(SYS_statx, AT_FDCWD, file, 0, STATX_INO, &sx) || sx.stx_ino != want.st_ino) bad_count++;
   }
   printf("loop_bad %ld\n", bad_count);
+  dev_fd = d;
+  file_fd = f;
+  file_path = file;
+  file_ino = want.st_ino;
+  pthread_t th[4];
+  long threads_bad = 0;
+  for (int i = 0; i < 4; i++)
+    if (pthread_create(&th[i], NULL, worker, (void *)(long)(n / 4))) threads_bad++;
+  for (int i = 0; i < 4; i++) {
+    void *r = NULL;
+    pthread_join(th[i], &r);
+    threads_bad += (long)r;
+  }
+  printf("threads_bad %ld\n", threads_bad);
   close(f);
   close(dfd);
   close(d);
