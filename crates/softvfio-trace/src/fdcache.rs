@@ -25,8 +25,15 @@
 //!   `socket`, `SCM_RIGHTS`, `ADDFD`) take free numbers, which no entry
 //!   names.
 //! - Entries are made for notified calls and, at ptrace stops, for the
-//!   VFIO ioctls and region accesses (the MAP_DMA/UNMAP_DMA pair then reads
-//!   `/proc` once, not at every call).
+//!   VFIO ioctls, region accesses and the stat family (the MAP_DMA/UNMAP_DMA
+//!   pair then reads `/proc` once, not at every call). Only descriptors of
+//!   objects are kept: a descriptor that is not one is looked up again at
+//!   each call (`/proc/<tid>/fd`, ~4 µs a notified `fstat` while VFIO files
+//!   are open, docs/PERFORMANCE-HISTORY.md "Stop 9"). Keeping those too
+//!   would need every `close` to be seen done before the next lookup (a
+//!   `close` let go at its entry stop runs after the cache was emptied,
+//!   and a notified lookup in between would remember a number that an
+//!   object's `dup` may take next).
 //! - A tid is freed only when the supervisor's own `waitpid` reaps it, and a
 //!   task that gets the number again starts stopped until the supervisor
 //!   resumes it, after it handled the reap (and emptied the cache): an

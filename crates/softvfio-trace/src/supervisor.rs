@@ -1450,10 +1450,17 @@ impl Core {
         };
         let base = if raw.starts_with(b"/") {
             None
-        } else if dirfd == libc::AT_FDCWD {
-            read_link(&format!("/proc/{tid}/cwd"))
         } else {
-            read_link(&format!("/proc/{tid}/fd/{dirfd}"))
+            let dir = if dirfd == libc::AT_FDCWD {
+                read_link(&format!("/proc/{tid}/cwd"))
+            } else {
+                read_link(&format!("/proc/{tid}/fd/{dirfd}"))
+            };
+            // No such descriptor: the kernel's EBADF (not a path from the root).
+            let Some(dir) = dir else {
+                return Outcome::Pass;
+            };
+            Some(dir)
         };
         // The cwd and dirfd were read through /proc/<tid>: still the caller's?
         if notif.is_some_and(|c| !c.valid()) {

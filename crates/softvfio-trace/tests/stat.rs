@@ -225,6 +225,7 @@ const KERNEL_KEYS: &[(&str, Option<&str>)] = &[
     ("fstat_negative", Some("-1 9")),
     ("newfstatat_bad_dirfd", Some("-1 9")),
     ("statx_bad_dirfd", Some("-1 9")),
+    ("openat_bad_dirfd", Some("-1 9")),
     ("newfstatat_bad_flags", Some("-1 22")),
     ("statx_bad_flags", Some("-1 22")),
     ("cdev_leading_zero", Some("-1 2")),

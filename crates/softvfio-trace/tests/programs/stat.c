@@ -148,6 +148,10 @@ int main(int argc, char **argv) {
   ERR("statx_bad_dirfd", SYS_statx, 9999, "dev/vfio/devices/vfio0", 0, STATX_BASIC_STATS, buf);
   ERR("newfstatat_bad_flags", SYS_newfstatat, AT_FDCWD, file, buf, 0x40000000);
   ERR("statx_bad_flags", SYS_statx, AT_FDCWD, file, 0x40000000, STATX_BASIC_STATS, buf);
+  /* The same for an open of one of the handler's paths. */
+  errno = 0;
+  r = syscall(SYS_openat, 9999, "dev/vfio/vfio", O_RDWR);
+  printf("openat_bad_dirfd %ld %d\n", r, r < 0 ? errno : 0);
   ERR("cdev_leading_zero", SYS_stat, "/dev/vfio/devices/vfio01", buf);
   ERR("cdev_other", SYS_stat, "/dev/vfio/devices/vfio9", buf);
 
