@@ -670,14 +670,29 @@ impl Core {
         if let Some((obj, _)) = self.fd_cache.get(tid, fd) {
             return Some(obj);
         }
-        let (obj, ino) = self.fd_lookup(tid, fd)?;
-        // Read from /proc/<tid>/fd: for a notified call, valid only if
-        // `tid` is still the thread that made it (a stopped thread is).
-        if notif.is_some_and(|c| !c.valid()) {
+        if self.objects.is_empty() || fd < 0 || self.fd_cache.is_not_ours(tid, fd) {
             return None;
         }
-        self.fd_cache.insert(tid, fd, obj, ino);
-        Some(obj)
+        let link = read_link(&format!("/proc/{tid}/fd/{fd}"))?;
+        let ours = socket_inode(&link).and_then(|ino| Some((self.objects.lookup(ino)?, ino)));
+        // Read from /proc/<tid>/fd: for a notified call, valid only if
+        // `tid` is still the thread that made it (a stopped thread is).
+        let valid = || notif.is_none_or(|c| c.valid());
+        match ours {
+            Some((obj, ino)) => {
+                if !valid() {
+                    return None;
+                }
+                self.fd_cache.insert(tid, fd, obj, ino);
+                Some(obj)
+            }
+            None => {
+                if valid() {
+                    self.fd_cache.insert_not_ours(tid, fd);
+                }
+                None
+            }
+        }
     }
 
     /// Releases every object whose last program descriptor is gone.
@@ -746,6 +761,8 @@ impl Core {
         if !libc::WIFSTOPPED(status) || (status >> 16) & 0xff != libc::PTRACE_EVENT_SECCOMP {
             self.fd_cache.clear();
         }
+        // Whatever `close` the thread was let go for has run (or never will).
+        self.fd_cache.seen(tid);
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
             self.on_gone(h, tid, status);
             return;
@@ -825,6 +842,8 @@ impl Core {
             .map(|v| v as i32)
             .unwrap_or(tid);
         if former != tid {
+            // The thread that made the exec now has the leader's tid.
+            self.fd_cache.seen(former);
             if let Some(th) = self.threads.remove(&former) {
                 if let Some(p) = self.procs.get_mut(&th.tgid) {
                     p.tids.remove(&former);
@@ -1335,6 +1354,8 @@ impl Core {
     ) -> Outcome {
         self.stats.notified += 1;
         let tid = n.tid;
+        // A thread that makes a call has finished the one before.
+        self.fd_cache.seen(tid);
         // A thread whose creation the ptrace loop has not seen yet.
         let pid = match self.threads.get(&tid) {
             Some(t) => t.tgid,
@@ -1490,6 +1511,9 @@ impl Core {
 
     fn sys_close(&mut self, h: &mut dyn Handler, pid: i32, tid: i32, fd: i32) -> Outcome {
         let Some((_, ino)) = self.fd_lookup(tid, fd) else {
+            // The thread runs its close after this stop: until it is seen
+            // again, the cache must not remember the number (fdcache.rs).
+            self.fd_cache.close_let_go(tid);
             return Outcome::Pass;
         };
         let r = {

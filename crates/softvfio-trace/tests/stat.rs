@@ -197,6 +197,9 @@ fn served_answers() -> Vec<(&'static str, String)> {
         ("newfstatat_empty_without_flag", "-1 2".into()),
         // Four threads at once, each answer checked.
         ("threads_bad", "0".into()),
+        // A number closed and taken by dup again and again, stat'ed by
+        // another thread all along: each answer is the current one.
+        ("reuse_bad", "0".into()),
     ]
 }
 

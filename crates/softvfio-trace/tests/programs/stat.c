@@ -75,6 +75,16 @@ static void *worker(void *arg) {
   return (void *)bad;
 }
 
+static volatile int race_fd = -1, race_stop;
+
+/* Stats race_fd until told to stop, whatever it names. */
+static void *spinner(void *arg) {
+  (void)arg;
+  struct stat st;
+  while (!race_stop) fstat(race_fd, &st);
+  return NULL;
+}
+
 int main(int argc, char **argv) {
   if (argc < 6) return 2;
   const char *file = argv[1], *link = argv[2], *dir = argv[3], *name = argv[4];
@@ -180,6 +190,25 @@ int main(int argc, char **argv) {
     threads_bad += (long)r;
   }
   printf("threads_bad %ld\n", threads_bad);
+  /* A number that goes from a plain file to the device and back, closed
+   * and taken again by dup, while another thread stats it all along: each
+   * fstat right after the dup must see what the number names now. */
+  int spare = dup(f);
+  race_fd = spare;
+  pthread_t spin;
+  long reuse_bad = spare < 0 || pthread_create(&spin, NULL, spinner, NULL);
+  for (int i = 0; i < n / 4 && !reuse_bad; i++) {
+    close(spare);
+    if (dup(d) != spare) reuse_bad++;
+    if (fstat(spare, &st) || !S_ISCHR(st.st_mode) || st.st_rdev != makedev(250, 0)) reuse_bad++;
+    close(spare);
+    if (dup(f) != spare) reuse_bad++;
+    if (fstat(spare, &st) || !S_ISREG(st.st_mode) || st.st_ino != want.st_ino) reuse_bad++;
+  }
+  race_stop = 1;
+  if (spare >= 0) pthread_join(spin, NULL);
+  close(spare);
+  printf("reuse_bad %ld\n", reuse_bad);
   close(f);
   close(dfd);
   close(d);
