@@ -44,6 +44,12 @@
 //! | `stat` (absolute path) | 1.08 µs | 13.2 µs | 8.9 µs | 8.7 µs | 1.10 µs |
 //! | `statx` (absolute path) | 1.05 µs | 13.7 µs | 9.0 µs | 8.7 µs | 1.05 µs |
 //!
+//! The "notified" `fstat` paid a `/proc/<tid>/fd` lookup then; the
+//! descriptor cache now keeps descriptors that are no object too
+//! (fdcache.rs), and a later set (23:28 UTC, load 7.5, 11 runs) has it
+//! where it is with no VFIO file open: median 14.3 against 13.6 µs, best
+//! 8.0 against 7.7 µs (before, ptrace stop: 28.2, best 17.4 µs).
+//!
 //! The ptrace stop's cost moves most with what the other vCPU does (a
 //! halted one must be woken): a run eight minutes earlier, at load 5.6,
 //! had it at 48-64 µs a call, the notified calls at 9-12 µs
