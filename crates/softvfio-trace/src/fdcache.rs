@@ -25,8 +25,21 @@
 //!   `socket`, `SCM_RIGHTS`, `ADDFD`) take free numbers, which no entry
 //!   names.
 //! - Entries are made for notified calls and, at ptrace stops, for the
-//!   VFIO ioctls and region accesses (the MAP_DMA/UNMAP_DMA pair then reads
-//!   `/proc` once, not at every call).
+//!   VFIO ioctls, region accesses and the stat family (the MAP_DMA/UNMAP_DMA
+//!   pair then reads `/proc` once, not at every call).
+//! - Descriptors open on something that is no object are kept too (a
+//!   notified `fstat` or `pread` of a plain file then reads no `/proc`
+//!   either, while VFIO files are open). Such a number turns into an
+//!   object's only after it is freed, and the one way to free it that runs
+//!   after the cache was emptied is a `close` let go at its entry stop
+//!   (the thread closes after the supervisor let go of the lock; `dup2`,
+//!   `dup3`, `close_range` and an object's `close` run by injection under
+//!   it; `execve`'s close-on-exec is followed by the exec event, which
+//!   empties the cache again). So from such a stop until the thread is
+//!   seen again (its next notified call or ptrace event: it has finished
+//!   the close), no "not ours" entry is made. A lookup that finds no open
+//!   descriptor makes none either (the number is free: an object may take
+//!   it without any stop).
 //! - A tid is freed only when the supervisor's own `waitpid` reaps it, and a
 //!   task that gets the number again starts stopped until the supervisor
 //!   resumes it, after it handled the reap (and emptied the cache): an
@@ -42,7 +55,7 @@
 //!   descriptors, is not served.)
 
 use crate::handler::ObjectId;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Entries kept at most; a program that cycles through more descriptors
 /// starts over (each miss costs one `/proc` read, as without the cache).
@@ -53,6 +66,12 @@ const MAX_ENTRIES: usize = 256;
 pub(crate) struct FdCache {
     /// (tid, fd) -> (object, socket inode).
     entries: HashMap<(i32, i32), (ObjectId, u64)>,
+    /// (tid, fd) open on something that is no object.
+    not_ours: HashSet<(i32, i32)>,
+    /// Threads let go at the entry stop of a `close` that is theirs to run
+    /// (a descriptor that is no object), not seen since: the close may not
+    /// have run yet, so no number is remembered as "not ours" meanwhile.
+    closing: HashSet<i32>,
     /// The program's filter stops the calls that replace descriptors (it has
     /// a listener, [`crate::filter::FD_TABLE_SYSCALLS`]): without, `dup2`
     /// and the like run unseen and nothing may be kept.
@@ -83,26 +102,63 @@ impl FdCache {
         if !self.on || self.off {
             return;
         }
-        if self.entries.len() >= MAX_ENTRIES {
-            self.entries.clear();
+        if self.len() >= MAX_ENTRIES {
+            self.clear();
         }
         self.entries.insert((tid, fd), (obj, ino));
+    }
+
+    /// Whether descriptor `fd` of `tid` is known to be open on something
+    /// that is no object.
+    pub(crate) fn is_not_ours(&mut self, tid: i32, fd: i32) -> bool {
+        let hit = self.not_ours.contains(&(tid, fd));
+        if hit {
+            self.hits += 1;
+        }
+        hit
+    }
+
+    /// Remembers that `fd` of `tid`, read from `/proc` for a call still
+    /// pending, is open on something that is no object; not while a
+    /// `close` let go may still be on its way.
+    pub(crate) fn insert_not_ours(&mut self, tid: i32, fd: i32) {
+        if !self.on || self.off || !self.closing.is_empty() {
+            return;
+        }
+        if self.len() >= MAX_ENTRIES {
+            self.clear();
+        }
+        self.not_ours.insert((tid, fd));
+    }
+
+    /// Thread `tid` was let go at the entry stop of a `close` it runs
+    /// itself: until it is seen again, nothing is remembered as not ours.
+    pub(crate) fn close_let_go(&mut self, tid: i32) {
+        self.closing.insert(tid);
+    }
+
+    /// Thread `tid` made another trapped call or ptrace event (so a
+    /// `close` it was let go for has run), or is gone.
+    pub(crate) fn seen(&mut self, tid: i32) {
+        if !self.closing.is_empty() {
+            self.closing.remove(&tid);
+        }
     }
 
     /// Forgets everything (a ptrace event, an object gone).
     pub(crate) fn clear(&mut self) {
         self.entries.clear();
+        self.not_ours.clear();
     }
 
     /// Forgets everything and keeps nothing from now on.
     pub(crate) fn switch_off(&mut self) {
         self.off = true;
-        self.entries.clear();
+        self.clear();
     }
 
-    #[cfg(test)]
     fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.not_ours.len()
     }
 }
 
@@ -153,6 +209,36 @@ mod tests {
         assert_eq!(c.hits, 1);
         c.clear();
         assert_eq!(c.get(10, 5), None);
+    }
+
+    #[test]
+    fn not_ours_waits_for_a_close_let_go() {
+        let mut c = FdCache::default();
+        c.enable();
+        c.insert_not_ours(10, 4);
+        assert!(c.is_not_ours(10, 4));
+        assert!(!c.is_not_ours(11, 4));
+        // A close stop empties the cache, then lets the thread close.
+        c.clear();
+        c.close_let_go(12);
+        c.insert_not_ours(10, 4);
+        assert!(!c.is_not_ours(10, 4));
+        // Another thread seen changes nothing; the closing one does.
+        c.seen(10);
+        c.insert_not_ours(10, 4);
+        assert!(!c.is_not_ours(10, 4));
+        c.seen(12);
+        c.insert_not_ours(10, 4);
+        assert!(c.is_not_ours(10, 4));
+        assert_eq!(c.hits, 2);
+        // Objects are still kept meanwhile (their close runs under the lock).
+        c.close_let_go(12);
+        c.insert(10, 5, ObjectId(7), 99);
+        assert_eq!(c.get(10, 5), Some((ObjectId(7), 99)));
+        c.switch_off();
+        c.seen(12);
+        c.insert_not_ours(10, 4);
+        assert!(!c.is_not_ours(10, 4));
     }
 
     #[test]

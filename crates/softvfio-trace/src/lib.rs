@@ -130,6 +130,7 @@
 //! own seccomp filter forbidding `socketpair`, `memfd_create` or `mlock`
 //! breaks injection.
 
+mod calls;
 pub mod errno;
 mod fdcache;
 pub mod filter;

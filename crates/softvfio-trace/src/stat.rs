@@ -20,6 +20,7 @@
 use std::mem::{offset_of, size_of};
 use std::path::PathBuf;
 
+use crate::calls::StatCall;
 use crate::errno::Errno;
 use crate::handler::{Handler, ObjectId};
 use crate::paths::normalize;
@@ -31,40 +32,45 @@ const PATH_MAX: usize = 4096;
 /// `S_IFCHR | 0600`.
 const CHARDEV_MODE: u32 = libc::S_IFCHR | 0o600;
 
-/// What one stat-family call asks: `(dirfd, path, buffer, flags, is statx)`.
-pub(crate) fn stat_args(nr: i64, a: [u64; 6]) -> Option<(i32, u64, u64, i32, bool)> {
-    match nr {
-        libc::SYS_stat | libc::SYS_lstat => Some((libc::AT_FDCWD, a[0], a[1], 0, false)),
-        libc::SYS_newfstatat => Some((a[0] as i32, a[1], a[2], a[3] as i32, false)),
-        // statx(dirfd, path, flags, mask, buf)
-        libc::SYS_statx => Some((a[0] as i32, a[1], a[4], a[2] as i32, true)),
-        _ => None,
-    }
+/// The object of descriptor `fd` of the calling thread, if it is one
+/// (through the descriptor cache, fdcache.rs).
+fn fd_object(t: &mut Tracee<'_>, fd: i32) -> Option<ObjectId> {
+    let (tid, notif) = (t.tid, t.notif);
+    t.core.fd_object_cached(tid, fd, notif)
 }
 
-/// The object of descriptor `fd` of the calling thread, if it is one.
-fn fd_object(t: &Tracee<'_>, fd: i32) -> Option<ObjectId> {
-    t.core.fd_object(t.tid, fd)
+/// What the path argument of a stat-family call names.
+enum Named {
+    /// The absolute, normalized path (as for `open`).
+    Path(PathBuf),
+    /// The empty path (with `AT_EMPTY_PATH`: the descriptor itself).
+    Empty,
 }
 
-/// The absolute, normalized path a stat-family call names (as for `open`);
-/// `None` for an empty path (a descriptor) or unreadable memory (the kernel
-/// then answers).
-fn path_of(t: &Tracee<'_>, dirfd: i32, path: u64) -> Option<PathBuf> {
-    let raw = t.read_cstr_bytes(path, PATH_MAX).ok()?;
+/// What a stat-family call's path names; `None` for unreadable memory or
+/// a relative path from a descriptor that is not open (the kernel then
+/// answers). Read without checking that a notified call still waits: the
+/// caller checks before it answers ([`sys_stat`]), so a call that is not
+/// ours (nearly every one) costs no check.
+fn path_of(t: &Tracee<'_>, dirfd: i32, path: u64) -> Option<Named> {
+    let raw = t.read_cstr_bytes_unchecked(path, PATH_MAX).ok()?;
     if raw.is_empty() {
-        return None;
+        return Some(Named::Empty);
     }
     let (pid, tid) = (t.pid(), t.tid());
     let base = if raw.starts_with(b"/") {
         None
-    } else if dirfd == libc::AT_FDCWD {
-        std::fs::read_link(format!("/proc/{tid}/cwd")).ok()
     } else {
-        std::fs::read_link(format!("/proc/{tid}/fd/{dirfd}")).ok()
+        let dir = if dirfd == libc::AT_FDCWD {
+            format!("/proc/{tid}/cwd")
+        } else {
+            format!("/proc/{tid}/fd/{dirfd}")
+        };
+        // No such descriptor: the kernel's EBADF (not a path from the root).
+        Some(std::fs::read_link(dir).ok()?)
     };
     let base = base.map(|b| b.into_os_string().into_encoded_bytes());
-    Some(normalize(base.as_deref(), &raw, pid, tid))
+    Some(Named::Path(normalize(base.as_deref(), &raw, pid, tid)))
 }
 
 fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
@@ -141,24 +147,32 @@ pub(crate) fn statx_bytes(major: u32, minor: u32) -> Vec<u8> {
 pub(crate) fn sys_stat(
     h: &mut dyn Handler,
     t: &mut Tracee<'_>,
-    nr: i64,
-    a: [u64; 6],
+    call: StatCall,
 ) -> Option<Result<i64, Errno>> {
-    if nr == libc::SYS_fstat {
-        let (major, minor) = h.stat_object(fd_object(t, a[0] as i32)?)?;
-        return Some(t.write_mem(a[1], &stat_bytes(major, minor)).map(|()| 0));
-    }
-    let (dirfd, path, buf, flags, statx) = stat_args(nr, a)?;
-    let (major, minor) = match path_of(t, dirfd, path) {
-        Some(path) => h.stat_chardev(&path)?,
-        None => {
-            // An empty path with AT_EMPTY_PATH: the descriptor itself.
-            if flags & libc::AT_EMPTY_PATH == 0 || !t.read_cstr_bytes(path, 1).ok()?.is_empty() {
-                return None;
-            }
-            h.stat_object(fd_object(t, dirfd)?)?
+    let (dirfd, path, buf, flags, statx) = match call {
+        StatCall::Fd { fd, buf } => {
+            let (major, minor) = h.stat_object(fd_object(t, fd)?)?;
+            return Some(t.write_mem(buf, &stat_bytes(major, minor)).map(|()| 0));
         }
+        StatCall::Path {
+            dirfd,
+            path,
+            buf,
+            flags,
+            statx,
+        } => (dirfd, path, buf, flags, statx),
     };
+    let (major, minor) = match path_of(t, dirfd, path)? {
+        Named::Path(path) => h.stat_chardev(&path)?,
+        // An empty path with AT_EMPTY_PATH: the descriptor itself.
+        Named::Empty if flags & libc::AT_EMPTY_PATH != 0 => h.stat_object(fd_object(t, dirfd)?)?,
+        Named::Empty => return None,
+    };
+    // The path, the cwd or the dirfd's target was read through the tid: a
+    // notified call answers only if it still waits (the tid is the caller's).
+    if !t.still_waiting() {
+        return None;
+    }
     let bytes = if statx {
         statx_bytes(major, minor)
     } else {

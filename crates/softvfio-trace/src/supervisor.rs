@@ -1,6 +1,7 @@
 //! The supervisor: spawns the program, follows its threads and children,
 //! and dispatches the intercepted system calls to the [`Handler`].
 
+use crate::calls::Call;
 use crate::errno::Errno;
 use crate::fdcache::{self, FdCache};
 use crate::handler::{Handler, ObjectId, OpenReply, OpenRequest};
@@ -660,7 +661,7 @@ impl Core {
 
     /// [`Core::fd_object`] through the descriptor cache (fdcache.rs), for
     /// a call of `tid` at a ptrace stop or (`notif`) a notified one.
-    fn fd_object_cached(
+    pub(crate) fn fd_object_cached(
         &mut self,
         tid: i32,
         fd: i32,
@@ -669,14 +670,29 @@ impl Core {
         if let Some((obj, _)) = self.fd_cache.get(tid, fd) {
             return Some(obj);
         }
-        let (obj, ino) = self.fd_lookup(tid, fd)?;
-        // Read from /proc/<tid>/fd: for a notified call, valid only if
-        // `tid` is still the thread that made it (a stopped thread is).
-        if notif.is_some_and(|c| !c.valid()) {
+        if self.objects.is_empty() || fd < 0 || self.fd_cache.is_not_ours(tid, fd) {
             return None;
         }
-        self.fd_cache.insert(tid, fd, obj, ino);
-        Some(obj)
+        let link = read_link(&format!("/proc/{tid}/fd/{fd}"))?;
+        let ours = socket_inode(&link).and_then(|ino| Some((self.objects.lookup(ino)?, ino)));
+        // Read from /proc/<tid>/fd: for a notified call, valid only if
+        // `tid` is still the thread that made it (a stopped thread is).
+        let valid = || notif.is_none_or(|c| c.valid());
+        match ours {
+            Some((obj, ino)) => {
+                if !valid() {
+                    return None;
+                }
+                self.fd_cache.insert(tid, fd, obj, ino);
+                Some(obj)
+            }
+            None => {
+                if valid() {
+                    self.fd_cache.insert_not_ours(tid, fd);
+                }
+                None
+            }
+        }
     }
 
     /// Releases every object whose last program descriptor is gone.
@@ -745,6 +761,8 @@ impl Core {
         if !libc::WIFSTOPPED(status) || (status >> 16) & 0xff != libc::PTRACE_EVENT_SECCOMP {
             self.fd_cache.clear();
         }
+        // Whatever `close` the thread was let go for has run (or never will).
+        self.fd_cache.seen(tid);
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
             self.on_gone(h, tid, status);
             return;
@@ -824,6 +842,8 @@ impl Core {
             .map(|v| v as i32)
             .unwrap_or(tid);
         if former != tid {
+            // The thread that made the exec now has the leader's tid.
+            self.fd_cache.seen(former);
             if let Some(th) = self.threads.remove(&former) {
                 if let Some(p) = self.procs.get_mut(&th.tgid) {
                     p.tids.remove(&former);
@@ -1214,6 +1234,8 @@ impl Core {
 
     // ---- system calls --------------------------------------------------
 
+    /// A call at a ptrace stop. Its arguments are decoded as for a
+    /// notified call ([`Core::on_notification`]): one [`Call::decode`].
     fn dispatch(
         &mut self,
         h: &mut dyn Handler,
@@ -1222,70 +1244,45 @@ impl Core {
         nr: i64,
         a: [u64; 6],
     ) -> Outcome {
-        match nr {
-            libc::SYS_open => self.sys_open(
-                h,
-                pid,
-                tid,
-                None,
-                libc::AT_FDCWD,
-                a[0],
-                a[1] as i32,
-                a[2] as u32,
-            ),
-            libc::SYS_openat => self.sys_open(
-                h,
-                pid,
-                tid,
-                None,
-                a[0] as i32,
-                a[1],
-                a[2] as i32,
-                a[3] as u32,
-            ),
-            libc::SYS_openat2 => self.sys_openat2(h, pid, tid, None, a),
-            libc::SYS_close => self.sys_close(h, pid, tid, a[0] as i32),
-            libc::SYS_dup2 | libc::SYS_dup3 | libc::SYS_close_range => {
-                self.sys_replace_fds(h, pid, tid, nr, a)
-            }
-            libc::SYS_stat
-            | libc::SYS_lstat
-            | libc::SYS_newfstatat
-            | libc::SYS_statx
-            | libc::SYS_fstat => {
+        match Call::decode(nr, a) {
+            Call::Open {
+                dirfd,
+                path,
+                flags,
+                mode,
+            } => self.sys_open(h, pid, tid, None, dirfd, path, flags, mode),
+            Call::OpenAt2 {
+                dirfd,
+                path,
+                how,
+                size,
+            } => self.sys_openat2(h, pid, tid, None, dirfd, path, how, size),
+            Call::Close { fd } => self.sys_close(h, pid, tid, fd),
+            Call::ReplaceFds => self.sys_replace_fds(h, pid, tid, nr, a),
+            Call::Stat(call) => {
                 let mut t = Tracee {
                     core: self,
                     pid,
                     tid,
                     notif: None,
                 };
-                crate::stat::sys_stat(h, &mut t, nr, a).map_or(Outcome::Pass, ret)
+                crate::stat::sys_stat(h, &mut t, call).map_or(Outcome::Pass, ret)
             }
-            libc::SYS_mlock | libc::SYS_mlock2 | libc::SYS_mlockall => {
+            Call::LocksMemory => {
                 h.locks_memory(pid);
                 Outcome::Pass
             }
-            libc::SYS_execve | libc::SYS_execveat => {
+            Call::Exec => {
                 if self.vfio_outlives_exec(pid) {
                     h.exec_starting(pid);
                 }
                 Outcome::Pass
             }
-            libc::SYS_ioctl
-            | libc::SYS_pread64
-            | libc::SYS_pwrite64
-            | libc::SYS_preadv
-            | libc::SYS_pwritev
-            | libc::SYS_preadv2
-            | libc::SYS_pwritev2 => match self.fd_object_cached(tid, a[0] as i32, None) {
+            Call::OnFd { fd } => match self.fd_object_cached(tid, fd, None) {
                 Some(obj) => self.serve_fd_call(h, pid, tid, None, obj, nr, a),
                 None => Outcome::Pass,
             },
-            libc::SYS_mmap
-            | libc::SYS_munmap
-            | libc::SYS_mremap
-            | libc::SYS_mprotect
-            | libc::SYS_madvise => {
+            Call::Memory => {
                 let mut t = Tracee {
                     core: self,
                     pid,
@@ -1294,7 +1291,7 @@ impl Core {
                 };
                 h.memory_call(&mut t, nr, a).map_or(Outcome::Pass, ret)
             }
-            _ => Outcome::Pass,
+            Call::Other => Outcome::Pass,
         }
     }
 
@@ -1357,6 +1354,8 @@ impl Core {
     ) -> Outcome {
         self.stats.notified += 1;
         let tid = n.tid;
+        // A thread that makes a call has finished the one before.
+        self.fd_cache.seen(tid);
         // A thread whose creation the ptrace loop has not seen yet.
         let pid = match self.threads.get(&tid) {
             Some(t) => t.tgid,
@@ -1387,32 +1386,35 @@ impl Core {
             }
         }
         let a = n.args;
-        let out = match n.nr {
-            libc::SYS_open => self.sys_open(
-                h,
-                pid,
-                tid,
-                Some(call),
-                libc::AT_FDCWD,
-                a[0],
-                a[1] as i32,
-                a[2] as u32,
-            ),
-            libc::SYS_openat => self.sys_open(
-                h,
-                pid,
-                tid,
-                Some(call),
-                a[0] as i32,
-                a[1],
-                a[2] as i32,
-                a[3] as u32,
-            ),
-            libc::SYS_openat2 => self.sys_openat2(h, pid, tid, Some(call), a),
-            nr => match self.fd_object_cached(tid, a[0] as i32, Some(call)) {
-                Some(obj) => self.serve_fd_call(h, pid, tid, Some(call), obj, nr, a),
+        // Only the calls the filter notifies come here
+        // (crate::filter::NOTIFIED_SYSCALLS and the ioctls it names).
+        let out = match Call::decode(n.nr, a) {
+            Call::Open {
+                dirfd,
+                path,
+                flags,
+                mode,
+            } => self.sys_open(h, pid, tid, Some(call), dirfd, path, flags, mode),
+            Call::OpenAt2 {
+                dirfd,
+                path,
+                how,
+                size,
+            } => self.sys_openat2(h, pid, tid, Some(call), dirfd, path, how, size),
+            Call::Stat(stat) => {
+                let mut t = Tracee {
+                    core: self,
+                    pid,
+                    tid,
+                    notif: Some(call),
+                };
+                crate::stat::sys_stat(h, &mut t, stat).map_or(Outcome::Pass, ret)
+            }
+            Call::OnFd { fd } => match self.fd_object_cached(tid, fd, Some(call)) {
+                Some(obj) => self.serve_fd_call(h, pid, tid, Some(call), obj, n.nr, a),
                 None => Outcome::Pass,
             },
+            _ => Outcome::Pass,
         };
         if out != Outcome::Pass {
             self.stats.served += 1;
@@ -1420,17 +1422,21 @@ impl Core {
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn sys_openat2(
         &mut self,
         h: &mut dyn Handler,
         pid: i32,
         tid: i32,
         notif: Option<NotifCall<'_>>,
-        a: [u64; 6],
+        dirfd: i32,
+        path: u64,
+        how_at: u64,
+        size: u64,
     ) -> Outcome {
         // struct open_how { u64 flags; u64 mode; u64 resolve; }
         let mut how = [0u8; 24];
-        if a[3] < 24 || sys::process_vm_read(tid, a[2], &mut how).is_err() {
+        if size < 24 || sys::process_vm_read(tid, how_at, &mut how).is_err() {
             return Outcome::Pass;
         }
         let flags = u64::from_ne_bytes(how[0..8].try_into().unwrap_or([0; 8]));
@@ -1438,7 +1444,7 @@ impl Core {
         let (Ok(flags), Ok(mode)) = (i32::try_from(flags), u32::try_from(mode)) else {
             return Outcome::Pass;
         };
-        self.sys_open(h, pid, tid, notif, a[0] as i32, a[1], flags, mode)
+        self.sys_open(h, pid, tid, notif, dirfd, path, flags, mode)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1465,10 +1471,17 @@ impl Core {
         };
         let base = if raw.starts_with(b"/") {
             None
-        } else if dirfd == libc::AT_FDCWD {
-            read_link(&format!("/proc/{tid}/cwd"))
         } else {
-            read_link(&format!("/proc/{tid}/fd/{dirfd}"))
+            let dir = if dirfd == libc::AT_FDCWD {
+                read_link(&format!("/proc/{tid}/cwd"))
+            } else {
+                read_link(&format!("/proc/{tid}/fd/{dirfd}"))
+            };
+            // No such descriptor: the kernel's EBADF (not a path from the root).
+            let Some(dir) = dir else {
+                return Outcome::Pass;
+            };
+            Some(dir)
         };
         // The cwd and dirfd were read through /proc/<tid>: still the caller's?
         if notif.is_some_and(|c| !c.valid()) {
@@ -1498,6 +1511,9 @@ impl Core {
 
     fn sys_close(&mut self, h: &mut dyn Handler, pid: i32, tid: i32, fd: i32) -> Outcome {
         let Some((_, ino)) = self.fd_lookup(tid, fd) else {
+            // The thread runs its close after this stop: until it is seen
+            // again, the cache must not remember the number (fdcache.rs).
+            self.fd_cache.close_let_go(tid);
             return Outcome::Pass;
         };
         let r = {

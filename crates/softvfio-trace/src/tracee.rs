@@ -683,6 +683,12 @@ impl<'a> Tracee<'a> {
         }
     }
 
+    /// The thread still waits in the intercepted call: always at a ptrace
+    /// stop; for a notified call, while its notification is pending.
+    pub(crate) fn still_waiting(&self) -> bool {
+        self.check_alive().is_ok()
+    }
+
     /// Reads program memory; a partly unmapped range is EFAULT.
     pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
         self.check_alive()?;
@@ -717,13 +723,28 @@ impl<'a> Tracee<'a> {
     /// Reads a NUL-terminated string of at most `max` bytes (without the
     /// NUL); longer is ENAMETOOLONG, unreadable memory EFAULT.
     pub fn read_cstr_bytes(&self, addr: u64, max: usize) -> Result<Vec<u8>, Errno> {
+        self.check_alive()?;
+        self.read_cstr_bytes_unchecked(addr, max)
+    }
+
+    /// [`read_cstr_bytes`](Self::read_cstr_bytes) without checking that a
+    /// notified call still waits: what it reads may come from another
+    /// process if the thread died and its tid was reused, so the caller
+    /// checks ([`Self::still_waiting`]) before it acts on it. For the
+    /// notified calls that are nearly never ours (the stat family), where
+    /// the check would cost every call an ioctl.
+    pub(crate) fn read_cstr_bytes_unchecked(
+        &self,
+        addr: u64,
+        max: usize,
+    ) -> Result<Vec<u8>, Errno> {
         let mut out = Vec::new();
         let mut a = addr;
         let mut chunk = [0u8; 4096];
         while out.len() < max {
             let n = ((4096 - (a % 4096)) as usize).min(max - out.len());
             let buf = &mut chunk[..n];
-            self.read_mem(a, buf)?;
+            sys::process_vm_read(self.tid, a, buf)?;
             if let Some(p) = buf.iter().position(|b| *b == 0) {
                 out.extend_from_slice(&buf[..p]);
                 return Ok(out);

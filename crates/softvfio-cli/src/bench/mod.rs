@@ -31,6 +31,7 @@ pub mod sys;
 pub mod translate;
 pub mod trapfloor;
 pub mod uapi;
+pub mod uapistat;
 pub mod vmstart;
 
 #[derive(Args, Debug, Clone)]
@@ -234,6 +235,11 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
         "uapi-sanitize",
         "MAP_DMA+UNMAP_DMA of 4 KiB and a 4-byte BAR pread under `softvfio run --sanitize`, trace and preload, vs the same mode without it",
         uapi::sanitize,
+    ),
+    (
+        "uapi-stat",
+        "libc fstat, stat and statx of a plain file through `softvfio run`, trace (notified), trace with ptrace stops and preload, vs the same natively",
+        uapistat::stat_family,
     ),
     (
         "trap-floor",

@@ -130,6 +130,9 @@ const fn io(n: u64) -> u64 {
     (0x3b << 8) | n
 }
 
+/// The path [`Toy`] serves as a character device (`stat_chardev`).
+pub const TOY_CDEV: &str = "/dev/vfio/devices/vfio0";
+
 /// A toy handler: "/dev/vfio/vfio" → container, "/dev/vfio/3" → group,
 /// "/dev/vfio/4" → ENOENT, "/proc/<pid>/status" → the real status with
 /// `VmLck: 4242 kB`. Ioctls `_IO(';', n)`:
@@ -141,6 +144,8 @@ const fn io(n: u64) -> u64 {
 /// then inject twice; 116 → install a new device object; 117 → object id
 /// of the fd at *arg; 118 → 1 if the injector refuses another thread;
 /// 130/131 → one/two injected getpid (benchmark); other → ENOTTY.
+/// The stat family of [`TOY_CDEV`], and of a device object's descriptor,
+/// answers a character device 250:0.
 pub struct Toy {
     pub next: u64,
     pub objs: HashMap<ObjectId, Obj>,
@@ -408,6 +413,16 @@ impl Handler for Toy {
             }
         }
         self.released.push((obj, with_tracee));
+    }
+
+    /// `/dev/vfio/devices/vfio0` is a character device 250:0 (a VFIO cdev).
+    fn stat_chardev(&mut self, path: &Path) -> Option<(u32, u32)> {
+        (path == Path::new(TOY_CDEV)).then_some((250, 0))
+    }
+
+    /// A device object's descriptor stats as that node.
+    fn stat_object(&mut self, obj: ObjectId) -> Option<(u32, u32)> {
+        (self.objs.get(&obj)?.kind == Kind::Device).then_some((250, 0))
     }
 
     fn forked(&mut self, pid: i32, child: i32) {
