@@ -25,6 +25,10 @@
 //!   went, moved there when they go); recording takes at most one
 //!   container's or context's lock and then the shared one, and no engine
 //!   path holds a context's lock and a container's together, so no cycle.
+//!   A question holds a context's state (its `Arc<Mutex<State>>`), never
+//!   the context: the context's drop (which releases its devices and pins
+//!   and records that) runs where its owner drops it, not on a question's
+//!   thread (`a_question_never_drops_a_context`).
 //!   The bounds below hold per recorder (per container or context) and for
 //!   the shared tables.
 //! - Rings hold `depth` rounded up to a power of two (a mask, not a
@@ -867,7 +871,7 @@ pub struct Sanitizer {
     /// iommufd contexts whose [`Recorder`] lives under their own lock:
     /// questions take each one's lock in turn (in this order), after the
     /// containers' and before `inner`'s.
-    iommufds: Mutex<Vec<std::sync::Weak<crate::iommufd::Iommufd>>>,
+    iommufds: Mutex<Vec<std::sync::Weak<Mutex<crate::iommufd::State>>>>,
 }
 
 /// The storage of a slot's events (`Sanitizer::ring`, `depth`, `max_regions`).
@@ -878,11 +882,12 @@ struct Geometry {
     max_regions: usize,
 }
 
-/// The history of one type1 container, kept in the container's own state
-/// (under the lock every map and unmap takes already), so that recording
-/// takes no lock of its own. When the container's IOMMU state goes (all
-/// groups gone, the file closed), its histories move into the sanitizer's
-/// shared tables, where reports still find them.
+/// The history of one type1 container or iommufd context, kept in its own
+/// state (under the lock every map and unmap takes already), so that
+/// recording takes no lock of its own. When that state goes (a container's
+/// IOMMU state: all groups gone, the file closed; a context's state: the
+/// context dropped, and no question reading it), its histories move into
+/// the sanitizer's shared tables, where reports still find them.
 pub struct Recorder {
     sanitizer: Arc<Sanitizer>,
     /// Copies of the sanitizer's clock and geometry (read per event: no
@@ -969,6 +974,61 @@ impl Recorder {
             EventKind::Unmap
         };
         self.push_via(key, iova, kind, Via::Iommufd, slot, false);
+    }
+
+    /// The area at `head_iova` (slot `head`) of the IOAS whose key is
+    /// `key` was cut in two at `tail_iova` (the type1 compatibility ioctls
+    /// split an area for a partial unmap): the head's history goes on with
+    /// the head's size, and the tail gets a history of its own that starts
+    /// with the map that made its memory (the head's latest map event, its
+    /// time and call site, for the tail's range); the slot the tail
+    /// carries. Without the head's history (an area made before the
+    /// sanitizer was installed), the tail's map is recorded as of now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_area_split(
+        &mut self,
+        head: HistorySlot,
+        key: u64,
+        head_iova: u64,
+        tail_iova: u64,
+        tail_uptr: u64,
+        tail_len: u64,
+        prot: Prot,
+    ) -> HistorySlot {
+        let ring = self.geo.ring;
+        let inner = &mut self.inner;
+        let mut made_by = None;
+        if let Some(r) = inner.slots.get_mut(head.0 as usize) {
+            if r.used && r.container == key && r.iova == head_iova {
+                r.size = tail_iova.wrapping_sub(head_iova);
+                let base = head.0 as usize * ring;
+                made_by = (0..r.len as usize)
+                    .map(|k| (r.head as usize + r.len as usize - 1 - k) & (ring - 1))
+                    .filter_map(|pos| inner.events.get(base + pos))
+                    .find(|e| e.meta & 7 == 0)
+                    .copied();
+            }
+        }
+        let Some(map) = made_by else {
+            return self.record_area_map(key, tail_iova, tail_uptr, tail_len, prot, false);
+        };
+        let (index, tag) = recent_index(key, tail_iova);
+        let Some(slot) = inner.new_slot(index, tag, key, tail_iova, ring) else {
+            return HistorySlot::NONE;
+        };
+        let i = slot as usize;
+        let Some(r) = inner.slots.get_mut(i) else {
+            return HistorySlot::NONE;
+        };
+        (r.size, r.vaddr, r.owner, r.mapped, r.len) = (tail_len, tail_uptr, map.meta >> 8, true, 1);
+        if let Some(e) = inner.events.get_mut(i * ring) {
+            *e = RawEvent {
+                a: tail_uptr,
+                b: tail_len,
+                ..map
+            };
+        }
+        HistorySlot(slot)
     }
 
     /// `MAP_DMA` made a mapping (see [`Sanitizer::record_map`]).
@@ -1094,11 +1154,14 @@ impl Sanitizer {
         list.push(Arc::downgrade(container));
     }
 
-    /// Questions read `ctx`'s recorder (under its lock) from now on.
-    pub(crate) fn register_iommufd(&self, ctx: &Arc<crate::iommufd::Iommufd>) {
+    /// Questions read the recorder in an iommufd context's `state` (under
+    /// its lock) from now on. The state, not the context: a question holds
+    /// what it reads, and must never be the one that drops a context (its
+    /// drop releases the devices and pins, on the thread that drops it).
+    pub(crate) fn register_iommufd(&self, state: &Arc<Mutex<crate::iommufd::State>>) {
         let mut list = self.iommufds.lock().unwrap_or_else(|p| p.into_inner());
         list.retain(|c| c.strong_count() > 0);
-        list.push(Arc::downgrade(ctx));
+        list.push(Arc::downgrade(state));
     }
 
     /// A recorder for the type1 state of a registered container, or the
@@ -1174,7 +1237,7 @@ impl Sanitizer {
             .iter()
             .filter_map(std::sync::Weak::upgrade)
             .collect();
-        let ctxs: Vec<Arc<crate::iommufd::Iommufd>> = self
+        let ctxs: Vec<Arc<Mutex<crate::iommufd::State>>> = self
             .iommufds
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1185,16 +1248,28 @@ impl Sanitizer {
         let r = {
             let mut h = Histories {
                 containers: list.iter().map(|c| c.lock()).collect(),
-                iommufds: ctxs.iter().map(|c| c.lock()).collect(),
+                iommufds: ctxs
+                    .iter()
+                    .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()))
+                    .collect(),
                 shared: self.lock(),
             };
             f(&mut h, &cal)
         };
-        // The guards are gone: a container or context dropped with `list`
-        // or `ctxs` retires its recorder into the shared tables.
+        // The guards are gone: a container dropped with `list` retires its
+        // recorder into the shared tables, and so does the state of a
+        // context that went meanwhile (its release, and the events of it,
+        // ran where the context was dropped).
         drop(list);
         drop(ctxs);
         r
+    }
+
+    /// Histories in the shared tables (for tests: recorders keep theirs
+    /// until they retire).
+    #[cfg(test)]
+    pub(crate) fn shared_history_count(&self) -> usize {
+        self.lock().slots.iter().filter(|r| r.used).count()
     }
 
     /// Settings.
@@ -2373,9 +2448,23 @@ mod tests {
                     }
                 }
                 rec.inner.check(max_regions, depth);
+                let ring = rec.geo.ring;
                 for (&iova, &slot) in &live {
                     let r = &rec.inner.slots[slot.0 as usize];
                     prop_assert!(r.used && r.mapped && r.iova == iova);
+                    // Its ring, oldest first: maps and unmaps alternate,
+                    // in time order, the newest the map that made it.
+                    let events: Vec<RawEvent> = (0..r.len as usize)
+                        .map(|k| {
+                            let pos = (r.head as usize + k) & (ring - 1);
+                            rec.inner.events[slot.0 as usize * ring + pos]
+                        })
+                        .collect();
+                    prop_assert!(!events.is_empty() && events.len() <= ring);
+                    prop_assert!(events.windows(2).all(|w| w[0].at <= w[1].at
+                        && (w[0].meta & 7 == 0) != (w[1].meta & 7 == 0)));
+                    let newest = events[events.len() - 1];
+                    prop_assert_eq!((newest.meta & 7, newest.a), (0, 0x7000 + iova));
                 }
             }
             drop(rec);

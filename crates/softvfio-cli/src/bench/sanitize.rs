@@ -39,7 +39,8 @@ const BLOCK: std::time::Duration = std::time::Duration::from_millis(2);
 /// which therefore also forgets one: the worst case), and cycling over 256
 /// IOVAs (a driver's ring of buffers: regions are reused); through a type1
 /// container and through an iommufd IOAS (whose areas the sanitizer
-/// records in its shared tables).
+/// records in the context's own recorder, as a container's mappings in
+/// the container's).
 pub fn churn(ctx: &Ctx, _plots: &mut PlotData) -> Result<Outcome, String> {
     let new = "each pair a new IOVA region";
     let ring = "pairs cycling over 256 IOVAs";

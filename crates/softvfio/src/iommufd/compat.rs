@@ -57,8 +57,9 @@ impl Iommufd {
         if at == 0 {
             return Ok(());
         }
+        let key = self.history_key(ioas);
         let mut st = self.lock();
-        let i = st.ioas_mut(ioas)?;
+        let (i, history) = st.ioas_and_history(ioas)?;
         let Some(a) = i.first_area(at - 1, at - 1).cloned() else {
             return Ok(());
         };
@@ -77,9 +78,14 @@ impl Iommufd {
         // Both pieces keep sharing the area's pages (and its pins' counts).
         head.access_pins = a.access_pins.range(..at).map(|(k, v)| (*k, *v)).collect();
         tail.access_pins = a.access_pins.range(at..).map(|(k, v)| (*k, *v)).collect();
-        // The sanitizer's slot is the head's (the tail's unmap finds its
-        // history by key: it was never mapped at its own IOVA).
-        tail.history = crate::sanitizer::HistorySlot::NONE;
+        // The head keeps the area's history; the tail starts its own with
+        // the map that made its memory.
+        tail.history = match history {
+            Some(h) => {
+                h.record_area_split(a.history, key, a.iova, at, tail.uptr, tail.len(), a.prot)
+            }
+            None => crate::sanitizer::HistorySlot::NONE,
+        };
         i.areas.insert(head.iova, head);
         i.areas.insert(tail.iova, tail);
         Ok(())

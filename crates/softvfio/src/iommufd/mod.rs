@@ -176,7 +176,11 @@ fn record_area_gone(
 pub struct Iommufd {
     id: u64,
     pub(crate) mem: Arc<dyn UserMemory>,
-    pub(crate) state: Mutex<State>,
+    /// Its state; shared (by `Arc`) only with the DMA sanitizer, whose
+    /// questions read its recorder: a question that outlives the context
+    /// then drops the state alone, never the context (whose drop releases
+    /// the devices, domains and pins, and records their release).
+    pub(crate) state: Arc<Mutex<State>>,
     /// What `RLIMIT_MODE` 0 charges ([`user_account`] unless a test gives
     /// its own).
     user_account: Arc<MmAccount>,
@@ -251,13 +255,13 @@ impl Iommufd {
         Arc::new(Self {
             id: NEXT_CTX_ID.fetch_add(1, Ordering::Relaxed),
             mem,
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 objects: BTreeMap::new(),
                 vfio_ioas: None,
                 compat: None,
                 rlimit_per_process: false,
                 history: None,
-            }),
+            })),
             user_account: user,
             sanitizer: std::sync::OnceLock::new(),
         })
@@ -274,10 +278,10 @@ impl Iommufd {
 
     /// Records the IOASes' map, copy and unmap history into `s` (the DMA
     /// sanitizer; a second one is ignored), under this context's lock.
-    pub fn set_sanitizer(self: &Arc<Self>, s: Arc<crate::sanitizer::Sanitizer>) {
+    pub fn set_sanitizer(&self, s: Arc<crate::sanitizer::Sanitizer>) {
         if self.sanitizer.set(s.clone()).is_ok() {
             self.lock().history = Some(s.recorder());
-            s.register_iommufd(self);
+            s.register_iommufd(&self.state);
         }
     }
 

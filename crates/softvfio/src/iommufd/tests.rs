@@ -588,6 +588,7 @@ fn iommufd_histories_are_asked_in_the_context_and_outlive_it() {
     // The recorder is the context's: nothing in the shared tables yet, and
     // the live area is found by a stale check of its memory.
     assert!(ctx.lock().history.is_some());
+    assert_eq!(s.shared_history_count(), 0);
     let stale = s.memory_going_away(None, BASE + PG, PG, StaleCause::Munmap);
     assert_eq!(stale.len(), 1);
     assert_eq!(
@@ -608,7 +609,10 @@ fn iommufd_histories_are_asked_in_the_context_and_outlive_it() {
     // The context goes (its areas released by close first): the histories
     // move to the shared tables.
     ctx.close();
+    let gone = Arc::downgrade(&ctx);
     drop(ctx);
+    assert_eq!(gone.strong_count(), 0);
+    assert_eq!(s.shared_history_count(), 2);
     let r = s.region(klive, 0x10_0000).unwrap();
     assert!(!r.mapped);
     let kinds: Vec<_> = r.events.iter().map(|e| e.kind).collect();
@@ -622,4 +626,185 @@ fn iommufd_histories_are_asked_in_the_context_and_outlive_it() {
     ));
     assert_eq!(kinds[2], EventKind::Released);
     assert_eq!(s.region_count(), 2);
+}
+
+/// A question holds a context's state while it reads it, never the
+/// context: when the owner lets go meanwhile, the context's drop (its
+/// close, which records the release) runs on the owner's thread, under the
+/// owner's call site, and at once (found by review: questions held the
+/// context, so the last reference could go on the question's thread).
+#[test]
+fn a_question_never_drops_a_context() {
+    use crate::container::{Container, ContainerConfig};
+    use crate::sanitizer::{
+        with_call_site, CallSite, EventKind, Frame, Sanitizer, SanitizerConfig,
+    };
+    let site = |addr| {
+        Arc::new(CallSite {
+            frames: vec![Frame {
+                addr,
+                object: None,
+                offset: 0,
+            }],
+        })
+    };
+    let (ctx, mem, ..) = setup();
+    let s = Sanitizer::new(SanitizerConfig::default());
+    ctx.set_sanitizer(s.clone());
+    let ioas = ctx.ioas_alloc();
+    let key = ctx.history_key(ioas);
+    ctx.map(ioas, BASE, PG, Some(0x10_0000), Prot::RW).unwrap();
+    // A registered container whose lock this thread holds keeps the
+    // question (on another thread) inside `with_histories`, after it took
+    // its references and before it can lock anything.
+    let c = Container::new(ContainerConfig::default(), mem.clone());
+    c.set_sanitizer(s.clone());
+    let guard = c.lock();
+    let weak = Arc::downgrade(&ctx);
+    let state = Arc::downgrade(&ctx.state);
+    let asker = s.clone();
+    let t = std::thread::spawn(move || with_call_site(Some(site(0xdead)), || asker.region_count()));
+    while state.strong_count() < 2 {
+        std::thread::yield_now();
+    }
+    assert_eq!(weak.strong_count(), 1, "the question holds no context");
+    with_call_site(Some(site(0xc105e)), || drop(ctx));
+    assert_eq!(weak.strong_count(), 0, "dropped here, at once");
+    assert_eq!(mem.total_pins(), 0, "its pins released here");
+    drop(guard);
+    assert_eq!(t.join().unwrap(), 1);
+    assert_eq!(state.strong_count(), 0, "the question dropped the state");
+    let r = s.region(key, 0x10_0000).unwrap();
+    let last = r.events.last().unwrap();
+    assert_eq!(last.kind, EventKind::Released);
+    assert_eq!(last.site.as_deref(), Some(&*site(0xc105e)));
+}
+
+/// A partial unmap through the type1 compatibility ioctls cuts an area in
+/// two: the piece left mapped keeps a history that starts with the map
+/// that made its memory (time, call site), a munmap of its memory is a
+/// stale mapping, and its own unmap ends that history (found by review:
+/// the piece had no history, so its memory going away was not reported).
+#[test]
+fn a_compat_cut_leaves_the_remaining_piece_its_history() {
+    use crate::sanitizer::{
+        with_call_site, CallSite, EventKind, Frame, Sanitizer, SanitizerConfig, StaleCause,
+    };
+    let iommu = soft_iommu::Iommu::new(soft_iommu::IommuConfig::default());
+    let group = vtd_group(3, 0x18, &iommu);
+    let mem = VecMemory::new(BASE, 4 << 20);
+    let ctx = Iommufd::new(mem.clone());
+    let s = Sanitizer::new(SanitizerConfig::default());
+    ctx.set_sanitizer(s.clone());
+    let ioas = ctx.ioas_alloc();
+    let key = ctx.history_key(ioas);
+    ctx.set_vfio_ioas(Some(ioas)).unwrap();
+    let dev = ctx.bind(&group, &group.devices[0]);
+    ctx.attach(dev, ioas).unwrap();
+    ctx.compat_set_iommu(1).unwrap();
+    let user: &dyn UserMemory = mem.as_ref();
+    let arg = BASE + (3 << 20);
+    let words = |w: &[u64]| -> Vec<u8> { w.iter().flat_map(|x| x.to_ne_bytes()).collect() };
+    let site = |addr| {
+        Arc::new(CallSite {
+            frames: vec![Frame {
+                addr,
+                object: None,
+                offset: 0,
+            }],
+        })
+    };
+    // MAP_DMA of 2 MiB at 0x20_0000 (argsz 32, READ|WRITE), then
+    // UNMAP_DMA of its first MiB.
+    let mut map = words(&[0, BASE, 0x20_0000, 2 << 20]);
+    map[..8].copy_from_slice(&[32, 0, 0, 0, 3, 0, 0, 0]);
+    mem.write(arg, &map).unwrap();
+    let rc = with_call_site(Some(site(0x111)), || {
+        abi::ioctl(&ctx, crate::uapi::VFIO_IOMMU_MAP_DMA, arg, user)
+    });
+    assert_eq!(rc, Ok(0));
+    let mut unmap = words(&[0, 0x20_0000, 1 << 20]);
+    unmap[..8].copy_from_slice(&[24, 0, 0, 0, 0, 0, 0, 0]);
+    mem.write(arg, &unmap).unwrap();
+    let rc = with_call_site(Some(site(0x222)), || {
+        abi::ioctl(&ctx, crate::uapi::VFIO_IOMMU_UNMAP_DMA, arg, user)
+    });
+    assert_eq!(rc, Ok(0));
+    let port = iommu.dma_port(0x18);
+    let mut b = [0u8; 4];
+    assert!(port.read(0x30_0000, &mut b).is_ok(), "the tail is mapped");
+    // The head: mapped (2 MiB, as the map said), then unmapped.
+    let head = s.region(key, 0x20_0000).unwrap();
+    assert!(!head.mapped);
+    assert_eq!(head.events.len(), 2);
+    // The tail: live, its history the map that made its memory.
+    let tail = s.region(key, 0x30_0000).unwrap();
+    assert!(tail.mapped);
+    assert_eq!(tail.size, 1 << 20);
+    assert_eq!(tail.events.len(), 1);
+    assert_eq!(
+        tail.events[0].kind,
+        EventKind::Map {
+            vaddr: BASE + (1 << 20),
+            size: 1 << 20,
+            prot: Prot::RW
+        }
+    );
+    // The same tick (each question converts ticks anew: within 1 µs).
+    let (a, b) = (tail.events[0].at, head.events[0].at);
+    assert!(a.max(b).duration_since(a.min(b)) < std::time::Duration::from_micros(1));
+    assert_eq!(tail.events[0].site.as_deref(), Some(&*site(0x111)));
+    // Its memory going away is a stale mapping of the tail alone; the
+    // head's (unmapped) memory is none.
+    let stale = s.memory_going_away(None, BASE + (1 << 20), PG, StaleCause::Munmap);
+    assert_eq!(stale.len(), 1);
+    assert_eq!(
+        (stale[0].region.iova, stale[0].vaddr),
+        (0x30_0000, BASE + (1 << 20))
+    );
+    assert!(s
+        .memory_going_away(None, BASE, PG, StaleCause::Munmap)
+        .is_empty());
+    // Its unmap ends its history.
+    let mut unmap = words(&[0, 0x30_0000, 1 << 20]);
+    unmap[..8].copy_from_slice(&[24, 0, 0, 0, 0, 0, 0, 0]);
+    mem.write(arg, &unmap).unwrap();
+    assert_eq!(
+        abi::ioctl(&ctx, crate::uapi::VFIO_IOMMU_UNMAP_DMA, arg, user),
+        Ok(0)
+    );
+    let tail = s.region(key, 0x30_0000).unwrap();
+    assert!(!tail.mapped);
+    let kinds: Vec<_> = tail.events.iter().map(|e| e.kind).collect();
+    assert!(matches!(
+        kinds[..],
+        [
+            EventKind::Map { .. },
+            EventKind::Stale { .. },
+            EventKind::Unmap
+        ]
+    ));
+    // A cut whose head stays mapped: the head's history goes on with the
+    // head's range (its memory past the cut is no longer its).
+    let mut map = words(&[0, BASE + (2 << 20), 0x60_0000, 2 << 20]);
+    map[..8].copy_from_slice(&[32, 0, 0, 0, 3, 0, 0, 0]);
+    mem.write(arg, &map).unwrap();
+    assert_eq!(
+        abi::ioctl(&ctx, crate::uapi::VFIO_IOMMU_MAP_DMA, arg, user),
+        Ok(0)
+    );
+    let mut unmap = words(&[0, 0x70_0000, 1 << 20]);
+    unmap[..8].copy_from_slice(&[24, 0, 0, 0, 0, 0, 0, 0]);
+    mem.write(arg, &unmap).unwrap();
+    assert_eq!(
+        abi::ioctl(&ctx, crate::uapi::VFIO_IOMMU_UNMAP_DMA, arg, user),
+        Ok(0)
+    );
+    assert!(s.region(key, 0x60_0000).unwrap().mapped);
+    assert!(s
+        .memory_going_away(None, BASE + (3 << 20), PG, StaleCause::Munmap)
+        .is_empty());
+    let stale = s.memory_going_away(None, BASE + (2 << 20), PG, StaleCause::Munmap);
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0].region.iova, 0x60_0000);
 }
