@@ -24,6 +24,8 @@
 //!   it is such a mapping (glibc's `IS_MMAPPED` bit) and which pages it
 //!   spans; they are checked as a `munmap` (`free`) or `mremap`
 //!   (`realloc`) would be.
+//! - `dlclose`: passes on, then counts an unload for the sanitizer's
+//!   call-site caches ([`crate::sanitize::UNLOADS`]).
 //!
 //! Invariants:
 //! - With the sanitizer off, `free`/`realloc`/`reallocarray`/`madvise` cost
@@ -246,6 +248,34 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) 
         crate::sanitize_after_madvise(addr as u64, len as u64, cause, r);
         r
     })
+}
+
+// ---- dlclose: objects unloaded ----------------------------------------------
+
+static NEXT_DLCLOSE: Next = Next::new(c"dlclose");
+type DlcloseFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+
+/// # Safety
+/// As libc's `dlclose`.
+///
+/// The call passes on unchanged (`dlclose` does not depend on its caller,
+/// unlike `dlopen`, whose search path is its caller's object's: that one is
+/// not interposed). Afterwards the count of unloads goes up: the
+/// sanitizer's call-site caches are read again before the next capture
+/// (an object loaded later at the unloaded one's addresses is then named
+/// as itself).
+#[no_mangle]
+pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
+    let f = NEXT_DLCLOSE.get();
+    if f.is_null() {
+        real::set_errno(libc::ENOSYS);
+        return -1;
+    }
+    // SAFETY: `f` is the next `dlclose` (dlsym), whose prototype DlcloseFn
+    // is; the handle is the program's, passed on as it gave it.
+    let r = unsafe { std::mem::transmute::<*mut c_void, DlcloseFn>(f)(handle) };
+    sanitize::UNLOADS.fetch_add(1, Ordering::Release);
+    r
 }
 
 // ---- free, realloc: glibc's mmapped chunks ---------------------------------

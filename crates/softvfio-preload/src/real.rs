@@ -555,6 +555,60 @@ pub fn backtrace_into(out: &mut [u64]) -> usize {
     n
 }
 
+/// The addresses of the code of the loaded object that holds `addr`: from
+/// the lowest to the end of the highest of its executable `PT_LOAD`
+/// segments, as its program headers place them (however the kernel split
+/// or merged their mappings). `None` when no loaded object holds `addr`
+/// in an executable segment.
+pub fn object_code_range(addr: u64) -> Option<std::ops::Range<u64>> {
+    struct Search {
+        addr: u64,
+        found: Option<std::ops::Range<u64>>,
+    }
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: glibc passes a valid `dl_phdr_info` for the duration of
+        // the call, and `data` is the `Search` that `object_code_range`
+        // passed, alive and not otherwise borrowed during the iteration.
+        let (info, search) = unsafe { (&*info, &mut *data.cast::<Search>()) };
+        if info.dlpi_phdr.is_null() {
+            return 0;
+        }
+        // SAFETY: `dlpi_phdr` points to the object's `dlpi_phnum` program
+        // headers, mapped while the object is loaded (the loader's lock is
+        // held during the iteration).
+        let headers =
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
+        let mut code: Option<std::ops::Range<u64>> = None;
+        for h in headers {
+            if h.p_type != libc::PT_LOAD || h.p_flags & libc::PF_X == 0 {
+                continue;
+            }
+            let start = info.dlpi_addr.wrapping_add(h.p_vaddr);
+            let end = start.wrapping_add(h.p_memsz);
+            code = Some(match code {
+                Some(r) => r.start.min(start)..r.end.max(end),
+                None => start..end,
+            });
+        }
+        match code {
+            Some(r) if r.contains(&search.addr) => {
+                search.found = Some(r);
+                1
+            }
+            _ => 0,
+        }
+    }
+    let mut search = Search { addr, found: None };
+    // SAFETY: `each` matches the callback's prototype and only reads what
+    // glibc hands it; `search` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut search).cast()) };
+    search.found
+}
+
 /// The calling thread's own stack, for the sanitizer's call-frame walk
 /// (`crate::sanitize::capture`): where the walk starts and a reader of
 /// the words above it.
@@ -1553,6 +1607,35 @@ pub fn own_library_path() -> Option<std::ffi::CString> {
 mod tests {
     use super::*;
     use std::alloc::{GlobalAlloc, Layout};
+
+    /// This library's own code is the whole of its executable segment,
+    /// however the kernel shows it: here the test binary's text, split into
+    /// three mappings by a `madvise` that changes one page's flags. The
+    /// maps' single mapping (what the sanitizer took before) is then that
+    /// one page, without the rest of the code.
+    #[test]
+    fn object_code_range_is_every_executable_mapping_of_the_object() {
+        let here = object_code_range_is_every_executable_mapping_of_the_object as *const () as u64;
+        let other = backtrace_into as *const () as u64;
+        let whole = object_code_range(here).expect("the test binary's code");
+        assert!(
+            whole.contains(&here) && whole.contains(&other),
+            "{whole:x?}"
+        );
+        assert_eq!(object_code_range(whole.end), None);
+        let page = here & !4095;
+        // SAFETY: advice on a page of this binary's own text that only
+        // changes whether it may be backed by huge pages (its contents and
+        // protection stay).
+        let r = unsafe { libc::madvise(page as *mut c_void, 4096, libc::MADV_NOHUGEPAGE) };
+        assert_eq!(r, 0);
+        let piece = softvfio_platform::sanitize::ProcessMaps::new(None)
+            .code_range(here)
+            .expect("a code mapping");
+        assert_eq!(piece, page..page + 4096, "the text was split");
+        assert_eq!(object_code_range(here), Some(whole.clone()));
+        assert_eq!(object_code_range(other), Some(whole));
+    }
 
     /// `without_cancel` puts the thread's cancel state back also when the
     /// work panics (a hook catches the panic and the thread goes on: it

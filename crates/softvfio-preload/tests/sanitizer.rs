@@ -100,3 +100,107 @@ iommufd_scenario!(
     sc::iommufd::leak_files
 );
 iommufd_scenario!(iommufd_clean_driver_reports_nothing, sc::iommufd::clean);
+
+/// The plugin of `programs/dlswap.c`.
+const DLSWAP_LIB: &str = include_str!("programs/dlswap_lib.c");
+
+/// Call sites across `dlclose` and `dlopen`: plugin A maps and unmaps from
+/// `call_map`/`call_unmap` and is unloaded; plugin B (the same code, built
+/// from a copy of the source with a comment line first: same layout, its
+/// lines one further down) is loaded at A's address and maps from the same
+/// places, leaving the mapping at exit. The leak names B's `plugin_map`,
+/// file and line, in process and after the hand-off (the keeper resolves
+/// the sites). Before the library counted unloads, the walk's maps still
+/// had A's object at those addresses and the repeated address tuple hit
+/// the recent call sites: the report named `liba.c:12`.
+#[test]
+fn call_sites_follow_dlclose_and_dlopen_at_the_same_address() {
+    let Some(a) = sc::compile(
+        &dir(),
+        "liba.so",
+        "liba.c",
+        DLSWAP_LIB,
+        &["-O0", "-fno-omit-frame-pointer", "-shared", "-fPIC"],
+    ) else {
+        eprintln!("skipped: no gcc");
+        return;
+    };
+    let b_source = format!("/* plugin B */\n{DLSWAP_LIB}");
+    let b = sc::compile(
+        &dir(),
+        "libb.so",
+        "libb.c",
+        &b_source,
+        &["-O0", "-fno-omit-frame-pointer", "-shared", "-fPIC"],
+    )
+    .unwrap();
+    let main_source = include_str!("programs/dlswap.c");
+    let bin = sc::compile(
+        &dir(),
+        "dlswap",
+        "dlswap.c",
+        main_source,
+        &["-O0", "-fno-omit-frame-pointer"],
+    )
+    .unwrap();
+    let map_line = sc::line_in(DLSWAP_LIB, "liba.c", "VFIO_IOMMU_MAP_DMA, &m", 0);
+    let call_line = sc::line_in(main_source, "dlswap.c", "return f(c, buf, iova, 4096);", 0);
+    let main_line = sc::line_in(main_source, "dlswap.c", "if (call_map(b, container", 0);
+    let softvfio = &common::artifacts().softvfio;
+    for handoff in [false, true] {
+        let mut cmd = std::process::Command::new(softvfio);
+        cmd.args(["run", "--mode", "preload", "--sanitize=strict", "--"])
+            .arg(&bin)
+            .arg(&a)
+            .arg(&b);
+        if handoff {
+            cmd.arg("handoff");
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        // B's code at A's addresses is what the case is about.
+        assert_eq!(stdout, "same-base 1\ndone dlswap\n", "{err}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "strict: the leaks fail the run\n{err}"
+        );
+        let b_frame = format!("plugin_map (/\0/libb.c:{})", map_line + 1);
+        let call_frame = format!("call_map (/\0/dlswap.c:{call_line})");
+        let main_frame = format!("main (/\0/dlswap.c:{main_line})");
+        assert!(
+            sc::has_line(
+                &err,
+                &[
+                    "leak: IOVA 0x100000 size 4 KiB (vaddr 0x",
+                    ", 1 page(s) pinned and accounted), created from ",
+                    &b_frame,
+                    " <- ",
+                    &call_frame,
+                    " <- ",
+                    &main_frame,
+                ],
+            ),
+            "handoff {handoff}: the leak does not name B's frame:\n{err}"
+        );
+        // The history names each plugin's calls as its own.
+        let a_map = format!("plugin_map (/\0/liba.c:{map_line})");
+        let a_unmap_line = sc::line_in(DLSWAP_LIB, "liba.c", "VFIO_IOMMU_UNMAP_DMA, &u", 0);
+        let a_unmap = format!("by UNMAP_DMA from plugin_unmap (/\0/liba.c:{a_unmap_line})");
+        assert!(
+            sc::has_line(
+                &err,
+                &[
+                    "  history: IOVA 0x100000-0x100fff (4 KiB): mapped at ",
+                    " by MAP_DMA ",
+                    &a_map,
+                    &a_unmap,
+                    " by MAP_DMA ",
+                    &b_frame
+                ],
+            ),
+            "handoff {handoff}: the history does not name A's then B's calls:\n{err}"
+        );
+    }
+}
