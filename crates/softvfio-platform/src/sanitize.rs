@@ -646,6 +646,21 @@ impl ProcessMaps {
         complete.then_some(n)
     }
 
+    /// As [`walk_cfi_into`](Self::walk_cfi_into), also when the walk
+    /// stops at a frame it cannot unwind: the count written, and whether
+    /// the walk was complete (the frames written are right either way; an
+    /// incomplete walk lacks the outer ones).
+    pub fn walk_cfi_frames_into(
+        &mut self,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        out: &mut [u64],
+        read: impl FnMut(u64) -> Option<u64>,
+    ) -> (usize, bool) {
+        self.unwind(ip, sp, bp, out, false, read)
+    }
+
     /// The walk into `out`: the frames written, and whether it ended where
     /// the stack ends (or at `out`'s length) rather than at a frame it
     /// could not unwind.

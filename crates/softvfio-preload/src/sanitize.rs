@@ -118,9 +118,24 @@ fn return_addresses(maps: &mut ProcessMaps, unloads: u64, out: &mut [u64]) -> us
     #[cfg(target_arch = "x86_64")]
     if let Some(stack) = real::own_stack::Stack::here() {
         let mut frames = [0u64; WALK_FRAMES];
-        let walked = maps.walk_cfi_into(stack.ip(), stack.sp(), stack.bp(), &mut frames, |a| {
-            stack.read(a)
-        });
+        let (ip, sp, bp) = (stack.ip(), stack.sp(), stack.bp());
+        let walked = if stack.foreign() {
+            // On a stack of the program's own making whose frames lead
+            // past its mapping (a fiber entered by a stack switch without
+            // call frame information that ends the chain), the frames up to
+            // there: glibc's backtrace would read past the top.
+            let past_top = std::cell::Cell::new(false);
+            let (n, complete) = maps.walk_cfi_frames_into(ip, sp, bp, &mut frames, |a| {
+                let v = stack.read(a);
+                if v.is_none() && stack.past_top(a) {
+                    past_top.set(true);
+                }
+                v
+            });
+            (complete || past_top.get()).then_some(n)
+        } else {
+            maps.walk_cfi_into(ip, sp, bp, &mut frames, |a| stack.read(a))
+        };
         if let Some(n) = walked {
             let frames = &frames[..n];
             // The last frame of this library before the program's.

@@ -204,3 +204,77 @@ fn call_sites_follow_dlclose_and_dlopen_at_the_same_address() {
         );
     }
 }
+
+/// A fiber on a stack mapped in the gap below the main thread's `[stack]`
+/// (`programs/fiber_gap.c`, built without frame pointers: the stack
+/// switch's frame is described relative to the stack pointer, so its
+/// caller's words lie past the fiber stack's top). The walk reads the
+/// fiber's stack up to its mapping's end and keeps the frames on it: the
+/// leak names `fiber_map <- fiber_entry <- on_stack`. Before, the main
+/// thread's bounds reached down over the gap (glibc's answer, to
+/// `RLIMIT_STACK`), the walk read past the fiber's top and the program
+/// died of SIGSEGV inside the library (status 139, every run).
+#[test]
+fn a_fiber_stack_below_the_main_stack_is_read_within_its_mapping() {
+    let source = include_str!("programs/fiber_gap.c");
+    let Some(bin) = sc::compile(
+        &dir(),
+        "fiber_gap",
+        "fiber_gap.c",
+        source,
+        &["-O0", "-fomit-frame-pointer"],
+    ) else {
+        eprintln!("skipped: no gcc");
+        return;
+    };
+    let line = |needle: &str| sc::line_in(source, "fiber_gap.c", needle, 0);
+    let softvfio = &common::artifacts().softvfio;
+    // The fiber's place depends on where the stack is (ASLR): a few runs.
+    for _ in 0..3 {
+        let out = std::process::Command::new(softvfio)
+            .args(["run", "--mode", "preload", "--sanitize=strict", "--"])
+            .arg(&bin)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "done fiber_gap\n",
+            "{err}"
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "strict: the leaks fail the run\n{err}"
+        );
+        let fiber_map = format!(
+            "fiber_map (/\0/fiber_gap.c:{})",
+            line("die(\"MAP_DMA from the fiber\")")
+        );
+        let fiber_entry = format!("fiber_entry (/\0/fiber_gap.c:{})", line("  fiber_map();"));
+        let on_stack = format!("on_stack (/\0/fiber_gap.c:{})", line("__asm__ volatile"));
+        assert!(
+            sc::has_line(
+                &err,
+                &[
+                    "leak: IOVA 0x200000 size 4 KiB (vaddr 0x",
+                    ", 1 page(s) pinned and accounted), created from ",
+                    &fiber_map,
+                    " <- ",
+                    &fiber_entry,
+                    " <- ",
+                    &on_stack,
+                ],
+            ),
+            "{err}"
+        );
+        let main = format!(
+            "main (/\0/fiber_gap.c:{})",
+            line("if (ioctl(container, VFIO_IOMMU_MAP_DMA, &m)) die(\"MAP_DMA\");")
+        );
+        assert!(
+            sc::has_line(&err, &["leak: IOVA 0x100000 size 4 KiB", &main]),
+            "{err}"
+        );
+    }
+}
