@@ -818,9 +818,7 @@ impl VfioHandler {
             let own_locks = self.mems.get(&t.pid()).is_some_and(|m| m.program_locks());
             let errno = i32::try_from(-res).unwrap_or(0);
             let pid = t.pid();
-            // (A BAR inside a merged line is not looked for here: trace
-            // mode's table answers by address.)
-            let bar = |start, _end| self.bars.contains(pid, start).then_some(start);
+            let bar = |start, end| self.bars.first_in(pid, start, end);
             let taken =
                 sanitize::madvise_taken(Some(pid), cause, a[0], a[1], errno, own_locks, &bar);
             for (addr, len) in taken {

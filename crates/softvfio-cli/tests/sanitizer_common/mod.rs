@@ -904,6 +904,14 @@ macro_rules! every_scenario {
         $scenario!(madvise_dontneed_stopped_by_a_bar_is_not_stale, |s, m, b| {
             sc::not_stale(s, m, b, "madv-dontneed-bar")
         });
+        $scenario!(
+            madvise_dontneed_stopped_by_a_merged_bar_is_not_stale,
+            |s, m, b| { sc::not_stale(s, m, b, "madv-dontneed-bar-merged") }
+        );
+        $scenario!(
+            madvise_dontneed_of_hugetlb_memory_is_not_stale,
+            |s, m, b| { sc::not_stale(s, m, b, "madv-dontneed-huge") }
+        );
         $scenario!(stale_mapping_after_handoff_free, |s, m, b| {
             sc::stale_after_handoff(s, m, b, "free")
         });
