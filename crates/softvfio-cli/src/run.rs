@@ -818,7 +818,7 @@ impl VfioHandler {
             let own_locks = self.mems.get(&t.pid()).is_some_and(|m| m.program_locks());
             let errno = i32::try_from(-res).unwrap_or(0);
             let pid = t.pid();
-            let bar = |addr| self.bars.contains(pid, addr);
+            let bar = |start, end| self.bars.first_in(pid, start, end);
             let taken =
                 sanitize::madvise_taken(Some(pid), cause, a[0], a[1], errno, own_locks, &bar);
             for (addr, len) in taken {

@@ -71,6 +71,16 @@ impl TracedMappings {
             .is_some_and(|m| m.lookup(addr).is_some())
     }
 
+    /// The first address of `[start, end)` in a device mapping of `pid`
+    /// (a BAR the kernel may have merged into a neighbouring maps line).
+    pub fn first_in(&self, pid: i32, start: u64, end: u64) -> Option<u64> {
+        let all = self.all();
+        let m = all.get(&pid)?;
+        m.device_ranges(start, end.checked_sub(start)?)
+            .first()
+            .map(|r| r.start)
+    }
+
     /// Does any process still map device file `file`?
     pub fn holds(&self, file: u64) -> bool {
         self.all().values().any(|m| m.holds(file))

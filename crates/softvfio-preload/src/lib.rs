@@ -1165,7 +1165,7 @@ pub(crate) fn sanitize_after_madvise(addr: u64, len: u64, cause: StaleCause, res
         let own_locks = PROGRAM_LOCKS.load(Ordering::Relaxed)
             || with_existing(|st| st.program_locks()).unwrap_or(false);
         let errno = if res == 0 { 0 } else { saved };
-        let bar = |a| mmio::is_device_mapping(a);
+        let bar = |start, end| mmio::first_device_address(start, end);
         let taken = softvfio_platform::sanitize::madvise_taken(
             None, cause, addr, len, errno, own_locks, &bar,
         );

@@ -24,6 +24,8 @@
 //!   it is such a mapping (glibc's `IS_MMAPPED` bit) and which pages it
 //!   spans; they are checked as a `munmap` (`free`) or `mremap`
 //!   (`realloc`) would be.
+//! - `dlclose`: passes on, then counts an unload for the sanitizer's
+//!   call-site caches ([`crate::sanitize::UNLOADS`]).
 //!
 //! Invariants:
 //! - With the sanitizer off, `free`/`realloc`/`reallocarray`/`madvise` cost
@@ -227,6 +229,41 @@ fn madvise_cause(advice: c_int) -> Option<StaleCause> {
     }
 }
 
+/// `madvise` as Linux answers it over a BAR, which softvfio emulates with
+/// anonymous memory: Linux 6.1's `MADV_DONTNEED`, `MADV_DONTNEED_LOCKED`
+/// and `MADV_FREE` stop at a `VM_PFNMAP` mapping with EINVAL, after the
+/// mappings before it went (tests-oracle/kernel-6.1-dma-bugs-madvise.txt:
+/// `madv-dontneed-locked-bar`, EINVAL, the page after the BAR kept; here
+/// the call would pass over the emulation's memory, and
+/// `MADV_DONTNEED_LOCKED`, which ignores the pin's mlock, would zap the
+/// page after it). Other advice, and a range without a BAR, pass on as
+/// they are (one atomic load while no BAR is mapped).
+fn madvise_up_to_a_bar(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
+    let stops = matches!(
+        advice,
+        libc::MADV_DONTNEED | MADV_DONTNEED_LOCKED | libc::MADV_FREE
+    );
+    // The range Linux walks (nothing when it refuses up front: its answer).
+    let walked = || softvfio_platform::sanitize::madvise_range(addr as u64, len as u64);
+    let bar = match stops.then(walked).flatten() {
+        Some((start, end)) => crate::mmio::first_device_address(start, end).map(|b| (start, b)),
+        None => None,
+    };
+    let Some((start, bar)) = bar else {
+        return real_madvise(addr, len, advice);
+    };
+    if bar > start {
+        let r = real_madvise(start as *mut c_void, (bar - start) as size_t, advice);
+        // An error of the walk before the BAR is its answer; a hole there
+        // (ENOMEM) is answered only at the end, and the BAR comes first.
+        if r != 0 && real::errno() != libc::ENOMEM {
+            return r;
+        }
+    }
+    real::set_errno(libc::EINVAL);
+    -1
+}
+
 /// Linux 5.18's `MADV_DONTNEED_LOCKED` (not in every libc crate).
 const MADV_DONTNEED_LOCKED: c_int = 24;
 
@@ -234,7 +271,7 @@ const MADV_DONTNEED_LOCKED: c_int = 24;
 /// As libc's `madvise`.
 #[no_mangle]
 pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
-    let pass = || real_madvise(addr, len, advice);
+    let pass = || madvise_up_to_a_bar(addr, len, advice);
     if !sanitize::ON.load(Ordering::Relaxed) {
         return pass();
     }
@@ -246,6 +283,34 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) 
         crate::sanitize_after_madvise(addr as u64, len as u64, cause, r);
         r
     })
+}
+
+// ---- dlclose: objects unloaded ----------------------------------------------
+
+static NEXT_DLCLOSE: Next = Next::new(c"dlclose");
+type DlcloseFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+
+/// # Safety
+/// As libc's `dlclose`.
+///
+/// The call passes on unchanged (`dlclose` does not depend on its caller,
+/// unlike `dlopen`, whose search path is its caller's object's: that one is
+/// not interposed). Afterwards the count of unloads goes up: the
+/// sanitizer's call-site caches are read again before the next capture
+/// (an object loaded later at the unloaded one's addresses is then named
+/// as itself).
+#[no_mangle]
+pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
+    let f = NEXT_DLCLOSE.get();
+    if f.is_null() {
+        real::set_errno(libc::ENOSYS);
+        return -1;
+    }
+    // SAFETY: `f` is the next `dlclose` (dlsym), whose prototype DlcloseFn
+    // is; the handle is the program's, passed on as it gave it.
+    let r = unsafe { std::mem::transmute::<*mut c_void, DlcloseFn>(f)(handle) };
+    sanitize::UNLOADS.fetch_add(1, Ordering::Release);
+    r
 }
 
 // ---- free, realloc: glibc's mmapped chunks ---------------------------------

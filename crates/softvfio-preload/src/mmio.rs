@@ -116,10 +116,17 @@ pub(crate) fn with_device_ranges(
     mem
 }
 
-/// Is `addr` in a device mapping of this process (for the sanitizer's
-/// model of `madvise`, where Linux's walk stops at a BAR)?
-pub(crate) fn is_device_mapping(addr: u64) -> bool {
-    MAPPED.load(Ordering::Acquire) != 0 && lock_maps().lookup(addr).is_some()
+/// The first address of `[start, end)` in a device mapping of this
+/// process (`madvise`, whose walk Linux stops at a BAR: the answer, and the
+/// sanitizer's model of what went).
+pub(crate) fn first_device_address(start: u64, end: u64) -> Option<u64> {
+    if MAPPED.load(Ordering::Acquire) == 0 || end <= start {
+        return None;
+    }
+    lock_maps()
+        .device_ranges(start, end - start)
+        .first()
+        .map(|r| r.start)
 }
 
 // ---- the next definitions ----------------------------------------------

@@ -555,9 +555,73 @@ pub fn backtrace_into(out: &mut [u64]) -> usize {
     n
 }
 
+/// The addresses of the code of the loaded object that holds `addr`: from
+/// the lowest to the end of the highest of its executable `PT_LOAD`
+/// segments, as its program headers place them (however the kernel split
+/// or merged their mappings). `None` when no loaded object holds `addr`
+/// in an executable segment.
+pub fn object_code_range(addr: u64) -> Option<std::ops::Range<u64>> {
+    struct Search {
+        addr: u64,
+        found: Option<std::ops::Range<u64>>,
+    }
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: glibc passes a valid `dl_phdr_info` for the duration of
+        // the call, and `data` is the `Search` that `object_code_range`
+        // passed, alive and not otherwise borrowed during the iteration.
+        let (info, search) = unsafe { (&*info, &mut *data.cast::<Search>()) };
+        if info.dlpi_phdr.is_null() {
+            return 0;
+        }
+        // SAFETY: `dlpi_phdr` points to the object's `dlpi_phnum` program
+        // headers, mapped while the object is loaded (the loader's lock is
+        // held during the iteration).
+        let headers =
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
+        let mut code: Option<std::ops::Range<u64>> = None;
+        for h in headers {
+            if h.p_type != libc::PT_LOAD || h.p_flags & libc::PF_X == 0 {
+                continue;
+            }
+            let start = info.dlpi_addr.wrapping_add(h.p_vaddr);
+            let end = start.wrapping_add(h.p_memsz);
+            code = Some(match code {
+                Some(r) => r.start.min(start)..r.end.max(end),
+                None => start..end,
+            });
+        }
+        match code {
+            Some(r) if r.contains(&search.addr) => {
+                search.found = Some(r);
+                1
+            }
+            _ => 0,
+        }
+    }
+    let mut search = Search { addr, found: None };
+    // SAFETY: `each` matches the callback's prototype and only reads what
+    // glibc hands it; `search` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut search).cast()) };
+    search.found
+}
+
 /// The calling thread's own stack, for the sanitizer's call-frame walk
 /// (`crate::sanitize::capture`): where the walk starts and a reader of
 /// the words above it.
+///
+/// Bounds: a thread's stack as `pthread_getattr_np` gives it, except the
+/// main thread's, which is the `[stack]` mapping itself (glibc's answer
+/// reaches down to `RLIMIT_STACK` below it, over unmapped memory a program
+/// may map a stack of its own in); read again when the stack pointer lies
+/// below it (the stack grew). A stack pointer outside the thread's stack
+/// (a fiber's) is bounded by the mapping that holds it, read from
+/// `/proc/self/maps` at each capture (rare: a stack of the program's own
+/// making); on the signal stack, no view (glibc's backtrace follows the
+/// signal frame).
 #[cfg(target_arch = "x86_64")]
 pub mod own_stack {
     use std::cell::Cell;
@@ -569,6 +633,21 @@ pub mod own_stack {
     }
 
     fn lookup() -> (u64, u64) {
+        let (low, high) = thread_stack();
+        // glibc's main-thread answer ends inside `[stack]` (at the page
+        // after `__libc_stack_end`; a fork child's first thread may be
+        // another thread's copy: its stack is a thread stack, whose answer
+        // is exact).
+        if is_main_thread() {
+            if let Some(r) = stack_mapping().filter(|&(lo, hi)| lo < high && high <= hi) {
+                return r;
+            }
+        }
+        (low, high)
+    }
+
+    /// The calling thread's stack as `pthread_getattr_np` gives it.
+    fn thread_stack() -> (u64, u64) {
         let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
         // SAFETY: pthread_getattr_np initializes `attr` for the calling
         // thread when it returns 0 (and only then is it used or destroyed).
@@ -587,11 +666,82 @@ pub mod own_stack {
         (low, low.saturating_add(size as u64))
     }
 
+    /// The calling thread is the process's first (its stack is `[stack]`).
+    fn is_main_thread() -> bool {
+        // SAFETY: gettid and getpid take no arguments and cannot fail.
+        unsafe { libc::gettid() == libc::getpid() }
+    }
+
+    /// The `[stack]` line of `/proc/self/maps`.
+    fn stack_mapping() -> Option<(u64, u64)> {
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        maps.lines()
+            .find(|l| l.ends_with(" [stack]"))
+            .and_then(range_of)
+    }
+
+    /// The mapping of `/proc/self/maps` that holds `addr`, when it is
+    /// readable.
+    fn mapping_holding(addr: u64) -> Option<(u64, u64)> {
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        maps.lines().find_map(|l| {
+            let (lo, hi) = range_of(l)?;
+            let readable = l.split_ascii_whitespace().nth(1)?.starts_with('r');
+            (lo <= addr && addr < hi && readable).then_some((lo, hi))
+        })
+    }
+
+    fn range_of(line: &str) -> Option<(u64, u64)> {
+        let (lo, rest) = line.split_once('-')?;
+        let hi = rest.split_ascii_whitespace().next()?;
+        Some((
+            u64::from_str_radix(lo, 16).ok()?,
+            u64::from_str_radix(hi, 16).ok()?,
+        ))
+    }
+
+    /// The bounds for a stack pointer `sp` outside `(low, high)`, the
+    /// thread's stack as last looked up: the main thread's `[stack]` grown
+    /// down to it (kept), or the mapping that holds it (a stack of the
+    /// program's own making: `true`).
+    #[cold]
+    #[inline(never)]
+    fn outside(sp: u64, low: u64, high: u64) -> Option<(u64, bool)> {
+        if sp < low && is_main_thread() {
+            let grown = |&(lo, hi): &(u64, u64)| hi == high && lo <= sp && sp < hi;
+            if let Some((lo, hi)) = stack_mapping().filter(grown) {
+                BOUNDS.with(|b| b.set((lo, hi)));
+                return Some((hi, false));
+            }
+        }
+        // A signal handler on the signal stack: glibc's backtrace follows
+        // the signal frame to the interrupted one (this walk cannot read
+        // the return trampoline's code to tell it).
+        if on_signal_stack() {
+            return None;
+        }
+        let (_, hi) = mapping_holding(sp)?;
+        Some((hi, true))
+    }
+
+    /// The calling thread runs on its signal stack (`sigaltstack`).
+    fn on_signal_stack() -> bool {
+        let mut old = std::mem::MaybeUninit::<libc::stack_t>::uninit();
+        // SAFETY: sigaltstack with no new stack only writes the current one
+        // into `old`, valid for writes; read only when it succeeded.
+        if unsafe { libc::sigaltstack(std::ptr::null(), old.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        // SAFETY: initialized by the successful call above.
+        unsafe { old.assume_init() }.ss_flags & libc::SS_ONSTACK != 0
+    }
+
     /// A view of the calling thread's stack from the point it was made
-    /// (`here`) to the stack's top: memory of this thread's stack mapping,
-    /// which stays mapped while the thread lives (a stack does not shrink;
-    /// a thread's stack is unmapped only after it exited). The view cannot
-    /// leave its thread (not `Send`).
+    /// (`here`) to the top of the mapping it lies in: memory that stays
+    /// mapped while the thread runs on it (a thread's stack does not shrink
+    /// and is unmapped only after the thread exited; a stack of the
+    /// program's own making is the program's to keep mapped while it runs
+    /// on it). The view cannot leave its thread (not `Send`).
     pub struct Stack {
         /// The instruction pointer at `here`.
         ip: u64,
@@ -600,14 +750,17 @@ pub mod own_stack {
         sp: u64,
         /// The frame pointer register at `here` (whatever it held).
         bp: u64,
+        /// The end of the mapping `sp` lies in (private, as `sp`).
         high: u64,
+        /// The stack is not the thread's own (a fiber's).
+        foreign: bool,
         _thread: std::marker::PhantomData<*const ()>,
     }
 
     impl Stack {
-        /// The registers here, when the stack pointer lies in this thread's
-        /// stack (not on a signal stack or a stack the program made: `None`,
-        /// whose words this view could not bound).
+        /// The registers here, with the bounds of the stack the stack
+        /// pointer lies in (`None`: on the signal stack, or no readable
+        /// mapping holds it).
         #[inline(always)]
         pub fn here() -> Option<Stack> {
             let (ip, sp, bp): (u64, u64, u64);
@@ -630,11 +783,17 @@ pub mod own_stack {
                 }
                 b.get()
             });
-            (low <= sp && sp < high).then_some(Stack {
+            let (high, foreign) = if low <= sp && sp < high {
+                (high, false)
+            } else {
+                outside(sp, low, high)?
+            };
+            Some(Stack {
                 ip,
                 sp,
                 bp,
                 high,
+                foreign,
                 _thread: std::marker::PhantomData,
             })
         }
@@ -654,6 +813,18 @@ pub mod own_stack {
             self.bp
         }
 
+        /// The stack is not the thread's own: one the program made (a
+        /// fiber's), bounded by the mapping it lies in.
+        pub fn foreign(&self) -> bool {
+            self.foreign
+        }
+
+        /// Whether the word at `addr` would end past the top of the stack
+        /// (so `read` refuses it for that reason).
+        pub fn past_top(&self, addr: u64) -> bool {
+            addr.checked_add(8).is_none_or(|end| end > self.high)
+        }
+
         /// The word at `addr`, when it lies between the stack pointer at
         /// `here` and the top of the stack.
         pub fn read(&self, addr: u64) -> Option<u64> {
@@ -661,9 +832,11 @@ pub mod own_stack {
                 return None;
             }
             let v: u64;
-            // SAFETY: `[addr, addr + 8)` lies in `[sp, high)`, within this
-            // thread's stack mapping (`sp` was in `[low, high)`), mapped as
-            // long as this thread lives, which it does: `self` is on it (not
+            // SAFETY: `[addr, addr + 8)` lies in `[sp, high)`, within the
+            // mapping the thread's stack pointer lay in when `self` was made
+            // (the `[stack]` mapping, the thread's stack, or the mapping a
+            // stack of the program's own lies in), which stays mapped while
+            // this thread runs on it, which it does: `self` is on it (not
             // `Send`). The load is opaque to the compiler, so a word it sees
             // as uninitialized (padding) is read as plain bytes.
             unsafe {
@@ -1553,6 +1726,35 @@ pub fn own_library_path() -> Option<std::ffi::CString> {
 mod tests {
     use super::*;
     use std::alloc::{GlobalAlloc, Layout};
+
+    /// This library's own code is the whole of its executable segment,
+    /// however the kernel shows it: here the test binary's text, split into
+    /// three mappings by a `madvise` that changes one page's flags. The
+    /// maps' single mapping (what the sanitizer took before) is then that
+    /// one page, without the rest of the code.
+    #[test]
+    fn object_code_range_is_every_executable_mapping_of_the_object() {
+        let here = object_code_range_is_every_executable_mapping_of_the_object as *const () as u64;
+        let other = backtrace_into as *const () as u64;
+        let whole = object_code_range(here).expect("the test binary's code");
+        assert!(
+            whole.contains(&here) && whole.contains(&other),
+            "{whole:x?}"
+        );
+        assert_eq!(object_code_range(whole.end), None);
+        let page = here & !4095;
+        // SAFETY: advice on a page of this binary's own text that only
+        // changes whether it may be backed by huge pages (its contents and
+        // protection stay).
+        let r = unsafe { libc::madvise(page as *mut c_void, 4096, libc::MADV_NOHUGEPAGE) };
+        assert_eq!(r, 0);
+        let piece = softvfio_platform::sanitize::ProcessMaps::new(None)
+            .code_range(here)
+            .expect("a code mapping");
+        assert_eq!(piece, page..page + 4096, "the text was split");
+        assert_eq!(object_code_range(here), Some(whole.clone()));
+        assert_eq!(object_code_range(other), Some(whole));
+    }
 
     /// `without_cancel` puts the thread's cancel state back also when the
     /// work panics (a hook catches the panic and the thread goes on: it

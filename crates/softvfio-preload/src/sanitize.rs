@@ -11,7 +11,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use softvfio::sanitizer::{CallSite, Sanitizer, SanitizerConfig, StaleCause};
@@ -51,6 +51,12 @@ pub fn on_from_env() {
     }
 }
 
+/// The program's `dlclose` calls that returned (the hook in `memcalls`):
+/// a walk's maps whose count differs are read again
+/// ([`ProcessMaps::sync_unloads`]). Sent with each call site after the
+/// hand-off, for the keeper's maps of this process.
+pub static UNLOADS: AtomicU64 = AtomicU64::new(0);
+
 /// Frames a call site keeps: the innermost frame of this library, then
 /// the program's.
 const SITE_FRAMES: usize = 24;
@@ -62,25 +68,34 @@ const WALK_FRAMES: usize = 64;
 pub fn capture(maps: &mut Option<ProcessMaps>) -> Arc<CallSite> {
     let maps = maps.get_or_insert_with(|| ProcessMaps::new(None));
     let mut addrs = [0u64; SITE_FRAMES];
-    let n = return_addresses(maps, &mut addrs);
+    let n = return_addresses(maps, UNLOADS.load(Ordering::Acquire), &mut addrs);
     maps.site(&addrs[..n])
 }
 
-/// After the hand-off: the return addresses of the program's current call
-/// (the keeper resolves them against this process's maps), as bytes to
-/// send with the call; empty with the sanitizer off.
+/// After the hand-off: this process's count of unloads ([`UNLOADS`]), then
+/// the return addresses of the program's current call (the keeper resolves
+/// them against this process's maps), as bytes to send with the call;
+/// empty with the sanitizer off.
 pub fn capture_raw() -> Vec<u8> {
     if !ON.load(Ordering::Relaxed) {
         return Vec::new();
     }
+    let unloads = UNLOADS.load(Ordering::Acquire);
     let mut addrs = [0u64; SITE_FRAMES];
     // No engine state here: the walk has maps of its own (when another
     // thread holds them, or a fork left them locked: glibc's backtrace).
     let n = match WALK_MAPS.try_lock() {
-        Ok(mut m) => return_addresses(m.get_or_insert_with(|| ProcessMaps::new(None)), &mut addrs),
+        Ok(mut m) => return_addresses(
+            m.get_or_insert_with(|| ProcessMaps::new(None)),
+            unloads,
+            &mut addrs,
+        ),
         Err(_) => real::backtrace_into(&mut addrs),
     };
-    addrs[..n].iter().flat_map(|a| a.to_ne_bytes()).collect()
+    std::iter::once(&unloads)
+        .chain(&addrs[..n])
+        .flat_map(|a| a.to_ne_bytes())
+        .collect()
 }
 
 static WALK_MAPS: std::sync::Mutex<Option<ProcessMaps>> = std::sync::Mutex::new(None);
@@ -90,20 +105,41 @@ static WALK_MAPS: std::sync::Mutex<Option<ProcessMaps>> = std::sync::Mutex::new(
 /// out): unwound here with the objects' call frame information, steps and
 /// all kept in `maps` (the same call sites recur); by glibc's `backtrace`
 /// when this walk cannot do it exactly (a frame whose rule it does not
-/// know, a stack of the program's own making). The count written.
+/// know, a stack of the program's own making). `unloads`: the count of
+/// [`UNLOADS`] read for this capture (the maps are read again when it
+/// changed). The count written.
+///
+/// The work is here, in the walk's first frame, not in the callers: a
+/// caller grown past its own caller's inlining would be one more frame
+/// for every walk (~100 instructions a capture).
 #[inline(never)]
-fn return_addresses(maps: &mut ProcessMaps, out: &mut [u64]) -> usize {
+fn return_addresses(maps: &mut ProcessMaps, unloads: u64, out: &mut [u64]) -> usize {
+    maps.sync_unloads(unloads);
     #[cfg(target_arch = "x86_64")]
     if let Some(stack) = real::own_stack::Stack::here() {
         let mut frames = [0u64; WALK_FRAMES];
-        let walked = maps.walk_cfi_into(stack.ip(), stack.sp(), stack.bp(), &mut frames, |a| {
-            stack.read(a)
-        });
+        let (ip, sp, bp) = (stack.ip(), stack.sp(), stack.bp());
+        let walked = if stack.foreign() {
+            // On a stack of the program's own making whose frames lead
+            // past its mapping (a fiber entered by a stack switch without
+            // call frame information that ends the chain), the frames up to
+            // there: glibc's backtrace would read past the top.
+            let past_top = std::cell::Cell::new(false);
+            let (n, complete) = maps.walk_cfi_frames_into(ip, sp, bp, &mut frames, |a| {
+                let v = stack.read(a);
+                if v.is_none() && stack.past_top(a) {
+                    past_top.set(true);
+                }
+                v
+            });
+            (complete || past_top.get()).then_some(n)
+        } else {
+            maps.walk_cfi_into(ip, sp, bp, &mut frames, |a| stack.read(a))
+        };
         if let Some(n) = walked {
             let frames = &frames[..n];
-            // The last frame of this library before the program's: this
-            // library's code is one mapping, the one `here` is in.
-            let own = own_code(maps, stack.ip());
+            // The last frame of this library before the program's.
+            let own = own_code(stack.ip());
             let first = frames
                 .iter()
                 .position(|a| !own.contains(a))
@@ -117,16 +153,17 @@ fn return_addresses(maps: &mut ProcessMaps, out: &mut [u64]) -> usize {
     real::backtrace_into(out)
 }
 
-/// This library's code mapping (`here`: an address in it), found once:
-/// a preloaded library stays where it was loaded for the life of the
-/// image (a fork's child has it at the same addresses; an exec loads a
-/// new image, with this variable anew).
-fn own_code(maps: &ProcessMaps, here: u64) -> std::ops::Range<u64> {
+/// This library's code (`here`: an address in it), from its program
+/// headers (all its executable segments, however many mappings the kernel
+/// shows for them), found once: a preloaded library stays where it was
+/// loaded for the life of the image (a fork's child has it at the same
+/// addresses; an exec loads a new image, with this variable anew).
+fn own_code(here: u64) -> std::ops::Range<u64> {
     static OWN_CODE: std::sync::OnceLock<std::ops::Range<u64>> = std::sync::OnceLock::new();
     if let Some(r) = OWN_CODE.get() {
         return r.clone();
     }
-    match maps.code_range(here) {
+    match real::object_code_range(here) {
         Some(r) => OWN_CODE.get_or_init(|| r).clone(),
         None => 0..0,
     }
@@ -136,13 +173,15 @@ fn own_code(maps: &ProcessMaps, here: u64) -> std::ops::Range<u64> {
 /// addresses it sent (`None` when it sent none), resolved against that
 /// process's maps (its image, not the keeper's).
 pub fn site_of(pid: i32, raw: &[u8]) -> Option<Arc<CallSite>> {
-    if raw.len() < 8 {
+    // The count of unloads, then at least one address ([`capture_raw`]).
+    if raw.len() < 16 {
         return None;
     }
-    let addrs: Vec<u64> = raw
+    let mut words = raw
         .chunks_exact(8)
-        .filter_map(|c| c.try_into().ok().map(u64::from_ne_bytes))
-        .collect();
+        .filter_map(|c| c.try_into().ok().map(u64::from_ne_bytes));
+    let unloads = words.next()?;
+    let addrs: Vec<u64> = words.collect();
     let mut all = CALLER_MAPS.lock().unwrap_or_else(|e| e.into_inner());
     let i = match all.iter().position(|(p, _)| *p == pid) {
         Some(i) => i,
@@ -151,7 +190,9 @@ pub fn site_of(pid: i32, raw: &[u8]) -> Option<Arc<CallSite>> {
             all.len() - 1
         }
     };
-    Some(all[i].1.site(&addrs))
+    let maps = &mut all[i].1;
+    maps.sync_unloads(unloads);
+    Some(maps.site(&addrs))
 }
 
 /// In the keeper: process `pid` exec'd or exited (its maps are another

@@ -40,6 +40,17 @@
  *   madv-dontneed-bar  MADV_DONTNEED of a page of BAR0 and the page mapped
  *                 for DMA after it: Linux stops at the BAR (VM_PFNMAP:
  *                 EINVAL), the device's page stays the program's
+ *   madv-dontneed-bar-merged  MADV_DONTNEED of a PROT_NONE reserved
+ *                 page, a page of BAR0 mapped over the next reserved page
+ *                 and a page mapped for DMA: Linux stops at the BAR
+ *                 (EINVAL), the device's page stays the program's
+ *   madv-dontneed-locked-bar  MADV_DONTNEED_LOCKED of a page of BAR0 and
+ *                 the page mapped for DMA after it: Linux stops at the BAR
+ *                 (VM_PFNMAP: EINVAL), the device's page stays the program's
+ *   madv-dontneed-huge  MADV_DONTNEED of the second 4 KiB of a 2 MiB
+ *                 hugetlb page (EINVAL: not aligned to the huge page), then
+ *                 of its first 4 KiB, both mapped for DMA: Linux 6.1 rounds
+ *                 the end down to the huge page, so nothing goes (0)
  *   deep          maps 101 calls down (1 KiB frames), unmaps, DMAs
  *   altstack      maps from a signal handler on a sigaltstack, unmaps, DMAs
  *   thread        maps from another thread (its own stack), unmaps, DMAs
@@ -429,6 +440,54 @@ int main(int argc, char **argv) {
     printf("kept %d\n", dma[0] == 0x5a && dma[LEN - 1] == 0x5a);
     unmap_buffer(IOVA);
     if (munmap(range, 2 * LEN)) die("munmap range");
+  } else if (!strcmp(what, "madv-dontneed-bar-merged")) {
+    /* softvfio emulates the BAR with anonymous PROT_NONE memory (private,
+     * MAP_NORESERVE), which the kernel merges with the reserved page before
+     * it (a reservation made the usual way). */
+    char *range = mmap(NULL, 3 * LEN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (range == MAP_FAILED) die("mmap range");
+    if (mmap(range + LEN, LEN, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, device, bar0) !=
+        range + LEN)
+      die("mmap bar0");
+    char *dma = range + 2 * LEN;
+    if (mprotect(dma, LEN, PROT_READ | PROT_WRITE)) die("mprotect");
+    memset(dma, 0x5a, LEN);
+    map_buffer(dma, IOVA, 3);
+    int r = madvise(range, 3 * LEN, MADV_DONTNEED);
+    printf("madvise %d\n", r ? errno : 0);
+    printf("kept %d\n", dma[0] == 0x5a && dma[LEN - 1] == 0x5a);
+    unmap_buffer(IOVA);
+    if (munmap(range, 3 * LEN)) die("munmap range");
+  } else if (!strcmp(what, "madv-dontneed-locked-bar")) {
+    char *range = mmap(NULL, 2 * LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (range == MAP_FAILED) die("mmap range");
+    if (mmap(range, LEN, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, device, bar0) != range)
+      die("mmap bar0");
+    char *dma = range + LEN;
+    memset(dma, 0x5a, LEN);
+    map_buffer(dma, IOVA, 3);
+    int r = madvise(range, 2 * LEN, 24 /* MADV_DONTNEED_LOCKED */);
+    printf("madvise %d\n", r ? errno : 0);
+    printf("kept %d\n", dma[0] == 0x5a && dma[LEN - 1] == 0x5a);
+    unmap_buffer(IOVA);
+    if (munmap(range, 2 * LEN)) die("munmap range");
+  } else if (!strcmp(what, "madv-dontneed-huge")) {
+    size_t huge_len = 2ul << 20;
+    char *huge = mmap(NULL, huge_len, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+    if (huge == MAP_FAILED) die("mmap hugetlb");
+    memset(huge, 0x5a, huge_len);
+    map_buffer(huge, IOVA, 3);
+    map_buffer(huge + LEN, IOVA + LEN, 3);
+    int r = madvise(huge + LEN, LEN, MADV_DONTNEED);
+    printf("madvise-unaligned %d\n", r ? errno : 0);
+    printf("kept %d\n", huge[0] == 0x5a && huge[2 * LEN - 1] == 0x5a);
+    r = madvise(huge, LEN, MADV_DONTNEED);
+    printf("madvise-first-page %d\n", r ? errno : 0);
+    printf("kept %d\n", huge[0] == 0x5a && huge[2 * LEN - 1] == 0x5a);
+    unmap_buffer(IOVA);
+    unmap_buffer(IOVA + LEN);
+    if (munmap(huge, huge_len)) die("munmap hugetlb");
   } else if (!strcmp(what, "clamp")) {
     map_buffer(buf, IOVA, 3);
     start_dma(0x100000000ul | IOVA, 1);

@@ -732,8 +732,16 @@ pub fn not_stale(softvfio: &Path, mode: &str, bin: &Path, scenario: &str) {
         "madv-overflow",
         "madv-wrap",
         "madv-dontneed-bar",
+        "madv-dontneed-bar-merged",
+        "madv-dontneed-locked-bar",
     ];
-    if ["madv-overflow", "madv-wrap", "madv-dontneed-bar"].contains(&scenario) {
+    let refused_up_to_a_bar = [
+        "madv-dontneed-bar",
+        "madv-dontneed-bar-merged",
+        "madv-dontneed-locked-bar",
+    ];
+    if ["madv-overflow", "madv-wrap"].contains(&scenario) || refused_up_to_a_bar.contains(&scenario)
+    {
         // Linux 6.1's answers (tests-oracle/kernel-6.1-dma-bugs-madvise.txt):
         // refused before any page went, the page mapped for DMA stays.
         assert!(out.contains("madvise 22\nkept 1\n"), "{out}");
@@ -896,6 +904,14 @@ macro_rules! every_scenario {
         $scenario!(madvise_dontneed_stopped_by_a_bar_is_not_stale, |s, m, b| {
             sc::not_stale(s, m, b, "madv-dontneed-bar")
         });
+        $scenario!(
+            madvise_dontneed_stopped_by_a_merged_bar_is_not_stale,
+            |s, m, b| { sc::not_stale(s, m, b, "madv-dontneed-bar-merged") }
+        );
+        $scenario!(
+            madvise_dontneed_of_hugetlb_memory_is_not_stale,
+            |s, m, b| { sc::not_stale(s, m, b, "madv-dontneed-huge") }
+        );
         $scenario!(stale_mapping_after_handoff_free, |s, m, b| {
             sc::stale_after_handoff(s, m, b, "free")
         });
