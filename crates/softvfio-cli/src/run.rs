@@ -1162,6 +1162,20 @@ impl Handler for VfioHandler {
                         self.session.release(key);
                     })
             }
+            // A fault queue: its descriptor's number goes into the reply.
+            Routed::NewFileAt { key, fd_at } => {
+                let fd = t.install_object(ObjectId(key), true).inspect_err(|_| {
+                    self.session.abort(key);
+                })?;
+                if let Err(e) = t.write_mem(fd_at, &(fd as u32).to_ne_bytes()) {
+                    // The reply was writable a moment ago: the program
+                    // unmapped it meanwhile. Its descriptor goes again.
+                    let _ = t.close_fd(fd);
+                    self.session.abort(key);
+                    return Err(e);
+                }
+                Ok(0)
+            }
         }
     }
 

@@ -767,6 +767,85 @@ fn rw_hook(
     })
 }
 
+/// `read(2)`/`write(2)` on a descriptor: the engine serves them on the
+/// objects that have them (a fault queue, whose eventfd would block or
+/// count); every other call goes on. Until this process made a fault queue
+/// the hook costs one load ([`state::SERVED_STREAMS`]).
+fn stream_hook(
+    fd: c_int,
+    buf: u64,
+    len: size_t,
+    write: bool,
+    pass: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    if !state::SERVED_STREAMS.load(Ordering::Relaxed) {
+        return pass();
+    }
+    hook(-1, pass, |pass| {
+        let Some(key) = ours(fd) else {
+            return pass.call();
+        };
+        let saved = real::errno();
+        let served = if forward::attached() {
+            forward::stream_rw(key, buf, len as u64, write)
+        } else {
+            match with_state(|st| st.stream_rw(key, buf, len as u64, write)) {
+                Err(state::HANDED_OFF) => forward::stream_rw(key, buf, len as u64, write),
+                Err(e) => Some(Err(e)),
+                Ok(r) => r,
+            }
+        };
+        match served {
+            None => pass.call(),
+            Some(Ok(n)) => {
+                real::set_errno(saved);
+                n as ssize_t
+            }
+            Some(Err(e)) => fail(e),
+        }
+    })
+}
+
+/// # Safety
+/// As libc's `read`.
+#[no_mangle]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    stream_hook(fd, buf as u64, n, false, || {
+        // SAFETY: the program's buffer and length, passed on unchanged.
+        unsafe { real::read(fd, buf, n) }
+    })
+}
+
+/// glibc's fortified `read`: a read larger than the buffer goes to the
+/// next definition, which aborts the program as it would without softvfio.
+///
+/// # Safety
+/// As glibc's `__read_chk`: `buf` valid for writes of `buflen` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn __read_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+) -> ssize_t {
+    // SAFETY: the program's arguments, passed on unchanged.
+    let pass = || unsafe { real::read_chk(fd, buf, n, buflen) };
+    if n > buflen {
+        return pass();
+    }
+    stream_hook(fd, buf as u64, n, false, pass)
+}
+
+/// # Safety
+/// As libc's `write`.
+#[no_mangle]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    stream_hook(fd, buf as u64, n, true, || {
+        // SAFETY: the program's buffer and length, passed on unchanged.
+        unsafe { real::write(fd, buf, n) }
+    })
+}
+
 /// # Safety
 /// As libc's `pread`.
 #[no_mangle]
