@@ -135,6 +135,12 @@ pub(crate) fn statx_bytes(major: u32, minor: u32) -> Vec<u8> {
     b
 }
 
+/// The kernel's anonymous inode's stat (or statx) written at `buf`.
+fn anon_stat(t: &mut Tracee<'_>, buf: u64, statx: bool) -> Result<i64, Errno> {
+    let (st, stx) = crate::sys::anon_inode_stats()?;
+    t.write_mem(buf, if statx { &stx } else { &st }).map(|()| 0)
+}
+
 /// A stat-family call: `Some(answer)` when the handler serves the path as a
 /// character device (0, or EFAULT for an unwritable buffer), `None` to let
 /// the kernel run the call.
@@ -145,7 +151,11 @@ pub(crate) fn sys_stat(
     a: [u64; 6],
 ) -> Option<Result<i64, Errno>> {
     if nr == libc::SYS_fstat {
-        let (major, minor) = h.stat_object(fd_object(t, a[0] as i32)?)?;
+        let obj = fd_object(t, a[0] as i32)?;
+        if h.stat_object_anon(obj) {
+            return Some(anon_stat(t, a[1], false));
+        }
+        let (major, minor) = h.stat_object(obj)?;
         return Some(t.write_mem(a[1], &stat_bytes(major, minor)).map(|()| 0));
     }
     let (dirfd, path, buf, flags, statx) = stat_args(nr, a)?;
@@ -156,7 +166,11 @@ pub(crate) fn sys_stat(
             if flags & libc::AT_EMPTY_PATH == 0 || !t.read_cstr_bytes(path, 1).ok()?.is_empty() {
                 return None;
             }
-            h.stat_object(fd_object(t, dirfd)?)?
+            let obj = fd_object(t, dirfd)?;
+            if h.stat_object_anon(obj) {
+                return Some(anon_stat(t, buf, statx));
+            }
+            h.stat_object(obj)?
         }
     };
     let bytes = if statx {

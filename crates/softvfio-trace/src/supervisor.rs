@@ -479,6 +479,8 @@ pub(crate) struct Process {
     exit_stopped: HashSet<i32>,
     scratch_map: Option<u64>,
     announced: bool,
+    /// The filter of [`crate::filter::build_reads_and_writes`] was added.
+    reads_served: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -614,6 +616,16 @@ impl Core {
 
     pub(crate) fn scratch_map(&self, pid: i32) -> Option<u64> {
         self.procs.get(&pid).and_then(|p| p.scratch_map)
+    }
+
+    pub(crate) fn reads_served(&self, pid: i32) -> bool {
+        self.procs.get(&pid).is_some_and(|p| p.reads_served)
+    }
+
+    pub(crate) fn set_reads_served(&mut self, pid: i32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.reads_served = true;
+        }
     }
 
     pub(crate) fn set_scratch_map(&mut self, pid: i32, addr: u64) {
@@ -1271,6 +1283,12 @@ impl Core {
                 }
                 Outcome::Pass
             }
+            // Only processes given the second filter stop here.
+            libc::SYS_read | libc::SYS_write => match self.fd_object_cached(tid, a[0] as i32, None)
+            {
+                Some(obj) => self.serve_fd_call(h, pid, tid, None, obj, nr, a),
+                None => Outcome::Pass,
+            },
             libc::SYS_ioctl
             | libc::SYS_pread64
             | libc::SYS_pwrite64
@@ -1319,6 +1337,12 @@ impl Core {
         };
         match nr {
             libc::SYS_ioctl => ret(h.ioctl(&mut t, obj, a[1] & 0xffff_ffff, a[2])),
+            libc::SYS_read | libc::SYS_write => {
+                match h.stream_rw(&mut t, obj, a[1], a[2], nr == libc::SYS_write) {
+                    Some(r) => ret(r),
+                    None => Outcome::Pass,
+                }
+            }
             libc::SYS_pread64 | libc::SYS_pwrite64 => {
                 if (a[3] as i64) < 0 {
                     return ret(Err(Errno::EINVAL));
