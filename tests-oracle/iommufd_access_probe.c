@@ -28,6 +28,7 @@
 #include <sys/ioctl.h>
 #include <sys/select.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -666,7 +667,26 @@ static void case_fault(const char *edu_cdev) {
   struct fault_alloc f3 = {sizeof f3, 0, 0, 0};
   e = io(ifd, IOMMU_FAULT_QUEUE_ALLOC, &f3);
   printf("fault_alloc_fresh_iommufd %s id=%u\n", e, f3.out_fault_id);
-  close((int)f3.out_fault_fd);
+  // A forked child shares the descriptor; the parent's copy keeps the object busy.
+  int cfd = (int)f3.out_fault_fd;
+  fflush(stdout);
+  pid_t child = fork();
+  if (child == 0) {
+    errno = 0; rw_case("fault_child_read_40", read(cfd, rbuf, 40));
+    errno = 0; rw_case("fault_child_read_32", read(cfd, rbuf, 32));
+    struct page_response cr = {7, 0};
+    errno = 0; rw_case("fault_child_write_8", write(cfd, &cr, 8));
+    poll_case("fault_child_poll", cfd, POLLIN | POLLOUT);
+    close(cfd);
+    printf("fault_child_destroy %s\n", destroy(f3.out_fault_id));
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  printf("fault_child_exit %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  printf("fault_fork_destroy_open %s\n", destroy(f3.out_fault_id));
+  close(cfd);
+  printf("fault_fork_destroy_closed %s\n", destroy(f3.out_fault_id));
 }
 
 int main(int argc, char **argv) {
