@@ -730,6 +730,38 @@ fn fault_queue_through_the_session() {
     s.release(ifd);
 }
 
+/// `abi::ioctl` has no descriptor table: `IOMMU_FAULT_QUEUE_ALLOC` through
+/// it is checked as the kernel checks it and then EMFILE (what 6.12
+/// answers when no descriptor is free), with no object left behind.
+#[test]
+fn fault_queue_alloc_without_a_descriptor_table_is_emfile() {
+    let (ctx, mem, ..) = setup();
+    let user: &dyn UserMemory = mem.as_ref();
+    let arg = BASE + 32 * PG;
+    let put = |words: &[u32]| {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        mem.write(arg, &bytes).unwrap();
+    };
+    put(&[16, 1, 0, 0]);
+    assert_eq!(
+        errno(abi::ioctl(&ctx, IOMMU_FAULT_QUEUE_ALLOC, arg, user)),
+        libc::EOPNOTSUPP
+    );
+    put(&[12, 0, 0, 0]);
+    assert_eq!(
+        errno(abi::ioctl(&ctx, IOMMU_FAULT_QUEUE_ALLOC, arg, user)),
+        libc::EINVAL
+    );
+    put(&[16, 0, 0, 0]);
+    assert_eq!(
+        errno(abi::ioctl(&ctx, IOMMU_FAULT_QUEUE_ALLOC, arg, user)),
+        libc::EMFILE
+    );
+    assert_eq!(errno(ctx.destroy(1)), libc::ENOENT);
+    assert_eq!(ctx.ioas_alloc(), 1);
+    check(&ctx);
+}
+
 /// `IOMMU_HWPT_ALLOC` naming a fault queue: 6.12 refuses the flag on a
 /// paging HWPT before it looks at the id (EOPNOTSUPP for a queue, an IOAS,
 /// id 0), and a nested HWPT on a HWPT that is no nesting parent is EINVAL
