@@ -28,6 +28,7 @@
 #include <sys/ioctl.h>
 #include <sys/select.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -562,6 +563,12 @@ static void fault_fd_cases(int fd) {
   errno = 0; rw_case("fault_write_bad_code", write(fd, &bad, 8));
   errno = 0; rw_case("fault_write_null_8", write(fd, null_ptr, 8));
   errno = 0; rw_case("fault_pwrite_8_0", pwrite(fd, r, 8, 0));
+  struct iovec v2[2] = {{rb, 40}, {rb + 40, 40}}, v32[2] = {{rb, 0}, {rb, 32}}, w8[1] = {{r, 8}};
+  errno = 0; rw_case("fault_readv_40_40", readv(fd, v2, 2));
+  errno = 0; rw_case("fault_readv_0_32", readv(fd, v32, 2));
+  errno = 0; rw_case("fault_readv_none", readv(fd, v2, 0));
+  errno = 0; rw_case("fault_writev_8", writev(fd, w8, 1));
+  errno = 0; rw_case("fault_writev_0_32", writev(fd, v32, 1));
   poll_case("fault_poll_all", fd, POLLIN | POLLOUT | POLLPRI | POLLRDNORM | POLLWRNORM | POLLRDHUP);
   poll_case("fault_poll_in", fd, POLLIN);
   poll_case("fault_poll_out", fd, POLLOUT);

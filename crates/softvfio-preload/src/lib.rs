@@ -786,16 +786,7 @@ fn stream_hook(
             return pass.call();
         };
         let saved = real::errno();
-        let served = if forward::attached() {
-            forward::stream_rw(key, buf, len as u64, write)
-        } else {
-            match with_state(|st| st.stream_rw(key, buf, len as u64, write)) {
-                Err(state::HANDED_OFF) => forward::stream_rw(key, buf, len as u64, write),
-                Err(e) => Some(Err(e)),
-                Ok(r) => r,
-            }
-        };
-        match served {
+        match stream_segment(key, buf, len as u64, write) {
             None => pass.call(),
             Some(Ok(n)) => {
                 real::set_errno(saved);
@@ -803,6 +794,93 @@ fn stream_hook(
             }
             Some(Err(e)) => fail(e),
         }
+    })
+}
+
+/// One served `read`/`write` segment on our object `key`: `None` when the
+/// engine does not serve the object.
+fn stream_segment(key: u64, buf: u64, len: u64, write: bool) -> Option<Result<i64, c_int>> {
+    if forward::attached() {
+        return forward::stream_rw(key, buf, len, write);
+    }
+    match with_state(|st| st.stream_rw(key, buf, len, write)) {
+        Err(state::HANDED_OFF) => forward::stream_rw(key, buf, len, write),
+        Err(e) => Some(Err(e)),
+        Ok(r) => r,
+    }
+}
+
+/// `readv`/`writev` on a descriptor: on a served object segment by segment,
+/// as the kernel loops for a file with only `read`/`write` methods (empty
+/// segments skipped, a short or failed one ends the call, an error only
+/// when nothing was done); every other call goes on.
+fn stream_vectored_hook(
+    fd: c_int,
+    iov: u64,
+    cnt: c_int,
+    write: bool,
+    pass: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    if !state::SERVED_STREAMS.load(Ordering::Relaxed) {
+        return pass();
+    }
+    hook(-1, pass, |pass| {
+        let Some(key) = ours(fd) else {
+            return pass.call();
+        };
+        // A zero-length call changes nothing: it asks whether the object
+        // is served.
+        if stream_segment(key, 0, 0, write).is_none() {
+            return pass.call();
+        }
+        if !(0..=libc::UIO_MAXIOV).contains(&cnt) {
+            return fail(libc::EINVAL);
+        }
+        let mut raw = vec![0u8; cnt as usize * 16];
+        if mmio::read_own(iov, &mut raw).is_err() {
+            return fail(libc::EFAULT);
+        }
+        let saved = real::errno();
+        let mut done: i64 = 0;
+        for seg in raw.chunks_exact(16) {
+            let base = u64::from_ne_bytes(seg[0..8].try_into().unwrap_or([0; 8]));
+            let len = u64::from_ne_bytes(seg[8..16].try_into().unwrap_or([0; 8]));
+            if len == 0 {
+                continue;
+            }
+            match stream_segment(key, base, len, write) {
+                Some(Ok(n)) => {
+                    done += n;
+                    if (n as u64) < len {
+                        break;
+                    }
+                }
+                Some(Err(e)) if done == 0 => return fail(e),
+                _ => break,
+            }
+        }
+        real::set_errno(saved);
+        done as ssize_t
+    })
+}
+
+/// # Safety
+/// As libc's `readv`.
+#[no_mangle]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
+    stream_vectored_hook(fd, iov as u64, cnt, false, || {
+        // SAFETY: the program's arguments, passed on unchanged.
+        unsafe { real::iov_call(&real::READV, fd, iov, cnt) }
+    })
+}
+
+/// # Safety
+/// As libc's `writev`.
+#[no_mangle]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
+    stream_vectored_hook(fd, iov as u64, cnt, true, || {
+        // SAFETY: the program's arguments, passed on unchanged.
+        unsafe { real::iov_call(&real::WRITEV, fd, iov, cnt) }
     })
 }
 

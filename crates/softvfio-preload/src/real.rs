@@ -61,6 +61,8 @@ pub static PWRITE: Next = Next::new(c"pwrite");
 pub static READ: Next = Next::new(c"read");
 pub static READ_CHK: Next = Next::new(c"__read_chk");
 pub static WRITE: Next = Next::new(c"write");
+pub static READV: Next = Next::new(c"readv");
+pub static WRITEV: Next = Next::new(c"writev");
 pub static PWRITE64: Next = Next::new(c"pwrite64");
 pub static CLOSE: Next = Next::new(c"close");
 pub static DUP: Next = Next::new(c"dup");
@@ -118,6 +120,7 @@ type PwriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t, off_t) -> ssi
 type ReadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t) -> ssize_t;
 type ReadChkFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, size_t) -> ssize_t;
 type WriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t) -> ssize_t;
+type IovFn = unsafe extern "C" fn(c_int, *const libc::iovec, c_int) -> ssize_t;
 type MlockFn = unsafe extern "C" fn(*const c_void, size_t) -> c_int;
 type Mlock2Fn = unsafe extern "C" fn(*const c_void, size_t, c_uint) -> c_int;
 type MlockallFn = unsafe extern "C" fn(c_int) -> c_int;
@@ -786,6 +789,19 @@ pub unsafe fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
     match fn_of!(WRITE, WriteFn) {
         // SAFETY: forwards the caller's arguments unchanged.
         Some(f) => unsafe { f(fd, buf, n) },
+        None => enosys(),
+    }
+}
+
+/// `readv` (`WRITEV`: `writev`), the next definition `next`.
+///
+/// # Safety
+/// As libc's `readv`/`writev`: `iov` valid for `cnt` entries, each buffer
+/// valid for its length.
+pub unsafe fn iov_call(next: &Next, fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
+    match fn_of!(next, IovFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(fd, iov, cnt) },
         None => enosys(),
     }
 }

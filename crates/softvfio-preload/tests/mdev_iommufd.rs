@@ -228,7 +228,7 @@ fn fault_answers(mode: &str) {
     let got = run(mode, "pin", &probe, &["fault", "/dev/vfio/devices/vfio0"]);
     let path = repo().join("tests-oracle/kernel-6.12-iommufd-fault.txt");
     let want = result_lines(&std::fs::read_to_string(path).expect("recording"));
-    assert_eq!(want.len(), 75);
+    assert_eq!(want.len(), 80);
     assert_eq!(want.last().map(|(k, _)| k.as_str()), Some("done"));
     let deviations = if mode == "trace" {
         FAULT_TRACE_DEVIATIONS

@@ -357,7 +357,8 @@ fn build_list(extra: &[i64], notify_ioctls: Option<&[u32]>, notified: &[i64]) ->
 /// The filter a process gets on top of its first one once it holds an
 /// object whose `read(2)`/`write(2)` the handler serves
 /// ([`crate::Tracee::serve_reads_and_writes`]): it stops at every `read`
-/// and `write` of that process (and of the children it makes later); the
+/// and `write` (`readv`, `writev`) of that process (and of the children it
+/// makes later); the
 /// supervisor serves those on such objects and lets the others run. Among
 /// stacked filters the kernel takes the strongest action, so the first
 /// filter's notifications and kills stay as they were.
@@ -367,7 +368,9 @@ pub fn build_reads_and_writes() -> Vec<sock_filter> {
         Ins::Jeq(AUDIT_ARCH_X86_64, To::Next, To::Allow),
         Ins::Ld(OFF_NR),
         Ins::Jeq(libc::SYS_read as u32, To::Trace, To::Next),
-        Ins::Jeq(libc::SYS_write as u32, To::Trace, To::Allow),
+        Ins::Jeq(libc::SYS_write as u32, To::Trace, To::Next),
+        Ins::Jeq(libc::SYS_readv as u32, To::Trace, To::Next),
+        Ins::Jeq(libc::SYS_writev as u32, To::Trace, To::Allow),
         Ins::Label(To::Allow),
         Ins::Ret(libc::SECCOMP_RET_ALLOW),
         Ins::Label(To::Trace),
@@ -386,15 +389,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_and_writes_filter_stops_at_read_and_write_only() {
+    fn reads_and_writes_filter_stops_at_reads_and_writes_only() {
         let p = build_reads_and_writes();
         let x = AUDIT_ARCH_X86_64;
         let trace = libc::SECCOMP_RET_TRACE;
         let allow = libc::SECCOMP_RET_ALLOW;
         assert_eq!(run(&p, libc::SYS_read as u32, x, 0), trace);
         assert_eq!(run(&p, libc::SYS_write as u32, x, 0), trace);
+        assert_eq!(run(&p, libc::SYS_readv as u32, x, 0), trace);
+        assert_eq!(run(&p, libc::SYS_writev as u32, x, 0), trace);
         for nr in [
-            libc::SYS_readv,
+            libc::SYS_recvfrom,
             libc::SYS_pread64,
             libc::SYS_ioctl,
             libc::SYS_close,

@@ -118,10 +118,10 @@ pub trait Handler: Send {
         Err(Errno::EINVAL)
     }
 
-    /// `read(2)` (`write`: `write(2)`) of `len` bytes at program address
-    /// `buf` on a descriptor of `obj`, in a process given
-    /// [`Tracee::serve_reads_and_writes`]. `None`: the call reaches the
-    /// descriptor's socket.
+    /// `read(2)` (`write`: `write(2)`; and each segment of `readv`/`writev`)
+    /// of `len` bytes at program address `buf` on a descriptor of `obj`, in
+    /// a process given [`Tracee::serve_reads_and_writes`]. `None`: the call
+    /// reaches the descriptor's socket.
     fn stream_rw(
         &mut self,
         t: &mut Tracee<'_>,

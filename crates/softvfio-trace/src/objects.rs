@@ -13,7 +13,9 @@
 //! exit).
 //!
 //! The supervisor shuts down its sending side so that a stray `read()` by
-//! the program sees end-of-file instead of blocking forever.
+//! the program sees end-of-file instead of blocking forever; not for an
+//! object whose reads the handler serves (`Tracee::install_served_object`):
+//! its socket then polls writable only, never readable.
 
 use crate::errno::Errno;
 use crate::handler::ObjectId;
