@@ -34,8 +34,8 @@ pub enum FileObject {
     Iommufd(Arc<Iommufd>),
     /// `/dev/vfio/devices/vfioN`.
     Cdev(Arc<CdevFile>),
-    /// A fault queue's descriptor (`IOMMU_FAULT_QUEUE_ALLOC`): its `read`,
-    /// `write` and `poll` are served ([`Session::read`]).
+    /// A fault queue's descriptor (`IOMMU_FAULT_QUEUE_ALLOC`): its `read`
+    /// and `write` are served ([`Session::read`], [`Session::write`]).
     Fault(FaultFile),
 }
 
@@ -370,8 +370,10 @@ impl Session {
         }
     }
 
-    /// The `poll(2)` events of the file `key` when they are served (a fault
-    /// queue); `None` for the others.
+    /// The `poll(2)` events of the file `key` by the kernel's rule for its
+    /// kind, for a fault queue (`POLLOUT`); `None` for the others. Front
+    /// ends give a fault queue a kernel object that polls the same
+    /// (docs/IOMMUFD.md "Fault queues"), so they need not serve `poll`.
     pub fn poll(&self, key: ObjectKey) -> Option<i16> {
         match self.objects.get(&key) {
             Some(FileObject::Fault(f)) => Some(f.poll()),
