@@ -14,6 +14,10 @@
 //!   eventfd, with `O_CLOEXEC` as in the kernel);
 //! - the fortified `__pread_chk` and `__pread64_chk` (what `pread` becomes
 //!   under `_FORTIFY_SOURCE`, as in Debian's QEMU) are served as `pread`;
+//! - `read`, `__read_chk`, `write`, `readv` and `writev` of an iommufd fault
+//!   queue's descriptor (an eventfd too) are served by the engine, as 6.12's
+//!   fault file answers; until the process makes a queue these hooks cost
+//!   one load and pass every call on (docs/IOMMUFD.md "Fault queues");
 //! - `close`, `close_range`, `dup`, `dup2`, `dup3` and
 //!   `fcntl(F_DUPFD[_CLOEXEC])` (and `fcntl64`) keep the descriptor table;
 //!   the last close of an object releases it;
