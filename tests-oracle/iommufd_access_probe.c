@@ -9,6 +9,8 @@
 //                                                   IOMMU_TEST_CMD (CONFIG_IOMMUFD_TEST only)
 //        iommufd_access_probe account EDU_CDEV       RLIMIT_MODE, VmPin/VmLck, IOAS_COPY charge
 //        iommufd_access_probe pasid EDU_CDEV         a later kernel's PASID attach flag, fault queues
+//        iommufd_access_probe fault EDU_CDEV         a fault queue's object and descriptor: alloc,
+//                                                   read/write/poll/fstat, destroy vs close, HWPT
 //
 // The uAPI structures are declared here (the build host's headers predate
 // iommufd); layouts are Linux 6.12's include/uapi/linux/iommufd.h, vfio.h
@@ -21,7 +23,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/select.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -96,6 +104,10 @@ static const char *ename(int e) {
   case EADDRINUSE: return "EADDRINUSE";
   case EDEADLK: return "EDEADLK";
   case ENODEV: return "ENODEV";
+  case ESPIPE: return "ESPIPE";
+  case EBADF: return "EBADF";
+  case E2BIG: return "E2BIG";
+  case EAGAIN: return "EAGAIN";
   default: { static char b[32]; snprintf(b, sizeof b, "errno%d", e); return b; }
   }
 }
@@ -511,6 +523,179 @@ static void case_pasid(const char *edu_cdev) {
   close(dev);
 }
 
+// ---- A fault queue's object and descriptor (drivers/iommu/iommufd/fault.c) --
+
+struct page_response { uint32_t cookie, code; };
+static void rw_case(const char *name, ssize_t n) { printf("%s %zd %s\n", name, n < 0 ? -1 : n, n < 0 ? ename(errno) : "0"); }
+static void poll_case(const char *name, int fd, short events) {
+  struct pollfd p = {fd, events, 0};
+  errno = 0;
+  int n = poll(&p, 1, 0);
+  printf("%s %d revents=%#x\n", name, n, (unsigned)p.revents);
+}
+static void *volatile null_ptr;  // NULL the compiler cannot see
+static void fault_fd_cases(int fd) {
+  char rb[128];
+  memset(rb, 0x5a, sizeof rb);
+  errno = 0; rw_case("fault_read_32", read(fd, rb, 32));
+  errno = 0; rw_case("fault_read_64", read(fd, rb, 64));
+  errno = 0; rw_case("fault_read_40", read(fd, rb, 40));
+  errno = 0; rw_case("fault_read_48", read(fd, rb, 48));
+  errno = 0; rw_case("fault_read_80", read(fd, rb, 80));
+  errno = 0; rw_case("fault_read_0", read(fd, rb, 0));
+  errno = 0; rw_case("fault_read_1", read(fd, rb, 1));
+  errno = 0; rw_case("fault_read_31", read(fd, rb, 31));
+  errno = 0; rw_case("fault_read_33", read(fd, rb, 33));
+  errno = 0; rw_case("fault_read_null_32", read(fd, null_ptr, 32));
+  errno = 0; rw_case("fault_read_null_40", read(fd, null_ptr, 40));
+  printf("fault_read_untouched %d\n", rb[0] == 0x5a && rb[127] == 0x5a);
+  errno = 0; rw_case("fault_pread_32_0", pread(fd, rb, 32, 0));
+  errno = 0; rw_case("fault_pread_32_32", pread(fd, rb, 32, 32));
+  errno = 0; rw_case("fault_lseek", (ssize_t)lseek(fd, 0, SEEK_CUR));
+  struct page_response r[2] = {{1, 0}, {2, 1}};
+  errno = 0; rw_case("fault_write_0", write(fd, r, 0));
+  errno = 0; rw_case("fault_write_7", write(fd, r, 7));
+  errno = 0; rw_case("fault_write_9", write(fd, r, 9));
+  errno = 0; rw_case("fault_write_unknown_cookie", write(fd, r, 8));
+  errno = 0; rw_case("fault_write_unknown_invalid", write(fd, &r[1], 8));
+  errno = 0; rw_case("fault_write_two", write(fd, r, 16));
+  struct page_response bad = {1, 2};
+  errno = 0; rw_case("fault_write_bad_code", write(fd, &bad, 8));
+  errno = 0; rw_case("fault_write_null_8", write(fd, null_ptr, 8));
+  errno = 0; rw_case("fault_pwrite_8_0", pwrite(fd, r, 8, 0));
+  struct iovec v2[2] = {{rb, 40}, {rb + 40, 40}}, v32[2] = {{rb, 0}, {rb, 32}}, w8[1] = {{r, 8}};
+  errno = 0; rw_case("fault_readv_40_40", readv(fd, v2, 2));
+  errno = 0; rw_case("fault_readv_0_32", readv(fd, v32, 2));
+  errno = 0; rw_case("fault_readv_none", readv(fd, v2, 0));
+  errno = 0; rw_case("fault_writev_8", writev(fd, w8, 1));
+  errno = 0; rw_case("fault_writev_0_32", writev(fd, v32, 1));
+  poll_case("fault_poll_all", fd, POLLIN | POLLOUT | POLLPRI | POLLRDNORM | POLLWRNORM | POLLRDHUP);
+  poll_case("fault_poll_in", fd, POLLIN);
+  poll_case("fault_poll_out", fd, POLLOUT);
+  poll_case("fault_poll_none", fd, 0);
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  struct epoll_event ev = {EPOLLIN | EPOLLOUT | EPOLLRDNORM | EPOLLWRNORM, {0}};
+  errno = 0;
+  int ea = epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+  struct epoll_event got = {0, {0}};
+  int en = epoll_wait(ep, &got, 1, 0);
+  printf("fault_epoll %s %d events=%#x\n", ename(ea ? errno : 0), en, en > 0 ? got.events : 0);
+  close(ep);
+  fd_set rs, ws;
+  FD_ZERO(&rs); FD_ZERO(&ws); FD_SET(fd, &rs); FD_SET(fd, &ws);
+  struct timeval tv = {0, 0};
+  int sn = select(fd + 1, &rs, &ws, NULL, &tv);
+  printf("fault_select %d read=%d write=%d\n", sn, FD_ISSET(fd, &rs) ? 1 : 0, FD_ISSET(fd, &ws) ? 1 : 0);
+  struct stat st;
+  errno = 0;
+  int sr = fstat(fd, &st);
+  printf("fault_fstat %s mode=%#o size=%lld\n", ename(sr ? errno : 0), (unsigned)st.st_mode, (long long)st.st_size);
+  printf("fault_fcntl_getfd %#x\n", fcntl(fd, F_GETFD));
+  printf("fault_fcntl_getfl %#x\n", fcntl(fd, F_GETFL) & ~O_LARGEFILE);
+  char path[64], link[128] = {0};
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  ssize_t ln = readlink(path, link, sizeof link - 1);
+  printf("fault_fd_link %s\n", ln > 0 ? link : ename(errno));
+  struct destroy d = {sizeof d, 1};
+  printf("fault_fd_ioctl_destroy %s\n", io(fd, IOMMU_DESTROY, &d));
+  errno = 0;
+  void *m = mmap(NULL, PG, PROT_READ, MAP_SHARED, fd, 0);
+  printf("fault_fd_mmap %s\n", m == MAP_FAILED ? ename(errno) : "0");
+  if (m != MAP_FAILED) munmap(m, PG);
+}
+
+static void case_fault(const char *edu_cdev) {
+  uint32_t ioas = ioas_new();
+  struct fault_alloc fa = {sizeof fa, 0, 0, 0};
+  const char *e = io(ifd, IOMMU_FAULT_QUEUE_ALLOC, &fa);
+  int fd = (int)fa.out_fault_fd;
+  printf("fault_alloc %s id=%u ioas=%u fd_valid=%d\n", e, fa.out_fault_id, ioas, fcntl(fd, F_GETFD) >= 0);
+  struct { struct fault_alloc a; uint32_t tail; } big = {{sizeof big, 0, 0, 0}, 0};
+  e = io(ifd, IOMMU_FAULT_QUEUE_ALLOC, &big);
+  printf("fault_alloc_size20 %s id=%u\n", e, big.a.out_fault_id);
+  if (!strcmp(e, "0")) close((int)big.a.out_fault_fd);
+  big.tail = 1;
+  big.a.out_fault_id = 0;
+  printf("fault_alloc_size20_tail %s id=%u\n", io(ifd, IOMMU_FAULT_QUEUE_ALLOC, &big), big.a.out_fault_id);
+  struct fault_alloc fs = {15, 0, 0, 0};
+  printf("fault_alloc_size15 %s\n", io(ifd, IOMMU_FAULT_QUEUE_ALLOC, &fs));
+  struct fault_alloc fl = {sizeof fl, 0x80000000u, 0, 0};
+  printf("fault_alloc_flag31 %s\n", io(ifd, IOMMU_FAULT_QUEUE_ALLOC, &fl));
+  printf("fault_alloc_null %s\n", io(ifd, IOMMU_FAULT_QUEUE_ALLOC, NULL));
+  fault_fd_cases(fd);
+  // The object against its descriptor.
+  struct iova_range r[1];
+  struct iova_ranges q = {sizeof q, fa.out_fault_id, 1, 0, (uintptr_t)r, 0};
+  printf("fault_iova_ranges_on_fault %s\n", io(ifd, IOMMU_IOAS_IOVA_RANGES, &q));
+  printf("fault_destroy_open %s\n", destroy(fa.out_fault_id));
+  char rbuf[64];
+  int dupfd = dup(fd);
+  close(fd);
+  printf("fault_destroy_dup_open %s\n", destroy(fa.out_fault_id));
+  errno = 0; rw_case("fault_dup_read_40", read(dupfd, rbuf, 40));
+  close(dupfd);
+  printf("fault_destroy_closed %s\n", destroy(fa.out_fault_id));
+  printf("fault_destroy_again %s\n", destroy(fa.out_fault_id));
+  // HWPT allocation naming a fault queue.
+  int dev = open(edu_cdev, O_RDWR);
+  uint32_t devid = 0;
+  if (bind_dev("fault_bind", dev, &devid)) return;
+  struct fault_alloc f2 = {sizeof f2, 0, 0, 0};
+  printf("fault_alloc2 %s\n", io(ifd, IOMMU_FAULT_QUEUE_ALLOC, &f2));
+  struct hwpt_alloc_fault ha = {sizeof ha, HWPT_FAULT_ID_VALID, devid, ioas, 0, 0, 0, 0, 0, f2.out_fault_id, 0};
+  printf("hwpt_fault_valid_id %s\n", io(ifd, IOMMU_HWPT_ALLOC, &ha));
+  ha.fault_id = ioas;
+  printf("hwpt_fault_ioas_id %s\n", io(ifd, IOMMU_HWPT_ALLOC, &ha));
+  ha.fault_id = 0;
+  printf("hwpt_fault_zero_id %s\n", io(ifd, IOMMU_HWPT_ALLOC, &ha));
+  struct hwpt_alloc_fault hp = {sizeof hp, 0, devid, ioas, 0, 0, 0, 0, 0, 0, 0};
+  e = io(ifd, IOMMU_HWPT_ALLOC, &hp);
+  printf("hwpt_paging %s\n", e);
+  uint64_t s1[4] = {0x1000, 0, 48, 0};  // struct iommu_hwpt_vtd_s1: pgtbl_addr, flags, addr_width
+  struct hwpt_alloc_fault hn = {sizeof hn, HWPT_FAULT_ID_VALID, devid, hp.out_hwpt_id, 0, 0, 1, 24,
+                                (uintptr_t)s1, f2.out_fault_id, 0};
+  printf("hwpt_nested_fault %s\n", io(ifd, IOMMU_HWPT_ALLOC, &hn));
+  hn.fault_id = 999;
+  printf("hwpt_nested_bad_fault %s\n", io(ifd, IOMMU_HWPT_ALLOC, &hn));
+  hn.flags = 0;
+  printf("hwpt_nested_plain %s\n", io(ifd, IOMMU_HWPT_ALLOC, &hn));
+  struct hwpt_alloc_fault hq = {sizeof hq, 0, devid, f2.out_fault_id, 0, 0, 0, 0, 0, 0, 0};
+  printf("hwpt_on_fault_id %s\n", io(ifd, IOMMU_HWPT_ALLOC, &hq));
+  attach_case("attach_fault_id", dev, f2.out_fault_id, NULL);
+  printf("hwpt_fault_reserved2 %s\n", (ha.fault_id = f2.out_fault_id, ha.reserved2 = 1, io(ifd, IOMMU_HWPT_ALLOC, &ha)));
+  printf("fault_destroy2_open %s\n", destroy(f2.out_fault_id));
+  close(dev);
+  // The descriptor outlives its iommufd.
+  close(ifd);
+  errno = 0; rw_case("fault_after_iommufd_read_40", read((int)f2.out_fault_fd, rbuf, 40));
+  poll_case("fault_after_iommufd_poll", (int)f2.out_fault_fd, POLLIN | POLLOUT);
+  printf("fault_after_iommufd_close %s\n", ename(close((int)f2.out_fault_fd) ? errno : 0));
+  ifd = open("/dev/iommu", O_RDWR);
+  struct fault_alloc f3 = {sizeof f3, 0, 0, 0};
+  e = io(ifd, IOMMU_FAULT_QUEUE_ALLOC, &f3);
+  printf("fault_alloc_fresh_iommufd %s id=%u\n", e, f3.out_fault_id);
+  // A forked child shares the descriptor; the parent's copy keeps the object busy.
+  int cfd = (int)f3.out_fault_fd;
+  fflush(stdout);
+  pid_t child = fork();
+  if (child == 0) {
+    errno = 0; rw_case("fault_child_read_40", read(cfd, rbuf, 40));
+    errno = 0; rw_case("fault_child_read_32", read(cfd, rbuf, 32));
+    struct page_response cr = {7, 0};
+    errno = 0; rw_case("fault_child_write_8", write(cfd, &cr, 8));
+    poll_case("fault_child_poll", cfd, POLLIN | POLLOUT);
+    close(cfd);
+    printf("fault_child_destroy %s\n", destroy(f3.out_fault_id));
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  printf("fault_child_exit %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  printf("fault_fork_destroy_open %s\n", destroy(f3.out_fault_id));
+  close(cfd);
+  printf("fault_fork_destroy_closed %s\n", destroy(f3.out_fault_id));
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc < 2) return 2;
@@ -529,6 +714,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "test")) case_test();
   if (!strcmp(argv[1], "account") && argc >= 3) case_account(argv[2]);
   if (!strcmp(argv[1], "pasid") && argc >= 3) case_pasid(argv[2]);
+  if (!strcmp(argv[1], "fault") && argc >= 3) case_fault(argv[2]);
   close(ifd);
   printf("done\n");
   return 0;

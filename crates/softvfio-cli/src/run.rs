@@ -1162,6 +1162,27 @@ impl Handler for VfioHandler {
                         self.session.release(key);
                     })
             }
+            // A fault queue: its descriptor's number goes into the reply.
+            // Its reads and writes are served when the process can be given
+            // the filter that stops them; else they reach the socket.
+            Routed::NewFileAt { key, fd_at } => {
+                let installed = if t.serve_reads_and_writes().is_ok() {
+                    t.install_served_object(ObjectId(key), true)
+                } else {
+                    t.install_object(ObjectId(key), true)
+                };
+                let fd = installed.inspect_err(|_| {
+                    self.session.abort(key);
+                })?;
+                if let Err(e) = t.write_mem(fd_at, &(fd as u32).to_ne_bytes()) {
+                    // The reply was writable a moment ago: the program
+                    // unmapped it meanwhile. Its descriptor goes again.
+                    let _ = t.close_fd(fd);
+                    self.session.abort(key);
+                    return Err(e);
+                }
+                Ok(0)
+            }
         }
     }
 
@@ -1180,6 +1201,27 @@ impl Handler for VfioHandler {
         self.session
             .pread(obj.0, user.as_ref(), buf, len, offset)
             .map_err(errno)
+    }
+
+    fn stat_object_anon(&mut self, obj: ObjectId) -> bool {
+        matches!(self.session.object(obj.0), Some(FileObject::Fault(_)))
+    }
+
+    fn stream_rw(
+        &mut self,
+        t: &mut Tracee<'_>,
+        obj: ObjectId,
+        buf: u64,
+        len: u64,
+        write: bool,
+    ) -> Option<Result<i64, Errno>> {
+        let user = self.mem_for(t.pid());
+        let r = if write {
+            self.session.write(obj.0, user.as_ref(), buf, len)
+        } else {
+            self.session.read(obj.0, user.as_ref(), buf, len)
+        };
+        r.map(|r| r.map_err(errno))
     }
 
     fn pwrite(

@@ -112,6 +112,8 @@ impl Leftovers {
                     self.locked_pages += i.areas.iter().map(|a| a.charged).sum::<u64>();
                 }
             }
+            // Counted with its context (the queue holds nothing).
+            FileObject::Fault(_) => {}
         }
     }
 }

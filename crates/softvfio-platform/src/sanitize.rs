@@ -1210,6 +1210,8 @@ pub fn leaks_of(s: &Sanitizer, key: u64, obj: &softvfio::frontend::FileObject) -
                 }
             }
         }
+        // A fault queue holds no memory and no interrupt: nothing leaks.
+        FileObject::Fault(_) => {}
         FileObject::Group(_) => {
             if let Some(r) = rec {
                 out.push(LeakRecord {

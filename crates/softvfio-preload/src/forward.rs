@@ -70,6 +70,12 @@ pub(crate) mod op {
     /// address space (word 3 the call: [`stale_cause`]); its call site's
     /// addresses follow. The keeper runs the stale-mapping check.
     pub const STALE: u64 = 43;
+    /// `read(2)` (`WRITE`: `write(2)`) of object word 1, buffer word 2,
+    /// length word 3. Answer: key word 1 when the object's reads are not
+    /// served (the caller's call goes to its descriptor), else the value.
+    pub const READ: u64 = 44;
+    /// See [`READ`].
+    pub const WRITE: u64 = 45;
     /// Answers to the keeper's questions.
     pub const MM_DONE: u64 = 20;
     pub const FD_ANSWER: u64 = 21;
@@ -363,6 +369,16 @@ pub fn ioctl(key: u64, request: u64, arg: u64) -> Result<i64, c_int> {
         // vfio hands out device fds with O_CLOEXEC.
         let r = c.call(&[op::IOCTL, key, request, arg], &site, true)?;
         match r.fd {
+            // A fault queue: the descriptor's number goes into the reply
+            // (at the address the keeper answered), the call returns 0.
+            Some(fd) if request == softvfio::iommufd::abi::IOMMU_FAULT_QUEUE_ALLOC => {
+                c.track(fd, r.key);
+                crate::state::SERVED_STREAMS.store(true, Ordering::Relaxed);
+                match crate::mmio::write_own(r.val as u64, &(fd as u32).to_ne_bytes()) {
+                    Ok(()) => Ok(0),
+                    Err(_) => Err(libc::EFAULT),
+                }
+            }
             Some(fd) => {
                 c.track(fd, r.key);
                 Ok(i64::from(fd))
@@ -381,6 +397,17 @@ pub fn ioctl(key: u64, request: u64, arg: u64) -> Result<i64, c_int> {
 pub fn rw(key: u64, buf: u64, len: u64, off: u64, write: bool) -> Result<i64, c_int> {
     let o = if write { op::PWRITE } else { op::PREAD };
     with_client(|c| Ok(c.call(&[o, key, buf, len, off], &[], false)?.val))
+}
+
+/// `read(2)`/`write(2)` on object `key`: `None` when the keeper does not
+/// serve them for it.
+pub fn stream_rw(key: u64, buf: u64, len: u64, write: bool) -> Option<Result<i64, c_int>> {
+    let o = if write { op::WRITE } else { op::READ };
+    match with_client(|c| c.call(&[o, key, buf, len], &[], false)) {
+        Ok(r) if r.key != 0 => None,
+        Ok(r) => Some(Ok(r.val)),
+        Err(e) => Some(Err(e)),
+    }
 }
 
 /// `fd` no longer refers to what it did (closed, or replaced by dup2).

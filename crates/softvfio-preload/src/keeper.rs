@@ -905,6 +905,21 @@ impl Keeper {
                 })? {
                     Routed::Value(v) => Ok((v, 0, None)),
                     Routed::NewObject(key) => self.new_object(pid, key, true),
+                    // The caller writes the descriptor's number at `fd_at`.
+                    Routed::NewFileAt { key, fd_at } => {
+                        let (_, key, fd) = self.new_object(pid, key, true)?;
+                        Ok((fd_at as i64, key, fd))
+                    }
+                }
+            }
+            op::READ | op::WRITE => {
+                let user = self.procs.get(&pid).ok_or(libc::EIO)?.mem.user();
+                match self
+                    .st
+                    .stream_rw_for(w[1], user.as_ref(), w[2], w[3], w[0] == op::WRITE)
+                {
+                    Some(r) => Ok((r?, 0, None)),
+                    None => Ok((0, 1, None)),
                 }
             }
             op::PREAD | op::PWRITE => {

@@ -14,6 +14,10 @@
 //!   eventfd, with `O_CLOEXEC` as in the kernel);
 //! - the fortified `__pread_chk` and `__pread64_chk` (what `pread` becomes
 //!   under `_FORTIFY_SOURCE`, as in Debian's QEMU) are served as `pread`;
+//! - `read`, `__read_chk`, `write`, `readv` and `writev` of an iommufd fault
+//!   queue's descriptor (an eventfd too) are served by the engine, as 6.12's
+//!   fault file answers; until the process makes a queue these hooks cost
+//!   one load and pass every call on (docs/IOMMUFD.md "Fault queues");
 //! - `close`, `close_range`, `dup`, `dup2`, `dup3` and
 //!   `fcntl(F_DUPFD[_CLOEXEC])` (and `fcntl64`) keep the descriptor table;
 //!   the last close of an object releases it;
@@ -764,6 +768,163 @@ fn rw_hook(
             }
             Ok(Err(e)) | Err(e) => fail(e),
         }
+    })
+}
+
+/// `read(2)`/`write(2)` on a descriptor: the engine serves them on the
+/// objects that have them (a fault queue, whose eventfd would block or
+/// count); every other call goes on. Until this process made a fault queue
+/// the hook costs one load ([`state::SERVED_STREAMS`]).
+fn stream_hook(
+    fd: c_int,
+    buf: u64,
+    len: size_t,
+    write: bool,
+    pass: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    if !state::SERVED_STREAMS.load(Ordering::Relaxed) {
+        return pass();
+    }
+    hook(-1, pass, |pass| {
+        let Some(key) = ours(fd) else {
+            return pass.call();
+        };
+        let saved = real::errno();
+        match stream_segment(key, buf, len as u64, write) {
+            None => pass.call(),
+            Some(Ok(n)) => {
+                real::set_errno(saved);
+                n as ssize_t
+            }
+            Some(Err(e)) => fail(e),
+        }
+    })
+}
+
+/// One served `read`/`write` segment on our object `key`: `None` when the
+/// engine does not serve the object.
+fn stream_segment(key: u64, buf: u64, len: u64, write: bool) -> Option<Result<i64, c_int>> {
+    if forward::attached() {
+        return forward::stream_rw(key, buf, len, write);
+    }
+    match with_state(|st| st.stream_rw(key, buf, len, write)) {
+        Err(state::HANDED_OFF) => forward::stream_rw(key, buf, len, write),
+        Err(e) => Some(Err(e)),
+        Ok(r) => r,
+    }
+}
+
+/// `readv`/`writev` on a descriptor: on a served object segment by segment,
+/// as the kernel loops for a file with only `read`/`write` methods (empty
+/// segments skipped, a short or failed one ends the call, an error only
+/// when nothing was done); every other call goes on.
+fn stream_vectored_hook(
+    fd: c_int,
+    iov: u64,
+    cnt: c_int,
+    write: bool,
+    pass: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    if !state::SERVED_STREAMS.load(Ordering::Relaxed) {
+        return pass();
+    }
+    hook(-1, pass, |pass| {
+        let Some(key) = ours(fd) else {
+            return pass.call();
+        };
+        // A zero-length call changes nothing: it asks whether the object
+        // is served.
+        if stream_segment(key, 0, 0, write).is_none() {
+            return pass.call();
+        }
+        if !(0..=libc::UIO_MAXIOV).contains(&cnt) {
+            return fail(libc::EINVAL);
+        }
+        let mut raw = vec![0u8; cnt as usize * 16];
+        if mmio::read_own(iov, &mut raw).is_err() {
+            return fail(libc::EFAULT);
+        }
+        let saved = real::errno();
+        let mut done: i64 = 0;
+        for seg in raw.chunks_exact(16) {
+            let base = u64::from_ne_bytes(seg[0..8].try_into().unwrap_or([0; 8]));
+            let len = u64::from_ne_bytes(seg[8..16].try_into().unwrap_or([0; 8]));
+            if len == 0 {
+                continue;
+            }
+            match stream_segment(key, base, len, write) {
+                Some(Ok(n)) => {
+                    done += n;
+                    if (n as u64) < len {
+                        break;
+                    }
+                }
+                Some(Err(e)) if done == 0 => return fail(e),
+                _ => break,
+            }
+        }
+        real::set_errno(saved);
+        done as ssize_t
+    })
+}
+
+/// # Safety
+/// As libc's `readv`.
+#[no_mangle]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
+    stream_vectored_hook(fd, iov as u64, cnt, false, || {
+        // SAFETY: the program's arguments, passed on unchanged.
+        unsafe { real::iov_call(&real::READV, fd, iov, cnt) }
+    })
+}
+
+/// # Safety
+/// As libc's `writev`.
+#[no_mangle]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
+    stream_vectored_hook(fd, iov as u64, cnt, true, || {
+        // SAFETY: the program's arguments, passed on unchanged.
+        unsafe { real::iov_call(&real::WRITEV, fd, iov, cnt) }
+    })
+}
+
+/// # Safety
+/// As libc's `read`.
+#[no_mangle]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    stream_hook(fd, buf as u64, n, false, || {
+        // SAFETY: the program's buffer and length, passed on unchanged.
+        unsafe { real::read(fd, buf, n) }
+    })
+}
+
+/// glibc's fortified `read`: a read larger than the buffer goes to the
+/// next definition, which aborts the program as it would without softvfio.
+///
+/// # Safety
+/// As glibc's `__read_chk`: `buf` valid for writes of `buflen` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn __read_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+) -> ssize_t {
+    // SAFETY: the program's arguments, passed on unchanged.
+    let pass = || unsafe { real::read_chk(fd, buf, n, buflen) };
+    if n > buflen {
+        return pass();
+    }
+    stream_hook(fd, buf as u64, n, false, pass)
+}
+
+/// # Safety
+/// As libc's `write`.
+#[no_mangle]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    stream_hook(fd, buf as u64, n, true, || {
+        // SAFETY: the program's buffer and length, passed on unchanged.
+        unsafe { real::write(fd, buf, n) }
     })
 }
 

@@ -676,6 +676,18 @@ fn own_vm(addr: u64, buf: *mut c_void, len: usize, write: bool) -> std::io::Resu
     }
 }
 
+/// Reads `data.len()` bytes at `addr` of this process's memory; EFAULT (an
+/// error) where it is not readable.
+pub(crate) fn read_own(addr: u64, data: &mut [u8]) -> std::io::Result<()> {
+    own_vm(addr, data.as_mut_ptr().cast(), data.len(), false)
+}
+
+/// Writes `data` at `addr` of this process's memory; EFAULT (an error)
+/// where it is not writable.
+pub(crate) fn write_own(addr: u64, data: &[u8]) -> std::io::Result<()> {
+    own_vm(addr, data.as_ptr() as *mut c_void, data.len(), true)
+}
+
 impl ProgramMemory for OwnMemory {
     fn read(&mut self, addr: u64, data: &mut [u8]) -> std::io::Result<()> {
         own_vm(addr, data.as_mut_ptr().cast(), data.len(), false)

@@ -58,6 +58,11 @@ pub static PREAD_CHK: Next = Next::new(c"__pread_chk");
 pub static PREAD64_CHK: Next = Next::new(c"__pread64_chk");
 pub static CLOSE_RANGE: Next = Next::new(c"close_range");
 pub static PWRITE: Next = Next::new(c"pwrite");
+pub static READ: Next = Next::new(c"read");
+pub static READ_CHK: Next = Next::new(c"__read_chk");
+pub static WRITE: Next = Next::new(c"write");
+pub static READV: Next = Next::new(c"readv");
+pub static WRITEV: Next = Next::new(c"writev");
 pub static PWRITE64: Next = Next::new(c"pwrite64");
 pub static CLOSE: Next = Next::new(c"close");
 pub static DUP: Next = Next::new(c"dup");
@@ -112,6 +117,10 @@ type PreadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t) -> ssize_
 type PreadChkFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t, size_t) -> ssize_t;
 type CloseRangeFn = unsafe extern "C" fn(c_uint, c_uint, c_int) -> c_int;
 type PwriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t, off_t) -> ssize_t;
+type ReadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t) -> ssize_t;
+type ReadChkFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, size_t) -> ssize_t;
+type WriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t) -> ssize_t;
+type IovFn = unsafe extern "C" fn(c_int, *const libc::iovec, c_int) -> ssize_t;
 type MlockFn = unsafe extern "C" fn(*const c_void, size_t) -> c_int;
 type Mlock2Fn = unsafe extern "C" fn(*const c_void, size_t, c_uint) -> c_int;
 type MlockallFn = unsafe extern "C" fn(c_int) -> c_int;
@@ -914,6 +923,58 @@ pub unsafe fn pwrite(next: &Next, fd: c_int, buf: *const c_void, n: size_t, off:
     match fn_of!(next, PwriteFn) {
         // SAFETY: forwards the caller's arguments unchanged.
         Some(f) => unsafe { f(fd, buf, n, off) },
+        None => enosys(),
+    }
+}
+
+/// `read` (the next definition).
+///
+/// # Safety
+/// As libc's `read`: `buf` valid for writes of `n` bytes.
+pub unsafe fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    match fn_of!(READ, ReadFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(fd, buf, n) },
+        None => enosys(),
+    }
+}
+
+/// glibc's fortified `__read_chk`: `read` of at most `buflen` bytes; a
+/// larger `n` aborts the program in the next definition.
+///
+/// # Safety
+/// As glibc's `__read_chk`: `buf` valid for writes of `buflen` bytes.
+pub unsafe fn read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t {
+    match fn_of!(READ_CHK, ReadChkFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(fd, buf, n, buflen) },
+        // SAFETY: the caller's contract covers `buf` for `n <= buflen`.
+        None if n <= buflen => unsafe { read(fd, buf, n) },
+        None => enosys(),
+    }
+}
+
+/// `write` (the next definition).
+///
+/// # Safety
+/// As libc's `write`: `buf` valid for reads of `n` bytes.
+pub unsafe fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    match fn_of!(WRITE, WriteFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(fd, buf, n) },
+        None => enosys(),
+    }
+}
+
+/// `readv` (`WRITEV`: `writev`), the next definition `next`.
+///
+/// # Safety
+/// As libc's `readv`/`writev`: `iov` valid for `cnt` entries, each buffer
+/// valid for its length.
+pub unsafe fn iov_call(next: &Next, fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
+    match fn_of!(next, IovFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(fd, iov, cnt) },
         None => enosys(),
     }
 }

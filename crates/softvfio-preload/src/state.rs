@@ -30,6 +30,11 @@ use crate::real;
 /// descriptors skip the table while it is empty.
 pub static TRACKED: AtomicUsize = AtomicUsize::new(0);
 
+/// A fault queue was made in this process (or the keeper serving it): only
+/// then do `read`/`write` look for one of our descriptors (the hooks pass
+/// every other call on at the cost of this load).
+pub static SERVED_STREAMS: AtomicBool = AtomicBool::new(false);
+
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 /// The platform could not be built (bad configuration): said once.
 static BROKEN: AtomicBool = AtomicBool::new(false);
@@ -277,7 +282,10 @@ impl State {
         match self.session.object(key)? {
             FileObject::Group(g) => Some(g.group.id),
             FileObject::Device(d) => Some(d.group.id),
-            FileObject::Container(_) | FileObject::Iommufd(_) | FileObject::Cdev(_) => None,
+            FileObject::Container(_)
+            | FileObject::Iommufd(_)
+            | FileObject::Cdev(_)
+            | FileObject::Fault(_) => None,
         }
     }
 
@@ -473,7 +481,51 @@ impl State {
                     Err(e)
                 }
             },
+            // A fault queue: an eventfd as every object (its `poll` is the
+            // queue's: POLLOUT, never POLLIN), its number in the reply,
+            // its reads and writes served ([`State::stream_rw`]).
+            Routed::NewFileAt { key, fd_at } => {
+                let fd = real::new_object_fd(true).inspect_err(|_| self.session.abort(key))?;
+                if self.mem.write(fd_at, &(fd as u32).to_ne_bytes()).is_err() {
+                    real::close(fd);
+                    self.session.abort(key);
+                    return Err(libc::EFAULT);
+                }
+                SERVED_STREAMS.store(true, Ordering::Relaxed);
+                self.track(fd, key);
+                Ok(0)
+            }
         }
+    }
+
+    /// `read(2)`/`write(2)` (no offset) on our object `key` when the
+    /// engine serves them (a fault queue); `None` for other objects.
+    pub fn stream_rw(
+        &self,
+        key: ObjectKey,
+        buf: u64,
+        len: u64,
+        write: bool,
+    ) -> Option<Result<i64, c_int>> {
+        self.stream_rw_for(key, self.mem.as_ref(), buf, len, write)
+    }
+
+    /// In the keeper (and in process): [`State::stream_rw`] into the
+    /// memory `user` of the caller.
+    pub(crate) fn stream_rw_for(
+        &self,
+        key: ObjectKey,
+        user: &dyn UserMemory,
+        buf: u64,
+        len: u64,
+        write: bool,
+    ) -> Option<Result<i64, c_int>> {
+        let r = if write {
+            self.session.write(key, user, buf, len)
+        } else {
+            self.session.read(key, user, buf, len)
+        };
+        r.map(|r| r.map_err(|e| e.errno()))
     }
 
     /// `mmap` of our object `key` (the driver's checks): what it maps.
@@ -693,8 +745,13 @@ impl State {
             .session
             .ioctl(key, request, arg, user, fds)
             .map_err(|e| e.errno())?;
-        if let Routed::NewObject(k) = routed {
-            self.hold(k);
+        match routed {
+            Routed::NewObject(k) => self.hold(k),
+            Routed::NewFileAt { key, .. } => {
+                SERVED_STREAMS.store(true, Ordering::Relaxed);
+                self.hold(key);
+            }
+            Routed::Value(_) => {}
         }
         Ok(routed)
     }

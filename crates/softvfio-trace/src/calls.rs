@@ -86,6 +86,13 @@ pub(crate) enum Call {
         /// The descriptor.
         fd: i32,
     },
+    /// `read`, `write`, `readv`, `writev` of a descriptor: served when it
+    /// is an object that streams (an iommufd fault queue); a process stops
+    /// at these only once it holds one (the second filter).
+    Stream {
+        /// The descriptor.
+        fd: i32,
+    },
     /// `mmap`, `munmap`, `mremap`, `mprotect`, `madvise`: for the handler's
     /// memory-call hook.
     Memory,
@@ -152,6 +159,9 @@ impl Call {
             | libc::SYS_pwritev
             | libc::SYS_preadv2
             | libc::SYS_pwritev2 => Call::OnFd { fd: a[0] as i32 },
+            libc::SYS_read | libc::SYS_write | libc::SYS_readv | libc::SYS_writev => {
+                Call::Stream { fd: a[0] as i32 }
+            }
             libc::SYS_mmap
             | libc::SYS_munmap
             | libc::SYS_mremap
@@ -272,7 +282,15 @@ mod tests {
         assert_eq!(Call::decode(libc::SYS_mlockall, [0; 6]), Call::LocksMemory);
         assert_eq!(Call::decode(libc::SYS_execveat, [0; 6]), Call::Exec);
         assert_eq!(Call::decode(libc::SYS_madvise, [0; 6]), Call::Memory);
-        assert_eq!(Call::decode(libc::SYS_read, [0; 6]), Call::Other);
+        for nr in [
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_readv,
+            libc::SYS_writev,
+        ] {
+            assert_eq!(Call::decode(nr, [5, 0, 0, 0, 0, 0]), Call::Stream { fd: 5 });
+        }
+        assert_eq!(Call::decode(libc::SYS_getpid, [0; 6]), Call::Other);
         assert_eq!(Call::decode(-1, [0; 6]), Call::Other);
     }
 }

@@ -185,6 +185,8 @@ pub const INJECTED_SYSCALLS: &[i64] = &[
     libc::SYS_close_range,
     libc::SYS_memfd_create,
     libc::SYS_getpid,
+    // The second filter of `Tracee::serve_reads_and_writes`.
+    libc::SYS_seccomp,
 ];
 
 /// What the filter is built for.
@@ -385,6 +387,31 @@ fn build_list(extra: &[i64], notify_ioctls: Option<&[u32]>, notified: &[i64]) ->
     assemble(&c)
 }
 
+/// The filter a process gets on top of its first one once it holds an
+/// object whose `read(2)`/`write(2)` the handler serves
+/// ([`crate::Tracee::serve_reads_and_writes`]): it stops at every `read`
+/// and `write` (`readv`, `writev`) of that process (and of the children it
+/// makes later); the
+/// supervisor serves those on such objects and lets the others run. Among
+/// stacked filters the kernel takes the strongest action, so the first
+/// filter's notifications and kills stay as they were.
+pub fn build_reads_and_writes() -> Vec<sock_filter> {
+    let c = vec![
+        Ins::Ld(OFF_ARCH),
+        Ins::Jeq(AUDIT_ARCH_X86_64, To::Next, To::Allow),
+        Ins::Ld(OFF_NR),
+        Ins::Jeq(libc::SYS_read as u32, To::Trace, To::Next),
+        Ins::Jeq(libc::SYS_write as u32, To::Trace, To::Next),
+        Ins::Jeq(libc::SYS_readv as u32, To::Trace, To::Next),
+        Ins::Jeq(libc::SYS_writev as u32, To::Trace, To::Allow),
+        Ins::Label(To::Allow),
+        Ins::Ret(libc::SECCOMP_RET_ALLOW),
+        Ins::Label(To::Trace),
+        Ins::Ret(libc::SECCOMP_RET_TRACE),
+    ];
+    assemble(&c)
+}
+
 /// True when `cmd` (an ioctl request) is one the filter sends to us.
 pub fn is_vfio_ioctl(cmd: u64) -> bool {
     (cmd as u32) & 0xffff_ff00 == VFIO_IOCTL_TYPE << 8
@@ -393,6 +420,28 @@ pub fn is_vfio_ioctl(cmd: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_and_writes_filter_stops_at_reads_and_writes_only() {
+        let p = build_reads_and_writes();
+        let x = AUDIT_ARCH_X86_64;
+        let trace = libc::SECCOMP_RET_TRACE;
+        let allow = libc::SECCOMP_RET_ALLOW;
+        assert_eq!(run(&p, libc::SYS_read as u32, x, 0), trace);
+        assert_eq!(run(&p, libc::SYS_write as u32, x, 0), trace);
+        assert_eq!(run(&p, libc::SYS_readv as u32, x, 0), trace);
+        assert_eq!(run(&p, libc::SYS_writev as u32, x, 0), trace);
+        for nr in [
+            libc::SYS_recvfrom,
+            libc::SYS_pread64,
+            libc::SYS_ioctl,
+            libc::SYS_close,
+        ] {
+            assert_eq!(run(&p, nr as u32, x, 0), allow, "{nr}");
+        }
+        // Another ABI's read (i386 `read` is 3) runs.
+        assert_eq!(run(&p, 0, 0x4000_0003, 0), allow);
+    }
 
     /// A tiny classic-BPF interpreter for the subset the filter uses.
     fn run(prog: &[sock_filter], nr: u32, arch: u32, arg1: u64) -> u32 {

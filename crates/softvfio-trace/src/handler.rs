@@ -80,6 +80,15 @@ pub trait Handler: Send {
         None
     }
 
+    /// `fstat` (and `AT_EMPTY_PATH` stats) of a descriptor of `obj`: true
+    /// when the object stands for a file of the kernel's anonymous inode
+    /// (an iommufd fault queue), whose stat then answers that inode's (the
+    /// stat of an eventfd made by the supervisor).
+    fn stat_object_anon(&mut self, obj: ObjectId) -> bool {
+        let _ = obj;
+        false
+    }
+
     /// `ioctl(fd, request, arg)` on a descriptor of `obj`, for VFIO requests
     /// (`_IO(';', n)`; the kernel's `unsigned int` request, zero-extended).
     /// Other ioctls on our descriptors reach the underlying socket (e.g.
@@ -107,6 +116,22 @@ pub trait Handler: Send {
     ) -> Result<i64, Errno> {
         let _ = (t, obj, buf, len, offset);
         Err(Errno::EINVAL)
+    }
+
+    /// `read(2)` (`write`: `write(2)`; and each segment of `readv`/`writev`)
+    /// of `len` bytes at program address `buf` on a descriptor of `obj`, in
+    /// a process given [`Tracee::serve_reads_and_writes`]. `None`: the call
+    /// reaches the descriptor's socket.
+    fn stream_rw(
+        &mut self,
+        t: &mut Tracee<'_>,
+        obj: ObjectId,
+        buf: u64,
+        len: u64,
+        write: bool,
+    ) -> Option<Result<i64, Errno>> {
+        let _ = (t, obj, buf, len, write);
+        None
     }
 
     /// `pwrite64` (and each segment of `pwritev`/`pwritev2`).

@@ -123,7 +123,10 @@
 //! 6.7 when available. Permission to ptrace the program (root, or same user
 //! with a permissive Yama). `read`/`write`/`poll` on handler fds are
 //! not intercepted: they act on the socket (`read` returns end of file,
-//! `fstat` shows a socket); `mmap` of one is offered to
+//! `fstat` shows a socket), but in a process the handler gave
+//! [`Tracee::serve_reads_and_writes`] (a second filter, for objects such as
+//! an iommufd fault queue), whose `read`/`write` of its objects go to
+//! [`handler::Handler::stream_rw`]; `mmap` of one is offered to
 //! [`handler::Handler::memory_call`] and, when the handler declines,
 //! reaches the socket (ENODEV); see [`mmio`]. A claimed `open`
 //! needs two free descriptors for a moment. A program that installs its

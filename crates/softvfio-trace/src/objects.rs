@@ -13,7 +13,9 @@
 //! exit).
 //!
 //! The supervisor shuts down its sending side so that a stray `read()` by
-//! the program sees end-of-file instead of blocking forever.
+//! the program sees end-of-file instead of blocking forever; not for an
+//! object whose reads the handler serves (`Tracee::install_served_object`):
+//! its socket then polls writable only, never readable.
 
 use crate::errno::Errno;
 use crate::handler::ObjectId;
@@ -46,13 +48,23 @@ impl Objects {
     }
 
     /// Registers the program end with socket inode `ino` as a handle on
-    /// `obj`; `peer` is the supervisor's end.
-    pub(crate) fn add(&mut self, ino: u64, obj: ObjectId, peer: OwnedFd) -> Result<(), Errno> {
+    /// `obj`; `peer` is the supervisor's end. `eof`: the peer stops
+    /// sending, so that a stray `read()` gets end-of-file (else the program
+    /// end never polls readable, for an object whose reads are served).
+    pub(crate) fn add(
+        &mut self,
+        ino: u64,
+        obj: ObjectId,
+        peer: OwnedFd,
+        eof: bool,
+    ) -> Result<(), Errno> {
         if self.by_ino.contains_key(&ino) {
             return Err(Errno::EEXIST);
         }
         // A stray read() in the program gets EOF rather than blocking.
-        let _ = sys::shutdown_write(peer.as_fd());
+        if eof {
+            let _ = sys::shutdown_write(peer.as_fd());
+        }
         sys::epoll_add(self.epoll.as_fd(), peer.as_fd(), ino)?;
         self.by_ino.insert(ino, Endpoint { obj, peer });
         *self.refs.entry(obj).or_insert(0) += 1;

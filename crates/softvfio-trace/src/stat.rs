@@ -141,6 +141,12 @@ pub(crate) fn statx_bytes(major: u32, minor: u32) -> Vec<u8> {
     b
 }
 
+/// The kernel's anonymous inode's stat (or statx) written at `buf`.
+fn anon_stat(t: &mut Tracee<'_>, buf: u64, statx: bool) -> Result<i64, Errno> {
+    let (st, stx) = crate::sys::anon_inode_stats()?;
+    t.write_mem(buf, if statx { &stx } else { &st }).map(|()| 0)
+}
+
 /// A stat-family call: `Some(answer)` when the handler serves the path as a
 /// character device (0, or EFAULT for an unwritable buffer), `None` to let
 /// the kernel run the call.
@@ -151,7 +157,11 @@ pub(crate) fn sys_stat(
 ) -> Option<Result<i64, Errno>> {
     let (dirfd, path, buf, flags, statx) = match call {
         StatCall::Fd { fd, buf } => {
-            let (major, minor) = h.stat_object(fd_object(t, fd)?)?;
+            let obj = fd_object(t, fd)?;
+            if h.stat_object_anon(obj) {
+                return Some(anon_stat(t, buf, false));
+            }
+            let (major, minor) = h.stat_object(obj)?;
             return Some(t.write_mem(buf, &stat_bytes(major, minor)).map(|()| 0));
         }
         StatCall::Path {
@@ -165,7 +175,13 @@ pub(crate) fn sys_stat(
     let (major, minor) = match path_of(t, dirfd, path)? {
         Named::Path(path) => h.stat_chardev(&path)?,
         // An empty path with AT_EMPTY_PATH: the descriptor itself.
-        Named::Empty if flags & libc::AT_EMPTY_PATH != 0 => h.stat_object(fd_object(t, dirfd)?)?,
+        Named::Empty if flags & libc::AT_EMPTY_PATH != 0 => {
+            let obj = fd_object(t, dirfd)?;
+            if h.stat_object_anon(obj) {
+                return Some(anon_stat(t, buf, statx));
+            }
+            h.stat_object(obj)?
+        }
         Named::Empty => return None,
     };
     // The path, the cwd or the dirfd's target was read through the tid: a

@@ -480,6 +480,8 @@ pub(crate) struct Process {
     exit_stopped: HashSet<i32>,
     scratch_map: Option<u64>,
     announced: bool,
+    /// The filter of [`crate::filter::build_reads_and_writes`] was added.
+    reads_served: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -615,6 +617,16 @@ impl Core {
 
     pub(crate) fn scratch_map(&self, pid: i32) -> Option<u64> {
         self.procs.get(&pid).and_then(|p| p.scratch_map)
+    }
+
+    pub(crate) fn reads_served(&self, pid: i32) -> bool {
+        self.procs.get(&pid).is_some_and(|p| p.reads_served)
+    }
+
+    pub(crate) fn set_reads_served(&mut self, pid: i32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.reads_served = true;
+        }
     }
 
     pub(crate) fn set_scratch_map(&mut self, pid: i32, addr: u64) {
@@ -1278,6 +1290,11 @@ impl Core {
                 }
                 Outcome::Pass
             }
+            // Only processes given the second filter stop here.
+            Call::Stream { fd } => match self.fd_object_cached(tid, fd, None) {
+                Some(obj) => self.serve_fd_call(h, pid, tid, None, obj, nr, a),
+                None => Outcome::Pass,
+            },
             Call::OnFd { fd } => match self.fd_object_cached(tid, fd, None) {
                 Some(obj) => self.serve_fd_call(h, pid, tid, None, obj, nr, a),
                 None => Outcome::Pass,
@@ -1316,6 +1333,19 @@ impl Core {
         };
         match nr {
             libc::SYS_ioctl => ret(h.ioctl(&mut t, obj, a[1] & 0xffff_ffff, a[2])),
+            libc::SYS_read | libc::SYS_write => {
+                match h.stream_rw(&mut t, obj, a[1], a[2], nr == libc::SYS_write) {
+                    Some(r) => ret(r),
+                    None => Outcome::Pass,
+                }
+            }
+            libc::SYS_readv | libc::SYS_writev => {
+                let write = nr == libc::SYS_writev;
+                match stream_vectored(h, &mut t, obj, write, a[1], a[2]) {
+                    Some(r) => ret(r),
+                    None => Outcome::Pass,
+                }
+            }
             libc::SYS_pread64 | libc::SYS_pwrite64 => {
                 if (a[3] as i64) < 0 {
                     return ret(Err(Errno::EINVAL));
@@ -1579,6 +1609,50 @@ impl Core {
 
 /// `preadv`/`pwritev`: one handler call per segment, stopping at the first
 /// short transfer; an error after some progress returns the progress.
+/// `readv`/`writev` on a descriptor of `obj` whose reads and writes the
+/// handler serves: segment by segment, as the kernel's loop for a file with
+/// only `read`/`write` methods (empty segments skipped, a short or failed
+/// segment ends the call, an error only when nothing was done). `None`
+/// when the handler does not serve the object (a zero-length call, which
+/// changes nothing, asks).
+fn stream_vectored(
+    h: &mut dyn Handler,
+    t: &mut Tracee<'_>,
+    obj: ObjectId,
+    write: bool,
+    iov: u64,
+    cnt: u64,
+) -> Option<Result<i64, Errno>> {
+    // Only whether it is served matters, not the zero-length answer.
+    let _ = h.stream_rw(t, obj, 0, 0, write)?;
+    if cnt > IOV_MAX {
+        return Some(Err(Errno::EINVAL));
+    }
+    let raw = match t.read_bytes(iov, cnt as usize * 16) {
+        Ok(r) => r,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut done: i64 = 0;
+    for seg in raw.chunks_exact(16) {
+        let base = u64::from_ne_bytes(seg[0..8].try_into().unwrap_or([0; 8]));
+        let len = u64::from_ne_bytes(seg[8..16].try_into().unwrap_or([0; 8]));
+        if len == 0 {
+            continue;
+        }
+        match h.stream_rw(t, obj, base, len, write)? {
+            Ok(n) => {
+                done += n;
+                if (n as u64) < len {
+                    break;
+                }
+            }
+            Err(e) if done == 0 => return Some(Err(e)),
+            Err(_) => break,
+        }
+    }
+    Some(Ok(done))
+}
+
 fn vectored(
     h: &mut dyn Handler,
     t: &mut Tracee<'_>,

@@ -663,6 +663,50 @@ fn socket_pair(ty: i32) -> Result<(OwnedFd, OwnedFd), Errno> {
     Ok((owned(fds[0].into()), owned(fds[1].into())))
 }
 
+/// `fstat` and `statx` (`AT_EMPTY_PATH`, `STATX_BASIC_STATS`) of the
+/// kernel's shared anonymous inode (that of a new eventfd), as the raw
+/// `struct stat` and `struct statx` bytes: what every file made by
+/// `anon_inode_getfile` (an iommufd fault queue's among them) stats as.
+pub fn anon_inode_stats() -> Result<(Vec<u8>, Vec<u8>), Errno> {
+    // SAFETY: eventfd takes no pointers.
+    let fd = check_int(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
+    let fd = owned(fd.into());
+    // SAFETY: an all-zero `stat` is a valid value of the plain-data struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one `stat` into the live local.
+    check_int(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    // SAFETY: as for `stat`.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx reads the NUL-terminated empty path and writes one
+    // `statx` into the live local.
+    check_int(unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_BASIC_STATS,
+            &mut stx,
+        )
+    })?;
+    // SAFETY: both are plain-data structs fully initialized above (zeroed,
+    // then written by the kernel); their bytes are read as bytes.
+    let bytes = unsafe {
+        (
+            std::slice::from_raw_parts(
+                (&st as *const libc::stat).cast::<u8>(),
+                std::mem::size_of::<libc::stat>(),
+            )
+            .to_vec(),
+            std::slice::from_raw_parts(
+                (&stx as *const libc::statx).cast::<u8>(),
+                std::mem::size_of::<libc::statx>(),
+            )
+            .to_vec(),
+        )
+    };
+    Ok(bytes)
+}
+
 /// The inode number of `fd` (for a socket: the `N` of `socket:[N]`).
 pub fn inode_of(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
     // SAFETY: an all-zero `stat` is a valid value of the plain-data struct.

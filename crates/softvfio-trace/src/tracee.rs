@@ -843,11 +843,65 @@ impl<'a> Tracee<'a> {
     /// `VFIO_GROUP_GET_DEVICE_FD`. The same object may be installed any
     /// number of times; it is released when all of them are closed.
     pub fn install_object(&mut self, obj: ObjectId, cloexec: bool) -> Result<i32, Errno> {
+        self.install_object_with(obj, cloexec, true)
+    }
+
+    /// [`Tracee::install_object`] for an object whose `read`/`write` the
+    /// handler serves ([`crate::handler::Handler::stream_rw`], after
+    /// [`Tracee::serve_reads_and_writes`]): its socket never polls readable
+    /// (no end-of-file), only writable.
+    pub fn install_served_object(&mut self, obj: ObjectId, cloexec: bool) -> Result<i32, Errno> {
+        self.install_object_with(obj, cloexec, false)
+    }
+
+    /// Makes every later `read`/`write` of this process stop (a second
+    /// seccomp filter, [`crate::filter::build_reads_and_writes`], added by
+    /// injection once per process; its children inherit it), so that
+    /// [`crate::handler::Handler::stream_rw`] serves those on its objects. Each read and
+    /// write of the process then costs a stop: only for programs holding
+    /// such an object.
+    pub fn serve_reads_and_writes(&mut self) -> Result<(), Errno> {
+        if self.core.reads_served(self.pid) {
+            return Ok(());
+        }
+        let prog = crate::filter::build_reads_and_writes();
+        let mut bytes = Vec::with_capacity(prog.len() * 8);
+        for i in &prog {
+            bytes.extend_from_slice(&i.code.to_ne_bytes());
+            bytes.push(i.jt);
+            bytes.push(i.jf);
+            bytes.extend_from_slice(&i.k.to_ne_bytes());
+        }
+        let filter = self.scratch(&bytes)?;
+        // struct sock_fprog: unsigned short len, (padding), filter pointer.
+        let mut fprog = [0u8; 16];
+        fprog[..2].copy_from_slice(&(prog.len() as u16).to_ne_bytes());
+        fprog[8..].copy_from_slice(&filter.to_ne_bytes());
+        let at = self.scratch(&fprog)?;
+        // SPEC_ALLOW: no speculative-store-bypass mitigation forced on the
+        // program by our filter (as for the first one); older kernels
+        // lack the flag (EINVAL).
+        let mode = libc::SECCOMP_SET_MODE_FILTER as u64;
+        let spec_allow = libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW;
+        match self.syscall(libc::SYS_seccomp, [mode, spec_allow, at, 0, 0, 0]) {
+            Err(Errno::EINVAL) => self.syscall(libc::SYS_seccomp, [mode, 0, at, 0, 0, 0])?,
+            r => r?,
+        };
+        self.core.set_reads_served(self.pid);
+        Ok(())
+    }
+
+    fn install_object_with(
+        &mut self,
+        obj: ObjectId,
+        cloexec: bool,
+        eof: bool,
+    ) -> Result<i32, Errno> {
         if let Some(c) = self.notif {
             // The pair is made here; the program's end goes in with ADDFD.
             let (program_end, peer) = sys::stream_pair()?;
             let ino = sys::inode_of(program_end.as_fd())?;
-            self.core.objects.add(ino, obj, peer)?;
+            self.core.objects.add(ino, obj, peer, eof)?;
             return match sys::notif_addfd(c.listener, c.id, program_end.as_fd(), cloexec) {
                 Ok(fd) => {
                     self.core.stats.installed += 1;
@@ -869,7 +923,7 @@ impl<'a> Tracee<'a> {
         self.read_mem(sv, &mut b)?;
         let ours = i32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
         let other = i32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
-        let adopted = self.adopt(obj, ours, other);
+        let adopted = self.adopt(obj, ours, other, eof);
         let _ = self.close_fd(other);
         match adopted {
             Ok(()) => Ok(ours),
@@ -890,10 +944,10 @@ impl<'a> Tracee<'a> {
         }
     }
 
-    fn adopt(&mut self, obj: ObjectId, ours: i32, other: i32) -> Result<(), Errno> {
+    fn adopt(&mut self, obj: ObjectId, ours: i32, other: i32, eof: bool) -> Result<(), Errno> {
         let peer = self.core.getfd(self.pid, self.tid, other)?;
         let ino = self.core.fd_inode(self.tid, ours).ok_or(Errno::EBADF)?;
-        self.core.objects.add(ino, obj, peer)?;
+        self.core.objects.add(ino, obj, peer, eof)?;
         self.core.stats.installed += 1;
         Ok(())
     }

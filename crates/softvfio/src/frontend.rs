@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::error::{Result, VfioError};
 use crate::eventfd::{Eventfd, EventfdArg};
 use crate::iommufd::cdev::{CdevFile, IommufdLookup};
-use crate::iommufd::Iommufd;
+use crate::iommufd::{FaultFile, Iommufd};
 use crate::memory::UserMemory;
 use crate::uapi::{ContainerFile, DeviceFile, FdLookup, GroupFile, IoctlOutcome, Vfio};
 use crate::Container;
@@ -34,6 +34,9 @@ pub enum FileObject {
     Iommufd(Arc<Iommufd>),
     /// `/dev/vfio/devices/vfioN`.
     Cdev(Arc<CdevFile>),
+    /// A fault queue's descriptor (`IOMMU_FAULT_QUEUE_ALLOC`): its `read`
+    /// and `write` are served ([`Session::read`], [`Session::write`]).
+    Fault(FaultFile),
 }
 
 /// What a descriptor passed as an ioctl argument refers to.
@@ -64,6 +67,16 @@ pub enum Routed {
     /// A new file (a device fd) the front end must give a descriptor; if it
     /// cannot, it calls [`Session::release`] on the key.
     NewObject(ObjectKey),
+    /// A new file whose descriptor the reply carries: the front end gives
+    /// it a close-on-exec descriptor, writes the number (`u32`) at program
+    /// address `fd_at`, and the call returns 0. If it cannot, it calls
+    /// [`Session::abort`] on the key.
+    NewFileAt {
+        /// The new file.
+        key: ObjectKey,
+        /// Where its descriptor's number goes.
+        fd_at: u64,
+    },
 }
 
 /// The open VFIO files of one front end.
@@ -215,9 +228,18 @@ impl Session {
                 }
                 Ok(Routed::Value(v))
             }
+            Some(FileObject::Iommufd(ctx))
+                if request == crate::iommufd::abi::IOMMU_FAULT_QUEUE_ALLOC =>
+            {
+                let (file, fd_at) = crate::iommufd::abi::fault_queue_alloc(ctx, arg, user)?;
+                let key = self.insert(FileObject::Fault(file));
+                Ok(Routed::NewFileAt { key, fd_at })
+            }
             Some(FileObject::Iommufd(ctx)) => {
                 crate::iommufd::abi::ioctl(ctx, request, arg, user).map(Routed::Value)
             }
+            // The fault file has no ioctl method.
+            Some(FileObject::Fault(_)) => Err(VfioError::NoTty),
             Some(FileObject::Cdev(c)) => {
                 let c = c.clone();
                 let objects = &self.objects;
@@ -289,6 +311,7 @@ impl Session {
                     .device_pread(&cdev_device(c), user, buf, len, offset),
                 None => Err(VfioError::Invalid("device not bound")),
             },
+            Some(FileObject::Fault(f)) => f.positioned_io(),
             Some(_) => Err(VfioError::Invalid("no read on this file")),
             None => Err(VfioError::BadFd),
         }
@@ -311,8 +334,64 @@ impl Session {
                     .device_pwrite(&cdev_device(c), user, buf, len, offset),
                 None => Err(VfioError::Invalid("device not bound")),
             },
+            Some(FileObject::Fault(f)) => f.positioned_io(),
             Some(_) => Err(VfioError::Invalid("no write on this file")),
             None => Err(VfioError::BadFd),
+        }
+    }
+
+    /// `read(2)` (no offset) of `len` bytes into `buf` on the file `key`,
+    /// for the files whose reads are served (a fault queue); `None` for the
+    /// others (their reads reach the front end's kernel object).
+    pub fn read(
+        &self,
+        key: ObjectKey,
+        user: &dyn UserMemory,
+        buf: u64,
+        len: u64,
+    ) -> Option<Result<i64>> {
+        match self.objects.get(&key) {
+            Some(FileObject::Fault(f)) => Some(f.read(user, buf, len)),
+            _ => None,
+        }
+    }
+
+    /// `write(2)` (no offset) on the file `key`, as [`Session::read`].
+    pub fn write(
+        &self,
+        key: ObjectKey,
+        user: &dyn UserMemory,
+        buf: u64,
+        len: u64,
+    ) -> Option<Result<i64>> {
+        match self.objects.get(&key) {
+            Some(FileObject::Fault(f)) => Some(f.write(user, buf, len)),
+            _ => None,
+        }
+    }
+
+    /// The `poll(2)` events of the file `key` by the kernel's rule for its
+    /// kind, for a fault queue (`POLLOUT`); `None` for the others. Front
+    /// ends give a fault queue a kernel object that polls the same
+    /// (docs/IOMMUFD.md "Fault queues"), so they need not serve `poll`.
+    pub fn poll(&self, key: ObjectKey) -> Option<i16> {
+        match self.objects.get(&key) {
+            Some(FileObject::Fault(f)) => Some(f.poll()),
+            _ => None,
+        }
+    }
+
+    /// Undoes a [`Routed::NewFileAt`] whose descriptor could not be made:
+    /// the file goes, and the object it made with it (as the kernel's
+    /// allocation does when no descriptor is free).
+    pub fn abort(&mut self, key: ObjectKey) {
+        match self.objects.remove(&key) {
+            Some(FileObject::Fault(f)) => f.abort(),
+            Some(other) => {
+                self.objects.insert(key, other);
+                self.release(key);
+            }
+            None => {}
         }
     }
 
@@ -365,6 +444,9 @@ impl Session {
             // (their cdevs, or groups set to it) keep it, as in Linux.
             FileObject::Iommufd(_) => {}
             FileObject::Cdev(c) => self.vfio.release_cdev(c),
+            // Its object stays until IOMMU_DESTROY (dropping the file lets
+            // that succeed).
+            FileObject::Fault(_) => {}
         }
         Some(obj)
     }

@@ -10,11 +10,12 @@
 
 use super::compat;
 use super::hwpt::HWPT_DATA_NONE;
-use super::Iommufd;
+use super::{FaultFile, Iommufd};
 use crate::error::{Result, VfioError};
 use crate::iommu::Prot;
 use crate::memory::UserMemory;
 use crate::uapi::Wire;
+use std::sync::Arc;
 
 /// The ioctl type of iommufd (and VFIO): `';'`.
 pub const IOMMUFD_TYPE: u64 = b';' as u64;
@@ -153,7 +154,35 @@ fn eoverflow() -> VfioError {
     VfioError::Errno(libc::EOVERFLOW)
 }
 
+/// `IOMMU_FAULT_QUEUE_ALLOC` on `ctx` (`iommufd_fault_alloc`): the
+/// generic size rules, EOPNOTSUPP for any flag, then a new fault object and
+/// its open file, with the reply (`out_fault_id`) written. The front end
+/// gives the file a descriptor and writes its number at the returned
+/// address (`out_fault_fd`); if it cannot, it calls [`FaultFile::abort`].
+/// A reply that cannot be written is EFAULT, and no object stays.
+pub fn fault_queue_alloc(
+    ctx: &Arc<Iommufd>,
+    arg: u64,
+    user: &dyn UserMemory,
+) -> Result<(FaultFile, u64)> {
+    let (min, size) = SIZES[(IOMMU_FAULT_QUEUE_ALLOC & 0xff) as usize - 0x80];
+    let mut c = Cmd::read(user, arg, min, size)?;
+    if c.w.u32_at(4) != 0 {
+        return Err(eopnotsupp());
+    }
+    let file = ctx.fault_alloc();
+    c.w.put_u32(8, file.id());
+    // Until the front end writes the descriptor's number.
+    c.w.put_u32(12, u32::MAX);
+    if let Err(e) = c.respond(user, arg) {
+        file.abort();
+        return Err(e);
+    }
+    Ok((file, arg + 12))
+}
+
 /// An ioctl on an open `/dev/iommu`; the system call's return value.
+/// `IOMMU_FAULT_QUEUE_ALLOC` makes a file: see [`fault_queue_alloc`].
 pub fn ioctl(ctx: &Iommufd, request: u64, arg: u64, user: &dyn UserMemory) -> Result<i64> {
     let nr = request & 0xff;
     let in_table =
@@ -401,13 +430,14 @@ pub fn ioctl(ctx: &Iommufd, request: u64, arg: u64, user: &dyn UserMemory) -> Re
             // Only nested HWPTs take invalidations, and none is ever made.
             Err(VfioError::NoEntry)
         }
+        // A file comes back: front ends call [`fault_queue_alloc`]. Without
+        // a descriptor table to put it in, the kernel's answer is that of
+        // `get_unused_fd_flags` failing: EMFILE, no object left behind.
         IOMMU_FAULT_QUEUE_ALLOC => {
             if c.w.u32_at(4) != 0 {
                 return Err(eopnotsupp());
             }
-            // Beyond the reference: no I/O page faults are delivered to
-            // user space (no IOPF-capable HWPT exists), so no queue.
-            Err(eopnotsupp())
+            Err(VfioError::Errno(libc::EMFILE))
         }
         _ => Err(VfioError::NoTty),
     }

@@ -232,6 +232,7 @@ impl Iommufd {
             Some(Object::Device(_)) | Some(Object::Access(_)) => {
                 Err(VfioError::Invalid("pt_id is a device"))
             }
+            Some(Object::Fault(_)) => Err(VfioError::Invalid("pt_id is a fault queue")),
             Some(Object::Hwpt(_)) => {
                 attach_hwpt(&mut st, mem.as_ref(), dev_id, pt_id).map(|()| pt_id)
             }

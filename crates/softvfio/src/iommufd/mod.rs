@@ -12,7 +12,8 @@
 //!
 //! One open `/dev/iommu` is an [`Iommufd`] context holding objects by id
 //! (lowest free id from 1, as the kernel's xarray allocates): IOASes,
-//! HWPTs and bound devices. Every object refers to others only by id.
+//! HWPTs, bound devices and fault queues ([`fault`]). Every object refers
+//! to others only by id.
 //!
 //! # Invariants
 //!
@@ -40,6 +41,7 @@ pub mod access;
 pub mod cdev;
 pub mod compat;
 pub mod device;
+pub mod fault;
 pub mod hwpt;
 pub mod ioas;
 
@@ -53,6 +55,7 @@ use crate::iommu::Prot;
 use crate::memory::UserMemory;
 
 pub use access::{AccessBuf, IommufdAccess};
+pub use fault::FaultFile;
 pub use ioas::Area;
 
 use crate::sanitizer::HistorySlot;
@@ -70,6 +73,8 @@ pub(crate) enum Object {
     Device(BoundDevice),
     /// A device without an IOMMU (mediated), bound: its emulated access.
     Access(Access),
+    /// A fault queue (`IOMMU_FAULT_QUEUE_ALLOC`).
+    Fault(fault::Fault),
 }
 
 /// The type1 compatibility state (`VFIO_SET_IOMMU` on `/dev/iommu`).
@@ -310,7 +315,8 @@ impl Iommufd {
     }
 
     /// `IOMMU_DESTROY`: ENOENT for no such object, EBUSY while in use (an
-    /// IOAS with HWPTs, a HWPT with devices, any bound device).
+    /// IOAS with HWPTs, a HWPT with devices, any bound device, a fault
+    /// queue whose descriptor is open).
     pub fn destroy(&self, id: u32) -> Result<()> {
         let mut st = self.lock();
         match st.objects.get(&id) {
@@ -326,6 +332,11 @@ impl Iommufd {
             Some(Object::Ioas(i)) => {
                 if !i.domains.is_empty() || !i.accesses.is_empty() {
                     return Err(VfioError::Busy("IOAS has HWPTs or accesses"));
+                }
+            }
+            Some(Object::Fault(f)) => {
+                if f.files != 0 {
+                    return Err(VfioError::Busy("fault queue's descriptor is open"));
                 }
             }
         }
@@ -678,6 +689,8 @@ impl Iommufd {
                     ioas: a.ioas,
                     pinned_pages: a.pins.len() as u64,
                 }),
+                // A queue has nothing to show: it is always empty.
+                Object::Fault(_) => {}
             }
         }
         snap
@@ -766,6 +779,12 @@ impl Iommufd {
                                 ))
                             }
                         }
+                    }
+                }
+                // One file per queue, from its allocation (fault.rs).
+                Object::Fault(f) => {
+                    if f.files > 1 {
+                        return Err(format!("fault queue {id} has {} files", f.files));
                     }
                 }
             }

@@ -408,7 +408,7 @@ fn a_bound_cdev_keeps_its_iommufd_alive() {
     let ioctl = |s: &mut Session, key, req| match s.ioctl(key, req, arg, mem.as_ref(), &mut KeyFds)
     {
         Ok(Routed::Value(v)) => v as i32,
-        Ok(Routed::NewObject(_)) => -1,
+        Ok(Routed::NewObject(_)) | Ok(Routed::NewFileAt { .. }) => -1,
         Err(e) => -e.errno(),
     };
     let bind = super::cdev::VFIO_DEVICE_BIND_IOMMUFD;
@@ -807,4 +807,222 @@ fn a_compat_cut_leaves_the_remaining_piece_its_history() {
     let stale = s.memory_going_away(None, BASE + (2 << 20), PG, StaleCause::Munmap);
     assert_eq!(stale.len(), 1);
     assert_eq!(stale[0].region.iova, 0x60_0000);
+}
+
+/// `IOMMU_FAULT_QUEUE_ALLOC` through the Session, as both front ends drive
+/// it, with Linux 6.12's answers (tests-oracle/kernel-6.12-iommufd-fault.txt):
+/// the object takes the next id and the reply the descriptor's address;
+/// the size and flag checks; the file's read/write/poll, ESPIPE for
+/// positioned I/O, ENOTTY for an ioctl, ENODEV for mmap; DESTROY is EBUSY
+/// until the file's last close, then 0, then ENOENT; the file outlives the
+/// `/dev/iommu` it came from; an aborted file leaves no object.
+#[test]
+fn fault_queue_through_the_session() {
+    use crate::frontend::{Routed, Session};
+    let mem = VecMemory::new(BASE, 64 * PG as usize);
+    let unit = FakeUnit::new(39);
+    let platform = crate::testing::reference_platform(unit);
+    let vfio = Arc::new(crate::uapi::Vfio::new(Arc::new(platform)));
+    let mut s = Session::new(vfio);
+    let user: Arc<dyn UserMemory> = mem.clone();
+    let ifd = s.open("/dev/iommu", || user.clone()).unwrap().unwrap();
+    let arg = BASE + 40 * PG;
+    let put = |words: &[u32]| {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        mem.write(arg, &bytes).unwrap();
+    };
+    let get = |off: u64| {
+        let mut b = [0u8; 4];
+        mem.read(arg + off, &mut b).unwrap();
+        u32::from_ne_bytes(b)
+    };
+    let call = |s: &mut Session, key, req| s.ioctl(key, req, arg, mem.as_ref(), &mut KeyFds);
+    put(&[12, 0, 0]);
+    assert!(matches!(
+        call(&mut s, ifd, IOMMU_IOAS_ALLOC),
+        Ok(Routed::Value(0))
+    ));
+    // oracle: fault_alloc 0 id=2 ioas=1
+    put(&[16, 0, 0, 0]);
+    let (fault, fd_at) = match call(&mut s, ifd, IOMMU_FAULT_QUEUE_ALLOC) {
+        Ok(Routed::NewFileAt { key, fd_at }) => (key, fd_at),
+        _ => panic!("no fault file"),
+    };
+    assert_eq!((get(8), fd_at), (2, arg + 12));
+    // oracle: fault_alloc_size20 0, _size20_tail E2BIG, _size15 EINVAL,
+    // _flag31 EOPNOTSUPP, _null EFAULT
+    put(&[20, 0, 0, 0, 0]);
+    match call(&mut s, ifd, IOMMU_FAULT_QUEUE_ALLOC) {
+        Ok(Routed::NewFileAt { key, .. }) => {
+            assert_eq!(get(8), 3);
+            s.release(key);
+            assert!(s.object(ifd).is_some());
+        }
+        _ => panic!("no fault file"),
+    }
+    put(&[8, 3]);
+    assert!(matches!(
+        call(&mut s, ifd, IOMMU_DESTROY),
+        Ok(Routed::Value(0))
+    ));
+    let errno_of = |r: Result<Routed>| match r {
+        Ok(_) => 0,
+        Err(e) => e.errno(),
+    };
+    put(&[20, 0, 0, 0, 1]);
+    assert_eq!(
+        errno_of(call(&mut s, ifd, IOMMU_FAULT_QUEUE_ALLOC)),
+        libc::E2BIG
+    );
+    put(&[15, 0, 0, 0]);
+    assert_eq!(
+        errno_of(call(&mut s, ifd, IOMMU_FAULT_QUEUE_ALLOC)),
+        libc::EINVAL
+    );
+    put(&[16, 0x8000_0000, 0, 0]);
+    assert_eq!(
+        errno_of(call(&mut s, ifd, IOMMU_FAULT_QUEUE_ALLOC)),
+        libc::EOPNOTSUPP
+    );
+    assert_eq!(
+        errno_of(s.ioctl(ifd, IOMMU_FAULT_QUEUE_ALLOC, 0, mem.as_ref(), &mut KeyFds)),
+        libc::EFAULT
+    );
+    // The file's calls.
+    let buf = BASE + 41 * PG;
+    let rd = |s: &Session, len| {
+        s.read(fault, mem.as_ref(), buf, len)
+            .map(|r| r.map_err(|e| e.errno()))
+    };
+    assert_eq!(rd(&s, 40), Some(Ok(0)));
+    assert_eq!(rd(&s, 80), Some(Ok(0)));
+    assert_eq!(rd(&s, 32), Some(Err(libc::ESPIPE)));
+    assert_eq!(rd(&s, 0), Some(Ok(0)));
+    mem.write(buf, &[1, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    let wr = |s: &Session, len| {
+        s.write(fault, mem.as_ref(), buf, len)
+            .map(|r| r.map_err(|e| e.errno()))
+    };
+    assert_eq!(wr(&s, 8), Some(Err(libc::EINVAL)));
+    assert_eq!(wr(&s, 7), Some(Err(libc::ESPIPE)));
+    assert_eq!(wr(&s, 0), Some(Ok(0)));
+    assert_eq!(s.poll(fault), Some(libc::POLLOUT));
+    assert_eq!(s.poll(ifd), None);
+    assert!(s.read(ifd, mem.as_ref(), buf, 40).is_none());
+    assert_eq!(
+        errno(s.pread(fault, mem.as_ref(), buf, 40, 0)),
+        libc::ESPIPE
+    );
+    assert_eq!(
+        errno(s.pwrite(fault, mem.as_ref(), buf, 8, 0)),
+        libc::ESPIPE
+    );
+    assert_eq!(errno_of(call(&mut s, fault, IOMMU_DESTROY)), libc::ENOTTY);
+    assert_eq!(errno(s.mmap(fault, 0, PG, true)), libc::ENODEV);
+    // oracle: fault_iova_ranges_on_fault ENOENT
+    put(&[32, 2, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        errno_of(call(&mut s, ifd, IOMMU_IOAS_IOVA_RANGES)),
+        libc::ENOENT
+    );
+    // oracle: fault_destroy_open EBUSY, _closed 0, _again ENOENT
+    put(&[8, 2]);
+    assert_eq!(errno_of(call(&mut s, ifd, IOMMU_DESTROY)), libc::EBUSY);
+    s.release(fault);
+    assert_eq!(errno_of(call(&mut s, ifd, IOMMU_DESTROY)), 0);
+    assert_eq!(errno_of(call(&mut s, ifd, IOMMU_DESTROY)), libc::ENOENT);
+    // A file the front end could not give a descriptor leaves no object.
+    put(&[16, 0, 0, 0]);
+    match call(&mut s, ifd, IOMMU_FAULT_QUEUE_ALLOC) {
+        Ok(Routed::NewFileAt { key, .. }) => s.abort(key),
+        _ => panic!("no fault file"),
+    }
+    put(&[8, 2]);
+    assert_eq!(errno_of(call(&mut s, ifd, IOMMU_DESTROY)), libc::ENOENT);
+    // oracle: fault_after_iommufd_read_40 0, _poll revents=0x4; DESTROY of
+    // the queue with its descriptor open: fault_destroy2_open EBUSY.
+    put(&[16, 0, 0, 0]);
+    let f2 = match call(&mut s, ifd, IOMMU_FAULT_QUEUE_ALLOC) {
+        Ok(Routed::NewFileAt { key, .. }) => key,
+        _ => panic!("no fault file"),
+    };
+    put(&[8, 2]);
+    assert_eq!(errno_of(call(&mut s, ifd, IOMMU_DESTROY)), libc::EBUSY);
+    let ctx = Arc::downgrade(&s.iommufds()[0]);
+    s.release(ifd);
+    assert!(ctx.upgrade().is_some());
+    assert_eq!(
+        s.read(f2, mem.as_ref(), buf, 40).map(|r| r.ok()),
+        Some(Some(0))
+    );
+    assert_eq!(s.poll(f2), Some(libc::POLLOUT));
+    s.release(f2);
+    assert!(ctx.upgrade().is_none());
+    // A fresh /dev/iommu starts at id 1: fault_alloc_fresh_iommufd 0 id=1.
+    let ifd = s.open("/dev/iommu", || user.clone()).unwrap().unwrap();
+    put(&[16, 0, 0, 0]);
+    match call(&mut s, ifd, IOMMU_FAULT_QUEUE_ALLOC) {
+        Ok(Routed::NewFileAt { key, .. }) => {
+            assert_eq!(get(8), 1);
+            s.release(key);
+        }
+        _ => panic!("no fault file"),
+    }
+    s.release(ifd);
+}
+
+/// `abi::ioctl` has no descriptor table: `IOMMU_FAULT_QUEUE_ALLOC` through
+/// it is checked as the kernel checks it and then EMFILE (what 6.12
+/// answers when no descriptor is free), with no object left behind.
+#[test]
+fn fault_queue_alloc_without_a_descriptor_table_is_emfile() {
+    let (ctx, mem, ..) = setup();
+    let user: &dyn UserMemory = mem.as_ref();
+    let arg = BASE + 32 * PG;
+    let put = |words: &[u32]| {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        mem.write(arg, &bytes).unwrap();
+    };
+    put(&[16, 1, 0, 0]);
+    assert_eq!(
+        errno(abi::ioctl(&ctx, IOMMU_FAULT_QUEUE_ALLOC, arg, user)),
+        libc::EOPNOTSUPP
+    );
+    put(&[12, 0, 0, 0]);
+    assert_eq!(
+        errno(abi::ioctl(&ctx, IOMMU_FAULT_QUEUE_ALLOC, arg, user)),
+        libc::EINVAL
+    );
+    put(&[16, 0, 0, 0]);
+    assert_eq!(
+        errno(abi::ioctl(&ctx, IOMMU_FAULT_QUEUE_ALLOC, arg, user)),
+        libc::EMFILE
+    );
+    assert_eq!(errno(ctx.destroy(1)), libc::ENOENT);
+    assert_eq!(ctx.ioas_alloc(), 1);
+    check(&ctx);
+}
+
+/// `IOMMU_HWPT_ALLOC` naming a fault queue: 6.12 refuses the flag on a
+/// paging HWPT before it looks at the id (EOPNOTSUPP for a queue, an IOAS,
+/// id 0), and a nested HWPT on a HWPT that is no nesting parent is EINVAL
+/// with or without a queue (kernel-6.12-iommufd-fault.txt).
+#[test]
+fn hwpt_alloc_with_a_fault_id() {
+    let iommu = soft_iommu::Iommu::new(soft_iommu::IommuConfig::default());
+    let group = vtd_group(3, 0x18, &iommu);
+    let mem = VecMemory::new(BASE, 4 << 20);
+    let ctx = Iommufd::new(mem.clone());
+    let ioas = ctx.ioas_alloc();
+    let dev = ctx.bind(&group, &group.devices[0]);
+    let fault = ctx.fault_alloc();
+    let valid = super::hwpt::HWPT_FAULT_ID_VALID;
+    assert_eq!(errno(ctx.hwpt_alloc(dev, ioas, valid, 0)), libc::EOPNOTSUPP);
+    let hwpt = ctx.hwpt_alloc(dev, ioas, 0, 0).unwrap();
+    assert_eq!(errno(ctx.hwpt_alloc(dev, hwpt, valid, 1)), libc::EINVAL);
+    assert_eq!(errno(ctx.hwpt_alloc(dev, hwpt, 0, 1)), libc::EINVAL);
+    // A queue is no page table, nor a place to attach a device.
+    assert_eq!(errno(ctx.hwpt_alloc(dev, fault.id(), 0, 0)), libc::EINVAL);
+    assert_eq!(errno(ctx.attach(dev, fault.id())), libc::EINVAL);
+    check(&ctx);
 }
