@@ -9,6 +9,8 @@
 //                                                   IOMMU_TEST_CMD (CONFIG_IOMMUFD_TEST only)
 //        iommufd_access_probe account EDU_CDEV       RLIMIT_MODE, VmPin/VmLck, IOAS_COPY charge
 //        iommufd_access_probe pasid EDU_CDEV         a later kernel's PASID attach flag, fault queues
+//        iommufd_access_probe fault-thread           a fault queue read by a thread running before it
+//                                                    was made, and by its forked child
 //        iommufd_access_probe fault EDU_CDEV         a fault queue's object and descriptor: alloc,
 //                                                   read/write/poll/fstat, destroy vs close, HWPT
 //
@@ -24,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/select.h>
@@ -696,6 +699,45 @@ static void case_fault(const char *edu_cdev) {
   printf("fault_fork_destroy_closed %s\n", destroy(f3.out_fault_id));
 }
 
+// ---- A fault queue read by a thread that was running before it was made ----
+// (and by that thread's forked child): each reads as the thread that made it.
+
+static int thread_fd = -1;
+static int thread_go[2];
+static void *fault_reader(void *unused) {
+  (void)unused;
+  char c, rb[64];
+  if (read(thread_go[0], &c, 1) != 1) return NULL;
+  errno = 0; rw_case("thread_read_40", read(thread_fd, rb, 40));
+  errno = 0; rw_case("thread_read_32", read(thread_fd, rb, 32));
+  struct page_response r = {1, 0};
+  errno = 0; rw_case("thread_write_unknown_cookie", write(thread_fd, &r, 8));
+  pid_t child = fork();
+  if (child == 0) {
+    errno = 0; rw_case("thread_child_read_40", read(thread_fd, rb, 40));
+    fflush(stdout);
+    _exit(0);
+  }
+  int st = 0;
+  waitpid(child, &st, 0);
+  printf("thread_child_exit %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+  return NULL;
+}
+static void case_fault_thread(void) {
+  // A read that hangs (the queue's descriptor not served in that thread)
+  // ends the run instead of the test's time.
+  alarm(20);
+  if (pipe(thread_go)) return;
+  pthread_t t;
+  pthread_create(&t, NULL, fault_reader, NULL);
+  struct fault_alloc fa = {sizeof fa, 0, 0, 0};
+  printf("fault_alloc %s\n", io(ifd, IOMMU_FAULT_QUEUE_ALLOC, &fa));
+  thread_fd = (int)fa.out_fault_fd;
+  if (write(thread_go[1], "g", 1) != 1) return;
+  pthread_join(t, NULL);
+  close(thread_fd);
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc < 2) return 2;
@@ -715,6 +757,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "account") && argc >= 3) case_account(argv[2]);
   if (!strcmp(argv[1], "pasid") && argc >= 3) case_pasid(argv[2]);
   if (!strcmp(argv[1], "fault") && argc >= 3) case_fault(argv[2]);
+  if (!strcmp(argv[1], "fault-thread")) case_fault_thread();
   close(ifd);
   printf("done\n");
   return 0;

@@ -785,13 +785,19 @@ fn stream_hook(
     if !state::SERVED_STREAMS.load(Ordering::Relaxed) {
         return pass();
     }
+    // Taken before `ours`: its lock may set errno (a contended futex), and
+    // a call that goes on must leave the program's errno as it was.
+    let saved = real::errno();
     hook(-1, pass, |pass| {
         let Some(key) = ours(fd) else {
+            real::set_errno(saved);
             return pass.call();
         };
-        let saved = real::errno();
         match stream_segment(key, buf, len as u64, write) {
-            None => pass.call(),
+            None => {
+                real::set_errno(saved);
+                pass.call()
+            }
             Some(Ok(n)) => {
                 real::set_errno(saved);
                 n as ssize_t
@@ -828,13 +834,17 @@ fn stream_vectored_hook(
     if !state::SERVED_STREAMS.load(Ordering::Relaxed) {
         return pass();
     }
+    // As in `stream_hook`: the program's errno for a call that goes on.
+    let errno_before = real::errno();
     hook(-1, pass, |pass| {
         let Some(key) = ours(fd) else {
+            real::set_errno(errno_before);
             return pass.call();
         };
         // A zero-length call changes nothing: it asks whether the object
         // is served.
         if stream_segment(key, 0, 0, write).is_none() {
+            real::set_errno(errno_before);
             return pass.call();
         }
         if !(0..=libc::UIO_MAXIOV).contains(&cnt) {

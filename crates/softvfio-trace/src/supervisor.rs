@@ -1040,6 +1040,18 @@ impl Core {
             self.fd_cache.clear();
         }
         self.shared.put(Stop::new(tid, pid, regs));
+        // A read or write (the second filter's stops) of a descriptor that
+        // is no object goes to the kernel as it is, nothing injected before
+        // it: it may block (a pipe, a terminal), and a call re-issued by
+        // injection would block with the supervisor waiting on it.
+        if let Call::Stream { fd } = Call::decode(regs.orig_rax as i64, regs.args()) {
+            if self.fd_object_cached(tid, fd, None).is_none() {
+                if let Some(stop) = self.shared.take() {
+                    self.finish(h, stop, Outcome::Pass);
+                }
+                return;
+            }
+        }
         // munlocks left for this process (its interrupt stop did not come
         // first): before its call, which may read VmLck or pin those pages.
         for (addr, len) in self.shared.take_munlocks(pid) {

@@ -878,15 +878,33 @@ impl<'a> Tracee<'a> {
         fprog[..2].copy_from_slice(&(prog.len() as u16).to_ne_bytes());
         fprog[8..].copy_from_slice(&filter.to_ne_bytes());
         let at = self.scratch(&fprog)?;
-        // SPEC_ALLOW: no speculative-store-bypass mitigation forced on the
-        // program by our filter (as for the first one); older kernels
-        // lack the flag (EINVAL).
+        // TSYNC: on every thread of the process, not only the one that
+        // made the queue (any may read it; and their children inherit it).
+        // It fails (the id of a thread that cannot take it: one with other
+        // filters of its own) without installing anything: then on this
+        // thread alone. SPEC_ALLOW: no speculative-store-bypass mitigation
+        // forced on the program by our filter (as for the first one);
+        // older kernels lack the flag (EINVAL).
         let mode = libc::SECCOMP_SET_MODE_FILTER as u64;
+        let tsync = libc::SECCOMP_FILTER_FLAG_TSYNC;
         let spec_allow = libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW;
-        match self.syscall(libc::SYS_seccomp, [mode, spec_allow, at, 0, 0, 0]) {
-            Err(Errno::EINVAL) => self.syscall(libc::SYS_seccomp, [mode, 0, at, 0, 0, 0])?,
-            r => r?,
+        let install = |t: &mut Self, flags: u64| match t
+            .syscall(libc::SYS_seccomp, [mode, flags | spec_allow, at, 0, 0, 0])
+        {
+            Err(Errno::EINVAL) => t.syscall(libc::SYS_seccomp, [mode, flags, at, 0, 0, 0]),
+            r => r,
         };
+        match install(self, tsync)? {
+            0 => {}
+            diverged => {
+                tracing::debug!(
+                    pid = self.pid,
+                    diverged,
+                    "no TSYNC: the second filter on one thread"
+                );
+                install(self, 0)?;
+            }
+        }
         self.core.set_reads_served(self.pid);
         Ok(())
     }
