@@ -137,22 +137,11 @@ fn recorded() -> Vec<(String, String)> {
 }
 
 fn answers(mode: &str) {
-    let src = repo().join("tests-oracle/iommufd_access_probe.c");
-    let name = if mode == "trace" {
-        "access_probe-static"
-    } else {
-        "access_probe"
-    };
-    let probe = build_c_file(&src, name, mode == "trace");
-    let got: Vec<(String, String)> = run(
-        mode,
-        "pin",
-        &probe,
-        &["mdev", "/dev/vfio/devices/vfio1", "/dev/vfio/devices/vfio0"],
-    )
-    .into_iter()
-    .filter(|(k, _)| k.starts_with("mdev_"))
-    .collect();
+    let mdev = ["mdev", "/dev/vfio/devices/vfio1", "/dev/vfio/devices/vfio0"];
+    let got: Vec<(String, String)> = access_probe(mode, &mdev)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("mdev_"))
+        .collect();
     let want = recorded();
     assert_eq!(want.len(), 39);
     assert_eq!(got, want, "{mode}: the mdev's cdev answers as Linux 6.12's");
@@ -168,12 +157,9 @@ fn mdev_cdev_answers_as_linux_under_preload() {
     answers("preload");
 }
 
-/// PASID through iommufd and fault queues: Linux 6.12 has no PASID flag for
-/// `VFIO_DEVICE_ATTACH/DETACH_IOMMUFD_PT` (a later kernel's
-/// `VFIO_DEVICE_ATTACH_PASID` is EINVAL), makes a fault queue (an object
-/// with a descriptor) and takes none on a paging HWPT (EOPNOTSUPP):
-/// `tests-oracle/kernel-6.12-iommufd-pasid.txt`, every line as recorded.
-fn pasid_answers(mode: &str) {
+/// `tests-oracle/iommufd_access_probe.c` (static for trace mode) run with
+/// `args` under `mode`: its result lines.
+fn access_probe(mode: &str, args: &[&str]) -> Vec<(String, String)> {
     let src = repo().join("tests-oracle/iommufd_access_probe.c");
     let name = if mode == "trace" {
         "access_probe-static"
@@ -181,7 +167,16 @@ fn pasid_answers(mode: &str) {
         "access_probe"
     };
     let probe = build_c_file(&src, name, mode == "trace");
-    let got = run(mode, "pin", &probe, &["pasid", "/dev/vfio/devices/vfio0"]);
+    run(mode, "pin", &probe, args)
+}
+
+/// PASID through iommufd and fault queues: Linux 6.12 has no PASID flag for
+/// `VFIO_DEVICE_ATTACH/DETACH_IOMMUFD_PT` (a later kernel's
+/// `VFIO_DEVICE_ATTACH_PASID` is EINVAL), makes a fault queue (an object
+/// with a descriptor) and takes none on a paging HWPT (EOPNOTSUPP):
+/// `tests-oracle/kernel-6.12-iommufd-pasid.txt`, every line as recorded.
+fn pasid_answers(mode: &str) {
+    let got = access_probe(mode, &["pasid", "/dev/vfio/devices/vfio0"]);
     let path = repo().join("tests-oracle/kernel-6.12-iommufd-pasid.txt");
     let want = result_lines(&std::fs::read_to_string(path).expect("recording"));
     assert_eq!(want.len(), 13);
@@ -218,14 +213,7 @@ const FAULT_PRELOAD_DEVIATIONS: &[(&str, &str)] = &[("fault_fd_link", "anon_inod
 /// every line as Linux 6.12 answered (`kernel-6.12-iommufd-fault.txt`)
 /// but the deviations above.
 fn fault_answers(mode: &str) {
-    let src = repo().join("tests-oracle/iommufd_access_probe.c");
-    let name = if mode == "trace" {
-        "access_probe-static"
-    } else {
-        "access_probe"
-    };
-    let probe = build_c_file(&src, name, mode == "trace");
-    let got = run(mode, "pin", &probe, &["fault", "/dev/vfio/devices/vfio0"]);
+    let got = access_probe(mode, &["fault", "/dev/vfio/devices/vfio0"]);
     let path = repo().join("tests-oracle/kernel-6.12-iommufd-fault.txt");
     let want = result_lines(&std::fs::read_to_string(path).expect("recording"));
     assert_eq!(want.len(), 80);
@@ -256,14 +244,7 @@ fn fault_answers(mode: &str) {
 /// second filter was on the allocating thread only, and the worker's read
 /// blocked on the socket.
 fn fault_thread_answers(mode: &str) {
-    let src = repo().join("tests-oracle/iommufd_access_probe.c");
-    let name = if mode == "trace" {
-        "access_probe-static"
-    } else {
-        "access_probe"
-    };
-    let probe = build_c_file(&src, name, mode == "trace");
-    let got = run(mode, "pin", &probe, &["fault-thread"]);
+    let got = access_probe(mode, &["fault-thread"]);
     let got: Vec<String> = got.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let want = [
         "iommu_open 0",

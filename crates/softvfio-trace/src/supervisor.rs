@@ -1619,8 +1619,6 @@ impl Core {
     }
 }
 
-/// `preadv`/`pwritev`: one handler call per segment, stopping at the first
-/// short transfer; an error after some progress returns the progress.
 /// `readv`/`writev` on a descriptor of `obj` whose reads and writes the
 /// handler serves: segment by segment, as the kernel's loop for a file with
 /// only `read`/`write` methods (empty segments skipped, a short or failed
@@ -1665,6 +1663,8 @@ fn stream_vectored(
     Some(Ok(done))
 }
 
+/// `preadv`/`pwritev`: one handler call per segment, stopping at the first
+/// short transfer; an error after some progress returns the progress.
 fn vectored(
     h: &mut dyn Handler,
     t: &mut Tracee<'_>,

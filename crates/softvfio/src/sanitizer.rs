@@ -955,12 +955,7 @@ impl Recorder {
         prot: Prot,
         copy: bool,
     ) -> HistorySlot {
-        let via = if copy { Via::IommufdCopy } else { Via::Iommufd };
-        let kind = EventKind::Map {
-            vaddr: uptr,
-            size,
-            prot,
-        };
+        let (kind, via) = area_map(uptr, size, prot, copy);
         self.push_via(key, iova, kind, via, HistorySlot::NONE, true)
     }
 
@@ -968,12 +963,7 @@ impl Recorder {
     /// (`released`: the context was closed with it in place).
     #[inline]
     pub fn record_area_unmap_at(&mut self, slot: HistorySlot, key: u64, iova: u64, released: bool) {
-        let kind = if released {
-            EventKind::Released
-        } else {
-            EventKind::Unmap
-        };
-        self.push_via(key, iova, kind, Via::Iommufd, slot, false);
+        self.push_via(key, iova, area_gone(released), Via::Iommufd, slot, false);
     }
 
     /// The area at `head_iova` (slot `head`) of the IOAS whose key is
@@ -1072,6 +1062,30 @@ impl Recorder {
     ) {
         let kind = EventKind::UpdateVaddr { vaddr };
         self.push(container, iova, kind, slot, false);
+    }
+}
+
+/// The event and its path of an iommufd area's map (`copy`: made by
+/// `IOMMU_IOAS_COPY`).
+#[inline(always)]
+fn area_map(uptr: u64, size: u64, prot: Prot, copy: bool) -> (EventKind, Via) {
+    let via = if copy { Via::IommufdCopy } else { Via::Iommufd };
+    let kind = EventKind::Map {
+        vaddr: uptr,
+        size,
+        prot,
+    };
+    (kind, via)
+}
+
+/// The event of an iommufd area's end: an unmap, or its release with its
+/// IOAS or context (`released`).
+#[inline(always)]
+fn area_gone(released: bool) -> EventKind {
+    if released {
+        EventKind::Released
+    } else {
+        EventKind::Unmap
     }
 }
 
@@ -1378,24 +1392,21 @@ impl Sanitizer {
         prot: Prot,
         copy: bool,
     ) {
-        let via = if copy { Via::IommufdCopy } else { Via::Iommufd };
-        let kind = EventKind::Map {
-            vaddr: uptr,
-            size,
-            prot,
-        };
+        let (kind, via) = area_map(uptr, size, prot, copy);
         self.push_via(key, iova, kind, via, HistorySlot::NONE, false);
     }
 
     /// `IOMMU_IOAS_UNMAP` removed the area at `iova` (`released`: the
     /// context was closed with it in place).
     pub fn record_ioas_unmap(&self, key: u64, iova: u64, released: bool) {
-        let kind = if released {
-            EventKind::Released
-        } else {
-            EventKind::Unmap
-        };
-        self.push_via(key, iova, kind, Via::Iommufd, HistorySlot::NONE, false);
+        self.push_via(
+            key,
+            iova,
+            area_gone(released),
+            Via::Iommufd,
+            HistorySlot::NONE,
+            false,
+        );
     }
 
     /// `UNMAP_DMA` removed the mapping at `iova`.
