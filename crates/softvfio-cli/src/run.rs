@@ -1216,12 +1216,9 @@ impl Handler for VfioHandler {
         write: bool,
     ) -> Option<Result<i64, Errno>> {
         let user = self.mem_for(t.pid());
-        let r = if write {
-            self.session.write(obj.0, user.as_ref(), buf, len)
-        } else {
-            self.session.read(obj.0, user.as_ref(), buf, len)
-        };
-        r.map(|r| r.map_err(errno))
+        self.session
+            .stream_rw(obj.0, user.as_ref(), buf, len, write)
+            .map(|r| r.map_err(errno))
     }
 
     fn pwrite(

@@ -520,12 +520,9 @@ impl State {
         len: u64,
         write: bool,
     ) -> Option<Result<i64, c_int>> {
-        let r = if write {
-            self.session.write(key, user, buf, len)
-        } else {
-            self.session.read(key, user, buf, len)
-        };
-        r.map(|r| r.map_err(|e| e.errno()))
+        self.session
+            .stream_rw(key, user, buf, len, write)
+            .map(|r| r.map_err(|e| e.errno()))
     }
 
     /// `mmap` of our object `key` (the driver's checks): what it maps.

@@ -35,7 +35,7 @@ pub enum FileObject {
     /// `/dev/vfio/devices/vfioN`.
     Cdev(Arc<CdevFile>),
     /// A fault queue's descriptor (`IOMMU_FAULT_QUEUE_ALLOC`): its `read`
-    /// and `write` are served ([`Session::read`], [`Session::write`]).
+    /// and `write` are served ([`Session::stream_rw`]).
     Fault(FaultFile),
 }
 
@@ -340,32 +340,21 @@ impl Session {
         }
     }
 
-    /// `read(2)` (no offset) of `len` bytes into `buf` on the file `key`,
-    /// for the files whose reads are served (a fault queue); `None` for the
-    /// others (their reads reach the front end's kernel object).
-    pub fn read(
+    /// `read(2)` (`write`: `write(2)`), no offset, of `len` bytes at `buf`
+    /// on the file `key`, for the files whose reads and writes are served
+    /// (a fault queue); `None` for the others (their calls reach the front
+    /// end's kernel object).
+    pub fn stream_rw(
         &self,
         key: ObjectKey,
         user: &dyn UserMemory,
         buf: u64,
         len: u64,
+        write: bool,
     ) -> Option<Result<i64>> {
         match self.objects.get(&key) {
+            Some(FileObject::Fault(f)) if write => Some(f.write(user, buf, len)),
             Some(FileObject::Fault(f)) => Some(f.read(user, buf, len)),
-            _ => None,
-        }
-    }
-
-    /// `write(2)` (no offset) on the file `key`, as [`Session::read`].
-    pub fn write(
-        &self,
-        key: ObjectKey,
-        user: &dyn UserMemory,
-        buf: u64,
-        len: u64,
-    ) -> Option<Result<i64>> {
-        match self.objects.get(&key) {
-            Some(FileObject::Fault(f)) => Some(f.write(user, buf, len)),
             _ => None,
         }
     }

@@ -891,7 +891,7 @@ fn fault_queue_through_the_session() {
     // The file's calls.
     let buf = BASE + 41 * PG;
     let rd = |s: &Session, len| {
-        s.read(fault, mem.as_ref(), buf, len)
+        s.stream_rw(fault, mem.as_ref(), buf, len, false)
             .map(|r| r.map_err(|e| e.errno()))
     };
     assert_eq!(rd(&s, 40), Some(Ok(0)));
@@ -900,7 +900,7 @@ fn fault_queue_through_the_session() {
     assert_eq!(rd(&s, 0), Some(Ok(0)));
     mem.write(buf, &[1, 0, 0, 0, 0, 0, 0, 0]).unwrap();
     let wr = |s: &Session, len| {
-        s.write(fault, mem.as_ref(), buf, len)
+        s.stream_rw(fault, mem.as_ref(), buf, len, true)
             .map(|r| r.map_err(|e| e.errno()))
     };
     assert_eq!(wr(&s, 8), Some(Err(libc::EINVAL)));
@@ -908,7 +908,7 @@ fn fault_queue_through_the_session() {
     assert_eq!(wr(&s, 0), Some(Ok(0)));
     assert_eq!(s.poll(fault), Some(libc::POLLOUT));
     assert_eq!(s.poll(ifd), None);
-    assert!(s.read(ifd, mem.as_ref(), buf, 40).is_none());
+    assert!(s.stream_rw(ifd, mem.as_ref(), buf, 40, false).is_none());
     assert_eq!(
         errno(s.pread(fault, mem.as_ref(), buf, 40, 0)),
         libc::ESPIPE
@@ -952,7 +952,8 @@ fn fault_queue_through_the_session() {
     s.release(ifd);
     assert!(ctx.upgrade().is_some());
     assert_eq!(
-        s.read(f2, mem.as_ref(), buf, 40).map(|r| r.ok()),
+        s.stream_rw(f2, mem.as_ref(), buf, 40, false)
+            .map(|r| r.ok()),
         Some(Some(0))
     );
     assert_eq!(s.poll(f2), Some(libc::POLLOUT));
