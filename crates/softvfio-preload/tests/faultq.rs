@@ -89,8 +89,9 @@ fn a_signal_handler_writing_in_the_fork_window_does_not_deadlock() {
 }
 
 /// Every way to copy the queue's descriptor gives a descriptor that reads
-/// as the queue; its number, once closed and taken by a pipe (and a copy
-/// with a pipe `dup2`'d over it), reads the pipe.
+/// as the queue; a copy closed by `close` or `close_range` is closed
+/// (EBADF, not the queue's answer); its number, once taken by a pipe (and
+/// a copy with a pipe `dup2`'d over it), reads the pipe.
 #[test]
 fn copies_of_a_queue_read_as_the_queue_and_its_reused_number_as_a_pipe() {
     let out = run(&["dups"]);
@@ -110,6 +111,9 @@ fn copies_of_a_queue_read_as_the_queue_and_its_reused_number_as_a_pipe() {
             ("dupfd_cloexec_read_32", "-1 ESPIPE"),
             ("dup_write_unknown_cookie", "-1 EINVAL"),
             ("dup3_readv_40_40", "0 0"),
+            ("close_range", "0"),
+            ("close_range_read_40", "-1 EBADF"),
+            ("closed_read_40", "-1 EBADF"),
             ("pipe_took_queue_number", "1"),
             ("pipe_write_5", "5 0"),
             ("pipe_read_5", "5 0"),

@@ -12,7 +12,8 @@
  *                               then an ordinary file's) and one kept
  *   faultq syscall              syscall(SYS_read/write/readv/writev, ...)
  *   faultq bench N              time per read/write of a pipe, before and
- *                               after the process holds a queue
+ *                               after the process holds a queue (best of
+ *                               three rounds of N each; docs/IOMMUFD.md)
  *
  * Lines are "name value..."; a read or write prints "name RESULT ERRNO"
  * (-1 and the errno's name on failure), as tests-oracle's probe does. The
@@ -239,8 +240,13 @@ static int dups(void) {
   char rb[80];
   struct iovec v[2] = {{rb, 40}, {rb + 40, 40}};
   errno = 0; rw_case("dup3_readv_40_40", readv(d_dup3, v, 2));
+  /* Closed copies are closed (EBADF), by close and by close_range. */
+  int d_range = fcntl(q, F_DUPFD, 400);
+  printf("close_range %d\n", close_range(d_range, d_range, 0));
+  errno = 0; rw_case("close_range_read_40", read(d_range, rb, 40));
   /* The queue's number reused by a pipe: the pipe's. */
   close(q);
+  errno = 0; rw_case("closed_read_40", read(q, rb, 40));
   int p[2];
   if (pipe(p)) return 1;
   printf("pipe_took_queue_number %d\n", p[0] == q);
@@ -390,12 +396,12 @@ static int bench(int n) {
     double b = pipe_loop(n);
     if (b < best_before) best_before = b;
   }
+  printf("no_queue_ns %.1f\n", best_before);
   int q = new_queue();
   for (int r = 0; r < 3; r++) {
     double a = pipe_loop(n);
     if (a < best_after) best_after = a;
   }
-  printf("no_queue_ns %.1f\n", best_before);
   printf("with_queue_ns %.1f\n", best_after);
   close(q);
   return 0;
