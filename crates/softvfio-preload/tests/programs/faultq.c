@@ -11,6 +11,8 @@
  *   faultq exec                 exec with one queue close-on-exec (its number
  *                               then an ordinary file's) and one kept
  *   faultq syscall              syscall(SYS_read/write/readv/writev, ...)
+ *   faultq answers              dups, fork, syscall and exec in one run (as
+ *                               Linux 6.12 answered them)
  *   faultq bench N              time per read/write of a pipe, before and
  *                               after the process holds a queue (best of
  *                               three rounds of N each; docs/IOMMUFD.md)
@@ -416,6 +418,12 @@ static int run_case(int argc, char **argv) {
   if (!strcmp(argv[1], "exec-image") && argc >= 4) return exec_image(atoi(argv[2]), atoi(argv[3]));
   if (!strcmp(argv[1], "syscall")) return syscall_case();
   if (!strcmp(argv[1], "bench") && argc >= 3) return bench(atoi(argv[2]));
+  if (!strcmp(argv[1], "answers")) {
+    /* The cases whose answers are the kernel's, in one run (recorded under
+     * Linux 6.12: tests-oracle/kernel-6.12-faultq.txt); the exec last. */
+    if (dups() || fork_case() || syscall_case()) return 1;
+    return exec_case("/proc/self/exe");
+  }
   return 2;
 }
 
