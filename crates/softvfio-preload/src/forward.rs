@@ -33,6 +33,7 @@ use softvfio::uapi::MappedRegion;
 use crate::channel;
 use crate::real;
 use crate::state::TRACKED;
+use crate::streams;
 
 /// Requests, program to keeper (word 0 of a record).
 pub(crate) mod op {
@@ -251,7 +252,11 @@ impl Client {
         }
     }
 
-    fn track(&mut self, fd: c_int, key: u64) {
+    /// `fd` now stands for object `key`; `stream`: a fault queue, whose
+    /// reads and writes are served (the lock-free set follows the table:
+    /// crate::streams).
+    fn track(&mut self, fd: c_int, key: u64, stream: bool) {
+        streams::set(fd, stream);
         if self.fds.insert(fd, key).is_none() {
             TRACKED.fetch_add(1, Ordering::Relaxed);
         }
@@ -259,6 +264,7 @@ impl Client {
 
     fn untrack(&mut self, fd: c_int) -> Option<u64> {
         let k = self.fds.remove(&fd)?;
+        streams::unmark(fd);
         TRACKED.fetch_sub(1, Ordering::Relaxed);
         Some(k)
     }
@@ -342,7 +348,7 @@ pub fn open(path: &str, cloexec: bool) -> Result<Option<c_int>, c_int> {
         let r = c.call(&[op::OPEN, u64::from(cloexec)], &tail, cloexec)?;
         match r.fd {
             Some(fd) => {
-                c.track(fd, r.key);
+                c.track(fd, r.key, false);
                 Ok(Some(fd))
             }
             None if r.val == 0 => Ok(None),
@@ -371,16 +377,16 @@ pub fn ioctl(key: u64, request: u64, arg: u64) -> Result<i64, c_int> {
         match r.fd {
             // A fault queue: the descriptor's number goes into the reply
             // (at the address the keeper answered), the call returns 0.
+            // Marked (track) before the number is in the reply.
             Some(fd) if request == softvfio::iommufd::abi::IOMMU_FAULT_QUEUE_ALLOC => {
-                c.track(fd, r.key);
-                crate::state::SERVED_STREAMS.store(true, Ordering::Relaxed);
+                c.track(fd, r.key, true);
                 match crate::mmio::write_own(r.val as u64, &(fd as u32).to_ne_bytes()) {
                     Ok(()) => Ok(0),
                     Err(_) => Err(libc::EFAULT),
                 }
             }
             Some(fd) => {
-                c.track(fd, r.key);
+                c.track(fd, r.key, false);
                 Ok(i64::from(fd))
             }
             // A new object whose descriptor could not be installed.
@@ -442,7 +448,9 @@ pub fn dup_of(old: c_int, new: c_int) {
     let _ = with_client(|c| {
         if let Some(key) = c.fds.get(&old).copied() {
             c.call(&[op::REF, key], &[], false)?;
-            c.track(new, key);
+            // A copy of a queue is a queue: `old`'s bit is the table's
+            // answer (crate::streams).
+            c.track(new, key, streams::is_marked(old));
         }
         Ok(())
     });
@@ -580,6 +588,10 @@ pub(crate) fn exec_prepare() -> Option<ExecPlan> {
                     kept.push(',');
                 }
                 kept.push_str(&format!("{fd}:{key}"));
+                // A fault queue: the new image serves its reads too.
+                if streams::is_marked(*fd) {
+                    kept.push_str(":q");
+                }
             }
         }
         c.call(&[op::EXEC_PREPARE], &closing, false)?;
@@ -625,12 +637,15 @@ pub(crate) fn attach_after_exec() {
     let Some(name) = name.to_str().map(str::to_owned) else {
         return;
     };
+    // `fd:key`, `fd:key:q` for a fault queue.
     let mut fds = HashMap::new();
-    for pair in fds_text.split(',').filter(|p| !p.is_empty()) {
-        if let Some((f, k)) = pair.split_once(':') {
-            if let (Ok(f), Ok(k)) = (f.parse::<c_int>(), k.parse::<u64>()) {
-                fds.insert(f, k);
-            }
+    for entry in fds_text.split(',').filter(|p| !p.is_empty()) {
+        let mut parts = entry.split(':');
+        let (Some(f), Some(k)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if let (Ok(f), Ok(k)) = (f.parse::<c_int>(), k.parse::<u64>()) {
+            fds.insert(f, (k, parts.next() == Some("q")));
         }
     }
     let Ok(sock) = real::connect_abstract(&name) else {
@@ -651,8 +666,10 @@ pub(crate) fn attach_after_exec() {
             real::set_env(ENV_NAME, None);
         }
         Ok(r) => {
-            for (fd, key) in fds {
-                c.track(fd, key);
+            // Before the program's first instruction: the queues the exec
+            // kept are marked before it can name them.
+            for (fd, (key, stream)) in fds {
+                c.track(fd, key, stream);
             }
             real::prctl(libc::PR_SET_PTRACER, r.val as u64);
             *lock() = Some(c);

@@ -17,7 +17,9 @@
 //! - `read`, `__read_chk`, `write`, `readv` and `writev` of an iommufd fault
 //!   queue's descriptor (an eventfd too) are served by the engine, as 6.12's
 //!   fault file answers; until the process makes a queue these hooks cost
-//!   one load and pass every call on (docs/IOMMUFD.md "Fault queues");
+//!   one load and pass every call on, and after it they take no lock for a
+//!   descriptor that is no queue ([`streams`]; docs/IOMMUFD.md "Fault
+//!   queues");
 //! - `close`, `close_range`, `dup`, `dup2`, `dup3` and
 //!   `fcntl(F_DUPFD[_CLOEXEC])` (and `fcntl64`) keep the descriptor table;
 //!   the last close of an object releases it;
@@ -87,6 +89,7 @@ mod real;
 mod sanitize;
 mod spawn;
 mod state;
+mod streams;
 
 use real::Next;
 use softvfio::sanitizer::StaleCause;
@@ -774,7 +777,10 @@ fn rw_hook(
 /// `read(2)`/`write(2)` on a descriptor: the engine serves them on the
 /// objects that have them (a fault queue, whose eventfd would block or
 /// count); every other call goes on. Until this process made a fault queue
-/// the hook costs one load ([`state::SERVED_STREAMS`]).
+/// the hook costs one load ([`streams::SERVED_STREAMS`]); after, a
+/// descriptor that is no queue costs one more and takes no lock (the
+/// table's lock is asked only for a number in the lock-free set:
+/// [`streams`]).
 fn stream_hook(
     fd: c_int,
     buf: u64,
@@ -782,7 +788,7 @@ fn stream_hook(
     write: bool,
     pass: impl FnOnce() -> ssize_t,
 ) -> ssize_t {
-    if !state::SERVED_STREAMS.load(Ordering::Relaxed) {
+    if !streams::may_be_served(fd) {
         return pass();
     }
     // Taken before `ours`: its lock may set errno (a contended futex), and
@@ -831,7 +837,7 @@ fn stream_vectored_hook(
     write: bool,
     pass: impl FnOnce() -> ssize_t,
 ) -> ssize_t {
-    if !state::SERVED_STREAMS.load(Ordering::Relaxed) {
+    if !streams::may_be_served(fd) {
         return pass();
     }
     // As in `stream_hook`: the program's errno for a call that goes on.

@@ -3,7 +3,8 @@
 //!
 //! - `syscall(2)`: libc's variadic `syscall` function with a number this
 //!   library serves through a named hook (memory calls, the descriptor
-//!   table's calls, opens, ioctl, pread/pwrite) goes to that hook, which
+//!   table's calls, opens, ioctl, pread/pwrite, and read/write/readv/writev
+//!   of a descriptor that may be a fault queue) goes to that hook, which
 //!   passes the call on through libc's wrapper of the same system call (the
 //!   same kernel call, answer and errno), with the thread's cancellation
 //!   disabled meanwhile (glibc's `syscall` is no cancellation point; the
@@ -31,7 +32,9 @@
 //! - With the sanitizer off, `free`/`realloc`/`reallocarray`/`madvise` cost
 //!   one atomic load before the next definition runs; with it on and no
 //!   VFIO file, two; with VFIO files, a heap block's header read more.
-//!   `syscall` with an unserved number costs a comparison.
+//!   `syscall` with an unserved number costs a comparison; `read`,
+//!   `write`, `readv`, `writev` of a descriptor that is no fault queue one
+//!   load more (two once a queue was made: crate::streams).
 //! - A chunk header is read only when the next `free` is glibc's (a
 //!   program with another allocator keeps its own layout) and only for a
 //!   pointer the program hands to `free`/`realloc` (its header lies in the
@@ -73,6 +76,20 @@ fn served(nr: c_long) -> bool {
             | libc::SYS_ioctl
             | libc::SYS_pread64
             | libc::SYS_pwrite64
+            | libc::SYS_read
+            | libc::SYS_write
+            | libc::SYS_readv
+            | libc::SYS_writev
+    )
+}
+
+/// `read`, `write`, `readv`, `writev`: served only on a descriptor that may
+/// be a fault queue (crate::streams); the others go to the kernel as
+/// glibc's `syscall` makes them, without the hooks' work.
+fn stream_call(nr: c_long) -> bool {
+    matches!(
+        nr,
+        libc::SYS_read | libc::SYS_write | libc::SYS_readv | libc::SYS_writev
     )
 }
 
@@ -94,7 +111,7 @@ pub unsafe extern "C" fn syscall(
     a6: c_long,
 ) -> c_long {
     let a = [a1, a2, a3, a4, a5, a6];
-    if !served(nr) {
+    if !served(nr) || (stream_call(nr) && !crate::streams::may_be_served(a1 as c_int)) {
         // SAFETY: the program's call, passed on unchanged.
         return unsafe { pass_on(nr, a) };
     }
@@ -196,6 +213,16 @@ unsafe fn serve(nr: c_long, a: [c_long; 6]) -> c_long {
                 a3 as size_t,
                 a4 as libc::off_t,
             ) as c_long,
+            libc::SYS_read => crate::read(a1 as c_int, p(a2), a3 as size_t) as c_long,
+            libc::SYS_write => {
+                crate::write(a1 as c_int, a2 as *const c_void, a3 as size_t) as c_long
+            }
+            libc::SYS_readv => {
+                crate::readv(a1 as c_int, a2 as *const libc::iovec, a3 as c_int) as c_long
+            }
+            libc::SYS_writev => {
+                crate::writev(a1 as c_int, a2 as *const libc::iovec, a3 as c_int) as c_long
+            }
             _ => pass_on(nr, a),
         }
     }

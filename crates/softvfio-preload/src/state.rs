@@ -25,15 +25,11 @@ use softvfio_platform::{build, BuiltPlatform, Config};
 
 use crate::claim::{self, Claim};
 use crate::real;
+use crate::streams;
 
 /// Descriptors in the table, read without the lock: calls on other
 /// descriptors skip the table while it is empty.
 pub static TRACKED: AtomicUsize = AtomicUsize::new(0);
-
-/// A fault queue was made in this process (or the keeper serving it): only
-/// then do `read`/`write` look for one of our descriptors (the hooks pass
-/// every other call on at the cost of this load).
-pub static SERVED_STREAMS: AtomicBool = AtomicBool::new(false);
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 /// The platform could not be built (bad configuration): said once.
@@ -253,6 +249,10 @@ pub enum OpenOutcome {
 
 impl State {
     fn track(&mut self, fd: c_int, key: ObjectKey) {
+        // The lock-free set of served streams follows the table (its
+        // invariants: crate::streams).
+        let stream = matches!(self.session.object(key), Some(FileObject::Fault(_)));
+        streams::set(fd, stream);
         if let Some(old) = self.fds.insert(fd, key) {
             // A stale entry (the descriptor was closed behind our back).
             self.unref(old);
@@ -330,6 +330,7 @@ impl State {
     /// `fd` no longer refers to what it did (closed, or replaced by dup2).
     pub fn forget(&mut self, fd: c_int) {
         if let Some(key) = self.fds.remove(&fd) {
+            streams::unmark(fd);
             TRACKED.fetch_sub(1, Ordering::Relaxed);
             self.unref(key);
         }
@@ -486,12 +487,15 @@ impl State {
             // its reads and writes served ([`State::stream_rw`]).
             Routed::NewFileAt { key, fd_at } => {
                 let fd = real::new_object_fd(true).inspect_err(|_| self.session.abort(key))?;
+                // Marked before the program can read the number (another
+                // thread may, as soon as it is in the reply).
+                streams::mark(fd);
                 if self.mem.write(fd_at, &(fd as u32).to_ne_bytes()).is_err() {
+                    streams::unmark(fd);
                     real::close(fd);
                     self.session.abort(key);
                     return Err(libc::EFAULT);
                 }
-                SERVED_STREAMS.store(true, Ordering::Relaxed);
                 self.track(fd, key);
                 Ok(0)
             }
@@ -600,6 +604,7 @@ impl State {
         self.refs.clear();
         for fd in std::mem::take(&mut self.fds).into_keys() {
             TRACKED.fetch_sub(1, Ordering::Relaxed);
+            streams::unmark(fd);
             real::close_own(fd);
         }
         let s = self.mem.stats();
@@ -670,6 +675,7 @@ impl State {
     pub(crate) fn drop_program_fds(&mut self) {
         for fd in std::mem::take(&mut self.fds).into_keys() {
             TRACKED.fetch_sub(1, Ordering::Relaxed);
+            streams::unmark(fd);
             real::close_own(fd);
         }
     }
@@ -744,8 +750,9 @@ impl State {
             .map_err(|e| e.errno())?;
         match routed {
             Routed::NewObject(k) => self.hold(k),
+            // The program's side marks the queue's number (crate::streams);
+            // the keeper's own reads and writes pass on (`IN_KEEPER`).
             Routed::NewFileAt { key, .. } => {
-                SERVED_STREAMS.store(true, Ordering::Relaxed);
                 self.hold(key);
             }
             Routed::Value(_) => {}
