@@ -16,6 +16,7 @@
 //! | `execve`, `execveat` | the old image's pinned pages must be kept before they go, when VFIO files survive the exec (rare calls) |
 //! | `stat`, `lstat`, `newfstatat`, `statx`, `fstat` | a VFIO cdev (its path or an open descriptor) must stat as the device number sysfs gives (QEMU checks) |
 //! | `dup2`, `dup3`, `close_range`, `io_uring_setup`, `seccomp` (with a listener only) | they replace descriptors, or let the program do so unseen: the supervisor's descriptor cache ([`FD_TABLE_SYSCALLS`]) |
+//! | i386 (`int $0x80`): `close`; `ioctl` with a VFIO request; `dup2`, `dup3`, `close_range`, `io_uring_setup`, `seccomp` (with a listener only) | the same descriptor table and objects, through the 32-bit ABI ([`I386_TRACED_SYSCALLS`], [`I386_FD_TABLE_SYSCALLS`]) |
 //!
 //! With a user-notification listener ([`Spec::notify`]), the calls that
 //! never need code run *in* the calling thread return
@@ -66,8 +67,10 @@
 //! serves them as the x86-64 calls (`crate::calls::Call::decode_i386`).
 //! Its `dup` and `fcntl`/`fcntl64` (`F_DUPFD*`) run free as x86-64's do:
 //! they only take free numbers. Every other i386 call, and every x32
-//! call, runs free: softvfio serves neither ABI's opens, so no such call
-//! can reach an object but through a descriptor (docs/RELIABILITY.md).
+//! call, runs free: an i386 `open` of a VFIO path, or its `read`,
+//! `pread64` or `mmap2` of an object's descriptor, gets the kernel's
+//! answer for the host's path or the object's socket (known,
+//! docs/RELIABILITY.md).
 
 use libc::sock_filter;
 
