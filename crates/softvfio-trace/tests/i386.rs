@@ -87,3 +87,59 @@ fn i386_calls_at_ptrace_stops() {
 fn i386_calls_with_a_listener() {
     check(true);
 }
+
+/// `programs/i386_process.S` assembled and linked as an i386 program.
+fn build_i386_process() -> std::path::PathBuf {
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/i386_process.S");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let tag = format!("{}-{:?}", std::process::id(), std::thread::current().id());
+    let obj = dir.join(format!("i386_process-{tag}.o"));
+    let exe = dir.join(format!("i386_process-{tag}"));
+    let st = std::process::Command::new("as")
+        .arg("--32")
+        .arg("-o")
+        .arg(&obj)
+        .arg(&src)
+        .status()
+        .expect("run as");
+    assert!(st.success());
+    let st = std::process::Command::new("ld")
+        .args(["-m", "elf_i386", "-o"])
+        .arg(&exe)
+        .arg(&obj)
+        .status()
+        .expect("run ld");
+    assert!(st.success());
+    exe
+}
+
+/// An i386 program (32-bit code) is not served, and its calls the filter
+/// stops (its `close`; `dup2` with a listener) run as without softvfio:
+/// `dup2(1, 10)` is 10, `close(10)` 0, again EBADF (exit code 7).
+#[test]
+fn an_i386_program_runs_as_without_softvfio() {
+    let exe = build_i386_process();
+    for listener in [false, true] {
+        let mut sup = Supervisor::new();
+        let mut toy = Toy::default();
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let out_path = dir.join(format!("i386-process-{}-{listener}", std::process::id()));
+        let file = std::fs::File::create(&out_path).expect("create");
+        let mut cmd = Command::new(&exe);
+        cmd.stdout(OwnedFd::from(file));
+        if listener {
+            cmd.user_notification(Some(&[(0x3b << 8) | 100]));
+        }
+        let status = sup.run(cmd, &mut toy).expect("run");
+        let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&out_path);
+        assert_eq!(
+            (exit_code(status), stdout.as_str()),
+            (7, "i386\n"),
+            "listener {listener}"
+        );
+        assert!(sup.stats().stops >= 2, "{:?}", sup.stats());
+        assert_eq!(sup.stats().served, 0);
+    }
+}
