@@ -18,6 +18,14 @@
 //!   re-executes `syscall`, stops at its entry and then at its exit. Two
 //!   round trips.
 //!
+//! * **an i386 call's entry** (`int $0x80` of a 64-bit process): the
+//!   kernel would run a call injected here as an i386 one (its numbers,
+//!   `ebx`, `ecx`, ... as arguments). The first injection skips the
+//!   program's call (`orig_rax = -1`, to its exit stop) and the injected
+//!   calls run as in the exit case, from a `syscall` instruction of the
+//!   vDSO; a call the kernel is to run after all then runs its `int $0x80`
+//!   again (`rip - 2`, its number back in `rax`).
+//!
 //! The saved registers are restored (with the final return value in `rax`)
 //! before the thread continues, so injection is invisible to the program
 //! except for the effects of the injected calls. Returning to user mode in
