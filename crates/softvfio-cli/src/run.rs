@@ -1203,8 +1203,24 @@ impl Handler for VfioHandler {
             .map_err(errno)
     }
 
+    /// iommufd's files have no `compat_ioctl` (an i386 ioctl is ENOTTY,
+    /// tests-oracle/kernel-6.12-compat-fd.txt); VFIO's have.
+    fn compat_ioctl(&mut self, obj: ObjectId) -> bool {
+        !matches!(
+            self.session.object(obj.0),
+            Some(FileObject::Iommufd(_) | FileObject::Fault(_))
+        )
+    }
+
+    /// A fault queue's descriptor and a device's from
+    /// `VFIO_GROUP_GET_DEVICE_FD` are files of the kernel's anonymous inode
+    /// (`anon_inode:[iommufd-pgfault]`, `anon_inode:[vfio-device]`), and
+    /// stat as it (tests-oracle/kernel-6.12-compat-fd.txt).
     fn stat_object_anon(&mut self, obj: ObjectId) -> bool {
-        matches!(self.session.object(obj.0), Some(FileObject::Fault(_)))
+        matches!(
+            self.session.object(obj.0),
+            Some(FileObject::Fault(_) | FileObject::Device(_))
+        )
     }
 
     fn stream_rw(

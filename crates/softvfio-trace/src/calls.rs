@@ -36,6 +36,8 @@ pub(crate) enum StatCall {
         flags: i32,
         /// `statx` (its buffer is a `struct statx`).
         statx: bool,
+        /// `statx`'s mask of the fields asked for (0 for the others).
+        mask: u32,
     },
 }
 
@@ -134,6 +136,7 @@ impl Call {
                 buf: a[1],
                 flags: 0,
                 statx: false,
+                mask: 0,
             }),
             libc::SYS_newfstatat => Call::Stat(StatCall::Path {
                 dirfd: a[0] as i32,
@@ -141,6 +144,7 @@ impl Call {
                 buf: a[2],
                 flags: a[3] as i32,
                 statx: false,
+                mask: 0,
             }),
             // statx(dirfd, path, flags, mask, buf)
             libc::SYS_statx => Call::Stat(StatCall::Path {
@@ -149,6 +153,7 @@ impl Call {
                 buf: a[4],
                 flags: a[2] as i32,
                 statx: true,
+                mask: a[3] as u32,
             }),
             libc::SYS_mlock | libc::SYS_mlock2 | libc::SYS_mlockall => Call::LocksMemory,
             libc::SYS_execve | libc::SYS_execveat => Call::Exec,
@@ -170,6 +175,33 @@ impl Call {
             _ => Call::Other,
         }
     }
+}
+
+/// The x86-64 call (number and arguments) that a call of the i386 ABI
+/// (`int $0x80`) of a 64-bit process stands for, for the calls the filter
+/// stops ([`crate::filter::I386_TRACED_SYSCALLS`],
+/// [`crate::filter::I386_FD_TABLE_SYSCALLS`], `ioctl`); `None` for any
+/// other. `a` are the i386 argument registers in ABI order (`ebx`, `ecx`,
+/// `edx`, `esi`, `edi`, `ebp`): each is taken as the 32-bit value the
+/// compat entry takes, an `ioctl`'s argument zero-extended as
+/// `compat_ptr` makes it. These calls mean the same in both ABIs (Linux
+/// runs the same `sys_close`, `sys_dup2`, `sys_dup3`, `sys_close_range`;
+/// `compat_sys_ioctl` hands VFIO's files their `compat_ptr_ioctl`, the
+/// same ioctl), so the supervisor serves them as the x86-64 ones.
+pub(crate) fn native_of_i386(nr: i64, a: [u64; 6]) -> Option<(i64, [u64; 6])> {
+    use crate::filter::i386;
+    let w = a.map(|v| v & 0xffff_ffff);
+    let native = match nr {
+        i386::CLOSE => libc::SYS_close,
+        i386::DUP2 => libc::SYS_dup2,
+        i386::DUP3 => libc::SYS_dup3,
+        i386::CLOSE_RANGE => libc::SYS_close_range,
+        i386::IOCTL => libc::SYS_ioctl,
+        i386::IO_URING_SETUP => libc::SYS_io_uring_setup,
+        i386::SECCOMP => libc::SYS_seccomp,
+        _ => return None,
+    };
+    Some((native, w))
 }
 
 #[cfg(test)]
@@ -227,7 +259,8 @@ mod tests {
                     path: 0x1000,
                     buf: 0x2000,
                     flags: 0,
-                    statx: false
+                    statx: false,
+                    mask: 0
                 })
             );
         }
@@ -239,7 +272,8 @@ mod tests {
                 path: 0x1000,
                 buf: 0x2000,
                 flags: libc::AT_EMPTY_PATH,
-                statx: false
+                statx: false,
+                mask: 0
             })
         );
         // statx(dirfd, path, flags, mask, buf): the buffer is the fifth.
@@ -250,9 +284,37 @@ mod tests {
                 path: 0x1000,
                 buf: 0x4000,
                 flags: libc::AT_EMPTY_PATH,
-                statx: true
+                statx: true,
+                mask: 0x7ff
             })
         );
+    }
+
+    #[test]
+    fn i386_calls_stand_for_the_x86_64_ones() {
+        use crate::filter::i386;
+        // ebx, ecx, edx, ...: the high halves of the registers are not the
+        // call's (the compat entry takes 32 bits).
+        let a = [0xdead_0000_0000_0007, 9, 0x8000_0000, 4, 5, 6];
+        let w = [7, 9, 0x8000_0000, 4, 5, 6];
+        for (nr, native) in [
+            (i386::CLOSE, libc::SYS_close),
+            (i386::DUP2, libc::SYS_dup2),
+            (i386::DUP3, libc::SYS_dup3),
+            (i386::CLOSE_RANGE, libc::SYS_close_range),
+            (i386::IOCTL, libc::SYS_ioctl),
+            (i386::IO_URING_SETUP, libc::SYS_io_uring_setup),
+            (i386::SECCOMP, libc::SYS_seccomp),
+        ] {
+            assert_eq!(native_of_i386(nr, a), Some((native, w)), "{nr}");
+        }
+        // An ioctl's pointer is zero-extended (compat_ptr), never signed.
+        let (_, args) = native_of_i386(i386::IOCTL, [3, 0x3b6b, 0xffff_f000, 0, 0, 0]).unwrap();
+        assert_eq!(args[2], 0xffff_f000);
+        // i386 6 is close, x86-64 6 is lstat; dup and fcntl run free.
+        for nr in [i386::DUP, i386::FCNTL, i386::FCNTL64, 3, 5, 11, 192] {
+            assert_eq!(native_of_i386(nr, a), None, "{nr}");
+        }
     }
 
     #[test]

@@ -42,10 +42,14 @@
 //!   that number for an object, closes the object's descriptor; found by
 //!   review). A lookup that finds no open descriptor makes none either
 //!   (the number is free: an object may take it without any stop).
-//! - Known hole: calls of the 32-bit ABI (`int 0x80`: `close`, `dup2`,
-//!   `dup3`, `close_range`) act on the same table and are allowed by the
-//!   filter without a stop; a program that mixes them with VFIO
-//!   descriptors can leave a stale entry (docs/RELIABILITY.md).
+//! - The i386 ABI (`int $0x80`) reaches the same table: its `close`,
+//!   `dup2`, `dup3`, `close_range` (and `io_uring_setup`, `seccomp`) stop
+//!   as the x86-64 ones ([`crate::filter::I386_FD_TABLE_SYSCALLS`]) and
+//!   are handled as the x86-64 calls they stand for
+//!   (`crate::calls::native_of_i386`): the same emptying, injection and
+//!   `close` let go. An i386 process (32-bit code) shares no table with a
+//!   64-bit one (an exec unshares it) and none of its calls is served: no
+//!   entry names its threads.
 //! - A tid is freed only when the supervisor's own `waitpid` reaps it, and a
 //!   task that gets the number again starts stopped until the supervisor
 //!   resumes it, after it handled the reap (and emptied the cache): an

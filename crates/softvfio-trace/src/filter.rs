@@ -16,6 +16,7 @@
 //! | `execve`, `execveat` | the old image's pinned pages must be kept before they go, when VFIO files survive the exec (rare calls) |
 //! | `stat`, `lstat`, `newfstatat`, `statx`, `fstat` | a VFIO cdev (its path or an open descriptor) must stat as the device number sysfs gives (QEMU checks) |
 //! | `dup2`, `dup3`, `close_range`, `io_uring_setup`, `seccomp` (with a listener only) | they replace descriptors, or let the program do so unseen: the supervisor's descriptor cache ([`FD_TABLE_SYSCALLS`]) |
+//! | i386 (`int $0x80`): `close`; `ioctl` with a VFIO request; `dup2`, `dup3`, `close_range`, `io_uring_setup`, `seccomp` (with a listener only) | the same descriptor table and objects, through the 32-bit ABI ([`I386_TRACED_SYSCALLS`], [`I386_FD_TABLE_SYSCALLS`]) |
 //!
 //! With a user-notification listener ([`Spec::notify`]), the calls that
 //! never need code run *in* the calling thread return
@@ -56,13 +57,69 @@
 //! (docs/PERFORMANCE.md, "Trapped calls").
 //!
 //! The ioctl test looks at the low 32 bits of the request only, as the
-//! kernel does (`unsigned int cmd`). System calls of another ABI (i386
-//! `int 0x80`, x32) are allowed: they cannot name our objects meaningfully.
+//! kernel does (`unsigned int cmd`).
+//!
+//! The i386 ABI (`int $0x80`, `AUDIT_ARCH_I386`) reaches the same
+//! descriptor table from a 64-bit process: its `close` stops, its `dup2`,
+//! `dup3`, `close_range`, `io_uring_setup` and `seccomp` stop with a
+//! listener ([`I386_FD_TABLE_SYSCALLS`]), and its `ioctl` of a VFIO request
+//! stops (Linux serves those through `compat_ioctl`); the supervisor
+//! serves them as the x86-64 calls (`crate::calls::Call::decode_i386`).
+//! Its `dup` and `fcntl`/`fcntl64` (`F_DUPFD*`) run free as x86-64's do:
+//! they only take free numbers. Every other i386 call, and every x32
+//! call, runs free: an i386 `open` of a VFIO path, or its `read`,
+//! `pread64` or `mmap2` of an object's descriptor, gets the kernel's
+//! answer for the host's path or the object's socket (known,
+//! docs/RELIABILITY.md).
 
 use libc::sock_filter;
 
 /// `AUDIT_ARCH_X86_64` (EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE).
 pub const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+
+/// `AUDIT_ARCH_I386` (EM_386 | __AUDIT_ARCH_LE): a call of the i386 ABI
+/// (`int $0x80`), which a 64-bit process can make too.
+pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+
+/// The i386 ABI's numbers of the calls the filter looks at (Linux's
+/// `arch/x86/entry/syscalls/syscall_32.tbl`; they are not the x86-64
+/// ones: i386 `close` is x86-64's `lstat`).
+pub mod i386 {
+    /// `close`.
+    pub const CLOSE: i64 = 6;
+    /// `dup` (runs free: it takes a free number).
+    pub const DUP: i64 = 41;
+    /// `ioctl` (through `compat_sys_ioctl`).
+    pub const IOCTL: i64 = 54;
+    /// `fcntl` (runs free: `F_DUPFD` takes a free number).
+    pub const FCNTL: i64 = 55;
+    /// `dup2`.
+    pub const DUP2: i64 = 63;
+    /// `fcntl64` (runs free, as `fcntl`).
+    pub const FCNTL64: i64 = 221;
+    /// `dup3`.
+    pub const DUP3: i64 = 330;
+    /// `seccomp`.
+    pub const SECCOMP: i64 = 354;
+    /// `io_uring_setup`.
+    pub const IO_URING_SETUP: i64 = 425;
+    /// `close_range`.
+    pub const CLOSE_RANGE: i64 = 436;
+}
+
+/// The i386 calls that always stop (as x86-64's `close`), besides an
+/// `ioctl` of a VFIO request.
+pub const I386_TRACED_SYSCALLS: &[i64] = &[i386::CLOSE];
+
+/// The i386 calls that stop with a listener, as [`FD_TABLE_SYSCALLS`]:
+/// the same descriptor table, reached by `int $0x80`.
+pub const I386_FD_TABLE_SYSCALLS: &[i64] = &[
+    i386::DUP2,
+    i386::DUP3,
+    i386::CLOSE_RANGE,
+    i386::IO_URING_SETUP,
+    i386::SECCOMP,
+];
 
 const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
 const BPF_JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
@@ -217,6 +274,8 @@ enum To {
     Ioctl,
     Mmap,
     Madvise,
+    X64,
+    IoctlI386,
 }
 
 enum Ins {
@@ -245,7 +304,13 @@ fn assemble(code: &[Ins]) -> Vec<sock_filter> {
         match to {
             To::Next => 0,
             // Every label is defined once, after its uses (see build_list).
-            l => at.get(&l).map_or(0, |to: &usize| (to - from - 1) as u8),
+            l => at.get(&l).map_or(0, |to: &usize| {
+                let off = to - from - 1;
+                // Classic BPF's jump offsets are 8 bits: the programs built
+                // here stay far below (`jumps_fit_in_eight_bits`).
+                debug_assert!(off <= usize::from(u8::MAX), "jump of {off}");
+                off as u8
+            }),
         }
     };
     for i in code {
@@ -336,11 +401,28 @@ fn build_list(extra: &[i64], notify_ioctls: Option<&[u32]>, notified: &[i64]) ->
     }
     let mut c = vec![
         Ins::Ld(OFF_ARCH),
-        Ins::Jeq(AUDIT_ARCH_X86_64, To::Next, To::Allow),
+        Ins::Jeq(AUDIT_ARCH_X86_64, To::X64, To::Next),
+        // The i386 ABI (`int $0x80`), first: a short block, so that the
+        // jump over it stays short.
+        Ins::Jeq(AUDIT_ARCH_I386, To::Next, To::Allow),
+        Ins::Ld(OFF_NR),
+        Ins::Jeq(i386::IOCTL as u32, To::IoctlI386, To::Next),
+    ];
+    let i386_fd_table: &[i64] = if notify { I386_FD_TABLE_SYSCALLS } else { &[] };
+    for nr in I386_TRACED_SYSCALLS.iter().chain(i386_fd_table) {
+        c.push(Ins::Jeq(*nr as u32, To::Trace, To::Next));
+    }
+    c.extend([
+        Ins::Jeq(0, To::Allow, To::Allow),
+        Ins::Label(To::IoctlI386),
+        Ins::Ld(OFF_ARG1_LO),
+        Ins::And(0xffff_ff00),
+        Ins::Jeq(VFIO_IOCTL_TYPE << 8, To::Trace, To::Allow),
+        Ins::Label(To::X64),
         Ins::Ld(OFF_NR),
         Ins::Jeq(libc::SYS_ioctl as u32, To::Ioctl, To::Next),
         Ins::Jeq(libc::SYS_mmap as u32, To::Mmap, To::Next),
-    ];
+    ]);
     if notify {
         for nr in notified {
             c.push(Ins::Jeq(*nr as u32, To::Notify, To::Next));
@@ -700,6 +782,88 @@ mod tests {
         assert_eq!(call(libc::SYS_ioctl, [3, 0x3b6a, 0, 0, 0, 0]), trace);
         assert_eq!(call(libc::SYS_ioctl, [3, 0x3b71, 0, 0, 0, 0]), trace);
         assert_eq!(call(libc::SYS_read, [0; 6]), allow);
+    }
+
+    /// An i386 call (`int $0x80`) of the filter's concern: `nr`, `args`.
+    fn i386_data(nr: i64, args: [u64; 6]) -> [u8; 64] {
+        let mut d = data(nr, args);
+        d[4..8].copy_from_slice(&AUDIT_ARCH_I386.to_le_bytes());
+        d
+    }
+
+    /// The i386 ABI's descriptor calls stop as the x86-64 ones do: `close`
+    /// always, `dup2`, `dup3`, `close_range` (and the two that hide later
+    /// changes) with a listener; its VFIO ioctls stop, never notified;
+    /// `dup` and `fcntl` run free. Its numbers are its own (6 is `close`,
+    /// not `lstat`).
+    #[test]
+    fn i386_descriptor_calls_stop() {
+        let (trace, allow) = (libc::SECCOMP_RET_TRACE, libc::SECCOMP_RET_ALLOW);
+        let notify = Spec {
+            memory_calls: true,
+            notify: Some(VFIO_NOTIFIABLE_IOCTLS),
+            stop_opens: false,
+        };
+        for (spec, listener) in [(Spec::default(), false), (notify, true)] {
+            let p = build_spec(spec);
+            let call = |nr: i64, args: [u64; 6]| run_data(&p, &i386_data(nr, args));
+            assert_eq!(call(i386::CLOSE, [3, 0, 0, 0, 0, 0]), trace);
+            for nr in I386_FD_TABLE_SYSCALLS {
+                let want = if listener { trace } else { allow };
+                assert_eq!(call(*nr, [3, 4, 0, 0, 0, 0]), want, "{nr}");
+            }
+            for cmd in [0x3b64u64, 0x3b6b, 0x3b71, 0xdead_0000_0000_3b6c] {
+                assert_eq!(call(i386::IOCTL, [3, cmd, 0, 0, 0, 0]), trace, "{cmd:#x}");
+            }
+            for cmd in [0x5401u64, 0x5451, 0x8008_3b64] {
+                assert_eq!(call(i386::IOCTL, [3, cmd, 0, 0, 0, 0]), allow, "{cmd:#x}");
+            }
+            for nr in [
+                i386::DUP,
+                i386::FCNTL,
+                i386::FCNTL64,
+                3,   // read
+                5,   // open
+                192, // mmap2
+                libc::SYS_close,
+                libc::SYS_lstat,
+            ] {
+                if nr == i386::CLOSE {
+                    continue;
+                }
+                assert_eq!(call(nr, [3, 0, 0, 0, 0, 0]), allow, "{nr}");
+            }
+            // Another architecture still passes.
+            let mut arm = data(libc::SYS_close, [3, 0, 0, 0, 0, 0]);
+            arm[4..8].copy_from_slice(&0xC000_00B7u32.to_le_bytes());
+            assert_eq!(run_data(&p, &arm), allow);
+        }
+    }
+
+    /// Every jump of the largest program built lands inside it (classic
+    /// BPF's offsets are 8 bits; the i386 block sits between the arch test
+    /// and the x86-64 block).
+    #[test]
+    fn jumps_fit_in_eight_bits() {
+        let many: Vec<u32> = (0..64).map(|n| 0x3b00 + n).collect();
+        for spec in [
+            Spec::default(),
+            Spec {
+                memory_calls: true,
+                notify: Some(&many),
+                stop_opens: true,
+            },
+        ] {
+            let p = build_spec(spec);
+            for (pc, i) in p.iter().enumerate() {
+                if i.code == BPF_JEQ_K {
+                    for off in [i.jt, i.jf] {
+                        assert!(pc + 1 + usize::from(off) < p.len(), "pc {pc}");
+                    }
+                }
+            }
+            assert_eq!(p.last().map(|i| i.code), Some(BPF_RET_K));
+        }
     }
 
     #[test]

@@ -104,6 +104,17 @@ pub trait Handler: Send {
         Err(Errno::ENOTTY)
     }
 
+    /// Whether a descriptor of `obj` takes VFIO ioctls made through the
+    /// i386 ABI (`int $0x80`) of a 64-bit process: Linux hands those to the
+    /// file's `compat_ioctl`, which VFIO's container, group and device
+    /// files have (`compat_ptr_ioctl`: the same ioctl, the argument a
+    /// 32-bit pointer) and iommufd's files have not (ENOTTY). True: served
+    /// by [`Handler::ioctl`] as the x86-64 call; false: ENOTTY.
+    fn compat_ioctl(&mut self, obj: ObjectId) -> bool {
+        let _ = obj;
+        true
+    }
+
     /// `pread64` (and each segment of `preadv`/`preadv2`): read up to `len`
     /// bytes at `offset` into program memory at `buf`.
     fn pread(

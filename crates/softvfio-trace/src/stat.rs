@@ -104,14 +104,40 @@ pub(crate) fn stat_bytes(major: u32, minor: u32) -> Vec<u8> {
     b
 }
 
-/// `struct statx` of a character device `major:minor`, with the basic
-/// fields it fills marked in `stx_mask` (`STATX_BASIC_STATS`).
-pub(crate) fn statx_bytes(major: u32, minor: u32) -> Vec<u8> {
+/// `STATX_MNT_ID`.
+const STATX_MNT_ID: u32 = 0x1000;
+/// `STATX_MNT_ID_UNIQUE` (Linux 6.8).
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+/// `STATX_BTIME`.
+const STATX_BTIME: u32 = 0x800;
+/// The attributes devtmpfs (shmem) can report, as Linux 6.12 says for a
+/// VFIO node (`stx_attributes_mask`, tests-oracle/kernel-6.12-compat-fd.txt:
+/// immutable, append, nodump, automount, mount root, verity, dax).
+const DEVTMPFS_ATTRIBUTES: u64 = 0x30_3070;
+
+/// `struct statx` of a character device `major:minor` asked with `mask`,
+/// as Linux 6.12 answers for a devtmpfs node: the basic fields, the mount
+/// id (`STATX_MNT_ID_UNIQUE` when asked, else `STATX_MNT_ID`), the birth
+/// time when asked, whatever else was asked
+/// (tests-oracle/kernel-6.12-compat-fd.txt). The times and the mount id
+/// stay zero (there is no node to read them from).
+pub(crate) fn statx_bytes(major: u32, minor: u32, mask: u32) -> Vec<u8> {
     let mut b = vec![0u8; size_of::<libc::statx>()];
+    let mnt = if mask & STATX_MNT_ID_UNIQUE != 0 {
+        STATX_MNT_ID_UNIQUE
+    } else {
+        STATX_MNT_ID
+    };
+    let answered = libc::STATX_BASIC_STATS | mnt | (mask & STATX_BTIME);
     put(
         &mut b,
         offset_of!(libc::statx, stx_mask),
-        &libc::STATX_BASIC_STATS.to_ne_bytes(),
+        &answered.to_ne_bytes(),
+    );
+    put(
+        &mut b,
+        offset_of!(libc::statx, stx_attributes_mask),
+        &DEVTMPFS_ATTRIBUTES.to_ne_bytes(),
     );
     put(
         &mut b,
@@ -147,6 +173,42 @@ fn anon_stat(t: &mut Tracee<'_>, buf: u64, statx: bool) -> Result<i64, Errno> {
     t.write_mem(buf, if statx { &stx } else { &st }).map(|()| 0)
 }
 
+/// A descriptor's own stat asked by path, `newfstatat`/`statx` with
+/// `AT_EMPTY_PATH` and an empty (or, `null`, a NULL) path: the kernel
+/// answers the same call for an anonymous inode first, so that its checks
+/// of the flags and mask (EINVAL), of a NULL path (valid since 6.11) and
+/// its answer for what was asked are the program's. An object of an
+/// anonymous inode (a fault queue) gets that answer; a character device
+/// the handler serves, its node's (the mask as devtmpfs answers it).
+#[allow(clippy::too_many_arguments)]
+fn stat_empty_path(
+    h: &mut dyn Handler,
+    t: &mut Tracee<'_>,
+    dirfd: i32,
+    buf: u64,
+    flags: i32,
+    statx: bool,
+    mask: u32,
+    null: bool,
+) -> Option<Result<i64, Errno>> {
+    let obj = fd_object(t, dirfd)?;
+    let dev = if h.stat_object_anon(obj) {
+        None
+    } else {
+        Some(h.stat_object(obj)?)
+    };
+    let kernel = match crate::sys::anon_inode_stat_as(statx, null, flags, mask) {
+        Ok(bytes) => bytes,
+        Err(e) => return Some(Err(e)),
+    };
+    let bytes = match dev {
+        None => kernel,
+        Some((major, minor)) if statx => statx_bytes(major, minor, mask),
+        Some((major, minor)) => stat_bytes(major, minor),
+    };
+    Some(t.write_mem(buf, &bytes).map(|()| 0))
+}
+
 /// A stat-family call: `Some(answer)` when the handler serves the path as a
 /// character device (0, or EFAULT for an unwritable buffer), `None` to let
 /// the kernel run the call.
@@ -155,7 +217,7 @@ pub(crate) fn sys_stat(
     t: &mut Tracee<'_>,
     call: StatCall,
 ) -> Option<Result<i64, Errno>> {
-    let (dirfd, path, buf, flags, statx) = match call {
+    let (dirfd, path, buf, flags, statx, mask) = match call {
         StatCall::Fd { fd, buf } => {
             let obj = fd_object(t, fd)?;
             if h.stat_object_anon(obj) {
@@ -170,17 +232,19 @@ pub(crate) fn sys_stat(
             buf,
             flags,
             statx,
-        } => (dirfd, path, buf, flags, statx),
+            mask,
+        } => (dirfd, path, buf, flags, statx, mask),
     };
+    let empty_path = flags & libc::AT_EMPTY_PATH != 0;
+    // A NULL path with AT_EMPTY_PATH: the descriptor itself (Linux 6.11).
+    if path == 0 && empty_path {
+        return stat_empty_path(h, t, dirfd, buf, flags, statx, mask, true);
+    }
     let (major, minor) = match path_of(t, dirfd, path)? {
         Named::Path(path) => h.stat_chardev(&path)?,
         // An empty path with AT_EMPTY_PATH: the descriptor itself.
-        Named::Empty if flags & libc::AT_EMPTY_PATH != 0 => {
-            let obj = fd_object(t, dirfd)?;
-            if h.stat_object_anon(obj) {
-                return Some(anon_stat(t, buf, statx));
-            }
-            h.stat_object(obj)?
+        Named::Empty if empty_path => {
+            return stat_empty_path(h, t, dirfd, buf, flags, statx, mask, false);
         }
         Named::Empty => return None,
     };
@@ -190,7 +254,7 @@ pub(crate) fn sys_stat(
         return None;
     }
     let bytes = if statx {
-        statx_bytes(major, minor)
+        statx_bytes(major, minor, mask)
     } else {
         stat_bytes(major, minor)
     };
@@ -212,7 +276,7 @@ mod tests {
             u32::from_ne_bytes(b[at..at + 4].try_into().unwrap()),
             0o20600
         );
-        let x = statx_bytes(250, 3);
+        let x = statx_bytes(250, 3, libc::STATX_BASIC_STATS);
         let at = offset_of!(libc::statx, stx_rdev_major);
         assert_eq!(u32::from_ne_bytes(x[at..at + 4].try_into().unwrap()), 250);
         assert_eq!(u32::from_ne_bytes(x[at + 4..at + 8].try_into().unwrap()), 3);

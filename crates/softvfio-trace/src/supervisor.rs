@@ -427,6 +427,48 @@ fn serve_notifications(
     }
 }
 
+/// What a seccomp stop's call is, as to the i386 ABI.
+enum I386 {
+    /// An x86-64 call.
+    No,
+    /// An i386 call of a 64-bit process standing for this x86-64 call
+    /// ([`crate::calls::native_of_i386`]).
+    Call(i64, [u64; 6]),
+    /// An i386 call the supervisor leaves to the kernel.
+    Other,
+}
+
+/// `cs` of 64-bit user code (`__USER_CS`); an i386 process runs with
+/// `__USER32_CS` (0x23).
+const USER_CS_64: u64 = 0x33;
+
+/// Which ABI the call of thread `tid` stopped at its seccomp stop with
+/// `regs` is of. Only the numbers the filter stops for the i386 ABI can
+/// be one, so only those ask the kernel (`PTRACE_GET_SYSCALL_INFO`: the
+/// registers do not say how the thread entered).
+fn i386_call(tid: i32, regs: &sys::Regs) -> I386 {
+    use crate::filter::{i386, AUDIT_ARCH_I386, I386_FD_TABLE_SYSCALLS, I386_TRACED_SYSCALLS};
+    let nr = regs.orig_rax as i64;
+    let maybe = nr == i386::IOCTL
+        || I386_TRACED_SYSCALLS.contains(&nr)
+        || I386_FD_TABLE_SYSCALLS.contains(&nr);
+    if !maybe {
+        return I386::No;
+    }
+    match sys::ptrace_get_syscall_info(tid) {
+        Ok(info) if info.arch == AUDIT_ARCH_I386 => {
+            if regs.cs != USER_CS_64 {
+                return I386::Other;
+            }
+            match crate::calls::native_of_i386(nr, regs.args_i386()) {
+                Some((nr, args)) => I386::Call(nr, args),
+                None => I386::Other,
+            }
+        }
+        _ => I386::No,
+    }
+}
+
 /// Runs `argv` (program and arguments) under `handler`, inheriting stdio
 /// and environment. See [`Supervisor::run`].
 pub fn run<S: AsRef<OsStr>>(
@@ -1033,18 +1075,33 @@ impl Core {
         };
         let pid = self.tgid_of(tid);
         self.stats.stops += 1;
-        if fdcache::hides_later_descriptor_changes(regs.orig_rax as i64, regs.args()) {
+        let mut stop = Stop::new(tid, pid, regs);
+        let (nr, args) = match i386_call(tid, &regs) {
+            I386::No => (regs.orig_rax as i64, regs.args()),
+            I386::Call(nr, args) => {
+                stop.i386 = Some((nr, args));
+                (nr, args)
+            }
+            I386::Other => {
+                // An i386 process (its own descriptor table, none of its
+                // calls served) or a call that stands for nothing served:
+                // the kernel runs it.
+                self.finish(h, stop, Outcome::Pass);
+                return;
+            }
+        };
+        if fdcache::hides_later_descriptor_changes(nr, args) {
             self.fd_cache.switch_off();
         }
-        if fdcache::changes_descriptors(regs.orig_rax as i64) {
+        if fdcache::changes_descriptors(nr) {
             self.fd_cache.clear();
         }
-        self.shared.put(Stop::new(tid, pid, regs));
+        self.shared.put(stop);
         // A read or write (the second filter's stops) of a descriptor that
         // is no object goes to the kernel as it is, nothing injected before
         // it: it may block (a pipe, a terminal), and a call re-issued by
         // injection would block with the supervisor waiting on it.
-        if let Call::Stream { fd } = Call::decode(regs.orig_rax as i64, regs.args()) {
+        if let Call::Stream { fd } = Call::decode(nr, args) {
             if self.fd_object_cached(tid, fd, None).is_none() {
                 if let Some(stop) = self.shared.take() {
                     self.finish(h, stop, Outcome::Pass);
@@ -1060,14 +1117,14 @@ impl Core {
                 .with_stop(|s| s.inject(libc::SYS_munlock, [addr, len, 0, 0, 0, 0]));
         }
         self.release_dead(h, Some((pid, tid)));
-        let mut outcome = self.dispatch(h, pid, tid, regs.orig_rax as i64, regs.args());
-        tracing::trace!(pid, tid, nr = regs.orig_rax as i64, ?outcome, "intercepted");
+        let mut outcome = self.dispatch(h, pid, tid, nr, args);
+        tracing::trace!(pid, tid, nr, ?outcome, "intercepted");
         if outcome == Outcome::Pass {
             // The handler injected something (consuming the program's call)
-            // and then declined: run the original call by injection.
+            // and then declined: run the original call by injection (an
+            // i386 call runs its `int $0x80` again instead: `finish`).
             let reissue = self.shared.with_stop(|s| {
-                (s.phase == Phase::Exit && !s.gone)
-                    .then(|| s.inject(regs.orig_rax as i64, regs.args()))
+                (s.phase == Phase::Exit && !s.gone && s.i386.is_none()).then(|| s.inject(nr, args))
             });
             if let Ok(Some(r)) = reissue {
                 outcome = Outcome::Return(r.unwrap_or(-i64::from(libc::EIO)));
@@ -1204,11 +1261,28 @@ impl Core {
                 self.requeue(stop.tgid, tid, si);
             }
             let res = match (stop.phase, outcome) {
+                (Phase::Entry, Outcome::Pass) => sys::ptrace_cont(tid, 0),
+                // An i386 call whose entry was left for an injection and
+                // that the kernel is to run after all: the thread runs its
+                // `int $0x80` again (a stop comes again, with nothing left
+                // to inject before it).
+                (Phase::Exit, Outcome::Pass) if stop.i386.is_some() => {
+                    let mut r = stop.regs;
+                    r.rip = r.rip.wrapping_sub(2);
+                    r.rax = r.orig_rax;
+                    r.orig_rax = u64::MAX;
+                    sys::ptrace_setregs(tid, &r).and_then(|()| sys::ptrace_cont(tid, 0))
+                }
+                (_, Outcome::Return(v)) if stop.i386.is_some() => {
+                    let mut r = stop.regs;
+                    r.orig_rax = u64::MAX;
+                    r.rax = v as u64;
+                    sys::ptrace_setregs(tid, &r).and_then(|()| sys::ptrace_cont(tid, 0))
+                }
                 // An interrupt stop: back to what it was doing.
                 _ if stop.insn.is_some() => {
                     sys::ptrace_setregs(tid, &stop.regs).and_then(|()| sys::ptrace_cont(tid, 0))
                 }
-                (Phase::Entry, Outcome::Pass) => sys::ptrace_cont(tid, 0),
                 (phase, out) => {
                     let v = match out {
                         Outcome::Return(v) => v,
@@ -1308,6 +1382,14 @@ impl Core {
                 None => Outcome::Pass,
             },
             Call::OnFd { fd } => match self.fd_object_cached(tid, fd, None) {
+                // An i386 ioctl on a file without compat_ioctl (iommufd's).
+                Some(obj)
+                    if nr == libc::SYS_ioctl
+                        && self.shared.with_stop(|s| s.i386.is_some()) == Ok(true)
+                        && !h.compat_ioctl(obj) =>
+                {
+                    ret(Err(Errno::ENOTTY))
+                }
                 Some(obj) => self.serve_fd_call(h, pid, tid, None, obj, nr, a),
                 None => Outcome::Pass,
             },

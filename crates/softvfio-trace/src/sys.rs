@@ -50,6 +50,13 @@ impl Regs {
         [self.rdi, self.rsi, self.rdx, self.r10, self.r8, self.r9]
     }
 
+    /// The six system call arguments of the i386 ABI (`int $0x80`), in
+    /// ABI order: `ebx`, `ecx`, `edx`, `esi`, `edi`, `ebp` (full registers:
+    /// the call takes their low halves).
+    pub fn args_i386(&self) -> [u64; 6] {
+        [self.rbx, self.rcx, self.rdx, self.rsi, self.rdi, self.rbp]
+    }
+
     pub fn set_args(&mut self, a: [u64; 6]) {
         self.rdi = a[0];
         self.rsi = a[1];
@@ -705,6 +712,58 @@ pub fn anon_inode_stats() -> Result<(Vec<u8>, Vec<u8>), Errno> {
         )
     };
     Ok(bytes)
+}
+
+/// What the kernel answers for an anonymous inode (a fresh eventfd's)
+/// asked as a program asked for its descriptor: `statx(fd, path, flags,
+/// mask)` (or `newfstatat(fd, path, flags)` when not `statx`), with a NULL
+/// `path` (`null`, valid with `AT_EMPTY_PATH` since Linux 6.11) or an
+/// empty one. The bytes of the `struct statx` (or `stat`), or the errno
+/// the kernel gives for these flags and mask.
+pub fn anon_inode_stat_as(
+    statx: bool,
+    null: bool,
+    flags: i32,
+    mask: u32,
+) -> Result<Vec<u8>, Errno> {
+    // SAFETY: eventfd takes no pointers.
+    let fd = check_int(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
+    let fd = owned(fd.into());
+    let path: *const libc::c_char = if null { std::ptr::null() } else { c"".as_ptr() };
+    let size = if statx {
+        std::mem::size_of::<libc::statx>()
+    } else {
+        std::mem::size_of::<libc::stat>()
+    };
+    // Room for either struct, 8-byte aligned.
+    let mut buf = vec![0u64; size.div_ceil(8)];
+    let at = buf.as_mut_ptr().cast::<libc::c_void>();
+    let (fd, flags) = (
+        libc::c_long::from(fd.as_raw_fd()),
+        libc::c_long::from(flags),
+    );
+    // SAFETY: the kernel reads the NUL-terminated empty path (or none:
+    // NULL) and writes at most one struct of `size` bytes into `buf`,
+    // which is live and at least that long.
+    let r = unsafe {
+        if statx {
+            libc::syscall(
+                libc::SYS_statx,
+                fd,
+                path,
+                flags,
+                libc::c_long::from(mask),
+                at,
+            )
+        } else {
+            libc::syscall(libc::SYS_newfstatat, fd, path, at, flags)
+        }
+    };
+    check(r)?;
+    // SAFETY: `buf` holds `size` initialized bytes (zeroed, then written by
+    // the kernel); they are read as bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), size) };
+    Ok(bytes.to_vec())
 }
 
 /// The inode number of `fd` (for a socket: the `N` of `socket:[N]`).

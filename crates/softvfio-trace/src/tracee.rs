@@ -18,6 +18,14 @@
 //!   re-executes `syscall`, stops at its entry and then at its exit. Two
 //!   round trips.
 //!
+//! * **an i386 call's entry** (`int $0x80` of a 64-bit process): the
+//!   kernel would run a call injected here as an i386 one (its numbers,
+//!   `ebx`, `ecx`, ... as arguments). The first injection skips the
+//!   program's call (`orig_rax = -1`, to its exit stop) and the injected
+//!   calls run as in the exit case, from a `syscall` instruction of the
+//!   vDSO; a call the kernel is to run after all then runs its `int $0x80`
+//!   again (`rip - 2`, its number back in `rax`).
+//!
 //! The saved registers are restored (with the final return value in `rax`)
 //! before the thread continues, so injection is invisible to the program
 //! except for the effects of the injected calls. Returning to user mode in
@@ -135,6 +143,12 @@ pub(crate) struct Stop {
     /// thread may be anywhere in its code); `regs` are restored as they
     /// are when it resumes.
     pub(crate) insn: Option<u64>,
+    /// A stop of an i386 call (`int $0x80`) of a 64-bit process: the x86-64
+    /// call it stands for (`crate::calls::native_of_i386`). The kernel
+    /// would run a call injected at its entry as an i386 one (its number
+    /// and argument registers), so the first injection skips the program's
+    /// call and runs from a `syscall` instruction, as at an interrupt stop.
+    pub(crate) i386: Option<(i64, [u64; 6])>,
 }
 
 impl Stop {
@@ -153,6 +167,7 @@ impl Stop {
             fds_changed: false,
             group_stop: false,
             insn: None,
+            i386: None,
         }
     }
 
@@ -369,6 +384,9 @@ impl Stop {
             self.gone = true;
             return Err(InjectError::Gone);
         }
+        if self.i386.is_some() && self.phase == Phase::Entry {
+            self.leave_i386_entry()?;
+        }
         let mut r = self.regs;
         r.set_args(args);
         self.fds_changed |= crate::fdcache::changes_descriptors(nr);
@@ -393,6 +411,25 @@ impl Stop {
         };
         self.injected += 1;
         res
+    }
+}
+
+impl Stop {
+    /// At the entry stop of an i386 call: skips the program's call (the
+    /// kernel runs no call numbered -1; the thread stops at its exit) and
+    /// makes injected calls run from a `syscall` instruction of the vDSO
+    /// (the x86-64 ABI), as at an interrupt stop.
+    fn leave_i386_entry(&mut self) -> Result<(), InjectError> {
+        let tid = self.tid;
+        let insn = vdso_syscall(self.tgid).ok_or(InjectError::Protocol)?;
+        let mut r = self.regs;
+        r.orig_rax = u64::MAX;
+        self.ptrace(sys::ptrace_setregs(tid, &r))?;
+        self.ptrace(sys::ptrace_syscall(tid, 0))?;
+        self.phase = Phase::Exit;
+        self.wait_syscall(sys::SYSCALL_INFO_EXIT)?;
+        self.insn = Some(insn);
+        Ok(())
     }
 }
 
@@ -657,11 +694,11 @@ impl<'a> Tracee<'a> {
     }
 
     /// The intercepted system call's number and arguments as the program
-    /// made it.
+    /// made it (an i386 call's as the x86-64 call it stands for).
     pub fn syscall_args(&self) -> (i64, [u64; 6]) {
         self.core
             .shared
-            .with_stop(|s| (s.regs.orig_rax as i64, s.regs.args()))
+            .with_stop(|s| s.i386.unwrap_or((s.regs.orig_rax as i64, s.regs.args())))
             .unwrap_or((-1, [0; 6]))
     }
 

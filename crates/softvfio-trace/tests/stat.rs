@@ -83,13 +83,21 @@ fn cdev_stat_hex() -> String {
     hex(&b)
 }
 
-/// The whole `struct statx` of the same node.
+/// The whole `struct statx` of the same node, asked `STATX_BASIC_STATS`:
+/// as Linux 6.12 answers for a VFIO cdev (`stx_cdev_basic` of
+/// tests-oracle/kernel-6.12-compat-fd.txt), the mount id in the mask
+/// (`STATX_MNT_ID`, 0x1000) and devtmpfs's attributes mask.
 fn cdev_statx_hex() -> String {
     let mut b = vec![0u8; size_of::<libc::statx>()];
     put(
         &mut b,
         offset_of!(libc::statx, stx_mask),
-        &libc::STATX_BASIC_STATS.to_ne_bytes(),
+        &(libc::STATX_BASIC_STATS | 0x1000).to_ne_bytes(),
+    );
+    put(
+        &mut b,
+        offset_of!(libc::statx, stx_attributes_mask),
+        &0x30_3070u64.to_ne_bytes(),
     );
     put(
         &mut b,
