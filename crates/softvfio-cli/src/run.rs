@@ -857,7 +857,7 @@ impl VfioHandler {
         len: u64,
         cause: StaleCause,
     ) {
-        let found = engine_sanitizer::with_call_site(site, || {
+        let found = engine_sanitizer::with_call_site(site.as_ref(), || {
             s.memory_going_away(Some(owner), addr, len, cause)
         });
         let mut err = std::io::stderr().lock();
@@ -1096,7 +1096,9 @@ impl Handler for VfioHandler {
             None
         };
         let session = &mut self.session;
-        if let Some(res) = engine_sanitizer::with_call_site(site, || session.open(path, || mem)) {
+        if let Some(res) =
+            engine_sanitizer::with_call_site(site.as_ref(), || session.open(path, || mem))
+        {
             return Some(match res {
                 Ok(key) => {
                     if let Some(c) = self.session.container(key) {
@@ -1142,7 +1144,7 @@ impl Handler for VfioHandler {
                 Some(w) => w,
                 None => user.as_ref(),
             };
-            engine_sanitizer::with_call_site(site, || {
+            engine_sanitizer::with_call_site(site.as_ref(), || {
                 session
                     .ioctl(obj.0, request, arg, mem, &mut fds)
                     .map_err(errno)

@@ -881,7 +881,7 @@ impl Keeper {
                 let path = std::str::from_utf8(path).map_err(|_| libc::EINVAL)?;
                 let user = self.procs.get(&pid).ok_or(libc::EIO)?.mem.user();
                 let st = &mut self.st;
-                match with_call_site(site, || st.open_for(path, user))? {
+                match with_call_site(site.as_ref(), || st.open_for(path, user))? {
                     None => Ok((0, 0, None)),
                     Some(key) => self.new_object(pid, key, w[1] != 0),
                 }
@@ -900,7 +900,7 @@ impl Keeper {
                 // own image.
                 let site = crate::sanitize::site_of(pid, tail);
                 let st = &mut self.st;
-                match with_call_site(site, || {
+                match with_call_site(site.as_ref(), || {
                     st.ioctl_for(w[1], w[2], w[3], user.as_ref(), &mut fds)
                 })? {
                     Routed::Value(v) => Ok((v, 0, None)),

@@ -394,7 +394,9 @@ impl State {
         let site = self.call_site();
         // In process, every mapping's memory is this process's (after a
         // fork or exec with VFIO files open the engine is the keeper's).
-        let found = with_call_site(site, || s.memory_going_away(None, addr, len, cause));
+        let found = with_call_site(site.as_ref(), || {
+            s.memory_going_away(None, addr, len, cause)
+        });
         crate::sanitize::write_stale(&s, &found);
     }
 
@@ -414,7 +416,9 @@ impl State {
             return false;
         };
         let owner = softvfio::sanitizer::current_process();
-        let found = with_call_site(site, || s.memory_going_away(owner, addr, len, cause));
+        let found = with_call_site(site.as_ref(), || {
+            s.memory_going_away(owner, addr, len, cause)
+        });
         crate::sanitize::write_stale(&s, &found);
         owner.is_none_or(|o| s.owns_live_mappings(o))
     }
@@ -433,7 +437,9 @@ impl State {
             None
         };
         let session = &mut self.session;
-        let key = match with_call_site(site, || session.open(path, || mem as Arc<dyn UserMemory>)) {
+        let key = match with_call_site(site.as_ref(), || {
+            session.open(path, || mem as Arc<dyn UserMemory>)
+        }) {
             None => return OpenOutcome::NotOurs,
             Some(Err(e)) => return OpenOutcome::Error(e.errno()),
             Some(Ok(key)) => key,
@@ -465,7 +471,7 @@ impl State {
         };
         let mut fds = OwnFds(&self.fds);
         let session = &mut self.session;
-        let routed = with_call_site(site, || {
+        let routed = with_call_site(site.as_ref(), || {
             session.ioctl(key, request, arg, user.as_ref(), &mut fds)
         })
         .map_err(|e| e.errno())?;

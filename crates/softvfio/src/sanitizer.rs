@@ -60,8 +60,9 @@
 //!   comparing them) without hashing it. An event reads thread-local
 //!   storage once: the call's site address and process, kept by
 //!   [`with_call_site`] and [`set_current_process`] in a thread-local with
-//!   nothing to drop (no state check), equal to what the site's own
-//!   thread-local holds (0 when that is gone). A map hashes its key once (for
+//!   nothing to drop (no state check; module `current`, which also keeps
+//!   the front ends' few sites cached, so that handing one over changes no
+//!   reference count). A map hashes its key once (for
 //!   the `recent` lookup and a new slot's entry) and has that lookup and
 //!   the taking of a free slot inlined; the rare paths (an event other than
 //!   a map without a valid carried slot, the tables growing) are out of
@@ -72,7 +73,6 @@
 //! - Nothing here fails a VFIO call: recording is best effort and never
 //!   changes an answer.
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -80,7 +80,9 @@ use std::time::Instant;
 use crate::iommu::Prot;
 
 mod clock;
+mod current;
 use clock::{Calibration, EventClock};
+pub use current::{current_process, current_site, set_current_process, with_call_site};
 
 /// One frame of a call site: an instruction address in the program, and the
 /// file it lies in with its offset in that file (so that it can be
@@ -110,48 +112,6 @@ impl std::hash::Hash for CallSite {
             state.write_u64(f.addr);
         }
     }
-}
-
-thread_local! {
-    /// The call site of the VFIO call this thread is serving (see
-    /// [`with_call_site`]).
-    static CURRENT_SITE: Cell<Option<Arc<CallSite>>> = const { Cell::new(None) };
-    /// What an event reads of the call this thread is serving, kept apart
-    /// from `CURRENT_SITE`: with nothing to drop, its accesses check no
-    /// state (it is never destroyed), so an event reads thread-local
-    /// storage once, here.
-    static CURRENT_CALL: CallKey = const {
-        CallKey {
-            site: Cell::new(0),
-            process: Cell::new(u32::MAX),
-        }
-    };
-}
-
-/// See `CURRENT_CALL`.
-struct CallKey {
-    /// The address of the `CallSite` in `CURRENT_SITE` (0: none): only
-    /// compared, never dereferenced. While it is set, `CURRENT_SITE` holds
-    /// that allocation, so an equal address elsewhere is the same site.
-    site: Cell<usize>,
-    /// The process (a [`Sanitizer::note_process`] index); `u32::MAX`: none
-    /// said (see [`set_current_process`]).
-    process: Cell<u32>,
-}
-
-/// Says which process (a [`Sanitizer::note_process`] index) the VFIO calls
-/// this thread serves from now on come from (`None`: not known), so that
-/// each process of a multi-process run gets its own history and leaks.
-pub fn set_current_process(process: Option<u32>) {
-    let _ = CURRENT_CALL.try_with(|c| c.process.set(process.unwrap_or(u32::MAX)));
-}
-
-/// The process set by [`set_current_process`] on this thread.
-pub fn current_process() -> Option<u32> {
-    CURRENT_CALL
-        .try_with(|c| c.process.get())
-        .ok()
-        .filter(|&p| p != u32::MAX)
 }
 
 /// A process of the run, as the front end named it.
@@ -216,61 +176,6 @@ impl std::fmt::Display for ProcessEnd {
             ProcessEnd::KilledBySomeSignal => f.write_str("killed by a signal"),
         }
     }
-}
-
-/// Runs `f` with `site` as the call site of what the engine records (the
-/// front end captured it from the program's stopped thread or its caller).
-///
-/// (Thread-local storage may be gone while a thread or process exits, e.g.
-/// in an `atexit` report: then there is simply no call site.)
-#[inline]
-pub fn with_call_site<R>(site: Option<Arc<CallSite>>, f: impl FnOnce() -> R) -> R {
-    let addr = site.as_ref().map_or(0, |s| Arc::as_ptr(s) as usize);
-    let old_addr = CURRENT_CALL.try_with(|c| c.site.get()).unwrap_or(0);
-    // The address is set only once `CURRENT_SITE` holds the site (it may
-    // be gone while the thread exits), and put back whatever happens.
-    let old = match CURRENT_SITE.try_with(|c| c.replace(site)) {
-        Ok(old) => {
-            let _ = CURRENT_CALL.try_with(|c| c.site.set(addr));
-            old
-        }
-        Err(_) => {
-            let _ = CURRENT_CALL.try_with(|c| c.site.set(0));
-            None
-        }
-    };
-    /// Puts the outer call's site back when dropped: after `f` returns,
-    /// and when it panics (a front end catches panics and goes on serving:
-    /// later events must not be filed under this call's site).
-    struct Restore {
-        old: Option<Option<Arc<CallSite>>>,
-        old_addr: usize,
-    }
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let old = self.old.take().flatten();
-            let _ = CURRENT_SITE.try_with(|c| c.set(old));
-            let _ = CURRENT_CALL.try_with(|c| c.site.set(self.old_addr));
-        }
-    }
-    let _restore = Restore {
-        old: Some(old),
-        old_addr,
-    };
-    f()
-}
-
-/// The call site set by [`with_call_site`] on this thread, if any.
-pub fn current_site() -> Option<Arc<CallSite>> {
-    CURRENT_SITE
-        .try_with(|c| {
-            let site = c.take();
-            let copy = site.clone();
-            c.set(site);
-            copy
-        })
-        .ok()
-        .flatten()
 }
 
 /// How the program made memory behind a live DMA mapping go away.
@@ -1828,7 +1733,13 @@ impl Inner {
         // event, an unmap of something never seen mapped, from the start).
         let idle = !r.mapped;
         if let Some(e) = self.events.get_mut(i * ring + pos) {
-            *e = event;
+            // Field by field, as in `take_slot` (no stack copy read back
+            // in wider loads than the stores that made it).
+            e.at = event.at;
+            e.a = event.a;
+            e.b = event.b;
+            e.site = event.site;
+            e.meta = event.meta;
         }
         if idle {
             self.enqueue_idle(slot);
@@ -1845,9 +1756,7 @@ impl Inner {
     /// reference count changes) and interned out of line.
     #[inline(always)]
     fn current_call(&mut self) -> (u32, u32) {
-        let (addr, process) = CURRENT_CALL
-            .try_with(|c| (c.site.get(), c.process.get()))
-            .unwrap_or((0, u32::MAX));
+        let (addr, process) = current::call();
         // `u32::MAX` (none said) and indices past the field: none.
         let process = process.min(NO_PROCESS);
         if addr == 0 {
@@ -1861,18 +1770,11 @@ impl Inner {
         (self.current_site_slow(), process)
     }
 
-    /// The index of the call site in `CURRENT_SITE` (interned on first
-    /// sight), [`NO_SITE`] if none.
+    /// The index of the visible call site (interned on first sight),
+    /// [`NO_SITE`] if none.
     #[inline(never)]
     fn current_site_slow(&mut self) -> u32 {
-        CURRENT_SITE
-            .try_with(|c| {
-                let site = c.take();
-                let id = site.as_ref().map_or(NO_SITE, |s| self.intern_site(s));
-                c.set(site);
-                id
-            })
-            .unwrap_or(NO_SITE)
+        current::with_visible_site(|s| self.intern_site(s)).unwrap_or(NO_SITE)
     }
 
     /// The index of `site` in `sites`, added if new ([`NO_SITE`] when the
@@ -2064,7 +1966,23 @@ impl Inner {
         };
         match self.free.pop() {
             Some(slot) => {
-                *self.slots.get_mut(slot as usize)? = fresh;
+                // Field by field, not `*r = fresh`: LLVM builds `fresh` on
+                // the stack and copies it in 16-byte loads, which cannot be
+                // forwarded from the narrower stores that built it (a
+                // store-forwarding stall on every new region, the
+                // hottest line of the recording in a `perf` profile).
+                let r = self.slots.get_mut(slot as usize)?;
+                r.container = fresh.container;
+                r.iova = fresh.iova;
+                r.size = 0;
+                r.vaddr = 0;
+                r.seq = fresh.seq;
+                r.used = true;
+                r.mapped = false;
+                r.head = 0;
+                r.len = 0;
+                r.owner = NO_PROCESS;
+                r.dropped = 0;
                 Some(slot)
             }
             None => self.grow(fresh, ring),
@@ -2231,7 +2149,7 @@ mod tests {
                 offset: 0x1234,
             }],
         });
-        with_call_site(Some(site.clone()), || {
+        with_call_site(Some(&site), || {
             s.record_map(1, 0x10000, 0x7000_0000, 0x2000, rw())
         });
         // Event times convert to `Instant` within tens of ns: questions
@@ -2527,10 +2445,10 @@ mod tests {
             let ns = best_of_7(|_| {
                 let iova = (k % ring) * 0x1000;
                 k += 1;
-                let slot = with_call_site(site.clone(), || {
+                let slot = with_call_site(site.as_ref(), || {
                     rec.record_map(1, iova, 0x7000, 0x1000, rw())
                 });
-                with_call_site(site.clone(), || rec.record_unmap_at(slot, 1, iova));
+                with_call_site(site.as_ref(), || rec.record_unmap_at(slot, 1, iova));
             });
             println!("recorder, {what}: {ns:.1} ns per map+unmap pair (best of 7)");
 
@@ -2545,9 +2463,10 @@ mod tests {
             let ns = best_of_7(|_| {
                 let iova = (k % ring) * 0x1000;
                 k += 1;
-                let slot =
-                    with_call_site(site.clone(), || s.record_map(1, iova, 0x7000, 0x1000, rw()));
-                with_call_site(site.clone(), || s.record_unmap_at(slot, 1, iova));
+                let slot = with_call_site(site.as_ref(), || {
+                    s.record_map(1, iova, 0x7000, 0x1000, rw())
+                });
+                with_call_site(site.as_ref(), || s.record_unmap_at(slot, 1, iova));
             });
             println!("recording, {what}: {ns:.1} ns per map+unmap pair (best of 7)");
         }
@@ -2643,7 +2562,7 @@ mod tests {
             .enumerate()
         {
             let iova = 0x10000 * i as u64;
-            with_call_site(Some(capture(addr)), || {
+            with_call_site(Some(&capture(addr)), || {
                 s.record_map(1, iova, 0x7000_0000, 0x1000, rw())
             });
             let r = s.region(1, iova).unwrap();
@@ -2711,16 +2630,16 @@ mod tests {
                 offset: 0x2000,
             }],
         });
-        let seen = with_call_site(Some(outer.clone()), || {
+        let seen = with_call_site(Some(&outer), || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                with_call_site(Some(inner.clone()), || panic!("the call panics"))
+                with_call_site(Some(&inner), || panic!("the call panics"))
             }));
             assert!(r.is_err());
             current_site()
         });
         assert_eq!(seen.as_deref(), Some(&*outer));
         assert_eq!(
-            CURRENT_CALL.with(|c| c.site.get()),
+            current::call().0,
             0,
             "no site address after the outermost call"
         );
@@ -2746,9 +2665,9 @@ mod tests {
         let s = Sanitizer::new(SanitizerConfig::default());
         let p = s.note_process(42, "p".into());
         set_current_process(Some(p));
-        with_call_site(Some(outer.clone()), || {
+        with_call_site(Some(&outer), || {
             s.record_map(1, 0x10000, 0x7000_0000, 0x1000, rw());
-            with_call_site(Some(inner.clone()), || {
+            with_call_site(Some(&inner), || {
                 s.record_map(1, 0x20000, 0x7000_1000, 0x1000, rw());
             });
             s.record_map(1, 0x30000, 0x7000_2000, 0x1000, rw());

@@ -184,7 +184,7 @@ fn dma_setup(
     }
     c.attach_group(&group).map_err(|e| e.to_string())?;
     c.set_iommu(TYPE1V2_IOMMU).map_err(|e| e.to_string())?;
-    with_call_site(Some(call_site()), || c.map(IOVA, RAM, RAM_SIZE, Prot::RW))
+    with_call_site(Some(&call_site()), || c.map(IOVA, RAM, RAM_SIZE, Prot::RW))
         .map_err(|e| e.to_string())?;
     edu.open_device();
     edu.region_write(7, 4, &0x0006u16.to_le_bytes())

@@ -515,10 +515,7 @@ fn the_sanitizer_records_ioas_map_copy_and_unmap() {
     assert_ne!(ksrc, kdst);
     assert!(ksrc >> 63 == 1, "apart from type1 container ids");
     let site = Arc::new(CallSite::default());
-    let at = with_call_site(Some(site.clone()), || {
-        ctx.map(src, BASE, 4 * PG, None, Prot::READ)
-    })
-    .unwrap();
+    let at = with_call_site(Some(&site), || ctx.map(src, BASE, 4 * PG, None, Prot::READ)).unwrap();
     // A refused map (overlap) records nothing.
     assert!(ctx.map(src, BASE, PG, Some(at), Prot::RW).is_err());
     ctx.copy(dst, src, 2 * PG, Some(0x20_0000), at + 2 * PG, Prot::READ)
@@ -663,12 +660,13 @@ fn a_question_never_drops_a_context() {
     let weak = Arc::downgrade(&ctx);
     let state = Arc::downgrade(&ctx.state);
     let asker = s.clone();
-    let t = std::thread::spawn(move || with_call_site(Some(site(0xdead)), || asker.region_count()));
+    let t =
+        std::thread::spawn(move || with_call_site(Some(&site(0xdead)), || asker.region_count()));
     while state.strong_count() < 2 {
         std::thread::yield_now();
     }
     assert_eq!(weak.strong_count(), 1, "the question holds no context");
-    with_call_site(Some(site(0xc105e)), || drop(ctx));
+    with_call_site(Some(&site(0xc105e)), || drop(ctx));
     assert_eq!(weak.strong_count(), 0, "dropped here, at once");
     assert_eq!(mem.total_pins(), 0, "its pins released here");
     drop(guard);
@@ -719,14 +717,14 @@ fn a_compat_cut_leaves_the_remaining_piece_its_history() {
     let mut map = words(&[0, BASE, 0x20_0000, 2 << 20]);
     map[..8].copy_from_slice(&[32, 0, 0, 0, 3, 0, 0, 0]);
     mem.write(arg, &map).unwrap();
-    let rc = with_call_site(Some(site(0x111)), || {
+    let rc = with_call_site(Some(&site(0x111)), || {
         abi::ioctl(&ctx, crate::uapi::VFIO_IOMMU_MAP_DMA, arg, user)
     });
     assert_eq!(rc, Ok(0));
     let mut unmap = words(&[0, 0x20_0000, 1 << 20]);
     unmap[..8].copy_from_slice(&[24, 0, 0, 0, 0, 0, 0, 0]);
     mem.write(arg, &unmap).unwrap();
-    let rc = with_call_site(Some(site(0x222)), || {
+    let rc = with_call_site(Some(&site(0x222)), || {
         abi::ioctl(&ctx, crate::uapi::VFIO_IOMMU_UNMAP_DMA, arg, user)
     });
     assert_eq!(rc, Ok(0));

@@ -479,7 +479,7 @@ fn a_released_containers_history_is_kept() {
             }],
         })
     };
-    with_call_site(Some(site(0x40_1000)), || {
+    with_call_site(Some(&site(0x40_1000)), || {
         map_dma(&c, 0x10_0000, BASE, PG, RW).unwrap()
     });
     map_dma(&c, 0x20_0000, BASE + PG, PG, RW).unwrap();
@@ -489,7 +489,7 @@ fn a_released_containers_history_is_kept() {
     assert!(c.lock().iommu.is_none());
     c.attach_group(&group).unwrap();
     c.set_iommu(TYPE1V2_IOMMU).unwrap();
-    with_call_site(Some(site(0x40_2000)), || {
+    with_call_site(Some(&site(0x40_2000)), || {
         map_dma(&c, 0x10_0000, BASE + 2 * PG, 2 * PG, RW).unwrap()
     });
     let map = |vaddr, size| EventKind::Map {
