@@ -45,6 +45,30 @@ const WANT: &[(&str, &str)] = &[
     ("done", ""),
 ];
 
+/// Runs `exe` under `sup` with `toy` (with a listener: the toy's query,
+/// 100, notified; the rest at ptrace stops): its exit status and what it
+/// printed (kept in a file named after `name`).
+fn run(
+    sup: &mut Supervisor,
+    toy: &mut Toy,
+    exe: &std::path::Path,
+    listener: bool,
+    name: &str,
+) -> (std::process::ExitStatus, String) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let out_path = dir.join(format!("{name}-{}-{listener}", std::process::id()));
+    let file = std::fs::File::create(&out_path).expect("create");
+    let mut cmd = Command::new(exe);
+    cmd.stdout(OwnedFd::from(file));
+    if listener {
+        cmd.user_notification(Some(&[(0x3b << 8) | 100]));
+    }
+    let status = sup.run(cmd, toy).expect("run");
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    (status, stdout)
+}
+
 fn check(listener: bool) {
     let exe = build_c("i386");
     let mut sup = Supervisor::new();
@@ -52,18 +76,7 @@ fn check(listener: bool) {
         injector: Some(sup.injector()),
         ..Toy::default()
     };
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let out_path = dir.join(format!("i386-out-{}-{listener}", std::process::id()));
-    let file = std::fs::File::create(&out_path).expect("create");
-    let mut cmd = Command::new(&exe);
-    cmd.stdout(OwnedFd::from(file));
-    if listener {
-        // The toy's query (100) notified; the rest at ptrace stops.
-        cmd.user_notification(Some(&[(0x3b << 8) | 100]));
-    }
-    let status = sup.run(cmd, &mut toy).expect("run");
-    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let _ = std::fs::remove_file(&out_path);
+    let (status, stdout) = run(&mut sup, &mut toy, &exe, listener, "i386-out");
     assert_eq!(exit_code(status), 0, "{stdout}");
     let got: Vec<(&str, &str)> = stdout
         .lines()
@@ -123,17 +136,7 @@ fn an_i386_program_runs_as_without_softvfio() {
     for listener in [false, true] {
         let mut sup = Supervisor::new();
         let mut toy = Toy::default();
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let out_path = dir.join(format!("i386-process-{}-{listener}", std::process::id()));
-        let file = std::fs::File::create(&out_path).expect("create");
-        let mut cmd = Command::new(&exe);
-        cmd.stdout(OwnedFd::from(file));
-        if listener {
-            cmd.user_notification(Some(&[(0x3b << 8) | 100]));
-        }
-        let status = sup.run(cmd, &mut toy).expect("run");
-        let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-        let _ = std::fs::remove_file(&out_path);
+        let (status, stdout) = run(&mut sup, &mut toy, &exe, listener, "i386-process");
         assert_eq!(
             (exit_code(status), stdout.as_str()),
             (7, "i386\n"),
