@@ -80,6 +80,14 @@ pub trait Handler: Send {
         None
     }
 
+    /// The permission bits of the character device node `major:minor` the
+    /// handler serves (its path's and its descriptors' `st_mode` is
+    /// `S_IFCHR` with these): devtmpfs's 0600 unless the handler says.
+    fn chardev_perm(&mut self, major: u32, minor: u32) -> u32 {
+        let _ = (major, minor);
+        0o600
+    }
+
     /// `fstat` (and `AT_EMPTY_PATH` stats) of a descriptor of `obj`: true
     /// when the object stands for a file of the kernel's anonymous inode
     /// (an iommufd fault queue), whose stat then answers that inode's (the
