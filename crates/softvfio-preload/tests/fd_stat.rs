@@ -47,3 +47,27 @@ fn fd_stat_matches_path_in_trace_mode() {
 fn fd_stat_matches_path_in_preload_mode() {
     fd_stat("preload");
 }
+
+/// After a fork (preload: after the hand-off, the keeper answers) the
+/// container's and the group's descriptors still stat as their nodes, in
+/// the child and in the parent.
+fn fd_stat_after_fork(mode: &str) {
+    let exe = build_c("fd_stat", mode == "trace");
+    let out = softvfio_run(mode, &[], &exe, &["/dev/vfio/3", "fork"]);
+    let want = "child_container 1 chr=1 10:196\n\
+                child_group 1 chr=1 251:0\n\
+                parent_container 1 chr=1 10:196\n\
+                parent_group 1 chr=1 251:0\n";
+    assert_eq!(out.stdout, want, "{}", out.stderr);
+    out.assert_clean();
+}
+
+#[test]
+fn fd_stat_after_fork_preload() {
+    fd_stat_after_fork("preload");
+}
+
+#[test]
+fn fd_stat_after_fork_trace() {
+    fd_stat_after_fork("trace");
+}

@@ -5,7 +5,10 @@
  * fstatat(AT_EMPTY_PATH) and statx(AT_EMPTY_PATH) of an opened descriptor
  * agree with it field by field (mode, rdev, ino, dev, nlink, uid, gid),
  * and the statx mask asked for STATX_BASIC_STATS.
- * usage: fd_stat [GROUP_PATH] */
+ * With "fork": the same agreement of fstat and stat for the container
+ * and the group in a forked child and in the parent after it (preload:
+ * after the hand-off to the keeper).
+ * usage: fd_stat [GROUP_PATH [fork]] */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int same(const struct stat *a, const struct stat *b) {
@@ -59,8 +63,37 @@ static void one(const char *tag, const char *path) {
   close(fd);
 }
 
+/* fstat(fd) against stat(path), one line. */
+static void agree(const char *tag, int fd, const char *path) {
+  struct stat p, o;
+  int ok = !stat(path, &p) && !fstat(fd, &o) && same(&p, &o);
+  printf("%s %d chr=%d %u:%u\n", tag, ok, S_ISCHR(o.st_mode), major(o.st_rdev), minor(o.st_rdev));
+}
+
+static int after_fork(const char *group) {
+  int c = open("/dev/vfio/vfio", O_RDWR), g = open(group, O_RDWR);
+  if (c < 0 || g < 0) {
+    printf("open %s\n", strerror(errno));
+    return 1;
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    agree("child_container", c, "/dev/vfio/vfio");
+    agree("child_group", g, group);
+    _exit(0);
+  }
+  int status;
+  waitpid(pid, &status, 0);
+  agree("parent_container", c, "/dev/vfio/vfio");
+  agree("parent_group", g, group);
+  close(g);
+  close(c);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
+  if (argc > 2 && !strcmp(argv[2], "fork")) return after_fork(argv[1]);
   one("container", "/dev/vfio/vfio");
   one("group", argc > 1 ? argv[1] : "/dev/vfio/3");
   one("iommufd", "/dev/iommu");
