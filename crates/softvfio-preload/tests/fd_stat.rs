@@ -1,13 +1,31 @@
 //! A descriptor opened from a VFIO `/dev` node stats as that node, in both
 //! modes: `/dev/vfio/vfio` (10:196, 0666), a group (251:index, 0600),
 //! `/dev/iommu` (10:257, 0660) and a device cdev (250:N, 0600), as Linux
-//! 6.12 answers (tests-oracle/kernel-6.12-compat-fd.txt: `stx_*_fstat`,
-//! `stx_*_0`). Every way to stat the path and the descriptor agrees field
-//! by field (mode, rdev, ino, dev, nlink, uid, gid).
+//! 6.12 answers (tests-oracle/kernel-6.12-fd-stat.txt, the same program
+//! run there; kernel-6.12-compat-fd.txt: `stx_*_fstat`, `stx_*_0`). Every
+//! way to stat the path and the descriptor agrees field by field (mode,
+//! rdev, ino, dev, nlink, uid, gid).
 
 mod common;
 
 use common::{build_c, softvfio_run};
+
+/// Linux 6.12's output of run `n` (1: the nodes, 2: after a fork) of
+/// `fd_stat.c` (tests-oracle/kernel-6.12-fd-stat.txt).
+fn recorded(n: u32) -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests-oracle/kernel-6.12-fd-stat.txt"
+    );
+    let text = std::fs::read_to_string(path).expect("recording");
+    let head = format!("# run {n}:");
+    text.lines()
+        .skip_while(|l| !l.starts_with(&head))
+        .skip(1)
+        .take_while(|l| !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
 
 /// Per node: the path's `stat`, then every other way (lstat, statx of the
 /// path, fstat, fstatat and statx with `AT_EMPTY_PATH` of an opened
@@ -33,6 +51,7 @@ fn fd_stat(mode: &str) {
         ]);
     }
     want.push("nogroup stat No such file or directory".into());
+    assert_eq!(recorded(1), want, "Linux 6.12");
     let got: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(got, want, "{}", out.stderr);
     out.assert_clean();
@@ -59,6 +78,7 @@ fn fd_stat_after_fork(mode: &str) {
                 parent_container 1 chr=1 10:196\n\
                 parent_group 1 chr=1 251:0\n";
     assert_eq!(out.stdout, want, "{}", out.stderr);
+    assert_eq!(recorded(2).join("\n") + "\n", want, "Linux 6.12");
     out.assert_clean();
 }
 
