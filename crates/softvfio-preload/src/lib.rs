@@ -386,6 +386,10 @@ fn cdev_stat(path: &str) -> Option<libc::stat> {
 /// [`cdev_stat`]).
 fn path_node(path: &str) -> Option<(u32, u32)> {
     use softvfio_platform::hostview::{IOMMUFD_MINOR, MISC_MAJOR, VFIO_CONTAINER_MINOR};
+    // Every other path goes on without the state lock.
+    if !path.starts_with("/dev/vfio/") && path != "/dev/iommu" {
+        return None;
+    }
     match with_state(|st| st.node_of_path(path)) {
         Ok(node) => node.map(|(major, minor, _)| (major, minor)),
         // After the hand-off (or during it) the keeper knows.
