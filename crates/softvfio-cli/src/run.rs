@@ -1056,35 +1056,37 @@ impl ProgramFds for TraceeFds<'_, '_> {
 }
 
 impl Handler for VfioHandler {
-    /// `/dev/vfio/devices/vfioN` of a served device stats as sysfs
-    /// `vfio-dev/vfioN/dev` says (`VFIO_CDEV_MAJOR:N`), as in preload mode.
+    /// The emulated `/dev` nodes stat as character devices: the container
+    /// 10:196, `/dev/iommu`, a group's node, a device cdev as sysfs
+    /// `vfio-dev/vfioN/dev` says (`hostview::dev_node`), as in preload mode.
     fn stat_chardev(&mut self, path: &std::path::Path) -> Option<(u32, u32)> {
-        let digits = path.to_str()?.strip_prefix("/dev/vfio/devices/vfio")?;
-        // The kernel names the nodes vfio0, vfio1, ...: digits only, no
-        // leading zero.
-        if digits.is_empty()
-            || !digits.bytes().all(|c| c.is_ascii_digit())
-            || (digits.len() > 1 && digits.starts_with('0'))
-        {
-            return None;
-        }
-        let n: u32 = digits.parse().ok()?;
-        let count = softvfio::iommufd::cdev::cdev_devices(self.session.vfio().platform()).len();
-        ((n as usize) < count).then_some((softvfio_platform::hostview::VFIO_CDEV_MAJOR, n))
+        let platform = self.session.vfio().platform();
+        softvfio_platform::hostview::dev_node(platform, path.to_str()?)
+            .map(|(major, minor, _)| (major, minor))
     }
 
-    /// A descriptor of an opened cdev stats as its node.
+    /// A descriptor opened from one of those nodes stats as its node.
     fn stat_object(&mut self, obj: ObjectId) -> Option<(u32, u32)> {
-        let Some(FileObject::Cdev(c)) = self.session.object(obj.0) else {
-            return None;
+        use softvfio_platform::hostview::{
+            group_node, IOMMUFD_MINOR, MISC_MAJOR, VFIO_CDEV_MAJOR, VFIO_CONTAINER_MINOR,
         };
-        let n = softvfio::iommufd::cdev::cdev_devices(self.session.vfio().platform())
-            .iter()
-            .position(|(_, d)| Arc::ptr_eq(d, &c.device))?;
-        Some((
-            softvfio_platform::hostview::VFIO_CDEV_MAJOR,
-            u32::try_from(n).ok()?,
-        ))
+        let platform = self.session.vfio().platform();
+        match self.session.object(obj.0)? {
+            FileObject::Container(_) => Some((MISC_MAJOR, VFIO_CONTAINER_MINOR)),
+            FileObject::Iommufd(_) => Some((MISC_MAJOR, IOMMUFD_MINOR)),
+            FileObject::Group(g) => group_node(platform, g.group.id),
+            FileObject::Cdev(c) => {
+                let n = softvfio::iommufd::cdev::cdev_devices(platform)
+                    .iter()
+                    .position(|(_, d)| Arc::ptr_eq(d, &c.device))?;
+                Some((VFIO_CDEV_MAJOR, u32::try_from(n).ok()?))
+            }
+            FileObject::Device(_) | FileObject::Fault(_) => None,
+        }
+    }
+
+    fn chardev_perm(&mut self, major: u32, minor: u32) -> u32 {
+        softvfio_platform::hostview::node_perm(major, minor)
     }
 
     fn open(&mut self, t: &mut Tracee<'_>, req: &OpenRequest) -> Option<Result<OpenReply, Errno>> {

@@ -33,6 +33,89 @@ use crate::build::BuiltPlatform;
 /// Major number of `/dev/vfio/devices/vfioN` in `vfio-dev/vfioN/dev`: the
 /// dynamic major Linux 6.12 gave the VFIO cdev in the oracle VM.
 pub const VFIO_CDEV_MAJOR: u32 = 250;
+/// Major number of the group nodes `/dev/vfio/<group>`: Linux allocates it
+/// with `alloc_chrdev_region` at VFIO's init, the next dynamic major down
+/// from the cdev's; 6.12 gave 251 in the oracle VM
+/// (tests-oracle/kernel-6.12-compat-fd.txt, `stx_group_fstat`).
+pub const VFIO_GROUP_MAJOR: u32 = 251;
+/// `MISC_MAJOR`: `/dev/vfio/vfio` and `/dev/iommu` are misc devices.
+pub const MISC_MAJOR: u32 = 10;
+/// `VFIO_MINOR`: the container's fixed misc minor (`/dev/vfio/vfio` is
+/// 10:196 on every Linux).
+pub const VFIO_CONTAINER_MINOR: u32 = 196;
+/// `/dev/iommu`'s misc minor: iommufd registers `MISC_DYNAMIC_MINOR`, and
+/// the first dynamic misc minor of Linux 6.12 is 257 (what the oracle VM
+/// gave, `stx_iommufd_fstat`).
+pub const IOMMUFD_MINOR: u32 = 257;
+
+/// The device number `(major, minor)` and permission bits of the emulated
+/// `/dev` node `path` of `platform`: `/dev/vfio/vfio` (10:196, 0666),
+/// `/dev/iommu` (10:257, 0660), a group's `/dev/vfio/<id>` (251:index,
+/// 0600, the index the group has in id order, as Linux's group minors are
+/// handed out in the order groups appear) and a device cdev
+/// `/dev/vfio/devices/vfioN` (250:N, 0600); the modes are Linux 6.12's
+/// (tests-oracle/kernel-6.12-compat-fd.txt). `None`: not a node the
+/// platform serves.
+pub fn dev_node(platform: &softvfio::platform::Platform, path: &str) -> Option<(u32, u32, u32)> {
+    match path {
+        "/dev/vfio/vfio" => return Some((MISC_MAJOR, VFIO_CONTAINER_MINOR, 0o666)),
+        "/dev/iommu" => return Some((MISC_MAJOR, IOMMUFD_MINOR, 0o660)),
+        _ => {}
+    }
+    // The kernel names nodes by decimal numbers: digits only, no leading
+    // zero.
+    let number = |digits: &str| -> Option<u32> {
+        if digits.is_empty()
+            || !digits.bytes().all(|c| c.is_ascii_digit())
+            || (digits.len() > 1 && digits.starts_with('0'))
+        {
+            return None;
+        }
+        digits.parse().ok()
+    };
+    if let Some(n) = path.strip_prefix("/dev/vfio/devices/vfio").and_then(number) {
+        let count = softvfio::iommufd::cdev::cdev_devices(platform).len();
+        return ((n as usize) < count).then_some((VFIO_CDEV_MAJOR, n, 0o600));
+    }
+    let id = path.strip_prefix("/dev/vfio/").and_then(number)?;
+    group_node(platform, id).map(|(major, minor)| (major, minor, 0o600))
+}
+
+/// The device number of group `id`'s node `/dev/vfio/<id>`.
+pub fn group_node(platform: &softvfio::platform::Platform, id: u32) -> Option<(u32, u32)> {
+    let index = platform.groups.keys().position(|&g| g == id)?;
+    Some((VFIO_GROUP_MAJOR, u32::try_from(index).ok()?))
+}
+
+/// `stx_attributes_mask` of a devtmpfs node, as Linux 6.12 says for a VFIO
+/// node (tests-oracle/kernel-6.12-compat-fd.txt: immutable, append,
+/// nodump, automount, mount root, verity, dax).
+pub const DEVTMPFS_STATX_ATTRIBUTES: u64 = 0x30_3070;
+
+/// `stx_mask` of a devtmpfs node's `statx` asked with `asked`, as Linux
+/// 6.12 answers: the basic fields, the mount id (`STATX_MNT_ID_UNIQUE`
+/// when asked, else `STATX_MNT_ID`), the birth time when asked.
+pub fn devtmpfs_statx_mask(asked: u32) -> u32 {
+    const BASIC_STATS: u32 = 0x7ff;
+    const BTIME: u32 = 0x800;
+    const MNT_ID: u32 = 0x1000;
+    const MNT_ID_UNIQUE: u32 = 0x4000;
+    let mnt = if asked & MNT_ID_UNIQUE != 0 {
+        MNT_ID_UNIQUE
+    } else {
+        MNT_ID
+    };
+    BASIC_STATS | mnt | (asked & BTIME)
+}
+
+/// The permission bits of the node `major:minor` (as [`dev_node`]).
+pub fn node_perm(major: u32, minor: u32) -> u32 {
+    match (major, minor) {
+        (MISC_MAJOR, VFIO_CONTAINER_MINOR) => 0o666,
+        (MISC_MAJOR, IOMMUFD_MINOR) => 0o660,
+        _ => 0o600,
+    }
+}
 /// The MMIO base QEMU's VT-d unit sits at (`intel-iommu/address`).
 pub const DMAR_ADDRESS: u64 = 0xfed9_0000;
 /// Name of the mdev parent and its driver (as the `medu` kernel module).

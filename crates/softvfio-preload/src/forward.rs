@@ -57,13 +57,18 @@ pub(crate) mod op {
     /// `mmap` of a device file: word 1 the file, 2 the file offset, 3 the
     /// length, 4 nonzero for MAP_SHARED.
     pub const MMAP: u64 = 16;
-    /// Which cdev is object word 1 (word 2 nonzero: a key is given)?
-    /// Answer: value N + 1 for `/dev/vfio/devices/vfioN` (0: not a cdev),
-    /// key word the number of cdevs.
+    /// Which `/dev` node is asked: word 2 [`NODE_OBJECT`] the node of
+    /// object word 1, [`NODE_GROUP`] the node of group number word 1, 0
+    /// none. Answer: value the node's `major << 32 | minor`, plus 1 (0: no
+    /// node), key word the number of cdevs.
     pub const CDEV: u64 = 40;
     /// `VmLck`'s parts for the caller's address space: value the kB the
     /// engine's pins lock there, key word the kB type1 accounts to it.
     pub const VMLCK: u64 = 41;
+    /// [`CDEV`]'s word 2: the node of an object.
+    pub const NODE_OBJECT: u64 = 1;
+    /// [`CDEV`]'s word 2: the node of a group number.
+    pub const NODE_GROUP: u64 = 2;
     /// The connection's shared-memory area (`channel`): its memfd comes
     /// with the record; answered on the socket.
     pub const CHANNEL: u64 = 42;
@@ -834,12 +839,14 @@ pub(crate) fn fds() -> Vec<c_int> {
         .unwrap_or_default()
 }
 
-/// After the hand-off: the cdev number of object `key` (if it is one) and
-/// the number of cdevs; `None` when the keeper cannot be asked.
-pub(crate) fn cdev(key: Option<u64>) -> Option<(Option<u32>, usize)> {
-    let words = [op::CDEV, key.unwrap_or(0), u64::from(key.is_some())];
+/// After the hand-off: the `/dev` node `(major, minor)` of object `key`
+/// (`op::NODE_OBJECT`) or of group number `key` (`op::NODE_GROUP`), and the
+/// number of cdevs; `None` when the keeper cannot be asked.
+pub(crate) fn node(what: u64, key: u64) -> Option<(Option<(u32, u32)>, usize)> {
+    let words = [op::CDEV, key, what];
     let r = with_client(|c| c.call(&words, &[], false)).ok()?;
-    let node = u32::try_from(r.val).ok().and_then(|n| n.checked_sub(1));
+    let node = u64::try_from(r.val).ok().and_then(|n| n.checked_sub(1));
+    let node = node.map(|n| ((n >> 32) as u32, n as u32));
     Some((node, r.key as usize))
 }
 

@@ -1034,9 +1034,18 @@ impl Keeper {
                 Ok((i64::from(m.region), m.offset, None))
             }
             op::CDEV => {
-                let node = (w[2] != 0).then(|| self.st.cdev_of_object(w[1])).flatten();
+                let node = match w[2] {
+                    op::NODE_OBJECT => self.st.node_of_object(w[1]),
+                    op::NODE_GROUP => u32::try_from(w[1])
+                        .ok()
+                        .and_then(|id| self.st.node_of_group(id)),
+                    _ => None,
+                };
                 let count = self.st.cdev_count() as u64;
-                Ok((node.map_or(0, |n| i64::from(n) + 1), count, None))
+                let val = node.map_or(0, |(major, minor)| {
+                    ((i64::from(major) << 32) | i64::from(minor)) + 1
+                });
+                Ok((val, count, None))
             }
             op::VMLCK => {
                 let user = self.procs.get(&pid).ok_or(libc::EIO)?.mem.user();

@@ -360,47 +360,203 @@ unsafe fn open_hook(path: *const c_char, flags: c_int, pass: impl FnOnce() -> c_
     hook(-1, pass, |pass| unsafe { do_open(path, flags, pass) })
 }
 
-/// `stat` of a device cdev the platform serves (`/dev/vfio/devices/vfioN`):
-/// a character device `250:N`, as sysfs `vfio-dev/vfioN/dev` says (QEMU
-/// compares the two before it opens the cdev). `None` for other paths.
-fn cdev_stat(path: &str) -> Option<libc::stat> {
-    let n: u32 = path.strip_prefix("/dev/vfio/devices/vfio")?.parse().ok()?;
-    let count = match with_state(|st| st.cdev_count()) {
-        Ok(count) => count,
-        // After the hand-off (or during it) the keeper knows.
-        Err(_) if forward::attached() => forward::cdev(None)?.1,
-        Err(_) => return None,
-    };
-    if n as usize >= count {
-        return None;
-    }
+/// `struct stat` of the character device node `major:minor` as devtmpfs
+/// answers it (the permission bits `hostview::node_perm`'s, root's, one
+/// link).
+fn node_stat(major: u32, minor: u32) -> libc::stat {
     // SAFETY: `struct stat` is plain data; all zeros is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    st.st_mode = libc::S_IFCHR | 0o600;
+    st.st_mode = libc::S_IFCHR | softvfio_platform::hostview::node_perm(major, minor);
     st.st_nlink = 1;
-    st.st_rdev = libc::makedev(softvfio_platform::hostview::VFIO_CDEV_MAJOR, n);
+    st.st_rdev = libc::makedev(major, minor);
     st.st_blksize = 4096;
-    Some(st)
+    st
 }
 
-/// `fstat` of an opened cdev (QEMU's `open_cdev` compares its `st_rdev`
-/// with sysfs before it uses the descriptor): [`cdev_stat`]'s answer.
+/// `stat` of a `/dev` node the platform serves: `/dev/vfio/vfio`,
+/// `/dev/iommu`, a group's `/dev/vfio/<id>`, a device cdev
+/// `/dev/vfio/devices/vfioN` as sysfs `vfio-dev/vfioN/dev` says (QEMU
+/// compares the two before it opens the cdev): `hostview::dev_node`'s
+/// numbers. `None` for other paths.
+fn cdev_stat(path: &str) -> Option<libc::stat> {
+    path_node(path).map(|(major, minor)| node_stat(major, minor))
+}
+
+/// The `/dev` node `(major, minor)` the platform serves at `path` (see
+/// [`cdev_stat`]).
+fn path_node(path: &str) -> Option<(u32, u32)> {
+    use softvfio_platform::hostview::{IOMMUFD_MINOR, MISC_MAJOR, VFIO_CONTAINER_MINOR};
+    // Every other path goes on without the state lock.
+    if !path.starts_with("/dev/vfio/") && path != "/dev/iommu" {
+        return None;
+    }
+    match with_state(|st| st.node_of_path(path)) {
+        Ok(node) => node.map(|(major, minor, _)| (major, minor)),
+        // After the hand-off (or during it) the keeper knows.
+        Err(_) if forward::attached() => match path {
+            "/dev/vfio/vfio" => Some((MISC_MAJOR, VFIO_CONTAINER_MINOR)),
+            "/dev/iommu" => Some((MISC_MAJOR, IOMMUFD_MINOR)),
+            _ => keeper_node(path),
+        },
+        Err(_) => None,
+    }
+}
+
+/// `struct statx` of the node `major:minor` asked with `asked`, as Linux
+/// 6.12 answers for a devtmpfs node (`hostview::devtmpfs_statx_mask`); the
+/// times and the mount id stay zero (there is no node to read them from).
+fn node_statx(major: u32, minor: u32, asked: u32) -> libc::statx {
+    use softvfio_platform::hostview::{devtmpfs_statx_mask, node_perm, DEVTMPFS_STATX_ATTRIBUTES};
+    // SAFETY: `struct statx` is plain data; all zeros is a valid value.
+    let mut x: libc::statx = unsafe { std::mem::zeroed() };
+    x.stx_mask = devtmpfs_statx_mask(asked);
+    x.stx_attributes_mask = DEVTMPFS_STATX_ATTRIBUTES;
+    x.stx_blksize = 4096;
+    x.stx_nlink = 1;
+    x.stx_mode = (libc::S_IFCHR | node_perm(major, minor)) as u16;
+    x.stx_rdev_major = major;
+    x.stx_rdev_minor = minor;
+    x
+}
+
+/// After the hand-off: a group's or cdev's node by path, as the keeper's
+/// platform has it.
+fn keeper_node(path: &str) -> Option<(u32, u32)> {
+    let number = |digits: &str| -> Option<u32> {
+        let ok = !digits.is_empty()
+            && digits.bytes().all(|c| c.is_ascii_digit())
+            && !(digits.len() > 1 && digits.starts_with('0'));
+        ok.then(|| digits.parse().ok()).flatten()
+    };
+    if let Some(n) = path.strip_prefix("/dev/vfio/devices/vfio").and_then(number) {
+        let count = forward::node(0, 0)?.1;
+        return ((n as usize) < count).then_some((softvfio_platform::hostview::VFIO_CDEV_MAJOR, n));
+    }
+    let id = path.strip_prefix("/dev/vfio/").and_then(number)?;
+    forward::node(forward::op::NODE_GROUP, u64::from(id))?.0
+}
+
+/// The `/dev` node `(major, minor)` descriptor `fd` was opened from, when
+/// it is one of ours.
+fn fd_node(fd: c_int) -> Option<(u32, u32)> {
+    let keeper =
+        |fd| forward::key_of(fd).and_then(|key| forward::node(forward::op::NODE_OBJECT, key)?.0);
+    if forward::attached() {
+        return keeper(fd);
+    }
+    match with_state(|st| st.node_of(fd)) {
+        Err(state::HANDED_OFF) => keeper(fd),
+        r => r.ok().flatten(),
+    }
+}
+
+/// Is this the empty path of `AT_EMPTY_PATH` (the descriptor itself; a
+/// NULL path too, as since Linux 6.11)?
+///
+/// # Safety
+/// `path` NUL-terminated or null.
+unsafe fn empty_path(path: *const c_char, flags: c_int) -> bool {
+    // SAFETY: a non-null path is NUL-terminated (this function's contract).
+    flags & libc::AT_EMPTY_PATH != 0 && (path.is_null() || unsafe { *path } == 0)
+}
+
+/// `fstatat`/`fstatat64`: a served absolute path as [`stat_hook`]; the
+/// empty path of `AT_EMPTY_PATH` on a descriptor of a `/dev` node, that
+/// node's stat after the real call (on the underlying file) has checked
+/// the flags.
+///
+/// # Safety
+/// As libc's `fstatat`, `pass` that call.
+unsafe fn fstatat_hook(
+    dirfd: c_int,
+    path: *const c_char,
+    buf: *mut libc::stat,
+    flags: c_int,
+    pass: impl FnOnce() -> c_int,
+) -> c_int {
+    hook(-1, pass, |pass| {
+        // SAFETY: the caller's path (this function's contract).
+        let fd_itself = unsafe { empty_path(path, flags) };
+        let node = if fd_itself {
+            fd_node(dirfd)
+        } else {
+            // SAFETY: as above.
+            unsafe { path_of(path) }.and_then(path_node)
+        };
+        let Some((major, minor)) = node else {
+            return pass.call();
+        };
+        if buf.is_null() {
+            return fail(libc::EFAULT);
+        }
+        if fd_itself {
+            let r = pass.call();
+            if r != 0 {
+                return r;
+            }
+        }
+        // SAFETY: `buf` is the caller's writable `struct stat`.
+        unsafe { buf.write(node_stat(major, minor)) };
+        0
+    })
+}
+
+/// # Safety
+/// As libc's `statx`.
+#[no_mangle]
+pub unsafe extern "C" fn statx(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mask: c_uint,
+    buf: *mut libc::statx,
+) -> c_int {
+    let pass = || {
+        // SAFETY: the program's arguments go on unchanged.
+        unsafe { real::statx(dirfd, path, flags, mask, buf) }
+    };
+    hook(-1, pass, |pass| {
+        // SAFETY: the program's path (libc's contract).
+        let fd_itself = unsafe { empty_path(path, flags) };
+        let node = if fd_itself {
+            fd_node(dirfd)
+        } else {
+            // SAFETY: as above.
+            unsafe { path_of(path) }.and_then(path_node)
+        };
+        let Some((major, minor)) = node else {
+            return pass.call();
+        };
+        if buf.is_null() {
+            return fail(libc::EFAULT);
+        }
+        // The kernel's checks of the flags and mask (EINVAL) first: the
+        // descriptor's own call, or the same flags and mask on "/".
+        let r = if fd_itself {
+            pass.call()
+        } else {
+            // SAFETY: `buf` is the caller's writable `struct statx`.
+            unsafe { real::statx(libc::AT_FDCWD, c"/".as_ptr(), flags, mask, buf) }
+        };
+        if r != 0 {
+            return r;
+        }
+        // SAFETY: `buf` is the caller's writable `struct statx`.
+        unsafe { buf.write(node_statx(major, minor, mask)) };
+        0
+    })
+}
+
+/// `fstat` of a descriptor opened from a `/dev` node (QEMU's `open_cdev`
+/// compares its `st_rdev` with sysfs before it uses the descriptor; a
+/// program may compare a container's or group's with its path's): that
+/// node's stat, as [`cdev_stat`] answers for the path.
 ///
 /// # Safety
 /// `buf` a writable `struct stat` or null.
 unsafe fn fstat_hook(fd: c_int, buf: *mut libc::stat, pass: impl FnOnce() -> c_int) -> c_int {
     hook(-1, pass, |pass| {
-        let node = if forward::attached() {
-            forward::key_of(fd).and_then(|key| forward::cdev(Some(key))?.0)
-        } else {
-            match with_state(|st| st.cdev_of(fd)) {
-                Err(state::HANDED_OFF) => {
-                    forward::key_of(fd).and_then(|key| forward::cdev(Some(key))?.0)
-                }
-                r => r.ok().flatten(),
-            }
-        };
-        match node.and_then(|n| cdev_stat(&format!("/dev/vfio/devices/vfio{n}"))) {
+        match fd_node(fd).map(|(major, minor)| node_stat(major, minor)) {
             Some(_) if buf.is_null() => fail(libc::EFAULT),
             Some(st) => {
                 // SAFETY: `buf` is the caller's writable `struct stat`.
@@ -494,7 +650,7 @@ pub unsafe extern "C" fn fstatat(
 ) -> c_int {
     // SAFETY: the program's arguments go on unchanged.
     unsafe {
-        stat_hook(path, buf, || {
+        fstatat_hook(dirfd, path, buf, flags, || {
             real::fstatat(&real::FSTATAT, dirfd, path, buf, flags)
         })
     }
@@ -511,7 +667,7 @@ pub unsafe extern "C" fn fstatat64(
 ) -> c_int {
     // SAFETY: the program's arguments go on unchanged.
     unsafe {
-        stat_hook(path, buf, || {
+        fstatat_hook(dirfd, path, buf, flags, || {
             real::fstatat(&real::FSTATAT64, dirfd, path, buf, flags)
         })
     }

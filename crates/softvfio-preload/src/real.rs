@@ -83,6 +83,7 @@ pub static FSTATAT: Next = Next::new(c"fstatat");
 pub static FSTATAT64: Next = Next::new(c"fstatat64");
 pub static FSTAT: Next = Next::new(c"fstat");
 pub static FSTAT64: Next = Next::new(c"fstat64");
+pub static STATX: Next = Next::new(c"statx");
 
 fn enosys<T: From<i8>>() -> T {
     set_errno(libc::ENOSYS);
@@ -109,6 +110,7 @@ type OpenatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, ...) -> c_int;
 type StatFn = unsafe extern "C" fn(*const c_char, *mut libc::stat) -> c_int;
 type FstatatFn = unsafe extern "C" fn(c_int, *const c_char, *mut libc::stat, c_int) -> c_int;
 type FstatFn = unsafe extern "C" fn(c_int, *mut libc::stat) -> c_int;
+type StatxFn = unsafe extern "C" fn(c_int, *const c_char, c_int, c_uint, *mut libc::statx) -> c_int;
 type Open2Fn = unsafe extern "C" fn(*const c_char, c_int) -> c_int;
 type Openat2Fn = unsafe extern "C" fn(c_int, *const c_char, c_int) -> c_int;
 type FopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE;
@@ -1238,6 +1240,24 @@ pub unsafe fn fstatat(
     match fn_of!(next, FstatatFn) {
         // SAFETY: forwards the caller's arguments unchanged.
         Some(f) => unsafe { f(dirfd, path, buf, flags) },
+        None => enosys(),
+    }
+}
+
+/// The next `statx`.
+///
+/// # Safety
+/// As libc's `statx`, with the caller's arguments.
+pub unsafe fn statx(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mask: c_uint,
+    buf: *mut libc::statx,
+) -> c_int {
+    match fn_of!(&STATX, StatxFn) {
+        // SAFETY: forwards the caller's arguments unchanged.
+        Some(f) => unsafe { f(dirfd, path, flags, mask, buf) },
         None => enosys(),
     }
 }

@@ -304,10 +304,38 @@ impl State {
         });
     }
 
-    /// The cdev number N of `fd` when it is an opened
-    /// `/dev/vfio/devices/vfioN` (its `fstat` answers that node).
-    pub fn cdev_of(&self, fd: c_int) -> Option<u32> {
-        self.cdev_of_object(self.key_of(fd)?)
+    /// The `/dev` node `(major, minor)` `fd` was opened from, when it is
+    /// one of ours (its `fstat` answers that node).
+    pub fn node_of(&self, fd: c_int) -> Option<(u32, u32)> {
+        self.node_of_object(self.key_of(fd)?)
+    }
+
+    /// The `/dev` node `(major, minor)` object `key` was opened from: the
+    /// container, `/dev/iommu`, a group or a device cdev
+    /// (`hostview::dev_node`); `None` for the other objects (anonymous
+    /// inodes).
+    pub(crate) fn node_of_object(&self, key: ObjectKey) -> Option<(u32, u32)> {
+        use softvfio_platform::hostview::{
+            IOMMUFD_MINOR, MISC_MAJOR, VFIO_CDEV_MAJOR, VFIO_CONTAINER_MINOR,
+        };
+        match self.session.object(key)? {
+            FileObject::Container(_) => Some((MISC_MAJOR, VFIO_CONTAINER_MINOR)),
+            FileObject::Iommufd(_) => Some((MISC_MAJOR, IOMMUFD_MINOR)),
+            FileObject::Group(g) => self.node_of_group(g.group.id),
+            FileObject::Cdev(_) => Some((VFIO_CDEV_MAJOR, self.cdev_of_object(key)?)),
+            _ => None,
+        }
+    }
+
+    /// The `/dev` node `(major, minor, permission bits)` of `path`
+    /// (`hostview::dev_node`).
+    pub(crate) fn node_of_path(&self, path: &str) -> Option<(u32, u32, u32)> {
+        softvfio_platform::hostview::dev_node(self.session.vfio().platform(), path)
+    }
+
+    /// The device number of group `id`'s node `/dev/vfio/<id>`.
+    pub(crate) fn node_of_group(&self, id: u32) -> Option<(u32, u32)> {
+        softvfio_platform::hostview::group_node(self.session.vfio().platform(), id)
     }
 
     /// The cdev number N of object `key` when it is an opened

@@ -64,7 +64,8 @@ pub trait Handler: Send {
 
     /// `stat`, `lstat`, `newfstatat` or `statx` of `path` (absolute and
     /// normalized as for `open`): `Some((major, minor))` when the handler
-    /// serves the path as a character device node (a VFIO device cdev),
+    /// serves the path as a character device node (`/dev/vfio/vfio`, a
+    /// group, `/dev/iommu`, a VFIO device cdev),
     /// whose stat then answers that device number; `None` lets the kernel
     /// answer.
     fn stat_chardev(&mut self, path: &std::path::Path) -> Option<(u32, u32)> {
@@ -74,10 +75,19 @@ pub trait Handler: Send {
 
     /// `fstat` (and `AT_EMPTY_PATH` stats) of a descriptor of `obj`:
     /// `Some((major, minor))` when the object is a character device node the
-    /// handler serves (an opened VFIO cdev); `None` lets the kernel answer.
+    /// handler serves (the container, a group, an iommufd, an opened VFIO
+    /// cdev); `None` lets the kernel answer.
     fn stat_object(&mut self, obj: ObjectId) -> Option<(u32, u32)> {
         let _ = obj;
         None
+    }
+
+    /// The permission bits of the character device node `major:minor` the
+    /// handler serves (its path's and its descriptors' `st_mode` is
+    /// `S_IFCHR` with these): devtmpfs's 0600 unless the handler says.
+    fn chardev_perm(&mut self, major: u32, minor: u32) -> u32 {
+        let _ = (major, minor);
+        0o600
     }
 
     /// `fstat` (and `AT_EMPTY_PATH` stats) of a descriptor of `obj`: true

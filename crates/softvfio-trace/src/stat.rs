@@ -9,8 +9,13 @@
 //! `newfstatat`/`statx` with `AT_EMPTY_PATH` and an empty path, on a
 //! descriptor of an object the handler serves as a character device.
 //!
+//! So do the container's (`/dev/vfio/vfio`, 10:196), a group's
+//! (`/dev/vfio/<group>`) and `/dev/iommu`'s paths and descriptors: Linux's
+//! are character devices, and a program may compare a descriptor's
+//! `st_rdev` with its path's.
+//!
 //! The answer is the one devtmpfs gives for a device node: a character
-//! device, mode 0600, owned by root, one link, the device number; the other
+//! device with the handler's permission bits, owned by root, one link, the device number; the other
 //! fields are zero. Paths and descriptors no handler claims go to the kernel
 //! unchanged.
 //!
@@ -28,9 +33,6 @@ use crate::tracee::Tracee;
 
 /// `PATH_MAX`.
 const PATH_MAX: usize = 4096;
-
-/// `S_IFCHR | 0600`.
-const CHARDEV_MODE: u32 = libc::S_IFCHR | 0o600;
 
 /// The object of descriptor `fd` of the calling thread, if it is one
 /// (through the descriptor cache, fdcache.rs).
@@ -80,12 +82,13 @@ fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
 }
 
 /// `struct stat` of a character device `major:minor` (this ABI's layout).
-pub(crate) fn stat_bytes(major: u32, minor: u32) -> Vec<u8> {
+/// `perm` the node's permission bits.
+pub(crate) fn stat_bytes(major: u32, minor: u32, perm: u32) -> Vec<u8> {
     let mut b = vec![0u8; size_of::<libc::stat>()];
     put(
         &mut b,
         offset_of!(libc::stat, st_mode),
-        &CHARDEV_MODE.to_ne_bytes(),
+        &(libc::S_IFCHR | perm).to_ne_bytes(),
     );
     let nlink: libc::nlink_t = 1;
     put(
@@ -121,7 +124,7 @@ const DEVTMPFS_ATTRIBUTES: u64 = 0x30_3070;
 /// time when asked, whatever else was asked
 /// (tests-oracle/kernel-6.12-compat-fd.txt). The times and the mount id
 /// stay zero (there is no node to read them from).
-pub(crate) fn statx_bytes(major: u32, minor: u32, mask: u32) -> Vec<u8> {
+pub(crate) fn statx_bytes(major: u32, minor: u32, perm: u32, mask: u32) -> Vec<u8> {
     let mut b = vec![0u8; size_of::<libc::statx>()];
     let mnt = if mask & STATX_MNT_ID_UNIQUE != 0 {
         STATX_MNT_ID_UNIQUE
@@ -152,7 +155,7 @@ pub(crate) fn statx_bytes(major: u32, minor: u32, mask: u32) -> Vec<u8> {
     put(
         &mut b,
         offset_of!(libc::statx, stx_mode),
-        &(CHARDEV_MODE as u16).to_ne_bytes(),
+        &((libc::S_IFCHR | perm) as u16).to_ne_bytes(),
     );
     put(
         &mut b,
@@ -203,8 +206,14 @@ fn stat_empty_path(
     };
     let bytes = match dev {
         None => kernel,
-        Some((major, minor)) if statx => statx_bytes(major, minor, mask),
-        Some((major, minor)) => stat_bytes(major, minor),
+        Some((major, minor)) => {
+            let perm = h.chardev_perm(major, minor);
+            if statx {
+                statx_bytes(major, minor, perm, mask)
+            } else {
+                stat_bytes(major, minor, perm)
+            }
+        }
     };
     Some(t.write_mem(buf, &bytes).map(|()| 0))
 }
@@ -224,7 +233,11 @@ pub(crate) fn sys_stat(
                 return Some(anon_stat(t, buf, false));
             }
             let (major, minor) = h.stat_object(obj)?;
-            return Some(t.write_mem(buf, &stat_bytes(major, minor)).map(|()| 0));
+            let perm = h.chardev_perm(major, minor);
+            return Some(
+                t.write_mem(buf, &stat_bytes(major, minor, perm))
+                    .map(|()| 0),
+            );
         }
         StatCall::Path {
             dirfd,
@@ -253,10 +266,11 @@ pub(crate) fn sys_stat(
     if !t.still_waiting() {
         return None;
     }
+    let perm = h.chardev_perm(major, minor);
     let bytes = if statx {
-        statx_bytes(major, minor, mask)
+        statx_bytes(major, minor, perm, mask)
     } else {
-        stat_bytes(major, minor)
+        stat_bytes(major, minor, perm)
     };
     Some(t.write_mem(buf, &bytes).map(|()| 0))
 }
@@ -267,7 +281,7 @@ mod tests {
 
     #[test]
     fn stat_layout_is_a_chardev() {
-        let b = stat_bytes(250, 3);
+        let b = stat_bytes(250, 3, 0o600);
         let at = offset_of!(libc::stat, st_rdev);
         let rdev = u64::from_ne_bytes(b[at..at + 8].try_into().unwrap());
         assert_eq!(rdev, libc::makedev(250, 3));
@@ -276,14 +290,17 @@ mod tests {
             u32::from_ne_bytes(b[at..at + 4].try_into().unwrap()),
             0o20600
         );
-        let x = statx_bytes(250, 3, libc::STATX_BASIC_STATS);
+        let x = statx_bytes(10, 196, 0o666, libc::STATX_BASIC_STATS);
         let at = offset_of!(libc::statx, stx_rdev_major);
-        assert_eq!(u32::from_ne_bytes(x[at..at + 4].try_into().unwrap()), 250);
-        assert_eq!(u32::from_ne_bytes(x[at + 4..at + 8].try_into().unwrap()), 3);
+        assert_eq!(u32::from_ne_bytes(x[at..at + 4].try_into().unwrap()), 10);
+        assert_eq!(
+            u32::from_ne_bytes(x[at + 4..at + 8].try_into().unwrap()),
+            196
+        );
         let at = offset_of!(libc::statx, stx_mode);
         assert_eq!(
             u16::from_ne_bytes(x[at..at + 2].try_into().unwrap()),
-            0o20600
+            0o20666
         );
     }
 }

@@ -425,3 +425,40 @@ fn every_ancestor_is_a_directory_and_links_are_relative() {
         }
     }
 }
+
+/// The emulated `/dev` nodes' numbers and modes: Linux 6.12's
+/// (tests-oracle/kernel-6.12-compat-fd.txt) for the container and
+/// `/dev/iommu`; a group's minor its index in group-number order; decimal
+/// names only.
+#[test]
+fn dev_nodes_have_linux_numbers() {
+    use softvfio::platform::{Group, GroupKind, Platform};
+    let mut p = Platform::new();
+    for id in [7, 3, 12] {
+        p.add_group(Group {
+            id,
+            kind: GroupKind::Emulated,
+            devices: Vec::new(),
+            extra_reserved: Vec::new(),
+        });
+    }
+    assert_eq!(dev_node(&p, "/dev/vfio/vfio"), Some((10, 196, 0o666)));
+    assert_eq!(dev_node(&p, "/dev/iommu"), Some((10, 257, 0o660)));
+    assert_eq!(dev_node(&p, "/dev/vfio/3"), Some((251, 0, 0o600)));
+    assert_eq!(dev_node(&p, "/dev/vfio/7"), Some((251, 1, 0o600)));
+    assert_eq!(dev_node(&p, "/dev/vfio/12"), Some((251, 2, 0o600)));
+    assert_eq!(group_node(&p, 12), Some((251, 2)));
+    for absent in [
+        "/dev/vfio/4",
+        "/dev/vfio/03",
+        "/dev/vfio/",
+        "/dev/vfio/devices/vfio0",
+    ] {
+        assert_eq!(dev_node(&p, absent), None, "{absent}");
+    }
+    assert_eq!(node_perm(10, 196), 0o666);
+    assert_eq!(node_perm(10, 257), 0o660);
+    assert_eq!(node_perm(251, 0), 0o600);
+    assert_eq!(devtmpfs_statx_mask(libc::STATX_BASIC_STATS), 0x17ff);
+    assert_eq!(devtmpfs_statx_mask(0x4000 | 0x800), 0x4fff);
+}
