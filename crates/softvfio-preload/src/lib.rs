@@ -339,7 +339,8 @@ unsafe fn do_open(path: *const c_char, flags: c_int, pass: Pass<impl FnOnce() ->
         }
     }
     let fd = pass.call();
-    if fd >= 0 && TRACKED.load(Ordering::Relaxed) > 0 {
+    // Only a number the table holds (its bit set) can be a stale entry.
+    if fd >= 0 && TRACKED.load(Ordering::Relaxed) > 0 && streams::may_be_ours(fd) {
         let e = real::errno();
         if forward::attached() {
             forward::forget(fd);
@@ -390,6 +391,9 @@ fn cdev_stat(path: &str) -> Option<libc::stat> {
 /// `buf` a writable `struct stat` or null.
 unsafe fn fstat_hook(fd: c_int, buf: *mut libc::stat, pass: impl FnOnce() -> c_int) -> c_int {
     hook(-1, pass, |pass| {
+        if !streams::may_be_ours(fd) {
+            return pass.call();
+        }
         let node = if forward::attached() {
             forward::key_of(fd).and_then(|key| forward::cdev(Some(key))?.0)
         } else {
@@ -676,6 +680,11 @@ pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *m
 /// The object behind `fd` when it is one of ours (cheap when we have none).
 fn ours(fd: c_int) -> Option<u64> {
     if TRACKED.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    // A number never ours is answered without the table's lock (a long
+    // engine call or the fork window holds it): crate::streams.
+    if !streams::may_be_ours(fd) {
         return None;
     }
     if forward::attached() {
@@ -1109,6 +1118,10 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
 /// After a successful dup of `old` to `new`, the table follows.
 fn after_dup(old: c_int, new: c_int) {
     if new < 0 || TRACKED.load(Ordering::Relaxed) == 0 || old == new {
+        return;
+    }
+    // Neither number ours: the table has nothing to follow (no lock).
+    if !streams::may_be_ours(old) && !streams::may_be_ours(new) {
         return;
     }
     let e = real::errno();
