@@ -325,7 +325,8 @@ pub fn is_connection(fd: c_int) -> bool {
 /// gets the number as on Linux and its VFIO calls still reach the keeper.
 pub fn vacate(fd: c_int) -> Result<(), c_int> {
     use std::os::fd::IntoRawFd;
-    if !attached() {
+    // Lock-free for any other number (a `dup2` in a fork window).
+    if connection_fd() != Some(fd) {
         return Ok(());
     }
     let mut g = lock();
