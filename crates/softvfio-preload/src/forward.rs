@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_int, CString};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use softvfio::device::{IrqInfo, MappedAccessError, RegionInfo, VfioDeviceModel};
@@ -299,10 +299,22 @@ pub fn connection_fd() -> Option<c_int> {
     if !attached() {
         return None;
     }
-    lock()
-        .as_ref()
-        .filter(|c| c.pid == std::process::id())
-        .map(|c| c.sock)
+    // Lock-free (the client's lock is held across a fork, and `close`/
+    // `dup2` of any descriptor ask this, signal handlers included).
+    let v = CONNECTION.load(Ordering::Acquire);
+    let (pid, sock) = ((v >> 32) as u32, v as u32 as c_int);
+    (v != 0 && pid == std::process::id()).then_some(sock)
+}
+
+/// The client's process id (high half) and connection number (low half),
+/// mirrored for [`connection_fd`]; stored under the client's lock with
+/// every change of either. 0: no client.
+static CONNECTION: AtomicU64 = AtomicU64::new(0);
+
+/// Mirrors `c`'s process and connection into [`CONNECTION`].
+fn publish(c: &Client) {
+    let v = (u64::from(c.pid) << 32) | u64::from(c.sock as u32);
+    CONNECTION.store(v, Ordering::Release);
 }
 
 /// Whether `fd` is this process's connection to the keeper: a number the
@@ -318,7 +330,8 @@ pub fn is_connection(fd: c_int) -> bool {
 /// gets the number as on Linux and its VFIO calls still reach the keeper.
 pub fn vacate(fd: c_int) -> Result<(), c_int> {
     use std::os::fd::IntoRawFd;
-    if !attached() {
+    // Lock-free for any other number (a `dup2` in a fork window).
+    if connection_fd() != Some(fd) {
         return Ok(());
     }
     let mut g = lock();
@@ -330,6 +343,7 @@ pub fn vacate(fd: c_int) -> Result<(), c_int> {
     };
     let moved = real::dup_own(fd)?.into_raw_fd();
     c.sock = moved;
+    publish(c);
     real::close_own(fd);
     Ok(())
 }
@@ -487,13 +501,15 @@ fn attach(reason: Reason) -> bool {
     let mut keeper_name = String::new();
     let attach = |sock, name: String, fds| {
         keeper_name = name.clone();
-        *lock() = Some(Client {
+        let c = Client {
             sock,
             pid: std::process::id(),
             fds,
             name,
             area: None,
-        });
+        };
+        publish(&c);
+        *lock() = Some(c);
         ATTACHED.store(true, Ordering::SeqCst);
     };
     match crate::keeper::handoff(reason, attach) {
@@ -560,6 +576,7 @@ fn fork_attached(pass: impl FnOnce() -> libc::pid_t) -> libc::pid_t {
             }
             Err(_) => c.sock = -1,
         }
+        publish(c);
         return 0;
     }
     let e = real::errno();
@@ -677,6 +694,7 @@ pub(crate) fn attach_after_exec() {
                 c.track(fd, key, stream);
             }
             real::prctl(libc::PR_SET_PTRACER, r.val as u64);
+            publish(&c);
             *lock() = Some(c);
             ATTACHED.store(true, Ordering::Relaxed);
             real::at_exit(crate::exec::at_exit);

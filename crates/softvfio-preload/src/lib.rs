@@ -339,7 +339,8 @@ unsafe fn do_open(path: *const c_char, flags: c_int, pass: Pass<impl FnOnce() ->
         }
     }
     let fd = pass.call();
-    if fd >= 0 && TRACKED.load(Ordering::Relaxed) > 0 {
+    // Only a number the table holds (its bit set) can be a stale entry.
+    if fd >= 0 && TRACKED.load(Ordering::Relaxed) > 0 && streams::may_be_ours(fd) {
         let e = real::errno();
         if forward::attached() {
             forward::forget(fd);
@@ -439,6 +440,10 @@ fn keeper_node(path: &str) -> Option<(u32, u32)> {
 /// The `/dev` node `(major, minor)` descriptor `fd` was opened from, when
 /// it is one of ours.
 fn fd_node(fd: c_int) -> Option<(u32, u32)> {
+    // Not one of our objects' numbers: no lock (see `streams`).
+    if !streams::may_be_ours(fd) {
+        return None;
+    }
     let keeper =
         |fd| forward::key_of(fd).and_then(|key| forward::node(forward::op::NODE_OBJECT, key)?.0);
     if forward::attached() {
@@ -832,6 +837,11 @@ pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *m
 /// The object behind `fd` when it is one of ours (cheap when we have none).
 fn ours(fd: c_int) -> Option<u64> {
     if TRACKED.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    // A number never ours is answered without the table's lock (a long
+    // engine call or the fork window holds it): crate::streams.
+    if !streams::may_be_ours(fd) {
         return None;
     }
     if forward::attached() {
@@ -1265,6 +1275,10 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
 /// After a successful dup of `old` to `new`, the table follows.
 fn after_dup(old: c_int, new: c_int) {
     if new < 0 || TRACKED.load(Ordering::Relaxed) == 0 || old == new {
+        return;
+    }
+    // Neither number ours: the table has nothing to follow (no lock).
+    if !streams::may_be_ours(old) && !streams::may_be_ours(new) {
         return;
     }
     let e = real::errno();

@@ -1,6 +1,19 @@
-//! Which descriptor numbers may be served streams (iommufd fault queues),
-//! asked without any lock by the `read`/`write`/`readv`/`writev` hooks and
-//! by `syscall(SYS_read, ...)` and its kin.
+//! Which descriptor numbers may be ours (any object of the table: a
+//! container, group, device, iommufd, fault queue...), and which of them
+//! may be served streams (iommufd fault queues), asked without any lock:
+//! "ours" by every hook that looks a descriptor up in the table (`close`,
+//! `dup*`, `fcntl(F_DUPFD*)`, `lseek`, `fstat`, `ioctl`, `pread`/`pwrite`,
+//! the `open` that reuses a stale number...), "stream" by the
+//! `read`/`write`/`readv`/`writev` hooks and `syscall(SYS_read, ...)` and
+//! its kin.
+//!
+//! The "ours" set ([`may_be_ours`]) follows the same rules as the stream
+//! set below, with "object of the table" for "served stream": a number's
+//! bit is set before the program can see it (by the table insert, or by
+//! [`mark`] ahead of it), cleared only when its entry leaves (or on the
+//! failure path of a number never handed out), so a number the table holds
+//! always has its bit and a stale bit costs only the locked check.
+//! [`ANY_OURS`] is set with the first bit and never cleared.
 //!
 //! Once a process holds a fault queue, every `read`/`write` it makes must
 //! learn whether its descriptor is the queue. The descriptor table that
@@ -58,15 +71,67 @@ static BEYOND: AtomicBool = AtomicBool::new(false);
 /// only then do `read`/`write` look at the set.
 pub static SERVED_STREAMS: AtomicBool = AtomicBool::new(false);
 
+/// One bit per descriptor number below [`LIMIT`] that the table holds (any
+/// kind of object).
+static OURS_BITS: [AtomicU64; LIMIT / 64] = [const { AtomicU64::new(0) }; LIMIT / 64];
+
+/// An object was given a number from [`LIMIT`] up (never cleared).
+static OURS_BEYOND: AtomicBool = AtomicBool::new(false);
+
+/// An object was ever tracked here: only then do the descriptor hooks look
+/// at [`OURS_BITS`].
+static ANY_OURS: AtomicBool = AtomicBool::new(false);
+
 /// The word and bit of `fd`, when it has one.
 fn slot(fd: c_int) -> Option<(&'static AtomicU64, u64)> {
     let n = usize::try_from(fd).ok()?;
     BITS.get(n / 64).map(|w| (w, 1u64 << (n % 64)))
 }
 
+/// The word and bit of `fd` in the "ours" set, when it has one.
+fn ours_slot(fd: c_int) -> Option<(&'static AtomicU64, u64)> {
+    let n = usize::try_from(fd).ok()?;
+    OURS_BITS.get(n / 64).map(|w| (w, 1u64 << (n % 64)))
+}
+
+/// `fd` is now one of our objects. Called with the table's lock held,
+/// before the program can see the number.
+fn own(fd: c_int) {
+    ANY_OURS.store(true, Ordering::Relaxed);
+    match ours_slot(fd) {
+        Some((word, bit)) => {
+            word.fetch_or(bit, Ordering::Relaxed);
+        }
+        None if fd >= 0 => OURS_BEYOND.store(true, Ordering::Relaxed),
+        None => {}
+    }
+}
+
+/// `fd` is no longer one of our objects. Called with the table's lock held.
+fn disown(fd: c_int) {
+    if let Some((word, bit)) = ours_slot(fd) {
+        if word.load(Ordering::Relaxed) & bit != 0 {
+            word.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+}
+
+/// May `fd` be one of our objects? `false` is certain (the hook goes on
+/// without the table); `true` asks the table under its lock. One load
+/// while no object was ever tracked, two after.
+#[inline]
+pub(crate) fn may_be_ours(fd: c_int) -> bool {
+    ANY_OURS.load(Ordering::Relaxed)
+        && match ours_slot(fd) {
+            Some((word, bit)) => word.load(Ordering::Relaxed) & bit != 0,
+            None => fd >= 0 && OURS_BEYOND.load(Ordering::Relaxed),
+        }
+}
+
 /// `fd` is now a served stream. Called with the table's lock held, before
 /// the program can see the number.
 pub(crate) fn mark(fd: c_int) {
+    own(fd);
     SERVED_STREAMS.store(true, Ordering::Relaxed);
     match slot(fd) {
         Some((word, bit)) => {
@@ -77,9 +142,16 @@ pub(crate) fn mark(fd: c_int) {
     }
 }
 
-/// `fd` no longer is a served stream (its entry left the table, or another
-/// object took the number). Called with the table's lock held.
+/// `fd` no longer is ours (its entry left the table, or a number made for
+/// an object was closed before the program saw it). Called with the
+/// table's lock held, before the real close.
 pub(crate) fn unmark(fd: c_int) {
+    disown(fd);
+    unmark_stream(fd);
+}
+
+/// `fd` no longer is a served stream (another object took the number).
+fn unmark_stream(fd: c_int) {
     if let Some((word, bit)) = slot(fd) {
         if word.load(Ordering::Relaxed) & bit != 0 {
             word.fetch_and(!bit, Ordering::Relaxed);
@@ -87,13 +159,13 @@ pub(crate) fn unmark(fd: c_int) {
     }
 }
 
-/// Sets or clears `fd`'s bit as the table's new entry for it is a stream
-/// or not.
+/// The table's new entry for `fd`: marks it ours, and a stream or not.
 pub(crate) fn set(fd: c_int, stream: bool) {
     if stream {
         mark(fd);
     } else {
-        unmark(fd);
+        own(fd);
+        unmark_stream(fd);
     }
 }
 
@@ -139,9 +211,33 @@ mod tests {
     fn set_follows_the_new_entry() {
         set(2063, true);
         assert!(is_marked(2063));
+        assert!(may_be_ours(2063));
         assert!(!is_marked(2062) && !is_marked(2064));
         set(2063, false);
         assert!(!is_marked(2063));
+        // Still ours: another kind of object took the number.
+        assert!(may_be_ours(2063));
+        unmark(2063);
+        assert!(!may_be_ours(2063));
+    }
+
+    #[test]
+    fn every_object_is_ours_until_its_entry_leaves() {
+        assert!(!may_be_ours(5000));
+        set(5000, false);
+        assert!(may_be_ours(5000));
+        assert!(!is_marked(5000));
+        assert!(!may_be_ours(4999) && !may_be_ours(5001));
+        unmark(5000);
+        assert!(!may_be_ours(5000));
+        mark(5002);
+        assert!(may_be_ours(5002) && is_marked(5002));
+        unmark(5002);
+        assert!(!may_be_ours(5002) && !is_marked(5002));
+        let big = c_int::try_from(LIMIT).unwrap() + 9;
+        set(big, false);
+        assert!(may_be_ours(big) && may_be_ours(big + 1));
+        assert!(!may_be_ours(-3));
     }
 
     #[test]
