@@ -169,7 +169,7 @@ impl Churn {
 
     /// One map+unmap pair of the next IOVA of the ring (under the call site
     /// when sanitized). The pair itself is one function out of line
-    /// ([`Engine::map_unmap`]): the plain and the sanitized side of a
+    /// (`Engine::map_unmap`): the plain and the sanitized side of a
     /// measurement run the same machine code (inlined into each side, the
     /// two copies were laid out apart, and a build's layout alone moved the
     /// ratio by several points).
