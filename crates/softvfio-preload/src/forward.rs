@@ -462,14 +462,25 @@ pub fn forget_range(first: c_int, last: c_int) {
 }
 
 /// `new` now refers to the same object as `old`.
+///
+/// `new`'s entry is replaced in one step under the client's lock, its bits
+/// never cleared between (as `State::dup_of`); what it named before is
+/// unreferenced after.
 pub fn dup_of(old: c_int, new: c_int) {
-    forget(new);
     let _ = with_client(|c| {
-        if let Some(key) = c.fds.get(&old).copied() {
-            c.call(&[op::REF, key], &[], false)?;
-            // A copy of a queue is a queue: `old`'s bit is the table's
-            // answer (crate::streams).
-            c.track(new, key, streams::is_marked(old));
+        let replaced = match c.fds.get(&old).copied() {
+            Some(key) => {
+                c.call(&[op::REF, key], &[], false)?;
+                let replaced = c.fds.get(&new).copied();
+                // A copy of a queue is a queue: `old`'s bit is the table's
+                // answer (crate::streams).
+                c.track(new, key, streams::is_marked(old));
+                replaced
+            }
+            None => c.untrack(new),
+        };
+        if let Some(prev) = replaced {
+            c.call(&[op::UNREF, prev], &[], false)?;
         }
         Ok(())
     });

@@ -377,11 +377,16 @@ impl State {
         }
     }
 
-    /// `new` now refers to the same object as `old` (a dup of it).
+    /// `new` now refers to the same object as `old` (a dup of it). When
+    /// `old` is ours, `new`'s entry is replaced in one step (`track` sets
+    /// its bits for the new object, unreferencing what it named): its bits
+    /// are never cleared between, so a `read` of `new` on another thread
+    /// sees the old object or the new one, as the kernel's atomic
+    /// replacement does (crate::streams).
     pub fn dup_of(&mut self, old: c_int, new: c_int) {
-        self.forget(new);
-        if let Some(key) = self.key_of(old) {
-            self.track(new, key);
+        match self.key_of(old) {
+            Some(key) => self.track(new, key),
+            None => self.forget(new),
         }
     }
 

@@ -19,8 +19,9 @@
 //!   closure and puts the outer one back after (also when the closure
 //!   panics). A site already cached costs no reference count change; a new
 //!   one takes an entry (an `Arc` clone, the entry's old site dropped).
-//!   A nested call (an outer site visible) puts the entry it replaced back
-//!   on return, so that the outer site is cached again; the outermost call
+//!   A nested call (inside another `with_call_site`, whether or not that
+//!   one has a site) puts the entry it replaced back on return, so that
+//!   every outer site is cached again; the outermost call
 //!   leaves its site cached for the next call. Hence the front ends' calls
 //!   from a driver's few call sites (a map and an unmap site, alternating)
 //!   hand their sites over without touching a reference count.
@@ -42,6 +43,7 @@ thread_local! {
             visible: Cell::new(0),
             cached: [const { Cell::new(0) }; CACHED],
             next: Cell::new(0),
+            depth: Cell::new(0),
             process: Cell::new(u32::MAX),
         }
     };
@@ -56,6 +58,10 @@ struct CallKey {
     cached: [Cell<usize>; CACHED],
     /// The entry a site not cached takes next.
     next: Cell<usize>,
+    /// `with_call_site` calls running on this thread (a call inside
+    /// another is nested even when the outer one has no site: it must not
+    /// push the site of a call further out out of the cache for good).
+    depth: Cell<u32>,
     /// The process (a [`Sanitizer::note_process`](super::Sanitizer::note_process)
     /// index); `u32::MAX`: none said (see [`set_current_process`]).
     process: Cell<u32>,
@@ -74,7 +80,7 @@ pub fn with_call_site<R>(site: Option<&Arc<CallSite>>, f: impl FnOnce() -> R) ->
     struct Restore {
         outer: usize,
         /// The entry this call replaced and what it held, when an outer
-        /// site was visible (a nested call puts it back).
+        /// call was running (a nested call puts it back).
         replaced: Option<(usize, Option<Arc<CallSite>>)>,
     }
     impl Drop for Restore {
@@ -88,11 +94,16 @@ pub fn with_call_site<R>(site: Option<&Arc<CallSite>>, f: impl FnOnce() -> R) ->
                     let _ = CURRENT_CALL.try_with(|c| c.cached.get(k).map(|e| e.set(addr)));
                 }
             }
-            let _ = CURRENT_CALL.try_with(|c| c.visible.set(self.outer));
+            let _ = CURRENT_CALL.try_with(|c| {
+                c.visible.set(self.outer);
+                c.depth.set(c.depth.get().saturating_sub(1));
+            });
         }
     }
     let Ok((outer, replaced)) = CURRENT_CALL.try_with(|c| {
         let outer = c.visible.get();
+        let nested = c.depth.get() > 0;
+        c.depth.set(c.depth.get().saturating_add(1));
         let replaced = match site {
             None => {
                 c.visible.set(0);
@@ -104,7 +115,7 @@ pub fn with_call_site<R>(site: Option<&Arc<CallSite>>, f: impl FnOnce() -> R) ->
                     c.visible.set(addr);
                     None
                 } else {
-                    cache(c, site, addr, outer != 0)
+                    cache(c, site, addr, nested)
                 }
             }
         };
@@ -167,19 +178,20 @@ pub(super) fn with_visible_site<R>(f: impl FnOnce(&Arc<CallSite>) -> R) -> Optio
         .try_with(|c| c.cached.iter().position(|e| e.get() == addr))
         .ok()
         .flatten()?;
-    SITES
+    // A reference of our own (the slow path: a site interned for the first
+    // time, or a report's question), so that the entry stays filled even if
+    // `f` panics.
+    let site = SITES
         .try_with(|s| {
             let e = s.get(k)?;
             let site = e.take();
-            let r = site
-                .as_ref()
-                .filter(|s| Arc::as_ptr(s) as usize == addr)
-                .map(f);
+            let copy = site.clone();
             e.set(site);
-            r
+            copy
         })
         .ok()
-        .flatten()
+        .flatten()?;
+    (Arc::as_ptr(&site) as usize == addr).then(|| f(&site))
 }
 
 /// The call site set by [`with_call_site`] on this thread, if any.
@@ -289,6 +301,25 @@ mod tests {
         });
         check();
         assert!(current_site().is_none());
+    }
+
+    /// A call with no site between an outer call and an inner one with a
+    /// new site: the inner one is nested too, and the outer site is cached
+    /// (and visible) again after both.
+    #[test]
+    fn a_call_without_a_site_does_not_make_the_next_one_outermost() {
+        let outer = site(0x77);
+        let inner: Vec<Arc<CallSite>> = (1..=2 * CACHED as u64).map(|k| site(0x900 * k)).collect();
+        with_call_site(Some(&outer), || {
+            with_call_site(None, || {
+                for s in &inner {
+                    with_call_site(Some(s), check);
+                }
+            });
+            check();
+            assert_eq!(current_site().map(|c| c.frames[0].addr), Some(0x77));
+        });
+        check();
     }
 
     /// On a thread whose storage is gone (a destructor of another
