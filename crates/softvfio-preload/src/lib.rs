@@ -455,6 +455,28 @@ fn fd_node(fd: c_int) -> Option<(u32, u32)> {
     }
 }
 
+/// The `/dev` node a stat-family call asks about, and whether it asks
+/// about `dirfd` itself (the empty path of `AT_EMPTY_PATH`) rather than a
+/// served absolute `path`.
+///
+/// # Safety
+/// `path` NUL-terminated or null.
+unsafe fn node_asked(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+) -> (bool, Option<(u32, u32)>) {
+    // SAFETY: this function's contract.
+    let fd_itself = unsafe { empty_path(path, flags) };
+    let node = if fd_itself {
+        fd_node(dirfd)
+    } else {
+        // SAFETY: as above.
+        unsafe { path_of(path) }.and_then(path_node)
+    };
+    (fd_itself, node)
+}
+
 /// Is this the empty path of `AT_EMPTY_PATH` (the descriptor itself; a
 /// NULL path too, as since Linux 6.11)?
 ///
@@ -481,13 +503,7 @@ unsafe fn fstatat_hook(
 ) -> c_int {
     hook(-1, pass, |pass| {
         // SAFETY: the caller's path (this function's contract).
-        let fd_itself = unsafe { empty_path(path, flags) };
-        let node = if fd_itself {
-            fd_node(dirfd)
-        } else {
-            // SAFETY: as above.
-            unsafe { path_of(path) }.and_then(path_node)
-        };
+        let (fd_itself, node) = unsafe { node_asked(dirfd, path, flags) };
         let Some((major, minor)) = node else {
             return pass.call();
         };
@@ -522,13 +538,7 @@ pub unsafe extern "C" fn statx(
     };
     hook(-1, pass, |pass| {
         // SAFETY: the program's path (libc's contract).
-        let fd_itself = unsafe { empty_path(path, flags) };
-        let node = if fd_itself {
-            fd_node(dirfd)
-        } else {
-            // SAFETY: as above.
-            unsafe { path_of(path) }.and_then(path_node)
-        };
+        let (fd_itself, node) = unsafe { node_asked(dirfd, path, flags) };
         let Some((major, minor)) = node else {
             return pass.call();
         };
